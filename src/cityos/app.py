@@ -1,0 +1,171 @@
+"""create_app(settings): the ASGI application, with nothing done at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cityos import __version__
+from cityos.entities.expiry import now_key
+from cityos.errors import InternalError, MethodNotAllowed, NgsiLdError, ResourceNotFound
+from cityos.jsonld.registry import ContextRegistry
+from cityos.net import OutboundPolicy
+from cityos.ngsild import batch, contexts, entities, info
+from cityos.ngsild.common import TENANT_HEADER, Services
+from cityos.settings import Settings
+from cityos.store import open_store
+
+log = logging.getLogger("cityos")
+SWEEP_SECONDS = 1.0
+
+
+def problem_response(error: NgsiLdError) -> Response:
+    return Response(orjson.dumps(error.problem()), status_code=error.status, media_type="application/json")
+
+
+async def ngsild_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, NgsiLdError)
+    return problem_response(exc)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return problem_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+    if exc.status_code == 404:
+        return problem_response(ResourceNotFound(f"no resource at {request.url.path}"))
+    error = InternalError(str(exc.detail))
+    return Response(orjson.dumps({**error.problem(), "status": exc.status_code}), status_code=exc.status_code,
+                    media_type="application/json")
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(InternalError("an unexpected error occurred; see the server log"))
+
+
+class ProtocolGuard:
+    """Checks made before routing, for every request: 411 for bodies without Content-Length,
+    413 for declared oversize bodies, and the NGSILD-Tenant header echoed on every response."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        method = scope["method"]
+        if method in ("POST", "PUT", "PATCH"):
+            length = headers.get(b"content-length")
+            if length is None and b"chunked" in headers.get(b"transfer-encoding", b""):
+                await self._bare(send, 411)
+                return
+            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+                body = orjson.dumps({
+                    "type": "https://uri.etsi.org/ngsi-ld/errors/PayloadTooLarge",
+                    "title": "Payload too large",
+                    "detail": f"the body is larger than {self.max_body_bytes} bytes",
+                    "status": 413,
+                })
+                await self._send(send, 413, body, [(b"content-type", b"application/json")])
+                return
+        tenant = headers.get(TENANT_HEADER.lower().encode())
+        if tenant is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def echo(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (TENANT_HEADER.encode(), tenant)]
+            await send(message)
+
+        await self.app(scope, receive, echo)
+
+    async def _bare(self, send: Send, status: int) -> None:
+        await self._send(send, status, b"", [(b"content-length", b"0")])
+
+    async def _send(self, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        if body:
+            headers = [*headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _sweep_expired(services: Services) -> None:
+    """Delete transient entities and attributes once their expiresAt has passed."""
+    while True:
+        await asyncio.sleep(SWEEP_SECONDS)
+        try:
+            await services.store.purge_expired(now_key())
+        except Exception:  # keep sweeping; the error is logged
+            log.exception("expiry sweep failed")
+
+
+async def version_info(request: Request) -> Response:
+    return Response(orjson.dumps({"name": "cityos", "version": __version__}), media_type="application/json")
+
+
+def create_app(settings: Settings) -> Starlette:
+    policy = OutboundPolicy(
+        allow_private_networks=settings.allow_private_networks,
+        timeout=settings.context_fetch_timeout,
+        max_bytes=settings.context_max_bytes,
+    )
+    registry = ContextRegistry(
+        policy,
+        default_core=settings.core_context,
+        cache_size=settings.context_cache_size,
+        preload_manifest=settings.context_preload,
+    )
+    registry.base_url = f"http://{settings.host}:{settings.port}"
+    services = Services(settings=settings, store=open_store(settings.database), contexts=registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await services.store.open()
+        await contexts.restore_hosted(services)
+        sweeper = asyncio.create_task(_sweep_expired(services))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await services.store.close()
+
+    routes = [
+        *entities.routes(),
+        *batch.routes(),
+        *contexts.routes(),
+        *info.routes(),
+        Route("/version", version_info, methods=["GET"]),
+    ]
+    handlers: dict[Any, Any] = {
+        NgsiLdError: ngsild_error,
+        HTTPException: http_error,
+        Exception: unexpected_error,
+    }
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app.router.redirect_slashes = False
+    app.state.services = services
+    app.add_middleware(ProtocolGuard, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for `uvicorn --factory` and multi-worker runs: settings from CITYOS_* variables."""
+    return create_app(Settings.from_env())

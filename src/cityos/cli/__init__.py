@@ -1,0 +1,96 @@
+"""The `cityos` command: a thin layer over the Python API.
+
+    cityos serve --port 1026 --database city.db
+    cityos --version
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cityos import __version__
+from cityos.settings import Settings, describe, env_name
+
+
+def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+    for name, flag, env, default, help_text in describe():
+        if isinstance(default, bool):
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                help=f"{help_text} [env {env}, default {default}]",
+            )
+        else:
+            parser.add_argument(
+                flag, dest=name, type=type(default), default=None, metavar=name.upper(),
+                help=f"{help_text} [env {env}, default {default!r}]",
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cityos",
+        description="CityOS: an open smart-city data platform (ETSI NGSI-LD context broker).",
+        epilog="Example: cityos serve --port 1026 --database city.db",
+    )
+    parser.add_argument("--version", action="version", version=f"cityos {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser(
+        "serve",
+        help="Serve the NGSI-LD API.",
+        description="Serve the NGSI-LD API. Every option can also be set with its CITYOS_* variable.",
+        epilog="Example: cityos serve --host 127.0.0.1 --port 1026 --database city.db",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_setting_options(serve)
+    return parser
+
+
+def serve(settings: Settings) -> int:
+    import logging
+
+    import uvicorn
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "access_log": settings.log_level.lower() == "debug",
+        "server_header": False,
+        "lifespan": "on",
+    }
+    if settings.workers > 1:
+        # worker processes rebuild their settings from the environment
+        for name, _flag, env, _default, _help in describe():
+            os.environ[env] = str(getattr(settings, name))
+        uvicorn.run("cityos.app:app_from_env", factory=True, workers=settings.workers, **common)
+    else:
+        from cityos.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["serve", *(argv if argv is not None else sys.argv[1:])])
+    if args.command == "serve":
+        overrides = {name: getattr(args, name) for name, *_ in describe()}
+        try:
+            settings = Settings.from_env(**overrides)
+        except ValueError as exc:
+            parser.error(str(exc))
+        return serve(settings)
+    parser.print_help()
+    return 2
+
+
+__all__ = ["env_name", "main"]

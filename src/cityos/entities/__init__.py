@@ -1,0 +1,1 @@
+"""NGSI-LD entity rules: parsing and validation, merge semantics, representations. No HTTP here."""

@@ -1,0 +1,148 @@
+"""Validators for the leaf values of NGSI-LD: URIs, names, timestamps, GeoJSON geometries."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import UTC, datetime
+from typing import Any
+
+from cityos.errors import BadRequestData
+
+URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`]*$")
+FORBIDDEN_NAME_CHARS = frozenset('<>"\'=;()\\ \t\r\n')
+GEOMETRY_TYPES = frozenset(
+    {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon", "GeometryCollection"}
+)
+
+
+def now() -> str:
+    """The current time as NGSI-LD writes it: ISO 8601, UTC, milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# invisible or confusable code points that have no place in an identifier
+INVISIBLE = frozenset({0x115F, 0x1160, 0x3164, 0xFFA0, 0x2800})
+BAD_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Co", "Cn", "Cs"})
+
+
+def has_invisible(value: str) -> bool:
+    for char in value:
+        code = ord(char)
+        if code < 0x80:
+            continue
+        if code in INVISIBLE or unicodedata.category(char) in BAD_CATEGORIES:
+            return True
+        if 0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF:  # variation selectors
+            return True
+    return False
+
+
+def is_uri(value: Any) -> bool:
+    return isinstance(value, str) and URI_RE.match(value) is not None and not has_invisible(value)
+
+
+def require_uri(value: Any, what: str) -> str:
+    if not is_uri(value):
+        raise BadRequestData(f"{what} must be a URI, got {value!r}")
+    if value == "urn:ngsi-ld:null":
+        raise BadRequestData(f"{what} cannot be NGSI-LD Null")
+    return str(value)
+
+
+def check_name(name: Any, what: str) -> str:
+    """Attribute and type names: a term (starting with a letter or _) or an IRI."""
+    if not isinstance(name, str) or not name:
+        raise BadRequestData(f"{what} must be a non-empty string")
+    bad = FORBIDDEN_NAME_CHARS.intersection(name)
+    if bad:
+        raise BadRequestData(f"{what} {name!r} contains forbidden characters: {''.join(sorted(bad))!r}")
+    if has_invisible(name):
+        raise BadRequestData(f"{what} {name!r} contains invisible or control characters")
+    if ":" not in name and not (name[0].isalpha() or name[0] == "_"):
+        raise BadRequestData(f"{what} {name!r} must start with a letter")
+    return name
+
+
+def parse_datetime(value: Any, what: str) -> datetime:
+    if not isinstance(value, str):
+        raise BadRequestData(f"{what} must be an ISO 8601 date-time string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise BadRequestData(f"{what} is not a valid ISO 8601 date-time: {value!r}") from exc
+    if "T" not in value.upper():
+        raise BadRequestData(f"{what} must contain a time: {value!r}")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def check_datetime(value: Any, what: str) -> str:
+    parse_datetime(value, what)
+    return str(value)
+
+
+def _position(value: Any, what: str) -> None:
+    if (
+        not isinstance(value, list)
+        or not 2 <= len(value) <= 3
+        or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in value)
+    ):
+        raise BadRequestData(f"{what}: a position must be an array of 2 or 3 numbers, got {value!r}")
+    if not (-180 <= value[0] <= 180 and -90 <= value[1] <= 90):
+        raise BadRequestData(f"{what}: position {value!r} is outside longitude/latitude bounds")
+
+
+def _positions(value: Any, what: str, minimum: int) -> None:
+    if not isinstance(value, list) or len(value) < minimum:
+        raise BadRequestData(f"{what}: expected an array of at least {minimum} positions")
+    for position in value:
+        _position(position, what)
+
+
+def _ring(value: Any, what: str) -> None:
+    _positions(value, what, 4)
+    if value[0] != value[-1]:
+        raise BadRequestData(f"{what}: a polygon ring must be closed (first position equals last)")
+
+
+def check_geometry(value: Any, what: str) -> dict[str, Any]:
+    """Validate a GeoJSON geometry (RFC 7946) and return it."""
+    if not isinstance(value, dict):
+        raise BadRequestData(f"{what}: a GeoProperty value must be a GeoJSON geometry object")
+    kind = value.get("type")
+    if kind not in GEOMETRY_TYPES:
+        raise BadRequestData(f"{what}: unsupported GeoJSON geometry type {kind!r}")
+    if kind == "GeometryCollection":
+        members = value.get("geometries")
+        if not isinstance(members, list):
+            raise BadRequestData(f"{what}: a GeometryCollection needs a 'geometries' array")
+        for member in members:
+            check_geometry(member, what)
+        return value
+    coords = value.get("coordinates")
+    label = f"{what} ({kind})"
+    if kind == "Point":
+        _position(coords, label)
+    elif kind == "MultiPoint":
+        _positions(coords, label, 1)
+    elif kind == "LineString":
+        _positions(coords, label, 2)
+    elif kind == "MultiLineString":
+        if not isinstance(coords, list) or not coords:
+            raise BadRequestData(f"{label}: expected an array of line strings")
+        for line in coords:
+            _positions(line, label, 2)
+    elif kind == "Polygon":
+        if not isinstance(coords, list) or not coords:
+            raise BadRequestData(f"{label}: expected an array of linear rings")
+        for ring in coords:
+            _ring(ring, label)
+    else:  # MultiPolygon
+        if not isinstance(coords, list) or not coords:
+            raise BadRequestData(f"{label}: expected an array of polygons")
+        for polygon in coords:
+            if not isinstance(polygon, list) or not polygon:
+                raise BadRequestData(f"{label}: expected an array of linear rings")
+            for ring in polygon:
+                _ring(ring, label)
+    return value

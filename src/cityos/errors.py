@@ -1,0 +1,115 @@
+"""The NGSI-LD error hierarchy: each exception carries its ProblemDetails type and HTTP status.
+
+    NgsiLdError
+     ├── InvalidRequest            400
+     ├── BadRequestData            400
+     ├── AlreadyExists             409
+     ├── Conflict                  409
+     ├── OperationNotSupported     422
+     ├── ResourceNotFound          404
+     ├── NonexistentTenant         404
+     ├── TooComplexQuery           403
+     ├── TooManyResults            403
+     ├── LdContextNotAvailable     504
+     ├── InternalError             500
+     ├── NotAcceptable             406
+     ├── UnsupportedMediaType      415
+     ├── LengthRequired            411
+     ├── MethodNotAllowed          405
+     └── PayloadTooLarge           413
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+ERROR_BASE = "https://uri.etsi.org/ngsi-ld/errors/"
+
+
+class NgsiLdError(Exception):
+    """Base class: subclasses name their ProblemDetails type and HTTP status."""
+
+    type_name: ClassVar[str] = "InternalError"
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str = "", **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    @property
+    def type_uri(self) -> str:
+        return ERROR_BASE + self.type_name
+
+    def problem(self) -> dict[str, Any]:
+        """The RFC 7807 ProblemDetails body."""
+        body: dict[str, Any] = {"type": self.type_uri, "title": self.title, "status": self.status}
+        if self.detail:
+            body["detail"] = self.detail
+        body.update(self.extra)
+        return body
+
+
+class InvalidRequest(NgsiLdError):
+    type_name, status, title = "InvalidRequest", 400, "Invalid request"
+
+
+class BadRequestData(NgsiLdError):
+    type_name, status, title = "BadRequestData", 400, "Bad request data"
+
+
+class AlreadyExists(NgsiLdError):
+    type_name, status, title = "AlreadyExists", 409, "Already exists"
+
+
+class Conflict(NgsiLdError):
+    type_name, status, title = "Conflict", 409, "Conflict"
+
+
+class OperationNotSupported(NgsiLdError):
+    type_name, status, title = "OperationNotSupported", 422, "Operation not supported"
+
+
+class ResourceNotFound(NgsiLdError):
+    type_name, status, title = "ResourceNotFound", 404, "Resource not found"
+
+
+class NonexistentTenant(NgsiLdError):
+    type_name, status, title = "NonexistentTenant", 404, "Tenant does not exist"
+
+
+class TooComplexQuery(NgsiLdError):
+    type_name, status, title = "TooComplexQuery", 403, "Query too complex"
+
+
+class TooManyResults(NgsiLdError):
+    type_name, status, title = "TooManyResults", 403, "Too many results"
+
+
+class LdContextNotAvailable(NgsiLdError):
+    type_name, status, title = "LdContextNotAvailable", 504, "@context not available"
+
+
+class InternalError(NgsiLdError):
+    type_name, status, title = "InternalError", 500, "Internal error"
+
+
+class NotAcceptable(NgsiLdError):
+    type_name, status, title = "NotAcceptable", 406, "Not acceptable"
+
+
+class UnsupportedMediaType(NgsiLdError):
+    type_name, status, title = "UnsupportedMediaType", 415, "Unsupported media type"
+
+
+class LengthRequired(NgsiLdError):
+    type_name, status, title = "LengthRequired", 411, "Length required"
+
+
+class MethodNotAllowed(NgsiLdError):
+    type_name, status, title = "MethodNotAllowed", 405, "Method not allowed"
+
+
+class PayloadTooLarge(NgsiLdError):
+    type_name, status, title = "PayloadTooLarge", 413, "Payload too large"

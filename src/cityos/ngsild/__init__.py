@@ -1,0 +1,1 @@
+"""The NGSI-LD HTTP API: handlers parse the request, call the core, and render the result."""

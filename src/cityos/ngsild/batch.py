@@ -1,0 +1,208 @@
+"""Handlers for /entityOperations: batch create, upsert, update, merge and delete.
+
+Each entity of a batch stands alone: its own validation, its own @context, its own savepoint in the
+store. Failures are reported per entity (207) and never roll back the others; a malformed request
+as a whole (not an array, an empty array, a null item) is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cityos.entities import update
+from cityos.entities.model import parse_entity, parse_fragment
+from cityos.entities.values import now, require_uri
+from cityos.errors import BadRequestData, NgsiLdError
+from cityos.ngsild.common import (
+    body_context,
+    check_params,
+    existing_tenant,
+    json_response,
+    link_context,
+    no_content,
+    options,
+    read_payload,
+    services,
+    tenant,
+)
+from cityos.ngsild.negotiation import JSON_LD
+
+BASE = "/ngsi-ld/v1/entityOperations"
+
+
+class BatchReport:
+    def __init__(self) -> None:
+        self.success: list[str] = []
+        self.errors: list[dict[str, Any]] = []
+        self.created: list[str] = []
+        self.partial = False
+
+    def fail(self, entity_id: Any, error: NgsiLdError) -> None:
+        self.errors.append({"entityId": entity_id if isinstance(entity_id, str) else "", "error": error.problem()})
+
+    def succeed(self, entity_id: str) -> None:
+        if entity_id not in self.success:
+            self.success.append(entity_id)
+
+    def body(self) -> dict[str, Any]:
+        return {"success": self.success, "errors": self.errors}
+
+
+async def _entities(request: Request) -> tuple[list[Any], str]:
+    body, media = await read_payload(request, merge_patch=False)
+    if media == JSON_LD and link_context(request) is not None:
+        raise BadRequestData("a Link header @context is not allowed with Content-Type application/ld+json")
+    if not isinstance(body, list):
+        raise BadRequestData("a batch operation needs a JSON array")
+    if not body:
+        raise BadRequestData("the batch is empty")
+    if any(item is None for item in body):
+        raise BadRequestData("the batch contains a null item")
+    limit = services(request).settings.max_batch_size
+    if len(body) > limit:
+        raise BadRequestData(f"the batch has {len(body)} entities, more than the maximum {limit}")
+    return body, media
+
+
+async def _run(
+    request: Request, tenant_name: str, planned: list[tuple[str, update.Mutator]], report: BatchReport
+) -> None:
+    if not planned:
+        return
+    results = await services(request).store.mutate(tenant_name, planned, atomic=False)
+    for result in results:
+        if result.error is not None:
+            report.fail(result.entity_id, result.error)
+            continue
+        outcome = result.outcome
+        assert outcome is not None
+        report.succeed(result.entity_id)
+        if outcome.created and result.entity_id not in report.created:
+            report.created.append(result.entity_id)
+        if outcome.not_updated:
+            report.partial = True
+
+
+async def _prepare(
+    request: Request, items: list[Any], media: str, tenant_name: str, report: BatchReport, build: Any
+) -> list[tuple[str, update.Mutator]]:
+    """Validate each entity with its own @context; invalid ones become error entries."""
+    planned: list[tuple[str, update.Mutator]] = []
+    for item in items:
+        entity_id = item.get("id", item.get("@id")) if isinstance(item, dict) else None
+        try:
+            context = await body_context(request, item, media, tenant_name=tenant_name)
+            planned.append(build(item, context))
+        except NgsiLdError as error:
+            report.fail(entity_id, error)
+    return planned
+
+
+def _finish(report: BatchReport, *, success_status: int, body_on_success: Any = None) -> Response:
+    if report.errors or report.partial:
+        return json_response(report.body(), status=207)
+    if success_status == 204 or body_on_success is None:
+        return no_content()
+    return json_response(body_on_success, status=success_status)
+
+
+async def batch_create(request: Request) -> Response:
+    check_params(request, ("local",))
+    items, media = await _entities(request)
+    tenant_name = tenant(request)
+    report = BatchReport()
+    stamp = now()
+
+    def build(item: Any, context: Any) -> tuple[str, update.Mutator]:
+        entity = parse_entity(item, context.terms, stamp=stamp)
+        return entity["id"], update.create(entity)
+
+    await _run(request, tenant_name, await _prepare(request, items, media, tenant_name, report, build), report)
+    return _finish(report, success_status=201, body_on_success=report.success)
+
+
+async def batch_upsert(request: Request) -> Response:
+    check_params(request, ("options", "local"))
+    chosen = options(request, ("replace", "update"))
+    if len(chosen) > 1:
+        raise BadRequestData("options must be replace or update, not both")
+    mode = "update" if "update" in chosen else "replace"
+    items, media = await _entities(request)
+    tenant_name = tenant(request)
+    report = BatchReport()
+    stamp = now()
+
+    def build(item: Any, context: Any) -> tuple[str, update.Mutator]:
+        entity = parse_entity(item, context.terms, stamp=stamp)
+        return entity["id"], update.upsert(entity, mode=mode)
+
+    await _run(request, tenant_name, await _prepare(request, items, media, tenant_name, report, build), report)
+    if report.errors:
+        return json_response(report.body(), status=207)
+    if report.created:
+        return json_response(report.created, status=201)
+    return no_content()
+
+
+async def batch_update(request: Request) -> Response:
+    check_params(request, ("options", "local"))
+    no_overwrite = "noOverwrite" in options(request, ("noOverwrite",))
+    items, media = await _entities(request)
+    tenant_name = tenant(request)
+    report = BatchReport()
+    stamp = now()
+
+    def build(item: Any, context: Any) -> tuple[str, update.Mutator]:
+        fragment = parse_fragment(item, context.terms, stamp=stamp, nulls="instance")
+        entity_id = require_uri(fragment["id"], "entity id")
+        return entity_id, update.update_attrs(entity_id, fragment, no_overwrite=no_overwrite)
+
+    await _run(request, tenant_name, await _prepare(request, items, media, tenant_name, report, build), report)
+    return _finish(report, success_status=204)
+
+
+async def batch_merge(request: Request) -> Response:
+    check_params(request, ("options", "local", "format"))
+    items, media = await _entities(request)
+    tenant_name = tenant(request)
+    report = BatchReport()
+    stamp = now()
+
+    def build(item: Any, context: Any) -> tuple[str, update.Mutator]:
+        fragment = parse_fragment(item, context.terms, stamp=stamp, nulls="deep")
+        entity_id = require_uri(fragment["id"], "entity id")
+        return entity_id, update.merge(entity_id, fragment)
+
+    await _run(request, tenant_name, await _prepare(request, items, media, tenant_name, report, build), report)
+    return _finish(report, success_status=204)
+
+
+async def batch_delete(request: Request) -> Response:
+    check_params(request, ("local",))
+    items, _media = await _entities(request)
+    tenant_name = await existing_tenant(request)
+    report = BatchReport()
+    planned: list[tuple[str, update.Mutator]] = []
+    for item in items:
+        try:
+            entity_id = require_uri(item, "entity id")
+        except NgsiLdError as error:
+            report.fail(item, error)
+            continue
+        planned.append((entity_id, update.delete(entity_id)))
+    await _run(request, tenant_name, planned, report)
+    return _finish(report, success_status=204)
+
+
+def routes() -> list[Route]:
+    return [
+        Route(BASE + "/create", batch_create, methods=["POST"]),
+        Route(BASE + "/upsert", batch_upsert, methods=["POST"]),
+        Route(BASE + "/update", batch_update, methods=["POST"]),
+        Route(BASE + "/merge", batch_merge, methods=["POST"]),
+        Route(BASE + "/delete", batch_delete, methods=["POST"]),
+    ]

@@ -1,0 +1,174 @@
+"""Request parsing and response rendering shared by the NGSI-LD handlers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cityos.errors import BadRequestData, InvalidRequest, NonexistentTenant, PayloadTooLarge
+from cityos.jsonld.registry import ContextRegistry, ResolvedContext
+from cityos.ngsild.negotiation import JSON, JSON_LD, negotiate, request_media_type
+from cityos.settings import Settings
+from cityos.store.base import EntityStore
+
+CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
+LINK_RE = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
+TENANT_HEADER = "NGSILD-Tenant"
+TENANT_RE = re.compile(r"^[A-Za-z0-9_\-.:]{1,64}$")
+
+
+@dataclass
+class Services:
+    """What handlers need, built once by create_app (no globals)."""
+
+    settings: Settings
+    store: EntityStore
+    contexts: ContextRegistry
+
+
+def services(request: Request) -> Services:
+    result: Services = request.app.state.services
+    return result
+
+
+def tenant(request: Request) -> str:
+    value = request.headers.get(TENANT_HEADER)
+    if value is None or value == "":
+        return ""
+    if not TENANT_RE.match(value):
+        raise BadRequestData(f"invalid tenant name {value!r}")
+    return value
+
+
+async def existing_tenant(request: Request) -> str:
+    """The request's tenant, which must exist already (reads never create tenants)."""
+    name = tenant(request)
+    if not await services(request).store.tenant_exists(name):
+        raise NonexistentTenant(f"tenant {name} does not exist")
+    return name
+
+
+def check_params(request: Request, allowed: Iterable[str]) -> None:
+    allowed_set = set(allowed)
+    for key in request.query_params:
+        if key not in allowed_set:
+            raise InvalidRequest(f"unknown query parameter {key!r}")
+
+
+def link_context(request: Request) -> str | None:
+    header = request.headers.get("link")
+    if not header:
+        return None
+    for match in LINK_RE.finditer(header):
+        url, params = match.group(1), match.group(2)
+        if CONTEXT_REL in params:
+            return url.strip()
+    return None
+
+
+async def read_json(request: Request) -> Any:
+    settings = services(request).settings
+    body = await request.body()
+    if len(body) > settings.max_body_bytes:
+        raise PayloadTooLarge(f"the body is larger than {settings.max_body_bytes} bytes")
+    if not body:
+        raise InvalidRequest("the request body is empty")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+
+
+async def read_payload(request: Request, *, merge_patch: bool = False) -> tuple[Any, str]:
+    """(parsed JSON body, media type) after the Content-Type checks."""
+    media = request_media_type(request.headers.get("content-type"), allow_merge_patch=merge_patch)
+    return await read_json(request), media
+
+
+async def body_context(request: Request, body: Any, media: str, *, tenant_name: str) -> ResolvedContext:
+    """The @context of a request body: inline for application/ld+json, Link header otherwise."""
+    registry = services(request).contexts
+    link = link_context(request)
+    if media == JSON_LD:
+        if link is not None:
+            raise BadRequestData("a Link header @context is not allowed with Content-Type application/ld+json")
+        if not isinstance(body, dict) or "@context" not in body:
+            raise BadRequestData("an application/ld+json body must contain @context")
+        return await registry.resolve(tenant_name, body["@context"])
+    if isinstance(body, dict) and "@context" in body:
+        raise BadRequestData("@context in the body requires Content-Type application/ld+json")
+    return await registry.resolve(tenant_name, link)
+
+
+async def query_context(request: Request, tenant_name: str) -> ResolvedContext:
+    return await services(request).contexts.resolve(tenant_name, link_context(request))
+
+
+def accept(request: Request, offered: tuple[str, ...] = (JSON, JSON_LD)) -> str:
+    return negotiate(request.headers.get("accept"), offered)
+
+
+def link_header(url: str) -> str:
+    return f'<{url}>; rel="{CONTEXT_REL}"; type="application/ld+json"'
+
+
+def json_response(
+    content: Any,
+    *,
+    status: int = 200,
+    media: str = JSON,
+    context: ResolvedContext | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Render a body: ld+json carries @context inside, application/json in a Link header."""
+    extra = dict(headers or {})
+    if context is not None:
+        if media == JSON_LD:
+            if isinstance(content, dict):
+                content = {**content, "@context": context.value}
+            elif isinstance(content, list):
+                content = [{**item, "@context": context.value} for item in content]
+        else:
+            extra["Link"] = link_header(context.link_url)
+    return Response(orjson.dumps(content), status_code=status, media_type=media, headers=extra)
+
+
+def no_content(headers: dict[str, str] | None = None) -> Response:
+    return Response(status_code=204, headers=headers)
+
+
+def flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name)
+    if value is None:
+        return False
+    if value.lower() in ("true", ""):
+        return True
+    if value.lower() == "false":
+        return False
+    raise BadRequestData(f"{name} must be true or false, got {value!r}")
+
+
+def options(request: Request, allowed: Iterable[str]) -> set[str]:
+    """The `options` parameter as a set, each value checked against `allowed`."""
+    raw = request.query_params.getlist("options")
+    values = {v.strip() for item in raw for v in item.split(",") if v.strip()}
+    unknown = values - set(allowed)
+    if unknown:
+        raise BadRequestData(f"unknown options: {', '.join(sorted(unknown))}")
+    return values
+
+
+def csv_param(request: Request, name: str) -> list[str] | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    values = [v.strip() for v in raw.split(",") if v.strip()]
+    if not values:
+        raise BadRequestData(f"{name} must not be empty")
+    return values

@@ -1,0 +1,318 @@
+"""Handlers for /entities and /entities/{id}/attrs: parse, call the entity core, render."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cityos.entities import update
+from cityos.entities.model import parse_attribute, parse_entity, parse_fragment, parse_instance
+from cityos.entities.render import RenderOptions, render_entity, to_geojson_feature
+from cityos.entities.values import check_name, now, require_uri
+from cityos.errors import BadRequestData, InvalidRequest, ResourceNotFound
+from cityos.jsonld.registry import ResolvedContext
+from cityos.ngsild.common import (
+    accept,
+    body_context,
+    check_params,
+    csv_param,
+    existing_tenant,
+    flag,
+    json_response,
+    no_content,
+    options,
+    query_context,
+    read_payload,
+    services,
+    tenant,
+)
+from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
+from cityos.ngsild.querying import purge_entities, query_entities
+from cityos.store.base import MutationResult
+
+BASE = "/ngsi-ld/v1"
+RETRIEVE_PARAMS = (
+    "attrs", "pick", "omit", "options", "format", "lang", "geometryProperty", "local", "datasetId",
+    "join", "joinLevel", "containedBy", "entityMap", "expandValues", "type", "via", "contextSourceTimeAt",
+)
+REPRESENTATION_OPTIONS = ("keyValues", "concise", "normalized", "sysAttrs", "simplified")
+
+
+def representation(request: Request, terms: ResolvedContext) -> RenderOptions:
+    """Render options from `options`, `format`, `attrs`, `pick`, `omit` and `lang`."""
+    chosen = options(request, REPRESENTATION_OPTIONS + ("noOverwrite", "replace", "update", "count"))
+    fmt = request.query_params.get("format")
+    formats = {"keyValues", "simplified", "concise", "normalized"} & chosen
+    if fmt is not None:
+        if fmt not in ("keyValues", "simplified", "concise", "normalized"):
+            raise BadRequestData(f"unknown format {fmt!r}")
+        formats = {fmt}
+    if len(formats - {"simplified"} | ({"keyValues"} if "simplified" in formats else set())) > 1:
+        raise BadRequestData("options name more than one representation format")
+    name = next(iter(formats), "normalized")
+    name = "keyValues" if name == "simplified" else name
+    pick = csv_param(request, "pick")
+    attrs = csv_param(request, "attrs")
+    omit = csv_param(request, "omit")
+    if pick is not None and omit is not None:
+        raise BadRequestData("pick and omit cannot be used together")
+    selected = pick if pick is not None else attrs
+    keep = None
+    pick_id = pick_type = True
+    if selected is not None:
+        for item in selected:
+            check_name(item, "attribute name")
+        if pick is not None:
+            pick_id, pick_type = "id" in pick, "type" in pick
+        keep = frozenset(terms.terms.expand(a) for a in selected if a not in ("id", "type"))
+    dropped = None
+    if omit is not None:
+        for item in omit:
+            check_name(item, "attribute name")
+        pick_id, pick_type = "id" not in omit, "type" not in omit
+        dropped = frozenset(terms.terms.expand(a) for a in omit if a not in ("id", "type"))
+    lang = request.query_params.get("lang")
+    return RenderOptions(
+        terms=terms.terms, format=name, sys_attrs="sysAttrs" in chosen, attrs=keep, omit=dropped,
+        pick_id=pick_id, pick_type=pick_type, lang=lang,
+    )
+
+
+def _attr_iri(request: Request, context: ResolvedContext, *, scope_ok: bool = False) -> str:
+    name = check_name(request.path_params["attr"], "attribute name")
+    if name == "scope" and not scope_ok:
+        raise BadRequestData("scope is not an attribute; update it through the entity")
+    return context.terms.expand(name)
+
+
+def _entity_id(request: Request) -> str:
+    return require_uri(request.path_params["entity_id"], "entity id")
+
+
+async def _mutate_one(
+    request: Request, tenant_name: str, entity_id: str, mutator: update.Mutator
+) -> MutationResult:
+    """Run one mutation atomically; a `type` parameter restricts it to entities of those types."""
+    type_param = request.query_params.get("type")
+    if type_param is not None:
+        from cityos.ngsild.querying import type_filter
+
+        context = await query_context(request, tenant_name)
+        mutator = update.only_types(entity_id, type_filter(type_param, context), mutator)
+    results = await services(request).store.mutate(tenant_name, [(entity_id, mutator)], atomic=True)
+    return results[0]
+
+
+def _partial_result(result: MutationResult, context: ResolvedContext) -> Response:
+    """204 when every attribute was handled, else 207 with updated / notUpdated."""
+    outcome = result.outcome
+    assert outcome is not None
+    if not outcome.not_updated:
+        return no_content()
+    # UpdateResult names attributes by their expanded IRIs (what the suite expects, 010_04_01)
+    body = {
+        "updated": list(outcome.updated),
+        "notUpdated": [{"attributeName": iri, "reason": reason} for iri, reason in outcome.not_updated],
+    }
+    return json_response(body, status=207)
+
+
+# -- /entities ------------------------------------------------------------------------------------
+async def create_entity(request: Request) -> Response:
+    check_params(request, ("local",))
+    body, media = await read_payload(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the entity must be a JSON object")
+    tenant_name = tenant(request)
+    context = await body_context(request, body, media, tenant_name=tenant_name)
+    entity = parse_entity(body, context.terms, stamp=now())
+    await _mutate_one(request, tenant_name, entity["id"], update.create(entity))
+    location = quote(f"{BASE}/entities/{entity['id']}", safe="/:;=@!$&'()*+,~-._")
+    return Response(status_code=201, headers={"Location": location})
+
+
+async def retrieve_entity(request: Request) -> Response:
+    check_params(request, RETRIEVE_PARAMS)
+    media = accept(request, (JSON, JSON_LD, GEO_JSON))
+    entity_id = _entity_id(request)
+    tenant_name = await existing_tenant(request)
+    context = await query_context(request, tenant_name)
+    render = representation(request, context)
+    entity = await services(request).store.get_entity(tenant_name, entity_id)
+    if entity is None:
+        raise ResourceNotFound(f"entity {entity_id} does not exist")
+    if render.attrs is not None and not any(iri in entity["attrs"] for iri in render.attrs):
+        if request.query_params.get("pick") is None or render.attrs:
+            raise ResourceNotFound(f"entity {entity_id} has none of the requested attributes")
+    if media == GEO_JSON:
+        feature = to_geojson_feature(entity, render, request.query_params.get("geometryProperty"))
+        return geojson_response(request, feature, context)
+    return json_response(render_entity(entity, render), media=media, context=context)
+
+
+def geojson_response(request: Request, body: dict[str, Any], context: ResolvedContext) -> Response:
+    if "body=json" in request.headers.get("prefer", ""):
+        return json_response(body, media=GEO_JSON, context=context)
+    return json_response({**body, "@context": context.value}, media=GEO_JSON)
+
+
+async def replace_entity(request: Request) -> Response:
+    check_params(request, ("local",))
+    entity_id = _entity_id(request)
+    body, media = await read_payload(request)
+    tenant_name = tenant(request)
+    context = await body_context(request, body, media, tenant_name=tenant_name)
+    if isinstance(body, dict):
+        update.check_same_id(body.get("id"), entity_id)
+        body = {**body, "id": entity_id}
+    entity = parse_entity(body, context.terms, stamp=now())
+    await _mutate_one(request, tenant_name, entity_id, update.replace(entity))
+    return no_content()
+
+
+async def merge_entity(request: Request) -> Response:
+    check_params(request, ("local", "options", "format"))
+    entity_id = _entity_id(request)
+    body, media = await read_payload(request, merge_patch=True)
+    tenant_name = tenant(request)
+    context = await body_context(request, body, media, tenant_name=tenant_name)
+    fragment = parse_fragment(body, context.terms, stamp=now(), nulls="deep", path_id=entity_id)
+    await _mutate_one(request, tenant_name, entity_id, update.merge(entity_id, fragment))
+    return no_content()
+
+
+async def delete_entity(request: Request) -> Response:
+    check_params(request, ("local", "type"))
+    entity_id = _entity_id(request)
+    tenant_name = await existing_tenant(request)
+    await _mutate_one(request, tenant_name, entity_id, update.delete(entity_id))
+    return no_content()
+
+
+# -- /entities/{id}/attrs ---------------------------------------------------------------------------
+async def append_attributes(request: Request) -> Response:
+    check_params(request, ("options", "local", "type"))
+    no_overwrite = "noOverwrite" in options(request, ("noOverwrite",))
+    entity_id = _entity_id(request)
+    body, media = await read_payload(request)
+    tenant_name = tenant(request)
+    context = await body_context(request, body, media, tenant_name=tenant_name)
+    fragment = parse_fragment(body, context.terms, stamp=now(), path_id=entity_id)
+    result = await _mutate_one(
+        request, tenant_name, entity_id,
+        update.append(entity_id, fragment, no_overwrite=no_overwrite, add_types=True),
+    )
+    return _partial_result(result, context)
+
+
+async def update_attributes(request: Request) -> Response:
+    check_params(request, ("options", "local", "type"))
+    entity_id = _entity_id(request)
+    body, media = await read_payload(request, merge_patch=True)
+    tenant_name = tenant(request)
+    context = await body_context(request, body, media, tenant_name=tenant_name)
+    fragment = parse_fragment(body, context.terms, stamp=now(), path_id=entity_id)
+    result = await _mutate_one(request, tenant_name, entity_id, update.update_attrs(entity_id, fragment))
+    return _partial_result(result, context)
+
+
+async def partial_attribute_update(request: Request) -> Response:
+    check_params(request, ("local", "options", "type"))
+    entity_id = _entity_id(request)
+    body, media = await read_payload(request, merge_patch=True)
+    tenant_name = tenant(request)
+    context = await body_context(request, body, media, tenant_name=tenant_name)
+    attr = _attr_iri(request, context)
+    if not isinstance(body, dict):
+        raise BadRequestData("the attribute fragment must be a JSON object")
+    stamp = now()
+    fragment = {k: v for k, v in body.items() if k != "@context"}
+    if "type" not in fragment:
+        current = await services(request).store.get_entity(tenant_name, entity_id)
+        existing = (current or {}).get("attrs", {}).get(attr) or [{}]
+        kind = existing[0].get("type")
+        if kind:
+            fragment["type"] = kind
+    if not fragment:
+        raise BadRequestData("the attribute fragment is empty")
+    patch = parse_instance(
+        request.path_params["attr"], fragment, context.terms, stamp=stamp, nulls="instance", value_optional=True
+    )
+    dataset = fragment.get("datasetId")
+    patch.pop("createdAt", None)
+    for member in ("datasetId",):
+        patch.pop(member, None)
+    await _mutate_one(
+        request, tenant_name, entity_id, update.partial_update(entity_id, attr, patch, dataset)
+    )
+    return no_content()
+
+
+async def replace_attribute(request: Request) -> Response:
+    check_params(request, ("local",))
+    entity_id = _entity_id(request)
+    body, media = await read_payload(request)
+    tenant_name = tenant(request)
+    context = await body_context(request, body, media, tenant_name=tenant_name)
+    attr = _attr_iri(request, context)
+    if isinstance(body, dict):
+        body = {k: v for k, v in body.items() if k != "@context"}
+    instances = parse_attribute(request.path_params["attr"], body, context.terms, stamp=now())
+    await _mutate_one(request, tenant_name, entity_id, update.replace_attr(entity_id, attr, instances))
+    return no_content()
+
+
+async def delete_attribute(request: Request) -> Response:
+    check_params(request, ("datasetId", "deleteAll", "local", "type"))
+    entity_id = _entity_id(request)
+    tenant_name = await existing_tenant(request)
+    context = await query_context(request, tenant_name)
+    if request.path_params["attr"] == "scope":
+        stamp = now()
+        await _mutate_one(request, tenant_name, entity_id, update.delete_scope(entity_id, stamp=stamp))
+        return no_content()
+    attr = _attr_iri(request, context)
+    dataset = request.query_params.get("datasetId")
+    if dataset is not None:
+        require_uri(dataset, "datasetId")
+    mutator = update.delete_attr(
+        entity_id, attr, dataset=dataset, delete_all=flag(request, "deleteAll"), stamp=now()
+    )
+    await _mutate_one(request, tenant_name, entity_id, mutator)
+    return no_content()
+
+
+async def missing_entity_id(request: Request) -> Response:
+    raise BadRequestData("the entity id in the path is empty")
+
+
+def routes() -> list[Route]:
+    entity = BASE + "/entities/{entity_id}"
+    every = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    return [
+        Route(BASE + "/entities/", missing_entity_id, methods=["PUT", "PATCH"]),
+        Route(BASE + "/entities//attrs", missing_entity_id, methods=every),
+        Route(BASE + "/entities//attrs/", missing_entity_id, methods=every),
+        Route(BASE + "/entities//attrs/{attr}", missing_entity_id, methods=every),
+        Route(BASE + "/entities", create_entity, methods=["POST"]),
+        Route(BASE + "/entities/", create_entity, methods=["POST"]),
+        Route(BASE + "/entities", query_entities, methods=["GET"]),
+        Route(BASE + "/entities/", query_entities, methods=["GET"]),
+        Route(BASE + "/entities", purge_entities, methods=["DELETE"]),
+        Route(BASE + "/entities/", purge_entities, methods=["DELETE"]),
+        Route(entity, retrieve_entity, methods=["GET"]),
+        Route(entity, replace_entity, methods=["PUT"]),
+        Route(entity, merge_entity, methods=["PATCH"]),
+        Route(entity, delete_entity, methods=["DELETE"]),
+        Route(entity + "/attrs", append_attributes, methods=["POST"]),
+        Route(entity + "/attrs/", append_attributes, methods=["POST"]),
+        Route(entity + "/attrs", update_attributes, methods=["PATCH"]),
+        Route(entity + "/attrs/", update_attributes, methods=["PATCH"]),
+        Route(entity + "/attrs/{attr}", partial_attribute_update, methods=["PATCH"]),
+        Route(entity + "/attrs/{attr}", replace_attribute, methods=["PUT"]),
+        Route(entity + "/attrs/{attr}", delete_attribute, methods=["DELETE"]),
+    ]

@@ -1,0 +1,101 @@
+"""One declared settings object: every setting has a default, a type, help text and a CITYOS_* variable.
+
+Precedence: CLI flag > environment variable > default. The CLI builds its options from this list,
+so `cityos serve --help` and the README table can never miss a setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _setting(default: Any, help: str, *, flag: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _setting("127.0.0.1", "Address to bind. Loopback by default; use 0.0.0.0 to serve a network.")
+    port: int = _setting(1026, "TCP port of the NGSI-LD API.")
+    database: str = _setting(
+        "cityos.db", "SQLite file path (a postgresql:// URL selects PostgreSQL once that back-end exists)."
+    )
+    workers: int = _setting(1, "Number of server worker processes (SQLite mode runs one process).")
+    log_level: str = _setting("info", "Log level: debug, info, warning, error.")
+    allow_private_networks: bool = _setting(
+        False,
+        "Let outgoing requests (remote @contexts, notifications) reach loopback and private addresses.",
+    )
+    context_preload: str = _setting(
+        "",
+        "Path of a JSON manifest mapping @context URLs to local files, served without any network access.",
+    )
+    context_fetch_timeout: float = _setting(5.0, "Seconds allowed to fetch a remote @context.")
+    context_max_bytes: int = _setting(1_048_576, "Largest remote @context accepted, in bytes.")
+    context_cache_size: int = _setting(256, "How many remote @contexts are kept in the cache.")
+    max_body_bytes: int = _setting(2_097_152, "Largest request body accepted, in bytes (413 past it).")
+    max_batch_size: int = _setting(1000, "Largest number of entities in one batch operation.")
+    max_page_size: int = _setting(1000, "Largest `limit` accepted by a query (spec errors past it).")
+    default_page_size: int = _setting(20, "Page size of a query that gives no `limit`.")
+    core_context: str = _setting(
+        "v1.9", "Version of the ETSI core @context applied by default: v1.9 or v1.8."
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from CITYOS_* variables, then explicit overrides (e.g. parsed CLI flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(env_name(f.name))
+            if raw is not None:
+                values[f.name] = parse_value(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be 1-65535, got {self.port}")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if self.core_context not in ("v1.9", "v1.8"):
+            raise ValueError("core_context must be v1.9 or v1.8")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("log_level must be one of debug, info, warning, error")
+        for name in ("max_body_bytes", "max_batch_size", "max_page_size", "default_page_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+
+
+def env_name(name: str) -> str:
+    return "CITYOS_" + name.upper()
+
+
+def parse_value(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = type(f.default)
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{env_name(f.name)}: expected a boolean, got {raw!r}")
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"{env_name(f.name)}: expected {kind.__name__}, got {raw!r}") from exc
+
+
+def describe() -> list[tuple[str, str, str, Any, str]]:
+    """(field, flag, env var, default, help) for every setting: the source of --help and the docs."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        rows.append((f.name, flag, env_name(f.name), f.default, f.metadata["help"]))
+    return rows
