@@ -284,7 +284,7 @@ def test_metadata_names_and_compound_keys_are_not_expanded() -> None:
         seen.append(term)
         return expand(term)
 
-    compile_q("temp.observedAt;temp.sub.unitCode;addr[city.zip];createdAt>2020-01-01;v==\"x\",urn:y", recording)
+    compile_q('temp.observedAt;temp.sub.unitCode;addr[city.zip];createdAt>2020-01-01;v=="x",urn:y', recording)
     assert sorted(seen) == ["addr", "sub", "temp", "temp", "urn:y", "v", "x"]
 
 
@@ -474,7 +474,12 @@ def test_damaged_expressions_only_ever_raise_bad_request(expr: QExpr, data: st.D
 
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
 }
 
 

@@ -46,8 +46,11 @@ async def http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return problem_response(ResourceNotFound(f"no resource at {request.url.path}"))
     error = InternalError(str(exc.detail))
-    return Response(orjson.dumps({**error.problem(), "status": exc.status_code}), status_code=exc.status_code,
-                    media_type="application/json")
+    return Response(
+        orjson.dumps({**error.problem(), "status": exc.status_code}),
+        status_code=exc.status_code,
+        media_type="application/json",
+    )
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
@@ -75,12 +78,14 @@ class ProtocolGuard:
                 await self._bare(send, 411)
                 return
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                body = orjson.dumps({
-                    "type": "https://uri.etsi.org/ngsi-ld/errors/PayloadTooLarge",
-                    "title": "Payload too large",
-                    "detail": f"the body is larger than {self.max_body_bytes} bytes",
-                    "status": 413,
-                })
+                body = orjson.dumps(
+                    {
+                        "type": "https://uri.etsi.org/ngsi-ld/errors/PayloadTooLarge",
+                        "title": "Payload too large",
+                        "detail": f"the body is larger than {self.max_body_bytes} bytes",
+                        "status": 413,
+                    }
+                )
                 await self._send(send, 413, body, [(b"content-type", b"application/json")])
                 return
         tenant = headers.get(TENANT_HEADER.lower().encode())

@@ -1,22 +1,22 @@
 """The NGSI-LD error hierarchy: each exception carries its ProblemDetails type and HTTP status.
 
-    NgsiLdError
-     ├── InvalidRequest            400
-     ├── BadRequestData            400
-     ├── AlreadyExists             409
-     ├── Conflict                  409
-     ├── OperationNotSupported     422
-     ├── ResourceNotFound          404
-     ├── NonexistentTenant         404
-     ├── TooComplexQuery           403
-     ├── TooManyResults            403
-     ├── LdContextNotAvailable     504
-     ├── InternalError             500
-     ├── NotAcceptable             406
-     ├── UnsupportedMediaType      415
-     ├── LengthRequired            411
-     ├── MethodNotAllowed          405
-     └── PayloadTooLarge           413
+NgsiLdError
+ ├── InvalidRequest            400
+ ├── BadRequestData            400
+ ├── AlreadyExists             409
+ ├── Conflict                  409
+ ├── OperationNotSupported     422
+ ├── ResourceNotFound          404
+ ├── NonexistentTenant         404
+ ├── TooComplexQuery           403
+ ├── TooManyResults            403
+ ├── LdContextNotAvailable     504
+ ├── InternalError             500
+ ├── NotAcceptable             406
+ ├── UnsupportedMediaType      415
+ ├── LengthRequired            411
+ ├── MethodNotAllowed          405
+ └── PayloadTooLarge           413
 """
 
 from __future__ import annotations

@@ -40,8 +40,7 @@ class OutboundPolicy:
             address = ipaddress.ip_address(info[4][0])
             if not address.is_global:
                 raise OutboundRefused(
-                    f"{host} resolves to the non-public address {address}; "
-                    "set allow_private_networks to permit it"
+                    f"{host} resolves to the non-public address {address}; set allow_private_networks to permit it"
                 )
 
     async def get(self, url: str, accept: str) -> bytes:

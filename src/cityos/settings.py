@@ -41,9 +41,7 @@ class Settings:
     max_batch_size: int = _setting(1000, "Largest number of entities in one batch operation.")
     max_page_size: int = _setting(1000, "Largest `limit` accepted by a query (spec errors past it).")
     default_page_size: int = _setting(20, "Page size of a query that gives no `limit`.")
-    core_context: str = _setting(
-        "v1.9", "Version of the ETSI core @context applied by default: v1.9 or v1.8."
-    )
+    core_context: str = _setting("v1.9", "Version of the ETSI core @context applied by default: v1.9 or v1.8.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -78,7 +76,7 @@ def env_name(name: str) -> str:
 
 
 def parse_value(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = type(f.default)
+    kind: type[Any] = type(f.default)
     if kind is bool:
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):

@@ -1,7 +1,7 @@
 """The `cityos` command: a thin layer over the Python API.
 
-    cityos serve --port 1026 --database city.db
-    cityos --version
+cityos serve --port 1026 --database city.db
+cityos --version
 """
 
 from __future__ import annotations
@@ -20,12 +20,19 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
     for name, flag, env, default, help_text in describe():
         if isinstance(default, bool):
             parser.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
                 help=f"{help_text} [env {env}, default {default}]",
             )
         else:
             parser.add_argument(
-                flag, dest=name, type=type(default), default=None, metavar=name.upper(),
+                flag,
+                dest=name,
+                type=type(default),
+                default=None,
+                metavar=name.upper(),
                 help=f"{help_text} [env {env}, default {default!r}]",
             )
 
@@ -54,9 +61,7 @@ def serve(settings: Settings) -> int:
 
     import uvicorn
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,

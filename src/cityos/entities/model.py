@@ -52,14 +52,39 @@ CONCISE_MEMBERS = (
     ("value", "Property"),
 )
 META_MEMBERS = frozenset(
-    {"type", "value", "object", "objectType", "languageMap", "vocab", "json", "valueList", "objectList",
-     "datasetId", "observedAt", "unitCode", "createdAt", "modifiedAt", "deletedAt", "instanceId",
-     "lang", "previousValue", "previousObject", "previousLanguageMap", "previousVocab", "previousJson",
-     "previousValueList", "previousObjectList", "@context", "expiresAt"}
+    {
+        "type",
+        "value",
+        "object",
+        "objectType",
+        "languageMap",
+        "vocab",
+        "json",
+        "valueList",
+        "objectList",
+        "datasetId",
+        "observedAt",
+        "unitCode",
+        "createdAt",
+        "modifiedAt",
+        "deletedAt",
+        "instanceId",
+        "lang",
+        "previousValue",
+        "previousObject",
+        "previousLanguageMap",
+        "previousVocab",
+        "previousJson",
+        "previousValueList",
+        "previousObjectList",
+        "@context",
+        "expiresAt",
+    }
 )
 SYSTEM_MEMBERS = frozenset({"createdAt", "modifiedAt", "deletedAt", "instanceId"})
-ENTITY_RESERVED = frozenset({"id", "@id", "type", "@type", "@context", "scope", "createdAt", "modifiedAt",
-                             "deletedAt", "expiresAt"})
+ENTITY_RESERVED = frozenset(
+    {"id", "@id", "type", "@type", "@context", "scope", "createdAt", "modifiedAt", "deletedAt", "expiresAt"}
+)
 GEO_CORE = frozenset({NGSI + "location", NGSI + "observationSpace", NGSI + "operationSpace"})
 NULL_URI = "urn:ngsi-ld:null"
 
@@ -143,7 +168,11 @@ def parse_fragment(
 
 
 def parse_attributes(
-    body: dict[str, Any], terms: TermMap, *, stamp: str, skip: frozenset[str] = ENTITY_RESERVED,
+    body: dict[str, Any],
+    terms: TermMap,
+    *,
+    stamp: str,
+    skip: frozenset[str] = ENTITY_RESERVED,
     nulls: str = "forbid",
 ) -> dict[str, list[Instance]]:
     """Attributes of a body, keyed by expanded name.
@@ -222,29 +251,75 @@ def infer_type(name: str, raw: Any) -> tuple[str, Any]:
 
 
 def _looks_geo(value: Any) -> bool:
-    return isinstance(value, dict) and value.get("type") in GEOMETRY_TYPES and (
-        "coordinates" in value or "geometries" in value
+    return (
+        isinstance(value, dict)
+        and value.get("type") in GEOMETRY_TYPES
+        and ("coordinates" in value or "geometries" in value)
     )
 
 
 # members allowed beside the value member, per attribute type (sub-attributes aside)
 ALLOWED_MEMBERS = {
-    "Property": {"value", "observedAt", "unitCode", "datasetId", "valueType", "lang", "expiresAt",
-                 "createdAt", "modifiedAt", "instanceId", "type"},
-    "GeoProperty": {"value", "observedAt", "datasetId", "expiresAt", "createdAt", "modifiedAt",
-                    "instanceId", "type"},
-    "Relationship": {"object", "objectType", "observedAt", "datasetId", "expiresAt", "createdAt",
-                     "modifiedAt", "instanceId", "type"},
-    "LanguageProperty": {"languageMap", "observedAt", "datasetId", "valueType", "expiresAt", "createdAt",
-                         "modifiedAt", "instanceId", "type"},
-    "VocabProperty": {"vocab", "observedAt", "datasetId", "expiresAt", "createdAt", "modifiedAt",
-                      "instanceId", "type"},
-    "JsonProperty": {"json", "observedAt", "datasetId", "expiresAt", "createdAt", "modifiedAt",
-                     "instanceId", "type"},
-    "ListProperty": {"valueList", "observedAt", "unitCode", "datasetId", "expiresAt", "createdAt",
-                     "modifiedAt", "instanceId", "type"},
-    "ListRelationship": {"objectList", "objectType", "observedAt", "datasetId", "expiresAt", "createdAt",
-                         "modifiedAt", "instanceId", "type"},
+    "Property": {
+        "value",
+        "observedAt",
+        "unitCode",
+        "datasetId",
+        "valueType",
+        "lang",
+        "expiresAt",
+        "createdAt",
+        "modifiedAt",
+        "instanceId",
+        "type",
+    },
+    "GeoProperty": {"value", "observedAt", "datasetId", "expiresAt", "createdAt", "modifiedAt", "instanceId", "type"},
+    "Relationship": {
+        "object",
+        "objectType",
+        "observedAt",
+        "datasetId",
+        "expiresAt",
+        "createdAt",
+        "modifiedAt",
+        "instanceId",
+        "type",
+    },
+    "LanguageProperty": {
+        "languageMap",
+        "observedAt",
+        "datasetId",
+        "valueType",
+        "expiresAt",
+        "createdAt",
+        "modifiedAt",
+        "instanceId",
+        "type",
+    },
+    "VocabProperty": {"vocab", "observedAt", "datasetId", "expiresAt", "createdAt", "modifiedAt", "instanceId", "type"},
+    "JsonProperty": {"json", "observedAt", "datasetId", "expiresAt", "createdAt", "modifiedAt", "instanceId", "type"},
+    "ListProperty": {
+        "valueList",
+        "observedAt",
+        "unitCode",
+        "datasetId",
+        "expiresAt",
+        "createdAt",
+        "modifiedAt",
+        "instanceId",
+        "type",
+    },
+    "ListRelationship": {
+        "objectList",
+        "objectType",
+        "observedAt",
+        "datasetId",
+        "expiresAt",
+        "createdAt",
+        "modifiedAt",
+        "instanceId",
+        "type",
+    },
 }
 PROOF_MEMBERS = frozenset({"entityIdSealed", "entityTypeSealed"})
 NGSILD_PROOF = NGSI + "ngsildproof"
@@ -267,7 +342,13 @@ def _contains_null(value: Any) -> bool:
 
 
 def parse_instance(
-    name: str, raw: Any, terms: TermMap, *, stamp: str, nulls: str = "forbid", depth: int = 0,
+    name: str,
+    raw: Any,
+    terms: TermMap,
+    *,
+    stamp: str,
+    nulls: str = "forbid",
+    depth: int = 0,
     value_optional: bool = False,
 ) -> Instance:
     """One attribute instance, validated. value_optional serves partial updates, which may send
@@ -287,9 +368,9 @@ def parse_instance(
         if nulls != "forbid" and _is_null_value(kind, value):
             instance["null"] = True
         else:
-            if kind in ("Property", "LanguageProperty", "Relationship") and _contains_null(value):
-                if not (nulls == "deep" and isinstance(value, dict) and kind == "Property"):
-                    raise BadRequestData(f"{kind} {name!r}: NGSI-LD Null is not allowed inside a value")
+            deep_merge = nulls == "deep" and isinstance(value, dict) and kind == "Property"
+            if kind in ("Property", "LanguageProperty", "Relationship") and _contains_null(value) and not deep_merge:
+                raise BadRequestData(f"{kind} {name!r}: NGSI-LD Null is not allowed inside a value")
             instance[member] = check_value(name, kind, value, terms)
     elif not value_optional:
         raise BadRequestData(f"{kind} {name!r} has no '{member}' member")
@@ -312,9 +393,11 @@ def parse_instance(
         instance["unitCode"] = obj["unitCode"]
     if "valueType" in obj:
         value_type = obj["valueType"]
-        if not isinstance(value_type, str) or (kind == "LanguageProperty" and value_type not in (
-            "langString", "rdf:langString", "http://www.w3.org/1999/02/22-rdf-syntax-ns#langString"
-        )):
+        if not isinstance(value_type, str) or (
+            kind == "LanguageProperty"
+            and value_type
+            not in ("langString", "rdf:langString", "http://www.w3.org/1999/02/22-rdf-syntax-ns#langString")
+        ):
             raise BadRequestData(f"valueType of {name!r} is not valid")
         instance["valueType"] = value_type
     if "expiresAt" in obj:
@@ -340,9 +423,7 @@ def parse_instance(
         if nulls != "forbid" and (sub_raw is None or sub_raw == NULL_URI):
             instance[sub_iri] = None
             continue
-        instance[sub_iri] = parse_instance(
-            sub_name, sub_raw, terms, stamp=stamp, nulls=nulls, depth=depth + 1
-        )
+        instance[sub_iri] = parse_instance(sub_name, sub_raw, terms, stamp=stamp, nulls=nulls, depth=depth + 1)
     return instance
 
 
@@ -416,4 +497,3 @@ def instance_key(instance: Instance) -> str | None:
 
 def sub_attribute_names(instance: Instance) -> list[str]:
     return [key for key in instance if ":" in key]
-

@@ -137,9 +137,7 @@ def _concise(out: dict[str, Any]) -> Any:
     return out
 
 
-def to_geojson_feature(
-    entity: Entity, options: RenderOptions, geometry_property: str | None
-) -> dict[str, Any]:
+def to_geojson_feature(entity: Entity, options: RenderOptions, geometry_property: str | None) -> dict[str, Any]:
     """A GeoJSON Feature: geometry from `geometry_property` (default location), the rest as properties."""
     geo_iri = options.terms.expand(geometry_property) if geometry_property else None
     geometry = None

@@ -175,8 +175,14 @@ def update_attrs(entity_id: str, fragment: Entity, *, no_overwrite: bool = False
             if changed:
                 outcome.updated.append(iri)
             else:
-                outcome.not_updated.append((iri, "attribute exists and noOverwrite was requested"
-                                            if no_overwrite else "attribute instance does not exist"))
+                outcome.not_updated.append(
+                    (
+                        iri,
+                        "attribute exists and noOverwrite was requested"
+                        if no_overwrite
+                        else "attribute instance does not exist",
+                    )
+                )
         if outcome.updated or fragment.get("type"):
             entity["modifiedAt"] = fragment["modifiedAt"]
         return outcome
@@ -262,9 +268,7 @@ def partial_update(entity_id: str, attr_iri: str, patch: Instance, dataset: str 
         for index, existing in enumerate(instances):
             if existing.get("datasetId") == dataset:
                 if patch.get("type") and patch["type"] != existing["type"]:
-                    raise BadRequestData(
-                        f"attribute {attr_iri} is a {existing['type']}, not a {patch['type']}"
-                    )
+                    raise BadRequestData(f"attribute {attr_iri} is a {existing['type']}, not a {patch['type']}")
                 if patch.get("null"):
                     _delete_instance(entity, attr_iri, dataset)
                 else:
@@ -294,9 +298,7 @@ def replace_attr(entity_id: str, attr_iri: str, instances: list[Instance]) -> Mu
     return run
 
 
-def delete_attr(
-    entity_id: str, attr_iri: str, *, dataset: str | None, delete_all: bool, stamp: str
-) -> Mutator:
+def delete_attr(entity_id: str, attr_iri: str, *, dataset: str | None, delete_all: bool, stamp: str) -> Mutator:
     def run(current: Entity | None) -> Outcome:
         entity = _require(current, entity_id)
         instances = entity["attrs"].get(attr_iri)

@@ -10,7 +10,7 @@ from typing import Any
 from cityos.errors import BadRequestData
 
 URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`]*$")
-FORBIDDEN_NAME_CHARS = frozenset('<>"\'=;()\\ \t\r\n')
+FORBIDDEN_NAME_CHARS = frozenset("<>\"'=;()\\ \t\r\n")
 GEOMETRY_TYPES = frozenset(
     {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon", "GeometryCollection"}
 )

@@ -182,7 +182,7 @@ class ContextRegistry:
 
     def _local_id_of(self, url: str) -> str | None:
         index = url.find(HOSTED_PATH)
-        return url[index + len(HOSTED_PATH):] if index >= 0 else None
+        return url[index + len(HOSTED_PATH) :] if index >= 0 else None
 
     def listing(self, tenant: str, kind: str | None) -> list[StoredContext]:
         items = list(self._hosted.get(tenant, {}).values()) + list(self._cached.values())

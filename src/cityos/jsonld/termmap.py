@@ -13,9 +13,31 @@ from typing import Any
 from cityos.errors import BadRequestData
 
 KEYWORDS = frozenset(
-    {"@id", "@type", "@value", "@language", "@list", "@set", "@graph", "@context", "@vocab",
-     "@base", "@container", "@index", "@reverse", "@json", "@none", "@nest", "@version",
-     "@protected", "@import", "@propagate", "@prefix", "@direction", "@included"}
+    {
+        "@id",
+        "@type",
+        "@value",
+        "@language",
+        "@list",
+        "@set",
+        "@graph",
+        "@context",
+        "@vocab",
+        "@base",
+        "@container",
+        "@index",
+        "@reverse",
+        "@json",
+        "@none",
+        "@nest",
+        "@version",
+        "@protected",
+        "@import",
+        "@propagate",
+        "@prefix",
+        "@direction",
+        "@included",
+    }
 )
 GEN_DELIMS = (":", "/", "?", "#", "[", "]", "@")
 
@@ -111,13 +133,13 @@ class TermMap:
         if term is not None:
             return term
         if self.vocab is not None and iri.startswith(self.vocab):
-            suffix = iri[len(self.vocab):]
+            suffix = iri[len(self.vocab) :]
             if suffix and suffix not in self.terms and ":" not in suffix:
                 return suffix
         best: str | None = None
         for prefix, prefix_iri in self.prefixes():
             if iri.startswith(prefix_iri) and len(iri) > len(prefix_iri):
-                candidate = f"{prefix}:{iri[len(prefix_iri):]}"
+                candidate = f"{prefix}:{iri[len(prefix_iri) :]}"
                 if candidate not in self.terms and (best is None or len(candidate) < len(best)):
                     best = candidate
         return best if best is not None else iri
@@ -177,9 +199,7 @@ def define_terms(target: TermMap, context: dict[str, Any], *, allow_scoped: bool
             type_raw = raw.get("@type")
             coercion = resolve(type_raw) if isinstance(type_raw, str) else None
             container = raw.get("@container")
-            target.terms[term] = TermDef(
-                iri, coercion, container if isinstance(container, str) else None
-            )
+            target.terms[term] = TermDef(iri, coercion, container if isinstance(container, str) else None)
         else:
             raise BadRequestData(f"@context term {term!r} must map to a string or an object")
     target._inverse = None

@@ -136,4 +136,3 @@ def routes() -> list[Route]:
         Route(BASE + "/{context_id:path}", serve_context, methods=["GET"]),
         Route(BASE + "/{context_id:path}", delete_context, methods=["DELETE"]),
     ]
-

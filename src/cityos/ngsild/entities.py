@@ -36,15 +36,30 @@ from cityos.store.base import MutationResult
 
 BASE = "/ngsi-ld/v1"
 RETRIEVE_PARAMS = (
-    "attrs", "pick", "omit", "options", "format", "lang", "geometryProperty", "local", "datasetId",
-    "join", "joinLevel", "containedBy", "entityMap", "expandValues", "type", "via", "contextSourceTimeAt",
+    "attrs",
+    "pick",
+    "omit",
+    "options",
+    "format",
+    "lang",
+    "geometryProperty",
+    "local",
+    "datasetId",
+    "join",
+    "joinLevel",
+    "containedBy",
+    "entityMap",
+    "expandValues",
+    "type",
+    "via",
+    "contextSourceTimeAt",
 )
 REPRESENTATION_OPTIONS = ("keyValues", "concise", "normalized", "sysAttrs", "simplified")
 
 
 def representation(request: Request, terms: ResolvedContext) -> RenderOptions:
     """Render options from `options`, `format`, `attrs`, `pick`, `omit` and `lang`."""
-    chosen = options(request, REPRESENTATION_OPTIONS + ("noOverwrite", "replace", "update", "count"))
+    chosen = options(request, (*REPRESENTATION_OPTIONS, "noOverwrite", "replace", "update", "count"))
     fmt = request.query_params.get("format")
     formats = {"keyValues", "simplified", "concise", "normalized"} & chosen
     if fmt is not None:
@@ -77,8 +92,14 @@ def representation(request: Request, terms: ResolvedContext) -> RenderOptions:
         dropped = frozenset(terms.terms.expand(a) for a in omit if a not in ("id", "type"))
     lang = request.query_params.get("lang")
     return RenderOptions(
-        terms=terms.terms, format=name, sys_attrs="sysAttrs" in chosen, attrs=keep, omit=dropped,
-        pick_id=pick_id, pick_type=pick_type, lang=lang,
+        terms=terms.terms,
+        format=name,
+        sys_attrs="sysAttrs" in chosen,
+        attrs=keep,
+        omit=dropped,
+        pick_id=pick_id,
+        pick_type=pick_type,
+        lang=lang,
     )
 
 
@@ -93,9 +114,7 @@ def _entity_id(request: Request) -> str:
     return require_uri(request.path_params["entity_id"], "entity id")
 
 
-async def _mutate_one(
-    request: Request, tenant_name: str, entity_id: str, mutator: update.Mutator
-) -> MutationResult:
+async def _mutate_one(request: Request, tenant_name: str, entity_id: str, mutator: update.Mutator) -> MutationResult:
     """Run one mutation atomically; a `type` parameter restricts it to entities of those types."""
     type_param = request.query_params.get("type")
     if type_param is not None:
@@ -145,9 +164,8 @@ async def retrieve_entity(request: Request) -> Response:
     entity = await services(request).store.get_entity(tenant_name, entity_id)
     if entity is None:
         raise ResourceNotFound(f"entity {entity_id} does not exist")
-    if render.attrs is not None and not any(iri in entity["attrs"] for iri in render.attrs):
-        if request.query_params.get("pick") is None or render.attrs:
-            raise ResourceNotFound(f"entity {entity_id} has none of the requested attributes")
+    if render.attrs and not any(iri in entity["attrs"] for iri in render.attrs):
+        raise ResourceNotFound(f"entity {entity_id} has none of the requested attributes")
     if media == GEO_JSON:
         feature = to_geojson_feature(entity, render, request.query_params.get("geometryProperty"))
         return geojson_response(request, feature, context)
@@ -203,7 +221,9 @@ async def append_attributes(request: Request) -> Response:
     context = await body_context(request, body, media, tenant_name=tenant_name)
     fragment = parse_fragment(body, context.terms, stamp=now(), path_id=entity_id)
     result = await _mutate_one(
-        request, tenant_name, entity_id,
+        request,
+        tenant_name,
+        entity_id,
         update.append(entity_id, fragment, no_overwrite=no_overwrite, add_types=True),
     )
     return _partial_result(result, context)
@@ -246,9 +266,7 @@ async def partial_attribute_update(request: Request) -> Response:
     patch.pop("createdAt", None)
     for member in ("datasetId",):
         patch.pop(member, None)
-    await _mutate_one(
-        request, tenant_name, entity_id, update.partial_update(entity_id, attr, patch, dataset)
-    )
+    await _mutate_one(request, tenant_name, entity_id, update.partial_update(entity_id, attr, patch, dataset))
     return no_content()
 
 
@@ -279,9 +297,7 @@ async def delete_attribute(request: Request) -> Response:
     dataset = request.query_params.get("datasetId")
     if dataset is not None:
         require_uri(dataset, "datasetId")
-    mutator = update.delete_attr(
-        entity_id, attr, dataset=dataset, delete_all=flag(request, "deleteAll"), stamp=now()
-    )
+    mutator = update.delete_attr(entity_id, attr, dataset=dataset, delete_all=flag(request, "deleteAll"), stamp=now())
     await _mutate_one(request, tenant_name, entity_id, mutator)
     return no_content()
 

@@ -28,13 +28,54 @@ from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
 from cityos.store.base import EntityQuery
 
 QUERY_PARAMS = (
-    "id", "type", "idPattern", "attrs", "pick", "omit", "q", "scopeQ", "georel", "geometry", "coordinates",
-    "geoproperty", "geometryProperty", "csf", "lang", "expandValues", "local", "options", "format", "count",
-    "limit", "offset", "orderBy", "collation", "join", "joinLevel", "containedBy", "entityMap", "datasetId",
-    "via", "contextSourceTimeAt",
+    "id",
+    "type",
+    "idPattern",
+    "attrs",
+    "pick",
+    "omit",
+    "q",
+    "scopeQ",
+    "georel",
+    "geometry",
+    "coordinates",
+    "geoproperty",
+    "geometryProperty",
+    "csf",
+    "lang",
+    "expandValues",
+    "local",
+    "options",
+    "format",
+    "count",
+    "limit",
+    "offset",
+    "orderBy",
+    "collation",
+    "join",
+    "joinLevel",
+    "containedBy",
+    "entityMap",
+    "datasetId",
+    "via",
+    "contextSourceTimeAt",
 )
-PURGE_PARAMS = ("id", "type", "idPattern", "attrs", "q", "scopeQ", "georel", "geometry", "coordinates",
-                "geoproperty", "local", "keep", "drop", "csf")
+PURGE_PARAMS = (
+    "id",
+    "type",
+    "idPattern",
+    "attrs",
+    "q",
+    "scopeQ",
+    "georel",
+    "geometry",
+    "coordinates",
+    "geoproperty",
+    "local",
+    "keep",
+    "drop",
+    "csf",
+)
 SYSTEM_ATTRIBUTES = frozenset({"createdAt", "modifiedAt", "deletedAt", "observedAt", "expiresAt"})
 
 
@@ -98,11 +139,13 @@ async def query_entities(request: Request) -> Response:
     context = await query_context(request, tenant_name)
     render = representation(request, context)
     params = request.query_params
-    wants_count = "count" in options(request, ("keyValues", "concise", "normalized", "sysAttrs", "simplified",
-                                                "count")) or params.get("count") == "true"
-    if not any(params.get(k) for k in ("id", "type", "idPattern", "attrs", "q", "georel", "geoQ", "scopeQ")):
-        if params.get("local") != "true":
-            raise BadRequestData("a query needs at least one of type, id, idPattern, attrs, q or a geo-query")
+    wants_count = (
+        "count" in options(request, ("keyValues", "concise", "normalized", "sysAttrs", "simplified", "count"))
+        or params.get("count") == "true"
+    )
+    filters = ("id", "type", "idPattern", "attrs", "q", "georel", "geoQ", "scopeQ")
+    if not any(params.get(k) for k in filters) and params.get("local") != "true":
+        raise BadRequestData("a query needs at least one of type, id, idPattern, attrs, q or a geo-query")
     query = build_query(request, context)
     limit, offset = page(request)
     query.limit, query.offset, query.count = limit, offset, wants_count

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from datetime import UTC, date, datetime, time
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple, NoReturn
 
+from cityos.entities.model import VALUE_MEMBER
 from cityos.errors import BadRequestData
 
 MAX_LENGTH = 4096
@@ -121,9 +123,11 @@ QExpr = Exists | Comparison | Match | And | Or
 
 # --- Lexer -----------------------------------------------------------------------------------------
 
-NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_:/#-.")
-VALUE_STOP = frozenset(';|()",')
-OPERATORS = ("!~=", "~=", "==", "!=", ">=", "<=", ">", "<")  # longest first
+NAME_RE = re.compile(r"[A-Za-z0-9_:/#.\-]+")  # with its `.segment`s, split later: IRIs contain dots
+KEY_RE = re.compile(r"[^\[\]\s]+")  # inside `[...]`
+BARE_RE = re.compile(r'(?:[^;|()",\s.]|\.(?!\.))+')  # an unquoted value stops before `..`
+STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+OPERATOR_RE = re.compile(r"!~=|~=|==|!=|>=|<=|>|<")
 NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 _TIME = r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"
 DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -156,13 +160,10 @@ class _Lexer:
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
 
-    def at_end(self) -> bool:
-        return self.pos >= len(self.text)
-
-    def punct(self, char: str) -> bool:
-        """Consume `char` if it comes next."""
-        if self.peek() == char:
-            self.pos += 1
+    def punct(self, token: str) -> bool:
+        """Consume `token` if it comes next."""
+        if self.text.startswith(token, self.pos):
+            self.pos += len(token)
             return True
         return False
 
@@ -170,62 +171,29 @@ class _Lexer:
         if not self.punct(char):
             _fail(self.text, self.pos)
 
-    def dots(self) -> bool:
-        if self.text.startswith("..", self.pos):
-            self.pos += 2
-            return True
-        return False
+    def take(self, pattern: re.Pattern[str]) -> _Token | None:
+        """Consume and return the token `pattern` matches here, if it does."""
+        found = pattern.match(self.text, self.pos)
+        if found is None:
+            return None
+        self.pos = found.end()
+        return _Token(found.group(), found.start())
 
-    def _run(self, stop: Callable[[int], bool]) -> _Token:
-        start = end = self.pos
-        while end < len(self.text) and not stop(end):
-            end += 1
-        if end == start:
-            _fail(self.text, start)
-        self.pos = end
-        return _Token(self.text[start:end], start)
-
-    def name(self) -> _Token:
-        """An attribute name with its `.segment`s (split later: IRIs may contain dots)."""
-        return self._run(lambda i: self.text[i] not in NAME_CHARS)
-
-    def key(self) -> _Token:
-        """The inside of `[...]`: anything up to `]` except brackets and whitespace."""
-        return self._run(lambda i: self.text[i] in "[]" or self.text[i].isspace())
-
-    def operator(self) -> str | None:
-        for op in OPERATORS:
-            if self.text.startswith(op, self.pos):
-                self.pos += len(op)
-                return op
-        return None
+    def need(self, pattern: re.Pattern[str]) -> _Token:
+        return self.take(pattern) or _fail(self.text, self.pos)
 
     def quoted(self) -> _Token:
         """A double-quoted string with JSON escapes; the token text is the decoded string."""
-        start, i = self.pos, self.pos + 1
-        while i < len(self.text):
-            if self.text[i] == "\\":
-                i += 2
-            elif self.text[i] == '"':
-                break
-            else:
-                i += 1
-        else:
-            _fail(self.text, start, "unterminated string")
+        token = self.take(STRING_RE) or _fail(self.text, self.pos, "unterminated string")
         try:
-            decoded = json.loads(self.text[start : i + 1])
+            return _Token(str(json.loads(token.text)), token.pos)
         except ValueError:
-            _fail(self.text, start, "invalid string")
-        self.pos = i + 1
-        return _Token(str(decoded), start)
+            _fail(self.text, token.pos, "invalid string")
 
     def value(self) -> Value:
         if self.peek() == '"':
             return Value(self.quoted().text, "string")
-        word = self._run(
-            lambda i: self.text[i] in VALUE_STOP or self.text[i].isspace() or self.text.startswith("..", i)
-        )
-        return _classify(word)
+        return _classify(self.need(BARE_RE))
 
     def regex(self) -> _Token:
         """A quoted pattern, or a bare one running to the first `;`, `|` or `)` outside its groups."""
@@ -322,7 +290,7 @@ class _Parser:
 
     def parse(self) -> QExpr:
         expr = self.query()
-        if not self.lex.at_end():
+        if self.lex.peek():
             _fail(self.text, self.lex.pos)
         return expr
 
@@ -356,9 +324,10 @@ class _Parser:
     def term(self) -> QExpr:
         path = self.path()
         pos = self.lex.pos
-        op = self.lex.operator()
-        if op is None:
+        token = self.lex.take(OPERATOR_RE)
+        if token is None:
             return Exists(path)
+        op = token.text
         if op in ("~=", "!~="):
             pattern = self.lex.regex()
             _compile_regex(pattern.text, pattern.pos)
@@ -366,7 +335,7 @@ class _Parser:
         return Comparison(path, op, self.operand(op, pos))  # type: ignore[arg-type]
 
     def path(self) -> Path:
-        name, segments = _split_name(self.lex.name())
+        name, segments = _split_name(self.lex.need(NAME_RE))
         pos = self.lex.pos
         if self.lex.punct("{"):
             self.enter(pos)
@@ -376,7 +345,7 @@ class _Parser:
             return LinkedEntityPath(AttrPath(name, segments), target)
         keys: list[str] = []
         while self.lex.punct("["):
-            token = self.lex.key()
+            token = self.lex.need(KEY_RE)
             self.lex.expect("]")
             if "" in token.text.split("."):
                 _fail(self.text, token.pos, "empty key in [...]")
@@ -387,7 +356,7 @@ class _Parser:
         equality = op in ("==", "!=")
         pos = self.lex.pos
         first = self.lex.value()
-        if self.lex.dots():
+        if self.lex.punct(".."):
             second = self.lex.value()
             if not equality:
                 _fail(self.text, op_pos, f"a range needs == or != (found {op})")
@@ -437,11 +406,8 @@ def _format_path(path: Path) -> str:
 
 def _bare_regex_ok(pattern: str) -> bool:
     """Whether the pattern survives being written unquoted (its scan stops exactly at its end)."""
-    if pattern.startswith('"'):
-        return False
-    lexer = _Lexer(pattern + ";")
     try:
-        return lexer.regex().text == pattern
+        return not pattern.startswith('"') and _Lexer(pattern + ";").regex().text == pattern
     except BadRequestData:
         return False
 
@@ -487,25 +453,17 @@ def q_attribute_names(expr: QExpr) -> set[str]:
 ENTITY_SYSTEM = frozenset({"createdAt", "modifiedAt", "deletedAt", "expiresAt"})
 # Members of an attribute instance reachable as `attr.<name>`; never expanded.
 METADATA = frozenset({"observedAt", "unitCode", "datasetId", "createdAt", "modifiedAt"})
-VALUE_MEMBER = {
-    "Property": "value",
-    "GeoProperty": "value",
-    "Relationship": "object",
-    "LanguageProperty": "languageMap",
-    "VocabProperty": "vocab",
-    "JsonProperty": "json",
-    "ListProperty": "valueList",
-    "ListRelationship": "objectList",
+ORDERINGS: dict[str, Callable[[int, int], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
 }
 
 
-class _Group(NamedTuple):
-    """What a path found on one attribute instance; `items` may hold lists, flattened on compare."""
-
-    items: list[Any]
-    vocab: bool
-
-
+# What a path found on one attribute instance: its items (lists among them are flattened when
+# compared) and whether they are VocabProperty IRIs.
+_Group = tuple[list[Any], bool]
 Resolver = Callable[[Entity], list[_Group]]
 
 
@@ -544,11 +502,8 @@ def _compare(stored: Any, literal: Value) -> int | None:
 
 
 def _flatten(items: Iterable[Any]) -> Iterator[Any]:
-    for item in items:
-        if isinstance(item, list):
-            yield from item
-        else:
-            yield item
+    """Arrays compare element by element (Relationship objects, ListProperty, array values)."""
+    return (value for item in items for value in (item if isinstance(item, list) else (item,)))
 
 
 def _index(items: list[Any], key: str) -> list[Any]:
@@ -582,7 +537,7 @@ def _resolve_instance(instance: Any, steps: tuple[tuple[bool, str], ...], keys: 
         items = list(raw.values()) if kind == "LanguageProperty" and isinstance(raw, dict) and not keys else [raw]
     for key in keys:
         items = _index(items, key)
-    return _Group(items, vocab) if items else None
+    return (items, vocab) if items else None
 
 
 class _Compiler:
@@ -608,7 +563,7 @@ class _Compiler:
             raise QNotSupported("q: linked-entity paths (attr{...}) are not supported")
         if path.name in ENTITY_SYSTEM and not path.segments and not path.keys:
             name = path.name
-            return lambda entity: [] if entity.get(name) is None else [_Group([entity[name]], False)]
+            return lambda entity: [] if entity.get(name) is None else [([entity[name]], False)]
         iri = self.expand(path.name)
         steps = tuple((s in METADATA, s if s in METADATA else self.expand(s)) for s in path.segments)
         keys = path.keys
@@ -628,8 +583,8 @@ class _Compiler:
         negated = expr.op == "!="
 
         def predicate(entity: Entity) -> bool:
-            for group in resolve(entity):
-                results = [test(value, group.vocab) for value in _flatten(group.items)]
+            for items, vocab in resolve(entity):
+                results = [test(value, vocab) for value in _flatten(items)]
                 comparable = [r for r in results if r is not None]
                 # == holds if some value equals; != if some value is comparable and none equals.
                 if (comparable and not any(comparable)) if negated else any(comparable):
@@ -661,13 +616,11 @@ class _Compiler:
 
             return equal
         literal = literals[0]
-        accept: Callable[[int], bool] = {
-            ">": lambda c: c > 0, ">=": lambda c: c >= 0, "<": lambda c: c < 0, "<=": lambda c: c <= 0,
-        }[op]
+        accept = ORDERINGS[op]
 
         def ordered(stored: Any, vocab: bool) -> bool | None:
             outcome = _compare(stored, literal)
-            return None if outcome is None else accept(outcome)
+            return None if outcome is None else accept(outcome, 0)
 
         return ordered
 
@@ -676,8 +629,8 @@ class _Compiler:
         negated = expr.negated
 
         def predicate(entity: Entity) -> bool:
-            for group in resolve(entity):
-                strings = [v for v in _flatten(group.items) if isinstance(v, str)]
+            for items, _ in resolve(entity):
+                strings = [v for v in _flatten(items) if isinstance(v, str)]
                 hit = any(pattern.search(s) for s in strings)
                 if (bool(strings) and not hit) if negated else hit:
                     return True

@@ -208,9 +208,7 @@ class SQLiteStore:
 
         return await self._write(run)
 
-    def _apply(
-        self, connection: sqlite3.Connection, tenant: str, entity_id: str, mutator: Mutator
-    ) -> MutationResult:
+    def _apply(self, connection: sqlite3.Connection, tenant: str, entity_id: str, mutator: Mutator) -> MutationResult:
         row = connection.execute(
             "SELECT pk, doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
         ).fetchone()
@@ -249,9 +247,9 @@ class SQLiteStore:
 
     def _index(self, connection: sqlite3.Connection, pk: int, before: Entity | None, after: Entity) -> None:
         if before is not None:
-            if before["type"] == after["type"] and before["attrs"].keys() == after["attrs"].keys():
-                if _geo_values(before) == _geo_values(after):
-                    return
+            same_keys = before["type"] == after["type"] and before["attrs"].keys() == after["attrs"].keys()
+            if same_keys and _geo_values(before) == _geo_values(after):
+                return
             self._unindex(connection, pk)
         connection.executemany(
             "INSERT OR IGNORE INTO entity_types (type, pk) VALUES (?, ?)", [(t, pk) for t in after["type"]]
@@ -263,9 +261,7 @@ class SQLiteStore:
             box = geometry_bbox(geometry)
             if box is None:
                 continue
-            gid = connection.execute(
-                "INSERT INTO entity_geo_attrs (pk, attr) VALUES (?, ?)", (pk, attr)
-            ).lastrowid
+            gid = connection.execute("INSERT INTO entity_geo_attrs (pk, attr) VALUES (?, ?)", (pk, attr)).lastrowid
             connection.execute("INSERT INTO entity_geo VALUES (?, ?, ?, ?, ?)", (gid, *box))
 
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
@@ -328,16 +324,12 @@ class SQLiteStore:
 
     async def delete_context(self, tenant: str, local_id: str) -> None:
         await self._write(
-            lambda c: c.execute(
-                "DELETE FROM jsonld_contexts WHERE tenant = ? AND local_id = ?", (tenant, local_id)
-            )
+            lambda c: c.execute("DELETE FROM jsonld_contexts WHERE tenant = ? AND local_id = ?", (tenant, local_id))
         )
 
     async def load_contexts(self) -> list[StoredContextRow]:
         def run(connection: sqlite3.Connection) -> list[StoredContextRow]:
-            rows = connection.execute(
-                "SELECT tenant, local_id, kind, doc, created_at FROM jsonld_contexts"
-            ).fetchall()
+            rows = connection.execute("SELECT tenant, local_id, kind, doc, created_at FROM jsonld_contexts").fetchall()
             return [StoredContextRow(t, i, k, orjson.loads(d), c) for t, i, k, d, c in rows]
 
         return await self._read(run)
@@ -363,13 +355,9 @@ def _select_sql(tenant: str, query: EntityQuery) -> tuple[str, list[Any]]:
         clauses.append("regexp(?, e.id)")
         params.append(query.id_pattern)
     if query.types is not None:
-        clauses.append(
-            f"e.pk IN (SELECT pk FROM entity_types WHERE type IN ({','.join('?' * len(query.types))}))"
-        )
+        clauses.append(f"e.pk IN (SELECT pk FROM entity_types WHERE type IN ({','.join('?' * len(query.types))}))")
         params.extend(query.types)
     if query.attrs is not None:
-        clauses.append(
-            f"e.pk IN (SELECT pk FROM entity_attrs WHERE attr IN ({','.join('?' * len(query.attrs))}))"
-        )
+        clauses.append(f"e.pk IN (SELECT pk FROM entity_attrs WHERE attr IN ({','.join('?' * len(query.attrs))}))")
         params.extend(query.attrs)
     return f"SELECT e.doc FROM entities e WHERE {' AND '.join(clauses)} ORDER BY e.pk", params
