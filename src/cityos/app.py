@@ -137,7 +137,9 @@ def create_app(settings: Settings) -> Starlette:
         preload_manifest=settings.context_preload,
     )
     registry.base_url = f"http://{settings.host}:{settings.port}"
-    services = Services(settings=settings, store=open_store(settings.database), contexts=registry)
+    services = Services(
+        settings=settings, store=open_store(settings.database, query_timeout=settings.query_timeout), contexts=registry
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

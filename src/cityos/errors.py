@@ -87,6 +87,12 @@ class TooManyResults(NgsiLdError):
     type_name, status, title = "TooManyResults", 403, "Too many results"
 
 
+class QueryTimeout(NgsiLdError):
+    """Not a spec type: a query stopped at the query_timeout setting (a server-side limit)."""
+
+    type_name, status, title = "TooComplexQuery", 403, "Query took too long"
+
+
 class LdContextNotAvailable(NgsiLdError):
     type_name, status, title = "LdContextNotAvailable", 504, "@context not available"
 

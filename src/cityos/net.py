@@ -13,6 +13,9 @@ from urllib.parse import urlsplit
 import httpx
 
 
+MAX_REDIRECTS = 3
+
+
 class OutboundRefused(Exception):
     """The target is not allowed, unreachable, too slow or too large."""
 
@@ -44,22 +47,26 @@ class OutboundPolicy:
                 )
 
     async def get(self, url: str, accept: str) -> bytes:
-        """GET a resource under the policy; returns the body or raises OutboundRefused."""
-        await self.check_target(url)
+        """GET a resource under the policy, following up to MAX_REDIRECTS redirects, each target
+        checked again; returns the body or raises OutboundRefused."""
         try:
-            async with (
-                httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client,
-                client.stream("GET", url, headers={"Accept": accept}) as response,
-            ):
-                if response.status_code != 200:
-                    raise OutboundRefused(f"{url} answered HTTP {response.status_code}")
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise OutboundRefused(f"{url} is larger than {self.max_bytes} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
+            async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+                for _ in range(MAX_REDIRECTS + 1):
+                    await self.check_target(url)
+                    async with client.stream("GET", url, headers={"Accept": accept}) as response:
+                        if response.is_redirect and "location" in response.headers:
+                            url = str(response.url.join(response.headers["location"]))
+                            continue
+                        if response.status_code != 200:
+                            raise OutboundRefused(f"{url} answered HTTP {response.status_code}")
+                        chunks: list[bytes] = []
+                        size = 0
+                        async for chunk in response.aiter_bytes():
+                            size += len(chunk)
+                            if size > self.max_bytes:
+                                raise OutboundRefused(f"{url} is larger than {self.max_bytes} bytes")
+                            chunks.append(chunk)
+                        return b"".join(chunks)
+                raise OutboundRefused(f"more than {MAX_REDIRECTS} redirects")
         except httpx.HTTPError as exc:
             raise OutboundRefused(f"{url}: {type(exc).__name__}: {exc}") from exc

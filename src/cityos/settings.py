@@ -41,6 +41,7 @@ class Settings:
     max_batch_size: int = _setting(1000, "Largest number of entities in one batch operation.")
     max_page_size: int = _setting(1000, "Largest `limit` accepted by a query (spec errors past it).")
     default_page_size: int = _setting(20, "Page size of a query that gives no `limit`.")
+    query_timeout: float = _setting(10.0, "Seconds a query may run in the store before it is stopped (403).")
     core_context: str = _setting("v1.9", "Version of the ETSI core @context applied by default: v1.9 or v1.8.")
 
     @classmethod
@@ -64,11 +65,24 @@ class Settings:
             raise ValueError("workers must be at least 1")
         if self.core_context not in ("v1.9", "v1.8"):
             raise ValueError("core_context must be v1.9 or v1.8")
+        if self.query_timeout <= 0:
+            raise ValueError("query_timeout must be positive")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be one of debug, info, warning, error")
-        for name in ("max_body_bytes", "max_batch_size", "max_page_size", "default_page_size"):
+        for name in (
+            "max_body_bytes",
+            "max_batch_size",
+            "max_page_size",
+            "default_page_size",
+            "context_max_bytes",
+            "context_cache_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
+        if self.context_fetch_timeout <= 0:
+            raise ValueError("context_fetch_timeout must be positive")
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("default_page_size cannot be larger than max_page_size")
 
 
 def env_name(name: str) -> str:

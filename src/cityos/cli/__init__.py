@@ -50,7 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="Serve the NGSI-LD API.",
         description="Serve the NGSI-LD API. Every option can also be set with its CITYOS_* variable.",
         epilog="Example: cityos serve --host 127.0.0.1 --port 1026 --database city.db",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_setting_options(serve)
     return parser

@@ -210,7 +210,7 @@ class ContextRegistry:
         cache_key = (tenant, key)
         terms = self._compiled.get(cache_key)
         if terms is None:
-            terms = TermMap()
+            terms = TermMap(vocab=self.core_terms().vocab)
             await self._apply(tenant, terms, value, 0, set())
             core = self.core_terms()
             terms.terms.update(core.terms)  # the core context comes last and is protected

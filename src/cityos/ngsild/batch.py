@@ -30,6 +30,7 @@ from cityos.ngsild.common import (
     tenant,
 )
 from cityos.ngsild.negotiation import JSON_LD
+from cityos.ngsild.querying import query_post
 
 BASE = "/ngsi-ld/v1/entityOperations"
 
@@ -205,4 +206,5 @@ def routes() -> list[Route]:
         Route(BASE + "/update", batch_update, methods=["POST"]),
         Route(BASE + "/merge", batch_merge, methods=["POST"]),
         Route(BASE + "/delete", batch_delete, methods=["POST"]),
+        Route(BASE + "/query", query_post, methods=["POST"]),
     ]

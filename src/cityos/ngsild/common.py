@@ -160,7 +160,7 @@ def options(request: Request, allowed: Iterable[str]) -> set[str]:
     values = {v.strip() for item in raw for v in item.split(",") if v.strip()}
     unknown = values - set(allowed)
     if unknown:
-        raise BadRequestData(f"unknown options: {', '.join(sorted(unknown))}")
+        raise InvalidRequest(f"unknown options: {', '.join(sorted(unknown))}")
     return values
 
 

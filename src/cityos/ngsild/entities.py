@@ -19,7 +19,6 @@ from cityos.ngsild.common import (
     accept,
     body_context,
     check_params,
-    csv_param,
     existing_tenant,
     flag,
     json_response,
@@ -31,7 +30,8 @@ from cityos.ngsild.common import (
     tenant,
 )
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
-from cityos.ngsild.querying import purge_entities, query_entities
+from cityos.ngsild.querying import purge_entities, query_entities, type_filter
+from cityos.query.projection import Projected, depth, parse_projection
 from cityos.store.base import MutationResult
 
 BASE = "/ngsi-ld/v1"
@@ -64,33 +64,35 @@ def representation(request: Request, terms: ResolvedContext) -> RenderOptions:
     formats = {"keyValues", "simplified", "concise", "normalized"} & chosen
     if fmt is not None:
         if fmt not in ("keyValues", "simplified", "concise", "normalized"):
-            raise BadRequestData(f"unknown format {fmt!r}")
+            raise InvalidRequest(f"unknown format {fmt!r}")
         formats = {fmt}
-    if len(formats - {"simplified"} | ({"keyValues"} if "simplified" in formats else set())) > 1:
+    formats = {"keyValues" if f == "simplified" else f for f in formats}
+    if len(formats) > 1:
         raise BadRequestData("options name more than one representation format")
     name = next(iter(formats), "normalized")
-    name = "keyValues" if name == "simplified" else name
-    pick = csv_param(request, "pick")
-    attrs = csv_param(request, "attrs")
-    omit = csv_param(request, "omit")
+    params = request.query_params
+    pick = _projection(params.get("pick"), "pick")
+    omit = _projection(params.get("omit"), "omit")
+    attrs = _projection(params.get("attrs"), "attrs")
     if pick is not None and omit is not None:
         raise BadRequestData("pick and omit cannot be used together")
-    selected = pick if pick is not None else attrs
-    keep = None
+    if attrs is not None and (pick is not None or omit is not None):
+        raise BadRequestData("attrs cannot be combined with pick or omit")
+    for projection in (pick, omit, attrs):
+        if projection is not None and depth(projection) > 0 and params.get("join") is None:
+            raise BadRequestData("a linked-entity projection (name{...}) needs join")
+    keep = dropped = None
     pick_id = pick_type = True
+    selected = pick if pick is not None else attrs
     if selected is not None:
-        for item in selected:
-            check_name(item, "attribute name")
+        names = [p.name for p in selected]
         if pick is not None:
-            pick_id, pick_type = "id" in pick, "type" in pick
-        keep = frozenset(terms.terms.expand(a) for a in selected if a not in ("id", "type"))
-    dropped = None
+            pick_id, pick_type = "id" in names, "type" in names
+        keep = frozenset(terms.terms.expand(n) for n in names if n not in ("id", "type"))
     if omit is not None:
-        for item in omit:
-            check_name(item, "attribute name")
-        pick_id, pick_type = "id" not in omit, "type" not in omit
-        dropped = frozenset(terms.terms.expand(a) for a in omit if a not in ("id", "type"))
-    lang = request.query_params.get("lang")
+        names = [p.name for p in omit]
+        pick_id, pick_type = "id" not in names, "type" not in names
+        dropped = frozenset(terms.terms.expand(n) for n in names if n not in ("id", "type"))
     return RenderOptions(
         terms=terms.terms,
         format=name,
@@ -99,8 +101,12 @@ def representation(request: Request, terms: ResolvedContext) -> RenderOptions:
         omit=dropped,
         pick_id=pick_id,
         pick_type=pick_type,
-        lang=lang,
+        lang=params.get("lang"),
     )
+
+
+def _projection(raw: str | None, what: str) -> tuple[Projected, ...] | None:
+    return None if raw is None else parse_projection(raw, what)
 
 
 def _attr_iri(request: Request, context: ResolvedContext, *, scope_ok: bool = False) -> str:
@@ -118,8 +124,6 @@ async def _mutate_one(request: Request, tenant_name: str, entity_id: str, mutato
     """Run one mutation atomically; a `type` parameter restricts it to entities of those types."""
     type_param = request.query_params.get("type")
     if type_param is not None:
-        from cityos.ngsild.querying import type_filter
-
         context = await query_context(request, tenant_name)
         mutator = update.only_types(entity_id, type_filter(type_param, context), mutator)
     results = await services(request).store.mutate(tenant_name, [(entity_id, mutator)], atomic=True)
@@ -161,9 +165,14 @@ async def retrieve_entity(request: Request) -> Response:
     tenant_name = await existing_tenant(request)
     context = await query_context(request, tenant_name)
     render = representation(request, context)
+    if media != GEO_JSON and request.query_params.get("geometryProperty") is not None:
+        raise BadRequestData("geometryProperty needs Accept: application/geo+json")
     entity = await services(request).store.get_entity(tenant_name, entity_id)
     if entity is None:
         raise ResourceNotFound(f"entity {entity_id} does not exist")
+    type_param = request.query_params.get("type")
+    if type_param is not None and not set(type_filter(type_param, context)) & set(entity["type"]):
+        raise ResourceNotFound(f"entity {entity_id} is not of type {type_param}")
     if render.attrs and not any(iri in entity["attrs"] for iri in render.attrs):
         raise ResourceNotFound(f"entity {entity_id} has none of the requested attributes")
     if media == GEO_JSON:

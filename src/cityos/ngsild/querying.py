@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cityos.entities import update
-from cityos.entities.model import Entity
 from cityos.entities.render import render_entity, to_geojson_feature
-from cityos.entities.values import check_name, now
+from cityos.entities.values import now
 from cityos.errors import BadRequestData, TooManyResults
 from cityos.jsonld.registry import ResolvedContext
 from cityos.ngsild.common import (
     accept,
+    body_context,
     check_params,
     csv_param,
     existing_tenant,
@@ -22,9 +22,11 @@ from cityos.ngsild.common import (
     no_content,
     options,
     query_context,
+    read_payload,
     services,
 )
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
+from cityos.query.entity_query import QuerySpec, build_entity_query, type_predicate
 from cityos.store.base import EntityQuery
 
 QUERY_PARAMS = (
@@ -76,44 +78,41 @@ PURGE_PARAMS = (
     "drop",
     "csf",
 )
+REPRESENTATION_OPTIONS = ("keyValues", "concise", "normalized", "sysAttrs", "simplified", "count")
 SYSTEM_ATTRIBUTES = frozenset({"createdAt", "modifiedAt", "deletedAt", "observedAt", "expiresAt"})
 
 
 def type_filter(raw: str, context: ResolvedContext) -> list[str]:
-    """Expanded types of a `type` parameter (a comma-separated list means any of them)."""
-    names = [part.strip() for part in raw.replace("|", ",").split(",")]
-    types = []
-    for name in names:
-        name = name.strip("()")
-        check_name(name, "entity type")
-        types.append(context.terms.expand(name))
-    return types
+    """Expanded types of a `type` parameter used as a selector on a single entity (any of them)."""
+    return type_predicate(raw, context.terms.expand)[0]
+
+
+def geo_from_params(request: Request) -> Any:
+    params = request.query_params
+    if not any(params.get(k) is not None for k in ("georel", "geometry", "coordinates")):
+        return None
+    from cityos.query.geo import parse_geo_query
+
+    return parse_geo_query(
+        params.get("georel"), params.get("geometry"), params.get("coordinates"), params.get("geoproperty")
+    )
+
+
+def spec_from_params(request: Request) -> QuerySpec:
+    params = request.query_params
+    return QuerySpec(
+        ids=csv_param(request, "id"),
+        id_pattern=params.get("idPattern"),
+        type_expr=params.get("type"),
+        attrs=csv_param(request, "attrs"),
+        q=params.get("q"),
+        scope_q=params.get("scopeQ"),
+        geo=geo_from_params(request),
+    )
 
 
 def build_query(request: Request, context: ResolvedContext) -> EntityQuery:
-    params = request.query_params
-    query = EntityQuery()
-    if params.get("type") is not None:
-        query.types = type_filter(params["type"], context)
-    ids = csv_param(request, "id")
-    if ids is not None:
-        query.ids = ids
-    if params.get("idPattern") is not None:
-        query.id_pattern = params["idPattern"]
-    attrs = csv_param(request, "attrs")
-    if attrs is not None:
-        if any("{" in a for a in attrs):
-            raise BadRequestData("linked-entity projections are not supported in attrs")
-        query.attrs = [context.terms.expand(check_name(a, "attribute name")) for a in attrs]
-    predicates: list[Callable[[Entity], bool]] = []
-    q = params.get("q")
-    if q is not None:
-        from cityos.query.q import compile_q
-
-        predicates.append(compile_q(q, context.terms.expand))
-    if predicates:
-        query.predicate = lambda entity: all(p(entity) for p in predicates)
-    return query
+    return build_entity_query(spec_from_params(request), context.terms.expand)
 
 
 def page(request: Request) -> tuple[int, int]:
@@ -131,22 +130,27 @@ def page(request: Request) -> tuple[int, int]:
 
 
 async def query_entities(request: Request) -> Response:
-    from cityos.ngsild.entities import geojson_response, representation
-
     check_params(request, QUERY_PARAMS)
     media = accept(request, (JSON, JSON_LD, GEO_JSON))
     tenant_name = await existing_tenant(request)
     context = await query_context(request, tenant_name)
-    render = representation(request, context)
     params = request.query_params
-    wants_count = (
-        "count" in options(request, ("keyValues", "concise", "normalized", "sysAttrs", "simplified", "count"))
-        or params.get("count") == "true"
-    )
     filters = ("id", "type", "idPattern", "attrs", "q", "georel", "geoQ", "scopeQ")
     if not any(params.get(k) for k in filters) and params.get("local") != "true":
         raise BadRequestData("a query needs at least one of type, id, idPattern, attrs, q or a geo-query")
     query = build_query(request, context)
+    return await run_query(request, tenant_name, context, query, media)
+
+
+async def run_query(
+    request: Request, tenant_name: str, context: ResolvedContext, query: EntityQuery, media: str
+) -> Response:
+    """Page, run and render a query (shared by GET /entities and POST /entityOperations/query)."""
+    from cityos.ngsild.entities import geojson_response, representation
+
+    render = representation(request, context)
+    params = request.query_params
+    wants_count = "count" in options(request, REPRESENTATION_OPTIONS) or params.get("count") == "true"
     limit, offset = page(request)
     query.limit, query.offset, query.count = limit, offset, wants_count
     result = await services(request).store.query_entities(tenant_name, query)
@@ -196,3 +200,68 @@ async def purge_entities(request: Request) -> Response:
     if operations:
         await services(request).store.mutate(tenant_name, operations, atomic=True)
     return no_content()
+
+
+QUERY_BODY_MEMBERS = frozenset(
+    {
+        "type",
+        "entities",
+        "attrs",
+        "pick",
+        "omit",
+        "q",
+        "geoQ",
+        "scopeQ",
+        "csf",
+        "lang",
+        "temporalQ",
+        "@context",
+        "local",
+        "expandValues",
+        "join",
+        "joinLevel",
+        "containedBy",
+        "datasetId",
+        "entityMap",
+    }
+)
+
+
+async def query_post(request: Request) -> Response:
+    """POST /entityOperations/query: the query in a body, paging and representation in the URL."""
+    check_params(request, ("limit", "offset", "count", "options", "format", "local", "lang", "geometryProperty"))
+    media = accept(request, (JSON, JSON_LD, GEO_JSON))
+    body, body_media = await read_payload(request)
+    tenant_name = await existing_tenant(request)
+    if not isinstance(body, dict):
+        raise BadRequestData("the query must be a JSON object")
+    if body.get("type") != "Query":
+        raise BadRequestData('a query body needs "type": "Query"')
+    unknown = set(body) - QUERY_BODY_MEMBERS
+    if unknown:
+        raise BadRequestData(f"unknown members in the query: {', '.join(sorted(unknown))}")
+    context = await body_context(request, body, body_media, tenant_name=tenant_name)
+    geo = None
+    if body.get("geoQ") is not None:
+        from cityos.query.geo import parse_geo_query
+
+        geo_q = body["geoQ"]
+        if not isinstance(geo_q, dict):
+            raise BadRequestData("geoQ must be an object")
+        geo = parse_geo_query(
+            geo_q.get("georel"), geo_q.get("geometry"), geo_q.get("coordinates"), geo_q.get("geoproperty")
+        )
+    attrs = body.get("attrs")
+    if attrs is not None and (not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs)):
+        raise BadRequestData("attrs must be an array of attribute names")
+    entities = body.get("entities")
+    if entities is not None and (not isinstance(entities, list) or not entities):
+        raise BadRequestData("entities must be a non-empty array")
+    for member in ("q", "scopeQ"):
+        if body.get(member) is not None and not isinstance(body[member], str):
+            raise BadRequestData(f"{member} must be a string")
+    spec = QuerySpec(attrs=attrs, q=body.get("q"), scope_q=body.get("scopeQ"), geo=geo, selectors=entities)
+    if spec.is_empty():
+        raise BadRequestData("a query needs entities, attrs, q or geoQ")
+    query = build_entity_query(spec, context.terms.expand)
+    return await run_query(request, tenant_name, context, query, media)

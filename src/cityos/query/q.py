@@ -1,7 +1,7 @@
 """The NGSI-LD query language (ETSI GS CIM 009 V1.9.1, clause 4.9): the `q` request parameter.
 
-`parse_q` turns the text into an immutable AST, `compile_q` turns it into a predicate over CityOS's
-internal (expanded) entity form and `format_q` writes an AST back as q text.
+`parse_q` turns the text into an immutable AST and `compile_q` turns that into a predicate over
+CityOS's internal (expanded) entity form.
 
 The scanner is context-sensitive because the grammar is: `:`, `-`, `.` and `/` mean different
 things in attribute names, URIs, date-times and ranges, so the parser tells the lexer what it
@@ -385,58 +385,7 @@ def parse_q(text: str) -> QExpr:
     return _Parser(text).parse()
 
 
-# --- Formatting and inspection --------------------------------------------------------------------
-
-
-def _format_value(value: Value) -> str:
-    if value.kind == "boolean":
-        return "true" if value.value else "false"
-    if value.kind == "number":
-        return repr(value.value)
-    if value.kind == "string":
-        return json.dumps(value.value, ensure_ascii=False)
-    return str(value.value)
-
-
-def _format_path(path: Path) -> str:
-    if isinstance(path, LinkedEntityPath):
-        return f"{_format_path(path.relationship)}{{{_format_path(path.target)}}}"
-    return "".join([path.name, *("." + s for s in path.segments), *(f"[{k}]" for k in path.keys)])
-
-
-def _bare_regex_ok(pattern: str) -> bool:
-    """Whether the pattern survives being written unquoted (its scan stops exactly at its end)."""
-    try:
-        return not pattern.startswith('"') and _Lexer(pattern + ";").regex().text == pattern
-    except BadRequestData:
-        return False
-
-
-def format_q(expr: QExpr) -> str:
-    """q text for an AST; `parse_q(format_q(e)) == e` (used in logs and tests)."""
-    if isinstance(expr, And | Or):
-        sep = ";" if isinstance(expr, And) else "|"
-        parts = []
-        for term in expr.terms:
-            text = format_q(term)
-            if isinstance(term, Or) or (isinstance(term, And) and isinstance(expr, And)):
-                text = f"({text})"
-            parts.append(text)
-        return sep.join(parts)
-    path = _format_path(expr.path)
-    if isinstance(expr, Exists):
-        return path
-    if isinstance(expr, Match):
-        pattern = expr.pattern if _bare_regex_ok(expr.pattern) else json.dumps(expr.pattern, ensure_ascii=False)
-        return f"{path}{'!~=' if expr.negated else '~='}{pattern}"
-    operand = expr.operand
-    if isinstance(operand, Range):
-        text = f"{_format_value(operand.low)}..{_format_value(operand.high)}"
-    elif isinstance(operand, ValueList):
-        text = ",".join(_format_value(v) for v in operand.items)
-    else:
-        text = _format_value(operand)
-    return f"{path}{expr.op}{text}"
+# --- Inspection ----------------------------------------------------------------------------------------
 
 
 def q_attribute_names(expr: QExpr) -> set[str]:

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator, Outcome
 from cityos.errors import NgsiLdError
+from cityos.query.pushdown import ValueFilter
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,8 @@ class EntityQuery:
     ids: Sequence[str] | None = None
     id_pattern: str | None = None
     attrs: Sequence[str] | None = None  # entities having at least one of these attributes
+    value_filters: Sequence[ValueFilter] = ()  # sound prefilters taken from q (query/pushdown.py)
+    geo_box: tuple[str, tuple[float, float, float, float]] | None = None  # (attr, min_x, max_x, min_y, max_y)
     predicate: Callable[[Entity], bool] | None = None
     limit: int | None = None
     offset: int = 0

@@ -9,23 +9,26 @@ of GeoProperty bounding boxes.
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import orjson
+import regex
 
-from cityos.entities.expiry import next_expiry, now_key, visible
-from cityos.entities.model import Entity
+from cityos.entities.expiry import next_expiry, normalize, now_key, visible
+from cityos.entities.model import VALUE_MEMBER, Entity
 from cityos.entities.update import Mutator
-from cityos.errors import NgsiLdError
+from cityos.errors import NgsiLdError, QueryTimeout
+from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityChange, EntityQuery, MutationResult, QueryResult, StoredContextRow
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+REGEX_TIMEOUT = 0.1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entities (
@@ -34,10 +37,17 @@ CREATE TABLE IF NOT EXISTS entities (
     id TEXT NOT NULL,
     doc BLOB NOT NULL,
     modified_at TEXT NOT NULL,
-    expires_at TEXT,
+    expires_at TEXT,    -- the entity's own expiresAt (normalized UTC), for exact visibility in SQL
+    next_expiry TEXT,   -- the earliest expiresAt of the entity or any attribute, for the sweeper
     UNIQUE (tenant, id)
 );
-CREATE INDEX IF NOT EXISTS entities_expiry ON entities (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entities_expiry ON entities (next_expiry) WHERE next_expiry IS NOT NULL;
+CREATE TABLE IF NOT EXISTS attr_values (
+    attr TEXT NOT NULL, num REAL, txt TEXT, pk INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attr_values_num ON attr_values (attr, num) WHERE num IS NOT NULL;
+CREATE INDEX IF NOT EXISTS attr_values_txt ON attr_values (attr, txt) WHERE txt IS NOT NULL;
+CREATE INDEX IF NOT EXISTS attr_values_pk ON attr_values (pk);
 CREATE TABLE IF NOT EXISTS entity_types (
     type TEXT NOT NULL, pk INTEGER NOT NULL, PRIMARY KEY (type, pk)
 ) WITHOUT ROWID;
@@ -68,7 +78,11 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 def _regexp(pattern: str, value: str | None) -> bool:
-    return value is not None and re.search(pattern, value) is not None
+    """idPattern matching with a per-call timeout: a pathological pattern cannot hang a reader."""
+    try:
+        return value is not None and regex.search(pattern, value, timeout=REGEX_TIMEOUT) is not None
+    except TimeoutError:
+        return False
 
 
 def geometry_bbox(geometry: Any) -> tuple[float, float, float, float] | None:
@@ -100,8 +114,9 @@ def geometry_bbox(geometry: Any) -> tuple[float, float, float, float] | None:
 
 
 class SQLiteStore:
-    def __init__(self, path: str, *, readers: int = 4) -> None:
+    def __init__(self, path: str, *, readers: int = 4, query_timeout: float = 10.0) -> None:
         self.path = path
+        self.query_timeout = query_timeout
         self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cityos-writer")
         self._reader_pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cityos-reader")
         self._local = threading.local()
@@ -147,8 +162,11 @@ class SQLiteStore:
             row = connection.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path} has schema version {row[0]}, newer than this CityOS")
+            elif row[0] != SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has schema version {row[0]}; this CityOS uses {SCHEMA_VERSION}. "
+                    "Start from a new database file (migrations arrive with `cityos db upgrade`)."
+                )
             self._writer = connection
 
         await asyncio.get_running_loop().run_in_executor(self._writer_pool, setup)
@@ -223,15 +241,16 @@ class SQLiteStore:
             doc = orjson.dumps(after)
             if row is None:
                 pk = connection.execute(
-                    "INSERT INTO entities (tenant, id, doc, modified_at, expires_at) VALUES (?, ?, ?, ?, ?)",
-                    (tenant, entity_id, doc, after["modifiedAt"], next_expiry(after)),
+                    "INSERT INTO entities (tenant, id, doc, modified_at, expires_at, next_expiry)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (tenant, entity_id, doc, after["modifiedAt"], _own_expiry(after), next_expiry(after)),
                 ).lastrowid
                 assert pk is not None
             else:
                 pk = row[0]
                 connection.execute(
-                    "UPDATE entities SET doc = ?, modified_at = ?, expires_at = ? WHERE pk = ?",
-                    (doc, after["modifiedAt"], next_expiry(after), pk),
+                    "UPDATE entities SET doc = ?, modified_at = ?, expires_at = ?, next_expiry = ? WHERE pk = ?",
+                    (doc, after["modifiedAt"], _own_expiry(after), next_expiry(after), pk),
                 )
             self._index(connection, pk, before, after)
         change = EntityChange(tenant, entity_id, before, after)
@@ -240,6 +259,7 @@ class SQLiteStore:
     def _unindex(self, connection: sqlite3.Connection, pk: int) -> None:
         connection.execute("DELETE FROM entity_types WHERE pk = ?", (pk,))
         connection.execute("DELETE FROM entity_attrs WHERE pk = ?", (pk,))
+        connection.execute("DELETE FROM attr_values WHERE pk = ?", (pk,))
         gids = connection.execute("SELECT gid FROM entity_geo_attrs WHERE pk = ?", (pk,)).fetchall()
         if gids:
             connection.executemany("DELETE FROM entity_geo WHERE gid = ?", gids)
@@ -247,15 +267,16 @@ class SQLiteStore:
 
     def _index(self, connection: sqlite3.Connection, pk: int, before: Entity | None, after: Entity) -> None:
         if before is not None:
-            same_keys = before["type"] == after["type"] and before["attrs"].keys() == after["attrs"].keys()
-            if same_keys and _geo_values(before) == _geo_values(after):
-                return
             self._unindex(connection, pk)
         connection.executemany(
             "INSERT OR IGNORE INTO entity_types (type, pk) VALUES (?, ?)", [(t, pk) for t in after["type"]]
         )
         connection.executemany(
             "INSERT OR IGNORE INTO entity_attrs (attr, pk) VALUES (?, ?)", [(a, pk) for a in after["attrs"]]
+        )
+        connection.executemany(
+            "INSERT INTO attr_values (attr, num, txt, pk) VALUES (?, ?, ?, ?)",
+            [(attr, num, txt, pk) for attr, num, txt in _indexed_values(after)],
         )
         for attr, geometry in _geo_values(after):
             box = geometry_bbox(geometry)
@@ -265,18 +286,26 @@ class SQLiteStore:
             connection.execute("INSERT INTO entity_geo VALUES (?, ?, ?, ?, ?)", (gid, *box))
 
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
-        sql, params = _select_sql(tenant, query)
+        now = now_key()
+        where, params = _where(tenant, query, now)
+        exact = query.predicate is None and query.attrs is None
 
         def run(connection: sqlite3.Connection) -> QueryResult:
-            rows: Iterator[tuple[bytes]] = connection.execute(sql, params)
+            if exact:
+                return self._page_in_sql(connection, where, params, query)
+            rows: Iterator[tuple[bytes]] = connection.execute(
+                f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.pk", params
+            )
             matched: list[Entity] = []
             total = 0
             start = query.offset
             stop = None if query.limit is None else start + query.limit
-            now = now_key()
+            attrs = set(query.attrs) if query.attrs is not None else None
             for (doc,) in rows:
                 entity = visible(orjson.loads(doc), now)
                 if entity is None:
+                    continue
+                if attrs is not None and not attrs.intersection(entity["attrs"]):
                     continue
                 if query.predicate is not None and not query.predicate(entity):
                     continue
@@ -287,12 +316,43 @@ class SQLiteStore:
                     break
             return QueryResult(matched, total if query.count else None)
 
+        return await self._read_with_deadline(run)
+
+    def _page_in_sql(
+        self, connection: sqlite3.Connection, where: str, params: list[Any], query: EntityQuery
+    ) -> QueryResult:
+        """Every filter is exact in SQL: page there and decode only the page."""
+        paging = " LIMIT ? OFFSET ?" if query.limit is not None else ""
+        page_params = [*params, query.limit, query.offset] if query.limit is not None else params
+        rows = connection.execute(f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.pk{paging}", page_params)
+        entities = [entity for (doc,) in rows if (entity := visible(orjson.loads(doc))) is not None]
+        total = None
+        if query.count:
+            total = connection.execute(f"SELECT COUNT(*) FROM entities e WHERE {where}", params).fetchone()[0]
+        return QueryResult(entities, total)
+
+    async def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read that SQLite aborts once query_timeout has passed (QueryTimeout)."""
+        timeout = self.query_timeout
+
+        def run(connection: sqlite3.Connection) -> T:
+            deadline = time.monotonic() + timeout
+            connection.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+            try:
+                return fn(connection)
+            except sqlite3.OperationalError as exc:
+                if "interrupted" in str(exc):
+                    raise QueryTimeout(f"the query took longer than {timeout} s") from exc
+                raise
+            finally:
+                connection.set_progress_handler(None, 0)
+
         return await self._read(run)
 
     async def purge_expired(self, now: str) -> list[EntityChange]:
         def run(connection: sqlite3.Connection) -> list[EntityChange]:
             rows = connection.execute(
-                "SELECT pk, tenant, id, doc FROM entities WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                "SELECT pk, tenant, id, doc FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= ?",
                 (now,),
             ).fetchall()
             changes = []
@@ -304,8 +364,8 @@ class SQLiteStore:
                     connection.execute("DELETE FROM entities WHERE pk = ?", (pk,))
                 else:
                     connection.execute(
-                        "UPDATE entities SET doc = ?, expires_at = ? WHERE pk = ?",
-                        (orjson.dumps(after), next_expiry(after), pk),
+                        "UPDATE entities SET doc = ?, expires_at = ?, next_expiry = ? WHERE pk = ?",
+                        (orjson.dumps(after), _own_expiry(after), next_expiry(after), pk),
                     )
                     self._index(connection, pk, before, after)
                 changes.append(EntityChange(tenant, entity_id, before, after))
@@ -344,10 +404,54 @@ def _geo_values(entity: Entity) -> list[tuple[str, Any]]:
     ]
 
 
-def _select_sql(tenant: str, query: EntityQuery) -> tuple[str, list[Any]]:
-    """The SQL for the pushed-down part of a query: tenant, ids, id pattern, types, attributes."""
-    clauses = ["e.tenant = ?"]
-    params: list[Any] = [tenant]
+def _own_expiry(entity: Entity) -> str | None:
+    return normalize(entity["expiresAt"]) if entity.get("expiresAt") else None
+
+
+def _indexed_values(entity: Entity) -> Iterator[tuple[str, float | None, str | None]]:
+    """(attr, number, text) rows for attr_values: the values q compares, as the evaluator sees them
+    (each instance's value member, arrays and language maps flattened one level)."""
+    for attr, instances in entity["attrs"].items():
+        for instance in instances:
+            member = VALUE_MEMBER.get(instance.get("type", ""))
+            if member is None or member not in instance:
+                continue
+            raw = instance[member]
+            items = list(raw.values()) if instance["type"] == "LanguageProperty" else [raw]
+            for item in items:
+                for value in item if isinstance(item, list) else (item,):
+                    if isinstance(value, bool):
+                        continue
+                    if isinstance(value, int | float):
+                        yield attr, float(value), None
+                    elif isinstance(value, str):
+                        yield attr, None, value
+
+
+def _value_clause(value_filter: ValueFilter) -> tuple[str, list[Any]]:
+    base = "e.pk IN (SELECT pk FROM attr_values WHERE attr = ? AND "
+    op, values = value_filter.op, list(value_filter.values)
+    if op == "exists":
+        return "e.pk IN (SELECT pk FROM entity_attrs WHERE attr = ?)", [value_filter.attr]
+    if op == "between":
+        return base + "num BETWEEN ? AND ?)", [value_filter.attr, *values]
+    if op == "==":
+        numbers = [v for v in values if isinstance(v, float)]
+        texts = [v for v in values if isinstance(v, str)]
+        parts = []
+        if numbers:
+            parts.append(f"num IN ({','.join('?' * len(numbers))})")
+        if texts:
+            parts.append(f"txt IN ({','.join('?' * len(texts))})")
+        return base + "(" + " OR ".join(parts) + "))", [value_filter.attr, *numbers, *texts]
+    return base + f"num {op} ?)", [value_filter.attr, *values]
+
+
+def _where(tenant: str, query: EntityQuery, now: str) -> tuple[str, list[Any]]:
+    """The SQL for the pushed-down part of a query: tenant, visibility, ids, id pattern, types,
+    attribute values (attr_values) and the R*Tree box of a geo-query."""
+    clauses = ["e.tenant = ?", "(e.expires_at IS NULL OR e.expires_at > ?)"]
+    params: list[Any] = [tenant, now]
     if query.ids is not None:
         clauses.append(f"e.id IN ({','.join('?' * len(query.ids))})")
         params.extend(query.ids)
@@ -360,4 +464,15 @@ def _select_sql(tenant: str, query: EntityQuery) -> tuple[str, list[Any]]:
     if query.attrs is not None:
         clauses.append(f"e.pk IN (SELECT pk FROM entity_attrs WHERE attr IN ({','.join('?' * len(query.attrs))}))")
         params.extend(query.attrs)
-    return f"SELECT e.doc FROM entities e WHERE {' AND '.join(clauses)} ORDER BY e.pk", params
+    for value_filter in query.value_filters:
+        clause, values = _value_clause(value_filter)
+        clauses.append(clause)
+        params.extend(values)
+    if query.geo_box is not None:
+        attr, (min_x, max_x, min_y, max_y) = query.geo_box
+        clauses.append(
+            "e.pk IN (SELECT g.pk FROM entity_geo_attrs g JOIN entity_geo r ON r.gid = g.gid"
+            " WHERE g.attr = ? AND r.max_x >= ? AND r.min_x <= ? AND r.max_y >= ? AND r.min_y <= ?)"
+        )
+        params.extend([attr, min_x, max_x, min_y, max_y])
+    return " AND ".join(clauses), params

@@ -1,0 +1,150 @@
+"""Turn NGSI-LD query parameters (from a URL or a POST /entityOperations/query body) into an
+EntityQuery for the store: the indexable parts pushed down, the rest as one predicate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import regex
+
+from cityos.entities.model import Entity
+from cityos.entities.values import check_name
+from cityos.errors import BadRequestData
+from cityos.query import selectors
+from cityos.query.pushdown import value_filters
+from cityos.query.q import compile_q, parse_q
+from cityos.store.base import EntityQuery
+
+MAX_PATTERN = 1024
+Predicate = Callable[[Entity], bool]
+
+
+@dataclass
+class QuerySpec:
+    """The selection part of a query, as plain data."""
+
+    ids: list[str] | None = None
+    id_pattern: str | None = None
+    type_expr: str | None = None
+    attrs: list[str] | None = None
+    q: str | None = None
+    scope_q: str | None = None
+    geo: Any = None  # a query.geo.GeoQuery
+    selectors: list[dict[str, Any]] | None = None  # `entities` of a Query body: any of them matches
+
+    def is_empty(self) -> bool:
+        fields = (self.ids, self.id_pattern, self.type_expr, self.attrs, self.q, self.scope_q, self.geo)
+        return not any(fields) and not self.selectors
+
+
+def check_pattern(pattern: str) -> str:
+    if len(pattern) > MAX_PATTERN:
+        raise BadRequestData(f"idPattern is longer than {MAX_PATTERN} characters")
+    try:
+        regex.compile(pattern)
+    except regex.error as exc:
+        raise BadRequestData(f"idPattern is not a valid regular expression: {exc}") from exc
+    return pattern
+
+
+def type_predicate(expression: str, expand: Callable[[str], str]) -> tuple[list[str], Predicate | None]:
+    """(types for an SQL IN prefilter, predicate for the rest) of a type expression."""
+    selector = selectors.parse_selector(expression, "type")
+    for name in selectors.names(selector):
+        check_name(name, "entity type")
+    union = list(dict.fromkeys(expand(name) for name in selectors.names(selector)))
+    if selectors.is_simple_union(selector):
+        return union, None
+    expanded = {name: expand(name) for name in selectors.names(selector)}
+    return union, lambda entity: selectors.evaluate(selector, lambda name: expanded[name] in entity["type"])
+
+
+def scope_predicate(expression: str) -> Predicate:
+    selector = selectors.parse_selector(expression, "scopeQ")
+    selectors.check_scope_query(selector)
+
+    def matches(entity: Entity) -> bool:
+        scopes = entity.get("scope") or []
+        return selectors.evaluate(selector, lambda pattern: any(selectors.scope_matches(pattern, s) for s in scopes))
+
+    return matches
+
+
+def selector_predicate(
+    entries: list[dict[str, Any]], expand: Callable[[str], str]
+) -> tuple[list[str] | None, Predicate]:
+    """EntitySelectors ({id, idPattern, type}) of a Query or Subscription: any of them matches."""
+    tests: list[Predicate] = []
+    union: list[str] | None = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise BadRequestData("each item of entities must be an object")
+        entity_id, pattern, type_expr = entry.get("id"), entry.get("idPattern"), entry.get("type")
+        if type_expr is None:
+            raise BadRequestData("each item of entities needs a type")
+        if not isinstance(type_expr, str) or (entity_id is not None and not isinstance(entity_id, str)):
+            raise BadRequestData("entities: type and id must be strings")
+        types, type_test = type_predicate(type_expr, expand)
+        if union is not None:
+            union.extend(t for t in types if t not in union)
+        compiled = regex.compile(check_pattern(pattern)) if isinstance(pattern, str) else None
+
+        def test(
+            entity: Entity,
+            entity_id: Any = entity_id,
+            compiled: Any = compiled,
+            types: list[str] = types,
+            type_test: Predicate | None = type_test,
+        ) -> bool:
+            if entity_id is not None and entity["id"] != entity_id:
+                return False
+            if compiled is not None and compiled.search(entity["id"]) is None:
+                return False
+            if type_test is not None:
+                return type_test(entity)
+            return any(t in entity["type"] for t in types)
+
+        tests.append(test)
+    return union or None, lambda entity: any(test(entity) for test in tests)
+
+
+def build_entity_query(spec: QuerySpec, expand: Callable[[str], str]) -> EntityQuery:
+    query = EntityQuery()
+    predicates: list[Predicate] = []
+    if spec.ids is not None:
+        query.ids = spec.ids
+    if spec.id_pattern is not None:
+        query.id_pattern = check_pattern(spec.id_pattern)
+    if spec.type_expr is not None:
+        query.types, predicate = type_predicate(spec.type_expr, expand)
+        if predicate is not None:
+            predicates.append(predicate)
+    if spec.selectors:
+        union, predicate = selector_predicate(spec.selectors, expand)
+        if union is not None:
+            query.types = union
+        predicates.append(predicate)
+    if spec.attrs is not None:
+        if any("{" in a for a in spec.attrs):
+            raise BadRequestData("linked-entity projections (attr{...}) are not supported in attrs")
+        query.attrs = [expand(check_name(a, "attribute name")) for a in spec.attrs]
+    if spec.q is not None:
+        query.value_filters = value_filters(parse_q(spec.q), expand)
+        predicates.append(compile_q(spec.q, expand))
+    if spec.scope_q is not None:
+        predicates.append(scope_predicate(spec.scope_q))
+    if spec.geo is not None:
+        from cityos.query.geo import compile_geo
+
+        attr = expand(spec.geo.geoproperty or "location")
+        box = spec.geo.bbox_prefilter()
+        if box is not None:
+            query.geo_box = (attr, box)
+        predicates.append(compile_geo(spec.geo, expand))
+    if len(predicates) == 1:
+        query.predicate = predicates[0]
+    elif predicates:
+        query.predicate = lambda entity: all(p(entity) for p in predicates)
+    return query
