@@ -544,7 +544,10 @@ def test_range_agrees_with_python(stored: int, low: int, high: int) -> None:
     assert matches(f"n!={low}..{high}", ent) is not (low <= stored <= high)
 
 
-@given(st.lists(st.integers(0, 5), min_size=1, max_size=4), st.lists(st.integers(0, 5), min_size=2, max_size=3))
+@given(
+    st.lists(st.integers(0, 5), min_size=1, max_size=4),
+    st.lists(st.integers(0, 5), min_size=2, max_size=3),
+)
 def test_value_lists_over_list_properties(stored: list[int], wanted: list[int]) -> None:
     ent = entity(n={"type": "ListProperty", "valueList": stored})
     listed = ",".join(map(str, wanted))

@@ -115,6 +115,25 @@ def build_query(request: Request, context: ResolvedContext) -> EntityQuery:
     return build_entity_query(spec_from_params(request), context.terms.expand)
 
 
+def pagination_links(request: Request, limit: int, offset: int, has_more: bool) -> list[str]:
+    """rel="prev"/"next" Link values (spec 4.12, 6.3.x) with the same query, paged."""
+    if limit == 0:
+        return []
+
+    def link(new_offset: int, rel: str) -> str:
+        params = {k: v for k, v in request.query_params.items() if k not in ("limit", "offset")}
+        params.update({"limit": str(limit), "offset": str(new_offset)})
+        query = "&".join(f"{k}={v.replace(',', '%2C')}" for k, v in sorted(params.items()))
+        return f'<{request.url.path}?{query}>; rel="{rel}";type="application/json"'
+
+    links = []
+    if offset > 0:
+        links.append(link(max(0, offset - limit), "prev"))
+    if has_more:
+        links.append(link(offset + limit, "next"))
+    return links
+
+
 def page(request: Request) -> tuple[int, int]:
     settings = services(request).settings
     try:
@@ -155,11 +174,14 @@ async def run_query(
     query.limit, query.offset, query.count = limit, offset, wants_count
     result = await services(request).store.query_entities(tenant_name, query)
     headers = {"NGSILD-Results-Count": str(result.total)} if wants_count and result.total is not None else {}
+    links = pagination_links(request, limit, offset, result.has_more)
     if media == GEO_JSON:
         features = [to_geojson_feature(e, render, params.get("geometryProperty")) for e in result.entities]
         return geojson_response(request, {"type": "FeatureCollection", "features": features}, context)
     body = [render_entity(entity, render) for entity in result.entities]
     response = json_response(body, media=media, context=context, headers=headers)
+    for value in links:
+        response.headers.append("Link", value)
     return response
 
 
@@ -177,10 +199,9 @@ async def purge_entities(request: Request) -> Response:
         qualifying = True
     q = params.get("q")
     if q is not None:
-        if "{" in q:
-            raise BadRequestData("linked-entity queries are not supported when purging")
-        from cityos.query.q import parse_q, q_attribute_names
+        from cityos.query.q import compile_q, parse_q, q_attribute_names
 
+        compile_q(q, context.terms.expand)  # refuses linked-entity paths before anything is deleted
         if any(name not in SYSTEM_ATTRIBUTES for name in q_attribute_names(parse_q(q))):
             qualifying = True
     if not qualifying:

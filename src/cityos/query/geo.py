@@ -25,7 +25,7 @@ from typing import Any, TypeGuard
 import numpy as np
 import numpy.typing as npt
 import shapely  # type: ignore[import-untyped]
-from shapely.errors import GEOSException  # type: ignore[import-untyped]
+from shapely.errors import ShapelyError  # type: ignore[import-untyped]
 from shapely.geometry import shape  # type: ignore[import-untyped]
 
 from cityos.entities.values import check_geometry, check_name
@@ -39,8 +39,8 @@ EARTH_RADIUS = 6_371_008.8  # metres: the IUGG mean radius, the usual sphere for
 GEOMETRIES = ("Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon")
 TOPOLOGICAL = ("within", "contains", "intersects", "disjoint", "equals", "overlaps")
 DEFAULT_GEOPROPERTY = "location"
-SEGMENT_DEGREES = 0.1  # densify edges to this length so projected chords follow the lon/lat edges
-PREFILTER_MARGIN = 10.0  # metres added to maxDistance for the prefilter: covers densified-chord sagitta
+SEGMENT_DEGREES = 0.01  # densify edges so projected chords follow the lon/lat edges (to within ~1.2 cm)
+PREFILTER_MARGIN = 1.0  # metres added to maxDistance for the prefilter: covers the chords' deviation
 FULL_LON = (-180.0, 180.0)
 
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
@@ -117,7 +117,7 @@ class GeoQuery:
         is not a usable geometry).
 
         Point to Point is the haversine great-circle distance, exact on the sphere (a sphere is
-        within ~0.5% of the WGS84 ellipsoid). Otherwise both geometries are densified to 0.1° edges
+        within ~0.5% of the WGS84 ellipsoid). Otherwise both geometries are densified to 0.01° edges
         (so they follow the lon/lat edges GeoJSON means) and projected to an azimuthal equidistant
         projection centred on the query Point, or on the query geometry's centroid, and the planar
         minimum distance is returned. That projection is exact for distances from its centre and
@@ -139,7 +139,7 @@ class GeoQuery:
         try:
             projected = shapely.transform(shapely.segmentize(target, SEGMENT_DEGREES), self._project)
             return float(shapely.distance(self._projected, projected))
-        except GEOSException:
+        except ShapelyError:
             return None
 
     def matches(self, entity_geometry: Any) -> bool:
@@ -157,7 +157,7 @@ class GeoQuery:
             return False
         try:
             return bool(_PREDICATES[self.georel](self._shape, target))
-        except GEOSException:  # e.g. a TopologyException on an invalid stored polygon
+        except ShapelyError:  # e.g. a TopologyException on an invalid stored polygon
             return False
 
     def bbox_prefilter(self) -> Box | None:
@@ -324,7 +324,7 @@ def _to_shape(geometry: Any) -> Any | None:
         return None
     try:
         geom = shape(geometry)
-    except (GEOSException, ValueError, TypeError, KeyError, IndexError, AttributeError):
+    except (ShapelyError, ValueError, TypeError, KeyError, IndexError, AttributeError):
         return None
     return None if geom.is_empty else geom
 

@@ -385,7 +385,7 @@ def parse_q(text: str) -> QExpr:
     return _Parser(text).parse()
 
 
-# --- Inspection ----------------------------------------------------------------------------------------
+# --- Inspection ------------------------------------------------------------------------------------
 
 
 def q_attribute_names(expr: QExpr) -> set[str]:
@@ -441,7 +441,9 @@ def _compare(stored: Any, literal: Value) -> int | None:
     if literal.kind == "boolean":
         return (0 if stored is want else 1) if isinstance(stored, bool) else None
     if literal.kind == "number":
-        return None if isinstance(stored, bool) or not isinstance(stored, int | float) else _sign(stored, want)
+        if isinstance(stored, bool) or not isinstance(stored, int | float):
+            return None
+        return _sign(stored, want)
     if not isinstance(stored, str):
         return None
     have, wanted = _instant(stored), _instant(str(want))
@@ -467,7 +469,10 @@ def _index(items: list[Any], key: str) -> list[Any]:
     return found
 
 
-def _resolve_instance(instance: Any, steps: tuple[tuple[bool, str], ...], keys: tuple[str, ...]) -> _Group | None:
+def _resolve_instance(
+    instance: Any, steps: tuple[tuple[bool, str], ...], keys: tuple[str, ...]
+) -> _Group | None:
+    """Walk `attr.sub.meta` steps from one instance, then `[key]`s into the value found."""
     node, meta = instance, False
     for is_meta, name in steps:
         if meta or not isinstance(node, dict) or name not in node:
@@ -483,7 +488,8 @@ def _resolve_instance(instance: Any, steps: tuple[tuple[bool, str], ...], keys: 
         raw = node[member]
         vocab = kind == "VocabProperty"
         # A language map compares by its strings, unless `[tag]` picks one language.
-        items = list(raw.values()) if kind == "LanguageProperty" and isinstance(raw, dict) and not keys else [raw]
+        language_strings = kind == "LanguageProperty" and isinstance(raw, dict) and not keys
+        items = list(raw.values()) if language_strings else [raw]
     for key in keys:
         items = _index(items, key)
     return (items, vocab) if items else None
@@ -574,7 +580,7 @@ class _Compiler:
         return ordered
 
     def match(self, expr: Match, resolve: Resolver) -> Predicate:
-        pattern = _compile_regex(expr.pattern, 0)
+        pattern = _compile_regex(expr.pattern, 0)  # parse_q already rejected bad patterns
         negated = expr.negated
 
         def predicate(entity: Entity) -> bool:

@@ -43,6 +43,7 @@ class EntityQuery:
 class QueryResult:
     entities: list[Entity]
     total: int | None = None
+    has_more: bool = False  # more matches follow this page
 
 
 @dataclass(slots=True)

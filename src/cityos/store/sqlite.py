@@ -312,9 +312,10 @@ class SQLiteStore:
                 if start <= total and (stop is None or total < stop):
                     matched.append(entity)
                 total += 1
-                if stop is not None and total >= stop and not query.count:
+                if stop is not None and total > stop and not query.count:
                     break
-            return QueryResult(matched, total if query.count else None)
+            has_more = stop is not None and total > stop
+            return QueryResult(matched, total if query.count else None, has_more)
 
         return await self._read_with_deadline(run)
 
@@ -323,13 +324,16 @@ class SQLiteStore:
     ) -> QueryResult:
         """Every filter is exact in SQL: page there and decode only the page."""
         paging = " LIMIT ? OFFSET ?" if query.limit is not None else ""
-        page_params = [*params, query.limit, query.offset] if query.limit is not None else params
+        page_params = [*params, query.limit + 1, query.offset] if query.limit is not None else params
         rows = connection.execute(f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.pk{paging}", page_params)
         entities = [entity for (doc,) in rows if (entity := visible(orjson.loads(doc))) is not None]
+        has_more = query.limit is not None and len(entities) > query.limit
+        if has_more:
+            entities.pop()
         total = None
         if query.count:
             total = connection.execute(f"SELECT COUNT(*) FROM entities e WHERE {where}", params).fetchone()[0]
-        return QueryResult(entities, total)
+        return QueryResult(entities, total, has_more)
 
     async def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """A read that SQLite aborts once query_timeout has passed (QueryTimeout)."""
