@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 
 import httpx
 
-
 MAX_REDIRECTS = 3
 
 

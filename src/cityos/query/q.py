@@ -469,9 +469,7 @@ def _index(items: list[Any], key: str) -> list[Any]:
     return found
 
 
-def _resolve_instance(
-    instance: Any, steps: tuple[tuple[bool, str], ...], keys: tuple[str, ...]
-) -> _Group | None:
+def _resolve_instance(instance: Any, steps: tuple[tuple[bool, str], ...], keys: tuple[str, ...]) -> _Group | None:
     """Walk `attr.sub.meta` steps from one instance, then `[key]`s into the value found."""
     node, meta = instance, False
     for is_meta, name in steps:
