@@ -6,11 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -28,8 +27,20 @@ OPERATIONS = ["create", "upsert", "update", "merge", "delete"]
 DATA = Path(__file__).parent / "data"
 
 
+class Reply(Protocol):
+    """What the tests read of a response (Starlette's TestClient and httpx return different classes)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    def json(self) -> Any: ...
+
+
 # -- helpers -------------------------------------------------------------------------------------
-def assert_problem(response: httpx.Response, status: int, kind: str) -> dict[str, Any]:
+def assert_problem(response: Reply, status: int, kind: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body: dict[str, Any] = response.json()
@@ -58,11 +69,11 @@ def key_values(client: TestClient, entity_id: str) -> dict[str, Any]:
     return body
 
 
-def batch(client: TestClient, operation: str, body: Any, **kwargs: Any) -> httpx.Response:
+def batch(client: TestClient, operation: str, body: Any, **kwargs: Any) -> Reply:
     return client.post(f"{BATCH}/{operation}", json=body, **kwargs)
 
 
-def error_types(response: httpx.Response) -> dict[str, str]:
+def error_types(response: Reply) -> dict[str, str]:
     """entityId -> error type of a 207 BatchOperationResult."""
     assert response.status_code == 207, response.text
     result = response.json()

@@ -9,10 +9,10 @@ import json
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -29,6 +29,19 @@ ERRORS = "https://uri.etsi.org/ngsi-ld/errors/"
 NULL = "urn:ngsi-ld:null"
 ENTITIES = "/ngsi-ld/v1/entities"
 DATA = Path(__file__).parent / "data"
+
+
+class Reply(Protocol):
+    """What the tests read of a response (Starlette's TestClient and httpx return different classes)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    def json(self) -> Any: ...
+
 
 VEHICLE_ID = "urn:ngsi-ld:Vehicle:A4567"
 VEHICLE: dict[str, Any] = {
@@ -65,7 +78,7 @@ def url(entity_id: str, suffix: str = "") -> str:
     return f"{ENTITIES}/{entity_id}{suffix}"
 
 
-def assert_problem(response: httpx.Response, status: int, kind: str) -> dict[str, Any]:
+def assert_problem(response: Reply, status: int, kind: str) -> dict[str, Any]:
     """The response is an RFC 7807 ProblemDetails of the given NGSI-LD error type."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json"), response.headers
@@ -305,7 +318,8 @@ def test_scope(client: TestClient, settings: Settings) -> None:
     assert get(client, "urn:ngsi-ld:Garden:1")["scope"] == ["/Madrid/Gardens", "/Madrid/Parks"]
     create(client, {"id": "urn:ngsi-ld:Garden:2", "type": "Garden", "scope": "/Porto"})
     assert get(client, "urn:ngsi-ld:Garden:2")["scope"] in ("/Porto", ["/Porto"])
-    for bad in ("Madrid", "/Madrid/", "", [], 42):
+    bad_scopes: list[Any] = ["Madrid", "/Madrid/", "", [], 42]
+    for bad in bad_scopes:
         response = client.post(ENTITIES, json={"id": "urn:ngsi-ld:Garden:bad", "type": "Garden", "scope": bad})
         assert_problem(response, 400, "BadRequestData")
     assert set(stored(settings)) == {"urn:ngsi-ld:Garden:1", "urn:ngsi-ld:Garden:2"}

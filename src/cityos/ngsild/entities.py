@@ -29,6 +29,7 @@ from cityos.ngsild.common import (
     services,
     tenant,
 )
+from cityos.ngsild.join import JoinPlan, join_plan, render_joined
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
 from cityos.ngsild.querying import purge_entities, query_entities, type_filter
 from cityos.query.projection import Projected, depth, parse_projection
@@ -90,7 +91,7 @@ def representation(request: Request, terms: ResolvedContext) -> RenderOptions:
             pick_id, pick_type = "id" in names, "type" in names
         keep = frozenset(terms.terms.expand(n) for n in names if n not in ("id", "type"))
     if omit is not None:
-        names = [p.name for p in omit]
+        names = [p.name for p in omit if not p.nested]  # name{...} omits inside the linked entity
         pick_id, pick_type = "id" not in names, "type" not in names
         dropped = frozenset(terms.terms.expand(n) for n in names if n not in ("id", "type"))
     return RenderOptions(
@@ -178,7 +179,22 @@ async def retrieve_entity(request: Request) -> Response:
     if media == GEO_JSON:
         feature = to_geojson_feature(entity, render, request.query_params.get("geometryProperty"))
         return geojson_response(request, feature, context)
+    plan = request_join_plan(request)
+    if plan is not None:
+        rendered = await render_joined([entity], render, plan, services(request).store, tenant_name)
+        body: Any = rendered if plan.mode == "flat" else rendered[0]
+        return json_response(body, media=media, context=context)
     return json_response(render_entity(entity, render), media=media, context=context)
+
+
+def request_join_plan(request: Request) -> JoinPlan | None:
+    params = request.query_params
+    return join_plan(
+        params.get("join"),
+        params.get("joinLevel"),
+        _projection(params.get("pick"), "pick"),
+        _projection(params.get("omit"), "omit"),
+    )
 
 
 def geojson_response(request: Request, body: dict[str, Any], context: ResolvedContext) -> Response:

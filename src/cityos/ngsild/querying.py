@@ -178,7 +178,14 @@ async def run_query(
     if media == GEO_JSON:
         features = [to_geojson_feature(e, render, params.get("geometryProperty")) for e in result.entities]
         return geojson_response(request, {"type": "FeatureCollection", "features": features}, context)
-    body = [render_entity(entity, render) for entity in result.entities]
+    from cityos.ngsild.entities import request_join_plan
+    from cityos.ngsild.join import render_joined
+
+    plan = request_join_plan(request)
+    if plan is not None:
+        body = await render_joined(result.entities, render, plan, services(request).store, tenant_name)
+    else:
+        body = [render_entity(entity, render) for entity in result.entities]
     response = json_response(body, media=media, context=context, headers=headers)
     for value in links:
         response.headers.append("Link", value)
