@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 from starlette.applications import Starlette
@@ -70,6 +71,13 @@ class ProtocolGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        raw_path = scope.get("raw_path")
+        if raw_path and b"%2f" in raw_path.lower():
+            # an encoded "/" inside an id must not split the route: decode everything else
+            scope = dict(scope)
+            scope["path"] = unquote(
+                raw_path.decode("latin-1").split("?", 1)[0].replace("%2F", "%252F").replace("%2f", "%252F")
+            )
         headers = dict(scope["headers"])
         method = scope["method"]
         if method in ("POST", "PUT", "PATCH"):

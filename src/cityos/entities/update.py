@@ -291,6 +291,8 @@ def replace_attr(entity_id: str, attr_iri: str, instances: list[Instance]) -> Mu
         if not target:
             raise ResourceNotFound(f"attribute {attr_iri} does not exist in entity {entity_id}")
         for instance in instances:
+            if not _has_instance(target, instance.get("datasetId")):
+                raise ResourceNotFound(f"attribute {attr_iri} has no instance with that datasetId")
             _put_instance(target, instance)
         entity["modifiedAt"] = instances[0]["modifiedAt"]
         return Outcome(entity, updated=[attr_iri])

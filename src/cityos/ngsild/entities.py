@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -111,14 +111,14 @@ def _projection(raw: str | None, what: str) -> tuple[Projected, ...] | None:
 
 
 def _attr_iri(request: Request, context: ResolvedContext, *, scope_ok: bool = False) -> str:
-    name = check_name(request.path_params["attr"], "attribute name")
+    name = check_name(unquote(request.path_params["attr"]), "attribute name")
     if name == "scope" and not scope_ok:
         raise BadRequestData("scope is not an attribute; update it through the entity")
     return context.terms.expand(name)
 
 
 def _entity_id(request: Request) -> str:
-    return require_uri(request.path_params["entity_id"], "entity id")
+    return require_uri(unquote(request.path_params["entity_id"]), "entity id")
 
 
 async def _mutate_one(request: Request, tenant_name: str, entity_id: str, mutator: update.Mutator) -> MutationResult:
@@ -155,7 +155,7 @@ async def create_entity(request: Request) -> Response:
     context = await body_context(request, body, media, tenant_name=tenant_name)
     entity = parse_entity(body, context.terms, stamp=now())
     await _mutate_one(request, tenant_name, entity["id"], update.create(entity))
-    location = quote(f"{BASE}/entities/{entity['id']}", safe="/:;=@!$&'()*+,~-._")
+    location = f"{BASE}/entities/" + quote(entity["id"], safe=":;=@!$&'()*+,~-._")
     return Response(status_code=201, headers={"Location": location})
 
 
