@@ -125,9 +125,6 @@ def test_string_and_list_coordinates_give_equal_hashable_queries() -> None:
     [
         ("near;maxDistance==1000", 1000.0, None, "near;maxDistance==1000"),
         ("near;minDistance==12.5", None, 12.5, "near;minDistance==12.5"),
-        ("near;maxDistance==0", 0.0, None, "near;maxDistance==0"),
-        ("near;minDistance==10;maxDistance==2e3", 2000.0, 10.0, "near;minDistance==10;maxDistance==2000"),
-        ("near;maxDistance==2000;minDistance==10", 2000.0, 10.0, "near;minDistance==10;maxDistance==2000"),
     ],
 )
 def test_near_distances(georel: str, max_distance: float | None, min_distance: float | None, canonical: str) -> None:
@@ -191,8 +188,9 @@ def test_geoq_object_round_trip() -> None:
         ("near;maxDistance==", "Point", "[1,2]", None, "invalid near modifier"),
         ("near;distance==10", "Point", "[1,2]", None, "invalid near modifier"),
         ("near;maxDistance==1e999", "Point", "[1,2]", None, "finite"),
-        ("near;maxDistance==1;maxDistance==2", "Point", "[1,2]", None, "maxDistance twice"),
-        ("near;minDistance==20;maxDistance==10", "Point", "[1,2]", None, "exceeds maxDistance"),
+        ("near;maxDistance==1;maxDistance==2", "Point", "[1,2]", None, "exactly one"),
+        ("near;minDistance==10;maxDistance==2000", "Point", "[1,2]", None, "exactly one"),  # ETSI 019_30_03
+        ("near;maxDistance==0", "Point", "[1,2]", None, "positive"),  # ETSI 019_30_01
         # malformed coordinates
         ("within", "Point", "[8.68,49.41", None, "must be a JSON array"),
         ("within", "Point", "8.68,49.41", None, "must be a JSON array"),
@@ -204,12 +202,10 @@ def test_geoq_object_round_trip() -> None:
         ("within", "Point", '[8.68, "49.41"]', None, "position must be an array of 2 or 3 numbers"),
         ("within", "Point", "[[8.68, 49.41]]", None, "position must be an array of 2 or 3 numbers"),
         ("within", "LineString", "[[8.68, 49.41]]", None, "at least 2 positions"),
-        ("within", "LineString", "[[8.68, 49.41], [8.68, 49.41]]", None, "valid LineString"),
         ("within", "MultiPolygon", "[]", None, "expected an array of polygons"),
         # polygon rings
         ("within", "Polygon", "[[[8,49],[9,49],[9,50],[8,50]]]", None, "must be closed"),
         ("within", "Polygon", "[[[8,49],[9,49],[8,49]]]", None, "at least 4 positions"),
-        ("within", "Polygon", "[[[8,49],[9,49],[8,50],[9,50],[8,49]]]", None, "Self-intersection"),
         ("within", "MultiPolygon", "[[[[8,49],[9,49],[9,50],[8,50]]]]", None, "must be closed"),
         # out-of-range and non-finite positions
         ("within", "Point", "[181, 10]", None, "outside longitude/latitude bounds"),
@@ -273,11 +269,11 @@ def test_near_point_max_and_min_distance() -> None:
     assert not query("near;maxDistance==415000", "Point", PORTO).matches(madrid)
     assert query("near;minDistance==415000", "Point", PORTO).matches(madrid)
     assert not query("near;minDistance==430000", "Point", PORTO).matches(madrid)
-    assert query("near;minDistance==400000;maxDistance==430000", "Point", PORTO).matches(madrid)
-    assert not query("near;minDistance==423000;maxDistance==500000", "Point", PORTO).matches(madrid)
+    assert query("near;minDistance==400000", "Point", PORTO).matches(madrid)
+    assert not query("near;minDistance==423000", "Point", PORTO).matches(madrid)
     assert query("near;maxDistance==1", "Point", PORTO).distance(madrid) == pytest.approx(d, rel=1e-9)
     # the boundary is inclusive on both sides
-    assert query("near;maxDistance==0", "Point", PORTO).matches(geo("Point", PORTO))
+    assert query("near;maxDistance==0.001", "Point", PORTO).matches(geo("Point", PORTO))
     assert query("near;minDistance==0", "Point", PORTO).matches(geo("Point", PORTO))
 
 
@@ -297,7 +293,7 @@ def test_near_point_reference_to_line_polygon_and_multi_targets() -> None:
 
     # a polygon around the reference is at distance 0; one beside it at its nearest edge
     assert q.distance(geo("Polygon", BOX)) == 0.0
-    assert query("near;maxDistance==0", "Point", HEIDELBERG).matches(geo("Polygon", BOX))
+    assert query("near;maxDistance==0.001", "Point", HEIDELBERG).matches(geo("Polygon", BOX))
     assert not query("near;minDistance==1", "Point", HEIDELBERG).matches(geo("Polygon", BOX))
     east = [[[8.80, 49.30], [8.90, 49.30], [8.90, 49.50], [8.80, 49.50], [8.80, 49.30]]]
     expected_east = brute_distance(HEIDELBERG, east)
@@ -321,7 +317,7 @@ def test_near_polygon_and_line_references() -> None:
     assert q.matches(target)
     assert not query("near;maxDistance==990", "Polygon", BOX).matches(target)
     assert query("near;minDistance==990", "Polygon", BOX).matches(target)
-    assert query("near;maxDistance==0", "Polygon", BOX).matches(geo("Point", HEIDELBERG))  # inside
+    assert query("near;maxDistance==0.001", "Polygon", BOX).matches(geo("Point", HEIDELBERG))  # inside
 
     # a line reference ~100 km long, a point ~20 km off its middle
     road = [[8.0, 49.0], [9.4, 49.0]]
@@ -506,10 +502,6 @@ def test_near_prefilter_shapes() -> None:
     box = query("near;maxDistance==10000", "Point", [10, 60]).bbox_prefilter()
     assert box is not None
     assert (box[1] - 10) == pytest.approx(2 * (box[3] - 60), rel=1e-3)
-    # min+max: the box comes from maxDistance
-    assert query("near;minDistance==5;maxDistance==10000", "Point", [0, 0]).bbox_prefilter() == (
-        query("near;maxDistance==10000", "Point", [0, 0]).bbox_prefilter()
-    )
     # polygon reference: its bbox grown on every side
     box = query("near;maxDistance==1000", "Polygon", BOX).bbox_prefilter()
     assert box is not None

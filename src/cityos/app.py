@@ -22,7 +22,7 @@ from cityos.entities.expiry import now_key
 from cityos.errors import InternalError, MethodNotAllowed, NgsiLdError, ResourceNotFound
 from cityos.jsonld.registry import ContextRegistry
 from cityos.net import OutboundPolicy
-from cityos.ngsild import batch, contexts, entities, info
+from cityos.ngsild import batch, contexts, discovery, entities, entity_maps, info
 from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.settings import Settings
 from cityos.store import open_store
@@ -167,6 +167,8 @@ def create_app(settings: Settings) -> Starlette:
         *batch.routes(),
         *contexts.routes(),
         *info.routes(),
+        *discovery.routes(),
+        *entity_maps.routes(),
         Route("/version", version_info, methods=["GET"]),
     ]
     handlers: dict[Any, Any] = {

@@ -43,6 +43,12 @@ class Settings:
     default_page_size: int = _setting(20, "Page size of a query that gives no `limit`.")
     query_timeout: float = _setting(10.0, "Seconds a query may run in the store before it is stopped (403).")
     core_context: str = _setting("v1.9", "Version of the ETSI core @context applied by default: v1.9 or v1.8.")
+    entity_map_lifetime: float = _setting(
+        3600.0, "Seconds an EntityMap lives when the request gives no entityMapLifetime."
+    )
+    entity_map_max_lifetime: float = _setting(
+        86400.0, "Longest EntityMap lifetime in seconds; longer requested lifetimes and later expiresAt are cut to it."
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -83,6 +89,8 @@ class Settings:
             raise ValueError("context_fetch_timeout must be positive")
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size cannot be larger than max_page_size")
+        if not 0 < self.entity_map_lifetime <= self.entity_map_max_lifetime:
+            raise ValueError("entity_map_lifetime must be positive and at most entity_map_max_lifetime")
 
 
 def env_name(name: str) -> str:

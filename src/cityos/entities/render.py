@@ -21,6 +21,7 @@ class RenderOptions:
     pick_id: bool = True
     pick_type: bool = True
     lang: str | None = None
+    datasets: frozenset[str | None] | None = None  # datasetId filter; None stands for the default instance
 
 
 def render_entity(entity: Entity, options: RenderOptions) -> dict[str, Any]:
@@ -41,10 +42,15 @@ def render_entity(entity: Entity, options: RenderOptions) -> dict[str, Any]:
             continue
         if not instances:
             continue
+        if options.datasets is not None:
+            instances = [i for i in instances if i.get("datasetId") in options.datasets]
+            if not instances:
+                continue
         name = terms.compact(iri)
         rendered = [render_instance(instance, options) for instance in instances]
-        if options.format == "keyValues":
-            out[name] = rendered[0] if len(rendered) == 1 else rendered
+        if options.format == "keyValues" and len(rendered) > 1:
+            # several datasetIds in keyValues: {"dataset": {"@none": v, "<datasetId>": v}} (4.5.x)
+            out[name] = {"dataset": {i.get("datasetId", "@none"): v for i, v in zip(instances, rendered, strict=True)}}
         else:
             out[name] = rendered[0] if len(rendered) == 1 else rendered
     if options.sys_attrs and options.format != "keyValues":
@@ -54,13 +60,41 @@ def render_entity(entity: Entity, options: RenderOptions) -> dict[str, Any]:
     return out
 
 
+def _language_ranges(lang: str) -> list[str]:
+    """The ranges of a `lang` parameter, best first (quality values as in Accept-Language)."""
+    ranked = []
+    for position, part in enumerate(lang.split(",")):
+        pieces = [p.strip() for p in part.split(";")]
+        quality = 1.0
+        for parameter in pieces[1:]:
+            key, _, value = parameter.partition("=")
+            if key.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 1.0
+        if pieces[0] and quality > 0:
+            ranked.append((-quality, position, pieces[0].lower()))
+    return [wanted for _, _, wanted in sorted(ranked)]
+
+
 def _language_value(language_map: dict[str, Any], lang: str) -> tuple[str, Any]:
-    """Pick a language from a LanguageProperty map per the `lang` parameter (RFC 4647 list)."""
-    for wanted in (part.split(";")[0].strip() for part in lang.split(",")):
+    """Pick a language from a LanguageProperty map per the `lang` parameter (RFC 4647 lookup:
+    exact tag, then a tag the range is a prefix of, then the range truncated; `*` takes any)."""
+    tags = {tag.lower(): tag for tag in language_map if tag != "@none"}
+    for wanted in _language_ranges(lang):
         if wanted == "*":
             break
-        if wanted in language_map:
-            return wanted, language_map[wanted]
+        if wanted in tags:
+            return tags[wanted], language_map[tags[wanted]]
+        for lowered, tag in tags.items():
+            if lowered.startswith(wanted + "-"):
+                return tag, language_map[tag]
+        truncated = wanted
+        while "-" in truncated:
+            truncated = truncated.rsplit("-", 1)[0]
+            if truncated in tags:
+                return tags[truncated], language_map[tags[truncated]]
     if "@none" in language_map:
         return "@none", language_map["@none"]
     tag = next(iter(language_map))
@@ -78,7 +112,7 @@ def key_value(instance: Instance, options: RenderOptions) -> Any:
             return _language_value(instance["languageMap"], options.lang)[1]
         return {"languageMap": instance["languageMap"]}
     if kind == "VocabProperty":
-        return _compact_vocab(instance["vocab"], options.terms)
+        return {"vocab": _compact_vocab(instance["vocab"], options.terms)}
     if kind == "JsonProperty":
         return {"json": instance["json"]}
     if kind == "ListProperty":
@@ -145,10 +179,38 @@ def to_geojson_feature(entity: Entity, options: RenderOptions, geometry_property
     if not geo_iri:
         candidates = ["https://uri.etsi.org/ngsi-ld/location"]
     for iri in candidates:
-        instances = entity["attrs"].get(iri)
-        if instances and instances[0].get("type") == "GeoProperty":
-            geometry = instances[0]["value"]
+        instances = [i for i in entity["attrs"].get(iri, []) if i.get("type") == "GeoProperty"]
+        if instances:
+            default = [i for i in instances if "datasetId" not in i]
+            geometry = (default or instances)[0]["value"]
             break
     body = render_entity(entity, options)
     properties = {k: v for k, v in body.items() if k != "id"}
     return {"id": entity["id"], "type": "Feature", "geometry": geometry, "properties": properties}
+
+
+LEGACY_FORMS = {
+    "VocabProperty": ("Property", "vocab", "value"),
+    "JsonProperty": ("Property", "json", "value"),
+    "ListProperty": ("Property", "valueList", "value"),
+    "ListRelationship": ("Relationship", "objectList", "object"),
+}
+
+
+def downgrade(rendered: dict[str, Any]) -> bool:
+    """Rewrite attribute types newer than NGSI-LD 1.8 as Property/Relationship, in place, for a
+    client that prefers an older version (Prefer: ngsi-ld=1.x); True if anything changed."""
+    changed = False
+    for key, value in rendered.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict) and item.get("type") in LEGACY_FORMS:
+                kind, member, target = LEGACY_FORMS[item["type"]]
+                item["type"] = kind
+                payload = item.pop(member)
+                if member == "objectList":
+                    payload = [entry["object"] if isinstance(entry, dict) else entry for entry in payload]
+                item[target] = payload
+                changed = True
+            if isinstance(item, dict) and key not in ("id", "type"):
+                changed = downgrade({k: v for k, v in item.items() if isinstance(v, dict | list)}) or changed
+    return changed

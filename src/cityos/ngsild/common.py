@@ -172,3 +172,21 @@ def csv_param(request: Request, name: str) -> list[str] | None:
     if not values:
         raise BadRequestData(f"{name} must not be empty")
     return values
+
+
+VERSION_RE = re.compile(r"^\d+\.\d+$")
+
+
+def preferred_version(request: Request) -> str | None:
+    """The NGSI-LD version a client asks for with `Prefer: ngsi-ld=X.Y` (RFC 7240)."""
+    header = request.headers.get("prefer")
+    if not header:
+        return None
+    for preference in header.split(","):
+        name, _, rest = preference.strip().partition("=")
+        if name.strip().lower() != "ngsi-ld":
+            continue
+        value = rest.split(";")[0].strip().strip('"')
+        if VERSION_RE.match(value):
+            return value
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -11,10 +12,11 @@ from starlette.routing import Route
 
 from cityos.entities import update
 from cityos.entities.model import parse_attribute, parse_entity, parse_fragment, parse_instance
-from cityos.entities.render import RenderOptions, render_entity, to_geojson_feature
+from cityos.entities.render import RenderOptions, downgrade, render_entity, to_geojson_feature
 from cityos.entities.values import check_name, now, require_uri
 from cityos.errors import BadRequestData, InvalidRequest, ResourceNotFound
 from cityos.jsonld.registry import ResolvedContext
+from cityos.ngsild import entity_maps
 from cityos.ngsild.common import (
     accept,
     body_context,
@@ -24,6 +26,7 @@ from cityos.ngsild.common import (
     json_response,
     no_content,
     options,
+    preferred_version,
     query_context,
     read_payload,
     services,
@@ -58,8 +61,9 @@ RETRIEVE_PARAMS = (
 REPRESENTATION_OPTIONS = ("keyValues", "concise", "normalized", "sysAttrs", "simplified")
 
 
-def representation(request: Request, terms: ResolvedContext) -> RenderOptions:
-    """Render options from `options`, `format`, `attrs`, `pick`, `omit` and `lang`."""
+def representation(request: Request, terms: ResolvedContext, params: Mapping[str, str] | None = None) -> RenderOptions:
+    """Render options from `options`, `format`, `attrs`, `pick`, `omit` and `lang` (of the URL, or of
+    `params` when a query body supplies some of them)."""
     chosen = options(request, (*REPRESENTATION_OPTIONS, "noOverwrite", "replace", "update", "count"))
     fmt = request.query_params.get("format")
     formats = {"keyValues", "simplified", "concise", "normalized"} & chosen
@@ -71,7 +75,7 @@ def representation(request: Request, terms: ResolvedContext) -> RenderOptions:
     if len(formats) > 1:
         raise BadRequestData("options name more than one representation format")
     name = next(iter(formats), "normalized")
-    params = request.query_params
+    params = params if params is not None else request.query_params
     pick = _projection(params.get("pick"), "pick")
     omit = _projection(params.get("omit"), "omit")
     attrs = _projection(params.get("attrs"), "attrs")
@@ -103,7 +107,17 @@ def representation(request: Request, terms: ResolvedContext) -> RenderOptions:
         pick_id=pick_id,
         pick_type=pick_type,
         lang=params.get("lang"),
+        datasets=_datasets(params.get("datasetId")),
     )
+
+
+def _datasets(raw: str | None) -> frozenset[str | None] | None:
+    if raw is None:
+        return None
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    if not items:
+        raise BadRequestData("datasetId must not be empty")
+    return frozenset(None if item == "@none" else require_uri(item, "datasetId") for item in items)
 
 
 def _projection(raw: str | None, what: str) -> tuple[Projected, ...] | None:
@@ -178,17 +192,30 @@ async def retrieve_entity(request: Request) -> Response:
         raise ResourceNotFound(f"entity {entity_id} has none of the requested attributes")
     if media == GEO_JSON:
         feature = to_geojson_feature(entity, render, request.query_params.get("geometryProperty"))
-        return geojson_response(request, feature, context)
+        response = geojson_response(request, feature, context)
+        return await entity_maps.for_entity(request, tenant_name, entity_id, response)
     plan = request_join_plan(request)
     if plan is not None:
         rendered = await render_joined([entity], render, plan, services(request).store, tenant_name)
-        body: Any = rendered if plan.mode == "flat" else rendered[0]
-        return json_response(body, media=media, context=context)
-    return json_response(render_entity(entity, render), media=media, context=context)
+        body: Any = rendered if plan.mode == "flat" and len(rendered) > 1 else rendered[0]
+        response = json_response(body, media=media, context=context)
+        return await entity_maps.for_entity(request, tenant_name, entity_id, response)
+    body = render_entity(entity, render)
+    if not body:
+        raise ResourceNotFound(f"the projection leaves nothing of entity {entity_id}")
+    headers: dict[str, str] = {}
+    status = 200
+    version = preferred_version(request)
+    if version is not None:
+        major, minor = (int(part) for part in version.split("."))
+        status = 203 if (major, minor) < (1, 8) and downgrade(body) else 200
+        headers["Preference-Applied"] = f"ngsi-ld={version}"
+    response = json_response(body, media=media, context=context, status=status, headers=headers)
+    return await entity_maps.for_entity(request, tenant_name, entity_id, response)
 
 
-def request_join_plan(request: Request) -> JoinPlan | None:
-    params = request.query_params
+def request_join_plan(request: Request, params: Mapping[str, str] | None = None) -> JoinPlan | None:
+    params = params if params is not None else request.query_params
     return join_plan(
         params.get("join"),
         params.get("joinLevel"),

@@ -9,7 +9,7 @@ from typing import Any
 from cityos.entities.model import Entity
 from cityos.entities.render import RenderOptions, render_entity
 from cityos.errors import BadRequestData
-from cityos.query.projection import Projected
+from cityos.query.projection import Projected, depth
 from cityos.store.base import EntityQuery, EntityStore
 
 MAX_JOIN_LEVEL = 5
@@ -36,6 +36,9 @@ def join_plan(join: str | None, join_level: str | None, pick: Any, omit: Any) ->
         raise BadRequestData("joinLevel must be a positive integer") from exc
     if not 1 <= level <= MAX_JOIN_LEVEL:
         raise BadRequestData(f"joinLevel must be between 1 and {MAX_JOIN_LEVEL}")
+    for projection in (pick, omit):
+        if projection is not None and depth(projection) > level:
+            raise BadRequestData(f"a projection nests deeper than joinLevel {level}")
     if join == "@none":
         return None
     return JoinPlan(join, level, pick, omit)
@@ -131,14 +134,14 @@ async def render_joined(
     results: list[dict[str, Any]] = []
     seen: set[str] = set()
     frontier = [(e, render, plan.pick, plan.omit) for e in entities]
-    for depth in range(plan.level + 1):
-        following = []
+    for level in range(plan.level + 1):
+        following: list[tuple[Entity, RenderOptions, Any, Any]] = []
         for entity, options, pick, omit in frontier:
             if entity["id"] in seen:
                 continue
             seen.add(entity["id"])
             results.append(render_entity(entity, options))
-            if depth == plan.level:
+            if level == plan.level:
                 continue
             for iri, targets in await linked(entity, options.attrs):
                 name = options.terms.compact(iri)

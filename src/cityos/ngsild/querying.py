@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cityos.entities import update
 from cityos.entities.render import render_entity, to_geojson_feature
-from cityos.entities.values import now
+from cityos.entities.values import now, require_uri
 from cityos.errors import BadRequestData, TooManyResults
 from cityos.jsonld.registry import ResolvedContext
 from cityos.ngsild.common import (
@@ -25,8 +27,10 @@ from cityos.ngsild.common import (
     read_payload,
     services,
 )
+from cityos.ngsild.join import join_plan
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
-from cityos.query.entity_query import QuerySpec, build_entity_query, type_predicate
+from cityos.query.entity_query import QuerySpec, build_entity_query, ordering, type_predicate
+from cityos.query.ordering import check_collation
 from cityos.store.base import EntityQuery
 
 QUERY_PARAMS = (
@@ -54,10 +58,12 @@ QUERY_PARAMS = (
     "offset",
     "orderBy",
     "collation",
+    "orderFrom",
     "join",
     "joinLevel",
     "containedBy",
     "entityMap",
+    "entityMapLifetime",
     "datasetId",
     "via",
     "contextSourceTimeAt",
@@ -79,7 +85,35 @@ PURGE_PARAMS = (
     "csf",
 )
 REPRESENTATION_OPTIONS = ("keyValues", "concise", "normalized", "sysAttrs", "simplified", "count")
-SYSTEM_ATTRIBUTES = frozenset({"createdAt", "modifiedAt", "deletedAt", "observedAt", "expiresAt"})
+SYSTEM_ATTRIBUTES = frozenset(
+    {"id", "type", "scope", "createdAt", "modifiedAt", "deletedAt", "observedAt", "expiresAt"}
+)
+
+
+def check_not_too_wide(request: Request) -> None:
+    """A query or purge must name a type, an attribute, a q on an attribute, a geo-query or
+    local=true; ids or a pattern alone select too much (spec 5.7.2, 5.6.x purge)."""
+    params = request.query_params
+    if params.get("type") is not None or params.get("georel") is not None or params.get("local") == "true":
+        return
+    attrs = csv_param(request, "attrs")
+    if attrs is not None and any(a not in SYSTEM_ATTRIBUTES for a in attrs):
+        return
+    q = params.get("q")
+    if q is not None:
+        from cityos.query.q import parse_q, q_attribute_names
+
+        if any(name not in SYSTEM_ATTRIBUTES for name in q_attribute_names(parse_q(q))):
+            return
+    raise BadRequestData("the request needs type, attrs, q (on non-system attributes), a geo-query or local=true")
+
+
+def check_csf(request: Request) -> None:
+    csf = request.query_params.get("csf")
+    if csf is not None:
+        from cityos.query.q import parse_q
+
+        parse_q(csf)  # context source filters share the q grammar
 
 
 def type_filter(raw: str, context: ResolvedContext) -> list[str]:
@@ -100,31 +134,53 @@ def geo_from_params(request: Request) -> Any:
 
 def spec_from_params(request: Request) -> QuerySpec:
     params = request.query_params
+    ids = csv_param(request, "id")
+    for entity_id in ids or ():
+        require_uri(entity_id, "id")
+    type_expr = params.get("type")
     return QuerySpec(
-        ids=csv_param(request, "id"),
+        ids=ids,
         id_pattern=params.get("idPattern"),
-        type_expr=params.get("type"),
+        type_expr=None if type_expr == "*" else type_expr,
         attrs=csv_param(request, "attrs"),
         q=params.get("q"),
         scope_q=params.get("scopeQ"),
         geo=geo_from_params(request),
+        expand_values=frozenset(csv_param(request, "expandValues") or ()),
     )
 
 
-def build_query(request: Request, context: ResolvedContext) -> EntityQuery:
-    return build_entity_query(spec_from_params(request), context.terms.expand)
+def build_query(request: Request, context: ResolvedContext, tenant_name: str = "") -> EntityQuery:
+    spec = spec_from_params(request)
+    plan = join_plan(request.query_params.get("join"), request.query_params.get("joinLevel"), None, None)
+    if plan is not None:
+        store = services(request).store
+        spec.lookup = lambda entity_id: store.lookup_in_query(tenant_name, entity_id)
+        spec.join_level = plan.level
+    query = build_entity_query(spec, context.terms.expand)
+    params = request.query_params
+    if params.get("orderBy") is not None:
+        query.sort = ordering(
+            params["orderBy"], context.terms.expand, collation=params.get("collation"), origin=params.get("orderFrom")
+        )
+    elif params.get("collation") is not None:
+        check_collation(params["collation"])
+    return query
 
 
-def pagination_links(request: Request, limit: int, offset: int, has_more: bool) -> list[str]:
-    """rel="prev"/"next" Link values (spec 4.12, 6.3.x) with the same query, paged."""
+def pagination_links(request: Request, limit: int, offset: int, has_more: bool, base: str = "") -> list[str]:
+    """rel="prev"/"next" Link values (spec 4.12, 6.3.x) with the same query, paged. `base` is an entity
+    map's original query, which the request's own parameters override; entityMap=true is never
+    repeated (following a link must page over the map, not create another)."""
     if limit == 0:
         return []
 
     def link(new_offset: int, rel: str) -> str:
-        params = {k: v for k, v in request.query_params.items() if k not in ("limit", "offset")}
+        merged = {**dict(parse_qsl(base)), **request.query_params}
+        params = {k: v for k, v in merged.items() if k not in ("limit", "offset", "entityMap")}
         params.update({"limit": str(limit), "offset": str(new_offset)})
         query = "&".join(f"{k}={v.replace(',', '%2C')}" for k, v in sorted(params.items()))
-        return f'<{request.url.path}?{query}>; rel="{rel}";type="application/json"'
+        return f'<{request.url.path.rstrip("/")}?{query}>; rel="{rel}";type="application/json"'
 
     links = []
     if offset > 0:
@@ -154,42 +210,52 @@ async def query_entities(request: Request) -> Response:
     tenant_name = await existing_tenant(request)
     context = await query_context(request, tenant_name)
     params = request.query_params
-    filters = ("id", "type", "idPattern", "attrs", "q", "georel", "geoQ", "scopeQ")
-    if not any(params.get(k) for k in filters) and params.get("local") != "true":
-        raise BadRequestData("a query needs at least one of type, id, idPattern, attrs, q or a geo-query")
-    query = build_query(request, context)
+    check_not_too_wide(request)
+    check_csf(request)
+    if params.get("type") == "*" and params.get("local") == "false":
+        raise BadRequestData("type=* selects every type and is only allowed for local queries")
+    if media != GEO_JSON and params.get("geometryProperty") is not None:
+        raise BadRequestData("geometryProperty needs Accept: application/geo+json")
+    query = build_query(request, context, tenant_name)
     return await run_query(request, tenant_name, context, query, media)
 
 
 async def run_query(
-    request: Request, tenant_name: str, context: ResolvedContext, query: EntityQuery, media: str
+    request: Request,
+    tenant_name: str,
+    context: ResolvedContext,
+    query: EntityQuery,
+    media: str,
+    params: Mapping[str, str] | None = None,
 ) -> Response:
     """Page, run and render a query (shared by GET /entities and POST /entityOperations/query)."""
+    from cityos.ngsild import entity_maps
     from cityos.ngsild.entities import geojson_response, representation
 
-    render = representation(request, context)
-    params = request.query_params
+    render = representation(request, context, params)
+    params = params if params is not None else request.query_params
     wants_count = "count" in options(request, REPRESENTATION_OPTIONS) or params.get("count") == "true"
     limit, offset = page(request)
-    query.limit, query.offset, query.count = limit, offset, wants_count
-    result = await services(request).store.query_entities(tenant_name, query)
+    result, emap = await entity_maps.select(request, tenant_name, query, limit, offset, wants_count)
     headers = {"NGSILD-Results-Count": str(result.total)} if wants_count and result.total is not None else {}
-    links = pagination_links(request, limit, offset, result.has_more)
+    links = pagination_links(request, limit, offset, result.has_more, emap.entity_map.query if emap else "")
     if media == GEO_JSON:
         features = [to_geojson_feature(e, render, params.get("geometryProperty")) for e in result.entities]
-        return geojson_response(request, {"type": "FeatureCollection", "features": features}, context)
+        geojson = geojson_response(request, {"type": "FeatureCollection", "features": features}, context)
+        return entity_maps.answer(geojson, emap)
     from cityos.ngsild.entities import request_join_plan
     from cityos.ngsild.join import render_joined
 
-    plan = request_join_plan(request)
+    plan = request_join_plan(request, params)
     if plan is not None:
         body = await render_joined(result.entities, render, plan, services(request).store, tenant_name)
     else:
-        body = [render_entity(entity, render) for entity in result.entities]
+        # an entity whose every member the projection removed is left out (019_17_01)
+        body = [rendered for entity in result.entities if (rendered := render_entity(entity, render))]
     response = json_response(body, media=media, context=context, headers=headers)
     for value in links:
         response.headers.append("Link", value)
-    return response
+    return entity_maps.answer(response, emap)
 
 
 async def purge_entities(request: Request) -> Response:
@@ -200,20 +266,8 @@ async def purge_entities(request: Request) -> Response:
     params = request.query_params
     if params.get("keep") is not None and params.get("drop") is not None:
         raise BadRequestData("keep and drop cannot be used together")
-    qualifying = params.get("type") is not None or params.get("georel") is not None or params.get("local") == "true"
-    attrs = csv_param(request, "attrs")
-    if attrs is not None and any(a not in SYSTEM_ATTRIBUTES for a in attrs):
-        qualifying = True
-    q = params.get("q")
-    if q is not None:
-        from cityos.query.q import compile_q, parse_q, q_attribute_names
-
-        compile_q(q, context.terms.expand)  # refuses linked-entity paths before anything is deleted
-        if any(name not in SYSTEM_ATTRIBUTES for name in q_attribute_names(parse_q(q))):
-            qualifying = True
-    if not qualifying:
-        raise BadRequestData("purging needs type, attrs, q (on non-system attributes), a geo-query or local=true")
-    query = build_query(request, context)
+    check_not_too_wide(request)
+    query = build_query(request, context, tenant_name)  # validates q (and refuses linked-entity paths) before deleting
     result = await services(request).store.query_entities(tenant_name, query)
     keep = csv_param(request, "keep")
     drop = csv_param(request, "drop")
@@ -242,7 +296,6 @@ QUERY_BODY_MEMBERS = frozenset(
         "scopeQ",
         "csf",
         "lang",
-        "temporalQ",
         "@context",
         "local",
         "expandValues",
@@ -250,6 +303,7 @@ QUERY_BODY_MEMBERS = frozenset(
         "joinLevel",
         "containedBy",
         "datasetId",
+        "ordering",
         "entityMap",
     }
 )
@@ -267,29 +321,54 @@ async def query_post(request: Request) -> Response:
         raise BadRequestData('a query body needs "type": "Query"')
     unknown = set(body) - QUERY_BODY_MEMBERS
     if unknown:
-        raise BadRequestData(f"unknown members in the query: {', '.join(sorted(unknown))}")
+        raise BadRequestData(f"members not allowed in a query: {', '.join(sorted(unknown))}")
     context = await body_context(request, body, body_media, tenant_name=tenant_name)
     geo = None
     if body.get("geoQ") is not None:
-        from cityos.query.geo import parse_geo_query
+        from cityos.query.geo import parse_geoq
 
-        geo_q = body["geoQ"]
-        if not isinstance(geo_q, dict):
-            raise BadRequestData("geoQ must be an object")
-        geo = parse_geo_query(
-            geo_q.get("georel"), geo_q.get("geometry"), geo_q.get("coordinates"), geo_q.get("geoproperty")
-        )
-    attrs = body.get("attrs")
-    if attrs is not None and (not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs)):
-        raise BadRequestData("attrs must be an array of attribute names")
+        geo = parse_geoq(body["geoQ"])
     entities = body.get("entities")
     if entities is not None and (not isinstance(entities, list) or not entities):
         raise BadRequestData("entities must be a non-empty array")
-    for member in ("q", "scopeQ"):
+    for member in ("q", "scopeQ", "join", "lang", "csf"):
         if body.get(member) is not None and not isinstance(body[member], str):
             raise BadRequestData(f"{member} must be a string")
-    spec = QuerySpec(attrs=attrs, q=body.get("q"), scope_q=body.get("scopeQ"), geo=geo, selectors=entities)
+    params: dict[str, str] = dict(request.query_params)
+    for member in ("attrs", "pick", "omit", "datasetId"):
+        value = body.get(member)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise BadRequestData(f"{member} must be a non-empty array of strings")
+        params[member] = ",".join(value)
+    for member in ("join", "joinLevel", "lang", "expandValues"):
+        if body.get(member) is not None:
+            params[member] = str(body[member])
+    spec = QuerySpec(
+        attrs=params["attrs"].split(",") if "attrs" in params else None,
+        q=body.get("q"),
+        scope_q=body.get("scopeQ"),
+        geo=geo,
+        selectors=entities,
+    )
     if spec.is_empty():
         raise BadRequestData("a query needs entities, attrs, q or geoQ")
     query = build_entity_query(spec, context.terms.expand)
-    return await run_query(request, tenant_name, context, query, media)
+    order = body.get("ordering")
+    if order is not None:
+        if not isinstance(order, dict) or "orderBy" not in order:
+            raise BadRequestData("ordering must be an object with orderBy")
+        coordinates = order.get("coordinates")
+        if coordinates is not None and not isinstance(coordinates, list):
+            raise BadRequestData("ordering coordinates must be an array")
+        query.sort = ordering(
+            order["orderBy"],
+            context.terms.expand,
+            collation=order.get("collation"),
+            origin=coordinates,
+            geometry=order.get("geometry", "Point"),
+        )
+    return await run_query(request, tenant_name, context, query, media, params)

@@ -10,11 +10,11 @@ from typing import Any
 import regex
 
 from cityos.entities.model import Entity
-from cityos.entities.values import check_name
+from cityos.entities.values import check_name, require_uri
 from cityos.errors import BadRequestData
 from cityos.query import selectors
 from cityos.query.pushdown import value_filters
-from cityos.query.q import compile_q, parse_q
+from cityos.query.q import compile_q, linked_depth, parse_q
 from cityos.store.base import EntityQuery
 
 MAX_PATTERN = 1024
@@ -33,6 +33,9 @@ class QuerySpec:
     scope_q: str | None = None
     geo: Any = None  # a query.geo.GeoQuery
     selectors: list[dict[str, Any]] | None = None  # `entities` of a Query body: any of them matches
+    expand_values: frozenset[str] = frozenset()  # attributes whose q literals are vocabulary terms
+    lookup: Callable[[str], Entity | None] | None = None  # follows relationships for q `rel{attr}`
+    join_level: int = 0  # how deep q may follow relationships (the request's joinLevel)
 
     def is_empty(self) -> bool:
         fields = (self.ids, self.id_pattern, self.type_expr, self.attrs, self.q, self.scope_q, self.geo)
@@ -84,8 +87,14 @@ def selector_predicate(
         entity_id, pattern, type_expr = entry.get("id"), entry.get("idPattern"), entry.get("type")
         if type_expr is None:
             raise BadRequestData("each item of entities needs a type")
-        if not isinstance(type_expr, str) or (entity_id is not None and not isinstance(entity_id, str)):
-            raise BadRequestData("entities: type and id must be strings")
+        if not isinstance(type_expr, str):
+            raise BadRequestData("entities: type must be a string")
+        if entity_id is not None:
+            ids = entity_id if isinstance(entity_id, list) else [entity_id]
+            for item in ids:
+                require_uri(item, "entities: id")
+            entity_id = frozenset(ids)
+            pattern = None  # an explicit id takes precedence over idPattern
         types, type_test = type_predicate(type_expr, expand)
         if union is not None:
             union.extend(t for t in types if t not in union)
@@ -98,7 +107,7 @@ def selector_predicate(
             types: list[str] = types,
             type_test: Predicate | None = type_test,
         ) -> bool:
-            if entity_id is not None and entity["id"] != entity_id:
+            if entity_id is not None and entity["id"] not in entity_id:
                 return False
             if compiled is not None and compiled.search(entity["id"]) is None:
                 return False
@@ -132,7 +141,9 @@ def build_entity_query(spec: QuerySpec, expand: Callable[[str], str]) -> EntityQ
         query.attrs = [expand(check_name(a, "attribute name")) for a in spec.attrs]
     if spec.q is not None:
         query.value_filters = value_filters(parse_q(spec.q), expand)
-        predicates.append(compile_q(spec.q, expand))
+        if linked_depth(parse_q(spec.q)) > spec.join_level:
+            raise BadRequestData("q follows relationships (attr{...}) deeper than joinLevel (or without join)")
+        predicates.append(compile_q(spec.q, expand, spec.expand_values, spec.lookup))
     if spec.scope_q is not None:
         predicates.append(scope_predicate(spec.scope_q))
     if spec.geo is not None:
@@ -148,3 +159,35 @@ def build_entity_query(spec: QuerySpec, expand: Callable[[str], str]) -> EntityQ
     elif predicates:
         query.predicate = lambda entity: all(p(entity) for p in predicates)
     return query
+
+
+def ordering(
+    order_by: Any, expand: Callable[[str], str], *, collation: Any = None, origin: Any = None, geometry: Any = "Point"
+) -> Callable[[list[Entity]], list[Entity]]:
+    """The sort function for orderBy (a string or a list of items) with its collation and the
+    reference geometry of distance ordering."""
+    from cityos.query.ordering import check_collation, parse_order_by, sorter
+
+    if isinstance(order_by, list):
+        if not order_by or not all(isinstance(item, str) for item in order_by):
+            raise BadRequestData("orderBy must be a non-empty array of strings")
+        order_by = ",".join(order_by)
+    if not isinstance(order_by, str):
+        raise BadRequestData("orderBy must be a string")
+    if collation is not None and not isinstance(collation, str):
+        raise BadRequestData("collation must be a BCP 47 language tag")
+    items = parse_order_by(order_by)
+    distance = None
+    if origin is not None:
+        from cityos.query.geo import parse_geo_query
+
+        if not isinstance(geometry, str):
+            raise BadRequestData("the ordering geometry must be a geometry type name")
+        reference = parse_geo_query("near;minDistance==0", geometry, origin, None)
+        assert reference is not None
+
+        def distance(entity: Entity, attr: str) -> float | None:
+            instances = [i for i in entity["attrs"].get(attr, []) if i.get("type") == "GeoProperty"]
+            return reference.distance(instances[0]["value"]) if instances else None
+
+    return sorter(items, expand, collation=check_collation(collation), distance=distance)

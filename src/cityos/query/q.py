@@ -133,6 +133,7 @@ _TIME = r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"
 DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 TIME_RE = re.compile(_TIME)
 DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T" + _TIME)
+TERM_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`]*")
 TEMPORAL: frozenset[str] = frozenset({"datetime", "date", "time"})
 ORDERABLE: frozenset[str] = TEMPORAL | {"number", "string"}
@@ -244,7 +245,8 @@ def _classify(word: _Token) -> Value:
             if _instant(text) is None:
                 raise BadRequestData(f"q: invalid {kind} {text!r} at position {word.pos}")
             return Value(text, kind)  # type: ignore[arg-type]
-    if URI_RE.fullmatch(text):
+    if URI_RE.fullmatch(text) or TERM_RE.fullmatch(text):
+        # a bare term is a vocabulary reference (compared as written, or expanded with expandValues)
         return Value(text, "uri")
     raise BadRequestData(
         f"q: invalid value {text!r} at position {word.pos}: "
@@ -388,6 +390,16 @@ def parse_q(text: str) -> QExpr:
 # --- Inspection ------------------------------------------------------------------------------------
 
 
+def linked_depth(expr: QExpr) -> int:
+    """How many relationships the deepest linked-entity path of `expr` follows."""
+    if isinstance(expr, And | Or):
+        return max((linked_depth(term) for term in expr.terms), default=0)
+    hops, path = 0, expr.path
+    while isinstance(path, LinkedEntityPath):
+        hops, path = hops + 1, path.target
+    return hops
+
+
 def q_attribute_names(expr: QExpr) -> set[str]:
     """The (unexpanded) top-level attribute names a q expression reads."""
     if isinstance(expr, And | Or):
@@ -412,7 +424,7 @@ ORDERINGS: dict[str, Callable[[int, int], bool]] = {
 
 # What a path found on one attribute instance: its items (lists among them are flattened when
 # compared) and whether they are VocabProperty IRIs.
-_Group = tuple[list[Any], bool]
+_Group = tuple[list[Any], str]  # (values, attribute type or "" for metadata)
 Resolver = Callable[[Entity], list[_Group]]
 
 
@@ -462,7 +474,9 @@ def _index(items: list[Any], key: str) -> list[Any]:
     found: list[Any] = []
     for item in items:
         if isinstance(item, dict):
-            if key in item:
+            if key == "*":  # any member, e.g. any language of a LanguageProperty
+                found.extend(item.values())
+            elif key in item:
                 found.append(item[key])
         elif isinstance(item, list):
             found.extend(el[key] for el in item if isinstance(el, dict) and key in el)
@@ -477,27 +491,34 @@ def _resolve_instance(instance: Any, steps: tuple[tuple[bool, str], ...], keys: 
             return None
         node, meta = node[name], is_meta
     if meta:
-        items, vocab = [node], False
+        items, kind_name = [node], ""
     else:
         kind = node.get("type") if isinstance(node, dict) else None
         member = VALUE_MEMBER.get(kind) if isinstance(kind, str) else None
         if member is None or not isinstance(node, dict) or member not in node:
             return None
         raw = node[member]
-        vocab = kind == "VocabProperty"
+        kind_name = str(kind)
         # A language map compares by its strings, unless `[tag]` picks one language.
         language_strings = kind == "LanguageProperty" and isinstance(raw, dict) and not keys
         items = list(raw.values()) if language_strings else [raw]
     for key in keys:
         items = _index(items, key)
-    return (items, vocab) if items else None
+    return (items, kind_name) if items else None
 
 
 class _Compiler:
     """Turns an AST into closures; names are expanded once here, not per entity."""
 
-    def __init__(self, expand: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        expand: Callable[[str], str],
+        expand_values: frozenset[str] = frozenset(),
+        lookup: Callable[[str], Entity | None] | None = None,
+    ) -> None:
         self.expand = expand
+        self.expand_values = expand_values
+        self.lookup = lookup
 
     def compile(self, expr: QExpr) -> Predicate:
         if isinstance(expr, And | Or):
@@ -511,12 +532,39 @@ class _Compiler:
             return self.match(expr, resolve)
         return self.comparison(expr, resolve)
 
+    def linked_resolver(self, path: LinkedEntityPath) -> Resolver:
+        """`rel{attr}`: read `attr` on the entities `rel` points to (`rel{Type:attr}` also checks
+        the target's type)."""
+        lookup = self.lookup
+        if lookup is None:
+            raise QNotSupported("q: linked-entity paths (attr{...}) need join")
+        relationship = self.resolver(path.relationship)
+        target, wanted_type = path.target, None
+        if isinstance(target, AttrPath) and ":" in target.name:
+            hint, _, name = target.name.partition(":")
+            if "/" not in name and self.expand(f"{hint}:x") == f"{hint}:x":
+                wanted_type, target = self.expand(hint), AttrPath(name, target.segments, target.keys)
+        inner = self.resolver(target)
+
+        def resolve(entity: Entity) -> list[_Group]:
+            groups: list[_Group] = []
+            for items, kind in relationship(entity):
+                if kind not in ("Relationship", "ListRelationship"):
+                    continue
+                for target_id in _flatten(items):
+                    linked = lookup(target_id) if isinstance(target_id, str) else None
+                    if linked is not None and (wanted_type is None or wanted_type in linked.get("type", [])):
+                        groups.extend(inner(linked))
+            return groups
+
+        return resolve
+
     def resolver(self, path: Path) -> Resolver:
         if isinstance(path, LinkedEntityPath):
-            raise QNotSupported("q: linked-entity paths (attr{...}) are not supported")
+            return self.linked_resolver(path)
         if path.name in ENTITY_SYSTEM and not path.segments and not path.keys:
             name = path.name
-            return lambda entity: [] if entity.get(name) is None else [([entity[name]], False)]
+            return lambda entity: [] if entity.get(name) is None else [([entity[name]], "")]
         iri = self.expand(path.name)
         steps = tuple((s in METADATA, s if s in METADATA else self.expand(s)) for s in path.segments)
         keys = path.keys
@@ -534,9 +582,15 @@ class _Compiler:
     def comparison(self, expr: Comparison, resolve: Resolver) -> Predicate:
         test = self.value_test(expr.op, expr.operand)
         negated = expr.op == "!="
+        ordering = expr.op in ORDERINGS
+        name = expr.path.name if isinstance(expr.path, AttrPath) else ""
+        expand_vocab = name in self.expand_values
 
         def predicate(entity: Entity) -> bool:
-            for items, vocab in resolve(entity):
+            for items, kind in resolve(entity):
+                if ordering and kind in ("Relationship", "ListRelationship"):
+                    continue  # entity references have no order (019_29_11)
+                vocab = expand_vocab and kind == "VocabProperty"
                 results = [test(value, vocab) for value in _flatten(items)]
                 comparable = [r for r in results if r is not None]
                 # == holds if some value equals; != if some value is comparable and none equals.
@@ -592,9 +646,15 @@ class _Compiler:
         return predicate
 
 
-def compile_q(text: str, expand: Callable[[str], str]) -> Predicate:
+def compile_q(
+    text: str,
+    expand: Callable[[str], str],
+    expand_values: frozenset[str] = frozenset(),
+    lookup: Callable[[str], Entity | None] | None = None,
+) -> Predicate:
     """A predicate over internal entities. `expand` maps q terms to IRIs with the request's
     @context; metadata names and compound keys are used as written. An attribute matches when
     any of its instances (datasetIds) does. Raises BadRequestData, or QNotSupported for
-    linked-entity paths."""
-    return _Compiler(expand).compile(parse_q(text))
+    linked-entity paths. Literals compared with the VocabProperty attributes named in
+    `expand_values` (the expandValues parameter) are expanded as vocabulary terms first."""
+    return _Compiler(expand, expand_values, lookup).compile(parse_q(text))

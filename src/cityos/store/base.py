@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator, Outcome
 from cityos.errors import NgsiLdError
+from cityos.query.entity_maps import EntityMap
 from cityos.query.pushdown import ValueFilter
 
 
@@ -34,6 +36,7 @@ class EntityQuery:
     value_filters: Sequence[ValueFilter] = ()  # sound prefilters taken from q (query/pushdown.py)
     geo_box: tuple[str, tuple[float, float, float, float]] | None = None  # (attr, min_x, max_x, min_y, max_y)
     predicate: Callable[[Entity], bool] | None = None
+    sort: Callable[[list[Entity]], list[Entity]] | None = None  # orderBy: sorts every match before paging
     limit: int | None = None
     offset: int = 0
     count: bool = False
@@ -56,11 +59,57 @@ class StoredContextRow:
 
 
 @dataclass(slots=True)
+class OutboxRow:
+    """A notification owed to a subscriber, written in the same transaction as the change that
+    caused it, so an acknowledged change is notified even if the process dies right after.
+    `lane` orders delivery: rows of one lane are delivered one after another, in id order."""
+
+    tenant: str
+    subscription_id: str
+    lane: str
+    payload: dict[str, Any]
+    id: int = 0  # assigned by the store
+    attempts: int = 0  # failed delivery attempts so far
+
+
+# Called by the store inside its write transaction (on the writer thread) for every change; the
+# rows it returns are inserted in that same transaction. It must be fast and must not block.
+ChangeListener = Callable[[EntityChange], Sequence[OutboxRow]]
+
+
+@dataclass(slots=True)
+class SubscriptionRow:
+    tenant: str
+    id: str
+    document: dict[str, Any]  # the subscription as subscriptions/model.py stores it
+    status: dict[str, Any] = field(default_factory=dict)  # delivery bookkeeping (timesSent, ...)
+
+
+@dataclass(slots=True)
 class MutationResult:
     entity_id: str
     outcome: Outcome | None = None
     error: NgsiLdError | None = None
     change: EntityChange | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EntityTypeStats:
+    """What discovery reports about one entity type of a tenant (spec 5.7.7), in expanded IRIs."""
+
+    type: str
+    entity_count: int
+    attribute_types: dict[str, list[str]]  # attribute IRI -> its attribute types ("Property", ...)
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeStats:
+    """What discovery reports about one attribute name of a tenant (spec 5.7.10), in expanded IRIs."""
+
+    attr: str
+    instance_count: int  # attribute instances (one per datasetId) carrying this name
+    attribute_types: list[str]
+    type_names: list[str]
 
 
 class EntityStore(Protocol):
@@ -81,11 +130,75 @@ class EntityStore(Protocol):
 
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult: ...
 
+    def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
+        """A synchronous read for predicates that follow relationships (q `rel{attr}`); it is
+        only called from inside query_entities, on the store's own reader thread."""
+
     async def purge_expired(self, now: str) -> list[EntityChange]:
-        """Delete entities whose expiresAt has passed (transient entities)."""
+        """Delete entities whose expiresAt has passed (transient entities), and expired entity maps."""
 
     async def save_context(self, row: StoredContextRow) -> None: ...
 
     async def delete_context(self, tenant: str, local_id: str) -> None: ...
 
     async def load_contexts(self) -> list[StoredContextRow]: ...
+
+    # -- subscriptions and their outbox --------------------------------------------------------
+    def set_change_listener(self, listener: ChangeListener | None, wake: Callable[[], None] | None) -> None:
+        """Install the listener called for each change inside the write transaction; `wake` is
+        called (from the writer thread) after a commit that inserted outbox rows."""
+
+    async def save_subscription(self, row: SubscriptionRow, *, create: bool) -> None:
+        """Insert (create=True: AlreadyExists if the id is taken; the tenant is created) or replace."""
+
+    async def delete_subscription(self, tenant: str, subscription_id: str) -> bool:
+        """Delete a subscription and its undelivered notifications; False if it did not exist."""
+
+    async def load_subscriptions(self) -> list[SubscriptionRow]:
+        """Every subscription of every tenant, in creation order."""
+
+    async def release_outbox(self) -> None:
+        """Make every undelivered row claimable again (at startup: their claimant has gone)."""
+
+    async def claim_outbox(self, limit: int) -> list[OutboxRow]:
+        """Up to `limit` unclaimed rows, oldest first, marked claimed."""
+
+    async def finish_outbox(self, row: OutboxRow, *, done: bool, status: SubscriptionRow | None = None) -> None:
+        """done=True deletes the row (delivered, or given up); otherwise its failed attempt count
+        (`row.attempts`) is recorded and it stays claimed. `status` persists the subscription's
+        delivery bookkeeping in the same transaction."""
+
+    # -- entity maps (spec 5.14): per tenant, keyed by map id; expired maps are removed by purge_expired --
+    async def save_entity_map(self, tenant: str, entity_map: EntityMap) -> None:
+        """Store a new map (or replace one with the same id)."""
+
+    async def get_entity_map(self, tenant: str, map_id: str) -> EntityMap | None:
+        """The stored map, expired or not (liveness is the caller's rule); None if there is none."""
+
+    async def update_entity_map(
+        self, tenant: str, map_id: str, *, expires_at: datetime | None = None, entity_ids: Sequence[str] | None = None
+    ) -> bool:
+        """Change only the given fields, so a prune and an expiry update cannot undo each other;
+        False if there is no map."""
+
+    async def delete_entity_map(self, tenant: str, map_id: str) -> bool:
+        """Remove a map; False if there was none."""
+
+    # -- discovery (spec 5.7.5-5.7.10): aggregates over the tenant's current, visible entities --
+    async def entity_types(self, tenant: str) -> list[str]:
+        """The distinct expanded types of the tenant's entities, sorted."""
+
+    async def entity_type_attributes(self, tenant: str) -> dict[str, list[str]]:
+        """Each type -> the sorted attribute names its entities carry (empty list if none)."""
+
+    async def entity_type_stats(self, tenant: str, entity_type: str) -> EntityTypeStats | None:
+        """One type's entity count and attribute types; None if no entity has the type."""
+
+    async def attribute_names(self, tenant: str) -> list[str]:
+        """The distinct attribute names (top level only) of the tenant's entities, sorted."""
+
+    async def attribute_type_names(self, tenant: str) -> dict[str, list[str]]:
+        """Each attribute name -> the sorted types of the entities carrying it."""
+
+    async def attribute_stats(self, tenant: str, attr: str) -> AttributeStats | None:
+        """One attribute's instance count, attribute types and entity types; None if unused."""

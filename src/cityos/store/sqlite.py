@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -22,9 +23,21 @@ import regex
 from cityos.entities.expiry import next_expiry, normalize, now_key, visible
 from cityos.entities.model import VALUE_MEMBER, Entity
 from cityos.entities.update import Mutator
-from cityos.errors import NgsiLdError, QueryTimeout
+from cityos.errors import AlreadyExists, NgsiLdError, QueryTimeout
+from cityos.query.entity_maps import EntityMap, expiry_key, from_expiry_key
 from cityos.query.pushdown import ValueFilter
-from cityos.store.base import EntityChange, EntityQuery, MutationResult, QueryResult, StoredContextRow
+from cityos.store.base import (
+    AttributeStats,
+    ChangeListener,
+    EntityChange,
+    EntityQuery,
+    EntityTypeStats,
+    MutationResult,
+    OutboxRow,
+    QueryResult,
+    StoredContextRow,
+    SubscriptionRow,
+)
 
 T = TypeVar("T")
 REGEX_TIMEOUT = 0.1
@@ -63,6 +76,24 @@ CREATE TABLE IF NOT EXISTS jsonld_contexts (
     tenant TEXT NOT NULL, local_id TEXT NOT NULL, kind TEXT NOT NULL, doc BLOB NOT NULL,
     created_at TEXT NOT NULL, PRIMARY KEY (tenant, local_id)
 );
+CREATE TABLE IF NOT EXISTS entity_maps (
+    tenant TEXT NOT NULL, id TEXT NOT NULL,
+    expires_at TEXT NOT NULL,  -- normalized UTC (entity_maps.expiry_key), compared by the sweeper
+    entity_ids BLOB NOT NULL,  -- orjson array, in the order the query returned them
+    query TEXT NOT NULL,       -- the query string that selected them
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX IF NOT EXISTS entity_maps_expiry ON entity_maps (expires_at);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    pk INTEGER PRIMARY KEY, tenant TEXT NOT NULL, id TEXT NOT NULL, doc BLOB NOT NULL, status BLOB NOT NULL,
+    UNIQUE (tenant, id)
+);
+CREATE TABLE IF NOT EXISTS outbox (  -- notifications owed, written in the transaction of their change
+    id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, subscription_id TEXT NOT NULL, lane TEXT NOT NULL,
+    payload BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, claimed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_unclaimed ON outbox (id) WHERE claimed = 0;
+CREATE INDEX IF NOT EXISTS outbox_subscription ON outbox (tenant, subscription_id);
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 
@@ -123,6 +154,9 @@ class SQLiteStore:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
+        self._listener: ChangeListener | None = None
+        self._wake: Callable[[], None] | None = None
+        self._outbox_written = False  # set on the writer thread when a transaction adds outbox rows
 
     # -- plumbing ------------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
@@ -144,12 +178,15 @@ class SQLiteStore:
             assert self._writer is not None
             connection = self._writer
             connection.execute("BEGIN IMMEDIATE")
+            self._outbox_written = False
             try:
                 result = fn(connection)
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
+            if self._outbox_written and self._wake is not None:
+                self._wake()
             return result
 
         loop = asyncio.get_running_loop()
@@ -254,7 +291,20 @@ class SQLiteStore:
                 )
             self._index(connection, pk, before, after)
         change = EntityChange(tenant, entity_id, before, after)
+        self._emit(connection, change)
         return MutationResult(entity_id, outcome=outcome, change=change)
+
+    def _emit(self, connection: sqlite3.Connection, change: EntityChange) -> None:
+        """Hand a change to the listener and insert the outbox rows it returns, in this transaction."""
+        if self._listener is None:
+            return
+        rows = self._listener(change)
+        if rows:
+            connection.executemany(
+                "INSERT INTO outbox (tenant, subscription_id, lane, payload) VALUES (?, ?, ?, ?)",
+                [(r.tenant, r.subscription_id, r.lane, orjson.dumps(r.payload)) for r in rows],
+            )
+            self._outbox_written = True
 
     def _unindex(self, connection: sqlite3.Connection, pk: int) -> None:
         connection.execute("DELETE FROM entity_types WHERE pk = ?", (pk,))
@@ -285,10 +335,18 @@ class SQLiteStore:
             gid = connection.execute("INSERT INTO entity_geo_attrs (pk, attr) VALUES (?, ?)", (pk, attr)).lastrowid
             connection.execute("INSERT INTO entity_geo VALUES (?, ?, ?, ?, ?)", (gid, *box))
 
+    def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
+        row = (
+            self._reader()
+            .execute("SELECT doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
+            .fetchone()
+        )
+        return visible(orjson.loads(row[0])) if row else None
+
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         now = now_key()
         where, params = _where(tenant, query, now)
-        exact = query.predicate is None and query.attrs is None
+        exact = query.predicate is None and query.attrs is None and query.sort is None
 
         def run(connection: sqlite3.Connection) -> QueryResult:
             if exact:
@@ -301,6 +359,19 @@ class SQLiteStore:
             start = query.offset
             stop = None if query.limit is None else start + query.limit
             attrs = set(query.attrs) if query.attrs is not None else None
+            if query.sort is not None:
+                candidates = [e for (doc,) in rows if (e := visible(orjson.loads(doc), now)) is not None]
+                selected = [
+                    e
+                    for e in candidates
+                    if (attrs is None or attrs.intersection(e["attrs"]))
+                    and (query.predicate is None or query.predicate(e))
+                ]
+                ordered = query.sort(selected)
+                page = ordered[start:stop]
+                return QueryResult(
+                    page, len(ordered) if query.count else None, stop is not None and len(ordered) > stop
+                )
             for (doc,) in rows:
                 entity = visible(orjson.loads(doc), now)
                 if entity is None:
@@ -372,7 +443,10 @@ class SQLiteStore:
                         (orjson.dumps(after), _own_expiry(after), next_expiry(after), pk),
                     )
                     self._index(connection, pk, before, after)
-                changes.append(EntityChange(tenant, entity_id, before, after))
+                change = EntityChange(tenant, entity_id, before, after)
+                self._emit(connection, change)
+                changes.append(change)
+            connection.execute("DELETE FROM entity_maps WHERE expires_at <= ?", (now,))
             return changes
 
         return await self._write(run)
@@ -397,6 +471,203 @@ class SQLiteStore:
             return [StoredContextRow(t, i, k, orjson.loads(d), c) for t, i, k, d, c in rows]
 
         return await self._read(run)
+
+    # -- subscriptions and their outbox ----------------------------------------------------------
+    def set_change_listener(self, listener: ChangeListener | None, wake: Callable[[], None] | None) -> None:
+        self._listener = listener
+        self._wake = wake
+
+    async def save_subscription(self, row: SubscriptionRow, *, create: bool) -> None:
+        def run(connection: sqlite3.Connection) -> None:
+            values = (orjson.dumps(row.document), orjson.dumps(row.status), row.tenant, row.id)
+            if not create:
+                connection.execute("UPDATE subscriptions SET doc = ?, status = ? WHERE tenant = ? AND id = ?", values)
+                return
+            connection.execute(
+                "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, datetime('now'))", (row.tenant,)
+            )
+            try:
+                connection.execute("INSERT INTO subscriptions (doc, status, tenant, id) VALUES (?, ?, ?, ?)", values)
+            except sqlite3.IntegrityError as exc:
+                raise AlreadyExists(f"subscription {row.id} already exists") from exc
+
+        await self._write(run)
+
+    async def delete_subscription(self, tenant: str, subscription_id: str) -> bool:
+        def run(connection: sqlite3.Connection) -> bool:
+            key = (tenant, subscription_id)
+            connection.execute("DELETE FROM outbox WHERE tenant = ? AND subscription_id = ?", key)
+            return connection.execute("DELETE FROM subscriptions WHERE tenant = ? AND id = ?", key).rowcount > 0
+
+        return await self._write(run)
+
+    async def load_subscriptions(self) -> list[SubscriptionRow]:
+        def run(connection: sqlite3.Connection) -> list[SubscriptionRow]:
+            rows = connection.execute("SELECT tenant, id, doc, status FROM subscriptions ORDER BY pk").fetchall()
+            return [SubscriptionRow(t, i, orjson.loads(d), orjson.loads(s)) for t, i, d, s in rows]
+
+        return await self._read(run)
+
+    async def release_outbox(self) -> None:
+        await self._write(lambda c: c.execute("UPDATE outbox SET claimed = 0 WHERE claimed = 1"))
+
+    async def claim_outbox(self, limit: int) -> list[OutboxRow]:
+        def run(connection: sqlite3.Connection) -> list[OutboxRow]:
+            rows = connection.execute(
+                "SELECT id, tenant, subscription_id, lane, payload, attempts FROM outbox"
+                " WHERE claimed = 0 ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            if rows:
+                connection.executemany("UPDATE outbox SET claimed = 1 WHERE id = ?", [(r[0],) for r in rows])
+            return [OutboxRow(t, s, lane, orjson.loads(p), i, a) for i, t, s, lane, p, a in rows]
+
+        return await self._write(run)
+
+    async def finish_outbox(self, row: OutboxRow, *, done: bool, status: SubscriptionRow | None = None) -> None:
+        def run(connection: sqlite3.Connection) -> None:
+            if done:
+                connection.execute("DELETE FROM outbox WHERE id = ?", (row.id,))
+            else:
+                connection.execute("UPDATE outbox SET attempts = ? WHERE id = ?", (row.attempts, row.id))
+            if status is not None:
+                connection.execute(
+                    "UPDATE subscriptions SET status = ? WHERE tenant = ? AND id = ?",
+                    (orjson.dumps(status.status), status.tenant, status.id),
+                )
+
+        await self._write(run)
+
+    # -- entity maps ---------------------------------------------------------------------------------
+    async def save_entity_map(self, tenant: str, entity_map: EntityMap) -> None:
+        row = (
+            tenant,
+            entity_map.id,
+            expiry_key(entity_map.expires_at),
+            orjson.dumps(entity_map.entity_ids),
+            entity_map.query,
+        )
+        await self._write(lambda c: c.execute("INSERT OR REPLACE INTO entity_maps VALUES (?, ?, ?, ?, ?)", row))
+
+    async def get_entity_map(self, tenant: str, map_id: str) -> EntityMap | None:
+        def fetch(connection: sqlite3.Connection) -> EntityMap | None:
+            row = connection.execute(
+                "SELECT expires_at, entity_ids, query FROM entity_maps WHERE tenant = ? AND id = ?", (tenant, map_id)
+            ).fetchone()
+            if row is None:
+                return None
+            return EntityMap(map_id, from_expiry_key(row[0]), tuple(orjson.loads(row[1])), row[2])
+
+        return await self._read(fetch)
+
+    async def update_entity_map(
+        self, tenant: str, map_id: str, *, expires_at: datetime | None = None, entity_ids: Sequence[str] | None = None
+    ) -> bool:
+        changes: dict[str, Any] = {}
+        if expires_at is not None:
+            changes["expires_at"] = expiry_key(expires_at)
+        if entity_ids is not None:
+            changes["entity_ids"] = orjson.dumps(list(entity_ids))
+        if not changes:
+            return await self.get_entity_map(tenant, map_id) is not None
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        sql = f"UPDATE entity_maps SET {assignments} WHERE tenant = ? AND id = ?"
+        params = (*changes.values(), tenant, map_id)
+        return await self._write(lambda c: c.execute(sql, params).rowcount > 0)
+
+    async def delete_entity_map(self, tenant: str, map_id: str) -> bool:
+        sql = "DELETE FROM entity_maps WHERE tenant = ? AND id = ?"
+        return await self._write(lambda c: c.execute(sql, (tenant, map_id)).rowcount > 0)
+
+    # -- discovery: aggregated in SQL over the side tables; documents are read only for attribute types --
+    async def entity_types(self, tenant: str) -> list[str]:
+        sql = f"SELECT DISTINCT t.type FROM entity_types t JOIN entities e ON e.pk = t.pk WHERE {_VISIBLE} ORDER BY 1"
+        params = (tenant, now_key())
+        return await self._read_with_deadline(lambda c: [row[0] for row in c.execute(sql, params)])
+
+    async def entity_type_attributes(self, tenant: str) -> dict[str, list[str]]:
+        sql = (
+            "SELECT t.type, a.attr FROM entity_types t JOIN entities e ON e.pk = t.pk"
+            f" LEFT JOIN entity_attrs a ON a.pk = t.pk WHERE {_VISIBLE} GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        params = (tenant, now_key())
+
+        def run(connection: sqlite3.Connection) -> dict[str, list[str]]:
+            result: dict[str, list[str]] = {}
+            for entity_type, attr in connection.execute(sql, params):
+                names = result.setdefault(entity_type, [])
+                if attr is not None:
+                    names.append(attr)
+            return result
+
+        return await self._read_with_deadline(run)
+
+    async def entity_type_stats(self, tenant: str, entity_type: str) -> EntityTypeStats | None:
+        count_sql = (
+            f"SELECT COUNT(*) FROM entity_types t JOIN entities e ON e.pk = t.pk WHERE t.type = ? AND {_VISIBLE}"
+        )
+        types_sql = (
+            "SELECT a.key, json_extract(i.value, '$.type') FROM entity_types t JOIN entities e ON e.pk = t.pk,"
+            " json_each(CAST(e.doc AS TEXT), '$.attrs') a, json_each(a.value) i"
+            f" WHERE t.type = ? AND {_VISIBLE} GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        params = (entity_type, tenant, now_key())
+
+        def run(connection: sqlite3.Connection) -> EntityTypeStats | None:
+            count: int = connection.execute(count_sql, params).fetchone()[0]
+            if count == 0:
+                return None
+            attribute_types: dict[str, list[str]] = {}
+            for attr, kind in connection.execute(types_sql, params):
+                attribute_types.setdefault(attr, []).append(kind)
+            return EntityTypeStats(entity_type, count, attribute_types)
+
+        return await self._read_with_deadline(run)
+
+    async def attribute_names(self, tenant: str) -> list[str]:
+        sql = f"SELECT DISTINCT a.attr FROM entity_attrs a JOIN entities e ON e.pk = a.pk WHERE {_VISIBLE} ORDER BY 1"
+        params = (tenant, now_key())
+        return await self._read_with_deadline(lambda c: [row[0] for row in c.execute(sql, params)])
+
+    async def attribute_type_names(self, tenant: str) -> dict[str, list[str]]:
+        sql = (
+            "SELECT a.attr, t.type FROM entity_attrs a JOIN entities e ON e.pk = a.pk"
+            f" JOIN entity_types t ON t.pk = a.pk WHERE {_VISIBLE} GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        params = (tenant, now_key())
+
+        def run(connection: sqlite3.Connection) -> dict[str, list[str]]:
+            result: dict[str, list[str]] = {}
+            for attr, entity_type in connection.execute(sql, params):
+                result.setdefault(attr, []).append(entity_type)
+            return result
+
+        return await self._read_with_deadline(run)
+
+    async def attribute_stats(self, tenant: str, attr: str) -> AttributeStats | None:
+        kinds_sql = (
+            "SELECT json_extract(i.value, '$.type'), COUNT(*) FROM entity_attrs x JOIN entities e ON e.pk = x.pk,"
+            " json_each(CAST(e.doc AS TEXT), '$.attrs') a, json_each(a.value) i"
+            f" WHERE x.attr = ? AND a.key = x.attr AND {_VISIBLE} GROUP BY 1 ORDER BY 1"
+        )
+        types_sql = (
+            "SELECT DISTINCT t.type FROM entity_attrs x JOIN entities e ON e.pk = x.pk"
+            f" JOIN entity_types t ON t.pk = x.pk WHERE x.attr = ? AND {_VISIBLE} ORDER BY 1"
+        )
+        params = (attr, tenant, now_key())
+
+        def run(connection: sqlite3.Connection) -> AttributeStats | None:
+            kinds = connection.execute(kinds_sql, params).fetchall()
+            if not kinds:
+                return None
+            type_names = [row[0] for row in connection.execute(types_sql, params)]
+            return AttributeStats(attr, sum(n for _, n in kinds), [kind for kind, _ in kinds], type_names)
+
+        return await self._read_with_deadline(run)
+
+
+# the tenant's entities a reader may see (parameters: tenant, now); expired attributes wait for the sweeper
+_VISIBLE = "e.tenant = ? AND (e.expires_at IS NULL OR e.expires_at > ?)"
 
 
 def _geo_values(entity: Entity) -> list[tuple[str, Any]]:
