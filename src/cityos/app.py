@@ -22,10 +22,11 @@ from cityos.entities.expiry import now_key
 from cityos.errors import InternalError, MethodNotAllowed, NgsiLdError, ResourceNotFound
 from cityos.jsonld.registry import ContextRegistry
 from cityos.net import OutboundPolicy
-from cityos.ngsild import batch, contexts, discovery, entities, entity_maps, info
+from cityos.ngsild import batch, contexts, discovery, entities, entity_maps, info, subscriptions
 from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.settings import Settings
 from cityos.store import open_store
+from cityos.subscriptions.service import SubscriptionService
 
 log = logging.getLogger("cityos")
 SWEEP_SECONDS = 1.0
@@ -148,11 +149,13 @@ def create_app(settings: Settings) -> Starlette:
     services = Services(
         settings=settings, store=open_store(settings.database, query_timeout=settings.query_timeout), contexts=registry
     )
+    notifier = SubscriptionService(services.store, registry, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.store.open()
         await contexts.restore_hosted(services)
+        await notifier.start()  # before the first write: every change is matched
         sweeper = asyncio.create_task(_sweep_expired(services))
         try:
             yield
@@ -160,6 +163,7 @@ def create_app(settings: Settings) -> Starlette:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            await notifier.stop()
             await services.store.close()
 
     routes = [
@@ -168,6 +172,7 @@ def create_app(settings: Settings) -> Starlette:
         *contexts.routes(),
         *info.routes(),
         *discovery.routes(),
+        *subscriptions.routes(),
         *entity_maps.routes(),
         Route("/version", version_info, methods=["GET"]),
     ]
@@ -179,6 +184,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.router.redirect_slashes = False
     app.state.services = services
+    app.state.subscriptions = notifier
     app.add_middleware(ProtocolGuard, max_body_bytes=settings.max_body_bytes)
     return app
 

@@ -43,6 +43,15 @@ class Settings:
     default_page_size: int = _setting(20, "Page size of a query that gives no `limit`.")
     query_timeout: float = _setting(10.0, "Seconds a query may run in the store before it is stopped (403).")
     core_context: str = _setting("v1.9", "Version of the ETSI core @context applied by default: v1.9 or v1.8.")
+    notification_timeout: float = _setting(10.0, "Seconds allowed for one notification (connect, send, answer).")
+    notification_max_bytes: int = _setting(4_194_304, "Largest notification sent, in bytes; a larger one is dropped.")
+    notification_max_attempts: int = _setting(
+        10, "Delivery attempts per notification before it is given up (the first try included)."
+    )
+    notification_retry_delay: float = _setting(1.0, "Seconds before the first retry of a failed notification.")
+    notification_retry_max_delay: float = _setting(
+        300.0, "Cap, in seconds, of the exponential backoff between notification retries."
+    )
     entity_map_lifetime: float = _setting(
         3600.0, "Seconds an EntityMap lives when the request gives no entityMapLifetime."
     )
@@ -87,6 +96,11 @@ class Settings:
                 raise ValueError(f"{name} must be positive")
         if self.context_fetch_timeout <= 0:
             raise ValueError("context_fetch_timeout must be positive")
+        for name in ("notification_timeout", "notification_retry_delay", "notification_retry_max_delay"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.notification_max_bytes < 1 or self.notification_max_attempts < 1:
+            raise ValueError("notification_max_bytes and notification_max_attempts must be positive")
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size cannot be larger than max_page_size")
         if not 0 < self.entity_map_lifetime <= self.entity_map_max_lifetime:

@@ -178,11 +178,11 @@ def ordering(
         raise BadRequestData("collation must be a BCP 47 language tag")
     items = parse_order_by(order_by)
     distance = None
+    if not isinstance(geometry, str):
+        raise BadRequestData("the ordering geometry must be a geometry type name")
     if origin is not None:
         from cityos.query.geo import parse_geo_query
 
-        if not isinstance(geometry, str):
-            raise BadRequestData("the ordering geometry must be a geometry type name")
         reference = parse_geo_query("near;minDistance==0", geometry, origin, None)
         assert reference is not None
 

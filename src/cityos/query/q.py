@@ -542,7 +542,8 @@ class _Compiler:
         target, wanted_type = path.target, None
         if isinstance(target, AttrPath) and ":" in target.name:
             hint, _, name = target.name.partition(":")
-            if "/" not in name and self.expand(f"{hint}:x") == f"{hint}:x":
+            # a compact IRI's prefix ends in a gen-delim; anything else before ":" is a type hint
+            if "/" not in name and not self.expand(hint).endswith(("/", "#", ":")):
                 wanted_type, target = self.expand(hint), AttrPath(name, target.segments, target.keys)
         inner = self.resolver(target)
 

@@ -71,7 +71,11 @@ def attribute_changes(before: Entity | None, after: Entity | None) -> Changes:
 
 
 def fired_triggers(
-    before: Entity | None, after: Entity | None, changes: Changes, wanted: frozenset[str], watched: frozenset[str] | None
+    before: Entity | None,
+    after: Entity | None,
+    changes: Changes,
+    wanted: frozenset[str],
+    watched: frozenset[str] | None,
 ) -> list[str]:
     """The notificationTrigger values this change sets off, among `wanted`; watchedAttributes
     restrict every trigger to changes of (or entities with) those attributes."""

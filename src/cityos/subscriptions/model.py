@@ -25,6 +25,7 @@ from cityos.query import selectors
 from cityos.query.entity_query import scope_predicate, selector_predicate
 from cityos.query.geo import parse_geoq
 from cityos.query.q import parse_q
+from cityos.store.base import SubscriptionRow
 
 Doc = dict[str, Any]
 TRIGGERS = (
@@ -97,14 +98,19 @@ class Subscription:
         value: Doc = self.doc["notification"]
         return value
 
+    def to_row(self) -> SubscriptionRow:
+        return SubscriptionRow(
+            self.tenant, self.id, {"doc": self.doc, "context": self.context}, self.delivery.to_dict()
+        )
+
+    @classmethod
+    def from_row(cls, row: SubscriptionRow) -> Subscription:
+        return cls(row.tenant, row.document["doc"], row.document.get("context"), Delivery.from_dict(row.status))
+
     def notification_context(self) -> Any:
         """The @context notifications are compacted with: jsonldContext if given, else the
         subscription's own @context."""
         return self.doc.get("jsonldContext", self.context)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def status_of(doc: Doc, now: datetime) -> str:

@@ -1,0 +1,141 @@
+"""Handlers for /subscriptions (spec 5.8): parse the request, call subscriptions/, render."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cityos.entities.values import require_uri
+from cityos.errors import BadRequestData
+from cityos.ngsild.common import (
+    accept,
+    body_context,
+    existing_tenant,
+    json_response,
+    no_content,
+    options,
+    query_context,
+    read_payload,
+    services,
+    tenant,
+)
+from cityos.ngsild.querying import page
+from cityos.subscriptions.delivery import check_endpoint
+from cityos.subscriptions.model import Doc, Subscription, merge_subscription, parse_subscription, render_subscription
+from cityos.subscriptions.service import SubscriptionService
+
+BASE = "/ngsi-ld/v1"
+COLLECTION = BASE + "/subscriptions"
+
+
+def subscriptions(request: Request) -> SubscriptionService:
+    result: SubscriptionService = request.app.state.subscriptions
+    return result
+
+
+def _subscription_id(request: Request) -> str:
+    return require_uri(request.path_params["subscription_id"], "subscription id")
+
+
+async def _check_targets(request: Request, tenant_name: str, doc: Doc) -> None:
+    """What a subscription points at must be usable now: its jsonldContext is fetched (504 when it
+    cannot be), and its endpoint must be allowed by the outgoing-request policy."""
+    if "jsonldContext" in doc:
+        await services(request).contexts.resolve(tenant_name, doc["jsonldContext"])
+    check_endpoint(doc["notification"]["endpoint"]["uri"], services(request).settings.allow_private_networks)
+
+
+async def create_subscription(request: Request) -> Response:
+    body, media = await read_payload(request)
+    tenant_name = tenant(request)
+    context = await body_context(request, body, media, tenant_name=tenant_name)
+    doc = parse_subscription(body, context.terms)
+    await _check_targets(request, tenant_name, doc)
+    await subscriptions(request).create(Subscription(tenant_name, doc, context.value), context.terms)
+    location = quote(f"{COLLECTION}/{doc['id']}", safe="/:;=@!$&'()*+,~-._")
+    return Response(status_code=201, headers={"Location": location})
+
+
+def preference_applied(request: Request) -> dict[str, str]:
+    """RFC 7240 `Prefer: ngsi-ld=<version>` (any case, quoted or not, with parameters, in a list)."""
+    for item in request.headers.get("prefer", "").split(","):
+        name, _, value = item.split(";")[0].strip().partition("=")
+        if name.strip().lower() == "ngsi-ld":
+            version = value.strip().strip('"')
+            if version.startswith("1."):
+                return {"Preference-Applied": f"ngsi-ld={version}"}
+    return {}
+
+
+async def retrieve_subscription(request: Request) -> Response:
+    subscription_id = _subscription_id(request)
+    media = accept(request)
+    tenant_name = await existing_tenant(request)
+    service = subscriptions(request)
+    subscription = service.require(tenant_name, subscription_id)
+    await service.settle(tenant_name, subscription_id)
+    context = await query_context(request, tenant_name)
+    body = render_subscription(subscription, context.terms, datetime.now(UTC))
+    return json_response(body, media=media, context=context, headers=preference_applied(request))
+
+
+async def query_subscriptions(request: Request) -> Response:
+    media = accept(request)
+    tenant_name = await existing_tenant(request)
+    limit, offset = page(request)
+    wants_count = "count" in options(request, ("count",)) or request.query_params.get("count") == "true"
+    context = await query_context(request, tenant_name)
+    everything = subscriptions(request).listing(tenant_name)
+    moment = datetime.now(UTC)
+    body = [render_subscription(s, context.terms, moment) for s in everything[offset : offset + limit]]
+    headers = {"NGSILD-Results-Count": str(len(everything))} if wants_count else {}
+    response = json_response(body, media=media, context=context, headers=headers)
+    if limit > 0:
+        if offset > 0:
+            response.headers.append("Link", _page_link(max(0, offset - limit), limit, "prev", media))
+        if offset + limit < len(everything):
+            response.headers.append("Link", _page_link(offset + limit, limit, "next", media))
+    return response
+
+
+def _page_link(offset: int, limit: int, rel: str, media: str) -> str:
+    return f'<{COLLECTION}?limit={limit}&offset={offset}>; rel="{rel}"; type="{media}"'
+
+
+async def update_subscription(request: Request) -> Response:
+    subscription_id = _subscription_id(request)
+    body, media = await read_payload(request, merge_patch=True)
+    tenant_name = await existing_tenant(request)
+    service = subscriptions(request)
+    current = service.require(tenant_name, subscription_id)
+    context = await body_context(request, body, media, tenant_name=tenant_name)
+    if isinstance(body, dict) and not (body.keys() - {"@context", "id", "type"}):
+        raise BadRequestData("the fragment changes nothing")
+    doc = merge_subscription(current.doc, body, context.terms)
+    await _check_targets(request, tenant_name, doc)
+    await service.update(Subscription(tenant_name, doc, current.context, current.delivery))
+    return no_content()
+
+
+async def delete_subscription(request: Request) -> Response:
+    subscription_id = _subscription_id(request)
+    tenant_name = await existing_tenant(request)
+    await subscriptions(request).delete(tenant_name, subscription_id)
+    return no_content()
+
+
+def routes() -> list[Route]:
+    one = COLLECTION + "/{subscription_id}"
+    return [
+        Route(COLLECTION, create_subscription, methods=["POST"]),
+        Route(COLLECTION + "/", create_subscription, methods=["POST"]),
+        Route(COLLECTION, query_subscriptions, methods=["GET"]),
+        Route(COLLECTION + "/", query_subscriptions, methods=["GET"]),
+        Route(one, retrieve_subscription, methods=["GET"]),
+        Route(one, update_subscription, methods=["PATCH"]),
+        Route(one, delete_subscription, methods=["DELETE"]),
+    ]

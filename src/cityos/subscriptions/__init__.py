@@ -1,0 +1,1 @@
+"""Subscriptions and notifications (spec 5.8): model, matching, delivery, the outbox dispatcher."""

@@ -1,0 +1,252 @@
+"""The outbox worker: delivers the notifications the store wrote next to each change.
+
+Delivery is at-least-once. Each subscription has its own lane (an in-memory queue with one task),
+so notifications of a subscription go out in the order of their changes, and a slow or dead
+receiver only ever delays its own lane. A failed delivery is retried in place (the lane waits)
+with exponential backoff up to a cap, for at most `notification_max_attempts` attempts; the row
+leaves the outbox only once it was delivered or given up, so a crash at any point means it is
+sent again after the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cityos.entities.model import Entity
+from cityos.entities.render import to_geojson_feature
+from cityos.entities.values import now
+from cityos.errors import NgsiLdError
+from cityos.jsonld.registry import ContextRegistry
+from cityos.ngsild.join import join_plan, render_joined
+from cityos.settings import Settings
+from cityos.store.base import EntityStore, OutboxRow, SubscriptionRow
+from cityos.subscriptions.delivery import DeliveryFailed, Outgoing, Sender
+from cityos.subscriptions.matching import (
+    lane_of,
+    notification_entity,
+    notified_entity,
+    render_options,
+)
+from cityos.subscriptions.model import Subscription
+
+log = logging.getLogger("cityos.subscriptions")
+CLAIM_BATCH = 500
+CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
+
+
+@dataclass
+class Job:
+    """One notification to send: an outbox row (a change), or a periodic report (not durable)."""
+
+    tenant: str
+    subscription_id: str
+    row: OutboxRow | None = None
+    entities: list[Entity] | None = None
+
+
+@dataclass
+class Lane:
+    jobs: deque[Job] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+    inflight: asyncio.Future[None] | None = None  # set while a request is out
+
+
+Lookup = Callable[[str, str], Subscription | None]
+
+
+class Dispatcher:
+    def __init__(
+        self, store: EntityStore, contexts: ContextRegistry, sender: Sender, settings: Settings, lookup: Lookup
+    ) -> None:
+        self.store = store
+        self.contexts = contexts
+        self.sender = sender
+        self.settings = settings
+        self.lookup = lookup
+        self.wake = asyncio.Event()
+        self._lanes: dict[str, Lane] = {}
+        self._pump: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Deliver what the outbox still holds (the crash guarantee), then follow new rows."""
+        await self.store.release_outbox()
+        self.wake.set()
+        self._pump = asyncio.create_task(self._follow_outbox())
+
+    async def stop(self) -> None:
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        if self._pump is not None:
+            tasks.append(self._pump)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._lanes.clear()
+
+    async def _follow_outbox(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            try:
+                while True:
+                    rows = await self.store.claim_outbox(CLAIM_BATCH)
+                    for row in rows:
+                        self.enqueue(row.lane, Job(row.tenant, row.subscription_id, row=row))
+                    if len(rows) < CLAIM_BATCH:
+                        break
+            except Exception:  # keep following; the rows stay in the outbox
+                log.exception("reading the notification outbox failed")
+                await asyncio.sleep(1.0)
+                self.wake.set()
+
+    # -- lanes -----------------------------------------------------------------------------------
+    def enqueue(self, lane_key: str, job: Job) -> None:
+        lane = self._lanes.setdefault(lane_key, Lane())
+        lane.jobs.append(job)
+        if lane.task is None:
+            lane.task = asyncio.create_task(self._run_lane(lane_key, lane))
+
+    async def settle(self, tenant: str, subscription_id: str, timeout: float) -> None:
+        """Wait (briefly) for a request that is out for this subscription, so a read right after
+        the receiver answered sees the bookkeeping of that answer."""
+        lane = self._lanes.get(lane_of(tenant, subscription_id))
+        if lane is not None and lane.inflight is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(lane.inflight), timeout)
+
+    async def _run_lane(self, key: str, lane: Lane) -> None:
+        try:
+            while lane.jobs:
+                job = lane.jobs[0]
+                try:
+                    await self._process(job, lane)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # never let one job stop the lane; the row stays in the outbox
+                    log.exception("notification for subscription %s failed unexpectedly", job.subscription_id)
+                    await asyncio.sleep(1.0)
+                    continue
+                lane.jobs.popleft()
+        finally:
+            lane.task = None
+            if not lane.jobs and self._lanes.get(key) is lane:
+                del self._lanes[key]
+
+    async def _process(self, job: Job, lane: Lane) -> None:
+        """Deliver one job, retrying in place; returns once it is done with (sent or given up)."""
+        row = job.row
+        while True:
+            subscription = self.lookup(job.tenant, job.subscription_id)
+            if subscription is None:  # deleted meanwhile: its rows went with it
+                if row is not None:
+                    await self.store.finish_outbox(row, done=True)
+                return
+            error = await self._attempt(subscription, job, lane)
+            status = SubscriptionRow(subscription.tenant, subscription.id, {}, subscription.delivery.to_dict())
+            if row is None:  # a periodic report is not retried: the next period reports again
+                await self.store.save_subscription(subscription.to_row(), create=False)
+                return
+            if error is None or error.permanent or row.attempts + 1 >= self.settings.notification_max_attempts:
+                if error is not None:
+                    log.warning("giving up notification %s of %s: %s", row.id, subscription.id, error)
+                await self.store.finish_outbox(row, done=True, status=status)
+                return
+            row.attempts += 1
+            await self.store.finish_outbox(row, done=False, status=status)
+            await asyncio.sleep(self.backoff(row.attempts))
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait before attempt `attempts + 1`: doubling from the first delay, capped."""
+        first = self.settings.notification_retry_delay
+        return float(min(self.settings.notification_retry_max_delay, first * 2 ** (attempts - 1)))
+
+    async def _attempt(self, subscription: Subscription, job: Job, lane: Lane) -> DeliveryFailed | None:
+        delivery = subscription.delivery
+        lane.inflight = asyncio.get_running_loop().create_future()
+        try:
+            failure = await self._send(subscription, job)
+            if failure is None:
+                delivery.last_success = now()
+                delivery.status = "ok"
+            else:
+                log.info("notification to %s failed: %s", subscription.notification["endpoint"]["uri"], failure)
+                delivery.times_failed += 1
+                delivery.last_failure = now()
+                delivery.status = "failed"
+            return failure
+        finally:
+            lane.inflight.set_result(None)
+            lane.inflight = None
+
+    async def _send(self, subscription: Subscription, job: Job) -> DeliveryFailed | None:
+        try:
+            outgoing = await self._render(subscription, job)
+        except NgsiLdError as exc:  # e.g. the @context cannot be fetched right now
+            return DeliveryFailed(f"cannot render the notification: {exc.detail}")
+        subscription.delivery.times_sent += 1
+        subscription.delivery.last_notification = now()
+        try:
+            await self.sender.send(outgoing)
+        except DeliveryFailed as exc:
+            return exc
+        return None
+
+    # -- rendering ---------------------------------------------------------------------------------
+    async def _render(self, subscription: Subscription, job: Job) -> Outgoing:
+        doc = subscription.doc
+        notification = subscription.notification
+        endpoint = notification["endpoint"]
+        context = await self.contexts.resolve(subscription.tenant, subscription.notification_context())
+        options = render_options(doc, context.terms)
+        accept = endpoint.get("accept", "application/json")
+        trigger = None
+        if job.row is not None:
+            payload = job.row.payload
+            entities = [notified_entity(payload, doc, context.terms)]
+            trigger = payload["triggers"][0]
+        else:
+            entities = job.entities or []
+        data: Any
+        plan = join_plan(notification.get("join"), _text(notification.get("joinLevel")), None, None)
+        if accept == "application/geo+json":
+            features = [to_geojson_feature(e, options, None) for e in entities]
+            data = {"type": "FeatureCollection", "features": features}
+        elif plan is not None:
+            data = await render_joined(entities, options, plan, self.store, subscription.tenant)
+        else:
+            data = [notification_entity(e, options) for e in entities]
+        link = None
+        if accept == "application/ld+json" and isinstance(data, list):
+            data = [{**item, "@context": context.value} for item in data]
+        else:
+            link = f'<{context.link_url}>; rel="{CONTEXT_REL}"; type="application/ld+json"'
+        body: dict[str, Any] = {
+            "id": f"urn:ngsi-ld:Notification:{uuid.uuid4()}",
+            "type": "Notification",
+            "subscriptionId": subscription.id,
+            "notifiedAt": now(),
+            "data": data,
+        }
+        if trigger is not None:
+            body["triggerReason"] = trigger
+        return Outgoing(
+            uri=endpoint["uri"],
+            notification=body,
+            content_type=accept if accept != "application/geo+json" else "application/geo+json",
+            link=link,
+            receiver_info=[(i["key"], i["value"]) for i in endpoint.get("receiverInfo", [])],
+            notifier_info={i["key"]: i["value"] for i in endpoint.get("notifierInfo", [])},
+        )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

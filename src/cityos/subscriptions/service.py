@@ -1,0 +1,184 @@
+"""Subscriptions at run time: the in-memory cache the HTTP handlers read, the compiled index the
+store's change listener matches against, the periodic (timeInterval) timers, and the dispatcher.
+
+Every subscription write goes to the store first and then to the caches, which are rebuilt whole,
+so the writer thread never sees a half-updated index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+
+from cityos.errors import ResourceNotFound
+from cityos.jsonld.registry import ContextRegistry
+from cityos.jsonld.termmap import TermMap
+from cityos.net import OutboundPolicy
+from cityos.settings import Settings
+from cityos.store.base import EntityStore
+from cityos.subscriptions.delivery import Sender
+from cityos.subscriptions.dispatcher import Dispatcher, Job
+from cityos.subscriptions.matching import ChangeMatcher, Matcher, compile_matcher, lane_of, periodic_query
+from cityos.subscriptions.model import Subscription, status_of
+
+log = logging.getLogger("cityos.subscriptions")
+Key = tuple[str, str]  # (tenant, subscription id)
+SETTLE_SECONDS = 1.0
+
+
+class SubscriptionService:
+    def __init__(self, store: EntityStore, contexts: ContextRegistry, settings: Settings) -> None:
+        self.store = store
+        self.contexts = contexts
+        self.settings = settings
+        self.matcher = ChangeMatcher()
+        self._subscriptions: dict[Key, Subscription] = {}
+        self._terms: dict[Key, TermMap] = {}
+        self._matchers: dict[Key, Matcher] = {}
+        self._timers: dict[Key, asyncio.Task[None]] = {}
+        self._dispatcher: Dispatcher | None = None
+        self._sender: Sender | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the subscriptions, listen to the store's changes, deliver what the outbox holds."""
+        for row in await self.store.load_subscriptions():
+            subscription = Subscription.from_row(row)
+            terms = await self._own_terms(subscription)
+            key = (subscription.tenant, subscription.id)
+            self._subscriptions[key] = subscription
+            self._terms[key] = terms
+            try:
+                self._matchers[key] = compile_matcher(subscription, terms)
+            except Exception:
+                log.exception("subscription %s cannot be matched and is skipped", subscription.id)
+        self.matcher.rebuild(self._matchers.values())
+        policy = OutboundPolicy(
+            allow_private_networks=self.settings.allow_private_networks,
+            timeout=self.settings.notification_timeout,
+            max_bytes=self.settings.notification_max_bytes,
+        )
+        self._sender = Sender(
+            policy, timeout=self.settings.notification_timeout, max_bytes=self.settings.notification_max_bytes
+        )
+        self._dispatcher = Dispatcher(self.store, self.contexts, self._sender, self.settings, self.get)
+        loop = asyncio.get_running_loop()
+        dispatcher = self._dispatcher
+
+        def wake() -> None:  # called on the writer thread after a commit that added outbox rows
+            loop.call_soon_threadsafe(dispatcher.wake.set)
+
+        self.store.set_change_listener(self.matcher, wake)
+        await dispatcher.start()
+        for key, subscription in self._subscriptions.items():
+            self._schedule(key, subscription)
+
+    async def stop(self) -> None:
+        self.store.set_change_listener(None, None)
+        timers = list(self._timers.values())
+        for task in timers:
+            task.cancel()
+        for task in timers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._timers.clear()
+        if self._dispatcher is not None:
+            await self._dispatcher.stop()
+        if self._sender is not None:
+            await self._sender.close()
+
+    async def _own_terms(self, subscription: Subscription) -> TermMap:
+        """The subscription's @context compiled; the core context if it cannot be had now."""
+        try:
+            return (await self.contexts.resolve(subscription.tenant, subscription.context)).terms
+        except Exception as exc:
+            log.warning(
+                "the @context of subscription %s is not available (%s); using the core context", subscription.id, exc
+            )
+            return self.contexts.core_terms()
+
+    # -- reads -------------------------------------------------------------------------------------
+    def get(self, tenant: str, subscription_id: str) -> Subscription | None:
+        return self._subscriptions.get((tenant, subscription_id))
+
+    def require(self, tenant: str, subscription_id: str) -> Subscription:
+        subscription = self.get(tenant, subscription_id)
+        if subscription is None:
+            raise ResourceNotFound(f"subscription {subscription_id} does not exist")
+        return subscription
+
+    def listing(self, tenant: str) -> list[Subscription]:
+        """A tenant's subscriptions in creation order."""
+        return [s for (t, _), s in self._subscriptions.items() if t == tenant]
+
+    async def settle(self, tenant: str, subscription_id: str) -> None:
+        if self._dispatcher is not None:
+            await self._dispatcher.settle(tenant, subscription_id, SETTLE_SECONDS)
+
+    # -- writes ------------------------------------------------------------------------------------
+    async def create(self, subscription: Subscription, terms: TermMap) -> None:
+        """`terms`: the creating request's @context, which q and geoQ are evaluated with."""
+        matcher = compile_matcher(subscription, terms)  # refuses what cannot be evaluated, before storing
+        await self.store.save_subscription(subscription.to_row(), create=True)
+        self._install((subscription.tenant, subscription.id), subscription, terms, matcher)
+
+    async def update(self, subscription: Subscription) -> None:
+        key = (subscription.tenant, subscription.id)
+        terms = self._terms.get(key) or self.contexts.core_terms()
+        matcher = compile_matcher(subscription, terms)
+        await self.store.save_subscription(subscription.to_row(), create=False)
+        self._install(key, subscription, terms, matcher)
+
+    async def delete(self, tenant: str, subscription_id: str) -> None:
+        if not await self.store.delete_subscription(tenant, subscription_id):
+            raise ResourceNotFound(f"subscription {subscription_id} does not exist")
+        key = (tenant, subscription_id)
+        self._subscriptions.pop(key, None)
+        self._terms.pop(key, None)
+        self._matchers.pop(key, None)
+        self.matcher.rebuild(self._matchers.values())
+        self.matcher.forget(tenant, subscription_id)
+        self._cancel_timer(key)
+
+    def _install(self, key: Key, subscription: Subscription, terms: TermMap, matcher: Matcher) -> None:
+        self._subscriptions[key] = subscription
+        self._terms[key] = terms
+        self._matchers[key] = matcher
+        self.matcher.rebuild(self._matchers.values())
+        self._schedule(key, subscription)
+
+    # -- periodic notifications (timeInterval) ---------------------------------------------------------
+    def _cancel_timer(self, key: Key) -> None:
+        task = self._timers.pop(key, None)
+        if task is not None:
+            task.cancel()
+
+    def _schedule(self, key: Key, subscription: Subscription) -> None:
+        self._cancel_timer(key)
+        if "timeInterval" in subscription.doc:
+            self._timers[key] = asyncio.create_task(self._every(key, float(subscription.doc["timeInterval"])))
+
+    async def _every(self, key: Key, interval: float) -> None:
+        """Report the matching entities every `interval` seconds, the first time one interval
+        after the subscription was made; nothing is sent while none matches."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            deadline += interval
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            subscription = self._subscriptions.get(key)
+            if subscription is None or self._dispatcher is None:
+                return
+            if status_of(subscription.doc, datetime.now(UTC)) != "active":
+                continue
+            try:
+                query = periodic_query(subscription, self._terms[key], self.settings.max_page_size)
+                result = await self.store.query_entities(subscription.tenant, query)
+            except Exception:
+                log.exception("periodic query of subscription %s failed", subscription.id)
+                continue
+            if result.entities:
+                job = Job(subscription.tenant, subscription.id, entities=result.entities)
+                self._dispatcher.enqueue(lane_of(*key), job)
