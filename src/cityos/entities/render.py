@@ -20,6 +20,7 @@ class RenderOptions:
     omit: frozenset[str] | None = None  # expanded names to drop
     pick_id: bool = True
     pick_type: bool = True
+    pick_scope: bool = True
     lang: str | None = None
     datasets: frozenset[str | None] | None = None  # datasetId filter; None stands for the default instance
 
@@ -32,7 +33,7 @@ def render_entity(entity: Entity, options: RenderOptions) -> dict[str, Any]:
     if options.pick_type:
         types = [terms.compact(t) for t in entity["type"]]
         out["type"] = types[0] if len(types) == 1 else types
-    if "scope" in entity:
+    if "scope" in entity and options.pick_scope:
         scope = entity["scope"]
         out["scope"] = scope[0] if len(scope) == 1 else scope
     for iri, instances in entity["attrs"].items():

@@ -87,16 +87,16 @@ def representation(request: Request, terms: ResolvedContext, params: Mapping[str
         if projection is not None and depth(projection) > 0 and params.get("join") is None:
             raise BadRequestData("a linked-entity projection (name{...}) needs join")
     keep = dropped = None
-    pick_id = pick_type = True
+    pick_id = pick_type = pick_scope = True
     selected = pick if pick is not None else attrs
     if selected is not None:
         names = [p.name for p in selected]
         if pick is not None:
-            pick_id, pick_type = "id" in names, "type" in names
+            pick_id, pick_type, pick_scope = "id" in names, "type" in names, "scope" in names
         keep = frozenset(terms.terms.expand(n) for n in names if n not in ("id", "type"))
     if omit is not None:
         names = [p.name for p in omit if not p.nested]  # name{...} omits inside the linked entity
-        pick_id, pick_type = "id" not in names, "type" not in names
+        pick_id, pick_type, pick_scope = "id" not in names, "type" not in names, "scope" not in names
         dropped = frozenset(terms.terms.expand(n) for n in names if n not in ("id", "type"))
     return RenderOptions(
         terms=terms.terms,
@@ -106,6 +106,7 @@ def representation(request: Request, terms: ResolvedContext, params: Mapping[str
         omit=dropped,
         pick_id=pick_id,
         pick_type=pick_type,
+        pick_scope=pick_scope,
         lang=params.get("lang"),
         datasets=_datasets(params.get("datasetId")),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -168,6 +169,9 @@ def build_query(request: Request, context: ResolvedContext, tenant_name: str = "
     return query
 
 
+LINK_SAFE = ":/.*;=!$'()@[]{}|~-_"
+
+
 def pagination_links(request: Request, limit: int, offset: int, has_more: bool, base: str = "") -> list[str]:
     """rel="prev"/"next" Link values (spec 4.12, 6.3.x) with the same query, paged. `base` is an entity
     map's original query, which the request's own parameters override; entityMap=true is never
@@ -179,7 +183,8 @@ def pagination_links(request: Request, limit: int, offset: int, has_more: bool, 
         merged = {**dict(parse_qsl(base)), **request.query_params}
         params = {k: v for k, v in merged.items() if k not in ("limit", "offset", "entityMap")}
         params.update({"limit": str(limit), "offset": str(new_offset)})
-        query = "&".join(f"{k}={v.replace(',', '%2C')}" for k, v in sorted(params.items()))
+        # reserved characters inside values are escaped; `:`, `/`, `.` and `*` stay readable
+        query = "&".join(f"{k}={quote(v, safe=LINK_SAFE)}" for k, v in sorted(params.items()))
         return f'<{request.url.path.rstrip("/")}?{query}>; rel="{rel}";type="application/json"'
 
     links = []

@@ -72,9 +72,11 @@ class OutboxRow:
     attempts: int = 0  # failed delivery attempts so far
 
 
-# Called by the store inside its write transaction (on the writer thread) for every change; the
-# rows it returns are inserted in that same transaction. It must be fast and must not block.
-ChangeListener = Callable[[EntityChange], Sequence[OutboxRow]]
+# Called by the store inside its write transaction (on the writer thread) for every change, with a
+# lookup of the change's tenant's entities as that transaction sees them (for q paths that follow
+# relationships); the rows it returns are inserted in the same transaction. It must be fast.
+EntityLookup = Callable[[str], Entity | None]
+ChangeListener = Callable[[EntityChange, EntityLookup], Sequence[OutboxRow]]
 
 
 @dataclass(slots=True)

@@ -298,7 +298,14 @@ class SQLiteStore:
         """Hand a change to the listener and insert the outbox rows it returns, in this transaction."""
         if self._listener is None:
             return
-        rows = self._listener(change)
+
+        def lookup(entity_id: str) -> Entity | None:
+            row = connection.execute(
+                "SELECT doc FROM entities WHERE tenant = ? AND id = ?", (change.tenant, entity_id)
+            ).fetchone()
+            return visible(orjson.loads(row[0])) if row else None
+
+        rows = self._listener(change, lookup)
         if rows:
             connection.executemany(
                 "INSERT INTO outbox (tenant, subscription_id, lane, payload) VALUES (?, ?, ?, ?)",

@@ -25,7 +25,7 @@ from cityos.jsonld.termmap import TermMap
 from cityos.query.entity_query import QuerySpec, build_entity_query, scope_predicate, selector_predicate
 from cityos.query.geo import compile_geo, parse_geoq
 from cityos.query.q import compile_q
-from cityos.store.base import EntityChange, EntityQuery, OutboxRow
+from cityos.store.base import EntityChange, EntityLookup, EntityQuery, OutboxRow
 from cityos.subscriptions.model import DEFAULT_TRIGGERS, PROJECTION_KEYS, Doc, Subscription
 
 log = logging.getLogger("cityos.subscriptions")
@@ -140,10 +140,11 @@ def lane_of(tenant: str, subscription_id: str) -> str:
     return f"{tenant}\n{subscription_id}"
 
 
-def filters_of(doc: Doc, terms: TermMap) -> tuple[Predicate, ...]:
+def filters_of(doc: Doc, terms: TermMap, lookup: EntityLookup) -> tuple[Predicate, ...]:
+    """q (percent-decoded; `rel{attr}` paths follow relationships through `lookup`), geoQ, scopeQ."""
     filters: list[Predicate] = []
     if "q" in doc:
-        filters.append(compile_q(unquote(doc["q"]), terms.expand))
+        filters.append(compile_q(unquote(doc["q"]), terms.expand, lookup=lookup))
     if "geoQ" in doc:
         filters.append(compile_geo(parse_geoq(doc["geoQ"]), terms.expand))
     if "scopeQ" in doc:
@@ -151,7 +152,7 @@ def filters_of(doc: Doc, terms: TermMap) -> tuple[Predicate, ...]:
     return tuple(filters)
 
 
-def compile_matcher(subscription: Subscription, terms: TermMap) -> Matcher:
+def compile_matcher(subscription: Subscription, terms: TermMap, lookup: EntityLookup) -> Matcher:
     """`terms`: the subscription's own @context, for the names inside q and geoQ."""
     doc = subscription.doc
     types: tuple[str, ...] | None = None
@@ -170,7 +171,7 @@ def compile_matcher(subscription: Subscription, terms: TermMap) -> Matcher:
         watched=watched,
         types=types,
         select=select,
-        filters=filters_of(doc, terms),
+        filters=filters_of(doc, terms, lookup),
         throttling=float(doc.get("throttling", 0)),
         periodic="timeInterval" in doc,
         active=doc.get("isActive", True) is not False,
@@ -179,15 +180,14 @@ def compile_matcher(subscription: Subscription, terms: TermMap) -> Matcher:
     )
 
 
-def periodic_query(subscription: Subscription, terms: TermMap, limit: int) -> EntityQuery:
+def periodic_query(subscription: Subscription, terms: TermMap, lookup: EntityLookup, limit: int) -> EntityQuery:
     """The entities a timeInterval subscription reports: its selectors, q, geoQ and scopeQ."""
     doc = subscription.doc
     query = build_entity_query(QuerySpec(selectors=doc.get("entities")), lambda name: name)
-    filters = (query.predicate, *filters_of(doc, terms)) if query.predicate else filters_of(doc, terms)
+    own = filters_of(doc, terms, lookup)
+    filters = (query.predicate, *own) if query.predicate else own
     if filters:
         query.predicate = lambda entity: all(test(entity) for test in filters)
-    if "watchedAttributes" in doc:
-        query.attrs = list(doc["watchedAttributes"])
     query.limit = limit
     return query
 
@@ -206,6 +206,11 @@ class ChangeMatcher:
         self._index: dict[str, TenantIndex] = {}
         self._throttled: dict[tuple[str, str], float] = {}  # last notification time (monotonic)
         self._lock = threading.Lock()
+        self._lookup: EntityLookup | None = None  # the running transaction's, during a call
+
+    def linked(self, entity_id: str) -> Entity | None:
+        """The lookup compiled into q predicates: entities as the current write transaction sees them."""
+        return self._lookup(entity_id) if self._lookup is not None else None
 
     def rebuild(self, matchers: Iterable[Matcher]) -> None:
         index: dict[str, TenantIndex] = {}
@@ -227,7 +232,7 @@ class ChangeMatcher:
         found.update({id(m): m for m in index.any_type})
         return list(found.values())
 
-    def __call__(self, change: EntityChange) -> Sequence[OutboxRow]:
+    def __call__(self, change: EntityChange, lookup: EntityLookup) -> Sequence[OutboxRow]:
         before, after = change.before, change.after
         types = set(before["type"] if before else ()) | set(after["type"] if after else ())
         matchers = self.candidates(change.tenant, types)
@@ -236,14 +241,18 @@ class ChangeMatcher:
         moment = datetime.now(UTC)
         changes = attribute_changes(before, after)
         rows = []
-        for matcher in matchers:
-            try:
-                row = self._match(matcher, change, changes, moment)
-            except Exception:  # a faulty subscription must never fail the write that triggered it
-                log.exception("matching subscription %s failed", matcher.id)
-                continue
-            if row is not None:
-                rows.append(row)
+        self._lookup = lookup
+        try:
+            for matcher in matchers:
+                try:
+                    row = self._match(matcher, change, changes, moment)
+                except Exception:  # a faulty subscription must never fail the write that triggered it
+                    log.exception("matching subscription %s failed", matcher.id)
+                    continue
+                if row is not None:
+                    rows.append(row)
+        finally:
+            self._lookup = None
         return rows
 
     def _match(self, matcher: Matcher, change: EntityChange, changes: Changes, moment: datetime) -> OutboxRow | None:

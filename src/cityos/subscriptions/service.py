@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from datetime import UTC, datetime
 
@@ -51,7 +52,7 @@ class SubscriptionService:
             self._subscriptions[key] = subscription
             self._terms[key] = terms
             try:
-                self._matchers[key] = compile_matcher(subscription, terms)
+                self._matchers[key] = compile_matcher(subscription, terms, self.matcher.linked)
             except Exception:
                 log.exception("subscription %s cannot be matched and is skipped", subscription.id)
         self.matcher.rebuild(self._matchers.values())
@@ -120,14 +121,14 @@ class SubscriptionService:
     # -- writes ------------------------------------------------------------------------------------
     async def create(self, subscription: Subscription, terms: TermMap) -> None:
         """`terms`: the creating request's @context, which q and geoQ are evaluated with."""
-        matcher = compile_matcher(subscription, terms)  # refuses what cannot be evaluated, before storing
+        matcher = compile_matcher(subscription, terms, self.matcher.linked)  # refuses what cannot be evaluated
         await self.store.save_subscription(subscription.to_row(), create=True)
         self._install((subscription.tenant, subscription.id), subscription, terms, matcher)
 
     async def update(self, subscription: Subscription) -> None:
         key = (subscription.tenant, subscription.id)
         terms = self._terms.get(key) or self.contexts.core_terms()
-        matcher = compile_matcher(subscription, terms)
+        matcher = compile_matcher(subscription, terms, self.matcher.linked)
         await self.store.save_subscription(subscription.to_row(), create=False)
         self._install(key, subscription, terms, matcher)
 
@@ -174,7 +175,9 @@ class SubscriptionService:
             if status_of(subscription.doc, datetime.now(UTC)) != "active":
                 continue
             try:
-                query = periodic_query(subscription, self._terms[key], self.settings.max_page_size)
+                # q paths that follow relationships read on the reader thread running the query
+                lookup = functools.partial(self.store.lookup_in_query, subscription.tenant)
+                query = periodic_query(subscription, self._terms[key], lookup, self.settings.max_page_size)
                 result = await self.store.query_entities(subscription.tenant, query)
             except Exception:
                 log.exception("periodic query of subscription %s failed", subscription.id)
