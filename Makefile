@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck unit bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,8 @@ run: $(VENV)/.installed
 	$(BIN)/cityos serve
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
@@ -29,6 +29,10 @@ unit: $(VENV)/.dev
 	$(BIN)/pytest
 
 test: lint typecheck unit
+
+# the full benchmark table (about 7 minutes on 2 cores); see docs/performance.md
+bench: $(VENV)/.installed
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

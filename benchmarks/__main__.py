@@ -48,21 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def render(outcome: Outcome, config: Config, started: datetime) -> str:
     versions = ", ".join(f"{name} {version(name)}" for name in STACK)
-    rss = outcome.rss_after_load
+    rss, peak = outcome.rss_after_load, outcome.rss_peak
     rss_line = "n/a" if rss is None else f"{rss:.0f} MB (target ≤ {RSS_TARGET_MB:.0f} MB: "
     if rss is not None:
         rss_line += "met)" if outcome.rss_met else "**missed**)"
+    if peak is not None:
+        rss_line += f"; peak over the whole run (queries included): {peak:.0f} MB"
     lines = [
         f"CityOS benchmark, {started:%Y-%m-%d %H:%M} UTC, commit {commit()}",
         f"Machine: {machine()}",
         f"Stack: {versions}",
         f"Load: {config.client} client in its own process, {config.connections} connections "
         f"(batch upsert: {min(2, config.connections)}), {config.repeat} x {config.duration:g} s per scenario "
-        f"after {config.warmup:g} s warm-up; {outcome.stored:,} entities stored",
+        f"after {config.warmup:g} s warm-up, each repeat paired with a baseline repeat; "
+        f"{outcome.stored:,} entities stored",
         "",
         format_table(outcome.rows),
         "",
-        f"Server peak RSS with {outcome.stored:,} entities stored: {rss_line}",
+        f"Server peak RSS (VmHWM) once {outcome.stored:,} entities are stored: {rss_line}",
     ]
     return "\n".join(lines)
 
@@ -89,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "config": config.__dict__,
             "stored": outcome.stored,
             "rss_after_load_mb": outcome.rss_after_load,
+            "rss_peak_mb": outcome.rss_peak,
             "rows": [row.as_json() for row in outcome.rows],
         }
         args.json.write_text(json.dumps(payload, indent=2))

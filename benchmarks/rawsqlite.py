@@ -1,6 +1,6 @@
 """The storage floor: the benchmark's entity documents written straight to SQLite and read back by
-primary key, in-process, with the pragmas of cityos/store/sqlite.py. No HTTP, no validation, no
-indexes beyond the key: the rate the broker's batch upsert and retrieve are compared with."""
+primary key, in-process, with the pragmas of cityos/store/sqlite.py. No HTTP, no validation, no side
+tables: the rates the broker's batch upsert and retrieve are compared with."""
 
 from __future__ import annotations
 
@@ -15,47 +15,49 @@ from benchmarks.entities import entity_id, make_entity
 from benchmarks.workloads import BATCH_SIZE
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    """The same pragmas as cityos.store.sqlite._connect."""
-    connection = sqlite3.connect(path, isolation_level=None)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute("PRAGMA busy_timeout=30000")
-    connection.execute("PRAGMA cache_size=-32000")
-    connection.execute("PRAGMA temp_store=MEMORY")
-    return connection
+def documents(first: int, count: int) -> list[tuple[str, bytes]]:
+    """(id, orjson bytes) of entities first..first+count-1: exactly what the batch upsert scenario sends."""
+    return [(entity_id(i), orjson.dumps(make_entity(i))) for i in range(first, first + count)]
 
 
-def documents(count: int) -> list[tuple[str, bytes]]:
-    """(id, orjson bytes) for entities 0..count-1: exactly the entities the batch upsert scenario sends."""
-    return [(entity_id(i), orjson.dumps(make_entity(i))) for i in range(count)]
+class RawStore:
+    """One table (id TEXT PRIMARY KEY, doc BLOB) in a new file, with the broker's pragmas."""
 
+    def __init__(self, path: Path) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        self.connection = sqlite3.connect(path, isolation_level=None)
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "busy_timeout=30000",
+            "cache_size=-32000",
+            "temp_store=MEMORY",
+        ):
+            self.connection.execute(f"PRAGMA {pragma}")
+        self.connection.execute("CREATE TABLE entities (id TEXT PRIMARY KEY, doc BLOB NOT NULL)")
 
-def write_rate(path: Path, rows: list[tuple[str, bytes]]) -> float:
-    """Rows/s inserting `rows` into a new table, one transaction per 1,000-row batch."""
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    connection = _connect(path)
-    connection.execute("CREATE TABLE entities (id TEXT PRIMARY KEY, doc BLOB NOT NULL)")
-    start = time.perf_counter()
-    for first in range(0, len(rows), BATCH_SIZE):
-        connection.execute("BEGIN IMMEDIATE")
-        connection.executemany("INSERT INTO entities (id, doc) VALUES (?, ?)", rows[first : first + BATCH_SIZE])
-        connection.execute("COMMIT")
-    elapsed = time.perf_counter() - start
-    connection.close()
-    return len(rows) / elapsed
+    def write_rate(self, rows: list[tuple[str, bytes]], batch_size: int = BATCH_SIZE) -> float:
+        """Rows/s inserting `rows`, one transaction per batch (batch_size=1: one per row, like a create)."""
+        start = time.perf_counter()
+        for first in range(0, len(rows), batch_size):
+            self.connection.execute("BEGIN IMMEDIATE")
+            self.connection.executemany(
+                "INSERT INTO entities (id, doc) VALUES (?, ?)", rows[first : first + batch_size]
+            )
+            self.connection.execute("COMMIT")
+        return len(rows) / (time.perf_counter() - start)
 
+    def read_rate(self, reads: int, seed: int = 0) -> float:
+        """Rows/s fetching stored documents one at a time by primary key, in random order."""
+        ids = [row[0] for row in self.connection.execute("SELECT id FROM entities")]
+        rng = random.Random(seed)
+        chosen = [ids[rng.randrange(len(ids))] for _ in range(reads)]
+        start = time.perf_counter()
+        for id_ in chosen:
+            row = self.connection.execute("SELECT doc FROM entities WHERE id = ?", (id_,)).fetchone()
+            assert row is not None
+        return reads / (time.perf_counter() - start)
 
-def read_rate(path: Path, ids: list[str], reads: int, seed: int = 0) -> float:
-    """Rows/s fetching documents one at a time by primary key, in random order."""
-    rng = random.Random(seed)
-    chosen = [ids[rng.randrange(len(ids))] for _ in range(reads)]
-    connection = _connect(path)
-    start = time.perf_counter()
-    for id_ in chosen:
-        row = connection.execute("SELECT doc FROM entities WHERE id = ?", (id_,)).fetchone()
-        assert row is not None
-    elapsed = time.perf_counter() - start
-    connection.close()
-    return reads / elapsed
+    def close(self) -> None:
+        self.connection.close()

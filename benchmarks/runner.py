@@ -1,5 +1,6 @@
-"""The benchmark run: baselines, then every scenario against one `cityos serve` process, each repeated,
-with the load generated from a separate process. Produces the rows of the table."""
+"""The benchmark run: every scenario against one `cityos serve` process, each repeated, with the load
+generated from a separate process. The machine is noisy, so each repeat of a scenario is paired with a
+repeat of its baseline run just before it, and the ratio shown is the median of the paired ratios."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing import get_context
@@ -15,38 +17,41 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks import future, rawsqlite
+from benchmarks import future
 from benchmarks.entities import ENTITY_TYPE
 from benchmarks.loadgen import LoadResult, LoadSpec, run_load
+from benchmarks.rawsqlite import RawStore, documents
 from benchmarks.report import Row
 from benchmarks.servers import ServerProcess, cityos_server, constant_server
 from benchmarks.workloads import API, BATCH_SIZE, Workload
 
-CONSTANT = "constant JSON"
-RAW_WRITE = "raw SQLite write"
-RAW_READ = "raw SQLite read"
-# scenario name -> (workload kind, baseline row, target ratio); targets from issue 4
-SCENARIOS: list[tuple[str, str, str, float | None]] = [
-    ("1. create one entity", "create", CONSTANT, 0.40),
-    ("2. partial attribute update", "update", CONSTANT, 0.40),
-    ("4. retrieve entity by id", "retrieve", CONSTANT, 0.50),
-    ("5a. query type, limit=20", "query_type", CONSTANT, 0.30),
-    ("5b. query q filter, limit=20", "query_q", CONSTANT, None),
-    ("5c. query geoQ near 500 m, limit=20", "query_geo", CONSTANT, None),
+CONSTANT = "constant JSON (HTTP floor)"
+RAW_WRITE = "raw SQLite write, 1,000 rows/txn"
+RAW_WRITE_ONE = "raw SQLite write, 1 row/txn"
+RAW_READ = "raw SQLite read by key"
+# (row name, workload kind, target ratio to the constant-JSON endpoint); targets from issue 4
+SCENARIOS: list[tuple[str, str, float | None]] = [
+    ("1. create one entity", "create", 0.40),
+    ("2. partial attribute update", "update", 0.40),
+    ("4. retrieve entity by id", "retrieve", 0.50),
+    ("5a. query type, limit=20", "query_type", 0.30),
+    ("5b. query q filter, limit=20", "query_q", None),
+    ("5c. query geoQ near 500 m, limit=20", "query_geo", None),
 ]
+BATCH_TARGET = 0.25
+RSS_TARGET_MB = 200.0
 # constant-app variants, each changing one layer of the stack
 ALTERNATIVES = [
     ("stdlib json", ["--json", "json"]),
     ("asyncio loop", ["--loop", "asyncio"]),
     ("h11 parser", ["--http", "h11"]),
 ]
-RSS_TARGET_MB = 200.0
 
 
 @dataclass(frozen=True)
 class Config:
     connections: int = 8
-    duration: float = 5.0
+    duration: float = 3.0
     warmup: float = 1.0
     repeat: int = 5
     entities: int = 100_000
@@ -60,16 +65,31 @@ class Config:
         return cls(duration=0.5, warmup=0.2, repeat=1, entities=200, batch_size=100, alternatives=False)
 
 
+@dataclass
+class Outcome:
+    rows: list[Row]
+    stored: int
+    rss_after_load: float | None
+    rss_peak: float | None
+
+    @property
+    def rss_met(self) -> bool | None:
+        return None if self.rss_after_load is None else self.rss_after_load <= RSS_TARGET_MB
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 class Bench:
-    def __init__(self, config: Config, workdir: Path, pool: ProcessPoolExecutor) -> None:
-        self.config, self.workdir, self.pool = config, workdir, pool
-        self.rows: list[Row] = []
+    def __init__(self, config: Config, workdir: Path, pool: ProcessPoolExecutor, constant: ServerProcess) -> None:
+        self.config, self.workdir, self.pool, self.constant = config, workdir, pool, constant
+        self.constant_row = Row(CONSTANT, kind="baseline")
+        self.raw_rows = [Row(name, unit="rows/s", kind="baseline") for name in (RAW_WRITE, RAW_WRITE_ONE, RAW_READ)]
+        self.rows: list[Row] = [self.constant_row, *self.raw_rows]
         self.stored = 0
         self.rss_after_load: float | None = None
+        self.rss_peak: float | None = None
 
     def load(
         self,
@@ -95,86 +115,100 @@ class Bench:
         )
         return self.pool.submit(run_load, spec).result()
 
+    def constant_sample(self, index: int = 0) -> float:
+        """One repeat of the constant-JSON baseline, recorded in its row; returns its rate."""
+        result = self.load(self.constant, Workload("constant"), seed=index)
+        _record(self.constant_row, result)
+        self.constant_row.rss_mb = self.constant.peak_rss_mb()
+        return result.rate
+
     def measure(
         self,
         row: Row,
         server: ServerProcess,
         workload: Callable[[int], Workload],
         *,
+        baseline: Callable[[int], float] | None = None,
         per_op: int = 1,
         requests: list[int] | None = None,
         connections: int | None = None,
     ) -> Row:
-        """Warm up (duration runs only), then repeat; workload(i) gives repeat i its own ids."""
+        """Warm up (duration runs only), then repeat: baseline(i), then the scenario; workload(i) gives
+        repeat i its own ids (-1 is the warm-up)."""
         config = self.config
         log(f"  {row.name} …")
         if requests is None and config.warmup > 0:
             self.load(server, workload(-1), duration=config.warmup, connections=connections)
         for index in range(config.repeat if requests is None else len(requests)):
+            base = baseline(index) if baseline is not None else None
             count = None if requests is None else requests[index]
             result = self.load(server, workload(index), requests=count, connections=connections, seed=index)
-            row.rates.append(result.rate * per_op)
-            row.p50_ms.append(result.percentile(0.50))
-            row.p99_ms.append(result.percentile(0.99))
-            row.errors += result.errors
-            row.error_sample = row.error_sample or result.error_sample
+            _record(row, result, per_op)
+            if base:
+                row.ratios.append(result.rate * per_op / base)
         row.rss_mb = server.peak_rss_mb()
+        self.rows.append(row)
         return row
 
-    # -- baselines ---------------------------------------------------------------------------------
-    def raw_sqlite(self) -> None:
-        config = self.config
-        log(f"raw SQLite baseline: {config.entities:,} documents …")
-        docs = rawsqlite.documents(config.entities)
-        path = self.workdir / "raw.db"
-        write = Row(RAW_WRITE, unit="rows/s", kind="baseline")
-        write.rates = [rawsqlite.write_rate(path, docs) for _ in range(config.repeat)]
-        read = Row(RAW_READ, unit="rows/s", kind="baseline")
-        reads = max(1000, min(50_000, config.entities))
-        ids = [id_ for id_, _ in docs]
-        read.rates = [rawsqlite.read_rate(path, ids, reads, seed=i) for i in range(config.repeat)]
-        self.rows += [write, read]
-
-    def constant(self) -> None:
-        log("constant-JSON baseline (uvicorn + uvloop + httptools + Starlette + orjson) …")
-        with constant_server(self.workdir) as server:
-            self.rows.append(self.measure(Row(CONSTANT, kind="baseline"), server, lambda i: Workload("constant")))
-        if not self.config.alternatives:
-            return
+    def alternatives(self) -> None:
+        """Each alternative stack against the default one, paired repeat by repeat."""
         for label, options in ALTERNATIVES:
             with constant_server(self.workdir, *options) as server:
                 row = Row(f"alt: constant JSON, {label}", kind="alternative", baseline=CONSTANT)
-                self.rows.append(self.measure(row, server, lambda i: Workload("constant")))
+                self.measure(row, server, lambda i: Workload("constant"), baseline=self.constant_sample)
 
-    # -- the broker --------------------------------------------------------------------------------
     def cityos(self) -> None:
-        config = self.config
         with cityos_server(self.workdir) as server:
             log(f"cityos serve (pid {server.pid}) on a fresh SQLite file")
-            batches = math.ceil(config.entities / config.batch_size)
-            split = [batches // config.repeat + (1 if i < batches % config.repeat else 0) for i in range(config.repeat)]
-            split = [n for n in split if n]
-            starts = [sum(split[:i]) * config.batch_size for i in range(len(split))]
-            stored = sum(split) * config.batch_size
-            row = Row(f"3. batch upsert, {config.batch_size:,}/request", unit="entities/s", baseline=RAW_WRITE)
-            row.target = 0.25
-            self.rows.append(
-                self.measure(
-                    row,
-                    server,
-                    lambda i: Workload("batch", start=starts[i], batch_size=config.batch_size),
-                    per_op=config.batch_size,
-                    requests=split,
-                    connections=min(2, config.connections),
-                )
-            )
-            self.stored, self.rss_after_load = _stored_count(server), row.rss_mb
-            log(f"  {self.stored:,} entities stored; server peak RSS {row.rss_mb or 0:.0f} MB")
-            for name, kind, baseline, target in SCENARIOS:
-                scenario = Row(name, baseline=baseline, target=target)
-                workload = partial(_scenario_workload, kind, stored)
-                self.rows.append(self.measure(scenario, server, workload))
-            self.rows.extend(future.scenarios(self, server, stored))
+            self.batch_upsert(server)
+            self.stored, self.rss_after_load = _stored_count(server), server.peak_rss_mb()
+            log(f"  {self.stored:,} entities stored; server peak RSS {self.rss_after_load or 0:.0f} MB")
+            for name, kind, target in SCENARIOS:
+                row = Row(name, baseline=CONSTANT, target=target)
+                workload = partial(_scenario_workload, kind, self.stored)
+                self.measure(row, server, workload, baseline=self.constant_sample)
+            self.rows.extend(future.scenarios(self, server, self.stored))
+            self.rss_peak = server.peak_rss_mb()
+
+    def batch_upsert(self, server: ServerProcess) -> None:
+        """Load `entities` new entities with 1,000-entity upserts; before each repeat the raw-SQLite
+        baseline writes the same documents (while the server idles), so the rates are side by side."""
+        config, size = self.config, self.config.batch_size
+        batches = math.ceil(config.entities / size)
+        split = [n for i in range(config.repeat) if (n := batches // config.repeat + (i < batches % config.repeat))]
+        starts = [sum(split[:i]) * size for i in range(len(split))]
+        raw = RawStore(self.workdir / "raw.db")
+        write, write_one, read = self.raw_rows
+
+        def raw_write(index: int) -> float:
+            rate = raw.write_rate(documents(starts[index], split[index] * size), size)
+            write.rates.append(rate)
+            return rate
+
+        row = Row(f"3. batch upsert, {size:,}/request", unit="entities/s", baseline=RAW_WRITE, target=BATCH_TARGET)
+        self.measure(
+            row,
+            server,
+            lambda i: Workload("batch", start=starts[i], batch_size=size),
+            per_op=size,
+            requests=split,
+            connections=min(2, config.connections),
+            baseline=raw_write,
+        )
+        total = sum(split) * size
+        singles = documents(total, max(200, min(2000, total // 50)))
+        for index in range(config.repeat):
+            write_one.rates.append(raw.write_rate(singles[index :: config.repeat], 1))
+            read.rates.append(raw.read_rate(max(1000, min(20_000, total)), seed=index))
+        raw.close()
+
+
+def _record(row: Row, result: LoadResult, per_op: int = 1) -> None:
+    row.rates.append(result.rate * per_op)
+    row.p50_ms.append(result.percentile(0.50))
+    row.p99_ms.append(result.percentile(0.99))
+    row.errors += result.errors
+    row.error_sample = row.error_sample or result.error_sample
 
 
 def _scenario_workload(kind: str, stored: int, repeat: int) -> Workload:
@@ -192,36 +226,18 @@ def _stored_count(server: ServerProcess) -> int:
     return int(response.headers.get("NGSILD-Results-Count", "0"))
 
 
-def compute_ratios(rows: list[Row]) -> None:
-    by_name = {row.name: row for row in rows}
-    for row in rows:
-        base = by_name.get(row.baseline)
-        if base is not None and base.rate > 0 and row.rates:
-            row.ratio = row.rate / base.rate
-
-
-@dataclass
-class Outcome:
-    rows: list[Row]
-    stored: int
-    rss_after_load: float | None
-
-    @property
-    def rss_met(self) -> bool | None:
-        return None if self.rss_after_load is None else self.rss_after_load <= RSS_TARGET_MB
-
-
 def run(config: Config) -> Outcome:
-    """Every row, in table order: baselines first, then the broker's scenarios, then alternatives."""
-    with (
-        tempfile.TemporaryDirectory(prefix="cityos-bench-") as tmp,
-        ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool,
-    ):
-        bench = Bench(config, Path(tmp), pool)
-        bench.raw_sqlite()
-        bench.constant()
+    """Every row, in table order: baselines, the broker's scenarios, then the alternative stacks."""
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cityos-bench-")))
+        pool = stack.enter_context(ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")))
+        log("constant-JSON app (uvicorn + uvloop + httptools + Starlette + orjson) …")
+        constant = stack.enter_context(constant_server(workdir))
+        bench = Bench(config, workdir, pool, constant)
+        bench.load(constant, Workload("constant"), duration=config.warmup)
         bench.cityos()
+        if config.alternatives:
+            bench.alternatives()
     order = {"baseline": 0, "scenario": 1, "alternative": 2}
     rows = sorted(bench.rows, key=lambda r: (order[r.kind], r.name if r.kind == "scenario" else ""))
-    compute_ratios(rows)
-    return Outcome(rows, bench.stored, bench.rss_after_load)
+    return Outcome(rows, bench.stored, bench.rss_after_load, bench.rss_peak)

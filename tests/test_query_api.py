@@ -998,7 +998,7 @@ def test_post_query_attrs_pick_scope_and_representation(town: TestClient) -> Non
     found = post_query(
         town, {"entities": [{"type": "OffStreetParking"}], "scopeQ": "/Porto/Centro", "pick": ["id", "name"]}
     )
-    assert [set(e) for e in found] == [{"id", "name", "scope"}, {"id", "name", "scope"}]
+    assert [set(e) for e in found] == [{"id", "name"}, {"id", "name"}]
     assert [e["id"] for e in found] == [TRINDADE, BOLHAO]
     found = post_query(
         town, {"entities": [{"type": "AirQualityObserved", "id": ESPANA}], "attrs": "no2", "datasetId": [DAILY]}

@@ -275,7 +275,7 @@ CASES: list[tuple[str, QuerySpec, Test]] = [
     ("string", QuerySpec(q='status=="faulty"'), text("status", "faulty")),
     ("string-list", QuerySpec(q='status=="faulty","unknown"'), text("status", "faulty", "unknown")),
     ("string-on-numbers", QuerySpec(q='availableSpotNumber=="full"'), text("availableSpotNumber", "full")),
-    ("language-map", QuerySpec(q='label=="tluaf"'), text("label", "tluaf")),
+    ("language-map", QuerySpec(q='label=="ytluaf"'), text("label", "ytluaf")),
     ("exists", QuerySpec(q="label"), has("label")),
     (
         "and",
@@ -473,7 +473,7 @@ def test_plan_uses_the_side_table_index(big: tuple[TestClient, Starlette], spec:
     [
         QuerySpec(type_expr="Building"),
         QuerySpec(q="availableSpotNumber==123"),
-        QuerySpec(q='label=="tluaf"'),
+        QuerySpec(q='label=="ytluaf"'),
         QuerySpec(geo=NEAR_800),
     ],
     ids=["type", "eq", "text", "near"],
@@ -561,7 +561,7 @@ def test_only_the_sql_candidates_are_decoded(
 
 @pytest.mark.parametrize(
     "spec",
-    [QuerySpec(q="availableSpotNumber==123"), QuerySpec(q='label=="tluaf"'), QuerySpec(geo=NEAR_800)],
+    [QuerySpec(q="availableSpotNumber==123"), QuerySpec(q='label=="ytluaf"'), QuerySpec(geo=NEAR_800)],
     ids=["eq", "text", "near"],
 )
 def test_selective_filters_decode_a_small_fraction(

@@ -133,13 +133,18 @@ def parse_entity(body: Any, terms: TermMap, *, require_type: bool = True, stamp:
         types: list[str] = []
     else:
         types = entity_types(raw_type, terms)
-    entity: Entity = {"id": entity_id, "type": types, "createdAt": stamp, "modifiedAt": stamp, "attrs": {}}
+    entity: Entity = {"id": entity_id, "type": types, "createdAt": stamp, "modifiedAt": stamp}
+    return _with_members(entity, body, terms, stamp=stamp, nulls="forbid")
+
+
+def _with_members(target: Entity, body: dict[str, Any], terms: TermMap, *, stamp: str, nulls: str) -> Entity:
+    """Add scope, expiresAt and the attributes of `body` to an entity or fragment being built."""
     if "scope" in body:
-        entity["scope"] = parse_scope(body["scope"])
+        target["scope"] = parse_scope(body["scope"])
     if "expiresAt" in body:
-        entity["expiresAt"] = check_datetime(body["expiresAt"], "expiresAt")
-    entity["attrs"] = parse_attributes(body, terms, stamp=stamp, skip=ENTITY_RESERVED)
-    return entity
+        target["expiresAt"] = check_datetime(body["expiresAt"], "expiresAt")
+    target["attrs"] = parse_attributes(body, terms, stamp=stamp, nulls=nulls)
+    return target
 
 
 def parse_fragment(
@@ -159,12 +164,7 @@ def parse_fragment(
         "type": entity_types(raw_type, terms) if raw_type is not None else [],
         "modifiedAt": stamp,
     }
-    if "scope" in body:
-        fragment["scope"] = parse_scope(body["scope"])
-    if "expiresAt" in body:
-        fragment["expiresAt"] = check_datetime(body["expiresAt"], "expiresAt")
-    fragment["attrs"] = parse_attributes(body, terms, stamp=stamp, nulls=nulls)
-    return fragment
+    return _with_members(fragment, body, terms, stamp=stamp, nulls=nulls)
 
 
 def parse_attributes(

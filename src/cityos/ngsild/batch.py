@@ -149,37 +149,35 @@ async def batch_upsert(request: Request) -> Response:
     return no_content()
 
 
-async def batch_update(request: Request) -> Response:
-    check_params(request, ("options", "local"))
-    no_overwrite = "noOverwrite" in options(request, ("noOverwrite",))
+async def _fragment_batch(request: Request, nulls: str, mutator: Any) -> Response:
+    """Batch update and merge: each item is a fragment of an existing entity."""
     items, media = await _entities(request)
     tenant_name = tenant(request)
     report = BatchReport()
     stamp = now()
 
     def build(item: Any, context: Any) -> tuple[str, update.Mutator]:
-        fragment = parse_fragment(item, context.terms, stamp=stamp, nulls="instance")
+        fragment = parse_fragment(item, context.terms, stamp=stamp, nulls=nulls)
         entity_id = require_uri(fragment["id"], "entity id")
-        return entity_id, update.update_attrs(entity_id, fragment, no_overwrite=no_overwrite)
+        return entity_id, mutator(entity_id, fragment)
 
     await _run(request, tenant_name, await _prepare(request, items, media, tenant_name, report, build), report)
     return _finish(report, success_status=204)
+
+
+async def batch_update(request: Request) -> Response:
+    check_params(request, ("options", "local"))
+    no_overwrite = "noOverwrite" in options(request, ("noOverwrite",))
+    return await _fragment_batch(
+        request,
+        "instance",
+        lambda entity_id, fragment: update.update_attrs(entity_id, fragment, no_overwrite=no_overwrite),
+    )
 
 
 async def batch_merge(request: Request) -> Response:
     check_params(request, ("options", "local", "format"))
-    items, media = await _entities(request)
-    tenant_name = tenant(request)
-    report = BatchReport()
-    stamp = now()
-
-    def build(item: Any, context: Any) -> tuple[str, update.Mutator]:
-        fragment = parse_fragment(item, context.terms, stamp=stamp, nulls="deep")
-        entity_id = require_uri(fragment["id"], "entity id")
-        return entity_id, update.merge(entity_id, fragment)
-
-    await _run(request, tenant_name, await _prepare(request, items, media, tenant_name, report, build), report)
-    return _finish(report, success_status=204)
+    return await _fragment_batch(request, "deep", update.merge)
 
 
 async def batch_delete(request: Request) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -160,6 +161,25 @@ def _partial_result(result: MutationResult, context: ResolvedContext) -> Respons
     return json_response(body, status=207)
 
 
+@dataclass(frozen=True)
+class EntityWrite:
+    """What every write on /entities/{id}... needs: the id, the body, the tenant, the @context."""
+
+    entity_id: str
+    body: Any
+    tenant: str
+    context: ResolvedContext
+
+
+async def entity_write(request: Request, allowed: tuple[str, ...], *, merge_patch: bool = False) -> EntityWrite:
+    check_params(request, allowed)
+    entity_id = _entity_id(request)
+    body, media = await read_payload(request, merge_patch=merge_patch)
+    tenant_name = tenant(request)
+    context = await body_context(request, body, media, tenant_name=tenant_name)
+    return EntityWrite(entity_id, body, tenant_name, context)
+
+
 # -- /entities ------------------------------------------------------------------------------------
 async def create_entity(request: Request) -> Response:
     check_params(request, ("local",))
@@ -232,11 +252,8 @@ def geojson_response(request: Request, body: dict[str, Any], context: ResolvedCo
 
 
 async def replace_entity(request: Request) -> Response:
-    check_params(request, ("local",))
-    entity_id = _entity_id(request)
-    body, media = await read_payload(request)
-    tenant_name = tenant(request)
-    context = await body_context(request, body, media, tenant_name=tenant_name)
+    write = await entity_write(request, ("local",))
+    entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
     if isinstance(body, dict):
         update.check_same_id(body.get("id"), entity_id)
         body = {**body, "id": entity_id}
@@ -246,11 +263,8 @@ async def replace_entity(request: Request) -> Response:
 
 
 async def merge_entity(request: Request) -> Response:
-    check_params(request, ("local", "options", "format"))
-    entity_id = _entity_id(request)
-    body, media = await read_payload(request, merge_patch=True)
-    tenant_name = tenant(request)
-    context = await body_context(request, body, media, tenant_name=tenant_name)
+    write = await entity_write(request, ("local", "options", "format"), merge_patch=True)
+    entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
     fragment = parse_fragment(body, context.terms, stamp=now(), nulls="deep", path_id=entity_id)
     await _mutate_one(request, tenant_name, entity_id, update.merge(entity_id, fragment))
     return no_content()
@@ -266,12 +280,9 @@ async def delete_entity(request: Request) -> Response:
 
 # -- /entities/{id}/attrs ---------------------------------------------------------------------------
 async def append_attributes(request: Request) -> Response:
-    check_params(request, ("options", "local", "type"))
     no_overwrite = "noOverwrite" in options(request, ("noOverwrite",))
-    entity_id = _entity_id(request)
-    body, media = await read_payload(request)
-    tenant_name = tenant(request)
-    context = await body_context(request, body, media, tenant_name=tenant_name)
+    write = await entity_write(request, ("options", "local", "type"))
+    entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
     fragment = parse_fragment(body, context.terms, stamp=now(), path_id=entity_id)
     result = await _mutate_one(
         request,
@@ -283,22 +294,16 @@ async def append_attributes(request: Request) -> Response:
 
 
 async def update_attributes(request: Request) -> Response:
-    check_params(request, ("options", "local", "type"))
-    entity_id = _entity_id(request)
-    body, media = await read_payload(request, merge_patch=True)
-    tenant_name = tenant(request)
-    context = await body_context(request, body, media, tenant_name=tenant_name)
+    write = await entity_write(request, ("options", "local", "type"), merge_patch=True)
+    entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
     fragment = parse_fragment(body, context.terms, stamp=now(), path_id=entity_id)
     result = await _mutate_one(request, tenant_name, entity_id, update.update_attrs(entity_id, fragment))
     return _partial_result(result, context)
 
 
 async def partial_attribute_update(request: Request) -> Response:
-    check_params(request, ("local", "options", "type"))
-    entity_id = _entity_id(request)
-    body, media = await read_payload(request, merge_patch=True)
-    tenant_name = tenant(request)
-    context = await body_context(request, body, media, tenant_name=tenant_name)
+    write = await entity_write(request, ("local", "options", "type"), merge_patch=True)
+    entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
     attr = _attr_iri(request, context)
     if not isinstance(body, dict):
         raise BadRequestData("the attribute fragment must be a JSON object")
@@ -324,11 +329,8 @@ async def partial_attribute_update(request: Request) -> Response:
 
 
 async def replace_attribute(request: Request) -> Response:
-    check_params(request, ("local",))
-    entity_id = _entity_id(request)
-    body, media = await read_payload(request)
-    tenant_name = tenant(request)
-    context = await body_context(request, body, media, tenant_name=tenant_name)
+    write = await entity_write(request, ("local",))
+    entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
     attr = _attr_iri(request, context)
     if isinstance(body, dict):
         body = {k: v for k, v in body.items() if k != "@context"}

@@ -114,6 +114,17 @@ class AttributeStats:
     type_names: list[str]
 
 
+@dataclass(slots=True)
+class IngestRecord:
+    """A piece of ingestion configuration (an IoT Agent service group or device), kept as a JSON
+    document under a key unique per (kind, tenant)."""
+
+    kind: str
+    tenant: str
+    key: str
+    document: dict[str, Any]
+
+
 class EntityStore(Protocol):
     async def open(self) -> None:
         """Create or migrate the schema and start the connections."""
@@ -204,3 +215,13 @@ class EntityStore(Protocol):
 
     async def attribute_stats(self, tenant: str, attr: str) -> AttributeStats | None:
         """One attribute's instance count, attribute types and entity types; None if unused."""
+
+    # -- ingestion configuration (IoT Agent service groups and devices) --
+    async def add_ingest_records(self, rows: Sequence[IngestRecord]) -> None:
+        """Insert every row or none: AlreadyExists if one's (kind, tenant, key) is taken."""
+
+    async def delete_ingest_record(self, kind: str, tenant: str, key: str) -> bool:
+        """Remove one record; False if there was none."""
+
+    async def load_ingest_records(self, kind: str) -> list[IngestRecord]:
+        """Every record of a kind, of every tenant, in insertion order."""

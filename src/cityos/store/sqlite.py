@@ -32,6 +32,7 @@ from cityos.store.base import (
     EntityChange,
     EntityQuery,
     EntityTypeStats,
+    IngestRecord,
     MutationResult,
     OutboxRow,
     QueryResult,
@@ -94,6 +95,10 @@ CREATE TABLE IF NOT EXISTS outbox (  -- notifications owed, written in the trans
 );
 CREATE INDEX IF NOT EXISTS outbox_unclaimed ON outbox (id) WHERE claimed = 0;
 CREATE INDEX IF NOT EXISTS outbox_subscription ON outbox (tenant, subscription_id);
+CREATE TABLE IF NOT EXISTS ingest_records (  -- IoT Agent service groups and devices
+    pk INTEGER PRIMARY KEY, kind TEXT NOT NULL, tenant TEXT NOT NULL, key TEXT NOT NULL, doc BLOB NOT NULL,
+    UNIQUE (kind, tenant, key)
+);
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 
@@ -671,6 +676,33 @@ class SQLiteStore:
             return AttributeStats(attr, sum(n for _, n in kinds), [kind for kind, _ in kinds], type_names)
 
         return await self._read_with_deadline(run)
+
+    # -- ingestion configuration ---------------------------------------------------------------------
+    async def add_ingest_records(self, rows: Sequence[IngestRecord]) -> None:
+        def run(connection: sqlite3.Connection) -> None:
+            for row in rows:
+                try:
+                    connection.execute(
+                        "INSERT INTO ingest_records (kind, tenant, key, doc) VALUES (?, ?, ?, ?)",
+                        (row.kind, row.tenant, row.key, orjson.dumps(row.document)),
+                    )
+                except sqlite3.IntegrityError as exc:
+                    raise AlreadyExists(f"{row.kind} {row.key} already exists") from exc
+
+        await self._write(run)
+
+    async def delete_ingest_record(self, kind: str, tenant: str, key: str) -> bool:
+        sql = "DELETE FROM ingest_records WHERE kind = ? AND tenant = ? AND key = ?"
+        return await self._write(lambda c: c.execute(sql, (kind, tenant, key)).rowcount > 0)
+
+    async def load_ingest_records(self, kind: str) -> list[IngestRecord]:
+        def run(connection: sqlite3.Connection) -> list[IngestRecord]:
+            rows = connection.execute(
+                "SELECT tenant, key, doc FROM ingest_records WHERE kind = ? ORDER BY pk", (kind,)
+            ).fetchall()
+            return [IngestRecord(kind, tenant, key, orjson.loads(doc)) for tenant, key, doc in rows]
+
+        return await self._read(run)
 
 
 # the tenant's entities a reader may see (parameters: tenant, now); expired attributes wait for the sweeper

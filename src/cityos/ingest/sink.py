@@ -1,0 +1,153 @@
+"""Where ingested entities go: one small contract and two implementations.
+
+Adapters hand a Sink NGSI-LD entity bodies (normalized or concise, no @context: the terms of the
+sink apply). StoreSink writes in-process through the same path as the API (parse_entity, the
+upsert mutator, store.mutate), each entity in its own savepoint, so a bad entity is reported and
+nothing of it is stored. HttpSink posts the same bodies to a running broker's batch upsert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+import orjson
+
+from cityos.entities import update
+from cityos.entities.model import parse_entity
+from cityos.entities.values import now
+from cityos.errors import NgsiLdError
+from cityos.jsonld.termmap import TermMap
+from cityos.store.base import EntityStore
+
+Body = dict[str, Any]
+BATCH_PATH = "/ngsi-ld/v1/entityOperations/upsert"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What happened to one body: stored (error None) or refused, with the reason."""
+
+    entity_id: str
+    error: str | None = None
+
+
+class Sink(Protocol):
+    async def upsert(
+        self, tenant: str, bodies: Sequence[Body], *, replace: bool = False, atomic: bool = False
+    ) -> list[WriteResult]:
+        """Create each entity, or merge its attributes into the stored one (replace=True replaces
+        the whole entity). One result per body, in order. atomic=True: all bodies or none, the
+        first refusal raised as its NgsiLdError."""
+
+
+def _id_of(body: Any) -> str:
+    entity_id = body.get("id", body.get("@id")) if isinstance(body, dict) else None
+    return entity_id if isinstance(entity_id, str) else ""
+
+
+def error_text(error: NgsiLdError) -> str:
+    return f"{error.type_name}: {error.detail}" if error.detail else error.type_name
+
+
+class StoreSink:
+    """Writes in-process into an open EntityStore."""
+
+    def __init__(self, store: EntityStore, terms: TermMap) -> None:
+        self.store = store
+        self.terms = terms
+
+    async def upsert(
+        self, tenant: str, bodies: Sequence[Body], *, replace: bool = False, atomic: bool = False
+    ) -> list[WriteResult]:
+        stamp = now()
+        results: list[WriteResult | None] = [None] * len(bodies)
+        planned: list[tuple[str, update.Mutator]] = []
+        positions: list[int] = []
+        for index, body in enumerate(bodies):
+            try:
+                entity = parse_entity(body, self.terms, stamp=stamp)
+            except NgsiLdError as error:
+                if atomic:
+                    raise
+                results[index] = WriteResult(_id_of(body), error_text(error))
+                continue
+            planned.append((entity["id"], update.upsert(entity, mode="replace" if replace else "update")))
+            positions.append(index)
+        if planned:
+            outcomes = await self.store.mutate(tenant, planned, atomic=atomic)
+            for index, outcome in zip(positions, outcomes, strict=True):
+                detail = error_text(outcome.error) if outcome.error is not None else None
+                results[index] = WriteResult(outcome.entity_id, detail)
+        return [result for result in results if result is not None]
+
+
+class HttpSink:
+    """Writes to a running broker through POST /entityOperations/upsert (each entity on its own)."""
+
+    def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client = client
+
+    async def upsert(
+        self, tenant: str, bodies: Sequence[Body], *, replace: bool = False, atomic: bool = False
+    ) -> list[WriteResult]:
+        if atomic and len(bodies) > 1:
+            raise ValueError("a broker's batch API stores entities one by one: atomic writes need a local store")
+        if not bodies:
+            return []
+        headers = {"Content-Type": "application/json"}
+        if tenant:
+            headers["NGSILD-Tenant"] = tenant
+        url = self.base_url + BATCH_PATH + ("" if replace else "?options=update")
+        try:
+            response = await self.client.post(url, content=orjson.dumps(list(bodies)), headers=headers)
+        except httpx.HTTPError as exc:
+            return [WriteResult(_id_of(body), f"cannot reach {self.base_url}: {exc}") for body in bodies]
+        if response.status_code in (200, 201, 204):
+            return [WriteResult(_id_of(body)) for body in bodies]
+        if response.status_code != 207:
+            detail = f"HTTP {response.status_code}: {response.text[:300]}"
+            return [WriteResult(_id_of(body), detail) for body in bodies]
+        failed = {
+            item.get("entityId", ""): _problem_text(item.get("error", {})) for item in response.json().get("errors", [])
+        }
+        return [WriteResult(_id_of(body), failed.get(_id_of(body))) for body in bodies]
+
+
+def _problem_text(problem: Any) -> str:
+    if not isinstance(problem, dict):
+        return str(problem)
+    name = str(problem.get("type", "")).rsplit("/", 1)[-1] or "Error"
+    return f"{name}: {problem['detail']}" if problem.get("detail") else name
+
+
+@dataclass(slots=True)
+class WriteSummary:
+    written: int = 0
+    failed: list[WriteResult] | None = None
+
+    def add(self, results: Iterable[WriteResult]) -> None:
+        for result in results:
+            if result.error is None:
+                self.written += 1
+            else:
+                self.failed = [*(self.failed or []), result]
+
+
+async def write_batches(
+    sink: Sink, tenant: str, bodies: Iterable[Body], *, batch_size: int = 500, replace: bool = False
+) -> WriteSummary:
+    """Write bodies in batches of batch_size (one transaction each); every refusal is kept."""
+    summary = WriteSummary()
+    batch: list[Body] = []
+    for body in bodies:
+        batch.append(body)
+        if len(batch) >= batch_size:
+            summary.add(await sink.upsert(tenant, batch, replace=replace))
+            batch = []
+    if batch:
+        summary.add(await sink.upsert(tenant, batch, replace=replace))
+    return summary
