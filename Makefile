@@ -16,7 +16,7 @@ $(VENV)/.dev: $(VENV)/.installed
 	touch $@
 
 run: $(VENV)/.installed
-	$(BIN)/cityos serve
+	$(BIN)/cityos serve --demo-on-empty
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests benchmarks

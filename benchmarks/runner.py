@@ -161,7 +161,8 @@ class Bench:
         with cityos_server(self.workdir) as server:
             log(f"cityos serve (pid {server.pid}) on a fresh SQLite file")
             self.batch_upsert(server)
-            self.stored, self.rss_after_load = _stored_count(server), server.peak_rss_mb()
+            self.rss_after_load = server.peak_rss_mb()  # before the count query below, which adds its own peak
+            self.stored = _stored_count(server)
             log(f"  {self.stored:,} entities stored; server peak RSS {self.rss_after_load or 0:.0f} MB")
             for name, kind, target in SCENARIOS:
                 row = Row(name, baseline=CONSTANT, target=target)

@@ -360,7 +360,7 @@ class TestPaging:
         map_id = client.get(MAPS, params={"type": "Vehicle", "q": "speed>10"}).json()["id"]
         response = client.get(ENTITIES, params={"type": "Vehicle", "limit": "2"}, headers={HEADER: map_id})
         next_link = response.headers["Link"]
-        assert "q=speed>10" in next_link and "type=Vehicle" in next_link and "offset=2" in next_link
+        assert "q=speed%3E10" in next_link and "type=Vehicle" in next_link and "offset=2" in next_link
 
     def test_deleted_entities_are_pruned(self, client: TestClient, fleet: list[str]) -> None:
         map_id = client.get(ENTITIES, params={"type": "Vehicle", "entityMap": "true"}).headers[HEADER]

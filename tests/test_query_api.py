@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -65,6 +64,17 @@ class Reply(Protocol):
     @property
     def headers(self) -> Mapping[str, str]: ...
     def json(self) -> Any: ...
+
+
+class MultiHeaders(Protocol):
+    def get_list(self, key: str) -> list[str]: ...
+
+
+class Paged(Protocol):
+    """A response whose repeated headers (Link) can be read one by one."""
+
+    @property
+    def headers(self) -> MultiHeaders: ...
 
 
 # -- the data set -----------------------------------------------------------------------------------
@@ -185,7 +195,7 @@ def post_query(client: TestClient, body: dict[str, Any], **params: str) -> list[
     return result
 
 
-def links(response: httpx.Response) -> dict[str, str]:
+def links(response: Paged) -> dict[str, str]:
     """The rel="prev"/"next" Link targets of a response, by rel."""
     found = {}
     for value in response.headers.get_list("link"):

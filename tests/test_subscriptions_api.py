@@ -165,6 +165,12 @@ class TestCreate:
         assert got.json()["status"] == "active"
         assert "timesSent" not in got.json()["notification"]
 
+    def test_unknown_query_parameters_are_invalid_request(self, client: TestClient) -> None:
+        response = client.post(BASE + "?invalidParams=invalidValue", json=subscription())
+        assert_problem(response, 400, "InvalidRequest")
+        assert_problem(client.get(BASE + "?invalidParams=invalidValue"), 400, "InvalidRequest")
+        assert client.get(BASE).json() == []
+
     def test_an_unreachable_jsonld_context_is_504(self, client: TestClient) -> None:
         url = f"http://127.0.0.1:{free_port()}/missing.jsonld"
         assert_problem(client.post(BASE, json=subscription(jsonldContext=url)), 504, "LdContextNotAvailable")
@@ -213,6 +219,19 @@ class TestRetrieve:
         assert response.status_code == 201, response.text
         got = client.get(response.headers["location"]).json()
         assert got["entities"] == [{"type": f"({EX}Building|{EX}Vehicle)"}]
+
+    def test_a_context_that_is_not_one_url_is_hosted_implicitly(self, client: TestClient, context_url: str) -> None:
+        body = subscription(**{"@context": [context_url, {"extra": EX + "extra"}]})
+        response = client.post(BASE, json=body, headers={"Content-Type": "application/ld+json"})
+        assert response.status_code == 201, response.text
+        implicit = client.get(response.headers["location"]).json()["jsonldContext"]
+        local_id = implicit.rsplit("/", 1)[1]
+        details = client.get(f"/ngsi-ld/v1/jsonldContexts/{local_id}?details=true").json()
+        assert details["kind"] == "ImplicitlyCreated" and details["URL"] == implicit
+        served = client.get(f"/ngsi-ld/v1/jsonldContexts/{local_id}").json()
+        assert served == {"@context": [context_url, {"extra": EX + "extra"}]}
+        single = client.post(BASE, json=subscription(), headers=link(context_url))
+        assert "jsonldContext" not in client.get(single.headers["location"]).json()
 
     def test_status_follows_is_active_and_expires_at(self, client: TestClient) -> None:
         paused = create(client, subscription(isActive=False))

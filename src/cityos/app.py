@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cityos import __version__
 from cityos.entities.expiry import now_key
 from cityos.errors import InternalError, MethodNotAllowed, NgsiLdError, ResourceNotFound
+from cityos.ingest.service import IngestService
 from cityos.jsonld.registry import ContextRegistry
 from cityos.net import OutboundPolicy
 from cityos.ngsild import batch, contexts, discovery, entities, entity_maps, info, subscriptions
@@ -150,12 +151,14 @@ def create_app(settings: Settings) -> Starlette:
         settings=settings, store=open_store(settings.database, query_timeout=settings.query_timeout), contexts=registry
     )
     notifier = SubscriptionService(services.store, registry, settings)
+    ingest = IngestService(services.store, registry, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.store.open()
         await contexts.restore_hosted(services)
         await notifier.start()  # before the first write: every change is matched
+        await ingest.start()  # the IoT Agent, and the demo city into an empty database
         sweeper = asyncio.create_task(_sweep_expired(services))
         try:
             yield
@@ -163,6 +166,7 @@ def create_app(settings: Settings) -> Starlette:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            await ingest.stop()
             await notifier.stop()
             await services.store.close()
 
@@ -174,6 +178,7 @@ def create_app(settings: Settings) -> Starlette:
         *discovery.routes(),
         *subscriptions.routes(),
         *entity_maps.routes(),
+        *ingest.routes(),
         Route("/version", version_info, methods=["GET"]),
     ]
     handlers: dict[Any, Any] = {
@@ -185,6 +190,7 @@ def create_app(settings: Settings) -> Starlette:
     app.router.redirect_slashes = False
     app.state.services = services
     app.state.subscriptions = notifier
+    app.state.ingest = ingest
     app.add_middleware(ProtocolGuard, max_body_bytes=settings.max_body_bytes)
     return app
 

@@ -58,6 +58,15 @@ class Settings:
     entity_map_max_lifetime: float = _setting(
         86400.0, "Longest EntityMap lifetime in seconds; longer requested lifetimes and later expiresAt are cut to it."
     )
+    iot_http: bool = _setting(
+        True, "Serve the IoT Agent under /iot: service group and device provisioning, HTTP measures (UltraLight, JSON)."
+    )
+    iot_mqtt_url: str = _setting(
+        "", "MQTT broker the IoT Agent subscribes to for device measures (mqtt://host:1883); empty: no MQTT."
+    )
+    demo_on_empty: bool = _setting(
+        False, "Load the demo city (`cityos demo`) at start-up when the database has no entities (`make run` sets it)."
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

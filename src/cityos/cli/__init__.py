@@ -1,6 +1,7 @@
 """The `cityos` command: a thin layer over the Python API.
 
 cityos serve --port 1026 --database city.db
+cityos import gtfs|gtfs-rt|csv ...   cityos demo   cityos iot group|device|provision ...
 cityos --version
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cityos import __version__
+from cityos.cli import imports, iot
 from cityos.settings import Settings, describe, env_name
 
 
@@ -52,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: cityos serve --host 127.0.0.1 --port 1026 --database city.db",
     )
     _add_setting_options(serve)
+    for module in (imports, iot):  # each command group registers its own subcommands
+        module.register(commands)
     return parser
 
 
@@ -93,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
         return serve(settings)
+    if hasattr(args, "run"):
+        result: int = args.run(args)
+        return result
     parser.print_help()
     return 2
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -10,10 +11,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cityos.entities.values import require_uri
-from cityos.errors import BadRequestData
+from cityos.errors import AlreadyExists, BadRequestData
 from cityos.ngsild.common import (
     accept,
     body_context,
+    check_params,
     existing_tenant,
     json_response,
     no_content,
@@ -24,6 +26,7 @@ from cityos.ngsild.common import (
     tenant,
 )
 from cityos.ngsild.querying import page
+from cityos.store.base import StoredContextRow
 from cityos.subscriptions.delivery import check_endpoint
 from cityos.subscriptions.model import Doc, Subscription, merge_subscription, parse_subscription, render_subscription
 from cityos.subscriptions.service import SubscriptionService
@@ -49,13 +52,33 @@ async def _check_targets(request: Request, tenant_name: str, doc: Doc) -> None:
     check_endpoint(doc["notification"]["endpoint"]["uri"], services(request).settings.allow_private_networks)
 
 
+async def _implicit_context(request: Request, tenant_name: str, value: Any) -> str:
+    """Host a @context that is not a single URL as an ImplicitlyCreated context (spec 5.13.2),
+    so notifications can name it in one Link header; returns its URL."""
+    registry = services(request).contexts
+    stored = registry.add_hosted(tenant_name, {"@context": value}, kind="ImplicitlyCreated")
+    row = StoredContextRow(tenant_name, stored.local_id, stored.kind, stored.document, stored.created_at)
+    await services(request).store.save_context(row)
+    return stored.url
+
+
+def _single_url(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and len(value) == 1 and isinstance(value[0], str))
+
+
 async def create_subscription(request: Request) -> Response:
+    check_params(request, ())
     body, media = await read_payload(request)
     tenant_name = tenant(request)
     context = await body_context(request, body, media, tenant_name=tenant_name)
     doc = parse_subscription(body, context.terms)
     await _check_targets(request, tenant_name, doc)
-    await subscriptions(request).create(Subscription(tenant_name, doc, context.value), context.terms)
+    service = subscriptions(request)
+    if service.get(tenant_name, doc["id"]) is not None:
+        raise AlreadyExists(f"subscription {doc['id']} already exists")
+    if "jsonldContext" not in doc and not _single_url(context.value):
+        doc["jsonldContext"] = await _implicit_context(request, tenant_name, context.value)
+    await service.create(Subscription(tenant_name, doc, context.value), context.terms)
     location = quote(f"{COLLECTION}/{doc['id']}", safe="/:;=@!$&'()*+,~-._")
     return Response(status_code=201, headers={"Location": location})
 
@@ -72,6 +95,7 @@ def preference_applied(request: Request) -> dict[str, str]:
 
 
 async def retrieve_subscription(request: Request) -> Response:
+    check_params(request, ())
     subscription_id = _subscription_id(request)
     media = accept(request)
     tenant_name = await existing_tenant(request)
@@ -84,6 +108,7 @@ async def retrieve_subscription(request: Request) -> Response:
 
 
 async def query_subscriptions(request: Request) -> Response:
+    check_params(request, ("limit", "offset", "count", "options"))
     media = accept(request)
     tenant_name = await existing_tenant(request)
     limit, offset = page(request)
@@ -107,6 +132,7 @@ def _page_link(offset: int, limit: int, rel: str, media: str) -> str:
 
 
 async def update_subscription(request: Request) -> Response:
+    check_params(request, ())
     subscription_id = _subscription_id(request)
     body, media = await read_payload(request, merge_patch=True)
     tenant_name = await existing_tenant(request)
@@ -122,6 +148,7 @@ async def update_subscription(request: Request) -> Response:
 
 
 async def delete_subscription(request: Request) -> Response:
+    check_params(request, ())
     subscription_id = _subscription_id(request)
     tenant_name = await existing_tenant(request)
     await subscriptions(request).delete(tenant_name, subscription_id)

@@ -12,6 +12,7 @@ from cityos.entities.update import Mutator, Outcome
 from cityos.errors import NgsiLdError
 from cityos.query.entity_maps import EntityMap
 from cityos.query.pushdown import ValueFilter
+from cityos.store.temporal_base import TemporalStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +73,24 @@ class OutboxRow:
     attempts: int = 0  # failed delivery attempts so far
 
 
+@dataclass(slots=True)
+class HistoryRow:
+    """An attribute instance to append to the temporal store (spec 4.5.7), written in the same
+    transaction as the change that caused it; temporal/history.py decides which instances a change makes."""
+
+    tenant: str
+    entity_id: str
+    types: list[str]  # expanded; unioned into the temporal entity's types
+    attr: str  # expanded attribute name (the scope's history is kept under the ngsi-ld:scope IRI)
+    instance: dict[str, Any]  # internal instance form, with createdAt/modifiedAt/observedAt/deletedAt
+
+
 # Called by the store inside its write transaction (on the writer thread) for every change, with a
 # lookup of the change's tenant's entities as that transaction sees them (for q paths that follow
-# relationships); the rows it returns are inserted in the same transaction. It must be fast.
+# relationships); the rows it returns (notifications owed, history to append) are inserted in the
+# same transaction. It must be fast. Several consumers each install their own, under their own name.
 EntityLookup = Callable[[str], Entity | None]
-ChangeListener = Callable[[EntityChange, EntityLookup], Sequence[OutboxRow]]
+ChangeListener = Callable[[EntityChange, EntityLookup], Sequence[OutboxRow | HistoryRow]]
 
 
 @dataclass(slots=True)
@@ -125,7 +139,9 @@ class IngestRecord:
     document: dict[str, Any]
 
 
-class EntityStore(Protocol):
+class EntityStore(TemporalStore, Protocol):
+    """Current state, subscriptions, maps and discovery; the temporal methods come from TemporalStore."""
+
     async def open(self) -> None:
         """Create or migrate the schema and start the connections."""
 
@@ -157,9 +173,12 @@ class EntityStore(Protocol):
     async def load_contexts(self) -> list[StoredContextRow]: ...
 
     # -- subscriptions and their outbox --------------------------------------------------------
-    def set_change_listener(self, listener: ChangeListener | None, wake: Callable[[], None] | None) -> None:
-        """Install the listener called for each change inside the write transaction; `wake` is
-        called (from the writer thread) after a commit that inserted outbox rows."""
+    def set_change_listener(
+        self, listener: ChangeListener | None, wake: Callable[[], None] | None, *, name: str = "subscriptions"
+    ) -> None:
+        """Install (None: remove) the listener `name`, called for each change inside the write
+        transaction; every installed listener sees every change. `wake` is called (from the writer
+        thread) after a commit in which this listener inserted outbox rows."""
 
     async def save_subscription(self, row: SubscriptionRow, *, create: bool) -> None:
         """Insert (create=True: AlreadyExists if the id is taken; the tenant is created) or replace."""

@@ -764,7 +764,12 @@ def _value_clause(value_filter: ValueFilter) -> tuple[str, list[Any]]:
 def _where(tenant: str, query: EntityQuery, now: str) -> tuple[str, list[Any]]:
     """The SQL for the pushed-down part of a query: tenant, visibility, ids, id pattern, types,
     attribute values (attr_values) and the R*Tree box of a geo-query."""
-    clauses = ["e.tenant = ?", "(e.expires_at IS NULL OR e.expires_at > ?)"]
+    # With a side-table filter, `+` keeps SQLite from walking the (tenant, id) index over the whole
+    # tenant: it then fetches the few listed rows by primary key instead.
+    side_tables = query.ids is None and (
+        query.types is not None or query.attrs is not None or bool(query.value_filters) or query.geo_box is not None
+    )
+    clauses = ["+e.tenant = ?" if side_tables else "e.tenant = ?", "(e.expires_at IS NULL OR e.expires_at > ?)"]
     params: list[Any] = [tenant, now]
     if query.ids is not None:
         clauses.append(f"e.id IN ({','.join('?' * len(query.ids))})")

@@ -1,0 +1,87 @@
+"""Option bundles and helpers shared by the data commands (import, demo, iot)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import TextIO
+
+import httpx
+
+from cityos.ingest.sink import HttpSink, Sink, StoreSink
+from cityos.jsonld.registry import ContextRegistry
+from cityos.net import OutboundPolicy
+from cityos.settings import Settings, env_name
+from cityos.store import open_store
+
+DEFAULT_URL = "http://127.0.0.1:1026"
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    """Where entities go: a database file (in-process), or a running broker (--url)."""
+    target = parser.add_argument_group("where to write")
+    target.add_argument(
+        "--database",
+        default=os.environ.get(env_name("database"), Settings().database),
+        help=f"SQLite file to write into directly [env {env_name('database')}, default %(default)s]",
+    )
+    target.add_argument(
+        "--url",
+        help="write to a running broker instead, through its batch API (its subscribers are then notified),"
+        " e.g. http://127.0.0.1:1026",
+    )
+    target.add_argument("--tenant", default="", help="NGSI-LD tenant to write into (default: the default tenant)")
+
+
+@contextlib.asynccontextmanager
+async def open_sink(args: argparse.Namespace) -> AsyncIterator[Sink]:
+    """The sink the options name; an in-process store is opened and closed around the command."""
+    if args.url:
+        async with httpx.AsyncClient(timeout=120) as client:
+            yield HttpSink(args.url, client)
+        return
+    settings = Settings.from_env(database=args.database)
+    store = open_store(settings.database, query_timeout=settings.query_timeout)
+    await store.open()
+    try:
+        registry = ContextRegistry(OutboundPolicy(), default_core=settings.core_context)
+        yield StoreSink(store, registry.core_terms())
+    finally:
+        await store.close()
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal (stderr); silent when output is not a terminal."""
+
+    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.enabled = self.stream.isatty()
+        self.started = time.monotonic()
+        self._shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        fraction = min(done / total, 1.0)
+        filled = int(fraction * self.width)
+        elapsed = time.monotonic() - self.started
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {fraction:4.0%} {elapsed:5.1f} s")
+        self.stream.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def fail(message: str) -> int:
+    print(f"cityos: error: {message}", file=sys.stderr)
+    return 1

@@ -1,0 +1,153 @@
+"""The temporal half of the storage contract (spec 5.6.11-5.6.18, 5.7.3-5.7.4): attribute instances
+kept over time, selected by a time window and aggregated per period inside the back-end.
+
+Times cross this boundary as integer microseconds since the epoch (temporal/query.py converts).
+EntityStore extends TemporalStore, so every back-end keeps history next to the current state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cityos.entities.model import Entity, Instance
+
+TIME_COLUMNS = ("observedAt", "createdAt", "modifiedAt", "deletedAt")
+
+
+@dataclass(frozen=True, slots=True)
+class TemporalWindow:
+    """Instances whose `column` time lies in [start, end) (None: unbounded); instances without
+    that time never match."""
+
+    column: str = "observedAt"
+    start: int | None = None
+    end: int | None = None
+
+
+@dataclass(slots=True)
+class TemporalQuery:
+    """Which temporal entities and which of their instances. `predicate` (q, geo-query, scopeQ, type
+    expressions) runs on an entity made of all its windowed instances, after the SQL filters."""
+
+    window: TemporalWindow = field(default_factory=TemporalWindow)
+    ids: Sequence[str] | None = None
+    id_pattern: str | None = None
+    types: Sequence[str] | None = None  # any of these expanded types
+    attrs: Sequence[str] | None = None  # instances of these attributes only
+    datasets: Sequence[str | None] | None = None  # None in the list: the default instance
+    last_n: int | None = None  # the last N instances of each attribute instance (datasetId)
+    predicate: Callable[[Entity], bool] | None = None
+    require_instances: bool = True  # leave out entities with no selected instance
+    descending: bool = False  # entities are ordered by id
+    limit: int | None = None
+    offset: int = 0
+    count: bool = False
+    max_instances: int = 1000  # instances in one answer; more are cut (temporal pagination)
+
+
+@dataclass(slots=True)
+class TemporalPage:
+    """Entities as {"id", "type", "attrs"}: every attribute with a selected instance, its kept
+    instances oldest first, each with its instanceId (an attribute the cut emptied stays, empty)."""
+
+    entities: list[Entity]
+    total: int | None = None
+    has_more: bool = False  # more entities follow this page
+    cut: tuple[int, int] | None = None  # instance cap hit: times of the first and last kept, in cut order
+
+
+@dataclass(frozen=True, slots=True)
+class AggregationSpec:
+    """Periods of `months` calendar months or `micros` microseconds (both 0: one period) counted
+    from `origin`, or from each attribute's first selected instance when origin is None."""
+
+    months: int = 0
+    micros: int = 0
+    origin: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodStats:
+    """What the back-end computed for one period of one attribute instance series."""
+
+    index: int  # period number from the origin
+    origin: int
+    first: int  # time of the first and last instance in the period
+    last: int
+    count: int  # instances
+    distinct: int  # distinct values
+    numbers: int  # numeric values
+    sum: float | None
+    avg: float | None
+    min: float | None
+    max: float | None
+    sumsq: float | None
+    min_text: str | None  # smallest and largest value as JSON text, for non-numeric min/max
+    max_text: str | None
+
+
+@dataclass(slots=True)
+class AggregatedSeries:
+    dataset: str | None
+    kind: str  # attribute type of the series ("Property", ...)
+    periods: list[PeriodStats]
+
+
+@dataclass(slots=True)
+class AggregatedEntity:
+    id: str
+    types: list[str]
+    attrs: dict[str, list[AggregatedSeries]]
+
+
+@dataclass(slots=True)
+class AggregatePage:
+    entities: list[AggregatedEntity]
+    total: int | None = None
+    has_more: bool = False
+
+
+@dataclass(slots=True)
+class TemporalEntityInfo:
+    """A temporal entity's types and, per attribute and datasetId, the type of its latest instance."""
+
+    id: str
+    types: list[str]
+    attrs: dict[str, dict[str | None, str]]
+
+
+class TemporalStore(Protocol):
+    async def temporal_write(
+        self, tenant: str, entity_id: str, types: Sequence[str], instances: Sequence[tuple[str, Instance]]
+    ) -> bool:
+        """Create or extend a temporal entity (types are unioned) with (attribute, instance) pairs in
+        one transaction; an instance with the same attribute, datasetId and observedAt as a stored
+        one replaces it. True if the entity was created."""
+
+    async def temporal_entity(self, tenant: str, entity_id: str) -> TemporalEntityInfo | None: ...
+
+    async def temporal_query(self, tenant: str, query: TemporalQuery) -> TemporalPage: ...
+
+    async def temporal_aggregate(self, tenant: str, query: TemporalQuery, spec: AggregationSpec) -> AggregatePage:
+        """Per entity of the page, per attribute and datasetId, per period: statistics computed by
+        the back-end over the windowed instances (never loaded one by one)."""
+
+    async def temporal_modify_instance(
+        self, tenant: str, entity_id: str, attr: str, instance_id: str, instance: Instance
+    ) -> bool:
+        """Replace one instance (keeping its instanceId); False if there is no such instance."""
+
+    async def temporal_delete_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str) -> bool: ...
+
+    async def temporal_delete_attribute(
+        self, tenant: str, entity_id: str, attr: str, *, dataset: str | None, delete_all: bool
+    ) -> bool:
+        """Drop an attribute's history (all datasetIds, or one); False if there was none."""
+
+    async def temporal_delete_entity(self, tenant: str, entity_id: str) -> bool: ...
+
+    async def temporal_purge(self, before: int) -> int:
+        """Retention: drop instances of every tenant whose time (observedAt, else their
+        system times) is older than `before`; returns how many."""

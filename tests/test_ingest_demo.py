@@ -1,0 +1,222 @@
+"""The demo city: what `cityos demo` and `cityos serve --demo-on-empty` load, and the year of real
+hourly history prepared for its stations (checked against the shipped CSV files)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import gzip
+import io
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from cityos.app import create_app
+from cityos.ingest import demo, history
+from cityos.ingest.sink import StoreSink
+from cityos.jsonld.registry import ContextRegistry
+from cityos.net import OutboundPolicy
+from cityos.settings import Settings
+from cityos.store.sqlite import SQLiteStore
+from notify_helpers import free_port
+
+API = "/ngsi-ld/v1/entities"
+AIR = "urn:ngsi-ld:AirQualityObserved:beatty-central"
+WEATHER = "urn:ngsi-ld:WeatherObserved:beatty-central"
+TRAFFIC = "urn:ngsi-ld:TrafficFlowObserved:beatty-us95"
+
+
+def shipped_rows(name: str) -> list[dict[str, str]]:
+    raw = resources.files("cityos.ingest").joinpath("data", "timeseries", name).read_bytes()
+    return list(csv.DictReader(io.StringIO(gzip.decompress(raw).decode("utf-8"))))
+
+
+@pytest.fixture(scope="module")
+def beijing() -> list[history.HistoryInstance]:
+    return list(history.series_instances("beijing-air-quality", {"air": AIR, "weather": WEATHER}))
+
+
+@pytest.fixture(scope="module")
+def traffic() -> list[history.HistoryInstance]:
+    return list(history.series_instances("minneapolis-traffic", {"traffic": TRAFFIC}))
+
+
+class TestHistory:
+    def test_air_quality_instances_match_the_csv(self, beijing: list[history.HistoryInstance]) -> None:
+        rows = shipped_rows("beijing-aotizhongxin-2016-03_2017-02.csv.gz")
+        assert len(rows) == 8760  # one year, hourly
+        by_key = {(i.entity_id, i.attribute, i.observed_at): i for i in beijing}
+        assert len(by_key) == len(beijing)  # one instance per station, attribute and hour
+        counts = Counter((i.entity_id, i.attribute) for i in beijing)
+        for column, entity_id, attribute in (
+            ("PM2.5", AIR, "pm25"),
+            ("NO2", AIR, "no2"),
+            ("O3", AIR, "o3"),
+            ("TEMP", WEATHER, "temperature"),
+            ("wd", WEATHER, "windDirection"),
+        ):
+            assert counts[(entity_id, attribute)] == sum(r[column] != "NA" for r in rows), column
+        for row in rows[::997]:  # a sample across the year, local time UTC+8 turned into UTC
+            local = datetime(int(row["year"]), int(row["month"]), int(row["day"]), int(row["hour"]))
+            stamp = (local - timedelta(hours=8)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            if row["PM2.5"] != "NA":
+                item = by_key[(AIR, "pm25", stamp)]
+                assert item.value == float(row["PM2.5"]) and item.unit_code == "GQ"
+            if row["PRES"] != "NA":
+                assert by_key[(WEATHER, "atmosphericPressure", stamp)].value == float(row["PRES"])
+        first = min(i.observed_at for i in beijing)
+        last = max(i.observed_at for i in beijing)
+        assert (first, last) == ("2016-02-29T16:00:00Z", "2017-02-28T15:00:00Z")
+        assert {i.value for i in beijing if i.attribute == "windDirection"} <= {d * 22.5 for d in range(-7, 9)}
+
+    def test_traffic_instances_match_the_csv(self, traffic: list[history.HistoryInstance]) -> None:
+        rows = shipped_rows("minneapolis-i94-traffic-2016-10_2017-09.csv.gz")
+        filled = [r for r in rows if r["traffic_volume"]]
+        assert len(rows) == 8760 and len(traffic) == len(filled)
+        stamps = [i.observed_at for i in traffic]
+        assert len(set(stamps)) == len(stamps) and stamps == sorted(stamps)
+        assert traffic[0] == history.HistoryInstance(TRAFFIC, "intensity", "2016-10-01T05:00:00Z", 1195.0)  # CDT
+        january = next(i for i in traffic if i.observed_at.startswith("2017-01-15T06"))  # CST: midnight local
+        row = next(r for r in rows if r["datetime"] == "2017-01-15 00:00:00")
+        assert january.value == float(row["traffic_volume"])
+        span = datetime.fromisoformat(stamps[-1]) - datetime.fromisoformat(stamps[0])
+        assert span >= timedelta(days=364)
+
+    def test_load_history_hands_every_instance_to_the_sink(self, traffic: list[history.HistoryInstance]) -> None:
+        class Recorder:
+            def __init__(self) -> None:
+                self.calls: list[tuple[str, str, dict[str, list[dict[str, Any]]]]] = []
+
+            async def add_attribute_instances(
+                self, tenant: str, entity_id: str, attrs: Mapping[str, Sequence[dict[str, Any]]]
+            ) -> None:
+                self.calls.append((tenant, entity_id, {k: list(v) for k, v in attrs.items()}))
+
+        sink = Recorder()
+        total = asyncio.run(history.load_history(sink, "city", traffic, batch_size=1000))
+        assert total == len(traffic)
+        assert sum(len(v) for _, _, attrs in sink.calls for v in attrs.values()) == len(traffic)
+        assert all(tenant == "city" and entity_id == TRAFFIC for tenant, entity_id, _ in sink.calls)
+        assert len(sink.calls) == -(-len(traffic) // 1000)
+        assert sink.calls[0][2]["intensity"][0] == {
+            "type": "Property",
+            "value": 1195.0,
+            "observedAt": "2016-10-01T05:00:00Z",
+        }
+
+
+def load_into(database: Path) -> demo.DemoReport:
+    async def main() -> demo.DemoReport:
+        store = SQLiteStore(str(database))
+        await store.open()
+        try:
+            return await demo.load_demo(StoreSink(store, ContextRegistry(OutboundPolicy()).core_terms()))
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+class TestDemo:
+    def test_loads_a_coherent_city(self, tmp_path: Path, beijing: list[history.HistoryInstance]) -> None:
+        database = tmp_path / "demo.db"
+        report = load_into(database)
+        assert report.failed == []
+        assert report.counts["OffStreetParking"] == 3 and report.gtfs["GtfsStop"] == 9
+        assert set(report.counts) == {
+            "OffStreetParking",
+            "AirQualityObserved",
+            "WeatherObserved",
+            "TrafficFlowObserved",
+            "Streetlight",
+            "WasteContainer",
+            "Building",
+            "Garden",
+            "PointOfInterest",
+            "Museum",
+        }
+        assert report.history_stations == sorted([AIR, WEATHER, TRAFFIC]) and not report.history_stored
+        text = "\n".join(report.lines())
+        assert f"{API}?type=OffStreetParking" in text and "Loaded the CityOS demo city" in text
+        with TestClient(create_app(Settings(database=str(database))), base_url="http://127.0.0.1:1026") as client:
+            parking = client.get(API, params={"type": "OffStreetParking", "options": "keyValues"}).json()
+            assert {p["name"] for p in parking} >= {"Main Street car park (Demo)"}
+            assert all("Porto" not in str(p) for p in parking)  # the example's own place is gone
+            # everything lies around Beatty, Nevada, where the GTFS demo feed runs
+            near = client.get(
+                API,
+                params={
+                    "type": ",".join(report.counts),
+                    "georel": "near;maxDistance==8000",
+                    "geometry": "Point",
+                    "coordinates": "[-116.7592,36.9086]",
+                    "limit": "100",
+                },
+            ).json()
+            assert len(near) == sum(report.counts.values())  # within 8 km of the town centre
+            air = client.get(f"{API}/{AIR}").json()
+            last = max(
+                (i for i in beijing if i.entity_id == AIR and i.attribute == "pm25"), key=lambda i: i.observed_at
+            )
+            assert air["pm25"] == {
+                "type": "Property",
+                "value": last.value,
+                "observedAt": last.observed_at,
+                "unitCode": "GQ",
+            }
+            stops = client.get(API, params={"type": "GtfsStop", "limit": "100"}).json()
+            assert len(stops) == 9
+
+    def test_serve_loads_the_demo_only_into_an_empty_database(self, tmp_path: Path) -> None:
+        assert Settings().demo_on_empty is False  # tests and plain `cityos serve` never load it
+        settings = Settings(database=str(tmp_path / "empty.db"), demo_on_empty=True)
+        with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
+            assert len(client.get(API, params={"type": "OffStreetParking"}).json()) == 3
+            assert client.delete(f"{API}/urn:ngsi-ld:OffStreetParking:beatty-airport").status_code == 204
+        with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
+            assert len(client.get(API, params={"type": "OffStreetParking"}).json()) == 2  # not loaded again
+
+
+def test_make_run_serves_the_demo_city(tmp_path: Path) -> None:
+    """What `make run` does on a fresh clone: `cityos serve --demo-on-empty` on an empty database."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
+    env["CITYOS_PORT"] = str(port)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cityos", "serve", "--demo-on-empty", "--database", str(tmp_path / "cityos.db")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"{base}{API}", params={"type": "OffStreetParking"}, timeout=2)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        assert response.status_code == 200
+        assert sorted(e["id"] for e in response.json()) == [
+            "urn:ngsi-ld:OffStreetParking:beatty-airport",
+            "urn:ngsi-ld:OffStreetParking:beatty-main-street",
+            "urn:ngsi-ld:OffStreetParking:beatty-stagecoach",
+        ]
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=10)
+    log = err.decode()
+    assert "Loaded the CityOS demo city" in log and f"http://127.0.0.1:{port}/ngsi-ld/v1/entities" in log
