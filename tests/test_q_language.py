@@ -263,7 +263,7 @@ def test_attribute_names_are_the_unexpanded_top_level_terms() -> None:
         ("temp>20;temp<22", True),
         ("temp>=21.5", False),
         ('temp=="21"', False),  # a string never equals a number ...
-        ('temp!="21"', False),  # ... and is not unequal to it either: the types do not compare
+        ('temp!="21"', True),  # ... but is unequal to it: another datatype is unequal (4.9 p.92)
         ("temp==20..21", True),
         ("temp!=20..21", False),
         ("temp!=22..30", True),
@@ -273,6 +273,8 @@ def test_attribute_names_are_the_unexpanded_top_level_terms() -> None:
         ("temp==true", False),
         ("temp", True),
         ("missing", False),
+        ("!missing", True),  # negated existence (5744_01_08)
+        ("!temp;temp>1", False),
         ("missing!=1", False),
         ("temp==0|missing", False),
         ("temp==0|temp==21", True),
@@ -558,6 +560,6 @@ def test_value_lists_over_list_properties(stored: list[int], wanted: list[int]) 
 
 
 @given(st.text(max_size=5) | st.booleans(), st.integers() | FINITE, st.sampled_from(sorted(OPS)))
-def test_type_mismatch_never_matches(stored: Any, literal: float, op: str) -> None:
+def test_type_mismatch_matches_only_unequal(stored: Any, literal: float, op: str) -> None:
     q = to_q(Comparison(AttrPath("n"), op, Value(literal, "number")))  # type: ignore[arg-type]
-    assert not matches(q, entity(n=prop(stored)))
+    assert matches(q, entity(n=prop(stored))) is (op == "!=")

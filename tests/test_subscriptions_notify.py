@@ -241,6 +241,22 @@ class TestTriggers:
         assert [r.body["data"][0]["id"] for r in receiver.wait(1)] == [BUILDING]
         quiet(receiver)
 
+    def test_geoq_scopeq_lang_and_concise(self, client: TestClient, receiver: Receiver) -> None:
+        geo_q = {"georel": "near;maxDistance==2000", "geometry": "Point", "coordinates": [2.2945, 48.8584]}
+        notification = {"format": "concise"}
+        subscribe(client, receiver.url, geoQ=geo_q, scopeQ="/Paris/#", lang="fr", notification=notification)
+        street = {"type": "LanguageProperty", "languageMap": {"fr": "Champ de Mars", "en": "Mars Field"}}
+        for suffix, (lon, lat), scope in (("far", (4.83, 45.76), "/Paris"), ("out", (2.29, 48.86), "/Lyon")):
+            location = {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, lat]}}
+            create_building(client, f"urn:ngsi-ld:Building:{suffix}", location=location, scope=scope)
+        location = {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [2.2950, 48.8580]}}
+        create_building(client, location=location, scope="/Paris/7", street=street)
+        [request] = receiver.wait(1)
+        data = request.body["data"][0]
+        assert data["id"] == BUILDING and data["height"] == 300
+        assert data["street"] == {"value": "Champ de Mars", "lang": "fr"}
+        quiet(receiver, 0.3)
+
     def test_q_follows_relationships(self, client: TestClient, receiver: Receiver) -> None:
         for name, level in (("low", 0.3), ("full", 0.95)):
             device = {"id": f"urn:ngsi-ld:Device:{name}", "type": "Device"}

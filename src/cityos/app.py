@@ -23,11 +23,12 @@ from cityos.errors import InternalError, MethodNotAllowed, NgsiLdError, Resource
 from cityos.ingest.service import IngestService
 from cityos.jsonld.registry import ContextRegistry
 from cityos.net import OutboundPolicy
-from cityos.ngsild import batch, contexts, discovery, entities, entity_maps, info, subscriptions
+from cityos.ngsild import batch, contexts, discovery, entities, entity_maps, info, subscriptions, temporal
 from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.settings import Settings
 from cityos.store import open_store
 from cityos.subscriptions.service import SubscriptionService
+from cityos.temporal.service import HistoryService
 
 log = logging.getLogger("cityos")
 SWEEP_SECONDS = 1.0
@@ -152,12 +153,14 @@ def create_app(settings: Settings) -> Starlette:
     )
     notifier = SubscriptionService(services.store, registry, settings)
     ingest = IngestService(services.store, registry, settings)
+    history = HistoryService(services.store, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.store.open()
         await contexts.restore_hosted(services)
         await notifier.start()  # before the first write: every change is matched
+        await history.start()  # ... and recorded
         await ingest.start()  # the IoT Agent, and the demo city into an empty database
         sweeper = asyncio.create_task(_sweep_expired(services))
         try:
@@ -167,6 +170,7 @@ def create_app(settings: Settings) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await ingest.stop()
+            await history.stop()
             await notifier.stop()
             await services.store.close()
 
@@ -178,6 +182,7 @@ def create_app(settings: Settings) -> Starlette:
         *discovery.routes(),
         *subscriptions.routes(),
         *entity_maps.routes(),
+        *temporal.routes(),
         *ingest.routes(),
         Route("/version", version_info, methods=["GET"]),
     ]

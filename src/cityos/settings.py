@@ -67,6 +67,18 @@ class Settings:
     demo_on_empty: bool = _setting(
         False, "Load the demo city (`cityos demo`) at start-up when the database has no entities (`make run` sets it)."
     )
+    temporal_disabled_tenants: str = _setting(
+        "",
+        "Tenants whose changes are not recorded as history (comma list; `@default` is the default tenant, `*` all).",
+    )
+    temporal_retention_days: int = _setting(
+        0, "Drop history instances older than this many days (by observedAt, else their system times); 0 keeps all."
+    )
+    temporal_page_size: int = _setting(
+        30,
+        "Most attribute instances in one temporal answer; past it the answer is 206 with a Content-Range "
+        "(the ETSI suite expects 21-39; raise it for bulk reads).",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -100,6 +112,7 @@ class Settings:
             "default_page_size",
             "context_max_bytes",
             "context_cache_size",
+            "temporal_page_size",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
@@ -112,6 +125,8 @@ class Settings:
             raise ValueError("notification_max_bytes and notification_max_attempts must be positive")
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size cannot be larger than max_page_size")
+        if self.temporal_retention_days < 0:
+            raise ValueError("temporal_retention_days must not be negative")
         if not 0 < self.entity_map_lifetime <= self.entity_map_max_lifetime:
             raise ValueError("entity_map_lifetime must be positive and at most entity_map_max_lifetime")
 

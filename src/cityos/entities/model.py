@@ -142,7 +142,10 @@ def _with_members(target: Entity, body: dict[str, Any], terms: TermMap, *, stamp
     if "scope" in body:
         target["scope"] = parse_scope(body["scope"])
     if "expiresAt" in body:
-        target["expiresAt"] = check_datetime(body["expiresAt"], "expiresAt")
+        if nulls != "forbid" and body["expiresAt"] == NULL_URI:
+            target["expiresAt"] = None  # a fragment's NGSI-LD Null removes expiresAt (5.5.4, 5611_01_03)
+        else:
+            target["expiresAt"] = check_datetime(body["expiresAt"], "expiresAt")
     target["attrs"] = parse_attributes(body, terms, stamp=stamp, nulls=nulls)
     return target
 

@@ -235,8 +235,10 @@ def merge(entity_id: str, fragment: Entity) -> Mutator:
             _merge_types(entity, fragment["type"])
         if "scope" in fragment:
             entity["scope"] = fragment["scope"]
-        if "expiresAt" in fragment:
+        if fragment.get("expiresAt") is not None:
             entity["expiresAt"] = fragment["expiresAt"]
+        elif "expiresAt" in fragment:
+            entity.pop("expiresAt", None)
         for iri, instances in fragment["attrs"].items():
             for instance in instances:
                 dataset = instance.get("datasetId")

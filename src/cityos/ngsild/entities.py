@@ -38,6 +38,8 @@ from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
 from cityos.ngsild.querying import purge_entities, query_entities, type_filter
 from cityos.query.projection import Projected, depth, parse_projection
 from cityos.store.base import MutationResult
+from cityos.store.temporal_base import SCOPE_ATTR
+from cityos.temporal.service import record_deletion
 
 BASE = "/ngsi-ld/v1"
 RETRIEVE_PARAMS = (
@@ -77,6 +79,12 @@ def representation(request: Request, terms: ResolvedContext, params: Mapping[str
         raise BadRequestData("options name more than one representation format")
     name = next(iter(formats), "normalized")
     params = params if params is not None else request.query_params
+    return projected(params, terms, format=name, sys_attrs="sysAttrs" in chosen)
+
+
+def projected(params: Mapping[str, str], terms: ResolvedContext, *, format: str, sys_attrs: bool) -> RenderOptions:
+    """Render options from the projection parameters (attrs, pick, omit, lang, datasetId), checked
+    against each other; shared by the entity and temporal representations."""
     pick = _projection(params.get("pick"), "pick")
     omit = _projection(params.get("omit"), "omit")
     attrs = _projection(params.get("attrs"), "attrs")
@@ -101,8 +109,8 @@ def representation(request: Request, terms: ResolvedContext, params: Mapping[str
         dropped = frozenset(terms.terms.expand(n) for n in names if n not in ("id", "type"))
     return RenderOptions(
         terms=terms.terms,
-        format=name,
-        sys_attrs="sysAttrs" in chosen,
+        format=format,
+        sys_attrs=sys_attrs,
         attrs=keep,
         omit=dropped,
         pick_id=pick_id,
@@ -344,16 +352,21 @@ async def delete_attribute(request: Request) -> Response:
     entity_id = _entity_id(request)
     tenant_name = await existing_tenant(request)
     context = await query_context(request, tenant_name)
-    if request.path_params["attr"] == "scope":
-        stamp = now()
-        await _mutate_one(request, tenant_name, entity_id, update.delete_scope(entity_id, stamp=stamp))
-        return no_content()
-    attr = _attr_iri(request, context)
     dataset = request.query_params.get("datasetId")
     if dataset is not None:
         require_uri(dataset, "datasetId")
-    mutator = update.delete_attr(entity_id, attr, dataset=dataset, delete_all=flag(request, "deleteAll"), stamp=now())
-    await _mutate_one(request, tenant_name, entity_id, mutator)
+    delete_all = flag(request, "deleteAll")
+    if request.path_params["attr"] == "scope":
+        attr, mutator = SCOPE_ATTR, update.delete_scope(entity_id, stamp=now())
+    else:
+        attr = _attr_iri(request, context)
+        mutator = update.delete_attr(entity_id, attr, dataset=dataset, delete_all=delete_all, stamp=now())
+    try:
+        await _mutate_one(request, tenant_name, entity_id, mutator)
+    except ResourceNotFound:
+        store = services(request).store
+        if not await record_deletion(store, tenant_name, entity_id, attr, dataset=dataset, delete_all=delete_all):
+            raise
     return no_content()
 
 

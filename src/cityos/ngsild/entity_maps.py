@@ -147,6 +147,24 @@ async def select(
     return _page(matched, limit, offset, count), MapUse(current, reference)
 
 
+async def referenced(request: Request, tenant_name: str) -> tuple[bool, MapUse | None]:
+    """(whether the request uses an entity map at all, the live map its NGSILD-EntityMap header
+    names); (True, None) means a new map is owed (entityMap=true, or a dead reference)."""
+    reference = _header(request)
+    if reference is None and not flag(request, "entityMap"):
+        return False, None
+    current = None if reference is None else await _referenced(request, tenant_name, reference)
+    if current is None or reference is None:
+        return True, None
+    return True, MapUse(current, reference)
+
+
+async def created(request: Request, tenant_name: str, ids: list[str]) -> MapUse:
+    """A new map of `ids` for a query that asked for one (answered with 201)."""
+    entity_map = await _create(request, tenant_name, ids)
+    return MapUse(entity_map, entity_map.id, 201)
+
+
 async def for_entity(request: Request, tenant_name: str, entity_id: str, response: Response) -> Response:
     """The map side of a successful GET /entities/{id} (5.7.1.4): a live referenced map is echoed,
     otherwise a requested or dead-referenced map is created holding the entity; the status stays 200."""

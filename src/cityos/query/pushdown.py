@@ -48,7 +48,7 @@ def _filter(term: QExpr, expand: Callable[[str], str]) -> ValueFilter | None:
             return None
         iri = expand(path.name)
         if isinstance(term, Exists):
-            return ValueFilter(iri, "exists")
+            return None if term.negated else ValueFilter(iri, "exists")
         operand = term.operand
         if term.op == "==":
             if isinstance(operand, Range):

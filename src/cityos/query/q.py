@@ -88,9 +88,11 @@ Path = AttrPath | LinkedEntityPath
 
 @dataclass(frozen=True)
 class Exists:
-    """A bare attribute path: true when the path resolves on some instance."""
+    """A bare attribute path: true when the path resolves on some instance; `!path` (negated)
+    when it resolves on none."""
 
     path: Path
+    negated: bool = False
 
 
 @dataclass(frozen=True)
@@ -324,6 +326,8 @@ class _Parser:
         return expr
 
     def term(self) -> QExpr:
+        if self.lex.punct("!"):
+            return Exists(self.path(), negated=True)
         path = self.path()
         pos = self.lex.pos
         token = self.lex.take(OPERATOR_RE)
@@ -527,7 +531,8 @@ class _Compiler:
             return lambda entity: combine(p(entity) for p in predicates)
         resolve = self.resolver(expr.path)
         if isinstance(expr, Exists):
-            return lambda entity: bool(resolve(entity))
+            negated = expr.negated
+            return lambda entity: bool(resolve(entity)) != negated
         if isinstance(expr, Match):
             return self.match(expr, resolve)
         return self.comparison(expr, resolve)
@@ -593,9 +598,9 @@ class _Compiler:
                     continue  # entity references have no order (019_29_11)
                 vocab = expand_vocab and kind == "VocabProperty"
                 results = [test(value, vocab) for value in _flatten(items)]
-                comparable = [r for r in results if r is not None]
-                # == holds if some value equals; != if some value is comparable and none equals.
-                if (comparable and not any(comparable)) if negated else any(comparable):
+                # == holds if some value equals; != if there are values and none equals (a value
+                # of another datatype is unequal, 4.9 p.92: 5744_06_04).
+                if (results and not any(r is True for r in results)) if negated else any(results):
                     return True
             return False
 

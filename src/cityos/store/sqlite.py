@@ -32,6 +32,7 @@ from cityos.store.base import (
     EntityChange,
     EntityQuery,
     EntityTypeStats,
+    HistoryRow,
     IngestRecord,
     MutationResult,
     OutboxRow,
@@ -39,6 +40,7 @@ from cityos.store.base import (
     StoredContextRow,
     SubscriptionRow,
 )
+from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 
 T = TypeVar("T")
 REGEX_TIMEOUT = 0.1
@@ -149,7 +151,7 @@ def geometry_bbox(geometry: Any) -> tuple[float, float, float, float] | None:
     return min(xs), max(xs), min(ys), max(ys)
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteTemporal):
     def __init__(self, path: str, *, readers: int = 4, query_timeout: float = 10.0) -> None:
         self.path = path
         self.query_timeout = query_timeout
@@ -159,9 +161,9 @@ class SQLiteStore:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
-        self._listener: ChangeListener | None = None
-        self._wake: Callable[[], None] | None = None
-        self._outbox_written = False  # set on the writer thread when a transaction adds outbox rows
+        # change listeners by name (subscriptions, history), replaced whole so the writer sees a snapshot
+        self._listeners: dict[str, tuple[ChangeListener, Callable[[], None] | None]] = {}
+        self._to_wake: list[Callable[[], None]] = []  # set on the writer thread: wakes owed after commit
 
     # -- plumbing ------------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
@@ -183,15 +185,15 @@ class SQLiteStore:
             assert self._writer is not None
             connection = self._writer
             connection.execute("BEGIN IMMEDIATE")
-            self._outbox_written = False
+            self._to_wake = []
             try:
                 result = fn(connection)
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
-            if self._outbox_written and self._wake is not None:
-                self._wake()
+            for wake in self._to_wake:
+                wake()
             return result
 
         loop = asyncio.get_running_loop()
@@ -201,6 +203,7 @@ class SQLiteStore:
         def setup() -> None:
             connection = _connect(self.path)
             connection.executescript(SCHEMA)
+            connection.executescript(TEMPORAL_SCHEMA)
             row = connection.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -300,8 +303,10 @@ class SQLiteStore:
         return MutationResult(entity_id, outcome=outcome, change=change)
 
     def _emit(self, connection: sqlite3.Connection, change: EntityChange) -> None:
-        """Hand a change to the listener and insert the outbox rows it returns, in this transaction."""
-        if self._listener is None:
+        """Hand a change to every listener and insert the outbox and history rows they return, in
+        this transaction."""
+        listeners = self._listeners
+        if not listeners:
             return
 
         def lookup(entity_id: str) -> Entity | None:
@@ -310,13 +315,19 @@ class SQLiteStore:
             ).fetchone()
             return visible(orjson.loads(row[0])) if row else None
 
-        rows = self._listener(change, lookup)
-        if rows:
-            connection.executemany(
-                "INSERT INTO outbox (tenant, subscription_id, lane, payload) VALUES (?, ?, ?, ?)",
-                [(r.tenant, r.subscription_id, r.lane, orjson.dumps(r.payload)) for r in rows],
-            )
-            self._outbox_written = True
+        for listener, wake in listeners.values():
+            rows = listener(change, lookup)
+            outbox = [r for r in rows if isinstance(r, OutboxRow)]
+            if outbox:
+                connection.executemany(
+                    "INSERT INTO outbox (tenant, subscription_id, lane, payload) VALUES (?, ?, ?, ?)",
+                    [(r.tenant, r.subscription_id, r.lane, orjson.dumps(r.payload)) for r in outbox],
+                )
+                if wake is not None and wake not in self._to_wake:
+                    self._to_wake.append(wake)
+            history = [r for r in rows if isinstance(r, HistoryRow)]
+            if history:
+                self._append_history(connection, history)
 
     def _unindex(self, connection: sqlite3.Connection, pk: int) -> None:
         connection.execute("DELETE FROM entity_types WHERE pk = ?", (pk,))
@@ -485,9 +496,13 @@ class SQLiteStore:
         return await self._read(run)
 
     # -- subscriptions and their outbox ----------------------------------------------------------
-    def set_change_listener(self, listener: ChangeListener | None, wake: Callable[[], None] | None) -> None:
-        self._listener = listener
-        self._wake = wake
+    def set_change_listener(
+        self, listener: ChangeListener | None, wake: Callable[[], None] | None, *, name: str = "subscriptions"
+    ) -> None:
+        listeners = {k: v for k, v in self._listeners.items() if k != name}
+        if listener is not None:
+            listeners[name] = (listener, wake)
+        self._listeners = listeners
 
     async def save_subscription(self, row: SubscriptionRow, *, create: bool) -> None:
         def run(connection: sqlite3.Connection) -> None:

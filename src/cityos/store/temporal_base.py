@@ -14,6 +14,7 @@ from typing import Protocol
 from cityos.entities.model import Entity, Instance
 
 TIME_COLUMNS = ("observedAt", "createdAt", "modifiedAt", "deletedAt")
+SCOPE_ATTR = "https://uri.etsi.org/ngsi-ld/scope"  # the scope's history is kept as this attribute's
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +29,10 @@ class TemporalWindow:
 
 @dataclass(slots=True)
 class TemporalQuery:
-    """Which temporal entities and which of their instances. `predicate` (q, geo-query, scopeQ, type
-    expressions) runs on an entity made of all its windowed instances, after the SQL filters."""
+    """Which temporal entities and which of their instances. `predicate` (q, geo-query, type
+    expressions) runs on an entity made of all its windowed instances, after the SQL filters.
+    `scope_test` keeps entities whose scope matched while in the window, and only their instances
+    of those times (each scope instance is valid until the next)."""
 
     window: TemporalWindow = field(default_factory=TemporalWindow)
     ids: Sequence[str] | None = None
@@ -39,12 +42,13 @@ class TemporalQuery:
     datasets: Sequence[str | None] | None = None  # None in the list: the default instance
     last_n: int | None = None  # the last N instances of each attribute instance (datasetId)
     predicate: Callable[[Entity], bool] | None = None
+    scope_test: Callable[[Sequence[str]], bool] | None = None  # scopeQ on one scope value, over time
     require_instances: bool = True  # leave out entities with no selected instance
     descending: bool = False  # entities are ordered by id
     limit: int | None = None
     offset: int = 0
     count: bool = False
-    max_instances: int = 1000  # instances in one answer; more are cut (temporal pagination)
+    max_instances: int = 1000  # instances in one answer, more are cut (temporal pagination); 0: entities only
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ from cityos.errors import NgsiLdError
 from cityos.jsonld.registry import ContextRegistry
 from cityos.ngsild.join import join_plan, render_joined
 from cityos.settings import Settings
-from cityos.store.base import EntityStore, OutboxRow, SubscriptionRow
+from cityos.store.base import EntityStore, OutboxRow
 from cityos.subscriptions.delivery import DeliveryFailed, Outgoing, Sender
 from cityos.subscriptions.matching import (
     lane_of,
@@ -151,9 +151,9 @@ class Dispatcher:
                     await self.store.finish_outbox(row, done=True)
                 return
             error = await self._attempt(subscription, job, lane)
-            status = SubscriptionRow(subscription.tenant, subscription.id, {}, subscription.delivery.to_dict())
+            status = subscription.to_row()
             if row is None:  # a periodic report is not retried: the next period reports again
-                await self.store.save_subscription(subscription.to_row(), create=False)
+                await self.store.save_subscription(status, create=False)
                 return
             if error is None or error.permanent or row.attempts + 1 >= self.settings.notification_max_attempts:
                 if error is not None:
@@ -241,7 +241,7 @@ class Dispatcher:
         return Outgoing(
             uri=endpoint["uri"],
             notification=body,
-            content_type=accept if accept != "application/geo+json" else "application/geo+json",
+            content_type=accept,
             link=link,
             receiver_info=[(i["key"], i["value"]) for i in endpoint.get("receiverInfo", [])],
             notifier_info={i["key"]: i["value"] for i in endpoint.get("notifierInfo", [])},

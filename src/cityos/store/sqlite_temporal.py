@@ -1,0 +1,550 @@
+"""The temporal store on SQLite, mixed into SQLiteStore (same file, writer thread and readers).
+
+Each attribute instance is one row with its times as integer microseconds (observedAt, createdAt,
+modifiedAt, deletedAt, expiresAt), its value as a number (for sums and averages) and as JSON text
+(for distinct counts), and the instance document. Partial indexes on (entity, attribute, time)
+serve the window of each time property; aggregation is one GROUP BY over period numbers computed
+in SQL, so a year of hourly readings never travels to Python row by row.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from cityos.entities.model import VALUE_MEMBER, Entity, Instance
+from cityos.entities.values import parse_datetime
+from cityos.store.base import HistoryRow
+from cityos.store.temporal_base import (
+    SCOPE_ATTR,
+    AggregatedEntity,
+    AggregatedSeries,
+    AggregatePage,
+    AggregationSpec,
+    PeriodStats,
+    TemporalEntityInfo,
+    TemporalPage,
+    TemporalQuery,
+)
+from cityos.temporal.query import to_micros
+
+T = TypeVar("T")
+COLUMNS = {
+    "observedAt": "observed_us",
+    "createdAt": "created_us",
+    "modifiedAt": "modified_us",
+    "deletedAt": "deleted_us",
+}
+FOREVER = 2**62  # an open end of a validity interval, in microseconds
+TIME_KEYS = ("observedAt", "createdAt", "modifiedAt", "deletedAt", "expiresAt")
+TEMPORAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS temporal_entities (
+    pk INTEGER PRIMARY KEY, tenant TEXT NOT NULL, id TEXT NOT NULL, types BLOB NOT NULL, UNIQUE (tenant, id)
+);
+CREATE TABLE IF NOT EXISTS temporal_types (
+    type TEXT NOT NULL, epk INTEGER NOT NULL, PRIMARY KEY (type, epk)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS temporal_instances (
+    pk INTEGER PRIMARY KEY,
+    epk INTEGER NOT NULL,               -- temporal_entities.pk: the tenant and entity
+    attr TEXT NOT NULL,
+    dataset TEXT NOT NULL DEFAULT '',   -- '' is the default instance
+    instance_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,                 -- Property, Relationship, ...
+    observed_us INTEGER, created_us INTEGER, modified_us INTEGER, deleted_us INTEGER, expires_us INTEGER,
+    num REAL,                           -- the value when it is a number
+    vtext TEXT,                         -- the value as JSON text
+    doc BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS temporal_observed ON temporal_instances (epk, attr, observed_us)
+    WHERE observed_us IS NOT NULL;
+CREATE INDEX IF NOT EXISTS temporal_created ON temporal_instances (epk, attr, created_us) WHERE created_us IS NOT NULL;
+CREATE INDEX IF NOT EXISTS temporal_modified ON temporal_instances (epk, attr, modified_us)
+    WHERE modified_us IS NOT NULL;
+CREATE INDEX IF NOT EXISTS temporal_deleted ON temporal_instances (epk, attr, deleted_us) WHERE deleted_us IS NOT NULL;
+CREATE INDEX IF NOT EXISTS temporal_series ON temporal_instances (epk, attr, dataset);
+"""
+_MONTH = (
+    "(CAST(strftime('%Y', {x} / 1000000, 'unixepoch') AS INTEGER) * 12"
+    " + CAST(strftime('%m', {x} / 1000000, 'unixepoch') AS INTEGER))"
+)
+_MONTH_START = "(CAST(unixepoch(strftime('%Y-%m-01', {x} / 1000000, 'unixepoch')) AS INTEGER) * 1000000)"
+
+
+def _micros(value: Any) -> int | None:
+    if not isinstance(value, str):
+        return None
+    return to_micros(parse_datetime(value, "timestamp"))
+
+
+_ASSIGN = (
+    "kind = ?, observed_us = ?, created_us = ?, modified_us = ?, deleted_us = ?, expires_us = ?,"
+    " num = ?, vtext = ?, doc = ?"
+)
+
+
+def _columns(instance: Instance) -> tuple[str, tuple[Any, ...]]:
+    """(dataset, the columns of _ASSIGN) of an instance; its instanceId lives in its own column."""
+    doc = {k: v for k, v in instance.items() if k != "instanceId"}
+    kind = str(doc.get("type") or "Property")
+    member = VALUE_MEMBER.get(kind, "value")
+    value = doc.get(member)
+    number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode() if member in doc else None
+    times = tuple(_micros(doc.get(key)) for key in TIME_KEYS)
+    return str(doc.get("datasetId") or ""), (kind, *times, number, text, orjson.dumps(doc))
+
+
+def new_instance_id() -> str:
+    return f"urn:ngsi-ld:Instance:{uuid.uuid4()}"
+
+
+def _months_between(months: int) -> str:
+    """Period number of `p.t` counted in calendar months from `p.origin` (a partial month does not count)."""
+    t, o = "p.t", "p.origin"
+    offset_t = f"({t} - {_MONTH_START.format(x=t)})"
+    offset_o = f"({o} - {_MONTH_START.format(x=o)})"
+    return f"(({_MONTH.format(x=t)} - {_MONTH.format(x=o)} - ({offset_t} < {offset_o})) / {int(months)})"
+
+
+class SQLiteTemporal:
+    """The TemporalStore methods; SQLiteStore supplies the connections and transactions."""
+
+    if TYPE_CHECKING:
+
+        async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+        async def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+    # -- writing -------------------------------------------------------------------------------------
+    def _temporal_pk(
+        self, connection: sqlite3.Connection, tenant: str, entity_id: str, types: Sequence[str]
+    ) -> tuple[int, bool]:
+        """The temporal entity's row (created if needed, types unioned) and whether it is new."""
+        row = connection.execute(
+            "SELECT pk, types FROM temporal_entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
+        ).fetchone()
+        if row is None:
+            connection.execute(
+                "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, datetime('now'))", (tenant,)
+            )
+            pk = connection.execute(
+                "INSERT INTO temporal_entities (tenant, id, types) VALUES (?, ?, ?)",
+                (tenant, entity_id, orjson.dumps(list(types))),
+            ).lastrowid
+            assert pk is not None
+            connection.executemany("INSERT OR IGNORE INTO temporal_types VALUES (?, ?)", [(t, pk) for t in types])
+            return pk, True
+        pk, stored = row
+        known: list[str] = orjson.loads(stored)
+        added = [t for t in types if t not in known]
+        if added:
+            connection.execute("UPDATE temporal_entities SET types = ? WHERE pk = ?", (orjson.dumps(known + added), pk))
+            connection.executemany("INSERT OR IGNORE INTO temporal_types VALUES (?, ?)", [(t, pk) for t in added])
+        return pk, False
+
+    def _put_instance(
+        self, connection: sqlite3.Connection, epk: int, attr: str, instance: Instance, *, replace_same_time: bool
+    ) -> None:
+        dataset, columns = _columns(instance)
+        observed = columns[1]
+        if replace_same_time and observed is not None:
+            row = connection.execute(
+                "SELECT pk FROM temporal_instances WHERE epk = ? AND attr = ? AND dataset = ? AND observed_us = ?",
+                (epk, attr, dataset, observed),
+            ).fetchone()
+            if row is not None:
+                connection.execute(f"UPDATE temporal_instances SET {_ASSIGN} WHERE pk = ?", (*columns, row[0]))
+                return
+        connection.execute(
+            "INSERT INTO temporal_instances (epk, attr, dataset, instance_id, kind, observed_us, created_us,"
+            " modified_us, deleted_us, expires_us, num, vtext, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (epk, attr, dataset, instance.get("instanceId") or new_instance_id(), *columns),
+        )
+
+    def _append_history(self, connection: sqlite3.Connection, rows: Sequence[HistoryRow]) -> None:
+        """Called inside a write transaction with the history a change listener produced."""
+        pks: dict[tuple[str, str], int] = {}
+        for row in rows:
+            key = (row.tenant, row.entity_id)
+            if key not in pks:
+                pks[key] = self._temporal_pk(connection, row.tenant, row.entity_id, row.types)[0]
+            self._put_instance(connection, pks[key], row.attr, row.instance, replace_same_time=False)
+
+    async def temporal_write(
+        self, tenant: str, entity_id: str, types: Sequence[str], instances: Sequence[tuple[str, Instance]]
+    ) -> bool:
+        def run(connection: sqlite3.Connection) -> bool:
+            pk, created = self._temporal_pk(connection, tenant, entity_id, types)
+            for attr, instance in instances:
+                self._put_instance(connection, pk, attr, instance, replace_same_time=True)
+            return created
+
+        return await self._write(run)
+
+    def _locate(self, connection: sqlite3.Connection, tenant: str, entity_id: str) -> int | None:
+        row = connection.execute(
+            "SELECT pk FROM temporal_entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    async def temporal_modify_instance(
+        self, tenant: str, entity_id: str, attr: str, instance_id: str, instance: Instance
+    ) -> bool:
+        def run(connection: sqlite3.Connection) -> bool:
+            epk = self._locate(connection, tenant, entity_id)
+            row = connection.execute(
+                "SELECT pk, doc FROM temporal_instances WHERE epk = ? AND attr = ? AND instance_id = ?",
+                (epk, attr, instance_id),
+            ).fetchone()
+            if epk is None or row is None:
+                return False
+            merged = {**orjson.loads(row[1]), **instance}
+            _, columns = _columns(merged)
+            connection.execute(f"UPDATE temporal_instances SET {_ASSIGN} WHERE pk = ?", (*columns, row[0]))
+            return True
+
+        return await self._write(run)
+
+    async def temporal_delete_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str) -> bool:
+        def run(connection: sqlite3.Connection) -> bool:
+            epk = self._locate(connection, tenant, entity_id)
+            sql = "DELETE FROM temporal_instances WHERE epk = ? AND attr = ? AND instance_id = ?"
+            return epk is not None and connection.execute(sql, (epk, attr, instance_id)).rowcount > 0
+
+        return await self._write(run)
+
+    async def temporal_delete_attribute(
+        self, tenant: str, entity_id: str, attr: str, *, dataset: str | None, delete_all: bool
+    ) -> bool:
+        def run(connection: sqlite3.Connection) -> bool:
+            epk = self._locate(connection, tenant, entity_id)
+            if epk is None:
+                return False
+            if delete_all:
+                sql, params = "DELETE FROM temporal_instances WHERE epk = ? AND attr = ?", (epk, attr)
+                return connection.execute(sql, params).rowcount > 0
+            sql = "DELETE FROM temporal_instances WHERE epk = ? AND attr = ? AND dataset = ?"
+            return connection.execute(sql, (epk, attr, dataset or "")).rowcount > 0
+
+        return await self._write(run)
+
+    async def temporal_delete_entity(self, tenant: str, entity_id: str) -> bool:
+        def run(connection: sqlite3.Connection) -> bool:
+            epk = self._locate(connection, tenant, entity_id)
+            if epk is None:
+                return False
+            connection.execute("DELETE FROM temporal_instances WHERE epk = ?", (epk,))
+            connection.execute("DELETE FROM temporal_types WHERE epk = ?", (epk,))
+            connection.execute("DELETE FROM temporal_entities WHERE pk = ?", (epk,))
+            return True
+
+        return await self._write(run)
+
+    async def temporal_purge(self, before: int) -> int:
+        age = "COALESCE(observed_us, modified_us, created_us, deleted_us)"
+
+        def run(connection: sqlite3.Connection) -> int:
+            touched = [
+                row[0]
+                for row in connection.execute(f"SELECT DISTINCT epk FROM temporal_instances WHERE {age} < ?", (before,))
+            ]
+            removed = connection.execute(f"DELETE FROM temporal_instances WHERE {age} < ?", (before,)).rowcount
+            for epk in touched:
+                if (
+                    connection.execute("SELECT 1 FROM temporal_instances WHERE epk = ? LIMIT 1", (epk,)).fetchone()
+                    is None
+                ):
+                    connection.execute("DELETE FROM temporal_types WHERE epk = ?", (epk,))
+                    connection.execute("DELETE FROM temporal_entities WHERE pk = ?", (epk,))
+            return removed
+
+        return await self._write(run)
+
+    # -- reading -------------------------------------------------------------------------------------
+    async def temporal_entity(self, tenant: str, entity_id: str) -> TemporalEntityInfo | None:
+        now = _now()
+
+        def run(connection: sqlite3.Connection) -> TemporalEntityInfo | None:
+            row = connection.execute(
+                "SELECT pk, types FROM temporal_entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
+            ).fetchone()
+            if row is None:
+                return None
+            attrs: dict[str, dict[str | None, str]] = {}
+            latest = connection.execute(
+                "SELECT attr, dataset, kind, MAX(pk) FROM temporal_instances"
+                " WHERE epk = ? AND (expires_us IS NULL OR expires_us > ?) GROUP BY attr, dataset",
+                (row[0], now),
+            )
+            for attr, dataset, kind, _ in latest:
+                attrs.setdefault(attr, {})[dataset or None] = kind
+            return TemporalEntityInfo(entity_id, orjson.loads(row[1]), attrs)
+
+        return await self._read_with_deadline(run)
+
+    async def temporal_query(self, tenant: str, query: TemporalQuery) -> TemporalPage:
+        now = _now()
+
+        def run(connection: sqlite3.Connection) -> TemporalPage:
+            selection = self._select(connection, tenant, query, now)
+            entities, cut = self._kept(connection, selection, query, now)
+            return TemporalPage(entities, selection.total, selection.has_more, cut)
+
+        return await self._read_with_deadline(run)
+
+    async def temporal_aggregate(self, tenant: str, query: TemporalQuery, spec: AggregationSpec) -> AggregatePage:
+        now = _now()
+
+        def run(connection: sqlite3.Connection) -> AggregatePage:
+            selection = self._select(connection, tenant, query, now)
+            entities = self._aggregate(connection, selection, query, spec, now)
+            return AggregatePage(entities, selection.total, selection.has_more)
+
+        return await self._read_with_deadline(run)
+
+    def _filter(
+        self, query: TemporalQuery, now: int, *, selection: bool = True, scoped: dict[int, _Scoped] | None = None
+    ) -> tuple[str, list[Any]]:
+        """SQL over `i` (temporal_instances) for the window, visibility, (selection) attrs/datasetIds
+        and (scoped) the times each entity's matching scopes were valid."""
+        column = "i." + COLUMNS[query.window.column]
+        clauses = [f"{column} IS NOT NULL", "(i.expires_us IS NULL OR i.expires_us > ?)"]
+        params: list[Any] = [now]
+        if query.window.start is not None:
+            clauses.append(f"{column} >= ?")
+            params.append(query.window.start)
+        if query.window.end is not None:
+            clauses.append(f"{column} < ?")
+            params.append(query.window.end)
+        if selection and query.attrs is not None:
+            clauses.append(f"i.attr IN ({','.join('?' * len(query.attrs))})")
+            params.extend(query.attrs)
+        if selection and query.datasets is not None:
+            clauses.append(f"i.dataset IN ({','.join('?' * len(query.datasets))})")
+            params.extend(d or "" for d in query.datasets)
+        if scoped:
+            ranges = []
+            params.append(SCOPE_ATTR)
+            for epk, valid in scoped.items():
+                spans = " OR ".join(f"({column} >= ? AND {column} < ?)" for _ in valid.intervals)
+                ranges.append(f"(i.epk = ? AND ({spans}))")
+                params.extend([epk, *(bound for span in valid.intervals for bound in span)])
+            clauses.append(f"i.attr != ? AND ({' OR '.join(ranges)})")
+        return " AND ".join(clauses), params
+
+    def _select(self, connection: sqlite3.Connection, tenant: str, query: TemporalQuery, now: int) -> _Selection:
+        """The page of matching entities (SQL filters, then the predicate and the scope test)."""
+        clauses = ["e.tenant = ?"]
+        params: list[Any] = [tenant]
+        if query.ids is not None:
+            clauses.append(f"e.id IN ({','.join('?' * len(query.ids))})")
+            params.extend(query.ids)
+        if query.id_pattern is not None:
+            clauses.append("regexp(?, e.id)")
+            params.append(query.id_pattern)
+        if query.types is not None:
+            marks = ",".join("?" * len(query.types))
+            clauses.append(f"e.pk IN (SELECT epk FROM temporal_types WHERE type IN ({marks}))")
+            params.extend(query.types)
+        if query.require_instances:
+            where, extra = self._filter(query, now)
+            clauses.append(f"EXISTS (SELECT 1 FROM temporal_instances i WHERE i.epk = e.pk AND {where})")
+            params.extend(extra)
+        sql = f"FROM temporal_entities e WHERE {' AND '.join(clauses)}"
+        order = f" ORDER BY e.id {'DESC' if query.descending else 'ASC'}"
+        start, limit = query.offset, query.limit
+        scoped: dict[int, _Scoped] = {}
+        if query.predicate is None and query.scope_test is None:
+            paging = "" if limit is None else " LIMIT ? OFFSET ?"
+            page_params = params if limit is None else [*params, limit + 1, start]
+            rows = connection.execute(f"SELECT e.pk, e.id, e.types {sql}{order}{paging}", page_params).fetchall()
+            total = connection.execute(f"SELECT COUNT(*) {sql}", params).fetchone()[0] if query.count else None
+            has_more = limit is not None and len(rows) > limit
+            picked = rows[:limit] if limit is not None else rows
+        else:
+            candidates = connection.execute(f"SELECT e.pk, e.id, e.types {sql}{order}", params).fetchall()
+            matched = []
+            for row in candidates:
+                if query.scope_test is not None:
+                    valid = self._scope_validity(connection, row[0], query, now)
+                    if not valid.intervals:
+                        continue
+                    scoped[row[0]] = valid
+                if query.predicate is None or query.predicate(self._windowed(connection, row, query, now)):
+                    matched.append(row)
+            stop = None if limit is None else start + limit
+            picked, total = matched[start:stop], len(matched) if query.count else None
+            has_more = stop is not None and len(matched) > stop
+        rows = [(pk, entity_id, orjson.loads(types)) for pk, entity_id, types in picked]
+        return _Selection(rows, total, has_more, {pk: scoped[pk] for pk, _, _ in rows if pk in scoped})
+
+    def _scope_validity(self, connection: sqlite3.Connection, epk: int, query: TemporalQuery, now: int) -> _Scoped:
+        """scopeQ over time (4.18, 5.7.4.4 S4): each scope instance is valid from its time until the
+        next one; the parts of the window in which a matching scope was valid, and those instances."""
+        assert query.scope_test is not None
+        column = COLUMNS[query.window.column]
+        rows = connection.execute(
+            f"SELECT {column}, instance_id, doc FROM temporal_instances WHERE epk = ? AND attr = ?"
+            f" AND {column} IS NOT NULL AND (expires_us IS NULL OR expires_us > ?) ORDER BY {column}, pk",
+            (epk, SCOPE_ATTR, now),
+        ).fetchall()
+        low = query.window.start if query.window.start is not None else -FOREVER
+        high = query.window.end if query.window.end is not None else FOREVER
+        valid = _Scoped([], [])
+        for index, (since, instance_id, doc) in enumerate(rows):
+            until = rows[index + 1][0] if index + 1 < len(rows) else FOREVER
+            instance = orjson.loads(doc)
+            values = instance.get("value")
+            values = values if isinstance(values, list) else [values]
+            if since < high and until > low and values and query.scope_test(values):
+                valid.intervals.append((max(since, low), min(until, high)))
+                valid.instances.append({**instance, "instanceId": instance_id})
+        return valid
+
+    def _windowed(
+        self, connection: sqlite3.Connection, row: tuple[int, str, bytes], query: TemporalQuery, now: int
+    ) -> Entity:
+        """The entity a predicate judges: every windowed instance of every attribute (the scope's
+        values under "scope"), so q holds when any instance in the window satisfies it."""
+        where, params = self._filter(query, now, selection=False)
+        column = "i." + COLUMNS[query.window.column]
+        attrs: dict[str, list[Instance]] = {}
+        scope: list[str] = []
+        for attr, doc in connection.execute(
+            f"SELECT i.attr, i.doc FROM temporal_instances i WHERE i.epk = ? AND {where} ORDER BY {column}, i.pk",
+            [row[0], *params],
+        ):
+            instance = orjson.loads(doc)
+            if attr == SCOPE_ATTR:
+                values = instance.get("value")
+                scope.extend(v for v in (values if isinstance(values, list) else [values]) if isinstance(v, str))
+            else:
+                attrs.setdefault(attr, []).append(instance)
+        entity: Entity = {"id": row[1], "type": orjson.loads(row[2]), "attrs": attrs}
+        if scope:
+            entity["scope"] = list(dict.fromkeys(scope))
+        return entity
+
+    def _kept(
+        self, connection: sqlite3.Connection, selection: _Selection, query: TemporalQuery, now: int
+    ) -> tuple[list[Entity], tuple[int, int] | None]:
+        """The selected instances of the page's entities, at most max_instances of them: the oldest
+        (or, with lastN, the newest) are kept; attributes the cut emptied stay, empty. Under a scopeQ
+        only instances of the times a matching scope was valid count, and the scope shows those scopes."""
+        selected = selection.rows
+        if query.max_instances <= 0 or not selected:
+            return [{"id": entity_id, "type": types, "attrs": {}} for _, entity_id, types in selected], None
+        where, params = self._filter(query, now, scoped=selection.scoped)
+        pks = [pk for pk, _, _ in selected]
+        column = "i." + COLUMNS[query.window.column]
+        base = (
+            f"SELECT i.pk, i.epk, i.attr, i.dataset, {column} AS t FROM temporal_instances i"
+            f" WHERE i.epk IN ({','.join('?' * len(pks))}) AND {where}"
+        )
+        base_params: list[Any] = [*pks, *params]
+        if query.last_n is not None:
+            base = (
+                "SELECT pk, epk, attr, dataset, t FROM (SELECT *, ROW_NUMBER() OVER"
+                f" (PARTITION BY epk, attr, dataset ORDER BY t DESC, pk DESC) AS rn FROM ({base})) WHERE rn <= ?"
+            )
+            base_params.append(query.last_n)
+        keys = connection.execute(
+            f"SELECT epk, attr FROM ({base}) GROUP BY epk, attr ORDER BY MIN(pk)", base_params
+        ).fetchall()
+        direction = "DESC" if query.last_n is not None else "ASC"
+        rows = connection.execute(
+            f"SELECT w.epk, w.attr, w.t, w.pk, i.instance_id, i.doc FROM ({base}) w"
+            f" JOIN temporal_instances i ON i.pk = w.pk ORDER BY w.t {direction}, w.pk {direction} LIMIT ?",
+            [*base_params, query.max_instances + 1],
+        ).fetchall()
+        cut = None
+        if len(rows) > query.max_instances:
+            rows = rows[: query.max_instances]
+            cut = (rows[0][2], rows[-1][2])
+        found: dict[int, dict[str, list[tuple[int, int, Instance]]]] = {}
+        for epk, attr in keys:
+            found.setdefault(epk, {})[attr] = []
+        for epk, attr, t, pk, instance_id, doc in rows:
+            instance = orjson.loads(doc)
+            instance["instanceId"] = instance_id
+            found[epk][attr].append((t, pk, instance))
+        entities = []
+        for pk, entity_id, types in selected:
+            attrs = {
+                attr: [instance for _, _, instance in sorted(items, key=lambda item: item[:2])]
+                for attr, items in found.get(pk, {}).items()
+            }
+            if pk in selection.scoped:
+                attrs = {SCOPE_ATTR: selection.scoped[pk].instances, **attrs}
+            entities.append({"id": entity_id, "type": types, "attrs": attrs})
+        return entities, cut
+
+    def _aggregate(
+        self,
+        connection: sqlite3.Connection,
+        selection: _Selection,
+        query: TemporalQuery,
+        spec: AggregationSpec,
+        now: int,
+    ) -> list[AggregatedEntity]:
+        selected = selection.rows
+        if not selected:
+            return []
+        where, params = self._filter(query, now, scoped=selection.scoped)
+        pks = [pk for pk, _, _ in selected]
+        column = "i." + COLUMNS[query.window.column]
+        if spec.months:
+            period = _months_between(spec.months)
+        elif spec.micros:
+            period = f"((p.t - p.origin) / {int(spec.micros)})"
+        else:
+            period = "0"
+        sql = (
+            f"WITH w AS (SELECT i.epk, i.attr, i.dataset, i.kind, {column} AS t, i.num, i.vtext"
+            f" FROM temporal_instances i WHERE i.epk IN ({','.join('?' * len(pks))}) AND {where}),"
+            " o AS (SELECT epk, attr, dataset, COALESCE(?, MIN(t)) AS origin FROM w GROUP BY epk, attr, dataset),"
+            " p AS (SELECT w.*, o.origin FROM w JOIN o ON o.epk = w.epk AND o.attr = w.attr AND o.dataset = w.dataset)"
+            f" SELECT epk, attr, dataset, MAX(kind), {period} AS k, origin, MIN(t), MAX(t), COUNT(*),"
+            " COUNT(DISTINCT vtext), COUNT(num), SUM(num), AVG(num), MIN(num), MAX(num), SUM(num * num),"
+            " MIN(vtext), MAX(vtext) FROM p GROUP BY epk, attr, dataset, k ORDER BY epk, attr, dataset, k"
+        )
+        series: dict[int, dict[str, dict[str, AggregatedSeries]]] = {}
+        for row in connection.execute(sql, [*pks, *params, spec.origin]):
+            epk, attr, dataset, kind, index, origin, first, last, count, distinct, numbers = row[:11]
+            total, avg, low, high, sumsq, low_text, high_text = row[11:]
+            by_dataset = series.setdefault(epk, {}).setdefault(attr, {})
+            if dataset not in by_dataset:
+                by_dataset[dataset] = AggregatedSeries(dataset or None, kind, [])
+            stats = PeriodStats(
+                index, origin, first, last, count, distinct, numbers, total, avg, low, high, sumsq, low_text, high_text
+            )
+            by_dataset[dataset].periods.append(stats)
+        return [
+            AggregatedEntity(entity_id, types, {attr: list(d.values()) for attr, d in series.get(pk, {}).items()})
+            for pk, entity_id, types in selected
+        ]
+
+
+@dataclass(slots=True)
+class _Scoped:
+    intervals: list[tuple[int, int]]  # [start, end) in which a scope matching scopeQ was valid
+    instances: list[Instance]  # those scope instances, to show
+
+
+@dataclass(slots=True)
+class _Selection:
+    rows: list[tuple[int, str, list[str]]]  # (pk, id, types) of the page's entities
+    total: int | None
+    has_more: bool
+    scoped: dict[int, _Scoped]  # under a scopeQ: pk -> when its scopes matched
+
+
+def _now() -> int:
+    return to_micros(datetime.now(UTC))

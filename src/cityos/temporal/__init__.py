@@ -1,0 +1,1 @@
+"""Temporal evolution of entities (history): parsing, rendering, query parameters and recording."""

@@ -1,0 +1,106 @@
+"""What a change of the current state adds to the history (spec 4.5.7, 4.5.6, 5.6.x): pure
+functions from an EntityChange to the attribute instances to append.
+
+- A created entity: one instance per attribute instance (datasetId), as stored.
+- An update, merge or replace: an instance for each attribute instance that changed (a member,
+  its value or its modifiedAt), nothing for the untouched ones; an expiresAt-only merge adds nothing.
+- A removed attribute instance (attribute delete, NGSI-LD Null, expiry, entity delete): a deletion
+  instance carrying deletedAt and the NGSI-LD Null value of its type, and no other time.
+- The scope: a Property instance whose observedAt copies its modifiedAt; removed, `"value": []`.
+The entity's own expiresAt is never copied: an expired entity leaves its history behind.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+from cityos.entities.model import NULL_URI, VALUE_MEMBER, Entity, Instance
+from cityos.entities.values import now
+from cityos.store.base import EntityChange, EntityLookup, HistoryRow, OutboxRow
+from cityos.store.temporal_base import SCOPE_ATTR
+
+DEFAULT_TENANT = "@default"  # how the tenant without a name is written in temporal_disabled_tenants
+ALL_TENANTS = "*"
+
+
+def deletion(kind: str, dataset: str | None, stamp: str) -> Instance:
+    """The instance recording that an attribute instance was deleted (020_17): NGSI-LD Null in the
+    value member of its type, deletedAt, no observedAt."""
+    member = VALUE_MEMBER.get(kind, "value")
+    value: object = NULL_URI
+    if kind == "LanguageProperty":
+        value = {"@none": NULL_URI}
+    elif kind in ("ListProperty", "ListRelationship"):
+        value = [NULL_URI]
+    instance: Instance = {"type": kind, member: value}
+    if dataset is not None:
+        instance["datasetId"] = dataset
+    instance["deletedAt"] = stamp
+    return instance
+
+
+def scope_deletion(stamp: str) -> Instance:
+    return {"type": "Property", "value": [], "deletedAt": stamp}
+
+
+def scope_instance(scope: Sequence[str], stamp: str) -> Instance:
+    """A scope change from the core API (4.5.6): observedAt is a copy of modifiedAt."""
+    return {"type": "Property", "value": list(scope), "observedAt": stamp, "createdAt": stamp, "modifiedAt": stamp}
+
+
+def _by_dataset(instances: Sequence[Instance]) -> dict[str | None, Instance]:
+    return {instance.get("datasetId"): instance for instance in instances}
+
+
+def changed_instances(before: Entity | None, after: Entity | None) -> list[tuple[str, Instance]]:
+    """(attribute, instance) pairs to append for one change, in attribute order."""
+    found: list[tuple[str, Instance]] = []
+    old_attrs = before["attrs"] if before else {}
+    new_attrs = after["attrs"] if after else {}
+    stamp = after["modifiedAt"] if after and after.get("modifiedAt") else now()
+    for attr in dict.fromkeys([*new_attrs, *old_attrs]):
+        old = _by_dataset(old_attrs.get(attr, []))
+        new = _by_dataset(new_attrs.get(attr, []))
+        for dataset, instance in new.items():
+            if old.get(dataset) != instance:
+                found.append((attr, copy.deepcopy(instance)))
+        for dataset, instance in old.items():
+            if dataset not in new:
+                found.append((attr, deletion(instance.get("type", "Property"), dataset, stamp)))
+    old_scope = before.get("scope") if before else None
+    new_scope = after.get("scope") if after else None
+    if new_scope and new_scope != old_scope:
+        found.append((SCOPE_ATTR, scope_instance(new_scope, stamp)))
+    elif old_scope and not new_scope:
+        found.append((SCOPE_ATTR, scope_deletion(stamp)))
+    return found
+
+
+def history_rows(change: EntityChange) -> list[HistoryRow]:
+    entity = change.after or change.before
+    if entity is None:
+        return []
+    types = list(entity.get("type", []))
+    return [
+        HistoryRow(change.tenant, change.entity_id, types, attr, instance)
+        for attr, instance in changed_instances(change.before, change.after)
+    ]
+
+
+def parse_disabled(setting: str) -> frozenset[str]:
+    """The temporal_disabled_tenants setting: tenant names, `@default` for the default tenant, `*` for all."""
+    names = {name.strip() for name in setting.split(",") if name.strip()}
+    return frozenset("" if name == DEFAULT_TENANT else name for name in names)
+
+
+class HistoryRecorder:
+    """The store's change listener that records history, in the transaction of each change."""
+
+    def __init__(self, disabled: frozenset[str] = frozenset()) -> None:
+        self.disabled = disabled
+
+    def __call__(self, change: EntityChange, lookup: EntityLookup) -> Sequence[OutboxRow | HistoryRow]:
+        if ALL_TENANTS in self.disabled or change.tenant in self.disabled:
+            return []
+        return history_rows(change)

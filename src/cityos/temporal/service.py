@@ -1,0 +1,78 @@
+"""History at run time: the store's history listener, installed before the first write, and the
+retention sweep that drops instances older than temporal_retention_days."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+
+from cityos.entities.values import now
+from cityos.settings import Settings
+from cityos.store.base import EntityStore
+from cityos.store.temporal_base import SCOPE_ATTR
+from cityos.temporal.history import HistoryRecorder, deletion, parse_disabled, scope_deletion
+from cityos.temporal.query import to_micros
+
+log = logging.getLogger("cityos.temporal")
+RETENTION_SECONDS = 3600.0
+
+
+class HistoryService:
+    def __init__(self, store: EntityStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.store.set_change_listener(
+            HistoryRecorder(parse_disabled(self.settings.temporal_disabled_tenants)), None, name="history"
+        )
+        if self.settings.temporal_retention_days > 0:
+            self._sweeper = asyncio.create_task(self._retain())
+
+    async def stop(self) -> None:
+        self.store.set_change_listener(None, None, name="history")
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    async def purge_old(self) -> int:
+        """Drop the instances older than the retention period; returns how many went."""
+        cutoff = datetime.now(UTC) - timedelta(days=self.settings.temporal_retention_days)
+        return await self.store.temporal_purge(to_micros(cutoff))
+
+    async def _retain(self) -> None:
+        while True:
+            try:
+                removed = await self.purge_old()
+                if removed:
+                    log.info("retention: dropped %d attribute instances", removed)
+            except Exception:  # keep sweeping; the error is logged
+                log.exception("temporal retention sweep failed")
+            await asyncio.sleep(RETENTION_SECONDS)
+
+
+async def record_deletion(
+    store: EntityStore, tenant: str, entity_id: str, attr: str, *, dataset: str | None, delete_all: bool
+) -> bool:
+    """A core attribute delete aimed at an entity that exists only in the temporal store (made by
+    POST /temporal/entities) records the deletion in its history all the same (020_17-020_20).
+    False when the core's 404 stands: the entity is current, or its history lacks the attribute."""
+    if await store.get_entity(tenant, entity_id) is not None:
+        return False
+    info = await store.temporal_entity(tenant, entity_id)
+    series = None if info is None else info.attrs.get(attr)
+    if info is None or not series or (not delete_all and dataset not in series):
+        return False
+    stamp = now()
+    if attr == SCOPE_ATTR:
+        instances = [(attr, scope_deletion(stamp))]
+    else:
+        chosen = series if delete_all else {dataset: series[dataset]}
+        instances = [(attr, deletion(kind, key, stamp)) for key, kind in chosen.items()]
+    await store.temporal_write(tenant, entity_id, info.types, instances)
+    return True
