@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
@@ -51,7 +52,7 @@ ALTERNATIVES = [
 @dataclass(frozen=True)
 class Config:
     connections: int = 8
-    duration: float = 3.0
+    duration: float = 2.0
     warmup: float = 1.0
     repeat: int = 5
     entities: int = 100_000
@@ -90,6 +91,7 @@ class Bench:
         self.stored = 0
         self.rss_after_load: float | None = None
         self.rss_peak: float | None = None
+        self.started = time.monotonic()
 
     def load(
         self,
@@ -136,7 +138,7 @@ class Bench:
         """Warm up (duration runs only), then repeat: baseline(i), then the scenario; workload(i) gives
         repeat i its own ids (-1 is the warm-up)."""
         config = self.config
-        log(f"  {row.name} …")
+        log(f"  {row.name} … ({time.monotonic() - self.started:.0f} s)")
         if requests is None and config.warmup > 0:
             self.load(server, workload(-1), duration=config.warmup, connections=connections)
         for index in range(config.repeat if requests is None else len(requests)):
@@ -147,7 +149,6 @@ class Bench:
             if base:
                 row.ratios.append(result.rate * per_op / base)
         row.rss_mb = server.peak_rss_mb()
-        self.rows.append(row)
         return row
 
     def alternatives(self) -> None:
@@ -155,7 +156,9 @@ class Bench:
         for label, options in ALTERNATIVES:
             with constant_server(self.workdir, *options) as server:
                 row = Row(f"alt: constant JSON, {label}", kind="alternative", baseline=CONSTANT)
-                self.measure(row, server, lambda i: Workload("constant"), baseline=self.constant_sample)
+                self.rows.append(
+                    self.measure(row, server, lambda i: Workload("constant"), baseline=self.constant_sample)
+                )
 
     def cityos(self) -> None:
         with cityos_server(self.workdir) as server:
@@ -167,7 +170,7 @@ class Bench:
             for name, kind, target in SCENARIOS:
                 row = Row(name, baseline=CONSTANT, target=target)
                 workload = partial(_scenario_workload, kind, self.stored)
-                self.measure(row, server, workload, baseline=self.constant_sample)
+                self.rows.append(self.measure(row, server, workload, baseline=self.constant_sample))
             self.rows.extend(future.scenarios(self, server, self.stored))
             self.rss_peak = server.peak_rss_mb()
 
@@ -187,7 +190,7 @@ class Bench:
             return rate
 
         row = Row(f"3. batch upsert, {size:,}/request", unit="entities/s", baseline=RAW_WRITE, target=BATCH_TARGET)
-        self.measure(
+        measured = self.measure(
             row,
             server,
             lambda i: Workload("batch", start=starts[i], batch_size=size),
@@ -196,6 +199,7 @@ class Bench:
             connections=min(2, config.connections),
             baseline=raw_write,
         )
+        self.rows.append(measured)
         total = sum(split) * size
         singles = documents(total, max(200, min(2000, total // 50)))
         for index in range(config.repeat):

@@ -86,7 +86,9 @@ class TestHistory:
         assert len(rows) == 8760 and len(traffic) == len(filled)
         stamps = [i.observed_at for i in traffic]
         assert len(set(stamps)) == len(stamps) and stamps == sorted(stamps)
-        assert traffic[0] == history.HistoryInstance(TRAFFIC, "intensity", "2016-10-01T05:00:00Z", 1195.0)  # CDT
+        assert traffic[0] == history.HistoryInstance(
+            TRAFFIC, "TrafficFlowObserved", "intensity", "2016-10-01T05:00:00Z", 1195.0
+        )  # CDT
         january = next(i for i in traffic if i.observed_at.startswith("2017-01-15T06"))  # CST: midnight local
         row = next(r for r in rows if r["datetime"] == "2017-01-15 00:00:00")
         assert january.value == float(row["traffic_volume"])
@@ -99,8 +101,9 @@ class TestHistory:
                 self.calls: list[tuple[str, str, dict[str, list[dict[str, Any]]]]] = []
 
             async def add_attribute_instances(
-                self, tenant: str, entity_id: str, attrs: Mapping[str, Sequence[dict[str, Any]]]
+                self, tenant: str, entity_id: str, entity_type: str, attrs: Mapping[str, Sequence[dict[str, Any]]]
             ) -> None:
+                assert entity_type == "TrafficFlowObserved"
                 self.calls.append((tenant, entity_id, {k: list(v) for k, v in attrs.items()}))
 
         sink = Recorder()

@@ -165,7 +165,7 @@ async def load_demo(sink: Sink, tenant: str = "", *, history_sink: history.Tempo
     for body in bodies:
         report.counts[body["type"]] = report.counts.get(body["type"], 0) + 1
     summary = await write_batches(sink, tenant, bodies, replace=True)
-    report.failed += [f"{r.entity_id}: {r.error}" for r in summary.failed or []]
+    report.failed += [f"{r.entity_id}: {r.error}" for r in summary.failed]
     report.history_instances = len(instances)
     report.history_stations = sorted({i.entity_id for i in instances})
     if instances:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cityos.ingest.sink import Sink, write_batches
+from cityos.ingest.sink import Sink, WriteSummary
 
 Row = dict[str, str]
 REQUIRED_FILES = ("agency", "stops", "routes", "trips", "stop_times")
@@ -466,13 +466,10 @@ async def import_feed(
     counts: dict[str, int] = {}
     for body in bodies:
         counts[body["type"]] = counts.get(body["type"], 0) + 1
-    written, failed = 0, []
+    summary = WriteSummary()
     for start in range(0, len(bodies), batch_size):
-        summary = await write_batches(
-            sink, tenant, bodies[start : start + batch_size], batch_size=batch_size, replace=True
-        )
-        written += summary.written
-        failed += [f"{r.entity_id}: {r.error}" for r in summary.failed or []]
+        summary.add(await sink.upsert(tenant, bodies[start : start + batch_size], replace=True))
         if progress is not None:
             progress(min(start + batch_size, len(bodies)), len(bodies))
-    return GtfsReport(counts, issues, written, failed)
+    failed = [f"{r.entity_id}: {r.error}" for r in summary.failed]
+    return GtfsReport(counts, issues, summary.written, failed)

@@ -239,7 +239,7 @@ async def apply_source(source: str, sink: Sink, tenant: str = "", *, prefix: str
     text = not source.startswith(("http://", "https://")) and source.endswith(TEXT_SUFFIXES)
     bodies, report = feed_bodies(parse_feed(data, text=text), prefix=prefix, source=source)
     summary = await write_batches(sink, tenant, bodies)
-    report.failed = [f"{r.entity_id}: {r.error}" for r in summary.failed or []]
+    report.failed = [f"{r.entity_id}: {r.error}" for r in summary.failed]
     return report
 
 

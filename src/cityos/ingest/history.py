@@ -32,6 +32,7 @@ class HistoryInstance:
     """One observed value of one attribute of one entity."""
 
     entity_id: str
+    entity_type: str
     attribute: str
     observed_at: str
     value: float | str
@@ -115,11 +116,21 @@ def series_rows(series: Series) -> Iterator[dict[str, str]]:
     yield from csv.DictReader(io.StringIO(gzip.decompress(raw).decode("utf-8")))
 
 
+def type_of(entity_id: str) -> str:
+    """The type named in an id of the form urn:ngsi-ld:{Type}:{name}, as the demo stations' are."""
+    parts = entity_id.split(":")
+    if len(parts) < 4 or parts[:2] != ["urn", "ngsi-ld"]:
+        raise ValueError(f"{entity_id} is not of the form urn:ngsi-ld:Type:name")
+    return parts[2]
+
+
 def series_instances(name: str, stations: Mapping[str, str]) -> Iterator[HistoryInstance]:
-    """The instances of a shipped series, its station roles re-labelled to entity ids; missing
-    values are skipped, as are local times that do not exist (the spring daylight-saving gap)."""
+    """The instances of a shipped series, its station roles re-labelled to entity ids
+    (urn:ngsi-ld:{Type}:{name}); missing values are skipped, as are local times that do not exist
+    (the spring daylight-saving gap)."""
     series = SERIES[name]
     columns = [c for c in series.columns if c.role in stations]
+    types = {role: type_of(entity_id) for role, entity_id in stations.items()}
     for row in series_rows(series):
         local = series.local_time(row).replace(tzinfo=series.zone)
         if local.astimezone(UTC).astimezone(series.zone).replace(tzinfo=None) != local.replace(tzinfo=None):
@@ -129,7 +140,9 @@ def series_instances(name: str, stations: Mapping[str, str]) -> Iterator[History
             raw = row.get(column.name, "").strip()
             if raw in MISSING:
                 continue
-            yield HistoryInstance(stations[column.role], column.attribute, observed, column.convert(raw), column.unit)
+            yield HistoryInstance(
+                stations[column.role], types[column.role], column.attribute, observed, column.convert(raw), column.unit
+            )
 
 
 def latest(instances: Iterable[HistoryInstance]) -> dict[tuple[str, str], HistoryInstance]:
@@ -146,26 +159,28 @@ class TemporalSink(Protocol):
     """Where history goes: a temporal store, or a client of POST /temporal/entities/{id}/attrs."""
 
     async def add_attribute_instances(
-        self, tenant: str, entity_id: str, attrs: Mapping[str, Sequence[dict[str, Any]]]
+        self, tenant: str, entity_id: str, entity_type: str, attrs: Mapping[str, Sequence[dict[str, Any]]]
     ) -> None:
-        """Append instances (normalized, with observedAt) to an entity's attribute history."""
+        """Append instances (normalized, with observedAt; attribute names as terms of the core
+        @context) to an entity's attribute history, creating the temporal entity if needed."""
 
 
 async def load_history(
     sink: TemporalSink, tenant: str, instances: Iterable[HistoryInstance], *, batch_size: int = 1000
 ) -> int:
     """Hand every instance to the sink, grouped per entity in batches; returns how many."""
-    pending: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    counts: dict[str, int] = {}
+    pending: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
+    counts: dict[tuple[str, str], int] = {}
     total = 0
     for item in instances:
-        attrs = pending.setdefault(item.entity_id, {})
+        key = (item.entity_id, item.entity_type)
+        attrs = pending.setdefault(key, {})
         attrs.setdefault(item.attribute, []).append(item.instance())
-        counts[item.entity_id] = counts.get(item.entity_id, 0) + 1
+        counts[key] = counts.get(key, 0) + 1
         total += 1
-        if counts[item.entity_id] >= batch_size:
-            await sink.add_attribute_instances(tenant, item.entity_id, pending.pop(item.entity_id))
-            counts[item.entity_id] = 0
-    for entity_id, attrs in pending.items():
-        await sink.add_attribute_instances(tenant, entity_id, attrs)
+        if counts[key] >= batch_size:
+            await sink.add_attribute_instances(tenant, item.entity_id, item.entity_type, pending.pop(key))
+            counts[key] = 0
+    for (entity_id, entity_type), attrs in pending.items():
+        await sink.add_attribute_instances(tenant, entity_id, entity_type, attrs)
     return total

@@ -9,7 +9,7 @@ nothing of it is stored. HttpSink posts the same bodies to a running broker's ba
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
@@ -127,14 +127,14 @@ def _problem_text(problem: Any) -> str:
 @dataclass(slots=True)
 class WriteSummary:
     written: int = 0
-    failed: list[WriteResult] | None = None
+    failed: list[WriteResult] = field(default_factory=list)
 
     def add(self, results: Iterable[WriteResult]) -> None:
         for result in results:
             if result.error is None:
                 self.written += 1
             else:
-                self.failed = [*(self.failed or []), result]
+                self.failed.append(result)
 
 
 async def write_batches(
