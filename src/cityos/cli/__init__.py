@@ -2,6 +2,7 @@
 
 cityos serve --port 1026 --database city.db
 cityos import gtfs|gtfs-rt|csv ...   cityos demo   cityos iot group|device|provision ...
+cityos db upgrade|status --database postgresql://...
 cityos --version
 """
 
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cityos import __version__
-from cityos.cli import imports, iot
+from cityos.cli import db, imports, iot
 from cityos.settings import Settings, describe, env_name
 
 
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: cityos serve --host 127.0.0.1 --port 1026 --database city.db",
     )
     _add_setting_options(serve)
-    for module in (imports, iot):  # each command group registers its own subcommands
+    for module in (imports, iot, db):  # each command group registers its own subcommands
         module.register(commands)
     return parser
 

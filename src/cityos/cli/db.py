@@ -1,0 +1,106 @@
+"""`cityos db upgrade|status`: versioned schema migrations of a PostgreSQL database.
+
+The server only checks the schema version (and refuses to start on an old one); changing a
+production schema is an explicit, separate step, run once per deployment before the workers start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from typing import Any
+
+from cityos.cli.common import fail
+from cityos.settings import Settings, env_name
+from cityos.store import is_postgres
+
+
+def register(commands: Any) -> None:
+    """Add the db command to the `cityos` parser's subcommands."""
+    parser = commands.add_parser(
+        "db",
+        help="Manage the PostgreSQL schema (migrations).",
+        description="Apply or inspect the versioned schema migrations of a PostgreSQL database. "
+        "SQLite files need none: the server creates and checks them itself.",
+        epilog="Example: cityos db upgrade --database postgresql://cityos@db.example.org/cityos",
+    )
+    actions = parser.add_subparsers(dest="db_action", required=True, metavar="{upgrade,status}")
+    upgrade = actions.add_parser(
+        "upgrade",
+        help="Apply every pending migration, in one transaction.",
+        description="Bring the database's schema to this CityOS's version; safe to run again (nothing to do) "
+        "and from several hosts at once (an advisory lock serialises them).",
+        epilog="Example: cityos db upgrade --database postgresql://postgres@127.0.0.1/cityos",
+    )
+    status = actions.add_parser(
+        "status",
+        help="Print the schema version of the database and of this CityOS; exit 1 if they differ.",
+        description="Report the applied schema version and the pending migrations, changing nothing.",
+        epilog="Example: cityos db status --database postgresql://postgres@127.0.0.1/cityos",
+    )
+    for command, run in ((upgrade, run_upgrade), (status, run_status)):
+        command.add_argument(
+            "--database",
+            default=os.environ.get(env_name("database"), Settings().database),
+            help=f"a postgresql:// URL [env {env_name('database')}, default %(default)s]",
+        )
+        command.set_defaults(run=run)
+
+
+def _postgres_url(args: argparse.Namespace) -> str | None:
+    database: str = args.database
+    return database if is_postgres(database) else None
+
+
+def run_upgrade(args: argparse.Namespace) -> int:
+    url = _postgres_url(args)
+    if url is None:
+        print(f"{args.database} is a SQLite file: `cityos serve` creates and checks its schema; nothing to upgrade.")
+        return 0
+    from cityos.store.postgres import LATEST, redact, upgrade
+
+    async def run() -> list[Any]:
+        import asyncpg
+
+        connection = await asyncpg.connect(url)
+        try:
+            return await upgrade(connection)
+        finally:
+            await connection.close()
+
+    try:
+        applied = asyncio.run(run())
+    except Exception as exc:  # connection, driver and version errors alike: report, do not trace back
+        return fail(f"cannot upgrade {redact(url)}: {type(exc).__name__}: {exc}")
+    for migration in applied:
+        print(f"applied {migration.version}: {migration.description}")
+    print(f"{redact(url)} is at schema version {LATEST}" + ("" if applied else " (nothing to do)"))
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    url = _postgres_url(args)
+    if url is None:
+        print(f"{args.database} is a SQLite file: its schema is checked by `cityos serve`.")
+        return 0
+    from cityos.store.postgres import LATEST, MIGRATIONS, redact, schema_version
+
+    async def run() -> int:
+        import asyncpg
+
+        connection = await asyncpg.connect(url)
+        try:
+            return await schema_version(connection)
+        finally:
+            await connection.close()
+
+    try:
+        current = asyncio.run(run())
+    except Exception as exc:  # connection and driver errors alike: report, do not trace back
+        return fail(f"cannot read {redact(url)}: {type(exc).__name__}: {exc}")
+    print(f"{redact(url)}: schema version {current}; this CityOS: {LATEST}")
+    for migration in MIGRATIONS:
+        if migration.version > current:
+            print(f"  pending {migration.version}: {migration.description}")
+    return 0 if current == LATEST else 1

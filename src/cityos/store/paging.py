@@ -1,0 +1,62 @@
+"""The engine-independent half of query_entities: what a back-end does with the candidate rows its
+SQL selected when part of the query (attrs over expired instances, predicate, orderBy) must run in
+Python. Every back-end pages through the same Pager, so their answers are identical.
+
+SQLiteStore.query_entities still carries its own copy of this loop; it can use Pager once the
+concurrent edits to sqlite.py have landed.
+"""
+
+from __future__ import annotations
+
+from cityos.entities.expiry import visible
+from cityos.entities.model import Entity
+from cityos.store.base import EntityQuery, QueryResult
+
+
+def exact_in_sql(query: EntityQuery) -> bool:
+    """True when the back-end's WHERE clause is the whole query, so it can page and count in SQL
+    (attrs is re-checked in Python because expired attribute instances are still in the side tables)."""
+    return query.predicate is None and query.attrs is None and query.sort is None
+
+
+class Pager:
+    """Fed the stored documents in storage order (from a sync or an async cursor); says when it has
+    read enough: the page and one more match, unless a count or a sort needs every match."""
+
+    def __init__(self, query: EntityQuery, now: str) -> None:
+        self._query = query
+        self._now = now
+        self._attrs = set(query.attrs) if query.attrs is not None else None
+        self._start = query.offset
+        self._stop = None if query.limit is None else query.offset + query.limit
+        self._matched: list[Entity] = []
+        self._total = 0
+
+    def _accepted(self, entity: Entity) -> bool:
+        if self._attrs is not None and not self._attrs.intersection(entity["attrs"]):
+            return False
+        return self._query.predicate is None or self._query.predicate(entity)
+
+    def offer(self, document: Entity) -> bool:
+        """Take one stored document; False once no further document can change the result."""
+        entity = visible(document, self._now)
+        if entity is None or not self._accepted(entity):
+            return True
+        if self._query.sort is not None:
+            self._matched.append(entity)
+            return True
+        if self._start <= self._total and (self._stop is None or self._total < self._stop):
+            self._matched.append(entity)
+        self._total += 1
+        return self._stop is None or self._total <= self._stop or self._query.count
+
+    def result(self) -> QueryResult:
+        stop = self._stop
+        if self._query.sort is not None:
+            ordered = self._query.sort(self._matched)
+            total = len(ordered)
+            return QueryResult(
+                ordered[self._start : stop], total if self._query.count else None, stop is not None and total > stop
+            )
+        total = self._total
+        return QueryResult(self._matched, total if self._query.count else None, stop is not None and total > stop)

@@ -1,0 +1,135 @@
+"""Versioned schema migrations for the PostgreSQL back-end.
+
+Each step runs once, in order, inside one transaction with every other pending step, and is
+recorded in schema_version; `cityos db upgrade` applies them, and the server only checks (it never
+changes a production schema by itself). Steps are append-only: never edit a released one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # a connection of its own, or one borrowed from the pool
+    Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The database's schema is not the one this CityOS was built for."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    sql: str
+
+
+# Timestamps that are compared as text (normalized UTC, entities/expiry.py) use the "C" collation,
+# so ordering is bytewise whatever the database's locale.
+_V1 = """
+CREATE EXTENSION IF NOT EXISTS postgis;
+CREATE TABLE tenants (name text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE entities (
+    pk bigserial PRIMARY KEY,
+    tenant text NOT NULL,
+    id text NOT NULL,
+    doc json NOT NULL,              -- json, not jsonb: the document keeps its attribute order
+    types text[] NOT NULL,          -- expanded types, for the GIN-indexed `types && $n`
+    attrs text[] NOT NULL,          -- attribute names, for `attrs && $n` and q's exists
+    modified_at text COLLATE "C" NOT NULL,
+    expires_at text COLLATE "C",    -- the entity's own expiresAt, for exact visibility in SQL
+    next_expiry text COLLATE "C",   -- the earliest expiresAt of the entity or any attribute (the sweeper)
+    UNIQUE (tenant, id)
+);
+CREATE INDEX entities_types ON entities USING gin (types);
+CREATE INDEX entities_attrs ON entities USING gin (attrs);
+CREATE INDEX entities_expiry ON entities (next_expiry) WHERE next_expiry IS NOT NULL;
+CREATE TABLE attr_values (          -- the values q compares, flattened as the evaluator sees them
+    pk bigint NOT NULL REFERENCES entities ON DELETE CASCADE,
+    attr text NOT NULL,
+    num double precision,
+    txt text
+);
+CREATE INDEX attr_values_num ON attr_values (attr, num) WHERE num IS NOT NULL;
+CREATE INDEX attr_values_txt ON attr_values (attr, txt) WHERE txt IS NOT NULL;
+CREATE INDEX attr_values_pk ON attr_values (pk);
+CREATE TABLE entity_geo (           -- the bounding box of each GeoProperty instance
+    pk bigint NOT NULL REFERENCES entities ON DELETE CASCADE,
+    attr text NOT NULL,
+    min_x double precision NOT NULL, max_x double precision NOT NULL,
+    min_y double precision NOT NULL, max_y double precision NOT NULL,
+    box geometry(Geometry, 4326) NOT NULL
+);
+CREATE INDEX entity_geo_box ON entity_geo USING gist (box);
+CREATE INDEX entity_geo_pk ON entity_geo (pk);
+CREATE TABLE jsonld_contexts (
+    seq bigserial, tenant text NOT NULL, local_id text NOT NULL, kind text NOT NULL, doc json NOT NULL,
+    created_at text NOT NULL, PRIMARY KEY (tenant, local_id)
+);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "entities, their side tables and hosted @contexts", _V1),)
+LATEST = MIGRATIONS[-1].version
+_LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")
+
+
+def redact(dsn: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def schema_version(connection: Connection) -> int:
+    """The applied version (0: a database CityOS has never upgraded), in the search_path's schema."""
+    if not await connection.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
+        return 0
+    version: int = await connection.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+    return version
+
+
+async def upgrade(connection: Connection) -> list[Migration]:
+    """Apply the pending steps in one transaction (all or none); returns those applied."""
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, description text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        current = await schema_version(connection)
+        if current > LATEST:
+            raise SchemaNotCurrent(f"the database has schema version {current}, newer than this CityOS ({LATEST})")
+        pending = [m for m in MIGRATIONS if m.version > current]
+        for migration in pending:
+            await connection.execute(migration.sql)
+            await connection.execute(
+                "INSERT INTO schema_version (version, description) VALUES ($1, $2)",
+                migration.version,
+                migration.description,
+            )
+    return pending
+
+
+async def require_current(connection: Connection, dsn: str) -> None:
+    """Refuse to serve a database whose schema is not exactly LATEST, saying what to do."""
+    current = await schema_version(connection)
+    if current == LATEST:
+        return
+    if current > LATEST:
+        raise SchemaNotCurrent(
+            f"{redact(dsn)} has schema version {current}, newer than this CityOS understands ({LATEST}); "
+            "upgrade CityOS."
+        )
+    raise SchemaNotCurrent(
+        f"{redact(dsn)} has schema version {current}; this CityOS needs version {LATEST}. "
+        f"Run `cityos db upgrade --database {redact(dsn)}` first."
+    )

@@ -1,0 +1,68 @@
+"""The pushed-down part of an entity query in PostgreSQL: the same filters as the SQLite
+back-end's WHERE clause (tenant, visibility, ids, idPattern, types, attrs, q's value prefilters,
+the geo-query box), over GIN-indexed arrays, the attr_values B-trees and a PostGIS GiST index."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cityos.query.pushdown import ValueFilter
+from cityos.store.base import EntityQuery
+
+
+class Params:
+    """Collects positional parameters ($1, $2, ...) while a statement is assembled."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def value_clause(value_filter: ValueFilter, p: Params) -> str:
+    """One q prefilter: some flattened value of the attribute satisfies it (an attr_values B-tree)."""
+    op, values = value_filter.op, value_filter.values
+    if op == "exists":
+        return f"e.attrs @> ARRAY[{p(value_filter.attr)}::text]"
+    base = f"e.pk IN (SELECT v.pk FROM attr_values v WHERE v.attr = {p(value_filter.attr)} AND "
+    if op == "between":
+        return base + f"v.num BETWEEN {p(float(values[0]))} AND {p(float(values[1]))})"
+    if op == "==":
+        numbers = [float(v) for v in values if isinstance(v, float)]
+        texts = [v for v in values if isinstance(v, str)]
+        parts = []
+        if numbers:
+            parts.append(f"v.num = ANY({p(numbers)}::float8[])")
+        if texts:
+            parts.append(f"v.txt = ANY({p(texts)}::text[])")
+        return base + "(" + " OR ".join(parts or ["false"]) + "))"
+    if op not in ("<", "<=", ">", ">="):
+        raise ValueError(f"unknown value filter operator {op!r}")
+    return base + f"v.num {op} {p(float(values[0]))})"
+
+
+def where(tenant: str, query: EntityQuery, now: str, p: Params) -> str:
+    """The WHERE clause over `entities e`; idPattern uses PostgreSQL's regular expressions (`~`)."""
+    clauses = [f"e.tenant = {p(tenant)}", f"(e.expires_at IS NULL OR e.expires_at > {p(now)})"]
+    if query.ids is not None:
+        clauses.append(f"e.id = ANY({p(list(query.ids))}::text[])")
+    if query.id_pattern is not None:
+        clauses.append(f"e.id ~ {p(query.id_pattern)}")
+    if query.types is not None:
+        clauses.append(f"e.types && {p(list(query.types))}::text[]")
+    if query.attrs is not None:
+        clauses.append(f"e.attrs && {p(list(query.attrs))}::text[]")
+    clauses.extend(value_clause(value_filter, p) for value_filter in query.value_filters)
+    if query.geo_box is not None:
+        attr, (min_x, max_x, min_y, max_y) = query.geo_box
+        lo_x, hi_x, lo_y, hi_y = p(float(min_x)), p(float(max_x)), p(float(min_y)), p(float(max_y))
+        # `&&` uses the GiST index (float4 boxes, rounded outwards); the column tests make it exact,
+        # the same inclusive test as SQLite's R*Tree
+        clauses.append(
+            f"e.pk IN (SELECT g.pk FROM entity_geo g WHERE g.attr = {p(attr)}"
+            f" AND g.box && ST_MakeEnvelope({lo_x}, {lo_y}, {hi_x}, {hi_y}, 4326)"
+            f" AND g.max_x >= {lo_x} AND g.min_x <= {hi_x} AND g.max_y >= {lo_y} AND g.min_y <= {hi_y})"
+        )
+    return " AND ".join(clauses)
