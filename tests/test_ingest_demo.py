@@ -204,7 +204,7 @@ def test_make_run_serves_the_demo_city(tmp_path: Path) -> None:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while True:
             try:
                 response = httpx.get(f"{base}{API}", params={"type": "OffStreetParking"}, timeout=2)
@@ -218,6 +218,24 @@ def test_make_run_serves_the_demo_city(tmp_path: Path) -> None:
             "urn:ngsi-ld:OffStreetParking:beatty-main-street",
             "urn:ngsi-ld:OffStreetParking:beatty-stagecoach",
         ]
+        # a year of real hourly history: twelve monthly PM2.5 averages, each over the month's readings
+        history_url = f"{base}/ngsi-ld/v1/temporal/entities/urn:ngsi-ld:AirQualityObserved:beatty-central"
+        monthly = httpx.get(
+            history_url,
+            params={
+                "timerel": "between",
+                "timeAt": "2016-03-01T00:00:00Z",
+                "endTimeAt": "2017-03-01T00:00:00Z",
+                "attrs": "pm25",
+                "aggrMethods": "avg,totalCount",
+                "aggrPeriodDuration": "P1M",
+                "options": "aggregatedValues",
+            },
+            timeout=30,
+        )
+        assert monthly.status_code == 200, monthly.text
+        counts = monthly.json()["pm25"]["totalCount"]
+        assert len(counts) == 12 and all(count[0] > 600 for count in counts)
     finally:
         process.terminate()
         _, err = process.communicate(timeout=10)

@@ -187,7 +187,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     async def run() -> DemoReport:
         async with open_sink(args) as sink:
-            return await load_demo(sink, args.tenant)
+            return await load_demo(sink, args.tenant, history_sink=sink)
 
     report = asyncio.run(run())
     for line in report.lines(args.url or DEFAULT_URL):

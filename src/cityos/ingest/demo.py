@@ -69,7 +69,7 @@ class DemoReport:
         """What was loaded, and three URLs to open, for the console."""
         types = ", ".join(f"{n} {t}" for t, n in sorted(self.counts.items()))
         transit = ", ".join(f"{n} {t}" for t, n in sorted(self.gtfs.items()))
-        stored = "stored" if self.history_stored else "prepared (stored once a temporal store is configured)"
+        stored = "stored" if self.history_stored else "not stored (no history sink given)"
         out = [
             "Loaded the CityOS demo city (Beatty, Nevada):",
             f"  Smart Data Models entities: {types}",

@@ -48,7 +48,7 @@ class IngestService:
             return False
         from cityos.ingest.demo import load_demo
 
-        report = await load_demo(self.sink)
+        report = await load_demo(self.sink, history_sink=self.sink)
         base = f"http://{self.settings.host}:{self.settings.port}"
         for line in report.lines(base):
             log.warning("%s", line)  # shown at the default log level, like uvicorn's own start-up lines

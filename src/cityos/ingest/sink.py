@@ -8,7 +8,7 @@ nothing of it is stored. HttpSink posts the same bodies to a running broker's ba
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -16,7 +16,7 @@ import httpx
 import orjson
 
 from cityos.entities import update
-from cityos.entities.model import parse_entity
+from cityos.entities.model import parse_entity, parse_instance
 from cityos.entities.values import now
 from cityos.errors import NgsiLdError
 from cityos.jsonld.termmap import TermMap
@@ -41,6 +41,11 @@ class Sink(Protocol):
         """Create each entity, or merge its attributes into the stored one (replace=True replaces
         the whole entity). One result per body, in order. atomic=True: all bodies or none, the
         first refusal raised as its NgsiLdError."""
+
+    async def add_attribute_instances(
+        self, tenant: str, entity_id: str, entity_type: str, attrs: Mapping[str, Sequence[Body]]
+    ) -> None:
+        """Append attribute instances to the entity's history (see history.TemporalSink)."""
 
 
 def _id_of(body: Any) -> str:
@@ -83,6 +88,18 @@ class StoreSink:
                 results[index] = WriteResult(outcome.entity_id, detail)
         return [result for result in results if result is not None]
 
+    async def add_attribute_instances(
+        self, tenant: str, entity_id: str, entity_type: str, attrs: Mapping[str, Sequence[Body]]
+    ) -> None:
+        """History straight into the temporal store (history.TemporalSink), in one transaction."""
+        stamp = now()
+        instances = [
+            (self.terms.expand(name), parse_instance(name, raw, self.terms, stamp=stamp))
+            for name, raws in attrs.items()
+            for raw in raws
+        ]
+        await self.store.temporal_write(tenant, entity_id, [self.terms.expand(entity_type)], instances)
+
 
 class HttpSink:
     """Writes to a running broker through POST /entityOperations/upsert (each entity on its own)."""
@@ -115,6 +132,26 @@ class HttpSink:
             item.get("entityId", ""): _problem_text(item.get("error", {})) for item in response.json().get("errors", [])
         }
         return [WriteResult(_id_of(body), failed.get(_id_of(body))) for body in bodies]
+
+    async def add_attribute_instances(
+        self, tenant: str, entity_id: str, entity_type: str, attrs: Mapping[str, Sequence[Body]]
+    ) -> None:
+        """History through POST /temporal/entities (which extends an existing temporal entity)."""
+        await _post_history(self, tenant, entity_id, entity_type, attrs)
+
+
+async def _post_history(
+    sink: HttpSink, tenant: str, entity_id: str, entity_type: str, attrs: Mapping[str, Sequence[Body]]
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    if tenant:
+        headers["NGSILD-Tenant"] = tenant
+    body = {"id": entity_id, "type": entity_type, **{name: list(raws) for name, raws in attrs.items()}}
+    response = await sink.client.post(
+        sink.base_url + "/ngsi-ld/v1/temporal/entities", content=orjson.dumps(body), headers=headers
+    )
+    if response.status_code not in (201, 204):
+        raise RuntimeError(f"history of {entity_id}: HTTP {response.status_code}: {response.text[:300]}")
 
 
 def _problem_text(problem: Any) -> str:
