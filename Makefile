@@ -30,7 +30,7 @@ unit: $(VENV)/.dev
 
 test: lint typecheck unit
 
-# the full benchmark table (about 8 to 10 minutes on 2 cores); see docs/performance.md
+# the full benchmark table (about 7 to 10 minutes on 2 cores); see docs/performance.md
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks
 

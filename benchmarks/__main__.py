@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def render(outcome: Outcome, config: Config, started: datetime) -> str:
+def render(outcome: Outcome, config: Config, started: datetime, revision: str) -> str:
     versions = ", ".join(f"{name} {version(name)}" for name in STACK)
     rss, peak = outcome.rss_after_load, outcome.rss_peak
     rss_line = "n/a" if rss is None else f"{rss:.0f} MB (target ≤ {RSS_TARGET_MB:.0f} MB: "
@@ -55,7 +55,7 @@ def render(outcome: Outcome, config: Config, started: datetime) -> str:
     if peak is not None:
         rss_line += f"; peak over the whole run (queries included): {peak:.0f} MB"
     lines = [
-        f"CityOS benchmark, {started:%Y-%m-%d %H:%M} UTC, commit {commit()}",
+        f"CityOS benchmark, {started:%Y-%m-%d %H:%M} UTC, commit {revision}",
         f"Machine: {machine()}",
         f"Stack: {versions}",
         f"Load: {config.client} client in its own process, {config.connections} connections "
@@ -83,12 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.no_alternatives:
         config = replace(config, alternatives=False)
-    started = datetime.now(UTC)
+    started, revision = datetime.now(UTC), commit()  # the code the server loads at its start
     outcome = run(config)
-    print(render(outcome, config, started))
+    print(render(outcome, config, started, revision))
     if args.json:
         payload = {
             "started": started.isoformat(),
+            "commit": revision,
             "config": config.__dict__,
             "stored": outcome.stored,
             "rss_after_load_mb": outcome.rss_after_load,

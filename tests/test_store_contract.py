@@ -470,3 +470,31 @@ def test_ngsild_errors_stay_per_operation(backend: Backend) -> None:
     operations.append(("urn:x:ok", update.create(make("urn:x:ok", "T"))))
     results = run(store.mutate("", operations, atomic=False))
     assert [isinstance(r.error, NgsiLdError) for r in results] == [True, True, True, False]
+
+
+def test_postgres_writers_in_two_workers_lose_no_update(postgres_skip_reason: str | None) -> None:
+    """Two stores on one database (as two worker processes would have) increment one counter; the
+    row lock taken before each mutator runs makes every read-modify-write see the previous one."""
+    with postgres_schema(postgres_skip_reason) as (loop, url):
+        loop.run_until_complete(_migrate(url))
+        workers = [open_store(url, experimental=True) for _ in range(2)]
+
+        def increment(current: Entity | None) -> update.Outcome:
+            assert current is not None
+            n = value_of(current, "n")
+            return update.Outcome({**current, "attrs": {V + "n": [prop(n + 1)]}})
+
+        async def scenario() -> Entity | None:
+            for worker in workers:
+                await worker.open()
+            try:
+                await workers[0].mutate("", [("urn:x:n", update.create(make("urn:x:n", "T", n=prop(0))))], atomic=True)
+                writes = [w.mutate("", [("urn:x:n", increment)], atomic=True) for w in workers for _ in range(25)]
+                await asyncio.gather(*writes)
+                return await workers[1].get_entity("", "urn:x:n")
+            finally:
+                for worker in workers:
+                    await worker.close()
+
+        counted = loop.run_until_complete(scenario())
+        assert counted is not None and value_of(counted, "n") == 50

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -23,23 +22,18 @@ import regex
 from cityos.entities.expiry import next_expiry, normalize, now_key, visible
 from cityos.entities.model import VALUE_MEMBER, Entity
 from cityos.entities.update import Mutator
-from cityos.errors import AlreadyExists, NgsiLdError, QueryTimeout
-from cityos.query.entity_maps import EntityMap, expiry_key, from_expiry_key
+from cityos.errors import NgsiLdError, QueryTimeout
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import (
-    AttributeStats,
     ChangeListener,
     EntityChange,
     EntityQuery,
-    EntityTypeStats,
     HistoryRow,
-    IngestRecord,
     MutationResult,
     OutboxRow,
     QueryResult,
-    StoredContextRow,
-    SubscriptionRow,
 )
+from cityos.store.sqlite_catalog import SQLiteCatalog
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 
 T = TypeVar("T")
@@ -151,7 +145,7 @@ def geometry_bbox(geometry: Any) -> tuple[float, float, float, float] | None:
     return min(xs), max(xs), min(ys), max(ys)
 
 
-class SQLiteStore(SQLiteTemporal):
+class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
     def __init__(self, path: str, *, readers: int = 4, query_timeout: float = 10.0) -> None:
         self.path = path
         self.query_timeout = query_timeout
@@ -474,28 +468,6 @@ class SQLiteStore(SQLiteTemporal):
 
         return await self._write(run)
 
-    # -- hosted @contexts --------------------------------------------------------------------------
-    async def save_context(self, row: StoredContextRow) -> None:
-        await self._write(
-            lambda c: c.execute(
-                "INSERT OR REPLACE INTO jsonld_contexts VALUES (?, ?, ?, ?, ?)",
-                (row.tenant, row.local_id, row.kind, orjson.dumps(row.document), row.created_at),
-            )
-        )
-
-    async def delete_context(self, tenant: str, local_id: str) -> None:
-        await self._write(
-            lambda c: c.execute("DELETE FROM jsonld_contexts WHERE tenant = ? AND local_id = ?", (tenant, local_id))
-        )
-
-    async def load_contexts(self) -> list[StoredContextRow]:
-        def run(connection: sqlite3.Connection) -> list[StoredContextRow]:
-            rows = connection.execute("SELECT tenant, local_id, kind, doc, created_at FROM jsonld_contexts").fetchall()
-            return [StoredContextRow(t, i, k, orjson.loads(d), c) for t, i, k, d, c in rows]
-
-        return await self._read(run)
-
-    # -- subscriptions and their outbox ----------------------------------------------------------
     def set_change_listener(
         self, listener: ChangeListener | None, wake: Callable[[], None] | None, *, name: str = "subscriptions"
     ) -> None:
@@ -503,225 +475,6 @@ class SQLiteStore(SQLiteTemporal):
         if listener is not None:
             listeners[name] = (listener, wake)
         self._listeners = listeners
-
-    async def save_subscription(self, row: SubscriptionRow, *, create: bool) -> None:
-        def run(connection: sqlite3.Connection) -> None:
-            values = (orjson.dumps(row.document), orjson.dumps(row.status), row.tenant, row.id)
-            if not create:
-                connection.execute("UPDATE subscriptions SET doc = ?, status = ? WHERE tenant = ? AND id = ?", values)
-                return
-            connection.execute(
-                "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, datetime('now'))", (row.tenant,)
-            )
-            try:
-                connection.execute("INSERT INTO subscriptions (doc, status, tenant, id) VALUES (?, ?, ?, ?)", values)
-            except sqlite3.IntegrityError as exc:
-                raise AlreadyExists(f"subscription {row.id} already exists") from exc
-
-        await self._write(run)
-
-    async def delete_subscription(self, tenant: str, subscription_id: str) -> bool:
-        def run(connection: sqlite3.Connection) -> bool:
-            key = (tenant, subscription_id)
-            connection.execute("DELETE FROM outbox WHERE tenant = ? AND subscription_id = ?", key)
-            return connection.execute("DELETE FROM subscriptions WHERE tenant = ? AND id = ?", key).rowcount > 0
-
-        return await self._write(run)
-
-    async def load_subscriptions(self) -> list[SubscriptionRow]:
-        def run(connection: sqlite3.Connection) -> list[SubscriptionRow]:
-            rows = connection.execute("SELECT tenant, id, doc, status FROM subscriptions ORDER BY pk").fetchall()
-            return [SubscriptionRow(t, i, orjson.loads(d), orjson.loads(s)) for t, i, d, s in rows]
-
-        return await self._read(run)
-
-    async def release_outbox(self) -> None:
-        await self._write(lambda c: c.execute("UPDATE outbox SET claimed = 0 WHERE claimed = 1"))
-
-    async def claim_outbox(self, limit: int) -> list[OutboxRow]:
-        def run(connection: sqlite3.Connection) -> list[OutboxRow]:
-            rows = connection.execute(
-                "SELECT id, tenant, subscription_id, lane, payload, attempts FROM outbox"
-                " WHERE claimed = 0 ORDER BY id LIMIT ?",
-                (limit,),
-            ).fetchall()
-            if rows:
-                connection.executemany("UPDATE outbox SET claimed = 1 WHERE id = ?", [(r[0],) for r in rows])
-            return [OutboxRow(t, s, lane, orjson.loads(p), i, a) for i, t, s, lane, p, a in rows]
-
-        return await self._write(run)
-
-    async def finish_outbox(self, row: OutboxRow, *, done: bool, status: SubscriptionRow | None = None) -> None:
-        def run(connection: sqlite3.Connection) -> None:
-            if done:
-                connection.execute("DELETE FROM outbox WHERE id = ?", (row.id,))
-            else:
-                connection.execute("UPDATE outbox SET attempts = ? WHERE id = ?", (row.attempts, row.id))
-            if status is not None:
-                connection.execute(
-                    "UPDATE subscriptions SET status = ? WHERE tenant = ? AND id = ?",
-                    (orjson.dumps(status.status), status.tenant, status.id),
-                )
-
-        await self._write(run)
-
-    # -- entity maps ---------------------------------------------------------------------------------
-    async def save_entity_map(self, tenant: str, entity_map: EntityMap) -> None:
-        row = (
-            tenant,
-            entity_map.id,
-            expiry_key(entity_map.expires_at),
-            orjson.dumps(entity_map.entity_ids),
-            entity_map.query,
-        )
-        await self._write(lambda c: c.execute("INSERT OR REPLACE INTO entity_maps VALUES (?, ?, ?, ?, ?)", row))
-
-    async def get_entity_map(self, tenant: str, map_id: str) -> EntityMap | None:
-        def fetch(connection: sqlite3.Connection) -> EntityMap | None:
-            row = connection.execute(
-                "SELECT expires_at, entity_ids, query FROM entity_maps WHERE tenant = ? AND id = ?", (tenant, map_id)
-            ).fetchone()
-            if row is None:
-                return None
-            return EntityMap(map_id, from_expiry_key(row[0]), tuple(orjson.loads(row[1])), row[2])
-
-        return await self._read(fetch)
-
-    async def update_entity_map(
-        self, tenant: str, map_id: str, *, expires_at: datetime | None = None, entity_ids: Sequence[str] | None = None
-    ) -> bool:
-        changes: dict[str, Any] = {}
-        if expires_at is not None:
-            changes["expires_at"] = expiry_key(expires_at)
-        if entity_ids is not None:
-            changes["entity_ids"] = orjson.dumps(list(entity_ids))
-        if not changes:
-            return await self.get_entity_map(tenant, map_id) is not None
-        assignments = ", ".join(f"{column} = ?" for column in changes)
-        sql = f"UPDATE entity_maps SET {assignments} WHERE tenant = ? AND id = ?"
-        params = (*changes.values(), tenant, map_id)
-        return await self._write(lambda c: c.execute(sql, params).rowcount > 0)
-
-    async def delete_entity_map(self, tenant: str, map_id: str) -> bool:
-        sql = "DELETE FROM entity_maps WHERE tenant = ? AND id = ?"
-        return await self._write(lambda c: c.execute(sql, (tenant, map_id)).rowcount > 0)
-
-    # -- discovery: aggregated in SQL over the side tables; documents are read only for attribute types --
-    async def entity_types(self, tenant: str) -> list[str]:
-        sql = f"SELECT DISTINCT t.type FROM entity_types t JOIN entities e ON e.pk = t.pk WHERE {_VISIBLE} ORDER BY 1"
-        params = (tenant, now_key())
-        return await self._read_with_deadline(lambda c: [row[0] for row in c.execute(sql, params)])
-
-    async def entity_type_attributes(self, tenant: str) -> dict[str, list[str]]:
-        sql = (
-            "SELECT t.type, a.attr FROM entity_types t JOIN entities e ON e.pk = t.pk"
-            f" LEFT JOIN entity_attrs a ON a.pk = t.pk WHERE {_VISIBLE} GROUP BY 1, 2 ORDER BY 1, 2"
-        )
-        params = (tenant, now_key())
-
-        def run(connection: sqlite3.Connection) -> dict[str, list[str]]:
-            result: dict[str, list[str]] = {}
-            for entity_type, attr in connection.execute(sql, params):
-                names = result.setdefault(entity_type, [])
-                if attr is not None:
-                    names.append(attr)
-            return result
-
-        return await self._read_with_deadline(run)
-
-    async def entity_type_stats(self, tenant: str, entity_type: str) -> EntityTypeStats | None:
-        count_sql = (
-            f"SELECT COUNT(*) FROM entity_types t JOIN entities e ON e.pk = t.pk WHERE t.type = ? AND {_VISIBLE}"
-        )
-        types_sql = (
-            "SELECT a.key, json_extract(i.value, '$.type') FROM entity_types t JOIN entities e ON e.pk = t.pk,"
-            " json_each(CAST(e.doc AS TEXT), '$.attrs') a, json_each(a.value) i"
-            f" WHERE t.type = ? AND {_VISIBLE} GROUP BY 1, 2 ORDER BY 1, 2"
-        )
-        params = (entity_type, tenant, now_key())
-
-        def run(connection: sqlite3.Connection) -> EntityTypeStats | None:
-            count: int = connection.execute(count_sql, params).fetchone()[0]
-            if count == 0:
-                return None
-            attribute_types: dict[str, list[str]] = {}
-            for attr, kind in connection.execute(types_sql, params):
-                attribute_types.setdefault(attr, []).append(kind)
-            return EntityTypeStats(entity_type, count, attribute_types)
-
-        return await self._read_with_deadline(run)
-
-    async def attribute_names(self, tenant: str) -> list[str]:
-        sql = f"SELECT DISTINCT a.attr FROM entity_attrs a JOIN entities e ON e.pk = a.pk WHERE {_VISIBLE} ORDER BY 1"
-        params = (tenant, now_key())
-        return await self._read_with_deadline(lambda c: [row[0] for row in c.execute(sql, params)])
-
-    async def attribute_type_names(self, tenant: str) -> dict[str, list[str]]:
-        sql = (
-            "SELECT a.attr, t.type FROM entity_attrs a JOIN entities e ON e.pk = a.pk"
-            f" JOIN entity_types t ON t.pk = a.pk WHERE {_VISIBLE} GROUP BY 1, 2 ORDER BY 1, 2"
-        )
-        params = (tenant, now_key())
-
-        def run(connection: sqlite3.Connection) -> dict[str, list[str]]:
-            result: dict[str, list[str]] = {}
-            for attr, entity_type in connection.execute(sql, params):
-                result.setdefault(attr, []).append(entity_type)
-            return result
-
-        return await self._read_with_deadline(run)
-
-    async def attribute_stats(self, tenant: str, attr: str) -> AttributeStats | None:
-        kinds_sql = (
-            "SELECT json_extract(i.value, '$.type'), COUNT(*) FROM entity_attrs x JOIN entities e ON e.pk = x.pk,"
-            " json_each(CAST(e.doc AS TEXT), '$.attrs') a, json_each(a.value) i"
-            f" WHERE x.attr = ? AND a.key = x.attr AND {_VISIBLE} GROUP BY 1 ORDER BY 1"
-        )
-        types_sql = (
-            "SELECT DISTINCT t.type FROM entity_attrs x JOIN entities e ON e.pk = x.pk"
-            f" JOIN entity_types t ON t.pk = x.pk WHERE x.attr = ? AND {_VISIBLE} ORDER BY 1"
-        )
-        params = (attr, tenant, now_key())
-
-        def run(connection: sqlite3.Connection) -> AttributeStats | None:
-            kinds = connection.execute(kinds_sql, params).fetchall()
-            if not kinds:
-                return None
-            type_names = [row[0] for row in connection.execute(types_sql, params)]
-            return AttributeStats(attr, sum(n for _, n in kinds), [kind for kind, _ in kinds], type_names)
-
-        return await self._read_with_deadline(run)
-
-    # -- ingestion configuration ---------------------------------------------------------------------
-    async def add_ingest_records(self, rows: Sequence[IngestRecord]) -> None:
-        def run(connection: sqlite3.Connection) -> None:
-            for row in rows:
-                try:
-                    connection.execute(
-                        "INSERT INTO ingest_records (kind, tenant, key, doc) VALUES (?, ?, ?, ?)",
-                        (row.kind, row.tenant, row.key, orjson.dumps(row.document)),
-                    )
-                except sqlite3.IntegrityError as exc:
-                    raise AlreadyExists(f"{row.kind} {row.key} already exists") from exc
-
-        await self._write(run)
-
-    async def delete_ingest_record(self, kind: str, tenant: str, key: str) -> bool:
-        sql = "DELETE FROM ingest_records WHERE kind = ? AND tenant = ? AND key = ?"
-        return await self._write(lambda c: c.execute(sql, (kind, tenant, key)).rowcount > 0)
-
-    async def load_ingest_records(self, kind: str) -> list[IngestRecord]:
-        def run(connection: sqlite3.Connection) -> list[IngestRecord]:
-            rows = connection.execute(
-                "SELECT tenant, key, doc FROM ingest_records WHERE kind = ? ORDER BY pk", (kind,)
-            ).fetchall()
-            return [IngestRecord(kind, tenant, key, orjson.loads(doc)) for tenant, key, doc in rows]
-
-        return await self._read(run)
-
-
-# the tenant's entities a reader may see (parameters: tenant, now); expired attributes wait for the sweeper
-_VISIBLE = "e.tenant = ? AND (e.expires_at IS NULL OR e.expires_at > ?)"
 
 
 def _geo_values(entity: Entity) -> list[tuple[str, Any]]:
