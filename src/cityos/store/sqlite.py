@@ -99,6 +99,18 @@ CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 
 
+MAX_GROUP = 64  # writes committed together at most
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
 def _connect(path: str) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     connection.execute("PRAGMA journal_mode=WAL")
@@ -158,6 +170,10 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         # change listeners by name (subscriptions, history), replaced whole so the writer sees a snapshot
         self._listeners: dict[str, tuple[ChangeListener, Callable[[], None] | None]] = {}
         self._to_wake: list[Callable[[], None]] = []  # set on the writer thread: wakes owed after commit
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._pending_lock = threading.Lock()
+        self._loop_connection: sqlite3.Connection | None = None
+        self._flushing = False
 
     # -- plumbing ------------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
@@ -175,23 +191,51 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         return await loop.run_in_executor(self._reader_pool, lambda: fn(self._reader()))
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def run() -> T:
+        """Run `fn` in a write transaction. Writes that queue up while one transaction runs are
+        committed together (group commit), each in its own savepoint: a failing write is rolled
+        back alone, and every caller is answered only after the commit that holds its write."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._pending_lock:
+            self._pending.append((fn, future))
+            start = not self._flushing
+            self._flushing = True
+        if start:
+            loop.run_in_executor(self._writer_pool, self._flush, loop)
+        result: T = await future
+        return result
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Writer thread: commit every pending write in one transaction, then answer them."""
+        while True:
+            with self._pending_lock:
+                jobs, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+                if not jobs:
+                    self._flushing = False
+                    return
             assert self._writer is not None
             connection = self._writer
-            connection.execute("BEGIN IMMEDIATE")
+            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             self._to_wake = []
             try:
-                result = fn(connection)
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
+                connection.execute("BEGIN IMMEDIATE")
+                for number, (fn, future) in enumerate(jobs):
+                    connection.execute(f"SAVEPOINT job{number}")
+                    try:
+                        outcomes.append((future, fn(connection), None))
+                    except Exception as refused:  # this write alone is undone
+                        connection.execute(f"ROLLBACK TO job{number}")
+                        outcomes.append((future, None, refused))
+                    connection.execute(f"RELEASE job{number}")
+                connection.execute("COMMIT")
+            except BaseException as failure:  # the transaction itself failed: nobody's write stands
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                outcomes = [(future, None, failure) for _, future in jobs]
             for wake in self._to_wake:
                 wake()
-            return result
-
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer_pool, run)
+            for future, value, problem in outcomes:
+                loop.call_soon_threadsafe(_settle, future, value, problem)
 
     async def open(self) -> None:
         def setup() -> None:
@@ -216,6 +260,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
                 for connection in self._connections:
                     connection.close()
                 self._connections.clear()
+                self._loop_connection = None
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
@@ -233,13 +278,21 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         )
 
     async def get_entity(self, tenant: str, entity_id: str) -> Entity | None:
-        def fetch(connection: sqlite3.Connection) -> Entity | None:
-            row = connection.execute(
-                "SELECT doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
-            ).fetchone()
-            return visible(orjson.loads(row[0])) if row else None
+        # A primary-key read takes microseconds: doing it on the event loop's own connection costs
+        # less than the hand-off to a reader thread.
+        row = (
+            self._loop_reader()
+            .execute("SELECT doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
+            .fetchone()
+        )
+        return visible(orjson.loads(row[0])) if row else None
 
-        return await self._read(fetch)
+    def _loop_reader(self) -> sqlite3.Connection:
+        if self._loop_connection is None:
+            self._loop_connection = _connect(self.path)
+            with self._lock:
+                self._connections.append(self._loop_connection)
+        return self._loop_connection
 
     async def mutate(
         self, tenant: str, operations: Sequence[tuple[str, Mutator]], *, atomic: bool
@@ -269,7 +322,8 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         row = connection.execute(
             "SELECT pk, doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
         ).fetchone()
-        before = visible(orjson.loads(row[1])) if row else None
+        stored = orjson.loads(row[1]) if row else None
+        before = visible(stored)
         outcome = mutator(before)
         after = outcome.entity
         if after is None:
@@ -291,7 +345,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
                     "UPDATE entities SET doc = ?, modified_at = ?, expires_at = ?, next_expiry = ? WHERE pk = ?",
                     (doc, after["modifiedAt"], _own_expiry(after), next_expiry(after), pk),
                 )
-            self._index(connection, pk, before, after)
+            self._index(connection, pk, stored, after)
         change = EntityChange(tenant, entity_id, before, after)
         self._emit(connection, change)
         return MutationResult(entity_id, outcome=outcome, change=change)
@@ -333,19 +387,36 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
             connection.execute("DELETE FROM entity_geo_attrs WHERE pk = ?", (pk,))
 
     def _index(self, connection: sqlite3.Connection, pk: int, before: Entity | None, after: Entity) -> None:
+        """Bring the side tables from `before` (the stored document) to `after`, rewriting only
+        the tables whose rows change: a sensor update usually touches attr_values alone."""
+        if before is None or before["type"] != after["type"]:
+            if before is not None:
+                connection.execute("DELETE FROM entity_types WHERE pk = ?", (pk,))
+            connection.executemany(
+                "INSERT OR IGNORE INTO entity_types (type, pk) VALUES (?, ?)", [(t, pk) for t in after["type"]]
+            )
+        if before is None or before["attrs"].keys() != after["attrs"].keys():
+            if before is not None:
+                connection.execute("DELETE FROM entity_attrs WHERE pk = ?", (pk,))
+            connection.executemany(
+                "INSERT OR IGNORE INTO entity_attrs (attr, pk) VALUES (?, ?)", [(a, pk) for a in after["attrs"]]
+            )
+        values = list(_indexed_values(after))
+        if before is None or list(_indexed_values(before)) != values:
+            if before is not None:
+                connection.execute("DELETE FROM attr_values WHERE pk = ?", (pk,))
+            connection.executemany(
+                "INSERT INTO attr_values (attr, num, txt, pk) VALUES (?, ?, ?, ?)",
+                [(attr, num, txt, pk) for attr, num, txt in values],
+            )
+        geo = _geo_values(after)
         if before is not None:
-            self._unindex(connection, pk)
-        connection.executemany(
-            "INSERT OR IGNORE INTO entity_types (type, pk) VALUES (?, ?)", [(t, pk) for t in after["type"]]
-        )
-        connection.executemany(
-            "INSERT OR IGNORE INTO entity_attrs (attr, pk) VALUES (?, ?)", [(a, pk) for a in after["attrs"]]
-        )
-        connection.executemany(
-            "INSERT INTO attr_values (attr, num, txt, pk) VALUES (?, ?, ?, ?)",
-            [(attr, num, txt, pk) for attr, num, txt in _indexed_values(after)],
-        )
-        for attr, geometry in _geo_values(after):
+            if _geo_values(before) == geo:
+                return
+            gids = connection.execute("SELECT gid FROM entity_geo_attrs WHERE pk = ?", (pk,)).fetchall()
+            connection.executemany("DELETE FROM entity_geo WHERE gid = ?", gids)
+            connection.execute("DELETE FROM entity_geo_attrs WHERE pk = ?", (pk,))
+        for attr, geometry in geo:
             box = geometry_bbox(geometry)
             if box is None:
                 continue
@@ -413,7 +484,15 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         """Every filter is exact in SQL: page there and decode only the page."""
         paging = " LIMIT ? OFFSET ?" if query.limit is not None else ""
         page_params = [*params, query.limit + 1, query.offset] if query.limit is not None else params
-        rows = connection.execute(f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.pk{paging}", page_params)
+        source, order, page_where = "entities e", "e.pk", where
+        if _type_listing(query):
+            # `type=X` alone: walk the (type, pk) index in order and stop at the page, instead of
+            # first collecting every entity of the type
+            source, order = "entity_types t JOIN entities e ON e.pk = t.pk", "t.pk"
+            page_where = where.replace(_TYPE_SUBQUERY, "t.type = ?", 1)
+        rows = connection.execute(
+            f"SELECT e.doc FROM {source} WHERE {page_where} ORDER BY {order}{paging}", page_params
+        )
         entities = [entity for (doc,) in rows if (entity := visible(orjson.loads(doc))) is not None]
         has_more = query.limit is not None and len(entities) > query.limit
         if has_more:
@@ -527,6 +606,21 @@ def _value_clause(value_filter: ValueFilter) -> tuple[str, list[Any]]:
             parts.append(f"txt IN ({','.join('?' * len(texts))})")
         return base + "(" + " OR ".join(parts) + "))", [value_filter.attr, *numbers, *texts]
     return base + f"num {op} ?)", [value_filter.attr, *values]
+
+
+_TYPE_SUBQUERY = "e.pk IN (SELECT pk FROM entity_types WHERE type IN (?))"
+
+
+def _type_listing(query: EntityQuery) -> bool:
+    """A query whose only side-table filter is one entity type."""
+    return (
+        query.types is not None
+        and len(query.types) == 1
+        and query.ids is None
+        and query.attrs is None
+        and not query.value_filters
+        and query.geo_box is None
+    )
 
 
 def _where(tenant: str, query: EntityQuery, now: str) -> tuple[str, list[Any]]:
