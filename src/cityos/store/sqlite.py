@@ -217,17 +217,21 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
             connection = self._writer
             outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             self._to_wake = []
+            alone = len(jobs) == 1  # no savepoint needed: a failure rolls back the transaction
             try:
                 connection.execute("BEGIN IMMEDIATE")
                 for number, (fn, future) in enumerate(jobs):
-                    connection.execute(f"SAVEPOINT job{number}")
+                    if not alone:
+                        connection.execute(f"SAVEPOINT job{number}")
                     try:
                         outcomes.append((future, fn(connection), None))
                     except Exception as refused:  # this write alone is undone
-                        connection.execute(f"ROLLBACK TO job{number}")
+                        connection.execute("ROLLBACK" if alone else f"ROLLBACK TO job{number}")
                         outcomes.append((future, None, refused))
-                    connection.execute(f"RELEASE job{number}")
-                connection.execute("COMMIT")
+                    if not alone:
+                        connection.execute(f"RELEASE job{number}")
+                if connection.in_transaction:
+                    connection.execute("COMMIT")
             except BaseException as failure:  # the transaction itself failed: nobody's write stands
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
