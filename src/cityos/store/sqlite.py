@@ -100,6 +100,7 @@ CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 
 
 MAX_GROUP = 64  # writes committed together at most
+SMALL_WRITE = 8  # mutations with at most this many entities may share a transaction
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -170,7 +171,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         # change listeners by name (subscriptions, history), replaced whole so the writer sees a snapshot
         self._listeners: dict[str, tuple[ChangeListener, Callable[[], None] | None]] = {}
         self._to_wake: list[Callable[[], None]] = []  # set on the writer thread: wakes owed after commit
-        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]] = []
         self._pending_lock = threading.Lock()
         self._loop_connection: sqlite3.Connection | None = None
         self._flushing = False
@@ -190,14 +191,14 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._reader_pool, lambda: fn(self._reader()))
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, groupable: bool = True) -> T:
         """Run `fn` in a write transaction. Writes that queue up while one transaction runs are
         committed together (group commit), each in its own savepoint: a failing write is rolled
         back alone, and every caller is answered only after the commit that holds its write."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._pending_lock:
-            self._pending.append((fn, future))
+            self._pending.append((fn, future, groupable))
             start = not self._flushing
             self._flushing = True
         if start:
@@ -209,10 +210,17 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         """Writer thread: commit every pending write in one transaction, then answer them."""
         while True:
             with self._pending_lock:
-                jobs, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
-                if not jobs:
+                if not self._pending:
                     self._flushing = False
                     return
+                # small writes share a transaction; a large one (a batch) has its own, since
+                # savepoints nested around thousands of others cost time and memory
+                count = 1
+                if self._pending[0][2]:
+                    while count < min(MAX_GROUP, len(self._pending)) and self._pending[count][2]:
+                        count += 1
+                jobs = [(fn, future) for fn, future, _ in self._pending[:count]]
+                self._pending = self._pending[count:]
             assert self._writer is not None
             connection = self._writer
             outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
@@ -320,7 +328,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
                     connection.execute(f"RELEASE op{index}")
             return results
 
-        return await self._write(run)
+        return await self._write(run, groupable=len(operations) <= SMALL_WRITE)
 
     def _apply(self, connection: sqlite3.Connection, tenant: str, entity_id: str, mutator: Mutator) -> MutationResult:
         row = connection.execute(
