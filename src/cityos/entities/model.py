@@ -262,67 +262,19 @@ def _looks_geo(value: Any) -> bool:
 
 
 # members allowed beside the value member, per attribute type (sub-attributes aside)
+_COMMON_MEMBERS = frozenset({"type", "observedAt", "datasetId", "expiresAt", "createdAt", "modifiedAt", "instanceId"})
 ALLOWED_MEMBERS = {
-    "Property": {
-        "value",
-        "observedAt",
-        "unitCode",
-        "datasetId",
-        "valueType",
-        "lang",
-        "expiresAt",
-        "createdAt",
-        "modifiedAt",
-        "instanceId",
-        "type",
-    },
-    "GeoProperty": {"value", "observedAt", "datasetId", "expiresAt", "createdAt", "modifiedAt", "instanceId", "type"},
-    "Relationship": {
-        "object",
-        "objectType",
-        "observedAt",
-        "datasetId",
-        "expiresAt",
-        "createdAt",
-        "modifiedAt",
-        "instanceId",
-        "type",
-    },
-    "LanguageProperty": {
-        "languageMap",
-        "observedAt",
-        "datasetId",
-        "valueType",
-        "expiresAt",
-        "createdAt",
-        "modifiedAt",
-        "instanceId",
-        "type",
-    },
-    "VocabProperty": {"vocab", "observedAt", "datasetId", "expiresAt", "createdAt", "modifiedAt", "instanceId", "type"},
-    "JsonProperty": {"json", "observedAt", "datasetId", "expiresAt", "createdAt", "modifiedAt", "instanceId", "type"},
-    "ListProperty": {
-        "valueList",
-        "observedAt",
-        "unitCode",
-        "datasetId",
-        "expiresAt",
-        "createdAt",
-        "modifiedAt",
-        "instanceId",
-        "type",
-    },
-    "ListRelationship": {
-        "objectList",
-        "objectType",
-        "observedAt",
-        "datasetId",
-        "expiresAt",
-        "createdAt",
-        "modifiedAt",
-        "instanceId",
-        "type",
-    },
+    kind: _COMMON_MEMBERS | extra
+    for kind, extra in {
+        "Property": {"value", "unitCode", "valueType", "lang"},
+        "GeoProperty": {"value"},
+        "Relationship": {"object", "objectType"},
+        "LanguageProperty": {"languageMap", "valueType"},
+        "VocabProperty": {"vocab"},
+        "JsonProperty": {"json"},
+        "ListProperty": {"valueList", "unitCode"},
+        "ListRelationship": {"objectList", "objectType"},
+    }.items()
 }
 PROOF_MEMBERS = frozenset({"entityIdSealed", "entityTypeSealed"})
 NGSILD_PROOF = NGSI + "ngsildproof"
