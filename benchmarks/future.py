@@ -35,7 +35,7 @@ CHUNK = 1000
 
 
 def scenarios(bench: Bench, server: ServerProcess, stored: int) -> list[Row]:
-    return [notifications(bench, server, stored), temporal(bench, server)]
+    return [notifications(bench, server, stored), *temporal(bench, server)]
 
 
 def _answers(base: str, path: str) -> bool:
@@ -94,14 +94,16 @@ def _settled(receiver: ServerProcess, *, expected: int, patience: float = 15.0) 
         time.sleep(0.2)
 
 
-def temporal(bench: Bench, server: ServerProcess) -> Row:
-    """Aggregated values (avg, min, max per hour) of one attribute over `entities` stored instances."""
+def temporal(bench: Bench, server: ServerProcess) -> list[Row]:
+    """The average per day of one attribute over `entities` stored instances (aggregated in SQL),
+    and the last 10 instances of it (lastN)."""
     instances = bench.config.entities
-    row = Row(f"6b. temporal aggregation, {instances:,} instances", unit="req/s")
+    row = Row(f"6b. temporal avg per day, {instances:,} instances", unit="req/s")
+    last = Row(f"6c. temporal lastN=10, {instances:,} instances", unit="req/s")
     base = f"http://127.0.0.1:{server.port}"
     if not _answers(base, f"{API}/temporal/entities?type={ENTITY_TYPE}"):
-        row.skipped = NOT_YET
-        return row
+        row.skipped = last.skipped = NOT_YET
+        return [row, last]
     start = datetime(2026, 1, 1, tzinfo=UTC)
     with httpx.Client(base_url=base, timeout=120) as http:
         log(f"  {row.name}: loading {instances:,} instances …")
@@ -118,5 +120,8 @@ def temporal(bench: Bench, server: ServerProcess) -> Row:
             response = http.post(f"{API}/temporal/entities", json=body)
             if response.status_code not in (201, 204):
                 row.errors, row.error_sample = 1, f"{response.status_code} loading instances: {response.text[:300]}"
-                return row
-    return bench.measure(row, server, lambda i: Workload("temporal_aggr", tag=TEMPORAL_ENTITY))
+                return [row]
+    return [
+        bench.measure(row, server, lambda i: Workload("temporal_aggr", tag=TEMPORAL_ENTITY)),
+        bench.measure(last, server, lambda i: Workload("temporal_lastn", tag=TEMPORAL_ENTITY)),
+    ]

@@ -91,11 +91,15 @@ def builder(workload: Workload) -> Builder:
         params = {
             "attrs": "availableSpotNumber",
             "options": "aggregatedValues",
-            "aggrMethods": "avg,min,max",
-            "aggrPeriodDuration": "PT1H",
+            "aggrMethods": "avg",
+            "aggrPeriodDuration": "P1D",
             "timerel": "after",
             "timeAt": "2026-01-01T00:00:00Z",
         }
+        return Request("GET", f"{API}/temporal/entities/{workload.tag}?" + urlencode(params, quote_via=quote, safe=""))
+
+    def temporal_lastn(seq: int, rng: random.Random) -> Request:
+        params = {"attrs": "availableSpotNumber", "lastN": "10", "timerel": "after", "timeAt": "2026-01-01T00:00:00Z"}
         return Request("GET", f"{API}/temporal/entities/{workload.tag}?" + urlencode(params, quote_via=quote, safe=""))
 
     builders: dict[str, Builder] = {
@@ -108,5 +112,6 @@ def builder(workload: Workload) -> Builder:
         "query_q": query_q,
         "query_geo": query_geo,
         "temporal_aggr": temporal_aggr,
+        "temporal_lastn": temporal_lastn,
     }
     return builders[kind]

@@ -23,7 +23,8 @@ EXPECTED = (
     "5b. query q filter",
     "5c. query geoQ near",
     "6a. notifications delivered",
-    "6b. temporal aggregation",
+    "6b. temporal avg per day",
+    "6c. temporal lastN",
 )
 
 
