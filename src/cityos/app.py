@@ -23,7 +23,17 @@ from cityos.errors import InternalError, MethodNotAllowed, NgsiLdError, Resource
 from cityos.ingest.service import IngestService
 from cityos.jsonld.registry import ContextRegistry
 from cityos.net import OutboundPolicy
-from cityos.ngsild import batch, contexts, discovery, entities, entity_maps, info, subscriptions, temporal
+from cityos.ngsild import (
+    batch,
+    contexts,
+    discovery,
+    entities,
+    entity_maps,
+    info,
+    registrations,
+    subscriptions,
+    temporal,
+)
 from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.settings import Settings
 from cityos.store import open_store
@@ -181,6 +191,7 @@ def create_app(settings: Settings) -> Starlette:
         *info.routes(),
         *discovery.routes(),
         *subscriptions.routes(),
+        *registrations.routes(),
         *entity_maps.routes(),
         *temporal.routes(),
         *ingest.routes(),

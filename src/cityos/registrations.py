@@ -163,9 +163,7 @@ def _entity_matches(
                 return False
         elif "idPattern" in selector and not any(re.search(selector["idPattern"], i) for i in ids):
             return False
-    if id_pattern is not None and "id" in selector and not re.search(id_pattern, selector["id"]):
-        return False
-    return True
+    return id_pattern is None or "id" not in selector or re.search(id_pattern, selector["id"]) is not None
 
 
 def matches(

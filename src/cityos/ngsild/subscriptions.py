@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from cityos.entities.values import require_uri
 from cityos.errors import AlreadyExists, BadRequestData
+from cityos.jsonld.registry import ResolvedContext
 from cityos.ngsild.common import (
     accept,
     body_context,
@@ -112,23 +113,53 @@ async def query_subscriptions(request: Request) -> Response:
     media = accept(request)
     tenant_name = await existing_tenant(request)
     limit, offset = page(request)
-    wants_count = "count" in options(request, ("count",)) or request.query_params.get("count") == "true"
+    counted = wants_count(request)
     context = await query_context(request, tenant_name)
     everything = subscriptions(request).listing(tenant_name)
     moment = datetime.now(UTC)
     body = [render_subscription(s, context.terms, moment) for s in everything[offset : offset + limit]]
-    headers = {"NGSILD-Results-Count": str(len(everything))} if wants_count else {}
+    return page_response(
+        body,
+        len(everything),
+        media=media,
+        context=context,
+        limit=limit,
+        offset=offset,
+        wants_count=counted,
+        collection=COLLECTION,
+    )
+
+
+def wants_count(request: Request) -> bool:
+    """`count=true` or `options=count` (the only option a catalogue listing takes)."""
+    return "count" in options(request, ("count",)) or request.query_params.get("count") == "true"
+
+
+def page_response(
+    body: list[Any],
+    total: int,
+    *,
+    media: str,
+    context: ResolvedContext,
+    limit: int,
+    offset: int,
+    wants_count: bool,
+    collection: str,
+) -> Response:
+    """One page of a catalogue listing (subscriptions, registrations): NGSILD-Results-Count when
+    asked for, and prev/next Link headers."""
+    headers = {"NGSILD-Results-Count": str(total)} if wants_count else {}
     response = json_response(body, media=media, context=context, headers=headers)
     if limit > 0:
         if offset > 0:
-            response.headers.append("Link", _page_link(max(0, offset - limit), limit, "prev", media))
-        if offset + limit < len(everything):
-            response.headers.append("Link", _page_link(offset + limit, limit, "next", media))
+            response.headers.append("Link", _page_link(collection, max(0, offset - limit), limit, "prev", media))
+        if offset + limit < total:
+            response.headers.append("Link", _page_link(collection, offset + limit, limit, "next", media))
     return response
 
 
-def _page_link(offset: int, limit: int, rel: str, media: str) -> str:
-    return f'<{COLLECTION}?limit={limit}&offset={offset}>; rel="{rel}"; type="{media}"'
+def _page_link(collection: str, offset: int, limit: int, rel: str, media: str) -> str:
+    return f'<{collection}?limit={limit}&offset={offset}>; rel="{rel}"; type="{media}"'
 
 
 async def update_subscription(request: Request) -> Response:

@@ -102,6 +102,13 @@ class SubscriptionRow:
 
 
 @dataclass(slots=True)
+class RegistrationRow:
+    tenant: str
+    id: str
+    document: dict[str, Any]  # the ContextSourceRegistration as registrations.py stores it
+
+
+@dataclass(slots=True)
 class MutationResult:
     entity_id: str
     outcome: Outcome | None = None
@@ -199,6 +206,19 @@ class EntityStore(TemporalStore, Protocol):
         """done=True deletes the row (delivered, or given up); otherwise its failed attempt count
         (`row.attempts`) is recorded and it stays claimed. `status` persists the subscription's
         delivery bookkeeping in the same transaction."""
+
+    # -- context source registrations (spec 5.9/5.10): per tenant, keyed by id; expiry is the caller's rule --
+    async def save_registration(self, row: RegistrationRow, *, create: bool) -> None:
+        """Insert (create=True: AlreadyExists if the id is taken; the tenant is created) or replace."""
+
+    async def get_registration(self, tenant: str, registration_id: str) -> RegistrationRow | None:
+        """The stored registration, expired or not; None if there is none."""
+
+    async def delete_registration(self, tenant: str, registration_id: str) -> bool:
+        """Remove a registration; False if there was none."""
+
+    async def list_registrations(self, tenant: str) -> list[RegistrationRow]:
+        """A tenant's registrations, in creation order."""
 
     # -- entity maps (spec 5.14): per tenant, keyed by map id; expired maps are removed by purge_expired --
     async def save_entity_map(self, tenant: str, entity_map: EntityMap) -> None:

@@ -91,6 +91,9 @@ CREATE TABLE IF NOT EXISTS outbox (  -- notifications owed, written in the trans
 );
 CREATE INDEX IF NOT EXISTS outbox_unclaimed ON outbox (id) WHERE claimed = 0;
 CREATE INDEX IF NOT EXISTS outbox_subscription ON outbox (tenant, subscription_id);
+CREATE TABLE IF NOT EXISTS registrations (  -- context source registrations (spec 5.9)
+    pk INTEGER PRIMARY KEY, tenant TEXT NOT NULL, id TEXT NOT NULL, doc BLOB NOT NULL, UNIQUE (tenant, id)
+);
 CREATE TABLE IF NOT EXISTS ingest_records (  -- IoT Agent service groups and devices
     pk INTEGER PRIMARY KEY, kind TEXT NOT NULL, tenant TEXT NOT NULL, key TEXT NOT NULL, doc BLOB NOT NULL,
     UNIQUE (kind, tenant, key)

@@ -1,6 +1,7 @@
-"""The SQLite store's catalogue tables: hosted @contexts, subscriptions and their outbox, entity
-maps, discovery aggregates and ingestion configuration. A mixin: SQLiteStore supplies the
-connections and transactions, so each method here is one SQL statement group."""
+"""The SQLite store's catalogue tables: hosted @contexts, subscriptions and their outbox, context
+source registrations, entity maps, discovery aggregates and ingestion configuration. A mixin:
+SQLiteStore supplies the connections and transactions, so each method here is one SQL statement
+group."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from cityos.store.base import (
     EntityTypeStats,
     IngestRecord,
     OutboxRow,
+    RegistrationRow,
     StoredContextRow,
     SubscriptionRow,
 )
@@ -120,6 +122,44 @@ class SQLiteCatalog:
                 )
 
         await self._write(run)
+
+    # -- context source registrations ---------------------------------------------------------------
+    async def save_registration(self, row: RegistrationRow, *, create: bool) -> None:
+        def run(connection: sqlite3.Connection) -> None:
+            values = (orjson.dumps(row.document), row.tenant, row.id)
+            if not create:
+                connection.execute("UPDATE registrations SET doc = ? WHERE tenant = ? AND id = ?", values)
+                return
+            connection.execute(
+                "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, datetime('now'))", (row.tenant,)
+            )
+            try:
+                connection.execute("INSERT INTO registrations (doc, tenant, id) VALUES (?, ?, ?)", values)
+            except sqlite3.IntegrityError as exc:
+                raise AlreadyExists(f"context source registration {row.id} already exists") from exc
+
+        await self._write(run)
+
+    async def get_registration(self, tenant: str, registration_id: str) -> RegistrationRow | None:
+        sql = "SELECT doc FROM registrations WHERE tenant = ? AND id = ?"
+
+        def run(connection: sqlite3.Connection) -> RegistrationRow | None:
+            row = connection.execute(sql, (tenant, registration_id)).fetchone()
+            return None if row is None else RegistrationRow(tenant, registration_id, orjson.loads(row[0]))
+
+        return await self._read(run)
+
+    async def delete_registration(self, tenant: str, registration_id: str) -> bool:
+        sql = "DELETE FROM registrations WHERE tenant = ? AND id = ?"
+        return await self._write(lambda c: c.execute(sql, (tenant, registration_id)).rowcount > 0)
+
+    async def list_registrations(self, tenant: str) -> list[RegistrationRow]:
+        sql = "SELECT id, doc FROM registrations WHERE tenant = ? ORDER BY pk"
+
+        def run(connection: sqlite3.Connection) -> list[RegistrationRow]:
+            return [RegistrationRow(tenant, i, orjson.loads(d)) for i, d in connection.execute(sql, (tenant,))]
+
+        return await self._read(run)
 
     # -- entity maps ---------------------------------------------------------------------------------
     async def save_entity_map(self, tenant: str, entity_map: EntityMap) -> None:

@@ -17,6 +17,7 @@ from cityos.store.base import (
     EntityTypeStats,
     IngestRecord,
     OutboxRow,
+    RegistrationRow,
     SubscriptionRow,
 )
 from cityos.store.temporal_base import (
@@ -40,7 +41,8 @@ def missing(method: str) -> NoReturn:
 
 
 class Unfinished:
-    """Subscriptions and outbox, entity maps, discovery, ingestion records and the temporal store."""
+    """Subscriptions and outbox, context source registrations, entity maps, discovery, ingestion
+    records and the temporal store."""
 
     def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
         missing("lookup_in_query")
@@ -62,6 +64,18 @@ class Unfinished:
 
     async def finish_outbox(self, row: OutboxRow, *, done: bool, status: SubscriptionRow | None = None) -> None:
         missing("finish_outbox")
+
+    async def save_registration(self, row: RegistrationRow, *, create: bool) -> None:
+        missing("save_registration")
+
+    async def get_registration(self, tenant: str, registration_id: str) -> RegistrationRow | None:
+        missing("get_registration")
+
+    async def delete_registration(self, tenant: str, registration_id: str) -> bool:
+        missing("delete_registration")
+
+    async def list_registrations(self, tenant: str) -> list[RegistrationRow]:
+        missing("list_registrations")
 
     async def save_entity_map(self, tenant: str, entity_map: EntityMap) -> None:
         missing("save_entity_map")
