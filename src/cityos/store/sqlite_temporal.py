@@ -450,11 +450,27 @@ class SQLiteTemporal:
         )
         base_params: list[Any] = [*pks, *params]
         if query.last_n is not None:
+            # the newest n of each series, read backwards through the (epk, attr, time) index
+            series = connection.execute(
+                f"SELECT DISTINCT i.epk, i.attr, i.dataset FROM temporal_instances i"
+                f" WHERE i.epk IN ({','.join('?' * len(pks))}) AND {where}",
+                base_params,
+            ).fetchall()
+            newest: list[int] = []
+            for epk, attr, dataset in series:
+                newest.extend(
+                    row[0]
+                    for row in connection.execute(
+                        f"SELECT i.pk FROM temporal_instances i WHERE i.epk = ? AND i.attr = ? AND i.dataset IS ?"
+                        f" AND {where} ORDER BY {column} DESC, i.pk DESC LIMIT ?",
+                        [epk, attr, dataset, *params, query.last_n],
+                    )
+                )
             base = (
-                "SELECT pk, epk, attr, dataset, t FROM (SELECT *, ROW_NUMBER() OVER"
-                f" (PARTITION BY epk, attr, dataset ORDER BY t DESC, pk DESC) AS rn FROM ({base})) WHERE rn <= ?"
+                f"SELECT i.pk, i.epk, i.attr, i.dataset, {column} AS t FROM temporal_instances i"
+                f" WHERE i.pk IN (SELECT value FROM json_each(?))"
             )
-            base_params.append(query.last_n)
+            base_params = [orjson.dumps(newest).decode()]
         keys = connection.execute(
             f"SELECT epk, attr FROM ({base}) GROUP BY epk, attr ORDER BY MIN(pk)", base_params
         ).fetchall()
