@@ -45,14 +45,14 @@ class OutboundPolicy:
                     f"{host} resolves to the non-public address {address}; set allow_private_networks to permit it"
                 )
 
-    async def get(self, url: str, accept: str) -> bytes:
+    async def get(self, url: str, accept: str, headers: dict[str, str] | None = None) -> bytes:
         """GET a resource under the policy, following up to MAX_REDIRECTS redirects, each target
         checked again; returns the body or raises OutboundRefused."""
         try:
             async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
                 for _ in range(MAX_REDIRECTS + 1):
                     await self.check_target(url)
-                    async with client.stream("GET", url, headers={"Accept": accept}) as response:
+                    async with client.stream("GET", url, headers={**(headers or {}), "Accept": accept}) as response:
                         if response.is_redirect and "location" in response.headers:
                             url = str(response.url.join(response.headers["location"]))
                             continue

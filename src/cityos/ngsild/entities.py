@@ -33,6 +33,7 @@ from cityos.ngsild.common import (
     services,
     tenant,
 )
+from cityos.ngsild.forwarding import forward_retrieve
 from cityos.ngsild.join import JoinPlan, join_plan, render_joined
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
 from cityos.ngsild.querying import purge_entities, query_entities, type_filter
@@ -213,7 +214,10 @@ async def retrieve_entity(request: Request) -> Response:
         raise BadRequestData("geometryProperty needs Accept: application/geo+json")
     entity = await services(request).store.get_entity(tenant_name, entity_id)
     if entity is None:
-        raise ResourceNotFound(f"entity {entity_id} does not exist")
+        remote = await forward_retrieve(request, tenant_name, entity_id)
+        if remote is None:
+            raise ResourceNotFound(f"entity {entity_id} does not exist")
+        return json_response(remote, media=media, context=context)
     type_param = request.query_params.get("type")
     if type_param is not None and not set(type_filter(type_param, context)) & set(entity["type"]):
         raise ResourceNotFound(f"entity {entity_id} is not of type {type_param}")
