@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from cityos.errors import BadRequestData, InvalidRequest, NonexistentTenant, PayloadTooLarge
 from cityos.jsonld.registry import ContextRegistry, ResolvedContext
@@ -17,6 +18,7 @@ from cityos.ngsild.negotiation import JSON, JSON_LD, negotiate, request_media_ty
 from cityos.settings import Settings
 from cityos.store.base import EntityStore
 
+Endpoint = Callable[[Request], Awaitable[Response]]
 CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
 LINK_RE = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
 TENANT_HEADER = "NGSILD-Tenant"
@@ -190,3 +192,27 @@ def preferred_version(request: Request) -> str | None:
         if VERSION_RE.match(value):
             return value
     return None
+
+
+def resource_routes(
+    collection: str,
+    item_param: str,
+    *,
+    create: Endpoint,
+    query: Endpoint,
+    retrieve: Endpoint,
+    update: Endpoint,
+    delete: Endpoint,
+) -> list[Route]:
+    """The routes of a CRUD resource (subscriptions, registrations): the collection with and
+    without a trailing slash, and one item by id."""
+    one = f"{collection}/{{{item_param}}}"
+    return [
+        Route(collection, create, methods=["POST"]),
+        Route(collection + "/", create, methods=["POST"]),
+        Route(collection, query, methods=["GET"]),
+        Route(collection + "/", query, methods=["GET"]),
+        Route(one, retrieve, methods=["GET"]),
+        Route(one, update, methods=["PATCH"]),
+        Route(one, delete, methods=["DELETE"]),
+    ]

@@ -28,6 +28,7 @@ from cityos.ngsild.common import (
     no_content,
     query_context,
     read_payload,
+    resource_routes,
     services,
     tenant,
 )
@@ -191,15 +192,16 @@ async def retrieve_csource_subscription(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
-    one = COLLECTION + "/{registration_id}"
     return [
-        Route(COLLECTION, create_registration, methods=["POST"]),
-        Route(COLLECTION + "/", create_registration, methods=["POST"]),
-        Route(COLLECTION, query_registrations, methods=["GET"]),
-        Route(COLLECTION + "/", query_registrations, methods=["GET"]),
-        Route(one, retrieve_registration, methods=["GET"]),
-        Route(one, update_registration, methods=["PATCH"]),
-        Route(one, delete_registration, methods=["DELETE"]),
+        *resource_routes(
+            COLLECTION,
+            "registration_id",
+            create=create_registration,
+            query=query_registrations,
+            retrieve=retrieve_registration,
+            update=update_registration,
+            delete=delete_registration,
+        ),
         Route(SUBSCRIPTIONS, query_csource_subscriptions, methods=["GET"]),
         Route(SUBSCRIPTIONS + "/", query_csource_subscriptions, methods=["GET"]),
         Route(SUBSCRIPTIONS + "/{subscription_id}", retrieve_csource_subscription, methods=["GET"]),

@@ -23,6 +23,7 @@ from cityos.ngsild.common import (
     options,
     query_context,
     read_payload,
+    resource_routes,
     services,
     tenant,
 )
@@ -187,13 +188,12 @@ async def delete_subscription(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
-    one = COLLECTION + "/{subscription_id}"
-    return [
-        Route(COLLECTION, create_subscription, methods=["POST"]),
-        Route(COLLECTION + "/", create_subscription, methods=["POST"]),
-        Route(COLLECTION, query_subscriptions, methods=["GET"]),
-        Route(COLLECTION + "/", query_subscriptions, methods=["GET"]),
-        Route(one, retrieve_subscription, methods=["GET"]),
-        Route(one, update_subscription, methods=["PATCH"]),
-        Route(one, delete_subscription, methods=["DELETE"]),
-    ]
+    return resource_routes(
+        COLLECTION,
+        "subscription_id",
+        create=create_subscription,
+        query=query_subscriptions,
+        retrieve=retrieve_subscription,
+        update=update_subscription,
+        delete=delete_subscription,
+    )
