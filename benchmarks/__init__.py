@@ -1,7 +1,8 @@
-"""CityOS benchmarks: the broker against its own ceilings, side by side, in one run.
+"""CityOS benchmarks: the broker against its own ceilings, side by side, in one run, on SQLite and PostgreSQL.
 
-python -m benchmarks            the full run (7 to 10 minutes on 2 cores)
-python -m benchmarks --smoke    tiny sizes, every scenario once (run by `make test`)
+python -m benchmarks                    the full run, on both back-ends
+python -m benchmarks --smoke            tiny sizes, every scenario once on each back-end (run by `make test`)
+python -m benchmarks --backend sqlite   one back-end (sqlite, postgres, or both)
 
-See docs/performance.md for the latest table and how to read it.
+See docs/performance.md for the latest tables and how to read them.
 """

@@ -1,19 +1,23 @@
-"""`python -m benchmarks`: run every scenario and print one Markdown table (progress goes to stderr)."""
+"""`python -m benchmarks`: run every scenario on each back-end and print the Markdown tables (progress
+goes to stderr). Exit status 1 when a selected back-end could not run."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from types import FrameType
 
-from benchmarks.report import format_table
-from benchmarks.runner import RSS_TARGET_MB, Config, Outcome, run
+from benchmarks.postgres import URL_ENV, redact, required
+from benchmarks.report import format_side_by_side, format_table
+from benchmarks.runner import BACKENDS, RSS_TARGET_MB, Backend, Config, Outcome, run
 from benchmarks.servers import ROOT, machine
 
 STACK = ("uvicorn", "uvloop", "httptools", "starlette", "orjson")
@@ -32,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = Config()
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Benchmark a real `cityos serve` process against the constant-JSON and raw-SQLite baselines.",
+        description="Benchmark a real `cityos serve` process, on SQLite and on PostgreSQL, against the constant-JSON "
+        "and raw-database baselines.",
         epilog="Example: python -m benchmarks --connections 16 --duration 3 --repeat 3 --json results.json",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat: checks the harness runs")
@@ -42,32 +47,87 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--entities", type=int, help=f"entities loaded by batch upsert [{defaults.entities}]")
     parser.add_argument("--client", choices=("raw", "httpx"), help="load-generating client [raw]")
     parser.add_argument("--no-alternatives", action="store_true", help="skip the alternative-stack rows")
+    parser.add_argument(
+        "--backend",
+        choices=(*BACKENDS, "both"),
+        default="both",
+        help="store(s) to run every scenario on; with `both`, PostgreSQL is skipped (with a note) when it "
+        "cannot be reached, unless CITYOS_TEST_REQUIRE_POSTGRES=1 [both]",
+    )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help=f"PostgreSQL server with PostGIS; a throw-away schema is created in it [env {URL_ENV}, "
+        f"default {defaults.postgres}]",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help=f"server workers of the multi-worker PostgreSQL read rows; 1 skips them [{defaults.workers}]",
+    )
     parser.add_argument("--json", type=Path, help="also write every row as JSON to this file")
+    parser.add_argument("--logs", type=Path, help="copy the servers' logs to this directory at the end")
+    parser.add_argument(
+        "--no-analyze",
+        action="store_true",
+        help="PostgreSQL: no VACUUM (ANALYZE) of the schema after each bulk load (as on a server without autovacuum)",
+    )
     return parser
+
+
+def _rss_line(backend: Backend) -> str:
+    rss, peak = backend.rss_after_load, backend.rss_peak
+    if rss is None:
+        return f"{backend.label}: n/a"
+    verdict = "met" if backend.rss_met else "**missed**"
+    line = f"{backend.label}: {rss:.0f} MB (target ≤ {RSS_TARGET_MB:.0f} MB: {verdict})"
+    if peak is not None:
+        line += f"; peak over the whole run (queries included): {peak:.0f} MB"
+    return line
 
 
 def render(outcome: Outcome, config: Config, started: datetime, revision: str) -> str:
     versions = ", ".join(f"{name} {version(name)}" for name in STACK)
-    rss, peak = outcome.rss_after_load, outcome.rss_peak
-    rss_line = "n/a" if rss is None else f"{rss:.0f} MB (target ≤ {RSS_TARGET_MB:.0f} MB: "
-    if rss is not None:
-        rss_line += "met)" if outcome.rss_met else "**missed**)"
-    if peak is not None:
-        rss_line += f"; peak over the whole run (queries included): {peak:.0f} MB"
+    ran = [backend for backend in outcome.backends if backend.ran]
+    stored = ", ".join(f"{backend.label} {backend.stored:,}" for backend in ran) or "none"
     lines = [
         f"CityOS benchmark, {started:%Y-%m-%d %H:%M} UTC, commit {revision}",
         f"Machine: {machine()}",
         f"Stack: {versions}",
+        f"Back-ends: {', '.join(backend.label for backend in outcome.backends)}"
+        + (
+            f" (PostgreSQL at {redact(config.postgres)}, schema "
+            + ("vacuumed and analyzed after each bulk load)" if config.analyze else "never vacuumed nor analyzed)")
+            if "postgres" in config.backends
+            else ""
+        ),
         f"Load: {config.client} client in its own process, {config.connections} connections "
         f"(batch upsert: {min(2, config.connections)}), {config.repeat} x {config.duration:g} s per scenario "
-        f"after {config.warmup:g} s warm-up, each repeat paired with a baseline repeat; "
-        f"{outcome.stored:,} entities stored",
-        "",
-        format_table(outcome.rows),
-        "",
-        f"Server peak RSS (VmHWM) once {outcome.stored:,} entities are stored: {rss_line}",
+        f"after {config.warmup:g} s warm-up, each repeat paired with a baseline repeat; entities stored: {stored}",
     ]
+    lines += [f"**{backend.label} {backend.note}**" for backend in outcome.backends if backend.note]
+    lines += ["", format_table(outcome.rows), ""]
+    if len({(row.backend, row.workers) for row in outcome.rows if row.kind == "scenario"}) > 1:
+        lines += [
+            "Side by side: median rate (ratio to the scenario's baseline: the constant-JSON floor, or for batch "
+            "upsert the raw write of the same database), then the rate over SQLite's:",
+            "",
+            format_side_by_side(outcome.rows),
+            "",
+        ]
+    if ran:
+        lines.append("Server peak RSS (VmHWM; summed over the workers) once the entities are stored:")
+        lines += [f"- {_rss_line(backend)}" for backend in ran]
+    for backend in outcome.backends:
+        if backend.problems:
+            lines.append(f"{backend.label} server log: {len(backend.problems)} error lines, the first ones:")
+            lines += [f"    {line[:400]}" for line in backend.problems[:5]]
     return "\n".join(lines)
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM unwinds like Ctrl-C: servers are stopped and the PostgreSQL schema is dropped."""
+    raise SystemExit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,10 +139,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repeat": args.repeat,
         "entities": args.entities,
         "client": args.client,
+        "postgres": args.postgres,
+        "workers": args.workers,
+        "logs": str(args.logs) if args.logs else None,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.no_alternatives:
         config = replace(config, alternatives=False)
+    if args.no_analyze:
+        config = replace(config, analyze=False)
+    backends = BACKENDS if args.backend == "both" else (args.backend,)
+    # asked for by name, or by CI: an unreachable PostgreSQL is then a failure, not a skip
+    config = replace(config, backends=backends, require_postgres=args.backend == "postgres" or required())
+    signal.signal(signal.SIGTERM, _terminated)
     started, revision = datetime.now(UTC), commit()  # the code the server loads at its start
     outcome = run(config)
     print(render(outcome, config, started, revision))
@@ -90,14 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload = {
             "started": started.isoformat(),
             "commit": revision,
-            "config": config.__dict__,
-            "stored": outcome.stored,
-            "rss_after_load_mb": outcome.rss_after_load,
-            "rss_peak_mb": outcome.rss_peak,
+            "config": {**config.__dict__, "postgres": redact(config.postgres)},
+            "backends": [{**asdict(b), "label": b.label, "ran": b.ran} for b in outcome.backends],
             "rows": [row.as_json() for row in outcome.rows],
         }
         args.json.write_text(json.dumps(payload, indent=2))
-    return 0
+    return 1 if outcome.failed else 0
 
 
 if __name__ == "__main__":

@@ -121,6 +121,7 @@ def temporal(bench: Bench, server: ServerProcess) -> list[Row]:
             if response.status_code not in (201, 204):
                 row.errors, row.error_sample = 1, f"{response.status_code} loading instances: {response.text[:300]}"
                 return [row]
+    bench.settle()
     return [
         bench.measure(row, server, lambda i: Workload("temporal_aggr", tag=TEMPORAL_ENTITY)),
         bench.measure(last, server, lambda i: Workload("temporal_lastn", tag=TEMPORAL_ENTITY)),

@@ -1,4 +1,5 @@
-"""Rows of the result table, their statistics over repeats, and the printed Markdown table."""
+"""Rows of the result table, their statistics over repeats, and the printed Markdown tables: every row
+with its back-end in a column, then the back-ends side by side, one column each."""
 
 from __future__ import annotations
 
@@ -6,11 +7,20 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+LABELS = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+
+
+def backend_label(backend: str, workers: int = 1) -> str:
+    """'SQLite', 'PostgreSQL', 'PostgreSQL, 2 workers'; '' for rows that belong to no back-end."""
+    label = LABELS.get(backend, backend)
+    return f"{label}, {workers} workers" if backend and workers > 1 else label
+
 
 @dataclass
 class Row:
     """One line of the table. rates holds one rate per repeat; the p50/p99 shown are the medians of the
-    repeats' percentiles. A row with `skipped` set did not run (the feature does not exist yet)."""
+    repeats' percentiles. A row with `skipped` set did not run (the feature does not exist yet).
+    backend is the store the server ran on ('' for the constant-JSON floor), workers its processes."""
 
     name: str
     unit: str = "req/s"
@@ -25,6 +35,12 @@ class Row:
     ratios: list[float] = field(default_factory=list)  # paired with the baseline, one per repeat
     skipped: str = ""
     kind: str = "scenario"  # scenario | baseline | alternative
+    backend: str = ""  # sqlite | postgres | '' (shared by every back-end)
+    workers: int = 1
+
+    @property
+    def label(self) -> str:
+        return backend_label(self.backend, self.workers)
 
     @property
     def rate(self) -> float:
@@ -54,13 +70,13 @@ def _ms(values: list[float]) -> str:
 
 def format_table(rows: list[Row]) -> str:
     header = (
-        "| Scenario | Rate (median) | Spread (min-max) | p50 ms | p99 ms | Errors | Peak RSS MB"
+        "| Scenario | Back-end | Rate (median) | Spread (min-max) | p50 ms | p99 ms | Errors | Peak RSS MB"
         " | Ratio to baseline (min-max) | Baseline | Target |"
     )
-    lines = [header, "|" + "---|" * 10]
+    lines = [header, "|" + "---|" * 11]
     for row in rows:
-        if row.skipped:
-            lines.append(f"| {row.name} | {row.skipped} | | | | | | | | |")
+        if row.skipped or not row.rates:
+            lines.append(f"| {row.name} | {row.label} | {row.skipped or 'did not run'} | | | | | | | | |")
             continue
         spread = f"{_number(min(row.rates))}-{_number(max(row.rates))}" if row.rates else "-"
         ratio = ""
@@ -71,7 +87,44 @@ def format_table(rows: list[Row]) -> str:
             target = f"≥ {row.target:.0%} " + ("met" if row.met else "**missed**")
         rss = f"{row.rss_mb:.0f}" if row.rss_mb is not None else "-"
         lines.append(
-            f"| {row.name} | {_number(row.rate)} {row.unit} | {spread} | {_ms(row.p50_ms)} | {_ms(row.p99_ms)}"
-            f" | {row.errors} | {rss} | {ratio} | {row.baseline} | {target} |"
+            f"| {row.name} | {row.label} | {_number(row.rate)} {row.unit} | {spread} | {_ms(row.p50_ms)}"
+            f" | {_ms(row.p99_ms)} | {row.errors} | {rss} | {ratio} | {row.baseline} | {target} |"
         )
+    return "\n".join(lines)
+
+
+def _cell(row: Row | None) -> str:
+    if row is None:
+        return "-"
+    if row.skipped or not row.rates:
+        return row.skipped or "did not run"
+    text = f"{_number(row.rate)} {row.unit}"
+    if row.ratio is not None:
+        text += f" ({row.ratio:.1%})"
+    if row.errors:
+        text += f", **{row.errors} errors**"
+    return text
+
+
+def format_side_by_side(rows: list[Row]) -> str:
+    """One line per scenario, one column per back-end (and worker count): the median rate and, in
+    brackets, the paired ratio to the scenario's baseline; then each PostgreSQL column over SQLite."""
+    scenarios = [row for row in rows if row.kind == "scenario"]
+    columns = list(dict.fromkeys((row.backend, row.workers) for row in scenarios))
+    names = list(dict.fromkeys(row.name for row in scenarios))
+    cells = {(row.name, row.backend, row.workers): row for row in scenarios}
+    versus = [column for column in columns if column[0] != "sqlite"] if ("sqlite", 1) in columns else []
+    header = ["Scenario", *(backend_label(*column) for column in columns)]
+    header += [f"{backend_label(*column)} / SQLite" for column in versus]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in names:
+        line = [name, *(_cell(cells.get((name, *column))) for column in columns)]
+        base = cells.get((name, "sqlite", 1))
+        for column in versus:
+            other = cells.get((name, *column))
+            if base is None or other is None or not base.rate or not other.rate:
+                line.append("")
+            else:
+                line.append(f"{other.rate / base.rate:.2f}")
+        lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines)

@@ -1,17 +1,21 @@
-"""The benchmark run: every scenario against one `cityos serve` process, each repeated, with the load
-generated from a separate process. The machine is noisy, so each repeat of a scenario is paired with a
-repeat of its baseline run just before it, and the ratio shown is the median of the paired ratios."""
+"""The benchmark run: every scenario against one `cityos serve` process per back-end (SQLite, then
+PostgreSQL), each repeated, with the load generated from a separate process. The machine is noisy, so
+each repeat of a scenario is paired with a repeat of its baseline run just before it, and the ratio
+shown is the median of the paired ratios. Every back-end is compared with the same constant-JSON
+floor, and with the raw-write floor of its own database. On PostgreSQL the read scenarios run once
+more against a server with several worker processes."""
 
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
@@ -21,15 +25,16 @@ import httpx
 from benchmarks import future
 from benchmarks.entities import ENTITY_TYPE
 from benchmarks.loadgen import LoadResult, LoadSpec, run_load
+from benchmarks.postgres import BenchSchema, RawPostgres, default_url, redact, unreachable
 from benchmarks.rawsqlite import RawStore, documents
-from benchmarks.report import Row
-from benchmarks.servers import ServerProcess, cityos_server, constant_server
+from benchmarks.report import LABELS, Row
+from benchmarks.servers import ServerProcess, StartFailed, cityos_server, constant_server, log_problems
 from benchmarks.workloads import API, BATCH_SIZE, Workload
 
 CONSTANT = "constant JSON (HTTP floor)"
-RAW_WRITE = "raw SQLite write, 1,000 rows/txn"
-RAW_WRITE_ONE = "raw SQLite write, 1 row/txn"
-RAW_READ = "raw SQLite read by key"
+SQLITE, POSTGRES = "sqlite", "postgres"
+BACKENDS = (SQLITE, POSTGRES)
+READS = ("retrieve", "query_type")  # the scenarios run again with several server workers (PostgreSQL)
 # (row name, workload kind, target ratio to the constant-JSON endpoint); targets from issue 4
 SCENARIOS: list[tuple[str, str, float | None]] = [
     ("1. create one entity", "create", 0.40),
@@ -59,6 +64,12 @@ class Config:
     batch_size: int = BATCH_SIZE
     client: str = "raw"
     alternatives: bool = True
+    backends: tuple[str, ...] = BACKENDS
+    postgres: str = field(default_factory=default_url)
+    require_postgres: bool = False  # an unusable PostgreSQL fails the run instead of being skipped
+    workers: int = 2  # server processes of the multi-worker PostgreSQL rows; 1: no such rows
+    logs: str = ""  # a directory to copy the servers' logs to at the end ('': they are deleted)
+    analyze: bool = True  # PostgreSQL: VACUUM (ANALYZE) the schema after each load, as autovacuum would
 
     @classmethod
     def smoke(cls) -> Config:
@@ -67,15 +78,47 @@ class Config:
 
 
 @dataclass
-class Outcome:
-    rows: list[Row]
-    stored: int
-    rss_after_load: float | None
-    rss_peak: float | None
+class Backend:
+    """One back-end's run: what it stored, its server's memory, and why it did not run (note)."""
+
+    name: str
+    stored: int = 0
+    rss_after_load: float | None = None
+    rss_peak: float | None = None
+    note: str = ""
+    failed: bool = False  # it should have run and did not: the exit status says so
+    problems: list[str] = field(default_factory=list)  # error lines of its servers' logs
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.name]
+
+    @property
+    def ran(self) -> bool:
+        return not self.note
 
     @property
     def rss_met(self) -> bool | None:
         return None if self.rss_after_load is None else self.rss_after_load <= RSS_TARGET_MB
+
+
+@dataclass
+class Outcome:
+    rows: list[Row]
+    backends: list[Backend]
+
+    @property
+    def failed(self) -> bool:
+        return any(backend.failed for backend in self.backends)
+
+
+def raw_names(label: str, batch_size: int) -> tuple[str, str, str]:
+    """The storage-floor rows of one database: batch write, one-row write, read by key."""
+    return (
+        f"raw {label} write, {batch_size:,} rows/txn",
+        f"raw {label} write, 1 row/txn",
+        f"raw {label} read by key",
+    )
 
 
 def log(message: str) -> None:
@@ -86,12 +129,15 @@ class Bench:
     def __init__(self, config: Config, workdir: Path, pool: ProcessPoolExecutor, constant: ServerProcess) -> None:
         self.config, self.workdir, self.pool, self.constant = config, workdir, pool, constant
         self.constant_row = Row(CONSTANT, kind="baseline")
-        self.raw_rows = [Row(name, unit="rows/s", kind="baseline") for name in (RAW_WRITE, RAW_WRITE_ONE, RAW_READ)]
-        self.rows: list[Row] = [self.constant_row, *self.raw_rows]
-        self.stored = 0
-        self.rss_after_load: float | None = None
-        self.rss_peak: float | None = None
+        self.rows: list[Row] = [self.constant_row]
         self.started = time.monotonic()
+        self.schema: BenchSchema | None = None  # the PostgreSQL schema of the back-end being measured
+
+    def settle(self) -> None:
+        """After a bulk load, before the load is queried: on PostgreSQL, refresh the planner's statistics
+        (the benchmark's server may run without autovacuum, and would not have run it yet anyway)."""
+        if self.schema is not None and self.config.analyze:
+            log(f"  VACUUM (ANALYZE) {self.schema.name} ({self.schema.analyze():.1f} s)")
 
     def load(
         self,
@@ -160,36 +206,88 @@ class Bench:
                     self.measure(row, server, lambda i: Workload("constant"), baseline=self.constant_sample)
                 )
 
-    def cityos(self) -> None:
-        with cityos_server(self.workdir) as server:
-            log(f"cityos serve (pid {server.pid}) on a fresh SQLite file")
-            self.batch_upsert(server)
-            self.rss_after_load = server.peak_rss_mb()  # before the count query below, which adds its own peak
-            self.stored = _stored_count(server)
-            log(f"  {self.stored:,} entities stored; server peak RSS {self.rss_after_load or 0:.0f} MB")
-            for name, kind, target in SCENARIOS:
-                row = Row(name, baseline=CONSTANT, target=target)
-                workload = partial(_scenario_workload, kind, self.stored)
-                self.rows.append(self.measure(row, server, workload, baseline=self.constant_sample))
-            self.rows.extend(future.scenarios(self, server, self.stored))
-            self.rss_peak = server.peak_rss_mb()
+    def cityos(self, backend: Backend) -> None:
+        """Every scenario on one back-end: a fresh database (file or schema), its own raw floor, one
+        server; then, on PostgreSQL, the read scenarios against a multi-worker server."""
+        config = self.config
+        with ExitStack() as stack:
+            url: str | None = None
+            raw: RawStore | RawPostgres
+            if backend.name == POSTGRES:
+                schema = stack.enter_context(BenchSchema(config.postgres))
+                log(f"schema {schema.name} in {redact(config.postgres)}, migrated with `cityos db upgrade`")
+                url, self.schema = schema.url, schema
+                stack.callback(setattr, self, "schema", None)
+                raw = RawPostgres(url)
+            else:
+                raw = RawStore(self.workdir / "raw.db")
+            stack.callback(raw.close)
+            server = cityos_server(self.workdir, url)
+            try:
+                with server:
+                    log(f"cityos serve (pid {server.pid}) on {backend.label}")
+                    self.scenarios(backend, server, raw)
+            finally:
+                backend.problems += _problems(server)
+            if url is not None and config.workers > 1:
+                self.multi_worker(backend, url)
 
-    def batch_upsert(self, server: ServerProcess) -> None:
-        """Load `entities` new entities with 1,000-entity upserts; before each repeat the raw-SQLite
-        baseline writes the same documents (while the server idles), so the rates are side by side."""
+    def scenarios(self, backend: Backend, server: ServerProcess, raw: RawStore | RawPostgres) -> None:
+        self.batch_upsert(backend, server, raw)
+        self.settle()
+        backend.rss_after_load = server.peak_rss_mb()  # before the count query below, which adds its own peak
+        backend.stored = _stored_count(server)
+        log(f"  {backend.stored:,} entities stored; server peak RSS {backend.rss_after_load or 0:.0f} MB")
+        if not backend.stored:  # every other scenario needs them
+            raise StartFailed(f"no entity stored by the batch upsert: {self.rows[-1].error_sample}")
+        for name, kind, target in SCENARIOS:
+            row = Row(name, baseline=CONSTANT, target=target, backend=backend.name)
+            workload = partial(_scenario_workload, kind, backend.stored)
+            self.rows.append(self.measure(row, server, workload, baseline=self.constant_sample))
+        for row in future.scenarios(self, server, backend.stored):
+            row.backend = backend.name
+            self.rows.append(row)
+        backend.rss_peak = server.peak_rss_mb()
+
+    def multi_worker(self, backend: Backend, url: str) -> None:
+        """retrieve and type query again, on the same data, with `workers` server processes."""
+        workers = self.config.workers
+        server = cityos_server(self.workdir, url, workers=workers)
+        try:
+            with server:
+                log(f"cityos serve --workers {workers} (pid {server.pid}) on {backend.label}")
+                for name, kind, target in SCENARIOS:
+                    if kind not in READS:
+                        continue
+                    row = Row(name, baseline=CONSTANT, target=target, backend=backend.name, workers=workers)
+                    workload = partial(_scenario_workload, kind, backend.stored)
+                    self.rows.append(self.measure(row, server, workload, baseline=self.constant_sample))
+        finally:
+            backend.problems += _problems(server)
+
+    def batch_upsert(self, backend: Backend, server: ServerProcess, raw: RawStore | RawPostgres) -> None:
+        """Load `entities` new entities with 1,000-entity upserts; before each repeat the raw floor of
+        the same database writes the same documents (while the server idles), so the rates are side by side."""
         config, size = self.config, self.config.batch_size
         batches = math.ceil(config.entities / size)
         split = [n for i in range(config.repeat) if (n := batches // config.repeat + (i < batches % config.repeat))]
         starts = [sum(split[:i]) * size for i in range(len(split))]
-        raw = RawStore(self.workdir / "raw.db")
-        write, write_one, read = self.raw_rows
+        names = raw_names(backend.label, size)
+        write, write_one, read = (Row(name, unit="rows/s", kind="baseline", backend=backend.name) for name in names)
+        self.rows += [write, write_one, read]
 
         def raw_write(index: int) -> float:
             rate = raw.write_rate(documents(starts[index], split[index] * size), size)
             write.rates.append(rate)
             return rate
 
-        row = Row(f"3. batch upsert, {size:,}/request", unit="entities/s", baseline=RAW_WRITE, target=BATCH_TARGET)
+        row = Row(
+            f"3. batch upsert, {size:,}/request",
+            unit="entities/s",
+            baseline=write.name,
+            target=BATCH_TARGET,
+            backend=backend.name,
+        )
         measured = self.measure(
             row,
             server,
@@ -205,7 +303,20 @@ class Bench:
         for index in range(config.repeat):
             write_one.rates.append(raw.write_rate(singles[index :: config.repeat], 1))
             read.rates.append(raw.read_rate(max(1000, min(20_000, total)), seed=index))
-        raw.close()
+
+
+def _keep_logs(workdir: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for path in workdir.glob("*.log"):
+        shutil.copy(path, target / path.name)
+    log(f"server logs copied to {target}")
+
+
+def _problems(server: ServerProcess) -> list[str]:
+    problems = log_problems(server.log)
+    if problems:
+        log(f"  {len(problems)} error lines in {server.log.name}, first: {problems[0][:300]}")
+    return [f"{server.log.name}: {line}" for line in problems]
 
 
 def _record(row: Row, result: LoadResult, per_op: int = 1) -> None:
@@ -232,17 +343,41 @@ def _stored_count(server: ServerProcess) -> int:
 
 
 def run(config: Config) -> Outcome:
-    """Every row, in table order: baselines, the broker's scenarios, then the alternative stacks."""
+    """Every row, in table order: baselines, the broker's scenarios by back-end, then the alternative stacks."""
+    backends = [Backend(name) for name in config.backends]
+    for backend in backends:  # before anything starts, so a required server fails fast
+        if backend.name == POSTGRES and (reason := unreachable(config.postgres)) is not None:
+            backend.failed = config.require_postgres
+            backend.note = f"{'not run' if backend.failed else 'skipped'}: {reason}"
+            log(f"PostgreSQL {backend.note}")
+            if backend.failed:
+                for other in backends:
+                    other.note = other.note or "not run: the required PostgreSQL is not usable"
+                return Outcome([], backends)
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cityos-bench-")))
+        if config.logs:
+            stack.callback(_keep_logs, workdir, Path(config.logs))  # once every server has stopped
         pool = stack.enter_context(ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")))
         log("constant-JSON app (uvicorn + uvloop + httptools + Starlette + orjson) …")
         constant = stack.enter_context(constant_server(workdir))
         bench = Bench(config, workdir, pool, constant)
         bench.load(constant, Workload("constant"), duration=config.warmup)
-        bench.cityos()
+        for backend in backends:
+            if not backend.ran:
+                continue
+            log(f"== {backend.label} ==")
+            try:
+                bench.cityos(backend)
+            except (StartFailed, httpx.HTTPError) as exc:  # the server is not up, or answers nothing usable
+                backend.note, backend.failed = f"failed: {str(exc).strip()[-2000:]}", True
+                log(f"{backend.label} failed: {exc}")
         if config.alternatives:
             bench.alternatives()
     order = {"baseline": 0, "scenario": 1, "alternative": 2}
-    rows = sorted(bench.rows, key=lambda r: (order[r.kind], r.name if r.kind == "scenario" else ""))
-    return Outcome(rows, bench.stored, bench.rss_after_load, bench.rss_peak)
+    place = {name: index for index, name in enumerate(BACKENDS)}
+
+    def key(row: Row) -> tuple[int, int, int, str]:
+        return (order[row.kind], place.get(row.backend, -1), row.workers, row.name if row.kind == "scenario" else "")
+
+    return Outcome(sorted(bench.rows, key=key), backends)

@@ -1,6 +1,6 @@
-"""Server processes under test: a real `cityos serve` on a fresh SQLite file, and the constant-JSON
-app on the same stack. Each is its own process, started and stopped by pid, with its peak RSS read
-from /proc (Linux)."""
+"""Server processes under test: a real `cityos serve` on a fresh SQLite file or a PostgreSQL schema,
+and the constant-JSON app on the same stack. Each is its own process, started and stopped by pid,
+with its peak RSS read from /proc (Linux): with several workers, summed over its process tree."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -37,11 +37,44 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (uvicorn's worker processes and their helpers), from /proc (Linux)."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            pending += children
+    return found
+
+
+class StartFailed(RuntimeError):
+    """A server (or its database) could not be brought up: the message says why."""
+
+
 class ServerProcess:
     """A server subprocess; `with` waits until `ready_path` answers and stops it by pid on exit."""
 
-    def __init__(self, name: str, args: Sequence[str], port: int, ready_path: str, log: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        port: int,
+        ready_path: str,
+        log: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name, self.args, self.port, self.ready_path, self.log = name, list(args), port, ready_path, log
+        self.env = dict(env) if env is not None else None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -50,11 +83,15 @@ class ServerProcess:
         return self.process.pid
 
     def peak_rss_mb(self) -> float | None:
-        return peak_rss_mb(self.pid)
+        """The process's VmHWM, plus its descendants' (each worker's peak, summed) when it has any."""
+        own = peak_rss_mb(self.pid)
+        if own is None:
+            return None
+        return own + sum(peak_rss_mb(child) or 0.0 for child in descendants(self.pid))
 
     def __enter__(self) -> ServerProcess:
         with self.log.open("wb") as out:
-            self.process = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+            self.process = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -63,7 +100,7 @@ class ServerProcess:
             except httpx.TransportError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"{self.name} did not start:\n{self.log.read_text()}") from None
+                    raise StartFailed(f"{self.name} did not start:\n{self.log.read_text()}") from None
                 time.sleep(0.1)
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -80,16 +117,26 @@ class ServerProcess:
             self.process.wait()
 
 
-def cityos_server(workdir: Path) -> ServerProcess:
-    """`cityos serve` as a user runs it, on a new database file; private networks are allowed so a
-    local notification receiver can be reached once subscriptions exist."""
+def cityos_server(workdir: Path, postgres: str | None = None, *, workers: int = 1) -> ServerProcess:
+    """`cityos serve` as a user runs it: on a new database file in workdir, or on
+    the PostgreSQL URL `postgres` (a migrated schema), given in CITYOS_DATABASE with the back-end's
+    experimental opt-in; private networks are allowed so a local notification receiver can be reached."""
     port = free_port()
-    database = workdir / "bench.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{database}{suffix}").unlink(missing_ok=True)
-    args = [sys.executable, "-m", "cityos", "serve", "--port", str(port), "--database", str(database)]
+    args = [sys.executable, "-m", "cityos", "serve", "--port", str(port)]
     args += ["--log-level", "warning", "--allow-private-networks"]
-    return ServerProcess("cityos serve", args, port, "/version", workdir / "cityos.log")
+    env = dict(os.environ)
+    if postgres is None:
+        database = workdir / "bench.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
+        args += ["--database", str(database)]
+        log = workdir / "cityos-sqlite.log"
+    else:
+        env.update({"CITYOS_DATABASE": postgres, "CITYOS_EXPERIMENTAL_POSTGRES": "1"})
+        log = workdir / f"cityos-postgres-{workers}w.log"
+    if workers > 1:
+        args += ["--workers", str(workers)]
+    return ServerProcess("cityos serve", args, port, "/version", log, env)
 
 
 def constant_server(workdir: Path, *options: str) -> ServerProcess:
@@ -117,3 +164,23 @@ def machine() -> str:
     except OSError:
         cpu = ""
     return f"{os.cpu_count()} CPUs{memory}{', ' + cpu if cpu else ''}, Python {sys.version.split()[0]}"
+
+
+def log_problems(log: Path) -> list[str]:
+    """The lines of a server log that report a failure: logged errors and exceptions (tracebacks are
+    reduced to their last line, the exception itself)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    problems: list[str] = []
+    in_traceback = False
+    for line in lines:
+        if line.startswith("Traceback "):
+            in_traceback = True
+        elif in_traceback and line and not line.startswith((" ", "\t", "Traceback", "The above", "During handling")):
+            problems.append(line)
+            in_traceback = False
+        elif any(level in line for level in (" ERROR ", " CRITICAL ")):
+            problems.append(line)
+    return problems

@@ -1,7 +1,18 @@
-"""Shared fixtures: a real SQLite file per test, the ASGI app in-process, and a real server process."""
+"""Shared fixtures: a real database per test (a SQLite file, or a fresh schema in a real PostgreSQL:
+`db_url` is parametrised over both back-ends), the ASGI app in-process, and a real server process.
+
+CITYOS_TEST_BACKENDS (default "sqlite,postgres") picks the back-ends; CITYOS_TEST_POSTGRES names the
+server (default postgresql://postgres@127.0.0.1:5432/test). Without a reachable server the postgres
+cases are skipped, unless CITYOS_TEST_REQUIRE_POSTGRES=1 (set by .ci/run), when they fail.
+`-k sqlite` / `-k postgres` select one back-end. module_db_url is the same for data a module loads
+once. PostgreSQL schemas are reused between tests, reset to exactly what migration made
+(backends.PostgresSchemas; CITYOS_TEST_SCHEMA_POOL=0 gives every test a new one). Tests about SQLite
+itself are marked backends.sqlite_only / module_sqlite_only.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -14,21 +25,94 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from backends import BACKENDS, POSTGRES, PostgresSchemas, admin
+from backends import postgres_schema_url as postgres_schema_url  # re-exported: tests/test_workers.py imports it
 from cityos.app import create_app
 from cityos.settings import Settings
+from cityos.store import EXPERIMENTAL_POSTGRES
 
 CORE = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.9.jsonld"
 DATA = Path(__file__).parent / "data"
+_admin = admin  # the name tests/test_workers.py imports
+
+
+@pytest.fixture(scope="session")
+def postgres_skip_reason() -> str | None:
+    """Why the PostgreSQL cases cannot run here (None: they can); puts PostGIS in the database."""
+    reason: str | None
+    try:
+        import asyncpg  # noqa: F401
+    except ImportError:
+        reason = "asyncpg is not installed (pip install -e '.[dev]')"
+    else:
+        try:
+            asyncio.run(admin("CREATE EXTENSION IF NOT EXISTS postgis"))
+            reason = None
+        except (OSError, TimeoutError) as exc:
+            reason = f"no PostgreSQL server reachable at {POSTGRES} ({exc})"
+    if reason is not None and os.environ.get("CITYOS_TEST_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"CITYOS_TEST_REQUIRE_POSTGRES=1 but {reason}")
+    return reason
+
+
+@pytest.fixture(scope="session")
+def postgres_schemas(postgres_skip_reason: str | None) -> Iterator[PostgresSchemas]:
+    """The session's migrated test schemas (see backends.PostgresSchemas), dropped at its end."""
+    if postgres_skip_reason is not None:
+        pytest.skip(postgres_skip_reason)
+    schemas = PostgresSchemas()
+    try:
+        yield schemas
+    finally:
+        schemas.close()
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(database=str(tmp_path / "city.db"))
+def fresh_postgres(postgres_schemas: PostgresSchemas, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The URL of an empty, migrated schema of this test's own in the test server (new, or reset to
+    exactly what migration made after an earlier test)."""
+    monkeypatch.setenv(EXPERIMENTAL_POSTGRES, "1")
+    url = postgres_schemas.acquire()
+    try:
+        yield url
+    finally:
+        postgres_schemas.release(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The database setting of one test: a SQLite file, or a fresh migrated PostgreSQL schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "city.db")
+    url: str = request.getfixturevalue("fresh_postgres")
+    return url
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """As db_url, for data loaded once and shared by a module's tests: a SQLite file, or a migrated
+    PostgreSQL schema of the module's own (with CITYOS_EXPERIMENTAL_POSTGRES=1 while it lives)."""
+    if request.param == "sqlite":
+        yield str(tmp_path_factory.mktemp("module") / "city.db")
+        return
+    schemas: PostgresSchemas = request.getfixturevalue("postgres_schemas")
+    url = schemas.acquire()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(EXPERIMENTAL_POSTGRES, "1")
+            yield url
+    finally:
+        schemas.release(url, reuse=False)  # a module's data can be large: a new schema costs less than a reset
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return Settings(database=db_url)
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    """The app in-process over a real SQLite file (lifespan included)."""
+    """The app in-process over the test's database (lifespan included)."""
     with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as test_client:
         yield test_client
 
@@ -41,10 +125,10 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
+def server(db_url: str) -> Iterator[str]:
     """A real `cityos serve` process on 127.0.0.1; yields its base URL and stops it by pid."""
     port = free_port()
-    env = {**os.environ, "CITYOS_DATABASE": str(tmp_path / "server.db"), "CITYOS_PORT": str(port)}
+    env = {**os.environ, "CITYOS_DATABASE": db_url, "CITYOS_PORT": str(port)}
     process = subprocess.Popen(
         [sys.executable, "-m", "cityos", "serve", "--log-level", "warning"],
         env=env,

@@ -145,7 +145,7 @@ class BrokerProcess:
     """A real `cityos serve` process that can be killed with SIGKILL and started again on the
     same database file and port (notifications may reach 127.0.0.1)."""
 
-    def __init__(self, database: Path, **settings: str) -> None:
+    def __init__(self, database: str | Path, **settings: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {

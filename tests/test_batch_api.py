@@ -1,11 +1,10 @@
 """Batch entity operations (/ngsi-ld/v1/entityOperations/*): each entity stands alone, a malformed
-request as a whole is refused before anything is written; checked against the SQLite file."""
+request as a whole is refused before anything is written; checked against the database itself
+(SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,6 +12,7 @@ from typing import Any, Protocol
 import pytest
 from starlette.testclient import TestClient
 
+from backends import db_rows
 from cityos.app import create_app
 from cityos.settings import Settings
 
@@ -50,15 +50,13 @@ def assert_problem(response: Reply, status: int, kind: str) -> dict[str, Any]:
 
 
 def snapshot(settings: Settings) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    with contextlib.closing(sqlite3.connect(settings.database)) as db:
-        entities = db.execute("SELECT tenant, id, doc, modified_at FROM entities ORDER BY tenant, id").fetchall()
-        tenants = db.execute("SELECT name FROM tenants ORDER BY name").fetchall()
+    entities = db_rows(settings.database, "SELECT tenant, id, doc, modified_at FROM entities ORDER BY tenant, id")
+    tenants = db_rows(settings.database, "SELECT name FROM tenants ORDER BY name")
     return entities, tenants
 
 
 def stored(settings: Settings, tenant: str = "") -> dict[str, dict[str, Any]]:
-    with contextlib.closing(sqlite3.connect(settings.database)) as db:
-        rows = db.execute("SELECT id, doc FROM entities WHERE tenant = ? ORDER BY pk", (tenant,)).fetchall()
+    rows = db_rows(settings.database, "SELECT id, doc FROM entities WHERE tenant = ? ORDER BY pk", tenant)
     return {entity_id: json.loads(doc) for entity_id, doc in rows}
 
 
@@ -305,8 +303,8 @@ def test_chunked_batch_without_length_is_refused(
 
 
 @pytest.fixture
-def limited(tmp_path: Path) -> Iterator[tuple[TestClient, Settings]]:
-    settings = Settings(database=str(tmp_path / "limited.db"), max_batch_size=3, max_body_bytes=2000)
+def limited(db_url: str) -> Iterator[tuple[TestClient, Settings]]:
+    settings = Settings(database=db_url, max_batch_size=3, max_body_bytes=2000)
     with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as test_client:
         yield test_client, settings
 

@@ -1,10 +1,10 @@
 from starlette.testclient import TestClient
 
+from backends import db_rows
+from cityos.settings import Settings
 
-def test_in_process_client_uses_a_real_sqlite_file(client: TestClient, settings) -> None:  # type: ignore[no-untyped-def]
+
+def test_in_process_client_uses_a_real_database(client: TestClient, settings: Settings) -> None:
     response = client.post("/ngsi-ld/v1/entities", json={"id": "urn:ngsi-ld:T:1", "type": "T"})
     assert response.status_code == 201
-    import sqlite3
-
-    rows = sqlite3.connect(settings.database).execute("SELECT id FROM entities").fetchall()
-    assert rows == [("urn:ngsi-ld:T:1",)]
+    assert db_rows(settings.database, "SELECT id FROM entities") == [("urn:ngsi-ld:T:1",)]

@@ -6,7 +6,6 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -505,9 +504,9 @@ def remote() -> Iterator[RemoteContexts]:
 
 
 @pytest.fixture
-def open_client(tmp_path: Path) -> Iterator[TestClient]:
+def open_client(db_url: str) -> Iterator[TestClient]:
     """A client whose broker may fetch @contexts from loopback (the test's own server)."""
-    settings = Settings(database=str(tmp_path / "open.db"), allow_private_networks=True, context_fetch_timeout=2.0)
+    settings = Settings(database=db_url, allow_private_networks=True, context_fetch_timeout=2.0)
     with TestClient(create_app(settings), base_url=ORIGIN) as test_client:
         yield test_client
 

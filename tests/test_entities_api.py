@@ -1,13 +1,12 @@
 """The entity provision API (/ngsi-ld/v1/entities, /attrs): every operation and every error path,
-in-process over a real SQLite file, each rejected write checked against the file afterwards."""
+in-process over a real database (SQLite and PostgreSQL), each rejected write checked against the
+database afterwards."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import socket
-import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -19,8 +18,10 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from backends import db_rows
 from cityos.app import create_app
 from cityos.settings import Settings
+from cityos.store import is_postgres
 
 CORE = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.9.jsonld"
 CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
@@ -90,29 +91,33 @@ def assert_problem(response: Reply, status: int, kind: str) -> dict[str, Any]:
 
 
 def snapshot(settings: Settings) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Everything an entity write can change in the SQLite file: entities, their indexes, tenants."""
-    with contextlib.closing(sqlite3.connect(settings.database)) as db:
-        entities = db.execute(
-            "SELECT tenant, id, doc, modified_at, expires_at FROM entities ORDER BY tenant, id"
-        ).fetchall()
-        indexes = db.execute(
+    """Everything an entity write can change in the database: entities, their indexes, tenants."""
+    database = settings.database
+    entities = db_rows(database, "SELECT tenant, id, doc, modified_at, expires_at FROM entities ORDER BY tenant, id")
+    if is_postgres(database):  # the type and attribute indexes are GIN-indexed arrays in the row
+        indexes = db_rows(
+            database,
+            "SELECT 'type', unnest(types), pk FROM entities UNION ALL SELECT 'attr', unnest(attrs), pk "
+            "FROM entities ORDER BY 1, 2, 3",
+        )
+    else:
+        indexes = db_rows(
+            database,
             "SELECT 'type', type, pk FROM entity_types UNION ALL SELECT 'attr', attr, pk "
-            "FROM entity_attrs ORDER BY 1, 2, 3"
-        ).fetchall()
-        tenants = db.execute("SELECT name FROM tenants ORDER BY name").fetchall()
+            "FROM entity_attrs ORDER BY 1, 2, 3",
+        )
+    tenants = db_rows(database, "SELECT name FROM tenants ORDER BY name")
     return entities + indexes, tenants
 
 
 def stored(settings: Settings, tenant: str = "") -> dict[str, dict[str, Any]]:
     """The stored documents of a tenant, by entity id."""
-    with contextlib.closing(sqlite3.connect(settings.database)) as db:
-        rows = db.execute("SELECT id, doc FROM entities WHERE tenant = ? ORDER BY pk", (tenant,)).fetchall()
+    rows = db_rows(settings.database, "SELECT id, doc FROM entities WHERE tenant = ? ORDER BY pk", tenant)
     return {entity_id: json.loads(doc) for entity_id, doc in rows}
 
 
 def tenants(settings: Settings) -> list[str]:
-    with contextlib.closing(sqlite3.connect(settings.database)) as db:
-        return [row[0] for row in db.execute("SELECT name FROM tenants ORDER BY name")]
+    return [row[0] for row in db_rows(settings.database, "SELECT name FROM tenants ORDER BY name")]
 
 
 def create(client: TestClient, entity: dict[str, Any], **kwargs: Any) -> None:
@@ -138,9 +143,9 @@ def vehicle(client: TestClient) -> str:
 
 
 @pytest.fixture
-def small_client(tmp_path: Path) -> Iterator[tuple[TestClient, Settings]]:
+def small_client(db_url: str) -> Iterator[tuple[TestClient, Settings]]:
     """An app that accepts bodies of at most 1000 bytes."""
-    settings = Settings(database=str(tmp_path / "small.db"), max_body_bytes=1000)
+    settings = Settings(database=db_url, max_body_bytes=1000)
     with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as test_client:
         yield test_client, settings
 
@@ -623,10 +628,15 @@ def test_delete_entity(client: TestClient, settings: Settings, vehicle: str) -> 
     assert_problem(client.get(url(vehicle)), 404, "ResourceNotFound")
     assert set(stored(settings)) == {"urn:ngsi-ld:Vehicle:other"}
     # its index rows went with it
-    with contextlib.closing(sqlite3.connect(settings.database)) as db:
-        assert db.execute("SELECT count(*) FROM entity_attrs").fetchone() == (0,)
-        assert db.execute("SELECT count(*) FROM entity_types").fetchone() == (1,)
-        assert db.execute("SELECT count(*) FROM entity_geo_attrs").fetchone() == (0,)
+    database = settings.database
+    if is_postgres(database):
+        assert db_rows(database, "SELECT sum(cardinality(types)), sum(cardinality(attrs)) FROM entities") == [(1, 0)]
+        assert db_rows(database, "SELECT count(*) FROM attr_values") == [(0,)]
+        assert db_rows(database, "SELECT count(*) FROM entity_geo") == [(0,)]
+    else:
+        assert db_rows(database, "SELECT count(*) FROM entity_attrs") == [(0,)]
+        assert db_rows(database, "SELECT count(*) FROM entity_types") == [(1,)]
+        assert db_rows(database, "SELECT count(*) FROM entity_geo_attrs") == [(0,)]
     assert_problem(client.delete(url(vehicle)), 404, "ResourceNotFound")
 
 

@@ -18,7 +18,7 @@ from cityos.entities.expiry import now_key
 from cityos.errors import BadRequestData
 from cityos.query.entity_maps import EntityMap, Lifetime, format_expiry, new_map, parse_lifetime
 from cityos.settings import Settings
-from cityos.store.sqlite import SQLiteStore
+from cityos.store import open_store
 
 BASE = "/ngsi-ld/v1"
 MAPS = BASE + "/entityMaps"
@@ -93,9 +93,9 @@ class TestCore:
         assert made.id.startswith("urn:ngsi-ld:entitymap:")
 
 
-def test_store_contract_and_sweep(tmp_path: Path) -> None:
+def test_store_contract_and_sweep(db_url: str) -> None:
     async def scenario() -> None:
-        store = SQLiteStore(str(tmp_path / "maps.db"))
+        store = open_store(db_url)
         await store.open()
         try:
             live = new_map(["urn:x:1", "urn:x:2"], datetime.now(UTC) + timedelta(hours=1), "type=T")
@@ -233,8 +233,8 @@ class TestResource:
         problem(client.delete(map_url(map_id)), 404, "ResourceNotFound")
 
 
-def test_maps_expire_by_themselves(tmp_path: Path) -> None:
-    settings = Settings(database=str(tmp_path / "city.db"), entity_map_lifetime=0.1)
+def test_maps_expire_by_themselves(db_url: str) -> None:
+    settings = Settings(database=db_url, entity_map_lifetime=0.1)
     with TestClient(create_app(settings)) as client:
         vehicle(client, "urn:ngsi-ld:Vehicle:brief", 10)
         created = client.get(MAPS, params={"type": "Vehicle"})

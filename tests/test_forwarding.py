@@ -7,7 +7,6 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -64,8 +63,8 @@ def registration(endpoint: str, **extra: object) -> dict[str, object]:
     }
 
 
-def test_retrieve_is_forwarded_without_the_requesters_tenant(tmp_path: Path, source: str) -> None:
-    settings = Settings(database=str(tmp_path / "city.db"), allow_private_networks=True)
+def test_retrieve_is_forwarded_without_the_requesters_tenant(db_url: str, source: str) -> None:
+    settings = Settings(database=db_url, allow_private_networks=True)
     with TestClient(create_app(settings)) as client:
         tenant = {"NGSILD-Tenant": "city-a"}
         created = client.post("/ngsi-ld/v1/csourceRegistrations", json=registration(source), headers=tenant)
@@ -78,8 +77,8 @@ def test_retrieve_is_forwarded_without_the_requesters_tenant(tmp_path: Path, sou
         assert client.get(f"/ngsi-ld/v1/entities/{REMOTE_ID}").status_code == 404
 
 
-def test_a_registration_naming_a_tenant_forwards_it(tmp_path: Path, source: str) -> None:
-    settings = Settings(database=str(tmp_path / "city.db"), allow_private_networks=True)
+def test_a_registration_naming_a_tenant_forwards_it(db_url: str, source: str) -> None:
+    settings = Settings(database=db_url, allow_private_networks=True)
     with TestClient(create_app(settings)) as client:
         created = client.post("/ngsi-ld/v1/csourceRegistrations", json=registration(source, tenant="peer"))
         assert created.status_code == 201, created.text
@@ -87,8 +86,8 @@ def test_a_registration_naming_a_tenant_forwards_it(tmp_path: Path, source: str)
         assert Source.seen[-1]["ngsild-tenant"] == "peer"
 
 
-def test_loopback_sources_are_refused_by_default(tmp_path: Path, source: str) -> None:
-    with TestClient(create_app(Settings(database=str(tmp_path / "city.db")))) as client:
+def test_loopback_sources_are_refused_by_default(db_url: str, source: str) -> None:
+    with TestClient(create_app(Settings(database=db_url))) as client:
         assert client.post("/ngsi-ld/v1/csourceRegistrations", json=registration(source)).status_code == 201
         assert client.get(f"/ngsi-ld/v1/entities/{REMOTE_ID}").status_code == 404
         assert Source.seen == []

@@ -24,7 +24,7 @@ from cityos.ingest.sink import StoreSink
 from cityos.jsonld.registry import ContextRegistry
 from cityos.net import OutboundPolicy
 from cityos.settings import Settings
-from cityos.store.sqlite import SQLiteStore
+from cityos.store import open_store
 
 DATA = Path(__file__).parent / "data" / "csv"
 STATIONS = DATA / "air-stations.csv"
@@ -40,9 +40,9 @@ BAD = {  # line -> the start of its reason
 }
 
 
-def load(database: Path, source: Path, mapping: Path, rejects: Path, progress: Any = None) -> csv_import.CsvReport:
+def load(database: str, source: Path, mapping: Path, rejects: Path, progress: Any = None) -> csv_import.CsvReport:
     async def main() -> csv_import.CsvReport:
-        store = SQLiteStore(str(database))
+        store = open_store(database)
         await store.open()
         try:
             sink = StoreSink(store, ContextRegistry(OutboundPolicy()).core_terms())
@@ -88,8 +88,8 @@ def check_good_rows(found: dict[str, dict[str, Any]]) -> None:
 
 
 class TestImport:
-    def test_bad_rows_are_rejected_with_reasons_and_good_rows_land(self, tmp_path: Path) -> None:
-        database, rejects = tmp_path / "csv.db", tmp_path / "rejects.csv"
+    def test_bad_rows_are_rejected_with_reasons_and_good_rows_land(self, tmp_path: Path, db_url: str) -> None:
+        database, rejects = db_url, tmp_path / "rejects.csv"
         calls: list[tuple[int, int]] = []
         report = load(database, STATIONS, DATA / "air-stations.yaml", rejects, lambda d, t: calls.append((d, t)))
         assert (report.rows, report.loaded, report.rejected) == (16, 9, 7)
@@ -101,24 +101,24 @@ class TestImport:
             assert row["reason"].startswith(BAD[int(row["line"])]), row
         assert rejected[0]["station"] == "AQ03" and rejected[0]["no2"] == "abc"  # the original cells are kept
         assert list(rejected[0])[:3] == ["line", "reason", "station"]
-        with TestClient(create_app(Settings(database=str(database))), base_url="http://127.0.0.1:1026") as client:
+        with TestClient(create_app(Settings(database=database)), base_url="http://127.0.0.1:1026") as client:
             check_good_rows(stations(client))
 
-    def test_time_series_rows_update_one_entity(self, tmp_path: Path) -> None:
-        database, rejects = tmp_path / "series.db", tmp_path / "series-rejects.csv"
+    def test_time_series_rows_update_one_entity(self, tmp_path: Path, db_url: str) -> None:
+        database, rejects = db_url, tmp_path / "series-rejects.csv"
         report = load(database, DATA / "station-hours.csv", DATA / "station-hours.yaml", rejects)
         assert (report.rows, report.loaded, report.rejected, len(report.entities)) == (6, 5, 1, 2)
         [bad] = read_rejects(rejects)
         assert bad["line"] == "5" and "no2: 'bad' is not a valid number" in bad["reason"]
-        with TestClient(create_app(Settings(database=str(database))), base_url="http://127.0.0.1:1026") as client:
+        with TestClient(create_app(Settings(database=database)), base_url="http://127.0.0.1:1026") as client:
             found = stations(client)
         assert found["S1"]["no2"]["value"] == 15 and found["S1"]["no2"]["observedAt"] == "2024-03-01T10:00:00Z"
         assert found["S2"]["no2"]["value"] == 31 and found["S2"]["no2"]["observedAt"] == "2024-03-01T09:00:00Z"
 
-    def test_no_reject_file_without_rejects(self, tmp_path: Path) -> None:
+    def test_no_reject_file_without_rejects(self, tmp_path: Path, db_url: str) -> None:
         source = tmp_path / "clean.csv"
         source.write_text("station;hour;no2\nS9;2024-01-01T00:00:00Z;1\n", encoding="utf-8")
-        report = load(tmp_path / "clean.db", source, DATA / "station-hours.yaml", tmp_path / "r.csv")
+        report = load(db_url, source, DATA / "station-hours.yaml", tmp_path / "r.csv")
         assert report.rejected == 0 and not (tmp_path / "r.csv").exists()
         assert "1 rows read, 1 loaded into 1 entities, 0 rejected" in report.summary()
 
@@ -148,11 +148,11 @@ class TestMappings:
         with pytest.raises(csv_import.MappingError, match=message.replace("{", r"\{").replace("(", r"\(")):
             csv_import.parse_mapping(mapping)
 
-    def test_missing_columns_are_named(self, tmp_path: Path) -> None:
+    def test_missing_columns_are_named(self, tmp_path: Path, db_url: str) -> None:
         mapping = tmp_path / "m.yaml"
         mapping.write_text(yaml.safe_dump({"type": "T", "id": "urn:x:{nope}", "attributes": {"v": "value"}}))
         with pytest.raises(csv_import.MappingError, match="has no column nope, value"):
-            load(tmp_path / "m.db", STATIONS, mapping, tmp_path / "r.csv")
+            load(db_url, STATIONS, mapping, tmp_path / "r.csv")
 
     def test_shipped_schemas_validate_offline_with_formats(self) -> None:
         assert {"AirQualityObserved", "OffStreetParking", "WeatherObserved", "GtfsStop"} <= set(shipped())

@@ -7,7 +7,6 @@ import asyncio
 import csv
 import gzip
 import io
-import os
 import subprocess
 import sys
 import time
@@ -15,20 +14,20 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from backends import cli_env
 from cityos.app import create_app
 from cityos.ingest import demo, history
 from cityos.ingest.sink import StoreSink
 from cityos.jsonld.registry import ContextRegistry
 from cityos.net import OutboundPolicy
 from cityos.settings import Settings
-from cityos.store.sqlite import SQLiteStore
+from cityos.store import open_store
 from notify_helpers import free_port
 
 API = "/ngsi-ld/v1/entities"
@@ -119,9 +118,9 @@ class TestHistory:
         }
 
 
-def load_into(database: Path) -> demo.DemoReport:
+def load_into(database: str) -> demo.DemoReport:
     async def main() -> demo.DemoReport:
-        store = SQLiteStore(str(database))
+        store = open_store(database)
         await store.open()
         try:
             return await demo.load_demo(StoreSink(store, ContextRegistry(OutboundPolicy()).core_terms()))
@@ -132,9 +131,8 @@ def load_into(database: Path) -> demo.DemoReport:
 
 
 class TestDemo:
-    def test_loads_a_coherent_city(self, tmp_path: Path, beijing: list[history.HistoryInstance]) -> None:
-        database = tmp_path / "demo.db"
-        report = load_into(database)
+    def test_loads_a_coherent_city(self, db_url: str, beijing: list[history.HistoryInstance]) -> None:
+        report = load_into(db_url)
         assert report.failed == []
         assert report.counts["OffStreetParking"] == 3 and report.gtfs["GtfsStop"] == 9
         assert set(report.counts) == {
@@ -152,7 +150,7 @@ class TestDemo:
         assert report.history_stations == sorted([AIR, WEATHER, TRAFFIC]) and not report.history_stored
         text = "\n".join(report.lines())
         assert f"{API}?type=OffStreetParking" in text and "Loaded the CityOS demo city" in text
-        with TestClient(create_app(Settings(database=str(database))), base_url="http://127.0.0.1:1026") as client:
+        with TestClient(create_app(Settings(database=db_url)), base_url="http://127.0.0.1:1026") as client:
             parking = client.get(API, params={"type": "OffStreetParking", "options": "keyValues"}).json()
             assert {p["name"] for p in parking} >= {"Main Street car park (Demo)"}
             assert all("Porto" not in str(p) for p in parking)  # the example's own place is gone
@@ -181,9 +179,9 @@ class TestDemo:
             stops = client.get(API, params={"type": "GtfsStop", "limit": "100"}).json()
             assert len(stops) == 9
 
-    def test_serve_loads_the_demo_only_into_an_empty_database(self, tmp_path: Path) -> None:
+    def test_serve_loads_the_demo_only_into_an_empty_database(self, db_url: str) -> None:
         assert Settings().demo_on_empty is False  # tests and plain `cityos serve` never load it
-        settings = Settings(database=str(tmp_path / "empty.db"), demo_on_empty=True)
+        settings = Settings(database=db_url, demo_on_empty=True)
         with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
             assert len(client.get(API, params={"type": "OffStreetParking"}).json()) == 3
             assert client.delete(f"{API}/urn:ngsi-ld:OffStreetParking:beatty-airport").status_code == 204
@@ -191,14 +189,13 @@ class TestDemo:
             assert len(client.get(API, params={"type": "OffStreetParking"}).json()) == 2  # not loaded again
 
 
-def test_make_run_serves_the_demo_city(tmp_path: Path) -> None:
-    """What `make run` does on a fresh clone: `cityos serve --demo-on-empty` on an empty database."""
+def test_make_run_serves_the_demo_city(db_url: str) -> None:
+    """What `make run` does on a fresh clone: `cityos serve --demo-on-empty` on an empty database (the
+    SQLite file `make run` uses, and an empty PostgreSQL schema)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
-    env["CITYOS_PORT"] = str(port)
     process = subprocess.Popen(
-        [sys.executable, "-m", "cityos", "serve", "--demo-on-empty", "--database", str(tmp_path / "cityos.db")],
-        env=env,
+        [sys.executable, "-m", "cityos", "serve", "--demo-on-empty", "--database", db_url],
+        env=cli_env(CITYOS_PORT=str(port)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import threading
@@ -15,13 +14,14 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from backends import cli_env
 from cityos.app import create_app
 from cityos.ingest import gtfs, gtfs_realtime
 from cityos.ingest.sink import StoreSink
 from cityos.jsonld.registry import ContextRegistry
 from cityos.net import OutboundPolicy
 from cityos.settings import Settings
-from cityos.store.sqlite import SQLiteStore
+from cityos.store import open_store
 
 DATA = Path(__file__).parent / "data" / "gtfs"
 INVALID = DATA / "invalid"
@@ -29,11 +29,11 @@ REALTIME = DATA / "realtime"
 API = "/ngsi-ld/v1/entities"
 
 
-def run_with_sink(database: Path, action: Any) -> Any:
+def run_with_sink(database: str, action: Any) -> Any:
     """Run `action(sink)` against a store on `database`, as the CLI does."""
 
     async def main() -> Any:
-        store = SQLiteStore(str(database))
+        store = open_store(database)
         await store.open()
         try:
             return await action(StoreSink(store, ContextRegistry(OutboundPolicy()).core_terms()))
@@ -44,12 +44,13 @@ def run_with_sink(database: Path, action: Any) -> Any:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Path:
-    return tmp_path / "gtfs.db"
+def database(db_url: str) -> str:
+    """The test's database (each test runs on SQLite and on PostgreSQL)."""
+    return db_url
 
 
-def api(database: Path) -> TestClient:
-    return TestClient(create_app(Settings(database=str(database))), base_url="http://127.0.0.1:1026")
+def api(database: str) -> TestClient:
+    return TestClient(create_app(Settings(database=database)), base_url="http://127.0.0.1:1026")
 
 
 def keyvalues(client: TestClient, entity_type: str, **params: str) -> list[dict[str, Any]]:
@@ -60,7 +61,7 @@ def keyvalues(client: TestClient, entity_type: str, **params: str) -> list[dict[
 
 
 class TestGoodFeeds:
-    def test_sample_feed_becomes_urban_mobility_entities(self, database: Path) -> None:
+    def test_sample_feed_becomes_urban_mobility_entities(self, database: str) -> None:
         report = run_with_sink(database, lambda sink: gtfs.import_feed(DATA / "sample-feed.zip", sink))
         assert report.failed == []
         assert report.counts == {
@@ -109,7 +110,7 @@ class TestGoodFeeds:
             ).json()
             assert {s["id"] for s in near} == {"urn:ngsi-ld:GtfsStop:EMSI"}
 
-    def test_good_feed_with_prefix_stations_transfers_and_reimport(self, database: Path) -> None:
+    def test_good_feed_with_prefix_stations_transfers_and_reimport(self, database: str) -> None:
         for _ in range(2):  # importing again replaces, it does not duplicate
             report = run_with_sink(database, lambda sink: gtfs.import_feed(DATA / "good_feed.zip", sink, prefix="tf:"))
             assert report.failed == [] and report.written == 73
@@ -125,7 +126,7 @@ class TestGoodFeeds:
             [agency] = keyvalues(client, "GtfsAgency")
             assert agency["agencyName"] == "Autorité de passage de démonstration" and agency["phone"] == "123 12314"
 
-    def test_shapes(self, tmp_path: Path, database: Path) -> None:
+    def test_shapes(self, tmp_path: Path, database: str) -> None:
         """The sample feeds have no shape points; one added to a copy becomes a GtfsShape LineString."""
         import zipfile
 
@@ -160,7 +161,7 @@ BROKEN = {
 
 class TestBrokenFeeds:
     @pytest.mark.parametrize("name", sorted(BROKEN))
-    def test_errors_are_named_and_nothing_is_written(self, name: str, database: Path) -> None:
+    def test_errors_are_named_and_nothing_is_written(self, name: str, database: str) -> None:
         with pytest.raises(gtfs.GtfsError) as caught:
             run_with_sink(database, lambda sink: gtfs.import_feed(INVALID / f"{name}.zip", sink))
         messages = [str(issue) for issue in caught.value.issues]
@@ -169,7 +170,7 @@ class TestBrokenFeeds:
         with api(database) as client:
             assert client.get(API, params={"type": "GtfsAgency,GtfsStop,GtfsTrip"}).json() == []
 
-    def test_stops_too_close_is_a_warning(self, database: Path) -> None:
+    def test_stops_too_close_is_a_warning(self, database: str) -> None:
         report = run_with_sink(database, lambda sink: gtfs.import_feed(INVALID / "duplicate_stop.zip", sink))
         assert "stops.txt:5: warning: stops BULLFROG and FROG are 0.4 m apart" in [str(i) for i in report.issues]
         assert report.counts["GtfsStop"] == 10 and report.failed == []
@@ -180,9 +181,8 @@ class TestBrokenFeeds:
         _, issues = gtfs.read_feed(bogus)
         assert [i.severity for i in issues] == ["error"] and "cannot read the zip" in issues[0].message
 
-    def test_cli_reports_clearly(self, tmp_path: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
-        database = tmp_path / "cli.db"
+    def test_cli_reports_clearly(self, database: str) -> None:
+        env = cli_env()
         broken = subprocess.run(
             [
                 sys.executable,
@@ -192,7 +192,7 @@ class TestBrokenFeeds:
                 "gtfs",
                 str(INVALID / "undefined_stop.zip"),
                 "--database",
-                str(database),
+                database,
             ],
             capture_output=True,
             text=True,
@@ -212,7 +212,7 @@ class TestBrokenFeeds:
                 "gtfs",
                 str(DATA / "sample-feed.zip"),
                 "--database",
-                str(database),
+                database,
             ],
             capture_output=True,
             text=True,
@@ -269,7 +269,7 @@ def feed_server() -> Iterator[FeedServer]:
 
 
 class TestRealtime:
-    def test_vehicle_positions_trip_updates_and_alerts(self, database: Path) -> None:
+    def test_vehicle_positions_trip_updates_and_alerts(self, database: str) -> None:
         def apply(source: Path) -> Any:
             return run_with_sink(database, lambda sink: gtfs_realtime.apply_source(str(source), sink))
 
@@ -297,7 +297,7 @@ class TestRealtime:
             assert alert["validFrom"] == "2010-09-14T09:44:28Z"
             assert alert["affectedRoutes"] == ["urn:ngsi-ld:GtfsRoute:100", "urn:ngsi-ld:GtfsRoute:219"]
 
-    def test_updates_meet_the_static_feed(self, database: Path, tmp_path: Path) -> None:
+    def test_updates_meet_the_static_feed(self, database: str, tmp_path: Path) -> None:
         from google.transit import gtfs_realtime_pb2 as rt
 
         run_with_sink(database, lambda sink: gtfs.import_feed(DATA / "sample-feed.zip", sink))
@@ -324,7 +324,7 @@ class TestRealtime:
             assert bus["speed"]["value"] == 36.0 and bus["speed"]["observedAt"] == "2023-11-14T22:13:25Z"
             assert bus["hasStop"]["object"] == "urn:ngsi-ld:GtfsStop:BULLFROG"
 
-    def test_polls_a_url(self, database: Path, feed_server: FeedServer) -> None:
+    def test_polls_a_url(self, database: str, feed_server: FeedServer) -> None:
         rounds: list[Any] = []
         run_with_sink(
             database,
@@ -334,7 +334,7 @@ class TestRealtime:
         with api(database) as client:
             assert client.get(f"{API}/urn:ngsi-ld:Vehicle:1").status_code == 200
 
-    def test_bad_sources_are_reported(self, database: Path, tmp_path: Path) -> None:
+    def test_bad_sources_are_reported(self, database: str, tmp_path: Path) -> None:
         garbage = tmp_path / "garbage.pb"
         garbage.write_bytes(b"\xff\xff\xff\xff not protobuf")
         headerless = tmp_path / "headerless.pb"

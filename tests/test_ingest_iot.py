@@ -3,19 +3,18 @@ broker into a real `cityos serve` process, read back through the NGSI-LD API."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
+from backends import cli_env
 from cityos.ingest.iot_mqtt import parse_topic
 from cityos.ingest.iot_payloads import PayloadError, detect_format, parse_json, parse_single, parse_ultralight
 from notify_helpers import free_port, mosquitto
@@ -128,13 +127,11 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
 
 
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+def agent(module_db_url: str) -> Iterator[Agent]:
     with mosquitto() as mqtt_port:
         port = free_port()
-        folder: Path = tmp_path_factory.mktemp("iot")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
-        env.update(
-            CITYOS_DATABASE=str(folder / "iot.db"),
+        env = cli_env(
+            CITYOS_DATABASE=module_db_url,
             CITYOS_PORT=str(port),
             CITYOS_IOT_MQTT_URL=f"mqtt://127.0.0.1:{mqtt_port}",
         )

@@ -737,10 +737,10 @@ class TestPreloadManifest:
         with pytest.raises(ValueError):
             offline_registry(preload_manifest=str(tmp_path / "absent.json"))
 
-    def test_setting_serves_preloaded_contexts_to_the_api(self, tmp_path: Path) -> None:
+    def test_setting_serves_preloaded_contexts_to_the_api(self, tmp_path: Path, db_url: str) -> None:
         url = "https://contexts.example.org/vehicle.jsonld"
         manifest = write_manifest(tmp_path, {url: "vehicle.jsonld"}, {"vehicle.jsonld": VEHICLE_CONTEXT})
-        settings = Settings(database=str(tmp_path / "city.db"), context_preload=str(manifest))
+        settings = Settings(database=db_url, context_preload=str(manifest))
         assert settings.allow_private_networks is False
         link = f'<{url}>; rel="{CONTEXT_REL}"; type="application/ld+json"'
         entity = {"id": "urn:ngsi-ld:Vehicle:P1", "type": "Vehicle", "speed": {"type": "Property", "value": 50}}

@@ -74,7 +74,7 @@ def to_q(expr: QExpr) -> str:
         return (";" if isinstance(expr, And) else "|").join(texts)
     path = path_text(expr.path)
     if isinstance(expr, Exists):
-        return path
+        return ("!" if expr.negated else "") + path
     if isinstance(expr, Match):
         bare = expr.pattern and not set(expr.pattern) & set(';|()[]"\\')
         return path + ("!~=" if expr.negated else "~=") + (expr.pattern if bare else json.dumps(expr.pattern))

@@ -1,5 +1,5 @@
 """Querying the city (GET /ngsi-ld/v1/entities, POST /ngsi-ld/v1/entityOperations/query): every
-query parameter and every error path, in-process over a real SQLite file.
+query parameter and every error path, in-process over a real database (SQLite and PostgreSQL).
 
 The data set is built from real Smart Data Models examples (OffStreetParking, ParkingSpot,
 AirQualityObserved, their @context dropped and sent as application/json) plus a few entities
@@ -748,8 +748,8 @@ def test_offset_past_the_end_is_an_empty_page(town: TestClient) -> None:
     assert "next" not in links(response)
 
 
-def test_default_page_size(tmp_path: Path) -> None:
-    settings = Settings(database=str(tmp_path / "paged.db"), default_page_size=2, max_page_size=3)
+def test_default_page_size(db_url: str) -> None:
+    settings = Settings(database=db_url, default_page_size=2, max_page_size=3)
     with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
         assert client.post(BATCH + "/create", json=city()).status_code == 201
         response = client.get(ENTITIES, params={"type": "OffStreetParking"})

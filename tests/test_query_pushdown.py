@@ -1,13 +1,14 @@
-"""The pushed-down SQL paths of a query on a store of 12,000 entities.
+"""The pushed-down SQL paths of a query on a store of 12,000 entities (SQLite and PostgreSQL).
 
 Two things are checked:
 
 1. Soundness: every query's result is exactly what an independent brute-force Python filter over
    the generated data gives (so a prefilter in SQL never drops a match), and the SQL part alone
    returns a superset of it.
-2. The pushdown is really used: the SQL that `_where` builds searches the side tables
-   (entity_types, entity_attrs, attr_values, the R*Tree) with their indexes, and the store decodes
-   only the narrowed candidates (or, when every filter is exact in SQL, only the page).
+2. The pushdown is really used: the store decodes only the narrowed candidates (or, when every
+   filter is exact in SQL, only the page); and, on SQLite only (these read SQLite's own EXPLAIN
+   QUERY PLAN and virtual machine), the SQL that `_where` builds searches the side tables
+   (entity_types, entity_attrs, attr_values, the R*Tree) with their indexes.
 
 The data is random but seeded; values are rounded to 5 decimals and the query shapes use more
 digits, so no generated value lies exactly on a query boundary.
@@ -28,11 +29,13 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 import cityos.store.sqlite as sqlite_store
+from backends import db_rows, module_sqlite_only
 from cityos.app import create_app
 from cityos.entities.expiry import now_key
 from cityos.query.entity_query import QuerySpec, build_entity_query
 from cityos.query.geo import parse_geo_query
 from cityos.settings import Settings
+from cityos.store import is_postgres
 from cityos.store.base import EntityQuery, QueryResult
 from cityos.store.sqlite import _where
 
@@ -121,9 +124,9 @@ CITY = generate()
 
 
 @pytest.fixture(scope="module")
-def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Starlette]]:
-    """One app over one SQLite file holding the generated city (loaded once for the module)."""
-    settings = Settings(database=str(tmp_path_factory.mktemp("pushdown") / "city.db"))
+def big(module_db_url: str) -> Iterator[tuple[TestClient, Starlette]]:
+    """One app over one database holding the generated city (loaded once for the module and back-end)."""
+    settings = Settings(database=module_db_url)
     app = create_app(settings)
     with TestClient(app, base_url="http://127.0.0.1:1026") as client:
         for start in range(0, SIZE, CHUNK):
@@ -321,12 +324,32 @@ def entity_query(big: tuple[TestClient, Starlette], spec: QuerySpec) -> EntityQu
     return build_entity_query(spec, big[1].state.services.contexts.core_terms().expand)
 
 
+def database_of(big: tuple[TestClient, Starlette]) -> str:
+    database: str = big[1].state.services.settings.database
+    return database
+
+
 @contextlib.contextmanager
-def database(big: tuple[TestClient, Starlette]) -> Iterator[sqlite3.Connection]:
-    path = big[1].state.services.settings.database
+def sqlite_database(big: tuple[TestClient, Starlette]) -> Iterator[sqlite3.Connection]:
+    path = database_of(big)
+    assert not is_postgres(path)
     with contextlib.closing(sqlite3.connect(path)) as connection:
         connection.create_function("regexp", 2, sqlite_store._regexp, deterministic=True)
         yield connection
+
+
+def sql_candidates(big: tuple[TestClient, Starlette], spec: QuerySpec) -> list[str]:
+    """The ids the pushed-down SQL part of a query lets through, on either back-end."""
+    query, database = entity_query(big, spec), database_of(big)
+    if is_postgres(database):
+        from cityos.store.postgres.sql import Params, where
+
+        p = Params()
+        condition = where("", query, now_key(), p)
+        return [row[0] for row in db_rows(database, f"SELECT e.id FROM entities e WHERE {condition}", *p.values)]
+    condition, params = _where("", query, now_key())
+    with sqlite_database(big) as db:
+        return [row[0] for row in db.execute(f"SELECT e.id FROM entities e WHERE {condition}", params)]
 
 
 # -- 1. soundness -----------------------------------------------------------------------------------
@@ -346,9 +369,7 @@ def test_results_equal_brute_force(big: tuple[TestClient, Starlette], name: str,
 def test_sql_prefilter_never_drops_a_match(
     big: tuple[TestClient, Starlette], name: str, spec: QuerySpec, test: Test
 ) -> None:
-    where, params = _where("", entity_query(big, spec), now_key())
-    with database(big) as db:
-        candidates = {row[0] for row in db.execute(f"SELECT e.id FROM entities e WHERE {where}", params)}
+    candidates = set(sql_candidates(big, spec))
     assert set(expected(test)) <= candidates
     if name != "or":  # an OR is left to the predicate (query/pushdown.py); everything else narrows
         assert len(candidates) < SIZE
@@ -429,9 +450,10 @@ def test_post_query_on_the_big_store(big: tuple[TestClient, Starlette]) -> None:
 
 
 # -- 2. the pushdown is used ------------------------------------------------------------------------
+# The plan and VM-step tests read SQLite's own EXPLAIN QUERY PLAN and virtual machine: SQLite only.
 def plan(big: tuple[TestClient, Starlette], spec: QuerySpec) -> list[str]:
     where, params = _where("", entity_query(big, spec), now_key())
-    with database(big) as db:
+    with sqlite_database(big) as db:
         rows = db.execute(f"EXPLAIN QUERY PLAN SELECT e.doc FROM entities e WHERE {where} ORDER BY e.pk", params)
         return [row[3] for row in rows]
 
@@ -459,6 +481,7 @@ def plan(big: tuple[TestClient, Starlette], spec: QuerySpec) -> list[str]:
     ],
     ids=["type", "attrs", "q-exists", "gt", "le", "range", "eq", "text", "near", "within", "ids"],
 )
+@module_sqlite_only
 def test_plan_uses_the_side_table_index(big: tuple[TestClient, Starlette], spec: QuerySpec, index: str) -> None:
     steps = plan(big, spec)
     assert any(step.startswith(index) for step in steps), steps
@@ -478,6 +501,7 @@ def test_plan_uses_the_side_table_index(big: tuple[TestClient, Starlette], spec:
     ],
     ids=["type", "eq", "text", "near"],
 )
+@module_sqlite_only
 def test_selective_filters_reach_entities_by_primary_key(big: tuple[TestClient, Starlette], spec: QuerySpec) -> None:
     """A selective side-table filter must drive the lookup of entities by pk, not be checked against
     every entity of the tenant (SEARCH e USING INDEX ...(tenant=?) walks them all)."""
@@ -493,12 +517,13 @@ def vm_steps(big: tuple[TestClient, Starlette], sql: str, params: list[Any]) -> 
         count += 1
         return 0
 
-    with database(big) as db:
+    with sqlite_database(big) as db:
         db.set_progress_handler(tick, 1)
         db.execute(sql, params).fetchall()
     return count
 
 
+@module_sqlite_only
 def test_a_selective_filter_costs_a_fraction_of_a_full_pass(big: tuple[TestClient, Starlette]) -> None:
     """SQLite's own work (virtual machine steps) for a filter matching ~20 of 12,000 entities must be
     far below that of reading every entity of the tenant."""
@@ -513,7 +538,7 @@ def test_a_selective_filter_costs_a_fraction_of_a_full_pass(big: tuple[TestClien
 
 
 class Decodes:
-    """Counts the entity documents the store decodes (orjson.loads in cityos.store.sqlite)."""
+    """Counts the entity documents the store decodes (orjson.loads in the store's module)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -527,9 +552,14 @@ class Decodes:
 
 
 @pytest.fixture
-def decodes(monkeypatch: pytest.MonkeyPatch) -> Decodes:
+def decodes(big: tuple[TestClient, Starlette], monkeypatch: pytest.MonkeyPatch) -> Decodes:
     counter = Decodes()
-    monkeypatch.setattr(sqlite_store, "orjson", counter)
+    if is_postgres(database_of(big)):
+        import cityos.store.postgres.store as postgres_store
+
+        monkeypatch.setattr(postgres_store, "orjson", counter)
+    else:
+        monkeypatch.setattr(sqlite_store, "orjson", counter)
     return counter
 
 
@@ -542,10 +572,7 @@ def test_exact_queries_page_in_sql(big: tuple[TestClient, Starlette], decodes: D
 
 
 def candidates(big: tuple[TestClient, Starlette], spec: QuerySpec) -> int:
-    where, params = _where("", entity_query(big, spec), now_key())
-    with database(big) as db:
-        total: int = db.execute(f"SELECT COUNT(*) FROM entities e WHERE {where}", params).fetchone()[0]
-    return total
+    return len(sql_candidates(big, spec))
 
 
 @pytest.mark.parametrize(("name", "spec", "test"), CASES, ids=CASE_IDS)

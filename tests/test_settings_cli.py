@@ -70,7 +70,7 @@ class TestFromEnv:
         environ = {
             "CITYOS_HOST": "0.0.0.0",
             "CITYOS_PORT": "8080",
-            "CITYOS_DATABASE": str(tmp_path / "x.db"),
+            "CITYOS_DATABASE": "postgresql://cityos@db.example.org/city",  # several workers need PostgreSQL
             "CITYOS_WORKERS": "3",
             "CITYOS_LOG_LEVEL": "debug",
             "CITYOS_ALLOW_PRIVATE_NETWORKS": "true",
@@ -90,7 +90,7 @@ class TestFromEnv:
             Settings(),
             host="0.0.0.0",
             port=8080,
-            database=str(tmp_path / "x.db"),
+            database="postgresql://cityos@db.example.org/city",
             workers=3,
             log_level="debug",
             allow_private_networks=True,
@@ -121,7 +121,10 @@ class TestFromEnv:
             raw = expected = "error"
         else:
             raw = expected = default + "-changed"
-        settings = Settings.from_env({env_name(name): raw})
+        environ = {env_name(name): raw}
+        if name == "workers":  # several workers need PostgreSQL
+            environ[env_name("database")] = "postgresql://cityos@db.example.org/city"
+        settings = Settings.from_env(environ)
         assert getattr(settings, name) == expected
         assert type(getattr(settings, name)) is type(default)
 

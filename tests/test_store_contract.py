@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,9 +24,25 @@ from cityos.entities import update
 from cityos.entities.expiry import now_key
 from cityos.entities.model import Entity
 from cityos.errors import AlreadyExists, NgsiLdError, ResourceNotFound
+from cityos.query.entity_maps import EntityMap
 from cityos.query.pushdown import ValueFilter
 from cityos.store import EXPERIMENTAL_POSTGRES, open_store
-from cityos.store.base import EntityQuery, EntityStore, QueryResult, StoredContextRow
+from cityos.store.base import (
+    AttributeStats,
+    ChangeListener,
+    EntityChange,
+    EntityLookup,
+    EntityQuery,
+    EntityStore,
+    EntityTypeStats,
+    IngestRecord,
+    OutboxRow,
+    QueryResult,
+    RegistrationRow,
+    StoredContextRow,
+    StoreEvent,
+    SubscriptionRow,
+)
 
 T = TypeVar("T")
 POSTGRES = os.environ.get("CITYOS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -46,28 +63,6 @@ class Backend:
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coroutine)
-
-
-@pytest.fixture(scope="session")
-def postgres_skip_reason() -> str | None:
-    """Why the PostgreSQL tests cannot run here (None: they can); puts PostGIS in the database."""
-    try:
-        import asyncpg
-    except ImportError:
-        return "asyncpg is not installed (pip install -e '.[dev]')"
-
-    async def probe() -> None:
-        connection = await asyncpg.connect(POSTGRES, timeout=3)
-        try:
-            await connection.execute("CREATE EXTENSION IF NOT EXISTS postgis")
-        finally:
-            await connection.close()
-
-    try:
-        asyncio.run(probe())
-    except (OSError, TimeoutError) as exc:
-        return f"no PostgreSQL server reachable at {POSTGRES} ({exc})"
-    return None
 
 
 @contextmanager
@@ -449,12 +444,8 @@ def test_postgres_names_what_is_missing() -> None:
     from cityos.store.postgres import BackendIncomplete, PostgresStore
 
     store = PostgresStore("postgresql://cityos@db.invalid/cityos")
-    with pytest.raises(BackendIncomplete, match=r"PostgresStore\.load_subscriptions is not implemented yet"):
-        asyncio.run(store.load_subscriptions())
-    with pytest.raises(NotImplementedError, match="temporal_query"):
+    with pytest.raises(BackendIncomplete, match=r"PostgresStore\.temporal_query is not implemented yet"):
         asyncio.run(store.temporal_query("", None))  # type: ignore[arg-type]
-    with pytest.raises(BackendIncomplete, match="set_change_listener"):
-        store.set_change_listener(lambda change, lookup: [], None)
 
 
 def test_db_commands_leave_sqlite_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -498,3 +489,443 @@ def test_postgres_writers_in_two_workers_lose_no_update(postgres_skip_reason: st
 
         counted = loop.run_until_complete(scenario())
         assert counted is not None and value_of(counted, "n") == 50
+
+
+# -- the catalogue: subscriptions and their outbox, registrations, entity maps, discovery, ingestion --
+def _outbox_listener(subscription_id: str, lane: str) -> ChangeListener:
+    def listener(change: EntityChange, lookup: EntityLookup) -> list[OutboxRow]:
+        return [OutboxRow(change.tenant, subscription_id, lane, {"entity": change.entity_id})]
+
+    return listener
+
+
+def test_subscriptions_round_trip(backend: Backend) -> None:
+    store, run = backend.store, backend.run
+    first = SubscriptionRow("t1", "urn:sub:1", {"q": "a"}, {"timesSent": 0})
+    run(store.save_subscription(first, create=True))
+    run(store.save_subscription(SubscriptionRow("", "urn:sub:2", {"q": "b"}), create=True))
+    run(store.save_subscription(SubscriptionRow("t1", "urn:sub:2", {"q": "c"}), create=True))  # ids are per tenant
+    with pytest.raises(AlreadyExists):
+        run(store.save_subscription(SubscriptionRow("t1", "urn:sub:1", {"q": "x"}), create=True))
+    assert run(store.tenant_exists("t1"))  # created with its first subscription
+    run(store.save_subscription(SubscriptionRow("t1", "urn:sub:1", {"q": "A"}, {"timesSent": 3}), create=False))
+    run(store.save_subscription(SubscriptionRow("t1", "urn:sub:9", {"q": "?"}), create=False))  # no such: no-op
+    loaded = run(store.load_subscriptions())
+    assert [(r.tenant, r.id, r.document, r.status) for r in loaded] == [
+        ("t1", "urn:sub:1", {"q": "A"}, {"timesSent": 3}),
+        ("", "urn:sub:2", {"q": "b"}, {}),
+        ("t1", "urn:sub:2", {"q": "c"}, {}),
+    ]
+    assert run(store.delete_subscription("t1", "urn:sub:1"))
+    assert not run(store.delete_subscription("t1", "urn:sub:1"))
+    assert [(r.tenant, r.id) for r in run(store.load_subscriptions())] == [("", "urn:sub:2"), ("t1", "urn:sub:2")]
+
+
+def test_outbox_round_trip(backend: Backend) -> None:
+    store, run = backend.store, backend.run
+    subscription = SubscriptionRow("t", "urn:sub:1", {"q": "a"})
+    run(store.save_subscription(subscription, create=True))
+    wakes: list[int] = []
+    store.set_change_listener(_outbox_listener("urn:sub:1", "lane-1"), lambda: wakes.append(1))
+    entities = [make(f"urn:x:{i}", "T", n=prop(i)) for i in range(3)]
+    run(store.mutate("t", [(e["id"], update.create(e)) for e in entities], atomic=True))
+    store.set_change_listener(None, None)
+    assert wakes == [1]  # once, after the commit
+
+    first = run(store.claim_outbox(2))
+    assert [(r.tenant, r.subscription_id, r.lane, r.payload, r.attempts) for r in first] == [
+        ("t", "urn:sub:1", "lane-1", {"entity": "urn:x:0"}, 0),
+        ("t", "urn:sub:1", "lane-1", {"entity": "urn:x:1"}, 0),
+    ]
+    rest = run(store.claim_outbox(10))
+    assert [r.payload["entity"] for r in rest] == ["urn:x:2"]
+    assert first[0].id < first[1].id < rest[0].id
+    assert run(store.claim_outbox(10)) == []  # every row is claimed
+
+    # a failed attempt is recorded and the row stays; the status goes with it
+    first[0].attempts = 1
+    run(store.finish_outbox(first[0], done=False, status=SubscriptionRow("t", "urn:sub:1", {}, {"timesFailed": 1})))
+    [stored] = run(store.load_subscriptions())
+    assert (stored.document, stored.status) == ({"q": "a"}, {"timesFailed": 1})
+    run(store.release_outbox())
+    again = run(store.claim_outbox(10))
+    assert [(r.id, r.attempts) for r in again] == [(first[0].id, 1), (first[1].id, 0), (rest[0].id, 0)]
+
+    run(store.finish_outbox(again[0], done=True))
+    run(store.release_outbox())
+    assert [r.id for r in run(store.claim_outbox(10))] == [first[1].id, rest[0].id]
+    # deleting the subscription drops what it was still owed
+    assert run(store.delete_subscription("t", "urn:sub:1"))
+    run(store.release_outbox())
+    assert run(store.claim_outbox(10)) == []
+
+
+def test_registrations_round_trip(backend: Backend) -> None:
+    store, run = backend.store, backend.run
+    run(store.save_registration(RegistrationRow("t", "urn:reg:1", {"endpoint": "a"}), create=True))
+    run(store.save_registration(RegistrationRow("t", "urn:reg:2", {"endpoint": "b"}), create=True))
+    run(store.save_registration(RegistrationRow("u", "urn:reg:1", {"endpoint": "c"}), create=True))
+    with pytest.raises(AlreadyExists):
+        run(store.save_registration(RegistrationRow("t", "urn:reg:1", {"endpoint": "x"}), create=True))
+    assert run(store.tenant_exists("t")) and run(store.tenant_exists("u"))
+    run(store.save_registration(RegistrationRow("t", "urn:reg:1", {"endpoint": "A"}), create=False))
+    assert [(r.id, r.document) for r in run(store.list_registrations("t"))] == [
+        ("urn:reg:1", {"endpoint": "A"}),
+        ("urn:reg:2", {"endpoint": "b"}),
+    ]
+    got = run(store.get_registration("u", "urn:reg:1"))
+    assert got is not None and (got.tenant, got.id, got.document) == ("u", "urn:reg:1", {"endpoint": "c"})
+    assert run(store.get_registration("t", "urn:reg:9")) is None
+    assert run(store.delete_registration("t", "urn:reg:1"))
+    assert not run(store.delete_registration("t", "urn:reg:1"))
+    assert [r.id for r in run(store.list_registrations("t"))] == ["urn:reg:2"]
+    assert run(store.list_registrations("nobody")) == []
+
+
+def test_entity_maps_round_trip(backend: Backend) -> None:
+    store, run = backend.store, backend.run
+    later = datetime(2999, 1, 1, 12, 30, 15, 250000, tzinfo=UTC)
+    kept = EntityMap("urn:map:1", later, ("urn:x:b", "urn:x:a"), "type=T")
+    run(store.save_entity_map("t", kept))
+    run(store.save_entity_map("u", EntityMap("urn:map:1", later, ("urn:x:z",), "")))  # maps are per tenant
+    assert run(store.get_entity_map("t", "urn:map:1")) == kept
+    assert run(store.get_entity_map("t", "urn:map:2")) is None
+
+    sooner = datetime(2998, 6, 1, tzinfo=UTC)
+    assert run(store.update_entity_map("t", "urn:map:1", expires_at=sooner))
+    assert run(store.update_entity_map("t", "urn:map:1", entity_ids=["urn:x:a"]))
+    assert run(store.get_entity_map("t", "urn:map:1")) == EntityMap("urn:map:1", sooner, ("urn:x:a",), "type=T")
+    assert run(store.update_entity_map("t", "urn:map:1"))  # nothing to change, but it exists
+    assert not run(store.update_entity_map("t", "urn:map:2"))
+    assert not run(store.update_entity_map("t", "urn:map:2", entity_ids=[]))
+
+    replaced = EntityMap("urn:map:1", later, (), "q=x")
+    run(store.save_entity_map("t", replaced))
+    assert run(store.get_entity_map("t", "urn:map:1")) == replaced
+    run(store.save_entity_map("t", EntityMap("urn:map:old", datetime(2001, 1, 1, tzinfo=UTC), ("urn:x:a",))))
+    run(store.purge_expired(now_key()))
+    assert run(store.get_entity_map("t", "urn:map:old")) is None  # expired maps are swept
+    assert run(store.get_entity_map("t", "urn:map:1")) == replaced
+    assert run(store.delete_entity_map("t", "urn:map:1"))
+    assert not run(store.delete_entity_map("t", "urn:map:1"))
+    assert run(store.get_entity_map("u", "urn:map:1")) is not None
+
+
+def test_ingest_records_round_trip(backend: Backend) -> None:
+    store, run = backend.store, backend.run
+    g1, g2 = IngestRecord("group", "t", "k1", {"n": 1}), IngestRecord("group", "u", "k1", {"n": 2})
+    d1 = IngestRecord("device", "t", "k1", {"n": 3})  # kinds are separate key spaces
+    run(store.add_ingest_records([g1, g2, d1]))
+    run(store.add_ingest_records([]))
+    fresh = IngestRecord("group", "t", "k2", {"n": 4})
+    with pytest.raises(AlreadyExists, match="group k1"):
+        run(store.add_ingest_records([fresh, IngestRecord("group", "t", "k1", {"n": 5})]))
+    with pytest.raises(AlreadyExists, match="group k3"):
+        run(store.add_ingest_records([IngestRecord("group", "t", "k3", {}), IngestRecord("group", "t", "k3", {})]))
+    assert run(store.load_ingest_records("group")) == [g1, g2]  # all or none: nothing of either batch
+    assert run(store.load_ingest_records("device")) == [d1]
+    run(store.add_ingest_records([fresh]))
+    assert run(store.delete_ingest_record("group", "t", "k1"))
+    assert not run(store.delete_ingest_record("group", "t", "k1"))
+    assert run(store.load_ingest_records("group")) == [g2, fresh]
+    assert run(store.load_ingest_records("nothing")) == []
+
+
+def _rel(target: str) -> dict[str, Any]:
+    return {"type": "Relationship", "object": target, "createdAt": STAMP, "modifiedAt": STAMP}
+
+
+def test_discovery_aggregates_visible_entities(backend: Backend) -> None:
+    store, run = backend.store, backend.run
+    expired = make("urn:x:4", "Sensor", "Secret", secret=prop(1))
+    expired["expiresAt"] = PAST
+    entities = [
+        make("urn:x:1", "Sensor", temperature=[prop(1, datasetId="urn:d:1"), prop(2)], location=geo(point(1, 2))),
+        make("urn:x:2", "Sensor", "Device", temperature=prop(3), owner=_rel("urn:x:3")),
+        make("urn:x:3", "Building"),
+        make("urn:x:5", "apple", Zeta=prop("z"), owner=prop("me")),  # lower case sorts after upper case
+        expired,
+    ]
+    run(store.mutate("t", [(e["id"], update.create(e)) for e in entities], atomic=True))
+    run(store.mutate("other", [("urn:x:9", update.create(make("urn:x:9", "Other", z=prop(0))))], atomic=True))
+
+    assert run(store.entity_types("t")) == [V + "Building", V + "Device", V + "Sensor", V + "apple"]
+    assert run(store.entity_types("other")) == [V + "Other"]
+    assert run(store.entity_types("nobody")) == []
+    assert run(store.entity_type_attributes("t")) == {
+        V + "Building": [],
+        V + "Device": [V + "owner", V + "temperature"],
+        V + "Sensor": [V + "location", V + "owner", V + "temperature"],
+        V + "apple": [V + "Zeta", V + "owner"],
+    }
+    assert run(store.entity_type_stats("t", V + "Sensor")) == EntityTypeStats(
+        V + "Sensor",
+        2,
+        {V + "location": ["GeoProperty"], V + "owner": ["Relationship"], V + "temperature": ["Property"]},
+    )
+    assert run(store.entity_type_stats("t", V + "Building")) == EntityTypeStats(V + "Building", 1, {})
+    assert run(store.entity_type_stats("t", V + "Secret")) is None  # only an expired entity has it
+    assert run(store.entity_type_stats("other", V + "Sensor")) is None
+
+    assert run(store.attribute_names("t")) == [V + "Zeta", V + "location", V + "owner", V + "temperature"]
+    assert run(store.attribute_type_names("t")) == {
+        V + "Zeta": [V + "apple"],
+        V + "location": [V + "Sensor"],
+        V + "owner": [V + "Device", V + "Sensor", V + "apple"],
+        V + "temperature": [V + "Device", V + "Sensor"],
+    }
+    assert run(store.attribute_stats("t", V + "temperature")) == AttributeStats(
+        V + "temperature", 3, ["Property"], [V + "Device", V + "Sensor"]
+    )
+    assert run(store.attribute_stats("t", V + "owner")) == AttributeStats(
+        V + "owner", 2, ["Property", "Relationship"], [V + "Device", V + "Sensor", V + "apple"]
+    )
+    assert run(store.attribute_stats("t", V + "secret")) is None
+    assert run(store.attribute_stats("t", V + "nothing")) is None
+
+
+# -- PostgreSQL only: several workers on one database ----------------------------------------------
+@contextmanager
+def postgres_workers(skip_reason: str | None, count: int = 2, **settings: float) -> Iterator[tuple[Any, list[Any]]]:
+    """`count` PostgresStores (as `count` worker processes would have) on one fresh migrated schema."""
+    with postgres_schema(skip_reason) as (loop, url):
+        from cityos.store.postgres import PostgresStore
+
+        loop.run_until_complete(_migrate(url))
+        workers = [PostgresStore(url) for _ in range(count)]
+        for worker in workers:
+            for name, value in settings.items():
+                setattr(worker, name, value)
+        opened: list[PostgresStore] = []
+        try:
+            for worker in workers:
+                loop.run_until_complete(worker.open())
+                opened.append(worker)
+            yield loop, workers
+        finally:
+            for worker in opened:
+                loop.run_until_complete(worker.close())
+
+
+async def _fill_outbox(store: Any, rows: list[OutboxRow]) -> None:
+    """Outbox rows as a write transaction inserts them."""
+    async with store.pool.acquire() as connection, connection.transaction():
+        await store._insert_outbox(connection, rows)
+
+
+def _lane_rows(lanes: int, per_lane: int) -> list[OutboxRow]:
+    """Rows interleaved across lanes, as changes to many subscriptions arrive."""
+    return [
+        OutboxRow("", f"urn:sub:{lane}", f"lane-{lane}", {"n": n}) for n in range(per_lane) for lane in range(lanes)
+    ]
+
+
+def test_postgres_concurrent_claims_take_each_row_once_and_lanes_whole(postgres_skip_reason: str | None) -> None:
+    """Many claims at once from two workers: no row twice, and each lane's claimed rows are one
+    worker's, a prefix of the lane in id order (a later row never goes ahead of an earlier one)."""
+    with postgres_workers(postgres_skip_reason) as (loop, workers):
+
+        async def scenario() -> list[tuple[str, list[OutboxRow]]]:
+            await _fill_outbox(workers[0], _lane_rows(lanes=20, per_lane=30))
+            calls = [(w.worker_id, w.claim_outbox(17)) for _ in range(8) for w in workers]
+            results = await asyncio.gather(*(call for _, call in calls))
+            return [(worker_id, rows) for (worker_id, _), rows in zip(calls, results, strict=True)]
+
+        claims = loop.run_until_complete(scenario())
+        owner: dict[int, str] = {}
+        for worker_id, rows in claims:
+            assert [r.id for r in rows] == sorted(r.id for r in rows)  # oldest first
+            for row in rows:
+                assert row.id not in owner, f"row {row.id} claimed twice"
+                owner[row.id] = worker_id
+        assert owner, "nothing was claimed"
+        all_rows = loop.run_until_complete(workers[0].pool.fetch("SELECT id, lane, claimed_by FROM outbox ORDER BY id"))
+        by_lane: dict[str, list[Any]] = {}
+        for record in all_rows:
+            by_lane.setdefault(record["lane"], []).append(record)
+        for lane, records in by_lane.items():
+            claimed = [r for r in records if r["claimed_by"] is not None]
+            assert records[: len(claimed)] == claimed, f"{lane}: the claimed rows are not a prefix"
+            assert len({r["claimed_by"] for r in claimed}) <= 1, f"{lane} is split between workers"
+            assert all(owner[r["id"]] == r["claimed_by"] for r in claimed)
+
+
+def test_postgres_a_claim_never_overtakes_a_row_another_claimer_holds(postgres_skip_reason: str | None) -> None:
+    """A row locked by a concurrent claim (not yet committed) keeps the later rows of its lane from
+    every other claimer, and only them."""
+    with postgres_workers(postgres_skip_reason) as (loop, (first, second)):
+        run = loop.run_until_complete
+
+        async def scenario() -> tuple[list[OutboxRow], list[OutboxRow]]:
+            await _fill_outbox(first, _lane_rows(lanes=2, per_lane=3))  # ids: lane-0 odd, lane-1 even
+            async with first.pool.acquire() as connection, connection.transaction():
+                # as a claim in flight holds it: the oldest row of lane-0, still unclaimed
+                await connection.execute("SELECT id FROM outbox WHERE id = (SELECT min(id) FROM outbox) FOR UPDATE")
+                during = await second.claim_outbox(10)
+            return during, await second.claim_outbox(10)
+
+        during, after = run(scenario())
+        assert [(r.lane, r.payload["n"]) for r in during] == [("lane-1", 0), ("lane-1", 1), ("lane-1", 2)]
+        assert [(r.lane, r.payload["n"]) for r in after] == [("lane-0", 0), ("lane-0", 1), ("lane-0", 2)]
+
+
+def test_postgres_two_dispatching_workers_deliver_every_lane_in_order(postgres_skip_reason: str | None) -> None:
+    """Two workers claim and deliver (finish) until the outbox is empty: every row is delivered once,
+    each lane in id order, and never while the other worker holds a row of the same lane."""
+    with postgres_workers(postgres_skip_reason) as (loop, workers):
+        held: dict[str, dict[str, int]] = {}  # lane -> worker -> rows claimed and not yet finished
+        delivered: dict[str, list[int]] = {}
+        by_worker: dict[str, int] = {}
+
+        async def dispatch(worker: Any) -> None:
+            idle = 0
+            while idle < 5:
+                rows = await worker.claim_outbox(9)
+                for row in rows:
+                    others = [w for w, n in held.get(row.lane, {}).items() if n and w != worker.worker_id]
+                    assert not others, f"{row.lane} claimed by {worker.worker_id} while {others} hold it"
+                    lane_held = held.setdefault(row.lane, {})
+                    lane_held[worker.worker_id] = lane_held.get(worker.worker_id, 0) + 1
+                idle = 0 if rows else idle + 1
+                for row in rows:
+                    delivered.setdefault(row.lane, []).append(row.id)
+                    by_worker[worker.worker_id] = by_worker.get(worker.worker_id, 0) + 1
+                    await asyncio.sleep(0.001)  # the request
+                    held[row.lane][worker.worker_id] -= 1  # before the commit: never a false alarm
+                    await worker.finish_outbox(row, done=True)
+                await asyncio.sleep(0.005)
+
+        async def scenario() -> None:
+            await _fill_outbox(workers[0], _lane_rows(lanes=12, per_lane=25))
+            await asyncio.gather(*(dispatch(w) for w in workers))
+
+        loop.run_until_complete(scenario())
+        assert sum(len(ids) for ids in delivered.values()) == 12 * 25
+        for lane, ids in delivered.items():
+            assert ids == sorted(ids) and len(set(ids)) == 25, lane
+        assert set(by_worker) == {w.worker_id for w in workers}
+        assert loop.run_until_complete(workers[0].pool.fetchval("SELECT count(*) FROM outbox")) == 0
+
+
+def test_postgres_a_dead_workers_claims_are_taken_over(postgres_skip_reason: str | None) -> None:
+    with postgres_workers(postgres_skip_reason, worker_heartbeat=3600.0) as (loop, (alive, doomed)):
+        run = loop.run_until_complete
+        run(_fill_outbox(alive, _lane_rows(lanes=2, per_lane=3)))  # ids 1..6, lanes alternate
+        taken = run(doomed.claim_outbox(3))
+        assert [(r.lane, r.payload["n"]) for r in taken] == [("lane-0", 0), ("lane-1", 0), ("lane-0", 1)]
+        # its lanes are its own while it lives, also the rows it has not claimed yet
+        assert run(alive.claim_outbox(10)) == []
+        run(alive.release_outbox())
+        assert run(alive.claim_outbox(10)) == []
+        run(_fill_outbox(alive, [OutboxRow("", "urn:sub:x", "lane-x", {"n": 0})]))
+        assert [r.lane for r in run(alive.claim_outbox(10))] == ["lane-x"]
+
+        # it stops beating: once its heartbeat is older than the timeout, another worker takes over
+        stale = "UPDATE workers SET heartbeat = now() - interval '11 seconds' WHERE id = $1"
+        run(alive.pool.execute(stale, doomed.worker_id))
+        rows = run(alive.claim_outbox(10))
+        assert [(r.lane, r.payload["n"]) for r in rows] == [
+            ("lane-0", 0),
+            ("lane-1", 0),
+            ("lane-0", 1),
+            ("lane-1", 1),
+            ("lane-0", 2),
+            ("lane-1", 2),
+        ]
+        claimants = run(alive.pool.fetch("SELECT DISTINCT claimed_by FROM outbox"))
+        assert [r["claimed_by"] for r in claimants] == [alive.worker_id]
+
+
+def test_postgres_release_frees_dead_and_own_claims_only(postgres_skip_reason: str | None) -> None:
+    with postgres_workers(postgres_skip_reason, count=3, worker_heartbeat=3600.0) as (loop, (me, other, dead)):
+        run = loop.run_until_complete
+        run(_fill_outbox(me, _lane_rows(lanes=3, per_lane=1)))
+        for worker in (me, other, dead):
+            assert len(run(worker.claim_outbox(1))) == 1
+        run(me.pool.execute("UPDATE workers SET heartbeat = now() - interval '1 minute' WHERE id = $1", dead.worker_id))
+        run(me.release_outbox())
+        claims = run(me.pool.fetch("SELECT lane, claimed_by FROM outbox ORDER BY id"))
+        assert [r["claimed_by"] for r in claims] == [None, other.worker_id, None]
+
+
+def test_postgres_workers_register_beat_and_deregister(postgres_skip_reason: str | None) -> None:
+    with postgres_workers(postgres_skip_reason, count=2, worker_heartbeat=0.05) as (loop, (observer, worker)):
+        run = loop.run_until_complete
+        sql = "SELECT heartbeat FROM workers WHERE id = $1"
+        first = run(observer.pool.fetchval(sql, worker.worker_id))
+        run(asyncio.sleep(0.3))
+        assert run(observer.pool.fetchval(sql, worker.worker_id)) > first
+        run(_fill_outbox(worker, _lane_rows(lanes=2, per_lane=1)))
+        assert len(run(worker.claim_outbox(10))) == 2
+        run(worker.close())  # releases its claims and its registration
+        assert run(observer.pool.fetchval("SELECT count(*) FROM workers WHERE id = $1", worker.worker_id)) == 0
+        assert run(observer.pool.fetchval("SELECT count(*) FROM outbox WHERE claimed_by IS NOT NULL")) == 0
+        assert len(run(observer.claim_outbox(10))) == 2
+
+
+def test_postgres_claim_periodic_has_one_winner_per_interval(postgres_skip_reason: str | None) -> None:
+    with postgres_workers(postgres_skip_reason, count=3) as (loop, workers):
+        run = loop.run_until_complete
+        run(workers[0].save_subscription(SubscriptionRow("t", "urn:sub:p", {}), create=True))
+
+        async def claims() -> list[bool]:
+            return list(await asyncio.gather(*(w.claim_periodic("t", "urn:sub:p", 0.5) for w in workers * 3)))
+
+        def race() -> list[bool]:
+            return run(claims())
+
+        assert sorted(race()) == [False] * 8 + [True]
+        assert race() == [False] * 9  # the period is taken
+        run(asyncio.sleep(0.45))  # timers of several workers fire a little apart: 100 ms of slack
+        assert sorted(race()) == [False] * 8 + [True]
+        assert not run(workers[1].claim_periodic("t", "urn:sub:none", 0.5))
+
+
+def test_postgres_events_reach_the_other_workers(postgres_skip_reason: str | None) -> None:
+    with postgres_workers(postgres_skip_reason) as (loop, (writer, reader)):
+        run = loop.run_until_complete
+        heard: dict[str, list[StoreEvent]] = {"writer": [], "reader": []}
+        writer.set_event_listener(heard["writer"].append)
+        reader.set_event_listener(heard["reader"].append)
+        for worker in (writer, reader):
+            run(asyncio.wait_for(worker._events.listening.wait(), 10))
+
+        subscription = SubscriptionRow("t", "urn:sub:1", {"q": "a"})
+        run(writer.save_subscription(subscription, create=True))
+        with pytest.raises(AlreadyExists):  # rolled back: no event
+            run(writer.save_subscription(subscription, create=True))
+        run(writer.save_subscription(SubscriptionRow("t", "urn:sub:1", {"q": "b"}), create=False))
+        # the same document with new bookkeeping (a periodic report): the status alone
+        run(writer.save_subscription(SubscriptionRow("t", "urn:sub:1", {"q": "b"}, {"timesSent": 7}), create=False))
+        run(writer.save_subscription(SubscriptionRow("t", "urn:sub:none", {}), create=False))  # no such: no event
+        run(_fill_outbox(writer, [OutboxRow("t", "urn:sub:1", "lane", {})]))
+        [row] = run(writer.claim_outbox(1))
+        run(writer.finish_outbox(row, done=True, status=SubscriptionRow("t", "urn:sub:1", {}, {"timesSent": 1})))
+        run(writer.delete_subscription("t", "urn:sub:1"))
+        run(writer.add_ingest_records([IngestRecord("group", "t", "k1", {}), IngestRecord("device", "t", "d1", {})]))
+        with pytest.raises(AlreadyExists):
+            run(writer.add_ingest_records([IngestRecord("group", "t", "k2", {}), IngestRecord("group", "t", "k1", {})]))
+        run(writer.delete_ingest_record("group", "t", "k1"))
+        run(writer.delete_ingest_record("group", "t", "k1"))  # nothing deleted: no event
+
+        expected = [
+            StoreEvent("subscription", "t", "urn:sub:1"),
+            StoreEvent("subscription", "t", "urn:sub:1"),
+            StoreEvent("subscription-status", "t", "urn:sub:1", {"timesSent": 7}),
+            StoreEvent("subscription-status", "t", "urn:sub:1", {"timesSent": 1}),
+            StoreEvent("subscription", "t", "urn:sub:1"),
+            StoreEvent("ingest", "t", "group:k1"),
+            StoreEvent("ingest", "t", "device:d1"),
+            StoreEvent("ingest", "t", "group:k1"),
+        ]
+
+        async def settle() -> None:
+            for _ in range(100):
+                if len(heard["reader"]) >= len(expected):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # and nothing more arrives
+
+        run(settle())
+        assert heard["reader"] == expected
+        assert heard["writer"] == []  # a worker does not hear its own writes

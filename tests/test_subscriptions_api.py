@@ -3,7 +3,6 @@ delete, validation, and compaction with the reading request's @context."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,8 +23,8 @@ ENDPOINT = "http://127.0.0.1:9/notify"  # never contacted: these subscriptions w
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(database=str(tmp_path / "city.db"), allow_private_networks=True)
+def settings(db_url: str) -> Settings:
+    return Settings(database=db_url, allow_private_networks=True)
 
 
 @pytest.fixture
@@ -175,8 +174,8 @@ class TestCreate:
         url = f"http://127.0.0.1:{free_port()}/missing.jsonld"
         assert_problem(client.post(BASE, json=subscription(jsonldContext=url)), 504, "LdContextNotAvailable")
 
-    def test_private_endpoints_are_refused_unless_allowed(self, tmp_path: Path) -> None:
-        with TestClient(create_app(Settings(database=str(tmp_path / "strict.db")))) as strict:
+    def test_private_endpoints_are_refused_unless_allowed(self, db_url: str) -> None:
+        with TestClient(create_app(Settings(database=db_url))) as strict:
             for uri in ("http://127.0.0.1:8080/n", "http://localhost/n", "mqtt://10.0.0.1/topic"):
                 body = subscription()
                 body["notification"]["endpoint"]["uri"] = uri

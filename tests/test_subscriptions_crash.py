@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,8 +18,8 @@ UPDATES = 400
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
-    process = BrokerProcess(tmp_path / "crash.db")
+def broker(db_url: str) -> Iterator[BrokerProcess]:
+    process = BrokerProcess(db_url)
     process.start()
     yield process
     process.stop()

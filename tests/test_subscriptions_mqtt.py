@@ -9,7 +9,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -31,8 +30,8 @@ def broker() -> Iterator[int]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(database=str(tmp_path / "city.db"), allow_private_networks=True)
+def settings(db_url: str) -> Settings:
+    return Settings(database=db_url, allow_private_networks=True)
 
 
 class Listener:

@@ -8,7 +8,6 @@ import itertools
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,9 +29,9 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(db_url: str) -> Settings:
     return Settings(
-        database=str(tmp_path / "city.db"),
+        database=db_url,
         allow_private_networks=True,
         notification_retry_delay=0.05,
         notification_retry_max_delay=0.2,

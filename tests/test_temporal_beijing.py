@@ -15,7 +15,6 @@ from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -71,9 +70,8 @@ def data() -> list[Reading]:
 
 
 @pytest.fixture(scope="module")
-def station(data: list[Reading], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    path: Path = tmp_path_factory.mktemp("beijing") / "beijing.db"
-    settings = Settings(database=str(path), temporal_page_size=1000)
+def station(data: list[Reading], module_db_url: str) -> Iterator[TestClient]:
+    settings = Settings(database=module_db_url, temporal_page_size=1000)
     with TestClient(create_app(settings)) as client:
         fragments = chunks(data)
         created = client.post(TEMPORAL, json={"id": STATION, "type": "AirQualityObserved", **next(fragments)})

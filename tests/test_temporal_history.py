@@ -5,7 +5,6 @@ instances go after the retention period, and expired instances vanish from every
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 from starlette.testclient import TestClient
@@ -13,8 +12,8 @@ from starlette.testclient import TestClient
 from cityos.app import create_app
 from cityos.entities.values import now
 from cityos.settings import Settings
+from cityos.store import open_store
 from cityos.store.base import EntityChange
-from cityos.store.sqlite import SQLiteStore
 from cityos.store.temporal_base import SCOPE_ATTR, TemporalQuery
 from cityos.temporal.history import HistoryRecorder, changed_instances, parse_disabled
 from cityos.temporal.service import HistoryService
@@ -106,8 +105,8 @@ def test_transient_attribute_instances_vanish_after_expiry(client: TestClient) -
     assert "flash" not in history(client)
 
 
-def test_a_disabled_tenant_records_nothing(tmp_path: Path) -> None:
-    settings = Settings(database=str(tmp_path / "quiet.db"), temporal_disabled_tenants="quiet")
+def test_a_disabled_tenant_records_nothing(db_url: str) -> None:
+    settings = Settings(database=db_url, temporal_disabled_tenants="quiet")
     with TestClient(create_app(settings)) as client:
         create_car(client)
         body = {"id": CAR, "type": "Vehicle", "speed": {"value": 1}}
@@ -145,9 +144,9 @@ def test_changed_instances_only_for_changed_attribute_instances() -> None:
     assert changed_instances(before, {**before, "scope": ["/S"]})[0][0] == SCOPE_ATTR
 
 
-def test_retention_drops_old_instances(tmp_path: Path) -> None:
+def test_retention_drops_old_instances(db_url: str) -> None:
     async def scenario() -> tuple[int, list[Any]]:
-        store = SQLiteStore(str(tmp_path / "retention.db"))
+        store = open_store(db_url)
         await store.open()
         try:
             old = {"type": "Property", "value": 1, "observedAt": "2001-01-01T00:00:00Z"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 from urllib.parse import unquote
 
@@ -37,6 +37,7 @@ from cityos.ngsild import (
 from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.settings import Settings
 from cityos.store import open_store
+from cityos.store.base import StoreEvent
 from cityos.subscriptions.service import SubscriptionService
 from cityos.temporal.service import HistoryService
 
@@ -141,6 +142,57 @@ async def _sweep_expired(services: Services) -> None:
             log.exception("expiry sweep failed")
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class _Reloader:
+    """Runs a cache reload one at a time; requests that arrive meanwhile make exactly one more run,
+    so a burst of events (one per IoT device of a bulk provisioning) costs two reloads, not one each."""
+
+    def __init__(self, what: str, reload: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.what = what
+        self.reload = reload
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            try:
+                await self.reload()
+            except Exception:  # the next event, or a resync, tries again
+                log.exception("reloading %s after another worker's change failed", self.what)
+            if not self._again:
+                return
+
+
+def _follow_other_workers(
+    services: Services, notifier: SubscriptionService, ingest: IngestService
+) -> Callable[[StoreEvent], None]:
+    """Route other workers' writes to the caches they invalidate (a "resync" to all of them)."""
+    hosted = _Reloader("hosted @contexts", lambda: contexts.restore_hosted(services))
+    provisioning = _Reloader("IoT provisioning", ingest.agent.registry.load)
+
+    def on_event(event: StoreEvent) -> None:
+        if event.kind in ("subscription", "subscription-status", "resync"):
+            notifier.on_event(event)
+        if event.kind in ("context", "resync"):
+            hosted.request()
+        if event.kind in ("ingest", "resync"):
+            provisioning.request()
+
+    return on_event
+
+
 async def version_info(request: Request) -> Response:
     return Response(orjson.dumps({"name": "cityos", "version": __version__}), media_type="application/json")
 
@@ -159,7 +211,11 @@ def create_app(settings: Settings) -> Starlette:
     )
     registry.base_url = f"http://{settings.host}:{settings.port}"
     services = Services(
-        settings=settings, store=open_store(settings.database, query_timeout=settings.query_timeout), contexts=registry
+        settings=settings,
+        store=open_store(
+            settings.database, query_timeout=settings.query_timeout, worker_timeout=settings.worker_timeout
+        ),
+        contexts=registry,
     )
     notifier = SubscriptionService(services.store, registry, settings)
     ingest = IngestService(services.store, registry, settings)
@@ -167,22 +223,22 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await services.store.open()
-        await contexts.restore_hosted(services)
-        await notifier.start()  # before the first write: every change is matched
-        await history.start()  # ... and recorded
-        await ingest.start()  # the IoT Agent, and the demo city into an empty database
-        sweeper = asyncio.create_task(_sweep_expired(services))
-        try:
+        # each step is undone on the way out, also when a later step fails at start-up
+        async with contextlib.AsyncExitStack() as stack:
+            await services.store.open()
+            stack.push_async_callback(services.store.close)
+            services.store.set_event_listener(_follow_other_workers(services, notifier, ingest))
+            stack.callback(services.store.set_event_listener, None)
+            await contexts.restore_hosted(services)
+            await notifier.start()  # before the first write: every change is matched
+            stack.push_async_callback(notifier.stop)
+            await history.start()  # ... and recorded
+            stack.push_async_callback(history.stop)
+            await ingest.start()  # the IoT Agent, and the demo city into an empty database
+            stack.push_async_callback(ingest.stop)
+            sweeper = asyncio.create_task(_sweep_expired(services))
+            stack.push_async_callback(_cancel, sweeper)
             yield
-        finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-            await ingest.stop()
-            await history.stop()
-            await notifier.stop()
-            await services.store.close()
 
     routes = [
         *entities.routes(),

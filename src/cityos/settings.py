@@ -22,9 +22,12 @@ class Settings:
     host: str = _setting("127.0.0.1", "Address to bind. Loopback by default; use 0.0.0.0 to serve a network.")
     port: int = _setting(1026, "TCP port of the NGSI-LD API.")
     database: str = _setting(
-        "cityos.db", "SQLite file path (a postgresql:// URL selects PostgreSQL once that back-end exists)."
+        "cityos.db", "SQLite file path, or a postgresql:// URL for PostgreSQL/PostGIS (docs/deployment.md)."
     )
-    workers: int = _setting(1, "Number of server worker processes (SQLite mode runs one process).")
+    workers: int = _setting(1, "Number of server worker processes; more than 1 needs PostgreSQL.")
+    worker_timeout: float = _setting(
+        10.0, "PostgreSQL: seconds without a heartbeat after which a worker counts as dead and its notifications move."
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning, error.")
     allow_private_networks: bool = _setting(
         False,
@@ -64,6 +67,10 @@ class Settings:
     iot_mqtt_url: str = _setting(
         "", "MQTT broker the IoT Agent subscribes to for device measures (mqtt://host:1883); empty: no MQTT."
     )
+    iot_mqtt_share_group: str = _setting(
+        "cityos",
+        "MQTT shared-subscription group ($share/GROUP/...) so several workers split the measures; empty: plain topics.",
+    )
     demo_on_empty: bool = _setting(
         False, "Load the demo city (`cityos demo`) at start-up when the database has no entities (`make run` sets it)."
     )
@@ -99,6 +106,14 @@ class Settings:
             raise ValueError(f"port must be 1-65535, got {self.port}")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.workers > 1 and not self.database.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "workers above 1 need a PostgreSQL database (postgresql://...): a SQLite file is served by one process"
+            )
+        if self.worker_timeout <= 0:
+            raise ValueError("worker_timeout must be positive")
+        if any(c in self.iot_mqtt_share_group for c in "/+#"):
+            raise ValueError("iot_mqtt_share_group must not contain /, + or #")
         if self.core_context not in ("v1.9", "v1.8"):
             raise ValueError("core_context must be v1.9 or v1.8")
         if self.query_timeout <= 0:

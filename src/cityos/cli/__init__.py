@@ -9,6 +9,7 @@ cityos --version
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -16,7 +17,9 @@ from typing import Any
 
 from cityos import __version__
 from cityos.cli import db, imports, iot
+from cityos.cli.common import fail
 from cityos.settings import Settings, describe, env_name
+from cityos.store import is_postgres, open_store
 
 
 def _add_setting_options(parser: argparse.ArgumentParser) -> None:
@@ -74,16 +77,47 @@ def serve(settings: Settings) -> int:
         "server_header": False,
         "lifespan": "on",
     }
+    if is_postgres(settings.database):
+        problem = _prepare_postgres(settings)
+        if problem is not None:
+            return fail(problem)
     if settings.workers > 1:
-        # worker processes rebuild their settings from the environment
+        # worker processes rebuild their settings from the environment; the demo is loaded once, above
         for name, _flag, env, _default, _help in describe():
             os.environ[env] = str(getattr(settings, name))
+        os.environ[env_name("demo_on_empty")] = "false"
         uvicorn.run("cityos.app:app_from_env", factory=True, workers=settings.workers, **common)
     else:
         from cityos.app import create_app
 
         uvicorn.run(create_app(settings), **common)
     return 0
+
+
+def _prepare_postgres(settings: Settings) -> str | None:
+    """Before any worker starts: refuse an unmigrated (or unreachable) database with one clear
+    line, and with several workers load the demo city here, once, instead of in each of them."""
+    from cityos.app import create_app
+    from cityos.store.postgres import SchemaNotCurrent, redact
+
+    async def check() -> None:
+        if settings.workers > 1 and settings.demo_on_empty:
+            app = create_app(settings)
+            async with app.router.lifespan_context(app):  # the whole start-up, demo included, then stop
+                return
+        store = open_store(settings.database, query_timeout=settings.query_timeout)
+        await store.open()
+        await store.close()
+
+    try:
+        asyncio.run(check())
+    except SchemaNotCurrent as exc:
+        return str(exc)
+    except (OSError, TimeoutError) as exc:
+        return f"cannot reach {redact(settings.database)}: {exc}"
+    except Exception as exc:  # driver errors (authentication, missing database, ...): one line, no traceback
+        return f"cannot use {redact(settings.database)}: {type(exc).__name__}: {exc}"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,6 +50,7 @@ async def open_sink(args: argparse.Namespace) -> AsyncIterator[Sink]:
     try:
         registry = ContextRegistry(OutboundPolicy(), default_core=settings.core_context)
         yield StoreSink(store, registry.core_terms())
+        await store.refresh_statistics()  # a bulk load: queries should use the indexes at once
     finally:
         await store.close()
 

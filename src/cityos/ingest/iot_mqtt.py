@@ -52,12 +52,14 @@ def parse_topic(topic: str) -> TopicAddress | None:
 
 
 class MqttTransport:
-    def __init__(self, agent: IotAgent, url: str) -> None:
+    def __init__(self, agent: IotAgent, url: str, share_group: str = "") -> None:
         parts = urlsplit(url)
         if parts.scheme not in PORTS or not parts.hostname:
             raise ValueError(f"iot_mqtt_url must look like mqtt://host:1883 or mqtts://host:8883, got {url!r}")
         self.agent = agent
         self.url = url
+        # a shared subscription: the broker hands each message to one worker of the group only
+        self.topics = [f"$share/{share_group}/{topic}" if share_group else topic for topic in SUBSCRIPTIONS]
         self._parts = parts
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
@@ -93,7 +95,7 @@ class MqttTransport:
             )
             try:
                 async with client:
-                    for topic in SUBSCRIPTIONS:
+                    for topic in self.topics:
                         await client.subscribe(topic, qos=1)
                     self.connected.set()
                     self.last_error = ""

@@ -263,13 +263,18 @@ class Registry:
         self._devices: dict[tuple[str, str], Device] = {}  # by (apikey, device_id)
 
     async def load(self) -> None:
+        """(Re)load every group and device from the store: at startup, and after another worker
+        changed them. The new maps replace the old whole, so a lookup never sees half of each."""
+        groups: dict[str, ServiceGroup] = {}
         for record in await self.store.load_ingest_records(GROUP):
             doc = record.document
             group = parse_group(doc, doc.get("service", ""), doc.get("subservice", "/"))
-            self._groups[group.apikey] = group
+            groups[group.apikey] = group
+        devices: dict[tuple[str, str], Device] = {}
         for record in await self.store.load_ingest_records(DEVICE):
-            device = device_from_document(record.document, self._groups.get(record.document.get("apikey", "")))
-            self._devices[(device.apikey, device.device_id)] = device
+            device = device_from_document(record.document, groups.get(record.document.get("apikey", "")))
+            devices[(device.apikey, device.device_id)] = device
+        self._groups, self._devices = groups, devices
 
     # -- service groups ------------------------------------------------------------------------
     def groups(self, tenant: str) -> list[ServiceGroup]:

@@ -26,7 +26,11 @@ class IngestService:
         self.settings = settings
         self.sink = StoreSink(store, contexts.core_terms())
         self.agent = IotAgent(Registry(store), self.sink)
-        self.mqtt = MqttTransport(self.agent, settings.iot_mqtt_url) if settings.iot_mqtt_url else None
+        self.mqtt = (
+            MqttTransport(self.agent, settings.iot_mqtt_url, settings.iot_mqtt_share_group)
+            if settings.iot_mqtt_url
+            else None
+        )
 
     def routes(self) -> list[Route]:
         return iot_http.routes() if self.settings.iot_http else []
@@ -49,6 +53,7 @@ class IngestService:
         from cityos.ingest.demo import load_demo
 
         report = await load_demo(self.sink, history_sink=self.sink)
+        await self.store.refresh_statistics()
         base = f"http://{self.settings.host}:{self.settings.port}"
         for line in report.lines(base):
             log.warning("%s", line)  # shown at the default log level, like uvicorn's own start-up lines

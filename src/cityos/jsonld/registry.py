@@ -165,6 +165,18 @@ class ContextRegistry:
         stored.url = self.hosted_url(stored.local_id)
         self._hosted.setdefault(stored.tenant, {})[stored.local_id] = stored
 
+    def replace_hosted(self, contexts: list[StoredContext]) -> None:
+        """Hold exactly these hosted and implicit contexts (the store's, after another worker
+        changed them); compiled term maps are dropped since they may use a replaced one. Contexts
+        that did not change keep their usage counts."""
+        held, self._hosted = self._hosted, {}
+        for stored in contexts:
+            same = held.get(stored.tenant, {}).get(stored.local_id)
+            if same is not None and same.kind == stored.kind and same.document == stored.document:
+                stored = same
+            self.restore_hosted(stored)
+        self._compiled.clear()
+
     def find(self, tenant: str, context_id: str) -> StoredContext | None:
         """A context by local id or URL: the tenant's hosted ones, then the shared cache."""
         hosted = self._hosted.get(tenant, {})

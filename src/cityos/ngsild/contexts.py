@@ -119,14 +119,15 @@ async def delete_context(request: Request) -> Response:
 
 
 async def restore_hosted(request_services: object) -> None:
-    """Load hosted and implicit contexts saved in the store (called at startup)."""
+    """Load the hosted and implicit contexts saved in the store (at startup, and when another worker
+    changed them), replacing those held."""
     from cityos.ngsild.common import Services
 
     assert isinstance(request_services, Services)
-    for row in await request_services.store.load_contexts():
-        request_services.contexts.restore_hosted(
-            StoredContext("", row.local_id, row.kind, row.document, row.tenant, row.created_at)
-        )
+    rows = await request_services.store.load_contexts()
+    request_services.contexts.replace_hosted(
+        [StoredContext("", row.local_id, row.kind, row.document, row.tenant, row.created_at) for row in rows]
+    )
 
 
 def routes() -> list[Route]:

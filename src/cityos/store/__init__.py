@@ -13,7 +13,9 @@ def is_postgres(database: str) -> bool:
     return database.startswith(("postgresql://", "postgres://"))
 
 
-def open_store(database: str, *, query_timeout: float = 10.0, experimental: bool | None = None) -> EntityStore:
+def open_store(
+    database: str, *, query_timeout: float = 10.0, worker_timeout: float | None = None, experimental: bool | None = None
+) -> EntityStore:
     """The store for a database setting; drivers are imported only when chosen.
 
     The PostgreSQL back-end implements only part of the contract so far, so it is handed out only
@@ -32,7 +34,11 @@ def open_store(database: str, *, query_timeout: float = 10.0, experimental: bool
             from cityos.store.postgres import PostgresStore
         except ImportError as exc:
             raise ValueError("the PostgreSQL back-end needs its driver: pip install 'cityos[postgres]'") from exc
-        return PostgresStore(database, query_timeout=query_timeout)
+        store = PostgresStore(database, query_timeout=query_timeout)
+        if worker_timeout is not None:
+            store.worker_timeout = worker_timeout
+            store.worker_heartbeat = min(store.worker_heartbeat, worker_timeout / 4)
+        return store
     from cityos.store.sqlite import SQLiteStore
 
     return SQLiteStore(database, query_timeout=query_timeout)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -71,6 +71,7 @@ class OutboxRow:
     payload: dict[str, Any]
     id: int = 0  # assigned by the store
     attempts: int = 0  # failed delivery attempts so far
+    throttling: float = 0.0  # the subscription's throttling, for a store that throttles (throttles_in_store)
 
 
 @dataclass(slots=True)
@@ -106,6 +107,22 @@ class RegistrationRow:
     tenant: str
     id: str
     document: dict[str, Any]  # the ContextSourceRegistration as registrations.py stores it
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEvent:
+    """A change another worker made to something workers cache (subscriptions, @contexts, IoT
+    provisioning), so each can refresh its copy. Kinds: "subscription" (created, replaced or
+    deleted: reload it), "subscription-status" (delivery bookkeeping, in `data`), "context",
+    "ingest". A back-end that serves one process only (SQLite) never emits any."""
+
+    kind: str
+    tenant: str
+    key: str
+    data: dict[str, Any] | None = None
+
+
+EventListener = Callable[[StoreEvent], None]
 
 
 @dataclass(slots=True)
@@ -149,12 +166,21 @@ class IngestRecord:
 class EntityStore(TemporalStore, Protocol):
     """Current state, subscriptions, maps and discovery; the temporal methods come from TemporalStore."""
 
+    # True when several workers share the store: the subscription throttling is then decided by the
+    # store, in the write transaction (an outbox row with `throttling` is dropped within the period),
+    # since no worker sees the others' notifications; False: the matcher throttles in memory
+    throttles_in_store: bool
+
     async def open(self) -> None:
         """Create or migrate the schema and start the connections."""
 
     async def close(self) -> None: ...
 
     async def tenant_exists(self, tenant: str) -> bool: ...
+
+    async def refresh_statistics(self) -> None:
+        """After a bulk load: bring the query planner's statistics up to date, so the indexes are
+        used at once instead of after the next automatic analysis."""
 
     async def get_entity(self, tenant: str, entity_id: str) -> Entity | None: ...
 
@@ -187,8 +213,29 @@ class EntityStore(TemporalStore, Protocol):
         transaction; every installed listener sees every change. `wake` is called (from the writer
         thread) after a commit in which this listener inserted outbox rows."""
 
+    def set_catalog_refresher(self, refresher: Callable[[list[SubscriptionRow]], Awaitable[None]] | None) -> None:
+        """Install (None: remove) what takes a fresh list of every subscription. A back-end shared
+        by several workers reads the list and awaits the refresher inside a write, before the
+        change listeners run, whenever another worker changed the subscriptions since the last
+        time: a change is matched against every subscription committed before it, whichever
+        worker made either."""
+
+    def set_event_listener(self, listener: EventListener | None) -> None:
+        """Install (None: remove) the callback for StoreEvents made by other workers; it is called
+        on the event loop. Events are sent when the transaction that caused them commits."""
+
+    async def claim_periodic(self, tenant: str, subscription_id: str, interval: float) -> bool:
+        """True if this worker is the one to send the periodic (timeInterval) notification now:
+        at most one worker wins per interval, whichever asks first."""
+
     async def save_subscription(self, row: SubscriptionRow, *, create: bool) -> None:
         """Insert (create=True: AlreadyExists if the id is taken; the tenant is created) or replace."""
+
+    async def get_subscription(self, tenant: str, subscription_id: str) -> SubscriptionRow | None:
+        """One stored subscription; None if there is none."""
+
+    async def save_subscription_status(self, row: SubscriptionRow) -> None:
+        """Persist only `row.status` (delivery bookkeeping), leaving the stored document as it is."""
 
     async def delete_subscription(self, tenant: str, subscription_id: str) -> bool:
         """Delete a subscription and its undelivered notifications; False if it did not exist."""

@@ -162,6 +162,8 @@ def geometry_bbox(geometry: Any) -> tuple[float, float, float, float] | None:
 
 
 class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
+    throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
+
     def __init__(self, path: str, *, readers: int = 4, query_timeout: float = 10.0) -> None:
         self.path = path
         self.query_timeout = query_timeout
@@ -285,6 +287,9 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         self._reader_pool.shutdown(wait=True)
 
     # -- tenants and entities --------------------------------------------------------------------
+    async def refresh_statistics(self) -> None:
+        await self._write(lambda c: c.execute("PRAGMA optimize"), groupable=False)
+
     async def tenant_exists(self, tenant: str) -> bool:
         if tenant == "":
             return True

@@ -6,7 +6,7 @@ group."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,6 +18,7 @@ from cityos.query.entity_maps import EntityMap, expiry_key, from_expiry_key
 from cityos.store.base import (
     AttributeStats,
     EntityTypeStats,
+    EventListener,
     IngestRecord,
     OutboxRow,
     RegistrationRow,
@@ -62,6 +63,15 @@ class SQLiteCatalog:
         return await self._read(run)
 
     # -- subscriptions and their outbox ----------------------------------------------------------
+    def set_catalog_refresher(self, refresher: Callable[[list[SubscriptionRow]], Awaitable[None]] | None) -> None:
+        """Never needed: this process makes every subscription change itself."""
+
+    def set_event_listener(self, listener: EventListener | None) -> None:
+        """Nothing to listen to: one process owns a SQLite database, and its caches are its own."""
+
+    async def claim_periodic(self, tenant: str, subscription_id: str, interval: float) -> bool:
+        return True  # the only worker
+
     async def save_subscription(self, row: SubscriptionRow, *, create: bool) -> None:
         def run(connection: sqlite3.Connection) -> None:
             values = (orjson.dumps(row.document), orjson.dumps(row.status), row.tenant, row.id)
@@ -77,6 +87,25 @@ class SQLiteCatalog:
                 raise AlreadyExists(f"subscription {row.id} already exists") from exc
 
         await self._write(run)
+
+    async def get_subscription(self, tenant: str, subscription_id: str) -> SubscriptionRow | None:
+        def run(connection: sqlite3.Connection) -> SubscriptionRow | None:
+            found = connection.execute(
+                "SELECT doc, status FROM subscriptions WHERE tenant = ? AND id = ?", (tenant, subscription_id)
+            ).fetchone()
+            if found is None:
+                return None
+            return SubscriptionRow(tenant, subscription_id, orjson.loads(found[0]), orjson.loads(found[1]))
+
+        return await self._read(run)
+
+    async def save_subscription_status(self, row: SubscriptionRow) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "UPDATE subscriptions SET status = ? WHERE tenant = ? AND id = ?",
+                (orjson.dumps(row.status), row.tenant, row.id),
+            )
+        )
 
     async def delete_subscription(self, tenant: str, subscription_id: str) -> bool:
         def run(connection: sqlite3.Connection) -> bool:

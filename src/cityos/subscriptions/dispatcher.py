@@ -34,9 +34,10 @@ from cityos.subscriptions.matching import (
     notified_entity,
     render_options,
 )
-from cityos.subscriptions.model import Subscription
+from cityos.subscriptions.model import Delivery, Subscription
 
 log = logging.getLogger("cityos.subscriptions")
+OUTBOX_POLL_SECONDS = 2.0
 CLAIM_BATCH = 500
 CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
 
@@ -94,7 +95,10 @@ class Dispatcher:
 
     async def _follow_outbox(self) -> None:
         while True:
-            await self.wake.wait()
+            # woken by this worker's commits; the timeout also picks up rows another worker left
+            # behind (claimed by a worker that died, or a lane another worker released)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), OUTBOX_POLL_SECONDS)
             self.wake.clear()
             try:
                 while True:
@@ -125,6 +129,7 @@ class Dispatcher:
 
     async def _run_lane(self, key: str, lane: Lane) -> None:
         try:
+            await self._catch_up(lane.jobs[0])
             while lane.jobs:
                 job = lane.jobs[0]
                 try:
@@ -141,6 +146,20 @@ class Dispatcher:
             if not lane.jobs and self._lanes.get(key) is lane:
                 del self._lanes[key]
 
+    async def _catch_up(self, job: Job) -> None:
+        """A lane starting here may have been delivered by another worker since (several workers on
+        one database): take the stored delivery bookkeeping, so counts carry on from there."""
+        subscription = self.lookup(job.tenant, job.subscription_id)
+        if subscription is None:
+            return
+        try:
+            row = await self.store.get_subscription(job.tenant, job.subscription_id)
+        except Exception:  # keep delivering; the counts may lag
+            log.exception("reading the delivery status of subscription %s failed", job.subscription_id)
+            return
+        if row is not None:
+            subscription.delivery = Delivery.from_dict(row.status)
+
     async def _process(self, job: Job, lane: Lane) -> None:
         """Deliver one job, retrying in place; returns once it is done with (sent or given up)."""
         row = job.row
@@ -153,7 +172,7 @@ class Dispatcher:
             error = await self._attempt(subscription, job, lane)
             status = subscription.to_row()
             if row is None:  # a periodic report is not retried: the next period reports again
-                await self.store.save_subscription(status, create=False)
+                await self.store.save_subscription_status(status)
                 return
             if error is None or error.permanent or row.attempts + 1 >= self.settings.notification_max_attempts:
                 if error is not None:

@@ -205,6 +205,7 @@ class ChangeMatcher:
     def __init__(self) -> None:
         self._index: dict[str, TenantIndex] = {}
         self._throttled: dict[tuple[str, str], float] = {}  # last notification time (monotonic)
+        self.throttle_in_store = False  # set when the store decides throttling (several workers)
         self._lock = threading.Lock()
         self._lookup: EntityLookup | None = None  # the running transaction's, during a call
 
@@ -263,7 +264,7 @@ class ChangeMatcher:
         subject = after if after is not None else before
         if not fired or subject is None or not matcher.selects(subject):
             return None
-        if matcher.throttling and not self._pass_throttle(matcher):
+        if matcher.throttling and not self.throttle_in_store and not self._pass_throttle(matcher):
             return None
         payload = {
             "triggers": fired,
@@ -271,7 +272,7 @@ class ChangeMatcher:
             "before": before if matcher.keep_before else None,
             "after": after,
         }
-        return OutboxRow(matcher.tenant, matcher.id, matcher.lane, payload)
+        return OutboxRow(matcher.tenant, matcher.id, matcher.lane, payload, throttling=matcher.throttling)
 
     def _pass_throttle(self, matcher: Matcher) -> bool:
         """throttling: at most one notification per period; the ones in between are dropped."""

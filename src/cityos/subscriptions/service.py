@@ -2,7 +2,9 @@
 store's change listener matches against, the periodic (timeInterval) timers, and the dispatcher.
 
 Every subscription write goes to the store first and then to the caches, which are rebuilt whole,
-so the writer thread never sees a half-updated index.
+so the writer thread never sees a half-updated index. Writes made by other workers arrive as
+StoreEvents (on_event) and are applied the same way; a periodic notification is sent by the one
+worker that claims its period.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from cityos.jsonld.registry import ContextRegistry
 from cityos.jsonld.termmap import TermMap
 from cityos.net import OutboundPolicy
 from cityos.settings import Settings
-from cityos.store.base import EntityStore
+from cityos.store.base import EntityStore, StoreEvent, SubscriptionRow
 from cityos.subscriptions.delivery import Sender
 from cityos.subscriptions.dispatcher import Dispatcher, Job
 from cityos.subscriptions.matching import ChangeMatcher, Matcher, compile_matcher, lane_of, periodic_query
-from cityos.subscriptions.model import Subscription, status_of
+from cityos.subscriptions.model import Delivery, Subscription, status_of
 
 log = logging.getLogger("cityos.subscriptions")
 Key = tuple[str, str]  # (tenant, subscription id)
@@ -41,20 +43,16 @@ class SubscriptionService:
         self._timers: dict[Key, asyncio.Task[None]] = {}
         self._dispatcher: Dispatcher | None = None
         self._sender: Sender | None = None
+        self._refresh_lock = asyncio.Lock()
+        self._tickets = 0  # reloads are numbered when they start reading
+        self._applied_ticket = 0  # the newest whole reload applied
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         """Load the subscriptions, listen to the store's changes, deliver what the outbox holds."""
         for row in await self.store.load_subscriptions():
-            subscription = Subscription.from_row(row)
-            terms = await self._own_terms(subscription)
-            key = (subscription.tenant, subscription.id)
-            self._subscriptions[key] = subscription
-            self._terms[key] = terms
-            try:
-                self._matchers[key] = compile_matcher(subscription, terms, self.matcher.linked)
-            except Exception:
-                log.exception("subscription %s cannot be matched and is skipped", subscription.id)
+            await self._load(row)
         self.matcher.rebuild(self._matchers.values())
         policy = OutboundPolicy(
             allow_private_networks=self.settings.allow_private_networks,
@@ -71,13 +69,78 @@ class SubscriptionService:
         def wake() -> None:  # called on the writer thread after a commit that added outbox rows
             loop.call_soon_threadsafe(dispatcher.wake.set)
 
+        self.matcher.throttle_in_store = self.store.throttles_in_store
         self.store.set_change_listener(self.matcher, wake)
+        self.store.set_catalog_refresher(self.apply_rows)
         await dispatcher.start()
         for key, subscription in self._subscriptions.items():
             self._schedule(key, subscription)
 
+    async def _load(self, row: SubscriptionRow) -> Subscription:
+        """Put a stored subscription in the caches (the matcher index is rebuilt by the caller)."""
+        subscription = Subscription.from_row(row)
+        terms = await self._own_terms(subscription)
+        key = (subscription.tenant, subscription.id)
+        self._subscriptions[key] = subscription
+        self._terms[key] = terms
+        try:
+            self._matchers[key] = compile_matcher(subscription, terms, self.matcher.linked)
+        except Exception:
+            self._matchers.pop(key, None)
+            log.exception("subscription %s cannot be matched and is skipped", subscription.id)
+        return subscription
+
+    # -- other workers' writes ---------------------------------------------------------------------
+    def on_event(self, event: StoreEvent) -> None:
+        """A subscription changed in another worker: apply its delivery status at once, reload
+        anything else from the store (in order, one reload at a time)."""
+        if event.kind == "subscription-status" and event.data is not None:
+            subscription = self._subscriptions.get((event.tenant, event.key))
+            if subscription is not None:
+                subscription.delivery = Delivery.from_dict(event.data)
+            return
+        if event.kind in ("subscription", "resync"):
+            task = asyncio.create_task(self._refresh(None if event.kind == "resync" else (event.tenant, event.key)))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _refresh(self, key: Key | None) -> None:
+        """Reload one subscription (None: all of them) from the store."""
+        ticket = self._next_ticket()
+        try:
+            rows = await self.store.load_subscriptions()
+        except Exception:
+            log.exception("reloading subscriptions failed")
+            return
+        await self.apply_rows(rows, key, ticket)
+
+    def _next_ticket(self) -> int:
+        self._tickets += 1
+        return self._tickets
+
+    async def apply_rows(self, rows: list[SubscriptionRow], key: Key | None = None, ticket: int | None = None) -> None:
+        """Make the caches hold these stored rows (all of them, or only `key`'s). Rows read
+        earlier than rows already applied are dropped, so a slow reload never undoes a newer one.
+        The store calls this inside a write when another worker changed the subscriptions."""
+        ticket = self._next_ticket() if ticket is None else ticket
+        async with self._refresh_lock:
+            if key is None:
+                if ticket < self._applied_ticket:
+                    return
+                self._applied_ticket = ticket
+            wanted = {(row.tenant, row.id): row for row in rows if key is None or (row.tenant, row.id) == key}
+            gone = [k for k in self._subscriptions if (key is None or k == key) and k not in wanted]
+            for k in gone:
+                self._forget(*k)
+            for k, row in wanted.items():
+                self._schedule(k, await self._load(row))
+            self.matcher.rebuild(self._matchers.values())
+
     async def stop(self) -> None:
+        for background in list(self._background):
+            background.cancel()
         self.store.set_change_listener(None, None)
+        self.store.set_catalog_refresher(None)
         timers = list(self._timers.values())
         for task in timers:
             task.cancel()
@@ -135,11 +198,15 @@ class SubscriptionService:
     async def delete(self, tenant: str, subscription_id: str) -> None:
         if not await self.store.delete_subscription(tenant, subscription_id):
             raise ResourceNotFound(f"subscription {subscription_id} does not exist")
+        self._forget(tenant, subscription_id)
+        self.matcher.rebuild(self._matchers.values())
+
+    def _forget(self, tenant: str, subscription_id: str) -> None:
+        """Drop a deleted subscription from the caches (the caller rebuilds the matcher index)."""
         key = (tenant, subscription_id)
         self._subscriptions.pop(key, None)
         self._terms.pop(key, None)
         self._matchers.pop(key, None)
-        self.matcher.rebuild(self._matchers.values())
         self.matcher.forget(tenant, subscription_id)
         self._cancel_timer(key)
 
@@ -173,6 +240,12 @@ class SubscriptionService:
             if subscription is None or self._dispatcher is None:
                 return
             if status_of(subscription.doc, datetime.now(UTC)) != "active":
+                continue
+            try:  # with several workers, one of them reports each period
+                if not await self.store.claim_periodic(subscription.tenant, subscription.id, interval):
+                    continue
+            except Exception:
+                log.exception("claiming the period of subscription %s failed", subscription.id)
                 continue
             try:
                 # q paths that follow relationships read on the reader thread running the query

@@ -13,6 +13,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from cityos.store.postgres.schema_catalog import CATALOG_SQL
+from cityos.store.postgres.schema_temporal import TEMPORAL_SQL
+
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
@@ -75,7 +78,20 @@ CREATE TABLE jsonld_contexts (
 );
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "entities, their side tables and hosted @contexts", _V1),)
+# bumped in the transaction that creates, changes or deletes a subscription; a write compares it with
+# the version its worker has loaded and reloads first when another worker changed them (store.py)
+_V4 = """
+CREATE TABLE catalog_versions (name text PRIMARY KEY, version bigint NOT NULL);
+INSERT INTO catalog_versions (name, version) VALUES ('subscriptions', 0);
+ALTER TABLE subscriptions ADD COLUMN throttled_until timestamptz;  -- throttling decided across workers
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "entities, their side tables and hosted @contexts", _V1),
+    Migration(2, "subscriptions, outbox, workers, registrations, entity maps, ingestion records", CATALOG_SQL),
+    Migration(3, "the temporal store, partitioned by time", TEMPORAL_SQL),
+    Migration(4, "catalogue versions, and throttling shared by the workers", _V4),
+)
 LATEST = MIGRATIONS[-1].version
 _LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")
 

@@ -1,15 +1,23 @@
-"""PostgresStore: the entity half of the storage contract on PostgreSQL/PostGIS (asyncpg).
+"""PostgresStore: the storage contract on PostgreSQL/PostGIS (asyncpg); the catalogue and the
+temporal store are mixins (catalog.py, temporal.py).
 
 Writes follow SQLiteStore exactly: one transaction per call, each entity locked (an advisory lock on
 its key, then SELECT ... FOR UPDATE) before its mutator runs in Python, a SAVEPOINT per operation
-when atomic=False. Unlike SQLite there is no single writer: many connections (and many workers)
-write at once, and the row locks keep their read-modify-write cycles apart.
+when atomic=False, the change listeners' outbox and history rows inserted in the same transaction.
+Unlike SQLite there is no single writer: many connections (and many workers) write at once, and
+the row locks keep their read-modify-write cycles apart.
+
+The contract's synchronous reads (the EntityLookup handed to change listeners, lookup_in_query for
+q paths that follow relationships) cannot await asyncpg, so listeners and query predicates run on
+a thread of their own while the event loop stays free to run the reads they ask for.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -23,14 +31,22 @@ from cityos.store.base import (
     ChangeListener,
     EntityChange,
     EntityQuery,
+    EventListener,
+    HistoryRow,
     MutationResult,
+    OutboxRow,
     QueryResult,
     StoredContextRow,
+    StoreEvent,
+    SubscriptionRow,
 )
 from cityos.store.paging import Pager, exact_in_sql
+from cityos.store.postgres.catalog import PostgresCatalog
+from cityos.store.postgres.events import EventFollower, notify
+from cityos.store.postgres.outbox import subscription_rows
 from cityos.store.postgres.schema import require_current
 from cityos.store.postgres.sql import Params, where
-from cityos.store.postgres.unfinished import Unfinished, missing
+from cityos.store.postgres.temporal import PostgresTemporal
 
 # engine-independent document helpers, shared with the SQLite back-end (to move into a common module
 # once the concurrent edits to sqlite.py have landed)
@@ -42,12 +58,29 @@ if TYPE_CHECKING:
 _CURSOR_PREFETCH = 200
 
 
-class PostgresStore(Unfinished):
+def _feed(pager: Pager, documents: list[Entity]) -> bool:
+    """Offer documents until the pager has enough; False once it has."""
+    return all(pager.offer(document) for document in documents)
+
+
+class PostgresStore(PostgresCatalog, PostgresTemporal):
+    throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
+
     def __init__(self, dsn: str, *, query_timeout: float = 10.0, pool_size: int = 10) -> None:
         self.dsn = dsn
         self.query_timeout = query_timeout
         self.pool_size = pool_size
+        self.worker_id = uuid.uuid4().hex  # this process's name in outbox claims and events
         self._pool: asyncpg.Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # change listeners by name (subscriptions, history), replaced whole so a running call sees a snapshot
+        self._listeners: dict[str, tuple[ChangeListener, Callable[[], None] | None]] = {}
+        # listeners and query predicates run here, one at a time, as on SQLite's writer thread
+        self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cityos-pg-sync")
+        self._events = EventFollower(dsn, self.worker_id)
+        self._refresher: Callable[[list[SubscriptionRow]], Awaitable[None]] | None = None
+        self._subscriptions_seen = -1  # the catalogue version the refresher last loaded
+        self._refreshing = asyncio.Lock()
 
     # -- plumbing ------------------------------------------------------------------------------
     @property
@@ -66,19 +99,82 @@ class PostgresStore(Unfinished):
             await pool.close()
             raise
         self._pool = pool
+        self._loop = asyncio.get_running_loop()
+        await self._start_worker()
+        self._events.start()
 
     async def close(self) -> None:
+        await self._events.stop()
         if self._pool is not None:
+            await self._stop_worker()
             await self._pool.close()
             self._pool = None
+        self._sync_pool.shutdown(wait=False)
 
     def set_change_listener(
         self, listener: ChangeListener | None, wake: Callable[[], None] | None, *, name: str = "subscriptions"
     ) -> None:
+        listeners = {k: v for k, v in self._listeners.items() if k != name}
         if listener is not None:
-            missing("set_change_listener")
+            listeners[name] = (listener, wake)
+        self._listeners = listeners
+
+    def set_event_listener(self, listener: EventListener | None) -> None:
+        self._events.listener = listener
+
+    def set_catalog_refresher(self, refresher: Callable[[list[SubscriptionRow]], Awaitable[None]] | None) -> None:
+        self._refresher = refresher
+        self._subscriptions_seen = -1
+
+    async def _notify(self, connection: Connection, event: StoreEvent) -> None:
+        """Tell the other workers, when this transaction commits; a subscription created, changed
+        or deleted also bumps the catalogue version that writes check (_fresh_subscriptions)."""
+        await notify(connection, self.worker_id, event)
+        if event.kind == "subscription":
+            version: int = await connection.fetchval(
+                "UPDATE catalog_versions SET version = version + 1 WHERE name = 'subscriptions' RETURNING version"
+            )
+            if version == self._subscriptions_seen + 1:  # nobody else changed them: this worker's caches
+                self._subscriptions_seen = version  # are updated by its own write (a rollback costs a reload)
+
+    async def _fresh_subscriptions(self, connection: Connection) -> None:
+        """Inside a write, before its changes are matched: reload the subscriptions if any was
+        created, changed or deleted (by any worker) since the last reload. The version is read in
+        this transaction, so every subscription committed before it is matched."""
+        refresher = self._refresher
+        if refresher is None:
+            return
+        version: int = await connection.fetchval("SELECT version FROM catalog_versions WHERE name = 'subscriptions'")
+        if version == self._subscriptions_seen:
+            return
+        async with self._refreshing:
+            if version != self._subscriptions_seen:
+                # read through this transaction's connection: waiting for another one from the
+                # pool while holding this one could starve the pool
+                await refresher(await subscription_rows(connection))
+                self._subscriptions_seen = max(version, self._subscriptions_seen)
+
+    def _block_on(self, coroutine: Any) -> Any:
+        """Run a coroutine on the store's event loop from one of its threads, and wait for it."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the store is not open")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            coroutine.close()
+            raise RuntimeError("a synchronous store read was called on the event loop thread")
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(self.query_timeout)
 
     # -- tenants and entities --------------------------------------------------------------------
+    async def refresh_statistics(self) -> None:
+        """ANALYZE the tables queries filter on (a partitioned table's months included)."""
+        await self.pool.execute(
+            "ANALYZE entities, attr_values, entity_geo, temporal_entities, temporal_instances", timeout=600
+        )
+
     async def tenant_exists(self, tenant: str) -> bool:
         if tenant == "":
             return True
@@ -92,22 +188,28 @@ class PostgresStore(Unfinished):
     async def mutate(
         self, tenant: str, operations: Sequence[tuple[str, Mutator]], *, atomic: bool
     ) -> list[MutationResult]:
+        wakes: list[Callable[[], None]] = []
         async with self.pool.acquire() as connection, connection.transaction():
             await connection.execute("INSERT INTO tenants (name) VALUES ($1) ON CONFLICT DO NOTHING", tenant)
+            await self._fresh_subscriptions(connection)
             results: list[MutationResult] = []
             for entity_id, mutator in operations:
                 if atomic:
-                    results.append(await self._apply(connection, tenant, entity_id, mutator))
+                    results.append(await self._apply(connection, tenant, entity_id, mutator, wakes))
                     continue
                 try:
                     async with connection.transaction():  # nested: a SAVEPOINT
-                        result = await self._apply(connection, tenant, entity_id, mutator)
+                        result = await self._apply(connection, tenant, entity_id, mutator, wakes)
                 except NgsiLdError as error:
                     result = MutationResult(entity_id, error=error)
                 results.append(result)
-            return results
+        for wake in wakes:  # after the commit: the rows are there to claim
+            wake()
+        return results
 
-    async def _apply(self, connection: Connection, tenant: str, entity_id: str, mutator: Mutator) -> MutationResult:
+    async def _apply(
+        self, connection: Connection, tenant: str, entity_id: str, mutator: Mutator, wakes: list[Callable[[], None]]
+    ) -> MutationResult:
         # the advisory lock also covers an entity that does not exist yet, so two concurrent
         # creates of one id serialise instead of failing on the unique index
         await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))", tenant, entity_id)
@@ -122,7 +224,40 @@ class PostgresStore(Unfinished):
                 await connection.execute("DELETE FROM entities WHERE pk = $1", row["pk"])  # side rows cascade
         else:
             await self._store(connection, tenant, entity_id, row["pk"] if row is not None else None, after)
-        return MutationResult(entity_id, outcome=outcome, change=EntityChange(tenant, entity_id, before, after))
+        change = EntityChange(tenant, entity_id, before, after)
+        await self._emit(connection, change, wakes)
+        return MutationResult(entity_id, outcome=outcome, change=change)
+
+    async def _emit(self, connection: Connection, change: EntityChange, wakes: list[Callable[[], None]]) -> None:
+        """Hand a change to every listener (on the sync thread, with a lookup that reads through
+        this transaction) and insert the outbox and history rows they return, in this transaction."""
+        listeners = self._listeners
+        if not listeners:
+            return
+
+        async def fetch(entity_id: str) -> Entity | None:
+            doc = await connection.fetchval(
+                "SELECT doc FROM entities WHERE tenant = $1 AND id = $2", change.tenant, entity_id
+            )
+            return visible(orjson.loads(doc)) if doc is not None else None
+
+        def lookup(entity_id: str) -> Entity | None:
+            found: Entity | None = self._block_on(fetch(entity_id))
+            return found
+
+        def run_all() -> list[tuple[Sequence[OutboxRow | HistoryRow], Callable[[], None] | None]]:
+            return [(listener(change, lookup), wake) for listener, wake in listeners.values()]
+
+        loop = asyncio.get_running_loop()
+        for rows, wake in await loop.run_in_executor(self._sync_pool, run_all):
+            outbox = [r for r in rows if isinstance(r, OutboxRow)]
+            if outbox:
+                await self._insert_outbox(connection, outbox)
+                if wake is not None and wake not in wakes:
+                    wakes.append(wake)
+            history = [r for r in rows if isinstance(r, HistoryRow)]
+            if history:
+                await self._append_history(connection, history)
 
     async def _store(self, connection: Connection, tenant: str, entity_id: str, pk: int | None, entity: Entity) -> None:
         """Write the document and rebuild its side rows (every time: an expired, invisible
@@ -176,6 +311,11 @@ class PostgresStore(Unfinished):
             )
 
     # -- queries -----------------------------------------------------------------------------------
+    def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
+        """Called by query predicates, which run on the store's sync thread (never on the loop)."""
+        found: Entity | None = self._block_on(self.get_entity(tenant, entity_id))
+        return found
+
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         now = now_key()
         p = Params()
@@ -190,8 +330,15 @@ class PostgresStore(Unfinished):
                         return await self._page_in_sql(connection, condition, p.values, query)
                     pager = Pager(query, now)
                     sql = f"SELECT e.doc FROM entities e WHERE {condition} ORDER BY e.pk"
-                    async for record in connection.cursor(sql, *p.values, prefetch=_CURSOR_PREFETCH):
-                        if not pager.offer(orjson.loads(record["doc"])):
+                    cursor = await connection.cursor(sql, *p.values)
+                    loop = asyncio.get_running_loop()
+                    while records := await cursor.fetch(_CURSOR_PREFETCH):
+                        documents = [orjson.loads(record["doc"]) for record in records]
+                        if query.predicate is None:
+                            more = _feed(pager, documents)
+                        else:  # it may call lookup_in_query, which needs this loop free
+                            more = await loop.run_in_executor(self._sync_pool, _feed, pager, documents)
+                        if not more or len(records) < _CURSOR_PREFETCH:
                             break
                     return pager.result()
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
@@ -222,20 +369,33 @@ class PostgresStore(Unfinished):
     async def purge_expired(self, now: str) -> list[EntityChange]:
         """Sweep transient entities and attributes; SKIP LOCKED lets several workers sweep at once."""
         changes: list[EntityChange] = []
+        wakes: list[Callable[[], None]] = []
         async with self.pool.acquire() as connection, connection.transaction():
+            await self._fresh_subscriptions(connection)
             rows = await connection.fetch(
                 "SELECT pk, tenant, id, doc FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= $1"
                 " ORDER BY next_expiry, pk FOR UPDATE SKIP LOCKED",
                 now,
             )
             for row in rows:
+                # the entity lock writers take (mutate, the temporal API, retention): an entity being
+                # written now is left to the next sweep
+                if not await connection.fetchval(
+                    "SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2))", row["tenant"], row["id"]
+                ):
+                    continue
                 before: Entity = orjson.loads(row["doc"])
                 after = visible(before, now)
                 if after is None:
                     await connection.execute("DELETE FROM entities WHERE pk = $1", row["pk"])
                 else:
                     await self._store(connection, row["tenant"], row["id"], row["pk"], after)
-                changes.append(EntityChange(row["tenant"], row["id"], before, after))
+                change = EntityChange(row["tenant"], row["id"], before, after)
+                await self._emit(connection, change, wakes)
+                changes.append(change)
+            await self._purge_expired_maps(connection, now)
+        for wake in wakes:
+            wake()
         return changes
 
     # -- hosted @contexts --------------------------------------------------------------------------
@@ -253,9 +413,14 @@ class PostgresStore(Unfinished):
                 orjson.dumps(row.document).decode(),
                 row.created_at,
             )
+            await self._notify(connection, StoreEvent("context", row.tenant, row.local_id))
 
     async def delete_context(self, tenant: str, local_id: str) -> None:
-        await self.pool.execute("DELETE FROM jsonld_contexts WHERE tenant = $1 AND local_id = $2", tenant, local_id)
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "DELETE FROM jsonld_contexts WHERE tenant = $1 AND local_id = $2", tenant, local_id
+            )
+            await self._notify(connection, StoreEvent("context", tenant, local_id))
 
     async def load_contexts(self) -> list[StoredContextRow]:
         rows = await self.pool.fetch("SELECT tenant, local_id, kind, doc, created_at FROM jsonld_contexts ORDER BY seq")

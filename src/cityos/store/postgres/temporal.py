@@ -1,0 +1,451 @@
+"""The temporal store on PostgreSQL: attribute instances in a table partitioned by time, windows
+and aggregations in SQL. A mixin: PostgresStore supplies the pool (and mutate's transaction, inside
+which history is appended). Semantics are SQLite's (sqlite_temporal.py), answer for answer.
+
+Layout (schema_temporal.py): temporal_entities (tenant, id, types in first-seen order, GIN on types)
+and temporal_instances, one row per attribute instance, PARTITIONED BY RANGE (retained_us) in
+calendar months (temporal_partitions.py). The partition key is the instance's retention time as
+integer microseconds -- observedAt, else modifiedAt, createdAt, deletedAt, the very expression
+temporal_purge judges by -- because:
+- retention then drops whole partitions (a month of readings goes with one DETACH and DROP TABLE,
+  no row deletes, no vacuum) and deletes rows only in the boundary month;
+- most windows are on observedAt, which is the key for every observed instance, so a window prunes
+  the months it does not cover;
+- integers are what the contract speaks and what SQLite stores: comparisons, period numbers and
+  the partition bounds are exact integer arithmetic, with no time zone or rounding in between.
+Per partition, partial B-trees on (entity, attribute, time) serve each time property's windows and
+lastN (read backwards), (entity, attribute, datasetId) serves series and deletes, instance_id the
+instance PATCH/DELETE.
+
+Writes: the instances of one call go in one INSERT ... SELECT FROM unnest(...) (a change's history,
+a temporal POST); the temporal entity is upserted first (INSERT ... ON CONFLICT DO NOTHING, types
+unioned by an UPDATE that runs only when a type is new, so appends normally take no row lock).
+Every writer of one temporal entity holds the advisory lock mutate takes on (tenant, id), so two
+workers never interleave their read-modify-write of one entity, and the upserts never wait on each
+other in a cycle. The months a write goes to are locked (and created first if missing) in the same
+statement as the upsert; see temporal_partitions.py for why, and why creation and retention cannot
+deadlock writers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from cityos.entities.model import Instance
+from cityos.store.base import HistoryRow
+from cityos.store.postgres.temporal_partitions import (
+    create_partitions,
+    drop_leftovers,
+    drop_partition,
+    droppable,
+    month_of,
+    month_of_name,
+    partition_name,
+    retained,
+)
+from cityos.store.postgres.temporal_read import PostgresTemporalReads
+from cityos.store.sqlite_temporal import _columns, _now, new_instance_id
+from cityos.store.temporal_base import (
+    AggregatePage,
+    AggregationSpec,
+    TemporalEntityInfo,
+    TemporalPage,
+    TemporalQuery,
+)
+
+if TYPE_CHECKING:
+    from cityos.store.postgres.schema import Connection
+
+# the key of mutate's per-entity lock (store.py _apply): one writer of an entity at a time
+_LOCK_ENTITY = "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))"
+# The temporal entity's pk (created if needed, its types unioned in order) and, when $4 names the
+# partitions the write goes to, those not attached (the others are locked: temporal_lock_partitions).
+# No row comes back only if another transaction created the entity after this statement's snapshot
+# was taken (a writer without the entity lock: the expiry sweep); the caller then asks again.
+_ENTITY = """
+WITH ins AS (
+    INSERT INTO temporal_entities (tenant, id, types) VALUES ($1, $2, $3::text[])
+    ON CONFLICT (tenant, id) DO NOTHING RETURNING pk
+), tenant AS (
+    INSERT INTO tenants (name) SELECT $1 FROM ins ON CONFLICT DO NOTHING
+), upd AS (
+    UPDATE temporal_entities e
+    SET types = e.types || ARRAY(
+        SELECT u.t FROM unnest($3::text[]) WITH ORDINALITY AS u(t, n) WHERE u.t <> ALL(e.types) ORDER BY u.n
+    )
+    WHERE e.tenant = $1 AND e.id = $2 AND NOT e.types @> $3::text[]
+    RETURNING e.pk
+), found AS (
+    SELECT pk, true AS created FROM ins
+    UNION ALL SELECT pk, false FROM upd
+    UNION ALL SELECT pk, false FROM temporal_entities WHERE tenant = $1 AND id = $2
+)
+SELECT (SELECT pk FROM found ORDER BY created DESC LIMIT 1) AS pk,
+    coalesce((SELECT bool_or(created) FROM found), false) AS created,
+    CASE WHEN $4::text[] IS NULL THEN NULL ELSE temporal_lock_partitions($4::text[]) END AS missing
+"""
+_INSERT = """
+INSERT INTO temporal_instances (epk, attr, dataset, instance_id, kind, retained_us, observed_us, created_us,
+    modified_us, deleted_us, expires_us, num, vtext, doc)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
+    $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::float8[], $13::text[], $14::json[])
+"""
+# per (attribute, datasetId, observedAt) of a temporal POST, the stored instance it replaces
+_SAME_TIME = """
+SELECT k.n, (
+    SELECT min(i.pk) FROM temporal_instances i
+    WHERE i.epk = $1 AND i.attr = k.a AND i.dataset = k.d AND i.observed_us = k.o AND i.retained_us = k.o
+) AS pk
+FROM unnest($2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY AS k(a, d, o, n)
+"""
+_REPLACE = """
+UPDATE temporal_instances i SET kind = u.kind, observed_us = u.o, created_us = u.created, modified_us = u.modified,
+    deleted_us = u.deleted, expires_us = u.expires, num = u.num, vtext = u.vtext, doc = u.doc
+FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::bigint[],
+    $9::bigint[], $10::bigint[], $11::float8[], $12::text[], $13::json[])
+    AS u(pk, a, d, o, kind, created, modified, deleted, expires, num, vtext, doc)
+WHERE i.epk = $1 AND i.attr = u.a AND i.dataset = u.d AND i.observed_us = u.o AND i.retained_us = u.o AND i.pk = u.pk
+"""
+_ASSIGN = (
+    "kind = $1, observed_us = $2, created_us = $3, modified_us = $4, deleted_us = $5, expires_us = $6,"
+    " num = $7, vtext = $8, doc = $9::json, retained_us = $10"
+)
+
+
+@dataclass(slots=True)
+class _Put:
+    """One instance to store: sqlite_temporal._columns' answer, plus where it goes."""
+
+    attr: str
+    dataset: str
+    instance_id: str
+    columns: tuple[Any, ...]  # kind, observed, created, modified, deleted, expires, num, vtext, doc (bytes)
+
+    @classmethod
+    def of(cls, attr: str, instance: Instance) -> _Put:
+        dataset, columns = _columns(instance)
+        return cls(attr, dataset, instance.get("instanceId") or new_instance_id(), columns)
+
+    @property
+    def observed(self) -> int | None:
+        observed: int | None = self.columns[1]
+        return observed
+
+    @property
+    def retained(self) -> int:
+        _, observed, created, modified, deleted = self.columns[:5]
+        return retained(observed, created, modified, deleted)
+
+    def values(self) -> tuple[Any, ...]:
+        """The columns as statement parameters (the document as JSON text)."""
+        return (*self.columns[:8], self.columns[8].decode())
+
+
+def _affected(status: str) -> int:
+    """The row count of a command tag ("DELETE 3")."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PostgresTemporal(PostgresTemporalReads):
+    """The TemporalStore methods; the reads live in PostgresTemporalReads (temporal_read.py)."""
+
+    if TYPE_CHECKING:
+        dsn: str
+
+    # -- partitions ----------------------------------------------------------------------------------
+    @staticmethod
+    def _partitions(puts: Sequence[_Put]) -> list[str] | None:
+        """The monthly partitions instances go to (None: only the timeless one, made by migration)."""
+        months = {m for put in puts if (m := month_of(put.retained)) is not None}
+        return [partition_name(m) for m in sorted(months)] or None
+
+    async def _create_missing(self, connection: Connection, missing: Sequence[str]) -> None:
+        """Create the partitions temporal_lock_partitions found missing (in a transaction of their
+        own, see temporal_partitions.py), then lock them in this one."""
+        if not missing:
+            return
+        await create_partitions(self.dsn, [m for name in missing if (m := month_of_name(name)) is not None])
+        still: list[str] = await connection.fetchval("SELECT temporal_lock_partitions($1::text[])", list(missing))
+        if still:
+            raise RuntimeError(f"the temporal partitions {still} could not be created")
+
+    async def _lock_partitions(self, connection: Connection, puts: Sequence[_Put]) -> None:
+        """For a write that upserts no entity: lock (create if needed) the partitions it writes to."""
+        names = self._partitions(puts)
+        if names is not None:
+            missing = await connection.fetchval("SELECT temporal_lock_partitions($1::text[])", names)
+            await self._create_missing(connection, missing)
+
+    # -- writing -------------------------------------------------------------------------------------
+    @staticmethod
+    async def _upsert_entity(
+        connection: Connection, tenant: str, entity_id: str, types: Sequence[str], check: list[str] | None
+    ) -> tuple[int, bool, list[str]]:
+        """(pk, created, partitions missing among `check`) of a temporal entity, created if needed."""
+        for _ in range(3):
+            row = await connection.fetchrow(_ENTITY, tenant, entity_id, list(types), check)
+            assert row is not None
+            if row["pk"] is not None:
+                return int(row["pk"]), bool(row["created"]), list(row["missing"] or [])
+        raise RuntimeError(f"the temporal entity {entity_id!r} could not be created or found")
+
+    @staticmethod
+    async def _insert(connection: Connection, rows: Sequence[tuple[int, _Put]]) -> None:
+        """Every instance of a write in one statement (its partitions are locked already)."""
+        if not rows:
+            return
+        values = [put.values() for _, put in rows]
+        await connection.execute(
+            _INSERT,
+            [epk for epk, _ in rows],
+            [put.attr for _, put in rows],
+            [put.dataset for _, put in rows],
+            [put.instance_id for _, put in rows],
+            [v[0] for v in values],
+            [put.retained for _, put in rows],
+            *([v[i] for v in values] for i in range(1, 9)),
+        )
+
+    async def _append_history(self, connection: Connection, rows: Sequence[HistoryRow]) -> None:
+        """Called inside mutate's transaction (which holds the entity's lock) with the history its
+        changes make: one upsert per temporal entity, one INSERT for all the instances."""
+        if not rows:
+            return
+        types: dict[tuple[str, str], list[str]] = {}
+        for row in rows:  # as on SQLite, the first row of an entity brings its types
+            types.setdefault((row.tenant, row.entity_id), row.types)
+        puts = [((row.tenant, row.entity_id), _Put.of(row.attr, row.instance)) for row in rows]
+        names = self._partitions([put for _, put in puts])
+        pks: dict[tuple[str, str], int] = {}
+        missing: list[str] = []
+        for (tenant, entity_id), entity_types in types.items():
+            pk, _, gone = await self._upsert_entity(connection, tenant, entity_id, entity_types, names)
+            pks[(tenant, entity_id)] = pk
+            missing.extend(gone)
+            names = None  # locked for the whole transaction already
+        await self._create_missing(connection, missing)
+        await self._insert(connection, [(pks[key], put) for key, put in puts])
+
+    @staticmethod
+    def _plan(instances: Sequence[tuple[str, Instance]]) -> list[_Put]:
+        """A temporal POST's instances as SQLite writes them one after the other: a later instance
+        with the attribute, datasetId and observedAt of an earlier one replaces its columns (the
+        earlier one's place and instanceId stay)."""
+        puts: list[_Put] = []
+        timed: dict[tuple[str, str, int], _Put] = {}
+        for attr, instance in instances:
+            put = _Put.of(attr, instance)
+            observed = put.observed
+            if observed is not None and (attr, put.dataset, observed) in timed:
+                timed[(attr, put.dataset, observed)].columns = put.columns
+                continue
+            puts.append(put)
+            if observed is not None:
+                timed[(attr, put.dataset, observed)] = put
+        return puts
+
+    async def temporal_write(
+        self, tenant: str, entity_id: str, types: Sequence[str], instances: Sequence[tuple[str, Instance]]
+    ) -> bool:
+        puts = self._plan(instances)
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(_LOCK_ENTITY, tenant, entity_id)
+            pk, created, missing = await self._upsert_entity(
+                connection, tenant, entity_id, types, self._partitions(puts)
+            )
+            await self._create_missing(connection, missing)
+            timed = [put for put in puts if put.observed is not None]
+            replaced: dict[int, int] = {}  # index in `timed` -> pk of the stored instance it replaces
+            if timed and not created:
+                for row in await connection.fetch(
+                    _SAME_TIME, pk, [p.attr for p in timed], [p.dataset for p in timed], [p.observed for p in timed]
+                ):
+                    if row["pk"] is not None:
+                        replaced[int(row["n"]) - 1] = int(row["pk"])
+            if replaced:
+                chosen = [(timed[n], stored) for n, stored in replaced.items()]
+                values = [put.values() for put, _ in chosen]
+                await connection.execute(
+                    _REPLACE,
+                    pk,
+                    [stored for _, stored in chosen],
+                    [put.attr for put, _ in chosen],
+                    [put.dataset for put, _ in chosen],
+                    [put.observed for put, _ in chosen],
+                    *([v[i] for v in values] for i in (0, *range(2, 9))),
+                )
+            kept = {id(timed[n]) for n in replaced}
+            await self._insert(connection, [(pk, put) for put in puts if id(put) not in kept])
+        return created
+
+    @staticmethod
+    async def _locate(connection: Connection, tenant: str, entity_id: str) -> int | None:
+        pk = await connection.fetchval(
+            "SELECT pk FROM temporal_entities WHERE tenant = $1 AND id = $2", tenant, entity_id
+        )
+        return None if pk is None else int(pk)
+
+    async def temporal_modify_instance(
+        self, tenant: str, entity_id: str, attr: str, instance_id: str, instance: Instance
+    ) -> bool:
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(_LOCK_ENTITY, tenant, entity_id)
+            epk = await self._locate(connection, tenant, entity_id)
+            if epk is None:
+                return False
+            row = await connection.fetchrow(
+                "SELECT pk, retained_us, doc FROM temporal_instances WHERE epk = $1 AND attr = $2 AND instance_id = $3"
+                " ORDER BY pk LIMIT 1",
+                epk,
+                attr,
+                instance_id,
+            )
+            if row is None:
+                return False
+            put = _Put.of(attr, {**orjson.loads(row["doc"]), **instance})  # the dataset column stays
+            key = put.retained
+            await self._lock_partitions(connection, [put])
+            # a new retention time may move the row to another month's partition
+            await connection.execute(
+                f"UPDATE temporal_instances SET {_ASSIGN} WHERE epk = $11 AND attr = $12 AND pk = $13"
+                " AND retained_us = $14",
+                *put.values(),
+                key,
+                epk,
+                attr,
+                row["pk"],
+                row["retained_us"],
+            )
+            return True
+
+    async def temporal_delete_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str) -> bool:
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(_LOCK_ENTITY, tenant, entity_id)
+            epk = await self._locate(connection, tenant, entity_id)
+            if epk is None:
+                return False
+            status = await connection.execute(
+                "DELETE FROM temporal_instances WHERE epk = $1 AND attr = $2 AND instance_id = $3",
+                epk,
+                attr,
+                instance_id,
+            )
+            return _affected(status) > 0
+
+    async def temporal_delete_attribute(
+        self, tenant: str, entity_id: str, attr: str, *, dataset: str | None, delete_all: bool
+    ) -> bool:
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(_LOCK_ENTITY, tenant, entity_id)
+            epk = await self._locate(connection, tenant, entity_id)
+            if epk is None:
+                return False
+            if delete_all:
+                status = await connection.execute(
+                    "DELETE FROM temporal_instances WHERE epk = $1 AND attr = $2", epk, attr
+                )
+            else:
+                status = await connection.execute(
+                    "DELETE FROM temporal_instances WHERE epk = $1 AND attr = $2 AND dataset = $3",
+                    epk,
+                    attr,
+                    dataset or "",
+                )
+            return _affected(status) > 0
+
+    async def temporal_delete_entity(self, tenant: str, entity_id: str) -> bool:
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(_LOCK_ENTITY, tenant, entity_id)
+            epk = await self._locate(connection, tenant, entity_id)
+            if epk is None:
+                return False
+            await connection.execute("DELETE FROM temporal_instances WHERE epk = $1", epk)
+            await connection.execute("DELETE FROM temporal_entities WHERE pk = $1", epk)
+            return True
+
+    async def temporal_purge(self, before: int) -> int:
+        """Drop the partitions entirely older than `before` whole, delete the older rows of the
+        others (the boundary month; a partition writers kept busy), then the temporal entities
+        left without instances."""
+        removed = 0
+        touched: set[int] = set()
+        async with self.pool.acquire() as connection:
+            touched.update(await drop_leftovers(connection))
+            for _, table in await droppable(connection, before):
+                dropped = await drop_partition(connection, table)
+                if dropped is not None:
+                    removed += dropped[0]
+                    touched.update(dropped[1])
+            async with connection.transaction():
+                row = await connection.fetchrow(
+                    "WITH d AS (DELETE FROM temporal_instances WHERE retained_us < $1 RETURNING epk)"
+                    " SELECT count(*) AS n, array_agg(DISTINCT epk) AS epks FROM d",
+                    before,
+                )
+            assert row is not None
+            removed += int(row["n"])
+            touched.update(row["epks"] or [])
+            if touched:
+                async with connection.transaction():
+                    # an entity a writer holds (its lock is taken) is getting instances: it stays. The
+                    # locks are taken first, in a statement of their own, so that the emptiness test
+                    # below sees every instance committed by the writers that held them before.
+                    locked = await connection.fetch(
+                        "SELECT s.pk FROM (SELECT pk, tenant, id FROM temporal_entities"
+                        " WHERE pk = ANY($1::bigint[]) OFFSET 0) s"
+                        " WHERE pg_try_advisory_xact_lock(hashtext(s.tenant), hashtext(s.id))",
+                        sorted(touched),
+                    )
+                    await connection.execute(
+                        "DELETE FROM temporal_entities e WHERE e.pk = ANY($1::bigint[])"
+                        " AND NOT EXISTS (SELECT 1 FROM temporal_instances i WHERE i.epk = e.pk)",
+                        [r["pk"] for r in locked],
+                    )
+        return removed
+
+    # -- reading -------------------------------------------------------------------------------------
+    async def temporal_entity(self, tenant: str, entity_id: str) -> TemporalEntityInfo | None:
+        now = _now()
+
+        async def run(connection: Connection) -> TemporalEntityInfo | None:
+            row = await connection.fetchrow(
+                "SELECT pk, types FROM temporal_entities WHERE tenant = $1 AND id = $2", tenant, entity_id
+            )
+            if row is None:
+                return None
+            attrs: dict[str, dict[str | None, str]] = {}
+            # per attribute and datasetId, the kind of the instance stored last (SQLite's MAX(pk))
+            for latest in await connection.fetch(
+                "SELECT DISTINCT ON (attr, dataset) attr, dataset, kind FROM temporal_instances"
+                " WHERE epk = $1 AND (expires_us IS NULL OR expires_us > $2) ORDER BY attr, dataset, pk DESC",
+                row["pk"],
+                now,
+            ):
+                attrs.setdefault(latest["attr"], {})[latest["dataset"] or None] = latest["kind"]
+            return TemporalEntityInfo(entity_id, list(row["types"]), attrs)
+
+        return await self._temporal_read(run)
+
+    async def temporal_query(self, tenant: str, query: TemporalQuery) -> TemporalPage:
+        now = _now()
+
+        async def run(connection: Connection) -> TemporalPage:
+            selection = await self._select(connection, tenant, query, now)
+            entities, cut = await self._kept(connection, selection, query, now)
+            return TemporalPage(entities, selection.total, selection.has_more, cut)
+
+        return await self._temporal_read(run)
+
+    async def temporal_aggregate(self, tenant: str, query: TemporalQuery, spec: AggregationSpec) -> AggregatePage:
+        now = _now()
+
+        async def run(connection: Connection) -> AggregatePage:
+            selection = await self._select(connection, tenant, query, now)
+            entities = await self._aggregate(connection, selection, query, spec, now)
+            return AggregatePage(entities, selection.total, selection.has_more)
+
+        return await self._temporal_read(run)
