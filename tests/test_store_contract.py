@@ -26,7 +26,7 @@ from cityos.entities.model import Entity
 from cityos.errors import AlreadyExists, NgsiLdError, ResourceNotFound
 from cityos.query.entity_maps import EntityMap
 from cityos.query.pushdown import ValueFilter
-from cityos.store import EXPERIMENTAL_POSTGRES, open_store
+from cityos.store import open_store
 from cityos.store.base import (
     AttributeStats,
     ChangeListener,
@@ -119,7 +119,7 @@ async def _migrate(url: str) -> list[Any]:
 def postgres_backend(skip_reason: str | None) -> Iterator[Backend]:
     with postgres_schema(skip_reason) as (loop, url):
         loop.run_until_complete(_migrate(url))
-        store = open_store(url, experimental=True)
+        store = open_store(url)
         loop.run_until_complete(store.open())
         try:
             yield Backend("postgres", store, loop)
@@ -421,7 +421,7 @@ def test_postgres_refuses_an_unmigrated_schema(postgres_skip_reason: str | None)
     from cityos.store.postgres import LATEST, SchemaNotCurrent
 
     with postgres_schema(postgres_skip_reason) as (loop, url):
-        store = open_store(url, experimental=True)
+        store = open_store(url)
         with pytest.raises(SchemaNotCurrent, match="cityos db upgrade"):
             loop.run_until_complete(store.open())
         assert [m.version for m in loop.run_until_complete(_migrate(url))] == list(range(1, LATEST + 1))
@@ -431,21 +431,34 @@ def test_postgres_refuses_an_unmigrated_schema(postgres_skip_reason: str | None)
         assert cli_main(["db", "status", "--database", url]) == 0
 
 
-def test_postgres_is_refused_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(EXPERIMENTAL_POSTGRES, raising=False)
-    with pytest.raises(ValueError, match=f"incomplete.*{EXPERIMENTAL_POSTGRES}=1"):
-        open_store("postgresql://cityos@db.invalid/cityos")
-    monkeypatch.setenv(EXPERIMENTAL_POSTGRES, "1")
-    assert type(open_store("postgresql://cityos@db.invalid/cityos")).__name__ == "PostgresStore"
-
-
-def test_postgres_names_what_is_missing() -> None:
+def test_a_postgresql_url_selects_postgresql() -> None:
     pytest.importorskip("asyncpg")
-    from cityos.store.postgres import BackendIncomplete, PostgresStore
+    assert type(open_store("postgresql://cityos@db.invalid/cityos")).__name__ == "PostgresStore"
+    assert type(open_store("postgres://cityos@db.invalid/cityos")).__name__ == "PostgresStore"
 
-    store = PostgresStore("postgresql://cityos@db.invalid/cityos")
-    with pytest.raises(BackendIncomplete, match=r"PostgresStore\.temporal_query is not implemented yet"):
-        asyncio.run(store.temporal_query("", None))  # type: ignore[arg-type]
+
+def test_refresh_statistics_after_a_bulk_load(backend: Backend) -> None:
+    """The planner's statistics are current right after a bulk load (PostgreSQL: ANALYZE ran)."""
+    store, run = backend.store, backend.run
+    entities = [(f"urn:x:{i}", update.create(make(f"urn:x:{i}", "T", n=prop(i)))) for i in range(50)]
+    run(store.mutate("", entities, atomic=True))
+    run(store.refresh_statistics())
+    if backend.name == "postgres":
+        import asyncpg
+
+        async def analysed() -> int:
+            url = store.dsn  # type: ignore[attr-defined]
+            connection = await asyncpg.connect(url)
+            try:
+                # -1 until the table is first analysed (PostgreSQL 14+), then its row estimate
+                sql = "SELECT reltuples FROM pg_class WHERE oid = 'entities'::regclass"
+                tuples: float = await connection.fetchval(sql)
+                return int(tuples)
+            finally:
+                await connection.close()
+
+        assert run(analysed()) == 50
+    assert len(run(store.query_entities("", EntityQuery(limit=100))).entities) == 50
 
 
 def test_db_commands_leave_sqlite_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -468,7 +481,7 @@ def test_postgres_writers_in_two_workers_lose_no_update(postgres_skip_reason: st
     row lock taken before each mutator runs makes every read-modify-write see the previous one."""
     with postgres_schema(postgres_skip_reason) as (loop, url):
         loop.run_until_complete(_migrate(url))
-        workers = [open_store(url, experimental=True) for _ in range(2)]
+        workers = [open_store(url) for _ in range(2)]
 
         def increment(current: Entity | None) -> update.Outcome:
             assert current is not None
