@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import orjson
 import regex
 
-from cityos.entities.expiry import next_expiry, normalize, now_key, visible
-from cityos.entities.model import VALUE_MEMBER, Entity
+from cityos.entities.expiry import next_expiry, now_key, visible
+from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import NgsiLdError, QueryTimeout
 from cityos.query.pushdown import ValueFilter
@@ -33,6 +33,7 @@ from cityos.store.base import (
     OutboxRow,
     QueryResult,
 )
+from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, own_expiry
 from cityos.store.sqlite_catalog import SQLiteCatalog
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 
@@ -131,34 +132,6 @@ def _regexp(pattern: str, value: str | None) -> bool:
         return value is not None and regex.search(pattern, value, timeout=REGEX_TIMEOUT) is not None
     except TimeoutError:
         return False
-
-
-def geometry_bbox(geometry: Any) -> tuple[float, float, float, float] | None:
-    """(min_x, max_x, min_y, max_y) of a GeoJSON geometry, for the R*Tree prefilter."""
-    xs: list[float] = []
-    ys: list[float] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, list) and node and isinstance(node[0], int | float):
-            xs.append(float(node[0]))
-            ys.append(float(node[1]))
-        elif isinstance(node, list):
-            for child in node:
-                walk(child)
-
-    if not isinstance(geometry, dict):
-        return None
-    if geometry.get("type") == "GeometryCollection":
-        for member in geometry.get("geometries", []):
-            box = geometry_bbox(member)
-            if box:
-                xs.extend(box[:2])
-                ys.extend(box[2:])
-    else:
-        walk(geometry.get("coordinates"))
-    if not xs:
-        return None
-    return min(xs), max(xs), min(ys), max(ys)
 
 
 class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
@@ -356,14 +329,14 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
                 pk = connection.execute(
                     "INSERT INTO entities (tenant, id, doc, modified_at, expires_at, next_expiry)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (tenant, entity_id, doc, after["modifiedAt"], _own_expiry(after), next_expiry(after)),
+                    (tenant, entity_id, doc, after["modifiedAt"], own_expiry(after), next_expiry(after)),
                 ).lastrowid
                 assert pk is not None
             else:
                 pk = row[0]
                 connection.execute(
                     "UPDATE entities SET doc = ?, modified_at = ?, expires_at = ?, next_expiry = ? WHERE pk = ?",
-                    (doc, after["modifiedAt"], _own_expiry(after), next_expiry(after), pk),
+                    (doc, after["modifiedAt"], own_expiry(after), next_expiry(after), pk),
                 )
             self._index(connection, pk, stored, after)
         change = EntityChange(tenant, entity_id, before, after)
@@ -421,17 +394,17 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
             connection.executemany(
                 "INSERT OR IGNORE INTO entity_attrs (attr, pk) VALUES (?, ?)", [(a, pk) for a in after["attrs"]]
             )
-        values = list(_indexed_values(after))
-        if before is None or list(_indexed_values(before)) != values:
+        values = list(indexed_values(after))
+        if before is None or list(indexed_values(before)) != values:
             if before is not None:
                 connection.execute("DELETE FROM attr_values WHERE pk = ?", (pk,))
             connection.executemany(
                 "INSERT INTO attr_values (attr, num, txt, pk) VALUES (?, ?, ?, ?)",
                 [(attr, num, txt, pk) for attr, num, txt in values],
             )
-        geo = _geo_values(after)
+        geo = geo_values(after)
         if before is not None:
-            if _geo_values(before) == geo:
+            if geo_values(before) == geo:
                 return
             gids = connection.execute("SELECT gid FROM entity_geo_attrs WHERE pk = ?", (pk,)).fetchall()
             connection.executemany("DELETE FROM entity_geo WHERE gid = ?", gids)
@@ -556,7 +529,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
                 else:
                     connection.execute(
                         "UPDATE entities SET doc = ?, expires_at = ?, next_expiry = ? WHERE pk = ?",
-                        (orjson.dumps(after), _own_expiry(after), next_expiry(after), pk),
+                        (orjson.dumps(after), own_expiry(after), next_expiry(after), pk),
                     )
                     self._index(connection, pk, before, after)
                 change = EntityChange(tenant, entity_id, before, after)
@@ -574,39 +547,6 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         if listener is not None:
             listeners[name] = (listener, wake)
         self._listeners = listeners
-
-
-def _geo_values(entity: Entity) -> list[tuple[str, Any]]:
-    return [
-        (attr, instance["value"])
-        for attr, instances in entity["attrs"].items()
-        for instance in instances
-        if instance.get("type") == "GeoProperty"
-    ]
-
-
-def _own_expiry(entity: Entity) -> str | None:
-    return normalize(entity["expiresAt"]) if entity.get("expiresAt") else None
-
-
-def _indexed_values(entity: Entity) -> Iterator[tuple[str, float | None, str | None]]:
-    """(attr, number, text) rows for attr_values: the values q compares, as the evaluator sees them
-    (each instance's value member, arrays and language maps flattened one level)."""
-    for attr, instances in entity["attrs"].items():
-        for instance in instances:
-            member = VALUE_MEMBER.get(instance.get("type", ""))
-            if member is None or member not in instance:
-                continue
-            raw = instance[member]
-            items = list(raw.values()) if instance["type"] == "LanguageProperty" else [raw]
-            for item in items:
-                for value in item if isinstance(item, list) else (item,):
-                    if isinstance(value, bool):
-                        continue
-                    if isinstance(value, int | float):
-                        yield attr, float(value), None
-                    elif isinstance(value, str):
-                        yield attr, None, value
 
 
 def _value_clause(value_filter: ValueFilter) -> tuple[str, list[Any]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,6 +27,8 @@ from cityos.store.temporal_base import (
     AggregatePage,
     AggregationSpec,
     PeriodStats,
+    Scoped,
+    Selection,
     TemporalEntityInfo,
     TemporalPage,
     TemporalQuery,
@@ -310,7 +311,7 @@ class SQLiteTemporal:
         return await self._read_with_deadline(run)
 
     def _filter(
-        self, query: TemporalQuery, now: int, *, selection: bool = True, scoped: dict[int, _Scoped] | None = None
+        self, query: TemporalQuery, now: int, *, selection: bool = True, scoped: dict[int, Scoped] | None = None
     ) -> tuple[str, list[Any]]:
         """SQL over `i` (temporal_instances) for the window, visibility, (selection) attrs/datasetIds
         and (scoped) the times each entity's matching scopes were valid."""
@@ -339,7 +340,7 @@ class SQLiteTemporal:
             clauses.append(f"i.attr != ? AND ({' OR '.join(ranges)})")
         return " AND ".join(clauses), params
 
-    def _select(self, connection: sqlite3.Connection, tenant: str, query: TemporalQuery, now: int) -> _Selection:
+    def _select(self, connection: sqlite3.Connection, tenant: str, query: TemporalQuery, now: int) -> Selection:
         """The page of matching entities (SQL filters, then the predicate and the scope test)."""
         clauses = ["e.tenant = ?"]
         params: list[Any] = [tenant]
@@ -360,7 +361,7 @@ class SQLiteTemporal:
         sql = f"FROM temporal_entities e WHERE {' AND '.join(clauses)}"
         order = f" ORDER BY e.id {'DESC' if query.descending else 'ASC'}"
         start, limit = query.offset, query.limit
-        scoped: dict[int, _Scoped] = {}
+        scoped: dict[int, Scoped] = {}
         if query.predicate is None and query.scope_test is None:
             paging = "" if limit is None else " LIMIT ? OFFSET ?"
             page_params = params if limit is None else [*params, limit + 1, start]
@@ -383,9 +384,9 @@ class SQLiteTemporal:
             picked, total = matched[start:stop], len(matched) if query.count else None
             has_more = stop is not None and len(matched) > stop
         rows = [(pk, entity_id, orjson.loads(types)) for pk, entity_id, types in picked]
-        return _Selection(rows, total, has_more, {pk: scoped[pk] for pk, _, _ in rows if pk in scoped})
+        return Selection(rows, total, has_more, {pk: scoped[pk] for pk, _, _ in rows if pk in scoped})
 
-    def _scope_validity(self, connection: sqlite3.Connection, epk: int, query: TemporalQuery, now: int) -> _Scoped:
+    def _scope_validity(self, connection: sqlite3.Connection, epk: int, query: TemporalQuery, now: int) -> Scoped:
         """scopeQ over time (4.18, 5.7.4.4 S4): each scope instance is valid from its time until the
         next one; the parts of the window in which a matching scope was valid, and those instances."""
         assert query.scope_test is not None
@@ -397,7 +398,7 @@ class SQLiteTemporal:
         ).fetchall()
         low = query.window.start if query.window.start is not None else -FOREVER
         high = query.window.end if query.window.end is not None else FOREVER
-        valid = _Scoped([], [])
+        valid = Scoped([], [])
         for index, (since, instance_id, doc) in enumerate(rows):
             until = rows[index + 1][0] if index + 1 < len(rows) else FOREVER
             instance = orjson.loads(doc)
@@ -433,7 +434,7 @@ class SQLiteTemporal:
         return entity
 
     def _kept(
-        self, connection: sqlite3.Connection, selection: _Selection, query: TemporalQuery, now: int
+        self, connection: sqlite3.Connection, selection: Selection, query: TemporalQuery, now: int
     ) -> tuple[list[Entity], tuple[int, int] | None]:
         """The selected instances of the page's entities, at most max_instances of them: the oldest
         (or, with lastN, the newest) are kept; attributes the cut emptied stay, empty. Under a scopeQ
@@ -505,7 +506,7 @@ class SQLiteTemporal:
     def _aggregate(
         self,
         connection: sqlite3.Connection,
-        selection: _Selection,
+        selection: Selection,
         query: TemporalQuery,
         spec: AggregationSpec,
         now: int,
@@ -546,20 +547,6 @@ class SQLiteTemporal:
             AggregatedEntity(entity_id, types, {attr: list(d.values()) for attr, d in series.get(pk, {}).items()})
             for pk, entity_id, types in selected
         ]
-
-
-@dataclass(slots=True)
-class _Scoped:
-    intervals: list[tuple[int, int]]  # [start, end) in which a scope matching scopeQ was valid
-    instances: list[Instance]  # those scope instances, to show
-
-
-@dataclass(slots=True)
-class _Selection:
-    rows: list[tuple[int, str, list[str]]]  # (pk, id, types) of the page's entities
-    total: int | None
-    has_more: bool
-    scoped: dict[int, _Scoped]  # under a scopeQ: pk -> when its scopes matched
 
 
 def _now() -> int:

@@ -122,6 +122,24 @@ class TemporalEntityInfo:
     attrs: dict[str, dict[str | None, str]]
 
 
+@dataclass(slots=True)
+class Scoped:
+    """Back-end internal: when an entity's scopes matched scopeQ, and those scope instances."""
+
+    intervals: list[tuple[int, int]]  # [start, end) in which a scope matching scopeQ was valid
+    instances: list[Instance]  # those scope instances, to show
+
+
+@dataclass(slots=True)
+class Selection:
+    """Back-end internal: the temporal entities of one page, before their instances are read."""
+
+    rows: list[tuple[int, str, list[str]]]  # (pk, id, types) of the page's entities
+    total: int | None
+    has_more: bool
+    scoped: dict[int, Scoped]  # under a scopeQ: pk -> when its scopes matched
+
+
 class TemporalStore(Protocol):
     async def temporal_write(
         self, tenant: str, entity_id: str, types: Sequence[str], instances: Sequence[tuple[str, Instance]]

@@ -47,10 +47,7 @@ from cityos.store.postgres.outbox import subscription_rows
 from cityos.store.postgres.schema import require_current
 from cityos.store.postgres.sql import Params, where
 from cityos.store.postgres.temporal import PostgresTemporal
-
-# engine-independent document helpers, shared with the SQLite back-end (to move into a common module
-# once the concurrent edits to sqlite.py have landed)
-from cityos.store.sqlite import _geo_values, _indexed_values, _own_expiry, geometry_bbox
+from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, own_expiry
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
@@ -267,7 +264,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
             list(entity["type"]),
             list(entity["attrs"]),
             entity["modifiedAt"],
-            _own_expiry(entity),
+            own_expiry(entity),
             next_expiry(entity),
         )
         if pk is None:
@@ -288,7 +285,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
             await connection.execute(
                 "WITH gone AS (DELETE FROM attr_values WHERE pk = $1) DELETE FROM entity_geo WHERE pk = $1", pk
             )
-        values = list(_indexed_values(entity))
+        values = list(indexed_values(entity))
         if values:
             await connection.execute(
                 "INSERT INTO attr_values (pk, attr, num, txt)"
@@ -298,7 +295,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
                 [num for _, num, _ in values],
                 [txt for _, _, txt in values],
             )
-        boxes = [(attr, box) for attr, geometry in _geo_values(entity) if (box := geometry_bbox(geometry))]
+        boxes = [(attr, box) for attr, geometry in geo_values(entity) if (box := geometry_bbox(geometry))]
         if boxes:
             await connection.execute(
                 "INSERT INTO entity_geo (pk, attr, min_x, max_x, min_y, max_y, box)"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
@@ -33,6 +32,8 @@ from cityos.store.temporal_base import (
     AggregatedSeries,
     AggregationSpec,
     PeriodStats,
+    Scoped,
+    Selection,
     TemporalQuery,
 )
 
@@ -41,20 +42,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 CHUNK = 100  # entities judged together by a predicate or a scopeQ (one query for their instances)
-
-
-@dataclass(slots=True)
-class Scoped:
-    intervals: list[tuple[int, int]]  # [start, end) in which a scope matching scopeQ was valid
-    instances: list[Instance]  # those scope instances, to show
-
-
-@dataclass(slots=True)
-class Selection:
-    rows: list[tuple[int, str, list[str]]]  # (pk, id, types) of the page's entities
-    total: int | None
-    has_more: bool
-    scoped: dict[int, Scoped]  # under a scopeQ: pk -> when its scopes matched
 
 
 def _utc(x: str) -> str:

@@ -1,0 +1,71 @@
+"""What both back-ends index beside each entity document, computed from the document alone: the
+flattened values q compares, the bounding boxes of GeoProperty values, the entity's own expiry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from cityos.entities.expiry import normalize
+from cityos.entities.model import VALUE_MEMBER, Entity
+
+
+def geometry_bbox(geometry: Any) -> tuple[float, float, float, float] | None:
+    """(min_x, max_x, min_y, max_y) of a GeoJSON geometry, for the box prefilter (R*Tree, GiST)."""
+    xs: list[float] = []
+    ys: list[float] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list) and node and isinstance(node[0], int | float):
+            xs.append(float(node[0]))
+            ys.append(float(node[1]))
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    if not isinstance(geometry, dict):
+        return None
+    if geometry.get("type") == "GeometryCollection":
+        for member in geometry.get("geometries", []):
+            box = geometry_bbox(member)
+            if box:
+                xs.extend(box[:2])
+                ys.extend(box[2:])
+    else:
+        walk(geometry.get("coordinates"))
+    if not xs:
+        return None
+    return min(xs), max(xs), min(ys), max(ys)
+
+
+def geo_values(entity: Entity) -> list[tuple[str, Any]]:
+    return [
+        (attr, instance["value"])
+        for attr, instances in entity["attrs"].items()
+        for instance in instances
+        if instance.get("type") == "GeoProperty"
+    ]
+
+
+def own_expiry(entity: Entity) -> str | None:
+    return normalize(entity["expiresAt"]) if entity.get("expiresAt") else None
+
+
+def indexed_values(entity: Entity) -> Iterator[tuple[str, float | None, str | None]]:
+    """(attr, number, text) rows for attr_values: the values q compares, as the evaluator sees them
+    (each instance's value member, arrays and language maps flattened one level)."""
+    for attr, instances in entity["attrs"].items():
+        for instance in instances:
+            member = VALUE_MEMBER.get(instance.get("type", ""))
+            if member is None or member not in instance:
+                continue
+            raw = instance[member]
+            items = list(raw.values()) if instance["type"] == "LanguageProperty" else [raw]
+            for item in items:
+                for value in item if isinstance(item, list) else (item,):
+                    if isinstance(value, bool):
+                        continue
+                    if isinstance(value, int | float):
+                        yield attr, float(value), None
+                    elif isinstance(value, str):
+                        yield attr, None, value
