@@ -119,8 +119,8 @@ class ServerProcess:
 
 def cityos_server(workdir: Path, postgres: str | None = None, *, workers: int = 1) -> ServerProcess:
     """`cityos serve` as a user runs it: on a new database file in workdir, or on
-    the PostgreSQL URL `postgres` (a migrated schema), given in CITYOS_DATABASE with the back-end's
-    experimental opt-in; private networks are allowed so a local notification receiver can be reached."""
+    the PostgreSQL URL `postgres` (a migrated schema), given in CITYOS_DATABASE; private networks are
+    allowed so a local notification receiver can be reached."""
     port = free_port()
     args = [sys.executable, "-m", "cityos", "serve", "--port", str(port)]
     args += ["--log-level", "warning", "--allow-private-networks"]
@@ -132,7 +132,7 @@ def cityos_server(workdir: Path, postgres: str | None = None, *, workers: int = 
         args += ["--database", str(database)]
         log = workdir / "cityos-sqlite.log"
     else:
-        env.update({"CITYOS_DATABASE": postgres, "CITYOS_EXPERIMENTAL_POSTGRES": "1"})
+        env.update({"CITYOS_DATABASE": postgres})
         log = workdir / f"cityos-postgres-{workers}w.log"
     if workers > 1:
         args += ["--workers", str(workers)]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cityos.store import EXPERIMENTAL_POSTGRES, is_postgres
+from cityos.store import is_postgres
 
 POSTGRES = os.environ.get("CITYOS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = [name for name in os.environ.get("CITYOS_TEST_BACKENDS", "sqlite,postgres").split(",") if name]
@@ -39,22 +39,6 @@ async def admin(sql: str) -> None:
 
 def postgres_schema_url(schema: str) -> str:
     return f"{POSTGRES}{'&' if '?' in POSTGRES else '?'}search_path={schema},public"
-
-
-def migrate(url: str) -> None:
-    """`cityos db upgrade` on a database URL, in-process."""
-    import asyncpg
-
-    from cityos.store.postgres import upgrade
-
-    async def run() -> None:
-        connection = await asyncpg.connect(url)
-        try:
-            await upgrade(connection)
-        finally:
-            await connection.close()
-
-    asyncio.run(run())
 
 
 def db_rows(database: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -81,9 +65,8 @@ def db_rows(database: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment of a CLI or server subprocess, without the CITYOS_ settings of whoever runs
-    the tests, except the PostgreSQL opt-in (which the postgres fixtures set: a postgresql:// URL
-    cannot be opened without it)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_") or k == EXPERIMENTAL_POSTGRES}
+    the tests."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
     env.update(extra)
     return env
 

@@ -26,14 +26,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from backends import BACKENDS, POSTGRES, PostgresSchemas, admin
-from backends import postgres_schema_url as postgres_schema_url  # re-exported: tests/test_workers.py imports it
 from cityos.app import create_app
 from cityos.settings import Settings
-from cityos.store import EXPERIMENTAL_POSTGRES
 
 CORE = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.9.jsonld"
 DATA = Path(__file__).parent / "data"
-_admin = admin  # the name tests/test_workers.py imports
 
 
 @pytest.fixture(scope="session")
@@ -68,10 +65,9 @@ def postgres_schemas(postgres_skip_reason: str | None) -> Iterator[PostgresSchem
 
 
 @pytest.fixture
-def fresh_postgres(postgres_schemas: PostgresSchemas, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def fresh_postgres(postgres_schemas: PostgresSchemas) -> Iterator[str]:
     """The URL of an empty, migrated schema of this test's own in the test server (new, or reset to
     exactly what migration made after an earlier test)."""
-    monkeypatch.setenv(EXPERIMENTAL_POSTGRES, "1")
     url = postgres_schemas.acquire()
     try:
         yield url
@@ -91,16 +87,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture(scope="module", params=BACKENDS)
 def module_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """As db_url, for data loaded once and shared by a module's tests: a SQLite file, or a migrated
-    PostgreSQL schema of the module's own (with CITYOS_EXPERIMENTAL_POSTGRES=1 while it lives)."""
+    PostgreSQL schema of the module's own."""
     if request.param == "sqlite":
         yield str(tmp_path_factory.mktemp("module") / "city.db")
         return
     schemas: PostgresSchemas = request.getfixturevalue("postgres_schemas")
     url = schemas.acquire()
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv(EXPERIMENTAL_POSTGRES, "1")
-            yield url
+        yield url
     finally:
         schemas.release(url, reuse=False)  # a module's data can be large: a new schema costs less than a reset
 

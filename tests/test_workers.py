@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backends import PostgresSchemas
 from notify_helpers import BrokerProcess, Receiver, free_port, receiving
 
 ENTITIES = "/ngsi-ld/v1/entities"
@@ -214,6 +215,41 @@ def test_throttling_holds_across_workers(workers: list[BrokerProcess]) -> None:
             client.close()
 
 
+def test_events_stay_within_their_schema(postgres_schemas: PostgresSchemas) -> None:
+    """Two deployments in two schemas of one database: each worker hears the other workers of its
+    own schema only (the NOTIFY channel is per schema)."""
+    import asyncio
+
+    from cityos.store import open_store
+    from cityos.store.base import SubscriptionRow
+
+    first, second = postgres_schemas.acquire(), postgres_schemas.acquire()
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        stores = [open_store(first), open_store(first), open_store(second)]
+        heard: list[list[str]] = [[], [], []]
+        for store, journal in zip(stores, heard, strict=True):
+            await store.open()
+            store.set_event_listener(lambda event, journal=journal: journal.append(event.key))
+        try:
+            await asyncio.sleep(0.5)  # the LISTEN connections are up
+            await stores[0].save_subscription(SubscriptionRow("", "urn:s:first", {"doc": {}}), create=True)
+            await stores[2].save_subscription(SubscriptionRow("", "urn:s:second", {"doc": {}}), create=True)
+            await asyncio.sleep(0.5)
+            return heard[1], heard[2]
+        finally:
+            for store in stores:
+                await store.close()
+
+    try:
+        same_schema, other_schema = asyncio.run(scenario())
+    finally:
+        postgres_schemas.release(first, reuse=False)
+        postgres_schemas.release(second, reuse=False)
+    assert same_schema == ["urn:s:first"]  # not urn:s:second, made in the other schema
+    assert other_schema == []  # its only write was its own; nothing from the first schema
+
+
 def test_hosted_context_and_iot_group_reach_every_worker(workers: list[BrokerProcess]) -> None:
     a, b = (httpx.Client(base_url=worker.base, timeout=10) for worker in workers[:2])
     try:
@@ -296,16 +332,15 @@ def test_serve_refuses_an_unmigrated_database(postgres_skip_reason: str | None) 
     import asyncio
     import uuid
 
-    from conftest import _admin, postgres_schema_url
+    from backends import admin, postgres_schema_url
 
     schema = f"cityos_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'CREATE SCHEMA "{schema}"'))
+    asyncio.run(admin(f'CREATE SCHEMA "{schema}"'))
     try:
-        env = {**os.environ, "CITYOS_EXPERIMENTAL_POSTGRES": "1"}
         command = [sys.executable, "-m", "cityos", "serve", "--database", postgres_schema_url(schema)]
-        run = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+        run = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert run.returncode == 1
         assert "has schema version 0" in run.stderr and "cityos db upgrade" in run.stderr
         assert "Traceback" not in run.stderr
     finally:
-        asyncio.run(_admin(f'DROP SCHEMA "{schema}" CASCADE'))
+        asyncio.run(admin(f'DROP SCHEMA "{schema}" CASCADE'))

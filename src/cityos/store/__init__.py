@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from cityos.store.base import EntityStore
 
-EXPERIMENTAL_POSTGRES = "CITYOS_EXPERIMENTAL_POSTGRES"  # no longer read; kept until the tests stop setting it
-
 
 def is_postgres(database: str) -> bool:
     return database.startswith(("postgresql://", "postgres://"))
@@ -29,4 +27,4 @@ def open_store(database: str, *, query_timeout: float = 10.0, worker_timeout: fl
     return SQLiteStore(database, query_timeout=query_timeout)
 
 
-__all__ = ["EXPERIMENTAL_POSTGRES", "EntityStore", "is_postgres", "open_store"]
+__all__ = ["EntityStore", "is_postgres", "open_store"]

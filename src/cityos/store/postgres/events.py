@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +24,20 @@ if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
 
 log = logging.getLogger("cityos.store.postgres")
-CHANNEL = "cityos_events"
+CHANNEL = "cityos_events"  # followed by a digest of the schema: deployments in other schemas of the
+# same database (or concurrent test sessions) never hear each other's events
+
+
+def channel_for(schema: str) -> str:
+    """The NOTIFY channel of the CityOS tables in `schema` (a valid identifier of under 63 bytes)."""
+    return f"{CHANNEL}_{hashlib.sha256(schema.encode()).hexdigest()[:16]}"
+
+
 RESYNC = "resync"  # the kind of the event reported after a lost LISTEN connection
 _MAX_PAYLOAD = 7900  # PostgreSQL refuses NOTIFY payloads of 8000 bytes and more
 
 
-async def notify(connection: Connection, origin: str, event: StoreEvent) -> None:
+async def notify(connection: Connection, channel: str, origin: str, event: StoreEvent) -> None:
     """Queue the event for delivery at commit. A payload too large to send loses its `data`;
     receivers then reload the object instead of applying the data."""
     message = {"o": origin, "k": event.kind, "t": event.tenant, "i": event.key, "d": event.data}
@@ -36,7 +45,7 @@ async def notify(connection: Connection, origin: str, event: StoreEvent) -> None
     if len(payload.encode()) > _MAX_PAYLOAD:
         kind = "subscription" if event.kind == "subscription-status" else event.kind
         payload = orjson.dumps({**message, "k": kind, "d": None}).decode()
-    await connection.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+    await connection.execute("SELECT pg_notify($1, $2)", channel, payload)
 
 
 def decode(payload: str, origin: str) -> StoreEvent | None:
@@ -47,7 +56,7 @@ def decode(payload: str, origin: str) -> StoreEvent | None:
             return None
         return StoreEvent(str(message["k"]), str(message["t"]), str(message["i"]), message.get("d"))
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        log.warning("ignoring a malformed event on %s", CHANNEL)
+        log.warning("ignoring a malformed event on the %s channel", CHANNEL)
         return None
 
 
@@ -57,6 +66,7 @@ class EventFollower:
     def __init__(self, dsn: str, origin: str) -> None:
         self.dsn = dsn
         self.origin = origin
+        self.channel = CHANNEL  # set by the store to channel_for(its schema) before start()
         self.listener: EventListener | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
@@ -95,7 +105,7 @@ class EventFollower:
                 connection = await asyncpg.connect(self.dsn, timeout=10)
                 self._lost.clear()
                 connection.add_termination_listener(lambda _c: self._lost.set())
-                await connection.add_listener(CHANNEL, self._on_notify)
+                await connection.add_listener(self.channel, self._on_notify)
                 self.listening.set()
                 if not first:  # events may have been missed while the connection was down
                     self._deliver(StoreEvent(RESYNC, "", ""))

@@ -42,7 +42,7 @@ from cityos.store.base import (
 )
 from cityos.store.paging import Pager, exact_in_sql
 from cityos.store.postgres.catalog import PostgresCatalog
-from cityos.store.postgres.events import EventFollower, notify
+from cityos.store.postgres.events import EventFollower, channel_for, notify
 from cityos.store.postgres.outbox import subscription_rows
 from cityos.store.postgres.schema import require_current
 from cityos.store.postgres.sql import Params, where
@@ -92,6 +92,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
         try:
             async with pool.acquire() as connection:
                 await require_current(connection, self.dsn)
+                self._events.channel = channel_for(await connection.fetchval("SELECT current_schema()"))
         except BaseException:
             await pool.close()
             raise
@@ -126,7 +127,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
     async def _notify(self, connection: Connection, event: StoreEvent) -> None:
         """Tell the other workers, when this transaction commits; a subscription created, changed
         or deleted also bumps the catalogue version that writes check (_fresh_subscriptions)."""
-        await notify(connection, self.worker_id, event)
+        await notify(connection, self._events.channel, self.worker_id, event)
         if event.kind == "subscription":
             version: int = await connection.fetchval(
                 "UPDATE catalog_versions SET version = version + 1 WHERE name = 'subscriptions' RETURNING version"
