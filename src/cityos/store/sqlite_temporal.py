@@ -32,6 +32,7 @@ from cityos.store.temporal_base import (
     TemporalEntityInfo,
     TemporalPage,
     TemporalQuery,
+    assemble,
 )
 from cityos.temporal.query import to_micros
 
@@ -492,16 +493,7 @@ class SQLiteTemporal:
             instance = orjson.loads(doc)
             instance["instanceId"] = instance_id
             found[epk][attr].append((t, pk, instance))
-        entities = []
-        for pk, entity_id, types in selected:
-            attrs = {
-                attr: [instance for _, _, instance in sorted(items, key=lambda item: item[:2])]
-                for attr, items in found.get(pk, {}).items()
-            }
-            if pk in selection.scoped:
-                attrs = {SCOPE_ATTR: selection.scoped[pk].instances, **attrs}
-            entities.append({"id": entity_id, "type": types, "attrs": attrs})
-        return entities, cut
+        return assemble(selection, found), cut
 
     def _aggregate(
         self,

@@ -140,6 +140,22 @@ class Selection:
     scoped: dict[int, Scoped]  # under a scopeQ: pk -> when its scopes matched
 
 
+def assemble(selection: Selection, found: dict[int, dict[str, list[tuple[int, int, Instance]]]]) -> list[Entity]:
+    """The page's temporal entities from their selected instances (per entity pk, per attribute:
+    (time, insertion order, instance)), each attribute's instances oldest first, the scope's
+    history first when a scopeQ selected it."""
+    entities: list[Entity] = []
+    for pk, entity_id, types in selection.rows:
+        attrs = {
+            attr: [instance for _, _, instance in sorted(items, key=lambda item: item[:2])]
+            for attr, items in found.get(pk, {}).items()
+        }
+        if pk in selection.scoped:
+            attrs = {SCOPE_ATTR: selection.scoped[pk].instances, **attrs}
+        entities.append({"id": entity_id, "type": types, "attrs": attrs})
+    return entities
+
+
 class TemporalStore(Protocol):
     async def temporal_write(
         self, tenant: str, entity_id: str, types: Sequence[str], instances: Sequence[tuple[str, Instance]]

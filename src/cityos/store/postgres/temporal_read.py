@@ -35,6 +35,7 @@ from cityos.store.temporal_base import (
     Scoped,
     Selection,
     TemporalQuery,
+    assemble,
 )
 
 if TYPE_CHECKING:
@@ -306,16 +307,7 @@ class PostgresTemporalReads:
             instance = orjson.loads(row["doc"])
             instance["instanceId"] = row["instance_id"]
             found[row["epk"]][row["attr"]].append((row["t"], row["pk"], instance))
-        entities: list[Entity] = []
-        for pk, entity_id, types in selected:
-            attrs = {
-                attr: [instance for _, _, instance in sorted(items, key=lambda item: item[:2])]
-                for attr, items in found.get(pk, {}).items()
-            }
-            if pk in selection.scoped:
-                attrs = {SCOPE_ATTR: selection.scoped[pk].instances, **attrs}
-            entities.append({"id": entity_id, "type": types, "attrs": attrs})
-        return entities, cut
+        return assemble(selection, found), cut
 
     async def _aggregate(
         self, connection: Connection, selection: Selection, query: TemporalQuery, spec: AggregationSpec, now: int
