@@ -11,7 +11,8 @@ The README convention (also written at the top of README.md's first example, for
   blank line are notes. A command without expected lines must print nothing.
 - Expected JSON is compared structurally: key order is free, `…` (U+2026) is a wildcard: a value
   `"…"` matches any value, `…` as the last item of an array matches any further items, `…` as an
-  object member allows more members, and `…` inside a string matches any text. An expected output
+  object member allows more members, and `…` inside a string matches any text; a long string may wrap
+  onto the next `# ` line (the break reads as one space). An expected output
   starting with `HTTP/` is compared as `curl -i` output: the status line, the header lines listed
   (a subset, names case-insensitive) and, after an empty `#` line, the body. Other text is compared
   with runs of whitespace made equal, `…` matching any text.
@@ -139,12 +140,19 @@ def _glob(pattern: str, text: str) -> bool:
 
 
 def expected_json(text: str) -> Any:
-    """Parse expected JSON in which a bare … stands for more items or members."""
+    """Parse expected JSON in which a bare … stands for more items or members, and a string may wrap
+    onto the next line (the line break and the indentation read as one space)."""
     out: list[str] = []
     stack: list[str] = []
-    in_string = escaped = False
+    in_string = escaped = wrapped = False
     for char in text:
-        if in_string:
+        if wrapped and char in " \t":
+            continue
+        wrapped = False
+        if in_string and char == "\n":  # a long string wrapped over two comment lines: one space
+            out.append(" ")
+            wrapped = True
+        elif in_string:
             out.append(char)
             if escaped:
                 escaped = False

@@ -19,6 +19,11 @@ class OutboundRefused(Exception):
     """The target is not allowed, unreachable, too slow or too large."""
 
 
+PRIVATE_NETWORKS_HINT = (
+    "allow loopback and private addresses with --allow-private-networks (CITYOS_ALLOW_PRIVATE_NETWORKS=true)"
+)
+
+
 @dataclass(frozen=True)
 class OutboundPolicy:
     allow_private_networks: bool = False
@@ -41,9 +46,7 @@ class OutboundPolicy:
         for info in infos:
             address = ipaddress.ip_address(info[4][0])
             if not address.is_global:
-                raise OutboundRefused(
-                    f"{host} resolves to the non-public address {address}; set allow_private_networks to permit it"
-                )
+                raise OutboundRefused(f"{host} resolves to the non-public address {address}; {PRIVATE_NETWORKS_HINT}")
 
     async def get(self, url: str, accept: str, headers: dict[str, str] | None = None) -> bytes:
         """GET a resource under the policy, following up to MAX_REDIRECTS redirects, each target
