@@ -25,6 +25,7 @@ The README convention (also written at the top of README.md's first example, for
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -44,6 +45,7 @@ ELLIPSIS = "\u2026"
 SKIP = re.compile(r"<!--\s*readme:\s*skip\b:?\s*(.*?)\s*-->")
 SERVER_COMMAND = re.compile(r"^((?:[A-Z_][A-Z0-9_]*=\S*\s+)*)(make run|(?:\S*/)?cityos serve)\b(.*)$", re.S)
 EXIT_STATUS = re.compile(r"\(exit status (\d+)\)")
+TIMED_OUT = -1
 BROKER_PORT = 1026
 RECEIVER_PORT = 8765
 
@@ -298,13 +300,17 @@ def free_port() -> int:
         return port
 
 
-def make_run_command() -> list[str]:
-    """The `run:` recipe of the Makefile, with $(BIN) the virtual environment running the tests."""
+def make_run_command(env: dict[str, str] | None = None) -> list[str]:
+    """The `cityos serve` line of the Makefile's `run:` recipe, with $(BIN) the virtual environment
+    running the tests and any other make variable taken from the environment (empty if unset)."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    match = re.search(r"^run:.*\n\t(.+)$", makefile, re.M)
-    assert match, "the Makefile has no `run:` target with a one-line recipe"
-    recipe = match.group(1).replace("$(BIN)", str(Path(sys.executable).parent))
-    return shlex.split(recipe)
+    recipe = re.search(r"^run:.*\n((?:\t.*\n?)+)", makefile, re.M)
+    assert recipe, "the Makefile has no `run:` target"
+    lines = [line.strip().lstrip("@") for line in recipe.group(1).splitlines() if "cityos serve" in line]
+    assert len(lines) == 1, f"the Makefile's `run:` recipe should have one `cityos serve` line: {recipe.group(1)!r}"
+    line = lines[0].replace("$(BIN)", str(Path(sys.executable).parent))
+    line = re.sub(r"\$\((\w+)\)", lambda m: (env or {}).get(m.group(1), ""), line)
+    return shlex.split(line)
 
 
 class ReadmeRun:
@@ -376,7 +382,7 @@ class ReadmeRun:
             return False
         assignments, program, rest = match.groups()
         if program == "make run":
-            argv = make_run_command()
+            argv = make_run_command(dict(a.partition("=")[::2] for a in shlex.split(assignments)))
         else:
             argv = [str(Path(sys.executable).parent / "cityos"), "serve", *shlex.split(rest)]
         self.start_server(assignments, argv)
@@ -394,13 +400,16 @@ class ReadmeRun:
         deadline = time.monotonic() + timeout
         while not status.exists():
             if time.monotonic() > deadline or self.shell.poll() is not None:
-                return -1, out.read_text() if out.exists() else "", f"timed out after {timeout} s"
+                return TIMED_OUT, out.read_text() if out.exists() else "", f"timed out after {timeout} s"
             time.sleep(0.02)
         return int(status.read_text()), out.read_text(), err.read_text()
 
     def close(self) -> None:
         self.stop_server()
         if self.shell.stdin is not None:
+            with contextlib.suppress(OSError):  # end what the README left in the background (by job pid)
+                self.shell.stdin.write("kill $(jobs -p) 2>/dev/null; exit\n")
+                self.shell.stdin.flush()
             self.shell.stdin.close()
         try:
             self.shell.wait(timeout=10)
@@ -427,7 +436,12 @@ def run_readme(blocks: list[Block], folder: Path) -> list[Failure]:
                 expected = [session.localise(line) for line in command.expected]
                 if session.server_command(text):
                     continue
+                if session.server is None or session.server.poll() is not None:
+                    raise RuntimeError(f"the broker is not running:\n{session.server_log.read_text()[-3000:]}")
                 returncode, got, stderr = session.run(text)
+                if returncode == TIMED_OUT:  # the session is stuck: later commands would only queue behind it
+                    failures.append(Failure(block, command, expected, got, stderr, returncode, "timed out"))
+                    raise RuntimeError("\n\n".join(map(str, failures)) + "\n\nthe rest of the README was not run")
                 status = EXIT_STATUS.fullmatch(expected[-1].strip()) if expected else None
                 wanted_status = int(status.group(1)) if status else 0
                 reason = output_difference(expected[:-1] if status else expected, got)

@@ -5,6 +5,7 @@ The conventions (expected `# ` lines, … wildcards, skip markers) are in readme
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ README = ROOT / "README.md"
 
 @pytest.mark.timeout(180)
 def test_every_readme_example_prints_what_the_readme_says(tmp_path: Path) -> None:
+    assert shutil.which("curl"), "the README's examples use curl: install it (.ci/run does)"
     blocks = parse_readme(README.read_text(encoding="utf-8"))
     failures = run_readme(blocks, tmp_path)
     if failures:  # pytest.fail, not assert: the message alone, without the repr of the failures

@@ -3,10 +3,14 @@ the time window, lastN, the three representations, aggregation and temporal pagi
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
+
+from cityos.app import create_app
+from cityos.settings import Settings
 
 BASE = "/ngsi-ld/v1"
 TEMPORAL = BASE + "/temporal/entities"
@@ -373,7 +377,33 @@ def test_scope_query_follows_scope_validity(client: TestClient) -> None:
 
 
 # -- temporal pagination ----------------------------------------------------------------------------------
-def test_instance_cap_answers_206_with_a_content_range(client: TestClient) -> None:
+def test_a_year_of_hourly_readings_comes_back_whole_by_default(client: TestClient) -> None:
+    """The default page holds a year of hourly values of one attribute (a chart's worth); one more
+    instance passes the bound: 206, the oldest instances, and a Content-Range that says where they end."""
+    station = "urn:ngsi-ld:AirQualityObserved:year"
+    start = datetime(2016, 1, 1, tzinfo=UTC)  # a leap year: 366 days, 8,784 hours
+    hours = [(n % 300, f"{start + timedelta(hours=n):%Y-%m-%dT%H:%M:%SZ}") for n in range(8784)]
+    create(client, {"id": station, "type": "AirQualityObserved", "pm25": instances(*hours)})
+    window = {"timerel": "after", "timeAt": "2016-01-01T00:00:00Z", "options": "temporalValues"}
+    response = client.get(f"{TEMPORAL}/{station}", params=window)
+    assert response.status_code == 200, response.headers
+    assert "content-range" not in response.headers
+    assert [at for _, at in response.json()["pm25"]["values"]] == [at for _, at in hours]
+    more = {"pm25": instances((1, "2017-01-01T00:00:00Z"))}
+    assert client.post(f"{TEMPORAL}/{station}/attrs", json=more).status_code == 204
+    response = client.get(f"{TEMPORAL}/{station}", params=window)
+    assert response.status_code == 206
+    assert response.headers["Content-Range"] == "date-time 2016-01-01T00:00:00Z-2016-12-31T23:00:00Z/*"
+    assert len(response.json()["pm25"]["values"]) == 8784
+
+
+def test_instance_cap_answers_206_with_a_content_range(db_url: str) -> None:
+    """With the page size the ETSI run sets (docs/conformance.md): 40 instances are cut, 20 are not."""
+    with TestClient(create_app(Settings(database=db_url, temporal_page_size=30))) as client:
+        _check_the_suite_pagination(client)
+
+
+def _check_the_suite_pagination(client: TestClient) -> None:
     speeds = instances(*((n, f"2020-01-01T01:{n:02d}:00Z") for n in range(1, 21)))
     fuel = instances(*((n, f"2020-01-01T01:{n + 2:02d}:00Z") for n in range(1, 21)))
     create(client, {"id": VEHICLE, "type": "Vehicle", "speed": speeds, "fuelLevel": fuel})

@@ -82,9 +82,10 @@ class Settings:
         0, "Drop history instances older than this many days (by observedAt, else their system times); 0 keeps all."
     )
     temporal_page_size: int = _setting(
-        30,
-        "Most attribute instances in one temporal answer; past it the answer is 206 with a Content-Range "
-        "(the ETSI suite expects 21-39; raise it for bulk reads).",
+        8784,
+        "Most attribute instances in one temporal answer, all attributes and entities together (8784: a year "
+        "of hourly values of one attribute); past it the answer is 206 with a Content-Range. The ETSI suite's "
+        "pagination cases need 21-39 (docs/conformance.md).",
     )
 
     @classmethod
