@@ -101,4 +101,6 @@ def test_a_changed_expected_line_fails_with_the_difference() -> None:
     assert output_difference(["a.csv: 16 rows read, 8 loaded in … s"], "a.csv: 16 rows read, 9 loaded in 0.1 s") == (
         "the text differs"
     )
+    continued = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nlocation: /x\r\n\r\n"
+    assert output_difference(["HTTP/1.1 201 Created", "Location: /x"], continued) is None
     assert output_difference([], "something\n") == "the README shows no output, but the command printed some"
