@@ -248,7 +248,7 @@ def output_difference(expected: list[str], got: str) -> str | None:
     status, *headers = head.split("\n")
     if status.strip() != expected[0].strip():
         return f"status line: expected {expected[0].strip()!r}, got {status.strip()!r}"
-    received = {}
+    received: dict[str, list[str]] = {}
     for header in headers:
         name, _, value = header.partition(":")
         received.setdefault(name.strip().lower(), []).append(value.strip())
