@@ -19,8 +19,9 @@ The README's conventions (summed up in its Development section, for its editors)
 - A command must exit with status 0, unless its last expected line says `(exit status N)`.
 - `make run` and `cityos serve` commands (possibly after VAR=value assignments) are not run by bash:
   the harness stops the broker it runs and starts it again as the command says, on the same folder.
-- Ports: 127.0.0.1:1026 (the broker) and 8765 (the notification receiver in the README) are replaced
-  by free ports in commands and expected outputs, so the test never collides with a running broker.
+- Ports: 127.0.0.1:1026 (the broker) and 8765 on 127.0.0.1 (the notification receiver in the README:
+  `127.0.0.1:8765`, `("127.0.0.1", 8765)`, `/dev/tcp/127.0.0.1/8765`) are replaced by free ports in
+  commands and expected outputs, so the test never collides with a running broker.
 """
 
 from __future__ import annotations
@@ -315,6 +316,13 @@ def make_run_command(env: dict[str, str] | None = None) -> list[str]:
     return shlex.split(line)
 
 
+def localise(text: str, broker: int, receiver: int) -> str:
+    """The README text with the broker's and the receiver's ports replaced (the receiver's as a URL,
+    a socket address or a bash /dev/tcp path, never a bare number that could be data)."""
+    text = text.replace(f"127.0.0.1:{BROKER_PORT}", f"127.0.0.1:{broker}")
+    return re.sub(rf"(127\.0\.0\.1(?::|/|\", )){RECEIVER_PORT}\b", rf"\g<1>{receiver}", text)
+
+
 class ReadmeRun:
     """A broker as `make run` starts it and a bash session in a temporary folder."""
 
@@ -343,9 +351,7 @@ class ReadmeRun:
         self.count = 0
 
     def localise(self, text: str) -> str:
-        """The README text with its ports replaced by this run's."""
-        text = text.replace(f"127.0.0.1:{BROKER_PORT}", f"127.0.0.1:{self.port}")
-        return re.sub(rf"\b{RECEIVER_PORT}\b", str(self.ports[RECEIVER_PORT]), text)
+        return localise(text, self.port, self.ports[RECEIVER_PORT])
 
     def start_server(self, assignments: str, argv: list[str]) -> None:
         self.stop_server()

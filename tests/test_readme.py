@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from readme_examples import ROOT, expected_json, json_difference, output_difference, parse_readme, run_readme
+from readme_examples import ROOT, expected_json, json_difference, localise, output_difference, parse_readme, run_readme
 
 README = ROOT / "README.md"
 
@@ -104,3 +104,10 @@ def test_a_changed_expected_line_fails_with_the_difference() -> None:
     continued = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nlocation: /x\r\n\r\n"
     assert output_difference(["HTTP/1.1 201 Created", "Location: /x"], continued) is None
     assert output_difference([], "something\n") == "the README shows no output, but the command printed some"
+
+
+def test_ports_are_replaced_where_they_are_ports() -> None:
+    text = 'curl http://127.0.0.1:1026/x; ("127.0.0.1", 8765) http://127.0.0.1:8765/n /dev/tcp/127.0.0.1/8765 36.8765'
+    assert localise(text, 4000, 5000) == (
+        'curl http://127.0.0.1:4000/x; ("127.0.0.1", 5000) http://127.0.0.1:5000/n /dev/tcp/127.0.0.1/5000 36.8765'
+    )
