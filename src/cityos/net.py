@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 
 MAX_REDIRECTS = 3
+ALLOW_PRIVATE_HINT = "start the server with --allow-private-networks (CITYOS_ALLOW_PRIVATE_NETWORKS=true) to permit it"
 
 
 class OutboundRefused(Exception):
@@ -42,7 +43,7 @@ class OutboundPolicy:
             address = ipaddress.ip_address(info[4][0])
             if not address.is_global:
                 raise OutboundRefused(
-                    f"{host} resolves to the non-public address {address}; set allow_private_networks to permit it"
+                    f"{host} resolves to the non-public address {address}; {ALLOW_PRIVATE_HINT}"
                 )
 
     async def get(self, url: str, accept: str, headers: dict[str, str] | None = None) -> bytes:
