@@ -155,14 +155,44 @@ class TestCreate:
         }
         create(client, body)
 
-    def test_read_only_and_unknown_members_are_dropped(self, client: TestClient) -> None:
-        body = subscription(__context="http://localhost:1111/hijacked.jsonld", status="expired", createdAt="x")
+    def test_read_only_members_are_dropped(self, client: TestClient) -> None:
+        body = subscription(status="expired", createdAt="x")
         body["notification"]["timesSent"] = 42
         sub_id = create(client, body)
+        got = client.get(f"{BASE}/{sub_id}").json()
+        assert got["status"] == "active"
+        assert "createdAt" not in got
+        assert "timesSent" not in got["notification"]
+
+    def test_unknown_members_are_kept_as_written(self, client: TestClient) -> None:
+        """Never dropped silently (issue 12): an unknown member is the client's data, read back
+        unchanged, and it is not taken for anything it is not (here: not for the @context)."""
+        body = subscription(__context="http://localhost:1111/hijacked.jsonld", myTag={"team": "roads"})
+        body["notification"]["myHint"] = "x"
+        body["notification"]["endpoint"]["myHeader"] = 1
+        sub_id = create(client, body)
         got = client.get(f"{BASE}/{sub_id}")
-        assert "hijacked" not in got.text and "__context" not in got.text
-        assert got.json()["status"] == "active"
-        assert "timesSent" not in got.json()["notification"]
+        assert got.status_code == 200
+        doc = got.json()
+        assert doc["__context"] == "http://localhost:1111/hijacked.jsonld"
+        assert doc["myTag"] == {"team": "roads"}
+        assert doc["notification"]["myHint"] == "x"
+        assert doc["notification"]["endpoint"]["myHeader"] == 1
+        assert "hijacked" not in got.headers.get("link", "")
+        patched = client.patch(f"{BASE}/{sub_id}", json={"myTag": None, "other": [1]})
+        assert patched.status_code == 204, patched.text
+        doc = client.get(f"{BASE}/{sub_id}").json()
+        assert "myTag" not in doc and doc["other"] == [1]
+
+    def test_name_is_read_as_subscription_name(self, client: TestClient) -> None:
+        """`name` is the spelling before V1.5 that clients written against Orion-LD still send."""
+        sub_id = create(client, subscription(name="roads"))
+        doc = client.get(f"{BASE}/{sub_id}").json()
+        assert doc["subscriptionName"] == "roads" and "name" not in doc
+        assert client.patch(f"{BASE}/{sub_id}", json={"name": "roads-2"}).status_code == 204
+        assert client.get(f"{BASE}/{sub_id}").json()["subscriptionName"] == "roads-2"
+        both = client.post(BASE, json=subscription(name="a", subscriptionName="b"))
+        assert_problem(both, 400, "BadRequestData")
 
     def test_unknown_query_parameters_are_invalid_request(self, client: TestClient) -> None:
         response = client.post(BASE + "?invalidParams=invalidValue", json=subscription())

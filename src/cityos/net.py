@@ -42,9 +42,7 @@ class OutboundPolicy:
         for info in infos:
             address = ipaddress.ip_address(info[4][0])
             if not address.is_global:
-                raise OutboundRefused(
-                    f"{host} resolves to the non-public address {address}; {ALLOW_PRIVATE_HINT}"
-                )
+                raise OutboundRefused(f"{host} resolves to the non-public address {address}; {ALLOW_PRIVATE_HINT}")
 
     async def get(self, url: str, accept: str, headers: dict[str, str] | None = None) -> bytes:
         """GET a resource under the policy, following up to MAX_REDIRECTS redirects, each target

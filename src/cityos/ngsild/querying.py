@@ -98,9 +98,9 @@ def check_not_too_wide(request: Request, *, purge: bool = False) -> None:
     params = request.query_params
     if params.get("type") is not None or params.get("georel") is not None or params.get("local") == "true":
         return
-    if not purge and services(request).settings.allow_id_only_queries:
-        if params.get("id") or params.get("idPattern"):
-            return
+    ids_given = params.get("id") or params.get("idPattern")
+    if ids_given and not purge and services(request).settings.allow_id_only_queries:
+        return
     attrs = csv_param(request, "attrs")
     if attrs is not None and any(a not in SYSTEM_ATTRIBUTES for a in attrs):
         return

@@ -2,10 +2,12 @@
 expand its names with the request's @context, merge a PATCH, and render it back compacted with
 the @context of the request that reads it.
 
-The stored form keeps exactly the members the client sent (read-only and unknown members are
-dropped), with entity types and attribute names expanded to IRIs, so a subscription created with
-one @context reads back correctly with another. `q` is kept as written: it is evaluated with the
-subscription's own @context (subscriptions/matching.py).
+The stored form keeps exactly the members the client sent (read-only members are dropped; members
+this module does not know are kept as written and read back unchanged, never dropped silently),
+with entity types and attribute names expanded to IRIs, so a subscription created with one
+@context reads back correctly with another. `name`, the spelling of `subscriptionName` before
+V1.5 that clients written against Orion-LD still send, is read as `subscriptionName`. `q` is kept
+as written: it is evaluated with the subscription's own @context (subscriptions/matching.py).
 """
 
 from __future__ import annotations
@@ -279,6 +281,20 @@ def _endpoint(value: Any) -> Doc:
     if value.get("notifierInfo") is not None:
         allowed = {"MQTT-QoS": MQTT_QOS, "MQTT-Version": MQTT_VERSIONS}
         out["notifierInfo"] = _key_values("notifierInfo", value["notifierInfo"], allowed)
+    return _keep_unknown(out, value, ENDPOINT_KNOWN)
+
+
+# the members _endpoint and _notification read, and the read-only ones the broker reports
+ENDPOINT_KNOWN = frozenset({"uri", "accept", "receiverInfo", "notifierInfo"})
+NOTIFICATION_KNOWN = frozenset(
+    {"attributes", "pick", "omit", "format", "sysAttrs", "showChanges", "lang", "join", "joinLevel", "endpoint"}
+    | {"status", "timesSent", "timesFailed", "lastNotification", "lastSuccess", "lastFailure"}
+)
+
+
+def _keep_unknown(out: Doc, given: Doc, known: frozenset[str]) -> Doc:
+    """Members of `given` that no rule reads are kept as written, never dropped silently."""
+    out.update((k, v) for k, v in given.items() if k not in known and v is not None)
     return out
 
 
@@ -318,7 +334,7 @@ def _notification(value: Any, terms: TermMap) -> Doc:
             raise BadRequestData("notification.joinLevel must be a positive integer")
         out["joinLevel"] = level
     out["endpoint"] = _endpoint(value["endpoint"])
-    return out
+    return _keep_unknown(out, value, NOTIFICATION_KNOWN)
 
 
 MEMBERS: dict[str, Callable[[Any, TermMap], Any]] = {
@@ -342,6 +358,26 @@ MEMBERS: dict[str, Callable[[Any, TermMap], Any]] = {
 }
 
 
+# set by the broker (5.2.12): a client that sends back what it read must not be refused for them
+READ_ONLY = frozenset({"id", "type", "@context", "status", "createdAt", "modifiedAt"})
+ALIASES = {"name": "subscriptionName"}
+
+
+def _spelled(body: Doc) -> Doc:
+    """The body with older spellings (ALIASES) renamed; both spellings at once must agree."""
+    out = dict(body)
+    for old, new in ALIASES.items():
+        if old in out:
+            value = out.pop(old)
+            if new in out and out[new] != value:
+                raise BadRequestData(f"{old} and {new} are two spellings of one member and differ")
+            out.setdefault(new, value)
+    return out
+
+
+TOP_KNOWN = frozenset(MEMBERS) | READ_ONLY
+
+
 def _check(doc: Doc) -> None:
     """Rules across members, checked on every create and after every merge."""
     if "notification" not in doc:
@@ -360,10 +396,11 @@ def _check_type(body: Doc) -> None:
 
 
 def parse_subscription(body: Any, terms: TermMap) -> Doc:
-    """A create body -> the stored form (unknown and read-only members dropped, an id generated)."""
+    """A create body -> the stored form (read-only members dropped, unknown ones kept, an id generated)."""
     if not isinstance(body, dict):
         raise BadRequestData("the subscription must be a JSON object")
     _check_type(body)
+    body = _spelled(body)
     if "id" in body:
         if not isinstance(body["id"], str) or not body["id"]:
             raise BadRequestData("the subscription id must be a non-empty URI")
@@ -374,6 +411,7 @@ def parse_subscription(body: Any, terms: TermMap) -> Doc:
     for name, parse in MEMBERS.items():
         if body.get(name) is not None:
             doc[name] = parse(body[name], terms)
+    _keep_unknown(doc, body, TOP_KNOWN)
     _check(doc)
     return doc
 
@@ -386,6 +424,7 @@ def merge_subscription(doc: Doc, fragment: Any, terms: TermMap) -> Doc:
     _check_type(fragment)
     if "id" in fragment and fragment["id"] != doc["id"]:
         raise BadRequestData("the id of a subscription cannot be changed")
+    fragment = _spelled(fragment)
     merged = copy.deepcopy(doc)
     for name, parse in MEMBERS.items():
         if name not in fragment:
@@ -394,6 +433,11 @@ def merge_subscription(doc: Doc, fragment: Any, terms: TermMap) -> Doc:
             merged.pop(name, None)
         else:
             merged[name] = parse(fragment[name], terms)
+    for name in fragment.keys() - TOP_KNOWN:
+        if fragment[name] is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = fragment[name]
     _check(merged)
     return merged
 
