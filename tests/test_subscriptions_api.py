@@ -209,7 +209,9 @@ class TestCreate:
             for uri in ("http://127.0.0.1:8080/n", "http://localhost/n", "mqtt://10.0.0.1/topic"):
                 body = subscription()
                 body["notification"]["endpoint"]["uri"] = uri
-                assert_problem(strict.post(BASE, json=body), 400, "BadRequestData")
+                refused = strict.post(BASE, json=body)
+                assert_problem(refused, 400, "BadRequestData")
+                assert "--allow-private-networks" in refused.json()["detail"]  # the way out is named
             body = subscription()
             body["notification"]["endpoint"]["uri"] = "https://receiver.example.org/n"
             create(strict, body)

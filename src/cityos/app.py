@@ -106,6 +106,8 @@ class ProtocolGuard:
         path = self._route_path(scope["path"])
         if path != scope["path"]:
             scope = {**scope, "path": path}
+            if raw_path and raw_path.endswith(b"/"):  # handlers that split the raw path see the same
+                scope["raw_path"] = raw_path[:-1]
         headers = dict(scope["headers"])
         method = scope["method"]
         if method in ("POST", "PUT", "PATCH"):
