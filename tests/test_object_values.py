@@ -43,24 +43,44 @@ def _send(client: TestClient, path: str, value: Any) -> int:
     if path == "batch update":
         body = [{"id": ENTITY_ID, "type": "Thing", "v": attr}]
         return client.post("/ngsi-ld/v1/entityOperations/update", json=body).status_code
+    if path == "batch merge":
+        body = [{"id": ENTITY_ID, "type": "Thing", "v": attr}]
+        return client.post("/ngsi-ld/v1/entityOperations/merge", json=body).status_code
     assert path == "merge-patch entity"
     return client.patch(f"{ENTITIES}/{ENTITY_ID}", json={"v": attr}).status_code
 
 
-@pytest.mark.parametrize(
-    "path", ["PATCH attr", "PUT attr", "PATCH attrs", "POST attrs", "batch update", "merge-patch entity"]
-)
+PATHS = ["PATCH attr", "PUT attr", "PATCH attrs", "POST attrs", "batch update", "merge-patch entity", "batch merge"]
+MERGING = ("merge-patch entity", "batch merge")
+
+
+def _create(client: TestClient) -> None:
+    client.delete(f"{ENTITIES}/{ENTITY_ID}")
+    created = client.post(ENTITIES, json={"id": ENTITY_ID, "type": "Thing", "v": {"type": "Property", "value": OLD}})
+    assert created.status_code == 201, created.text
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_object_value_through_each_update_path(client: TestClient, path: str) -> None:
     for new, merged in CASES:
-        client.delete(f"{ENTITIES}/{ENTITY_ID}")
-        created = client.post(
-            ENTITIES, json={"id": ENTITY_ID, "type": "Thing", "v": {"type": "Property", "value": OLD}}
-        )
-        assert created.status_code == 201, created.text
+        _create(client)
         assert _send(client, path, new) == 204
         stored = client.get(f"{ENTITIES}/{ENTITY_ID}").json()["v"]["value"]
-        expected = merged if path == "merge-patch entity" else new
+        expected = merged if path in MERGING else new
         assert stored == expected, f"{path} with {new!r}"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_ngsi_ld_null_inside_an_object_value(client: TestClient, path: str) -> None:
+    """Only a merge-patch gives "urn:ngsi-ld:null" a meaning inside a value (remove the key); the
+    replacing paths refuse it (the batch update per entity, 207) and change nothing."""
+    _create(client)
+    status = _send(client, path, {"a": "urn:ngsi-ld:null"})
+    stored = client.get(f"{ENTITIES}/{ENTITY_ID}").json()["v"]["value"]
+    if path in MERGING:
+        assert (status, stored) == (204, {"n": {"x": 1, "y": 2}})
+    else:
+        assert (status, stored) == (207 if path == "batch update" else 400, OLD)
 
 
 def test_partial_update_of_an_object_value_keeps_the_sub_attributes(client: TestClient) -> None:
