@@ -2,9 +2,10 @@
 expand its names with the request's @context, merge a PATCH, and render it back compacted with
 the @context of the request that reads it.
 
-The stored form keeps exactly the members the client sent (read-only members are dropped; members
-this module does not know are kept as written and read back unchanged, never dropped silently),
-with entity types and attribute names expanded to IRIs, so a subscription created with one
+The stored form keeps exactly the members the client sent (read-only members are ignored, as
+5.2.12 says; members 5.2.12 does not define are not stored either, since a retrieved Subscription is
+that data type and nothing else (ETSI 5811_02_04), but `ignored_members` names them so the handler
+can say so), with entity types and attribute names expanded to IRIs, so a subscription created with one
 @context reads back correctly with another. `name`, the spelling of `subscriptionName` before
 V1.5 that clients written against Orion-LD still send, is read as `subscriptionName`. `q` is kept
 as written: it is evaluated with the subscription's own @context (subscriptions/matching.py).
@@ -281,7 +282,7 @@ def _endpoint(value: Any) -> Doc:
     if value.get("notifierInfo") is not None:
         allowed = {"MQTT-QoS": MQTT_QOS, "MQTT-Version": MQTT_VERSIONS}
         out["notifierInfo"] = _key_values("notifierInfo", value["notifierInfo"], allowed)
-    return _keep_unknown(out, value, ENDPOINT_KNOWN)
+    return out
 
 
 # the members _endpoint and _notification read, and the read-only ones the broker reports
@@ -290,12 +291,6 @@ NOTIFICATION_KNOWN = frozenset(
     {"attributes", "pick", "omit", "format", "sysAttrs", "showChanges", "lang", "join", "joinLevel", "endpoint"}
     | {"status", "timesSent", "timesFailed", "lastNotification", "lastSuccess", "lastFailure"}
 )
-
-
-def _keep_unknown(out: Doc, given: Doc, known: frozenset[str]) -> Doc:
-    """Members of `given` that no rule reads are kept as written, never dropped silently."""
-    out.update((k, v) for k, v in given.items() if k not in known and v is not None)
-    return out
 
 
 def _notification(value: Any, terms: TermMap) -> Doc:
@@ -334,7 +329,7 @@ def _notification(value: Any, terms: TermMap) -> Doc:
             raise BadRequestData("notification.joinLevel must be a positive integer")
         out["joinLevel"] = level
     out["endpoint"] = _endpoint(value["endpoint"])
-    return _keep_unknown(out, value, NOTIFICATION_KNOWN)
+    return out
 
 
 MEMBERS: dict[str, Callable[[Any, TermMap], Any]] = {
@@ -375,7 +370,22 @@ def _spelled(body: Doc) -> Doc:
     return out
 
 
-TOP_KNOWN = frozenset(MEMBERS) | READ_ONLY
+TOP_KNOWN = frozenset(MEMBERS) | READ_ONLY | frozenset(ALIASES)
+
+
+def ignored_members(body: Any) -> list[str]:
+    """The members of a create or update body that 5.2.12 does not define (dotted paths): they are
+    not stored, and the handler reports them, so nothing a client sends disappears silently."""
+    if not isinstance(body, dict):
+        return []
+    names = sorted(k for k in body if k not in TOP_KNOWN)
+    notification = body.get("notification")
+    if isinstance(notification, dict):
+        names += [f"notification.{k}" for k in sorted(notification) if k not in NOTIFICATION_KNOWN]
+        endpoint = notification.get("endpoint")
+        if isinstance(endpoint, dict):
+            names += [f"notification.endpoint.{k}" for k in sorted(endpoint) if k not in ENDPOINT_KNOWN]
+    return names
 
 
 def _check(doc: Doc) -> None:
@@ -396,7 +406,7 @@ def _check_type(body: Doc) -> None:
 
 
 def parse_subscription(body: Any, terms: TermMap) -> Doc:
-    """A create body -> the stored form (read-only members dropped, unknown ones kept, an id generated)."""
+    """A create body -> the stored form (read-only and unknown members left out, an id generated)."""
     if not isinstance(body, dict):
         raise BadRequestData("the subscription must be a JSON object")
     _check_type(body)
@@ -411,7 +421,6 @@ def parse_subscription(body: Any, terms: TermMap) -> Doc:
     for name, parse in MEMBERS.items():
         if body.get(name) is not None:
             doc[name] = parse(body[name], terms)
-    _keep_unknown(doc, body, TOP_KNOWN)
     _check(doc)
     return doc
 
@@ -433,11 +442,6 @@ def merge_subscription(doc: Doc, fragment: Any, terms: TermMap) -> Doc:
             merged.pop(name, None)
         else:
             merged[name] = parse(fragment[name], terms)
-    for name in fragment.keys() - TOP_KNOWN:
-        if fragment[name] is None:
-            merged.pop(name, None)
-        else:
-            merged[name] = fragment[name]
     _check(merged)
     return merged
 
