@@ -188,7 +188,7 @@ def test_replayed_client_requests_work(http: httpx.Client) -> None:
 
 
 def test_subscription_with_name_and_own_members(http: httpx.Client) -> None:
-    """python-orion-client style: `name` (the spelling before V1.5), a member of its own (not stored,
+    """python-orion-client style: `name` (the older spelling), a member of its own (not stored,
     but named in a Warning header), trailing slashes."""
     body = {
         "type": "Subscription",

@@ -191,7 +191,7 @@ class TestCreate:
         assert "warning" not in created.headers
 
     def test_name_is_read_as_subscription_name(self, client: TestClient) -> None:
-        """`name` is the spelling before V1.5 that clients written against Orion-LD still send."""
+        """`name` is the older spelling that clients written against Orion-LD still send."""
         sub_id = create(client, subscription(name="roads"))
         doc = client.get(f"{BASE}/{sub_id}").json()
         assert doc["subscriptionName"] == "roads" and "name" not in doc

@@ -6,8 +6,8 @@ The stored form keeps exactly the members the client sent (read-only members are
 5.2.12 says; members 5.2.12 does not define are not stored either, since a retrieved Subscription is
 that data type and nothing else (ETSI 5811_02_04), but `ignored_members` names them so the handler
 can say so), with entity types and attribute names expanded to IRIs, so a subscription created with one
-@context reads back correctly with another. `name`, the spelling of `subscriptionName` before
-V1.5 that clients written against Orion-LD still send, is read as `subscriptionName`. `q` is kept
+@context reads back correctly with another. `name`, the older spelling of `subscriptionName` that
+clients written against Orion-LD still send, is read as `subscriptionName`. `q` is kept
 as written: it is evaluated with the subscription's own @context (subscriptions/matching.py).
 """
 
@@ -353,7 +353,7 @@ MEMBERS: dict[str, Callable[[Any, TermMap], Any]] = {
 }
 
 
-# set by the broker (5.2.12): a client that sends back what it read must not be refused for them
+# set by the broker (table 5.2.12-2): ignored quietly, a client may send back what it read
 READ_ONLY = frozenset({"id", "type", "@context", "status", "createdAt", "modifiedAt"})
 ALIASES = {"name": "subscriptionName"}
 
