@@ -195,7 +195,8 @@ def test_linked_entity_paths_parse_and_are_not_evaluated() -> None:
         ("a==1)", "q: unexpected ')' at position 4"),
         ("(a==1", "q: unexpected end of query at position 5"),
         ("a=1", "q: unexpected '=' at position 1"),
-        ("a ==1", "q: unexpected ' ' at position 1"),
+        ("a == x y", "q: unexpected 'y' at position 7"),
+        ("a b", "q: unexpected 'b' at position 2"),
         ("a==1;", "q: unexpected end of query at position 5"),
         ("a==1;;b", "q: unexpected ';' at position 5"),
         ("|a", "q: unexpected '|' at position 0"),
@@ -228,6 +229,30 @@ def test_parse_errors_name_the_position(text: str, detail: str) -> None:
     with pytest.raises(BadRequestData) as caught:
         parse_q(text)
     assert caught.value.detail.startswith(detail)
+
+
+@pytest.mark.parametrize(
+    ("spaced", "tight"),
+    [
+        ("temperature > 0", "temperature>0"),
+        ("a==1 ; b<2", "a==1;b<2"),
+        (" ( a>1 | b<2 ) ; !c ", "(a>1|b<2);!c"),
+        ("a == 1 .. 5", "a==1..5"),
+        ("a == 1 , 2", "a==1,2"),
+        ("a.b [ k ] == urn:x:1", "a.b[k]==urn:x:1"),
+        ("a ~= fo.o ; b == 1", "a~=fo.o;b==1"),
+        ("\ta\n==\r1", "a==1"),
+    ],
+)
+def test_whitespace_between_tokens_is_skipped(spaced: str, tight: str) -> None:
+    """Clients written against Orion-LD send spaced q (issue 12); the ABNF has none."""
+    assert parse_q(spaced) == parse_q(tight)
+
+
+def test_whitespace_inside_strings_and_regexes_is_kept() -> None:
+    assert parse_q('a == " x  y "') == Comparison(AttrPath("a"), "==", Value(" x  y ", "string"))
+    assert parse_q("a ~= x  y ; b") == parse_q("a~=x  y;b")
+    assert parse_q('a~=" x "') == Match(AttrPath("a"), " x ", False)
 
 
 def test_length_bound() -> None:

@@ -438,7 +438,7 @@ def test_q_with_expand_values_on_a_vocab_property(town: TestClient) -> None:
         ("availableSpotNumber==1;", 23),
         ("(availableSpotNumber==1", 23),
         ("name==Bolhão", 6),
-        ("availableSpotNumber==1 ", 22),
+        ("availableSpotNumber==1 2", 23),
         ("name~=(unclosed", 6),
         ("availableSpotNumber>1..3", 19),
     ],

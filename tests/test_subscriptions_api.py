@@ -155,14 +155,50 @@ class TestCreate:
         }
         create(client, body)
 
-    def test_read_only_and_unknown_members_are_dropped(self, client: TestClient) -> None:
-        body = subscription(__context="http://localhost:1111/hijacked.jsonld", status="expired", createdAt="x")
+    def test_read_only_members_are_dropped(self, client: TestClient) -> None:
+        body = subscription(status="expired", createdAt="x")
         body["notification"]["timesSent"] = 42
         sub_id = create(client, body)
+        got = client.get(f"{BASE}/{sub_id}").json()
+        assert got["status"] == "active"
+        assert "createdAt" not in got
+        assert "timesSent" not in got["notification"]
+
+    def test_unknown_members_are_ignored_and_named(self, client: TestClient) -> None:
+        """Members 5.2.12 does not define are not stored (a retrieved Subscription is that data
+        type, ETSI 5811_02_04) but never dropped silently (issue 12): a 299 Warning names them."""
+        body = subscription(__context="http://localhost:1111/hijacked.jsonld", myTag={"team": "roads"})
+        body["notification"]["myHint"] = "x"
+        body["notification"]["endpoint"]["myHeader"] = 1
+        created = client.post(BASE, json=body)
+        assert created.status_code == 201, created.text
+        warning = created.headers["warning"]
+        assert warning.startswith('299 cityos "')
+        for name in ("__context", "myTag", "notification.myHint", "notification.endpoint.myHeader"):
+            assert name in warning
+        sub_id = created.headers["location"].rsplit("/", 1)[-1]
         got = client.get(f"{BASE}/{sub_id}")
-        assert "hijacked" not in got.text and "__context" not in got.text
-        assert got.json()["status"] == "active"
-        assert "timesSent" not in got.json()["notification"]
+        assert "hijacked" not in got.text and "myTag" not in got.text and "myHint" not in got.text
+        patched = client.patch(f"{BASE}/{sub_id}", json={"other": [1], "description": "d"})
+        assert patched.status_code == 204, patched.text
+        assert "other" in patched.headers["warning"]
+        assert "other" not in client.get(f"{BASE}/{sub_id}").json()
+
+    def test_no_warning_for_a_subscription_of_known_members(self, client: TestClient) -> None:
+        body = subscription(status="active", subscriptionName="n")  # a read-only member is ignored quietly
+        created = client.post(BASE, json=body)
+        assert created.status_code == 201
+        assert "warning" not in created.headers
+
+    def test_name_is_read_as_subscription_name(self, client: TestClient) -> None:
+        """`name` is the older spelling that clients written against Orion-LD still send."""
+        sub_id = create(client, subscription(name="roads"))
+        doc = client.get(f"{BASE}/{sub_id}").json()
+        assert doc["subscriptionName"] == "roads" and "name" not in doc
+        assert client.patch(f"{BASE}/{sub_id}", json={"name": "roads-2"}).status_code == 204
+        assert client.get(f"{BASE}/{sub_id}").json()["subscriptionName"] == "roads-2"
+        both = client.post(BASE, json=subscription(name="a", subscriptionName="b"))
+        assert_problem(both, 400, "BadRequestData")
 
     def test_unknown_query_parameters_are_invalid_request(self, client: TestClient) -> None:
         response = client.post(BASE + "?invalidParams=invalidValue", json=subscription())
@@ -181,7 +217,7 @@ class TestCreate:
                 body["notification"]["endpoint"]["uri"] = uri
                 refused = strict.post(BASE, json=body)
                 assert_problem(refused, 400, "BadRequestData")
-                assert "--allow-private-networks" in refused.json()["detail"], refused.json()  # names the flag
+                assert "--allow-private-networks" in refused.json()["detail"]  # the way out is named
             body = subscription()
             body["notification"]["endpoint"]["uri"] = "https://receiver.example.org/n"
             create(strict, body)

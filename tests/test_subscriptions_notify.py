@@ -368,7 +368,7 @@ class TestSender:
         async def run() -> None:
             strict = Sender(OutboundPolicy(), timeout=2, max_bytes=1000)
             try:
-                with pytest.raises(DeliveryFailed, match="non-public"):
+                with pytest.raises(DeliveryFailed, match=r"non-public.*--allow-private-networks"):
                     await strict.send(Outgoing(uri=receiver.url, notification={"type": "Notification"}))
             finally:
                 await strict.close()

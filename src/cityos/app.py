@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 from urllib.parse import unquote
@@ -75,11 +76,21 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 
 class ProtocolGuard:
     """Checks made before routing, for every request: 411 for bodies without Content-Length,
-    413 for declared oversize bodies, and the NGSILD-Tenant header echoed on every response."""
+    413 for declared oversize bodies, and the NGSILD-Tenant header echoed on every response.
+    A trailing slash is dropped before routing (clients written against Orion-LD send
+    `/entityOperations/create/`, `/entities/{id}/`), except on the routes that declare one
+    themselves (`keep_slash`: `/entities/`, whose PATCH is the spec's empty-id error, and the
+    temporal API, which routes its own segments)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, keep_slash: tuple[re.Pattern[str], ...] = ()) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.keep_slash = keep_slash
+
+    def _route_path(self, path: str) -> str:
+        if len(path) > 1 and path.endswith("/") and not any(p.match(path) for p in self.keep_slash):
+            return path[:-1]
+        return path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,6 +103,11 @@ class ProtocolGuard:
             scope["path"] = unquote(
                 raw_path.decode("latin-1").split("?", 1)[0].replace("%2F", "%252F").replace("%2f", "%252F")
             )
+        path = self._route_path(scope["path"])
+        if path != scope["path"]:
+            scope = {**scope, "path": path}
+            if raw_path and raw_path.endswith(b"/"):  # handlers that split the raw path see the same
+                scope["raw_path"] = raw_path[:-1]
         headers = dict(scope["headers"])
         method = scope["method"]
         if method in ("POST", "PUT", "PATCH"):
@@ -104,7 +120,7 @@ class ProtocolGuard:
                     {
                         "type": "https://uri.etsi.org/ngsi-ld/errors/PayloadTooLarge",
                         "title": "Payload too large",
-                        "detail": f"the body is larger than {self.max_body_bytes} bytes",
+                        "detail": f"the body is larger than {self.max_body_bytes} bytes (--max-body-bytes)",
                         "status": 413,
                     }
                 )
@@ -263,7 +279,10 @@ def create_app(settings: Settings) -> Starlette:
     app.state.services = services
     app.state.subscriptions = notifier
     app.state.ingest = ingest
-    app.add_middleware(ProtocolGuard, max_body_bytes=settings.max_body_bytes)
+    keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))
+    app.add_middleware(
+        ProtocolGuard, max_body_bytes=settings.max_body_bytes, keep_slash=(*keep_slash, temporal.SELF_ROUTED)
+    )
     return app
 
 

@@ -13,15 +13,11 @@ from urllib.parse import urlsplit
 import httpx
 
 MAX_REDIRECTS = 3
+ALLOW_PRIVATE_HINT = "start the server with --allow-private-networks (CITYOS_ALLOW_PRIVATE_NETWORKS=true) to permit it"
 
 
 class OutboundRefused(Exception):
     """The target is not allowed, unreachable, too slow or too large."""
-
-
-PRIVATE_NETWORKS_HINT = (
-    "allow loopback and private addresses with --allow-private-networks (CITYOS_ALLOW_PRIVATE_NETWORKS=true)"
-)
 
 
 @dataclass(frozen=True)
@@ -46,7 +42,7 @@ class OutboundPolicy:
         for info in infos:
             address = ipaddress.ip_address(info[4][0])
             if not address.is_global:
-                raise OutboundRefused(f"{host} resolves to the non-public address {address}; {PRIVATE_NETWORKS_HINT}")
+                raise OutboundRefused(f"{host} resolves to the non-public address {address}; {ALLOW_PRIVATE_HINT}")
 
     async def get(self, url: str, accept: str, headers: dict[str, str] | None = None) -> bytes:
         """GET a resource under the policy, following up to MAX_REDIRECTS redirects, each target

@@ -40,10 +40,19 @@ class Settings:
     context_fetch_timeout: float = _setting(5.0, "Seconds allowed to fetch a remote @context.")
     context_max_bytes: int = _setting(1_048_576, "Largest remote @context accepted, in bytes.")
     context_cache_size: int = _setting(256, "How many remote @contexts are kept in the cache.")
-    max_body_bytes: int = _setting(2_097_152, "Largest request body accepted, in bytes (413 past it).")
-    max_batch_size: int = _setting(1000, "Largest number of entities in one batch operation.")
+    max_body_bytes: int = _setting(
+        16_777_216, "Largest request body accepted, in bytes (413 past it); fits a batch of --max-batch-size entities."
+    )
+    max_batch_size: int = _setting(
+        5000, "Largest number of entities in one batch operation (clients send 2,000-3,000 in one create)."
+    )
     max_page_size: int = _setting(1000, "Largest `limit` accepted by a query (spec errors past it).")
     default_page_size: int = _setting(20, "Page size of a query that gives no `limit`.")
+    allow_id_only_queries: bool = _setting(
+        False,
+        "Accept an entity or temporal query that gives only `id` or `idPattern` (clients written against "
+        "Orion-LD list their entities that way); off by default: the spec (5.7.2) and ETSI 019_03_05 want a 400.",
+    )
     query_timeout: float = _setting(10.0, "Seconds a query may run in the store before it is stopped (403).")
     core_context: str = _setting("v1.9", "Version of the ETSI core @context applied by default: v1.9 or v1.8.")
     notification_timeout: float = _setting(10.0, "Seconds allowed for one notification (connect, send, answer).")

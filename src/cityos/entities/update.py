@@ -203,8 +203,10 @@ def _merge_json(existing: Any, patch: Any) -> Any:
     return merged
 
 
-def _merge_instance(existing: Instance, patch: Instance, stamp: str) -> Instance:
-    """Merge of one attribute instance: given members replace, others stay, null sub-attributes go."""
+def _merge_instance(existing: Instance, patch: Instance, stamp: str, *, merge_values: bool = True) -> Instance:
+    """Merge of one attribute instance: given members replace, others stay, null sub-attributes go.
+    `merge_values`: a JSON object `value` is merged into the old one (RFC 7396, the merge-patch of
+    5.6.17); without it (partial attribute update, 5.6.4) the given `value` replaces the old one."""
     if patch.get("type") and patch["type"] != existing["type"]:
         merged = {k: v for k, v in existing.items() if ":" in k or k in ("createdAt", "datasetId")}
     else:
@@ -214,7 +216,12 @@ def _merge_instance(existing: Instance, patch: Instance, stamp: str) -> Instance
             continue
         if value is None:
             merged.pop(key, None)
-        elif key == "value" and existing.get("type") == "Property" and patch.get("type") in (None, "Property"):
+        elif (
+            merge_values
+            and key == "value"
+            and existing.get("type") == "Property"
+            and patch.get("type") in (None, "Property")
+        ):
             merged[key] = _merge_json(existing.get("value"), value)
         elif ":" in key and isinstance(existing.get(key), dict) and isinstance(value, dict):
             merged[key] = _merge_instance(existing[key], value, stamp)
@@ -260,7 +267,9 @@ def merge(entity_id: str, fragment: Entity) -> Mutator:
 
 
 def partial_update(entity_id: str, attr_iri: str, patch: Instance, dataset: str | None) -> Mutator:
-    """PATCH /entities/{id}/attrs/{attr}: merge the given members into the existing instance."""
+    """PATCH /entities/{id}/attrs/{attr} (5.6.4): each given member replaces the one of the existing
+    instance (a JSON object `value` as a whole, as Orion-LD does), the others stay; NGSI-LD Null
+    removes a sub-attribute. Only the merge-patch of a whole entity (5.6.17) merges inside values."""
 
     def run(current: Entity | None) -> Outcome:
         entity = _require(current, entity_id)
@@ -274,7 +283,7 @@ def partial_update(entity_id: str, attr_iri: str, patch: Instance, dataset: str 
                 if patch.get("null"):
                     _delete_instance(entity, attr_iri, dataset)
                 else:
-                    instances[index] = _merge_instance(existing, patch, patch["modifiedAt"])
+                    instances[index] = _merge_instance(existing, patch, patch["modifiedAt"], merge_values=False)
                 break
         else:
             raise ResourceNotFound(f"attribute {attr_iri} has no instance with datasetId {dataset}")

@@ -65,7 +65,10 @@ async def _entities(request: Request) -> tuple[list[Any], str]:
         raise BadRequestData("the batch contains a null item")
     limit = services(request).settings.max_batch_size
     if len(body) > limit:
-        raise BadRequestData(f"the batch has {len(body)} entities, more than the maximum {limit}")
+        raise BadRequestData(
+            f"the batch has {len(body)} entities, more than the maximum {limit}: send it in smaller batches "
+            "or raise --max-batch-size (CITYOS_MAX_BATCH_SIZE)"
+        )
     return body, media
 
 
@@ -167,7 +170,9 @@ async def _fragment_batch(request: Request, nulls: str, mutator: Any) -> Respons
 
 async def batch_update(request: Request) -> Response:
     check_params(request, ("options", "local"))
-    no_overwrite = "noOverwrite" in options(request, ("noOverwrite",))
+    # `update` and `replace` belong to upsert, but the FIWARE tutorials and clients written against
+    # Orion-LD send them here too; a batch update replaces each attribute it names either way
+    no_overwrite = "noOverwrite" in options(request, ("noOverwrite", "update", "replace"))
     return await _fragment_batch(
         request,
         "instance",

@@ -90,11 +90,16 @@ SYSTEM_ATTRIBUTES = frozenset(
 )
 
 
-def check_not_too_wide(request: Request) -> None:
+def check_not_too_wide(request: Request, *, purge: bool = False) -> None:
     """A query or purge must name a type, an attribute, a q on an attribute, a geo-query or
-    local=true; ids or a pattern alone select too much (spec 5.7.2, 5.6.x purge)."""
+    local=true; ids or a pattern alone select too much (spec 5.7.2, 5.6.x purge). A query (not a
+    purge) with id or idPattern alone is let through when `allow_id_only_queries` is set: clients
+    written against Orion-LD list or clean up their own entities that way (docs/conformance.md)."""
     params = request.query_params
     if params.get("type") is not None or params.get("georel") is not None or params.get("local") == "true":
+        return
+    ids_given = params.get("id") or params.get("idPattern")
+    if ids_given and not purge and services(request).settings.allow_id_only_queries:
         return
     attrs = csv_param(request, "attrs")
     if attrs is not None and any(a not in SYSTEM_ATTRIBUTES for a in attrs):
@@ -105,7 +110,10 @@ def check_not_too_wide(request: Request) -> None:
 
         if any(name not in SYSTEM_ATTRIBUTES for name in q_attribute_names(parse_q(q))):
             return
-    raise BadRequestData("the request needs type, attrs, q (on non-system attributes), a geo-query or local=true")
+    hint = "" if purge else " (ids alone are accepted with --allow-id-only-queries)"
+    raise BadRequestData(
+        f"the request needs type, attrs, q (on non-system attributes), a geo-query or local=true{hint}"
+    )
 
 
 def check_csf(request: Request) -> None:
@@ -270,7 +278,7 @@ async def purge_entities(request: Request) -> Response:
     params = request.query_params
     if params.get("keep") is not None and params.get("drop") is not None:
         raise BadRequestData("keep and drop cannot be used together")
-    check_not_too_wide(request)
+    check_not_too_wide(request, purge=True)
     query = build_query(request, context, tenant_name)  # validates q (and refuses linked-entity paths) before deleting
     result = await services(request).store.query_entities(tenant_name, query)
     keep = csv_param(request, "keep")

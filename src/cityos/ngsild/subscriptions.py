@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -30,11 +31,20 @@ from cityos.ngsild.common import (
 from cityos.ngsild.querying import page
 from cityos.store.base import StoredContextRow
 from cityos.subscriptions.delivery import check_endpoint
-from cityos.subscriptions.model import Doc, Subscription, merge_subscription, parse_subscription, render_subscription
+from cityos.subscriptions.model import (
+    Doc,
+    Subscription,
+    ignored_members,
+    merge_subscription,
+    parse_subscription,
+    render_subscription,
+)
 from cityos.subscriptions.service import SubscriptionService
 
 BASE = "/ngsi-ld/v1"
 COLLECTION = BASE + "/subscriptions"
+
+log = logging.getLogger("cityos.subscriptions")
 
 
 def subscriptions(request: Request) -> SubscriptionService:
@@ -82,7 +92,18 @@ async def create_subscription(request: Request) -> Response:
         doc["jsonldContext"] = await _implicit_context(request, tenant_name, context.value)
     await service.create(Subscription(tenant_name, doc, context.value), context.terms)
     location = quote(f"{COLLECTION}/{doc['id']}", safe="/:;=@!$&'()*+,~-._")
-    return Response(status_code=201, headers={"Location": location})
+    return Response(status_code=201, headers={"Location": location, **_ignored_warning(body, doc["id"])})
+
+
+def _ignored_warning(body: Any, subscription_id: str) -> dict[str, str]:
+    """Members 5.2.12 does not define are not stored (ETSI 5811_02_04); say so in a `Warning`
+    header (RFC 7234, code 299) and the log rather than drop them without a word."""
+    ignored = ignored_members(body)
+    if not ignored:
+        return {}
+    names = ", ".join(ignored)
+    log.info("subscription %s: ignored members not defined by NGSI-LD: %s", subscription_id, names)
+    return {"Warning": f'299 cityos "ignored members not defined by NGSI-LD 5.2.12: {names}"'}
 
 
 def preference_applied(request: Request) -> dict[str, str]:
@@ -176,7 +197,9 @@ async def update_subscription(request: Request) -> Response:
     doc = merge_subscription(current.doc, body, context.terms)
     await _check_targets(request, tenant_name, doc)
     await service.update(Subscription(tenant_name, doc, current.context, current.delivery))
-    return no_content()
+    response = no_content()
+    response.headers.update(_ignored_warning(body, subscription_id))
+    return response
 
 
 async def delete_subscription(request: Request) -> Response:

@@ -9,6 +9,7 @@ and be answered 400 or 405, which `{param}` routes cannot express.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -63,6 +64,9 @@ from cityos.temporal.query import (
 
 BASE = "/ngsi-ld/v1"
 TEMPORAL = BASE + "/temporal/entities"
+# below /temporal/entities/ an empty segment is meaningful (the suite pins 400/405 for empty ids and
+# names), so the trailing-slash normalisation of app.ProtocolGuard leaves it to dispatch()
+SELF_ROUTED = re.compile(re.escape(TEMPORAL) + "/.+")
 TEMPORAL_PARAMS = ("timerel", "timeAt", "endTimeAt", "timeproperty", "lastN", "aggrMethods", "aggrPeriodDuration")
 SELECTION_PARAMS = ("id", "type", "idPattern", "q", "scopeQ", "georel", "geometry", "coordinates", "geoproperty", "csf")
 VIEW_PARAMS = ("attrs", "pick", "omit", "options", "format", "datasetId", "expandValues", "lang", "local")
@@ -407,6 +411,8 @@ async def dispatch(request: Request) -> Response:
     """Everything below /temporal/entities/, split by hand (see the module docstring)."""
     parts = request.path_params["rest"].split("/")
     method = request.method
+    if len(parts) == 2 and not parts[1]:
+        parts = parts[:1]  # a trailing slash after the entity id; an empty name or instance id stays an error
     shape = len(parts)
     if parts == [""]:
         if method == "POST":

@@ -5,8 +5,11 @@ CityOS's internal (expanded) entity form.
 
 The scanner is context-sensitive because the grammar is: `:`, `-`, `.` and `/` mean different
 things in attribute names, URIs, date-times and ranges, so the parser tells the lexer what it
-expects next (an attribute path, an operator, a value or a regular expression). Whitespace is only
-allowed inside quoted strings, compound keys and regular expressions, as in the spec's ABNF.
+expects next (an attribute path, an operator, a value or a regular expression). The spec's ABNF
+has no whitespace between tokens, but clients written against Orion-LD send `temperature > 0` and
+`a==1 ; b<2`, so whitespace between tokens is skipped; inside a quoted string it is part of the
+string, and inside a bare regular expression it is kept except at its two ends (quote a pattern
+that must start or end with a space).
 
 Error positions are 0-based character offsets into the q text.
 """
@@ -160,11 +163,18 @@ class _Lexer:
         self.text = text
         self.pos = 0
 
+    def skip(self) -> None:
+        """Step over whitespace between tokens."""
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1
+
     def peek(self) -> str:
+        self.skip()
         return self.text[self.pos] if self.pos < len(self.text) else ""
 
     def punct(self, token: str) -> bool:
         """Consume `token` if it comes next."""
+        self.skip()
         if self.text.startswith(token, self.pos):
             self.pos += len(token)
             return True
@@ -176,6 +186,7 @@ class _Lexer:
 
     def take(self, pattern: re.Pattern[str]) -> _Token | None:
         """Consume and return the token `pattern` matches here, if it does."""
+        self.skip()
         found = pattern.match(self.text, self.pos)
         if found is None:
             return None
@@ -223,6 +234,8 @@ class _Lexer:
                 break
             i += 1
         i = min(i, len(text))
+        while i > start and text[i - 1].isspace() and text[i - 2 : i - 1] != "\\":
+            i -= 1  # the whitespace before `;`, `|`, `)` or the end separates tokens
         if i == start:
             _fail(text, start)
         self.pos = i

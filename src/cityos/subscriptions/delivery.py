@@ -18,7 +18,7 @@ import httpx
 import orjson
 
 from cityos.errors import BadRequestData
-from cityos.net import PRIVATE_NETWORKS_HINT, OutboundPolicy, OutboundRefused
+from cityos.net import ALLOW_PRIVATE_HINT, OutboundPolicy, OutboundRefused
 
 JSON = "application/json"
 MQTT_PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -31,13 +31,13 @@ def check_endpoint(uri: str, allow_private_networks: bool) -> None:
         return
     host = urlsplit(uri).hostname or ""
     if host == "localhost" or host.endswith(".localhost"):
-        raise BadRequestData(f"notification endpoint {host} is a loopback address: {PRIVATE_NETWORKS_HINT}")
+        raise BadRequestData(f"notification endpoint {host} is a loopback address; {ALLOW_PRIVATE_HINT}")
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return
     if not address.is_global:
-        raise BadRequestData(f"notification endpoint {host} is not a public address: {PRIVATE_NETWORKS_HINT}")
+        raise BadRequestData(f"notification endpoint {host} is not a public address; {ALLOW_PRIVATE_HINT}")
 
 
 class DeliveryFailed(Exception):

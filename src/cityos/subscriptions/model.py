@@ -2,10 +2,13 @@
 expand its names with the request's @context, merge a PATCH, and render it back compacted with
 the @context of the request that reads it.
 
-The stored form keeps exactly the members the client sent (read-only and unknown members are
-dropped), with entity types and attribute names expanded to IRIs, so a subscription created with
-one @context reads back correctly with another. `q` is kept as written: it is evaluated with the
-subscription's own @context (subscriptions/matching.py).
+The stored form keeps exactly the members the client sent (read-only members are ignored, as
+5.2.12 says; members 5.2.12 does not define are not stored either, since a retrieved Subscription is
+that data type and nothing else (ETSI 5811_02_04), but `ignored_members` names them so the handler
+can say so), with entity types and attribute names expanded to IRIs, so a subscription created with one
+@context reads back correctly with another. `name`, the older spelling of `subscriptionName` that
+clients written against Orion-LD still send, is read as `subscriptionName`. `q` is kept
+as written: it is evaluated with the subscription's own @context (subscriptions/matching.py).
 """
 
 from __future__ import annotations
@@ -282,6 +285,14 @@ def _endpoint(value: Any) -> Doc:
     return out
 
 
+# the members _endpoint and _notification read, and the read-only ones the broker reports
+ENDPOINT_KNOWN = frozenset({"uri", "accept", "receiverInfo", "notifierInfo"})
+NOTIFICATION_KNOWN = frozenset(
+    {"attributes", "pick", "omit", "format", "sysAttrs", "showChanges", "lang", "join", "joinLevel", "endpoint"}
+    | {"status", "timesSent", "timesFailed", "lastNotification", "lastSuccess", "lastFailure"}
+)
+
+
 def _notification(value: Any, terms: TermMap) -> Doc:
     if not isinstance(value, dict):
         raise BadRequestData("notification must be an object")
@@ -342,6 +353,41 @@ MEMBERS: dict[str, Callable[[Any, TermMap], Any]] = {
 }
 
 
+# set by the broker (table 5.2.12-2): ignored quietly, a client may send back what it read
+READ_ONLY = frozenset({"id", "type", "@context", "status", "createdAt", "modifiedAt"})
+ALIASES = {"name": "subscriptionName"}
+
+
+def _spelled(body: Doc) -> Doc:
+    """The body with older spellings (ALIASES) renamed; both spellings at once must agree."""
+    out = dict(body)
+    for old, new in ALIASES.items():
+        if old in out:
+            value = out.pop(old)
+            if new in out and out[new] != value:
+                raise BadRequestData(f"{old} and {new} are two spellings of one member and differ")
+            out.setdefault(new, value)
+    return out
+
+
+TOP_KNOWN = frozenset(MEMBERS) | READ_ONLY | frozenset(ALIASES)
+
+
+def ignored_members(body: Any) -> list[str]:
+    """The members of a create or update body that 5.2.12 does not define (dotted paths): they are
+    not stored, and the handler reports them, so nothing a client sends disappears silently."""
+    if not isinstance(body, dict):
+        return []
+    names = sorted(k for k in body if k not in TOP_KNOWN)
+    notification = body.get("notification")
+    if isinstance(notification, dict):
+        names += [f"notification.{k}" for k in sorted(notification) if k not in NOTIFICATION_KNOWN]
+        endpoint = notification.get("endpoint")
+        if isinstance(endpoint, dict):
+            names += [f"notification.endpoint.{k}" for k in sorted(endpoint) if k not in ENDPOINT_KNOWN]
+    return names
+
+
 def _check(doc: Doc) -> None:
     """Rules across members, checked on every create and after every merge."""
     if "notification" not in doc:
@@ -360,10 +406,11 @@ def _check_type(body: Doc) -> None:
 
 
 def parse_subscription(body: Any, terms: TermMap) -> Doc:
-    """A create body -> the stored form (unknown and read-only members dropped, an id generated)."""
+    """A create body -> the stored form (read-only and unknown members left out, an id generated)."""
     if not isinstance(body, dict):
         raise BadRequestData("the subscription must be a JSON object")
     _check_type(body)
+    body = _spelled(body)
     if "id" in body:
         if not isinstance(body["id"], str) or not body["id"]:
             raise BadRequestData("the subscription id must be a non-empty URI")
@@ -386,6 +433,7 @@ def merge_subscription(doc: Doc, fragment: Any, terms: TermMap) -> Doc:
     _check_type(fragment)
     if "id" in fragment and fragment["id"] != doc["id"]:
         raise BadRequestData("the id of a subscription cannot be changed")
+    fragment = _spelled(fragment)
     merged = copy.deepcopy(doc)
     for name, parse in MEMBERS.items():
         if name not in fragment:
