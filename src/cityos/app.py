@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cityos import __version__
 from cityos.entities.expiry import now_key
-from cityos.errors import InternalError, MethodNotAllowed, NgsiLdError, ResourceNotFound
+from cityos.errors import DatabaseBusy, InternalError, MethodNotAllowed, NgsiLdError, ResourceNotFound, log_failure
 from cityos.ingest.service import IngestService
 from cityos.jsonld.registry import ContextRegistry
 from cityos.net import OutboundPolicy
@@ -46,7 +46,9 @@ SWEEP_SECONDS = 1.0
 
 
 def problem_response(error: NgsiLdError) -> Response:
-    return Response(orjson.dumps(error.problem()), status_code=error.status, media_type="application/json")
+    return Response(
+        orjson.dumps(error.problem()), status_code=error.status, media_type="application/json", headers=error.headers()
+    )
 
 
 async def ngsild_error(request: Request, exc: Exception) -> Response:
@@ -133,13 +135,20 @@ class ProtocolGuard:
 
 
 async def _sweep_expired(services: Services) -> None:
-    """Delete transient entities and attributes once their expiresAt has passed."""
+    """Delete transient entities and attributes once their expiresAt has passed. A database held
+    by another process is one log line while it lasts, not one a second."""
+    busy = False
     while True:
         await asyncio.sleep(SWEEP_SECONDS)
         try:
             await services.store.purge_expired(now_key())
+            busy = False
+        except DatabaseBusy:
+            if not busy:
+                log_failure(log, "expiry sweep skipped")
+            busy = True
         except Exception:  # keep sweeping; the error is logged
-            log.exception("expiry sweep failed")
+            log_failure(log, "expiry sweep failed")
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -170,7 +179,7 @@ class _Reloader:
             try:
                 await self.reload()
             except Exception:  # the next event, or a resync, tries again
-                log.exception("reloading %s after another worker's change failed", self.what)
+                log_failure(log, "reloading %s after another worker's change failed", self.what)
             if not self._again:
                 return
 
@@ -213,7 +222,10 @@ def create_app(settings: Settings) -> Starlette:
     services = Services(
         settings=settings,
         store=open_store(
-            settings.database, query_timeout=settings.query_timeout, worker_timeout=settings.worker_timeout
+            settings.database,
+            query_timeout=settings.query_timeout,
+            worker_timeout=settings.worker_timeout,
+            busy_timeout=settings.db_busy_timeout,
         ),
         contexts=registry,
     )

@@ -45,6 +45,11 @@ class Settings:
     max_page_size: int = _setting(1000, "Largest `limit` accepted by a query (spec errors past it).")
     default_page_size: int = _setting(20, "Page size of a query that gives no `limit`.")
     query_timeout: float = _setting(10.0, "Seconds a query may run in the store before it is stopped (403).")
+    db_busy_timeout: float = _setting(
+        5.0,
+        "Seconds a request waits for the database when another process or connection holds its lock "
+        "(PostgreSQL: a row lock, or a pool connection); past it the answer is 503 with Retry-After.",
+    )
     core_context: str = _setting("v1.9", "Version of the ETSI core @context applied by default: v1.9 or v1.8.")
     notification_timeout: float = _setting(10.0, "Seconds allowed for one notification (connect, send, answer).")
     notification_max_bytes: int = _setting(4_194_304, "Largest notification sent, in bytes; a larger one is dropped.")
@@ -118,6 +123,8 @@ class Settings:
             raise ValueError("core_context must be v1.9 or v1.8")
         if self.query_timeout <= 0:
             raise ValueError("query_timeout must be positive")
+        if self.db_busy_timeout <= 0:
+            raise ValueError("db_busy_timeout must be positive")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be one of debug, info, warning, error")
         for name in (

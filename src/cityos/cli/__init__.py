@@ -18,6 +18,7 @@ from typing import Any
 from cityos import __version__
 from cityos.cli import db, imports, iot
 from cityos.cli.common import fail
+from cityos.errors import DatabaseBusy
 from cityos.settings import Settings, describe, env_name
 from cityos.store import is_postgres, open_store
 
@@ -133,7 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(exc))
         return serve(settings)
     if hasattr(args, "run"):
-        result: int = args.run(args)
+        try:
+            result: int = args.run(args)
+        except DatabaseBusy as exc:  # another process holds the database: one line, no traceback
+            return fail(f"{exc.detail}; try again when it is free, or wait longer with {env_name('db_busy_timeout')}")
         return result
     parser.print_help()
     return 2
