@@ -12,6 +12,7 @@ from urllib.parse import unquote
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -43,6 +44,17 @@ from cityos.temporal.service import HistoryService
 
 log = logging.getLogger("cityos")
 SWEEP_SECONDS = 1.0
+# what a browser app may send and read across origins (the cors_origins setting)
+CORS_REQUEST_HEADERS = ["Accept", "Content-Type", "Link", TENANT_HEADER]
+CORS_EXPOSED_HEADERS = [
+    "Location",
+    "Link",
+    "NGSILD-Results-Count",
+    TENANT_HEADER,
+    "Content-Range",
+    "Preference-Applied",
+    "Retry-After",
+]
 
 
 def problem_response(error: NgsiLdError) -> Response:
@@ -276,6 +288,16 @@ def create_app(settings: Settings) -> Starlette:
     app.state.subscriptions = notifier
     app.state.ingest = ingest
     app.add_middleware(ProtocolGuard, max_body_bytes=settings.max_body_bytes)
+    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
+    if origins:  # outermost: a preflight is answered before any other check, on every path
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
     return app
 
 

@@ -29,6 +29,14 @@ class Settings:
         10.0, "PostgreSQL: seconds without a heartbeat after which a worker counts as dead and its notifications move."
     )
     log_level: str = _setting("info", "Log level: debug, info, warning, error.")
+    access_log: bool = _setting(
+        False, "Log one line per HTTP request (method, path, status) at INFO; on at --log-level debug anyway."
+    )
+    cors_origins: str = _setting(
+        "",
+        "Origins whose browser apps may call the API (comma list, or * for any): CORS headers and preflight "
+        "OPTIONS answers; empty: no CORS headers.",
+    )
     allow_private_networks: bool = _setting(
         False,
         "Let outgoing requests (remote @contexts, notifications) reach loopback and private addresses.",
