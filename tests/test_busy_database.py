@@ -6,16 +6,20 @@ process (SQLite: BEGIN IMMEDIATE; PostgreSQL: LOCK TABLE entities IN EXCLUSIVE M
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import httpx
 
 from backends import db_rows, sqlite_only
+from cityos.store.sqlite import SCHEMA, SCHEMA_VERSION
+from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA
+from notify_helpers import free_port
 from server_process import LoggedServer
 
 ENTITY = "urn:ngsi-ld:Sensor:busy-1"
@@ -123,27 +127,30 @@ def test_a_write_on_a_locked_database_is_a_503_and_applies_once_free(db_url: str
 SWEEPS_WHILE_LOCKED = 3.0
 
 
+def make_database(path: str) -> None:
+    """A database with its tables, made before another process locks it."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.executescript(SCHEMA)
+        connection.executescript(TEMPORAL_SCHEMA)
+        connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
+    return {**env, **extra}
+
+
 @sqlite_only
 def test_the_cli_says_the_database_is_busy_in_one_line(db_url: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
-    env["CITYOS_DB_BUSY_TIMEOUT"] = "0.5"
-    # the database exists (with its tables) before the other process locks it
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            f"import sqlite3, cityos; from cityos.store.sqlite import SCHEMA; "
-            f"c = sqlite3.connect({db_url!r}); c.execute('PRAGMA journal_mode=WAL'); c.executescript(SCHEMA)",
-        ],
-        check=True,
-    )
+    make_database(db_url)
     with locked(db_url):
         started = time.monotonic()
         result = subprocess.run(
             [sys.executable, "-m", "cityos", "demo", "--database", db_url],
             capture_output=True,
             text=True,
-            env=env,
+            env=cli_env(CITYOS_DB_BUSY_TIMEOUT="0.5"),
             timeout=60,
             check=False,
         )
@@ -153,3 +160,20 @@ def test_the_cli_says_the_database_is_busy_in_one_line(db_url: str) -> None:
     assert len(lines) == 1, result.stderr
     assert "busy or locked" in lines[0] and "CITYOS_DB_BUSY_TIMEOUT" in lines[0]
     assert took < 20
+
+
+@sqlite_only
+def test_serve_on_a_locked_database_says_so_without_a_traceback(db_url: str) -> None:
+    make_database(db_url)
+    with locked(db_url):
+        result = subprocess.run(
+            [sys.executable, "-m", "cityos", "serve", "--port", str(free_port()), "--db-busy-timeout", "0.5"],
+            capture_output=True,
+            text=True,
+            env=cli_env(CITYOS_DATABASE=db_url),
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "cannot start: the database" in result.stderr and "busy or locked" in result.stderr

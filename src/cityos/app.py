@@ -146,6 +146,27 @@ class ProtocolGuard:
         await send({"type": "http.response.body", "body": body})
 
 
+class QuietStartup:
+    """A start-up that fails for a known reason (the database held by another process) is reported
+    in one line: the server's "startup failed" message carries it instead of the traceback."""
+
+    def __init__(self, app: ASGIApp, problem: list[str]) -> None:
+        self.app = app
+        self.problem = problem
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def report(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and self.problem:
+                message = {**message, "message": self.problem[-1]}
+            await send(message)
+
+        await self.app(scope, receive, report)
+
+
 async def _sweep_expired(services: Services) -> None:
     """Delete transient entities and attributes once their expiresAt has passed. A database held
     by another process is one log line while it lasts, not one a second."""
@@ -245,24 +266,34 @@ def create_app(settings: Settings) -> Starlette:
     ingest = IngestService(services.store, registry, settings)
     history = HistoryService(services.store, settings)
 
+    startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # each step is undone on the way out, also when a later step fails at start-up
         async with contextlib.AsyncExitStack() as stack:
-            await services.store.open()
-            stack.push_async_callback(services.store.close)
-            services.store.set_event_listener(_follow_other_workers(services, notifier, ingest))
-            stack.callback(services.store.set_event_listener, None)
-            await contexts.restore_hosted(services)
-            await notifier.start()  # before the first write: every change is matched
-            stack.push_async_callback(notifier.stop)
-            await history.start()  # ... and recorded
-            stack.push_async_callback(history.stop)
-            await ingest.start()  # the IoT Agent, and the demo city into an empty database
-            stack.push_async_callback(ingest.stop)
-            sweeper = asyncio.create_task(_sweep_expired(services))
-            stack.push_async_callback(_cancel, sweeper)
+            try:
+                await _start(stack)
+            except DatabaseBusy as exc:
+                startup_problem.append(f"cannot start: {exc.detail}; start again once it is free")
+                raise
             yield
+
+    async def _start(stack: contextlib.AsyncExitStack) -> None:
+        """Each step pushes its undoing on `stack`, so a failed start-up undoes the steps before."""
+        await services.store.open()
+        stack.push_async_callback(services.store.close)
+        services.store.set_event_listener(_follow_other_workers(services, notifier, ingest))
+        stack.callback(services.store.set_event_listener, None)
+        await contexts.restore_hosted(services)
+        await notifier.start()  # before the first write: every change is matched
+        stack.push_async_callback(notifier.stop)
+        await history.start()  # ... and recorded
+        stack.push_async_callback(history.stop)
+        await ingest.start()  # the IoT Agent, and the demo city into an empty database
+        stack.push_async_callback(ingest.stop)
+        sweeper = asyncio.create_task(_sweep_expired(services))
+        stack.push_async_callback(_cancel, sweeper)
 
     routes = [
         *entities.routes(),
@@ -288,6 +319,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.subscriptions = notifier
     app.state.ingest = ingest
     app.add_middleware(ProtocolGuard, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(QuietStartup, problem=startup_problem)
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
     if origins:  # outermost: a preflight is answered before any other check, on every path
         app.add_middleware(

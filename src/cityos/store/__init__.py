@@ -18,7 +18,7 @@ def open_store(
         try:
             from cityos.store.postgres import PostgresStore
         except ImportError as exc:
-            raise ValueError("the PostgreSQL back-end needs its driver: pip install -e '.[postgres]' (in a clone)") from exc
+            raise ValueError("the PostgreSQL back-end needs its driver: pip install -e '.[postgres]'") from exc
         store = PostgresStore(database, query_timeout=query_timeout, busy_timeout=busy_timeout)
         if worker_timeout is not None:
             store.worker_timeout = worker_timeout
