@@ -5,6 +5,7 @@ process (SQLite: BEGIN IMMEDIATE; PostgreSQL: LOCK TABLE entities IN EXCLUSIVE M
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
@@ -177,3 +178,36 @@ def test_serve_on_a_locked_database_says_so_without_a_traceback(db_url: str) -> 
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     assert "cannot start: the database" in result.stderr and "busy or locked" in result.stderr
+
+
+@sqlite_only
+def test_a_burst_of_writes_on_a_locked_database_is_refused_within_the_timeout(db_url: str) -> None:
+    """Writes queued behind one that met the lock have waited as long: they are refused with it,
+    not one group of writes after another, each waiting the whole timeout again."""
+    from cityos.entities.update import Outcome
+    from cityos.errors import DatabaseBusy
+    from cityos.store import open_store
+
+    make_database(db_url)
+
+    def create(entity_id: str) -> Outcome:
+        raise AssertionError("no write may run while the database is locked")
+
+    async def burst() -> tuple[list[BaseException | object], float]:
+        store = open_store(db_url, busy_timeout=0.5)
+        await store.open()
+        try:
+            started = time.monotonic()
+            writes = [
+                store.mutate("", [(f"urn:ngsi-ld:T:{n}", lambda _, n=n: create(str(n)))], atomic=True)
+                for n in range(300)  # several group commits' worth
+            ]
+            outcomes = await asyncio.gather(*writes, return_exceptions=True)
+            return list(outcomes), time.monotonic() - started
+        finally:
+            await store.close()
+
+    with locked(db_url):
+        outcomes, took = asyncio.run(burst())
+    assert all(isinstance(outcome, DatabaseBusy) for outcome in outcomes), outcomes[:3]
+    assert took < 1.4, f"300 writes were refused in {took:.2f} s with a 0.5 s busy timeout"
