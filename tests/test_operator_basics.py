@@ -131,21 +131,24 @@ def test_no_cors_headers_by_default(tmp_path: Path) -> None:
 
 # -- the log ---------------------------------------------------------------------------------------------
 def test_access_log_on_request_and_no_info_line_per_notification(tmp_path: Path) -> None:
-    with receiving() as receiver:
+    with receiving() as receiver, receiving(answer=lambda _: 500) as failing:
         server = LoggedServer(
             tmp_path / "access.log",
             "--access-log",
             "--allow-private-networks",
+            "--notification-retry-delay",
+            "0.2",
             env={"CITYOS_DATABASE": str(tmp_path / "a.db")},  # the default log level: info
         )
         server.start()
         try:
-            subscription = {
-                "type": "Subscription",
-                "entities": [{"type": "Thing"}],
-                "notification": {"endpoint": {"uri": receiver.url, "accept": "application/json"}},
-            }
-            assert httpx.post(server.base + API + "/subscriptions", json=subscription).status_code == 201
+            for endpoint in (receiver.url, failing.url):
+                subscription = {
+                    "type": "Subscription",
+                    "entities": [{"type": "Thing"}],
+                    "notification": {"endpoint": {"uri": endpoint, "accept": "application/json"}},
+                }
+                assert httpx.post(server.base + API + "/subscriptions", json=subscription).status_code == 201
             for number in range(3):
                 body = {
                     "id": f"urn:ngsi-ld:Thing:{number}",
@@ -154,6 +157,7 @@ def test_access_log_on_request_and_no_info_line_per_notification(tmp_path: Path)
                 }
                 assert httpx.post(server.base + API + "/entities", json=body).status_code == 201
             receiver.wait(3)
+            failing.wait(3)  # the first notification, and retries of it
             assert httpx.get(server.base + "/version").status_code == 200
             time.sleep(0.5)
         finally:
@@ -161,7 +165,8 @@ def test_access_log_on_request_and_no_info_line_per_notification(tmp_path: Path)
     log = server.log()
     assert '"GET /version HTTP/1.1" 200' in log  # the access log
     assert log.count('"POST /ngsi-ld/v1/entities HTTP/1.1" 201') == 3
-    assert receiver.url not in log and "HTTP Request" not in log, log  # nothing per notification
+    # nothing per notification, sent or failed (the subscription's status counts them)
+    assert receiver.url not in log and failing.url not in log and "HTTP Request" not in log, log
 
 
 def test_no_access_log_by_default(tmp_path: Path) -> None:

@@ -197,7 +197,8 @@ class Dispatcher:
                 delivery.last_success = now()
                 delivery.status = "ok"
             else:
-                log.info("notification to %s failed: %s", subscription.notification["endpoint"]["uri"], failure)
+                # per attempt, so DEBUG: the subscription's status counts failures, giving up is a WARNING
+                log.debug("notification to %s failed: %s", subscription.notification["endpoint"]["uri"], failure)
                 delivery.times_failed += 1
                 delivery.last_failure = now()
                 delivery.status = "failed"
