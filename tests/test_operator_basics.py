@@ -230,3 +230,49 @@ def test_ctrl_c_during_the_demo_load_stops_at_once_and_the_next_start_completes_
     assert " INFO cityos.ingest: Loaded the CityOS demo city" in reference.log()
     assert demo_counts(database) == demo_counts(fresh)  # the same city, history included, nothing twice
     assert demo_counts(fresh)[3] == 0
+
+
+def test_a_demo_load_left_half_done_is_redone_whole(db_url: str) -> None:
+    """The rollback of a stopped demo load, on both back-ends: whatever the tenant holds when the
+    next start finds the load's mark (here: the demo with a car park deleted, so its deletion is in
+    the history, and an extra history instance) is replaced by exactly the demo a fresh load gives."""
+    import asyncio
+
+    from starlette.testclient import TestClient
+
+    from backends import db_rows
+    from cityos.app import create_app
+    from cityos.ingest.service import DEMO_MARK
+    from cityos.settings import Settings
+    from cityos.store import open_store
+
+    def counts() -> tuple[int, int, int]:
+        return (
+            db_rows(db_url, "SELECT count(*) FROM entities")[0][0],
+            db_rows(db_url, "SELECT count(*) FROM temporal_entities")[0][0],
+            db_rows(db_url, "SELECT count(*) FROM temporal_instances")[0][0],
+        )
+
+    settings = Settings(database=db_url, demo_on_empty=True)
+    parking = f"{API}/entities/urn:ngsi-ld:OffStreetParking:beatty-airport"
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
+        loaded = counts()
+        assert client.delete(parking).status_code == 204
+        extra = {"id": "urn:ngsi-ld:Thing:stray", "type": "Thing", "n": {"type": "Property", "value": 1}}
+        assert client.post(f"{API}/entities", json=extra).status_code == 201
+    assert counts() != loaded
+
+    async def mark() -> None:  # what a load stopped half-way leaves behind
+        store = open_store(db_url)
+        await store.open()
+        try:
+            await store.add_ingest_records([DEMO_MARK])
+        finally:
+            await store.close()
+
+    asyncio.run(mark())
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
+        assert client.get(parking).status_code == 200
+        assert client.get(f"{API}/entities/urn:ngsi-ld:Thing:stray").status_code == 404
+    assert counts() == loaded
+    assert db_rows(db_url, "SELECT count(*) FROM ingest_records WHERE kind = 'demo'")[0][0] == 0

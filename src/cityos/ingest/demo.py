@@ -150,9 +150,13 @@ def history_instances(plan: dict[str, Any]) -> list[history.HistoryInstance]:
     return instances
 
 
-def station_ids(plan: dict[str, Any]) -> list[str]:
-    """The entities the demo gives a history (before any of it is loaded)."""
-    return sorted({entity_id for item in plan.get("history", []) for entity_id in item["stations"].values()})
+def entity_ids() -> list[str]:
+    """Every entity the demo city writes (its transit feed, its Smart Data Models entities; the
+    stations with a history are among them), read from its files without writing anything."""
+    with resources.as_file(_data("gtfs", "sample-feed.zip")) as feed_path:
+        feed, _ = gtfs.read_feed(feed_path)
+        transit = [body["id"] for body in gtfs.entities(feed, "")]
+    return sorted({*transit, *(body["id"] for body in city_bodies(layout()))})
 
 
 class _HistoryProgress:

@@ -78,10 +78,10 @@ class IngestService:
     async def _remove_partial_demo(self) -> None:
         """Undo a stopped demo load. It only ever starts on an empty default tenant, so whatever
         the tenant holds came from it: every entity goes, and the history of each of them and of
-        the demo stations (written last) with it."""
-        from cityos.ingest.demo import layout, station_ids
+        every entity the demo writes (one it wrote may have been deleted since) with it."""
+        from cityos.ingest.demo import entity_ids
 
         found = [entity["id"] for entity in (await self.store.query_entities("", EntityQuery())).entities]
         await self.store.mutate("", [(entity_id, update.delete(entity_id)) for entity_id in found], atomic=False)
-        for entity_id in sorted({*found, *station_ids(layout())}):  # after the deletes: their deletion instances go too
+        for entity_id in sorted({*found, *entity_ids()}):  # after the deletes: their deletion instances go too
             await self.store.temporal_delete_entity("", entity_id)
