@@ -1,7 +1,22 @@
-# Quick start: `make run` serves CityOS on 127.0.0.1:1026; `make test` runs every test and linter.
+# Quick start: `make run` serves CityOS on 127.0.0.1:1026; `make test` runs every test and linter;
+# `make clean` removes .venv and the caches (not the database, cityos.db).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+
+# A .venv made by another Python (an older one, another install, or one since removed) is made
+# again: its packages were built for that interpreter.
+PYTHON_ID = import sys; print(".".join(map(str, sys.version_info[:3])), sys.base_prefix)
+WANTED := $(shell $(PYTHON) -c '$(PYTHON_ID)' 2>/dev/null)
+FOUND := $(shell $(BIN)/python -c '$(PYTHON_ID)' 2>/dev/null)
+ifneq ($(WANTED),)
+ifneq ($(wildcard $(VENV)),)
+ifneq ($(WANTED),$(FOUND))
+$(info $(VENV) was made by Python $(or $(FOUND),that is gone); making it again with $(PYTHON) ($(WANTED)))
+$(shell rm -rf $(VENV))
+endif
+endif
+endif
 
 .PHONY: run test lint typecheck unit bench clean
 
@@ -30,7 +45,7 @@ unit: $(VENV)/.dev
 
 test: lint typecheck unit
 
-# the full benchmark table (about 7 to 10 minutes on 2 cores); see docs/performance.md
+# the full benchmark table: both back-ends, 100,000 entities (30+ minutes on 2 cores); see docs/performance.md
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks
 

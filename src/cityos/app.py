@@ -13,6 +13,7 @@ from urllib.parse import unquote
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cityos import __version__
 from cityos.entities.expiry import now_key
-from cityos.errors import InternalError, MethodNotAllowed, NgsiLdError, ResourceNotFound
+from cityos.errors import DatabaseBusy, InternalError, MethodNotAllowed, NgsiLdError, ResourceNotFound, log_failure
 from cityos.ingest.service import IngestService
 from cityos.jsonld.registry import ContextRegistry
 from cityos.net import OutboundPolicy
@@ -44,10 +45,23 @@ from cityos.temporal.service import HistoryService
 
 log = logging.getLogger("cityos")
 SWEEP_SECONDS = 1.0
+# what a browser app may send and read across origins (the cors_origins setting)
+CORS_REQUEST_HEADERS = ["Accept", "Content-Type", "Link", TENANT_HEADER]
+CORS_EXPOSED_HEADERS = [
+    "Location",
+    "Link",
+    "NGSILD-Results-Count",
+    TENANT_HEADER,
+    "Content-Range",
+    "Preference-Applied",
+    "Retry-After",
+]
 
 
 def problem_response(error: NgsiLdError) -> Response:
-    return Response(orjson.dumps(error.problem()), status_code=error.status, media_type="application/json")
+    return Response(
+        orjson.dumps(error.problem()), status_code=error.status, media_type="application/json", headers=error.headers()
+    )
 
 
 async def ngsild_error(request: Request, exc: Exception) -> Response:
@@ -148,14 +162,42 @@ class ProtocolGuard:
         await send({"type": "http.response.body", "body": body})
 
 
+class QuietStartup:
+    """A start-up that fails for a known reason (the database held by another process) is reported
+    in one line: the server's "startup failed" message carries it instead of the traceback."""
+
+    def __init__(self, app: ASGIApp, problem: list[str]) -> None:
+        self.app = app
+        self.problem = problem
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def report(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and self.problem:
+                message = {**message, "message": self.problem[-1]}
+            await send(message)
+
+        await self.app(scope, receive, report)
+
+
 async def _sweep_expired(services: Services) -> None:
-    """Delete transient entities and attributes once their expiresAt has passed."""
+    """Delete transient entities and attributes once their expiresAt has passed. A database held
+    by another process is one log line while it lasts, not one a second."""
+    busy = False
     while True:
         await asyncio.sleep(SWEEP_SECONDS)
         try:
             await services.store.purge_expired(now_key())
+            busy = False
+        except DatabaseBusy:
+            if not busy:
+                log_failure(log, "expiry sweep skipped")
+            busy = True
         except Exception:  # keep sweeping; the error is logged
-            log.exception("expiry sweep failed")
+            log_failure(log, "expiry sweep failed")
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -186,7 +228,7 @@ class _Reloader:
             try:
                 await self.reload()
             except Exception:  # the next event, or a resync, tries again
-                log.exception("reloading %s after another worker's change failed", self.what)
+                log_failure(log, "reloading %s after another worker's change failed", self.what)
             if not self._again:
                 return
 
@@ -229,7 +271,10 @@ def create_app(settings: Settings) -> Starlette:
     services = Services(
         settings=settings,
         store=open_store(
-            settings.database, query_timeout=settings.query_timeout, worker_timeout=settings.worker_timeout
+            settings.database,
+            query_timeout=settings.query_timeout,
+            worker_timeout=settings.worker_timeout,
+            busy_timeout=settings.db_busy_timeout,
         ),
         contexts=registry,
     )
@@ -237,24 +282,34 @@ def create_app(settings: Settings) -> Starlette:
     ingest = IngestService(services.store, registry, settings)
     history = HistoryService(services.store, settings)
 
+    startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # each step is undone on the way out, also when a later step fails at start-up
         async with contextlib.AsyncExitStack() as stack:
-            await services.store.open()
-            stack.push_async_callback(services.store.close)
-            services.store.set_event_listener(_follow_other_workers(services, notifier, ingest))
-            stack.callback(services.store.set_event_listener, None)
-            await contexts.restore_hosted(services)
-            await notifier.start()  # before the first write: every change is matched
-            stack.push_async_callback(notifier.stop)
-            await history.start()  # ... and recorded
-            stack.push_async_callback(history.stop)
-            await ingest.start()  # the IoT Agent, and the demo city into an empty database
-            stack.push_async_callback(ingest.stop)
-            sweeper = asyncio.create_task(_sweep_expired(services))
-            stack.push_async_callback(_cancel, sweeper)
+            try:
+                await _start(stack)
+            except DatabaseBusy as exc:
+                startup_problem.append(f"cannot start: {exc.detail}; start again once it is free")
+                raise
             yield
+
+    async def _start(stack: contextlib.AsyncExitStack) -> None:
+        """Each step pushes its undoing on `stack`, so a failed start-up undoes the steps before."""
+        await services.store.open()
+        stack.push_async_callback(services.store.close)
+        services.store.set_event_listener(_follow_other_workers(services, notifier, ingest))
+        stack.callback(services.store.set_event_listener, None)
+        await contexts.restore_hosted(services)
+        await notifier.start()  # before the first write: every change is matched
+        stack.push_async_callback(notifier.stop)
+        await history.start()  # ... and recorded
+        stack.push_async_callback(history.stop)
+        await ingest.start()  # the IoT Agent, and the demo city into an empty database
+        stack.push_async_callback(ingest.stop)
+        sweeper = asyncio.create_task(_sweep_expired(services))
+        stack.push_async_callback(_cancel, sweeper)
 
     routes = [
         *entities.routes(),
@@ -283,6 +338,17 @@ def create_app(settings: Settings) -> Starlette:
     app.add_middleware(
         ProtocolGuard, max_body_bytes=settings.max_body_bytes, keep_slash=(*keep_slash, temporal.SELF_ROUTED)
     )
+    app.add_middleware(QuietStartup, problem=startup_problem)
+    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
+    if origins:  # outermost: a preflight is answered before any other check, on every path
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
     return app
 
 

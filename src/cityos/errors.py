@@ -16,11 +16,14 @@ NgsiLdError
  ├── UnsupportedMediaType      415
  ├── LengthRequired            411
  ├── MethodNotAllowed          405
- └── PayloadTooLarge           413
+ ├── PayloadTooLarge           413
+ └── DatabaseBusy              503  (not a spec type: the database lock was not free in time)
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any, ClassVar
 
 ERROR_BASE = "https://uri.etsi.org/ngsi-ld/errors/"
@@ -41,6 +44,10 @@ class NgsiLdError(Exception):
     @property
     def type_uri(self) -> str:
         return ERROR_BASE + self.type_name
+
+    def headers(self) -> dict[str, str]:
+        """Response headers that go with the error (none but for a few)."""
+        return {}
 
     def problem(self) -> dict[str, Any]:
         """The RFC 7807 ProblemDetails body."""
@@ -119,3 +126,28 @@ class MethodNotAllowed(NgsiLdError):
 
 class PayloadTooLarge(NgsiLdError):
     type_name, status, title = "PayloadTooLarge", 413, "Payload too large"
+
+
+class DatabaseBusy(NgsiLdError):
+    """The database stayed locked by another connection or process for longer than the
+    db_busy_timeout setting: nothing was written, and the same request may be sent again."""
+
+    type_name, status, title = "DatabaseBusy", 503, "Database busy"
+    retry_after: ClassVar[int] = 1  # seconds; the lock holder is usually another short transaction
+
+    @property
+    def type_uri(self) -> str:
+        return "urn:cityos:errors:DatabaseBusy"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+def log_failure(logger: logging.Logger, message: str, *args: Any) -> None:
+    """For background loops, inside `except`: a busy database is one line (it passes, and the loop
+    tries again), anything else is logged with its traceback."""
+    error = sys.exc_info()[1]
+    if isinstance(error, DatabaseBusy):
+        logger.warning(message + ": %s; will retry", *args, error.detail)
+    else:
+        logger.exception(message, *args)

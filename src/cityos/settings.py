@@ -29,6 +29,14 @@ class Settings:
         10.0, "PostgreSQL: seconds without a heartbeat after which a worker counts as dead and its notifications move."
     )
     log_level: str = _setting("info", "Log level: debug, info, warning, error.")
+    access_log: bool = _setting(
+        False, "Log one line per HTTP request (method, path, status) at INFO; on at --log-level debug anyway."
+    )
+    cors_origins: str = _setting(
+        "",
+        "Origins whose browser apps may call the API (comma list, or * for any): CORS headers and preflight "
+        "OPTIONS answers; empty: no CORS headers.",
+    )
     allow_private_networks: bool = _setting(
         False,
         "Let outgoing requests (remote @contexts, notifications) reach loopback and private addresses.",
@@ -54,6 +62,11 @@ class Settings:
         "Orion-LD list their entities that way); off by default: the spec (5.7.2) and ETSI 019_03_05 want a 400.",
     )
     query_timeout: float = _setting(10.0, "Seconds a query may run in the store before it is stopped (403).")
+    db_busy_timeout: float = _setting(
+        5.0,
+        "Seconds a request waits for the database when another process or connection holds its lock "
+        "(PostgreSQL: a row lock, or a pool connection); past it the answer is 503 with Retry-After.",
+    )
     core_context: str = _setting("v1.9", "Version of the ETSI core @context applied by default: v1.9 or v1.8.")
     notification_timeout: float = _setting(10.0, "Seconds allowed for one notification (connect, send, answer).")
     notification_max_bytes: int = _setting(4_194_304, "Largest notification sent, in bytes; a larger one is dropped.")
@@ -128,6 +141,8 @@ class Settings:
             raise ValueError("core_context must be v1.9 or v1.8")
         if self.query_timeout <= 0:
             raise ValueError("query_timeout must be positive")
+        if self.db_busy_timeout <= 0:
+            raise ValueError("db_busy_timeout must be positive")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be one of debug, info, warning, error")
         for name in (

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import errno
 import os
+import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from cityos import __version__
 from cityos.cli import db, imports, iot
 from cityos.cli.common import fail
+from cityos.errors import DatabaseBusy
 from cityos.settings import Settings, describe, env_name
 from cityos.store import is_postgres, open_store
 
@@ -68,12 +73,18 @@ def serve(settings: Settings) -> int:
 
     import uvicorn
 
+    problem = _cannot_serve(settings)  # before anything is loaded or created
+    if problem is not None:
+        return fail(problem)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    debug = settings.log_level.lower() == "debug"
+    if not debug:  # httpx logs every request it sends (each notification) at INFO
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
-        "access_log": settings.log_level.lower() == "debug",
+        "access_log": settings.access_log or debug,
         "server_header": False,
         "lifespan": "on",
     }
@@ -81,11 +92,19 @@ def serve(settings: Settings) -> int:
         problem = _prepare_postgres(settings)
         if problem is not None:
             return fail(problem)
+    if settings.demo_on_empty:
+        try:
+            problem = _load_demo_first(settings)
+        except KeyboardInterrupt:
+            fail("stopped while loading the demo city; the next start removes what was loaded and loads it again")
+            return 130
+        if problem is not None:
+            return fail(problem)
+        settings = dataclasses.replace(settings, demo_on_empty=False)
     if settings.workers > 1:
-        # worker processes rebuild their settings from the environment; the demo is loaded once, above
+        # worker processes rebuild their settings from the environment
         for name, _flag, env, _default, _help in describe():
             os.environ[env] = str(getattr(settings, name))
-        os.environ[env_name("demo_on_empty")] = "false"
         uvicorn.run("cityos.app:app_from_env", factory=True, workers=settings.workers, **common)
     else:
         from cityos.app import create_app
@@ -94,17 +113,51 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-def _prepare_postgres(settings: Settings) -> str | None:
-    """Before any worker starts: refuse an unmigrated (or unreachable) database with one clear
-    line, and with several workers load the demo city here, once, instead of in each of them."""
+def _cannot_serve(settings: Settings) -> str | None:
+    """Why the server could not start, found before it loads anything: the port is taken, or the
+    SQLite file would go in a folder that does not exist."""
+    if not is_postgres(settings.database):
+        folder = Path(settings.database).expanduser().absolute().parent
+        if not folder.is_dir():
+            return f"cannot create the database {settings.database}: the folder {folder} does not exist"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)[0]
+    except OSError as exc:
+        return f"cannot listen on {settings.host}: {exc}; choose another --host"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {settings.port} on {settings.host} is already in use; choose another with --port"
+            return f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}; choose another --port or --host"
+    return None
+
+
+def _load_demo_first(settings: Settings) -> str | None:
+    """Start the application once, without serving, so the demo city is loaded before the port
+    opens: Ctrl-C stops the load at once (KeyboardInterrupt), and the load is done one time even
+    with several workers."""
     from cityos.app import create_app
+
+    async def start_once() -> None:
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            return
+
+    try:
+        asyncio.run(start_once())
+    except DatabaseBusy as exc:
+        return exc.detail
+    return None
+
+
+def _prepare_postgres(settings: Settings) -> str | None:
+    """Before any worker starts: refuse an unmigrated (or unreachable) database with one clear line."""
     from cityos.store.postgres import SchemaNotCurrent, redact
 
     async def check() -> None:
-        if settings.workers > 1 and settings.demo_on_empty:
-            app = create_app(settings)
-            async with app.router.lifespan_context(app):  # the whole start-up, demo included, then stop
-                return
         store = open_store(settings.database, query_timeout=settings.query_timeout)
         await store.open()
         await store.close()
@@ -133,7 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(exc))
         return serve(settings)
     if hasattr(args, "run"):
-        result: int = args.run(args)
+        try:
+            result: int = args.run(args)
+        except DatabaseBusy as exc:  # another process holds the database: one line, no traceback
+            return fail(f"{exc.detail}; try again when it is free, or wait longer with {env_name('db_busy_timeout')}")
         return result
     parser.print_help()
     return 2

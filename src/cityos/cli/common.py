@@ -45,7 +45,7 @@ async def open_sink(args: argparse.Namespace) -> AsyncIterator[Sink]:
             yield HttpSink(args.url, client)
         return
     settings = Settings.from_env(database=args.database)
-    store = open_store(settings.database, query_timeout=settings.query_timeout)
+    store = open_store(settings.database, query_timeout=settings.query_timeout, busy_timeout=settings.db_busy_timeout)
     await store.open()
     try:
         registry = ContextRegistry(OutboundPolicy(), default_core=settings.core_context)

@@ -9,6 +9,7 @@ itself goes to a TemporalSink when one is given (history.load_history).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -149,14 +150,48 @@ def history_instances(plan: dict[str, Any]) -> list[history.HistoryInstance]:
     return instances
 
 
-async def load_demo(sink: Sink, tenant: str = "", *, history_sink: history.TemporalSink | None = None) -> DemoReport:
-    """Load the whole demo city through `sink` (and its history through `history_sink`)."""
+def entity_ids() -> list[str]:
+    """Every entity the demo city writes (its transit feed, its Smart Data Models entities; the
+    stations with a history are among them), read from its files without writing anything."""
+    with resources.as_file(_data("gtfs", "sample-feed.zip")) as feed_path:
+        feed, _ = gtfs.read_feed(feed_path)
+        transit = [body["id"] for body in gtfs.entities(feed, "")]
+    return sorted({*transit, *(body["id"] for body in city_bodies(layout()))})
+
+
+class _HistoryProgress:
+    """Reports the history load in steps of a tenth, so a slow start-up says what it is doing."""
+
+    def __init__(self, total: int, progress: Callable[[str], None]) -> None:
+        self.total = max(total, 1)
+        self.progress = progress
+        self.shown = 0
+
+    def __call__(self, done: int) -> None:
+        tenth = done * 10 // self.total
+        if tenth > self.shown:
+            self.shown = tenth
+            self.progress(f"history {tenth * 10}% ({done} of {self.total} hourly instances)")
+
+
+async def load_demo(
+    sink: Sink,
+    tenant: str = "",
+    *,
+    history_sink: history.TemporalSink | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> DemoReport:
+    """Load the whole demo city through `sink` (and its history through `history_sink`);
+    `progress` hears a short line at each step."""
+    say = progress or (lambda _: None)
     plan = layout()
     report = DemoReport()
+    say("GTFS Demo Transit Authority feed")
     with resources.as_file(_data("gtfs", "sample-feed.zip")) as feed_path:
         transit = await gtfs.import_feed(feed_path, sink, tenant)
     report.gtfs = transit.counts
     report.failed += transit.failed
+    say("Smart Data Models entities")
     bodies = city_bodies(plan)
     instances = history_instances(plan)
     by_id = {body["id"]: body for body in bodies}
@@ -172,6 +207,8 @@ async def load_demo(sink: Sink, tenant: str = "", *, history_sink: history.Tempo
         times = [i.observed_at for i in instances]
         report.history_span = (min(times), max(times))
     if history_sink is not None:
-        await history.load_history(history_sink, tenant, instances)
+        await history.load_history(
+            history_sink, tenant, instances, progress=_HistoryProgress(len(instances), say) if progress else None
+        )
         report.history_stored = True
     return report

@@ -166,12 +166,19 @@ class TemporalSink(Protocol):
 
 
 async def load_history(
-    sink: TemporalSink, tenant: str, instances: Iterable[HistoryInstance], *, batch_size: int = 1000
+    sink: TemporalSink,
+    tenant: str,
+    instances: Iterable[HistoryInstance],
+    *,
+    batch_size: int = 1000,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Hand every instance to the sink, grouped per entity in batches; returns how many."""
+    """Hand every instance to the sink, grouped per entity in batches; returns how many.
+    `progress` hears how many have been handed over after each batch."""
     pending: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
     counts: dict[tuple[str, str], int] = {}
     total = 0
+    sent = 0
     for item in instances:
         key = (item.entity_id, item.entity_type)
         attrs = pending.setdefault(key, {})
@@ -180,7 +187,13 @@ async def load_history(
         total += 1
         if counts[key] >= batch_size:
             await sink.add_attribute_instances(tenant, item.entity_id, item.entity_type, pending.pop(key))
+            sent += counts[key]
             counts[key] = 0
+            if progress is not None:
+                progress(sent)
     for (entity_id, entity_type), attrs in pending.items():
         await sink.add_attribute_instances(tenant, entity_id, entity_type, attrs)
+        sent += counts[(entity_id, entity_type)]
+        if progress is not None:
+            progress(sent)
     return total

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from cityos.errors import log_failure
 from cityos.ingest.iot_agent import IotAgent
 from cityos.ingest.iot_payloads import FORMATS
 
@@ -126,4 +127,4 @@ class MqttTransport:
                 address.apikey, address.device_id, data, fmt=address.fmt, object_id=address.object_id
             )
         except Exception:  # one message never stops the agent; the error is logged
-            log.exception("IoT Agent failed on a message from device %s", address.device_id)
+            log_failure(log, "IoT Agent failed on a message from device %s", address.device_id)

@@ -22,7 +22,7 @@ import regex
 from cityos.entities.expiry import next_expiry, now_key, visible
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
-from cityos.errors import NgsiLdError, QueryTimeout
+from cityos.errors import DatabaseBusy, NgsiLdError, QueryTimeout
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import (
     ChangeListener,
@@ -116,14 +116,29 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
         future.set_result(value)
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute("PRAGMA busy_timeout=30000")
+    connection.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     connection.execute("PRAGMA cache_size=-32000")
     connection.execute("PRAGMA temp_store=MEMORY")
     return connection
+
+
+def _is_busy(error: BaseException) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (any extended code): another connection holds the lock."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(error, sqlite3.OperationalError) and code is not None and code & 0xFF in (5, 6)
+
+
+def _translated(error: BaseException, path: str, busy_timeout: float) -> BaseException:
+    """A lock that was not free in time becomes DatabaseBusy (a 503); anything else stays."""
+    if _is_busy(error):
+        busy = DatabaseBusy(f"the database {path} is busy or locked by another connection (waited {busy_timeout:g} s)")
+        busy.__cause__ = error
+        return busy
+    return error
 
 
 def _regexp(pattern: str, value: str | None) -> bool:
@@ -137,9 +152,10 @@ def _regexp(pattern: str, value: str | None) -> bool:
 class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
 
-    def __init__(self, path: str, *, readers: int = 4, query_timeout: float = 10.0) -> None:
+    def __init__(self, path: str, *, readers: int = 4, query_timeout: float = 10.0, busy_timeout: float = 5.0) -> None:
         self.path = path
         self.query_timeout = query_timeout
+        self.busy_timeout = busy_timeout  # seconds a statement waits for a lock another connection holds
         self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cityos-writer")
         self._reader_pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cityos-reader")
         self._local = threading.local()
@@ -149,7 +165,8 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         # change listeners by name (subscriptions, history), replaced whole so the writer sees a snapshot
         self._listeners: dict[str, tuple[ChangeListener, Callable[[], None] | None]] = {}
         self._to_wake: list[Callable[[], None]] = []  # set on the writer thread: wakes owed after commit
-        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]] = []
+        # (write, its future, groupable, when it was queued)
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool, float]] = []
         self._pending_lock = threading.Lock()
         self._loop_connection: sqlite3.Connection | None = None
         self._flushing = False
@@ -158,7 +175,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
     def _reader(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            connection = _connect(self.path)
+            connection = _connect(self.path, self.busy_timeout)
             connection.create_function("regexp", 2, _regexp, deterministic=True)
             self._local.connection = connection
             with self._lock:
@@ -166,8 +183,13 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         return connection
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reader_pool, lambda: fn(self._reader()))
+        def run() -> T:
+            try:
+                return fn(self._reader())
+            except sqlite3.OperationalError as exc:
+                raise _translated(exc, self.path, self.busy_timeout) from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, run)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T], *, groupable: bool = True) -> T:
         """Run `fn` in a write transaction. Writes that queue up while one transaction runs are
@@ -176,7 +198,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._pending_lock:
-            self._pending.append((fn, future, groupable))
+            self._pending.append((fn, future, groupable, time.monotonic()))
             start = not self._flushing
             self._flushing = True
         if start:
@@ -197,7 +219,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
                 if self._pending[0][2]:
                     while count < min(MAX_GROUP, len(self._pending)) and self._pending[count][2]:
                         count += 1
-                jobs = [(fn, future) for fn, future, _ in self._pending[:count]]
+                jobs = [(fn, future) for fn, future, _, _ in self._pending[:count]]
                 self._pending = self._pending[count:]
             assert self._writer is not None
             connection = self._writer
@@ -213,7 +235,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
                         outcomes.append((future, fn(connection), None))
                     except Exception as refused:  # this write alone is undone
                         connection.execute("ROLLBACK" if alone else f"ROLLBACK TO job{number}")
-                        outcomes.append((future, None, refused))
+                        outcomes.append((future, None, _translated(refused, self.path, self.busy_timeout)))
                     if not alone:
                         connection.execute(f"RELEASE job{number}")
                 if connection.in_transaction:
@@ -221,21 +243,36 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
             except BaseException as failure:  # the transaction itself failed: nobody's write stands
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
+                failure = _translated(failure, self.path, self.busy_timeout)
                 outcomes = [(future, None, failure) for _, future in jobs]
+                if isinstance(failure, DatabaseBusy):
+                    outcomes += [(future, None, failure) for future in self._expired_waits()]
             for wake in self._to_wake:
                 wake()
             for future, value, problem in outcomes:
                 loop.call_soon_threadsafe(_settle, future, value, problem)
 
+    def _expired_waits(self) -> list[asyncio.Future[Any]]:
+        """After the lock was not free in time: the queued writes that have waited as long as
+        that already, taken off the queue, so a burst of writes is not refused one group at a time."""
+        cutoff = time.monotonic() - self.busy_timeout
+        with self._pending_lock:
+            expired = [future for _, future, _, queued in self._pending if queued <= cutoff]
+            self._pending = [job for job in self._pending if job[3] > cutoff]
+        return expired
+
     async def open(self) -> None:
         def setup() -> None:
-            connection = _connect(self.path)
-            connection.executescript(SCHEMA)
-            connection.executescript(TEMPORAL_SCHEMA)
-            row = connection.execute("SELECT version FROM schema_version").fetchone()
-            if row is None:
-                connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] != SCHEMA_VERSION:
+            try:
+                connection = _connect(self.path, self.busy_timeout)
+                connection.executescript(SCHEMA)
+                connection.executescript(TEMPORAL_SCHEMA)
+                row = connection.execute("SELECT version FROM schema_version").fetchone()
+                if row is None:
+                    connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            except sqlite3.OperationalError as exc:
+                raise _translated(exc, self.path, self.busy_timeout) from exc
+            if row is not None and row[0] != SCHEMA_VERSION:
                 raise RuntimeError(
                     f"{self.path} has schema version {row[0]}; this CityOS uses {SCHEMA_VERSION}. "
                     "Start from a new database file (migrations arrive with `cityos db upgrade`)."
@@ -282,7 +319,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
 
     def _loop_reader(self) -> sqlite3.Connection:
         if self._loop_connection is None:
-            self._loop_connection = _connect(self.path)
+            self._loop_connection = _connect(self.path, self.busy_timeout)
             with self._lock:
                 self._connections.append(self._loop_connection)
         return self._loop_connection

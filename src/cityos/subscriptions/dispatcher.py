@@ -22,7 +22,7 @@ from typing import Any
 from cityos.entities.model import Entity
 from cityos.entities.render import to_geojson_feature
 from cityos.entities.values import now
-from cityos.errors import NgsiLdError
+from cityos.errors import NgsiLdError, log_failure
 from cityos.jsonld.registry import ContextRegistry
 from cityos.ngsild.join import join_plan, render_joined
 from cityos.settings import Settings
@@ -108,7 +108,7 @@ class Dispatcher:
                     if len(rows) < CLAIM_BATCH:
                         break
             except Exception:  # keep following; the rows stay in the outbox
-                log.exception("reading the notification outbox failed")
+                log_failure(log, "reading the notification outbox failed")
                 await asyncio.sleep(1.0)
                 self.wake.set()
 
@@ -137,7 +137,7 @@ class Dispatcher:
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # never let one job stop the lane; the row stays in the outbox
-                    log.exception("notification for subscription %s failed unexpectedly", job.subscription_id)
+                    log_failure(log, "notification for subscription %s failed unexpectedly", job.subscription_id)
                     await asyncio.sleep(1.0)
                     continue
                 lane.jobs.popleft()
@@ -155,7 +155,7 @@ class Dispatcher:
         try:
             row = await self.store.get_subscription(job.tenant, job.subscription_id)
         except Exception:  # keep delivering; the counts may lag
-            log.exception("reading the delivery status of subscription %s failed", job.subscription_id)
+            log_failure(log, "reading the delivery status of subscription %s failed", job.subscription_id)
             return
         if row is not None:
             subscription.delivery = Delivery.from_dict(row.status)
@@ -197,7 +197,8 @@ class Dispatcher:
                 delivery.last_success = now()
                 delivery.status = "ok"
             else:
-                log.info("notification to %s failed: %s", subscription.notification["endpoint"]["uri"], failure)
+                # per attempt, so DEBUG: the subscription's status counts failures, giving up is a WARNING
+                log.debug("notification to %s failed: %s", subscription.notification["endpoint"]["uri"], failure)
                 delivery.times_failed += 1
                 delivery.last_failure = now()
                 delivery.status = "failed"

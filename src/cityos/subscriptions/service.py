@@ -15,7 +15,7 @@ import functools
 import logging
 from datetime import UTC, datetime
 
-from cityos.errors import ResourceNotFound
+from cityos.errors import ResourceNotFound, log_failure
 from cityos.jsonld.registry import ContextRegistry
 from cityos.jsonld.termmap import TermMap
 from cityos.net import OutboundPolicy
@@ -110,7 +110,7 @@ class SubscriptionService:
         try:
             rows = await self.store.load_subscriptions()
         except Exception:
-            log.exception("reloading subscriptions failed")
+            log_failure(log, "reloading subscriptions failed")
             return
         await self.apply_rows(rows, key, ticket)
 
@@ -245,7 +245,7 @@ class SubscriptionService:
                 if not await self.store.claim_periodic(subscription.tenant, subscription.id, interval):
                     continue
             except Exception:
-                log.exception("claiming the period of subscription %s failed", subscription.id)
+                log_failure(log, "claiming the period of subscription %s failed", subscription.id)
                 continue
             try:
                 # q paths that follow relationships read on the reader thread running the query
@@ -253,7 +253,7 @@ class SubscriptionService:
                 query = periodic_query(subscription, self._terms[key], lookup, self.settings.max_page_size)
                 result = await self.store.query_entities(subscription.tenant, query)
             except Exception:
-                log.exception("periodic query of subscription %s failed", subscription.id)
+                log_failure(log, "periodic query of subscription %s failed", subscription.id)
                 continue
             if result.entities:
                 job = Job(subscription.tenant, subscription.id, entities=result.entities)

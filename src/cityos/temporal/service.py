@@ -9,6 +9,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from cityos.entities.values import now
+from cityos.errors import log_failure
 from cityos.settings import Settings
 from cityos.store.base import EntityStore
 from cityos.store.temporal_base import SCOPE_ATTR
@@ -52,7 +53,7 @@ class HistoryService:
                 if removed:
                     log.info("retention: dropped %d attribute instances", removed)
             except Exception:  # keep sweeping; the error is logged
-                log.exception("temporal retention sweep failed")
+                log_failure(log, "temporal retention sweep failed")
             await asyncio.sleep(RETENTION_SECONDS)
 
 

@@ -56,7 +56,7 @@ class PostgresCatalog(PostgresOutbox):
                 "UPDATE registrations SET doc = $1 WHERE tenant = $2 AND id = $3", document, row.tenant, row.id
             )
             return
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             await connection.execute(TENANT_INSERT, row.tenant)
             saved = await connection.fetchval(
                 "INSERT INTO registrations (doc, tenant, id) VALUES ($1, $2, $3)"
@@ -238,7 +238,7 @@ class PostgresCatalog(PostgresOutbox):
     async def add_ingest_records(self, rows: Sequence[IngestRecord]) -> None:
         if not rows:
             return
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             inserted = await connection.fetch(
                 "INSERT INTO ingest_records (kind, tenant, key, doc)"
                 " SELECT k, t, y, d FROM unnest($1::text[], $2::text[], $3::text[], $4::json[])"
@@ -261,7 +261,7 @@ class PostgresCatalog(PostgresOutbox):
                 await self._notify(connection, StoreEvent("ingest", row.tenant, f"{row.kind}:{row.key}"))
 
     async def delete_ingest_record(self, kind: str, tenant: str, key: str) -> bool:
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             deleted = await connection.fetchval(
                 "DELETE FROM ingest_records WHERE kind = $1 AND tenant = $2 AND key = $3 RETURNING true",
                 kind,

@@ -22,6 +22,7 @@ import orjson
 
 from cityos.errors import AlreadyExists
 from cityos.store.base import OutboxRow, StoreEvent, SubscriptionRow
+from cityos.store.postgres.busy import Transactions
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
@@ -69,7 +70,7 @@ _UNCLAIMED = "o.claimed_by IS NULL"
 _UNCLAIMED_OR_DEAD = "(o.claimed_by IS NULL OR o.claimed_by = ANY($3::text[]))"
 
 
-class PostgresOutbox:
+class PostgresOutbox(Transactions):
     """Subscriptions, the outbox and worker liveness, mixed into PostgresStore."""
 
     worker_heartbeat: float = 2.0  # seconds between heartbeats
@@ -79,9 +80,6 @@ class PostgresOutbox:
     if TYPE_CHECKING:
         dsn: str
         worker_id: str
-
-        @property
-        def pool(self) -> asyncpg.Pool: ...
 
         async def _notify(self, connection: Connection, event: StoreEvent) -> None: ...
 
@@ -127,7 +125,7 @@ class PostgresOutbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         try:
-            async with self.pool.acquire() as connection, connection.transaction():
+            async with self._transaction() as connection:
                 await connection.execute("UPDATE outbox SET claimed_by = NULL WHERE claimed_by = $1", self.worker_id)
                 await connection.execute("DELETE FROM workers WHERE id = $1", self.worker_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
@@ -174,7 +172,7 @@ class PostgresOutbox:
     async def release_outbox(self) -> None:
         """At start-up: un-claim the rows of this worker and of workers not alive (also of claimants
         no longer listed), and deregister the workers silent for WORKER_FORGOTTEN."""
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             await connection.execute(
                 "UPDATE outbox SET claimed_by = NULL WHERE id IN (SELECT id FROM outbox"
                 " WHERE claimed_by = $1 OR claimed_by NOT IN (SELECT id FROM workers"
@@ -194,7 +192,7 @@ class PostgresOutbox:
     async def claim_outbox(self, limit: int) -> list[OutboxRow]:
         """Up to `limit` rows, oldest first, that are unclaimed or claimed by a dead worker, now
         claimed by this one; rows of a lane only in order and only by the worker holding the lane."""
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             dead = await self._dead_workers(connection)
             # without dead workers, the partial index of unclaimed rows gives them oldest first
             sql = _CLAIM.format(claimable=_UNCLAIMED_OR_DEAD if dead else _UNCLAIMED)
@@ -207,7 +205,7 @@ class PostgresOutbox:
         return claimed
 
     async def finish_outbox(self, row: OutboxRow, *, done: bool, status: SubscriptionRow | None = None) -> None:
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             if done:
                 await connection.execute("DELETE FROM outbox WHERE id = $1", row.id)
             else:
@@ -242,7 +240,7 @@ class PostgresOutbox:
         bookkeeping of a periodic report) as "subscription-status" with the status, which they
         apply without reloading; any other save as "subscription"."""
         values = (orjson.dumps(row.document).decode(), orjson.dumps(row.status).decode(), row.tenant, row.id)
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             if create:
                 await connection.execute(TENANT_INSERT, row.tenant)
                 created = await connection.fetchval(
@@ -271,7 +269,7 @@ class PostgresOutbox:
             await self._notify(connection, event)
 
     async def delete_subscription(self, tenant: str, subscription_id: str) -> bool:
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             await connection.execute(
                 "DELETE FROM outbox WHERE tenant = $1 AND subscription_id = $2", tenant, subscription_id
             )
@@ -296,7 +294,7 @@ class PostgresOutbox:
 
     async def save_subscription_status(self, row: SubscriptionRow) -> None:
         """Only the delivery bookkeeping: a concurrent change of the document by another worker stays."""
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             updated = await connection.fetchval(
                 "UPDATE subscriptions SET status = $1 WHERE tenant = $2 AND id = $3 RETURNING true",
                 orjson.dumps(row.status).decode(),

@@ -41,6 +41,7 @@ from cityos.store.base import (
     SubscriptionRow,
 )
 from cityos.store.paging import Pager, exact_in_sql
+from cityos.store.postgres.busy import lock_settings
 from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.events import EventFollower, channel_for, notify
 from cityos.store.postgres.outbox import subscription_rows
@@ -63,9 +64,12 @@ def _feed(pager: Pager, documents: list[Entity]) -> bool:
 class PostgresStore(PostgresCatalog, PostgresTemporal):
     throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
 
-    def __init__(self, dsn: str, *, query_timeout: float = 10.0, pool_size: int = 10) -> None:
+    def __init__(
+        self, dsn: str, *, query_timeout: float = 10.0, pool_size: int = 10, busy_timeout: float = 5.0
+    ) -> None:
         self.dsn = dsn
         self.query_timeout = query_timeout
+        self.busy_timeout = busy_timeout
         self.pool_size = pool_size
         self.worker_id = uuid.uuid4().hex  # this process's name in outbox claims and events
         self._pool: asyncpg.Pool | None = None
@@ -88,7 +92,9 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
 
     async def open(self) -> None:
         """Connect and check the schema version; the schema itself is changed only by `cityos db upgrade`."""
-        pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size)
+        pool = await asyncpg.create_pool(
+            self.dsn, min_size=1, max_size=self.pool_size, server_settings=lock_settings(self.busy_timeout)
+        )
         try:
             async with pool.acquire() as connection:
                 await require_current(connection, self.dsn)
@@ -187,7 +193,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
         self, tenant: str, operations: Sequence[tuple[str, Mutator]], *, atomic: bool
     ) -> list[MutationResult]:
         wakes: list[Callable[[], None]] = []
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             await connection.execute("INSERT INTO tenants (name) VALUES ($1) ON CONFLICT DO NOTHING", tenant)
             await self._fresh_subscriptions(connection)
             results: list[MutationResult] = []
@@ -368,7 +374,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
         """Sweep transient entities and attributes; SKIP LOCKED lets several workers sweep at once."""
         changes: list[EntityChange] = []
         wakes: list[Callable[[], None]] = []
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             await self._fresh_subscriptions(connection)
             rows = await connection.fetch(
                 "SELECT pk, tenant, id, doc FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= $1"
@@ -398,7 +404,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
 
     # -- hosted @contexts --------------------------------------------------------------------------
     async def save_context(self, row: StoredContextRow) -> None:
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             # delete + insert, like SQLite's INSERT OR REPLACE: a replaced context loads last
             await connection.execute(
                 "DELETE FROM jsonld_contexts WHERE tenant = $1 AND local_id = $2", row.tenant, row.local_id
@@ -414,7 +420,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
             await self._notify(connection, StoreEvent("context", row.tenant, row.local_id))
 
     async def delete_context(self, tenant: str, local_id: str) -> None:
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             await connection.execute(
                 "DELETE FROM jsonld_contexts WHERE tenant = $1 AND local_id = $2", tenant, local_id
             )

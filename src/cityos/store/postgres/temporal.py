@@ -252,7 +252,7 @@ class PostgresTemporal(PostgresTemporalReads):
         self, tenant: str, entity_id: str, types: Sequence[str], instances: Sequence[tuple[str, Instance]]
     ) -> bool:
         puts = self._plan(instances)
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             pk, created, missing = await self._upsert_entity(
                 connection, tenant, entity_id, types, self._partitions(puts)
@@ -292,7 +292,7 @@ class PostgresTemporal(PostgresTemporalReads):
     async def temporal_modify_instance(
         self, tenant: str, entity_id: str, attr: str, instance_id: str, instance: Instance
     ) -> bool:
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             epk = await self._locate(connection, tenant, entity_id)
             if epk is None:
@@ -323,7 +323,7 @@ class PostgresTemporal(PostgresTemporalReads):
             return True
 
     async def temporal_delete_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str) -> bool:
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             epk = await self._locate(connection, tenant, entity_id)
             if epk is None:
@@ -339,7 +339,7 @@ class PostgresTemporal(PostgresTemporalReads):
     async def temporal_delete_attribute(
         self, tenant: str, entity_id: str, attr: str, *, dataset: str | None, delete_all: bool
     ) -> bool:
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             epk = await self._locate(connection, tenant, entity_id)
             if epk is None:
@@ -358,7 +358,7 @@ class PostgresTemporal(PostgresTemporalReads):
             return _affected(status) > 0
 
     async def temporal_delete_entity(self, tenant: str, entity_id: str) -> bool:
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self._transaction() as connection:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             epk = await self._locate(connection, tenant, entity_id)
             if epk is None:

@@ -24,6 +24,7 @@ import orjson
 
 from cityos.entities.model import Entity, Instance
 from cityos.errors import BadRequestData, QueryTimeout
+from cityos.store.postgres.busy import Transactions
 from cityos.store.postgres.sql import Params
 from cityos.store.sqlite_temporal import COLUMNS, FOREVER
 from cityos.store.temporal_base import (
@@ -108,15 +109,12 @@ def _judge(predicate: Callable[[Entity], bool], entities: list[Entity]) -> list[
     return [predicate(entity) for entity in entities]
 
 
-class PostgresTemporalReads:
+class PostgresTemporalReads(Transactions):
     """The reading half of the PostgreSQL temporal store; PostgresStore supplies the pool."""
 
     if TYPE_CHECKING:
         query_timeout: float
         _sync_pool: ThreadPoolExecutor
-
-        @property
-        def pool(self) -> asyncpg.Pool: ...
 
     async def _temporal_read(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         """Run `fn` in a read-only snapshot under query_timeout, like query_entities."""

@@ -1,0 +1,67 @@
+"""A real `cityos serve` process whose output is kept in a file, for the tests about what an
+operator sees: the log, the exit code, the start-up lines. Stopped by its pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from notify_helpers import free_port
+
+
+class LoggedServer:
+    def __init__(self, log_path: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
+        self.env = {**clean, "CITYOS_PORT": str(self.port), **(env or {})}
+        self.args = args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, wait: bool = True, timeout: float = 60) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cityos", "serve", *self.args], env=self.env, stdout=log, stderr=log
+            )
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                httpx.get(self.base + "/version", timeout=1)
+                return
+            except httpx.TransportError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start:\n{self.log()}") from None
+                time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def interrupt(self) -> None:
+        """SIGINT, as Ctrl-C sends it."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGINT)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
