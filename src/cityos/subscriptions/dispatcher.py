@@ -25,6 +25,7 @@ from cityos.entities.values import now
 from cityos.errors import NgsiLdError
 from cityos.jsonld.registry import ContextRegistry
 from cityos.ngsild.join import join_plan, render_joined
+from cityos.redact import redact_uri
 from cityos.settings import Settings
 from cityos.store.base import EntityStore, OutboxRow
 from cityos.subscriptions.delivery import DeliveryFailed, Outgoing, Sender
@@ -197,7 +198,8 @@ class Dispatcher:
                 delivery.last_success = now()
                 delivery.status = "ok"
             else:
-                log.info("notification to %s failed: %s", subscription.notification["endpoint"]["uri"], failure)
+                where = redact_uri(subscription.notification["endpoint"]["uri"])
+                log.info("notification to %s failed: %s", where, failure)
                 delivery.times_failed += 1
                 delivery.last_failure = now()
                 delivery.status = "failed"
