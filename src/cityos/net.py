@@ -39,30 +39,29 @@ class OutboundRefused(Exception):
 
 
 def embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address stands for (mapped, IPv4-compatible, NAT64, 6to4)."""
+    """The IPv4 address an IPv6 address stands for (IPv4-mapped, 6to4, NAT64 well-known prefix)."""
     if isinstance(address, ipaddress.IPv4Address):
         return None
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
     if address.sixtofour is not None:
         return address.sixtofour
-    if address in NAT64 or (address in IPV4_COMPATIBLE and int(address) > 1):
+    if address in NAT64:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 
 
 def is_public(address: Address) -> bool:
     """May CityOS connect to `address` without --allow-private-networks? Only a globally routable
-    unicast address; one that embeds an IPv4 address is judged by that address too."""
-    if not address.is_global or address.is_multicast or address.is_reserved or address.is_unspecified:
-        return False
+    unicast address; one that embeds an IPv4 address (mapped, 6to4, NAT64) is judged by that one,
+    and the deprecated IPv4-compatible form (::a.b.c.d), local NAT64 and Teredo never pass."""
     if isinstance(address, ipaddress.IPv6Address):
-        if address in LOCAL_NAT64 or address.teredo is not None:
+        if address in IPV4_COMPATIBLE or address in LOCAL_NAT64 or address.teredo is not None:
             return False
         inner = embedded_ipv4(address)
         if inner is not None:
             return is_public(inner)
-    return True
+    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
 
 
 def is_local_name(host: str) -> bool:

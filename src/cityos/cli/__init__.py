@@ -64,11 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(settings: Settings) -> int:
-    import logging
-
     import uvicorn
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cityos.logs import configure as configure_logging
+
+    configure_logging(settings.log_level)  # one line per record, control characters escaped
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
