@@ -340,8 +340,9 @@ def test_a_registration_patched_with_its_redacted_form_keeps_its_secrets(setting
         shown = client.get(location).json()
         fragment = {"endpoint": shown["endpoint"], "contextSourceInfo": shown["contextSourceInfo"]}
         assert client.patch(location, json=fragment).status_code == 204
-        rows = asyncio.run(client.app.state.services.store.list_registrations(""))  # type: ignore[attr-defined]
-        [row] = rows
+        store = client.app.state.services.store  # type: ignore[attr-defined]
+        assert client.portal is not None
+        [row] = client.portal.call(store.list_registrations, "")  # on the app's own event loop
         assert row.document["endpoint"] == "http://bob:pa55@s.example.org"
         assert row.document["contextSourceInfo"] == info
 
