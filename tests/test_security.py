@@ -10,7 +10,9 @@ import base64
 import ipaddress
 import logging
 import os
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -124,6 +126,52 @@ def test_the_connection_goes_to_the_checked_address(receiver: Receiver) -> None:
     assert asyncio.run(run()) == 200
     [received] = receiver.wait(1)
     assert received.headers["Host"].startswith("rebind.invalid:")
+
+
+def make_certificates(folder: Path, name: str) -> tuple[Path, Path, Path]:
+    """A test CA and a certificate for `name` signed by it (openssl): (ca, cert, key)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    ca_args = ["-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1"]
+    openssl("req", *ca_args, "-subj", "/CN=test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", f"/CN={name}")
+    (folder / "ext.cnf").write_text(f"subjectAltName=DNS:{name}\n")
+    openssl(
+        "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "leaf.pem", "-days", "1", "-extfile", "ext.cnf",
+    )  # fmt: skip
+    return folder / "ca.pem", folder / "leaf.pem", folder / "leaf.key"
+
+
+@pytest.mark.parametrize(("certified", "works"), [("rebind.invalid", True), ("other.invalid", False)])
+def test_tls_checks_the_name_while_connecting_to_the_checked_address(
+    tmp_path: Path, certified: str, works: bool
+) -> None:
+    """https: the socket goes to the address resolve() returned, the certificate is verified
+    against the URL's name (SNI), so a certificate for another name is refused."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a test certificate")
+    ca, cert, key = make_certificates(tmp_path, certified)
+    with receiving() as receiver:
+        server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_side.load_cert_chain(cert, key)
+        receiver._server.socket = server_side.wrap_socket(receiver._server.socket, server_side=True)
+        url = receiver.url.replace("http://127.0.0.1", "https://rebind.invalid")
+        trusted = ssl.create_default_context(cafile=str(ca))
+
+        async def run() -> int:
+            async with Pinned(timeout=3).client(verify=trusted) as client:
+                return (await client.post(url, content=b"{}")).status_code
+
+        if works:
+            assert asyncio.run(run()) == 200
+            assert receiver.wait(1)[0].headers["Host"].startswith("rebind.invalid:")
+        else:
+            with pytest.raises(httpx.ConnectError, match=r"(?i)certificate|hostname"):
+                asyncio.run(run())
+            assert receiver.requests == []
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -124,8 +125,9 @@ class OutboundPolicy:
     def client(self, **options: Any) -> httpx.AsyncClient:
         """An HTTP client whose every connection goes to an address this policy checked."""
         limits = options.pop("limits", httpx.Limits())
+        transport = GuardedTransport(self, limits, options.pop("verify", None))
         options.setdefault("timeout", self.timeout)
-        return httpx.AsyncClient(transport=GuardedTransport(self, limits), follow_redirects=False, **options)
+        return httpx.AsyncClient(transport=transport, follow_redirects=False, **options)
 
     async def get(
         self, url: str, accept: str, headers: dict[str, str] | None = None, *, client: httpx.AsyncClient | None = None
@@ -189,14 +191,15 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
 
 class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport over a connection pool that connects through GuardedBackend (no proxy
-    from the environment: a proxy would resolve the name itself, out of the policy's reach)."""
+    """httpx's transport over a connection pool that connects through GuardedBackend. No proxy
+    from the environment (HTTP_PROXY): a proxy would resolve the name itself, out of the
+    policy's reach. SSL_CERT_FILE / SSL_CERT_DIR are still honoured."""
 
-    def __init__(self, policy: OutboundPolicy, limits: httpx.Limits) -> None:
+    def __init__(self, policy: OutboundPolicy, limits: httpx.Limits, verify: ssl.SSLContext | None = None) -> None:
         super().__init__(limits=limits, trust_env=False)
         # the pool httpx built, rebuilt with the guarded network backend (httpx has no option for it)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=verify or httpx.create_ssl_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
