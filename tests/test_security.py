@@ -429,6 +429,13 @@ def test_the_formatter_keeps_one_record_on_one_line() -> None:
     assert escape_control("tab\there") == "tab\\there"
 
 
+def test_entity_ids_with_control_characters_are_refused(strict: Server) -> None:
+    for char in ("\x1b", "\x00", "\x7f", "\n"):
+        body = {"id": f"urn:ngsi-ld:Building:a{char}b", "type": "Building"}
+        answer = httpx.post(strict.base + BASE + "/entities", json=body)
+        assert answer.status_code == 400, (char, answer.text)
+
+
 def test_device_ids_with_control_characters_are_refused(strict: Server) -> None:
     body = {"devices": [{"device_id": "d\n1", "apikey": "k1", "entity_type": "Thing"}]}
     answer = httpx.post(strict.base + "/iot/devices", json=body)
