@@ -24,6 +24,7 @@ from cityos.entities.expiry import now_key
 from cityos.errors import DatabaseBusy, InternalError, MethodNotAllowed, NgsiLdError, ResourceNotFound, log_failure
 from cityos.ingest.service import IngestService
 from cityos.jsonld.registry import ContextRegistry
+from cityos.logs import configure as configure_logging
 from cityos.net import OutboundPolicy
 from cityos.ngsild import (
     batch,
@@ -354,4 +355,6 @@ def create_app(settings: Settings) -> Starlette:
 
 def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory` and multi-worker runs: settings from CITYOS_* variables."""
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)  # a worker process starts with no logging set up
+    return create_app(settings)

@@ -19,6 +19,7 @@ from cityos.entities.values import parse_datetime, require_uri
 from cityos.errors import BadRequestData
 from cityos.jsonld.termmap import TermMap
 from cityos.query import selectors
+from cityos.redact import redact_registration, restore_registration
 from cityos.subscriptions.model import Doc, _entities, _expires_at, _names, _string, map_type_names
 
 TYPE = "ContextSourceRegistration"
@@ -127,6 +128,7 @@ def merge_registration(doc: Doc, fragment: Any, terms: TermMap) -> Doc:
         raise BadRequestData("the id of a context source registration cannot be changed")
     merged = copy.deepcopy(doc)
     _set_members(merged, fragment, terms)
+    restore_registration(merged, doc)  # a redacted secret sent back keeps the stored one
     _check(merged)
     return merged
 
@@ -145,6 +147,7 @@ def render_registration(doc: Doc, terms: TermMap) -> Doc:
         for name in NAME_LISTS:
             if name in item:
                 item[name] = [terms.compact(iri) for iri in item[name]]
+    redact_registration(out)  # credentials are used, never shown (docs/security.md)
     return out
 
 

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import dataclasses
 import errno
+import logging
 import os
 import socket
 import sys
@@ -69,14 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(settings: Settings) -> int:
-    import logging
-
     import uvicorn
+
+    from cityos.logs import configure as configure_logging
 
     problem = _cannot_serve(settings)  # before anything is loaded or created
     if problem is not None:
         return fail(problem)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)  # one line per record, control characters escaped
     debug = settings.log_level.lower() == "debug"
     if not debug:  # httpx logs every request it sends (each notification) at INFO
         logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -9,7 +9,7 @@ from typing import Any
 
 from cityos.errors import BadRequestData
 
-URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`]*$")
+URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`\x00-\x1f\x7f]*$")  # no control characters
 FORBIDDEN_NAME_CHARS = frozenset("<>\"'=;()\\ \t\r\n")
 GEOMETRY_TYPES = frozenset(
     {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon", "GeometryCollection"}

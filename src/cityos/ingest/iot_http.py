@@ -100,7 +100,7 @@ async def create_devices(request: Request) -> Response:
     devices = []
     for item in await _json_list(request, "devices"):
         apikey = item.get("apikey") if isinstance(item, dict) else None
-        group = registry.group(apikey) if isinstance(apikey, str) else registry.default_group(tenant)
+        group = registry.group(tenant, apikey) if isinstance(apikey, str) else registry.default_group(tenant)
         devices.append(parse_device(item, tenant, path, group))
     await registry.add_devices(devices)
     return Response(status_code=201)

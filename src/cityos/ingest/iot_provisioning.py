@@ -4,6 +4,14 @@ A service group binds an API key to a tenant (the FIWARE `fiware-service`), a de
 attribute mappings; a device binds a device id to an entity id and type, with its own mappings and
 static attributes. Both are kept in the store (ingest records) and mirrored in memory, because every
 measure needs them.
+
+Tenant isolation: a measure names only an API key and a device id (MQTT topics and /iot/d carry no
+tenant), so each API key belongs to exactly one tenant, the one whose group or device used it first;
+the store keeps that claim (an `iot-apikey` record, unique in the deployment, taken in the same
+transaction as the group or device). Another tenant can neither create a group nor provision a
+device under a claimed key; it gets the answer any unusable key gets (400, "cannot be used"), which
+never says that the key exists or whose it is. A measure is applied only to a device of the key's
+owner (docs/security.md).
 """
 
 from __future__ import annotations
@@ -12,13 +20,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cityos.entities.values import is_uri, require_uri
-from cityos.errors import AlreadyExists, BadRequestData
+from cityos.errors import AlreadyExists, BadRequestData, NgsiLdError
 from cityos.ingest.convert import value_kind
 from cityos.ingest.iot_payloads import JSON, UL
 from cityos.store.base import EntityStore, IngestRecord
 
 GROUP = "iot-group"
 DEVICE = "iot-device"
+KEY = "iot-apikey"  # the claim of an API key by one tenant: tenant "", key = the API key
+MAX_KEY = 256
 RESOURCES = {"/iot/d": UL, "/iot/json": JSON}
 PROTOCOLS = {
     "": "",
@@ -187,7 +197,7 @@ def parse_group(raw: Any, tenant: str, service_path: str) -> ServiceGroup:
     if not isinstance(autoprovision, bool):
         raise BadRequestData("autoprovision must be true or false")
     return ServiceGroup(
-        apikey=_text(raw, "apikey", required=True),
+        apikey=check_apikey(_text(raw, "apikey", required=True)),
         entity_type=_text(raw, "entity_type", required=True),
         tenant=tenant,
         service_path=service_path,
@@ -197,6 +207,23 @@ def parse_group(raw: Any, tenant: str, service_path: str) -> ServiceGroup:
         attributes=_mappings(raw.get("attributes"), "service"),
         static_attributes=_statics(raw.get("static_attributes"), "service"),
     )
+
+
+def topic_level(text: str) -> bool:
+    """Can `text` be one MQTT topic level (and appear in a log line as it is)?"""
+    return 0 < len(text) <= MAX_KEY and not any(c in "/#+" or not c.isprintable() for c in text)
+
+
+def unusable_key(apikey: str) -> BadRequestData:
+    """One answer for every key a tenant cannot use, whether it is malformed or another tenant's:
+    nothing tells that a key exists elsewhere."""
+    return BadRequestData(f"apikey {apikey!r} cannot be used; choose another key")
+
+
+def check_apikey(apikey: str) -> str:
+    if not topic_level(apikey):
+        raise unusable_key(apikey)
+    return apikey
 
 
 def entity_id_for(entity_type: str, device_id: str) -> str:
@@ -209,11 +236,12 @@ def parse_device(raw: Any, tenant: str, service_path: str, group: ServiceGroup |
     if not isinstance(raw, dict):
         raise BadRequestData("a device must be a JSON object")
     device_id = _text(raw, "device_id", required=True)
-    if "/" in device_id or "#" in device_id or "+" in device_id:
-        raise BadRequestData("device_id must not contain /, # or + (it is an MQTT topic level)")
+    if not topic_level(device_id):
+        raise BadRequestData("device_id must not contain /, #, + or control characters (it is an MQTT topic level)")
     apikey = _text(raw, "apikey") or (group.apikey if group else "")
     if not apikey:
         raise BadRequestData(f"device {device_id}: give an apikey (no single service group to take it from)")
+    check_apikey(apikey)
     entity_type = _text(raw, "entity_type") or (group.entity_type if group else "")
     if not entity_type:
         raise BadRequestData(f"device {device_id}: give an entity_type")
@@ -261,43 +289,86 @@ class Registry:
         self.store = store
         self._groups: dict[str, ServiceGroup] = {}  # by apikey (API keys are unique)
         self._devices: dict[tuple[str, str], Device] = {}  # by (apikey, device_id)
+        self._owners: dict[str, str] = {}  # apikey -> the tenant that claimed it
 
     async def load(self) -> None:
         """(Re)load every group and device from the store: at startup, and after another worker
-        changed them. The new maps replace the old whole, so a lookup never sees half of each."""
+        changed them. The new maps replace the old whole, so a lookup never sees half of each.
+        A group or device under a key another tenant owns (written before keys were claimed) is
+        left out: it could route measures across tenants."""
+        owners = {r.key: str(r.document.get("tenant", "")) for r in await self.store.load_ingest_records(KEY)}
         groups: dict[str, ServiceGroup] = {}
         for record in await self.store.load_ingest_records(GROUP):
             doc = record.document
             group = parse_group(doc, doc.get("service", ""), doc.get("subservice", "/"))
-            groups[group.apikey] = group
+            if owners.setdefault(group.apikey, group.tenant) == group.tenant:
+                groups[group.apikey] = group
         devices: dict[tuple[str, str], Device] = {}
         for record in await self.store.load_ingest_records(DEVICE):
             device = device_from_document(record.document, groups.get(record.document.get("apikey", "")))
-            devices[(device.apikey, device.device_id)] = device
-        self._groups, self._devices = groups, devices
+            if owners.setdefault(device.apikey, device.tenant) == device.tenant:
+                devices[(device.apikey, device.device_id)] = device
+        self._groups, self._devices, self._owners = groups, devices, owners
+
+    def _claims(self, tenant: str, keys: list[str]) -> list[IngestRecord]:
+        """The claim records to write for the keys `tenant` uses first; refuses another's key."""
+        claims: dict[str, IngestRecord] = {}
+        for key in keys:
+            owner = self._owners.get(key)
+            if owner is None:
+                claims[key] = IngestRecord(KEY, "", key, {"tenant": tenant})
+            elif owner != tenant:
+                raise unusable_key(key)
+        return list(claims.values())
+
+    async def _write(self, tenant: str, records: list[IngestRecord], keys: list[str]) -> None:
+        claims = self._claims(tenant, keys)
+        try:
+            await self.store.add_ingest_records(claims + records)
+        except AlreadyExists:
+            if any(claim.key not in self._owners for claim in claims):
+                await self.load()  # another worker may have claimed a key meanwhile
+                self._claims(tenant, keys)
+            raise
+        for claim in claims:
+            self._owners[claim.key] = tenant
+
+    async def _release(self, tenant: str, apikey: str) -> None:
+        """Give up the claim of a key its tenant no longer uses."""
+        if apikey in self._groups or any(key == apikey for key, _ in self._devices):
+            return
+        if self._owners.get(apikey) == tenant:
+            await self.store.delete_ingest_record(KEY, "", apikey)
+            del self._owners[apikey]
 
     # -- service groups ------------------------------------------------------------------------
     def groups(self, tenant: str) -> list[ServiceGroup]:
         return [g for g in self._groups.values() if g.tenant == tenant]
 
-    def group(self, apikey: str) -> ServiceGroup | None:
-        return self._groups.get(apikey)
+    def group(self, tenant: str, apikey: str) -> ServiceGroup | None:
+        group = self._groups.get(apikey)
+        return group if group is not None and group.tenant == tenant else None
 
     async def add_groups(self, groups: list[ServiceGroup]) -> None:
-        keys = [g.apikey for g in groups]
-        taken = [key for key in keys if key in self._groups]
-        if taken or len(set(keys)) != len(keys):
-            raise AlreadyExists(f"a service group with apikey {(taken or keys)[0]} already exists")
-        await self.store.add_ingest_records([IngestRecord(GROUP, g.tenant, g.apikey, g.document()) for g in groups])
-        for group in groups:
-            self._groups[group.apikey] = group
+        for tenant in {g.tenant for g in groups}:
+            keys = [g.apikey for g in groups if g.tenant == tenant]
+            self._claims(tenant, keys)
+            taken = [key for key in keys if key in self._groups]
+            if taken or len(set(keys)) != len(keys):
+                raise AlreadyExists(f"a service group with apikey {(taken or keys)[0]} already exists")
+        for tenant in {g.tenant for g in groups}:
+            mine = [g for g in groups if g.tenant == tenant]
+            records = [IngestRecord(GROUP, g.tenant, g.apikey, g.document()) for g in mine]
+            await self._write(tenant, records, [g.apikey for g in mine])
+            for group in mine:
+                self._groups[group.apikey] = group
 
     async def remove_group(self, tenant: str, apikey: str) -> bool:
-        group = self._groups.get(apikey)
-        if group is None or group.tenant != tenant:
+        if self.group(tenant, apikey) is None:
             return False
         await self.store.delete_ingest_record(GROUP, tenant, apikey)
         del self._groups[apikey]
+        await self._release(tenant, apikey)
         return True
 
     # -- devices ---------------------------------------------------------------------------------
@@ -314,16 +385,19 @@ class Registry:
 
     async def add_devices(self, devices: list[Device]) -> None:
         keys = [(d.apikey, d.device_id) for d in devices]
+        for tenant in {d.tenant for d in devices}:
+            self._claims(tenant, [d.apikey for d in devices if d.tenant == tenant])
         for device in devices:
             if (device.apikey, device.device_id) in self._devices or self.device(device.tenant, device.device_id):
                 raise AlreadyExists(f"device {device.device_id} already exists")
         if len(set(keys)) != len(keys):
             raise AlreadyExists("the request provisions the same device twice")
-        await self.store.add_ingest_records(
-            [IngestRecord(DEVICE, d.tenant, d.device_id, d.document()) for d in devices]
-        )
-        for device in devices:
-            self._devices[(device.apikey, device.device_id)] = device
+        for tenant in {d.tenant for d in devices}:
+            mine = [d for d in devices if d.tenant == tenant]
+            records = [IngestRecord(DEVICE, d.tenant, d.device_id, d.document()) for d in mine]
+            await self._write(tenant, records, [d.apikey for d in mine])
+            for device in mine:
+                self._devices[(device.apikey, device.device_id)] = device
 
     async def remove_device(self, tenant: str, device_id: str) -> bool:
         device = self.device(tenant, device_id)
@@ -331,21 +405,26 @@ class Registry:
             return False
         await self.store.delete_ingest_record(DEVICE, tenant, device_id)
         del self._devices[(device.apikey, device.device_id)]
+        await self._release(tenant, device.apikey)
         return True
 
     async def resolve(self, apikey: str, device_id: str) -> Device | None:
-        """The device a measure comes from; an unknown device of an autoprovisioning group is
-        provisioned on its first measure (as the FIWARE agents do)."""
+        """The device a measure comes from, always one of the key owner's; an unknown device of an
+        autoprovisioning group is provisioned on its first measure (as the FIWARE agents do)."""
+        owner = self._owners.get(apikey)
         device = self._devices.get((apikey, device_id))
         if device is not None:
-            return device
+            return device if device.tenant == owner else None
         group = self._groups.get(apikey)
-        if group is None or not group.autoprovision:
+        if group is None or not group.autoprovision or group.tenant != owner:
             return None
         try:
             device = parse_device({"device_id": device_id}, group.tenant, group.service_path, group)
         except BadRequestData:
             return None
         if (apikey, device_id) not in self._devices:  # a concurrent measure may have provisioned it
-            await self.add_devices([device])
-        return self._devices[(apikey, device_id)]
+            try:
+                await self.add_devices([device])
+            except NgsiLdError:  # the tenant has a device of that id under another key
+                return None
+        return self._devices.get((apikey, device_id))

@@ -7,7 +7,6 @@ body a size limit, and redirects are not followed.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 import uuid
 from dataclasses import dataclass, field
@@ -18,7 +17,8 @@ import httpx
 import orjson
 
 from cityos.errors import BadRequestData
-from cityos.net import ALLOW_PRIVATE_HINT, OutboundPolicy, OutboundRefused
+from cityos.net import OutboundPolicy, OutboundRefused, check_host
+from cityos.redact import redact_uri
 
 JSON = "application/json"
 MQTT_PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -26,18 +26,14 @@ MQTT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 def check_endpoint(uri: str, allow_private_networks: bool) -> None:
     """Refuse, when the subscription is made, an endpoint that can never be allowed: a loopback
-    or private address written literally. Names are resolved and checked at each delivery."""
+    name or a non-public address written literally (net.check_host). Names are resolved and
+    checked at each delivery, on the connection itself."""
     if allow_private_networks:
         return
-    host = urlsplit(uri).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
-        raise BadRequestData(f"notification endpoint {host} is a loopback address; {ALLOW_PRIVATE_HINT}")
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return
-    if not address.is_global:
-        raise BadRequestData(f"notification endpoint {host} is not a public address; {ALLOW_PRIVATE_HINT}")
+        check_host(urlsplit(uri).hostname or "")
+    except OutboundRefused as exc:
+        raise BadRequestData(f"notification endpoint {exc}") from exc
 
 
 class DeliveryFailed(Exception):
@@ -67,11 +63,9 @@ class Sender:
         self.policy = policy
         self.timeout = timeout
         self.max_bytes = max_bytes
-        self._http = httpx.AsyncClient(
-            timeout=timeout,
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-        )
+        # every connection goes to an address the policy checked (no second DNS lookup)
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        self._http = policy.client(limits=limits, timeout=timeout)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -83,12 +77,6 @@ class Sender:
             raise DeliveryFailed(f"the notification is {len(body)} bytes, over {self.max_bytes}", permanent=True)
         return body
 
-    async def _check(self, url: str) -> None:
-        try:
-            await self.policy.check_target(url)
-        except OutboundRefused as exc:
-            raise DeliveryFailed(str(exc)) from exc
-
     async def send(self, outgoing: Outgoing) -> None:
         scheme = urlsplit(outgoing.uri).scheme
         if scheme in MQTT_PORTS:
@@ -98,18 +86,21 @@ class Sender:
 
     async def _post(self, outgoing: Outgoing) -> None:
         body = self._body(outgoing.notification)
-        await self._check(outgoing.uri)
         headers = [("Content-Type", outgoing.content_type)]
         if outgoing.link is not None:
             headers.append(("Link", outgoing.link))
         headers.extend(outgoing.receiver_info)
+        where = redact_uri(outgoing.uri)  # messages end up in the log: no credentials
         try:
+            self.policy.check_url(outgoing.uri)
             async with self._http.stream("POST", outgoing.uri, content=body, headers=headers) as response:
                 status = response.status_code  # the body of the answer is never read
+        except OutboundRefused as exc:
+            raise DeliveryFailed(f"{where}: {exc}") from exc
         except httpx.HTTPError as exc:
-            raise DeliveryFailed(f"{outgoing.uri}: {type(exc).__name__}: {exc}") from exc
+            raise DeliveryFailed(f"{where}: {type(exc).__name__}: {exc}") from exc
         if not 200 <= status < 300:
-            raise DeliveryFailed(f"{outgoing.uri} answered HTTP {status}")
+            raise DeliveryFailed(f"{where} answered HTTP {status}")
 
     async def _publish(self, outgoing: Outgoing) -> None:
         """MQTT: the message is {"metadata": {headers}, "body": notification}, published to the
@@ -119,8 +110,10 @@ class Sender:
         parts = urlsplit(outgoing.uri)
         host = parts.hostname or ""
         port = parts.port or MQTT_PORTS[parts.scheme]
-        # the address rule is the same for every scheme: check it as the HTTP URL of that host
-        await self._check(f"http://{parts.netloc.rpartition('@')[2]}/")
+        try:  # the address rule is the same for every scheme; the client connects to the checked address
+            address = await self.policy.resolve(host, port)
+        except OutboundRefused as exc:
+            raise DeliveryFailed(str(exc)) from exc
         metadata: dict[str, str] = {"Content-Type": outgoing.content_type}
         if outgoing.link is not None:
             metadata["Link"] = outgoing.link
@@ -130,17 +123,35 @@ class Sender:
         protocol = aiomqtt.ProtocolVersion.V5 if version == "mqtt5.0" else aiomqtt.ProtocolVersion.V311
         qos = int(outgoing.notifier_info.get("MQTT-QoS", "0"))
         client = aiomqtt.Client(
-            host,
+            address,
             port,
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
             identifier=f"cityos-{uuid.uuid4().hex[:12]}",
             protocol=protocol,
             timeout=self.timeout,
-            tls_context=ssl.create_default_context() if parts.scheme == "mqtts" else None,
+            tls_context=_tls_for(host) if parts.scheme == "mqtts" else None,
         )
         try:
             async with client:
                 await client.publish(parts.path.lstrip("/"), body, qos=qos, timeout=self.timeout)
         except (aiomqtt.MqttError, OSError) as exc:
             raise DeliveryFailed(f"{host}:{port}: {type(exc).__name__}: {exc}") from exc
+
+
+class _NamedTLSContext(ssl.SSLContext):
+    """A default TLS context that verifies the certificate against the endpoint's name while the
+    MQTT client connects to the checked address (paho would send the address as SNI)."""
+
+    server_name = ""
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["server_hostname"] = self.server_name or kwargs.get("server_hostname")
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def _tls_for(host: str) -> ssl.SSLContext:
+    context = _NamedTLSContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_default_certs()
+    context.server_name = host
+    return context

@@ -25,6 +25,7 @@ from cityos.entities.values import now
 from cityos.errors import NgsiLdError, log_failure
 from cityos.jsonld.registry import ContextRegistry
 from cityos.ngsild.join import join_plan, render_joined
+from cityos.redact import redact_uri
 from cityos.settings import Settings
 from cityos.store.base import EntityStore, OutboxRow
 from cityos.subscriptions.delivery import DeliveryFailed, Outgoing, Sender
@@ -198,7 +199,9 @@ class Dispatcher:
                 delivery.status = "ok"
             else:
                 # per attempt, so DEBUG: the subscription's status counts failures, giving up is a WARNING
-                log.debug("notification to %s failed: %s", subscription.notification["endpoint"]["uri"], failure)
+                log.debug(
+                    "notification to %s failed: %s", redact_uri(subscription.notification["endpoint"]["uri"]), failure
+                )
                 delivery.times_failed += 1
                 delivery.last_failure = now()
                 delivery.status = "failed"

@@ -28,6 +28,7 @@ from cityos.query import selectors
 from cityos.query.entity_query import scope_predicate, selector_predicate
 from cityos.query.geo import parse_geoq
 from cityos.query.q import parse_q
+from cityos.redact import redact_endpoint, restore_endpoint
 from cityos.store.base import SubscriptionRow
 
 Doc = dict[str, Any]
@@ -442,6 +443,8 @@ def merge_subscription(doc: Doc, fragment: Any, terms: TermMap) -> Doc:
             merged.pop(name, None)
         else:
             merged[name] = parse(fragment[name], terms)
+    if "notification" in fragment and fragment["notification"] is not None:  # redacted secrets sent back
+        restore_endpoint(merged["notification"]["endpoint"], doc["notification"]["endpoint"])
     _check(merged)
     return merged
 
@@ -470,4 +473,5 @@ def render_subscription(subscription: Subscription, terms: TermMap, now: datetim
                 notification[key] = value
         if delivery.status is not None:
             notification["status"] = delivery.status
+    redact_endpoint(notification["endpoint"])  # credentials are used, never shown (docs/security.md)
     return out

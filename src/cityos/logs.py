@@ -1,0 +1,51 @@
+"""Log lines that a client cannot forge or read secrets from.
+
+Values that reach a log line come from clients (device ids, API keys, endpoint URIs, entity ids),
+so the formatter CityOS logs with escapes every control character of the rendered message (a
+newline becomes the two characters `\\n`: one record is always one line), hides the password of
+any URL in it (redact.redact_text), and marks each line of a traceback as a continuation, so no
+line a client wrote can pass for a record of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from cityos.redact import redact_text
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CONTINUATION = "\n  | "
+
+
+def escape_control(text: str) -> str:
+    """`text` with each control character written as a Python escape (\\n, \\x1b, \\u2028)."""
+    return CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class SafeFormatter(logging.Formatter):
+    """The formatter of CityOS's log handler (see the module docstring)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_control(redact_text(record.message))
+        return super().formatMessage(record)
+
+    def formatException(self, ei: logging._SysExcInfoType) -> str:
+        return redact_text(super().formatException(ei)).replace("\n", CONTINUATION)
+
+    def formatStack(self, stack_info: str) -> str:
+        return super().formatStack(stack_info).replace("\n", CONTINUATION)
+
+
+def configure(level: str) -> None:
+    """Log to stderr at `level` through SafeFormatter (once per process; a handler that is
+    already there, such as a test's, only gets the formatter)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level.upper(), format=FORMAT)
+    else:
+        root.setLevel(level.upper())
+    for handler in root.handlers:
+        if not isinstance(handler.formatter, SafeFormatter):
+            handler.setFormatter(SafeFormatter(FORMAT))
