@@ -232,15 +232,16 @@ def serving(db_url: str, tmp_path: Path, **settings: str) -> Iterator[Server]:
 
 @pytest.fixture
 def strict(db_url: str, tmp_path: Path) -> Iterator[Server]:
-    """A server with the default policy: no private networks."""
-    yield from serving(db_url, tmp_path, log_level="info")
+    """A server with the default policy: no private networks; logging at DEBUG, where each failed
+    delivery attempt is logged (so the tests see that even the most verbose log keeps secrets out)."""
+    yield from serving(db_url, tmp_path, log_level="debug")
 
 
 @pytest.fixture
 def open_server(db_url: str, tmp_path: Path) -> Iterator[Server]:
-    """A server that may notify 127.0.0.1 (the test's receivers), logging at INFO."""
+    """A server that may notify 127.0.0.1 (the test's receivers), logging at DEBUG."""
     yield from serving(
-        db_url, tmp_path, log_level="info", allow_private_networks="true", notification_retry_delay="0.1"
+        db_url, tmp_path, log_level="debug", allow_private_networks="true", notification_retry_delay="0.1"
     )
 
 
