@@ -40,11 +40,20 @@ class Settings:
     context_fetch_timeout: float = _setting(5.0, "Seconds allowed to fetch a remote @context.")
     context_max_bytes: int = _setting(1_048_576, "Largest remote @context accepted, in bytes.")
     context_cache_size: int = _setting(256, "How many remote @contexts are kept in the cache.")
+    context_failure_ttl: float = _setting(
+        30.0, "Seconds a failed remote @context fetch is remembered and answered at once (504) before a new try."
+    )
+    context_request_budget: float = _setting(
+        10.0, "Total seconds one request may spend fetching remote @contexts (504 past it)."
+    )
     max_body_bytes: int = _setting(2_097_152, "Largest request body accepted, in bytes (413 past it).")
     max_batch_size: int = _setting(1000, "Largest number of entities in one batch operation.")
     max_page_size: int = _setting(1000, "Largest `limit` accepted by a query (spec errors past it).")
     default_page_size: int = _setting(20, "Page size of a query that gives no `limit`.")
     query_timeout: float = _setting(10.0, "Seconds a query may run in the store before it is stopped (403).")
+    max_pattern_length: int = _setting(
+        1024, "Longest regular expression (idPattern, q ~=) accepted, in characters (400 past it)."
+    )
     core_context: str = _setting("v1.9", "Version of the ETSI core @context applied by default: v1.9 or v1.8.")
     notification_timeout: float = _setting(10.0, "Seconds allowed for one notification (connect, send, answer).")
     notification_max_bytes: int = _setting(4_194_304, "Largest notification sent, in bytes; a larger one is dropped.")
@@ -128,11 +137,15 @@ class Settings:
             "context_max_bytes",
             "context_cache_size",
             "temporal_page_size",
+            "max_pattern_length",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
-        if self.context_fetch_timeout <= 0:
-            raise ValueError("context_fetch_timeout must be positive")
+        for name in ("context_fetch_timeout", "context_request_budget"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.context_failure_ttl < 0:
+            raise ValueError("context_failure_ttl must not be negative")
         for name in ("notification_timeout", "notification_retry_delay", "notification_retry_max_delay"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

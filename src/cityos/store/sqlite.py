@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import orjson
-import regex
 
 from cityos.entities.expiry import next_expiry, now_key, visible
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import NgsiLdError, QueryTimeout
+from cityos.query.patterns import found
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import (
     ChangeListener,
@@ -38,7 +38,6 @@ from cityos.store.sqlite_catalog import SQLiteCatalog
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 
 T = TypeVar("T")
-REGEX_TIMEOUT = 0.1
 SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, created_at TEXT NOT NULL);
@@ -127,11 +126,9 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 def _regexp(pattern: str, value: str | None) -> bool:
-    """idPattern matching with a per-call timeout: a pathological pattern cannot hang a reader."""
-    try:
-        return value is not None and regex.search(pattern, value, timeout=REGEX_TIMEOUT) is not None
-    except TimeoutError:
-        return False
+    """idPattern pushed into SQL, matched with RE2 (query/patterns.py) like everywhere else: linear
+    time, so a pattern cannot hang a reader (validated before the query reaches the store)."""
+    return value is not None and found(pattern, value)
 
 
 class SQLiteStore(SQLiteCatalog, SQLiteTemporal):

@@ -27,6 +27,7 @@ from cityos.entities.expiry import next_expiry, now_key, visible
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import BadRequestData, NgsiLdError, QueryTimeout
+from cityos.query.patterns import id_pattern_in_python
 from cityos.store.base import (
     ChangeListener,
     EntityChange,
@@ -316,6 +317,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
 
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         now = now_key()
+        query = id_pattern_in_python(query)  # PostgreSQL's regex dialect gets only what it reads as RE2 does
         p = Params()
         condition = where(tenant, query, now, p)
         try:

@@ -24,6 +24,7 @@ import orjson
 
 from cityos.entities.model import Entity, Instance
 from cityos.errors import BadRequestData, QueryTimeout
+from cityos.query.patterns import id_pattern_in_python
 from cityos.store.postgres.sql import Params
 from cityos.store.sqlite_temporal import COLUMNS, FOREVER
 from cityos.store.temporal_base import (
@@ -138,6 +139,7 @@ class PostgresTemporalReads:
 
     async def _select(self, connection: Connection, tenant: str, query: TemporalQuery, now: int) -> Selection:
         """The page of matching entities (SQL filters, then the predicate and the scope test)."""
+        query = id_pattern_in_python(query)  # PostgreSQL's regex dialect gets only what it reads as RE2 does
         p = Params()
         clauses = [f"e.tenant = {p(tenant)}"]
         if query.ids is not None:
