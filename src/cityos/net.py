@@ -5,6 +5,7 @@ unless `allow_private_networks` is set."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -45,11 +46,20 @@ class OutboundPolicy:
                     f"{host} resolves to the non-public address {address}; set allow_private_networks to permit it"
                 )
 
-    async def get(self, url: str, accept: str, headers: dict[str, str] | None = None) -> bytes:
+    def client(self) -> httpx.AsyncClient:
+        """A client for `get` to share: building one costs an SSL context, blocking the event loop."""
+        return httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+
+    async def get(
+        self, url: str, accept: str, headers: dict[str, str] | None = None, *, client: httpx.AsyncClient | None = None
+    ) -> bytes:
         """GET a resource under the policy, following up to MAX_REDIRECTS redirects, each target
-        checked again; returns the body or raises OutboundRefused."""
+        checked again; returns the body or raises OutboundRefused. `client` (from `client()`) is
+        used if given, otherwise one is made for this call."""
         try:
-            async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+            async with contextlib.AsyncExitStack() as stack:
+                if client is None:
+                    client = await stack.enter_async_context(self.client())
                 for _ in range(MAX_REDIRECTS + 1):
                     await self.check_target(url)
                     async with client.stream("GET", url, headers={**(headers or {}), "Accept": accept}) as response:

@@ -51,6 +51,11 @@ class Settings:
     max_page_size: int = _setting(1000, "Largest `limit` accepted by a query (spec errors past it).")
     default_page_size: int = _setting(20, "Page size of a query that gives no `limit`.")
     query_timeout: float = _setting(10.0, "Seconds a query may run in the store before it is stopped (403).")
+    client_query_share: int = _setting(
+        2,
+        "Most queries one client (remote address) runs in the store at once, its others wait their turn: "
+        "one client cannot take every SQLite reader thread (4) or PostgreSQL connection (10); 0: no limit.",
+    )
     max_pattern_length: int = _setting(
         1024, "Longest regular expression (idPattern, q ~=) accepted, in characters (400 past it)."
     )
@@ -144,6 +149,8 @@ class Settings:
         for name in ("context_fetch_timeout", "context_request_budget"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.client_query_share < 0:
+            raise ValueError("client_query_share must not be negative")
         if self.context_failure_ttl < 0:
             raise ValueError("context_failure_ttl must not be negative")
         for name in ("notification_timeout", "notification_retry_delay", "notification_retry_max_delay"):

@@ -33,6 +33,8 @@ from cityos.store.base import (
     OutboxRow,
     QueryResult,
 )
+from cityos.store.fair import FairShare
+from cityos.store.paging import bounded
 from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, own_expiry
 from cityos.store.sqlite_catalog import SQLiteCatalog
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
@@ -134,9 +136,10 @@ def _regexp(pattern: str, value: str | None) -> bool:
 class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
 
-    def __init__(self, path: str, *, readers: int = 4, query_timeout: float = 10.0) -> None:
+    def __init__(self, path: str, *, readers: int = 4, query_timeout: float = 10.0, client_share: int = 0) -> None:
         self.path = path
         self.query_timeout = query_timeout
+        self._fair = FairShare(client_share)  # queries of one client hold at most this many readers
         self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cityos-writer")
         self._reader_pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cityos-reader")
         self._local = threading.local()
@@ -422,6 +425,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         return visible(orjson.loads(row[0])) if row else None
 
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
+        query = bounded(query, self.query_timeout)  # the Python half stops at the deadline too
         now = now_key()
         where, params = _where(tenant, query, now)
         exact = query.predicate is None and query.attrs is None and query.sort is None
@@ -493,7 +497,8 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         return QueryResult(entities, total, has_more)
 
     async def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """A read that SQLite aborts once query_timeout has passed (QueryTimeout)."""
+        """A read that SQLite aborts once query_timeout has passed (QueryTimeout), holding one of the
+        client's fair share of readers (store/fair.py)."""
         timeout = self.query_timeout
 
         def run(connection: sqlite3.Connection) -> T:
@@ -508,7 +513,8 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
             finally:
                 connection.set_progress_handler(None, 0)
 
-        return await self._read(run)
+        async with self._fair.slot():
+            return await self._read(run)
 
     async def purge_expired(self, now: str) -> list[EntityChange]:
         def run(connection: sqlite3.Connection) -> list[EntityChange]:

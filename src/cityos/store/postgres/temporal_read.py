@@ -25,6 +25,8 @@ import orjson
 from cityos.entities.model import Entity, Instance
 from cityos.errors import BadRequestData, QueryTimeout
 from cityos.query.patterns import id_pattern_in_python
+from cityos.store.fair import FairShare
+from cityos.store.paging import bounded
 from cityos.store.postgres.sql import Params
 from cityos.store.sqlite_temporal import COLUMNS, FOREVER
 from cityos.store.temporal_base import (
@@ -115,6 +117,7 @@ class PostgresTemporalReads:
     if TYPE_CHECKING:
         query_timeout: float
         _sync_pool: ThreadPoolExecutor
+        _fair: FairShare
 
         @property
         def pool(self) -> asyncpg.Pool: ...
@@ -123,15 +126,16 @@ class PostgresTemporalReads:
         """Run `fn` in a read-only snapshot under query_timeout, like query_entities."""
         timeout = self.query_timeout
         try:
-            async with asyncio.timeout(timeout):
-                async with (
-                    self.pool.acquire() as connection,
-                    connection.transaction(isolation="repeatable_read", readonly=True),
-                ):
-                    await connection.execute(
-                        "SELECT set_config('statement_timeout', $1, true)", f"{max(1, int(timeout * 1000))}"
-                    )
-                    return await fn(connection)
+            async with (
+                self._fair.slot(),
+                asyncio.timeout(timeout),
+                self.pool.acquire() as connection,
+                connection.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                await connection.execute(
+                    "SELECT set_config('statement_timeout', $1, true)", f"{max(1, int(timeout * 1000))}"
+                )
+                return await fn(connection)
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise QueryTimeout(f"the query took longer than {timeout} s") from exc
         except asyncpg.InvalidRegularExpressionError as exc:
@@ -140,6 +144,7 @@ class PostgresTemporalReads:
     async def _select(self, connection: Connection, tenant: str, query: TemporalQuery, now: int) -> Selection:
         """The page of matching entities (SQL filters, then the predicate and the scope test)."""
         query = id_pattern_in_python(query)  # PostgreSQL's regex dialect gets only what it reads as RE2 does
+        query = bounded(query, self.query_timeout)  # the predicate stops at the deadline too
         p = Params()
         clauses = [f"e.tenant = {p(tenant)}"]
         if query.ids is not None:
