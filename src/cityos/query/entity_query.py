@@ -107,7 +107,7 @@ def selector_predicate(
         ) -> bool:
             if entity_id is not None and entity["id"] not in entity_id:
                 return False
-            if compiled is not None and compiled.search(entity["id"]) is None:
+            if compiled is not None and not compiled.search(entity["id"]):
                 return False
             if type_test is not None:
                 return type_test(entity)
