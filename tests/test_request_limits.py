@@ -19,6 +19,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from cityos.query import patterns
 from conftest import CORE
 
 BASE = "/ngsi-ld/v1"
@@ -179,6 +180,29 @@ def test_id_pattern_means_the_same_on_every_back_end(client: TestClient, pattern
     temporal = client.get(f"{BASE}/temporal/entities", params={"type": "T", "idPattern": pattern})
     assert temporal.status_code == 200, temporal.text
     assert sorted(e["id"] for e in temporal.json()) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "portable"),
+    [
+        ("^urn:ngsi-ld:Vehicle:.*$", True),
+        (r"urn:ngsi-ld:(Bus|Tram)\.[a-z_-]+", True),
+        (r"T:\d+", False),  # \d: RE2 and PostgreSQL agree here, but escapes are kept out as a class
+        (r"\bAB", False),  # \b is a backspace in PostgreSQL
+        ("(?i)ab", False),
+        ("a{2}", False),  # counted repetition: RE2 allows up to 1000, PostgreSQL 255
+        ("[[:alpha:]]", False),
+    ],
+)
+def test_only_patterns_both_dialects_read_alike_go_to_postgresql(pattern: str, portable: bool) -> None:
+    assert patterns.portable(pattern) is portable
+
+
+def test_a_stored_pattern_re2_cannot_evaluate_matches_nothing() -> None:
+    # a registration stored before RE2 may hold one: it must not break the queries it is matched with
+    assert patterns.found("(?=urn)urn", "urn:ngsi-ld:T:1") is False
+    assert patterns.found("urn:.*:1$", "urn:ngsi-ld:T:1") is True
+    assert patterns.found("a", "\ud800a") is True  # a lone surrogate in a stored value is no error
 
 
 # --- 1.2 @context resolution -----------------------------------------------------------------------

@@ -87,8 +87,10 @@ def compile_pattern(pattern: str, what: str, max_length: int = DEFAULT_MAX_LENGT
 
 
 def found(pattern: str, text: str) -> bool:
-    """Whether `pattern` (validated when it came in: a query's, or a stored registration's) occurs in `text`."""
-    return compile_pattern(pattern, "idPattern: invalid regular expression", len(pattern)).search(text)
+    """Whether `pattern` occurs in `text`, for patterns checked when they came in (a query's) or
+    stored earlier (a registration's): one RE2 cannot evaluate matches nothing, never an error."""
+    compiled = _compile(pattern)
+    return not isinstance(compiled, str) and compiled.search(text)
 
 
 def portable(pattern: str) -> bool:
@@ -109,7 +111,7 @@ def id_pattern_in_python(query: Q) -> Q:
     pattern = query.id_pattern
     if pattern is None or portable(pattern):
         return query
-    found(pattern, "")  # BadRequestData now rather than inside the store
+    compile_pattern(pattern, "idPattern: invalid regular expression", len(pattern))  # 400 now, not in the store
     previous = query.predicate
 
     def predicate(entity: dict[str, Any]) -> bool:
