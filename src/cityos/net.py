@@ -47,8 +47,11 @@ class OutboundPolicy:
                 )
 
     def client(self) -> httpx.AsyncClient:
-        """A client for `get` to share: building one costs an SSL context, blocking the event loop."""
-        return httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+        """A client for `get` to share: building one costs an SSL context, blocking the event loop.
+        It keeps no idle connection: each request connects to the target it checked."""
+        return httpx.AsyncClient(
+            timeout=self.timeout, follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
     async def get(
         self, url: str, accept: str, headers: dict[str, str] | None = None, *, client: httpx.AsyncClient | None = None

@@ -100,7 +100,8 @@ class ContextRegistry:
         self.request_budget = request_budget
         # URL -> (monotonic expiry, error class, detail) of a recent failed fetch
         self._failures: dict[str, tuple[float, type[NgsiLdError], str]] = {}
-        self._client: httpx.AsyncClient | None = None  # made at the first fetch, closed by aclose()
+        # made at the first fetch on an event loop, closed by aclose()
+        self._client: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
         self.core_url = core_url(default_core)
         self.cache_size = cache_size
         self._core_docs: dict[str, dict[str, Any]] = {}
@@ -226,9 +227,9 @@ class ContextRegistry:
 
     async def aclose(self) -> None:
         """Close the shared HTTP client (at shutdown)."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        held, self._client = self._client, None
+        if held is not None and held[0] is asyncio.get_running_loop():
+            await held[1].aclose()
 
     def deadline(self) -> float:
         """The event-loop time by which a request that starts now must have its contexts."""
@@ -318,10 +319,11 @@ class ContextRegistry:
         return (await self._fetch(url)).document
 
     async def _download(self, url: str) -> dict[str, Any]:
-        if self._client is None:
-            self._client = self.policy.client()
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client[0] is not loop:  # a client belongs to one loop
+            self._client = (loop, self.policy.client())  # a former loop's holds no connection to close
         try:
-            body = await self.policy.get(url, "application/ld+json, application/json", client=self._client)
+            body = await self.policy.get(url, "application/ld+json, application/json", client=self._client[1])
         except OutboundRefused as exc:
             raise LdContextNotAvailable(f"@context {url} could not be retrieved: {exc}") from exc
         try:
