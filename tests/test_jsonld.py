@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -597,8 +598,21 @@ class TestRemoteContexts:
             run(remote_registry().resolve("", url))
         assert caught.value.status == 504
 
-    def test_failure_is_not_cached(self, http_server: ContextServer) -> None:
-        registry = remote_registry()
+    def test_failure_is_remembered_for_failure_ttl(self, http_server: ContextServer) -> None:
+        registry = ContextRegistry(OutboundPolicy(allow_private_networks=True, timeout=2.0), failure_ttl=0.5)
+        url = http_server.url("/later.jsonld")
+        with pytest.raises(LdContextNotAvailable):
+            run(registry.resolve("", url))
+        http_server.serve_json("/later.jsonld", VEHICLE_CONTEXT)
+        with pytest.raises(LdContextNotAvailable, match="context_failure_ttl"):
+            run(registry.resolve("", url))  # answered from the negative cache, no new fetch
+        assert http_server.hits["/later.jsonld"] == 1
+        time.sleep(0.6)
+        assert run(registry.resolve("", url)).terms.expand("speed") == EX + "speed"
+        assert http_server.hits["/later.jsonld"] == 2
+
+    def test_failure_ttl_zero_retries_every_time(self, http_server: ContextServer) -> None:
+        registry = ContextRegistry(OutboundPolicy(allow_private_networks=True, timeout=2.0), failure_ttl=0)
         url = http_server.url("/later.jsonld")
         with pytest.raises(LdContextNotAvailable):
             run(registry.resolve("", url))

@@ -41,6 +41,7 @@ from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.settings import Settings
 from cityos.store import open_store
 from cityos.store.base import StoreEvent
+from cityos.store.fair import current_client
 from cityos.subscriptions.service import SubscriptionService
 from cityos.temporal.service import HistoryService
 
@@ -111,6 +112,8 @@ class ProtocolGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope.get("client"):
+            current_client.set(scope["client"][0])  # the store shares its query capacity by client
         raw_path = scope.get("raw_path")
         if raw_path and b"%2f" in raw_path.lower():
             # an encoded "/" inside an id must not split the route: decode everything else
@@ -267,6 +270,8 @@ def create_app(settings: Settings) -> Starlette:
         default_core=settings.core_context,
         cache_size=settings.context_cache_size,
         preload_manifest=settings.context_preload,
+        failure_ttl=settings.context_failure_ttl,
+        request_budget=settings.context_request_budget,
     )
     registry.base_url = f"http://{settings.host}:{settings.port}"
     services = Services(
@@ -276,6 +281,7 @@ def create_app(settings: Settings) -> Starlette:
             query_timeout=settings.query_timeout,
             worker_timeout=settings.worker_timeout,
             busy_timeout=settings.db_busy_timeout,
+            client_share=settings.client_query_share,
         ),
         contexts=registry,
     )
@@ -298,6 +304,7 @@ def create_app(settings: Settings) -> Starlette:
 
     async def _start(stack: contextlib.AsyncExitStack) -> None:
         """Each step pushes its undoing on `stack`, so a failed start-up undoes the steps before."""
+        stack.push_async_callback(registry.aclose)
         await services.store.open()
         stack.push_async_callback(services.store.close)
         services.store.set_event_listener(_follow_other_workers(services, notifier, ingest))

@@ -9,7 +9,6 @@ operations, spec 4.3.6) and csourceSubscriptions cannot be created yet (docs/con
 from __future__ import annotations
 
 import copy
-import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from cityos.entities.values import parse_datetime, require_uri
 from cityos.errors import BadRequestData
 from cityos.jsonld.termmap import TermMap
 from cityos.query import selectors
+from cityos.query.patterns import found
 from cityos.redact import redact_registration, restore_registration
 from cityos.subscriptions.model import Doc, _entities, _expires_at, _names, _string, map_type_names
 
@@ -164,9 +164,11 @@ def _entity_matches(
         if "id" in selector:
             if selector["id"] not in ids:
                 return False
-        elif "idPattern" in selector and not any(re.search(selector["idPattern"], i) for i in ids):
+        elif "idPattern" in selector and not any(found(selector["idPattern"], i) for i in ids):
             return False
-    return id_pattern is None or "id" not in selector or re.search(id_pattern, selector["id"]) is not None
+    if id_pattern is None or "id" not in selector:
+        return True
+    return found(id_pattern, selector["id"])
 
 
 def matches(

@@ -48,6 +48,12 @@ class Settings:
     context_fetch_timeout: float = _setting(5.0, "Seconds allowed to fetch a remote @context.")
     context_max_bytes: int = _setting(1_048_576, "Largest remote @context accepted, in bytes.")
     context_cache_size: int = _setting(256, "How many remote @contexts are kept in the cache.")
+    context_failure_ttl: float = _setting(
+        30.0, "Seconds a failed remote @context fetch is remembered and answered at once (504) before a new try."
+    )
+    context_request_budget: float = _setting(
+        10.0, "Total seconds one request may spend fetching remote @contexts (504 past it)."
+    )
     max_body_bytes: int = _setting(
         16_777_216, "Largest request body accepted, in bytes (413 past it); fits a batch of --max-batch-size entities."
     )
@@ -66,6 +72,14 @@ class Settings:
         5.0,
         "Seconds a request waits for the database when another process or connection holds its lock "
         "(PostgreSQL: a row lock, or a pool connection); past it the answer is 503 with Retry-After.",
+    )
+    client_query_share: int = _setting(
+        2,
+        "Most queries one client (remote address) runs in the store at once, its others wait their turn: "
+        "one client cannot take every SQLite reader thread (4) or PostgreSQL connection (10); 0: no limit.",
+    )
+    max_pattern_length: int = _setting(
+        1024, "Longest regular expression (idPattern, q ~=) accepted, in characters (400 past it)."
     )
     core_context: str = _setting("v1.9", "Version of the ETSI core @context applied by default: v1.9 or v1.8.")
     notification_timeout: float = _setting(10.0, "Seconds allowed for one notification (connect, send, answer).")
@@ -153,11 +167,17 @@ class Settings:
             "context_max_bytes",
             "context_cache_size",
             "temporal_page_size",
+            "max_pattern_length",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
-        if self.context_fetch_timeout <= 0:
-            raise ValueError("context_fetch_timeout must be positive")
+        for name in ("context_fetch_timeout", "context_request_budget"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.client_query_share < 0:
+            raise ValueError("client_query_share must not be negative")
+        if self.context_failure_ttl < 0:
+            raise ValueError("context_failure_ttl must not be negative")
         for name in ("notification_timeout", "notification_retry_delay", "notification_retry_max_delay"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

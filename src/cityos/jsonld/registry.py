@@ -2,12 +2,15 @@
 manifest, and remote contexts fetched under the outbound policy and cached.
 
 Every distinct context value is compiled once into a TermMap (see termmap.py) and cached, so a
-request pays for a dict lookup, not for JSON-LD processing.
+request pays for a dict lookup, not for JSON-LD processing. A failed fetch is remembered for
+`failure_ttl` seconds (a batch of 1,000 entities naming one unreachable context tries it once), all
+fetches share one HTTP client, and one request spends at most `request_budget` seconds fetching.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -16,9 +19,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 
-from cityos.errors import BadRequestData, LdContextNotAvailable
+from cityos.errors import BadRequestData, LdContextNotAvailable, NgsiLdError
 from cityos.jsonld.termmap import TermMap, define_terms
 from cityos.net import OutboundPolicy, OutboundRefused
 
@@ -88,8 +92,16 @@ class ContextRegistry:
         default_core: str = "v1.9",
         cache_size: int = 256,
         preload_manifest: str = "",
+        failure_ttl: float = 30.0,
+        request_budget: float = 10.0,
     ) -> None:
         self.policy = policy
+        self.failure_ttl = failure_ttl
+        self.request_budget = request_budget
+        # URL -> (monotonic expiry, error class, detail) of a recent failed fetch
+        self._failures: dict[str, tuple[float, type[NgsiLdError], str]] = {}
+        # made at the first fetch on an event loop, closed by aclose()
+        self._client: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
         self.core_url = core_url(default_core)
         self.cache_size = cache_size
         self._core_docs: dict[str, dict[str, Any]] = {}
@@ -213,9 +225,21 @@ class ContextRegistry:
         stored.document = fresh
         self._compiled.clear()
 
+    async def aclose(self) -> None:
+        """Close the shared HTTP client (at shutdown)."""
+        held, self._client = self._client, None
+        if held is not None and held[0] is asyncio.get_running_loop():
+            await held[1].aclose()
+
+    def deadline(self) -> float:
+        """The event-loop time by which a request that starts now must have its contexts."""
+        return asyncio.get_running_loop().time() + self.request_budget
+
     # -- resolution --------------------------------------------------------------------------
-    async def resolve(self, tenant: str, value: Any) -> ResolvedContext:
-        """Compile a request's @context (a URL, an object, a list, or None for the core only)."""
+    async def resolve(self, tenant: str, value: Any, *, deadline: float | None = None) -> ResolvedContext:
+        """Compile a request's @context (a URL, an object, a list, or None for the core only).
+        Fetching stops at `deadline` (event-loop time; by default request_budget from now), which a
+        request resolving several contexts (a batch) passes to every call."""
         if value is None:
             return ResolvedContext(self.core_terms(), self.core_url, self.core_url)
         key = value if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
@@ -223,7 +247,13 @@ class ContextRegistry:
         terms = self._compiled.get(cache_key)
         if terms is None:
             terms = TermMap(vocab=self.core_terms().vocab)
-            await self._apply(tenant, terms, value, 0, set())
+            try:
+                async with asyncio.timeout_at(self.deadline() if deadline is None else deadline):
+                    await self._apply(tenant, terms, value, 0, set())
+            except TimeoutError as exc:
+                raise LdContextNotAvailable(
+                    f"the @context could not be fetched within {self.request_budget} s (context_request_budget)"
+                ) from exc
             core = self.core_terms()
             terms.terms.update(core.terms)  # the core context comes last and is protected
             terms.vocab = core.vocab
@@ -289,8 +319,12 @@ class ContextRegistry:
         return (await self._fetch(url)).document
 
     async def _download(self, url: str) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client[0] is not loop:  # a client belongs to one loop
+            # no idle connections: a former loop's client then holds none to close
+            self._client = (loop, self.policy.client(limits=httpx.Limits(max_keepalive_connections=0)))
         try:
-            body = await self.policy.get(url, "application/ld+json, application/json")
+            body = await self.policy.get(url, "application/ld+json, application/json", client=self._client[1])
         except OutboundRefused as exc:
             raise LdContextNotAvailable(f"@context {url} could not be retrieved: {exc}") from exc
         try:
@@ -301,14 +335,33 @@ class ContextRegistry:
             raise BadRequestData(f"the document at {url} has no @context member")
         return doc
 
+    def _recent_failure(self, url: str) -> None:
+        """Raise again, at once, the error of a fetch of `url` that failed less than failure_ttl ago."""
+        failure = self._failures.get(url)
+        if failure is None:
+            return
+        expiry, error, detail = failure
+        if time.monotonic() >= expiry:
+            del self._failures[url]
+            return
+        raise error(f"{detail} (remembered for {self.failure_ttl:g} s: context_failure_ttl)")
+
     async def _fetch(self, url: str) -> StoredContext:
+        self._recent_failure(url)
         lock = self._fetch_locks.setdefault(url, asyncio.Lock())
         async with lock:
             stored = self._cached.get(url)
             if stored is not None:
                 return stored
+            self._recent_failure(url)  # found by the fetch this one waited for
             try:
                 doc = await self._download(url)
+            except (LdContextNotAvailable, BadRequestData) as exc:
+                if self.failure_ttl > 0:
+                    if len(self._failures) >= self.cache_size:
+                        self._failures.pop(next(iter(self._failures)))
+                    self._failures[url] = (time.monotonic() + self.failure_ttl, type(exc), exc.detail)
+                raise
             finally:
                 self._fetch_locks.pop(url, None)
             stored = StoredContext(url, uuid.uuid4().hex, "Cached", doc)

@@ -94,12 +94,15 @@ async def _run(
 async def _prepare(
     request: Request, items: list[Any], media: str, tenant_name: str, report: BatchReport, build: Any
 ) -> list[tuple[str, update.Mutator]]:
-    """Validate each entity with its own @context; invalid ones become error entries."""
+    """Validate each entity with its own @context; invalid ones become error entries. The registry
+    caches compiled contexts and recent failures, so a context shared by the entities is fetched
+    once, and the whole batch gets one budget for fetching (context_request_budget)."""
     planned: list[tuple[str, update.Mutator]] = []
+    deadline = services(request).contexts.deadline()
     for item in items:
         entity_id = item.get("id", item.get("@id")) if isinstance(item, dict) else None
         try:
-            context = await body_context(request, item, media, tenant_name=tenant_name)
+            context = await body_context(request, item, media, tenant_name=tenant_name, deadline=deadline)
             planned.append(build(item, context))
         except NgsiLdError as error:
             report.fail(entity_id, error)

@@ -93,8 +93,11 @@ async def read_payload(request: Request, *, merge_patch: bool = False) -> tuple[
     return await read_json(request), media
 
 
-async def body_context(request: Request, body: Any, media: str, *, tenant_name: str) -> ResolvedContext:
-    """The @context of a request body: inline for application/ld+json, Link header otherwise."""
+async def body_context(
+    request: Request, body: Any, media: str, *, tenant_name: str, deadline: float | None = None
+) -> ResolvedContext:
+    """The @context of a request body: inline for application/ld+json, Link header otherwise.
+    `deadline` bounds the fetching of a request that resolves several (ContextRegistry.resolve)."""
     registry = services(request).contexts
     link = link_context(request)
     if media == JSON_LD:
@@ -102,10 +105,10 @@ async def body_context(request: Request, body: Any, media: str, *, tenant_name: 
             raise BadRequestData("a Link header @context is not allowed with Content-Type application/ld+json")
         if not isinstance(body, dict) or "@context" not in body:
             raise BadRequestData("an application/ld+json body must contain @context")
-        return await registry.resolve(tenant_name, body["@context"])
+        return await registry.resolve(tenant_name, body["@context"], deadline=deadline)
     if isinstance(body, dict) and "@context" in body:
         raise BadRequestData("@context in the body requires Content-Type application/ld+json")
-    return await registry.resolve(tenant_name, link)
+    return await registry.resolve(tenant_name, link, deadline=deadline)
 
 
 async def query_context(request: Request, tenant_name: str) -> ResolvedContext:

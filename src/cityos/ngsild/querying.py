@@ -155,6 +155,7 @@ def spec_from_params(request: Request) -> QuerySpec:
         scope_q=params.get("scopeQ"),
         geo=geo_from_params(request),
         expand_values=frozenset(csv_param(request, "expandValues") or ()),
+        max_pattern_length=services(request).settings.max_pattern_length,
     )
 
 
@@ -365,6 +366,7 @@ async def query_post(request: Request) -> Response:
         scope_q=body.get("scopeQ"),
         geo=geo,
         selectors=entities,
+        max_pattern_length=services(request).settings.max_pattern_length,
     )
     if spec.is_empty():
         raise BadRequestData("a query needs entities, attrs, q or geoQ")

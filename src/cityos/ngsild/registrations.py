@@ -8,7 +8,6 @@ An expired registration (expiresAt passed) behaves as deleted; it is removed laz
 
 from __future__ import annotations
 
-import re
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -34,6 +33,7 @@ from cityos.ngsild.common import (
 )
 from cityos.ngsild.querying import page
 from cityos.ngsild.subscriptions import page_response, wants_count
+from cityos.query.entity_query import check_pattern
 from cityos.registrations import expired, matches, merge_registration, parse_registration, render_registration
 from cityos.store.base import RegistrationRow
 from cityos.subscriptions.model import Doc
@@ -99,10 +99,7 @@ def _selection(request: Request, terms: TermMap) -> Selection:
         require_uri(item, "id")
     id_pattern = request.query_params.get("idPattern")
     if id_pattern is not None:
-        try:
-            re.compile(id_pattern)
-        except re.error as exc:
-            raise BadRequestData(f"idPattern is not a valid regular expression: {exc}") from exc
+        check_pattern(id_pattern, services(request).settings.max_pattern_length)
     attrs = csv_param(request, "attrs")
     return (
         None if types is None else [terms.expand(t) for t in types],

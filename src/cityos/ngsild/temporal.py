@@ -119,6 +119,7 @@ def _store_query(
             return matches({"scope": list(scopes)})
 
         spec = replace(spec, scope_q=None)
+    spec = replace(spec, max_pattern_length=services(request).settings.max_pattern_length)
     selection = build_entity_query(spec, context.terms.expand)
     datasets = temporal.view.options.datasets
     window = temporal.window

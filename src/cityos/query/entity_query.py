@@ -7,18 +7,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import regex
-
 from cityos.entities.model import Entity
 from cityos.entities.values import check_name, require_uri
 from cityos.errors import BadRequestData
 from cityos.query import selectors
+from cityos.query.patterns import DEFAULT_MAX_LENGTH, compile_pattern
 from cityos.query.pushdown import value_filters
-from cityos.query.q import compile_q, linked_depth, parse_q
+from cityos.query.q import compile_q, linked_depth, match_patterns, parse_q
 from cityos.store.base import EntityQuery
 
-MAX_PATTERN = 1024
 Predicate = Callable[[Entity], bool]
+IDPATTERN = "idPattern: invalid regular expression"
 
 
 @dataclass
@@ -36,19 +35,16 @@ class QuerySpec:
     expand_values: frozenset[str] = frozenset()  # attributes whose q literals are vocabulary terms
     lookup: Callable[[str], Entity | None] | None = None  # follows relationships for q `rel{attr}`
     join_level: int = 0  # how deep q may follow relationships (the request's joinLevel)
+    max_pattern_length: int = DEFAULT_MAX_LENGTH  # the max_pattern_length setting
 
     def is_empty(self) -> bool:
         fields = (self.ids, self.id_pattern, self.type_expr, self.attrs, self.q, self.scope_q, self.geo)
         return not any(fields) and not self.selectors
 
 
-def check_pattern(pattern: str) -> str:
-    if len(pattern) > MAX_PATTERN:
-        raise BadRequestData(f"idPattern is longer than {MAX_PATTERN} characters")
-    try:
-        regex.compile(pattern)
-    except regex.error as exc:
-        raise BadRequestData(f"idPattern is not a valid regular expression: {exc}") from exc
+def check_pattern(pattern: str, max_length: int = DEFAULT_MAX_LENGTH) -> str:
+    """An idPattern RE2 can evaluate (query/patterns.py), or BadRequestData."""
+    compile_pattern(pattern, IDPATTERN, max_length)
     return pattern
 
 
@@ -76,7 +72,7 @@ def scope_predicate(expression: str) -> Predicate:
 
 
 def selector_predicate(
-    entries: list[dict[str, Any]], expand: Callable[[str], str]
+    entries: list[dict[str, Any]], expand: Callable[[str], str], max_pattern_length: int = DEFAULT_MAX_LENGTH
 ) -> tuple[list[str] | None, Predicate]:
     """EntitySelectors ({id, idPattern, type}) of a Query or Subscription: any of them matches."""
     tests: list[Predicate] = []
@@ -98,7 +94,9 @@ def selector_predicate(
         types, type_test = type_predicate(type_expr, expand)
         if union is not None:
             union.extend(t for t in types if t not in union)
-        compiled = regex.compile(check_pattern(pattern)) if isinstance(pattern, str) else None
+        if pattern is not None and not isinstance(pattern, str):
+            raise BadRequestData("entities: idPattern must be a string")
+        compiled = compile_pattern(pattern, IDPATTERN, max_pattern_length) if pattern is not None else None
 
         def test(
             entity: Entity,
@@ -109,7 +107,7 @@ def selector_predicate(
         ) -> bool:
             if entity_id is not None and entity["id"] not in entity_id:
                 return False
-            if compiled is not None and compiled.search(entity["id"]) is None:
+            if compiled is not None and not compiled.search(entity["id"]):
                 return False
             if type_test is not None:
                 return type_test(entity)
@@ -125,13 +123,13 @@ def build_entity_query(spec: QuerySpec, expand: Callable[[str], str]) -> EntityQ
     if spec.ids is not None:
         query.ids = spec.ids
     if spec.id_pattern is not None:
-        query.id_pattern = check_pattern(spec.id_pattern)
+        query.id_pattern = check_pattern(spec.id_pattern, spec.max_pattern_length)
     if spec.type_expr is not None:
         query.types, predicate = type_predicate(spec.type_expr, expand)
         if predicate is not None:
             predicates.append(predicate)
     if spec.selectors:
-        union, predicate = selector_predicate(spec.selectors, expand)
+        union, predicate = selector_predicate(spec.selectors, expand, spec.max_pattern_length)
         if union is not None:
             query.types = union
         predicates.append(predicate)
@@ -140,8 +138,11 @@ def build_entity_query(spec: QuerySpec, expand: Callable[[str], str]) -> EntityQ
             raise BadRequestData("linked-entity projections (attr{...}) are not supported in attrs")
         query.attrs = [expand(check_name(a, "attribute name")) for a in spec.attrs]
     if spec.q is not None:
-        query.value_filters = value_filters(parse_q(spec.q), expand)
-        if linked_depth(parse_q(spec.q)) > spec.join_level:
+        parsed = parse_q(spec.q)
+        for pattern in match_patterns(parsed):
+            compile_pattern(pattern, "q: invalid regular expression", spec.max_pattern_length)
+        query.value_filters = value_filters(parsed, expand)
+        if linked_depth(parsed) > spec.join_level:
             raise BadRequestData("q follows relationships (attr{...}) deeper than joinLevel (or without join)")
         predicates.append(compile_q(spec.q, expand, spec.expand_values, spec.lookup))
     if spec.scope_q is not None:

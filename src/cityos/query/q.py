@@ -28,6 +28,7 @@ from typing import Any, Literal, NamedTuple, NoReturn
 
 from cityos.entities.model import VALUE_MEMBER
 from cityos.errors import BadRequestData
+from cityos.query.patterns import Pattern, compile_pattern
 
 MAX_LENGTH = 4096
 MAX_DEPTH = 32
@@ -269,13 +270,9 @@ def _classify(word: _Token) -> Value:
     )
 
 
-def _compile_regex(pattern: str, pos: int) -> re.Pattern[str]:
-    # Python's re has no timeout, so a pathological pattern can backtrack for a long time; the
-    # 4096-character bound on q keeps patterns small, which is the only guard we have here.
-    try:
-        return re.compile(pattern)
-    except (re.error, OverflowError, RecursionError, ValueError) as exc:
-        raise BadRequestData(f"q: invalid regular expression at position {pos}: {exc}") from exc
+def _compile_regex(pattern: str, pos: int) -> Pattern:
+    """RE2, linear-time whatever the pattern (query/patterns.py); length bounded by max_pattern_length."""
+    return compile_pattern(pattern, f"q: invalid regular expression at position {pos}", MAX_LENGTH)
 
 
 # --- Parser ----------------------------------------------------------------------------------------
@@ -415,6 +412,13 @@ def linked_depth(expr: QExpr) -> int:
     while isinstance(path, LinkedEntityPath):
         hops, path = hops + 1, path.target
     return hops
+
+
+def match_patterns(expr: QExpr) -> list[str]:
+    """The regular expressions of the `~=` and `!~=` terms of `expr`."""
+    if isinstance(expr, And | Or):
+        return [pattern for term in expr.terms for pattern in match_patterns(term)]
+    return [expr.pattern] if isinstance(expr, Match) else []
 
 
 def q_attribute_names(expr: QExpr) -> set[str]:

@@ -10,23 +10,30 @@ def is_postgres(database: str) -> bool:
 
 
 def open_store(
-    database: str, *, query_timeout: float = 10.0, worker_timeout: float | None = None, busy_timeout: float = 5.0
+    database: str,
+    *,
+    query_timeout: float = 10.0,
+    worker_timeout: float | None = None,
+    busy_timeout: float = 5.0,
+    client_share: int = 0,
 ) -> EntityStore:
     """The store for a database setting: a postgresql:// URL selects PostgreSQL/PostGIS, anything
-    else is a SQLite file path. Drivers are imported only when chosen."""
+    else is a SQLite file path. Drivers are imported only when chosen. `client_share`: see store/fair.py."""
     if is_postgres(database):
         try:
             from cityos.store.postgres import PostgresStore
         except ImportError as exc:
             raise ValueError("the PostgreSQL back-end needs its driver: pip install -e '.[postgres]'") from exc
-        store = PostgresStore(database, query_timeout=query_timeout, busy_timeout=busy_timeout)
+        store = PostgresStore(
+            database, query_timeout=query_timeout, busy_timeout=busy_timeout, client_share=client_share
+        )
         if worker_timeout is not None:
             store.worker_timeout = worker_timeout
             store.worker_heartbeat = min(store.worker_heartbeat, worker_timeout / 4)
         return store
     from cityos.store.sqlite import SQLiteStore
 
-    return SQLiteStore(database, query_timeout=query_timeout, busy_timeout=busy_timeout)
+    return SQLiteStore(database, query_timeout=query_timeout, busy_timeout=busy_timeout, client_share=client_share)
 
 
 __all__ = ["EntityStore", "is_postgres", "open_store"]

@@ -8,9 +8,58 @@ concurrent edits to sqlite.py have landed.
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
 from cityos.entities.expiry import visible
 from cityos.entities.model import Entity
+from cityos.errors import QueryTimeout
 from cityos.store.base import EntityQuery, QueryResult
+
+
+class _Evaluated(Protocol):
+    predicate: Callable[[Entity], bool] | None
+
+
+Q = TypeVar("Q", bound=_Evaluated)
+
+
+def bounded(query: Q, timeout: float) -> Q:
+    """`query` whose predicate (q, geo-query, type expression, linked lookups) and sort raise
+    QueryTimeout once `timeout` seconds have passed since the store began evaluating them: the SQL
+    half of a query has the back-end's own timeout, this bounds the Python half (whatever part is
+    slow), and stops the thread that runs it instead of leaving it busy after the answer."""
+    deadline: list[float] = []
+
+    def check() -> None:
+        now = time.monotonic()
+        if not deadline:
+            deadline.append(now + timeout)
+        elif now > deadline[0]:
+            raise QueryTimeout(f"the query took longer than {timeout} s")
+
+    changes: dict[str, Any] = {}
+    predicate = query.predicate
+    if predicate is not None:
+
+        def timed(entity: Entity) -> bool:
+            check()
+            return predicate(entity)
+
+        changes["predicate"] = timed
+    sort: Callable[[list[Entity]], list[Entity]] | None = getattr(query, "sort", None)
+    if sort is not None:
+
+        def timed_sort(entities: list[Entity]) -> list[Entity]:
+            check()
+            ordered = sort(entities)
+            check()
+            return ordered
+
+        changes["sort"] = timed_sort
+    return dataclasses.replace(query, **changes) if changes else query  # type: ignore[type-var]
 
 
 def exact_in_sql(query: EntityQuery) -> bool:

@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import orjson
-import regex
 
 from cityos.entities.expiry import next_expiry, now_key, visible
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import DatabaseBusy, NgsiLdError, QueryTimeout
+from cityos.query.patterns import found
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import (
     ChangeListener,
@@ -33,12 +33,13 @@ from cityos.store.base import (
     OutboxRow,
     QueryResult,
 )
+from cityos.store.fair import FairShare
+from cityos.store.paging import bounded
 from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, own_expiry
 from cityos.store.sqlite_catalog import SQLiteCatalog
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 
 T = TypeVar("T")
-REGEX_TIMEOUT = 0.1
 SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, created_at TEXT NOT NULL);
@@ -142,20 +143,27 @@ def _translated(error: BaseException, path: str, busy_timeout: float) -> BaseExc
 
 
 def _regexp(pattern: str, value: str | None) -> bool:
-    """idPattern matching with a per-call timeout: a pathological pattern cannot hang a reader."""
-    try:
-        return value is not None and regex.search(pattern, value, timeout=REGEX_TIMEOUT) is not None
-    except TimeoutError:
-        return False
+    """idPattern pushed into SQL, matched with RE2 (query/patterns.py) like everywhere else: linear
+    time, so a pattern cannot hang a reader (validated before the query reaches the store)."""
+    return value is not None and found(pattern, value)
 
 
 class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
 
-    def __init__(self, path: str, *, readers: int = 4, query_timeout: float = 10.0, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        readers: int = 4,
+        query_timeout: float = 10.0,
+        busy_timeout: float = 5.0,
+        client_share: int = 0,
+    ) -> None:
         self.path = path
         self.query_timeout = query_timeout
         self.busy_timeout = busy_timeout  # seconds a statement waits for a lock another connection holds
+        self._fair = FairShare(client_share)  # queries of one client hold at most this many readers
         self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cityos-writer")
         self._reader_pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cityos-reader")
         self._local = threading.local()
@@ -462,6 +470,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         return visible(orjson.loads(row[0])) if row else None
 
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
+        query = bounded(query, self.query_timeout)  # the Python half stops at the deadline too
         now = now_key()
         where, params = _where(tenant, query, now)
         exact = query.predicate is None and query.attrs is None and query.sort is None
@@ -533,7 +542,8 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         return QueryResult(entities, total, has_more)
 
     async def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """A read that SQLite aborts once query_timeout has passed (QueryTimeout)."""
+        """A read that SQLite aborts once query_timeout has passed (QueryTimeout), holding one of the
+        client's fair share of readers (store/fair.py)."""
         timeout = self.query_timeout
 
         def run(connection: sqlite3.Connection) -> T:
@@ -548,7 +558,8 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
             finally:
                 connection.set_progress_handler(None, 0)
 
-        return await self._read(run)
+        async with self._fair.slot():
+            return await self._read(run)
 
     async def purge_expired(self, now: str) -> list[EntityChange]:
         def run(connection: sqlite3.Connection) -> list[EntityChange]:

@@ -20,6 +20,7 @@ import orjson
 from cityos.entities.model import VALUE_MEMBER, Entity, Instance
 from cityos.entities.values import parse_datetime
 from cityos.store.base import HistoryRow
+from cityos.store.paging import bounded
 from cityos.store.temporal_base import (
     SCOPE_ATTR,
     AggregatedEntity,
@@ -119,6 +120,7 @@ class SQLiteTemporal:
     """The TemporalStore methods; SQLiteStore supplies the connections and transactions."""
 
     if TYPE_CHECKING:
+        query_timeout: float
 
         async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
@@ -343,6 +345,7 @@ class SQLiteTemporal:
 
     def _select(self, connection: sqlite3.Connection, tenant: str, query: TemporalQuery, now: int) -> Selection:
         """The page of matching entities (SQL filters, then the predicate and the scope test)."""
+        query = bounded(query, self.query_timeout)  # the predicate stops at the deadline too
         clauses = ["e.tenant = ?"]
         params: list[Any] = [tenant]
         if query.ids is not None:

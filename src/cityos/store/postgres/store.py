@@ -27,6 +27,7 @@ from cityos.entities.expiry import next_expiry, now_key, visible
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import BadRequestData, NgsiLdError, QueryTimeout
+from cityos.query.patterns import id_pattern_in_python
 from cityos.store.base import (
     ChangeListener,
     EntityChange,
@@ -40,7 +41,8 @@ from cityos.store.base import (
     StoreEvent,
     SubscriptionRow,
 )
-from cityos.store.paging import Pager, exact_in_sql
+from cityos.store.fair import FairShare
+from cityos.store.paging import Pager, bounded, exact_in_sql
 from cityos.store.postgres.busy import lock_settings
 from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.events import EventFollower, channel_for, notify
@@ -65,11 +67,18 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
     throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
 
     def __init__(
-        self, dsn: str, *, query_timeout: float = 10.0, pool_size: int = 10, busy_timeout: float = 5.0
+        self,
+        dsn: str,
+        *,
+        query_timeout: float = 10.0,
+        pool_size: int = 10,
+        busy_timeout: float = 5.0,
+        client_share: int = 0,
     ) -> None:
         self.dsn = dsn
         self.query_timeout = query_timeout
         self.busy_timeout = busy_timeout
+        self._fair = FairShare(client_share)  # queries of one client hold at most this many connections
         self.pool_size = pool_size
         self.worker_id = uuid.uuid4().hex  # this process's name in outbox claims and events
         self._pool: asyncpg.Pool | None = None
@@ -322,29 +331,35 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
 
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         now = now_key()
+        query = id_pattern_in_python(query)  # PostgreSQL's regex dialect gets only what it reads as RE2 does
+        query = bounded(query, self.query_timeout)  # the Python half stops at the deadline too
         p = Params()
         condition = where(tenant, query, now, p)
         try:
-            async with asyncio.timeout(self.query_timeout):
-                async with self.pool.acquire() as connection, connection.transaction(readonly=True):
-                    await connection.execute(
-                        "SELECT set_config('statement_timeout', $1, true)", f"{int(self.query_timeout * 1000)}"
-                    )
-                    if exact_in_sql(query):
-                        return await self._page_in_sql(connection, condition, p.values, query)
-                    pager = Pager(query, now)
-                    sql = f"SELECT e.doc FROM entities e WHERE {condition} ORDER BY e.pk"
-                    cursor = await connection.cursor(sql, *p.values)
-                    loop = asyncio.get_running_loop()
-                    while records := await cursor.fetch(_CURSOR_PREFETCH):
-                        documents = [orjson.loads(record["doc"]) for record in records]
-                        if query.predicate is None:
-                            more = _feed(pager, documents)
-                        else:  # it may call lookup_in_query, which needs this loop free
-                            more = await loop.run_in_executor(self._sync_pool, _feed, pager, documents)
-                        if not more or len(records) < _CURSOR_PREFETCH:
-                            break
-                    return pager.result()
+            async with (
+                self._fair.slot(),  # before the timeout: waiting for one's own earlier queries is not counted
+                asyncio.timeout(self.query_timeout),
+                self.pool.acquire() as connection,
+                connection.transaction(readonly=True),
+            ):
+                await connection.execute(
+                    "SELECT set_config('statement_timeout', $1, true)", f"{int(self.query_timeout * 1000)}"
+                )
+                if exact_in_sql(query):
+                    return await self._page_in_sql(connection, condition, p.values, query)
+                pager = Pager(query, now)
+                sql = f"SELECT e.doc FROM entities e WHERE {condition} ORDER BY e.pk"
+                cursor = await connection.cursor(sql, *p.values)
+                loop = asyncio.get_running_loop()
+                while records := await cursor.fetch(_CURSOR_PREFETCH):
+                    documents = [orjson.loads(record["doc"]) for record in records]
+                    if query.predicate is None:
+                        more = _feed(pager, documents)
+                    else:  # it may call lookup_in_query, which needs this loop free
+                        more = await loop.run_in_executor(self._sync_pool, _feed, pager, documents)
+                    if not more or len(records) < _CURSOR_PREFETCH:
+                        break
+                return pager.result()
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise QueryTimeout(f"the query took longer than {self.query_timeout} s") from exc
         except asyncpg.InvalidRegularExpressionError as exc:

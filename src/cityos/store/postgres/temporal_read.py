@@ -24,6 +24,9 @@ import orjson
 
 from cityos.entities.model import Entity, Instance
 from cityos.errors import BadRequestData, QueryTimeout
+from cityos.query.patterns import id_pattern_in_python
+from cityos.store.fair import FairShare
+from cityos.store.paging import bounded
 from cityos.store.postgres.busy import Transactions
 from cityos.store.postgres.sql import Params
 from cityos.store.sqlite_temporal import COLUMNS, FOREVER
@@ -115,20 +118,22 @@ class PostgresTemporalReads(Transactions):
     if TYPE_CHECKING:
         query_timeout: float
         _sync_pool: ThreadPoolExecutor
+        _fair: FairShare
 
     async def _temporal_read(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         """Run `fn` in a read-only snapshot under query_timeout, like query_entities."""
         timeout = self.query_timeout
         try:
-            async with asyncio.timeout(timeout):
-                async with (
-                    self.pool.acquire() as connection,
-                    connection.transaction(isolation="repeatable_read", readonly=True),
-                ):
-                    await connection.execute(
-                        "SELECT set_config('statement_timeout', $1, true)", f"{max(1, int(timeout * 1000))}"
-                    )
-                    return await fn(connection)
+            async with (
+                self._fair.slot(),
+                asyncio.timeout(timeout),
+                self.pool.acquire() as connection,
+                connection.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                await connection.execute(
+                    "SELECT set_config('statement_timeout', $1, true)", f"{max(1, int(timeout * 1000))}"
+                )
+                return await fn(connection)
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise QueryTimeout(f"the query took longer than {timeout} s") from exc
         except asyncpg.InvalidRegularExpressionError as exc:
@@ -136,6 +141,8 @@ class PostgresTemporalReads(Transactions):
 
     async def _select(self, connection: Connection, tenant: str, query: TemporalQuery, now: int) -> Selection:
         """The page of matching entities (SQL filters, then the predicate and the scope test)."""
+        query = id_pattern_in_python(query)  # PostgreSQL's regex dialect gets only what it reads as RE2 does
+        query = bounded(query, self.query_timeout)  # the predicate stops at the deadline too
         p = Params()
         clauses = [f"e.tenant = {p(tenant)}"]
         if query.ids is not None:
