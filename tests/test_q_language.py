@@ -76,7 +76,8 @@ def to_q(expr: QExpr) -> str:
     if isinstance(expr, Exists):
         return ("!" if expr.negated else "") + path
     if isinstance(expr, Match):
-        bare = expr.pattern and not set(expr.pattern) & set(';|()[]"\\')
+        # whitespace around a bare pattern separates tokens (q allows spaces): such a pattern is quoted
+        bare = expr.pattern and expr.pattern == expr.pattern.strip() and not set(expr.pattern) & set(';|()[]"\\')
         return path + ("!~=" if expr.negated else "~=") + (expr.pattern if bare else json.dumps(expr.pattern))
     operand = expr.operand
     if isinstance(operand, Range):
