@@ -74,6 +74,7 @@ class Dispatcher:
         self.wake = asyncio.Event()
         self._lanes: dict[str, Lane] = {}
         self._pump: asyncio.Task[None] | None = None
+        self._claimed: set[int] = set()  # outbox rows claimed here and not yet finished
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -101,16 +102,44 @@ class Dispatcher:
                 await asyncio.wait_for(self.wake.wait(), OUTBOX_POLL_SECONDS)
             self.wake.clear()
             try:
-                while True:
-                    rows = await self.store.claim_outbox(CLAIM_BATCH)
-                    for row in rows:
-                        self.enqueue(row.lane, Job(row.tenant, row.subscription_id, row=row))
-                    if len(rows) < CLAIM_BATCH:
-                        break
+                await self._claim_all()
             except Exception:  # keep following; the rows stay in the outbox
                 log.exception("reading the notification outbox failed")
                 await asyncio.sleep(1.0)
                 self.wake.set()
+
+    async def _claim_all(self) -> int:
+        """Claim every claimable outbox row and queue it on its lane; returns how many."""
+        count = 0
+        while True:
+            rows = await self.store.claim_outbox(CLAIM_BATCH)
+            for row in rows:
+                self._claimed.add(row.id)
+                self.enqueue(row.lane, Job(row.tenant, row.subscription_id, row=row))
+            count += len(rows)
+            if len(rows) < CLAIM_BATCH:
+                return count
+
+    async def drain(self, timeout: float) -> int:
+        """Deliver what the outbox holds, then return: for a command that wrote into the database
+        and exits. Rows another process has claimed are left to it (a server may be delivering on
+        the same database, so nothing is released at the start). Past `timeout` seconds the lanes
+        stop and the rows claimed here but not finished are released for a server to deliver;
+        returns how many those are."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            claimed = await self._claim_all()
+            tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+            if not claimed and not tasks:
+                break
+            if tasks:
+                await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+        await self.stop()
+        left = sorted(self._claimed)
+        self._claimed.clear()
+        await self.store.release_claims(left)
+        return len(left)
 
     # -- lanes -----------------------------------------------------------------------------------
     def enqueue(self, lane_key: str, job: Job) -> None:
@@ -168,6 +197,7 @@ class Dispatcher:
             if subscription is None:  # deleted meanwhile: its rows went with it
                 if row is not None:
                     await self.store.finish_outbox(row, done=True)
+                    self._claimed.discard(row.id)
                 return
             error = await self._attempt(subscription, job, lane)
             status = subscription.to_row()
@@ -178,6 +208,7 @@ class Dispatcher:
                 if error is not None:
                     log.warning("giving up notification %s of %s: %s", row.id, subscription.id, error)
                 await self.store.finish_outbox(row, done=True, status=status)
+                self._claimed.discard(row.id)
                 return
             row.attempts += 1
             await self.store.finish_outbox(row, done=False, status=status)
