@@ -197,12 +197,24 @@ def test_a_running_server_delivers_what_an_import_wrote_into_its_database(db_url
 
 
 def test_gtfs_realtime_into_the_database_file_records_history_once(db_url: str) -> None:
-    """`import gtfs-rt` without --url records history; the same feed polled again adds none."""
-    feed = str(REALTIME / "vehicle_position.pb")
+    """`import gtfs-rt` without --url records history; the same feeds polled again add none (their
+    header timestamp, hence every observedAt, is unchanged), and an alert does not publish the
+    path of the local file it came from."""
+    feeds = [str(REALTIME / name) for name in ("vehicle_position.pb", "trip-updates-full.asciipb", "alerts.asciipb")]
     for _ in range(2):
-        result = cli("import", "gtfs-rt", feed, "--database", db_url)
-        assert result.returncode == 0, result.stdout + result.stderr
-    history = instances(db_url, "urn:ngsi-ld:Vehicle:1")
-    assert history, "no history recorded"
-    assert len(history) == len(set(history))  # no attribute has two instances with the same observedAt
-    assert all(observed is not None for _, observed in history)
+        for feed in feeds:
+            result = cli("import", "gtfs-rt", feed, "--database", db_url)
+            assert result.returncode == 0, result.stdout + result.stderr
+    assert instances(db_url, "urn:ngsi-ld:Vehicle:1"), "no history recorded"
+    for entity_id in ("urn:ngsi-ld:GtfsTrip:trip-1", *alert_ids(db_url)):
+        history = instances(db_url, entity_id)
+        assert history and all(observed is not None for _, observed in history)
+        assert len(history) == len(set(history)), entity_id  # one instance per attribute and observedAt
+    documents = db_rows(db_url, "SELECT doc FROM entities WHERE id LIKE ?", "urn:ngsi-ld:Alert:%")
+    assert documents and all(str(REALTIME) not in str(doc) and "alerts.asciipb" not in str(doc) for (doc,) in documents)
+
+
+def alert_ids(database: str) -> list[str]:
+    return [
+        row[0] for row in db_rows(database, "SELECT id FROM temporal_entities WHERE id LIKE ?", "urn:ngsi-ld:Alert:%")
+    ]
