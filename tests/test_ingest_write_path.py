@@ -172,8 +172,8 @@ def test_undelivered_notifications_are_left_to_the_server(db_url: str, year: tup
             broker.stop()
 
 
-def test_a_running_server_delivers_what_an_import_wrote_into_its_database(db_url: str, tmp_path: Path) -> None:
-    """Another process's rows in the outbox are noticed by a running server (its periodic poll)."""
+def few_rows(tmp_path: Path) -> tuple[Path, Path]:
+    """Three hours of one station, every one above the threshold (a constant id)."""
     source = tmp_path / "few.csv"
     source.write_text("station,time,pm25\n" + "".join(f"Dongsi,{stamp(h)},499\n" for h in range(3)), encoding="utf-8")
     mapping = tmp_path / "few.yaml"
@@ -181,6 +181,12 @@ def test_a_running_server_delivers_what_an_import_wrote_into_its_database(db_url
         yaml.safe_dump({"type": "AirQualityObserved", "id": STATION, "time": "time", "attributes": {"pm25": "pm25"}}),
         encoding="utf-8",
     )
+    return source, mapping
+
+
+def test_a_running_server_delivers_what_an_import_wrote_into_its_database(db_url: str, tmp_path: Path) -> None:
+    """Another process's rows in the outbox are noticed by a running server (its periodic poll)."""
+    source, mapping = few_rows(tmp_path)
     broker = BrokerProcess(db_url)
     broker.start()
     try:
@@ -194,6 +200,36 @@ def test_a_running_server_delivers_what_an_import_wrote_into_its_database(db_url
             assert notified(receiver) == [(499, stamp(h)) for h in range(3)]
     finally:
         broker.stop()
+
+
+def test_a_receiver_that_is_down_does_not_hold_the_import(db_url: str, tmp_path: Path) -> None:
+    """The command tries for --notify-wait seconds, says what it leaves, and a server started on
+    the database later delivers it."""
+    source, mapping = few_rows(tmp_path)
+    up = False
+    with receiving(answer=lambda _: 200 if up else 500) as receiver:
+        with TestClient(create_app(Settings(database=db_url, allow_private_networks=True))) as client:
+            response = client.post("/ngsi-ld/v1/subscriptions", json=subscription(receiver.url))
+            assert response.status_code == 201, response.text
+        started = time.monotonic()
+        result = cli(
+            "import", "csv", str(source), "--mapping", str(mapping), "--database", db_url, "--notify-wait", "2"
+        )
+        assert time.monotonic() - started < 20
+        assert result.returncode == 0, result.stderr
+        assert "3 notification(s) not delivered within --notify-wait 2 s" in result.stderr
+        assert receiver.requests, "the command did not try"
+        assert db_rows(db_url, "SELECT count(*) FROM outbox") == [(3,)]
+        up = True
+        tried = len(receiver.requests)
+        broker = BrokerProcess(db_url)
+        broker.start()
+        try:
+            receiver.wait(tried + 3, timeout=30)
+            delivered = [r.body for r in receiver.requests[tried:]]
+            assert [b["data"][0]["pm25"]["observedAt"] for b in delivered] == [stamp(h) for h in range(3)]
+        finally:
+            broker.stop()
 
 
 def test_gtfs_realtime_into_the_database_file_records_history_once(db_url: str) -> None:
