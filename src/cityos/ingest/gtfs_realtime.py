@@ -149,9 +149,9 @@ def _stop_time_update(update: rt.TripUpdate.StopTimeUpdate) -> dict[str, Any]:
                 item[name + "Delay"] = event.delay
             if event.HasField("time"):
                 item[name + "Time"] = _time(event.time)
-    relationship = _enum(update, "schedule_relationship", rt.TripUpdate.StopTimeUpdate.ScheduleRelationship)
-    if relationship:
-        item["scheduleRelationship"] = relationship
+    scheduled = _enum(update, "schedule_relationship", rt.TripUpdate.StopTimeUpdate.ScheduleRelationship)
+    if scheduled:
+        item["scheduleRelationship"] = scheduled
     return item
 
 
