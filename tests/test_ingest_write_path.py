@@ -232,6 +232,33 @@ def test_a_receiver_that_is_down_does_not_hold_the_import(db_url: str, tmp_path:
             broker.stop()
 
 
+def test_a_polling_import_notifies_while_it_runs(db_url: str) -> None:
+    """`import gtfs-rt --interval` into a database runs until stopped: its notifications go out
+    as it writes, not when it ends."""
+    with receiving() as receiver:
+        body = {
+            "type": "Subscription",
+            "entities": [{"type": "Vehicle"}],
+            "notification": {"endpoint": {"uri": receiver.url}},
+        }
+        with TestClient(create_app(Settings(database=db_url, allow_private_networks=True))) as client:
+            assert client.post("/ngsi-ld/v1/subscriptions", json=body).status_code == 201
+        feed = str(REALTIME / "vehicle_position.pb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cityos", "import", "gtfs-rt", feed, "--database", db_url, "--interval", "30"],
+            env=cli_env(CITYOS_ALLOW_PRIVATE_NETWORKS="true"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            [first] = receiver.wait(1, timeout=20)
+            assert process.poll() is None  # still polling
+            assert first.body["data"][0]["id"] == "urn:ngsi-ld:Vehicle:1"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
 def test_gtfs_realtime_into_the_database_file_records_history_once(db_url: str) -> None:
     """`import gtfs-rt` without --url records history; the same feeds polled again add none (their
     header timestamp, hence every observedAt, is unchanged), and an alert does not publish the

@@ -4,8 +4,8 @@
 `cityos demo` commands writing straight into a database open their store the same way, through
 open_pipeline or WritePipeline: before the first write the change listeners are installed, so each
 change is recorded as history and matched against the subscriptions (outbox rows) inside its own
-transaction. A server then delivers the outbox continuously; a command delivers what it produced
-before it exits (drain), bounded in time, and leaves the rest to the server.
+transaction. A server then delivers the outbox continuously; a command delivers what it produces
+while it runs and before it exits (drain), bounded in time, and leaves the rest to a server.
 """
 
 from __future__ import annotations
@@ -79,13 +79,17 @@ class WritePipeline:
 
 
 @contextlib.asynccontextmanager
-async def open_pipeline(settings: Settings) -> AsyncIterator[WritePipeline]:
-    """The settings' store, opened with its write pipeline installed (closed on the way out)."""
+async def open_pipeline(settings: Settings, *, deliver: bool = False) -> AsyncIterator[WritePipeline]:
+    """The settings' store, opened with its write pipeline installed (closed on the way out).
+    deliver: notifications go out while the block runs (finish with drain()); otherwise they stay
+    in the outbox for a server."""
     store = open_store(settings.database, query_timeout=settings.query_timeout, worker_timeout=settings.worker_timeout)
     await store.open()
     try:
         pipeline = WritePipeline(store, context_registry(settings), settings)
         await pipeline.install()
+        if deliver:
+            await pipeline.subscriptions.follow()
         try:
             yield pipeline
         finally:

@@ -39,8 +39,9 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_NOTIFY_WAIT,
         metavar="SECONDS",
-        help="with --database: before exiting, deliver the notifications the import caused for at most this"
-        " long; what is left stays in the database for `cityos serve` to deliver (0: leave it all to the server)"
+        help="with --database: notifications are delivered while the command writes, and after its last write"
+        " for at most this long; what is left stays in the database for `cityos serve` to deliver (0: leave"
+        " them all to the server)"
         " [default %(default)s]",
     )
 
@@ -54,7 +55,7 @@ async def open_sink(args: argparse.Namespace) -> AsyncIterator[Sink]:
             yield HttpSink(args.url, client)
         return
     settings = Settings.from_env(database=args.database)  # CITYOS_* as for `cityos serve`
-    async with open_pipeline(settings) as pipeline:
+    async with open_pipeline(settings, deliver=args.notify_wait > 0) as pipeline:
         yield StoreSink(pipeline.store, pipeline.contexts.core_terms())
         await pipeline.store.refresh_statistics()  # a bulk load: queries should use the indexes at once
         left = await pipeline.drain(args.notify_wait)

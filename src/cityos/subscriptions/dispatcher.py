@@ -77,22 +77,35 @@ class Dispatcher:
         self._claimed: set[int] = set()  # outbox rows claimed here and not yet finished
 
     # -- lifecycle -------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Deliver what the outbox still holds (the crash guarantee), then follow new rows."""
-        await self.store.release_outbox()
+    async def start(self, *, release: bool = True) -> None:
+        """Deliver what the outbox still holds (the crash guarantee), then follow new rows.
+        release: first make every claimed row claimable again (a server starting: their claimant
+        has gone); a command writing into a database that a server may be delivering does not."""
+        if release:
+            await self.store.release_outbox()
         self.wake.set()
         self._pump = asyncio.create_task(self._follow_outbox())
 
-    async def stop(self) -> None:
+    async def stop(self) -> int:
+        """Stop delivering; the rows claimed here and not finished are made claimable again, for
+        whoever delivers next. Returns how many those are."""
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
         if self._pump is not None:
             tasks.append(self._pump)
+            self._pump = None
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._lanes.clear()
+        left = sorted(self._claimed)
+        self._claimed.clear()
+        try:
+            await self.store.release_claims(left)
+        except Exception as exc:  # a server releases every claim when it starts
+            log.warning("releasing %d undelivered notifications failed: %s", len(left), exc)
+        return len(left)
 
     async def _follow_outbox(self) -> None:
         while True:
@@ -121,11 +134,15 @@ class Dispatcher:
                 return count
 
     async def drain(self, timeout: float) -> int:
-        """Deliver what the outbox holds, then return: for a command that wrote into the database
-        and exits. Rows another process has claimed are left to it (a server may be delivering on
-        the same database, so nothing is released at the start). Past `timeout` seconds the lanes
+        """Deliver what the outbox holds, then stop: for a command that wrote into the database and
+        exits. Rows another process has claimed are left to it. Past `timeout` seconds the lanes
         stop and the rows claimed here but not finished are released for a server to deliver;
         returns how many those are."""
+        if self._pump is not None:  # from here on, claimed below
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+            self._pump = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
@@ -135,11 +152,7 @@ class Dispatcher:
                 break
             if tasks:
                 await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
-        await self.stop()
-        left = sorted(self._claimed)
-        self._claimed.clear()
-        await self.store.release_claims(left)
-        return len(left)
+        return await self.stop()
 
     # -- lanes -----------------------------------------------------------------------------------
     def enqueue(self, lane_key: str, job: Job) -> None:

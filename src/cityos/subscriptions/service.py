@@ -84,9 +84,17 @@ class SubscriptionService:
         for key, subscription in self._subscriptions.items():
             self._schedule(key, subscription)
 
+    async def follow(self) -> None:
+        """A command writing into a database: install, and deliver what its writes add to the
+        outbox while it runs, leaving alone the rows a server on the same database holds (no
+        periodic notifications: a server sends those)."""
+        await self.install()
+        assert self._dispatcher is not None
+        await self._dispatcher.start(release=False)
+
     async def drain(self, timeout: float) -> int:
-        """Deliver the outbox for at most `timeout` seconds (a command leaving); returns how many
-        notifications are left in it for a server (see Dispatcher.drain)."""
+        """Deliver the outbox for at most `timeout` seconds, then stop (a command leaving); returns
+        how many notifications are left in it for a server (see Dispatcher.drain)."""
         if self._dispatcher is None or timeout <= 0:
             return 0
         return await self._dispatcher.drain(timeout)
