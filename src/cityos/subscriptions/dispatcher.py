@@ -75,6 +75,7 @@ class Dispatcher:
         self._lanes: dict[str, Lane] = {}
         self._pump: asyncio.Task[None] | None = None
         self._claimed: set[int] = set()  # outbox rows claimed here and not yet finished
+        self._following = True  # the pump runs until drain() ends it
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, *, release: bool = True) -> None:
@@ -83,6 +84,7 @@ class Dispatcher:
         has gone); a command writing into a database that a server may be delivering does not."""
         if release:
             await self.store.release_outbox()
+        self._following = True
         self.wake.set()
         self._pump = asyncio.create_task(self._follow_outbox())
 
@@ -108,12 +110,17 @@ class Dispatcher:
         return len(left)
 
     async def _follow_outbox(self) -> None:
-        while True:
+        while self._following:
             # woken by this worker's commits; the timeout also picks up rows another worker left
             # behind (claimed by a worker that died, or a lane another worker released)
+            # (asyncio.timeout, not wait_for: a wait_for cancelled as its inner wait ends can stay
+            # "cancelling" for good on Python 3.11, and stop() or drain() would wait for it forever)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), OUTBOX_POLL_SECONDS)
+                async with asyncio.timeout(OUTBOX_POLL_SECONDS):
+                    await self.wake.wait()
             self.wake.clear()
+            if not self._following:
+                return
             try:
                 await self._claim_all()
             except Exception:  # keep following; the rows stay in the outbox
@@ -138,10 +145,10 @@ class Dispatcher:
         exits. Rows another process has claimed are left to it. Past `timeout` seconds the lanes
         stop and the rows claimed here but not finished are released for a server to deliver;
         returns how many those are."""
-        if self._pump is not None:  # from here on, claimed below
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+        if self._pump is not None:  # from here on, claimed below; a claim under way is finished
+            self._following = False
+            self.wake.set()
+            await self._pump
             self._pump = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
