@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gzip
 import io
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +18,14 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
+from backends import db_rows
 from cityos.app import create_app
 from cityos.cli.common import ProgressBar
 from cityos.ingest import csv_import
 from cityos.ingest.schemas import load_validator, schema_errors, shipped
 from cityos.ingest.sink import StoreSink
-from cityos.jsonld.registry import ContextRegistry
-from cityos.net import OutboundPolicy
+from cityos.pipeline import open_pipeline
 from cityos.settings import Settings
-from cityos.store import open_store
 
 DATA = Path(__file__).parent / "data" / "csv"
 STATIONS = DATA / "air-stations.csv"
@@ -41,15 +42,13 @@ BAD = {  # line -> the start of its reason
 
 
 def load(database: str, source: Path, mapping: Path, rejects: Path, progress: Any = None) -> csv_import.CsvReport:
+    """An import in-process, through the write pipeline the `cityos import` command opens."""
+
     async def main() -> csv_import.CsvReport:
-        store = open_store(database)
-        await store.open()
-        try:
-            sink = StoreSink(store, ContextRegistry(OutboundPolicy()).core_terms())
+        async with open_pipeline(Settings(database=database)) as pipeline:
+            sink = StoreSink(pipeline.store, pipeline.contexts.core_terms())
             parsed = csv_import.load_mapping(mapping)
             return await csv_import.import_csv(source, parsed, sink, rejects_path=rejects, progress=progress)
-        finally:
-            await store.close()
 
     return asyncio.run(main())
 
@@ -123,13 +122,94 @@ class TestImport:
         assert "1 rows read, 1 loaded into 1 entities, 0 rejected" in report.summary()
 
 
+BEIJING = Path(csv_import.__file__).parent / "data" / "timeseries" / "beijing-aotizhongxin-2016-03_2017-02.csv.gz"
+BEIJING_MAPPING = {
+    "type": "AirQualityObserved",
+    "id": "urn:ngsi-ld:AirQualityObserved:Beijing-{station}",  # constant text around a column
+    "time": {"columns": ["year", "month", "day", "hour"], "format": "%Y %m %d %H", "timezone": "Asia/Shanghai"},
+    "null_values": ["NA"],
+    "attributes": {
+        "pm25": {"column": "PM2.5", "type": "Number", "unit": "GQ"},
+        "no2": {"column": "NO2", "type": "Number", "unit": "GQ"},
+    },
+}
+
+
+class TestBeijingSeries:
+    """The Beijing air-quality files as published: the time in four columns, NA for no value."""
+
+    @pytest.fixture
+    def series(self, tmp_path: Path) -> tuple[Path, list[dict[str, str]]]:
+        source = tmp_path / "aotizhongxin.csv"
+        source.write_bytes(gzip.decompress(BEIJING.read_bytes()))
+        with source.open(newline="", encoding="utf-8") as handle:
+            return source, list(csv.DictReader(handle))
+
+    def write(self, tmp_path: Path, **changes: Any) -> Path:
+        mapping = tmp_path / "beijing.yaml"
+        mapping.write_text(yaml.safe_dump({**BEIJING_MAPPING, **changes}), encoding="utf-8")
+        return mapping
+
+    def test_a_year_with_time_columns_and_null_values(self, tmp_path: Path, db_url: str, series: Any) -> None:
+        source, rows = series
+        report = load(db_url, source, self.write(tmp_path), tmp_path / "rejects.csv")
+        assert (report.rows, report.loaded, report.rejected) == (8760, 8760, 0)
+        assert report.entities == {"urn:ngsi-ld:AirQualityObserved:Beijing-Aotizhongxin"}
+        history = db_rows(
+            db_url,
+            "SELECT i.attr, count(*), min(i.observed_us), max(i.observed_us) FROM temporal_instances i"
+            " JOIN temporal_entities e ON e.pk = i.epk GROUP BY i.attr ORDER BY i.attr",
+        )
+        counts = {attr.rsplit("/", 1)[-1]: (n, first, last) for attr, n, first, last in history}
+        # a cell that says NA is no value: that hour has no instance of the attribute
+        assert counts["pm25"][0] == sum(r["PM2.5"] != "NA" for r in rows) < 8760
+        assert counts["no2"][0] == sum(r["NO2"] != "NA" for r in rows)
+        first = datetime(2016, 2, 29, 16, tzinfo=UTC)  # 2016-03-01 00:00 in Beijing
+        last = datetime(2017, 2, 28, 15, tzinfo=UTC)  # 2017-02-28 23:00 in Beijing
+        assert counts["no2"][1:] == (int(first.timestamp() * 1e6), int(last.timestamp() * 1e6))
+
+    def test_without_null_values_the_na_rows_are_rejected(self, tmp_path: Path, db_url: str, series: Any) -> None:
+        source, rows = series
+        report = load(db_url, source, self.write(tmp_path, null_values=[]), tmp_path / "rejects.csv")
+        assert report.rejected == sum("NA" in (r["PM2.5"], r["NO2"]) for r in rows) > 0
+        assert "is not a valid number" in read_rejects(tmp_path / "rejects.csv")[0]["reason"]
+
+    def test_a_constant_id(self, tmp_path: Path, db_url: str, series: Any) -> None:
+        source, _ = series
+        mapping = self.write(tmp_path, id="urn:ngsi-ld:AirQualityObserved:Beijing-1", null_values="NA")
+        report = load(db_url, source, mapping, tmp_path / "rejects.csv")
+        assert (report.loaded, report.entities) == (8760, {"urn:ngsi-ld:AirQualityObserved:Beijing-1"})
+
+
+def test_id_templates_name_columns_as_written() -> None:
+    mapping = csv_import.parse_mapping(
+        {"type": "T", "id": "urn:ngsi-ld:T:{{x}}-{PM2.5}-{a b}", "attributes": {"v": "v"}, "null_values": [-1]}
+    )
+    body, _ = csv_import.map_row(mapping, {"PM2.5": "12", "a b": "c d", "v": "-1"})
+    assert body == {"id": "urn:ngsi-ld:T:{x}-12-c%20d", "type": "T"}  # -1 and the empty cell: no value
+    with pytest.raises(csv_import.RowError, match=r"the id column PM2\.5 is empty"):
+        csv_import.map_row(mapping, {"PM2.5": " ", "a b": "c", "v": "1"})
+
+
 class TestMappings:
     @pytest.mark.parametrize(
         ("mapping", "message"),
         [
             ([], "must be a YAML object"),
             ({"type": "T"}, "needs `type`"),
-            ({"type": "T", "id": "urn:x:1", "attributes": {"a": "a"}}, "at least one {column}"),
+            ({"type": "T", "id": "urn:x:{c:>3}", "attributes": {"a": "a"}}, "is not a column name"),
+            ({"type": "T", "id": "urn:x:{c", "attributes": {"a": "a"}}, "id: "),
+            ({"type": "T", "id": "urn:x:{}", "attributes": {"a": "a"}}, "names no column"),
+            ({"type": "T", "id": "urn:x:1", "attributes": {"a": "a"}, "time": {"columns": ["y"]}}, "needs a format"),
+            (
+                {"type": "T", "id": "urn:x:1", "attributes": {"a": "a"}, "time": {"columns": "y", "format": "%Y"}},
+                "list",
+            ),
+            (
+                {"type": "T", "id": "urn:x:1", "attributes": {"a": "a"}, "time": {"column": "y", "columns": ["y"]}},
+                "not both",
+            ),
+            ({"type": "T", "id": "urn:x:1", "attributes": {"a": "a"}, "null_values": {"a": 1}}, "null_values"),
             ({"type": "T", "id": "urn:x:{c}", "attributes": {"a": {"column": "a", "type": "Colour"}}}, "unknown value"),
             (
                 {
@@ -188,8 +268,14 @@ def test_progress_bar_draws_on_a_terminal() -> None:
 
 
 def test_cli_through_a_running_broker(server: str, tmp_path: Path) -> None:
-    """`cityos import csv --url`: the same rows land through the batch API of a real server."""
+    """`cityos import csv --url`: the same rows land through the batch API of a real server; the
+    reject file goes next to the input, not into the current folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
+    inputs, elsewhere = tmp_path / "inputs", tmp_path / "elsewhere"
+    inputs.mkdir()
+    elsewhere.mkdir()
+    source = inputs / STATIONS.name
+    source.write_bytes(STATIONS.read_bytes())
     result = subprocess.run(
         [
             sys.executable,
@@ -197,7 +283,7 @@ def test_cli_through_a_running_broker(server: str, tmp_path: Path) -> None:
             "cityos",
             "import",
             "csv",
-            str(STATIONS),
+            str(source),
             "--mapping",
             str(DATA / "air-stations.yaml"),
             "--url",
@@ -210,12 +296,13 @@ def test_cli_through_a_running_broker(server: str, tmp_path: Path) -> None:
         env=env,
         timeout=60,
         check=False,
-        cwd=tmp_path,
+        cwd=elsewhere,
     )
     assert result.returncode == 0, result.stderr
     assert "air-stations.csv: 16 rows read, 9 loaded into 9 entities, 7 rejected" in result.stdout
-    assert "air-stations.rejects.csv" in result.stdout
-    rejected = read_rejects(tmp_path / "air-stations.rejects.csv")
+    assert str(inputs / "air-stations.rejects.csv") in result.stdout
+    assert list(elsewhere.iterdir()) == []
+    rejected = read_rejects(inputs / "air-stations.rejects.csv")
     assert [int(r["line"]) for r in rejected] == sorted(BAD)
     assert rejected[-1]["reason"].startswith("refused by the broker: BadRequestData")
     import httpx

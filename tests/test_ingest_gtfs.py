@@ -349,3 +349,19 @@ class TestRealtime:
         assert "not a GTFS-Realtime FeedMessage" in str(rounds[0])
         assert "lacks required fields" in str(rounds[1])
         assert "cannot read" in str(rounds[2])
+
+
+def test_an_alert_publishes_a_feed_url_without_secrets_and_no_local_path(tmp_path: Path) -> None:
+    from google.transit import gtfs_realtime_pb2 as rt
+
+    message = rt.FeedMessage()
+    message.header.gtfs_realtime_version = "2.0"
+    message.header.timestamp = 1700000000
+    message.entity.add(id="a1").alert.informed_entity.add(route_id="R1")
+    secret = "https://user:pw@feeds.example.org:8443/alerts.pb?api_key=SECRET#top"
+    [from_url], _ = gtfs_realtime.feed_bodies(message, source=secret)
+    assert from_url["alertSource"]["value"] == "https://feeds.example.org:8443/alerts.pb"
+    assert "SECRET" not in str(from_url) and "pw" not in str(from_url)
+    [from_file], _ = gtfs_realtime.feed_bodies(message, source=str(tmp_path / "alerts.pb"))
+    assert "alertSource" not in from_file and str(tmp_path) not in str(from_file)
+    assert from_file["affectedRoutes"]["observedAt"] == "2023-11-14T22:13:20Z"  # every attribute is observed

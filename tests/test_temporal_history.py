@@ -54,6 +54,24 @@ def test_create_update_merge_and_delete_are_recorded(client: TestClient) -> None
     assert [i["value"] for i in created["name"]] == ["car"]  # untouched attributes add nothing
 
 
+def test_an_observation_stated_again_adds_nothing(client: TestClient) -> None:
+    """The same value at the same observedAt (a feed polled twice, a message delivered twice) is
+    one observation; a new value at that time (a correction) or a new time is recorded."""
+    create_car(client)
+    url = f"{ENTITIES}/{CAR}/attrs/speed"
+    again = {"value": 1, "observedAt": "2026-08-10T00:00:00Z", "unitCode": "KMH"}
+    assert client.patch(url, json=again).status_code == 204  # a new member: recorded
+    assert client.patch(url, json=again).status_code == 204  # stated again: not recorded
+    assert client.patch(url, json={**again, "value": 5}).status_code == 204  # a correction
+    assert client.patch(url, json={**again, "observedAt": "2026-08-10T00:01:00Z"}).status_code == 204
+    assert [(i["value"], i["observedAt"]) for i in history(client)["speed"]] == [
+        (1, "2026-08-10T00:00:00Z"),
+        (1, "2026-08-10T00:00:00Z"),
+        (5, "2026-08-10T00:00:00Z"),
+        (1, "2026-08-10T00:01:00Z"),
+    ]
+
+
 def test_an_expires_at_merge_adds_nothing(client: TestClient) -> None:
     create_car(client, expiresAt="2100-01-01T00:00:00Z")
     assert client.patch(f"{ENTITIES}/{CAR}", json={"expiresAt": "2101-01-01T00:00:00Z"}).status_code == 204

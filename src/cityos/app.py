@@ -23,9 +23,7 @@ from cityos import __version__
 from cityos.entities.expiry import now_key
 from cityos.errors import DatabaseBusy, InternalError, MethodNotAllowed, NgsiLdError, ResourceNotFound, log_failure
 from cityos.ingest.service import IngestService
-from cityos.jsonld.registry import ContextRegistry
 from cityos.logs import configure as configure_logging
-from cityos.net import OutboundPolicy
 from cityos.ngsild import (
     batch,
     contexts,
@@ -38,12 +36,11 @@ from cityos.ngsild import (
     temporal,
 )
 from cityos.ngsild.common import TENANT_HEADER, Services
+from cityos.pipeline import WritePipeline, context_registry
 from cityos.settings import Settings
 from cityos.store import open_store
 from cityos.store.base import StoreEvent
 from cityos.store.fair import current_client
-from cityos.subscriptions.service import SubscriptionService
-from cityos.temporal.service import HistoryService
 
 log = logging.getLogger("cityos")
 SWEEP_SECONDS = 1.0
@@ -237,11 +234,10 @@ class _Reloader:
                 return
 
 
-def _follow_other_workers(
-    services: Services, notifier: SubscriptionService, ingest: IngestService
-) -> Callable[[StoreEvent], None]:
+def _follow_other_workers(pipeline: WritePipeline, ingest: IngestService) -> Callable[[StoreEvent], None]:
     """Route other workers' writes to the caches they invalidate (a "resync" to all of them)."""
-    hosted = _Reloader("hosted @contexts", lambda: contexts.restore_hosted(services))
+    notifier = pipeline.subscriptions
+    hosted = _Reloader("hosted @contexts", pipeline.restore_hosted)
     provisioning = _Reloader("IoT provisioning", ingest.agent.registry.load)
 
     def on_event(event: StoreEvent) -> None:
@@ -260,19 +256,7 @@ async def version_info(request: Request) -> Response:
 
 
 def create_app(settings: Settings) -> Starlette:
-    policy = OutboundPolicy(
-        allow_private_networks=settings.allow_private_networks,
-        timeout=settings.context_fetch_timeout,
-        max_bytes=settings.context_max_bytes,
-    )
-    registry = ContextRegistry(
-        policy,
-        default_core=settings.core_context,
-        cache_size=settings.context_cache_size,
-        preload_manifest=settings.context_preload,
-        failure_ttl=settings.context_failure_ttl,
-        request_budget=settings.context_request_budget,
-    )
+    registry = context_registry(settings)
     registry.base_url = f"http://{settings.host}:{settings.port}"
     services = Services(
         settings=settings,
@@ -285,9 +269,8 @@ def create_app(settings: Settings) -> Starlette:
         ),
         contexts=registry,
     )
-    notifier = SubscriptionService(services.store, registry, settings)
+    pipeline = WritePipeline(services.store, registry, settings)
     ingest = IngestService(services.store, registry, settings)
-    history = HistoryService(services.store, settings)
 
     startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
 
@@ -307,13 +290,10 @@ def create_app(settings: Settings) -> Starlette:
         stack.push_async_callback(registry.aclose)
         await services.store.open()
         stack.push_async_callback(services.store.close)
-        services.store.set_event_listener(_follow_other_workers(services, notifier, ingest))
+        services.store.set_event_listener(_follow_other_workers(pipeline, ingest))
         stack.callback(services.store.set_event_listener, None)
-        await contexts.restore_hosted(services)
-        await notifier.start()  # before the first write: every change is matched
-        stack.push_async_callback(notifier.stop)
-        await history.start()  # ... and recorded
-        stack.push_async_callback(history.stop)
+        await pipeline.start()  # before the first write: every change is matched and recorded
+        stack.push_async_callback(pipeline.stop)
         await ingest.start()  # the IoT Agent, and the demo city into an empty database
         stack.push_async_callback(ingest.stop)
         sweeper = asyncio.create_task(_sweep_expired(services))
@@ -340,7 +320,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.router.redirect_slashes = False
     app.state.services = services
-    app.state.subscriptions = notifier
+    app.state.subscriptions = pipeline.subscriptions
     app.state.ingest = ingest
     keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))
     app.add_middleware(

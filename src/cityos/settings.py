@@ -104,8 +104,10 @@ class Settings:
         "", "MQTT broker the IoT Agent subscribes to for device measures (mqtt://host:1883); empty: no MQTT."
     )
     iot_mqtt_share_group: str = _setting(
-        "cityos",
-        "MQTT shared-subscription group ($share/GROUP/...) so several workers split the measures; empty: plain topics.",
+        "auto",
+        "MQTT shared-subscription group ($share/GROUP/...) in which the workers of this deployment split the"
+        " measures. auto: derived from the database (cityos-HASH), so another deployment on the same broker still"
+        " receives every measure; none: plain topics; any other name: that group (only for workers of one database).",
     )
     demo_on_empty: bool = _setting(
         False, "Load the demo city (`cityos demo`) at start-up when the database has no entities (`make run` sets it)."

@@ -13,12 +13,11 @@ from typing import TextIO
 import httpx
 
 from cityos.ingest.sink import HttpSink, Sink, StoreSink
-from cityos.jsonld.registry import ContextRegistry
-from cityos.net import OutboundPolicy
+from cityos.pipeline import open_pipeline
 from cityos.settings import Settings, env_name
-from cityos.store import open_store
 
 DEFAULT_URL = "http://127.0.0.1:1026"
+DEFAULT_NOTIFY_WAIT = 60.0
 
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:
@@ -35,24 +34,37 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
         " e.g. http://127.0.0.1:1026",
     )
     target.add_argument("--tenant", default="", help="NGSI-LD tenant to write into (default: the default tenant)")
+    target.add_argument(
+        "--notify-wait",
+        type=float,
+        default=DEFAULT_NOTIFY_WAIT,
+        metavar="SECONDS",
+        help="with --database: notifications are delivered while the command writes, and after its last write"
+        " for at most this long; what is left stays in the database for `cityos serve` to deliver (0: leave"
+        " them all to the server)"
+        " [default %(default)s]",
+    )
 
 
 @contextlib.asynccontextmanager
 async def open_sink(args: argparse.Namespace) -> AsyncIterator[Sink]:
-    """The sink the options name; an in-process store is opened and closed around the command."""
+    """The sink the options name. A database is opened with the server's write pipeline (history,
+    subscriptions), and the notifications the command caused are delivered before it closes."""
     if args.url:
         async with httpx.AsyncClient(timeout=120) as client:
             yield HttpSink(args.url, client)
         return
-    settings = Settings.from_env(database=args.database)
-    store = open_store(settings.database, query_timeout=settings.query_timeout, busy_timeout=settings.db_busy_timeout)
-    await store.open()
-    try:
-        registry = ContextRegistry(OutboundPolicy(), default_core=settings.core_context)
-        yield StoreSink(store, registry.core_terms())
-        await store.refresh_statistics()  # a bulk load: queries should use the indexes at once
-    finally:
-        await store.close()
+    settings = Settings.from_env(database=args.database)  # CITYOS_* as for `cityos serve`
+    async with open_pipeline(settings, deliver=args.notify_wait > 0) as pipeline:
+        yield StoreSink(pipeline.store, pipeline.contexts.core_terms())
+        await pipeline.store.refresh_statistics()  # a bulk load: queries should use the indexes at once
+        left = await pipeline.drain(args.notify_wait)
+        if left:
+            print(
+                f"cityos: {left} notification(s) not delivered within --notify-wait {args.notify_wait:g} s"
+                " are kept in the database; `cityos serve` on it delivers them",
+                file=sys.stderr,
+            )
 
 
 class ProgressBar:

@@ -59,7 +59,7 @@ def register(commands: Any) -> None:
     )
     csv.add_argument("file", type=Path, help="the CSV file")
     csv.add_argument("--mapping", type=Path, required=True, help="the YAML mapping of columns to attributes")
-    csv.add_argument("--rejects", type=Path, help="where rejected rows go (default: FILE.rejects.csv here)")
+    csv.add_argument("--rejects", type=Path, help="where rejected rows go (default: FILE.rejects.csv next to FILE)")
     add_target_options(csv)
     csv.set_defaults(run=run_csv)
 
@@ -162,7 +162,7 @@ def run_csv(args: argparse.Namespace) -> int:
         mapping = csv_import.load_mapping(args.mapping)
     except csv_import.MappingError as exc:
         return fail(str(exc))
-    rejects = args.rejects or Path(source.stem + ".rejects.csv")
+    rejects = args.rejects or source.with_name(source.stem + ".rejects.csv")
 
     async def run() -> csv_import.CsvReport:
         bar = ProgressBar(f"Loading {source.name}")
@@ -176,7 +176,7 @@ def run_csv(args: argparse.Namespace) -> int:
 
     try:
         report = asyncio.run(run())
-    except (csv_import.MappingError, ValueError) as exc:
+    except (csv_import.MappingError, ValueError, OSError) as exc:  # OSError: e.g. the reject file
         return fail(str(exc))
     print(f"{source.name}: {report.summary()}")
     return 0

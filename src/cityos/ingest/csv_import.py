@@ -1,12 +1,15 @@
 """Tabular open data: a CSV file and a YAML mapping in, NGSI-LD entities out, streamed in batches.
 
-The mapping names the entity type, an id template over columns, each attribute's column, type and
-unit, an optional time column (becomes observedAt), an optional lat/lon pair (becomes location),
-static attributes and an optional Smart Data Models schema to validate against:
+The mapping names the entity type, an id template over columns (or a constant id, for a file of
+one station), each attribute's column, type and unit, an optional time column or columns (becomes
+observedAt), an optional lat/lon pair (becomes location), the cells that mean "no value", static
+attributes and an optional Smart Data Models schema to validate against:
 
     type: AirQualityObserved
-    id: "urn:ngsi-ld:AirQualityObserved:{station}"
+    id: "urn:ngsi-ld:AirQualityObserved:Madrid-{station}"
     time: {column: measured, format: "%Y-%m-%d %H:%M", timezone: Europe/Madrid}
+    # or, from several columns joined by one space: {columns: [year, month, day, hour], format: "%Y %m %d %H"}
+    null_values: [NA, "-"]
     location: {lat: latitude, lon: longitude}
     attributes:
       no2: {column: NO2, type: Number, unit: GQ}
@@ -62,7 +65,7 @@ class CsvMapping:
     entity_type: str
     id_template: str
     attributes: list[ColumnMapping]
-    time_column: str | None = None
+    time_columns: tuple[str, ...] = ()
     time_format: str | None = None
     timezone: ZoneInfo | None = None
     lat: str | None = None
@@ -77,11 +80,26 @@ class CsvMapping:
 
     def columns(self) -> set[str]:
         used = {a.column for a in self.attributes} | set(_template_fields(self.id_template))
-        return used | {c for c in (self.time_column, self.lat, self.lon) if c}
+        return used | set(self.time_columns) | {c for c in (self.lat, self.lon) if c}
+
+
+def _template(template: str) -> list[tuple[str, str | None]]:
+    """(constant text, column or None) pieces of an id template; `{{` and `}}` are braces. The text
+    between braces is a column name as written (`{PM2.5}` is the column PM2.5)."""
+    try:
+        pieces = list(Formatter().parse(template))
+    except ValueError as exc:
+        raise MappingError(f"id: {exc} in {template!r} (write {{{{ and }}}} for braces)") from exc
+    for _, name, spec, conversion in pieces:
+        if name is not None and (spec or conversion):
+            raise MappingError(f"id: {{{name}{'!' + conversion if conversion else ''}:{spec}}} is not a column name")
+        if name == "":
+            raise MappingError("id: {} names no column")
+    return [(text, name) for text, name, _, _ in pieces]
 
 
 def _template_fields(template: str) -> list[str]:
-    return [name for _, name, _, _ in Formatter().parse(template) if name is not None]
+    return [name for _, name in _template(template) if name is not None]
 
 
 def _str(raw: dict[str, Any], key: str, *, default: str | None = None) -> str | None:
@@ -107,8 +125,7 @@ def parse_mapping(raw: Any, *, base: Path | None = None) -> CsvMapping:
         raise MappingError(
             "the mapping needs `type` (the entity type) and `id` (a template such as urn:ngsi-ld:T:{col})"
         )
-    if not _template_fields(id_template):
-        raise MappingError("`id` must use at least one {column}, or every row gets the same id")
+    _template(id_template)  # a constant id is allowed: every row then updates that one entity
     attributes = []
     for name, spec in (raw.get("attributes") or {}).items():
         if isinstance(spec, str):
@@ -133,8 +150,9 @@ def parse_mapping(raw: Any, *, base: Path | None = None) -> CsvMapping:
     if isinstance(time_spec, str):
         time_spec = {"column": time_spec}
     if time_spec is not None and not isinstance(time_spec, dict):
-        raise MappingError("time must be a column name or {column, format, timezone}")
+        raise MappingError("time must be a column name or {column or columns, format, timezone}")
     time_spec = time_spec or {}
+    time_columns = _time_columns(time_spec)
     zone = None
     if time_spec.get("timezone"):
         try:
@@ -144,22 +162,23 @@ def parse_mapping(raw: Any, *, base: Path | None = None) -> CsvMapping:
     location = raw.get("location") or {}
     if not isinstance(location, dict) or bool(location.get("lat")) != bool(location.get("lon")):
         raise MappingError("location must be {lat: COLUMN, lon: COLUMN}")
-    nulls = raw.get("null_values", [""])
+    nulls = raw.get("null_values", [])
+    nulls = [nulls] if isinstance(nulls, str | int | float) else nulls
     static = raw.get("static") or {}
     if not isinstance(nulls, list) or not isinstance(static, dict):
-        raise MappingError("null_values must be a list and static an object")
+        raise MappingError("null_values must be a list (or one value) and static an object")
     mapping = CsvMapping(
         entity_type=entity_type,
         id_template=id_template,
         attributes=attributes,
-        time_column=_str(time_spec, "column"),
+        time_columns=time_columns,
         time_format=_str(time_spec, "format"),
         timezone=zone,
         lat=_str(location, "lat"),
         lon=_str(location, "lon"),
         static=static,
         schema=_str(raw, "schema"),
-        null_values=frozenset(str(v) for v in nulls),
+        null_values=frozenset({"", *(str(v).strip() for v in nulls)}),  # an empty cell never has a value
         delimiter=_str(raw, "delimiter", default=",") or ",",
         encoding=_str(raw, "encoding", default="utf-8-sig") or "utf-8-sig",
         batch_size=int(raw.get("batch_size", 500)),
@@ -170,6 +189,20 @@ def parse_mapping(raw: Any, *, base: Path | None = None) -> CsvMapping:
     if not attributes and not mapping.lat:
         raise MappingError("map at least one attribute (attributes:) or a location")
     return mapping
+
+
+def _time_columns(spec: dict[str, Any]) -> tuple[str, ...]:
+    """`column: c` or `columns: [c1, c2, ...]` (their cells joined by one space, then parsed)."""
+    column, columns = spec.get("column"), spec.get("columns")
+    if column is not None and columns is not None:
+        raise MappingError("time: give `column` or `columns`, not both")
+    if columns is None:
+        return (_str(spec, "column") or "",) if column else ()
+    if not isinstance(columns, list) or not columns or not all(isinstance(c, str) and c for c in columns):
+        raise MappingError("time.columns must be a list of column names, e.g. [year, month, day, hour]")
+    if not spec.get("format"):
+        raise MappingError('time.columns needs a format for the joined cells, e.g. "%Y %m %d %H"')
+    return tuple(columns)
 
 
 def _parse_time(raw: str, fmt: str | None, zone: ZoneInfo | None, what: str) -> str:
@@ -189,19 +222,25 @@ def map_row(mapping: CsvMapping, row: dict[str, str]) -> tuple[Body, dict[str, A
         value = row.get(column)
         return None if value is None or value.strip() in mapping.null_values else value.strip()
 
-    fields = {name: cell(name) for name in _template_fields(mapping.id_template)}
-    empty = [name for name, value in fields.items() if value is None]
-    if empty:
-        raise RowError(f"the id column {empty[0]} is empty")
-    entity_id = mapping.id_template.format(**fields).replace(" ", "%20")
+    pieces = []
+    for text, name in _template(mapping.id_template):
+        pieces.append(text)
+        if name is not None:
+            value = cell(name)
+            if value is None:
+                raise RowError(f"the id column {name} is empty")
+            pieces.append(value)
+    entity_id = "".join(pieces).replace(" ", "%20")
     body: Body = {"id": entity_id, "type": mapping.entity_type}
     plain: dict[str, Any] = {"id": entity_id, "type": mapping.entity_type}
     observed = None
-    if mapping.time_column:
-        raw_time = cell(mapping.time_column)
-        if raw_time is None:
-            raise RowError(f"the time column {mapping.time_column} is empty")
-        observed = _parse_time(raw_time, mapping.time_format, mapping.timezone, mapping.time_column)
+    if mapping.time_columns:
+        parts = [cell(name) for name in mapping.time_columns]
+        empty = [name for name, part in zip(mapping.time_columns, parts, strict=True) if part is None]
+        if empty:
+            raise RowError(f"the time column {empty[0]} is empty")
+        what = "/".join(mapping.time_columns)
+        observed = _parse_time(" ".join(p for p in parts if p), mapping.time_format, mapping.timezone, what)
     for column in mapping.attributes:
         raw = cell(column.column)
         if raw is None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
@@ -98,6 +99,12 @@ def _enum(holder: Any, field_name: str, enum: Any) -> str | None:
     return str(enum.Name(getattr(holder, field_name))) if holder.HasField(field_name) else None
 
 
+def relationship(target: str | list[str], observed: str) -> dict[str, Any]:
+    """Every attribute of a realtime update carries the time it was observed: an update applied
+    again (the feed polled twice) is the same observation and adds no history."""
+    return {"type": "Relationship", "object": target, "observedAt": observed}
+
+
 def vehicle_body(entity: rt.FeedEntity, observed: str, prefix: str) -> dict[str, Any] | None:
     vehicle = entity.vehicle
     vehicle_id = vehicle.vehicle.id if vehicle.HasField("vehicle") and vehicle.vehicle.id else entity.id
@@ -117,9 +124,9 @@ def vehicle_body(entity: rt.FeedEntity, observed: str, prefix: str) -> dict[str,
         put("heading", position.bearing if position.HasField("bearing") else None, "DD")
         put("speed", round(position.speed * 3.6, 2) if position.HasField("speed") else None, "KMH")
     if vehicle.HasField("trip") and vehicle.trip.trip_id:
-        body["hasTrip"] = {"type": "Relationship", "object": urn("GtfsTrip", prefix, vehicle.trip.trip_id)}
+        body["hasTrip"] = relationship(urn("GtfsTrip", prefix, vehicle.trip.trip_id), stamp)
     if vehicle.stop_id:
-        body["hasStop"] = {"type": "Relationship", "object": urn("GtfsStop", prefix, vehicle.stop_id)}
+        body["hasStop"] = relationship(urn("GtfsStop", prefix, vehicle.stop_id), stamp)
     put("currentStopStatus", _enum(vehicle, "current_status", rt.VehiclePosition.VehicleStopStatus))
     put("occupancyStatus", _enum(vehicle, "occupancy_status", rt.VehiclePosition.OccupancyStatus))
     put("congestionLevel", _enum(vehicle, "congestion_level", rt.VehiclePosition.CongestionLevel))
@@ -142,9 +149,9 @@ def _stop_time_update(update: rt.TripUpdate.StopTimeUpdate) -> dict[str, Any]:
                 item[name + "Delay"] = event.delay
             if event.HasField("time"):
                 item[name + "Time"] = _time(event.time)
-    relationship = _enum(update, "schedule_relationship", rt.TripUpdate.StopTimeUpdate.ScheduleRelationship)
-    if relationship:
-        item["scheduleRelationship"] = relationship
+    scheduled = _enum(update, "schedule_relationship", rt.TripUpdate.StopTimeUpdate.ScheduleRelationship)
+    if scheduled:
+        item["scheduleRelationship"] = scheduled
     return item
 
 
@@ -165,27 +172,43 @@ def trip_update_body(entity: rt.FeedEntity, observed: str, prefix: str) -> dict[
             None,
         )
     body: dict[str, Any] = {"id": urn("GtfsTrip", prefix, update.trip.trip_id), "type": "GtfsTrip"}
-    relationship = _enum(update.trip, "schedule_relationship", rt.TripDescriptor.ScheduleRelationship) or "SCHEDULED"
-    body["scheduleRelationship"] = {"type": "Property", "value": relationship, "observedAt": stamp}
+    scheduled = _enum(update.trip, "schedule_relationship", rt.TripDescriptor.ScheduleRelationship) or "SCHEDULED"
+    body["scheduleRelationship"] = {"type": "Property", "value": scheduled, "observedAt": stamp}
     if delay is not None:
         body["delay"] = {"type": "Property", "value": delay, "unitCode": "SEC", "observedAt": stamp}
     if updates:
         body["stopTimeUpdates"] = {"type": "JsonProperty", "json": updates, "observedAt": stamp}
     if update.HasField("vehicle") and update.vehicle.id:
-        body["hasVehicle"] = {"type": "Relationship", "object": urn("Vehicle", prefix, update.vehicle.id)}
+        body["hasVehicle"] = relationship(urn("Vehicle", prefix, update.vehicle.id), stamp)
     return body
 
 
+def public_source(source: str) -> str | None:
+    """What an Alert may say about where it came from: an http(s) feed's URL without credentials,
+    query or fragment (feeds often carry an API key there); nothing for a local file, whose path
+    says nothing to a reader and may reveal the importing machine's folders."""
+    if not source.startswith(("http://", "https://")):
+        return None
+    parts = urlsplit(source)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def alert_body(entity: rt.FeedEntity, observed: str, prefix: str, source: str) -> dict[str, Any]:
+    """An Alert; its attributes are observed at the feed's time, so a feed polled again without a
+    new header timestamp adds nothing to their history."""
     alert = entity.alert
     body: dict[str, Any] = {"id": urn("Alert", prefix, "gtfs-rt", entity.id), "type": "Alert"}
 
     def put(name: str, value: Any) -> None:
         if value not in (None, "", []):
-            body[name] = {"type": "Property", "value": value}
+            body[name] = {"type": "Property", "value": value, "observedAt": observed}
 
     put("category", "traffic")
-    put("alertSource", source)
+    put("alertSource", public_source(source))
     put("dateIssued", observed)
     put("name", _text(alert.header_text) if alert.HasField("header_text") else None)
     put("description", _text(alert.description_text) if alert.HasField("description_text") else None)
@@ -200,9 +223,9 @@ def alert_body(entity: rt.FeedEntity, observed: str, prefix: str, source: str) -
     routes = sorted({urn("GtfsRoute", prefix, e.route_id) for e in alert.informed_entity if e.route_id})
     stops = sorted({urn("GtfsStop", prefix, e.stop_id) for e in alert.informed_entity if e.stop_id})
     if routes:
-        body["affectedRoutes"] = {"type": "Relationship", "object": routes}
+        body["affectedRoutes"] = relationship(routes, observed)
     if stops:
-        body["affectedStops"] = {"type": "Relationship", "object": stops}
+        body["affectedStops"] = relationship(stops, observed)
     return body
 
 

@@ -20,6 +20,7 @@ from cityos.ingest.iot_provisioning import Device, Registry
 from cityos.ingest.sink import Sink, error_text
 
 log = logging.getLogger("cityos.iot")
+MAX_UNKNOWN_LOGGED = 10_000
 
 
 @dataclass(slots=True)
@@ -44,6 +45,7 @@ class IotAgent:
         self.registry = registry
         self.sink = sink
         self.stats = AgentStats()
+        self._unknown: set[tuple[str, str]] = set()  # (apikey, device id) already logged
 
     def about(self) -> dict[str, Any]:
         return {"stats": asdict(self.stats)}
@@ -56,8 +58,11 @@ class IotAgent:
         self.stats.received += 1
         device = await self.registry.resolve(apikey, device_id)
         if device is None:
+            # another deployment on the same MQTT broker may own it: ignored and counted, logged once
             self.stats.unknown_device += 1
-            log.warning("measure from unknown device %s (apikey %s) ignored", device_id, apikey)
+            if len(self._unknown) < MAX_UNKNOWN_LOGGED and (apikey, device_id) not in self._unknown:
+                self._unknown.add((apikey, device_id))
+                log.info("measures from unknown device %s (apikey %s) are ignored", device_id, apikey)
             return MeasureOutcome("unknown_device", f"no device {device_id} with apikey {apikey}")
         try:
             fmt = fmt or device.protocol or None

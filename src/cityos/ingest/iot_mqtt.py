@@ -4,27 +4,58 @@ Topics follow the FIWARE IoT Agents: `/{apikey}/{device_id}/attrs` (a whole payl
 `/{apikey}/{device_id}/attrs/{object_id}` (one bare value), optionally prefixed with `/ul` or
 `/json` to name the payload format. The connection is kept up with a capped backoff; messages
 are applied one after another, so a device's measures stay in order.
+
+The workers of one deployment share one MQTT shared subscription, so each measure is applied once.
+The group is derived from the database by default: another deployment on the same broker (another
+database) is in another group and receives every measure too; each ignores, and counts, the
+measures of devices it does not know, which another deployment may own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
 import ssl
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from cityos.errors import log_failure
 from cityos.ingest.iot_agent import IotAgent
 from cityos.ingest.iot_payloads import FORMATS
+from cityos.store import is_postgres
 
 log = logging.getLogger("cityos.iot")
 SUBSCRIPTIONS = tuple(prefix + suffix for prefix in ("", "/ul", "/json") for suffix in ("/+/+/attrs", "/+/+/attrs/+"))
 PORTS = {"mqtt": 1883, "mqtts": 8883}
 MAX_BACKOFF = 30.0
+
+
+IDENTITY_PARAMETERS = ("host", "port", "dbname", "search_path", "options")
+
+
+def deployment_identity(database: str) -> str:
+    """What names one deployment's data: a SQLite file's absolute path (links resolved), or a
+    PostgreSQL server, database and search_path (not the user or the password)."""
+    if not is_postgres(database):
+        return "sqlite:" + os.path.realpath(database)
+    parts = urlsplit(database)
+    params = sorted((k, v) for k, v in parse_qsl(parts.query) if k in IDENTITY_PARAMETERS)
+    host = (parts.hostname or "").lower()
+    return f"postgresql://{host}:{parts.port or 5432}{parts.path or '/'}?{params}"
+
+
+def share_group(setting: str, database: str) -> str:
+    """The shared-subscription group of the iot_mqtt_share_group setting ("" for plain topics)."""
+    if setting in ("", "none"):
+        return ""
+    if setting != "auto":
+        return setting
+    return "cityos-" + hashlib.sha256(deployment_identity(database).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from starlette.routing import Route
 from cityos.entities import update
 from cityos.ingest import iot_http
 from cityos.ingest.iot_agent import IotAgent
-from cityos.ingest.iot_mqtt import MqttTransport
+from cityos.ingest.iot_mqtt import MqttTransport, share_group
 from cityos.ingest.iot_provisioning import Registry
 from cityos.ingest.sink import StoreSink
 from cityos.jsonld.registry import ContextRegistry
@@ -30,7 +30,9 @@ class IngestService:
         self.sink = StoreSink(store, contexts.core_terms())
         self.agent = IotAgent(Registry(store), self.sink)
         self.mqtt = (
-            MqttTransport(self.agent, settings.iot_mqtt_url, settings.iot_mqtt_share_group)
+            MqttTransport(
+                self.agent, settings.iot_mqtt_url, share_group(settings.iot_mqtt_share_group, settings.database)
+            )
             if settings.iot_mqtt_url
             else None
         )

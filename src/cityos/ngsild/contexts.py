@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cityos.errors import BadRequestData, InvalidRequest, ResourceNotFound
-from cityos.jsonld.registry import CORE_FILES, StoredContext
+from cityos.jsonld.registry import CORE_FILES
 from cityos.jsonld.termmap import TermMap, define_terms
 from cityos.ngsild.common import check_params, json_response, no_content, read_json, services, tenant
 from cityos.ngsild.negotiation import request_media_type
@@ -116,18 +116,6 @@ async def delete_context(request: Request) -> Response:
     if stored.kind != "Cached":
         await services(request).store.delete_context(tenant_name, stored.local_id)
     return no_content()
-
-
-async def restore_hosted(request_services: object) -> None:
-    """Load the hosted and implicit contexts saved in the store (at startup, and when another worker
-    changed them), replacing those held."""
-    from cityos.ngsild.common import Services
-
-    assert isinstance(request_services, Services)
-    rows = await request_services.store.load_contexts()
-    request_services.contexts.replace_hosted(
-        [StoredContext("", row.local_id, row.kind, row.document, row.tenant, row.created_at) for row in rows]
-    )
 
 
 def routes() -> list[Route]:

@@ -246,6 +246,10 @@ class EntityStore(TemporalStore, Protocol):
     async def release_outbox(self) -> None:
         """Make every undelivered row claimable again (at startup: their claimant has gone)."""
 
+    async def release_claims(self, ids: Sequence[int]) -> None:
+        """Make these rows, claimed by this process and not finished, claimable again (a command
+        that stops delivering leaves them to a server)."""
+
     async def claim_outbox(self, limit: int) -> list[OutboxRow]:
         """Up to `limit` unclaimed rows, oldest first, marked claimed."""
 

@@ -125,6 +125,12 @@ class SQLiteCatalog:
     async def release_outbox(self) -> None:
         await self._write(lambda c: c.execute("UPDATE outbox SET claimed = 0 WHERE claimed = 1"))
 
+    async def release_claims(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._write(
+                lambda c: c.executemany("UPDATE outbox SET claimed = 0 WHERE id = ?", [(i,) for i in ids])
+            )
+
     async def claim_outbox(self, limit: int) -> list[OutboxRow]:
         def run(connection: sqlite3.Connection) -> list[OutboxRow]:
             rows = connection.execute(

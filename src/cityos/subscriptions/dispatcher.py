@@ -75,43 +75,92 @@ class Dispatcher:
         self.wake = asyncio.Event()
         self._lanes: dict[str, Lane] = {}
         self._pump: asyncio.Task[None] | None = None
+        self._claimed: set[int] = set()  # outbox rows claimed here and not yet finished
+        self._following = True  # the pump runs until drain() ends it
 
     # -- lifecycle -------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Deliver what the outbox still holds (the crash guarantee), then follow new rows."""
-        await self.store.release_outbox()
+    async def start(self, *, release: bool = True) -> None:
+        """Deliver what the outbox still holds (the crash guarantee), then follow new rows.
+        release: first make every claimed row claimable again (a server starting: their claimant
+        has gone); a command writing into a database that a server may be delivering does not."""
+        if release:
+            await self.store.release_outbox()
+        self._following = True
         self.wake.set()
         self._pump = asyncio.create_task(self._follow_outbox())
 
-    async def stop(self) -> None:
+    async def stop(self) -> int:
+        """Stop delivering; the rows claimed here and not finished are made claimable again, for
+        whoever delivers next. Returns how many those are."""
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
         if self._pump is not None:
             tasks.append(self._pump)
+            self._pump = None
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._lanes.clear()
+        left = sorted(self._claimed)
+        self._claimed.clear()
+        try:
+            await self.store.release_claims(left)
+        except Exception as exc:  # a server releases every claim when it starts
+            log.warning("releasing %d undelivered notifications failed: %s", len(left), exc)
+        return len(left)
 
     async def _follow_outbox(self) -> None:
-        while True:
+        while self._following:
             # woken by this worker's commits; the timeout also picks up rows another worker left
             # behind (claimed by a worker that died, or a lane another worker released)
+            # (asyncio.timeout, not wait_for: a wait_for cancelled as its inner wait ends can stay
+            # "cancelling" for good on Python 3.11, and stop() or drain() would wait for it forever)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), OUTBOX_POLL_SECONDS)
+                async with asyncio.timeout(OUTBOX_POLL_SECONDS):
+                    await self.wake.wait()
             self.wake.clear()
+            if not self._following:
+                return
             try:
-                while True:
-                    rows = await self.store.claim_outbox(CLAIM_BATCH)
-                    for row in rows:
-                        self.enqueue(row.lane, Job(row.tenant, row.subscription_id, row=row))
-                    if len(rows) < CLAIM_BATCH:
-                        break
+                await self._claim_all()
             except Exception:  # keep following; the rows stay in the outbox
                 log_failure(log, "reading the notification outbox failed")
                 await asyncio.sleep(1.0)
                 self.wake.set()
+
+    async def _claim_all(self) -> int:
+        """Claim every claimable outbox row and queue it on its lane; returns how many."""
+        count = 0
+        while True:
+            rows = await self.store.claim_outbox(CLAIM_BATCH)
+            for row in rows:
+                self._claimed.add(row.id)
+                self.enqueue(row.lane, Job(row.tenant, row.subscription_id, row=row))
+            count += len(rows)
+            if len(rows) < CLAIM_BATCH:
+                return count
+
+    async def drain(self, timeout: float) -> int:
+        """Deliver what the outbox holds, then stop: for a command that wrote into the database and
+        exits. Rows another process has claimed are left to it. Past `timeout` seconds the lanes
+        stop and the rows claimed here but not finished are released for a server to deliver;
+        returns how many those are."""
+        if self._pump is not None:  # from here on, claimed below; a claim under way is finished
+            self._following = False
+            self.wake.set()
+            await self._pump
+            self._pump = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            claimed = await self._claim_all()
+            tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+            if not claimed and not tasks:
+                break
+            if tasks:
+                await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+        return await self.stop()
 
     # -- lanes -----------------------------------------------------------------------------------
     def enqueue(self, lane_key: str, job: Job) -> None:
@@ -169,6 +218,7 @@ class Dispatcher:
             if subscription is None:  # deleted meanwhile: its rows went with it
                 if row is not None:
                     await self.store.finish_outbox(row, done=True)
+                    self._claimed.discard(row.id)
                 return
             error = await self._attempt(subscription, job, lane)
             status = subscription.to_row()
@@ -179,6 +229,7 @@ class Dispatcher:
                 if error is not None:
                     log.warning("giving up notification %s of %s: %s", row.id, subscription.id, error)
                 await self.store.finish_outbox(row, done=True, status=status)
+                self._claimed.discard(row.id)
                 return
             row.attempts += 1
             await self.store.finish_outbox(row, done=False, status=status)

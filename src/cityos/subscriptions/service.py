@@ -49,8 +49,11 @@ class SubscriptionService:
         self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Load the subscriptions, listen to the store's changes, deliver what the outbox holds."""
+    async def install(self) -> None:
+        """Load the subscriptions and match every change of the store from now on: the outbox rows
+        are written in the change's transaction (delivered by start() or drain())."""
+        if self._dispatcher is not None:
+            return
         for row in await self.store.load_subscriptions():
             await self._load(row)
         self.matcher.rebuild(self._matchers.values())
@@ -72,9 +75,29 @@ class SubscriptionService:
         self.matcher.throttle_in_store = self.store.throttles_in_store
         self.store.set_change_listener(self.matcher, wake)
         self.store.set_catalog_refresher(self.apply_rows)
-        await dispatcher.start()
+
+    async def start(self) -> None:
+        """Install, deliver what the outbox holds and follow it, run the periodic notifications."""
+        await self.install()
+        assert self._dispatcher is not None
+        await self._dispatcher.start()
         for key, subscription in self._subscriptions.items():
             self._schedule(key, subscription)
+
+    async def follow(self) -> None:
+        """A command writing into a database: install, and deliver what its writes add to the
+        outbox while it runs, leaving alone the rows a server on the same database holds (no
+        periodic notifications: a server sends those)."""
+        await self.install()
+        assert self._dispatcher is not None
+        await self._dispatcher.start(release=False)
+
+    async def drain(self, timeout: float) -> int:
+        """Deliver the outbox for at most `timeout` seconds, then stop (a command leaving); returns
+        how many notifications are left in it for a server (see Dispatcher.drain)."""
+        if self._dispatcher is None or timeout <= 0:
+            return 0
+        return await self._dispatcher.drain(timeout)
 
     async def _load(self, row: SubscriptionRow) -> Subscription:
         """Put a stored subscription in the caches (the matcher index is rebuilt by the caller)."""

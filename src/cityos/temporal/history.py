@@ -4,6 +4,8 @@ functions from an EntityChange to the attribute instances to append.
 - A created entity: one instance per attribute instance (datasetId), as stored.
 - An update, merge or replace: an instance for each attribute instance that changed (a member,
   its value or its modifiedAt), nothing for the untouched ones; an expiresAt-only merge adds nothing.
+  An observation stated again (the same observedAt and the same content, only the system times
+  moved: a feed polled twice, a device message delivered twice) is not a new instance either.
 - A removed attribute instance (attribute delete, NGSI-LD Null, expiry, entity delete): a deletion
   instance carrying deletedAt and the NGSI-LD Null value of its type, and no other time.
 - The scope: a Property instance whose observedAt copies its modifiedAt; removed, `"value": []`.
@@ -53,6 +55,28 @@ def _by_dataset(instances: Sequence[Instance]) -> dict[str | None, Instance]:
     return {instance.get("datasetId"): instance for instance in instances}
 
 
+SYSTEM_TIMES = frozenset({"createdAt", "modifiedAt"})
+
+
+def _observation(instance: Instance) -> dict[str, object]:
+    """An instance without its system times (also those of its sub-attributes)."""
+    return {
+        key: _observation(value) if isinstance(value, dict) and ":" in key else value
+        for key, value in instance.items()
+        if key not in SYSTEM_TIMES
+    }
+
+
+def restated(old: Instance | None, new: Instance) -> bool:
+    """The same observation again: observedAt and every member unchanged."""
+    return (
+        old is not None
+        and "observedAt" in new
+        and old.get("observedAt") == new["observedAt"]
+        and _observation(old) == _observation(new)
+    )
+
+
 def changed_instances(before: Entity | None, after: Entity | None) -> list[tuple[str, Instance]]:
     """(attribute, instance) pairs to append for one change, in attribute order."""
     found: list[tuple[str, Instance]] = []
@@ -63,7 +87,7 @@ def changed_instances(before: Entity | None, after: Entity | None) -> list[tuple
         old = _by_dataset(old_attrs.get(attr, []))
         new = _by_dataset(new_attrs.get(attr, []))
         for dataset, instance in new.items():
-            if old.get(dataset) != instance:
+            if old.get(dataset) != instance and not restated(old.get(dataset), instance):
                 found.append((attr, copy.deepcopy(instance)))
         for dataset, instance in old.items():
             if dataset not in new:

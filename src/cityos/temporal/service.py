@@ -26,11 +26,16 @@ class HistoryService:
         self.settings = settings
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    def install(self) -> None:
+        """Record every change of the store from now on, in the change's transaction."""
         self.store.set_change_listener(
             HistoryRecorder(parse_disabled(self.settings.temporal_disabled_tenants)), None, name="history"
         )
-        if self.settings.temporal_retention_days > 0:
+
+    async def start(self) -> None:
+        """Install, and sweep what is past the retention period (a server)."""
+        self.install()
+        if self.settings.temporal_retention_days > 0 and self._sweeper is None:
             self._sweeper = asyncio.create_task(self._retain())
 
     async def stop(self) -> None:

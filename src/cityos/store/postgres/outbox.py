@@ -189,6 +189,14 @@ class PostgresOutbox(Transactions):
                 self.worker_id,
             )
 
+    async def release_claims(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self.pool.execute(
+                "UPDATE outbox SET claimed_by = NULL WHERE id = ANY($1::bigint[]) AND claimed_by = $2",
+                list(ids),
+                self.worker_id,
+            )
+
     async def claim_outbox(self, limit: int) -> list[OutboxRow]:
         """Up to `limit` rows, oldest first, that are unclaimed or claimed by a dead worker, now
         claimed by this one; rows of a lane only in order and only by the worker holding the lane."""
