@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from starlette.testclient import TestClient
 
 from backends import BACKENDS, POSTGRES, PostgresSchemas, admin
 from cityos.app import create_app
 from cityos.settings import Settings
+from notify_helpers import free_port, stop_process, wait_serving
 
 CORE = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.9.jsonld"
 DATA = Path(__file__).parent / "data"
@@ -111,13 +109,6 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def server(db_url: str) -> Iterator[str]:
     """A real `cityos serve` process on 127.0.0.1; yields its base URL and stops it by pid."""
@@ -131,23 +122,9 @@ def server(db_url: str) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(base + "/version", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output = process.stdout.read().decode() if process.stdout else ""
-                    raise RuntimeError(f"server did not start:\n{output}") from None
-                time.sleep(0.1)
+        wait_serving(process, base, 20, lambda: process.stdout.read().decode() if process.stdout else "")
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         if process.stdout:
             process.stdout.close()

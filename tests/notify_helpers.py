@@ -141,6 +141,45 @@ def mosquitto() -> Iterator[int]:
         process.wait(timeout=10)
 
 
+def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Call `check` until it returns something true (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def wait_serving(
+    process: subprocess.Popen[bytes], base: str, timeout: float = 20.0, log: Callable[[], str] = lambda: ""
+) -> None:
+    """Until the server at `base` answers /version; RuntimeError (with its log) if the process
+    exits first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(base + "/version", timeout=1)
+            return
+        except httpx.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server at {base} did not start:\n{log()}") from None
+            time.sleep(0.05)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it is still running after `timeout` seconds (by its pid)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class BrokerProcess:
     """A real `cityos serve` process that can be killed with SIGKILL and started again on the
     same database file and port (notifications may reach 127.0.0.1)."""
@@ -164,15 +203,7 @@ class BrokerProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(self.base + "/version", timeout=1)
-                return
-            except httpx.TransportError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the broker did not start") from None
-                time.sleep(0.05)
+        wait_serving(self.process, self.base)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""
@@ -181,10 +212,5 @@ class BrokerProcess:
         self.process.wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)

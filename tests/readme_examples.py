@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+from notify_helpers import free_port, stop_process, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 ELLIPSIS = "\u2026"
@@ -294,15 +294,6 @@ class Failure:
         )
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def make_run_command(env: dict[str, str] | None = None) -> list[str]:
     """The `cityos serve` line of the Makefile's `run:` recipe, with $(BIN) the virtual environment
     running the tests and any other make variable taken from the environment (empty if unset)."""
@@ -361,25 +352,12 @@ class ReadmeRun:
             env[name] = value
         with self.server_log.open("ab") as log:
             self.server = subprocess.Popen(argv, cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{self.port}/version", timeout=1)
-                return
-            except httpx.TransportError:
-                if self.server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the broker did not start:\n{self.server_log.read_text()}") from None
-                time.sleep(0.1)
+        wait_serving(self.server, f"http://127.0.0.1:{self.port}", 60, self.server_log.read_text)
 
     def stop_server(self) -> None:
         if self.server is None:
             return
-        self.server.terminate()
-        try:
-            self.server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.server.kill()
-            self.server.wait()
+        stop_process(self.server, timeout=15)
         self.server = None
 
     def server_command(self, text: str) -> bool:

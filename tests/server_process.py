@@ -7,12 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
-from notify_helpers import free_port
+from notify_helpers import free_port, stop_process, wait_serving
 
 
 class LoggedServer:
@@ -35,15 +32,7 @@ class LoggedServer:
 
     def wait_ready(self, timeout: float = 60) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                httpx.get(self.base + "/version", timeout=1)
-                return
-            except httpx.TransportError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not start:\n{self.log()}") from None
-                time.sleep(0.05)
+        wait_serving(self.process, self.base, timeout, self.log)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -58,10 +47,5 @@ class LoggedServer:
         return self.process.wait(timeout=timeout)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,7 +17,7 @@ import pytest
 from backends import cli_env
 from cityos.ingest.iot_mqtt import parse_topic
 from cityos.ingest.iot_payloads import PayloadError, detect_format, parse_json, parse_single, parse_ultralight
-from notify_helpers import free_port, mosquitto
+from notify_helpers import free_port, mosquitto, wait_for
 
 # -- payloads (pure) ------------------------------------------------------------------------------
 
@@ -113,17 +113,6 @@ class Agent:
         )
         assert response.status_code == 201, response.text
         return apikey
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

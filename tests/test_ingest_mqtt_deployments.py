@@ -9,8 +9,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from paho.mqtt import publish as mqtt_publish
 
 from backends import cli_env, db_rows
 from cityos.ingest.iot_mqtt import deployment_identity, share_group
-from notify_helpers import free_port, mosquitto
+from notify_helpers import free_port, mosquitto, stop_process, wait_for
 
 MEASURES = 12  # per device
 DEVICES = ("d1", "d2")
@@ -60,23 +59,7 @@ class Deployment:
 
     def stop(self) -> None:
         self.http.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.1)
+        stop_process(self.process)
 
 
 @pytest.fixture
@@ -86,7 +69,10 @@ def two_deployments(db_url: str, tmp_path: Path) -> Iterator[tuple[int, Deployme
         a = Deployment(db_url, mqtt_port)
         b = Deployment(str(tmp_path / "other.db"), mqtt_port)
         try:
-            wait_for(lambda: a.about().get("mqtt", {}).get("connected") and b.about().get("mqtt", {}).get("connected"))
+            wait_for(
+                lambda: a.about().get("mqtt", {}).get("connected") and b.about().get("mqtt", {}).get("connected"),
+                timeout=20,
+            )
             yield mqtt_port, a, b
         finally:
             a.stop()
@@ -120,7 +106,7 @@ def test_each_deployment_stores_all_of_its_own_measures(two_deployments: tuple[i
     mqtt_publish.multiple(messages, hostname="127.0.0.1", port=mqtt_port)
     total = MEASURES * len(DEVICES)
     for deployment, own in ((a, "a"), (b, "b")):
-        stats = wait_for(lambda d=deployment: (s := d.about()["stats"])["received"] >= 2 * total and s)
+        stats = wait_for(lambda d=deployment: (s := d.about()["stats"])["received"] >= 2 * total and s, timeout=20)
         assert stats["stored"] == total, stats  # all of its own
         assert stats["unknown_device"] == total, stats  # all of the other's: ignored, counted
         for device in DEVICES:

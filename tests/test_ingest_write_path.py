@@ -114,14 +114,19 @@ def check_year(database: str, receiver: Receiver) -> None:
     assert sorted(notified(receiver), key=lambda n: n[1]) == EXPECTED
 
 
+def subscribe_in(db_url: str, receiver_url: str) -> None:
+    """Create the test's subscription in the database through the API (in-process, then closed)."""
+    with TestClient(
+        create_app(Settings(database=db_url, allow_private_networks=True)), base_url="http://127.0.0.1:1026"
+    ) as client:
+        response = client.post("/ngsi-ld/v1/subscriptions", json=subscription(receiver_url))
+        assert response.status_code == 201, response.text
+
+
 def test_a_year_into_the_database_file_records_history_and_notifies(db_url: str, year: tuple[Path, Path]) -> None:
     source, mapping = year
     with receiving() as receiver:
-        with TestClient(
-            create_app(Settings(database=db_url, allow_private_networks=True)), base_url="http://127.0.0.1:1026"
-        ) as client:
-            response = client.post("/ngsi-ld/v1/subscriptions", json=subscription(receiver.url))
-            assert response.status_code == 201, response.text
+        subscribe_in(db_url, receiver.url)
         result = cli("import", "csv", str(source), "--mapping", str(mapping), "--database", db_url)
         assert result.returncode == 0, result.stderr
         assert f"{HOURS} rows read, {HOURS} loaded into 1 entities, 0 rejected" in result.stdout
@@ -152,11 +157,7 @@ def test_undelivered_notifications_are_left_to_the_server(db_url: str, year: tup
     delivers them when it starts."""
     source, mapping = year
     with receiving() as receiver:
-        with TestClient(
-            create_app(Settings(database=db_url, allow_private_networks=True)), base_url="http://127.0.0.1:1026"
-        ) as client:
-            response = client.post("/ngsi-ld/v1/subscriptions", json=subscription(receiver.url))
-            assert response.status_code == 201, response.text
+        subscribe_in(db_url, receiver.url)
         result = cli(
             "import", "csv", str(source), "--mapping", str(mapping), "--database", db_url, "--notify-wait", "0"
         )

@@ -7,7 +7,6 @@ it receives is counted, so caching and the outbound policy are checked from the 
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ from cityos.jsonld.registry import ContextRegistry, ResolvedContext, core_url
 from cityos.jsonld.termmap import TermDef, TermMap, define_terms
 from cityos.net import OutboundPolicy
 from cityos.settings import Settings
+from notify_helpers import free_port
 
 T = TypeVar("T")
 
@@ -488,13 +488,6 @@ def remote_registry(**policy: Any) -> ContextRegistry:
     options: dict[str, Any] = {"allow_private_networks": True, "timeout": 2.0}
     options.update(policy)
     return ContextRegistry(OutboundPolicy(**options))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 VEHICLE_CONTEXT = {"@context": {"Vehicle": EX + "Vehicle", "speed": EX + "speed"}}

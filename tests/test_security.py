@@ -9,12 +9,10 @@ import asyncio
 import base64
 import ipaddress
 import logging
-import os
 import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +28,8 @@ from cityos.logs import SafeFormatter, escape_control
 from cityos.net import OutboundPolicy, OutboundRefused, check_host, is_public
 from cityos.redact import REDACTED, redact_uri
 from cityos.settings import Settings
-from notify_helpers import Receiver, free_port, receiving
+from notify_helpers import Receiver, receiving
+from server_process import LoggedServer
 
 BASE = "/ngsi-ld/v1"
 HINT = "--allow-private-networks"
@@ -183,43 +182,17 @@ def receiver() -> Iterator[Receiver]:
 # -- a real server with its log -------------------------------------------------------------------
 
 
-class Server:
-    """`cityos serve` on a free port with its whole output in a file."""
+class Server(LoggedServer):
+    """`cityos serve` on a free port with these settings (CITYOS_* variables), its whole output in
+    a file; started at once."""
 
     def __init__(self, db_url: str, log: Path, **settings: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = {**os.environ, "CITYOS_DATABASE": db_url, "CITYOS_PORT": str(self.port)}
-        env.update({"CITYOS_" + k.upper(): v for k, v in settings.items()})
-        self._out = log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cityos", "serve"], env=env, stdout=self._out, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(self.base + "/version", timeout=1)
-                return
-            except httpx.TransportError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"server did not start:\n{self.output()}") from None
-                time.sleep(0.1)
+        env = {"CITYOS_DATABASE": db_url, **{"CITYOS_" + k.upper(): v for k, v in settings.items()}}
+        super().__init__(log, env=env)
+        self.start(timeout=20)
 
     def output(self) -> str:
-        self._out.flush()
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._out.close()
+        return self.log()
 
 
 def serving(db_url: str, tmp_path: Path, **settings: str) -> Iterator[Server]:
