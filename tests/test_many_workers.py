@@ -95,3 +95,41 @@ def test_killing_the_supervisor_ends_its_workers(fresh_postgres: str, tmp_path: 
         for pid in workers:  # orphans this test started (when the fix is missing)
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_concurrent_batch_upserts_with_overlapping_ids_never_fail(two_workers: LoggedServer) -> None:
+    """Six clients upsert batches of the same 24 ids, each batch in its own random order, through
+    both workers: row locks taken in different orders would deadlock (PostgreSQL aborts one of
+    the transactions: a 500). Each client writes an attribute of its own, so the last batch of
+    each client must be visible on every entity it touched."""
+    ids = [f"urn:ngsi-ld:Thing:overlap-{n:02d}" for n in range(24)]
+    statuses: Counter[int] = Counter()
+    last: dict[tuple[str, int], int] = {}
+    lock = threading.Lock()
+
+    def client_run(number: int) -> None:
+        chooser = random.Random(number)
+        with httpx.Client(base_url=two_workers.base, timeout=30) as client:
+            for batch in range(12):
+                chosen = chooser.sample(ids, 16)  # overlapping, each in a different order
+                body = [
+                    {"id": entity_id, "type": "Thing", f"w{number}": {"type": "Property", "value": batch}}
+                    for entity_id in chosen
+                ]
+                response = client.post(UPSERT, params={"options": "update"}, json=body, headers={"Connection": "close"})
+                with lock:
+                    statuses[response.status_code] += 1
+                    if response.status_code in (201, 204):
+                        for entity_id in chosen:
+                            last[(entity_id, number)] = batch
+
+    threads = [threading.Thread(target=client_run, args=(number,)) for number in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(statuses) <= {201, 204}, (statuses, two_workers.log()[-3000:])
+    with httpx.Client(base_url=two_workers.base, timeout=10) as client:
+        for (entity_id, number), batch in last.items():
+            got = client.get(f"{ENTITIES}/{entity_id}", params={"options": "keyValues"}).json()
+            assert got[f"w{number}"] == batch

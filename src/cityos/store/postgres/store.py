@@ -201,21 +201,29 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
     async def mutate(
         self, tenant: str, operations: Sequence[tuple[str, Mutator]], *, atomic: bool
     ) -> list[MutationResult]:
+        # entities are locked in id order (the operations on one id keep theirs), so two batches
+        # that share ids wait for each other instead of deadlocking; results keep the caller's order
+        order = sorted(range(len(operations)), key=lambda index: operations[index][0])
         wakes: list[Callable[[], None]] = []
-        async with self._transaction() as connection:
+
+        async def work(connection: Connection) -> list[MutationResult]:
+            wakes.clear()  # a transaction run again starts afresh
             await connection.execute("INSERT INTO tenants (name) VALUES ($1) ON CONFLICT DO NOTHING", tenant)
             await self._fresh_subscriptions(connection)
-            results: list[MutationResult] = []
-            for entity_id, mutator in operations:
+            results: dict[int, MutationResult] = {}
+            for index in order:
+                entity_id, mutator = operations[index]
                 if atomic:
-                    results.append(await self._apply(connection, tenant, entity_id, mutator, wakes))
+                    results[index] = await self._apply(connection, tenant, entity_id, mutator, wakes)
                     continue
                 try:
                     async with connection.transaction():  # nested: a SAVEPOINT
-                        result = await self._apply(connection, tenant, entity_id, mutator, wakes)
+                        results[index] = await self._apply(connection, tenant, entity_id, mutator, wakes)
                 except NgsiLdError as error:
-                    result = MutationResult(entity_id, error=error)
-                results.append(result)
+                    results[index] = MutationResult(entity_id, error=error)
+            return [results[index] for index in range(len(operations))]
+
+        results = await self._write(work)
         for wake in wakes:  # after the commit: the rows are there to claim
             wake()
         return results
