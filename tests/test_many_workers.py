@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -133,3 +134,83 @@ def test_concurrent_batch_upserts_with_overlapping_ids_never_fail(two_workers: L
         for (entity_id, number), batch in last.items():
             got = client.get(f"{ENTITIES}/{entity_id}", params={"options": "keyValues"}).json()
             assert got[f"w{number}"] == batch
+
+
+def test_connections_cut_by_the_database_give_503_or_success_never_500(fresh_postgres: str, tmp_path: Path) -> None:
+    """pg_terminate_backend on every connection of the server (found by its application_name),
+    again and again, while four clients write batches and read: each answer is a 2xx, or a 503
+    with Retry-After; afterwards every request succeeds again."""
+    import asyncpg
+
+    from backends import POSTGRES
+
+    name = f"cityos-cut-{os.getpid()}-{random.randrange(10**6)}"
+    database = f"{fresh_postgres}&application_name={name}"
+    server = LoggedServer(tmp_path / "serve.log", "--workers", "2", env={"CITYOS_DATABASE": database})
+    server.start()
+    statuses: Counter[int] = Counter()
+    without_retry_after: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def record(send: Callable[..., httpx.Response], url: str, **options: Any) -> None:
+        try:
+            response = send(url, **options)
+        except httpx.TransportError:  # a 500 may drop the connection (issue 13, section 2)
+            with lock:
+                statuses[-1] += 1
+            return
+        with lock:
+            statuses[response.status_code] += 1
+            if response.status_code == 503 and "Retry-After" not in response.headers:
+                without_retry_after.append(response.text)
+
+    def traffic(number: int) -> None:
+        ids = [f"urn:ngsi-ld:Thing:cut-{number}-{n}" for n in range(10)]
+        value = 0
+        with httpx.Client(base_url=server.base, timeout=30) as client:
+            while not stop.is_set():
+                value += 1
+                body = [{"id": i, "type": "Thing", "v": {"type": "Property", "value": value}} for i in ids]
+                record(client.post, UPSERT, json=body)
+                record(client.get, f"{ENTITIES}/{ids[value % len(ids)]}")
+                record(client.get, ENTITIES, params={"type": "Thing", "q": f"v<{value + 1}", "limit": "20"})
+
+    async def cut(rounds: int) -> int:
+        admin = await asyncpg.connect(POSTGRES, timeout=5)
+        ended = 0
+        try:
+            for _ in range(rounds):
+                await asyncio.sleep(0.25)
+                ended += await admin.fetchval(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = $1 AND pid <> pg_backend_pid()) AS t",
+                    name,
+                )
+        finally:
+            await admin.close()
+        return ended
+
+    threads = [threading.Thread(target=traffic, args=(number,)) for number in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(1)
+        ended = asyncio.run(cut(24))
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert ended > 10  # connections were really cut, many times
+        assert set(statuses) <= {200, 201, 204, 503}, (statuses, server.log()[-3000:])
+        assert not without_retry_after
+        with httpx.Client(base_url=server.base, timeout=10) as client:  # recovered
+            for number in range(10):
+                entity = {"id": f"urn:ngsi-ld:Thing:after-{number}", "type": "Thing"}
+                assert client.post(ENTITIES, json=entity).status_code == 201
+                assert client.get(f"{ENTITIES}/urn:ngsi-ld:Thing:after-{number}").status_code == 200
+        assert db_rows(fresh_postgres, "SELECT count(*) FROM entities WHERE id LIKE 'urn:ngsi-ld:Thing:after-%'") == [
+            (10,)
+        ]
+    finally:
+        stop.set()
+        server.stop()

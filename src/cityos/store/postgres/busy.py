@@ -49,6 +49,9 @@ _LOST = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.CannotConnectNowError,  # the server is starting or stopping
     ConnectionError,  # a new connection refused or reset
+    # asyncpg's protocol state left broken by a server-side termination noticed late (seen at BEGIN
+    # on a pooled connection: "cannot switch to state 15; another operation (2) is in progress")
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -90,6 +93,26 @@ def read_again_once(
             raise
 
     return read
+
+
+def unavailable_when_lost(
+    method: Callable[Concatenate[S, P], Awaitable[T]],
+) -> Callable[Concatenate[S, P], Awaitable[T]]:
+    """For one-statement writes outside `_write` (autocommitted): a lost connection may have
+    happened before or after the commit, so the write is not run again; it is a 503."""
+
+    @functools.wraps(method)
+    async def write(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(self, *args, **kwargs)
+        except Exception as error:
+            if lost_connection(error):
+                raise DatabaseUnavailable(
+                    "the database connection was lost; the change may or may not have been applied"
+                ) from error
+            raise
+
+    return write
 
 
 class Transactions:

@@ -43,7 +43,7 @@ from cityos.store.base import (
 )
 from cityos.store.fair import FairShare
 from cityos.store.paging import Pager, bounded, exact_in_sql
-from cityos.store.postgres.busy import lock_settings
+from cityos.store.postgres.busy import lock_settings, read_again_once
 from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.events import EventFollower, channel_for, notify
 from cityos.store.postgres.outbox import subscription_rows
@@ -188,12 +188,14 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
             "ANALYZE entities, attr_values, entity_geo, temporal_entities, temporal_instances", timeout=600
         )
 
+    @read_again_once
     async def tenant_exists(self, tenant: str) -> bool:
         if tenant == "":
             return True
         found = await self.pool.fetchval("SELECT 1 FROM tenants WHERE name = $1", tenant)
         return found is not None
 
+    @read_again_once
     async def get_entity(self, tenant: str, entity_id: str) -> Entity | None:
         doc = await self.pool.fetchval("SELECT doc FROM entities WHERE tenant = $1 AND id = $2", tenant, entity_id)
         return visible(orjson.loads(doc)) if doc is not None else None
@@ -337,6 +339,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
         found: Entity | None = self._block_on(self.get_entity(tenant, entity_id))
         return found
 
+    @read_again_once
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         now = now_key()
         query = id_pattern_in_python(query)  # PostgreSQL's regex dialect gets only what it reads as RE2 does
@@ -449,6 +452,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
             )
             await self._notify(connection, StoreEvent("context", tenant, local_id))
 
+    @read_again_once
     async def load_contexts(self) -> list[StoredContextRow]:
         rows = await self.pool.fetch("SELECT tenant, local_id, kind, doc, created_at FROM jsonld_contexts ORDER BY seq")
         return [
