@@ -24,8 +24,8 @@ import contextlib
 import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 
@@ -73,11 +73,10 @@ class _LostWhileCommitting(DatabaseUnavailable):
 
 
 def read_again_once(
-    method: Callable[Concatenate[S, P], Awaitable[T]],
-) -> Callable[Concatenate[S, P], Awaitable[T]]:
+    method: Callable[Concatenate[S, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
     """For idempotent reads: one more try on a fresh connection when the first one was lost."""
 
-    @functools.wraps(method)
     async def read(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(self, *args, **kwargs)
@@ -92,16 +91,16 @@ def read_again_once(
                 raise DatabaseUnavailable("the database connection was lost twice; try again shortly") from error
             raise
 
+    functools.update_wrapper(read, method)
     return read
 
 
 def unavailable_when_lost(
-    method: Callable[Concatenate[S, P], Awaitable[T]],
-) -> Callable[Concatenate[S, P], Awaitable[T]]:
+    method: Callable[Concatenate[S, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
     """For one-statement writes outside `_write` (autocommitted): a lost connection may have
     happened before or after the commit, so the write is not run again; it is a 503."""
 
-    @functools.wraps(method)
     async def write(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(self, *args, **kwargs)
@@ -112,6 +111,7 @@ def unavailable_when_lost(
                 ) from error
             raise
 
+    functools.update_wrapper(write, method)
     return write
 
 
