@@ -77,7 +77,7 @@ def read_again_once(
 ) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
     """For idempotent reads: one more try on a fresh connection when the first one was lost."""
 
-    async def read(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def read(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(self, *args, **kwargs)
         except Exception as error:
@@ -101,7 +101,7 @@ def unavailable_when_lost(
     """For one-statement writes outside `_write` (autocommitted): a lost connection may have
     happened before or after the commit, so the write is not run again; it is a 503."""
 
-    async def write(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def write(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(self, *args, **kwargs)
         except Exception as error:
