@@ -266,6 +266,7 @@ def create_app(settings: Settings) -> Starlette:
             query_timeout=settings.query_timeout,
             worker_timeout=settings.worker_timeout,
             busy_timeout=settings.db_busy_timeout,
+            durability=settings.durability,
             client_share=settings.client_query_share,
         ),
         contexts=registry,

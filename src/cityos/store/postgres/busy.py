@@ -55,9 +55,14 @@ _LOST = (
 )
 
 
-def lock_settings(busy_timeout: float) -> dict[str, str]:
-    """The server settings of a pooled connection: lock waits end at the busy timeout."""
-    return {"lock_timeout": f"{max(1, int(busy_timeout * 1000))}ms"}
+def session_settings(busy_timeout: float, durability: str = "normal") -> dict[str, str]:
+    """The server settings of a pooled connection: lock waits end at the busy timeout. Durability
+    "full" asks for synchronous_commit=on, PostgreSQL's own default, even where the server or the
+    role turned it off; "normal" keeps what the server is configured with (docs/deployment.md)."""
+    settings = {"lock_timeout": f"{max(1, int(busy_timeout * 1000))}ms"}
+    if durability == "full":
+        settings["synchronous_commit"] = "on"
+    return settings
 
 
 def lost_connection(error: BaseException) -> bool:

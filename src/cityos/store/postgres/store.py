@@ -43,7 +43,7 @@ from cityos.store.base import (
 )
 from cityos.store.fair import FairShare
 from cityos.store.paging import Pager, bounded, exact_in_sql
-from cityos.store.postgres.busy import lock_settings, read_again_once
+from cityos.store.postgres.busy import read_again_once, session_settings
 from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.events import EventFollower, channel_for, notify
 from cityos.store.postgres.outbox import subscription_rows
@@ -74,8 +74,10 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
         pool_size: int = 10,
         busy_timeout: float = 5.0,
         client_share: int = 0,
+        durability: str = "normal",
     ) -> None:
         self.dsn = dsn
+        self.durability = durability
         self.query_timeout = query_timeout
         self.busy_timeout = busy_timeout
         self._fair = FairShare(client_share)  # queries of one client hold at most this many connections
@@ -102,7 +104,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
     async def open(self) -> None:
         """Connect and check the schema version; the schema itself is changed only by `cityos db upgrade`."""
         pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=self.pool_size, server_settings=lock_settings(self.busy_timeout)
+            self.dsn, min_size=1, max_size=self.pool_size, server_settings=session_settings(self.busy_timeout, self.durability)
         )
         try:
             async with pool.acquire() as connection:
