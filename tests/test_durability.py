@@ -40,8 +40,7 @@ def _server_durability(database: str, durability: str) -> set[str]:
             connections = list(store._connections)
         assert store._writer is not None and len(connections) >= 1
         return {
-            str(connection.execute("PRAGMA synchronous").fetchone()[0])
-            for connection in [store._writer, *connections]
+            str(connection.execute("PRAGMA synchronous").fetchone()[0]) for connection in [store._writer, *connections]
         }
 
 
@@ -70,4 +69,3 @@ def test_an_unknown_durability_is_refused(tmp_path: Path) -> None:
         timeout=60,
     )
     assert run.returncode == 2 and "durability must be normal or full" in run.stderr
-

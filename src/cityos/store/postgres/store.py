@@ -104,7 +104,10 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
     async def open(self) -> None:
         """Connect and check the schema version; the schema itself is changed only by `cityos db upgrade`."""
         pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=self.pool_size, server_settings=session_settings(self.busy_timeout, self.durability)
+            self.dsn,
+            min_size=1,
+            max_size=self.pool_size,
+            server_settings=session_settings(self.busy_timeout, self.durability),
         )
         try:
             async with pool.acquire() as connection:
