@@ -117,70 +117,28 @@ class ServerProcess:
             self.process.wait()
 
 
-def cityos_server(workdir: Path, postgres: str | None = None, *, workers: int = 1) -> ServerProcess:
-    """`cityos serve` as a user runs it: on a new database file in workdir, or on
+def cityos_server(
+    workdir: Path, postgres: str | None = None, *, workers: int = 1, durability: str = "", name: str = "bench"
+) -> ServerProcess:
+    """`cityos serve` as a user runs it: on a new database file in workdir (`name`.db), or on
     the PostgreSQL URL `postgres` (a migrated schema), given in CITYOS_DATABASE; private networks are
-    allowed so a local notification receiver can be reached."""
+    allowed so a local notification receiver can be reached. durability: --durability, when given."""
     port = free_port()
     args = [sys.executable, "-m", "cityos", "serve", "--port", str(port)]
     args += ["--log-level", "warning", "--allow-private-networks"]
+    if durability:
+        args += ["--durability", durability]
+    suffix = "" if name == "bench" else f"-{name}"
     env = dict(os.environ)
     if postgres is None:
-        database = workdir / "bench.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{database}{suffix}").unlink(missing_ok=True)
+        database = workdir / f"{name}.db"
+        for ending in ("", "-wal", "-shm"):
+            Path(f"{database}{ending}").unlink(missing_ok=True)
         args += ["--database", str(database)]
-        log = workdir / "cityos-sqlite.log"
+        log = workdir / f"cityos-sqlite{suffix}.log"
     else:
         env.update({"CITYOS_DATABASE": postgres})
-        log = workdir / f"cityos-postgres-{workers}w.log"
+        log = workdir / f"cityos-postgres-{workers}w{suffix}.log"
     if workers > 1:
         args += ["--workers", str(workers)]
     return ServerProcess("cityos serve", args, port, "/version", log, env)
-
-
-def constant_server(workdir: Path, *options: str) -> ServerProcess:
-    port = free_port()
-    args = [sys.executable, "-m", "benchmarks.constant_app", "--port", str(port), *options]
-    env_name = "-".join(o.lstrip("-") for o in options) or "default"
-    return ServerProcess("constant-JSON app", args, port, "/constant", workdir / f"constant-{env_name}.log")
-
-
-def machine() -> str:
-    """nproc, memory and CPU model: enough to compare two tables."""
-    memory = ""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f", {int(line.split()[1]) / 1024 / 1024:.1f} GiB RAM"
-        cpu = next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            "",
-        )
-    except OSError:
-        cpu = ""
-    return f"{os.cpu_count()} CPUs{memory}{', ' + cpu if cpu else ''}, Python {sys.version.split()[0]}"
-
-
-def log_problems(log: Path) -> list[str]:
-    """The lines of a server log that report a failure: logged errors and exceptions (tracebacks are
-    reduced to their last line, the exception itself)."""
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-    problems: list[str] = []
-    in_traceback = False
-    for line in lines:
-        if line.startswith("Traceback "):
-            in_traceback = True
-        elif in_traceback and line and not line.startswith((" ", "\t", "Traceback", "The above", "During handling")):
-            problems.append(line)
-            in_traceback = False
-        elif any(level in line for level in (" ERROR ", " CRITICAL ")):
-            problems.append(line)
-    return problems
