@@ -142,3 +142,50 @@ def cityos_server(
     if workers > 1:
         args += ["--workers", str(workers)]
     return ServerProcess("cityos serve", args, port, "/version", log, env)
+
+
+def constant_server(workdir: Path, *options: str) -> ServerProcess:
+    port = free_port()
+    args = [sys.executable, "-m", "benchmarks.constant_app", "--port", str(port), *options]
+    env_name = "-".join(o.lstrip("-") for o in options) or "default"
+    return ServerProcess("constant-JSON app", args, port, "/constant", workdir / f"constant-{env_name}.log")
+
+
+def machine() -> str:
+    """nproc, memory and CPU model: enough to compare two tables."""
+    memory = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f", {int(line.split()[1]) / 1024 / 1024:.1f} GiB RAM"
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
+    except OSError:
+        cpu = ""
+    return f"{os.cpu_count()} CPUs{memory}{', ' + cpu if cpu else ''}, Python {sys.version.split()[0]}"
+
+
+def log_problems(log: Path) -> list[str]:
+    """The lines of a server log that report a failure: logged errors and exceptions (tracebacks are
+    reduced to their last line, the exception itself)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    problems: list[str] = []
+    in_traceback = False
+    for line in lines:
+        if line.startswith("Traceback "):
+            in_traceback = True
+        elif in_traceback and line and not line.startswith((" ", "\t", "Traceback", "The above", "During handling")):
+            problems.append(line)
+            in_traceback = False
+        elif any(level in line for level in (" ERROR ", " CRITICAL ")):
+            problems.append(line)
+    return problems
