@@ -2,7 +2,8 @@
 temporal store are mixins (catalog.py, temporal.py).
 
 Writes follow SQLiteStore exactly: one transaction per call, each entity locked (an advisory lock on
-its key, then SELECT ... FOR UPDATE) before its mutator runs in Python, a SAVEPOINT per operation
+its key, then SELECT ... FOR UPDATE; the entities of a batch in id order, so batches that share ids
+cannot deadlock) before its mutator runs in Python, a SAVEPOINT per operation
 when atomic=False, the change listeners' outbox and history rows inserted in the same transaction.
 Unlike SQLite there is no single writer: many connections (and many workers) write at once, and
 the row locks keep their read-modify-write cycles apart.
