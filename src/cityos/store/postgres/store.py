@@ -2,8 +2,8 @@
 temporal store are mixins (catalog.py, temporal.py).
 
 Writes follow SQLiteStore exactly: one transaction per call, each entity locked (an advisory lock on
-its key, then SELECT ... FOR UPDATE; the entities of a batch in id order, so batches that share ids
-cannot deadlock) before its mutator runs in Python, a SAVEPOINT per operation
+its key, the keys of a batch all at once in id order so batches that share ids cannot deadlock, then
+SELECT ... FOR UPDATE) before its mutator runs in Python, a SAVEPOINT per operation
 when atomic=False, the change listeners' outbox and history rows inserted in the same transaction.
 Unlike SQLite there is no single writer: many connections (and many workers) write at once, and
 the row locks keep their read-modify-write cycles apart.
@@ -209,27 +209,35 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
     async def mutate(
         self, tenant: str, operations: Sequence[tuple[str, Mutator]], *, atomic: bool
     ) -> list[MutationResult]:
-        # entities are locked in id order (the operations on one id keep theirs), so two batches
-        # that share ids wait for each other instead of deadlocking; results keep the caller's order
-        order = sorted(range(len(operations)), key=lambda index: operations[index][0])
         wakes: list[Callable[[], None]] = []
+        ids = sorted({entity_id for entity_id, _ in operations})
 
         async def work(connection: Connection) -> list[MutationResult]:
             wakes.clear()  # a transaction run again starts afresh
             await connection.execute("INSERT INTO tenants (name) VALUES ($1) ON CONFLICT DO NOTHING", tenant)
+            # every entity's lock first, in id order: two writes that share entities queue behind
+            # each other instead of deadlocking; the advisory lock also covers an entity that does
+            # not exist yet, so two concurrent creates of one id serialise instead of failing on the
+            # unique index. Every writer of an entity holds its lock before touching its rows.
+            await connection.execute(
+                "SELECT count(pg_advisory_xact_lock(hashtext($1), hashtext(id)))"
+                ' FROM (SELECT unnest($2::text[]) AS id ORDER BY 1 COLLATE "C") AS ids',
+                tenant,
+                ids,
+            )
             await self._fresh_subscriptions(connection)
-            results: dict[int, MutationResult] = {}
-            for index in order:
-                entity_id, mutator = operations[index]
+            results: list[MutationResult] = []
+            for entity_id, mutator in operations:
                 if atomic:
-                    results[index] = await self._apply(connection, tenant, entity_id, mutator, wakes)
+                    results.append(await self._apply(connection, tenant, entity_id, mutator, wakes))
                     continue
                 try:
                     async with connection.transaction():  # nested: a SAVEPOINT
-                        results[index] = await self._apply(connection, tenant, entity_id, mutator, wakes)
+                        result = await self._apply(connection, tenant, entity_id, mutator, wakes)
                 except NgsiLdError as error:
-                    results[index] = MutationResult(entity_id, error=error)
-            return [results[index] for index in range(len(operations))]
+                    result = MutationResult(entity_id, error=error)
+                results.append(result)
+            return results
 
         results = await self._write(work)
         for wake in wakes:  # after the commit: the rows are there to claim
@@ -239,9 +247,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
     async def _apply(
         self, connection: Connection, tenant: str, entity_id: str, mutator: Mutator, wakes: list[Callable[[], None]]
     ) -> MutationResult:
-        # the advisory lock also covers an entity that does not exist yet, so two concurrent
-        # creates of one id serialise instead of failing on the unique index
-        await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))", tenant, entity_id)
+        """One operation, its entity's advisory lock already held (mutate)."""
         row = await connection.fetchrow(
             "SELECT pk, doc FROM entities WHERE tenant = $1 AND id = $2 FOR UPDATE", tenant, entity_id
         )
