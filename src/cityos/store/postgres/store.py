@@ -221,7 +221,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
             # unique index. Every writer of an entity holds its lock before touching its rows.
             await connection.execute(
                 "SELECT count(pg_advisory_xact_lock(hashtext($1), hashtext(id)))"
-                ' FROM (SELECT unnest($2::text[]) AS id ORDER BY 1 COLLATE "C") AS ids',
+                ' FROM (SELECT u.id FROM unnest($2::text[]) AS u(id) ORDER BY u.id COLLATE "C") AS ids',
                 tenant,
                 ids,
             )
