@@ -23,14 +23,15 @@ _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 GRACE_SECONDS = 10.0  # a graceful stop that takes longer than this is cut short
 
 
-def exit_with_supervisor(grace: float = GRACE_SECONDS) -> bool:
+def exit_with_supervisor(grace: float = GRACE_SECONDS, *, use_prctl: bool = True) -> bool:
     """In a worker started by a supervisor (a multiprocessing child): arrange to stop when the
     supervisor dies. A process run on its own (no multiprocessing parent) is left alone, so a
-    server started from a shell does not end with the shell. True when the watch was set up."""
+    server started from a shell does not end with the shell. True when the watch was set up.
+    use_prctl=False leaves only the portable watch (its test)."""
     parent = multiprocessing.parent_process()
     if parent is None or parent.pid is None:
         return False
-    if sys.platform.startswith("linux"):
+    if use_prctl and sys.platform.startswith("linux"):
         _ask_for_sigterm_on_parent_death()
     if os.getppid() != parent.pid:  # the parent died before the request above took effect
         _stop(grace)
