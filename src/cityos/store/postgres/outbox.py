@@ -108,7 +108,13 @@ class PostgresOutbox(Transactions):
                     if connection is None or connection.is_closed():
                         connection = await asyncpg.connect(self.dsn, timeout=self.worker_timeout)
                     await self._beat(connection)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                except (
+                    OSError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                    asyncpg.exceptions.InternalClientError,  # a protocol state broken by a cut connection
+                    TimeoutError,
+                ) as exc:
                     log.warning("refreshing the heartbeat of worker %s failed: %s", self.worker_id, exc)
                     if connection is not None:
                         connection.terminate()
