@@ -214,3 +214,66 @@ def test_connections_cut_by_the_database_give_503_or_success_never_500(fresh_pos
     finally:
         stop.set()
         server.stop()
+
+
+def test_the_store_runs_a_write_again_after_a_deadlock_or_a_cut_before_commit(fresh_postgres: str) -> None:
+    """Store level, on the real database: two transactions that lock two keys in opposite orders
+    (PostgreSQL aborts one of them) both complete, the victim run again; a write whose own
+    connection is terminated before it commits runs once more and commits; one cut every time is
+    DatabaseUnavailable; a read cut once is answered from a fresh connection."""
+    import asyncpg
+
+    from cityos.errors import DatabaseUnavailable
+    from cityos.store import open_store
+
+    async def scenario() -> None:
+        store: Any = open_store(fresh_postgres)
+        await store.open()
+        try:
+            both_hold_one = asyncio.Barrier(2)
+            attempts: Counter[str] = Counter()
+
+            def crossing(name: str, first: int, second: int) -> Callable[[Any], Any]:
+                async def work(connection: Any) -> str:
+                    attempts[name] += 1
+                    await connection.execute("SELECT pg_advisory_xact_lock($1)", first)
+                    if attempts[name] == 1:
+                        await both_hold_one.wait()
+                    await connection.execute("SELECT pg_advisory_xact_lock($1)", second)
+                    return name
+
+                return work
+
+            done = await asyncio.gather(store._write(crossing("a", 1, 2)), store._write(crossing("b", 2, 1)))
+            assert done == ["a", "b"] and sorted(attempts.values()) == [1, 2]  # one deadlock victim, run again
+
+            runs: list[int] = []
+
+            async def cut_once(connection: Any) -> int:
+                runs.append(1)
+                await connection.execute("INSERT INTO tenants (name) VALUES ('cut-once') ON CONFLICT DO NOTHING")
+                if len(runs) == 1:
+                    await connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+                return len(runs)
+
+            assert await store._write(cut_once) == 2
+            assert await store.tenant_exists("cut-once")
+
+            async def cut_always(connection: Any) -> None:
+                await connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+            with pytest.raises(DatabaseUnavailable):
+                await store._write(cut_always)
+
+            async with store.pool.acquire() as connection:  # an idle pooled connection, cut from outside
+                pid = await connection.fetchval("SELECT pg_backend_pid()")
+            admin = await asyncpg.connect(fresh_postgres)
+            try:
+                await admin.execute("SELECT pg_terminate_backend($1)", pid)
+            finally:
+                await admin.close()
+            assert await store.get_entity("", "urn:ngsi-ld:Thing:none") is None
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
