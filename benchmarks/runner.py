@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks import future
+from benchmarks.durability import durability
 from benchmarks.entities import ENTITY_TYPE
 from benchmarks.loadgen import LoadResult, LoadSpec, run_load
 from benchmarks.postgres import BenchSchema, RawPostgres, default_url, redact, unreachable
@@ -163,6 +164,10 @@ class Bench:
         )
         return self.pool.submit(run_load, spec).result()
 
+    def record(self, row: Row, result: LoadResult) -> None:
+        """One repeat's result, in its row (for scenarios that run their own loads)."""
+        _record(row, result)
+
     def constant_sample(self, index: int = 0) -> float:
         """One repeat of the constant-JSON baseline, recorded in its row; returns its rate."""
         result = self.load(self.constant, Workload("constant"), seed=index)
@@ -231,6 +236,8 @@ class Bench:
                 backend.problems += _problems(server)
             if url is not None and config.workers > 1:
                 self.multi_worker(backend, url)
+            log(f"  --durability normal and full, side by side ({time.monotonic() - self.started:.0f} s)")
+            self.rows += durability(self, backend.name, url, backend.stored)
 
     def scenarios(self, backend: Backend, server: ServerProcess, raw: RawStore | RawPostgres) -> None:
         self.batch_upsert(backend, server, raw)

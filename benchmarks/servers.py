@@ -117,23 +117,28 @@ class ServerProcess:
             self.process.wait()
 
 
-def cityos_server(workdir: Path, postgres: str | None = None, *, workers: int = 1) -> ServerProcess:
-    """`cityos serve` as a user runs it: on a new database file in workdir, or on
+def cityos_server(
+    workdir: Path, postgres: str | None = None, *, workers: int = 1, durability: str = "", name: str = "bench"
+) -> ServerProcess:
+    """`cityos serve` as a user runs it: on a new database file in workdir (`name`.db), or on
     the PostgreSQL URL `postgres` (a migrated schema), given in CITYOS_DATABASE; private networks are
-    allowed so a local notification receiver can be reached."""
+    allowed so a local notification receiver can be reached. durability: --durability, when given."""
     port = free_port()
     args = [sys.executable, "-m", "cityos", "serve", "--port", str(port)]
     args += ["--log-level", "warning", "--allow-private-networks"]
+    if durability:
+        args += ["--durability", durability]
+    suffix = "" if name == "bench" else f"-{name}"
     env = dict(os.environ)
     if postgres is None:
-        database = workdir / "bench.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{database}{suffix}").unlink(missing_ok=True)
+        database = workdir / f"{name}.db"
+        for ending in ("", "-wal", "-shm"):
+            Path(f"{database}{ending}").unlink(missing_ok=True)
         args += ["--database", str(database)]
-        log = workdir / "cityos-sqlite.log"
+        log = workdir / f"cityos-sqlite{suffix}.log"
     else:
         env.update({"CITYOS_DATABASE": postgres})
-        log = workdir / f"cityos-postgres-{workers}w.log"
+        log = workdir / f"cityos-postgres-{workers}w{suffix}.log"
     if workers > 1:
         args += ["--workers", str(workers)]
     return ServerProcess("cityos serve", args, port, "/version", log, env)

@@ -30,6 +30,8 @@ SCENARIOS = (
     "6a. notifications delivered",
     "6b. temporal avg per day",
     "6c. temporal lastN",
+    "7a. create one entity, --durability normal",
+    "7b. create one entity, --durability full",
 )
 MULTI_WORKER = ("4. retrieve entity by id", "5a. query type")  # PostgreSQL only
 

@@ -119,6 +119,8 @@ class TestFromEnv:
             raw = expected = "v1.8" if default == "v1.9" else "v1.9"
         elif name == "log_level":
             raw = expected = "error"
+        elif name == "durability":
+            raw = expected = "full"
         else:
             raw = expected = default + "-changed"
         environ = {env_name(name): raw}

@@ -23,6 +23,7 @@ from cityos import __version__
 from cityos.entities.expiry import now_key
 from cityos.errors import DatabaseBusy, InternalError, MethodNotAllowed, NgsiLdError, ResourceNotFound, log_failure
 from cityos.ingest.service import IngestService
+from cityos.lifeline import exit_with_supervisor
 from cityos.logs import configure as configure_logging
 from cityos.ngsild import (
     batch,
@@ -265,6 +266,7 @@ def create_app(settings: Settings) -> Starlette:
             query_timeout=settings.query_timeout,
             worker_timeout=settings.worker_timeout,
             busy_timeout=settings.db_busy_timeout,
+            durability=settings.durability,
             client_share=settings.client_query_share,
         ),
         contexts=registry,
@@ -344,4 +346,5 @@ def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory` and multi-worker runs: settings from CITYOS_* variables."""
     settings = Settings.from_env()
     configure_logging(settings.log_level)  # a worker process starts with no logging set up
+    exit_with_supervisor()  # a worker of `serve --workers N` must not outlive its supervisor
     return create_app(settings)

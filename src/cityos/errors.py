@@ -143,6 +143,19 @@ class DatabaseBusy(NgsiLdError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class DatabaseUnavailable(DatabaseBusy):
+    """The connection to the database was lost (the server restarted, or ended the session) and
+    one more try on a fresh connection failed too, or it was lost while a write was committing, so
+    whether that write was applied is unknown. A 503 with Retry-After, never a 500: the request may
+    be sent again (writes in NGSI-LD are idempotent by id, except appends of temporal instances)."""
+
+    type_name, title = "DatabaseUnavailable", "Database unavailable"
+
+    @property
+    def type_uri(self) -> str:
+        return "urn:cityos:errors:DatabaseUnavailable"
+
+
 def log_failure(logger: logging.Logger, message: str, *args: Any) -> None:
     """For background loops, inside `except`: a busy database is one line (it passes, and the loop
     tries again), anything else is logged with its traceback."""

@@ -90,6 +90,7 @@ async def open_pipeline(settings: Settings, *, deliver: bool = False) -> AsyncIt
         query_timeout=settings.query_timeout,
         worker_timeout=settings.worker_timeout,
         busy_timeout=settings.db_busy_timeout,
+        durability=settings.durability,
     )
     await store.open()
     try:

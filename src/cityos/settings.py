@@ -73,6 +73,11 @@ class Settings:
         "Seconds a request waits for the database when another process or connection holds its lock "
         "(PostgreSQL: a row lock, or a pool connection); past it the answer is 503 with Retry-After.",
     )
+    durability: str = _setting(
+        "normal",
+        "What an acknowledged write survives: normal (a killed process; SQLite synchronous=NORMAL, PostgreSQL as "
+        "configured) or full (also a power loss; SQLite synchronous=FULL, PostgreSQL synchronous_commit=on).",
+    )
     client_query_share: int = _setting(
         2,
         "Most queries one client (remote address) runs in the store at once, its others wait their turn: "
@@ -159,6 +164,8 @@ class Settings:
             raise ValueError("query_timeout must be positive")
         if self.db_busy_timeout <= 0:
             raise ValueError("db_busy_timeout must be positive")
+        if self.durability not in ("normal", "full"):
+            raise ValueError("durability must be normal or full")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be one of debug, info, warning, error")
         for name in (

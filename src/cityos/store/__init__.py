@@ -16,16 +16,22 @@ def open_store(
     worker_timeout: float | None = None,
     busy_timeout: float = 5.0,
     client_share: int = 0,
+    durability: str = "normal",
 ) -> EntityStore:
     """The store for a database setting: a postgresql:// URL selects PostgreSQL/PostGIS, anything
-    else is a SQLite file path. Drivers are imported only when chosen. `client_share`: see store/fair.py."""
+    else is a SQLite file path. Drivers are imported only when chosen. `client_share`: see store/fair.py;
+    `durability`: "normal" or "full", see the durability setting."""
     if is_postgres(database):
         try:
             from cityos.store.postgres import PostgresStore
         except ImportError as exc:
             raise ValueError("the PostgreSQL back-end needs its driver: pip install -e '.[postgres]'") from exc
         store = PostgresStore(
-            database, query_timeout=query_timeout, busy_timeout=busy_timeout, client_share=client_share
+            database,
+            query_timeout=query_timeout,
+            busy_timeout=busy_timeout,
+            client_share=client_share,
+            durability=durability,
         )
         if worker_timeout is not None:
             store.worker_timeout = worker_timeout
@@ -33,7 +39,13 @@ def open_store(
         return store
     from cityos.store.sqlite import SQLiteStore
 
-    return SQLiteStore(database, query_timeout=query_timeout, busy_timeout=busy_timeout, client_share=client_share)
+    return SQLiteStore(
+        database,
+        query_timeout=query_timeout,
+        busy_timeout=busy_timeout,
+        client_share=client_share,
+        durability=durability,
+    )
 
 
 __all__ = ["EntityStore", "is_postgres", "open_store"]

@@ -117,10 +117,12 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
         future.set_result(value)
 
 
-def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+def _connect(path: str, busy_timeout: float, durability: str = "normal") -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
     connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
+    # the durability setting (docs/deployment.md): NORMAL survives a killed process, FULL also a power
+    # loss (an fsync of the WAL at every commit)
+    connection.execute("PRAGMA synchronous=FULL" if durability == "full" else "PRAGMA synchronous=NORMAL")
     connection.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     connection.execute("PRAGMA cache_size=-32000")
     connection.execute("PRAGMA temp_store=MEMORY")
@@ -159,8 +161,10 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         query_timeout: float = 10.0,
         busy_timeout: float = 5.0,
         client_share: int = 0,
+        durability: str = "normal",
     ) -> None:
         self.path = path
+        self.durability = durability  # "normal" or "full": PRAGMA synchronous of every connection
         self.query_timeout = query_timeout
         self.busy_timeout = busy_timeout  # seconds a statement waits for a lock another connection holds
         self._fair = FairShare(client_share)  # queries of one client hold at most this many readers
@@ -183,7 +187,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
     def _reader(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            connection = _connect(self.path, self.busy_timeout)
+            connection = _connect(self.path, self.busy_timeout, self.durability)
             connection.create_function("regexp", 2, _regexp, deterministic=True)
             self._local.connection = connection
             with self._lock:
@@ -272,7 +276,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
     async def open(self) -> None:
         def setup() -> None:
             try:
-                connection = _connect(self.path, self.busy_timeout)
+                connection = _connect(self.path, self.busy_timeout, self.durability)
                 connection.executescript(SCHEMA)
                 connection.executescript(TEMPORAL_SCHEMA)
                 row = connection.execute("SELECT version FROM schema_version").fetchone()
@@ -327,7 +331,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
 
     def _loop_reader(self) -> sqlite3.Connection:
         if self._loop_connection is None:
-            self._loop_connection = _connect(self.path, self.busy_timeout)
+            self._loop_connection = _connect(self.path, self.busy_timeout, self.durability)
             with self._lock:
                 self._connections.append(self._loop_connection)
         return self._loop_connection

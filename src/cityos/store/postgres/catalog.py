@@ -27,6 +27,7 @@ from cityos.store.base import (
     RegistrationRow,
     StoreEvent,
 )
+from cityos.store.postgres.busy import read_again_once, unavailable_when_lost
 from cityos.store.postgres.outbox import TENANT_INSERT, PostgresOutbox
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class PostgresCatalog(PostgresOutbox):
         await connection.execute("DELETE FROM entity_maps WHERE expires_at <= $1", now)
 
     # -- context source registrations ---------------------------------------------------------------
+    @unavailable_when_lost
     async def save_registration(self, row: RegistrationRow, *, create: bool) -> None:
         document = orjson.dumps(row.document).decode()
         if not create:
@@ -68,23 +70,27 @@ class PostgresCatalog(PostgresOutbox):
             if not saved:
                 raise AlreadyExists(f"context source registration {row.id} already exists")
 
+    @read_again_once
     async def get_registration(self, tenant: str, registration_id: str) -> RegistrationRow | None:
         doc = await self.pool.fetchval(
             "SELECT doc FROM registrations WHERE tenant = $1 AND id = $2", tenant, registration_id
         )
         return None if doc is None else RegistrationRow(tenant, registration_id, orjson.loads(doc))
 
+    @unavailable_when_lost
     async def delete_registration(self, tenant: str, registration_id: str) -> bool:
         deleted = await self.pool.fetchval(
             "DELETE FROM registrations WHERE tenant = $1 AND id = $2 RETURNING true", tenant, registration_id
         )
         return bool(deleted)
 
+    @read_again_once
     async def list_registrations(self, tenant: str) -> list[RegistrationRow]:
         rows = await self.pool.fetch("SELECT id, doc FROM registrations WHERE tenant = $1 ORDER BY pk", tenant)
         return [RegistrationRow(tenant, r["id"], orjson.loads(r["doc"])) for r in rows]
 
     # -- entity maps ---------------------------------------------------------------------------------
+    @unavailable_when_lost
     async def save_entity_map(self, tenant: str, entity_map: EntityMap) -> None:
         await self.pool.execute(
             "INSERT INTO entity_maps (tenant, id, expires_at, entity_ids, query) VALUES ($1, $2, $3, $4, $5)"
@@ -97,6 +103,7 @@ class PostgresCatalog(PostgresOutbox):
             entity_map.query,
         )
 
+    @read_again_once
     async def get_entity_map(self, tenant: str, map_id: str) -> EntityMap | None:
         row = await self.pool.fetchrow(
             "SELECT expires_at, entity_ids, query FROM entity_maps WHERE tenant = $1 AND id = $2", tenant, map_id
@@ -107,6 +114,7 @@ class PostgresCatalog(PostgresOutbox):
             map_id, from_expiry_key(row["expires_at"]), tuple(orjson.loads(row["entity_ids"])), row["query"]
         )
 
+    @unavailable_when_lost
     async def update_entity_map(
         self, tenant: str, map_id: str, *, expires_at: datetime | None = None, entity_ids: Sequence[str] | None = None
     ) -> bool:
@@ -126,6 +134,7 @@ class PostgresCatalog(PostgresOutbox):
         )
         return bool(updated)
 
+    @unavailable_when_lost
     async def delete_entity_map(self, tenant: str, map_id: str) -> bool:
         deleted = await self.pool.fetchval(
             "DELETE FROM entity_maps WHERE tenant = $1 AND id = $2 RETURNING true", tenant, map_id
@@ -134,6 +143,7 @@ class PostgresCatalog(PostgresOutbox):
 
     # -- discovery: aggregated in SQL over the entities' type and attribute arrays; documents are
     # -- read only for attribute types -------------------------------------------------------------
+    @read_again_once
     async def _discover(self, run: Callable[[Connection], Awaitable[T]]) -> T:
         """A read-only transaction that PostgreSQL aborts once query_timeout has passed (QueryTimeout)."""
         try:
@@ -272,6 +282,7 @@ class PostgresCatalog(PostgresOutbox):
                 await self._notify(connection, StoreEvent("ingest", tenant, f"{kind}:{key}"))
         return bool(deleted)
 
+    @read_again_once
     async def load_ingest_records(self, kind: str) -> list[IngestRecord]:
         rows = await self.pool.fetch("SELECT tenant, key, doc FROM ingest_records WHERE kind = $1 ORDER BY pk", kind)
         return [IngestRecord(kind, r["tenant"], r["key"], orjson.loads(r["doc"])) for r in rows]

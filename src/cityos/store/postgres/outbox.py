@@ -22,7 +22,7 @@ import orjson
 
 from cityos.errors import AlreadyExists
 from cityos.store.base import OutboxRow, StoreEvent, SubscriptionRow
-from cityos.store.postgres.busy import Transactions
+from cityos.store.postgres.busy import Transactions, read_again_once, unavailable_when_lost
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
@@ -108,7 +108,13 @@ class PostgresOutbox(Transactions):
                     if connection is None or connection.is_closed():
                         connection = await asyncpg.connect(self.dsn, timeout=self.worker_timeout)
                     await self._beat(connection)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                except (
+                    OSError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                    asyncpg.exceptions.InternalClientError,  # a protocol state broken by a cut connection
+                    TimeoutError,
+                ) as exc:
                     log.warning("refreshing the heartbeat of worker %s failed: %s", self.worker_id, exc)
                     if connection is not None:
                         connection.terminate()
@@ -231,6 +237,7 @@ class PostgresOutbox(Transactions):
                     )
 
     # -- subscriptions -------------------------------------------------------------------------------
+    @unavailable_when_lost
     async def claim_periodic(self, tenant: str, subscription_id: str, interval: float) -> bool:
         """The first worker to ask in a period moves the subscription's `periodic_due` one interval on."""
         won = await self.pool.fetchval(
@@ -288,10 +295,12 @@ class PostgresOutbox(Transactions):
                 await self._notify(connection, StoreEvent("subscription", tenant, subscription_id))
         return bool(deleted)
 
+    @read_again_once
     async def load_subscriptions(self) -> list[SubscriptionRow]:
         async with self.pool.acquire() as connection:
             return await subscription_rows(connection)
 
+    @read_again_once
     async def get_subscription(self, tenant: str, subscription_id: str) -> SubscriptionRow | None:
         found = await self.pool.fetchrow(
             "SELECT doc, status FROM subscriptions WHERE tenant = $1 AND id = $2", tenant, subscription_id

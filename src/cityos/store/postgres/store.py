@@ -2,7 +2,8 @@
 temporal store are mixins (catalog.py, temporal.py).
 
 Writes follow SQLiteStore exactly: one transaction per call, each entity locked (an advisory lock on
-its key, then SELECT ... FOR UPDATE) before its mutator runs in Python, a SAVEPOINT per operation
+its key, the keys of a batch all at once in id order so batches that share ids cannot deadlock, then
+SELECT ... FOR UPDATE) before its mutator runs in Python, a SAVEPOINT per operation
 when atomic=False, the change listeners' outbox and history rows inserted in the same transaction.
 Unlike SQLite there is no single writer: many connections (and many workers) write at once, and
 the row locks keep their read-modify-write cycles apart.
@@ -43,7 +44,7 @@ from cityos.store.base import (
 )
 from cityos.store.fair import FairShare
 from cityos.store.paging import Pager, bounded, exact_in_sql
-from cityos.store.postgres.busy import lock_settings
+from cityos.store.postgres.busy import read_again_once, session_settings
 from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.events import EventFollower, channel_for, notify
 from cityos.store.postgres.outbox import subscription_rows
@@ -74,8 +75,10 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
         pool_size: int = 10,
         busy_timeout: float = 5.0,
         client_share: int = 0,
+        durability: str = "normal",
     ) -> None:
         self.dsn = dsn
+        self.durability = durability
         self.query_timeout = query_timeout
         self.busy_timeout = busy_timeout
         self._fair = FairShare(client_share)  # queries of one client hold at most this many connections
@@ -102,7 +105,10 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
     async def open(self) -> None:
         """Connect and check the schema version; the schema itself is changed only by `cityos db upgrade`."""
         pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=self.pool_size, server_settings=lock_settings(self.busy_timeout)
+            self.dsn,
+            min_size=1,
+            max_size=self.pool_size,
+            server_settings=session_settings(self.busy_timeout, self.durability),
         )
         try:
             async with pool.acquire() as connection:
@@ -188,12 +194,14 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
             "ANALYZE entities, attr_values, entity_geo, temporal_entities, temporal_instances", timeout=600
         )
 
+    @read_again_once
     async def tenant_exists(self, tenant: str) -> bool:
         if tenant == "":
             return True
         found = await self.pool.fetchval("SELECT 1 FROM tenants WHERE name = $1", tenant)
         return found is not None
 
+    @read_again_once
     async def get_entity(self, tenant: str, entity_id: str) -> Entity | None:
         doc = await self.pool.fetchval("SELECT doc FROM entities WHERE tenant = $1 AND id = $2", tenant, entity_id)
         return visible(orjson.loads(doc)) if doc is not None else None
@@ -202,8 +210,21 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
         self, tenant: str, operations: Sequence[tuple[str, Mutator]], *, atomic: bool
     ) -> list[MutationResult]:
         wakes: list[Callable[[], None]] = []
-        async with self._transaction() as connection:
+        ids = sorted({entity_id for entity_id, _ in operations})
+
+        async def work(connection: Connection) -> list[MutationResult]:
+            wakes.clear()  # a transaction run again starts afresh
             await connection.execute("INSERT INTO tenants (name) VALUES ($1) ON CONFLICT DO NOTHING", tenant)
+            # every entity's lock first, in id order: two writes that share entities queue behind
+            # each other instead of deadlocking; the advisory lock also covers an entity that does
+            # not exist yet, so two concurrent creates of one id serialise instead of failing on the
+            # unique index. Every writer of an entity holds its lock before touching its rows.
+            await connection.execute(
+                "SELECT count(pg_advisory_xact_lock(hashtext($1), hashtext(id)))"
+                ' FROM (SELECT u.id FROM unnest($2::text[]) AS u(id) ORDER BY u.id COLLATE "C") AS ids',
+                tenant,
+                ids,
+            )
             await self._fresh_subscriptions(connection)
             results: list[MutationResult] = []
             for entity_id, mutator in operations:
@@ -216,6 +237,9 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
                 except NgsiLdError as error:
                     result = MutationResult(entity_id, error=error)
                 results.append(result)
+            return results
+
+        results = await self._write(work)
         for wake in wakes:  # after the commit: the rows are there to claim
             wake()
         return results
@@ -223,9 +247,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
     async def _apply(
         self, connection: Connection, tenant: str, entity_id: str, mutator: Mutator, wakes: list[Callable[[], None]]
     ) -> MutationResult:
-        # the advisory lock also covers an entity that does not exist yet, so two concurrent
-        # creates of one id serialise instead of failing on the unique index
-        await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))", tenant, entity_id)
+        """One operation, its entity's advisory lock already held (mutate)."""
         row = await connection.fetchrow(
             "SELECT pk, doc FROM entities WHERE tenant = $1 AND id = $2 FOR UPDATE", tenant, entity_id
         )
@@ -329,6 +351,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
         found: Entity | None = self._block_on(self.get_entity(tenant, entity_id))
         return found
 
+    @read_again_once
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         now = now_key()
         query = id_pattern_in_python(query)  # PostgreSQL's regex dialect gets only what it reads as RE2 does
@@ -441,6 +464,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
             )
             await self._notify(connection, StoreEvent("context", tenant, local_id))
 
+    @read_again_once
     async def load_contexts(self) -> list[StoredContextRow]:
         rows = await self.pool.fetch("SELECT tenant, local_id, kind, doc, created_at FROM jsonld_contexts ORDER BY seq")
         return [

@@ -27,7 +27,7 @@ from cityos.errors import BadRequestData, QueryTimeout
 from cityos.query.patterns import id_pattern_in_python
 from cityos.store.fair import FairShare
 from cityos.store.paging import bounded
-from cityos.store.postgres.busy import Transactions
+from cityos.store.postgres.busy import Transactions, read_again_once
 from cityos.store.postgres.sql import Params
 from cityos.store.sqlite_temporal import COLUMNS, FOREVER
 from cityos.store.temporal_base import (
@@ -120,6 +120,7 @@ class PostgresTemporalReads(Transactions):
         _sync_pool: ThreadPoolExecutor
         _fair: FairShare
 
+    @read_again_once
     async def _temporal_read(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         """Run `fn` in a read-only snapshot under query_timeout, like query_entities."""
         timeout = self.query_timeout
