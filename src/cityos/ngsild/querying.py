@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from cityos.entities import update
 from cityos.entities.render import render_entity, to_geojson_feature
-from cityos.entities.values import now, require_uri
+from cityos.entities.values import MAX_SAFE_INTEGER, now, require_uri
 from cityos.errors import BadRequestData, TooManyResults
 from cityos.jsonld.registry import ResolvedContext
 from cityos.ngsild.common import (
@@ -212,6 +212,8 @@ def page(request: Request) -> tuple[int, int]:
         raise BadRequestData("limit and offset must be integers") from exc
     if limit < 0 or offset < 0:
         raise BadRequestData("limit and offset must not be negative")
+    if offset > MAX_SAFE_INTEGER:
+        raise BadRequestData(f"offset must not be above {MAX_SAFE_INTEGER}")
     if limit > settings.max_page_size:
         raise TooManyResults(f"limit {limit} is above the maximum page size {settings.max_page_size}")
     return limit, offset
