@@ -203,6 +203,13 @@ def pagination_links(request: Request, limit: int, offset: int, has_more: bool, 
     return links
 
 
+def check_string_members(body: dict[str, Any]) -> None:
+    """The members of a Query body (POST .../entityOperations/query) that hold query text."""
+    for member in ("q", "scopeQ", "join", "lang", "csf"):
+        if body.get(member) is not None and not isinstance(body[member], str):
+            raise BadRequestData(f"{member} must be a string")
+
+
 def page(request: Request) -> tuple[int, int]:
     settings = services(request).settings
     try:
@@ -346,9 +353,7 @@ async def query_post(request: Request) -> Response:
     entities = body.get("entities")
     if entities is not None and (not isinstance(entities, list) or not entities):
         raise BadRequestData("entities must be a non-empty array")
-    for member in ("q", "scopeQ", "join", "lang", "csf"):
-        if body.get(member) is not None and not isinstance(body[member], str):
-            raise BadRequestData(f"{member} must be a string")
+    check_string_members(body)
     params: dict[str, str] = dict(request.query_params)
     for member in ("attrs", "pick", "omit", "datasetId"):
         value = body.get(member)
