@@ -19,6 +19,7 @@ TENANTS = (None, None, None, "fuzzb")  # most requests in the default tenant
 IDS = ("urn:ngsi-ld:Fuzz:1", "urn:ngsi-ld:Fuzz:2", "urn:ngsi-ld:FuzzB:1", "urn:ngsi-ld:Fuzz:gone")
 
 
+UNKNOWN_PARAM = re.compile(r"unknown query parameter '([^']*)'")
 DEEP_MARK = "#deep#"
 DEEP_RE = re.compile(f'"{DEEP_MARK}(\\d+){DEEP_MARK}"')
 
@@ -219,6 +220,7 @@ class Request:
     params: list[tuple[str, str]] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
+    route: tuple[str, str] | None = None  # (method, path template) it was drawn from
 
     def describe(self) -> dict[str, Any]:
         """The case as a corpus file holds it (tests/data/fuzz-corpus)."""
@@ -229,10 +231,12 @@ class Request:
 class Generator:
     def __init__(self, seed: int, routes: list[Route]) -> None:
         self.rng = random.Random(seed)
-        # every (method, path template) of the route table; HEAD is GET's twin
-        self.routes = sorted(
-            {(m, r.path) for r in routes for m in (r.methods or ()) if m != "HEAD"}, key=lambda item: item[::-1]
-        )
+        # every (method, path template) of the route table; HEAD is GET's twin, and the routes that
+        # exist for a trailing slash or an empty id (`/entities//attrs`) are drawn less often
+        every = sorted({(m, r.path) for r in routes for m in (r.methods or ()) if m != "HEAD"}, key=lambda i: i[::-1])
+        self.twins = [item for item in every if "//" in item[1] or item[1].endswith("/")]
+        self.routes = [item for item in every if item not in self.twins]
+        self.unknown: dict[tuple[str, str], set[str]] = {}  # parameters a route said it does not know
 
     def nasty(self) -> Any:
         roll = self.rng.random()
@@ -276,20 +280,29 @@ class Generator:
 
         return re.sub(r"\{([^}]+)\}", fill, template)
 
-    def params(self) -> list[tuple[str, str]]:
+    def params(self, route: tuple[str, str]) -> list[tuple[str, str]]:
+        unknown = self.unknown.get(route, set())
+        known = [name for name in PARAM_NAMES if name not in unknown] if self.rng.random() < 0.9 else PARAM_NAMES
         out = []
-        for _ in range(self.rng.choice((0, 1, 1, 2, 2, 3, 4))):
-            name = self.rng.choice(PARAM_NAMES)
+        for _ in range(self.rng.choice((0, 0, 0, 1, 1, 2, 3))):
+            name = self.rng.choice(known)
             values = PARAM_VALUES.get(name, WORDS)
             out.append((name, self.rng.choice(values)))
-        if self.rng.random() < 0.5:  # most queries need a type or an id to get past the first check
+        if "type" not in unknown and self.rng.random() < 0.5:  # most queries need a type to get further
             out.append(("type", self.rng.choice(("Fuzz", "Fuzz,FuzzB", "*", "FuzzB"))))
         return out
 
+    def learn(self, request: Request, status: int, detail: str) -> None:
+        """A 400 "unknown query parameter 'x'": draw x less often for that route from now on."""
+        found = UNKNOWN_PARAM.search(detail) if status == 400 else None
+        if found is not None and request.route is not None:
+            self.unknown.setdefault(request.route, set()).add(found.group(1))
+
     def request(self) -> Request:
         rng = self.rng
-        method, template_path = rng.choice(self.routes)
-        request = Request(method, self.path(template_path), self.params())
+        route = rng.choice(self.twins if rng.random() < 0.04 else self.routes)
+        method, template_path = route
+        request = Request(method, self.path(template_path), self.params(route), route=route)
         tenant = rng.choice(TENANTS)
         if tenant is not None:
             request.headers["NGSILD-Tenant"] = tenant
@@ -297,7 +310,7 @@ class Generator:
         if body is None and method in ("POST", "PATCH", "PUT"):
             body = {}
         if body is not None:
-            for _ in range(rng.choice((0, 1, 1, 2, 3))):
+            for _ in range(rng.choice((0, 0, 1, 1, 2, 3))):
                 body = self.mutate(body)
             roll = rng.random()
             if roll < 0.08 and isinstance(body, dict):

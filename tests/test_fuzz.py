@@ -28,7 +28,7 @@ from fuzzing import BASE, Generator, Request, entity, registration, subscription
 CORPUS = Path(__file__).parent / "data" / "fuzz-corpus"
 FUZZ_BACKENDS = ["sqlite", *(["postgres"] if os.environ.get("CITYOS_FUZZ_POSTGRES") == "1" else [])]
 SEED = int(os.environ.get("CITYOS_FUZZ_SEED", "20261206"))
-REQUESTS = int(os.environ.get("CITYOS_FUZZ_REQUESTS", "2500"))
+REQUESTS = int(os.environ.get("CITYOS_FUZZ_REQUESTS", "3000"))
 SERVER_REQUESTS = REQUESTS // 8
 BUDGET_SECONDS = 75.0  # the in-process run stops here even if REQUESTS are not all sent
 SLOW_SECONDS = 5.0
@@ -98,6 +98,7 @@ def run(client: httpx.Client | TestClient, generator: Generator, count: int, bud
         response, seconds = send(client, request)
         sent += 1
         check(request, response, seconds)
+        generator.learn(request, response.status_code, response.text)
         if request.method in WRITES:
             after = snapshot(client)
             if response.status_code >= 400:
