@@ -282,7 +282,9 @@ class Generator:
 
     def params(self, route: tuple[str, str]) -> list[tuple[str, str]]:
         unknown = self.unknown.get(route, set())
-        known = [name for name in PARAM_NAMES if name not in unknown] if self.rng.random() < 0.9 else PARAM_NAMES
+        known = [name for name in PARAM_NAMES if name not in unknown]
+        if not known or self.rng.random() < 0.1:  # now and then one it does not know, too
+            known = list(PARAM_NAMES)
         out = []
         for _ in range(self.rng.choice((0, 0, 0, 1, 1, 2, 3))):
             name = self.rng.choice(known)
