@@ -17,7 +17,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from backends import sqlite_only
-from cityos.last_resort import MAX_TRACEBACK_CHARS, LastResort
+from cityos.errors import MAX_LOGGED_TRACEBACK
+from cityos.last_resort import LastResort
 from server_process import LoggedServer
 
 BASE = "/ngsi-ld/v1"
@@ -185,7 +186,7 @@ def test_last_resort_traceback_is_at_debug_and_cut(caplog: pytest.LogCaptureFixt
     caplog.set_level(logging.DEBUG, logger="cityos")
     assert TestClient(LastResort(failing_app)).get("/anything").status_code == 500
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and r.name == "cityos"]
-    assert len(debug) == 1 and "Traceback" in debug[0] and len(debug[0]) < MAX_TRACEBACK_CHARS + 200
+    assert len(debug) == 1 and "Traceback" in debug[0] and len(debug[0]) < MAX_LOGGED_TRACEBACK + 200
 
 
 def test_last_resort_cannot_replace_an_answer_already_started() -> None:

@@ -5,44 +5,28 @@ Starlette's own `Exception` handler runs in ServerErrorMiddleware, which sends t
 raises again, so uvicorn closes the connection without `Connection: close` and the client's next
 request on it fails too. This middleware sits inside it (around the routes and the NGSI-LD error
 handlers) and does not raise again once it has answered. The traceback is logged at DEBUG only,
-cut to MAX_TRACEBACK_CHARS: one request cannot write more than that to the log.
+cut (errors.log_briefly): one request cannot write more than that to the log.
 """
 
 from __future__ import annotations
 
 import logging
-import traceback
 import uuid
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cityos.errors import InternalError
+from cityos.errors import MAX_LOGGED_MESSAGE, InternalError, log_briefly
 
 log = logging.getLogger("cityos")
-MAX_TRACEBACK_CHARS = 4000
-MAX_MESSAGE_CHARS = 200
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else f"{text[: limit // 2]} ... {text[-limit // 2 :]}"
 
 
 def report(method: str, path: str, exc: BaseException) -> bytes:
-    """Log `exc` in one line under a new request id (its traceback at DEBUG, cut) and return the
-    ProblemDetails body that names the id, so an operator can find the line a client reports."""
+    """Log `exc` in one line under a new request id and return the ProblemDetails body that
+    names the id, so an operator can find the line a client reports."""
     request_id = uuid.uuid4().hex[:16]
-    log.error(
-        "unhandled error, request %s: %s %s: %s: %s",
-        request_id,
-        method,
-        _cut(path, MAX_MESSAGE_CHARS),
-        type(exc).__name__,
-        _cut(str(exc), MAX_MESSAGE_CHARS),
-    )
-    if log.isEnabledFor(logging.DEBUG):
-        text = "".join(traceback.format_exception(exc))
-        log.debug("request %s traceback:\n%s", request_id, _cut(text, MAX_TRACEBACK_CHARS))
+    where = path if len(path) <= MAX_LOGGED_MESSAGE else path[:MAX_LOGGED_MESSAGE] + "..."
+    log_briefly(log, exc, "unhandled error, request %s: %s %s", request_id, method, where)
     error = InternalError(f"an unexpected error occurred (request {request_id}); see the server log")
     return orjson.dumps({**error.problem(), "instance": f"urn:cityos:request:{request_id}"})
 
