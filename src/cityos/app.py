@@ -23,6 +23,7 @@ from cityos import __version__
 from cityos.entities.expiry import now_key
 from cityos.errors import DatabaseBusy, InternalError, MethodNotAllowed, NgsiLdError, ResourceNotFound, log_failure
 from cityos.ingest.service import IngestService
+from cityos.last_resort import LastResort, report
 from cityos.lifeline import exit_with_supervisor
 from cityos.logs import configure as configure_logging
 from cityos.ngsild import (
@@ -84,8 +85,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(InternalError("an unexpected error occurred; see the server log"))
+    """Errors outside LastResort (in the outer middlewares): the same one line and ProblemDetails;
+    Starlette closes the connection after these."""
+    body = report(request.method, request.url.path, exc)
+    return Response(body, status_code=500, media_type="application/json")
 
 
 class ProtocolGuard:
@@ -324,6 +327,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.services = services
     app.state.subscriptions = pipeline.subscriptions
     app.state.ingest = ingest
+    app.add_middleware(LastResort)  # innermost: answers what no handler knew, keeps the connection
     keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))
     app.add_middleware(
         ProtocolGuard, max_body_bytes=settings.max_body_bytes, keep_slash=(*keep_slash, temporal.SELF_ROUTED)

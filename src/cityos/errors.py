@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from typing import Any, ClassVar
 
 ERROR_BASE = "https://uri.etsi.org/ngsi-ld/errors/"
@@ -164,3 +165,21 @@ def log_failure(logger: logging.Logger, message: str, *args: Any) -> None:
         logger.warning(message + ": %s; will retry", *args, error.detail)
     else:
         logger.exception(message, *args)
+
+
+MAX_LOGGED_MESSAGE = 200  # characters of an exception message in a one-line report
+MAX_LOGGED_TRACEBACK = 4000  # characters of a traceback, logged at DEBUG only
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit // 2]} ... {text[-limit // 2 :]}"
+
+
+def log_briefly(logger: logging.Logger, exc: BaseException, message: str, *args: Any) -> None:
+    """An unexpected error met while serving a request, in ONE line at ERROR (type and message cut
+    to MAX_LOGGED_MESSAGE); the traceback only at DEBUG, cut to MAX_LOGGED_TRACEBACK. A request,
+    however often it is sent, cannot fill the log."""
+    logger.error(message + ": %s: %s", *args, type(exc).__name__, _cut(str(exc), MAX_LOGGED_MESSAGE))
+    if logger.isEnabledFor(logging.DEBUG):
+        text = "".join(traceback.format_exception(exc))
+        logger.debug(message + ", traceback:\n%s", *args, _cut(text, MAX_LOGGED_TRACEBACK))

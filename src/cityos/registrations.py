@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from cityos.entities.values import parse_datetime, require_uri
 from cityos.errors import BadRequestData
@@ -63,7 +64,19 @@ def _information(value: Any, terms: TermMap) -> list[Doc]:
 
 
 def _endpoint(value: Any, terms: TermMap) -> str:
-    return require_uri(value, "endpoint")
+    """An http(s) URL with a host and a valid port: requests are forwarded to it (spec 5.2.9 says
+    only "URI"; one that cannot be connected to is refused here, not at every forwarded read)."""
+    uri = require_uri(value, "endpoint")
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as exc:  # a port out of 0-65535, a broken [IPv6] host
+        raise BadRequestData(f"endpoint {uri!r} is not a valid URL: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequestData("endpoint must be an http or https URL with a host")
+    if port == 0:
+        raise BadRequestData("endpoint port must be between 1 and 65535")
+    return uri
 
 
 MEMBERS = {

@@ -86,6 +86,10 @@ class Settings:
     max_pattern_length: int = _setting(
         1024, "Longest regular expression (idPattern, q ~=) accepted, in characters (400 past it)."
     )
+    max_nesting_depth: int = _setting(
+        64,
+        "Deepest nesting of arrays and objects accepted in a JSON body (400 past it); orjson's own limit is 1024.",
+    )
     core_context: str = _setting("v1.9", "Version of the ETSI core @context applied by default: v1.9 or v1.8.")
     notification_timeout: float = _setting(10.0, "Seconds allowed for one notification (connect, send, answer).")
     notification_max_bytes: int = _setting(4_194_304, "Largest notification sent, in bytes; a larger one is dropped.")

@@ -236,6 +236,8 @@ def infer_type(name: str, raw: Any) -> tuple[str, Any]:
     """(attribute type, normalized object) for a normalized or concise attribute value."""
     if isinstance(raw, dict):
         kind = raw.get("type")
+        if kind is not None and not isinstance(kind, str):
+            raise BadRequestData(f"the type of attribute {name!r} must be a string")
         if isinstance(kind, str) and kind in ATTRIBUTE_TYPES:
             return ATTRIBUTE_TYPES[kind], raw
         if _looks_geo(raw):
@@ -256,7 +258,8 @@ def infer_type(name: str, raw: Any) -> tuple[str, Any]:
 def _looks_geo(value: Any) -> bool:
     return (
         isinstance(value, dict)
-        and value.get("type") in GEOMETRY_TYPES
+        and isinstance(value.get("type"), str)
+        and value["type"] in GEOMETRY_TYPES
         and ("coordinates" in value or "geometries" in value)
     )
 

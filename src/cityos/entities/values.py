@@ -11,6 +11,10 @@ from cityos.errors import BadRequestData
 
 URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`\x00-\x1f\x7f]*$")  # no control characters
 FORBIDDEN_NAME_CHARS = frozenset("<>\"'=;()\\ \t\r\n")
+# the largest integer a count parameter (offset, limit, lastN) may be: read exactly by every client
+# (JavaScript) and by both stores (SQLite and PostgreSQL integers stop at 2**63 - 1)
+MAX_SAFE_INTEGER = 2**53 - 1
+DEFAULT_MAX_NESTING_DEPTH = 64  # the max_nesting_depth setting's default (orjson itself stops at 1024)
 GEOMETRY_TYPES = frozenset(
     {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon", "GeometryCollection"}
 )
@@ -110,7 +114,7 @@ def check_geometry(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequestData(f"{what}: a GeoProperty value must be a GeoJSON geometry object")
     kind = value.get("type")
-    if kind not in GEOMETRY_TYPES:
+    if not isinstance(kind, str) or kind not in GEOMETRY_TYPES:
         raise BadRequestData(f"{what}: unsupported GeoJSON geometry type {kind!r}")
     if kind == "GeometryCollection":
         members = value.get("geometries")
@@ -146,3 +150,18 @@ def check_geometry(value: Any, what: str) -> dict[str, Any]:
             for ring in polygon:
                 _ring(ring, label)
     return value
+
+
+def check_nesting(value: Any, limit: int, what: str = "the request body") -> None:
+    """400 for JSON nested deeper than `limit` arrays/objects (the max_nesting_depth setting): the
+    code that walks values recursively (expansion, rendering, comparison) must never reach Python's
+    recursion limit. Iterative, so the check itself cannot."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if level > limit:
+            raise BadRequestData(f"{what} nests arrays and objects deeper than {limit} levels (max_nesting_depth)")
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cityos import __version__
+from cityos.entities.values import check_nesting
 from cityos.errors import BadRequestData, InvalidRequest, PayloadTooLarge, ResourceNotFound
 from cityos.ingest.iot_agent import IotAgent
 from cityos.ingest.iot_payloads import JSON, UL
@@ -59,6 +60,7 @@ async def _json_list(request: Request, key: str) -> list[Any]:
         document = orjson.loads(await _body(request))
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    check_nesting(document, request.app.state.services.settings.max_nesting_depth)
     items = document.get(key) if isinstance(document, dict) else None
     if not isinstance(items, list) or not items:
         raise BadRequestData(f'the body must be {{"{key}": [...]}} with at least one item')

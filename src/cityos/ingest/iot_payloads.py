@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from cityos.entities.values import DEFAULT_MAX_NESTING_DEPTH, check_nesting
+from cityos.errors import BadRequestData
 from cityos.ingest.convert import ConversionError, utc_timestamp
 
 UL = "ul"
@@ -101,11 +103,21 @@ def parse_ultralight(payload: bytes) -> list[Measure]:
     return measures
 
 
-def parse_json(payload: bytes) -> list[Measure]:
+def _loads(text: str) -> Any:
+    """The JSON of a measure, nested no deeper than the max_nesting_depth default (a measure is
+    a flat object of values; MQTT messages carry no settings)."""
     try:
-        document = orjson.loads(_text(payload))
+        document = orjson.loads(text)
+        check_nesting(document, DEFAULT_MAX_NESTING_DEPTH, "the payload")
     except orjson.JSONDecodeError as exc:
         raise PayloadError(f"the payload is not valid JSON: {exc}") from exc
+    except BadRequestData as exc:
+        raise PayloadError(exc.detail) from exc
+    return document
+
+
+def parse_json(payload: bytes) -> list[Measure]:
+    document = _loads(_text(payload))
     items = document if isinstance(document, list) else [document]
     if not items or len(items) > MAX_GROUPS:
         raise PayloadError("a JSON payload needs 1 to 1000 measure objects")
@@ -135,10 +147,7 @@ def parse_single(payload: bytes, object_id: str, fmt: str | None) -> list[Measur
     the bare value, JSON-decoded when the format is JSON."""
     text = _text(payload)
     if fmt == JSON:
-        try:
-            value = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            raise PayloadError(f"the payload is not valid JSON: {exc}") from exc
+        value = _loads(text)
         if value is None:
             raise PayloadError(f"attribute {object_id!r} is null")
         return [Measure({object_id: value})]

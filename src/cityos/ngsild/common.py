@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cityos.entities.values import check_nesting
 from cityos.errors import BadRequestData, InvalidRequest, NonexistentTenant, PayloadTooLarge
 from cityos.jsonld.registry import ContextRegistry, ResolvedContext
 from cityos.ngsild.negotiation import JSON, JSON_LD, negotiate, request_media_type
@@ -82,9 +83,11 @@ async def read_json(request: Request) -> Any:
     if not body:
         raise InvalidRequest("the request body is empty")
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    check_nesting(value, settings.max_nesting_depth)
+    return value
 
 
 async def read_payload(request: Request, *, merge_patch: bool = False) -> tuple[Any, str]:

@@ -9,6 +9,7 @@ remote attributes and the other operations are not forwarded yet (docs/conforman
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import quote
 
@@ -19,6 +20,7 @@ from cityos.net import OutboundPolicy, OutboundRefused
 from cityos.ngsild.common import TENANT_HEADER, services
 from cityos.registrations import expired, matches
 
+log = logging.getLogger("cityos.forwarding")
 RETRIEVE_OPERATIONS = frozenset({"retrieveEntity", "retrieveOps", "redirectionOps", "federationOps"})
 
 
@@ -41,6 +43,9 @@ async def forward_retrieve(request: Request, tenant_name: str, entity_id: str) -
         try:
             body = orjson.loads(await policy.get(url, "application/json", headers))
         except (OutboundRefused, orjson.JSONDecodeError):
+            continue
+        except Exception as exc:
+            log.warning("context source %s skipped: %s: %s", doc.get("id"), type(exc).__name__, exc)
             continue
         if isinstance(body, dict) and body.get("id") == entity_id:
             body.pop("@context", None)

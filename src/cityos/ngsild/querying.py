@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from cityos.entities import update
 from cityos.entities.render import render_entity, to_geojson_feature
-from cityos.entities.values import now, require_uri
+from cityos.entities.values import MAX_SAFE_INTEGER, now, require_uri
 from cityos.errors import BadRequestData, TooManyResults
 from cityos.jsonld.registry import ResolvedContext
 from cityos.ngsild.common import (
@@ -203,6 +203,13 @@ def pagination_links(request: Request, limit: int, offset: int, has_more: bool, 
     return links
 
 
+def check_string_members(body: dict[str, Any]) -> None:
+    """The members of a Query body (POST .../entityOperations/query) that hold query text."""
+    for member in ("q", "scopeQ", "join", "lang", "csf"):
+        if body.get(member) is not None and not isinstance(body[member], str):
+            raise BadRequestData(f"{member} must be a string")
+
+
 def page(request: Request) -> tuple[int, int]:
     settings = services(request).settings
     try:
@@ -212,6 +219,8 @@ def page(request: Request) -> tuple[int, int]:
         raise BadRequestData("limit and offset must be integers") from exc
     if limit < 0 or offset < 0:
         raise BadRequestData("limit and offset must not be negative")
+    if offset > MAX_SAFE_INTEGER:
+        raise BadRequestData(f"offset must not be above {MAX_SAFE_INTEGER}")
     if limit > settings.max_page_size:
         raise TooManyResults(f"limit {limit} is above the maximum page size {settings.max_page_size}")
     return limit, offset
@@ -344,9 +353,7 @@ async def query_post(request: Request) -> Response:
     entities = body.get("entities")
     if entities is not None and (not isinstance(entities, list) or not entities):
         raise BadRequestData("entities must be a non-empty array")
-    for member in ("q", "scopeQ", "join", "lang", "csf"):
-        if body.get(member) is not None and not isinstance(body[member], str):
-            raise BadRequestData(f"{member} must be a string")
+    check_string_members(body)
     params: dict[str, str] = dict(request.query_params)
     for member in ("attrs", "pick", "omit", "datasetId"):
         value = body.get(member)

@@ -38,7 +38,14 @@ from cityos.ngsild.common import (
     tenant,
 )
 from cityos.ngsild.entities import projected
-from cityos.ngsild.querying import check_csf, check_not_too_wide, page, pagination_links, spec_from_params
+from cityos.ngsild.querying import (
+    check_csf,
+    check_not_too_wide,
+    check_string_members,
+    page,
+    pagination_links,
+    spec_from_params,
+)
 from cityos.query.entity_maps import render as render_map
 from cityos.query.entity_query import QuerySpec, build_entity_query, scope_predicate
 from cityos.store.temporal_base import AggregationSpec, TemporalQuery, TemporalWindow
@@ -180,6 +187,7 @@ async def query_temporal_post(request: Request) -> Response:
         if not isinstance(part, dict):
             raise BadRequestData(f"{member} must be a JSON object")
         values.update({k: v for k, v in part.items() if k not in values})
+    check_string_members(body)
     params: dict[str, str] = dict(request.query_params)
     for member in ("attrs", "pick", "omit", "datasetId"):
         value = body.get(member)

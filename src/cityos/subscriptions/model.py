@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 from cityos.entities.values import check_datetime, check_name, parse_datetime, require_uri
 from cityos.errors import BadRequestData
 from cityos.jsonld.termmap import TermMap
+from cityos.ngsild.join import join_plan
 from cityos.query import selectors
 from cityos.query.entity_query import scope_predicate, selector_predicate
 from cityos.query.geo import parse_geoq
@@ -329,6 +330,8 @@ def _notification(value: Any, terms: TermMap) -> Doc:
         if isinstance(level, bool) or not isinstance(level, int) or level < 1:
             raise BadRequestData("notification.joinLevel must be a positive integer")
         out["joinLevel"] = level
+    # joinLevel without join, or above the most a notification can render, could never be sent
+    join_plan(out.get("join"), str(out["joinLevel"]) if "joinLevel" in out else None, None, None)
     out["endpoint"] = _endpoint(value["endpoint"])
     return out
 

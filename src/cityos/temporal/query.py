@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cityos.entities.values import MAX_SAFE_INTEGER
 from cityos.errors import BadRequestData
 
 TIME_PROPERTIES = ("observedAt", "createdAt", "modifiedAt", "deletedAt")
@@ -112,8 +113,8 @@ def parse_last_n(raw: Any) -> int | None:
         return None
     if isinstance(raw, str) and raw.strip().isdigit():
         raw = int(raw.strip())
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-        raise BadRequestData(f"lastN must be a positive integer, got {raw!r}")
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_SAFE_INTEGER:
+        raise BadRequestData(f"lastN must be a positive integer up to {MAX_SAFE_INTEGER}, got {raw!r}")
     return raw
 
 
