@@ -38,9 +38,8 @@ from cityos.ngsild import (
     temporal,
 )
 from cityos.ngsild.common import TENANT_HEADER, Services
-from cityos.pipeline import WritePipeline, context_registry
+from cityos.pipeline import WritePipeline, context_registry, settings_store
 from cityos.settings import Settings
-from cityos.store import open_store
 from cityos.store.base import StoreEvent
 from cityos.store.fair import current_client
 
@@ -264,14 +263,7 @@ def create_app(settings: Settings) -> Starlette:
     registry.base_url = f"http://{settings.host}:{settings.port}"
     services = Services(
         settings=settings,
-        store=open_store(
-            settings.database,
-            query_timeout=settings.query_timeout,
-            worker_timeout=settings.worker_timeout,
-            busy_timeout=settings.db_busy_timeout,
-            durability=settings.durability,
-            client_share=settings.client_query_share,
-        ),
+        store=settings_store(settings, client_share=settings.client_query_share),  # one client cannot take all
         contexts=registry,
     )
     pipeline = WritePipeline(services.store, registry, settings)

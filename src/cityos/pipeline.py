@@ -39,6 +39,18 @@ def context_registry(settings: Settings) -> ContextRegistry:
     )
 
 
+def settings_store(settings: Settings, *, client_share: int = 0) -> EntityStore:
+    """The store the settings name, with every store setting applied (not opened yet)."""
+    return open_store(
+        settings.database,
+        query_timeout=settings.query_timeout,
+        worker_timeout=settings.worker_timeout,
+        busy_timeout=settings.db_busy_timeout,
+        durability=settings.durability,
+        client_share=client_share,
+    )
+
+
 class WritePipeline:
     """The change listeners of one open store: the history recorder and the subscription matcher
     (with the dispatcher that delivers the outbox they fill)."""
@@ -85,13 +97,7 @@ async def open_pipeline(settings: Settings, *, deliver: bool = False) -> AsyncIt
     """The settings' store, opened with its write pipeline installed (closed on the way out).
     deliver: notifications go out while the block runs (finish with drain()); otherwise they stay
     in the outbox for a server."""
-    store = open_store(
-        settings.database,
-        query_timeout=settings.query_timeout,
-        worker_timeout=settings.worker_timeout,
-        busy_timeout=settings.db_busy_timeout,
-        durability=settings.durability,
-    )
+    store = settings_store(settings)
     await store.open()
     try:
         pipeline = WritePipeline(store, context_registry(settings), settings)
