@@ -123,6 +123,12 @@ def subscribe_in(db_url: str, receiver_url: str) -> None:
         assert response.status_code == 201, response.text
 
 
+def subscribe_on(base: str, receiver_url: str) -> None:
+    """Create the test's subscription on a running broker."""
+    response = httpx.post(base + "/ngsi-ld/v1/subscriptions", json=subscription(receiver_url))
+    assert response.status_code == 201, response.text
+
+
 def test_a_year_into_the_database_file_records_history_and_notifies(db_url: str, year: tuple[Path, Path]) -> None:
     source, mapping = year
     with receiving() as receiver:
@@ -142,8 +148,7 @@ def test_a_year_through_a_running_broker_is_the_same(db_url: str, year: tuple[Pa
     broker.start()
     try:
         with receiving() as receiver:
-            response = httpx.post(broker.base + "/ngsi-ld/v1/subscriptions", json=subscription(receiver.url))
-            assert response.status_code == 201, response.text
+            subscribe_on(broker.base, receiver.url)
             result = cli("import", "csv", str(source), "--mapping", str(mapping), "--url", broker.base)
             assert result.returncode == 0, result.stderr
             assert f"{HOURS} rows read, {HOURS} loaded into 1 entities, 0 rejected" in result.stdout
@@ -192,8 +197,7 @@ def test_a_running_server_delivers_what_an_import_wrote_into_its_database(db_url
     broker.start()
     try:
         with receiving() as receiver:
-            response = httpx.post(broker.base + "/ngsi-ld/v1/subscriptions", json=subscription(receiver.url))
-            assert response.status_code == 201, response.text
+            subscribe_on(broker.base, receiver.url)
             args = ("import", "csv", str(source), "--mapping", str(mapping), "--database", db_url)
             result = cli(*args, "--notify-wait", "0")
             assert result.returncode == 0, result.stderr

@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 from cityos.lifeline import exit_with_supervisor
+from server_process import alive
 
 SUPERVISOR = r"""
 import multiprocessing, sys, time
 
 def worker() -> None:
     from cityos.lifeline import exit_with_supervisor
+from server_process import alive
     assert exit_with_supervisor(grace=2.0, use_prctl=False)
     time.sleep(60)
 
@@ -30,14 +32,6 @@ if __name__ == "__main__":
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_the_parent_watch_alone_ends_an_orphaned_worker(tmp_path: Path) -> None:
     script = tmp_path / "supervisor.py"
     script.write_text(SUPERVISOR)
@@ -46,16 +40,16 @@ def test_the_parent_watch_alone_ends_an_orphaned_worker(tmp_path: Path) -> None:
     worker = int(supervisor.stdout.readline())
     try:
         time.sleep(1.0)  # the worker has set up its watch
-        assert _alive(worker)
+        assert alive(worker)
         os.kill(supervisor.pid, signal.SIGKILL)
         supervisor.wait()
         deadline = time.monotonic() + 10
-        while _alive(worker) and time.monotonic() < deadline:
+        while alive(worker) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(worker)
+        assert not alive(worker)
     finally:
         supervisor.stdout.close()
-        if _alive(worker):
+        if alive(worker):
             os.kill(worker, signal.SIGKILL)
 
 

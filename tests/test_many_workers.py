@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from backends import db_rows
-from server_process import LoggedServer
+from server_process import LoggedServer, alive
 
 ENTITIES = "/ngsi-ld/v1/entities"
 UPSERT = "/ngsi-ld/v1/entityOperations/upsert"
@@ -44,14 +44,6 @@ def children(pid: int) -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
             found.append(int(entry.name))
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
