@@ -20,7 +20,6 @@ import multiprocessing, sys, time
 
 def worker() -> None:
     from cityos.lifeline import exit_with_supervisor
-from server_process import alive
     assert exit_with_supervisor(grace=2.0, use_prctl=False)
     time.sleep(60)
 
