@@ -121,6 +121,8 @@ class TestFromEnv:
             raw = expected = "error"
         elif name == "durability":
             raw = expected = "full"
+        elif name == "auth":
+            raw = expected = "required"
         else:
             raw = expected = default + "-changed"
         environ = {env_name(name): raw}

@@ -28,6 +28,14 @@ class Settings:
     worker_timeout: float = _setting(
         10.0, "PostgreSQL: seconds without a heartbeat after which a worker counts as dead and its notifications move."
     )
+    auth: str = _setting(
+        "off",
+        "Authentication and access policies: off (anyone who reaches the port may do anything; refused on a "
+        "non-loopback --host without --insecure-open) or required (docs/security.md).",
+    )
+    insecure_open: bool = _setting(
+        False, "Allow --auth off on a non-loopback --host (a deliberate open deployment, e.g. behind a gateway)."
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning, error.")
     access_log: bool = _setting(
         False, "Log one line per HTTP request (method, path, status) at INFO; on at --log-level debug anyway."
@@ -168,6 +176,8 @@ class Settings:
             raise ValueError("query_timeout must be positive")
         if self.db_busy_timeout <= 0:
             raise ValueError("db_busy_timeout must be positive")
+        if self.auth not in ("off", "required"):
+            raise ValueError("auth must be off or required")
         if self.durability not in ("normal", "full"):
             raise ValueError("durability must be normal or full")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -12,10 +12,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cityos.audit.events import AuditSink, NullAudit
+from cityos.auth.principal import Principal, current_principal
 from cityos.entities.values import check_nesting
 from cityos.errors import BadRequestData, InvalidRequest, NonexistentTenant, PayloadTooLarge
 from cityos.jsonld.registry import ContextRegistry, ResolvedContext
 from cityos.ngsild.negotiation import JSON, JSON_LD, negotiate, request_media_type
+from cityos.policy.decision import Authorizer, OpenAuthorizer
 from cityos.settings import Settings
 from cityos.store.base import EntityStore
 
@@ -33,11 +36,18 @@ class Services:
     settings: Settings
     store: EntityStore
     contexts: ContextRegistry
+    authorizer: Authorizer = field(default_factory=OpenAuthorizer)  # policy/decision.py
+    audit: AuditSink = field(default_factory=NullAudit)  # audit/events.py
 
 
 def services(request: Request) -> Services:
     result: Services = request.app.state.services
     return result
+
+
+def principal(request: Request) -> Principal:
+    """Who the request acts for (set by the auth middleware; OPEN with auth off)."""
+    return current_principal.get()
 
 
 def tenant(request: Request) -> str:

@@ -1,0 +1,1 @@
+"""The tamper-evident audit trail: a hash-chained, signed record of who did what."""

@@ -1,0 +1,1 @@
+"""Identity: who is calling (API keys, local users, OpenID Connect bearer tokens) as a Principal."""

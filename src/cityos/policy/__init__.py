@@ -1,0 +1,1 @@
+"""Access policies: who may do what on which data, compiled to predicates and SQL prefilters."""
