@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 ADMIN_ROLE = "admin"
 
@@ -49,3 +49,18 @@ ANONYMOUS = Principal(id="anonymous", kind="anonymous", tenants=None)
 current_principal: ContextVar[Principal] = ContextVar("cityos_principal", default=OPEN)
 # the request id (X-Request-Id or generated) that logs and audit records carry
 current_request_id: ContextVar[str] = ContextVar("cityos_request_id", default="")
+
+
+class PrincipalDirectory(Protocol):
+    """Finds a principal again by its id, e.g. when a notification is delivered long after the
+    subscription was made: None means it no longer exists (revoked key, deleted user), which stops
+    everything acting for it."""
+
+    async def lookup(self, principal_id: str) -> Principal | None: ...
+
+
+class OpenDirectory:
+    """Auth off: every id is the unrestricted principal."""
+
+    async def lookup(self, principal_id: str) -> Principal | None:
+        return OPEN

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cityos.audit.events import AuditSink, NullAudit
-from cityos.auth.principal import Principal, current_principal
+from cityos.auth.principal import OpenDirectory, Principal, PrincipalDirectory, current_principal
 from cityos.entities.values import check_nesting
 from cityos.errors import BadRequestData, InvalidRequest, NonexistentTenant, PayloadTooLarge
 from cityos.jsonld.registry import ContextRegistry, ResolvedContext
@@ -38,6 +38,7 @@ class Services:
     contexts: ContextRegistry
     authorizer: Authorizer = field(default_factory=OpenAuthorizer)  # policy/decision.py
     audit: AuditSink = field(default_factory=NullAudit)  # audit/events.py
+    principals: PrincipalDirectory = field(default_factory=OpenDirectory)  # auth/principal.py
 
 
 def services(request: Request) -> Services:
