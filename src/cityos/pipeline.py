@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+from cityos.audit.service import AuditTrail
 from cityos.jsonld.registry import ContextRegistry, StoredContext
 from cityos.net import OutboundPolicy
 from cityos.settings import Settings
@@ -52,14 +53,15 @@ def settings_store(settings: Settings, *, client_share: int = 0) -> EntityStore:
 
 
 class WritePipeline:
-    """The change listeners of one open store: the history recorder and the subscription matcher
-    (with the dispatcher that delivers the outbox they fill)."""
+    """The change listeners of one open store: the history recorder, the subscription matcher
+    (with the dispatcher that delivers the outbox they fill) and the audit trail."""
 
     def __init__(self, store: EntityStore, contexts: ContextRegistry, settings: Settings) -> None:
         self.store = store
         self.contexts = contexts
         self.subscriptions = SubscriptionService(store, contexts, settings)
         self.history = HistoryService(store, settings)
+        self.audit = AuditTrail(store, settings)
 
     async def restore_hosted(self) -> None:
         """Load the hosted and implicit @contexts saved in the store (subscriptions may name them),
@@ -74,6 +76,7 @@ class WritePipeline:
         await self.restore_hosted()
         await self.subscriptions.install()
         self.history.install()
+        self.audit.install()
 
     async def start(self) -> None:
         """A server: install, then deliver the outbox (what it holds first), run the periodic
@@ -81,6 +84,7 @@ class WritePipeline:
         await self.install()
         await self.subscriptions.start()
         await self.history.start()
+        await self.audit.start()
 
     async def drain(self, timeout: float) -> int:
         """A command that wrote through this pipeline: deliver the outbox before leaving, for at
@@ -88,6 +92,7 @@ class WritePipeline:
         return await self.subscriptions.drain(timeout)
 
     async def stop(self) -> None:
+        await self.audit.stop()
         await self.history.stop()
         await self.subscriptions.stop()
 

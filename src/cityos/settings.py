@@ -36,6 +36,21 @@ class Settings:
     insecure_open: bool = _setting(
         False, "Allow --auth off on a non-loopback --host (a deliberate open deployment, e.g. behind a gateway)."
     )
+    audit: str = _setting(
+        "on",
+        "Audit trail of writes: on (every entity and temporal write gets a hash-chained record in its own "
+        "transaction) or off (admin changes, denied requests and personal-data reads are recorded anyway).",
+    )
+    audit_key: str = _setting(
+        "",
+        "Path of the Ed25519 key signing audit checkpoints (made, mode 0600, on first start); empty: "
+        "<database file>.audit-key, or ./cityos-audit.key with PostgreSQL (share one path across workers).",
+    )
+    audit_retention_days: int = _setting(
+        0, "Remove audit records older than this many days (a signed truncation record replaces them); 0 keeps all."
+    )
+    audit_checkpoint_seconds: float = _setting(60.0, "Seconds between signed audit checkpoints (when records came).")
+    audit_checkpoint_records: int = _setting(10000, "Sign an audit checkpoint sooner, once this many records came.")
     log_level: str = _setting("info", "Log level: debug, info, warning, error.")
     access_log: bool = _setting(
         False, "Log one line per HTTP request (method, path, status) at INFO; on at --log-level debug anyway."
@@ -178,6 +193,12 @@ class Settings:
             raise ValueError("db_busy_timeout must be positive")
         if self.auth not in ("off", "required"):
             raise ValueError("auth must be off or required")
+        if self.audit not in ("on", "off"):
+            raise ValueError("audit must be on or off")
+        if self.audit_retention_days < 0:
+            raise ValueError("audit_retention_days must not be negative")
+        if self.audit_checkpoint_seconds <= 0 or self.audit_checkpoint_records < 1:
+            raise ValueError("audit_checkpoint_seconds and audit_checkpoint_records must be positive")
         if self.durability not in ("normal", "full"):
             raise ValueError("durability must be normal or full")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

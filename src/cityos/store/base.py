@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from cityos.audit.chain import AuditRow
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator, Outcome
 from cityos.errors import NgsiLdError
 from cityos.query.entity_maps import EntityMap
 from cityos.query.pushdown import ValueFilter
+from cityos.store.audit_base import AuditStore
 from cityos.store.temporal_base import TemporalStore
 
 
@@ -89,9 +91,10 @@ class HistoryRow:
 # Called by the store inside its write transaction (on the writer thread) for every change, with a
 # lookup of the change's tenant's entities as that transaction sees them (for q paths that follow
 # relationships); the rows it returns (notifications owed, history to append) are inserted in the
-# same transaction. It must be fast. Several consumers each install their own, under their own name.
+# same transaction (audit rows are sealed into the chain before the commit). It must be fast.
+# Several consumers each install their own, under their own name.
 EntityLookup = Callable[[str], Entity | None]
-ChangeListener = Callable[[EntityChange, EntityLookup], Sequence[OutboxRow | HistoryRow]]
+ChangeListener = Callable[[EntityChange, EntityLookup], Sequence[OutboxRow | HistoryRow | AuditRow]]
 
 
 @dataclass(slots=True)
@@ -163,8 +166,9 @@ class IngestRecord:
     document: dict[str, Any]
 
 
-class EntityStore(TemporalStore, Protocol):
-    """Current state, subscriptions, maps and discovery; the temporal methods come from TemporalStore."""
+class EntityStore(TemporalStore, AuditStore, Protocol):
+    """Current state, subscriptions, maps and discovery; the temporal methods come from TemporalStore,
+    the audit trail's from AuditStore."""
 
     # True when several workers share the store: the subscription throttling is then decided by the
     # store, in the write transaction (an outbox row with `throttling` is dropped within the period),

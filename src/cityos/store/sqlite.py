@@ -9,6 +9,7 @@ of GeoProperty bounding boxes.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sqlite3
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from cityos.audit.chain import AuditRow
 from cityos.entities.expiry import next_expiry, now_key, visible
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
@@ -36,6 +38,7 @@ from cityos.store.base import (
 from cityos.store.fair import FairShare
 from cityos.store.paging import bounded
 from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, own_expiry
+from cityos.store.sqlite_audit import AUDIT_SCHEMA, SQLiteAudit, seal_into
 from cityos.store.sqlite_catalog import SQLiteCatalog
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 
@@ -150,7 +153,7 @@ def _regexp(pattern: str, value: str | None) -> bool:
     return value is not None and found(pattern, value)
 
 
-class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
+class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteAudit):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
 
     def __init__(
@@ -177,8 +180,11 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         # change listeners by name (subscriptions, history), replaced whole so the writer sees a snapshot
         self._listeners: dict[str, tuple[ChangeListener, Callable[[], None] | None]] = {}
         self._to_wake: list[Callable[[], None]] = []  # set on the writer thread: wakes owed after commit
-        # (write, its future, groupable, when it was queued)
-        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool, float]] = []
+        self._audit_rows: list[AuditRow] = []  # writer thread: this transaction's rows, sealed before COMMIT
+        # (write, its future, groupable, when it was queued, the submitting request's context)
+        self._pending: list[
+            tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool, float, contextvars.Context]
+        ] = []
         self._pending_lock = threading.Lock()
         self._loop_connection: sqlite3.Connection | None = None
         self._flushing = False
@@ -206,11 +212,13 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
     async def _write(self, fn: Callable[[sqlite3.Connection], T], *, groupable: bool = True) -> T:
         """Run `fn` in a write transaction. Writes that queue up while one transaction runs are
         committed together (group commit), each in its own savepoint: a failing write is rolled
-        back alone, and every caller is answered only after the commit that holds its write."""
+        back alone, and every caller is answered only after the commit that holds its write. `fn`
+        runs in a copy of the caller's context, so the audit rows it makes name the request's
+        principal and request id."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._pending_lock:
-            self._pending.append((fn, future, groupable, time.monotonic()))
+            self._pending.append((fn, future, groupable, time.monotonic(), contextvars.copy_context()))
             start = not self._flushing
             self._flushing = True
         if start:
@@ -231,32 +239,37 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
                 if self._pending[0][2]:
                     while count < min(MAX_GROUP, len(self._pending)) and self._pending[count][2]:
                         count += 1
-                jobs = [(fn, future) for fn, future, _, _ in self._pending[:count]]
+                jobs = [(fn, future, context) for fn, future, _, _, context in self._pending[:count]]
                 self._pending = self._pending[count:]
             assert self._writer is not None
             connection = self._writer
             outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             self._to_wake = []
+            audit = self._audit_rows = []
             alone = len(jobs) == 1  # no savepoint needed: a failure rolls back the transaction
             try:
                 connection.execute("BEGIN IMMEDIATE")
-                for number, (fn, future) in enumerate(jobs):
+                for number, (fn, future, context) in enumerate(jobs):
                     if not alone:
                         connection.execute(f"SAVEPOINT job{number}")
+                    mark = len(audit)
                     try:
-                        outcomes.append((future, fn(connection), None))
+                        outcomes.append((future, context.run(fn, connection), None))
                     except Exception as refused:  # this write alone is undone
                         connection.execute("ROLLBACK" if alone else f"ROLLBACK TO job{number}")
+                        del audit[mark:]
                         outcomes.append((future, None, _translated(refused, self.path, self.busy_timeout)))
                     if not alone:
                         connection.execute(f"RELEASE job{number}")
                 if connection.in_transaction:
+                    if audit:  # the writes' audit records, chained in the same transaction
+                        seal_into(connection, audit)
                     connection.execute("COMMIT")
             except BaseException as failure:  # the transaction itself failed: nobody's write stands
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 failure = _translated(failure, self.path, self.busy_timeout)
-                outcomes = [(future, None, failure) for _, future in jobs]
+                outcomes = [(future, None, failure) for _, future, _ in jobs]
                 if isinstance(failure, DatabaseBusy):
                     outcomes += [(future, None, failure) for future in self._expired_waits()]
             for wake in self._to_wake:
@@ -269,7 +282,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         that already, taken off the queue, so a burst of writes is not refused one group at a time."""
         cutoff = time.monotonic() - self.busy_timeout
         with self._pending_lock:
-            expired = [future for _, future, _, queued in self._pending if queued <= cutoff]
+            expired = [future for _, future, _, queued, _ in self._pending if queued <= cutoff]
             self._pending = [job for job in self._pending if job[3] > cutoff]
         return expired
 
@@ -279,6 +292,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
                 connection = _connect(self.path, self.busy_timeout, self.durability)
                 connection.executescript(SCHEMA)
                 connection.executescript(TEMPORAL_SCHEMA)
+                connection.executescript(AUDIT_SCHEMA)
                 row = connection.execute("SELECT version FROM schema_version").fetchone()
                 if row is None:
                     connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -347,12 +361,14 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
             for index, (entity_id, mutator) in enumerate(operations):
                 if not atomic:
                     connection.execute(f"SAVEPOINT op{index}")
+                mark = len(self._audit_rows)
                 try:
                     results.append(self._apply(connection, tenant, entity_id, mutator))
                 except NgsiLdError as error:
                     if atomic:
                         raise
                     connection.execute(f"ROLLBACK TO op{index}")
+                    del self._audit_rows[mark:]
                     results.append(MutationResult(entity_id, error=error))
                 if not atomic:
                     connection.execute(f"RELEASE op{index}")
@@ -418,6 +434,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
             history = [r for r in rows if isinstance(r, HistoryRow)]
             if history:
                 self._append_history(connection, history)
+            self._audit_rows.extend(r for r in rows if isinstance(r, AuditRow))
 
     def _unindex(self, connection: sqlite3.Connection, pk: int) -> None:
         connection.execute("DELETE FROM entity_types WHERE pk = ?", (pk,))

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from cityos.audit.chain import AuditRow
+from cityos.audit.recorder import row as audit_row
 from cityos.entities.model import VALUE_MEMBER, Entity, Instance
 from cityos.entities.values import parse_datetime
 from cityos.store.base import HistoryRow
@@ -126,6 +128,8 @@ class SQLiteTemporal:
 
         async def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
+        def _audit_note(self, row: Callable[[], AuditRow]) -> None: ...
+
     # -- writing -------------------------------------------------------------------------------------
     def _temporal_pk(
         self, connection: sqlite3.Connection, tenant: str, entity_id: str, types: Sequence[str]
@@ -188,6 +192,7 @@ class SQLiteTemporal:
             pk, created = self._temporal_pk(connection, tenant, entity_id, types)
             for attr, instance in instances:
                 self._put_instance(connection, pk, attr, instance, replace_same_time=True)
+            self._audit_note(lambda: audit_row("temporal.write", tenant, [entity_id]))
             return created
 
         return await self._write(run)
@@ -212,6 +217,7 @@ class SQLiteTemporal:
             merged = {**orjson.loads(row[1]), **instance}
             _, columns = _columns(merged)
             connection.execute(f"UPDATE temporal_instances SET {_ASSIGN} WHERE pk = ?", (*columns, row[0]))
+            self._audit_note(lambda: audit_row("temporal.modify-instance", tenant, [entity_id], {"attr": attr}))
             return True
 
         return await self._write(run)
@@ -220,7 +226,10 @@ class SQLiteTemporal:
         def run(connection: sqlite3.Connection) -> bool:
             epk = self._locate(connection, tenant, entity_id)
             sql = "DELETE FROM temporal_instances WHERE epk = ? AND attr = ? AND instance_id = ?"
-            return epk is not None and connection.execute(sql, (epk, attr, instance_id)).rowcount > 0
+            done = epk is not None and connection.execute(sql, (epk, attr, instance_id)).rowcount > 0
+            if done:
+                self._audit_note(lambda: audit_row("temporal.delete-instance", tenant, [entity_id], {"attr": attr}))
+            return done
 
         return await self._write(run)
 
@@ -233,9 +242,13 @@ class SQLiteTemporal:
                 return False
             if delete_all:
                 sql, params = "DELETE FROM temporal_instances WHERE epk = ? AND attr = ?", (epk, attr)
-                return connection.execute(sql, params).rowcount > 0
-            sql = "DELETE FROM temporal_instances WHERE epk = ? AND attr = ? AND dataset = ?"
-            return connection.execute(sql, (epk, attr, dataset or "")).rowcount > 0
+                done = connection.execute(sql, params).rowcount > 0
+            else:
+                sql = "DELETE FROM temporal_instances WHERE epk = ? AND attr = ? AND dataset = ?"
+                done = connection.execute(sql, (epk, attr, dataset or "")).rowcount > 0
+            if done:
+                self._audit_note(lambda: audit_row("temporal.delete-attribute", tenant, [entity_id], {"attr": attr}))
+            return done
 
         return await self._write(run)
 
@@ -247,6 +260,7 @@ class SQLiteTemporal:
             connection.execute("DELETE FROM temporal_instances WHERE epk = ?", (epk,))
             connection.execute("DELETE FROM temporal_types WHERE epk = ?", (epk,))
             connection.execute("DELETE FROM temporal_entities WHERE pk = ?", (epk,))
+            self._audit_note(lambda: audit_row("temporal.delete-entity", tenant, [entity_id]))
             return True
 
         return await self._write(run)

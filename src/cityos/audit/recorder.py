@@ -1,0 +1,50 @@
+"""What turns a write into an audit row: the change listener for entity writes (installed by the
+write pipeline like the history and subscription listeners) and the row for the store's other
+writes (temporal API). Both run inside the write transaction, on the store's writer (SQLite) or
+sync thread (PostgreSQL), where the request's principal and request id are current: the stores
+run each write in a copy of the submitting request's context (contextvars).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cityos.audit.chain import AuditRow, utc_now
+from cityos.auth.principal import current_principal, current_request_id
+from cityos.store.base import EntityChange, EntityLookup, HistoryRow, OutboxRow
+
+LISTENER = "audit"  # the change listener's name in the store
+
+
+def row(operation: str, tenant: str, targets: Sequence[str], detail: dict[str, Any] | None = None) -> AuditRow:
+    """A row for the current principal and request."""
+    return AuditRow(
+        operation=operation,
+        tenant=tenant,
+        targets=targets,
+        principal=current_principal.get().id,
+        request_id=current_request_id.get(),
+        detail=detail or {},
+        time=utc_now(),
+    )
+
+
+def operation_of(change: EntityChange) -> str:
+    if change.before is None:
+        return "entity.create"
+    return "entity.delete" if change.after is None else "entity.update"
+
+
+def change_listener(change: EntityChange, lookup: EntityLookup) -> Sequence[OutboxRow | HistoryRow | AuditRow]:
+    """Every entity change (API, batch, import, IoT, expiry sweep) makes one row."""
+    return (
+        AuditRow(
+            operation=operation_of(change),
+            tenant=change.tenant,
+            targets=(change.entity_id,),
+            principal=current_principal.get().id,
+            request_id=current_request_id.get(),
+            time=utc_now(),
+        ),
+    )
