@@ -942,3 +942,95 @@ def test_postgres_events_reach_the_other_workers(postgres_skip_reason: str | Non
         run(settle())
         assert heard["reader"] == expected
         assert heard["writer"] == []  # a worker does not hear its own writes
+
+
+# -- the audit trail (store/audit_base.py) ----------------------------------------------------------
+def _audited(store: EntityStore) -> None:
+    from cityos.audit import recorder
+
+    store.set_change_listener(recorder.change_listener, None, name=recorder.LISTENER)
+
+
+def _chain(backend: Backend) -> list[Any]:
+    from cityos.audit.chain import AuditQuery
+
+    return backend.run(backend.store.read_audit(AuditQuery(limit=None)))
+
+
+def _linked(records: list[Any]) -> bool:
+    from cityos.audit.chain import GENESIS, record_hash
+
+    prev = GENESIS
+    for seq, record in enumerate(records, start=1):
+        if (record.seq, record.prev, record.hash) != (seq, prev, record_hash(record.as_dict())):
+            return False
+        prev = record.hash
+    return True
+
+
+def test_audit_records_every_write_in_its_transaction(backend: Backend) -> None:
+    from cityos.audit.chain import AuditQuery, AuditRow
+    from cityos.auth.principal import Principal, current_principal, current_request_id
+
+    store, run = backend.store, backend.run
+    _audited(store)
+
+    async def as_alice(coroutine: Coroutine[Any, Any, T]) -> T:
+        current_principal.set(Principal("user:alice", "user"))
+        current_request_id.set("req-1")
+        return await coroutine
+
+    run(as_alice(store.mutate("t", [("urn:x:1", update.create(make("urn:x:1", "T", n=prop(1))))], atomic=True)))
+    operations = [
+        ("urn:x:2", update.create(make("urn:x:2", "T"))),
+        ("urn:x:1", update.create(make("urn:x:1", "T"))),  # fails alone: no record
+        ("urn:x:2", update.delete("urn:x:2")),
+    ]
+    run(store.mutate("t", operations, atomic=False))
+    with pytest.raises(AlreadyExists):  # an atomic request that fails leaves no record at all
+        run(store.mutate("t", [("urn:x:3", update.create(make("urn:x:3", "T"))), *operations[1:2]], atomic=True))
+    run(store.temporal_write("t", "urn:x:9", [V + "T"], [(V + "n", {"value": 1, "observedAt": STAMP})]))
+    run(store.append_audit([AuditRow("request.denied", "t", ["urn:x:1"], "key:k1", outcome="denied")]))
+
+    records = _chain(backend)
+    assert [(r.operation, r.targets, r.principal) for r in records] == [
+        ("entity.create", ["urn:x:1"], "user:alice"),
+        ("entity.create", ["urn:x:2"], "open"),
+        ("entity.delete", ["urn:x:2"], "open"),
+        ("temporal.write", ["urn:x:9"], "open"),
+        ("request.denied", ["urn:x:1"], "key:k1"),
+    ]
+    assert records[0].request_id == "req-1" and records[4].outcome == "denied"
+    assert _linked(records)
+    head = run(store.audit_head())
+    assert (head.seq, head.hash) == (5, records[-1].hash)
+    assert [r.seq for r in run(store.read_audit(AuditQuery(target="urn:x:2")))] == [2, 3]
+    assert [r.seq for r in run(store.read_audit(AuditQuery(principal="user:alice")))] == [1]
+    assert [r.seq for r in run(store.read_audit(AuditQuery(after_seq=3, limit=1)))] == [4]
+    assert run(store.read_audit(AuditQuery(since=FUTURE))) == []
+
+
+def test_audit_checkpoints_and_truncation(backend: Backend) -> None:
+    from cityos.audit.chain import AuditCheckpoint, AuditRecord, AuditRow
+
+    store, run = backend.store, backend.run
+    rows = [AuditRow("key.create", "", [f"k{n}"], "open", time=f"2026-01-0{n}T00:00:00.000000Z") for n in (1, 2, 3)]
+    run(store.append_audit(rows))
+    records = _chain(backend)
+    run(store.save_audit_checkpoint(AuditCheckpoint(1, records[0].hash, STAMP, "id", "sig")))
+    run(store.save_audit_checkpoint(AuditCheckpoint(1, "other", STAMP, "id", "sig2")))  # one per seq
+    run(store.save_audit_checkpoint(AuditCheckpoint(3, records[2].hash, STAMP, "id", "sig3")))
+    assert [(c.seq, c.signature) for c in run(store.audit_checkpoints())] == [(1, "sig"), (3, "sig3")]
+    assert [c.seq for c in run(store.audit_checkpoints(2, 3))] == [3]
+
+    def anchor(last: AuditRecord) -> AuditRecord:
+        return AuditRecord(last.seq, STAMP, "cityos", "audit.truncate", "", [], "ok", "", {}, last.prev, last.hash, "s")
+
+    note = AuditRow("audit.retention", "", [], "cityos")
+    assert run(store.truncate_audit("2026-01-02T12:00:00Z", anchor, note)) == 2
+    remaining = _chain(backend)
+    assert [(r.seq, r.operation) for r in remaining] == [(2, "audit.truncate"), (3, "key.create"), (4, "audit.retention")]
+    assert remaining[0].hash == records[1].hash and remaining[1].prev == remaining[0].hash
+    assert remaining[2].prev == records[2].hash and remaining[2].detail == {"removed": 2, "through": 2}
+    assert [c.seq for c in run(store.audit_checkpoints())] == [3]
+    assert run(store.truncate_audit("2026-01-02T12:00:00Z", anchor, note)) == 0  # only the anchor is that old

@@ -96,9 +96,7 @@ def verify(
         record = by_seq.get(checkpoint.seq)
         if record is None:
             if report.first_seq <= checkpoint.seq <= report.last_seq or checkpoint.seq > report.last_seq:
-                report.problems.append(
-                    f"checkpoint at seq {checkpoint.seq}: that record is missing (records removed)"
-                )
+                report.problems.append(f"checkpoint at seq {checkpoint.seq}: that record is missing (records removed)")
             continue
         if record.hash != checkpoint.hash:
             report.problems.append(
@@ -147,4 +145,3 @@ def _check_links(records: list[AuditRecord], report: VerifyReport, public: Ed255
             report.problems.append(f"seq {record.seq}: the content does not match its hash (record edited)")
         expected_seq = record.seq + 1
         expected_prev = record.hash
-

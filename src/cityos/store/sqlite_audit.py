@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 );
 """
 _COLUMNS = "seq, time, principal, operation, tenant, targets, outcome, request_id, detail, prev, hash, signature"
+_INSERT = f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _values(record: AuditRecord) -> tuple[Any, ...]:
@@ -74,7 +75,7 @@ def seal_into(connection: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
     """Chain rows after the stored head, inside the caller's transaction."""
     head = connection.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
     records, new_head = seal(ChainHead(head[0], head[1]), rows)
-    connection.executemany(f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", map(_values, records))
+    connection.executemany(_INSERT, map(_values, records))
     connection.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (new_head.seq, new_head.hash))
 
 
@@ -104,7 +105,8 @@ class SQLiteAudit:
         return ChainHead(row[0], row[1])
 
     async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
-        clauses, params = ["seq > ?"], [query.after_seq]
+        clauses: list[str] = ["seq > ?"]
+        params: list[Any] = [query.after_seq]
         for column, value in (("principal", query.principal), ("operation", query.operation), ("tenant", query.tenant)):
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -136,7 +138,8 @@ class SQLiteAudit:
         upper = until_seq if until_seq is not None else 2**62
         rows = await self._read(
             lambda c: c.execute(
-                "SELECT seq, hash, time, key_id, signature FROM audit_checkpoints WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                "SELECT seq, hash, time, key_id, signature FROM audit_checkpoints"
+                " WHERE seq BETWEEN ? AND ? ORDER BY seq",
                 (since_seq, upper),
             ).fetchall()
         )
@@ -156,11 +159,10 @@ class SQLiteAudit:
             ).fetchone()[0]
             connection.execute("DELETE FROM audit_log WHERE seq <= ?", (last.seq,))
             made = anchor(last)
-            connection.execute(f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", _values(made))
+            connection.execute(_INSERT, _values(made))
             connection.execute("DELETE FROM audit_checkpoints WHERE seq < ?", (last.seq,))
             note.detail = {**note.detail, "removed": removed, "through": last.seq}
             self._audit_rows.append(note)
             return removed
 
         return await self._write(run, groupable=False)
-

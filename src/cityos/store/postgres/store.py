@@ -16,6 +16,7 @@ a thread of their own while the event loop stays free to run the reads they ask 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
+from cityos.audit.chain import AuditRow
 from cityos.entities.expiry import next_expiry, now_key, visible
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
@@ -44,6 +46,7 @@ from cityos.store.base import (
 )
 from cityos.store.fair import FairShare
 from cityos.store.paging import Pager, bounded, exact_in_sql
+from cityos.store.postgres.audit import PostgresAudit
 from cityos.store.postgres.busy import read_again_once, session_settings
 from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.events import EventFollower, channel_for, notify
@@ -64,7 +67,7 @@ def _feed(pager: Pager, documents: list[Entity]) -> bool:
     return all(pager.offer(document) for document in documents)
 
 
-class PostgresStore(PostgresCatalog, PostgresTemporal):
+class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresAudit):
     throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
 
     def __init__(
@@ -214,6 +217,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
 
         async def work(connection: Connection) -> list[MutationResult]:
             wakes.clear()  # a transaction run again starts afresh
+            audit: list[AuditRow] = []
             await connection.execute("INSERT INTO tenants (name) VALUES ($1) ON CONFLICT DO NOTHING", tenant)
             # every entity's lock first, in id order: two writes that share entities queue behind
             # each other instead of deadlocking; the advisory lock also covers an entity that does
@@ -229,14 +233,17 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
             results: list[MutationResult] = []
             for entity_id, mutator in operations:
                 if atomic:
-                    results.append(await self._apply(connection, tenant, entity_id, mutator, wakes))
+                    results.append(await self._apply(connection, tenant, entity_id, mutator, wakes, audit))
                     continue
+                mark = len(audit)
                 try:
                     async with connection.transaction():  # nested: a SAVEPOINT
-                        result = await self._apply(connection, tenant, entity_id, mutator, wakes)
+                        result = await self._apply(connection, tenant, entity_id, mutator, wakes, audit)
                 except NgsiLdError as error:
+                    del audit[mark:]
                     result = MutationResult(entity_id, error=error)
                 results.append(result)
+            await self._seal_audit(connection, audit)  # last: the chain's head stays locked until COMMIT
             return results
 
         results = await self._write(work)
@@ -245,7 +252,13 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
         return results
 
     async def _apply(
-        self, connection: Connection, tenant: str, entity_id: str, mutator: Mutator, wakes: list[Callable[[], None]]
+        self,
+        connection: Connection,
+        tenant: str,
+        entity_id: str,
+        mutator: Mutator,
+        wakes: list[Callable[[], None]],
+        audit: list[AuditRow],
     ) -> MutationResult:
         """One operation, its entity's advisory lock already held (mutate)."""
         row = await connection.fetchrow(
@@ -260,12 +273,15 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
         else:
             await self._store(connection, tenant, entity_id, row["pk"] if row is not None else None, after)
         change = EntityChange(tenant, entity_id, before, after)
-        await self._emit(connection, change, wakes)
+        await self._emit(connection, change, wakes, audit)
         return MutationResult(entity_id, outcome=outcome, change=change)
 
-    async def _emit(self, connection: Connection, change: EntityChange, wakes: list[Callable[[], None]]) -> None:
-        """Hand a change to every listener (on the sync thread, with a lookup that reads through
-        this transaction) and insert the outbox and history rows they return, in this transaction."""
+    async def _emit(
+        self, connection: Connection, change: EntityChange, wakes: list[Callable[[], None]], audit: list[AuditRow]
+    ) -> None:
+        """Hand a change to every listener (on the sync thread, in the request's context, with a
+        lookup that reads through this transaction) and insert the outbox and history rows they
+        return, in this transaction; their audit rows go to `audit`, sealed before the commit."""
         listeners = self._listeners
         if not listeners:
             return
@@ -280,11 +296,11 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
             found: Entity | None = self._block_on(fetch(entity_id))
             return found
 
-        def run_all() -> list[tuple[Sequence[OutboxRow | HistoryRow], Callable[[], None] | None]]:
+        def run_all() -> list[tuple[Sequence[OutboxRow | HistoryRow | AuditRow], Callable[[], None] | None]]:
             return [(listener(change, lookup), wake) for listener, wake in listeners.values()]
 
         loop = asyncio.get_running_loop()
-        for rows, wake in await loop.run_in_executor(self._sync_pool, run_all):
+        for rows, wake in await loop.run_in_executor(self._sync_pool, contextvars.copy_context().run, run_all):
             outbox = [r for r in rows if isinstance(r, OutboxRow)]
             if outbox:
                 await self._insert_outbox(connection, outbox)
@@ -293,6 +309,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
             history = [r for r in rows if isinstance(r, HistoryRow)]
             if history:
                 await self._append_history(connection, history)
+            audit.extend(r for r in rows if isinstance(r, AuditRow))
 
     async def _store(self, connection: Connection, tenant: str, entity_id: str, pk: int | None, entity: Entity) -> None:
         """Write the document and rebuild its side rows (every time: an expired, invisible
@@ -412,6 +429,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
         """Sweep transient entities and attributes; SKIP LOCKED lets several workers sweep at once."""
         changes: list[EntityChange] = []
         wakes: list[Callable[[], None]] = []
+        audit: list[AuditRow] = []
         async with self._transaction() as connection:
             await self._fresh_subscriptions(connection)
             rows = await connection.fetch(
@@ -433,9 +451,10 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
                 else:
                     await self._store(connection, row["tenant"], row["id"], row["pk"], after)
                 change = EntityChange(row["tenant"], row["id"], before, after)
-                await self._emit(connection, change, wakes)
+                await self._emit(connection, change, wakes, audit)
                 changes.append(change)
             await self._purge_expired_maps(connection, now)
+            await self._seal_audit(connection, audit)
         for wake in wakes:
             wake()
         return changes

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from cityos.audit.chain import AuditRow
+from cityos.audit.recorder import row as audit_row
 from cityos.entities.model import Instance
 from cityos.store.base import HistoryRow
 from cityos.store.postgres.temporal_partitions import (
@@ -155,6 +157,18 @@ class PostgresTemporal(PostgresTemporalReads):
 
     if TYPE_CHECKING:
         dsn: str
+
+        @property
+        def _audit_on(self) -> bool: ...
+
+        async def _seal_audit(self, connection: Connection, rows: Sequence[AuditRow]) -> None: ...
+
+    async def _audited(
+        self, connection: Connection, operation: str, tenant: str, entity_id: str, detail: dict[str, Any] | None = None
+    ) -> None:
+        """The write's audit record, sealed as the transaction's last step (when the trail is on)."""
+        if self._audit_on:
+            await self._seal_audit(connection, [audit_row(operation, tenant, [entity_id], detail)])
 
     # -- partitions ----------------------------------------------------------------------------------
     @staticmethod
@@ -280,6 +294,7 @@ class PostgresTemporal(PostgresTemporalReads):
                 )
             kept = {id(timed[n]) for n in replaced}
             await self._insert(connection, [(pk, put) for put in puts if id(put) not in kept])
+            await self._audited(connection, "temporal.write", tenant, entity_id)
         return created
 
     @staticmethod
@@ -320,6 +335,7 @@ class PostgresTemporal(PostgresTemporalReads):
                 row["pk"],
                 row["retained_us"],
             )
+            await self._audited(connection, "temporal.modify-instance", tenant, entity_id, {"attr": attr})
             return True
 
     async def temporal_delete_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str) -> bool:
@@ -334,7 +350,10 @@ class PostgresTemporal(PostgresTemporalReads):
                 attr,
                 instance_id,
             )
-            return _affected(status) > 0
+            if _affected(status) == 0:
+                return False
+            await self._audited(connection, "temporal.delete-instance", tenant, entity_id, {"attr": attr})
+            return True
 
     async def temporal_delete_attribute(
         self, tenant: str, entity_id: str, attr: str, *, dataset: str | None, delete_all: bool
@@ -355,7 +374,10 @@ class PostgresTemporal(PostgresTemporalReads):
                     attr,
                     dataset or "",
                 )
-            return _affected(status) > 0
+            if _affected(status) == 0:
+                return False
+            await self._audited(connection, "temporal.delete-attribute", tenant, entity_id, {"attr": attr})
+            return True
 
     async def temporal_delete_entity(self, tenant: str, entity_id: str) -> bool:
         async with self._transaction() as connection:
@@ -365,6 +387,7 @@ class PostgresTemporal(PostgresTemporalReads):
                 return False
             await connection.execute("DELETE FROM temporal_instances WHERE epk = $1", epk)
             await connection.execute("DELETE FROM temporal_entities WHERE pk = $1", epk)
+            await self._audited(connection, "temporal.delete-entity", tenant, entity_id)
             return True
 
     async def temporal_purge(self, before: int) -> int:

@@ -1,0 +1,193 @@
+"""The audit trail on PostgreSQL (store/audit_base.py), mixed into PostgresStore.
+
+Many connections and workers write at once, yet the chain must stay one chain: a write seals its
+audit rows as its last step, holding the single audit_head row FOR UPDATE until it commits. Two
+writers' seals therefore take turns (the second reads the head the first committed), while the
+rest of their transactions (entity locks, documents, side rows, history) still run in parallel;
+the head is locked for the few statements between the seal and the commit only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import orjson
+
+from cityos.audit.chain import AuditCheckpoint, AuditQuery, AuditRecord, AuditRow, ChainHead, seal
+from cityos.store.audit_base import AnchorMaker
+from cityos.store.postgres.busy import read_again_once
+
+if TYPE_CHECKING:
+    import contextlib
+    from collections.abc import Callable
+
+    from cityos.store.postgres.schema import Connection
+
+AUDIT_SQL = """
+CREATE TABLE audit_log (            -- the hash chain (audit/chain.py)
+    seq bigint PRIMARY KEY,
+    time text COLLATE "C" NOT NULL,
+    principal text NOT NULL,
+    operation text NOT NULL,
+    tenant text NOT NULL,
+    targets text[] NOT NULL,
+    outcome text NOT NULL,
+    request_id text NOT NULL,
+    detail text NOT NULL,           -- JSON text, kept as written (its values are hashed)
+    prev text NOT NULL,
+    hash text NOT NULL,
+    signature text                  -- only on a truncation anchor
+);
+CREATE INDEX audit_log_time ON audit_log (time);
+CREATE INDEX audit_log_principal ON audit_log (principal, seq);
+CREATE INDEX audit_log_targets ON audit_log USING gin (targets);
+CREATE TABLE audit_head (id integer PRIMARY KEY CHECK (id = 1), seq bigint NOT NULL, hash text NOT NULL);
+INSERT INTO audit_head VALUES (1, 0, repeat('0', 64));
+CREATE TABLE audit_checkpoints (
+    seq bigint PRIMARY KEY, hash text NOT NULL, time text NOT NULL, key_id text NOT NULL, signature text NOT NULL
+);
+"""
+_COLUMNS = "seq, time, principal, operation, tenant, targets, outcome, request_id, detail, prev, hash, signature"
+_INSERT = f"INSERT INTO audit_log ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+
+
+def _values(record: AuditRecord) -> tuple[Any, ...]:
+    return (
+        record.seq,
+        record.time,
+        record.principal,
+        record.operation,
+        record.tenant,
+        list(record.targets),
+        record.outcome,
+        record.request_id,
+        orjson.dumps(record.detail).decode(),
+        record.prev,
+        record.hash,
+        record.signature,
+    )
+
+
+def _record(row: asyncpg.Record) -> AuditRecord:
+    return AuditRecord(
+        seq=row["seq"],
+        time=row["time"],
+        principal=row["principal"],
+        operation=row["operation"],
+        tenant=row["tenant"],
+        targets=list(row["targets"]),
+        outcome=row["outcome"],
+        request_id=row["request_id"],
+        detail=orjson.loads(row["detail"]),
+        prev=row["prev"],
+        hash=row["hash"],
+        signature=row["signature"],
+    )
+
+
+class PostgresAudit:
+    """The AuditStore methods; PostgresStore supplies the pool, transactions and listeners."""
+
+    if TYPE_CHECKING:
+        _listeners: dict[str, Any]
+
+        @property
+        def pool(self) -> asyncpg.Pool: ...
+
+        def _transaction(self) -> contextlib.AbstractAsyncContextManager[Connection]: ...
+
+        async def _write(self, work: Callable[[Connection], Any]) -> Any: ...
+
+    @property
+    def _audit_on(self) -> bool:
+        """The write recorder is installed (--audit on)."""
+        return "audit" in self._listeners
+
+    async def _seal_audit(self, connection: Connection, rows: Sequence[AuditRow]) -> None:
+        """Chain rows after the head, in the caller's transaction: its last step before COMMIT."""
+        if not rows:
+            return
+        head = await connection.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+        assert head is not None
+        records, new_head = seal(ChainHead(head["seq"], head["hash"]), rows)
+        if len(records) == 1:
+            await connection.execute(_INSERT, *_values(records[0]))
+        else:
+            await connection.executemany(_INSERT, [_values(r) for r in records])
+        await connection.execute("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", new_head.seq, new_head.hash)
+
+    async def append_audit(self, rows: Sequence[AuditRow]) -> None:
+        if rows:
+            await self._write(lambda connection: self._seal_audit(connection, rows))
+
+    @read_again_once
+    async def audit_head(self) -> ChainHead:
+        row = await self.pool.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1")
+        assert row is not None
+        return ChainHead(row["seq"], row["hash"])
+
+    @read_again_once
+    async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        params: list[Any] = [query.after_seq]
+        clauses = ["seq > $1"]
+
+        def add(clause: str, value: Any) -> None:
+            params.append(value)
+            clauses.append(clause.replace("?", f"${len(params)}"))
+
+        for column, value in (("principal", query.principal), ("operation", query.operation), ("tenant", query.tenant)):
+            if value is not None:
+                add(f"{column} = ?", value)
+        if query.target is not None:
+            add("targets @> ARRAY[?::text]", query.target)
+        if query.since is not None:
+            add("time >= ?", query.since)
+        if query.until is not None:
+            add("time < ?", query.until)
+        sql = f"SELECT {_COLUMNS} FROM audit_log WHERE {' AND '.join(clauses)} ORDER BY seq"
+        if query.limit is not None:
+            params.append(query.limit)
+            sql += f" LIMIT ${len(params)}"
+        return [_record(row) for row in await self.pool.fetch(sql, *params)]
+
+    async def save_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
+        await self.pool.execute(
+            "INSERT INTO audit_checkpoints VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
+            checkpoint.seq,
+            checkpoint.hash,
+            checkpoint.time,
+            checkpoint.key_id,
+            checkpoint.signature,
+        )
+
+    @read_again_once
+    async def audit_checkpoints(self, since_seq: int = 0, until_seq: int | None = None) -> list[AuditCheckpoint]:
+        rows = await self.pool.fetch(
+            "SELECT seq, hash, time, key_id, signature FROM audit_checkpoints WHERE seq BETWEEN $1 AND $2 ORDER BY seq",
+            since_seq,
+            until_seq if until_seq is not None else 2**62,
+        )
+        return [AuditCheckpoint(r["seq"], r["hash"], r["time"], r["key_id"], r["signature"]) for r in rows]
+
+    async def truncate_audit(self, before: str, anchor: AnchorMaker, note: AuditRow) -> int:
+        async with self._transaction() as connection:
+            # the head's lock first: no write seals meanwhile (an anchor at the head stays consistent)
+            await connection.execute("SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE")
+            found = await connection.fetchrow(
+                f"SELECT {_COLUMNS} FROM audit_log WHERE seq = (SELECT max(seq) FROM audit_log WHERE time < $1)",
+                before,
+            )
+            if found is None or found["signature"] is not None:
+                return 0
+            last = _record(found)
+            removed: int = await connection.fetchval(
+                "SELECT count(*) FROM audit_log WHERE seq <= $1 AND signature IS NULL", last.seq
+            )
+            await connection.execute("DELETE FROM audit_log WHERE seq <= $1", last.seq)
+            await connection.execute(_INSERT, *_values(anchor(last)))
+            await connection.execute("DELETE FROM audit_checkpoints WHERE seq < $1", last.seq)
+            note.detail = {**note.detail, "removed": removed, "through": last.seq}
+            await self._seal_audit(connection, [note])
+            return removed
