@@ -1029,7 +1029,8 @@ def test_audit_checkpoints_and_truncation(backend: Backend) -> None:
     note = AuditRow("audit.retention", "", [], "cityos")
     assert run(store.truncate_audit("2026-01-02T12:00:00Z", anchor, note)) == 2
     remaining = _chain(backend)
-    assert [(r.seq, r.operation) for r in remaining] == [(2, "audit.truncate"), (3, "key.create"), (4, "audit.retention")]
+    expected = [(2, "audit.truncate"), (3, "key.create"), (4, "audit.retention")]
+    assert [(r.seq, r.operation) for r in remaining] == expected
     assert remaining[0].hash == records[1].hash and remaining[1].prev == remaining[0].hash
     assert remaining[2].prev == records[2].hash and remaining[2].detail == {"removed": 2, "through": 2}
     assert [c.seq for c in run(store.audit_checkpoints())] == [3]

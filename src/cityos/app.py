@@ -20,6 +20,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cityos import __version__
+from cityos.audit import http as audit_http
+from cityos.audit.service import StoreAudit
 from cityos.entities.expiry import now_key
 from cityos.errors import DatabaseBusy, InternalError, MethodNotAllowed, NgsiLdError, ResourceNotFound, log_failure
 from cityos.ingest.service import IngestService
@@ -266,6 +268,7 @@ def create_app(settings: Settings) -> Starlette:
         store=settings_store(settings, client_share=settings.client_query_share),  # one client cannot take all
         contexts=registry,
     )
+    services.audit = StoreAudit(services.store)  # events that are not writes, chained with them
     pipeline = WritePipeline(services.store, registry, settings)
     ingest = IngestService(services.store, registry, settings)
 
@@ -307,6 +310,7 @@ def create_app(settings: Settings) -> Starlette:
         *entity_maps.routes(),
         *temporal.routes(),
         *ingest.routes(),
+        *audit_http.routes(),
         Route("/version", version_info, methods=["GET"]),
     ]
     handlers: dict[Any, Any] = {

@@ -32,6 +32,14 @@ def time_key(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def parse_time(text: str | None) -> str | None:
+    """An ISO 8601 time (a parameter, an option) in the records' form; no offset means UTC."""
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return time_key(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+
+
 class StoreAudit:
     """The AuditSink: events sealed into the chain through the store, in a small transaction of
     their own (the caller awaits it, so a recorded denial is durable before the answer)."""

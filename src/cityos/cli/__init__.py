@@ -3,6 +3,7 @@
 cityos serve --port 1026 --database city.db
 cityos import gtfs|gtfs-rt|csv ...   cityos demo   cityos iot group|device|provision ...
 cityos db upgrade|status --database postgresql://...
+cityos audit export|verify|pubkey|checkpoint
 cityos --version
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cityos import __version__
-from cityos.cli import db, imports, iot
+from cityos.cli import audit, db, imports, iot
 from cityos.cli.common import fail
 from cityos.errors import DatabaseBusy
 from cityos.settings import Settings, describe, env_name
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: cityos serve --host 127.0.0.1 --port 1026 --database city.db",
     )
     _add_setting_options(serve)
-    for module in (imports, iot, db):  # each command group registers its own subcommands
+    for module in (imports, iot, db, audit):  # each command group registers its own subcommands
         module.register(commands)
     return parser
 

@@ -1,0 +1,123 @@
+"""The audit query API (admins only): GET /cityos/v1/audit and the data subject's access report,
+GET /cityos/v1/audit/access-report. Thin handlers over the store's read_audit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cityos.audit.chain import AuditQuery
+from cityos.audit.events import AuditEvent
+from cityos.audit.service import parse_time
+from cityos.auth.principal import Principal, current_request_id
+from cityos.errors import BadRequestData, NgsiLdError
+from cityos.ngsild.common import Services, principal
+
+PREFIX = "/cityos/v1/audit"
+READ_PERSONAL = "entity.read-personal"  # what the policy layer records for a read of personal data
+
+
+class AuditAccessDenied(NgsiLdError):
+    """Not an NGSI-LD type: the caller is not an administrator."""
+
+    type_name, status, title = "AccessDenied", 403, "Access denied"
+
+
+def may_read_audit(caller: Principal) -> bool:
+    """Admins only (auth off: the open principal is one); the policy layer may refine this."""
+    return caller.unrestricted or caller.is_admin
+
+
+async def _admin(request: Request) -> Services:
+    services: Services = request.app.state.services
+    caller = principal(request)
+    if not may_read_audit(caller):
+        event = AuditEvent(caller.id, "request.denied", "", (PREFIX,), "denied", current_request_id.get())
+        await services.audit.record([event])
+        raise AuditAccessDenied("reading the audit trail needs the admin role")
+    return services
+
+
+FILTERS = {"principal", "entity", "operation", "tenant", "from", "to", "limit", "after"}
+
+
+def _query(params: Mapping[str, str], services: Services, allowed: set[str] = FILTERS) -> AuditQuery:
+    unknown = set(params) - allowed
+    if unknown:
+        raise BadRequestData(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    try:
+        limit = int(params.get("limit", services.settings.default_page_size))
+        after = int(params.get("after", 0))
+        since, until = parse_time(params.get("from")), parse_time(params.get("to"))
+    except ValueError as exc:
+        raise BadRequestData(f"limit and after are integers, from and to ISO 8601 times: {exc}") from exc
+    if not 0 < limit <= services.settings.max_page_size or after < 0:
+        raise BadRequestData(f"limit must be 1-{services.settings.max_page_size}, after not negative")
+    return AuditQuery(
+        principal=params.get("principal"),
+        target=params.get("entity"),
+        operation=params.get("operation"),
+        tenant=params.get("tenant"),
+        since=since,
+        until=until,
+        after_seq=after,
+        limit=limit + 1,  # one more: is there a next page?
+    )
+
+
+def _page(request: Request, items: list[dict[str, Any]], query: AuditQuery, last_seq: int) -> Response:
+    headers = {}
+    assert query.limit is not None
+    if len(items) >= query.limit:
+        items = items[: query.limit - 1]
+        params = {**request.query_params, "after": str(last_seq)}
+        headers["Link"] = f'<{request.url.path}?{urlencode(params)}>; rel="next"'
+    return Response(orjson.dumps(items), media_type="application/json", headers=headers)
+
+
+async def list_records(request: Request) -> Response:
+    """Records by principal, entity (a target), operation, tenant and time; paged by `after` (a seq)."""
+    services = await _admin(request)
+    query = _query(request.query_params, services)
+    records = await services.store.read_audit(query)
+    last = records[query.limit - 2].seq if query.limit and len(records) >= query.limit else 0
+    return _page(request, [r.as_dict() for r in records], query, last)
+
+
+async def access_report(request: Request) -> Response:
+    """Who read personal data about `subject` (an entity id), when, and for which purpose."""
+    services = await _admin(request)
+    subject = request.query_params.get("subject")
+    if not subject:
+        raise BadRequestData("subject (an entity id) is required")
+    query = _query(request.query_params, services, {"subject", "from", "to", "limit", "after"})
+    query.target, query.operation = subject, READ_PERSONAL
+    records = await services.store.read_audit(query)
+    last = records[query.limit - 2].seq if query.limit and len(records) >= query.limit else 0
+    items = [
+        {
+            "time": r.time,
+            "principal": r.principal,
+            "tenant": r.tenant,
+            "purpose": r.detail.get("purpose", ""),
+            "attributes": r.detail.get("attributes", []),
+            "request_id": r.request_id,
+            "seq": r.seq,
+        }
+        for r in records
+    ]
+    return _page(request, items, query, last)
+
+
+def routes() -> list[Route]:
+    return [
+        Route(PREFIX, list_records, methods=["GET"]),
+        Route(PREFIX + "/access-report", access_report, methods=["GET"]),
+    ]
