@@ -10,7 +10,7 @@ lines `{"checkpoint": {...}}`. What each check catches:
 - records removed from the end: a checkpoint names a record that is not there (every export ends
   with one signed at export time);
 - records removed from the start: the first record is neither seq 1 (prev = 64 zeros) nor a
-  signed truncation anchor.
+  signed truncation anchor (an export of a time range starts inside the chain: `--partial`).
 """
 
 from __future__ import annotations
@@ -66,8 +66,9 @@ def parse_lines(lines: Iterable[bytes | str]) -> tuple[list[dict[str, Any]], lis
 
 
 def verify(
-    lines: Iterable[bytes | str], public: Ed25519PublicKey, *, allow_unsigned_tail: bool = False
+    lines: Iterable[bytes | str], public: Ed25519PublicKey, *, allow_unsigned_tail: bool = False, partial: bool = False
 ) -> VerifyReport:
+    """Check an export; `partial`: it may start inside the chain (an export of a time range)."""
     records_raw, checkpoints_raw, problems = parse_lines(lines)
     report = VerifyReport(problems=problems)
     records: list[AuditRecord] = []
@@ -83,6 +84,11 @@ def verify(
         return report
     report.first_seq, report.last_seq = records[0].seq, records[-1].seq
     _check_links(records, report, public)
+    if report.partial and not partial:
+        report.problems.append(
+            f"the export starts at seq {report.first_seq}, neither the chain's first record nor a signed"
+            " truncation record: records before it were removed (a time-range export: verify with --partial)"
+        )
     by_seq = {record.seq: record for record in records}
     for raw in checkpoints_raw:
         try:

@@ -67,6 +67,11 @@ def register(commands: Any) -> None:
         action="store_true",
         help="accept records after the last signed checkpoint (an export made without the key)",
     )
+    verify.add_argument(
+        "--partial",
+        action="store_true",
+        help="the export is of a time range (--from): it may start inside the chain",
+    )
     verify.set_defaults(run=run_verify)
 
 
@@ -144,10 +149,12 @@ def run_verify(args: argparse.Namespace) -> int:
         return fail(f"cannot read the public key {args.public_key}: {exc}")
     try:
         if args.export == "-":
-            report = verify(sys.stdin.buffer, public, allow_unsigned_tail=args.allow_unsigned_tail)
+            report = verify(
+                sys.stdin.buffer, public, allow_unsigned_tail=args.allow_unsigned_tail, partial=args.partial
+            )
         else:
             with open(args.export, "rb") as lines:
-                report = verify(lines, public, allow_unsigned_tail=args.allow_unsigned_tail)
+                report = verify(lines, public, allow_unsigned_tail=args.allow_unsigned_tail, partial=args.partial)
     except OSError as exc:
         return fail(f"cannot read {args.export}: {exc}")
     for problem in report.problems:
