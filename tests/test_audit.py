@@ -415,3 +415,13 @@ def test_two_workers_write_one_chain(db_url: str, tmp_path: Path, capsys: pytest
     code, out = verify(export, public, capsys)
     assert code == 0 and f"OK: {records} records" in out, out
     assert os.stat(key).st_mode & 0o777 == 0o600
+
+
+@sqlite_only
+def test_audit_off_records_no_write_but_still_the_events(db_url: str) -> None:
+    with TestClient(create_app(Settings(database=db_url, audit="off"))) as client:
+        assert client.post(ENTITIES, json=entity(1)).status_code == 201
+        assert client.get(AUDIT).json() == []
+        services = client.app.state.services  # type: ignore[attr-defined]
+        client.portal.call(services.audit.record, [AuditEvent("user:x", "key.revoke", "", ("k1",))])  # type: ignore[union-attr]
+        assert [r["operation"] for r in client.get(AUDIT).json()] == ["key.revoke"]

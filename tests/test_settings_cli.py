@@ -123,6 +123,8 @@ class TestFromEnv:
             raw = expected = "full"
         elif name == "auth":
             raw = expected = "required"
+        elif name == "audit":
+            raw = expected = "off"
         else:
             raw = expected = default + "-changed"
         environ = {env_name(name): raw}
