@@ -35,7 +35,7 @@ def record_hash(record: dict[str, Any]) -> str:
 
 def utc_now() -> str:
     """Record time: UTC, microseconds, a `Z` suffix (sorts as text)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).isoformat(timespec="microseconds")[:26] + "Z"
 
 
 @dataclass(slots=True)
@@ -120,21 +120,36 @@ def seal(head: ChainHead, rows: Iterable[AuditRow]) -> tuple[list[AuditRecord], 
     seq, prev = head.seq, head.hash
     for row in rows:
         seq += 1
-        record = AuditRecord(
-            seq=seq,
-            time=row.time,
-            principal=row.principal,
-            operation=row.operation,
-            tenant=row.tenant,
-            targets=list(row.targets),
-            outcome=row.outcome,
-            request_id=row.request_id,
-            detail=row.detail,
-            prev=prev,
-            hash="",
+        targets = list(row.targets)
+        body = {
+            "seq": seq,
+            "time": row.time,
+            "principal": row.principal,
+            "operation": row.operation,
+            "tenant": row.tenant,
+            "targets": targets,
+            "outcome": row.outcome,
+            "request_id": row.request_id,
+            "detail": row.detail,
+            "prev": prev,
+        }
+        digest = hashlib.sha256(canonical(body)).hexdigest()
+        sealed.append(
+            AuditRecord(
+                seq,
+                row.time,
+                row.principal,
+                row.operation,
+                row.tenant,
+                targets,
+                row.outcome,
+                row.request_id,
+                row.detail,
+                prev,
+                digest,
+            )
         )
-        record.hash = prev = record_hash(record.as_dict())
-        sealed.append(record)
+        prev = digest
     return sealed, ChainHead(seq, prev)
 
 

@@ -1,8 +1,8 @@
 """The audit trail on SQLite (store/audit_base.py), mixed into SQLiteStore.
 
 The writer thread gathers a transaction's audit rows in `_audit_rows` (cut back when a savepoint
-rolls back) and seals them into the chain just before COMMIT: one read of the head row, one insert
-per record, one update of the head. BEGIN IMMEDIATE already makes the file's writers (a server, a
+rolls back) and seals them into the chain just before COMMIT: one read of the log's last record
+(the head), one insert per record. BEGIN IMMEDIATE already makes the file's writers (a server, a
 `cityos import`) take turns, so the head read there is the chain's true head.
 """
 
@@ -27,8 +27,6 @@ CREATE TABLE IF NOT EXISTS audit_log (  -- the hash chain (audit/chain.py); targ
 );
 CREATE INDEX IF NOT EXISTS audit_log_time ON audit_log (time);
 CREATE INDEX IF NOT EXISTS audit_log_principal ON audit_log (principal, seq);
-CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);
-INSERT OR IGNORE INTO audit_head VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, time TEXT NOT NULL, key_id TEXT NOT NULL, signature TEXT NOT NULL
 );
@@ -71,12 +69,17 @@ def _record(row: Sequence[Any]) -> AuditRecord:
     )
 
 
+def _head(connection: sqlite3.Connection) -> ChainHead:
+    """The last record (a truncation anchor stands for the removed ones): no head row to rewrite,
+    so a commit touches no page but the log's last ones."""
+    row = connection.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    return ChainHead() if row is None else ChainHead(row[0], row[1])
+
+
 def seal_into(connection: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
-    """Chain rows after the stored head, inside the caller's transaction."""
-    head = connection.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
-    records, new_head = seal(ChainHead(head[0], head[1]), rows)
+    """Chain rows after the head, inside the caller's transaction."""
+    records, _ = seal(_head(connection), rows)
     connection.executemany(_INSERT, map(_values, records))
-    connection.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (new_head.seq, new_head.hash))
 
 
 class SQLiteAudit:
@@ -101,8 +104,7 @@ class SQLiteAudit:
             await self._write(lambda connection: self._audit_rows.extend(rows))
 
     async def audit_head(self) -> ChainHead:
-        row = await self._read(lambda c: c.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone())
-        return ChainHead(row[0], row[1])
+        return await self._read(_head)
 
     async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
         clauses: list[str] = ["seq > ?"]
