@@ -71,6 +71,7 @@ class AuditTrail:
         self.path = key_path(settings.database, settings.audit_key)
         self._key: Ed25519PrivateKey | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._serving = False  # a server signs; a command (import, demo) leaves its records to the server
 
     @property
     def key(self) -> Ed25519PrivateKey:
@@ -86,6 +87,7 @@ class AuditTrail:
     async def start(self) -> None:
         """A server: the key exists from here on (made on first start), checkpoints and retention run."""
         self.key  # noqa: B018 - made now, so a bad key path fails the start, not a checkpoint later
+        self._serving = True
         self._tasks = [asyncio.create_task(self._checkpoints())]
         if self.settings.audit_retention_days > 0:
             self._tasks.append(asyncio.create_task(self._retention()))
@@ -96,6 +98,8 @@ class AuditTrail:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if not self._serving:
+            return
         try:
             await self.checkpoint()  # what was written since the last one is signed on the way out
         except Exception:
