@@ -1035,3 +1035,34 @@ def test_audit_checkpoints_and_truncation(backend: Backend) -> None:
     assert remaining[2].prev == records[2].hash and remaining[2].detail == {"removed": 2, "through": 2}
     assert [c.seq for c in run(store.audit_checkpoints())] == [3]
     assert run(store.truncate_audit("2026-01-02T12:00:00Z", anchor, note)) == 0  # only the anchor is that old
+
+
+def test_audit_records_catalogue_writes_without_secrets(backend: Backend) -> None:
+    store, run = backend.store, backend.run
+    _audited(store)
+    subscription = SubscriptionRow("t", "urn:sub:1", {"id": "urn:sub:1", "type": "Subscription"})
+    run(store.save_subscription(subscription, create=True))
+    run(store.save_subscription(SubscriptionRow("t", "urn:sub:1", {"id": "urn:sub:1", "q": "x"}), create=False))
+    assert run(store.delete_subscription("t", "urn:sub:1"))
+    assert not run(store.delete_subscription("t", "urn:sub:1"))  # nothing deleted: no record
+    run(store.save_registration(RegistrationRow("t", "urn:reg:1", {"id": "urn:reg:1"}), create=True))
+    assert run(store.delete_registration("t", "urn:reg:1"))
+    run(
+        store.add_ingest_records(
+            [IngestRecord("iot-group", "t", "secret-apikey", {}), IngestRecord("demo", "", "x", {})]
+        )
+    )
+    assert run(store.delete_ingest_record("iot-group", "t", "secret-apikey"))
+    records = _chain(backend)
+    assert [r.operation for r in records] == [
+        "subscription.create",
+        "subscription.update",
+        "subscription.delete",
+        "registration.create",
+        "registration.delete",
+        "iot-group.create",
+        "iot-group.delete",
+    ]
+    assert records[0].targets == ["urn:sub:1"] and _linked(records)
+    assert records[5].targets == records[6].targets and records[5].targets[0].startswith("sha256:")
+    assert all("secret-apikey" not in str(r.as_dict()) for r in records)

@@ -7,6 +7,7 @@ run each write in a copy of the submitting request's context (contextvars).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,3 +49,13 @@ def change_listener(change: EntityChange, lookup: EntityLookup) -> Sequence[Outb
             time=utc_now(),
         ),
     )
+
+
+def ingest_row(kind: str, verb: str, tenant: str, key: str) -> AuditRow | None:
+    """The row of an IoT provisioning change. A service group's key is its API key, a secret: the
+    record names it by a digest (`sha256:` and 16 hex digits), never by itself. None: not recorded
+    (the demo load's bookkeeping)."""
+    if kind == "demo":
+        return None
+    target = key if kind == "iot-device" else "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return row(f"{kind}.{verb}", tenant, [target])

@@ -94,10 +94,10 @@ class SQLiteAudit:
 
         async def _write(self, fn: Callable[[sqlite3.Connection], T], *, groupable: bool = True) -> T: ...
 
-    def _audit_note(self, row: Callable[[], AuditRow]) -> None:
+    def _audit_note(self, row: Callable[[], AuditRow | None]) -> None:
         """Writer thread, inside a write: add the row this write makes, when the trail is on."""
-        if "audit" in self._listeners:
-            self._audit_rows.append(row())
+        if "audit" in self._listeners and (made := row()) is not None:
+            self._audit_rows.append(made)
 
     async def append_audit(self, rows: Sequence[AuditRow]) -> None:
         if rows:

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from cityos.audit.chain import AuditRow
+from cityos.audit.recorder import ingest_row
+from cityos.audit.recorder import row as audit_row
 from cityos.entities.expiry import now_key
 from cityos.errors import AlreadyExists
 from cityos.query.entity_maps import EntityMap, expiry_key, from_expiry_key
@@ -40,6 +43,8 @@ class SQLiteCatalog:
         async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
         async def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+        def _audit_note(self, row: Callable[[], AuditRow | None]) -> None: ...
 
     # -- hosted @contexts --------------------------------------------------------------------------
     async def save_context(self, row: StoredContextRow) -> None:
@@ -76,7 +81,9 @@ class SQLiteCatalog:
         def run(connection: sqlite3.Connection) -> None:
             values = (orjson.dumps(row.document), orjson.dumps(row.status), row.tenant, row.id)
             if not create:
-                connection.execute("UPDATE subscriptions SET doc = ?, status = ? WHERE tenant = ? AND id = ?", values)
+                sql = "UPDATE subscriptions SET doc = ?, status = ? WHERE tenant = ? AND id = ?"
+                if connection.execute(sql, values).rowcount:
+                    self._audit_note(lambda: audit_row("subscription.update", row.tenant, [row.id]))
                 return
             connection.execute(
                 "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, datetime('now'))", (row.tenant,)
@@ -85,6 +92,7 @@ class SQLiteCatalog:
                 connection.execute("INSERT INTO subscriptions (doc, status, tenant, id) VALUES (?, ?, ?, ?)", values)
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists(f"subscription {row.id} already exists") from exc
+            self._audit_note(lambda: audit_row("subscription.create", row.tenant, [row.id]))
 
         await self._write(run)
 
@@ -111,7 +119,10 @@ class SQLiteCatalog:
         def run(connection: sqlite3.Connection) -> bool:
             key = (tenant, subscription_id)
             connection.execute("DELETE FROM outbox WHERE tenant = ? AND subscription_id = ?", key)
-            return connection.execute("DELETE FROM subscriptions WHERE tenant = ? AND id = ?", key).rowcount > 0
+            if connection.execute("DELETE FROM subscriptions WHERE tenant = ? AND id = ?", key).rowcount == 0:
+                return False
+            self._audit_note(lambda: audit_row("subscription.delete", tenant, [subscription_id]))
+            return True
 
         return await self._write(run)
 
@@ -163,7 +174,8 @@ class SQLiteCatalog:
         def run(connection: sqlite3.Connection) -> None:
             values = (orjson.dumps(row.document), row.tenant, row.id)
             if not create:
-                connection.execute("UPDATE registrations SET doc = ? WHERE tenant = ? AND id = ?", values)
+                if connection.execute("UPDATE registrations SET doc = ? WHERE tenant = ? AND id = ?", values).rowcount:
+                    self._audit_note(lambda: audit_row("registration.update", row.tenant, [row.id]))
                 return
             connection.execute(
                 "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, datetime('now'))", (row.tenant,)
@@ -172,6 +184,7 @@ class SQLiteCatalog:
                 connection.execute("INSERT INTO registrations (doc, tenant, id) VALUES (?, ?, ?)", values)
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists(f"context source registration {row.id} already exists") from exc
+            self._audit_note(lambda: audit_row("registration.create", row.tenant, [row.id]))
 
         await self._write(run)
 
@@ -185,8 +198,14 @@ class SQLiteCatalog:
         return await self._read(run)
 
     async def delete_registration(self, tenant: str, registration_id: str) -> bool:
+        def run(connection: sqlite3.Connection) -> bool:
+            if connection.execute(sql, (tenant, registration_id)).rowcount == 0:
+                return False
+            self._audit_note(lambda: audit_row("registration.delete", tenant, [registration_id]))
+            return True
+
         sql = "DELETE FROM registrations WHERE tenant = ? AND id = ?"
-        return await self._write(lambda c: c.execute(sql, (tenant, registration_id)).rowcount > 0)
+        return await self._write(run)
 
     async def list_registrations(self, tenant: str) -> list[RegistrationRow]:
         sql = "SELECT id, doc FROM registrations WHERE tenant = ? ORDER BY pk"
@@ -332,12 +351,19 @@ class SQLiteCatalog:
                     )
                 except sqlite3.IntegrityError as exc:
                     raise AlreadyExists(f"{row.kind} {row.key} already exists") from exc
+                self._audit_note(lambda row=row: ingest_row(row.kind, "create", row.tenant, row.key))  # type: ignore[misc]
 
         await self._write(run)
 
     async def delete_ingest_record(self, kind: str, tenant: str, key: str) -> bool:
+        def run(connection: sqlite3.Connection) -> bool:
+            if connection.execute(sql, (kind, tenant, key)).rowcount == 0:
+                return False
+            self._audit_note(lambda: ingest_row(kind, "delete", tenant, key))
+            return True
+
         sql = "DELETE FROM ingest_records WHERE kind = ? AND tenant = ? AND key = ?"
-        return await self._write(lambda c: c.execute(sql, (kind, tenant, key)).rowcount > 0)
+        return await self._write(run)
 
     async def load_ingest_records(self, kind: str) -> list[IngestRecord]:
         def run(connection: sqlite3.Connection) -> list[IngestRecord]:

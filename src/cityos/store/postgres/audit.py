@@ -118,6 +118,15 @@ class PostgresAudit:
             await connection.executemany(_INSERT, [_values(r) for r in records])
         await connection.execute("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", new_head.seq, new_head.hash)
 
+    async def _audit_after(self, connection: Connection, made: Callable[[], AuditRow | None]) -> None:
+        """A catalogue write's record (made only when the trail is on), sealed as its last step."""
+        if self._audit_on and (row := made()) is not None:
+            await self._seal_audit(connection, [row])
+
+    async def _audit_after_all(self, connection: Connection, rows: Sequence[AuditRow]) -> None:
+        if self._audit_on:
+            await self._seal_audit(connection, rows)
+
     async def append_audit(self, rows: Sequence[AuditRow]) -> None:
         if rows:
             await self._write(lambda connection: self._seal_audit(connection, rows))

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 import orjson
 
+from cityos.audit.recorder import ingest_row
+from cityos.audit.recorder import row as audit_row
 from cityos.entities.expiry import now_key
 from cityos.errors import AlreadyExists, QueryTimeout
 from cityos.query.entity_maps import EntityMap, expiry_key, from_expiry_key
@@ -54,9 +56,12 @@ class PostgresCatalog(PostgresOutbox):
     async def save_registration(self, row: RegistrationRow, *, create: bool) -> None:
         document = orjson.dumps(row.document).decode()
         if not create:
-            await self.pool.execute(
-                "UPDATE registrations SET doc = $1 WHERE tenant = $2 AND id = $3", document, row.tenant, row.id
-            )
+            async with self._transaction() as connection:
+                status = await connection.execute(
+                    "UPDATE registrations SET doc = $1 WHERE tenant = $2 AND id = $3", document, row.tenant, row.id
+                )
+                if status != "UPDATE 0":
+                    await self._audit_after(connection, lambda: audit_row("registration.update", row.tenant, [row.id]))
             return
         async with self._transaction() as connection:
             await connection.execute(TENANT_INSERT, row.tenant)
@@ -69,6 +74,7 @@ class PostgresCatalog(PostgresOutbox):
             )
             if not saved:
                 raise AlreadyExists(f"context source registration {row.id} already exists")
+            await self._audit_after(connection, lambda: audit_row("registration.create", row.tenant, [row.id]))
 
     @read_again_once
     async def get_registration(self, tenant: str, registration_id: str) -> RegistrationRow | None:
@@ -79,9 +85,12 @@ class PostgresCatalog(PostgresOutbox):
 
     @unavailable_when_lost
     async def delete_registration(self, tenant: str, registration_id: str) -> bool:
-        deleted = await self.pool.fetchval(
-            "DELETE FROM registrations WHERE tenant = $1 AND id = $2 RETURNING true", tenant, registration_id
-        )
+        async with self._transaction() as connection:
+            deleted = await connection.fetchval(
+                "DELETE FROM registrations WHERE tenant = $1 AND id = $2 RETURNING true", tenant, registration_id
+            )
+            if deleted:
+                await self._audit_after(connection, lambda: audit_row("registration.delete", tenant, [registration_id]))
         return bool(deleted)
 
     @read_again_once
@@ -269,6 +278,8 @@ class PostgresCatalog(PostgresOutbox):
                     seen.add(identity)
             for row in rows:
                 await self._notify(connection, StoreEvent("ingest", row.tenant, f"{row.kind}:{row.key}"))
+            made = [ingest_row(row.kind, "create", row.tenant, row.key) for row in rows]
+            await self._audit_after_all(connection, [m for m in made if m is not None])
 
     async def delete_ingest_record(self, kind: str, tenant: str, key: str) -> bool:
         async with self._transaction() as connection:
@@ -280,6 +291,7 @@ class PostgresCatalog(PostgresOutbox):
             )
             if deleted:
                 await self._notify(connection, StoreEvent("ingest", tenant, f"{kind}:{key}"))
+                await self._audit_after(connection, lambda: ingest_row(kind, "delete", tenant, key))
         return bool(deleted)
 
     @read_again_once

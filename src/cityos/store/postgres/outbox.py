@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import asyncpg
 import orjson
 
+from cityos.audit.chain import AuditRow
+from cityos.audit.recorder import row as audit_row
 from cityos.errors import AlreadyExists
 from cityos.store.base import OutboxRow, StoreEvent, SubscriptionRow
 from cityos.store.postgres.busy import Transactions, read_again_once, unavailable_when_lost
@@ -82,6 +84,10 @@ class PostgresOutbox(Transactions):
         worker_id: str
 
         async def _notify(self, connection: Connection, event: StoreEvent) -> None: ...
+
+        async def _audit_after(self, connection: Connection, made: Callable[[], AuditRow | None]) -> None: ...
+
+        async def _audit_after_all(self, connection: Connection, rows: Sequence[AuditRow]) -> None: ...
 
     # -- worker liveness ---------------------------------------------------------------------------
     async def _start_worker(self) -> None:
@@ -266,6 +272,7 @@ class PostgresOutbox(Transactions):
                 if not created:
                     raise AlreadyExists(f"subscription {row.id} already exists")
                 event = StoreEvent("subscription", row.tenant, row.id)
+                await self._audit_after(connection, lambda: audit_row("subscription.create", row.tenant, [row.id]))
             else:
                 # the document as it was, from the row this UPDATE locks (json keeps its text)
                 same = await connection.fetchval(
@@ -281,6 +288,7 @@ class PostgresOutbox(Transactions):
                     event = StoreEvent("subscription-status", row.tenant, row.id, data=row.status)
                 else:
                     event = StoreEvent("subscription", row.tenant, row.id)
+                await self._audit_after(connection, lambda: audit_row("subscription.update", row.tenant, [row.id]))
             await self._notify(connection, event)
 
     async def delete_subscription(self, tenant: str, subscription_id: str) -> bool:
@@ -293,6 +301,7 @@ class PostgresOutbox(Transactions):
             )
             if deleted:
                 await self._notify(connection, StoreEvent("subscription", tenant, subscription_id))
+                await self._audit_after(connection, lambda: audit_row("subscription.delete", tenant, [subscription_id]))
         return bool(deleted)
 
     @read_again_once
