@@ -104,7 +104,7 @@ CREATE TABLE IF NOT EXISTS ingest_records (  -- IoT Agent service groups and dev
     UNIQUE (kind, tenant, key)
 );
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-"""
+""" + AUDIT_SCHEMA  # the audit trail's tables (sqlite_audit.py)
 
 
 MAX_GROUP = 64  # writes committed together at most
@@ -292,7 +292,6 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteAudit):
                 connection = _connect(self.path, self.busy_timeout, self.durability)
                 connection.executescript(SCHEMA)
                 connection.executescript(TEMPORAL_SCHEMA)
-                connection.executescript(AUDIT_SCHEMA)
                 row = connection.execute("SELECT version FROM schema_version").fetchone()
                 if row is None:
                     connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
