@@ -425,3 +425,20 @@ def test_audit_off_records_no_write_but_still_the_events(db_url: str) -> None:
         services = client.app.state.services  # type: ignore[attr-defined]
         client.portal.call(services.audit.record, [AuditEvent("user:x", "key.revoke", "", ("k1",))])  # type: ignore[union-attr]
         assert [r["operation"] for r in client.get(AUDIT).json()] == ["key.revoke"]
+
+
+@sqlite_only
+def test_a_running_server_signs_checkpoints_and_one_more_when_it_stops(db_url: str, tmp_path: Path) -> None:
+    broker = BrokerProcess(db_url, audit_checkpoint_seconds="0.2")
+    broker.start()
+    try:
+        assert httpx.post(broker.base + ENTITIES, json=entity(1)).status_code == 201
+        deadline = time.monotonic() + 10
+        while not db_rows(db_url, "SELECT seq FROM audit_checkpoints"):
+            assert time.monotonic() < deadline, "no checkpoint was signed"
+            time.sleep(0.1)
+        assert db_rows(db_url, "SELECT seq FROM audit_checkpoints") == [(1,)]
+        assert httpx.post(broker.base + ENTITIES, json=entity(2)).status_code == 201
+    finally:
+        broker.stop()  # SIGTERM: the closing checkpoint signs the last write at the latest
+    assert db_rows(db_url, "SELECT max(seq) FROM audit_checkpoints") == [(2,)]

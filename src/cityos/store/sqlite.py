@@ -44,7 +44,8 @@ from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 
 T = TypeVar("T")
 SCHEMA_VERSION = 2
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entities (
     pk INTEGER PRIMARY KEY,
@@ -104,7 +105,9 @@ CREATE TABLE IF NOT EXISTS ingest_records (  -- IoT Agent service groups and dev
     UNIQUE (kind, tenant, key)
 );
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-""" + AUDIT_SCHEMA  # the audit trail's tables (sqlite_audit.py)
+"""
+    + AUDIT_SCHEMA
+)  # the audit trail's tables (sqlite_audit.py)
 
 
 MAX_GROUP = 64  # writes committed together at most

@@ -123,11 +123,13 @@ class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresAudit):
         self._pool = pool
         self._loop = asyncio.get_running_loop()
         await self._start_worker()
+        await self._start_sealer()
         self._events.start()
 
     async def close(self) -> None:
         await self._events.stop()
         if self._pool is not None:
+            await self._stop_sealer()
             await self._stop_worker()
             await self._pool.close()
             self._pool = None
