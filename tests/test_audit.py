@@ -442,3 +442,20 @@ def test_a_running_server_signs_checkpoints_and_one_more_when_it_stops(db_url: s
     finally:
         broker.stop()  # SIGTERM: the closing checkpoint signs the last write at the latest
     assert db_rows(db_url, "SELECT max(seq) FROM audit_checkpoints") == [(2,)]
+
+
+def test_a_time_range_export_verifies_as_partial(
+    trail: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = str(trail[0].parent / "city.db")
+    fifth = orjson.loads(lines_of(trail[0])[4])["time"]
+    ranged = tmp_path / "range.jsonl"
+    done = cli("export", "--database", database, "--from", fifth, "-o", str(ranged))
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(lines_of(ranged)[0])["seq"] == 5
+    code, out = verify(ranged, trail[1], capsys)
+    assert code == 1 and "verify with --partial" in out
+    code = cli_main(["audit", "verify", str(ranged), "--public-key", str(trail[1]), "--partial"])
+    out = capsys.readouterr().out
+    assert code == 0 and "OK: 8 records (seq 5-12) (a partial export" in out
+    assert cli("export", "--database", database, "--from", "last week").returncode == 1
