@@ -164,8 +164,9 @@ def retry_after_seconds(wait: float) -> int:
 class DatabaseUnavailable(DatabaseBusy):
     """The connection to the database was lost (the server restarted, or ended the session) and
     one more try on a fresh connection failed too, or it was lost while a write was committing, so
-    whether that write was applied is unknown. A 503 with Retry-After, never a 500: the request may
-    be sent again (writes in NGSI-LD are idempotent by id, except appends of temporal instances)."""
+    whether that write was applied is unknown. A 503 with Retry-After (the busy timeout: a server
+    restarting or failing over), never a 500: the request may be sent again (writes in NGSI-LD are
+    idempotent by id, except appends of temporal instances)."""
 
     type_name, title = "DatabaseUnavailable", "Database unavailable"
 
