@@ -25,7 +25,7 @@ import orjson
 from cityos.audit.chain import AuditCheckpoint, AuditQuery, AuditRecord, AuditRow, ChainHead, seal
 from cityos.errors import log_failure
 from cityos.store.audit_base import AnchorMaker
-from cityos.store.postgres.busy import read_again_once
+from cityos.store.postgres.busy import Transactions, read_again_once
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -112,21 +112,14 @@ def _record(row: asyncpg.Record) -> AuditRecord:
     )
 
 
-class PostgresAudit:
-    """The AuditStore methods; PostgresStore supplies the pool, transactions and listeners."""
+class PostgresAudit(Transactions):
+    """The AuditStore methods; PostgresStore supplies the pool and the listeners."""
 
     _sealer: asyncio.Task[None] | None = None
     _audit_wake: asyncio.Event | None = None
 
     if TYPE_CHECKING:
         _listeners: dict[str, Any]
-
-        @property
-        def pool(self) -> asyncpg.Pool: ...
-
-        def _transaction(self) -> contextlib.AbstractAsyncContextManager[Connection]: ...
-
-        async def _write(self, work: Callable[[Connection], Any]) -> Any: ...
 
     @property
     def _audit_on(self) -> bool:
@@ -164,38 +157,41 @@ class PostgresAudit:
 
     async def seal_pending(self) -> int:
         """Chain every committed pending row (in batches); returns how many were sealed."""
+
+        async def batch(connection: Connection) -> int:
+            head = await connection.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+            assert head is not None
+            pending = await connection.fetch(
+                "DELETE FROM audit_pending WHERE id IN (SELECT id FROM audit_pending ORDER BY id LIMIT $1) RETURNING *",
+                SEAL_BATCH,
+            )
+            if not pending:
+                return 0
+            rows = [
+                AuditRow(
+                    p["operation"],
+                    p["tenant"],
+                    p["targets"],
+                    p["principal"],
+                    p["request_id"],
+                    p["outcome"],
+                    orjson.loads(p["detail"]),
+                    p["time"],
+                )
+                for p in sorted(pending, key=lambda p: p["id"])
+            ]
+            records, new_head = seal(ChainHead(head["seq"], head["hash"]), rows)
+            await connection.executemany(_INSERT, [_values(r) for r in records])
+            await connection.execute(
+                "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", new_head.seq, new_head.hash
+            )
+            return len(pending)
+
         total = 0
         while True:
-            async with self._transaction() as connection:
-                head = await connection.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-                assert head is not None
-                pending = await connection.fetch(
-                    "DELETE FROM audit_pending WHERE id IN (SELECT id FROM audit_pending ORDER BY id LIMIT $1)"
-                    " RETURNING *",
-                    SEAL_BATCH,
-                )
-                if not pending:
-                    return total
-                rows = [
-                    AuditRow(
-                        p["operation"],
-                        p["tenant"],
-                        p["targets"],
-                        p["principal"],
-                        p["request_id"],
-                        p["outcome"],
-                        orjson.loads(p["detail"]),
-                        p["time"],
-                    )
-                    for p in sorted(pending, key=lambda p: p["id"])
-                ]
-                records, new_head = seal(ChainHead(head["seq"], head["hash"]), rows)
-                await connection.executemany(_INSERT, [_values(r) for r in records])
-                await connection.execute(
-                    "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", new_head.seq, new_head.hash
-                )
-            total += len(pending)
-            if len(pending) < SEAL_BATCH:
+            sealed: int = await self._write(batch)
+            total += sealed
+            if sealed < SEAL_BATCH:
                 return total
 
     async def _keep_sealing(self) -> None:
@@ -276,8 +272,8 @@ class PostgresAudit:
         return [_record(row) for row in await self.pool.fetch(sql, *params)]
 
     async def save_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
-        await self.pool.execute(
-            "INSERT INTO audit_checkpoints VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
+        await self._write_one(
+            "INSERT INTO audit_checkpoints VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING RETURNING true",
             checkpoint.seq,
             checkpoint.hash,
             checkpoint.time,
@@ -296,7 +292,8 @@ class PostgresAudit:
 
     async def truncate_audit(self, before: str, anchor: AnchorMaker, note: AuditRow) -> int:
         await self.seal_pending()
-        async with self._transaction() as connection:
+
+        async def work(connection: Connection) -> int:
             # the head's lock first: no write seals meanwhile (an anchor at the head stays consistent)
             await connection.execute("SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE")
             found = await connection.fetchrow(
@@ -321,3 +318,6 @@ class PostgresAudit:
                 "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", new_head.seq, new_head.hash
             )
             return removed
+
+        result: int = await self._write(work)
+        return result

@@ -266,7 +266,8 @@ class PostgresTemporal(PostgresTemporalReads):
         self, tenant: str, entity_id: str, types: Sequence[str], instances: Sequence[tuple[str, Instance]]
     ) -> bool:
         puts = self._plan(instances)
-        async with self._transaction() as connection:
+
+        async def work(connection: Connection) -> bool:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             pk, created, missing = await self._upsert_entity(
                 connection, tenant, entity_id, types, self._partitions(puts)
@@ -295,7 +296,9 @@ class PostgresTemporal(PostgresTemporalReads):
             kept = {id(timed[n]) for n in replaced}
             await self._insert(connection, [(pk, put) for put in puts if id(put) not in kept])
             await self._audited(connection, "temporal.write", tenant, entity_id)
-        return created
+            return created
+
+        return await self._write(work)
 
     @staticmethod
     async def _locate(connection: Connection, tenant: str, entity_id: str) -> int | None:
@@ -307,7 +310,7 @@ class PostgresTemporal(PostgresTemporalReads):
     async def temporal_modify_instance(
         self, tenant: str, entity_id: str, attr: str, instance_id: str, instance: Instance
     ) -> bool:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> bool:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             epk = await self._locate(connection, tenant, entity_id)
             if epk is None:
@@ -338,8 +341,10 @@ class PostgresTemporal(PostgresTemporalReads):
             await self._audited(connection, "temporal.modify-instance", tenant, entity_id, {"attr": attr})
             return True
 
+        return await self._write(work)
+
     async def temporal_delete_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str) -> bool:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> bool:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             epk = await self._locate(connection, tenant, entity_id)
             if epk is None:
@@ -355,10 +360,12 @@ class PostgresTemporal(PostgresTemporalReads):
             await self._audited(connection, "temporal.delete-instance", tenant, entity_id, {"attr": attr})
             return True
 
+        return await self._write(work)
+
     async def temporal_delete_attribute(
         self, tenant: str, entity_id: str, attr: str, *, dataset: str | None, delete_all: bool
     ) -> bool:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> bool:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             epk = await self._locate(connection, tenant, entity_id)
             if epk is None:
@@ -379,8 +386,10 @@ class PostgresTemporal(PostgresTemporalReads):
             await self._audited(connection, "temporal.delete-attribute", tenant, entity_id, {"attr": attr})
             return True
 
+        return await self._write(work)
+
     async def temporal_delete_entity(self, tenant: str, entity_id: str) -> bool:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> bool:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             epk = await self._locate(connection, tenant, entity_id)
             if epk is None:
@@ -389,6 +398,8 @@ class PostgresTemporal(PostgresTemporalReads):
             await connection.execute("DELETE FROM temporal_entities WHERE pk = $1", epk)
             await self._audited(connection, "temporal.delete-entity", tenant, entity_id)
             return True
+
+        return await self._write(work)
 
     async def temporal_purge(self, before: int) -> int:
         """Drop the partitions entirely older than `before` whole, delete the older rows of the
