@@ -1066,3 +1066,24 @@ def test_audit_records_catalogue_writes_without_secrets(backend: Backend) -> Non
     assert records[0].targets == ["urn:sub:1"] and _linked(records)
     assert records[5].targets == records[6].targets and records[5].targets[0].startswith("sha256:")
     assert all("secret-apikey" not in str(r.as_dict()) for r in records)
+
+
+def test_audit_names_each_writes_own_principal_when_writes_share_a_transaction(backend: Backend) -> None:
+    from cityos.auth.principal import Principal, current_principal, current_request_id
+
+    store, run = backend.store, backend.run
+    _audited(store)
+
+    async def write_as(number: int) -> None:
+        current_principal.set(Principal(f"user:{number}", "user"))
+        current_request_id.set(f"req-{number}")
+        entity_id = f"urn:x:{number}"
+        await store.mutate("", [(entity_id, update.create(make(entity_id, "T")))], atomic=True)
+
+    async def burst() -> None:  # queued together: SQLite commits them as one group, each in a savepoint
+        await asyncio.gather(*(write_as(number) for number in range(40)))
+
+    run(burst())
+    records = _chain(backend)
+    assert len(records) == 40 and _linked(records)
+    assert all(r.principal == f"user:{r.targets[0][6:]}" and r.request_id == f"req-{r.targets[0][6:]}" for r in records)
