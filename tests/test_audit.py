@@ -459,3 +459,33 @@ def test_a_time_range_export_verifies_as_partial(
     out = capsys.readouterr().out
     assert code == 0 and "OK: 8 records (seq 5-12) (a partial export" in out
     assert cli("export", "--database", database, "--from", "last week").returncode == 1
+
+
+@sqlite_only
+def test_commands_never_make_a_key(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`cityos import` writes audited records but signs nothing; an export without the key warns,
+    and its chain still verifies once the unsigned tail is accepted explicitly."""
+    from cityos.entities import update
+
+    async def load() -> None:
+        async with open_pipeline(Settings(database=db_url)) as pipeline:
+            for number in range(3):
+                item = {"id": f"urn:x:{number}", "type": ["T"], "attrs": {}, "createdAt": "x", "modifiedAt": "x"}
+                await pipeline.store.mutate("", [(item["id"], update.create(item))], atomic=True)
+
+    asyncio.run(load())
+    assert not Path(db_url + ".audit-key").exists()
+    export = tmp_path / "audit.jsonl"
+    done = cli("export", "--database", db_url, "-o", str(export))
+    assert done.returncode == 0 and "no audit key" in done.stderr and not Path(db_url + ".audit-key").exists()
+    assert cli("pubkey", "--database", db_url).returncode == 1
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from cityos.audit.signing import public_pem
+
+    public = tmp_path / "any.pub"
+    public.write_text(public_pem(Ed25519PrivateKey.generate()))
+    code, out = verify(export, public, capsys)
+    assert code == 1 and "records 1-3 are after the last signed checkpoint" in out
+    code = cli_main(["audit", "verify", str(export), "--public-key", str(public), "--allow-unsigned-tail"])
+    assert code == 0 and "OK: 3 records" in capsys.readouterr().out

@@ -79,6 +79,13 @@ class AuditTrail:
             self._key = load_or_create(self.path)
         return self._key
 
+    def existing_key(self) -> Ed25519PrivateKey | None:
+        """The key if the deployment has one (a command never makes one: a key made by a command run
+        elsewhere than the server would sign with a key no verifier knows)."""
+        if self._key is None and self.path.exists():
+            self._key = load_or_create(self.path)
+        return self._key
+
     def install(self) -> None:
         """Before the first write: with --audit on, every entity and temporal write makes a record."""
         if self.settings.audit == "on":
@@ -106,14 +113,17 @@ class AuditTrail:
             log_failure(log, "the closing audit checkpoint failed")
 
     async def checkpoint(self) -> AuditCheckpoint | None:
-        """Sign the chain's head (None: the chain is empty); the same head is signed once."""
+        """Sign the chain's head (None: the chain is empty, or no key); the same head is signed once."""
+        key = self.existing_key()
+        if key is None:
+            return None
         head = await self.store.audit_head()
         if head.seq == 0:
             return None
         existing = await self.store.audit_checkpoints(head.seq, head.seq)
         if existing:
             return existing[0]
-        checkpoint = sign_checkpoint(self.key, AuditCheckpoint(head.seq, head.hash, utc_now(), ""))
+        checkpoint = sign_checkpoint(key, AuditCheckpoint(head.seq, head.hash, utc_now(), ""))
         await self.store.save_audit_checkpoint(checkpoint)
         return checkpoint
 
@@ -188,8 +198,9 @@ class AuditTrail:
         if first is None or last is None:
             return
         checkpoints = await self.store.audit_checkpoints(first, last.seq)
-        if not checkpoints or checkpoints[-1].seq != last.seq:
-            fresh = sign_checkpoint(self.key, AuditCheckpoint(last.seq, last.hash, utc_now(), ""))
+        key = self.existing_key()
+        if key is not None and (not checkpoints or checkpoints[-1].seq != last.seq):
+            fresh = sign_checkpoint(key, AuditCheckpoint(last.seq, last.hash, utc_now(), ""))
             await self.store.save_audit_checkpoint(fresh)
             checkpoints.append(fresh)
         for checkpoint in checkpoints:

@@ -100,6 +100,12 @@ def run_export(args: argparse.Namespace) -> int:
         return fail(f"--from/--to: {exc}")
 
     async def export(trail: Any) -> int:
+        if trail.existing_key() is None:
+            print(
+                f"warning: no audit key at {trail.path}: the export ends without a checkpoint signed now"
+                " (give --audit-key, the server's key path)",
+                file=sys.stderr,
+            )
         out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115 - closed below
         count = 0
         try:
@@ -134,7 +140,10 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         return await trail.checkpoint()
 
     checkpoint = asyncio.run(_with_trail(_settings(args), sign))
-    print("the chain is empty" if checkpoint is None else f"checkpoint at seq {checkpoint.seq}: {checkpoint.hash}")
+    if checkpoint is None:
+        print("nothing signed: the chain is empty, or there is no key (give --audit-key, the server's key path)")
+    else:
+        print(f"checkpoint at seq {checkpoint.seq}: {checkpoint.hash}")
     return 0
 
 
