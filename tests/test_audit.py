@@ -489,3 +489,22 @@ def test_commands_never_make_a_key(db_url: str, tmp_path: Path, capsys: pytest.C
     assert code == 1 and "records 1-3 are after the last signed checkpoint" in out
     code = cli_main(["audit", "verify", str(export), "--public-key", str(public), "--allow-unsigned-tail"])
     assert code == 0 and "OK: 3 records" in capsys.readouterr().out
+
+
+def test_a_malformed_export_is_reported_not_a_traceback(
+    trail: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = lines_of(trail[0])
+    lines[2] = b"{not json"
+    lines[3] = _edit(lines[3], seq="4")
+    lines[5] = b"[1, 2]"
+    lines.append(b'{"checkpoint": {"seq": "x"}}')
+    code, out = verify(*tampered(trail, tmp_path, lines), capsys)
+    assert code == 1 and "line 3: not JSON" in out and "line 6: not a JSON object" in out
+    assert "a record lacks a member or has the wrong type" in out and "a checkpoint lacks a member" in out
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    code, out = verify(empty, trail[1], capsys)
+    assert code == 1 and "the export holds no record" in out
+    assert cli_main(["audit", "verify", str(tmp_path / "missing.jsonl"), "--public-key", str(trail[1])]) == 1
+    assert cli_main(["audit", "verify", str(empty), "--public-key", str(empty)]) == 1

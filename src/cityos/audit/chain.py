@@ -90,6 +90,18 @@ class AuditRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AuditRecord:
+        """From an export line; ValueError when a member is missing or of the wrong type."""
+        texts = ("time", "principal", "operation", "tenant", "outcome", "request_id", "prev", "hash")
+        if (
+            not isinstance(data.get("seq"), int)
+            or isinstance(data.get("seq"), bool)
+            or not all(isinstance(data.get(name), str) for name in texts)
+            or not isinstance(data.get("targets"), list)
+            or not all(isinstance(target, str) for target in data["targets"])
+            or not isinstance(data.get("detail"), dict)
+            or not isinstance(data.get("signature", ""), str)
+        ):
+            raise ValueError("not an audit record")
         return cls(
             seq=data["seq"],
             time=data["time"],
@@ -172,6 +184,12 @@ class AuditCheckpoint:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AuditCheckpoint:
+        """From an export line; ValueError when a member is missing or of the wrong type."""
+        if not isinstance(data, dict) or not isinstance(data.get("seq"), int):
+            raise ValueError("not a checkpoint")
+        members = [data.get(name) for name in ("hash", "time", "key_id", "signature")]
+        if not all(isinstance(member, str) for member in members):
+            raise ValueError("not a checkpoint")
         return cls(data["seq"], data["hash"], data["time"], data["key_id"], data["signature"])
 
 

@@ -93,8 +93,8 @@ def verify(
     for raw in checkpoints_raw:
         try:
             checkpoint = AuditCheckpoint.from_dict(raw)
-        except (KeyError, TypeError):
-            report.problems.append("a checkpoint lacks a member")
+        except ValueError:
+            report.problems.append("a checkpoint lacks a member or has the wrong type")
             continue
         if not checkpoint_valid(public, checkpoint):
             report.problems.append(f"checkpoint at seq {checkpoint.seq}: the signature is not valid for this key")
