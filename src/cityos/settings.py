@@ -36,6 +36,15 @@ class Settings:
     insecure_open: bool = _setting(
         False, "Allow --auth off on a non-loopback --host (a deliberate open deployment, e.g. behind a gateway)."
     )
+    rate_limit: float = _setting(
+        0.0,
+        "With --auth required: requests per second each principal may make (anonymous callers: per address), "
+        "per worker; past it 429 with Retry-After. 0: no limit.",
+    )
+    rate_limit_burst: int = _setting(20, "Requests a principal may make at once above --rate-limit before 429.")
+    user_token_lifetime: float = _setting(
+        3600.0, "Seconds a token issued to a local user (POST /cityos/v1/auth/token) stays valid."
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning, error.")
     access_log: bool = _setting(
         False, "Log one line per HTTP request (method, path, status) at INFO; on at --log-level debug anyway."
@@ -178,6 +187,8 @@ class Settings:
             raise ValueError("db_busy_timeout must be positive")
         if self.auth not in ("off", "required"):
             raise ValueError("auth must be off or required")
+        if self.rate_limit < 0 or self.rate_limit_burst < 1 or self.user_token_lifetime <= 0:
+            raise ValueError("rate_limit must not be negative, rate_limit_burst and user_token_lifetime positive")
         if self.durability not in ("normal", "full"):
             raise ValueError("durability must be normal or full")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
