@@ -273,3 +273,34 @@ def _revoke_through_one(first: httpx.Client, second: httpx.Client, admin: str, r
     while second.get("/ngsi-ld/v1/types", headers=bearer(reader)).status_code == 200:
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def test_iot_device_keys(secured: tuple[LoggedServer, str], db_url: str) -> None:
+    """With --auth required the IoT Agent's measures need a device key of the group's tenant (and of
+    the group, when the key names groups); provisioning needs an admin of the service's tenant."""
+    server, admin = secured
+    device = make_key(db_url, "--name", "sensor", "--role", "device", "--tenant", "city", "--group", "iot:aq-key")
+    other_group = make_key(db_url, "--name", "other", "--role", "device", "--tenant", "city", "--group", "iot:x")
+    elsewhere = make_key(db_url, "--name", "elsewhere", "--role", "device", "--tenant", "town")
+    reader = make_key(db_url, "--name", "reader", "--role", "reader", "--tenant", "*")
+    city = {"fiware-service": "city"}
+    group = {"apikey": "aq-key", "entity_type": "AirQualityObserved", "resource": "/iot/d"}
+    measure = {"k": "aq-key", "i": "aq-1"}
+    with httpx.Client(base_url=server.base, timeout=10) as http:
+        assert http.post("/iot/services", json={"services": [group]}, headers=city).status_code == 401
+        refused = http.post("/iot/services", json={"services": [group]}, headers={**city, **bearer(device)})
+        assert refused.status_code == 403  # a device does not provision
+        made = http.post("/iot/services", json={"services": [group]}, headers={**city, **bearer(admin)})
+        assert made.status_code == 201, made.text
+
+        assert http.post("/iot/d", params=measure, content=b"no2|17").status_code == 401
+        assert http.post("/iot/d", params=measure, content=b"no2|17", headers=bearer(reader)).status_code == 403
+        for stranger in (other_group, elsewhere):  # as for an unknown device: nothing leaks
+            assert http.post("/iot/d", params=measure, content=b"no2|17", headers=bearer(stranger)).status_code == 404
+        sent = http.post("/iot/d", params=measure, content=b"no2|17", headers=bearer(device))
+        assert sent.status_code == 200, sent.text
+        stored = http.get(
+            "/ngsi-ld/v1/entities/urn:ngsi-ld:AirQualityObserved:aq-1",
+            headers={"NGSILD-Tenant": "city", **bearer(admin)},
+        )
+        assert stored.status_code == 200 and stored.json()["no2"]["value"] == 17
