@@ -40,8 +40,9 @@ POLL_SECONDS = 1.0  # how often the store's credentials version is read
 MAX_ENTRIES = 20_000
 SLOW_CHECKS = 2  # argon2 verifications at once (each takes a core for tens of milliseconds)
 
-# a JWT verifier (auth/oidc.py): the principal of a valid token, Unauthorized otherwise
-JwtVerifier = Callable[[str], Awaitable[Principal]]
+# a JWT verifier (auth/oidc.py): the principal of a valid token and until when (epoch seconds) it
+# stays valid; Unauthorized otherwise
+JwtVerifier = Callable[[str], Awaitable[tuple[Principal, float | None]]]
 
 
 @dataclass(slots=True)
@@ -72,6 +73,8 @@ class Authenticator:
         self._version: int | None = None
         self._polled = 0.0
         self._directory: dict[str, tuple[Principal | None, float]] = {}
+        # OpenID Connect principals by id, as their last valid token said, and until when (epoch)
+        self._seen: dict[str, tuple[Principal, float | None]] = {}
 
     # -- invalidation --------------------------------------------------------------------------
     def forget(self, credential: str = "") -> None:
@@ -84,6 +87,11 @@ class Authenticator:
         for digest in stale:
             del self._cache[digest]
         self._directory.pop(credential, None)
+
+    def forget_tokens(self) -> None:
+        """Drop every cached OpenID Connect token (the issuer removed a signing key)."""
+        for digest in [d for d, entry in self._cache.items() if entry.credential.startswith("oidc:")]:
+            del self._cache[digest]
 
     def forget_event(self, key: str) -> None:
         """A "credential" StoreEvent's key ("<kind>:<id>"): a session's user is named by the session
@@ -164,12 +172,12 @@ class Authenticator:
             return await self._check(row, parts[1], f"{kind}:{parts[0]}", now)
         if self.jwt is not None and value.count(".") == 2:
             try:
-                principal = await self.jwt(value)
+                principal, expires = await self.jwt(value)
             except Unauthorized as refused:
                 await self._failed(refused.detail or "invalid token", "")
                 return _Entry(None, "", None, now + FAILURE_SECONDS)
-            expires = principal.claims.get("exp")
-            return _Entry(principal, principal.id, float(expires) if expires else None, now + CACHE_SECONDS)
+            self._seen[principal.id] = (principal, expires)
+            return _Entry(principal, principal.id, expires, now + CACHE_SECONDS)
         await self._failed("malformed token", "")
         return _Entry(None, "", None, now + FAILURE_SECONDS)
 
@@ -229,7 +237,9 @@ class Authenticator:
             row = await self.store.get_credential(kind, ident)
             if row is not None and is_active(row, time.time()):
                 found = principal_of(row)
-        elif kind == "oidc" and self.jwt is not None:
-            found = None  # an OpenID Connect principal is known only while its token is presented
+        elif kind == "oidc":  # known to this worker while the last token it saw is valid
+            seen = self._seen.get(principal_id)
+            if seen is not None and (seen[1] is None or time.time() < seen[1]):
+                found = seen[0]
         self._directory[principal_id] = (found, now + POLL_SECONDS * 5)
         return found

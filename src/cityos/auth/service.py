@@ -18,17 +18,17 @@ class Identity:
     def __init__(self, store: IdentityStore, settings: Settings, audit: Callable[[], AuditSink]) -> None:
         self.settings = settings
         self.required = settings.auth == "required"
-        self.authenticator = Authenticator(store, audit, jwt=self._jwt_verifier(settings))
+        self.authenticator = Authenticator(store, audit)
+        if settings.oidc_issuer:
+            from cityos.auth.oidc import OidcVerifier  # PyJWT is loaded only when an issuer is set
+
+            self.authenticator.jwt = OidcVerifier(settings, on_keys_removed=self.authenticator.forget_tokens)
         self.credentials = Credentials(store, audit, forget=self.authenticator.forget)
         self.limiter = (
             RateLimiter(settings.rate_limit, settings.rate_limit_burst)
             if self.required and settings.rate_limit > 0
             else None
         )
-
-    @staticmethod
-    def _jwt_verifier(settings: Settings) -> None:
-        return None
 
     def on_event(self, event: StoreEvent) -> None:
         """Another worker revoked or deleted a credential (or events were lost: "resync")."""
