@@ -304,3 +304,43 @@ def test_iot_device_keys(secured: tuple[LoggedServer, str], db_url: str) -> None
             headers={"NGSILD-Tenant": "city", **bearer(admin)},
         )
         assert stored.status_code == 200 and stored.json()["no2"]["value"] == 17
+
+
+def test_commands_that_call_a_broker_send_cityos_token(secured: tuple[LoggedServer, str]) -> None:
+    server, admin = secured
+    command = [sys.executable, "-m", "cityos", "iot", "group", "add", "tok-key", "--entity-type", "T"]
+    command += ["--url", server.base]
+    refused = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "credentials" in refused.stderr
+    done = subprocess.run(command, env=cli_env(CITYOS_TOKEN=admin), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_no_secret_in_the_debug_log(db_url: str, tmp_path: Path) -> None:
+    """At --log-level debug (access log, httpx, everything): no key, password, token or hash."""
+    admin = make_key(db_url, "--name", "admin", "--role", "admin")
+    server = LoggedServer(
+        tmp_path / "serve.log", "--auth", "required", "--log-level", "debug", env={"CITYOS_DATABASE": db_url}
+    )
+    server.start()
+    secrets = [admin.split(".")[1]]
+    try:
+        with httpx.Client(base_url=server.base, timeout=10) as http:
+            made = http.post(f"{ADMIN_API}/keys", headers=bearer(admin), json={"name": "k", "roles": ["r"]})
+            secrets.append(made.json()["token"].split(".")[1])
+            user = {"name": "erin", "password": "erins secret words"}
+            assert http.post(f"{ADMIN_API}/users", headers=bearer(admin), json=user).status_code == 201
+            secrets.append(user["password"])
+            assert http.get("/ngsi-ld/v1/types", auth=("erin", "wrong but secret")).status_code == 401
+            secrets.append("wrong but secret")
+            token = http.post("/cityos/v1/auth/token", auth=("erin", user["password"])).json()["access_token"]
+            secrets.append(token.split(".")[1])
+            assert http.get("/ngsi-ld/v1/types", headers=bearer(token)).status_code == 200
+            assert http.get("/ngsi-ld/v1/types", headers=bearer(token[:-3] + "abc")).status_code == 401
+    finally:
+        server.stop()
+    log = server.log()
+    assert "GET /ngsi-ld/v1/types" in log  # the access log is on
+    assert "authentication failed" in log  # and the failures are there, without their secrets
+    leaked = [s for s in secrets if s in log]
+    assert leaked == [] and "$argon2" not in log
