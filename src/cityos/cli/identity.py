@@ -21,6 +21,7 @@ from cityos.auth.hashing import parse_expiry
 from cityos.auth.principal import ADMIN_ROLE, Principal
 from cityos.cli.common import fail
 from cityos.errors import NgsiLdError
+from cityos.redact import redact_uri
 from cityos.settings import Settings, env_name
 from cityos.store import open_store
 
@@ -133,6 +134,8 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             return fail(exc.detail or exc.title)
         except ValueError as exc:
             return fail(str(exc))
+        except (RuntimeError, OSError) as exc:  # an unmigrated or unreachable database: one line
+            return fail(f"cannot use {redact_uri(args.database)}: {exc}")
 
     return run
 
