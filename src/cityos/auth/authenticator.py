@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import hmac
 import logging
 import secrets
@@ -122,8 +121,9 @@ class Authenticator:
         if scheme not in ("bearer", "basic") or not value:
             await self._failed("unsupported authorization scheme", "")
             raise Unauthorized(token_given=True)
-        await self._poll()
-        digest = hmac.new(self._pepper, authorization.encode(), hashlib.sha256).digest()
+        if time.monotonic() - self._polled >= POLL_SECONDS:
+            await self._poll()
+        digest = hmac.digest(self._pepper, authorization.encode(), "sha256")
         entry = self._fresh(digest)
         if entry is None:
             entry = await self._verify_once(digest, scheme, value)
