@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import orjson
 
 from cityos.errors import AlreadyExists
 from cityos.store.base import StoreEvent
 from cityos.store.identity_base import CREDENTIAL_EVENT, CredentialRow
-from cityos.store.postgres.busy import read_again_once
+from cityos.store.postgres.busy import Transactions, read_again_once
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
+
 
 # migration 5 (schema.py)
 IDENTITY_SQL = """
@@ -47,15 +47,11 @@ def _row(record: Any) -> CredentialRow:
     )  # fmt: skip
 
 
-class PostgresIdentity:
-    """The IdentityStore methods, mixed into PostgresStore (which supplies the pool and _notify)."""
+class PostgresIdentity(Transactions):
+    """The IdentityStore methods, mixed into PostgresStore (which supplies _notify); writes go
+    through the retrying transaction (busy.py), reads are tried again once on a lost connection."""
 
     if TYPE_CHECKING:
-
-        @property
-        def pool(self) -> asyncpg.Pool: ...
-
-        def _transaction(self) -> Any: ...
 
         async def _notify(self, connection: Connection, event: StoreEvent) -> None: ...
 
@@ -65,7 +61,8 @@ class PostgresIdentity:
 
     async def add_credential(self, row: CredentialRow) -> None:
         scope = orjson.dumps({"tenants": row.tenants, "roles": row.roles, "groups": row.groups}).decode()
-        async with self._transaction() as connection:
+
+        async def work(connection: Connection) -> None:
             inserted = await connection.fetchval(
                 f"INSERT INTO credentials ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
                 " ON CONFLICT (kind, id) DO NOTHING RETURNING true",
@@ -75,6 +72,8 @@ class PostgresIdentity:
             if not inserted:
                 raise AlreadyExists(f"{row.kind} {row.id} already exists")
             # no version bump nor event: a new credential invalidates nothing any cache holds
+
+        await self._write(work)
 
     @read_again_once
     async def get_credential(self, kind: str, credential_id: str) -> CredentialRow | None:
@@ -89,7 +88,7 @@ class PostgresIdentity:
         return [_row(record) for record in records]
 
     async def revoke_credential(self, kind: str, credential_id: str, at: str) -> bool:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> bool:
             changed = await connection.fetchval(
                 "UPDATE credentials SET revoked_at = $1 WHERE kind = $2 AND id = $3 AND revoked_at IS NULL"
                 " RETURNING true",
@@ -99,20 +98,24 @@ class PostgresIdentity:
             )
             if changed:
                 await self._changed(connection, kind, credential_id)
-        return bool(changed)
+            return bool(changed)
+
+        return await self._write(work)
 
     async def delete_credential(self, kind: str, credential_id: str) -> bool:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> bool:
             deleted = await connection.fetchval(
                 "DELETE FROM credentials WHERE kind = $1 AND id = $2 RETURNING true", kind, credential_id
             )
             if deleted:
                 await connection.execute("DELETE FROM credentials WHERE owner = $1", f"{kind}:{credential_id}")
                 await self._changed(connection, kind, credential_id)
-        return bool(deleted)
+            return bool(deleted)
+
+        return await self._write(work)
 
     async def set_credential_secret(self, kind: str, credential_id: str, secret_hash: str) -> bool:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> bool:
             changed = await connection.fetchval(
                 "UPDATE credentials SET secret_hash = $1 WHERE kind = $2 AND id = $3 RETURNING true",
                 secret_hash,
@@ -122,7 +125,9 @@ class PostgresIdentity:
             if changed:
                 await connection.execute("DELETE FROM credentials WHERE owner = $1", f"{kind}:{credential_id}")
                 await self._changed(connection, kind, credential_id)
-        return bool(changed)
+            return bool(changed)
+
+        return await self._write(work)
 
     @read_again_once
     async def credentials_version(self) -> int:
