@@ -14,6 +14,7 @@ from cityos.errors import NgsiLdError
 from cityos.query.entity_maps import EntityMap
 from cityos.query.pushdown import ValueFilter
 from cityos.store.audit_base import AuditStore
+from cityos.store.identity_base import IdentityStore
 from cityos.store.temporal_base import TemporalStore
 
 
@@ -166,9 +167,9 @@ class IngestRecord:
     document: dict[str, Any]
 
 
-class EntityStore(TemporalStore, AuditStore, Protocol):
+class EntityStore(TemporalStore, IdentityStore, AuditStore, Protocol):
     """Current state, subscriptions, maps and discovery; the temporal methods come from TemporalStore,
-    the audit trail's from AuditStore."""
+    the credentials' from IdentityStore, the audit trail's from AuditStore."""
 
     # True when several workers share the store: the subscription throttling is then decided by the
     # store, in the write transaction (an outbox row with `throttling` is dropped within the period),

@@ -40,6 +40,7 @@ from cityos.store.paging import bounded
 from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, own_expiry
 from cityos.store.sqlite_audit import AUDIT_SCHEMA, SQLiteAudit, seal_into
 from cityos.store.sqlite_catalog import SQLiteCatalog
+from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 
 T = TypeVar("T")
@@ -159,7 +160,7 @@ def _regexp(pattern: str, value: str | None) -> bool:
     return value is not None and found(pattern, value)
 
 
-class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteAudit):
+class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity, SQLiteAudit):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
 
     def __init__(
@@ -298,6 +299,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteAudit):
                 connection = _connect(self.path, self.busy_timeout, self.durability)
                 connection.executescript(SCHEMA)
                 connection.executescript(TEMPORAL_SCHEMA)
+                connection.executescript(IDENTITY_SCHEMA)
                 row = connection.execute("SELECT version FROM schema_version").fetchone()
                 if row is None:
                     connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))

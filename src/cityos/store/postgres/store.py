@@ -50,6 +50,7 @@ from cityos.store.postgres.audit import PostgresAudit
 from cityos.store.postgres.busy import read_again_once, session_settings
 from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.events import EventFollower, channel_for, notify
+from cityos.store.postgres.identity import PostgresIdentity
 from cityos.store.postgres.outbox import subscription_rows
 from cityos.store.postgres.schema import require_current
 from cityos.store.postgres.sql import Params, where
@@ -67,7 +68,7 @@ def _feed(pager: Pager, documents: list[Entity]) -> bool:
     return all(pager.offer(document) for document in documents)
 
 
-class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresAudit):
+class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity, PostgresAudit):
     throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
 
     def __init__(
