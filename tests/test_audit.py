@@ -293,7 +293,7 @@ def test_query_api_filters_and_pages(audited_client: TestClient) -> None:
 def test_only_admins_read_the_trail_and_a_denial_is_recorded(audited_client: TestClient) -> None:
     client = audited_client
     denied = client.get(AUDIT, headers={"x-test-principal": "user:eve;reader", "X-Request-Id": "r1"})
-    assert denied.status_code == 403 and "admin" in denied.json()["detail"]
+    assert denied.status_code == 403 and "admin role" in denied.json()["detail"]
     assert client.get(AUDIT + "/access-report?subject=x", headers={"x-test-principal": "user:eve"}).status_code == 403
     assert client.get(AUDIT, headers={"x-test-principal": "user:root;admin"}).status_code == 200
     records = client.get(AUDIT, params={"operation": "request.denied"}).json()
@@ -508,3 +508,40 @@ def test_a_malformed_export_is_reported_not_a_traceback(
     assert code == 1 and "the export holds no record" in out
     assert cli_main(["audit", "verify", str(tmp_path / "missing.jsonl"), "--public-key", str(trail[1])]) == 1
     assert cli_main(["audit", "verify", str(empty), "--public-key", str(empty)]) == 1
+
+
+def test_with_auth_required_records_name_the_key_and_the_request(db_url: str, tmp_path: Path) -> None:
+    """The real door (--auth required, API keys made by `cityos keys create`): a write's record names
+    the key's principal and the request id; a reader's key may not read the trail (403, recorded)."""
+
+    def make_key(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "cityos", "keys", "create", *args, "--database", db_url],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    admin, reader = make_key("--name", "ops", "--role", "admin"), make_key("--name", "viewer", "--role", "reader")
+    server = LoggedServer(tmp_path / "serve.log", "--auth", "required", env={"CITYOS_DATABASE": db_url})
+    server.start()
+    try:
+        with httpx.Client(base_url=server.base, timeout=10) as http:
+            as_admin = {"Authorization": f"Bearer {admin}"}
+            made = http.post(ENTITIES, json=entity(1), headers={**as_admin, "X-Request-Id": "req-audit-1"})
+            assert made.status_code == 201, made.text
+            denied = http.get(AUDIT, headers={"Authorization": f"Bearer {reader}"})
+            assert denied.status_code == 403
+            assert http.get(AUDIT).status_code == 401  # anonymous: the door says who first
+            records = http.get(AUDIT, params={"entity": "urn:ngsi-ld:Thing:1"}, headers=as_admin).json()
+            refusals = http.get(AUDIT, params={"operation": "request.denied"}, headers=as_admin).json()
+    finally:
+        server.stop()
+    admin_id, reader_id = admin.split(".")[0], reader.split(".")[0]
+    assert [(r["operation"], r["principal"]) for r in records] == [("entity.create", f"key:{admin_id}")]
+    assert records[0]["request_id"] and records[0]["request_id"] == made.headers["X-Request-Id"]
+    assert [r["principal"] for r in refusals] == [f"key:{reader_id}", "anonymous"]
+    assert admin not in server.log() and reader not in server.log()

@@ -16,7 +16,8 @@ from starlette.routing import Route
 from cityos.audit.chain import AuditQuery
 from cityos.audit.events import AuditEvent
 from cityos.audit.service import parse_time
-from cityos.auth.principal import Principal, current_request_id
+from cityos.auth.credentials import require_admin
+from cityos.auth.principal import current_request_id
 from cityos.errors import BadRequestData, NgsiLdError
 from cityos.ngsild.common import Services, principal
 
@@ -24,24 +25,17 @@ PREFIX = "/cityos/v1/audit"
 READ_PERSONAL = "entity.read-personal"  # what the policy layer records for a read of personal data
 
 
-class AuditAccessDenied(NgsiLdError):
-    """Not an NGSI-LD type: the caller is not an administrator."""
-
-    type_name, status, title = "AccessDenied", 403, "Access denied"
-
-
-def may_read_audit(caller: Principal) -> bool:
-    """Admins only (auth off: the open principal is one); the policy layer may refine this."""
-    return caller.unrestricted or caller.is_admin
-
-
 async def _admin(request: Request) -> Services:
+    """Admins only (auth off: the open principal is one; 401 for the anonymous caller, 403 without
+    the admin role, as the other admin APIs); a refusal is itself recorded."""
     services: Services = request.app.state.services
     caller = principal(request)
-    if not may_read_audit(caller):
+    try:
+        require_admin(caller)
+    except NgsiLdError:
         event = AuditEvent(caller.id, "request.denied", "", (PREFIX,), "denied", current_request_id.get())
         await services.audit.record([event])
-        raise AuditAccessDenied("reading the audit trail needs the admin role")
+        raise
     return services
 
 
