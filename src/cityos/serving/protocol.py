@@ -1,0 +1,232 @@
+"""uvicorn's httptools protocol with the limits it lacks: a request head must arrive within
+`--header-timeout`, a body within `--body-timeout`, a connection serves at most
+`--keep-alive-max-requests` requests, and a worker holds at most `--max-connections`.
+
+Why here and not in the application: a client that never finishes its headers never reaches the
+ASGI app, so only the protocol sees it. One timer per request covers both the head and the body
+(its handler re-arms itself for the body once the head is in), so the hot path pays one
+`call_later` and one `cancel` per request.
+
+At the cap a new connection first evicts the connection that has waited longest for a request
+head (an idle keep-alive connection or a half-sent head): idle and slow clients cannot lock out a
+normal one. Only when every connection is busy with a request is the newcomer refused, with a 503
+written at once (the request is never read) and the connection closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("cityos.serving")
+
+LINGER = 1.0
+"""Seconds a refused connection stays half-open so the client reads the refusal before the close
+(closing a socket with unread data sends a reset, which can destroy the answer in flight)."""
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections: int = 4096
+    keep_alive_max_requests: int = 1000
+
+
+_limits: ConnectionLimits | None = None
+
+
+def configure(limits: ConnectionLimits) -> None:
+    """Set the limits of this process (`cityos serve`; worker processes read them from CITYOS_*)."""
+    global _limits
+    _limits = limits
+
+
+def current_limits() -> ConnectionLimits:
+    global _limits
+    if _limits is None:  # a worker of `serve --workers N`: its settings come from the environment
+        from cityos.settings import Settings
+
+        _limits = limits_from(Settings.from_env())
+    return _limits
+
+
+def limits_from(settings: Any) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        max_connections=settings.max_connections,
+        keep_alive_max_requests=settings.keep_alive_max_requests,
+    )
+
+
+def _raw_problem(status: int, reason: str, type_name: str, title: str, detail: str, extra: list[str]) -> bytes:
+    body = orjson.dumps({"type": f"urn:cityos:errors:{type_name}", "title": title, "status": status, "detail": detail})
+    head = [f"HTTP/1.1 {status} {reason}", *extra]
+    head += ["content-type: application/problem+json", f"content-length: {len(body)}", "connection: close"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
+
+
+REFUSAL = _raw_problem(
+    503,
+    "Service Unavailable",
+    "TooManyConnections",
+    "Too many connections",
+    "every connection of this server is busy with a request; try again shortly",
+    ["retry-after: 1"],
+)
+HEADER_TIMEOUT = _raw_problem(
+    408, "Request Timeout", "RequestTimeout", "Request timeout", "the request head did not arrive in time", []
+)
+BODY_TIMEOUT = _raw_problem(
+    408, "Request Timeout", "RequestTimeout", "Request timeout", "the request body did not arrive in time", []
+)
+
+
+class _Shared:
+    """Per-server state: connections waiting for a request head, oldest first."""
+
+    def __init__(self) -> None:
+        self.waiting: OrderedDict[GuardedHttpToolsProtocol, None] = OrderedDict()
+        self.refused = 0
+        self.evicted = 0
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with head and body timeouts, a per-connection request cap and a connection cap."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limit_concurrency = None  # the cap is ours (connection_made), not uvicorn's per-request 503
+        limits = current_limits()
+        self._header_timeout = limits.header_timeout
+        self._body_timeout = limits.body_timeout
+        self._max_connections = limits.max_connections
+        self._max_requests = limits.keep_alive_max_requests
+        state = self.server_state
+        shared = getattr(state, "cityos_shared", None)
+        if shared is None:
+            shared = _Shared()
+            state.cityos_shared = shared  # type: ignore[attr-defined]
+        self._shared: _Shared = shared
+        self._timer: asyncio.TimerHandle | None = None
+        self._head_done_at = 0.0
+        self._requests = 0
+        self._refused = False
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self._max_connections and not self._evict_one():
+            self._refuse(transport)
+            return
+        super().connection_made(transport)
+        self._shared.waiting[self] = None
+        self._timer = self.loop.call_later(self._header_timeout, self._on_deadline)
+
+    def _evict_one(self) -> bool:
+        """Close the connection that has waited longest for a request head; False if none waits."""
+        waiting = self._shared.waiting
+        while waiting:
+            victim, _ = waiting.popitem(last=False)
+            if victim.transport is not None and not victim.transport.is_closing():
+                victim._cancel_timer()
+                victim.connections.discard(victim)  # its slot is free now, not when the loop gets to it
+                victim.transport.close()
+                self._shared.evicted += 1
+                return True
+        return False
+
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        self._refused = True
+        self.transport = transport
+        self._shared.refused += 1
+        if self._shared.refused in (1, 10, 100) or self._shared.refused % 1000 == 0:
+            log.warning(
+                "refused %d connection(s) so far: %d connections, every one busy with a request (--max-connections)",
+                self._shared.refused,
+                len(self.connections),
+            )
+        transport.write(REFUSAL)
+        try:
+            transport.write_eof()  # the client reads the answer and EOF, then closes
+        except (NotImplementedError, RuntimeError, OSError):
+            transport.close()
+            return
+        self._timer = self.loop.call_later(LINGER, transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if self._refused:
+            return
+        self._shared.waiting.pop(self, None)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # the request of a refused connection is never read
+        super().data_received(data)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        if self._refused:
+            self.transport.close()
+        return None
+
+    # -- one request ---------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._timer is None:  # a later request on a kept-alive connection: its head starts now
+            self._timer = self.loop.call_later(self._header_timeout, self._on_deadline)
+
+    def on_headers_complete(self) -> None:
+        self._shared.waiting.pop(self, None)
+        self._head_done_at = self.loop.time()
+        super().on_headers_complete()
+        self._requests += 1
+        if self._max_requests and self._requests >= self._max_requests and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered with Connection: close, then closed
+
+    def on_message_complete(self) -> None:
+        self._cancel_timer()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._shared.waiting[self] = None  # idle until the next head; the keep-alive timer runs
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_deadline(self) -> None:
+        """The head timer fired; once the head is in, the same timer waits for the body."""
+        self._timer = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self in self._shared.waiting or self.cycle is None:
+            self._close_with(HEADER_TIMEOUT)
+            return
+        if self.cycle.more_body is False:
+            return
+        left = self._head_done_at + self._body_timeout - self.loop.time()
+        if left > 0:
+            self._timer = self.loop.call_later(left, self._on_deadline)
+            return
+        self.cycle.disconnected = True  # the app's receive() answers http.disconnect: nothing is written
+        self.cycle.message_event.set()
+        self._close_with(BODY_TIMEOUT if not self.cycle.response_started else b"")
+
+    def _close_with(self, answer: bytes) -> None:
+        self._shared.waiting.pop(self, None)
+        if answer:
+            self.transport.write(answer)
+        self.transport.close()
