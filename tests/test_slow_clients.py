@@ -8,6 +8,7 @@ Timeouts are set to about a second so the tests stay short."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +26,7 @@ def serve(tmp_path: Path, *flags: str, database: str | None = None, workers: int
     args = ["--header-timeout", "1", "--body-timeout", "1", "--keep-alive-timeout", "1", *flags]
     if workers > 1:
         args += ["--workers", str(workers)]
-    server = LoggedServer(
-        tmp_path / "serve.log", *args, env={"CITYOS_DATABASE": database or str(tmp_path / "city.db")}
-    )
+    server = LoggedServer(tmp_path / "serve.log", *args, env={"CITYOS_DATABASE": database or str(tmp_path / "city.db")})
     server.start()
     return server
 
@@ -101,8 +100,7 @@ def test_a_head_never_started_is_dropped_too(server: LoggedServer) -> None:
 def test_a_trickled_body_is_cut_at_the_body_timeout_and_nothing_is_written(server: LoggedServer) -> None:
     body = b'{"id": "urn:ngsi-ld:Room:trickle", "type": "Room", "temperature": {"type": "Property", "value": 21}}'
     head = (
-        f"POST {ENTITIES} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"POST {ENTITIES} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
 
     async def scenario() -> None:
@@ -173,10 +171,8 @@ def test_at_the_cap_idle_and_slow_connections_give_way_to_a_normal_client(tmp_pa
         assert latencies and max(latencies) < 1.0
         closed = 0
         for reader, writer, _ in slow:
-            try:
+            with contextlib.suppress(TimeoutError, ConnectionError):
                 closed += (await asyncio.wait_for(reader.read(-1), 0.1)) == b""
-            except (TimeoutError, ConnectionError):
-                pass
             writer.close()
         assert closed >= 15  # the oldest waiting connections were closed to make room
 
