@@ -77,7 +77,7 @@ class Settings:
     )
     query_timeout: float = _setting(10.0, "Seconds a query may run in the store before it is stopped (403).")
     header_timeout: float = _setting(
-        10.0, "Seconds a client has to send a request head, from its connection or its first byte (408, closed)."
+        10.0, "Seconds a client has to send a request head, from its connection or the previous answer (408, closed)."
     )
     body_timeout: float = _setting(
         60.0, "Seconds a client has to send a whole request body once its head is in (408, closed; nothing written)."

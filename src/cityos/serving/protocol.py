@@ -3,9 +3,9 @@
 `--keep-alive-max-requests` requests, and a worker holds at most `--max-connections`.
 
 Why here and not in the application: a client that never finishes its headers never reaches the
-ASGI app, so only the protocol sees it. One timer per request covers both the head and the body
-(its handler re-arms itself for the body once the head is in), so the hot path pays one
-`call_later` and one `cancel` per request.
+ASGI app, so only the protocol sees it. One sweep per process, a few times a second, closes what
+is past its deadline; the hot path only moves the connection between two ordered dicts (no timer
+per request: uvicorn's own keep-alive timer is replaced by the same sweep).
 
 At the cap a new connection first evicts the connection that has waited longest for a request
 head (an idle keep-alive connection or a half-sent head): idle and slow clients cannot lock out a
@@ -90,12 +90,42 @@ BODY_TIMEOUT = _raw_problem(
 
 
 class _Shared:
-    """Per-server state: connections waiting for a request head, oldest first."""
+    """Per-server state. `waiting`: connections waiting for a request head (new, or idle after an
+    answer), with the time they began to wait; `receiving`: requests whose body is still coming,
+    with the time their head was in. Both are in time order, so one sweep a fraction of a second
+    finds every expired entry at their fronts: the hot path sets no timer at all."""
 
-    def __init__(self) -> None:
-        self.waiting: OrderedDict[GuardedHttpToolsProtocol, None] = OrderedDict()
+    def __init__(self, limits: ConnectionLimits, keep_alive: float, loop: asyncio.AbstractEventLoop) -> None:
+        self.waiting: OrderedDict[GuardedHttpToolsProtocol, float] = OrderedDict()
+        self.receiving: OrderedDict[GuardedHttpToolsProtocol, float] = OrderedDict()
         self.refused = 0
-        self.evicted = 0
+        self.header_timeout = limits.header_timeout
+        self.body_timeout = limits.body_timeout
+        self.keep_alive = keep_alive
+        self.loop = loop
+        self.interval = min(1.0, limits.header_timeout / 4, limits.body_timeout / 4, keep_alive / 4)
+        loop.call_later(self.interval, self.sweep)
+
+    def sweep(self) -> None:
+        now = self.loop.time()
+        soonest = min(self.header_timeout, self.keep_alive)
+        expired = []
+        for conn, since in self.waiting.items():
+            waited = now - since
+            if waited < soonest:
+                break
+            if conn.head_started or conn.requests == 0:  # a head under way, or a new connection's first
+                if waited >= self.header_timeout:
+                    expired.append((conn, HEADER_TIMEOUT))
+            elif waited >= self.keep_alive:
+                expired.append((conn, b""))  # idle after an answer: closed quietly, as keep-alive ends
+        for conn, since in self.receiving.items():
+            if now - since < self.body_timeout:
+                break
+            expired.append((conn, BODY_TIMEOUT))
+        for conn, answer in expired:
+            conn.expire(answer)
+        self.loop.call_later(self.interval, self.sweep)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -105,19 +135,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.limit_concurrency = None  # the cap is ours (connection_made), not uvicorn's per-request 503
         limits = current_limits()
-        self._header_timeout = limits.header_timeout
-        self._body_timeout = limits.body_timeout
         self._max_connections = limits.max_connections
         self._max_requests = limits.keep_alive_max_requests
         state = self.server_state
         shared = getattr(state, "cityos_shared", None)
         if shared is None:
-            shared = _Shared()
+            shared = _Shared(limits, self.timeout_keep_alive, self.loop)
             state.cityos_shared = shared  # type: ignore[attr-defined]
         self._shared: _Shared = shared
-        self._timer: asyncio.TimerHandle | None = None
-        self._head_done_at = 0.0
-        self._requests = 0
+        self.requests = 0
+        self.head_started = False
         self._refused = False
 
     # -- connection ---------------------------------------------------------------------------
@@ -127,8 +154,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(transport)
             return
         super().connection_made(transport)
-        self._shared.waiting[self] = None
-        self._timer = self.loop.call_later(self._header_timeout, self._on_deadline)
+        self._shared.waiting[self] = self.loop.time()
 
     def _evict_one(self) -> bool:
         """Close the connection that has waited longest for a request head; False if none waits."""
@@ -136,10 +162,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         while waiting:
             victim, _ = waiting.popitem(last=False)
             if victim.transport is not None and not victim.transport.is_closing():
-                victim._cancel_timer()
                 victim.connections.discard(victim)  # its slot is free now, not when the loop gets to it
                 victim.transport.close()
-                self._shared.evicted += 1
                 return True
         return False
 
@@ -159,13 +183,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         except (NotImplementedError, RuntimeError, OSError):
             transport.close()
             return
-        self._timer = self.loop.call_later(LINGER, transport.close)
+        self.loop.call_later(LINGER, transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
         if self._refused:
             return
         self._shared.waiting.pop(self, None)
+        self._shared.receiving.pop(self, None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -182,51 +206,48 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._timer is None:  # a later request on a kept-alive connection: its head starts now
-            self._timer = self.loop.call_later(self._header_timeout, self._on_deadline)
+        self.head_started = True
 
     def on_headers_complete(self) -> None:
-        self._shared.waiting.pop(self, None)
-        self._head_done_at = self.loop.time()
+        shared = self._shared
+        shared.waiting.pop(self, None)
+        shared.receiving[self] = self.loop.time()
         super().on_headers_complete()
-        self._requests += 1
-        if self._max_requests and self._requests >= self._max_requests and self.cycle is not None:
+        self.requests += 1
+        if self._max_requests and self.requests >= self._max_requests and self.cycle is not None:
             self.cycle.keep_alive = False  # answered with Connection: close, then closed
 
     def on_message_complete(self) -> None:
-        self._cancel_timer()
+        self._shared.receiving.pop(self, None)
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._shared.waiting[self] = None  # idle until the next head; the keep-alive timer runs
+        """uvicorn's, but the wait for the next request is timed by the sweep, not by a timer of
+        its own (one timer set and cancelled per request is most of what this class would cost)."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self.head_started = False
+            self._shared.waiting[self] = self.loop.time()
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _on_deadline(self) -> None:
-        """The head timer fired; once the head is in, the same timer waits for the body."""
-        self._timer = None
+    def expire(self, answer: bytes) -> None:
+        """Close this connection, past its deadline, with `answer` (a 408) unless an answer began."""
+        self._shared.waiting.pop(self, None)
+        self._shared.receiving.pop(self, None)
         if self.transport is None or self.transport.is_closing():
             return
-        if self in self._shared.waiting or self.cycle is None:
-            self._close_with(HEADER_TIMEOUT)
-            return
-        if self.cycle.more_body is False:
-            return
-        left = self._head_done_at + self._body_timeout - self.loop.time()
-        if left > 0:
-            self._timer = self.loop.call_later(left, self._on_deadline)
-            return
-        self.cycle.disconnected = True  # the app's receive() answers http.disconnect: nothing is written
-        self.cycle.message_event.set()
-        self._close_with(BODY_TIMEOUT if not self.cycle.response_started else b"")
-
-    def _close_with(self, answer: bytes) -> None:
-        self._shared.waiting.pop(self, None)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's receive() answers http.disconnect: nothing is written
+            cycle.message_event.set()
+            if cycle.response_started:
+                answer = b""
         if answer:
             self.transport.write(answer)
         self.transport.close()
