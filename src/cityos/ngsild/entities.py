@@ -37,6 +37,7 @@ from cityos.ngsild.forwarding import forward_retrieve
 from cityos.ngsild.join import JoinPlan, join_plan, render_joined
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
 from cityos.ngsild.querying import purge_entities, query_entities, type_filter
+from cityos.query import budget
 from cityos.query.projection import Projected, depth, parse_projection
 from cityos.store.base import MutationResult
 from cityos.store.temporal_base import SCOPE_ATTR
@@ -203,6 +204,7 @@ async def create_entity(request: Request) -> Response:
     return Response(status_code=201, headers={"Location": location})
 
 
+@budget.per_request  # a join's fetches and renderings share one --query-timeout
 async def retrieve_entity(request: Request) -> Response:
     check_params(request, RETRIEVE_PARAMS)
     media = accept(request, (JSON, JSON_LD, GEO_JSON))

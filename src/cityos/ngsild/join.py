@@ -9,6 +9,7 @@ from typing import Any
 from cityos.entities.model import Entity
 from cityos.entities.render import RenderOptions, render_entity
 from cityos.errors import BadRequestData
+from cityos.query import budget
 from cityos.query.projection import Projected, depth
 from cityos.store.base import EntityQuery, EntityStore
 
@@ -78,7 +79,7 @@ def _options_for(
 async def _fetch(store: EntityStore, tenant: str, ids: set[str]) -> dict[str, Entity]:
     if not ids:
         return {}
-    result = await store.query_entities(tenant, EntityQuery(ids=sorted(ids)))
+    result = await budget.within(store.query_entities(tenant, EntityQuery(ids=sorted(ids))))
     return {entity["id"]: entity for entity in result.entities}
 
 
@@ -106,11 +107,13 @@ async def render_joined(
     cache: dict[str, Entity] = {}
 
     async def linked(entity: Entity, keep: frozenset[str] | None) -> list[tuple[str, list[Entity]]]:
+        budget.check()  # one store query per entity and level: the request's budget, not each query's
         wanted = {o for _, objects in _targets(entity, keep) for o in objects if o not in cache}
         cache.update(await _fetch(store, tenant, wanted))
         return [(iri, [cache[o] for o in objects if o in cache]) for iri, objects in _targets(entity, keep)]
 
     async def inline(entity: Entity, options: RenderOptions, pick: Any, omit: Any, depth: int) -> dict[str, Any]:
+        budget.check()
         out = render_entity(entity, options)
         if depth >= plan.level:
             return out
@@ -140,6 +143,7 @@ async def render_joined(
             if entity["id"] in seen:
                 continue
             seen.add(entity["id"])
+            budget.check()
             results.append(render_entity(entity, options))
             if level == plan.level:
                 continue

@@ -29,6 +29,7 @@ from cityos.ngsild.common import (
 )
 from cityos.ngsild.join import join_plan
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
+from cityos.query import budget
 from cityos.query.entity_query import QuerySpec, build_entity_query, ordering, type_predicate
 from cityos.query.ordering import check_collation
 from cityos.store.base import EntityQuery
@@ -243,6 +244,7 @@ async def query_entities(request: Request) -> Response:
     return await run_query(request, tenant_name, context, query, media)
 
 
+@budget.per_request  # the store, join and rendering share one --query-timeout
 async def run_query(
     request: Request,
     tenant_name: str,
@@ -263,7 +265,9 @@ async def run_query(
     headers = {"NGSILD-Results-Count": str(result.total)} if wants_count and result.total is not None else {}
     links = pagination_links(request, limit, offset, result.has_more, emap.entity_map.query if emap else "")
     if media == GEO_JSON:
-        features = [to_geojson_feature(e, render, params.get("geometryProperty")) for e in result.entities]
+        features = [
+            to_geojson_feature(e, render, params.get("geometryProperty")) for e in budget.checked(result.entities)
+        ]
         geojson = geojson_response(request, {"type": "FeatureCollection", "features": features}, context)
         return entity_maps.answer(geojson, emap)
     from cityos.ngsild.entities import request_join_plan
@@ -274,7 +278,7 @@ async def run_query(
         body = await render_joined(result.entities, render, plan, services(request).store, tenant_name)
     else:
         # an entity whose every member the projection removed is left out (019_17_01)
-        body = [rendered for entity in result.entities if (rendered := render_entity(entity, render))]
+        body = [rendered for entity in budget.checked(result.entities) if (rendered := render_entity(entity, render))]
     response = json_response(body, media=media, context=context, headers=headers)
     for value in links:
         response.headers.append("Link", value)

@@ -46,6 +46,7 @@ from cityos.ngsild.querying import (
     pagination_links,
     spec_from_params,
 )
+from cityos.query import budget
 from cityos.query.entity_maps import render as render_map
 from cityos.query.entity_query import QuerySpec, build_entity_query, scope_predicate
 from cityos.store.temporal_base import AggregationSpec, TemporalQuery, TemporalWindow
@@ -218,6 +219,7 @@ async def query_temporal_post(request: Request) -> Response:
     return await _answer(request, tenant_name, context, query, temporal, media)
 
 
+@budget.per_request  # the store and the rendering share one --query-timeout
 async def _answer(
     request: Request,
     tenant_name: str,
@@ -244,12 +246,12 @@ async def _answer(
         aggregated = await store.temporal_aggregate(tenant_name, query, spec)
         body = [
             render_aggregated(e, temporal.view.options, temporal.aggregation, temporal.window)
-            for e in aggregated.entities
+            for e in budget.checked(aggregated.entities)
         ]
         total, has_more, cut = aggregated.total, aggregated.has_more, None
     else:
         result = await store.temporal_query(tenant_name, query)
-        body = [render_temporal(e, temporal.view) for e in result.entities]
+        body = [render_temporal(e, temporal.view) for e in budget.checked(result.entities)]
         total, has_more, cut = result.total, result.has_more, result.cut
     if query.count and total is not None:
         headers["NGSILD-Results-Count"] = str(total)
@@ -272,6 +274,7 @@ def _aggregation_spec(temporal: TemporalRequest) -> AggregationSpec:
     return AggregationSpec(duration.months, duration.micros, temporal.window.start)
 
 
+@budget.per_request
 async def retrieve_temporal(request: Request, entity_id: str) -> Response:
     """GET /temporal/entities/{id}."""
     check_params(request, RETRIEVE_PARAMS)

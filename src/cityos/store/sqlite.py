@@ -22,6 +22,7 @@ from cityos.entities.expiry import next_expiry, now_key, visible
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import DatabaseBusy, NgsiLdError, QueryTimeout
+from cityos.query import budget
 from cityos.query.patterns import found
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import (
@@ -552,9 +553,12 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
         """A read that SQLite aborts once query_timeout has passed (QueryTimeout), holding one of the
         client's fair share of readers (store/fair.py)."""
         timeout = self.query_timeout
+        request_end = budget.deadline()  # the request's budget (query/budget.py) may end sooner
 
         def run(connection: sqlite3.Connection) -> T:
             deadline = time.monotonic() + timeout
+            if request_end is not None:
+                deadline = min(deadline, request_end)
             connection.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
             try:
                 return fn(connection)
