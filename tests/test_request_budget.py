@@ -72,7 +72,7 @@ def test_rendering_a_page_stops_at_the_query_timeout(limited_server: Callable[..
     took = time.monotonic() - started
     assert response.status_code == 403, f"{response.status_code} after {took:.1f} s"
     assert response.json()["title"] == "Query took too long"
-    assert took < 3.0
+    assert took < 5.0  # a 1 s budget; generous for a loaded machine (the answer was 200, before)
     few = httpx.get(f"{base}{ENTITIES}", params={"type": "Wide", "limit": "5"}, timeout=30)
     assert few.status_code == 200 and len(few.json()) == 5
 

@@ -51,6 +51,7 @@ def _densify(geom: Any) -> Any:
     step = max(SEGMENT_DEGREES, float(shapely.length(geom)) / MAX_DENSIFIED_POINTS)
     return shapely.segmentize(geom, step)
 
+
 PREFILTER_MARGIN = 1.0  # metres added to maxDistance for the prefilter: covers the chords' deviation
 FULL_LON = (-180.0, 180.0)
 

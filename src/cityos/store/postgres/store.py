@@ -28,6 +28,7 @@ from cityos.entities.expiry import next_expiry, now_key, visible
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import BadRequestData, NgsiLdError, QueryTimeout
+from cityos.query import budget
 from cityos.query.patterns import id_pattern_in_python
 from cityos.store.base import (
     ChangeListener,
@@ -375,7 +376,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
                 cursor = await connection.cursor(sql, *p.values)
                 loop = asyncio.get_running_loop()
                 while records := await cursor.fetch(_CURSOR_PREFETCH):
-                    documents = [orjson.loads(record["doc"]) for record in records]
+                    documents = [orjson.loads(record["doc"]) for record in budget.checked(records)]
                     if query.predicate is None:
                         more = _feed(pager, documents)
                     else:  # it may call lookup_in_query, which needs this loop free
@@ -399,7 +400,8 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
             sql += f" LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}"
             page_params += [query.limit + 1, query.offset]
         rows = await connection.fetch(sql, *page_params)
-        entities = [entity for row in rows if (entity := visible(orjson.loads(row["doc"]))) is not None]
+        decoded = (visible(orjson.loads(row["doc"])) for row in budget.checked(rows))  # decoded on the loop
+        entities = [entity for entity in decoded if entity is not None]
         has_more = query.limit is not None and len(entities) > query.limit
         if has_more:
             entities.pop()
