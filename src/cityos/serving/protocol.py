@@ -246,8 +246,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the app's receive() answers http.disconnect: nothing is written
             cycle.message_event.set()
-            if cycle.response_started:
-                answer = b""
+        if cycle is not None and cycle.response_started and answer is BODY_TIMEOUT:
+            answer = b""  # answered already (say a 413 before the whole body): just close
         if answer:
             self.transport.write(answer)
         self.transport.close()
