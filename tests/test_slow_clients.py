@@ -72,13 +72,13 @@ def test_half_sent_heads_are_dropped_after_the_header_timeout_while_others_are_s
     async def scenario() -> None:
         served = asyncio.create_task(normal_client_latencies(server.base, 2.5))
         slow = await open_slow(server.port, 600)
-        endings = await asyncio.gather(*(read_all(r, 5) for r, _, _ in slow))
+        endings = await asyncio.gather(*(read_all(r, 8) for r, _, _ in slow))
         latencies = await served
         assert latencies and max(latencies) < 1.0, latencies
         for (data, closed_at), (_, _, opened) in zip(endings, slow, strict=True):
             assert data.startswith(b"HTTP/1.1 408 "), data[:80]
             assert b"connection: close" in data
-            assert 0.8 < closed_at - opened < 2.5
+            assert 0.8 < closed_at - opened < 4.0  # 1 s, a sweep (0.25 s) and a loaded machine
         for _, writer, _ in slow:
             writer.close()
 
@@ -91,7 +91,7 @@ def test_a_head_never_started_is_dropped_too(server: LoggedServer) -> None:
         start = time.monotonic()
         data, closed_at = await read_all(reader, 5)
         assert data.startswith(b"HTTP/1.1 408 ")
-        assert 0.8 < closed_at - start < 3.0
+        assert 0.8 < closed_at - start < 4.0
         writer.close()
 
     asyncio.run(scenario())
@@ -120,7 +120,7 @@ def test_a_trickled_body_is_cut_at_the_body_timeout_and_nothing_is_written(serve
         data, closed_at = await ending
         assert data.startswith(b"HTTP/1.1 408 "), data[:80]
         assert b"body" in data
-        assert 0.8 < closed_at - start < 2.5
+        assert 0.8 < closed_at - start < 4.0
         writer.close()
 
     asyncio.run(scenario())
@@ -193,7 +193,7 @@ def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout(se
         answered = time.monotonic()
         rest, closed_at = await read_all(reader, 5)
         assert b"HTTP/1.1" not in rest  # closed without another answer (no 408 on an idle connection)
-        assert 0.8 < closed_at - answered < 2.5
+        assert 0.8 < closed_at - answered < 4.0
         writer.close()
 
     asyncio.run(scenario())
@@ -216,11 +216,11 @@ def test_each_worker_applies_the_limits(fresh_postgres: str, tmp_path: Path) -> 
     async def scenario() -> None:
         served = asyncio.create_task(normal_client_latencies(server.base, 2.0))
         slow = await open_slow(server.port, 40)
-        endings = await asyncio.gather(*(read_all(r, 5) for r, _, _ in slow))
+        endings = await asyncio.gather(*(read_all(r, 8) for r, _, _ in slow))
         assert max(await served) < 1.0
         for (data, closed_at), (_, _, opened) in zip(endings, slow, strict=True):  # whichever worker accepted it
             assert data.startswith(b"HTTP/1.1 408 ")
-            assert 0.8 < closed_at - opened < 2.5
+            assert 0.8 < closed_at - opened < 4.0  # 1 s, a sweep (0.25 s) and a loaded machine
         for _, writer, _ in slow:
             writer.close()
 
