@@ -39,6 +39,8 @@ from cityos.ngsild import (
 )
 from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.pipeline import WritePipeline, context_registry, settings_store
+from cityos.policy import http as policy_http
+from cityos.policy.service import access_policies
 from cityos.settings import Settings
 from cityos.store.base import StoreEvent
 from cityos.store.fair import current_client
@@ -268,6 +270,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     pipeline = WritePipeline(services.store, registry, settings)
     ingest = IngestService(services.store, registry, settings)
+    policies = access_policies(settings, services)  # None with --auth off: the OpenAuthorizer stays
 
     startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
 
@@ -287,7 +290,12 @@ def create_app(settings: Settings) -> Starlette:
         stack.push_async_callback(registry.aclose)
         await services.store.open()
         stack.push_async_callback(services.store.close)
-        services.store.set_event_listener(_follow_other_workers(pipeline, ingest))
+        follow = _follow_other_workers(pipeline, ingest)
+        if policies is not None:
+            policies.audit = services.audit
+            await policies.start()
+            follow = policies.follow(follow)
+        services.store.set_event_listener(follow)
         stack.callback(services.store.set_event_listener, None)
         await pipeline.start()  # before the first write: every change is matched and recorded
         stack.push_async_callback(pipeline.stop)
@@ -307,6 +315,7 @@ def create_app(settings: Settings) -> Starlette:
         *entity_maps.routes(),
         *temporal.routes(),
         *ingest.routes(),
+        *policy_http.routes(),
         Route("/version", version_info, methods=["GET"]),
     ]
     handlers: dict[Any, Any] = {
@@ -319,7 +328,10 @@ def create_app(settings: Settings) -> Starlette:
     app.state.services = services
     app.state.subscriptions = pipeline.subscriptions
     app.state.ingest = ingest
+    app.state.policies = policies
     app.add_middleware(LastResort)  # innermost: answers what no handler knew, keeps the connection
+    if policies is not None:
+        app.add_middleware(policy_http.PurposeMiddleware)
     keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))
     app.add_middleware(
         ProtocolGuard, max_body_bytes=settings.max_body_bytes, keep_slash=(*keep_slash, temporal.SELF_ROUTED)

@@ -36,6 +36,11 @@ class Settings:
     insecure_open: bool = _setting(
         False, "Allow --auth off on a non-loopback --host (a deliberate open deployment, e.g. behind a gateway)."
     )
+    policy_file: str = _setting(
+        "",
+        "With --auth required: a YAML or JSON file of access policies, brought into the database at start "
+        "and on POST /cityos/v1/admin/policies/reload (docs/security.md).",
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning, error.")
     access_log: bool = _setting(
         False, "Log one line per HTTP request (method, path, status) at INFO; on at --log-level debug anyway."
