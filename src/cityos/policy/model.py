@@ -99,8 +99,10 @@ class Conditions:
         return True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Policy:
+    """Compared and hashed by identity: compiled views are cached by the policies they come from."""
+
     id: str
     effect: str  # "allow", "deny", or "personal" (a personal-data marker)
     who: Who
