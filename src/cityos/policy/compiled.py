@@ -70,7 +70,8 @@ class Rule:
             self.test = lambda e: all(t(e) for t in tests)
 
     def covers(self, attr: str) -> bool:
-        return self.resources.attr_allowed(attr)
+        resources = self.resources
+        return (resources.attrs is None or attr in resources.attrs) and attr not in resources.except_attrs
 
 
 def _extra_tests(resources: Resources) -> list[EntityTest]:
@@ -137,32 +138,43 @@ class CompiledView:
     def visible(self, entity: Entity) -> bool:
         if self.everything:
             return True
-        if self.nothing:
-            return False
         for deny in self.entity_denies:
             if deny.test(entity):
                 return False
-        return any(allow.test(entity) for allow in self.allows)
+        for allow in self.allows:  # noqa: SIM110 (a loop, not any(): this runs for every entity a query reads)
+            if allow.test(entity):
+                return True
+        return False
 
     def readable(self, entity: Entity) -> frozenset[str] | None:
         """The attributes of `entity` this view lets through; None: all of them."""
         matching = [a for a in self.allows if a.test(entity)]
         denies = [d for d in self.attr_denies if d.test(entity)]
-        if not denies and any(not a.attribute_limited for a in matching):
-            return None
-        return frozenset(
-            attr
-            for attr in entity["attrs"]
-            if any(a.covers(attr) for a in matching) and not any(d.covers(attr) for d in denies)
-        )
+        for allow in matching:
+            if not allow.attribute_limited and not denies:
+                return None
+        keep = []
+        for attr in entity["attrs"]:
+            for allow in matching:
+                if allow.covers(attr):
+                    break
+            else:
+                continue
+            for deny in denies:
+                if deny.covers(attr):
+                    break
+            else:
+                keep.append(attr)
+        return frozenset(keep)
 
     def project(self, entity: Entity) -> Entity:
         if not self.projects:
             return entity
         keep = self.readable(entity)
-        if keep is None or len(keep) == len(entity["attrs"]):
+        attrs = entity["attrs"]
+        if keep is None or len(keep) == len(attrs):
             return entity
-        return {**entity, "attrs": {k: v for k, v in entity["attrs"].items() if k in keep}}
+        return {**entity, "attrs": {k: v for k, v in attrs.items() if k in keep}}
 
     def personal_attrs(self, entity: Entity) -> list[str]:
         """The personal data in an entity as this view returns it (after project)."""

@@ -17,6 +17,14 @@ from cityos.query.geo import _to_shape
 LOCATION = NGSI + "location"
 
 
+def _is_xy(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) >= 2
+        and all(isinstance(c, int | float) and not isinstance(c, bool) for c in value[:2])
+    )
+
+
 def check_area(value: Any) -> dict[str, Any]:
     geometry = check_geometry(value, "resources.area")
     if geometry["type"] not in ("Polygon", "MultiPolygon"):
@@ -36,8 +44,14 @@ def inside(area: dict[str, Any]) -> Callable[[Entity], bool]:
         if not instances:
             return False
         for instance in instances:
-            point = _to_shape(instance.get("value"))
-            if point is None or not polygon.covers(point):
+            value = instance.get("value")
+            coordinates: Any = value.get("coordinates") if isinstance(value, dict) else None
+            if isinstance(value, dict) and value.get("type") == "Point" and _is_xy(coordinates):
+                if not shapely.intersects_xy(polygon, coordinates[0], coordinates[1]):  # a point: on or inside
+                    return False
+                continue
+            shape = _to_shape(value)
+            if shape is None or not polygon.covers(shape):
                 return False
         return True
 
