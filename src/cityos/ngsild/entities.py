@@ -218,12 +218,13 @@ async def retrieve_entity(request: Request) -> Response:
     if media != GEO_JSON and request.query_params.get("geometryProperty") is not None:
         raise BadRequestData("geometryProperty needs Accept: application/geo+json")
     entity = await services(request).store.get_entity(tenant_name, entity_id)
+    read = access.view(request, tenant_name)
     if entity is None:
-        remote = await forward_retrieve(request, tenant_name, entity_id)
+        # a remote entity is not filtered by the policies: a restricted caller is not forwarded
+        remote = await forward_retrieve(request, tenant_name, entity_id) if read.unrestricted else None
         if remote is None:
             raise ResourceNotFound(f"entity {entity_id} does not exist")
         return json_response(remote, media=media, context=context)
-    read = access.view(request, tenant_name)
     entity = await access.visible_or_404(request, tenant_name, read, entity)
     type_param = request.query_params.get("type")
     if type_param is not None and not set(type_filter(type_param, context)) & set(entity["type"]):
