@@ -224,8 +224,13 @@ def test_attribute_write_rules() -> None:
 
 def test_restrict_puts_the_policy_into_the_query() -> None:
     view = authorizer(PUBLIC_PARKING).read_view(ANONYMOUS, "")
-    plain = restrict(EntityQuery(types=[D + "OffStreetParking"]), view)
+    plain = restrict(EntityQuery(attrs=None), view)
     assert plain.access == AccessPrefilter(types=[D + "OffStreetParking"]) and plain.predicate is None
+    # a type query the policy allows as a whole needs no second type filter
+    typed = restrict(EntityQuery(types=[D + "OffStreetParking"]), view)
+    assert typed.access is None and typed.predicate is None
+    wider = restrict(EntityQuery(types=[D + "OffStreetParking", D + "Vehicle"]), view)
+    assert wider.access == AccessPrefilter(types=[D + "OffStreetParking"])
     # a q on the hidden contract sees the entity without it: never matches
     hidden = restrict(EntityQuery(predicate=lambda e: D + "contract" in e["attrs"]), view)
     assert hidden.predicate is not None and not hidden.predicate(parking(1))
