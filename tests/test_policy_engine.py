@@ -254,3 +254,14 @@ def test_personal_markers() -> None:
     view = engine.read_view(user("police"), "")
     assert view.personal_attrs(vehicle(1)) == [D + "licensePlate"]
     assert view.personal_attrs(parking(1)) == []
+
+
+def test_allows_for_resources_and_types() -> None:
+    subscribe_parking = {**PUBLIC_PARKING, "id": "sub", "actions": ["subscribe"]}
+    anyone_subscribes = {**subscribe_parking, "id": "all", "principals": {"roles": ["city"]}, "resources": {}}
+    engine = authorizer(subscribe_parking, anyone_subscribes)
+    parking_type = (D + "OffStreetParking",)
+    assert engine.allows(ANONYMOUS, "subscribe", Target("", types=parking_type, resource="subscription"))
+    assert not engine.allows(ANONYMOUS, "subscribe", Target("", resource="subscription"))  # every type
+    assert engine.allows(user("city"), "subscribe", Target("", resource="subscription"))
+    assert not engine.allows(user("city"), "read", Target("", resource="subscription"))

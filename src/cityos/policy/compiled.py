@@ -310,13 +310,16 @@ class PolicyAuthorizer:
         )
 
     def allows(self, principal: Principal, action: Action, target: Target) -> bool:
-        """Non-entity targets (resource set) need an applicable allow without entity constraints;
-        an entity target is judged by its id and types (and, if given, the attributes written)."""
+        """A target naming no entity and no type (a tenant-wide resource: "subscription",
+        "registration", ...) needs an applicable allow without data constraints and no such deny;
+        otherwise the target is judged by its id and types (and, if given, the attributes), as an
+        entity with those would be (no location: an area rule does not match)."""
         view = self._view(principal, target.tenant, action)
         if view.nothing:
             return False
-        if target.resource is not None and target.entity_id is None:
-            return any(not a.constrained for a in view.allows) and not view.entity_denies
+        if target.entity_id is None and not target.types:
+            unconstrained = any(not a.constrained for a in view.allows)
+            return unconstrained and not any(not d.constrained for d in view.entity_denies)
         probe: Entity = {
             "id": target.entity_id or "",
             "type": list(target.types),
