@@ -121,11 +121,14 @@ async def temporal_write(
     read = authorizer.read_view(caller, tenant)
     if read.unrestricted:
         return
-    info = await services(request).store.temporal_entity(tenant, entity_id)
+    store = services(request).store
+    info = await store.temporal_entity(tenant, entity_id)
     known = list(info.types) if info is not None else []
-    probe: Entity = {"id": entity_id, "type": known or list(types), "attrs": {a: [] for a in attrs}}
+    # visibility is judged on the current entity where there is one (an area policy needs its location)
+    current = await store.get_entity(tenant, entity_id)
+    probe: Entity = current or {"id": entity_id, "type": known or list(types), "attrs": {a: [] for a in attrs}}
     error: NgsiLdError | None = None
-    if info is not None and not read.visible(probe):
+    if (info is not None or current is not None) and not read.visible(probe):
         error = HiddenEntity(f"entity {entity_id} has no temporal evolution")
     else:
         all_types = tuple(dict.fromkeys([*known, *types]))
