@@ -152,3 +152,23 @@ def test_policy_file_reload(policy_server: tuple[LoggedServer, Path]) -> None:
         assert refused.status_code == 400 and "broken" not in [p["id"] for p in http.get(ADMIN).json()["policies"]]
         policy_file.write_text(yaml.safe_dump({"policies": CITY_POLICIES}))
         assert len(http.post(ADMIN + "/reload").json()["changed"]) == 1
+
+
+def test_a_bad_policy_file_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    policy_file = tmp_path / "bad.yaml"
+    policy_file.write_text("policies: [{id: broken, effect: allow}]")
+    server = LoggedServer(
+        tmp_path / "server.log",
+        "--auth",
+        "required",
+        "--policy-file",
+        str(policy_file),
+        env={"CITYOS_DATABASE": str(tmp_path / "city.db")},
+    )
+    server.start(wait=False)
+    try:
+        assert server.wait(60) != 0
+    finally:
+        server.stop()
+    log = server.log()
+    assert "policy 1: principals must name someone" in log and "Traceback" not in log

@@ -293,7 +293,11 @@ def create_app(settings: Settings) -> Starlette:
         follow = _follow_other_workers(pipeline, ingest)
         if policies is not None:
             policies.audit = services.audit
-            await policies.start()
+            try:
+                await policies.start()
+            except (OSError, ValueError) as exc:  # a missing or invalid --policy-file: one line
+                startup_problem.append(f"cannot start: the policy file was not loaded: {exc}")
+                raise
             follow = policies.follow(follow)
         services.store.set_event_listener(follow)
         stack.callback(services.store.set_event_listener, None)
