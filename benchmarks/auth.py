@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from benchmarks.entities import ENTITY_TYPE
+from benchmarks.future import NOT_YET
 from benchmarks.report import Row
 from benchmarks.servers import ServerProcess, cityos_server
 from benchmarks.workloads import Workload
@@ -70,7 +71,7 @@ def auth_rows(bench: Bench, server: ServerProcess, backend: str, url: str | None
     key = _create_key(database)
     if key is None:
         for row in rows:
-            row.skipped = "skipped: this CityOS has no API keys yet (cityos keys create)"
+            row.skipped = NOT_YET  # no API keys in this CityOS (cityos keys create)
         return rows
     policy_file = Path(bench.workdir) / "bench-policies.json"
     policy_file.write_bytes(orjson.dumps(POLICIES))
