@@ -12,7 +12,7 @@ import orjson
 from cityos.errors import AlreadyExists
 from cityos.store.base import StoreEvent
 from cityos.store.policy_base import PolicyChange, PolicyRow
-from cityos.store.postgres.busy import Transactions, read_again_once, unavailable_when_lost
+from cityos.store.postgres.busy import Transactions, read_again_once
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
@@ -52,11 +52,12 @@ class PostgresPolicies(Transactions):
 
         async def _notify(self, connection: Connection, event: StoreEvent) -> None: ...
 
-    @unavailable_when_lost
     async def change_policy(
         self, change: PolicyChange, policy_id: str, document: dict[str, Any] | None, *, by: str, source: str = "api"
     ) -> PolicyRow | None:
-        async with self._transaction() as connection:
+        doc = None if change == "delete" else orjson.dumps(document).decode()
+
+        async def work(connection: Connection) -> PolicyRow | None:  # run again as a whole on a conflict
             await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
             current = await connection.fetchrow(
                 "SELECT doc FROM policy_versions WHERE id = $1 ORDER BY version DESC LIMIT 1", policy_id
@@ -66,7 +67,6 @@ class PostgresPolicies(Transactions):
                 raise AlreadyExists(f"policy {policy_id} already exists")
             if change != "create" and not exists:
                 return None
-            doc = None if change == "delete" else orjson.dumps(document).decode()
             record = await connection.fetchrow(
                 "INSERT INTO policy_versions (id, doc, changed_by, source) VALUES ($1, $2, $3, $4)"
                 f" RETURNING {_COLUMNS}",
@@ -78,6 +78,8 @@ class PostgresPolicies(Transactions):
             await self._notify(connection, StoreEvent("policy", "", policy_id))
             assert record is not None
             return _row(record)
+
+        return await self._write(work)
 
     @read_again_once
     async def load_policies(self) -> tuple[int, list[PolicyRow]]:
