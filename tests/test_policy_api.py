@@ -3,6 +3,9 @@ back-ends: the admin API (versions, history, validation) and the policy file."""
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,8 @@ import yaml
 
 from server_process import LoggedServer
 
+# API keys come with the identity work; without it every request acts as the open principal (an admin)
+IDENTITY = importlib.util.find_spec("cityos.auth.middleware") is not None
 ADMIN = "/cityos/v1/admin/policies"
 D = "https://uri.etsi.org/ngsi-ld/default-context/"
 DISTRICT = [[[-3.72, 40.40], [-3.68, 40.40], [-3.68, 40.43], [-3.72, 40.43], [-3.72, 40.40]]]
@@ -47,12 +52,35 @@ CITY_POLICIES: list[dict[str, Any]] = [
 ]
 
 
+def make_key(database: str, *args: str) -> str:
+    """A key made as an operator makes one (`cityos keys create`); its token alone is printed."""
+    from backends import cli_env
+
+    done = subprocess.run(
+        [sys.executable, "-m", "cityos", "keys", "create", *args, "--database", database],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def admin_headers(database: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_key(database, '--name', 'admin', '--role', 'admin')}"} if IDENTITY else {}
+
+
+class PolicyServer(LoggedServer):
+    headers: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
-def policy_server(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LoggedServer, Path]]:
+def policy_server(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PolicyServer, Path]]:
     workdir = tmp_path_factory.mktemp("policies")
     policy_file = workdir / "city.yaml"
     policy_file.write_text(yaml.safe_dump({"policies": CITY_POLICIES}))
-    server = LoggedServer(
+    server = PolicyServer(
         workdir / "server.log",
         "--auth",
         "required",
@@ -62,6 +90,7 @@ def policy_server(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) 
         "warning",
         env={"CITYOS_DATABASE": module_db_url},
     )
+    server.headers = admin_headers(module_db_url)
     server.start()
     try:
         yield server, policy_file
@@ -69,19 +98,19 @@ def policy_server(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) 
         server.stop()
 
 
-def test_policy_file_is_loaded_and_versioned(policy_server: tuple[LoggedServer, Path]) -> None:
+def test_policy_file_is_loaded_and_versioned(policy_server: tuple[PolicyServer, Path]) -> None:
     server, _ = policy_server
-    listing = httpx.get(server.base + ADMIN).json()
+    listing = httpx.get(server.base + ADMIN, headers=server.headers).json()
     assert sorted(p["id"] for p in listing["policies"]) == sorted(p["id"] for p in CITY_POLICIES)
     assert listing["version"] >= len(CITY_POLICIES)
     assert all(p["source"] == "file" and p["changedBy"].startswith("file:") for p in listing["policies"])
-    one = httpx.get(server.base + ADMIN + "/public-reads-parking").json()
+    one = httpx.get(server.base + ADMIN + "/public-reads-parking", headers=server.headers).json()
     assert one["policy"] == CITY_POLICIES[1] and one["version"] >= 1
 
 
-def test_admin_api_create_replace_delete_history(policy_server: tuple[LoggedServer, Path]) -> None:
+def test_admin_api_create_replace_delete_history(policy_server: tuple[PolicyServer, Path]) -> None:
     server, _ = policy_server
-    with httpx.Client(base_url=server.base) as http:
+    with httpx.Client(base_url=server.base, headers=server.headers) as http:
         before = http.get(ADMIN).json()["version"]
         document = {
             "id": "bus-operator",
@@ -129,17 +158,17 @@ def test_admin_api_create_replace_delete_history(policy_server: tuple[LoggedServ
         },
     ],
 )
-def test_admin_api_refuses_bad_policies(policy_server: tuple[LoggedServer, Path], document: Any) -> None:
+def test_admin_api_refuses_bad_policies(policy_server: tuple[PolicyServer, Path], document: Any) -> None:
     server, _ = policy_server
-    response = httpx.post(server.base + ADMIN, json=document)
+    response = httpx.post(server.base + ADMIN, json=document, headers=server.headers)
     assert response.status_code == 400, response.text
     assert response.headers["content-type"].startswith("application/json")
-    assert httpx.get(server.base + ADMIN + "/x").status_code == 404  # nothing half-applied
+    assert httpx.get(server.base + ADMIN + "/x", headers=server.headers).status_code == 404  # nothing half-applied
 
 
-def test_policy_file_reload(policy_server: tuple[LoggedServer, Path]) -> None:
+def test_policy_file_reload(policy_server: tuple[PolicyServer, Path]) -> None:
     server, policy_file = policy_server
-    with httpx.Client(base_url=server.base) as http:
+    with httpx.Client(base_url=server.base, headers=server.headers) as http:
         version = http.get(ADMIN).json()["version"]
         assert http.post(ADMIN + "/reload").json()["changed"] == []  # unchanged: no new version
         policy_file.write_text(yaml.safe_dump({"policies": CITY_POLICIES[:2] + CITY_POLICIES[3:]}))

@@ -4,9 +4,10 @@ every representation), counts and paging under a policy, and the city's worked e
 operator writes parking only; the public reads parking availability but not the operator's
 contracts; the police read licence plates in one district).
 
-The app runs in-process with --auth required and the city's policy file; `Caller` sends requests as
-one principal. Here the principal is set by a test-only ASGI wrapper (the identity branch's API keys
-are the real door; tests/test_policy_api.py drives a real server with them).
+The app runs in-process with --auth required and the city's policy file (so the audit records can be
+read); `Caller` sends requests as one principal, with an API key made by `cityos keys create`. Without
+the identity work (no API keys) a test-only ASGI wrapper sets the principal instead.
+tests/test_policy_http.py drives a real server through the real door.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from cityos.app import create_app
 from cityos.audit.events import AuditEvent
 from cityos.auth.principal import ANONYMOUS, Principal, current_principal
 from cityos.settings import Settings
-from test_policy_api import CITY_POLICIES
+from test_policy_api import CITY_POLICIES, IDENTITY, make_key
 
 API = "/ngsi-ld/v1"
 D = "https://uri.etsi.org/ngsi-ld/default-context/"
+ROLES = {"admin": "admin", "operator": "parking-operator", "police": "police"}
 PRINCIPALS = {
     "admin": Principal("key:admin", "key", None, frozenset({"admin"})),
     "operator": Principal("key:operator", "key", frozenset({""}), frozenset({"parking-operator"})),
@@ -90,9 +92,14 @@ class Caller:
 class City:
     client: TestClient
     audit: Recorder
+    keys: dict[str, str]
 
     def as_(self, name: str, **headers: str) -> Caller:
-        return Caller(self.client, {"X-Test-Principal": name, **headers})
+        if not IDENTITY:
+            return Caller(self.client, {"X-Test-Principal": name, **headers})
+        if name == "anonymous":
+            return Caller(self.client, headers)
+        return Caller(self.client, {"Authorization": f"Bearer {self.keys[name]}", **headers})
 
 
 def parking(number: int) -> dict[str, Any]:
@@ -126,12 +133,13 @@ def observed(entity: dict[str, Any]) -> dict[str, Any]:
 def city(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[City]:
     policy_file = tmp_path_factory.mktemp("city") / "city.yaml"
     policy_file.write_text(yaml.safe_dump({"policies": CITY_POLICIES}))
+    keys = {n: make_key(module_db_url, "--name", n, "--role", r) for n, r in ROLES.items()} if IDENTITY else {}
     settings = Settings(database=module_db_url, auth="required", policy_file=str(policy_file))
     app = create_app(settings)
     recorder = Recorder()
     app.state.services.audit = recorder
-    with TestClient(AsPrincipal(app), base_url="http://127.0.0.1:1026") as client:
-        city = City(client, recorder)
+    with TestClient(app if IDENTITY else AsPrincipal(app), base_url="http://127.0.0.1:1026") as client:
+        city = City(client, recorder, keys)
         admin = city.as_("admin")
         entities = [parking(n) for n in range(1, 26)] + [vehicle("in", IN_DISTRICT), vehicle("out", OUTSIDE)]
         assert admin.post("entityOperations/upsert", json=entities).status_code == 201
@@ -225,13 +233,14 @@ def test_invisible_entities_are_not_found_never_forbidden(city: City) -> None:
 
 def test_tenants_are_isolated(city: City) -> None:
     operator = city.as_("operator", **{"NGSILD-Tenant": "other"})  # its key is for the default tenant
-    assert operator.get("entities/urn:ngsi-ld:OffStreetParking:99").status_code == 404
-    assert operator.get("entities", params={"type": "OffStreetParking"}).json() == []
-    assert operator.post("entityOperations/upsert", json=[parking(98)]).status_code in (207, 403)
-    assert (
-        city.as_("admin", **{"NGSILD-Tenant": "other"}).get("entities/urn:ngsi-ld:OffStreetParking:98").status_code
-        == 404
-    )
+    retrieved = operator.get("entities/urn:ngsi-ld:OffStreetParking:99")
+    assert retrieved.status_code in (403, 404) and "operator pays" not in retrieved.text
+    listed = operator.get("entities", params={"type": "OffStreetParking"})
+    assert listed.status_code == 403 or listed.json() == []
+    written = operator.post("entityOperations/upsert", json=[parking(98)])
+    assert written.status_code in (207, 403)
+    other_admin = city.as_("admin", **{"NGSILD-Tenant": "other"})
+    assert other_admin.get("entities/urn:ngsi-ld:OffStreetParking:98").status_code == 404
 
 
 # -- the parking operator writes parking, and only parking -----------------------------------------
@@ -291,7 +300,7 @@ def test_police_read_plates_in_their_district(city: City) -> None:
     assert [e["id"] for e in listed.json()] == ["urn:ngsi-ld:Vehicle:in"] and listed.headers[
         "NGSILD-Results-Count"
     ] == "1"
-    reads = [e for e in city.audit.events if e.operation == "entity.read-personal" and e.principal == "key:police"]
+    reads = [e for e in city.audit.events if e.operation == "entity.read-personal" and e.principal.startswith("key:")]
     assert (
         reads
         and reads[-1].targets == ["urn:ngsi-ld:Vehicle:in"]

@@ -7,8 +7,6 @@ counts and paging under a policy, and the policy admin API refused to a reader."
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,25 +17,12 @@ import yaml
 
 pytest.importorskip("cityos.auth.middleware", reason="needs the identity work (API keys)")
 
-from backends import cli_env
 from server_process import LoggedServer
-from test_policy_api import CITY_POLICIES
+from test_policy_api import CITY_POLICIES, make_key
 from test_policy_enforcement import IN_DISTRICT, OUTSIDE, observed, parking, vehicle
 
 API = "/ngsi-ld/v1"
 TEMPORAL = "/ngsi-ld/v1/temporal/entities"
-
-
-def make_key(database: str, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "cityos", "keys", "create", *args, "--database", database],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 @dataclass
