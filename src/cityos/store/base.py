@@ -13,6 +13,7 @@ from cityos.errors import NgsiLdError
 from cityos.policy.decision import AccessPrefilter
 from cityos.query.entity_maps import EntityMap
 from cityos.query.pushdown import ValueFilter
+from cityos.store.identity_base import IdentityStore
 from cityos.store.policy_base import PolicyStore
 from cityos.store.temporal_base import TemporalStore
 
@@ -166,7 +167,7 @@ class IngestRecord:
     document: dict[str, Any]
 
 
-class EntityStore(TemporalStore, PolicyStore, Protocol):
+class EntityStore(TemporalStore, IdentityStore, PolicyStore, Protocol):
     """Current state, subscriptions, maps and discovery; the temporal methods come from TemporalStore."""
 
     # True when several workers share the store: the subscription throttling is then decided by the

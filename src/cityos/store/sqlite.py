@@ -38,6 +38,7 @@ from cityos.store.fair import FairShare
 from cityos.store.paging import bounded
 from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, own_expiry
 from cityos.store.sqlite_catalog import SQLiteCatalog
+from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 
@@ -155,7 +156,7 @@ def _regexp(pattern: str, value: str | None) -> bool:
     return value is not None and found(pattern, value)
 
 
-class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLitePolicies):
+class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity, SQLitePolicies):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
 
     def __init__(
@@ -285,6 +286,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLitePolicies):
                 connection.executescript(SCHEMA)
                 connection.executescript(TEMPORAL_SCHEMA)
                 connection.executescript(POLICY_SCHEMA)  # additive: older files gain the table
+                connection.executescript(IDENTITY_SCHEMA)
                 row = connection.execute("SELECT version FROM schema_version").fetchone()
                 if row is None:
                     connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))

@@ -47,6 +47,7 @@ from cityos.store.paging import Pager, bounded, exact_in_sql
 from cityos.store.postgres.busy import read_again_once, session_settings
 from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.events import EventFollower, channel_for, notify
+from cityos.store.postgres.identity import PostgresIdentity
 from cityos.store.postgres.outbox import subscription_rows
 from cityos.store.postgres.policies import PostgresPolicies
 from cityos.store.postgres.schema import require_current
@@ -65,7 +66,7 @@ def _feed(pager: Pager, documents: list[Entity]) -> bool:
     return all(pager.offer(document) for document in documents)
 
 
-class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresPolicies):
+class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity, PostgresPolicies):
     throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
 
     def __init__(
