@@ -66,6 +66,8 @@ def problem_response(error: NgsiLdError) -> Response:
 
 async def ngsild_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NgsiLdError)
+    if exc.audit is not None:  # refused by access control (ngsild/guard.py)
+        await request.app.state.services.audit.record([exc.audit])
     return problem_response(exc)
 
 
@@ -318,6 +320,7 @@ def create_app(settings: Settings) -> Starlette:
     app.router.redirect_slashes = False
     app.state.services = services
     app.state.subscriptions = pipeline.subscriptions
+    pipeline.subscriptions.access_source = services  # notifications are screened with its policies
     app.state.ingest = ingest
     app.add_middleware(LastResort)  # innermost: answers what no handler knew, keeps the connection
     keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))

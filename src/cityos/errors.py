@@ -9,6 +9,7 @@ NgsiLdError
  ├── ResourceNotFound          404
  ├── NonexistentTenant         404
  ├── TooComplexQuery           403
+ ├── Forbidden                403  (not a spec type: access policies refuse the operation)
  ├── TooManyResults            403
  ├── LdContextNotAvailable     504
  ├── InternalError             500
@@ -25,7 +26,10 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from cityos.audit.events import AuditEvent
 
 ERROR_BASE = "https://uri.etsi.org/ngsi-ld/errors/"
 
@@ -36,6 +40,8 @@ class NgsiLdError(Exception):
     type_name: ClassVar[str] = "InternalError"
     status: ClassVar[int] = 500
     title: ClassVar[str] = "Internal error"
+    # a request refused by access control: the error handler records it (request.denied) before answering
+    audit: AuditEvent | None = None
 
     def __init__(self, detail: str = "", **extra: Any) -> None:
         super().__init__(detail)
@@ -85,6 +91,17 @@ class ResourceNotFound(NgsiLdError):
 
 class NonexistentTenant(NgsiLdError):
     type_name, status, title = "NonexistentTenant", 404, "Tenant does not exist"
+
+
+class Forbidden(NgsiLdError):
+    """The caller may see the resource but not do this to it (docs/security.md); what it may not
+    see at all answers 404 instead, so an error never tells that it exists."""
+
+    type_name, status, title = "Forbidden", 403, "Forbidden"
+
+    @property
+    def type_uri(self) -> str:
+        return "urn:cityos:errors:Forbidden"
 
 
 class TooComplexQuery(NgsiLdError):
