@@ -34,7 +34,7 @@ def settings(db_url: str) -> Settings:
 @pytest.fixture
 def secured(settings: Settings) -> Iterator[Secured]:
     with secured_app(settings) as app:
-        app.principal("admin", admin=True)
+        app.principal("admin", admin=True, tenants=None)
         app.principal("alice", types={DEFAULT + "Building"}, hidden={HEIGHT}, subscribe={DEFAULT + "Building"})
         app.principal("bob", types={DEFAULT + "Building"}, subscribe={DEFAULT + "Building"})
         app.principal("eve", types={DEFAULT + "Building"})

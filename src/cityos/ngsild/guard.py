@@ -69,13 +69,18 @@ def entity_target(tenant: str, entity: Entity, attrs: Sequence[str] = ()) -> Tar
     return Target(tenant=tenant, entity_id=entity["id"], types=tuple(entity.get("type", ())), attrs=tuple(attrs))
 
 
-def sees(request: Request, tenant: str, entity: Entity) -> bool:
-    """May the caller see this entity at all (an invisible one answers 404)."""
+def sees(request: Request, tenant: str, entity: Entity, attr: str | None = None) -> bool:
+    """May the caller see this entity at all (an invisible one answers 404) and, when `attr` is
+    given, that attribute of it (one it may not read does not exist for it either)."""
     who = principal(request)
     if who.unrestricted:
         return True
     view = services(request).authorizer.read_view(who, tenant, "read")
-    return view.unrestricted or view.visible(entity)
+    if view.unrestricted:
+        return True
+    if not view.visible(entity):
+        return False
+    return attr is None or attr in view.project(entity).get("attrs", {})
 
 
 def _what(target: Target) -> str:
