@@ -6,18 +6,23 @@ time to what the owner may read then, with real HTTP receivers on 127.0.0.1, on 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from access_helpers import DEFAULT, Secured, secured_app
+from backends import cli_env, db_rows
 from cityos.auth.principal import OPEN, Principal
 from cityos.settings import Settings
 from cityos.subscriptions.model import Subscription
 from cityos.subscriptions.owner import Owner
 from notify_helpers import Receiver, receiving
+from test_ingest_write_path import few_rows, subscribe_in
 
 SUBS = "/ngsi-ld/v1/subscriptions"
 ENTITIES = "/ngsi-ld/v1/entities"
@@ -263,3 +268,24 @@ class TestNotifications:
         write(secured, {**building(), **links})
         ids = [e["id"] for e in receiver.wait(1)[0].body["data"]]
         assert ids == [BUILDING, "urn:ngsi-ld:Building:2"]
+
+
+def test_a_command_with_auth_required_leaves_notifications_to_the_server(db_url: str, tmp_path: Path) -> None:
+    """`cityos import --database` has no policies to screen notifications with: with auth required
+    it delivers nothing itself and leaves the outbox to a server (which screens them)."""
+    source, mapping = few_rows(tmp_path)
+    with receiving() as receiver:
+        subscribe_in(db_url, receiver.url)
+        args = ("import", "csv", str(source), "--mapping", str(mapping), "--database", db_url, "--notify-wait", "2")
+        result = subprocess.run(
+            [sys.executable, "-m", "cityos", *args],
+            capture_output=True,
+            text=True,
+            env=cli_env(CITYOS_ALLOW_PRIVATE_NETWORKS="true", CITYOS_AUTH="required"),
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        time.sleep(0.5)
+        assert receiver.requests == []
+        assert db_rows(db_url, "SELECT count(*) FROM outbox") == [(3,)]
