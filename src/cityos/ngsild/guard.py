@@ -1,5 +1,5 @@
 """Access checks of the handlers for resources other than entities (subscriptions, registrations,
-@contexts, IoT provisioning, temporal deletes, purges): ask the Authorizer, and refuse in a way that
+@contexts, IoT provisioning): ask the Authorizer, and refuse in a way that
 never tells whether something the caller may not see exists.
 
 The rule (docs/security.md): what the caller may not see answers 404, exactly as if it did not
@@ -16,7 +16,6 @@ from starlette.requests import Request
 
 from cityos.audit.events import AuditEvent
 from cityos.auth.principal import Principal, current_request_id
-from cityos.entities.model import Entity
 from cityos.errors import Forbidden, NgsiLdError
 from cityos.ngsild.common import principal, services
 from cityos.policy.decision import Action, Target
@@ -63,24 +62,6 @@ def require(request: Request, action: Action, target: Target, *, hidden: NgsiLdE
 def hide(request: Request, action: str, target: Target, error: NgsiLdError) -> NgsiLdError:
     """`error` (the not-found answer) recorded as a refusal: for something the caller may not see."""
     return refusal(error, principal(request), action, target)
-
-
-def entity_target(tenant: str, entity: Entity, attrs: Sequence[str] = ()) -> Target:
-    return Target(tenant=tenant, entity_id=entity["id"], types=tuple(entity.get("type", ())), attrs=tuple(attrs))
-
-
-def sees(request: Request, tenant: str, entity: Entity, attr: str | None = None) -> bool:
-    """May the caller see this entity at all (an invisible one answers 404) and, when `attr` is
-    given, that attribute of it (one it may not read does not exist for it either)."""
-    who = principal(request)
-    if who.unrestricted:
-        return True
-    view = services(request).authorizer.read_view(who, tenant, "read")
-    if view.unrestricted:
-        return True
-    if not view.visible(entity):
-        return False
-    return attr is None or attr in view.project(entity).get("attrs", {})
 
 
 def _what(target: Target) -> str:

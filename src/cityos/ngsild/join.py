@@ -9,7 +9,7 @@ from typing import Any
 from cityos.entities.model import Entity
 from cityos.entities.render import RenderOptions, render_entity
 from cityos.errors import BadRequestData
-from cityos.policy.decision import ReadView
+from cityos.policy.decision import EVERYTHING, ReadView
 from cityos.query.projection import Projected, depth
 from cityos.store.base import EntityQuery, EntityStore
 
@@ -76,12 +76,12 @@ def _options_for(
     return dataclasses.replace(base, attrs=keep, omit=dropped, pick_id=pick_id, pick_type=pick_type)
 
 
-async def _fetch(store: EntityStore, tenant: str, ids: set[str], view: ReadView | None) -> dict[str, Entity]:
+async def _fetch(store: EntityStore, tenant: str, ids: set[str], view: ReadView = EVERYTHING) -> dict[str, Entity]:
     """The linked entities; with a restricted `view`, only those it shows, projected."""
     if not ids:
         return {}
     result = await store.query_entities(tenant, EntityQuery(ids=sorted(ids)))
-    if view is None or view.unrestricted:
+    if view.unrestricted:
         return {entity["id"]: entity for entity in result.entities}
     return {entity["id"]: view.project(entity) for entity in result.entities if view.visible(entity)}
 
@@ -109,8 +109,7 @@ async def render_joined(
     plan: JoinPlan,
     store: EntityStore,
     tenant: str,
-    *,
-    view: ReadView | None = None,
+    view: ReadView = EVERYTHING,
 ) -> list[dict[str, Any]]:
     """The rendered entities with their linked entities, as one list (flat) or nested (inline);
     `view`: what the reader may see of the linked ones (a notification's owner)."""

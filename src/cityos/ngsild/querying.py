@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
@@ -10,10 +10,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cityos.entities import update
-from cityos.entities.model import Entity
 from cityos.entities.render import render_entity, to_geojson_feature
 from cityos.entities.values import MAX_SAFE_INTEGER, now, require_uri
-from cityos.errors import BadRequestData, Forbidden, TooManyResults
+from cityos.errors import BadRequestData, TooManyResults
 from cityos.jsonld.registry import ResolvedContext
 from cityos.ngsild.common import (
     accept,
@@ -24,15 +23,12 @@ from cityos.ngsild.common import (
     json_response,
     no_content,
     options,
-    principal,
     query_context,
     read_payload,
     services,
 )
-from cityos.ngsild.guard import refusal
 from cityos.ngsild.join import join_plan
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
-from cityos.policy.decision import Target
 from cityos.query.entity_query import QuerySpec, build_entity_query, ordering, type_predicate
 from cityos.query.ordering import check_collation
 from cityos.store.base import EntityQuery
@@ -297,62 +293,17 @@ async def purge_entities(request: Request) -> Response:
     result = await services(request).store.query_entities(tenant_name, query)
     keep = csv_param(request, "keep")
     drop = csv_param(request, "drop")
-    names = {context.terms.expand(n) for n in (keep or drop or [])}
     stamp = now()
     operations = []
-    pruning = None if keep is None and drop is None else (names, keep is not None)
-    for entity, chosen in purgeable(request, tenant_name, result.entities, query.predicate, pruning):
-        if pruning is None:
+    for entity in result.entities:
+        if keep is None and drop is None:
             operations.append((entity["id"], update.delete(entity["id"])))
         else:
-            operations.append((entity["id"], update.prune(entity["id"], chosen, keep=keep is not None, stamp=stamp)))
+            names = {context.terms.expand(n) for n in (keep or drop or [])}
+            operations.append((entity["id"], update.prune(entity["id"], names, keep=keep is not None, stamp=stamp)))
     if operations:
         await services(request).store.mutate(tenant_name, operations, atomic=True)
     return no_content()
-
-
-def purgeable(
-    request: Request,
-    tenant_name: str,
-    entities: list[Entity],
-    predicate: Callable[[Entity], bool] | None,
-    pruning: tuple[set[str], bool] | None,
-) -> list[tuple[Entity, set[str]]]:
-    """The entities a purge may touch, each with the names to give update.prune (`pruning`: the
-    keep or drop names, and True for keep). Only the entities the caller sees and that are still
-    selected when what it may not read is left out (a q on a hidden attribute selects nothing);
-    attributes it may not read are never removed. "delete" is needed on each entity (with the
-    attributes removed), or 403 and nothing is deleted (the purge is one transaction)."""
-    names, keeping = pruning if pruning is not None else (set(), False)
-    who = principal(request)
-    if who.unrestricted:
-        return [(entity, names) for entity in entities]
-    authorizer = services(request).authorizer
-    view = authorizer.read_view(who, tenant_name, "read")
-    chosen: list[tuple[Entity, set[str]]] = []
-    for entity in entities:
-        seen = entity if view.unrestricted else view.project(entity)
-        if not view.unrestricted:
-            if not view.visible(entity):
-                continue
-            if seen is not entity and seen != entity and predicate is not None and not predicate(seen):
-                continue
-        readable = set(seen["attrs"])
-        hidden = set(entity["attrs"]) - readable
-        removed: tuple[str, ...]
-        if pruning is None:
-            given, removed = names, ()  # the whole entity
-        elif keeping:
-            given = names | hidden
-            removed = tuple(sorted(readable - names))
-        else:
-            given = names & readable
-            removed = tuple(sorted(given & set(entity["attrs"])))
-        target = Target(tenant_name, entity["id"], tuple(entity["type"]), removed)
-        if not authorizer.allows(who, "delete", target):
-            raise refusal(Forbidden(f"not allowed to delete (in) entity {entity['id']}"), who, "delete", target)
-        chosen.append((entity, given))
-    return chosen
 
 
 QUERY_BODY_MEMBERS = frozenset(

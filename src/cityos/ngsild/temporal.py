@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cityos.entities.values import check_name, now, require_uri
-from cityos.errors import BadRequestData, InvalidRequest, MethodNotAllowed, NgsiLdError, ResourceNotFound
+from cityos.errors import BadRequestData, InvalidRequest, MethodNotAllowed, ResourceNotFound
 from cityos.jsonld.registry import ResolvedContext
 from cityos.ngsild import entity_maps
 from cityos.ngsild.common import (
@@ -32,14 +32,12 @@ from cityos.ngsild.common import (
     json_response,
     no_content,
     options,
-    principal,
     query_context,
     read_payload,
     services,
     tenant,
 )
 from cityos.ngsild.entities import projected
-from cityos.ngsild.guard import hide, require, sees
 from cityos.ngsild.querying import (
     check_csf,
     check_not_too_wide,
@@ -48,7 +46,6 @@ from cityos.ngsild.querying import (
     pagination_links,
     spec_from_params,
 )
-from cityos.policy.decision import Target
 from cityos.query.entity_maps import render as render_map
 from cityos.query.entity_query import QuerySpec, build_entity_query, scope_predicate
 from cityos.store.temporal_base import AggregationSpec, TemporalQuery, TemporalWindow
@@ -359,37 +356,11 @@ async def add_attributes(request: Request, entity_id: str) -> Response:
     return no_content()
 
 
-async def _may_delete(
-    request: Request, tenant_name: str, entity_id: str, attr: str | None, missing: NgsiLdError
-) -> None:
-    """Deleting history is "delete" on the entity (and attribute): one the caller may not see, or an
-    attribute it may not read, answers `missing` (404) as if it had no history; else 403 if refused."""
-    if principal(request).unrestricted:
-        return
-    info = await services(request).store.temporal_entity(tenant_name, entity_id)
-    if info is None:
-        raise missing
-    attrs = {
-        iri: [
-            {"type": kind} if dataset is None else {"type": kind, "datasetId": dataset}
-            for dataset, kind in sets.items()
-        ]
-        for iri, sets in info.attrs.items()
-    }
-    entity = {"id": entity_id, "type": list(info.types), "attrs": attrs}
-    target = Target(tenant=tenant_name, entity_id=entity_id, types=tuple(info.types), attrs=(attr,) if attr else ())
-    if not sees(request, tenant_name, entity, attr):
-        raise hide(request, "delete", target, missing)
-    require(request, "delete", target)
-
-
 async def delete_temporal(request: Request, entity_id: str) -> Response:
     check_params(request, ("local",))
     tenant_name = await existing_tenant(request)
-    missing = ResourceNotFound(f"entity {entity_id} has no temporal evolution")
-    await _may_delete(request, tenant_name, entity_id, None, missing)
     if not await services(request).store.temporal_delete_entity(tenant_name, entity_id):
-        raise missing
+        raise ResourceNotFound(f"entity {entity_id} has no temporal evolution")
     return no_content()
 
 
@@ -407,10 +378,8 @@ async def delete_attribute(request: Request, entity_id: str, name: str) -> Respo
         require_uri(dataset, "datasetId")
     delete_all = request.query_params.get("deleteAll", "false").lower() == "true"
     store = services(request).store
-    missing = ResourceNotFound(f"entity {entity_id} has no history of {name}")
-    await _may_delete(request, tenant_name, entity_id, attr, missing)
     if not await store.temporal_delete_attribute(tenant_name, entity_id, attr, dataset=dataset, delete_all=delete_all):
-        raise missing
+        raise ResourceNotFound(f"entity {entity_id} has no history of {name}")
     return no_content()
 
 
@@ -431,10 +400,8 @@ async def delete_instance(request: Request, entity_id: str, name: str, instance_
     check_params(request, ("local",))
     tenant_name = await existing_tenant(request)
     attr = await _attribute(request, tenant_name, name)
-    missing = ResourceNotFound(f"entity {entity_id} has no instance {instance_id} of {name}")
-    await _may_delete(request, tenant_name, entity_id, attr, missing)
     if not await services(request).store.temporal_delete_instance(tenant_name, entity_id, attr, instance_id):
-        raise missing
+        raise ResourceNotFound(f"entity {entity_id} has no instance {instance_id} of {name}")
     return no_content()
 
 

@@ -26,7 +26,7 @@ from cityos.errors import NgsiLdError, log_failure
 from cityos.jsonld.registry import ContextRegistry
 from cityos.jsonld.termmap import TermMap
 from cityos.ngsild.join import join_plan, render_joined
-from cityos.policy.decision import ReadView
+from cityos.policy.decision import EVERYTHING, ReadView
 from cityos.redact import redact_uri
 from cityos.settings import Settings
 from cityos.store.base import EntityStore, OutboxRow
@@ -360,7 +360,7 @@ class Dispatcher:
             features = [to_geojson_feature(e, options, None) for e in entities]
             data = {"type": "FeatureCollection", "features": features}
         elif plan is not None:
-            data = await render_joined(entities, options, plan, self.store, subscription.tenant, view=job.view)
+            data = await render_joined(entities, options, plan, self.store, subscription.tenant, job.view or EVERYTHING)
         else:
             data = [notification_entity(e, options) for e in entities]
         link = None
