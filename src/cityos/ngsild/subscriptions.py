@@ -93,7 +93,8 @@ def _check_subscribe(request: Request, tenant_name: str, doc: Doc) -> None:
             union, _ = selector_predicate([selector], lambda name: name)  # stored expanded
             types = tuple(union or ())
             entity_id = selector.get("id")
-        target = Target(tenant=tenant_name, entity_id=entity_id, types=types, attrs=attrs, resource="subscription")
+        # an entity target (no resource): subscribing is reading, later, the entities it selects
+        target = Target(tenant=tenant_name, entity_id=entity_id, types=types, attrs=attrs)
         require(request, "subscribe", target)
 
 
