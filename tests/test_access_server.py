@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,13 @@ class City:
 
 @pytest.fixture
 def city(db_url: str, tmp_path: Path) -> Iterator[City]:
+    with started(db_url, tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def started(db_url: str, tmp_path: Path, *args: str) -> Iterator[City]:
+    """Keys made with the CLI, then `cityos serve --auth required` with the policies (and `args`)."""
     pytest.importorskip("cityos.auth.authenticator", reason="the identity branch is not merged yet")
     pytest.importorskip("cityos.policy.service", reason="the policy branch is not merged yet")
     policy_file = tmp_path / "policies.yaml"
@@ -104,7 +112,7 @@ def city(db_url: str, tmp_path: Path) -> Iterator[City]:
         "CITYOS_ALLOW_PRIVATE_NETWORKS": "true",
         "CITYOS_NOTIFICATION_RETRY_DELAY": "0.05",
     }
-    server = LoggedServer(tmp_path / "server.log", "--log-level", "info", env=env)
+    server = LoggedServer(tmp_path / "server.log", "--log-level", "info", *args, env=env)
     server.start()
     try:
         yield City(server.base, server, db_url, admin, planner, surveyor)
@@ -224,3 +232,21 @@ def test_a_readers_key_changes_no_registration_context_or_device(city: City) -> 
     assert city.call("POST", "/iot/services", reader, json=group).status_code == 403
     assert city.call("GET", "/iot/services", reader).status_code == 403
     assert city.call("GET", "/iot/services", city.admin).json()["count"] == 0
+
+
+def test_several_workers_screen_every_notification(fresh_postgres: str, tmp_path: Path, receiver: Receiver) -> None:
+    """PostgreSQL, two workers: whichever worker claims an outbox row screens it with the owner's
+    rights, and a revoke reaches both."""
+    with started(fresh_postgres, tmp_path, "--workers", "2") as city:
+        mine = subscribe(city, city.planner, receiver.url)
+        for value in range(20):
+            upsert(city, building(name=f"Tower {value}", height=300 + value))
+        bodies = [r.body for r in receiver.wait(20, timeout=30)]
+        assert [b["data"][0]["name"]["value"] for b in bodies] == [f"Tower {v}" for v in range(20)]
+        assert all("height" not in b["data"][0] for b in bodies)
+        cli(city.database, "keys", "revoke", city.planner.id)
+        time.sleep(1.5)
+        for value in range(5):
+            upsert(city, building(name=f"Dome {value}"))
+        quiet(receiver)
+        assert city.call("GET", f"{SUBS}/{mine}", city.admin).json()["status"] == "paused"
