@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,15 +19,15 @@ from types import FrameType
 from benchmarks.postgres import URL_ENV, redact, required
 from benchmarks.report import format_side_by_side, format_table
 from benchmarks.runner import BACKENDS, RSS_TARGET_MB, Backend, Config, Outcome, run
-from benchmarks.servers import ROOT, machine
+from benchmarks.servers import ROOT, SERVER_SRC_ENV, machine
 
 STACK = ("uvicorn", "uvloop", "httptools", "starlette", "orjson")
 
 
-def commit() -> str:
+def commit(checkout: Path = ROOT) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True)
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=checkout, capture_output=True, text=True)
     except OSError:
         return "unknown"
     return out.stdout.strip() + (" (src/ modified)" if dirty.stdout.strip() else "") or "unknown"
@@ -64,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         help=f"server workers of the multi-worker PostgreSQL read rows; 1 skips them [{defaults.workers}]",
+    )
+    parser.add_argument(
+        "--server-src",
+        type=Path,
+        metavar="DIR",
+        help="run the cityos servers from another checkout's src/ (e.g. a `git worktree` of an older commit), "
+        "so two commits are measured by the same harness; compare their CPU ms/op on a loaded machine",
     )
     parser.add_argument("--json", type=Path, help="also write every row as JSON to this file")
     parser.add_argument("--logs", type=Path, help="copy the servers' logs to this directory at the end")
@@ -153,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = replace(config, backends=backends, require_postgres=args.backend == "postgres" or required())
     signal.signal(signal.SIGTERM, _terminated)
     started, revision = datetime.now(UTC), commit()  # the code the server loads at its start
+    if args.server_src:
+        os.environ[SERVER_SRC_ENV] = str(args.server_src.resolve())
+        revision = f"{commit(args.server_src.resolve().parent)} (server from {args.server_src}; harness {revision})"
     outcome = run(config)
     print(render(outcome, config, started, revision))
     if args.json:

@@ -33,6 +33,7 @@ class Row:
     baseline: str = ""
     target: float | None = None
     ratios: list[float] = field(default_factory=list)  # paired with the baseline, one per repeat
+    cpu_ms: list[float] = field(default_factory=list)  # server (+ database) CPU ms per operation, per repeat
     skipped: str = ""
     kind: str = "scenario"  # scenario | baseline | alternative
     backend: str = ""  # sqlite | postgres | '' (shared by every back-end)
@@ -71,12 +72,12 @@ def _ms(values: list[float]) -> str:
 def format_table(rows: list[Row]) -> str:
     header = (
         "| Scenario | Back-end | Rate (median) | Spread (min-max) | p50 ms | p99 ms | Errors | Peak RSS MB"
-        " | Ratio to baseline (min-max) | Baseline | Target |"
+        " | CPU ms/op | Ratio to baseline (min-max) | Baseline | Target |"
     )
-    lines = [header, "|" + "---|" * 11]
+    lines = [header, "|" + "---|" * 12]
     for row in rows:
         if row.skipped or not row.rates:
-            lines.append(f"| {row.name} | {row.label} | {row.skipped or 'did not run'} | | | | | | | | |")
+            lines.append(f"| {row.name} | {row.label} | {row.skipped or 'did not run'} | | | | | | | | | |")
             continue
         spread = f"{_number(min(row.rates))}-{_number(max(row.rates))}" if row.rates else "-"
         ratio = ""
@@ -86,9 +87,10 @@ def format_table(rows: list[Row]) -> str:
         if row.target is not None:
             target = f"≥ {row.target:.0%} " + ("met" if row.met else "**missed**")
         rss = f"{row.rss_mb:.0f}" if row.rss_mb is not None else "-"
+        cpu = f"{statistics.median(row.cpu_ms):.3f}" if row.cpu_ms else "-"
         lines.append(
             f"| {row.name} | {row.label} | {_number(row.rate)} {row.unit} | {spread} | {_ms(row.p50_ms)}"
-            f" | {_ms(row.p99_ms)} | {row.errors} | {rss} | {ratio} | {row.baseline} | {target} |"
+            f" | {_ms(row.p99_ms)} | {row.errors} | {rss} | {cpu} | {ratio} | {row.baseline} | {target} |"
         )
     return "\n".join(lines)
 

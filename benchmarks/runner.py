@@ -195,7 +195,10 @@ class Bench:
         for index in range(config.repeat if requests is None else len(requests)):
             base = baseline(index) if baseline is not None else None
             count = None if requests is None else requests[index]
+            cpu_before = server.cpu_seconds()
             result = self.load(server, workload(index), requests=count, connections=connections, seed=index)
+            if result.ops:
+                row.cpu_ms.append((server.cpu_seconds() - cpu_before) * 1000 / (result.ops * per_op))
             _record(row, result, per_op)
             if base:
                 row.ratios.append(result.rate * per_op / base)

@@ -12,10 +12,17 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVER_SRC_ENV = "CITYOS_BENCH_SERVER_SRC"  # --server-src: the src/ directory the cityos servers run from
+
+
+def _plain_url(url: str) -> str:
+    """A libpq URL without the query options only asyncpg knows (psql refuses them)."""
+    return urlunsplit(urlsplit(url)._replace(query=""))
 
 
 def free_port() -> int:
@@ -57,6 +64,47 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time these processes have used so far (utime + stime of /proc/PID/stat).
+    CPU per operation is what a regression check can compare on a loaded machine: wall-clock rates
+    move with the other processes, the work a request costs does not (much)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def socket_ports(pids: Sequence[int], remote_port: int) -> set[int]:
+    """Local ports of these processes' TCP connections to `remote_port` (their PostgreSQL
+    connections), from /proc/PID/fd and /proc/PID/net/tcp*."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    ports: set[int] = set()
+    for pid in pids[:1]:
+        for table in ("tcp", "tcp6"):
+            try:
+                lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                parts = line.split()
+                local, remote, inode = parts[1], parts[2], parts[9]
+                if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == remote_port:
+                    ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
 class StartFailed(RuntimeError):
     """A server (or its database) could not be brought up: the message says why."""
 
@@ -88,6 +136,28 @@ class ServerProcess:
         if own is None:
             return None
         return own + sum(peak_rss_mb(child) or 0.0 for child in descendants(self.pid))
+
+    def tree(self) -> list[int]:
+        return [self.pid, *descendants(self.pid)]
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the server's processes and, on PostgreSQL, by the database backends
+        serving its connections (found by their client ports in pg_stat_activity)."""
+        tree = self.tree()
+        return cpu_seconds(tree) + cpu_seconds(self.database_pids(tree))
+
+    def database_pids(self, tree: list[int]) -> list[int]:
+        url = (self.env or {}).get("CITYOS_DATABASE", "")
+        if not url.startswith(("postgresql://", "postgres://")):
+            return []
+        ports = socket_ports(tree, urlsplit(url).port or 5432)
+        if not ports:
+            return []
+        query = "SELECT pid, client_port FROM pg_stat_activity WHERE client_port IS NOT NULL"
+        out = subprocess.run(
+            ["psql", _plain_url(url), "-tAF", " ", "-c", query], capture_output=True, text=True, timeout=10
+        ).stdout
+        return [int(pid) for pid, port in (line.split() for line in out.splitlines() if line) if int(port) in ports]
 
     def __enter__(self) -> ServerProcess:
         with self.log.open("wb") as out:
@@ -130,6 +200,8 @@ def cityos_server(
         args += ["--durability", durability]
     suffix = "" if name == "bench" else f"-{name}"
     env = dict(os.environ)
+    if server_src := env.get(SERVER_SRC_ENV):  # an older checkout's server, measured by this harness
+        env["PYTHONPATH"] = server_src
     if postgres is None:
         database = workdir / f"{name}.db"
         for ending in ("", "-wal", "-shm"):

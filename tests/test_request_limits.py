@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 
 from cityos.query import patterns
 from conftest import CORE
+from notify_helpers import receiving
 
 BASE = "/ngsi-ld/v1"
 JSON = {"Content-Type": "application/json"}
@@ -154,6 +155,82 @@ def test_max_pattern_length_is_a_setting(limited_server: Callable[..., str]) -> 
     long = httpx.get(f"{base}{BASE}/entities", params={"type": "T", "q": 'name~="abcdefghi"'})
     assert short.status_code == 200
     assert long.status_code == 400 and "longer than 8 characters" in long.json()["detail"]
+
+
+def test_max_pattern_length_holds_for_every_pattern(limited_server: Callable[..., str]) -> None:
+    """Subscriptions (idPattern, q, csf; create and PATCH), registrations, temporal queries, entity
+    maps and csf: every pattern is held to the setting, not to a length written into the code."""
+    base = limited_server(MAX_PATTERN_LENGTH="8") + BASE
+    long_id, long_q = "urn:ngsi-ld:T:.*", 'name~="abcdefghi"'
+    endpoint = {"endpoint": {"uri": "https://example.org/notify"}}
+    subscription = {"type": "Subscription", "entities": [{"type": "T"}], "notification": endpoint}
+    registration = {"type": "ContextSourceRegistration", "endpoint": "https://example.org/csource"}
+    made = httpx.post(f"{base}/subscriptions", json={**subscription, "id": "urn:ngsi-ld:Subscription:ok"})
+    assert made.status_code == 201, made.text
+    refused = {
+        "subscription idPattern": httpx.post(
+            f"{base}/subscriptions", json={**subscription, "entities": [{"type": "T", "idPattern": long_id}]}
+        ),
+        "subscription q": httpx.post(f"{base}/subscriptions", json={**subscription, "q": long_q}),
+        "subscription csf": httpx.post(f"{base}/subscriptions", json={**subscription, "csf": long_q}),
+        "subscription PATCH": httpx.patch(f"{base}/subscriptions/urn:ngsi-ld:Subscription:ok", json={"q": long_q}),
+        "registration idPattern": httpx.post(
+            f"{base}/csourceRegistrations",
+            json={**registration, "information": [{"entities": [{"type": "T", "idPattern": long_id}]}]},
+        ),
+        "registration query": httpx.get(f"{base}/csourceRegistrations", params={"idPattern": long_id}),
+        "temporal query": httpx.get(f"{base}/temporal/entities", params={"type": "T", "idPattern": long_id}),
+        "temporal POST query": httpx.post(
+            f"{base}/temporal/entityOperations/query",
+            json={"type": "Query", "entities": [{"type": "T", "idPattern": long_id}]},
+        ),
+        "entity map": httpx.get(f"{base}/entityMaps", params={"type": "T", "idPattern": long_id}),
+        "csf": httpx.get(f"{base}/entities", params={"type": "T", "csf": long_q}),
+        "POST query": httpx.post(f"{base}/entityOperations/query", json={"type": "Query", "q": long_q}),
+    }
+    wrong = {
+        what: (answer.status_code, answer.text)
+        for what, answer in refused.items()
+        if answer.status_code != 400 or "longer than 8 characters" not in answer.json().get("detail", "")
+    }
+    assert not wrong, wrong
+    assert [s["id"] for s in httpx.get(f"{base}/subscriptions").json()] == ["urn:ngsi-ld:Subscription:ok"]
+
+
+def test_a_larger_max_pattern_length_admits_longer_patterns(limited_server: Callable[..., str]) -> None:
+    """Raised past the 1024 that subscriptions and registrations were held to whatever the setting:
+    a subscription with 1,500-character patterns is made and notifies."""
+    base = limited_server(MAX_PATTERN_LENGTH="2048", ALLOW_PRIVATE_NETWORKS="true") + BASE
+    id_pattern = "^(" + "|".join(f"urn:ngsi-ld:T:{n}" for n in range(100)) + ")$"
+    values = "(" + "|".join(f"v{n:03d}" for n in range(300)) + ")"
+    assert len(id_pattern) > 1500 and len(values) > 1500
+    with receiving() as receiver:
+        subscription = {
+            "type": "Subscription",
+            "entities": [{"type": "T", "idPattern": id_pattern}],
+            "q": f'name~="^{values}$"',
+            "notification": {"endpoint": {"uri": receiver.url}},
+        }
+        made = httpx.post(f"{base}/subscriptions", json=subscription)
+        assert made.status_code == 201, made.text
+        registration = {
+            "type": "ContextSourceRegistration",
+            "endpoint": "https://example.org/csource",
+            "information": [{"entities": [{"type": "T", "idPattern": id_pattern}]}],
+        }
+        assert httpx.post(f"{base}/csourceRegistrations", json=registration).status_code == 201
+        for entity_id, value in (
+            ("urn:ngsi-ld:T:100", "v007"),
+            ("urn:ngsi-ld:T:7", "v300"),
+            ("urn:ngsi-ld:T:7", "v007"),
+        ):
+            entity = {"id": entity_id, "type": "T", "name": {"type": "Property", "value": value}}
+            answer = httpx.post(f"{base}/entityOperations/upsert", json=[entity])
+            assert answer.status_code in (201, 204), answer.text
+        (notification,) = receiver.wait(1)
+        time.sleep(0.5)
+        assert len(receiver.requests) == 1  # only the entity both patterns select
+        assert notification.body["data"][0]["name"]["value"] == "v007"
 
 
 @pytest.mark.parametrize(

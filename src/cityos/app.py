@@ -21,7 +21,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cityos import __version__
 from cityos.entities.expiry import now_key
-from cityos.errors import DatabaseBusy, InternalError, MethodNotAllowed, NgsiLdError, ResourceNotFound, log_failure
+from cityos.errors import (
+    DatabaseBusy,
+    FailureLog,
+    InternalError,
+    MethodNotAllowed,
+    NgsiLdError,
+    ResourceNotFound,
+    log_failure,
+)
 from cityos.ingest.service import IngestService
 from cityos.last_resort import LastResort, report
 from cityos.lifeline import exit_with_supervisor
@@ -221,6 +229,7 @@ class _Reloader:
         self.reload = reload
         self._task: asyncio.Task[None] | None = None
         self._again = False
+        self._failures = FailureLog(log)  # another worker's every write may ask for a reload
 
     def request(self) -> None:
         if self._task is not None and not self._task.done():
@@ -234,7 +243,7 @@ class _Reloader:
             try:
                 await self.reload()
             except Exception:  # the next event, or a resync, tries again
-                log_failure(log, "reloading %s after another worker's change failed", self.what)
+                self._failures.failed(self.what, "reloading %s after another worker's change failed", self.what)
             if not self._again:
                 return
 

@@ -24,8 +24,12 @@ NgsiLdError
 from __future__ import annotations
 
 import logging
+import math
 import sys
+import threading
+import time
 import traceback
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -145,10 +149,18 @@ class PayloadTooLarge(NgsiLdError):
 
 class DatabaseBusy(NgsiLdError):
     """The database stayed locked by another connection or process for longer than the
-    db_busy_timeout setting: nothing was written, and the same request may be sent again."""
+    db_busy_timeout setting: nothing was written, and the same request may be sent again.
+
+    `retry_after` is how long the store waited before giving up (the busy timeout, or the time
+    its retries took), answered as whole seconds, at least 1 (RFC 9110 delay-seconds): a lock
+    held that long belongs to a long transaction (a bulk import, a migration, another process),
+    so a client coming back sooner would most likely wait as long again and fail."""
 
     type_name, status, title = "DatabaseBusy", 503, "Database busy"
-    retry_after: ClassVar[int] = 1  # seconds; the lock holder is usually another short transaction
+
+    def __init__(self, detail: str = "", *, retry_after: float = 1.0, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = retry_after_seconds(retry_after)
 
     @property
     def type_uri(self) -> str:
@@ -158,11 +170,17 @@ class DatabaseBusy(NgsiLdError):
         return {"Retry-After": str(self.retry_after)}
 
 
+def retry_after_seconds(wait: float) -> int:
+    """A wait in seconds as a Retry-After value: whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(round(wait, 3)))
+
+
 class DatabaseUnavailable(DatabaseBusy):
     """The connection to the database was lost (the server restarted, or ended the session) and
     one more try on a fresh connection failed too, or it was lost while a write was committing, so
-    whether that write was applied is unknown. A 503 with Retry-After, never a 500: the request may
-    be sent again (writes in NGSI-LD are idempotent by id, except appends of temporal instances)."""
+    whether that write was applied is unknown. A 503 with Retry-After (the busy timeout: a server
+    restarting or failing over), never a 500: the request may be sent again (writes in NGSI-LD are
+    idempotent by id, except appends of temporal instances)."""
 
     type_name, title = "DatabaseUnavailable", "Database unavailable"
 
@@ -173,7 +191,9 @@ class DatabaseUnavailable(DatabaseBusy):
 
 def log_failure(logger: logging.Logger, message: str, *args: Any) -> None:
     """For background loops, inside `except`: a busy database is one line (it passes, and the loop
-    tries again), anything else is logged with its traceback."""
+    tries again), anything else is logged with its traceback (cut to MAX_LOGGED_TRACEBACK by the
+    log formatter, logs.SafeFormatter). A failure that can repeat with every request or message
+    goes through a FailureLog instead."""
     error = sys.exc_info()[1]
     if isinstance(error, DatabaseBusy):
         logger.warning(message + ": %s; will retry", *args, error.detail)
@@ -197,3 +217,50 @@ def log_briefly(logger: logging.Logger, exc: BaseException, message: str, *args:
     if logger.isEnabledFor(logging.DEBUG):
         text = "".join(traceback.format_exception(exc))
         logger.debug(message + ", traceback:\n%s", *args, _cut(text, MAX_LOGGED_TRACEBACK))
+
+
+class FailureLog:
+    """Failures that can repeat with every request, message or change (a faulty subscription met
+    by every matching write, a device whose every message fails), logged without flooding: per
+    key and kind of exception, the first as log_failure logs it (its traceback cut by the log
+    formatter), then at most one line every `interval` seconds that counts the failures since,
+    said when the next one comes. At most `max_keys` keys are remembered (the oldest forgotten
+    first), so neither the log nor the memory grows with the number of failures. Thread-safe:
+    the store's change listeners run on the writer thread."""
+
+    def __init__(self, logger: logging.Logger, *, interval: float = 60.0, max_keys: int = 10_000) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.max_keys = max_keys
+        self._seen: dict[tuple[Hashable, str], list[float]] = {}  # -> [time of its last line, failures since]
+        self._lock = threading.Lock()
+
+    def failed(self, key: Hashable, message: str, *args: Any) -> None:
+        """Inside `except`: count the failure under `key`, and log it if its line is due."""
+        error = sys.exc_info()[1]
+        kind = type(error).__name__
+        clock = time.monotonic()
+        with self._lock:
+            entry = self._seen.get((key, kind))
+            if entry is None:
+                if len(self._seen) >= self.max_keys:
+                    del self._seen[next(iter(self._seen))]
+                self._seen[(key, kind)] = [clock, 0]
+            else:
+                entry[1] += 1
+                if clock - entry[0] < self.interval:
+                    return
+                since, count = entry[0], int(entry[1])
+                entry[0], entry[1] = clock, 0
+        if entry is None:
+            log_failure(self.logger, message, *args)
+            return
+        detail = _cut(str(error), MAX_LOGGED_MESSAGE)
+        self.logger.warning(
+            message + ": failed %d more times in the last %d s (%s: %s)",
+            *args,
+            count,
+            round(clock - since),
+            kind,
+            detail,
+        )

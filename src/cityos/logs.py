@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 
+from cityos.errors import MAX_LOGGED_TRACEBACK
 from cityos.redact import redact_text
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -32,7 +33,13 @@ class SafeFormatter(logging.Formatter):
         return super().formatMessage(record)
 
     def formatException(self, ei: logging._SysExcInfoType) -> str:
-        return redact_text(super().formatException(ei)).replace("\n", CONTINUATION)
+        """The traceback, cut to MAX_LOGGED_TRACEBACK characters (its start and its end, where
+        the error is): a RecursionError's runs to hundreds of kilobytes."""
+        text = redact_text(super().formatException(ei))  # before the cut, which could halve a URL
+        if len(text) > MAX_LOGGED_TRACEBACK:
+            half = MAX_LOGGED_TRACEBACK // 2
+            text = f"{text[:half]}\n... {len(text) - 2 * half} characters left out ...\n{text[-half:]}"
+        return text.replace("\n", CONTINUATION)
 
     def formatStack(self, stack_info: str) -> str:
         return super().formatStack(stack_info).replace("\n", CONTINUATION)

@@ -9,6 +9,7 @@ operations, spec 4.3.6) and csourceSubscriptions cannot be created yet (docs/con
 from __future__ import annotations
 
 import copy
+import functools
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from cityos.entities.values import parse_datetime, require_uri
 from cityos.errors import BadRequestData
 from cityos.jsonld.termmap import TermMap
 from cityos.query import selectors
-from cityos.query.patterns import found
+from cityos.query.patterns import DEFAULT_MAX_LENGTH, found
 from cityos.redact import redact_registration, restore_registration
 from cityos.subscriptions.model import Doc, _entities, _expires_at, _names, _string, map_type_names
 
@@ -44,7 +45,7 @@ AS_GIVEN = (
 )
 
 
-def _information(value: Any, terms: TermMap) -> list[Doc]:
+def _information(value: Any, terms: TermMap, max_pattern_length: int = DEFAULT_MAX_LENGTH) -> list[Doc]:
     if not isinstance(value, list) or not value:
         raise BadRequestData("information must be a non-empty array of RegistrationInfo")
     out: list[Doc] = []
@@ -53,7 +54,7 @@ def _information(value: Any, terms: TermMap) -> list[Doc]:
             raise BadRequestData("each item of information must be an object")
         entry: Doc = {}
         if item.get("entities") is not None:
-            entry["entities"] = _entities(item["entities"], terms)
+            entry["entities"] = _entities(item["entities"], terms, max_pattern_length)
         for name in NAME_LISTS:
             if item.get(name) is not None:
                 entry[name] = _names(f"information.{name}", item[name], terms)
@@ -99,8 +100,11 @@ def _check_type(body: Doc) -> None:
         raise BadRequestData(f'the type of a context source registration must be "{TYPE}"')
 
 
-def _set_members(doc: Doc, body: Doc, terms: TermMap) -> None:
-    for name, parse in MEMBERS.items():
+def _set_members(doc: Doc, body: Doc, terms: TermMap, max_pattern_length: int) -> None:
+    members = MEMBERS
+    if max_pattern_length != DEFAULT_MAX_LENGTH:  # idPatterns held to the max_pattern_length setting
+        members = {**MEMBERS, "information": functools.partial(_information, max_pattern_length=max_pattern_length)}
+    for name, parse in members.items():
         if name in body:
             if body[name] is None:
                 doc.pop(name, None)
@@ -114,7 +118,7 @@ def _set_members(doc: Doc, body: Doc, terms: TermMap) -> None:
                 doc[name] = copy.deepcopy(body[name])
 
 
-def parse_registration(body: Any, terms: TermMap) -> Doc:
+def parse_registration(body: Any, terms: TermMap, *, max_pattern_length: int = DEFAULT_MAX_LENGTH) -> Doc:
     """A create body -> the stored form (unknown and read-only members dropped, an id generated)."""
     if not isinstance(body, dict):
         raise BadRequestData("the context source registration must be a JSON object")
@@ -126,12 +130,12 @@ def parse_registration(body: Any, terms: TermMap) -> Doc:
     else:
         registration_id = f"urn:ngsi-ld:{TYPE}:{uuid.uuid4()}"
     doc: Doc = {"id": registration_id, "type": TYPE}
-    _set_members(doc, {k: v for k, v in body.items() if v is not None}, terms)
+    _set_members(doc, {k: v for k, v in body.items() if v is not None}, terms, max_pattern_length)
     _check(doc)
     return doc
 
 
-def merge_registration(doc: Doc, fragment: Any, terms: TermMap) -> Doc:
+def merge_registration(doc: Doc, fragment: Any, terms: TermMap, *, max_pattern_length: int = DEFAULT_MAX_LENGTH) -> Doc:
     """PATCH /csourceRegistrations/{id}: each given top-level member replaces the stored one; null
     removes an optional member."""
     if not isinstance(fragment, dict):
@@ -140,7 +144,7 @@ def merge_registration(doc: Doc, fragment: Any, terms: TermMap) -> Doc:
     if "id" in fragment and fragment["id"] != doc["id"]:
         raise BadRequestData("the id of a context source registration cannot be changed")
     merged = copy.deepcopy(doc)
-    _set_members(merged, fragment, terms)
+    _set_members(merged, fragment, terms, max_pattern_length)
     restore_registration(merged, doc)  # a redacted secret sent back keeps the stored one
     _check(merged)
     return merged

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from cityos.errors import log_failure
+from cityos.errors import FailureLog
 from cityos.ingest.iot_agent import IotAgent
 from cityos.ingest.iot_payloads import FORMATS
 from cityos.store import is_postgres
@@ -96,6 +96,7 @@ class MqttTransport:
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.last_error = ""
+        self.failures = FailureLog(log)  # a failure met by every message is not logged for each
 
     def status(self) -> dict[str, Any]:
         safe = self._parts._replace(netloc=self._parts.netloc.rpartition("@")[2]).geturl()
@@ -158,4 +159,5 @@ class MqttTransport:
                 address.apikey, address.device_id, data, fmt=address.fmt, object_id=address.object_id
             )
         except Exception:  # one message never stops the agent; the error is logged
-            log_failure(log, "IoT Agent failed on a message from device %s", address.device_id)
+            # keyed by nothing a client chooses: every device and key together, per kind of failure
+            self.failures.failed("measure", "IoT Agent failed on a message from device %s", address.device_id)

@@ -108,7 +108,8 @@ def check_not_too_wide(request: Request, *, purge: bool = False) -> None:
     if q is not None:
         from cityos.query.q import parse_q, q_attribute_names
 
-        if any(name not in SYSTEM_ATTRIBUTES for name in q_attribute_names(parse_q(q))):
+        parsed = parse_q(q, services(request).settings.max_pattern_length)
+        if any(name not in SYSTEM_ATTRIBUTES for name in q_attribute_names(parsed)):
             return
     hint = "" if purge else " (ids alone are accepted with --allow-id-only-queries)"
     raise BadRequestData(
@@ -121,7 +122,7 @@ def check_csf(request: Request) -> None:
     if csf is not None:
         from cityos.query.q import parse_q
 
-        parse_q(csf)  # context source filters share the q grammar
+        parse_q(csf, services(request).settings.max_pattern_length)  # context source filters share the q grammar
 
 
 def type_filter(raw: str, context: ResolvedContext) -> list[str]:

@@ -82,7 +82,7 @@ async def create_registration(request: Request) -> Response:
     tenant_name = tenant(request)
     require(request, "administer", _target(tenant_name))
     context = await body_context(request, body, media, tenant_name=tenant_name)
-    doc = parse_registration(body, context.terms)
+    doc = parse_registration(body, context.terms, max_pattern_length=services(request).settings.max_pattern_length)
     if await _live(request, tenant_name, doc["id"]) is not None:
         raise AlreadyExists(f"context source registration {doc['id']} already exists")
     await services(request).store.save_registration(RegistrationRow(tenant_name, doc["id"], doc), create=True)
@@ -160,7 +160,9 @@ async def update_registration(request: Request) -> Response:
     context = await body_context(request, body, media, tenant_name=tenant_name)
     if isinstance(body, dict) and not (body.keys() - {"@context", "id", "type"}):
         raise BadRequestData("the fragment changes nothing")
-    doc = merge_registration(current.document, body, context.terms)
+    doc = merge_registration(
+        current.document, body, context.terms, max_pattern_length=services(request).settings.max_pattern_length
+    )
     await services(request).store.save_registration(RegistrationRow(tenant_name, registration_id, doc), create=False)
     return no_content()
 

@@ -117,7 +117,7 @@ async def create_subscription(request: Request) -> Response:
     body, media = await read_payload(request)
     tenant_name = tenant(request)
     context = await body_context(request, body, media, tenant_name=tenant_name)
-    doc = parse_subscription(body, context.terms)
+    doc = parse_subscription(body, context.terms, max_pattern_length=services(request).settings.max_pattern_length)
     _check_subscribe(request, tenant_name, doc)
     await _check_targets(request, tenant_name, doc)
     service = subscriptions(request)
@@ -231,7 +231,9 @@ async def update_subscription(request: Request) -> Response:
     context = await body_context(request, body, media, tenant_name=tenant_name)
     if isinstance(body, dict) and not (body.keys() - {"@context", "id", "type"}):
         raise BadRequestData("the fragment changes nothing")
-    doc = merge_subscription(current.doc, body, context.terms)
+    doc = merge_subscription(
+        current.doc, body, context.terms, max_pattern_length=services(request).settings.max_pattern_length
+    )
     if doc.get("entities") != current.doc.get("entities") or doc.get("watchedAttributes") != current.doc.get(
         "watchedAttributes"
     ):

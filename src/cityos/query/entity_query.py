@@ -13,7 +13,7 @@ from cityos.errors import BadRequestData
 from cityos.query import selectors
 from cityos.query.patterns import DEFAULT_MAX_LENGTH, compile_pattern
 from cityos.query.pushdown import value_filters
-from cityos.query.q import compile_q, linked_depth, match_patterns, parse_q
+from cityos.query.q import compile_q, linked_depth, parse_q
 from cityos.store.base import EntityQuery
 
 Predicate = Callable[[Entity], bool]
@@ -35,14 +35,14 @@ class QuerySpec:
     expand_values: frozenset[str] = frozenset()  # attributes whose q literals are vocabulary terms
     lookup: Callable[[str], Entity | None] | None = None  # follows relationships for q `rel{attr}`
     join_level: int = 0  # how deep q may follow relationships (the request's joinLevel)
-    max_pattern_length: int = DEFAULT_MAX_LENGTH  # the max_pattern_length setting
+    max_pattern_length: int | None = DEFAULT_MAX_LENGTH  # the setting; None: checked when stored
 
     def is_empty(self) -> bool:
         fields = (self.ids, self.id_pattern, self.type_expr, self.attrs, self.q, self.scope_q, self.geo)
         return not any(fields) and not self.selectors
 
 
-def check_pattern(pattern: str, max_length: int = DEFAULT_MAX_LENGTH) -> str:
+def check_pattern(pattern: str, max_length: int | None = DEFAULT_MAX_LENGTH) -> str:
     """An idPattern RE2 can evaluate (query/patterns.py), or BadRequestData."""
     compile_pattern(pattern, IDPATTERN, max_length)
     return pattern
@@ -72,7 +72,9 @@ def scope_predicate(expression: str) -> Predicate:
 
 
 def selector_predicate(
-    entries: list[dict[str, Any]], expand: Callable[[str], str], max_pattern_length: int = DEFAULT_MAX_LENGTH
+    entries: list[dict[str, Any]],
+    expand: Callable[[str], str],
+    max_pattern_length: int | None = DEFAULT_MAX_LENGTH,
 ) -> tuple[list[str] | None, Predicate]:
     """EntitySelectors ({id, idPattern, type}) of a Query or Subscription: any of them matches."""
     tests: list[Predicate] = []
@@ -138,13 +140,11 @@ def build_entity_query(spec: QuerySpec, expand: Callable[[str], str]) -> EntityQ
             raise BadRequestData("linked-entity projections (attr{...}) are not supported in attrs")
         query.attrs = [expand(check_name(a, "attribute name")) for a in spec.attrs]
     if spec.q is not None:
-        parsed = parse_q(spec.q)
-        for pattern in match_patterns(parsed):
-            compile_pattern(pattern, "q: invalid regular expression", spec.max_pattern_length)
+        parsed = parse_q(spec.q, spec.max_pattern_length)
         query.value_filters = value_filters(parsed, expand)
         if linked_depth(parsed) > spec.join_level:
             raise BadRequestData("q follows relationships (attr{...}) deeper than joinLevel (or without join)")
-        predicates.append(compile_q(spec.q, expand, spec.expand_values, spec.lookup))
+        predicates.append(compile_q(spec.q, expand, spec.expand_values, spec.lookup, spec.max_pattern_length))
     if spec.scope_q is not None:
         predicates.append(scope_predicate(spec.scope_q))
     if spec.geo is not None:

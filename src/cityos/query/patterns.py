@@ -76,9 +76,11 @@ def _compile(pattern: str) -> Pattern | str:
     return Pattern(regexp)
 
 
-def compile_pattern(pattern: str, what: str, max_length: int = DEFAULT_MAX_LENGTH) -> Pattern:
-    """The compiled pattern (cached), or BadRequestData that begins with `what` and names the problem."""
-    if len(pattern) > max_length:
+def compile_pattern(pattern: str, what: str, max_length: int | None = DEFAULT_MAX_LENGTH) -> Pattern:
+    """The compiled pattern (cached), or BadRequestData that begins with `what` and names the problem.
+    `max_length`: the max_pattern_length setting; None for a pattern whose length was checked when
+    it came in (a stored subscription's, compiled again at start-up, whatever the setting is now)."""
+    if max_length is not None and len(pattern) > max_length:
         raise BadRequestData(f"{what}: longer than {max_length} characters (max_pattern_length)")
     compiled = _compile(pattern)
     if isinstance(compiled, str):

@@ -28,7 +28,7 @@ from typing import Any, Literal, NamedTuple, NoReturn
 
 from cityos.entities.model import VALUE_MEMBER
 from cityos.errors import BadRequestData
-from cityos.query.patterns import Pattern, compile_pattern
+from cityos.query.patterns import DEFAULT_MAX_LENGTH, Pattern, compile_pattern
 
 MAX_LENGTH = 4096
 MAX_DEPTH = 32
@@ -270,9 +270,9 @@ def _classify(word: _Token) -> Value:
     )
 
 
-def _compile_regex(pattern: str, pos: int) -> Pattern:
+def _compile_regex(pattern: str, pos: int, max_length: int | None) -> Pattern:
     """RE2, linear-time whatever the pattern (query/patterns.py); length bounded by max_pattern_length."""
-    return compile_pattern(pattern, f"q: invalid regular expression at position {pos}", MAX_LENGTH)
+    return compile_pattern(pattern, f"q: invalid regular expression at position {pos}", max_length)
 
 
 # --- Parser ----------------------------------------------------------------------------------------
@@ -297,10 +297,11 @@ class _Parser:
     """Recursive descent: Query = Conj *('|' Conj); Conj = Factor *(';' Factor);
     Factor = '(' Query ')' | Term. AND binding tighter than OR follows from the layering."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, max_pattern_length: int | None) -> None:
         self.text = text
         self.lex = _Lexer(text)
         self.depth = 0
+        self.max_pattern_length = max_pattern_length
 
     def parse(self) -> QExpr:
         expr = self.query()
@@ -346,7 +347,7 @@ class _Parser:
         op = token.text
         if op in ("~=", "!~="):
             pattern = self.lex.regex()
-            _compile_regex(pattern.text, pattern.pos)
+            _compile_regex(pattern.text, pattern.pos, self.max_pattern_length)
             return Match(path, pattern.text, op == "!~=")
         return Comparison(path, op, self.operand(op, pos))  # type: ignore[arg-type]
 
@@ -392,13 +393,14 @@ class _Parser:
         return first
 
 
-def parse_q(text: str) -> QExpr:
-    """Parse a q expression; BadRequestData (with the fault's position) when it is malformed."""
+def parse_q(text: str, max_pattern_length: int | None = DEFAULT_MAX_LENGTH) -> QExpr:
+    """Parse a q expression; BadRequestData (with the fault's position) when it is malformed.
+    `max_pattern_length`: the setting, for the `~=` patterns (None: checked when q came in)."""
     if len(text) > MAX_LENGTH:
         raise BadRequestData(f"q: longer than {MAX_LENGTH} characters")
     if not text:
         raise BadRequestData("q: empty query")
-    return _Parser(text).parse()
+    return _Parser(text, max_pattern_length).parse()
 
 
 # --- Inspection ------------------------------------------------------------------------------------
@@ -655,7 +657,7 @@ class _Compiler:
         return ordered
 
     def match(self, expr: Match, resolve: Resolver) -> Predicate:
-        pattern = _compile_regex(expr.pattern, 0)  # parse_q already rejected bad patterns
+        pattern = _compile_regex(expr.pattern, 0, None)  # parse_q already rejected bad patterns
         negated = expr.negated
 
         def predicate(entity: Entity) -> bool:
@@ -674,10 +676,11 @@ def compile_q(
     expand: Callable[[str], str],
     expand_values: frozenset[str] = frozenset(),
     lookup: Callable[[str], Entity | None] | None = None,
+    max_pattern_length: int | None = DEFAULT_MAX_LENGTH,
 ) -> Predicate:
     """A predicate over internal entities. `expand` maps q terms to IRIs with the request's
     @context; metadata names and compound keys are used as written. An attribute matches when
     any of its instances (datasetIds) does. Raises BadRequestData, or QNotSupported for
     linked-entity paths. Literals compared with the VocabProperty attributes named in
     `expand_values` (the expandValues parameter) are expanded as vocabulary terms first."""
-    return _Compiler(expand, expand_values, lookup).compile(parse_q(text))
+    return _Compiler(expand, expand_values, lookup).compile(parse_q(text, max_pattern_length))

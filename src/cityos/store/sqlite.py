@@ -138,7 +138,10 @@ def _is_busy(error: BaseException) -> bool:
 def _translated(error: BaseException, path: str, busy_timeout: float) -> BaseException:
     """A lock that was not free in time becomes DatabaseBusy (a 503); anything else stays."""
     if _is_busy(error):
-        busy = DatabaseBusy(f"the database {path} is busy or locked by another connection (waited {busy_timeout:g} s)")
+        busy = DatabaseBusy(
+            f"the database {path} is busy or locked by another connection (waited {busy_timeout:g} s)",
+            retry_after=busy_timeout,
+        )
         busy.__cause__ = error
         return busy
     return error

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from cityos.entities.model import Entity
 from cityos.entities.render import to_geojson_feature
 from cityos.entities.values import now
-from cityos.errors import NgsiLdError, log_failure
+from cityos.errors import FailureLog, NgsiLdError, log_failure
 from cityos.jsonld.registry import ContextRegistry
 from cityos.jsonld.termmap import TermMap
 from cityos.ngsild.join import join_plan, render_joined
@@ -107,6 +107,7 @@ class Dispatcher:
         self._pump: asyncio.Task[None] | None = None
         self._claimed: set[int] = set()  # outbox rows claimed here and not yet finished
         self._following = True  # the pump runs until drain() ends it
+        self.failures = FailureLog(log)  # a job failing again every second: one line a minute
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, *, release: bool = True) -> None:
@@ -217,7 +218,11 @@ class Dispatcher:
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # never let one job stop the lane; the row stays in the outbox
-                    log_failure(log, "notification for subscription %s failed unexpectedly", job.subscription_id)
+                    self.failures.failed(
+                        ("job", job.tenant, job.subscription_id),
+                        "notification for subscription %s failed unexpectedly",
+                        job.subscription_id,
+                    )
                     await asyncio.sleep(1.0)
                     continue
                 lane.jobs.popleft()
@@ -235,7 +240,11 @@ class Dispatcher:
         try:
             row = await self.store.get_subscription(job.tenant, job.subscription_id)
         except Exception:  # keep delivering; the counts may lag
-            log_failure(log, "reading the delivery status of subscription %s failed", job.subscription_id)
+            self.failures.failed(
+                ("status", job.tenant, job.subscription_id),
+                "reading the delivery status of subscription %s failed",
+                job.subscription_id,
+            )
             return
         if row is not None:
             subscription.delivery = Delivery.from_dict(row.status)

@@ -21,6 +21,7 @@ from urllib.parse import unquote
 from cityos.entities.model import NULL_URI, VALUE_MEMBER, Entity, Instance
 from cityos.entities.render import RenderOptions, render_entity
 from cityos.entities.values import now, parse_datetime
+from cityos.errors import FailureLog
 from cityos.jsonld.termmap import TermMap
 from cityos.query.entity_query import QuerySpec, build_entity_query, scope_predicate, selector_predicate
 from cityos.query.geo import compile_geo, parse_geoq
@@ -140,11 +141,15 @@ def lane_of(tenant: str, subscription_id: str) -> str:
     return f"{tenant}\n{subscription_id}"
 
 
-def filters_of(doc: Doc, terms: TermMap, lookup: EntityLookup) -> tuple[Predicate, ...]:
-    """q (percent-decoded; `rel{attr}` paths follow relationships through `lookup`), geoQ, scopeQ."""
+def filters_of(
+    doc: Doc, terms: TermMap, lookup: EntityLookup, max_pattern_length: int | None = None
+) -> tuple[Predicate, ...]:
+    """q (percent-decoded; `rel{attr}` paths follow relationships through `lookup`), geoQ, scopeQ.
+    `max_pattern_length`: the setting, for a subscription being made; None for a stored one (its
+    patterns were checked when it came in; a setting lowered since does not disable it)."""
     filters: list[Predicate] = []
     if "q" in doc:
-        filters.append(compile_q(unquote(doc["q"]), terms.expand, lookup=lookup))
+        filters.append(compile_q(unquote(doc["q"]), terms.expand, lookup=lookup, max_pattern_length=max_pattern_length))
     if "geoQ" in doc:
         filters.append(compile_geo(parse_geoq(doc["geoQ"]), terms.expand))
     if "scopeQ" in doc:
@@ -152,13 +157,16 @@ def filters_of(doc: Doc, terms: TermMap, lookup: EntityLookup) -> tuple[Predicat
     return tuple(filters)
 
 
-def compile_matcher(subscription: Subscription, terms: TermMap, lookup: EntityLookup) -> Matcher:
-    """`terms`: the subscription's own @context, for the names inside q and geoQ."""
+def compile_matcher(
+    subscription: Subscription, terms: TermMap, lookup: EntityLookup, max_pattern_length: int | None = None
+) -> Matcher:
+    """`terms`: the subscription's own @context, for the names inside q and geoQ;
+    `max_pattern_length` as for filters_of."""
     doc = subscription.doc
     types: tuple[str, ...] | None = None
     select = None
     if "entities" in doc:
-        union, select = selector_predicate(doc["entities"], lambda name: name)  # stored expanded
+        union, select = selector_predicate(doc["entities"], lambda name: name, max_pattern_length)  # stored expanded
         types = tuple(union or ())
     watched = frozenset(doc["watchedAttributes"]) if "watchedAttributes" in doc else None
     triggers = frozenset(doc.get("notificationTrigger", DEFAULT_TRIGGERS))
@@ -171,7 +179,7 @@ def compile_matcher(subscription: Subscription, terms: TermMap, lookup: EntityLo
         watched=watched,
         types=types,
         select=select,
-        filters=filters_of(doc, terms, lookup),
+        filters=filters_of(doc, terms, lookup, max_pattern_length),
         throttling=float(doc.get("throttling", 0)),
         periodic="timeInterval" in doc,
         active=doc.get("isActive", True) is not False,
@@ -186,7 +194,7 @@ def compile_matcher(subscription: Subscription, terms: TermMap, lookup: EntityLo
 def periodic_query(subscription: Subscription, terms: TermMap, lookup: EntityLookup, limit: int) -> EntityQuery:
     """The entities a timeInterval subscription reports: its selectors, q, geoQ and scopeQ."""
     doc = subscription.doc
-    query = build_entity_query(QuerySpec(selectors=doc.get("entities")), lambda name: name)
+    query = build_entity_query(QuerySpec(selectors=doc.get("entities"), max_pattern_length=None), lambda name: name)
     own = filters_of(doc, terms, lookup)
     filters = (query.predicate, *own) if query.predicate else own
     if filters:
@@ -211,6 +219,9 @@ class ChangeMatcher:
         self.throttle_in_store = False  # set when the store decides throttling (several workers)
         self._lock = threading.Lock()
         self._lookup: EntityLookup | None = None  # the running transaction's, during a call
+        # a faulty subscription fails on every change it is matched against: one line per kind
+        # of failure and subscription, then a count at most once a minute
+        self.failures = FailureLog(log)
 
     def linked(self, entity_id: str) -> Entity | None:
         """The lookup compiled into q predicates: entities as the current write transaction sees them."""
@@ -251,7 +262,7 @@ class ChangeMatcher:
                 try:
                     row = self._match(matcher, change, changes, moment)
                 except Exception:  # a faulty subscription must never fail the write that triggered it
-                    log.exception("matching subscription %s failed", matcher.id)
+                    self.failures.failed((matcher.tenant, matcher.id), "matching subscription %s failed", matcher.id)
                     continue
                 if row is not None:
                     rows.append(row)

@@ -14,6 +14,7 @@ as written: it is evaluated with the subscription's own @context (subscriptions/
 from __future__ import annotations
 
 import copy
+import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from cityos.ngsild.join import join_plan
 from cityos.query import selectors
 from cityos.query.entity_query import scope_predicate, selector_predicate
 from cityos.query.geo import parse_geoq
+from cityos.query.patterns import DEFAULT_MAX_LENGTH
 from cityos.query.q import parse_q
 from cityos.redact import redact_endpoint, restore_endpoint
 from cityos.store.base import SubscriptionRow
@@ -171,10 +173,10 @@ def map_type_names(expression: str, convert: Callable[[str], str]) -> str:
     return selectors.TOKEN_RE.sub(replace, expression)
 
 
-def _entities(value: Any, terms: TermMap) -> list[Doc]:
+def _entities(value: Any, terms: TermMap, max_pattern_length: int = DEFAULT_MAX_LENGTH) -> list[Doc]:
     if not isinstance(value, list) or not value:
         raise BadRequestData("entities must be a non-empty array of entity selectors")
-    selector_predicate(value, terms.expand)  # validates types, ids and idPatterns
+    selector_predicate(value, terms.expand, max_pattern_length)  # validates types, ids and idPatterns
     out = []
     for item in value:
         entry: Doc = {"type": map_type_names(item["type"], terms.expand)}
@@ -194,17 +196,17 @@ def _triggers(value: Any, terms: TermMap) -> list[str]:
     return list(dict.fromkeys(value))
 
 
-def _q(value: Any, terms: TermMap) -> str:
+def _q(value: Any, terms: TermMap, max_pattern_length: int = DEFAULT_MAX_LENGTH) -> str:
     if not isinstance(value, str) or not value:
         raise BadRequestData("q must be a non-empty string")
-    parse_q(unquote(value))
+    parse_q(unquote(value), max_pattern_length)
     return value
 
 
-def _csf(value: Any, terms: TermMap) -> str:
+def _csf(value: Any, terms: TermMap, max_pattern_length: int = DEFAULT_MAX_LENGTH) -> str:
     if not isinstance(value, str) or not value:
         raise BadRequestData("csf must be a non-empty string")
-    parse_q(unquote(value))
+    parse_q(unquote(value), max_pattern_length)
     return value
 
 
@@ -367,6 +369,18 @@ MEMBERS: dict[str, Callable[[Any, TermMap], Any]] = {
 }
 
 
+def _members(max_pattern_length: int) -> dict[str, Callable[[Any, TermMap], Any]]:
+    """MEMBERS, with the members that hold regular expressions held to the max_pattern_length setting."""
+    if max_pattern_length == DEFAULT_MAX_LENGTH:
+        return MEMBERS
+    return {
+        **MEMBERS,
+        "entities": functools.partial(_entities, max_pattern_length=max_pattern_length),
+        "q": functools.partial(_q, max_pattern_length=max_pattern_length),
+        "csf": functools.partial(_csf, max_pattern_length=max_pattern_length),
+    }
+
+
 # set by the broker (table 5.2.12-2): ignored quietly, a client may send back what it read
 READ_ONLY = frozenset({"id", "type", "@context", "status", "createdAt", "modifiedAt"})
 ALIASES = {"name": "subscriptionName"}
@@ -419,7 +433,7 @@ def _check_type(body: Doc) -> None:
         raise BadRequestData('the type of a subscription must be "Subscription"')
 
 
-def parse_subscription(body: Any, terms: TermMap) -> Doc:
+def parse_subscription(body: Any, terms: TermMap, *, max_pattern_length: int = DEFAULT_MAX_LENGTH) -> Doc:
     """A create body -> the stored form (read-only and unknown members left out, an id generated)."""
     if not isinstance(body, dict):
         raise BadRequestData("the subscription must be a JSON object")
@@ -432,14 +446,14 @@ def parse_subscription(body: Any, terms: TermMap) -> Doc:
     else:
         sub_id = f"urn:ngsi-ld:Subscription:{uuid.uuid4()}"
     doc: Doc = {"id": sub_id, "type": "Subscription"}
-    for name, parse in MEMBERS.items():
+    for name, parse in _members(max_pattern_length).items():
         if body.get(name) is not None:
             doc[name] = parse(body[name], terms)
     _check(doc)
     return doc
 
 
-def merge_subscription(doc: Doc, fragment: Any, terms: TermMap) -> Doc:
+def merge_subscription(doc: Doc, fragment: Any, terms: TermMap, *, max_pattern_length: int = DEFAULT_MAX_LENGTH) -> Doc:
     """PATCH /subscriptions/{id}: each given member replaces the stored one (`notification` as a
     whole); null removes a member."""
     if not isinstance(fragment, dict):
@@ -449,7 +463,7 @@ def merge_subscription(doc: Doc, fragment: Any, terms: TermMap) -> Doc:
         raise BadRequestData("the id of a subscription cannot be changed")
     fragment = _spelled(fragment)
     merged = copy.deepcopy(doc)
-    for name, parse in MEMBERS.items():
+    for name, parse in _members(max_pattern_length).items():
         if name not in fragment:
             continue
         if fragment[name] is None:

@@ -16,7 +16,7 @@ import logging
 from datetime import UTC, datetime
 
 from cityos.entities.values import now
-from cityos.errors import ResourceNotFound, log_failure
+from cityos.errors import FailureLog, ResourceNotFound, log_failure
 from cityos.jsonld.registry import ContextRegistry
 from cityos.jsonld.termmap import TermMap
 from cityos.net import OutboundPolicy
@@ -53,6 +53,8 @@ class SubscriptionService:
         self.access_source: AccessSource | None = None
         self._open = OpenAccess.create()
         self._held = False  # a command with auth required leaves the outbox to the server
+        # per subscription: a reload (every change another worker makes) or a period may fail again
+        self._failures = FailureLog(log)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def install(self) -> None:
@@ -121,7 +123,7 @@ class SubscriptionService:
             self._matchers[key] = compile_matcher(subscription, terms, self.matcher.linked)
         except Exception:
             self._matchers.pop(key, None)
-            log.exception("subscription %s cannot be matched and is skipped", subscription.id)
+            self._failures.failed(("load", *key), "subscription %s cannot be matched and is skipped", subscription.id)
         return subscription
 
     # -- other workers' writes ---------------------------------------------------------------------
@@ -240,14 +242,15 @@ class SubscriptionService:
     # -- writes ------------------------------------------------------------------------------------
     async def create(self, subscription: Subscription, terms: TermMap) -> None:
         """`terms`: the creating request's @context, which q and geoQ are evaluated with."""
-        matcher = compile_matcher(subscription, terms, self.matcher.linked)  # refuses what cannot be evaluated
+        # refuses what cannot be evaluated
+        matcher = compile_matcher(subscription, terms, self.matcher.linked, self.settings.max_pattern_length)
         await self.store.save_subscription(subscription.to_row(), create=True)
         self._install((subscription.tenant, subscription.id), subscription, terms, matcher)
 
     async def update(self, subscription: Subscription) -> None:
         key = (subscription.tenant, subscription.id)
         terms = self._terms.get(key) or self.contexts.core_terms()
-        matcher = compile_matcher(subscription, terms, self.matcher.linked)
+        matcher = compile_matcher(subscription, terms, self.matcher.linked, self.settings.max_pattern_length)
         await self.store.save_subscription(subscription.to_row(), create=False)
         self._install(key, subscription, terms, matcher)
 
@@ -301,7 +304,7 @@ class SubscriptionService:
                 if not await self.store.claim_periodic(subscription.tenant, subscription.id, interval):
                     continue
             except Exception:
-                log_failure(log, "claiming the period of subscription %s failed", subscription.id)
+                self._failures.failed(("claim", *key), "claiming the period of subscription %s failed", subscription.id)
                 continue
             try:
                 # q paths that follow relationships read on the reader thread running the query
@@ -309,7 +312,7 @@ class SubscriptionService:
                 query = periodic_query(subscription, self._terms[key], lookup, self.settings.max_page_size)
                 result = await self.store.query_entities(subscription.tenant, query)
             except Exception:
-                log_failure(log, "periodic query of subscription %s failed", subscription.id)
+                self._failures.failed(("periodic", *key), "periodic query of subscription %s failed", subscription.id)
                 continue
             if result.entities:
                 job = Job(subscription.tenant, subscription.id, entities=result.entities)

@@ -24,8 +24,9 @@ import contextlib
 import functools
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import asyncpg
 
@@ -36,9 +37,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cityos.store")
 
+
+class _Waits(Protocol):
+    busy_timeout: float  # seconds; also what a 503's Retry-After says (rounded up)
+
+
 T = TypeVar("T")
 P = ParamSpec("P")
-S = TypeVar("S")
+S = TypeVar("S", bound=_Waits)
 
 CONFLICT_ATTEMPTS = 8  # a write aborted for a deadlock or serialization failure is run this often at most
 _CONFLICTS = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
@@ -93,31 +99,13 @@ def read_again_once(
             return await method(self, *args, **kwargs)
         except Exception as error:
             if lost_connection(error):
-                raise DatabaseUnavailable("the database connection was lost twice; try again shortly") from error
+                raise DatabaseUnavailable(
+                    "the database connection was lost twice; try again shortly", retry_after=self.busy_timeout
+                ) from error
             raise
 
     functools.update_wrapper(read, method)
     return read
-
-
-def unavailable_when_lost(
-    method: Callable[Concatenate[S, P], Coroutine[Any, Any, T]],
-) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
-    """For one-statement writes outside `_write` (autocommitted): a lost connection may have
-    happened before or after the commit, so the write is not run again; it is a 503."""
-
-    async def write(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(self, *args, **kwargs)
-        except Exception as error:
-            if lost_connection(error):
-                raise DatabaseUnavailable(
-                    "the database connection was lost; the change may or may not have been applied"
-                ) from error
-            raise
-
-    functools.update_wrapper(write, method)
-    return write
 
 
 class Transactions:
@@ -145,23 +133,30 @@ class Transactions:
             if committing:
                 raise _LostWhileCommitting(
                     "the database connection was lost while the write was committing; it may or may not"
-                    " have been applied: read it back, or send it again"
+                    " have been applied: read it back, or send it again",
+                    retry_after=self.busy_timeout,
                 ) from error
-            raise DatabaseUnavailable("the database connection was lost; nothing was written") from error
+            raise DatabaseUnavailable(
+                "the database connection was lost; nothing was written", retry_after=self.busy_timeout
+            ) from error
 
     @contextlib.asynccontextmanager
     async def _connection_in_transaction(self) -> AsyncIterator[Connection]:
         try:
             connection = await self.pool.acquire(timeout=self.busy_timeout)
         except TimeoutError as exc:
-            raise DatabaseBusy(f"the database is busy: no connection was free within {self.busy_timeout:g} s") from exc
+            raise DatabaseBusy(
+                f"the database is busy: no connection was free within {self.busy_timeout:g} s",
+                retry_after=self.busy_timeout,
+            ) from exc
         try:
             async with connection.transaction():
                 yield connection
         except asyncpg.exceptions.LockNotAvailableError as exc:
             raise DatabaseBusy(
                 f"the database is busy: what the write needs stayed locked by another transaction"
-                f" (waited {self.busy_timeout:g} s)"
+                f" (waited {self.busy_timeout:g} s)",
+                retry_after=self.busy_timeout,
             ) from exc
         finally:
             await self.pool.release(connection)
@@ -173,6 +168,7 @@ class Transactions:
         work must be safe to run again: everything it did was rolled back."""
         conflicts = 0
         lost = 0
+        started = time.monotonic()
         while True:
             try:
                 async with self._transaction() as connection:
@@ -181,7 +177,8 @@ class Transactions:
                 conflicts += 1
                 if conflicts >= CONFLICT_ATTEMPTS:
                     raise DatabaseBusy(
-                        f"the database is busy: the write collided with others {conflicts} times"
+                        f"the database is busy: the write collided with others {conflicts} times",
+                        retry_after=time.monotonic() - started,
                     ) from error
                 await asyncio.sleep(random.uniform(0.005, 0.02) * conflicts)
             except DatabaseUnavailable as error:
@@ -189,3 +186,13 @@ class Transactions:
                 if lost > 1 or isinstance(error, _LostWhileCommitting):
                     raise
                 log.warning("a write lost its database connection before committing; running it once more")
+
+    async def _write_one(self, sql: str, *args: Any) -> bool:
+        """One statement as a `_write` transaction, so that a connection lost before the commit
+        runs it again instead of answering 503 (autocommitted, the loss could not be placed
+        before or after the commit). True when it returned a true value (`RETURNING true`)."""
+
+        async def work(connection: Connection) -> bool:
+            return bool(await connection.fetchval(sql, *args))
+
+        return await self._write(work)

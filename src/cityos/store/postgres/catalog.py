@@ -27,7 +27,7 @@ from cityos.store.base import (
     RegistrationRow,
     StoreEvent,
 )
-from cityos.store.postgres.busy import read_again_once, unavailable_when_lost
+from cityos.store.postgres.busy import read_again_once
 from cityos.store.postgres.outbox import TENANT_INSERT, PostgresOutbox
 
 if TYPE_CHECKING:
@@ -50,15 +50,15 @@ class PostgresCatalog(PostgresOutbox):
         await connection.execute("DELETE FROM entity_maps WHERE expires_at <= $1", now)
 
     # -- context source registrations ---------------------------------------------------------------
-    @unavailable_when_lost
     async def save_registration(self, row: RegistrationRow, *, create: bool) -> None:
         document = orjson.dumps(row.document).decode()
-        if not create:
-            await self.pool.execute(
-                "UPDATE registrations SET doc = $1 WHERE tenant = $2 AND id = $3", document, row.tenant, row.id
-            )
-            return
-        async with self._transaction() as connection:
+
+        async def work(connection: Connection) -> None:
+            if not create:
+                await connection.execute(
+                    "UPDATE registrations SET doc = $1 WHERE tenant = $2 AND id = $3", document, row.tenant, row.id
+                )
+                return
             await connection.execute(TENANT_INSERT, row.tenant)
             saved = await connection.fetchval(
                 "INSERT INTO registrations (doc, tenant, id) VALUES ($1, $2, $3)"
@@ -70,6 +70,8 @@ class PostgresCatalog(PostgresOutbox):
             if not saved:
                 raise AlreadyExists(f"context source registration {row.id} already exists")
 
+        await self._write(work)
+
     @read_again_once
     async def get_registration(self, tenant: str, registration_id: str) -> RegistrationRow | None:
         doc = await self.pool.fetchval(
@@ -77,12 +79,10 @@ class PostgresCatalog(PostgresOutbox):
         )
         return None if doc is None else RegistrationRow(tenant, registration_id, orjson.loads(doc))
 
-    @unavailable_when_lost
     async def delete_registration(self, tenant: str, registration_id: str) -> bool:
-        deleted = await self.pool.fetchval(
+        return await self._write_one(
             "DELETE FROM registrations WHERE tenant = $1 AND id = $2 RETURNING true", tenant, registration_id
         )
-        return bool(deleted)
 
     @read_again_once
     async def list_registrations(self, tenant: str) -> list[RegistrationRow]:
@@ -90,9 +90,8 @@ class PostgresCatalog(PostgresOutbox):
         return [RegistrationRow(tenant, r["id"], orjson.loads(r["doc"])) for r in rows]
 
     # -- entity maps ---------------------------------------------------------------------------------
-    @unavailable_when_lost
     async def save_entity_map(self, tenant: str, entity_map: EntityMap) -> None:
-        await self.pool.execute(
+        await self._write_one(
             "INSERT INTO entity_maps (tenant, id, expires_at, entity_ids, query) VALUES ($1, $2, $3, $4, $5)"
             " ON CONFLICT (tenant, id) DO UPDATE SET expires_at = excluded.expires_at,"
             " entity_ids = excluded.entity_ids, query = excluded.query",
@@ -114,7 +113,6 @@ class PostgresCatalog(PostgresOutbox):
             map_id, from_expiry_key(row["expires_at"]), tuple(orjson.loads(row["entity_ids"])), row["query"]
         )
 
-    @unavailable_when_lost
     async def update_entity_map(
         self, tenant: str, map_id: str, *, expires_at: datetime | None = None, entity_ids: Sequence[str] | None = None
     ) -> bool:
@@ -126,20 +124,17 @@ class PostgresCatalog(PostgresOutbox):
         if not changes:
             return await self.get_entity_map(tenant, map_id) is not None
         assignments = ", ".join(f"{column} = ${n}" for n, column in enumerate(changes, start=3))
-        updated = await self.pool.fetchval(
+        return await self._write_one(
             f"UPDATE entity_maps SET {assignments} WHERE tenant = $1 AND id = $2 RETURNING true",
             tenant,
             map_id,
             *changes.values(),
         )
-        return bool(updated)
 
-    @unavailable_when_lost
     async def delete_entity_map(self, tenant: str, map_id: str) -> bool:
-        deleted = await self.pool.fetchval(
+        return await self._write_one(
             "DELETE FROM entity_maps WHERE tenant = $1 AND id = $2 RETURNING true", tenant, map_id
         )
-        return bool(deleted)
 
     # -- discovery: aggregated in SQL over the entities' type and attribute arrays; documents are
     # -- read only for attribute types -------------------------------------------------------------
@@ -248,7 +243,8 @@ class PostgresCatalog(PostgresOutbox):
     async def add_ingest_records(self, rows: Sequence[IngestRecord]) -> None:
         if not rows:
             return
-        async with self._transaction() as connection:
+
+        async def work(connection: Connection) -> None:
             inserted = await connection.fetch(
                 "INSERT INTO ingest_records (kind, tenant, key, doc)"
                 " SELECT k, t, y, d FROM unnest($1::text[], $2::text[], $3::text[], $4::json[])"
@@ -270,8 +266,10 @@ class PostgresCatalog(PostgresOutbox):
             for row in rows:
                 await self._notify(connection, StoreEvent("ingest", row.tenant, f"{row.kind}:{row.key}"))
 
+        await self._write(work)
+
     async def delete_ingest_record(self, kind: str, tenant: str, key: str) -> bool:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> bool:
             deleted = await connection.fetchval(
                 "DELETE FROM ingest_records WHERE kind = $1 AND tenant = $2 AND key = $3 RETURNING true",
                 kind,
@@ -280,7 +278,9 @@ class PostgresCatalog(PostgresOutbox):
             )
             if deleted:
                 await self._notify(connection, StoreEvent("ingest", tenant, f"{kind}:{key}"))
-        return bool(deleted)
+            return bool(deleted)
+
+        return await self._write(work)
 
     @read_again_once
     async def load_ingest_records(self, kind: str) -> list[IngestRecord]:

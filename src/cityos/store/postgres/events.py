@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
+from cityos.errors import FailureLog
 from cityos.store.base import EventListener, StoreEvent
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class EventFollower:
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
+        self.failures = FailureLog(log)  # per kind of event: every write of another worker sends one
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow())
@@ -89,7 +91,7 @@ class EventFollower:
         try:
             listener(event)
         except Exception:  # one faulty refresh must not stop the others
-            log.exception("handling the %s event for %s failed", event.kind, event.key)
+            self.failures.failed(event.kind, "handling the %s event for %s failed", event.kind, event.key)
 
     def _on_notify(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
         event = decode(str(payload), self.origin)

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 import asyncpg
 import orjson
 
-from cityos.errors import AlreadyExists
+from cityos.errors import AlreadyExists, DatabaseBusy
 from cityos.store.base import OutboxRow, StoreEvent, SubscriptionRow
-from cityos.store.postgres.busy import Transactions, read_again_once, unavailable_when_lost
+from cityos.store.postgres.busy import Transactions, read_again_once
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
@@ -130,11 +130,14 @@ class PostgresOutbox(Transactions):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+        async def work(connection: Connection) -> None:
+            await connection.execute("UPDATE outbox SET claimed_by = NULL WHERE claimed_by = $1", self.worker_id)
+            await connection.execute("DELETE FROM workers WHERE id = $1", self.worker_id)
+
         try:
-            async with self._transaction() as connection:
-                await connection.execute("UPDATE outbox SET claimed_by = NULL WHERE claimed_by = $1", self.worker_id)
-                await connection.execute("DELETE FROM workers WHERE id = $1", self.worker_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            await self._write(work)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, DatabaseBusy) as exc:
             # its claims are released anyway once its heartbeat is old enough
             log.warning("deregistering worker %s failed: %s", self.worker_id, exc)
 
@@ -178,7 +181,8 @@ class PostgresOutbox(Transactions):
     async def release_outbox(self) -> None:
         """At start-up: un-claim the rows of this worker and of workers not alive (also of claimants
         no longer listed), and deregister the workers silent for WORKER_FORGOTTEN."""
-        async with self._transaction() as connection:
+
+        async def work(connection: Connection) -> None:
             await connection.execute(
                 "UPDATE outbox SET claimed_by = NULL WHERE id IN (SELECT id FROM outbox"
                 " WHERE claimed_by = $1 OR claimed_by NOT IN (SELECT id FROM workers"
@@ -195,9 +199,11 @@ class PostgresOutbox(Transactions):
                 self.worker_id,
             )
 
+        await self._write(work)
+
     async def release_claims(self, ids: Sequence[int]) -> None:
         if ids:
-            await self.pool.execute(
+            await self._write_one(
                 "UPDATE outbox SET claimed_by = NULL WHERE id = ANY($1::bigint[]) AND claimed_by = $2",
                 list(ids),
                 self.worker_id,
@@ -206,11 +212,14 @@ class PostgresOutbox(Transactions):
     async def claim_outbox(self, limit: int) -> list[OutboxRow]:
         """Up to `limit` rows, oldest first, that are unclaimed or claimed by a dead worker, now
         claimed by this one; rows of a lane only in order and only by the worker holding the lane."""
-        async with self._transaction() as connection:
+
+        async def work(connection: Connection) -> list[asyncpg.Record]:
             dead = await self._dead_workers(connection)
             # without dead workers, the partial index of unclaimed rows gives them oldest first
             sql = _CLAIM.format(claimable=_UNCLAIMED_OR_DEAD if dead else _UNCLAIMED)
-            rows = await connection.fetch(sql, limit, self.worker_id, dead)
+            return list(await connection.fetch(sql, limit, self.worker_id, dead))
+
+        rows = await self._write(work)
         claimed = [
             OutboxRow(r["tenant"], r["subscription_id"], r["lane"], orjson.loads(r["payload"]), r["id"], r["attempts"])
             for r in rows
@@ -219,7 +228,7 @@ class PostgresOutbox(Transactions):
         return claimed
 
     async def finish_outbox(self, row: OutboxRow, *, done: bool, status: SubscriptionRow | None = None) -> None:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> None:
             if done:
                 await connection.execute("DELETE FROM outbox WHERE id = $1", row.id)
             else:
@@ -236,11 +245,12 @@ class PostgresOutbox(Transactions):
                         connection, StoreEvent("subscription-status", status.tenant, status.id, data=status.status)
                     )
 
+        await self._write(work)
+
     # -- subscriptions -------------------------------------------------------------------------------
-    @unavailable_when_lost
     async def claim_periodic(self, tenant: str, subscription_id: str, interval: float) -> bool:
         """The first worker to ask in a period moves the subscription's `periodic_due` one interval on."""
-        won = await self.pool.fetchval(
+        return await self._write_one(
             "UPDATE subscriptions SET periodic_due = now() + make_interval(secs => $3)"
             " WHERE tenant = $1 AND id = $2"
             f" AND (periodic_due IS NULL OR periodic_due <= now() + interval '{PERIODIC_SLACK}') RETURNING true",
@@ -248,14 +258,14 @@ class PostgresOutbox(Transactions):
             subscription_id,
             float(interval),
         )
-        return bool(won)
 
     async def save_subscription(self, row: SubscriptionRow, *, create: bool) -> None:
         """Other workers hear of it: a replace that leaves the document as it was (the delivery
         bookkeeping of a periodic report) as "subscription-status" with the status, which they
         apply without reloading; any other save as "subscription"."""
         values = (orjson.dumps(row.document).decode(), orjson.dumps(row.status).decode(), row.tenant, row.id)
-        async with self._transaction() as connection:
+
+        async def work(connection: Connection) -> None:
             if create:
                 await connection.execute(TENANT_INSERT, row.tenant)
                 created = await connection.fetchval(
@@ -283,8 +293,10 @@ class PostgresOutbox(Transactions):
                     event = StoreEvent("subscription", row.tenant, row.id)
             await self._notify(connection, event)
 
+        await self._write(work)
+
     async def delete_subscription(self, tenant: str, subscription_id: str) -> bool:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> bool:
             await connection.execute(
                 "DELETE FROM outbox WHERE tenant = $1 AND subscription_id = $2", tenant, subscription_id
             )
@@ -293,7 +305,9 @@ class PostgresOutbox(Transactions):
             )
             if deleted:
                 await self._notify(connection, StoreEvent("subscription", tenant, subscription_id))
-        return bool(deleted)
+            return bool(deleted)
+
+        return await self._write(work)
 
     @read_again_once
     async def load_subscriptions(self) -> list[SubscriptionRow]:
@@ -311,7 +325,8 @@ class PostgresOutbox(Transactions):
 
     async def save_subscription_status(self, row: SubscriptionRow) -> None:
         """Only the delivery bookkeeping: a concurrent change of the document by another worker stays."""
-        async with self._transaction() as connection:
+
+        async def work(connection: Connection) -> None:
             updated = await connection.fetchval(
                 "UPDATE subscriptions SET status = $1 WHERE tenant = $2 AND id = $3 RETURNING true",
                 orjson.dumps(row.status).decode(),
@@ -320,6 +335,8 @@ class PostgresOutbox(Transactions):
             )
             if updated:
                 await self._notify(connection, StoreEvent("subscription-status", row.tenant, row.id, data=row.status))
+
+        await self._write(work)
 
 
 async def subscription_rows(connection: Connection) -> list[SubscriptionRow]:

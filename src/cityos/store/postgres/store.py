@@ -412,7 +412,10 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
         """Sweep transient entities and attributes; SKIP LOCKED lets several workers sweep at once."""
         changes: list[EntityChange] = []
         wakes: list[Callable[[], None]] = []
-        async with self._transaction() as connection:
+
+        async def work(connection: Connection) -> None:
+            changes.clear()  # a transaction run again starts afresh
+            wakes.clear()
             await self._fresh_subscriptions(connection)
             rows = await connection.fetch(
                 "SELECT pk, tenant, id, doc FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= $1"
@@ -436,13 +439,15 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
                 await self._emit(connection, change, wakes)
                 changes.append(change)
             await self._purge_expired_maps(connection, now)
+
+        await self._write(work)
         for wake in wakes:
             wake()
         return changes
 
     # -- hosted @contexts --------------------------------------------------------------------------
     async def save_context(self, row: StoredContextRow) -> None:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> None:
             # delete + insert, like SQLite's INSERT OR REPLACE: a replaced context loads last
             await connection.execute(
                 "DELETE FROM jsonld_contexts WHERE tenant = $1 AND local_id = $2", row.tenant, row.local_id
@@ -457,12 +462,16 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
             )
             await self._notify(connection, StoreEvent("context", row.tenant, row.local_id))
 
+        await self._write(work)
+
     async def delete_context(self, tenant: str, local_id: str) -> None:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> None:
             await connection.execute(
                 "DELETE FROM jsonld_contexts WHERE tenant = $1 AND local_id = $2", tenant, local_id
             )
             await self._notify(connection, StoreEvent("context", tenant, local_id))
+
+        await self._write(work)
 
     @read_again_once
     async def load_contexts(self) -> list[StoredContextRow]:

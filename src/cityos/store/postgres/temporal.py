@@ -252,7 +252,8 @@ class PostgresTemporal(PostgresTemporalReads):
         self, tenant: str, entity_id: str, types: Sequence[str], instances: Sequence[tuple[str, Instance]]
     ) -> bool:
         puts = self._plan(instances)
-        async with self._transaction() as connection:
+
+        async def work(connection: Connection) -> bool:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             pk, created, missing = await self._upsert_entity(
                 connection, tenant, entity_id, types, self._partitions(puts)
@@ -280,7 +281,9 @@ class PostgresTemporal(PostgresTemporalReads):
                 )
             kept = {id(timed[n]) for n in replaced}
             await self._insert(connection, [(pk, put) for put in puts if id(put) not in kept])
-        return created
+            return created
+
+        return await self._write(work)
 
     @staticmethod
     async def _locate(connection: Connection, tenant: str, entity_id: str) -> int | None:
@@ -292,7 +295,7 @@ class PostgresTemporal(PostgresTemporalReads):
     async def temporal_modify_instance(
         self, tenant: str, entity_id: str, attr: str, instance_id: str, instance: Instance
     ) -> bool:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> bool:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             epk = await self._locate(connection, tenant, entity_id)
             if epk is None:
@@ -322,8 +325,10 @@ class PostgresTemporal(PostgresTemporalReads):
             )
             return True
 
+        return await self._write(work)
+
     async def temporal_delete_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str) -> bool:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> bool:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             epk = await self._locate(connection, tenant, entity_id)
             if epk is None:
@@ -336,10 +341,12 @@ class PostgresTemporal(PostgresTemporalReads):
             )
             return _affected(status) > 0
 
+        return await self._write(work)
+
     async def temporal_delete_attribute(
         self, tenant: str, entity_id: str, attr: str, *, dataset: str | None, delete_all: bool
     ) -> bool:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> bool:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             epk = await self._locate(connection, tenant, entity_id)
             if epk is None:
@@ -357,8 +364,10 @@ class PostgresTemporal(PostgresTemporalReads):
                 )
             return _affected(status) > 0
 
+        return await self._write(work)
+
     async def temporal_delete_entity(self, tenant: str, entity_id: str) -> bool:
-        async with self._transaction() as connection:
+        async def work(connection: Connection) -> bool:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
             epk = await self._locate(connection, tenant, entity_id)
             if epk is None:
@@ -366,6 +375,8 @@ class PostgresTemporal(PostgresTemporalReads):
             await connection.execute("DELETE FROM temporal_instances WHERE epk = $1", epk)
             await connection.execute("DELETE FROM temporal_entities WHERE pk = $1", epk)
             return True
+
+        return await self._write(work)
 
     async def temporal_purge(self, before: int) -> int:
         """Drop the partitions entirely older than `before` whole, delete the older rows of the
