@@ -45,7 +45,7 @@ def _tenant(request: Request) -> str:
     return value
 
 
-def _provisioning(request: Request) -> str:
+def _iot_tenant(request: Request) -> str:
     """The tenant of a provisioning request (service groups, devices), once the caller is known to
     administer IoT there: a tenant it may not use answers 404, no "administer" on "iot" 403."""
     tenant = _tenant(request)
@@ -87,19 +87,19 @@ async def about(request: Request) -> Response:
 
 
 async def create_groups(request: Request) -> Response:
-    tenant, path = _provisioning(request), _service_path(request)
+    tenant, path = _iot_tenant(request), _service_path(request)
     groups = [parse_group(item, tenant, path) for item in await _json_list(request, "services")]
     await _registry(request).add_groups(groups)
     return Response(status_code=201)
 
 
 async def list_groups(request: Request) -> Response:
-    groups = _registry(request).groups(_provisioning(request))
+    groups = _registry(request).groups(_iot_tenant(request))
     return json_response({"count": len(groups), "services": [g.document() for g in groups]})
 
 
 async def delete_group(request: Request) -> Response:
-    tenant = _provisioning(request)
+    tenant = _iot_tenant(request)
     apikey = request.query_params.get("apikey")
     if not apikey:
         raise BadRequestData("give the apikey of the service group to delete (?apikey=...)")
@@ -109,7 +109,7 @@ async def delete_group(request: Request) -> Response:
 
 
 async def create_devices(request: Request) -> Response:
-    tenant, path = _provisioning(request), _service_path(request)
+    tenant, path = _iot_tenant(request), _service_path(request)
     registry = _registry(request)
     devices = []
     for item in await _json_list(request, "devices"):
@@ -121,13 +121,13 @@ async def create_devices(request: Request) -> Response:
 
 
 async def list_devices(request: Request) -> Response:
-    devices = _registry(request).devices(_provisioning(request))
+    devices = _registry(request).devices(_iot_tenant(request))
     return json_response({"count": len(devices), "devices": [d.document() for d in devices]})
 
 
 async def get_device(request: Request) -> Response:
     device_id = request.path_params["device_id"]
-    device = _registry(request).device(_provisioning(request), device_id)
+    device = _registry(request).device(_iot_tenant(request), device_id)
     if device is None:
         raise ResourceNotFound(f"no device {device_id}")
     return json_response(device.document())
@@ -135,7 +135,7 @@ async def get_device(request: Request) -> Response:
 
 async def delete_device(request: Request) -> Response:
     device_id = request.path_params["device_id"]
-    if not await _registry(request).remove_device(_provisioning(request), device_id):
+    if not await _registry(request).remove_device(_iot_tenant(request), device_id):
         raise ResourceNotFound(f"no device {device_id}")
     return no_content()
 
