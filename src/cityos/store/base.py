@@ -12,6 +12,7 @@ from cityos.entities.update import Mutator, Outcome
 from cityos.errors import NgsiLdError
 from cityos.query.entity_maps import EntityMap
 from cityos.query.pushdown import ValueFilter
+from cityos.store.identity_base import IdentityStore
 from cityos.store.temporal_base import TemporalStore
 
 
@@ -163,7 +164,7 @@ class IngestRecord:
     document: dict[str, Any]
 
 
-class EntityStore(TemporalStore, Protocol):
+class EntityStore(TemporalStore, IdentityStore, Protocol):
     """Current state, subscriptions, maps and discovery; the temporal methods come from TemporalStore."""
 
     # True when several workers share the store: the subscription throttling is then decided by the

@@ -37,6 +37,7 @@ from cityos.store.fair import FairShare
 from cityos.store.paging import bounded
 from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, own_expiry
 from cityos.store.sqlite_catalog import SQLiteCatalog
+from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 
 T = TypeVar("T")
@@ -153,7 +154,7 @@ def _regexp(pattern: str, value: str | None) -> bool:
     return value is not None and found(pattern, value)
 
 
-class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
+class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
 
     def __init__(
@@ -282,6 +283,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
                 connection = _connect(self.path, self.busy_timeout, self.durability)
                 connection.executescript(SCHEMA)
                 connection.executescript(TEMPORAL_SCHEMA)
+                connection.executescript(IDENTITY_SCHEMA)
                 row = connection.execute("SELECT version FROM schema_version").fetchone()
                 if row is None:
                     connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))

@@ -47,6 +47,7 @@ from cityos.store.paging import Pager, bounded, exact_in_sql
 from cityos.store.postgres.busy import read_again_once, session_settings
 from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.events import EventFollower, channel_for, notify
+from cityos.store.postgres.identity import PostgresIdentity
 from cityos.store.postgres.outbox import subscription_rows
 from cityos.store.postgres.schema import require_current
 from cityos.store.postgres.sql import Params, where
@@ -64,7 +65,7 @@ def _feed(pager: Pager, documents: list[Entity]) -> bool:
     return all(pager.offer(document) for document in documents)
 
 
-class PostgresStore(PostgresCatalog, PostgresTemporal):
+class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity):
     throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
 
     def __init__(
