@@ -1,4 +1,4 @@
-"""Registrations, hosted @contexts and IoT provisioning under access control, in-process with the
+"""Registrations and hosted @contexts under access control, in-process with the
 test Authorizer of tests/access_helpers.py, on both back-ends: what the caller may not see answers
 404 exactly as if it did not exist, what it may see but not change 403, every refusal is audited,
 and nothing is changed by a refused request."""
@@ -16,6 +16,7 @@ from cityos.settings import Settings
 BASE = "/ngsi-ld/v1"
 REGS = BASE + "/csourceRegistrations"
 CONTEXTS = BASE + "/jsonldContexts"
+FORBIDDEN = "urn:cityos:errors:Forbidden"
 CSR = "urn:ngsi-ld:ContextSourceRegistration:1"
 BUILDING = DEFAULT + "Building"
 
@@ -31,7 +32,7 @@ def secured(settings: Settings) -> Iterator[Secured]:
         app.principal("admin", admin=True, tenants=None)
         app.principal("reader", types={BUILDING}, hidden={DEFAULT + "height"})
         app.principal("catalog", read_resources={"registration"})
-        app.principal("operator", administer={"registration", "context", "iot"}, read_resources={"registration"})
+        app.principal("operator", administer={"registration", "context"}, read_resources={"registration"})
         yield app
 
 
@@ -46,8 +47,8 @@ def registration() -> dict[str, Any]:
 
 def refused_as(response: Any, status: int) -> None:
     assert response.status_code == status, response.text
-    kind = "AccessDenied" if status == 403 else "ResourceNotFound"
-    assert response.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/" + kind
+    kind = FORBIDDEN if status == 403 else "https://uri.etsi.org/ngsi-ld/errors/ResourceNotFound"
+    assert response.json()["type"] == kind
 
 
 class TestRegistrations:
@@ -96,29 +97,3 @@ class TestContexts:
         assert client.get(f"{CONTEXTS}/{local}", headers=reader).status_code == 200
         assert client.delete(f"{CONTEXTS}/{local}", headers=secured.as_("key:operator")).status_code == 204
         assert {e.detail["resource"] for e in secured.audit.denied()} == {"context"}
-
-
-class TestIotProvisioning:
-    GROUP = {"apikey": "k1", "entity_type": "WeatherObserved", "resource": "/iot/d"}
-    DEVICE = {"device_id": "ws-1", "entity_name": "urn:ngsi-ld:WeatherObserved:ws-1", "transport": "HTTP"}
-
-    def test_provisioning_is_administering(self, secured: Secured) -> None:
-        client, city = secured.client, {"fiware-service": "city"}
-        secured.principal("iotreader", tenants=("city",), types={BUILDING})
-        secured.principal("outsider", tenants=("elsewhere",), administer={"iot"})
-        reader = {**city, **secured.as_("key:iotreader")}
-        refused_as(client.post("/iot/services", json={"services": [self.GROUP]}, headers=reader), 403)
-        refused_as(client.get("/iot/services", headers=reader), 403)  # apikeys are secrets of the tenant
-        operator = {**city, **secured.as_("key:admin")}
-        assert client.post("/iot/services", json={"services": [self.GROUP]}, headers=operator).status_code == 201
-        assert client.post("/iot/devices", json={"devices": [self.DEVICE]}, headers=operator).status_code == 201
-
-        refused_as(client.get("/iot/devices", headers=reader), 403)
-        refused_as(client.get("/iot/devices/ws-1", headers=reader), 403)
-        refused_as(client.delete("/iot/devices/ws-1", headers=reader), 403)
-        refused_as(client.delete("/iot/services", params={"apikey": "k1"}, headers=reader), 403)
-        outsider = client.get("/iot/devices/ws-1", headers={**city, **secured.as_("key:outsider")})
-        assert outsider.status_code == 404 and outsider.json()["type"].endswith("NonexistentTenant")
-        assert client.get("/iot/devices", headers=operator).json()["count"] == 1
-        assert client.get("/iot/services", headers=operator).json()["count"] == 1
-        assert len(secured.audit.denied()) == 7

@@ -9,7 +9,6 @@ NgsiLdError
  ├── ResourceNotFound          404
  ├── NonexistentTenant         404
  ├── TooComplexQuery           403
- ├── Forbidden                403  (AccessDenied, not a spec type: access policies refuse the operation)
  ├── TooManyResults            403
  ├── LdContextNotAvailable     504
  ├── InternalError             500
@@ -95,14 +94,6 @@ class ResourceNotFound(NgsiLdError):
 
 class NonexistentTenant(NgsiLdError):
     type_name, status, title = "NonexistentTenant", 404, "Tenant does not exist"
-
-
-class Forbidden(NgsiLdError):
-    """The caller may see the resource but not do this to it (docs/security.md); what it may not
-    see at all answers 404 instead, so an error never tells that it exists. (The same ProblemDetails
-    as the policy package's AccessDenied: one 403 for every refusal.)"""
-
-    type_name, status, title = "AccessDenied", 403, "Access denied"
 
 
 class TooComplexQuery(NgsiLdError):

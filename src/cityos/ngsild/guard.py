@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from starlette.requests import Request
 
 from cityos.audit.events import AuditEvent
+from cityos.auth.errors import Forbidden
 from cityos.auth.principal import Principal, current_request_id
-from cityos.errors import Forbidden, NgsiLdError
+from cityos.errors import NgsiLdError
 from cityos.ngsild.common import principal, services
 from cityos.policy.decision import Action, Target
 
