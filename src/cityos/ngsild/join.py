@@ -10,6 +10,7 @@ from cityos.entities.model import Entity
 from cityos.entities.render import RenderOptions, render_entity
 from cityos.errors import BadRequestData
 from cityos.policy.decision import EVERYTHING, ReadView
+from cityos.policy.enforce import restrict
 from cityos.query.projection import Projected, depth
 from cityos.store.base import EntityQuery, EntityStore
 
@@ -77,13 +78,11 @@ def _options_for(
 
 
 async def _fetch(store: EntityStore, tenant: str, ids: set[str], view: ReadView = EVERYTHING) -> dict[str, Entity]:
-    """The linked entities; with a restricted `view`, only those it shows, projected."""
+    """The linked entities the caller may see, as it may see them (policy/decision.py ReadView)."""
     if not ids:
         return {}
-    result = await store.query_entities(tenant, EntityQuery(ids=sorted(ids)))
-    if view.unrestricted:
-        return {entity["id"]: entity for entity in result.entities}
-    return {entity["id"]: view.project(entity) for entity in result.entities if view.visible(entity)}
+    result = await store.query_entities(tenant, restrict(EntityQuery(ids=sorted(ids)), view))
+    return {entity["id"]: view.project(entity) for entity in result.entities}
 
 
 def _targets(entity: Entity, keep: frozenset[str] | None) -> list[tuple[str, list[str]]]:
@@ -111,8 +110,7 @@ async def render_joined(
     tenant: str,
     view: ReadView = EVERYTHING,
 ) -> list[dict[str, Any]]:
-    """The rendered entities with their linked entities, as one list (flat) or nested (inline);
-    `view`: what the reader may see of the linked ones (a notification's owner)."""
+    """The rendered entities with their linked entities, as one list (flat) or nested (inline)."""
     cache: dict[str, Entity] = {}
 
     async def linked(entity: Entity, keep: frozenset[str] | None) -> list[tuple[str, list[Entity]]]:

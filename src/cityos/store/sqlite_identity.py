@@ -111,6 +111,10 @@ class SQLiteIdentity:
 
         return await self._write(run)
 
+    async def delete_expired_credentials(self, kind: str, now: str) -> int:
+        sql = "DELETE FROM credentials WHERE kind = ? AND expires_at IS NOT NULL AND expires_at <= ?"
+        return await self._write(lambda c: c.execute(sql, (kind, now)).rowcount)
+
     async def credentials_version(self) -> int:
         sql = "SELECT version FROM catalog_versions WHERE name = 'credentials'"
         found = await self._read(lambda c: c.execute(sql).fetchone())
