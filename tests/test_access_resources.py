@@ -16,7 +16,7 @@ from cityos.settings import Settings
 BASE = "/ngsi-ld/v1"
 REGS = BASE + "/csourceRegistrations"
 CONTEXTS = BASE + "/jsonldContexts"
-FORBIDDEN = "urn:cityos:errors:Forbidden"
+FORBIDDEN = "https://uri.etsi.org/ngsi-ld/errors/AccessDenied"  # as the entity APIs answer
 CSR = "urn:ngsi-ld:ContextSourceRegistration:1"
 BUILDING = DEFAULT + "Building"
 

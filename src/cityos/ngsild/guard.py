@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from starlette.requests import Request
 
 from cityos.audit.events import AuditEvent
-from cityos.auth.errors import Forbidden
 from cityos.auth.principal import Principal, current_request_id
 from cityos.errors import NgsiLdError
 from cityos.ngsild.common import principal, services
+from cityos.policy.compiled import AccessDenied
 from cityos.policy.decision import Action, Target
 
 
@@ -52,11 +52,11 @@ def allowed(request: Request, action: Action, target: Target) -> bool:
 
 
 def require(request: Request, action: Action, target: Target, *, hidden: NgsiLdError | None = None) -> None:
-    """Raise unless the caller may do `action` on `target`: 403 (Forbidden), or `hidden` (a 404)
+    """Raise unless the caller may do `action` on `target`: 403 (AccessDenied, as the entity APIs), or `hidden` (a 404)
     when the target is something the caller may not even know of."""
     if allowed(request, action, target):
         return
-    error = hidden if hidden is not None else Forbidden(f"not allowed to {action} {_what(target)}")
+    error = hidden if hidden is not None else AccessDenied(f"not allowed to {action} {_what(target)}")
     raise refusal(error, principal(request), action, target)
 
 
