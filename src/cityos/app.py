@@ -50,6 +50,8 @@ from cityos.ngsild import (
 )
 from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.pipeline import WritePipeline, context_registry, settings_store
+from cityos.policy import http as policy_http
+from cityos.policy.service import access_policies
 from cityos.settings import Settings
 from cityos.store.base import StoreEvent
 from cityos.store.fair import current_client
@@ -285,6 +287,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     pipeline = WritePipeline(services.store, registry, settings)
     ingest = IngestService(services.store, registry, settings)
+    policies = access_policies(settings, services)  # None with --auth off: the OpenAuthorizer stays
     identity = Identity(services.store, settings, lambda: services.audit)
     if identity.required:
         services.principals = identity.authenticator
@@ -314,7 +317,16 @@ def create_app(settings: Settings) -> Starlette:
             )
         await services.store.open()
         stack.push_async_callback(services.store.close)
-        services.store.set_event_listener(_follow_other_workers(pipeline, ingest, identity))
+        follow = _follow_other_workers(pipeline, ingest, identity)
+        if policies is not None:
+            policies.audit = services.audit
+            try:
+                await policies.start()
+            except (OSError, ValueError) as exc:  # a missing or invalid --policy-file: one line
+                startup_problem.append(f"cannot start: the policy file was not loaded: {exc}")
+                raise
+            follow = policies.follow(follow)
+        services.store.set_event_listener(follow)
         stack.callback(services.store.set_event_listener, None)
         await pipeline.start()  # before the first write: every change is matched and recorded
         stack.push_async_callback(pipeline.stop)
@@ -334,6 +346,7 @@ def create_app(settings: Settings) -> Starlette:
         *entity_maps.routes(),
         *temporal.routes(),
         *ingest.routes(),
+        *policy_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
     ]
@@ -348,11 +361,14 @@ def create_app(settings: Settings) -> Starlette:
     app.state.subscriptions = pipeline.subscriptions
     app.state.ingest = ingest
     app.state.identity = identity
+    app.state.policies = policies
     app.add_middleware(LastResort)  # innermost: answers what no handler knew, keeps the connection
     # who is calling (and the request id), before any handler: auth/middleware.py
     app.add_middleware(
         AuthMiddleware, authenticator=identity.authenticator if identity.required else None, limiter=identity.limiter
     )
+    if policies is not None:
+        app.add_middleware(policy_http.PurposeMiddleware)
     keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))
     app.add_middleware(
         ProtocolGuard, max_body_bytes=settings.max_body_bytes, keep_slash=(*keep_slash, temporal.SELF_ROUTED)

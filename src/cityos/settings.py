@@ -36,6 +36,11 @@ class Settings:
     insecure_open: bool = _setting(
         False, "Allow --auth off on a non-loopback --host (a deliberate open deployment, e.g. behind a gateway)."
     )
+    policy_file: str = _setting(
+        "",
+        "With --auth required: a YAML or JSON file of access policies, brought into the database at start "
+        "and on POST /cityos/v1/admin/policies/reload (docs/security.md).",
+    )
     rate_limit: float = _setting(
         0.0,
         "With --auth required: requests per second each principal may make (anonymous callers: per address), "
