@@ -86,7 +86,10 @@ def auth_rows(bench: Bench, server: ServerProcess, backend: str, url: str | None
                 return Workload(kind, stored=stored, start=stored, tag=tag, authorization=authorization)
 
             def off_sample(index: int, kind: str = kind, off_row: Row = off_row) -> float:
+                cpu_before = server.cpu_seconds()  # CPU per request: the fair comparison on a loaded machine
                 result = bench.load(server, workload(index, kind), seed=index)
+                if result.ops:
+                    off_row.cpu_ms.append((server.cpu_seconds() - cpu_before) * 1000 / result.ops)
                 bench.record(off_row, result)
                 return result.rate
 

@@ -22,10 +22,12 @@ CREATE TABLE IF NOT EXISTS credentials (  -- API keys, local users, session toke
 );
 CREATE INDEX IF NOT EXISTS credentials_owner ON credentials (owner) WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS catalog_versions (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
-INSERT OR IGNORE INTO catalog_versions VALUES ('credentials', 0);
-"""
+"""  # no row is written at open: a server must start on a file another process holds locked
 _COLUMNS = "kind, id, name, secret_hash, doc, created_at, expires_at, revoked_at, owner"
-_BUMP = "UPDATE catalog_versions SET version = version + 1 WHERE name = 'credentials'"
+_BUMP = (
+    "INSERT INTO catalog_versions VALUES ('credentials', 1)"
+    " ON CONFLICT (name) DO UPDATE SET version = catalog_versions.version + 1"
+)
 
 
 def _row(values: tuple[Any, ...]) -> CredentialRow:
