@@ -123,11 +123,15 @@ class TestFromEnv:
             raw = expected = "full"
         elif name == "auth":
             raw = expected = "required"
+        elif name == "oidc_issuer":
+            raw = expected = "https://id.example.org/realms/city"
         else:
             raw = expected = default + "-changed"
         environ = {env_name(name): raw}
         if name == "workers":  # several workers need PostgreSQL
             environ[env_name("database")] = "postgresql://cityos@db.example.org/city"
+        if name == "oidc_issuer":  # an issuer needs the audience its tokens carry
+            environ[env_name("oidc_audience")] = "cityos"
         settings = Settings.from_env(environ)
         assert getattr(settings, name) == expected
         assert type(getattr(settings, name)) is type(default)

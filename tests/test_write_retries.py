@@ -32,6 +32,7 @@ TABLES = (
     "jsonld_contexts",
     "entity_maps",
     "ingest_records",
+    "credentials",
     "temporal_entities",
     "temporal_instances",  # partitioned: the trigger is cloned onto every partition, made later too
 )
@@ -127,6 +128,13 @@ def test_a_write_cut_before_its_commit_is_run_again_on_every_write_path(
         state["map"] = answer.json().get("id", "") if answer.status_code == 201 else ""
         return answer
 
+    def make_key() -> httpx.Response:
+        answer = api.post("/cityos/v1/admin/keys", json={"name": "cut", "roles": ["reader"]})
+        state["key"] = answer.json().get("id", "") if answer.status_code == 201 else ""
+        return answer
+
+    admin = "/cityos/v1/admin"
+    user = {"name": "cut", "password": "a long password"}
     iot = {"fiware-service": "cut"}
     group = {"services": [{"apikey": "cut-key", "entity_type": "T"}]}
     steps: list[tuple[str, Callable[[], httpx.Response], int]] = [
@@ -151,6 +159,11 @@ def test_a_write_cut_before_its_commit_is_run_again_on_every_write_path(
             201,
         ),
         ("delete it", lambda: api.delete("/iot/services", params={"apikey": "cut-key"}, headers=iot), 204),
+        ("create an API key", make_key, 201),
+        ("revoke it", lambda: api.delete(f"{admin}/keys/{state['key']}"), 204),
+        ("create a user", lambda: api.post(f"{admin}/users", json=user), 201),
+        ("change its password", lambda: api.put(f"{admin}/users/cut/password", json={"password": "x" * 12}), 204),
+        ("delete it", lambda: api.delete(f"{admin}/users/cut"), 204),
         ("create a temporal entity", lambda: api.post(f"{BASE}/temporal/entities", json=temporal), 201),
         ("append instances", lambda: api.post(f"{BASE}/temporal/entities/{thing}/attrs", json=more), 204),
         ("delete them", lambda: api.delete(f"{BASE}/temporal/entities/{thing}/attrs/speed"), 204),

@@ -20,6 +20,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cityos import __version__
+from cityos.auth import http as auth_http
+from cityos.auth.middleware import REQUEST_ID_HEADER, AuthMiddleware
+from cityos.auth.service import Identity
 from cityos.entities.expiry import now_key
 from cityos.errors import (
     DatabaseBusy,
@@ -47,6 +50,8 @@ from cityos.ngsild import (
 )
 from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.pipeline import WritePipeline, context_registry, settings_store
+from cityos.policy import http as policy_http
+from cityos.policy.service import access_policies
 from cityos.settings import Settings
 from cityos.store.base import StoreEvent
 from cityos.store.fair import current_client
@@ -54,7 +59,7 @@ from cityos.store.fair import current_client
 log = logging.getLogger("cityos")
 SWEEP_SECONDS = 1.0
 # what a browser app may send and read across origins (the cors_origins setting)
-CORS_REQUEST_HEADERS = ["Accept", "Content-Type", "Link", TENANT_HEADER]
+CORS_REQUEST_HEADERS = ["Accept", "Content-Type", "Link", TENANT_HEADER, "Authorization", REQUEST_ID_HEADER]
 CORS_EXPOSED_HEADERS = [
     "Location",
     "Link",
@@ -63,6 +68,8 @@ CORS_EXPOSED_HEADERS = [
     "Content-Range",
     "Preference-Applied",
     "Retry-After",
+    REQUEST_ID_HEADER,
+    "WWW-Authenticate",
 ]
 
 
@@ -74,6 +81,8 @@ def problem_response(error: NgsiLdError) -> Response:
 
 async def ngsild_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NgsiLdError)
+    if exc.audit is not None:  # refused by access control (ngsild/guard.py)
+        await request.app.state.services.audit.record([exc.audit])
     return problem_response(exc)
 
 
@@ -246,7 +255,9 @@ class _Reloader:
                 return
 
 
-def _follow_other_workers(pipeline: WritePipeline, ingest: IngestService) -> Callable[[StoreEvent], None]:
+def _follow_other_workers(
+    pipeline: WritePipeline, ingest: IngestService, identity: Identity
+) -> Callable[[StoreEvent], None]:
     """Route other workers' writes to the caches they invalidate (a "resync" to all of them)."""
     notifier = pipeline.subscriptions
     hosted = _Reloader("hosted @contexts", pipeline.restore_hosted)
@@ -259,6 +270,7 @@ def _follow_other_workers(pipeline: WritePipeline, ingest: IngestService) -> Cal
             hosted.request()
         if event.kind in ("ingest", "resync"):
             provisioning.request()
+        identity.on_event(event)  # a revoked key or deleted user: out of the authentication cache
 
     return on_event
 
@@ -277,6 +289,10 @@ def create_app(settings: Settings) -> Starlette:
     )
     pipeline = WritePipeline(services.store, registry, settings)
     ingest = IngestService(services.store, registry, settings)
+    policies = access_policies(settings, services)  # None with --auth off: the OpenAuthorizer stays
+    identity = Identity(services.store, settings, lambda: services.audit)
+    if identity.required:
+        services.principals = identity.authenticator
 
     startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
 
@@ -294,9 +310,25 @@ def create_app(settings: Settings) -> Starlette:
     async def _start(stack: contextlib.AsyncExitStack) -> None:
         """Each step pushes its undoing on `stack`, so a failed start-up undoes the steps before."""
         stack.push_async_callback(registry.aclose)
+        if not identity.required:
+            log.warning(
+                "auth is off: anyone who reaches http://%s:%d may read and change everything"
+                " (--auth required, docs/security.md)",
+                settings.host,
+                settings.port,
+            )
         await services.store.open()
         stack.push_async_callback(services.store.close)
-        services.store.set_event_listener(_follow_other_workers(pipeline, ingest))
+        follow = _follow_other_workers(pipeline, ingest, identity)
+        if policies is not None:
+            policies.audit = services.audit
+            try:
+                await policies.start()
+            except (OSError, ValueError) as exc:  # a missing or invalid --policy-file: one line
+                startup_problem.append(f"cannot start: the policy file was not loaded: {exc}")
+                raise
+            follow = policies.follow(follow)
+        services.store.set_event_listener(follow)
         stack.callback(services.store.set_event_listener, None)
         await pipeline.start()  # before the first write: every change is matched and recorded
         stack.push_async_callback(pipeline.stop)
@@ -316,7 +348,9 @@ def create_app(settings: Settings) -> Starlette:
         *entity_maps.routes(),
         *temporal.routes(),
         *ingest.routes(),
+        *policy_http.routes(),
         Route("/version", version_info, methods=["GET"]),
+        *auth_http.routes(),
     ]
     handlers: dict[Any, Any] = {
         NgsiLdError: ngsild_error,
@@ -327,8 +361,17 @@ def create_app(settings: Settings) -> Starlette:
     app.router.redirect_slashes = False
     app.state.services = services
     app.state.subscriptions = pipeline.subscriptions
+    pipeline.subscriptions.access_source = services  # notifications are screened with its policies
     app.state.ingest = ingest
+    app.state.identity = identity
+    app.state.policies = policies
     app.add_middleware(LastResort)  # innermost: answers what no handler knew, keeps the connection
+    # who is calling (and the request id), before any handler: auth/middleware.py
+    app.add_middleware(
+        AuthMiddleware, authenticator=identity.authenticator if identity.required else None, limiter=identity.limiter
+    )
+    if policies is not None:
+        app.add_middleware(policy_http.PurposeMiddleware)
     keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))
     app.add_middleware(
         ProtocolGuard, max_body_bytes=settings.max_body_bytes, keep_slash=(*keep_slash, temporal.SELF_ROUTED)

@@ -16,15 +16,17 @@ import uuid
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cityos.auth.principal import current_request_id
 from cityos.errors import MAX_LOGGED_MESSAGE, InternalError, log_briefly
 
 log = logging.getLogger("cityos")
 
 
 def report(method: str, path: str, exc: BaseException) -> bytes:
-    """Log `exc` in one line under a new request id and return the ProblemDetails body that
-    names the id, so an operator can find the line a client reports."""
-    request_id = uuid.uuid4().hex[:16]
+    """Log `exc` in one line under the request's id (X-Request-Id, auth/middleware.py; a new one
+    outside a request) and return the ProblemDetails body that names the id, so an operator can find
+    the line a client reports."""
+    request_id = current_request_id.get() or uuid.uuid4().hex[:16]
     where = path if len(path) <= MAX_LOGGED_MESSAGE else path[:MAX_LOGGED_MESSAGE] + "..."
     log_briefly(log, exc, "unhandled error, request %s: %s %s", request_id, method, where)
     error = InternalError(f"an unexpected error occurred (request {request_id}); see the server log")

@@ -36,6 +36,40 @@ class Settings:
     insecure_open: bool = _setting(
         False, "Allow --auth off on a non-loopback --host (a deliberate open deployment, e.g. behind a gateway)."
     )
+    policy_file: str = _setting(
+        "",
+        "With --auth required: a YAML or JSON file of access policies, brought into the database at start "
+        "and on POST /cityos/v1/admin/policies/reload (docs/security.md).",
+    )
+    rate_limit: float = _setting(
+        0.0,
+        "With --auth required: requests per second each principal may make (anonymous callers: per address), "
+        "per worker; past it 429 with Retry-After. 0: no limit.",
+    )
+    rate_limit_burst: int = _setting(20, "Requests a principal may make at once above --rate-limit before 429.")
+    user_token_lifetime: float = _setting(
+        3600.0, "Seconds a token issued to a local user (POST /cityos/v1/auth/token) stays valid."
+    )
+    oidc_issuer: str = _setting(
+        "",
+        "OpenID Connect issuer URL whose bearer JWTs are accepted with --auth required (its JWKS is found through "
+        "/.well-known/openid-configuration); empty: no OpenID Connect.",
+    )
+    oidc_audience: str = _setting("", "The `aud` a JWT must carry (required with --oidc-issuer).")
+    oidc_algorithms: str = _setting(
+        "RS256,ES256,EdDSA", "Signature algorithms accepted in JWTs (comma list; never none, never HS*)."
+    )
+    oidc_clock_skew: float = _setting(30.0, "Seconds of clock difference tolerated on exp, nbf and iat.")
+    oidc_jwks_refresh: float = _setting(
+        3600.0, "Seconds the issuer's JWKS is kept; an unknown kid refetches it sooner (at most every 5 s)."
+    )
+    oidc_tenant_claim: str = _setting(
+        "tenant",
+        "JWT claim (dotted path for nested claims) holding the tenant(s) of the caller; absent: the default "
+        "tenant only; `*`: every tenant.",
+    )
+    oidc_roles_claim: str = _setting("roles", "JWT claim (dotted path, e.g. realm_access.roles) holding the roles.")
+    oidc_groups_claim: str = _setting("groups", "JWT claim (dotted path) holding the groups.")
     log_level: str = _setting("info", "Log level: debug, info, warning, error.")
     access_log: bool = _setting(
         False, "Log one line per HTTP request (method, path, status) at INFO; on at --log-level debug anyway."
@@ -198,6 +232,18 @@ class Settings:
             raise ValueError("max_connections must be positive and keep_alive_max_requests not negative")
         if self.auth not in ("off", "required"):
             raise ValueError("auth must be off or required")
+        if self.rate_limit < 0 or self.rate_limit_burst < 1 or self.user_token_lifetime <= 0:
+            raise ValueError("rate_limit must not be negative, rate_limit_burst and user_token_lifetime positive")
+        if self.oidc_issuer:
+            from cityos.auth.oidc import allowed_algorithms
+
+            allowed_algorithms(self.oidc_algorithms)
+            if not self.oidc_issuer.startswith(("https://", "http://")):
+                raise ValueError("oidc_issuer must be an http(s) URL")
+            if not self.oidc_audience:
+                raise ValueError("oidc_issuer needs oidc_audience (the aud your tokens carry for CityOS)")
+        if self.oidc_clock_skew < 0 or self.oidc_jwks_refresh <= 0:
+            raise ValueError("oidc_clock_skew must not be negative, oidc_jwks_refresh must be positive")
         if self.durability not in ("normal", "full"):
             raise ValueError("durability must be normal or full")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -3,6 +3,7 @@
 cityos serve --port 1026 --database city.db
 cityos import gtfs|gtfs-rt|csv ...   cityos demo   cityos iot group|device|provision ...
 cityos db upgrade|status --database postgresql://...
+cityos keys create|list|revoke   cityos users create|list|delete|passwd
 cityos --version
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cityos import __version__
-from cityos.cli import db, imports, iot
+from cityos.cli import db, identity, imports, iot
 from cityos.cli.common import fail
 from cityos.errors import DatabaseBusy
 from cityos.settings import Settings, describe, env_name
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: cityos serve --host 127.0.0.1 --port 1026 --database city.db",
     )
     _add_setting_options(serve)
-    for module in (imports, iot, db):  # each command group registers its own subcommands
+    for module in (imports, iot, db, identity):  # each command group registers its own subcommands
         module.register(commands)
     return parser
 
@@ -125,6 +126,12 @@ def serve(settings: Settings) -> int:
 def _cannot_serve(settings: Settings) -> str | None:
     """Why the server could not start, found before it loads anything: the port is taken, or the
     SQLite file would go in a folder that does not exist."""
+    if settings.auth == "off" and not settings.insecure_open and not _loopback(settings.host):
+        return (
+            f"--auth off on {settings.host} would let anyone on the network read and change everything: use"
+            " --auth required (create the first admin with `cityos keys create --name admin --role admin`),"
+            " or --insecure-open if that is really meant (docs/security.md)"
+        )
     if not is_postgres(settings.database):
         folder = Path(settings.database).expanduser().absolute().parent
         if not folder.is_dir():
@@ -142,6 +149,18 @@ def _cannot_serve(settings: Settings) -> str | None:
                 return f"port {settings.port} on {settings.host} is already in use; choose another with --port"
             return f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}; choose another --port or --host"
     return None
+
+
+def _loopback(host: str) -> bool:
+    """Whether --host reaches only this machine (a name other than localhost counts as not)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _load_demo_first(settings: Settings) -> str | None:

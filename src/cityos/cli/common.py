@@ -18,6 +18,14 @@ from cityos.settings import Settings, env_name
 
 DEFAULT_URL = "http://127.0.0.1:1026"
 DEFAULT_NOTIFY_WAIT = 60.0
+TOKEN_VARIABLE = "CITYOS_TOKEN"  # a key or token for a broker with --auth required (never a flag:
+# a flag's value is visible to every user of the machine in the process list)
+
+
+def auth_headers() -> dict[str, str]:
+    """The Authorization header for commands that call a running broker, from CITYOS_TOKEN."""
+    token = os.environ.get(TOKEN_VARIABLE, "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +59,7 @@ async def open_sink(args: argparse.Namespace) -> AsyncIterator[Sink]:
     """The sink the options name. A database is opened with the server's write pipeline (history,
     subscriptions), and the notifications the command caused are delivered before it closes."""
     if args.url:
-        async with httpx.AsyncClient(timeout=120) as client:
+        async with httpx.AsyncClient(timeout=120, headers=auth_headers()) as client:
             yield HttpSink(args.url, client)
         return
     settings = Settings.from_env(database=args.database)  # CITYOS_* as for `cityos serve`

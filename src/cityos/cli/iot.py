@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from cityos.cli.common import DEFAULT_URL, fail
+from cityos.cli.common import DEFAULT_URL, auth_headers, fail
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
@@ -190,7 +190,7 @@ def provision_file(args: argparse.Namespace) -> int:
 def _call(
     args: argparse.Namespace, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None
 ) -> httpx.Response | str:
-    headers = {"fiware-servicepath": args.service_path}
+    headers = {"fiware-servicepath": args.service_path, **auth_headers()}
     if args.tenant:
         headers["fiware-service"] = args.tenant
     try:

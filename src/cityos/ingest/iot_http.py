@@ -11,6 +11,7 @@ The tenant is the `fiware-service` header (or NGSILD-Tenant); `fiware-servicepat
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -19,6 +20,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cityos import __version__
+from cityos.auth.devices import check_device, check_provisioner
+from cityos.auth.principal import current_principal
 from cityos.entities.values import check_nesting
 from cityos.errors import BadRequestData, InvalidRequest, PayloadTooLarge, ResourceNotFound
 from cityos.ingest.iot_agent import IotAgent
@@ -132,6 +135,9 @@ async def _measure(request: Request, fmt: str) -> Response:
     apikey, device_id = request.query_params.get("k"), request.query_params.get("i")
     if not apikey or not device_id:
         raise BadRequestData("a measure needs the apikey (k) and the device id (i) as query parameters")
+    principal = current_principal.get()
+    if not principal.unrestricted and not check_device(principal, _registry(request).owner(apikey), apikey):
+        raise ResourceNotFound(f"no device {device_id} with apikey {apikey}")  # as if unknown: nothing leaks
     outcome = await _agent(request).handle(apikey, device_id, await _body(request), fmt=fmt)
     if outcome.status == "unknown_device":
         raise ResourceNotFound(outcome.detail)
@@ -148,16 +154,31 @@ async def json_measure(request: Request) -> Response:
     return await _measure(request, JSON)
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _provisioning(endpoint: Endpoint) -> Endpoint:
+    """With --auth required, provisioning is administration: an admin of the service's tenant."""
+
+    async def checked(request: Request) -> Response:
+        principal = current_principal.get()
+        if not principal.unrestricted:
+            check_provisioner(principal, _tenant(request))
+        return await endpoint(request)
+
+    return checked
+
+
 def routes() -> list[Route]:
     return [
         Route("/iot/about", about, methods=["GET"]),
-        Route("/iot/services", create_groups, methods=["POST"]),
-        Route("/iot/services", list_groups, methods=["GET"]),
-        Route("/iot/services", delete_group, methods=["DELETE"]),
-        Route("/iot/devices", create_devices, methods=["POST"]),
-        Route("/iot/devices", list_devices, methods=["GET"]),
-        Route("/iot/devices/{device_id}", get_device, methods=["GET"]),
-        Route("/iot/devices/{device_id}", delete_device, methods=["DELETE"]),
+        Route("/iot/services", _provisioning(create_groups), methods=["POST"]),
+        Route("/iot/services", _provisioning(list_groups), methods=["GET"]),
+        Route("/iot/services", _provisioning(delete_group), methods=["DELETE"]),
+        Route("/iot/devices", _provisioning(create_devices), methods=["POST"]),
+        Route("/iot/devices", _provisioning(list_devices), methods=["GET"]),
+        Route("/iot/devices/{device_id}", _provisioning(get_device), methods=["GET"]),
+        Route("/iot/devices/{device_id}", _provisioning(delete_device), methods=["DELETE"]),
         Route("/iot/d", ultralight_measure, methods=["POST"]),
         Route("/iot/json", json_measure, methods=["POST"]),
     ]

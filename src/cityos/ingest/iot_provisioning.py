@@ -408,6 +408,10 @@ class Registry:
         await self._release(tenant, device.apikey)
         return True
 
+    def owner(self, apikey: str) -> str | None:
+        """The tenant that claimed an API key; None if none did."""
+        return self._owners.get(apikey)
+
     async def resolve(self, apikey: str, device_id: str) -> Device | None:
         """The device a measure comes from, always one of the key owner's; an unknown device of an
         autoprovisioning group is provisioned on its first measure (as the FIWARE agents do)."""

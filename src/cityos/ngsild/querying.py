@@ -14,6 +14,7 @@ from cityos.entities.render import render_entity, to_geojson_feature
 from cityos.entities.values import MAX_SAFE_INTEGER, now, require_uri
 from cityos.errors import BadRequestData, TooManyResults
 from cityos.jsonld.registry import ResolvedContext
+from cityos.ngsild import access
 from cityos.ngsild.common import (
     accept,
     body_context,
@@ -261,7 +262,12 @@ async def run_query(
     params = params if params is not None else request.query_params
     wants_count = "count" in options(request, REPRESENTATION_OPTIONS) or params.get("count") == "true"
     limit, offset = page(request)
+    read = access.view(request, tenant_name)
+    query = access.restrict(query, read)
     result, emap = await entity_maps.select(request, tenant_name, query, limit, offset, wants_count)
+    if not read.unrestricted:
+        result.entities = [read.project(e) for e in result.entities]
+        await access.personal_reads(request, tenant_name, read, result.entities)
     headers = {"NGSILD-Results-Count": str(result.total)} if wants_count and result.total is not None else {}
     links = pagination_links(request, limit, offset, result.has_more, emap.entity_map.query if emap else "")
     if media == GEO_JSON:
@@ -275,7 +281,7 @@ async def run_query(
 
     plan = request_join_plan(request, params)
     if plan is not None:
-        body = await render_joined(result.entities, render, plan, services(request).store, tenant_name)
+        body = await render_joined(result.entities, render, plan, services(request).store, tenant_name, read)
     else:
         # an entity whose every member the projection removed is left out (019_17_01)
         body = [rendered for entity in budget.checked(result.entities) if (rendered := render_entity(entity, render))]
@@ -295,7 +301,7 @@ async def purge_entities(request: Request) -> Response:
         raise BadRequestData("keep and drop cannot be used together")
     check_not_too_wide(request, purge=True)
     query = build_query(request, context, tenant_name)  # validates q (and refuses linked-entity paths) before deleting
-    result = await services(request).store.query_entities(tenant_name, query)
+    result = await services(request).store.query_entities(tenant_name, access.restricted(request, tenant_name, query))
     keep = csv_param(request, "keep")
     drop = csv_param(request, "drop")
     stamp = now()
@@ -307,7 +313,12 @@ async def purge_entities(request: Request) -> Response:
             names = {context.terms.expand(n) for n in (keep or drop or [])}
             operations.append((entity["id"], update.prune(entity["id"], names, keep=keep is not None, stamp=stamp)))
     if operations:
-        await services(request).store.mutate(tenant_name, operations, atomic=True)
+        operations = access.guard_all(request, tenant_name, operations)
+        try:
+            await services(request).store.mutate(tenant_name, operations, atomic=True)
+        except access.DENIED as error:  # one entity it may not delete: nothing is deleted
+            await access.denied(request, tenant_name, [entity_id for entity_id, _ in operations], error)
+            raise
     return no_content()
 
 

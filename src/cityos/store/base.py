@@ -10,8 +10,11 @@ from typing import Any, Protocol
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator, Outcome
 from cityos.errors import NgsiLdError
+from cityos.policy.decision import AccessPrefilter
 from cityos.query.entity_maps import EntityMap
 from cityos.query.pushdown import ValueFilter
+from cityos.store.identity_base import IdentityStore
+from cityos.store.policy_base import PolicyStore
 from cityos.store.temporal_base import TemporalStore
 
 
@@ -37,6 +40,7 @@ class EntityQuery:
     value_filters: Sequence[ValueFilter] = ()  # sound prefilters taken from q (query/pushdown.py)
     geo_box: tuple[str, tuple[float, float, float, float]] | None = None  # (attr, min_x, max_x, min_y, max_y)
     predicate: Callable[[Entity], bool] | None = None
+    access: AccessPrefilter | None = None  # the caller's access policy, pushed into SQL (policy/decision.py)
     sort: Callable[[list[Entity]], list[Entity]] | None = None  # orderBy: sorts every match before paging
     limit: int | None = None
     offset: int = 0
@@ -163,7 +167,7 @@ class IngestRecord:
     document: dict[str, Any]
 
 
-class EntityStore(TemporalStore, Protocol):
+class EntityStore(TemporalStore, IdentityStore, PolicyStore, Protocol):
     """Current state, subscriptions, maps and discovery; the temporal methods come from TemporalStore."""
 
     # True when several workers share the store: the subscription throttling is then decided by the

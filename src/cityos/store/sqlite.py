@@ -22,6 +22,7 @@ from cityos.entities.expiry import next_expiry, now_key, visible
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import DatabaseBusy, NgsiLdError, QueryTimeout
+from cityos.policy.decision import AccessPrefilter
 from cityos.query import budget
 from cityos.query.patterns import found
 from cityos.query.pushdown import ValueFilter
@@ -38,6 +39,8 @@ from cityos.store.fair import FairShare
 from cityos.store.paging import bounded
 from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, own_expiry
 from cityos.store.sqlite_catalog import SQLiteCatalog
+from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
+from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 
 T = TypeVar("T")
@@ -154,7 +157,7 @@ def _regexp(pattern: str, value: str | None) -> bool:
     return value is not None and found(pattern, value)
 
 
-class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
+class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity, SQLitePolicies):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
 
     def __init__(
@@ -283,6 +286,8 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal):
                 connection = _connect(self.path, self.busy_timeout, self.durability)
                 connection.executescript(SCHEMA)
                 connection.executescript(TEMPORAL_SCHEMA)
+                connection.executescript(POLICY_SCHEMA)  # additive: older files gain the table
+                connection.executescript(IDENTITY_SCHEMA)
                 row = connection.execute("SELECT version FROM schema_version").fetchone()
                 if row is None:
                     connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -668,6 +673,8 @@ def _where(tenant: str, query: EntityQuery, now: str) -> tuple[str, list[Any]]:
         clause, values = _value_clause(value_filter)
         clauses.append(clause)
         params.extend(values)
+    if query.access is not None:
+        _access_clauses(query.access, clauses, params)
     if query.geo_box is not None:
         attr, (min_x, max_x, min_y, max_y) = query.geo_box
         clauses.append(
@@ -676,3 +683,15 @@ def _where(tenant: str, query: EntityQuery, now: str) -> tuple[str, list[Any]]:
         )
         params.extend([attr, min_x, max_x, min_y, max_y])
     return " AND ".join(clauses), params
+
+
+def _access_clauses(access: AccessPrefilter, clauses: list[str], params: list[Any]) -> None:
+    """The caller's access prefilter (policy/decision.py): one of its types, and one of its id patterns."""
+    if access.types is not None:
+        types = list(access.types)
+        clauses.append(f"e.pk IN (SELECT pk FROM entity_types WHERE type IN ({','.join('?' * len(types))}))")
+        params.extend(types)
+    if access.id_patterns is not None:
+        patterns = list(access.id_patterns)
+        clauses.append("(" + (" OR ".join("regexp(?, e.id)" for _ in patterns) or "0") + ")")
+        params.extend(patterns)

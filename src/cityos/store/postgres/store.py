@@ -48,9 +48,11 @@ from cityos.store.paging import Pager, bounded, exact_in_sql
 from cityos.store.postgres.busy import read_again_once, session_settings
 from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.events import EventFollower, channel_for, notify
+from cityos.store.postgres.identity import PostgresIdentity
 from cityos.store.postgres.outbox import subscription_rows
+from cityos.store.postgres.policies import PostgresPolicies
 from cityos.store.postgres.schema import require_current
-from cityos.store.postgres.sql import Params, where
+from cityos.store.postgres.sql import Params, access_in_python, where
 from cityos.store.postgres.temporal import PostgresTemporal
 from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, own_expiry
 
@@ -65,7 +67,7 @@ def _feed(pager: Pager, documents: list[Entity]) -> bool:
     return all(pager.offer(document) for document in documents)
 
 
-class PostgresStore(PostgresCatalog, PostgresTemporal):
+class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity, PostgresPolicies):
     throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
 
     def __init__(
@@ -356,6 +358,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal):
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         now = now_key()
         query = id_pattern_in_python(query)  # PostgreSQL's regex dialect gets only what it reads as RE2 does
+        query = access_in_python(query)
         query = bounded(query, self.query_timeout)  # the Python half stops at the deadline too
         p = Params()
         condition = where(tenant, query, now, p)
