@@ -81,6 +81,8 @@ def problem_response(error: NgsiLdError) -> Response:
 
 async def ngsild_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NgsiLdError)
+    if exc.audit is not None:  # refused by access control (ngsild/guard.py)
+        await request.app.state.services.audit.record([exc.audit])
     return problem_response(exc)
 
 
@@ -359,6 +361,7 @@ def create_app(settings: Settings) -> Starlette:
     app.router.redirect_slashes = False
     app.state.services = services
     app.state.subscriptions = pipeline.subscriptions
+    pipeline.subscriptions.access_source = services  # notifications are screened with its policies
     app.state.ingest = ingest
     app.state.identity = identity
     app.state.policies = policies
