@@ -81,13 +81,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--json", dest="json_lib", choices=("orjson", "json"), default="orjson")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
-    parser.add_argument("--http", choices=("auto", "httptools", "h11"), default="auto")
+    parser.add_argument(
+        "--http", choices=("auto", "httptools", "h11", "guarded"), default="auto", help="guarded: cityos serve's"
+    )
     parser.add_argument("--receiver", action="store_true", help="also count notifications on POST /notify")
     args = parser.parse_args(argv)
+    http: Any = args.http
+    if http == "guarded":  # httptools with cityos's head/body timeouts and connection cap (cityos.serving)
+        from cityos.serving import GuardedHttpToolsProtocol
+
+        http = GuardedHttpToolsProtocol
     uvicorn.run(
         create_app(args.json_lib, receiver=args.receiver),
         loop=args.loop,
-        http=args.http,
+        http=http,
         **uvicorn_options(args.host, args.port),
     )
     return 0

@@ -113,6 +113,8 @@ class RawClient:
         protocol = self.protocol
         assert protocol.transport is not None
         head = f"{request.method} {request.path} HTTP/1.1\r\n{self.head}"
+        if request.authorization:
+            head += f"Authorization: {request.authorization}\r\n"
         if request.body or request.method in ("POST", "PUT", "PATCH"):
             head += f"Content-Type: application/json\r\nContent-Length: {len(request.body)}\r\n"
         protocol.body = []
@@ -143,9 +145,10 @@ async def _drive(spec: LoadSpec) -> LoadResult:
     async def send(raw: RawClient, request: Request) -> tuple[int, bytes]:
         if spec.client == "raw":
             return await raw.send(request)
-        response = await http.request(
-            request.method, request.path, content=request.body or None, headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json"}
+        if request.authorization:
+            headers["Authorization"] = request.authorization
+        response = await http.request(request.method, request.path, content=request.body or None, headers=headers)
         return response.status_code, response.content
 
     async def worker() -> None:

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import uvloop
 
-from benchmarks.servers import StartFailed
+from benchmarks.servers import SERVER_SRC_ENV, StartFailed
 from benchmarks.workloads import BATCH_SIZE
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -95,7 +95,10 @@ class BenchSchema:
         asyncio.run(_execute(self.admin_url, f'CREATE SCHEMA "{self.name}"'))
         try:
             upgrade = [sys.executable, "-m", "cityos", "db", "upgrade", "--database", self.url]
-            done = subprocess.run(upgrade, cwd=ROOT, capture_output=True, text=True, timeout=120)
+            env = dict(os.environ)
+            if server_src := env.get(SERVER_SRC_ENV):  # the schema of the server measured (--server-src)
+                env["PYTHONPATH"] = server_src
+            done = subprocess.run(upgrade, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
             if done.returncode != 0:
                 raise StartFailed(f"cityos db upgrade failed:\n{done.stdout}{done.stderr}")
         except BaseException:

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks import future
+from benchmarks.auth import auth_rows
 from benchmarks.durability import durability
 from benchmarks.entities import ENTITY_TYPE
 from benchmarks.loadgen import LoadResult, LoadSpec, run_load
@@ -257,6 +258,8 @@ class Bench:
         for row in future.scenarios(self, server, backend.stored):
             row.backend = backend.name
             self.rows.append(row)
+        url = self.schema.url if self.schema is not None else None
+        self.rows += auth_rows(self, server, backend.name, url, backend.stored)  # scenario 8: --auth required
         backend.rss_peak = server.peak_rss_mb()
 
     def multi_worker(self, backend: Backend, url: str) -> None:

@@ -188,11 +188,19 @@ class ServerProcess:
 
 
 def cityos_server(
-    workdir: Path, postgres: str | None = None, *, workers: int = 1, durability: str = "", name: str = "bench"
+    workdir: Path,
+    postgres: str | None = None,
+    *,
+    workers: int = 1,
+    durability: str = "",
+    name: str = "bench",
+    extra: Sequence[str] = (),
+    database: Path | None = None,
 ) -> ServerProcess:
     """`cityos serve` as a user runs it: on a new database file in workdir (`name`.db), or on
     the PostgreSQL URL `postgres` (a migrated schema), given in CITYOS_DATABASE; private networks are
-    allowed so a local notification receiver can be reached. durability: --durability, when given."""
+    allowed so a local notification receiver can be reached. durability: --durability, when given;
+    extra: more options; database: an existing SQLite file to serve (kept as it is)."""
     port = free_port()
     args = [sys.executable, "-m", "cityos", "serve", "--port", str(port)]
     args += ["--log-level", "warning", "--allow-private-networks"]
@@ -202,7 +210,11 @@ def cityos_server(
     env = dict(os.environ)
     if server_src := env.get(SERVER_SRC_ENV):  # an older checkout's server, measured by this harness
         env["PYTHONPATH"] = server_src
-    if postgres is None:
+    args += list(extra)
+    if postgres is None and database is not None:
+        args += ["--database", str(database)]
+        log = workdir / f"cityos-sqlite{suffix}.log"
+    elif postgres is None:
         database = workdir / f"{name}.db"
         for ending in ("", "-wal", "-shm"):
             Path(f"{database}{ending}").unlink(missing_ok=True)

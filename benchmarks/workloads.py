@@ -24,6 +24,7 @@ class Request:
     method: str
     path: str
     body: bytes = b""
+    authorization: str = ""  # the Authorization header value, if any
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Workload:
     start: int = 0
     tag: str = ""
     batch_size: int = BATCH_SIZE
+    authorization: str = ""  # sent with every request (the auth-on scenarios: "Bearer <key>")
 
 
 Builder = Callable[[int, random.Random], Request]
@@ -114,4 +116,13 @@ def builder(workload: Workload) -> Builder:
         "temporal_aggr": temporal_aggr,
         "temporal_lastn": temporal_lastn,
     }
-    return builders[kind]
+    chosen = builders[kind]
+    if not workload.authorization:
+        return chosen
+    authorization = workload.authorization
+
+    def authorized(seq: int, rng: random.Random) -> Request:
+        built = chosen(seq, rng)
+        return Request(built.method, built.path, built.body, authorization)
+
+    return authorized

@@ -21,6 +21,9 @@ import pytest
 from backends import cli_env
 from server_process import LoggedServer
 
+# these tests are about the door, not policies: every authenticated caller may do everything
+ALLOW_AUTHENTICATED = str(Path(__file__).parent / "data" / "policies-authenticated-all.yaml")
+
 ADMIN_API = "/cityos/v1/admin"
 ENTITY = {"id": "urn:ngsi-ld:Parking:1", "type": "Parking", "free": {"type": "Property", "value": 3}}
 
@@ -52,7 +55,14 @@ def bearer(token: str) -> dict[str, str]:
 def secured(db_url: str, tmp_path: Path) -> Iterator[tuple[LoggedServer, str]]:
     """A server with --auth required and its first admin's token (made by the CLI before it starts)."""
     admin = make_key(db_url, "--name", "first-admin", "--role", "admin")
-    server = LoggedServer(tmp_path / "serve.log", "--auth", "required", env={"CITYOS_DATABASE": db_url})
+    server = LoggedServer(
+        tmp_path / "serve.log",
+        "--auth",
+        "required",
+        "--policy-file",
+        ALLOW_AUTHENTICATED,
+        env={"CITYOS_DATABASE": db_url},
+    )
     server.start()
     try:
         yield server, admin
@@ -190,7 +200,7 @@ def test_rate_limit_per_principal(db_url: str, tmp_path: Path) -> None:
     other = make_key(db_url, "--name", "other", "--role", "reader")
     server = LoggedServer(
         tmp_path / "serve.log",
-        "--auth", "required", "--rate-limit", "0.5", "--rate-limit-burst", "3",
+        "--auth", "required", "--policy-file", ALLOW_AUTHENTICATED, "--rate-limit", "0.5", "--rate-limit-burst", "3",
         env={"CITYOS_DATABASE": db_url},
     )  # fmt: skip
     server.start()
@@ -252,7 +262,14 @@ def test_revoke_reaches_another_worker(fresh_postgres: str, tmp_path: Path) -> N
     admin = make_key(fresh_postgres, "--name", "admin", "--role", "admin")
     reader = make_key(fresh_postgres, "--name", "reader", "--role", "reader")
     servers = [
-        LoggedServer(tmp_path / f"serve{n}.log", "--auth", "required", env={"CITYOS_DATABASE": fresh_postgres})
+        LoggedServer(
+            tmp_path / f"serve{n}.log",
+            "--auth",
+            "required",
+            "--policy-file",
+            ALLOW_AUTHENTICATED,
+            env={"CITYOS_DATABASE": fresh_postgres},
+        )
         for n in range(2)
     ]
     for server in servers:
@@ -323,7 +340,14 @@ def test_no_secret_in_the_debug_log(db_url: str, tmp_path: Path) -> None:
     """At --log-level debug (access log, httpx, everything): no key, password, token or hash."""
     admin = make_key(db_url, "--name", "admin", "--role", "admin")
     server = LoggedServer(
-        tmp_path / "serve.log", "--auth", "required", "--log-level", "debug", env={"CITYOS_DATABASE": db_url}
+        tmp_path / "serve.log",
+        "--auth",
+        "required",
+        "--policy-file",
+        ALLOW_AUTHENTICATED,
+        "--log-level",
+        "debug",
+        env={"CITYOS_DATABASE": db_url},
     )
     server.start()
     secrets = [admin.split(".")[1]]

@@ -36,6 +36,9 @@ from notify_helpers import free_port, stop_process
 from server_process import LoggedServer
 from test_auth_keys import ADMIN_API, bearer
 
+# these tests are about the door, not policies: every authenticated caller may do everything
+ALLOW_AUTHENTICATED = str(Path(__file__).parent / "data" / "policies-authenticated-all.yaml")
+
 OIDC = Path(__file__).parent / "oidc"
 AUDIENCE = "https://cityos.test/api"
 SKEW = 30
@@ -124,7 +127,8 @@ def oidc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Provider, L
     provider.start(keys[:1])
     server = LoggedServer(
         folder / "serve.log",
-        "--auth", "required", "--oidc-issuer", provider.issuer, "--oidc-audience", AUDIENCE,
+        "--auth", "required", "--policy-file", ALLOW_AUTHENTICATED,
+        "--oidc-issuer", provider.issuer, "--oidc-audience", AUDIENCE,
         "--oidc-clock-skew", str(SKEW), "--allow-private-networks",
         env={"CITYOS_DATABASE": str(folder / "city.db")},
     )  # fmt: skip
@@ -244,7 +248,8 @@ def test_jwks_fetch_follows_the_outgoing_policy(
     provider, _server, _keys = oidc
     strict = LoggedServer(
         tmp_path / "strict.log",
-        "--auth", "required", "--oidc-issuer", provider.issuer, "--oidc-audience", AUDIENCE,
+        "--auth", "required", "--policy-file", ALLOW_AUTHENTICATED,
+        "--oidc-issuer", provider.issuer, "--oidc-audience", AUDIENCE,
         env={"CITYOS_DATABASE": str(tmp_path / "city.db")},
     )  # fmt: skip
     strict.start()

@@ -14,6 +14,9 @@ import pytest
 from server_process import LoggedServer
 from test_auth_keys import ADMIN_API, bearer, cli, make_key
 
+# these tests are about the door, not policies: every authenticated caller may do everything
+ALLOW_AUTHENTICATED = str(Path(__file__).parent / "data" / "policies-authenticated-all.yaml")
+
 PASSWORD = "correct horse battery"
 
 
@@ -24,7 +27,7 @@ def secured(db_url: str, tmp_path: Path) -> Iterator[tuple[LoggedServer, str]]:
     assert made.returncode == 0, made.stderr
     server = LoggedServer(
         tmp_path / "serve.log",
-        "--auth", "required", "--user-token-lifetime", "60",
+        "--auth", "required", "--policy-file", ALLOW_AUTHENTICATED, "--user-token-lifetime", "60",
         env={"CITYOS_DATABASE": db_url},
     )  # fmt: skip
     server.start()

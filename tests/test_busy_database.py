@@ -19,6 +19,8 @@ import httpx
 
 from backends import db_rows, sqlite_only
 from cityos.store.sqlite import SCHEMA, SCHEMA_VERSION
+from cityos.store.sqlite_identity import IDENTITY_SCHEMA
+from cityos.store.sqlite_policies import POLICY_SCHEMA
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA
 from notify_helpers import free_port
 from server_process import LoggedServer
@@ -134,6 +136,8 @@ def make_database(path: str) -> None:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.executescript(SCHEMA)
         connection.executescript(TEMPORAL_SCHEMA)
+        connection.executescript(POLICY_SCHEMA)
+        connection.executescript(IDENTITY_SCHEMA)
         connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
 

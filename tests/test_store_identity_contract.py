@@ -75,6 +75,11 @@ def test_credentials_round_trip(backend: Backend) -> None:
     assert not run(store.set_credential_secret("user", "bob", "$argon2id$new"))
     assert run(store.credentials_version()) != after_revoke
 
+    run(store.add_credential(_row("session", "cs_old", name="alice", expires_at="2026-01-01T00:00:00Z")))
+    run(store.add_credential(_row("session", "cs_new", name="alice", expires_at="2999-01-01T00:00:00Z")))
+    assert run(store.delete_expired_credentials("session", "2026-06-01T00:00:00Z")) == 1
+    assert run(store.delete_expired_credentials("key", "2026-06-01T00:00:00Z")) == 0  # another kind
+    assert [r.id for r in run(store.list_credentials("session"))] == ["cs_new"]
     run(store.add_credential(_row("session", "cs_2", name="alice", owner="user:alice")))
     assert run(store.delete_credential("user", "alice"))
     assert not run(store.delete_credential("user", "alice"))

@@ -52,6 +52,8 @@ from cityos.ngsild import (
 )
 from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.pipeline import WritePipeline, context_registry, settings_store
+from cityos.policy import http as policy_http
+from cityos.policy.service import access_policies
 from cityos.settings import Settings
 from cityos.store.base import StoreEvent
 from cityos.store.fair import current_client
@@ -81,6 +83,8 @@ def problem_response(error: NgsiLdError) -> Response:
 
 async def ngsild_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NgsiLdError)
+    if exc.audit is not None:  # refused by access control (ngsild/guard.py)
+        await request.app.state.services.audit.record([exc.audit])
     return problem_response(exc)
 
 
@@ -288,6 +292,7 @@ def create_app(settings: Settings) -> Starlette:
     services.audit = StoreAudit(services.store)  # events that are not writes, chained with them
     pipeline = WritePipeline(services.store, registry, settings)
     ingest = IngestService(services.store, registry, settings)
+    policies = access_policies(settings, services)  # None with --auth off: the OpenAuthorizer stays
     identity = Identity(services.store, settings, lambda: services.audit)
     if identity.required:
         services.principals = identity.authenticator
@@ -317,7 +322,16 @@ def create_app(settings: Settings) -> Starlette:
             )
         await services.store.open()
         stack.push_async_callback(services.store.close)
-        services.store.set_event_listener(_follow_other_workers(pipeline, ingest, identity))
+        follow = _follow_other_workers(pipeline, ingest, identity)
+        if policies is not None:
+            policies.audit = services.audit
+            try:
+                await policies.start()
+            except (OSError, ValueError) as exc:  # a missing or invalid --policy-file: one line
+                startup_problem.append(f"cannot start: the policy file was not loaded: {exc}")
+                raise
+            follow = policies.follow(follow)
+        services.store.set_event_listener(follow)
         stack.callback(services.store.set_event_listener, None)
         await pipeline.start()  # before the first write: every change is matched and recorded
         stack.push_async_callback(pipeline.stop)
@@ -338,6 +352,7 @@ def create_app(settings: Settings) -> Starlette:
         *temporal.routes(),
         *ingest.routes(),
         *audit_http.routes(),
+        *policy_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
     ]
@@ -350,13 +365,17 @@ def create_app(settings: Settings) -> Starlette:
     app.router.redirect_slashes = False
     app.state.services = services
     app.state.subscriptions = pipeline.subscriptions
+    pipeline.subscriptions.access_source = services  # notifications are screened with its policies
     app.state.ingest = ingest
     app.state.identity = identity
+    app.state.policies = policies
     app.add_middleware(LastResort)  # innermost: answers what no handler knew, keeps the connection
     # who is calling (and the request id), before any handler: auth/middleware.py
     app.add_middleware(
         AuthMiddleware, authenticator=identity.authenticator if identity.required else None, limiter=identity.limiter
     )
+    if policies is not None:
+        app.add_middleware(policy_http.PurposeMiddleware)
     keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))
     app.add_middleware(
         ProtocolGuard, max_body_bytes=settings.max_body_bytes, keep_slash=(*keep_slash, temporal.SELF_ROUTED)

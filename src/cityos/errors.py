@@ -29,7 +29,10 @@ import threading
 import time
 import traceback
 from collections.abc import Hashable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from cityos.audit.events import AuditEvent
 
 ERROR_BASE = "https://uri.etsi.org/ngsi-ld/errors/"
 
@@ -40,6 +43,8 @@ class NgsiLdError(Exception):
     type_name: ClassVar[str] = "InternalError"
     status: ClassVar[int] = 500
     title: ClassVar[str] = "Internal error"
+    # a request refused by access control: the error handler records it (request.denied) before answering
+    audit: AuditEvent | None = None
 
     def __init__(self, detail: str = "", **extra: Any) -> None:
         super().__init__(detail)

@@ -36,6 +36,11 @@ class Settings:
     insecure_open: bool = _setting(
         False, "Allow --auth off on a non-loopback --host (a deliberate open deployment, e.g. behind a gateway)."
     )
+    policy_file: str = _setting(
+        "",
+        "With --auth required: a YAML or JSON file of access policies, brought into the database at start "
+        "and on POST /cityos/v1/admin/policies/reload (docs/security.md).",
+    )
     rate_limit: float = _setting(
         0.0,
         "With --auth required: requests per second each principal may make (anonymous callers: per address), "
@@ -120,6 +125,21 @@ class Settings:
         "Orion-LD list their entities that way); off by default: the spec (5.7.2) and ETSI 019_03_05 want a 400.",
     )
     query_timeout: float = _setting(10.0, "Seconds a query may run in the store before it is stopped (403).")
+    header_timeout: float = _setting(
+        10.0, "Seconds a client has to send a request head, from its connection or the previous answer (408, closed)."
+    )
+    body_timeout: float = _setting(
+        60.0, "Seconds a client has to send a whole request body once its head is in (408, closed; nothing written)."
+    )
+    keep_alive_timeout: float = _setting(5.0, "Seconds an idle keep-alive connection is kept open.")
+    keep_alive_max_requests: int = _setting(
+        1000, "Most requests served on one connection; the last answer says Connection: close. 0: no limit."
+    )
+    max_connections: int = _setting(
+        4096,
+        "Most open client connections per server process; past it the one idle longest is closed, or, when all "
+        "are busy, the newcomer gets a 503 with Retry-After (docs/security.md).",
+    )
     db_busy_timeout: float = _setting(
         5.0,
         "Seconds a request waits for the database when another process or connection holds its lock "
@@ -220,6 +240,11 @@ class Settings:
             raise ValueError("query_timeout must be positive")
         if self.db_busy_timeout <= 0:
             raise ValueError("db_busy_timeout must be positive")
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_connections < 1 or self.keep_alive_max_requests < 0:
+            raise ValueError("max_connections must be positive and keep_alive_max_requests not negative")
         if self.auth not in ("off", "required"):
             raise ValueError("auth must be off or required")
         if self.rate_limit < 0 or self.rate_limit_burst < 1 or self.user_token_lifetime <= 0:

@@ -273,6 +273,7 @@ class Credentials:
             expires_at=time_text(datetime.fromtimestamp(now + lifetime, UTC)),
             owner=f"user:{user.name}",
         )
+        await self.store.delete_expired_credentials("session", now_text())  # spent tokens do not pile up
         await self.store.add_credential(row)
         return Issued(row, f"{row.id}.{secret}")
 

@@ -83,7 +83,15 @@ def serve(settings: Settings) -> int:
     debug = settings.log_level.lower() == "debug"
     if not debug:  # httpx logs every request it sends (each notification) at INFO
         logging.getLogger("httpx").setLevel(logging.WARNING)
+    from cityos import serving
+
+    settings = dataclasses.replace(  # the cap must fit the open-file limit, raised to its maximum
+        settings, max_connections=serving.raise_open_file_limit(settings.max_connections)
+    )
+    serving.configure(serving.limits_from(settings))
     common: dict[str, Any] = {
+        "http": serving.GuardedHttpToolsProtocol,  # head and body timeouts, connection cap (docs/security.md)
+        "timeout_keep_alive": settings.keep_alive_timeout,
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),

@@ -17,6 +17,7 @@ from cityos.entities import update
 from cityos.entities.model import parse_entity, parse_fragment
 from cityos.entities.values import now, require_uri
 from cityos.errors import BadRequestData, NgsiLdError
+from cityos.ngsild import access
 from cityos.ngsild.common import (
     body_context,
     check_params,
@@ -77,7 +78,12 @@ async def _run(
 ) -> None:
     if not planned:
         return
-    results = await services(request).store.mutate(tenant_name, planned, atomic=False)
+    results = await services(request).store.mutate(
+        tenant_name, access.guard_all(request, tenant_name, planned), atomic=False
+    )
+    refused = [r for r in results if isinstance(r.error, access.DENIED)]
+    if refused:  # one audit record for the entities of the batch the policies refused
+        await access.denied(request, tenant_name, [r.entity_id for r in refused], refused[0].error)  # type: ignore[arg-type]
     for result in results:
         if result.error is not None:
             report.fail(result.entity_id, result.error)

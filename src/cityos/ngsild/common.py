@@ -12,8 +12,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cityos.audit.events import AuditSink, NullAudit
-from cityos.auth.principal import OpenDirectory, Principal, PrincipalDirectory, current_principal
+from cityos.audit.events import AuditEvent, AuditSink, NullAudit
+from cityos.auth.principal import (
+    OpenDirectory,
+    Principal,
+    PrincipalDirectory,
+    current_principal,
+    current_request_id,
+)
 from cityos.entities.values import check_nesting
 from cityos.errors import BadRequestData, InvalidRequest, NonexistentTenant, PayloadTooLarge
 from cityos.jsonld.registry import ContextRegistry, ResolvedContext
@@ -54,10 +60,30 @@ def principal(request: Request) -> Principal:
 def tenant(request: Request) -> str:
     value = request.headers.get(TENANT_HEADER)
     if value is None or value == "":
+        check_tenant_access("")
         return ""
     if not TENANT_RE.match(value):
         raise BadRequestData(f"invalid tenant name {value!r}")
+    check_tenant_access(value)
     return value
+
+
+def check_tenant_access(name: str) -> None:
+    """A tenant the caller may not use does not exist for it (404 NonexistentTenant, the same answer
+    as for a tenant that does not exist, recorded as a refused request)."""
+    who = current_principal.get()
+    if who.unrestricted or who.may_use_tenant(name):
+        return
+    error = NonexistentTenant(f"tenant {name} does not exist")
+    error.audit = AuditEvent(
+        principal=who.id,
+        operation="request.denied",
+        tenant=name,
+        outcome="denied",
+        request_id=current_request_id.get(),
+        detail={"reason": "tenant", "status": error.status},
+    )
+    raise error
 
 
 async def existing_tenant(request: Request) -> str:

@@ -12,7 +12,9 @@ from cityos.errors import BadRequestData, InvalidRequest, ResourceNotFound
 from cityos.jsonld.registry import CORE_FILES
 from cityos.jsonld.termmap import TermMap, define_terms
 from cityos.ngsild.common import check_params, json_response, no_content, read_json, services, tenant
+from cityos.ngsild.guard import require
 from cityos.ngsild.negotiation import request_media_type
+from cityos.policy.decision import Target
 from cityos.store.base import StoredContextRow
 
 BASE = "/ngsi-ld/v1/jsonldContexts"
@@ -70,8 +72,15 @@ async def serve_context(request: Request) -> Response:
     return response
 
 
+def _administer(request: Request, tenant_name: str) -> None:
+    """Adding, deleting and reloading @contexts changes what every client's terms mean: "administer"
+    on resource "context" (403 otherwise; the list and the documents are readable by anyone)."""
+    require(request, "administer", Target(tenant=tenant_name, resource="context"))
+
+
 async def add_context(request: Request) -> Response:
     check_params(request, ())
+    _administer(request, tenant(request))
     request_media_type(request.headers.get("content-type"))
     body = await read_json(request)
     if not isinstance(body, dict) or "@context" not in body:
@@ -98,6 +107,7 @@ async def delete_context(request: Request) -> Response:
     context_id = _context_id(request)
     registry = services(request).contexts
     tenant_name = tenant(request)
+    _administer(request, tenant_name)
     stored = registry.find(tenant_name, context_id)
     if stored is None:
         if context_id in CORE_FILES or registry.core_document(context_id) is not None:

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from cityos.errors import ResourceNotFound
 from cityos.jsonld.registry import ResolvedContext
+from cityos.ngsild import access
 from cityos.ngsild.common import (
     accept,
     check_params,
@@ -23,7 +24,6 @@ from cityos.ngsild.common import (
     flag,
     json_response,
     query_context,
-    services,
 )
 
 BASE = "/ngsi-ld/v1"
@@ -61,7 +61,7 @@ async def list_types(request: Request) -> Response:
     """5.7.5 EntityTypeList, or with details=true 5.7.6 an array of EntityType."""
     media, tenant_name, context = await _prepare(request, LIST_TYPES_PARAMS)
     details = flag(request, "details")
-    store = services(request).store
+    store = await access.catalog(request, tenant_name)
     compact = context.terms.compact
     if details:
         described = await store.entity_type_attributes(tenant_name)
@@ -84,7 +84,9 @@ async def type_info(request: Request) -> Response:
     """5.7.7 EntityTypeInfo of one type, named by term or (percent-encoded) IRI."""
     media, tenant_name, context = await _prepare(request, ONE_PARAMS)
     name = _path_name(request, TYPES)
-    stats = await services(request).store.entity_type_stats(tenant_name, context.terms.expand(name))
+    stats = await (await access.catalog(request, tenant_name)).entity_type_stats(
+        tenant_name, context.terms.expand(name)
+    )
     if stats is None:
         raise ResourceNotFound(f"no entity of type {name} exists")
     compact = context.terms.compact
@@ -105,7 +107,7 @@ async def list_attributes(request: Request) -> Response:
     """5.7.8 AttributeList, or with details=true 5.7.9 an array of Attribute (with typeNames)."""
     media, tenant_name, context = await _prepare(request, LIST_ATTRIBUTES_PARAMS)
     details = flag(request, "details")
-    store = services(request).store
+    store = await access.catalog(request, tenant_name)
     compact = context.terms.compact
     if details:
         described = await store.attribute_type_names(tenant_name)
@@ -129,7 +131,8 @@ async def attribute_info(request: Request) -> Response:
     (id, type, scope, createdAt, ...) are not attributes, so they are never found."""
     media, tenant_name, context = await _prepare(request, ONE_PARAMS)
     name = _path_name(request, ATTRIBUTES)
-    stats = await services(request).store.attribute_stats(tenant_name, context.terms.expand(name))
+    catalog = await access.catalog(request, tenant_name)
+    stats = await catalog.attribute_stats(tenant_name, context.terms.expand(name))
     if stats is None:
         raise ResourceNotFound(f"no entity has an attribute {name}")
     compact = context.terms.compact

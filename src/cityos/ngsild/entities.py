@@ -17,7 +17,7 @@ from cityos.entities.render import RenderOptions, downgrade, render_entity, to_g
 from cityos.entities.values import check_name, now, require_uri
 from cityos.errors import BadRequestData, InvalidRequest, ResourceNotFound
 from cityos.jsonld.registry import ResolvedContext
-from cityos.ngsild import entity_maps
+from cityos.ngsild import access, entity_maps
 from cityos.ngsild.common import (
     accept,
     body_context,
@@ -37,6 +37,7 @@ from cityos.ngsild.forwarding import forward_retrieve
 from cityos.ngsild.join import JoinPlan, join_plan, render_joined
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
 from cityos.ngsild.querying import purge_entities, query_entities, type_filter
+from cityos.query import budget
 from cityos.query.projection import Projected, depth, parse_projection
 from cityos.store.base import MutationResult
 from cityos.store.temporal_base import SCOPE_ATTR
@@ -152,7 +153,12 @@ async def _mutate_one(request: Request, tenant_name: str, entity_id: str, mutato
     if type_param is not None:
         context = await query_context(request, tenant_name)
         mutator = update.only_types(entity_id, type_filter(type_param, context), mutator)
-    results = await services(request).store.mutate(tenant_name, [(entity_id, mutator)], atomic=True)
+    mutator = access.guarded(entity_id, mutator, access.writes(request, tenant_name))
+    try:
+        results = await services(request).store.mutate(tenant_name, [(entity_id, mutator)], atomic=True)
+    except access.DENIED as error:
+        await access.denied(request, tenant_name, [entity_id], error)
+        raise
     return results[0]
 
 
@@ -203,6 +209,7 @@ async def create_entity(request: Request) -> Response:
     return Response(status_code=201, headers={"Location": location})
 
 
+@budget.per_request  # a join's fetches and renderings share one --query-timeout
 async def retrieve_entity(request: Request) -> Response:
     check_params(request, RETRIEVE_PARAMS)
     media = accept(request, (JSON, JSON_LD, GEO_JSON))
@@ -213,11 +220,14 @@ async def retrieve_entity(request: Request) -> Response:
     if media != GEO_JSON and request.query_params.get("geometryProperty") is not None:
         raise BadRequestData("geometryProperty needs Accept: application/geo+json")
     entity = await services(request).store.get_entity(tenant_name, entity_id)
+    read = access.view(request, tenant_name)
     if entity is None:
-        remote = await forward_retrieve(request, tenant_name, entity_id)
+        # a remote entity is not filtered by the policies: a restricted caller is not forwarded
+        remote = await forward_retrieve(request, tenant_name, entity_id) if read.unrestricted else None
         if remote is None:
             raise ResourceNotFound(f"entity {entity_id} does not exist")
         return json_response(remote, media=media, context=context)
+    entity = await access.visible_or_404(request, tenant_name, read, entity)
     type_param = request.query_params.get("type")
     if type_param is not None and not set(type_filter(type_param, context)) & set(entity["type"]):
         raise ResourceNotFound(f"entity {entity_id} is not of type {type_param}")
@@ -226,10 +236,12 @@ async def retrieve_entity(request: Request) -> Response:
     if media == GEO_JSON:
         feature = to_geojson_feature(entity, render, request.query_params.get("geometryProperty"))
         response = geojson_response(request, feature, context)
+        await access.personal_reads(request, tenant_name, read, [entity])
         return await entity_maps.for_entity(request, tenant_name, entity_id, response)
+    await access.personal_reads(request, tenant_name, read, [entity])
     plan = request_join_plan(request)
     if plan is not None:
-        rendered = await render_joined([entity], render, plan, services(request).store, tenant_name)
+        rendered = await render_joined([entity], render, plan, services(request).store, tenant_name, read)
         body: Any = rendered if plan.mode == "flat" and len(rendered) > 1 else rendered[0]
         response = json_response(body, media=media, context=context)
         return await entity_maps.for_entity(request, tenant_name, entity_id, response)
@@ -367,6 +379,8 @@ async def delete_attribute(request: Request) -> Response:
         mutator = update.delete_attr(entity_id, attr, dataset=dataset, delete_all=delete_all, stamp=now())
     try:
         await _mutate_one(request, tenant_name, entity_id, mutator)
+    except access.HiddenEntity:
+        raise
     except ResourceNotFound:
         store = services(request).store
         if not await record_deletion(store, tenant_name, entity_id, attr, dataset=dataset, delete_all=delete_all):

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from cityos.entities.model import Entity
 from cityos.entities.values import require_uri
 from cityos.errors import ResourceNotFound
+from cityos.ngsild import access
 from cityos.ngsild.common import (
     accept,
     check_params,
@@ -196,7 +197,8 @@ async def create_entity_map(request: Request) -> Response:
     context = await query_context(request, tenant_name)
     check_not_too_wide(request)
     check_csf(request)
-    matched = await _matching(services(request).store, tenant_name, build_query(request, context))
+    query = access.restricted(request, tenant_name, build_query(request, context))
+    matched = await _matching(services(request).store, tenant_name, query)
     created = await _create(request, tenant_name, [entity["id"] for entity in matched])
     return json_response(render(created), status=201, media=media, context=context, headers={HEADER: created.id})
 

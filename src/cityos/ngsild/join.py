@@ -9,6 +9,9 @@ from typing import Any
 from cityos.entities.model import Entity
 from cityos.entities.render import RenderOptions, render_entity
 from cityos.errors import BadRequestData
+from cityos.policy.decision import EVERYTHING, ReadView
+from cityos.policy.enforce import restrict
+from cityos.query import budget
 from cityos.query.projection import Projected, depth
 from cityos.store.base import EntityQuery, EntityStore
 
@@ -75,11 +78,12 @@ def _options_for(
     return dataclasses.replace(base, attrs=keep, omit=dropped, pick_id=pick_id, pick_type=pick_type)
 
 
-async def _fetch(store: EntityStore, tenant: str, ids: set[str]) -> dict[str, Entity]:
+async def _fetch(store: EntityStore, tenant: str, ids: set[str], view: ReadView = EVERYTHING) -> dict[str, Entity]:
+    """The linked entities the caller may see, as it may see them (policy/decision.py ReadView)."""
     if not ids:
         return {}
-    result = await store.query_entities(tenant, EntityQuery(ids=sorted(ids)))
-    return {entity["id"]: entity for entity in result.entities}
+    result = await budget.within(store.query_entities(tenant, restrict(EntityQuery(ids=sorted(ids)), view)))
+    return {entity["id"]: view.project(entity) for entity in result.entities}
 
 
 def _targets(entity: Entity, keep: frozenset[str] | None) -> list[tuple[str, list[str]]]:
@@ -100,17 +104,24 @@ def _targets(entity: Entity, keep: frozenset[str] | None) -> list[tuple[str, lis
 
 
 async def render_joined(
-    entities: list[Entity], render: RenderOptions, plan: JoinPlan, store: EntityStore, tenant: str
+    entities: list[Entity],
+    render: RenderOptions,
+    plan: JoinPlan,
+    store: EntityStore,
+    tenant: str,
+    view: ReadView = EVERYTHING,
 ) -> list[dict[str, Any]]:
     """The rendered entities with their linked entities, as one list (flat) or nested (inline)."""
     cache: dict[str, Entity] = {}
 
     async def linked(entity: Entity, keep: frozenset[str] | None) -> list[tuple[str, list[Entity]]]:
+        budget.check()  # one store query per entity and level: the request's budget, not each query's
         wanted = {o for _, objects in _targets(entity, keep) for o in objects if o not in cache}
-        cache.update(await _fetch(store, tenant, wanted))
+        cache.update(await _fetch(store, tenant, wanted, view))
         return [(iri, [cache[o] for o in objects if o in cache]) for iri, objects in _targets(entity, keep)]
 
     async def inline(entity: Entity, options: RenderOptions, pick: Any, omit: Any, depth: int) -> dict[str, Any]:
+        budget.check()
         out = render_entity(entity, options)
         if depth >= plan.level:
             return out
@@ -140,6 +151,7 @@ async def render_joined(
             if entity["id"] in seen:
                 continue
             seen.add(entity["id"])
+            budget.check()
             results.append(render_entity(entity, options))
             if level == plan.level:
                 continue

@@ -14,6 +14,7 @@ from cityos.entities.render import render_entity, to_geojson_feature
 from cityos.entities.values import MAX_SAFE_INTEGER, now, require_uri
 from cityos.errors import BadRequestData, TooManyResults
 from cityos.jsonld.registry import ResolvedContext
+from cityos.ngsild import access
 from cityos.ngsild.common import (
     accept,
     body_context,
@@ -29,6 +30,7 @@ from cityos.ngsild.common import (
 )
 from cityos.ngsild.join import join_plan
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
+from cityos.query import budget
 from cityos.query.entity_query import QuerySpec, build_entity_query, ordering, type_predicate
 from cityos.query.ordering import check_collation
 from cityos.store.base import EntityQuery
@@ -243,6 +245,7 @@ async def query_entities(request: Request) -> Response:
     return await run_query(request, tenant_name, context, query, media)
 
 
+@budget.per_request  # the store, join and rendering share one --query-timeout
 async def run_query(
     request: Request,
     tenant_name: str,
@@ -259,11 +262,18 @@ async def run_query(
     params = params if params is not None else request.query_params
     wants_count = "count" in options(request, REPRESENTATION_OPTIONS) or params.get("count") == "true"
     limit, offset = page(request)
+    read = access.view(request, tenant_name)
+    query = access.restrict(query, read)
     result, emap = await entity_maps.select(request, tenant_name, query, limit, offset, wants_count)
+    if not read.unrestricted:
+        result.entities = [read.project(e) for e in result.entities]
+        await access.personal_reads(request, tenant_name, read, result.entities)
     headers = {"NGSILD-Results-Count": str(result.total)} if wants_count and result.total is not None else {}
     links = pagination_links(request, limit, offset, result.has_more, emap.entity_map.query if emap else "")
     if media == GEO_JSON:
-        features = [to_geojson_feature(e, render, params.get("geometryProperty")) for e in result.entities]
+        features = [
+            to_geojson_feature(e, render, params.get("geometryProperty")) for e in budget.checked(result.entities)
+        ]
         geojson = geojson_response(request, {"type": "FeatureCollection", "features": features}, context)
         return entity_maps.answer(geojson, emap)
     from cityos.ngsild.entities import request_join_plan
@@ -271,10 +281,10 @@ async def run_query(
 
     plan = request_join_plan(request, params)
     if plan is not None:
-        body = await render_joined(result.entities, render, plan, services(request).store, tenant_name)
+        body = await render_joined(result.entities, render, plan, services(request).store, tenant_name, read)
     else:
         # an entity whose every member the projection removed is left out (019_17_01)
-        body = [rendered for entity in result.entities if (rendered := render_entity(entity, render))]
+        body = [rendered for entity in budget.checked(result.entities) if (rendered := render_entity(entity, render))]
     response = json_response(body, media=media, context=context, headers=headers)
     for value in links:
         response.headers.append("Link", value)
@@ -291,7 +301,7 @@ async def purge_entities(request: Request) -> Response:
         raise BadRequestData("keep and drop cannot be used together")
     check_not_too_wide(request, purge=True)
     query = build_query(request, context, tenant_name)  # validates q (and refuses linked-entity paths) before deleting
-    result = await services(request).store.query_entities(tenant_name, query)
+    result = await services(request).store.query_entities(tenant_name, access.restricted(request, tenant_name, query))
     keep = csv_param(request, "keep")
     drop = csv_param(request, "drop")
     stamp = now()
@@ -303,7 +313,12 @@ async def purge_entities(request: Request) -> Response:
             names = {context.terms.expand(n) for n in (keep or drop or [])}
             operations.append((entity["id"], update.prune(entity["id"], names, keep=keep is not None, stamp=stamp)))
     if operations:
-        await services(request).store.mutate(tenant_name, operations, atomic=True)
+        operations = access.guard_all(request, tenant_name, operations)
+        try:
+            await services(request).store.mutate(tenant_name, operations, atomic=True)
+        except access.DENIED as error:  # one entity it may not delete: nothing is deleted
+            await access.denied(request, tenant_name, [entity_id for entity_id, _ in operations], error)
+            raise
     return no_content()
 
 

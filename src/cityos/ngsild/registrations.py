@@ -31,8 +31,10 @@ from cityos.ngsild.common import (
     services,
     tenant,
 )
+from cityos.ngsild.guard import allowed, hide, require
 from cityos.ngsild.querying import page
 from cityos.ngsild.subscriptions import page_response, wants_count
+from cityos.policy.decision import Target
 from cityos.query.entity_query import check_pattern
 from cityos.registrations import expired, matches, merge_registration, parse_registration, render_registration
 from cityos.store.base import RegistrationRow
@@ -58,10 +60,19 @@ async def _live(request: Request, tenant_name: str, registration_id: str) -> Reg
     return row
 
 
+def _target(tenant_name: str) -> Target:
+    return Target(tenant=tenant_name, resource="registration")
+
+
 async def _require(request: Request, tenant_name: str, registration_id: str) -> RegistrationRow:
+    """The registration, if it exists and the caller may read registrations (404 otherwise: one it
+    may not read is not told apart from one that does not exist)."""
+    missing = ResourceNotFound(f"context source registration {registration_id} does not exist")
+    if not allowed(request, "read", _target(tenant_name)):
+        raise hide(request, "read", _target(tenant_name), missing)
     row = await _live(request, tenant_name, registration_id)
     if row is None:
-        raise ResourceNotFound(f"context source registration {registration_id} does not exist")
+        raise missing
     return row
 
 
@@ -69,6 +80,7 @@ async def create_registration(request: Request) -> Response:
     check_params(request, ())
     body, media = await read_payload(request)
     tenant_name = tenant(request)
+    require(request, "administer", _target(tenant_name))
     context = await body_context(request, body, media, tenant_name=tenant_name)
     doc = parse_registration(body, context.terms, max_pattern_length=services(request).settings.max_pattern_length)
     if await _live(request, tenant_name, doc["id"]) is not None:
@@ -113,6 +125,7 @@ async def query_registrations(request: Request) -> Response:
     check_params(request, QUERY_PARAMS)
     media = accept(request)
     tenant_name = await existing_tenant(request)
+    require(request, "read", _target(tenant_name))
     limit, offset = page(request)
     counted = wants_count(request)
     context = await query_context(request, tenant_name)
@@ -143,6 +156,7 @@ async def update_registration(request: Request) -> Response:
     body, media = await read_payload(request, merge_patch=True)
     tenant_name = await existing_tenant(request)
     current = await _require(request, tenant_name, registration_id)
+    require(request, "administer", _target(tenant_name))
     context = await body_context(request, body, media, tenant_name=tenant_name)
     if isinstance(body, dict) and not (body.keys() - {"@context", "id", "type"}):
         raise BadRequestData("the fragment changes nothing")
@@ -158,6 +172,7 @@ async def delete_registration(request: Request) -> Response:
     registration_id = _registration_id(request)
     tenant_name = await existing_tenant(request)
     await _require(request, tenant_name, registration_id)
+    require(request, "administer", _target(tenant_name))
     await services(request).store.delete_registration(tenant_name, registration_id)
     return no_content()
 

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cityos.entities.values import require_uri
-from cityos.errors import AlreadyExists, BadRequestData
+from cityos.errors import AlreadyExists, BadRequestData, ResourceNotFound
 from cityos.jsonld.registry import ResolvedContext
 from cityos.ngsild.common import (
     accept,
@@ -22,13 +22,17 @@ from cityos.ngsild.common import (
     json_response,
     no_content,
     options,
+    principal,
     query_context,
     read_payload,
     resource_routes,
     services,
     tenant,
 )
+from cityos.ngsild.guard import hide, require
 from cityos.ngsild.querying import page
+from cityos.policy.decision import Target
+from cityos.query.entity_query import selector_predicate
 from cityos.store.base import StoredContextRow
 from cityos.subscriptions.delivery import check_endpoint
 from cityos.subscriptions.model import (
@@ -39,6 +43,7 @@ from cityos.subscriptions.model import (
     parse_subscription,
     render_subscription,
 )
+from cityos.subscriptions.owner import Owner, may_manage
 from cityos.subscriptions.service import SubscriptionService
 
 BASE = "/ngsi-ld/v1"
@@ -74,6 +79,35 @@ async def _implicit_context(request: Request, tenant_name: str, value: Any) -> s
     return stored.url
 
 
+def _check_subscribe(request: Request, tenant_name: str, doc: Doc) -> None:
+    """Creating (or re-aiming) a subscription needs "subscribe" on what it watches: each entity
+    selector's types and id, with the watched attributes (403 and nothing stored when refused)."""
+    if principal(request).unrestricted:
+        return
+    attrs = tuple(doc.get("watchedAttributes", ()))
+    selectors = doc.get("entities") or [None]
+    for selector in selectors:
+        types: tuple[str, ...] = ()
+        entity_id = None
+        if selector is not None:
+            union, _ = selector_predicate([selector], lambda name: name)  # stored expanded
+            types = tuple(union or ())
+            entity_id = selector.get("id")
+        # an entity target (no resource): subscribing is reading, later, the entities it selects
+        target = Target(tenant=tenant_name, entity_id=entity_id, types=types, attrs=attrs)
+        require(request, "subscribe", target)
+
+
+def _owned(request: Request, service: SubscriptionService, tenant_name: str, subscription_id: str) -> Subscription:
+    """The subscription if the caller may manage it; someone else's answers 404, as a missing one."""
+    subscription = service.require(tenant_name, subscription_id)
+    if not may_manage(principal(request), subscription.owner):
+        missing = ResourceNotFound(f"subscription {subscription_id} does not exist")
+        target = Target(tenant=tenant_name, resource="subscription")
+        raise hide(request, f"{request.method} subscription", target, missing) from None
+    return subscription
+
+
 def _single_url(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, list) and len(value) == 1 and isinstance(value[0], str))
 
@@ -84,13 +118,15 @@ async def create_subscription(request: Request) -> Response:
     tenant_name = tenant(request)
     context = await body_context(request, body, media, tenant_name=tenant_name)
     doc = parse_subscription(body, context.terms, max_pattern_length=services(request).settings.max_pattern_length)
+    _check_subscribe(request, tenant_name, doc)
     await _check_targets(request, tenant_name, doc)
     service = subscriptions(request)
     if service.get(tenant_name, doc["id"]) is not None:
         raise AlreadyExists(f"subscription {doc['id']} already exists")
     if "jsonldContext" not in doc and not _single_url(context.value):
         doc["jsonldContext"] = await _implicit_context(request, tenant_name, context.value)
-    await service.create(Subscription(tenant_name, doc, context.value), context.terms)
+    owner = Owner.of(principal(request))
+    await service.create(Subscription(tenant_name, doc, context.value, owner=owner), context.terms)
     location = quote(f"{COLLECTION}/{doc['id']}", safe="/:;=@!$&'()*+,~-._")
     return Response(status_code=201, headers={"Location": location, **_ignored_warning(body, doc["id"])})
 
@@ -123,7 +159,7 @@ async def retrieve_subscription(request: Request) -> Response:
     media = accept(request)
     tenant_name = await existing_tenant(request)
     service = subscriptions(request)
-    subscription = service.require(tenant_name, subscription_id)
+    subscription = _owned(request, service, tenant_name, subscription_id)
     await service.settle(tenant_name, subscription_id)
     context = await query_context(request, tenant_name)
     body = render_subscription(subscription, context.terms, datetime.now(UTC))
@@ -137,7 +173,8 @@ async def query_subscriptions(request: Request) -> Response:
     limit, offset = page(request)
     counted = wants_count(request)
     context = await query_context(request, tenant_name)
-    everything = subscriptions(request).listing(tenant_name)
+    who = principal(request)
+    everything = [s for s in subscriptions(request).listing(tenant_name) if may_manage(who, s.owner)]
     moment = datetime.now(UTC)
     body = [render_subscription(s, context.terms, moment) for s in everything[offset : offset + limit]]
     return page_response(
@@ -190,15 +227,19 @@ async def update_subscription(request: Request) -> Response:
     body, media = await read_payload(request, merge_patch=True)
     tenant_name = await existing_tenant(request)
     service = subscriptions(request)
-    current = service.require(tenant_name, subscription_id)
+    current = _owned(request, service, tenant_name, subscription_id)
     context = await body_context(request, body, media, tenant_name=tenant_name)
     if isinstance(body, dict) and not (body.keys() - {"@context", "id", "type"}):
         raise BadRequestData("the fragment changes nothing")
     doc = merge_subscription(
         current.doc, body, context.terms, max_pattern_length=services(request).settings.max_pattern_length
     )
+    if doc.get("entities") != current.doc.get("entities") or doc.get("watchedAttributes") != current.doc.get(
+        "watchedAttributes"
+    ):
+        _check_subscribe(request, tenant_name, doc)
     await _check_targets(request, tenant_name, doc)
-    await service.update(Subscription(tenant_name, doc, current.context, current.delivery))
+    await service.update(Subscription(tenant_name, doc, current.context, current.delivery, current.owner))
     response = no_content()
     response.headers.update(_ignored_warning(body, subscription_id))
     return response
@@ -208,7 +249,9 @@ async def delete_subscription(request: Request) -> Response:
     check_params(request, ())
     subscription_id = _subscription_id(request)
     tenant_name = await existing_tenant(request)
-    await subscriptions(request).delete(tenant_name, subscription_id)
+    service = subscriptions(request)
+    _owned(request, service, tenant_name, subscription_id)
+    await service.delete(tenant_name, subscription_id)
     return no_content()
 
 

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from cityos.entities.values import check_name, now, require_uri
 from cityos.errors import BadRequestData, InvalidRequest, MethodNotAllowed, ResourceNotFound
 from cityos.jsonld.registry import ResolvedContext
-from cityos.ngsild import entity_maps
+from cityos.ngsild import access, entity_maps
 from cityos.ngsild.common import (
     accept,
     body_context,
@@ -46,6 +46,7 @@ from cityos.ngsild.querying import (
     pagination_links,
     spec_from_params,
 )
+from cityos.query import budget
 from cityos.query.entity_maps import render as render_map
 from cityos.query.entity_query import QuerySpec, build_entity_query, scope_predicate
 from cityos.store.temporal_base import AggregationSpec, TemporalQuery, TemporalWindow
@@ -218,6 +219,7 @@ async def query_temporal_post(request: Request) -> Response:
     return await _answer(request, tenant_name, context, query, temporal, media)
 
 
+@budget.per_request  # the store and the rendering share one --query-timeout
 async def _answer(
     request: Request,
     tenant_name: str,
@@ -228,6 +230,7 @@ async def _answer(
 ) -> Response:
     """Run a temporal query (over or into an entity map if asked), page and render it."""
     store = services(request).store
+    read = access.temporal_read(request, tenant_name, query)
     limit, offset = page(request)
     query.limit, query.offset = limit, offset
     query.count = request.query_params.get("count") == "true"
@@ -242,14 +245,17 @@ async def _answer(
     if temporal.aggregation is not None:
         spec = _aggregation_spec(temporal)
         aggregated = await store.temporal_aggregate(tenant_name, query, spec)
+        series = [access.project_aggregated(read, e) for e in aggregated.entities]
         body = [
             render_aggregated(e, temporal.view.options, temporal.aggregation, temporal.window)
-            for e in aggregated.entities
+            for e in budget.checked(series)
         ]
         total, has_more, cut = aggregated.total, aggregated.has_more, None
     else:
         result = await store.temporal_query(tenant_name, query)
-        body = [render_temporal(e, temporal.view) for e in result.entities]
+        shown = [read.project(e) for e in result.entities]
+        await access.personal_reads(request, tenant_name, read, shown)
+        body = [render_temporal(e, temporal.view) for e in budget.checked(shown)]
         total, has_more, cut = result.total, result.has_more, result.cut
     if query.count and total is not None:
         headers["NGSILD-Results-Count"] = str(total)
@@ -272,6 +278,7 @@ def _aggregation_spec(temporal: TemporalRequest) -> AggregationSpec:
     return AggregationSpec(duration.months, duration.micros, temporal.window.start)
 
 
+@budget.per_request
 async def retrieve_temporal(request: Request, entity_id: str) -> Response:
     """GET /temporal/entities/{id}."""
     check_params(request, RETRIEVE_PARAMS)
@@ -291,15 +298,19 @@ async def retrieve_temporal(request: Request, entity_id: str) -> Response:
     attrs = None if names is None else [context.terms.expand(check_name(n, "attribute name")) for n in names]
     query = _store_query(request, QuerySpec(ids=[entity_id]), context, temporal)
     query.attrs, query.require_instances = attrs, False
+    read = access.temporal_read(request, tenant_name, query)
     headers: dict[str, str] = {}
     status = 200
     if temporal.aggregation is not None:
         spec = _aggregation_spec(temporal)
-        aggregated = (await store.temporal_aggregate(tenant_name, query, spec)).entities
+        found_aggregates = (await store.temporal_aggregate(tenant_name, query, spec)).entities
+        aggregated = [access.project_aggregated(read, e) for e in found_aggregates]
         body = render_aggregated(aggregated[0], render, temporal.aggregation, temporal.window) if aggregated else {}
     else:
         result = await store.temporal_query(tenant_name, query)
-        body = render_temporal(result.entities[0], temporal.view) if result.entities else {}
+        found = [read.project(e) for e in result.entities]
+        await access.personal_reads(request, tenant_name, read, found)
+        body = render_temporal(found[0], temporal.view) if found else {}
         if result.cut is not None:
             status = 206
             headers["Content-Range"] = content_range(temporal.window, temporal.last_n, *result.cut)
@@ -322,6 +333,7 @@ async def temporal_entity_maps(request: Request) -> Response:
     temporal = _request(request, context, request.query_params, request.query_params)
     query = _store_query(request, spec_from_params(request), context, temporal)
     query.max_instances = 0
+    access.temporal_read(request, tenant_name, query)
     matched = await services(request).store.temporal_query(tenant_name, query)
     use = await entity_maps.created(request, tenant_name, [e["id"] for e in matched.entities])
     headers = {entity_maps.HEADER: use.header}
@@ -336,6 +348,7 @@ async def create_temporal(request: Request) -> Response:
     tenant_name = tenant(request)
     context = await body_context(request, body, media, tenant_name=tenant_name)
     entity_id, types, pairs = parse_temporal_entity(body, context.terms, now())
+    await access.temporal_write(request, tenant_name, entity_id, "create", types, [attr for attr, _ in pairs])
     if not await services(request).store.temporal_write(tenant_name, entity_id, types, pairs):
         return no_content()
     location = f"{TEMPORAL}/" + quote(entity_id, safe=":;=@!$&'()*+,~-._")
@@ -349,6 +362,7 @@ async def add_attributes(request: Request, entity_id: str) -> Response:
     tenant_name = tenant(request)
     context = await body_context(request, body, media, tenant_name=tenant_name)
     types, pairs = parse_temporal_fragment(body, context.terms, now(), entity_id)
+    await access.temporal_write(request, tenant_name, entity_id, "update", types, [attr for attr, _ in pairs])
     store = services(request).store
     if await store.temporal_entity(tenant_name, entity_id) is None:
         raise ResourceNotFound(f"entity {entity_id} has no temporal evolution")
@@ -359,6 +373,7 @@ async def add_attributes(request: Request, entity_id: str) -> Response:
 async def delete_temporal(request: Request, entity_id: str) -> Response:
     check_params(request, ("local",))
     tenant_name = await existing_tenant(request)
+    await access.temporal_write(request, tenant_name, entity_id, "delete")
     if not await services(request).store.temporal_delete_entity(tenant_name, entity_id):
         raise ResourceNotFound(f"entity {entity_id} has no temporal evolution")
     return no_content()
@@ -377,6 +392,7 @@ async def delete_attribute(request: Request, entity_id: str, name: str) -> Respo
     if dataset is not None:
         require_uri(dataset, "datasetId")
     delete_all = request.query_params.get("deleteAll", "false").lower() == "true"
+    await access.temporal_write(request, tenant_name, entity_id, "update", attrs=[attr])
     store = services(request).store
     if not await store.temporal_delete_attribute(tenant_name, entity_id, attr, dataset=dataset, delete_all=delete_all):
         raise ResourceNotFound(f"entity {entity_id} has no history of {name}")
@@ -390,6 +406,7 @@ async def modify_instance(request: Request, entity_id: str, name: str, instance_
     tenant_name = await existing_tenant(request)
     context = await body_context(request, body, media, tenant_name=tenant_name)
     patch = parse_instance_patch(name, body, context.terms, now())
+    await access.temporal_write(request, tenant_name, entity_id, "update", attrs=[context.terms.expand(name)])
     store = services(request).store
     if not await store.temporal_modify_instance(tenant_name, entity_id, context.terms.expand(name), instance_id, patch):
         raise ResourceNotFound(f"entity {entity_id} has no instance {instance_id} of {name}")
@@ -400,6 +417,7 @@ async def delete_instance(request: Request, entity_id: str, name: str, instance_
     check_params(request, ("local",))
     tenant_name = await existing_tenant(request)
     attr = await _attribute(request, tenant_name, name)
+    await access.temporal_write(request, tenant_name, entity_id, "update", attrs=[attr])
     if not await services(request).store.temporal_delete_instance(tenant_name, entity_id, attr, instance_id):
         raise ResourceNotFound(f"entity {entity_id} has no instance {instance_id} of {name}")
     return no_content()

@@ -40,6 +40,18 @@ GEOMETRIES = ("Point", "MultiPoint", "LineString", "MultiLineString", "Polygon",
 TOPOLOGICAL = ("within", "contains", "intersects", "disjoint", "equals", "overlaps")
 DEFAULT_GEOPROPERTY = "location"
 SEGMENT_DEGREES = 0.01  # densify edges so projected chords follow the lon/lat edges (to within ~1.2 cm)
+MAX_DENSIFIED_POINTS = 100_000
+"""Most points densifying adds to one geometry: an 8 kB polygon of long edges would otherwise grow
+to 14 million points (14 s of CPU); past it the step grows so the count stays at this (~0.1 s)."""
+
+
+def _densify(geom: Any) -> Any:
+    """`geom` with edges of at most SEGMENT_DEGREES, or longer ones for a geometry so long that
+    its densified form would pass MAX_DENSIFIED_POINTS (bounded work whatever a client sends)."""
+    step = max(SEGMENT_DEGREES, float(shapely.length(geom)) / MAX_DENSIFIED_POINTS)
+    return shapely.segmentize(geom, step)
+
+
 PREFILTER_MARGIN = 1.0  # metres added to maxDistance for the prefilter: covers the chords' deviation
 FULL_LON = (-180.0, 180.0)
 
@@ -82,11 +94,16 @@ class GeoQuery:
         shapely.prepare(geom)
         centre = geom if self.geometry == "Point" else geom.centroid
         project = _azimuthal_equidistant(float(centre.x), float(centre.y))
-        projected = shapely.transform(shapely.segmentize(geom, SEGMENT_DEGREES), project)
-        shapely.prepare(projected)
         object.__setattr__(self, "_shape", geom)
         object.__setattr__(self, "_project", project)
-        object.__setattr__(self, "_projected", projected)
+        object.__setattr__(self, "_projected", None)  # made by the first distance(): only near needs it
+
+    def _projected_shape(self) -> Any:
+        if self._projected is None:
+            projected = shapely.transform(_densify(self._shape), self._project)
+            shapely.prepare(projected)
+            object.__setattr__(self, "_projected", projected)
+        return self._projected
 
     @property
     def geojson(self) -> dict[str, Any]:
@@ -137,8 +154,8 @@ class GeoQuery:
         if target is None:
             return None
         try:
-            projected = shapely.transform(shapely.segmentize(target, SEGMENT_DEGREES), self._project)
-            return float(shapely.distance(self._projected, projected))
+            projected = shapely.transform(_densify(target), self._project)
+            return float(shapely.distance(self._projected_shape(), projected))
         except ShapelyError:
             return None
 

@@ -11,10 +11,12 @@ from cityos.audit.chain import AuditRow
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator, Outcome
 from cityos.errors import NgsiLdError
+from cityos.policy.decision import AccessPrefilter
 from cityos.query.entity_maps import EntityMap
 from cityos.query.pushdown import ValueFilter
 from cityos.store.audit_base import AuditStore
 from cityos.store.identity_base import IdentityStore
+from cityos.store.policy_base import PolicyStore
 from cityos.store.temporal_base import TemporalStore
 
 
@@ -40,6 +42,7 @@ class EntityQuery:
     value_filters: Sequence[ValueFilter] = ()  # sound prefilters taken from q (query/pushdown.py)
     geo_box: tuple[str, tuple[float, float, float, float]] | None = None  # (attr, min_x, max_x, min_y, max_y)
     predicate: Callable[[Entity], bool] | None = None
+    access: AccessPrefilter | None = None  # the caller's access policy, pushed into SQL (policy/decision.py)
     sort: Callable[[list[Entity]], list[Entity]] | None = None  # orderBy: sorts every match before paging
     limit: int | None = None
     offset: int = 0
@@ -167,9 +170,9 @@ class IngestRecord:
     document: dict[str, Any]
 
 
-class EntityStore(TemporalStore, IdentityStore, AuditStore, Protocol):
+class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, Protocol):
     """Current state, subscriptions, maps and discovery; the temporal methods come from TemporalStore,
-    the credentials' from IdentityStore, the audit trail's from AuditStore."""
+    the credentials' from IdentityStore, the policies' from PolicyStore, the audit trail's from AuditStore."""
 
     # True when several workers share the store: the subscription throttling is then decided by the
     # store, in the write transaction (an outbox row with `throttling` is dropped within the period),

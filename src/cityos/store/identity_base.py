@@ -51,5 +51,9 @@ class IdentityStore(Protocol):
     async def set_credential_secret(self, kind: str, credential_id: str, secret_hash: str) -> bool:
         """Replace the secret hash (a new password); the credentials it owns are deleted. False if none."""
 
+    async def delete_expired_credentials(self, kind: str, now: str) -> int:
+        """Remove the credentials of a kind whose expiry is at or before `now` (spent session
+        tokens); how many went. Nothing is cached for them, so no version bump."""
+
     async def credentials_version(self) -> int:
         """A number that changes with every credential write, by any process."""

@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 from cityos.entities.expiry import visible
 from cityos.entities.model import Entity
 from cityos.errors import QueryTimeout
+from cityos.query import budget
 from cityos.store.base import EntityQuery, QueryResult
 
 
@@ -32,11 +33,12 @@ def bounded(query: Q, timeout: float) -> Q:
     half of a query has the back-end's own timeout, this bounds the Python half (whatever part is
     slow), and stops the thread that runs it instead of leaving it busy after the answer."""
     deadline: list[float] = []
+    request_end = budget.deadline()  # read here, on the request's task: the checks run in a store thread
 
     def check() -> None:
         now = time.monotonic()
         if not deadline:
-            deadline.append(now + timeout)
+            deadline.append(now + timeout if request_end is None else min(now + timeout, request_end))
         elif now > deadline[0]:
             raise QueryTimeout(f"the query took longer than {timeout} s")
 

@@ -24,6 +24,8 @@ from cityos.entities.expiry import next_expiry, now_key, visible
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import DatabaseBusy, NgsiLdError, QueryTimeout
+from cityos.policy.decision import AccessPrefilter
+from cityos.query import budget
 from cityos.query.patterns import found
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import (
@@ -41,6 +43,7 @@ from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, ow
 from cityos.store.sqlite_audit import AUDIT_SCHEMA, SQLiteAudit, seal_into
 from cityos.store.sqlite_catalog import SQLiteCatalog
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
+from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 
 T = TypeVar("T")
@@ -160,7 +163,7 @@ def _regexp(pattern: str, value: str | None) -> bool:
     return value is not None and found(pattern, value)
 
 
-class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity, SQLiteAudit):
+class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity, SQLitePolicies, SQLiteAudit):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
 
     def __init__(
@@ -299,6 +302,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity, SQLiteAudit):
                 connection = _connect(self.path, self.busy_timeout, self.durability)
                 connection.executescript(SCHEMA)
                 connection.executescript(TEMPORAL_SCHEMA)
+                connection.executescript(POLICY_SCHEMA)  # additive: older files gain the table
                 connection.executescript(IDENTITY_SCHEMA)
                 row = connection.execute("SELECT version FROM schema_version").fetchone()
                 if row is None:
@@ -573,9 +577,12 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity, SQLiteAudit):
         """A read that SQLite aborts once query_timeout has passed (QueryTimeout), holding one of the
         client's fair share of readers (store/fair.py)."""
         timeout = self.query_timeout
+        request_end = budget.deadline()  # the request's budget (query/budget.py) may end sooner
 
         def run(connection: sqlite3.Connection) -> T:
             deadline = time.monotonic() + timeout
+            if request_end is not None:
+                deadline = min(deadline, request_end)
             connection.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
             try:
                 return fn(connection)
@@ -685,6 +692,8 @@ def _where(tenant: str, query: EntityQuery, now: str) -> tuple[str, list[Any]]:
         clause, values = _value_clause(value_filter)
         clauses.append(clause)
         params.extend(values)
+    if query.access is not None:
+        _access_clauses(query.access, clauses, params)
     if query.geo_box is not None:
         attr, (min_x, max_x, min_y, max_y) = query.geo_box
         clauses.append(
@@ -693,3 +702,15 @@ def _where(tenant: str, query: EntityQuery, now: str) -> tuple[str, list[Any]]:
         )
         params.extend([attr, min_x, max_x, min_y, max_y])
     return " AND ".join(clauses), params
+
+
+def _access_clauses(access: AccessPrefilter, clauses: list[str], params: list[Any]) -> None:
+    """The caller's access prefilter (policy/decision.py): one of its types, and one of its id patterns."""
+    if access.types is not None:
+        types = list(access.types)
+        clauses.append(f"e.pk IN (SELECT pk FROM entity_types WHERE type IN ({','.join('?' * len(types))}))")
+        params.extend(types)
+    if access.id_patterns is not None:
+        patterns = list(access.id_patterns)
+        clauses.append("(" + (" OR ".join("regexp(?, e.id)" for _ in patterns) or "0") + ")")
+        params.extend(patterns)

@@ -22,10 +22,12 @@ CREATE TABLE IF NOT EXISTS credentials (  -- API keys, local users, session toke
 );
 CREATE INDEX IF NOT EXISTS credentials_owner ON credentials (owner) WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS catalog_versions (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
-INSERT OR IGNORE INTO catalog_versions VALUES ('credentials', 0);
-"""
+"""  # no row is written at open: a server must start on a file another process holds locked
 _COLUMNS = "kind, id, name, secret_hash, doc, created_at, expires_at, revoked_at, owner"
-_BUMP = "UPDATE catalog_versions SET version = version + 1 WHERE name = 'credentials'"
+_BUMP = (
+    "INSERT INTO catalog_versions VALUES ('credentials', 1)"
+    " ON CONFLICT (name) DO UPDATE SET version = catalog_versions.version + 1"
+)
 
 
 def _row(values: tuple[Any, ...]) -> CredentialRow:
@@ -110,6 +112,10 @@ class SQLiteIdentity:
             return changed > 0
 
         return await self._write(run)
+
+    async def delete_expired_credentials(self, kind: str, now: str) -> int:
+        sql = "DELETE FROM credentials WHERE kind = ? AND expires_at IS NOT NULL AND expires_at <= ?"
+        return await self._write(lambda c: c.execute(sql, (kind, now)).rowcount)
 
     async def credentials_version(self) -> int:
         sql = "SELECT version FROM catalog_versions WHERE name = 'credentials'"

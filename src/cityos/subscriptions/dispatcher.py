@@ -16,18 +16,28 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from cityos.entities.model import Entity
 from cityos.entities.render import to_geojson_feature
 from cityos.entities.values import now
 from cityos.errors import FailureLog, NgsiLdError, log_failure
 from cityos.jsonld.registry import ContextRegistry
+from cityos.jsonld.termmap import TermMap
 from cityos.ngsild.join import join_plan, render_joined
+from cityos.policy.decision import EVERYTHING, ReadView
 from cityos.redact import redact_uri
 from cityos.settings import Settings
 from cityos.store.base import EntityStore, OutboxRow
+from cityos.subscriptions.access import (
+    AccessSource,
+    OwnerGone,
+    delivery_filters,
+    owner_principal,
+    visible_change,
+    visible_entities,
+)
 from cityos.subscriptions.delivery import DeliveryFailed, Outgoing, Sender
 from cityos.subscriptions.matching import (
     lane_of,
@@ -51,6 +61,8 @@ class Job:
     subscription_id: str
     row: OutboxRow | None = None
     entities: list[Entity] | None = None
+    payload: dict[str, Any] | None = None  # the row's payload as the owner may see it (None: the row's own)
+    view: ReadView | None = None  # the owner's read view, when it is restricted (linked entities of a join)
 
 
 @dataclass
@@ -63,15 +75,33 @@ class Lane:
 Lookup = Callable[[str, str], Subscription | None]
 
 
+class Owners(Protocol):
+    """What delivery needs to act for a subscription's owner (SubscriptionService)."""
+
+    @property
+    def access(self) -> AccessSource: ...
+
+    def terms_of(self, subscription: Subscription) -> TermMap: ...
+
+    async def owner_gone(self, subscription: Subscription) -> None: ...
+
+
 class Dispatcher:
     def __init__(
-        self, store: EntityStore, contexts: ContextRegistry, sender: Sender, settings: Settings, lookup: Lookup
+        self,
+        store: EntityStore,
+        contexts: ContextRegistry,
+        sender: Sender,
+        settings: Settings,
+        lookup: Lookup,
+        owners: Owners,
     ) -> None:
         self.store = store
         self.contexts = contexts
         self.sender = sender
         self.settings = settings
         self.lookup = lookup
+        self.owners = owners
         self.wake = asyncio.Event()
         self._lanes: dict[str, Lane] = {}
         self._pump: asyncio.Task[None] | None = None
@@ -229,7 +259,13 @@ class Dispatcher:
                     await self.store.finish_outbox(row, done=True)
                     self._claimed.discard(row.id)
                 return
-            error = await self._attempt(subscription, job, lane)
+            screened = await self._screen(subscription, job)
+            if screened is None:  # nothing the owner may read (or the owner is gone): not sent
+                if row is not None:
+                    await self.store.finish_outbox(row, done=True)
+                    self._claimed.discard(row.id)
+                return
+            error = await self._attempt(subscription, screened, lane)
             status = subscription.to_row()
             if row is None:  # a periodic report is not retried: the next period reports again
                 await self.store.save_subscription_status(status)
@@ -243,6 +279,35 @@ class Dispatcher:
             row.attempts += 1
             await self.store.finish_outbox(row, done=False, status=status)
             await asyncio.sleep(self.backoff(row.attempts))
+
+    async def _screen(self, subscription: Subscription, job: Job) -> Job | None:
+        """The job cut down to what the subscription's owner may read now (docs/security.md);
+        None: nothing to send. With auth off the view is unrestricted and the job is returned as is."""
+        access = self.owners.access
+        try:
+            principal = await owner_principal(access.principals, subscription.owner)
+        except OwnerGone:
+            await self.owners.owner_gone(subscription)
+            return None
+        if not principal.may_use_tenant(subscription.tenant):
+            return None
+        view = access.authorizer.read_view(principal, subscription.tenant, "read")
+        if view.unrestricted:
+            return job
+        terms = self.owners.terms_of(subscription)
+        compiled: list[Any] = []
+
+        def filters() -> tuple[Callable[[Entity], bool], ...]:
+            if not compiled:
+                compiled.append(delivery_filters(subscription.doc, terms))
+            result: tuple[Callable[[Entity], bool], ...] = compiled[0]
+            return result
+
+        if job.row is not None:
+            payload = visible_change(view, job.row.payload, subscription.doc, filters)
+            return None if payload is None else replace(job, payload=payload, view=view)
+        entities = visible_entities(view, job.entities or [], filters)
+        return replace(job, entities=entities, view=view) if entities else None
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait before attempt `attempts + 1`: doubling from the first delay, capped."""
@@ -293,7 +358,7 @@ class Dispatcher:
         accept = endpoint.get("accept", "application/json")
         trigger = None
         if job.row is not None:
-            payload = job.row.payload
+            payload = job.payload if job.payload is not None else job.row.payload
             entities = [notified_entity(payload, doc, context.terms)]
             trigger = payload["triggers"][0]
         else:
@@ -304,7 +369,7 @@ class Dispatcher:
             features = [to_geojson_feature(e, options, None) for e in entities]
             data = {"type": "FeatureCollection", "features": features}
         elif plan is not None:
-            data = await render_joined(entities, options, plan, self.store, subscription.tenant)
+            data = await render_joined(entities, options, plan, self.store, subscription.tenant, job.view or EVERYTHING)
         else:
             data = [notification_entity(e, options) for e in entities]
         link = None

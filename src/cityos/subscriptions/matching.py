@@ -184,7 +184,10 @@ def compile_matcher(
         periodic="timeInterval" in doc,
         active=doc.get("isActive", True) is not False,
         expires_at=parse_datetime(expires, "expiresAt") if expires else None,
-        keep_before=bool(notification.get("showChanges")) or bool(triggers & {"attributeDeleted", "entityDeleted"}),
+        # with an owner, the notification is screened at delivery against the entity before too
+        keep_before=bool(notification.get("showChanges"))
+        or bool(triggers & {"attributeDeleted", "entityDeleted"})
+        or subscription.owner is not None,
     )
 
 

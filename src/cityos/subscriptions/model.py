@@ -33,6 +33,7 @@ from cityos.query.patterns import DEFAULT_MAX_LENGTH
 from cityos.query.q import parse_q
 from cityos.redact import redact_endpoint, restore_endpoint
 from cityos.store.base import SubscriptionRow
+from cityos.subscriptions.owner import Owner
 
 Doc = dict[str, Any]
 TRIGGERS = (
@@ -94,6 +95,7 @@ class Subscription:
     doc: Doc
     context: Any = None  # the creating request's @context value (None: the core context)
     delivery: Delivery = field(default_factory=Delivery)
+    owner: Owner | None = None  # who it acts for (subscriptions/owner.py); None: made with auth off
 
     @property
     def id(self) -> str:
@@ -106,13 +108,21 @@ class Subscription:
         return value
 
     def to_row(self) -> SubscriptionRow:
-        return SubscriptionRow(
-            self.tenant, self.id, {"doc": self.doc, "context": self.context}, self.delivery.to_dict()
-        )
+        document: dict[str, Any] = {"doc": self.doc, "context": self.context}
+        if self.owner is not None:
+            document["owner"] = self.owner.to_dict()
+        return SubscriptionRow(self.tenant, self.id, document, self.delivery.to_dict())
 
     @classmethod
     def from_row(cls, row: SubscriptionRow) -> Subscription:
-        return cls(row.tenant, row.document["doc"], row.document.get("context"), Delivery.from_dict(row.status))
+        document = row.document
+        return cls(
+            row.tenant,
+            document["doc"],
+            document.get("context"),
+            Delivery.from_dict(row.status),
+            Owner.from_dict(document.get("owner")),
+        )
 
     def notification_context(self) -> Any:
         """The @context notifications are compacted with: jsonldContext if given, else the

@@ -15,12 +15,14 @@ import functools
 import logging
 from datetime import UTC, datetime
 
+from cityos.entities.values import now
 from cityos.errors import FailureLog, ResourceNotFound, log_failure
 from cityos.jsonld.registry import ContextRegistry
 from cityos.jsonld.termmap import TermMap
 from cityos.net import OutboundPolicy
 from cityos.settings import Settings
 from cityos.store.base import EntityStore, StoreEvent, SubscriptionRow
+from cityos.subscriptions.access import AccessSource, OpenAccess
 from cityos.subscriptions.delivery import Sender
 from cityos.subscriptions.dispatcher import Dispatcher, Job
 from cityos.subscriptions.matching import ChangeMatcher, Matcher, compile_matcher, lane_of, periodic_query
@@ -47,6 +49,10 @@ class SubscriptionService:
         self._tickets = 0  # reloads are numbered when they start reading
         self._applied_ticket = 0  # the newest whole reload applied
         self._background: set[asyncio.Task[None]] = set()
+        # the policies notifications are screened with; a server sets its Services here
+        self.access_source: AccessSource | None = None
+        self._open = OpenAccess.create()
+        self._held = False  # a command with auth required leaves the outbox to the server
         # per subscription: a reload (every change another worker makes) or a period may fail again
         self._failures = FailureLog(log)
 
@@ -67,7 +73,7 @@ class SubscriptionService:
         self._sender = Sender(
             policy, timeout=self.settings.notification_timeout, max_bytes=self.settings.notification_max_bytes
         )
-        self._dispatcher = Dispatcher(self.store, self.contexts, self._sender, self.settings, self.get)
+        self._dispatcher = Dispatcher(self.store, self.contexts, self._sender, self.settings, self.get, self)
         loop = asyncio.get_running_loop()
         dispatcher = self._dispatcher
 
@@ -92,12 +98,17 @@ class SubscriptionService:
         periodic notifications: a server sends those)."""
         await self.install()
         assert self._dispatcher is not None
+        if self.access_source is None and self.settings.auth != "off":
+            # this command has no policies to screen notifications with: a server delivers them
+            log.info("auth is required: notifications are left in the outbox for the server to deliver")
+            self._held = True
+            return
         await self._dispatcher.start(release=False)
 
     async def drain(self, timeout: float) -> int:
         """Deliver the outbox for at most `timeout` seconds, then stop (a command leaving); returns
         how many notifications are left in it for a server (see Dispatcher.drain)."""
-        if self._dispatcher is None or timeout <= 0:
+        if self._dispatcher is None or timeout <= 0 or self._held:
             return 0
         return await self._dispatcher.drain(timeout)
 
@@ -187,6 +198,28 @@ class SubscriptionService:
                 "the @context of subscription %s is not available (%s); using the core context", subscription.id, exc
             )
             return self.contexts.core_terms()
+
+    # -- acting for the owners (Dispatcher.Owners) ---------------------------------------------------
+    @property
+    def access(self) -> AccessSource:
+        return self.access_source if self.access_source is not None else self._open
+
+    def terms_of(self, subscription: Subscription) -> TermMap:
+        return self._terms.get((subscription.tenant, subscription.id)) or self.contexts.core_terms()
+
+    async def owner_gone(self, subscription: Subscription) -> None:
+        """The owner of a subscription no longer exists: it is paused (status "paused", its
+        notification status "failed"), once, with one log line; it cannot send anything again."""
+        current = self.get(subscription.tenant, subscription.id)
+        if current is None or current.doc.get("isActive") is False:
+            return
+        owner = current.owner.id if current.owner is not None else "(none)"
+        log.warning("subscription %s paused: its owner %s no longer exists", current.id, owner)
+        delivery = current.delivery
+        delivery.status = "failed"
+        delivery.last_failure = now()
+        doc = {**current.doc, "isActive": False}
+        await self.update(Subscription(current.tenant, doc, current.context, delivery, current.owner))
 
     # -- reads -------------------------------------------------------------------------------------
     def get(self, tenant: str, subscription_id: str) -> Subscription | None:

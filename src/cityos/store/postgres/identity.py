@@ -129,6 +129,17 @@ class PostgresIdentity(Transactions):
 
         return await self._write(work)
 
+    async def delete_expired_credentials(self, kind: str, now: str) -> int:
+        async def work(connection: Connection) -> int:
+            deleted = await connection.fetch(
+                "DELETE FROM credentials WHERE kind = $1 AND expires_at IS NOT NULL AND expires_at <= $2 RETURNING 1",
+                kind,
+                now,
+            )
+            return len(deleted)
+
+        return await self._write(work)
+
     @read_again_once
     async def credentials_version(self) -> int:
         version = await self.pool.fetchval("SELECT version FROM catalog_versions WHERE name = 'credentials'")

@@ -15,6 +15,7 @@ import asyncpg
 
 from cityos.store.postgres.audit import AUDIT_SQL
 from cityos.store.postgres.identity import IDENTITY_SQL
+from cityos.store.postgres.policies import POLICY_SQL
 from cityos.store.postgres.schema_catalog import CATALOG_SQL
 from cityos.store.postgres.schema_temporal import TEMPORAL_SQL
 
@@ -94,7 +95,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the temporal store, partitioned by time", TEMPORAL_SQL),
     Migration(4, "catalogue versions, and throttling shared by the workers", _V4),
     Migration(5, "credentials: API keys, local users and their sessions", IDENTITY_SQL),
-    Migration(6, "the audit trail: hash-chained records, their queue, head and signed checkpoints", AUDIT_SQL),
+    Migration(6, "access policies, versioned", POLICY_SQL),
+    Migration(7, "the audit trail: hash-chained records, their queue, head and signed checkpoints", AUDIT_SQL),
 )
 LATEST = MIGRATIONS[-1].version
 _LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")

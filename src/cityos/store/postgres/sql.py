@@ -4,8 +4,12 @@ the geo-query box), over GIN-indexed arrays, the attr_values B-trees and a PostG
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from cityos.entities.model import Entity
+from cityos.policy.decision import AccessPrefilter
+from cityos.query.patterns import found, portable
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery
 
@@ -55,6 +59,12 @@ def where(tenant: str, query: EntityQuery, now: str, p: Params) -> str:
     if query.attrs is not None:
         clauses.append(f"e.attrs && {p(list(query.attrs))}::text[]")
     clauses.extend(value_clause(value_filter, p) for value_filter in query.value_filters)
+    if query.access is not None:
+        if query.access.types is not None:
+            clauses.append(f"e.types && {p(list(query.access.types))}::text[]")
+        if query.access.id_patterns is not None:
+            patterns = [f"e.id ~ {p(pattern)}" for pattern in query.access.id_patterns]
+            clauses.append("(" + (" OR ".join(patterns) or "false") + ")")
     if query.geo_box is not None:
         attr, (min_x, max_x, min_y, max_y) = query.geo_box
         lo_x, hi_x, lo_y, hi_y = p(float(min_x)), p(float(max_x)), p(float(min_y)), p(float(max_y))
@@ -66,3 +76,19 @@ def where(tenant: str, query: EntityQuery, now: str, p: Params) -> str:
             f" AND g.max_x >= {lo_x} AND g.min_x <= {hi_x} AND g.max_y >= {lo_y} AND g.min_y <= {hi_y})"
         )
     return " AND ".join(clauses)
+
+
+def access_in_python(query: EntityQuery) -> EntityQuery:
+    """`query` with its access id patterns tested in Python (RE2) when PostgreSQL would read one of
+    them differently (query/patterns.py `portable`), as id_pattern_in_python does for idPattern."""
+    access = query.access
+    if access is None or access.id_patterns is None or all(portable(p) for p in access.id_patterns):
+        return query
+    patterns = tuple(access.id_patterns)
+    previous = query.predicate
+
+    def predicate(entity: Entity) -> bool:
+        return any(found(p, entity["id"]) for p in patterns) and (previous is None or previous(entity))
+
+    narrowed = AccessPrefilter(types=access.types, id_patterns=None)
+    return dataclasses.replace(query, access=narrowed, predicate=predicate)

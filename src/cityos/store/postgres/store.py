@@ -30,6 +30,7 @@ from cityos.entities.expiry import next_expiry, now_key, visible
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import BadRequestData, NgsiLdError, QueryTimeout
+from cityos.query import budget
 from cityos.query.patterns import id_pattern_in_python
 from cityos.store.base import (
     ChangeListener,
@@ -52,8 +53,9 @@ from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.events import EventFollower, channel_for, notify
 from cityos.store.postgres.identity import PostgresIdentity
 from cityos.store.postgres.outbox import subscription_rows
+from cityos.store.postgres.policies import PostgresPolicies
 from cityos.store.postgres.schema import require_current
-from cityos.store.postgres.sql import Params, where
+from cityos.store.postgres.sql import Params, access_in_python, where
 from cityos.store.postgres.temporal import PostgresTemporal
 from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, own_expiry
 
@@ -68,7 +70,7 @@ def _feed(pager: Pager, documents: list[Entity]) -> bool:
     return all(pager.offer(document) for document in documents)
 
 
-class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity, PostgresAudit):
+class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity, PostgresPolicies, PostgresAudit):
     throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
 
     def __init__(
@@ -375,6 +377,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity, Postgre
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         now = now_key()
         query = id_pattern_in_python(query)  # PostgreSQL's regex dialect gets only what it reads as RE2 does
+        query = access_in_python(query)
         query = bounded(query, self.query_timeout)  # the Python half stops at the deadline too
         p = Params()
         condition = where(tenant, query, now, p)
@@ -395,7 +398,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity, Postgre
                 cursor = await connection.cursor(sql, *p.values)
                 loop = asyncio.get_running_loop()
                 while records := await cursor.fetch(_CURSOR_PREFETCH):
-                    documents = [orjson.loads(record["doc"]) for record in records]
+                    documents = [orjson.loads(record["doc"]) for record in budget.checked(records)]
                     if query.predicate is None:
                         more = _feed(pager, documents)
                     else:  # it may call lookup_in_query, which needs this loop free
@@ -419,7 +422,8 @@ class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity, Postgre
             sql += f" LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}"
             page_params += [query.limit + 1, query.offset]
         rows = await connection.fetch(sql, *page_params)
-        entities = [entity for row in rows if (entity := visible(orjson.loads(row["doc"]))) is not None]
+        decoded = (visible(orjson.loads(row["doc"])) for row in budget.checked(rows))  # decoded on the loop
+        entities = [entity for entity in decoded if entity is not None]
         has_more = query.limit is not None and len(entities) > query.limit
         if has_more:
             entities.pop()

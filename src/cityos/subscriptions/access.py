@@ -1,0 +1,143 @@
+"""Subscriptions under access control: who owns one, who may manage it, and what its notifications
+may carry.
+
+A subscription belongs to the principal that created it (its `Owner`, kept in the stored row, never
+in the NGSI-LD representation). Each notification is cut down, at delivery time, to what the owner
+may read then: the owner is looked up again (a revoked key or a deleted user stops the subscription),
+the Authorizer compiles the owner's read view, entities it cannot see are dropped and attributes it
+cannot read are removed before anything is rendered (so neither values nor showChanges' previous
+values nor deleted-attribute markers of such attributes leave the broker).
+
+With auth off every owner is the unrestricted principal and every view is unrestricted: the checks
+are one lookup and one attribute test per notification, and the notification is untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cityos.auth.principal import ANONYMOUS, OpenDirectory, Principal, PrincipalDirectory
+from cityos.entities.model import Entity
+from cityos.jsonld.termmap import TermMap
+from cityos.policy.decision import Authorizer, OpenAuthorizer, ReadView
+from cityos.subscriptions.matching import attribute_changes, filters_of, fired_triggers
+from cityos.subscriptions.owner import Owner
+
+log = logging.getLogger("cityos.subscriptions")
+
+
+class AccessSource(Protocol):
+    """Where the current Authorizer and PrincipalDirectory are found (ngsild.common.Services): read
+    at each use, so what the server installs at start-up is what deliveries use."""
+
+    authorizer: Authorizer
+    principals: PrincipalDirectory
+
+
+@dataclass
+class OpenAccess:
+    """Auth off: no policy, every owner is the unrestricted principal."""
+
+    authorizer: Authorizer
+    principals: PrincipalDirectory
+
+    @classmethod
+    def create(cls) -> OpenAccess:
+        return cls(OpenAuthorizer(), OpenDirectory())
+
+
+class OwnerGone(Exception):
+    """The owner no longer exists (revoked key, deleted user): the subscription must stop."""
+
+
+async def owner_principal(directory: PrincipalDirectory, owner: Owner | None) -> Principal:
+    """The owner as it is now. A subscription without owner (made while auth was off) acts with
+    what the public may read (ANONYMOUS); with auth off the directory answers OPEN for any id."""
+    if owner is None:
+        found = await directory.lookup(ANONYMOUS.id)
+        return found if found is not None and found.unrestricted else ANONYMOUS
+    found = await directory.lookup(owner.id)
+    if found is not None:
+        return found
+    if owner.snapshot is not None:  # the directory cannot find token-borne principals again
+        return owner.snapshot
+    raise OwnerGone(owner.id)
+
+
+def _project(view: ReadView, entity: Entity | None) -> Entity | None:
+    if entity is None or not view.visible(entity):
+        return None
+    return view.project(entity)
+
+
+Filters = Callable[[], tuple[Callable[[Entity], bool], ...]]
+
+
+def visible_change(
+    view: ReadView, payload: dict[str, Any], doc: dict[str, Any], filters: Filters
+) -> dict[str, Any] | None:
+    """An outbox payload as the owner may see it, or None when nothing of it may be notified.
+
+    The entity before and after the change are projected (an invisible one counts as absent), the
+    triggers are worked out again on what is left and kept only if they had fired (an entity that
+    merely left or entered the view is not reported as deleted or created), and, when the projection
+    removed anything, the subscription's q, geoQ and scopeQ must still hold on what is left (a q on
+    an attribute the owner may not read never selects)."""
+    before, after = payload.get("before"), payload.get("after")
+    seen_before, seen_after = _project(view, before), _project(view, after)
+    if seen_before is None and seen_after is None:
+        return None
+    if before is None and after is not None and "entityCreated" not in payload["triggers"]:
+        # the entity before was not kept (a subscription without owner): the triggers stand as fired
+        fired = list(payload["triggers"])
+    else:
+        fired = _refire(payload, doc, before, after, seen_before, seen_after)
+    if not fired:
+        return None
+    subject = seen_after if seen_after is not None else seen_before
+    original = after if after is not None else before
+    assert subject is not None and original is not None
+    if subject is not original and subject != original and not all(test(subject) for test in filters()):
+        return None
+    return {**payload, "triggers": fired, "before": seen_before if before is not None else None, "after": seen_after}
+
+
+def _refire(
+    payload: dict[str, Any],
+    doc: dict[str, Any],
+    before: Entity | None,
+    after: Entity | None,
+    seen_before: Entity | None,
+    seen_after: Entity | None,
+) -> list[str]:
+    """The triggers that fired and still fire on the projected entities."""
+    watched = frozenset(doc["watchedAttributes"]) if "watchedAttributes" in doc else None
+    changes = attribute_changes(seen_before, seen_after)
+    fired = fired_triggers(seen_before, seen_after, changes, frozenset(payload["triggers"]), watched)
+    if "entityUpdated" in fired and not (changes.created or changes.updated or changes.deleted):
+        everything = attribute_changes(before, after)  # only attributes the owner may not read changed
+        if everything.created or everything.updated or everything.deleted:
+            fired.remove("entityUpdated")
+    return fired
+
+
+def visible_entities(view: ReadView, entities: Iterable[Entity], filters: Filters) -> list[Entity]:
+    """A periodic report's entities as the owner may see them (the same rules as visible_change)."""
+    out = []
+    for entity in entities:
+        if not view.visible(entity):
+            continue
+        seen = view.project(entity)
+        if seen is not entity and seen != entity and not all(test(seen) for test in filters()):
+            continue
+        out.append(seen)
+    return out
+
+
+def delivery_filters(doc: dict[str, Any], terms: TermMap) -> tuple[Callable[[Entity], bool], ...]:
+    """q, geoQ and scopeQ compiled for use at delivery (linked-entity paths in q find nothing there:
+    a notification whose selection depended on them is withheld rather than sent unchecked)."""
+    return filters_of(doc, terms, lambda entity_id: None)
