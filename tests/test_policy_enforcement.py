@@ -304,7 +304,7 @@ def test_police_read_plates_in_their_district(city: City) -> None:
     assert (
         reads
         and reads[-1].targets == ["urn:ngsi-ld:Vehicle:in"]
-        and reads[-1].detail == {"attrs": [D + "licensePlate"]}
+        and reads[-1].detail == {"attrs": [D + "licensePlate"], "purpose": "enforcement"}
     )
     # the police may read, not write
     assert police.patch("entities/urn:ngsi-ld:Vehicle:in/attrs/speed", json={"value": 1}).status_code == 403

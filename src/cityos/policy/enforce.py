@@ -14,7 +14,7 @@ from cityos.auth.principal import Principal, current_request_id
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator, Outcome
 from cityos.errors import NgsiLdError
-from cityos.policy.compiled import AccessDenied, HiddenEntity
+from cityos.policy.compiled import AccessDenied, HiddenEntity, current_purpose
 from cityos.policy.decision import AccessPrefilter, Action, Authorizer, ReadView, Target
 from cityos.store.base import EntityQuery
 
@@ -164,6 +164,9 @@ async def record_personal_reads(
             targets.append(entity["id"])
             attrs.update(found)
     if targets:
+        detail: dict[str, object] = {"attrs": sorted(attrs)}
+        if purpose := current_purpose.get():  # the access report shows why the data was read
+            detail["purpose"] = purpose
         await audit.record(
             [
                 AuditEvent(
@@ -172,7 +175,7 @@ async def record_personal_reads(
                     tenant=tenant,
                     targets=targets,
                     request_id=current_request_id.get(),
-                    detail={"attrs": sorted(attrs)},
+                    detail=detail,
                 )
             ]
         )
