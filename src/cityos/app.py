@@ -23,7 +23,8 @@ from cityos import __version__
 from cityos.audit import http as audit_http
 from cityos.audit.service import StoreAudit
 from cityos.auth import http as auth_http
-from cityos.auth.middleware import REQUEST_ID_HEADER, AuthMiddleware
+from cityos.auth.middleware import REQUEST_ID_HEADER, AuthMiddleware, request_id_of
+from cityos.auth.principal import current_request_id
 from cityos.auth.service import Identity
 from cityos.entities.expiry import now_key
 from cityos.errors import (
@@ -61,6 +62,8 @@ from cityos.store.fair import current_client
 log = logging.getLogger("cityos")
 SWEEP_SECONDS = 1.0
 # what a browser app may send and read across origins (the cors_origins setting)
+TENANT_HEADER_KEY = TENANT_HEADER.lower().encode()  # as ASGI gives header names
+TENANT_HEADER_BYTES = TENANT_HEADER.encode()
 CORS_REQUEST_HEADERS = ["Accept", "Content-Type", "Link", TENANT_HEADER, "Authorization", REQUEST_ID_HEADER]
 CORS_EXPOSED_HEADERS = [
     "Location",
@@ -163,17 +166,24 @@ class ProtocolGuard:
                 )
                 await self._send(send, 413, body, [(b"content-type", b"application/json")])
                 return
-        tenant = headers.get(TENANT_HEADER.lower().encode())
-        if tenant is None:
-            await self.app(scope, receive, send)
-            return
+        # every answer names its request (X-Request-Id, kept when the client sent a sane one) and
+        # echoes the tenant; one wrapper of `send` for both, as this runs for every request
+        request_id = request_id_of(headers.get(b"x-request-id"))
+        echoed = [(b"x-request-id", request_id.encode())]
+        tenant = headers.get(TENANT_HEADER_KEY)
+        if tenant is not None:
+            echoed.append((TENANT_HEADER_BYTES, tenant))
 
         async def echo(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (TENANT_HEADER.encode(), tenant)]
+                message["headers"] = [*message.get("headers", []), *echoed]
             await send(message)
 
-        await self.app(scope, receive, echo)
+        id_token = current_request_id.set(request_id)
+        try:
+            await self.app(scope, receive, echo)
+        finally:
+            current_request_id.reset(id_token)
 
     async def _bare(self, send: Send, status: int) -> None:
         await self._send(send, status, b"", [(b"content-length", b"0")])
@@ -370,10 +380,8 @@ def create_app(settings: Settings) -> Starlette:
     app.state.identity = identity
     app.state.policies = policies
     app.add_middleware(LastResort)  # innermost: answers what no handler knew, keeps the connection
-    # who is calling (and the request id), before any handler: auth/middleware.py
-    app.add_middleware(
-        AuthMiddleware, authenticator=identity.authenticator if identity.required else None, limiter=identity.limiter
-    )
+    if identity.required:  # who is calling, before any handler: auth/middleware.py (auth off: nothing to do)
+        app.add_middleware(AuthMiddleware, authenticator=identity.authenticator, limiter=identity.limiter)
     if policies is not None:
         app.add_middleware(policy_http.PurposeMiddleware)
     keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))

@@ -1,6 +1,7 @@
-"""The door: every HTTP request gets a request id (X-Request-Id, echoed), and with --auth required
-a Principal from its Authorization header, both in contextvars (auth/principal.py) that handlers,
-the store and the audit trail read. With --auth off nothing is checked: the principal stays OPEN.
+"""The door: with --auth required, a Principal from the request's Authorization header, in a
+contextvar (auth/principal.py) that handlers, the store and the audit trail read. With --auth off
+this middleware is not installed: the principal stays OPEN. The request id (X-Request-Id, made
+by request_id_of) is set and echoed for every request by app.ProtocolGuard.
 
 Pure ASGI (no BaseHTTPMiddleware), so the contextvars set here are those the handler sees.
 """
@@ -12,11 +13,11 @@ import re
 import secrets
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cityos.auth.authenticator import Authenticator
 from cityos.auth.errors import TooManyRequests, Unauthorized
-from cityos.auth.principal import current_principal, current_request_id
+from cityos.auth.principal import current_principal
 from cityos.auth.ratelimit import RateLimiter, retry_after
 from cityos.errors import NgsiLdError
 
@@ -28,58 +29,46 @@ _PREFIX = secrets.token_hex(8)
 _NUMBERS = itertools.count(1)
 
 
+def request_id_of(given: bytes | None) -> str:
+    """The id a request is known by: the client's X-Request-Id when it is sane, else a new one."""
+    if given is not None and _SANE_ID.match(given):
+        return given.decode()
+    return f"{_PREFIX}-{next(_NUMBERS):x}"
+
+
 class AuthMiddleware:
-    def __init__(
-        self, app: ASGIApp, authenticator: Authenticator | None = None, limiter: RateLimiter | None = None
-    ) -> None:
+    """Added with --auth required only (the request id is set and echoed by app.ProtocolGuard,
+    outside this, so refusals carry it too)."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, limiter: RateLimiter | None = None) -> None:
         self.app = app
-        self.authenticator = authenticator  # None: --auth off
+        self.authenticator = authenticator
         self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = authorization = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                given = value
-            elif name == b"authorization":
-                authorization = value
-        request_id = given.decode() if given is not None and _SANE_ID.match(given) else f"{_PREFIX}-{next(_NUMBERS):x}"
-        id_token = current_request_id.set(request_id)
-        echoed = request_id.encode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", echoed)]
-            await send(message)
-
+        authorization = next((value for name, value in scope["headers"] if name == b"authorization"), None)
         try:
-            if self.authenticator is None:
-                await self.app(scope, receive, send_with_id)
-                return
-            try:
-                principal = await self.authenticator.authenticate(
-                    authorization.decode("latin-1") if authorization is not None else None
-                )
-                if self.limiter is not None:
-                    caller = principal.id
-                    if principal.kind == "anonymous" and scope.get("client"):
-                        caller = f"anonymous@{scope['client'][0]}"
-                    wait = self.limiter.take(caller)
-                    if wait > 0:
-                        raise TooManyRequests("rate limit exceeded", retry_after(wait))
-            except (Unauthorized, TooManyRequests) as refused:
-                await _problem(send_with_id, refused)
-                return
-            principal_token = current_principal.set(principal)
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                current_principal.reset(principal_token)
+            principal = await self.authenticator.authenticate(
+                authorization.decode("latin-1") if authorization is not None else None
+            )
+            if self.limiter is not None:
+                caller = principal.id
+                if principal.kind == "anonymous" and scope.get("client"):
+                    caller = f"anonymous@{scope['client'][0]}"
+                wait = self.limiter.take(caller)
+                if wait > 0:
+                    raise TooManyRequests("rate limit exceeded", retry_after(wait))
+        except (Unauthorized, TooManyRequests) as refused:
+            await _problem(send, refused)
+            return
+        principal_token = current_principal.set(principal)
+        try:
+            await self.app(scope, receive, send)
         finally:
-            current_request_id.reset(id_token)
+            current_principal.reset(principal_token)
 
 
 async def _problem(send: Send, error: NgsiLdError) -> None:

@@ -93,9 +93,17 @@ def per_request(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]
 
     @functools.wraps(handler)
     async def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        from cityos.ngsild.common import services
-
-        with scope(services(args[0]).settings.query_timeout):  # type: ignore[arg-type]
+        # scope() inlined: this wraps every read request, and a generator-based context manager
+        # costs more than the rest of the budget together
+        timeout: float = args[0].app.state.services.settings.query_timeout  # type: ignore[attr-defined]
+        end = time.monotonic() + timeout
+        current = _deadline.get()
+        if current is not None and current[0] <= end:
             return await handler(*args, **kwargs)
+        token = _deadline.set((end, timeout))
+        try:
+            return await handler(*args, **kwargs)
+        finally:
+            _deadline.reset(token)
 
     return run
