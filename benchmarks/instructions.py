@@ -1,0 +1,182 @@
+"""Instructions per request, for before/after comparisons on a busy machine.
+
+`python -m benchmarks.instructions KIND N` sends N requests of one kind through the whole ASGI
+application in-process (no sockets: ProtocolGuard, routing, handler, store, rendering) on a new
+SQLite file, and prints the CPU time per request. Under callgrind it counts instructions instead,
+which repeat to a fraction of a percent whatever else the machine runs:
+
+    CITYOS_INSTRUCTIONS_CALLGRIND=1 PYTHONPATH=<checkout>/src valgrind --tool=callgrind \\
+        --instr-atstart=no python -m benchmarks.instructions retrieve 200
+
+(instrumentation is switched on for the measured loop only, with `callgrind_control -i on`; the
+"Collected" total divided by N is the cost of one request). Run it with PYTHONPATH pointing at
+another checkout's src/ to measure that commit. CITYOS_INSTRUCTIONS_AUTH=1 serves with --auth
+required and sends the requests with an API key whose policy hides one attribute (issue 14's
+auth-on cost). Kinds: retrieve, query, q, geo, update, create, batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cityos.app import create_app
+from cityos.settings import Settings
+
+ENTITIES = 2000
+WARM_UP = 20
+API = "/ngsi-ld/v1"
+READER_POLICY = [
+    {
+        "id": "reader",
+        "effect": "allow",
+        "principals": {"roles": ["reader"]},
+        "actions": ["read", "update", "create"],
+        "resources": {"types": ["T"], "exceptAttrs": ["name"]},
+    }
+]
+
+
+def entity(number: int) -> dict[str, Any]:
+    point = [2.0 + number * 1e-5, 48.0]
+    return {
+        "id": f"urn:ngsi-ld:T:{number}",
+        "type": "T",
+        "temperature": {"type": "Property", "value": number},
+        "name": {"type": "Property", "value": f"n{number}"},
+        "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": point}},
+    }
+
+
+def request_of(kind: str, seq: int) -> tuple[str, str, bytes]:
+    """(method, path with query, body) of the seq-th request of a kind."""
+    if kind == "retrieve":
+        return "GET", f"{API}/entities/urn:ngsi-ld:T:{seq % ENTITIES}", b""
+    if kind == "query":
+        return "GET", f"{API}/entities?type=T&limit=20", b""
+    if kind == "q":
+        low = seq % (ENTITIES - 100)
+        return "GET", f"{API}/entities?type=T&q=temperature%3E{low}%3Btemperature%3C{low + 50}&limit=20", b""
+    if kind == "geo":
+        near = "georel=near%3BmaxDistance%3D%3D500&geometry=Point&coordinates=%5B2.005%2C48.0%5D"
+        return "GET", f"{API}/entities?type=T&{near}&limit=20", b""
+    if kind == "update":
+        body = {"temperature": {"type": "Property", "value": seq}}
+        return "PATCH", f"{API}/entities/urn:ngsi-ld:T:{seq % ENTITIES}/attrs", orjson.dumps(body)
+    if kind == "create":
+        body = {"id": f"urn:ngsi-ld:T:c{seq}", "type": "T", "temperature": {"type": "Property", "value": seq}}
+        return "POST", f"{API}/entities", orjson.dumps(body)
+    if kind == "batch":
+        batch = [
+            {
+                "id": f"urn:ngsi-ld:T:b{(seq * 200 + k) % 4000}",
+                "type": "T",
+                "temperature": {"type": "Property", "value": k},
+            }
+            for k in range(200)
+        ]
+        return "POST", f"{API}/entityOperations/upsert", orjson.dumps(batch)
+    raise SystemExit(f"unknown kind {kind!r}")
+
+
+async def call(app: Any, method: str, target: str, body: bytes, authorization: bytes | None) -> int:
+    """One request through the ASGI app; its status."""
+    path, _, query = target.partition("?")
+    headers = [
+        (b"host", b"bench"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if authorization is not None:
+        headers.append((b"authorization", authorization))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "headers": headers,
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 1026),
+        "scheme": "http",
+        "root_path": "",
+    }
+    sent: list[dict[str, Any]] = []
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    status: int = sent[0]["status"]
+    return status
+
+
+def make_key(database: str, role: str) -> bytes:
+    command = [sys.executable, "-m", "cityos", "keys", "create", "--role", role, "--name", role, "--tenant", ""]
+    done = subprocess.run([*command, "--database", database], capture_output=True, text=True, check=True)
+    return f"Bearer {done.stdout.strip().split()[-1]}".encode()
+
+
+def callgrind(switch: str) -> None:
+    if os.environ.get("CITYOS_INSTRUCTIONS_CALLGRIND"):
+        subprocess.run(["callgrind_control", "-i", switch, str(os.getpid())], capture_output=True, check=False)
+
+
+async def measure(kind: str, count: int) -> float:
+    """CPU seconds per request of `count` requests of `kind`, after loading and a warm-up."""
+    folder = Path(tempfile.mkdtemp(prefix="cityos-instructions-"))
+    database = str(folder / "bench.db")
+    options: dict[str, Any] = {}
+    admin = reader = None
+    if os.environ.get("CITYOS_INSTRUCTIONS_AUTH"):
+        admin, reader = make_key(database, "admin"), make_key(database, "reader")
+        policies = folder / "policies.json"
+        policies.write_bytes(orjson.dumps(READER_POLICY))
+        options = {"auth": "required", "policy_file": str(policies)}
+    app = create_app(Settings(database=database, log_level="warning", **options))
+    async with app.router.lifespan_context(app):
+        everything = [entity(n) for n in range(ENTITIES)]
+        for start in range(0, ENTITIES, 500):
+            load = orjson.dumps(everything[start : start + 500])
+            assert await call(app, "POST", f"{API}/entityOperations/upsert", load, admin) in (201, 204)
+        offset = 10**6 if kind == "create" else 0  # warm-up creates must not collide with measured ones
+        for seq in range(WARM_UP):
+            await call(app, *request_of(kind, seq + offset), reader)
+        callgrind("on")
+        started = time.process_time()
+        for seq in range(count):
+            status = await call(app, *request_of(kind, seq), reader)
+            assert status < 300, f"{kind} answered {status}"
+        spent = time.process_time() - started
+        callgrind("off")
+    return spent / count
+
+
+def main() -> None:
+    if len(sys.argv) != 3:
+        raise SystemExit(__doc__)
+    kind, count = sys.argv[1], int(sys.argv[2])
+    print(f"{kind}: {asyncio.run(measure(kind, count)) * 1000:.4f} ms CPU per request")
+
+
+if __name__ == "__main__":
+    main()
