@@ -173,6 +173,9 @@ def hs256_with_public_key(key: SigningKey, issuer: str) -> str:
     return f"{signing_input}.{_b64(signature)}"
 
 
+CITY = {"NGSILD-Tenant": "city"}
+
+
 def status(server: LoggedServer, token: str, path: str = f"{ADMIN_API}/keys") -> int:
     return httpx.get(server.base + path, headers=bearer(token), timeout=10).status_code
 
@@ -183,7 +186,13 @@ def test_provider_tokens_and_claim_mapping(oidc: tuple[Provider, LoggedServer, l
     assert jwt.get_unverified_header(ops)["kid"] == "key-a"
     assert status(server, ops) == 200  # role admin from the roles claim
     assert status(server, viewer) == 403  # a reader
-    assert status(server, viewer, "/ngsi-ld/v1/types") == 200
+    # the viewer's tenant claim is "city": the default tenant does not exist for it (404), "city" does
+    assert status(server, viewer, "/ngsi-ld/v1/types") == 404
+    thing = {"id": "urn:ngsi-ld:Thing:1", "type": "Thing"}
+    made = httpx.post(server.base + "/ngsi-ld/v1/entities", json=thing, headers={**bearer(ops), **CITY}, timeout=10)
+    assert made.status_code == 201, made.text
+    seen = httpx.get(server.base + "/ngsi-ld/v1/types", headers={**bearer(viewer), **CITY}, timeout=10)
+    assert seen.status_code == 200, seen.text
     # the tenant claim scopes the admin: keys within "city" only
     with httpx.Client(base_url=server.base, timeout=10, headers=bearer(ops)) as http:
         assert http.post(f"{ADMIN_API}/keys", json={"name": "k", "tenants": ["city"]}).status_code == 201

@@ -83,9 +83,14 @@ def test_users_log_in_with_basic_and_tokens(secured: tuple[LoggedServer, str], d
         assert http.get("/ngsi-ld/v1/types", auth=("alice", "a brand new one")).status_code == 200
 
         bob = http.post("/cityos/v1/auth/token", auth=("bob", "another long one")).json()["access_token"]
-        assert http.get("/ngsi-ld/v1/types", headers=bearer(bob)).status_code == 200
+        # bob's tenant is "city": he reads there; the default tenant does not exist for him (404)
+        city = {"NGSILD-Tenant": "city"}
+        thing = {"id": "urn:ngsi-ld:Thing:1", "type": "Thing"}
+        assert http.post("/ngsi-ld/v1/entities", json=thing, headers={**bearer(admin), **city}).status_code == 201
+        assert http.get("/ngsi-ld/v1/types", headers={**bearer(bob), **city}).status_code == 200
+        assert http.get("/ngsi-ld/v1/types", headers=bearer(bob)).status_code == 404
         assert http.delete(f"{ADMIN_API}/users/bob", headers=bearer(admin)).status_code == 204
-        assert http.get("/ngsi-ld/v1/types", headers=bearer(bob)).status_code == 401
+        assert http.get("/ngsi-ld/v1/types", headers={**bearer(bob), **city}).status_code == 401
         assert http.delete(f"{ADMIN_API}/users/bob", headers=bearer(admin)).status_code == 404
     log = server.log()
     assert PASSWORD not in log and "another long one" not in log and token.split(".")[1] not in log
