@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -69,6 +71,21 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
     env.update(extra)
     return env
+
+
+def make_key(database: str, *args: str) -> str:
+    """An API key made as an operator makes one (`cityos keys create ARGS`): its token, printed once."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cityos", "keys", "create", *args, "--database", database],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    assert token.count(".") == 1 and token.startswith("ck_"), token
+    return token
 
 
 # What lives in a schema (tables, sequences, functions, types: every object that depends on it; an

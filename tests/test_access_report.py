@@ -5,14 +5,12 @@ admin's access report for the vehicle names the police key, the purpose and nobo
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import orjson
 
-from backends import cli_env
+from backends import make_key
 from server_process import LoggedServer
 
 ENTITIES = "/ngsi-ld/v1/entities"
@@ -36,18 +34,6 @@ POLICIES = [
         "resources": {"types": ["OffStreetParking"]},
     },
 ]
-
-
-def make_key(db_url: str, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "cityos", "keys", "create", *args, "--database", db_url],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().split()[-1]
 
 
 def test_the_access_report_names_who_read_a_subjects_personal_data(db_url: str, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from backends import cli_env, db_rows, sqlite_only
+from backends import cli_env, db_rows, make_key, sqlite_only
 from cityos.app import create_app
 from cityos.audit.chain import GENESIS, record_hash
 from cityos.audit.events import AuditEvent
@@ -514,18 +514,8 @@ def test_with_auth_required_records_name_the_key_and_the_request(db_url: str, tm
     """The real door (--auth required, API keys made by `cityos keys create`): a write's record names
     the key's principal and the request id; a reader's key may not read the trail (403, recorded)."""
 
-    def make_key(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "cityos", "keys", "create", *args, "--database", db_url],
-            env=cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
-
-    admin, reader = make_key("--name", "ops", "--role", "admin"), make_key("--name", "viewer", "--role", "reader")
+    admin = make_key(db_url, "--name", "ops", "--role", "admin")
+    reader = make_key(db_url, "--name", "viewer", "--role", "reader")
     server = LoggedServer(tmp_path / "serve.log", "--auth", "required", env={"CITYOS_DATABASE": db_url})
     server.start()
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends import cli_env
+from backends import cli_env, make_key
 from server_process import LoggedServer
 
 # these tests are about the door, not policies: every authenticated caller may do everything
@@ -37,14 +37,6 @@ def cli(database: str, *args: str, stdin: str | None = None) -> subprocess.Compl
         input=stdin,
         timeout=60,
     )
-
-
-def make_key(database: str, *args: str) -> str:
-    done = cli(database, "keys", "create", *args)
-    assert done.returncode == 0, done.stderr
-    token = done.stdout.strip()
-    assert token.count(".") == 1 and token.startswith("ck_")
-    return token
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -3,9 +3,6 @@ back-ends: the admin API (versions, history, validation) and the policy file."""
 
 from __future__ import annotations
 
-import importlib.util
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +11,9 @@ import httpx
 import pytest
 import yaml
 
+from backends import make_key
 from server_process import LoggedServer
 
-# API keys come with the identity work; without it every request acts as the open principal (an admin)
-IDENTITY = importlib.util.find_spec("cityos.auth.middleware") is not None
 ADMIN = "/cityos/v1/admin/policies"
 D = "https://uri.etsi.org/ngsi-ld/default-context/"
 DISTRICT = [[[-3.72, 40.40], [-3.68, 40.40], [-3.68, 40.43], [-3.72, 40.43], [-3.72, 40.40]]]
@@ -52,23 +48,8 @@ CITY_POLICIES: list[dict[str, Any]] = [
 ]
 
 
-def make_key(database: str, *args: str) -> str:
-    """A key made as an operator makes one (`cityos keys create`); its token alone is printed."""
-    from backends import cli_env
-
-    done = subprocess.run(
-        [sys.executable, "-m", "cityos", "keys", "create", *args, "--database", database],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 def admin_headers(database: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {make_key(database, '--name', 'admin', '--role', 'admin')}"} if IDENTITY else {}
+    return {"Authorization": f"Bearer {make_key(database, '--name', 'admin', '--role', 'admin')}"}
 
 
 class PolicyServer(LoggedServer):

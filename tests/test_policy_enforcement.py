@@ -19,43 +19,18 @@ from typing import Any
 import pytest
 import yaml
 from starlette.testclient import TestClient
-from starlette.types import ASGIApp, Receive, Scope, Send
 
+from backends import make_key
 from cityos.app import create_app
 from cityos.audit.events import AuditEvent
-from cityos.auth.principal import ANONYMOUS, Principal, current_principal
 from cityos.settings import Settings
-from test_policy_api import CITY_POLICIES, IDENTITY, make_key
+from test_policy_api import CITY_POLICIES
 
 API = "/ngsi-ld/v1"
 D = "https://uri.etsi.org/ngsi-ld/default-context/"
 ROLES = {"admin": "admin", "operator": "parking-operator", "police": "police"}
-PRINCIPALS = {
-    "admin": Principal("key:admin", "key", None, frozenset({"admin"})),
-    "operator": Principal("key:operator", "key", frozenset({""}), frozenset({"parking-operator"})),
-    "police": Principal("key:police", "key", None, frozenset({"police"})),
-    "anonymous": ANONYMOUS,
-}
 IN_DISTRICT = [-3.70, 40.41]
 OUTSIDE = [-3.60, 40.41]
-
-
-class AsPrincipal:
-    """Test-only: the request acts for PRINCIPALS[X-Test-Principal] (what the auth middleware does)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        name = dict(scope["headers"]).get(b"x-test-principal", b"anonymous").decode()
-        token = current_principal.set(PRINCIPALS[name])
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            current_principal.reset(token)
 
 
 @dataclass
@@ -95,8 +70,6 @@ class City:
     keys: dict[str, str]
 
     def as_(self, name: str, **headers: str) -> Caller:
-        if not IDENTITY:
-            return Caller(self.client, {"X-Test-Principal": name, **headers})
         if name == "anonymous":
             return Caller(self.client, headers)
         return Caller(self.client, {"Authorization": f"Bearer {self.keys[name]}", **headers})
@@ -133,12 +106,12 @@ def observed(entity: dict[str, Any]) -> dict[str, Any]:
 def city(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[City]:
     policy_file = tmp_path_factory.mktemp("city") / "city.yaml"
     policy_file.write_text(yaml.safe_dump({"policies": CITY_POLICIES}))
-    keys = {n: make_key(module_db_url, "--name", n, "--role", r) for n, r in ROLES.items()} if IDENTITY else {}
+    keys = {n: make_key(module_db_url, "--name", n, "--role", r) for n, r in ROLES.items()}
     settings = Settings(database=module_db_url, auth="required", policy_file=str(policy_file))
     app = create_app(settings)
     recorder = Recorder()
     app.state.services.audit = recorder
-    with TestClient(app if IDENTITY else AsPrincipal(app), base_url="http://127.0.0.1:1026") as client:
+    with TestClient(app, base_url="http://127.0.0.1:1026") as client:
         city = City(client, recorder, keys)
         admin = city.as_("admin")
         entities = [parking(n) for n in range(1, 26)] + [vehicle("in", IN_DISTRICT), vehicle("out", OUTSIDE)]
