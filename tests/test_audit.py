@@ -535,3 +535,25 @@ def test_with_auth_required_records_name_the_key_and_the_request(db_url: str, tm
     assert records[0]["request_id"] and records[0]["request_id"] == made.headers["X-Request-Id"]
     assert [r["principal"] for r in refusals] == [f"key:{reader_id}", "anonymous"]
     assert admin not in server.log() and reader not in server.log()
+
+
+def test_the_operators_key_commands_are_audited(db_url: str, tmp_path: Path) -> None:
+    """`cityos keys create|revoke` change who may do what as much as the admin API does: their
+    records (principal "cli") are in the trail that `cityos audit export` writes."""
+    token = make_key(db_url, "--name", "ops", "--role", "admin")
+    key_id = token.split(".")[0]
+    revoked = subprocess.run(
+        [sys.executable, "-m", "cityos", "keys", "revoke", key_id, "--database", db_url],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    export = tmp_path / "trail.jsonl"
+    done = cli("export", "--database", db_url, "-o", str(export))
+    assert done.returncode == 0, done.stderr
+    records = [orjson.loads(line) for line in export.read_bytes().splitlines() if line.strip()]
+    mine = [(r["principal"], r["operation"]) for r in records if key_id in r.get("targets", [])]
+    assert mine == [("cli", "key.create"), ("cli", "key.revoke")]
+    assert token.split(".")[1] not in export.read_text()  # the secret is never recorded

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from cityos.audit.events import NullAudit
+from cityos.audit.service import StoreAudit
 from cityos.auth.credentials import Credentials, public_view
 from cityos.auth.hashing import parse_expiry
 from cityos.auth.principal import ADMIN_ROLE, Principal
@@ -119,7 +119,8 @@ def _with_credentials(args: argparse.Namespace, work: Callable[[Credentials], Aw
         )
         await store.open()
         try:
-            return await work(Credentials(store, NullAudit))
+            # the operator's changes are audited like the admin API's (actor "cli")
+            return await work(Credentials(store, lambda: StoreAudit(store)))
         finally:
             await store.close()
 
