@@ -64,7 +64,7 @@ def test_rendering_a_page_stops_at_the_query_timeout(limited_server: Callable[..
                 for j in range(150)
             },
         }
-        for i in range(600)
+        for i in range(1000)  # a full page takes well over the 1 s budget to read and render, even unloaded
     ]
     create(base, wide)
     started = time.monotonic()

@@ -112,6 +112,9 @@ def _record(row: asyncpg.Record) -> AuditRecord:
     )
 
 
+STOP_SEAL_SECONDS = 10.0  # the last seal at close waits at most this long (the rows stay pending otherwise)
+
+
 class PostgresAudit(Transactions):
     """The AuditStore methods; PostgresStore supplies the pool and the listeners."""
 
@@ -217,8 +220,10 @@ class PostgresAudit(Transactions):
             with contextlib.suppress(asyncio.CancelledError):
                 await sealer
             self._sealer = None
+        # one last seal, bounded: a stop must not hang on a lock; what stays pending is sealed by the
+        # next start (_start_sealer), nothing is lost
         with contextlib.suppress(Exception):
-            await self.seal_pending()
+            await asyncio.wait_for(self.seal_pending(), STOP_SEAL_SECONDS)
 
     async def _audit_after(self, connection: Connection, made: Callable[[], AuditRow | None]) -> None:
         """A catalogue write's record (made only when the trail is on), sealed as its last step."""

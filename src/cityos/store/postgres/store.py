@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,8 @@ if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
 
 _CURSOR_PREFETCH = 200
+log = logging.getLogger("cityos.store")
+POOL_CLOSE_SECONDS = 10.0  # close() waits this long for busy pool connections, then cuts them
 
 
 def _feed(pager: Pager, documents: list[Entity]) -> bool:
@@ -134,7 +137,11 @@ class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity, Postgre
         if self._pool is not None:
             await self._stop_sealer()
             await self._stop_worker()
-            await self._pool.close()
+            try:  # connections still busy after this long are cut: a stop must not hang
+                await asyncio.wait_for(self._pool.close(), POOL_CLOSE_SECONDS)
+            except TimeoutError:
+                log.warning("closing the database pool took over %s s; its connections were cut", POOL_CLOSE_SECONDS)
+                self._pool.terminate()
             self._pool = None
         self._sync_pool.shutdown(wait=False)
 
