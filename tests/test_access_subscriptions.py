@@ -29,6 +29,7 @@ ENTITIES = "/ngsi-ld/v1/entities"
 BUILDING = "urn:ngsi-ld:Building:1"
 HEIGHT = DEFAULT + "height"
 NAME = DEFAULT + "name"
+VAULT = "urn:ngsi-ld:Vault:1"
 
 
 @pytest.fixture
@@ -214,6 +215,42 @@ class TestNotifications:
         got = receiver.wait(1)
         quiet(receiver)
         assert got[0].body["data"][0]["height"]["value"] == 300  # bob's only
+
+    def test_a_q_through_a_relationship_is_judged_on_what_the_owner_may_see(
+        self, secured: Secured, receiver: Receiver
+    ) -> None:
+        """q `vault{content}=="gold"` reads the entity the relationship points to: at delivery it is
+        read as the owner may see it then. vera may read the vault's content (her Building loses its
+        height, which once withheld every such notification): notified. hal sees the Building whole
+        but not the vault's content, gus not the vault at all: never notified (once, hal was)."""
+        kinds = {DEFAULT + "Building", DEFAULT + "Vault"}
+        secured.principal("vera", types=kinds, hidden={HEIGHT}, subscribe={DEFAULT + "Building"})
+        secured.principal("hal", types=kinds, hidden={DEFAULT + "content"}, subscribe={DEFAULT + "Building"})
+        secured.principal("gus", types={DEFAULT + "Building"}, subscribe={DEFAULT + "Building"})
+        write(secured, {"id": VAULT, "type": "Vault", "content": {"type": "Property", "value": "gold"}})
+        made = {
+            who: subscribe(secured, f"key:{who}", receiver.url, q='vault{content}=="gold"')
+            for who in ("vera", "hal", "gus")
+        }
+        write(secured, {**building(), "vault": {"type": "Relationship", "object": VAULT}})
+        got = receiver.wait(1)
+        quiet(receiver)
+        assert got[0].body["subscriptionId"] == made["vera"]
+        assert "height" not in got[0].body["data"][0] and got[0].body["data"][0]["vault"]["object"] == VAULT
+
+    def test_a_periodic_q_through_a_relationship_is_judged_the_same_way(
+        self, secured: Secured, receiver: Receiver
+    ) -> None:
+        kinds = {DEFAULT + "Building", DEFAULT + "Vault"}
+        secured.principal("vera", types=kinds, hidden={HEIGHT}, subscribe={DEFAULT + "Building"})
+        secured.principal("hal", types=kinds, hidden={DEFAULT + "content"}, subscribe={DEFAULT + "Building"})
+        write(secured, {"id": VAULT, "type": "Vault", "content": {"type": "Property", "value": "gold"}})
+        write(secured, {**building(), "vault": {"type": "Relationship", "object": VAULT}})
+        q = 'vault{content}=="gold"'
+        vera = subscribe(secured, "key:vera", receiver.url, q=q, timeInterval=1)
+        subscribe(secured, "key:hal", receiver.url, q=q, timeInterval=1)
+        got = receiver.wait(2, timeout=6)
+        assert {r.body["subscriptionId"] for r in got} == {vera}
 
     def test_a_revoked_right_stops_the_flow(self, secured: Secured, receiver: Receiver) -> None:
         subscribe(secured, "key:alice", receiver.url)
