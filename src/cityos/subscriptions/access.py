@@ -59,15 +59,20 @@ class OwnerGone(Exception):
 
 async def owner_principal(directory: PrincipalDirectory, owner: Owner | None) -> Principal:
     """The owner as it is now. A subscription without owner (made while auth was off) acts with
-    what the public may read (ANONYMOUS); with auth off the directory answers OPEN for any id."""
+    what the public may read (ANONYMOUS); with auth off the directory answers OPEN for any id.
+
+    An owner whose proof was a token (OpenID Connect) cannot be found again by id, and a worker
+    that saw a newer token of theirs would judge them on other roles than the rest: every worker
+    judges them on the attributes stored with the subscription (tenants, roles, groups, client;
+    renewed when they update it), under the policies in force at delivery."""
     if owner is None:
         found = await directory.lookup(ANONYMOUS.id)
         return found if found is not None and found.unrestricted else ANONYMOUS
+    if owner.snapshot is not None:
+        return owner.snapshot
     found = await directory.lookup(owner.id)
     if found is not None:
         return found
-    if owner.snapshot is not None:  # the directory cannot find token-borne principals again
-        return owner.snapshot
     raise OwnerGone(owner.id)
 
 
