@@ -26,6 +26,7 @@ from cityos.auth.principal import ANONYMOUS, OpenDirectory, Principal, Principal
 from cityos.entities.model import Entity
 from cityos.jsonld.termmap import TermMap
 from cityos.policy.decision import Authorizer, OpenAuthorizer, ReadView
+from cityos.policy.enforce import seen
 from cityos.query.q import linked_depth, parse_q
 from cityos.subscriptions.matching import attribute_changes, filters_of, fired_triggers
 from cityos.subscriptions.owner import Owner
@@ -74,12 +75,6 @@ async def owner_principal(directory: PrincipalDirectory, owner: Owner | None) ->
     if found is not None:
         return found
     raise OwnerGone(owner.id)
-
-
-def _project(view: ReadView, entity: Entity | None) -> Entity | None:
-    if entity is None or not view.visible(entity):
-        return None
-    return view.project(entity)
 
 
 Fetch = Callable[[set[str]], Awaitable[dict[str, Entity]]]
@@ -137,7 +132,7 @@ async def visible_change(
     removed anything or q follows relationships, the subscription's q, geoQ and scopeQ must still
     hold on what the owner may see (a q on an attribute the owner may not read never selects)."""
     before, after = payload.get("before"), payload.get("after")
-    seen_before, seen_after = _project(view, before), _project(view, after)
+    seen_before, seen_after = seen(view, before), seen(view, after)
     if seen_before is None and seen_after is None:
         return None
     if before is None and after is not None and "entityCreated" not in payload["triggers"]:
@@ -155,10 +150,10 @@ async def visible_change(
     return {**payload, "triggers": fired, "before": seen_before if before is not None else None, "after": seen_after}
 
 
-def _judged_again(seen: Entity, entity: Entity, selection: OwnerSelection) -> bool:
+def _judged_again(projected: Entity, entity: Entity, selection: OwnerSelection) -> bool:
     """The entity was selected on everything; what the owner sees of it (or of the entities q
     follows) may not be selected."""
-    return selection.follows_links or (seen is not entity and seen != entity)
+    return selection.follows_links or (projected is not entity and projected != entity)
 
 
 def _refire(
@@ -184,10 +179,8 @@ async def visible_entities(view: ReadView, entities: Iterable[Entity], selection
     """A periodic report's entities as the owner may see them (the same rules as visible_change)."""
     out = []
     for entity in entities:
-        if not view.visible(entity):
+        projected = seen(view, entity)
+        if projected is None or (_judged_again(projected, entity, selection) and not await selection.holds(projected)):
             continue
-        seen = view.project(entity)
-        if _judged_again(seen, entity, selection) and not await selection.holds(seen):
-            continue
-        out.append(seen)
+        out.append(projected)
     return out
