@@ -14,6 +14,9 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.queues
 import multiprocessing.synchronize
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -58,6 +61,21 @@ def test_processes_share_one_bucket_per_caller() -> None:
         assert here.take("key:shared") > 0 and here.take("key:other") == 0
         here.close()
     assert not path.exists()  # removed with the server
+
+
+def test_a_table_left_by_a_killed_server_is_removed_by_the_next_start() -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = _table_folder() / f"cityos-rate-limits-{gone.pid}-killed"
+    left.write_bytes(b"")
+    running = _table_folder() / f"cityos-rate-limits-{os.getpid()}-running"  # this process: still running
+    running.write_bytes(b"")
+    try:
+        with shared_table():
+            assert not left.exists() and running.exists()
+    finally:
+        for path in (left, running):
+            path.unlink(missing_ok=True)
 
 
 def test_a_full_stripe_keeps_the_emptiest_buckets() -> None:
