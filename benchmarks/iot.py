@@ -26,7 +26,15 @@ import httpx
 from benchmarks.entities import ENTITY_TYPE, entity_id
 from benchmarks.loadgen import LoadResult
 from benchmarks.report import Row
-from benchmarks.servers import ServerProcess, StartFailed, cityos_server, free_port, listening, pinned
+from benchmarks.servers import (
+    ServerProcess,
+    StartFailed,
+    cityos_server,
+    free_port,
+    listening,
+    pinned,
+    stop_process,
+)
 from benchmarks.targets import target
 
 if TYPE_CHECKING:
@@ -85,13 +93,7 @@ class Mosquitto:
         self.stop()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def _stored(http: httpx.Client) -> int:

@@ -102,12 +102,15 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def _cell(row: Row | None) -> str:
+def cell(row: Row | None, *, spread: bool = False) -> str:
+    """A row in one table cell: its median rate (with spread: and min-max), its paired ratio, its errors."""
     if row is None:
         return "-"
     if row.skipped or not row.rates:
         return row.skipped or "did not run"
     text = f"{_number(row.rate)} {row.unit}"
+    if spread:
+        text += f" ({_number(min(row.rates))}-{_number(max(row.rates))})"
     if row.ratio is not None:
         text += f" ({row.ratio:.1%})"
     if row.errors:
@@ -128,7 +131,7 @@ def format_side_by_side(rows: list[Row]) -> str:
     header += [f"{backend_label(*column)} / SQLite" for column in versus]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
-        line = [name, *(_cell(cells.get((name, *column))) for column in columns)]
+        line = [name, *(cell(cells.get((name, *column))) for column in columns)]
         base = cells.get((name, "sqlite", 1))
         for column in versus:
             other = cells.get((name, *column))
