@@ -94,12 +94,16 @@ FROM k LEFT JOIN ins i ON i.tenant = k.tenant AND i.id = k.id
 LEFT JOIN temporal_entities e ON e.tenant = k.tenant AND e.id = k.id
 ORDER BY k.n
 """
-_INSERT = """
-INSERT INTO temporal_instances (epk, attr, dataset, instance_id, kind, retained_us, observed_us, created_us,
-    modified_us, deleted_us, expires_us, num, vtext, doc)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
+_COLUMNS = (
+    "epk", "attr", "dataset", "instance_id", "retained_us", "kind", "observed_us", "created_us", "modified_us",
+    "deleted_us", "expires_us", "num", "vtext", "doc",
+)  # fmt: skip
+_INSERT = f"""
+INSERT INTO temporal_instances ({", ".join(_COLUMNS)})
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[],
     $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::float8[], $13::text[], $14::json[])
 """
+COPY_FROM = 64  # instances; from this many on a write's history goes by COPY
 # per (attribute, datasetId, observedAt) of a temporal POST, the stored instance it replaces
 _SAME_TIME = """
 SELECT k.n, (
@@ -229,20 +233,16 @@ class PostgresTemporal(PostgresTemporalReads):
 
     @staticmethod
     async def _insert(connection: Connection, rows: Sequence[tuple[int, _Put]]) -> None:
-        """Every instance of a write in one statement (its partitions are locked already)."""
+        """Every instance of a write in one statement (its partitions are locked already): COPY
+        for a batch's history (binary, routed to the partitions by the server), an INSERT from
+        arrays for a few rows (COPY takes two round trips)."""
         if not rows:
             return
-        values = [put.values() for _, put in rows]
-        await connection.execute(
-            _INSERT,
-            [epk for epk, _ in rows],
-            [put.attr for _, put in rows],
-            [put.dataset for _, put in rows],
-            [put.instance_id for _, put in rows],
-            [v[0] for v in values],
-            [put.retained for _, put in rows],
-            *([v[i] for v in values] for i in range(1, 9)),
-        )
+        records = [(epk, put.attr, put.dataset, put.instance_id, put.retained, *put.values()) for epk, put in rows]
+        if len(records) >= COPY_FROM:
+            await connection.copy_records_to_table("temporal_instances", records=records, columns=_COLUMNS)
+            return
+        await connection.execute(_INSERT, *(list(column) for column in zip(*records, strict=True)))
 
     async def _append_history(self, connection: Connection, rows: Sequence[HistoryRow]) -> None:
         """Called inside mutate's transaction (which holds the entity's lock) with the history its

@@ -101,12 +101,17 @@ class WritePlan:
         """How many rows the plan inserts (each needs a pk from the entities' sequence)."""
         return len(self._new())
 
+    def replaced(self) -> list[int]:
+        """The stored rows deleted and then created again: deleted by a statement before
+        `statement`, whose insert of the new row would otherwise meet the old one's (tenant, id)."""
+        return [s.pk for s in self.slots.values() if s.dropped and s.created is not None and s.pk is not None]
+
     def statement(self, pks: list[int]) -> tuple[str, list[Any]] | None:
         """One statement that brings `entities` and its side tables to the plan (None: no change);
         `pks` are drawn from the entities' sequence, one for each of `added()`."""
         p = Params()
         ctes: list[str] = []
-        gone = [s.pk for s in self.slots.values() if s.dropped]
+        gone = [s.pk for s in self.slots.values() if s.dropped and s.created is None]
         if gone:
             ctes.append(f"gone AS (DELETE FROM entities WHERE pk = ANY({p(gone)}::bigint[]))")
         changed = [

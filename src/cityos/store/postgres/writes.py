@@ -214,6 +214,9 @@ class PostgresWrites(Transactions):
         needed = plan.new_rows()
         if needed > len(pks):  # an entity deleted and created again in this write: a new row, a new pk
             pks = pks + list(await connection.fetchval(_MORE_PKS, needed - len(pks)))
+        replaced = plan.replaced()
+        if replaced:
+            await connection.execute("DELETE FROM entities WHERE pk = ANY($1::bigint[])", replaced)
         statement = plan.statement(pks[:needed])
         if statement is not None:
             await connection.execute(statement[0], *statement[1])
