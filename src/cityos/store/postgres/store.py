@@ -61,6 +61,14 @@ log = logging.getLogger("cityos.store")
 POOL_CLOSE_SECONDS = 10.0  # close() waits this long for busy pool connections, then cuts them
 
 
+async def _keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:
+    """The pool's reset of a released connection: none. asyncpg's default (RESET ALL, UNLISTEN *,
+    CLOSE ALL, pg_advisory_unlock_all) is one more round trip per acquire, and there is nothing for
+    it to undo: pooled connections only take transaction-level locks and settings, LISTEN runs on a
+    connection of its own (events.py), cursors end with their transaction. An open transaction is
+    still rolled back by asyncpg before this is called."""
+
+
 def _feed(pager: Pager, documents: list[Entity]) -> bool:
     """Offer documents until the pager has enough; False once it has."""
     return all(pager.offer(document) for document in documents)
@@ -113,6 +121,7 @@ class PostgresStore(
             min_size=1,
             max_size=self.pool_size,
             server_settings=session_settings(self.busy_timeout, self.durability),
+            reset=_keep_session,
         )
         try:
             async with pool.acquire() as connection:
