@@ -213,10 +213,15 @@ def encode(
                 # its shortest text is not computable in SQL: kept for min/max and distinct counts
                 num, vtext, stored = value, orjson.dumps(value).decode(), FLOAT
             elif kind_of_value is dict or kind_of_value is list:
-                vtext, stored = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode(), IN_REST
-                rest[key] = value
-                order.append("r")
-                continue
+                text = orjson.dumps(value)
+                ordered = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+                vtext = ordered.decode()
+                if text != ordered:  # keys out of order: kept as they came, and sorted for SQL
+                    stored = IN_REST
+                    rest[key] = value
+                    order.append("r")
+                    continue
+                stored = TEXT
             else:  # text, true/false, a huge int or -0.0: their JSON text gives them back
                 if kind_of_value is int or kind_of_value is float:
                     num = float(value)
