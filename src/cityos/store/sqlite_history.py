@@ -304,7 +304,7 @@ def decode(
 
 def instance_prefix(connection: sqlite3.Connection) -> str:
     """The file's instanceId prefix (a random UUID's first 24 hex digits; the pk makes the last 12),
-    made the first time."""
+    made with the layout (`migrate`)."""
     row = connection.execute("SELECT value FROM temporal_meta WHERE key = 'instance_prefix'").fetchone()
     if row is not None:
         return str(row[0])
@@ -328,7 +328,11 @@ def migrate(connection: sqlite3.Connection) -> int:
     """Bring a file to this layout inside one transaction; returns how many history instances were
     converted. Called on the writer connection before anything else touches the file."""
     version = connection.execute("PRAGMA user_version").fetchone()[0]
-    if version >= LAYOUT:
+    if version > LAYOUT:
+        raise RuntimeError(
+            f"the history layout of this file is {version}; this CityOS knows {LAYOUT} (a newer CityOS wrote it)"
+        )
+    if version == LAYOUT:
         return 0
     connection.execute("BEGIN IMMEDIATE")
     try:
@@ -343,6 +347,7 @@ def migrate(connection: sqlite3.Connection) -> int:
             connection.execute("DROP INDEX IF EXISTS temporal_series")
         for statement in LAYOUT_SCHEMA:
             connection.execute(statement)
+        instance_prefix(connection)  # made now, so opening the file later only reads it
         if old is not None:
             moved = _convert(connection)
             connection.execute("DROP TABLE temporal_instances_v0")
