@@ -20,7 +20,7 @@ import orjson
 
 from cityos.audit.chain import AuditRow
 from cityos.entities.expiry import next_expiry, visible
-from cityos.entities.model import Entity
+from cityos.entities.model import VALUE_MEMBER, Entity, Instance
 from cityos.entities.update import Mutator
 from cityos.errors import NgsiLdError
 from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
@@ -43,6 +43,25 @@ DRAIN_ORDER = (
     INSERT_INSTANCE,
 )
 (DEL_TYPES, DEL_ATTRS, DEL_ATTR, DEL_VALUES, DEL_VALUE, INS_TYPES, INS_ATTRS, INS_VALUES, OUTBOX, HISTORY) = DRAIN_ORDER
+
+
+SCALARS = (str, int, float)
+
+
+def _same_scalars(was: list[Instance], now: list[Instance]) -> bool:
+    """Whether two instance lists surely index the same attr_values rows because their value members
+    are the same scalars (a replace that only moved modifiedAt): a quick answer, False when unsure."""
+    if len(was) != len(now):
+        return False
+    for before, after in zip(was, now, strict=True):
+        kind = after.get("type")
+        member = VALUE_MEMBER.get(kind) if isinstance(kind, str) else None
+        if member is None or before.get("type") != kind or before.get("datasetId") != after.get("datasetId"):
+            return False
+        value, previous = after.get(member), before.get(member)
+        if type(value) is not type(previous) or type(value) not in SCALARS or value != previous:
+            return False
+    return True
 
 
 class _Refused(Exception):
@@ -272,7 +291,7 @@ class SQLiteWrites:
                 buffer[INS_ATTRS].extend((a, pk) for a in new if a not in old)
             for attr in (*old, *(a for a in new if a not in old)):
                 was, now = old.get(attr), new.get(attr)
-                if was == now:
+                if was == now or (was and now and _same_scalars(was, now)):
                     continue
                 rows = attr_rows(attr, now) if now else []
                 if (attr_rows(attr, was) if was else []) != rows:
