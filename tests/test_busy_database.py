@@ -19,6 +19,7 @@ import httpx
 
 from backends import db_rows, sqlite_only
 from cityos.store.sqlite import SCHEMA, SCHEMA_VERSION
+from cityos.store.sqlite_history import migrate
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA
 from cityos.store.sqlite_policies import POLICY_SCHEMA
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA
@@ -138,6 +139,7 @@ def make_database(path: str) -> None:
         connection.executescript(TEMPORAL_SCHEMA)
         connection.executescript(POLICY_SCHEMA)
         connection.executescript(IDENTITY_SCHEMA)
+        migrate(connection)  # the history tables, at their layout
         connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
 

@@ -6,10 +6,11 @@ raises leaves the stored entity untouched.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from cityos.entities.model import NULL_URI, Entity, Instance
 from cityos.errors import AlreadyExists, BadRequestData, ResourceNotFound
@@ -31,7 +32,8 @@ Mutator = Callable[[Entity | None], Outcome]
 def _require(current: Entity | None, entity_id: str) -> Entity:
     if current is None:
         raise ResourceNotFound(f"entity {entity_id} does not exist")
-    return copy.deepcopy(current)
+    copied: Entity = orjson.loads(orjson.dumps(current))  # a deep copy of JSON data, several times faster
+    return copied
 
 
 def create(new: Entity) -> Mutator:

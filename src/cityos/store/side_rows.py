@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from cityos.entities.expiry import normalize
-from cityos.entities.model import VALUE_MEMBER, Entity
+from cityos.entities.model import VALUE_MEMBER, Entity, Instance
 
 
 def geometry_bbox(geometry: Any) -> tuple[float, float, float, float] | None:
@@ -55,17 +55,32 @@ def indexed_values(entity: Entity) -> Iterator[tuple[str, float | None, str | No
     """(attr, number, text) rows for attr_values: the values q compares, as the evaluator sees them
     (each instance's value member, arrays and language maps flattened one level)."""
     for attr, instances in entity["attrs"].items():
-        for instance in instances:
-            member = VALUE_MEMBER.get(instance.get("type", ""))
-            if member is None or member not in instance:
-                continue
-            raw = instance[member]
-            items = list(raw.values()) if instance["type"] == "LanguageProperty" else [raw]
-            for item in items:
-                for value in item if isinstance(item, list) else (item,):
-                    if isinstance(value, bool):
-                        continue
-                    if isinstance(value, int | float):
-                        yield attr, float(value), None
-                    elif isinstance(value, str):
-                        yield attr, None, value
+        yield from attr_rows(attr, instances)
+
+
+def attr_rows(attr: str, instances: list[Instance]) -> list[tuple[str, float | None, str | None]]:
+    """The attr_values rows of one attribute's instances."""
+    rows: list[tuple[str, float | None, str | None]] = []
+    for instance in instances:
+        kind = instance.get("type", "")
+        member = VALUE_MEMBER.get(kind)
+        if member is None or member not in instance:
+            continue
+        raw = instance[member]
+        scalar = type(raw)
+        if scalar is int or scalar is float:  # the usual case first
+            rows.append((attr, float(raw), None))
+            continue
+        if scalar is str:
+            rows.append((attr, None, raw))
+            continue
+        items = list(raw.values()) if kind == "LanguageProperty" else (raw,)
+        for item in items:
+            for value in item if isinstance(item, list) else (item,):
+                if isinstance(value, bool):
+                    continue
+                if isinstance(value, int | float):
+                    rows.append((attr, float(value), None))
+                elif isinstance(value, str):
+                    rows.append((attr, None, value))
+    return rows

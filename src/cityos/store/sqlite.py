@@ -13,38 +13,34 @@ import contextvars
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import orjson
 
 from cityos.audit.chain import AuditRow
-from cityos.entities.expiry import next_expiry, now_key, visible
+from cityos.entities.expiry import now_key, visible
 from cityos.entities.model import Entity
-from cityos.entities.update import Mutator
-from cityos.errors import DatabaseBusy, NgsiLdError, QueryTimeout
+from cityos.errors import DatabaseBusy, QueryTimeout
 from cityos.policy.decision import AccessPrefilter
 from cityos.query import budget
 from cityos.query.patterns import found
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import (
     ChangeListener,
-    EntityChange,
     EntityQuery,
-    HistoryRow,
-    MutationResult,
-    OutboxRow,
     QueryResult,
 )
 from cityos.store.fair import FairShare
 from cityos.store.paging import bounded
-from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, own_expiry
 from cityos.store.sqlite_audit import AUDIT_SCHEMA, SQLiteAudit, seal_into
 from cityos.store.sqlite_catalog import SQLiteCatalog
+from cityos.store.sqlite_history import Names, TimeCodec, instance_prefix, migrate
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
+from cityos.store.sqlite_writes import SQLiteWrites
 
 T = TypeVar("T")
 SCHEMA_VERSION = 2
@@ -115,7 +111,6 @@ CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 
 
 MAX_GROUP = 64  # writes committed together at most
-SMALL_WRITE = 8  # mutations with at most this many entities may share a transaction
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -163,7 +158,7 @@ def _regexp(pattern: str, value: str | None) -> bool:
     return value is not None and found(pattern, value)
 
 
-class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity, SQLitePolicies, SQLiteAudit):
+class SQLiteStore(SQLiteCatalog, SQLiteWrites, SQLiteTemporal, SQLiteIdentity, SQLitePolicies, SQLiteAudit):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
 
     def __init__(
@@ -191,6 +186,11 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity, SQLitePolicies,
         self._listeners: dict[str, tuple[ChangeListener, Callable[[], None] | None]] = {}
         self._to_wake: list[Callable[[], None]] = []  # set on the writer thread: wakes owed after commit
         self._audit_rows: list[AuditRow] = []  # writer thread: this transaction's rows, sealed before COMMIT
+        self._start_buffer()  # writer thread: side, outbox and history rows to drain (sqlite_writes.py)
+        self._names = Names()  # interned history names, as readers see them (sqlite_history.py)
+        self._wnames = Names(writer=True)
+        self._times = TimeCodec()
+        self._instance_prefix = ""  # set at open
         # (write, its future, groupable, when it was queued, the submitting request's context)
         self._pending: list[
             tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool, float, contextvars.Context]
@@ -264,10 +264,13 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity, SQLitePolicies,
                         connection.execute(f"SAVEPOINT job{number}")
                     mark = len(audit)
                     try:
-                        outcomes.append((future, context.run(fn, connection), None))
+                        value = context.run(fn, connection)
+                        self._drain(connection)  # the rows it buffered, in its savepoint
+                        outcomes.append((future, value, None))
                     except Exception as refused:  # this write alone is undone
                         connection.execute("ROLLBACK" if alone else f"ROLLBACK TO job{number}")
                         del audit[mark:]
+                        self._forget()
                         outcomes.append((future, None, _translated(refused, self.path, self.busy_timeout)))
                     if not alone:
                         connection.execute(f"RELEASE job{number}")
@@ -275,9 +278,11 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity, SQLitePolicies,
                     if audit:  # the writes' audit records, chained in the same transaction
                         seal_into(connection, audit)
                     connection.execute("COMMIT")
+                self._forget(committed=True)
             except BaseException as failure:  # the transaction itself failed: nobody's write stands
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
+                self._forget()
                 failure = _translated(failure, self.path, self.busy_timeout)
                 outcomes = [(future, None, failure) for _, future, _ in jobs]
                 if isinstance(failure, DatabaseBusy):
@@ -300,6 +305,8 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity, SQLitePolicies,
         def setup() -> None:
             try:
                 connection = _connect(self.path, self.busy_timeout, self.durability)
+                migrate(connection)  # the history layout (sqlite_history.py), in one transaction
+                self._instance_prefix = instance_prefix(connection)
                 connection.executescript(SCHEMA)
                 connection.executescript(TEMPORAL_SCHEMA)
                 connection.executescript(POLICY_SCHEMA)  # additive: older files gain the table
@@ -360,138 +367,6 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity, SQLitePolicies,
             with self._lock:
                 self._connections.append(self._loop_connection)
         return self._loop_connection
-
-    async def mutate(
-        self, tenant: str, operations: Sequence[tuple[str, Mutator]], *, atomic: bool
-    ) -> list[MutationResult]:
-        def run(connection: sqlite3.Connection) -> list[MutationResult]:
-            connection.execute(
-                "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, datetime('now'))", (tenant,)
-            )
-            results: list[MutationResult] = []
-            for index, (entity_id, mutator) in enumerate(operations):
-                if not atomic:
-                    connection.execute(f"SAVEPOINT op{index}")
-                mark = len(self._audit_rows)
-                try:
-                    results.append(self._apply(connection, tenant, entity_id, mutator))
-                except NgsiLdError as error:
-                    if atomic:
-                        raise
-                    connection.execute(f"ROLLBACK TO op{index}")
-                    del self._audit_rows[mark:]
-                    results.append(MutationResult(entity_id, error=error))
-                if not atomic:
-                    connection.execute(f"RELEASE op{index}")
-            return results
-
-        return await self._write(run, groupable=len(operations) <= SMALL_WRITE)
-
-    def _apply(self, connection: sqlite3.Connection, tenant: str, entity_id: str, mutator: Mutator) -> MutationResult:
-        row = connection.execute(
-            "SELECT pk, doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
-        ).fetchone()
-        stored = orjson.loads(row[1]) if row else None
-        before = visible(stored)
-        outcome = mutator(before)
-        after = outcome.entity
-        if after is None:
-            if row is not None:
-                self._unindex(connection, row[0])
-                connection.execute("DELETE FROM entities WHERE pk = ?", (row[0],))
-        else:
-            doc = orjson.dumps(after)
-            if row is None:
-                pk = connection.execute(
-                    "INSERT INTO entities (tenant, id, doc, modified_at, expires_at, next_expiry)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (tenant, entity_id, doc, after["modifiedAt"], own_expiry(after), next_expiry(after)),
-                ).lastrowid
-                assert pk is not None
-            else:
-                pk = row[0]
-                connection.execute(
-                    "UPDATE entities SET doc = ?, modified_at = ?, expires_at = ?, next_expiry = ? WHERE pk = ?",
-                    (doc, after["modifiedAt"], own_expiry(after), next_expiry(after), pk),
-                )
-            self._index(connection, pk, stored, after)
-        change = EntityChange(tenant, entity_id, before, after)
-        self._emit(connection, change)
-        return MutationResult(entity_id, outcome=outcome, change=change)
-
-    def _emit(self, connection: sqlite3.Connection, change: EntityChange) -> None:
-        """Hand a change to every listener and insert the outbox and history rows they return, in
-        this transaction."""
-        listeners = self._listeners
-        if not listeners:
-            return
-
-        def lookup(entity_id: str) -> Entity | None:
-            row = connection.execute(
-                "SELECT doc FROM entities WHERE tenant = ? AND id = ?", (change.tenant, entity_id)
-            ).fetchone()
-            return visible(orjson.loads(row[0])) if row else None
-
-        for listener, wake in listeners.values():
-            rows = listener(change, lookup)
-            outbox = [r for r in rows if isinstance(r, OutboxRow)]
-            if outbox:
-                connection.executemany(
-                    "INSERT INTO outbox (tenant, subscription_id, lane, payload) VALUES (?, ?, ?, ?)",
-                    [(r.tenant, r.subscription_id, r.lane, orjson.dumps(r.payload)) for r in outbox],
-                )
-                if wake is not None and wake not in self._to_wake:
-                    self._to_wake.append(wake)
-            history = [r for r in rows if isinstance(r, HistoryRow)]
-            if history:
-                self._append_history(connection, history)
-            self._audit_rows.extend(r for r in rows if isinstance(r, AuditRow))
-
-    def _unindex(self, connection: sqlite3.Connection, pk: int) -> None:
-        connection.execute("DELETE FROM entity_types WHERE pk = ?", (pk,))
-        connection.execute("DELETE FROM entity_attrs WHERE pk = ?", (pk,))
-        connection.execute("DELETE FROM attr_values WHERE pk = ?", (pk,))
-        gids = connection.execute("SELECT gid FROM entity_geo_attrs WHERE pk = ?", (pk,)).fetchall()
-        if gids:
-            connection.executemany("DELETE FROM entity_geo WHERE gid = ?", gids)
-            connection.execute("DELETE FROM entity_geo_attrs WHERE pk = ?", (pk,))
-
-    def _index(self, connection: sqlite3.Connection, pk: int, before: Entity | None, after: Entity) -> None:
-        """Bring the side tables from `before` (the stored document) to `after`, rewriting only
-        the tables whose rows change: a sensor update usually touches attr_values alone."""
-        if before is None or before["type"] != after["type"]:
-            if before is not None:
-                connection.execute("DELETE FROM entity_types WHERE pk = ?", (pk,))
-            connection.executemany(
-                "INSERT OR IGNORE INTO entity_types (type, pk) VALUES (?, ?)", [(t, pk) for t in after["type"]]
-            )
-        if before is None or before["attrs"].keys() != after["attrs"].keys():
-            if before is not None:
-                connection.execute("DELETE FROM entity_attrs WHERE pk = ?", (pk,))
-            connection.executemany(
-                "INSERT OR IGNORE INTO entity_attrs (attr, pk) VALUES (?, ?)", [(a, pk) for a in after["attrs"]]
-            )
-        values = list(indexed_values(after))
-        if before is None or list(indexed_values(before)) != values:
-            if before is not None:
-                connection.execute("DELETE FROM attr_values WHERE pk = ?", (pk,))
-            connection.executemany(
-                "INSERT INTO attr_values (attr, num, txt, pk) VALUES (?, ?, ?, ?)",
-                [(attr, num, txt, pk) for attr, num, txt in values],
-            )
-        geo = geo_values(after)
-        if before is not None:
-            if geo_values(before) == geo:
-                return
-            gids = connection.execute("SELECT gid FROM entity_geo_attrs WHERE pk = ?", (pk,)).fetchall()
-            connection.executemany("DELETE FROM entity_geo WHERE gid = ?", gids)
-            connection.execute("DELETE FROM entity_geo_attrs WHERE pk = ?", (pk,))
-        for attr, geometry in geo:
-            box = geometry_bbox(geometry)
-            if box is None:
-                continue
-            gid = connection.execute("INSERT INTO entity_geo_attrs (pk, attr) VALUES (?, ?)", (pk, attr)).lastrowid
-            connection.execute("INSERT INTO entity_geo VALUES (?, ?, ?, ?, ?)", (gid, *box))
 
     def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
         row = (
@@ -595,33 +470,6 @@ class SQLiteStore(SQLiteCatalog, SQLiteTemporal, SQLiteIdentity, SQLitePolicies,
 
         async with self._fair.slot():
             return await self._read(run)
-
-    async def purge_expired(self, now: str) -> list[EntityChange]:
-        def run(connection: sqlite3.Connection) -> list[EntityChange]:
-            rows = connection.execute(
-                "SELECT pk, tenant, id, doc FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= ?",
-                (now,),
-            ).fetchall()
-            changes = []
-            for pk, tenant, entity_id, doc in rows:
-                before = orjson.loads(doc)
-                after = visible(before, now)
-                if after is None:
-                    self._unindex(connection, pk)
-                    connection.execute("DELETE FROM entities WHERE pk = ?", (pk,))
-                else:
-                    connection.execute(
-                        "UPDATE entities SET doc = ?, expires_at = ?, next_expiry = ? WHERE pk = ?",
-                        (orjson.dumps(after), own_expiry(after), next_expiry(after), pk),
-                    )
-                    self._index(connection, pk, before, after)
-                change = EntityChange(tenant, entity_id, before, after)
-                self._emit(connection, change)
-                changes.append(change)
-            connection.execute("DELETE FROM entity_maps WHERE expires_at <= ?", (now,))
-            return changes
-
-        return await self._write(run)
 
     def set_change_listener(
         self, listener: ChangeListener | None, wake: Callable[[], None] | None, *, name: str = "subscriptions"

@@ -1,10 +1,12 @@
 """The temporal store on SQLite, mixed into SQLiteStore (same file, writer thread and readers).
 
-Each attribute instance is one row with its times as integer microseconds (observedAt, createdAt,
-modifiedAt, deletedAt, expiresAt), its value as a number (for sums and averages) and as JSON text
-(for distinct counts), and the instance document. Partial indexes on (entity, attribute, time)
-serve the window of each time property; aggregation is one GROUP BY over period numbers computed
-in SQL, so a year of hourly readings never travels to Python row by row.
+Each attribute instance is one compact row (sqlite_history.py): interned attribute, datasetId and
+type, its times as integer microseconds (observedAt, createdAt, modifiedAt, deletedAt, expiresAt),
+its value as a number (for sums and averages) or JSON text (for distinct counts). One index on
+(entity, attribute, observedAt) serves the default window and every per-entity lookup; aggregation
+is one GROUP BY over period numbers computed in SQL, so a year of hourly readings never travels to
+Python row by row. History rows made by entity changes are appended in bulk when the transaction's
+writes are drained (sqlite_writes.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ from cityos.entities.model import VALUE_MEMBER, Entity, Instance
 from cityos.entities.values import parse_datetime
 from cityos.store.base import HistoryRow
 from cityos.store.paging import bounded
+from cityos.store.sqlite_history import (
+    DECODED,
+    INSERT_INSTANCE,
+    TIME_KEYS,
+    Names,
+    TimeCodec,
+    decode,
+    encode,
+    kind_of,
+    pk_of,
+)
 from cityos.store.temporal_base import (
     SCOPE_ATTR,
     AggregatedEntity,
@@ -47,7 +60,6 @@ COLUMNS = {
     "deletedAt": "deleted_us",
 }
 FOREVER = 2**62  # an open end of a validity interval, in microseconds
-TIME_KEYS = ("observedAt", "createdAt", "modifiedAt", "deletedAt", "expiresAt")
 TEMPORAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS temporal_entities (
     pk INTEGER PRIMARY KEY, tenant TEXT NOT NULL, id TEXT NOT NULL, types BLOB NOT NULL, UNIQUE (tenant, id)
@@ -55,26 +67,7 @@ CREATE TABLE IF NOT EXISTS temporal_entities (
 CREATE TABLE IF NOT EXISTS temporal_types (
     type TEXT NOT NULL, epk INTEGER NOT NULL, PRIMARY KEY (type, epk)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS temporal_instances (
-    pk INTEGER PRIMARY KEY,
-    epk INTEGER NOT NULL,               -- temporal_entities.pk: the tenant and entity
-    attr TEXT NOT NULL,
-    dataset TEXT NOT NULL DEFAULT '',   -- '' is the default instance
-    instance_id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,                 -- Property, Relationship, ...
-    observed_us INTEGER, created_us INTEGER, modified_us INTEGER, deleted_us INTEGER, expires_us INTEGER,
-    num REAL,                           -- the value when it is a number
-    vtext TEXT,                         -- the value as JSON text
-    doc BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS temporal_observed ON temporal_instances (epk, attr, observed_us)
-    WHERE observed_us IS NOT NULL;
-CREATE INDEX IF NOT EXISTS temporal_created ON temporal_instances (epk, attr, created_us) WHERE created_us IS NOT NULL;
-CREATE INDEX IF NOT EXISTS temporal_modified ON temporal_instances (epk, attr, modified_us)
-    WHERE modified_us IS NOT NULL;
-CREATE INDEX IF NOT EXISTS temporal_deleted ON temporal_instances (epk, attr, deleted_us) WHERE deleted_us IS NOT NULL;
-CREATE INDEX IF NOT EXISTS temporal_series ON temporal_instances (epk, attr, dataset);
-"""
+"""  # the instances (temporal_rows, temporal_names): sqlite_history.LAYOUT_SCHEMA
 _MONTH = (
     "(CAST(strftime('%Y', {x} / 1000000, 'unixepoch') AS INTEGER) * 12"
     " + CAST(strftime('%m', {x} / 1000000, 'unixepoch') AS INTEGER))"
@@ -88,14 +81,9 @@ def _micros(value: Any) -> int | None:
     return to_micros(parse_datetime(value, "timestamp"))
 
 
-_ASSIGN = (
-    "kind = ?, observed_us = ?, created_us = ?, modified_us = ?, deleted_us = ?, expires_us = ?,"
-    " num = ?, vtext = ?, doc = ?"
-)
-
-
 def _columns(instance: Instance) -> tuple[str, tuple[Any, ...]]:
-    """(dataset, the columns of _ASSIGN) of an instance; its instanceId lives in its own column."""
+    """The PostgreSQL layout's columns of an instance (postgres/temporal.py): (dataset, (kind, the
+    five times in microseconds, number, JSON text, document)); its instanceId has its own column."""
     doc = {k: v for k, v in instance.items() if k != "instanceId"}
     kind = str(doc.get("type") or "Property")
     member = VALUE_MEMBER.get(kind, "value")
@@ -107,7 +95,15 @@ def _columns(instance: Instance) -> tuple[str, tuple[Any, ...]]:
 
 
 def new_instance_id() -> str:
+    """A random instanceId (the PostgreSQL layout; SQLite derives them from row keys)."""
     return f"urn:ngsi-ld:Instance:{uuid.uuid4()}"
+
+
+_ASSIGN = (
+    "dataset = ?, shape = ?, observed_us = ?, created_us = ?, modified_us = ?, deleted_us = ?, expires_us = ?,"
+    " num = ?, vtext = ?, vkind = ?, rest = ?"
+)
+_COLUMNS = ", ".join(f"i.{name}" for name in DECODED)
 
 
 def _months_between(months: int) -> str:
@@ -123,6 +119,12 @@ class SQLiteTemporal:
 
     if TYPE_CHECKING:
         query_timeout: float
+        _names: Names  # interned names, as the readers see them
+        _wnames: Names  # interned names, as the writer sees them
+        _times: TimeCodec
+        _instance_prefix: str
+        _history: list[tuple[Any, ...]]  # writer thread: INSERT_INSTANCE rows to drain
+        _epks: dict[tuple[str, str], int]  # writer thread: temporal entities of this transaction
 
         async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
@@ -157,33 +159,32 @@ class SQLiteTemporal:
             connection.executemany("INSERT OR IGNORE INTO temporal_types VALUES (?, ?)", [(t, pk) for t in added])
         return pk, False
 
-    def _put_instance(
-        self, connection: sqlite3.Connection, epk: int, attr: str, instance: Instance, *, replace_same_time: bool
-    ) -> None:
-        dataset, columns = _columns(instance)
-        observed = columns[1]
-        if replace_same_time and observed is not None:
-            row = connection.execute(
-                "SELECT pk FROM temporal_instances WHERE epk = ? AND attr = ? AND dataset = ? AND observed_us = ?",
-                (epk, attr, dataset, observed),
+    def _put_instance(self, connection: sqlite3.Connection, epk: int, attr: str, instance: Instance) -> None:
+        """Store an instance now, in place of one of the same attribute, datasetId and observedAt."""
+        row = encode(connection, self._wnames, self._times, epk, attr, instance)
+        observed = row[4]
+        if observed is not None:
+            found = connection.execute(
+                "SELECT pk FROM temporal_rows WHERE epk = ? AND attr = ? AND observed_us = ? AND dataset = ?",
+                (epk, row[1], observed, row[2]),
             ).fetchone()
-            if row is not None:
-                connection.execute(f"UPDATE temporal_instances SET {_ASSIGN} WHERE pk = ?", (*columns, row[0]))
+            if found is not None:
+                connection.execute(f"UPDATE temporal_rows SET {_ASSIGN} WHERE pk = ?", (*row[2:13], found[0]))
                 return
-        connection.execute(
-            "INSERT INTO temporal_instances (epk, attr, dataset, instance_id, kind, observed_us, created_us,"
-            " modified_us, deleted_us, expires_us, num, vtext, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (epk, attr, dataset, instance.get("instanceId") or new_instance_id(), *columns),
-        )
+        connection.execute(INSERT_INSTANCE, row)
 
     def _append_history(self, connection: sqlite3.Connection, rows: Sequence[HistoryRow]) -> None:
-        """Called inside a write transaction with the history a change listener produced."""
-        pks: dict[tuple[str, str], int] = {}
+        """Called inside a write transaction with the history a change listener produced: the rows
+        are encoded now and inserted in bulk when the transaction's writes are drained."""
+        epks = self._epks
+        pending = self._history
+        names, times = self._wnames, self._times
         for row in rows:
             key = (row.tenant, row.entity_id)
-            if key not in pks:
-                pks[key] = self._temporal_pk(connection, row.tenant, row.entity_id, row.types)[0]
-            self._put_instance(connection, pks[key], row.attr, row.instance, replace_same_time=False)
+            epk = epks.get(key)
+            if epk is None:
+                epk = epks[key] = self._temporal_pk(connection, row.tenant, row.entity_id, row.types)[0]
+            pending.append(encode(connection, names, times, epk, row.attr, row.instance))
 
     async def temporal_write(
         self, tenant: str, entity_id: str, types: Sequence[str], instances: Sequence[tuple[str, Instance]]
@@ -191,7 +192,7 @@ class SQLiteTemporal:
         def run(connection: sqlite3.Connection) -> bool:
             pk, created = self._temporal_pk(connection, tenant, entity_id, types)
             for attr, instance in instances:
-                self._put_instance(connection, pk, attr, instance, replace_same_time=True)
+                self._put_instance(connection, pk, attr, instance)
             self._audit_note(lambda: audit_row("temporal.write", tenant, [entity_id]))
             return created
 
@@ -203,20 +204,33 @@ class SQLiteTemporal:
         ).fetchone()
         return None if row is None else int(row[0])
 
+    def _instance_row(
+        self, connection: sqlite3.Connection, epk: int | None, attr: str, instance_id: str
+    ) -> tuple[Any, ...] | None:
+        """(pk, *DECODED) of an instance of an entity's attribute, by its instanceId."""
+        if epk is None:
+            return None
+        pk = pk_of(self._instance_prefix, instance_id)
+        which = "i.pk = ? AND i.instance_id IS NULL" if pk is not None else "i.instance_id = ?"
+        row: tuple[Any, ...] | None = connection.execute(
+            f"SELECT i.pk, {_COLUMNS} FROM temporal_rows i WHERE {which} AND i.epk = ? AND i.attr = ?",
+            (pk if pk is not None else instance_id, epk, self._wnames.find(connection, attr)),
+        ).fetchone()
+        return row
+
     async def temporal_modify_instance(
         self, tenant: str, entity_id: str, attr: str, instance_id: str, instance: Instance
     ) -> bool:
         def run(connection: sqlite3.Connection) -> bool:
             epk = self._locate(connection, tenant, entity_id)
-            row = connection.execute(
-                "SELECT pk, doc FROM temporal_instances WHERE epk = ? AND attr = ? AND instance_id = ?",
-                (epk, attr, instance_id),
-            ).fetchone()
+            row = self._instance_row(connection, epk, attr, instance_id)
             if epk is None or row is None:
                 return False
-            merged = {**orjson.loads(row[1]), **instance}
-            _, columns = _columns(merged)
-            connection.execute(f"UPDATE temporal_instances SET {_ASSIGN} WHERE pk = ?", (*columns, row[0]))
+            stored = decode(connection, self._wnames, self._times, self._instance_prefix, row[0], row[1:])
+            merged = {**stored, **instance}
+            merged.pop("instanceId", None)
+            columns = encode(connection, self._wnames, self._times, epk, attr, merged)
+            connection.execute(f"UPDATE temporal_rows SET {_ASSIGN} WHERE pk = ?", (*columns[2:13], row[0]))
             self._audit_note(lambda: audit_row("temporal.modify-instance", tenant, [entity_id], {"attr": attr}))
             return True
 
@@ -224,12 +238,12 @@ class SQLiteTemporal:
 
     async def temporal_delete_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str) -> bool:
         def run(connection: sqlite3.Connection) -> bool:
-            epk = self._locate(connection, tenant, entity_id)
-            sql = "DELETE FROM temporal_instances WHERE epk = ? AND attr = ? AND instance_id = ?"
-            done = epk is not None and connection.execute(sql, (epk, attr, instance_id)).rowcount > 0
-            if done:
-                self._audit_note(lambda: audit_row("temporal.delete-instance", tenant, [entity_id], {"attr": attr}))
-            return done
+            row = self._instance_row(connection, self._locate(connection, tenant, entity_id), attr, instance_id)
+            if row is None:
+                return False
+            connection.execute("DELETE FROM temporal_rows WHERE pk = ?", (row[0],))
+            self._audit_note(lambda: audit_row("temporal.delete-instance", tenant, [entity_id], {"attr": attr}))
+            return True
 
         return await self._write(run)
 
@@ -240,12 +254,14 @@ class SQLiteTemporal:
             epk = self._locate(connection, tenant, entity_id)
             if epk is None:
                 return False
+            attr_id = self._wnames.find(connection, attr)
             if delete_all:
-                sql, params = "DELETE FROM temporal_instances WHERE epk = ? AND attr = ?", (epk, attr)
+                sql, params = "DELETE FROM temporal_rows WHERE epk = ? AND attr = ?", (epk, attr_id)
                 done = connection.execute(sql, params).rowcount > 0
             else:
-                sql = "DELETE FROM temporal_instances WHERE epk = ? AND attr = ? AND dataset = ?"
-                done = connection.execute(sql, (epk, attr, dataset or "")).rowcount > 0
+                number = self._wnames.find(connection, dataset) if dataset else 0
+                sql = "DELETE FROM temporal_rows WHERE epk = ? AND attr = ? AND dataset = ?"
+                done = connection.execute(sql, (epk, attr_id, number)).rowcount > 0
             if done:
                 self._audit_note(lambda: audit_row("temporal.delete-attribute", tenant, [entity_id], {"attr": attr}))
             return done
@@ -257,7 +273,7 @@ class SQLiteTemporal:
             epk = self._locate(connection, tenant, entity_id)
             if epk is None:
                 return False
-            connection.execute("DELETE FROM temporal_instances WHERE epk = ?", (epk,))
+            connection.execute("DELETE FROM temporal_rows WHERE epk = ?", (epk,))
             connection.execute("DELETE FROM temporal_types WHERE epk = ?", (epk,))
             connection.execute("DELETE FROM temporal_entities WHERE pk = ?", (epk,))
             self._audit_note(lambda: audit_row("temporal.delete-entity", tenant, [entity_id]))
@@ -271,14 +287,11 @@ class SQLiteTemporal:
         def run(connection: sqlite3.Connection) -> int:
             touched = [
                 row[0]
-                for row in connection.execute(f"SELECT DISTINCT epk FROM temporal_instances WHERE {age} < ?", (before,))
+                for row in connection.execute(f"SELECT DISTINCT epk FROM temporal_rows WHERE {age} < ?", (before,))
             ]
-            removed = connection.execute(f"DELETE FROM temporal_instances WHERE {age} < ?", (before,)).rowcount
+            removed = connection.execute(f"DELETE FROM temporal_rows WHERE {age} < ?", (before,)).rowcount
             for epk in touched:
-                if (
-                    connection.execute("SELECT 1 FROM temporal_instances WHERE epk = ? LIMIT 1", (epk,)).fetchone()
-                    is None
-                ):
+                if connection.execute("SELECT 1 FROM temporal_rows WHERE epk = ? LIMIT 1", (epk,)).fetchone() is None:
                     connection.execute("DELETE FROM temporal_types WHERE epk = ?", (epk,))
                     connection.execute("DELETE FROM temporal_entities WHERE pk = ?", (epk,))
             return removed
@@ -297,12 +310,17 @@ class SQLiteTemporal:
                 return None
             attrs: dict[str, dict[str | None, str]] = {}
             latest = connection.execute(
-                "SELECT attr, dataset, kind, MAX(pk) FROM temporal_instances"
+                "SELECT attr, dataset, shape, MAX(pk) FROM temporal_rows"
                 " WHERE epk = ? AND (expires_us IS NULL OR expires_us > ?) GROUP BY attr, dataset",
                 (row[0], now),
             )
-            for attr, dataset, kind, _ in latest:
-                attrs.setdefault(attr, {})[dataset or None] = kind
+            names = self._names
+            series = sorted(  # by IRI and datasetId, as their ids do not sort
+                (names.name(connection, attr), names.name(connection, dataset) if dataset else "", shape)
+                for attr, dataset, shape, _ in latest.fetchall()
+            )
+            for attr, dataset, shape in series:
+                attrs.setdefault(attr, {})[dataset or None] = kind_of(names.name(connection, shape))
             return TemporalEntityInfo(entity_id, orjson.loads(row[1]), attrs)
 
         return await self._read_with_deadline(run)
@@ -328,9 +346,15 @@ class SQLiteTemporal:
         return await self._read_with_deadline(run)
 
     def _filter(
-        self, query: TemporalQuery, now: int, *, selection: bool = True, scoped: dict[int, Scoped] | None = None
+        self,
+        connection: sqlite3.Connection,
+        query: TemporalQuery,
+        now: int,
+        *,
+        selection: bool = True,
+        scoped: dict[int, Scoped] | None = None,
     ) -> tuple[str, list[Any]]:
-        """SQL over `i` (temporal_instances) for the window, visibility, (selection) attrs/datasetIds
+        """SQL over `i` (temporal_rows) for the window, visibility, (selection) attrs/datasetIds
         and (scoped) the times each entity's matching scopes were valid."""
         column = "i." + COLUMNS[query.window.column]
         clauses = [f"{column} IS NOT NULL", "(i.expires_us IS NULL OR i.expires_us > ?)"]
@@ -343,13 +367,13 @@ class SQLiteTemporal:
             params.append(query.window.end)
         if selection and query.attrs is not None:
             clauses.append(f"i.attr IN ({','.join('?' * len(query.attrs))})")
-            params.extend(query.attrs)
+            params.extend(self._names.find(connection, attr) for attr in query.attrs)
         if selection and query.datasets is not None:
             clauses.append(f"i.dataset IN ({','.join('?' * len(query.datasets))})")
-            params.extend(d or "" for d in query.datasets)
+            params.extend(self._names.find(connection, d) if d else 0 for d in query.datasets)
         if scoped:
             ranges = []
-            params.append(SCOPE_ATTR)
+            params.append(self._names.find(connection, SCOPE_ATTR))
             for epk, valid in scoped.items():
                 spans = " OR ".join(f"({column} >= ? AND {column} < ?)" for _ in valid.intervals)
                 ranges.append(f"(i.epk = ? AND ({spans}))")
@@ -373,8 +397,8 @@ class SQLiteTemporal:
             clauses.append(f"e.pk IN (SELECT epk FROM temporal_types WHERE type IN ({marks}))")
             params.extend(query.types)
         if query.require_instances:
-            where, extra = self._filter(query, now)
-            clauses.append(f"EXISTS (SELECT 1 FROM temporal_instances i WHERE i.epk = e.pk AND {where})")
+            where, extra = self._filter(connection, query, now)
+            clauses.append(f"EXISTS (SELECT 1 FROM temporal_rows i WHERE i.epk = e.pk AND {where})")
             params.extend(extra)
         sql = f"FROM temporal_entities e WHERE {' AND '.join(clauses)}"
         order = f" ORDER BY e.id {'DESC' if query.descending else 'ASC'}"
@@ -410,21 +434,21 @@ class SQLiteTemporal:
         assert query.scope_test is not None
         column = COLUMNS[query.window.column]
         rows = connection.execute(
-            f"SELECT {column}, instance_id, doc FROM temporal_instances WHERE epk = ? AND attr = ?"
-            f" AND {column} IS NOT NULL AND (expires_us IS NULL OR expires_us > ?) ORDER BY {column}, pk",
-            (epk, SCOPE_ATTR, now),
+            f"SELECT i.{column}, i.pk, {_COLUMNS} FROM temporal_rows i WHERE i.epk = ? AND i.attr = ?"
+            f" AND i.{column} IS NOT NULL AND (i.expires_us IS NULL OR i.expires_us > ?) ORDER BY i.{column}, i.pk",
+            (epk, self._names.find(connection, SCOPE_ATTR), now),
         ).fetchall()
         low = query.window.start if query.window.start is not None else -FOREVER
         high = query.window.end if query.window.end is not None else FOREVER
         valid = Scoped([], [])
-        for index, (since, instance_id, doc) in enumerate(rows):
+        for index, (since, pk, *columns) in enumerate(rows):
             until = rows[index + 1][0] if index + 1 < len(rows) else FOREVER
-            instance = orjson.loads(doc)
+            instance = decode(connection, self._names, self._times, self._instance_prefix, pk, columns)
             values = instance.get("value")
             values = values if isinstance(values, list) else [values]
             if since < high and until > low and values and query.scope_test(values):
                 valid.intervals.append((max(since, low), min(until, high)))
-                valid.instances.append({**instance, "instanceId": instance_id})
+                valid.instances.append(instance)
         return valid
 
     def _windowed(
@@ -432,15 +456,17 @@ class SQLiteTemporal:
     ) -> Entity:
         """The entity a predicate judges: every windowed instance of every attribute (the scope's
         values under "scope"), so q holds when any instance in the window satisfies it."""
-        where, params = self._filter(query, now, selection=False)
+        where, params = self._filter(connection, query, now, selection=False)
         column = "i." + COLUMNS[query.window.column]
         attrs: dict[str, list[Instance]] = {}
         scope: list[str] = []
-        for attr, doc in connection.execute(
-            f"SELECT i.attr, i.doc FROM temporal_instances i WHERE i.epk = ? AND {where} ORDER BY {column}, i.pk",
+        for number, pk, *columns in connection.execute(
+            f"SELECT i.attr, i.pk, {_COLUMNS} FROM temporal_rows i WHERE i.epk = ? AND {where} ORDER BY {column}, i.pk",
             [row[0], *params],
-        ):
-            instance = orjson.loads(doc)
+        ).fetchall():
+            attr = self._names.name(connection, number)
+            instance = decode(connection, self._names, self._times, self._instance_prefix, pk, columns)
+            del instance["instanceId"]  # the predicate judges the instance as it was stored
             if attr == SCOPE_ATTR:
                 values = instance.get("value")
                 scope.extend(v for v in (values if isinstance(values, list) else [values]) if isinstance(v, str))
@@ -460,18 +486,18 @@ class SQLiteTemporal:
         selected = selection.rows
         if query.max_instances <= 0 or not selected:
             return [{"id": entity_id, "type": types, "attrs": {}} for _, entity_id, types in selected], None
-        where, params = self._filter(query, now, scoped=selection.scoped)
+        where, params = self._filter(connection, query, now, scoped=selection.scoped)
         pks = [pk for pk, _, _ in selected]
         column = "i." + COLUMNS[query.window.column]
         base = (
-            f"SELECT i.pk, i.epk, i.attr, i.dataset, {column} AS t FROM temporal_instances i"
+            f"SELECT i.pk, i.epk, i.attr, i.dataset, {column} AS t FROM temporal_rows i"
             f" WHERE i.epk IN ({','.join('?' * len(pks))}) AND {where}"
         )
         base_params: list[Any] = [*pks, *params]
         if query.last_n is not None:
             # the newest n of each series, read backwards through the (epk, attr, time) index
             series = connection.execute(
-                f"SELECT DISTINCT i.epk, i.attr, i.dataset FROM temporal_instances i"
+                f"SELECT DISTINCT i.epk, i.attr, i.dataset FROM temporal_rows i"
                 f" WHERE i.epk IN ({','.join('?' * len(pks))}) AND {where}",
                 base_params,
             ).fetchall()
@@ -480,23 +506,27 @@ class SQLiteTemporal:
                 newest.extend(
                     row[0]
                     for row in connection.execute(
-                        f"SELECT i.pk FROM temporal_instances i WHERE i.epk = ? AND i.attr = ? AND i.dataset IS ?"
+                        f"SELECT i.pk FROM temporal_rows i WHERE i.epk = ? AND i.attr = ? AND i.dataset IS ?"
                         f" AND {where} ORDER BY {column} DESC, i.pk DESC LIMIT ?",
                         [epk, attr, dataset, *params, query.last_n],
                     )
                 )
             base = (
-                f"SELECT i.pk, i.epk, i.attr, i.dataset, {column} AS t FROM temporal_instances i"
+                f"SELECT i.pk, i.epk, i.attr, i.dataset, {column} AS t FROM temporal_rows i"
                 f" WHERE i.pk IN (SELECT value FROM json_each(?))"
             )
             base_params = [orjson.dumps(newest).decode()]
-        keys = connection.execute(
-            f"SELECT epk, attr FROM ({base}) GROUP BY epk, attr ORDER BY MIN(pk)", base_params
-        ).fetchall()
+        names = self._names
+        keys = [
+            (epk, names.name(connection, attr))
+            for epk, attr in connection.execute(
+                f"SELECT epk, attr FROM ({base}) GROUP BY epk, attr ORDER BY MIN(pk)", base_params
+            ).fetchall()
+        ]
         direction = "DESC" if query.last_n is not None else "ASC"
         rows = connection.execute(
-            f"SELECT w.epk, w.attr, w.t, w.pk, i.instance_id, i.doc FROM ({base}) w"
-            f" JOIN temporal_instances i ON i.pk = w.pk ORDER BY w.t {direction}, w.pk {direction} LIMIT ?",
+            f"SELECT w.epk, w.attr, w.t, w.pk, {_COLUMNS} FROM ({base}) w"
+            f" JOIN temporal_rows i ON i.pk = w.pk ORDER BY w.t {direction}, w.pk {direction} LIMIT ?",
             [*base_params, query.max_instances + 1],
         ).fetchall()
         cut = None
@@ -506,10 +536,9 @@ class SQLiteTemporal:
         found: dict[int, dict[str, list[tuple[int, int, Instance]]]] = {}
         for epk, attr in keys:
             found.setdefault(epk, {})[attr] = []
-        for epk, attr, t, pk, instance_id, doc in rows:
-            instance = orjson.loads(doc)
-            instance["instanceId"] = instance_id
-            found[epk][attr].append((t, pk, instance))
+        for epk, attr, t, pk, *columns in rows:
+            instance = decode(connection, names, self._times, self._instance_prefix, pk, columns)
+            found[epk][names.name(connection, attr)].append((t, pk, instance))
         return assemble(selection, found), cut
 
     def _aggregate(
@@ -523,7 +552,7 @@ class SQLiteTemporal:
         selected = selection.rows
         if not selected:
             return []
-        where, params = self._filter(query, now, scoped=selection.scoped)
+        where, params = self._filter(connection, query, now, scoped=selection.scoped)
         pks = [pk for pk, _, _ in selected]
         column = "i." + COLUMNS[query.window.column]
         if spec.months:
@@ -533,17 +562,28 @@ class SQLiteTemporal:
         else:
             period = "0"
         sql = (
-            f"WITH w AS (SELECT i.epk, i.attr, i.dataset, i.kind, {column} AS t, i.num, i.vtext"
-            f" FROM temporal_instances i WHERE i.epk IN ({','.join('?' * len(pks))}) AND {where}),"
+            f"WITH w AS (SELECT i.epk, i.attr, i.dataset, i.shape AS kind, {column} AS t, i.num, i.vtext, i.vkind AS v"
+            f" FROM temporal_rows i WHERE i.epk IN ({','.join('?' * len(pks))}) AND {where}),"
             " o AS (SELECT epk, attr, dataset, COALESCE(?, MIN(t)) AS origin FROM w GROUP BY epk, attr, dataset),"
             " p AS (SELECT w.*, o.origin FROM w JOIN o ON o.epk = w.epk AND o.attr = w.attr AND o.dataset = w.dataset)"
-            f" SELECT epk, attr, dataset, MAX(kind), {period} AS k, origin, MIN(t), MAX(t), COUNT(*),"
-            " COUNT(DISTINCT vtext), COUNT(num), SUM(num), AVG(num), MIN(num), MAX(num), SUM(num * num),"
-            " MIN(vtext), MAX(vtext) FROM p GROUP BY epk, attr, dataset, k ORDER BY epk, attr, dataset, k"
+            f" SELECT epk, attr, dataset, GROUP_CONCAT(DISTINCT kind), {period} AS k, origin, MIN(t), MAX(t),"
+            " COUNT(*),"
+            " COUNT(DISTINCT vtext) + COUNT(DISTINCT CASE WHEN v = 1 THEN num END),"  # ints have no vtext
+            " COUNT(num), SUM(num), AVG(num), MIN(num), MAX(num), SUM(num * num),"
+            " MIN(COALESCE(vtext, CASE WHEN v = 1 THEN CAST(CAST(num AS INTEGER) AS TEXT) END)),"
+            " MAX(COALESCE(vtext, CASE WHEN v = 1 THEN CAST(CAST(num AS INTEGER) AS TEXT) END))"
+            " FROM p GROUP BY epk, attr, dataset, k"
         )
         series: dict[int, dict[str, dict[str, AggregatedSeries]]] = {}
-        for row in connection.execute(sql, [*pks, *params, spec.origin]):
-            epk, attr, dataset, kind, index, origin, first, last, count, distinct, numbers = row[:11]
+        names = self._names
+        named = [
+            (row[0], names.name(connection, row[1]), names.name(connection, row[2]) if row[2] else "", row[4], row)
+            for row in connection.execute(sql, [*pks, *params, spec.origin]).fetchall()
+        ]
+        named.sort(key=lambda item: item[:4])  # by IRI and datasetId, as their ids do not sort
+        for epk, attr, dataset, _, row in named:
+            kinds, index, origin, first, last, count, distinct, numbers = row[3:11]
+            kind = max(kind_of(names.name(connection, int(k))) for k in str(kinds).split(","))
             total, avg, low, high, sumsq, low_text, high_text = row[11:]
             by_dataset = series.setdefault(epk, {}).setdefault(attr, {})
             if dataset not in by_dataset:

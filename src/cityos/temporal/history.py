@@ -14,7 +14,6 @@ The entity's own expiresAt is never copied: an expired entity leaves its history
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 from cityos.entities.model import NULL_URI, VALUE_MEMBER, Entity, Instance
@@ -52,6 +51,8 @@ def scope_instance(scope: Sequence[str], stamp: str) -> Instance:
 
 
 def _by_dataset(instances: Sequence[Instance]) -> dict[str | None, Instance]:
+    if len(instances) == 1:  # the usual case
+        return {instances[0].get("datasetId"): instances[0]}
     return {instance.get("datasetId"): instance for instance in instances}
 
 
@@ -88,7 +89,7 @@ def changed_instances(before: Entity | None, after: Entity | None) -> list[tuple
         new = _by_dataset(new_attrs.get(attr, []))
         for dataset, instance in new.items():
             if old.get(dataset) != instance and not restated(old.get(dataset), instance):
-                found.append((attr, copy.deepcopy(instance)))
+                found.append((attr, instance))  # written in this transaction, never changed after
         for dataset, instance in old.items():
             if dataset not in new:
                 found.append((attr, deletion(instance.get("type", "Property"), dataset, stamp)))

@@ -1,0 +1,382 @@
+"""The compact row of one history instance on SQLite (layout 1), and the migration to it.
+
+An attribute instance is stored as typed columns, not as its JSON document: the attribute IRI, the
+datasetId and the instance's shape (its attribute type and the order of its members) are interned
+as integers (temporal_names), the five times are integer microseconds, a number is the REAL `num`
+(`vkind` says int or float), any other value its JSON text `vtext`. What the columns cannot give
+back exactly (a time written in another format, an object value, extra members such as unitCode)
+stays in `rest`, a small orjson object, usually NULL. The instanceId is derived from the row's AUTOINCREMENT key and
+the file's random prefix, so it costs nothing to make or store; an instanceId that came from
+elsewhere (a file of the old layout) is kept in `instance_id`.
+
+The rows live in `temporal_rows`; the view `temporal_instances` shows them with the old layout's
+columns (IRIs, datasetIds, types and instanceIds as text; no document), for SQL written against it.
+Files written by CityOS before this layout (PRAGMA user_version 0, the document-per-row table
+temporal_instances) are migrated when opened, in one transaction (`migrate`).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from cityos.entities.model import VALUE_MEMBER, Instance
+from cityos.entities.values import parse_datetime
+from cityos.temporal.query import to_micros
+
+LAYOUT = 1  # PRAGMA user_version of a file with this layout
+TIME_KEYS = ("observedAt", "createdAt", "modifiedAt", "deletedAt", "expiresAt")
+INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
+# how the value member is stored (vkind): absent, an int in num (its text is CAST in SQL), a float
+# in num (and its JSON text in vtext), exactly the JSON text in vtext, or in rest (vtext then holds
+# its key-sorted text, for distinct counts and min/max)
+ABSENT, INT, FLOAT, TEXT, IN_REST = 0, 1, 2, 3, 4
+EXACT_INT = 2**53  # ints up to this are exact as REAL
+INSTANCE_COLUMNS = (
+    "epk, attr, dataset, shape, observed_us, created_us, modified_us, deleted_us, expires_us, num, vtext, vkind,"
+    " rest, instance_id"
+)
+INSERT_INSTANCE = f"INSERT INTO temporal_rows ({INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+# the columns decode() reads, after the pk (prefix them with a table alias as needed)
+DECODED = (
+    *("shape", "dataset", "observed_us", "created_us", "modified_us", "deleted_us", "expires_us"),
+    *("num", "vtext", "vkind", "rest", "instance_id"),
+)
+LAYOUT_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS temporal_names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)""",
+    """CREATE TABLE IF NOT EXISTS temporal_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS temporal_rows (
+    pk INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the instanceId is made from it
+    epk INTEGER NOT NULL,               -- temporal_entities.pk: the tenant and entity
+    attr INTEGER NOT NULL,              -- temporal_names.id of the attribute IRI
+    dataset INTEGER NOT NULL DEFAULT 0, -- temporal_names.id of the datasetId; 0 is the default instance
+    shape INTEGER NOT NULL,             -- temporal_names.id of "{type} {member order}" (encode)
+    observed_us INTEGER, created_us INTEGER, modified_us INTEGER, deleted_us INTEGER, expires_us INTEGER,
+    num REAL,                           -- the value when it is a number
+    vtext TEXT,                         -- any other value as JSON text (keys sorted)
+    vkind INTEGER NOT NULL DEFAULT 0,   -- where the value member is (sqlite_history.py)
+    rest BLOB,                          -- the members the columns cannot give back exactly, or NULL
+    instance_id TEXT                    -- an instanceId not derived from pk (kept from an older file)
+)""",
+    """CREATE INDEX IF NOT EXISTS temporal_series_time ON temporal_rows (epk, attr, observed_us)""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS temporal_instance_ids ON temporal_rows (instance_id)
+    WHERE instance_id IS NOT NULL""",
+    # the columns of the old layout, names and instanceIds spelled out, for SQL written against it
+    """CREATE VIEW IF NOT EXISTS temporal_instances AS SELECT
+    r.pk, r.epk, a.name AS attr, COALESCE(d.name, '') AS dataset,
+    COALESCE(r.instance_id, (SELECT value FROM temporal_meta WHERE key = 'instance_prefix') || printf('%012x', r.pk))
+        AS instance_id,
+    substr(s.name, 1, instr(s.name, ' ') - 1) AS kind,
+    r.observed_us, r.created_us, r.modified_us, r.deleted_us, r.expires_us, r.num,
+    COALESCE(r.vtext, CASE WHEN r.vkind = 1 THEN CAST(CAST(r.num AS INTEGER) AS TEXT) END) AS vtext
+    FROM temporal_rows r JOIN temporal_names a ON a.id = r.attr JOIN temporal_names s ON s.id = r.shape
+    LEFT JOIN temporal_names d ON d.id = r.dataset""",
+)
+
+
+class Names:
+    """Interned names (attribute IRIs, datasetIds, attribute types) <-> integers. Ids are never
+    reused or renamed once committed. The readers share one instance (they only see committed
+    rows); the writer has its own, which holds what it learns inside a transaction apart
+    (`pending`) until that transaction commits (`committed`), and forgets it on a rollback."""
+
+    def __init__(self, *, writer: bool = False) -> None:
+        self.writer = writer
+        self.ids: dict[str, int] = {}
+        self.names: dict[int, str] = {}
+        self.pending: dict[str, int] = {}
+        self.pending_names: dict[int, str] = {}
+
+    def _learn(self, name: str, number: int) -> None:
+        if self.writer:
+            self.pending[name] = number
+            self.pending_names[number] = name
+        else:
+            self.ids[name] = number
+            self.names[number] = name
+
+    def find(self, connection: sqlite3.Connection, name: str) -> int:
+        """The id of a name as this connection sees it, -1 (matches nothing) if it is unknown."""
+        found = self.ids.get(name)
+        if found is None:
+            found = self.pending.get(name)
+        if found is None:
+            row = connection.execute("SELECT id FROM temporal_names WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return -1
+            found = row[0]
+            self._learn(name, found)
+        return found
+
+    def id(self, connection: sqlite3.Connection, name: str) -> int:
+        """The id of a name, created if new (writer thread, inside its transaction)."""
+        found = self.find(connection, name)
+        if found < 0:
+            made = connection.execute("INSERT INTO temporal_names (name) VALUES (?)", (name,)).lastrowid
+            assert made is not None
+            found = made
+            self._learn(name, found)
+        return found
+
+    def name(self, connection: sqlite3.Connection, number: int) -> str:
+        found = self.names.get(number)
+        if found is None:
+            found = self.pending_names.get(number)
+        if found is None:
+            found = connection.execute("SELECT name FROM temporal_names WHERE id = ?", (number,)).fetchone()[0]
+            self._learn(found, number)
+        return found
+
+    def committed(self) -> None:
+        self.ids.update(self.pending)
+        self.names.update(self.pending_names)
+        self.rolled_back()
+
+    def rolled_back(self) -> None:
+        self.pending = {}
+        self.pending_names = {}
+
+
+def _canonical(micros: int) -> str:
+    """How CityOS writes a time (entities/values.py now()): UTC, milliseconds, or microseconds when
+    there are any."""
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+    text = moment.isoformat(timespec="milliseconds" if micros % 1000 == 0 else "microseconds")
+    return text.replace("+00:00", "Z")
+
+
+class TimeCodec:
+    """Time strings <-> microseconds, with the string kept only when the canonical form of its
+    microseconds would not give it back. Both directions are memoised: a batch shares its stamps."""
+
+    LIMIT = 50_000
+
+    def __init__(self) -> None:
+        self.parsed: dict[str, tuple[int, bool]] = {}
+        self.formatted: dict[int, str] = {}
+
+    def encode(self, value: str) -> tuple[int, bool]:
+        """(microseconds, whether the canonical form is this very string)."""
+        found = self.parsed.get(value)
+        if found is None:
+            micros = to_micros(parse_datetime(value, "timestamp"))
+            found = (micros, self.decode(micros) == value)
+            if len(self.parsed) >= self.LIMIT:
+                self.parsed.clear()
+            self.parsed[value] = found
+        return found
+
+    def decode(self, micros: int) -> str:
+        found = self.formatted.get(micros)
+        if found is None:
+            found = _canonical(micros)
+            if len(self.formatted) >= self.LIMIT:
+                self.formatted.clear()
+            self.formatted[micros] = found
+        return found
+
+
+TIME_LETTERS = "ocmxe"
+CODE_TIMES = {code: index for index, code in enumerate(TIME_LETTERS)}
+TYPE, DATASET, INSTANCE_ID = -1, -2, -3
+SLOTS = {key: index for index, key in enumerate(TIME_KEYS)} | {"type": TYPE, "datasetId": DATASET, "instanceId": -3}
+
+
+def encode(
+    connection: sqlite3.Connection, names: Names, times: TimeCodec, epk: int, attr: str, instance: Instance
+) -> tuple[Any, ...]:
+    """The INSERT_INSTANCE parameters of one instance. Its shape (interned like a name) is its
+    attribute type and the order of its members, one letter each: t type, v the value member, d
+    datasetId, o c m x e the times, r the next member of `rest`."""
+    rest: dict[str, Any] = {}
+    order: list[str] = []
+    stored = ABSENT
+    declared = instance.get("type")
+    kind = declared if isinstance(declared, str) and declared else "Property"
+    member = VALUE_MEMBER.get(kind, "value")
+    dataset = 0
+    stamps: list[int | None] = [None, None, None, None, None]
+    num = vtext = None
+    explicit = None
+    for key, value in instance.items():
+        if key == member:
+            kind_of_value = type(value)
+            if kind_of_value is int and -EXACT_INT <= value <= EXACT_INT:
+                num, stored = float(value), INT
+            elif kind_of_value is float and (value or math.copysign(1.0, value) > 0):
+                # its shortest text is not computable in SQL: kept for min/max and distinct counts
+                num, vtext, stored = value, orjson.dumps(value).decode(), FLOAT
+            elif kind_of_value is dict or kind_of_value is list:
+                text = orjson.dumps(value)
+                ordered = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+                vtext = ordered.decode()
+                if text != ordered:  # keys out of order: kept as they came, and sorted for SQL
+                    stored = IN_REST
+                    rest[key] = value
+                    order.append("r")
+                    continue
+                stored = TEXT
+            else:  # text, true/false, a huge int or -0.0: their JSON text gives them back
+                if kind_of_value is int or kind_of_value is float:
+                    num = float(value)
+                vtext, stored = orjson.dumps(value).decode(), TEXT
+            order.append("v")
+            continue
+        slot = SLOTS.get(key)
+        if slot is not None:
+            if slot >= 0:
+                if type(value) is str:
+                    micros, canonical = times.encode(value)
+                    stamps[slot] = micros
+                    if canonical:
+                        order.append(TIME_LETTERS[slot])
+                        continue
+            elif slot == TYPE:
+                if value is declared and kind is declared:
+                    order.append("t")
+                    continue
+            elif slot == DATASET:
+                if type(value) is str and value:
+                    dataset = names.id(connection, value)
+                    order.append("d")
+                    continue
+            else:  # instanceId: derived from the row, or kept in its own column
+                explicit = value
+                continue
+        rest[key] = value
+        order.append("r")
+    return (
+        epk,
+        names.id(connection, attr),
+        dataset,
+        names.id(connection, f"{kind} {''.join(order)}"),
+        *stamps,
+        num,
+        vtext,
+        stored,
+        orjson.dumps(rest) if rest else None,
+        explicit,
+    )
+
+
+def kind_of(shape: str) -> str:
+    """The attribute type of a shape name."""
+    return shape.partition(" ")[0]
+
+
+def decode(
+    connection: sqlite3.Connection, names: Names, times: TimeCodec, prefix: str, pk: int, row: Sequence[Any]
+) -> Instance:
+    """The instance (with its instanceId last) from a row of the DECODED columns."""
+    shape, dataset, observed, created, modified, deleted, expires, num, vtext, stored, rest, explicit = row
+    kind, _, order = names.name(connection, shape).partition(" ")
+    stamps = (observed, created, modified, deleted, expires)
+    others = iter(orjson.loads(rest).items()) if rest is not None else iter(())
+    instance: Instance = {}
+    for code in order:
+        if code == "r":
+            key, value = next(others)
+            instance[key] = value
+        elif code == "t":
+            instance["type"] = kind
+        elif code == "v":
+            member = VALUE_MEMBER.get(kind, "value")
+            if stored == INT:
+                instance[member] = int(num)
+            elif stored == FLOAT:
+                instance[member] = float(num)
+            else:
+                instance[member] = orjson.loads(vtext)
+        elif code == "d":
+            instance["datasetId"] = names.name(connection, dataset)
+        else:
+            index = CODE_TIMES[code]
+            instance[TIME_KEYS[index]] = times.decode(stamps[index])
+    instance["instanceId"] = explicit if explicit is not None else f"{prefix}{pk:012x}"
+    return instance
+
+
+def instance_prefix(connection: sqlite3.Connection) -> str:
+    """The file's instanceId prefix (a random UUID's first 24 hex digits; the pk makes the last 12),
+    made with the layout (`migrate`)."""
+    row = connection.execute("SELECT value FROM temporal_meta WHERE key = 'instance_prefix'").fetchone()
+    if row is not None:
+        return str(row[0])
+    digits = secrets.token_hex(12)
+    prefix = f"{INSTANCE_PREFIX}{digits[:8]}-{digits[8:12]}-7{digits[13:16]}-8{digits[17:20]}-"
+    connection.execute("INSERT INTO temporal_meta VALUES ('instance_prefix', ?)", (prefix,))
+    return prefix
+
+
+def pk_of(prefix: str, instance_id: str) -> int | None:
+    """The row key an instanceId of this file names, None if it was not made from one."""
+    if not instance_id.startswith(prefix) or len(instance_id) != len(prefix) + 12:
+        return None
+    try:
+        return int(instance_id[len(prefix) :], 16)
+    except ValueError:
+        return None
+
+
+def migrate(connection: sqlite3.Connection) -> int:
+    """Bring a file to this layout inside one transaction; returns how many history instances were
+    converted. Called on the writer connection before anything else touches the file."""
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > LAYOUT:
+        raise RuntimeError(
+            f"the history layout of this file is {version}; this CityOS knows {LAYOUT} (a newer CityOS wrote it)"
+        )
+    if version == LAYOUT:
+        return 0
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        old = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'temporal_instances'"
+        ).fetchone()
+        moved = 0
+        if old is not None:
+            connection.execute("ALTER TABLE temporal_instances RENAME TO temporal_instances_v0")
+            for index in ("temporal_observed", "temporal_created", "temporal_modified", "temporal_deleted"):
+                connection.execute(f"DROP INDEX IF EXISTS {index}")
+            connection.execute("DROP INDEX IF EXISTS temporal_series")
+        for statement in LAYOUT_SCHEMA:
+            connection.execute(statement)
+        instance_prefix(connection)  # made now, so opening the file later only reads it
+        if old is not None:
+            moved = _convert(connection)
+            connection.execute("DROP TABLE temporal_instances_v0")
+        connection.execute(f"PRAGMA user_version = {LAYOUT}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return moved
+
+
+def _convert(connection: sqlite3.Connection) -> int:
+    """Copy every instance of the old layout (its document, times and instanceId) into the new
+    table, in its order (pk kept, so insertion order and ties stay as they were)."""
+    names, times = Names(writer=True), TimeCodec()
+    rows = connection.execute("SELECT pk, epk, attr, dataset, instance_id, doc FROM temporal_instances_v0 ORDER BY pk")
+    moved = 0
+    chunk: list[tuple[Any, ...]] = []
+    insert = f"INSERT INTO temporal_rows (pk, {INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+    for pk, epk, attr, dataset, instance_id, doc in rows:
+        instance = orjson.loads(doc)
+        if dataset and "datasetId" not in instance:
+            instance["datasetId"] = dataset
+        instance["instanceId"] = instance_id
+        chunk.append((pk, *encode(connection, names, times, epk, attr, instance)))
+        moved += 1
+        if len(chunk) >= 5000:
+            connection.executemany(insert, chunk)
+            chunk = []
+    if chunk:
+        connection.executemany(insert, chunk)
+    return moved

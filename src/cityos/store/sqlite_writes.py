@@ -1,0 +1,340 @@
+"""The SQLite write path of entities, mixed into SQLiteStore (runs on its writer thread).
+
+A mutation reads each entity, runs its mutator (pure: it raises before anything is written), writes
+the document at once (so the change listeners' lookups see it), and buffers everything else: the
+side-table rows that changed (per attribute), the outbox rows and the history rows the listeners
+return. The store's commit loop drains the buffer with one `executemany` per statement at the end
+of each write (`_drain`), inside that write's transaction or savepoint, and drops it on a rollback
+(`_forget`). A batch takes one savepoint, not one per entity: a mutator that refuses an entity has
+written nothing, and only if an entity fails after its writes began is the batch redone with a
+savepoint per entity.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from cityos.audit.chain import AuditRow
+from cityos.entities.expiry import next_expiry, visible
+from cityos.entities.model import VALUE_MEMBER, Entity, Instance
+from cityos.entities.update import Mutator
+from cityos.errors import NgsiLdError
+from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
+from cityos.store.side_rows import attr_rows, geo_values, geometry_bbox, indexed_values, own_expiry
+from cityos.store.sqlite_history import INSERT_INSTANCE, Names
+
+SMALL_WRITE = 8  # mutations with at most this many entities may share a transaction
+# the buffered statements, in the order they are drained: every delete before every insert (a pk
+# whose rows are buffered is drained before it is touched again, so this order is always right)
+DRAIN_ORDER = (
+    "DELETE FROM entity_types WHERE pk = ?",
+    "DELETE FROM entity_attrs WHERE pk = ?",
+    "DELETE FROM entity_attrs WHERE attr = ? AND pk = ?",
+    "DELETE FROM attr_values WHERE pk = ?",
+    "DELETE FROM attr_values WHERE pk = ? AND attr = ?",
+    "INSERT OR IGNORE INTO entity_types (type, pk) VALUES (?, ?)",
+    "INSERT OR IGNORE INTO entity_attrs (attr, pk) VALUES (?, ?)",
+    "INSERT INTO attr_values (attr, num, txt, pk) VALUES (?, ?, ?, ?)",
+    "INSERT INTO outbox (tenant, subscription_id, lane, payload) VALUES (?, ?, ?, ?)",
+    INSERT_INSTANCE,
+)
+(DEL_TYPES, DEL_ATTRS, DEL_ATTR, DEL_VALUES, DEL_VALUE, INS_TYPES, INS_ATTRS, INS_VALUES, OUTBOX, HISTORY) = DRAIN_ORDER
+
+
+SCALARS = (str, int, float)
+
+
+def _same_scalars(was: list[Instance], now: list[Instance]) -> bool:
+    """Whether two instance lists surely index the same attr_values rows because their value members
+    are the same scalars (a replace that only moved modifiedAt): a quick answer, False when unsure."""
+    if len(was) != len(now):
+        return False
+    for before, after in zip(was, now, strict=True):
+        kind = after.get("type")
+        member = VALUE_MEMBER.get(kind) if isinstance(kind, str) else None
+        if member is None or before.get("type") != kind or before.get("datasetId") != after.get("datasetId"):
+            return False
+        value, previous = after.get(member), before.get(member)
+        if type(value) is not type(previous) or type(value) not in SCALARS or value != previous:
+            return False
+    return True
+
+
+class _Refused(Exception):
+    """A mutator refused its entity (before anything was written)."""
+
+    def __init__(self, error: NgsiLdError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Redo(Exception):
+    """An entity failed after its writes began: redo the batch with a savepoint per entity."""
+
+
+class SQLiteWrites:
+    """mutate, purge_expired's per-entity work, and the buffer the commit loop drains."""
+
+    if TYPE_CHECKING:
+        _listeners: dict[str, tuple[ChangeListener, Callable[[], None] | None]]
+        _to_wake: list[Callable[[], None]]
+        _audit_rows: list[AuditRow]
+        _wnames: Names
+
+        async def _write(self, fn: Callable[[sqlite3.Connection], Any], *, groupable: bool = True) -> Any: ...
+
+        def _append_history(self, connection: sqlite3.Connection, rows: Sequence[HistoryRow]) -> None: ...
+
+    def _start_buffer(self) -> None:
+        self._buffer: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in DRAIN_ORDER}
+        self._history = self._buffer[HISTORY]
+        self._buffered_pks: set[int] = set()  # entities with side rows in the buffer
+        self._epks: dict[tuple[str, str], int] = {}
+
+    def _drain(self, connection: sqlite3.Connection) -> None:
+        """Write what the buffer holds, one executemany per statement (writer thread)."""
+        for sql, rows in self._buffer.items():
+            if rows:
+                connection.executemany(sql, rows)
+                rows.clear()
+        self._buffered_pks.clear()
+        self._epks.clear()
+
+    def _forget(self, *, committed: bool = False) -> None:
+        """After a commit or a rollback: nothing buffered stands, and names made in a transaction
+        that did not commit are forgotten."""
+        for rows in self._buffer.values():
+            rows.clear()
+        self._buffered_pks.clear()
+        self._epks.clear()
+        if committed:
+            self._wnames.committed()
+        else:
+            self._wnames.rolled_back()
+
+    def _marks(self) -> tuple[int, ...]:
+        return (len(self._audit_rows), *(len(rows) for rows in self._buffer.values()))
+
+    def _back_to(self, marks: tuple[int, ...]) -> None:
+        """Drop what was buffered after `marks` (its savepoint was rolled back)."""
+        del self._audit_rows[marks[0] :]
+        for rows, mark in zip(self._buffer.values(), marks[1:], strict=True):
+            del rows[mark:]
+        self._buffered_pks.clear()  # conservative: the next touch drains first
+        self._epks.clear()
+        self._wnames.rolled_back()
+
+    async def mutate(
+        self, tenant: str, operations: Sequence[tuple[str, Mutator]], *, atomic: bool
+    ) -> list[MutationResult]:
+        def run(connection: sqlite3.Connection) -> list[MutationResult]:
+            connection.execute(
+                "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, datetime('now'))", (tenant,)
+            )
+            if atomic:
+                return [self._apply(connection, tenant, entity_id, mutator) for entity_id, mutator in operations]
+            connection.execute("SAVEPOINT batch")
+            marks = self._marks()
+            try:
+                results = [self._refusable(connection, tenant, entity_id, mutator) for entity_id, mutator in operations]
+            except _Redo:
+                connection.execute("ROLLBACK TO batch")
+                self._back_to(marks)
+                results = [self._isolated(connection, tenant, index, op) for index, op in enumerate(operations)]
+            connection.execute("RELEASE batch")
+            return results
+
+        results: list[MutationResult] = await self._write(run, groupable=len(operations) <= SMALL_WRITE)
+        return results
+
+    def _refusable(
+        self, connection: sqlite3.Connection, tenant: str, entity_id: str, mutator: Mutator
+    ) -> MutationResult:
+        """One entity of a batch without a savepoint of its own: a refusal is its result; a failure
+        after its writes began redoes the batch (_Redo)."""
+        mark = len(self._audit_rows)
+        try:
+            return self._apply(connection, tenant, entity_id, mutator, refusable=True)
+        except _Refused as refused:
+            del self._audit_rows[mark:]
+            return MutationResult(entity_id, error=refused.error)
+        except NgsiLdError as error:
+            raise _Redo from error
+
+    def _isolated(
+        self, connection: sqlite3.Connection, tenant: str, index: int, operation: tuple[str, Mutator]
+    ) -> MutationResult:
+        """One entity of a batch in its own savepoint (the careful way, after a _Redo)."""
+        entity_id, mutator = operation
+        connection.execute(f"SAVEPOINT op{index}")
+        marks = self._marks()
+        try:
+            result = self._apply(connection, tenant, entity_id, mutator)
+        except NgsiLdError as error:
+            connection.execute(f"ROLLBACK TO op{index}")
+            self._back_to(marks)
+            result = MutationResult(entity_id, error=error)
+        connection.execute(f"RELEASE op{index}")
+        return result
+
+    def _apply(
+        self,
+        connection: sqlite3.Connection,
+        tenant: str,
+        entity_id: str,
+        mutator: Mutator,
+        *,
+        refusable: bool = False,
+    ) -> MutationResult:
+        row = connection.execute(
+            "SELECT pk, doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
+        ).fetchone()
+        stored = orjson.loads(row[1]) if row else None
+        before = visible(stored)
+        try:
+            outcome = mutator(before)
+        except NgsiLdError as error:
+            if refusable:
+                raise _Refused(error) from error
+            raise
+        after = outcome.entity
+        if after is None:
+            if row is not None:
+                self._unindex(connection, row[0])
+                connection.execute("DELETE FROM entities WHERE pk = ?", (row[0],))
+        else:
+            doc = orjson.dumps(after)
+            if row is None:
+                pk = connection.execute(
+                    "INSERT INTO entities (tenant, id, doc, modified_at, expires_at, next_expiry)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (tenant, entity_id, doc, after["modifiedAt"], own_expiry(after), next_expiry(after)),
+                ).lastrowid
+                assert pk is not None
+            else:
+                pk = row[0]
+                connection.execute(
+                    "UPDATE entities SET doc = ?, modified_at = ?, expires_at = ?, next_expiry = ? WHERE pk = ?",
+                    (doc, after["modifiedAt"], own_expiry(after), next_expiry(after), pk),
+                )
+            self._index(connection, pk, stored, after)
+        change = EntityChange(tenant, entity_id, before, after)
+        self._emit(connection, change)
+        return MutationResult(entity_id, outcome=outcome, change=change)
+
+    def _emit(self, connection: sqlite3.Connection, change: EntityChange) -> None:
+        """Hand a change to every listener and buffer the outbox and history rows they return, for
+        this transaction."""
+        listeners = self._listeners
+        if not listeners:
+            return
+
+        def lookup(entity_id: str) -> Entity | None:
+            row = connection.execute(
+                "SELECT doc FROM entities WHERE tenant = ? AND id = ?", (change.tenant, entity_id)
+            ).fetchone()
+            return visible(orjson.loads(row[0])) if row else None
+
+        outbox = self._buffer[OUTBOX]
+        for listener, wake in listeners.values():
+            rows = listener(change, lookup)
+            if not rows:
+                continue
+            history = []
+            for r in rows:
+                if isinstance(r, HistoryRow):
+                    history.append(r)
+                elif isinstance(r, OutboxRow):
+                    outbox.append((r.tenant, r.subscription_id, r.lane, orjson.dumps(r.payload)))
+                    if wake is not None and wake not in self._to_wake:
+                        self._to_wake.append(wake)
+                elif isinstance(r, AuditRow):
+                    self._audit_rows.append(r)
+            if history:
+                self._append_history(connection, history)
+
+    def _touch(self, connection: sqlite3.Connection, pk: int) -> dict[str, list[tuple[Any, ...]]]:
+        """The buffer, drained first if it already holds rows of this entity."""
+        if pk in self._buffered_pks:
+            self._drain(connection)
+        self._buffered_pks.add(pk)
+        return self._buffer
+
+    def _unindex(self, connection: sqlite3.Connection, pk: int) -> None:
+        buffer = self._touch(connection, pk)
+        for sql in (DEL_TYPES, DEL_ATTRS, DEL_VALUES):
+            buffer[sql].append((pk,))
+        gids = connection.execute("SELECT gid FROM entity_geo_attrs WHERE pk = ?", (pk,)).fetchall()
+        if gids:
+            connection.executemany("DELETE FROM entity_geo WHERE gid = ?", gids)
+            connection.execute("DELETE FROM entity_geo_attrs WHERE pk = ?", (pk,))
+
+    def _index(self, connection: sqlite3.Connection, pk: int, before: Entity | None, after: Entity) -> None:
+        """Bring the side tables from `before` (the stored document) to `after`, rewriting only the
+        rows that change: a sensor update usually rewrites one attribute's attr_values rows."""
+        buffer = self._touch(connection, pk)
+        if before is None:
+            buffer[INS_TYPES].extend((t, pk) for t in after["type"])
+            buffer[INS_ATTRS].extend((a, pk) for a in after["attrs"])
+            buffer[INS_VALUES].extend((attr, num, txt, pk) for attr, num, txt in indexed_values(after))
+        else:
+            if before["type"] != after["type"]:
+                buffer[DEL_TYPES].append((pk,))
+                buffer[INS_TYPES].extend((t, pk) for t in after["type"])
+            old, new = before["attrs"], after["attrs"]
+            if old.keys() != new.keys():
+                buffer[DEL_ATTR].extend((a, pk) for a in old if a not in new)
+                buffer[INS_ATTRS].extend((a, pk) for a in new if a not in old)
+            for attr in (*old, *(a for a in new if a not in old)):
+                was, now = old.get(attr), new.get(attr)
+                if was == now or (was and now and _same_scalars(was, now)):
+                    continue
+                rows = attr_rows(attr, now) if now else []
+                if (attr_rows(attr, was) if was else []) != rows:
+                    buffer[DEL_VALUE].append((pk, attr))
+                    buffer[INS_VALUES].extend((a, num, txt, pk) for a, num, txt in rows)
+        geo = geo_values(after)
+        if before is not None:
+            if geo_values(before) == geo:
+                return
+            gids = connection.execute("SELECT gid FROM entity_geo_attrs WHERE pk = ?", (pk,)).fetchall()
+            connection.executemany("DELETE FROM entity_geo WHERE gid = ?", gids)
+            connection.execute("DELETE FROM entity_geo_attrs WHERE pk = ?", (pk,))
+        for attr, geometry in geo:
+            box = geometry_bbox(geometry)
+            if box is None:
+                continue
+            gid = connection.execute("INSERT INTO entity_geo_attrs (pk, attr) VALUES (?, ?)", (pk, attr)).lastrowid
+            connection.execute("INSERT INTO entity_geo VALUES (?, ?, ?, ?, ?)", (gid, *box))
+
+    async def purge_expired(self, now: str) -> list[EntityChange]:
+        def run(connection: sqlite3.Connection) -> list[EntityChange]:
+            rows = connection.execute(
+                "SELECT pk, tenant, id, doc FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= ?",
+                (now,),
+            ).fetchall()
+            changes = []
+            for pk, tenant, entity_id, doc in rows:
+                before = orjson.loads(doc)
+                after = visible(before, now)
+                if after is None:
+                    self._unindex(connection, pk)
+                    connection.execute("DELETE FROM entities WHERE pk = ?", (pk,))
+                else:
+                    connection.execute(
+                        "UPDATE entities SET doc = ?, expires_at = ?, next_expiry = ? WHERE pk = ?",
+                        (orjson.dumps(after), own_expiry(after), next_expiry(after), pk),
+                    )
+                    self._index(connection, pk, before, after)
+                change = EntityChange(tenant, entity_id, before, after)
+                self._emit(connection, change)
+                changes.append(change)
+            connection.execute("DELETE FROM entity_maps WHERE expires_at <= ?", (now,))
+            return changes
+
+        changes: list[EntityChange] = await self._write(run)
+        return changes

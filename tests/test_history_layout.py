@@ -1,0 +1,104 @@
+"""The compact history layout of SQLite files (store/sqlite_history.py): a file written by the CityOS
+of before (tests/data/history-layout-0, made by main at 05bed84 with its make.py) is migrated when
+opened, answers every temporal question exactly as before (same JSON, same member order, same
+instanceIds), and keeps taking writes; a new file stays small per instance."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from backends import sqlite_only
+from cityos.app import create_app
+from cityos.settings import Settings
+
+OLD = Path(__file__).parent / "data" / "history-layout-0"
+
+API = "/ngsi-ld/v1"
+pytestmark = sqlite_only
+
+
+@pytest.fixture
+def migrated(tmp_path: Path, db_url: str) -> Iterator[TestClient]:
+    """The app over a copy of the old file."""
+    for name in ("cityos.db", "cityos.db.audit-key"):
+        shutil.copy(OLD / name, tmp_path / name)
+    with TestClient(create_app(Settings(database=str(tmp_path / "cityos.db")))) as client:
+        yield client
+
+
+def rows(database: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(database) as db:
+        return db.execute(sql).fetchall()
+
+
+def test_an_old_file_answers_as_before(migrated: TestClient, tmp_path: Path) -> None:
+    expected = orjson.loads((OLD / "answers.json").read_bytes())
+    for question in expected:  # the questions make.py asked, with the old answers
+        response = migrated.get(API + question)
+        assert response.status_code == 200, question
+        # the same document, members in the same order
+        assert orjson.dumps(response.json()) == orjson.dumps(expected[question]), question
+    database = tmp_path / "cityos.db"
+    assert rows(database, "PRAGMA user_version") == [(1,)]
+    old = rows(OLD / "cityos.db", "SELECT pk, attr, instance_id, observed_us FROM temporal_instances ORDER BY pk")
+    assert rows(database, "SELECT pk, attr, instance_id, observed_us FROM temporal_instances ORDER BY pk") == old
+    assert rows(database, "SELECT name FROM sqlite_master WHERE name = 'temporal_instances_v0'") == []
+
+
+def test_an_old_file_keeps_taking_writes(migrated: TestClient) -> None:
+    path = f"{API}/temporal/entities/urn:ngsi-ld:Station:1"
+    before = (migrated.get(path)).json()["temperature"]
+    patch = {"value": 30, "observedAt": "2024-03-03T10:00:00Z"}
+    response = migrated.patch(f"{API}/entities/urn:ngsi-ld:Station:1/attrs/temperature", json=patch)
+    assert response.status_code == 204
+    after = (migrated.get(path)).json()["temperature"]
+    assert after[:-1] == before and after[-1]["value"] == 30
+    new_id = after[-1]["instanceId"]
+    assert new_id.startswith("urn:ngsi-ld:Instance:") and new_id not in {i["instanceId"] for i in before}
+    # an instance of the old file and a new one, each changed and deleted by its instanceId
+    for instance_id in (before[1]["instanceId"], new_id):
+        target = f"{path}/attrs/temperature/{instance_id}"
+        assert (migrated.patch(target, json={"value": 1.25})).status_code == 204
+        found = [i for i in (migrated.get(path)).json()["temperature"] if i["instanceId"] == instance_id]
+        assert [i["value"] for i in found] == [1.25]
+        assert (migrated.delete(target)).status_code == 204
+        assert (migrated.delete(target)).status_code == 404
+    left = (migrated.get(path)).json()["temperature"]
+    assert [i["instanceId"] for i in left] == [before[0]["instanceId"], *(i["instanceId"] for i in before[2:])]
+
+
+def test_a_new_file_is_compact(tmp_path: Path, db_url: str) -> None:
+    """A thousand sensor updates: each history instance takes under 100 bytes of the file."""
+    database = tmp_path / "compact.db"
+    with TestClient(create_app(Settings(database=str(database)))) as client:
+        entities = [
+            {
+                "id": f"urn:ngsi-ld:Sensor:{n}",
+                "type": "Sensor",
+                "temperature": {"type": "Property", "value": n, "observedAt": "2024-01-01T00:00:00.000Z"},
+            }
+            for n in range(100)
+        ]
+        assert (client.post(f"{API}/entityOperations/upsert", json=entities)).status_code == 201
+        for round_ in range(1, 11):
+            for entity in entities:
+                entity["temperature"]["value"] = round_ * 0.5
+                entity["temperature"]["observedAt"] = f"2024-01-01T00:{round_:02d}:00.000Z"
+            assert (client.post(f"{API}/entityOperations/upsert", json=entities)).status_code == 204
+    with sqlite3.connect(database) as db:
+        count = db.execute("SELECT count(*) FROM temporal_rows").fetchone()[0]
+        used = db.execute(
+            "SELECT sum(pgsize - unused) FROM dbstat WHERE name IN"
+            " ('temporal_rows', 'temporal_series_time', 'temporal_instance_ids')"
+        ).fetchone()[0]
+    assert count == 1100
+    assert used / count < 100, f"{used / count:.0f} bytes per history instance"
+    print(f"{used / count:.1f} bytes per history instance")
