@@ -195,7 +195,15 @@ def probes(ids: Ids) -> list[Probe]:
         p("PATCH", f"{API}/entityMaps/{{map_id}}", "owned-write", emap, json={"expiresAt": "2020-01-01T00:00:00Z"}),
         p("DELETE", f"{API}/entityMaps/{{map_id}}", "owned-write", emap),
         p("GET", f"{e}", "owned-read", e, params={"type": "Building"}, headers={"NGSILD-EntityMap": ids.entity_map}),
-        # temporal
+        # temporal (a query over someone else's entity map makes a new map, as above)
+        p(
+            "GET",
+            TEMPORAL,
+            "owned-read",
+            TEMPORAL,
+            params=temporal_q,
+            headers={"NGSILD-EntityMap": ids.entity_map},
+        ),
         p("GET", TEMPORAL, "read", TEMPORAL, params=temporal_q),
         p("POST", TEMPORAL, "write", TEMPORAL, json=temporal_new),
         p("GET", f"{TEMPORAL}/{{rest:path}}", "read", f"{TEMPORAL}/{BUILDING}"),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -257,8 +257,13 @@ def test_no_credentials_is_401_but_on_public_routes(city: City) -> None:
     """No policy grants the public anything here, so a request without credentials is refused at
     the door on every route but the documented public ones (which answer as for anyone)."""
     wrong = []
-    for probe in probes(city.ids):
+    heads = [replace(p, method="HEAD") for p in probes(city.ids) if p.method == "GET"]  # HEAD: GET's decision
+    for probe in probes(city.ids) + heads:
         answer = city.probe("anonymous", probe)
+        if answer.request.method == "HEAD":
+            if (answer.status_code == 401) == (probe.kind == "public"):
+                wrong.append((probe.label, answer.status_code))
+            continue
         if probe.kind == "public":
             if answer.status_code == 401 and probe.route != "/cityos/v1/auth/token":  # it asks for Basic itself
                 wrong.append((probe.label, answer.status_code))
@@ -311,14 +316,16 @@ def test_another_tenants_key_sees_and_changes_nothing_of_this_tenant(city: City)
     the default tenant appears."""
     before = city.snapshot()
     markers = ["Tower", "Hall", SECRET_VALUE, city.ids.subscription, city.ids.entity_map, city.ids.registration]
+    markers.append(city.ids.context)
     wrong = []
     for probe in probes(city.ids):
-        if probe.kind in ("public", "malformed"):
+        if probe.kind == "malformed":
             continue
-        answer = city.probe("outsider", probe)
-        if answer.status_code < 300 or not refused(answer):
-            wrong.append(("default tenant", probe.label, answer.status_code, answer.text[:200]))
-        if probe.kind in ("read", "owned-read"):
+        if probe.kind != "public":
+            answer = city.probe("outsider", probe)
+            if answer.status_code < 300 or not refused(answer):
+                wrong.append(("default tenant", probe.label, answer.status_code, answer.text[:200]))
+        if probe.kind in ("read", "owned-read") or (probe.kind == "public" and probe.method == "GET"):
             seen = city.probe("outsider", probe, **OTHER)
             leaked = [m for m in markers if seen.status_code < 300 and m in seen.text]
             if leaked or seen.status_code >= 500:
