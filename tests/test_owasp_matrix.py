@@ -67,6 +67,13 @@ POLICIES = [
         "actions": ["read", "subscribe"],
         "resources": {"exceptAttrs": [HIDDEN]},
     },
+    {
+        "id": "strangers-parking-only",
+        "effect": "allow",
+        "principals": {"roles": ["stranger"]},
+        "actions": ["read", "create", "update", "delete", "subscribe"],
+        "resources": {"types": ["Parking"]},
+    },
 ]
 OTHER = {"NGSILD-Tenant": "other"}
 
@@ -176,6 +183,7 @@ def setup(city: City) -> City:
         ("reader", ["reader"], [""]),
         ("writer", ["writer"], [""]),
         ("peer", ["writer"], [""]),
+        ("stranger", ["stranger"], [""]),
         ("outsider", ["writer"], ["other"]),
         ("other-admin", ["admin"], ["other"]),
         ("device", ["device"], [""]),
@@ -303,6 +311,38 @@ def test_a_reader_changes_nothing_and_administers_nothing(city: City) -> None:
             answer = city.probe("reader", probe)
             if answer.status_code not in (400, 405):
                 wrong.append((probe.label, answer.status_code))
+    assert wrong == []
+    assert city.snapshot() == before
+
+
+# -- broken object-level authorization: entities the caller cannot see --------------------------------
+
+
+def test_invisible_entities_are_not_found_never_forbidden(city: City) -> None:
+    """A key whose policy covers only Parking: every route naming the Building gets the 404 of a
+    missing entity (never 403, which would tell it exists), lists and counts hold nothing, and
+    nothing changes."""
+    before = city.snapshot()
+    wrong = []
+    for probe in probes(city.ids):
+        if probe.kind not in ("read", "write"):
+            continue
+        answer = city.probe("stranger", probe)
+        names_it = BUILDING in probe.url or BUILDING in str(probe.json)
+        if answer.status_code == 207:  # a batch: each entity refused, the one it cannot see as missing
+            errors = {e["entityId"]: e["error"]["status"] for e in answer.json()["errors"]}
+            if answer.json()["success"] or errors.get(BUILDING, 404) != 404:
+                wrong.append((probe.label, answer.text[:300]))
+        elif answer.status_code < 300:
+            shown = [m for m in ("Tower", "Hall", SECRET_VALUE, "Building:1") if m in answer.text]
+            if shown or (names_it and probe.method != "POST"):
+                wrong.append((probe.label, answer.status_code, shown))
+            if answer.headers.get("NGSILD-Results-Count", "0") != "0":
+                wrong.append((probe.label, "counted", answer.headers["NGSILD-Results-Count"]))
+        elif names_it and answer.status_code == 403 and probe.method != "POST":
+            wrong.append((probe.label, "403 for an entity it cannot see"))
+        elif not refused(answer):
+            wrong.append((probe.label, answer.status_code, answer.text[:200]))
     assert wrong == []
     assert city.snapshot() == before
 
