@@ -470,13 +470,26 @@ def test_a_hidden_attribute_is_absent_from_every_representation(city: City) -> N
     assert full[HIDDEN]["value"] == SECRET_VALUE  # the writer reads it: the policy hides it, not the data
 
 
+NOTIFICATION_FORMATS: list[dict[str, Any]] = [
+    {"showChanges": True},
+    {"format": "keyValues"},
+    {"format": "concise", "attributes": ["name", HIDDEN]},
+    {"endpoint": {"accept": "application/geo+json"}},
+]
+
+
 def test_notifications_carry_only_what_the_subscriber_may_read(city: City) -> None:
-    subscription = {
-        "type": "Subscription",
-        "entities": [{"type": "Building"}],
-        "notification": {"endpoint": {"uri": city.receiver.url}, "showChanges": True},
-    }
-    reader_sub = created(city.call("reader", "POST", f"{API}/subscriptions", json=subscription))
+    """One subscription of the reader per notification format: none carries the hidden attribute
+    (name, value, previousValue), each carries the change it may read."""
+    made = []
+    for notification in NOTIFICATION_FORMATS:
+        endpoint = {"uri": city.receiver.url, **notification.get("endpoint", {})}
+        body = {
+            "type": "Subscription",
+            "entities": [{"type": "Building"}],
+            "notification": {**notification, "endpoint": endpoint},
+        }
+        made.append(created(city.call("reader", "POST", f"{API}/subscriptions", json=body)))
     try:
         patch = {
             "name": {"type": "Property", "value": "Spire"},
@@ -484,14 +497,15 @@ def test_notifications_carry_only_what_the_subscriber_may_read(city: City) -> No
         }
         assert city.call("admin", "PATCH", f"{API}/entities/{BUILDING}/attrs", json=patch).status_code == 204
 
-        def notified() -> list[Any]:
-            return [r.body for r in list(city.receiver.requests) if r.body.get("subscriptionId") == reader_sub]
+        def notified(subscription: str) -> list[str]:
+            return [r.raw.decode() for r in list(city.receiver.requests) if subscription in r.raw.decode()]
 
-        wait_for(lambda: any(b["data"][0].get("name", {}).get("value") == "Spire" for b in notified()))
-        bodies = notified()
-        assert bodies and bodies[-1]["data"][0]["name"]["value"] == "Spire"
-        assert all(SECRET_VALUE not in str(b) and HIDDEN not in b["data"][0] for b in bodies)
+        wait_for(lambda: all(any("Spire" in raw for raw in notified(s)) for s in made))
+        for subscription in made:
+            leaked = [raw for raw in notified(subscription) if SECRET_VALUE in raw or f'"{HIDDEN}"' in raw]
+            assert leaked == [], subscription
     finally:
-        city.call("reader", "DELETE", f"{API}/subscriptions/{reader_sub}")
+        for subscription in made:
+            city.call("reader", "DELETE", f"{API}/subscriptions/{subscription}")
         restore = {"name": {"type": "Property", "value": "Tower"}, HIDDEN: {"type": "Property", "value": SECRET_VALUE}}
         city.call("admin", "PATCH", f"{API}/entities/{BUILDING}/attrs", json=restore)
