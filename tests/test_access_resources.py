@@ -16,7 +16,7 @@ from cityos.settings import Settings
 BASE = "/ngsi-ld/v1"
 REGS = BASE + "/csourceRegistrations"
 CONTEXTS = BASE + "/jsonldContexts"
-FORBIDDEN = "https://uri.etsi.org/ngsi-ld/errors/AccessDenied"  # as the entity APIs answer
+FORBIDDEN = "urn:cityos:errors:AccessDenied"  # the one 403 (auth/errors.py)
 CSR = "urn:ngsi-ld:ContextSourceRegistration:1"
 BUILDING = DEFAULT + "Building"
 

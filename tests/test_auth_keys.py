@@ -124,7 +124,7 @@ def test_a_reader_cannot_use_any_admin_api(secured: tuple[LoggedServer, str], db
             http.put(f"{ADMIN_API}/users/alice/password", json={"password": "long enough"}),
         ]
         assert [r.status_code for r in attempts] == [403] * len(attempts), [r.text for r in attempts]
-        assert all(r.json()["type"] == "urn:cityos:errors:Forbidden" for r in attempts)
+        assert all(r.json()["type"] == "urn:cityos:errors:AccessDenied" for r in attempts)
         # and nothing was done: the admin key still works, no key was made
         assert len(http.get(f"{ADMIN_API}/keys", headers=bearer(admin)).json()) == 2
 
@@ -329,7 +329,10 @@ def test_commands_that_call_a_broker_send_cityos_token(secured: tuple[LoggedServ
 
 
 def test_no_secret_in_the_debug_log(db_url: str, tmp_path: Path) -> None:
-    """At --log-level debug (access log, httpx, everything): no key, password, token or hash."""
+    """At --log-level debug (access log, httpx, everything): no key, password, token or hash, from
+    keys made through the admin API, Basic passwords (right, wrong, changed), tokens (valid and
+    forged), a guessed secret for a real key id, a device key sending a measure, and requests
+    refused at the door."""
     admin = make_key(db_url, "--name", "admin", "--role", "admin")
     server = LoggedServer(
         tmp_path / "serve.log",
@@ -346,16 +349,32 @@ def test_no_secret_in_the_debug_log(db_url: str, tmp_path: Path) -> None:
     try:
         with httpx.Client(base_url=server.base, timeout=10) as http:
             made = http.post(f"{ADMIN_API}/keys", headers=bearer(admin), json={"name": "k", "roles": ["r"]})
-            secrets.append(made.json()["token"].split(".")[1])
+            made_token = made.json()["token"]
+            secrets.append(made_token.split(".")[1])
+            assert http.get("/ngsi-ld/v1/types", headers=bearer(made_token)).status_code == 200
+            guessed = made_token.split(".")[0] + ".guessed0secret0for0a0real0key"
+            assert http.get("/ngsi-ld/v1/types", headers=bearer(guessed)).status_code == 401
+            secrets.append(guessed.split(".")[1])
+            device = http.post(f"{ADMIN_API}/keys", headers=bearer(admin), json={"name": "d", "roles": ["device"]})
+            device_token = device.json()["token"]
+            secrets.append(device_token.split(".")[1])
+            group = {"services": [{"apikey": "log-k", "entity_type": "T", "resource": "/iot/d"}]}
+            assert http.post("/iot/services", headers=bearer(admin), json=group).status_code == 201
+            measure = http.post("/iot/d", params={"k": "log-k", "i": "d9"}, content="t|1", headers=bearer(device_token))
+            assert measure.status_code < 500
             user = {"name": "erin", "password": "erins secret words"}
             assert http.post(f"{ADMIN_API}/users", headers=bearer(admin), json=user).status_code == 201
             secrets.append(user["password"])
             assert http.get("/ngsi-ld/v1/types", auth=("erin", "wrong but secret")).status_code == 401
             secrets.append("wrong but secret")
             token = http.post("/cityos/v1/auth/token", auth=("erin", user["password"])).json()["access_token"]
-            secrets.append(token.split(".")[1])
+            secrets += [token, token.split(".")[1], token.rsplit(".", 1)[1]]
             assert http.get("/ngsi-ld/v1/types", headers=bearer(token)).status_code == 200
             assert http.get("/ngsi-ld/v1/types", headers=bearer(token[:-3] + "abc")).status_code == 401
+            changed = {"password": "erins brand new words"}
+            assert http.put(f"{ADMIN_API}/users/erin/password", headers=bearer(admin), json=changed).status_code == 204
+            secrets.append(changed["password"])
+            assert http.get("/ngsi-ld/v1/types", auth=("erin", changed["password"])).status_code == 200
     finally:
         server.stop()
     log = server.log()

@@ -4,6 +4,7 @@ retrieve, reuse through the NGSILD-EntityMap header, PATCH/DELETE, expiry, tenan
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -113,6 +114,41 @@ def test_store_contract_and_sweep(db_url: str) -> None:
             assert await store.get_entity_map("t", live.id) is not None
             assert await store.delete_entity_map("t", live.id)
             assert not await store.delete_entity_map("t", live.id)
+            owned = new_map(["urn:x:1"], datetime.now(UTC) + timedelta(hours=1), "", owner="key:k1")
+            await store.save_entity_map("t", owned)  # the owner is kept (auth required: maps belong to it)
+            assert await store.get_entity_map("t", owned.id) == owned
+            assert await store.update_entity_map("t", owned.id, entity_ids=[])
+            assert (await store.get_entity_map("t", owned.id)) == EntityMap(
+                owned.id, owned.expires_at, (), "", "key:k1"
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_older_sqlite_file_gains_the_owner_column(tmp_path: Path) -> None:
+    """A file made before entity maps had owners: opening it adds the column, its maps keep working."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE entity_maps (tenant TEXT NOT NULL, id TEXT NOT NULL, expires_at TEXT NOT NULL,"
+            " entity_ids BLOB NOT NULL, query TEXT NOT NULL, PRIMARY KEY (tenant, id))"
+        )
+        old.execute(
+            "INSERT INTO entity_maps VALUES ('', 'urn:m:1', '2999-01-01T00:00:00.000000Z', '[\"urn:x:1\"]', '')"
+        )
+    old.close()
+
+    async def scenario() -> None:
+        store = open_store(str(path))
+        await store.open()
+        try:
+            kept = await store.get_entity_map("", "urn:m:1")
+            assert kept is not None and kept.entity_ids == ("urn:x:1",) and kept.owner is None
+            owned = new_map(["urn:x:2"], datetime.now(UTC) + timedelta(hours=1), "", owner="user:erin")
+            await store.save_entity_map("", owned)
+            assert await store.get_entity_map("", owned.id) == owned
         finally:
             await store.close()
 

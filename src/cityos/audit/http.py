@@ -26,12 +26,12 @@ READ_PERSONAL = "entity.read-personal"  # what the policy layer records for a re
 
 
 async def _admin(request: Request) -> Services:
-    """Admins only (auth off: the open principal is one; 401 for the anonymous caller, 403 without
-    the admin role, as the other admin APIs); a refusal is itself recorded."""
+    """Admins of every tenant only (auth off: the open principal is one; 401 for the anonymous
+    caller, 403 without the admin role or for an admin scoped to tenants); a refusal is recorded."""
     services: Services = request.app.state.services
     caller = principal(request)
     try:
-        require_admin(caller)
+        require_admin(caller, every_tenant=True)  # the trail holds every tenant's records
     except NgsiLdError:
         event = AuditEvent(caller.id, "request.denied", "", (PREFIX,), "denied", current_request_id.get())
         await services.audit.record([event])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cityos.audit.events import AuditEvent, AuditSink
-from cityos.auth.errors import Forbidden, Unauthorized
+from cityos.auth.errors import AccessDenied, Unauthorized
 from cityos.auth.hashing import (
     KEY_PREFIX,
     NAME_RE,
@@ -43,12 +43,16 @@ class Issued:
     token: str
 
 
-def require_admin(principal: Principal) -> None:
-    """401 for the anonymous caller, 403 for an authenticated one without role admin."""
+def require_admin(principal: Principal, *, every_tenant: bool = False) -> None:
+    """401 for the anonymous caller, 403 for an authenticated one without role admin. What spans
+    the deployment (access policies, the audit trail: `every_tenant`) needs an admin of every
+    tenant: one scoped to some tenants would otherwise reach into the others."""
     if principal.kind == "anonymous":
         raise Unauthorized()
     if not principal.is_admin:
-        raise Forbidden("this operation needs the admin role")
+        raise AccessDenied("this operation needs the admin role")
+    if every_tenant and principal.tenants is not None:
+        raise AccessDenied("this operation needs an admin of every tenant")
 
 
 def _names(values: Iterable[str] | None, what: str) -> list[str]:
@@ -142,7 +146,7 @@ class Credentials:
         if actor.tenants is None:
             return chosen
         if chosen is None or not set(chosen) <= actor.tenants:
-            raise Forbidden("an admin scoped to tenants can only make credentials within those tenants")
+            raise AccessDenied("an admin scoped to tenants can only make credentials within those tenants")
         return chosen
 
     @staticmethod

@@ -9,7 +9,7 @@ an unknown device (404), so a key cannot probe other tenants' groups.
 from __future__ import annotations
 
 from cityos.auth.credentials import DEVICE_ROLE, require_admin
-from cityos.auth.errors import Forbidden, Unauthorized
+from cityos.auth.errors import AccessDenied, Unauthorized
 from cityos.auth.principal import Principal
 
 GROUP_PREFIX = "iot:"
@@ -21,7 +21,7 @@ def check_device(principal: Principal, tenant: str | None, apikey: str) -> bool:
     if principal.kind == "anonymous":
         raise Unauthorized()
     if not principal.is_admin and DEVICE_ROLE not in principal.roles:
-        raise Forbidden("measures need a device key (role device)")
+        raise AccessDenied("measures need a device key (role device)")
     if tenant is None or not principal.may_use_tenant(tenant):
         return False
     if principal.is_admin:
@@ -33,4 +33,4 @@ def check_device(principal: Principal, tenant: str | None, apikey: str) -> bool:
 def check_provisioner(principal: Principal, tenant: str) -> None:
     require_admin(principal)
     if not principal.may_use_tenant(tenant):
-        raise Forbidden("this key is not valid for that service (tenant)")
+        raise AccessDenied("this key is not valid for that service (tenant)")

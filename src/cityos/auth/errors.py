@@ -1,5 +1,6 @@
-"""The errors of the door: 401 (who are you?), 403 (not allowed), 429 (slow down). Their details
-never help an attacker: a 401 does not say whether a key exists, was revoked or had a wrong secret."""
+"""The errors of access control: 401 (who are you?), 403 (not allowed), 429 (slow down). Their
+details never help an attacker: a 401 does not say whether a key exists, was revoked or had a wrong
+secret, and what the caller may not see at all is a 404 (ResourceNotFound), never a 403."""
 
 from __future__ import annotations
 
@@ -28,12 +29,16 @@ class Unauthorized(NgsiLdError):
         return {"WWW-Authenticate": challenge}
 
 
-class Forbidden(NgsiLdError):
-    type_name, status, title = "Forbidden", 403, "Forbidden"
+class AccessDenied(NgsiLdError):
+    """The one 403 of CityOS, whoever refuses: the door (an admin API without the admin role, a
+    measure without a device key) or a policy (a write the caller may see the target of but not
+    make). An invisible target is a 404 instead."""
+
+    type_name, status, title = "AccessDenied", 403, "Access denied"
 
     @property
     def type_uri(self) -> str:
-        return "urn:cityos:errors:Forbidden"
+        return "urn:cityos:errors:AccessDenied"
 
 
 class TooManyRequests(NgsiLdError):

@@ -9,24 +9,33 @@ Pure ASGI (no BaseHTTPMiddleware), so the contextvars set here are those the han
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 import secrets
+from collections.abc import Callable
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cityos.audit.events import AuditEvent, AuditSink
 from cityos.auth.authenticator import Authenticator
 from cityos.auth.errors import TooManyRequests, Unauthorized
-from cityos.auth.principal import current_principal
+from cityos.auth.principal import ANONYMOUS, current_principal, current_request_id
 from cityos.auth.ratelimit import RateLimiter, retry_after
 from cityos.errors import NgsiLdError
 
+log = logging.getLogger("cityos.auth")
 REQUEST_ID_HEADER = "X-Request-Id"
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 # made ids: a random prefix per process (so workers never collide) and a counter: cheaper than a
 # uuid4 per request, which is a system call
 _PREFIX = secrets.token_hex(8)
 _NUMBERS = itertools.count(1)
+# Answered without credentials whatever the policies say (docs/security.md, "The authorization
+# matrix"; tests/owasp_routes.py PUBLIC_ROUTES): the version, the token endpoint (it checks its own
+# HTTP Basic credentials), the IoT Agent's about, and hosted @contexts, which clients must fetch.
+PUBLIC_PATHS = frozenset({"/version", "/cityos/v1/auth/token", "/iot/about"})
+PUBLIC_READS = "/ngsi-ld/v1/jsonldContexts"
 
 
 def request_id_of(given: bytes | None) -> str:
@@ -40,10 +49,21 @@ class AuthMiddleware:
     """Added with --auth required only (the request id is set and echoed by app.ProtocolGuard,
     outside this, so refusals carry it too)."""
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        authenticator: Authenticator,
+        limiter: RateLimiter | None = None,
+        anonymous_served: Callable[[], bool] = lambda: True,
+        audit: Callable[[], AuditSink] | None = None,
+    ) -> None:
         self.app = app
         self.authenticator = authenticator
         self.limiter = limiter
+        # whether any policy grants the anonymous caller something (open data); without one, a
+        # request without credentials is answered 401 on every route but the public ones
+        self.anonymous_served = anonymous_served
+        self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,6 +81,9 @@ class AuthMiddleware:
                 wait = self.limiter.take(caller)
                 if wait > 0:
                     raise TooManyRequests("rate limit exceeded", retry_after(wait))
+            if authorization is None and not self.anonymous_served() and not public(scope):
+                await self._denied(scope)
+                raise Unauthorized()
         except (Unauthorized, TooManyRequests) as refused:
             await _problem(send, refused)
             return
@@ -69,6 +92,32 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
         finally:
             current_principal.reset(principal_token)
+
+    async def _denied(self, scope: Scope) -> None:
+        """A request without credentials refused at the door: a request.denied record, as every refusal."""
+        if self.audit is None:
+            return
+        event = AuditEvent(
+            principal=ANONYMOUS.id,
+            operation="request.denied",
+            tenant="",
+            targets=(f"{scope['method']} {scope['path']}",),
+            outcome="denied",
+            request_id=current_request_id.get(),
+            detail={"status": 401, "reason": "no credentials"},
+        )
+        try:
+            await self.audit().record([event])
+        except Exception:  # a failed audit write must not turn a 401 into a 500
+            log.exception("recording a refusal failed")
+
+
+def public(scope: Scope) -> bool:
+    """A route that anyone may call (PUBLIC_PATHS, and reading hosted @contexts)."""
+    path: str = scope["path"]
+    if path in PUBLIC_PATHS:
+        return True
+    return path.startswith(PUBLIC_READS) and scope["method"] in ("GET", "HEAD")
 
 
 async def _problem(send: Send, error: NgsiLdError) -> None:

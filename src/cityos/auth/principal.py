@@ -39,6 +39,16 @@ class Principal:
     def may_use_tenant(self, tenant: str) -> bool:
         return self.tenants is None or tenant in self.tenants
 
+    def may_manage(self, owner: str | None) -> bool:
+        """What a principal made (a subscription, an entity map) belongs to it: its maker (`owner`,
+        a principal id) or an admin manages it; one made with auth off (no owner) only an admin."""
+        return self.unrestricted or self.is_admin or (owner is not None and owner == self.id)
+
+    @property
+    def owner_id(self) -> str | None:
+        """What a resource this principal makes records as its owner (None with auth off)."""
+        return None if self.unrestricted else self.id
+
 
 # auth off (--auth off): every request acts as this principal and nothing is filtered
 OPEN = Principal(id="open", kind="open", tenants=None, roles=frozenset({ADMIN_ROLE}))

@@ -3,6 +3,10 @@ the `entityMap` flag and the NGSILD-EntityMap header (5.5.9.3, 5.7.1.4, 5.7.2.4)
 
 A request that names a live map (header) is evaluated over the map's ids in the map's order; one that
 asks for a map (flag) or names a dead one creates a map of everything its query selects.
+
+With auth required a map belongs to the principal that made it (as a subscription does): another
+principal's map does not exist for the caller (404; a header naming it makes a new map), and what a
+map shows is cut, when it is read, to the entities the caller may read then.
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ from cityos.ngsild.common import (
     flag,
     json_response,
     no_content,
+    principal,
     query_context,
     read_payload,
     services,
 )
+from cityos.ngsild.guard import hide
 from cityos.ngsild.querying import QUERY_PARAMS, build_query, check_csf, check_not_too_wide
+from cityos.policy.decision import Target
 from cityos.query.entity_maps import (
     EntityMap,
     Lifetime,
@@ -79,8 +86,17 @@ async def _live(store: EntityStore, tenant_name: str, map_id: str) -> EntityMap 
     return entity_map if entity_map is not None and entity_map.live(_now()) else None
 
 
-async def _existing(request: Request, tenant_name: str, map_id: str) -> EntityMap:
+async def _mine(request: Request, tenant_name: str, map_id: str) -> EntityMap | None:
+    """The live map if the caller may use it: its maker's or an admin's (principal.may_manage)."""
     entity_map = await _live(services(request).store, tenant_name, map_id)
+    if entity_map is None or principal(request).may_manage(entity_map.owner):
+        return entity_map
+    missing = ResourceNotFound(f"EntityMap {map_id} does not exist or has expired")
+    raise hide(request, f"{request.method} entity map", Target(tenant=tenant_name, resource="entityMap"), missing)
+
+
+async def _existing(request: Request, tenant_name: str, map_id: str) -> EntityMap:
+    entity_map = await _mine(request, tenant_name, map_id)
     if entity_map is None:
         raise ResourceNotFound(f"EntityMap {map_id} does not exist or has expired")
     return entity_map
@@ -95,13 +111,17 @@ async def _referenced(request: Request, tenant_name: str, reference: str) -> Ent
     """The live map a NGSILD-EntityMap value names, by bare id or by a URL ending in the id; None
     for anything else, which the caller answers by creating a new map (5.7.1.4)."""
     map_id = unquote(reference.strip().rsplit("/", 1)[-1])
-    return await _live(services(request).store, tenant_name, map_id) if map_id else None
+    if not map_id:
+        return None
+    entity_map = await _live(services(request).store, tenant_name, map_id)
+    return entity_map if entity_map is not None and principal(request).may_manage(entity_map.owner) else None
 
 
 async def _create(request: Request, tenant_name: str, ids: list[str]) -> EntityMap:
     raw = request.query_params.get("entityMapLifetime")
     expires_at = _lifetime(request).expiry(_now(), None if raw is None else parse_lifetime(raw))
-    entity_map = new_map(ids, expires_at, recorded_query(request.query_params.multi_items()))
+    owner = principal(request).owner_id
+    entity_map = new_map(ids, expires_at, recorded_query(request.query_params.multi_items()), owner)
     await services(request).store.save_entity_map(tenant_name, entity_map)
     return entity_map
 
@@ -208,9 +228,19 @@ async def retrieve_entity_map(request: Request) -> Response:
     media = accept(request)
     map_id = _map_id(request)
     tenant_name = await existing_tenant(request)
-    entity_map = await _existing(request, tenant_name, map_id)
+    entity_map = await _readable(request, tenant_name, await _existing(request, tenant_name, map_id))
     context = await query_context(request, tenant_name)
     return json_response(render(entity_map), media=media, context=context)
+
+
+async def _readable(request: Request, tenant_name: str, entity_map: EntityMap) -> EntityMap:
+    """The map with only the entities the caller may read now (its rights may have shrunk since
+    the map was made); untouched with auth off."""
+    if principal(request).unrestricted:
+        return entity_map
+    query = access.restricted(request, tenant_name, EntityQuery())
+    seen, _ = follow(entity_map, await _matching(services(request).store, tenant_name, query, entity_map.entity_ids))
+    return replace(entity_map, entity_ids=tuple(entity["id"] for entity in seen))
 
 
 async def update_entity_map(request: Request) -> Response:

@@ -17,9 +17,10 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from cityos.auth.errors import AccessDenied as AccessDenied  # the one 403, re-exported for the enforcement points
 from cityos.auth.principal import Principal
 from cityos.entities.model import Entity
-from cityos.errors import NgsiLdError, ResourceNotFound
+from cityos.errors import ResourceNotFound
 from cityos.policy.decision import ACTIONS, AccessPrefilter, Action, Target
 from cityos.policy.model import Policy, Resources, scope_matches
 from cityos.query.patterns import found
@@ -29,12 +30,6 @@ current_purpose: ContextVar[str | None] = ContextVar("cityos_purpose", default=N
 EntityTest = Callable[[Entity], bool]
 CACHE_SIZE = 4096
 WRITE_ACTIONS: tuple[Action, ...] = ("create", "update", "delete")
-
-
-class AccessDenied(NgsiLdError):
-    """A write the caller may see the target of but not make (an invisible target is a 404)."""
-
-    type_name, status, title = "AccessDenied", 403, "Access denied"
 
 
 class HiddenEntity(ResourceNotFound):
@@ -260,6 +255,8 @@ class PolicyAuthorizer:
         self._personal = Personal(
             (t for p in policies for t in p.personal_types), (a for p in policies for a in p.personal_attrs)
         )
+        # does any policy grant the public something? (auth/middleware.py: if not, no credentials is a 401)
+        self.serves_anonymous = any(p.effect == "allow" and p.who.anonymous for p in rules)
         self._unconditional = tuple(p for p in rules if not p.conditions.any)
         self._conditional = tuple(p for p in rules if p.conditions.any)
         self._cache: dict[tuple[Any, ...], tuple[tuple[Policy, ...], tuple[Policy, ...]]] = {}

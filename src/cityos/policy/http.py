@@ -11,9 +11,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cityos.errors import InvalidRequest, ResourceNotFound
+from cityos.auth.credentials import require_admin
+from cityos.errors import InvalidRequest, NgsiLdError, ResourceNotFound
 from cityos.ngsild.common import json_response, no_content, principal, read_json, services
-from cityos.policy.compiled import AccessDenied, current_purpose
+from cityos.policy.compiled import current_purpose
 from cityos.policy.enforce import record_denied
 from cityos.policy.service import PolicyService
 from cityos.store.policy_base import PolicyRow
@@ -52,15 +53,17 @@ def render(row: PolicyRow) -> dict[str, Any]:
 
 
 async def _service(request: Request) -> PolicyService:
-    """The policy service, for an admin only (others get 403, and the refusal is audited)."""
+    """The policy service, for an admin of every tenant only (401 for the anonymous caller, 403 for
+    others; the refusal is audited)."""
     service: PolicyService | None = getattr(request.app.state, "policies", None)
     if service is None:
         raise ResourceNotFound("access policies are off (--auth off)")
     caller = principal(request)
-    if not caller.is_admin:
-        error = AccessDenied("managing access policies needs the admin role")
+    try:
+        require_admin(caller, every_tenant=True)  # policies bind every tenant
+    except NgsiLdError as error:
         await record_denied(services(request).audit, caller, "", [], error, "policy.admin")
-        raise error
+        raise
     return service
 
 

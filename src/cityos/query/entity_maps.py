@@ -42,13 +42,15 @@ DURATION_SECONDS = (365 * 86400, 30 * 86400, 7 * 86400, 86400, 3600, 60, 1)
 
 @dataclass(frozen=True, slots=True)
 class EntityMap:
-    """One stored map: its id, when it expires, the selected ids in query order, and the query
-    string (without paging and map parameters) that selected them."""
+    """One stored map: its id, when it expires, the selected ids in query order, the query string
+    (without paging and map parameters) that selected them, and the principal that made it (None
+    with auth off): a map belongs to its maker, like a subscription."""
 
     id: str
     expires_at: datetime
     entity_ids: tuple[str, ...]
     query: str = ""
+    owner: str | None = None
 
     def live(self, now: datetime) -> bool:
         """An expired map cannot be accessed (5.5.14): it answers as if it never existed."""
@@ -86,8 +88,8 @@ def _whole_second(moment: datetime) -> datetime:
     return moment if not moment.microsecond else moment.replace(microsecond=0) + timedelta(seconds=1)
 
 
-def new_map(ids: Iterable[str], expires_at: datetime, query: str) -> EntityMap:
-    return EntityMap(ID_PREFIX + uuid.uuid4().hex, expires_at, tuple(dict.fromkeys(ids)), query)
+def new_map(ids: Iterable[str], expires_at: datetime, query: str, owner: str | None = None) -> EntityMap:
+    return EntityMap(ID_PREFIX + uuid.uuid4().hex, expires_at, tuple(dict.fromkeys(ids)), query, owner)
 
 
 def parse_lifetime(raw: str) -> timedelta:

@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS entity_maps (
     expires_at TEXT NOT NULL,  -- normalized UTC (entity_maps.expiry_key), compared by the sweeper
     entity_ids BLOB NOT NULL,  -- orjson array, in the order the query returned them
     query TEXT NOT NULL,       -- the query string that selected them
+    owner TEXT,                -- the principal that made it (NULL with auth off)
     PRIMARY KEY (tenant, id)
 );
 CREATE INDEX IF NOT EXISTS entity_maps_expiry ON entity_maps (expires_at);
@@ -311,6 +312,8 @@ class SQLiteStore(SQLiteCatalog, SQLiteWrites, SQLiteTemporal, SQLiteIdentity, S
                 connection.executescript(TEMPORAL_SCHEMA)
                 connection.executescript(POLICY_SCHEMA)  # additive: older files gain the table
                 connection.executescript(IDENTITY_SCHEMA)
+                if "owner" not in {row[1] for row in connection.execute("PRAGMA table_info(entity_maps)")}:
+                    connection.execute("ALTER TABLE entity_maps ADD COLUMN owner TEXT")  # files made before owners
                 row = connection.execute("SELECT version FROM schema_version").fetchone()
                 if row is None:
                     connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))

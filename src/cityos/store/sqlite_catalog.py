@@ -223,17 +223,23 @@ class SQLiteCatalog:
             expiry_key(entity_map.expires_at),
             orjson.dumps(entity_map.entity_ids),
             entity_map.query,
+            entity_map.owner,
         )
-        await self._write(lambda c: c.execute("INSERT OR REPLACE INTO entity_maps VALUES (?, ?, ?, ?, ?)", row))
+        sql = (
+            "INSERT OR REPLACE INTO entity_maps (tenant, id, expires_at, entity_ids, query, owner)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        await self._write(lambda c: c.execute(sql, row))
 
     async def get_entity_map(self, tenant: str, map_id: str) -> EntityMap | None:
         def fetch(connection: sqlite3.Connection) -> EntityMap | None:
             row = connection.execute(
-                "SELECT expires_at, entity_ids, query FROM entity_maps WHERE tenant = ? AND id = ?", (tenant, map_id)
+                "SELECT expires_at, entity_ids, query, owner FROM entity_maps WHERE tenant = ? AND id = ?",
+                (tenant, map_id),
             ).fetchone()
             if row is None:
                 return None
-            return EntityMap(map_id, from_expiry_key(row[0]), tuple(orjson.loads(row[1])), row[2])
+            return EntityMap(map_id, from_expiry_key(row[0]), tuple(orjson.loads(row[1])), row[2], row[3])
 
         return await self._read(fetch)
 

@@ -103,26 +103,26 @@ class PostgresCatalog(PostgresOutbox):
     # -- entity maps ---------------------------------------------------------------------------------
     async def save_entity_map(self, tenant: str, entity_map: EntityMap) -> None:
         await self._write_one(
-            "INSERT INTO entity_maps (tenant, id, expires_at, entity_ids, query) VALUES ($1, $2, $3, $4, $5)"
+            "INSERT INTO entity_maps (tenant, id, expires_at, entity_ids, query, owner) VALUES ($1, $2, $3, $4, $5, $6)"
             " ON CONFLICT (tenant, id) DO UPDATE SET expires_at = excluded.expires_at,"
-            " entity_ids = excluded.entity_ids, query = excluded.query",
+            " entity_ids = excluded.entity_ids, query = excluded.query, owner = excluded.owner",
             tenant,
             entity_map.id,
             expiry_key(entity_map.expires_at),
             orjson.dumps(list(entity_map.entity_ids)).decode(),
             entity_map.query,
+            entity_map.owner,
         )
 
     @read_again_once
     async def get_entity_map(self, tenant: str, map_id: str) -> EntityMap | None:
         row = await self.pool.fetchrow(
-            "SELECT expires_at, entity_ids, query FROM entity_maps WHERE tenant = $1 AND id = $2", tenant, map_id
+            "SELECT expires_at, entity_ids, query, owner FROM entity_maps WHERE tenant = $1 AND id = $2", tenant, map_id
         )
         if row is None:
             return None
-        return EntityMap(
-            map_id, from_expiry_key(row["expires_at"]), tuple(orjson.loads(row["entity_ids"])), row["query"]
-        )
+        entity_ids = tuple(orjson.loads(row["entity_ids"]))
+        return EntityMap(map_id, from_expiry_key(row["expires_at"]), entity_ids, row["query"], row["owner"])
 
     async def update_entity_map(
         self, tenant: str, map_id: str, *, expires_at: datetime | None = None, entity_ids: Sequence[str] | None = None

@@ -89,6 +89,8 @@ INSERT INTO catalog_versions (name, version) VALUES ('subscriptions', 0);
 ALTER TABLE subscriptions ADD COLUMN throttled_until timestamptz;  -- throttling decided across workers
 """
 
+_V8 = "ALTER TABLE entity_maps ADD COLUMN owner text;  -- NULL: made with auth off\n"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "entities, their side tables and hosted @contexts", _V1),
     Migration(2, "subscriptions, outbox, workers, registrations, entity maps, ingestion records", CATALOG_SQL),
@@ -97,6 +99,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "credentials: API keys, local users and their sessions", IDENTITY_SQL),
     Migration(6, "access policies, versioned", POLICY_SQL),
     Migration(7, "the audit trail: hash-chained records, their queue, head and signed checkpoints", AUDIT_SQL),
+    Migration(8, "entity maps belong to the principal that made them", _V8),
 )
 LATEST = MIGRATIONS[-1].version
 _LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")

@@ -1,0 +1,337 @@
+"""The authorization matrix of tests/test_owasp_matrix.py: every route of the application, each
+with a decision (who may call it) and concrete requests that exercise it against the objects a
+test city holds. A route that is not in MATRIX fails the suite (test_every_route_is_classified): a
+new route cannot ship without an authorization decision.
+
+Kinds (the decision for each route):
+- PUBLIC: answered without credentials (listed in PUBLIC_ROUTES, documented in docs/security.md).
+- DEVICE: IoT measures, a device key only (auth/devices.py).
+- READ: reads of entities and what is derived from them; with a reader key the hidden attribute is
+  absent, with another tenant's key nothing of the first tenant is seen.
+- WRITE: changes to entities (and their history); a reader key gets 403 (404 when invisible).
+- OWNED: subscriptions and entity maps, which belong to their creator: another principal of the
+  same tenant gets 404 and sees none of them in listings.
+- ADMIN: changes to registrations and @contexts; IoT provisioning, keys, users, policies, audit:
+  403 for a reader (registrations are read with the `read` right on resource `registration`).
+- MALFORMED: no such operation (`/entities/` and `/entities//attrs...` without an entity id, PUT
+  under /temporal/entities/): 400 or 405 for every authenticated caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from starlette.routing import BaseRoute, Mount, Route
+
+Kind = Literal[
+    "public", "device", "read", "write", "owned-read", "owned-write", "admin-read", "admin-write", "malformed"
+]
+API = "/ngsi-ld/v1"
+TEMPORAL = f"{API}/temporal/entities"
+ADMIN = "/cityos/v1/admin"
+
+BUILDING = "urn:ngsi-ld:Building:1"
+SECRET_VALUE = "TOPSECRET-7f3a"  # the value of the attribute the reader may not read
+HIDDEN = "secret"  # its name: absent from everything the reader gets
+
+# the routes anyone may call without credentials (docs/security.md, "The authorization matrix")
+PUBLIC_ROUTES = {
+    ("GET", "/version"),  # the broker's version, for health checks
+    ("POST", "/cityos/v1/auth/token"),  # a local user's password for a token: its own Basic check
+    ("GET", f"{API}/jsonldContexts"),  # @contexts are public documents (clients must fetch them)
+    ("GET", f"{API}/jsonldContexts/{{context_id:path}}"),
+    ("GET", "/iot/about"),  # the IoT Agent's version, as the FIWARE agent answers it
+}
+# the handler that only answers 400 for a missing entity id (`/entities/`, `/entities//attrs`)
+MALFORMED = "missing_entity_id"
+
+
+@dataclass(frozen=True)
+class Ids:
+    """The objects of the test city the concrete requests name."""
+
+    subscription: str = ""
+    entity_map: str = ""
+    registration: str = ""
+    context: str = ""
+    key: str = ""
+    user: str = ""
+    policy: str = ""
+    instance: str = ""
+    device: str = ""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One concrete request for a route (method and path template as in the route table)."""
+
+    method: str
+    route: str
+    kind: Kind
+    url: str
+    json: Any = None
+    params: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    content: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.url}"
+
+
+def _prop(value: Any) -> dict[str, Any]:
+    return {"type": "Property", "value": value}
+
+
+def probes(ids: Ids) -> list[Probe]:
+    """Every route, each with at least one request (the twins with a trailing slash included)."""
+    e = f"{API}/entities"
+    one = f"{e}/{BUILDING}"
+    new = {"id": "urn:ngsi-ld:Building:new", "type": "Building", "name": _prop("New")}
+    frag = {"name": _prop("Changed")}
+    batch = [{"id": BUILDING, "type": "Building", "name": _prop("Changed")}]
+    query = {"type": "Query", "entities": [{"type": "Building"}]}
+    temporal_new = {"id": "urn:ngsi-ld:Building:new", "type": "Building", "name": [_prop("x")]}
+    history = {"name": [{**_prop("Old"), "observedAt": "2020-01-01T00:00:00Z"}]}
+    temporal_q = {"type": "Building", "timerel": "after", "timeAt": "2000-01-01T00:00:00Z"}
+    sub = f"{API}/subscriptions/{ids.subscription}"
+    emap = f"{API}/entityMaps/{ids.entity_map}"
+    reg = f"{API}/csourceRegistrations/{ids.registration}"
+    registration = {
+        "type": "ContextSourceRegistration",
+        "information": [{"entities": [{"type": "Building"}]}],
+        "endpoint": "http://csource.example.org:1026",
+    }
+    subscription = {
+        "type": "Subscription",
+        "entities": [{"type": "Building"}],
+        "notification": {"endpoint": {"uri": "http://127.0.0.1:9/none"}},
+    }
+    p = Probe
+    table = [
+        # entities
+        p("POST", f"{e}", "write", e, json=new),
+        p("POST", f"{e}/", "write", e + "/", json=new),
+        p("GET", f"{e}", "read", e, params={"type": "Building"}),
+        p("GET", f"{e}", "read", e, params={"type": "Building", "format": "keyValues"}),
+        p("GET", f"{e}", "read", e, params={"type": "Building", "format": "concise"}),
+        p("GET", f"{e}", "read", e, params={"type": "Building", "attrs": HIDDEN}),
+        p("GET", f"{e}", "read", e, params={"type": "Building", "q": f'{HIDDEN}=="{SECRET_VALUE}"'}),
+        p("GET", f"{e}", "read", e, params={"type": "Building"}, headers={"Accept": "application/geo+json"}),
+        p("GET", f"{e}/", "read", e + "/", params={"type": "Building", "count": "true"}),
+        p("DELETE", f"{e}", "write", e, params={"type": "Building"}),
+        p("DELETE", f"{e}/", "write", e + "/", params={"type": "Building"}),
+        p("GET", f"{e}/{{entity_id}}", "read", one),
+        p("GET", f"{e}/{{entity_id}}", "read", one, params={"format": "keyValues"}),
+        p("GET", f"{e}/{{entity_id}}", "read", one, params={"format": "concise"}),
+        p("GET", f"{e}/{{entity_id}}", "read", one, params={"attrs": HIDDEN}),
+        p("GET", f"{e}/{{entity_id}}", "read", one, headers={"Accept": "application/geo+json"}),
+        p("GET", f"{e}/{{entity_id}}", "read", one, params={"pick": f"id,{HIDDEN}"}),
+        p("GET", f"{e}/{{entity_id}}", "read", one, params={"omit": "name", "options": "sysAttrs"}),
+        p("PUT", f"{e}/{{entity_id}}", "write", one, json={"type": "Building", "name": _prop("Replaced")}),
+        p("PATCH", f"{e}/{{entity_id}}", "write", one, json=frag),
+        p("DELETE", f"{e}/{{entity_id}}", "write", one),
+        p("POST", f"{e}/{{entity_id}}/attrs", "write", one + "/attrs", json={"extra": _prop(1)}),
+        p("POST", f"{e}/{{entity_id}}/attrs/", "write", one + "/attrs/", json={"extra": _prop(1)}),
+        p("PATCH", f"{e}/{{entity_id}}/attrs", "write", one + "/attrs", json=frag),
+        p("PATCH", f"{e}/{{entity_id}}/attrs/", "write", one + "/attrs/", json=frag),
+        p("PATCH", f"{e}/{{entity_id}}/attrs/{{attr}}", "write", one + "/attrs/name", json={"value": "Changed"}),
+        p("PUT", f"{e}/{{entity_id}}/attrs/{{attr}}", "write", one + "/attrs/name", json=_prop("Changed")),
+        p("DELETE", f"{e}/{{entity_id}}/attrs/{{attr}}", "write", one + "/attrs/name"),
+        # batch
+        p("POST", f"{API}/entityOperations/create", "write", f"{API}/entityOperations/create", json=[new]),
+        p("POST", f"{API}/entityOperations/upsert", "write", f"{API}/entityOperations/upsert", json=batch),
+        p("POST", f"{API}/entityOperations/update", "write", f"{API}/entityOperations/update", json=batch),
+        p("POST", f"{API}/entityOperations/merge", "write", f"{API}/entityOperations/merge", json=batch),
+        p("POST", f"{API}/entityOperations/delete", "write", f"{API}/entityOperations/delete", json=[BUILDING]),
+        p("POST", f"{API}/entityOperations/query", "read", f"{API}/entityOperations/query", json=query),
+        p(
+            "POST",
+            f"{API}/entityOperations/query",
+            "read",
+            f"{API}/entityOperations/query",
+            json={**query, "q": f'{HIDDEN}=="{SECRET_VALUE}"'},
+        ),
+        # @contexts
+        p("GET", f"{API}/jsonldContexts", "public", f"{API}/jsonldContexts"),
+        p("POST", f"{API}/jsonldContexts", "admin-write", f"{API}/jsonldContexts", json={"@context": {"a": "urn:a"}}),
+        p("GET", f"{API}/jsonldContexts/{{context_id:path}}", "public", f"{API}/jsonldContexts/{ids.context}"),
+        p("DELETE", f"{API}/jsonldContexts/{{context_id:path}}", "admin-write", f"{API}/jsonldContexts/{ids.context}"),
+        # information and discovery
+        p("GET", f"{API}/info/sourceIdentity", "read", f"{API}/info/sourceIdentity"),
+        p("GET", f"{API}/types", "read", f"{API}/types", params={"details": "true"}),
+        p("GET", f"{API}/types/", "read", f"{API}/types/"),
+        p("GET", f"{API}/types/{{name:path}}", "read", f"{API}/types/Building"),
+        p("GET", f"{API}/attributes", "read", f"{API}/attributes", params={"details": "true"}),
+        p("GET", f"{API}/attributes/", "read", f"{API}/attributes/"),
+        p("GET", f"{API}/attributes/{{name:path}}", "read", f"{API}/attributes/name"),
+        # subscriptions: they belong to their creator
+        p("POST", f"{API}/subscriptions", "owned-write", f"{API}/subscriptions", json=subscription),
+        p("POST", f"{API}/subscriptions/", "owned-write", f"{API}/subscriptions/", json=subscription),
+        p("GET", f"{API}/subscriptions", "owned-read", f"{API}/subscriptions"),
+        p("GET", f"{API}/subscriptions/", "owned-read", f"{API}/subscriptions/"),
+        p("GET", f"{API}/subscriptions/{{subscription_id}}", "owned-read", sub),
+        p("PATCH", f"{API}/subscriptions/{{subscription_id}}", "owned-write", sub, json={"description": "x"}),
+        p("DELETE", f"{API}/subscriptions/{{subscription_id}}", "owned-write", sub),
+        # registrations
+        p("POST", f"{API}/csourceRegistrations", "admin-write", f"{API}/csourceRegistrations", json=registration),
+        p("POST", f"{API}/csourceRegistrations/", "admin-write", f"{API}/csourceRegistrations/", json=registration),
+        p("GET", f"{API}/csourceRegistrations", "read", f"{API}/csourceRegistrations"),
+        p("GET", f"{API}/csourceRegistrations/", "read", f"{API}/csourceRegistrations/"),
+        p("GET", f"{API}/csourceRegistrations/{{registration_id}}", "read", reg),
+        p("PATCH", f"{API}/csourceRegistrations/{{registration_id}}", "admin-write", reg, json={"description": "x"}),
+        p("DELETE", f"{API}/csourceRegistrations/{{registration_id}}", "admin-write", reg),
+        p("GET", f"{API}/csourceSubscriptions", "read", f"{API}/csourceSubscriptions"),
+        p("GET", f"{API}/csourceSubscriptions/", "read", f"{API}/csourceSubscriptions/"),
+        p(
+            "GET",
+            f"{API}/csourceSubscriptions/{{subscription_id}}",
+            "read",
+            f"{API}/csourceSubscriptions/urn:ngsi-ld:Subscription:none",
+        ),
+        # entity maps: they belong to their creator
+        p("GET", f"{API}/entityMaps", "read", f"{API}/entityMaps", params={"type": "Building"}),
+        p("GET", f"{API}/entityMaps/{{map_id}}", "owned-read", emap),
+        p("PATCH", f"{API}/entityMaps/{{map_id}}", "owned-write", emap, json={"expiresAt": "2020-01-01T00:00:00Z"}),
+        p("DELETE", f"{API}/entityMaps/{{map_id}}", "owned-write", emap),
+        p("GET", f"{e}", "owned-read", e, params={"type": "Building"}, headers={"NGSILD-EntityMap": ids.entity_map}),
+        # temporal (a query over someone else's entity map makes a new map, as above)
+        p(
+            "GET",
+            TEMPORAL,
+            "owned-read",
+            TEMPORAL,
+            params=temporal_q,
+            headers={"NGSILD-EntityMap": ids.entity_map},
+        ),
+        p("GET", TEMPORAL, "read", TEMPORAL, params=temporal_q),
+        p("POST", TEMPORAL, "write", TEMPORAL, json=temporal_new),
+        p("GET", f"{TEMPORAL}/{{rest:path}}", "read", f"{TEMPORAL}/{BUILDING}"),
+        p("GET", f"{TEMPORAL}/{{rest:path}}", "read", f"{TEMPORAL}/{BUILDING}", params={"format": "temporalValues"}),
+        p(
+            "GET",
+            f"{TEMPORAL}/{{rest:path}}",
+            "read",
+            f"{TEMPORAL}/{BUILDING}",
+            params={
+                "aggrMethods": "totalCount,distinctCount",
+                "aggrPeriodDuration": "P1D",
+                "format": "aggregatedValues",
+            },
+        ),
+        p("GET", f"{TEMPORAL}/{{rest:path}}", "read", f"{TEMPORAL}/{BUILDING}", params={"lastN": "1", "attrs": HIDDEN}),
+        p("POST", f"{TEMPORAL}/{{rest:path}}", "write", f"{TEMPORAL}/{BUILDING}/attrs", json=history),
+        p("DELETE", f"{TEMPORAL}/{{rest:path}}", "write", f"{TEMPORAL}/{BUILDING}"),
+        p("DELETE", f"{TEMPORAL}/{{rest:path}}", "write", f"{TEMPORAL}/{BUILDING}/attrs/name"),
+        p(
+            "PATCH",
+            f"{TEMPORAL}/{{rest:path}}",
+            "write",
+            f"{TEMPORAL}/{BUILDING}/attrs/name/{ids.instance}",
+            json={"name": _prop("Patched")},
+        ),
+        p("DELETE", f"{TEMPORAL}/{{rest:path}}", "write", f"{TEMPORAL}/{BUILDING}/attrs/name/{ids.instance}"),
+        p("PUT", f"{TEMPORAL}/{{rest:path}}", "malformed", f"{TEMPORAL}/{BUILDING}", json=temporal_new),
+        p(
+            "POST",
+            f"{API}/temporal/entityOperations/query",
+            "read",
+            f"{API}/temporal/entityOperations/query",
+            json={**query, "temporalQ": {"timerel": "after", "timeAt": "2000-01-01T00:00:00Z"}},
+        ),
+        p("GET", f"{API}/temporal/entityMaps", "read", f"{API}/temporal/entityMaps", params=temporal_q),
+        # IoT agent
+        p("GET", "/iot/about", "public", "/iot/about"),
+        p(
+            "POST",
+            "/iot/services",
+            "admin-write",
+            "/iot/services",
+            json={"services": [{"apikey": "k2", "entity_type": "T", "resource": "/iot/d"}]},
+        ),
+        p("GET", "/iot/services", "admin-read", "/iot/services"),
+        p("DELETE", "/iot/services", "admin-write", "/iot/services", params={"apikey": "k1", "resource": "/iot/d"}),
+        p(
+            "POST",
+            "/iot/devices",
+            "admin-write",
+            "/iot/devices",
+            json={"devices": [{"device_id": "d2", "entity_type": "T"}]},
+        ),
+        p("GET", "/iot/devices", "admin-read", "/iot/devices"),
+        p("GET", "/iot/devices/{device_id}", "admin-read", f"/iot/devices/{ids.device}"),
+        p("DELETE", "/iot/devices/{device_id}", "admin-write", f"/iot/devices/{ids.device}"),
+        p("POST", "/iot/d", "device", "/iot/d", params={"k": "k1", "i": ids.device}, content="t|21"),
+        p("POST", "/iot/json", "device", "/iot/json", params={"k": "k1", "i": ids.device}, json={"t": 21}),
+        # audit, policies, keys, users, tokens, version
+        p("GET", "/cityos/v1/audit", "admin-read", "/cityos/v1/audit"),
+        p(
+            "GET",
+            "/cityos/v1/audit/access-report",
+            "admin-read",
+            "/cityos/v1/audit/access-report",
+            params={"subject": BUILDING},
+        ),
+        p("GET", f"{ADMIN}/policies", "admin-read", f"{ADMIN}/policies"),
+        p(
+            "POST",
+            f"{ADMIN}/policies",
+            "admin-write",
+            f"{ADMIN}/policies",
+            json={"id": "x", "effect": "allow", "principals": {"authenticated": True}, "actions": ["*"]},
+        ),
+        p("POST", f"{ADMIN}/policies/reload", "admin-write", f"{ADMIN}/policies/reload"),
+        p("GET", f"{ADMIN}/policies/{{policy_id}}", "admin-read", f"{ADMIN}/policies/{ids.policy}"),
+        p("GET", f"{ADMIN}/policies/{{policy_id}}/history", "admin-read", f"{ADMIN}/policies/{ids.policy}/history"),
+        p(
+            "PUT",
+            f"{ADMIN}/policies/{{policy_id}}",
+            "admin-write",
+            f"{ADMIN}/policies/{ids.policy}",
+            json={"id": ids.policy, "effect": "allow", "principals": {"authenticated": True}, "actions": ["*"]},
+        ),
+        p("DELETE", f"{ADMIN}/policies/{{policy_id}}", "admin-write", f"{ADMIN}/policies/{ids.policy}"),
+        p("GET", "/version", "public", "/version"),
+        p("POST", f"{ADMIN}/keys", "admin-write", f"{ADMIN}/keys", json={"name": "x", "roles": ["admin"]}),
+        p("GET", f"{ADMIN}/keys", "admin-read", f"{ADMIN}/keys"),
+        p("GET", f"{ADMIN}/keys/{{key_id}}", "admin-read", f"{ADMIN}/keys/{ids.key}"),
+        p("DELETE", f"{ADMIN}/keys/{{key_id}}", "admin-write", f"{ADMIN}/keys/{ids.key}"),
+        p(
+            "POST",
+            f"{ADMIN}/users",
+            "admin-write",
+            f"{ADMIN}/users",
+            json={"name": "mallory", "password": "long enough words"},
+        ),
+        p("GET", f"{ADMIN}/users", "admin-read", f"{ADMIN}/users"),
+        p("DELETE", f"{ADMIN}/users/{{name}}", "admin-write", f"{ADMIN}/users/{ids.user}"),
+        p(
+            "PUT",
+            f"{ADMIN}/users/{{name}}/password",
+            "admin-write",
+            f"{ADMIN}/users/{ids.user}/password",
+            json={"password": "a new long password"},
+        ),
+        p("POST", "/cityos/v1/auth/token", "public", "/cityos/v1/auth/token"),
+    ]
+    for method in ("DELETE", "GET", "PATCH", "POST", "PUT"):
+        for path in (f"{e}//attrs", f"{e}//attrs/", f"{e}//attrs/{{attr}}"):
+            table.append(p(method, path, "malformed", path.replace("{attr}", "name"), json=frag))
+    table += [p(method, f"{e}/", "malformed", e + "/", json=frag) for method in ("PATCH", "PUT")]
+    return table
+
+
+def route_table(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, str, str]]:
+    """(method, path template, handler name) of every route, mounts included; HEAD is left out
+    (Starlette answers it with the GET handler, so it has the GET route's decision)."""
+    for route in routes:
+        if isinstance(route, Mount):
+            yield from route_table(list(route.routes), prefix + route.path)
+        elif isinstance(route, Route):
+            for method in sorted(route.methods or ()):
+                if method != "HEAD":
+                    yield method, prefix + route.path, route.name
+        else:
+            yield "?", prefix + getattr(route, "path", repr(route)), type(route).__name__
