@@ -18,7 +18,6 @@ tests/test_auth_keys.py and tests/test_auth_oidc.py; secrets in logs in test_aut
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,7 +30,7 @@ import yaml
 from backends import make_key
 from cityos.app import create_app
 from cityos.settings import Settings
-from notify_helpers import Receiver, receiving, wait_for
+from notify_helpers import Receiver, free_port, receiving, wait_for
 from owasp_routes import (
     ADMIN,
     API,
@@ -76,18 +75,6 @@ POLICIES = [
     },
 ]
 OTHER = {"NGSILD-Tenant": "other"}
-
-
-def port_in_range(low: int = 7500, high: int = 7600) -> int:
-    """A free port of this suite's range."""
-    for port in range(low, high):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {low}-{high - 1}")
 
 
 @dataclass
@@ -165,7 +152,7 @@ def city(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     tokens = {"admin": make_key(module_db_url, "--name", "admin", "--role", "admin")}
     env = {"CITYOS_DATABASE": module_db_url, "CITYOS_ALLOW_PRIVATE_NETWORKS": "true"}
     args = ("--auth", "required", "--policy-file", str(policy_file), "--log-level", "info")
-    server = LoggedServer(workdir / "server.log", *args, env=env, port=port_in_range())
+    server = LoggedServer(workdir / "server.log", *args, env=env, port=free_port())
     server.start()
     with receiving() as receiver:
         try:
