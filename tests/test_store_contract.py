@@ -250,8 +250,12 @@ def test_a_batch_sees_its_own_earlier_operations(backend: Backend) -> None:
     results = run(store.mutate("", operations, atomic=False))
     store.set_change_listener(None, None, name="test")
     assert [type(r.error) if r.error else None for r in results] == [None, None, None, AlreadyExists, None, None, None]
-    # the rejected operation's own listener saw its write (99); the later ones no longer do
-    assert [n for _, n in seen] == [2, 20, 20, 99, 20, 20, 20] and [i for i, _ in seen] == [i for i, _ in operations]
+    # the rejected operation's own listener saw its write (99); the later ones no longer do. A store
+    # may run a batch again after a failure (SQLite redoes it one savepoint per entity): the last
+    # pass is the one that was committed
+    last_pass = seen[-len(operations) :]
+    assert [n for _, n in last_pass] == [2, 20, 20, 99, 20, 20, 20]
+    assert [i for i, _ in last_pass] == [i for i, _ in operations]
     assert ids(run(store.query_entities("", EntityQuery()))) == ["urn:x:2", "urn:x:1", "urn:x:4"]
     for n, expected in ((1, []), (2, []), (3, []), (10, ["urn:x:1"]), (20, ["urn:x:2"]), (40, ["urn:x:4"])):
         query = EntityQuery(value_filters=[ValueFilter(V + "n", "==", (float(n),))])

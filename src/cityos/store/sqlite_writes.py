@@ -137,6 +137,7 @@ class SQLiteWrites:
             )
             if atomic:
                 return [self._apply(connection, tenant, entity_id, mutator) for entity_id, mutator in operations]
+            self._drain(connection)  # nothing buffered before the savepoint may be rolled back with it
             connection.execute("SAVEPOINT batch")
             marks = self._marks()
             try:
@@ -170,6 +171,9 @@ class SQLiteWrites:
     ) -> MutationResult:
         """One entity of a batch in its own savepoint (the careful way, after a _Redo)."""
         entity_id, mutator = operation
+        self._drain(
+            connection
+        )  # what earlier entities buffered must not be drained inside, and lost with, this savepoint
         connection.execute(f"SAVEPOINT op{index}")
         marks = self._marks()
         try:
