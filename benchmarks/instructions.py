@@ -12,7 +12,8 @@ which repeat to a fraction of a percent whatever else the machine runs:
 "Collected" total divided by N is the cost of one request). Run it with PYTHONPATH pointing at
 another checkout's src/ to measure that commit. CITYOS_INSTRUCTIONS_AUTH=1 serves with --auth
 required and sends the requests with an API key whose policy hides one attribute (issue 14's
-auth-on cost). Kinds: retrieve, query, q, geo, update, create, batch.
+auth-on cost); CITYOS_INSTRUCTIONS_AUDIT=off serves with --audit off (what the audit trail costs a
+write). Kinds: retrieve, query, q, geo, update, create, batch.
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ async def measure(kind: str, count: int) -> float:
         policies = folder / "policies.json"
         policies.write_bytes(orjson.dumps(READER_POLICY))
         options = {"auth": "required", "policy_file": str(policies)}
+    if os.environ.get("CITYOS_INSTRUCTIONS_AUDIT") == "off":
+        options["audit"] = "off"
     app = create_app(Settings(database=database, log_level="warning", **options))
     async with app.router.lifespan_context(app):
         everything = [entity(n) for n in range(ENTITIES)]

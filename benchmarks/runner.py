@@ -72,6 +72,11 @@ class Config:
     workers: int = 2  # server processes of the multi-worker PostgreSQL rows; 1: no such rows
     logs: str = ""  # a directory to copy the servers' logs to at the end ('': they are deleted)
     analyze: bool = True  # PostgreSQL: VACUUM (ANALYZE) the schema after each load, as autovacuum would
+    only: tuple[str, ...] = ()  # scenario numbers to run ("8", "5a"); () runs all (the load, 3, always runs)
+
+    def selected(self, name: str) -> bool:
+        """Is the scenario named `name` ("8a. retrieve ...") one this run measures?"""
+        return not self.only or any(name.startswith(number) for number in self.only)
 
     @classmethod
     def smoke(cls) -> Config:
@@ -238,10 +243,12 @@ class Bench:
                     self.scenarios(backend, server, raw)
             finally:
                 backend.problems += _problems(server)
-            if url is not None and config.workers > 1:
+            reads = any(config.selected(name) for name, kind, _ in SCENARIOS if kind in READS)
+            if url is not None and config.workers > 1 and reads:
                 self.multi_worker(backend, url)
-            log(f"  --durability normal and full, side by side ({time.monotonic() - self.started:.0f} s)")
-            self.rows += durability(self, backend.name, url, backend.stored)
+            if config.selected("7"):
+                log(f"  --durability normal and full, side by side ({time.monotonic() - self.started:.0f} s)")
+                self.rows += durability(self, backend.name, url, backend.stored)
 
     def scenarios(self, backend: Backend, server: ServerProcess, raw: RawStore | RawPostgres) -> None:
         self.batch_upsert(backend, server, raw)
@@ -252,14 +259,17 @@ class Bench:
         if not backend.stored:  # every other scenario needs them
             raise StartFailed(f"no entity stored by the batch upsert: {self.rows[-1].error_sample}")
         for name, kind, target in SCENARIOS:
+            if not self.config.selected(name):
+                continue
             row = Row(name, baseline=CONSTANT, target=target, backend=backend.name)
             workload = partial(_scenario_workload, kind, backend.stored)
             self.rows.append(self.measure(row, server, workload, baseline=self.constant_sample))
-        for row in future.scenarios(self, server, backend.stored):
+        for row in future.scenarios(self, server, backend.stored) if self.config.selected("6") else []:
             row.backend = backend.name
             self.rows.append(row)
         url = self.schema.url if self.schema is not None else None
-        self.rows += auth_rows(self, server, backend.name, url, backend.stored)  # scenario 8: --auth required
+        if self.config.selected("8"):  # scenario 8: --auth required
+            self.rows += auth_rows(self, server, backend.name, url, backend.stored)
         backend.rss_peak = server.peak_rss_mb()
 
     def multi_worker(self, backend: Backend, url: str) -> None:
@@ -270,7 +280,7 @@ class Bench:
             with server:
                 log(f"cityos serve --workers {workers} (pid {server.pid}) on {backend.label}")
                 for name, kind, target in SCENARIOS:
-                    if kind not in READS:
+                    if kind not in READS or not self.config.selected(name):
                         continue
                     row = Row(name, baseline=CONSTANT, target=target, backend=backend.name, workers=workers)
                     workload = partial(_scenario_workload, kind, backend.stored)

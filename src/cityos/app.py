@@ -380,10 +380,8 @@ def create_app(settings: Settings) -> Starlette:
     app.state.identity = identity
     app.state.policies = policies
     app.add_middleware(LastResort)  # innermost: answers what no handler knew, keeps the connection
-    if identity.required:  # who is calling, before any handler: auth/middleware.py (auth off: nothing to do)
+    if identity.required:  # who is calling and why, before any handler: auth/middleware.py (auth off: nothing to do)
         app.add_middleware(AuthMiddleware, authenticator=identity.authenticator, limiter=identity.limiter)
-    if policies is not None:
-        app.add_middleware(policy_http.PurposeMiddleware)
     keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))
     app.add_middleware(
         ProtocolGuard, max_body_bytes=settings.max_body_bytes, keep_slash=(*keep_slash, temporal.SELF_ROUTED)
