@@ -112,34 +112,38 @@ class Authenticator:
         self._version = version
 
     # -- the door ------------------------------------------------------------------------------
+    def _digest(self, authorization: bytes) -> bytes:
+        """The cache key of a header: a MAC under the process's random key (never the secret)."""
+        return hashlib.blake2b(authorization, key=self._pepper, digest_size=32).digest()
+
+    def cached(self, authorization: bytes) -> Principal | None:
+        """The principal of a header seen and verified before, without a coroutine (the door's fast
+        path: most requests); None when authenticate() must decide (also when a poll is due)."""
+        now = time.monotonic()
+        if now - self._polled >= POLL_SECONDS:
+            return None
+        entry = self._cache.get(self._digest(authorization))
+        if entry is None or now >= entry.until or (entry.expires is not None and time.time() >= entry.expires):
+            return None
+        return entry.principal
+
     async def authenticate(self, authorization: str | bytes | None) -> Principal:
         """The principal of an Authorization header (as sent: bytes, or text): ANONYMOUS without
         one, Unauthorized for anything that does not prove a valid credential."""
         if authorization is None:
             return ANONYMOUS
-        now = time.monotonic()
-        if now - self._polled >= POLL_SECONDS:
+        if time.monotonic() - self._polled >= POLL_SECONDS:
             await self._poll()
-        raw = authorization.encode() if isinstance(authorization, str) else authorization
-        digest = hashlib.blake2b(raw, key=self._pepper, digest_size=32).digest()
-        entry = self._cache.get(digest)
-        if entry is not None and now < entry.until and (entry.expires is None or time.time() < entry.expires):
-            if entry.principal is None:
-                raise Unauthorized(token_given=True)
-            return entry.principal
-        text = authorization if isinstance(authorization, str) else authorization.decode("latin-1")
-        return await self._first_sight(digest, text)
-
-    async def _first_sight(self, digest: bytes, authorization: str) -> Principal:
-        """A header not (or no longer) in the cache: parsed, and verified against its slow hash."""
-        scheme, _, value = authorization.strip().partition(" ")
-        scheme = scheme.lower()
-        value = value.strip()
-        if scheme not in ("bearer", "basic") or not value:
-            await self._failed("unsupported authorization scheme", "")
-            raise Unauthorized(token_given=True)
+        digest = self._digest(authorization.encode() if isinstance(authorization, str) else authorization)
         entry = self._fresh(digest)
         if entry is None:
+            text = authorization if isinstance(authorization, str) else authorization.decode("latin-1")
+            scheme, _, value = text.strip().partition(" ")
+            scheme = scheme.lower()
+            value = value.strip()
+            if scheme not in ("bearer", "basic") or not value:
+                await self._failed("unsupported authorization scheme", "")
+                raise Unauthorized(token_given=True)
             entry = await self._verify_once(digest, scheme, value)
         if entry.principal is None:
             raise Unauthorized(token_given=True)

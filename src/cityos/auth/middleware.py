@@ -60,7 +60,9 @@ class AuthMiddleware:
             elif name == PURPOSE_HEADER and purpose is None:
                 purpose = value
         try:
-            principal = await self.authenticator.authenticate(authorization)
+            principal = self.authenticator.cached(authorization) if authorization is not None else None
+            if principal is None:
+                principal = await self.authenticator.authenticate(authorization)
             if self.limiter is not None:
                 caller = principal.id
                 if principal.kind == "anonymous" and scope.get("client"):
