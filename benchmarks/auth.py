@@ -18,12 +18,13 @@ from benchmarks.entities import ENTITY_TYPE
 from benchmarks.future import NOT_YET
 from benchmarks.report import Row
 from benchmarks.servers import ServerProcess, cityos_server
+from benchmarks.targets import Target
 from benchmarks.workloads import Workload
 
 if TYPE_CHECKING:
     from benchmarks.runner import Bench
 
-TARGET = 0.85
+TARGET = Target(ratio=0.85)
 ROLE = "bench-reader"
 SCENARIOS = [
     ("8a. retrieve entity by id, auth on", "retrieve"),

@@ -55,10 +55,11 @@ def random_point(rng: random.Random) -> list[float]:
     return [round(rng.uniform(*LON), 6), round(rng.uniform(*LAT), 6)]
 
 
-def make_entity(index: int, *, id_: str | None = None) -> dict[str, Any]:
+def make_entity(index: int, *, id_: str | None = None, seed: int = 0) -> dict[str, Any]:
     """Entity number `index`: the example's shape with values drawn from a generator seeded by the index,
-    so entity i is the same document in every scenario, process and run."""
-    rng = random.Random(index)
+    so entity i is the same document in every scenario, process and run; another `seed` gives the same
+    entity other values (a refresh of it)."""
+    rng = random.Random(index + (seed << 32))
     entity: dict[str, Any] = orjson.loads(_template())
     total = rng.randrange(50, 600)
     available = rng.randrange(0, total + 1)

@@ -46,7 +46,7 @@ def notifications(bench: Bench, server: ServerProcess, stored: int) -> Row:
     """Partial updates under load, each matching a subscription whose endpoint is a receiver process
     on the same stack; the rate is notifications received per second at the receiver."""
     row = Row("6a. notifications delivered", unit="notif/s")
-    base = f"http://127.0.0.1:{server.port}"
+    base = server.base
     if not _answers(base, f"{API}/subscriptions"):
         row.skipped = NOT_YET
         return row
@@ -94,13 +94,13 @@ def _settled(receiver: ServerProcess, *, expected: int, patience: float = 15.0) 
         time.sleep(0.2)
 
 
-def temporal(bench: Bench, server: ServerProcess) -> list[Row]:
-    """The average per day of one attribute over `entities` stored instances (aggregated in SQL),
-    and the last 10 instances of it (lastN)."""
-    instances = bench.config.entities
+def temporal(bench: Bench, server: ServerProcess, instances: int | None = None) -> list[Row]:
+    """The average per day of one attribute over `instances` stored instances (default: as many as
+    entities; aggregated in SQL), and the last 10 instances of it (lastN)."""
+    instances = instances or bench.config.entities
     row = Row(f"6b. temporal avg per day, {instances:,} instances", unit="req/s")
     last = Row(f"6c. temporal lastN=10, {instances:,} instances", unit="req/s")
-    base = f"http://127.0.0.1:{server.port}"
+    base = server.base
     if not _answers(base, f"{API}/temporal/entities?type={ENTITY_TYPE}"):
         row.skipped = last.skipped = NOT_YET
         return [row, last]

@@ -118,19 +118,44 @@ class BenchSchema:
         return time.perf_counter() - start
 
     async def _analyze(self) -> None:
+        for table, _ in await self._tables():
+            await _execute(self.admin_url, f"VACUUM (ANALYZE) {table}")
+
+    async def _tables(self) -> list[tuple[str, int]]:
+        """(schema-qualified name, pg_total_relation_size: indexes and TOAST included) of each table
+        of the schema, partitions and their parents included (a parent's own size is 0)."""
         import asyncpg
 
-        connection = await asyncpg.connect(self.admin_url, timeout=5)
+        connection = await asyncpg.connect(self.admin_url, timeout=10)
         try:
-            tables = await connection.fetch(
-                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c"
+            rows = await connection.fetch(
+                "SELECT format('%I.%I', n.nspname, c.relname), pg_total_relation_size(c.oid) FROM pg_class c"
                 " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
                 self.name,
             )
-            for (table,) in tables:
-                await connection.execute(f"VACUUM (ANALYZE) {table}")
+            return [(name, size) for name, size in rows]
         finally:
             await connection.close()
+
+    def table_sizes(self) -> list[tuple[str, int]]:
+        """(table name, bytes) of each table of the schema (the scaling table's bytes on disk)."""
+        return [(name.rpartition(".")[2].strip('"'), size) for name, size in asyncio.run(self._tables())]
+
+    def count(self, table: str) -> int | None:
+        """The rows of one table of the schema (None: no such table)."""
+        import asyncpg
+
+        async def counted() -> int | None:
+            connection = await asyncpg.connect(self.admin_url, timeout=10)
+            try:
+                rows: int = await connection.fetchval(f'SELECT count(*) FROM "{self.name}"."{table}"')
+                return rows
+            except asyncpg.PostgresError:
+                return None
+            finally:
+                await connection.close()
+
+        return asyncio.run(counted())
 
     def drop(self) -> None:
         # a second Ctrl-C during the drop would leave the schema: retry once, then say so

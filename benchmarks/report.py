@@ -7,7 +7,9 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-LABELS = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+from benchmarks.targets import POSTGRES_VS_SQLITE, Target
+
+LABELS = {"sqlite": "SQLite", "postgres": "PostgreSQL", "remote": "remote server"}
 
 
 def backend_label(backend: str, workers: int = 1) -> str:
@@ -31,7 +33,7 @@ class Row:
     error_sample: str = ""
     rss_mb: float | None = None
     baseline: str = ""
-    target: float | None = None
+    target: Target | None = None
     ratios: list[float] = field(default_factory=list)  # paired with the baseline, one per repeat
     cpu_ms: list[float] = field(default_factory=list)  # server (+ database) CPU ms per operation, per repeat
     skipped: str = ""
@@ -51,14 +53,20 @@ class Row:
     def ratio(self) -> float | None:
         return statistics.median(self.ratios) if self.ratios else None
 
-    @property
-    def met(self) -> bool | None:
-        if self.target is None or self.ratio is None:
-            return None
-        return self.ratio >= self.target
+    def met(self, sqlite_rate: float | None = None) -> bool | None:
+        """Every part of the target met (None: no target, or a part with nothing to compare with)."""
+        return None if self.target is None else self.target.met(self.rate, self.ratio, sqlite_rate)
 
-    def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "rate": self.rate, "ratio": self.ratio, "met": self.met}
+    def target_text(self, sqlite_rate: float | None = None) -> str:
+        return "" if self.target is None else self.target.text(self.rate, self.ratio, sqlite_rate)
+
+    def as_json(self, sqlite_rate: float | None = None) -> dict[str, Any]:
+        return {**asdict(self), "rate": self.rate, "ratio": self.ratio, "met": self.met(sqlite_rate)}
+
+
+def sqlite_rates(rows: list[Row]) -> dict[str, float]:
+    """The SQLite rate of each scenario name, for the PostgreSQL rows' "≥ 0.7x SQLite" targets."""
+    return {row.name: row.rate for row in rows if row.backend == "sqlite" and row.workers == 1 and row.rates}
 
 
 def _number(value: float) -> str:
@@ -75,6 +83,7 @@ def format_table(rows: list[Row]) -> str:
         " | CPU ms/op | Ratio to baseline (min-max) | Baseline | Target |"
     )
     lines = [header, "|" + "---|" * 12]
+    versus = sqlite_rates(rows)
     for row in rows:
         if row.skipped or not row.rates:
             lines.append(f"| {row.name} | {row.label} | {row.skipped or 'did not run'} | | | | | | | | | |")
@@ -83,9 +92,7 @@ def format_table(rows: list[Row]) -> str:
         ratio = ""
         if row.ratio is not None:
             ratio = f"{row.ratio:.1%} ({min(row.ratios):.1%}-{max(row.ratios):.1%})"
-        target = ""
-        if row.target is not None:
-            target = f"≥ {row.target:.0%} " + ("met" if row.met else "**missed**")
+        target = row.target_text(versus.get(row.name))
         rss = f"{row.rss_mb:.0f}" if row.rss_mb is not None else "-"
         cpu = f"{statistics.median(row.cpu_ms):.3f}" if row.cpu_ms else "-"
         lines.append(
@@ -95,12 +102,15 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def _cell(row: Row | None) -> str:
+def cell(row: Row | None, *, spread: bool = False) -> str:
+    """A row in one table cell: its median rate (with spread: and min-max), its paired ratio, its errors."""
     if row is None:
         return "-"
     if row.skipped or not row.rates:
         return row.skipped or "did not run"
     text = f"{_number(row.rate)} {row.unit}"
+    if spread:
+        text += f" ({_number(min(row.rates))}-{_number(max(row.rates))})"
     if row.ratio is not None:
         text += f" ({row.ratio:.1%})"
     if row.errors:
@@ -110,7 +120,8 @@ def _cell(row: Row | None) -> str:
 
 def format_side_by_side(rows: list[Row]) -> str:
     """One line per scenario, one column per back-end (and worker count): the median rate and, in
-    brackets, the paired ratio to the scenario's baseline; then each PostgreSQL column over SQLite."""
+    brackets, the paired ratio to the scenario's baseline; then each PostgreSQL column over SQLite (in bold
+    below issue 15's 0.7)."""
     scenarios = [row for row in rows if row.kind == "scenario"]
     columns = list(dict.fromkeys((row.backend, row.workers) for row in scenarios))
     names = list(dict.fromkeys(row.name for row in scenarios))
@@ -120,13 +131,14 @@ def format_side_by_side(rows: list[Row]) -> str:
     header += [f"{backend_label(*column)} / SQLite" for column in versus]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
-        line = [name, *(_cell(cells.get((name, *column))) for column in columns)]
+        line = [name, *(cell(cells.get((name, *column))) for column in columns)]
         base = cells.get((name, "sqlite", 1))
         for column in versus:
             other = cells.get((name, *column))
             if base is None or other is None or not base.rate or not other.rate:
                 line.append("")
             else:
-                line.append(f"{other.rate / base.rate:.2f}")
+                share = other.rate / base.rate
+                line.append(f"{share:.2f}" if share >= POSTGRES_VS_SQLITE else f"**{share:.2f}**")
         lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines)

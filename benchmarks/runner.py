@@ -3,11 +3,13 @@ PostgreSQL), each repeated, with the load generated from a separate process. The
 each repeat of a scenario is paired with a repeat of its baseline run just before it, and the ratio
 shown is the median of the paired ratios. Every back-end is compared with the same constant-JSON
 floor, and with the raw-write floor of its own database. On PostgreSQL the read scenarios run once
-more against a server with several worker processes."""
+more against a server with several worker processes. The scaling table (--scale) and the remote run
+(--url) are in scale.py."""
 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
@@ -26,28 +28,42 @@ from benchmarks import future
 from benchmarks.auth import auth_rows
 from benchmarks.durability import durability
 from benchmarks.entities import ENTITY_TYPE
+from benchmarks.iot import mqtt_row
 from benchmarks.loadgen import LoadResult, LoadSpec, run_load
 from benchmarks.postgres import BenchSchema, RawPostgres, default_url, redact, unreachable
 from benchmarks.rawsqlite import RawStore, documents
 from benchmarks.report import LABELS, Row
-from benchmarks.servers import ServerProcess, StartFailed, cityos_server, constant_server, log_problems
+from benchmarks.scale import SizeResult, remote, scale_size
+from benchmarks.servers import (
+    RemoteServer,
+    ServerProcess,
+    StartFailed,
+    cityos_server,
+    constant_server,
+    load_average,
+    log_problems,
+    parse_cpus,
+    server_cpus,
+)
+from benchmarks.targets import RSS_MB, target
 from benchmarks.workloads import API, BATCH_SIZE, Workload
 
 CONSTANT = "constant JSON (HTTP floor)"
 SQLITE, POSTGRES = "sqlite", "postgres"
 BACKENDS = (SQLITE, POSTGRES)
-READS = ("retrieve", "query_type")  # the scenarios run again with several server workers (PostgreSQL)
-# (row name, workload kind, target ratio to the constant-JSON endpoint); targets from issue 4
-SCENARIOS: list[tuple[str, str, float | None]] = [
-    ("1. create one entity", "create", 0.40),
-    ("2. partial attribute update", "update", 0.40),
-    ("4. retrieve entity by id", "retrieve", 0.50),
-    ("5a. query type, limit=20", "query_type", 0.30),
-    ("5b. query q filter, limit=20", "query_q", None),
-    ("5c. query geoQ near 500 m, limit=20", "query_geo", None),
+# the read scenarios, run again with several server workers (PostgreSQL: SQLite serves one process)
+READS = ("retrieve", "query_type", "query_type_offset", "query_q", "query_geo")
+# (row name, workload kind); their targets are in targets.py (issue 15)
+SCENARIOS: list[tuple[str, str]] = [
+    ("1. create one entity", "create"),
+    ("2. partial attribute update", "update"),
+    ("4. retrieve entity by id", "retrieve"),
+    ("5a. query type, limit=20", "query_type"),
+    ("5b. query q filter, limit=20", "query_q"),
+    ("5c. query geoQ near 500 m, limit=20", "query_geo"),
+    ("5d. query type, limit=20, random offset", "query_type_offset"),
 ]
-BATCH_TARGET = 0.25
-RSS_TARGET_MB = 200.0
+RSS_TARGET_MB = RSS_MB
 # constant-app variants, each changing one layer of the stack
 ALTERNATIVES = [
     ("stdlib json", ["--json", "json"]),
@@ -69,9 +85,17 @@ class Config:
     backends: tuple[str, ...] = BACKENDS
     postgres: str = field(default_factory=default_url)
     require_postgres: bool = False  # an unusable PostgreSQL fails the run instead of being skipped
-    workers: int = 2  # server processes of the multi-worker PostgreSQL rows; 1: no such rows
+    workers: tuple[int, ...] = (1, 2)  # server processes of the read rows; above 1: PostgreSQL only
     logs: str = ""  # a directory to copy the servers' logs to at the end ('': they are deleted)
     analyze: bool = True  # PostgreSQL: VACUUM (ANALYZE) the schema after each load, as autovacuum would
+    clients: int = 1  # load-generating processes (one event loop each), the connections split among them
+    main: bool = True  # the main table; off when only the scaling table or a remote run is asked for
+    scale: tuple[int, ...] = (10_000, 100_000, 1_000_000)  # entity counts of the scaling table (scale.py)
+    scale_instances: int = 10_000  # temporal instances of the scaling table's temporal rows
+    scale_duration: float = 0.0  # seconds per repeat in the scaling table, without warm-up (0: duration's)
+    mqtt: bool = True  # scenario 9, the IoT Agent over a real Mosquitto
+    url: str = ""  # a cityos server started elsewhere (e.g. a bigger machine): loaded, not started
+    floor_url: str = ""  # the constant-JSON app next to it (python -m benchmarks.constant_app --host ...)
     only: tuple[str, ...] = ()  # scenario numbers to run ("8", "5a"); () runs all (the load, 3, always runs)
 
     def selected(self, name: str) -> bool:
@@ -81,7 +105,17 @@ class Config:
     @classmethod
     def smoke(cls) -> Config:
         """Tiny sizes: every scenario runs, in a few seconds each, so the harness cannot rot."""
-        return cls(duration=0.5, warmup=0.2, repeat=1, entities=200, batch_size=100, alternatives=False)
+        return cls(
+            duration=0.5,
+            warmup=0.2,
+            repeat=1,
+            entities=200,
+            batch_size=100,
+            alternatives=False,
+            scale=(200, 400),
+            scale_instances=200,
+            scale_duration=0.1,
+        )
 
 
 @dataclass
@@ -113,6 +147,8 @@ class Backend:
 class Outcome:
     rows: list[Row]
     backends: list[Backend]
+    sizes: list[SizeResult] = field(default_factory=list)  # the scaling table's, in run order
+    loads: dict[str, list[float]] = field(default_factory=dict)  # 1-minute load averages sampled per table
 
     @property
     def failed(self) -> bool:
@@ -133,12 +169,21 @@ def log(message: str) -> None:
 
 
 class Bench:
-    def __init__(self, config: Config, workdir: Path, pool: ProcessPoolExecutor, constant: ServerProcess) -> None:
+    def __init__(
+        self, config: Config, workdir: Path, pool: ProcessPoolExecutor, constant: ServerProcess | None
+    ) -> None:
         self.config, self.workdir, self.pool, self.constant = config, workdir, pool, constant
         self.constant_row = Row(CONSTANT, kind="baseline")
         self.rows: list[Row] = [self.constant_row]
         self.started = time.monotonic()
         self.schema: BenchSchema | None = None  # the PostgreSQL schema of the back-end being measured
+        self.loads: list[float] = []  # the machine's 1-minute load average after each repeat
+
+    def log(self, message: str) -> None:
+        log(message)
+
+    def sample_load(self) -> None:
+        self.loads.append(load_average()[0])
 
     def settle(self) -> None:
         """After a bulk load, before the load is queried: on PostgreSQL, refresh the planner's statistics
@@ -156,30 +201,47 @@ class Bench:
         connections: int | None = None,
         seed: int = 0,
     ) -> LoadResult:
-        """One load run in the load-generating process; blocks until it is done."""
+        """One load run in the load-generating process(es); blocks until it is done. With several clients
+        the connections and requests are split among them (each creating its own ids)."""
         config = self.config
-        spec = LoadSpec(
-            host="127.0.0.1",
-            port=server.port,
-            workload=workload,
-            connections=connections or config.connections,
-            duration=duration or config.duration,
-            requests=requests,
-            client=config.client,
-            seed=seed,
-        )
-        return self.pool.submit(run_load, spec).result()
+        total = connections or config.connections
+        clients = max(1, min(config.clients, total, requests or total))
+        specs, first = [], 0
+        for index in range(clients):
+            count = None if requests is None else requests // clients + (index < requests % clients)
+            specs.append(
+                LoadSpec(
+                    host=server.host,
+                    port=server.port,
+                    workload=_shard(workload, index, first) if clients > 1 else workload,
+                    connections=total // clients + (index < total % clients),
+                    duration=duration or config.duration,
+                    requests=count,
+                    client=config.client,
+                    seed=seed * clients + index,
+                )
+            )
+            first += count or 0
+        futures = [self.pool.submit(run_load, spec) for spec in specs]
+        return _merged([future.result() for future in futures])
 
     def record(self, row: Row, result: LoadResult) -> None:
         """One repeat's result, in its row (for scenarios that run their own loads)."""
         _record(row, result)
 
-    def constant_sample(self, index: int = 0) -> float:
-        """One repeat of the constant-JSON baseline, recorded in its row; returns its rate."""
+    def constant_sample(self, index: int = 0, into: Row | None = None) -> float:
+        """One repeat of the constant-JSON baseline, recorded in its row (or `into`); returns its rate."""
+        assert self.constant is not None
+        row = into or self.constant_row
         result = self.load(self.constant, Workload("constant"), seed=index)
-        _record(self.constant_row, result)
-        self.constant_row.rss_mb = self.constant.peak_rss_mb()
+        _record(row, result)
+        row.rss_mb = self.constant.peak_rss_mb()
         return result.rate
+
+    @property
+    def floor(self) -> Callable[[int], float] | None:
+        """The constant-JSON baseline to pair a scenario with (None: a remote run without --floor-url)."""
+        return self.constant_sample if self.constant is not None else None
 
     def measure(
         self,
@@ -203,9 +265,10 @@ class Bench:
             count = None if requests is None else requests[index]
             cpu_before = server.cpu_seconds()
             result = self.load(server, workload(index), requests=count, connections=connections, seed=index)
-            if result.ops:
+            if result.ops and server.pid:
                 row.cpu_ms.append((server.cpu_seconds() - cpu_before) * 1000 / (result.ops * per_op))
             _record(row, result, per_op)
+            self.sample_load()
             if base:
                 row.ratios.append(result.rate * per_op / base)
         row.rss_mb = server.peak_rss_mb()
@@ -216,9 +279,7 @@ class Bench:
         for label, options in ALTERNATIVES:
             with constant_server(self.workdir, *options) as server:
                 row = Row(f"alt: constant JSON, {label}", kind="alternative", baseline=CONSTANT)
-                self.rows.append(
-                    self.measure(row, server, lambda i: Workload("constant"), baseline=self.constant_sample)
-                )
+                self.rows.append(self.measure(row, server, lambda i: Workload("constant"), baseline=self.floor))
 
     def cityos(self, backend: Backend) -> None:
         """Every scenario on one back-end: a fresh database (file or schema), its own raw floor, one
@@ -243,9 +304,10 @@ class Bench:
                     self.scenarios(backend, server, raw)
             finally:
                 backend.problems += _problems(server)
-            reads = any(config.selected(name) for name, kind, _ in SCENARIOS if kind in READS)
-            if url is not None and config.workers > 1 and reads:
-                self.multi_worker(backend, url)
+            reads = any(config.selected(name) for name, kind in SCENARIOS if kind in READS)
+            for workers in config.workers:
+                if url is not None and workers > 1 and reads:
+                    self.multi_worker(backend, url, workers)
             if config.selected("7"):
                 log(f"  --durability normal and full, side by side ({time.monotonic() - self.started:.0f} s)")
                 self.rows += durability(self, backend.name, url, backend.stored)
@@ -258,33 +320,35 @@ class Bench:
         log(f"  {backend.stored:,} entities stored; server peak RSS {backend.rss_after_load or 0:.0f} MB")
         if not backend.stored:  # every other scenario needs them
             raise StartFailed(f"no entity stored by the batch upsert: {self.rows[-1].error_sample}")
-        for name, kind, target in SCENARIOS:
+        for name, kind in SCENARIOS:
             if not self.config.selected(name):
                 continue
-            row = Row(name, baseline=CONSTANT, target=target, backend=backend.name)
+            row = Row(name, baseline=CONSTANT, target=target(name, backend.name), backend=backend.name)
             workload = partial(_scenario_workload, kind, backend.stored)
-            self.rows.append(self.measure(row, server, workload, baseline=self.constant_sample))
+            self.rows.append(self.measure(row, server, workload, baseline=self.floor))
         for row in future.scenarios(self, server, backend.stored) if self.config.selected("6") else []:
-            row.backend = backend.name
+            row.backend, row.target = backend.name, target(row.name, backend.name)
             self.rows.append(row)
         url = self.schema.url if self.schema is not None else None
         if self.config.selected("8"):  # scenario 8: --auth required
             self.rows += auth_rows(self, server, backend.name, url, backend.stored)
+        if self.config.mqtt and self.config.selected("9"):
+            self.rows.append(mqtt_row(self, backend.name, url, backend.stored))  # scenario 9: MQTT measures
         backend.rss_peak = server.peak_rss_mb()
 
-    def multi_worker(self, backend: Backend, url: str) -> None:
-        """retrieve and type query again, on the same data, with `workers` server processes."""
-        workers = self.config.workers
+    def multi_worker(self, backend: Backend, url: str, workers: int) -> None:
+        """The read scenarios again, on the same data, with `workers` server processes."""
         server = cityos_server(self.workdir, url, workers=workers)
         try:
             with server:
                 log(f"cityos serve --workers {workers} (pid {server.pid}) on {backend.label}")
-                for name, kind, target in SCENARIOS:
+                for name, kind in SCENARIOS:
                     if kind not in READS or not self.config.selected(name):
                         continue
-                    row = Row(name, baseline=CONSTANT, target=target, backend=backend.name, workers=workers)
+                    found = target(name, backend.name)
+                    row = Row(name, baseline=CONSTANT, target=found, backend=backend.name, workers=workers)
                     workload = partial(_scenario_workload, kind, backend.stored)
-                    self.rows.append(self.measure(row, server, workload, baseline=self.constant_sample))
+                    self.rows.append(self.measure(row, server, workload, baseline=self.floor))
         finally:
             backend.problems += _problems(server)
 
@@ -304,13 +368,8 @@ class Bench:
             write.rates.append(rate)
             return rate
 
-        row = Row(
-            f"3. batch upsert, {size:,}/request",
-            unit="entities/s",
-            baseline=write.name,
-            target=BATCH_TARGET,
-            backend=backend.name,
-        )
+        name = f"3. batch upsert, {size:,}/request"
+        row = Row(name, unit="entities/s", baseline=write.name, target=target(name, backend.name), backend=backend.name)
         measured = self.measure(
             row,
             server,
@@ -344,10 +403,41 @@ def _problems(server: ServerProcess) -> list[str]:
 
 def _record(row: Row, result: LoadResult, per_op: int = 1) -> None:
     row.rates.append(result.rate * per_op)
-    row.p50_ms.append(result.percentile(0.50))
-    row.p99_ms.append(result.percentile(0.99))
+    if result.latencies:  # none when the scenario counts its own operations (MQTT)
+        row.p50_ms.append(result.percentile(0.50))
+        row.p99_ms.append(result.percentile(0.99))
     row.errors += result.errors
     row.error_sample = row.error_sample or result.error_sample
+
+
+def _shard(workload: Workload, client: int, first_request: int) -> Workload:
+    """Client `client`'s share of a workload: its own ids for creates, its own run of batches."""
+    if workload.kind == "batch":
+        return replace(workload, start=workload.start + first_request * workload.batch_size)
+    if workload.kind == "create":
+        return replace(workload, tag=f"{workload.tag}c{client}")
+    return workload
+
+
+def _merged(results: list[LoadResult]) -> LoadResult:
+    """Several clients' results as one run: operations added up over the longest client's time."""
+    if len(results) == 1:
+        return results[0]
+    merged = LoadResult(elapsed=max(result.elapsed for result in results))
+    for result in results:
+        merged.ops += result.ops
+        merged.errors += result.errors
+        merged.latencies += result.latencies
+        for status, count in result.statuses.items():
+            merged.statuses[status] = merged.statuses.get(status, 0) + count
+        merged.error_sample = merged.error_sample or result.error_sample
+    return merged
+
+
+def _pin_client(cpus: set[int]) -> None:
+    """A load-generating process keeps off the servers' CPUs (--server-cpus)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
 
 def _scenario_workload(kind: str, stored: int, repeat: int) -> Workload:
@@ -357,7 +447,7 @@ def _scenario_workload(kind: str, stored: int, repeat: int) -> Workload:
 
 def _stored_count(server: ServerProcess) -> int:
     response = httpx.get(
-        f"http://127.0.0.1:{server.port}{API}/entities",
+        f"{server.base}{API}/entities",
         params={"type": ENTITY_TYPE, "count": "true", "limit": "1"},
         timeout=60,
     )
@@ -366,8 +456,9 @@ def _stored_count(server: ServerProcess) -> int:
 
 
 def run(config: Config) -> Outcome:
-    """Every row, in table order: baselines, the broker's scenarios by back-end, then the alternative stacks."""
-    backends = [Backend(name) for name in config.backends]
+    """Every row, in table order: baselines, the broker's scenarios by back-end, then the alternative
+    stacks; then the scaling table's sizes, or a remote server's (--url)."""
+    backends = [Backend(name) for name in config.backends] if not config.url else [Backend("remote")]
     for backend in backends:  # before anything starts, so a required server fails fast
         if backend.name == POSTGRES and (reason := unreachable(config.postgres)) is not None:
             backend.failed = config.require_postgres
@@ -377,30 +468,59 @@ def run(config: Config) -> Outcome:
                 for other in backends:
                     other.note = other.note or "not run: the required PostgreSQL is not usable"
                 return Outcome([], backends)
+    sizes: list[SizeResult] = []
+    loads: dict[str, list[float]] = {}
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cityos-bench-")))
         if config.logs:
             stack.callback(_keep_logs, workdir, Path(config.logs))  # once every server has stopped
-        pool = stack.enter_context(ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")))
-        log("constant-JSON app (uvicorn + uvloop + httptools + Starlette + orjson) …")
-        constant = stack.enter_context(constant_server(workdir))
+        pinned_cpus = parse_cpus(server_cpus()) if server_cpus() else set()
+        others = set(os.sched_getaffinity(0)) - pinned_cpus if pinned_cpus else set()
+        if pinned_cpus and not others:
+            raise StartFailed(f"--server-cpus {server_cpus()} leaves no CPU for the load generator")
+        pool = stack.enter_context(
+            ProcessPoolExecutor(
+                max_workers=max(1, config.clients),
+                mp_context=get_context("spawn"),
+                initializer=_pin_client,
+                initargs=(others,),
+            )
+        )
+        constant: ServerProcess | None = None
+        if config.floor_url:
+            constant = stack.enter_context(RemoteServer("constant-JSON app", config.floor_url))
+        elif not config.url:
+            log("constant-JSON app (uvicorn + uvloop + httptools + Starlette + orjson) …")
+            constant = stack.enter_context(constant_server(workdir))
         bench = Bench(config, workdir, pool, constant)
-        bench.load(constant, Workload("constant"), duration=config.warmup)
+        if constant is not None:
+            bench.load(constant, Workload("constant"), duration=config.warmup)
         for backend in backends:
-            if not backend.ran:
+            if not backend.ran or not (config.main or config.scale or config.url):
                 continue
-            log(f"== {backend.label} ==")
             try:
-                bench.cityos(backend)
+                if config.url:
+                    sizes += remote(bench, config.url)
+                    continue
+                if config.main:
+                    log(f"== {backend.label} ==")
+                    bench.cityos(backend)
+                    loads[f"main {backend.name}"] = bench.loads
+                    bench.loads = []
+                for size in config.scale:
+                    sizes.append(scale_size(bench, backend.name, size))
+                    loads[f"scale {backend.name}"] = loads.get(f"scale {backend.name}", []) + bench.loads
+                    bench.loads = []
             except (StartFailed, httpx.HTTPError) as exc:  # the server is not up, or answers nothing usable
                 backend.note, backend.failed = f"failed: {str(exc).strip()[-2000:]}", True
                 log(f"{backend.label} failed: {exc}")
-        if config.alternatives:
+        if config.alternatives and constant is not None:
             bench.alternatives()
+            loads["alternatives"] = bench.loads
     order = {"baseline": 0, "scenario": 1, "alternative": 2}
     place = {name: index for index, name in enumerate(BACKENDS)}
 
     def key(row: Row) -> tuple[int, int, int, str]:
         return (order[row.kind], place.get(row.backend, -1), row.workers, row.name if row.kind == "scenario" else "")
 
-    return Outcome(sorted(bench.rows, key=key), backends)
+    return Outcome(sorted(bench.rows, key=key), backends, sizes, loads)

@@ -18,6 +18,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_SRC_ENV = "CITYOS_BENCH_SERVER_SRC"  # --server-src: the src/ directory the cityos servers run from
+SERVER_CPUS_ENV = "CITYOS_BENCH_SERVER_CPUS"  # --server-cpus: the CPUs every server process is pinned to
+PORTS_ENV = "CITYOS_BENCH_PORTS"  # e.g. 7700-7799: the servers' ports are taken from this range only
 
 
 def _plain_url(url: str) -> str:
@@ -26,10 +28,62 @@ def _plain_url(url: str) -> str:
 
 
 def free_port() -> int:
+    """A port nothing listens on: any the kernel gives, or one of CITYOS_BENCH_PORTS (LOW-HIGH) when
+    set, for a machine where each user has a port range."""
+    span = os.environ.get(PORTS_ENV, "")
+    candidates = range(int(span.split("-")[0]), int(span.split("-")[1]) + 1) if span else [0]
+    for candidate in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            if candidate and listening(candidate):
+                continue
+            port: int = sock.getsockname()[1]
+            if candidate and port in _given:
+                continue
+            _given.add(port)
+            return port
+    raise StartFailed(f"no free port in {PORTS_ENV}={span}")
+
+
+_given: set[int] = set()  # ports handed out in this run (a server may not have bound its port yet)
+
+
+def listening(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def server_cpus() -> str:
+    """The CPU list of --server-cpus (taskset syntax, e.g. 0-7), '' when the servers are not pinned."""
+    return os.environ.get(SERVER_CPUS_ENV, "")
+
+
+def pinned(args: Sequence[str]) -> list[str]:
+    """args run under `taskset -c <server CPUs>` when --server-cpus is given (taskset execs the command,
+    so the pid stays the server's; its workers inherit the affinity)."""
+    cpus = server_cpus()
+    return ["taskset", "-c", cpus, *args] if cpus else list(args)
+
+
+def parse_cpus(text: str) -> set[int]:
+    """'0-3,6' -> {0, 1, 2, 3, 6}."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def load_average() -> tuple[float, float, float]:
+    """/proc/loadavg's 1, 5 and 15 minute averages (zeros where the OS has none)."""
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (0.0, 0.0, 0.0)
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -121,9 +175,14 @@ class ServerProcess:
         log: Path,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.name, self.args, self.port, self.ready_path, self.log = name, list(args), port, ready_path, log
+        self.name, self.args, self.port, self.ready_path, self.log = name, pinned(args), port, ready_path, log
         self.env = dict(env) if env is not None else None
         self.process: subprocess.Popen[bytes] | None = None
+        self.host = "127.0.0.1"
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -165,7 +224,7 @@ class ServerProcess:
         deadline = time.monotonic() + 30
         while True:
             try:
-                httpx.get(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=1)
+                httpx.get(f"{self.base}{self.ready_path}", timeout=1)
                 return self
             except httpx.TransportError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -177,14 +236,54 @@ class ServerProcess:
         self.stop()
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
+        stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
+    """SIGTERM by pid, then SIGKILL if it is still running after `timeout` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class RemoteServer(ServerProcess):
+    """A server this harness did not start (--url, --floor-url): loaded over the network, never stopped;
+    its memory and CPU are not seen from here."""
+
+    def __init__(self, name: str, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or not parts.port:
+            raise StartFailed(f"{name}: expected http://host:port, got {url!r}")
+        super().__init__(name, [], parts.port, "/", Path(os.devnull))
+        self.host = parts.hostname
+
+    @property
+    def pid(self) -> int:
+        return 0
+
+    def peak_rss_mb(self) -> float | None:
+        return None
+
+    def tree(self) -> list[int]:
+        return []
+
+    def cpu_seconds(self) -> float:
+        return 0.0
+
+    def __enter__(self) -> ServerProcess:
         try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            httpx.get(f"{self.base}/version", timeout=10)
+        except httpx.TransportError as exc:
+            raise StartFailed(f"{self.name} at {self.base} does not answer: {exc}") from None
+        return self
+
+    def stop(self) -> None:
+        return
 
 
 def cityos_server(

@@ -17,6 +17,7 @@ from benchmarks.entities import ENTITY_TYPE, entity_id, make_entity, random_poin
 
 API = "/ngsi-ld/v1"
 BATCH_SIZE = 1000
+REFRESHES = 16  # distinct bodies of the stored-ids batch upsert, sent in turn
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,28 @@ def builder(workload: Workload) -> Builder:
         entities = [make_entity(i) for i in range(first, first + workload.batch_size)]
         return Request("POST", f"{API}/entityOperations/upsert", orjson.dumps(entities))
 
+    refreshes: list[bytes] = []
+    if kind == "batch_existing":  # built here, before the load's clock starts (a body is ~25 ms of Python)
+        rng = random.Random(workload.start)
+        for seed in range(workload.start * REFRESHES, (workload.start + 1) * REFRESHES):
+            first = rng.randrange(max(1, stored - workload.batch_size + 1))
+            count = min(workload.batch_size, stored)
+            refreshes.append(orjson.dumps([make_entity(i, seed=seed) for i in range(first, first + count)]))
+
+    def batch_existing(seq: int, rng: random.Random) -> Request:
+        # a city's periodic bulk refresh: a run of stored ids, with new values
+        return Request("POST", f"{API}/entityOperations/upsert", refreshes[seq % len(refreshes)])
+
     def retrieve(seq: int, rng: random.Random) -> Request:
         return Request("GET", f"{API}/entities/{entity_id(rng.randrange(stored))}")
 
     def query_type(seq: int, rng: random.Random) -> Request:
         return Request("GET", _query({"type": ENTITY_TYPE, "limit": "20"}))
+
+    def query_type_offset(seq: int, rng: random.Random) -> Request:
+        # a page anywhere in the collection: offset paging must cost an index seek, not a walk
+        offset = rng.randrange(max(1, stored - 19))
+        return Request("GET", _query({"type": ENTITY_TYPE, "limit": "20", "offset": str(offset)}))
 
     def query_q(seq: int, rng: random.Random) -> Request:
         return Request("GET", _query({"type": ENTITY_TYPE, "q": "availableSpotNumber>400", "limit": "20"}))
@@ -111,6 +129,8 @@ def builder(workload: Workload) -> Builder:
         "batch": batch,
         "retrieve": retrieve,
         "query_type": query_type,
+        "query_type_offset": query_type_offset,
+        "batch_existing": batch_existing,
         "query_q": query_q,
         "query_geo": query_geo,
         "temporal_aggr": temporal_aggr,

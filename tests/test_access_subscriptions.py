@@ -10,12 +10,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from access_helpers import DEFAULT, Secured, secured_app
+from access_helpers import DEFAULT, Grant, Secured, secured_app
 from backends import cli_env, db_rows
 from cityos.auth.principal import OPEN, Principal
 from cityos.settings import Settings
@@ -29,6 +30,7 @@ ENTITIES = "/ngsi-ld/v1/entities"
 BUILDING = "urn:ngsi-ld:Building:1"
 HEIGHT = DEFAULT + "height"
 NAME = DEFAULT + "name"
+VAULT = "urn:ngsi-ld:Vault:1"
 
 
 @pytest.fixture
@@ -215,6 +217,42 @@ class TestNotifications:
         quiet(receiver)
         assert got[0].body["data"][0]["height"]["value"] == 300  # bob's only
 
+    def test_a_q_through_a_relationship_is_judged_on_what_the_owner_may_see(
+        self, secured: Secured, receiver: Receiver
+    ) -> None:
+        """q `vault{content}=="gold"` reads the entity the relationship points to: at delivery it is
+        read as the owner may see it then. vera may read the vault's content (her Building loses its
+        height, which once withheld every such notification): notified. hal sees the Building whole
+        but not the vault's content, gus not the vault at all: never notified (once, hal was)."""
+        kinds = {DEFAULT + "Building", DEFAULT + "Vault"}
+        secured.principal("vera", types=kinds, hidden={HEIGHT}, subscribe={DEFAULT + "Building"})
+        secured.principal("hal", types=kinds, hidden={DEFAULT + "content"}, subscribe={DEFAULT + "Building"})
+        secured.principal("gus", types={DEFAULT + "Building"}, subscribe={DEFAULT + "Building"})
+        write(secured, {"id": VAULT, "type": "Vault", "content": {"type": "Property", "value": "gold"}})
+        made = {
+            who: subscribe(secured, f"key:{who}", receiver.url, q='vault{content}=="gold"')
+            for who in ("vera", "hal", "gus")
+        }
+        write(secured, {**building(), "vault": {"type": "Relationship", "object": VAULT}})
+        got = receiver.wait(1)
+        quiet(receiver)
+        assert got[0].body["subscriptionId"] == made["vera"]
+        assert "height" not in got[0].body["data"][0] and got[0].body["data"][0]["vault"]["object"] == VAULT
+
+    def test_a_periodic_q_through_a_relationship_is_judged_the_same_way(
+        self, secured: Secured, receiver: Receiver
+    ) -> None:
+        kinds = {DEFAULT + "Building", DEFAULT + "Vault"}
+        secured.principal("vera", types=kinds, hidden={HEIGHT}, subscribe={DEFAULT + "Building"})
+        secured.principal("hal", types=kinds, hidden={DEFAULT + "content"}, subscribe={DEFAULT + "Building"})
+        write(secured, {"id": VAULT, "type": "Vault", "content": {"type": "Property", "value": "gold"}})
+        write(secured, {**building(), "vault": {"type": "Relationship", "object": VAULT}})
+        q = 'vault{content}=="gold"'
+        vera = subscribe(secured, "key:vera", receiver.url, q=q, timeInterval=1)
+        subscribe(secured, "key:hal", receiver.url, q=q, timeInterval=1)
+        got = receiver.wait(2, timeout=6)
+        assert {r.body["subscriptionId"] for r in got} == {vera}
+
     def test_a_revoked_right_stops_the_flow(self, secured: Secured, receiver: Receiver) -> None:
         subscribe(secured, "key:alice", receiver.url)
         write(secured, building())
@@ -268,6 +306,62 @@ class TestNotifications:
         write(secured, {**building(), **links})
         ids = [e["id"] for e in receiver.wait(1)[0].body["data"]]
         assert ids == [BUILDING, "urn:ngsi-ld:Building:2"]
+
+
+class TestTokenOwners:
+    """A subscription made with an OpenID Connect token: no worker can find its owner again by id, and
+    a worker that saw a newer token knows other roles than the rest. Every worker judges the owner on
+    the attributes stored with the subscription, under the policies in force at delivery."""
+
+    OWNER = Principal(
+        id="oidc:https://idp.example#ann", kind="oidc", tenants=frozenset({""}), roles=frozenset({"inspector"})
+    )
+
+    def test_every_worker_judges_the_owner_on_the_stored_attributes(self, secured: Secured, receiver: Receiver) -> None:
+        kinds = {DEFAULT + "Building"}
+        secured.authorizer.grants["role:inspector"] = Grant(types=set(kinds), hidden={HEIGHT}, subscribe=kinds)
+        secured.authorizer.grants["role:surveyor"] = Grant(types=set(kinds), subscribe=kinds)
+        secured.directory.add(self.OWNER)  # the door verified the token of this request
+        mine = subscribe(secured, self.OWNER.id, receiver.url)
+        del secured.directory.known[self.OWNER.id]  # a worker that never saw the token
+
+        write(secured, building())
+        seen = receiver.wait(1)[0].body["data"][0]
+        assert seen["name"]["value"] == "Tower" and "height" not in seen
+
+        # a worker that saw a newer token, with the admin role: the stored roles still decide
+        secured.directory.add(replace(self.OWNER, roles=frozenset({"inspector", "admin"})))
+        write(secured, building(name="Spire"))
+        seen = receiver.wait(2)[1].body["data"][0]
+        assert seen["name"]["value"] == "Spire" and "height" not in seen
+
+        # the policy of the stored role changes: the flow stops, in every worker
+        secured.authorizer.grants["role:inspector"].types.clear()
+        write(secured, building(name="Dome"))
+        quiet(receiver)
+
+        # the owner updates the subscription with a token of another role: that role is stored
+        surveyor = secured.directory.add(replace(self.OWNER, roles=frozenset({"surveyor"})))
+        response = secured.client.patch(
+            f"{SUBS}/{mine}", json={"description": "renewed"}, headers=secured.as_(surveyor.id)
+        )
+        assert response.status_code == 204, response.text
+        del secured.directory.known[self.OWNER.id]
+        write(secured, building(name="Arch", height=310))
+        seen = receiver.wait(3)[2].body["data"][0]
+        assert seen["name"]["value"] == "Arch" and seen["height"]["value"] == 310
+        stored = secured.client.get(f"{SUBS}/{mine}", headers=secured.as_("key:admin")).json()
+        assert stored["description"] == "renewed" and stored.get("status", "active") == "active"
+
+    def test_an_admin_update_keeps_the_owners_attributes(self, secured: Secured, receiver: Receiver) -> None:
+        kinds = {DEFAULT + "Building"}
+        secured.authorizer.grants["role:inspector"] = Grant(types=set(kinds), hidden={HEIGHT}, subscribe=kinds)
+        secured.directory.add(self.OWNER)
+        mine = subscribe(secured, self.OWNER.id, receiver.url)
+        response = secured.client.patch(f"{SUBS}/{mine}", json={"description": "x"}, headers=secured.as_("key:admin"))
+        assert response.status_code == 204
+        write(secured, building())
+        assert "height" not in receiver.wait(1)[0].body["data"][0]  # still the inspector's view, not the admin's
 
 
 def test_a_command_with_auth_required_leaves_notifications_to_the_server(db_url: str, tmp_path: Path) -> None:

@@ -339,3 +339,20 @@ def test_entity_maps_and_joins_hold_only_what_the_caller_sees(city: City) -> Non
         joined = public.get("entities/urn:ngsi-ld:OffStreetParking:25", params={"join": join, "joinLevel": "1"})
         assert joined.status_code == 200 and "IN-1234" not in joined.text and "Jane Doe" not in joined.text
     assert "IN-1234" in admin.get("entities/urn:ngsi-ld:OffStreetParking:25", params={"join": "inline"}).text
+
+    # a q that follows the relationship reads the linked entity as the caller may see it: it cannot
+    # tell the public a plate (an entity it may not see) or a contract (an attribute it may not read)
+    link = {"next": {"type": "Relationship", "object": "urn:ngsi-ld:OffStreetParking:23"}}
+    assert admin.post("entities/urn:ngsi-ld:OffStreetParking:24/attrs", json=link).status_code == 204
+    probes = {
+        'lastVehicle{licensePlate}=="IN-1234"': ["urn:ngsi-ld:OffStreetParking:25"],
+        'next{contract}=="operator pays 3% of revenue"': ["urn:ngsi-ld:OffStreetParking:24"],
+        "next{availableSpotNumber}==23": ["urn:ngsi-ld:OffStreetParking:24"],
+    }
+    for q, found in probes.items():
+        params = {"type": "OffStreetParking", "q": q, "join": "flat", "joinLevel": "1", "count": "true"}
+        assert [e["id"] for e in admin.get("entities", params=params).json() if "Parking" in e["id"]][:1] == found
+        seen = public.get("entities", params=params)
+        readable = q.startswith("next{availableSpotNumber}")
+        assert [e["id"] for e in seen.json()][:1] == (found if readable else []), q
+        assert seen.headers["NGSILD-Results-Count"] == ("1" if readable else "0")

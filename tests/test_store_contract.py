@@ -220,6 +220,46 @@ def test_batch_savepoints_keep_the_good_operations(backend: Backend) -> None:
     assert ids(found) == ["urn:x:b"]  # the side rows of the rolled-back savepoints are gone too
 
 
+def test_a_batch_sees_its_own_earlier_operations(backend: Backend) -> None:
+    """Each operation, and each listener's lookup, sees what the batch wrote before it; an entity
+    deleted and created again gets a new row (last in query order); the q index follows the final
+    documents; an operation a listener rejects is undone alone."""
+    store, run = backend.store, backend.run
+    start = [("urn:x:1", 1), ("urn:x:2", 2), ("urn:x:3", 3)]
+    creates = [(i, update.create(make(i, "T", n=prop(n), where=geo(point(n, n))))) for i, n in start]
+    run(store.mutate("", creates, atomic=True))
+    seen: list[tuple[str, Any]] = []
+
+    def listener(change: EntityChange, lookup: EntityLookup) -> list[OutboxRow]:
+        two = lookup("urn:x:2")
+        seen.append((change.entity_id, value_of(two, "n") if two is not None else None))
+        if change.after is not None and value_of(change.after, "n") == 99:
+            raise AlreadyExists("rejected by a listener")
+        return []
+
+    store.set_change_listener(listener, None, name="test")
+    operations = [
+        ("urn:x:1", update.delete("urn:x:1")),
+        ("urn:x:2", update.merge("urn:x:2", make("urn:x:2", "T", n=prop(20)))),
+        ("urn:x:1", update.create(make("urn:x:1", "T", n=prop(10)))),
+        ("urn:x:2", update.merge("urn:x:2", make("urn:x:2", "T", n=prop(99)))),  # rejected: n stays 20
+        ("urn:x:4", update.create(make("urn:x:4", "T", n=prop(4)))),
+        ("urn:x:4", update.merge("urn:x:4", make("urn:x:4", "T", n=prop(40)))),
+        ("urn:x:3", update.delete("urn:x:3")),
+    ]
+    results = run(store.mutate("", operations, atomic=False))
+    store.set_change_listener(None, None, name="test")
+    assert [type(r.error) if r.error else None for r in results] == [None, None, None, AlreadyExists, None, None, None]
+    # the rejected operation's own listener saw its write (99); the later ones no longer do
+    assert [n for _, n in seen] == [2, 20, 20, 99, 20, 20, 20] and [i for i, _ in seen] == [i for i, _ in operations]
+    assert ids(run(store.query_entities("", EntityQuery()))) == ["urn:x:2", "urn:x:1", "urn:x:4"]
+    for n, expected in ((1, []), (2, []), (3, []), (10, ["urn:x:1"]), (20, ["urn:x:2"]), (40, ["urn:x:4"])):
+        query = EntityQuery(value_filters=[ValueFilter(V + "n", "==", (float(n),))])
+        assert ids(run(store.query_entities("", query))) == expected, n
+    near = EntityQuery(geo_box=(V + "where", (0.0, 5.0, 0.0, 5.0)))
+    assert ids(run(store.query_entities("", near))) == ["urn:x:2"]  # 1 was created again without it, 3 deleted
+
+
 def test_a_failing_atomic_request_changes_nothing(backend: Backend) -> None:
     store, run = backend.store, backend.run
     run(store.mutate("", [("urn:x:1", update.create(make("urn:x:1", "T", n=prop(1))))], atomic=True))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -25,6 +26,7 @@ from cityos.audit.service import StoreAudit
 from cityos.auth import http as auth_http
 from cityos.auth.middleware import REQUEST_ID_HEADER, AuthMiddleware, request_id_of
 from cityos.auth.principal import current_request_id
+from cityos.auth.ratelimit import RATE_TABLE_VARIABLE
 from cityos.auth.service import Identity
 from cityos.entities.expiry import now_key
 from cityos.errors import (
@@ -291,7 +293,8 @@ async def version_info(request: Request) -> Response:
     return Response(orjson.dumps({"name": "cityos", "version": __version__}), media_type="application/json")
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlette:
+    """`rate_table`: the rate-limit buckets the workers of `cityos serve --workers N` share."""
     registry = context_registry(settings)
     registry.base_url = f"http://{settings.host}:{settings.port}"
     services = Services(
@@ -303,7 +306,7 @@ def create_app(settings: Settings) -> Starlette:
     pipeline = WritePipeline(services.store, registry, settings)
     ingest = IngestService(services.store, registry, settings)
     policies = access_policies(settings, services)  # None with --auth off: the OpenAuthorizer stays
-    identity = Identity(services.store, settings, lambda: services.audit)
+    identity = Identity(services.store, settings, lambda: services.audit, rate_table)
     if identity.required:
         services.principals = identity.authenticator
 
@@ -405,4 +408,4 @@ def app_from_env() -> Starlette:
     settings = Settings.from_env()
     configure_logging(settings.log_level)  # a worker process starts with no logging set up
     exit_with_supervisor()  # a worker of `serve --workers N` must not outlive its supervisor
-    return create_app(settings)
+    return create_app(settings, rate_table=os.environ.get(RATE_TABLE_VARIABLE))

@@ -44,7 +44,7 @@ class Settings:
     rate_limit: float = _setting(
         0.0,
         "With --auth required: requests per second each principal may make (anonymous callers: per address), "
-        "per worker; past it 429 with Retry-After. 0: no limit.",
+        "per host (shared by the workers of one server); past it 429 with Retry-After. 0: no limit.",
     )
     rate_limit_burst: int = _setting(20, "Requests a principal may make at once above --rate-limit before 429.")
     user_token_lifetime: float = _setting(

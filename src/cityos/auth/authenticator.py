@@ -74,8 +74,6 @@ class Authenticator:
         self._version: int | None = None
         self._polled = 0.0
         self._directory: dict[str, tuple[Principal | None, float]] = {}
-        # OpenID Connect principals by id, as their last valid token said, and until when (epoch)
-        self._seen: dict[str, tuple[Principal, float | None]] = {}
 
     # -- invalidation --------------------------------------------------------------------------
     def forget(self, credential: str = "") -> None:
@@ -194,7 +192,6 @@ class Authenticator:
             except Unauthorized as refused:
                 await self._failed(refused.detail or "invalid token", "")
                 return _Entry(None, "", None, now + FAILURE_SECONDS)
-            self._seen[principal.id] = (principal, expires)
             return _Entry(principal, principal.id, expires, now + CACHE_SECONDS)
         await self._failed("malformed token", "")
         return _Entry(None, "", None, now + FAILURE_SECONDS)
@@ -241,7 +238,8 @@ class Authenticator:
     # -- PrincipalDirectory --------------------------------------------------------------------
     async def lookup(self, principal_id: str) -> Principal | None:
         """The principal again, for work done later on its behalf (a notification); None once its
-        key is revoked or expired, or its user deleted."""
+        key is revoked or expired, or its user deleted. OpenID Connect principals are not found by
+        id: a subscription keeps their attributes (subscriptions/owner.py)."""
         await self._poll()
         cached = self._directory.get(principal_id)
         now = time.monotonic()
@@ -255,9 +253,5 @@ class Authenticator:
             row = await self.store.get_credential(kind, ident)
             if row is not None and is_active(row, time.time()):
                 found = principal_of(row)
-        elif kind == "oidc":  # known to this worker while the last token it saw is valid
-            seen = self._seen.get(principal_id)
-            if seen is not None and (seen[1] is None or time.time() < seen[1]):
-                found = seen[0]
         self._directory[principal_id] = (found, now + POLL_SECONDS * 5)
         return found

@@ -8,14 +8,21 @@ from collections.abc import Callable
 from cityos.audit.events import AuditSink
 from cityos.auth.authenticator import Authenticator
 from cityos.auth.credentials import Credentials
-from cityos.auth.ratelimit import RateLimiter
+from cityos.auth.ratelimit import RateLimiter, make_limiter
 from cityos.settings import Settings
 from cityos.store.base import StoreEvent
 from cityos.store.identity_base import CREDENTIAL_EVENT, IdentityStore
 
 
 class Identity:
-    def __init__(self, store: IdentityStore, settings: Settings, audit: Callable[[], AuditSink]) -> None:
+    def __init__(
+        self,
+        store: IdentityStore,
+        settings: Settings,
+        audit: Callable[[], AuditSink],
+        rate_table: str | None = None,
+    ) -> None:
+        """`rate_table`: the buckets shared by the workers of one server (auth/ratelimit.py)."""
         self.settings = settings
         self.required = settings.auth == "required"
         self.authenticator = Authenticator(store, audit)
@@ -24,8 +31,8 @@ class Identity:
 
             self.authenticator.jwt = OidcVerifier(settings, on_keys_removed=self.authenticator.forget_tokens)
         self.credentials = Credentials(store, audit, forget=self.authenticator.forget)
-        self.limiter = (
-            RateLimiter(settings.rate_limit, settings.rate_limit_burst)
+        self.limiter: RateLimiter | None = (
+            make_limiter(settings.rate_limit, settings.rate_limit_burst, rate_table)
             if self.required and settings.rate_limit > 0
             else None
         )

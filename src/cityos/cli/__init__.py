@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cityos import __version__
+from cityos.auth.ratelimit import RATE_TABLE_VARIABLE, shared_table
 from cityos.cli import audit, db, identity, imports, iot
 from cityos.cli.common import fail
 from cityos.errors import DatabaseBusy
@@ -116,7 +118,10 @@ def serve(settings: Settings) -> int:
         # worker processes rebuild their settings from the environment
         for name, _flag, env, _default, _help in describe():
             os.environ[env] = str(getattr(settings, name))
-        uvicorn.run("cityos.app:app_from_env", factory=True, workers=settings.workers, **common)
+        with contextlib.ExitStack() as stack:
+            if settings.auth == "required" and settings.rate_limit > 0:  # one bucket per caller for all workers
+                os.environ[RATE_TABLE_VARIABLE] = str(stack.enter_context(shared_table()))
+            uvicorn.run("cityos.app:app_from_env", factory=True, workers=settings.workers, **common)
     else:
         from cityos.app import create_app
 

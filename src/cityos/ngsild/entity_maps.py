@@ -197,7 +197,7 @@ async def create_entity_map(request: Request) -> Response:
     context = await query_context(request, tenant_name)
     check_not_too_wide(request)
     check_csf(request)
-    query = access.restricted(request, tenant_name, build_query(request, context))
+    query = access.restricted(request, tenant_name, build_query(request, context, tenant_name))
     matched = await _matching(services(request).store, tenant_name, query)
     created = await _create(request, tenant_name, [entity["id"] for entity in matched])
     return json_response(render(created), status=201, media=media, context=context, headers={HEADER: created.id})

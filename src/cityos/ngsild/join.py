@@ -78,8 +78,11 @@ def _options_for(
     return dataclasses.replace(base, attrs=keep, omit=dropped, pick_id=pick_id, pick_type=pick_type)
 
 
-async def _fetch(store: EntityStore, tenant: str, ids: set[str], view: ReadView = EVERYTHING) -> dict[str, Entity]:
-    """The linked entities the caller may see, as it may see them (policy/decision.py ReadView)."""
+async def fetch_linked(
+    store: EntityStore, tenant: str, ids: set[str], view: ReadView = EVERYTHING
+) -> dict[str, Entity]:
+    """The linked entities the caller may see, as it may see them (policy/decision.py ReadView); also
+    what a subscription's q reads through relationships at delivery (subscriptions/access.py)."""
     if not ids:
         return {}
     result = await budget.within(store.query_entities(tenant, restrict(EntityQuery(ids=sorted(ids)), view)))
@@ -117,7 +120,7 @@ async def render_joined(
     async def linked(entity: Entity, keep: frozenset[str] | None) -> list[tuple[str, list[Entity]]]:
         budget.check()  # one store query per entity and level: the request's budget, not each query's
         wanted = {o for _, objects in _targets(entity, keep) for o in objects if o not in cache}
-        cache.update(await _fetch(store, tenant, wanted, view))
+        cache.update(await fetch_linked(store, tenant, wanted, view))
         return [(iri, [cache[o] for o in objects if o in cache]) for iri, objects in _targets(entity, keep)]
 
     async def inline(entity: Entity, options: RenderOptions, pick: Any, omit: Any, depth: int) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -30,6 +31,7 @@ from cityos.ngsild.common import (
 )
 from cityos.ngsild.join import join_plan
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
+from cityos.policy.enforce import seen
 from cityos.query import budget
 from cityos.query.entity_query import QuerySpec, build_entity_query, ordering, type_predicate
 from cityos.query.ordering import check_collation
@@ -166,8 +168,9 @@ def build_query(request: Request, context: ResolvedContext, tenant_name: str = "
     spec = spec_from_params(request)
     plan = join_plan(request.query_params.get("join"), request.query_params.get("joinLevel"), None, None)
     if plan is not None:
-        store = services(request).store
-        spec.lookup = lambda entity_id: store.lookup_in_query(tenant_name, entity_id)
+        lookup = functools.partial(services(request).store.lookup_in_query, tenant_name)
+        read = access.view(request, tenant_name)  # q reads linked entities as the caller may see them
+        spec.lookup = lookup if read.unrestricted else lambda entity_id: seen(read, lookup(entity_id))
         spec.join_level = plan.level
     query = build_entity_query(spec, context.terms.expand)
     params = request.query_params

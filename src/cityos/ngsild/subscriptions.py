@@ -239,10 +239,19 @@ async def update_subscription(request: Request) -> Response:
     ):
         _check_subscribe(request, tenant_name, doc)
     await _check_targets(request, tenant_name, doc)
-    await service.update(Subscription(tenant_name, doc, current.context, current.delivery, current.owner))
+    await service.update(Subscription(tenant_name, doc, current.context, current.delivery, _renewed(request, current)))
     response = no_content()
     response.headers.update(_ignored_warning(body, subscription_id))
     return response
+
+
+def _renewed(request: Request, current: Subscription) -> Owner | None:
+    """An owner judged on stored attributes (subscriptions/owner.py SNAPSHOT_KINDS) who updates
+    their subscription stores the attributes of the token they update it with."""
+    owner, caller = current.owner, principal(request)
+    if owner is not None and owner.snapshot is not None and owner.id == caller.id:
+        return Owner.of(caller)
+    return owner
 
 
 async def delete_subscription(request: Request) -> Response:

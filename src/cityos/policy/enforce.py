@@ -71,6 +71,15 @@ def _narrowed(access: AccessPrefilter | None, query: EntityQuery) -> AccessPrefi
     return None if access.id_patterns is None else AccessPrefilter(id_patterns=access.id_patterns)
 
 
+def seen(view: ReadView, entity: Entity | None) -> Entity | None:
+    """`entity` as the view shows it; None when it may not be seen at all (or is None). Also what a
+    q path that follows a relationship (`rel{attr}`) reads on the linked entity, so a q cannot
+    tell what the caller may not read."""
+    if entity is None or not view.visible(entity):
+        return None
+    return view.project(entity)
+
+
 def shown(view: ReadView, entities: Iterable[Entity]) -> list[Entity]:
     """The entities as the view shows them (each projected; invisible ones dropped)."""
     if view.unrestricted:

@@ -6,7 +6,8 @@ in the NGSI-LD representation). Each notification is cut down, at delivery time,
 may read then: the owner is looked up again (a revoked key or a deleted user stops the subscription),
 the Authorizer compiles the owner's read view, entities it cannot see are dropped and attributes it
 cannot read are removed before anything is rendered (so neither values nor showChanges' previous
-values nor deleted-attribute markers of such attributes leave the broker).
+values nor deleted-attribute markers of such attributes leave the broker), and q is judged again on
+what the owner may see, including the entities its `rel{attr}` paths follow.
 
 With auth off every owner is the unrestricted principal and every view is unrestricted: the checks
 are one lookup and one attribute test per notification, and the notification is untouched.
@@ -14,15 +15,19 @@ are one lookup and one attribute test per notification, and the notification is 
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from cityos.auth.principal import ANONYMOUS, OpenDirectory, Principal, PrincipalDirectory
 from cityos.entities.model import Entity
 from cityos.jsonld.termmap import TermMap
 from cityos.policy.decision import Authorizer, OpenAuthorizer, ReadView
+from cityos.policy.enforce import seen
+from cityos.query.q import linked_depth, parse_q
 from cityos.subscriptions.matching import attribute_changes, filters_of, fired_triggers
 from cityos.subscriptions.owner import Owner
 
@@ -55,39 +60,79 @@ class OwnerGone(Exception):
 
 async def owner_principal(directory: PrincipalDirectory, owner: Owner | None) -> Principal:
     """The owner as it is now. A subscription without owner (made while auth was off) acts with
-    what the public may read (ANONYMOUS); with auth off the directory answers OPEN for any id."""
+    what the public may read (ANONYMOUS); with auth off the directory answers OPEN for any id.
+
+    An owner whose proof was a token (OpenID Connect) cannot be found again by id, and a worker
+    that saw a newer token of theirs would judge them on other roles than the rest: every worker
+    judges them on the attributes stored with the subscription (tenants, roles, groups, client;
+    renewed when they update it), under the policies in force at delivery."""
     if owner is None:
         found = await directory.lookup(ANONYMOUS.id)
         return found if found is not None and found.unrestricted else ANONYMOUS
+    if owner.snapshot is not None:
+        return owner.snapshot
     found = await directory.lookup(owner.id)
     if found is not None:
         return found
-    if owner.snapshot is not None:  # the directory cannot find token-borne principals again
-        return owner.snapshot
     raise OwnerGone(owner.id)
 
 
-def _project(view: ReadView, entity: Entity | None) -> Entity | None:
-    if entity is None or not view.visible(entity):
+Fetch = Callable[[set[str]], Awaitable[dict[str, Entity]]]
+
+
+class OwnerSelection:
+    """A subscription's q, geoQ and scopeQ as they are judged at delivery, on what the owner may
+    see: on the entity as projected for the owner and, for q paths that follow relationships
+    (`rel{attr}`), on the linked entities as the owner may see them, read from the store then
+    (`fetch`: ngsild.join.fetch_linked under the owner's view). Compiled on first use."""
+
+    def __init__(self, doc: dict[str, Any], terms: TermMap, fetch: Fetch) -> None:
+        self._doc, self._terms, self._fetch = doc, terms, fetch
+        self._filters: tuple[Callable[[Entity], bool], ...] | None = None
+        self._known: dict[str, Entity | None] = {}  # linked entities read so far (None: not visible)
+        self._missing: set[str] = set()
+
+    @functools.cached_property
+    def follows_links(self) -> bool:
+        """Whether q reads linked entities: then it is judged again even if the notified entity
+        itself lost nothing to the projection."""
+        q = self._doc.get("q")
+        return q is not None and linked_depth(parse_q(unquote(q), None)) > 0
+
+    def _lookup(self, entity_id: str) -> Entity | None:
+        if entity_id in self._known:
+            return self._known[entity_id]
+        self._missing.add(entity_id)
         return None
-    return view.project(entity)
+
+    async def holds(self, entity: Entity) -> bool:
+        """q, geoQ and scopeQ hold on `entity` (already projected). A linked entity not read yet
+        ends the evaluation's first pass; the ones it asked for are fetched and it runs again, so
+        each relationship level costs one store query."""
+        if self._filters is None:
+            self._filters = filters_of(self._doc, self._terms, self._lookup)
+        while True:
+            self._missing.clear()
+            result = all(test(entity) for test in self._filters)
+            if not self._missing:
+                return result
+            wanted = set(self._missing)
+            found = await self._fetch(wanted)
+            self._known.update({entity_id: found.get(entity_id) for entity_id in wanted})
 
 
-Filters = Callable[[], tuple[Callable[[Entity], bool], ...]]
-
-
-def visible_change(
-    view: ReadView, payload: dict[str, Any], doc: dict[str, Any], filters: Filters
+async def visible_change(
+    view: ReadView, payload: dict[str, Any], doc: dict[str, Any], selection: OwnerSelection
 ) -> dict[str, Any] | None:
     """An outbox payload as the owner may see it, or None when nothing of it may be notified.
 
     The entity before and after the change are projected (an invisible one counts as absent), the
     triggers are worked out again on what is left and kept only if they had fired (an entity that
     merely left or entered the view is not reported as deleted or created), and, when the projection
-    removed anything, the subscription's q, geoQ and scopeQ must still hold on what is left (a q on
-    an attribute the owner may not read never selects)."""
+    removed anything or q follows relationships, the subscription's q, geoQ and scopeQ must still
+    hold on what the owner may see (a q on an attribute the owner may not read never selects)."""
     before, after = payload.get("before"), payload.get("after")
-    seen_before, seen_after = _project(view, before), _project(view, after)
+    seen_before, seen_after = seen(view, before), seen(view, after)
     if seen_before is None and seen_after is None:
         return None
     if before is None and after is not None and "entityCreated" not in payload["triggers"]:
@@ -100,9 +145,15 @@ def visible_change(
     subject = seen_after if seen_after is not None else seen_before
     original = after if after is not None else before
     assert subject is not None and original is not None
-    if subject is not original and subject != original and not all(test(subject) for test in filters()):
+    if _judged_again(subject, original, selection) and not await selection.holds(subject):
         return None
     return {**payload, "triggers": fired, "before": seen_before if before is not None else None, "after": seen_after}
+
+
+def _judged_again(projected: Entity, entity: Entity, selection: OwnerSelection) -> bool:
+    """The entity was selected on everything; what the owner sees of it (or of the entities q
+    follows) may not be selected."""
+    return selection.follows_links or (projected is not entity and projected != entity)
 
 
 def _refire(
@@ -124,20 +175,12 @@ def _refire(
     return fired
 
 
-def visible_entities(view: ReadView, entities: Iterable[Entity], filters: Filters) -> list[Entity]:
+async def visible_entities(view: ReadView, entities: Iterable[Entity], selection: OwnerSelection) -> list[Entity]:
     """A periodic report's entities as the owner may see them (the same rules as visible_change)."""
     out = []
     for entity in entities:
-        if not view.visible(entity):
+        projected = seen(view, entity)
+        if projected is None or (_judged_again(projected, entity, selection) and not await selection.holds(projected)):
             continue
-        seen = view.project(entity)
-        if seen is not entity and seen != entity and not all(test(seen) for test in filters()):
-            continue
-        out.append(seen)
+        out.append(projected)
     return out
-
-
-def delivery_filters(doc: dict[str, Any], terms: TermMap) -> tuple[Callable[[Entity], bool], ...]:
-    """q, geoQ and scopeQ compiled for use at delivery (linked-entity paths in q find nothing there:
-    a notification whose selection depended on them is withheld rather than sent unchecked)."""
-    return filters_of(doc, terms, lambda entity_id: None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections import deque
@@ -25,7 +26,7 @@ from cityos.entities.values import now
 from cityos.errors import FailureLog, NgsiLdError, log_failure
 from cityos.jsonld.registry import ContextRegistry
 from cityos.jsonld.termmap import TermMap
-from cityos.ngsild.join import join_plan, render_joined
+from cityos.ngsild.join import fetch_linked, join_plan, render_joined
 from cityos.policy.decision import EVERYTHING, ReadView
 from cityos.redact import redact_uri
 from cityos.settings import Settings
@@ -33,7 +34,7 @@ from cityos.store.base import EntityStore, OutboxRow
 from cityos.subscriptions.access import (
     AccessSource,
     OwnerGone,
-    delivery_filters,
+    OwnerSelection,
     owner_principal,
     visible_change,
     visible_entities,
@@ -294,19 +295,12 @@ class Dispatcher:
         view = access.authorizer.read_view(principal, subscription.tenant, "read")
         if view.unrestricted:
             return job
-        terms = self.owners.terms_of(subscription)
-        compiled: list[Any] = []
-
-        def filters() -> tuple[Callable[[Entity], bool], ...]:
-            if not compiled:
-                compiled.append(delivery_filters(subscription.doc, terms))
-            result: tuple[Callable[[Entity], bool], ...] = compiled[0]
-            return result
-
+        fetch = functools.partial(fetch_linked, self.store, subscription.tenant, view=view)
+        selection = OwnerSelection(subscription.doc, self.owners.terms_of(subscription), fetch)
         if job.row is not None:
-            payload = visible_change(view, job.row.payload, subscription.doc, filters)
+            payload = await visible_change(view, job.row.payload, subscription.doc, selection)
             return None if payload is None else replace(job, payload=payload, view=view)
-        entities = visible_entities(view, job.entities or [], filters)
+        entities = await visible_entities(view, job.entities or [], selection)
         return replace(job, entities=entities, view=view) if entities else None
 
     def backoff(self, attempts: int) -> float:

@@ -9,7 +9,8 @@ from typing import Any
 from cityos.auth.principal import Principal
 
 # principals the directory cannot find again by id (their proof was a token): the subscription keeps
-# a snapshot of their tenants, roles and groups, which the policies are evaluated against at delivery
+# a snapshot of their tenants, roles, groups and client, which the policies are evaluated against at
+# delivery in every worker (subscriptions/access.py owner_principal); an update by the owner renews it
 SNAPSHOT_KINDS = frozenset({"oidc"})
 
 

@@ -1,12 +1,12 @@
 """PostgresStore: the storage contract on PostgreSQL/PostGIS (asyncpg); the catalogue and the
 temporal store are mixins (catalog.py, temporal.py).
 
-Writes follow SQLiteStore exactly: one transaction per call, each entity locked (an advisory lock on
-its key, the keys of a batch all at once in id order so batches that share ids cannot deadlock, then
-SELECT ... FOR UPDATE) before its mutator runs in Python, a SAVEPOINT per operation
-when atomic=False, the change listeners' outbox and history rows inserted in the same transaction.
-Unlike SQLite there is no single writer: many connections (and many workers) write at once, and
-the row locks keep their read-modify-write cycles apart.
+Writes (writes.py) keep SQLiteStore's semantics: one transaction per call, each entity locked (an
+advisory lock on its key, the keys of a batch all at once in id order so batches that share ids
+cannot deadlock, then SELECT ... FOR UPDATE) before its mutator runs in Python, the change
+listeners' outbox and history rows inserted in the same transaction; the rows of a whole batch go
+in a few set-based statements. Unlike SQLite there is no single writer: many connections (and many
+workers) write at once, and the locks keep their read-modify-write cycles apart.
 
 The contract's synchronous reads (the EntityLookup handed to change listeners, lookup_in_query for
 q paths that follow relationships) cannot await asyncpg, so listeners and query predicates run on
@@ -16,31 +16,24 @@ a thread of their own while the event loop stays free to run the reads they ask 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
 
-from cityos.audit.chain import AuditRow
-from cityos.entities.expiry import next_expiry, now_key, visible
+from cityos.entities.expiry import now_key, visible
 from cityos.entities.model import Entity
-from cityos.entities.update import Mutator
-from cityos.errors import BadRequestData, NgsiLdError, QueryTimeout
+from cityos.errors import BadRequestData, QueryTimeout
 from cityos.query import budget
 from cityos.query.patterns import id_pattern_in_python
 from cityos.store.base import (
     ChangeListener,
-    EntityChange,
     EntityQuery,
     EventListener,
-    HistoryRow,
-    MutationResult,
-    OutboxRow,
     QueryResult,
     StoredContextRow,
     StoreEvent,
@@ -58,7 +51,7 @@ from cityos.store.postgres.policies import PostgresPolicies
 from cityos.store.postgres.schema import require_current
 from cityos.store.postgres.sql import Params, access_in_python, where
 from cityos.store.postgres.temporal import PostgresTemporal
-from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, own_expiry
+from cityos.store.postgres.writes import PostgresWrites
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
@@ -68,12 +61,22 @@ log = logging.getLogger("cityos.store")
 POOL_CLOSE_SECONDS = 10.0  # close() waits this long for busy pool connections, then cuts them
 
 
+async def _keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:
+    """The pool's reset of a released connection: none. asyncpg's default (RESET ALL, UNLISTEN *,
+    CLOSE ALL, pg_advisory_unlock_all) is one more round trip per acquire, and there is nothing for
+    it to undo: pooled connections only take transaction-level locks and settings, LISTEN runs on a
+    connection of its own (events.py), cursors end with their transaction. An open transaction is
+    still rolled back by asyncpg before this is called."""
+
+
 def _feed(pager: Pager, documents: list[Entity]) -> bool:
     """Offer documents until the pager has enough; False once it has."""
     return all(pager.offer(document) for document in documents)
 
 
-class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity, PostgresPolicies, PostgresAudit):
+class PostgresStore(
+    PostgresWrites, PostgresCatalog, PostgresTemporal, PostgresIdentity, PostgresPolicies, PostgresAudit
+):
     throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
 
     def __init__(
@@ -118,6 +121,7 @@ class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity, Postgre
             min_size=1,
             max_size=self.pool_size,
             server_settings=session_settings(self.busy_timeout, self.durability),
+            reset=_keep_session,
         )
         try:
             async with pool.acquire() as connection:
@@ -171,14 +175,16 @@ class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity, Postgre
             if version == self._subscriptions_seen + 1:  # nobody else changed them: this worker's caches
                 self._subscriptions_seen = version  # are updated by its own write (a rollback costs a reload)
 
-    async def _fresh_subscriptions(self, connection: Connection) -> None:
+    async def _fresh_subscriptions(self, connection: Connection, version: int | None = None) -> None:
         """Inside a write, before its changes are matched: reload the subscriptions if any was
         created, changed or deleted (by any worker) since the last reload. The version is read in
-        this transaction, so every subscription committed before it is matched."""
+        this transaction (or given, read by the write's own statement after its locks), so every
+        subscription committed before it is matched."""
         refresher = self._refresher
         if refresher is None:
             return
-        version: int = await connection.fetchval("SELECT version FROM catalog_versions WHERE name = 'subscriptions'")
+        if version is None:
+            version = await connection.fetchval("SELECT version FROM catalog_versions WHERE name = 'subscriptions'")
         if version == self._subscriptions_seen:
             return
         async with self._refreshing:
@@ -220,159 +226,6 @@ class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity, Postgre
     async def get_entity(self, tenant: str, entity_id: str) -> Entity | None:
         doc = await self.pool.fetchval("SELECT doc FROM entities WHERE tenant = $1 AND id = $2", tenant, entity_id)
         return visible(orjson.loads(doc)) if doc is not None else None
-
-    async def mutate(
-        self, tenant: str, operations: Sequence[tuple[str, Mutator]], *, atomic: bool
-    ) -> list[MutationResult]:
-        wakes: list[Callable[[], None]] = []
-        ids = sorted({entity_id for entity_id, _ in operations})
-
-        async def work(connection: Connection) -> list[MutationResult]:
-            wakes.clear()  # a transaction run again starts afresh
-            audit: list[AuditRow] = []
-            await connection.execute("INSERT INTO tenants (name) VALUES ($1) ON CONFLICT DO NOTHING", tenant)
-            # every entity's lock first, in id order: two writes that share entities queue behind
-            # each other instead of deadlocking; the advisory lock also covers an entity that does
-            # not exist yet, so two concurrent creates of one id serialise instead of failing on the
-            # unique index. Every writer of an entity holds its lock before touching its rows.
-            await connection.execute(
-                "SELECT count(pg_advisory_xact_lock(hashtext($1), hashtext(id)))"
-                ' FROM (SELECT u.id FROM unnest($2::text[]) AS u(id) ORDER BY u.id COLLATE "C") AS ids',
-                tenant,
-                ids,
-            )
-            await self._fresh_subscriptions(connection)
-            results: list[MutationResult] = []
-            for entity_id, mutator in operations:
-                if atomic:
-                    results.append(await self._apply(connection, tenant, entity_id, mutator, wakes, audit))
-                    continue
-                mark = len(audit)
-                try:
-                    async with connection.transaction():  # nested: a SAVEPOINT
-                        result = await self._apply(connection, tenant, entity_id, mutator, wakes, audit)
-                except NgsiLdError as error:
-                    del audit[mark:]
-                    result = MutationResult(entity_id, error=error)
-                results.append(result)
-            await self._seal_audit(connection, audit)  # last: the chain's head stays locked until COMMIT
-            return results
-
-        results = await self._write(work)
-        for wake in wakes:  # after the commit: the rows are there to claim
-            wake()
-        return results
-
-    async def _apply(
-        self,
-        connection: Connection,
-        tenant: str,
-        entity_id: str,
-        mutator: Mutator,
-        wakes: list[Callable[[], None]],
-        audit: list[AuditRow],
-    ) -> MutationResult:
-        """One operation, its entity's advisory lock already held (mutate)."""
-        row = await connection.fetchrow(
-            "SELECT pk, doc FROM entities WHERE tenant = $1 AND id = $2 FOR UPDATE", tenant, entity_id
-        )
-        before = visible(orjson.loads(row["doc"])) if row is not None else None
-        outcome = mutator(before)
-        after = outcome.entity
-        if after is None:
-            if row is not None:
-                await connection.execute("DELETE FROM entities WHERE pk = $1", row["pk"])  # side rows cascade
-        else:
-            await self._store(connection, tenant, entity_id, row["pk"] if row is not None else None, after)
-        change = EntityChange(tenant, entity_id, before, after)
-        await self._emit(connection, change, wakes, audit)
-        return MutationResult(entity_id, outcome=outcome, change=change)
-
-    async def _emit(
-        self, connection: Connection, change: EntityChange, wakes: list[Callable[[], None]], audit: list[AuditRow]
-    ) -> None:
-        """Hand a change to every listener (on the sync thread, in the request's context, with a
-        lookup that reads through this transaction) and insert the outbox and history rows they
-        return, in this transaction; their audit rows go to `audit`, sealed before the commit."""
-        listeners = self._listeners
-        if not listeners:
-            return
-
-        async def fetch(entity_id: str) -> Entity | None:
-            doc = await connection.fetchval(
-                "SELECT doc FROM entities WHERE tenant = $1 AND id = $2", change.tenant, entity_id
-            )
-            return visible(orjson.loads(doc)) if doc is not None else None
-
-        def lookup(entity_id: str) -> Entity | None:
-            found: Entity | None = self._block_on(fetch(entity_id))
-            return found
-
-        def run_all() -> list[tuple[Sequence[OutboxRow | HistoryRow | AuditRow], Callable[[], None] | None]]:
-            return [(listener(change, lookup), wake) for listener, wake in listeners.values()]
-
-        loop = asyncio.get_running_loop()
-        for rows, wake in await loop.run_in_executor(self._sync_pool, contextvars.copy_context().run, run_all):
-            outbox = [r for r in rows if isinstance(r, OutboxRow)]
-            if outbox:
-                await self._insert_outbox(connection, outbox)
-                if wake is not None and wake not in wakes:
-                    wakes.append(wake)
-            history = [r for r in rows if isinstance(r, HistoryRow)]
-            if history:
-                await self._append_history(connection, history)
-            audit.extend(r for r in rows if isinstance(r, AuditRow))
-
-    async def _store(self, connection: Connection, tenant: str, entity_id: str, pk: int | None, entity: Entity) -> None:
-        """Write the document and rebuild its side rows (every time: an expired, invisible
-        previous version may still have some)."""
-        columns = (
-            orjson.dumps(entity).decode(),
-            list(entity["type"]),
-            list(entity["attrs"]),
-            entity["modifiedAt"],
-            own_expiry(entity),
-            next_expiry(entity),
-        )
-        if pk is None:
-            pk = await connection.fetchval(
-                "INSERT INTO entities (doc, types, attrs, modified_at, expires_at, next_expiry, tenant, id)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING pk",
-                *columns,
-                tenant,
-                entity_id,
-            )
-        else:
-            await connection.execute(
-                "UPDATE entities SET doc = $1, types = $2, attrs = $3, modified_at = $4, expires_at = $5,"
-                " next_expiry = $6 WHERE pk = $7",
-                *columns,
-                pk,
-            )
-            await connection.execute(
-                "WITH gone AS (DELETE FROM attr_values WHERE pk = $1) DELETE FROM entity_geo WHERE pk = $1", pk
-            )
-        values = list(indexed_values(entity))
-        if values:
-            await connection.execute(
-                "INSERT INTO attr_values (pk, attr, num, txt)"
-                " SELECT $1, * FROM unnest($2::text[], $3::float8[], $4::text[])",
-                pk,
-                [attr for attr, _, _ in values],
-                [num for _, num, _ in values],
-                [txt for _, _, txt in values],
-            )
-        boxes = [(attr, box) for attr, geometry in geo_values(entity) if (box := geometry_bbox(geometry))]
-        if boxes:
-            await connection.execute(
-                "INSERT INTO entity_geo (pk, attr, min_x, max_x, min_y, max_y, box)"
-                " SELECT $1, a, x0, x1, y0, y1, ST_MakeEnvelope(x0, y0, x1, y1, 4326)"
-                " FROM unnest($2::text[], $3::float8[], $4::float8[], $5::float8[], $6::float8[])"
-                " AS b(a, x0, x1, y0, y1)",
-                pk,
-                [attr for attr, _ in boxes],
-                *([box[i] for _, box in boxes] for i in range(4)),
-            )
 
     # -- queries -----------------------------------------------------------------------------------
     def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
@@ -438,45 +291,6 @@ class PostgresStore(PostgresCatalog, PostgresTemporal, PostgresIdentity, Postgre
         if query.count:
             total = await connection.fetchval(f"SELECT count(*) FROM entities e WHERE {condition}", *params)
         return QueryResult(entities, total, has_more)
-
-    async def purge_expired(self, now: str) -> list[EntityChange]:
-        """Sweep transient entities and attributes; SKIP LOCKED lets several workers sweep at once."""
-        changes: list[EntityChange] = []
-        wakes: list[Callable[[], None]] = []
-
-        async def work(connection: Connection) -> None:
-            changes.clear()  # a transaction run again starts afresh
-            wakes.clear()
-            audit: list[AuditRow] = []
-            await self._fresh_subscriptions(connection)
-            rows = await connection.fetch(
-                "SELECT pk, tenant, id, doc FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= $1"
-                " ORDER BY next_expiry, pk FOR UPDATE SKIP LOCKED",
-                now,
-            )
-            for row in rows:
-                # the entity lock writers take (mutate, the temporal API, retention): an entity being
-                # written now is left to the next sweep
-                if not await connection.fetchval(
-                    "SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2))", row["tenant"], row["id"]
-                ):
-                    continue
-                before: Entity = orjson.loads(row["doc"])
-                after = visible(before, now)
-                if after is None:
-                    await connection.execute("DELETE FROM entities WHERE pk = $1", row["pk"])
-                else:
-                    await self._store(connection, row["tenant"], row["id"], row["pk"], after)
-                change = EntityChange(row["tenant"], row["id"], before, after)
-                await self._emit(connection, change, wakes, audit)
-                changes.append(change)
-            await self._purge_expired_maps(connection, now)
-            await self._seal_audit(connection, audit)
-
-        await self._write(work)
-        for wake in wakes:
-            wake()
-        return changes
 
     # -- hosted @contexts --------------------------------------------------------------------------
     async def save_context(self, row: StoredContextRow) -> None:

@@ -17,9 +17,10 @@ Per partition, partial B-trees on (entity, attribute, time) serve each time prop
 lastN (read backwards), (entity, attribute, datasetId) serves series and deletes, instance_id the
 instance PATCH/DELETE.
 
-Writes: the instances of one call go in one INSERT ... SELECT FROM unnest(...) (a change's history,
-a temporal POST); the temporal entity is upserted first (INSERT ... ON CONFLICT DO NOTHING, types
-unioned by an UPDATE that runs only when a type is new, so appends normally take no row lock).
+Writes: the instances of one call go in one INSERT ... SELECT FROM unnest(...) (a write's history,
+a temporal POST); its temporal entities are upserted first, all in one statement (INSERT ... ON
+CONFLICT DO NOTHING, types unioned by an UPDATE that runs only when a type is new, so appends
+normally take no row lock).
 Every writer of one temporal entity holds the advisory lock mutate takes on (tenant, id), so two
 workers never interleave their read-modify-write of one entity, and the upserts never wait on each
 other in a cycle. The months a write goes to are locked (and created first if missing) in the same
@@ -29,7 +30,7 @@ deadlock writers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -64,38 +65,45 @@ if TYPE_CHECKING:
 
 # the key of mutate's per-entity lock (store.py _apply): one writer of an entity at a time
 _LOCK_ENTITY = "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))"
-# The temporal entity's pk (created if needed, its types unioned in order) and, when $4 names the
-# partitions the write goes to, those not attached (the others are locked: temporal_lock_partitions).
-# No row comes back only if another transaction created the entity after this statement's snapshot
-# was taken (a writer without the entity lock: the expiry sweep); the caller then asks again.
-_ENTITY = """
-WITH ins AS (
-    INSERT INTO temporal_entities (tenant, id, types) VALUES ($1, $2, $3::text[])
-    ON CONFLICT (tenant, id) DO NOTHING RETURNING pk
+# The pks of temporal entities (created if needed, in the order given, their types unioned in
+# order; types travel as JSON arrays, which unnest can carry) and, when $4 names the partitions the
+# write goes to, those not attached (the others are locked: temporal_lock_partitions). An entity
+# comes back without a pk only if another transaction created it after this statement's snapshot was
+# taken (a writer without the entity lock: the expiry sweep); the caller then asks again.
+_ENTITIES = """
+WITH k AS (
+    SELECT k.tenant, k.id, k.n, ARRAY(
+        SELECT t FROM json_array_elements_text(k.types) WITH ORDINALITY AS j(t, m) ORDER BY m
+    ) AS types
+    FROM unnest($1::text[], $2::text[], $3::json[]) WITH ORDINALITY AS k(tenant, id, types, n)
+), ins AS (
+    INSERT INTO temporal_entities (tenant, id, types) SELECT tenant, id, types FROM k ORDER BY n
+    ON CONFLICT (tenant, id) DO NOTHING RETURNING pk, tenant, id
 ), tenant AS (
-    INSERT INTO tenants (name) SELECT $1 FROM ins ON CONFLICT DO NOTHING
+    INSERT INTO tenants (name) SELECT DISTINCT tenant FROM ins ON CONFLICT DO NOTHING
 ), upd AS (
     UPDATE temporal_entities e
     SET types = e.types || ARRAY(
-        SELECT u.t FROM unnest($3::text[]) WITH ORDINALITY AS u(t, n) WHERE u.t <> ALL(e.types) ORDER BY u.n
+        SELECT u.t FROM unnest(k.types) WITH ORDINALITY AS u(t, n) WHERE u.t <> ALL(e.types) ORDER BY u.n
     )
-    WHERE e.tenant = $1 AND e.id = $2 AND NOT e.types @> $3::text[]
-    RETURNING e.pk
-), found AS (
-    SELECT pk, true AS created FROM ins
-    UNION ALL SELECT pk, false FROM upd
-    UNION ALL SELECT pk, false FROM temporal_entities WHERE tenant = $1 AND id = $2
+    FROM k WHERE e.tenant = k.tenant AND e.id = k.id AND NOT e.types @> k.types
 )
-SELECT (SELECT pk FROM found ORDER BY created DESC LIMIT 1) AS pk,
-    coalesce((SELECT bool_or(created) FROM found), false) AS created,
-    CASE WHEN $4::text[] IS NULL THEN NULL ELSE temporal_lock_partitions($4::text[]) END AS missing
+SELECT k.n, coalesce(i.pk, e.pk) AS pk, i.pk IS NOT NULL AS created,
+    (SELECT CASE WHEN $4::text[] IS NULL THEN NULL ELSE temporal_lock_partitions($4::text[]) END) AS missing
+FROM k LEFT JOIN ins i ON i.tenant = k.tenant AND i.id = k.id
+LEFT JOIN temporal_entities e ON e.tenant = k.tenant AND e.id = k.id
+ORDER BY k.n
 """
-_INSERT = """
-INSERT INTO temporal_instances (epk, attr, dataset, instance_id, kind, retained_us, observed_us, created_us,
-    modified_us, deleted_us, expires_us, num, vtext, doc)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
+_COLUMNS = (
+    "epk", "attr", "dataset", "instance_id", "retained_us", "kind", "observed_us", "created_us", "modified_us",
+    "deleted_us", "expires_us", "num", "vtext", "doc",
+)  # fmt: skip
+_INSERT = f"""
+INSERT INTO temporal_instances ({", ".join(_COLUMNS)})
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[],
     $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::float8[], $13::text[], $14::json[])
 """
+COPY_FROM = 64  # instances; from this many on a write's history goes by COPY
 # per (attribute, datasetId, observedAt) of a temporal POST, the stored instance it replaces
 _SAME_TIME = """
 SELECT k.n, (
@@ -196,53 +204,58 @@ class PostgresTemporal(PostgresTemporalReads):
 
     # -- writing -------------------------------------------------------------------------------------
     @staticmethod
-    async def _upsert_entity(
-        connection: Connection, tenant: str, entity_id: str, types: Sequence[str], check: list[str] | None
-    ) -> tuple[int, bool, list[str]]:
-        """(pk, created, partitions missing among `check`) of a temporal entity, created if needed."""
+    async def _upsert_entities(
+        connection: Connection, entities: Mapping[tuple[str, str], Sequence[str]], check: list[str] | None
+    ) -> tuple[dict[tuple[str, str], tuple[int, bool]], list[str]]:
+        """(pk, created) of each temporal entity, created if needed (in the order given), and the
+        partitions missing among `check`; one statement for all of them."""
+        found: dict[tuple[str, str], tuple[int, bool]] = {}
+        missing: list[str] = []
         for _ in range(3):
-            row = await connection.fetchrow(_ENTITY, tenant, entity_id, list(types), check)
-            assert row is not None
-            if row["pk"] is not None:
-                return int(row["pk"]), bool(row["created"]), list(row["missing"] or [])
-        raise RuntimeError(f"the temporal entity {entity_id!r} could not be created or found")
+            asked = [key for key in entities if key not in found]
+            rows = await connection.fetch(
+                _ENTITIES,
+                [tenant for tenant, _ in asked],
+                [entity_id for _, entity_id in asked],
+                [orjson.dumps(list(entities[key])).decode() for key in asked],
+                check,
+            )
+            for row in rows:
+                if row["pk"] is not None:
+                    found[asked[row["n"] - 1]] = (int(row["pk"]), bool(row["created"]))
+            if rows and check is not None:
+                missing.extend(rows[0]["missing"] or [])
+                check = None  # locked for the whole transaction already
+            if len(found) == len(entities):
+                return found, missing
+        lost = [key[1] for key in entities if key not in found]
+        raise RuntimeError(f"the temporal entities {lost!r} could not be created or found")
 
     @staticmethod
     async def _insert(connection: Connection, rows: Sequence[tuple[int, _Put]]) -> None:
-        """Every instance of a write in one statement (its partitions are locked already)."""
+        """Every instance of a write in one statement (its partitions are locked already): COPY
+        for a batch's history (binary, routed to the partitions by the server), an INSERT from
+        arrays for a few rows (COPY takes two round trips)."""
         if not rows:
             return
-        values = [put.values() for _, put in rows]
-        await connection.execute(
-            _INSERT,
-            [epk for epk, _ in rows],
-            [put.attr for _, put in rows],
-            [put.dataset for _, put in rows],
-            [put.instance_id for _, put in rows],
-            [v[0] for v in values],
-            [put.retained for _, put in rows],
-            *([v[i] for v in values] for i in range(1, 9)),
-        )
+        records = [(epk, put.attr, put.dataset, put.instance_id, put.retained, *put.values()) for epk, put in rows]
+        if len(records) >= COPY_FROM:
+            await connection.copy_records_to_table("temporal_instances", records=records, columns=_COLUMNS)
+            return
+        await connection.execute(_INSERT, *(list(column) for column in zip(*records, strict=True)))
 
     async def _append_history(self, connection: Connection, rows: Sequence[HistoryRow]) -> None:
         """Called inside mutate's transaction (which holds the entity's lock) with the history its
-        changes make: one upsert per temporal entity, one INSERT for all the instances."""
+        changes make: one upsert for all the temporal entities, one INSERT for all the instances."""
         if not rows:
             return
         types: dict[tuple[str, str], list[str]] = {}
         for row in rows:  # as on SQLite, the first row of an entity brings its types
             types.setdefault((row.tenant, row.entity_id), row.types)
         puts = [((row.tenant, row.entity_id), _Put.of(row.attr, row.instance)) for row in rows]
-        names = self._partitions([put for _, put in puts])
-        pks: dict[tuple[str, str], int] = {}
-        missing: list[str] = []
-        for (tenant, entity_id), entity_types in types.items():
-            pk, _, gone = await self._upsert_entity(connection, tenant, entity_id, entity_types, names)
-            pks[(tenant, entity_id)] = pk
-            missing.extend(gone)
-            names = None  # locked for the whole transaction already
+        pks, missing = await self._upsert_entities(connection, types, self._partitions([put for _, put in puts]))
         await self._create_missing(connection, missing)
-        await self._insert(connection, [(pks[key], put) for key, put in puts])
+        await self._insert(connection, [(pks[key][0], put) for key, put in puts])
 
     @staticmethod
     def _plan(instances: Sequence[tuple[str, Instance]]) -> list[_Put]:
@@ -269,9 +282,10 @@ class PostgresTemporal(PostgresTemporalReads):
 
         async def work(connection: Connection) -> bool:
             await connection.execute(_LOCK_ENTITY, tenant, entity_id)
-            pk, created, missing = await self._upsert_entity(
-                connection, tenant, entity_id, types, self._partitions(puts)
+            found, missing = await self._upsert_entities(
+                connection, {(tenant, entity_id): types}, self._partitions(puts)
             )
+            pk, created = found[(tenant, entity_id)]
             await self._create_missing(connection, missing)
             timed = [put for put in puts if put.observed is not None]
             replaced: dict[int, int] = {}  # index in `timed` -> pk of the stored instance it replaces

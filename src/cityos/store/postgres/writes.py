@@ -1,0 +1,271 @@
+"""The entity write path on PostgreSQL (mutate, and the expiry sweep), mixed into PostgresStore.
+
+One transaction per call, a handful of round trips whatever its size:
+1. the tenant row, and every entity's advisory lock in id order (two writes that share entities
+   queue behind each other instead of deadlocking; the lock also covers an entity that does not
+   exist yet, so two creates of one id serialise instead of failing on the unique index);
+2. the stored rows (FOR UPDATE), the subscriptions' catalogue version, and pks for the rows that
+   may be created, in one statement;
+3. every mutator and change listener, in Python, against a WritePlan (write_plan.py): on the
+   store's sync thread in one hand-off, since a listener's lookup of another entity must await
+   this transaction's connection on the event loop;
+4. one statement for `entities` and its side tables, one for the outbox rows, two for the
+   history (temporal.py), one for the audit queue (audit.py).
+
+An operation that fails (its mutator or a listener raised an NgsiLdError) is taken out of the
+plan, its rows dropped, and the others go on (atomic=False): no SAVEPOINT, since nothing of it had
+reached the database. Conflicts and lost connections run the whole transaction again (busy.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from cityos.audit.chain import AuditRow
+from cityos.entities.expiry import visible
+from cityos.entities.model import Entity
+from cityos.entities.update import Mutator, Outcome
+from cityos.errors import NgsiLdError
+from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
+from cityos.store.postgres.busy import Transactions
+from cityos.store.postgres.write_plan import Key, WritePlan
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cityos.store.postgres.schema import Connection
+
+_LOCK = """
+WITH tenant AS (INSERT INTO tenants (name) VALUES ($1) ON CONFLICT DO NOTHING)
+SELECT count(pg_advisory_xact_lock(hashtext($1), hashtext(id)))
+FROM (SELECT u.id FROM unnest($2::text[]) AS u(id) ORDER BY u.id COLLATE "C") AS ids
+"""
+# The first row: the subscriptions' catalogue version and as many pks as ids have no row (a create
+# uses one; an operation that fails leaves a gap, as a rolled-back INSERT does); then the rows.
+_READ = """
+WITH locked AS (SELECT pk, id, doc FROM entities WHERE tenant = $1 AND id = ANY($2::text[]) FOR UPDATE)
+SELECT NULL::bigint AS pk, NULL::text AS id, NULL::json AS doc,
+    (SELECT version FROM catalog_versions WHERE name = 'subscriptions') AS version,
+    ARRAY(SELECT nextval('entities_pk_seq') FROM generate_series(1, $3 - (SELECT count(*) FROM locked))) AS pks
+UNION ALL SELECT pk, id, doc, NULL, NULL FROM locked
+"""
+_MORE_PKS = "SELECT ARRAY(SELECT nextval('entities_pk_seq') FROM generate_series(1, $1))"
+_LOCK_SWEPT = """
+SELECT k.n FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(tenant, id, n)
+WHERE pg_try_advisory_xact_lock(hashtext(k.tenant), hashtext(k.id)) ORDER BY k.n
+"""
+
+Wake = Callable[[], None]
+Step = tuple[Key, Mutator]
+
+
+@dataclass(slots=True)
+class _Owed:
+    """What the listeners returned for the operations that succeeded, to insert in the write."""
+
+    outbox: list[OutboxRow] = field(default_factory=list)
+    history: list[HistoryRow] = field(default_factory=list)
+    audit: list[AuditRow] = field(default_factory=list)
+    wakes: list[Wake] = field(default_factory=list)
+
+    def mark(self) -> tuple[int, int, int, int]:
+        return len(self.outbox), len(self.history), len(self.audit), len(self.wakes)
+
+    def undo(self, mark: tuple[int, int, int, int]) -> None:
+        del self.outbox[mark[0] :], self.history[mark[1] :], self.audit[mark[2] :], self.wakes[mark[3] :]
+
+    def add(self, rows: Sequence[OutboxRow | HistoryRow | AuditRow], wake: Wake | None) -> None:
+        outbox = [r for r in rows if isinstance(r, OutboxRow)]
+        if outbox:
+            self.outbox.extend(outbox)
+            if wake is not None and wake not in self.wakes:
+                self.wakes.append(wake)
+        self.history.extend(r for r in rows if isinstance(r, HistoryRow))
+        self.audit.extend(r for r in rows if isinstance(r, AuditRow))
+
+
+class PostgresWrites(Transactions):
+    """mutate and purge_expired; PostgresStore supplies the listeners, the sync thread and the
+    outbox, history and audit inserts."""
+
+    if TYPE_CHECKING:
+        _listeners: dict[str, tuple[ChangeListener, Wake | None]]
+        _sync_pool: ThreadPoolExecutor
+
+        def _block_on(self, coroutine: Any) -> Any: ...
+
+        async def _fresh_subscriptions(self, connection: Connection, version: int | None = None) -> None: ...
+
+        async def _insert_outbox(self, connection: Connection, rows: Sequence[OutboxRow]) -> None: ...
+
+        async def _append_history(self, connection: Connection, rows: Sequence[HistoryRow]) -> None: ...
+
+        async def _seal_audit(self, connection: Connection, rows: Sequence[AuditRow]) -> None: ...
+
+        async def _purge_expired_maps(self, connection: Connection, now: str) -> None: ...
+
+    async def mutate(
+        self, tenant: str, operations: Sequence[tuple[str, Mutator]], *, atomic: bool
+    ) -> list[MutationResult]:
+        ids = sorted({entity_id for entity_id, _ in operations})
+        steps = [((tenant, entity_id), mutator) for entity_id, mutator in operations]
+        wakes: list[Wake] = []
+
+        async def work(connection: Connection) -> list[MutationResult]:
+            await connection.execute(_LOCK, tenant, ids)
+            plan = WritePlan()
+            version = pks = None
+            for row in await connection.fetch(_READ, tenant, ids, len(ids)):
+                if row["id"] is None:
+                    version, pks = row["version"], list(row["pks"])
+                else:
+                    plan.load(tenant, row["id"], row["pk"], row["doc"])
+            for entity_id in ids:
+                if not plan.holds((tenant, entity_id)):
+                    plan.load(tenant, entity_id, None, None)
+            await self._fresh_subscriptions(connection, version)
+            results, owed = await self._run(connection, plan, steps, atomic=atomic)
+            await self._flush(connection, plan, pks or [], owed)
+            wakes[:] = owed.wakes
+            return results
+
+        results = await self._write(work)
+        for wake in wakes:  # after the commit: the rows are there to claim
+            wake()
+        return results
+
+    async def purge_expired(self, now: str) -> list[EntityChange]:
+        """Sweep transient entities and attributes; SKIP LOCKED lets several workers sweep at once."""
+        wakes: list[Wake] = []
+
+        async def work(connection: Connection) -> list[EntityChange]:
+            await self._fresh_subscriptions(connection)
+            rows = await connection.fetch(
+                "SELECT pk, tenant, id, doc FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= $1"
+                " ORDER BY next_expiry, pk FOR UPDATE SKIP LOCKED",
+                now,
+            )
+            # the entity lock writers take (mutate, the temporal API, retention): an entity being
+            # written now is left to the next sweep
+            locked = await connection.fetch(_LOCK_SWEPT, [r["tenant"] for r in rows], [r["id"] for r in rows])
+            plan = WritePlan()
+            steps: list[Step] = []
+            for found in locked:
+                row = rows[found["n"] - 1]
+                key = (row["tenant"], row["id"])
+                plan.load(*key, row["pk"], row["doc"])
+                steps.append((key, _becomes(visible(plan.slots[key].stored, now))))
+            results, owed = await self._run(connection, plan, steps, atomic=True, stored_before=True)
+            await self._flush(connection, plan, [], owed)
+            await self._purge_expired_maps(connection, now)
+            wakes[:] = owed.wakes
+            return [result.change for result in results if result.change is not None]
+
+        changes = await self._write(work)
+        for wake in wakes:
+            wake()
+        return changes
+
+    async def _run(
+        self,
+        connection: Connection,
+        plan: WritePlan,
+        steps: Sequence[Step],
+        *,
+        atomic: bool,
+        stored_before: bool = False,
+    ) -> tuple[list[MutationResult], _Owed]:
+        """Every operation in turn, in Python; the listeners (and so the whole run, which must see
+        their effects in order) on the sync thread, in the request's context."""
+        listeners = list(self._listeners.values())  # a snapshot: one set of listeners per write
+
+        async def fetch(tenant: str, entity_id: str) -> Entity | None:
+            doc = await connection.fetchval("SELECT doc FROM entities WHERE tenant = $1 AND id = $2", tenant, entity_id)
+            return visible(orjson.loads(doc)) if doc is not None else None
+
+        def lookup_in(tenant: str) -> Callable[[str], Entity | None]:
+            def lookup(entity_id: str) -> Entity | None:
+                if plan.holds((tenant, entity_id)):
+                    return plan.current((tenant, entity_id))
+                found: Entity | None = self._block_on(fetch(tenant, entity_id))
+                return found
+
+            return lookup
+
+        def run() -> tuple[list[MutationResult], _Owed]:
+            return _apply(plan, steps, listeners, lookup_in, atomic=atomic, stored_before=stored_before)
+
+        if not listeners:
+            return run()
+        loop = asyncio.get_running_loop()
+        done: tuple[list[MutationResult], _Owed] = await loop.run_in_executor(
+            self._sync_pool, contextvars.copy_context().run, run
+        )
+        return done
+
+    async def _flush(self, connection: Connection, plan: WritePlan, pks: list[int], owed: _Owed) -> None:
+        """Write the plan and what the listeners owe, in this transaction; the audit rows last."""
+        needed = plan.new_rows()
+        if needed > len(pks):  # an entity deleted and created again in this write: a new row, a new pk
+            pks = pks + list(await connection.fetchval(_MORE_PKS, needed - len(pks)))
+        replaced = plan.replaced()
+        if replaced:
+            await connection.execute("DELETE FROM entities WHERE pk = ANY($1::bigint[])", replaced)
+        statement = plan.statement(pks[:needed])
+        if statement is not None:
+            await connection.execute(statement[0], *statement[1])
+        if owed.outbox:
+            await self._insert_outbox(connection, owed.outbox)
+        if owed.history:
+            await self._append_history(connection, owed.history)
+        await self._seal_audit(connection, owed.audit)  # last: queued with the write, sealed after COMMIT
+
+
+def _becomes(after: Entity | None) -> Mutator:
+    """The sweep's operation: the entity becomes its visible part (None: it expired whole)."""
+
+    def run(_current: Entity | None) -> Outcome:
+        return Outcome(after)
+
+    return run
+
+
+def _apply(
+    plan: WritePlan,
+    steps: Sequence[Step],
+    listeners: Sequence[tuple[ChangeListener, Wake | None]],
+    lookup_in: Callable[[str], Callable[[str], Entity | None]],
+    *,
+    atomic: bool,
+    stored_before: bool,
+) -> tuple[list[MutationResult], _Owed]:
+    """Run each operation's mutator and the listeners of its change against the plan. An
+    NgsiLdError undoes that operation (atomic=False) or the whole write (atomic=True)."""
+    owed = _Owed()
+    results: list[MutationResult] = []
+    for key, mutator in steps:
+        saved, mark = plan.mark(key), owed.mark()
+        try:
+            before = plan.before(key)
+            outcome = mutator(before)
+            plan.stage(key, outcome.entity)
+            # the sweep reports the stored document, expired parts included, as what changed
+            change = EntityChange(key[0], key[1], saved.stored if stored_before else before, outcome.entity)
+            lookup = lookup_in(key[0])
+            for listener, wake in listeners:
+                owed.add(listener(change, lookup), wake)
+        except NgsiLdError as error:
+            if atomic:
+                raise
+            plan.undo(key, saved)
+            owed.undo(mark)
+            results.append(MutationResult(key[1], error=error))
+            continue
+        results.append(MutationResult(key[1], outcome=outcome, change=change))
+    return results, owed
