@@ -16,7 +16,7 @@ from cityos.jsonld.registry import ContextRegistry
 from cityos.net import OutboundPolicy
 from cityos.policy.compiled import AccessDenied, HiddenEntity, PolicyAuthorizer, current_purpose
 from cityos.policy.decision import AccessPrefilter, Target
-from cityos.policy.enforce import guarded, restrict, write_check
+from cityos.policy.enforce import WriteCheck, guarded, restrict, write_check
 from cityos.policy.model import parse_policy
 from cityos.store.base import EntityQuery
 
@@ -212,7 +212,11 @@ def test_attribute_write_rules() -> None:
         "actions": ["read", "update"],
         "resources": {"types": ["OffStreetParking"], "attrs": ["availableSpotNumber"]},
     }
-    check = write_check(authorizer(only_spots), user("sensor"), "")
+    refuses_only_the_contract(write_check(authorizer(only_spots), user("sensor"), ""))
+
+
+def refuses_only_the_contract(check: WriteCheck | None) -> None:
+    """A parking update of the spots passes; one that also rewrites the contract is refused."""
     assert check is not None
     after = parking(1)
     after["attrs"][D + "availableSpotNumber"] = prop(2)
@@ -313,11 +317,4 @@ def test_views_and_write_guards_are_reused_for_the_same_principal() -> None:
     assert engine.read_view(operator, "").visible(parking(1))
     # a write to an attribute the write rules hide is refused only when its value changes
     hidden = {**OPERATOR, "resources": {"types": ["OffStreetParking"], "exceptAttrs": ["contract"]}}
-    check = write_check(authorizer(hidden), operator, "")
-    assert check is not None
-    after = parking(1)
-    after["attrs"][D + "availableSpotNumber"] = prop(3)
-    check.check("p", parking(1), after)
-    after["attrs"][D + "contract"] = prop("other terms")
-    with pytest.raises(AccessDenied, match="contract"):
-        check.check("p", parking(1), after)
+    refuses_only_the_contract(write_check(authorizer(hidden), operator, ""))
