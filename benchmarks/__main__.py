@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the cityos servers from another checkout's src/ (e.g. a `git worktree` of an older commit), "
         "so two commits are measured by the same harness; compare their CPU ms/op on a loaded machine",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NUMBER",
+        help="run only the scenarios whose number starts so (e.g. --only 8 for the auth rows 8a-8d, --only 5a); "
+        "repeatable; the batch upsert (3) always runs, since the others read its entities; no scaling table [all]",
+    )
     parser.add_argument("--json", type=Path, help="also write every row as JSON to this file")
     parser.add_argument("--logs", type=Path, help="copy the servers' logs to this directory at the end")
     parser.add_argument(
@@ -255,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = replace(config, alternatives=False)
     if args.no_analyze:
         config = replace(config, analyze=False)
+    if args.only:  # some of the main table's scenarios: no scaling table (unless --scale asks for it)
+        config = replace(config, only=tuple(args.only), scale=())
     if args.no_mqtt:
         config = replace(config, mqtt=False)
     if args.scale:  # the scaling table only

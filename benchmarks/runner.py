@@ -96,6 +96,11 @@ class Config:
     mqtt: bool = True  # scenario 9, the IoT Agent over a real Mosquitto
     url: str = ""  # a cityos server started elsewhere (e.g. a bigger machine): loaded, not started
     floor_url: str = ""  # the constant-JSON app next to it (python -m benchmarks.constant_app --host ...)
+    only: tuple[str, ...] = ()  # scenario numbers to run ("8", "5a"); () runs all (the load, 3, always runs)
+
+    def selected(self, name: str) -> bool:
+        """Is the scenario named `name` ("8a. retrieve ...") one this run measures?"""
+        return not self.only or any(name.startswith(number) for number in self.only)
 
     @classmethod
     def smoke(cls) -> Config:
@@ -299,11 +304,13 @@ class Bench:
                     self.scenarios(backend, server, raw)
             finally:
                 backend.problems += _problems(server)
+            reads = any(config.selected(name) for name, kind in SCENARIOS if kind in READS)
             for workers in config.workers:
-                if url is not None and workers > 1:
+                if url is not None and workers > 1 and reads:
                     self.multi_worker(backend, url, workers)
-            log(f"  --durability normal and full, side by side ({time.monotonic() - self.started:.0f} s)")
-            self.rows += durability(self, backend.name, url, backend.stored)
+            if config.selected("7"):
+                log(f"  --durability normal and full, side by side ({time.monotonic() - self.started:.0f} s)")
+                self.rows += durability(self, backend.name, url, backend.stored)
 
     def scenarios(self, backend: Backend, server: ServerProcess, raw: RawStore | RawPostgres) -> None:
         self.batch_upsert(backend, server, raw)
@@ -314,15 +321,18 @@ class Bench:
         if not backend.stored:  # every other scenario needs them
             raise StartFailed(f"no entity stored by the batch upsert: {self.rows[-1].error_sample}")
         for name, kind in SCENARIOS:
+            if not self.config.selected(name):
+                continue
             row = Row(name, baseline=CONSTANT, target=target(name, backend.name), backend=backend.name)
             workload = partial(_scenario_workload, kind, backend.stored)
             self.rows.append(self.measure(row, server, workload, baseline=self.floor))
-        for row in future.scenarios(self, server, backend.stored):
+        for row in future.scenarios(self, server, backend.stored) if self.config.selected("6") else []:
             row.backend, row.target = backend.name, target(row.name, backend.name)
             self.rows.append(row)
         url = self.schema.url if self.schema is not None else None
-        self.rows += auth_rows(self, server, backend.name, url, backend.stored)  # scenario 8: --auth required
-        if self.config.mqtt:
+        if self.config.selected("8"):  # scenario 8: --auth required
+            self.rows += auth_rows(self, server, backend.name, url, backend.stored)
+        if self.config.mqtt and self.config.selected("9"):
             self.rows.append(mqtt_row(self, backend.name, url, backend.stored))  # scenario 9: MQTT measures
         backend.rss_peak = server.peak_rss_mb()
 
@@ -333,7 +343,7 @@ class Bench:
             with server:
                 log(f"cityos serve --workers {workers} (pid {server.pid}) on {backend.label}")
                 for name, kind in SCENARIOS:
-                    if kind not in READS:
+                    if kind not in READS or not self.config.selected(name):
                         continue
                     found = target(name, backend.name)
                     row = Row(name, baseline=CONSTANT, target=found, backend=backend.name, workers=workers)

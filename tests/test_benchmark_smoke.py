@@ -116,3 +116,21 @@ def test_benchmark_smoke_mode_runs_every_scenario_on_every_backend_without_error
                 assert any(name.startswith(expected) for name in names), f"{where}: no {expected}: {names}"
             for row in size["rows"]:
                 assert row["errors"] == 0 and row["rate"] > 0, f"{where}: {row['name']}: {row['error_sample']}"
+
+
+def test_benchmark_only_runs_the_selected_scenarios(tmp_path: Path) -> None:
+    """`--only 8`: the auth rows (each with its auth-off pair) and the load they need, nothing else."""
+    results = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--backend", "sqlite", "--only", "8", "--json", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [row for row in json.loads(results.read_text())["rows"] if row["kind"] == "scenario"]
+    numbers = sorted(row["name"][:2] for row in rows)  # 8a-8d: the auth-on row and its auth-off pair
+    assert numbers == ["3.", "8a", "8a", "8b", "8b", "8c", "8c", "8d", "8d"], [row["name"] for row in rows]
+    for row in rows:
+        assert row["errors"] == 0 and row["rate"] > 0, row

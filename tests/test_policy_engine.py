@@ -16,7 +16,7 @@ from cityos.jsonld.registry import ContextRegistry
 from cityos.net import OutboundPolicy
 from cityos.policy.compiled import AccessDenied, HiddenEntity, PolicyAuthorizer, current_purpose
 from cityos.policy.decision import AccessPrefilter, Target
-from cityos.policy.enforce import guarded, restrict, write_check
+from cityos.policy.enforce import WriteCheck, guarded, restrict, write_check
 from cityos.policy.model import parse_policy
 from cityos.store.base import EntityQuery
 
@@ -212,7 +212,11 @@ def test_attribute_write_rules() -> None:
         "actions": ["read", "update"],
         "resources": {"types": ["OffStreetParking"], "attrs": ["availableSpotNumber"]},
     }
-    check = write_check(authorizer(only_spots), user("sensor"), "")
+    refuses_only_the_contract(write_check(authorizer(only_spots), user("sensor"), ""))
+
+
+def refuses_only_the_contract(check: WriteCheck | None) -> None:
+    """A parking update of the spots passes; one that also rewrites the contract is refused."""
     assert check is not None
     after = parking(1)
     after["attrs"][D + "availableSpotNumber"] = prop(2)
@@ -265,3 +269,52 @@ def test_allows_for_resources_and_types() -> None:
     assert not engine.allows(ANONYMOUS, "subscribe", Target("", resource="subscription"))  # every type
     assert engine.allows(user("city"), "subscribe", Target("", resource="subscription"))
     assert not engine.allows(user("city"), "read", Target("", resource="subscription"))
+
+
+def test_attribute_masks_combine_the_matching_rules() -> None:
+    """What an entity shows is decided by the rules matching it: deny-lists, allow-lists and
+    attribute denies together; an entity with nothing hidden is answered as it is (no copy)."""
+    everything_but_contract = {
+        **PUBLIC_PARKING,
+        "resources": {"types": ["OffStreetParking", "Vehicle"], "exceptAttrs": ["contract", "speed"]},
+    }
+    but_speed = {
+        **PUBLIC_PARKING,
+        "id": "speed-too",
+        "resources": {"types": ["Vehicle"], "exceptAttrs": ["licensePlate"]},
+    }
+    only_spots = {
+        **PUBLIC_PARKING,
+        "id": "spots",
+        "resources": {"types": ["OffStreetParking"], "attrs": ["availableSpotNumber"]},
+    }
+    no_plates = {**PUBLIC_PARKING, "id": "no-plates", "effect": "deny", "resources": {"attrs": ["licensePlate"]}}
+    # a vehicle matches two deny-lists: only what both hide (nothing but the plate, denied anyway) stays hidden
+    view = authorizer(everything_but_contract, but_speed, no_plates).read_view(ANONYMOUS, "")
+    assert sorted(view.project(vehicle(1))["attrs"]) == [D + "speed", NGSI + "location"]
+    assert view.readable(vehicle(1)) == {D + "speed", NGSI + "location"}
+    # a parking matches one deny-list: the contract is hidden
+    assert sorted(view.project(parking(1))["attrs"]) == [D + "availableSpotNumber"]
+    # an allow-list with a deny-list on the same entity: either lets an attribute through
+    mixed = authorizer(everything_but_contract, only_spots).read_view(ANONYMOUS, "")
+    assert sorted(mixed.project(parking(1))["attrs"]) == [D + "availableSpotNumber"]
+    plain = parking(2)
+    del plain["attrs"][D + "contract"]
+    assert mixed.project(plain) is plain  # nothing present is hidden: the entity itself, not a copy
+    assert mixed.project(vehicle(1))["attrs"].keys() == {D + "licensePlate", NGSI + "location"}
+    # an entity no allow matches shows nothing
+    assert authorizer(only_spots).read_view(ANONYMOUS, "").project(vehicle(1))["attrs"] == {}
+
+
+def test_views_and_write_guards_are_reused_for_the_same_principal() -> None:
+    engine = authorizer(OPERATOR)
+    operator = user("parking-operator")
+    assert engine.read_view(operator, "") is engine.read_view(operator, "")
+    assert engine.write_guard(operator, "") is engine.write_guard(operator, "")
+    # the same id with other roles (a changed key) is not taken for the cached principal
+    demoted = Principal(id=operator.id, kind="key", tenants=None, roles=frozenset())
+    assert not engine.read_view(demoted, "").visible(parking(1))
+    assert engine.read_view(operator, "").visible(parking(1))
+    # a write to an attribute the write rules hide is refused only when its value changes
+    hidden = {**OPERATOR, "resources": {"types": ["OffStreetParking"], "exceptAttrs": ["contract"]}}
+    refuses_only_the_contract(write_check(authorizer(hidden), operator, ""))

@@ -383,7 +383,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     app.state.identity = identity
     app.state.policies = policies
     app.add_middleware(LastResort)  # innermost: answers what no handler knew, keeps the connection
-    if identity.required:  # who is calling, before any handler: auth/middleware.py (auth off: nothing to do)
+    if identity.required:  # who is calling and why, before any handler: auth/middleware.py (auth off: nothing to do)
         app.add_middleware(
             AuthMiddleware,
             authenticator=identity.authenticator,
@@ -391,8 +391,6 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             anonymous_served=(lambda: True) if policies is None else (lambda: policies.authorizer.serves_anonymous),
             audit=lambda: services.audit,
         )
-    if policies is not None:
-        app.add_middleware(policy_http.PurposeMiddleware)
     keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))
     app.add_middleware(
         ProtocolGuard, max_body_bytes=settings.max_body_bytes, keep_slash=(*keep_slash, temporal.SELF_ROUTED)

@@ -12,10 +12,10 @@ the store seals rows with it, and `cityos audit verify` checks an export with it
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -33,9 +33,18 @@ def record_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in record.items() if k not in UNSIGNED})).hexdigest()
 
 
+_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text (utc_now)
+
+
 def utc_now() -> str:
-    """Record time: UTC, microseconds, a `Z` suffix (sorts as text)."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")[:26] + "Z"
+    """Record time: UTC, microseconds, a `Z` suffix (sorts as text). Every write makes one, so the
+    date and time of day are formatted once per second, not once per record."""
+    global _second
+    second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+    formatted = _second
+    if formatted[0] != second:
+        formatted = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{formatted[1]}.{micro:06d}Z"
 
 
 @dataclass(slots=True)
@@ -118,18 +127,19 @@ class AuditRecord:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ChainHead:
-    """The last record's seq and hash (seq 0 and GENESIS before the first record)."""
+class ChainHead(NamedTuple):
+    """The last record's seq and hash (seq 0 and GENESIS before the first record). A named tuple:
+    every write reads one, so it is cheap to make."""
 
     seq: int = 0
     hash: str = GENESIS
 
 
-def seal(head: ChainHead, rows: Iterable[AuditRow]) -> tuple[list[AuditRecord], ChainHead]:
-    """Chain `rows` after `head`: each gets the next seq, the previous hash and its own hash."""
-    sealed = []
-    seq, prev = head.seq, head.hash
+def chained(head: ChainHead, rows: Iterable[AuditRow]) -> list[tuple[int, list[str], str, str, AuditRow]]:
+    """Chain `rows` after `head`: (seq, targets, prev, hash, row) of each, one SHA-256 per record.
+    The stores turn these into their column values directly (no AuditRecord in between)."""
+    out = []
+    seq, prev = head
     for row in rows:
         seq += 1
         targets = list(row.targets)
@@ -146,23 +156,30 @@ def seal(head: ChainHead, rows: Iterable[AuditRow]) -> tuple[list[AuditRecord], 
             "prev": prev,
         }
         digest = hashlib.sha256(canonical(body)).hexdigest()
-        sealed.append(
-            AuditRecord(
-                seq,
-                row.time,
-                row.principal,
-                row.operation,
-                row.tenant,
-                targets,
-                row.outcome,
-                row.request_id,
-                row.detail,
-                prev,
-                digest,
-            )
-        )
+        out.append((seq, targets, prev, digest, row))
         prev = digest
-    return sealed, ChainHead(seq, prev)
+    return out
+
+
+def seal(head: ChainHead, rows: Iterable[AuditRow]) -> tuple[list[AuditRecord], ChainHead]:
+    """Chain `rows` after `head`: each gets the next seq, the previous hash and its own hash."""
+    sealed = [
+        AuditRecord(
+            seq,
+            row.time,
+            row.principal,
+            row.operation,
+            row.tenant,
+            targets,
+            row.outcome,
+            row.request_id,
+            row.detail,
+            prev,
+            digest,
+        )
+        for seq, targets, prev, digest, row in chained(head, rows)
+    ]
+    return sealed, (ChainHead(sealed[-1].seq, sealed[-1].hash) if sealed else head)
 
 
 @dataclass(slots=True)

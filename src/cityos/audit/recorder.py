@@ -38,16 +38,11 @@ def operation_of(change: EntityChange) -> str:
 
 
 def change_listener(change: EntityChange, lookup: EntityLookup) -> Sequence[OutboxRow | HistoryRow | AuditRow]:
-    """Every entity change (API, batch, import, IoT, expiry sweep) makes one row."""
+    """Every entity change (API, batch, import, IoT, expiry sweep) makes one row (positional
+    arguments, in AuditRow's order: this runs for every write)."""
+    principal, request_id = current_principal.get().id, current_request_id.get()
     return (
-        AuditRow(
-            operation=operation_of(change),
-            tenant=change.tenant,
-            targets=(change.entity_id,),
-            principal=current_principal.get().id,
-            request_id=current_request_id.get(),
-            time=utc_now(),
-        ),
+        AuditRow(operation_of(change), change.tenant, (change.entity_id,), principal, request_id, "ok", {}, utc_now()),
     )
 
 

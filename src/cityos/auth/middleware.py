@@ -1,7 +1,9 @@
 """The door: with --auth required, a Principal from the request's Authorization header, in a
-contextvar (auth/principal.py) that handlers, the store and the audit trail read. With --auth off
-this middleware is not installed: the principal stays OPEN. The request id (X-Request-Id, made
-by request_id_of) is set and echoed for every request by app.ProtocolGuard.
+contextvar (auth/principal.py) that handlers, the store and the audit trail read, and the declared
+purpose (the Purpose header) for the access policies' purpose conditions, read in the same pass over
+the headers. With --auth off this middleware is not installed: the principal stays OPEN. The
+request id (X-Request-Id, made by request_id_of) is set and echoed for every request by
+app.ProtocolGuard.
 
 Pure ASGI (no BaseHTTPMiddleware), so the contextvars set here are those the handler sees.
 """
@@ -23,9 +25,11 @@ from cityos.auth.errors import TooManyRequests, Unauthorized
 from cityos.auth.principal import ANONYMOUS, current_principal, current_request_id
 from cityos.auth.ratelimit import RateLimiter, retry_after
 from cityos.errors import NgsiLdError
+from cityos.policy.compiled import current_purpose
 
 log = logging.getLogger("cityos.auth")
 REQUEST_ID_HEADER = "X-Request-Id"
+PURPOSE_HEADER = b"purpose"
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 # made ids: a random prefix per process (so workers never collide) and a counter: cheaper than a
 # uuid4 per request, which is a system call
@@ -69,11 +73,16 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        authorization = next((value for name, value in scope["headers"] if name == b"authorization"), None)
+        authorization = purpose = None
+        for name, value in scope["headers"]:
+            if name == b"authorization" and authorization is None:
+                authorization = value
+            elif name == PURPOSE_HEADER and purpose is None:
+                purpose = value
         try:
-            principal = await self.authenticator.authenticate(
-                authorization.decode("latin-1") if authorization is not None else None
-            )
+            principal = self.authenticator.cached(authorization) if authorization is not None else None
+            if principal is None:
+                principal = await self.authenticator.authenticate(authorization)
             if self.limiter is not None:
                 caller = principal.id
                 if principal.kind == "anonymous" and scope.get("client"):
@@ -88,9 +97,13 @@ class AuthMiddleware:
             await _problem(send, refused)
             return
         principal_token = current_principal.set(principal)
+        declared = purpose.decode("latin-1").strip() if purpose is not None else ""
+        purpose_token = current_purpose.set(declared) if declared else None  # unset: None, the default
         try:
             await self.app(scope, receive, send)
         finally:
+            if purpose_token is not None:
+                current_purpose.reset(purpose_token)
             current_principal.reset(principal_token)
 
     async def _denied(self, scope: Scope) -> None:

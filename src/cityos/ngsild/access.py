@@ -64,7 +64,8 @@ async def visible_or_404(request: Request, tenant: str, read: ReadView, entity: 
 
 
 async def personal_reads(request: Request, tenant: str, read: ReadView, entities: Iterable[Entity]) -> None:
-    if not read.unrestricted:
+    # a view knowing that no policy marks personal data (audits_reads False) has nothing to record
+    if not read.unrestricted and getattr(read, "audits_reads", True):
         await record_personal_reads(services(request).audit, principal(request), tenant, read, entities)
 
 

@@ -29,6 +29,7 @@ from cityos.query.patterns import found
 current_purpose: ContextVar[str | None] = ContextVar("cityos_purpose", default=None)
 EntityTest = Callable[[Entity], bool]
 CACHE_SIZE = 4096
+MASKS = 1024  # attribute masks per view, and attributes remembered per mask (more: computed each time)
 WRITE_ACTIONS: tuple[Action, ...] = ("create", "update", "delete")
 
 
@@ -104,7 +105,14 @@ class CompiledView:
         self.nothing = not self.allows
         self.everything = any(not a.constrained for a in self.allows) and not self.entity_denies
         self.projects = any(a.attribute_limited for a in self.allows) or bool(self.attr_denies)
+        self.audits_reads = bool(personal)  # else record_personal_reads has nothing to look for
         self._prefilter, self.prefilter_exact = self._pushdown()
+        # which attributes an entity shows depends only on the rules that match it: decided once
+        # per combination of matching rules, not once per entity
+        self._masks: dict[tuple[Rule, ...], AttributeMask] = {}
+        # the usual view, one allow rule and no attribute deny: its two masks made now
+        self._only = self.allows[0] if len(self.allows) == 1 and not self.attr_denies else None
+        self._only_masks = (AttributeMask(()), AttributeMask(self.allows[:1]))
 
     def _pushdown(self) -> tuple[AccessPrefilter | None, bool]:
         if self.nothing:
@@ -141,39 +149,77 @@ class CompiledView:
                 return True
         return False
 
+    def mask(self, entity: Entity) -> AttributeMask:
+        """Which of the entity's attributes this view lets through (by the rules matching it)."""
+        only = self._only
+        if only is not None:
+            return self._only_masks[1] if only.test(entity) else self._only_masks[0]
+        matching = tuple([a for a in self.allows if a.test(entity)] + [d for d in self.attr_denies if d.test(entity)])
+        mask = self._masks.get(matching)
+        if mask is None:
+            mask = AttributeMask(matching)
+            if len(self._masks) < MASKS:
+                self._masks[matching] = mask
+        return mask
+
     def readable(self, entity: Entity) -> frozenset[str] | None:
         """The attributes of `entity` this view lets through; None: all of them."""
-        matching = [a for a in self.allows if a.test(entity)]
-        denies = [d for d in self.attr_denies if d.test(entity)]
-        for allow in matching:
-            if not allow.attribute_limited and not denies:
-                return None
-        keep = []
-        for attr in entity["attrs"]:
-            for allow in matching:
-                if allow.covers(attr):
-                    break
-            else:
-                continue
-            for deny in denies:
-                if deny.covers(attr):
-                    break
-            else:
-                keep.append(attr)
-        return frozenset(keep)
+        mask = self.mask(entity)
+        if mask.everything:
+            return None
+        keeps = mask.keeps
+        return frozenset(attr for attr in entity["attrs"] if keeps(attr))
 
     def project(self, entity: Entity) -> Entity:
+        """The entity itself when nothing in it is hidden (no copy), else a copy without what is."""
         if not self.projects:
             return entity
-        keep = self.readable(entity)
-        attrs = entity["attrs"]
-        if keep is None or len(keep) == len(attrs):
+        mask = self.mask(entity)
+        if mask.everything:
             return entity
-        return {**entity, "attrs": {k: v for k, v in attrs.items() if k in keep}}
+        attrs = entity["attrs"]
+        hidden = mask.hidden
+        if hidden is not None:
+            if hidden.isdisjoint(attrs):
+                return entity
+            return {**entity, "attrs": {k: v for k, v in attrs.items() if k not in hidden}}
+        keeps = mask.keeps
+        kept = {k: v for k, v in attrs.items() if keeps(k)}
+        return entity if len(kept) == len(attrs) else {**entity, "attrs": kept}
 
     def personal_attrs(self, entity: Entity) -> list[str]:
         """The personal data in an entity as this view returns it (after project)."""
         return self.personal.found_in(entity)
+
+
+class AttributeMask:
+    """The attribute rule of one combination of matching rules (allows, then attribute denies): an
+    attribute shows when a matching allow covers it and no matching deny does. `everything`: all
+    show; `hidden`: when the combination is a plain deny-list (allows without an allow-list, denies
+    with one), the attributes it hides, so an entity is checked with one set operation."""
+
+    __slots__ = ("_known", "allows", "denies", "everything", "hidden")
+
+    def __init__(self, matching: tuple[Rule, ...]) -> None:
+        self.allows = tuple(r for r in matching if r.policy.effect == "allow")
+        self.denies = tuple(r for r in matching if r.policy.effect != "allow")
+        self.everything = not self.denies and any(not a.attribute_limited for a in self.allows)
+        self.hidden: frozenset[str] | None = None
+        plain_allows = all(a.resources.attrs is None for a in self.allows)
+        if self.allows and plain_allows and all(d.resources.attrs is not None for d in self.denies):
+            hidden = frozenset.intersection(*(a.resources.except_attrs for a in self.allows))
+            for deny in self.denies:
+                hidden |= (deny.resources.attrs or frozenset()) - deny.resources.except_attrs
+            self.hidden = hidden
+        self._known: dict[str, bool] = {}
+
+    def keeps(self, attr: str) -> bool:
+        known = self._known.get(attr)
+        if known is None:
+            known = any(a.covers(attr) for a in self.allows) and not any(d.covers(attr) for d in self.denies)
+            if len(self._known) < MASKS:
+                self._known[attr] = known
+        return known
 
 
 class Personal:
@@ -209,8 +255,9 @@ class WriteGuard:
         if not self.read.visible(before):
             raise HiddenEntity(f"entity {entity_id} does not exist")
 
-    def check(self, entity_id: str, before: Entity | None, after: Entity | None) -> None:
-        if before is not None:
+    def check(self, entity_id: str, before: Entity | None, after: Entity | None, *, revealed: bool = False) -> None:
+        """`revealed`: reveal(before) has been called already (guarded() does, before the change)."""
+        if before is not None and not revealed:
             self.reveal(entity_id, before)
         if before is None and after is None:
             return
@@ -218,27 +265,27 @@ class WriteGuard:
         view = self.write[action]
         if after is not None and not view.visible(after):
             raise AccessDenied(f"not allowed to {action} entity {entity_id}")
-        if before is not None and not view.visible(before):
+        if before is not None and view is not self.read and not view.visible(before):
             raise AccessDenied(f"not allowed to {action} entity {entity_id}")
-        touched = _touched(before, after)
-        if not touched or not view.projects:
+        if not view.projects:
             return
-        allowed: set[str] = set()
-        for state in (before, after):
-            if state is not None:
-                keep = view.readable(state)
-                if keep is None:
-                    return
-                allowed |= keep
-        denied = sorted(touched - allowed)
+        old = before["attrs"] if before is not None else {}
+        new = after["attrs"] if after is not None else {}
+        # an attribute may change when the rules let it through in the entity before or after; the
+        # values are compared only for the attributes they let through in neither
+        old_mask = view.mask(before) if before is not None else None
+        new_mask = view.mask(after) if after is not None else None
+        if (old_mask is not None and old_mask.everything) or (new_mask is not None and new_mask.everything):
+            return
+        denied = sorted(
+            attr
+            for attr in old.keys() | new.keys()
+            if not (old_mask is not None and attr in old and old_mask.keeps(attr))
+            and not (new_mask is not None and attr in new and new_mask.keeps(attr))
+            and old.get(attr) != new.get(attr)
+        )
         if denied:
             raise AccessDenied(f"not allowed to {action} attribute {denied[0]} of entity {entity_id}")
-
-
-def _touched(before: Entity | None, after: Entity | None) -> set[str]:
-    old = before["attrs"] if before is not None else {}
-    new = after["attrs"] if after is not None else {}
-    return {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
 
 
 class PolicyAuthorizer:
@@ -261,33 +308,46 @@ class PolicyAuthorizer:
         self._conditional = tuple(p for p in rules if p.conditions.any)
         self._cache: dict[tuple[Any, ...], tuple[tuple[Policy, ...], tuple[Policy, ...]]] = {}
         self._views: dict[tuple[Any, ...], CompiledView] = {}
+        # the view of a (principal id, tenant, action) whose policies have no conditions, and the
+        # principal it was made for: a request of the same (cached) principal object takes it with
+        # one lookup
+        self._ready: dict[tuple[str, str, Action], tuple[Principal, CompiledView]] = {}
+        self._guards: dict[tuple[str, str], tuple[Principal, WriteGuard]] = {}
         self.version = version if version is not None else self.version + 1
 
     @property
     def personal(self) -> Personal:
         return self._personal
 
-    def _applicable(self, principal: Principal, tenant: str, action: Action) -> tuple[Policy, ...]:
+    def _applicable(self, principal: Principal, tenant: str, action: Action) -> tuple[tuple[Policy, ...], bool]:
+        """The policies that apply now, and whether that can change without a policy change (False:
+        some have conditions, on the time of day or the request's purpose)."""
         key = (principal.id, principal.roles, principal.groups, principal.client, principal.tenants, tenant, action)
         cached = self._cache.get(key)
         if cached is None:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
                 self._views.clear()
+                self._ready.clear()
+                self._guards.clear()
             base = tuple(p for p in self._unconditional if _applies(p, principal, tenant, action))
             conditional = tuple(p for p in self._conditional if _applies(p, principal, tenant, action))
             cached = self._cache[key] = (base, conditional)
         base, conditional = cached
         if conditional:
             now, purpose = self._clock(), current_purpose.get()
-            base = base + tuple(p for p in conditional if p.conditions.hold(now, purpose))
-        return base
+            return base + tuple(p for p in conditional if p.conditions.hold(now, purpose)), False
+        return base, True
 
     def _view(self, principal: Principal, tenant: str, action: Action) -> CompiledView:
+        ready = self._ready.get((principal.id, tenant, action))
+        if ready is not None and ready[0] is principal:
+            return ready[1]
         if not principal.may_use_tenant(tenant):
             policies: tuple[Policy, ...] = ()
+            stable = True
         else:
-            policies = self._applicable(principal, tenant, action)
+            policies, stable = self._applicable(principal, tenant, action)
         key = (principal.is_admin, policies)
         view = self._views.get(key)
         if view is None:
@@ -296,15 +356,27 @@ class PolicyAuthorizer:
                 allows.append(_EVERYTHING_RULE)
             denies = [Rule(p) for p in policies if p.effect == "deny"]
             view = self._views[key] = CompiledView(allows, denies, self._personal)
+        if stable:
+            if len(self._ready) >= CACHE_SIZE:
+                self._ready.clear()
+            self._ready[(principal.id, tenant, action)] = (principal, view)
         return view
 
     def read_view(self, principal: Principal, tenant: str, action: Action = "read") -> CompiledView:
         return self._view(principal, tenant, action)
 
     def write_guard(self, principal: Principal, tenant: str) -> WriteGuard:
-        return WriteGuard(
+        ready = self._guards.get((principal.id, tenant))
+        if ready is not None and ready[0] is principal:
+            return ready[1]
+        guard = WriteGuard(
             self._view(principal, tenant, "read"), {a: self._view(principal, tenant, a) for a in WRITE_ACTIONS}
         )
+        if not self._conditional:  # no policy has conditions: the guard holds until the policies change
+            if len(self._guards) >= CACHE_SIZE:
+                self._guards.clear()
+            self._guards[(principal.id, tenant)] = (principal, guard)
+        return guard
 
     def allows(self, principal: Principal, action: Action, target: Target) -> bool:
         """A target naming no entity and no type (a tenant-wide resource: "subscription",

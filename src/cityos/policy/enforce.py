@@ -25,8 +25,9 @@ class WriteCheck(Protocol):
     def reveal(self, entity_id: str, before: Entity) -> None:
         """HiddenEntity unless the caller can see the entity."""
 
-    def check(self, entity_id: str, before: Entity | None, after: Entity | None) -> None:
-        """HiddenEntity or AccessDenied unless the caller may change `before` into `after`."""
+    def check(self, entity_id: str, before: Entity | None, after: Entity | None, *, revealed: bool = False) -> None:
+        """HiddenEntity or AccessDenied unless the caller may change `before` into `after`
+        (`revealed`: reveal(before) was called already)."""
 
 
 def restrict(query: EntityQuery, view: ReadView) -> EntityQuery:
@@ -96,8 +97,8 @@ class _Fallback:
         if not self.view.visible(before):
             raise HiddenEntity(f"entity {entity_id} does not exist")
 
-    def check(self, entity_id: str, before: Entity | None, after: Entity | None) -> None:
-        if before is not None:
+    def check(self, entity_id: str, before: Entity | None, after: Entity | None, *, revealed: bool = False) -> None:
+        if before is not None and not revealed:
             self.reveal(entity_id, before)
         action: Action = "create" if before is None else "delete" if after is None else "update"
         state = after if after is not None else before
@@ -130,7 +131,7 @@ def guarded(entity_id: str, mutator: Mutator, check: WriteCheck | None) -> Mutat
         if current is not None:
             check.reveal(entity_id, current)  # first: no other error may tell that the entity exists
         outcome = mutator(current)
-        check.check(entity_id, current, outcome.entity)
+        check.check(entity_id, current, outcome.entity, revealed=True)
         return outcome
 
     return run

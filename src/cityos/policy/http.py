@@ -1,5 +1,5 @@
-"""The admin API of access policies (/cityos/v1/admin/policies; role admin only) and the middleware
-that reads a request's declared purpose. Thin: PolicyService (policy/service.py) does the work."""
+"""The admin API of access policies (/cityos/v1/admin/policies; role admin only; the request's
+declared purpose is read by auth/middleware.py). Thin: PolicyService (policy/service.py) does the work."""
 
 from __future__ import annotations
 
@@ -9,36 +9,15 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cityos.auth.credentials import require_admin
 from cityos.errors import InvalidRequest, NgsiLdError, ResourceNotFound
 from cityos.ngsild.common import json_response, no_content, principal, read_json, services
-from cityos.policy.compiled import current_purpose
 from cityos.policy.enforce import record_denied
 from cityos.policy.service import PolicyService
 from cityos.store.policy_base import PolicyRow
 
 BASE = "/cityos/v1/admin/policies"
-PURPOSE_HEADER = b"purpose"
-
-
-class PurposeMiddleware:
-    """Sets current_purpose from the `Purpose` request header (policies with a purpose condition)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        purpose = next((v.decode("latin-1").strip() for k, v in scope["headers"] if k == PURPOSE_HEADER), None)
-        token = current_purpose.set(purpose or None)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            current_purpose.reset(token)
 
 
 def render(row: PolicyRow) -> dict[str, Any]:

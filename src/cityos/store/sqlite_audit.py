@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from cityos.audit.chain import AuditCheckpoint, AuditQuery, AuditRecord, AuditRow, ChainHead, seal
+from cityos.audit.chain import AuditCheckpoint, AuditQuery, AuditRecord, AuditRow, ChainHead, chained
 from cityos.store.audit_base import AnchorMaker
 
 T = TypeVar("T")
@@ -73,13 +73,33 @@ def _head(connection: sqlite3.Connection) -> ChainHead:
     """The last record (a truncation anchor stands for the removed ones): no head row to rewrite,
     so a commit touches no page but the log's last ones."""
     row = connection.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-    return ChainHead() if row is None else ChainHead(row[0], row[1])
+    return ChainHead() if row is None else ChainHead._make(row)
 
 
 def seal_into(connection: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
-    """Chain rows after the head, inside the caller's transaction."""
-    records, _ = seal(_head(connection), rows)
-    connection.executemany(_INSERT, map(_values, records))
+    """Chain rows after the head, inside the caller's transaction (one insert statement for them all)."""
+    dumps = orjson.dumps
+    values = [
+        (
+            seq,
+            row.time,
+            row.principal,
+            row.operation,
+            row.tenant,
+            dumps(targets).decode(),
+            row.outcome,
+            row.request_id,
+            dumps(row.detail).decode() if row.detail else "{}",
+            prev,
+            digest,
+            None,
+        )
+        for seq, targets, prev, digest, row in chained(_head(connection), rows)
+    ]
+    if len(values) == 1:
+        connection.execute(_INSERT, values[0])
+    else:
+        connection.executemany(_INSERT, values)
 
 
 class SQLiteAudit:
