@@ -29,7 +29,7 @@ from cityos.entities.expiry import now_key, visible
 from cityos.entities.model import Entity
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery, QueryResult
-from cityos.store.paging import Pager, bounded
+from cityos.store.paging import Pager, bounded, exact_in_sql
 
 T = TypeVar("T")
 
@@ -190,12 +190,6 @@ def _documents(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> 
     return entities
 
 
-def _exact(query: EntityQuery) -> bool:
-    """Whether the SQL selection is the whole query (before the side rows' freshness is checked)."""
-    predicate = query.predicate
-    return query.sort is None and (predicate is None or predicate is query.predicate_in_sql)
-
-
 def _listed_type(query: EntityQuery) -> str | None:
     """The type of a plain listing (`type=X`, nothing else), which the anchors serve."""
     if (
@@ -235,7 +229,7 @@ class SQLiteQueries:
         return visible(orjson.loads(row[0])) if row else None
 
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
-        exact = _exact(query)
+        exact = exact_in_sql(query)  # before bounded() wraps the predicate
         in_sql = dataclasses.replace(query, predicate=None) if exact and query.predicate is not None else query
         in_python = bounded(query, self.query_timeout)  # the Python half stops at the deadline too
         fresh_rows_needed = query.attrs is not None or bool(query.value_filters)
