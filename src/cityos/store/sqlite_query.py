@@ -236,13 +236,16 @@ class SQLiteQueries:
         now = now_key()
 
         def run(connection: sqlite3.Connection) -> QueryResult:
+            if connection.in_transaction:  # left open by an interrupted read
+                connection.execute("ROLLBACK")
             connection.execute("BEGIN")  # one snapshot for the freshness check, the page and the count
             try:
                 if exact and not (fresh_rows_needed and _stale(connection, tenant, now)):
                     return self._page_in_sql(connection, tenant, in_sql, now)
                 return _filtered(connection, tenant, in_python, now)  # q judges the documents after all
             finally:
-                connection.execute("COMMIT")
+                if connection.in_transaction:
+                    connection.execute("COMMIT")
 
         return await self._read_with_deadline(run)
 
