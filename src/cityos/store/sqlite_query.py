@@ -96,10 +96,9 @@ def _side(connection: sqlite3.Connection, table: str, condition: str, params: li
     """One side-table filter (rows `x` of `table` meeting `condition`) as (SQL, parameters, few):
     when at most SELECTIVE rows pass (read from the table's index, stopping there), the matching
     keys drive the walk (IN); otherwise each candidate probes the table by its key (EXISTS)."""
-    matching = f"SELECT x.pk FROM {table} x WHERE {condition}"
-    passing = connection.execute(f"SELECT COUNT(*) FROM ({matching} LIMIT {SELECTIVE + 1})", params).fetchone()[0]
-    if passing <= SELECTIVE:
-        return f"e.pk IN ({matching})", params, True
+    limited = f"SELECT 1 FROM {table} x WHERE {condition} LIMIT {SELECTIVE + 1}"  # on the index alone
+    if connection.execute(f"SELECT COUNT(*) FROM ({limited})", params).fetchone()[0] <= SELECTIVE:
+        return f"e.pk IN (SELECT x.pk FROM {table} x WHERE {condition})", params, True
     probed = "attr_values x INDEXED BY attr_values_pk" if table == "attr_values" else f"{table} x"
     return f"EXISTS (SELECT 1 FROM {probed} WHERE x.pk = e.pk AND {condition})", params, False
 
