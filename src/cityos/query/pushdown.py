@@ -32,6 +32,10 @@ class ValueFilter:
     op: str
     values: tuple[Scalar, ...] = ()
 
+    def split(self) -> tuple[list[float], list[str]]:
+        """(numbers, strings) of an equality's values: the num and txt columns they are looked up in."""
+        return [v for v in self.values if isinstance(v, float)], [v for v in self.values if isinstance(v, str)]
+
 
 ORDERING = frozenset({"<", "<=", ">", ">="})
 SAFE_INTEGER = 2.0**53  # beyond it a REAL column no longer holds every integer exactly

@@ -77,13 +77,10 @@ def _value_condition(value_filter: ValueFilter, alias: str) -> tuple[str, list[A
     if op == "match":
         return f"{alias}.attr = ? AND regexp(?, {alias}.txt)", [value_filter.attr, *values]
     if op == "==":
-        numbers = [v for v in values if isinstance(v, float)]
-        texts = [v for v in values if isinstance(v, str)]
-        parts = []
-        if numbers:
-            parts.append(f"{alias}.num IN ({','.join('?' * len(numbers))})")
-        if texts:
-            parts.append(f"{alias}.txt IN ({','.join('?' * len(texts))})")
+        numbers, texts = value_filter.split()
+        parts = [
+            f"{alias}.{column} IN ({_in_list(len(vs))})" for column, vs in (("num", numbers), ("txt", texts)) if vs
+        ]
         return f"{alias}.attr = ? AND (" + (" OR ".join(parts) or "0") + ")", [value_filter.attr, *numbers, *texts]
     return f"{alias}.attr = ? AND {alias}.num {op} ?", [value_filter.attr, *values]
 

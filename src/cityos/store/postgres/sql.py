@@ -38,13 +38,9 @@ def value_clause(value_filter: ValueFilter, p: Params) -> str:
     if op == "match":  # only patterns PostgreSQL reads as RE2 does get here (matches_in_python)
         return base + f"v.txt ~ {p(values[0])})"
     if op == "==":
-        numbers = [float(v) for v in values if isinstance(v, float)]
-        texts = [v for v in values if isinstance(v, str)]
-        parts = []
-        if numbers:
-            parts.append(f"v.num = ANY({p(numbers)}::float8[])")
-        if texts:
-            parts.append(f"v.txt = ANY({p(texts)}::text[])")
+        numbers, texts = value_filter.split()
+        parts = [f"v.num = ANY({p(numbers)}::float8[])"] if numbers else []
+        parts += [f"v.txt = ANY({p(texts)}::text[])"] if texts else []
         return base + "(" + " OR ".join(parts or ["false"]) + "))"
     if op not in ("<", "<=", ">", ">="):
         raise ValueError(f"unknown value filter operator {op!r}")
