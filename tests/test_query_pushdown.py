@@ -7,7 +7,7 @@ Two things are checked:
    returns a superset of it.
 2. The pushdown is really used: the store decodes only the narrowed candidates (or, when every
    filter is exact in SQL, only the page); and, on SQLite only (these read SQLite's own EXPLAIN
-   QUERY PLAN and virtual machine), the SQL that `_where` builds searches the side tables
+   QUERY PLAN and virtual machine), the SQL that `_selection` builds searches the side tables
    (entity_types, entity_attrs, attr_values, the R*Tree) with their indexes.
 
 The data is random but seeded; values are rounded to 5 decimals and the query shapes use more
@@ -29,6 +29,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 import cityos.store.sqlite as sqlite_store
+import cityos.store.sqlite_query as sqlite_query
 from backends import db_rows, module_sqlite_only
 from cityos.app import create_app
 from cityos.entities.expiry import now_key
@@ -37,7 +38,7 @@ from cityos.query.geo import parse_geo_query
 from cityos.settings import Settings
 from cityos.store import is_postgres
 from cityos.store.base import EntityQuery, QueryResult
-from cityos.store.sqlite import _where
+from cityos.store.sqlite_query import _selection
 
 ENTITIES = "/ngsi-ld/v1/entities"
 BATCH = "/ngsi-ld/v1/entityOperations"
@@ -347,9 +348,9 @@ def sql_candidates(big: tuple[TestClient, Starlette], spec: QuerySpec) -> list[s
         p = Params()
         condition = where("", query, now_key(), p)
         return [row[0] for row in db_rows(database, f"SELECT e.id FROM entities e WHERE {condition}", *p.values)]
-    condition, params = _where("", query, now_key())
     with sqlite_database(big) as db:
-        return [row[0] for row in db.execute(f"SELECT e.id FROM entities e WHERE {condition}", params)]
+        source, condition, params, order = _selection(db, "", query, now_key())
+        return [row[0] for row in db.execute(f"SELECT e.id FROM {source} WHERE {condition} ORDER BY {order}", params)]
 
 
 # -- 1. soundness -----------------------------------------------------------------------------------
@@ -452,26 +453,26 @@ def test_post_query_on_the_big_store(big: tuple[TestClient, Starlette]) -> None:
 # -- 2. the pushdown is used ------------------------------------------------------------------------
 # The plan and VM-step tests read SQLite's own EXPLAIN QUERY PLAN and virtual machine: SQLite only.
 def plan(big: tuple[TestClient, Starlette], spec: QuerySpec) -> list[str]:
-    where, params = _where("", entity_query(big, spec), now_key())
     with sqlite_database(big) as db:
-        rows = db.execute(f"EXPLAIN QUERY PLAN SELECT e.doc FROM entities e WHERE {where} ORDER BY e.pk", params)
+        source, where, params, order = _selection(db, "", entity_query(big, spec), now_key())
+        rows = db.execute(f"EXPLAIN QUERY PLAN SELECT e.pk FROM {source} WHERE {where} ORDER BY {order}", params)
         return [row[3] for row in rows]
 
 
 @pytest.mark.parametrize(
     ("spec", "index"),
     [
-        (QuerySpec(type_expr="Streetlight"), "SEARCH entity_types USING PRIMARY KEY (type=?)"),
-        (QuerySpec(attrs=["label"]), "SEARCH entity_attrs USING PRIMARY KEY (attr=?)"),
-        (QuerySpec(q="label"), "SEARCH entity_attrs USING PRIMARY KEY (attr=?)"),
-        (QuerySpec(q="availableSpotNumber>450"), "SEARCH attr_values USING INDEX attr_values_num (attr=? AND num>?)"),
-        (QuerySpec(q="no2<=5"), "SEARCH attr_values USING INDEX attr_values_num (attr=? AND num<?)"),
+        (QuerySpec(type_expr="Streetlight"), "SEARCH t USING PRIMARY KEY (type=?)"),
+        (QuerySpec(attrs=["label"]), "SEARCH x USING PRIMARY KEY (attr=?)"),
+        (QuerySpec(q="label"), "SEARCH x USING PRIMARY KEY (attr=?)"),
+        (QuerySpec(q="availableSpotNumber>450"), "SEARCH x USING INDEX attr_values_num (attr=? AND num>?)"),
+        (QuerySpec(q="no2<=5"), "SEARCH x USING INDEX attr_values_num (attr=? AND num<?)"),
         (
             QuerySpec(q="availableSpotNumber==100..110"),
-            "SEARCH attr_values USING INDEX attr_values_num (attr=? AND num>? AND num<?)",
+            "SEARCH x USING INDEX attr_values_num (attr=? AND num>? AND num<?)",
         ),
-        (QuerySpec(q="availableSpotNumber==123"), "SEARCH attr_values USING INDEX attr_values_num (attr=? AND num=?)"),
-        (QuerySpec(q='status=="faulty"'), "SEARCH attr_values USING INDEX attr_values_txt (attr=? AND txt=?)"),
+        (QuerySpec(q="availableSpotNumber==123"), "SEARCH x USING INDEX attr_values_num (attr=? AND num=?)"),
+        (QuerySpec(q='label=="ytluaf"'), "SEARCH x USING INDEX attr_values_txt (attr=? AND txt=?)"),
         (QuerySpec(geo=NEAR_800), "SCAN r VIRTUAL TABLE INDEX 2:"),
         (QuerySpec(geo=WITHIN), "SCAN r VIRTUAL TABLE INDEX 2:"),
         (
@@ -486,9 +487,16 @@ def test_plan_uses_the_side_table_index(big: tuple[TestClient, Starlette], spec:
     steps = plan(big, spec)
     assert any(step.startswith(index) for step in steps), steps
     assert not any(step.startswith("SCAN e") for step in steps), steps
-    assert not any(
-        step.startswith(f"SCAN {table}") for table in ("entity_types", "entity_attrs", "attr_values") for step in steps
-    )
+    assert not any(step.startswith(f"SCAN {table}") for table in ("x", "t") for step in steps)
+
+
+@module_sqlite_only
+def test_a_broad_filter_is_probed_per_candidate(big: tuple[TestClient, Starlette]) -> None:
+    """A filter too many rows pass (here about 2,400) is not collected first: each candidate, in
+    key order, probes attr_values by its key, so a page stops after its last match."""
+    steps = plan(big, QuerySpec(q='status=="faulty"'))
+    assert "SCAN e USING COVERING INDEX entities_listing" in steps, steps
+    assert any(step.startswith("SEARCH x USING INDEX attr_values_pk (pk=?)") for step in steps), steps
 
 
 @pytest.mark.parametrize(
@@ -506,7 +514,7 @@ def test_selective_filters_reach_entities_by_primary_key(big: tuple[TestClient, 
     """A selective side-table filter must drive the lookup of entities by pk, not be checked against
     every entity of the tenant (SEARCH e USING INDEX ...(tenant=?) walks them all)."""
     steps = plan(big, spec)
-    assert any(step.startswith("SEARCH e USING INTEGER PRIMARY KEY") for step in steps), steps
+    assert any(step.startswith("SEARCH e USING COVERING INDEX entities_listing (pk=?") for step in steps), steps
 
 
 def vm_steps(big: tuple[TestClient, Starlette], sql: str, params: list[Any]) -> int:
@@ -527,8 +535,11 @@ def vm_steps(big: tuple[TestClient, Starlette], sql: str, params: list[Any]) -> 
 def test_a_selective_filter_costs_a_fraction_of_a_full_pass(big: tuple[TestClient, Starlette]) -> None:
     """SQLite's own work (virtual machine steps) for a filter matching ~20 of 12,000 entities must be
     far below that of reading every entity of the tenant."""
-    where, params = _where("", entity_query(big, QuerySpec(q="availableSpotNumber==123")), now_key())
-    selective = vm_steps(big, f"SELECT e.pk FROM entities e WHERE {where} ORDER BY e.pk", params)
+    with sqlite_database(big) as db:
+        source, where, params, order = _selection(
+            db, "", entity_query(big, QuerySpec(q="availableSpotNumber==123")), now_key()
+        )
+    selective = vm_steps(big, f"SELECT e.pk FROM {source} WHERE {where} ORDER BY {order}", params)
     everything = vm_steps(
         big,
         "SELECT e.pk FROM entities e WHERE e.tenant = ? AND (e.expires_at IS NULL OR e.expires_at > ?)",
@@ -559,7 +570,7 @@ def decodes(big: tuple[TestClient, Starlette], monkeypatch: pytest.MonkeyPatch) 
 
         monkeypatch.setattr(postgres_store, "orjson", counter)
     else:
-        monkeypatch.setattr(sqlite_store, "orjson", counter)
+        monkeypatch.setattr(sqlite_query, "orjson", counter)
     return counter
 
 

@@ -12,7 +12,7 @@ from cityos.entities.values import check_name, require_uri
 from cityos.errors import BadRequestData
 from cityos.query import selectors
 from cityos.query.patterns import DEFAULT_MAX_LENGTH, compile_pattern
-from cityos.query.pushdown import value_filters
+from cityos.query.pushdown import pushdown
 from cityos.query.q import compile_q, linked_depth, parse_q
 from cityos.store.base import EntityQuery
 
@@ -122,6 +122,7 @@ def selector_predicate(
 def build_entity_query(spec: QuerySpec, expand: Callable[[str], str]) -> EntityQuery:
     query = EntityQuery()
     predicates: list[Predicate] = []
+    q_in_sql = False
     if spec.ids is not None:
         query.ids = spec.ids
     if spec.id_pattern is not None:
@@ -141,10 +142,11 @@ def build_entity_query(spec: QuerySpec, expand: Callable[[str], str]) -> EntityQ
         query.attrs = [expand(check_name(a, "attribute name")) for a in spec.attrs]
     if spec.q is not None:
         parsed = parse_q(spec.q, spec.max_pattern_length)
-        query.value_filters = value_filters(parsed, expand)
+        query.value_filters, q_in_sql = pushdown(parsed, expand, spec.expand_values)
         if linked_depth(parsed) > spec.join_level:
             raise BadRequestData("q follows relationships (attr{...}) deeper than joinLevel (or without join)")
         predicates.append(compile_q(spec.q, expand, spec.expand_values, spec.lookup, spec.max_pattern_length))
+        q_in_sql = q_in_sql and len(predicates) == 1
     if spec.scope_q is not None:
         predicates.append(scope_predicate(spec.scope_q))
     if spec.geo is not None:
@@ -157,6 +159,8 @@ def build_entity_query(spec: QuerySpec, expand: Callable[[str], str]) -> EntityQ
         predicates.append(compile_geo(spec.geo, expand))
     if len(predicates) == 1:
         query.predicate = predicates[0]
+        if spec.q is not None and q_in_sql:
+            query.predicate_in_sql = predicates[0]
     elif predicates:
         query.predicate = lambda entity: all(p(entity) for p in predicates)
     return query

@@ -42,6 +42,10 @@ class EntityQuery:
     value_filters: Sequence[ValueFilter] = ()  # sound prefilters taken from q (query/pushdown.py)
     geo_box: tuple[str, tuple[float, float, float, float]] | None = None  # (attr, min_x, max_x, min_y, max_y)
     predicate: Callable[[Entity], bool] | None = None
+    # `predicate` itself while it is exactly value_filters (query/pushdown.py): a back-end that
+    # evaluates every value filter in SQL, over side rows of visible instances only, may page and
+    # count there without it. Whoever replaces the predicate (access policies) breaks the identity.
+    predicate_in_sql: Callable[[Entity], bool] | None = None
     access: AccessPrefilter | None = None  # the caller's access policy, pushed into SQL (policy/decision.py)
     sort: Callable[[list[Entity]], list[Entity]] | None = None  # orderBy: sorts every match before paging
     limit: int | None = None

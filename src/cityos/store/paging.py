@@ -2,8 +2,6 @@
 SQL selected when part of the query (attrs over expired instances, predicate, orderBy) must run in
 Python. Every back-end pages through the same Pager, so their answers are identical.
 
-SQLiteStore.query_entities still carries its own copy of this loop; it can use Pager once the
-concurrent edits to sqlite.py have landed.
 """
 
 from __future__ import annotations
@@ -65,9 +63,11 @@ def bounded(query: Q, timeout: float) -> Q:
 
 
 def exact_in_sql(query: EntityQuery) -> bool:
-    """True when the back-end's WHERE clause is the whole query, so it can page and count in SQL
-    (attrs is re-checked in Python because expired attribute instances are still in the side tables)."""
-    return query.predicate is None and query.attrs is None and query.sort is None
+    """True when the back-end's WHERE clause is the whole query, so it can page and count in SQL,
+    provided no expired attribute instance still has side rows (attrs and q's value filters read
+    them): the back-end checks that. Call it before bounded(), which replaces the predicate."""
+    predicate = query.predicate
+    return query.sort is None and (predicate is None or predicate is query.predicate_in_sql)
 
 
 class Pager:

@@ -13,32 +13,28 @@ import contextvars
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import orjson
 
 from cityos.audit.chain import AuditRow
-from cityos.entities.expiry import now_key, visible
+from cityos.entities.expiry import visible
 from cityos.entities.model import Entity
 from cityos.errors import DatabaseBusy, QueryTimeout
-from cityos.policy.decision import AccessPrefilter
 from cityos.query import budget
 from cityos.query.patterns import found
-from cityos.query.pushdown import ValueFilter
 from cityos.store.base import (
     ChangeListener,
-    EntityQuery,
-    QueryResult,
 )
 from cityos.store.fair import FairShare
-from cityos.store.paging import bounded
 from cityos.store.sqlite_audit import AUDIT_SCHEMA, SQLiteAudit, seal_into
 from cityos.store.sqlite_catalog import SQLiteCatalog
 from cityos.store.sqlite_history import Names, TimeCodec, instance_prefix, migrate
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
+from cityos.store.sqlite_query import QUERY_SCHEMA, SQLiteQueries
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 from cityos.store.sqlite_writes import SQLiteWrites
 
@@ -159,7 +155,9 @@ def _regexp(pattern: str, value: str | None) -> bool:
     return value is not None and found(pattern, value)
 
 
-class SQLiteStore(SQLiteCatalog, SQLiteWrites, SQLiteTemporal, SQLiteIdentity, SQLitePolicies, SQLiteAudit):
+class SQLiteStore(
+    SQLiteQueries, SQLiteCatalog, SQLiteWrites, SQLiteTemporal, SQLiteIdentity, SQLitePolicies, SQLiteAudit
+):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
 
     def __init__(
@@ -199,6 +197,8 @@ class SQLiteStore(SQLiteCatalog, SQLiteWrites, SQLiteTemporal, SQLiteIdentity, S
         self._pending_lock = threading.Lock()
         self._loop_connection: sqlite3.Connection | None = None
         self._flushing = False
+        self._anchors = {}  # listing positions by (tenant, type) (sqlite_query.py)
+        self._anchors_lock = threading.Lock()
 
     # -- plumbing ------------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
@@ -314,6 +314,7 @@ class SQLiteStore(SQLiteCatalog, SQLiteWrites, SQLiteTemporal, SQLiteIdentity, S
                 connection.executescript(IDENTITY_SCHEMA)
                 if "owner" not in {row[1] for row in connection.execute("PRAGMA table_info(entity_maps)")}:
                     connection.execute("ALTER TABLE entity_maps ADD COLUMN owner TEXT")  # files made before owners
+                connection.executescript(QUERY_SCHEMA)  # additive: older files gain the listing index
                 row = connection.execute("SELECT version FROM schema_version").fetchone()
                 if row is None:
                     connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -371,86 +372,6 @@ class SQLiteStore(SQLiteCatalog, SQLiteWrites, SQLiteTemporal, SQLiteIdentity, S
                 self._connections.append(self._loop_connection)
         return self._loop_connection
 
-    def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
-        row = (
-            self._reader()
-            .execute("SELECT doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
-            .fetchone()
-        )
-        return visible(orjson.loads(row[0])) if row else None
-
-    async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
-        query = bounded(query, self.query_timeout)  # the Python half stops at the deadline too
-        now = now_key()
-        where, params = _where(tenant, query, now)
-        exact = query.predicate is None and query.attrs is None and query.sort is None
-
-        def run(connection: sqlite3.Connection) -> QueryResult:
-            if exact:
-                return self._page_in_sql(connection, where, params, query)
-            rows: Iterator[tuple[bytes]] = connection.execute(
-                f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.pk", params
-            )
-            matched: list[Entity] = []
-            total = 0
-            start = query.offset
-            stop = None if query.limit is None else start + query.limit
-            attrs = set(query.attrs) if query.attrs is not None else None
-            if query.sort is not None:
-                candidates = [e for (doc,) in rows if (e := visible(orjson.loads(doc), now)) is not None]
-                selected = [
-                    e
-                    for e in candidates
-                    if (attrs is None or attrs.intersection(e["attrs"]))
-                    and (query.predicate is None or query.predicate(e))
-                ]
-                ordered = query.sort(selected)
-                page = ordered[start:stop]
-                return QueryResult(
-                    page, len(ordered) if query.count else None, stop is not None and len(ordered) > stop
-                )
-            for (doc,) in rows:
-                entity = visible(orjson.loads(doc), now)
-                if entity is None:
-                    continue
-                if attrs is not None and not attrs.intersection(entity["attrs"]):
-                    continue
-                if query.predicate is not None and not query.predicate(entity):
-                    continue
-                if start <= total and (stop is None or total < stop):
-                    matched.append(entity)
-                total += 1
-                if stop is not None and total > stop and not query.count:
-                    break
-            has_more = stop is not None and total > stop
-            return QueryResult(matched, total if query.count else None, has_more)
-
-        return await self._read_with_deadline(run)
-
-    def _page_in_sql(
-        self, connection: sqlite3.Connection, where: str, params: list[Any], query: EntityQuery
-    ) -> QueryResult:
-        """Every filter is exact in SQL: page there and decode only the page."""
-        paging = " LIMIT ? OFFSET ?" if query.limit is not None else ""
-        page_params = [*params, query.limit + 1, query.offset] if query.limit is not None else params
-        source, order, page_where = "entities e", "e.pk", where
-        if _type_listing(query):
-            # `type=X` alone: walk the (type, pk) index in order and stop at the page, instead of
-            # first collecting every entity of the type
-            source, order = "entity_types t JOIN entities e ON e.pk = t.pk", "t.pk"
-            page_where = where.replace(_TYPE_SUBQUERY, "t.type = ?", 1)
-        rows = connection.execute(
-            f"SELECT e.doc FROM {source} WHERE {page_where} ORDER BY {order}{paging}", page_params
-        )
-        entities = [entity for (doc,) in rows if (entity := visible(orjson.loads(doc))) is not None]
-        has_more = query.limit is not None and len(entities) > query.limit
-        if has_more:
-            entities.pop()
-        total = None
-        if query.count:
-            total = connection.execute(f"SELECT COUNT(*) FROM entities e WHERE {where}", params).fetchone()[0]
-        return QueryResult(entities, total, has_more)
-
     async def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """A read that SQLite aborts once query_timeout has passed (QueryTimeout), holding one of the
         client's fair share of readers (store/fair.py)."""
@@ -481,87 +402,3 @@ class SQLiteStore(SQLiteCatalog, SQLiteWrites, SQLiteTemporal, SQLiteIdentity, S
         if listener is not None:
             listeners[name] = (listener, wake)
         self._listeners = listeners
-
-
-def _value_clause(value_filter: ValueFilter) -> tuple[str, list[Any]]:
-    base = "e.pk IN (SELECT pk FROM attr_values WHERE attr = ? AND "
-    op, values = value_filter.op, list(value_filter.values)
-    if op == "exists":
-        return "e.pk IN (SELECT pk FROM entity_attrs WHERE attr = ?)", [value_filter.attr]
-    if op == "between":
-        return base + "num BETWEEN ? AND ?)", [value_filter.attr, *values]
-    if op == "==":
-        numbers = [v for v in values if isinstance(v, float)]
-        texts = [v for v in values if isinstance(v, str)]
-        parts = []
-        if numbers:
-            parts.append(f"num IN ({','.join('?' * len(numbers))})")
-        if texts:
-            parts.append(f"txt IN ({','.join('?' * len(texts))})")
-        return base + "(" + " OR ".join(parts) + "))", [value_filter.attr, *numbers, *texts]
-    return base + f"num {op} ?)", [value_filter.attr, *values]
-
-
-_TYPE_SUBQUERY = "e.pk IN (SELECT pk FROM entity_types WHERE type IN (?))"
-
-
-def _type_listing(query: EntityQuery) -> bool:
-    """A query whose only side-table filter is one entity type."""
-    return (
-        query.types is not None
-        and len(query.types) == 1
-        and query.ids is None
-        and query.attrs is None
-        and not query.value_filters
-        and query.geo_box is None
-    )
-
-
-def _where(tenant: str, query: EntityQuery, now: str) -> tuple[str, list[Any]]:
-    """The SQL for the pushed-down part of a query: tenant, visibility, ids, id pattern, types,
-    attribute values (attr_values) and the R*Tree box of a geo-query."""
-    # With a side-table filter, `+` keeps SQLite from walking the (tenant, id) index over the whole
-    # tenant: it then fetches the few listed rows by primary key instead.
-    side_tables = query.ids is None and (
-        query.types is not None or query.attrs is not None or bool(query.value_filters) or query.geo_box is not None
-    )
-    clauses = ["+e.tenant = ?" if side_tables else "e.tenant = ?", "(e.expires_at IS NULL OR e.expires_at > ?)"]
-    params: list[Any] = [tenant, now]
-    if query.ids is not None:
-        clauses.append(f"e.id IN ({','.join('?' * len(query.ids))})")
-        params.extend(query.ids)
-    if query.id_pattern is not None:
-        clauses.append("regexp(?, e.id)")
-        params.append(query.id_pattern)
-    if query.types is not None:
-        clauses.append(f"e.pk IN (SELECT pk FROM entity_types WHERE type IN ({','.join('?' * len(query.types))}))")
-        params.extend(query.types)
-    if query.attrs is not None:
-        clauses.append(f"e.pk IN (SELECT pk FROM entity_attrs WHERE attr IN ({','.join('?' * len(query.attrs))}))")
-        params.extend(query.attrs)
-    for value_filter in query.value_filters:
-        clause, values = _value_clause(value_filter)
-        clauses.append(clause)
-        params.extend(values)
-    if query.access is not None:
-        _access_clauses(query.access, clauses, params)
-    if query.geo_box is not None:
-        attr, (min_x, max_x, min_y, max_y) = query.geo_box
-        clauses.append(
-            "e.pk IN (SELECT g.pk FROM entity_geo_attrs g JOIN entity_geo r ON r.gid = g.gid"
-            " WHERE g.attr = ? AND r.max_x >= ? AND r.min_x <= ? AND r.max_y >= ? AND r.min_y <= ?)"
-        )
-        params.extend([attr, min_x, max_x, min_y, max_y])
-    return " AND ".join(clauses), params
-
-
-def _access_clauses(access: AccessPrefilter, clauses: list[str], params: list[Any]) -> None:
-    """The caller's access prefilter (policy/decision.py): one of its types, and one of its id patterns."""
-    if access.types is not None:
-        types = list(access.types)
-        clauses.append(f"e.pk IN (SELECT pk FROM entity_types WHERE type IN ({','.join('?' * len(types))}))")
-        params.extend(types)
-    if access.id_patterns is not None:
-        patterns = list(access.id_patterns)
-        clauses.append("(" + (" OR ".join("regexp(?, e.id)" for _ in patterns) or "0") + ")")
-        params.extend(patterns)

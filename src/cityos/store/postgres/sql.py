@@ -31,16 +31,16 @@ def value_clause(value_filter: ValueFilter, p: Params) -> str:
     if op == "exists":
         return f"e.attrs @> ARRAY[{p(value_filter.attr)}::text]"
     base = f"e.pk IN (SELECT v.pk FROM attr_values v WHERE v.attr = {p(value_filter.attr)} AND "
+    if op == "between" and isinstance(values[0], str):  # code point order, as Python compares strings
+        return base + f'v.txt COLLATE "C" BETWEEN {p(values[0])} AND {p(values[1])})'
     if op == "between":
         return base + f"v.num BETWEEN {p(float(values[0]))} AND {p(float(values[1]))})"
+    if op == "match":  # only patterns PostgreSQL reads as RE2 does get here (matches_in_python)
+        return base + f"v.txt ~ {p(values[0])})"
     if op == "==":
-        numbers = [float(v) for v in values if isinstance(v, float)]
-        texts = [v for v in values if isinstance(v, str)]
-        parts = []
-        if numbers:
-            parts.append(f"v.num = ANY({p(numbers)}::float8[])")
-        if texts:
-            parts.append(f"v.txt = ANY({p(texts)}::text[])")
+        numbers, texts = value_filter.split()
+        parts = [f"v.num = ANY({p(numbers)}::float8[])"] if numbers else []
+        parts += [f"v.txt = ANY({p(texts)}::text[])"] if texts else []
         return base + "(" + " OR ".join(parts or ["false"]) + "))"
     if op not in ("<", "<=", ">", ">="):
         raise ValueError(f"unknown value filter operator {op!r}")
@@ -76,6 +76,15 @@ def where(tenant: str, query: EntityQuery, now: str, p: Params) -> str:
             f" AND g.max_x >= {lo_x} AND g.min_x <= {hi_x} AND g.max_y >= {lo_y} AND g.min_y <= {hi_y})"
         )
     return " AND ".join(clauses)
+
+
+def matches_in_python(query: EntityQuery) -> EntityQuery:
+    """`query` without the q `~=` prefilters whose pattern PostgreSQL would read differently from
+    RE2 (query/patterns.py `portable`): the predicate alone judges those, so it must run."""
+    kept = [f for f in query.value_filters if f.op != "match" or portable(str(f.values[0]))]
+    if len(kept) == len(query.value_filters):
+        return query
+    return dataclasses.replace(query, value_filters=kept, predicate_in_sql=None)
 
 
 def access_in_python(query: EntityQuery) -> EntityQuery:

@@ -16,6 +16,7 @@ a thread of their own while the event loop stays free to run the reads they ask 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -49,7 +50,7 @@ from cityos.store.postgres.identity import PostgresIdentity
 from cityos.store.postgres.outbox import subscription_rows
 from cityos.store.postgres.policies import PostgresPolicies
 from cityos.store.postgres.schema import require_current
-from cityos.store.postgres.sql import Params, access_in_python, where
+from cityos.store.postgres.sql import Params, access_in_python, matches_in_python, where
 from cityos.store.postgres.temporal import PostgresTemporal
 from cityos.store.postgres.writes import PostgresWrites
 
@@ -67,6 +68,17 @@ async def _keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:
     it to undo: pooled connections only take transaction-level locks and settings, LISTEN runs on a
     connection of its own (events.py), cursors end with their transaction. An open transaction is
     still rolled back by asyncpg before this is called."""
+
+
+async def _stale(connection: Connection, tenant: str, now: str) -> bool:
+    """Whether some entity of the tenant holds an expired part the sweeper has not removed yet:
+    its side rows (attrs, attr_values) still describe what readers no longer see."""
+    found = await connection.fetchval(
+        "SELECT 1 FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= $1 AND tenant = $2 LIMIT 1",
+        now,
+        tenant,
+    )
+    return found is not None
 
 
 def _feed(pager: Pager, documents: list[Entity]) -> bool:
@@ -237,8 +249,11 @@ class PostgresStore(
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         now = now_key()
         query = id_pattern_in_python(query)  # PostgreSQL's regex dialect gets only what it reads as RE2 does
-        query = access_in_python(query)
+        query = access_in_python(matches_in_python(query))
+        exact = exact_in_sql(query)  # before bounded() wraps the predicate
+        in_sql = dataclasses.replace(query, predicate=None)
         query = bounded(query, self.query_timeout)  # the Python half stops at the deadline too
+        fresh_rows_needed = query.attrs is not None or bool(query.value_filters)
         p = Params()
         condition = where(tenant, query, now, p)
         try:
@@ -251,8 +266,8 @@ class PostgresStore(
                 await connection.execute(
                     "SELECT set_config('statement_timeout', $1, true)", f"{int(self.query_timeout * 1000)}"
                 )
-                if exact_in_sql(query):
-                    return await self._page_in_sql(connection, condition, p.values, query)
+                if exact and not (fresh_rows_needed and await _stale(connection, tenant, now)):
+                    return await self._page_in_sql(connection, condition, p.values, in_sql)
                 pager = Pager(query, now)
                 sql = f"SELECT e.doc FROM entities e WHERE {condition} ORDER BY e.pk"
                 cursor = await connection.cursor(sql, *p.values)
@@ -275,13 +290,19 @@ class PostgresStore(
     async def _page_in_sql(
         connection: Connection, condition: str, params: list[Any], query: EntityQuery
     ) -> QueryResult:
-        """Every filter is exact in SQL: page there and decode only the page."""
-        sql = f"SELECT e.doc FROM entities e WHERE {condition} ORDER BY e.pk"
+        """Every filter is exact in SQL: choose the page's keys there (the offset steps over keys,
+        not documents), then read and decode only the page."""
+        sql = f"SELECT e.pk FROM entities e WHERE {condition} ORDER BY e.pk"
         page_params = list(params)
         if query.limit is not None:
             sql += f" LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}"
             page_params += [query.limit + 1, query.offset]
-        rows = await connection.fetch(sql, *page_params)
+        pks = [row["pk"] for row in await connection.fetch(sql, *page_params)]
+        rows = await connection.fetch(
+            "SELECT e.doc FROM unnest($1::bigint[]) WITH ORDINALITY AS k(pk, n) JOIN entities e ON e.pk = k.pk"
+            " ORDER BY k.n",
+            pks,
+        )
         decoded = (visible(orjson.loads(row["doc"])) for row in budget.checked(rows))  # decoded on the loop
         entities = [entity for entity in decoded if entity is not None]
         has_more = query.limit is not None and len(entities) > query.limit

@@ -1,0 +1,327 @@
+"""The read half of SQLiteStore's entity queries: which rows a query selects, and how it pages.
+
+A query whose every filter is exact in SQL (query/pushdown.py) is paged there in two steps: the
+page's primary keys are chosen over covering indexes (entity_types' (type, pk), entities_listing's
+(pk, tenant, expires_at), attr_values' B-trees), then only those documents are read and decoded.
+Anything else (a geo-query's distance, scopeQ, an orderBy, q terms the side rows cannot answer)
+reads the candidate documents in primary key order and filters them in Python (store/paging.py),
+stopping once the page and one more match are found.
+
+Offsets: SQLite's OFFSET still steps over every skipped index entry. For a listing of one type
+(the common dashboard query) the store keeps, per tenant and type, the primary key at every
+ANCHOR_STEP-th position, so an offset costs a seek and at most ANCHOR_STEP steps. The anchors are
+valid while listing_version (bumped by triggers whenever an entity gains or loses a type, i.e. on
+every create and delete) is unchanged and no expired entity is waiting for the sweeper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from cityos.entities.expiry import now_key, visible
+from cityos.entities.model import Entity
+from cityos.query.pushdown import ValueFilter
+from cityos.store.base import EntityQuery, QueryResult
+from cityos.store.paging import Pager, bounded, exact_in_sql
+
+T = TypeVar("T")
+
+QUERY_SCHEMA = """
+CREATE INDEX IF NOT EXISTS entities_listing ON entities (pk, tenant, expires_at);
+CREATE TABLE IF NOT EXISTS listing_version (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL);
+INSERT OR IGNORE INTO listing_version VALUES (0, 0);
+CREATE TRIGGER IF NOT EXISTS listing_type_added AFTER INSERT ON entity_types
+BEGIN UPDATE listing_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS listing_type_removed AFTER DELETE ON entity_types
+BEGIN UPDATE listing_version SET version = version + 1; END;
+"""
+ANCHOR_STEP = 64  # listing positions between two remembered primary keys
+SELECTIVE = 2000  # a value filter with at most this many rows drives the query (IN); else each candidate probes it
+LISTING = "entity_types t JOIN entities e INDEXED BY entities_listing ON e.pk = t.pk"
+
+
+@dataclass(frozen=True, slots=True)
+class _Anchors:
+    version: int
+    pks: list[int]  # the primary key at positions 0, ANCHOR_STEP, 2 * ANCHOR_STEP, ...
+    total: int
+    alone: bool  # every entity of the type is in this tenant: entity_types alone answers the walk
+
+
+def _stale(connection: sqlite3.Connection, tenant: str, now: str) -> bool:
+    """Whether some entity of the tenant holds an expired part the sweeper has not removed yet:
+    its side rows (types, attributes, values) still describe what readers no longer see."""
+    row = connection.execute(
+        "SELECT 1 FROM entities INDEXED BY entities_expiry"
+        " WHERE next_expiry IS NOT NULL AND next_expiry <= ? AND tenant = ? LIMIT 1",
+        (now, tenant),
+    ).fetchone()
+    return row is not None
+
+
+def _value_condition(value_filter: ValueFilter, alias: str) -> tuple[str, list[Any]] | None:
+    """The attr_values condition of one q prefilter; None for existence (entity_attrs answers it)."""
+    op, values = value_filter.op, list(value_filter.values)
+    if op == "exists":
+        return None
+    if op == "between":
+        column = "num" if isinstance(values[0], float) else "txt"
+        return f"{alias}.attr = ? AND {alias}.{column} BETWEEN ? AND ?", [value_filter.attr, *values]
+    if op == "match":
+        return f"{alias}.attr = ? AND regexp(?, {alias}.txt)", [value_filter.attr, *values]
+    if op == "==":
+        numbers, texts = value_filter.split()
+        parts = [
+            f"{alias}.{column} IN ({_in_list(len(vs))})" for column, vs in (("num", numbers), ("txt", texts)) if vs
+        ]
+        return f"{alias}.attr = ? AND (" + (" OR ".join(parts) or "0") + ")", [value_filter.attr, *numbers, *texts]
+    return f"{alias}.attr = ? AND {alias}.num {op} ?", [value_filter.attr, *values]
+
+
+def _in_list(count: int) -> str:
+    return ",".join("?" * count)
+
+
+def _side(connection: sqlite3.Connection, table: str, condition: str, params: list[Any]) -> tuple[str, list[Any], bool]:
+    """One side-table filter (rows `x` of `table` meeting `condition`) as (SQL, parameters, few):
+    when at most SELECTIVE rows pass (read from the table's index, stopping there), the matching
+    keys drive the walk (IN); otherwise each candidate probes the table by its key (EXISTS)."""
+    limited = f"SELECT 1 FROM {table} x WHERE {condition} LIMIT {SELECTIVE + 1}"  # on the index alone
+    if connection.execute(f"SELECT COUNT(*) FROM ({limited})", params).fetchone()[0] <= SELECTIVE:
+        return f"e.pk IN (SELECT x.pk FROM {table} x WHERE {condition})", params, True
+    probed = "attr_values x INDEXED BY attr_values_pk" if table == "attr_values" else f"{table} x"
+    return f"EXISTS (SELECT 1 FROM {probed} WHERE x.pk = e.pk AND {condition})", params, False
+
+
+def _side_filters(connection: sqlite3.Connection, query: EntityQuery) -> list[tuple[str, list[Any], bool]]:
+    """The side-table filters of a query other than a listed type (types, attrs, q, access)."""
+    found = []
+    if query.types is not None and len(query.types) > 1:
+        found.append(_side(connection, "entity_types", f"x.type IN ({_in_list(len(query.types))})", [*query.types]))
+    if query.attrs is not None:
+        found.append(_side(connection, "entity_attrs", f"x.attr IN ({_in_list(len(query.attrs))})", [*query.attrs]))
+    for value_filter in query.value_filters:
+        condition = _value_condition(value_filter, "x")
+        if condition is None:
+            found.append(_side(connection, "entity_attrs", "x.attr = ?", [value_filter.attr]))
+        else:
+            found.append(_side(connection, "attr_values", *condition))
+    access = query.access
+    if access is not None and access.types is not None:
+        found.append(_side(connection, "entity_types", f"x.type IN ({_in_list(len(access.types))})", [*access.types]))
+    return found
+
+
+def _selection(
+    connection: sqlite3.Connection, tenant: str, query: EntityQuery, now: str
+) -> tuple[str, str, list[Any], str]:
+    """(FROM, WHERE, parameters, ORDER BY) selecting the candidates of a query as `e`, walked in
+    pk order: by id when it names ids; from entity_types when it lists one type and no other
+    filter is selective; else along entities_listing, driven by a selective filter if any."""
+    sides = _side_filters(connection, query)
+    clauses: list[str] = []
+    params: list[Any] = []
+    single = query.types[0] if query.types is not None and len(query.types) == 1 else None
+    if query.ids is not None:
+        source = "entities e"
+        clauses += ["e.tenant = ?", f"e.id IN ({_in_list(len(query.ids))})"]
+        params += [tenant, *query.ids]
+    elif single is not None and not any(few for _, _, few in sides):
+        source = LISTING
+        clauses += ["t.type = ?", "e.tenant = ?"]
+        params += [single, tenant]
+        single = None
+    else:
+        source = "entities e INDEXED BY entities_listing"
+        clauses.append("e.tenant = ?")
+        params.append(tenant)
+    if single is not None:
+        probe = "EXISTS (SELECT 1 FROM entity_types x WHERE x.pk = e.pk AND x.type = ?)"
+        sides.insert(0, (probe, [single], False))
+    clauses.append("(e.expires_at IS NULL OR e.expires_at > ?)")
+    params.append(now)
+    if query.id_pattern is not None:
+        clauses.append("regexp(?, e.id)")
+        params.append(query.id_pattern)
+    for sql, values, _ in sides:
+        clauses.append(sql)
+        params += values
+    if query.access is not None and query.access.id_patterns is not None:
+        patterns = list(query.access.id_patterns)
+        clauses.append("(" + (" OR ".join("regexp(?, e.id)" for _ in patterns) or "0") + ")")
+        params += patterns
+    if query.geo_box is not None:
+        attr, (min_x, max_x, min_y, max_y) = query.geo_box
+        clauses.append(
+            "e.pk IN (SELECT g.pk FROM entity_geo_attrs g JOIN entity_geo r ON r.gid = g.gid"
+            " WHERE g.attr = ? AND r.max_x >= ? AND r.min_x <= ? AND r.max_y >= ? AND r.min_y <= ?)"
+        )
+        params += [attr, min_x, max_x, min_y, max_y]
+    return source, " AND ".join(clauses), params, "t.pk" if source == LISTING else "e.pk"
+
+
+def _documents(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> list[Entity]:
+    """The visible documents of `pks`, in that order (expiry is checked only where there is one)."""
+    if not pks:
+        return []
+    rows = connection.execute(
+        f"SELECT pk, doc, next_expiry FROM entities WHERE pk IN ({_in_list(len(pks))})", list(pks)
+    ).fetchall()
+    found = {pk: (doc, expiry) for pk, doc, expiry in rows}
+    entities = []
+    for pk in pks:
+        doc, expiry = found[pk]
+        entity = orjson.loads(doc)
+        if expiry is not None and expiry <= now:
+            entity = visible(entity, now)
+        if entity is not None:
+            entities.append(entity)
+    return entities
+
+
+def _listed_type(query: EntityQuery) -> str | None:
+    """The type of a plain listing (`type=X`, nothing else), which the anchors serve."""
+    if (
+        query.types is None
+        or len(query.types) != 1
+        or query.ids is not None
+        or query.id_pattern is not None
+        or query.attrs is not None
+        or query.value_filters
+        or query.geo_box is not None
+        or query.access is not None
+    ):
+        return None
+    return query.types[0]
+
+
+class SQLiteQueries:
+    """query_entities and lookup_in_query, mixed into SQLiteStore."""
+
+    query_timeout: float
+
+    if TYPE_CHECKING:
+
+        def _reader(self) -> sqlite3.Connection: ...
+
+        def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> Awaitable[T]: ...
+
+    _anchors: dict[tuple[str, str], _Anchors]
+    _anchors_lock: threading.Lock
+
+    def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
+        row = (
+            self._reader()
+            .execute("SELECT doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
+            .fetchone()
+        )
+        return visible(orjson.loads(row[0])) if row else None
+
+    async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
+        exact = exact_in_sql(query)  # before bounded() wraps the predicate
+        in_sql = dataclasses.replace(query, predicate=None) if exact and query.predicate is not None else query
+        in_python = bounded(query, self.query_timeout)  # the Python half stops at the deadline too
+        fresh_rows_needed = query.attrs is not None or bool(query.value_filters)
+        now = now_key()
+
+        def run(connection: sqlite3.Connection) -> QueryResult:
+            if connection.in_transaction:  # left open by an interrupted read
+                connection.execute("ROLLBACK")
+            connection.execute("BEGIN")  # one snapshot for the freshness check, the page and the count
+            try:
+                if exact and not (fresh_rows_needed and _stale(connection, tenant, now)):
+                    return self._page_in_sql(connection, tenant, in_sql, now)
+                return _filtered(connection, tenant, in_python, now)  # q judges the documents after all
+            finally:
+                if connection.in_transaction:
+                    connection.execute("COMMIT")
+
+        return await self._read_with_deadline(run)
+
+    def _page_in_sql(self, connection: sqlite3.Connection, tenant: str, query: EntityQuery, now: str) -> QueryResult:
+        """Every filter is exact in SQL: choose the page's keys there, then decode only the page."""
+        listed = _listed_type(query)
+        anchors = self._anchored(connection, tenant, listed, now, query) if listed is not None else None
+        if anchors is not None and listed is not None:
+            pks = _anchored_page(connection, tenant, listed, anchors, query)
+            has_more = query.limit is not None and query.offset + query.limit < anchors.total
+            entities = _documents(connection, pks, now)
+            return QueryResult(entities, anchors.total if query.count else None, has_more)
+        source, where, params, order = _selection(connection, tenant, query, now)
+        paging, page_params = "", params
+        if query.limit is not None:
+            paging, page_params = " LIMIT ? OFFSET ?", [*params, query.limit + 1, query.offset]
+        sql = f"SELECT e.pk FROM {source} WHERE {where} ORDER BY {order}{paging}"
+        pks = [pk for (pk,) in connection.execute(sql, page_params)]
+        has_more = query.limit is not None and len(pks) > query.limit
+        if has_more:
+            pks.pop()
+        total = None
+        if query.count:
+            total = connection.execute(f"SELECT COUNT(*) FROM {source} WHERE {where}", params).fetchone()[0]
+        return QueryResult(_documents(connection, pks, now), total, has_more)
+
+    def _anchored(
+        self, connection: sqlite3.Connection, tenant: str, listed: str, now: str, query: EntityQuery
+    ) -> _Anchors | None:
+        """The anchors of a listing, (re)built when it is stale and an offset or a count needs
+        them; None when they cannot serve (an expired entity not swept yet) or are not worth it."""
+        if query.offset < 2 * ANCHOR_STEP and not query.count:
+            return None
+        version: int = connection.execute("SELECT version FROM listing_version").fetchone()[0]
+        if _stale(connection, tenant, now):
+            return None
+        key = (tenant, listed)
+        anchors = self._anchors.get(key)
+        if anchors is not None and anchors.version == version:
+            return anchors
+        pks = [
+            pk
+            for (pk,) in connection.execute(
+                f"SELECT t.pk FROM {LISTING} WHERE t.type = ? AND e.tenant = ? ORDER BY t.pk", (listed, tenant)
+            )
+        ]
+        everywhere = connection.execute("SELECT COUNT(*) FROM entity_types WHERE type = ?", (listed,)).fetchone()[0]
+        anchors = _Anchors(version, pks[::ANCHOR_STEP], len(pks), everywhere == len(pks))
+        with self._anchors_lock:
+            if len(self._anchors) > 256:  # tenants x types listed with offsets: keep it bounded
+                self._anchors.clear()
+            self._anchors[key] = anchors
+        return anchors
+
+
+def _anchored_page(
+    connection: sqlite3.Connection, tenant: str, listed: str, anchors: _Anchors, query: EntityQuery
+) -> list[int]:
+    """The keys of a listing's page: a seek to the anchor before the offset, then a short walk."""
+    if query.offset >= anchors.total or query.limit == 0:
+        return []
+    step = query.offset // ANCHOR_STEP
+    limit = -1 if query.limit is None else query.limit
+    source, tenant_clause, params = (
+        ("entity_types t", "", [listed, anchors.pks[step]])
+        if anchors.alone
+        else (LISTING, " AND e.tenant = ?", [listed, anchors.pks[step], tenant])
+    )
+    rows = connection.execute(
+        f"SELECT t.pk FROM {source} WHERE t.type = ? AND t.pk >= ?{tenant_clause} ORDER BY t.pk LIMIT ? OFFSET ?",
+        [*params, limit, query.offset - step * ANCHOR_STEP],
+    )
+    return [pk for (pk,) in rows]
+
+
+def _filtered(connection: sqlite3.Connection, tenant: str, query: EntityQuery, now: str) -> QueryResult:
+    """Part of the query runs in Python: read the candidates in pk order until the page is full."""
+    source, where, params, order = _selection(connection, tenant, query, now)
+    pager = Pager(query, now)
+    for (doc,) in connection.execute(f"SELECT e.doc FROM {source} WHERE {where} ORDER BY {order}", params):
+        if not pager.offer(orjson.loads(doc)):
+            break
+    return pager.result()
