@@ -48,8 +48,8 @@ unit: $(VENV)/.dev
 
 test: lint typecheck unit
 
-# the full benchmark: both back-ends, the main table at 100,000 entities, then the scaling table at
-# 10,000 / 100,000 / 1,000,000 (hours on 2 cores; `--no-scale` for the main table only); see docs/performance.md
+# the full benchmark (hours on 2 cores): both back-ends, the main table at 100,000 entities, then the
+# scaling table at 10,000 / 100,000 / 1,000,000 (`--no-scale`: the main table only); see docs/performance.md
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks
 

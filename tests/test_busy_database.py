@@ -22,6 +22,7 @@ from cityos.store.sqlite import SCHEMA, SCHEMA_VERSION
 from cityos.store.sqlite_history import migrate
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA
 from cityos.store.sqlite_policies import POLICY_SCHEMA
+from cityos.store.sqlite_query import create_query_schema
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA
 from notify_helpers import free_port
 from server_process import LoggedServer
@@ -140,6 +141,7 @@ def make_database(path: str) -> None:
         connection.executescript(POLICY_SCHEMA)
         connection.executescript(IDENTITY_SCHEMA)
         migrate(connection)  # the history tables, at their layout
+        create_query_schema(connection)  # the listing index and version
         connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
 

@@ -81,13 +81,13 @@ def test_install_lines_name_what_can_be_installed() -> None:
 
 def test_make_bench_has_one_duration_everywhere() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    comment = re.search(r"^# the full benchmark table.*$", makefile, re.M)
+    comment = re.search(r"^# the full benchmark.*$", makefile, re.M)
     assert comment is not None
     mentions = [comment.group(0)]
     for path in DOCS:
         mentions += [line for line in path.read_text().splitlines() if "make bench" in line]
-    durations = {m.group(0) for line in mentions if (m := re.search(r"\d+\+? ?min", line))}
-    assert len(mentions) >= 3 and durations == {"30+ min"}, mentions
+    durations = {m.group(0) for line in mentions if (m := re.search(r"\d+\+? ?min|hours", line))}
+    assert len(mentions) >= 3 and durations == {"hours"}, mentions
 
 
 def test_licence_is_an_spdx_expression_with_its_file() -> None:

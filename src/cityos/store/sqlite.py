@@ -34,7 +34,7 @@ from cityos.store.sqlite_catalog import SQLiteCatalog
 from cityos.store.sqlite_history import Names, TimeCodec, instance_prefix, migrate
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
-from cityos.store.sqlite_query import QUERY_SCHEMA, SQLiteQueries
+from cityos.store.sqlite_query import SQLiteQueries, create_query_schema
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 from cityos.store.sqlite_writes import SQLiteWrites
 
@@ -314,7 +314,7 @@ class SQLiteStore(
                 connection.executescript(IDENTITY_SCHEMA)
                 if "owner" not in {row[1] for row in connection.execute("PRAGMA table_info(entity_maps)")}:
                     connection.execute("ALTER TABLE entity_maps ADD COLUMN owner TEXT")  # files made before owners
-                connection.executescript(QUERY_SCHEMA)  # additive: older files gain the listing index
+                create_query_schema(connection)  # additive: older files gain the listing index
                 row = connection.execute("SELECT version FROM schema_version").fetchone()
                 if row is None:
                     connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))

@@ -36,7 +36,6 @@ T = TypeVar("T")
 QUERY_SCHEMA = """
 CREATE INDEX IF NOT EXISTS entities_listing ON entities (pk, tenant, expires_at);
 CREATE TABLE IF NOT EXISTS listing_version (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL);
-INSERT OR IGNORE INTO listing_version VALUES (0, 0);
 CREATE TRIGGER IF NOT EXISTS listing_type_added AFTER INSERT ON entity_types
 BEGIN UPDATE listing_version SET version = version + 1; END;
 CREATE TRIGGER IF NOT EXISTS listing_type_removed AFTER DELETE ON entity_types
@@ -44,6 +43,16 @@ BEGIN UPDATE listing_version SET version = version + 1; END;
 """
 ANCHOR_STEP = 64  # listing positions between two remembered primary keys
 SELECTIVE = 2000  # a value filter with at most this many rows drives the query (IN); else each candidate probes it
+
+
+def create_query_schema(connection: sqlite3.Connection) -> None:
+    """The listing index, version and triggers, for new and older files alike; a file that has them
+    is only read (a store can open a file another process holds locked)."""
+    connection.executescript(QUERY_SCHEMA)
+    if connection.execute("SELECT 1 FROM listing_version").fetchone() is None:
+        connection.execute("INSERT INTO listing_version VALUES (0, 0)")
+
+
 LISTING = "entity_types t JOIN entities e INDEXED BY entities_listing ON e.pk = t.pk"
 
 
