@@ -18,6 +18,7 @@ from cityos.policy.compiled import AccessDenied, HiddenEntity, PolicyAuthorizer,
 from cityos.policy.decision import AccessPrefilter, Target
 from cityos.policy.enforce import WriteCheck, guarded, restrict, write_check
 from cityos.policy.model import parse_policy
+from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery
 
 EXPAND = ContextRegistry(OutboundPolicy()).core_terms().expand
@@ -241,6 +242,55 @@ def test_restrict_puts_the_policy_into_the_query() -> None:
     police = authorizer(POLICE).read_view(user("police"), "")
     area = restrict(EntityQuery(), police)
     assert area.predicate is not None and area.predicate(vehicle(1)) and not area.predicate(vehicle(2, 50, 50))
+
+
+def test_a_q_on_attributes_the_view_always_shows_stays_in_sql() -> None:
+    """With auth on, q on an attribute the policy never hides keeps the query exact in SQL (paged
+    and counted there, as with auth off); a q, attrs or geo box on an attribute it may hide is
+    judged on the projected entity instead."""
+    view = authorizer(PUBLIC_PARKING).read_view(ANONYMOUS, "")
+    spots = ValueFilter(D + "availableSpotNumber", ">", (5.0,))
+    contract = ValueFilter(D + "contract", "exists")
+
+    def exact(*filters: ValueFilter, **fields: Any) -> EntityQuery:
+        def predicate(entity: Entity) -> bool:
+            return all(f.attr in entity["attrs"] for f in filters)
+
+        return EntityQuery(
+            types=[D + "OffStreetParking"],
+            value_filters=filters,
+            predicate=predicate,
+            predicate_in_sql=predicate,
+            **fields,
+        )
+
+    kept = restrict(exact(spots), view)
+    assert kept.predicate is kept.predicate_in_sql and kept.access is None
+    on_hidden = restrict(exact(contract), view)
+    assert on_hidden.predicate is not on_hidden.predicate_in_sql
+    assert on_hidden.predicate is not None and not on_hidden.predicate(parking(1))  # the contract is not seen
+    asks_hidden = restrict(exact(spots, attrs=[D + "contract"]), view)
+    assert asks_hidden.predicate is not asks_hidden.predicate_in_sql
+    geo_hidden = restrict(exact(spots, geo_box=(D + "contract", (0.0, 1.0, 0.0, 1.0))), view)
+    assert geo_hidden.predicate is not geo_hidden.predicate_in_sql
+    # an allow-list policy: only the listed attributes are always shown
+    listed = {**PUBLIC_PARKING, "resources": {"types": ["OffStreetParking"], "attrs": ["availableSpotNumber"]}}
+    listing = authorizer(listed).read_view(ANONYMOUS, "")
+    listed_query = restrict(exact(spots), listing)
+    assert listed_query.predicate is listed_query.predicate_in_sql
+    assert listing.shows_always([D + "availableSpotNumber"]) and not listing.shows_always([D + "contract"])
+    # an attribute deny hides what the allow shows
+    deny = {
+        "id": "no-spots",
+        "effect": "deny",
+        "principals": {"anonymous": True},
+        "actions": ["read"],
+        "resources": {"types": ["OffStreetParking"], "attrs": ["availableSpotNumber"]},
+    }
+    denied = authorizer(PUBLIC_PARKING, deny).read_view(ANONYMOUS, "")
+    assert not denied.shows_always([D + "availableSpotNumber"])
+    denied_query = restrict(exact(spots), denied)
+    assert denied_query.predicate is not denied_query.predicate_in_sql
 
 
 def test_compiled_views_are_cached_until_the_policies_change() -> None:

@@ -138,6 +138,17 @@ class CompiledView:
     def prefilter(self) -> AccessPrefilter | None:
         return self._prefilter
 
+    def shows_always(self, attrs: Iterable[str]) -> bool:
+        """True when every entity this view lets through shows each of `attrs` it has: every allow
+        covers them and no attribute deny hides them. A filter on such attributes judges the stored
+        entity as it would judge the projected one, so it may stay in SQL (policy/enforce.py)."""
+        if not self.projects:
+            return True
+        return all(
+            all(allow.covers(attr) for allow in self.allows) and not any(deny.covers(attr) for deny in self.attr_denies)
+            for attr in attrs
+        )
+
     def visible(self, entity: Entity) -> bool:
         if self.everything:
             return True
