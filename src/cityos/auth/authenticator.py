@@ -117,13 +117,10 @@ class Authenticator:
     def cached(self, authorization: bytes) -> Principal | None:
         """The principal of a header seen and verified before, without a coroutine (the door's fast
         path: most requests); None when authenticate() must decide (also when a poll is due)."""
-        now = time.monotonic()
-        if now - self._polled >= POLL_SECONDS:
+        if time.monotonic() - self._polled >= POLL_SECONDS:
             return None
-        entry = self._cache.get(self._digest(authorization))
-        if entry is None or now >= entry.until or (entry.expires is not None and time.time() >= entry.expires):
-            return None
-        return entry.principal
+        entry = self._fresh(self._digest(authorization))
+        return None if entry is None else entry.principal
 
     async def authenticate(self, authorization: str | bytes | None) -> Principal:
         """The principal of an Authorization header (as sent: bytes, or text): ANONYMOUS without

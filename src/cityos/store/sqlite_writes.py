@@ -124,7 +124,7 @@ class SQLiteWrites:
         del self._audit_rows[marks[0] :]
         for rows, mark in zip(self._buffer.values(), marks[1:], strict=True):
             del rows[mark:]
-        self._buffered_pks.clear()  # conservative: the next touch drains first
+        self._buffered_pks.clear()  # the buffer was drained before the savepoint: nothing of it is left
         self._epks.clear()
         self._wnames.rolled_back()
 
