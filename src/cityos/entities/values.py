@@ -31,6 +31,8 @@ BAD_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Co", "Cn", "Cs"})
 
 
 def has_invisible(value: str) -> bool:
+    if value.isascii():  # the usual identifier, checked in C (this runs for every name of every write)
+        return False
     for char in value:
         code = ord(char)
         if code < 0x80:

@@ -1,23 +1,25 @@
-"""The IoT Agent core, independent of transports: a device message in, one atomic entity update out.
+"""The IoT Agent core, independent of transports: device messages in, atomic entity updates out.
 
-MQTT and HTTP only find the API key, the device id and the payload, then call IotAgent.handle. Each
-measure becomes an attribute update with observedAt (the device's timestamp, else the arrival time);
-static attributes ride along. A message that is malformed, or whose values do not fit their
-mappings, is counted and logged with its device id and changes nothing.
+MQTT and HTTP only find the API key, the device id and the payload, then call IotAgent.handle (one
+message) or handle_many (what has arrived, in one transaction). Each measure becomes an attribute
+update with observedAt (the device's timestamp, else the message's arrival time); static attributes
+ride along. A message that is malformed, or whose values do not fit their mappings, is counted and
+logged with its device id and changes nothing; the other messages of its batch are stored.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from cityos.entities.values import now
-from cityos.errors import NgsiLdError
+from cityos.errors import FailureLog
 from cityos.ingest.convert import ConversionError, attribute, convert_value, value_kind
 from cityos.ingest.iot_payloads import Measure, PayloadError, parse_payload, parse_single
 from cityos.ingest.iot_provisioning import Device, Registry
-from cityos.ingest.sink import Sink, error_text
+from cityos.ingest.sink import StoreSink
 
 log = logging.getLogger("cityos.iot")
 MAX_UNKNOWN_LOGGED = 10_000
@@ -35,17 +37,31 @@ class AgentStats:
 
 @dataclass(frozen=True, slots=True)
 class MeasureOutcome:
-    status: str  # "stored", "malformed" or "unknown_device"
+    status: str  # "stored", "malformed", "unknown_device" or "failed" (an internal error, logged)
     detail: str = ""
     entity_id: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceMessage:
+    """One device message as a transport found it; received_at is its arrival time ("": now)."""
+
+    apikey: str
+    device_id: str
+    payload: bytes
+    fmt: str | None = None  # "ul", "json" or None (the device's, else detected)
+    object_id: str | None = None  # the message carries the bare value of that one attribute
+    received_at: str = ""
+
+
 class IotAgent:
-    def __init__(self, registry: Registry, sink: Sink) -> None:
+    def __init__(self, registry: Registry, sink: StoreSink) -> None:
         self.registry = registry
         self.sink = sink
         self.stats = AgentStats()
         self._unknown: set[tuple[str, str]] = set()  # (apikey, device id) already logged
+        # keyed by nothing a client chooses: every device and key together, per kind of failure
+        self.failures = FailureLog(log)
 
     def about(self) -> dict[str, Any]:
         return {"stats": asdict(self.stats)}
@@ -53,29 +69,71 @@ class IotAgent:
     async def handle(
         self, apikey: str, device_id: str, payload: bytes, *, fmt: str | None = None, object_id: str | None = None
     ) -> MeasureOutcome:
-        """Apply one device message. fmt: "ul", "json" or None (the device's, else detected);
-        object_id: the message carries the bare value of that one attribute."""
-        self.stats.received += 1
-        device = await self.registry.resolve(apikey, device_id)
-        if device is None:
-            # another deployment on the same MQTT broker may own it: ignored and counted, logged once
-            self.stats.unknown_device += 1
-            if len(self._unknown) < MAX_UNKNOWN_LOGGED and (apikey, device_id) not in self._unknown:
-                self._unknown.add((apikey, device_id))
-                log.info("measures from unknown device %s (apikey %s) are ignored", device_id, apikey)
-            return MeasureOutcome("unknown_device", f"no device {device_id} with apikey {apikey}")
+        """Apply one device message (see handle_many)."""
+        return (await self.handle_many([DeviceMessage(apikey, device_id, payload, fmt, object_id)]))[0]
+
+    async def handle_many(self, messages: Sequence[DeviceMessage]) -> list[MeasureOutcome]:
+        """Apply device messages in order, one transaction per tenant for all of them: each message
+        is stored whole or not at all, two messages of one device are applied one after the other
+        (both in the history, the last one the current value), and a bad message changes nothing
+        but its own outcome. One outcome per message, in order."""
+        outcomes: list[MeasureOutcome | None] = [None] * len(messages)
         try:
-            fmt = fmt or device.protocol or None
-            measures = parse_single(payload, object_id, fmt) if object_id else parse_payload(payload, fmt)
-            bodies = [measure_body(device, measure, now()) for measure in measures]
-            await self.sink.upsert(device.tenant, bodies, atomic=True)
-        except (PayloadError, ConversionError, NgsiLdError) as exc:
-            detail = error_text(exc) if isinstance(exc, NgsiLdError) else str(exc)
-            self.stats.malformed += 1
-            log.warning("malformed measure from device %s (apikey %s) rejected: %s", device_id, apikey, detail)
-            return MeasureOutcome("malformed", detail, device.entity_id)
-        self.stats.stored += 1
-        return MeasureOutcome("stored", entity_id=device.entity_id)
+            units: dict[str, list[tuple[int, DeviceMessage, Device, list[dict[str, Any]]]]] = {}
+            for index, message in enumerate(messages):
+                device = await self.registry.resolve(message.apikey, message.device_id)
+                if device is None:
+                    outcomes[index] = self._unknown_device(message)
+                    continue
+                try:
+                    bodies = message_bodies(device, message)
+                except (PayloadError, ConversionError) as exc:
+                    outcomes[index] = self._malformed(message, device, str(exc))
+                    continue
+                except Exception:  # a fault of the agent's own: that message alone is lost (and logged)
+                    if len(messages) == 1:
+                        raise
+                    self.failures.failed("measure", "IoT Agent failed on a message from device %s", message.device_id)
+                    outcomes[index] = MeasureOutcome("failed", "internal error", device.entity_id)
+                    continue
+                units.setdefault(device.tenant, []).append((index, message, device, bodies))
+            for tenant, found in units.items():
+                errors = await self.sink.upsert_units(tenant, [bodies for *_, bodies in found])
+                for (index, message, device, _), error in zip(found, errors, strict=True):
+                    if error is None:
+                        self.stats.stored += 1
+                        outcomes[index] = MeasureOutcome("stored", entity_id=device.entity_id)
+                    else:
+                        outcomes[index] = self._malformed(message, device, error)
+            return [outcome for outcome in outcomes if outcome is not None]
+        finally:  # with the outcomes, so the counters always add up: received = the others
+            self.stats.received += len(messages)
+
+    def _unknown_device(self, message: DeviceMessage) -> MeasureOutcome:
+        # another deployment on the same MQTT broker may own it: ignored and counted, logged once
+        apikey, device_id = message.apikey, message.device_id
+        self.stats.unknown_device += 1
+        if len(self._unknown) < MAX_UNKNOWN_LOGGED and (apikey, device_id) not in self._unknown:
+            self._unknown.add((apikey, device_id))
+            log.info("measures from unknown device %s (apikey %s) are ignored", device_id, apikey)
+        return MeasureOutcome("unknown_device", f"no device {device_id} with apikey {apikey}")
+
+    def _malformed(self, message: DeviceMessage, device: Device, detail: str) -> MeasureOutcome:
+        self.stats.malformed += 1
+        log.warning(
+            "malformed measure from device %s (apikey %s) rejected: %s", message.device_id, message.apikey, detail
+        )
+        return MeasureOutcome("malformed", detail, device.entity_id)
+
+
+def message_bodies(device: Device, message: DeviceMessage) -> list[dict[str, Any]]:
+    """The entity bodies of one message, one per measure group; PayloadError or ConversionError
+    if any part of it is malformed."""
+    fmt = message.fmt or device.protocol or None
+    payload = message.payload
+    measures = parse_single(payload, message.object_id, fmt) if message.object_id else parse_payload(payload, fmt)
+    received_at = message.received_at or now()
+    return [measure_body(device, measure, received_at) for measure in measures]
 
 
 def measure_body(device: Device, measure: Measure, received_at: str) -> dict[str, Any]:

@@ -2,8 +2,13 @@
 
 Topics follow the FIWARE IoT Agents: `/{apikey}/{device_id}/attrs` (a whole payload) and
 `/{apikey}/{device_id}/attrs/{object_id}` (one bare value), optionally prefixed with `/ul` or
-`/json` to name the payload format. The connection is kept up with a capped backoff; messages
-are applied one after another, so a device's measures stay in order.
+`/json` to name the payload format. The connection is kept up with a capped backoff. What has
+arrived (up to MAX_BATCH messages) is written in one transaction, in arrival order, so a device's
+measures stay in order; the inbox is bounded (see Inbox).
+
+Delivery: paho acknowledges a QoS 1 message when it reads it (aiomqtt offers no manual
+acknowledgement), and the session is clean, so a measure is delivered at most once: one received
+and not yet committed (at most MAX_INBOX + MAX_BATCH of them) is lost if the process stops.
 
 The workers of one deployment share one MQTT shared subscription, so each measure is applied once.
 The group is derived from the database by default: another deployment on the same broker (another
@@ -21,11 +26,12 @@ import os
 import ssl
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from cityos.entities.values import now
 from cityos.errors import FailureLog
-from cityos.ingest.iot_agent import IotAgent
+from cityos.ingest.iot_agent import DeviceMessage, IotAgent
 from cityos.ingest.iot_payloads import FORMATS
 from cityos.store import is_postgres
 
@@ -33,6 +39,8 @@ log = logging.getLogger("cityos.iot")
 SUBSCRIPTIONS = tuple(prefix + suffix for prefix in ("", "/ul", "/json") for suffix in ("/+/+/attrs", "/+/+/attrs/+"))
 PORTS = {"mqtt": 1883, "mqtts": 8883}
 MAX_BACKOFF = 30.0
+MAX_BATCH = 500  # device messages written in one transaction
+MAX_INBOX = 5000  # messages received and not yet written; more wait at the broker
 
 
 IDENTITY_PARAMETERS = ("host", "port", "dbname", "search_path", "options")
@@ -97,6 +105,8 @@ class MqttTransport:
         self.connected = asyncio.Event()
         self.last_error = ""
         self.failures = FailureLog(log)  # a failure met by every message is not logged for each
+        self._paho: Any = None  # the connected paho client, while connected
+        self._paused: int | None = None  # the socket whose reads are paused (a full inbox)
 
     def status(self) -> dict[str, Any]:
         safe = self._parts._replace(netloc=self._parts.netloc.rpartition("@")[2]).geturl()
@@ -118,6 +128,7 @@ class MqttTransport:
         parts = self._parts
         backoff = 0.5
         while True:
+            inbox = Inbox(self)
             client = aiomqtt.Client(
                 parts.hostname or "",
                 parts.port or PORTS[parts.scheme],
@@ -125,7 +136,9 @@ class MqttTransport:
                 password=unquote(parts.password) if parts.password else None,
                 identifier=f"cityos-iot-{uuid.uuid4().hex[:12]}",
                 tls_context=ssl.create_default_context() if parts.scheme == "mqtts" else None,
+                queue_type=inbox.queue_type,
             )
+            self._paho = client._client  # the paho client underneath: its socket, to pause reading
             try:
                 async with client:
                     for topic in self.topics:
@@ -134,30 +147,106 @@ class MqttTransport:
                     self.last_error = ""
                     backoff = 0.5
                     log.info("IoT Agent subscribed to device measures on %s", self.status()["broker"])
-                    async for message in client.messages:
-                        await self._dispatch(message.topic.value, message.payload)
+                    async for first in client.messages:  # waits for a message, or the connection's end
+                        batch = inbox.take(cast(Arrived, first), MAX_BATCH)
+                        await self._dispatch(batch)
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc)
                 log.warning("IoT Agent MQTT connection lost (%s); retrying in %.1f s", exc, backoff)
             finally:
                 self.connected.clear()
+                self._paused = None
+                self._paho = None
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
-    async def _dispatch(self, topic: str, payload: Any) -> None:
-        address = parse_topic(topic)
-        if address is None:
+    # -- backpressure: while the inbox is full the socket is not read, so the broker holds the rest
+    def _pause(self) -> None:
+        sock = self._paho.socket() if self._paho is not None else None
+        if self._paused is None and sock is not None:
+            self._paused = sock.fileno()
+            asyncio.get_running_loop().remove_reader(self._paused)
+
+    def _resume(self) -> None:
+        if self._paused is not None:
+            asyncio.get_running_loop().add_reader(self._paused, self._read)
+            self._paused = None
+
+    def _read(self) -> None:
+        """What aiomqtt's reader does (read while a TLS socket holds decoded bytes); a broken
+        connection is reported by paho to aiomqtt, which ends the message iteration."""
+        paho = self._paho
+        if paho is None:
             return
-        if isinstance(payload, str):
-            data = payload.encode()
-        elif isinstance(payload, bytes | bytearray):
-            data = bytes(payload)
-        else:
-            data = b"" if payload is None else str(payload).encode()
         try:
-            await self.agent.handle(
-                address.apikey, address.device_id, data, fmt=address.fmt, object_id=address.object_id
+            while True:
+                paho.loop_read()
+                sock = paho.socket()
+                if sock is None or not getattr(sock, "pending", lambda: 0)():
+                    break
+        except Exception:
+            self.failures.failed("read", "IoT Agent could not read from the MQTT broker")
+            paho.disconnect()
+
+    async def _dispatch(self, batch: list[Arrived]) -> None:
+        messages = []
+        for received_at, message in batch:
+            address = parse_topic(message.topic.value)
+            if address is None:
+                continue
+            payload = message.payload
+            if isinstance(payload, bytes):
+                data = payload
+            elif isinstance(payload, str):
+                data = payload.encode()
+            elif isinstance(payload, bytearray):
+                data = bytes(payload)
+            else:
+                data = b"" if payload is None else str(payload).encode()
+            messages.append(
+                DeviceMessage(address.apikey, address.device_id, data, address.fmt, address.object_id, received_at)
             )
-        except Exception:  # one message never stops the agent; the error is logged
-            # keyed by nothing a client chooses: every device and key together, per kind of failure
-            self.failures.failed("measure", "IoT Agent failed on a message from device %s", address.device_id)
+        if not messages:
+            return
+        try:
+            await self.agent.handle_many(messages)
+        except Exception:  # the store failed (the rest of this batch is lost); the agent goes on
+            self.failures.failed("batch", "IoT Agent failed on a batch of %d device messages", len(messages))
+
+
+Arrived = tuple[str, Any]  # (arrival time, aiomqtt.Message)
+
+
+class Inbox:
+    """The messages received and not yet written, in arrival order, each with its arrival time:
+    the queue aiomqtt puts them in (its queue_type), bounded by pausing the socket's reads at
+    MAX_INBOX and resuming below half of it (paho acknowledges a QoS 1 message as it reads it, so
+    a queue that refused one would lose it)."""
+
+    def __init__(self, transport: MqttTransport) -> None:
+        self.transport = transport
+        self.queue: asyncio.Queue[Arrived] | None = None
+        inbox = self
+
+        class Queue(asyncio.Queue):  # type: ignore[type-arg]  # made by aiomqtt.Client
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(maxsize)
+                inbox.queue = self
+
+            def put_nowait(self, item: Any) -> None:
+                super().put_nowait((now(), item))
+                if self.qsize() >= MAX_INBOX:
+                    transport._pause()
+
+        self.queue_type = Queue
+
+    def take(self, first: Arrived, limit: int) -> list[Arrived]:
+        """`first` and what else has arrived, up to `limit` messages in all."""
+        batch = [first]
+        queue = self.queue
+        if queue is not None:
+            while len(batch) < limit and not queue.empty():
+                batch.append(queue.get_nowait())
+            if queue.qsize() < MAX_INBOX // 2:
+                self.transport._resume()
+        return batch

@@ -88,6 +88,39 @@ class StoreSink:
                 results[index] = WriteResult(outcome.entity_id, detail)
         return [result for result in results if result is not None]
 
+    async def upsert_units(self, tenant: str, units: Sequence[Sequence[Body]]) -> list[str | None]:
+        """Merge many units of bodies (each unit all or nothing: one device message) in one
+        transaction, in order: two bodies of one entity are applied one after the other, as if
+        written one by one. One result per unit: None (stored) or why it was refused.
+
+        Bodies that do not parse refuse their unit before the write. A refusal inside the store
+        (rare: an upsert of a parsed entity does not refuse) rolls the whole transaction back, and
+        the units are then written again one transaction each, so only the refused unit is lost."""
+        stamp = now()
+        errors: list[str | None] = [None] * len(units)
+        operations: list[tuple[str, update.Mutator]] = []
+        for index, bodies in enumerate(units):
+            try:
+                entities = [parse_entity(body, self.terms, stamp=stamp) for body in bodies]
+            except NgsiLdError as error:
+                errors[index] = error_text(error)
+                continue
+            operations.extend((entity["id"], update.upsert(entity, mode="update")) for entity in entities)
+        if not operations:
+            return errors
+        try:
+            await self.store.mutate(tenant, operations, atomic=True)
+            return errors
+        except NgsiLdError:
+            pass
+        for index, bodies in enumerate(units):  # the careful way: each unit in a transaction of its own
+            if errors[index] is None:
+                try:
+                    await self.upsert(tenant, bodies, atomic=True)
+                except NgsiLdError as error:
+                    errors[index] = error_text(error)
+        return errors
+
     async def add_attribute_instances(
         self, tenant: str, entity_id: str, entity_type: str, attrs: Mapping[str, Sequence[Body]]
     ) -> None:
