@@ -300,6 +300,28 @@ class TestMqttMeasures:
         wait_for(lambda: _changed(agent, entity_id, "fillingLevel", 0.9))
         assert agent.about()["mqtt"]["connected"] is True
 
+    def test_a_burst_is_stored_whole_in_order(self, agent: Agent) -> None:
+        """Messages that arrive together are written in batches: every measure is in the history,
+        each device's last one is its current value, and the counters add up."""
+        apikey = agent.group(
+            "WasteContainer", attributes=[{"object_id": "f", "name": "fillingLevel", "type": "Integer"}]
+        )
+        start = agent.stats()
+        count = 300
+        messages = [{"topic": f"/{apikey}/burst-{n % 2}/attrs", "payload": f"f|{n}", "qos": 1} for n in range(count)]
+        messages.insert(100, {"topic": f"/{apikey}/burst-0/attrs", "payload": "f|many", "qos": 1})
+        mqtt_publish.multiple(messages, hostname="127.0.0.1", port=agent.mqtt_port)
+        stats = wait_for(lambda: (s := agent.stats())["received"] >= start["received"] + count + 1 and s, timeout=30)
+        assert stats["stored"] - start["stored"] == count
+        assert stats["malformed"] - start["malformed"] == 1
+        for device, last in ((0, count - 2), (1, count - 1)):
+            entity_id = f"urn:ngsi-ld:WasteContainer:burst-{device}"
+            assert agent.entity(entity_id).json()["fillingLevel"]["value"] == last
+            history = agent.http.get(
+                f"/ngsi-ld/v1/temporal/entities/{entity_id}", params={"attrs": "fillingLevel", "lastN": 1000}
+            ).json()["fillingLevel"]
+            assert sorted(i["value"] for i in history) == list(range(device, count, 2))
+
 
 def _ok(response: httpx.Response) -> Any:
     return response.json() if response.status_code == 200 else None

@@ -24,12 +24,13 @@ import hashlib
 import logging
 import os
 import ssl
+import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from cityos.entities.values import now
 from cityos.errors import FailureLog
 from cityos.ingest.iot_agent import DeviceMessage, IotAgent
 from cityos.ingest.iot_payloads import FORMATS
@@ -226,6 +227,7 @@ class Inbox:
     def __init__(self, transport: MqttTransport) -> None:
         self.transport = transport
         self.queue: asyncio.Queue[Arrived] | None = None
+        self._millisecond, self._stamp = 0, ""
         inbox = self
 
         class Queue(asyncio.Queue):  # type: ignore[type-arg]  # made by aiomqtt.Client
@@ -234,11 +236,21 @@ class Inbox:
                 inbox.queue = self
 
             def put_nowait(self, item: Any) -> None:
-                super().put_nowait((now(), item))
+                super().put_nowait((inbox.arrival(), item))
                 if self.qsize() >= MAX_INBOX:
                     transport._pause()
 
         self.queue_type = Queue
+
+    def arrival(self) -> str:
+        """The time now as NGSI-LD writes it (values.now), formatted once per millisecond: the
+        messages of one read share it."""
+        millisecond = time.time_ns() // 1_000_000
+        if millisecond != self._millisecond:
+            seconds, rest = divmod(millisecond, 1000)
+            moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest * 1000)
+            self._millisecond, self._stamp = millisecond, moment.isoformat(timespec="milliseconds")[:-6] + "Z"
+        return self._stamp
 
     def take(self, first: Arrived, limit: int) -> list[Arrived]:
         """`first` and what else has arrived, up to `limit` messages in all."""
