@@ -308,7 +308,9 @@ class TestMqttMeasures:
         )
         start = agent.stats()
         count = 300
-        messages = [{"topic": f"/{apikey}/burst-{n % 2}/attrs", "payload": f"f|{n}", "qos": 1} for n in range(count)]
+        messages: list[Any] = [
+            {"topic": f"/{apikey}/burst-{n % 2}/attrs", "payload": f"f|{n}", "qos": 1} for n in range(count)
+        ]
         messages.insert(100, {"topic": f"/{apikey}/burst-0/attrs", "payload": "f|many", "qos": 1})
         mqtt_publish.multiple(messages, hostname="127.0.0.1", port=agent.mqtt_port)
         stats = wait_for(lambda: (s := agent.stats())["received"] >= start["received"] + count + 1 and s, timeout=30)
