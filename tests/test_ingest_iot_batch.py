@@ -129,6 +129,9 @@ def test_a_refusal_inside_the_store_loses_only_its_own_message(
     assert [o.status for o in outcomes] == ["stored", "malformed", "stored"]
     assert "refused by the test" in outcomes[1].detail
     assert calls == [3, 1, 1, 1]  # the batch, then each message alone
+    calls.clear()
+    assert _handle(client, [DeviceMessage(apikey, "bad", b"f|2")])[0].status == "malformed"
+    assert calls == [1]  # a message alone is not tried twice
     for device in ("a", "b"):
         assert [v for v, _ in _history(client, f"urn:ngsi-ld:WasteContainer:{device}")] == [1]
     assert client.get(f"{API}/entities/urn:ngsi-ld:WasteContainer:bad").status_code == 404

@@ -99,6 +99,7 @@ class StoreSink:
         stamp = now()
         errors: list[str | None] = [None] * len(units)
         operations: list[tuple[str, update.Mutator]] = []
+        planned: list[int] = []
         for index, bodies in enumerate(units):
             try:
                 entities = [parse_entity(body, self.terms, stamp=stamp) for body in bodies]
@@ -106,19 +107,21 @@ class StoreSink:
                 errors[index] = error_text(error)
                 continue
             operations.extend((entity["id"], update.upsert(entity, mode="update")) for entity in entities)
+            planned.append(index)
         if not operations:
             return errors
         try:
             await self.store.mutate(tenant, operations, atomic=True)
             return errors
-        except NgsiLdError:
-            pass
-        for index, bodies in enumerate(units):  # the careful way: each unit in a transaction of its own
-            if errors[index] is None:
-                try:
-                    await self.upsert(tenant, bodies, atomic=True)
-                except NgsiLdError as error:
-                    errors[index] = error_text(error)
+        except NgsiLdError as error:
+            if len(planned) == 1:  # that unit alone was refused
+                errors[planned[0]] = error_text(error)
+                return errors
+        for index in planned:  # the careful way: each unit in a transaction of its own
+            try:
+                await self.upsert(tenant, units[index], atomic=True)
+            except NgsiLdError as error:
+                errors[index] = error_text(error)
         return errors
 
     async def add_attribute_instances(
