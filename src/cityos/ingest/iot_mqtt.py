@@ -169,9 +169,11 @@ class MqttTransport:
             asyncio.get_running_loop().remove_reader(self._paused)
 
     def _resume(self) -> None:
-        if self._paused is not None:
-            asyncio.get_running_loop().add_reader(self._paused, self._read)
-            self._paused = None
+        paused, self._paused = self._paused, None
+        sock = self._paho.socket() if self._paho is not None else None
+        # only the socket it paused: a connection closed meanwhile may have left its number to another
+        if paused is not None and sock is not None and sock.fileno() == paused:
+            asyncio.get_running_loop().add_reader(paused, self._read)
 
     def _read(self) -> None:
         """What aiomqtt's reader does (read while a TLS socket holds decoded bytes); a broken
