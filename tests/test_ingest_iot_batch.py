@@ -17,7 +17,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from cityos.entities.update import Mutator
-from cityos.errors import BadRequestData
+from cityos.errors import BadRequestData, DatabaseBusy
 from cityos.ingest import iot_mqtt
 from cityos.ingest.iot_agent import DeviceMessage, IotAgent, MeasureOutcome
 from cityos.ingest.iot_mqtt import MqttTransport
@@ -99,7 +99,13 @@ def test_bad_messages_among_good_ones_and_the_counters(client: TestClient) -> No
     statuses = [o.status for o in _handle(client, batch)]
     assert statuses == ["stored", "malformed", "unknown_device", "malformed", "stored", "stored", "malformed"]
     stats = _agent(client).about()["stats"]
-    assert {k: stats[k] - before[k] for k in stats} == {"received": 7, "stored": 3, "malformed": 3, "unknown_device": 1}
+    assert {k: stats[k] - before[k] for k in stats} == {
+        "received": 7,
+        "stored": 3,
+        "malformed": 3,
+        "unknown_device": 1,
+        "failed": 0,
+    }
     assert [v for v, _ in _history(client, "urn:ngsi-ld:WasteContainer:a")] == [1, 2, 4]
     assert [v for v, _ in _history(client, "urn:ngsi-ld:WasteContainer:b")] == [6]
     assert client.get(f"{API}/entities/urn:ngsi-ld:WasteContainer:c").status_code == 404
@@ -135,6 +141,40 @@ def test_a_refusal_inside_the_store_loses_only_its_own_message(
     for device in ("a", "b"):
         assert [v for v, _ in _history(client, f"urn:ngsi-ld:WasteContainer:{device}")] == [1]
     assert client.get(f"{API}/entities/urn:ngsi-ld:WasteContainer:bad").status_code == 404
+
+
+def test_a_busy_database_is_waited_for_and_never_blamed_on_the_measures(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DatabaseBusy (another process's long transaction) writes nothing: the batch is written
+    again after Retry-After; when the database stays busy, the measures count as failed, not
+    malformed."""
+    apikey = _group(client)
+    agent = _agent(client)
+    store = agent.sink.store
+    real = store.mutate
+    busy_calls = [1]  # the next calls that find the database busy
+
+    async def busy_at_first(tenant: str, operations: Sequence[tuple[str, Mutator]], *, atomic: bool) -> Any:
+        if busy_calls[0] > 0:
+            busy_calls[0] -= 1
+            raise DatabaseBusy("held by the test", retry_after=0.01)
+        return await real(tenant, operations, atomic=atomic)
+
+    monkeypatch.setattr(store, "mutate", busy_at_first)
+    before = agent.about()["stats"]
+    outcomes = _handle(client, [DeviceMessage(apikey, d, b"f|7") for d in ("x", "y")])
+    assert [o.status for o in outcomes] == ["stored", "stored"]
+    assert [v for v, _ in _history(client, "urn:ngsi-ld:WasteContainer:x")] == [7]
+    busy_calls[0] = 100  # stays busy
+    outcomes = _handle(client, [DeviceMessage(apikey, "z", b"f|8")])
+    assert [o.status for o in outcomes] == ["failed"]
+    after = agent.about()["stats"]
+    assert after["stored"] - before["stored"] == 2
+    assert after["failed"] - before["failed"] == 1
+    assert after["malformed"] == before["malformed"]
+    assert after["received"] - before["received"] == 3
+    assert client.get(f"{API}/entities/urn:ngsi-ld:WasteContainer:z").status_code == 404
 
 
 class SlowAgent:

@@ -9,13 +9,14 @@ logged with its device id and changes nothing; the other messages of its batch a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from cityos.entities.values import now
-from cityos.errors import FailureLog
+from cityos.errors import DatabaseBusy, FailureLog
 from cityos.ingest.convert import ConversionError, attribute, convert_value, value_kind
 from cityos.ingest.iot_payloads import Measure, PayloadError, parse_payload, parse_single
 from cityos.ingest.iot_provisioning import Device, Registry
@@ -23,6 +24,8 @@ from cityos.ingest.sink import StoreSink
 
 log = logging.getLogger("cityos.iot")
 MAX_UNKNOWN_LOGGED = 10_000
+BUSY_ATTEMPTS = 3  # writes of one batch while the database stays busy (each after its Retry-After)
+MAX_BUSY_WAIT = 5.0
 
 
 @dataclass(slots=True)
@@ -33,6 +36,7 @@ class AgentStats:
     stored: int = 0
     malformed: int = 0
     unknown_device: int = 0
+    failed: int = 0  # lost to a fault of the agent's own, or to a database that stayed busy
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +98,16 @@ class IotAgent:
                     if len(messages) == 1:
                         raise
                     self.failures.failed("measure", "IoT Agent failed on a message from device %s", message.device_id)
-                    outcomes[index] = MeasureOutcome("failed", "internal error", device.entity_id)
+                    outcomes[index] = self._failed(device, "internal error")
                     continue
                 units.setdefault(device.tenant, []).append((index, message, device, bodies))
             for tenant, found in units.items():
-                errors = await self.sink.upsert_units(tenant, [bodies for *_, bodies in found])
+                try:
+                    errors = await self._write(tenant, [bodies for *_, bodies in found])
+                except DatabaseBusy as busy:
+                    for index, _, device, _ in found:
+                        outcomes[index] = self._failed(device, busy.detail or "database busy")
+                    continue
                 for (index, message, device, _), error in zip(found, errors, strict=True):
                     if error is None:
                         self.stats.stored += 1
@@ -108,6 +117,24 @@ class IotAgent:
             return [outcome for outcome in outcomes if outcome is not None]
         finally:  # with the outcomes, so the counters always add up: received = the others
             self.stats.received += len(messages)
+
+    async def _write(self, tenant: str, units: list[list[dict[str, Any]]]) -> list[str | None]:
+        """The sink's write, tried again while the database is busy (another process's long
+        transaction): a busy database is no fault of the measures, so they are not counted as
+        malformed; the transport reads no more messages meanwhile (its inbox is bounded)."""
+        for attempt in range(BUSY_ATTEMPTS):
+            try:
+                return await self.sink.upsert_units(tenant, units)
+            except DatabaseBusy as busy:
+                if attempt == BUSY_ATTEMPTS - 1:
+                    self.failures.failed("busy", "IoT Agent: the database stayed busy, %d measures lost", len(units))
+                    raise
+                await asyncio.sleep(min(busy.retry_after, MAX_BUSY_WAIT))
+        raise AssertionError("unreachable")
+
+    def _failed(self, device: Device, detail: str) -> MeasureOutcome:
+        self.stats.failed += 1
+        return MeasureOutcome("failed", detail, device.entity_id)
 
     def _unknown_device(self, message: DeviceMessage) -> MeasureOutcome:
         # another deployment on the same MQTT broker may own it: ignored and counted, logged once

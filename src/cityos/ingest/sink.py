@@ -18,7 +18,7 @@ import orjson
 from cityos.entities import update
 from cityos.entities.model import parse_entity, parse_instance
 from cityos.entities.values import now
-from cityos.errors import NgsiLdError
+from cityos.errors import DatabaseBusy, NgsiLdError
 from cityos.jsonld.termmap import TermMap
 from cityos.store.base import EntityStore
 
@@ -113,6 +113,8 @@ class StoreSink:
         try:
             await self.store.mutate(tenant, operations, atomic=True)
             return errors
+        except DatabaseBusy:  # nothing was written, and no unit is to blame: the caller decides
+            raise
         except NgsiLdError as error:
             if len(planned) == 1:  # that unit alone was refused
                 errors[planned[0]] = error_text(error)
