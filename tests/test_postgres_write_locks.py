@@ -39,9 +39,10 @@ def _set(n: int) -> update.Mutator:
 def test_postgres_a_write_into_a_new_tenant_does_not_wait_for_another_open_one(
     postgres_skip_reason: str | None,
 ) -> None:
-    """The first write into a tenant commits the tenant's row on its own: a second worker's write
-    into that tenant completes while the first is still open (it used to wait for it, and past the
-    busy timeout answer 503: two batches loading a fresh database)."""
+    """The first write into a tenant inserts the tenant's row in its last statement: a second
+    worker's write into that tenant completes while the first is still running its mutators and
+    listeners (it used to wait for the whole first write, and past the busy timeout answer 503: two
+    batches loading a fresh database)."""
     with postgres_schema(postgres_skip_reason) as (loop, url):
         loop.run_until_complete(_migrate(url))
         workers = [open_store(url, busy_timeout=1.0) for _ in range(2)]

@@ -1,7 +1,7 @@
 """The entity write path on PostgreSQL (mutate, and the expiry sweep), mixed into PostgresStore.
 
 One transaction per call, a handful of round trips whatever its size:
-1. in one statement: the tenant row, every entity's advisory lock in id order (two writes that
+1. in one statement: every entity's advisory lock in id order (two writes that
    share entities queue behind each other instead of deadlocking; the lock also covers an entity
    that does not exist yet, so two creates of one id serialise instead of failing on the unique
    index), the stored rows (FOR UPDATE), the subscriptions' catalogue version, and pks for the
@@ -10,8 +10,8 @@ One transaction per call, a handful of round trips whatever its size:
 3. every mutator and change listener, in Python, against a WritePlan (write_plan.py): on the
    store's sync thread in one hand-off, since a listener's lookup of another entity must await
    this transaction's connection on the event loop;
-4. one statement for `entities`, its side tables, the outbox rows (outbox.py) and the audit
-   queue (audit.py), two for the history (temporal.py).
+4. one statement for `entities`, its side tables, the outbox rows (outbox.py), the audit queue
+   (audit.py) and the tenant's row (the first time), two for the history (temporal.py).
 
 An operation that fails (its mutator or a listener raised an NgsiLdError) is taken out of the
 plan, its rows dropped, and the others go on (atomic=False): no SAVEPOINT, since nothing of it had
@@ -36,7 +36,7 @@ from cityos.errors import NgsiLdError
 from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
 from cityos.store.postgres.audit import pending_cte
 from cityos.store.postgres.busy import Transactions
-from cityos.store.postgres.outbox import TENANT_INSERT, outbox_cte
+from cityos.store.postgres.outbox import outbox_cte
 from cityos.store.postgres.sql import Params
 from cityos.store.postgres.write_plan import Key, WritePlan
 
@@ -45,15 +45,14 @@ if TYPE_CHECKING:
 
     from cityos.store.postgres.schema import Connection
 
-# One statement: the tenant row, every entity's advisory lock in id order (a one-time filter, so all
+# One statement: every entity's advisory lock in id order (a one-time filter, so all
 # are held before the first row is locked), then the stored rows FOR UPDATE. The first row: the
 # subscriptions' catalogue version and as many pks as ids have no row (a create uses one; an
 # operation that fails leaves a gap, as a rolled-back INSERT does); then the rows. Its snapshot
 # is taken before the locks are: a row changed meanwhile is read at its latest version (FOR
 # UPDATE), but a row created meanwhile is not seen, so the ids found missing are read again (_AGAIN).
 _READ = """
-WITH tenant AS (INSERT INTO tenants (name) VALUES ($1) ON CONFLICT DO NOTHING),
-locks AS MATERIALIZED (
+WITH locks AS MATERIALIZED (
     SELECT count(pg_advisory_xact_lock(hashtext($1), hashtext(id))) AS held
     FROM (SELECT u.id FROM unnest($2::text[]) AS u(id) ORDER BY u.id COLLATE "C") AS ids
 ),
@@ -110,7 +109,7 @@ class PostgresWrites(Transactions):
     if TYPE_CHECKING:
         _listeners: dict[str, tuple[ChangeListener, Wake | None]]
         _sync_pool: ThreadPoolExecutor
-        _tenants_made: set[str]  # tenants whose row this process has committed (_make_tenant)
+        _tenants_made: set[str]  # tenants whose row this process has seen committed (_flush)
 
         def _block_on(self, coroutine: Any) -> Any: ...
 
@@ -148,27 +147,17 @@ class PostgresWrites(Transactions):
                         plan.load(tenant, entity_id, None, None)
             await self._fresh_subscriptions(connection, version)
             results, owed = await self._run(connection, plan, steps, atomic=atomic)
-            await self._flush(connection, plan, pks or [], owed)
+            await self._flush(connection, plan, pks or [], owed, tenant)
             wakes[:] = owed.wakes
             return results
 
-        if tenant not in self._tenants_made:
-            await self._make_tenant(tenant)
         results = await self._write(work)
+        if len(self._tenants_made) > 10_000:  # a bound: forgetting one costs one more CTE
+            self._tenants_made.clear()
+        self._tenants_made.add(tenant)  # committed: its row exists (tenant rows are never deleted)
         for wake in wakes:  # after the commit: the rows are there to claim
             wake()
         return results
-
-    async def _make_tenant(self, tenant: str) -> None:
-        """The tenant's row, committed on its own before the first write of this process to it.
-        A write also inserts it (ON CONFLICT DO NOTHING), but an insert that meets a row another
-        transaction inserted and has not committed waits for that whole transaction: the first two
-        batches into a new tenant (a fresh database's default tenant, while loading) would queue
-        one behind the other, and past the busy timeout answer 503."""
-        await self._write(lambda connection: connection.execute(TENANT_INSERT, tenant))
-        if len(self._tenants_made) > 10_000:  # a bound: forgetting one costs one more statement
-            self._tenants_made.clear()
-        self._tenants_made.add(tenant)
 
     async def purge_expired(self, now: str) -> list[EntityChange]:
         """Sweep transient entities and attributes; SKIP LOCKED lets several workers sweep at once."""
@@ -239,8 +228,15 @@ class PostgresWrites(Transactions):
         )
         return done
 
-    async def _flush(self, connection: Connection, plan: WritePlan, pks: list[int], owed: _Owed) -> None:
-        """Write the plan and what the listeners owe, in this transaction; the audit rows last."""
+    async def _flush(
+        self, connection: Connection, plan: WritePlan, pks: list[int], owed: _Owed, tenant: str | None = None
+    ) -> None:
+        """Write the plan and what the listeners owe, in this transaction, and the tenant's row
+        (when this process has not seen it committed yet). The tenant comes last, not first: an
+        insert that meets another transaction's uncommitted row of the same tenant waits for that
+        transaction to end, so two batches into a new tenant (a fresh database's default one, while
+        loading) wait for each other's last statements only, not for each other's whole work (which
+        on a loaded machine outlasted the busy timeout: a 503)."""
         needed = plan.new_rows()
         if needed > len(pks):  # an entity deleted and created again in this write: a new row, a new pk
             pks = pks + list(await connection.fetchval(_MORE_PKS, needed - len(pks)))
@@ -254,6 +250,8 @@ class PostgresWrites(Transactions):
             ctes.append(outbox_cte(outbox, p))
         if owed.audit:  # queued with the write, sealed after COMMIT
             ctes.append(pending_cte(owed.audit, p))
+        if tenant is not None and tenant not in self._tenants_made:
+            ctes.append(f"tenant_added AS (INSERT INTO tenants (name) VALUES ({p(tenant)}) ON CONFLICT DO NOTHING)")
         if ctes:
             await connection.execute("WITH " + ", ".join(ctes) + " SELECT 1", *p.values)
         if owed.audit:
