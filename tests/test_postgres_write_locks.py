@@ -8,11 +8,12 @@ import asyncio
 import threading
 from collections.abc import Callable
 
+from tests.test_store_contract import _migrate, make, postgres_schema, prop, value_of
+
 from cityos.entities import update
 from cityos.entities.model import Entity
 from cityos.store import open_store
 from cityos.store.base import EntityChange, EntityLookup
-from tests.test_store_contract import _migrate, make, postgres_schema, prop, value_of
 
 
 def _holding(entity_id: str, release: threading.Event, entered: threading.Event) -> Callable[..., list[object]]:
