@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 
 from tests.test_store_contract import _migrate, make, postgres_schema, prop, value_of
 
 from cityos.entities import update
 from cityos.entities.model import Entity
 from cityos.store import open_store
-from cityos.store.base import EntityChange, EntityLookup
+from cityos.store.base import ChangeListener, EntityChange, EntityLookup, OutboxRow
 
 
-def _holding(entity_id: str, release: threading.Event, entered: threading.Event) -> Callable[..., list[object]]:
+def _holding(entity_id: str, release: threading.Event, entered: threading.Event) -> ChangeListener:
     """A change listener that keeps the write of `entity_id` open until `release` is set."""
 
-    def listener(change: EntityChange, lookup: EntityLookup) -> list[object]:
+    def listener(change: EntityChange, lookup: EntityLookup) -> list[OutboxRow]:
         if change.entity_id == entity_id:
             entered.set()
             release.wait(10)
