@@ -18,6 +18,24 @@ from cityos.query import budget
 from cityos.store.base import EntityQuery, QueryResult
 
 
+def listed_type(query: EntityQuery) -> str | None:
+    """The type of a plain listing (`type=X`, nothing else): the listing whose offsets the back-ends
+    serve from anchors (the key at every Nth position), since nothing but a create, a delete or a
+    change of types (or expiry) moves an entity's position in it."""
+    if (
+        query.types is None
+        or len(query.types) != 1
+        or query.ids is not None
+        or query.id_pattern is not None
+        or query.attrs is not None
+        or query.value_filters
+        or query.geo_box is not None
+        or query.access is not None
+    ):
+        return None
+    return query.types[0]
+
+
 class _Evaluated(Protocol):
     predicate: Callable[[Entity], bool] | None
 

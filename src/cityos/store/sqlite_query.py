@@ -30,6 +30,7 @@ from cityos.entities.model import Entity
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery, QueryResult
 from cityos.store.paging import Pager, bounded, exact_in_sql
+from cityos.store.paging import listed_type as _listed_type
 
 T = TypeVar("T")
 
@@ -193,22 +194,6 @@ def _documents(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> 
         if entity is not None:
             entities.append(entity)
     return entities
-
-
-def _listed_type(query: EntityQuery) -> str | None:
-    """The type of a plain listing (`type=X`, nothing else), which the anchors serve."""
-    if (
-        query.types is None
-        or len(query.types) != 1
-        or query.ids is not None
-        or query.id_pattern is not None
-        or query.attrs is not None
-        or query.value_filters
-        or query.geo_box is not None
-        or query.access is not None
-    ):
-        return None
-    return query.types[0]
 
 
 class SQLiteQueries:

@@ -7,8 +7,10 @@ rate of two workers with 16 concurrent writers. So a write only inserts its audi
 `audit_pending`, in its own transaction (an acknowledged write always has its record, also across
 SIGKILL), and a sealer chains the committed pending rows in batches: it holds the audit_head row
 FOR UPDATE (one sealer at a time, whichever worker), moves the rows it sees into audit_log in id
-order with the next seqs and hashes, and commits. Each worker runs one, woken by its writes (and
-every second, and before every read of the trail, so a query sees every committed record).
+order with the next seqs and hashes, and commits. Each worker runs one, woken by its writes (SEAL_DELAY
+later, so that under load one seal takes many writes' rows; and every second, and before every read
+of the trail, so a query sees every committed record). A seal is two statements: the head's lock
+with the pending rows it takes, then the chained records with the new head.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from cityos.audit.chain import AuditCheckpoint, AuditQuery, AuditRecord, AuditRo
 from cityos.errors import log_failure
 from cityos.store.audit_base import AnchorMaker
 from cityos.store.postgres.busy import Transactions, read_again_once
+from cityos.store.postgres.sql import Params
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,12 +73,59 @@ CREATE TABLE audit_checkpoints (
 _COLUMNS = "seq, time, principal, operation, tenant, targets, outcome, request_id, detail, prev, hash, signature"
 log = logging.getLogger("cityos.store.postgres")
 _INSERT = f"INSERT INTO audit_log ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-_PENDING = (
-    "INSERT INTO audit_pending (time, principal, operation, tenant, targets, outcome, request_id, detail)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-)
 SEAL_BATCH = 2000
 SEAL_EVERY = 1.0  # seconds between sealer runs when no write woke it
+SEAL_DELAY = 0.05  # a woken sealer waits this long: the writes commit, and more join its batch
+# The sealer's first statement: the head's lock (a one-time filter: held before any pending row is
+# taken, so sealers take turns), then the oldest pending rows, deleted, in id order, each with the
+# head's seq and hash (a lone row of NULLs with the head's when nothing is pending).
+_TAKE = """
+WITH head AS MATERIALIZED (SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE),
+taken AS (
+    DELETE FROM audit_pending WHERE id IN (
+        SELECT id FROM audit_pending WHERE (SELECT seq FROM head) IS NOT NULL ORDER BY id LIMIT $1
+    ) RETURNING *
+)
+SELECT t.*, h.seq AS head_seq, h.hash AS head_hash FROM head h LEFT JOIN taken t ON true ORDER BY t.id
+"""
+# The second: the sealed records and the new head, in one statement.
+_CHAIN = f"""
+WITH chained AS (
+    INSERT INTO audit_log ({_COLUMNS})
+    SELECT r.seq, r.time, r.principal, r.operation, r.tenant,
+        ARRAY(SELECT x FROM json_array_elements_text(r.targets) WITH ORDINALITY AS j(x, n) ORDER BY n),
+        r.outcome, r.request_id, r.detail, r.prev, r.hash, r.signature
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::json[], $7::text[],
+        $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
+        AS r(seq, time, principal, operation, tenant, targets, outcome, request_id, detail, prev, hash, signature)
+)
+UPDATE audit_head SET seq = $13, hash = $14 WHERE id = 1
+"""
+
+
+def pending_cte(rows: Sequence[AuditRow], p: Params) -> str:
+    """A data-modifying CTE queueing audit rows (ids in row order), for the write's own statement:
+    targets travel as JSON arrays (unnest cannot carry arrays of arrays)."""
+    columns = [
+        p([r.time for r in rows]),
+        p([r.principal for r in rows]),
+        p([r.operation for r in rows]),
+        p([r.tenant for r in rows]),
+        p([orjson.dumps(list(r.targets)).decode() for r in rows]),
+        p([r.outcome for r in rows]),
+        p([r.request_id for r in rows]),
+        p([orjson.dumps(r.detail).decode() for r in rows]),
+    ]
+    return (
+        "audit_queued AS (INSERT INTO audit_pending"
+        " (time, principal, operation, tenant, targets, outcome, request_id, detail)"
+        " SELECT r.time, r.principal, r.operation, r.tenant,"
+        " ARRAY(SELECT x FROM json_array_elements_text(r.targets) WITH ORDINALITY AS j(x, n) ORDER BY n),"
+        f" r.outcome, r.request_id, r.detail FROM unnest({columns[0]}::text[], {columns[1]}::text[],"
+        f" {columns[2]}::text[], {columns[3]}::text[], {columns[4]}::json[], {columns[5]}::text[],"
+        f" {columns[6]}::text[], {columns[7]}::text[]) WITH ORDINALITY"
+        " AS r(time, principal, operation, tenant, targets, outcome, request_id, detail, n) ORDER BY r.n)"
+    )
 
 
 def _values(record: AuditRecord) -> tuple[Any, ...]:
@@ -133,23 +183,12 @@ class PostgresAudit(Transactions):
         """Queue rows for the sealer in the caller's transaction (committed with its write)."""
         if not rows:
             return
-        values = [
-            (
-                r.time,
-                r.principal,
-                r.operation,
-                r.tenant,
-                list(r.targets),
-                r.outcome,
-                r.request_id,
-                orjson.dumps(r.detail).decode(),
-            )
-            for r in rows
-        ]
-        if len(values) == 1:
-            await connection.execute(_PENDING, *values[0])
-        else:
-            await connection.executemany(_PENDING, values)
+        p = Params()
+        await connection.execute(f"WITH {pending_cte(rows, p)} SELECT 1", *p.values)
+        self._wake_sealer()
+
+    def _wake_sealer(self) -> None:
+        """Rows were queued (the sealer runs once they are committed, SEAL_DELAY later)."""
         self._sealer_wake().set()
 
     def _sealer_wake(self) -> asyncio.Event:
@@ -162,14 +201,10 @@ class PostgresAudit(Transactions):
         """Chain every committed pending row (in batches); returns how many were sealed."""
 
         async def batch(connection: Connection) -> int:
-            head = await connection.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-            assert head is not None
-            pending = await connection.fetch(
-                "DELETE FROM audit_pending WHERE id IN (SELECT id FROM audit_pending ORDER BY id LIMIT $1) RETURNING *",
-                SEAL_BATCH,
-            )
-            if not pending:
+            pending = await connection.fetch(_TAKE, SEAL_BATCH)
+            if not pending or pending[0]["id"] is None:  # the first row: the head alone
                 return 0
+            head = pending[0]
             rows = [
                 AuditRow(
                     p["operation"],
@@ -181,13 +216,12 @@ class PostgresAudit(Transactions):
                     orjson.loads(p["detail"]),
                     p["time"],
                 )
-                for p in sorted(pending, key=lambda p: p["id"])
+                for p in pending
             ]
-            records, new_head = seal(ChainHead(head["seq"], head["hash"]), rows)
-            await connection.executemany(_INSERT, [_values(r) for r in records])
-            await connection.execute(
-                "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", new_head.seq, new_head.hash
-            )
+            records, new_head = seal(ChainHead(head["head_seq"], head["head_hash"]), rows)
+            columns: list[list[Any]] = [list(column) for column in zip(*(_values(r) for r in records), strict=True)]
+            columns[5] = [orjson.dumps(targets).decode() for targets in columns[5]]  # arrays as JSON
+            await connection.execute(_CHAIN, *columns, new_head.seq, new_head.hash)
             return len(pending)
 
         total = 0
@@ -203,7 +237,7 @@ class PostgresAudit(Transactions):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), SEAL_EVERY)
             wake.clear()
-            await asyncio.sleep(0.005)  # let the writes that woke it commit, and more join the batch
+            await asyncio.sleep(SEAL_DELAY)
             try:
                 await self.seal_pending()
             except Exception:  # the next round tries again; nothing is lost (the rows stay pending)

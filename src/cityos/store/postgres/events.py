@@ -39,14 +39,19 @@ _MAX_PAYLOAD = 7900  # PostgreSQL refuses NOTIFY payloads of 8000 bytes and more
 
 
 async def notify(connection: Connection, channel: str, origin: str, event: StoreEvent) -> None:
-    """Queue the event for delivery at commit. A payload too large to send loses its `data`;
-    receivers then reload the object instead of applying the data."""
+    """Queue the event for delivery at commit."""
+    await connection.execute("SELECT pg_notify($1, $2)", channel, payload_of(origin, event))
+
+
+def payload_of(origin: str, event: StoreEvent) -> str:
+    """The event's NOTIFY payload. A payload too large to send loses its `data`; receivers then
+    reload the object instead of applying the data."""
     message = {"o": origin, "k": event.kind, "t": event.tenant, "i": event.key, "d": event.data}
     payload = orjson.dumps(message).decode()
     if len(payload.encode()) > _MAX_PAYLOAD:
         kind = "subscription" if event.kind == "subscription-status" else event.kind
         payload = orjson.dumps({**message, "k": kind, "d": None}).decode()
-    await connection.execute("SELECT pg_notify($1, $2)", channel, payload)
+    return payload
 
 
 def decode(payload: str, origin: str) -> StoreEvent | None:

@@ -25,6 +25,8 @@ from cityos.audit.recorder import row as audit_row
 from cityos.errors import AlreadyExists, DatabaseBusy
 from cityos.store.base import OutboxRow, StoreEvent, SubscriptionRow
 from cityos.store.postgres.busy import Transactions, read_again_once
+from cityos.store.postgres.events import EventFollower, payload_of
+from cityos.store.postgres.sql import Params
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
@@ -69,6 +71,23 @@ WHERE o.id = k.id AND (b.first IS NULL OR k.id < b.first)
 RETURNING o.id, o.tenant, o.subscription_id, o.lane, o.payload, o.attempts
 """
 _UNCLAIMED = "o.claimed_by IS NULL"
+
+
+def outbox_cte(rows: Sequence[OutboxRow], p: Params) -> str:
+    """A data-modifying CTE inserting outbox rows (ids in row order), for the write's statement."""
+    columns = (
+        p([row.tenant for row in rows]),
+        p([row.subscription_id for row in rows]),
+        p([row.lane for row in rows]),
+        p([orjson.dumps(row.payload).decode() for row in rows]),
+    )
+    return (
+        "outbox_added AS (INSERT INTO outbox (tenant, subscription_id, lane, payload)"
+        f" SELECT t, s, l, p FROM unnest({columns[0]}::text[], {columns[1]}::text[], {columns[2]}::text[],"
+        f" {columns[3]}::json[]) WITH ORDINALITY AS r(t, s, l, p, n) ORDER BY n)"
+    )
+
+
 _UNCLAIMED_OR_DEAD = "(o.claimed_by IS NULL OR o.claimed_by = ANY($3::text[]))"
 
 
@@ -82,6 +101,7 @@ class PostgresOutbox(Transactions):
     if TYPE_CHECKING:
         dsn: str
         worker_id: str
+        _events: EventFollower
 
         async def _notify(self, connection: Connection, event: StoreEvent) -> None: ...
 
@@ -157,11 +177,21 @@ class PostgresOutbox(Transactions):
 
     # -- the outbox ----------------------------------------------------------------------------------
     async def _insert_outbox(self, connection: Connection, rows: Sequence[OutboxRow]) -> None:
-        """Called inside mutate's transaction with the notifications its changes owe (ids in row order).
-        A throttled subscription's row is kept only if its period has passed, decided on the
-        subscription's row (locked until this transaction ends), so workers throttle as one."""
-        throttled = [row for row in rows if row.throttling > 0]
-        for row in throttled:
+        """Insert the notifications a write owes, in the caller's transaction (ids in row order)."""
+        due = await self._outbox_due(connection, rows)
+        if due:
+            p = Params()
+            await connection.execute(f"WITH {outbox_cte(due, p)} SELECT 1", *p.values)
+
+    @staticmethod
+    async def _outbox_due(connection: Connection, rows: Sequence[OutboxRow]) -> list[OutboxRow]:
+        """The rows to insert, inside mutate's transaction: a throttled subscription's row is kept
+        only if its period has passed, decided on the subscription's row (locked until this
+        transaction ends), so workers throttle as one."""
+        kept = list(rows)
+        for row in rows:
+            if row.throttling <= 0:
+                continue
             passed = await connection.fetchval(
                 "UPDATE subscriptions SET throttled_until = clock_timestamp() + make_interval(secs => $3)"
                 " WHERE tenant = $1 AND id = $2 AND (throttled_until IS NULL OR throttled_until <= clock_timestamp())"
@@ -171,18 +201,8 @@ class PostgresOutbox(Transactions):
                 row.throttling,
             )
             if not passed:
-                rows = [kept for kept in rows if kept is not row]
-        if not rows:
-            return
-        await connection.execute(
-            "INSERT INTO outbox (tenant, subscription_id, lane, payload)"
-            " SELECT t, s, l, p FROM unnest($1::text[], $2::text[], $3::text[], $4::json[])"
-            " WITH ORDINALITY AS r(t, s, l, p, n) ORDER BY n",
-            [row.tenant for row in rows],
-            [row.subscription_id for row in rows],
-            [row.lane for row in rows],
-            [orjson.dumps(row.payload).decode() for row in rows],
-        )
+                kept = [other for other in kept if other is not row]
+        return kept
 
     async def release_outbox(self) -> None:
         """At start-up: un-claim the rows of this worker and of workers not alive (also of claimants
@@ -234,22 +254,26 @@ class PostgresOutbox(Transactions):
         return claimed
 
     async def finish_outbox(self, row: OutboxRow, *, done: bool, status: SubscriptionRow | None = None) -> None:
+        """One statement: the row deleted (delivered) or its attempts counted, and the subscription's
+        delivery status saved, the other workers told of it at commit."""
+        p = Params()
+        if done:
+            finished = f"finished AS (DELETE FROM outbox WHERE id = {p(row.id)})"
+        else:
+            finished = f"finished AS (UPDATE outbox SET attempts = {p(row.attempts)} WHERE id = {p(row.id)})"
+        if status is None:
+            sql = f"WITH {finished} SELECT 1"
+        else:
+            event = StoreEvent("subscription-status", status.tenant, status.id, data=status.status)
+            saved = p(orjson.dumps(status.status).decode())
+            sql = (
+                f"WITH {finished}, saved AS (UPDATE subscriptions SET status = {saved}"
+                f" WHERE tenant = {p(status.tenant)} AND id = {p(status.id)} RETURNING true)"
+                f" SELECT pg_notify({p(self._events.channel)}, {p(payload_of(self.worker_id, event))}) FROM saved"
+            )
+
         async def work(connection: Connection) -> None:
-            if done:
-                await connection.execute("DELETE FROM outbox WHERE id = $1", row.id)
-            else:
-                await connection.execute("UPDATE outbox SET attempts = $1 WHERE id = $2", row.attempts, row.id)
-            if status is not None:
-                updated = await connection.fetchval(
-                    "UPDATE subscriptions SET status = $1 WHERE tenant = $2 AND id = $3 RETURNING true",
-                    orjson.dumps(status.status).decode(),
-                    status.tenant,
-                    status.id,
-                )
-                if updated:
-                    await self._notify(
-                        connection, StoreEvent("subscription-status", status.tenant, status.id, data=status.status)
-                    )
+            await connection.execute(sql, *p.values)
 
         await self._write(work)
 

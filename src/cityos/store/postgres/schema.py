@@ -91,6 +91,28 @@ ALTER TABLE subscriptions ADD COLUMN throttled_until timestamptz;  -- throttling
 
 _V8 = "ALTER TABLE entity_maps ADD COLUMN owner text;  -- NULL: made with auth off\n"
 
+# The listings' version (store.py, offset anchors): bumped once per transaction that adds or removes
+# an entity or changes its types or expiresAt, by a deferred trigger, i.e. at COMMIT, so the row's
+# lock is held only while the transaction commits (creates do not queue behind each other's work).
+_V9 = """
+CREATE TABLE listing_version (id integer PRIMARY KEY CHECK (id = 0), version bigint NOT NULL);
+INSERT INTO listing_version VALUES (0, 0);
+CREATE FUNCTION listing_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('cityos.listing_bumped', true) IS DISTINCT FROM txid_current()::text THEN
+        UPDATE listing_version SET version = version + 1 WHERE id = 0;
+        PERFORM set_config('cityos.listing_bumped', txid_current()::text, true);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER entities_listed AFTER INSERT OR DELETE ON entities
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION listing_changed();
+CREATE CONSTRAINT TRIGGER entities_relisted AFTER UPDATE OF types, expires_at ON entities
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    WHEN (OLD.types IS DISTINCT FROM NEW.types OR OLD.expires_at IS DISTINCT FROM NEW.expires_at)
+    EXECUTE FUNCTION listing_changed();
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "entities, their side tables and hosted @contexts", _V1),
     Migration(2, "subscriptions, outbox, workers, registrations, entity maps, ingestion records", CATALOG_SQL),
@@ -100,6 +122,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "access policies, versioned", POLICY_SQL),
     Migration(7, "the audit trail: hash-chained records, their queue, head and signed checkpoints", AUDIT_SQL),
     Migration(8, "entity maps belong to the principal that made them", _V8),
+    Migration(9, "the listings' version, which the offset anchors of type listings follow", _V9),
 )
 LATEST = MIGRATIONS[-1].version
 _LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")

@@ -21,6 +21,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -41,7 +42,7 @@ from cityos.store.base import (
     SubscriptionRow,
 )
 from cityos.store.fair import FairShare
-from cityos.store.paging import Pager, bounded, exact_in_sql
+from cityos.store.paging import Pager, bounded, exact_in_sql, listed_type
 from cityos.store.postgres.audit import PostgresAudit
 from cityos.store.postgres.busy import read_again_once, session_settings
 from cityos.store.postgres.catalog import PostgresCatalog
@@ -70,20 +71,69 @@ async def _keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:
     still rolled back by asyncpg before this is called."""
 
 
-async def _stale(connection: Connection, tenant: str, now: str) -> bool:
-    """Whether some entity of the tenant holds an expired part the sweeper has not removed yet:
-    its side rows (attrs, attr_values) still describe what readers no longer see."""
-    found = await connection.fetchval(
-        "SELECT 1 FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= $1 AND tenant = $2 LIMIT 1",
-        now,
-        tenant,
-    )
-    return found is not None
+# The query's first statement: its statement timeout, the listings' version (schema.py) and whether
+# some entity of the tenant holds an expired part the sweeper has not removed yet ($4: asked): its
+# side rows (attrs, attr_values) still describe what readers no longer see, and the anchors'
+# positions count it.
+_FIRST = """
+SELECT set_config('statement_timeout', $1, true),
+    (SELECT version FROM listing_version WHERE id = 0 AND $5) AS version,
+    $4 AND EXISTS (
+        SELECT 1 FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= $3 AND tenant = $2
+    ) AS stale
+"""
+ANCHOR_STEP = 64  # listing positions between two remembered primary keys
+
+
+@dataclass(frozen=True, slots=True)
+class _Anchors:
+    """A listing's keys at positions 0, ANCHOR_STEP, 2 * ANCHOR_STEP, ... at a listings' version:
+    an offset is a seek to the anchor before it and at most ANCHOR_STEP - 1 steps."""
+
+    version: int
+    pks: list[int]
+    total: int
 
 
 def _feed(pager: Pager, documents: list[Entity]) -> bool:
     """Offer documents until the pager has enough; False once it has."""
     return all(pager.offer(document) for document in documents)
+
+
+async def _page_in_sql(
+    connection: Connection, condition: str, params: list[Any], query: EntityQuery, anchors: _Anchors | None
+) -> QueryResult:
+    """Every filter is exact in SQL: the page's keys are chosen over the keys alone (the offset
+    steps over keys, not documents; from the anchor before it when the listing has anchors), and
+    only the page's documents are read, in the same statement."""
+    p = Params()
+    p.values = list(params)
+    condition_here, offset = condition, query.offset
+    if anchors is not None:
+        if query.offset >= anchors.total or query.limit == 0:
+            more = query.limit is not None and query.offset + query.limit < anchors.total
+            return QueryResult([], anchors.total if query.count else None, more)
+        step = query.offset // ANCHOR_STEP
+        condition_here = f"{condition} AND e.pk >= {p(anchors.pks[step])}"
+        offset = query.offset - step * ANCHOR_STEP
+    paging = "" if query.limit is None else f" LIMIT {p(query.limit + 1)} OFFSET {p(offset)}"
+    rows = await connection.fetch(
+        f"WITH page AS MATERIALIZED (SELECT e.pk FROM entities e WHERE {condition_here} ORDER BY e.pk{paging})"
+        " SELECT e.doc FROM page JOIN entities e ON e.pk = page.pk ORDER BY page.pk",
+        *p.values,
+    )
+    has_more = query.limit is not None and len(rows) > query.limit
+    if has_more:
+        rows = rows[: query.limit]
+    decoded = (visible(orjson.loads(row["doc"])) for row in budget.checked(rows))  # decoded on the loop
+    entities = [entity for entity in decoded if entity is not None]
+    total = None
+    if query.count:
+        if anchors is not None:
+            total = anchors.total
+        else:
+            total = await connection.fetchval(f"SELECT count(*) FROM entities e WHERE {condition}", *params)
+    return QueryResult(entities, total, has_more)
 
 
 class PostgresStore(
@@ -118,6 +168,8 @@ class PostgresStore(
         self._refresher: Callable[[list[SubscriptionRow]], Awaitable[None]] | None = None
         self._subscriptions_seen = -1  # the catalogue version the refresher last loaded
         self._refreshing = asyncio.Lock()
+        self._tenants_made: set[str] = set()  # writes.py
+        self._anchors: dict[tuple[str, str], _Anchors] = {}  # type listings' offset anchors (tenant, type)
 
     # -- plumbing ------------------------------------------------------------------------------
     @property
@@ -254,6 +306,10 @@ class PostgresStore(
         in_sql = dataclasses.replace(query, predicate=None)
         query = bounded(query, self.query_timeout)  # the Python half stops at the deadline too
         fresh_rows_needed = query.attrs is not None or bool(query.value_filters)
+        listed = listed_type(in_sql) if exact else None
+        anchored = (
+            listed is not None and in_sql.limit is not None and (in_sql.offset >= 2 * ANCHOR_STEP or in_sql.count)
+        )
         p = Params()
         condition = where(tenant, query, now, p)
         try:
@@ -263,11 +319,22 @@ class PostgresStore(
                 self.pool.acquire() as connection,
                 connection.transaction(readonly=True),
             ):
-                await connection.execute(
-                    "SELECT set_config('statement_timeout', $1, true)", f"{int(self.query_timeout * 1000)}"
+                # one round trip: the statement timeout, and what decides how the query runs
+                first = await connection.fetchrow(
+                    _FIRST,
+                    f"{int(self.query_timeout * 1000)}",
+                    tenant,
+                    now,
+                    exact and (fresh_rows_needed or anchored),
+                    anchored,
                 )
-                if exact and not (fresh_rows_needed and await _stale(connection, tenant, now)):
-                    return await self._page_in_sql(connection, condition, p.values, in_sql)
+                assert first is not None
+                stale = bool(first["stale"])
+                if exact and not (fresh_rows_needed and stale):
+                    anchors = None
+                    if listed is not None and anchored and not stale:
+                        anchors = await self._anchors_of(connection, tenant, listed, first["version"], condition, p)
+                    return await _page_in_sql(connection, condition, p.values, in_sql, anchors)
                 pager = Pager(query, now)
                 sql = f"SELECT e.doc FROM entities e WHERE {condition} ORDER BY e.pk"
                 cursor = await connection.cursor(sql, *p.values)
@@ -286,32 +353,27 @@ class PostgresStore(
         except asyncpg.InvalidRegularExpressionError as exc:
             raise BadRequestData(f"idPattern is not a valid regular expression: {exc}") from exc
 
-    @staticmethod
-    async def _page_in_sql(
-        connection: Connection, condition: str, params: list[Any], query: EntityQuery
-    ) -> QueryResult:
-        """Every filter is exact in SQL: choose the page's keys there (the offset steps over keys,
-        not documents), then read and decode only the page."""
-        sql = f"SELECT e.pk FROM entities e WHERE {condition} ORDER BY e.pk"
-        page_params = list(params)
-        if query.limit is not None:
-            sql += f" LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}"
-            page_params += [query.limit + 1, query.offset]
-        pks = [row["pk"] for row in await connection.fetch(sql, *page_params)]
+    async def _anchors_of(
+        self, connection: Connection, tenant: str, listed: str, version: int, condition: str, p: Params
+    ) -> _Anchors:
+        """The anchors of a listing at `version` (read in this transaction), built from this
+        snapshot when the cached ones are older: the key at every ANCHOR_STEP-th position, and the
+        total, in one statement that sends only those keys."""
+        key = (tenant, listed)
+        anchors = self._anchors.get(key)
+        if anchors is not None and anchors.version == version:
+            return anchors
         rows = await connection.fetch(
-            "SELECT e.doc FROM unnest($1::bigint[]) WITH ORDINALITY AS k(pk, n) JOIN entities e ON e.pk = k.pk"
-            " ORDER BY k.n",
-            pks,
+            "SELECT pk, total FROM (SELECT e.pk, row_number() OVER (ORDER BY e.pk) - 1 AS n,"
+            f" count(*) OVER () AS total FROM entities e WHERE {condition}) r"
+            f" WHERE r.n % {ANCHOR_STEP} = 0 ORDER BY r.pk",
+            *p.values,
         )
-        decoded = (visible(orjson.loads(row["doc"])) for row in budget.checked(rows))  # decoded on the loop
-        entities = [entity for entity in decoded if entity is not None]
-        has_more = query.limit is not None and len(entities) > query.limit
-        if has_more:
-            entities.pop()
-        total = None
-        if query.count:
-            total = await connection.fetchval(f"SELECT count(*) FROM entities e WHERE {condition}", *params)
-        return QueryResult(entities, total, has_more)
+        anchors = _Anchors(version, [row["pk"] for row in rows], rows[0]["total"] if rows else 0)
+        if len(self._anchors) > 256:  # tenants x types listed with offsets: keep it bounded
+            self._anchors.clear()
+        self._anchors[key] = anchors
+        return anchors
 
     # -- hosted @contexts --------------------------------------------------------------------------
     async def save_context(self, row: StoredContextRow) -> None:

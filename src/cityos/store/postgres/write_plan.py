@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
@@ -106,10 +105,10 @@ class WritePlan:
         `statement`, whose insert of the new row would otherwise meet the old one's (tenant, id)."""
         return [s.pk for s in self.slots.values() if s.dropped and s.created is not None and s.pk is not None]
 
-    def statement(self, pks: list[int]) -> tuple[str, list[Any]] | None:
-        """One statement that brings `entities` and its side tables to the plan (None: no change);
-        `pks` are drawn from the entities' sequence, one for each of `added()`."""
-        p = Params()
+    def ctes(self, pks: list[int], p: Params) -> list[str]:
+        """The data-modifying CTEs that bring `entities` and its side tables to the plan (none: no
+        change), for one statement with what else the write inserts; `pks` are drawn from the
+        entities' sequence, one for each new row."""
         ctes: list[str] = []
         gone = [s.pk for s in self.slots.values() if s.dropped and s.created is None]
         if gone:
@@ -164,9 +163,7 @@ class WritePlan:
                 f" FROM unnest({p([b[0] for b in boxes])}::bigint[], {p([b[1] for b in boxes])}::text[], {corners})"
                 " AS r(pk, attr, x0, x1, y0, y1))"
             )
-        if not ctes:
-            return None
-        return "WITH " + ", ".join(ctes) + " SELECT 1", p.values
+        return ctes
 
     def _new(self) -> list[tuple[Key, _Slot]]:
         return [(key, s) for key, s in self.slots.items() if s.created is not None and s.entity is not None]

@@ -1,16 +1,17 @@
 """The entity write path on PostgreSQL (mutate, and the expiry sweep), mixed into PostgresStore.
 
 One transaction per call, a handful of round trips whatever its size:
-1. the tenant row, and every entity's advisory lock in id order (two writes that share entities
-   queue behind each other instead of deadlocking; the lock also covers an entity that does not
-   exist yet, so two creates of one id serialise instead of failing on the unique index);
-2. the stored rows (FOR UPDATE), the subscriptions' catalogue version, and pks for the rows that
-   may be created, in one statement;
+1. in one statement: every entity's advisory lock in id order (two writes that
+   share entities queue behind each other instead of deadlocking; the lock also covers an entity
+   that does not exist yet, so two creates of one id serialise instead of failing on the unique
+   index), the stored rows (FOR UPDATE), the subscriptions' catalogue version, and pks for the
+   rows that may be created;
+2. only when some entity has no row: its row read again, in a snapshot taken after the locks;
 3. every mutator and change listener, in Python, against a WritePlan (write_plan.py): on the
    store's sync thread in one hand-off, since a listener's lookup of another entity must await
    this transaction's connection on the event loop;
-4. one statement for `entities` and its side tables, one for the outbox rows, two for the
-   history (temporal.py), one for the audit queue (audit.py).
+4. one statement for `entities`, its side tables, the outbox rows (outbox.py), the audit queue
+   (audit.py) and the tenant's row (the first time), two for the history (temporal.py).
 
 An operation that fails (its mutator or a listener raised an NgsiLdError) is taken out of the
 plan, its rows dropped, and the others go on (atomic=False): no SAVEPOINT, since nothing of it had
@@ -33,7 +34,10 @@ from cityos.entities.model import Entity
 from cityos.entities.update import Mutator, Outcome
 from cityos.errors import NgsiLdError
 from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
+from cityos.store.postgres.audit import pending_cte
 from cityos.store.postgres.busy import Transactions
+from cityos.store.postgres.outbox import outbox_cte
+from cityos.store.postgres.sql import Params
 from cityos.store.postgres.write_plan import Key, WritePlan
 
 if TYPE_CHECKING:
@@ -41,20 +45,28 @@ if TYPE_CHECKING:
 
     from cityos.store.postgres.schema import Connection
 
-_LOCK = """
-WITH tenant AS (INSERT INTO tenants (name) VALUES ($1) ON CONFLICT DO NOTHING)
-SELECT count(pg_advisory_xact_lock(hashtext($1), hashtext(id)))
-FROM (SELECT u.id FROM unnest($2::text[]) AS u(id) ORDER BY u.id COLLATE "C") AS ids
-"""
-# The first row: the subscriptions' catalogue version and as many pks as ids have no row (a create
-# uses one; an operation that fails leaves a gap, as a rolled-back INSERT does); then the rows.
+# One statement: every entity's advisory lock in id order (a one-time filter, so all
+# are held before the first row is locked), then the stored rows FOR UPDATE. The first row: the
+# subscriptions' catalogue version and as many pks as ids have no row (a create uses one; an
+# operation that fails leaves a gap, as a rolled-back INSERT does); then the rows. Its snapshot
+# is taken before the locks are: a row changed meanwhile is read at its latest version (FOR
+# UPDATE), but a row created meanwhile is not seen, so the ids found missing are read again (_AGAIN).
 _READ = """
-WITH locked AS (SELECT pk, id, doc FROM entities WHERE tenant = $1 AND id = ANY($2::text[]) FOR UPDATE)
+WITH locks AS MATERIALIZED (
+    SELECT count(pg_advisory_xact_lock(hashtext($1), hashtext(id))) AS held
+    FROM (SELECT u.id FROM unnest($2::text[]) AS u(id) ORDER BY u.id COLLATE "C") AS ids
+),
+locked AS (
+    SELECT pk, id, doc FROM entities
+    WHERE tenant = $1 AND id = ANY($2::text[]) AND (SELECT held FROM locks) IS NOT NULL
+    FOR UPDATE
+)
 SELECT NULL::bigint AS pk, NULL::text AS id, NULL::json AS doc,
     (SELECT version FROM catalog_versions WHERE name = 'subscriptions') AS version,
     ARRAY(SELECT nextval('entities_pk_seq') FROM generate_series(1, $3 - (SELECT count(*) FROM locked))) AS pks
 UNION ALL SELECT pk, id, doc, NULL, NULL FROM locked
 """
+_AGAIN = "SELECT pk, id, doc FROM entities WHERE tenant = $1 AND id = ANY($2::text[]) FOR UPDATE"
 _MORE_PKS = "SELECT ARRAY(SELECT nextval('entities_pk_seq') FROM generate_series(1, $1))"
 _LOCK_SWEPT = """
 SELECT k.n FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(tenant, id, n)
@@ -97,16 +109,17 @@ class PostgresWrites(Transactions):
     if TYPE_CHECKING:
         _listeners: dict[str, tuple[ChangeListener, Wake | None]]
         _sync_pool: ThreadPoolExecutor
+        _tenants_made: set[str]  # tenants whose row this process has seen committed (_flush)
 
         def _block_on(self, coroutine: Any) -> Any: ...
 
         async def _fresh_subscriptions(self, connection: Connection, version: int | None = None) -> None: ...
 
-        async def _insert_outbox(self, connection: Connection, rows: Sequence[OutboxRow]) -> None: ...
+        async def _outbox_due(self, connection: Connection, rows: Sequence[OutboxRow]) -> list[OutboxRow]: ...
+
+        def _wake_sealer(self) -> None: ...
 
         async def _append_history(self, connection: Connection, rows: Sequence[HistoryRow]) -> None: ...
-
-        async def _seal_audit(self, connection: Connection, rows: Sequence[AuditRow]) -> None: ...
 
         async def _purge_expired_maps(self, connection: Connection, now: str) -> None: ...
 
@@ -118,7 +131,6 @@ class PostgresWrites(Transactions):
         wakes: list[Wake] = []
 
         async def work(connection: Connection) -> list[MutationResult]:
-            await connection.execute(_LOCK, tenant, ids)
             plan = WritePlan()
             version = pks = None
             for row in await connection.fetch(_READ, tenant, ids, len(ids)):
@@ -126,16 +138,23 @@ class PostgresWrites(Transactions):
                     version, pks = row["version"], list(row["pks"])
                 else:
                     plan.load(tenant, row["id"], row["pk"], row["doc"])
-            for entity_id in ids:
-                if not plan.holds((tenant, entity_id)):
-                    plan.load(tenant, entity_id, None, None)
+            missing = [entity_id for entity_id in ids if not plan.holds((tenant, entity_id))]
+            if missing:  # a snapshot taken after the locks: rows created by the writes they waited for
+                for row in await connection.fetch(_AGAIN, tenant, missing):
+                    plan.load(tenant, row["id"], row["pk"], row["doc"])
+                for entity_id in missing:
+                    if not plan.holds((tenant, entity_id)):
+                        plan.load(tenant, entity_id, None, None)
             await self._fresh_subscriptions(connection, version)
             results, owed = await self._run(connection, plan, steps, atomic=atomic)
-            await self._flush(connection, plan, pks or [], owed)
+            await self._flush(connection, plan, pks or [], owed, tenant)
             wakes[:] = owed.wakes
             return results
 
         results = await self._write(work)
+        if len(self._tenants_made) > 10_000:  # a bound: forgetting one costs one more CTE
+            self._tenants_made.clear()
+        self._tenants_made.add(tenant)  # committed: its row exists (tenant rows are never deleted)
         for wake in wakes:  # after the commit: the rows are there to claim
             wake()
         return results
@@ -209,22 +228,36 @@ class PostgresWrites(Transactions):
         )
         return done
 
-    async def _flush(self, connection: Connection, plan: WritePlan, pks: list[int], owed: _Owed) -> None:
-        """Write the plan and what the listeners owe, in this transaction; the audit rows last."""
+    async def _flush(
+        self, connection: Connection, plan: WritePlan, pks: list[int], owed: _Owed, tenant: str | None = None
+    ) -> None:
+        """Write the plan and what the listeners owe, in this transaction, and the tenant's row
+        (when this process has not seen it committed yet). The tenant comes last, not first: an
+        insert that meets another transaction's uncommitted row of the same tenant waits for that
+        transaction to end, so two batches into a new tenant (a fresh database's default one, while
+        loading) wait for each other's last statements only, not for each other's whole work (which
+        on a loaded machine outlasted the busy timeout: a 503)."""
         needed = plan.new_rows()
         if needed > len(pks):  # an entity deleted and created again in this write: a new row, a new pk
             pks = pks + list(await connection.fetchval(_MORE_PKS, needed - len(pks)))
         replaced = plan.replaced()
         if replaced:
             await connection.execute("DELETE FROM entities WHERE pk = ANY($1::bigint[])", replaced)
-        statement = plan.statement(pks[:needed])
-        if statement is not None:
-            await connection.execute(statement[0], *statement[1])
-        if owed.outbox:
-            await self._insert_outbox(connection, owed.outbox)
+        p = Params()
+        ctes = plan.ctes(pks[:needed], p)
+        outbox = await self._outbox_due(connection, owed.outbox) if owed.outbox else []
+        if outbox:
+            ctes.append(outbox_cte(outbox, p))
+        if owed.audit:  # queued with the write, sealed after COMMIT
+            ctes.append(pending_cte(owed.audit, p))
+        if tenant is not None and tenant not in self._tenants_made:
+            ctes.append(f"tenant_added AS (INSERT INTO tenants (name) VALUES ({p(tenant)}) ON CONFLICT DO NOTHING)")
+        if ctes:
+            await connection.execute("WITH " + ", ".join(ctes) + " SELECT 1", *p.values)
+        if owed.audit:
+            self._wake_sealer()
         if owed.history:
             await self._append_history(connection, owed.history)
-        await self._seal_audit(connection, owed.audit)  # last: queued with the write, sealed after COMMIT
 
 
 def _becomes(after: Entity | None) -> Mutator:

@@ -1,0 +1,111 @@
+"""PostgreSQL only: what a write waits for when another write into the same tenant or entity is
+still open (store/postgres/writes.py). One worker's write is held open by a change listener that
+blocks on its sync thread; the other worker's write runs meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from tests.test_store_contract import _migrate, make, postgres_schema, prop, value_of
+
+from cityos.entities import update
+from cityos.entities.model import Entity
+from cityos.store import open_store
+from cityos.store.base import ChangeListener, EntityChange, EntityLookup, OutboxRow
+
+
+def _holding(entity_id: str, release: threading.Event, entered: threading.Event) -> ChangeListener:
+    """A change listener that keeps the write of `entity_id` open until `release` is set."""
+
+    def listener(change: EntityChange, lookup: EntityLookup) -> list[OutboxRow]:
+        if change.entity_id == entity_id:
+            entered.set()
+            release.wait(10)
+        return []
+
+    return listener
+
+
+def _set(n: int) -> update.Mutator:
+    def run(current: Entity | None) -> update.Outcome:
+        if current is None:
+            raise AssertionError("the entity was created before this write read it")
+        return update.Outcome({**current, "attrs": {**current["attrs"], "https://example.org/n": [prop(n)]}})
+
+    return run
+
+
+def test_postgres_a_write_into_a_new_tenant_does_not_wait_for_another_open_one(
+    postgres_skip_reason: str | None,
+) -> None:
+    """The first write into a tenant inserts the tenant's row in its last statement: a second
+    worker's write into that tenant completes while the first is still running its mutators and
+    listeners (it used to wait for the whole first write, and past the busy timeout answer 503: two
+    batches loading a fresh database)."""
+    with postgres_schema(postgres_skip_reason) as (loop, url):
+        loop.run_until_complete(_migrate(url))
+        workers = [open_store(url, busy_timeout=1.0) for _ in range(2)]
+        release, entered = threading.Event(), threading.Event()
+
+        async def scenario() -> None:
+            for worker in workers:
+                await worker.open()
+            try:
+                workers[0].set_change_listener(_holding("urn:x:a", release, entered), None, name="hold")
+                held = asyncio.create_task(
+                    workers[0].mutate("fresh", [("urn:x:a", update.create(make("urn:x:a", "T")))], atomic=True)
+                )
+                while not entered.is_set():
+                    await asyncio.sleep(0.01)
+                [result] = await workers[1].mutate(
+                    "fresh", [("urn:x:b", update.create(make("urn:x:b", "T")))], atomic=True
+                )
+                assert result.error is None
+                assert not held.done()
+                release.set()
+                [first] = await held
+                assert first.error is None
+            finally:
+                release.set()
+                for worker in workers:
+                    await worker.close()
+
+        loop.run_until_complete(scenario())
+
+
+def test_postgres_a_write_that_waited_for_a_create_sees_the_created_entity(postgres_skip_reason: str | None) -> None:
+    """A write that reads its rows in the statement that takes the entity locks: an entity created
+    by the write it waited for is not in that statement's snapshot, so it is read again after the
+    locks, and the update applies to it (no 404)."""
+    with postgres_schema(postgres_skip_reason) as (loop, url):
+        loop.run_until_complete(_migrate(url))
+        workers = [open_store(url) for _ in range(2)]
+        release, entered = threading.Event(), threading.Event()
+
+        async def scenario() -> Entity | None:
+            for worker in workers:
+                await worker.open()
+            try:
+                await workers[1].mutate("", [("urn:x:other", update.create(make("urn:x:other", "T")))], atomic=True)
+                workers[0].set_change_listener(_holding("urn:x:c", release, entered), None, name="hold")
+                created = asyncio.create_task(
+                    workers[0].mutate("", [("urn:x:c", update.create(make("urn:x:c", "T", n=prop(0))))], atomic=True)
+                )
+                while not entered.is_set():
+                    await asyncio.sleep(0.01)
+                waiting = asyncio.create_task(workers[1].mutate("", [("urn:x:c", _set(1))], atomic=True))
+                await asyncio.sleep(0.3)  # its statement is waiting for the lock
+                assert not waiting.done()
+                release.set()
+                await created
+                [result] = await waiting
+                assert result.error is None
+                return await workers[1].get_entity("", "urn:x:c")
+            finally:
+                release.set()
+                for worker in workers:
+                    await worker.close()
+
+        found = loop.run_until_complete(scenario())
+        assert found is not None and value_of(found, "n") == 1
