@@ -357,12 +357,14 @@ class PostgresTemporalReads(Transactions):
     async def _aggregate(
         self, connection: Connection, selection: Selection, query: TemporalQuery, spec: AggregationSpec, now: int
     ) -> list[AggregatedEntity]:
-        """One GROUP BY over (entity, attribute, datasetId, period number) of the windowed instances."""
+        """Per series of the page's entities, a GROUP BY over the period number of its windowed
+        instances, computing only the statistics spec.stats asks for."""
         selected = selection.rows
         if not selected:
             return []
         p = Params()
-        where = instance_filter(query, now, p, scoped=selection.scoped)
+        # attrs and datasetIds are those of the series already
+        where = instance_filter(query, now, p, selection=False, scoped=selection.scoped)
         pks = p([pk for pk, _, _ in selected])
         column = column_of(query)
         if spec.months:
@@ -371,24 +373,21 @@ class PostgresTemporalReads(Transactions):
             period = f"((p.t - p.origin) / {int(spec.micros)}::bigint)"
         else:
             period = "0::bigint"
-        rows = (
-            f"SELECT i.epk, i.attr, i.dataset, i.kind, {column} AS t, i.num, i.vtext"
-            f" FROM temporal_instances i WHERE i.epk = ANY({pks}::bigint[]) AND {where}"
-        )
+        # per series (a skip scan finds them), one GROUP BY on the period number alone: hashed
+        same = f"i.epk = s.epk AND i.attr = s.attr AND i.dataset = s.dataset AND {where}"
         if spec.origin is None:  # each series' periods count from its first instance in the window
-            source = (
-                f"WITH w AS ({rows}),"
-                " o AS (SELECT epk, attr, dataset, min(t) AS origin FROM w GROUP BY epk, attr, dataset)"
-                " SELECT w.*, o.origin FROM w JOIN o ON o.epk = w.epk AND o.attr = w.attr AND o.dataset = w.dataset"
-            )
+            origin = f"(SELECT min({column}) FROM temporal_instances i WHERE {same})"
         else:
-            source = f"SELECT w.*, {p(spec.origin)}::bigint AS origin FROM ({rows}) w"
+            origin = f"{p(spec.origin)}::bigint"
         stats = ", ".join(
             f'{STAT_SQL[stat] if spec.wants(stat) else NOT_ASKED.get(stat, "NULL")} AS "{stat}"' for stat in STATS
         )
         sql = (
-            f"SELECT epk, attr, dataset, max(kind) AS kind, {period} AS k, origin, min(t) AS first, max(t) AS last,"
-            f" {stats} FROM ({source}) p GROUP BY epk, attr, dataset, k, origin ORDER BY epk, attr, dataset, k"
+            f"SELECT s.epk, s.attr, s.dataset, x.* FROM ({series_of(query, pks, p)}) s CROSS JOIN LATERAL"
+            f" (SELECT max(kind) AS kind, {period} AS k, origin, min(t) AS first, max(t) AS last, {stats}"
+            f" FROM (SELECT i.kind, {column} AS t, i.num, i.vtext, o.origin FROM temporal_instances i,"
+            f" (SELECT {origin} AS origin) o WHERE {same}) p GROUP BY k, origin) x"
+            " ORDER BY s.epk, s.attr, s.dataset, x.k"
         )
         series: dict[int, dict[str, dict[str, AggregatedSeries]]] = {}
         for row in await connection.fetch(sql, *p.values):
