@@ -165,7 +165,8 @@ class PostgresTemporalReads(Transactions):
                 # no JIT: the skip scans' recursive row estimates are large enough to compile a plan
                 # that runs in a millisecond (seconds of compilation on a busy machine)
                 await connection.execute(
-                    "SELECT set_config('statement_timeout', $1, true), set_config('jit', 'off', true)",
+                    "SELECT set_config('statement_timeout', $1, true), set_config('jit', 'off', true),"
+                    " set_config('plan_cache_mode', 'force_generic_plan', true)",
                     f"{max(1, int(timeout * 1000))}",
                 )
                 return await fn(connection)
