@@ -329,26 +329,43 @@ class PostgresTemporalReads(Transactions):
         selected = selection.rows
         if query.max_instances <= 0 or not selected:
             return [{"id": entity_id, "type": types, "attrs": {}} for _, entity_id, types in selected], None
-        p = Params()
-        source = self._kept_source(query, selection, now, p, "i.pk, i.epk, i.attr")
-        keys = await connection.fetch(
-            f"SELECT b.epk, b.attr FROM ({source}) b GROUP BY b.epk, b.attr ORDER BY min(b.pk)", *p.values
-        )
-        p = Params()
-        source = self._kept_source(query, selection, now, p, "i.pk, i.epk, i.attr, i.instance_id, i.doc")
-        direction = "DESC" if query.last_n is not None else "ASC"
-        rows = await connection.fetch(
-            f"SELECT b.epk, b.attr, b.t, b.pk, b.instance_id, b.doc FROM ({source}) b"
-            f" ORDER BY b.t {direction}, b.pk {direction} LIMIT {p(query.max_instances + 1)}::bigint",
-            *p.values,
-        )
+        columns = "i.pk, i.epk, i.attr, i.instance_id, i.doc"
+        if query.last_n is not None and query.last_n <= query.max_instances + 1:
+            # the newest n of each series are few: one statement gives them and the attribute order
+            p = Params()
+            source = self._kept_source(query, selection, now, p, columns)
+            newest = await connection.fetch(
+                f"SELECT b.epk, b.attr, b.t, b.pk, b.instance_id, b.doc,"
+                f" min(b.pk) OVER (PARTITION BY b.epk, b.attr) AS first FROM ({source}) b ORDER BY b.t DESC, b.pk DESC",
+                *p.values,
+            )
+            order = {(row["epk"], row["attr"]): row["first"] for row in newest}
+            keys = sorted(order, key=order.__getitem__)
+            rows = newest[: query.max_instances + 1]
+        else:
+            p = Params()
+            source = self._kept_source(query, selection, now, p, "i.pk, i.epk, i.attr")
+            keys = [
+                (row["epk"], row["attr"])
+                for row in await connection.fetch(
+                    f"SELECT b.epk, b.attr FROM ({source}) b GROUP BY b.epk, b.attr ORDER BY min(b.pk)", *p.values
+                )
+            ]
+            p = Params()
+            source = self._kept_source(query, selection, now, p, columns)
+            direction = "DESC" if query.last_n is not None else "ASC"
+            rows = await connection.fetch(
+                f"SELECT b.epk, b.attr, b.t, b.pk, b.instance_id, b.doc FROM ({source}) b"
+                f" ORDER BY b.t {direction}, b.pk {direction} LIMIT {p(query.max_instances + 1)}::bigint",
+                *p.values,
+            )
         cut = None
         if len(rows) > query.max_instances:
             rows = rows[: query.max_instances]
             cut = (int(rows[0]["t"]), int(rows[-1]["t"]))
         found: dict[int, dict[str, list[tuple[int, int, Instance]]]] = {}
-        for key in keys:
-            found.setdefault(key["epk"], {})[key["attr"]] = []
+        for epk, attr in keys:
+            found.setdefault(epk, {})[attr] = []
         for row in rows:
             instance = orjson.loads(row["doc"])
             instance["instanceId"] = row["instance_id"]
