@@ -32,6 +32,7 @@ from cityos.store.temporal_base import (
     AggregationSpec,
     TemporalQuery,
     TemporalWindow,
+    stats_for,
 )
 from cityos.temporal.history import HistoryRecorder
 from cityos.temporal.query import to_micros
@@ -299,6 +300,10 @@ SPECS = {
     "two months": AggregationSpec(months=2, origin=us("2023-10-31T12:00:00+00:00")),
     "quarters from after the data": AggregationSpec(months=3, origin=us("2024-05-15T00:00:00+00:00")),
     "months from before 1970": AggregationSpec(months=1, origin=us("1969-11-30T00:00:00.250000+00:00")),
+    # only what the methods need (the API asks for no more): the rest is 0 or None on both
+    "days, avg only": AggregationSpec(micros=DAY, stats=stats_for(["avg"])),
+    "one period, count and min": AggregationSpec(stats=stats_for(["totalCount", "min"])),
+    "months, distinct and stddev": AggregationSpec(months=1, stats=stats_for(["distinctCount", "stddev"])),
 }
 
 

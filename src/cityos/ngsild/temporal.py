@@ -10,7 +10,7 @@ and be answered 400 or 405, which `{param}` routes cannot express.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, unquote
@@ -49,7 +49,8 @@ from cityos.ngsild.querying import (
 from cityos.query import budget
 from cityos.query.entity_maps import render as render_map
 from cityos.query.entity_query import QuerySpec, build_entity_query, scope_predicate
-from cityos.store.temporal_base import AggregationSpec, TemporalQuery, TemporalWindow
+from cityos.store.base import EntityStore
+from cityos.store.temporal_base import AggregationSpec, TemporalQuery, TemporalWindow, stats_for
 from cityos.temporal.model import (
     TemporalView,
     parse_instance_patch,
@@ -275,12 +276,15 @@ def _aggregation_spec(temporal: TemporalRequest) -> AggregationSpec:
     """Periods start at timeAt for after/between, else at each attribute's first instance."""
     assert temporal.aggregation is not None
     duration = temporal.aggregation.duration
-    return AggregationSpec(duration.months, duration.micros, temporal.window.start)
+    return AggregationSpec(
+        duration.months, duration.micros, temporal.window.start, stats_for(temporal.aggregation.methods)
+    )
 
 
 @budget.per_request
 async def retrieve_temporal(request: Request, entity_id: str) -> Response:
-    """GET /temporal/entities/{id}."""
+    """GET /temporal/entities/{id}: one read answers (the entity's existence, and that of the
+    attributes asked for, are checked in it); the reasons for a 404 are looked up after it."""
     check_params(request, RETRIEVE_PARAMS)
     media = accept(request)
     tenant_name = await existing_tenant(request)
@@ -288,24 +292,22 @@ async def retrieve_temporal(request: Request, entity_id: str) -> Response:
     params = request.query_params
     temporal = _request(request, context, params, params)
     store = services(request).store
-    info = await store.temporal_entity(tenant_name, entity_id)
-    if info is None:
-        raise ResourceNotFound(f"entity {entity_id} has no temporal evolution")
     render = temporal.view.options
-    if render.attrs is not None and not any(iri in info.attrs for iri in render.attrs):
-        raise ResourceNotFound(f"entity {entity_id} has none of the requested attributes")
     names = csv_param(request, "attrs")
     attrs = None if names is None else [context.terms.expand(check_name(n, "attribute name")) for n in names]
     query = _store_query(request, QuerySpec(ids=[entity_id]), context, temporal)
     query.attrs, query.require_instances = attrs, False
+    query.any_of_attrs = None if render.attrs is None else sorted(render.attrs)
     read = access.temporal_read(request, tenant_name, query)
     headers: dict[str, str] = {}
     status = 200
+    body: dict[str, Any] = {}
     if temporal.aggregation is not None:
         spec = _aggregation_spec(temporal)
         found_aggregates = (await store.temporal_aggregate(tenant_name, query, spec)).entities
         aggregated = [access.project_aggregated(read, e) for e in found_aggregates]
-        body = render_aggregated(aggregated[0], render, temporal.aggregation, temporal.window) if aggregated else {}
+        if aggregated:
+            body = render_aggregated(aggregated[0], render, temporal.aggregation, temporal.window)
     else:
         result = await store.temporal_query(tenant_name, query)
         found = [read.project(e) for e in result.entities]
@@ -315,9 +317,19 @@ async def retrieve_temporal(request: Request, entity_id: str) -> Response:
             status = 206
             headers["Content-Range"] = content_range(temporal.window, temporal.last_n, *result.cut)
     if not body:
-        raise ResourceNotFound(f"the projection leaves nothing of entity {entity_id}")
+        await _why_not_found(store, tenant_name, entity_id, render.attrs)
     response = json_response(body, status=status, media=media, context=context, headers=headers)
     return await entity_maps.for_entity(request, tenant_name, entity_id, response)
+
+
+async def _why_not_found(store: EntityStore, tenant_name: str, entity_id: str, attrs: Collection[str] | None) -> None:
+    """The 404 of a retrieval that found nothing to show, saying why."""
+    info = await store.temporal_entity(tenant_name, entity_id)
+    if info is None:
+        raise ResourceNotFound(f"entity {entity_id} has no temporal evolution")
+    if attrs is not None and not any(iri in info.attrs for iri in attrs):
+        raise ResourceNotFound(f"entity {entity_id} has none of the requested attributes")
+    raise ResourceNotFound(f"the projection leaves nothing of entity {entity_id}")
 
 
 async def temporal_entity_maps(request: Request) -> Response:

@@ -38,6 +38,7 @@ from cityos.store.sqlite_history import (
 )
 from cityos.store.temporal_base import (
     SCOPE_ATTR,
+    STATS,
     AggregatedEntity,
     AggregatedSeries,
     AggregatePage,
@@ -67,6 +68,7 @@ CREATE TABLE IF NOT EXISTS temporal_entities (
 CREATE TABLE IF NOT EXISTS temporal_types (
     type TEXT NOT NULL, epk INTEGER NOT NULL, PRIMARY KEY (type, epk)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS temporal_datasets ON temporal_rows (epk, attr, dataset) WHERE dataset > 0;
 """  # the instances (temporal_rows, temporal_names): sqlite_history.LAYOUT_SCHEMA
 _MONTH = (
     "(CAST(strftime('%Y', {x} / 1000000, 'unixepoch') AS INTEGER) * 12"
@@ -104,6 +106,18 @@ _ASSIGN = (
     " num = ?, vtext = ?, vkind = ?, rest = ?"
 )
 _COLUMNS = ", ".join(f"i.{name}" for name in DECODED)
+# skip scans (each step one index seek): an entity's attributes, and an attribute's datasetIds other
+# than the default one (through the partial index temporal_datasets, whose condition they repeat)
+_ATTRS_OF = (
+    "WITH RECURSIVE a(x) AS (SELECT MIN(attr) FROM temporal_rows WHERE epk = ?"
+    " UNION ALL SELECT (SELECT MIN(attr) FROM temporal_rows WHERE epk = ? AND attr > a.x) FROM a WHERE a.x IS NOT NULL)"
+    " SELECT x FROM a"
+)
+_DATASETS_OF = (
+    "WITH RECURSIVE d(x) AS (SELECT MIN(dataset) FROM temporal_rows WHERE epk = ? AND attr = ? AND dataset > 0"
+    " UNION ALL SELECT (SELECT MIN(dataset) FROM temporal_rows WHERE epk = ? AND attr = ? AND dataset > 0"
+    " AND dataset > d.x) FROM d WHERE d.x IS NOT NULL) SELECT x FROM d"
+)
 
 
 def _months_between(months: int) -> str:
@@ -353,16 +367,18 @@ class SQLiteTemporal:
         *,
         selection: bool = True,
         scoped: dict[int, Scoped] | None = None,
+        bounds: bool = True,
     ) -> tuple[str, list[Any]]:
-        """SQL over `i` (temporal_rows) for the window, visibility, (selection) attrs/datasetIds
-        and (scoped) the times each entity's matching scopes were valid."""
+        """SQL over `i` (temporal_rows) for the window (without its bounds: the caller states them),
+        visibility, (selection) attrs/datasetIds and (scoped) the times each entity's matching
+        scopes were valid."""
         column = "i." + COLUMNS[query.window.column]
         clauses = [f"{column} IS NOT NULL", "(i.expires_us IS NULL OR i.expires_us > ?)"]
         params: list[Any] = [now]
-        if query.window.start is not None:
+        if bounds and query.window.start is not None:
             clauses.append(f"{column} >= ?")
             params.append(query.window.start)
-        if query.window.end is not None:
+        if bounds and query.window.end is not None:
             clauses.append(f"{column} < ?")
             params.append(query.window.end)
         if selection and query.attrs is not None:
@@ -400,6 +416,13 @@ class SQLiteTemporal:
             where, extra = self._filter(connection, query, now)
             clauses.append(f"EXISTS (SELECT 1 FROM temporal_rows i WHERE i.epk = e.pk AND {where})")
             params.extend(extra)
+        if query.any_of_attrs is not None:
+            marks = ",".join("?" * len(query.any_of_attrs))
+            clauses.append(
+                f"EXISTS (SELECT 1 FROM temporal_rows h WHERE h.epk = e.pk AND h.attr IN ({marks})"
+                " AND (h.expires_us IS NULL OR h.expires_us > ?))"
+            )
+            params.extend([*(self._names.find(connection, attr) for attr in query.any_of_attrs), now])
         sql = f"FROM temporal_entities e WHERE {' AND '.join(clauses)}"
         order = f" ORDER BY e.id {'DESC' if query.descending else 'ASC'}"
         start, limit = query.offset, query.limit
@@ -477,6 +500,68 @@ class SQLiteTemporal:
             entity["scope"] = list(dict.fromkeys(scope))
         return entity
 
+    def _series(
+        self, connection: sqlite3.Connection, pks: Sequence[int], query: TemporalQuery
+    ) -> list[tuple[int, int, int]]:
+        """(entity, attribute, datasetId) of every series the query may select from these entities,
+        found through the indexes in O(series) steps, not by reading the instances: the attributes
+        by a skip scan of the (entity, attribute, time) index, the datasetIds other than the default
+        one by a skip scan of the partial index on them. Some may have nothing in the window."""
+        names = self._names
+        found: list[tuple[int, int, int]] = []
+        wanted = (
+            None if query.attrs is None else [a for a in (names.find(connection, x) for x in query.attrs) if a >= 0]
+        )
+        datasets = None
+        if query.datasets is not None:
+            datasets = [d for d in (names.find(connection, x) if x else 0 for x in query.datasets) if d >= 0]
+        for epk in pks:
+            attrs = wanted
+            if attrs is None:
+                attrs = [row[0] for row in connection.execute(_ATTRS_OF, (epk, epk)) if row[0] is not None]
+            for attr in attrs:
+                if datasets is not None:
+                    found.extend((epk, attr, dataset) for dataset in datasets)
+                    continue
+                found.append((epk, attr, 0))
+                found.extend(
+                    (epk, attr, row[0])
+                    for row in connection.execute(_DATASETS_OF, (epk, attr, epk, attr))
+                    if row[0] is not None
+                )
+        return found
+
+    def _newest(
+        self, connection: sqlite3.Connection, pks: Sequence[int], query: TemporalQuery, where: str, params: list[Any]
+    ) -> tuple[list[tuple[int, str]], list[Any]]:
+        """lastN: the newest n of each series (read backwards through the (entity, attribute, time)
+        index), the newest max_instances + 1 of them all first, and the (entity, attribute) pairs
+        in the order of the first stored instance among their newest n."""
+        assert query.last_n is not None
+        column = "i." + COLUMNS[query.window.column]
+        limit = min(query.last_n, query.max_instances + 1)  # the cut keeps no more of any series
+        series = f"FROM temporal_rows i WHERE i.epk = ? AND i.attr = ? AND i.dataset = ? AND {where}"
+        newest = f"SELECT i.epk, i.attr, {column} AS t, i.pk, {_COLUMNS} {series} ORDER BY {column} DESC, i.pk DESC"
+        rows: list[Any] = []
+        first: dict[tuple[int, int], int] = {}
+        for epk, attr, dataset in self._series(connection, pks, query):
+            got = connection.execute(f"{newest} LIMIT ?", [epk, attr, dataset, *params, limit]).fetchall()
+            if not got:
+                continue
+            oldest = min(row[3] for row in got)
+            if len(got) == limit < query.last_n:  # the first stored of the n lies beyond the rows read
+                oldest = connection.execute(
+                    f"SELECT MIN(pk) FROM (SELECT i.pk {series} ORDER BY {column} DESC, i.pk DESC LIMIT ?)",
+                    [epk, attr, dataset, *params, query.last_n],
+                ).fetchone()[0]
+            rows.extend(got)
+            key = (epk, attr)
+            first[key] = min(first.get(key, oldest), oldest)
+        rows.sort(key=lambda row: (row[2], row[3]), reverse=True)
+        names = self._names
+        keys = [(epk, names.name(connection, attr)) for epk, attr in sorted(first, key=first.__getitem__)]
+        return keys, rows[: query.max_instances + 1]
+
     def _kept(
         self, connection: sqlite3.Connection, selection: Selection, query: TemporalQuery, now: int
     ) -> tuple[list[Entity], tuple[int, int] | None]:
@@ -488,47 +573,27 @@ class SQLiteTemporal:
             return [{"id": entity_id, "type": types, "attrs": {}} for _, entity_id, types in selected], None
         where, params = self._filter(connection, query, now, scoped=selection.scoped)
         pks = [pk for pk, _, _ in selected]
-        column = "i." + COLUMNS[query.window.column]
-        base = (
-            f"SELECT i.pk, i.epk, i.attr, i.dataset, {column} AS t FROM temporal_rows i"
-            f" WHERE i.epk IN ({','.join('?' * len(pks))}) AND {where}"
-        )
-        base_params: list[Any] = [*pks, *params]
+        names = self._names
         if query.last_n is not None:
-            # the newest n of each series, read backwards through the (epk, attr, time) index
-            series = connection.execute(
-                f"SELECT DISTINCT i.epk, i.attr, i.dataset FROM temporal_rows i"
-                f" WHERE i.epk IN ({','.join('?' * len(pks))}) AND {where}",
-                base_params,
-            ).fetchall()
-            newest: list[int] = []
-            for epk, attr, dataset in series:
-                newest.extend(
-                    row[0]
-                    for row in connection.execute(
-                        f"SELECT i.pk FROM temporal_rows i WHERE i.epk = ? AND i.attr = ? AND i.dataset IS ?"
-                        f" AND {where} ORDER BY {column} DESC, i.pk DESC LIMIT ?",
-                        [epk, attr, dataset, *params, query.last_n],
-                    )
-                )
+            keys, rows = self._newest(connection, pks, query, where, params)
+        else:
+            column = "i." + COLUMNS[query.window.column]
             base = (
                 f"SELECT i.pk, i.epk, i.attr, i.dataset, {column} AS t FROM temporal_rows i"
-                f" WHERE i.pk IN (SELECT value FROM json_each(?))"
+                f" WHERE i.epk IN ({','.join('?' * len(pks))}) AND {where}"
             )
-            base_params = [orjson.dumps(newest).decode()]
-        names = self._names
-        keys = [
-            (epk, names.name(connection, attr))
-            for epk, attr in connection.execute(
-                f"SELECT epk, attr FROM ({base}) GROUP BY epk, attr ORDER BY MIN(pk)", base_params
+            base_params: list[Any] = [*pks, *params]
+            keys = [
+                (epk, names.name(connection, attr))
+                for epk, attr in connection.execute(
+                    f"SELECT epk, attr FROM ({base}) GROUP BY epk, attr ORDER BY MIN(pk)", base_params
+                ).fetchall()
+            ]
+            rows = connection.execute(
+                f"SELECT w.epk, w.attr, w.t, w.pk, {_COLUMNS} FROM ({base}) w"
+                f" JOIN temporal_rows i ON i.pk = w.pk ORDER BY w.t, w.pk LIMIT ?",
+                [*base_params, query.max_instances + 1],
             ).fetchall()
-        ]
-        direction = "DESC" if query.last_n is not None else "ASC"
-        rows = connection.execute(
-            f"SELECT w.epk, w.attr, w.t, w.pk, {_COLUMNS} FROM ({base}) w"
-            f" JOIN temporal_rows i ON i.pk = w.pk ORDER BY w.t {direction}, w.pk {direction} LIMIT ?",
-            [*base_params, query.max_instances + 1],
-        ).fetchall()
         cut = None
         if len(rows) > query.max_instances:
             rows = rows[: query.max_instances]
@@ -549,53 +614,176 @@ class SQLiteTemporal:
         spec: AggregationSpec,
         now: int,
     ) -> list[AggregatedEntity]:
+        """Per series of the page's entities, its periods' statistics (only those spec.stats asks for)."""
         selected = selection.rows
         if not selected:
             return []
-        where, params = self._filter(connection, query, now, scoped=selection.scoped)
-        pks = [pk for pk, _, _ in selected]
-        column = "i." + COLUMNS[query.window.column]
-        if spec.months:
-            period = _months_between(spec.months)
-        elif spec.micros:
-            period = f"((p.t - p.origin) / {int(spec.micros)})"
-        else:
-            period = "0"
-        sql = (
-            f"WITH w AS (SELECT i.epk, i.attr, i.dataset, i.shape AS kind, {column} AS t, i.num, i.vtext, i.vkind AS v"
-            f" FROM temporal_rows i WHERE i.epk IN ({','.join('?' * len(pks))}) AND {where}),"
-            " o AS (SELECT epk, attr, dataset, COALESCE(?, MIN(t)) AS origin FROM w GROUP BY epk, attr, dataset),"
-            " p AS (SELECT w.*, o.origin FROM w JOIN o ON o.epk = w.epk AND o.attr = w.attr AND o.dataset = w.dataset)"
-            f" SELECT epk, attr, dataset, GROUP_CONCAT(DISTINCT kind), {period} AS k, origin, MIN(t), MAX(t),"
-            " COUNT(*),"
-            " COUNT(DISTINCT vtext) + COUNT(DISTINCT CASE WHEN v = 1 THEN num END),"  # ints have no vtext
-            " COUNT(num), SUM(num), AVG(num), MIN(num), MAX(num), SUM(num * num),"
-            " MIN(COALESCE(vtext, CASE WHEN v = 1 THEN CAST(CAST(num AS INTEGER) AS TEXT) END)),"
-            " MAX(COALESCE(vtext, CASE WHEN v = 1 THEN CAST(CAST(num AS INTEGER) AS TEXT) END))"
-            " FROM p GROUP BY epk, attr, dataset, k"
-        )
-        series: dict[int, dict[str, dict[str, AggregatedSeries]]] = {}
+        # the window's bounds are stated by each statement, so that the index range is the tightest
+        where, params = self._filter(connection, query, now, scoped=selection.scoped, bounds=False)
         names = self._names
-        named = [
-            (row[0], names.name(connection, row[1]), names.name(connection, row[2]) if row[2] else "", row[4], row)
-            for row in connection.execute(sql, [*pks, *params, spec.origin]).fetchall()
-        ]
-        named.sort(key=lambda item: item[:4])  # by IRI and datasetId, as their ids do not sort
-        for epk, attr, dataset, _, row in named:
-            kinds, index, origin, first, last, count, distinct, numbers = row[3:11]
-            kind = max(kind_of(names.name(connection, int(k))) for k in str(kinds).split(","))
-            total, avg, low, high, sumsq, low_text, high_text = row[11:]
-            by_dataset = series.setdefault(epk, {}).setdefault(attr, {})
-            if dataset not in by_dataset:
-                by_dataset[dataset] = AggregatedSeries(dataset or None, kind, [])
-            stats = PeriodStats(
-                index, origin, first, last, count, distinct, numbers, total, avg, low, high, sumsq, low_text, high_text
-            )
-            by_dataset[dataset].periods.append(stats)
-        return [
-            AggregatedEntity(entity_id, types, {attr: list(d.values()) for attr, d in series.get(pk, {}).items()})
-            for pk, entity_id, types in selected
-        ]
+        found: dict[int, list[tuple[str, str, AggregatedSeries]]] = {}
+        for epk, attr, dataset in self._series(connection, [pk for pk, _, _ in selected], query):
+            periods = self._periods(connection, query, spec, where, [epk, attr, dataset, *params])
+            if periods:
+                attr_name, dataset_name = (
+                    names.name(connection, attr),
+                    names.name(connection, dataset) if dataset else "",
+                )
+                kind = self._kind(connection, query, where, [epk, attr, dataset, *params], periods[0])
+                series = AggregatedSeries(dataset_name or None, kind, [stats for stats, _ in periods])
+                found.setdefault(epk, []).append((attr_name, dataset_name, series))
+        entities = []
+        for pk, entity_id, types in selected:
+            attrs: dict[str, list[AggregatedSeries]] = {}
+            for attr_name, _, series in sorted(found.get(pk, []), key=lambda item: item[:2]):  # by IRI, datasetId
+                attrs.setdefault(attr_name, []).append(series)
+            entities.append(AggregatedEntity(entity_id, types, attrs))
+        return entities
+
+    def _periods(
+        self, connection: sqlite3.Connection, query: TemporalQuery, spec: AggregationSpec, where: str, params: list[Any]
+    ) -> list[tuple[PeriodStats, tuple[int, int]]]:
+        """The periods of one series (params: entity, attribute, datasetId, then where's), oldest
+        first, each with its MIN and MAX shape. With observedAt (indexed) and periods of fixed
+        length, one statement per period between index seeks, so no instance goes through a sort;
+        otherwise, or when there would be many periods, one GROUP BY over the period number."""
+        column = "i." + COLUMNS[query.window.column]
+        start = -FOREVER if query.window.start is None else query.window.start
+        end = FOREVER if query.window.end is None else query.window.end
+        series = f"FROM temporal_rows i WHERE i.epk = ? AND i.attr = ? AND i.dataset = ? AND {where}"
+        between = f"{series} AND {column} >= ? AND {column} < ?"
+        first = connection.execute(f"SELECT {column} {between} ORDER BY {column} LIMIT 1", [*params, start, end])
+        at: int | None = (first.fetchone() or (None,))[0]
+        if at is None:
+            return []
+        origin = at if spec.origin is None else spec.origin
+        stats = [stat for stat in STATS if spec.wants(stat)]
+        rows = f"SELECT {column} AS t, i.num AS num, i.vtext AS vtext, i.vkind AS v, i.shape AS shape {between}"
+        if not spec.months and not spec.micros:  # one period
+            row = connection.execute(f"SELECT {_select(stats, True)} FROM ({rows}) p", [*params, start, end])
+            return [_period_stats(0, origin, row.fetchone(), stats)]
+        indexed = query.window.column == "observedAt" and not spec.months
+        if indexed:
+            last = connection.execute(
+                f"SELECT {column} {between} ORDER BY {column} DESC LIMIT 1", [*params, start, end]
+            ).fetchone()[0]
+            span = _truncated(last - origin, spec.micros) - _truncated(at - origin, spec.micros)
+            indexed = span < LOOP_PERIODS
+        if not indexed:
+            period = _months_between(spec.months) if spec.months else f"((p.t - p.origin) / {int(spec.micros)})"
+            grouped = connection.execute(
+                f"SELECT {period} AS k, {_select(stats, True)}"
+                f" FROM (SELECT *, {int(origin)} AS origin FROM ({rows})) p GROUP BY k ORDER BY k",
+                [*params, start, end],
+            ).fetchall()
+            return [_period_stats(row[0], origin, row[1:], stats) for row in grouped]
+        # the first and last time of a period come from index seeks, its shapes matter in the first only
+        found: list[tuple[PeriodStats, tuple[int, int]]] = []
+        statements = [f"SELECT {_select(stats, False, shapes)} FROM ({rows}) p" for shapes in (True, False)]
+        newest = f"SELECT {column} {between} ORDER BY {column} DESC LIMIT 1"
+        oldest = f"SELECT {column} {between} ORDER BY {column} LIMIT 1"
+        while at is not None:
+            index = _truncated(at - origin, spec.micros)
+            low, high = _period_range(index, origin, spec.micros)
+            low, high = max(low, start), min(high, end)
+            last = connection.execute(newest, [*params, low, high]).fetchone()[0]
+            row = connection.execute(statements[1 if found else 0], [*params, low, high]).fetchone()
+            found.append(_period_stats(index, origin, (at, last, *row), stats, shapes=not found))
+            following = connection.execute(oldest, [*params, high, end]).fetchone() if high < end else None
+            at = None if following is None else following[0]
+        return found
+
+    def _kind(
+        self,
+        connection: sqlite3.Connection,
+        query: TemporalQuery,
+        where: str,
+        params: list[Any],
+        period: tuple[PeriodStats, tuple[int, int]],
+    ) -> str:
+        """The attribute type of a series: the greatest among the instances of its first period
+        (as PostgreSQL's max(kind)); those lie between its first and last time, as periods do not overlap."""
+        names = self._names
+        stats, (low, high) = period
+        shapes = {low, high}
+        if low != high:
+            column = "i." + COLUMNS[query.window.column]
+            shapes = {
+                row[0]
+                for row in connection.execute(
+                    f"SELECT DISTINCT i.shape FROM temporal_rows i WHERE i.epk = ? AND i.attr = ? AND i.dataset = ?"
+                    f" AND {where} AND {column} >= ? AND {column} <= ?",
+                    [*params, stats.first, stats.last],
+                )
+            }
+        return max(kind_of(names.name(connection, shape)) for shape in shapes)
+
+
+LOOP_PERIODS = 256  # periods of one series read one statement each; more are grouped by one sort
+# statistic -> SQL over the period's rows (p: t, num, vtext, v = vkind, shape)
+STAT_SQL = {
+    "count": "COUNT(*)",
+    "distinct": "COUNT(DISTINCT vtext) + COUNT(DISTINCT CASE WHEN v = 1 THEN num END)",  # ints have no vtext
+    "numbers": "COUNT(num)",
+    "sum": "SUM(num)",
+    "avg": "AVG(num)",
+    "min": "MIN(num)",
+    "max": "MAX(num)",
+    "sumsq": "SUM(num * num)",
+    "min_text": "MIN(COALESCE(vtext, CASE WHEN v = 1 THEN CAST(CAST(num AS INTEGER) AS TEXT) END))",
+    "max_text": "MAX(COALESCE(vtext, CASE WHEN v = 1 THEN CAST(CAST(num AS INTEGER) AS TEXT) END))",
+}
+
+
+def _select(stats: list[str], times: bool = False, shapes: bool = False) -> str:
+    """The SELECT list of a period: its first and last time, its least and greatest shape, then
+    the statistics asked for (COUNT(*) when there are none, so that the list is never empty)."""
+    parts = ["MIN(t)", "MAX(t)"] if times else []
+    parts += ["MIN(shape)", "MAX(shape)"] if times or shapes else []
+    return ", ".join([*parts, *(STAT_SQL[stat] for stat in stats)] or ["COUNT(*)"])
+
+
+def _period_stats(
+    index: int, origin: int, row: Sequence[Any], stats: list[str], *, shapes: bool = True
+) -> tuple[PeriodStats, tuple[int, int]]:
+    """A period's statistics from (first, last, [least shape, greatest shape,] stats...); those not
+    asked for are 0 or None."""
+    first, last = row[:2]
+    low, high = row[2:4] if shapes else (0, 0)
+    values: dict[str, Any] = {"count": 0, "distinct": 0, "numbers": 0}
+    values.update(zip(stats, row[4 if shapes else 2 :], strict=False))
+    return PeriodStats(
+        index,
+        origin,
+        first,
+        last,
+        values["count"],
+        values["distinct"],
+        values["numbers"],
+        values.get("sum"),
+        values.get("avg"),
+        values.get("min"),
+        values.get("max"),
+        values.get("sumsq"),
+        values.get("min_text"),
+        values.get("max_text"),
+    ), (low, high)
+
+
+def _truncated(offset: int, length: int) -> int:
+    """offset / length rounded toward zero, as SQL's integer division does."""
+    quotient = abs(offset) // length
+    return quotient if offset >= 0 else -quotient
+
+
+def _period_range(index: int, origin: int, length: int) -> tuple[int, int]:
+    """[low, high) of the times whose period number is `index` (the offset from the origin divided
+    by the length toward zero: period 0 reaches one length before the origin too)."""
+    if index > 0:
+        return origin + index * length, origin + (index + 1) * length
+    if index == 0:
+        return origin - length + 1, origin + length
+    return origin + (index - 1) * length + 1, origin + index * length + 1
 
 
 def _now() -> int:

@@ -44,6 +44,9 @@ class TemporalQuery:
     predicate: Callable[[Entity], bool] | None = None
     scope_test: Callable[[Sequence[str]], bool] | None = None  # scopeQ on one scope value, over time
     require_instances: bool = True  # leave out entities with no selected instance
+    # keep only entities with an unexpired instance, at any time, of one of these attributes (the
+    # 404 of a retrieval that names attributes, checked in the same read as the answer)
+    any_of_attrs: Sequence[str] | None = None
     descending: bool = False  # entities are ordered by id
     limit: int | None = None
     offset: int = 0
@@ -62,14 +65,38 @@ class TemporalPage:
     cut: tuple[int, int] | None = None  # instance cap hit: times of the first and last kept, in cut order
 
 
+# the statistics of PeriodStats a back-end may leave out when no method asks for them
+STATS = ("count", "distinct", "numbers", "sum", "avg", "min", "max", "sumsq", "min_text", "max_text")
+METHOD_STATS = {
+    "totalCount": ("count",),  # first and last are always computed
+    "distinctCount": ("distinct",),
+    "sum": ("numbers", "sum"),
+    "avg": ("numbers", "avg"),
+    "min": ("numbers", "min", "min_text"),
+    "max": ("numbers", "max", "max_text"),
+    "stddev": ("numbers", "avg", "sumsq"),
+    "sumsq": ("numbers", "sumsq"),
+}
+
+
+def stats_for(methods: Sequence[str]) -> frozenset[str]:
+    """The statistics the aggregation methods need (each costs the back-end work per instance)."""
+    return frozenset(stat for method in methods for stat in METHOD_STATS[method])
+
+
 @dataclass(frozen=True, slots=True)
 class AggregationSpec:
     """Periods of `months` calendar months or `micros` microseconds (both 0: one period) counted
-    from `origin`, or from each attribute's first selected instance when origin is None."""
+    from `origin`, or from each attribute's first selected instance when origin is None. `stats`
+    names the statistics to compute (None: all); the others are 0 or None."""
 
     months: int = 0
     micros: int = 0
     origin: int | None = None
+    stats: frozenset[str] | None = None
+
+    def wants(self, stat: str) -> bool:
+        return self.stats is None or stat in self.stats
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from cityos.store.postgres.sql import Params
 from cityos.store.sqlite_temporal import COLUMNS, FOREVER
 from cityos.store.temporal_base import (
     SCOPE_ATTR,
+    STATS,
     AggregatedEntity,
     AggregatedSeries,
     AggregationSpec,
@@ -108,6 +109,36 @@ def instance_filter(
     return " AND ".join(clauses)
 
 
+def series_of(query: TemporalQuery, pks: str, p: Params) -> str:
+    """(epk, attr, dataset) of every series the query may select from the entities `pks` (a
+    parameter), found by skip scans of the (entity, attribute, datasetId) index, one index seek a
+    step, not by reading the instances; some may have nothing in the window."""
+    if query.attrs is None:
+        attrs = (
+            f"a AS (SELECT e.pk AS epk, (SELECT min(i.attr) FROM temporal_instances i WHERE i.epk = e.pk) AS attr"
+            f" FROM unnest({pks}::bigint[]) e(pk) UNION ALL SELECT a.epk, (SELECT min(i.attr) FROM temporal_instances i"
+            " WHERE i.epk = a.epk AND i.attr > a.attr) FROM a WHERE a.attr IS NOT NULL)"
+        )
+    else:
+        attrs = (
+            f"a AS (SELECT e.pk AS epk, n.attr FROM unnest({pks}::bigint[]) e(pk)"
+            f" CROSS JOIN unnest({p(list(query.attrs))}::text[]) n(attr))"
+        )
+    if query.datasets is not None:
+        datasets = p([d or "" for d in query.datasets])
+        return (
+            f"WITH {attrs} SELECT a.epk, a.attr, n.dataset FROM a CROSS JOIN unnest({datasets}::text[]) n(dataset)"
+            " WHERE a.attr IS NOT NULL"
+        )
+    return (
+        f"WITH RECURSIVE {attrs}, d AS (SELECT a.epk, a.attr, (SELECT min(i.dataset) FROM temporal_instances i"
+        " WHERE i.epk = a.epk AND i.attr = a.attr) AS dataset FROM a WHERE a.attr IS NOT NULL"
+        " UNION ALL SELECT d.epk, d.attr, (SELECT min(i.dataset) FROM temporal_instances i WHERE i.epk = d.epk"
+        " AND i.attr = d.attr AND i.dataset > d.dataset) FROM d WHERE d.dataset IS NOT NULL)"
+        " SELECT epk, attr, dataset FROM d WHERE dataset IS NOT NULL"
+    )
+
+
 def _judge(predicate: Callable[[Entity], bool], entities: list[Entity]) -> list[bool]:
     return [predicate(entity) for entity in entities]
 
@@ -131,8 +162,12 @@ class PostgresTemporalReads(Transactions):
                 self.pool.acquire() as connection,
                 connection.transaction(isolation="repeatable_read", readonly=True),
             ):
+                # no JIT: the skip scans' recursive row estimates are large enough to compile a plan
+                # that runs in a millisecond (seconds of compilation on a busy machine)
                 await connection.execute(
-                    "SELECT set_config('statement_timeout', $1, true)", f"{max(1, int(timeout * 1000))}"
+                    "SELECT set_config('statement_timeout', $1, true), set_config('jit', 'off', true),"
+                    " set_config('plan_cache_mode', 'force_generic_plan', true)",
+                    f"{max(1, int(timeout * 1000))}",
                 )
                 return await fn(connection)
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
@@ -155,6 +190,12 @@ class PostgresTemporalReads(Transactions):
         if query.require_instances:
             where = instance_filter(query, now, p)
             clauses.append(f"EXISTS (SELECT 1 FROM temporal_instances i WHERE i.epk = e.pk AND {where})")
+        if query.any_of_attrs is not None:
+            attrs = p(list(query.any_of_attrs))
+            clauses.append(
+                f"EXISTS (SELECT 1 FROM temporal_instances h WHERE h.epk = e.pk AND h.attr = ANY({attrs}::text[])"
+                f" AND (h.expires_us IS NULL OR h.expires_us > {p(now)}::bigint))"
+            )
         sql = f"FROM temporal_entities e WHERE {' AND '.join(clauses)}"
         order = f" ORDER BY e.id {'DESC' if query.descending else 'ASC'}"
         start, limit = query.offset, query.limit
@@ -273,8 +314,7 @@ class PostgresTemporalReads(Transactions):
                 f" WHERE i.epk = ANY({pks}::bigint[]) AND {where}"
             )
         return (
-            f"SELECT x.* FROM (SELECT DISTINCT i.epk, i.attr, i.dataset FROM temporal_instances i"
-            f" WHERE i.epk = ANY({pks}::bigint[]) AND {where}) s CROSS JOIN LATERAL"
+            f"SELECT x.* FROM ({series_of(query, pks, p)}) s CROSS JOIN LATERAL"
             f" (SELECT {columns}, {column} AS t FROM temporal_instances i"
             f" WHERE i.epk = s.epk AND i.attr = s.attr AND i.dataset = s.dataset AND {where}"
             f" ORDER BY {column} DESC, i.pk DESC LIMIT {p(query.last_n)}::bigint) x"
@@ -289,26 +329,43 @@ class PostgresTemporalReads(Transactions):
         selected = selection.rows
         if query.max_instances <= 0 or not selected:
             return [{"id": entity_id, "type": types, "attrs": {}} for _, entity_id, types in selected], None
-        p = Params()
-        source = self._kept_source(query, selection, now, p, "i.pk, i.epk, i.attr")
-        keys = await connection.fetch(
-            f"SELECT b.epk, b.attr FROM ({source}) b GROUP BY b.epk, b.attr ORDER BY min(b.pk)", *p.values
-        )
-        p = Params()
-        source = self._kept_source(query, selection, now, p, "i.pk, i.epk, i.attr, i.instance_id, i.doc")
-        direction = "DESC" if query.last_n is not None else "ASC"
-        rows = await connection.fetch(
-            f"SELECT b.epk, b.attr, b.t, b.pk, b.instance_id, b.doc FROM ({source}) b"
-            f" ORDER BY b.t {direction}, b.pk {direction} LIMIT {p(query.max_instances + 1)}::bigint",
-            *p.values,
-        )
+        columns = "i.pk, i.epk, i.attr, i.instance_id, i.doc"
+        if query.last_n is not None and query.last_n <= query.max_instances + 1:
+            # the newest n of each series are few: one statement gives them and the attribute order
+            p = Params()
+            source = self._kept_source(query, selection, now, p, columns)
+            newest = await connection.fetch(
+                f"SELECT b.epk, b.attr, b.t, b.pk, b.instance_id, b.doc,"
+                f" min(b.pk) OVER (PARTITION BY b.epk, b.attr) AS first FROM ({source}) b ORDER BY b.t DESC, b.pk DESC",
+                *p.values,
+            )
+            order = {(row["epk"], row["attr"]): row["first"] for row in newest}
+            keys = sorted(order, key=order.__getitem__)
+            rows = newest[: query.max_instances + 1]
+        else:
+            p = Params()
+            source = self._kept_source(query, selection, now, p, "i.pk, i.epk, i.attr")
+            keys = [
+                (row["epk"], row["attr"])
+                for row in await connection.fetch(
+                    f"SELECT b.epk, b.attr FROM ({source}) b GROUP BY b.epk, b.attr ORDER BY min(b.pk)", *p.values
+                )
+            ]
+            p = Params()
+            source = self._kept_source(query, selection, now, p, columns)
+            direction = "DESC" if query.last_n is not None else "ASC"
+            rows = await connection.fetch(
+                f"SELECT b.epk, b.attr, b.t, b.pk, b.instance_id, b.doc FROM ({source}) b"
+                f" ORDER BY b.t {direction}, b.pk {direction} LIMIT {p(query.max_instances + 1)}::bigint",
+                *p.values,
+            )
         cut = None
         if len(rows) > query.max_instances:
             rows = rows[: query.max_instances]
             cut = (int(rows[0]["t"]), int(rows[-1]["t"]))
         found: dict[int, dict[str, list[tuple[int, int, Instance]]]] = {}
-        for key in keys:
-            found.setdefault(key["epk"], {})[key["attr"]] = []
+        for epk, attr in keys:
+            found.setdefault(epk, {})[attr] = []
         for row in rows:
             instance = orjson.loads(row["doc"])
             instance["instanceId"] = row["instance_id"]
@@ -318,14 +375,15 @@ class PostgresTemporalReads(Transactions):
     async def _aggregate(
         self, connection: Connection, selection: Selection, query: TemporalQuery, spec: AggregationSpec, now: int
     ) -> list[AggregatedEntity]:
-        """One GROUP BY over (entity, attribute, datasetId, period number) of the windowed instances."""
+        """Per series of the page's entities, a GROUP BY over the period number of its windowed
+        instances, computing only the statistics spec.stats asks for."""
         selected = selection.rows
         if not selected:
             return []
         p = Params()
-        where = instance_filter(query, now, p, scoped=selection.scoped)
+        # attrs and datasetIds are those of the series already
+        where = instance_filter(query, now, p, selection=False, scoped=selection.scoped)
         pks = p([pk for pk, _, _ in selected])
-        origin = p(spec.origin)
         column = column_of(query)
         if spec.months:
             period = months_between(spec.months)
@@ -333,17 +391,21 @@ class PostgresTemporalReads(Transactions):
             period = f"((p.t - p.origin) / {int(spec.micros)}::bigint)"
         else:
             period = "0::bigint"
+        # per series (a skip scan finds them), one GROUP BY on the period number alone: hashed
+        same = f"i.epk = s.epk AND i.attr = s.attr AND i.dataset = s.dataset AND {where}"
+        if spec.origin is None:  # each series' periods count from its first instance in the window
+            origin = f"(SELECT min({column}) FROM temporal_instances i WHERE {same})"
+        else:
+            origin = f"{p(spec.origin)}::bigint"
+        stats = ", ".join(
+            f'{STAT_SQL[stat] if spec.wants(stat) else NOT_ASKED.get(stat, "NULL")} AS "{stat}"' for stat in STATS
+        )
         sql = (
-            f"WITH w AS (SELECT i.epk, i.attr, i.dataset, i.kind, {column} AS t, i.num, i.vtext"
-            f" FROM temporal_instances i WHERE i.epk = ANY({pks}::bigint[]) AND {where}),"
-            f" o AS (SELECT epk, attr, dataset, coalesce({origin}::bigint, min(t)) AS origin FROM w"
-            " GROUP BY epk, attr, dataset),"
-            " p AS (SELECT w.*, o.origin FROM w JOIN o ON o.epk = w.epk AND o.attr = w.attr AND o.dataset = w.dataset)"
-            f" SELECT epk, attr, dataset, max(kind) AS kind, {period} AS k, origin, min(t) AS first, max(t) AS last,"
-            " count(*) AS n, count(DISTINCT vtext) AS distinct_n, count(num) AS numbers, sum(num) AS total,"
-            " avg(num) AS mean, min(num) AS low, max(num) AS high, sum(num * num) AS sumsq,"
-            " min(vtext) AS low_text, max(vtext) AS high_text"
-            " FROM p GROUP BY epk, attr, dataset, k, origin ORDER BY epk, attr, dataset, k"
+            f"SELECT s.epk, s.attr, s.dataset, x.* FROM ({series_of(query, pks, p)}) s CROSS JOIN LATERAL"
+            f" (SELECT max(kind) AS kind, {period} AS k, origin, min(t) AS first, max(t) AS last, {stats}"
+            f" FROM (SELECT i.kind, {column} AS t, i.num, i.vtext, o.origin FROM temporal_instances i,"
+            f" (SELECT {origin} AS origin) o WHERE {same}) p GROUP BY k, origin) x"
+            " ORDER BY s.epk, s.attr, s.dataset, x.k"
         )
         series: dict[int, dict[str, dict[str, AggregatedSeries]]] = {}
         for row in await connection.fetch(sql, *p.values):
@@ -358,6 +420,22 @@ class PostgresTemporalReads(Transactions):
         ]
 
 
+# statistic -> SQL over the period's rows (p: t, num, vtext), as sqlite_temporal.STAT_SQL
+STAT_SQL = {
+    "count": "count(*)",
+    "distinct": "count(DISTINCT vtext)",
+    "numbers": "count(num)",
+    "sum": "sum(num)",
+    "avg": "avg(num)",
+    "min": "min(num)",
+    "max": "max(num)",
+    "sumsq": "sum(num * num)",
+    "min_text": "min(vtext)",
+    "max_text": "max(vtext)",
+}
+NOT_ASKED = {"count": "0::bigint", "distinct": "0::bigint", "numbers": "0::bigint"}
+
+
 def _stats(row: Any) -> PeriodStats:
     def number(name: str) -> float | None:
         value = row[name]
@@ -368,14 +446,14 @@ def _stats(row: Any) -> PeriodStats:
         int(row["origin"]),
         int(row["first"]),
         int(row["last"]),
-        int(row["n"]),
-        int(row["distinct_n"]),
+        int(row["count"]),
+        int(row["distinct"]),
         int(row["numbers"]),
-        number("total"),
-        number("mean"),
-        number("low"),
-        number("high"),
+        number("sum"),
+        number("avg"),
+        number("min"),
+        number("max"),
         number("sumsq"),
-        row["low_text"],
-        row["high_text"],
+        row["min_text"],
+        row["max_text"],
     )
