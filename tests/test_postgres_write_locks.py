@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from tests.test_store_contract import _migrate, make, postgres_schema, prop, value_of
-
 from cityos.entities import update
 from cityos.entities.model import Entity
 from cityos.store import open_store
 from cityos.store.base import ChangeListener, EntityChange, EntityLookup, OutboxRow
+from test_store_contract import _migrate, make, postgres_schema, prop, value_of
 
 
 def _holding(entity_id: str, release: threading.Event, entered: threading.Event) -> ChangeListener:
@@ -109,3 +108,41 @@ def test_postgres_a_write_that_waited_for_a_create_sees_the_created_entity(postg
 
         found = loop.run_until_complete(scenario())
         assert found is not None and value_of(found, "n") == 1
+
+
+def test_postgres_deployments_in_two_schemas_do_not_wait_on_each_others_entities(
+    postgres_skip_reason: str | None,
+) -> None:
+    """Advisory locks belong to the whole database: the entity lock's key holds the schema, so a
+    write of an entity in one deployment's schema does not wait while another deployment (another
+    schema of the same database) writes an entity of the same tenant and id."""
+    with postgres_schema(postgres_skip_reason) as (loop, first_url), postgres_schema(None) as (_, second_url):
+        loop.run_until_complete(_migrate(first_url))
+        loop.run_until_complete(_migrate(second_url))
+        first, second = open_store(first_url, busy_timeout=1.0), open_store(second_url, busy_timeout=1.0)
+        release, entered = threading.Event(), threading.Event()
+
+        async def scenario() -> None:
+            await first.open()
+            await second.open()
+            try:
+                first.set_change_listener(_holding("urn:x:same", release, entered), None, name="hold")
+                held = asyncio.create_task(
+                    first.mutate("", [("urn:x:same", update.create(make("urn:x:same", "T")))], atomic=True)
+                )
+                while not entered.is_set():
+                    await asyncio.sleep(0.01)
+                [result] = await second.mutate(
+                    "", [("urn:x:same", update.create(make("urn:x:same", "T")))], atomic=True
+                )
+                assert result.error is None
+                assert not held.done()
+                release.set()
+                [done] = await held
+                assert done.error is None
+            finally:
+                release.set()
+                await first.close()
+                await second.close()
+
+        loop.run_until_complete(scenario())

@@ -14,6 +14,14 @@ from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery
 
 
+def entity_lock(tenant: str, entity_id: str) -> str:
+    """The two keys of an entity's advisory lock (one writer of an entity at a time), from SQL
+    expressions of its tenant and id. Advisory locks are shared by the whole database, so the
+    deployment's schema is part of the key: two deployments in one database (two cities, or
+    parallel test runs, each in its own schema) never wait on each other's entities."""
+    return f"hashtext(current_schema() || '/' || {tenant}), hashtext({entity_id})"
+
+
 class Params:
     """Collects positional parameters ($1, $2, ...) while a statement is assembled."""
 

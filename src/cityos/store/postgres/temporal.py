@@ -40,6 +40,7 @@ from cityos.audit.chain import AuditRow
 from cityos.audit.recorder import row as audit_row
 from cityos.entities.model import Instance
 from cityos.store.base import HistoryRow
+from cityos.store.postgres.sql import entity_lock
 from cityos.store.postgres.temporal_partitions import (
     create_partitions,
     drop_leftovers,
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
 
 # the key of mutate's per-entity lock (store.py _apply): one writer of an entity at a time
-_LOCK_ENTITY = "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))"
+_LOCK_ENTITY = f"SELECT pg_advisory_xact_lock({entity_lock('$1', '$2')})"
 # The pks of temporal entities (created if needed, in the order given, their types unioned in
 # order; types travel as JSON arrays, which unnest can carry) and, when $4 names the partitions the
 # write goes to, those not attached (the others are locked: temporal_lock_partitions). An entity
@@ -445,7 +446,7 @@ class PostgresTemporal(PostgresTemporalReads):
                     locked = await connection.fetch(
                         "SELECT s.pk FROM (SELECT pk, tenant, id FROM temporal_entities"
                         " WHERE pk = ANY($1::bigint[]) OFFSET 0) s"
-                        " WHERE pg_try_advisory_xact_lock(hashtext(s.tenant), hashtext(s.id))",
+                        f" WHERE pg_try_advisory_xact_lock({entity_lock('s.tenant', 's.id')})",
                         sorted(touched),
                     )
                     await connection.execute(

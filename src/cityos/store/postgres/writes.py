@@ -37,7 +37,7 @@ from cityos.store.base import ChangeListener, EntityChange, HistoryRow, Mutation
 from cityos.store.postgres.audit import pending_cte
 from cityos.store.postgres.busy import Transactions
 from cityos.store.postgres.outbox import outbox_cte
-from cityos.store.postgres.sql import Params
+from cityos.store.postgres.sql import Params, entity_lock
 from cityos.store.postgres.write_plan import Key, WritePlan
 
 if TYPE_CHECKING:
@@ -51,9 +51,9 @@ if TYPE_CHECKING:
 # operation that fails leaves a gap, as a rolled-back INSERT does); then the rows. Its snapshot
 # is taken before the locks are: a row changed meanwhile is read at its latest version (FOR
 # UPDATE), but a row created meanwhile is not seen, so the ids found missing are read again (_AGAIN).
-_READ = """
+_READ = f"""
 WITH locks AS MATERIALIZED (
-    SELECT count(pg_advisory_xact_lock(hashtext($1), hashtext(id))) AS held
+    SELECT count(pg_advisory_xact_lock({entity_lock("$1", "id")})) AS held
     FROM (SELECT u.id FROM unnest($2::text[]) AS u(id) ORDER BY u.id COLLATE "C") AS ids
 ),
 locked AS (
@@ -68,9 +68,9 @@ UNION ALL SELECT pk, id, doc, NULL, NULL FROM locked
 """
 _AGAIN = "SELECT pk, id, doc FROM entities WHERE tenant = $1 AND id = ANY($2::text[]) FOR UPDATE"
 _MORE_PKS = "SELECT ARRAY(SELECT nextval('entities_pk_seq') FROM generate_series(1, $1))"
-_LOCK_SWEPT = """
+_LOCK_SWEPT = f"""
 SELECT k.n FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(tenant, id, n)
-WHERE pg_try_advisory_xact_lock(hashtext(k.tenant), hashtext(k.id)) ORDER BY k.n
+WHERE pg_try_advisory_xact_lock({entity_lock("k.tenant", "k.id")}) ORDER BY k.n
 """
 
 Wake = Callable[[], None]
