@@ -192,7 +192,7 @@ def parse_attributes(
         if nulls != "forbid" and (raw is None or raw == NULL_URI):
             attrs[iri] = [{"type": None, "null": True}]
             continue
-        attrs[iri] = parse_attribute(name, raw, terms, stamp=stamp, nulls=nulls)
+        attrs[iri] = parse_attribute(name, raw, terms, stamp=stamp, nulls=nulls, iri=iri)
     return attrs
 
 
@@ -201,17 +201,30 @@ RESERVED_ATTRIBUTE_NAMES = frozenset(
 )
 
 
+# names that passed check_attribute_name: a batch names the same ten attributes a thousand times
+_VALID_NAMES: set[str] = set()
+_VALID_NAMES_MAX = 8192
+
+
 def check_attribute_name(name: str) -> str:
+    if name in _VALID_NAMES:
+        return name
     check_name(name, "attribute name")
     if name in RESERVED_ATTRIBUTE_NAMES or name.startswith("@"):
         raise BadRequestData(f"{name!r} is reserved and cannot be an attribute name")
+    if len(_VALID_NAMES) >= _VALID_NAMES_MAX:
+        _VALID_NAMES.clear()
+    _VALID_NAMES.add(name)
     return name
 
 
-def parse_attribute(name: str, raw: Any, terms: TermMap, *, stamp: str, nulls: str = "forbid") -> list[Instance]:
-    """All instances of one attribute (an array of objects means several datasetIds)."""
+def parse_attribute(
+    name: str, raw: Any, terms: TermMap, *, stamp: str, nulls: str = "forbid", iri: str | None = None
+) -> list[Instance]:
+    """All instances of one attribute (an array of objects means several datasetIds). `iri` is
+    the expanded name when the caller has it already."""
     if isinstance(raw, list) and raw and all(_is_attribute_object(item) for item in raw):
-        instances = [parse_instance(name, item, terms, stamp=stamp, nulls=nulls) for item in raw]
+        instances = [parse_instance(name, item, terms, stamp=stamp, nulls=nulls, iri=iri) for item in raw]
         seen: set[str | None] = set()
         for instance in instances:
             dataset = instance.get("datasetId")
@@ -220,7 +233,7 @@ def parse_attribute(name: str, raw: Any, terms: TermMap, *, stamp: str, nulls: s
                 raise BadRequestData(f"attribute {name!r} has {label} more than once")
             seen.add(dataset)
         return instances
-    return [parse_instance(name, raw, terms, stamp=stamp, nulls=nulls)]
+    return [parse_instance(name, raw, terms, stamp=stamp, nulls=nulls, iri=iri)]
 
 
 def _is_attribute_object(item: Any) -> bool:
@@ -281,6 +294,8 @@ ALLOWED_MEMBERS = {
 }
 PROOF_MEMBERS = frozenset({"entityIdSealed", "entityTypeSealed"})
 NGSILD_PROOF = NGSI + "ngsildproof"
+ALLOWED_PROOF_MEMBERS = {kind: allowed | PROOF_MEMBERS for kind, allowed in ALLOWED_MEMBERS.items()}
+_CHECKED_MEMBERS = META_MEMBERS | PROOF_MEMBERS  # refused unless allowed for the attribute's type
 
 
 def _is_null_value(kind: str, value: Any) -> bool:
@@ -290,12 +305,20 @@ def _is_null_value(kind: str, value: Any) -> bool:
 
 
 def _contains_null(value: Any) -> bool:
-    if value == NULL_URI:
-        return True
+    if isinstance(value, str):
+        return value == NULL_URI
     if isinstance(value, dict):
-        return any(_contains_null(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_contains_null(v) for v in value)
+        items: Any = value.values()
+    elif isinstance(value, list):
+        items = value
+    else:
+        return False
+    for item in items:  # the leaves here, no call for each
+        if isinstance(item, str):
+            if item == NULL_URI:
+                return True
+        elif isinstance(item, dict | list) and _contains_null(item):
+            return True
     return False
 
 
@@ -308,18 +331,28 @@ def parse_instance(
     nulls: str = "forbid",
     depth: int = 0,
     value_optional: bool = False,
+    iri: str | None = None,
 ) -> Instance:
     """One attribute instance, validated. value_optional serves partial updates, which may send
-    only some members of an existing attribute."""
+    only some members of an existing attribute; `iri` is the expanded name if the caller has it."""
     kind, obj = infer_type(name, raw)
     member = VALUE_MEMBER[kind]
-    iri = terms.expand(name)
-    allowed = ALLOWED_MEMBERS[kind] | (PROOF_MEMBERS if iri == NGSILD_PROOF else set())
+    if iri is None:
+        iri = terms.expand(name)
+    allowed = ALLOWED_PROOF_MEMBERS[kind] if iri == NGSILD_PROOF else ALLOWED_MEMBERS[kind]
+    # one pass over the members: refuse the misplaced ones, note the sub-attributes, and whether
+    # anything but the type and the value is there (the usual instance has nothing else)
+    subs: list[str] = []
+    more = False
     for key in obj:
-        if (key in META_MEMBERS and key not in allowed) or (key in PROOF_MEMBERS and key not in allowed):
-            raise BadRequestData(f"{kind} {name!r} must not have a '{key}' member")
-        if key == "@context":
-            raise BadRequestData(f"attribute {name!r} must not contain @context")
+        if key == "type" or key == member:
+            continue
+        more = True
+        if key in _CHECKED_MEMBERS:
+            if key not in allowed:
+                raise BadRequestData(f"{kind} {name!r} must not have a '{key}' member")
+        elif key not in allowed:
+            subs.append(key)
     instance: Instance = {"type": kind}
     if member in obj:
         value = obj[member]
@@ -329,9 +362,34 @@ def parse_instance(
             deep_merge = nulls == "deep" and isinstance(value, dict) and kind == "Property"
             if kind in ("Property", "LanguageProperty", "Relationship") and _contains_null(value) and not deep_merge:
                 raise BadRequestData(f"{kind} {name!r}: NGSI-LD Null is not allowed inside a value")
-            instance[member] = check_value(name, kind, value, terms)
+            instance[member] = check_value(name, kind, value, terms, iri=iri)
     elif not value_optional:
         raise BadRequestData(f"{kind} {name!r} has no '{member}' member")
+    if more:
+        _optional_members(instance, name, kind, obj, terms, allowed)
+    if iri == NGSILD_PROOF and "value" in instance and not isinstance(instance["value"], dict):
+        raise BadRequestData("the value of ngsildproof must be a proof object")
+    instance["createdAt"] = stamp
+    instance["modifiedAt"] = stamp
+    if depth > 4:
+        raise BadRequestData(f"attribute {name!r} nests sub-attributes too deeply")
+    for sub_name in subs:
+        sub_raw = obj[sub_name]
+        check_attribute_name(sub_name)
+        sub_iri = terms.expand(sub_name)
+        if nulls != "forbid" and (sub_raw is None or sub_raw == NULL_URI):
+            instance[sub_iri] = None
+            continue
+        instance[sub_iri] = parse_instance(
+            sub_name, sub_raw, terms, stamp=stamp, nulls=nulls, depth=depth + 1, iri=sub_iri
+        )
+    return instance
+
+
+def _optional_members(
+    instance: Instance, name: str, kind: str, obj: dict[str, Any], terms: TermMap, allowed: frozenset[str]
+) -> None:
+    """The members of an instance beside its type and value, validated, in the instance's order."""
     if (kind == "Relationship" and "objectType" in obj) or (kind == "ListRelationship" and "objectType" in obj):
         object_types = obj["objectType"]
         names = object_types if isinstance(object_types, list) else [object_types]
@@ -367,22 +425,6 @@ def parse_instance(
         if not isinstance(sealed, str):
             raise BadRequestData(f"{proof_member} of {name!r} must be a string")
         instance[proof_member] = terms.expand(sealed) if proof_member == "entityTypeSealed" else sealed
-    if iri == NGSILD_PROOF and "value" in instance and not isinstance(instance["value"], dict):
-        raise BadRequestData("the value of ngsildproof must be a proof object")
-    instance["createdAt"] = stamp
-    instance["modifiedAt"] = stamp
-    if depth > 4:
-        raise BadRequestData(f"attribute {name!r} nests sub-attributes too deeply")
-    for sub_name, sub_raw in obj.items():
-        if sub_name in META_MEMBERS or sub_name in allowed:
-            continue
-        check_attribute_name(sub_name)
-        sub_iri = terms.expand(sub_name)
-        if nulls != "forbid" and (sub_raw is None or sub_raw == NULL_URI):
-            instance[sub_iri] = None
-            continue
-        instance[sub_iri] = parse_instance(sub_name, sub_raw, terms, stamp=stamp, nulls=nulls, depth=depth + 1)
-    return instance
 
 
 def check_timestamp(value: Any, what: str) -> str:
@@ -392,11 +434,11 @@ def check_timestamp(value: Any, what: str) -> str:
     return check_datetime(value, what)
 
 
-def check_value(name: str, kind: str, value: Any, terms: TermMap) -> Any:
+def check_value(name: str, kind: str, value: Any, terms: TermMap, *, iri: str | None = None) -> Any:
     if value is None:
         raise BadRequestData(f"{kind} {name!r} must not have a null value")
     if kind == "Property":
-        if terms.expand(name) in GEO_CORE:
+        if (iri if iri is not None else terms.expand(name)) in GEO_CORE:
             raise BadRequestData(f"{name!r} must be a GeoProperty")
         return value
     if kind == "GeoProperty":

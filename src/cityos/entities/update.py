@@ -49,8 +49,9 @@ def replace(new: Entity) -> Mutator:
     """PUT /entities/{id}: everything but createdAt is replaced."""
 
     def run(current: Entity | None) -> Outcome:
-        existing = _require(current, new["id"])
-        new["createdAt"] = existing["createdAt"]
+        if current is None:  # only read: no copy of the stored entity (a batch upsert's usual path)
+            raise ResourceNotFound(f"entity {new['id']} does not exist")
+        new["createdAt"] = current["createdAt"]
         return Outcome(new, updated=list(new["attrs"]))
 
     return run

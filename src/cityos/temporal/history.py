@@ -79,26 +79,45 @@ def restated(old: Instance | None, new: Instance) -> bool:
 
 
 def changed_instances(before: Entity | None, after: Entity | None) -> list[tuple[str, Instance]]:
-    """(attribute, instance) pairs to append for one change, in attribute order."""
+    """(attribute, instance) pairs to append for one change, in attribute order: the attributes of
+    `after` first, then those only `before` had."""
     found: list[tuple[str, Instance]] = []
     old_attrs = before["attrs"] if before else {}
     new_attrs = after["attrs"] if after else {}
-    stamp = after["modifiedAt"] if after and after.get("modifiedAt") else now()
-    for attr in dict.fromkeys([*new_attrs, *old_attrs]):
-        old = _by_dataset(old_attrs.get(attr, []))
-        new = _by_dataset(new_attrs.get(attr, []))
+    stamp = after["modifiedAt"] if after and after.get("modifiedAt") else None
+    for attr, instances in new_attrs.items():
+        olds = old_attrs.get(attr)
+        if not olds:  # a new attribute (every entity of a batch create): all of its instances
+            found.extend(
+                (attr, instance) for instance in (instances if len(instances) == 1 else _by_dataset(instances).values())
+            )
+            continue
+        if len(olds) == 1 and len(instances) == 1 and olds[0].get("datasetId") == instances[0].get("datasetId"):
+            old_one, new_one = olds[0], instances[0]  # the usual case: one instance, before and after
+            if old_one != new_one and not restated(old_one, new_one):
+                found.append((attr, new_one))  # written in this transaction, never changed after
+            continue
+        old = _by_dataset(olds)
+        new = _by_dataset(instances)
         for dataset, instance in new.items():
             if old.get(dataset) != instance and not restated(old.get(dataset), instance):
-                found.append((attr, instance))  # written in this transaction, never changed after
+                found.append((attr, instance))
         for dataset, instance in old.items():
             if dataset not in new:
+                stamp = stamp or now()
                 found.append((attr, deletion(instance.get("type", "Property"), dataset, stamp)))
+    for attr, instances in old_attrs.items():
+        if attr in new_attrs:
+            continue
+        for dataset, instance in _by_dataset(instances).items():
+            stamp = stamp or now()
+            found.append((attr, deletion(instance.get("type", "Property"), dataset, stamp)))
     old_scope = before.get("scope") if before else None
     new_scope = after.get("scope") if after else None
     if new_scope and new_scope != old_scope:
-        found.append((SCOPE_ATTR, scope_instance(new_scope, stamp)))
+        found.append((SCOPE_ATTR, scope_instance(new_scope, stamp or now())))
     elif old_scope and not new_scope:
-        found.append((SCOPE_ATTR, scope_deletion(stamp)))
+        found.append((SCOPE_ATTR, scope_deletion(stamp or now())))
     return found
 
 
