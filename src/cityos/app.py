@@ -57,6 +57,7 @@ from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.pipeline import WritePipeline, context_registry, settings_store
 from cityos.policy import http as policy_http
 from cityos.policy.service import access_policies
+from cityos.serving import collector
 from cityos.settings import Settings
 from cityos.store.base import StoreEvent
 from cityos.store.fair import current_client
@@ -414,4 +415,6 @@ def app_from_env() -> Starlette:
     settings = Settings.from_env()
     configure_logging(settings.log_level)  # a worker process starts with no logging set up
     exit_with_supervisor()  # a worker of `serve --workers N` must not outlive its supervisor
-    return create_app(settings, rate_table=os.environ.get(RATE_TABLE_VARIABLE))
+    app = create_app(settings, rate_table=os.environ.get(RATE_TABLE_VARIABLE))
+    collector.tune()
+    return app

@@ -124,8 +124,11 @@ def serve(settings: Settings) -> int:
             uvicorn.run("cityos.app:app_from_env", factory=True, workers=settings.workers, **common)
     else:
         from cityos.app import create_app
+        from cityos.serving import collector
 
-        uvicorn.run(create_app(settings), **common)
+        app = create_app(settings)
+        collector.tune()
+        uvicorn.run(app, **common)
     return 0
 
 
