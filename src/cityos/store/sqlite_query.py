@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from cityos.entities.expiry import now_key, visible
+from cityos.entities.expiry import decode_visible, now_key
 from cityos.entities.model import Entity
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery, QueryResult
@@ -186,10 +186,7 @@ def _documents(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> 
     found = {pk: (doc, expiry) for pk, doc, expiry in rows}
     entities = []
     for pk in pks:
-        doc, expiry = found[pk]
-        entity = orjson.loads(doc)
-        if expiry is not None and expiry <= now:
-            entity = visible(entity, now)
+        entity = decode_visible(*found[pk], now)
         if entity is not None:
             entities.append(entity)
     return entities
@@ -228,10 +225,10 @@ class SQLiteQueries:
     def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
         row = (
             self._reader()
-            .execute("SELECT doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
+            .execute("SELECT doc, next_expiry FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
             .fetchone()
         )
-        return visible(orjson.loads(row[0])) if row else None
+        return decode_visible(*row) if row else None
 
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         exact = exact_in_sql(query)  # before bounded() wraps the predicate

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
-from cityos.entities.expiry import now_key, visible
+from cityos.entities.expiry import decode_visible, now_key
 from cityos.entities.model import Entity
 from cityos.errors import BadRequestData, QueryTimeout
 from cityos.query import budget
@@ -236,8 +236,10 @@ class PostgresStore(
 
     @read_again_once
     async def get_entity(self, tenant: str, entity_id: str) -> Entity | None:
-        doc = await self.pool.fetchval("SELECT doc FROM entities WHERE tenant = $1 AND id = $2", tenant, entity_id)
-        return visible(orjson.loads(doc)) if doc is not None else None
+        row = await self.pool.fetchrow(
+            "SELECT doc, next_expiry FROM entities WHERE tenant = $1 AND id = $2", tenant, entity_id
+        )
+        return decode_visible(row[0], row[1]) if row is not None else None
 
     # -- queries -----------------------------------------------------------------------------------
     def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
@@ -299,11 +301,12 @@ class PostgresStore(
             page_params += [query.limit + 1, query.offset]
         pks = [row["pk"] for row in await connection.fetch(sql, *page_params)]
         rows = await connection.fetch(
-            "SELECT e.doc FROM unnest($1::bigint[]) WITH ORDINALITY AS k(pk, n) JOIN entities e ON e.pk = k.pk"
-            " ORDER BY k.n",
+            "SELECT e.doc, e.next_expiry FROM unnest($1::bigint[]) WITH ORDINALITY AS k(pk, n)"
+            " JOIN entities e ON e.pk = k.pk ORDER BY k.n",
             pks,
         )
-        decoded = (visible(orjson.loads(row["doc"])) for row in budget.checked(rows))  # decoded on the loop
+        now = now_key()
+        decoded = (decode_visible(row[0], row[1], now) for row in budget.checked(rows))  # decoded on the loop
         entities = [entity for entity in decoded if entity is not None]
         has_more = query.limit is not None and len(entities) > query.limit
         if has_more:
