@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from cityos.entities.expiry import decode_visible, visible
+from cityos.entities.expiry import visible, visible_at
 from cityos.entities.render import RenderOptions, render_entity, render_instance
 from cityos.jsonld.termmap import TermMap, define_terms
 from cityos.ngsild.querying import LINK_SAFE, _quoted
@@ -131,17 +130,15 @@ def test_a_redefined_term_is_never_rendered_from_the_old_compaction() -> None:
     assert body["kind"]["vocab"] == "Auto"
 
 
-def test_decode_visible_walks_only_once_something_expired() -> None:
+def test_visible_at_walks_only_once_something_expired() -> None:
     entity = stored()
     entity["attrs"][V + "old"] = [{"type": "Property", "value": 1, "expiresAt": PAST}]
-    doc = orjson.dumps(entity)
-    assert decode_visible(doc, None) == entity  # no expiry in the row: nothing to prune
-    assert decode_visible(doc, FUTURE) == entity
-    assert decode_visible(doc, PAST) == visible(entity)
-    pruned = decode_visible(doc, PAST)
-    assert pruned is not None and V + "old" not in pruned["attrs"]
+    assert visible_at(entity, None) is entity  # no expiry in the row: nothing to prune
+    assert visible_at(entity, FUTURE) is entity
+    pruned = visible_at(entity, PAST)
+    assert pruned == visible(entity) and pruned is not None and V + "old" not in pruned["attrs"]
     entity["expiresAt"] = PAST
-    assert decode_visible(orjson.dumps(entity), PAST) is None
+    assert visible_at(entity, PAST) is None
 
 
 @pytest.mark.parametrize("value", ["T", "20", "a b", "x&y=z", "é", "urn:x:1,urn:x:2", "a#b", "a%20b", "", "q>5;r<3"])

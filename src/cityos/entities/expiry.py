@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from cityos.entities.model import Entity, Instance
 from cityos.entities.values import parse_datetime
 
@@ -71,10 +69,9 @@ def visible(entity: Entity | None, now: str | None = None) -> Entity | None:
     return {**entity, "attrs": pruned}
 
 
-def decode_visible(doc: bytes | str, expiry: str | None, now: str | None = None) -> Entity | None:
+def visible_at(entity: Entity, expiry: str | None, now: str | None = None) -> Entity | None:
     """A stored document as readers may see it, given its row's next_expiry: the walk of visible()
     runs only once something in it has expired (next_expiry is the earliest expiresAt inside)."""
-    entity: Entity = orjson.loads(doc)
     if expiry is None:
         return entity
     now = now or now_key()

@@ -17,8 +17,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import orjson
+
 from cityos.audit.chain import AuditRow
-from cityos.entities.expiry import decode_visible
+from cityos.entities.expiry import visible_at
 from cityos.entities.model import Entity
 from cityos.errors import DatabaseBusy, QueryTimeout
 from cityos.query import budget
@@ -361,7 +363,7 @@ class SQLiteStore(
             .execute("SELECT doc, next_expiry FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
             .fetchone()
         )
-        return decode_visible(*row) if row else None
+        return visible_at(orjson.loads(row[0]), row[1]) if row else None
 
     def _loop_reader(self) -> sqlite3.Connection:
         if self._loop_connection is None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from cityos.entities.expiry import decode_visible, now_key
+from cityos.entities.expiry import now_key, visible_at
 from cityos.entities.model import Entity
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery, QueryResult
@@ -186,7 +186,8 @@ def _documents(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> 
     found = {pk: (doc, expiry) for pk, doc, expiry in rows}
     entities = []
     for pk in pks:
-        entity = decode_visible(*found[pk], now)
+        doc, expiry = found[pk]
+        entity = visible_at(orjson.loads(doc), expiry, now)
         if entity is not None:
             entities.append(entity)
     return entities
@@ -228,7 +229,7 @@ class SQLiteQueries:
             .execute("SELECT doc, next_expiry FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
             .fetchone()
         )
-        return decode_visible(*row) if row else None
+        return visible_at(orjson.loads(row[0]), row[1]) if row else None
 
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         exact = exact_in_sql(query)  # before bounded() wraps the predicate

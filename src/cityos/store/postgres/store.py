@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
-from cityos.entities.expiry import decode_visible, now_key
+from cityos.entities.expiry import now_key, visible_at
 from cityos.entities.model import Entity
 from cityos.errors import BadRequestData, QueryTimeout
 from cityos.query import budget
@@ -239,7 +239,7 @@ class PostgresStore(
         row = await self.pool.fetchrow(
             "SELECT doc, next_expiry FROM entities WHERE tenant = $1 AND id = $2", tenant, entity_id
         )
-        return decode_visible(row[0], row[1]) if row is not None else None
+        return visible_at(orjson.loads(row[0]), row[1]) if row is not None else None
 
     # -- queries -----------------------------------------------------------------------------------
     def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
@@ -306,7 +306,7 @@ class PostgresStore(
             pks,
         )
         now = now_key()
-        decoded = (decode_visible(row[0], row[1], now) for row in budget.checked(rows))  # decoded on the loop
+        decoded = (visible_at(orjson.loads(row[0]), row[1], now) for row in budget.checked(rows))  # decoded on the loop
         entities = [entity for entity in decoded if entity is not None]
         has_more = query.limit is not None and len(entities) > query.limit
         if has_more:
