@@ -67,3 +67,12 @@ def visible(entity: Entity | None, now: str | None = None) -> Entity | None:
     if pruned is None:
         return entity
     return {**entity, "attrs": pruned}
+
+
+def visible_at(entity: Entity, expiry: str | None, now: str | None = None) -> Entity | None:
+    """A stored document as readers may see it, given its row's next_expiry: the walk of visible()
+    runs only once something in it has expired (next_expiry is the earliest expiresAt inside)."""
+    if expiry is None:
+        return entity
+    now = now or now_key()
+    return visible(entity, now) if expiry <= now else entity

@@ -27,34 +27,41 @@ class RenderOptions:
 
 def render_entity(entity: Entity, options: RenderOptions) -> dict[str, Any]:
     terms = options.terms
+    compacted = terms.compacted  # the context's IRI -> term map: one dict lookup per name once warm
     out: dict[str, Any] = {}
     if options.pick_id:
         out["id"] = entity["id"]
     if options.pick_type:
-        types = [terms.compact(t) for t in entity["type"]]
+        types = [compacted.get(t) or terms.compact(t) for t in entity["type"]]
         out["type"] = types[0] if len(types) == 1 else types
     if "scope" in entity and options.pick_scope:
         scope = entity["scope"]
         out["scope"] = scope[0] if len(scope) == 1 else scope
+    keep, omit, datasets = options.attrs, options.omit, options.datasets
+    key_values = options.format == "keyValues"
+    verbatim, skipped = _VERBATIM[options.sys_attrs, bool(options.lang)], _SKIPPED[options.sys_attrs]
+    concise = options.format == "concise"
     for iri, instances in entity["attrs"].items():
-        if options.attrs is not None and iri not in options.attrs:
+        if (keep is not None and iri not in keep) or (omit is not None and iri in omit) or not instances:
             continue
-        if options.omit is not None and iri in options.omit:
-            continue
-        if not instances:
-            continue
-        if options.datasets is not None:
-            instances = [i for i in instances if i.get("datasetId") in options.datasets]
+        if datasets is not None:
+            instances = [i for i in instances if i.get("datasetId") in datasets]
             if not instances:
                 continue
-        name = terms.compact(iri)
-        rendered = [render_instance(instance, options) for instance in instances]
-        if options.format == "keyValues" and len(rendered) > 1:
+        name = compacted.get(iri) or terms.compact(iri)
+        if key_values:
+            rendered = [key_value(instance, options) for instance in instances]
+        else:
+            rendered = [_render(instance, options, verbatim, skipped, concise) for instance in instances]
+        if len(rendered) == 1:
+            out[name] = rendered[0]
+            continue
+        if key_values:
             # several datasetIds in keyValues: {"dataset": {"@none": v, "<datasetId>": v}} (4.5.x)
             out[name] = {"dataset": {i.get("datasetId", "@none"): v for i, v in zip(instances, rendered, strict=True)}}
         else:
-            out[name] = rendered[0] if len(rendered) == 1 else rendered
-    if options.sys_attrs and options.format != "keyValues":
+            out[name] = rendered
+    if options.sys_attrs and not key_values:
         for key in SYSTEM_KEYS:
             if key in entity:
                 out[key] = entity[key]
@@ -127,39 +134,57 @@ def _compact_vocab(vocab: Any, terms: TermMap) -> Any:
     return terms.compact(vocab)
 
 
+# Members of a stored instance copied as they are, by (sysAttrs, lang given): the common case is
+# decided by one set lookup per member; the rest (sub-attributes, vocab, objectList, languageMap
+# with lang, unknown members) takes the general branch below.
+_PLAIN = frozenset({"value", "object", "datasetId", "observedAt", "unitCode", "json", "valueList", "instanceId"})
+_VERBATIM = {
+    (sys_attrs, lang): _PLAIN | (frozenset(SYSTEM_KEYS) if sys_attrs else frozenset()) | _no_lang
+    for sys_attrs in (False, True)
+    for lang, _no_lang in ((False, frozenset({"languageMap"})), (True, frozenset()))
+}
+_SKIPPED = {False: frozenset({"type", *SYSTEM_KEYS}), True: frozenset({"type"})}
+
+
 def render_instance(instance: Instance, options: RenderOptions) -> Any:
     if options.format == "keyValues":
         return key_value(instance, options)
+    verbatim, skipped = _VERBATIM[options.sys_attrs, bool(options.lang)], _SKIPPED[options.sys_attrs]
+    return _render(instance, options, verbatim, skipped, options.format == "concise")
+
+
+def _render(
+    instance: Instance, options: RenderOptions, verbatim: frozenset[str], skipped: frozenset[str], concise: bool
+) -> Any:
+    """An instance in normalized or concise form; `verbatim` and `skipped` are the member sets of
+    the options (_VERBATIM, _SKIPPED), looked up once per entity by render_entity."""
     terms = options.terms
-    kind = instance["type"]
-    out: dict[str, Any] = {"type": kind}
+    out: dict[str, Any] = {"type": instance["type"]}
     for key, value in instance.items():
-        if key == "type":
+        if key in verbatim:
+            out[key] = value
+        elif key in skipped:
             continue
-        if ":" in key:
-            if value is None:
-                continue
-            out[terms.compact(key)] = render_instance(value, options)
-        elif key in SYSTEM_KEYS:
-            if options.sys_attrs:
-                out[key] = value
+        elif ":" in key:
+            if value is not None:
+                out[terms.compacted.get(key) or terms.compact(key)] = _render(
+                    value, options, verbatim, skipped, concise
+                )
         elif key == "vocab":
             out["vocab"] = _compact_vocab(value, terms)
         elif key in ("objectType", "entityTypeSealed"):
             out[key] = _compact_vocab(value, terms)
         elif key == "objectList":
             out["objectList"] = [{"object": target} for target in value]
-        elif key == "languageMap" and options.lang:
-            tag, text = _language_value(value, options.lang)
+        elif key == "languageMap":  # with lang (without, it is verbatim)
+            tag, text = _language_value(value, options.lang or "")
             out["type"] = "Property"
             out["value"] = text
             if tag != "@none":
                 out["lang"] = tag
         else:
             out[key] = value
-    if options.format == "concise":
-        return _concise(out)
-    return out
+    return _concise(out) if concise else out
 
 
 def _concise(out: dict[str, Any]) -> Any:

@@ -57,7 +57,7 @@ class TermMap:
     vocab: str | None = None
     _inverse: dict[str, str] | None = None
     _prefixes: list[tuple[str, str]] | None = None
-    _compact_cache: dict[str, str] = field(default_factory=dict)
+    compacted: dict[str, str] = field(default_factory=dict)  # IRI -> compact form, filled by compact()
     _expand_cache: dict[str, str] = field(default_factory=dict)
 
     def copy(self) -> TermMap:
@@ -120,12 +120,12 @@ class TermMap:
 
     def compact(self, iri: str) -> str:
         """Compact an absolute IRI to the shortest term or compact IRI this context allows."""
-        hit = self._compact_cache.get(iri)
+        hit = self.compacted.get(iri)
         if hit is not None:
             return hit
         result = self._compact_uncached(iri)
-        if len(self._compact_cache) < 10_000:
-            self._compact_cache[iri] = result
+        if len(self.compacted) < 10_000:
+            self.compacted[iri] = result
         return result
 
     def _compact_uncached(self, iri: str) -> str:
@@ -204,5 +204,5 @@ def define_terms(target: TermMap, context: dict[str, Any], *, allow_scoped: bool
             raise BadRequestData(f"@context term {term!r} must map to a string or an object")
     target._inverse = None
     target._prefixes = None
-    target._compact_cache.clear()
+    target.compacted.clear()
     target._expand_cache.clear()

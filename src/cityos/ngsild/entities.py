@@ -36,7 +36,7 @@ from cityos.ngsild.common import (
 from cityos.ngsild.forwarding import forward_retrieve
 from cityos.ngsild.join import JoinPlan, join_plan, render_joined
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
-from cityos.ngsild.querying import purge_entities, query_entities, type_filter
+from cityos.ngsild.querying import plain_params, purge_entities, query_entities, type_filter
 from cityos.query import budget
 from cityos.query.projection import Projected, depth, parse_projection
 from cityos.store.base import MutationResult
@@ -216,8 +216,9 @@ async def retrieve_entity(request: Request) -> Response:
     entity_id = _entity_id(request)
     tenant_name = await existing_tenant(request)
     context = await query_context(request, tenant_name)
-    render = representation(request, context)
-    if media != GEO_JSON and request.query_params.get("geometryProperty") is not None:
+    params = plain_params(request)
+    render = representation(request, context, params)
+    if media != GEO_JSON and params.get("geometryProperty") is not None:
         raise BadRequestData("geometryProperty needs Accept: application/geo+json")
     entity = await services(request).store.get_entity(tenant_name, entity_id)
     read = access.view(request, tenant_name)
@@ -229,20 +230,20 @@ async def retrieve_entity(request: Request) -> Response:
         return json_response(remote, media=media, context=context)
     if not read.unrestricted:  # auth off: no coroutine to make (this is the hottest read)
         entity = await access.visible_or_404(request, tenant_name, read, entity)
-    type_param = request.query_params.get("type")
+    type_param = params.get("type")
     if type_param is not None and not set(type_filter(type_param, context)) & set(entity["type"]):
         raise ResourceNotFound(f"entity {entity_id} is not of type {type_param}")
     if render.attrs and not any(iri in entity["attrs"] for iri in render.attrs):
         raise ResourceNotFound(f"entity {entity_id} has none of the requested attributes")
     if media == GEO_JSON:
-        feature = to_geojson_feature(entity, render, request.query_params.get("geometryProperty"))
+        feature = to_geojson_feature(entity, render, params.get("geometryProperty"))
         response = geojson_response(request, feature, context)
         if not read.unrestricted:
             await access.personal_reads(request, tenant_name, read, [entity])
         return await entity_maps.for_entity(request, tenant_name, entity_id, response)
     if not read.unrestricted:
         await access.personal_reads(request, tenant_name, read, [entity])
-    plan = request_join_plan(request)
+    plan = request_join_plan(request, params)
     if plan is not None:
         rendered = await render_joined([entity], render, plan, services(request).store, tenant_name, read)
         body: Any = rendered if plan.mode == "flat" and len(rendered) > 1 else rendered[0]

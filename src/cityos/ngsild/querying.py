@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -89,9 +90,20 @@ PURGE_PARAMS = (
     "csf",
 )
 REPRESENTATION_OPTIONS = ("keyValues", "concise", "normalized", "sysAttrs", "simplified", "count")
+PLAIN_PARAMS = "cityos.plain_params"  # the request scope's key of plain_params()
 SYSTEM_ATTRIBUTES = frozenset(
     {"id", "type", "scope", "createdAt", "modifiedAt", "deletedAt", "observedAt", "expiresAt"}
 )
+
+
+def plain_params(request: Request) -> dict[str, str]:
+    """The URL's parameters as a plain dict (the last value of a repeated name, as QueryParams' own
+    lookup gives), made once per request: QueryParams.get raises and catches a KeyError for every
+    absent name, and a read asks for dozens of names that are mostly absent. Read-only."""
+    params: dict[str, str] | None = request.scope.get(PLAIN_PARAMS)
+    if params is None:
+        params = request.scope[PLAIN_PARAMS] = dict(request.query_params)
+    return params
 
 
 def check_not_too_wide(request: Request, *, purge: bool = False) -> None:
@@ -99,7 +111,7 @@ def check_not_too_wide(request: Request, *, purge: bool = False) -> None:
     local=true; ids or a pattern alone select too much (spec 5.7.2, 5.6.x purge). A query (not a
     purge) with id or idPattern alone is let through when `allow_id_only_queries` is set: clients
     written against Orion-LD list or clean up their own entities that way (docs/conformance.md)."""
-    params = request.query_params
+    params = plain_params(request)
     if params.get("type") is not None or params.get("georel") is not None or params.get("local") == "true":
         return
     ids_given = params.get("id") or params.get("idPattern")
@@ -122,7 +134,7 @@ def check_not_too_wide(request: Request, *, purge: bool = False) -> None:
 
 
 def check_csf(request: Request) -> None:
-    csf = request.query_params.get("csf")
+    csf = plain_params(request).get("csf")
     if csf is not None:
         from cityos.query.q import parse_q
 
@@ -135,7 +147,7 @@ def type_filter(raw: str, context: ResolvedContext) -> list[str]:
 
 
 def geo_from_params(request: Request) -> Any:
-    params = request.query_params
+    params = plain_params(request)
     if not any(params.get(k) is not None for k in ("georel", "geometry", "coordinates")):
         return None
     from cityos.query.geo import parse_geo_query
@@ -146,7 +158,7 @@ def geo_from_params(request: Request) -> Any:
 
 
 def spec_from_params(request: Request) -> QuerySpec:
-    params = request.query_params
+    params = plain_params(request)
     ids = csv_param(request, "id")
     for entity_id in ids or ():
         require_uri(entity_id, "id")
@@ -166,14 +178,14 @@ def spec_from_params(request: Request) -> QuerySpec:
 
 def build_query(request: Request, context: ResolvedContext, tenant_name: str = "") -> EntityQuery:
     spec = spec_from_params(request)
-    plan = join_plan(request.query_params.get("join"), request.query_params.get("joinLevel"), None, None)
+    params = plain_params(request)
+    plan = join_plan(params.get("join"), params.get("joinLevel"), None, None)
     if plan is not None:
         lookup = functools.partial(services(request).store.lookup_in_query, tenant_name)
         read = access.view(request, tenant_name)  # q reads linked entities as the caller may see them
         spec.lookup = lookup if read.unrestricted else lambda entity_id: seen(read, lookup(entity_id))
         spec.join_level = plan.level
     query = build_entity_query(spec, context.terms.expand)
-    params = request.query_params
     if params.get("orderBy") is not None:
         query.sort = ordering(
             params["orderBy"], context.terms.expand, collation=params.get("collation"), origin=params.get("orderFrom")
@@ -184,6 +196,13 @@ def build_query(request: Request, context: ResolvedContext, tenant_name: str = "
 
 
 LINK_SAFE = ":/.*;=!$'()@[]{}|~-_"
+# a value made only of characters quote() leaves alone (ASCII letters, digits and LINK_SAFE) is
+# its own quoted form: most paging values (types, numbers) skip the slower quote()
+_UNQUOTED = re.compile(r"[A-Za-z0-9" + re.escape(LINK_SAFE) + "]*")
+
+
+def _quoted(value: str) -> str:
+    return value if _UNQUOTED.fullmatch(value) else quote(value, safe=LINK_SAFE)
 
 
 def pagination_links(request: Request, limit: int, offset: int, has_more: bool, base: str = "") -> list[str]:
@@ -194,11 +213,11 @@ def pagination_links(request: Request, limit: int, offset: int, has_more: bool, 
         return []
 
     def link(new_offset: int, rel: str) -> str:
-        merged = {**dict(parse_qsl(base)), **request.query_params}
+        merged = {**dict(parse_qsl(base)), **request.query_params} if base else dict(request.query_params)
         params = {k: v for k, v in merged.items() if k not in ("limit", "offset", "entityMap")}
         params.update({"limit": str(limit), "offset": str(new_offset)})
         # reserved characters inside values are escaped; `:`, `/`, `.` and `*` stay readable
-        query = "&".join(f"{k}={quote(v, safe=LINK_SAFE)}" for k, v in sorted(params.items()))
+        query = "&".join(f"{k}={_quoted(v)}" for k, v in sorted(params.items()))
         return f'<{request.url.path.rstrip("/")}?{query}>; rel="{rel}";type="application/json"'
 
     links = []
@@ -219,8 +238,9 @@ def check_string_members(body: dict[str, Any]) -> None:
 def page(request: Request) -> tuple[int, int]:
     settings = services(request).settings
     try:
-        limit = int(request.query_params.get("limit", settings.default_page_size))
-        offset = int(request.query_params.get("offset", 0))
+        params = plain_params(request)
+        limit = int(params.get("limit", settings.default_page_size))
+        offset = int(params.get("offset", 0))
     except ValueError as exc:
         raise BadRequestData("limit and offset must be integers") from exc
     if limit < 0 or offset < 0:
@@ -237,7 +257,7 @@ async def query_entities(request: Request) -> Response:
     media = accept(request, (JSON, JSON_LD, GEO_JSON))
     tenant_name = await existing_tenant(request)
     context = await query_context(request, tenant_name)
-    params = request.query_params
+    params = plain_params(request)
     check_not_too_wide(request)
     check_csf(request)
     if params.get("type") == "*" and params.get("local") == "false":
@@ -261,8 +281,8 @@ async def run_query(
     from cityos.ngsild import entity_maps
     from cityos.ngsild.entities import geojson_response, representation
 
+    params = params if params is not None else plain_params(request)
     render = representation(request, context, params)
-    params = params if params is not None else request.query_params
     wants_count = "count" in options(request, REPRESENTATION_OPTIONS) or params.get("count") == "true"
     limit, offset = page(request)
     read = access.view(request, tenant_name)

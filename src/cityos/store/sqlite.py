@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import orjson
 
 from cityos.audit.chain import AuditRow
-from cityos.entities.expiry import visible
+from cityos.entities.expiry import visible_at
 from cityos.entities.model import Entity
 from cityos.errors import DatabaseBusy, QueryTimeout
 from cityos.query import budget
@@ -360,10 +360,10 @@ class SQLiteStore(
         # less than the hand-off to a reader thread.
         row = (
             self._loop_reader()
-            .execute("SELECT doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
+            .execute("SELECT doc, next_expiry FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
             .fetchone()
         )
-        return visible(orjson.loads(row[0])) if row else None
+        return visible_at(orjson.loads(row[0]), row[1]) if row else None
 
     def _loop_reader(self) -> sqlite3.Connection:
         if self._loop_connection is None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from cityos.entities.expiry import now_key, visible
+from cityos.entities.expiry import now_key, visible_at
 from cityos.entities.model import Entity
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery, QueryResult
@@ -188,9 +188,7 @@ def _documents(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> 
     entities = []
     for pk in pks:
         doc, expiry = found[pk]
-        entity = orjson.loads(doc)
-        if expiry is not None and expiry <= now:
-            entity = visible(entity, now)
+        entity = visible_at(orjson.loads(doc), expiry, now)
         if entity is not None:
             entities.append(entity)
     return entities
@@ -213,10 +211,10 @@ class SQLiteQueries:
     def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
         row = (
             self._reader()
-            .execute("SELECT doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
+            .execute("SELECT doc, next_expiry FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
             .fetchone()
         )
-        return visible(orjson.loads(row[0])) if row else None
+        return visible_at(orjson.loads(row[0]), row[1]) if row else None
 
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         exact = exact_in_sql(query)  # before bounded() wraps the predicate

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
-from cityos.entities.expiry import now_key, visible
+from cityos.entities.expiry import now_key, visible_at
 from cityos.entities.model import Entity
 from cityos.errors import BadRequestData, QueryTimeout
 from cityos.query import budget
@@ -119,13 +119,14 @@ async def _page_in_sql(
     paging = "" if query.limit is None else f" LIMIT {p(query.limit + 1)} OFFSET {p(offset)}"
     rows = await connection.fetch(
         f"WITH page AS MATERIALIZED (SELECT e.pk FROM entities e WHERE {condition_here} ORDER BY e.pk{paging})"
-        " SELECT e.doc FROM page JOIN entities e ON e.pk = page.pk ORDER BY page.pk",
+        " SELECT e.doc, e.next_expiry FROM page JOIN entities e ON e.pk = page.pk ORDER BY page.pk",
         *p.values,
     )
     has_more = query.limit is not None and len(rows) > query.limit
     if has_more:
         rows = rows[: query.limit]
-    decoded = (visible(orjson.loads(row["doc"])) for row in budget.checked(rows))  # decoded on the loop
+    now = now_key()  # the expiry walk only for rows whose next_expiry says something may be gone
+    decoded = (visible_at(orjson.loads(row[0]), row[1], now) for row in budget.checked(rows))  # decoded on the loop
     entities = [entity for entity in decoded if entity is not None]
     total = None
     if query.count:
@@ -288,8 +289,10 @@ class PostgresStore(
 
     @read_again_once
     async def get_entity(self, tenant: str, entity_id: str) -> Entity | None:
-        doc = await self.pool.fetchval("SELECT doc FROM entities WHERE tenant = $1 AND id = $2", tenant, entity_id)
-        return visible(orjson.loads(doc)) if doc is not None else None
+        row = await self.pool.fetchrow(
+            "SELECT doc, next_expiry FROM entities WHERE tenant = $1 AND id = $2", tenant, entity_id
+        )
+        return visible_at(orjson.loads(row[0]), row[1]) if row is not None else None
 
     # -- queries -----------------------------------------------------------------------------------
     def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
