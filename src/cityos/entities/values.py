@@ -31,6 +31,8 @@ BAD_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Co", "Cn", "Cs"})
 
 
 def has_invisible(value: str) -> bool:
+    if value.isascii():  # every code point below 0x80 passes: the common case, in C
+        return False
     for char in value:
         code = ord(char)
         if code < 0x80:
