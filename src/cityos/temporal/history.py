@@ -85,6 +85,8 @@ def changed_instances(before: Entity | None, after: Entity | None) -> list[tuple
     new_attrs = after["attrs"] if after else {}
     stamp = after["modifiedAt"] if after and after.get("modifiedAt") else now()
     for attr in dict.fromkeys([*new_attrs, *old_attrs]):
+        if old_attrs.get(attr) == new_attrs.get(attr):  # unchanged (most attributes of an update)
+            continue
         old = _by_dataset(old_attrs.get(attr, []))
         new = _by_dataset(new_attrs.get(attr, []))
         for dataset, instance in new.items():
