@@ -13,10 +13,12 @@ which repeat to a fraction of a percent whatever else the machine runs:
 another checkout's src/ to measure that commit. CITYOS_INSTRUCTIONS_AUTH=1 serves with --auth
 required and sends the requests with an API key whose policy hides one attribute (issue 14's
 auth-on cost); CITYOS_INSTRUCTIONS_AUDIT=off serves with --audit off (what the audit trail costs a
-write). Kinds: retrieve, query, q, geo, update, create, batch.
+write). Kinds: retrieve, query, q, geo, update, create, batch; attr and parking are the served
+scenarios 2 and 1 (a partial attribute update without type, the OffStreetParking entity created).
 
 Work done once per period of wall-clock time (the expiry sweep every second, the authenticator's
-credentials poll every second, the signed audit checkpoint every minute) is put off for the run:
+credentials poll every second, the signed audit checkpoint every minute, the WAL checkpoint every
+0.2 s while writes go on) is put off for the run:
 under callgrind a second is a few requests instead of thousands, so such work would be counted
 many times per request, more the busier the machine (a loaded machine slows the run down).
 """
@@ -35,6 +37,7 @@ from typing import Any
 import orjson
 
 import cityos.app
+from benchmarks.entities import make_entity
 from cityos.app import create_app
 from cityos.settings import Settings
 
@@ -80,6 +83,11 @@ def request_of(kind: str, seq: int) -> tuple[str, str, bytes]:
     if kind == "update":
         body = {"temperature": {"type": "Property", "value": seq}}
         return "PATCH", f"{API}/entities/urn:ngsi-ld:T:{seq % ENTITIES}/attrs", orjson.dumps(body)
+    if kind == "attr":  # scenario 2's shape: one attribute, value and observedAt, no type
+        body = {"value": seq, "observedAt": f"2026-01-01T00:00:{seq % 60:02d}Z"}
+        return "PATCH", f"{API}/entities/urn:ngsi-ld:T:{seq % ENTITIES}/attrs/temperature", orjson.dumps(body)
+    if kind == "parking":  # scenario 1's body: the OffStreetParking entity of benchmarks/entities.py
+        return "POST", f"{API}/entities", orjson.dumps(make_entity(seq, id_=f"urn:ngsi-ld:OffStreetParking:c{seq}"))
     if kind == "create":
         body = {"id": f"urn:ngsi-ld:T:c{seq}", "type": "T", "temperature": {"type": "Property", "value": seq}}
         return "POST", f"{API}/entities", orjson.dumps(body)
@@ -165,6 +173,12 @@ async def measure(kind: str, count: int) -> float:
         options["audit"] = "off"
     cityos.app.SWEEP_SECONDS = PERIODIC_SECONDS
     try:
+        from cityos.store import sqlite_checkpoint
+    except ImportError:  # a commit before the checkpoints left the commit path
+        pass
+    else:  # a wall-clock period: under callgrind it would checkpoint every few requests
+        sqlite_checkpoint.PAUSE = PERIODIC_SECONDS
+    try:
         from cityos.auth import authenticator
     except ImportError:  # a commit before issue 14
         pass
@@ -179,7 +193,7 @@ async def measure(kind: str, count: int) -> float:
         for start in range(0, ENTITIES, 500):
             load = orjson.dumps(everything[start : start + 500])
             assert await call(app, "POST", f"{API}/entityOperations/upsert", load, admin) in (201, 204)
-        offset = 10**6 if kind == "create" else 0  # warm-up creates must not collide with measured ones
+        offset = 10**6 if kind in ("create", "parking") else 0  # warm-up creates must not collide with measured ones
         for seq in range(WARM_UP):
             await call(app, *request_of(kind, seq + offset), reader)
         callgrind("on")

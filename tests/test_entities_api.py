@@ -742,6 +742,34 @@ def test_partial_attribute_update_of_one_dataset(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
+    ("attr", "body", "expected"),
+    [
+        # read as the existing type: no member names a type, so the fragment is not a value
+        ("speed", {"observedAt": "2025-01-01T00:00:00Z"}, {**VEHICLE["speed"], "observedAt": "2025-01-01T00:00:00Z"}),
+        ("isParked", {"object": "urn:ngsi-ld:X:2"}, {**VEHICLE["isParked"], "object": "urn:ngsi-ld:X:2"}),
+        (
+            "location",
+            {"value": {"type": "Point", "coordinates": [1.0, 2.0]}},
+            {**VEHICLE["location"], "value": {"type": "Point", "coordinates": [1.0, 2.0]}},
+        ),
+    ],
+    ids=["members-only", "relationship", "geoproperty"],
+)
+def test_partial_attribute_update_without_type_takes_the_existing_one(
+    client: TestClient, vehicle: str, attr: str, body: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    response = client.patch(url(vehicle, f"/attrs/{attr}"), json=body)
+    assert response.status_code == 204, response.text
+    assert get(client, vehicle)[attr] == expected
+
+
+def test_partial_attribute_update_parse_error_comes_before_not_found(client: TestClient) -> None:
+    # the fragment is typed in the write's transaction now: its errors must still come first
+    response = client.patch(url("urn:ngsi-ld:Vehicle:none", "/attrs/speed"), json={"value": None})
+    assert_problem(response, 400, "BadRequestData")
+
+
+@pytest.mark.parametrize(
     ("attr", "body", "status", "kind"),
     [
         ("colour", {"value": 1}, 404, "ResourceNotFound"),

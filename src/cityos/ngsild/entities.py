@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -12,10 +12,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cityos.entities import update
-from cityos.entities.model import parse_attribute, parse_entity, parse_fragment, parse_instance
+from cityos.entities.model import (
+    Entity,
+    Instance,
+    infer_type,
+    parse_attribute,
+    parse_entity,
+    parse_fragment,
+    parse_instance,
+)
 from cityos.entities.render import RenderOptions, downgrade, render_entity, to_geojson_feature
 from cityos.entities.values import check_name, now, require_uri
-from cityos.errors import BadRequestData, InvalidRequest, ResourceNotFound
+from cityos.errors import BadRequestData, InvalidRequest, NgsiLdError, ResourceNotFound
 from cityos.jsonld.registry import ResolvedContext
 from cityos.ngsild import access, entity_maps
 from cityos.ngsild.common import (
@@ -37,6 +45,7 @@ from cityos.ngsild.forwarding import forward_retrieve
 from cityos.ngsild.join import JoinPlan, join_plan, render_joined
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
 from cityos.ngsild.querying import plain_params, purge_entities, query_entities, type_filter
+from cityos.policy.enforce import WriteCheck
 from cityos.query import budget
 from cityos.query.projection import Projected, depth, parse_projection
 from cityos.store.base import MutationResult
@@ -154,6 +163,11 @@ async def _mutate_one(request: Request, tenant_name: str, entity_id: str, mutato
         context = await query_context(request, tenant_name)
         mutator = update.only_types(entity_id, type_filter(type_param, context), mutator)
     mutator = access.guarded(entity_id, mutator, access.writes(request, tenant_name))
+    return await _run_one(request, tenant_name, entity_id, mutator)
+
+
+async def _run_one(request: Request, tenant_name: str, entity_id: str, mutator: update.Mutator) -> MutationResult:
+    """Run one mutation, already guarded by the access policies, atomically."""
     try:
         results = await services(request).store.mutate(tenant_name, [(entity_id, mutator)], atomic=True)
     except access.DENIED as error:
@@ -335,25 +349,70 @@ async def partial_attribute_update(request: Request) -> Response:
     attr = _attr_iri(request, context)
     if not isinstance(body, dict):
         raise BadRequestData("the attribute fragment must be a JSON object")
-    stamp = now()
+    name, stamp = request.path_params["attr"], now()
     fragment = {k: v for k, v in body.items() if k != "@context"}
-    if "type" not in fragment:
-        current = await services(request).store.get_entity(tenant_name, entity_id)
-        existing = (current or {}).get("attrs", {}).get(attr) or [{}]
-        kind = existing[0].get("type")
-        if kind:
-            fragment["type"] = kind
-    if not fragment:
-        raise BadRequestData("the attribute fragment is empty")
-    patch = parse_instance(
-        request.path_params["attr"], fragment, context.terms, stamp=stamp, nulls="instance", value_optional=True
-    )
     dataset = fragment.get("datasetId")
-    patch.pop("createdAt", None)
-    for member in ("datasetId",):
-        patch.pop(member, None)
-    await _mutate_one(request, tenant_name, entity_id, update.partial_update(entity_id, attr, patch, dataset))
+
+    def parse(kind: str | None) -> Instance:
+        """The patch of the fragment, typed as the existing attribute when it names no type."""
+        typed = fragment if kind is None else {**fragment, "type": kind}
+        if not typed:
+            raise BadRequestData("the attribute fragment is empty")
+        patch = parse_instance(name, typed, context.terms, stamp=stamp, nulls="instance", value_optional=True)
+        patch.pop("createdAt", None)
+        patch.pop("datasetId", None)
+        return patch
+
+    if "type" in fragment or "type" in request.query_params:
+        kind = None
+        if "type" not in fragment:
+            kind = _attribute_type(await services(request).store.get_entity(tenant_name, entity_id), attr)
+        patch = parse(kind)
+        await _mutate_one(request, tenant_name, entity_id, update.partial_update(entity_id, attr, patch, dataset))
+    else:
+        check = access.writes(request, tenant_name)
+        mutator = _typed_in_transaction(entity_id, attr, dataset, (name, fragment, parse), check)
+        await _run_one(request, tenant_name, entity_id, mutator)
     return no_content()
+
+
+def _attribute_type(current: Entity | None, attr: str) -> str | None:
+    """The type of the attribute's first instance in `current`: what a fragment without one takes."""
+    kind: str | None = ((current or {}).get("attrs", {}).get(attr) or [{}])[0].get("type")
+    return kind
+
+
+def _typed_in_transaction(
+    entity_id: str,
+    attr: str,
+    dataset: str | None,
+    fragment: tuple[str, dict[str, Any], Callable[[str | None], Instance]],
+    check: WriteCheck | None,
+) -> update.Mutator:
+    """The partial update of a fragment without a type, typed from the entity its own transaction
+    reads: a read of the entity before the write cost as much as the rest of the request. The
+    fragment is parsed untyped here, and again with the existing type only when that type reads it
+    differently (infer_type guessed another type, or wrapped it as a value); a parse error still
+    comes before any other (policy, not found), as when the type was read first."""
+    name, raw, parse = fragment
+    untyped: Instance | NgsiLdError
+    try:
+        untyped = parse(None)
+    except NgsiLdError as error:
+        untyped = error
+    guessed, read_as = infer_type(name, raw)
+
+    def run(current: Entity | None) -> update.Outcome:
+        kind = _attribute_type(current, attr)
+        if kind and (read_as is not raw or kind != guessed):
+            patch = parse(kind)
+        elif isinstance(untyped, NgsiLdError):
+            raise untyped
+        else:
+            patch = untyped
+        return access.guarded(entity_id, update.partial_update(entity_id, attr, patch, dataset), check)(current)
+
+    return run
 
 
 async def replace_attribute(request: Request) -> Response:
@@ -399,26 +458,29 @@ async def missing_entity_id(request: Request) -> Response:
 def routes() -> list[Route]:
     entity = BASE + "/entities/{entity_id}"
     every = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    # Starlette tries the routes in order: the hottest come first (a route costs a regex match per
+    # request before it). No two of these paths match the same URL, so the order changes no answer;
+    # the routes of one path keep their order (the first that lacks the method answers 405).
     return [
+        Route(entity + "/attrs/{attr}", partial_attribute_update, methods=["PATCH"]),
+        Route(entity + "/attrs/{attr}", replace_attribute, methods=["PUT"]),
+        Route(entity + "/attrs/{attr}", delete_attribute, methods=["DELETE"]),
+        Route(entity, retrieve_entity, methods=["GET"]),
+        Route(entity, replace_entity, methods=["PUT"]),
+        Route(entity, merge_entity, methods=["PATCH"]),
+        Route(entity, delete_entity, methods=["DELETE"]),
+        Route(BASE + "/entities", create_entity, methods=["POST"]),
         Route(BASE + "/entities/", missing_entity_id, methods=["PUT", "PATCH"]),
         Route(BASE + "/entities//attrs", missing_entity_id, methods=every),
         Route(BASE + "/entities//attrs/", missing_entity_id, methods=every),
         Route(BASE + "/entities//attrs/{attr}", missing_entity_id, methods=every),
-        Route(BASE + "/entities", create_entity, methods=["POST"]),
         Route(BASE + "/entities/", create_entity, methods=["POST"]),
         Route(BASE + "/entities", query_entities, methods=["GET"]),
         Route(BASE + "/entities/", query_entities, methods=["GET"]),
         Route(BASE + "/entities", purge_entities, methods=["DELETE"]),
         Route(BASE + "/entities/", purge_entities, methods=["DELETE"]),
-        Route(entity, retrieve_entity, methods=["GET"]),
-        Route(entity, replace_entity, methods=["PUT"]),
-        Route(entity, merge_entity, methods=["PATCH"]),
-        Route(entity, delete_entity, methods=["DELETE"]),
         Route(entity + "/attrs", append_attributes, methods=["POST"]),
         Route(entity + "/attrs/", append_attributes, methods=["POST"]),
         Route(entity + "/attrs", update_attributes, methods=["PATCH"]),
         Route(entity + "/attrs/", update_attributes, methods=["PATCH"]),
-        Route(entity + "/attrs/{attr}", partial_attribute_update, methods=["PATCH"]),
-        Route(entity + "/attrs/{attr}", replace_attribute, methods=["PUT"]),
-        Route(entity + "/attrs/{attr}", delete_attribute, methods=["DELETE"]),
     ]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import orjson
@@ -31,6 +32,7 @@ from cityos.store.base import (
 from cityos.store.fair import FairShare
 from cityos.store.sqlite_audit import AUDIT_SCHEMA, SQLiteAudit, seal_into
 from cityos.store.sqlite_catalog import SQLiteCatalog
+from cityos.store.sqlite_checkpoint import BACKSTOP_PAGES, Checkpointer
 from cityos.store.sqlite_history import Names, TimeCodec, instance_prefix, migrate
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
@@ -39,6 +41,7 @@ from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 from cityos.store.sqlite_writes import SQLiteWrites
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 SCHEMA = (
     """
@@ -119,6 +122,18 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
         future.set_result(value)
 
 
+def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in outcomes:
+        _settle(future, value, error)
+
+
+def _report_crash(done: Future[None]) -> None:
+    """The commit loop ends only by returning; an error out of it (a bug) is logged, not lost."""
+    error = done.exception()
+    if error is not None:
+        logger.error("the SQLite writer stopped", exc_info=error)
+
+
 def _connect(path: str, busy_timeout: float, durability: str = "normal") -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
     connection.execute("PRAGMA journal_mode=WAL")
@@ -176,6 +191,7 @@ class SQLiteStore(
         self.busy_timeout = busy_timeout  # seconds a statement waits for a lock another connection holds
         self._fair = FairShare(client_share)  # queries of one client hold at most this many readers
         self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cityos-writer")
+        self._checkpointer = Checkpointer(lambda: _connect(path, busy_timeout, durability))
         self._reader_pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cityos-reader")
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -232,8 +248,8 @@ class SQLiteStore(
             self._pending.append((fn, future, groupable, time.monotonic(), contextvars.copy_context()))
             start = not self._flushing
             self._flushing = True
-        if start:
-            loop.run_in_executor(self._writer_pool, self._flush, loop)
+        if start:  # the writer answers through `future`: nothing awaits the pool's own future
+            self._writer_pool.submit(self._flush, loop).add_done_callback(_report_crash)
         result: T = await future
         return result
 
@@ -279,6 +295,7 @@ class SQLiteStore(
                     if audit:  # the writes' audit records, chained in the same transaction
                         seal_into(connection, audit)
                     connection.execute("COMMIT")
+                    self._checkpointer.written()
                 self._forget(committed=True)
             except BaseException as failure:  # the transaction itself failed: nobody's write stands
                 if connection.in_transaction:
@@ -290,8 +307,7 @@ class SQLiteStore(
                     outcomes += [(future, None, failure) for future in self._expired_waits()]
             for wake in self._to_wake:
                 wake()
-            for future, value, problem in outcomes:
-                loop.call_soon_threadsafe(_settle, future, value, problem)
+            loop.call_soon_threadsafe(_settle_all, outcomes)  # one wake-up of the loop per group
 
     def _expired_waits(self) -> list[asyncio.Future[Any]]:
         """After the lock was not free in time: the queued writes that have waited as long as
@@ -325,9 +341,11 @@ class SQLiteStore(
                     f"{self.path} has schema version {row[0]}; this CityOS uses {SCHEMA_VERSION}. "
                     "Start from a new database file (migrations arrive with `cityos db upgrade`)."
                 )
+            connection.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")  # the checkpointer does it
             self._writer = connection
 
         await asyncio.get_running_loop().run_in_executor(self._writer_pool, setup)
+        self._checkpointer.start()
 
     async def close(self) -> None:
         def close_all() -> None:
@@ -340,6 +358,7 @@ class SQLiteStore(
                 self._writer.close()
                 self._writer = None
 
+        await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.stop)
         await asyncio.get_running_loop().run_in_executor(self._writer_pool, close_all)
         self._writer_pool.shutdown(wait=True)
         self._reader_pool.shutdown(wait=True)

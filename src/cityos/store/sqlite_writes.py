@@ -46,6 +46,9 @@ DRAIN_ORDER = (
 
 
 SCALARS = (str, int, float)
+# a document without this key has no expiresAt anywhere: nothing of it expires, so the walks of
+# visible() and next_expiry() are skipped (a substring test in C, exact: the key is never escaped)
+TRANSIENT = b'"expiresAt"'
 
 
 def _same_scalars(was: list[Instance], now: list[Instance]) -> bool:
@@ -198,7 +201,7 @@ class SQLiteWrites:
             "SELECT pk, doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
         ).fetchone()
         stored = orjson.loads(row[1]) if row else None
-        before = visible(stored)
+        before = visible(stored) if row is not None and TRANSIENT in row[1] else stored
         try:
             outcome = mutator(before)
         except NgsiLdError as error:
@@ -212,18 +215,19 @@ class SQLiteWrites:
                 connection.execute("DELETE FROM entities WHERE pk = ?", (row[0],))
         else:
             doc = orjson.dumps(after)
+            own, earliest = (own_expiry(after), next_expiry(after)) if TRANSIENT in doc else (None, None)
             if row is None:
                 pk = connection.execute(
                     "INSERT INTO entities (tenant, id, doc, modified_at, expires_at, next_expiry)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (tenant, entity_id, doc, after["modifiedAt"], own_expiry(after), next_expiry(after)),
+                    (tenant, entity_id, doc, after["modifiedAt"], own, earliest),
                 ).lastrowid
                 assert pk is not None
             else:
                 pk = row[0]
                 connection.execute(
                     "UPDATE entities SET doc = ?, modified_at = ?, expires_at = ?, next_expiry = ? WHERE pk = ?",
-                    (doc, after["modifiedAt"], own_expiry(after), next_expiry(after), pk),
+                    (doc, after["modifiedAt"], own, earliest, pk),
                 )
             self._index(connection, pk, stored, after)
         change = EntityChange(tenant, entity_id, before, after)
