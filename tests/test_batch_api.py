@@ -471,7 +471,7 @@ def test_batch_update_mix_of_good_and_bad(client: TestClient, settings: Settings
     docs = stored(settings)
     assert list(docs) == three_cars  # nothing created
     before_docs = {row[1]: row[2] for row in before[0]}
-    assert json.loads(before_docs["urn:ngsi-ld:Car:2"]) == docs["urn:ngsi-ld:Car:2"]
+    assert stored_json(before_docs["urn:ngsi-ld:Car:2"]) == docs["urn:ngsi-ld:Car:2"]
     assert key_values(client, "urn:ngsi-ld:Car:1")["speed"] == 16
 
 
