@@ -43,6 +43,15 @@ def postgres_schema_url(schema: str) -> str:
     return f"{POSTGRES}{'&' if '?' in POSTGRES else '?'}search_path={schema},public"
 
 
+def stored_json(doc: bytes | str) -> Any:
+    """A stored entity document as JSON, whichever the back-end (SQLite deflates it, sqlite_layout.py)."""
+    import orjson
+
+    from cityos.store.sqlite_layout import inflate
+
+    return orjson.loads(inflate(doc) if isinstance(doc, bytes) else doc)
+
+
 def db_rows(database: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     """The rows of one read-only statement on a test database, whichever the back-end. Write `?`
     placeholders (they become $1, $2, ... for PostgreSQL); a PostgreSQL json column comes back as

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import pytest
 from starlette.testclient import TestClient
 
-from backends import db_rows
+from backends import db_rows, stored_json
 from cityos.app import create_app
 from cityos.settings import Settings
 
@@ -57,7 +57,7 @@ def snapshot(settings: Settings) -> tuple[list[tuple[Any, ...]], list[tuple[Any,
 
 def stored(settings: Settings, tenant: str = "") -> dict[str, dict[str, Any]]:
     rows = db_rows(settings.database, "SELECT id, doc FROM entities WHERE tenant = ? ORDER BY pk", tenant)
-    return {entity_id: json.loads(doc) for entity_id, doc in rows}
+    return {entity_id: stored_json(doc) for entity_id, doc in rows}
 
 
 def key_values(client: TestClient, entity_id: str) -> dict[str, Any]:
@@ -471,7 +471,7 @@ def test_batch_update_mix_of_good_and_bad(client: TestClient, settings: Settings
     docs = stored(settings)
     assert list(docs) == three_cars  # nothing created
     before_docs = {row[1]: row[2] for row in before[0]}
-    assert json.loads(before_docs["urn:ngsi-ld:Car:2"]) == docs["urn:ngsi-ld:Car:2"]
+    assert stored_json(before_docs["urn:ngsi-ld:Car:2"]) == docs["urn:ngsi-ld:Car:2"]
     assert key_values(client, "urn:ngsi-ld:Car:1")["speed"] == 16
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import httpx
 
-from backends import db_rows, sqlite_only
+from backends import db_rows, sqlite_only, stored_json
 from cityos.store.sqlite import SCHEMA, SCHEMA_VERSION
-from cityos.store.sqlite_history import migrate
+from cityos.store.sqlite_history import Names
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA
+from cityos.store.sqlite_layout import migrate
 from cityos.store.sqlite_policies import POLICY_SCHEMA
 from cityos.store.sqlite_query import create_query_schema
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA
@@ -72,10 +73,9 @@ def locked(database: str) -> Iterator[None]:
 
 
 def stored_value(database: str) -> object:
-    import orjson
 
     (doc,) = db_rows(database, "SELECT doc FROM entities WHERE id = ?", ENTITY)[0]
-    attrs = orjson.loads(doc)["attrs"]
+    attrs = stored_json(doc)["attrs"]
     (instance,) = next(value for name, value in attrs.items() if name.endswith("temperature"))
     return instance["value"]
 
@@ -140,7 +140,7 @@ def make_database(path: str) -> None:
         connection.executescript(TEMPORAL_SCHEMA)
         connection.executescript(POLICY_SCHEMA)
         connection.executescript(IDENTITY_SCHEMA)
-        migrate(connection)  # the history tables, at their layout
+        migrate(connection, Names(writer=True))  # the history and side tables, at their layout
         create_query_schema(connection)  # the listing index and version
         connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from backends import db_rows
+from backends import db_rows, stored_json
 from cityos.app import create_app
 from cityos.settings import Settings
 from cityos.store import is_postgres
@@ -113,7 +113,7 @@ def snapshot(settings: Settings) -> tuple[list[tuple[Any, ...]], list[tuple[Any,
 def stored(settings: Settings, tenant: str = "") -> dict[str, dict[str, Any]]:
     """The stored documents of a tenant, by entity id."""
     rows = db_rows(settings.database, "SELECT id, doc FROM entities WHERE tenant = ? ORDER BY pk", tenant)
-    return {entity_id: json.loads(doc) for entity_id, doc in rows}
+    return {entity_id: stored_json(doc) for entity_id, doc in rows}
 
 
 def tenants(settings: Settings) -> list[str]:

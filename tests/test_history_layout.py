@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 from backends import sqlite_only
 from cityos.app import create_app
 from cityos.settings import Settings
+from cityos.store.sqlite_layout import LAYOUT
 
 OLD = Path(__file__).parent / "data" / "history-layout-0"
 
@@ -47,7 +48,7 @@ def test_an_old_file_answers_as_before(migrated: TestClient, tmp_path: Path) -> 
         # the same document, members in the same order
         assert orjson.dumps(response.json()) == orjson.dumps(expected[question]), question
     database = tmp_path / "cityos.db"
-    assert rows(database, "PRAGMA user_version") == [(1,)]
+    assert rows(database, "PRAGMA user_version") == [(LAYOUT,)]  # the history's layout and the entities' after it
     old = rows(OLD / "cityos.db", "SELECT pk, attr, instance_id, observed_us FROM temporal_instances ORDER BY pk")
     assert rows(database, "SELECT pk, attr, instance_id, observed_us FROM temporal_instances ORDER BY pk") == old
     assert rows(database, "SELECT name FROM sqlite_master WHERE name = 'temporal_instances_v0'") == []

@@ -465,14 +465,14 @@ def plan(big: tuple[TestClient, Starlette], spec: QuerySpec) -> list[str]:
         (QuerySpec(type_expr="Streetlight"), "SEARCH t USING PRIMARY KEY (type=?)"),
         (QuerySpec(attrs=["label"]), "SEARCH x USING PRIMARY KEY (attr=?)"),
         (QuerySpec(q="label"), "SEARCH x USING PRIMARY KEY (attr=?)"),
-        (QuerySpec(q="availableSpotNumber>450"), "SEARCH x USING INDEX attr_values_num (attr=? AND num>?)"),
-        (QuerySpec(q="no2<=5"), "SEARCH x USING INDEX attr_values_num (attr=? AND num<?)"),
+        (QuerySpec(q="availableSpotNumber>450"), "SEARCH x USING COVERING INDEX attr_values_num (attr=? AND num>?)"),
+        (QuerySpec(q="no2<=5"), "SEARCH x USING COVERING INDEX attr_values_num (attr=? AND num<?)"),
         (
             QuerySpec(q="availableSpotNumber==100..110"),
-            "SEARCH x USING INDEX attr_values_num (attr=? AND num>? AND num<?)",
+            "SEARCH x USING COVERING INDEX attr_values_num (attr=? AND num>? AND num<?)",
         ),
-        (QuerySpec(q="availableSpotNumber==123"), "SEARCH x USING INDEX attr_values_num (attr=? AND num=?)"),
-        (QuerySpec(q='label=="ytluaf"'), "SEARCH x USING INDEX attr_values_txt (attr=? AND txt=?)"),
+        (QuerySpec(q="availableSpotNumber==123"), "SEARCH x USING COVERING INDEX attr_values_num (attr=? AND num=?)"),
+        (QuerySpec(q='label=="ytluaf"'), "SEARCH x USING COVERING INDEX attr_values_txt (attr=? AND txt=?)"),
         (QuerySpec(geo=NEAR_800), "SCAN r VIRTUAL TABLE INDEX 2:"),
         (QuerySpec(geo=WITHIN), "SCAN r VIRTUAL TABLE INDEX 2:"),
         (
@@ -496,7 +496,7 @@ def test_a_broad_filter_is_probed_per_candidate(big: tuple[TestClient, Starlette
     key order, probes attr_values by its key, so a page stops after its last match."""
     steps = plan(big, QuerySpec(q='status=="faulty"'))
     assert "SCAN e USING COVERING INDEX entities_listing" in steps, steps
-    assert any(step.startswith("SEARCH x USING INDEX attr_values_pk (pk=?)") for step in steps), steps
+    assert any(step.startswith("SEARCH x USING PRIMARY KEY (pk=? AND attr=?)") for step in steps), steps
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 Writes are serialised through a single-thread executor (SQLite allows one writer anyway), each
 call one transaction; reads run on their own connections in parallel. Entity documents are stored
-as orjson blobs, with side tables for the pushed-down filters: types, attribute names and an R*Tree
-of GeoProperty bounding boxes.
+deflated (store/sqlite_layout.py), with side tables for the pushed-down filters: types, attribute
+names and values (interned, sqlite_layout.SIDE_SCHEMA) and an R*Tree of GeoProperty bounding boxes.
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ from cityos.store.fair import FairShare
 from cityos.store.sqlite_audit import AUDIT_SCHEMA, SQLiteAudit, seal_into
 from cityos.store.sqlite_catalog import SQLiteCatalog
 from cityos.store.sqlite_checkpoint import BACKSTOP_PAGES, Checkpointer
-from cityos.store.sqlite_history import Names, TimeCodec, instance_prefix, migrate
+from cityos.store.sqlite_history import Names, TimeCodec, instance_prefix
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
+from cityos.store.sqlite_layout import inflate, register
+from cityos.store.sqlite_layout import migrate as migrate_layout
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
 from cityos.store.sqlite_query import SQLiteQueries, create_query_schema
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
@@ -57,20 +59,6 @@ CREATE TABLE IF NOT EXISTS entities (
     UNIQUE (tenant, id)
 );
 CREATE INDEX IF NOT EXISTS entities_expiry ON entities (next_expiry) WHERE next_expiry IS NOT NULL;
-CREATE TABLE IF NOT EXISTS attr_values (
-    attr TEXT NOT NULL, num REAL, txt TEXT, pk INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS attr_values_num ON attr_values (attr, num) WHERE num IS NOT NULL;
-CREATE INDEX IF NOT EXISTS attr_values_txt ON attr_values (attr, txt) WHERE txt IS NOT NULL;
-CREATE INDEX IF NOT EXISTS attr_values_pk ON attr_values (pk);
-CREATE TABLE IF NOT EXISTS entity_types (
-    type TEXT NOT NULL, pk INTEGER NOT NULL, PRIMARY KEY (type, pk)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entity_types_pk ON entity_types (pk);
-CREATE TABLE IF NOT EXISTS entity_attrs (
-    attr TEXT NOT NULL, pk INTEGER NOT NULL, PRIMARY KEY (attr, pk)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entity_attrs_pk ON entity_attrs (pk);
 CREATE VIRTUAL TABLE IF NOT EXISTS entity_geo USING rtree (gid, min_x, max_x, min_y, max_y);
 CREATE TABLE IF NOT EXISTS entity_geo_attrs (gid INTEGER PRIMARY KEY, pk INTEGER NOT NULL, attr TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS entity_geo_attrs_pk ON entity_geo_attrs (pk);
@@ -143,6 +131,7 @@ def _connect(path: str, busy_timeout: float, durability: str = "normal") -> sqli
     connection.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     connection.execute("PRAGMA cache_size=-32000")
     connection.execute("PRAGMA temp_store=MEMORY")
+    register(connection)  # doc_json(), SQL's view of a stored document
     return connection
 
 
@@ -322,7 +311,7 @@ class SQLiteStore(
         def setup() -> None:
             try:
                 connection = _connect(self.path, self.busy_timeout, self.durability)
-                migrate(connection)  # the history layout (sqlite_history.py), in one transaction
+                migrate_layout(connection, self._wnames)  # older files: history, side tables, documents
                 self._instance_prefix = instance_prefix(connection)
                 connection.executescript(SCHEMA)
                 connection.executescript(TEMPORAL_SCHEMA)
@@ -382,7 +371,7 @@ class SQLiteStore(
             .execute("SELECT doc, next_expiry FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
             .fetchone()
         )
-        return visible_at(orjson.loads(row[0]), row[1]) if row else None
+        return visible_at(orjson.loads(inflate(row[0])), row[1]) if row else None
 
     def _loop_reader(self) -> sqlite3.Connection:
         if self._loop_connection is None:

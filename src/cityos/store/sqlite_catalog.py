@@ -28,6 +28,7 @@ from cityos.store.base import (
     StoredContextRow,
     SubscriptionRow,
 )
+from cityos.store.sqlite_layout import NAME_ID
 
 T = TypeVar("T")
 VISIBLE = "e.tenant = ? AND (e.expires_at IS NULL OR e.expires_at > ?)"
@@ -264,14 +265,18 @@ class SQLiteCatalog:
 
     # -- discovery: aggregated in SQL over the side tables; documents are read only for attribute types --
     async def entity_types(self, tenant: str) -> list[str]:
-        sql = f"SELECT DISTINCT t.type FROM entity_types t JOIN entities e ON e.pk = t.pk WHERE {VISIBLE} ORDER BY 1"
+        sql = (
+            "SELECT DISTINCT n.name FROM entity_types t JOIN entities e ON e.pk = t.pk"
+            f" JOIN temporal_names n ON n.id = t.type WHERE {VISIBLE} ORDER BY 1"
+        )
         params = (tenant, now_key())
         return await self._read_with_deadline(lambda c: [row[0] for row in c.execute(sql, params)])
 
     async def entity_type_attributes(self, tenant: str) -> dict[str, list[str]]:
         sql = (
-            "SELECT t.type, a.attr FROM entity_types t JOIN entities e ON e.pk = t.pk"
-            f" LEFT JOIN entity_attrs a ON a.pk = t.pk WHERE {VISIBLE} GROUP BY 1, 2 ORDER BY 1, 2"
+            "SELECT n.name, m.name FROM entity_types t JOIN entities e ON e.pk = t.pk JOIN temporal_names n"
+            " ON n.id = t.type LEFT JOIN entity_attrs a ON a.pk = t.pk LEFT JOIN temporal_names m ON m.id = a.attr"
+            f" WHERE {VISIBLE} GROUP BY 1, 2 ORDER BY 1, 2"
         )
         params = (tenant, now_key())
 
@@ -286,11 +291,13 @@ class SQLiteCatalog:
         return await self._read_with_deadline(run)
 
     async def entity_type_stats(self, tenant: str, entity_type: str) -> EntityTypeStats | None:
-        count_sql = f"SELECT COUNT(*) FROM entity_types t JOIN entities e ON e.pk = t.pk WHERE t.type = ? AND {VISIBLE}"
+        count_sql = (
+            f"SELECT COUNT(*) FROM entity_types t JOIN entities e ON e.pk = t.pk WHERE t.type = {NAME_ID} AND {VISIBLE}"
+        )
         types_sql = (
             "SELECT a.key, json_extract(i.value, '$.type') FROM entity_types t JOIN entities e ON e.pk = t.pk,"
-            " json_each(CAST(e.doc AS TEXT), '$.attrs') a, json_each(a.value) i"
-            f" WHERE t.type = ? AND {VISIBLE} GROUP BY 1, 2 ORDER BY 1, 2"
+            " json_each(doc_json(e.doc), '$.attrs') a, json_each(a.value) i"
+            f" WHERE t.type = {NAME_ID} AND {VISIBLE} GROUP BY 1, 2 ORDER BY 1, 2"
         )
         params = (entity_type, tenant, now_key())
 
@@ -306,14 +313,19 @@ class SQLiteCatalog:
         return await self._read_with_deadline(run)
 
     async def attribute_names(self, tenant: str) -> list[str]:
-        sql = f"SELECT DISTINCT a.attr FROM entity_attrs a JOIN entities e ON e.pk = a.pk WHERE {VISIBLE} ORDER BY 1"
+        sql = (
+            "SELECT DISTINCT n.name FROM entity_attrs a JOIN entities e ON e.pk = a.pk"
+            f" JOIN temporal_names n ON n.id = a.attr WHERE {VISIBLE} ORDER BY 1"
+        )
         params = (tenant, now_key())
         return await self._read_with_deadline(lambda c: [row[0] for row in c.execute(sql, params)])
 
     async def attribute_type_names(self, tenant: str) -> dict[str, list[str]]:
         sql = (
-            "SELECT a.attr, t.type FROM entity_attrs a JOIN entities e ON e.pk = a.pk"
-            f" JOIN entity_types t ON t.pk = a.pk WHERE {VISIBLE} GROUP BY 1, 2 ORDER BY 1, 2"
+            "SELECT m.name, n.name FROM entity_attrs a JOIN entities e ON e.pk = a.pk"
+            " JOIN entity_types t ON t.pk = a.pk JOIN temporal_names m ON m.id = a.attr"
+            " JOIN temporal_names n ON n.id = t.type"
+            f" WHERE {VISIBLE} GROUP BY 1, 2 ORDER BY 1, 2"
         )
         params = (tenant, now_key())
 
@@ -328,17 +340,17 @@ class SQLiteCatalog:
     async def attribute_stats(self, tenant: str, attr: str) -> AttributeStats | None:
         kinds_sql = (
             "SELECT json_extract(i.value, '$.type'), COUNT(*) FROM entity_attrs x JOIN entities e ON e.pk = x.pk,"
-            " json_each(CAST(e.doc AS TEXT), '$.attrs') a, json_each(a.value) i"
-            f" WHERE x.attr = ? AND a.key = x.attr AND {VISIBLE} GROUP BY 1 ORDER BY 1"
+            " json_each(doc_json(e.doc), '$.attrs') a, json_each(a.value) i"
+            f" WHERE x.attr = {NAME_ID} AND a.key = ? AND {VISIBLE} GROUP BY 1 ORDER BY 1"
         )
         types_sql = (
-            "SELECT DISTINCT t.type FROM entity_attrs x JOIN entities e ON e.pk = x.pk"
-            f" JOIN entity_types t ON t.pk = x.pk WHERE x.attr = ? AND {VISIBLE} ORDER BY 1"
+            "SELECT DISTINCT n.name FROM entity_attrs x JOIN entities e ON e.pk = x.pk JOIN entity_types t"
+            f" ON t.pk = x.pk JOIN temporal_names n ON n.id = t.type WHERE x.attr = {NAME_ID} AND {VISIBLE} ORDER BY 1"
         )
         params = (attr, tenant, now_key())
 
         def run(connection: sqlite3.Connection) -> AttributeStats | None:
-            kinds = connection.execute(kinds_sql, params).fetchall()
+            kinds = connection.execute(kinds_sql, (attr, *params)).fetchall()
             if not kinds:
                 return None
             type_names = [row[0] for row in connection.execute(types_sql, params)]

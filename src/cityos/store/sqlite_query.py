@@ -31,6 +31,7 @@ from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery, QueryResult
 from cityos.store.paging import Pager, bounded, exact_in_sql
 from cityos.store.paging import listed_type as _listed_type
+from cityos.store.sqlite_layout import NAME_ID, inflate, name_ids
 
 T = TypeVar("T")
 
@@ -83,16 +84,17 @@ def _value_condition(value_filter: ValueFilter, alias: str) -> tuple[str, list[A
         return None
     if op == "between":
         column = "num" if isinstance(values[0], float) else "txt"
-        return f"{alias}.attr = ? AND {alias}.{column} BETWEEN ? AND ?", [value_filter.attr, *values]
+        return f"{alias}.attr = {NAME_ID} AND {alias}.{column} BETWEEN ? AND ?", [value_filter.attr, *values]
     if op == "match":
-        return f"{alias}.attr = ? AND regexp(?, {alias}.txt)", [value_filter.attr, *values]
+        return f"{alias}.attr = {NAME_ID} AND regexp(?, {alias}.txt)", [value_filter.attr, *values]
     if op == "==":
         numbers, texts = value_filter.split()
         parts = [
             f"{alias}.{column} IN ({_in_list(len(vs))})" for column, vs in (("num", numbers), ("txt", texts)) if vs
         ]
-        return f"{alias}.attr = ? AND (" + (" OR ".join(parts) or "0") + ")", [value_filter.attr, *numbers, *texts]
-    return f"{alias}.attr = ? AND {alias}.num {op} ?", [value_filter.attr, *values]
+        condition = f"{alias}.attr = {NAME_ID} AND (" + (" OR ".join(parts) or "0") + ")"
+        return condition, [value_filter.attr, *numbers, *texts]
+    return f"{alias}.attr = {NAME_ID} AND {alias}.num {op} ?", [value_filter.attr, *values]
 
 
 def _in_list(count: int) -> str:
@@ -106,7 +108,8 @@ def _side(connection: sqlite3.Connection, table: str, condition: str, params: li
     limited = f"SELECT 1 FROM {table} x WHERE {condition} LIMIT {SELECTIVE + 1}"  # on the index alone
     if connection.execute(f"SELECT COUNT(*) FROM ({limited})", params).fetchone()[0] <= SELECTIVE:
         return f"e.pk IN (SELECT x.pk FROM {table} x WHERE {condition})", params, True
-    probed = "attr_values x INDEXED BY attr_values_pk" if table == "attr_values" else f"{table} x"
+    # attr_values by its primary key (pk, attr, seq), not by a value index the planner may prefer
+    probed = "attr_values x INDEXED BY sqlite_autoindex_attr_values_1" if table == "attr_values" else f"{table} x"
     return f"EXISTS (SELECT 1 FROM {probed} WHERE x.pk = e.pk AND {condition})", params, False
 
 
@@ -114,18 +117,18 @@ def _side_filters(connection: sqlite3.Connection, query: EntityQuery) -> list[tu
     """The side-table filters of a query other than a listed type (types, attrs, q, access)."""
     found = []
     if query.types is not None and len(query.types) > 1:
-        found.append(_side(connection, "entity_types", f"x.type IN ({_in_list(len(query.types))})", [*query.types]))
+        found.append(_side(connection, "entity_types", f"x.type IN {name_ids(len(query.types))}", [*query.types]))
     if query.attrs is not None:
-        found.append(_side(connection, "entity_attrs", f"x.attr IN ({_in_list(len(query.attrs))})", [*query.attrs]))
+        found.append(_side(connection, "entity_attrs", f"x.attr IN {name_ids(len(query.attrs))}", [*query.attrs]))
     for value_filter in query.value_filters:
         condition = _value_condition(value_filter, "x")
         if condition is None:
-            found.append(_side(connection, "entity_attrs", "x.attr = ?", [value_filter.attr]))
+            found.append(_side(connection, "entity_attrs", f"x.attr = {NAME_ID}", [value_filter.attr]))
         else:
             found.append(_side(connection, "attr_values", *condition))
     access = query.access
     if access is not None and access.types is not None:
-        found.append(_side(connection, "entity_types", f"x.type IN ({_in_list(len(access.types))})", [*access.types]))
+        found.append(_side(connection, "entity_types", f"x.type IN {name_ids(len(access.types))}", [*access.types]))
     return found
 
 
@@ -145,7 +148,7 @@ def _selection(
         params += [tenant, *query.ids]
     elif single is not None and not any(few for _, _, few in sides):
         source = LISTING
-        clauses += ["t.type = ?", "e.tenant = ?"]
+        clauses += [f"t.type = {NAME_ID}", "e.tenant = ?"]
         params += [single, tenant]
         single = None
     else:
@@ -153,7 +156,7 @@ def _selection(
         clauses.append("e.tenant = ?")
         params.append(tenant)
     if single is not None:
-        probe = "EXISTS (SELECT 1 FROM entity_types x WHERE x.pk = e.pk AND x.type = ?)"
+        probe = f"EXISTS (SELECT 1 FROM entity_types x WHERE x.pk = e.pk AND x.type = {NAME_ID})"
         sides.insert(0, (probe, [single], False))
     clauses.append("(e.expires_at IS NULL OR e.expires_at > ?)")
     params.append(now)
@@ -188,7 +191,7 @@ def _documents(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> 
     entities = []
     for pk in pks:
         doc, expiry = found[pk]
-        entity = visible_at(orjson.loads(doc), expiry, now)
+        entity = visible_at(orjson.loads(inflate(doc)), expiry, now)
         if entity is not None:
             entities.append(entity)
     return entities
@@ -214,7 +217,7 @@ class SQLiteQueries:
             .execute("SELECT doc, next_expiry FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
             .fetchone()
         )
-        return visible_at(orjson.loads(row[0]), row[1]) if row else None
+        return visible_at(orjson.loads(inflate(row[0])), row[1]) if row else None
 
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult:
         exact = exact_in_sql(query)  # before bounded() wraps the predicate
@@ -277,10 +280,12 @@ class SQLiteQueries:
         pks = [
             pk
             for (pk,) in connection.execute(
-                f"SELECT t.pk FROM {LISTING} WHERE t.type = ? AND e.tenant = ? ORDER BY t.pk", (listed, tenant)
+                f"SELECT t.pk FROM {LISTING} WHERE t.type = {NAME_ID} AND e.tenant = ? ORDER BY t.pk", (listed, tenant)
             )
         ]
-        everywhere = connection.execute("SELECT COUNT(*) FROM entity_types WHERE type = ?", (listed,)).fetchone()[0]
+        everywhere = connection.execute(
+            f"SELECT COUNT(*) FROM entity_types WHERE type = {NAME_ID}", (listed,)
+        ).fetchone()[0]
         anchors = _Anchors(version, pks[::ANCHOR_STEP], len(pks), everywhere == len(pks))
         with self._anchors_lock:
             if len(self._anchors) > 256:  # tenants x types listed with offsets: keep it bounded
@@ -303,7 +308,8 @@ def _anchored_page(
         else (LISTING, " AND e.tenant = ?", [listed, anchors.pks[step], tenant])
     )
     rows = connection.execute(
-        f"SELECT t.pk FROM {source} WHERE t.type = ? AND t.pk >= ?{tenant_clause} ORDER BY t.pk LIMIT ? OFFSET ?",
+        f"SELECT t.pk FROM {source} WHERE t.type = {NAME_ID} AND t.pk >= ?{tenant_clause} ORDER BY t.pk"
+        " LIMIT ? OFFSET ?",
         [*params, limit, query.offset - step * ANCHOR_STEP],
     )
     return [pk for (pk,) in rows]
@@ -314,6 +320,6 @@ def _filtered(connection: sqlite3.Connection, tenant: str, query: EntityQuery, n
     source, where, params, order = _selection(connection, tenant, query, now)
     pager = Pager(query, now)
     for (doc,) in connection.execute(f"SELECT e.doc FROM {source} WHERE {where} ORDER BY {order}", params):
-        if not pager.offer(orjson.loads(doc)):
+        if not pager.offer(orjson.loads(inflate(doc))):
             break
     return pager.result()

@@ -24,8 +24,9 @@ from cityos.entities.model import VALUE_MEMBER, Entity, Instance
 from cityos.entities.update import Mutator
 from cityos.errors import NgsiLdError
 from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
-from cityos.store.side_rows import attr_rows, geo_values, geometry_bbox, indexed_values, own_expiry
+from cityos.store.side_rows import attr_rows, geo_values, geometry_bbox, own_expiry
 from cityos.store.sqlite_history import INSERT_INSTANCE, Names
+from cityos.store.sqlite_layout import deflate, entity_rows, inflate, value_rows
 
 SMALL_WRITE = 8  # mutations with at most this many entities may share a transaction
 # the buffered statements, in the order they are drained: every delete before every insert (a pk
@@ -38,7 +39,7 @@ DRAIN_ORDER = (
     "DELETE FROM attr_values WHERE pk = ? AND attr = ?",
     "INSERT OR IGNORE INTO entity_types (type, pk) VALUES (?, ?)",
     "INSERT OR IGNORE INTO entity_attrs (attr, pk) VALUES (?, ?)",
-    "INSERT INTO attr_values (attr, num, txt, pk) VALUES (?, ?, ?, ?)",
+    "INSERT INTO attr_values (pk, attr, seq, num, txt) VALUES (?, ?, ?, ?, ?)",
     "INSERT INTO outbox (tenant, subscription_id, lane, payload) VALUES (?, ?, ?, ?)",
     INSERT_INSTANCE,
 )
@@ -200,8 +201,9 @@ class SQLiteWrites:
         row = connection.execute(
             "SELECT pk, doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
         ).fetchone()
-        stored = orjson.loads(row[1]) if row else None
-        before = visible(stored) if row is not None and TRANSIENT in row[1] else stored
+        raw = inflate(row[1]) if row else None
+        stored = orjson.loads(raw) if raw is not None else None
+        before = visible(stored) if raw is not None and TRANSIENT in raw else stored
         try:
             outcome = mutator(before)
         except NgsiLdError as error:
@@ -214,8 +216,9 @@ class SQLiteWrites:
                 self._unindex(connection, row[0])
                 connection.execute("DELETE FROM entities WHERE pk = ?", (row[0],))
         else:
-            doc = orjson.dumps(after)
-            own, earliest = (own_expiry(after), next_expiry(after)) if TRANSIENT in doc else (None, None)
+            encoded = orjson.dumps(after)
+            own, earliest = (own_expiry(after), next_expiry(after)) if TRANSIENT in encoded else (None, None)
+            doc = deflate(encoded)
             if row is None:
                 pk = connection.execute(
                     "INSERT INTO entities (tenant, id, doc, modified_at, expires_at, next_expiry)"
@@ -245,7 +248,7 @@ class SQLiteWrites:
             row = connection.execute(
                 "SELECT doc FROM entities WHERE tenant = ? AND id = ?", (change.tenant, entity_id)
             ).fetchone()
-            return visible(orjson.loads(row[0])) if row else None
+            return visible(orjson.loads(inflate(row[0]))) if row else None
 
         outbox = self._buffer[OUTBOX]
         for listener, wake in listeners.values():
@@ -283,28 +286,36 @@ class SQLiteWrites:
 
     def _index(self, connection: sqlite3.Connection, pk: int, before: Entity | None, after: Entity) -> None:
         """Bring the side tables from `before` (the stored document) to `after`, rewriting only the
-        rows that change: a sensor update usually rewrites one attribute's attr_values rows."""
+        rows that change: a sensor update usually rewrites one attribute's attr_values rows. Names are
+        interned (sqlite_layout.py) by the writer's own cache."""
         buffer = self._touch(connection, pk)
+        names = self._wnames
+
+        def ids(name: str) -> int:
+            return names.id(connection, name)
+
         if before is None:
-            buffer[INS_TYPES].extend((t, pk) for t in after["type"])
-            buffer[INS_ATTRS].extend((a, pk) for a in after["attrs"])
-            buffer[INS_VALUES].extend((attr, num, txt, pk) for attr, num, txt in indexed_values(after))
+            types, attrs, values = entity_rows(ids, pk, after)
+            buffer[INS_TYPES].extend(types)
+            buffer[INS_ATTRS].extend(attrs)
+            buffer[INS_VALUES].extend(values)
         else:
             if before["type"] != after["type"]:
                 buffer[DEL_TYPES].append((pk,))
-                buffer[INS_TYPES].extend((t, pk) for t in after["type"])
+                buffer[INS_TYPES].extend((ids(t), pk) for t in after["type"])
             old, new = before["attrs"], after["attrs"]
             if old.keys() != new.keys():
-                buffer[DEL_ATTR].extend((a, pk) for a in old if a not in new)
-                buffer[INS_ATTRS].extend((a, pk) for a in new if a not in old)
+                buffer[DEL_ATTR].extend((ids(a), pk) for a in old if a not in new)
+                buffer[INS_ATTRS].extend((ids(a), pk) for a in new if a not in old)
             for attr in (*old, *(a for a in new if a not in old)):
                 was, now = old.get(attr), new.get(attr)
                 if was == now or (was and now and _same_scalars(was, now)):
                     continue
                 rows = attr_rows(attr, now) if now else []
                 if (attr_rows(attr, was) if was else []) != rows:
-                    buffer[DEL_VALUE].append((pk, attr))
-                    buffer[INS_VALUES].extend((a, num, txt, pk) for a, num, txt in rows)
+                    attr_id = ids(attr)
+                    buffer[DEL_VALUE].append((pk, attr_id))
+                    buffer[INS_VALUES].extend(value_rows(pk, attr_id, rows))
         geo = geo_values(after)
         if before is not None:
             if geo_values(before) == geo:
@@ -327,7 +338,7 @@ class SQLiteWrites:
             ).fetchall()
             changes = []
             for pk, tenant, entity_id, doc in rows:
-                before = orjson.loads(doc)
+                before = orjson.loads(inflate(doc))
                 after = visible(before, now)
                 if after is None:
                     self._unindex(connection, pk)
@@ -335,7 +346,7 @@ class SQLiteWrites:
                 else:
                     connection.execute(
                         "UPDATE entities SET doc = ?, expires_at = ?, next_expiry = ? WHERE pk = ?",
-                        (orjson.dumps(after), own_expiry(after), next_expiry(after), pk),
+                        (deflate(orjson.dumps(after)), own_expiry(after), next_expiry(after), pk),
                     )
                     self._index(connection, pk, before, after)
                 change = EntityChange(tenant, entity_id, before, after)

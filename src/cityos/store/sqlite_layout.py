@@ -1,0 +1,205 @@
+"""The entity tables' layout on SQLite (layout 2): interned side tables, compressed documents, and
+the migration of older files to it.
+
+Side tables hold integers, not IRIs: entity types and attribute IRIs are interned in the same
+`temporal_names` table the history uses (store/sqlite_history.py `Names`), so a side row is a few
+bytes instead of a 40-80 byte IRI repeated in the table and in each of its indexes. The tables are
+WITHOUT ROWID and clustered by the key their writes and probes use: `attr_values` by (pk, attr,
+seq), so rewriting one attribute's rows or probing a candidate is a range of the primary key, and
+no separate pk index is needed.
+
+Documents are raw DEFLATE with a fixed dictionary of NGSI-LD's usual strings (expanded IRIs,
+member names, attribute types), behind a one-byte format tag: an OffStreetParking document of
+2.3 KB of JSON takes about 450 bytes, so several fit on a page instead of one; inflating it costs
+about 5 µs, less than parsing it. A document that starts with `{` is plain JSON (files of before).
+SQL reads a document's JSON through the function `doc_json` (registered on every connection).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+
+from cityos.entities.model import Entity
+from cityos.store.side_rows import attr_rows
+from cityos.store.sqlite_history import LAYOUT as HISTORY_LAYOUT
+from cityos.store.sqlite_history import Names
+from cityos.store.sqlite_history import migrate as migrate_history
+
+LAYOUT = 2  # PRAGMA user_version of a file with this layout (1 is the compact history alone)
+SIDE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS attr_values (  -- the values q compares (side_rows.attr_rows), seq-th of the attribute
+    pk INTEGER NOT NULL, attr INTEGER NOT NULL, seq INTEGER NOT NULL, num REAL, txt TEXT,
+    PRIMARY KEY (pk, attr, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS attr_values_num ON attr_values (attr, num) WHERE num IS NOT NULL;
+CREATE INDEX IF NOT EXISTS attr_values_txt ON attr_values (attr, txt) WHERE txt IS NOT NULL;
+CREATE TABLE IF NOT EXISTS entity_types (
+    type INTEGER NOT NULL, pk INTEGER NOT NULL, PRIMARY KEY (type, pk)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_types_pk ON entity_types (pk);
+CREATE TABLE IF NOT EXISTS entity_attrs (
+    attr INTEGER NOT NULL, pk INTEGER NOT NULL, PRIMARY KEY (attr, pk)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_attrs_pk ON entity_attrs (pk);
+"""
+# the id of one interned name, and of several, inside SQL (a name never interned matches nothing)
+NAME_ID = "(SELECT id FROM temporal_names WHERE name = ?)"
+
+
+def name_ids(count: int) -> str:
+    return f"(SELECT id FROM temporal_names WHERE name IN ({','.join('?' * count)}))"
+
+
+# -- documents ---------------------------------------------------------------------------------------
+DEFLATED = b"\x01"  # the format tag of a document deflated with DICTIONARY (never change either)
+# the strings a stored document is made of; DEFLATE finds matches cheapest near the end
+DICTIONARY = (
+    b'"type":"Polygon","coordinates":[[['
+    b'"type":"LineString","coordinates":[['
+    b'"type":"ListRelationship","objectList":['
+    b'"type":"ListProperty","valueList":['
+    b'"type":"JsonProperty","json":'
+    b'"type":"VocabProperty","vocab":"'
+    b'"type":"LanguageProperty","languageMap":{'
+    b'"unitCode":"'
+    b'"expiresAt":"'
+    b'"deletedAt":"'
+    b'"datasetId":"urn:ngsi-ld:'
+    b'"https://uri.etsi.org/ngsi-ld/observationSpace":[{"type":"GeoProperty","value":{"type":"Point","coordinates":['
+    b'"https://uri.etsi.org/ngsi-ld/operationSpace":[{"type":"GeoProperty","value":{"type":"Point","coordinates":['
+    b"https://schema.org/"
+    b"https://smartdatamodels.org/dataModel."
+    b"http://purl.org/dc/terms/description"
+    b'{"type":"Relationship","object":"urn:ngsi-ld:'
+    b'"observedAt":"'
+    b'"https://uri.etsi.org/ngsi-ld/location":[{"type":"GeoProperty","value":{"type":"Point","coordinates":['
+    b'{"id":"urn:ngsi-ld:","type":["https://uri.etsi.org/ngsi-ld/default-context/"],"createdAt":"'
+    b'","modifiedAt":"","attrs":{"https://uri.etsi.org/ngsi-ld/default-context/'
+    b'":[{"type":"Property","value":'
+    b'","createdAt":"","modifiedAt":"'
+    b'"}],"https://uri.etsi.org/ngsi-ld/default-context/'
+)
+
+
+def deflate(document: bytes) -> bytes:
+    """The stored form of a document's JSON (raw DEFLATE, level 1: the writer's cost matters more
+    than the last 5% of size)."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, -15, 6, zlib.Z_DEFAULT_STRATEGY, DICTIONARY)
+    return DEFLATED + packer.compress(document) + packer.flush()
+
+
+def inflate(stored: bytes) -> bytes:
+    """The JSON of a stored document (deflated, or plain JSON as files of before hold it)."""
+    if stored[:1] != DEFLATED:
+        return stored
+    return zlib.decompressobj(-15, DICTIONARY).decompress(memoryview(stored)[1:])
+
+
+def doc_json(stored: bytes | str | None) -> str | None:
+    """SQL's view of a document (`doc_json(e.doc)`), for json_each and json_extract."""
+    if stored is None:
+        return None
+    if isinstance(stored, str):
+        return stored
+    return inflate(stored).decode()
+
+
+def register(connection: sqlite3.Connection) -> None:
+    connection.create_function("doc_json", 1, doc_json, deterministic=True)
+
+
+# -- side rows ---------------------------------------------------------------------------------------
+def value_rows(pk: int, attr_id: int, rows: list[tuple[str, float | None, str | None]]) -> Iterator[tuple[Any, ...]]:
+    """attr_values rows (pk, attr, seq, num, txt) of one attribute's side_rows.attr_rows."""
+    for seq, (_, num, txt) in enumerate(rows):
+        yield pk, attr_id, seq, num, txt
+
+
+def entity_rows(
+    ids: Callable[[str], int], pk: int, entity: Entity
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[Any, ...]]]:
+    """(entity_types, entity_attrs, attr_values) rows of a whole entity; `ids` interns a name."""
+    attrs = entity["attrs"]
+    attr_ids = {attr: ids(attr) for attr in attrs}
+    values = [
+        row for attr, instances in attrs.items() for row in value_rows(pk, attr_ids[attr], attr_rows(attr, instances))
+    ]
+    return [(ids(t), pk) for t in entity["type"]], [(a, pk) for a in attr_ids.values()], values
+
+
+# -- migration ---------------------------------------------------------------------------------------
+def migrate(connection: sqlite3.Connection, names: Names) -> int:
+    """Bring a file to this layout (the history's first, sqlite_history.migrate); returns how many
+    entities were converted. Called on the writer connection before anything else touches the file."""
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > LAYOUT:
+        raise RuntimeError(
+            f"the layout of this file is {version}; this CityOS knows {LAYOUT} (a newer CityOS wrote it)"
+        )
+    if version == LAYOUT:
+        return 0
+    migrate_history(connection)
+    assert HISTORY_LAYOUT < LAYOUT
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        existing = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entities'"
+        ).fetchone()
+        if existing is not None:
+            for table in ("attr_values", "entity_types", "entity_attrs"):  # their indexes and triggers too
+                connection.execute(f"DROP TABLE IF EXISTS {table}")
+        for statement in SIDE_SCHEMA.split(";"):
+            if statement.strip():
+                connection.execute(statement)
+        moved = _convert(connection, names) if existing is not None else 0
+        connection.execute(f"PRAGMA user_version = {LAYOUT}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        names.rolled_back()
+        raise
+    names.committed()
+    return moved
+
+
+def _convert(connection: sqlite3.Connection, names: Names) -> int:
+    """Deflate every document and index it again, interned (the rows the writer would make)."""
+    moved = 0
+    types: list[tuple[int, int]] = []
+    attrs: list[tuple[int, int]] = []
+    values: list[tuple[Any, ...]] = []
+    docs: list[tuple[bytes, int]] = []
+
+    def ids(name: str) -> int:
+        return names.id(connection, name)
+
+    def flush() -> None:
+        connection.executemany("UPDATE entities SET doc = ? WHERE pk = ?", docs)
+        connection.executemany("INSERT OR IGNORE INTO entity_types (type, pk) VALUES (?, ?)", types)
+        connection.executemany("INSERT OR IGNORE INTO entity_attrs (attr, pk) VALUES (?, ?)", attrs)
+        connection.executemany("INSERT INTO attr_values (pk, attr, seq, num, txt) VALUES (?, ?, ?, ?, ?)", values)
+        for rows in (docs, types, attrs, values):
+            rows.clear()
+
+    last = -1
+    while True:  # in chunks of keys, so no statement reads the rows another one changes
+        rows = connection.execute(
+            "SELECT pk, doc FROM entities WHERE pk > ? ORDER BY pk LIMIT 2000", (last,)
+        ).fetchall()
+        if not rows:
+            return moved
+        for pk, doc in rows:
+            text = inflate(doc)
+            more_types, more_attrs, more_values = entity_rows(ids, pk, orjson.loads(text))
+            types += more_types
+            attrs += more_attrs
+            values += more_values
+            docs.append((deflate(text), pk))
+        moved += len(rows)
+        last = rows[-1][0]
+        flush()
