@@ -50,7 +50,7 @@ from cityos.store.postgres.identity import PostgresIdentity
 from cityos.store.postgres.outbox import subscription_rows
 from cityos.store.postgres.policies import PostgresPolicies
 from cityos.store.postgres.schema import require_current
-from cityos.store.postgres.sql import Params, access_in_python, matches_in_python, where
+from cityos.store.postgres.sql import Params, access_in_python, geo_rows, matches_in_python, near_point, where
 from cityos.store.postgres.temporal import PostgresTemporal
 from cityos.store.postgres.writes import PostgresWrites
 
@@ -77,6 +77,20 @@ async def _stale(connection: Connection, tenant: str, now: str) -> bool:
         "SELECT 1 FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= $1 AND tenant = $2 LIMIT 1",
         now,
         tenant,
+    )
+    return found is not None
+
+
+async def _geo_in_python(connection: Connection, query: EntityQuery) -> bool:
+    """Whether the geo-query needs the Python predicate: SQL tests only the distance of point rows
+    (sql.py geo_rows), so any other shape in the box (a partial GiST index finds them) needs it."""
+    if query.geo is None:
+        return False
+    if not near_point(query.geo):
+        return True
+    p = Params()
+    found = await connection.fetchval(
+        f"SELECT 1 FROM entity_geo g WHERE {geo_rows(query, p, shapes=True)} LIMIT 1", *p.values
     )
     return found is not None
 
@@ -253,7 +267,7 @@ class PostgresStore(
         exact = exact_in_sql(query)  # before bounded() wraps the predicate
         in_sql = dataclasses.replace(query, predicate=None)
         query = bounded(query, self.query_timeout)  # the Python half stops at the deadline too
-        fresh_rows_needed = query.attrs is not None or bool(query.value_filters)
+        fresh_rows_needed = query.attrs is not None or bool(query.value_filters) or query.geo is not None
         p = Params()
         condition = where(tenant, query, now, p)
         try:
@@ -266,7 +280,11 @@ class PostgresStore(
                 await connection.execute(
                     "SELECT set_config('statement_timeout', $1, true)", f"{int(self.query_timeout * 1000)}"
                 )
-                if exact and not (fresh_rows_needed and await _stale(connection, tenant, now)):
+                if (
+                    exact
+                    and not (fresh_rows_needed and await _stale(connection, tenant, now))
+                    and not await _geo_in_python(connection, query)
+                ):
                     return await self._page_in_sql(connection, condition, p.values, in_sql)
                 pager = Pager(query, now)
                 sql = f"SELECT e.doc FROM entities e WHERE {condition} ORDER BY e.pk"
