@@ -677,3 +677,25 @@ def test_selective_filters_decode_a_small_fraction(
 ) -> None:
     store_query(big, spec, count=True)
     assert decodes.count < SIZE // 20, decodes.count
+
+
+def test_an_older_sqlite_file_gains_its_geo_walk_rows(tmp_path: Any) -> None:
+    """A file made before entity_geo_walk gets its rows from the stored documents when opened, and
+    its broad geo-queries (which walk that table) answer as before."""
+    database = str(tmp_path / "older.db")
+    city = CITY[:3000]
+    with TestClient(create_app(Settings(database=database)), base_url="http://127.0.0.1:1026") as client:
+        response = client.post(BATCH + "/upsert", json=city)
+        assert response.status_code == 201, response.text[:500]
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        connection.execute("DROP TABLE entity_geo_walk")
+        connection.commit()
+    params = {"georel": "near;maxDistance==3000", "geometry": "Point", "coordinates": NEAR, "limit": "1000"}
+    with TestClient(create_app(Settings(database=database)), base_url="http://127.0.0.1:1026") as client:
+        response = client.get(ENTITIES, params=params)
+        assert response.status_code == 200, response.text[:500]
+        found = [entity["id"] for entity in response.json()]
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        walked = connection.execute("SELECT COUNT(*) FROM entity_geo_walk").fetchone()[0]
+    assert walked == sum(("location" in e) + ("area" in e) for e in city)
+    assert found == [e["id"] for e in city if near(3000)(e)]
