@@ -16,6 +16,7 @@ digits, so no generated value lies exactly on a query boundary.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import random
@@ -699,3 +700,37 @@ def test_an_older_sqlite_file_gains_its_geo_walk_rows(tmp_path: Any) -> None:
         walked = connection.execute("SELECT COUNT(*) FROM entity_geo_walk").fetchone()[0]
     assert walked == sum(("location" in e) + ("area" in e) for e in city)
     assert found == [e["id"] for e in city if near(3000)(e)]
+
+
+@pytest.mark.parametrize("module_db_url", ["postgres"], indirect=True)
+def test_postgres_migration_9_marks_the_points_writes_mark(big: tuple[TestClient, Starlette]) -> None:
+    """Migration 9 classifies stored box rows from their documents as the write path does (points,
+    polygons, lines, Madrid's points): rerun on the big city, it leaves every flag as written."""
+    import asyncpg
+
+    from cityos.store.postgres.schema import MIGRATIONS
+
+    update = next(m for m in MIGRATIONS if m.version == 9).sql.split(";")[1]
+
+    async def rerun() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        connection = await asyncpg.connect(database_of(big), timeout=5)
+        try:
+            flags = "SELECT pk, attr, point FROM entity_geo ORDER BY pk, attr, min_x"
+            written = [tuple(r) for r in await connection.fetch(flags)]
+            async with connection.transaction():
+                await connection.execute("UPDATE entity_geo SET point = false")
+                await connection.execute(update)
+                migrated = [tuple(r) for r in await connection.fetch(flags)]
+                raise _RollBack
+        except _RollBack:
+            return written, migrated
+        finally:
+            await connection.close()
+
+    written, migrated = asyncio.run(rerun())
+    assert 0 < sum(point for _, _, point in written) < len(written)  # both kinds are there
+    assert migrated == written
+
+
+class _RollBack(Exception):
+    """Leaves a test's transaction without committing it."""
