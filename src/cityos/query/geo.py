@@ -125,6 +125,11 @@ class GeoQuery:
         """The query as canonical JSON text (`geoQ` form): how SQL functions name it (sqlite_query.py)."""
         return json.dumps(self.to_geoq(), separators=(",", ":"))
 
+    @staticmethod
+    def from_key(key: str) -> GeoQuery:
+        """The query a `key` names."""
+        return parse_geoq(json.loads(key))
+
     def point_matches(self, lon: float, lat: float) -> bool:
         """`matches` for the 2D Point [lon, lat], without building it (the store's point rows)."""
         if self.georel == "near" and self.geometry == "Point":

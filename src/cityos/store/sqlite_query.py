@@ -21,7 +21,6 @@ import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -87,12 +86,22 @@ def register_geo_functions(connection: sqlite3.Connection) -> None:
     connection.create_function("geo_shapes", 2, _geo_shapes, deterministic=True)
 
 
-@lru_cache(maxsize=64)
-def _geo_query(key: str) -> GeoQuery:
-    """The GeoQuery a key (GeoQuery.key) names: parsed once per query text, not per row."""
-    from cityos.query.geo import parse_geoq  # shapely loads with the first geo-query
+_geo_queries = threading.local()  # per reader thread: GEOS prepared geometries are not shared between threads
 
-    return parse_geoq(orjson.loads(key))
+
+def _geo_query(key: str) -> GeoQuery:
+    """The GeoQuery a key (GeoQuery.key) names: parsed once per query text and thread, not per row."""
+    cache: dict[str, GeoQuery] | None = getattr(_geo_queries, "cache", None)
+    if cache is None:
+        cache = _geo_queries.cache = {}
+    query = cache.get(key)
+    if query is None:
+        from cityos.query.geo import GeoQuery  # shapely loads with the first geo-query
+
+        if len(cache) >= 64:
+            cache.clear()
+        query = cache[key] = GeoQuery.from_key(key)
+    return query
 
 
 def _geo_point(key: str, lon: float, lat: float) -> bool:
