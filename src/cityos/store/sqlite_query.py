@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,6 +28,7 @@ import orjson
 
 from cityos.entities.expiry import now_key, visible
 from cityos.entities.model import Entity
+from cityos.query import budget
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery, QueryResult
 from cityos.store.paging import Pager, bounded, exact_in_sql
@@ -109,7 +111,13 @@ def _geo_point(key: str, lon: float, lat: float) -> bool:
 
 
 def _geo_shapes(key: str, shapes: str) -> bool:
-    """Whether one of an attribute's geometries matches (as compile_geo tests the instances)."""
+    """Whether one of an attribute's geometries matches (as compile_geo tests the instances). A
+    test can take long (large geometries), so past the query's deadline it interrupts the
+    statement: _read_with_deadline answers QueryTimeout, as the Python half would."""
+    deadline: tuple[float, sqlite3.Connection] | None = getattr(_geo_queries, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline[0]:
+        deadline[1].interrupt()
+        return False
     return _geo_query(key).matches_any(shapes)
 
 
@@ -345,16 +353,20 @@ class SQLiteQueries:
         in_python = bounded(query, self.query_timeout)  # the Python half stops at the deadline too
         fresh_rows_needed = query.attrs is not None or bool(query.value_filters) or query.geo is not None
         now = now_key()
+        request_end = budget.deadline()  # read here, on the request's task
 
         def run(connection: sqlite3.Connection) -> QueryResult:
             if connection.in_transaction:  # left open by an interrupted read
                 connection.execute("ROLLBACK")
+            end = time.monotonic() + self.query_timeout
+            _geo_queries.deadline = (end if request_end is None else min(end, request_end), connection)
             connection.execute("BEGIN")  # one snapshot for the freshness check, the page and the count
             try:
                 if exact and not (fresh_rows_needed and _stale(connection, tenant, now)):
                     return self._page_in_sql(connection, tenant, in_sql, now)
                 return _filtered(connection, tenant, in_python, now)  # q judges the documents after all
             finally:
+                _geo_queries.deadline = None
                 if connection.in_transaction:
                     connection.execute("COMMIT")
 
