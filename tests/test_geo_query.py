@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import random
 from typing import Any
 
 import pytest
@@ -639,3 +640,26 @@ def test_compile_geo_entities_without_the_attribute_never_match() -> None:
         # only GeoProperty instances count
         assert not predicate(entity({NGSI + "location": [{"type": "Property", "value": geo("Point", [0, 0])}]}))
         assert predicate(entity({NGSI + "location": [geoprop(geo("Point", [0, 0]))]}))
+
+
+@pytest.mark.parametrize(
+    ("georel", "kind", "coordinates"),
+    [
+        ("near;maxDistance==500", "Point", PORTO),
+        ("near;minDistance==300", "Point", PORTO),
+        ("near;maxDistance==800", "Polygon", [[[-8.64, 41.15], [-8.62, 41.15], [-8.62, 41.16], [-8.64, 41.15]]]),
+        ("within", "Polygon", [[[-8.64, 41.15], [-8.62, 41.15], [-8.62, 41.16], [-8.64, 41.15]]]),
+        ("intersects", "Polygon", [[[-8.64, 41.15], [-8.62, 41.15], [-8.62, 41.16], [-8.64, 41.15]]]),
+    ],
+)
+def test_point_rows_and_keys_judge_as_matches_does(georel: str, kind: str, coordinates: Any) -> None:
+    """The store's SQL functions name a query by its key and test point rows with point_matches
+    (no geometry built): both must agree with matches() exactly, boundaries included."""
+    q = query(georel, kind, coordinates)
+    assert GeoQuery.from_key(q.key) == q
+    rng = random.Random(5)
+    points = [[round(rng.uniform(-8.66, -8.60), 5), round(rng.uniform(41.14, 41.17), 5)] for _ in range(3000)]
+    points += [destination(PORTO, bearing, distance) for bearing in range(0, 360, 7) for distance in (300, 500)]
+    assert any(q.point_matches(lon, lat) for lon, lat in points)
+    for lon, lat in points:
+        assert q.point_matches(lon, lat) == q.matches(geo("Point", [lon, lat])), (lon, lat)

@@ -16,6 +16,7 @@ digits, so no generated value lies exactly on a query boundary.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import random
@@ -38,7 +39,7 @@ from cityos.query.geo import parse_geo_query
 from cityos.settings import Settings
 from cityos.store import is_postgres
 from cityos.store.base import EntityQuery, QueryResult
-from cityos.store.sqlite_query import _selection
+from cityos.store.sqlite_query import _selection, register_geo_functions
 
 ENTITIES = "/ngsi-ld/v1/entities"
 BATCH = "/ngsi-ld/v1/entityOperations"
@@ -336,6 +337,7 @@ def sqlite_database(big: tuple[TestClient, Starlette]) -> Iterator[sqlite3.Conne
     assert not is_postgres(path)
     with contextlib.closing(sqlite3.connect(path)) as connection:
         connection.create_function("regexp", 2, sqlite_store._regexp, deterministic=True)
+        register_geo_functions(connection)
         yield connection
 
 
@@ -434,6 +436,74 @@ def test_pages_are_slices_of_the_brute_force_result(
     assert result.has_more == (offset + limit < len(everything))
 
 
+NEAR_3000 = parse_geo_query("near;maxDistance==3000", "Point", NEAR, None)  # SQLite: walks entity_geo_walk
+GEO_PAGED: list[tuple[str, QuerySpec, Test]] = [
+    ("near-few", QuerySpec(geo=NEAR_800), near(800)),
+    ("near-broad", QuerySpec(geo=NEAR_3000), near(3000)),
+    ("near-typed", QuerySpec(type_expr="OffStreetParking", geo=NEAR_3000), both(typed("OffStreetParking"), near(3000))),
+    (
+        "near-and-q",
+        QuerySpec(q="availableSpotNumber>=250", geo=NEAR_3000),
+        both(num("availableSpotNumber", lambda v: v >= 250), near(3000)),
+    ),
+    ("within", QuerySpec(geo=WITHIN), within_box("location")),
+    ("intersects-shapes", QuerySpec(geo=INTERSECTS_AREA), intersects_box("area")),
+]
+
+
+@pytest.fixture(scope="module")
+def analyzed(big: tuple[TestClient, Starlette]) -> tuple[TestClient, Starlette]:
+    """The big store with planner statistics (PostgreSQL: as autovacuum would soon have them; without
+    them it probes attr_values_num per candidate when q and geo are combined)."""
+    client, app = big
+    if is_postgres(database_of(big)):
+        assert client.portal is not None
+        client.portal.call(app.state.services.store.refresh_statistics)
+    return big
+
+
+@pytest.mark.parametrize(
+    "where", [(5, 0), (20, 7), (7, -3), (20, -1), (20, 0.5)], ids=["first", "second", "last", "end", "middle"]
+)
+@pytest.mark.parametrize(("name", "spec", "test"), GEO_PAGED, ids=[name for name, _, _ in GEO_PAGED])
+def test_geo_pages_and_counts_are_exact(
+    analyzed: tuple[TestClient, Starlette], name: str, spec: QuerySpec, test: Test, where: tuple[int, float]
+) -> None:
+    """Any page of a geo-query (near, within, intersects; with a type or q) is the slice of the
+    brute-force result in creation order, whichever plan chose it, and its count is exact."""
+    everything = expected(test)
+    limit, at = where
+    offset = int(len(everything) * at) if isinstance(at, float) else at % len(everything) if at < 0 else at
+    result = store_query(analyzed, spec, limit=limit, offset=offset, count=True)
+    assert [e["id"] for e in result.entities] == everything[offset : offset + limit]
+    assert result.total == len(everything)
+    assert result.has_more == (offset + limit < len(everything))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [QuerySpec(geo=NEAR_800), QuerySpec(geo=NEAR_3000), QuerySpec(q="availableSpotNumber>=250", geo=NEAR_3000)],
+    ids=["near-few", "near-broad", "near-and-q"],
+)
+def test_exact_geo_queries_page_in_sql(
+    analyzed: tuple[TestClient, Starlette], decodes: Decodes, spec: QuerySpec
+) -> None:
+    """A near query around a Point over point geometries is exact in SQL on both back-ends: a page
+    (with its count) decodes only the page's documents and one more."""
+    result = store_query(analyzed, spec, limit=10, offset=30, count=True)
+    assert len(result.entities) == 10
+    assert decodes.count <= 11, decodes.count
+
+
+@module_sqlite_only
+def test_sqlite_shapes_are_tested_in_sql(big: tuple[TestClient, Starlette], decodes: Decodes) -> None:
+    """SQLite tests polygons and lines exactly from their walk rows too: no document is decoded to
+    judge them, only the page's."""
+    result = store_query(big, QuerySpec(geo=INTERSECTS_AREA), limit=10, offset=30, count=True)
+    assert result.total == len(expected(intersects_box("area")))
+    assert decodes.count <= 11, decodes.count
+
+
 def test_post_query_on_the_big_store(big: tuple[TestClient, Starlette]) -> None:
     body = {
         "type": "Query",
@@ -474,13 +544,14 @@ def plan(big: tuple[TestClient, Starlette], spec: QuerySpec) -> list[str]:
         (QuerySpec(q="availableSpotNumber==123"), "SEARCH x USING COVERING INDEX attr_values_num (attr=? AND num=?)"),
         (QuerySpec(q='label=="ytluaf"'), "SEARCH x USING COVERING INDEX attr_values_txt (attr=? AND txt=?)"),
         (QuerySpec(geo=NEAR_800), "SCAN r VIRTUAL TABLE INDEX 2:"),
-        (QuerySpec(geo=WITHIN), "SCAN r VIRTUAL TABLE INDEX 2:"),
+        (QuerySpec(geo=WITHIN), "SEARCH w USING PRIMARY KEY (attr=?)"),  # a broad box: the walk table
+        (QuerySpec(geo=NEAR_3000), "SEARCH w USING PRIMARY KEY (attr=?)"),
         (
             QuerySpec(ids=["urn:ngsi-ld:Thing:00042"]),
             "SEARCH e USING INDEX sqlite_autoindex_entities_1 (tenant=? AND id=?)",
         ),
     ],
-    ids=["type", "attrs", "q-exists", "gt", "le", "range", "eq", "text", "near", "within", "ids"],
+    ids=["type", "attrs", "q-exists", "gt", "le", "range", "eq", "text", "near", "within", "near-broad", "ids"],
 )
 @module_sqlite_only
 def test_plan_uses_the_side_table_index(big: tuple[TestClient, Starlette], spec: QuerySpec, index: str) -> None:
@@ -607,3 +678,59 @@ def test_selective_filters_decode_a_small_fraction(
 ) -> None:
     store_query(big, spec, count=True)
     assert decodes.count < SIZE // 20, decodes.count
+
+
+def test_an_older_sqlite_file_gains_its_geo_walk_rows(tmp_path: Any) -> None:
+    """A file made before entity_geo_walk gets its rows from the stored documents when opened, and
+    its broad geo-queries (which walk that table) answer as before."""
+    database = str(tmp_path / "older.db")
+    city = CITY[:3000]
+    with TestClient(create_app(Settings(database=database)), base_url="http://127.0.0.1:1026") as client:
+        response = client.post(BATCH + "/upsert", json=city)
+        assert response.status_code == 201, response.text[:500]
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        connection.execute("DROP TABLE entity_geo_walk")
+        connection.commit()
+    params = {"georel": "near;maxDistance==3000", "geometry": "Point", "coordinates": NEAR, "limit": "1000"}
+    with TestClient(create_app(Settings(database=database)), base_url="http://127.0.0.1:1026") as client:
+        response = client.get(ENTITIES, params=params)
+        assert response.status_code == 200, response.text[:500]
+        found = [entity["id"] for entity in response.json()]
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        walked = connection.execute("SELECT COUNT(*) FROM entity_geo_walk").fetchone()[0]
+    assert walked == sum(("location" in e) + ("area" in e) for e in city)
+    assert found == [e["id"] for e in city if near(3000)(e)]
+
+
+@pytest.mark.parametrize("module_db_url", ["postgres"], indirect=True)
+def test_postgres_migration_10_marks_the_points_writes_mark(big: tuple[TestClient, Starlette]) -> None:
+    """Migration 10 classifies stored box rows from their documents as the write path does (points,
+    polygons, lines, Madrid's points): rerun on the big city, it leaves every flag as written."""
+    import asyncpg
+
+    from cityos.store.postgres.schema import MIGRATIONS
+
+    update = next(m for m in MIGRATIONS if m.version == 10).sql.split(";")[1]
+
+    async def rerun() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        connection = await asyncpg.connect(database_of(big), timeout=5)
+        try:
+            flags = "SELECT pk, attr, point FROM entity_geo ORDER BY pk, attr, min_x"
+            written = [tuple(r) for r in await connection.fetch(flags)]
+            async with connection.transaction():
+                await connection.execute("UPDATE entity_geo SET point = false")
+                await connection.execute(update)
+                migrated = [tuple(r) for r in await connection.fetch(flags)]
+                raise _RollBack
+        except _RollBack:
+            return written, migrated
+        finally:
+            await connection.close()
+
+    written, migrated = asyncio.run(rerun())
+    assert 0 < sum(point for _, _, point in written) < len(written)  # both kinds are there
+    assert migrated == written
+
+
+class _RollBack(Exception):
+    """Leaves a test's transaction without committing it."""

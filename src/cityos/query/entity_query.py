@@ -122,7 +122,7 @@ def selector_predicate(
 def build_entity_query(spec: QuerySpec, expand: Callable[[str], str]) -> EntityQuery:
     query = EntityQuery()
     predicates: list[Predicate] = []
-    q_in_sql = False
+    in_sql = 0  # how many of the predicates the store can evaluate exactly in SQL (q's filters, geo)
     if spec.ids is not None:
         query.ids = spec.ids
     if spec.id_pattern is not None:
@@ -143,10 +143,10 @@ def build_entity_query(spec: QuerySpec, expand: Callable[[str], str]) -> EntityQ
     if spec.q is not None:
         parsed = parse_q(spec.q, spec.max_pattern_length)
         query.value_filters, q_in_sql = pushdown(parsed, expand, spec.expand_values)
+        in_sql += q_in_sql
         if linked_depth(parsed) > spec.join_level:
             raise BadRequestData("q follows relationships (attr{...}) deeper than joinLevel (or without join)")
         predicates.append(compile_q(spec.q, expand, spec.expand_values, spec.lookup, spec.max_pattern_length))
-        q_in_sql = q_in_sql and len(predicates) == 1
     if spec.scope_q is not None:
         predicates.append(scope_predicate(spec.scope_q))
     if spec.geo is not None:
@@ -154,15 +154,16 @@ def build_entity_query(spec: QuerySpec, expand: Callable[[str], str]) -> EntityQ
 
         attr = expand(spec.geo.geoproperty or "location")
         box = spec.geo.bbox_prefilter()
-        if box is not None:
-            query.geo_box = (attr, box)
+        if box is not None:  # without one (disjoint, near;minDistance) every entity is a candidate
+            query.geo_box, query.geo = (attr, box), spec.geo
+            in_sql += 1
         predicates.append(compile_geo(spec.geo, expand))
     if len(predicates) == 1:
         query.predicate = predicates[0]
-        if spec.q is not None and q_in_sql:
-            query.predicate_in_sql = predicates[0]
     elif predicates:
         query.predicate = lambda entity: all(p(entity) for p in predicates)
+    if predicates and in_sql == len(predicates):
+        query.predicate_in_sql = query.predicate
     return query
 
 

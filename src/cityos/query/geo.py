@@ -85,25 +85,59 @@ class GeoQuery:
     max_distance: float | None = None
     min_distance: float | None = None
     _shape: Any = field(init=False, repr=False, compare=False)
-    _project: Projection = field(init=False, repr=False, compare=False)
+    _project: Projection | None = field(init=False, repr=False, compare=False)
     _projected: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Build the query geometry, its projection and projected form once: matches() runs per entity.
-        geom = shape(self.geojson)
-        shapely.prepare(geom)
-        centre = geom if self.geometry == "Point" else geom.centroid
-        project = _azimuthal_equidistant(float(centre.x), float(centre.y))
-        object.__setattr__(self, "_shape", geom)
-        object.__setattr__(self, "_project", project)
-        object.__setattr__(self, "_projected", None)  # made by the first distance(): only near needs it
+        # The query geometry, its projection and projected form are built once, when first needed:
+        # matches() runs per entity, and a near query around a Point needs none of them.
+        object.__setattr__(self, "_shape", None)
+        object.__setattr__(self, "_project", None)
+        object.__setattr__(self, "_projected", None)
+        if self.geometry != "Point":
+            self._geom()  # now: a geometry GEOS cannot build is a bad request, not a failed query
+
+    def _geom(self) -> Any:
+        if self._shape is None:
+            geom = shape(self.geojson)
+            shapely.prepare(geom)
+            object.__setattr__(self, "_shape", geom)
+        return self._shape
+
+    def _projection(self) -> Projection:
+        project = self._project
+        if project is None:
+            geom = self._geom()
+            centre = geom if self.geometry == "Point" else geom.centroid
+            project = _azimuthal_equidistant(float(centre.x), float(centre.y))
+            object.__setattr__(self, "_project", project)
+        return project
 
     def _projected_shape(self) -> Any:
         if self._projected is None:
-            projected = shapely.transform(_densify(self._shape), self._project)
+            projected = shapely.transform(_densify(self._geom()), self._projection())
             shapely.prepare(projected)
             object.__setattr__(self, "_projected", projected)
         return self._projected
+
+    @property
+    def key(self) -> str:
+        """The query as canonical JSON text (`geoQ` form): how SQL functions name it (sqlite_query.py)."""
+        return json.dumps(self.to_geoq(), separators=(",", ":"))
+
+    @staticmethod
+    def from_key(key: str) -> GeoQuery:
+        """The query a `key` names."""
+        return parse_geoq(json.loads(key))
+
+    def point_matches(self, lon: float, lat: float) -> bool:
+        """`matches` for the 2D Point [lon, lat], without building it (the store's point rows)."""
+        if self.georel == "near" and self.geometry == "Point":
+            distance = haversine(self.coordinates[0], self.coordinates[1], lon, lat)
+            if self.max_distance is not None and distance > self.max_distance:
+                return False
+            return self.min_distance is None or distance >= self.min_distance
+        return self.matches({"type": "Point", "coordinates": [lon, lat]})
 
     @property
     def geojson(self) -> dict[str, Any]:
@@ -154,10 +188,15 @@ class GeoQuery:
         if target is None:
             return None
         try:
-            projected = shapely.transform(_densify(target), self._project)
+            projected = shapely.transform(_densify(target), self._projection())
             return float(shapely.distance(self._projected_shape(), projected))
         except ShapelyError:
             return None
+
+    def matches_any(self, geometries: str) -> bool:
+        """Whether one of a JSON array's GeoJSON geometries satisfies the query (the SQL side rows)."""
+        found = json.loads(geometries)
+        return isinstance(found, list) and any(self.matches(geometry) for geometry in found)
 
     def matches(self, entity_geometry: Any) -> bool:
         """Whether a GeoJSON geometry stored in an entity satisfies the query. Malformed geometries
@@ -173,7 +212,7 @@ class GeoQuery:
         if target is None:
             return False
         try:
-            return bool(_PREDICATES[self.georel](self._shape, target))
+            return bool(_PREDICATES[self.georel](self._geom(), target))
         except ShapelyError:  # e.g. a TopologyException on an invalid stored polygon
             return False
 
@@ -182,7 +221,11 @@ class GeoQuery:
         it, so an R*Tree can discard the rest. None when no such box exists (disjoint, or near
         with only minDistance). A box that would cross the antimeridian or reach a pole spans all
         longitudes, since one R*Tree box cannot wrap."""
-        min_lon, min_lat, max_lon, max_lat = (float(v) for v in self._shape.bounds)
+        if self.geometry == "Point":  # the usual near query: no GEOS geometry needed for its bounds
+            min_lon = max_lon = float(self.coordinates[0])
+            min_lat = max_lat = float(self.coordinates[1])
+        else:
+            min_lon, min_lat, max_lon, max_lat = (float(v) for v in self._geom().bounds)
         if self.georel in ("within", "contains", "intersects", "equals", "overlaps"):
             # within: entity box inside the query box; contains: around it; others: they share a point
             return min_lon, max_lon, min_lat, max_lat

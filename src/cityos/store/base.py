@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cityos.audit.chain import AuditRow
 from cityos.entities.model import Entity
@@ -18,6 +18,9 @@ from cityos.store.audit_base import AuditStore
 from cityos.store.identity_base import IdentityStore
 from cityos.store.policy_base import PolicyStore
 from cityos.store.temporal_base import TemporalStore
+
+if TYPE_CHECKING:
+    from cityos.query.geo import GeoQuery  # imported lazily: shapely loads only when a geo-query comes
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +44,12 @@ class EntityQuery:
     attrs: Sequence[str] | None = None  # entities having at least one of these attributes
     value_filters: Sequence[ValueFilter] = ()  # sound prefilters taken from q (query/pushdown.py)
     geo_box: tuple[str, tuple[float, float, float, float]] | None = None  # (attr, min_x, max_x, min_y, max_y)
+    geo: GeoQuery | None = None  # the geo-query whose box geo_box is, for a back-end that tests it exactly in SQL
     predicate: Callable[[Entity], bool] | None = None
-    # `predicate` itself while it is exactly value_filters (query/pushdown.py): a back-end that
-    # evaluates every value filter in SQL, over side rows of visible instances only, may page and
-    # count there without it. Whoever replaces the predicate (access policies) breaks the identity.
+    # `predicate` itself while it is exactly value_filters (query/pushdown.py) and `geo`: a back-end
+    # that evaluates every value filter and the geo-query in SQL, over side rows of visible instances
+    # only, may page and count there without it. Whoever replaces the predicate (access policies)
+    # breaks the identity.
     predicate_in_sql: Callable[[Entity], bool] | None = None
     access: AccessPrefilter | None = None  # the caller's access policy, pushed into SQL (policy/decision.py)
     sort: Callable[[list[Entity]], list[Entity]] | None = None  # orderBy: sorts every match before paging

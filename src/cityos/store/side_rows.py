@@ -3,8 +3,12 @@ flattened values q compares, the bounding boxes of GeoProperty values, the entit
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
+
+import orjson
 
 from cityos.entities.expiry import normalize
 from cityos.entities.model import VALUE_MEMBER, Entity, Instance
@@ -45,6 +49,50 @@ def geo_values(entity: Entity) -> list[tuple[str, Any]]:
         for instance in instances
         if instance.get("type") == "GeoProperty"
     ]
+
+
+def geo_keys(entity: Entity) -> list[tuple[str, float, float, float, float, str | None]]:
+    """(attr, min_x, max_x, min_y, max_y, shapes) per GeoProperty attribute with a box: the union
+    of its instances' boxes, and the JSON array of their geometries, or None when the attribute is
+    one 2D Point (then min_x and min_y are its coordinates, all an exact test of it needs)."""
+    found: dict[str, list[tuple[tuple[float, float, float, float], Any]]] = {}
+    for attr, geometry in geo_values(entity):
+        box = geometry_bbox(geometry)
+        if box is not None:
+            found.setdefault(attr, []).append((box, geometry))
+    rows = []
+    for attr, instances in found.items():
+        boxes = [box for box, _ in instances]
+        shapes = None if len(instances) == 1 and _point_2d(instances[0][1]) else orjson.dumps([g for _, g in instances])
+        rows.append(
+            (
+                attr,
+                min(b[0] for b in boxes),
+                max(b[1] for b in boxes),
+                min(b[2] for b in boxes),
+                max(b[3] for b in boxes),
+                None if shapes is None else shapes.decode(),
+            )
+        )
+    return rows
+
+
+def geo_boxes(entity: Entity) -> list[tuple[str, tuple[float, float, float, float], bool]]:
+    """(attr, box, point) per GeoProperty instance with a box; `point` when it is its attribute's
+    only such instance and a 2D Point (PostgreSQL's entity_geo rows)."""
+    rows = [(attr, box, geometry) for attr, geometry in geo_values(entity) if (box := geometry_bbox(geometry))]
+    counts = Counter(attr for attr, _, _ in rows)
+    return [(attr, box, counts[attr] == 1 and _point_2d(geometry)) for attr, box, geometry in rows]
+
+
+def _point_2d(geometry: Any) -> bool:
+    coordinates = geometry.get("coordinates")
+    return (
+        geometry.get("type") == "Point"
+        and isinstance(coordinates, list)
+        and len(coordinates) == 2
+        and all(type(c) in (int, float) and math.isfinite(c) for c in coordinates)
+    )
 
 
 def own_expiry(entity: Entity) -> str | None:

@@ -38,7 +38,7 @@ from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_layout import inflate, register
 from cityos.store.sqlite_layout import migrate as migrate_layout
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
-from cityos.store.sqlite_query import SQLiteQueries, create_query_schema
+from cityos.store.sqlite_query import SQLiteQueries, create_query_schema, register_geo_functions
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 from cityos.store.sqlite_writes import SQLiteWrites
 
@@ -211,6 +211,7 @@ class SQLiteStore(
         if connection is None:
             connection = _connect(self.path, self.busy_timeout, self.durability)
             connection.create_function("regexp", 2, _regexp, deterministic=True)
+            register_geo_functions(connection)
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)

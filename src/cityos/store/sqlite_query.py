@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,11 +28,16 @@ import orjson
 
 from cityos.entities.expiry import now_key, visible_at
 from cityos.entities.model import Entity
+from cityos.query import budget
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery, QueryResult
 from cityos.store.paging import Pager, bounded, exact_in_sql
 from cityos.store.paging import listed_type as _listed_type
+from cityos.store.side_rows import geo_keys
 from cityos.store.sqlite_layout import NAME_ID, inflate, name_ids
+
+if TYPE_CHECKING:
+    from cityos.query.geo import GeoQuery
 
 T = TypeVar("T")
 
@@ -43,16 +49,116 @@ BEGIN UPDATE listing_version SET version = version + 1; END;
 CREATE TRIGGER IF NOT EXISTS listing_type_removed AFTER DELETE ON entity_types
 BEGIN UPDATE listing_version SET version = version + 1; END;
 """
+GEO_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entity_geo_walk (
+    attr TEXT NOT NULL, pk INTEGER NOT NULL,
+    min_x REAL NOT NULL, max_x REAL NOT NULL, min_y REAL NOT NULL, max_y REAL NOT NULL,
+    shapes TEXT, PRIMARY KEY (attr, pk)
+) WITHOUT ROWID;
+"""
+"""One row per entity and GeoProperty attribute (side_rows.py geo_keys), in key order: a broad
+geo-query walks it in entity key order testing the box on the row alone, so a page stops at its
+21st match however many entities the box holds. The exact test reads the row alone too: a Point's
+coordinates are its box (shapes NULL), any other attribute keeps its geometries in `shapes`."""
 ANCHOR_STEP = 64  # listing positions between two remembered primary keys
 SELECTIVE = 2000  # a value filter with at most this many rows drives the query (IN); else each candidate probes it
+GEO_SELECTIVE = 500  # a geo box with at most this many R*Tree entries drives the query; else entity_geo_walk
 
 
 def create_query_schema(connection: sqlite3.Connection) -> None:
-    """The listing index, version and triggers, for new and older files alike; a file that has them
-    is only read (a store can open a file another process holds locked)."""
+    """The listing index, version and triggers, and the geo walk table, for new and older files
+    alike (an older file's walk rows are made from its documents, once); a file that has them is
+    only read (a store can open a file another process holds locked)."""
     connection.executescript(QUERY_SCHEMA)
     if connection.execute("SELECT 1 FROM listing_version").fetchone() is None:
         connection.execute("INSERT INTO listing_version VALUES (0, 0)")
+    if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'entity_geo_walk'").fetchone() is None:
+        with connection:
+            connection.executescript(GEO_SCHEMA)
+            docs = connection.execute(
+                "SELECT pk, doc FROM entities WHERE pk IN (SELECT pk FROM entity_geo_attrs) ORDER BY pk"
+            )
+            connection.executemany(
+                "INSERT INTO entity_geo_walk VALUES (?, ?, ?, ?, ?, ?, ?)",
+                ((attr, pk, *box) for pk, doc in docs for attr, *box in geo_keys(orjson.loads(doc))),
+            )
+
+
+def register_geo_functions(connection: sqlite3.Connection) -> None:
+    """The SQL functions an exact geo-query calls (`geo_point`, `geo_shapes`), on a reader."""
+    connection.create_function("geo_point", 3, _geo_point, deterministic=True)
+    connection.create_function("geo_shapes", 2, _geo_shapes, deterministic=True)
+
+
+_geo_queries = threading.local()  # per reader thread: GEOS prepared geometries are not shared between threads
+
+
+def _geo_query(key: str) -> GeoQuery:
+    """The GeoQuery a key (GeoQuery.key) names: parsed once per query text and thread, not per row."""
+    cache: dict[str, GeoQuery] | None = getattr(_geo_queries, "cache", None)
+    if cache is None:
+        cache = _geo_queries.cache = {}
+    query = cache.get(key)
+    if query is None:
+        from cityos.query.geo import GeoQuery  # shapely loads with the first geo-query
+
+        if len(cache) >= 64:
+            cache.clear()
+        query = cache[key] = GeoQuery.from_key(key)
+    return query
+
+
+def _geo_point(key: str, lon: float, lat: float) -> bool:
+    return _geo_query(key).point_matches(lon, lat)
+
+
+def _geo_shapes(key: str, shapes: str) -> bool:
+    """Whether one of an attribute's geometries matches (as compile_geo tests the instances). A
+    test can take long (large geometries), so past the query's deadline it interrupts the
+    statement: _read_with_deadline answers QueryTimeout, as the Python half would."""
+    deadline: tuple[float, sqlite3.Connection] | None = getattr(_geo_queries, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline[0]:
+        deadline[1].interrupt()
+        return False
+    return _geo_query(key).matches_any(shapes)
+
+
+def _geo_exact(query: EntityQuery, alias: str) -> tuple[str, list[Any]]:
+    """The exact test of one entity_geo_walk row `alias`."""
+    assert query.geo is not None
+    key = query.geo.key
+    point = f"geo_point(?, {alias}.min_x, {alias}.min_y)"
+    sql = f"(CASE WHEN {alias}.shapes IS NULL THEN {point} ELSE geo_shapes(?, {alias}.shapes) END)"
+    return sql, [key, key]
+
+
+def _geo_side(
+    connection: sqlite3.Connection, query: EntityQuery, walk: bool
+) -> tuple[tuple[str, list[Any], bool] | None, tuple[str, list[Any]] | None]:
+    """The geo-query as (a side filter, a walk): its R*Tree candidates drive when there are few
+    (or `walk` is False: a count reads every match anyway), each then tested exactly on its walk
+    row; else (None, (the walk rows' WHERE, parameters)) and entity_geo_walk drives in key order."""
+    assert query.geo_box is not None
+    attr, (min_x, max_x, min_y, max_y) = query.geo_box
+    box = [min_x, max_x, min_y, max_y]
+    rtree = "entity_geo r WHERE r.max_x >= ? AND r.min_x <= ? AND r.max_y >= ? AND r.min_y <= ?"
+    few = not walk or query.geo is None
+    if not few:
+        limited = f"SELECT 1 FROM {rtree} LIMIT {GEO_SELECTIVE + 1}"
+        few = connection.execute(f"SELECT COUNT(*) FROM ({limited})", box).fetchone()[0] <= GEO_SELECTIVE
+    if not few:
+        exact, params = _geo_exact(query, "w")
+        where = "w.attr = ? AND w.max_x >= ? AND w.min_x <= ? AND w.max_y >= ? AND w.min_y <= ? AND " + exact
+        return None, (where, [attr, *box, *params])
+    candidates = (
+        "e.pk IN (SELECT g.pk FROM entity_geo_attrs g JOIN entity_geo r ON r.gid = g.gid"
+        " WHERE g.attr = ? AND r.max_x >= ? AND r.min_x <= ? AND r.max_y >= ? AND r.min_y <= ?)"
+    )
+    if query.geo is None:
+        return (candidates, [attr, *box], True), None
+    exact, params = _geo_exact(query, "w")
+    probe = f"EXISTS (SELECT 1 FROM entity_geo_walk w WHERE w.attr = ? AND w.pk = e.pk AND {exact})"
+    return (f"{candidates} AND {probe}", [attr, *box, attr, *params], True), None
 
 
 LISTING = "entity_types t JOIN entities e INDEXED BY entities_listing ON e.pk = t.pk"
@@ -133,12 +239,18 @@ def _side_filters(connection: sqlite3.Connection, query: EntityQuery) -> list[tu
 
 
 def _selection(
-    connection: sqlite3.Connection, tenant: str, query: EntityQuery, now: str
+    connection: sqlite3.Connection, tenant: str, query: EntityQuery, now: str, walk: bool = True
 ) -> tuple[str, str, list[Any], str]:
     """(FROM, WHERE, parameters, ORDER BY) selecting the candidates of a query as `e`, walked in
     pk order: by id when it names ids; from entity_types when it lists one type and no other
-    filter is selective; else along entities_listing, driven by a selective filter if any."""
+    filter is selective; along entity_geo_walk for a broad geo-query (unless `walk` is False);
+    else along entities_listing, driven by a selective filter if any."""
     sides = _side_filters(connection, query)
+    geo_walk = None
+    if query.geo_box is not None:
+        geo, geo_walk = _geo_side(connection, query, walk and query.ids is None)
+        if geo is not None:
+            sides.append(geo)
     clauses: list[str] = []
     params: list[Any] = []
     single = query.types[0] if query.types is not None and len(query.types) == 1 else None
@@ -146,6 +258,11 @@ def _selection(
         source = "entities e"
         clauses += ["e.tenant = ?", f"e.id IN ({_in_list(len(query.ids))})"]
         params += [tenant, *query.ids]
+    elif geo_walk is not None and not any(few for _, _, few in sides):
+        source = "entity_geo_walk w JOIN entities e ON e.pk = w.pk"
+        clauses += [geo_walk[0], "e.tenant = ?"]
+        params += [*geo_walk[1], tenant]
+        geo_walk = None
     elif single is not None and not any(few for _, _, few in sides):
         source = LISTING
         clauses += [f"t.type = {NAME_ID}", "e.tenant = ?"]
@@ -170,14 +287,11 @@ def _selection(
         patterns = list(query.access.id_patterns)
         clauses.append("(" + (" OR ".join("regexp(?, e.id)" for _ in patterns) or "0") + ")")
         params += patterns
-    if query.geo_box is not None:
-        attr, (min_x, max_x, min_y, max_y) = query.geo_box
-        clauses.append(
-            "e.pk IN (SELECT g.pk FROM entity_geo_attrs g JOIN entity_geo r ON r.gid = g.gid"
-            " WHERE g.attr = ? AND r.max_x >= ? AND r.min_x <= ? AND r.max_y >= ? AND r.min_y <= ?)"
-        )
-        params += [attr, min_x, max_x, min_y, max_y]
-    return source, " AND ".join(clauses), params, "t.pk" if source == LISTING else "e.pk"
+    if geo_walk is not None:  # broad, but another filter drives: each candidate probes its walk row
+        clauses.append(f"EXISTS (SELECT 1 FROM entity_geo_walk w WHERE w.pk = e.pk AND {geo_walk[0]})")
+        params += geo_walk[1]
+    order = "t.pk" if source == LISTING else "w.pk" if source.startswith("entity_geo_walk") else "e.pk"
+    return source, " AND ".join(clauses), params, order
 
 
 def _documents(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> list[Entity]:
@@ -223,18 +337,22 @@ class SQLiteQueries:
         exact = exact_in_sql(query)  # before bounded() wraps the predicate
         in_sql = dataclasses.replace(query, predicate=None) if exact and query.predicate is not None else query
         in_python = bounded(query, self.query_timeout)  # the Python half stops at the deadline too
-        fresh_rows_needed = query.attrs is not None or bool(query.value_filters)
+        fresh_rows_needed = query.attrs is not None or bool(query.value_filters) or query.geo is not None
         now = now_key()
+        request_end = budget.deadline()  # read here, on the request's task
 
         def run(connection: sqlite3.Connection) -> QueryResult:
             if connection.in_transaction:  # left open by an interrupted read
                 connection.execute("ROLLBACK")
+            end = time.monotonic() + self.query_timeout
+            _geo_queries.deadline = (end if request_end is None else min(end, request_end), connection)
             connection.execute("BEGIN")  # one snapshot for the freshness check, the page and the count
             try:
                 if exact and not (fresh_rows_needed and _stale(connection, tenant, now)):
                     return self._page_in_sql(connection, tenant, in_sql, now)
                 return _filtered(connection, tenant, in_python, now)  # q judges the documents after all
             finally:
+                _geo_queries.deadline = None
                 if connection.in_transaction:
                     connection.execute("COMMIT")
 
@@ -260,6 +378,8 @@ class SQLiteQueries:
             pks.pop()
         total = None
         if query.count:
+            if source.startswith("entity_geo_walk"):  # a count reads every match: the R*Tree's, not the walk's
+                source, where, params, _ = _selection(connection, tenant, query, now, walk=False)
             total = connection.execute(f"SELECT COUNT(*) FROM {source} WHERE {where}", params).fetchone()[0]
         return QueryResult(_documents(connection, pks, now), total, has_more)
 
@@ -317,7 +437,8 @@ def _anchored_page(
 
 def _filtered(connection: sqlite3.Connection, tenant: str, query: EntityQuery, now: str) -> QueryResult:
     """Part of the query runs in Python: read the candidates in pk order until the page is full."""
-    source, where, params, order = _selection(connection, tenant, query, now)
+    every = query.count or query.sort is not None  # every match is read: the R*Tree's, not the walk's
+    source, where, params, order = _selection(connection, tenant, query, now, walk=not every)
     pager = Pager(query, now)
     for (doc,) in connection.execute(f"SELECT e.doc FROM {source} WHERE {where} ORDER BY {order}", params):
         if not pager.offer(orjson.loads(inflate(doc))):

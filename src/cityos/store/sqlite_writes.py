@@ -24,7 +24,7 @@ from cityos.entities.model import VALUE_MEMBER, Entity, Instance
 from cityos.entities.update import Mutator
 from cityos.errors import NgsiLdError
 from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
-from cityos.store.side_rows import attr_rows, geo_values, geometry_bbox, own_expiry
+from cityos.store.side_rows import attr_rows, geo_keys, geo_values, geometry_bbox, own_expiry
 from cityos.store.sqlite_history import INSERT_INSTANCE, Names
 from cityos.store.sqlite_layout import deflate, entity_rows, inflate, value_rows
 
@@ -66,6 +66,15 @@ def _same_scalars(was: list[Instance], now: list[Instance]) -> bool:
         if type(value) is not type(previous) or type(value) not in SCALARS or value != previous:
             return False
     return True
+
+
+def _unindex_geo(connection: sqlite3.Connection, pk: int, gids: list[tuple[int]]) -> None:
+    """Delete an entity's geo rows: its R*Tree boxes (`gids`), their attributes and walk rows."""
+    connection.execute(
+        "DELETE FROM entity_geo_walk WHERE attr IN (SELECT attr FROM entity_geo_attrs WHERE pk = ?1) AND pk = ?1", (pk,)
+    )
+    connection.executemany("DELETE FROM entity_geo WHERE gid = ?", gids)
+    connection.execute("DELETE FROM entity_geo_attrs WHERE pk = ?", (pk,))
 
 
 class _Refused(Exception):
@@ -281,8 +290,7 @@ class SQLiteWrites:
             buffer[sql].append((pk,))
         gids = connection.execute("SELECT gid FROM entity_geo_attrs WHERE pk = ?", (pk,)).fetchall()
         if gids:
-            connection.executemany("DELETE FROM entity_geo WHERE gid = ?", gids)
-            connection.execute("DELETE FROM entity_geo_attrs WHERE pk = ?", (pk,))
+            _unindex_geo(connection, pk, gids)
 
     def _index(self, connection: sqlite3.Connection, pk: int, before: Entity | None, after: Entity) -> None:
         """Bring the side tables from `before` (the stored document) to `after`, rewriting only the
@@ -321,14 +329,18 @@ class SQLiteWrites:
             if geo_values(before) == geo:
                 return
             gids = connection.execute("SELECT gid FROM entity_geo_attrs WHERE pk = ?", (pk,)).fetchall()
-            connection.executemany("DELETE FROM entity_geo WHERE gid = ?", gids)
-            connection.execute("DELETE FROM entity_geo_attrs WHERE pk = ?", (pk,))
+            _unindex_geo(connection, pk, gids)
         for attr, geometry in geo:
             box = geometry_bbox(geometry)
             if box is None:
                 continue
             gid = connection.execute("INSERT INTO entity_geo_attrs (pk, attr) VALUES (?, ?)", (pk, attr)).lastrowid
             connection.execute("INSERT INTO entity_geo VALUES (?, ?, ?, ?, ?)", (gid, *box))
+        if geo:
+            connection.executemany(
+                "INSERT INTO entity_geo_walk VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(attr, pk, *box) for attr, *box in geo_keys(after)],
+            )
 
     async def purge_expired(self, now: str) -> list[EntityChange]:
         def run(connection: sqlite3.Connection) -> list[EntityChange]:

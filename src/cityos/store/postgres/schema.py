@@ -113,6 +113,32 @@ CREATE CONSTRAINT TRIGGER entities_relisted AFTER UPDATE OF types, expires_at ON
     EXECUTE FUNCTION listing_changed();
 """
 
+# A box row is a `point` when its attribute's only boxed instance is a 2D Point (side_rows.py
+# geo_boxes): min_x/min_y are then its coordinates and a near query tests its distance in SQL. Rows
+# already stored are classified from their documents; the partial index finds the other rows fast.
+_V10 = """
+ALTER TABLE entity_geo ADD COLUMN point boolean NOT NULL DEFAULT false;
+UPDATE entity_geo g SET point = true
+FROM entities e
+WHERE e.pk = g.pk AND g.min_x = g.max_x AND g.min_y = g.max_y
+  AND (SELECT count(*) FROM entity_geo o WHERE o.pk = g.pk AND o.attr = g.attr) = 1
+  AND EXISTS (
+    SELECT 1 FROM json_array_elements(
+        CASE WHEN json_typeof(e.doc -> 'attrs' -> g.attr) = 'array' THEN e.doc -> 'attrs' -> g.attr ELSE '[]' END
+    ) i
+    WHERE CASE WHEN i ->> 'type' = 'GeoProperty' AND json_typeof(i -> 'value') = 'object'
+                AND i -> 'value' ->> 'type' = 'Point' AND json_typeof(i -> 'value' -> 'coordinates') = 'array'
+          THEN CASE WHEN json_array_length(i -> 'value' -> 'coordinates') = 2
+                     AND json_typeof(i -> 'value' -> 'coordinates' -> 0) = 'number'
+                     AND json_typeof(i -> 'value' -> 'coordinates' -> 1) = 'number'
+                THEN (i -> 'value' -> 'coordinates' ->> 0)::float8 = g.min_x
+                     AND (i -> 'value' -> 'coordinates' ->> 1)::float8 = g.min_y
+                ELSE false END
+          ELSE false END
+  );
+CREATE INDEX entity_geo_shapes ON entity_geo USING gist (box) WHERE NOT point;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "entities, their side tables and hosted @contexts", _V1),
     Migration(2, "subscriptions, outbox, workers, registrations, entity maps, ingestion records", CATALOG_SQL),
@@ -123,6 +149,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "the audit trail: hash-chained records, their queue, head and signed checkpoints", AUDIT_SQL),
     Migration(8, "entity maps belong to the principal that made them", _V8),
     Migration(9, "the listings' version, which the offset anchors of type listings follow", _V9),
+    Migration(10, "geo boxes say whether they are one Point, so near queries are exact in SQL", _V10),
 )
 LATEST = MIGRATIONS[-1].version
 _LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")

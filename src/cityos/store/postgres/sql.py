@@ -5,13 +5,17 @@ the geo-query box), over GIN-indexed arrays, the attr_values B-trees and a PostG
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
 from cityos.entities.model import Entity
 from cityos.policy.decision import AccessPrefilter
 from cityos.query.patterns import found, portable
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery
+
+if TYPE_CHECKING:
+    from cityos.query.geo import GeoQuery
 
 
 def entity_lock(tenant: str, entity_id: str) -> str:
@@ -74,16 +78,48 @@ def where(tenant: str, query: EntityQuery, now: str, p: Params) -> str:
             patterns = [f"e.id ~ {p(pattern)}" for pattern in query.access.id_patterns]
             clauses.append("(" + (" OR ".join(patterns) or "false") + ")")
     if query.geo_box is not None:
-        attr, (min_x, max_x, min_y, max_y) = query.geo_box
-        lo_x, hi_x, lo_y, hi_y = p(float(min_x)), p(float(max_x)), p(float(min_y)), p(float(max_y))
-        # `&&` uses the GiST index (float4 boxes, rounded outwards); the column tests make it exact,
-        # the same inclusive test as SQLite's R*Tree
-        clauses.append(
-            f"e.pk IN (SELECT g.pk FROM entity_geo g WHERE g.attr = {p(attr)}"
-            f" AND g.box && ST_MakeEnvelope({lo_x}, {lo_y}, {hi_x}, {hi_y}, 4326)"
-            f" AND g.max_x >= {lo_x} AND g.min_x <= {hi_x} AND g.max_y >= {lo_y} AND g.min_y <= {hi_y})"
-        )
+        clauses.append(f"e.pk IN (SELECT g.pk FROM entity_geo g WHERE {geo_rows(query, p)})")
     return " AND ".join(clauses)
+
+
+def geo_rows(query: EntityQuery, p: Params, shapes: bool = False) -> str:
+    """The entity_geo rows `g` a geo-query's box lets through (`shapes`: only those that are not
+    one Point). `&&` uses the GiST index (float4 boxes, rounded outwards); the column tests make it
+    exact, the same inclusive test as SQLite's R*Tree. A near query around a Point also tests the
+    distance of point rows (`near_point`); other rows stay candidates for the Python predicate."""
+    assert query.geo_box is not None
+    attr, (min_x, max_x, min_y, max_y) = query.geo_box
+    lo_x, hi_x, lo_y, hi_y = p(float(min_x)), p(float(max_x)), p(float(min_y)), p(float(max_y))
+    rows = (
+        f"g.attr = {p(attr)} AND g.box && ST_MakeEnvelope({lo_x}, {lo_y}, {hi_x}, {hi_y}, 4326)"
+        f" AND g.max_x >= {lo_x} AND g.min_x <= {hi_x} AND g.max_y >= {lo_y} AND g.min_y <= {hi_y}"
+    )
+    if shapes:
+        return rows + " AND NOT g.point"
+    geo = query.geo
+    if geo is not None and near_point(geo) and geo.max_distance is not None:
+        rows += f" AND (NOT g.point OR {_haversine(geo, p)} <= {p(geo.max_distance)})"
+    return rows
+
+
+def near_point(geo: GeoQuery) -> bool:
+    """Whether a geo-query is `near;maxDistance` around a Point: exact in SQL over point rows."""
+    return geo.georel == "near" and geo.geometry == "Point" and geo.max_distance is not None
+
+
+def _haversine(geo: GeoQuery, p: Params) -> str:
+    """query/geo.py's haversine() from the query point to a point row, operation for operation
+    (the same libm calls on the same operands, so the same float: the same matches as Python)."""
+    from cityos.query.geo import EARTH_RADIUS  # loaded already: the query holds a GeoQuery
+
+    lon1, lat1 = float(geo.coordinates[0]), float(geo.coordinates[1])
+    phi1 = math.radians(lat1)
+    per_degree = p(math.radians(1.0))  # math.radians multiplies by this constant
+    h = (
+        f"sin((g.min_y * {per_degree} - {p(phi1)}) / 2) ^ 2 + {p(math.cos(phi1))} * cos(g.min_y * {per_degree})"
+        f" * sin((g.min_x - {p(lon1)}) * {per_degree} / 2) ^ 2"
+    )
+    return f"{p(2 * EARTH_RADIUS)} * asin(sqrt(least(1::float8, greatest(0::float8, {h}))))"
 
 
 def matches_in_python(query: EntityQuery) -> EntityQuery:

@@ -51,7 +51,7 @@ from cityos.store.postgres.identity import PostgresIdentity
 from cityos.store.postgres.outbox import subscription_rows
 from cityos.store.postgres.policies import PostgresPolicies
 from cityos.store.postgres.schema import require_current
-from cityos.store.postgres.sql import Params, access_in_python, matches_in_python, where
+from cityos.store.postgres.sql import Params, access_in_python, geo_rows, matches_in_python, near_point, where
 from cityos.store.postgres.temporal import PostgresTemporal
 from cityos.store.postgres.writes import PostgresWrites
 
@@ -93,6 +93,20 @@ class _Anchors:
     version: int
     pks: list[int]
     total: int
+
+
+async def _geo_in_python(connection: Connection, query: EntityQuery) -> bool:
+    """Whether the geo-query needs the Python predicate: SQL tests only the distance of point rows
+    (sql.py geo_rows), so any other shape in the box (a partial GiST index finds them) needs it."""
+    if query.geo is None:
+        return False
+    if not near_point(query.geo):
+        return True
+    p = Params()
+    found = await connection.fetchval(
+        f"SELECT 1 FROM entity_geo g WHERE {geo_rows(query, p, shapes=True)} LIMIT 1", *p.values
+    )
+    return found is not None
 
 
 def _feed(pager: Pager, documents: list[Entity]) -> bool:
@@ -308,7 +322,7 @@ class PostgresStore(
         exact = exact_in_sql(query)  # before bounded() wraps the predicate
         in_sql = dataclasses.replace(query, predicate=None)
         query = bounded(query, self.query_timeout)  # the Python half stops at the deadline too
-        fresh_rows_needed = query.attrs is not None or bool(query.value_filters)
+        fresh_rows_needed = query.attrs is not None or bool(query.value_filters) or query.geo is not None
         listed = listed_type(in_sql) if exact else None
         anchored = (
             listed is not None and in_sql.limit is not None and (in_sql.offset >= 2 * ANCHOR_STEP or in_sql.count)
@@ -333,7 +347,7 @@ class PostgresStore(
                 )
                 assert first is not None
                 stale = bool(first["stale"])
-                if exact and not (fresh_rows_needed and stale):
+                if exact and not (fresh_rows_needed and stale) and not await _geo_in_python(connection, query):
                     anchors = None
                     if listed is not None and anchored and not stale:
                         anchors = await self._anchors_of(connection, tenant, listed, first["version"], condition, p)

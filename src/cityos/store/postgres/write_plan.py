@@ -27,7 +27,7 @@ import orjson
 from cityos.entities.expiry import next_expiry, visible
 from cityos.entities.model import Entity
 from cityos.store.postgres.sql import Params
-from cityos.store.side_rows import geo_values, geometry_bbox, indexed_values, own_expiry
+from cityos.store.side_rows import geo_boxes, indexed_values, own_expiry
 
 Key = tuple[str, str]  # (tenant, entity id)
 
@@ -42,10 +42,6 @@ class _Slot:
     entity: Entity | None = None  # the current document, when the write changed it
     dropped: bool = False  # the stored row was deleted
     created: int | None = None  # the order of the operation that made the current row, if new
-
-
-def _boxes(entity: Entity) -> list[tuple[str, tuple[float, float, float, float]]]:
-    return [(attr, box) for attr, geometry in geo_values(entity) if (box := geometry_bbox(geometry))]
 
 
 @dataclass(slots=True)
@@ -128,7 +124,7 @@ class WritePlan:
         if added:
             ctes.append(_insert([(pk, key, self.slots[key].text, entity) for pk, key, entity in added], p))
         values: list[tuple[int, str, float | None, str | None]] = []
-        boxes: list[tuple[int, str, tuple[float, float, float, float]]] = []
+        boxes: list[tuple[int, str, tuple[float, float, float, float], bool]] = []
         stale_values: list[int] = []
         stale_boxes: list[int] = []
         for pk, slot, entity in changed:
@@ -137,13 +133,13 @@ class WritePlan:
             if new_values != list(indexed_values(slot.stored)):
                 stale_values.append(pk)
                 values.extend((pk, a, n, t) for a, n, t in new_values)
-            new_boxes = _boxes(entity)
-            if new_boxes != _boxes(slot.stored):
+            new_boxes = geo_boxes(entity)
+            if new_boxes != geo_boxes(slot.stored):
                 stale_boxes.append(pk)
-                boxes.extend((pk, a, b) for a, b in new_boxes)
+                boxes.extend((pk, a, b, point) for a, b, point in new_boxes)
         for pk, _, entity in added:
             values.extend((pk, a, n, t) for a, n, t in indexed_values(entity))
-            boxes.extend((pk, a, b) for a, b in _boxes(entity))
+            boxes.extend((pk, a, b, point) for a, b, point in geo_boxes(entity))
         if stale_values:
             ctes.append(f"values_gone AS (DELETE FROM attr_values WHERE pk = ANY({p(stale_values)}::bigint[]))")
         if stale_boxes:
@@ -158,10 +154,10 @@ class WritePlan:
         if boxes:
             corners = ", ".join(f"{p([b[2][i] for b in boxes])}::float8[]" for i in range(4))
             ctes.append(
-                "boxes_added AS (INSERT INTO entity_geo (pk, attr, min_x, max_x, min_y, max_y, box)"
-                " SELECT r.pk, r.attr, r.x0, r.x1, r.y0, r.y1, ST_MakeEnvelope(r.x0, r.y0, r.x1, r.y1, 4326)"
-                f" FROM unnest({p([b[0] for b in boxes])}::bigint[], {p([b[1] for b in boxes])}::text[], {corners})"
-                " AS r(pk, attr, x0, x1, y0, y1))"
+                "boxes_added AS (INSERT INTO entity_geo (pk, attr, min_x, max_x, min_y, max_y, box, point)"
+                " SELECT r.pk, r.attr, r.x0, r.x1, r.y0, r.y1, ST_MakeEnvelope(r.x0, r.y0, r.x1, r.y1, 4326), r.point"
+                f" FROM unnest({p([b[0] for b in boxes])}::bigint[], {p([b[1] for b in boxes])}::text[], {corners},"
+                f" {p([b[3] for b in boxes])}::boolean[]) AS r(pk, attr, x0, x1, y0, y1, point))"
             )
         return ctes
 
