@@ -80,7 +80,7 @@ def create_query_schema(connection: sqlite3.Connection) -> None:
             )
             connection.executemany(
                 "INSERT INTO entity_geo_walk VALUES (?, ?, ?, ?, ?, ?, ?)",
-                ((attr, pk, *box) for pk, doc in docs for attr, *box in geo_keys(orjson.loads(doc))),
+                ((attr, pk, *box) for pk, doc in docs for attr, *box in geo_keys(orjson.loads(inflate(doc)))),
             )
 
 
