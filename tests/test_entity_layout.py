@@ -7,21 +7,18 @@ byte; a file of a newer layout is refused."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 from starlette.testclient import TestClient
 
 from backends import sqlite_only
-from cityos.app import create_app
-from cityos.settings import Settings
 from cityos.store.sqlite import SQLiteStore
 from cityos.store.sqlite_layout import DEFLATED, LAYOUT, deflate, inflate
+from layout_files import app_over_copy, rows
 
 OLD = Path(__file__).parent / "data" / "entity-layout-1"
 API = "/ngsi-ld/v1"
@@ -31,15 +28,7 @@ pytestmark = sqlite_only
 @pytest.fixture
 def migrated(tmp_path: Path, db_url: str) -> Iterator[TestClient]:
     """The app over a copy of the old file."""
-    for name in ("cityos.db", "cityos.db.audit-key"):
-        shutil.copy(OLD / name, tmp_path / name)
-    with TestClient(create_app(Settings(database=str(tmp_path / "cityos.db")))) as client:
-        yield client
-
-
-def rows(database: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(database) as db:
-        return db.execute(sql).fetchall()
+    yield from app_over_copy(OLD, tmp_path)
 
 
 def test_an_old_file_answers_as_before(migrated: TestClient, tmp_path: Path) -> None:

@@ -324,14 +324,19 @@ def pk_of(prefix: str, instance_id: str) -> int | None:
         return None
 
 
+def file_layout(connection: sqlite3.Connection, known: int, what: str) -> int:
+    """The file's layout (PRAGMA user_version); a layout newer than `known` is refused, since a
+    newer CityOS wrote it and this one would misread it."""
+    version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > known:
+        raise RuntimeError(f"{what} of this file is {version}; this CityOS knows {known} (a newer CityOS wrote it)")
+    return version
+
+
 def migrate(connection: sqlite3.Connection) -> int:
     """Bring a file to this layout inside one transaction; returns how many history instances were
     converted. Called on the writer connection before anything else touches the file."""
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    if version > LAYOUT:
-        raise RuntimeError(
-            f"the history layout of this file is {version}; this CityOS knows {LAYOUT} (a newer CityOS wrote it)"
-        )
+    version = file_layout(connection, LAYOUT, "the history layout")
     if version == LAYOUT:
         return 0
     connection.execute("BEGIN IMMEDIATE")

@@ -27,7 +27,7 @@ import orjson
 from cityos.entities.model import Entity
 from cityos.store.side_rows import attr_rows
 from cityos.store.sqlite_history import LAYOUT as HISTORY_LAYOUT
-from cityos.store.sqlite_history import Names
+from cityos.store.sqlite_history import Names, file_layout
 from cityos.store.sqlite_history import migrate as migrate_history
 
 LAYOUT = 2  # PRAGMA user_version of a file with this layout (1 is the compact history alone)
@@ -136,11 +136,7 @@ def entity_rows(
 def migrate(connection: sqlite3.Connection, names: Names) -> int:
     """Bring a file to this layout (the history's first, sqlite_history.migrate); returns how many
     entities were converted. Called on the writer connection before anything else touches the file."""
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    if version > LAYOUT:
-        raise RuntimeError(
-            f"the layout of this file is {version}; this CityOS knows {LAYOUT} (a newer CityOS wrote it)"
-        )
+    version = file_layout(connection, LAYOUT, "the layout")
     if version == LAYOUT:
         return 0
     migrate_history(connection)
