@@ -7,24 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 from backends import db_rows, sqlite_only, stored_json
-from cityos.store.sqlite import SCHEMA, SCHEMA_VERSION
-from cityos.store.sqlite_history import Names
-from cityos.store.sqlite_identity import IDENTITY_SCHEMA
-from cityos.store.sqlite_layout import migrate
-from cityos.store.sqlite_policies import POLICY_SCHEMA
-from cityos.store.sqlite_query import create_query_schema
-from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA
+from cityos.store.sqlite import SQLiteStore
 from notify_helpers import free_port
 from server_process import LoggedServer
 
@@ -133,16 +126,14 @@ SWEEPS_WHILE_LOCKED = 3.0
 
 
 def make_database(path: str) -> None:
-    """A database with its tables, made before another process locks it."""
-    with closing(sqlite3.connect(path, isolation_level=None)) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.executescript(SCHEMA)
-        connection.executescript(TEMPORAL_SCHEMA)
-        connection.executescript(POLICY_SCHEMA)
-        connection.executescript(IDENTITY_SCHEMA)
-        migrate(connection, Names(writer=True))  # the history and side tables, at their layout
-        create_query_schema(connection)  # the listing index and version
-        connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+    """A database with its tables, made by the store itself before another process locks it."""
+
+    async def made() -> None:
+        store = SQLiteStore(path)
+        await store.open()
+        await store.close()
+
+    asyncio.run(made())
 
 
 def cli_env(**extra: str) -> dict[str, str]:
