@@ -39,11 +39,14 @@ def server(tmp_path: Path) -> Iterator[LoggedServer]:
 
 
 async def open_slow(port: int, count: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]]:
-    """Connections that send half a request head, each with the time it was opened."""
+    """Connections that send half a request head, each with the time its opening began (the
+    server's header timer cannot start before it; taken after the connect, a busy client loop could
+    record it hundreds of milliseconds late)."""
     slow = []
     for _ in range(count):
+        began = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        slow.append((reader, writer, time.monotonic()))
+        slow.append((reader, writer, began))
         writer.write(HALF_HEAD)
     return slow
 
