@@ -45,6 +45,7 @@ from cityos.store.sqlite_writes import SQLiteWrites
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
+CHECKPOINT_BUSY_TIMEOUT = 0.1  # seconds the checkpoint thread's connection waits for a lock
 SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, created_at TEXT NOT NULL);
@@ -180,7 +181,8 @@ class SQLiteStore(
         self.busy_timeout = busy_timeout  # seconds a statement waits for a lock another connection holds
         self._fair = FairShare(client_share)  # queries of one client hold at most this many readers
         self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cityos-writer")
-        self._checkpointer = Checkpointer(lambda: _connect(path, busy_timeout, durability))
+        # its connection never waits for the writer's lock: a checkpoint that finds it busy is skipped
+        self._checkpointer = Checkpointer(lambda: _connect(path, CHECKPOINT_BUSY_TIMEOUT, durability))
         self._reader_pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cityos-reader")
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []

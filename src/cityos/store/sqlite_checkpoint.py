@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 
 PAUSE = 0.2  # seconds between checkpoints under a steady stream of writes
+STOP_WAIT = 2.0  # seconds a close waits for a checkpoint under way (the thread is a daemon)
 BACKSTOP_PAGES = 10_000  # the writer's own wal_autocheckpoint (SQLite's default is 1,000)
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,8 @@ class Checkpointer:
     def stop(self) -> None:
         self._stopped.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._thread is not None:  # a daemon: a checkpoint still running must not hold up a shutdown
+            self._thread.join(timeout=STOP_WAIT)
             self._thread = None
 
     def _run(self) -> None:
