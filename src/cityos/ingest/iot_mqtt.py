@@ -27,10 +27,10 @@ import ssl
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from cityos.entities.values import now
 from cityos.errors import FailureLog
 from cityos.ingest.iot_agent import DeviceMessage, IotAgent
 from cityos.ingest.iot_payloads import FORMATS
@@ -249,9 +249,7 @@ class Inbox:
         messages of one read share it."""
         millisecond = time.time_ns() // 1_000_000
         if millisecond != self._millisecond:
-            seconds, rest = divmod(millisecond, 1000)
-            moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest * 1000)
-            self._millisecond, self._stamp = millisecond, moment.isoformat(timespec="milliseconds")[:-6] + "Z"
+            self._millisecond, self._stamp = millisecond, now()
         return self._stamp
 
     def take(self, first: Arrived, limit: int) -> list[Arrived]:

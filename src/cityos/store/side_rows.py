@@ -51,15 +51,22 @@ def geo_values(entity: Entity) -> list[tuple[str, Any]]:
     ]
 
 
-def geo_keys(entity: Entity) -> list[tuple[str, float, float, float, float, str | None]]:
+Boxed = list[tuple[str, tuple[float, float, float, float], Any]]
+
+
+def instance_boxes(entity: Entity) -> Boxed:
+    """(attr, box, geometry) per GeoProperty instance with a box, each box computed once for both
+    of the side rows made from it (geo_keys, geo_boxes)."""
+    return [(attr, box, geometry) for attr, geometry in geo_values(entity) if (box := geometry_bbox(geometry))]
+
+
+def geo_keys(boxed: Boxed) -> list[tuple[str, float, float, float, float, str | None]]:
     """(attr, min_x, max_x, min_y, max_y, shapes) per GeoProperty attribute with a box: the union
     of its instances' boxes, and the JSON array of their geometries, or None when the attribute is
     one 2D Point (then min_x and min_y are its coordinates, all an exact test of it needs)."""
     found: dict[str, list[tuple[tuple[float, float, float, float], Any]]] = {}
-    for attr, geometry in geo_values(entity):
-        box = geometry_bbox(geometry)
-        if box is not None:
-            found.setdefault(attr, []).append((box, geometry))
+    for attr, box, geometry in boxed:
+        found.setdefault(attr, []).append((box, geometry))
     rows = []
     for attr, instances in found.items():
         boxes = [box for box, _ in instances]
@@ -80,7 +87,7 @@ def geo_keys(entity: Entity) -> list[tuple[str, float, float, float, float, str 
 def geo_boxes(entity: Entity) -> list[tuple[str, tuple[float, float, float, float], bool]]:
     """(attr, box, point) per GeoProperty instance with a box; `point` when it is its attribute's
     only such instance and a 2D Point (PostgreSQL's entity_geo rows)."""
-    rows = [(attr, box, geometry) for attr, geometry in geo_values(entity) if (box := geometry_bbox(geometry))]
+    rows = instance_boxes(entity)
     counts = Counter(attr for attr, _, _ in rows)
     return [(attr, box, counts[attr] == 1 and _point_2d(geometry)) for attr, box, geometry in rows]
 

@@ -33,7 +33,7 @@ from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery, QueryResult
 from cityos.store.paging import Pager, bounded, exact_in_sql
 from cityos.store.paging import listed_type as _listed_type
-from cityos.store.side_rows import geo_keys
+from cityos.store.side_rows import geo_keys, instance_boxes
 from cityos.store.sqlite_layout import NAME_ID, inflate, name_ids
 
 if TYPE_CHECKING:
@@ -80,7 +80,11 @@ def create_query_schema(connection: sqlite3.Connection) -> None:
             )
             connection.executemany(
                 "INSERT INTO entity_geo_walk VALUES (?, ?, ?, ?, ?, ?, ?)",
-                ((attr, pk, *box) for pk, doc in docs for attr, *box in geo_keys(orjson.loads(inflate(doc)))),
+                (
+                    (attr, pk, *box)
+                    for pk, doc in docs
+                    for attr, *box in geo_keys(instance_boxes(orjson.loads(inflate(doc))))
+                ),
             )
 
 

@@ -24,7 +24,7 @@ from cityos.entities.model import VALUE_MEMBER, Entity, Instance
 from cityos.entities.update import Mutator
 from cityos.errors import NgsiLdError
 from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
-from cityos.store.side_rows import attr_rows, geo_keys, geo_values, geometry_bbox, own_expiry
+from cityos.store.side_rows import attr_rows, geo_keys, geo_values, instance_boxes, own_expiry
 from cityos.store.sqlite_history import INSERT_INSTANCE, Names
 from cityos.store.sqlite_layout import deflate, entity_rows, inflate, value_rows
 
@@ -330,16 +330,14 @@ class SQLiteWrites:
                 return
             gids = connection.execute("SELECT gid FROM entity_geo_attrs WHERE pk = ?", (pk,)).fetchall()
             _unindex_geo(connection, pk, gids)
-        for attr, geometry in geo:
-            box = geometry_bbox(geometry)
-            if box is None:
-                continue
+        boxed = instance_boxes(after)
+        for attr, box, _ in boxed:
             gid = connection.execute("INSERT INTO entity_geo_attrs (pk, attr) VALUES (?, ?)", (pk, attr)).lastrowid
             connection.execute("INSERT INTO entity_geo VALUES (?, ?, ?, ?, ?)", (gid, *box))
-        if geo:
+        if boxed:
             connection.executemany(
                 "INSERT INTO entity_geo_walk VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(attr, pk, *box) for attr, *box in geo_keys(after)],
+                [(attr, pk, *box) for attr, *box in geo_keys(boxed)],
             )
 
     async def purge_expired(self, now: str) -> list[EntityChange]:
