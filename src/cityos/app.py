@@ -61,6 +61,7 @@ from cityos.serving import collector
 from cityos.settings import Settings
 from cityos.store.base import StoreEvent
 from cityos.store.fair import current_client
+from cityos.tasks import stop_task
 
 log = logging.getLogger("cityos")
 SWEEP_SECONDS = 1.0
@@ -237,9 +238,7 @@ async def _sweep_expired(services: Services) -> None:
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await stop_task(task)
 
 
 class _Reloader:

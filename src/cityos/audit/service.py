@@ -5,7 +5,6 @@ retention, exports, and takes the events that are not writes (StoreAudit, the Au
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ from cityos.audit.signing import key_path, load_or_create, sign_anchor, sign_che
 from cityos.errors import log_failure
 from cityos.settings import Settings
 from cityos.store.base import EntityStore
+from cityos.tasks import stop_tasks
 
 log = logging.getLogger("cityos.audit")
 SYSTEM = "cityos"  # the principal of what the trail does by itself (retention)
@@ -100,11 +100,8 @@ class AuditTrail:
             self._tasks.append(asyncio.create_task(self._retention()))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await stop_tasks(tasks)
         if not self._serving:
             return
         try:

@@ -11,7 +11,6 @@ cityos --version
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import errno
@@ -21,7 +20,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cityos import __version__
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE, shared_table
@@ -30,6 +29,12 @@ from cityos.cli.common import fail
 from cityos.errors import DatabaseBusy
 from cityos.settings import Settings, describe, env_name
 from cityos.store import is_postgres, open_store
+
+if TYPE_CHECKING:
+    from cityos.serving.interrupts import Interrupts
+
+INTERRUPTED = 130
+"""The exit code of a start stopped by Ctrl-C (128 + SIGINT), as shells give it."""
 
 
 def _add_setting_options(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(settings: Settings) -> int:
+    from cityos.serving.interrupts import Interrupts
+
+    interrupts = Interrupts()  # a Ctrl-C from here on is never lost (serving/interrupts.py)
+    interrupts.install()
+    try:
+        return _serve(settings, interrupts)
+    finally:
+        interrupts.uninstall()
+
+
+def _serve(settings: Settings, interrupts: Interrupts) -> int:
     import uvicorn
 
     from cityos.logs import configure as configure_logging
@@ -102,15 +118,19 @@ def serve(settings: Settings) -> int:
         "lifespan": "on",
     }
     if is_postgres(settings.database):
-        problem = _prepare_postgres(settings)
+        problem = _prepare_postgres(settings, interrupts)
+        if interrupts.seen:
+            return INTERRUPTED
         if problem is not None:
             return fail(problem)
     if settings.demo_on_empty:
-        try:
-            problem = _load_demo_first(settings)
-        except KeyboardInterrupt:
-            fail("stopped while loading the demo city; the next start removes what was loaded and loads it again")
-            return 130
+        loaded, problem = _load_demo_first(settings, interrupts)
+        if interrupts.seen:
+            if loaded:
+                fail("stopped (Ctrl-C) once the demo city was loaded; the next start serves it")
+            else:
+                fail("stopped while loading the demo city; the next start removes what was loaded and loads it again")
+            return INTERRUPTED
         if problem is not None:
             return fail(problem)
         settings = dataclasses.replace(settings, demo_on_empty=False)
@@ -121,15 +141,15 @@ def serve(settings: Settings) -> int:
         with contextlib.ExitStack() as stack:
             if settings.auth == "required" and settings.rate_limit > 0:  # one bucket per caller for all workers
                 os.environ[RATE_TABLE_VARIABLE] = str(stack.enter_context(shared_table()))
-            uvicorn.run("cityos.app:app_from_env", factory=True, workers=settings.workers, **common)
-    else:
-        from cityos.app import create_app
-        from cityos.serving import collector
+            return interrupts.serve(
+                uvicorn.Config("cityos.app:app_from_env", factory=True, workers=settings.workers, **common)
+            )
+    from cityos.app import create_app
+    from cityos.serving import collector
 
-        app = create_app(settings)
-        collector.tune()
-        uvicorn.run(app, **common)
-    return 0
+    app = create_app(settings)
+    collector.tune()
+    return interrupts.serve(uvicorn.Config(app, **common))
 
 
 def _cannot_serve(settings: Settings) -> str | None:
@@ -172,25 +192,27 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _load_demo_first(settings: Settings) -> str | None:
+def _load_demo_first(settings: Settings, interrupts: Interrupts) -> tuple[bool, str | None]:
     """Start the application once, without serving, so the demo city is loaded before the port
-    opens: Ctrl-C stops the load at once (KeyboardInterrupt), and the load is done one time even
-    with several workers."""
+    opens: Ctrl-C stops the load at once (its task is cancelled), and the load is done one time
+    even with several workers. Whether it was loaded, and the problem that stopped it."""
     from cityos.app import create_app
+
+    started: list[bool] = []  # the start-up, the load included, completed (its stop may still be cut)
 
     async def start_once() -> None:
         app = create_app(settings)
         async with app.router.lifespan_context(app):
-            return
+            started.append(True)
 
     try:
-        asyncio.run(start_once())
+        interrupts.run(start_once)
     except DatabaseBusy as exc:
-        return exc.detail
-    return None
+        return False, exc.detail
+    return bool(started), None
 
 
-def _prepare_postgres(settings: Settings) -> str | None:
+def _prepare_postgres(settings: Settings, interrupts: Interrupts) -> str | None:
     """Before any worker starts: refuse an unmigrated (or unreachable) database with one clear line."""
     from cityos.store.postgres import SchemaNotCurrent, redact
 
@@ -200,7 +222,7 @@ def _prepare_postgres(settings: Settings) -> str | None:
         await store.close()
 
     try:
-        asyncio.run(check())
+        interrupts.run(check)
     except SchemaNotCurrent as exc:
         return str(exc)
     except (OSError, TimeoutError) as exc:

@@ -19,7 +19,6 @@ measures of devices it does not know, which another deployment may own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -35,6 +34,7 @@ from cityos.errors import FailureLog
 from cityos.ingest.iot_agent import DeviceMessage, IotAgent
 from cityos.ingest.iot_payloads import FORMATS
 from cityos.store import is_postgres
+from cityos.tasks import stop_task
 
 log = logging.getLogger("cityos.iot")
 SUBSCRIPTIONS = tuple(prefix + suffix for prefix in ("", "/ul", "/json") for suffix in ("/+/+/attrs", "/+/+/attrs/+"))
@@ -117,11 +117,8 @@ class MqttTransport:
         self._task = asyncio.create_task(self._run(), name="cityos-iot-mqtt")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await stop_task(task)
 
     async def _run(self) -> None:
         import aiomqtt  # imported only when MQTT is configured

@@ -47,6 +47,7 @@ from cityos.subscriptions.matching import (
     render_options,
 )
 from cityos.subscriptions.model import Delivery, Subscription
+from cityos.tasks import stop_tasks
 
 log = logging.getLogger("cityos.subscriptions")
 OUTBOX_POLL_SECONDS = 2.0
@@ -124,15 +125,12 @@ class Dispatcher:
     async def stop(self) -> int:
         """Stop delivering; the rows claimed here and not finished are made claimable again, for
         whoever delivers next. Returns how many those are."""
+        self._following = False  # the pump ends by itself too, should it miss its cancellation
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
         if self._pump is not None:
             tasks.append(self._pump)
             self._pump = None
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(tasks)
         self._lanes.clear()
         left = sorted(self._claimed)
         self._claimed.clear()

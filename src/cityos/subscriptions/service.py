@@ -10,7 +10,6 @@ worker that claims its period.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from cityos.subscriptions.delivery import Sender
 from cityos.subscriptions.dispatcher import Dispatcher, Job
 from cityos.subscriptions.matching import ChangeMatcher, Matcher, compile_matcher, lane_of, periodic_query
 from cityos.subscriptions.model import Delivery, Subscription, status_of
+from cityos.tasks import stop_tasks
 
 log = logging.getLogger("cityos.subscriptions")
 Key = tuple[str, str]  # (tenant, subscription id)
@@ -178,12 +178,8 @@ class SubscriptionService:
         self.store.set_change_listener(None, None)
         self.store.set_catalog_refresher(None)
         timers = list(self._timers.values())
-        for task in timers:
-            task.cancel()
-        for task in timers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         self._timers.clear()
+        await stop_tasks(timers)
         if self._dispatcher is not None:
             await self._dispatcher.stop()
         if self._sender is not None:

@@ -4,7 +4,6 @@ retention sweep that drops instances older than temporal_retention_days."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +12,7 @@ from cityos.errors import log_failure
 from cityos.settings import Settings
 from cityos.store.base import EntityStore
 from cityos.store.temporal_base import SCOPE_ATTR
+from cityos.tasks import stop_task
 from cityos.temporal.history import HistoryRecorder, deletion, parse_disabled, scope_deletion
 from cityos.temporal.query import to_micros
 
@@ -40,11 +40,8 @@ class HistoryService:
 
     async def stop(self) -> None:
         self.store.set_change_listener(None, None, name="history")
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        sweeper, self._sweeper = self._sweeper, None
+        await stop_task(sweeper)
 
     async def purge_old(self) -> int:
         """Drop the instances older than the retention period; returns how many went."""

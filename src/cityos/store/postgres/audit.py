@@ -29,6 +29,7 @@ from cityos.errors import log_failure
 from cityos.store.audit_base import AnchorMaker
 from cityos.store.postgres.busy import Transactions, read_again_once
 from cityos.store.postgres.sql import Params
+from cityos.tasks import stop_task
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -234,8 +235,11 @@ class PostgresAudit(Transactions):
     async def _keep_sealing(self) -> None:
         wake = self._sealer_wake()
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 a wait_for whose timeout fires as the task
+            # is cancelled swallows the cancellation, and this loop ran on while the stop waited
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), SEAL_EVERY)
+                async with asyncio.timeout(SEAL_EVERY):
+                    await wake.wait()
             wake.clear()
             await asyncio.sleep(SEAL_DELAY)
             try:
@@ -248,12 +252,8 @@ class PostgresAudit(Transactions):
         self._sealer = asyncio.create_task(self._keep_sealing(), name="cityos-audit-sealer")
 
     async def _stop_sealer(self) -> None:
-        sealer = self._sealer
-        if sealer is not None:
-            sealer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sealer
-            self._sealer = None
+        sealer, self._sealer = self._sealer, None
+        await stop_task(sealer)
         # one last seal, bounded: a stop must not hang on a lock; what stays pending is sealed by the
         # next start (_start_sealer), nothing is lost
         with contextlib.suppress(Exception):

@@ -20,6 +20,7 @@ import orjson
 
 from cityos.errors import FailureLog
 from cityos.store.base import EventListener, StoreEvent
+from cityos.tasks import stop_task
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
@@ -83,11 +84,8 @@ class EventFollower:
         self._task = asyncio.create_task(self._follow())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await stop_task(task)
 
     def _deliver(self, event: StoreEvent) -> None:
         listener = self.listener

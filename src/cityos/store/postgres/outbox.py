@@ -12,7 +12,6 @@ holds (or is claiming in the same statement) every earlier row of that lane.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -27,6 +26,7 @@ from cityos.store.base import OutboxRow, StoreEvent, SubscriptionRow
 from cityos.store.postgres.busy import Transactions, read_again_once
 from cityos.store.postgres.events import EventFollower, payload_of
 from cityos.store.postgres.sql import Params
+from cityos.tasks import stop_task
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
@@ -152,10 +152,7 @@ class PostgresOutbox(Transactions):
     async def _stop_worker(self) -> None:
         """Called by close(), before the pool closes: release this worker's claims and deregister it."""
         task, self._heartbeat_task = self._heartbeat_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
         async def work(connection: Connection) -> None:
             await connection.execute("UPDATE outbox SET claimed_by = NULL WHERE claimed_by = $1", self.worker_id)
