@@ -185,6 +185,10 @@ def test_connections_cut_by_the_database_give_503_or_success_never_500(fresh_pos
 
     threads = [threading.Thread(target=traffic, args=(number,)) for number in range(4)]
     try:
+        with httpx.Client(base_url=server.base, timeout=30) as client:  # every entity read exists
+            for number in range(4):
+                body = [{"id": f"urn:ngsi-ld:Thing:cut-{number}-{n}", "type": "Thing"} for n in range(10)]
+                assert client.post(UPSERT, json=body).status_code in (201, 204)
         for thread in threads:
             thread.start()
         time.sleep(1)
