@@ -32,6 +32,7 @@ from cityos.ngsild.common import (
     check_params,
     existing_tenant,
     flag,
+    has_query,
     json_response,
     no_content,
     options,
@@ -158,7 +159,7 @@ def _entity_id(request: Request) -> str:
 
 async def _mutate_one(request: Request, tenant_name: str, entity_id: str, mutator: update.Mutator) -> MutationResult:
     """Run one mutation atomically; a `type` parameter restricts it to entities of those types."""
-    type_param = request.query_params.get("type")
+    type_param = request.query_params.get("type") if has_query(request) else None
     if type_param is not None:
         context = await query_context(request, tenant_name)
         mutator = update.only_types(entity_id, type_filter(type_param, context), mutator)
@@ -363,7 +364,7 @@ async def partial_attribute_update(request: Request) -> Response:
         patch.pop("datasetId", None)
         return patch
 
-    if "type" in fragment or "type" in request.query_params:
+    if "type" in fragment or (has_query(request) and "type" in request.query_params):
         kind = None
         if "type" not in fragment:
             kind = _attribute_type(await services(request).store.get_entity(tenant_name, entity_id), attr)
@@ -458,18 +459,19 @@ async def missing_entity_id(request: Request) -> Response:
 def routes() -> list[Route]:
     entity = BASE + "/entities/{entity_id}"
     every = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-    # Starlette tries the routes in order: the hottest come first (a route costs a regex match per
-    # request before it). No two of these paths match the same URL, so the order changes no answer;
-    # the routes of one path keep their order (the first that lacks the method answers 405).
+    # Starlette tries the routes in order: the hottest (a sensor update, a retrieve, a create) come
+    # first (a route costs a regex match per request before it). No two of these paths match the same
+    # URL, so the order changes no answer; the routes of one path keep their order (the first that
+    # lacks the method answers 405).
     return [
         Route(entity + "/attrs/{attr}", partial_attribute_update, methods=["PATCH"]),
+        Route(entity, retrieve_entity, methods=["GET"]),
+        Route(BASE + "/entities", create_entity, methods=["POST"]),
         Route(entity + "/attrs/{attr}", replace_attribute, methods=["PUT"]),
         Route(entity + "/attrs/{attr}", delete_attribute, methods=["DELETE"]),
-        Route(entity, retrieve_entity, methods=["GET"]),
         Route(entity, replace_entity, methods=["PUT"]),
         Route(entity, merge_entity, methods=["PATCH"]),
         Route(entity, delete_entity, methods=["DELETE"]),
-        Route(BASE + "/entities", create_entity, methods=["POST"]),
         Route(BASE + "/entities/", missing_entity_id, methods=["PUT", "PATCH"]),
         Route(BASE + "/entities//attrs", missing_entity_id, methods=every),
         Route(BASE + "/entities//attrs/", missing_entity_id, methods=every),

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import orjson
@@ -114,13 +114,6 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
 def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, value, error in outcomes:
         _settle(future, value, error)
-
-
-def _report_crash(done: Future[None]) -> None:
-    """The commit loop ends only by returning; an error out of it (a bug) is logged, not lost."""
-    error = done.exception()
-    if error is not None:
-        logger.error("the SQLite writer stopped", exc_info=error)
 
 
 def _connect(path: str, busy_timeout: float, durability: str = "normal") -> sqlite3.Connection:
@@ -241,9 +234,18 @@ class SQLiteStore(
             start = not self._flushing
             self._flushing = True
         if start:  # the writer answers through `future`: nothing awaits the pool's own future
-            self._writer_pool.submit(self._flush, loop).add_done_callback(_report_crash)
+            self._writer_pool.submit(self._flush_logged, loop)
         result: T = await future
         return result
+
+    def _flush_logged(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The commit loop ends only by returning; an error out of it (a bug) is logged, not lost
+        (logged here: a done-callback on the pool's future cost every flush two more lock rounds)."""
+        try:
+            self._flush(loop)
+        except BaseException:
+            logger.exception("the SQLite writer stopped")
+            raise
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Writer thread: commit every pending write in one transaction, then answer them."""
@@ -334,6 +336,7 @@ class SQLiteStore(
                     "Start from a new database file (migrations arrive with `cityos db upgrade`)."
                 )
             connection.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")  # the checkpointer does it
+            self._tenants = set()  # the writer's tenants of this file (sqlite_writes.py)
             self._writer = connection
 
         await asyncio.get_running_loop().run_in_executor(self._writer_pool, setup)

@@ -39,8 +39,9 @@ class Checkpointer:
             self._thread.start()
 
     def written(self) -> None:
-        """Writer thread, after a commit: a checkpoint is owed."""
-        self._wake.set()
+        """Writer thread, after a commit: a checkpoint is owed (already owed: no lock to take)."""
+        if not self._wake.is_set():
+            self._wake.set()
 
     def stop(self) -> None:
         self._stopped.set()

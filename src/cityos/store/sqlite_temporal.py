@@ -142,6 +142,8 @@ class SQLiteTemporal:
 
         async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
+        def _ensure_tenant(self, connection: sqlite3.Connection, tenant: str) -> None: ...
+
         async def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
         def _audit_note(self, row: Callable[[], AuditRow | None]) -> None: ...
@@ -155,9 +157,7 @@ class SQLiteTemporal:
             "SELECT pk, types FROM temporal_entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
         ).fetchone()
         if row is None:
-            connection.execute(
-                "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, datetime('now'))", (tenant,)
-            )
+            self._ensure_tenant(connection, tenant)
             pk = connection.execute(
                 "INSERT INTO temporal_entities (tenant, id, types) VALUES (?, ?, ?)",
                 (tenant, entity_id, orjson.dumps(list(types))),

@@ -107,6 +107,17 @@ class SQLiteWrites:
         self._history = self._buffer[HISTORY]
         self._buffered_pks: set[int] = set()  # entities with side rows in the buffer
         self._epks: dict[tuple[str, str], int] = {}
+        # tenants a committed transaction holds (never deleted): a write of theirs needs no insert
+        self._tenants: set[str] = set()
+        self._new_tenants: set[str] = set()  # inserted by this transaction, known once it commits
+
+    def _ensure_tenant(self, connection: sqlite3.Connection, tenant: str) -> None:
+        """The tenant's row, inserted by the first write of a tenant (writer thread)."""
+        if tenant not in self._tenants:
+            connection.execute(
+                "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, datetime('now'))", (tenant,)
+            )
+            self._new_tenants.add(tenant)
 
     def _drain(self, connection: sqlite3.Connection) -> None:
         """Write what the buffer holds, one executemany per statement (writer thread)."""
@@ -126,8 +137,10 @@ class SQLiteWrites:
         self._epks.clear()
         if committed:
             self._wnames.committed()
+            self._tenants |= self._new_tenants
         else:
             self._wnames.rolled_back()
+        self._new_tenants.clear()
 
     def _marks(self) -> tuple[int, ...]:
         return (len(self._audit_rows), *(len(rows) for rows in self._buffer.values()))
@@ -145,9 +158,7 @@ class SQLiteWrites:
         self, tenant: str, operations: Sequence[tuple[str, Mutator]], *, atomic: bool
     ) -> list[MutationResult]:
         def run(connection: sqlite3.Connection) -> list[MutationResult]:
-            connection.execute(
-                "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, datetime('now'))", (tenant,)
-            )
+            self._ensure_tenant(connection, tenant)
             if atomic:
                 return [self._apply(connection, tenant, entity_id, mutator) for entity_id, mutator in operations]
             self._drain(connection)  # nothing buffered before the savepoint may be rolled back with it

@@ -92,11 +92,14 @@ def changed_instances(before: Entity | None, after: Entity | None) -> list[tuple
                 (attr, instance) for instance in (instances if len(instances) == 1 else _by_dataset(instances).values())
             )
             continue
-        if len(olds) == 1 and len(instances) == 1 and olds[0].get("datasetId") == instances[0].get("datasetId"):
-            old_one, new_one = olds[0], instances[0]  # the usual case: one instance, before and after
-            if old_one != new_one and not restated(old_one, new_one):
-                found.append((attr, new_one))  # written in this transaction, never changed after
-            continue
+        if len(olds) == 1 and len(instances) == 1:  # the usual case: one instance, before and after
+            old_one, new_one = olds[0], instances[0]
+            if old_one is new_one:  # left alone: the very object of `before` (entities/update.py _require)
+                continue
+            if old_one.get("datasetId") == new_one.get("datasetId"):
+                if old_one != new_one and not restated(old_one, new_one):
+                    found.append((attr, new_one))  # written in this transaction, never changed after
+                continue
         old = _by_dataset(olds)
         new = _by_dataset(instances)
         for dataset, instance in new.items():
