@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import asyncpg
+
 from cityos.entities import update
 from cityos.entities.model import Entity
 from cityos.store import open_store
 from cityos.store.base import ChangeListener, EntityChange, EntityLookup, OutboxRow
+from cityos.temporal.history import HistoryRecorder
 from test_store_contract import _migrate, make, postgres_schema, prop, value_of
 
 
@@ -75,8 +78,8 @@ def test_postgres_a_write_into_a_new_tenant_does_not_wait_for_another_open_one(
 
 def test_postgres_a_write_that_waited_for_a_create_sees_the_created_entity(postgres_skip_reason: str | None) -> None:
     """A write that reads its rows in the statement that takes the entity locks: an entity created
-    by the write it waited for is not in that statement's snapshot, so it is read again after the
-    locks, and the update applies to it (no 404)."""
+    by the write it waited for is not in that statement's snapshot, so the rows are read by a query
+    with a snapshot taken after the locks (entities_for_update), and the update applies to it (no 404)."""
     with postgres_schema(postgres_skip_reason) as (loop, url):
         loop.run_until_complete(_migrate(url))
         workers = [open_store(url) for _ in range(2)]
@@ -146,3 +149,52 @@ def test_postgres_deployments_in_two_schemas_do_not_wait_on_each_others_entities
                 await second.close()
 
         loop.run_until_complete(scenario())
+
+
+def test_postgres_history_in_the_write_statement_keeps_an_instance_whose_temporal_entity_appeared(
+    postgres_skip_reason: str | None,
+) -> None:
+    """A write's small history goes in its one statement once its partition is known (temporal.py
+    history_ctes). A temporal entity that another transaction creates while that statement waits
+    for it is not in the statement's snapshot: the instance is written after it (history_lost), not
+    lost, and nothing fails."""
+    with postgres_schema(postgres_skip_reason) as (loop, url):
+        loop.run_until_complete(_migrate(url))
+        store = open_store(url)
+
+        async def scenario() -> int:
+            await store.open()
+            other = await asyncpg.connect(url)
+            try:
+                store.set_change_listener(HistoryRecorder(), None, name="history")
+                for entity_id in ("urn:x:warm", "urn:x:d"):
+                    created = await store.mutate(
+                        "", [(entity_id, update.create(make(entity_id, "T", n=prop(0))))], atomic=True
+                    )
+                    assert created[0].error is None
+                # the next write's history goes in its statement
+                assert store._recent_partitions  # type: ignore[attr-defined]
+                gone = "(SELECT pk FROM temporal_entities WHERE id = 'urn:x:d')"
+                await other.execute(f"DELETE FROM temporal_instances WHERE epk IN {gone}")
+                await other.execute("DELETE FROM temporal_entities WHERE id = 'urn:x:d'")
+                transaction = other.transaction()
+                await transaction.start()
+                await other.execute(
+                    "INSERT INTO temporal_entities (tenant, id, types) VALUES ('', 'urn:x:d', ARRAY['https://example.org/T'])"
+                )
+                waiting = asyncio.create_task(store.mutate("", [("urn:x:d", _set(1))], atomic=True))
+                await asyncio.sleep(0.3)  # its statement waits for the uncommitted temporal entity
+                assert not waiting.done()
+                await transaction.commit()
+                [result] = await waiting
+                assert result.error is None
+                count: int = await other.fetchval(
+                    "SELECT count(*) FROM temporal_instances i JOIN temporal_entities e ON e.pk = i.epk"
+                    " WHERE e.id = 'urn:x:d'"
+                )
+                return count
+            finally:
+                await other.close()
+                await store.close()
+
+        assert loop.run_until_complete(scenario()) >= 1

@@ -119,12 +119,13 @@ class Transactions:
         def pool(self) -> asyncpg.Pool: ...
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Connection]:
+    async def _transaction(self, *, autocommit: bool = False) -> AsyncIterator[Connection]:
         """A pooled connection in a transaction, committed when the block ends without error. A lost
-        connection becomes DatabaseUnavailable (with `_write`, the block runs once more first)."""
+        connection becomes DatabaseUnavailable (with `_write`, the block runs once more first).
+        autocommit: no BEGIN/COMMIT, for one idempotent statement (`_write_idempotent`)."""
         committing = False
         try:
-            async with self._connection_in_transaction() as connection:
+            async with self._connection_in_transaction(autocommit=autocommit) as connection:
                 yield connection
                 committing = True
         except Exception as error:
@@ -141,7 +142,7 @@ class Transactions:
             ) from error
 
     @contextlib.asynccontextmanager
-    async def _connection_in_transaction(self) -> AsyncIterator[Connection]:
+    async def _connection_in_transaction(self, *, autocommit: bool = False) -> AsyncIterator[Connection]:
         try:
             connection = await self.pool.acquire(timeout=self.busy_timeout)
         except TimeoutError as exc:
@@ -150,8 +151,11 @@ class Transactions:
                 retry_after=self.busy_timeout,
             ) from exc
         try:
-            async with connection.transaction():
+            if autocommit:
                 yield connection
+            else:
+                async with connection.transaction():
+                    yield connection
         except asyncpg.exceptions.LockNotAvailableError as exc:
             raise DatabaseBusy(
                 f"the database is busy: what the write needs stayed locked by another transaction"
@@ -161,17 +165,19 @@ class Transactions:
         finally:
             await self.pool.release(connection)
 
-    async def _write(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+    async def _write(self, work: Callable[[Connection], Awaitable[T]], *, autocommit: bool = False) -> T:
         """work(connection) in a transaction, run again from the start (on a fresh connection)
         when PostgreSQL aborted it for a deadlock or a serialization failure (a few times, after a
         short random pause), or when its connection was lost before it started to commit (once).
-        work must be safe to run again: everything it did was rolled back."""
+        work must be safe to run again: everything it did was rolled back. autocommit: work is one
+        statement, committed by itself (no BEGIN and COMMIT round trips), whose effect is the same
+        when it runs twice: a connection lost under it (before or after its commit) runs it again."""
         conflicts = 0
         lost = 0
         started = time.monotonic()
         while True:
             try:
-                async with self._transaction() as connection:
+                async with self._transaction(autocommit=autocommit) as connection:
                     return await work(connection)
             except _CONFLICTS as error:
                 conflicts += 1

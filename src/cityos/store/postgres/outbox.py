@@ -252,7 +252,8 @@ class PostgresOutbox(Transactions):
 
     async def finish_outbox(self, row: OutboxRow, *, done: bool, status: SubscriptionRow | None = None) -> None:
         """One statement: the row deleted (delivered) or its attempts counted, and the subscription's
-        delivery status saved, the other workers told of it at commit."""
+        delivery status saved, the other workers told of it at commit. Autocommitted (one round
+        trip, not three): running it twice (a connection lost after its commit) changes nothing more."""
         p = Params()
         if done:
             finished = f"finished AS (DELETE FROM outbox WHERE id = {p(row.id)})"
@@ -272,7 +273,7 @@ class PostgresOutbox(Transactions):
         async def work(connection: Connection) -> None:
             await connection.execute(sql, *p.values)
 
-        await self._write(work)
+        await self._write(work, autocommit=True)
 
     # -- subscriptions -------------------------------------------------------------------------------
     async def claim_periodic(self, tenant: str, subscription_id: str, interval: float) -> bool:

@@ -139,6 +139,19 @@ WHERE e.pk = g.pk AND g.min_x = g.max_x AND g.min_y = g.max_y
 CREATE INDEX entity_geo_shapes ON entity_geo USING gist (box) WHERE NOT point;
 """
 
+# A write's stored rows, locked (FOR UPDATE), read by a query with a snapshot of its own: a VOLATILE
+# function's queries see what committed after the calling statement began, so called after the
+# write's advisory entity locks (writes.py _READ) it also sees the rows that writes it waited for
+# created, which the statement's own snapshot misses (they were read again by one more statement).
+_V11 = """
+CREATE FUNCTION entities_for_update(wanted_tenant text, wanted text[])
+RETURNS TABLE (pk bigint, id text, doc json) LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN QUERY SELECT e.pk, e.id::text, e.doc FROM entities e
+        WHERE e.tenant = wanted_tenant AND e.id = ANY(wanted) FOR UPDATE;
+END $$;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "entities, their side tables and hosted @contexts", _V1),
     Migration(2, "subscriptions, outbox, workers, registrations, entity maps, ingestion records", CATALOG_SQL),
@@ -150,6 +163,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "entity maps belong to the principal that made them", _V8),
     Migration(9, "the listings' version, which the offset anchors of type listings follow", _V9),
     Migration(10, "geo boxes say whether they are one Point, so near queries are exact in SQL", _V10),
+    Migration(11, "a write reads its locked rows in a snapshot taken after its entity locks", _V11),
 )
 LATEST = MIGRATIONS[-1].version
 _LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")

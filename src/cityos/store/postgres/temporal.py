@@ -31,7 +31,7 @@ deadlock writers.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -40,7 +40,7 @@ from cityos.audit.chain import AuditRow
 from cityos.audit.recorder import row as audit_row
 from cityos.entities.model import Instance
 from cityos.store.base import HistoryRow
-from cityos.store.postgres.sql import entity_lock
+from cityos.store.postgres.sql import Params, entity_lock
 from cityos.store.postgres.temporal_partitions import (
     create_partitions,
     drop_leftovers,
@@ -105,6 +105,42 @@ SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigin
     $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::float8[], $13::text[], $14::json[])
 """
 COPY_FROM = 64  # instances; from this many on a write's history goes by COPY
+# A write's history as CTEs of its one statement (writes.py _flush), when every partition it goes to
+# was locked by the write's first statement: _ENTITIES and _INSERT joined, the instances of an
+# entity that comes back without a pk (created meanwhile by a writer without its lock) left out and
+# named by the statement's answer (th_lost), for _append_history to write as before.
+_HISTORY_CTES = """th_k AS (
+    SELECT k.tenant, k.id, k.n, ARRAY(
+        SELECT t FROM json_array_elements_text(k.types) WITH ORDINALITY AS j(t, m) ORDER BY m
+    ) AS types
+    FROM unnest({tenants}::text[], {ids}::text[], {types}::json[]) WITH ORDINALITY AS k(tenant, id, types, n)
+), th_ins AS (
+    INSERT INTO temporal_entities (tenant, id, types) SELECT tenant, id, types FROM th_k ORDER BY n
+    ON CONFLICT (tenant, id) DO NOTHING RETURNING pk, tenant, id
+), th_tenant AS (
+    INSERT INTO tenants (name) SELECT DISTINCT tenant FROM th_ins ON CONFLICT DO NOTHING
+), th_upd AS (
+    UPDATE temporal_entities e
+    SET types = e.types || ARRAY(
+        SELECT u.t FROM unnest(k.types) WITH ORDINALITY AS u(t, n) WHERE u.t <> ALL(e.types) ORDER BY u.n
+    )
+    FROM th_k k WHERE e.tenant = k.tenant AND e.id = k.id AND NOT e.types @> k.types
+), th_pk AS (
+    SELECT k.n, coalesce(i.pk, e.pk) AS pk FROM th_k k
+    LEFT JOIN th_ins i ON i.tenant = k.tenant AND i.id = k.id
+    LEFT JOIN temporal_entities e ON e.tenant = k.tenant AND e.id = k.id
+), th_rows AS (
+    INSERT INTO temporal_instances ({columns})
+    SELECT t.pk, u.attr, u.dataset, u.instance_id, u.retained_us, u.kind, u.observed_us, u.created_us, u.modified_us,
+        u.deleted_us, u.expires_us, u.num, u.vtext, u.doc
+    FROM unnest({arrays}) WITH ORDINALITY AS u(n, {columns_after_epk}, o)
+    JOIN th_pk t ON t.n = u.n AND t.pk IS NOT NULL
+    ORDER BY u.o
+), th_lost AS (SELECT array_agg(n ORDER BY n) AS lost FROM th_pk WHERE pk IS NULL)"""
+_ARRAY_TYPES = (
+    "bigint", "text", "text", "text", "bigint", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "float8",
+    "text", "json",
+)  # fmt: skip
 # per (attribute, datasetId, observedAt) of a temporal POST, the stored instance it replaces
 _SAME_TIME = """
 SELECT k.n, (
@@ -125,6 +161,9 @@ _ASSIGN = (
     "kind = $1, observed_us = $2, created_us = $3, modified_us = $4, deleted_us = $5, expires_us = $6,"
     " num = $7, vtext = $8, doc = $9::json, retained_us = $10"
 )
+
+
+MAX_SPECULATED = 4  # partitions a write locks in its first statement, at most (_learn_partitions)
 
 
 @dataclass(slots=True)
@@ -156,6 +195,17 @@ class _Put:
         return (*self.columns[:8], self.columns[8].decode())
 
 
+@dataclass(slots=True)
+class HistoryCtes:
+    """history_ctes' answer: the CTEs (empty: the history goes by _append_history), the instances
+    (made once), the temporal entities in the order th_lost numbers them, the partitions."""
+
+    puts: list[_Put]
+    cte: str
+    keys: list[tuple[str, str]] = field(default_factory=list)
+    names: list[str] | None = None
+
+
 def _affected(status: str) -> int:
     """The row count of a command tag ("DELETE 3")."""
     return int(status.rsplit(" ", 1)[-1])
@@ -163,6 +213,8 @@ def _affected(status: str) -> int:
 
 class PostgresTemporal(PostgresTemporalReads):
     """The TemporalStore methods; the reads live in PostgresTemporalReads (temporal_read.py)."""
+
+    _recent_partitions: tuple[str, ...] = ()  # the last history write's partitions (_learn_partitions)
 
     if TYPE_CHECKING:
         dsn: str
@@ -245,18 +297,82 @@ class PostgresTemporal(PostgresTemporalReads):
             return
         await connection.execute(_INSERT, *(list(column) for column in zip(*records, strict=True)))
 
-    async def _append_history(self, connection: Connection, rows: Sequence[HistoryRow]) -> None:
+    async def _append_history(
+        self, connection: Connection, rows: Sequence[HistoryRow], puts: Sequence[_Put] | None = None
+    ) -> None:
         """Called inside mutate's transaction (which holds the entity's lock) with the history its
-        changes make: one upsert for all the temporal entities, one INSERT for all the instances."""
+        changes make: one upsert for all the temporal entities, one INSERT for all the instances.
+        puts: the rows' instances, when history_ctes made them already."""
         if not rows:
             return
         types: dict[tuple[str, str], list[str]] = {}
         for row in rows:  # as on SQLite, the first row of an entity brings its types
             types.setdefault((row.tenant, row.entity_id), row.types)
-        puts = [((row.tenant, row.entity_id), _Put.of(row.attr, row.instance)) for row in rows]
-        pks, missing = await self._upsert_entities(connection, types, self._partitions([put for _, put in puts]))
+        if puts is None:
+            puts = [_Put.of(row.attr, row.instance) for row in rows]
+        names = self._partitions(puts)
+        self._learn_partitions(names)
+        pks, missing = await self._upsert_entities(connection, types, names)
         await self._create_missing(connection, missing)
-        await self._insert(connection, [(pks[key][0], put) for key, put in puts])
+        await self._insert(
+            connection, [(pks[(row.tenant, row.entity_id)][0], put) for row, put in zip(rows, puts, strict=True)]
+        )
+
+    def _learn_partitions(self, names: Sequence[str] | None) -> None:
+        """Remember the partitions of this history write: the next write locks them in its first
+        statement (writes.py _READ), so its history can go in its one statement (history_ctes)."""
+        if names is not None and len(names) <= MAX_SPECULATED:
+            self._recent_partitions = tuple(names)
+
+    def history_ctes(self, rows: Sequence[HistoryRow], p: Params, locked: Sequence[str]) -> HistoryCtes | None:
+        """A write's history as CTEs of its one statement, when it is small (below COPY_FROM) and
+        every partition it goes to is among `locked` (attached and locked by the write's first
+        statement); None: it goes by _append_history, after that statement."""
+        if not rows or len(rows) >= COPY_FROM:
+            return None
+        puts = [_Put.of(row.attr, row.instance) for row in rows]
+        names = self._partitions(puts)
+        if names is not None and not set(names) <= set(locked):
+            return HistoryCtes(puts=puts, cte="")
+        keys: dict[tuple[str, str], int] = {}
+        tenants: list[str] = []
+        ids: list[str] = []
+        types: list[str] = []
+        for row in rows:  # as on SQLite, the first row of an entity brings its types
+            key = (row.tenant, row.entity_id)
+            if key not in keys:
+                keys[key] = len(keys) + 1
+                tenants.append(row.tenant)
+                ids.append(row.entity_id)
+                types.append(orjson.dumps(list(row.types)).decode())
+        records = [
+            (keys[(row.tenant, row.entity_id)], put.attr, put.dataset, put.instance_id, put.retained, *put.values())
+            for row, put in zip(rows, puts, strict=True)
+        ]
+        columns = zip(*records, strict=True)
+        arrays = ", ".join(f"{p(list(column))}::{kind}[]" for column, kind in zip(columns, _ARRAY_TYPES, strict=True))
+        cte = _HISTORY_CTES.format(
+            tenants=p(tenants),
+            ids=p(ids),
+            types=p(types),
+            columns=", ".join(_COLUMNS),
+            columns_after_epk=", ".join(_COLUMNS[1:]),
+            arrays=arrays,
+        )
+        return HistoryCtes(puts=puts, cte=cte, keys=list(keys), names=names)
+
+    async def history_lost(
+        self, connection: Connection, rows: Sequence[HistoryRow], history: HistoryCtes, lost: Sequence[int] | None
+    ) -> None:
+        """After the statement with history_ctes: learn its partitions, and write the instances of
+        the entities it found no pk for (`lost`, numbered from 1) as _append_history does."""
+        self._learn_partitions(history.names)
+        if not lost:
+            return
+        gone = {history.keys[n - 1] for n in lost}
+        paired = zip(rows, history.puts, strict=True)
+        chosen = [(row, put) for row, put in paired if (row.tenant, row.entity_id) in gone]
+        await self._append_history(connection, [row for row, _ in chosen], [put for _, put in chosen])
 
     @staticmethod
     def _plan(instances: Sequence[tuple[str, Instance]]) -> list[_Put]:

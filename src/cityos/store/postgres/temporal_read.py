@@ -15,7 +15,8 @@ the sum of squares and the textual min/max; the instances never travel to Python
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -139,6 +140,31 @@ def series_of(query: TemporalQuery, pks: str, p: Params) -> str:
     )
 
 
+# The read's transaction and its settings in one round trip (a simple-query string: asyncpg's
+# transaction() sends BEGIN alone, and set_config would be one more). No JIT: the skip scans'
+# recursive row estimates are large enough to compile a plan that runs in a millisecond (seconds of
+# compilation on a busy machine).
+_BEGIN_READ = (
+    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = {ms};"
+    " SET LOCAL jit = off; SET LOCAL plan_cache_mode = force_generic_plan"
+)
+
+
+@contextlib.asynccontextmanager
+async def read_snapshot(connection: Connection, statement_ms: int) -> AsyncIterator[None]:
+    """A REPEATABLE READ, READ ONLY transaction under statement_timeout (ms), rolled back when the
+    block fails (also when asyncio.timeout cancelled it: asyncpg waits for the cancelled statement)."""
+    await connection.execute(_BEGIN_READ.format(ms=int(statement_ms)))
+    try:
+        yield
+    except BaseException:
+        if not connection.is_closed():
+            with contextlib.suppress(Exception):  # a lost connection: the pool discards it
+                await connection.execute("ROLLBACK")
+        raise
+    await connection.execute("COMMIT")
+
+
 def _judge(predicate: Callable[[Entity], bool], entities: list[Entity]) -> list[bool]:
     return [predicate(entity) for entity in entities]
 
@@ -160,15 +186,8 @@ class PostgresTemporalReads(Transactions):
                 self._fair.slot(),
                 asyncio.timeout(timeout),
                 self.pool.acquire() as connection,
-                connection.transaction(isolation="repeatable_read", readonly=True),
+                read_snapshot(connection, max(1, int(timeout * 1000))),
             ):
-                # no JIT: the skip scans' recursive row estimates are large enough to compile a plan
-                # that runs in a millisecond (seconds of compilation on a busy machine)
-                await connection.execute(
-                    "SELECT set_config('statement_timeout', $1, true), set_config('jit', 'off', true),"
-                    " set_config('plan_cache_mode', 'force_generic_plan', true)",
-                    f"{max(1, int(timeout * 1000))}",
-                )
                 return await fn(connection)
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise QueryTimeout(f"the query took longer than {timeout} s") from exc

@@ -4,14 +4,16 @@ One transaction per call, a handful of round trips whatever its size:
 1. in one statement: every entity's advisory lock in id order (two writes that
    share entities queue behind each other instead of deadlocking; the lock also covers an entity
    that does not exist yet, so two creates of one id serialise instead of failing on the unique
-   index), the stored rows (FOR UPDATE), the subscriptions' catalogue version, and pks for the
-   rows that may be created;
-2. only when some entity has no row: its row read again, in a snapshot taken after the locks;
-3. every mutator and change listener, in Python, against a WritePlan (write_plan.py): on the
+   index), the stored rows (FOR UPDATE, in a snapshot taken after the locks), the subscriptions'
+   catalogue version, pks for the rows that may be created, and the temporal partitions the
+   history will likely go to, locked;
+2. every mutator and change listener, in Python, against a WritePlan (write_plan.py): on the
    store's sync thread in one hand-off, since a listener's lookup of another entity must await
    this transaction's connection on the event loop;
-4. one statement for `entities`, its side tables, the outbox rows (outbox.py), the audit queue
-   (audit.py) and the tenant's row (the first time), two for the history (temporal.py).
+3. one statement for `entities`, its side tables, the outbox rows (outbox.py), the audit queue
+   (audit.py), the tenant's row (the first time) and the history (temporal.history_ctes) when it
+   is small and goes to the partitions the first statement locked (those of the process's last
+   history write: the month's, in practice); else the history takes two statements more.
 
 An operation that fails (its mutator or a listener raised an NgsiLdError) is taken out of the
 plan, its rows dropped, and the others go on (atomic=False): no SAVEPOINT, since nothing of it had
@@ -44,29 +46,33 @@ if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
     from cityos.store.postgres.schema import Connection
+    from cityos.store.postgres.temporal import HistoryCtes, _Put
 
 # One statement: every entity's advisory lock in id order (a one-time filter, so all
 # are held before the first row is locked), then the stored rows FOR UPDATE. The first row: the
 # subscriptions' catalogue version and as many pks as ids have no row (a create uses one; an
-# operation that fails leaves a gap, as a rolled-back INSERT does); then the rows. Its snapshot
-# is taken before the locks are: a row changed meanwhile is read at its latest version (FOR
-# UPDATE), but a row created meanwhile is not seen, so the ids found missing are read again (_AGAIN).
+# operation that fails leaves a gap, as a rolled-back INSERT does); then the rows. The statement's
+# snapshot is taken before the locks are, and would miss a row created meanwhile by a write it
+# waited for: the rows are read by entities_for_update (migration 11), whose query takes a snapshot
+# of its own, after the locks.
+# $4: the temporal partitions the last history write went to (None: none known), locked here as the
+# history's own statement would lock them (temporal_lock_partitions, after the entity locks), so
+# that a history going only to those is written by the write's one statement (temporal.history_ctes).
 _READ = f"""
 WITH locks AS MATERIALIZED (
     SELECT count(pg_advisory_xact_lock({entity_lock("$1", "id")})) AS held
     FROM (SELECT u.id FROM unnest($2::text[]) AS u(id) ORDER BY u.id COLLATE "C") AS ids
 ),
 locked AS (
-    SELECT pk, id, doc FROM entities
-    WHERE tenant = $1 AND id = ANY($2::text[]) AND (SELECT held FROM locks) IS NOT NULL
-    FOR UPDATE
+    SELECT pk, id, doc FROM entities_for_update($1, $2::text[]) WHERE (SELECT held FROM locks) IS NOT NULL
 )
 SELECT NULL::bigint AS pk, NULL::text AS id, NULL::json AS doc,
     (SELECT version FROM catalog_versions WHERE name = 'subscriptions') AS version,
-    ARRAY(SELECT nextval('entities_pk_seq') FROM generate_series(1, $3 - (SELECT count(*) FROM locked))) AS pks
-UNION ALL SELECT pk, id, doc, NULL, NULL FROM locked
+    ARRAY(SELECT nextval('entities_pk_seq') FROM generate_series(1, $3 - (SELECT count(*) FROM locked))) AS pks,
+    CASE WHEN $4::text[] IS NOT NULL AND (SELECT held FROM locks) IS NOT NULL
+        THEN temporal_lock_partitions($4::text[]) END AS missing
+UNION ALL SELECT pk, id, doc, NULL, NULL, NULL FROM locked
 """
-_AGAIN = "SELECT pk, id, doc FROM entities WHERE tenant = $1 AND id = ANY($2::text[]) FOR UPDATE"
 _MORE_PKS = "SELECT ARRAY(SELECT nextval('entities_pk_seq') FROM generate_series(1, $1))"
 _LOCK_SWEPT = f"""
 SELECT k.n FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(tenant, id, n)
@@ -119,7 +125,17 @@ class PostgresWrites(Transactions):
 
         def _wake_sealer(self) -> None: ...
 
-        async def _append_history(self, connection: Connection, rows: Sequence[HistoryRow]) -> None: ...
+        _recent_partitions: tuple[str, ...]
+
+        async def _append_history(
+            self, connection: Connection, rows: Sequence[HistoryRow], puts: Sequence[_Put] | None = None
+        ) -> None: ...
+
+        def history_ctes(self, rows: Sequence[HistoryRow], p: Params, locked: Sequence[str]) -> HistoryCtes | None: ...
+
+        async def history_lost(
+            self, connection: Connection, rows: Sequence[HistoryRow], history: HistoryCtes, lost: Sequence[int] | None
+        ) -> None: ...
 
         async def _purge_expired_maps(self, connection: Connection, now: str) -> None: ...
 
@@ -133,21 +149,21 @@ class PostgresWrites(Transactions):
         async def work(connection: Connection) -> list[MutationResult]:
             plan = WritePlan()
             version = pks = None
-            for row in await connection.fetch(_READ, tenant, ids, len(ids)):
+            speculated = list(self._recent_partitions) or None
+            locked: list[str] = []
+            for row in await connection.fetch(_READ, tenant, ids, len(ids), speculated):
                 if row["id"] is None:
                     version, pks = row["version"], list(row["pks"])
+                    if speculated is not None:
+                        locked = [name for name in speculated if name not in (row["missing"] or ())]
                 else:
                     plan.load(tenant, row["id"], row["pk"], row["doc"])
-            missing = [entity_id for entity_id in ids if not plan.holds((tenant, entity_id))]
-            if missing:  # a snapshot taken after the locks: rows created by the writes they waited for
-                for row in await connection.fetch(_AGAIN, tenant, missing):
-                    plan.load(tenant, row["id"], row["pk"], row["doc"])
-                for entity_id in missing:
-                    if not plan.holds((tenant, entity_id)):
-                        plan.load(tenant, entity_id, None, None)
+            for entity_id in ids:
+                if not plan.holds((tenant, entity_id)):
+                    plan.load(tenant, entity_id, None, None)
             await self._fresh_subscriptions(connection, version)
             results, owed = await self._run(connection, plan, steps, atomic=atomic)
-            await self._flush(connection, plan, pks or [], owed, tenant)
+            await self._flush(connection, plan, pks or [], owed, tenant, locked)
             wakes[:] = owed.wakes
             return results
 
@@ -229,10 +245,17 @@ class PostgresWrites(Transactions):
         return done
 
     async def _flush(
-        self, connection: Connection, plan: WritePlan, pks: list[int], owed: _Owed, tenant: str | None = None
+        self,
+        connection: Connection,
+        plan: WritePlan,
+        pks: list[int],
+        owed: _Owed,
+        tenant: str | None = None,
+        locked: Sequence[str] = (),
     ) -> None:
         """Write the plan and what the listeners owe, in this transaction, and the tenant's row
-        (when this process has not seen it committed yet). The tenant comes last, not first: an
+        (when this process has not seen it committed yet); the history too when it is small and
+        goes to partitions `locked` already (else in two statements after it). The tenant comes last, not first: an
         insert that meets another transaction's uncommitted row of the same tenant waits for that
         transaction to end, so two batches into a new tenant (a fresh database's default one, while
         loading) wait for each other's last statements only, not for each other's whole work (which
@@ -252,12 +275,17 @@ class PostgresWrites(Transactions):
             ctes.append(pending_cte(owed.audit, p))
         if tenant is not None and tenant not in self._tenants_made:
             ctes.append(f"tenant_added AS (INSERT INTO tenants (name) VALUES ({p(tenant)}) ON CONFLICT DO NOTHING)")
-        if ctes:
+        history = self.history_ctes(owed.history, p, locked) if owed.history else None
+        if history is not None and history.cte:
+            ctes.append(history.cte)
+            lost = await connection.fetchval("WITH " + ", ".join(ctes) + " SELECT lost FROM th_lost", *p.values)
+            await self.history_lost(connection, owed.history, history, lost)
+        elif ctes:
             await connection.execute("WITH " + ", ".join(ctes) + " SELECT 1", *p.values)
         if owed.audit:
             self._wake_sealer()
-        if owed.history:
-            await self._append_history(connection, owed.history)
+        if owed.history and (history is None or not history.cte):
+            await self._append_history(connection, owed.history, history.puts if history is not None else None)
 
 
 def _becomes(after: Entity | None) -> Mutator:
