@@ -1,7 +1,8 @@
 """The SQLite write path in-process: 1,000-entity batch upserts of the benchmark's OffStreetParking
 entities through the whole ASGI app (benchmarks.instructions.call), on a new file.
 
-    python -m benchmarks.write_path rate [ROUNDS]       # entities/s of CPU, new ids then existing ids
+    python -m benchmarks.write_path rate [ROUNDS]       # entities/s of CPU: new ids, existing ids (same
+                                                        # bodies), existing ids with new values
     python -m benchmarks.write_path profile [ROUNDS]    # the same under cProfile: event loop and writer
     python -m benchmarks.write_path scale N FILE        # load N, upsert all again; bytes per entity and
                                                         # per history instance (dbstat)
@@ -40,11 +41,12 @@ HISTORY |= {"temporal_observed", "temporal_created", "temporal_modified", "tempo
 HISTORY |= {"sqlite_autoindex_temporal_instances_1"}
 
 
-def batches(first: int, count: int, changed: bool = False) -> list[bytes]:
-    """Request bodies of `count` batches from entity `first` on; `changed` alters two values."""
+def batches(first: int, count: int, changed: bool = False, seed: int = 0) -> list[bytes]:
+    """Request bodies of `count` batches from entity `first` on; `changed` alters two values, another
+    `seed` gives every entity new values (the benchmark's refresh of stored ids, scenario 3)."""
     bodies = []
     for start in range(first, first + count * BATCH, BATCH):
-        entities = [make_entity(i) for i in range(start, start + BATCH)]
+        entities = [make_entity(i, seed=seed) for i in range(start, start + BATCH)]
         if changed:
             for entity in entities:
                 entity["availableSpotNumber"]["value"] += 1
@@ -88,12 +90,13 @@ async def rate(rounds: int, profiled: bool) -> None:
     async with app.router.lifespan_context(app):
         bodies = batches(0, rounds)
         await upsert_all(app, batches(10**6, 1))  # warm-up
-        for phase in ("new ids", "existing ids"):
+        refreshed = batches(0, rounds, seed=1)
+        for phase, sent in (("new ids", bodies), ("existing ids", bodies), ("existing ids, new values", refreshed)):
             spent[0] = 0.0
             started = time.process_time()
             if loop_profile is not None:
                 loop_profile.enable()
-            await upsert_all(app, bodies)
+            await upsert_all(app, sent)
             if loop_profile is not None:
                 loop_profile.disable()
             cpu = time.process_time() - started

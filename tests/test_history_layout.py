@@ -94,3 +94,65 @@ def test_a_new_file_is_compact(tmp_path: Path, db_url: str) -> None:
     assert count == 1100
     assert used / count < 100, f"{used / count:.0f} bytes per history instance"
     print(f"{used / count:.1f} bytes per history instance")
+
+
+def _questions(client: TestClient) -> dict[str, bytes]:
+    path = f"{API}/temporal/entities/urn:ngsi-ld:Place:1"
+    questions = [
+        path,
+        *(
+            f"{path}?timeproperty={p}&timerel=after&timeAt=2000-01-01T00:00:00Z"
+            for p in ("createdAt", "modifiedAt", "observedAt")
+        ),
+        f"{path}?lastN=2",
+        f"{path}?options=temporalValues",
+    ]
+    found = {}
+    for question in questions:
+        response = client.get(question)
+        assert response.status_code == 200, question
+        found[question] = response.content
+    return found
+
+
+def test_values_times_and_created_round_trip(tmp_path: Path, db_url: str) -> None:
+    """Objects whose keys are out of order (nested too, and in lists), whole-second and other times,
+    createdAt apart from modifiedAt: each instance comes back member for member, also from a file of
+    layout 2 (createdAt stored as itself), which is converted when opened."""
+    database = tmp_path / "values.db"
+    address = {"zeta": 1, "alpha": {"y": [1, 2], "b": "x"}, "mid": "m"}
+    listed = [{"b": 1, "a": 2}]
+    entity = {
+        "id": "urn:ngsi-ld:Place:1",
+        "type": "Place",
+        "address": {"type": "Property", "value": address, "observedAt": "2024-05-01T10:00:00Z"},
+        "listed": {"type": "Property", "value": listed, "observedAt": "2024-05-01T10:00:00.5Z"},
+        "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [1.5, 2.5]}},
+    }
+    with TestClient(create_app(Settings(database=str(database)))) as client:
+        assert client.post(f"{API}/entities", json=entity).status_code == 201
+        patch = {"value": {**address, "zeta": 2}, "observedAt": "2024-05-01T11:00:00Z"}
+        assert client.patch(f"{API}/entities/urn:ngsi-ld:Place:1/attrs/address", json=patch).status_code == 204
+        temporal = {
+            "id": "urn:ngsi-ld:Place:1",
+            "type": "Place",
+            "listed": [{"type": "Property", "value": 3, "observedAt": "2024-05-02T00:00:00Z", "unitCode": "C62"}],
+        }
+        assert client.post(f"{API}/temporal/entities", json=temporal).status_code == 204
+        answers = _questions(client)
+        history = orjson.loads(answers[f"{API}/temporal/entities/urn:ngsi-ld:Place:1"])
+        assert [i["value"] for i in history["address"]] == [address, {**address, "zeta": 2}]
+        assert [list(i["value"]) for i in history["address"]] == [list(address)] * 2
+        assert list(history["address"][0]["value"]["alpha"]) == ["y", "b"]
+        assert history["address"][0]["observedAt"] == "2024-05-01T10:00:00Z"
+        assert history["listed"][0]["value"] == listed
+        assert history["listed"][0]["observedAt"] == "2024-05-01T10:00:00.5Z"
+    with sqlite3.connect(database) as db:  # back to layout 2: createdAt stored as itself
+        db.execute(
+            "UPDATE temporal_rows SET created_us = modified_us - created_us"
+            " WHERE created_us IS NOT NULL AND modified_us IS NOT NULL"
+        )
+        db.execute("PRAGMA user_version = 2")
+    with TestClient(create_app(Settings(database=str(database)))) as client:
+        assert _questions(client) == answers
+    assert rows(database, "PRAGMA user_version") == [(LAYOUT,)]

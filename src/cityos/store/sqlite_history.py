@@ -17,6 +17,7 @@ temporal_instances) are migrated when opened, in one transaction (`migrate`).
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import sqlite3
@@ -58,6 +59,7 @@ LAYOUT_SCHEMA = (
     dataset INTEGER NOT NULL DEFAULT 0, -- temporal_names.id of the datasetId; 0 is the default instance
     shape INTEGER NOT NULL,             -- temporal_names.id of "{type} {member order}" (encode)
     observed_us INTEGER, created_us INTEGER, modified_us INTEGER, deleted_us INTEGER, expires_us INTEGER,
+                                        -- created_us is modified_us - createdAt when there is a modified_us
     num REAL,                           -- the value when it is a number
     vtext TEXT,                         -- any other value as JSON text (keys sorted)
     vkind INTEGER NOT NULL DEFAULT 0,   -- where the value member is (sqlite_history.py)
@@ -73,7 +75,8 @@ LAYOUT_SCHEMA = (
     COALESCE(r.instance_id, (SELECT value FROM temporal_meta WHERE key = 'instance_prefix') || printf('%012x', r.pk))
         AS instance_id,
     substr(s.name, 1, instr(s.name, ' ') - 1) AS kind,
-    r.observed_us, r.created_us, r.modified_us, r.deleted_us, r.expires_us, r.num,
+    r.observed_us, CASE WHEN r.modified_us IS NULL THEN r.created_us ELSE r.modified_us - r.created_us END
+        AS created_us, r.modified_us, r.deleted_us, r.expires_us, r.num,
     COALESCE(r.vtext, CASE WHEN r.vkind = 1 THEN CAST(CAST(r.num AS INTEGER) AS TEXT) END) AS vtext
     FROM temporal_rows r JOIN temporal_names a ON a.id = r.attr JOIN temporal_names s ON s.id = r.shape
     LEFT JOIN temporal_names d ON d.id = r.dataset""",
@@ -151,22 +154,38 @@ def _canonical(micros: int) -> str:
     return text.replace("+00:00", "Z")
 
 
+def _seconds(micros: int) -> str:
+    """A whole second as devices often write it: UTC, no fraction."""
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+OTHER, CANONICAL, SECONDS = 0, 1, 2  # how a time string is written (TimeCodec.encode)
+
+
 class TimeCodec:
-    """Time strings <-> microseconds, with the string kept only when the canonical form of its
-    microseconds would not give it back. Both directions are memoised: a batch shares its stamps."""
+    """Time strings <-> microseconds, with the string kept only when neither the canonical form of
+    its microseconds nor their whole-second form would give it back. Both directions are memoised:
+    a batch shares its stamps."""
 
     LIMIT = 50_000
 
     def __init__(self) -> None:
-        self.parsed: dict[str, tuple[int, bool]] = {}
+        self.parsed: dict[str, tuple[int, int]] = {}
         self.formatted: dict[int, str] = {}
 
-    def encode(self, value: str) -> tuple[int, bool]:
-        """(microseconds, whether the canonical form is this very string)."""
+    def encode(self, value: str) -> tuple[int, int]:
+        """(microseconds, CANONICAL or SECONDS if that form is this very string, else OTHER)."""
         found = self.parsed.get(value)
         if found is None:
             micros = to_micros(parse_datetime(value, "timestamp"))
-            found = (micros, self.decode(micros) == value)
+            if self.decode(micros) == value:
+                form = CANONICAL
+            elif micros % 1_000_000 == 0 and _seconds(micros) == value:
+                form = SECONDS
+            else:
+                form = OTHER
+            found = (micros, form)
             if len(self.parsed) >= self.LIMIT:
                 self.parsed.clear()
             self.parsed[value] = found
@@ -181,9 +200,51 @@ class TimeCodec:
             self.formatted[micros] = found
         return found
 
+    def decode_seconds(self, micros: int) -> str:
+        found = self.formatted.get(-micros - 1)  # apart from the canonical forms (-1: micros may be 0)
+        if found is None:
+            found = _seconds(micros)
+            if len(self.formatted) >= self.LIMIT:
+                self.formatted.clear()
+            self.formatted[-micros - 1] = found
+        return found
 
-TIME_LETTERS = "ocmxe"
+
+def _key_order(value: Any) -> Any:
+    """The order of an object's keys as a template: an object of the same keys in the same order, each
+    mapped to its member's template (0 for a value whose objects, if any, are in key order). None when
+    a list holds an object out of key order (the template would have to spell out its place)."""
+    if type(value) is dict:
+        template = {}
+        for key, member in value.items():
+            inner = _key_order(member)
+            if inner is None:
+                return None
+            template[key] = inner
+        return template
+    if type(value) is list and orjson.dumps(value) != orjson.dumps(value, option=orjson.OPT_SORT_KEYS):
+        return None
+    return 0
+
+
+def _reordered(value: Any, template: Any) -> Any:
+    """A key-sorted value given back its keys' order (_key_order's template)."""
+    if type(template) is dict and type(value) is dict:
+        return {key: _reordered(value[key], inner) for key, inner in template.items()}
+    return value
+
+
+@functools.lru_cache(maxsize=1024)
+def _template(text: str) -> Any:
+    return orjson.loads(text)
+
+
+TIME_LETTERS = "ocmxe"  # a time in the canonical form; the capital letter: in the whole-second form
+SECOND_LETTERS = TIME_LETTERS.upper()
 CODE_TIMES = {code: index for index, code in enumerate(TIME_LETTERS)}
+SECOND_TIMES = {code: index for index, code in enumerate(SECOND_LETTERS)}
+CREATED, MODIFIED = 1, 2  # their indexes in TIME_KEYS and the stamps
+ORDER_LIMIT = 200  # longest key-order template interned in a shape (_key_order)
 TYPE, DATASET, INSTANCE_ID = -1, -2, -3
 SLOTS = {key: index for index, key in enumerate(TIME_KEYS)} | {"type": TYPE, "datasetId": DATASET, "instanceId": -3}
 
@@ -193,7 +254,10 @@ def encode(
 ) -> tuple[Any, ...]:
     """The INSERT_INSTANCE parameters of one instance. Its shape (interned like a name) is its
     attribute type and the order of its members, one letter each: t type, v the value member, d
-    datasetId, o c m x e the times, r the next member of `rest`."""
+    datasetId, o c m x e the times (O C M X E: written in whole seconds), r the next member of `rest`;
+    then, for an object value whose keys are not in sorted order, that order (_key_order), so the
+    value is stored once, key-sorted. createdAt is stored as its distance to modifiedAt when both
+    are there (0 bytes when they are equal, as they are for every attribute a write replaces)."""
     rest: dict[str, Any] = {}
     order: list[str] = []
     stored = ABSENT
@@ -204,6 +268,8 @@ def encode(
     stamps: list[int | None] = [None, None, None, None, None]
     num = vtext = None
     explicit = None
+    keys = ""
+    parsed = times.parsed  # the memo of times.encode, read first without a call
     for key, value in instance.items():
         if key == member:
             kind_of_value = type(value)
@@ -216,11 +282,15 @@ def encode(
                 text = orjson.dumps(value)
                 ordered = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
                 vtext = ordered.decode()
-                if text != ordered:  # keys out of order: kept as they came, and sorted for SQL
-                    stored = IN_REST
-                    rest[key] = value
-                    order.append("r")
-                    continue
+                if text != ordered:  # keys out of order: their order goes in the shape, or the value in rest
+                    template = _key_order(value)
+                    keys = orjson.dumps(template).decode() if template is not None else ""
+                    if not keys or len(keys) > ORDER_LIMIT:
+                        keys = ""
+                        stored = IN_REST
+                        rest[key] = value
+                        order.append("r")
+                        continue
                 stored = TEXT
             else:  # text, true/false, a huge int or -0.0: their JSON text gives them back
                 if kind_of_value is int or kind_of_value is float:
@@ -232,10 +302,10 @@ def encode(
         if slot is not None:
             if slot >= 0:
                 if type(value) is str:
-                    micros, canonical = times.encode(value)
+                    micros, form = parsed.get(value) or times.encode(value)
                     stamps[slot] = micros
-                    if canonical:
-                        order.append(TIME_LETTERS[slot])
+                    if form:
+                        order.append(TIME_LETTERS[slot] if form == CANONICAL else SECOND_LETTERS[slot])
                         continue
             elif slot == TYPE:
                 if value is declared and kind is declared:
@@ -251,11 +321,16 @@ def encode(
                 continue
         rest[key] = value
         order.append("r")
+    created, modified = stamps[CREATED], stamps[MODIFIED]
+    if created is not None and modified is not None:
+        stamps[CREATED] = modified - created
+    shape = f"{kind} {''.join(order)} {keys}" if keys else f"{kind} {''.join(order)}"
+    known = names.ids  # committed names first, without a call (ids start at 1)
     return (
         epk,
-        names.id(connection, attr),
+        known.get(attr) or names.id(connection, attr),
         dataset,
-        names.id(connection, f"{kind} {''.join(order)}"),
+        known.get(shape) or names.id(connection, shape),
         *stamps,
         num,
         vtext,
@@ -276,6 +351,9 @@ def decode(
     """The instance (with its instanceId last) from a row of the DECODED columns."""
     shape, dataset, observed, created, modified, deleted, expires, num, vtext, stored, rest, explicit = row
     kind, _, order = names.name(connection, shape).partition(" ")
+    order, _, keys = order.partition(" ")
+    if created is not None and modified is not None:
+        created = modified - created
     stamps = (observed, created, modified, deleted, expires)
     others = iter(orjson.loads(rest).items()) if rest is not None else iter(())
     instance: Instance = {}
@@ -291,13 +369,18 @@ def decode(
                 instance[member] = int(num)
             elif stored == FLOAT:
                 instance[member] = float(num)
+            elif keys:
+                instance[member] = _reordered(orjson.loads(vtext), _template(keys))
             else:
                 instance[member] = orjson.loads(vtext)
         elif code == "d":
             instance["datasetId"] = names.name(connection, dataset)
-        else:
+        elif code in CODE_TIMES:
             index = CODE_TIMES[code]
             instance[TIME_KEYS[index]] = times.decode(stamps[index])
+        else:
+            index = SECOND_TIMES[code]
+            instance[TIME_KEYS[index]] = times.decode_seconds(stamps[index])
     instance["instanceId"] = explicit if explicit is not None else f"{prefix}{pk:012x}"
     return instance
 
@@ -362,6 +445,17 @@ def migrate(connection: sqlite3.Connection) -> int:
         connection.execute("ROLLBACK")
         raise
     return moved
+
+
+def relative_created(connection: sqlite3.Connection) -> None:
+    """Rows of layouts 1 and 2 hold createdAt itself: make it the distance to modifiedAt (encode), and
+    the view compute it back (inside the caller's transaction)."""
+    connection.execute(
+        "UPDATE temporal_rows SET created_us = modified_us - created_us"
+        " WHERE created_us IS NOT NULL AND modified_us IS NOT NULL"
+    )
+    connection.execute("DROP VIEW IF EXISTS temporal_instances")
+    connection.execute(LAYOUT_SCHEMA[-1])
 
 
 def _convert(connection: sqlite3.Connection) -> int:

@@ -1,5 +1,7 @@
-"""The entity tables' layout on SQLite (layout 2): interned side tables, compressed documents, and
-the migration of older files to it.
+"""The entity tables' layout on SQLite (layout 3): interned side tables, compressed documents, and
+the migration of older files to it. Layout 3 is layout 2 with the history's createdAt stored as its
+distance to modifiedAt, whole-second times and object values' key orders in the shapes
+(sqlite_history.encode): files of layout 2 and older are converted when opened.
 
 Side tables hold integers, not IRIs: entity types and attribute IRIs are interned in the same
 `temporal_names` table the history uses (store/sqlite_history.py `Names`), so a side row is a few
@@ -20,17 +22,18 @@ from __future__ import annotations
 import sqlite3
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from cityos.entities.model import Entity
 from cityos.store.side_rows import attr_rows
 from cityos.store.sqlite_history import LAYOUT as HISTORY_LAYOUT
-from cityos.store.sqlite_history import Names, file_layout
+from cityos.store.sqlite_history import Names, file_layout, relative_created
 from cityos.store.sqlite_history import migrate as migrate_history
 
-LAYOUT = 2  # PRAGMA user_version of a file with this layout (1 is the compact history alone)
+LAYOUT = 3  # PRAGMA user_version of a file with this layout (1 is the compact history alone, 2 before
+ENTITIES_LAYOUT = 2  # the history's createdAt was relative): the side tables and documents of layout 2
 SIDE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS attr_values (  -- the values q compares (side_rows.attr_rows), seq-th of the attribute
     pk INTEGER NOT NULL, attr INTEGER NOT NULL, seq INTEGER NOT NULL, num REAL, txt TEXT,
@@ -47,6 +50,15 @@ CREATE TABLE IF NOT EXISTS entity_attrs (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entity_attrs_pk ON entity_attrs (pk);
 """
+# Parameters that are None or bytes are not of the types sqlite3 binds without asking its adapters
+# (int, float, str, bytearray): for each one it looks for an adapter, then for `__adapt__` on its
+# protocol type, whose miss formats an AttributeError message (about 2,000 instructions; 9% of the
+# writer thread's instructions in a batch upsert: history rows are mostly NULLs). Registered
+# adapters that give the object itself back are found by one dict lookup. Process-wide, and an
+# identity: no value binds differently.
+sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))  # {}.get(None) is None, in C
+sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b for exact bytes
+
 # the id of one interned name, and of several, inside SQL (a name never interned matches nothing)
 NAME_ID = "(SELECT id FROM temporal_names WHERE name = ?)"
 
@@ -139,14 +151,19 @@ def migrate(connection: sqlite3.Connection, names: Names) -> int:
     version = file_layout(connection, LAYOUT, "the layout")
     if version == LAYOUT:
         return 0
-    migrate_history(connection)
-    assert HISTORY_LAYOUT < LAYOUT
+    if version < HISTORY_LAYOUT:
+        migrate_history(connection)  # its rows are encoded as this layout's
+    assert HISTORY_LAYOUT < ENTITIES_LAYOUT < LAYOUT
     connection.execute("BEGIN IMMEDIATE")
     try:
+        if version >= HISTORY_LAYOUT:  # rows of layouts 1 and 2 hold createdAt itself
+            relative_created(connection)
         existing = connection.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entities'"
         ).fetchone()
-        if existing is not None:
+        if version >= ENTITIES_LAYOUT:
+            existing = None  # its side tables and documents are this layout's already
+        elif existing is not None:
             for table in ("attr_values", "entity_types", "entity_attrs"):  # their indexes and triggers too
                 connection.execute(f"DROP TABLE IF EXISTS {table}")
         for statement in SIDE_SCHEMA.split(";"):

@@ -54,11 +54,19 @@ from cityos.store.temporal_base import (
 from cityos.temporal.query import to_micros
 
 T = TypeVar("T")
-COLUMNS = {
+COLUMNS = {  # the time columns (PostgreSQL's names; SQLite reads them through TIMES)
     "observedAt": "observed_us",
     "createdAt": "created_us",
     "modifiedAt": "modified_us",
     "deletedAt": "deleted_us",
+}
+# each time of a row of `i` (temporal_rows) in SQL: createdAt is stored as its distance to modifiedAt
+# when there is one (sqlite_history.encode)
+TIMES = {
+    "observedAt": "i.observed_us",
+    "createdAt": "(CASE WHEN i.modified_us IS NULL THEN i.created_us ELSE i.modified_us - i.created_us END)",
+    "modifiedAt": "i.modified_us",
+    "deletedAt": "i.deleted_us",
 }
 FOREVER = 2**62  # an open end of a validity interval, in microseconds
 TEMPORAL_SCHEMA = """
@@ -372,7 +380,7 @@ class SQLiteTemporal:
         """SQL over `i` (temporal_rows) for the window (without its bounds: the caller states them),
         visibility, (selection) attrs/datasetIds and (scoped) the times each entity's matching
         scopes were valid."""
-        column = "i." + COLUMNS[query.window.column]
+        column = TIMES[query.window.column]
         clauses = [f"{column} IS NOT NULL", "(i.expires_us IS NULL OR i.expires_us > ?)"]
         params: list[Any] = [now]
         if bounds and query.window.start is not None:
@@ -455,10 +463,10 @@ class SQLiteTemporal:
         """scopeQ over time (4.18, 5.7.4.4 S4): each scope instance is valid from its time until the
         next one; the parts of the window in which a matching scope was valid, and those instances."""
         assert query.scope_test is not None
-        column = COLUMNS[query.window.column]
+        column = TIMES[query.window.column]
         rows = connection.execute(
-            f"SELECT i.{column}, i.pk, {_COLUMNS} FROM temporal_rows i WHERE i.epk = ? AND i.attr = ?"
-            f" AND i.{column} IS NOT NULL AND (i.expires_us IS NULL OR i.expires_us > ?) ORDER BY i.{column}, i.pk",
+            f"SELECT {column}, i.pk, {_COLUMNS} FROM temporal_rows i WHERE i.epk = ? AND i.attr = ?"
+            f" AND {column} IS NOT NULL AND (i.expires_us IS NULL OR i.expires_us > ?) ORDER BY {column}, i.pk",
             (epk, self._names.find(connection, SCOPE_ATTR), now),
         ).fetchall()
         low = query.window.start if query.window.start is not None else -FOREVER
@@ -480,7 +488,7 @@ class SQLiteTemporal:
         """The entity a predicate judges: every windowed instance of every attribute (the scope's
         values under "scope"), so q holds when any instance in the window satisfies it."""
         where, params = self._filter(connection, query, now, selection=False)
-        column = "i." + COLUMNS[query.window.column]
+        column = TIMES[query.window.column]
         attrs: dict[str, list[Instance]] = {}
         scope: list[str] = []
         for number, pk, *columns in connection.execute(
@@ -538,7 +546,7 @@ class SQLiteTemporal:
         index), the newest max_instances + 1 of them all first, and the (entity, attribute) pairs
         in the order of the first stored instance among their newest n."""
         assert query.last_n is not None
-        column = "i." + COLUMNS[query.window.column]
+        column = TIMES[query.window.column]
         limit = min(query.last_n, query.max_instances + 1)  # the cut keeps no more of any series
         series = f"FROM temporal_rows i WHERE i.epk = ? AND i.attr = ? AND i.dataset = ? AND {where}"
         newest = f"SELECT i.epk, i.attr, {column} AS t, i.pk, {_COLUMNS} {series} ORDER BY {column} DESC, i.pk DESC"
@@ -577,7 +585,7 @@ class SQLiteTemporal:
         if query.last_n is not None:
             keys, rows = self._newest(connection, pks, query, where, params)
         else:
-            column = "i." + COLUMNS[query.window.column]
+            column = TIMES[query.window.column]
             base = (
                 f"SELECT i.pk, i.epk, i.attr, i.dataset, {column} AS t FROM temporal_rows i"
                 f" WHERE i.epk IN ({','.join('?' * len(pks))}) AND {where}"
@@ -647,7 +655,7 @@ class SQLiteTemporal:
         first, each with its MIN and MAX shape. With observedAt (indexed) and periods of fixed
         length, one statement per period between index seeks, so no instance goes through a sort;
         otherwise, or when there would be many periods, one GROUP BY over the period number."""
-        column = "i." + COLUMNS[query.window.column]
+        column = TIMES[query.window.column]
         start = -FOREVER if query.window.start is None else query.window.start
         end = FOREVER if query.window.end is None else query.window.end
         series = f"FROM temporal_rows i WHERE i.epk = ? AND i.attr = ? AND i.dataset = ? AND {where}"
@@ -707,7 +715,7 @@ class SQLiteTemporal:
         stats, (low, high) = period
         shapes = {low, high}
         if low != high:
-            column = "i." + COLUMNS[query.window.column]
+            column = TIMES[query.window.column]
             shapes = {
                 row[0]
                 for row in connection.execute(
