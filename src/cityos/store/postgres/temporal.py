@@ -66,35 +66,42 @@ if TYPE_CHECKING:
 
 # the key of mutate's per-entity lock (store.py _apply): one writer of an entity at a time
 _LOCK_ENTITY = f"SELECT pg_advisory_xact_lock({entity_lock('$1', '$2')})"
+# The temporal entities of a write, created or their types extended, as CTEs named {p}k, {p}ins,
+# {p}tenant and {p}upd over the arrays of tenants, ids and types (JSON arrays) given as SQL
+# expressions: used alone (_ENTITIES) and inside a write's one statement (_HISTORY_CTES).
+_ENTITY_CTES = """{p}k AS (
+    SELECT k.tenant, k.id, k.n, ARRAY(
+        SELECT t FROM json_array_elements_text(k.types) WITH ORDINALITY AS j(t, m) ORDER BY m
+    ) AS types
+    FROM unnest({tenants}::text[], {ids}::text[], {types}::json[]) WITH ORDINALITY AS k(tenant, id, types, n)
+), {p}ins AS (
+    INSERT INTO temporal_entities (tenant, id, types) SELECT tenant, id, types FROM {p}k ORDER BY n
+    ON CONFLICT (tenant, id) DO NOTHING RETURNING pk, tenant, id
+), {p}tenant AS (
+    INSERT INTO tenants (name) SELECT DISTINCT tenant FROM {p}ins ON CONFLICT DO NOTHING
+), {p}upd AS (
+    UPDATE temporal_entities e
+    SET types = e.types || ARRAY(
+        SELECT u.t FROM unnest(k.types) WITH ORDINALITY AS u(t, n) WHERE u.t <> ALL(e.types) ORDER BY u.n
+    )
+    FROM {p}k k WHERE e.tenant = k.tenant AND e.id = k.id AND NOT e.types @> k.types
+)"""
 # The pks of temporal entities (created if needed, in the order given, their types unioned in
 # order; types travel as JSON arrays, which unnest can carry) and, when $4 names the partitions the
 # write goes to, those not attached (the others are locked: temporal_lock_partitions). An entity
 # comes back without a pk only if another transaction created it after this statement's snapshot was
 # taken (a writer without the entity lock: the expiry sweep); the caller then asks again.
-_ENTITIES = """
-WITH k AS (
-    SELECT k.tenant, k.id, k.n, ARRAY(
-        SELECT t FROM json_array_elements_text(k.types) WITH ORDINALITY AS j(t, m) ORDER BY m
-    ) AS types
-    FROM unnest($1::text[], $2::text[], $3::json[]) WITH ORDINALITY AS k(tenant, id, types, n)
-), ins AS (
-    INSERT INTO temporal_entities (tenant, id, types) SELECT tenant, id, types FROM k ORDER BY n
-    ON CONFLICT (tenant, id) DO NOTHING RETURNING pk, tenant, id
-), tenant AS (
-    INSERT INTO tenants (name) SELECT DISTINCT tenant FROM ins ON CONFLICT DO NOTHING
-), upd AS (
-    UPDATE temporal_entities e
-    SET types = e.types || ARRAY(
-        SELECT u.t FROM unnest(k.types) WITH ORDINALITY AS u(t, n) WHERE u.t <> ALL(e.types) ORDER BY u.n
-    )
-    FROM k WHERE e.tenant = k.tenant AND e.id = k.id AND NOT e.types @> k.types
-)
+_ENTITIES = (
+    "WITH "
+    + _ENTITY_CTES.format(p="", tenants="$1", ids="$2", types="$3")
+    + """
 SELECT k.n, coalesce(i.pk, e.pk) AS pk, i.pk IS NOT NULL AS created,
     (SELECT CASE WHEN $4::text[] IS NULL THEN NULL ELSE temporal_lock_partitions($4::text[]) END) AS missing
 FROM k LEFT JOIN ins i ON i.tenant = k.tenant AND i.id = k.id
 LEFT JOIN temporal_entities e ON e.tenant = k.tenant AND e.id = k.id
 ORDER BY k.n
 """
+)
 _COLUMNS = (
     "epk", "attr", "dataset", "instance_id", "retained_us", "kind", "observed_us", "created_us", "modified_us",
     "deleted_us", "expires_us", "num", "vtext", "doc",
@@ -109,23 +116,9 @@ COPY_FROM = 64  # instances; from this many on a write's history goes by COPY
 # was locked by the write's first statement: _ENTITIES and _INSERT joined, the instances of an
 # entity that comes back without a pk (created meanwhile by a writer without its lock) left out and
 # named by the statement's answer (th_lost), for _append_history to write as before.
-_HISTORY_CTES = """th_k AS (
-    SELECT k.tenant, k.id, k.n, ARRAY(
-        SELECT t FROM json_array_elements_text(k.types) WITH ORDINALITY AS j(t, m) ORDER BY m
-    ) AS types
-    FROM unnest({tenants}::text[], {ids}::text[], {types}::json[]) WITH ORDINALITY AS k(tenant, id, types, n)
-), th_ins AS (
-    INSERT INTO temporal_entities (tenant, id, types) SELECT tenant, id, types FROM th_k ORDER BY n
-    ON CONFLICT (tenant, id) DO NOTHING RETURNING pk, tenant, id
-), th_tenant AS (
-    INSERT INTO tenants (name) SELECT DISTINCT tenant FROM th_ins ON CONFLICT DO NOTHING
-), th_upd AS (
-    UPDATE temporal_entities e
-    SET types = e.types || ARRAY(
-        SELECT u.t FROM unnest(k.types) WITH ORDINALITY AS u(t, n) WHERE u.t <> ALL(e.types) ORDER BY u.n
-    )
-    FROM th_k k WHERE e.tenant = k.tenant AND e.id = k.id AND NOT e.types @> k.types
-), th_pk AS (
+_HISTORY_CTES = (
+    _ENTITY_CTES.format(p="th_", tenants="{tenants}", ids="{ids}", types="{types}")
+    + """, th_pk AS (
     SELECT k.n, coalesce(i.pk, e.pk) AS pk FROM th_k k
     LEFT JOIN th_ins i ON i.tenant = k.tenant AND i.id = k.id
     LEFT JOIN temporal_entities e ON e.tenant = k.tenant AND e.id = k.id
@@ -137,6 +130,7 @@ _HISTORY_CTES = """th_k AS (
     JOIN th_pk t ON t.n = u.n AND t.pk IS NOT NULL
     ORDER BY u.o
 ), th_lost AS (SELECT array_agg(n ORDER BY n) AS lost FROM th_pk WHERE pk IS NULL)"""
+)
 _ARRAY_TYPES = (
     "bigint", "text", "text", "text", "bigint", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "float8",
     "text", "json",
