@@ -300,19 +300,51 @@ def _selection(
 
 def _documents(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> list[Entity]:
     """The visible documents of `pks`, in that order (expiry is checked only where there is one)."""
+    entities = []
+    for doc, expiry in _rows(connection, pks):
+        entity = visible_at(orjson.loads(inflate(doc)), expiry, now)
+        if entity is not None:
+            entities.append(entity)
+    return entities
+
+
+def _stored(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> list[bytes | Entity]:
+    """_documents for a caller that takes stored forms (EntityQuery.stored_form): a document with
+    nothing expired in it stays in its stored bytes (QueryResult.decode reads it); only the others
+    are decoded here, with their expired parts removed."""
+    page: list[bytes | Entity] = []
+    for doc, expiry in _rows(connection, pks):
+        if isinstance(doc, bytes) and (expiry is None or expiry > now):
+            page.append(doc)
+            continue
+        entity = visible_at(orjson.loads(inflate(doc)), expiry, now)
+        if entity is not None:
+            page.append(entity)
+    return page
+
+
+def decode(stored: bytes) -> Entity:
+    """The entity of a document's stored bytes (QueryResult.decode)."""
+    entity: Entity = orjson.loads(inflate(stored))
+    return entity
+
+
+def _rows(connection: sqlite3.Connection, pks: Sequence[int]) -> list[tuple[Any, str | None]]:
+    """(doc, next_expiry) of `pks`, in that order."""
     if not pks:
         return []
     rows = connection.execute(
         f"SELECT pk, doc, next_expiry FROM entities WHERE pk IN ({_in_list(len(pks))})", list(pks)
     ).fetchall()
     found = {pk: (doc, expiry) for pk, doc, expiry in rows}
-    entities = []
-    for pk in pks:
-        doc, expiry = found[pk]
-        entity = visible_at(orjson.loads(inflate(doc)), expiry, now)
-        if entity is not None:
-            entities.append(entity)
-    return entities
+    return [found[pk] for pk in pks]
+
+
+def _page(connection: sqlite3.Connection, query: EntityQuery, pks: Sequence[int], now: str) -> QueryResult:
+    """The page of `pks`, decoded or in stored form as the query asks."""
+    if query.stored_form:
+        return QueryResult([], stored=_stored(connection, pks, now), decode=decode)
+    return QueryResult(_documents(connection, pks, now))
 
 
 class SQLiteQueries:
@@ -369,8 +401,9 @@ class SQLiteQueries:
         if anchors is not None and listed is not None:
             pks = _anchored_page(connection, tenant, listed, anchors, query)
             has_more = query.limit is not None and query.offset + query.limit < anchors.total
-            entities = _documents(connection, pks, now)
-            return QueryResult(entities, anchors.total if query.count else None, has_more)
+            result = _page(connection, query, pks, now)
+            result.total, result.has_more = anchors.total if query.count else None, has_more
+            return result
         source, where, params, order = _selection(connection, tenant, query, now)
         paging, page_params = "", params
         if query.limit is not None:
@@ -385,7 +418,9 @@ class SQLiteQueries:
             if source.startswith("entity_geo_walk"):  # a count reads every match: the R*Tree's, not the walk's
                 source, where, params, _ = _selection(connection, tenant, query, now, walk=False)
             total = connection.execute(f"SELECT COUNT(*) FROM {source} WHERE {where}", params).fetchone()[0]
-        return QueryResult(_documents(connection, pks, now), total, has_more)
+        result = _page(connection, query, pks, now)
+        result.total, result.has_more = total, has_more
+        return result
 
     def _anchored(
         self, connection: sqlite3.Connection, tenant: str, listed: str, now: str, query: EntityQuery
