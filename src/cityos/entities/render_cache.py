@@ -13,13 +13,15 @@ hands out stored bytes only for documents with nothing expired in them (store/ba
 QueryResult.stored); joins, GeoJSON and views that audit personal reads never come here
 (ngsild/querying.py). Bounded: at most BUDGET bytes of keys and values, least recently used out
 first, and at most MAX_TOKENS option sets (past it everything is dropped, which is always safe).
-The cache belongs to the event loop's thread (no lock: rendering happens there).
+Rendering happens on the event loop's thread, so there is no lock; two apps' loops in one process
+at worst evict each other's entries.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import fields
 from typing import Any
 
@@ -70,7 +72,8 @@ class RenderCache:
         entries = self._entries
         hit = entries.get(key)
         if hit is not None:
-            entries.move_to_end(key)
+            with suppress(KeyError):  # evicted meanwhile by another thread's loop (embedding apps)
+                entries.move_to_end(key)
             return hit
         # orjson's bytes keep the buffer it grew (about 4 KB for 1 KB of JSON): keep an exact copy
         data = bytes(memoryview(make(stored)))
@@ -79,7 +82,7 @@ class RenderCache:
             return data
         entries[key] = data
         self.size += cost
-        while self.size > self.budget:
+        while self.size > self.budget and entries:
             (_, old_stored), old_data = entries.popitem(last=False)
             self.size -= len(old_stored) + len(old_data) + ENTRY_OVERHEAD
         return data

@@ -62,6 +62,10 @@ geo-query walks it in entity key order testing the box on the row alone, so a pa
 coordinates are its box (shapes NULL), any other attribute keeps its geometries in `shapes`."""
 ANCHOR_STEP = 64  # listing positions between two remembered primary keys
 SELECTIVE = 2000  # a value filter with at most this many rows drives the query (IN); else each candidate probes it
+DECISION_AGE = 1.0  # seconds a side filter's selectivity (_few) is reused by the queries that repeat it
+DECISIONS = 1024  # side filters remembered (all forgotten past it)
+# (id(connection), table, condition, *params) -> (when, few, the connection)
+_decisions: dict[tuple[Any, ...], tuple[float, bool, sqlite3.Connection]] = {}
 GEO_SELECTIVE = 500  # a geo box with at most this many R*Tree entries drives the query; else entity_geo_walk
 
 
@@ -211,12 +215,39 @@ def _in_list(count: int) -> str:
     return ",".join("?" * count)
 
 
+def _few(connection: sqlite3.Connection, table: str, condition: str, params: list[Any]) -> bool:
+    """Whether at most SELECTIVE rows of `table` meet `condition` (read from the table's index,
+    stopping there). A broad filter's count reads 2,001 index entries, a third of a q page's
+    instructions, so an answer is reused for DECISION_AGE seconds: it picks the plan only (both
+    plans of _side are exact), never which entities match. Remembered per connection (each file,
+    and each reader thread, decides for itself); the entry holds the connection, so its id() is
+    not reused while the entry lives."""
+    key = (id(connection), table, condition, *params)
+    try:
+        found = _decisions.get(key)
+    except TypeError:  # an unhashable parameter: count every time
+        return _counted_few(connection, table, condition, params)
+    clock = time.monotonic()
+    if found is not None and found[2] is connection and clock - found[0] < DECISION_AGE:
+        return found[1]
+    few = _counted_few(connection, table, condition, params)
+    if len(_decisions) >= DECISIONS:
+        _decisions.clear()
+    _decisions[key] = (clock, few, connection)
+    return few
+
+
+def _counted_few(connection: sqlite3.Connection, table: str, condition: str, params: list[Any]) -> bool:
+    limited = f"SELECT 1 FROM {table} x WHERE {condition} LIMIT {SELECTIVE + 1}"  # on the index alone
+    few: bool = connection.execute(f"SELECT COUNT(*) FROM ({limited})", params).fetchone()[0] <= SELECTIVE
+    return few
+
+
 def _side(connection: sqlite3.Connection, table: str, condition: str, params: list[Any]) -> tuple[str, list[Any], bool]:
     """One side-table filter (rows `x` of `table` meeting `condition`) as (SQL, parameters, few):
-    when at most SELECTIVE rows pass (read from the table's index, stopping there), the matching
-    keys drive the walk (IN); otherwise each candidate probes the table by its key (EXISTS)."""
-    limited = f"SELECT 1 FROM {table} x WHERE {condition} LIMIT {SELECTIVE + 1}"  # on the index alone
-    if connection.execute(f"SELECT COUNT(*) FROM ({limited})", params).fetchone()[0] <= SELECTIVE:
+    when at most SELECTIVE rows pass, the matching keys drive the walk (IN); otherwise each
+    candidate probes the table by its key (EXISTS)."""
+    if _few(connection, table, condition, params):
         return f"e.pk IN (SELECT x.pk FROM {table} x WHERE {condition})", params, True
     # attr_values by its primary key (pk, attr, seq), not by a value index the planner may prefer
     probed = "attr_values x INDEXED BY sqlite_autoindex_attr_values_1" if table == "attr_values" else f"{table} x"
