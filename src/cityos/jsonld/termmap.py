@@ -59,6 +59,7 @@ class TermMap:
     _prefixes: list[tuple[str, str]] | None = None
     compacted: dict[str, str] = field(default_factory=dict)  # IRI -> compact form, filled by compact()
     _expand_cache: dict[str, str] = field(default_factory=dict)
+    generation: int = 0  # bumped by define_terms: what was rendered under an older one is stale
 
     def copy(self) -> TermMap:
         return TermMap(terms=dict(self.terms), vocab=self.vocab)
@@ -206,3 +207,4 @@ def define_terms(target: TermMap, context: dict[str, Any], *, allow_scoped: bool
     target._prefixes = None
     target.compacted.clear()
     target._expand_cache.clear()
+    target.generation += 1

@@ -149,14 +149,22 @@ def _page(entities: list[Entity], limit: int, offset: int, count: bool) -> Query
 
 
 async def select(
-    request: Request, tenant_name: str, query: EntityQuery, limit: int, offset: int, count: bool
+    request: Request,
+    tenant_name: str,
+    query: EntityQuery,
+    limit: int,
+    offset: int,
+    count: bool,
+    stored_form: bool = False,
 ) -> tuple[QueryResult, MapUse | None]:
     """One page of a query: straight from the store, or over/into an entity map when the request
-    names one (header) or asks for one (entityMap=true)."""
+    names one (header) or asks for one (entityMap=true). `stored_form`: the caller takes the page
+    in stored form (QueryResult.stored), which only the straight page may come in."""
     store = services(request).store
     reference = _header(request)
     if reference is None and not flag(request, "entityMap"):
-        return await store.query_entities(tenant_name, replace(query, limit=limit, offset=offset, count=count)), None
+        page = replace(query, limit=limit, offset=offset, count=count, stored_form=stored_form)
+        return await store.query_entities(tenant_name, page), None
     current = None if reference is None else await _referenced(request, tenant_name, reference)
     if current is None or reference is None:
         matched = await _matching(store, tenant_name, query)

@@ -8,11 +8,13 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cityos.entities import update
 from cityos.entities.render import render_entity, to_geojson_feature
+from cityos.entities.render_cache import render_page
 from cityos.entities.values import MAX_SAFE_INTEGER, now, require_uri
 from cityos.errors import BadRequestData, TooManyResults
 from cityos.jsonld.registry import ResolvedContext
@@ -24,6 +26,7 @@ from cityos.ngsild.common import (
     csv_param,
     existing_tenant,
     json_response,
+    link_header,
     no_content,
     options,
     query_context,
@@ -287,8 +290,11 @@ async def run_query(
     limit, offset = page(request)
     read = access.view(request, tenant_name)
     query = access.restrict(query, read)
-    result, emap = await entity_maps.select(request, tenant_name, query, limit, offset, wants_count)
-    if not read.unrestricted:
+    # documents as stored, for render_page's cache: not for joins, GeoJSON or audited personal reads
+    audited = not read.unrestricted and getattr(read, "audits_reads", True)
+    stored_form = not audited and media != GEO_JSON and params.get("join") is None
+    result, emap = await entity_maps.select(request, tenant_name, query, limit, offset, wants_count, stored_form)
+    if not read.unrestricted and result.stored is None:
         result.entities = [read.project(e) for e in result.entities]
         await access.personal_reads(request, tenant_name, read, result.entities)
     headers = {"NGSILD-Results-Count": str(result.total)} if wants_count and result.total is not None else {}
@@ -304,14 +310,29 @@ async def run_query(
 
     plan = request_join_plan(request, params)
     if plan is not None:
+        assert result.stored is None  # asked only without join
         body = await render_joined(result.entities, render, plan, services(request).store, tenant_name, read)
-    else:
+        response = json_response(body, media=media, context=context, headers=headers)
+    elif result.stored is not None:
         # an entity whose every member the projection removed is left out (019_17_01)
+        ld_context = orjson.dumps(context.value) if media == JSON_LD else None
+        view = None if read.unrestricted else read
+        page_json = render_page(budget.checked(result.stored), result.decode, render, ld_context, view)
+        response = _page_response(page_json, media, context, headers)
+    else:
         body = [rendered for entity in budget.checked(result.entities) if (rendered := render_entity(entity, render))]
-    response = json_response(body, media=media, context=context, headers=headers)
+        response = json_response(body, media=media, context=context, headers=headers)
     for value in links:
         response.headers.append("Link", value)
     return entity_maps.answer(response, emap)
+
+
+def _page_response(page_json: bytes, media: str, context: ResolvedContext, headers: dict[str, str]) -> Response:
+    """common.json_response for a page already in JSON (its @context inside with ld+json)."""
+    extra = dict(headers)
+    if media != JSON_LD:
+        extra["Link"] = link_header(context.link_url)
+    return Response(page_json, status_code=200, media_type=media, headers=extra)
 
 
 async def purge_entities(request: Request) -> Response:

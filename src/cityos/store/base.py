@@ -56,6 +56,9 @@ class EntityQuery:
     limit: int | None = None
     offset: int = 0
     count: bool = False
+    # the caller renders through entities/render_cache.py: a back-end may answer with the page's
+    # documents in their stored form (QueryResult.stored) instead of decoding them
+    stored_form: bool = False
 
 
 @dataclass(slots=True)
@@ -63,6 +66,12 @@ class QueryResult:
     entities: list[Entity]
     total: int | None = None
     has_more: bool = False  # more matches follow this page
+    # With EntityQuery.stored_form, a back-end may leave `entities` empty and give the page here, in
+    # order: each item the stored bytes of a document that reads as it is (nothing in it expired;
+    # `decode` makes the entity of them, and equal bytes always decode to the same entity), or an
+    # entity already decoded (one whose expired parts were removed).
+    stored: list[bytes | Entity] | None = None
+    decode: Callable[[bytes], Entity] | None = None
 
 
 @dataclass(slots=True)

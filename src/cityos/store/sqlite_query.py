@@ -62,6 +62,10 @@ geo-query walks it in entity key order testing the box on the row alone, so a pa
 coordinates are its box (shapes NULL), any other attribute keeps its geometries in `shapes`."""
 ANCHOR_STEP = 64  # listing positions between two remembered primary keys
 SELECTIVE = 2000  # a value filter with at most this many rows drives the query (IN); else each candidate probes it
+DECISION_AGE = 1.0  # seconds a side filter's selectivity (_few) is reused by the queries that repeat it
+DECISIONS = 1024  # side filters remembered (all forgotten past it)
+# (id(connection), table, condition, *params) -> (when, few, the connection)
+_decisions: dict[tuple[Any, ...], tuple[float, bool, sqlite3.Connection]] = {}
 GEO_SELECTIVE = 500  # a geo box with at most this many R*Tree entries drives the query; else entity_geo_walk
 
 
@@ -211,12 +215,39 @@ def _in_list(count: int) -> str:
     return ",".join("?" * count)
 
 
+def _few(connection: sqlite3.Connection, table: str, condition: str, params: list[Any]) -> bool:
+    """Whether at most SELECTIVE rows of `table` meet `condition` (read from the table's index,
+    stopping there). A broad filter's count reads 2,001 index entries, a third of a q page's
+    instructions, so an answer is reused for DECISION_AGE seconds: it picks the plan only (both
+    plans of _side are exact), never which entities match. Remembered per connection (each file,
+    and each reader thread, decides for itself); the entry holds the connection, so its id() is
+    not reused while the entry lives."""
+    key = (id(connection), table, condition, *params)
+    try:
+        found = _decisions.get(key)
+    except TypeError:  # an unhashable parameter: count every time
+        return _counted_few(connection, table, condition, params)
+    clock = time.monotonic()
+    if found is not None and found[2] is connection and clock - found[0] < DECISION_AGE:
+        return found[1]
+    few = _counted_few(connection, table, condition, params)
+    if len(_decisions) >= DECISIONS:
+        _decisions.clear()
+    _decisions[key] = (clock, few, connection)
+    return few
+
+
+def _counted_few(connection: sqlite3.Connection, table: str, condition: str, params: list[Any]) -> bool:
+    limited = f"SELECT 1 FROM {table} x WHERE {condition} LIMIT {SELECTIVE + 1}"  # on the index alone
+    few: bool = connection.execute(f"SELECT COUNT(*) FROM ({limited})", params).fetchone()[0] <= SELECTIVE
+    return few
+
+
 def _side(connection: sqlite3.Connection, table: str, condition: str, params: list[Any]) -> tuple[str, list[Any], bool]:
     """One side-table filter (rows `x` of `table` meeting `condition`) as (SQL, parameters, few):
-    when at most SELECTIVE rows pass (read from the table's index, stopping there), the matching
-    keys drive the walk (IN); otherwise each candidate probes the table by its key (EXISTS)."""
-    limited = f"SELECT 1 FROM {table} x WHERE {condition} LIMIT {SELECTIVE + 1}"  # on the index alone
-    if connection.execute(f"SELECT COUNT(*) FROM ({limited})", params).fetchone()[0] <= SELECTIVE:
+    when at most SELECTIVE rows pass, the matching keys drive the walk (IN); otherwise each
+    candidate probes the table by its key (EXISTS)."""
+    if _few(connection, table, condition, params):
         return f"e.pk IN (SELECT x.pk FROM {table} x WHERE {condition})", params, True
     # attr_values by its primary key (pk, attr, seq), not by a value index the planner may prefer
     probed = "attr_values x INDEXED BY sqlite_autoindex_attr_values_1" if table == "attr_values" else f"{table} x"
@@ -300,19 +331,51 @@ def _selection(
 
 def _documents(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> list[Entity]:
     """The visible documents of `pks`, in that order (expiry is checked only where there is one)."""
+    entities = []
+    for doc, expiry in _rows(connection, pks):
+        entity = visible_at(orjson.loads(inflate(doc)), expiry, now)
+        if entity is not None:
+            entities.append(entity)
+    return entities
+
+
+def _stored(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> list[bytes | Entity]:
+    """_documents for a caller that takes stored forms (EntityQuery.stored_form): a document with
+    nothing expired in it stays in its stored bytes (QueryResult.decode reads it); only the others
+    are decoded here, with their expired parts removed."""
+    page: list[bytes | Entity] = []
+    for doc, expiry in _rows(connection, pks):
+        if isinstance(doc, bytes) and (expiry is None or expiry > now):
+            page.append(doc)
+            continue
+        entity = visible_at(orjson.loads(inflate(doc)), expiry, now)
+        if entity is not None:
+            page.append(entity)
+    return page
+
+
+def decode(stored: bytes) -> Entity:
+    """The entity of a document's stored bytes (QueryResult.decode)."""
+    entity: Entity = orjson.loads(inflate(stored))
+    return entity
+
+
+def _rows(connection: sqlite3.Connection, pks: Sequence[int]) -> list[tuple[Any, str | None]]:
+    """(doc, next_expiry) of `pks`, in that order."""
     if not pks:
         return []
     rows = connection.execute(
         f"SELECT pk, doc, next_expiry FROM entities WHERE pk IN ({_in_list(len(pks))})", list(pks)
     ).fetchall()
     found = {pk: (doc, expiry) for pk, doc, expiry in rows}
-    entities = []
-    for pk in pks:
-        doc, expiry = found[pk]
-        entity = visible_at(orjson.loads(inflate(doc)), expiry, now)
-        if entity is not None:
-            entities.append(entity)
-    return entities
+    return [found[pk] for pk in pks]
+
+
+def _page(connection: sqlite3.Connection, query: EntityQuery, pks: Sequence[int], now: str) -> QueryResult:
+    """The page of `pks`, decoded or in stored form as the query asks."""
+    if query.stored_form:
+        return QueryResult([], stored=_stored(connection, pks, now), decode=decode)
+    return QueryResult(_documents(connection, pks, now))
 
 
 class SQLiteQueries:
@@ -369,8 +432,9 @@ class SQLiteQueries:
         if anchors is not None and listed is not None:
             pks = _anchored_page(connection, tenant, listed, anchors, query)
             has_more = query.limit is not None and query.offset + query.limit < anchors.total
-            entities = _documents(connection, pks, now)
-            return QueryResult(entities, anchors.total if query.count else None, has_more)
+            result = _page(connection, query, pks, now)
+            result.total, result.has_more = anchors.total if query.count else None, has_more
+            return result
         source, where, params, order = _selection(connection, tenant, query, now)
         paging, page_params = "", params
         if query.limit is not None:
@@ -385,7 +449,9 @@ class SQLiteQueries:
             if source.startswith("entity_geo_walk"):  # a count reads every match: the R*Tree's, not the walk's
                 source, where, params, _ = _selection(connection, tenant, query, now, walk=False)
             total = connection.execute(f"SELECT COUNT(*) FROM {source} WHERE {where}", params).fetchone()[0]
-        return QueryResult(_documents(connection, pks, now), total, has_more)
+        result = _page(connection, query, pks, now)
+        result.total, result.has_more = total, has_more
+        return result
 
     def _anchored(
         self, connection: sqlite3.Connection, tenant: str, listed: str, now: str, query: EntityQuery

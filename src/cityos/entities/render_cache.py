@@ -1,0 +1,124 @@
+"""Query pages rendered from stored documents, each entity's JSON cached by what it is made of.
+
+A page of 20 entities spent two thirds of its time decoding each stored document and rendering it
+(compacting every attribute name, then `orjson.dumps`). A document that did not change renders to
+the same bytes under the same options, so the JSON of each rendered entity is kept under
+(the options' token, the document's stored bytes): a hit skips inflate, decode, render and dumps.
+
+Exact by construction, with nothing to invalidate: the key *is* the stored document (an updated
+entity has other bytes, so it is a miss), and the token stands for everything else the rendering
+reads (the TermMap object and its generation, format, sysAttrs, attrs/pick/omit, lang,
+datasetId, and the caller's access view, whose projection depends on the entity alone). The store
+hands out stored bytes only for documents with nothing expired in them (store/base.py
+QueryResult.stored); joins, GeoJSON and views that audit personal reads never come here
+(ngsild/querying.py). Bounded: at most BUDGET bytes of keys and values, least recently used out
+first, and at most MAX_TOKENS option sets (past it everything is dropped, which is always safe).
+Rendering happens on the event loop's thread, so there is no lock; two apps' loops in one process
+at worst evict each other's entries.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from dataclasses import fields
+from typing import Any
+
+import orjson
+
+from cityos.entities.model import Entity
+from cityos.entities.render import RenderOptions, render_entity
+from cityos.policy.decision import ReadView
+
+BUDGET = 32 * 1024 * 1024  # bytes of stored documents and rendered JSON held (about 20,000 entities)
+ENTRY_OVERHEAD = 200  # the ordered dict's node and slot, the key tuple, the bytes objects' headers (measured 130-170)
+MAX_TOKENS = 256  # distinct option sets (contexts x formats x projections) before a reset
+# every render option but the TermMap, which is keyed by identity and generation (it is not hashable)
+_OPTION_FIELDS = tuple(f.name for f in fields(RenderOptions) if f.name != "terms")
+
+
+class RenderCache:
+    def __init__(self, budget: int = BUDGET) -> None:
+        self.budget = budget
+        self.size = 0
+        self._entries: OrderedDict[tuple[int, bytes], bytes] = OrderedDict()
+        # options' key -> (token, the TermMap and view, kept alive so no id() is reused while cached)
+        self._tokens: dict[tuple[Any, ...], tuple[int, object, object]] = {}
+        self._next_token = 0
+
+    def token(self, options: RenderOptions, view: object = None) -> int:
+        """A small integer standing for everything but the document that the rendering reads:
+        the options and the access view (None: unrestricted) that projects each entity."""
+        terms = options.terms
+        key = (id(terms), terms.generation, id(view), *[getattr(options, name) for name in _OPTION_FIELDS])
+        found = self._tokens.get(key)
+        if found is not None and found[1] is terms and found[2] is view:
+            return found[0]
+        if len(self._tokens) >= MAX_TOKENS:
+            self.clear()
+        self._next_token += 1
+        self._tokens[key] = (self._next_token, terms, view)
+        return self._next_token
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._tokens.clear()
+        self.size = 0
+
+    def render(self, token: int, stored: bytes, make: Callable[[bytes], bytes]) -> bytes:
+        """The JSON of the entity stored as `stored` under `token`; `make` renders it on a miss."""
+        key = (token, stored)
+        entries = self._entries
+        hit = entries.get(key)
+        if hit is not None:
+            with suppress(KeyError):  # evicted meanwhile by another thread's loop (embedding apps)
+                entries.move_to_end(key)
+            return hit
+        # orjson's bytes keep the buffer it grew (about 4 KB for 1 KB of JSON): keep an exact copy
+        data = bytes(memoryview(make(stored)))
+        cost = len(stored) + len(data) + ENTRY_OVERHEAD
+        if cost > self.budget:
+            return data
+        entries[key] = data
+        self.size += cost
+        while self.size > self.budget and entries:
+            (_, old_stored), old_data = entries.popitem(last=False)
+            self.size -= len(old_stored) + len(old_data) + ENTRY_OVERHEAD
+        return data
+
+
+CACHE = RenderCache()  # the process's cache (one event loop per process)
+
+
+def render_page(
+    items: Iterable[bytes | Entity],
+    decode: Callable[[bytes], Entity] | None,
+    options: RenderOptions,
+    context: bytes | None = None,
+    view: ReadView | None = None,
+    cache: RenderCache = CACHE,
+) -> bytes:
+    """The JSON array of a query page, byte for byte what `orjson.dumps` of the rendered entities
+    gives (entities that render empty left out). `items` are stored documents (read by `decode`)
+    or entities; `view`, a restricted access view, projects each entity before it is rendered;
+    `context`, the JSON of an @context value, goes into each entity as its last member
+    (application/ld+json, as common.json_response does)."""
+
+    def make(item: bytes | Entity) -> bytes:
+        if isinstance(item, bytes):
+            assert decode is not None  # a back-end that gives stored forms gives their decoder
+            item = decode(item)
+        rendered = render_entity(item if view is None else view.project(item), options)
+        return orjson.dumps(rendered) if rendered else b""  # an emptied entity is left out
+
+    token = cache.token(options, view)
+    parts = []
+    for item in items:
+        data = cache.render(token, item, make) if isinstance(item, bytes) else make(item)
+        if not data:
+            continue
+        if context is not None:  # a rendered entity is a non-empty object without an @context member
+            data = b"".join((data[:-1], b',"@context":', context, b"}"))
+        parts.append(data)
+    return b"[" + b",".join(parts) + b"]"

@@ -1,0 +1,239 @@
+"""Query pages rendered through entities/render_cache.py: byte for byte what rendering each entity
+and `orjson.dumps` of the list give, under every option, on a hit as on a miss; never stale after a
+write or a redefined term; bounded; and the same answers over HTTP on both back-ends as the path
+that decodes every document."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from cityos.entities.render import RenderOptions, render_entity
+from cityos.entities.render_cache import RenderCache, render_page
+from cityos.jsonld.termmap import TermMap, define_terms
+from cityos.ngsild import entity_maps
+from cityos.store import sqlite_query
+from cityos.store.sqlite_layout import deflate, inflate
+
+ENTITIES = "/ngsi-ld/v1/entities"
+V = "https://example.org/"
+STAMP = "2026-01-01T00:00:00.000Z"
+
+
+def stored(number: int) -> dict[str, Any]:
+    return {
+        "id": f"urn:x:{number}",
+        "type": [V + "T"],
+        "scope": ["/a"],
+        "createdAt": STAMP,
+        "modifiedAt": STAMP,
+        "attrs": {
+            V + "speed": [
+                {
+                    "type": "Property",
+                    "value": number,
+                    "unitCode": "KMH",
+                    "observedAt": STAMP,
+                    "createdAt": STAMP,
+                    "modifiedAt": STAMP,
+                    V + "accuracy": {"type": "Property", "value": 0.5, "createdAt": STAMP, "modifiedAt": STAMP},
+                },
+                {"type": "Property", "value": 6, "datasetId": "urn:d:1", "createdAt": STAMP, "modifiedAt": STAMP},
+            ],
+            V + "owner": [{"type": "Relationship", "object": "urn:p:1", "objectType": V + "Person"}],
+            V + "friends": [{"type": "ListRelationship", "objectList": ["urn:p:2", "urn:p:3"]}],
+            V + "kind": [{"type": "VocabProperty", "vocab": V + "Car"}],
+            V + "label": [{"type": "LanguageProperty", "languageMap": {"en": "car", "pt": "carro"}}],
+            V + "address": [{"type": "Property", "value": {"street": "x"}}],
+        },
+    }
+
+
+def terms() -> TermMap:
+    mapping = TermMap()
+    define_terms(mapping, {"@vocab": V, "T": V + "T"})
+    return mapping
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    entity: dict[str, Any] = orjson.loads(inflate(data))
+    return entity
+
+
+def expected(entities: list[dict[str, Any]], options: RenderOptions, context: Any = None) -> bytes:
+    rendered = [r for e in entities if (r := render_entity(e, options))]
+    if context is not None:
+        rendered = [{**r, "@context": context} for r in rendered]
+    return orjson.dumps(rendered)
+
+
+def every_options(mapping: TermMap) -> list[RenderOptions]:
+    keeps = (None, frozenset({V + "speed"}), frozenset({V + "nothing"}))
+    found = []
+    for fmt, sys_attrs, lang, attrs, datasets in itertools.product(
+        ("normalized", "concise", "keyValues"), (False, True), (None, "pt"), keeps, (None, frozenset({"urn:d:1"}))
+    ):
+        found.append(RenderOptions(mapping, fmt, sys_attrs, attrs=attrs, lang=lang, datasets=datasets))
+    found.append(RenderOptions(mapping, omit=frozenset({V + "owner"}), pick_id=False))
+    found.append(RenderOptions(mapping, attrs=frozenset(), pick_id=False, pick_type=False, pick_scope=False))
+    return found
+
+
+def test_a_page_is_the_same_bytes_on_a_miss_and_on_a_hit() -> None:
+    cache = RenderCache()
+    mapping = terms()
+    entities = [stored(n) for n in range(5)]
+    documents = [deflate(orjson.dumps(e)) for e in entities]
+    context = {"@vocab": V}
+    for options in every_options(mapping):
+        want = expected(entities, options)
+        want_ld = expected(entities, options, context)
+        for _ in range(2):  # a miss, then hits (fresh bytes objects, as each read makes)
+            items: list[Any] = [bytes(d) for d in documents[:3]] + entities[3:]  # stored and decoded items
+            assert render_page(items, decode, options, cache=cache) == want, options
+            ld = render_page(items, decode, options, orjson.dumps(context), cache=cache)
+            assert ld == want_ld, options
+
+
+def test_a_changed_document_or_a_redefined_term_is_never_served_from_the_cache() -> None:
+    cache = RenderCache()
+    mapping = terms()
+    options = RenderOptions(mapping)
+    entity = stored(1)
+    first = render_page([deflate(orjson.dumps(entity))], decode, options, cache=cache)
+    entity["attrs"][V + "speed"][0]["value"] = 99
+    second = render_page([deflate(orjson.dumps(entity))], decode, options, cache=cache)
+    assert orjson.loads(first)[0]["speed"][0]["value"] == 1
+    assert orjson.loads(second)[0]["speed"][0]["value"] == 99
+    define_terms(mapping, {"velocity": V + "speed"})  # the same TermMap object, a new generation
+    third = render_page([deflate(orjson.dumps(entity))], decode, options, cache=cache)
+    assert "velocity" in orjson.loads(third)[0] and third == expected([entity], options)
+
+
+def test_the_cache_stays_within_its_budget() -> None:
+    cache = RenderCache(budget=20_000)
+    options = RenderOptions(terms())
+    for n in range(200):
+        render_page([deflate(orjson.dumps(stored(n)))], decode, options, cache=cache)
+        assert cache.size <= cache.budget
+    assert 0 < len(cache._entries) < 200
+    tokens = RenderCache()
+    for n in range(600):  # option sets past MAX_TOKENS reset the cache instead of growing
+        tokens.token(RenderOptions(terms(), lang=str(n)))
+    assert len(tokens._tokens) <= 256
+
+
+def test_stored_forms_leave_expired_documents_decoded_and_pruned(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    connection = sqlite3.connect(":memory:")
+    connection.execute("CREATE TABLE entities (pk INTEGER PRIMARY KEY, doc BLOB, next_expiry TEXT)")
+    entity = stored(1)
+    entity["attrs"][V + "owner"][0]["expiresAt"] = "2030-01-01T00:00:00Z"
+    data = deflate(orjson.dumps(entity))
+    connection.execute("INSERT INTO entities VALUES (1, ?, ?)", (data, "2030-01-01T00:00:00.000000Z"))
+    connection.execute("INSERT INTO entities VALUES (2, ?, NULL)", (data,))
+    before = sqlite_query._stored(connection, [2, 1], "2029-12-31T23:59:59.999999Z")
+    assert before == [data, data]
+    after = sqlite_query._stored(connection, [2, 1], "2030-01-01T00:00:00.000000Z")
+    assert after[0] == data and isinstance(after[1], dict) and V + "owner" not in after[1]["attrs"]
+
+
+def _uncached(monkeypatch: pytest.MonkeyPatch) -> None:
+    select = entity_maps.select
+
+    async def decoded(*args: Any) -> Any:
+        return await select(*args[:6])
+
+    monkeypatch.setattr(entity_maps, "select", decoded)
+
+
+QUERIES: list[tuple[dict[str, str], dict[str, str]]] = [
+    ({}, {}),
+    ({"options": "keyValues"}, {}),
+    ({"options": "concise,sysAttrs"}, {}),
+    ({"format": "concise", "lang": "pt"}, {}),
+    ({"attrs": "speed"}, {}),
+    ({"pick": "id,speed"}, {}),
+    ({"omit": "speed,type"}, {}),
+    ({"attrs": "nothing"}, {}),
+    ({"datasetId": "urn:d:1"}, {}),
+    ({"q": "speed>1", "count": "true"}, {}),
+    ({"georel": "near;maxDistance==100000", "geometry": "Point", "coordinates": "[0,0]"}, {}),
+    ({"offset": "2", "limit": "2"}, {}),
+    ({}, {"Accept": "application/ld+json"}),
+    ({"options": "keyValues"}, {"Accept": "application/ld+json"}),
+    ({}, {"NGSILD-Tenant": "other"}),
+]
+
+
+VOLATILE = ("date", "x-request-id", "server-timing")
+
+
+def test_over_http_the_answers_are_those_of_the_decoding_path(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for tenant in ({}, {"NGSILD-Tenant": "other"}):
+        for n in range(6):
+            entity = {
+                "id": f"urn:ngsi-ld:Car:c{n}",
+                "type": "Car",
+                "speed": [
+                    {"type": "Property", "value": n},
+                    {"type": "Property", "value": 10 + n, "datasetId": "urn:d:1"},
+                ],
+                "label": {"type": "LanguageProperty", "languageMap": {"pt": f"carro {n}", "en": f"car {n}"}},
+                "gone": {"type": "Property", "value": 1, "expiresAt": "2001-01-01T00:00:00Z"},
+                "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [n / 10, 0]}},
+            }
+            assert client.post(ENTITIES, json=entity, headers=tenant).status_code == 201
+
+    def answers() -> list[tuple[int, bytes, list[tuple[str, str]]]]:
+        found = []
+        for params, headers in QUERIES:
+            for _ in range(2):  # the second one hits the cache
+                response = client.get(ENTITIES, params={"type": "Car", **params}, headers=headers)
+                kept = sorted((k, v) for k, v in response.headers.items() if k not in VOLATILE)
+                found.append((response.status_code, response.content, kept))
+        return found
+
+    cached = answers()
+    assert all(status == 200 for status, _, _ in cached)
+    assert all(b'"gone"' not in body and b"/gone" not in body for _, body, _ in cached)
+    patch = {"speed": {"type": "Property", "value": 42}}
+    assert client.patch(f"{ENTITIES}/urn:ngsi-ld:Car:c3/attrs", json=patch).status_code == 204
+    after_write = answers()
+    assert b":42" in after_write[0][1] and b":42" not in cached[0][1]
+    with monkeypatch.context() as patched:
+        _uncached(patched)
+        assert answers() == after_write
+
+
+class Hiding:
+    """A restricted access view that hides one attribute (policy/compiled.py CompiledView.project)."""
+
+    unrestricted = False
+
+    def __init__(self, attr: str) -> None:
+        self.attr = attr
+
+    def project(self, entity: dict[str, Any]) -> dict[str, Any]:
+        return {**entity, "attrs": {k: v for k, v in entity["attrs"].items() if k != self.attr}}
+
+
+def test_an_access_view_projects_each_entity_and_keys_its_own_entries() -> None:
+    cache = RenderCache()
+    options = RenderOptions(terms())
+    entities = [stored(n) for n in range(3)]
+    items = [deflate(orjson.dumps(e)) for e in entities]
+    everything = render_page(items, decode, options, cache=cache)
+    for attr in (V + "owner", V + "speed"):
+        view = Hiding(attr)
+        want = expected([view.project(e) for e in entities], options)
+        assert render_page(items, decode, options, view=view, cache=cache) == want  # type: ignore[arg-type]
+        assert render_page(items, decode, options, view=view, cache=cache) == want  # type: ignore[arg-type]
+    assert render_page(items, decode, options, cache=cache) == everything == expected(entities, options)
