@@ -277,9 +277,11 @@ class TestLifecycle:
         assert client.patch(f"{SUBS}/{sub_id}", json={"isActive": True}).status_code == 204
         patch_attrs(client, {"height": {"type": "Property", "value": 2}})
         assert receiver.wait(1)[0].body["data"][0]["height"]["value"] == 2
-        soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1))
-        client.patch(f"{SUBS}/{sub_id}", json={"expiresAt": soon})
-        time.sleep(1.2)
+        # in 1 to 2 s (whole seconds): a time that could pass before the PATCH arrives would be refused
+        soon = int(time.time()) + 2
+        expires_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(soon))
+        assert client.patch(f"{SUBS}/{sub_id}", json={"expiresAt": expires_at}).status_code == 204
+        time.sleep(max(0.0, soon - time.time()) + 0.2)
         assert client.get(f"{SUBS}/{sub_id}").json()["status"] == "expired"
         patch_attrs(client, {"height": {"type": "Property", "value": 3}})
         quiet(receiver, 0.3)
