@@ -3,6 +3,7 @@
     python -m benchmarks.scale_reads build /tmp/reads-100k.db 100000   # OffStreetParking bench-{i}
     python -m benchmarks.scale_reads measure /tmp/reads-100k.db query_offset 200
 
+DATABASE may also be a PostgreSQL URL (e.g. a migrated schema's, `...?search_path=SCHEMA,public`).
 `build` loads N benchmark entities (benchmarks/entities.py) by batch upsert through the ASGI
 application, history off (it plays no part in these reads), and keeps the file; building a file once
 lets each measurement run on 10k, 100k or 1M entities without reloading. `measure` sends COUNT
@@ -31,6 +32,7 @@ from benchmarks.entities import ENTITY_TYPE, entity_id, make_entity, random_poin
 from benchmarks.instructions import API, WARM_UP, call, callgrind
 from cityos.app import create_app
 from cityos.settings import Settings
+from cityos.store import is_postgres
 
 BATCH = 1000
 
@@ -45,6 +47,17 @@ def _stored(database: str) -> int:
         found: int = connection.execute("SELECT COUNT(*) FROM entities").fetchone()[0]
     finally:
         connection.close()
+    return found
+
+
+async def _stored_in_postgres(database: str) -> int:
+    import asyncpg
+
+    connection = await asyncpg.connect(database)
+    try:
+        found: int = await connection.fetchval("SELECT count(*) FROM entities")
+    finally:
+        await connection.close()
     return found
 
 
@@ -88,7 +101,7 @@ async def build(database: str, count: int) -> None:
 
 
 async def measure(database: str, kind: str, count: int) -> float:
-    stored = _stored(database)
+    stored = await _stored_in_postgres(database) if is_postgres(database) else _stored(database)
     app = create_app(_settings(database))
     rng = random.Random(15)
     async with app.router.lifespan_context(app):

@@ -1,11 +1,14 @@
 """Query pages rendered through entities/render_cache.py: byte for byte what rendering each entity
 and `orjson.dumps` of the list give, under every option, on a hit as on a miss; never stale after a
-write or a redefined term; bounded; and the same answers over HTTP on both back-ends as the path
-that decodes every document."""
+write or a redefined term, nor past an attribute's expiry; bounded; and the same answers over HTTP
+on both back-ends as the path that decodes every document. Both back-ends give stored forms: SQLite
+its deflated bytes, PostgreSQL the json column's text (store/postgres/store.py _stored)."""
 
 from __future__ import annotations
 
 import itertools
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -17,6 +20,8 @@ from cityos.entities.render_cache import RenderCache, render_page
 from cityos.jsonld.termmap import TermMap, define_terms
 from cityos.ngsild import entity_maps
 from cityos.store import sqlite_query
+from cityos.store.base import EntityQuery
+from cityos.store.postgres import store as postgres_store
 from cityos.store.sqlite_layout import deflate, inflate
 
 ENTITIES = "/ngsi-ld/v1/entities"
@@ -141,6 +146,61 @@ def test_stored_forms_leave_expired_documents_decoded_and_pruned(monkeypatch: py
     assert before == [data, data]
     after = sqlite_query._stored(connection, [2, 1], "2030-01-01T00:00:00.000000Z")
     assert after[0] == data and isinstance(after[1], dict) and V + "owner" not in after[1]["attrs"]
+
+
+def test_postgres_stored_forms_leave_expired_documents_decoded_and_pruned() -> None:
+    """The same rule as SQLite's: only a row whose next_expiry is past is decoded (and pruned)."""
+    entity = stored(1)
+    entity["attrs"][V + "owner"][0]["expiresAt"] = "2030-01-01T00:00:00Z"
+    text = orjson.dumps(entity).decode()
+    rows: Any = [(text, None), (text, "2030-01-01T00:00:00.000000Z")]
+    before = postgres_store._stored(rows, "2029-12-31T23:59:59.999999Z")
+    assert before == [text.encode(), text.encode()] and postgres_store.decode(text.encode()) == entity
+    after = postgres_store._stored(rows, "2030-01-01T00:00:00.000000Z")
+    assert after[0] == text.encode() and isinstance(after[1], dict) and V + "owner" not in after[1]["attrs"]
+
+
+def test_the_store_gives_stored_forms_that_change_with_every_write(client: TestClient) -> None:
+    """Both back-ends answer a stored-form query with bytes (the path is really taken), which
+    decode to what the decoding path gives, and a write gives other bytes."""
+    car = {"id": "urn:ngsi-ld:Car:s1", "type": "Car", "speed": {"type": "Property", "value": 1}}
+    assert client.post(ENTITIES, json=car).status_code == 201
+    services = client.app.state.services  # type: ignore[attr-defined]
+    query = EntityQuery(types=["https://uri.etsi.org/ngsi-ld/default-context/Car"], limit=10)
+    stored_query = EntityQuery(types=query.types, limit=10, stored_form=True)
+
+    def run(q: EntityQuery) -> Any:
+        assert client.portal is not None
+        return client.portal.call(services.store.query_entities, "", q)
+
+    first = run(stored_query)
+    assert first.stored is not None and len(first.stored) == 1 and isinstance(first.stored[0], bytes)
+    assert first.decode(first.stored[0]) == run(query).entities[0]
+    patch = {"speed": {"type": "Property", "value": 2}}
+    assert client.patch(f"{ENTITIES}/urn:ngsi-ld:Car:s1/attrs", json=patch).status_code == 204
+    second = run(stored_query)
+    assert second.stored[0] != first.stored[0] and second.decode(second.stored[0]) == run(query).entities[0]
+
+
+def test_an_attribute_is_not_served_from_the_cache_once_it_expired(client: TestClient) -> None:
+    """A page cached while an attribute was alive: once its expiresAt passes, the page leaves it out
+    (the row's next_expiry says so, the document is decoded and pruned, not taken as bytes)."""
+    soon = datetime.now(UTC) + timedelta(seconds=1.5)
+    car = {
+        "id": "urn:ngsi-ld:Car:e1",
+        "type": "Car",
+        "speed": {"type": "Property", "value": 1},
+        "brief": {"type": "Property", "value": 2, "expiresAt": soon.isoformat().replace("+00:00", "Z")},
+    }
+    assert client.post(ENTITIES, json=car).status_code == 201
+    for _ in range(2):  # a miss, then a hit
+        response = client.get(ENTITIES, params={"type": "Car"})
+        assert response.status_code == 200 and "brief" in response.json()[0]
+    time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.1)
+    for _ in range(2):
+        response = client.get(ENTITIES, params={"type": "Car"})
+        assert response.status_code == 200 and "brief" not in response.json()[0]
+        assert response.json()[0]["speed"]["value"] == 1
 
 
 def _uncached(monkeypatch: pytest.MonkeyPatch) -> None:

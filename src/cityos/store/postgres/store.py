@@ -140,15 +140,39 @@ async def _page_in_sql(
     if has_more:
         rows = rows[: query.limit]
     now = now_key()  # the expiry walk only for rows whose next_expiry says something may be gone
-    decoded = (visible_at(orjson.loads(row[0]), row[1], now) for row in budget.checked(rows))  # decoded on the loop
-    entities = [entity for entity in decoded if entity is not None]
     total = None
     if query.count:
         if anchors is not None:
             total = anchors.total
         else:
             total = await connection.fetchval(f"SELECT count(*) FROM entities e WHERE {condition}", *params)
+    if query.stored_form:
+        return QueryResult([], total, has_more, stored=_stored(rows, now), decode=decode)
+    decoded = (visible_at(orjson.loads(row[0]), row[1], now) for row in budget.checked(rows))  # decoded on the loop
+    entities = [entity for entity in decoded if entity is not None]
     return QueryResult(entities, total, has_more)
+
+
+def _stored(rows: list[asyncpg.Record], now: str) -> list[bytes | Entity]:
+    """The page for a caller that takes stored forms (EntityQuery.stored_form), as SQLite's
+    sqlite_query._stored: a document with nothing expired in it stays as the json column's text
+    (its UTF-8 bytes: PostgreSQL keeps a json value's text as written, so another document is other
+    bytes); only the others are decoded here, with their expired parts removed."""
+    page: list[bytes | Entity] = []
+    for doc, expiry in rows:
+        if expiry is None or expiry > now:
+            page.append(doc.encode())
+            continue
+        entity = visible_at(orjson.loads(doc), expiry, now)
+        if entity is not None:
+            page.append(entity)
+    return page
+
+
+def decode(stored: bytes) -> Entity:
+    """The entity of a document's stored bytes (QueryResult.decode)."""
+    entity: Entity = orjson.loads(stored)
+    return entity
 
 
 class PostgresStore(
