@@ -39,7 +39,7 @@ from cityos.errors import (
     log_failure,
 )
 from cityos.ingest.service import IngestService
-from cityos.last_resort import LastResort, report
+from cityos.last_resort import LastResort, answer_unexpected, report
 from cityos.lifeline import exit_with_supervisor
 from cityos.logs import configure as configure_logging
 from cityos.ngsild import (
@@ -58,6 +58,8 @@ from cityos.pipeline import WritePipeline, context_registry, settings_store
 from cityos.policy import http as policy_http
 from cityos.policy.service import access_policies
 from cityos.serving import collector
+from cityos.serving.requests import quick_requests
+from cityos.serving.routing import index_routes
 from cityos.settings import Settings
 from cityos.store.base import StoreEvent
 from cityos.store.fair import current_client
@@ -122,12 +124,25 @@ class ProtocolGuard:
     A trailing slash is dropped before routing (clients written against Orion-LD send
     `/entityOperations/create/`, `/entities/{id}/`), except on the routes that declare one
     themselves (`keep_slash`: `/entities/`, whose PATCH is the spec's empty-id error, and the
-    temporal API, which routes its own segments)."""
+    temporal API, which routes its own segments). With auth off nothing stands between this and
+    the routes, so it also answers unexpected errors (`last_resort`, last_resort.LastResort's
+    work) and reports a failed start-up in one line (`startup_problem`, QuietStartup's): each
+    middleware layer is one more coroutine per request and per message sent."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, keep_slash: tuple[re.Pattern[str], ...] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        keep_slash: tuple[re.Pattern[str], ...] = (),
+        *,
+        last_resort: bool = False,
+        startup_problem: list[str] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.keep_slash = keep_slash
+        self.last_resort = last_resort
+        self.quiet_startup = None if startup_problem is None else QuietStartup(app, startup_problem)
 
     def _route_path(self, path: str) -> str:
         if len(path) > 1 and path.endswith("/") and not any(p.match(path) for p in self.keep_slash):
@@ -136,12 +151,16 @@ class ProtocolGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if self.quiet_startup is not None:
+                await self.quiet_startup(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
-        if scope.get("client"):
-            current_client.set(scope["client"][0])  # the store shares its query capacity by client
+        client = scope.get("client")
+        if client:
+            current_client.set(client[0])  # the store shares its query capacity by client
         raw_path = scope.get("raw_path")
-        if raw_path and b"%2f" in raw_path.lower():
+        if raw_path and b"%2" in raw_path and b"%2f" in raw_path.lower():
             # an encoded "/" inside an id must not split the route: decode everything else
             scope = dict(scope)
             scope["path"] = unquote(
@@ -178,14 +197,26 @@ class ProtocolGuard:
         if tenant is not None:
             echoed.append((TENANT_HEADER_BYTES, tenant))
 
+        started = False
+
         async def echo(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", []), *echoed]
             await send(message)
 
         id_token = current_request_id.set(request_id)
         try:
-            await self.app(scope, receive, echo)
+            if not self.last_resort:
+                await self.app(scope, receive, echo)
+                return
+            try:
+                await self.app(scope, receive, echo)
+            except Exception as exc:  # last_resort.LastResort's answer, from here
+                if started:  # part of another answer is out: only closing the connection can end it
+                    raise
+                await answer_unexpected(scope, echo, exc)
         finally:
             current_request_id.reset(id_token)
 
@@ -376,14 +407,16 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     }
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.router.redirect_slashes = False
+    quick_requests(app.router.routes)  # handlers get a CityRequest (serving/requests.py)
+    index_routes(app.router)  # a request tries only the routes its path can match (serving/routing.py)
     app.state.services = services
     app.state.subscriptions = pipeline.subscriptions
     pipeline.subscriptions.access_source = services  # notifications are screened with its policies
     app.state.ingest = ingest
     app.state.identity = identity
     app.state.policies = policies
-    app.add_middleware(LastResort)  # innermost: answers what no handler knew, keeps the connection
     if identity.required:  # who is calling and why, before any handler: auth/middleware.py (auth off: nothing to do)
+        app.add_middleware(LastResort)  # innermost: answers what no handler knew, keeps the connection
         app.add_middleware(
             AuthMiddleware,
             authenticator=identity.authenticator,
@@ -393,9 +426,12 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         )
     keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))
     app.add_middleware(
-        ProtocolGuard, max_body_bytes=settings.max_body_bytes, keep_slash=(*keep_slash, temporal.SELF_ROUTED)
+        ProtocolGuard,
+        max_body_bytes=settings.max_body_bytes,
+        keep_slash=(*keep_slash, temporal.SELF_ROUTED),
+        last_resort=not identity.required,  # auth off: LastResort's work is done here, innermost
+        startup_problem=startup_problem,  # QuietStartup's too
     )
-    app.add_middleware(QuietStartup, problem=startup_problem)
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
     if origins:  # outermost: a preflight is answered before any other check, on every path
         app.add_middleware(

@@ -54,7 +54,13 @@ class LastResort:
         except Exception as exc:
             if started:  # part of another answer is out: only closing the connection can end it
                 raise
-            body = report(scope["method"], scope["path"], exc)
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 500, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await answer_unexpected(scope, send, exc)
+
+
+async def answer_unexpected(scope: Scope, send: Send, exc: Exception) -> None:
+    """The 500 of an exception no handler knew (also sent by app.ProtocolGuard, which does this
+    middleware's work itself when nothing stands between them)."""
+    body = report(scope["method"], scope["path"], exc)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 500, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -201,6 +201,8 @@ def no_content(headers: dict[str, str] | None = None) -> Response:
 
 
 def flag(request: Request, name: str) -> bool:
+    if not has_query(request):
+        return False
     value = request.query_params.get(name)
     if value is None:
         return False
@@ -213,6 +215,8 @@ def flag(request: Request, name: str) -> bool:
 
 def options(request: Request, allowed: Iterable[str]) -> set[str]:
     """The `options` parameter as a set, each value checked against `allowed`."""
+    if not has_query(request):
+        return set()
     raw = request.query_params.getlist("options")
     values = {v.strip() for item in raw for v in item.split(",") if v.strip()}
     unknown = values - set(allowed)
@@ -222,6 +226,8 @@ def options(request: Request, allowed: Iterable[str]) -> set[str]:
 
 
 def csv_param(request: Request, name: str) -> list[str] | None:
+    if not has_query(request):
+        return None
     raw = request.query_params.get(name)
     if raw is None:
         return None

@@ -80,7 +80,7 @@ def representation(request: Request, terms: ResolvedContext, params: Mapping[str
     """Render options from `options`, `format`, `attrs`, `pick`, `omit` and `lang` (of the URL, or of
     `params` when a query body supplies some of them)."""
     chosen = options(request, (*REPRESENTATION_OPTIONS, "noOverwrite", "replace", "update", "count"))
-    fmt = request.query_params.get("format")
+    fmt = plain_params(request).get("format")  # the same last value as query_params.get, parsed once
     formats = {"keyValues", "simplified", "concise", "normalized"} & chosen
     if fmt is not None:
         if fmt not in ("keyValues", "simplified", "concise", "normalized"):
@@ -90,7 +90,7 @@ def representation(request: Request, terms: ResolvedContext, params: Mapping[str
     if len(formats) > 1:
         raise BadRequestData("options name more than one representation format")
     name = next(iter(formats), "normalized")
-    params = params if params is not None else request.query_params
+    params = params if params is not None else plain_params(request)
     return projected(params, terms, format=name, sys_attrs="sysAttrs" in chosen)
 
 

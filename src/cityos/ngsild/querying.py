@@ -103,9 +103,10 @@ def plain_params(request: Request) -> dict[str, str]:
     """The URL's parameters as a plain dict (the last value of a repeated name, as QueryParams' own
     lookup gives), made once per request: QueryParams.get raises and catches a KeyError for every
     absent name, and a read asks for dozens of names that are mostly absent. Read-only."""
-    params: dict[str, str] | None = request.scope.get(PLAIN_PARAMS)
-    if params is None:
-        params = request.scope[PLAIN_PARAMS] = dict(request.query_params)
+    scope = request.scope
+    params: dict[str, str] | None = scope.get(PLAIN_PARAMS)
+    if params is None:  # no query string (a retrieve by id): nothing for Starlette to parse
+        params = scope[PLAIN_PARAMS] = dict(request.query_params) if scope.get("query_string") else {}
     return params
 
 
