@@ -22,10 +22,11 @@ PAST = "2001-01-01T00:00:00.000000Z"
 FUTURE = "2999-01-01T00:00:00.000000Z"
 
 
-def stored() -> dict[str, Any]:
-    """An entity in the stored (expanded) form with every member kind the renderer rewrites."""
-    return {
-        "id": "urn:x:1",
+def stored(number: int = 1, *, speed: int = 5, gone: bool = True) -> dict[str, Any]:
+    """An entity in the stored (expanded) form with every member kind the renderer rewrites
+    (urn:x:<number>; gone: with a sub-attribute whose value is null)."""
+    entity: dict[str, Any] = {
+        "id": f"urn:x:{number}",
         "type": [V + "T"],
         "scope": ["/a"],
         "createdAt": STAMP,
@@ -34,7 +35,7 @@ def stored() -> dict[str, Any]:
             V + "speed": [
                 {
                     "type": "Property",
-                    "value": 5,
+                    "value": speed,
                     "unitCode": "KMH",
                     "observedAt": STAMP,
                     "createdAt": STAMP,
@@ -51,6 +52,9 @@ def stored() -> dict[str, Any]:
             V + "address": [{"type": "Property", "value": {"street": "x"}}],
         },
     }
+    if not gone:
+        del entity["attrs"][V + "speed"][0][V + "gone"]
+    return entity
 
 
 def terms() -> TermMap:

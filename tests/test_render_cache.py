@@ -23,45 +23,14 @@ from cityos.store import sqlite_query
 from cityos.store.base import EntityQuery
 from cityos.store.postgres import store as postgres_store
 from cityos.store.sqlite_layout import deflate, inflate
+from test_read_path import V, terms
+from test_read_path import stored as read_path_entity
 
 ENTITIES = "/ngsi-ld/v1/entities"
-V = "https://example.org/"
-STAMP = "2026-01-01T00:00:00.000Z"
 
 
 def stored(number: int) -> dict[str, Any]:
-    return {
-        "id": f"urn:x:{number}",
-        "type": [V + "T"],
-        "scope": ["/a"],
-        "createdAt": STAMP,
-        "modifiedAt": STAMP,
-        "attrs": {
-            V + "speed": [
-                {
-                    "type": "Property",
-                    "value": number,
-                    "unitCode": "KMH",
-                    "observedAt": STAMP,
-                    "createdAt": STAMP,
-                    "modifiedAt": STAMP,
-                    V + "accuracy": {"type": "Property", "value": 0.5, "createdAt": STAMP, "modifiedAt": STAMP},
-                },
-                {"type": "Property", "value": 6, "datasetId": "urn:d:1", "createdAt": STAMP, "modifiedAt": STAMP},
-            ],
-            V + "owner": [{"type": "Relationship", "object": "urn:p:1", "objectType": V + "Person"}],
-            V + "friends": [{"type": "ListRelationship", "objectList": ["urn:p:2", "urn:p:3"]}],
-            V + "kind": [{"type": "VocabProperty", "vocab": V + "Car"}],
-            V + "label": [{"type": "LanguageProperty", "languageMap": {"en": "car", "pt": "carro"}}],
-            V + "address": [{"type": "Property", "value": {"street": "x"}}],
-        },
-    }
-
-
-def terms() -> TermMap:
-    mapping = TermMap()
-    define_terms(mapping, {"@vocab": V, "T": V + "T"})
-    return mapping
+    return read_path_entity(number, speed=number, gone=False)
 
 
 def decode(data: bytes) -> dict[str, Any]:
