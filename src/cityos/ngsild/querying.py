@@ -25,6 +25,7 @@ from cityos.ngsild.common import (
     check_params,
     csv_param,
     existing_tenant,
+    has_query,
     json_response,
     link_header,
     no_content,
@@ -106,7 +107,7 @@ def plain_params(request: Request) -> dict[str, str]:
     scope = request.scope
     params: dict[str, str] | None = scope.get(PLAIN_PARAMS)
     if params is None:  # no query string (a retrieve by id): nothing for Starlette to parse
-        params = scope[PLAIN_PARAMS] = dict(request.query_params) if scope.get("query_string") else {}
+        params = scope[PLAIN_PARAMS] = dict(request.query_params) if has_query(request) else {}
     return params
 
 
