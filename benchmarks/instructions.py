@@ -13,7 +13,8 @@ which repeat to a fraction of a percent whatever else the machine runs:
 another checkout's src/ to measure that commit. CITYOS_INSTRUCTIONS_AUTH=1 serves with --auth
 required and sends the requests with an API key whose policy hides one attribute (issue 14's
 auth-on cost); CITYOS_INSTRUCTIONS_AUDIT=off serves with --audit off (what the audit trail costs a
-write). Kinds: retrieve, query, q, geo, update, create, batch; attr and parking are the served
+write); CITYOS_INSTRUCTIONS_HISTORY=off with the history off for every tenant (what recording it
+costs). Kinds: retrieve, query, q, geo, update, create, batch; attr and parking are the served
 scenarios 2 and 1 (a partial attribute update without type, the OffStreetParking entity created);
 spot is scenario 2 as served: availableSpotNumber of the benchmark's OffStreetParking entities (a
 4 KB document of ten attributes), which are loaded instead of the small T entities. The requests are
@@ -179,6 +180,8 @@ async def measure(kind: str, count: int) -> float:
         options = {"auth": "required", "policy_file": str(policies)}
     if os.environ.get("CITYOS_INSTRUCTIONS_AUDIT") == "off":
         options["audit"] = "off"
+    if os.environ.get("CITYOS_INSTRUCTIONS_HISTORY") == "off":
+        options["temporal_disabled_tenants"] = "*"
     cityos.app.SWEEP_SECONDS = PERIODIC_SECONDS
     try:
         from cityos.store import sqlite_checkpoint
