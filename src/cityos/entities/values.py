@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
 from datetime import UTC, datetime
 from typing import Any
@@ -20,9 +21,19 @@ GEOMETRY_TYPES = frozenset(
 )
 
 
+_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text (now)
+
+
 def now() -> str:
-    """The current time as NGSI-LD writes it: ISO 8601, UTC, milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The current time as NGSI-LD writes it: ISO 8601, UTC, milliseconds (truncated, as
+    `datetime.isoformat` does). Every write stamps one, so the date and time of day are formatted
+    once per second, not per call (as audit/chain.py's utc_now)."""
+    global _second
+    second, milli = divmod(time.time_ns() // 1_000_000, 1000)
+    formatted = _second
+    if formatted[0] != second:
+        formatted = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{formatted[1]}.{milli:03d}Z"
 
 
 # invisible or confusable code points that have no place in an identifier
