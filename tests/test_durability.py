@@ -6,6 +6,7 @@ with synchronous_commit=off (as a server or role configured that way would give 
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,30 @@ def test_an_unknown_durability_is_refused(tmp_path: Path) -> None:
         timeout=60,
     )
     assert run.returncode == 2 and "durability must be normal or full" in run.stderr
+
+
+@pytest.mark.parametrize(("durability", "waits"), [("normal", False), ("full", True)])
+def test_delivery_bookkeeping_waits_for_the_wal_flush_only_under_full(durability: str, waits: bool) -> None:
+    """finish_outbox (a delivered notification's row deleted, its status saved) commits without
+    waiting for the WAL flush unless --durability full: losing it in a database crash delivers the
+    notification again, as any crash before it does. (Its SQL runs in test_store_contract.)"""
+    from cityos.store.base import OutboxRow, SubscriptionRow
+    from cityos.store.postgres import PostgresStore
+
+    store = PostgresStore("postgresql://unused", durability=durability)
+    sent: list[str] = []
+
+    class Recorder:
+        async def execute(self, sql: str, *args: Any) -> None:
+            sent.append(sql)
+
+    async def write(work: Any, *, autocommit: bool = False) -> None:
+        assert autocommit
+        await work(Recorder())
+
+    store._write = write  # type: ignore[method-assign]
+    row = OutboxRow("t", "urn:sub:1", "lane", {}, id=7)
+    asyncio.run(store.finish_outbox(row, done=True))
+    asyncio.run(store.finish_outbox(row, done=False, status=SubscriptionRow("t", "urn:sub:1", {}, {"timesSent": 1})))
+    relaxed = ["set_config('synchronous_commit', 'off', true)" in sql for sql in sent]
+    assert relaxed == [not waits, not waits]

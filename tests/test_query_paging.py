@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from cityos.query.pushdown import pushdown
 from cityos.query.q import parse_q
 from cityos.settings import Settings
 from cityos.store.base import EntityQuery, QueryResult
+from cityos.store.postgres import PostgresStore
 from cityos.store.sqlite_query import ANCHOR_STEP
 
 ENTITIES = "/ngsi-ld/v1/entities"
@@ -229,3 +231,64 @@ def test_the_api_pages_an_exact_q_like_the_python_evaluation(city: tuple[TestCli
         assert response.headers["NGSILD-Results-Count"] == str(python[1])
         seen += [e["id"] for e in response.json()]
     assert seen == python[0]
+
+
+class Statements:
+    """Counts what asyncpg sends for the store's query_entities calls (extended-protocol statements
+    and simple queries such as BEGIN and COMMIT); the store's background tasks are not counted."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, store: PostgresStore) -> None:
+        import asyncpg.connection
+
+        self.count = 0
+        querying: ContextVar[bool] = ContextVar("querying", default=False)
+        connection = asyncpg.connection.Connection
+        do_execute, execute, query_entities = connection._do_execute, connection.execute, store.query_entities
+
+        async def counted_do_execute(this: Any, *args: Any, **kwargs: Any) -> Any:
+            self.count += querying.get()
+            return await do_execute(this, *args, **kwargs)
+
+        async def counted_execute(this: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+            self.count += querying.get() and not args  # with arguments it is counted in _do_execute
+            return await execute(this, query, *args, **kwargs)
+
+        async def counted_query(tenant: str, query: EntityQuery) -> QueryResult:
+            querying.set(True)  # in this call's task only
+            return await query_entities(tenant, query)
+
+        monkeypatch.setattr(connection, "_do_execute", counted_do_execute)
+        monkeypatch.setattr(connection, "execute", counted_execute)
+        monkeypatch.setattr(store, "query_entities", counted_query)
+
+
+@pytest.mark.parametrize(
+    ("spec", "paging"),
+    [
+        (QuerySpec(type_expr="Parking"), {"limit": 20}),
+        (QuerySpec(type_expr="Parking"), {"limit": 20, "count": True}),
+        (QuerySpec(type_expr="Parking"), {"limit": 20, "offset": 2 * ANCHOR_STEP + 5}),
+        (QuerySpec(type_expr="Parking"), {"limit": 20, "offset": SIZE + 500, "count": True}),
+        (QuerySpec(type_expr="Parking", q="n>50"), {"limit": 20}),
+        (QuerySpec(type_expr="Parking", q="n>50"), {"limit": 20, "offset": 30, "count": True}),
+    ],
+    ids=["type", "type-count", "type-offset", "type-past-the-end", "q", "q-offset-count"],
+)
+def test_postgres_pages_exact_in_sql_are_one_statement(
+    city: tuple[TestClient, Starlette], monkeypatch: pytest.MonkeyPatch, spec: QuerySpec, paging: dict[str, Any]
+) -> None:
+    """On PostgreSQL a page whose filters are all exact in SQL is one statement outside a
+    transaction (store/postgres/pages.py page_at_once: no BEGIN, COMMIT or statement before it),
+    once a listing's offset anchors are cached, and answers what the Python evaluation answers."""
+    store = city[1].state.services.store
+    if not isinstance(store, PostgresStore):
+        pytest.skip("PostgreSQL's round trips")
+    sql, python = both_ways(city, spec, **paging)  # the anchors taken, statements prepared
+    assert sql == python
+    statements = Statements(monkeypatch, store)
+    built = build_entity_query(spec, expand)
+    for key, value in paging.items():
+        setattr(built, key, value)
+    result = run(city, "", built)
+    assert statements.count == 1
+    assert ([e["id"] for e in result.entities], result.total, result.has_more) == sql

@@ -637,9 +637,11 @@ class Decodes:
 def decodes(big: tuple[TestClient, Starlette], monkeypatch: pytest.MonkeyPatch) -> Decodes:
     counter = Decodes()
     if is_postgres(database_of(big)):
+        import cityos.store.postgres.pages as postgres_pages
         import cityos.store.postgres.store as postgres_store
 
-        monkeypatch.setattr(postgres_store, "orjson", counter)
+        monkeypatch.setattr(postgres_store, "orjson", counter)  # the Python-filtered cursor
+        monkeypatch.setattr(postgres_pages, "orjson", counter)  # pages chosen in SQL
     else:
         monkeypatch.setattr(sqlite_query, "orjson", counter)
     return counter

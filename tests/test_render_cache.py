@@ -21,7 +21,7 @@ from cityos.jsonld.termmap import TermMap, define_terms
 from cityos.ngsild import entity_maps
 from cityos.store import sqlite_query
 from cityos.store.base import EntityQuery
-from cityos.store.postgres import store as postgres_store
+from cityos.store.postgres import pages as postgres_pages
 from cityos.store.sqlite_layout import deflate, inflate
 from test_read_path import V, terms
 from test_read_path import stored as read_path_entity
@@ -123,9 +123,9 @@ def test_postgres_stored_forms_leave_expired_documents_decoded_and_pruned() -> N
     entity["attrs"][V + "owner"][0]["expiresAt"] = "2030-01-01T00:00:00Z"
     text = orjson.dumps(entity).decode()
     rows: Any = [(text, None), (text, "2030-01-01T00:00:00.000000Z")]
-    before = postgres_store._stored(rows, "2029-12-31T23:59:59.999999Z")
-    assert before == [text.encode(), text.encode()] and postgres_store.decode(text.encode()) == entity
-    after = postgres_store._stored(rows, "2030-01-01T00:00:00.000000Z")
+    before = postgres_pages.stored(rows, "2029-12-31T23:59:59.999999Z")
+    assert before == [text.encode(), text.encode()] and postgres_pages.decode(text.encode()) == entity
+    after = postgres_pages.stored(rows, "2030-01-01T00:00:00.000000Z")
     assert after[0] == text.encode() and isinstance(after[1], dict) and V + "owner" not in after[1]["attrs"]
 
 

@@ -21,7 +21,6 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -49,9 +48,10 @@ from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.events import EventFollower, channel_for, notify
 from cityos.store.postgres.identity import PostgresIdentity
 from cityos.store.postgres.outbox import subscription_rows
+from cityos.store.postgres.pages import ANCHOR_STEP, Anchors, geo_in_python, page_at_once, page_in_sql
 from cityos.store.postgres.policies import PostgresPolicies
 from cityos.store.postgres.schema import require_current
-from cityos.store.postgres.sql import Params, access_in_python, geo_rows, matches_in_python, near_point, where
+from cityos.store.postgres.sql import Params, access_in_python, matches_in_python, near_point, where
 from cityos.store.postgres.temporal import PostgresTemporal
 from cityos.store.postgres.writes import PostgresWrites
 
@@ -82,97 +82,11 @@ SELECT set_config('statement_timeout', $1, true),
         SELECT 1 FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= $3 AND tenant = $2
     ) AS stale
 """
-ANCHOR_STEP = 64  # listing positions between two remembered primary keys
-
-
-@dataclass(frozen=True, slots=True)
-class _Anchors:
-    """A listing's keys at positions 0, ANCHOR_STEP, 2 * ANCHOR_STEP, ... at a listings' version:
-    an offset is a seek to the anchor before it and at most ANCHOR_STEP - 1 steps."""
-
-    version: int
-    pks: list[int]
-    total: int
-
-
-async def _geo_in_python(connection: Connection, query: EntityQuery) -> bool:
-    """Whether the geo-query needs the Python predicate: SQL tests only the distance of point rows
-    (sql.py geo_rows), so any other shape in the box (a partial GiST index finds them) needs it."""
-    if query.geo is None:
-        return False
-    if not near_point(query.geo):
-        return True
-    p = Params()
-    found = await connection.fetchval(
-        f"SELECT 1 FROM entity_geo g WHERE {geo_rows(query, p, shapes=True)} LIMIT 1", *p.values
-    )
-    return found is not None
 
 
 def _feed(pager: Pager, documents: list[Entity]) -> bool:
     """Offer documents until the pager has enough; False once it has."""
     return all(pager.offer(document) for document in documents)
-
-
-async def _page_in_sql(
-    connection: Connection, condition: str, params: list[Any], query: EntityQuery, anchors: _Anchors | None
-) -> QueryResult:
-    """Every filter is exact in SQL: the page's keys are chosen over the keys alone (the offset
-    steps over keys, not documents; from the anchor before it when the listing has anchors), and
-    only the page's documents are read, in the same statement."""
-    p = Params()
-    p.values = list(params)
-    condition_here, offset = condition, query.offset
-    if anchors is not None:
-        if query.offset >= anchors.total or query.limit == 0:
-            more = query.limit is not None and query.offset + query.limit < anchors.total
-            return QueryResult([], anchors.total if query.count else None, more)
-        step = query.offset // ANCHOR_STEP
-        condition_here = f"{condition} AND e.pk >= {p(anchors.pks[step])}"
-        offset = query.offset - step * ANCHOR_STEP
-    paging = "" if query.limit is None else f" LIMIT {p(query.limit + 1)} OFFSET {p(offset)}"
-    rows = await connection.fetch(
-        f"WITH page AS MATERIALIZED (SELECT e.pk FROM entities e WHERE {condition_here} ORDER BY e.pk{paging})"
-        " SELECT e.doc, e.next_expiry FROM page JOIN entities e ON e.pk = page.pk ORDER BY page.pk",
-        *p.values,
-    )
-    has_more = query.limit is not None and len(rows) > query.limit
-    if has_more:
-        rows = rows[: query.limit]
-    now = now_key()  # the expiry walk only for rows whose next_expiry says something may be gone
-    total = None
-    if query.count:
-        if anchors is not None:
-            total = anchors.total
-        else:
-            total = await connection.fetchval(f"SELECT count(*) FROM entities e WHERE {condition}", *params)
-    if query.stored_form:
-        return QueryResult([], total, has_more, stored=_stored(rows, now), decode=decode)
-    decoded = (visible_at(orjson.loads(row[0]), row[1], now) for row in budget.checked(rows))  # decoded on the loop
-    entities = [entity for entity in decoded if entity is not None]
-    return QueryResult(entities, total, has_more)
-
-
-def _stored(rows: list[asyncpg.Record], now: str) -> list[bytes | Entity]:
-    """The page for a caller that takes stored forms (EntityQuery.stored_form), as SQLite's
-    sqlite_query._stored: a document with nothing expired in it stays as the json column's text
-    (its UTF-8 bytes: PostgreSQL keeps a json value's text as written, so another document is other
-    bytes); only the others are decoded here, with their expired parts removed."""
-    page: list[bytes | Entity] = []
-    for doc, expiry in rows:
-        if expiry is None or expiry > now:
-            page.append(doc.encode())
-            continue
-        entity = visible_at(orjson.loads(doc), expiry, now)
-        if entity is not None:
-            page.append(entity)
-    return page
-
-
-def decode(stored: bytes) -> Entity:
-    """The entity of a document's stored bytes (QueryResult.decode)."""
-    entity: Entity = orjson.loads(stored)
-    return entity
 
 
 class PostgresStore(
@@ -208,7 +122,7 @@ class PostgresStore(
         self._subscriptions_seen = -1  # the catalogue version the refresher last loaded
         self._refreshing = asyncio.Lock()
         self._tenants_made: set[str] = set()  # writes.py
-        self._anchors: dict[tuple[str, str], _Anchors] = {}  # type listings' offset anchors (tenant, type)
+        self._anchors: dict[tuple[str, str], Anchors] = {}  # type listings' offset anchors (tenant, type)
 
     # -- plumbing ------------------------------------------------------------------------------
     @property
@@ -353,50 +267,88 @@ class PostgresStore(
         )
         p = Params()
         condition = where(tenant, query, now, p)
+        cached = self._anchors.get((tenant, listed)) if anchored and listed is not None else None
+        # one statement when nothing needs to be read first: not a shape test the Python predicate
+        # must make, and (offsets over a listing) anchors to seek from
+        at_once = exact and (query.geo is None or near_point(query.geo)) and (cached is not None or not anchored)
         try:
             async with (
                 self._fair.slot(),  # before the timeout: waiting for one's own earlier queries is not counted
-                asyncio.timeout(self.query_timeout),
+                asyncio.timeout(self.query_timeout),  # cancels the statement in the server too (asyncpg)
                 self.pool.acquire() as connection,
-                connection.transaction(readonly=True),
             ):
-                # one round trip: the statement timeout, and what decides how the query runs
-                first = await connection.fetchrow(
-                    _FIRST,
-                    f"{int(self.query_timeout * 1000)}",
-                    tenant,
-                    now,
-                    exact and (fresh_rows_needed or anchored),
-                    anchored,
-                )
-                assert first is not None
-                stale = bool(first["stale"])
-                if exact and not (fresh_rows_needed and stale) and not await _geo_in_python(connection, query):
-                    anchors = None
-                    if listed is not None and anchored and not stale:
-                        anchors = await self._anchors_of(connection, tenant, listed, first["version"], condition, p)
-                    return await _page_in_sql(connection, condition, p.values, in_sql, anchors)
-                pager = Pager(query, now)
-                sql = f"SELECT e.doc FROM entities e WHERE {condition} ORDER BY e.pk"
-                cursor = await connection.cursor(sql, *p.values)
-                loop = asyncio.get_running_loop()
-                while records := await cursor.fetch(_CURSOR_PREFETCH):
-                    documents = [orjson.loads(record["doc"]) for record in budget.checked(records)]
-                    if query.predicate is None:
-                        more = _feed(pager, documents)
-                    else:  # it may call lookup_in_query, which needs this loop free
-                        more = await loop.run_in_executor(self._sync_pool, _feed, pager, documents)
-                    if not more or len(records) < _CURSOR_PREFETCH:
-                        break
-                return pager.result()
+                if at_once:
+                    page = await page_at_once(
+                        connection,
+                        tenant,
+                        condition,
+                        p.values,
+                        in_sql,
+                        now=now,
+                        check_stale=fresh_rows_needed or anchored,
+                        anchors=cached,
+                    )
+                    if page is not None:
+                        return page
+                async with connection.transaction(readonly=True):
+                    return await self._query_in_transaction(
+                        connection, tenant, query, in_sql, condition, p, now, listed, exact=exact, anchored=anchored
+                    )
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise QueryTimeout(f"the query took longer than {self.query_timeout} s") from exc
         except asyncpg.InvalidRegularExpressionError as exc:
             raise BadRequestData(f"idPattern is not a valid regular expression: {exc}") from exc
 
+    async def _query_in_transaction(
+        self,
+        connection: Connection,
+        tenant: str,
+        query: EntityQuery,
+        in_sql: EntityQuery,
+        condition: str,
+        p: Params,
+        now: str,
+        listed: str | None,
+        *,
+        exact: bool,
+        anchored: bool,
+    ) -> QueryResult:
+        """The query statement by statement in a read-only transaction: what decides how it runs is
+        read first (_FIRST), then the page in SQL or the Python-filtered cursor."""
+        fresh_rows_needed = query.attrs is not None or bool(query.value_filters) or query.geo is not None
+        # one round trip: the statement timeout, and what decides how the query runs
+        first = await connection.fetchrow(
+            _FIRST,
+            f"{int(self.query_timeout * 1000)}",
+            tenant,
+            now,
+            exact and (fresh_rows_needed or anchored),
+            anchored,
+        )
+        assert first is not None
+        stale = bool(first["stale"])
+        if exact and not (fresh_rows_needed and stale) and not await geo_in_python(connection, query):
+            anchors = None
+            if listed is not None and anchored and not stale:
+                anchors = await self._anchors_of(connection, tenant, listed, first["version"], condition, p)
+            return await page_in_sql(connection, condition, p.values, in_sql, anchors)
+        pager = Pager(query, now)
+        sql = f"SELECT e.doc FROM entities e WHERE {condition} ORDER BY e.pk"
+        cursor = await connection.cursor(sql, *p.values)
+        loop = asyncio.get_running_loop()
+        while records := await cursor.fetch(_CURSOR_PREFETCH):
+            documents = [orjson.loads(record["doc"]) for record in budget.checked(records)]
+            if query.predicate is None:
+                more = _feed(pager, documents)
+            else:  # it may call lookup_in_query, which needs this loop free
+                more = await loop.run_in_executor(self._sync_pool, _feed, pager, documents)
+            if not more or len(records) < _CURSOR_PREFETCH:
+                break
+        return pager.result()
+
     async def _anchors_of(
         self, connection: Connection, tenant: str, listed: str, version: int, condition: str, p: Params
-    ) -> _Anchors:
+    ) -> Anchors:
         """The anchors of a listing at `version` (read in this transaction), built from this
         snapshot when the cached ones are older: the key at every ANCHOR_STEP-th position, and the
         total, in one statement that sends only those keys."""
@@ -410,7 +362,7 @@ class PostgresStore(
             f" WHERE r.n % {ANCHOR_STEP} = 0 ORDER BY r.pk",
             *p.values,
         )
-        anchors = _Anchors(version, [row["pk"] for row in rows], rows[0]["total"] if rows else 0)
+        anchors = Anchors(version, [row["pk"] for row in rows], rows[0]["total"] if rows else 0)
         if len(self._anchors) > 256:  # tenants x types listed with offsets: keep it bounded
             self._anchors.clear()
         self._anchors[key] = anchors
