@@ -1,7 +1,8 @@
-"""The entity tables' layout on SQLite (layout 3): interned side tables, compressed documents, and
+"""The entity tables' layout on SQLite (layout 4): interned side tables, compressed documents, and
 the migration of older files to it. Layout 3 is layout 2 with the history's createdAt stored as its
 distance to modifiedAt, whole-second times and object values' key orders in the shapes
-(sqlite_history.encode): files of layout 2 and older are converted when opened.
+(sqlite_history.encode): files of layout 2 and older are converted when opened. Layout 4 adds the
+audit trail's compact rows (store/sqlite_audit.py), readable with those of before: nothing converted.
 
 Side tables hold integers, not IRIs: entity types and attribute IRIs are interned in the same
 `temporal_names` table the history uses (store/sqlite_history.py `Names`), so a side row is a few
@@ -32,8 +33,11 @@ from cityos.store.sqlite_history import LAYOUT as HISTORY_LAYOUT
 from cityos.store.sqlite_history import Names, file_layout, relative_created
 from cityos.store.sqlite_history import migrate as migrate_history
 
-LAYOUT = 3  # PRAGMA user_version of a file with this layout (1 is the compact history alone, 2 before
+LAYOUT = 4  # PRAGMA user_version of a file with this layout (1 is the compact history alone, 2 before
 ENTITIES_LAYOUT = 2  # the history's createdAt was relative): the side tables and documents of layout 2
+RELATIVE_CREATED_LAYOUT = 3  # the history's createdAt relative to modifiedAt
+# 4: the audit trail's compact hashes (store/sqlite_audit.py); nothing to convert, its view reads the
+# rows of before, but an older CityOS would misread the new rows, so it must refuse the file
 SIDE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS attr_values (  -- the values q compares (side_rows.attr_rows), seq-th of the attribute
     pk INTEGER NOT NULL, attr INTEGER NOT NULL, seq INTEGER NOT NULL, num REAL, txt TEXT,
@@ -153,10 +157,10 @@ def migrate(connection: sqlite3.Connection, names: Names) -> int:
         return 0
     if version < HISTORY_LAYOUT:
         migrate_history(connection)  # its rows are encoded as this layout's
-    assert HISTORY_LAYOUT < ENTITIES_LAYOUT < LAYOUT
+    assert HISTORY_LAYOUT < ENTITIES_LAYOUT < RELATIVE_CREATED_LAYOUT < LAYOUT
     connection.execute("BEGIN IMMEDIATE")
     try:
-        if version >= HISTORY_LAYOUT:  # rows of layouts 1 and 2 hold createdAt itself
+        if HISTORY_LAYOUT <= version < RELATIVE_CREATED_LAYOUT:  # rows of layouts 1 and 2 hold createdAt itself
             relative_created(connection)
         existing = connection.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entities'"
