@@ -61,7 +61,9 @@ CREATE TABLE IF NOT EXISTS entities (
 );
 CREATE INDEX IF NOT EXISTS entities_expiry ON entities (next_expiry) WHERE next_expiry IS NOT NULL;
 CREATE VIRTUAL TABLE IF NOT EXISTS entity_geo USING rtree (gid, min_x, max_x, min_y, max_y);
-CREATE TABLE IF NOT EXISTS entity_geo_attrs (gid INTEGER PRIMARY KEY, pk INTEGER NOT NULL, attr TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entity_geo_attrs (  -- attr: the interned IRI (temporal_names), as in entity_geo_walk
+    gid INTEGER PRIMARY KEY, pk INTEGER NOT NULL, attr INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS entity_geo_attrs_pk ON entity_geo_attrs (pk);
 CREATE TABLE IF NOT EXISTS jsonld_contexts (
     tenant TEXT NOT NULL, local_id TEXT NOT NULL, kind TEXT NOT NULL, doc BLOB NOT NULL,

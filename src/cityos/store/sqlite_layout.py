@@ -36,8 +36,9 @@ from cityos.store.sqlite_history import migrate as migrate_history
 LAYOUT = 4  # PRAGMA user_version of a file with this layout (1 is the compact history alone, 2 before
 ENTITIES_LAYOUT = 2  # the history's createdAt was relative): the side tables and documents of layout 2
 RELATIVE_CREATED_LAYOUT = 3  # the history's createdAt relative to modifiedAt
-# 4: the audit trail's compact hashes (store/sqlite_audit.py); nothing to convert, its view reads the
-# rows of before, but an older CityOS would misread the new rows, so it must refuse the file
+# 4: the geo tables' attribute interned (entity_geo_attrs, entity_geo_walk: _intern_geo) and the audit
+# trail's compact hashes (store/sqlite_audit.py; nothing to convert, its view reads the rows of before,
+# but an older CityOS would misread the new rows, so it must refuse the file)
 SIDE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS attr_values (  -- the values q compares (side_rows.attr_rows), seq-th of the attribute
     pk INTEGER NOT NULL, attr INTEGER NOT NULL, seq INTEGER NOT NULL, num REAL, txt TEXT,
@@ -174,6 +175,7 @@ def migrate(connection: sqlite3.Connection, names: Names) -> int:
             if statement.strip():
                 connection.execute(statement)
         moved = _convert(connection, names) if existing is not None else 0
+        _intern_geo(connection)
         connection.execute(f"PRAGMA user_version = {LAYOUT}")
         connection.execute("COMMIT")
     except BaseException:
@@ -182,6 +184,28 @@ def migrate(connection: sqlite3.Connection, names: Names) -> int:
         raise
     names.committed()
     return moved
+
+
+def _intern_geo(connection: sqlite3.Connection) -> None:
+    """Layout 4: entity_geo_attrs holds the interned attribute (an IRI of 30-80 bytes before, about
+    75 of an OffStreetParking's 2,200 bytes with the walk row's). Its rows are copied with their gid
+    (the R*Tree's key); entity_geo_walk is dropped, and made again from the documents by
+    sqlite_query.create_query_schema right after."""
+    columns = {row[1]: row[2] for row in connection.execute("PRAGMA table_info(entity_geo_attrs)")}
+    if columns.get("attr", "INTEGER").upper() == "INTEGER":  # a new file, or converted already
+        return
+    connection.execute("INSERT OR IGNORE INTO temporal_names (name) SELECT DISTINCT attr FROM entity_geo_attrs")
+    connection.execute(
+        "CREATE TABLE entity_geo_attrs_4 (gid INTEGER PRIMARY KEY, pk INTEGER NOT NULL, attr INTEGER NOT NULL)"
+    )
+    connection.execute(
+        "INSERT INTO entity_geo_attrs_4 (gid, pk, attr) SELECT g.gid, g.pk, n.id"
+        " FROM entity_geo_attrs g JOIN temporal_names n ON n.name = g.attr"
+    )
+    connection.execute("DROP TABLE entity_geo_attrs")  # its index with it
+    connection.execute("ALTER TABLE entity_geo_attrs_4 RENAME TO entity_geo_attrs")
+    connection.execute("CREATE INDEX entity_geo_attrs_pk ON entity_geo_attrs (pk)")
+    connection.execute("DROP TABLE IF EXISTS entity_geo_walk")
 
 
 def _convert(connection: sqlite3.Connection, names: Names) -> int:
