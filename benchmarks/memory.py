@@ -9,11 +9,13 @@ scaling table's scenarios 4-5 do) through the whole application, CONCURRENCY at 
 thread works, then prints after each quarter: the process's RSS (anonymous and file pages apart, and its
 peak, VmHWM, which is what the benchmark's "peak RSS" reads), SQLite's own heap (sqlite3_memory_used:
 page caches, schemas, statements), each connection's page cache (sqlite3_db_status CACHE_USED) and the
-render cache's accounted bytes, and the process's CPU per read over the quarter (all threads). Reads only: the file is not changed (history off).
+render cache's accounted bytes, and the process's CPU per read over the quarter (all threads). Reads
+only: the file is not changed (history off).
 """
 
 from __future__ import annotations
 
+import _sqlite3
 import argparse
 import asyncio
 import ctypes
@@ -22,8 +24,6 @@ import sqlite3
 import time
 from pathlib import Path
 from typing import Any
-
-import _sqlite3
 
 from benchmarks.instructions import call
 from benchmarks.scale_reads import _stored, request_of

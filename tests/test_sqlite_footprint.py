@@ -6,6 +6,7 @@ ids (a file of layout 3, with IRIs, is converted when opened and answers the sam
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -103,7 +104,7 @@ def test_audit_rows_are_compact_and_read_as_before(db_url: str, tmp_path: Path) 
     assert [record.seq for record in records] == [seq for seq, _, _ in stored]
     assert [record.hash for record in records] == [digest.hex() for _, _, digest in stored]
     assert records[0].prev == GENESIS
-    assert all(after.prev == before.hash for before, after in zip(records, records[1:], strict=False))
+    assert all(after.prev == before.hash for before, after in itertools.pairwise(records))
     with closing(sqlite3.connect(db_url)) as db, db:  # rows as an older CityOS wrote them: hex text
         db.execute(
             "UPDATE audit_log SET prev = (SELECT prev FROM audit_records r WHERE r.seq = audit_log.seq),"

@@ -12,7 +12,8 @@ datasetId, and the caller's access view, whose projection depends on the entity 
 hands out stored bytes only for documents with nothing expired in them (store/base.py
 QueryResult.stored); joins, GeoJSON and views that audit personal reads never come here
 (ngsild/querying.py). Bounded: at most BUDGET bytes of keys and values, least recently used out
-first (the render_cache_mb setting), and at most MAX_TOKENS option sets (past it everything is dropped, which is always safe).
+first (the render_cache_mb setting), and at most MAX_TOKENS option sets (past it everything is
+dropped, which is always safe).
 Rendering happens on the event loop's thread, so there is no lock; two apps' loops in one process
 at worst evict each other's entries.
 """

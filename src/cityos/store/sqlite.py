@@ -189,9 +189,7 @@ class SQLiteStore(
         self._fair = FairShare(client_share)  # queries of one client hold at most this many readers
         self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cityos-writer")
         # its connection never waits for the writer's lock: a checkpoint that finds it busy is skipped
-        self._checkpointer = Checkpointer(
-            lambda: _connect(path, CHECKPOINT_BUSY_TIMEOUT, durability, reader_cache_mb)
-        )
+        self._checkpointer = Checkpointer(lambda: _connect(path, CHECKPOINT_BUSY_TIMEOUT, durability, reader_cache_mb))
         self._reader_pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cityos-reader")
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []

@@ -88,8 +88,11 @@ def _record(row: Sequence[Any]) -> AuditRecord:
 def _head(connection: sqlite3.Connection) -> ChainHead:
     """The last record (a truncation anchor stands for the removed ones): no head row to rewrite,
     so a commit touches no page but the log's last ones."""
-    row = connection.execute("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
-    return ChainHead() if row is None else ChainHead._make(row)
+    row = connection.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is None:
+        return ChainHead()
+    seq, digest = row  # stored whole in every row (bytes; hex text in rows of before): no view needed
+    return ChainHead(seq, digest.hex() if isinstance(digest, bytes) else digest)
 
 
 def seal_into(connection: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
