@@ -334,7 +334,7 @@ def _chain_is_whole(database: str) -> int:
     rows = db_rows(
         database,
         "SELECT seq, time, principal, operation, tenant, targets, outcome, request_id, detail, prev, hash"
-        " FROM audit_log ORDER BY seq",
+        f" FROM {'audit_log' if is_postgres(database) else 'audit_records'} ORDER BY seq",  # SQLite: compact rows
     )
     prev = GENESIS
     for expected, row in enumerate(rows, start=1):

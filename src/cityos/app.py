@@ -28,6 +28,7 @@ from cityos.auth.middleware import REQUEST_ID_HEADER, AuthMiddleware, request_id
 from cityos.auth.principal import current_request_id
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE
 from cityos.auth.service import Identity
+from cityos.entities import render_cache
 from cityos.entities.expiry import now_key
 from cityos.errors import (
     DatabaseBusy,
@@ -326,6 +327,7 @@ async def version_info(request: Request) -> Response:
 
 def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlette:
     """`rate_table`: the rate-limit buckets the workers of `cityos serve --workers N` share."""
+    render_cache.CACHE.resize(settings.render_cache_mb * 1024 * 1024)  # process-wide: one event loop
     registry = context_registry(settings)
     registry.base_url = f"http://{settings.host}:{settings.port}"
     services = Services(

@@ -49,6 +49,7 @@ def settings_store(settings: Settings, *, client_share: int = 0) -> EntityStore:
         busy_timeout=settings.db_busy_timeout,
         durability=settings.durability,
         client_share=client_share,
+        sqlite_cache_mb=(settings.sqlite_writer_cache_mb, settings.sqlite_reader_cache_mb),
     )
 
 

@@ -150,6 +150,21 @@ class Settings:
         "What an acknowledged write survives: normal (a killed process; SQLite synchronous=NORMAL, PostgreSQL as "
         "configured) or full (also a power loss; SQLite synchronous=FULL, PostgreSQL synchronous_commit=on).",
     )
+    sqlite_writer_cache_mb: int = _setting(
+        32,
+        "SQLite: MiB of database pages the writer connection keeps (PRAGMA cache_size); its misses are read "
+        "from the operating system's file cache (docs/performance.md, issue 15 fourth pass).",
+    )
+    sqlite_reader_cache_mb: int = _setting(
+        8,
+        "SQLite: MiB of database pages each reader connection keeps (4 reader threads, the event loop's own "
+        "reader and the checkpointer: 6 connections); misses are read from the operating system's file cache.",
+    )
+    render_cache_mb: int = _setting(
+        32,
+        "MiB of rendered query-page entities kept per process (keyed by the stored document and the rendering "
+        "options, entities/render_cache.py); 0 renders every page anew.",
+    )
     client_query_share: int = _setting(
         2,
         "Most queries one client (remote address) runs in the store at once, its others wait their turn: "
@@ -284,6 +299,10 @@ class Settings:
         for name in ("context_fetch_timeout", "context_request_budget"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.sqlite_writer_cache_mb < 1 or self.sqlite_reader_cache_mb < 1:
+            raise ValueError("sqlite_writer_cache_mb and sqlite_reader_cache_mb must be at least 1")
+        if self.render_cache_mb < 0:
+            raise ValueError("render_cache_mb must not be negative")
         if self.client_query_share < 0:
             raise ValueError("client_query_share must not be negative")
         if self.context_failure_ttl < 0:

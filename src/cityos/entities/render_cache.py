@@ -12,7 +12,8 @@ datasetId, and the caller's access view, whose projection depends on the entity 
 hands out stored bytes only for documents with nothing expired in them (store/base.py
 QueryResult.stored); joins, GeoJSON and views that audit personal reads never come here
 (ngsild/querying.py). Bounded: at most BUDGET bytes of keys and values, least recently used out
-first, and at most MAX_TOKENS option sets (past it everything is dropped, which is always safe).
+first (the render_cache_mb setting), and at most MAX_TOKENS option sets (past it everything is
+dropped, which is always safe).
 Rendering happens on the event loop's thread, so there is no lock; two apps' loops in one process
 at worst evict each other's entries.
 """
@@ -31,7 +32,8 @@ from cityos.entities.model import Entity
 from cityos.entities.render import RenderOptions, render_entity
 from cityos.policy.decision import ReadView
 
-BUDGET = 32 * 1024 * 1024  # bytes of stored documents and rendered JSON held (about 20,000 entities)
+BUDGET = 32 * 1024 * 1024  # bytes of stored documents and rendered JSON held (about 20,000 entities); the
+# render_cache_mb setting sets the process's CACHE (create_app)
 ENTRY_OVERHEAD = 200  # the ordered dict's node and slot, the key tuple, the bytes objects' headers (measured 130-170)
 MAX_TOKENS = 256  # distinct option sets (contexts x formats x projections) before a reset
 # every render option but the TermMap, which is keyed by identity and generation (it is not hashable)
@@ -61,6 +63,13 @@ class RenderCache:
         self._tokens[key] = (self._next_token, terms, view)
         return self._next_token
 
+    def resize(self, budget: int) -> None:
+        """A new bound (the render_cache_mb setting), the least recently used entries out past it."""
+        self.budget = budget
+        while self.size > budget and self._entries:
+            (_, old_stored), old_data = self._entries.popitem(last=False)
+            self.size -= len(old_stored) + len(old_data) + ENTRY_OVERHEAD
+
     def clear(self) -> None:
         self._entries.clear()
         self._tokens.clear()
@@ -82,9 +91,8 @@ class RenderCache:
             return data
         entries[key] = data
         self.size += cost
-        while self.size > self.budget and entries:
-            (_, old_stored), old_data = entries.popitem(last=False)
-            self.size -= len(old_stored) + len(old_data) + ENTRY_OVERHEAD
+        if self.size > self.budget:
+            self.resize(self.budget)
         return data
 
 

@@ -17,10 +17,12 @@ def open_store(
     busy_timeout: float = 5.0,
     client_share: int = 0,
     durability: str = "normal",
+    sqlite_cache_mb: tuple[int, int] | None = None,
 ) -> EntityStore:
     """The store for a database setting: a postgresql:// URL selects PostgreSQL/PostGIS, anything
     else is a SQLite file path. Drivers are imported only when chosen. `client_share`: see store/fair.py;
-    `durability`: "normal" or "full", see the durability setting."""
+    `durability`: "normal" or "full", see the durability setting; `sqlite_cache_mb`: the page cache of
+    SQLite's writer and of each reader connection, in MiB (None: the store's defaults)."""
     if is_postgres(database):
         try:
             from cityos.store.postgres import PostgresStore
@@ -37,14 +39,17 @@ def open_store(
             store.worker_timeout = worker_timeout
             store.worker_heartbeat = min(store.worker_heartbeat, worker_timeout / 4)
         return store
-    from cityos.store.sqlite import SQLiteStore
+    from cityos.store.sqlite import READER_CACHE_MB, WRITER_CACHE_MB, SQLiteStore
 
+    writer_cache_mb, reader_cache_mb = sqlite_cache_mb or (WRITER_CACHE_MB, READER_CACHE_MB)
     return SQLiteStore(
         database,
         query_timeout=query_timeout,
         busy_timeout=busy_timeout,
         client_share=client_share,
         durability=durability,
+        writer_cache_mb=writer_cache_mb,
+        reader_cache_mb=reader_cache_mb,
     )
 
 

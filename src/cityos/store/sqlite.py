@@ -61,7 +61,9 @@ CREATE TABLE IF NOT EXISTS entities (
 );
 CREATE INDEX IF NOT EXISTS entities_expiry ON entities (next_expiry) WHERE next_expiry IS NOT NULL;
 CREATE VIRTUAL TABLE IF NOT EXISTS entity_geo USING rtree (gid, min_x, max_x, min_y, max_y);
-CREATE TABLE IF NOT EXISTS entity_geo_attrs (gid INTEGER PRIMARY KEY, pk INTEGER NOT NULL, attr TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entity_geo_attrs (  -- attr: the interned IRI (temporal_names), as in entity_geo_walk
+    gid INTEGER PRIMARY KEY, pk INTEGER NOT NULL, attr INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS entity_geo_attrs_pk ON entity_geo_attrs (pk);
 CREATE TABLE IF NOT EXISTS jsonld_contexts (
     tenant TEXT NOT NULL, local_id TEXT NOT NULL, kind TEXT NOT NULL, doc BLOB NOT NULL,
@@ -100,6 +102,12 @@ CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 
 
 MAX_GROUP = 64  # writes committed together at most
+# MiB of pages each connection keeps (the sqlite_*_cache_mb settings). A miss is a pread from the
+# operating system's file cache (a few µs): a reader's cache only has to hold the indexes' inner
+# pages, and 4 MiB read as fast as 32 at 100,000 entities (docs/performance.md, issue 15 fourth pass);
+# 128 MiB for the writer saved 3 reads per update at 100,000, about 10 µs of 500: not worth 96 MiB
+WRITER_CACHE_MB = 32
+READER_CACHE_MB = 8
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -116,14 +124,16 @@ def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | N
         _settle(future, value, error)
 
 
-def _connect(path: str, busy_timeout: float, durability: str = "normal") -> sqlite3.Connection:
+def _connect(
+    path: str, busy_timeout: float, durability: str = "normal", cache_mb: int = READER_CACHE_MB
+) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
     connection.execute("PRAGMA journal_mode=WAL")
     # the durability setting (docs/deployment.md): NORMAL survives a killed process, FULL also a power
     # loss (an fsync of the WAL at every commit)
     connection.execute("PRAGMA synchronous=FULL" if durability == "full" else "PRAGMA synchronous=NORMAL")
     connection.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-    connection.execute("PRAGMA cache_size=-32000")
+    connection.execute(f"PRAGMA cache_size={-1024 * cache_mb}")  # negative: KiB
     connection.execute("PRAGMA temp_store=MEMORY")
     register(connection)  # doc_json(), SQL's view of a stored document
     return connection
@@ -167,15 +177,19 @@ class SQLiteStore(
         busy_timeout: float = 5.0,
         client_share: int = 0,
         durability: str = "normal",
+        writer_cache_mb: int = WRITER_CACHE_MB,
+        reader_cache_mb: int = READER_CACHE_MB,
     ) -> None:
         self.path = path
+        self.writer_cache_mb = writer_cache_mb
+        self.reader_cache_mb = reader_cache_mb  # also the loop's reader and the checkpointer
         self.durability = durability  # "normal" or "full": PRAGMA synchronous of every connection
         self.query_timeout = query_timeout
         self.busy_timeout = busy_timeout  # seconds a statement waits for a lock another connection holds
         self._fair = FairShare(client_share)  # queries of one client hold at most this many readers
         self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cityos-writer")
         # its connection never waits for the writer's lock: a checkpoint that finds it busy is skipped
-        self._checkpointer = Checkpointer(lambda: _connect(path, CHECKPOINT_BUSY_TIMEOUT, durability))
+        self._checkpointer = Checkpointer(lambda: _connect(path, CHECKPOINT_BUSY_TIMEOUT, durability, reader_cache_mb))
         self._reader_pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cityos-reader")
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -204,7 +218,7 @@ class SQLiteStore(
     def _reader(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            connection = _connect(self.path, self.busy_timeout, self.durability)
+            connection = _connect(self.path, self.busy_timeout, self.durability, self.reader_cache_mb)
             connection.create_function("regexp", 2, _regexp, deterministic=True)
             register_geo_functions(connection)
             self._local.connection = connection
@@ -315,7 +329,7 @@ class SQLiteStore(
     async def open(self) -> None:
         def setup() -> None:
             try:
-                connection = _connect(self.path, self.busy_timeout, self.durability)
+                connection = _connect(self.path, self.busy_timeout, self.durability, self.writer_cache_mb)
                 migrate_layout(connection, self._wnames)  # older files: history, side tables, documents
                 self._instance_prefix = instance_prefix(connection)
                 connection.executescript(SCHEMA)
@@ -381,7 +395,7 @@ class SQLiteStore(
 
     def _loop_reader(self) -> sqlite3.Connection:
         if self._loop_connection is None:
-            self._loop_connection = _connect(self.path, self.busy_timeout, self.durability)
+            self._loop_connection = _connect(self.path, self.busy_timeout, self.durability, self.reader_cache_mb)
             with self._lock:
                 self._connections.append(self._loop_connection)
         return self._loop_connection

@@ -4,6 +4,12 @@ The writer thread gathers a transaction's audit rows in `_audit_rows` (cut back 
 rolls back) and seals them into the chain just before COMMIT: one read of the log's last record
 (the head), one insert per record. BEGIN IMMEDIATE already makes the file's writers (a server, a
 `cityos import`) take turns, so the head read there is the chain's true head.
+
+Stored compactly (layout 4, issue 15: the trail was 350 of the 2,200 bytes per entity after a load,
+one record per entity written): `hash` as its 32 bytes, not 64 hex digits, and `prev` as '' when it
+is the hash of the record just before (always, but for the first record and a truncation anchor).
+Every read goes through the view `audit_records`, which gives both back as hex text (rows of older
+files, hex in both columns, read the same).
 """
 
 from __future__ import annotations
@@ -27,6 +33,15 @@ CREATE TABLE IF NOT EXISTS audit_log (  -- the hash chain (audit/chain.py); targ
 );
 CREATE INDEX IF NOT EXISTS audit_log_time ON audit_log (time);
 CREATE INDEX IF NOT EXISTS audit_log_principal ON audit_log (principal, seq);
+CREATE VIEW IF NOT EXISTS audit_records AS SELECT
+    seq, time, principal, operation, tenant, targets, outcome, request_id, detail,
+    CASE WHEN a.prev <> '' THEN a.prev ELSE (
+        SELECT CASE WHEN typeof(p.hash) = 'blob' THEN lower(hex(p.hash)) ELSE p.hash END
+        FROM audit_log p WHERE p.seq = a.seq - 1
+    ) END AS prev,
+    CASE WHEN typeof(a.hash) = 'blob' THEN lower(hex(a.hash)) ELSE a.hash END AS hash,
+    signature
+FROM audit_log a;
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, time TEXT NOT NULL, key_id TEXT NOT NULL, signature TEXT NOT NULL
 );
@@ -36,6 +51,7 @@ _INSERT = f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?
 
 
 def _values(record: AuditRecord) -> tuple[Any, ...]:
+    """A record with its `prev` spelled out (a truncation anchor's predecessor is gone)."""
     return (
         record.seq,
         record.time,
@@ -47,7 +63,7 @@ def _values(record: AuditRecord) -> tuple[Any, ...]:
         record.request_id,
         orjson.dumps(record.detail).decode(),
         record.prev,
-        record.hash,
+        bytes.fromhex(record.hash),
         record.signature,
     )
 
@@ -73,12 +89,18 @@ def _head(connection: sqlite3.Connection) -> ChainHead:
     """The last record (a truncation anchor stands for the removed ones): no head row to rewrite,
     so a commit touches no page but the log's last ones."""
     row = connection.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-    return ChainHead() if row is None else ChainHead._make(row)
+    if row is None:
+        return ChainHead()
+    seq, digest = row  # stored whole in every row (bytes; hex text in rows of before): no view needed
+    return ChainHead(seq, digest.hex() if isinstance(digest, bytes) else digest)
 
 
 def seal_into(connection: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
-    """Chain rows after the head, inside the caller's transaction (one insert statement for them all)."""
+    """Chain rows after the head, inside the caller's transaction (one insert statement for them all).
+    A record's `prev` is stored as '' when the record before it is in the log: the head, or the one
+    before it here (all but the chain's very first record)."""
     dumps = orjson.dumps
+    fromhex = bytes.fromhex
     values = [
         (
             seq,
@@ -90,8 +112,8 @@ def seal_into(connection: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
             row.outcome,
             row.request_id,
             dumps(row.detail).decode() if row.detail else "{}",
-            prev,
-            digest,
+            "" if seq > 1 else prev,
+            fromhex(digest),
             None,
         )
         for seq, targets, prev, digest, row in chained(_head(connection), rows)
@@ -134,7 +156,7 @@ class SQLiteAudit:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         if query.target is not None:
-            clauses.append("EXISTS (SELECT 1 FROM json_each(audit_log.targets) WHERE value = ?)")
+            clauses.append("EXISTS (SELECT 1 FROM json_each(audit_records.targets) WHERE value = ?)")
             params.append(query.target)
         if query.since is not None:
             clauses.append("time >= ?")
@@ -142,7 +164,7 @@ class SQLiteAudit:
         if query.until is not None:
             clauses.append("time < ?")
             params.append(query.until)
-        sql = f"SELECT {_COLUMNS} FROM audit_log WHERE {' AND '.join(clauses)} ORDER BY seq"
+        sql = f"SELECT {_COLUMNS} FROM audit_records WHERE {' AND '.join(clauses)} ORDER BY seq"
         if query.limit is not None:
             sql += " LIMIT ?"
             params.append(query.limit)
@@ -170,7 +192,7 @@ class SQLiteAudit:
     async def truncate_audit(self, before: str, anchor: AnchorMaker, note: AuditRow) -> int:
         def run(connection: sqlite3.Connection) -> int:
             found = connection.execute(
-                f"SELECT {_COLUMNS} FROM audit_log WHERE seq = (SELECT max(seq) FROM audit_log WHERE time < ?)",
+                f"SELECT {_COLUMNS} FROM audit_records WHERE seq = (SELECT max(seq) FROM audit_log WHERE time < ?)",
                 (before,),
             ).fetchone()
             if found is None or found[11] is not None:  # nothing old enough, or only the anchor itself

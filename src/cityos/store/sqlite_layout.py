@@ -1,7 +1,8 @@
-"""The entity tables' layout on SQLite (layout 3): interned side tables, compressed documents, and
+"""The entity tables' layout on SQLite (layout 4): interned side tables, compressed documents, and
 the migration of older files to it. Layout 3 is layout 2 with the history's createdAt stored as its
 distance to modifiedAt, whole-second times and object values' key orders in the shapes
-(sqlite_history.encode): files of layout 2 and older are converted when opened.
+(sqlite_history.encode): files of layout 2 and older are converted when opened. Layout 4 adds the
+audit trail's compact rows (store/sqlite_audit.py), readable with those of before: nothing converted.
 
 Side tables hold integers, not IRIs: entity types and attribute IRIs are interned in the same
 `temporal_names` table the history uses (store/sqlite_history.py `Names`), so a side row is a few
@@ -32,8 +33,12 @@ from cityos.store.sqlite_history import LAYOUT as HISTORY_LAYOUT
 from cityos.store.sqlite_history import Names, file_layout, relative_created
 from cityos.store.sqlite_history import migrate as migrate_history
 
-LAYOUT = 3  # PRAGMA user_version of a file with this layout (1 is the compact history alone, 2 before
+LAYOUT = 4  # PRAGMA user_version of a file with this layout (1 is the compact history alone, 2 before
 ENTITIES_LAYOUT = 2  # the history's createdAt was relative): the side tables and documents of layout 2
+RELATIVE_CREATED_LAYOUT = 3  # the history's createdAt relative to modifiedAt
+# 4: the geo tables' attribute interned (entity_geo_attrs, entity_geo_walk: _intern_geo) and the audit
+# trail's compact hashes (store/sqlite_audit.py; nothing to convert, its view reads the rows of before,
+# but an older CityOS would misread the new rows, so it must refuse the file)
 SIDE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS attr_values (  -- the values q compares (side_rows.attr_rows), seq-th of the attribute
     pk INTEGER NOT NULL, attr INTEGER NOT NULL, seq INTEGER NOT NULL, num REAL, txt TEXT,
@@ -153,10 +158,10 @@ def migrate(connection: sqlite3.Connection, names: Names) -> int:
         return 0
     if version < HISTORY_LAYOUT:
         migrate_history(connection)  # its rows are encoded as this layout's
-    assert HISTORY_LAYOUT < ENTITIES_LAYOUT < LAYOUT
+    assert HISTORY_LAYOUT < ENTITIES_LAYOUT < RELATIVE_CREATED_LAYOUT < LAYOUT
     connection.execute("BEGIN IMMEDIATE")
     try:
-        if version >= HISTORY_LAYOUT:  # rows of layouts 1 and 2 hold createdAt itself
+        if HISTORY_LAYOUT <= version < RELATIVE_CREATED_LAYOUT:  # rows of layouts 1 and 2 hold createdAt itself
             relative_created(connection)
         existing = connection.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entities'"
@@ -170,6 +175,7 @@ def migrate(connection: sqlite3.Connection, names: Names) -> int:
             if statement.strip():
                 connection.execute(statement)
         moved = _convert(connection, names) if existing is not None else 0
+        _intern_geo(connection)
         connection.execute(f"PRAGMA user_version = {LAYOUT}")
         connection.execute("COMMIT")
     except BaseException:
@@ -178,6 +184,28 @@ def migrate(connection: sqlite3.Connection, names: Names) -> int:
         raise
     names.committed()
     return moved
+
+
+def _intern_geo(connection: sqlite3.Connection) -> None:
+    """Layout 4: entity_geo_attrs holds the interned attribute (an IRI of 30-80 bytes before, about
+    75 of an OffStreetParking's 2,200 bytes with the walk row's). Its rows are copied with their gid
+    (the R*Tree's key); entity_geo_walk is dropped, and made again from the documents by
+    sqlite_query.create_query_schema right after."""
+    columns = {row[1]: row[2] for row in connection.execute("PRAGMA table_info(entity_geo_attrs)")}
+    if columns.get("attr", "INTEGER").upper() == "INTEGER":  # a new file, or converted already
+        return
+    connection.execute("INSERT OR IGNORE INTO temporal_names (name) SELECT DISTINCT attr FROM entity_geo_attrs")
+    connection.execute(
+        "CREATE TABLE entity_geo_attrs_4 (gid INTEGER PRIMARY KEY, pk INTEGER NOT NULL, attr INTEGER NOT NULL)"
+    )
+    connection.execute(
+        "INSERT INTO entity_geo_attrs_4 (gid, pk, attr) SELECT g.gid, g.pk, n.id"
+        " FROM entity_geo_attrs g JOIN temporal_names n ON n.name = g.attr"
+    )
+    connection.execute("DROP TABLE entity_geo_attrs")  # its index with it
+    connection.execute("ALTER TABLE entity_geo_attrs_4 RENAME TO entity_geo_attrs")
+    connection.execute("CREATE INDEX entity_geo_attrs_pk ON entity_geo_attrs (pk)")
+    connection.execute("DROP TABLE IF EXISTS entity_geo_walk")
 
 
 def _convert(connection: sqlite3.Connection, names: Names) -> int:

@@ -34,6 +34,7 @@ from cityos.store.base import EntityQuery, QueryResult
 from cityos.store.paging import Pager, bounded, exact_in_sql
 from cityos.store.paging import listed_type as _listed_type
 from cityos.store.side_rows import geo_keys, instance_boxes
+from cityos.store.sqlite_history import Names
 from cityos.store.sqlite_layout import NAME_ID, inflate, name_ids
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ BEGIN UPDATE listing_version SET version = version + 1; END;
 """
 GEO_SCHEMA = """
 CREATE TABLE IF NOT EXISTS entity_geo_walk (
-    attr TEXT NOT NULL, pk INTEGER NOT NULL,
+    attr INTEGER NOT NULL, pk INTEGER NOT NULL,  -- attr: the interned IRI (temporal_names)
     min_x REAL NOT NULL, max_x REAL NOT NULL, min_y REAL NOT NULL, max_y REAL NOT NULL,
     shapes TEXT, PRIMARY KEY (attr, pk)
 ) WITHOUT ROWID;
@@ -79,14 +80,15 @@ def create_query_schema(connection: sqlite3.Connection) -> None:
     if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'entity_geo_walk'").fetchone() is None:
         with connection:
             connection.executescript(GEO_SCHEMA)
+            names = Names(writer=True)  # interned in this transaction
             docs = connection.execute(
                 "SELECT pk, doc FROM entities WHERE pk IN (SELECT pk FROM entity_geo_attrs) ORDER BY pk"
             )
             connection.executemany(
                 "INSERT INTO entity_geo_walk VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    (attr, pk, *box)
-                    for pk, doc in docs
+                    (names.id(connection, attr), pk, *box)
+                    for pk, doc in docs.fetchall()
                     for attr, *box in geo_keys(instance_boxes(orjson.loads(inflate(doc))))
                 ),
             )
@@ -156,16 +158,16 @@ def _geo_side(
         few = connection.execute(f"SELECT COUNT(*) FROM ({limited})", box).fetchone()[0] <= GEO_SELECTIVE
     if not few:
         exact, params = _geo_exact(query, "w")
-        where = "w.attr = ? AND w.max_x >= ? AND w.min_x <= ? AND w.max_y >= ? AND w.min_y <= ? AND " + exact
+        where = f"w.attr = {NAME_ID} AND w.max_x >= ? AND w.min_x <= ? AND w.max_y >= ? AND w.min_y <= ? AND " + exact
         return None, (where, [attr, *box, *params])
     candidates = (
         "e.pk IN (SELECT g.pk FROM entity_geo_attrs g JOIN entity_geo r ON r.gid = g.gid"
-        " WHERE g.attr = ? AND r.max_x >= ? AND r.min_x <= ? AND r.max_y >= ? AND r.min_y <= ?)"
+        f" WHERE g.attr = {NAME_ID} AND r.max_x >= ? AND r.min_x <= ? AND r.max_y >= ? AND r.min_y <= ?)"
     )
     if query.geo is None:
         return (candidates, [attr, *box], True), None
     exact, params = _geo_exact(query, "w")
-    probe = f"EXISTS (SELECT 1 FROM entity_geo_walk w WHERE w.attr = ? AND w.pk = e.pk AND {exact})"
+    probe = f"EXISTS (SELECT 1 FROM entity_geo_walk w WHERE w.attr = {NAME_ID} AND w.pk = e.pk AND {exact})"
     return (f"{candidates} AND {probe}", [attr, *box, attr, *params], True), None
 
 

@@ -343,12 +343,12 @@ class SQLiteWrites:
             _unindex_geo(connection, pk, gids)
         boxed = instance_boxes(after)
         for attr, box, _ in boxed:
-            gid = connection.execute("INSERT INTO entity_geo_attrs (pk, attr) VALUES (?, ?)", (pk, attr)).lastrowid
+            gid = connection.execute("INSERT INTO entity_geo_attrs (pk, attr) VALUES (?, ?)", (pk, ids(attr))).lastrowid
             connection.execute("INSERT INTO entity_geo VALUES (?, ?, ?, ?, ?)", (gid, *box))
         if boxed:
             connection.executemany(
                 "INSERT INTO entity_geo_walk VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(attr, pk, *box) for attr, *box in geo_keys(boxed)],
+                [(ids(attr), pk, *box) for attr, *box in geo_keys(boxed)],
             )
 
     async def purge_expired(self, now: str) -> list[EntityChange]:
