@@ -13,7 +13,8 @@ so no SAVEPOINT is needed: nothing of it reached the database.
 The plan keeps the database's observable effects exactly: a new row's pk follows the order of
 the operations that created it; an entity deleted and created again in one write gets a new row
 (and pk), as before; side rows are rewritten only when what they index changed (an update of an
-unindexed attribute touches `entities` alone). The side rows of a stored document always match it,
+unindexed attribute touches `entities` alone; of an indexed one, that attribute's attr_values
+rows). The rows go to PostgreSQL as JSON (`recordset`). The side rows of a stored document always match it,
 expired parts included, so the comparison is with the stored document, not its visible form.
 """
 
