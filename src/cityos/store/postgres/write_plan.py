@@ -175,11 +175,13 @@ def recordset(p: Params, rows: list[dict[str, Any]], alias: str, columns: str) -
     their order: asyncpg encodes array parameters element by element (an ABC isinstance test or two
     for each), which cost more than the rest of a single write's statement; one JSON text costs an
     orjson call. A document goes in as an orjson.Fragment of its stored text, whose bytes PostgreSQL
-    keeps (json_to_recordset hands a json column its value's text as written)."""
+    keeps (json_to_recordset hands a json column its value's text as written). The LIMIT (the row
+    count) is for the planner, which reads a set-returning function as 100 rows and would join
+    them by scanning a whole table (temporal_entities, attr_values) instead of probing its index."""
     names = ", ".join(column.split()[0] for column in columns.split(", "))
     return (
-        f"ROWS FROM (json_to_recordset({p(orjson.dumps(rows).decode())}::json) AS ({columns}))"
-        f" WITH ORDINALITY AS {alias}({names}, n)"
+        f"(SELECT * FROM ROWS FROM (json_to_recordset({p(orjson.dumps(rows).decode())}::json) AS ({columns}))"
+        f" WITH ORDINALITY AS {alias}({names}, n) LIMIT {p(len(rows))}) AS {alias}"
     )
 
 
