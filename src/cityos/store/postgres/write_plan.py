@@ -143,9 +143,13 @@ class WritePlan:
             values.extend(_value(pk, row) for row in indexed_values(entity))
             boxes.extend(_box(pk, box) for box in geo_boxes(entity))
         if stale_values:
+            pairs = recordset(p, stale_values, "g", "pk bigint, attr text")
+            # the pks as an array too: a DELETE ... USING the pairs alone measured 3 ms more
+            # PostgreSQL CPU per update (in-process, paired) than this probe of attr_values_pk
+            stale_pks = sorted({row["pk"] for row in stale_values})
             ctes.append(
-                "values_gone AS (DELETE FROM attr_values v USING"
-                f" {recordset(p, stale_values, 'g', 'pk bigint, attr text')} WHERE v.pk = g.pk AND v.attr = g.attr)"
+                f"values_gone AS (DELETE FROM attr_values v WHERE v.pk = ANY({p(stale_pks)}::bigint[])"
+                f" AND (v.pk, v.attr) IN (SELECT g.pk, g.attr FROM {pairs}))"
             )
         if stale_boxes:
             ctes.append(f"boxes_gone AS (DELETE FROM entity_geo WHERE pk = ANY({p(stale_boxes)}::bigint[]))")
