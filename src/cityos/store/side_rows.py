@@ -84,6 +84,40 @@ def geo_keys(boxed: Boxed) -> list[tuple[str, float, float, float, float, str | 
     return rows
 
 
+_SCALARS = (str, int, float)
+
+
+def _same_scalars(was: list[Instance], now: list[Instance]) -> bool:
+    """Whether two instance lists surely index the same attr_values rows because their value members
+    are the same scalars (a replace that only moved modifiedAt): a quick answer, False when unsure."""
+    if len(was) != len(now):
+        return False
+    for before, after in zip(was, now, strict=True):
+        kind = after.get("type")
+        member = VALUE_MEMBER.get(kind) if isinstance(kind, str) else None
+        if member is None or before.get("type") != kind or before.get("datasetId") != after.get("datasetId"):
+            return False
+        value, previous = after.get(member), before.get(member)
+        if type(value) is not type(previous) or type(value) not in _SCALARS or value != previous:
+            return False
+    return True
+
+
+def changed_values(
+    old: dict[str, list[Instance]], new: dict[str, list[Instance]]
+) -> Iterator[tuple[str, list[tuple[str, float | None, str | None]]]]:
+    """(attr, its new attr_rows) for each attribute of an update whose attr_values rows changed (an
+    attribute removed: no rows), so that only those are rewritten; `old` and `new` are the `attrs`
+    of the document before and after."""
+    for attr in (*old, *(a for a in new if a not in old)):
+        was, now = old.get(attr), new.get(attr)
+        if was == now or (was and now and _same_scalars(was, now)):
+            continue
+        rows = attr_rows(attr, now) if now else []
+        if (attr_rows(attr, was) if was else []) != rows:
+            yield attr, rows
+
+
 def geo_boxes(entity: Entity) -> list[tuple[str, tuple[float, float, float, float], bool]]:
     """(attr, box, point) per GeoProperty instance with a box; `point` when it is its attribute's
     only such instance and a 2D Point (PostgreSQL's entity_geo rows)."""

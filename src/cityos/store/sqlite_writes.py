@@ -20,11 +20,11 @@ import orjson
 
 from cityos.audit.chain import AuditRow
 from cityos.entities.expiry import next_expiry, visible
-from cityos.entities.model import VALUE_MEMBER, Entity, Instance
+from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import NgsiLdError
 from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
-from cityos.store.side_rows import attr_rows, geo_keys, geo_values, instance_boxes, own_expiry
+from cityos.store.side_rows import changed_values, geo_keys, geo_values, instance_boxes, own_expiry
 from cityos.store.sqlite_history import INSERT_INSTANCE, Names
 from cityos.store.sqlite_layout import deflate, entity_rows, inflate, value_rows
 
@@ -46,26 +46,9 @@ DRAIN_ORDER = (
 (DEL_TYPES, DEL_ATTRS, DEL_ATTR, DEL_VALUES, DEL_VALUE, INS_TYPES, INS_ATTRS, INS_VALUES, OUTBOX, HISTORY) = DRAIN_ORDER
 
 
-SCALARS = (str, int, float)
 # a document without this key has no expiresAt anywhere: nothing of it expires, so the walks of
 # visible() and next_expiry() are skipped (a substring test in C, exact: the key is never escaped)
 TRANSIENT = b'"expiresAt"'
-
-
-def _same_scalars(was: list[Instance], now: list[Instance]) -> bool:
-    """Whether two instance lists surely index the same attr_values rows because their value members
-    are the same scalars (a replace that only moved modifiedAt): a quick answer, False when unsure."""
-    if len(was) != len(now):
-        return False
-    for before, after in zip(was, now, strict=True):
-        kind = after.get("type")
-        member = VALUE_MEMBER.get(kind) if isinstance(kind, str) else None
-        if member is None or before.get("type") != kind or before.get("datasetId") != after.get("datasetId"):
-            return False
-        value, previous = after.get(member), before.get(member)
-        if type(value) is not type(previous) or type(value) not in SCALARS or value != previous:
-            return False
-    return True
 
 
 def _unindex_geo(connection: sqlite3.Connection, pk: int, gids: list[tuple[int]]) -> None:
@@ -326,15 +309,10 @@ class SQLiteWrites:
             if old.keys() != new.keys():
                 buffer[DEL_ATTR].extend((ids(a), pk) for a in old if a not in new)
                 buffer[INS_ATTRS].extend((ids(a), pk) for a in new if a not in old)
-            for attr in (*old, *(a for a in new if a not in old)):
-                was, now = old.get(attr), new.get(attr)
-                if was == now or (was and now and _same_scalars(was, now)):
-                    continue
-                rows = attr_rows(attr, now) if now else []
-                if (attr_rows(attr, was) if was else []) != rows:
-                    attr_id = ids(attr)
-                    buffer[DEL_VALUE].append((pk, attr_id))
-                    buffer[INS_VALUES].extend(value_rows(pk, attr_id, rows))
+            for attr, rows in changed_values(old, new):
+                attr_id = ids(attr)
+                buffer[DEL_VALUE].append((pk, attr_id))
+                buffer[INS_VALUES].extend(value_rows(pk, attr_id, rows))
         geo = geo_values(after)
         if before is not None:
             if geo_values(before) == geo:

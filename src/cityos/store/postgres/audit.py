@@ -29,6 +29,7 @@ from cityos.errors import log_failure
 from cityos.store.audit_base import AnchorMaker
 from cityos.store.postgres.busy import Transactions, read_again_once
 from cityos.store.postgres.sql import Params
+from cityos.store.postgres.write_plan import recordset
 from cityos.tasks import stop_task
 
 if TYPE_CHECKING:
@@ -105,27 +106,27 @@ UPDATE audit_head SET seq = $13, hash = $14 WHERE id = 1
 
 
 def pending_cte(rows: Sequence[AuditRow], p: Params) -> str:
-    """A data-modifying CTE queueing audit rows (ids in row order), for the write's own statement:
-    targets travel as JSON arrays (unnest cannot carry arrays of arrays)."""
-    columns = [
-        p([r.time for r in rows]),
-        p([r.principal for r in rows]),
-        p([r.operation for r in rows]),
-        p([r.tenant for r in rows]),
-        p([orjson.dumps(list(r.targets)).decode() for r in rows]),
-        p([r.outcome for r in rows]),
-        p([r.request_id for r in rows]),
-        p([orjson.dumps(r.detail).decode() for r in rows]),
+    """A data-modifying CTE queueing audit rows (ids in row order), for the write's own statement."""
+    records = [
+        {
+            "time": r.time,
+            "principal": r.principal,
+            "operation": r.operation,
+            "tenant": r.tenant,
+            "targets": list(r.targets),
+            "outcome": r.outcome,
+            "request_id": r.request_id,
+            "detail": orjson.dumps(r.detail).decode(),
+        }
+        for r in rows
     ]
+    columns = "time text, principal text, operation text, tenant text, targets text[], outcome text,"
+    columns += " request_id text, detail text"
     return (
         "audit_queued AS (INSERT INTO audit_pending"
         " (time, principal, operation, tenant, targets, outcome, request_id, detail)"
-        " SELECT r.time, r.principal, r.operation, r.tenant,"
-        " ARRAY(SELECT x FROM json_array_elements_text(r.targets) WITH ORDINALITY AS j(x, n) ORDER BY n),"
-        f" r.outcome, r.request_id, r.detail FROM unnest({columns[0]}::text[], {columns[1]}::text[],"
-        f" {columns[2]}::text[], {columns[3]}::text[], {columns[4]}::json[], {columns[5]}::text[],"
-        f" {columns[6]}::text[], {columns[7]}::text[]) WITH ORDINALITY"
-        " AS r(time, principal, operation, tenant, targets, outcome, request_id, detail, n) ORDER BY r.n)"
+        " SELECT r.time, r.principal, r.operation, r.tenant, r.targets, r.outcome, r.request_id, r.detail"
+        f" FROM {recordset(p, records, 'r', columns)} ORDER BY r.n)"
     )
 
 

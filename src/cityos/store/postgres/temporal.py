@@ -52,6 +52,7 @@ from cityos.store.postgres.temporal_partitions import (
     retained,
 )
 from cityos.store.postgres.temporal_read import PostgresTemporalReads
+from cityos.store.postgres.write_plan import number, recordset
 from cityos.store.sqlite_temporal import _columns, _now, new_instance_id
 from cityos.store.temporal_base import (
     AggregatePage,
@@ -67,13 +68,13 @@ if TYPE_CHECKING:
 # the key of mutate's per-entity lock (store.py _apply): one writer of an entity at a time
 _LOCK_ENTITY = f"SELECT pg_advisory_xact_lock({entity_lock('$1', '$2')})"
 # The temporal entities of a write, created or their types extended, as CTEs named {p}k, {p}ins,
-# {p}tenant and {p}upd over the arrays of tenants, ids and types (JSON arrays) given as SQL
-# expressions: used alone (_ENTITIES) and inside a write's one statement (_HISTORY_CTES).
+# {p}tenant and {p}upd over {keys}, a FROM item k(tenant, id, types, n) (types: JSON arrays): used
+# alone (_ENTITIES) and inside a write's one statement (_HISTORY_CTES).
 _ENTITY_CTES = """{p}k AS (
     SELECT k.tenant, k.id, k.n, ARRAY(
         SELECT t FROM json_array_elements_text(k.types) WITH ORDINALITY AS j(t, m) ORDER BY m
     ) AS types
-    FROM unnest({tenants}::text[], {ids}::text[], {types}::json[]) WITH ORDINALITY AS k(tenant, id, types, n)
+    FROM {keys}
 ), {p}ins AS (
     INSERT INTO temporal_entities (tenant, id, types) SELECT tenant, id, types FROM {p}k ORDER BY n
     ON CONFLICT (tenant, id) DO NOTHING RETURNING pk, tenant, id
@@ -93,7 +94,9 @@ _ENTITY_CTES = """{p}k AS (
 # taken (a writer without the entity lock: the expiry sweep); the caller then asks again.
 _ENTITIES = (
     "WITH "
-    + _ENTITY_CTES.format(p="", tenants="$1", ids="$2", types="$3")
+    + _ENTITY_CTES.format(
+        p="", keys="unnest($1::text[], $2::text[], $3::json[]) WITH ORDINALITY AS k(tenant, id, types, n)"
+    )
     + """
 SELECT k.n, coalesce(i.pk, e.pk) AS pk, i.pk IS NOT NULL AS created,
     (SELECT CASE WHEN $4::text[] IS NULL THEN NULL ELSE temporal_lock_partitions($4::text[]) END) AS missing
@@ -117,7 +120,7 @@ COPY_FROM = 64  # instances; from this many on a write's history goes by COPY
 # entity that comes back without a pk (created meanwhile by a writer without its lock) left out and
 # named by the statement's answer (th_lost), for _append_history to write as before.
 _HISTORY_CTES = (
-    _ENTITY_CTES.format(p="th_", tenants="{tenants}", ids="{ids}", types="{types}")
+    _ENTITY_CTES.format(p="th_", keys="{keys}")
     + """, th_pk AS (
     SELECT k.n, coalesce(i.pk, e.pk) AS pk FROM th_k k
     LEFT JOIN th_ins i ON i.tenant = k.tenant AND i.id = k.id
@@ -126,15 +129,16 @@ _HISTORY_CTES = (
     INSERT INTO temporal_instances ({columns})
     SELECT t.pk, u.attr, u.dataset, u.instance_id, u.retained_us, u.kind, u.observed_us, u.created_us, u.modified_us,
         u.deleted_us, u.expires_us, u.num, u.vtext, u.doc
-    FROM unnest({arrays}) WITH ORDINALITY AS u(n, {columns_after_epk}, o)
-    JOIN th_pk t ON t.n = u.n AND t.pk IS NOT NULL
-    ORDER BY u.o
+    FROM {rows}
+    JOIN th_pk t ON t.n = u.e AND t.pk IS NOT NULL
+    ORDER BY u.n
 ), th_lost AS (SELECT array_agg(n ORDER BY n) AS lost FROM th_pk WHERE pk IS NULL)"""
 )
-_ARRAY_TYPES = (
-    "bigint", "text", "text", "text", "bigint", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "float8",
-    "text", "json",
-)  # fmt: skip
+# an instance as history_ctes sends it (recordset), `e` numbering its temporal entity
+_RECORD_COLUMNS = (
+    "e bigint, attr text, dataset text, instance_id text, retained_us bigint, kind text, observed_us bigint,"
+    " created_us bigint, modified_us bigint, deleted_us bigint, expires_us bigint, num float8, vtext text, doc json"
+)
 # per (attribute, datasetId, observedAt) of a temporal POST, the stored instance it replaces
 _SAME_TIME = """
 SELECT k.n, (
@@ -183,6 +187,25 @@ class _Put:
     def retained(self) -> int:
         _, observed, created, modified, deleted = self.columns[:5]
         return retained(observed, created, modified, deleted)
+
+    def record(self) -> dict[str, Any]:
+        """The instance as a row of _RECORD_COLUMNS, for recordset (its document as stored)."""
+        kind, observed, created, modified, deleted, expires, num, vtext, doc = self.columns
+        return {
+            "attr": self.attr,
+            "dataset": self.dataset,
+            "instance_id": self.instance_id,
+            "retained_us": self.retained,
+            "kind": kind,
+            "observed_us": observed,
+            "created_us": created,
+            "modified_us": modified,
+            "deleted_us": deleted,
+            "expires_us": expires,
+            "num": number(num),
+            "vtext": vtext,
+            "doc": orjson.Fragment(doc),
+        }
 
     def values(self) -> tuple[Any, ...]:
         """The columns as statement parameters (the document as JSON text)."""
@@ -329,29 +352,19 @@ class PostgresTemporal(PostgresTemporalReads):
         if names is not None and not set(names) <= set(locked):
             return HistoryCtes(puts=puts, cte="")
         keys: dict[tuple[str, str], int] = {}
-        tenants: list[str] = []
-        ids: list[str] = []
-        types: list[str] = []
+        entities: list[dict[str, Any]] = []
         for row in rows:  # as on SQLite, the first row of an entity brings its types
             key = (row.tenant, row.entity_id)
             if key not in keys:
                 keys[key] = len(keys) + 1
-                tenants.append(row.tenant)
-                ids.append(row.entity_id)
-                types.append(orjson.dumps(list(row.types)).decode())
-        records = [
-            (keys[(row.tenant, row.entity_id)], put.attr, put.dataset, put.instance_id, put.retained, *put.values())
-            for row, put in zip(rows, puts, strict=True)
+                entities.append({"tenant": row.tenant, "id": row.entity_id, "types": list(row.types)})
+        instances = [
+            {"e": keys[(row.tenant, row.entity_id)], **put.record()} for row, put in zip(rows, puts, strict=True)
         ]
-        columns = zip(*records, strict=True)
-        arrays = ", ".join(f"{p(list(column))}::{kind}[]" for column, kind in zip(columns, _ARRAY_TYPES, strict=True))
         cte = _HISTORY_CTES.format(
-            tenants=p(tenants),
-            ids=p(ids),
-            types=p(types),
+            keys=recordset(p, entities, "k", "tenant text, id text, types json"),
             columns=", ".join(_COLUMNS),
-            columns_after_epk=", ".join(_COLUMNS[1:]),
-            arrays=arrays,
+            rows=recordset(p, instances, "u", _RECORD_COLUMNS),
         )
         return HistoryCtes(puts=puts, cte=cte, keys=list(keys), names=names)
 

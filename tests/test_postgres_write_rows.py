@@ -1,0 +1,72 @@
+"""PostgreSQL only: what a write's one statement stores (store/postgres/write_plan.py). Its rows
+travel as JSON (json_to_recordset) instead of asyncpg arrays, and an update rewrites the attr_values
+rows of the attributes whose indexed values changed only: the stored rows must still be exactly
+those the documents make, texts, numbers and documents byte for byte."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from cityos.entities import update
+from cityos.entities.model import Entity
+from cityos.store import open_store
+from cityos.store.side_rows import geo_boxes, indexed_values
+from test_store_contract import V, _migrate, make, postgres_schema, prop
+
+ODD = 'quote " backslash \\ tab \t é ☃ \U0001f600 {braces,} NULL'
+
+
+def _patch(name: str, value: Any) -> update.Mutator:
+    def run(current: Entity | None) -> update.Outcome:
+        assert current is not None
+        attrs = {k: v for k, v in current["attrs"].items() if k != V + name}
+        if value is not None:
+            attrs[V + name] = [prop(value)]
+        return update.Outcome({**current, "attrs": attrs, "modifiedAt": "2026-02-02T00:00:00Z"})
+
+    return run
+
+
+def test_postgres_a_write_stores_exactly_the_rows_its_documents_make(postgres_skip_reason: str | None) -> None:
+    with postgres_schema(postgres_skip_reason) as (loop, url):
+        run = loop.run_until_complete
+        run(_migrate(url))
+        store = open_store(url)
+        run(store.open())
+        try:
+            first = make(
+                "urn:x:1",
+                "T",
+                n=prop(1.5),
+                big=prop(1e308),
+                words=prop([ODD, "b", 3, True]),
+                name=prop(ODD),
+                where={"type": "GeoProperty", "value": {"type": "Point", "coordinates": [2.25, 48.5]}},
+            )
+            second = make("urn:x:" + ODD.replace(" ", ""), "T", "U" + ODD, n=prop(-0.0))
+            run(store.mutate("", [("urn:x:1", update.create(first))], atomic=True))
+            run(store.mutate("", [(second["id"], update.create(second))], atomic=True))
+            steps = [("n", 2), ("n", 2), ("name", "other"), ("words", ["x", 7]), ("big", None), ("extra", ODD)]
+            for name, value in steps:
+                run(store.mutate("", [("urn:x:1", _patch(name, value))], atomic=True))
+            for entity_id in ("urn:x:1", second["id"]):
+                text, pk, types, attrs = run(
+                    store.pool.fetchrow("SELECT doc::text, pk, types, attrs FROM entities WHERE id = $1", entity_id)
+                )
+                entity = orjson.loads(text)
+                assert orjson.dumps(entity).decode() == text  # the stored text is the document's own
+                assert types == entity["type"] and attrs == list(entity["attrs"])
+                stored = run(store.pool.fetch("SELECT attr, num, txt FROM attr_values WHERE pk = $1", pk))
+                assert Counter(tuple(r) for r in stored) == Counter(indexed_values(entity))
+                boxes = run(
+                    store.pool.fetch("SELECT attr, min_x, max_x, min_y, max_y, point FROM entity_geo WHERE pk = $1", pk)
+                )
+                assert [(r[0], tuple(r[1:5]), r[5]) for r in boxes] == geo_boxes(entity)
+            got = run(store.get_entity("", "urn:x:1"))
+            assert got is not None and got["attrs"][V + "extra"][0]["value"] == ODD
+            assert V + "big" not in got["attrs"]
+        finally:
+            run(store.close())
