@@ -89,7 +89,7 @@ def check_tenant_access(name: str) -> None:
 async def existing_tenant(request: Request) -> str:
     """The request's tenant, which must exist already (reads never create tenants)."""
     name = tenant(request)
-    if not await services(request).store.tenant_exists(name):
+    if name and not await services(request).store.tenant_exists(name):  # the default tenant always exists
         raise NonexistentTenant(f"tenant {name} does not exist")
     return name
 
