@@ -250,7 +250,10 @@ async def retrieve_entity(request: Request) -> Response:
             data = render_one(found, store.decode_stored, render, ld_context)
             if not data:
                 raise ResourceNotFound(f"the projection leaves nothing of entity {entity_id}")
-            return await entity_maps.for_entity(request, tenant_name, entity_id, encoded_response(data, media, context))
+            response = encoded_response(data, media, context)
+            if not entity_maps.wanted(request):  # no map side: no coroutine to make
+                return response
+            return await entity_maps.for_entity(request, tenant_name, entity_id, response)
         entity = None
     else:
         entity = await store.get_entity(tenant_name, entity_id)
