@@ -242,11 +242,11 @@ class ContextRegistry:
         Fetching stops at `deadline` (event-loop time; by default request_budget from now), which a
         request resolving several contexts (a batch) passes to every call."""
         if value is None:  # the usual read: no Link header; one object while the core stays the same
-            terms = self.core_terms()
-            core = self._core_resolved
-            if core is None or core.terms is not terms or core.value != self.core_url:
-                core = self._core_resolved = ResolvedContext(terms, self.core_url, self.core_url)
-            return core
+            core_terms = self.core_terms()
+            resolved = self._core_resolved
+            if resolved is None or resolved.terms is not core_terms or resolved.value != self.core_url:
+                resolved = self._core_resolved = ResolvedContext(core_terms, self.core_url, self.core_url)
+            return resolved
         key = value if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
         cache_key = (tenant, key)
         terms = self._compiled.get(cache_key)

@@ -80,10 +80,11 @@ async def _answer(request: Request, exc: Exception) -> Response | None:
         handler = _lookup_exception_handler(exception_handlers, exc)
     if handler is None:
         raise exc
-    if is_async_callable(handler):
-        response: Response | None = await handler(request, exc)
+    answer: Any = handler  # Starlette types its handlers loosely (requests or websockets)
+    if is_async_callable(answer):
+        response: Response | None = await answer(request, exc)
     else:
-        response = await run_in_threadpool(handler, request, exc)
+        response = await run_in_threadpool(answer, request, exc)
     return response
 
 
