@@ -25,6 +25,20 @@ class RenderOptions:
     datasets: frozenset[str | None] | None = None  # datasetId filter; None stands for the default instance
 
 
+_PLAIN_OPTIONS: dict[int, RenderOptions] = {}  # by the TermMap's id (each value keeps its TermMap alive)
+
+
+def plain_options(terms: TermMap) -> RenderOptions:
+    """RenderOptions(terms) with every default (a request without parameters), one object per
+    TermMap, so the render cache finds its token by identity (render_cache.RenderCache.token)."""
+    found = _PLAIN_OPTIONS.get(id(terms))
+    if found is None:
+        if len(_PLAIN_OPTIONS) >= 256:
+            _PLAIN_OPTIONS.clear()
+        found = _PLAIN_OPTIONS[id(terms)] = RenderOptions(terms=terms)
+    return found
+
+
 def render_entity(entity: Entity, options: RenderOptions) -> dict[str, Any]:
     terms = options.terms
     compacted = terms.compacted  # the context's IRI -> term map: one dict lookup per name once warm

@@ -38,6 +38,7 @@ ENTRY_OVERHEAD = 200  # the ordered dict's node and slot, the key tuple, the byt
 MAX_TOKENS = 256  # distinct option sets (contexts x formats x projections) before a reset
 # every render option but the TermMap, which is keyed by identity and generation (it is not hashable)
 _OPTION_FIELDS = tuple(f.name for f in fields(RenderOptions) if f.name != "terms")
+_NO_LAST: tuple[object, object, int, int] = (object(), object(), -1, 0)
 
 
 class RenderCache:
@@ -48,19 +49,27 @@ class RenderCache:
         # options' key -> (token, the TermMap and view, kept alive so no id() is reused while cached)
         self._tokens: dict[tuple[Any, ...], tuple[int, object, object]] = {}
         self._next_token = 0
+        # (options, view, TermMap generation, token) of the last call: the options object is held,
+        # so no other can take its id while this is kept
+        self._last: tuple[object, object, int, int] = _NO_LAST
 
     def token(self, options: RenderOptions, view: object = None) -> int:
         """A small integer standing for everything but the document that the rendering reads:
         the options and the access view (None: unrestricted) that projects each entity."""
         terms = options.terms
+        last = self._last  # the same options object as last time (plain reads share one): no key
+        if last[0] is options and last[1] is view and last[2] == terms.generation:
+            return last[3]
         key = (id(terms), terms.generation, id(view), *[getattr(options, name) for name in _OPTION_FIELDS])
         found = self._tokens.get(key)
         if found is not None and found[1] is terms and found[2] is view:
+            self._last = (options, view, terms.generation, found[0])
             return found[0]
         if len(self._tokens) >= MAX_TOKENS:
             self.clear()
         self._next_token += 1
         self._tokens[key] = (self._next_token, terms, view)
+        self._last = (options, view, terms.generation, self._next_token)
         return self._next_token
 
     def resize(self, budget: int) -> None:
@@ -71,6 +80,7 @@ class RenderCache:
             self.size -= len(old_stored) + len(old_data) + ENTRY_OVERHEAD
 
     def clear(self) -> None:
+        self._last = _NO_LAST
         self._entries.clear()
         self._tokens.clear()
         self.size = 0
@@ -113,6 +123,35 @@ def render_page(
     `context`, the JSON of an @context value, goes into each entity as its last member
     (application/ld+json, as common.json_response does)."""
 
+    make = _maker(decode, options, view)
+    token = cache.token(options, view)
+    parts = []
+    for item in items:
+        data = cache.render(token, item, make) if isinstance(item, bytes) else make(item)
+        if not data:
+            continue
+        parts.append(data if context is None else _with_context(data, context))
+    return b"[" + b",".join(parts) + b"]"
+
+
+def render_one(
+    item: bytes | Entity,
+    decode: Callable[[bytes], Entity],
+    options: RenderOptions,
+    context: bytes | None = None,
+    cache: RenderCache = CACHE,
+) -> bytes:
+    """The JSON of one entity (GET /entities/{id}, unrestricted), byte for byte `orjson.dumps` of
+    the rendered entity (with `context` as its last member, as render_page does); b"" when the
+    projection leaves nothing of it. A hit is a dict look-up: no inflate, decode, render or dumps."""
+    make = _maker(decode, options, None)
+    data = cache.render(cache.token(options), item, make) if isinstance(item, bytes) else make(item)
+    return data if context is None or not data else _with_context(data, context)
+
+
+def _maker(
+    decode: Callable[[bytes], Entity] | None, options: RenderOptions, view: ReadView | None
+) -> Callable[[bytes | Entity], bytes]:
     def make(item: bytes | Entity) -> bytes:
         if isinstance(item, bytes):
             assert decode is not None  # a back-end that gives stored forms gives their decoder
@@ -120,13 +159,9 @@ def render_page(
         rendered = render_entity(item if view is None else view.project(item), options)
         return orjson.dumps(rendered) if rendered else b""  # an emptied entity is left out
 
-    token = cache.token(options, view)
-    parts = []
-    for item in items:
-        data = cache.render(token, item, make) if isinstance(item, bytes) else make(item)
-        if not data:
-            continue
-        if context is not None:  # a rendered entity is a non-empty object without an @context member
-            data = b"".join((data[:-1], b',"@context":', context, b"}"))
-        parts.append(data)
-    return b"[" + b",".join(parts) + b"]"
+    return make
+
+
+def _with_context(data: bytes, context: bytes) -> bytes:
+    """A rendered entity (a non-empty object without an @context member) with `context` appended."""
+    return b"".join((data[:-1], b',"@context":', context, b"}"))

@@ -106,6 +106,7 @@ class ContextRegistry:
         self.cache_size = cache_size
         self._core_docs: dict[str, dict[str, Any]] = {}
         self._core_terms: dict[str, TermMap] = {}
+        self._core_resolved: ResolvedContext | None = None  # resolve(value=None), kept (core_terms is)
         self._preloaded: dict[str, dict[str, Any]] = {}
         # per-tenant hosted / implicit contexts, keyed by local id
         self._hosted: dict[str, dict[str, StoredContext]] = {}
@@ -240,8 +241,12 @@ class ContextRegistry:
         """Compile a request's @context (a URL, an object, a list, or None for the core only).
         Fetching stops at `deadline` (event-loop time; by default request_budget from now), which a
         request resolving several contexts (a batch) passes to every call."""
-        if value is None:
-            return ResolvedContext(self.core_terms(), self.core_url, self.core_url)
+        if value is None:  # the usual read: no Link header; one object while the core stays the same
+            core_terms = self.core_terms()
+            resolved = self._core_resolved
+            if resolved is None or resolved.terms is not core_terms or resolved.value != self.core_url:
+                resolved = self._core_resolved = ResolvedContext(core_terms, self.core_url, self.core_url)
+            return resolved
         key = value if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
         cache_key = (tenant, key)
         terms = self._compiled.get(cache_key)

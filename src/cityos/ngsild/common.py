@@ -48,7 +48,7 @@ class Services:
 
 
 def services(request: Request) -> Services:
-    result: Services = request.app.state.services
+    result: Services = request.scope["app"].state["services"]  # State's item, not its __getattr__ hook
     return result
 
 
@@ -89,7 +89,7 @@ def check_tenant_access(name: str) -> None:
 async def existing_tenant(request: Request) -> str:
     """The request's tenant, which must exist already (reads never create tenants)."""
     name = tenant(request)
-    if not await services(request).store.tenant_exists(name):
+    if name and not await services(request).store.tenant_exists(name):  # the default tenant always exists
         raise NonexistentTenant(f"tenant {name} does not exist")
     return name
 
@@ -194,6 +194,16 @@ def json_response(
         else:
             extra["Link"] = link_header(context.link_url)
     return Response(orjson.dumps(content), status_code=status, media_type=media, headers=extra)
+
+
+def encoded_response(
+    data: bytes, media: str, context: ResolvedContext, headers: dict[str, str] | None = None
+) -> Response:
+    """json_response for a body already in JSON (its @context inside with ld+json)."""
+    extra = dict(headers or {})
+    if media != JSON_LD:
+        extra["Link"] = link_header(context.link_url)
+    return Response(data, status_code=200, media_type=media, headers=extra)
 
 
 def no_content(headers: dict[str, str] | None = None) -> Response:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,7 +22,8 @@ from cityos.entities.model import (
     parse_fragment,
     parse_instance,
 )
-from cityos.entities.render import RenderOptions, downgrade, render_entity, to_geojson_feature
+from cityos.entities.render import RenderOptions, downgrade, plain_options, render_entity, to_geojson_feature
+from cityos.entities.render_cache import render_one
 from cityos.entities.values import check_name, now, require_uri
 from cityos.errors import BadRequestData, InvalidRequest, NgsiLdError, ResourceNotFound
 from cityos.jsonld.registry import ResolvedContext
@@ -30,6 +32,7 @@ from cityos.ngsild.common import (
     accept,
     body_context,
     check_params,
+    encoded_response,
     existing_tenant,
     flag,
     has_query,
@@ -79,6 +82,8 @@ REPRESENTATION_OPTIONS = ("keyValues", "concise", "normalized", "sysAttrs", "sim
 def representation(request: Request, terms: ResolvedContext, params: Mapping[str, str] | None = None) -> RenderOptions:
     """Render options from `options`, `format`, `attrs`, `pick`, `omit` and `lang` (of the URL, or of
     `params` when a query body supplies some of them)."""
+    if not params and not has_query(request):
+        return plain_options(terms.terms)  # no parameter: the options every plain read shares
     chosen = options(request, (*REPRESENTATION_OPTIONS, "noOverwrite", "replace", "update", "count"))
     fmt = plain_params(request).get("format")  # the same last value as query_params.get, parsed once
     formats = {"keyValues", "simplified", "concise", "normalized"} & chosen
@@ -224,7 +229,6 @@ async def create_entity(request: Request) -> Response:
     return Response(status_code=201, headers={"Location": location})
 
 
-@budget.per_request  # a join's fetches and renderings share one --query-timeout
 async def retrieve_entity(request: Request) -> Response:
     check_params(request, RETRIEVE_PARAMS)
     media = accept(request, (JSON, JSON_LD, GEO_JSON))
@@ -235,8 +239,23 @@ async def retrieve_entity(request: Request) -> Response:
     render = representation(request, context, params)
     if media != GEO_JSON and params.get("geometryProperty") is not None:
         raise BadRequestData("geometryProperty needs Accept: application/geo+json")
-    entity = await services(request).store.get_entity(tenant_name, entity_id)
     read = access.view(request, tenant_name)
+    store = services(request).store
+    if read.unrestricted and media != GEO_JSON and not render.attrs and _plain_read(request, params):
+        # the common read: rendered from the stored document through the render cache
+        found = await store.get_stored(tenant_name, entity_id)
+        if found is not None:
+            ld_context = orjson.dumps(context.value) if media == JSON_LD else None
+            data = render_one(found, store.decode_stored, render, ld_context)
+            if not data:
+                raise ResourceNotFound(f"the projection leaves nothing of entity {entity_id}")
+            response = encoded_response(data, media, context)
+            if not entity_maps.wanted(request):  # no map side: no coroutine to make
+                return response
+            return await entity_maps.for_entity(request, tenant_name, entity_id, response)
+        entity = None
+    else:
+        entity = await store.get_entity(tenant_name, entity_id)
     if entity is None:
         # a remote entity is not filtered by the policies: a restricted caller is not forwarded
         remote = await forward_retrieve(request, tenant_name, entity_id) if read.unrestricted else None
@@ -260,7 +279,10 @@ async def retrieve_entity(request: Request) -> Response:
         await access.personal_reads(request, tenant_name, read, [entity])
     plan = request_join_plan(request, params)
     if plan is not None:
-        rendered = await render_joined([entity], render, plan, services(request).store, tenant_name, read)
+        # a join's fetches and renderings share one --query-timeout (only the join needs the budget:
+        # the plain read does not pay for a deadline it would never check)
+        with budget.scope(services(request).settings.query_timeout):
+            rendered = await render_joined([entity], render, plan, store, tenant_name, read)
         body: Any = rendered if plan.mode == "flat" and len(rendered) > 1 else rendered[0]
         response = json_response(body, media=media, context=context)
         return await entity_maps.for_entity(request, tenant_name, entity_id, response)
@@ -276,6 +298,19 @@ async def retrieve_entity(request: Request) -> Response:
         headers["Preference-Applied"] = f"ngsi-ld={version}"
     response = json_response(body, media=media, context=context, status=status, headers=headers)
     return await entity_maps.for_entity(request, tenant_name, entity_id, response)
+
+
+def _plain_read(request: Request, params: Mapping[str, str]) -> bool:
+    """A retrieve that needs nothing of the entity but its rendering: no type filter, no join, no
+    version preference (whose downgrade reads the rendered body)."""
+    if not params:
+        return preferred_version(request) is None
+    return (
+        params.get("type") is None
+        and params.get("join") is None
+        and params.get("joinLevel") is None
+        and preferred_version(request) is None
+    )
 
 
 def request_join_plan(request: Request, params: Mapping[str, str] | None = None) -> JoinPlan | None:

@@ -197,14 +197,20 @@ async def created(request: Request, tenant_name: str, ids: list[str]) -> MapUse:
 async def for_entity(request: Request, tenant_name: str, entity_id: str, response: Response) -> Response:
     """The map side of a successful GET /entities/{id} (5.7.1.4): a live referenced map is echoed,
     otherwise a requested or dead-referenced map is created holding the entity; the status stays 200."""
-    reference = _header(request)
-    if reference is None and not flag(request, "entityMap"):
+    if not wanted(request):
         return response
+    reference = _header(request)
     current = None if reference is None else await _referenced(request, tenant_name, reference)
     if current is not None and reference is not None:
         return answer(response, MapUse(current, reference))
     created = await _create(request, tenant_name, [entity_id])
     return answer(response, MapUse(created, created.id))
+
+
+def wanted(request: Request) -> bool:
+    """Whether a GET /entities/{id} has a map side (for_entity): a NGSILD-EntityMap header, or
+    entityMap=true (checked: another value is a 400)."""
+    return _header(request) is not None or flag(request, "entityMap")
 
 
 def answer(response: Response, use: MapUse | None) -> Response:

@@ -29,10 +29,24 @@ def _ranges(accept: str) -> list[tuple[str, float]]:
     return ranges
 
 
+_CHOSEN: dict[tuple[str, tuple[str, ...]], str] = {}  # (Accept, offered) -> choice: clients repeat their Accept
+
+
 def negotiate(accept: str | None, offered: tuple[str, ...]) -> str:
     """The offered media type the client prefers; ties go to the order of `offered`."""
     if not accept or not accept.strip():
         return offered[0]
+    found = _CHOSEN.get((accept, offered))
+    if found is not None:
+        return found
+    chosen = _negotiate(accept, offered)  # a NotAcceptable is not kept: it is raised each time
+    if len(_CHOSEN) >= 1024:
+        _CHOSEN.clear()
+    _CHOSEN[(accept, offered)] = chosen
+    return chosen
+
+
+def _negotiate(accept: str, offered: tuple[str, ...]) -> str:
     ranges = _ranges(accept)
     best: tuple[float, int] | None = None
     chosen = None

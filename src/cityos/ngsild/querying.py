@@ -24,10 +24,10 @@ from cityos.ngsild.common import (
     body_context,
     check_params,
     csv_param,
+    encoded_response,
     existing_tenant,
     has_query,
     json_response,
-    link_header,
     no_content,
     options,
     query_context,
@@ -320,21 +320,13 @@ async def run_query(
         ld_context = orjson.dumps(context.value) if media == JSON_LD else None
         view = None if read.unrestricted else read
         page_json = render_page(budget.checked(result.stored), result.decode, render, ld_context, view)
-        response = _page_response(page_json, media, context, headers)
+        response = encoded_response(page_json, media, context, headers)
     else:
         body = [rendered for entity in budget.checked(result.entities) if (rendered := render_entity(entity, render))]
         response = json_response(body, media=media, context=context, headers=headers)
     for value in links:
         response.headers.append("Link", value)
     return entity_maps.answer(response, emap)
-
-
-def _page_response(page_json: bytes, media: str, context: ResolvedContext, headers: dict[str, str]) -> Response:
-    """common.json_response for a page already in JSON (its @context inside with ld+json)."""
-    extra = dict(headers)
-    if media != JSON_LD:
-        extra["Link"] = link_header(context.link_url)
-    return Response(page_json, status_code=200, media_type=media, headers=extra)
 
 
 async def purge_entities(request: Request) -> Response:

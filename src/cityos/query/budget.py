@@ -95,7 +95,7 @@ def per_request(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]
     async def run(*args: P.args, **kwargs: P.kwargs) -> R:
         # scope() inlined: this wraps every read request, and a generator-based context manager
         # costs more than the rest of the budget together
-        timeout: float = args[0].app.state.services.settings.query_timeout  # type: ignore[attr-defined]
+        timeout: float = args[0].scope["app"].state["services"].settings.query_timeout  # type: ignore[attr-defined]
         end = time.monotonic() + timeout
         current = _deadline.get()
         if current is not None and current[0] <= end:

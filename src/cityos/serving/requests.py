@@ -12,8 +12,11 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from starlette._exception_handler import wrap_app_handling_exceptions
+from starlette._exception_handler import _lookup_exception_handler
+from starlette._utils import is_async_callable
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -41,18 +44,48 @@ class CityRequest(Request):
 
 
 def request_response(func: Callable[[Request], Awaitable[Response]]) -> ASGIApp:
-    """starlette.routing.request_response for an async handler, with a CityRequest."""
+    """starlette.routing.request_response for an async handler, with a CityRequest.
+
+    Starlette wraps every handler call in `wrap_app_handling_exceptions`: a closure, and a `send`
+    wrapper per message that notes whether the answer has begun, so that an exception raised after
+    it began is not answered twice. A handler here sends nothing: it returns its Response, which is
+    sent once it has returned. So an exception of the handler is answered here, by the same
+    handler look-up (`starlette.exception_handlers` of the scope: status handlers, then the
+    exception's classes), before anything was sent. An exception while the Response is sent goes
+    to ExceptionMiddleware's wrapper, which does the same as the one left out (it re-raises what no
+    handler takes, and refuses to answer once the answer began)."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         request = CityRequest(scope, receive, send)
-
-        async def answer(scope: Scope, receive: Receive, send: Send) -> None:
-            response = await func(request)
+        try:
+            response: Response | None = await func(request)
+        except Exception as exc:
+            response = await _answer(request, exc)
+            exc.__traceback__ = None  # as Starlette: reused exception instances accumulate tracebacks
+        if response is not None:
             await response(scope, receive, send)
 
-        await wrap_app_handling_exceptions(answer, request)(scope, receive, send)
-
     return app
+
+
+async def _answer(request: Request, exc: Exception) -> Response | None:
+    """What Starlette's wrapper answers for an exception raised before anything was sent (re-raised
+    when no handler takes it, for the outer middlewares)."""
+    try:
+        exception_handlers, status_handlers = request.scope["starlette.exception_handlers"]
+    except KeyError:
+        exception_handlers, status_handlers = {}, {}
+    handler = status_handlers.get(exc.status_code) if isinstance(exc, HTTPException) else None
+    if handler is None:
+        handler = _lookup_exception_handler(exception_handlers, exc)
+    if handler is None:
+        raise exc
+    answer: Any = handler  # Starlette types its handlers loosely (requests or websockets)
+    if is_async_callable(answer):
+        response: Response | None = await answer(request, exc)
+    else:
+        response = await run_in_threadpool(answer, request, exc)
+    return response
 
 
 def quick_requests(routes: Iterable[BaseRoute]) -> None:

@@ -210,6 +210,14 @@ class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, Protoco
 
     async def get_entity(self, tenant: str, entity_id: str) -> Entity | None: ...
 
+    async def get_stored(self, tenant: str, entity_id: str) -> bytes | Entity | None:
+        """get_entity for a caller that renders through entities/render_cache.py: the document's
+        stored bytes when nothing in it has expired (`decode_stored` reads them; equal bytes always
+        decode to the same entity), else the entity with its expired parts removed."""
+
+    def decode_stored(self, stored: bytes) -> Entity:
+        """The entity of a document's stored bytes (get_stored, QueryResult.stored)."""
+
     async def mutate(
         self, tenant: str, operations: Sequence[tuple[str, Mutator]], *, atomic: bool
     ) -> list[MutationResult]:

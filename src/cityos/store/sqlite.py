@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import orjson
 
 from cityos.audit.chain import AuditRow
-from cityos.entities.expiry import visible_at
+from cityos.entities.expiry import now_key, visible_at
 from cityos.entities.model import Entity
 from cityos.errors import DatabaseBusy, QueryTimeout
 from cityos.query import budget
@@ -38,7 +38,7 @@ from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_layout import inflate, register
 from cityos.store.sqlite_layout import migrate as migrate_layout
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
-from cityos.store.sqlite_query import SQLiteQueries, create_query_schema, register_geo_functions
+from cityos.store.sqlite_query import SQLiteQueries, create_query_schema, decode, register_geo_functions
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 from cityos.store.sqlite_writes import SQLiteWrites
 
@@ -46,6 +46,8 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 CHECKPOINT_BUSY_TIMEOUT = 0.1  # seconds the checkpoint thread's connection waits for a lock
+LOOP_BUSY_TIMEOUT = 0.0  # the event loop's connection never waits for a lock (SQLiteStore._point)
+POINT_READ = "SELECT doc, next_expiry FROM entities WHERE tenant = ? AND id = ?"
 SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, created_at TEXT NOT NULL);
@@ -384,18 +386,37 @@ class SQLiteStore(
         )
 
     async def get_entity(self, tenant: str, entity_id: str) -> Entity | None:
-        # A primary-key read takes microseconds: doing it on the event loop's own connection costs
-        # less than the hand-off to a reader thread.
-        row = (
-            self._loop_reader()
-            .execute("SELECT doc, next_expiry FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id))
-            .fetchone()
-        )
+        row = await self._point(tenant, entity_id)
         return visible_at(orjson.loads(inflate(row[0])), row[1]) if row else None
+
+    async def get_stored(self, tenant: str, entity_id: str) -> bytes | Entity | None:
+        row = await self._point(tenant, entity_id)
+        if row is None:
+            return None
+        doc, expiry = row
+        if isinstance(doc, bytes) and (expiry is None or expiry > now_key()):
+            return doc
+        return visible_at(orjson.loads(inflate(doc)), expiry)
+
+    decode_stored = staticmethod(decode)
+
+    async def _point(self, tenant: str, entity_id: str) -> tuple[Any, str | None] | None:
+        """An entity's row by its key. A primary-key read takes microseconds: on the event loop's own
+        connection it costs less than the hand-off to a reader thread. That connection never waits
+        for a lock (busy timeout 0; a WAL reader is not blocked by the writer, only by rare events
+        such as another process's exclusive lock or a WAL recovery): a busy read is done again on a
+        reader thread, which waits busy_timeout as every read does, so the loop never blocks."""
+        try:
+            row: tuple[Any, str | None] | None = self._loop_reader().execute(POINT_READ, (tenant, entity_id)).fetchone()
+            return row
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+        return await self._read(lambda c: c.execute(POINT_READ, (tenant, entity_id)).fetchone())
 
     def _loop_reader(self) -> sqlite3.Connection:
         if self._loop_connection is None:
-            self._loop_connection = _connect(self.path, self.busy_timeout, self.durability, self.reader_cache_mb)
+            self._loop_connection = _connect(self.path, LOOP_BUSY_TIMEOUT, self.durability, self.reader_cache_mb)
             with self._lock:
                 self._connections.append(self._loop_connection)
         return self._loop_connection

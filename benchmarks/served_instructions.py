@@ -1,0 +1,128 @@
+"""Instructions per request of a served endpoint: the real uvicorn server under callgrind, real sockets.
+
+`benchmarks.instructions` calls the ASGI application in-process, so uvicorn's protocol, the event
+loop's socket I/O and the reader threads' wake-ups are not in its counts. This runs the server as
+`cityos serve` runs it (or the constant-JSON floor, benchmarks/constant_app.py) under
+`valgrind --tool=callgrind --instr-atstart=no`, sends WARM requests, switches instrumentation on,
+sends COUNT requests from CONNECTIONS keep-alive connections, switches it off and prints the
+server's instructions per request (all its threads):
+
+    python -m benchmarks.served_instructions retrieve DATABASE 2000 --port 7401
+    python -m benchmarks.served_instructions floor - 2000 --port 7402
+
+DATABASE is a file built by `python -m benchmarks.scale_reads build FILE N` (OffStreetParking
+bench-{i}); retrieve asks for random ids among the first N (--entities). The server's periodic
+work (expiry sweep, credentials poll, audit checkpoints, WAL checkpoints) is put off as in
+benchmarks/instructions.py, so the count is the request's own. PYTHONPATH chooses the checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from benchmarks.entities import entity_id
+from benchmarks.instructions import API, PERIODIC_SECONDS
+from benchmarks.loadgen import RawClient
+from benchmarks.workloads import Request
+
+# run inside the server process under valgrind: the periodic work put off, then `cityos serve`
+SERVE = f"""
+import sys, cityos.app
+cityos.app.SWEEP_SECONDS = {PERIODIC_SECONDS}
+from cityos.store import sqlite_checkpoint
+sqlite_checkpoint.PAUSE = {PERIODIC_SECONDS}
+from cityos.auth import authenticator
+authenticator.POLL_SECONDS = {PERIODIC_SECONDS}
+from cityos.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+FLOOR = "import sys; from benchmarks.constant_app import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _wait(url: str, process: subprocess.Popen[bytes], seconds: float = 120.0) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"{url} did not answer")
+
+
+async def _send(port: int, requests: list[Request], connections: int) -> None:
+    queue = list(reversed(requests))
+
+    async def worker() -> None:
+        client = RawClient("127.0.0.1", port)
+        try:
+            while queue:
+                status, body = await client.send(queue.pop())
+                if status != 200:
+                    raise SystemExit(f"answered {status}: {body[:200]!r}")
+        finally:
+            client.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.served_instructions", description=__doc__)
+    parser.add_argument("kind", choices=("retrieve", "floor"))
+    parser.add_argument("database")
+    parser.add_argument("count", type=int)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--entities", type=int, default=20000)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--warm", type=int, default=500)
+    parser.add_argument("--serve", nargs=argparse.REMAINDER, default=[], help="more `cityos serve` options")
+    args = parser.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="served-callgrind-")) / "callgrind.out"
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    if args.kind == "floor":
+        command = [sys.executable, "-c", FLOOR, "--port", str(args.port)]
+        check, path = f"http://127.0.0.1:{args.port}/constant", "/constant"
+    else:
+        serve = ["serve", "--port", str(args.port), "--database", args.database, "--log-level", "warning"]
+        command = [sys.executable, "-c", SERVE, *serve, *args.serve]
+        check, path = f"http://127.0.0.1:{args.port}/version", ""
+    server = subprocess.Popen([*valgrind, *command], stderr=subprocess.DEVNULL, env=dict(os.environ))
+    try:
+        _wait(check, server)
+        rng = random.Random(0)
+
+        def request() -> Request:
+            if args.kind == "floor":
+                return Request("GET", path)
+            return Request("GET", f"{API}/entities/{entity_id(rng.randrange(args.entities))}")
+
+        asyncio.run(_send(args.port, [request() for _ in range(args.warm)], args.connections))
+        measured = [request() for _ in range(args.count)]
+        subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], capture_output=True, check=True)
+        asyncio.run(_send(args.port, measured, args.connections))
+        subprocess.run(["callgrind_control", "-i", "off", str(server.pid)], capture_output=True, check=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+    total = 0
+    for part in out.parent.glob("callgrind.out*"):
+        found = re.search(r"^totals: (\d+)", part.read_text(errors="replace"), re.MULTILINE)
+        total += int(found.group(1)) if found else 0
+    print(f"{args.kind}: {total / args.count:,.0f} instructions per request ({total:,} for {args.count}; {out})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
