@@ -24,7 +24,7 @@ from cityos.entities.model import VALUE_MEMBER, Entity, Instance
 from cityos.entities.update import Mutator
 from cityos.errors import NgsiLdError
 from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
-from cityos.store.side_rows import attr_rows, geo_keys, geo_values, instance_boxes, own_expiry
+from cityos.store.side_rows import Boxed, attr_rows, geo_keys, geo_values, instance_boxes, own_expiry
 from cityos.store.sqlite_history import INSERT_INSTANCE, Names
 from cityos.store.sqlite_layout import deflate, entity_rows, inflate, value_rows
 
@@ -37,13 +37,30 @@ DRAIN_ORDER = (
     "DELETE FROM entity_attrs WHERE attr = ? AND pk = ?",
     "DELETE FROM attr_values WHERE pk = ?",
     "DELETE FROM attr_values WHERE pk = ? AND attr = ?",
+    # a GeoProperty whose box moved, its attribute and instance kept (_moved_geo)
+    "UPDATE entity_geo SET min_x = ?, max_x = ?, min_y = ?, max_y = ?"
+    " WHERE gid = (SELECT gid FROM entity_geo_attrs WHERE pk = ? AND attr = ?)",
+    "UPDATE entity_geo_walk SET min_x = ?, max_x = ?, min_y = ?, max_y = ?, shapes = ? WHERE attr = ? AND pk = ?",
     "INSERT OR IGNORE INTO entity_types (type, pk) VALUES (?, ?)",
     "INSERT OR IGNORE INTO entity_attrs (attr, pk) VALUES (?, ?)",
     "INSERT INTO attr_values (pk, attr, seq, num, txt) VALUES (?, ?, ?, ?, ?)",
     "INSERT INTO outbox (tenant, subscription_id, lane, payload) VALUES (?, ?, ?, ?)",
     INSERT_INSTANCE,
 )
-(DEL_TYPES, DEL_ATTRS, DEL_ATTR, DEL_VALUES, DEL_VALUE, INS_TYPES, INS_ATTRS, INS_VALUES, OUTBOX, HISTORY) = DRAIN_ORDER
+(
+    DEL_TYPES,
+    DEL_ATTRS,
+    DEL_ATTR,
+    DEL_VALUES,
+    DEL_VALUE,
+    SET_BOX,
+    SET_WALK,
+    INS_TYPES,
+    INS_ATTRS,
+    INS_VALUES,
+    OUTBOX,
+    HISTORY,
+) = DRAIN_ORDER
 
 
 SCALARS = (str, int, float)
@@ -52,9 +69,12 @@ SCALARS = (str, int, float)
 TRANSIENT = b'"expiresAt"'
 
 
-def _same_scalars(was: list[Instance], now: list[Instance]) -> bool:
-    """Whether two instance lists surely index the same attr_values rows because their value members
-    are the same scalars (a replace that only moved modifiedAt): a quick answer, False when unsure."""
+def _same_rows(was: list[Instance], now: list[Instance]) -> bool:
+    """Whether two instance lists surely index the same attr_values rows (side_rows.attr_rows): the
+    same types and datasetIds, and value members that are the same scalars, objects (of any content:
+    outside a LanguageProperty an object's members are not indexed) or the same arrays to the byte
+    (1, 1.0 and true index differently, so == alone would not do). A quick answer, False when unsure:
+    a replace that only moved modifiedAt rewrites nothing."""
     if len(was) != len(now):
         return False
     for before, after in zip(was, now, strict=True):
@@ -63,7 +83,15 @@ def _same_scalars(was: list[Instance], now: list[Instance]) -> bool:
         if member is None or before.get("type") != kind or before.get("datasetId") != after.get("datasetId"):
             return False
         value, previous = after.get(member), before.get(member)
-        if type(value) is not type(previous) or type(value) not in SCALARS or value != previous:
+        of = type(value)
+        if of is not type(previous):
+            return False
+        if of in SCALARS:
+            if value != previous:
+                return False
+        elif of is dict and kind != "LanguageProperty":
+            continue
+        elif of is not list or orjson.dumps(value) != orjson.dumps(previous):
             return False
     return True
 
@@ -75,6 +103,20 @@ def _unindex_geo(connection: sqlite3.Connection, pk: int, gids: list[tuple[int]]
     )
     connection.executemany("DELETE FROM entity_geo WHERE gid = ?", gids)
     connection.execute("DELETE FROM entity_geo_attrs WHERE pk = ?", (pk,))
+
+
+def _moved_geo(buffer: dict[str, list[tuple[Any, ...]]], pk: int, was: Boxed, now: Boxed) -> bool:
+    """Buffer the new boxes of GeoProperty attributes that moved, in place (their R*Tree rows by the
+    gid their attribute already has, their walk rows by key), when the entity has the same boxed
+    attributes as before, one instance each (a vehicle or a sensor that moved); False otherwise,
+    for the general way (delete the entity's geo rows, insert them again)."""
+    attrs = [attr for attr, _, _ in now]
+    if [attr for attr, _, _ in was] != attrs or len(set(attrs)) != len(attrs):
+        return False
+    for attr, box, _ in now:
+        buffer[SET_BOX].append((*box, pk, attr))
+    buffer[SET_WALK].extend((*box, shapes, attr, pk) for attr, *box, shapes in geo_keys(now))
+    return True
 
 
 class _Refused(Exception):
@@ -328,7 +370,7 @@ class SQLiteWrites:
                 buffer[INS_ATTRS].extend((ids(a), pk) for a in new if a not in old)
             for attr in (*old, *(a for a in new if a not in old)):
                 was, now = old.get(attr), new.get(attr)
-                if was == now or (was and now and _same_scalars(was, now)):
+                if was is now or (was and now and _same_rows(was, now)):
                     continue
                 rows = attr_rows(attr, now) if now else []
                 if (attr_rows(attr, was) if was else []) != rows:
@@ -339,9 +381,13 @@ class SQLiteWrites:
         if before is not None:
             if geo_values(before) == geo:
                 return
+            boxed = instance_boxes(after)
+            if _moved_geo(buffer, pk, instance_boxes(before), boxed):
+                return
             gids = connection.execute("SELECT gid FROM entity_geo_attrs WHERE pk = ?", (pk,)).fetchall()
             _unindex_geo(connection, pk, gids)
-        boxed = instance_boxes(after)
+        else:
+            boxed = instance_boxes(after)
         for attr, box, _ in boxed:
             gid = connection.execute("INSERT INTO entity_geo_attrs (pk, attr) VALUES (?, ?)", (pk, attr)).lastrowid
             connection.execute("INSERT INTO entity_geo VALUES (?, ?, ?, ?, ?)", (gid, *box))
