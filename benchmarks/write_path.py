@@ -6,6 +6,9 @@ entities through the whole ASGI app (benchmarks.instructions.call), on a new fil
     python -m benchmarks.write_path profile [ROUNDS]    # the same under cProfile: event loop and writer
     python -m benchmarks.write_path scale N FILE        # load N, upsert all again; bytes per entity and
                                                         # per history instance (dbstat)
+    python -m benchmarks.write_path refresh ROUNDS      # load 1,000, then ROUNDS upserts of them with new
+                                                        # values (scenario 3); under callgrind, the
+                                                        # difference of two ROUNDS is the cost per entity
 
 Rates divide entities by `time.process_time()`; the writer thread's own share is `time.thread_time()`
 around `SQLiteStore._flush`. Run it with PYTHONPATH pointing at another checkout's src/ to measure
@@ -111,6 +114,25 @@ async def rate(rounds: int, profiled: bool) -> None:
             pstats.Stats(profile).sort_stats("tottime").print_stats(25)
 
 
+async def refresh(rounds: int) -> None:
+    """Scenario 3's request alone: the same 1,000 stored ids upserted `rounds` times with new values."""
+    folder = Path(tempfile.mkdtemp(prefix="cityos-write-path-"))
+    app = create_app(Settings(database=str(folder / "bench.db"), log_level="warning"))
+    spent = timed_writer(None)
+    async with app.router.lifespan_context(app):
+        await upsert_all(app, batches(0, 1))
+        # at least three bodies made whatever `rounds`: two runs under callgrind differ only in the writes
+        bodies = [batches(0, 1, seed=seed)[0] for seed in range(1, max(rounds, 3) + 1)][:rounds]
+        spent[0] = 0.0
+        started = time.process_time()
+        await upsert_all(app, bodies)
+        cpu = time.process_time() - started
+    print(
+        f"existing ids, new values: {rounds * BATCH / cpu:,.0f} entities/s CPU"
+        f" (writer {spent[0] / rounds * 1000:.0f} ms per 1,000)"
+    )
+
+
 async def scale(count: int, path: str) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -137,6 +159,8 @@ def main() -> None:
     args = sys.argv[1:]
     if args[:1] in (["rate"], ["profile"]):
         asyncio.run(rate(int(args[1]) if len(args) > 1 else 4, args[0] == "profile"))
+    elif args[:1] == ["refresh"] and len(args) == 2:
+        asyncio.run(refresh(int(args[1])))
     elif args[:1] == ["scale"] and len(args) == 3:
         asyncio.run(scale(int(args[1]), args[2]))
     else:

@@ -120,3 +120,105 @@ def test_a_refused_atomic_write_leaves_no_rows(tmp_path: Path, db_url: str) -> N
             db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("entities", "attr_values", "temporal_rows")
         ]
     assert counts == [0, 0, 0]
+
+
+def entity(name: str, attrs: dict[str, list[dict[str, Any]]]) -> Entity:
+    stamped = {
+        V + attr: [{**i, "createdAt": STAMP, "modifiedAt": STAMP} for i in instances]
+        for attr, instances in attrs.items()
+    }
+    return {"id": f"urn:x:{name}", "type": [V + "Thing"], "attrs": stamped, "createdAt": STAMP, "modifiedAt": STAMP}
+
+
+def point(x: float, y: float, dataset: str | None = None) -> dict[str, Any]:
+    instance = {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [x, y]}}
+    return instance if dataset is None else {**instance, "datasetId": dataset}
+
+
+def prop(value: Any, kind: str = "Property") -> dict[str, Any]:
+    return {"type": kind, "languageMap" if kind == "LanguageProperty" else "value": value}
+
+
+# (before, after) of each entity: what a replace may keep in place and what it must rewrite (1 and
+# true are equal in Python, not as indexed values: true is not indexed)
+CHANGES = {
+    "moved": ({"location": [point(1, 2)]}, {"location": [point(3, 4)]}),
+    "listed": ({"tags": [prop([1, "a"])], "same": [prop(["x"])]}, {"tags": [prop([True, "a"])], "same": [prop(["x"])]}),
+    "object": ({"address": [prop({"a": 1})]}, {"address": [prop({"a": 2, "b": "c"})]}),
+    "lang": ({"label": [prop({"en": "x"}, "LanguageProperty")]}, {"label": [prop({"en": "y"}, "LanguageProperty")]}),
+    "scalar": (
+        {"n": [prop(1)], "s": [prop("a")], "f": [prop(1)]},
+        {"n": [prop(1.5)], "s": [prop("a")], "f": [prop(True)]},
+    ),
+    "more geo": ({"location": [point(1, 2)]}, {"location": [point(1, 3)], "area": [point(5, 6)]}),
+    "datasets": (
+        {"location": [point(1, 2, "urn:d:1"), point(2, 2, "urn:d:2")]},
+        {"location": [point(1, 4, "urn:d:1"), point(9, 9, "urn:d:2")]},
+    ),
+    "to a line": (
+        {"location": [point(1, 2)]},
+        {"location": [{"type": "GeoProperty", "value": {"type": "LineString", "coordinates": [[0, 0], [2, 3]]}}]},
+    ),
+}
+
+
+def side_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every side row, keyed by entity id and attribute name (pk, gid and interned ids apart)."""
+    queries = {
+        "attr_values": "SELECT e.id, n.name, v.seq, v.num, v.txt FROM attr_values v JOIN entities e ON e.pk = v.pk"
+        " JOIN temporal_names n ON n.id = v.attr",
+        "entity_attrs": "SELECT e.id, n.name FROM entity_attrs a JOIN entities e ON e.pk = a.pk"
+        " JOIN temporal_names n ON n.id = a.attr",
+        "entity_geo": "SELECT e.id, g.attr, r.min_x, r.max_x, r.min_y, r.max_y FROM entity_geo_attrs g"
+        " JOIN entities e ON e.pk = g.pk JOIN entity_geo r ON r.gid = g.gid",
+        "entity_geo_walk": "SELECT e.id, w.attr, w.min_x, w.max_x, w.min_y, w.max_y, w.shapes FROM entity_geo_walk w"
+        " JOIN entities e ON e.pk = w.pk",
+    }
+    with sqlite3.connect(path) as db:
+        return {table: sorted(db.execute(sql).fetchall(), key=repr) for table, sql in queries.items()}
+
+
+def test_a_replace_leaves_the_side_rows_of_a_fresh_write(tmp_path: Path, db_url: str) -> None:
+    """Rows kept in place (an unchanged value, a moved point's R*Tree and walk rows updated by key)
+    and rows rewritten end as the same entities written on a new file."""
+    replaced, fresh = tmp_path / "replaced.db", tmp_path / "fresh.db"
+    firsts = [entity(name, before) for name, (before, _) in CHANGES.items()]
+    finals = [entity(name, after) for name, (_, after) in CHANGES.items()]
+    asyncio.run(written(replaced, [(e["id"], update.upsert(e, mode="replace")) for e in firsts], atomic=False))
+    asyncio.run(written(replaced, [(e["id"], update.upsert(e, mode="replace")) for e in finals], atomic=False))
+    asyncio.run(written(fresh, [(e["id"], update.upsert(e, mode="replace")) for e in finals], atomic=False))
+    assert side_rows(replaced) == side_rows(fresh)
+    walk = side_rows(replaced)["entity_geo_walk"]
+    assert ("urn:x:moved", V + "location", 3.0, 3.0, 4.0, 4.0, None) in walk
+
+
+def history(path: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as db:
+        return db.execute(
+            "SELECT t.id, i.attr, i.kind, i.vtext, i.created_us, i.modified_us FROM temporal_instances i"
+            " JOIN temporal_entities t ON t.pk = i.epk ORDER BY i.pk"
+        ).fetchall()
+
+
+def test_history_rows_encoded_once_per_batch_keep_their_entity_and_attribute(tmp_path: Path, db_url: str) -> None:
+    """The instances a batch's entities share are encoded once (sqlite_history.encode_row), each row
+    still its own entity's and attribute's; names a rolled-back write made are not reused."""
+    path = tmp_path / "city.db"
+    same = prop("shared")
+    batch = [entity(name, {"a": [same], "b": [same]}) for name in ("p", "q")]
+    asyncio.run(written(path, [(e["id"], update.upsert(e, mode="replace")) for e in batch], atomic=False))
+    # an atomic write that makes a new name, then fails: the name's id is given to another one next
+    doomed = entity("r", {"fresh": [same]})
+    with pytest.raises(Exception, match="already exists"):
+        asyncio.run(written(path, [(doomed["id"], update.create(doomed))] * 2, atomic=True))
+    after = [entity("s", {"other": [prop(1)]}), entity("r", {"fresh": [same]})]
+    asyncio.run(written(path, [(e["id"], update.upsert(e, mode="replace")) for e in after], atomic=False))
+    rows = [(entity_id, attr.removeprefix(V), vtext) for entity_id, attr, _, vtext, _, _ in history(path)]
+    assert rows == [
+        ("urn:x:p", "a", '"shared"'),
+        ("urn:x:p", "b", '"shared"'),
+        ("urn:x:q", "a", '"shared"'),
+        ("urn:x:q", "b", '"shared"'),
+        ("urn:x:s", "other", "1"),
+        ("urn:x:r", "fresh", '"shared"'),
+    ]

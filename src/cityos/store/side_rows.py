@@ -87,9 +87,12 @@ def geo_keys(boxed: Boxed) -> list[tuple[str, float, float, float, float, str | 
 _SCALARS = (str, int, float)
 
 
-def _same_scalars(was: list[Instance], now: list[Instance]) -> bool:
-    """Whether two instance lists surely index the same attr_values rows because their value members
-    are the same scalars (a replace that only moved modifiedAt): a quick answer, False when unsure."""
+def _same_rows(was: list[Instance], now: list[Instance]) -> bool:
+    """Whether two instance lists surely index the same attr_values rows (attr_rows): the same types
+    and datasetIds, and value members that are the same scalars, objects (of any content: outside a
+    LanguageProperty an object's members are not indexed) or the same arrays to the byte (1, 1.0 and
+    true index differently, so == alone would not do). A quick answer, False when unsure: a replace
+    that only moved modifiedAt rewrites nothing."""
     if len(was) != len(now):
         return False
     for before, after in zip(was, now, strict=True):
@@ -98,7 +101,15 @@ def _same_scalars(was: list[Instance], now: list[Instance]) -> bool:
         if member is None or before.get("type") != kind or before.get("datasetId") != after.get("datasetId"):
             return False
         value, previous = after.get(member), before.get(member)
-        if type(value) is not type(previous) or type(value) not in _SCALARS or value != previous:
+        of = type(value)
+        if of is not type(previous):
+            return False
+        if of in _SCALARS:
+            if value != previous:
+                return False
+        elif of is dict and kind != "LanguageProperty":
+            continue
+        elif of is not list or orjson.dumps(value) != orjson.dumps(previous):
             return False
     return True
 
@@ -111,7 +122,7 @@ def changed_values(
     of the document before and after."""
     for attr in (*old, *(a for a in new if a not in old)):
         was, now = old.get(attr), new.get(attr)
-        if was == now or (was and now and _same_scalars(was, now)):
+        if was is now or (was and now and _same_rows(was, now)):
             continue
         rows = attr_rows(attr, now) if now else []
         if (attr_rows(attr, was) if was else []) != rows:

@@ -96,6 +96,9 @@ class Names:
         self.names: dict[int, str] = {}
         self.pending: dict[str, int] = {}
         self.pending_names: dict[int, str] = {}
+        # the writer's encoded history rows of this transaction, by attribute and instance JSON
+        # (encode_row): they hold ids that may be pending, so they go when the pending names go
+        self.rows: dict[tuple[str, bytes], tuple[Any, ...]] = {}
 
     def _learn(self, name: str, number: int) -> None:
         if self.writer:
@@ -145,6 +148,7 @@ class Names:
     def rolled_back(self) -> None:
         self.pending = {}
         self.pending_names = {}
+        self.rows = {}
 
 
 YEAR_1000 = -30_610_224_000  # 1000-01-01T00:00:00Z in seconds: strftime's %Y pads no earlier year
@@ -350,6 +354,30 @@ def encode(
         orjson.dumps(rest) if rest else None,
         explicit,
     )
+
+
+ROWS_LIMIT = 4096  # encoded rows remembered per transaction (encode_row)
+
+
+def encode_row(
+    connection: sqlite3.Connection, names: Names, times: TimeCodec, epk: int, attr: str, instance: Instance
+) -> tuple[Any, ...]:
+    """encode, done once per transaction for each distinct (attribute, instance): a batch's entities
+    share their unchanged attributes' instances member for member (the same description, category,
+    unit; the batch's one createdAt and modifiedAt), and the row of each is the same but for its
+    entity."""
+    try:
+        key = (attr, orjson.dumps(instance))
+    except orjson.JSONEncodeError:  # a value orjson cannot write (an int beyond 64 bits)
+        return encode(connection, names, times, epk, attr, instance)
+    rows = names.rows
+    found = rows.get(key)
+    if found is None:
+        row = encode(connection, names, times, epk, attr, instance)
+        if len(rows) < ROWS_LIMIT:
+            rows[key] = row[1:]
+        return row
+    return (epk, *found)
 
 
 def kind_of(shape: str) -> str:

@@ -33,6 +33,7 @@ from cityos.store.sqlite_history import (
     TimeCodec,
     decode,
     encode,
+    encode_row,
     kind_of,
     pk_of,
 )
@@ -206,7 +207,7 @@ class SQLiteTemporal:
             epk = epks.get(key)
             if epk is None:
                 epk = epks[key] = self._temporal_pk(connection, row.tenant, row.entity_id, row.types)[0]
-            pending.append(encode(connection, names, times, epk, row.attr, row.instance))
+            pending.append(encode_row(connection, names, times, epk, row.attr, row.instance))
 
     async def temporal_write(
         self, tenant: str, entity_id: str, types: Sequence[str], instances: Sequence[tuple[str, Instance]]

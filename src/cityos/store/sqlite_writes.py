@@ -24,7 +24,7 @@ from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import NgsiLdError
 from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
-from cityos.store.side_rows import changed_values, geo_keys, geo_values, instance_boxes, own_expiry
+from cityos.store.side_rows import Boxed, changed_values, geo_keys, geo_values, instance_boxes, own_expiry
 from cityos.store.sqlite_history import INSERT_INSTANCE, Names
 from cityos.store.sqlite_layout import deflate, entity_rows, inflate, value_rows
 
@@ -37,13 +37,30 @@ DRAIN_ORDER = (
     "DELETE FROM entity_attrs WHERE attr = ? AND pk = ?",
     "DELETE FROM attr_values WHERE pk = ?",
     "DELETE FROM attr_values WHERE pk = ? AND attr = ?",
+    # a GeoProperty whose box moved, its attribute and instance kept (_moved_geo)
+    "UPDATE entity_geo SET min_x = ?, max_x = ?, min_y = ?, max_y = ?"
+    " WHERE gid = (SELECT gid FROM entity_geo_attrs WHERE pk = ? AND attr = ?)",
+    "UPDATE entity_geo_walk SET min_x = ?, max_x = ?, min_y = ?, max_y = ?, shapes = ? WHERE attr = ? AND pk = ?",
     "INSERT OR IGNORE INTO entity_types (type, pk) VALUES (?, ?)",
     "INSERT OR IGNORE INTO entity_attrs (attr, pk) VALUES (?, ?)",
     "INSERT INTO attr_values (pk, attr, seq, num, txt) VALUES (?, ?, ?, ?, ?)",
     "INSERT INTO outbox (tenant, subscription_id, lane, payload) VALUES (?, ?, ?, ?)",
     INSERT_INSTANCE,
 )
-(DEL_TYPES, DEL_ATTRS, DEL_ATTR, DEL_VALUES, DEL_VALUE, INS_TYPES, INS_ATTRS, INS_VALUES, OUTBOX, HISTORY) = DRAIN_ORDER
+(
+    DEL_TYPES,
+    DEL_ATTRS,
+    DEL_ATTR,
+    DEL_VALUES,
+    DEL_VALUE,
+    SET_BOX,
+    SET_WALK,
+    INS_TYPES,
+    INS_ATTRS,
+    INS_VALUES,
+    OUTBOX,
+    HISTORY,
+) = DRAIN_ORDER
 
 
 # a document without this key has no expiresAt anywhere: nothing of it expires, so the walks of
@@ -58,6 +75,20 @@ def _unindex_geo(connection: sqlite3.Connection, pk: int, gids: list[tuple[int]]
     )
     connection.executemany("DELETE FROM entity_geo WHERE gid = ?", gids)
     connection.execute("DELETE FROM entity_geo_attrs WHERE pk = ?", (pk,))
+
+
+def _moved_geo(buffer: dict[str, list[tuple[Any, ...]]], pk: int, was: Boxed, now: Boxed) -> bool:
+    """Buffer the new boxes of GeoProperty attributes that moved, in place (their R*Tree rows by the
+    gid their attribute already has, their walk rows by key), when the entity has the same boxed
+    attributes as before, one instance each (a vehicle or a sensor that moved); False otherwise,
+    for the general way (delete the entity's geo rows, insert them again)."""
+    attrs = [attr for attr, _, _ in now]
+    if [attr for attr, _, _ in was] != attrs or len(set(attrs)) != len(attrs):
+        return False
+    for attr, box, _ in now:
+        buffer[SET_BOX].append((*box, pk, attr))
+    buffer[SET_WALK].extend((*box, shapes, attr, pk) for attr, *box, shapes in geo_keys(now))
+    return True
 
 
 class _Refused(Exception):
@@ -317,9 +348,13 @@ class SQLiteWrites:
         if before is not None:
             if geo_values(before) == geo:
                 return
+            boxed = instance_boxes(after)
+            if _moved_geo(buffer, pk, instance_boxes(before), boxed):
+                return
             gids = connection.execute("SELECT gid FROM entity_geo_attrs WHERE pk = ?", (pk,)).fetchall()
             _unindex_geo(connection, pk, gids)
-        boxed = instance_boxes(after)
+        else:
+            boxed = instance_boxes(after)
         for attr, box, _ in boxed:
             gid = connection.execute("INSERT INTO entity_geo_attrs (pk, attr) VALUES (?, ?)", (pk, ids(attr))).lastrowid
             connection.execute("INSERT INTO entity_geo VALUES (?, ?, ?, ?, ?)", (gid, *box))
