@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from cityos.app import create_app
+from cityos.entities.expiry import now_key
 from cityos.query.entity_query import QuerySpec, build_entity_query
 from cityos.query.pushdown import pushdown
 from cityos.query.q import parse_q
@@ -283,6 +284,9 @@ def test_postgres_pages_exact_in_sql_are_one_statement(
     store = city[1].state.services.store
     if not isinstance(store, PostgresStore):
         pytest.skip("PostgreSQL's round trips")
+    # an expired part not swept yet (left by an earlier test) rightly sends a page the other way
+    assert city[0].portal is not None
+    city[0].portal.call(store.purge_expired, now_key())
     sql, python = both_ways(city, spec, **paging)  # the anchors taken, statements prepared
     assert sql == python
     statements = Statements(monkeypatch, store)
