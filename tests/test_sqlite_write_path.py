@@ -169,10 +169,10 @@ def side_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
         " JOIN temporal_names n ON n.id = v.attr",
         "entity_attrs": "SELECT e.id, n.name FROM entity_attrs a JOIN entities e ON e.pk = a.pk"
         " JOIN temporal_names n ON n.id = a.attr",
-        "entity_geo": "SELECT e.id, g.attr, r.min_x, r.max_x, r.min_y, r.max_y FROM entity_geo_attrs g"
-        " JOIN entities e ON e.pk = g.pk JOIN entity_geo r ON r.gid = g.gid",
-        "entity_geo_walk": "SELECT e.id, w.attr, w.min_x, w.max_x, w.min_y, w.max_y, w.shapes FROM entity_geo_walk w"
-        " JOIN entities e ON e.pk = w.pk",
+        "entity_geo": "SELECT e.id, n.name, r.min_x, r.max_x, r.min_y, r.max_y FROM entity_geo_attrs g"
+        " JOIN entities e ON e.pk = g.pk JOIN entity_geo r ON r.gid = g.gid JOIN temporal_names n ON n.id = g.attr",
+        "entity_geo_walk": "SELECT e.id, n.name, w.min_x, w.max_x, w.min_y, w.max_y, w.shapes FROM entity_geo_walk w"
+        " JOIN entities e ON e.pk = w.pk JOIN temporal_names n ON n.id = w.attr",
     }
     with sqlite3.connect(path) as db:
         return {table: sorted(db.execute(sql).fetchall(), key=repr) for table, sql in queries.items()}

@@ -77,7 +77,9 @@ def _unindex_geo(connection: sqlite3.Connection, pk: int, gids: list[tuple[int]]
     connection.execute("DELETE FROM entity_geo_attrs WHERE pk = ?", (pk,))
 
 
-def _moved_geo(buffer: dict[str, list[tuple[Any, ...]]], pk: int, was: Boxed, now: Boxed) -> bool:
+def _moved_geo(
+    buffer: dict[str, list[tuple[Any, ...]]], pk: int, was: Boxed, now: Boxed, ids: Callable[[str], int]
+) -> bool:
     """Buffer the new boxes of GeoProperty attributes that moved, in place (their R*Tree rows by the
     gid their attribute already has, their walk rows by key), when the entity has the same boxed
     attributes as before, one instance each (a vehicle or a sensor that moved); False otherwise,
@@ -86,8 +88,8 @@ def _moved_geo(buffer: dict[str, list[tuple[Any, ...]]], pk: int, was: Boxed, no
     if [attr for attr, _, _ in was] != attrs or len(set(attrs)) != len(attrs):
         return False
     for attr, box, _ in now:
-        buffer[SET_BOX].append((*box, pk, attr))
-    buffer[SET_WALK].extend((*box, shapes, attr, pk) for attr, *box, shapes in geo_keys(now))
+        buffer[SET_BOX].append((*box, pk, ids(attr)))
+    buffer[SET_WALK].extend((*box, shapes, ids(attr), pk) for attr, *box, shapes in geo_keys(now))
     return True
 
 
@@ -349,7 +351,7 @@ class SQLiteWrites:
             if geo_values(before) == geo:
                 return
             boxed = instance_boxes(after)
-            if _moved_geo(buffer, pk, instance_boxes(before), boxed):
+            if _moved_geo(buffer, pk, instance_boxes(before), boxed, ids):
                 return
             gids = connection.execute("SELECT gid FROM entity_geo_attrs WHERE pk = ?", (pk,)).fetchall()
             _unindex_geo(connection, pk, gids)
