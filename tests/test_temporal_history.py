@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from starlette.testclient import TestClient
 
 from cityos.app import create_app
@@ -70,6 +71,23 @@ def test_an_observation_stated_again_adds_nothing(client: TestClient) -> None:
         (5, "2026-08-10T00:00:00Z"),
         (1, "2026-08-10T00:01:00Z"),
     ]
+
+
+def test_true_after_1_is_a_new_value_not_the_same_stated_again(client: TestClient) -> None:
+    """Python's 1 == True == 1.0 is not JSON's: each of these is a new observation at the same
+    observedAt, and within one transaction (one modifiedAt) a new instance too."""
+    create_car(client)
+    url = f"{ENTITIES}/{CAR}/attrs/speed"
+    again = {"value": 1, "observedAt": "2026-08-10T00:00:00Z"}
+    for value in (1, True, 1.0, [1], [True], {"a": 1}, {"a": True}):
+        assert client.patch(url, json={**again, "value": value}).status_code == 204
+    recorded = [orjson.dumps(i["value"]) for i in history(client)["speed"]][-7:]
+    assert recorded == [b"1", b"true", b"1.0", b"[1]", b"[true]", b'{"a":1}', b'{"a":true}']
+    stamp = "2026-01-01T00:00:00Z"
+    before = {"id": CAR, "type": ["V"], "modifiedAt": stamp, "attrs": {SPEED: [{"type": "Property", "value": 1}]}}
+    after = {**before, "attrs": {SPEED: [{"type": "Property", "value": True}]}}
+    assert [i["value"] for _, i in changed_instances(before, after)] == [True]
+    assert changed_instances(before, {**before, "attrs": {SPEED: [{"type": "Property", "value": 1}]}}) == []
 
 
 def test_an_expires_at_merge_adds_nothing(client: TestClient) -> None:

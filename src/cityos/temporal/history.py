@@ -68,14 +68,31 @@ def _observation(instance: Instance) -> dict[str, object]:
     }
 
 
+def identical(a: object, b: object) -> bool:
+    """JSON equality, which Python's == is not: 1, 1.0 and true are three values (1 == True == 1.0).
+    Called only where == already said equal, so the usual case (a new modifiedAt) costs nothing."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        assert isinstance(b, dict)
+        return a.keys() == b.keys() and all(identical(value, b[key]) for key, value in a.items())
+    if isinstance(a, list):
+        assert isinstance(b, list)
+        return len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _differ(old: Instance | None, new: Instance) -> bool:
+    return old != new or not identical(old, new)
+
+
 def restated(old: Instance | None, new: Instance) -> bool:
-    """The same observation again: observedAt and every member unchanged."""
-    return (
-        old is not None
-        and "observedAt" in new
-        and old.get("observedAt") == new["observedAt"]
-        and _observation(old) == _observation(new)
-    )
+    """The same observation again: observedAt and every member unchanged (true after 1 is a new
+    value, not the same one stated again)."""
+    if old is None or "observedAt" not in new or old.get("observedAt") != new["observedAt"]:
+        return False
+    observed, again = _observation(old), _observation(new)
+    return observed == again and identical(observed, again)
 
 
 def changed_instances(before: Entity | None, after: Entity | None) -> list[tuple[str, Instance]]:
@@ -97,13 +114,13 @@ def changed_instances(before: Entity | None, after: Entity | None) -> list[tuple
             if old_one is new_one:  # left alone: the very object of `before` (entities/update.py _require)
                 continue
             if old_one.get("datasetId") == new_one.get("datasetId"):
-                if old_one != new_one and not restated(old_one, new_one):
+                if _differ(old_one, new_one) and not restated(old_one, new_one):
                     found.append((attr, new_one))  # written in this transaction, never changed after
                 continue
         old = _by_dataset(olds)
         new = _by_dataset(instances)
         for dataset, instance in new.items():
-            if old.get(dataset) != instance and not restated(old.get(dataset), instance):
+            if _differ(old.get(dataset), instance) and not restated(old.get(dataset), instance):
                 found.append((attr, instance))
         for dataset, instance in old.items():
             if dataset not in new:
