@@ -207,15 +207,19 @@ async def measure(kind: str, count: int) -> float:
         offset = 10**6 if kind in ("create", "parking") else 0  # warm-up creates must not collide with measured ones
         for seq in range(WARM_UP):
             await call(app, *request_of(kind, seq + offset), reader)
-        requests = [request_of(kind, seq) for seq in range(count)]
-        callgrind("on")
-        started = time.process_time()
-        for request in requests:
-            status = await call(app, *request, reader)
-            assert status < 300, f"{kind} answered {status}"
-        spent = time.process_time() - started
-        callgrind("off")
-    return spent / count
+        return await timed(app, [request_of(kind, seq) for seq in range(count)], reader)
+
+
+async def timed(app: Any, requests: list[tuple[str, str, bytes]], authorization: bytes | None) -> float:
+    """CPU seconds per request of `requests` (each must succeed), counted by callgrind too (when on)."""
+    callgrind("on")
+    started = time.process_time()
+    for request in requests:
+        status = await call(app, *request, authorization)
+        assert status < 300, f"{request[:2]} answered {status}"
+    spent = time.process_time() - started
+    callgrind("off")
+    return spent / len(requests)
 
 
 def main() -> None:

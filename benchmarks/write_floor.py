@@ -33,7 +33,6 @@ import asyncio
 import sqlite3
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ from starlette.routing import Route
 from benchmarks.constant_app import create_app as constant_app
 from benchmarks.entities import entity_id as bench_id
 from benchmarks.entities import make_entity
-from benchmarks.instructions import API, WARM_UP, call, callgrind
+from benchmarks.instructions import API, WARM_UP, call, timed
 
 STORED = 2000
 
@@ -167,15 +166,7 @@ async def measure(kind: str, count: int) -> float:
     offset = 10**6 if kind == "create" else 0  # warm-up creates must not collide with measured ones
     for seq in range(WARM_UP):
         assert await call(app, *request_of(kind, seq + offset), None) < 300
-    requests = [request_of(kind, seq) for seq in range(count)]
-    callgrind("on")
-    started = time.process_time()
-    for request in requests:
-        status = await call(app, *request, None)
-        assert status < 300, f"{kind} answered {status}"
-    spent = time.process_time() - started
-    callgrind("off")
-    return spent / count
+    return await timed(app, [request_of(kind, seq) for seq in range(count)], None)
 
 
 def main() -> None:

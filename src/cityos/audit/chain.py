@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from cityos.clock import second_text
+
 GENESIS = "0" * 64  # the `prev` of the very first record
 UNSIGNED = ("hash", "signature")  # members outside the hashed form
 
@@ -33,18 +35,11 @@ def record_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in record.items() if k not in UNSIGNED})).hexdigest()
 
 
-_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text (utc_now)
-
-
 def utc_now() -> str:
     """Record time: UTC, microseconds, a `Z` suffix (sorts as text). Every write makes one, so the
     date and time of day are formatted once per second, not once per record."""
-    global _second
     second, micro = divmod(time.time_ns() // 1000, 1_000_000)
-    formatted = _second
-    if formatted[0] != second:
-        formatted = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{formatted[1]}.{micro:06d}Z"
+    return f"{second_text(second)}.{micro:06d}Z"
 
 
 @dataclass(slots=True)

@@ -8,6 +8,7 @@ import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
+from cityos.clock import second_text
 from cityos.errors import BadRequestData
 
 URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`\x00-\x1f\x7f]*$")  # no control characters
@@ -21,19 +22,12 @@ GEOMETRY_TYPES = frozenset(
 )
 
 
-_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text (now)
-
-
 def now() -> str:
     """The current time as NGSI-LD writes it: ISO 8601, UTC, milliseconds (truncated, as
     `datetime.isoformat` does). Every write stamps one, so the date and time of day are formatted
     once per second, not per call (as audit/chain.py's utc_now)."""
-    global _second
     second, milli = divmod(time.time_ns() // 1_000_000, 1000)
-    formatted = _second
-    if formatted[0] != second:
-        formatted = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{formatted[1]}.{milli:03d}Z"
+    return f"{second_text(second)}.{milli:03d}Z"
 
 
 # invisible or confusable code points that have no place in an identifier

@@ -21,13 +21,12 @@ import functools
 import math
 import secrets
 import sqlite3
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
+from cityos.clock import second_text
 from cityos.entities.model import VALUE_MEMBER, Instance
 from cityos.entities.values import parse_datetime
 from cityos.temporal.query import to_micros
@@ -151,29 +150,18 @@ class Names:
         self.rows = {}
 
 
-YEAR_1000 = -30_610_224_000  # 1000-01-01T00:00:00Z in seconds: strftime's %Y pads no earlier year
-
-
-def _second_text(second: int) -> str:
-    """Date and time of day of a UTC second, as `datetime.isoformat` writes them (strftime on
-    gmtime: a third of the cost of building a datetime, and each write formats two or three times)."""
-    if second < YEAR_1000:
-        return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=second)).isoformat()[:19]
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-
-
 def _canonical(micros: int) -> str:
     """How CityOS writes a time (entities/values.py now()): UTC, milliseconds, or microseconds when
     there are any."""
     second, fraction = divmod(micros, 1_000_000)
     if fraction % 1000 == 0:
-        return f"{_second_text(second)}.{fraction // 1000:03d}Z"
-    return f"{_second_text(second)}.{fraction:06d}Z"
+        return f"{second_text(second)}.{fraction // 1000:03d}Z"
+    return f"{second_text(second)}.{fraction:06d}Z"
 
 
 def _seconds(micros: int) -> str:
     """A whole second as devices often write it: UTC, no fraction."""
-    return _second_text(micros // 1_000_000) + "Z"
+    return second_text(micros // 1_000_000) + "Z"
 
 
 OTHER, CANONICAL, SECONDS = 0, 1, 2  # how a time string is written (TimeCodec.encode)
