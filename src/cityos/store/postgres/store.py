@@ -247,6 +247,7 @@ class PostgresStore(
         row = await self.pool.fetchrow(POINT_READ, tenant, entity_id)
         return visible_at(orjson.loads(row[0]), row[1]) if row is not None else None
 
+    @read_again_once
     async def get_stored(self, tenant: str, entity_id: str) -> bytes | Entity | None:
         """The json column's text as UTF-8 when nothing in it has expired (the rule of _stored)."""
         row = await self.pool.fetchrow(POINT_READ, tenant, entity_id)
