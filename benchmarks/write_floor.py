@@ -46,7 +46,7 @@ from starlette.routing import Route
 from benchmarks.constant_app import create_app as constant_app
 from benchmarks.entities import entity_id as bench_id
 from benchmarks.entities import make_entity
-from benchmarks.instructions import API, WARM_UP, call, timed
+from benchmarks.instructions import API, WARM_UP, call, cli, timed
 
 STORED = 2000
 
@@ -180,10 +180,7 @@ def main() -> None:
     if sys.argv[1:2] == ["served"]:
         served(int(sys.argv[2]) if len(sys.argv) > 2 else 3)
         return
-    if len(sys.argv) != 3:
-        raise SystemExit(__doc__)
-    kind, count = sys.argv[1], int(sys.argv[2])
-    print(f"{kind}: {asyncio.run(measure(kind, count)) * 1000:.4f} ms CPU per request")
+    cli(measure, __doc__)
 
 
 if __name__ == "__main__":
