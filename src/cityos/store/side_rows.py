@@ -12,6 +12,7 @@ import orjson
 
 from cityos.entities.expiry import normalize
 from cityos.entities.model import VALUE_MEMBER, Entity, Instance
+from cityos.entities.values import identical
 
 
 def geometry_bbox(geometry: Any) -> tuple[float, float, float, float] | None:
@@ -109,7 +110,7 @@ def _same_rows(was: list[Instance], now: list[Instance]) -> bool:
                 return False
         elif of is dict and kind != "LanguageProperty":
             continue
-        elif of is not list or orjson.dumps(value) != orjson.dumps(previous):
+        elif of is not list or value != previous or not identical(value, previous):
             return False
     return True
 

@@ -38,7 +38,7 @@ from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_layout import inflate, register
 from cityos.store.sqlite_layout import migrate as migrate_layout
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
-from cityos.store.sqlite_query import SQLiteQueries, create_query_schema, decode, register_geo_functions
+from cityos.store.sqlite_query import SQLiteQueries, create_query_schema, decode, register_geo_functions, stored_form
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 from cityos.store.sqlite_writes import SQLiteWrites
 
@@ -391,12 +391,7 @@ class SQLiteStore(
 
     async def get_stored(self, tenant: str, entity_id: str) -> bytes | Entity | None:
         row = await self._point(tenant, entity_id)
-        if row is None:
-            return None
-        doc, expiry = row
-        if isinstance(doc, bytes) and (expiry is None or expiry > now_key()):
-            return doc
-        return visible_at(orjson.loads(inflate(doc)), expiry)
+        return None if row is None else stored_form(row[0], row[1], now_key())
 
     decode_stored = staticmethod(decode)
 

@@ -345,15 +345,14 @@ def _stored(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> lis
     """_documents for a caller that takes stored forms (EntityQuery.stored_form): a document with
     nothing expired in it stays in its stored bytes (QueryResult.decode reads it); only the others
     are decoded here, with their expired parts removed."""
-    page: list[bytes | Entity] = []
-    for doc, expiry in _rows(connection, pks):
-        if isinstance(doc, bytes) and (expiry is None or expiry > now):
-            page.append(doc)
-            continue
-        entity = visible_at(orjson.loads(inflate(doc)), expiry, now)
-        if entity is not None:
-            page.append(entity)
-    return page
+    return [form for doc, expiry in _rows(connection, pks) if (form := stored_form(doc, expiry, now)) is not None]
+
+
+def stored_form(doc: bytes, expiry: str | None, now: str) -> bytes | Entity | None:
+    """One row's stored form (the rule of `_stored`), None when nothing of it is visible any more."""
+    if isinstance(doc, bytes) and (expiry is None or expiry > now):
+        return doc
+    return visible_at(orjson.loads(inflate(doc)), expiry, now)
 
 
 def decode(stored: bytes) -> Entity:

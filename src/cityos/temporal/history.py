@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cityos.entities.model import NULL_URI, VALUE_MEMBER, Entity, Instance
-from cityos.entities.values import now
+from cityos.entities.values import identical, now
 from cityos.store.base import EntityChange, EntityLookup, HistoryRow, OutboxRow
 from cityos.store.temporal_base import SCOPE_ATTR
 
@@ -66,20 +66,6 @@ def _observation(instance: Instance) -> dict[str, object]:
         for key, value in instance.items()
         if key not in SYSTEM_TIMES
     }
-
-
-def identical(a: object, b: object) -> bool:
-    """JSON equality, which Python's == is not: 1, 1.0 and true are three values (1 == True == 1.0).
-    Called only where == already said equal, so the usual case (a new modifiedAt) costs nothing."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        assert isinstance(b, dict)
-        return a.keys() == b.keys() and all(identical(value, b[key]) for key, value in a.items())
-    if isinstance(a, list):
-        assert isinstance(b, list)
-        return len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
 
 
 def _differ(old: Instance | None, new: Instance) -> bool:

@@ -168,15 +168,14 @@ def stored(rows: list[tuple[str, str | None]] | list[asyncpg.Record], now: str) 
     sqlite_query._stored: a document with nothing expired in it stays as the json column's text
     (its UTF-8 bytes: PostgreSQL keeps a json value's text as written, so another document is other
     bytes); only the others are decoded here, with their expired parts removed."""
-    page: list[bytes | Entity] = []
-    for doc, expiry in rows:
-        if expiry is None or expiry > now:
-            page.append(doc.encode())
-            continue
-        entity = visible_at(orjson.loads(doc), expiry, now)
-        if entity is not None:
-            page.append(entity)
-    return page
+    return [form for doc, expiry in rows if (form := stored_form(doc, expiry, now)) is not None]
+
+
+def stored_form(doc: str, expiry: str | None, now: str) -> bytes | Entity | None:
+    """One row's stored form (the rule of `stored`), None when nothing of it is visible any more."""
+    if expiry is None or expiry > now:
+        return doc.encode()
+    return visible_at(orjson.loads(doc), expiry, now)
 
 
 def decode(stored: bytes) -> Entity:

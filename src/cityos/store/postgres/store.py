@@ -48,7 +48,15 @@ from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.events import EventFollower, channel_for, notify
 from cityos.store.postgres.identity import PostgresIdentity
 from cityos.store.postgres.outbox import subscription_rows
-from cityos.store.postgres.pages import ANCHOR_STEP, Anchors, decode, geo_in_python, page_at_once, page_in_sql
+from cityos.store.postgres.pages import (
+    ANCHOR_STEP,
+    Anchors,
+    decode,
+    geo_in_python,
+    page_at_once,
+    page_in_sql,
+    stored_form,
+)
 from cityos.store.postgres.policies import PostgresPolicies
 from cityos.store.postgres.schema import require_current
 from cityos.store.postgres.sql import Params, access_in_python, matches_in_python, near_point, where
@@ -251,12 +259,7 @@ class PostgresStore(
     async def get_stored(self, tenant: str, entity_id: str) -> bytes | Entity | None:
         """The json column's text as UTF-8 when nothing in it has expired (the rule of _stored)."""
         row = await self.pool.fetchrow(POINT_READ, tenant, entity_id)
-        if row is None:
-            return None
-        doc, expiry = row[0], row[1]
-        if expiry is None or expiry > now_key():
-            return doc.encode()  # type: ignore[no-any-return]
-        return visible_at(orjson.loads(doc), expiry)
+        return None if row is None else stored_form(row[0], row[1], now_key())
 
     decode_stored = staticmethod(decode)
 
