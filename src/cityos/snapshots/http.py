@@ -2,8 +2,10 @@
 
 A snapshot belongs to the principal that made it, as an entity map does: another principal's
 snapshot does not exist for the caller (404). The access policies see it as the resource
-"snapshot" of its tenant (ngsild/guard.py); reading a snapshot's entities is judged by the entity
-policies of the tenant it was made in (ngsild/access.view maps the hidden tenant back to it)."""
+"snapshot" of its tenant, as registrations are (ngsild/guard.py): `read` to retrieve, list or use
+one, `administer` to create, clone, update, delete or purge. Its entities are those its maker could
+read when it was made (the fill runs under the maker's read view), and reading them is judged again
+by the entity policies of the tenant it was made in (ngsild/access.view maps the hidden tenant back)."""
 
 from __future__ import annotations
 
@@ -97,13 +99,17 @@ def _missing(snapshot_id: str) -> ResourceNotFound:
 
 
 async def _mine(request: Request, tenant_name: str, snapshot_id: str, action: Action) -> SnapshotRow:
-    """The snapshot if the caller may `action` it: its maker's or an admin's, and allowed by the policies."""
+    """The snapshot if the caller may `action` ("read" or "administer") it: it is its maker's or an
+    admin's, and the policies allow `read` on snapshots (else 404, as if it did not exist) and
+    `action` (else 403)."""
     row = await services(request).store.get_snapshot(tenant_name, snapshot_id)
     if row is None:
         raise _missing(snapshot_id)
     if not principal(request).may_manage(row.document.get(model.OWNER)):
         raise hide(request, f"{action} snapshot", _target(tenant_name), _missing(snapshot_id))
-    require(request, action, _target(tenant_name), hidden=_missing(snapshot_id) if action == "read" else None)
+    require(request, "read", _target(tenant_name), hidden=_missing(snapshot_id))
+    if action != "read":
+        require(request, action, _target(tenant_name))
     return row
 
 
@@ -208,7 +214,7 @@ async def create_snapshot(request: Request) -> Response:
     check_params(request, ())
     body, media = await read_payload(request)
     tenant_name = tenant(request)
-    require(request, "create", _target(tenant_name))
+    require(request, "administer", _target(tenant_name))
     snapshot_id, queries, priority = model.parse_create(body)
     context = await body_context(request, body, media, tenant_name=tenant_name)
     plans = [_plan(request, tenant_name, context, raw) for raw in queries]
@@ -229,8 +235,7 @@ async def clone_snapshot(request: Request) -> Response:
     check_params(request, ())
     body, _ = await read_payload(request)
     tenant_name = tenant(request)
-    original = (await _mine(request, tenant_name, _snapshot_id(request), "read")).document
-    require(request, "create", _target(tenant_name))
+    original = (await _mine(request, tenant_name, _snapshot_id(request), "administer")).document
     snapshot_id, priority = model.parse_clone(body, original)
     if original["snapshotStatus"] == model.PREPARING:
         raise Conflict("the snapshot is still being prepared; clone it once its snapshotStatus has changed")
@@ -298,7 +303,7 @@ async def update_snapshot(request: Request) -> Response:
     body, _ = await read_payload(request, merge_patch=True)
     tenant_name = tenant(request)
     priority = model.parse_update(body)
-    row = await _mine(request, tenant_name, _snapshot_id(request), "update")
+    row = await _mine(request, tenant_name, _snapshot_id(request), "administer")
     document = {**row.document, "snapshotPriority": priority, "modifiedAt": now()}
     await services(request).store.save_snapshot(SnapshotRow(tenant_name, row.id, document), create=False)
     return json_response(model.render(document), media=media, context=await query_context(request, tenant_name))
@@ -313,7 +318,7 @@ async def delete_snapshot(request: Request) -> Response:
     """DELETE /snapshots/{id} (5.16.5): the snapshot and its entities."""
     check_params(request, ())
     tenant_name = tenant(request)
-    row = await _mine(request, tenant_name, _snapshot_id(request), "delete")
+    row = await _mine(request, tenant_name, _snapshot_id(request), "administer")
     await _delete(services(request).store, row)
     return no_content()
 
@@ -325,7 +330,7 @@ async def purge_snapshots(request: Request) -> Response:
     q = request.query_params.get("q")
     if q is None:
         raise BadRequestData("a snapshot purge needs q")
-    for row in await _selected(request, tenant_name, q, "delete"):
+    for row in await _selected(request, tenant_name, q, "administer"):
         await _delete(services(request).store, row)
     return no_content()
 
