@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -23,6 +22,7 @@ from cityos.snapshots import model
 from cityos.store import open_store
 from cityos.store.base import EntityQuery
 from cityos.store.snapshot_base import SnapshotRow
+from notify_helpers import serving
 
 BASE = "/ngsi-ld/v1"
 SNAPSHOTS = BASE + "/snapshots"
@@ -165,15 +165,8 @@ class Source(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def source() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Source)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(Source) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
