@@ -292,9 +292,12 @@ def test_update_clone_delete_and_purge(client: TestClient) -> None:
     problem(client.delete(SNAPSHOTS, params={"q": "speed>50"}), 400, "BadRequestData")
     problem(client.delete(SNAPSHOTS), 400, "BadRequestData")
     assert client.get(location).status_code == 200  # a refused purge purged nothing
+    store = client.app.state.services.store  # type: ignore[attr-defined]
+    assert client.portal.call(store.temporal_entity, hidden, FAST) is not None  # type: ignore[union-attr]
     assert client.delete(SNAPSHOTS, params={"q": "snapshotPriority<5"}).status_code == 204
     assert client.get(location).status_code == 404
     assert stored_ids(client, hidden) == []
+    assert client.portal.call(store.temporal_entity, hidden, FAST) is None  # type: ignore[union-attr]
     assert ids(client.get(ENTITIES, params={"type": "Vehicle"}, headers={HEADER: clone["id"]})) == [FAST, SLOW]
     problem(client.get(ENTITIES, params={"type": "Vehicle"}, headers={HEADER: original["id"]}), 404, "ResourceNotFound")
     assert client.delete(cloned.headers["Location"]).status_code == 204
@@ -411,5 +414,8 @@ def test_access_policies(secured: Secured) -> None:
     problem(client.get(location, headers=reader), 404, "ResourceNotFound")  # no read on snapshots
     assert client.get(SNAPSHOTS, headers=reader).status_code == 403
     assert {e.detail.get("resource") for e in secured.audit.denied()} == {"snapshot"}
+    # reading it is judged by today's policies: the maker loses Vehicles, the snapshot shows nothing
+    secured.authorizer.grants["key:maker"].types = set()
+    assert ids(client.get(ENTITIES, params={"type": "Vehicle"}, headers={HEADER: sid, **maker})) == []
     assert client.get(location, headers=admin).status_code == 200  # an admin manages every one
     assert client.delete(location, headers=maker).status_code == 204
