@@ -9,10 +9,12 @@ Kinds (the decision for each route):
 - READ: reads of entities and what is derived from them; with a reader key the hidden attribute is
   absent, with another tenant's key nothing of the first tenant is seen.
 - WRITE: changes to entities (and their history); a reader key gets 403 (404 when invisible).
-- OWNED: subscriptions and entity maps, which belong to their creator: another principal of the
-  same tenant gets 404 and sees none of them in listings.
+- OWNED: subscriptions, entity maps and snapshots, which belong to their creator: another principal
+  of the same tenant gets 404 and sees none of them in listings.
 - ADMIN: changes to registrations and @contexts; IoT provisioning, keys, users, policies, audit:
   403 for a reader (registrations are read with the `read` right on resource `registration`).
+  Making, cloning and purging snapshots too (`administer` on resource `snapshot`; someone else's
+  snapshot answers 404 to a clone).
 - MALFORMED: no such operation (`/entities/` and `/entities//attrs...` without an entity id, PUT
   under /temporal/entities/): 400 or 405 for every authenticated caller.
 """
@@ -61,6 +63,7 @@ class Ids:
     policy: str = ""
     instance: str = ""
     device: str = ""
+    snapshot: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ def probes(ids: Ids) -> list[Probe]:
     sub = f"{API}/subscriptions/{ids.subscription}"
     emap = f"{API}/entityMaps/{ids.entity_map}"
     reg = f"{API}/csourceRegistrations/{ids.registration}"
+    snap = f"{API}/snapshots/{ids.snapshot}"
+    snapshot = {"type": "Snapshot", "snapshotQueries": [query]}
     registration = {
         "type": "ContextSourceRegistration",
         "information": [{"entities": [{"type": "Building"}]}],
@@ -197,6 +202,14 @@ def probes(ids: Ids) -> list[Probe]:
         p("PATCH", f"{API}/entityMaps/{{map_id}}", "owned-write", emap, json={"expiresAt": "2020-01-01T00:00:00Z"}),
         p("DELETE", f"{API}/entityMaps/{{map_id}}", "owned-write", emap),
         p("GET", f"{e}", "owned-read", e, params={"type": "Building"}, headers={"NGSILD-EntityMap": ids.entity_map}),
+        # snapshots: resource "snapshot" (read / administer), and each belongs to its creator
+        p("POST", f"{API}/snapshots", "admin-write", f"{API}/snapshots", json=snapshot),
+        p("GET", f"{API}/snapshots", "owned-read", f"{API}/snapshots"),
+        p("DELETE", f"{API}/snapshots", "admin-write", f"{API}/snapshots", params={"q": "snapshotPriority>0"}),
+        p("GET", f"{API}/snapshots/{{snapshot_id}}", "owned-read", snap),
+        p("PATCH", f"{API}/snapshots/{{snapshot_id}}", "owned-write", snap, json={"snapshotPriority": 1}),
+        p("DELETE", f"{API}/snapshots/{{snapshot_id}}", "owned-write", snap),
+        p("POST", f"{API}/snapshots/{{snapshot_id}}/clone", "admin-write", snap + "/clone", json={"type": "Snapshot"}),
         # temporal (a query over someone else's entity map makes a new map, as above)
         p(
             "GET",

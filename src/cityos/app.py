@@ -62,6 +62,8 @@ from cityos.serving import collector
 from cityos.serving.requests import quick_requests
 from cityos.serving.routing import index_routes
 from cityos.settings import Settings
+from cityos.snapshots import http as snapshots_http
+from cityos.snapshots.scope import HEADER as SNAPSHOT_HEADER
 from cityos.store.base import StoreEvent
 from cityos.store.fair import current_client
 from cityos.tasks import stop_task
@@ -71,7 +73,15 @@ SWEEP_SECONDS = 1.0
 # what a browser app may send and read across origins (the cors_origins setting)
 TENANT_HEADER_KEY = TENANT_HEADER.lower().encode()  # as ASGI gives header names
 TENANT_HEADER_BYTES = TENANT_HEADER.encode()
-CORS_REQUEST_HEADERS = ["Accept", "Content-Type", "Link", TENANT_HEADER, "Authorization", REQUEST_ID_HEADER]
+CORS_REQUEST_HEADERS = [
+    "Accept",
+    "Content-Type",
+    "Link",
+    TENANT_HEADER,
+    "Authorization",
+    REQUEST_ID_HEADER,
+    SNAPSHOT_HEADER,
+]
 CORS_EXPOSED_HEADERS = [
     "Location",
     "Link",
@@ -82,6 +92,7 @@ CORS_EXPOSED_HEADERS = [
     "Retry-After",
     REQUEST_ID_HEADER,
     "WWW-Authenticate",
+    SNAPSHOT_HEADER,
 ]
 
 
@@ -344,6 +355,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         services.principals = identity.authenticator
 
     startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
+    snapshot_fills = snapshots_http.SnapshotFills()  # snapshots being made in the background
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -368,6 +380,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             )
         await services.store.open()
         stack.push_async_callback(services.store.close)
+        stack.push_async_callback(snapshot_fills.stop)  # before the store closes
         follow = _follow_other_workers(pipeline, ingest, identity)
         if policies is not None:
             policies.audit = services.audit
@@ -395,6 +408,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *subscriptions.routes(),
         *registrations.routes(),
         *entity_maps.routes(),
+        *snapshots_http.routes(),
         *temporal.routes(),
         *ingest.routes(),
         *audit_http.routes(),
@@ -417,6 +431,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     app.state.ingest = ingest
     app.state.identity = identity
     app.state.policies = policies
+    app.state.snapshot_fills = snapshot_fills
+    app.add_middleware(snapshots_http.SnapshotHeader, answer=ngsild_error)  # innermost: inside authentication
     if identity.required:  # who is calling and why, before any handler: auth/middleware.py (auth off: nothing to do)
         app.add_middleware(LastResort)  # innermost: answers what no handler knew, keeps the connection
         app.add_middleware(

@@ -193,6 +193,12 @@ class Settings:
     entity_map_max_lifetime: float = _setting(
         86400.0, "Longest EntityMap lifetime in seconds; longer requested lifetimes and later expiresAt are cut to it."
     )
+    snapshot_max_count: int = _setting(
+        20, "Snapshots (spec 5.16) a tenant may hold at once; a create or clone beyond it is refused (409)."
+    )
+    snapshot_max_entities: int = _setting(
+        10000, "Entities one snapshot may freeze; a fill selecting more ends with snapshotStatus failure."
+    )
     iot_http: bool = _setting(
         True, "Serve the IoT Agent under /iot: service group and device provisioning, HTTP measures (UltraLight, JSON)."
     )
@@ -318,6 +324,8 @@ class Settings:
             raise ValueError("temporal_retention_days must not be negative")
         if not 0 < self.entity_map_lifetime <= self.entity_map_max_lifetime:
             raise ValueError("entity_map_lifetime must be positive and at most entity_map_max_lifetime")
+        if self.snapshot_max_count < 0 or self.snapshot_max_entities < 1:
+            raise ValueError("snapshot_max_count must not be negative and snapshot_max_entities must be positive")
 
 
 def env_name(name: str) -> str:

@@ -25,6 +25,7 @@ from cityos.policy.enforce import (
     shown,
     write_check,
 )
+from cityos.snapshots.scope import owner_of
 from cityos.store.base import EntityQuery
 from cityos.store.temporal_base import AggregatedEntity, TemporalQuery
 
@@ -32,7 +33,8 @@ __all__ = ["DENIED", "HiddenEntity", "guarded", "restrict", "shown"]
 
 
 def view(request: Request, tenant: str, action: Action = "read") -> ReadView:
-    return services(request).authorizer.read_view(principal(request), tenant, action)
+    # a snapshot's hidden tenant is read under the policies of the tenant it was made in
+    return services(request).authorizer.read_view(principal(request), owner_of(tenant), action)
 
 
 def writes(request: Request, tenant: str) -> WriteCheck | None:

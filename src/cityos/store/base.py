@@ -17,6 +17,7 @@ from cityos.query.pushdown import ValueFilter
 from cityos.store.audit_base import AuditStore
 from cityos.store.identity_base import IdentityStore
 from cityos.store.policy_base import PolicyStore
+from cityos.store.snapshot_base import SnapshotStore
 from cityos.store.temporal_base import TemporalStore
 
 if TYPE_CHECKING:
@@ -188,9 +189,10 @@ class IngestRecord:
     document: dict[str, Any]
 
 
-class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, Protocol):
+class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, SnapshotStore, Protocol):
     """Current state, subscriptions, maps and discovery; the temporal methods come from TemporalStore,
-    the credentials' from IdentityStore, the policies' from PolicyStore, the audit trail's from AuditStore."""
+    the credentials' from IdentityStore, the policies' from PolicyStore, the audit trail's from AuditStore,
+    the snapshots' from SnapshotStore."""
 
     # True when several workers share the store: the subscription throttling is then decided by the
     # store, in the write transaction (an outbox row with `throttling` is dropped within the period),

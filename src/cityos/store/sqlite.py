@@ -39,6 +39,7 @@ from cityos.store.sqlite_layout import inflate, register
 from cityos.store.sqlite_layout import migrate as migrate_layout
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
 from cityos.store.sqlite_query import SQLiteQueries, create_query_schema, decode, register_geo_functions, stored_form
+from cityos.store.sqlite_snapshots import SNAPSHOT_SCHEMA, SQLiteSnapshots
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 from cityos.store.sqlite_writes import SQLiteWrites
 
@@ -166,7 +167,14 @@ def _regexp(pattern: str, value: str | None) -> bool:
 
 
 class SQLiteStore(
-    SQLiteQueries, SQLiteCatalog, SQLiteWrites, SQLiteTemporal, SQLiteIdentity, SQLitePolicies, SQLiteAudit
+    SQLiteQueries,
+    SQLiteCatalog,
+    SQLiteWrites,
+    SQLiteTemporal,
+    SQLiteIdentity,
+    SQLitePolicies,
+    SQLiteAudit,
+    SQLiteSnapshots,
 ):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
 
@@ -338,6 +346,7 @@ class SQLiteStore(
                 connection.executescript(TEMPORAL_SCHEMA)
                 connection.executescript(POLICY_SCHEMA)  # additive: older files gain the table
                 connection.executescript(IDENTITY_SCHEMA)
+                connection.executescript(SNAPSHOT_SCHEMA)  # additive: older files gain the table
                 if "owner" not in {row[1] for row in connection.execute("PRAGMA table_info(entity_maps)")}:
                     connection.execute("ALTER TABLE entity_maps ADD COLUMN owner TEXT")  # files made before owners
                 create_query_schema(connection)  # additive: older files gain the listing index

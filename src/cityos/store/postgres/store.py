@@ -59,6 +59,7 @@ from cityos.store.postgres.pages import (
 )
 from cityos.store.postgres.policies import PostgresPolicies
 from cityos.store.postgres.schema import require_current
+from cityos.store.postgres.snapshots import PostgresSnapshots
 from cityos.store.postgres.sql import Params, access_in_python, matches_in_python, near_point, where
 from cityos.store.postgres.temporal import PostgresTemporal
 from cityos.store.postgres.writes import PostgresWrites
@@ -101,7 +102,13 @@ POINT_READ = "SELECT doc, next_expiry FROM entities WHERE tenant = $1 AND id = $
 
 
 class PostgresStore(
-    PostgresWrites, PostgresCatalog, PostgresTemporal, PostgresIdentity, PostgresPolicies, PostgresAudit
+    PostgresWrites,
+    PostgresCatalog,
+    PostgresTemporal,
+    PostgresIdentity,
+    PostgresPolicies,
+    PostgresAudit,
+    PostgresSnapshots,
 ):
     throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
 

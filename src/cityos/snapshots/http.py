@@ -1,0 +1,419 @@
+"""Handlers for /snapshots (spec 6.36-6.38) and the NGSILD-Snapshot header (6.3.22).
+
+A snapshot belongs to the principal that made it, as an entity map does: another principal's
+snapshot does not exist for the caller (404). The access policies see it as the resource
+"snapshot" of its tenant, as registrations are (ngsild/guard.py): `read` to retrieve, list or use
+one, `administer` to create, clone, update, delete or purge. Its entities are those its maker could
+read when it was made (the fill runs under the maker's read view), and reading them is judged again
+by the entity policies of the tenant it was made in (ngsild/access.view maps the hidden tenant back)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cityos.entities.model import parse_entity
+from cityos.entities.values import MAX_SAFE_INTEGER, now, require_uri
+from cityos.errors import BadRequestData, Conflict, NgsiLdError, OperationNotSupported, ResourceNotFound
+from cityos.jsonld.registry import ResolvedContext
+from cityos.net import OutboundPolicy
+from cityos.ngsild import access
+from cityos.ngsild.common import (
+    accept,
+    body_context,
+    check_params,
+    json_response,
+    link_context,
+    link_header,
+    no_content,
+    principal,
+    query_context,
+    read_payload,
+    services,
+    tenant,
+)
+from cityos.ngsild.guard import hide, require
+from cityos.policy.decision import Action, Target
+from cityos.query.entity_query import QuerySpec, build_entity_query
+from cityos.snapshots import fill, model
+from cityos.snapshots.remote import ask_sources
+from cityos.snapshots.scope import HEADER, SCOPE_KEY, SnapshotScope, new_hidden_tenant
+from cityos.store.base import EntityStore
+from cityos.store.snapshot_base import SnapshotRow
+from cityos.tasks import stop_tasks
+
+log = logging.getLogger("cityos.snapshots")
+BASE = "/ngsi-ld/v1"
+RESOURCE = "snapshot"
+HEADER_KEY = HEADER.lower().encode()
+TOUCH_SECONDS = 60.0  # lastUsedAt is rewritten at most this often (a read is not a write each time)
+# what a request with NGSILD-Snapshot may do: the retrievals and queries of current entities
+SCOPED = (("GET", BASE + "/entities"), ("GET", BASE + "/types"), ("GET", BASE + "/attributes"))
+SCOPED_POST = BASE + "/entityOperations/query"
+
+
+class SnapshotFills:
+    """The fills and clones running in the background, stopped before the store closes."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            await work
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def wait(self) -> None:
+        """Until every fill started so far has ended (tests, and a clean stop)."""
+        while self.tasks:
+            await asyncio.wait(set(self.tasks))
+
+    async def stop(self) -> None:
+        await stop_tasks(list(self.tasks))
+
+
+def _fills(request: Request) -> SnapshotFills:
+    fills: SnapshotFills = request.scope["app"].state.snapshot_fills
+    return fills
+
+
+def _target(tenant_name: str) -> Target:
+    return Target(tenant=tenant_name, resource=RESOURCE)
+
+
+def _missing(snapshot_id: str) -> ResourceNotFound:
+    return ResourceNotFound(f"snapshot {snapshot_id} does not exist")
+
+
+async def _mine(request: Request, tenant_name: str, snapshot_id: str, action: Action) -> SnapshotRow:
+    """The snapshot if the caller may `action` ("read" or "administer") it: it is its maker's or an
+    admin's, and the policies allow `read` on snapshots (else 404, as if it did not exist) and
+    `action` (else 403)."""
+    row = await services(request).store.get_snapshot(tenant_name, snapshot_id)
+    if row is None:
+        raise _missing(snapshot_id)
+    if not principal(request).may_manage(row.document.get(model.OWNER)):
+        raise hide(request, f"{action} snapshot", _target(tenant_name), _missing(snapshot_id))
+    require(request, "read", _target(tenant_name), hidden=_missing(snapshot_id))
+    if action != "read":
+        require(request, action, _target(tenant_name))
+    return row
+
+
+def _snapshot_id(request: Request) -> str:
+    return require_uri(request.path_params["snapshot_id"], "snapshot id")
+
+
+def _location(snapshot_id: str) -> dict[str, str]:
+    return {"Location": f"{BASE}/snapshots/" + quote(snapshot_id, safe=":;=@!$&'()*+,~-._")}
+
+
+async def _room(request: Request, tenant_name: str) -> None:
+    limit = services(request).settings.snapshot_max_count
+    if len(await services(request).store.list_snapshots(tenant_name)) >= limit:
+        raise Conflict(f"the tenant holds {limit} snapshots already (snapshot_max_count): delete or purge some first")
+
+
+def _plan(request: Request, tenant_name: str, context: ResolvedContext, raw: dict[str, Any]) -> fill.Plan:
+    """A snapshot query compiled as POST /entityOperations/query compiles its body, with the
+    caller's access policies applied: invalid q, geoQ or selectors are refused before anything is made."""
+    geo = None
+    if raw.get("geoQ") is not None:
+        from cityos.query.geo import parse_geoq
+
+        geo = parse_geoq(raw["geoQ"])
+    spec = QuerySpec(
+        attrs=raw.get("attrs"),
+        q=raw.get("q"),
+        scope_q=raw.get("scopeQ"),
+        geo=geo,
+        selectors=raw.get("entities"),
+        max_pattern_length=services(request).settings.max_pattern_length,
+    )
+    read = access.view(request, tenant_name)
+    query = access.restrict(build_entity_query(spec, context.terms.expand), read)
+    return fill.Plan(raw, query, read, lambda item: parse_entity(item, context.terms, stamp=now()))
+
+
+def _sources(request: Request, tenant_name: str, context: ResolvedContext) -> fill.Sources:
+    settings = services(request).settings
+    store = services(request).store
+    policy = OutboundPolicy(
+        allow_private_networks=settings.allow_private_networks,
+        timeout=settings.notification_timeout,
+        max_bytes=settings.notification_max_bytes,
+    )
+    link = link_context(request)
+
+    async def ask(raw: dict[str, Any]) -> list[dict[str, Any]]:
+        registrations = await store.list_registrations(tenant_name)
+        return await ask_sources(registrations, raw, context.terms.expand, policy, link and link_header(link))
+
+    return ask
+
+
+async def _finish(store: EntityStore, row: SnapshotRow, status: str, details: list[dict[str, Any]]) -> None:
+    """Record how a fill or clone ended; if the snapshot was deleted meanwhile, its entities go too."""
+    current = await store.get_snapshot(row.tenant, row.id)
+    if current is not None:
+        document = {
+            **current.document,
+            "snapshotStatus": status,
+            "snapshotQueriesDetails": details,
+            "modifiedAt": now(),
+        }
+        await store.save_snapshot(SnapshotRow(row.tenant, row.id, document), create=False)
+    if current is None or await store.get_snapshot(row.tenant, row.id) is None:
+        await fill.drop(store, row.document[model.HIDDEN])
+
+
+async def _failed(store: EntityStore, row: SnapshotRow, exc: Exception, count: int) -> None:
+    if not isinstance(exc, fill.TooLarge):
+        log.exception("snapshot %s of tenant %r failed", row.id, row.tenant, exc_info=exc)
+    await fill.drop(store, row.document[model.HIDDEN])  # nothing half-made stays
+    detail = str(exc) if isinstance(exc, fill.TooLarge) else "the snapshot could not be made"
+    await _finish(store, row, model.FAILURE, [{"resultStatus": model.FAILURE, "detail": detail}] * count)
+
+
+async def _run_fill(
+    store: EntityStore, row: SnapshotRow, plans: list[fill.Plan], sources: fill.Sources, max_entities: int
+) -> None:
+    hidden = row.document[model.HIDDEN]
+    try:
+        status, details = await fill.fill(store, row.tenant, hidden, plans, sources, max_entities)
+    except Exception as exc:  # a background task: its end is recorded in the snapshot, never lost
+        await _failed(store, row, exc, len(plans))
+        return
+    await _finish(store, row, status, details)
+
+
+async def _run_clone(store: EntityStore, row: SnapshotRow, original: dict[str, Any], max_entities: int) -> None:
+    try:
+        await fill.copy(store, original[model.HIDDEN], row.document[model.HIDDEN], max_entities)
+    except Exception as exc:
+        await _failed(store, row, exc, len(original.get("snapshotQueries", [])))
+        return
+    await _finish(store, row, original["snapshotStatus"], original.get("snapshotQueriesDetails", []))
+
+
+async def create_snapshot(request: Request) -> Response:
+    """POST /snapshots (5.16.1): 201 at once; the queries run in the background (preparing)."""
+    check_params(request, ())
+    body, media = await read_payload(request)
+    tenant_name = tenant(request)
+    require(request, "administer", _target(tenant_name))
+    snapshot_id, queries, priority = model.parse_create(body)
+    context = await body_context(request, body, media, tenant_name=tenant_name)
+    plans = [_plan(request, tenant_name, context, raw) for raw in queries]
+    await _room(request, tenant_name)
+    stamp = now()
+    owner = principal(request).owner_id
+    document = model.new_document(snapshot_id, queries, priority, stamp, new_hidden_tenant(tenant_name), owner)
+    row = SnapshotRow(tenant_name, snapshot_id, document)
+    store = services(request).store
+    await store.save_snapshot(row, create=True)
+    sources = _sources(request, tenant_name, context)
+    _fills(request).start(_run_fill(store, row, plans, sources, services(request).settings.snapshot_max_entities))
+    return Response(status_code=201, headers=_location(snapshot_id))
+
+
+async def clone_snapshot(request: Request) -> Response:
+    """POST /snapshots/{id}/clone (5.16.2): a new snapshot with a copy of the original's entities."""
+    check_params(request, ())
+    body, _ = await read_payload(request)
+    tenant_name = tenant(request)
+    original = (await _mine(request, tenant_name, _snapshot_id(request), "administer")).document
+    snapshot_id, priority = model.parse_clone(body, original)
+    if original["snapshotStatus"] == model.PREPARING:
+        raise Conflict("the snapshot is still being prepared; clone it once its snapshotStatus has changed")
+    await _room(request, tenant_name)
+    owner = principal(request).owner_id
+    queries = original.get("snapshotQueries", [])
+    document = model.new_document(snapshot_id, queries, priority, now(), new_hidden_tenant(tenant_name), owner)
+    row = SnapshotRow(tenant_name, snapshot_id, document)
+    store = services(request).store
+    await store.save_snapshot(row, create=True)
+    _fills(request).start(_run_clone(store, row, original, services(request).settings.snapshot_max_entities))
+    return Response(status_code=201, headers=_location(snapshot_id))
+
+
+async def retrieve_snapshot(request: Request) -> Response:
+    """GET /snapshots/{id} (5.16.3): the snapshot and its status."""
+    check_params(request, ())
+    media = accept(request)
+    tenant_name = tenant(request)
+    row = await _mine(request, tenant_name, _snapshot_id(request), "read")
+    return json_response(model.render(row.document), media=media, context=await query_context(request, tenant_name))
+
+
+def _page(request: Request) -> tuple[int, int]:
+    settings = services(request).settings
+    try:
+        limit = int(request.query_params.get("limit", settings.default_page_size))
+        offset = int(request.query_params.get("offset", 0))
+    except ValueError as exc:
+        raise BadRequestData("limit and offset must be integers") from exc
+    if not 0 <= limit <= settings.max_page_size or not 0 <= offset <= MAX_SAFE_INTEGER:
+        raise BadRequestData(f"limit must be from 0 to {settings.max_page_size} and offset not negative")
+    return limit, offset
+
+
+async def _selected(request: Request, tenant_name: str, q: str | None, action: Action) -> list[SnapshotRow]:
+    """The caller's snapshots that q (Snapshot members only, 5.16.7.4) selects; every one without q."""
+    test = None if q is None else model.purge_filter(q, services(request).settings.max_pattern_length)
+    require(request, action, _target(tenant_name))
+    who = principal(request)
+    return [
+        row
+        for row in await services(request).store.list_snapshots(tenant_name)
+        if who.may_manage(row.document.get(model.OWNER)) and (test is None or test(row.document))
+    ]
+
+
+async def query_snapshots(request: Request) -> Response:
+    """GET /snapshots: the tenant's snapshots (the caller's), optionally filtered by q, paged."""
+    check_params(request, ("q", "limit", "offset", "count"))
+    media = accept(request)
+    tenant_name = tenant(request)
+    limit, offset = _page(request)
+    rows = await _selected(request, tenant_name, request.query_params.get("q"), "read")
+    headers = {"NGSILD-Results-Count": str(len(rows))} if request.query_params.get("count") == "true" else {}
+    body = [model.render(row.document) for row in rows[offset : offset + limit]]
+    context = await query_context(request, tenant_name)
+    return json_response(body, media=media, context=context, headers=headers)
+
+
+async def update_snapshot(request: Request) -> Response:
+    """PATCH /snapshots/{id} (5.16.4): only snapshotPriority changes; 200 with the snapshot."""
+    check_params(request, ())
+    media = accept(request)
+    body, _ = await read_payload(request, merge_patch=True)
+    tenant_name = tenant(request)
+    priority = model.parse_update(body)
+    row = await _mine(request, tenant_name, _snapshot_id(request), "administer")
+    document = {**row.document, "snapshotPriority": priority, "modifiedAt": now()}
+    await services(request).store.save_snapshot(SnapshotRow(tenant_name, row.id, document), create=False)
+    return json_response(model.render(document), media=media, context=await query_context(request, tenant_name))
+
+
+async def _delete(store: EntityStore, row: SnapshotRow) -> None:
+    if await store.delete_snapshot(row.tenant, row.id):
+        await fill.drop(store, row.document[model.HIDDEN])
+
+
+async def delete_snapshot(request: Request) -> Response:
+    """DELETE /snapshots/{id} (5.16.5): the snapshot and its entities."""
+    check_params(request, ())
+    tenant_name = tenant(request)
+    row = await _mine(request, tenant_name, _snapshot_id(request), "administer")
+    await _delete(services(request).store, row)
+    return no_content()
+
+
+async def purge_snapshots(request: Request) -> Response:
+    """DELETE /snapshots?q= (5.16.7): the caller's snapshots whose own members match q."""
+    check_params(request, ("q",))
+    tenant_name = tenant(request)
+    q = request.query_params.get("q")
+    if q is None:
+        raise BadRequestData("a snapshot purge needs q")
+    for row in await _selected(request, tenant_name, q, "administer"):
+        await _delete(services(request).store, row)
+    return no_content()
+
+
+# -- NGSILD-Snapshot (6.3.22) ------------------------------------------------------------------------
+def _scoped_operation(method: str, path: str) -> bool:
+    if method == "POST":
+        return path.rstrip("/") == SCOPED_POST
+    return any(method == m and (path == p or path.startswith(p + "/")) for m, p in SCOPED)
+
+
+async def resolve(request: Request, value: str) -> SnapshotScope:
+    """The snapshot a request names, checked as a read of it; its lastUsedAt moves (5.2.41)."""
+    if not _scoped_operation(request.method, request.url.path):
+        raise OperationNotSupported(f"{HEADER} is supported on entity retrievals and queries only")
+    owner = tenant(request)
+    snapshot_id = value.strip()
+    if not snapshot_id:
+        raise BadRequestData(f"{HEADER} must name a snapshot")
+    require_uri(snapshot_id, HEADER)
+    row = await _mine(request, owner, snapshot_id, "read")
+    used = row.document.get("lastUsedAt")
+    stamp = now()
+    if not isinstance(used, str) or _seconds_between(used, stamp) >= TOUCH_SECONDS:
+        document = {**row.document, "lastUsedAt": stamp}
+        await services(request).store.save_snapshot(SnapshotRow(owner, snapshot_id, document), create=False)
+    return SnapshotScope(owner, snapshot_id, row.document[model.HIDDEN])
+
+
+def _seconds_between(earlier: str, later: str) -> float:
+    try:
+        start = datetime.fromisoformat(earlier.replace("Z", "+00:00"))
+        end = datetime.fromisoformat(later.replace("Z", "+00:00"))
+    except ValueError:
+        return float("inf")
+    return (end.astimezone(UTC) - start.astimezone(UTC)).total_seconds()
+
+
+ErrorAnswer = Callable[[Request, Exception], Awaitable[Response]]
+
+
+class SnapshotHeader:
+    """ASGI middleware: a request with NGSILD-Snapshot is served from the snapshot's hidden tenant
+    (ngsild/common.tenant reads the scope this sets) and its answer echoes the header (6.3.22).
+    It runs inside authentication, so the snapshot is looked up as the caller."""
+
+    def __init__(self, app: ASGIApp, *, answer: ErrorAnswer) -> None:
+        self.app = app
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = next((v for k, v in scope["headers"] if k == HEADER_KEY), None)
+        if raw is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            scope[SCOPE_KEY] = await resolve(request, raw.decode("latin-1"))
+        except NgsiLdError as exc:
+            response = await self.answer(request, exc)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, functools.partial(_echo, send, raw))
+
+
+async def _echo(send: Send, value: bytes, message: Message) -> None:
+    if message["type"] == "http.response.start":
+        message = {**message, "headers": [*message.get("headers", []), (HEADER_KEY, value)]}
+    await send(message)
+
+
+def routes() -> list[Route]:
+    collection = BASE + "/snapshots"
+    one = collection + "/{snapshot_id}"
+    return [
+        Route(collection, create_snapshot, methods=["POST"]),
+        Route(collection, query_snapshots, methods=["GET"]),
+        Route(collection, purge_snapshots, methods=["DELETE"]),
+        Route(one, retrieve_snapshot, methods=["GET"]),
+        Route(one, update_snapshot, methods=["PATCH"]),
+        Route(one, delete_snapshot, methods=["DELETE"]),
+        Route(one + "/clone", clone_snapshot, methods=["POST"]),
+    ]

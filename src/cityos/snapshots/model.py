@@ -1,0 +1,210 @@
+"""The Snapshot data type (spec 5.2.41) as CityOS keeps it: validation of the create, update and
+clone bodies, the status a fill ends in (5.16.1.4), the purge filter (5.16.7) and the rendering.
+Framework-free: plain dicts in, plain dicts out, BadRequestData for what a client got wrong."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from cityos.entities.values import require_uri
+from cityos.errors import BadRequestData, OperationNotSupported
+from cityos.query.q import compile_q, parse_q, q_attribute_names
+
+DEFAULT_PRIORITY = 5
+PRIORITIES = range(1, 11)  # snapshotPriority: 1 (evict first) to 10
+PREPARING, SUCCESS, PARTIAL, EMPTY, FAILURE = "preparing", "success", "partial", "empty", "failure"
+# what a client may give when it creates, updates or clones a snapshot (5.2.41)
+CREATE_MEMBERS = frozenset({"id", "type", "snapshotQueries", "snapshotPriority", "@context"})
+UPDATE_MEMBERS = frozenset({"snapshotPriority", "@context"})
+CLONE_MEMBERS = frozenset({"id", "type", "snapshotPriority", "@context"})
+READ_ONLY = frozenset(
+    {
+        "snapshotQueries",
+        "snapshotStatus",
+        "snapshotQueriesDetails",
+        "createdAt",
+        "modifiedAt",
+        "lastUsedAt",
+        "id",
+        "type",
+    }
+)
+# members of 5.2.41 that CityOS does not serve yet: a request using them is told so, not ignored
+NOT_SUPPORTED = frozenset(
+    {"snapshotTemporalQueries", "snapshotLifetime", "endpoint", "receiverInfo", "snapshotTemporalQueriesDetails"}
+)
+PUBLIC = (
+    "id",
+    "type",
+    "snapshotQueries",
+    "snapshotStatus",
+    "snapshotQueriesDetails",
+    "snapshotPriority",
+    "createdAt",
+    "modifiedAt",
+    "lastUsedAt",
+)
+# the members of a Query (5.2.23) a snapshot query may use: temporalQ belongs to snapshotTemporalQueries
+QUERY_MEMBERS = frozenset({"type", "entities", "attrs", "q", "geoQ", "scopeQ", "csf", "lang", "@context"})
+# the members a purge's q may read (5.16.7.4): the Snapshot's own, as a pseudo-entity (`as_entity`)
+PURGE_MEMBERS = frozenset({"snapshotPriority", "snapshotStatus", "createdAt", "modifiedAt", "lastUsedAt"})
+HIDDEN = "cityos:hiddenTenant"  # stored, never rendered: the tenant holding the frozen entities
+OWNER = "cityos:owner"  # stored, never rendered: the principal that made it (None with auth off)
+
+
+def _object(body: Any, what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequestData(f"{what} must be a JSON object")
+    return body
+
+
+def _check_members(body: dict[str, Any], allowed: frozenset[str], what: str) -> None:
+    unsupported = sorted(set(body) & NOT_SUPPORTED)
+    if unsupported:
+        raise OperationNotSupported(
+            f"{', '.join(unsupported)} {'is' if len(unsupported) == 1 else 'are'} not supported"
+        )
+    refused = sorted(set(body) - allowed)
+    if refused:
+        kind = "read-only or unknown" if set(refused) & READ_ONLY else "unknown"
+        raise BadRequestData(f"{what}: {kind} members {', '.join(refused)}")
+
+
+def _type(body: dict[str, Any], *, required: bool) -> None:
+    if body.get("type", None if required else "Snapshot") != "Snapshot":
+        raise BadRequestData('a snapshot needs "type": "Snapshot"')
+
+
+def priority(body: dict[str, Any], default: int = DEFAULT_PRIORITY) -> int:
+    value = body.get("snapshotPriority", default)
+    if isinstance(value, bool) or not isinstance(value, int) or value not in PRIORITIES:
+        raise BadRequestData("snapshotPriority must be an integer from 1 to 10")
+    return value
+
+
+def snapshot_id(body: dict[str, Any]) -> str:
+    given = body.get("id")
+    if given is None:
+        return f"urn:ngsi-ld:Snapshot:{uuid.uuid4().hex}"
+    if not isinstance(given, str):
+        raise BadRequestData("id must be a URI")
+    return require_uri(given, "snapshot id")
+
+
+def check_query(raw: Any, number: int) -> dict[str, Any]:
+    """One member of snapshotQueries: a Query (5.2.23) without temporalQ that selects something."""
+    query = _object(raw, f"snapshotQueries[{number}]")
+    if query.get("type") != "Query":
+        raise BadRequestData(f'snapshotQueries[{number}] needs "type": "Query"')
+    if "temporalQ" in query:
+        raise BadRequestData(f"snapshotQueries[{number}]: temporalQ belongs in snapshotTemporalQueries")
+    unknown = sorted(set(query) - QUERY_MEMBERS)
+    if unknown:
+        raise BadRequestData(f"snapshotQueries[{number}]: members not allowed: {', '.join(unknown)}")
+    entities = query.get("entities")
+    if entities is not None and (not isinstance(entities, list) or not entities):
+        raise BadRequestData(f"snapshotQueries[{number}]: entities must be a non-empty array")
+    attrs = query.get("attrs")
+    if attrs is not None and (not isinstance(attrs, list) or not attrs or not all(isinstance(a, str) for a in attrs)):
+        raise BadRequestData(f"snapshotQueries[{number}]: attrs must be a non-empty array of strings")
+    for member in ("q", "scopeQ", "csf", "lang"):
+        if query.get(member) is not None and not isinstance(query[member], str):
+            raise BadRequestData(f"snapshotQueries[{number}]: {member} must be a string")
+    if not any(query.get(m) is not None for m in ("entities", "attrs", "q", "geoQ")):
+        raise BadRequestData(f"snapshotQueries[{number}] needs entities, attrs, q or geoQ")
+    return query
+
+
+def parse_create(body: Any) -> tuple[str, list[dict[str, Any]], int]:
+    """(id, snapshotQueries, snapshotPriority) of a create body (5.16.1)."""
+    body = _object(body, "a snapshot")
+    _check_members(body, CREATE_MEMBERS, "a snapshot")
+    _type(body, required=True)
+    queries = body.get("snapshotQueries")
+    if queries is None:
+        raise BadRequestData("a snapshot needs snapshotQueries")
+    if not isinstance(queries, list) or not queries:
+        raise BadRequestData("snapshotQueries must be a non-empty array of Query")
+    return snapshot_id(body), [check_query(q, n) for n, q in enumerate(queries)], priority(body)
+
+
+def parse_update(body: Any) -> int:
+    """The new snapshotPriority of an update body (5.16.4): the only member a client may change."""
+    body = _object(body, "a snapshot fragment")
+    _check_members(body, UPDATE_MEMBERS, "a snapshot update")
+    if "snapshotPriority" not in body:
+        raise BadRequestData("a snapshot update needs snapshotPriority")
+    return priority(body)
+
+
+def parse_clone(body: Any, original: dict[str, Any]) -> tuple[str, int]:
+    """(id, snapshotPriority) of a clone (5.16.2): what the body gives, else the original's priority."""
+    body = _object(body, "a snapshot clone")
+    _check_members(body, CLONE_MEMBERS, "a snapshot clone")
+    _type(body, required=False)
+    return snapshot_id(body), priority(body, original.get("snapshotPriority", DEFAULT_PRIORITY))
+
+
+def new_document(
+    sid: str, queries: list[dict[str, Any]], prio: int, stamp: str, hidden: str, owner: str | None
+) -> dict[str, Any]:
+    return {
+        "id": sid,
+        "type": "Snapshot",
+        "snapshotQueries": queries,
+        "snapshotStatus": PREPARING,
+        "snapshotQueriesDetails": [],
+        "snapshotPriority": prio,
+        "createdAt": stamp,
+        "modifiedAt": stamp,
+        "lastUsedAt": stamp,  # 5.2.41: initialized at creation
+        HIDDEN: hidden,
+        OWNER: owner,
+    }
+
+
+def overall_status(results: list[str]) -> str:
+    """5.16.1.4: success if every query ran and found something, partial if at least one did,
+    else failure if one failed, else empty."""
+    if results and all(r == SUCCESS for r in results):
+        return SUCCESS
+    if SUCCESS in results:
+        return PARTIAL
+    return FAILURE if FAILURE in results else EMPTY
+
+
+def render(document: dict[str, Any]) -> dict[str, Any]:
+    return {name: document[name] for name in PUBLIC if name in document}
+
+
+def as_entity(document: dict[str, Any]) -> dict[str, Any]:
+    """The snapshot as an internal entity, for q (query/q.py) to read its own members."""
+    attrs = {
+        name: [{"type": "Property", "value": document[name]}]
+        for name in ("snapshotPriority", "snapshotStatus", "lastUsedAt")
+        if name in document
+    }
+    return {
+        "id": document["id"],
+        "type": ["Snapshot"],
+        "createdAt": document.get("createdAt"),
+        "modifiedAt": document.get("modifiedAt"),
+        "attrs": attrs,
+    }
+
+
+def purge_filter(q: str | None, max_pattern_length: int | None) -> Callable[[dict[str, Any]], bool]:
+    """Which snapshots a purge (5.16.7) deletes: q is required and may read only Snapshot members
+    (5.16.7.4: anything else is BadRequestData, and nothing is purged)."""
+    if q is None or not q.strip():
+        raise BadRequestData("a snapshot purge needs q")
+    names = q_attribute_names(parse_q(q, max_pattern_length))
+    outside = sorted(names - PURGE_MEMBERS)
+    if outside:
+        raise BadRequestData(
+            f"a snapshot purge's q may read only {', '.join(sorted(PURGE_MEMBERS))}, not {', '.join(outside)}"
+        )
+    predicate = compile_q(q, lambda name: name, max_pattern_length=max_pattern_length)
+    return lambda document: predicate(as_entity(document))
