@@ -8,7 +8,9 @@ the same bytes under the same options, so the JSON of each rendered entity is ke
 Exact by construction, with nothing to invalidate: the key *is* the stored document (an updated
 entity has other bytes, so it is a miss), and the token stands for everything else the rendering
 reads (the TermMap object and its generation, format, sysAttrs, attrs/pick/omit, lang,
-datasetId, and the caller's access view, whose projection depends on the entity alone). The store
+datasetId, and the caller's access view, whose visible() and project() depend on the entity alone:
+policy/enforce.py renders_cached says which views promise that). Under a view an entity it may not
+see at all is kept as HIDDEN, never as a rendering, so a retrieve by id answers it as missing. The store
 hands out stored bytes only for documents with nothing expired in them (store/base.py
 QueryResult.stored); joins, GeoJSON and views that audit personal reads never come here
 (ngsild/querying.py). Bounded: at most BUDGET bytes of keys and values, least recently used out
@@ -39,6 +41,7 @@ MAX_TOKENS = 256  # distinct option sets (contexts x formats x projections) befo
 # every render option but the TermMap, which is keyed by identity and generation (it is not hashable)
 _OPTION_FIELDS = tuple(f.name for f in fields(RenderOptions) if f.name != "terms")
 _NO_LAST: tuple[object, object, int, int] = (object(), object(), -1, 0)
+HIDDEN = b"\x00"  # what a view's entry holds for an entity the view may not see (never JSON)
 
 
 class RenderCache:
@@ -128,7 +131,7 @@ def render_page(
     parts = []
     for item in items:
         data = cache.render(token, item, make) if isinstance(item, bytes) else make(item)
-        if not data:
+        if not data or data == HIDDEN:  # the query's access filter left no hidden entity: never shown
             continue
         parts.append(data if context is None else _with_context(data, context))
     return b"[" + b",".join(parts) + b"]"
@@ -139,14 +142,16 @@ def render_one(
     decode: Callable[[bytes], Entity],
     options: RenderOptions,
     context: bytes | None = None,
+    view: ReadView | None = None,
     cache: RenderCache = CACHE,
 ) -> bytes:
-    """The JSON of one entity (GET /entities/{id}, unrestricted), byte for byte `orjson.dumps` of
-    the rendered entity (with `context` as its last member, as render_page does); b"" when the
-    projection leaves nothing of it. A hit is a dict look-up: no inflate, decode, render or dumps."""
-    make = _maker(decode, options, None)
-    data = cache.render(cache.token(options), item, make) if isinstance(item, bytes) else make(item)
-    return data if context is None or not data else _with_context(data, context)
+    """The JSON of one entity (GET /entities/{id}), byte for byte `orjson.dumps` of the rendered
+    entity (with `context` as its last member, as render_page does); b"" when the projection leaves
+    nothing of it; HIDDEN when `view` (a restricted access view, None: unrestricted) may not see it.
+    A hit is a dict look-up: no inflate, decode, visibility test, projection, render or dumps."""
+    make = _maker(decode, options, view)
+    data = cache.render(cache.token(options, view), item, make) if isinstance(item, bytes) else make(item)
+    return data if context is None or not data or data == HIDDEN else _with_context(data, context)
 
 
 def _maker(
@@ -156,7 +161,11 @@ def _maker(
         if isinstance(item, bytes):
             assert decode is not None  # a back-end that gives stored forms gives their decoder
             item = decode(item)
-        rendered = render_entity(item if view is None else view.project(item), options)
+        if view is not None:
+            if not view.visible(item):
+                return HIDDEN
+            item = view.project(item)
+        rendered = render_entity(item, options)
         return orjson.dumps(rendered) if rendered else b""  # an emptied entity is left out
 
     return make
