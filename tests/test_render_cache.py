@@ -16,6 +16,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from cityos.auth.principal import Principal
+from cityos.entities import render_cache
 from cityos.entities.render import RenderOptions, render_entity
 from cityos.entities.render_cache import HIDDEN, RenderCache, render_one, render_page
 from cityos.jsonld.registry import ContextRegistry
@@ -342,3 +343,21 @@ def test_only_views_that_read_the_entity_alone_and_audit_nothing_render_cached()
     audited = PolicyAuthorizer([*reader_policies("speed"), personal]).read_view(READER, "")
     assert not renders_cached(audited)  # a personal read is audited with the entity each response carries
     assert not renders_cached(Hiding("owner"))  # type: ignore[arg-type]  # a view that does not say so
+
+
+def test_many_access_views_never_reset_the_unrestricted_entries() -> None:
+    """Past MAX_VIEW_TOKENS the views' tokens are forgotten, never reused: each view still gets
+    exactly its own rendering, and the unrestricted entries stay cached."""
+    cache = RenderCache()
+    options = RenderOptions(terms())
+    entity = stored(1)
+    document = deflate(orjson.dumps(entity))
+    everything = render_one(document, decode, options, cache=cache)
+    kept = cache.size
+    views = [Hiding(attr) for attr in (V + "owner", V + "speed") for _ in range(render_cache.MAX_VIEW_TOKENS + 5)]
+    for view in views:
+        want = orjson.dumps(render_entity(view.project(entity), options))
+        assert render_one(document, decode, options, view=view, cache=cache) == want  # type: ignore[arg-type]
+    assert len(cache._tokens) <= render_cache.MAX_VIEW_TOKENS + 1
+    assert cache.render(cache.token(options), document, lambda _: b"miss") == everything
+    assert cache.size > kept

@@ -38,6 +38,9 @@ BUDGET = 32 * 1024 * 1024  # bytes of stored documents and rendered JSON held (a
 # render_cache_mb setting sets the process's CACHE (create_app)
 ENTRY_OVERHEAD = 200  # the ordered dict's node and slot, the key tuple, the bytes objects' headers (measured 130-170)
 MAX_TOKENS = 256  # distinct option sets (contexts x formats x projections) before a reset
+# of those, under access views (views x option sets): past it the views' tokens are forgotten (their
+# entries, unreachable, age out), so many principals' views or policy changes never reset the rest
+MAX_VIEW_TOKENS = 64
 # every render option but the TermMap, which is keyed by identity and generation (it is not hashable)
 _OPTION_FIELDS = tuple(f.name for f in fields(RenderOptions) if f.name != "terms")
 _NO_LAST: tuple[object, object, int, int] = (object(), object(), -1, 0)
@@ -52,6 +55,7 @@ class RenderCache:
         # options' key -> (token, the TermMap and view, kept alive so no id() is reused while cached)
         self._tokens: dict[tuple[Any, ...], tuple[int, object, object]] = {}
         self._next_token = 0
+        self._view_tokens = 0  # how many of the tokens are under an access view
         # (options, view, TermMap generation, token) of the last call: the options object is held,
         # so no other can take its id while this is kept
         self._last: tuple[object, object, int, int] = _NO_LAST
@@ -68,8 +72,12 @@ class RenderCache:
         if found is not None and found[1] is terms and found[2] is view:
             self._last = (options, view, terms.generation, found[0])
             return found[0]
+        if view is not None and self._view_tokens >= MAX_VIEW_TOKENS:
+            self._forget_views()
         if len(self._tokens) >= MAX_TOKENS:
             self.clear()
+        if view is not None:
+            self._view_tokens += 1
         self._next_token += 1
         self._tokens[key] = (self._next_token, terms, view)
         self._last = (options, view, terms.generation, self._next_token)
@@ -86,7 +94,15 @@ class RenderCache:
         self._last = _NO_LAST
         self._entries.clear()
         self._tokens.clear()
+        self._view_tokens = 0
         self.size = 0
+
+    def _forget_views(self) -> None:
+        """Drop the tokens under access views (a token is never given twice, so their entries are
+        never served again and leave by LRU); the unrestricted ones and their entries stay."""
+        self._tokens = {key: found for key, found in self._tokens.items() if found[2] is None}
+        self._view_tokens = 0
+        self._last = _NO_LAST
 
     def render(self, token: int, stored: bytes, make: Callable[[bytes], bytes]) -> bytes:
         """The JSON of the entity stored as `stored` under `token`; `make` renders it on a miss."""
