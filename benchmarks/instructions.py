@@ -14,8 +14,10 @@ another checkout's src/ to measure that commit. CITYOS_INSTRUCTIONS_AUTH=1 serve
 required and sends the requests with an API key whose policy hides one attribute (issue 14's
 auth-on cost); CITYOS_INSTRUCTIONS_AUDIT=off serves with --audit off (what the audit trail costs a
 write); CITYOS_INSTRUCTIONS_HISTORY=off with the history off for every tenant (what recording it
-costs). Kinds: retrieve, query, q, geo, update, create, batch; attr and parking are the served
-scenarios 2 and 1 (a partial attribute update without type, the OffStreetParking entity created);
+costs); CITYOS_INSTRUCTIONS_WARM=N sends N warm-up requests instead of 20 (N = the measured
+count: every measured read is a second read of its entity, a render-cache hit). Kinds: retrieve,
+query, q, geo, update, create, batch; attr and parking are the served scenarios 2 and 1 (a partial
+attribute update without type, the OffStreetParking entity created);
 spot is scenario 2 as served: availableSpotNumber of the benchmark's OffStreetParking entities (a
 4 KB document of ten attributes), which are loaded instead of the small T entities; spotread is
 scenario 8a as served: GET of those entities by id (with CITYOS_INSTRUCTIONS_AUTH=1 the reader may
@@ -217,7 +219,7 @@ async def measure(kind: str, count: int) -> float:
             load = orjson.dumps(everything[start : start + 500])
             assert await call(app, "POST", f"{API}/entityOperations/upsert", load, admin) in (201, 204)
         offset = 10**6 if kind in ("create", "parking") else 0  # warm-up creates must not collide with measured ones
-        for seq in range(WARM_UP):
+        for seq in range(int(os.environ.get("CITYOS_INSTRUCTIONS_WARM", WARM_UP))):
             await call(app, *request_of(kind, seq + offset), reader)
         return await timed(app, [request_of(kind, seq) for seq in range(count)], reader)
 
