@@ -43,7 +43,7 @@ POLICIES = [
 ]
 
 
-def _create_key(database: str) -> str | None:
+def create_key(database: str) -> str | None:
     """A new API key with the bench role, made with the CLI as an operator would; None if this CityOS
     has no `cityos keys`."""
     env = {**os.environ, "CITYOS_DATABASE": database}
@@ -69,7 +69,7 @@ def auth_rows(bench: Bench, server: ServerProcess, backend: str, url: str | None
     pairs = [(Row(name.replace("auth on", "auth off"), backend=backend), kind, name) for name, kind in SCENARIOS]
     rows = [Row(name, baseline=off.name, target=TARGET, backend=backend) for off, _, name in pairs]
     database = url or str(Path(bench.workdir) / "bench.db")
-    key = _create_key(database)
+    key = create_key(database)
     if key is None:
         for row in rows:
             row.skipped = NOT_YET  # no API keys in this CityOS (cityos keys create)

@@ -14,10 +14,14 @@ another checkout's src/ to measure that commit. CITYOS_INSTRUCTIONS_AUTH=1 serve
 required and sends the requests with an API key whose policy hides one attribute (issue 14's
 auth-on cost); CITYOS_INSTRUCTIONS_AUDIT=off serves with --audit off (what the audit trail costs a
 write); CITYOS_INSTRUCTIONS_HISTORY=off with the history off for every tenant (what recording it
-costs). Kinds: retrieve, query, q, geo, update, create, batch; attr and parking are the served
-scenarios 2 and 1 (a partial attribute update without type, the OffStreetParking entity created);
+costs); CITYOS_INSTRUCTIONS_WARM=N sends N warm-up requests instead of 20 (N = the measured
+count: every measured read is a second read of its entity, a render-cache hit). Kinds: retrieve,
+query, q, geo, update, create, batch; attr and parking are the served scenarios 2 and 1 (a partial
+attribute update without type, the OffStreetParking entity created);
 spot is scenario 2 as served: availableSpotNumber of the benchmark's OffStreetParking entities (a
-4 KB document of ten attributes), which are loaded instead of the small T entities. The requests are
+4 KB document of ten attributes), which are loaded instead of the small T entities; spotread is
+scenario 8a as served: GET of those entities by id (with CITYOS_INSTRUCTIONS_AUTH=1 the reader may
+read them but not their `address`, as benchmarks/auth.py's policy says). The requests are
 built before the measured loop (building an OffStreetParking body costs about a tenth of creating it).
 
 Work done once per period of wall-clock time (the expiry sweep every second, the authenticator's
@@ -59,7 +63,14 @@ READER_POLICY = [
         "principals": {"roles": ["reader"]},
         "actions": ["read", "update", "create"],
         "resources": {"types": ["T"], "exceptAttrs": ["name"]},
-    }
+    },
+    {  # benchmarks/auth.py's policy, for spotread
+        "id": "parking-reader",
+        "effect": "allow",
+        "principals": {"roles": ["reader"]},
+        "actions": ["read", "update"],
+        "resources": {"types": ["OffStreetParking"], "exceptAttrs": ["address"]},
+    },
 ]
 
 
@@ -92,6 +103,8 @@ def request_of(kind: str, seq: int) -> tuple[str, str, bytes]:
     if kind == "attr":  # scenario 2's shape: one attribute, value and observedAt, no type
         body = {"value": seq, "observedAt": f"2026-01-01T00:00:{seq % 60:02d}Z"}
         return "PATCH", f"{API}/entities/urn:ngsi-ld:T:{seq % ENTITIES}/attrs/temperature", orjson.dumps(body)
+    if kind == "spotread":  # scenario 8a as served: the benchmark's entities by id
+        return "GET", f"{API}/entities/{bench_id(seq % ENTITIES)}", b""
     if kind == "spot":  # scenario 2 as served: the benchmark's entities, value and observedAt, no type
         body = {"value": seq % 600, "observedAt": f"2026-11-22T00:00:{seq % 60:02d}Z"}
         path = f"{API}/entities/{bench_id(seq % ENTITIES)}/attrs/availableSpotNumber"
@@ -201,12 +214,12 @@ async def measure(kind: str, count: int) -> float:
         options.update(audit_checkpoint_seconds=PERIODIC_SECONDS, audit_checkpoint_records=10**9)
     app = create_app(Settings(database=database, log_level="warning", **options))
     async with app.router.lifespan_context(app):
-        everything = [make_entity(n) if kind == "spot" else entity(n) for n in range(ENTITIES)]
+        everything = [make_entity(n) if kind in ("spot", "spotread") else entity(n) for n in range(ENTITIES)]
         for start in range(0, ENTITIES, 500):
             load = orjson.dumps(everything[start : start + 500])
             assert await call(app, "POST", f"{API}/entityOperations/upsert", load, admin) in (201, 204)
         offset = 10**6 if kind in ("create", "parking") else 0  # warm-up creates must not collide with measured ones
-        for seq in range(WARM_UP):
+        for seq in range(int(os.environ.get("CITYOS_INSTRUCTIONS_WARM", WARM_UP))):
             await call(app, *request_of(kind, seq + offset), reader)
         return await timed(app, [request_of(kind, seq) for seq in range(count)], reader)
 

@@ -11,7 +11,10 @@ server's instructions per request (all its threads):
     python -m benchmarks.served_instructions floor - 2000 --port 7402
 
 DATABASE is a file built by `python -m benchmarks.scale_reads build FILE N` (OffStreetParking
-bench-{i}); retrieve asks for random ids among the first N (--entities). The server's periodic
+bench-{i}); retrieve asks for random ids among the first N (--entities). With --auth the server runs
+with `--auth required` and scenario 8's policy (benchmarks/auth.py: the reader may read the entities
+but not their `address`), and every request carries a new API key of the reader's role (made in
+DATABASE with `cityos keys create`), as row 8a sends them. The server's periodic
 work (expiry sweep, credentials poll, audit checkpoints, WAL checkpoints) is put off as in
 benchmarks/instructions.py, so the count is the request's own. PYTHONPATH chooses the checkout.
 """
@@ -30,6 +33,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import orjson
+
+from benchmarks.auth import POLICIES, create_key
 from benchmarks.entities import entity_id
 from benchmarks.instructions import API, PERIODIC_SECONDS
 from benchmarks.loadgen import RawClient
@@ -87,15 +93,25 @@ def main() -> int:
     parser.add_argument("--entities", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--warm", type=int, default=500)
+    parser.add_argument("--auth", action="store_true", help="--auth required, scenario 8's policy and key")
     parser.add_argument("--serve", nargs=argparse.REMAINDER, default=[], help="more `cityos serve` options")
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="served-callgrind-")) / "callgrind.out"
+    authorization = ""
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
     if args.kind == "floor":
         command = [sys.executable, "-c", FLOOR, "--port", str(args.port)]
         check, path = f"http://127.0.0.1:{args.port}/constant", "/constant"
     else:
         serve = ["serve", "--port", str(args.port), "--database", args.database, "--log-level", "warning"]
+        if args.auth:
+            key = create_key(args.database)
+            if key is None:
+                raise SystemExit("`cityos keys create` failed")
+            authorization = f"Bearer {key}"
+            policies = out.parent / "policies.json"
+            policies.write_bytes(orjson.dumps(POLICIES))
+            serve += ["--auth", "required", "--policy-file", str(policies)]
         command = [sys.executable, "-c", SERVE, *serve, *args.serve]
         check, path = f"http://127.0.0.1:{args.port}/version", ""
     server = subprocess.Popen([*valgrind, *command], stderr=subprocess.DEVNULL, env=dict(os.environ))
@@ -106,7 +122,7 @@ def main() -> int:
         def request() -> Request:
             if args.kind == "floor":
                 return Request("GET", path)
-            return Request("GET", f"{API}/entities/{entity_id(rng.randrange(args.entities))}")
+            return Request("GET", f"{API}/entities/{entity_id(rng.randrange(args.entities))}", b"", authorization)
 
         asyncio.run(_send(args.port, [request() for _ in range(args.warm)], args.connections))
         measured = [request() for _ in range(args.count)]

@@ -368,3 +368,15 @@ def test_views_and_write_guards_are_reused_for_the_same_principal() -> None:
     # a write to an attribute the write rules hide is refused only when its value changes
     hidden = {**OPERATOR, "resources": {"types": ["OffStreetParking"], "exceptAttrs": ["contract"]}}
     refuses_only_the_contract(write_check(authorizer(hidden), operator, ""))
+
+
+def test_an_admin_kept_out_of_a_tenant_never_shares_the_view_of_one_let_in() -> None:
+    """Views are shared by principals with the same applicable policies (and cached renderings are
+    keyed by the view): the admin's implicit allow must not travel to an admin of other tenants."""
+    engine = authorizer(OPERATOR)  # no policy applies to either admin: only the implicit allow
+    everywhere = user("admin")
+    elsewhere = Principal(id="key:admin-a", kind="key", tenants=frozenset({"a"}), roles=frozenset({"admin"}))
+    assert engine.read_view(everywhere, "b").visible(parking(1))
+    assert not engine.read_view(elsewhere, "b").visible(parking(1))
+    assert engine.read_view(elsewhere, "a").visible(parking(1))
+    assert engine.read_view(everywhere, "b").visible(parking(1))

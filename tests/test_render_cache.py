@@ -15,10 +15,18 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
+from cityos.auth.principal import Principal
+from cityos.entities import render_cache
 from cityos.entities.render import RenderOptions, render_entity
-from cityos.entities.render_cache import RenderCache, render_page
+from cityos.entities.render_cache import HIDDEN, RenderCache, render_one, render_page
+from cityos.jsonld.registry import ContextRegistry
 from cityos.jsonld.termmap import TermMap, define_terms
+from cityos.net import OutboundPolicy
 from cityos.ngsild import entity_maps
+from cityos.policy.compiled import PolicyAuthorizer
+from cityos.policy.decision import EVERYTHING
+from cityos.policy.enforce import renders_cached
+from cityos.policy.model import Policy, parse_policy
 from cityos.store import sqlite_query
 from cityos.store.base import EntityQuery
 from cityos.store.postgres import pages as postgres_pages
@@ -27,6 +35,7 @@ from test_read_path import V, terms
 from test_read_path import stored as read_path_entity
 
 ENTITIES = "/ngsi-ld/v1/entities"
+EXPAND = ContextRegistry(OutboundPolicy()).core_terms().expand
 
 
 def stored(number: int) -> dict[str, Any]:
@@ -250,6 +259,9 @@ class Hiding:
     def __init__(self, attr: str) -> None:
         self.attr = attr
 
+    def visible(self, entity: dict[str, Any]) -> bool:
+        return True
+
     def project(self, entity: dict[str, Any]) -> dict[str, Any]:
         return {**entity, "attrs": {k: v for k, v in entity["attrs"].items() if k != self.attr}}
 
@@ -266,3 +278,86 @@ def test_an_access_view_projects_each_entity_and_keys_its_own_entries() -> None:
         assert render_page(items, decode, options, view=view, cache=cache) == want  # type: ignore[arg-type]
         assert render_page(items, decode, options, view=view, cache=cache) == want  # type: ignore[arg-type]
     assert render_page(items, decode, options, cache=cache) == everything == expected(entities, options)
+
+
+def reader_policies(hidden: str, scope: str | None = None) -> list[Policy]:
+    """The reader may read T entities (of `scope` only, when given) except `hidden`."""
+    resources: dict[str, Any] = {"types": [V + "T"], "exceptAttrs": [V + hidden]}
+    if scope is not None:
+        resources["scopes"] = [scope]
+    document = {"id": "reader", "effect": "allow", "principals": {"roles": ["reader"]}, "actions": ["read"]}
+    return [parse_policy({**document, "resources": resources}, EXPAND)]
+
+
+READER = Principal(id="key:reader", kind="key", tenants=None, roles=frozenset({"reader"}))
+
+
+def test_retrieve_under_a_policy_view_never_serves_a_hidden_attribute_from_the_cache() -> None:
+    """render_one keys a restricted caller's entries by its compiled view: whichever caller reads
+    first, the unrestricted one sees everything and the reader never sees `owner`; an entity the
+    view may not see is HIDDEN, never a rendering; a policy change makes a new view, so nothing
+    rendered under the old one is served."""
+    cache = RenderCache()
+    mapping = terms()
+    engine = PolicyAuthorizer(reader_policies("owner"))
+    entity = stored(1)
+    full = orjson.dumps(render_entity(entity, RenderOptions(mapping)))
+    assert b"/owner" not in full and b'"owner"' in full
+    for options in every_options(mapping):
+        view = engine.read_view(READER, "")
+        assert renders_cached(view)
+        want_all = orjson.dumps(render_entity(entity, options)) if render_entity(entity, options) else b""
+        seen = render_entity(view.project(entity), options)
+        want_seen = orjson.dumps(seen) if seen else b""
+        for first_unrestricted in (True, False):
+            cache.clear()
+            document = deflate(orjson.dumps(entity))
+            order = [None, view] if first_unrestricted else [view, None]
+            for _ in range(2):  # a miss, then a hit
+                for caller in order:
+                    got = render_one(bytes(document), decode, options, view=caller, cache=cache)
+                    assert got == (want_all if caller is None else want_seen), (options, caller)
+        assert b'"owner"' not in want_seen and b"/owner" not in want_seen
+    options = RenderOptions(mapping)
+    document = deflate(orjson.dumps(entity))
+    before = engine.read_view(READER, "")
+    assert b'"owner"' not in render_one(document, decode, options, view=before, cache=cache)
+    engine.replace(reader_policies("speed"))  # the policy changes: speed is hidden now, owner shown
+    after = engine.read_view(READER, "")
+    assert after is not before
+    shown = render_one(document, decode, options, view=after, cache=cache)
+    assert b'"owner"' in shown and b'"speed"' not in shown
+    engine.replace(reader_policies("speed", scope="/b"))  # a per-entity rule: only scope /b is visible
+    scoped = engine.read_view(READER, "")
+    assert render_one(document, decode, options, view=scoped, cache=cache) == HIDDEN
+    assert render_one(document, decode, options, orjson.dumps({"@vocab": V}), scoped, cache) == HIDDEN
+    assert render_page([document], decode, options, view=scoped, cache=cache) == b"[]"  # never in a page
+    moved = deflate(orjson.dumps({**entity, "scope": ["/b"]}))
+    assert b'"owner"' in render_one(moved, decode, options, view=scoped, cache=cache)
+
+
+def test_only_views_that_read_the_entity_alone_and_audit_nothing_render_cached() -> None:
+    assert renders_cached(EVERYTHING)
+    assert renders_cached(PolicyAuthorizer(reader_policies("owner")).read_view(READER, ""))
+    personal = parse_policy({"id": "p", "personal": {"attrs": [V + "owner"]}}, EXPAND)
+    audited = PolicyAuthorizer([*reader_policies("speed"), personal]).read_view(READER, "")
+    assert not renders_cached(audited)  # a personal read is audited with the entity each response carries
+    assert not renders_cached(Hiding("owner"))  # type: ignore[arg-type]  # a view that does not say so
+
+
+def test_many_access_views_never_reset_the_unrestricted_entries() -> None:
+    """Past MAX_VIEW_TOKENS the views' tokens are forgotten, never reused: each view still gets
+    exactly its own rendering, and the unrestricted entries stay cached."""
+    cache = RenderCache()
+    options = RenderOptions(terms())
+    entity = stored(1)
+    document = deflate(orjson.dumps(entity))
+    everything = render_one(document, decode, options, cache=cache)
+    kept = cache.size
+    views = [Hiding(attr) for attr in (V + "owner", V + "speed") for _ in range(render_cache.MAX_VIEW_TOKENS + 5)]
+    for view in views:
+        want = orjson.dumps(render_entity(view.project(entity), options))
+        assert render_one(document, decode, options, view=view, cache=cache) == want  # type: ignore[arg-type]
+    assert len(cache._tokens) <= render_cache.MAX_VIEW_TOKENS + 1
+    assert cache.render(cache.token(options), document, lambda _: b"miss") == everything
+    assert cache.size > kept

@@ -163,7 +163,8 @@ class Settings:
     render_cache_mb: int = _setting(
         32,
         "MiB of rendered entities kept per process, for query pages and retrieve by id (keyed by the stored "
-        "document and the rendering options, entities/render_cache.py); 0 renders every answer anew.",
+        "document, the rendering options and, under access policies, the caller's view, "
+        "entities/render_cache.py); 0 renders every answer anew.",
     )
     client_query_share: int = _setting(
         2,

@@ -8,7 +8,9 @@ the same bytes under the same options, so the JSON of each rendered entity is ke
 Exact by construction, with nothing to invalidate: the key *is* the stored document (an updated
 entity has other bytes, so it is a miss), and the token stands for everything else the rendering
 reads (the TermMap object and its generation, format, sysAttrs, attrs/pick/omit, lang,
-datasetId, and the caller's access view, whose projection depends on the entity alone). The store
+datasetId, and the caller's access view, whose visible() and project() depend on the entity alone:
+policy/enforce.py renders_cached says which views promise that). Under a view an entity it may not
+see at all is kept as HIDDEN, never as a rendering, so a retrieve by id answers it as missing. The store
 hands out stored bytes only for documents with nothing expired in them (store/base.py
 QueryResult.stored); joins, GeoJSON and views that audit personal reads never come here
 (ngsild/querying.py). Bounded: at most BUDGET bytes of keys and values, least recently used out
@@ -36,9 +38,13 @@ BUDGET = 32 * 1024 * 1024  # bytes of stored documents and rendered JSON held (a
 # render_cache_mb setting sets the process's CACHE (create_app)
 ENTRY_OVERHEAD = 200  # the ordered dict's node and slot, the key tuple, the bytes objects' headers (measured 130-170)
 MAX_TOKENS = 256  # distinct option sets (contexts x formats x projections) before a reset
+# of those, under access views (views x option sets): past it the views' tokens are forgotten (their
+# entries, unreachable, age out), so many principals' views or policy changes never reset the rest
+MAX_VIEW_TOKENS = 64
 # every render option but the TermMap, which is keyed by identity and generation (it is not hashable)
 _OPTION_FIELDS = tuple(f.name for f in fields(RenderOptions) if f.name != "terms")
 _NO_LAST: tuple[object, object, int, int] = (object(), object(), -1, 0)
+HIDDEN = b"\x00"  # what a view's entry holds for an entity the view may not see (never JSON)
 
 
 class RenderCache:
@@ -49,6 +55,7 @@ class RenderCache:
         # options' key -> (token, the TermMap and view, kept alive so no id() is reused while cached)
         self._tokens: dict[tuple[Any, ...], tuple[int, object, object]] = {}
         self._next_token = 0
+        self._view_tokens = 0  # how many of the tokens are under an access view
         # (options, view, TermMap generation, token) of the last call: the options object is held,
         # so no other can take its id while this is kept
         self._last: tuple[object, object, int, int] = _NO_LAST
@@ -65,8 +72,12 @@ class RenderCache:
         if found is not None and found[1] is terms and found[2] is view:
             self._last = (options, view, terms.generation, found[0])
             return found[0]
+        if view is not None and self._view_tokens >= MAX_VIEW_TOKENS:
+            self._forget_views()
         if len(self._tokens) >= MAX_TOKENS:
             self.clear()
+        if view is not None:
+            self._view_tokens += 1
         self._next_token += 1
         self._tokens[key] = (self._next_token, terms, view)
         self._last = (options, view, terms.generation, self._next_token)
@@ -83,7 +94,15 @@ class RenderCache:
         self._last = _NO_LAST
         self._entries.clear()
         self._tokens.clear()
+        self._view_tokens = 0
         self.size = 0
+
+    def _forget_views(self) -> None:
+        """Drop the tokens under access views (a token is never given twice, so their entries are
+        never served again and leave by LRU); the unrestricted ones and their entries stay."""
+        self._tokens = {key: found for key, found in self._tokens.items() if found[2] is None}
+        self._view_tokens = 0
+        self._last = _NO_LAST
 
     def render(self, token: int, stored: bytes, make: Callable[[bytes], bytes]) -> bytes:
         """The JSON of the entity stored as `stored` under `token`; `make` renders it on a miss."""
@@ -128,7 +147,7 @@ def render_page(
     parts = []
     for item in items:
         data = cache.render(token, item, make) if isinstance(item, bytes) else make(item)
-        if not data:
+        if not data or data == HIDDEN:  # the query's access filter left no hidden entity: never shown
             continue
         parts.append(data if context is None else _with_context(data, context))
     return b"[" + b",".join(parts) + b"]"
@@ -139,14 +158,16 @@ def render_one(
     decode: Callable[[bytes], Entity],
     options: RenderOptions,
     context: bytes | None = None,
+    view: ReadView | None = None,
     cache: RenderCache = CACHE,
 ) -> bytes:
-    """The JSON of one entity (GET /entities/{id}, unrestricted), byte for byte `orjson.dumps` of
-    the rendered entity (with `context` as its last member, as render_page does); b"" when the
-    projection leaves nothing of it. A hit is a dict look-up: no inflate, decode, render or dumps."""
-    make = _maker(decode, options, None)
-    data = cache.render(cache.token(options), item, make) if isinstance(item, bytes) else make(item)
-    return data if context is None or not data else _with_context(data, context)
+    """The JSON of one entity (GET /entities/{id}), byte for byte `orjson.dumps` of the rendered
+    entity (with `context` as its last member, as render_page does); b"" when the projection leaves
+    nothing of it; HIDDEN when `view` (a restricted access view, None: unrestricted) may not see it.
+    A hit is a dict look-up: no inflate, decode, visibility test, projection, render or dumps."""
+    make = _maker(decode, options, view)
+    data = cache.render(cache.token(options, view), item, make) if isinstance(item, bytes) else make(item)
+    return data if context is None or not data or data == HIDDEN else _with_context(data, context)
 
 
 def _maker(
@@ -156,7 +177,11 @@ def _maker(
         if isinstance(item, bytes):
             assert decode is not None  # a back-end that gives stored forms gives their decoder
             item = decode(item)
-        rendered = render_entity(item if view is None else view.project(item), options)
+        if view is not None:
+            if not view.visible(item):
+                return HIDDEN
+            item = view.project(item)
+        rendered = render_entity(item, options)
         return orjson.dumps(rendered) if rendered else b""  # an emptied entity is left out
 
     return make

@@ -5,7 +5,7 @@ off each returns at its first test."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from starlette.requests import Request
 
@@ -21,6 +21,7 @@ from cityos.policy.enforce import (
     guarded,
     record_denied,
     record_personal_reads,
+    renders_cached,
     restrict,
     shown,
     write_check,
@@ -29,7 +30,7 @@ from cityos.snapshots.scope import owner_of
 from cityos.store.base import EntityQuery
 from cityos.store.temporal_base import AggregatedEntity, TemporalQuery
 
-__all__ = ["DENIED", "HiddenEntity", "guarded", "restrict", "shown"]
+__all__ = ["DENIED", "HiddenEntity", "guarded", "renders_cached", "restrict", "shown"]
 
 
 def view(request: Request, tenant: str, action: Action = "read") -> ReadView:
@@ -59,10 +60,15 @@ async def visible_or_404(request: Request, tenant: str, read: ReadView, entity: 
     if read.unrestricted:
         return entity
     if not read.visible(entity):
-        error = HiddenEntity(f"entity {entity['id']} does not exist")
-        await denied(request, tenant, [entity["id"]], error)
-        raise error
+        await hidden(request, tenant, entity["id"])
     return read.project(entity)
+
+
+async def hidden(request: Request, tenant: str, entity_id: str) -> NoReturn:
+    """HiddenEntity (404, as for a missing entity), the refusal audited."""
+    error = HiddenEntity(f"entity {entity_id} does not exist")
+    await denied(request, tenant, [entity_id], error)
+    raise error
 
 
 async def personal_reads(request: Request, tenant: str, read: ReadView, entities: Iterable[Entity]) -> None:

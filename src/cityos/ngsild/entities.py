@@ -23,7 +23,7 @@ from cityos.entities.model import (
     parse_instance,
 )
 from cityos.entities.render import RenderOptions, downgrade, plain_options, render_entity, to_geojson_feature
-from cityos.entities.render_cache import render_one
+from cityos.entities.render_cache import HIDDEN, render_one
 from cityos.entities.values import check_name, now, require_uri
 from cityos.errors import BadRequestData, InvalidRequest, NgsiLdError, ResourceNotFound
 from cityos.jsonld.registry import ResolvedContext
@@ -241,12 +241,17 @@ async def retrieve_entity(request: Request) -> Response:
         raise BadRequestData("geometryProperty needs Accept: application/geo+json")
     read = access.view(request, tenant_name)
     store = services(request).store
-    if read.unrestricted and media != GEO_JSON and not render.attrs and _plain_read(request, params):
-        # the common read: rendered from the stored document through the render cache
+    cached = read.unrestricted or access.renders_cached(read)  # auth off: no call
+    if cached and media != GEO_JSON and not render.attrs and _plain_read(request, params):
+        # the common read: rendered from the stored document through the render cache, under a
+        # restricted caller's view too (its entries are its own: what it may see, projected)
         found = await store.get_stored(tenant_name, entity_id)
         if found is not None:
             ld_context = orjson.dumps(context.value) if media == JSON_LD else None
-            data = render_one(found, store.decode_stored, render, ld_context)
+            view = None if read.unrestricted else read
+            data = render_one(found, store.decode_stored, render, ld_context, view)
+            if data == HIDDEN:
+                await access.hidden(request, tenant_name, entity_id)
             if not data:
                 raise ResourceNotFound(f"the projection leaves nothing of entity {entity_id}")
             response = encoded_response(data, media, context)

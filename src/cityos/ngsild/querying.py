@@ -293,8 +293,7 @@ async def run_query(
     read = access.view(request, tenant_name)
     query = access.restrict(query, read)
     # documents as stored, for render_page's cache: not for joins, GeoJSON or audited personal reads
-    audited = not read.unrestricted and getattr(read, "audits_reads", True)
-    stored_form = not audited and media != GEO_JSON and params.get("join") is None
+    stored_form = access.renders_cached(read) and media != GEO_JSON and params.get("join") is None
     result, emap = await entity_maps.select(request, tenant_name, query, limit, offset, wants_count, stored_form)
     if not read.unrestricted and result.stored is None:
         result.entities = [read.project(e) for e in result.entities]

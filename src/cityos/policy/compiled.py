@@ -96,6 +96,11 @@ class CompiledView:
     run visible() at all) and whether it can hide attributes (else project() is the identity)."""
 
     unrestricted = False
+    # visible() and project() read the entity and nothing else (a policy's conditions, on the time
+    # or the purpose, were settled when the view was chosen: another outcome is another view), so
+    # their outcome may be cached by the entity's stored bytes (entities/render_cache.py); a policy
+    # change makes new views, whose cache entries are new
+    cacheable = True
 
     def __init__(self, allows: Sequence[Rule], denies: Sequence[Rule], personal: Personal) -> None:
         self.allows = tuple(allows)
@@ -354,16 +359,20 @@ class PolicyAuthorizer:
         ready = self._ready.get((principal.id, tenant, action))
         if ready is not None and ready[0] is principal:
             return ready[1]
-        if not principal.may_use_tenant(tenant):
+        allowed = principal.may_use_tenant(tenant)
+        if not allowed:
             policies: tuple[Policy, ...] = ()
             stable = True
         else:
             policies, stable = self._applicable(principal, tenant, action)
-        key = (principal.is_admin, policies)
+        # the admin's implicit allow holds only in its tenants: the key says whether the view has
+        # it (an admin kept out of a tenant must never share the view of one let in)
+        admin = principal.is_admin and allowed
+        key = (admin, policies)
         view = self._views.get(key)
         if view is None:
             allows = [Rule(p) for p in policies if p.effect == "allow"]
-            if principal.is_admin and principal.may_use_tenant(tenant):
+            if admin:
                 allows.append(_EVERYTHING_RULE)
             denies = [Rule(p) for p in policies if p.effect == "deny"]
             view = self._views[key] = CompiledView(allows, denies, self._personal)

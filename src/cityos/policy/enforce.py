@@ -30,6 +30,16 @@ class WriteCheck(Protocol):
         (`revealed`: reveal(before) was called already)."""
 
 
+def renders_cached(view: ReadView) -> bool:
+    """May reads under `view` render through the render cache (entities/render_cache.py), which
+    keeps each outcome by the entity's stored bytes? Only when visible() and project() depend on
+    the entity alone (the view says so: CompiledView.cacheable) and no read must be audited (the
+    audit of personal reads needs the entity each response carries)."""
+    if view.unrestricted:
+        return True
+    return bool(getattr(view, "cacheable", False)) and not getattr(view, "audits_reads", True)
+
+
 def restrict(query: EntityQuery, view: ReadView) -> EntityQuery:
     """`query` narrowed to what `view` may see: the prefilter goes into the store's SQL (so counts
     and paging are right), visible() into the predicate unless the prefilter is exact, and, when
