@@ -41,7 +41,18 @@ class Migration:
 # Timestamps that are compared as text (normalized UTC, entities/expiry.py) use the "C" collation,
 # so ordering is bytewise whatever the database's locale.
 _V1 = """
-CREATE EXTENSION IF NOT EXISTS postgis;
+DO $$ BEGIN
+    -- PostGIS goes into public when the search_path has it, not into the first schema of the
+    -- search_path: a deployment (or a test) in its own schema must not take PostGIS with it
+    -- when that schema is dropped
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'postgis') THEN
+        IF 'public' = ANY (current_schemas(false)) THEN
+            CREATE EXTENSION postgis SCHEMA public;
+        ELSE
+            CREATE EXTENSION postgis;
+        END IF;
+    END IF;
+END $$;
 CREATE TABLE tenants (name text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE entities (
     pk bigserial PRIMARY KEY,
