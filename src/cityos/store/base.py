@@ -15,6 +15,7 @@ from cityos.policy.decision import AccessPrefilter
 from cityos.query.entity_maps import EntityMap
 from cityos.query.pushdown import ValueFilter
 from cityos.store.audit_base import AuditStore
+from cityos.store.dataspace_base import DataspaceStore
 from cityos.store.identity_base import IdentityStore
 from cityos.store.policy_base import PolicyStore
 from cityos.store.temporal_base import TemporalStore
@@ -188,7 +189,7 @@ class IngestRecord:
     document: dict[str, Any]
 
 
-class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, Protocol):
+class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, DataspaceStore, Protocol):
     """Current state, subscriptions, maps and discovery; the temporal methods come from TemporalStore,
     the credentials' from IdentityStore, the policies' from PolicyStore, the audit trail's from AuditStore."""
 

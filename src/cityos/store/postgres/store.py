@@ -45,6 +45,7 @@ from cityos.store.paging import Pager, bounded, exact_in_sql, listed_type
 from cityos.store.postgres.audit import PostgresAudit
 from cityos.store.postgres.busy import read_again_once, session_settings
 from cityos.store.postgres.catalog import PostgresCatalog
+from cityos.store.postgres.dataspace import PostgresDataspace
 from cityos.store.postgres.events import EventFollower, channel_for, notify
 from cityos.store.postgres.identity import PostgresIdentity
 from cityos.store.postgres.outbox import subscription_rows
@@ -101,7 +102,13 @@ POINT_READ = "SELECT doc, next_expiry FROM entities WHERE tenant = $1 AND id = $
 
 
 class PostgresStore(
-    PostgresWrites, PostgresCatalog, PostgresTemporal, PostgresIdentity, PostgresPolicies, PostgresAudit
+    PostgresWrites,
+    PostgresCatalog,
+    PostgresTemporal,
+    PostgresIdentity,
+    PostgresPolicies,
+    PostgresAudit,
+    PostgresDataspace,
 ):
     throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
 
