@@ -98,6 +98,8 @@ def signature_base(method: str, url: str, headers: Mapping[str, str], components
             value = url
         elif name == "@authority":
             value = (urlsplit(url).netloc or "").lower()
+        elif name == "@path":
+            value = urlsplit(url).path or "/"
         elif name.startswith("@"):
             raise SignatureRefused(f"the component {name} is not supported")
         else:
