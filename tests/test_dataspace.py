@@ -32,7 +32,7 @@ from cityos.dataspace.signatures import (
 from dataspace_helpers import audit, cli, free_ports, signed, signing_key, wait_for
 from server_process import LoggedServer
 
-API = "/cityos/v1/dataspace"
+API = "/cityos/v1/admin/dataspace"
 PURPOSE = "traffic-planning"
 AREA = {
     "type": "Polygon",
@@ -99,6 +99,22 @@ class Cities:
         headers = signed(self.singapore.key, method, url, body=body, agreement=chosen, purpose=purpose)
         return httpx.request(method, url, content=body, headers=headers, timeout=30)
 
+    def subscribe(self, agreement: str) -> str:
+        """Singapore's subscription at Chongqing under `agreement` (made by the CLI), notifying its inbox."""
+        made = cli(
+            self.singapore.database,
+            "agreements",
+            "subscribe",
+            agreement,
+            "--type",
+            "TrafficFlowObserved",
+            "--allow-private-networks",
+        )
+        assert made.returncode == 0, made.stderr
+        subscription = made.stdout.strip()
+        assert subscription.startswith("urn:ngsi-ld:Subscription:")
+        return subscription
+
     def negotiate(self, offer: str) -> str:
         answer = self.singapore.admin(
             "POST", f"{API}/agreements", {"partner": "Chongqing", "offer": offer, "purpose": PURPOSE}
@@ -126,6 +142,10 @@ def cities(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "--auth",
             "required",
             "--allow-private-networks",
+            "--notification-retry-max-delay",
+            "1",  # a partner that comes back gets its notifications within a second
+            "--notification-max-attempts",
+            "1000",  # however long its restart takes on a busy machine
             port=cq_port,
         ),
         LoggedServer(folder / "singapore.log", "--database", sg_db, "--allow-private-networks", port=sg_port),
@@ -381,18 +401,7 @@ def test_the_exchange_is_recorded_on_both_sides(cities: Cities) -> None:
 
 def test_notifications_flow_signed_and_stop_when_revoked(cities: Cities) -> None:
     agreement = cities.negotiate("traffic-flow")  # one of its own: revoked below
-    made = cli(
-        cities.singapore.database,
-        "agreements",
-        "subscribe",
-        agreement,
-        "--type",
-        "TrafficFlowObserved",
-        "--allow-private-networks",
-    )
-    assert made.returncode == 0, made.stderr
-    subscription = made.stdout.strip()
-    assert subscription.startswith("urn:ngsi-ld:Subscription:")
+    subscription = cities.subscribe(agreement)
     for entity_id, value in ((OUTSIDE, 81), (INSIDE, 121)):
         patch = {"intensity": {"type": "Property", "value": value}, "laneId": {"type": "Property", "value": 3}}
         assert cities.chongqing.admin("PATCH", f"/ngsi-ld/v1/entities/{entity_id}/attrs", patch).status_code == 204
@@ -472,3 +481,33 @@ def test_cli_manages_partners_and_offers(tmp_path: Path) -> None:
     assert cli(database, "partners", "remove", "Porto").returncode == 0
     missing = cli(database, "partners", "remove", "Porto")
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def test_notifications_wait_for_a_partner_that_is_down(cities: Cities) -> None:
+    """Singapore stops; what Chongqing notifies meanwhile waits in its outbox and arrives, signed,
+    when Singapore is back (the last test of the module: it restarts Singapore)."""
+    agreement = cities.negotiate("traffic-flow")
+    cities.subscribe(agreement)
+    cities.singapore.server.stop()
+    try:
+        patch = {"intensity": {"type": "Property", "value": 150}}
+        assert cities.chongqing.admin("PATCH", f"/ngsi-ld/v1/entities/{INSIDE}/attrs", patch).status_code == 204
+        token = cities.chongqing.headers["Authorization"].split()[1]
+        wait_for(
+            "Chongqing to try",
+            lambda: [
+                r
+                for r in audit(cities.chongqing.base, "dataspace.notification.sent", token)
+                if r["targets"] == [agreement]
+            ],
+        )
+        assert cities.chongqing.admin("GET", "/version").status_code == 200  # not blocked meanwhile
+    finally:
+        cities.singapore.server.start()
+    got = wait_for(
+        "the notification after the restart",
+        lambda: [
+            r for r in audit(cities.singapore.base, "dataspace.notification.received") if r["targets"] == [agreement]
+        ],
+    )
+    assert got[0]["detail"]["entities"] == {INSIDE: ["intensity", "location"]}

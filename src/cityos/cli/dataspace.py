@@ -203,144 +203,125 @@ def _answer(status: int, body: Any) -> int:
     return 0
 
 
+def _group(commands: Any, name: str, help_text: str, description: str, example: str) -> Any:
+    parser = commands.add_parser(name, help=help_text, description=description, epilog=f"Example: {example}")
+    return parser.add_subparsers(dest=f"{name}_verb", required=True)
+
+
+def _verb(verbs: Any, name: str, help_text: str, example: str, work: Work) -> argparse.ArgumentParser:
+    """One subcommand: its help ends with an example; --database and --allow-private-networks."""
+    parser: argparse.ArgumentParser = verbs.add_parser(name, help=help_text, epilog=f"Example: {example}")
+    _common(parser)
+    parser.set_defaults(run=_run(work))
+    return parser
+
+
 def register(commands: Any) -> None:
-    dataspace = commands.add_parser(
+    verbs = _group(
+        commands,
         "dataspace",
-        help="This city's identity for the data channel between cities (its key pair).",
-        description="Create or show this city's Ed25519 key pair, its name and its URL (partners need all three).",
-        epilog="Example: cityos dataspace init --name Chongqing --url https://data.chongqing.example",
+        "This city's identity for the data channel between cities (its key pair).",
+        "Create or show this city's Ed25519 key pair, its name and its URL (partners need all three).",
+        "cityos dataspace init --name Chongqing --url https://data.chongqing.example",
     )
-    verbs = dataspace.add_subparsers(dest="dataspace_verb", required=True, metavar="{init,show}")
-    made = verbs.add_parser(
-        "init",
-        help="create the key pair (or rename)",
-        epilog="Example: cityos dataspace init --name Singapore --url http://127.0.0.1:7711",
-    )
+    made = _verb(verbs, "init", "create the key pair (or rename)", "cityos dataspace init --name Singapore", init)
     made.add_argument("--name", required=True, help="this city's name, as its partners will know it")
     made.add_argument("--url", help="the base URL partners reach this city at")
-    _common(made)
-    made.set_defaults(run=_run(init))
-    shown = verbs.add_parser("show", help="print the name, public key and URL", epilog="Example: cityos dataspace show")
+    shown = _verb(verbs, "show", "print the name, public key and URL", "cityos dataspace show --public-key", show)
     shown.add_argument("--public-key", action="store_true", help="print only the public key")
-    _common(shown)
-    shown.set_defaults(run=_run(show))
 
-    partners = commands.add_parser(
+    verbs = _group(
+        commands,
         "partners",
-        help="Trusted partner cities (name, URL, public key).",
-        description="Manage the partner cities whose signed requests this city accepts.",
-        epilog="Example: cityos partners add Singapore --url https://data.singapore.example --public-key ed25519:...",
+        "Trusted partner cities (name, URL, public key).",
+        "Manage the partner cities whose signed requests this city accepts.",
+        "cityos partners add Singapore --url https://data.singapore.example --public-key ed25519:...",
     )
-    verbs = partners.add_subparsers(dest="partners_verb", required=True, metavar="{add,list,remove,catalog}")
-    add = verbs.add_parser(
-        "add",
-        help="trust a partner (or change one)",
-        epilog="Example: cityos partners add Singapore --url http://127.0.0.1:7711 --public-key ed25519:...",
-    )
+    add = _verb(verbs, "add", "trust a partner (or change one)", "cityos partners add Singapore ...", partners_add)
     add.add_argument("name")
     add.add_argument("--url", required=True, help="the partner's base URL")
-    add.add_argument("--public-key", required=True, help="the partner's key, as its `cityos dataspace show` prints it")
-    _common(add)
-    add.set_defaults(run=_run(partners_add))
-    listing = verbs.add_parser("list", help="list partners", epilog="Example: cityos partners list")
-    _common(listing)
-    listing.set_defaults(run=_run(partners_list))
-    remove = verbs.add_parser(
-        "remove", help="stop trusting a partner", epilog="Example: cityos partners remove Singapore"
-    )
-    remove.add_argument("name")
-    _common(remove)
-    remove.set_defaults(run=_run(partners_remove))
-    browse = verbs.add_parser(
-        "catalog",
-        help="browse a partner's catalogue (DCAT, signed request)",
-        epilog="Example: cityos partners catalog Chongqing",
+    add.add_argument("--public-key", required=True, help="the partner's key, as `cityos dataspace show` prints it")
+    _verb(verbs, "list", "list partners", "cityos partners list", partners_list)
+    removed = _verb(verbs, "remove", "stop trusting a partner", "cityos partners remove Singapore", partners_remove)
+    removed.add_argument("name")
+    browse = _verb(
+        verbs, "catalog", "a partner's DCAT catalogue (signed)", "cityos partners catalog Chongqing", catalog
     )
     browse.add_argument("partner")
-    _common(browse)
-    browse.set_defaults(run=_run(catalog))
 
-    offers = commands.add_parser(
+    verbs = _group(
+        commands,
         "offers",
-        help="Datasets this city offers its partners, with usage terms (ODRL).",
-        description="Publish, list and withdraw offers (docs/federation.md describes the JSON).",
-        epilog="Example: cityos offers publish traffic-offer.json",
+        "Datasets this city offers its partners, with usage terms (ODRL).",
+        "Publish, list and withdraw offers (docs/federation.md describes the JSON).",
+        "cityos offers publish traffic-offer.json",
     )
-    verbs = offers.add_subparsers(dest="offers_verb", required=True, metavar="{publish,list,withdraw}")
-    publish = verbs.add_parser(
+    publish = _verb(
+        verbs,
         "publish",
-        help="publish (or replace) an offer from a JSON file (- : stdin)",
-        epilog="Example: cityos offers publish offer.json",
+        "publish (or replace) an offer from a JSON file (-: stdin)",
+        "cityos offers publish offer.json",
+        offers_publish,
     )
     publish.add_argument("file")
-    _common(publish)
-    publish.set_defaults(run=_run(offers_publish))
-    listing = verbs.add_parser("list", help="list offers", epilog="Example: cityos offers list")
-    _common(listing)
-    listing.set_defaults(run=_run(offers_list))
-    withdraw = verbs.add_parser(
+    _verb(verbs, "list", "list offers", "cityos offers list", offers_list)
+    withdrawn = _verb(
+        verbs,
         "withdraw",
-        help="withdraw an offer (agreements made stand)",
-        epilog="Example: cityos offers withdraw traffic-flow",
+        "withdraw an offer (agreements made stand)",
+        "cityos offers withdraw traffic-flow",
+        offers_withdraw,
     )
-    withdraw.add_argument("offer_id")
-    _common(withdraw)
-    withdraw.set_defaults(run=_run(offers_withdraw))
+    withdrawn.add_argument("offer_id")
 
-    agreements = commands.add_parser(
+    verbs = _group(
+        commands,
         "agreements",
-        help="Agreements with partner cities: request, list, revoke, and use them.",
-        description="Request a partner's offer (both cities sign the agreement), list and revoke agreements,"
-        " and read a partner's data under one (signed requests).",
-        epilog="Example: cityos agreements request --partner Chongqing --offer traffic-flow --purpose traffic-planning",
+        "Agreements with partner cities: request, list, revoke, and use them.",
+        "Request a partner's offer (both cities sign the agreement), list and revoke agreements, and read"
+        " a partner's data under one (signed requests).",
+        "cityos agreements request --partner Chongqing --offer traffic-flow --purpose traffic-planning",
     )
-    verbs = agreements.add_subparsers(
-        dest="agreements_verb", required=True, metavar="{request,list,show,revoke,get,subscribe}"
-    )
-    request = verbs.add_parser(
+    request = _verb(
+        verbs,
         "request",
-        help="ask a partner for one of its offers; prints the agreement id",
-        epilog="Example: cityos agreements request --partner Chongqing --offer traffic-flow --purpose traffic-planning",
+        "ask a partner for an offer; prints the agreement id",
+        "cityos agreements request --partner Chongqing --offer traffic-flow --purpose traffic-planning",
+        agreements_request,
     )
     request.add_argument("--partner", required=True)
     request.add_argument("--offer", required=True)
     request.add_argument("--purpose", required=True)
-    _common(request)
-    request.set_defaults(run=_run(agreements_request))
-    listing = verbs.add_parser("list", help="list agreements (both roles)", epilog="Example: cityos agreements list")
-    _common(listing)
-    listing.set_defaults(run=_run(agreements_list))
-    shown = verbs.add_parser(
-        "show", help="show one agreement with both signatures", epilog="Example: cityos agreements show urn:uuid:..."
+    _verb(verbs, "list", "list agreements (both roles)", "cityos agreements list", agreements_list)
+    one = _verb(
+        verbs, "show", "one agreement with both signatures", "cityos agreements show urn:uuid:...", agreements_show
     )
-    shown.add_argument("agreement_id")
-    _common(shown)
-    shown.set_defaults(run=_run(agreements_show))
-    revoke = verbs.add_parser(
+    one.add_argument("agreement_id")
+    revoke = _verb(
+        verbs,
         "revoke",
-        help="end an agreement now (the partner is told)",
-        epilog="Example: cityos agreements revoke urn:uuid:...",
+        "end an agreement now (the partner is told)",
+        "cityos agreements revoke urn:uuid:...",
+        agreements_revoke,
     )
     revoke.add_argument("agreement_id")
     revoke.add_argument("--reason", default="revoked by the operator")
-    _common(revoke)
-    revoke.set_defaults(run=_run(agreements_revoke))
-    get = verbs.add_parser(
+    get = _verb(
+        verbs,
         "get",
-        help="a signed GET of the partner's NGSI-LD API under the agreement",
-        epilog="Example: cityos agreements get urn:uuid:... '/ngsi-ld/v1/entities?type=TrafficFlowObserved'",
+        "a signed GET of the partner's NGSI-LD API under the agreement",
+        "cityos agreements get urn:uuid:... '/ngsi-ld/v1/entities?type=TrafficFlowObserved'",
+        agreements_get,
     )
     get.add_argument("agreement_id")
     get.add_argument("path", help="path and query, from /ngsi-ld/v1/...")
-    _common(get)
-    get.set_defaults(run=_run(agreements_get))
-    subscribe = verbs.add_parser(
+    subscribe = _verb(
+        verbs,
         "subscribe",
-        help="subscribe at the partner; it notifies this city's inbox (signed)",
-        epilog="Example: cityos agreements subscribe urn:uuid:... --type TrafficFlowObserved",
+        "subscribe at the partner; it notifies this city's inbox, signed",
+        "cityos agreements subscribe urn:uuid:... --type TrafficFlowObserved",
+        agreements_subscribe,
     )
     subscribe.add_argument("agreement_id")
     subscribe.add_argument("--type", required=True)
     subscribe.add_argument("--attrs", help="comma-separated attributes to notify")
-    _common(subscribe)
-    subscribe.set_defaults(run=_run(agreements_subscribe))

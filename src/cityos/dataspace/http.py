@@ -1,6 +1,6 @@
 """Thin HTTP handlers of the data channel (DataspaceService does the work).
 
-Admin API (role admin with --auth required), under /cityos/v1/dataspace:
+Admin API (role admin with --auth required), under /cityos/v1/admin/dataspace:
   GET identity · GET|POST partners · DELETE partners/{name} · GET|POST offers · DELETE offers/{id}
   GET|POST agreements (POST: ask a partner for one of its offers) · GET agreements/{id}
   POST agreements/{id}/revoke
@@ -27,7 +27,7 @@ from cityos.errors import BadRequestData, NgsiLdError, ResourceNotFound
 from cityos.ngsild.common import json_response, no_content, principal, read_json, services
 from cityos.policy.enforce import record_denied
 
-BASE = "/cityos/v1/dataspace"
+BASE = "/cityos/v1/admin/dataspace"
 
 
 def _service(request: Request) -> DataspaceService:

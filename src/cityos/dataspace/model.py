@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from cityos.errors import BadRequestData
 from cityos.policy.geo import check_area
+from cityos.policy.model import _instant as instant  # one reading of date-times
 
 DSP_CONTEXT = "https://w3id.org/dspace/2025/1/context.jsonld"
 CITYOS_NS = "https://cityos.dev/ns/dataspace#"
@@ -60,18 +61,6 @@ def public_text(key: Ed25519PublicKey) -> str:
 
 def now_text() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def instant(value: Any, where: str) -> datetime:
-    if not isinstance(value, str):
-        raise BadRequestData(f"{where} must be a date-time string")
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise BadRequestData(f"{where} is not an ISO 8601 date-time") from exc
-    if parsed.tzinfo is None:
-        raise BadRequestData(f"{where} needs a time zone (e.g. Z)")
-    return parsed.astimezone(UTC)
 
 
 def _names(value: Any, where: str) -> list[str]:
