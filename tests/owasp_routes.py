@@ -15,6 +15,8 @@ Kinds (the decision for each route):
   403 for a reader (registrations are read with the `read` right on resource `registration`).
   Making, cloning and purging snapshots too (`administer` on resource `snapshot`; someone else's
   snapshot answers 404 to a clone).
+- PARTNER: the data channel's partner API (/dsp/..., the notification inbox): a partner city's
+  RFC 9421 signature only (dataspace/door.py); any other caller, an admin too, gets 401.
 - MALFORMED: no such operation (`/entities/` and `/entities//attrs...` without an entity id, PUT
   under /temporal/entities/): 400 or 405 for every authenticated caller.
 """
@@ -28,11 +30,21 @@ from typing import Any, Literal
 from starlette.routing import BaseRoute, Mount, Route
 
 Kind = Literal[
-    "public", "device", "read", "write", "owned-read", "owned-write", "admin-read", "admin-write", "malformed"
+    "public",
+    "device",
+    "read",
+    "write",
+    "owned-read",
+    "owned-write",
+    "admin-read",
+    "admin-write",
+    "partner",
+    "malformed",
 ]
 API = "/ngsi-ld/v1"
 TEMPORAL = f"{API}/temporal/entities"
 ADMIN = "/cityos/v1/admin"
+SPACE = f"{ADMIN}/dataspace"
 
 BUILDING = "urn:ngsi-ld:Building:1"
 SECRET_VALUE = "TOPSECRET-7f3a"  # the value of the attribute the reader may not read
@@ -328,6 +340,41 @@ def probes(ids: Ids) -> list[Probe]:
             json={"password": "a new long password"},
         ),
         p("POST", "/cityos/v1/auth/token", "public", "/cityos/v1/auth/token"),
+        # the data channel between cities (dataspace/): its admin API, and its partners' API
+        p("GET", f"{SPACE}/identity", "admin-read", f"{SPACE}/identity"),
+        p("GET", f"{SPACE}/partners", "admin-read", f"{SPACE}/partners"),
+        p("POST", f"{SPACE}/partners", "admin-write", f"{SPACE}/partners", json={"name": "Mallory"}),
+        p("DELETE", f"{SPACE}/partners/{{name}}", "admin-write", f"{SPACE}/partners/Nowhere"),
+        p("GET", f"{SPACE}/offers", "admin-read", f"{SPACE}/offers"),
+        p("POST", f"{SPACE}/offers", "admin-write", f"{SPACE}/offers", json={"id": "x"}),
+        p("DELETE", f"{SPACE}/offers/{{offer_id}}", "admin-write", f"{SPACE}/offers/nothing"),
+        p("GET", f"{SPACE}/agreements", "admin-read", f"{SPACE}/agreements"),
+        p("POST", f"{SPACE}/agreements", "admin-write", f"{SPACE}/agreements", json={"partner": "Nowhere"}),
+        p("GET", f"{SPACE}/agreements/{{agreement_id}}", "admin-read", f"{SPACE}/agreements/urn:uuid:0"),
+        p(
+            "POST",
+            f"{SPACE}/agreements/{{agreement_id}}/revoke",
+            "admin-write",
+            f"{SPACE}/agreements/urn:uuid:0/revoke",
+        ),
+        p(
+            "POST",
+            "/cityos/v1/dataspace/inbox/{agreement_id}",
+            "partner",
+            "/cityos/v1/dataspace/inbox/urn:uuid:0",
+            json={},
+        ),
+        p("GET", "/dsp/catalog", "partner", "/dsp/catalog"),
+        p("POST", "/dsp/catalog/request", "partner", "/dsp/catalog/request", json={"@type": "CatalogRequestMessage"}),
+        p("POST", "/dsp/negotiations/request", "partner", "/dsp/negotiations/request", json={}),
+        p(
+            "POST",
+            "/dsp/negotiations/{pid}/agreement/verification",
+            "partner",
+            "/dsp/negotiations/x/agreement/verification",
+            json={},
+        ),
+        p("POST", "/dsp/negotiations/{pid}/termination", "partner", "/dsp/negotiations/x/termination", json={}),
     ]
     for method in ("DELETE", "GET", "PATCH", "POST", "PUT"):
         for path in (f"{e}//attrs", f"{e}//attrs/", f"{e}//attrs/{{attr}}"):

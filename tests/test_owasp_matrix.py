@@ -281,6 +281,23 @@ def test_no_credentials_is_401_but_on_public_routes(city: City) -> None:
     assert wrong == []
 
 
+def test_partner_routes_need_a_partner_signature(city: City) -> None:
+    """The data channel's partner API answers a partner city's signed request only: every other
+    caller, whatever its key (an admin's too), gets 401 with the Signature challenge."""
+    wrong = []
+    for probe in probes(city.ids):
+        if probe.kind != "partner":
+            continue
+        for who in ("reader", "admin", "other-admin"):
+            answer = city.probe(who, probe)
+            challenge = answer.headers.get("WWW-Authenticate", "")
+            if answer.status_code != 401 or answer.json()["type"] != "urn:cityos:errors:Unauthorized":
+                wrong.append((probe.label, who, answer.status_code))
+            elif not challenge.startswith("Signature"):
+                wrong.append((probe.label, who, challenge))
+    assert wrong == []
+
+
 # -- broken function-level authorization: a reader's key --------------------------------------------
 
 
@@ -361,7 +378,7 @@ def test_another_tenants_key_sees_and_changes_nothing_of_this_tenant(city: City)
     markers.append(city.ids.context)
     wrong = []
     for probe in probes(city.ids):
-        if probe.kind == "malformed":
+        if probe.kind in ("malformed", "partner"):  # partner: its own test
             continue
         if probe.kind != "public":
             answer = city.probe("outsider", probe)
@@ -385,7 +402,7 @@ def test_another_tenants_admin_administers_nothing_here(city: City) -> None:
     markers = ["Tower", "Hall", SECRET_VALUE, "erin", *ids, city.ids.subscription, city.ids.entity_map]
     wrong = []
     for probe in probes(city.ids):
-        if probe.kind in ("public", "malformed"):
+        if probe.kind in ("public", "malformed", "partner"):  # partner: its own test
             continue
         answer = city.probe("other-admin", probe)
         listing = probe.method == "GET" and probe.url in (f"{ADMIN}/keys", f"{ADMIN}/users")

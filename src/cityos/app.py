@@ -28,6 +28,9 @@ from cityos.auth.middleware import REQUEST_ID_HEADER, AuthMiddleware, request_id
 from cityos.auth.principal import current_request_id
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE
 from cityos.auth.service import Identity
+from cityos.dataspace import http as dataspace_http
+from cityos.dataspace.door import PartnerDoor
+from cityos.dataspace.service import AgreementDirectory, DataspaceService
 from cityos.entities import render_cache
 from cityos.entities.expiry import now_key
 from cityos.errors import (
@@ -57,7 +60,7 @@ from cityos.ngsild import (
 from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.pipeline import WritePipeline, context_registry, settings_store
 from cityos.policy import http as policy_http
-from cityos.policy.service import access_policies
+from cityos.policy.service import PolicyService, access_policies
 from cityos.serving import collector
 from cityos.serving.requests import quick_requests
 from cityos.serving.routing import index_routes
@@ -353,6 +356,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     identity = Identity(services.store, settings, lambda: services.audit, rate_table)
     if identity.required:
         services.principals = identity.authenticator
+    dataspace = _dataspace(settings, services, policies, pipeline)
 
     startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
     snapshot_fills = snapshots_http.SnapshotFills()  # snapshots being made in the background
@@ -392,6 +396,10 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             follow = policies.follow(follow)
         services.store.set_event_listener(follow)
         stack.callback(services.store.set_event_listener, None)
+        await dataspace.start()  # this city's key and partners; agreements become policies
+        stack.push_async_callback(dataspace.close)
+        if policies is not None:
+            await policies.reload()
         await pipeline.start()  # before the first write: every change is matched and recorded
         stack.push_async_callback(pipeline.stop)
         await ingest.start()  # the IoT Agent, and the demo city into an empty database
@@ -413,6 +421,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *ingest.routes(),
         *audit_http.routes(),
         *policy_http.routes(),
+        *dataspace_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
     ]
@@ -433,6 +442,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     app.state.policies = policies
     app.state.snapshot_fills = snapshot_fills
     app.add_middleware(snapshots_http.SnapshotHeader, answer=ngsild_error)  # innermost: inside authentication
+    app.state.dataspace = dataspace
     if identity.required:  # who is calling and why, before any handler: auth/middleware.py (auth off: nothing to do)
         app.add_middleware(LastResort)  # innermost: answers what no handler knew, keeps the connection
         app.add_middleware(
@@ -442,6 +452,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             anonymous_served=(lambda: True) if policies is None else (lambda: policies.authorizer.serves_anonymous),
             audit=lambda: services.audit,
         )
+    # a partner city's signed request is verified before the auth middleware (dataspace/door.py)
+    app.add_middleware(PartnerDoor, service=lambda: dataspace, enforcing=policies is not None)
     keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))
     app.add_middleware(
         ProtocolGuard,
@@ -461,6 +473,32 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             max_age=600,
         )
     return app
+
+
+def _dataspace(
+    settings: Settings, services: Services, policies: PolicyService | None, pipeline: WritePipeline
+) -> DataspaceService:
+    """The data channel between cities (dataspace/): its agreements are compiled into access
+    policies, the partners' subscriptions act for their agreements, and notifications to a
+    partner's inbox are signed."""
+
+    async def reload_policies() -> None:
+        if policies is not None:
+            await policies.reload()
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    service = DataspaceService(
+        services.store,
+        lambda: services.audit,
+        allow_private_networks=settings.allow_private_networks,
+        base_url=f"http://{host}:{settings.port}",
+        on_agreements=reload_policies,
+    )
+    if policies is not None:
+        policies.extra = service.policy_documents
+    services.principals = AgreementDirectory(services.principals, service)
+    pipeline.subscriptions.outgoing_signer = service.sign_notification
+    return service
 
 
 def app_from_env() -> Starlette:

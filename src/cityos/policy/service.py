@@ -66,6 +66,9 @@ class PolicyService:
         self.authorizer = PolicyAuthorizer()
         self._reloading: asyncio.Task[None] | None = None
         self._again = False
+        # documents of policies kept elsewhere (dataspace/: agreements compiled into policies),
+        # parsed and enforced with the stored set on every reload
+        self.extra: Callable[[], list[dict[str, Any]]] = list
 
     def parse(self, document: Any) -> Policy:
         return parse_policy(document, self.expand)
@@ -84,6 +87,11 @@ class PolicyService:
                 policies.append(self.parse(row.document))
             except BadRequestData as exc:  # stored under other rules: skipped, never half-applied
                 log.error("stored policy %s is not valid any more and is ignored: %s", row.id, exc.detail)
+        for document in self.extra():
+            try:
+                policies.append(self.parse(document))
+            except BadRequestData as exc:
+                log.error("policy %s is not valid and is ignored: %s", document.get("id"), exc.detail)
         self.authorizer.replace(policies, version)
 
     def follow(self, listener: Callable[[StoreEvent], None]) -> Callable[[StoreEvent], None]:

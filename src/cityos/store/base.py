@@ -15,6 +15,7 @@ from cityos.policy.decision import AccessPrefilter
 from cityos.query.entity_maps import EntityMap
 from cityos.query.pushdown import ValueFilter
 from cityos.store.audit_base import AuditStore
+from cityos.store.dataspace_base import DataspaceStore
 from cityos.store.identity_base import IdentityStore
 from cityos.store.policy_base import PolicyStore
 from cityos.store.snapshot_base import SnapshotStore
@@ -189,10 +190,10 @@ class IngestRecord:
     document: dict[str, Any]
 
 
-class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, SnapshotStore, Protocol):
+class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, SnapshotStore, DataspaceStore, Protocol):
     """Current state, subscriptions, maps and discovery; the temporal methods come from TemporalStore,
     the credentials' from IdentityStore, the policies' from PolicyStore, the audit trail's from AuditStore,
-    the snapshots' from SnapshotStore."""
+    the snapshots' from SnapshotStore, the data channel's from DataspaceStore."""
 
     # True when several workers share the store: the subscription throttling is then decided by the
     # store, in the write transaction (an outbox row with `throttling` is dropped within the period),

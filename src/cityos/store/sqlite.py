@@ -33,6 +33,7 @@ from cityos.store.fair import FairShare
 from cityos.store.sqlite_audit import AUDIT_SCHEMA, SQLiteAudit, seal_into
 from cityos.store.sqlite_catalog import SQLiteCatalog
 from cityos.store.sqlite_checkpoint import BACKSTOP_PAGES, Checkpointer
+from cityos.store.sqlite_dataspace import DATASPACE_SCHEMA, SQLiteDataspace
 from cityos.store.sqlite_history import Names, TimeCodec, instance_prefix
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_layout import inflate, register
@@ -175,6 +176,7 @@ class SQLiteStore(
     SQLitePolicies,
     SQLiteAudit,
     SQLiteSnapshots,
+    SQLiteDataspace,
 ):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
 
@@ -345,6 +347,7 @@ class SQLiteStore(
                 connection.executescript(SCHEMA)
                 connection.executescript(TEMPORAL_SCHEMA)
                 connection.executescript(POLICY_SCHEMA)  # additive: older files gain the table
+                connection.executescript(DATASPACE_SCHEMA)  # additive, as the policies'
                 connection.executescript(IDENTITY_SCHEMA)
                 connection.executescript(SNAPSHOT_SCHEMA)  # additive: older files gain the table
                 if "owner" not in {row[1] for row in connection.execute("PRAGMA table_info(entity_maps)")}:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ssl
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -21,6 +22,9 @@ from cityos.net import OutboundPolicy, OutboundRefused, check_host
 from cityos.redact import redact_uri
 
 JSON = "application/json"
+# signs an outgoing notification when its receiver expects that (dataspace/: a partner city's
+# inbox): (method, url, headers, body) -> the headers to send
+OutgoingSigner = Callable[[str, str, list[tuple[str, str]], bytes], Awaitable[list[tuple[str, str]]]]
 MQTT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
@@ -66,6 +70,7 @@ class Sender:
         # every connection goes to an address the policy checked (no second DNS lookup)
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         self._http = policy.client(limits=limits, timeout=timeout)
+        self.sign: OutgoingSigner | None = None
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -90,6 +95,8 @@ class Sender:
         if outgoing.link is not None:
             headers.append(("Link", outgoing.link))
         headers.extend(outgoing.receiver_info)
+        if self.sign is not None:
+            headers = await self.sign("POST", outgoing.uri, headers, body)
         where = redact_uri(outgoing.uri)  # messages end up in the log: no credentials
         try:
             self.policy.check_url(outgoing.uri)

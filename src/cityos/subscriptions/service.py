@@ -22,7 +22,7 @@ from cityos.net import OutboundPolicy
 from cityos.settings import Settings
 from cityos.store.base import EntityStore, StoreEvent, SubscriptionRow
 from cityos.subscriptions.access import AccessSource, OpenAccess
-from cityos.subscriptions.delivery import Sender
+from cityos.subscriptions.delivery import OutgoingSigner, Sender
 from cityos.subscriptions.dispatcher import Dispatcher, Job
 from cityos.subscriptions.matching import ChangeMatcher, Matcher, compile_matcher, lane_of, periodic_query
 from cityos.subscriptions.model import Delivery, Subscription, status_of
@@ -51,6 +51,7 @@ class SubscriptionService:
         self._background: set[asyncio.Task[None]] = set()
         # the policies notifications are screened with; a server sets its Services here
         self.access_source: AccessSource | None = None
+        self.outgoing_signer: OutgoingSigner | None = None  # set before start (app.py: dataspace/)
         self._open = OpenAccess.create()
         self._held = False  # a command with auth required leaves the outbox to the server
         # per subscription: a reload (every change another worker makes) or a period may fail again
@@ -73,6 +74,7 @@ class SubscriptionService:
         self._sender = Sender(
             policy, timeout=self.settings.notification_timeout, max_bytes=self.settings.notification_max_bytes
         )
+        self._sender.sign = self.outgoing_signer
         self._dispatcher = Dispatcher(self.store, self.contexts, self._sender, self.settings, self.get, self)
         loop = asyncio.get_running_loop()
         dispatcher = self._dispatcher

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from cityos.store.postgres.audit import AUDIT_SQL
+from cityos.store.postgres.dataspace import DATASPACE_SQL
 from cityos.store.postgres.identity import IDENTITY_SQL
 from cityos.store.postgres.policies import POLICY_SQL
 from cityos.store.postgres.schema_catalog import CATALOG_SQL
@@ -177,6 +178,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "geo boxes say whether they are one Point, so near queries are exact in SQL", _V10),
     Migration(11, "a write reads its locked rows in a snapshot taken after its entity locks", _V11),
     Migration(12, "snapshots (spec 5.16): their documents; their entities live in hidden tenants", SNAPSHOT_SQL),
+    Migration(13, "the data channel between cities: key, partners, offers, agreements, versioned", DATASPACE_SQL),
 )
 LATEST = MIGRATIONS[-1].version
 _LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")

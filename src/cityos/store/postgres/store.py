@@ -45,6 +45,7 @@ from cityos.store.paging import Pager, bounded, exact_in_sql, listed_type
 from cityos.store.postgres.audit import PostgresAudit
 from cityos.store.postgres.busy import read_again_once, session_settings
 from cityos.store.postgres.catalog import PostgresCatalog
+from cityos.store.postgres.dataspace import PostgresDataspace
 from cityos.store.postgres.events import EventFollower, channel_for, notify
 from cityos.store.postgres.identity import PostgresIdentity
 from cityos.store.postgres.outbox import subscription_rows
@@ -109,6 +110,7 @@ class PostgresStore(
     PostgresPolicies,
     PostgresAudit,
     PostgresSnapshots,
+    PostgresDataspace,
 ):
     throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
 

@@ -1,0 +1,1 @@
+"""The data channel between cities: keys, partners, offers, agreements, signed exchanges (docs/federation.md)."""

@@ -1,0 +1,218 @@
+"""The boundary where a partner's signed request comes in (pure ASGI, before the auth middleware).
+
+A request with a Signature-Input header is verified (signatures.py) against the partner list; a
+refusal is a ProblemDetails 401. A verified request acts as:
+- on the DSP routes (/dsp/...) and the notification inbox: the partner (`partner:<name>`);
+- on /ngsi-ld/v1/...: the agreement its CityOS-Agreement header names (`agreement:<id>`), served
+  only while the agreement is active, for its purpose, within its rate and, for an aggregate-only
+  agreement, for counts and temporal aggregates only (403/429 otherwise). Which entities and
+  attributes it sees is the agreement's compiled access policy (model.policy_documents): the same
+  engine, pushed-down filters and projections as any other caller's.
+Every exchange is recorded with the digests of the request and of the answer
+("dataspace.request.served"), matching the sender's "dataspace.request.sent" by nonce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cityos.auth.errors import AccessDenied, TooManyRequests
+from cityos.auth.middleware import problem as _problem
+from cityos.auth.principal import Principal, current_principal
+from cityos.dataspace.model import Agreement
+from cityos.dataspace.service import DSP, INBOX, DataspaceService
+from cityos.dataspace.signatures import SignatureRefused, Verified, verify_request
+from cityos.errors import NgsiLdError
+from cityos.policy.compiled import current_purpose
+
+PRINCIPAL_SCOPE_KEY = "cityos.principal"  # a principal proven here (auth/middleware.py takes it)
+PARTNER_SCOPE_KEY = "cityos.partner"  # the partner a DSP or inbox request comes from
+NGSILD = "/ngsi-ld/v1/"
+READ_POSTS = ("/ngsi-ld/v1/entityOperations/query",)
+
+
+class _Buckets:
+    """Requests per minute per agreement (per worker)."""
+
+    def __init__(self) -> None:
+        self._state: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, per_minute: int) -> float:
+        """0 when a request may go now, else the seconds to wait."""
+        now = time.monotonic()
+        tokens, at = self._state.get(key, (float(per_minute), now))
+        tokens = min(float(per_minute), tokens + (now - at) * per_minute / 60.0)
+        if tokens < 1.0:
+            self._state[key] = (tokens, now)
+            return (1.0 - tokens) * 60.0 / per_minute
+        self._state[key] = (tokens - 1.0, now)
+        return 0.0
+
+
+class PartnerDoor:
+    def __init__(self, app: ASGIApp, service: Callable[[], DataspaceService | None], *, enforcing: bool) -> None:
+        self.app = app
+        self.service = service
+        self.enforcing = enforcing  # --auth required: the agreement policies are enforced
+        self.buckets = _Buckets()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not any(name == b"signature-input" for name, _ in scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        service = self.service()
+        if service is None:
+            await _problem(send, SignatureRefused("this city takes no signed requests"))
+            return
+        body = await _read(receive)
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        url = _url(scope, headers)
+        await service.refresh()
+        try:
+            proof = verify_request(scope["method"], url, headers, body, service.public_key_of, service.nonces)
+        except SignatureRefused as refused:
+            await service.record(
+                "request.denied",
+                [f"{scope['method']} {scope['path']}"],
+                {"status": 401, "reason": refused.detail, "keyid": _keyid(headers)},
+                outcome="denied",
+                principal="partner:?",
+            )
+            await _problem(send, refused)
+            return
+        try:
+            principal, agreement = self._admit(service, scope, headers, body, proof)
+        except NgsiLdError as refused:
+            await service.record(
+                "request.denied",
+                [f"{scope['method']} {scope['path']}"],
+                {"status": refused.status, "reason": refused.detail, "partner": proof.keyid, "nonce": proof.nonce},
+                outcome="denied",
+                principal=f"partner:{proof.keyid}",
+            )
+            await _problem(send, refused)
+            return
+        scope = {**scope, PRINCIPAL_SCOPE_KEY: principal, PARTNER_SCOPE_KEY: proof.keyid}
+        answer = hashlib.sha256()
+        status = 0
+
+        async def replay() -> Message:
+            nonlocal body
+            chunk, body = body, b""
+            return {"type": "http.request", "body": chunk, "more_body": False}
+
+        async def measured(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                answer.update(message.get("body", b""))
+            await send(message)
+
+        principal_token = current_principal.set(principal)
+        purpose_token = current_purpose.set(headers.get("purpose") or None)
+        try:
+            await self.app(scope, replay, measured)
+        finally:
+            current_purpose.reset(purpose_token)
+            current_principal.reset(principal_token)
+        detail: dict[str, Any] = {
+            "partner": proof.keyid,
+            "method": scope["method"],
+            "target": url,
+            "requestDigest": proof.digest,
+            "answerDigest": "sha-256=" + answer.hexdigest(),
+            "status": status,
+            "nonce": proof.nonce,
+            "signature": proof.signature,
+        }
+        if agreement is not None:
+            detail["agreement"] = agreement.id
+        await service.record(
+            "dataspace.request.served",
+            [agreement.id if agreement is not None else url],
+            detail,
+            principal=principal.id,
+            outcome="ok" if status < 400 else "failed",
+        )
+
+    def _admit(
+        self, service: DataspaceService, scope: Scope, headers: dict[str, str], body: bytes, proof: Verified
+    ) -> tuple[Principal, Agreement | None]:
+        path: str = scope["path"]
+        if path.startswith(DSP + "/") or path.startswith(INBOX):
+            return Principal(id=f"partner:{proof.keyid}", kind="partner", tenants=frozenset()), None
+        if not path.startswith(NGSILD):
+            raise AccessDenied("a partner's signed request may only use the DSP and NGSI-LD APIs")
+        if not self.enforcing:
+            raise AccessDenied("this city serves partners' NGSI-LD requests only with --auth required")
+        agreement_id = headers.get("cityos-agreement", "")
+        agreement = service.served(agreement_id, proof.keyid)
+        if agreement is None:
+            raise AccessDenied(f"no active agreement {agreement_id!r} between this city and {proof.keyid}")
+        terms = agreement.terms
+        if headers.get("purpose") != terms["purpose"]:
+            raise AccessDenied(f"agreement {agreement.id} is for the purpose {terms['purpose']!r} (Purpose header)")
+        _check_operation(scope, body, terms, service.partner(proof.keyid)["url"] + INBOX + agreement.id)
+        wait = self.buckets.take(agreement.id, int(terms["rate"]))
+        if wait > 0:
+            raise TooManyRequests(f"agreement {agreement.id} allows {terms['rate']} requests a minute", int(wait) + 1)
+        return service.principal(agreement), agreement
+
+
+def _check_operation(scope: Scope, body: bytes, terms: dict[str, Any], inbox: str) -> None:
+    """Reads only (and subscriptions that notify the partner's own inbox for this agreement);
+    aggregate-only agreements: counts (limit=0&count=true) and temporal aggregates only."""
+    method, path = scope["method"], scope["path"]
+    query = scope.get("query_string", b"").decode("latin-1")
+    if method in ("GET", "HEAD") or (method == "POST" and path in READ_POSTS):
+        pass
+    elif method == "POST" and path == NGSILD + "subscriptions":
+        try:
+            uri = orjson.loads(body)["notification"]["endpoint"]["uri"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise AccessDenied("a partner's subscription must notify its inbox") from exc
+        if uri != inbox:
+            raise AccessDenied(f"a partner's subscription under this agreement must notify {inbox}")
+    elif method == "DELETE" and path.startswith(NGSILD + "subscriptions/"):
+        pass
+    else:
+        raise AccessDenied("an agreement allows reading, and subscriptions to the partner's inbox, only")
+    if terms["aggregation"] == "aggregate" and not path.startswith(NGSILD + "subscriptions"):
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        counted = path == NGSILD + "entities" and params.get("limit") == "0" and params.get("count") == "true"
+        aggregated = path.startswith(NGSILD + "temporal/entities") and "aggrMethods" in params
+        if not (counted or aggregated):
+            raise AccessDenied("this agreement allows aggregates only (count=true&limit=0, or temporal aggrMethods)")
+
+
+def _url(scope: Scope, headers: dict[str, str]) -> str:
+    """The target URI as the client wrote it (scheme, Host header, raw path and query)."""
+    scheme = scope.get("scheme", "http")
+    host = headers.get("host", "")
+    path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string", b"")
+    return f"{scheme}://{host}{path.decode('latin-1')}" + (f"?{query.decode('latin-1')}" if query else "")
+
+
+def _keyid(headers: dict[str, str]) -> str:
+    given = headers.get("signature-input", "")
+    return given.split('keyid="', 1)[1].split('"', 1)[0][:64] if 'keyid="' in given else ""
+
+
+async def _read(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
