@@ -9,9 +9,13 @@ server's instructions per request (all its threads):
 
     python -m benchmarks.served_instructions retrieve DATABASE 2000 --port 7401
     python -m benchmarks.served_instructions floor - 2000 --port 7402
+    python -m benchmarks.served_instructions query_offset DATABASE 1000 --port 7403 [--floor]
 
 DATABASE is a file built by `python -m benchmarks.scale_reads build FILE N` (OffStreetParking
-bench-{i}); retrieve asks for random ids among the first N (--entities). The server's periodic
+bench-{i}); retrieve asks for random ids among the first N (--entities); query, query_offset, q and geo are
+scenario 5's pages (benchmarks/scale_reads.py request_of: type `limit=20`, at a random offset,
+`q=availableSpotNumber>50`, near 500 m of a random point), and with --floor they are answered by
+the query floor (benchmarks/query_floor.py, on the same file, `prepare`d first). The periodic
 work (expiry sweep, credentials poll, audit checkpoints, WAL checkpoints) is put off as in
 benchmarks/instructions.py, so the count is the request's own. PYTHONPATH chooses the checkout.
 """
@@ -31,22 +35,23 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.entities import entity_id
-from benchmarks.instructions import API, PERIODIC_SECONDS
+from benchmarks.instructions import API
 from benchmarks.loadgen import RawClient
+from benchmarks.query_floor import prepare
+from benchmarks.scale_reads import request_of
 from benchmarks.workloads import Request
 
 # run inside the server process under valgrind: the periodic work put off, then `cityos serve`
-SERVE = f"""
-import sys, cityos.app
-cityos.app.SWEEP_SECONDS = {PERIODIC_SECONDS}
-from cityos.store import sqlite_checkpoint
-sqlite_checkpoint.PAUSE = {PERIODIC_SECONDS}
-from cityos.auth import authenticator
-authenticator.POLL_SECONDS = {PERIODIC_SECONDS}
+SERVE = """
+import sys
+from benchmarks.instructions import put_off_periodic
+put_off_periodic()
 from cityos.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 FLOOR = "import sys; from benchmarks.constant_app import main; sys.exit(main(sys.argv[1:]))"
+QUERY_FLOOR = "import sys; from benchmarks.query_floor import main; sys.exit(main(['serve', *sys.argv[1:]]))"
+PAGES = ("query", "query_offset", "q", "geo")
 
 
 def _wait(url: str, process: subprocess.Popen[bytes], seconds: float = 120.0) -> None:
@@ -80,13 +85,14 @@ async def _send(port: int, requests: list[Request], connections: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.served_instructions", description=__doc__)
-    parser.add_argument("kind", choices=("retrieve", "floor"))
+    parser.add_argument("kind", choices=("retrieve", "floor", *PAGES))
     parser.add_argument("database")
     parser.add_argument("count", type=int)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--entities", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--warm", type=int, default=500)
+    parser.add_argument("--floor", action="store_true", help="pages: served by benchmarks/query_floor.py")
     parser.add_argument("--serve", nargs=argparse.REMAINDER, default=[], help="more `cityos serve` options")
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="served-callgrind-")) / "callgrind.out"
@@ -94,6 +100,10 @@ def main() -> int:
     if args.kind == "floor":
         command = [sys.executable, "-c", FLOOR, "--port", str(args.port)]
         check, path = f"http://127.0.0.1:{args.port}/constant", "/constant"
+    elif args.floor:
+        prepare(args.database)
+        command = [sys.executable, "-c", QUERY_FLOOR, args.database, "--port", str(args.port)]
+        check, path = f"http://127.0.0.1:{args.port}/ready", ""
     else:
         serve = ["serve", "--port", str(args.port), "--database", args.database, "--log-level", "warning"]
         command = [sys.executable, "-c", SERVE, *serve, *args.serve]
@@ -106,6 +116,9 @@ def main() -> int:
         def request() -> Request:
             if args.kind == "floor":
                 return Request("GET", path)
+            if args.kind in PAGES:
+                _, target, _ = request_of(args.kind, args.entities, rng)
+                return Request("GET", target)
             return Request("GET", f"{API}/entities/{entity_id(rng.randrange(args.entities))}")
 
         asyncio.run(_send(args.port, [request() for _ in range(args.warm)], args.connections))

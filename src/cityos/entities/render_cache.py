@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from contextlib import suppress
 from dataclasses import fields
 from typing import Any
 
@@ -91,8 +90,10 @@ class RenderCache:
         entries = self._entries
         hit = entries.get(key)
         if hit is not None:
-            with suppress(KeyError):  # evicted meanwhile by another thread's loop (embedding apps)
+            try:  # noqa: SIM105 (a try costs nothing here; suppress() is a context manager per hit)
                 entries.move_to_end(key)
+            except KeyError:  # evicted meanwhile by another thread's loop (embedding apps)
+                pass
             return hit
         # orjson's bytes keep the buffer it grew (about 4 KB for 1 KB of JSON): keep an exact copy
         data = bytes(memoryview(make(stored)))
@@ -125,12 +126,12 @@ def render_page(
 
     make = _maker(decode, options, view)
     token = cache.token(options, view)
-    parts = []
-    for item in items:
-        data = cache.render(token, item, make) if isinstance(item, bytes) else make(item)
-        if not data:
-            continue
-        parts.append(data if context is None else _with_context(data, context))
+    render = cache.render
+    parts = [render(token, item, make) if isinstance(item, bytes) else make(item) for item in items]
+    if context is not None:
+        parts = [_with_context(data, context) for data in parts if data]
+    elif not all(parts):
+        parts = [data for data in parts if data]
     return b"[" + b",".join(parts) + b"]"
 
 
