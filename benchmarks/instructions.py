@@ -115,8 +115,15 @@ def request_of(kind: str, seq: int) -> tuple[str, str, bytes]:
     raise SystemExit(f"unknown kind {kind!r}")
 
 
-async def call(app: Any, method: str, target: str, body: bytes, authorization: bytes | None) -> int:
-    """One request through the ASGI app; its status."""
+async def call(
+    app: Any,
+    method: str,
+    target: str,
+    body: bytes,
+    authorization: bytes | None,
+    sent: list[dict[str, Any]] | None = None,
+) -> int:
+    """One request through the ASGI app; its status (and its messages in `sent`, when given)."""
     path, _, query = target.partition("?")
     headers = [
         (b"host", b"bench"),
@@ -139,7 +146,7 @@ async def call(app: Any, method: str, target: str, body: bytes, authorization: b
         "scheme": "http",
         "root_path": "",
     }
-    sent: list[dict[str, Any]] = []
+    sent = [] if sent is None else sent
     delivered = False
 
     async def receive() -> dict[str, Any]:

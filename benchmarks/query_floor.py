@@ -111,30 +111,10 @@ async def _rendered(database: str) -> list[tuple[int, float, float, float, bytes
 
 async def _get(app: Any, query: str) -> bytes:
     """The body of GET /entities?`query` through the ASGI app (in-process, no sockets)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "path": API,
-        "raw_path": API.encode(),
-        "query_string": query.encode(),
-        "headers": [(b"host", b"floor")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("127.0.0.1", 1026),
-        "scheme": "http",
-        "root_path": "",
-    }
+    from benchmarks.instructions import call
+
     sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    assert sent[0]["status"] == 200, sent
+    assert await call(app, "GET", f"{API}?{query}", b"", None, sent) == 200, sent
     return b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 
@@ -198,7 +178,8 @@ def serve(database: str, port: int) -> int:
     return 0
 
 
-def _wait(url: str, process: subprocess.Popen[bytes], seconds: float = 120.0) -> None:
+def wait_for(url: str, process: subprocess.Popen[bytes], seconds: float = 120.0) -> None:
+    """Until `url` answers (SystemExit when `process` exits first or `seconds` pass)."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if process.poll() is not None:
@@ -258,8 +239,8 @@ def served(database: str, port: int, rounds: int, duration: float, connections: 
     ports = {"cityos": port, "floor": port + 1}
     rates: dict[tuple[str, str], list[float]] = {}
     try:
-        _wait(f"http://127.0.0.1:{port}/version", servers["cityos"])
-        _wait(f"http://127.0.0.1:{port + 1}/ready", servers["floor"])
+        wait_for(f"http://127.0.0.1:{port}/version", servers["cityos"])
+        wait_for(f"http://127.0.0.1:{port + 1}/ready", servers["floor"])
         for server_port in ports.values():  # one pass of warm-up: the render cache, the page cache
             for path in PATHS:
                 wrk(server_port, path, stored, connections, duration, folder)

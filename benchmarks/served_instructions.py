@@ -30,14 +30,12 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 from benchmarks.entities import entity_id
 from benchmarks.instructions import API
 from benchmarks.loadgen import RawClient
-from benchmarks.query_floor import prepare
+from benchmarks.query_floor import prepare, wait_for
 from benchmarks.scale_reads import request_of
 from benchmarks.workloads import Request
 
@@ -52,19 +50,6 @@ sys.exit(main(sys.argv[1:]))
 FLOOR = "import sys; from benchmarks.constant_app import main; sys.exit(main(sys.argv[1:]))"
 QUERY_FLOOR = "import sys; from benchmarks.query_floor import main; sys.exit(main(['serve', *sys.argv[1:]]))"
 PAGES = ("query", "query_offset", "q", "geo")
-
-
-def _wait(url: str, process: subprocess.Popen[bytes], seconds: float = 120.0) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"{url} did not answer")
 
 
 async def _send(port: int, requests: list[Request], connections: int) -> None:
@@ -110,7 +95,7 @@ def main() -> int:
         check, path = f"http://127.0.0.1:{args.port}/version", ""
     server = subprocess.Popen([*valgrind, *command], stderr=subprocess.DEVNULL, env=dict(os.environ))
     try:
-        _wait(check, server)
+        wait_for(check, server)
         rng = random.Random(0)
 
         def request() -> Request:
