@@ -29,7 +29,7 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from benchmarks.entities import ENTITY_TYPE, entity_id, make_entity, random_point
-from benchmarks.instructions import API, WARM_UP, call, callgrind
+from benchmarks.instructions import API, WARM_UP, call, callgrind, put_off_periodic
 from cityos.app import create_app
 from cityos.settings import Settings
 from cityos.store import is_postgres
@@ -102,6 +102,7 @@ async def build(database: str, count: int) -> None:
 
 async def measure(database: str, kind: str, count: int) -> float:
     stored = await _stored_in_postgres(database) if is_postgres(database) else _stored(database)
+    put_off_periodic()
     app = create_app(_settings(database))
     rng = random.Random(15)
     async with app.router.lifespan_context(app):

@@ -9,12 +9,16 @@ server's instructions per request (all its threads):
 
     python -m benchmarks.served_instructions retrieve DATABASE 2000 --port 7401
     python -m benchmarks.served_instructions floor - 2000 --port 7402
+    python -m benchmarks.served_instructions query_offset DATABASE 1000 --port 7403 [--floor]
 
 DATABASE is a file built by `python -m benchmarks.scale_reads build FILE N` (OffStreetParking
-bench-{i}); retrieve asks for random ids among the first N (--entities). With --auth the server runs
-with `--auth required` and scenario 8's policy (benchmarks/auth.py: the reader may read the entities
-but not their `address`), and every request carries a new API key of the reader's role (made in
-DATABASE with `cityos keys create`), as row 8a sends them. The server's periodic
+bench-{i}); retrieve asks for random ids among the first N (--entities); query, query_offset, q and geo are
+scenario 5's pages (benchmarks/scale_reads.py request_of: type `limit=20`, at a random offset,
+`q=availableSpotNumber>50`, near 500 m of a random point), and with --floor they are answered by
+the query floor (benchmarks/query_floor.py, on the same file, `prepare`d first). With --auth the server
+runs with `--auth required` and scenario 8's policy (benchmarks/auth.py: the reader may read the
+entities but not their `address`), and every request carries a new API key of the reader's role (made
+in DATABASE with `cityos keys create`), as row 8a sends them. The periodic
 work (expiry sweep, credentials poll, audit checkpoints, WAL checkpoints) is put off as in
 benchmarks/instructions.py, so the count is the request's own. PYTHONPATH chooses the checkout.
 """
@@ -29,43 +33,29 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import orjson
 
 from benchmarks.auth import POLICIES, create_key
 from benchmarks.entities import entity_id
-from benchmarks.instructions import API, PERIODIC_SECONDS
+from benchmarks.instructions import API
 from benchmarks.loadgen import RawClient
+from benchmarks.query_floor import prepare, wait_for
+from benchmarks.scale_reads import request_of
 from benchmarks.workloads import Request
 
 # run inside the server process under valgrind: the periodic work put off, then `cityos serve`
-SERVE = f"""
-import sys, cityos.app
-cityos.app.SWEEP_SECONDS = {PERIODIC_SECONDS}
-from cityos.store import sqlite_checkpoint
-sqlite_checkpoint.PAUSE = {PERIODIC_SECONDS}
-from cityos.auth import authenticator
-authenticator.POLL_SECONDS = {PERIODIC_SECONDS}
+SERVE = """
+import sys
+from benchmarks.instructions import put_off_periodic
+put_off_periodic()
 from cityos.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 FLOOR = "import sys; from benchmarks.constant_app import main; sys.exit(main(sys.argv[1:]))"
-
-
-def _wait(url: str, process: subprocess.Popen[bytes], seconds: float = 120.0) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"{url} did not answer")
+QUERY_FLOOR = "import sys; from benchmarks.query_floor import main; sys.exit(main(['serve', *sys.argv[1:]]))"
+PAGES = ("query", "query_offset", "q", "geo")
 
 
 async def _send(port: int, requests: list[Request], connections: int) -> None:
@@ -86,7 +76,7 @@ async def _send(port: int, requests: list[Request], connections: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.served_instructions", description=__doc__)
-    parser.add_argument("kind", choices=("retrieve", "floor"))
+    parser.add_argument("kind", choices=("retrieve", "floor", *PAGES))
     parser.add_argument("database")
     parser.add_argument("count", type=int)
     parser.add_argument("--port", type=int, required=True)
@@ -94,6 +84,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--warm", type=int, default=500)
     parser.add_argument("--auth", action="store_true", help="--auth required, scenario 8's policy and key")
+    parser.add_argument("--floor", action="store_true", help="pages: served by benchmarks/query_floor.py")
     parser.add_argument("--serve", nargs=argparse.REMAINDER, default=[], help="more `cityos serve` options")
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="served-callgrind-")) / "callgrind.out"
@@ -102,6 +93,10 @@ def main() -> int:
     if args.kind == "floor":
         command = [sys.executable, "-c", FLOOR, "--port", str(args.port)]
         check, path = f"http://127.0.0.1:{args.port}/constant", "/constant"
+    elif args.floor:
+        prepare(args.database)
+        command = [sys.executable, "-c", QUERY_FLOOR, args.database, "--port", str(args.port)]
+        check, path = f"http://127.0.0.1:{args.port}/ready", ""
     else:
         serve = ["serve", "--port", str(args.port), "--database", args.database, "--log-level", "warning"]
         if args.auth:
@@ -116,12 +111,15 @@ def main() -> int:
         check, path = f"http://127.0.0.1:{args.port}/version", ""
     server = subprocess.Popen([*valgrind, *command], stderr=subprocess.DEVNULL, env=dict(os.environ))
     try:
-        _wait(check, server)
+        wait_for(check, server)
         rng = random.Random(0)
 
         def request() -> Request:
             if args.kind == "floor":
                 return Request("GET", path)
+            if args.kind in PAGES:
+                _, target, _ = request_of(args.kind, args.entities, rng)
+                return Request("GET", target, b"", authorization)
             return Request("GET", f"{API}/entities/{entity_id(rng.randrange(args.entities))}", b"", authorization)
 
         asyncio.run(_send(args.port, [request() for _ in range(args.warm)], args.connections))

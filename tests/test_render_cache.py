@@ -120,9 +120,11 @@ def test_stored_forms_leave_expired_documents_decoded_and_pruned(monkeypatch: py
     data = deflate(orjson.dumps(entity))
     connection.execute("INSERT INTO entities VALUES (1, ?, ?)", (data, "2030-01-01T00:00:00.000000Z"))
     connection.execute("INSERT INTO entities VALUES (2, ?, NULL)", (data,))
-    before = sqlite_query._stored(connection, [2, 1], "2029-12-31T23:59:59.999999Z")
+    rows = connection.execute("SELECT doc, next_expiry FROM entities ORDER BY pk DESC").fetchall()
+    before = sqlite_query._stored(rows, "2029-12-31T23:59:59.999999Z")
     assert before == [data, data]
-    after = sqlite_query._stored(connection, [2, 1], "2030-01-01T00:00:00.000000Z")
+    assert sqlite_query._rows(connection, "SELECT pk FROM entities ORDER BY pk DESC", ()) == rows[::-1]  # key order
+    after = sqlite_query._stored(rows, "2030-01-01T00:00:00.000000Z")
     assert after[0] == data and isinstance(after[1], dict) and V + "owner" not in after[1]["attrs"]
 
 

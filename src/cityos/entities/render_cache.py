@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from contextlib import suppress
 from dataclasses import fields
 from typing import Any
 
@@ -110,8 +109,10 @@ class RenderCache:
         entries = self._entries
         hit = entries.get(key)
         if hit is not None:
-            with suppress(KeyError):  # evicted meanwhile by another thread's loop (embedding apps)
+            try:  # noqa: SIM105 (a try costs nothing here; suppress() is a context manager per hit)
                 entries.move_to_end(key)
+            except KeyError:  # evicted meanwhile by another thread's loop (embedding apps)
+                pass
             return hit
         # orjson's bytes keep the buffer it grew (about 4 KB for 1 KB of JSON): keep an exact copy
         data = bytes(memoryview(make(stored)))
@@ -144,12 +145,14 @@ def render_page(
 
     make = _maker(decode, options, view)
     token = cache.token(options, view)
-    parts = []
-    for item in items:
-        data = cache.render(token, item, make) if isinstance(item, bytes) else make(item)
-        if not data or data == HIDDEN:  # the query's access filter left no hidden entity: never shown
-            continue
-        parts.append(data if context is None else _with_context(data, context))
+    render = cache.render
+    parts = [render(token, item, make) if isinstance(item, bytes) else make(item) for item in items]
+    # an entity the view may not see is cached as HIDDEN: the query's access filter should have left
+    # none, but a hidden one is never shown
+    if context is not None:
+        parts = [_with_context(data, context) for data in parts if data and data != HIDDEN]
+    elif not all(parts) or HIDDEN in parts:
+        parts = [data for data in parts if data and data != HIDDEN]
     return b"[" + b",".join(parts) + b"]"
 
 

@@ -210,26 +210,47 @@ def _quoted(value: str) -> str:
     return value if _UNQUOTED.fullmatch(value) else quote(value, safe=LINK_SAFE)
 
 
+PAGING = frozenset(("limit", "offset", "entityMap"))
+LINKS_KEPT = 1024  # link templates remembered (all forgotten past it)
+_templates: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, str, str]] = {}
+
+
+def _template(path: str, params: Mapping[str, str]) -> tuple[str, str, str]:
+    """(head, middle, tail) of a paging link: head + limit + middle + offset + tail. The query's
+    other parameters sorted and quoted, kept per (path, parameters): a client pages through the
+    same query with only the offset changing."""
+    key = (path, tuple((k, v) for k, v in params.items() if k not in PAGING))
+    found = _templates.get(key)
+    if found is not None:
+        return found
+    # NUL cannot be in a name (check_params allows known names only) nor in a quoted value (%00)
+    items = {k: _quoted(v) for k, v in key[1]} | {"limit": "\0L", "offset": "\0O"}
+    query = "&".join(f"{k}={v}" for k, v in sorted(items.items()))
+    head, rest = f"<{path.rstrip('/')}?{query}>".split("\0L")
+    middle, tail = rest.split("\0O")
+    if len(_templates) >= LINKS_KEPT:
+        _templates.clear()
+    found = _templates[key] = (head, middle, tail)
+    return found
+
+
 def pagination_links(request: Request, limit: int, offset: int, has_more: bool, base: str = "") -> list[str]:
     """rel="prev"/"next" Link values (spec 4.12, 6.3.x) with the same query, paged. `base` is an entity
     map's original query, which the request's own parameters override; entityMap=true is never
     repeated (following a link must page over the map, not create another)."""
-    if limit == 0:
+    if limit == 0 or (offset == 0 and not has_more):
         return []
-
-    def link(new_offset: int, rel: str) -> str:
-        merged = {**dict(parse_qsl(base)), **request.query_params} if base else dict(request.query_params)
-        params = {k: v for k, v in merged.items() if k not in ("limit", "offset", "entityMap")}
-        params.update({"limit": str(limit), "offset": str(new_offset)})
-        # reserved characters inside values are escaped; `:`, `/`, `.` and `*` stay readable
-        query = "&".join(f"{k}={_quoted(v)}" for k, v in sorted(params.items()))
-        return f'<{request.url.path.rstrip("/")}?{query}>; rel="{rel}";type="application/json"'
-
+    params = {**dict(parse_qsl(base)), **plain_params(request)} if base else plain_params(request)
+    path: str = request.scope["path"]
+    if "?" in path or "#" in path or "\\" in path or path.startswith("//"):  # as Starlette's URL reads it
+        path = request.url.path
+    head, middle, tail = _template(path, params)
+    # reserved characters inside values are escaped; `:`, `/`, `.` and `*` stay readable
     links = []
     if offset > 0:
-        links.append(link(max(0, offset - limit), "prev"))
+        links.append(f'{head}{limit}{middle}{max(0, offset - limit)}{tail}; rel="prev";type="application/json"')
     if has_more:
-        links.append(link(offset + limit, "next"))
+        links.append(f'{head}{limit}{middle}{offset + limit}{tail}; rel="next";type="application/json"')
     return links
 
 

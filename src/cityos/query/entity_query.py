@@ -12,12 +12,13 @@ from cityos.entities.values import check_name, require_uri
 from cityos.errors import BadRequestData
 from cityos.query import selectors
 from cityos.query.patterns import DEFAULT_MAX_LENGTH, compile_pattern
-from cityos.query.pushdown import pushdown
+from cityos.query.pushdown import ValueFilter, pushdown
 from cityos.query.q import compile_q, linked_depth, parse_q
 from cityos.store.base import EntityQuery
 
 Predicate = Callable[[Entity], bool]
 IDPATTERN = "idPattern: invalid regular expression"
+DEEPER = "q follows relationships (attr{...}) deeper than joinLevel (or without join)"
 
 
 @dataclass
@@ -119,6 +120,50 @@ def selector_predicate(
     return union or None, lambda entity: any(test(entity) for test in tests)
 
 
+@dataclass(frozen=True, slots=True)
+class CompiledQ:
+    """What a query takes of its q: the SQL prefilters, whether they are all of q, how deep q
+    follows relationships, and the predicate."""
+
+    value_filters: tuple[ValueFilter, ...]
+    in_sql: bool
+    depth: int
+    predicate: Predicate
+
+
+COMPILED_KEPT = 256  # (q, context) pairs whose compiled form is remembered (all forgotten past it)
+# (q, max pattern length, expandValues, id(TermMap), its generation) -> (the TermMap, the compiled q)
+_compiled: dict[tuple[Any, ...], tuple[object, CompiledQ]] = {}
+
+
+def _compiled_q(spec: QuerySpec, expand: Callable[[str], str]) -> CompiledQ:
+    """q compiled for `expand`: kept per (text, context) when `expand` is a TermMap's and q follows
+    no relationships through a caller's lookup. A TermMap expands the same way while its
+    generation is unchanged (define_terms bumps it; the render cache relies on the same rule), and
+    the predicate is a pure function of the entity, so a kept one is the one compile_q would make."""
+    assert spec.q is not None
+    terms = getattr(expand, "__self__", None)
+    generation = getattr(terms, "generation", None)
+    key = None
+    if spec.lookup is None and isinstance(generation, int):
+        key = (spec.q, spec.max_pattern_length, spec.expand_values, id(terms), generation)
+        found = _compiled.get(key)
+        if found is not None and found[0] is terms:
+            return found[1]
+    parsed = parse_q(spec.q, spec.max_pattern_length)
+    filters, exact = pushdown(parsed, expand, spec.expand_values)
+    depth = linked_depth(parsed)
+    if depth > spec.join_level:
+        raise BadRequestData(DEEPER)
+    predicate = compile_q(spec.q, expand, spec.expand_values, spec.lookup, spec.max_pattern_length)
+    compiled = CompiledQ(tuple(filters), exact, depth, predicate)
+    if key is not None:
+        if len(_compiled) >= COMPILED_KEPT:
+            _compiled.clear()
+        _compiled[key] = (terms, compiled)
+    return compiled
+
+
 def build_entity_query(spec: QuerySpec, expand: Callable[[str], str]) -> EntityQuery:
     query = EntityQuery()
     predicates: list[Predicate] = []
@@ -141,12 +186,12 @@ def build_entity_query(spec: QuerySpec, expand: Callable[[str], str]) -> EntityQ
             raise BadRequestData("linked-entity projections (attr{...}) are not supported in attrs")
         query.attrs = [expand(check_name(a, "attribute name")) for a in spec.attrs]
     if spec.q is not None:
-        parsed = parse_q(spec.q, spec.max_pattern_length)
-        query.value_filters, q_in_sql = pushdown(parsed, expand, spec.expand_values)
-        in_sql += q_in_sql
-        if linked_depth(parsed) > spec.join_level:
-            raise BadRequestData("q follows relationships (attr{...}) deeper than joinLevel (or without join)")
-        predicates.append(compile_q(spec.q, expand, spec.expand_values, spec.lookup, spec.max_pattern_length))
+        compiled = _compiled_q(spec, expand)
+        query.value_filters = compiled.value_filters
+        in_sql += compiled.in_sql
+        if compiled.depth > spec.join_level:
+            raise BadRequestData(DEEPER)
+        predicates.append(compiled.predicate)
     if spec.scope_q is not None:
         predicates.append(scope_predicate(spec.scope_q))
     if spec.geo is not None:

@@ -393,9 +393,12 @@ class _Parser:
         return first
 
 
+@lru_cache(maxsize=1024)
 def parse_q(text: str, max_pattern_length: int | None = DEFAULT_MAX_LENGTH) -> QExpr:
     """Parse a q expression; BadRequestData (with the fault's position) when it is malformed.
-    `max_pattern_length`: the setting, for the `~=` patterns (None: checked when q came in)."""
+    `max_pattern_length`: the setting, for the `~=` patterns (None: checked when q came in).
+    The tree is immutable, so the parse of a text is kept: a dashboard repeats the same q, and a
+    query request parses it twice (the width check, then the query)."""
     if len(text) > MAX_LENGTH:
         raise BadRequestData(f"q: longer than {MAX_LENGTH} characters")
     if not text:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cityos.errors import BadRequestData
 
@@ -38,7 +39,10 @@ class AnyOf:
 Selector = Name | AllOf | AnyOf
 
 
+@lru_cache(maxsize=1024)
 def parse_selector(text: str, what: str) -> Selector:
+    """The selector of a type expression or scopeQ (immutable, so kept per text: every query
+    request names its type)."""
     if not text or len(text) > MAX_LENGTH:
         raise BadRequestData(f"{what} must be between 1 and {MAX_LENGTH} characters")
     tokens: list[tuple[str, int]] = []

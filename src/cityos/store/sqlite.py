@@ -424,6 +424,8 @@ class SQLiteStore(
     def _loop_reader(self) -> sqlite3.Connection:
         if self._loop_connection is None:
             self._loop_connection = _connect(self.path, LOOP_BUSY_TIMEOUT, self.durability, self.reader_cache_mb)
+            self._loop_connection.create_function("regexp", 2, _regexp, deterministic=True)  # query pages
+            register_geo_functions(self._loop_connection)
             with self._lock:
                 self._connections.append(self._loop_connection)
         return self._loop_connection

@@ -17,6 +17,8 @@ every create and delete) is unchanged and no expired entity is waiting for the s
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import sqlite3
 import threading
 import time
@@ -67,6 +69,12 @@ DECISION_AGE = 1.0  # seconds a side filter's selectivity (_few) is reused by th
 DECISIONS = 1024  # side filters remembered (all forgotten past it)
 # (id(connection), table, condition, *params) -> (when, few, the connection)
 _decisions: dict[tuple[Any, ...], tuple[float, bool, sqlite3.Connection]] = {}
+LOOP_STEPS = 1000  # SQLite VM steps between two looks of a page read on the event loop at its budget
+LOOP_CHECKS = 100  # looks before it gives up (100,000 steps, about 2-4 ms here; a reader thread reads it)
+LOOP_WALL = 0.05  # wall-clock seconds after which it gives up too (a cold disk: the steps do not count waits)
+LOOP_PYTHON = 0.005  # wall-clock seconds of geo tests in Python (geo_point, geo_shapes) after which it gives up
+LOOP_BACKOFF = 1.0  # seconds a query shape that gave up on the loop goes to the reader threads directly
+LOOP_SHAPES = 1024  # shapes remembered (all forgotten past it)
 GEO_SELECTIVE = 500  # a geo box with at most this many R*Tree entries drives the query; else entity_geo_walk
 
 
@@ -119,27 +127,55 @@ def _geo_query(key: str) -> GeoQuery:
 
 
 def _geo_point(key: str, lon: float, lat: float) -> bool:
-    return _geo_query(key).point_matches(lon, lat)
+    return not _interrupted() and _geo_query(key).point_matches(lon, lat)
+
+
+def _interrupted() -> bool:
+    """Whether the query's deadline has passed; then the statement is interrupted
+    (_read_with_deadline answers QueryTimeout, as the Python half would; a page read on the event
+    loop is read again on a reader thread)."""
+    deadline: tuple[float, sqlite3.Connection] | None = getattr(_geo_queries, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline[0]:
+        deadline[1].interrupt()
+        return True
+    return False
 
 
 def _geo_shapes(key: str, shapes: str) -> bool:
     """Whether one of an attribute's geometries matches (as compile_geo tests the instances). A
     test can take long (large geometries), so past the query's deadline it interrupts the
     statement: _read_with_deadline answers QueryTimeout, as the Python half would."""
-    deadline: tuple[float, sqlite3.Connection] | None = getattr(_geo_queries, "deadline", None)
-    if deadline is not None and time.monotonic() > deadline[0]:
-        deadline[1].interrupt()
-        return False
-    return _geo_query(key).matches_any(shapes)
+    return not _interrupted() and _geo_query(key).matches_any(shapes)
+
+
+# query/geo.py `haversine` of (?, ?) and a Point row `{a}`, term by term in the same order, with
+# the same libm functions (SQLite's sin, cos, pow, sqrt, asin and radians call them as Python does):
+# the same doubles, checked for 500,000 pairs (tests/test_geo_query.py). Parameters: 2 * the
+# radius, the query's latitude in radians, its cosine, its longitude.
+HAVERSINE = (
+    "(? * asin(sqrt(min(1.0, max(0.0, pow(sin((radians({a}.min_y) - ?) / 2), 2)"
+    " + ? * cos(radians({a}.min_y)) * pow(sin(radians({a}.min_x - ?) / 2), 2))))))"
+)
 
 
 def _geo_exact(query: EntityQuery, alias: str) -> tuple[str, list[Any]]:
-    """The exact test of one entity_geo_walk row `alias`."""
-    assert query.geo is not None
-    key = query.geo.key
-    point = f"geo_point(?, {alias}.min_x, {alias}.min_y)"
+    """The exact test of one entity_geo_walk row `alias`. A Point row near a Point is tested in SQL
+    (`point_matches`' distance, HAVERSINE), without a call into Python per candidate."""
+    from cityos.query.geo import EARTH_RADIUS  # loaded with the geo-query itself
+
+    geo = query.geo
+    assert geo is not None
+    key = geo.key
+    if geo.georel == "near" and geo.geometry == "Point" and geo.max_distance is not None:
+        lon, lat = float(geo.coordinates[0]), float(geo.coordinates[1])
+        phi = math.radians(lat)
+        low = -1.0 if geo.min_distance is None else geo.min_distance
+        point = f"{HAVERSINE.format(a=alias)} BETWEEN ? AND ?"
+        params: list[Any] = [2 * EARTH_RADIUS, phi, math.cos(phi), lon, low, geo.max_distance]
+    else:
+        point, params = f"geo_point(?, {alias}.min_x, {alias}.min_y)", [key]
     sql = f"(CASE WHEN {alias}.shapes IS NULL THEN {point} ELSE geo_shapes(?, {alias}.shapes) END)"
-    return sql, [key, key]
+    return sql, [*params, key]
 
 
 def _geo_side(
@@ -331,21 +367,24 @@ def _selection(
     return source, " AND ".join(clauses), params, order
 
 
-def _documents(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> list[Entity]:
-    """The visible documents of `pks`, in that order (expiry is checked only where there is one)."""
+Row = tuple[Any, str | None]  # (doc, next_expiry) of an entity
+
+
+def _documents(rows: Sequence[Row], now: str) -> list[Entity]:
+    """The visible documents of `rows`, in that order (expiry is checked only where there is one)."""
     entities = []
-    for doc, expiry in _rows(connection, pks):
+    for doc, expiry in rows:
         entity = visible_at(orjson.loads(inflate(doc)), expiry, now)
         if entity is not None:
             entities.append(entity)
     return entities
 
 
-def _stored(connection: sqlite3.Connection, pks: Sequence[int], now: str) -> list[bytes | Entity]:
+def _stored(rows: Sequence[Row], now: str) -> list[bytes | Entity]:
     """_documents for a caller that takes stored forms (EntityQuery.stored_form): a document with
     nothing expired in it stays in its stored bytes (QueryResult.decode reads it); only the others
     are decoded here, with their expired parts removed."""
-    return [form for doc, expiry in _rows(connection, pks) if (form := stored_form(doc, expiry, now)) is not None]
+    return [form for doc, expiry in rows if (form := stored_form(doc, expiry, now)) is not None]
 
 
 def stored_form(doc: bytes, expiry: str | None, now: str) -> bytes | Entity | None:
@@ -361,22 +400,19 @@ def decode(stored: bytes) -> Entity:
     return entity
 
 
-def _rows(connection: sqlite3.Connection, pks: Sequence[int]) -> list[tuple[Any, str | None]]:
-    """(doc, next_expiry) of `pks`, in that order."""
-    if not pks:
-        return []
-    rows = connection.execute(
-        f"SELECT pk, doc, next_expiry FROM entities WHERE pk IN ({_in_list(len(pks))})", list(pks)
-    ).fetchall()
-    found = {pk: (doc, expiry) for pk, doc, expiry in rows}
-    return [found[pk] for pk in pks]
+def _rows(connection: sqlite3.Connection, keys: str, params: Sequence[Any]) -> list[Row]:
+    """(doc, next_expiry) of the keys the statement `keys` selects, in key order: one statement
+    for the page's keys and documents (every page is in primary key order, and SQLite walks an
+    IN list in order, so the ORDER BY costs no sort)."""
+    sql = f"SELECT doc, next_expiry FROM entities WHERE pk IN ({keys}) ORDER BY pk"
+    return connection.execute(sql, params).fetchall()
 
 
-def _page(connection: sqlite3.Connection, query: EntityQuery, pks: Sequence[int], now: str) -> QueryResult:
-    """The page of `pks`, decoded or in stored form as the query asks."""
+def _page(query: EntityQuery, rows: Sequence[Row], now: str) -> QueryResult:
+    """The page of `rows`, decoded or in stored form as the query asks."""
     if query.stored_form:
-        return QueryResult([], stored=_stored(connection, pks, now), decode=decode)
-    return QueryResult(_documents(connection, pks, now))
+        return QueryResult([], stored=_stored(rows, now), decode=decode)
+    return QueryResult(_documents(rows, now))
 
 
 class SQLiteQueries:
@@ -389,6 +425,8 @@ class SQLiteQueries:
         def _reader(self) -> sqlite3.Connection: ...
 
         def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> Awaitable[T]: ...
+
+        def _loop_reader(self) -> sqlite3.Connection: ...
 
     _anchors: dict[tuple[str, str], _Anchors]
     _anchors_lock: threading.Lock
@@ -409,48 +447,79 @@ class SQLiteQueries:
         now = now_key()
         request_end = budget.deadline()  # read here, on the request's task
 
-        def run(connection: sqlite3.Connection) -> QueryResult:
+        def run(connection: sqlite3.Connection, loop_end: float | None = None) -> QueryResult:
             if connection.in_transaction:  # left open by an interrupted read
                 connection.execute("ROLLBACK")
-            end = time.monotonic() + self.query_timeout
+            end = time.monotonic() + self.query_timeout if loop_end is None else loop_end
             _geo_queries.deadline = (end if request_end is None else min(end, request_end), connection)
             connection.execute("BEGIN")  # one snapshot for the freshness check, the page and the count
             try:
                 if exact and not (fresh_rows_needed and _stale(connection, tenant, now)):
                     return self._page_in_sql(connection, tenant, in_sql, now)
+                if loop_end is not None:  # documents judged in Python: not on the loop
+                    raise _NotOnLoop
                 return _filtered(connection, tenant, in_python, now)  # q judges the documents after all
             finally:
                 _geo_queries.deadline = None
                 if connection.in_transaction:
                     connection.execute("COMMIT")
 
+        if exact and query.stored_form:  # a page decoded here would be decoded on the loop
+            shape = _shape(tenant, query)
+            if _slow_shapes.get(shape, 0.0) < time.monotonic():
+                result = self._on_loop(run)
+                if result is not None:
+                    return result
+                if len(_slow_shapes) >= LOOP_SHAPES:
+                    _slow_shapes.clear()
+                _slow_shapes[shape] = time.monotonic() + LOOP_BACKOFF
         return await self._read_with_deadline(run)
+
+    def _on_loop(self, run: Callable[[sqlite3.Connection, float], QueryResult]) -> QueryResult | None:
+        """A page whose every filter is exact in SQL, read on the event loop's own connection: most
+        take tens of microseconds, less than the hand-off to a reader thread and back. None (the
+        caller then reads it on a reader thread, from the start) past LOOP_CHECKS * LOOP_STEPS
+        SQLite steps or LOOP_WALL seconds (a progress handler checks both every LOOP_STEPS steps;
+        the geo tests in Python check LOOP_PYTHON before each call), or on a database error
+        (busy: that connection never waits for a lock; the reader's answer carries any error as
+        every read's does). So the loop is held for a bounded time, whatever the page."""
+        connection = self._loop_reader()
+        checks, wall = itertools.count(), time.monotonic() + LOOP_WALL
+        connection.set_progress_handler(lambda: int(next(checks) >= LOOP_CHECKS or time.monotonic() > wall), LOOP_STEPS)
+        try:
+            return run(connection, min(wall, time.monotonic() + LOOP_PYTHON))
+        except (sqlite3.Error, _NotOnLoop):
+            pass
+        finally:
+            connection.set_progress_handler(None, 0)
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        return None
 
     def _page_in_sql(self, connection: sqlite3.Connection, tenant: str, query: EntityQuery, now: str) -> QueryResult:
         """Every filter is exact in SQL: choose the page's keys there, then decode only the page."""
         listed = _listed_type(query)
         anchors = self._anchored(connection, tenant, listed, now, query) if listed is not None else None
         if anchors is not None and listed is not None:
-            pks = _anchored_page(connection, tenant, listed, anchors, query)
+            keys = _anchored_page(tenant, listed, anchors, query)
             has_more = query.limit is not None and query.offset + query.limit < anchors.total
-            result = _page(connection, query, pks, now)
+            result = _page(query, [] if keys is None else _rows(connection, *keys), now)
             result.total, result.has_more = anchors.total if query.count else None, has_more
             return result
         source, where, params, order = _selection(connection, tenant, query, now)
         paging, page_params = "", params
         if query.limit is not None:
             paging, page_params = " LIMIT ? OFFSET ?", [*params, query.limit + 1, query.offset]
-        sql = f"SELECT e.pk FROM {source} WHERE {where} ORDER BY {order}{paging}"
-        pks = [pk for (pk,) in connection.execute(sql, page_params)]
-        has_more = query.limit is not None and len(pks) > query.limit
+        rows = _rows(connection, f"SELECT e.pk FROM {source} WHERE {where} ORDER BY {order}{paging}", page_params)
+        has_more = query.limit is not None and len(rows) > query.limit
         if has_more:
-            pks.pop()
+            rows.pop()
         total = None
         if query.count:
             if source.startswith("entity_geo_walk"):  # a count reads every match: the R*Tree's, not the walk's
                 source, where, params, _ = _selection(connection, tenant, query, now, walk=False)
             total = connection.execute(f"SELECT COUNT(*) FROM {source} WHERE {where}", params).fetchone()[0]
-        result = _page(connection, query, pks, now)
+        result = _page(query, rows, now)
         result.total, result.has_more = total, has_more
         return result
 
@@ -485,12 +554,36 @@ class SQLiteQueries:
         return anchors
 
 
-def _anchored_page(
-    connection: sqlite3.Connection, tenant: str, listed: str, anchors: _Anchors, query: EntityQuery
-) -> list[int]:
-    """The keys of a listing's page: a seek to the anchor before the offset, then a short walk."""
+class _NotOnLoop(Exception):
+    """The page is not read on the event loop after all (SQLiteQueries._on_loop)."""
+
+
+# a query's shape (_shape) -> until when its pages go to the reader threads directly (they gave up on the loop)
+_slow_shapes: dict[tuple[Any, ...], float] = {}
+
+
+def _shape(tenant: str, query: EntityQuery) -> tuple[Any, ...]:
+    """What makes a page slow to read, roughly: its filters, the geo-query's presence, whether it
+    needs the listing's anchors (an offset) and the count. A shape that once took longer than the
+    loop's budget is read on the reader threads for LOOP_BACKOFF seconds (an anchors rebuild, a
+    broad filter whose matches are rare)."""
+    return (
+        tenant,
+        tuple(query.types or ()),
+        tuple(query.attrs or ()),
+        tuple(query.value_filters),
+        query.id_pattern,
+        query.geo_box is not None,
+        query.offset >= 2 * ANCHOR_STEP,
+        query.count,
+    )
+
+
+def _anchored_page(tenant: str, listed: str, anchors: _Anchors, query: EntityQuery) -> tuple[str, list[Any]] | None:
+    """The statement of a listing page's keys (None: an empty page): a seek to the anchor before
+    the offset, then a short walk."""
     if query.offset >= anchors.total or query.limit == 0:
-        return []
+        return None
     step = query.offset // ANCHOR_STEP
     limit = -1 if query.limit is None else query.limit
     source, tenant_clause, params = (
@@ -498,12 +591,9 @@ def _anchored_page(
         if anchors.alone
         else (LISTING, " AND e.tenant = ?", [listed, anchors.pks[step], tenant])
     )
-    rows = connection.execute(
-        f"SELECT t.pk FROM {source} WHERE t.type = {NAME_ID} AND t.pk >= ?{tenant_clause} ORDER BY t.pk"
-        " LIMIT ? OFFSET ?",
-        [*params, limit, query.offset - step * ANCHOR_STEP],
-    )
-    return [pk for (pk,) in rows]
+    where = f"t.type = {NAME_ID} AND t.pk >= ?{tenant_clause}"
+    sql = f"SELECT t.pk FROM {source} WHERE {where} ORDER BY t.pk LIMIT ? OFFSET ?"
+    return sql, [*params, limit, query.offset - step * ANCHOR_STEP]
 
 
 def _filtered(connection: sqlite3.Connection, tenant: str, query: EntityQuery, now: str) -> QueryResult:
