@@ -13,8 +13,8 @@ What goes back into the lane is a connection whose block ended without an error,
 transaction; anything else (an error, a cancellation, a lost connection) goes to the pool's own
 release, which waits for a cancelled statement, rolls back or cuts the connection. A connection
 lost while free in the lane is dropped when next taken (asyncpg released its holder already). The
-lane holds at most a third of the pool and takes a connection only while the pool keeps an idle
-one, so the pool's other users (the outbox worker, the sealer, the catalogue) are not starved;
+lane holds at most a third of the pool and takes a connection only while the pool could lend another
+at once, so the pool's other users (the outbox worker, the sealer, the catalogue) are not starved;
 `close` gives the free ones back before the pool closes.
 """
 
@@ -49,13 +49,14 @@ class Lane:
 
     async def acquire(self, pool: asyncpg.Pool, timeout: float | None = None) -> tuple[Leased, bool]:
         """A free lane connection, else the pool's (TimeoutError after `timeout`), and whether it
-        belongs to the lane: one from the pool joins it while the lane is not full and the pool
-        keeps an idle connection for others."""
+        belongs to the lane: one from the pool joins it while the lane is not full and the pool could
+        still lend another connection at once (an idle one, or room for a new one)."""
         connection = self._take()
         if connection is not None:
             return connection, True
         connection = await pool.acquire(timeout=timeout)
-        laned = not self._closed and self._held < self.size and pool.get_idle_size() > 1
+        spare = pool.get_idle_size() > 0 or pool.get_size() < pool.get_max_size()
+        laned = not self._closed and self._held < self.size and spare
         if laned:
             self._held += 1
         return connection, laned
