@@ -19,10 +19,16 @@ count: every measured read is a second read of its entity, a render-cache hit). 
 query, q, geo, update, create, batch; attr and parking are the served scenarios 2 and 1 (a partial
 attribute update without type, the OffStreetParking entity created);
 spot is scenario 2 as served: availableSpotNumber of the benchmark's OffStreetParking entities (a
-4 KB document of ten attributes), which are loaded instead of the small T entities; spotread is
-scenario 8a as served: GET of those entities by id (with CITYOS_INSTRUCTIONS_AUTH=1 the reader may
-read them but not their `address`, as benchmarks/auth.py's policy says). The requests are
-built before the measured loop (building an OffStreetParking body costs about a tenth of creating it).
+4 KB document of ten attributes), which are loaded instead of the small T entities; get (scenario 4)
+and spotread (scenario 8a) are GETs of those entities by id (with CITYOS_INSTRUCTIONS_AUTH=1 the
+reader may read them but not their `address`, as benchmarks/auth.py's policy says); avg and lastn are
+scenarios 6b and 6c (the average per day, the last 10, over 20,000 instances of one entity, loaded
+first). The requests are built before the measured loop (building an OffStreetParking body costs about
+a tenth of creating it). CITYOS_INSTRUCTIONS_DATABASE=postgresql://... serves from that database
+instead of a new SQLite file (a fresh schema: benchmarks/round_trips.py makes one);
+CITYOS_INSTRUCTIONS_SETTLE=SECONDS waits that long before the measured loop, so that PostgreSQL's audit
+sealer has sealed the load's writes (under callgrind that takes seconds) and is not counted in a read's
+instructions.
 
 Work done once per period of wall-clock time (the expiry sweep every second, the authenticator's
 credentials poll every second, the signed audit checkpoint every minute, the WAL checkpoint every
@@ -41,6 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +59,7 @@ from benchmarks.entities import make_entity
 from cityos.app import create_app
 from cityos.settings import Settings
 
+DATABASE_ENV = "CITYOS_INSTRUCTIONS_DATABASE"  # another database setting (a postgresql:// URL; round_trips.py)
 PERIODIC_SECONDS = 3600.0  # the periods of the wall-clock work left out (module docstring)
 
 ENTITIES = 2000
@@ -73,6 +81,31 @@ READER_POLICY = [
         "resources": {"types": ["OffStreetParking"], "exceptAttrs": ["address"]},
     },
 ]
+
+
+TEMPORAL_ID = "urn:ngsi-ld:OffStreetParking:temporal-bench"
+TEMPORAL_INSTANCES = 20_000  # one a minute from 2026-01-01, as scenario 6 loads them
+_AFTER = "attrs=availableSpotNumber&timerel=after&timeAt=2026-01-01T00%3A00%3A00Z"
+AVG_PER_DAY = f"{_AFTER}&options=aggregatedValues&aggrMethods=avg&aggrPeriodDuration=P1D"
+LAST_N = f"{_AFTER}&lastN=10"
+
+
+def temporal_loads() -> list[bytes]:
+    """Scenario 6's instances as POST /temporal/entities bodies of 1,000 instances each."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    bodies = []
+    for first in range(0, TEMPORAL_INSTANCES, 1000):
+        values = [
+            {
+                "type": "Property",
+                "value": i % 600,
+                "observedAt": (start + timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            for i in range(first, first + 1000)
+        ]
+        body = {"id": TEMPORAL_ID, "type": "OffStreetParking", "availableSpotNumber": values}
+        bodies.append(orjson.dumps(body))
+    return bodies
 
 
 def entity(number: int) -> dict[str, Any]:
@@ -104,7 +137,7 @@ def request_of(kind: str, seq: int) -> tuple[str, str, bytes]:
     if kind == "attr":  # scenario 2's shape: one attribute, value and observedAt, no type
         body = {"value": seq, "observedAt": f"2026-01-01T00:00:{seq % 60:02d}Z"}
         return "PATCH", f"{API}/entities/urn:ngsi-ld:T:{seq % ENTITIES}/attrs/temperature", orjson.dumps(body)
-    if kind == "spotread":  # scenario 8a as served: the benchmark's entities by id
+    if kind in ("get", "spotread"):  # scenarios 4 and 8a as served: the benchmark's entities by id
         return "GET", f"{API}/entities/{bench_id(seq % ENTITIES)}", b""
     if kind == "spot":  # scenario 2 as served: the benchmark's entities, value and observedAt, no type
         body = {"value": seq % 600, "observedAt": f"2026-11-22T00:00:{seq % 60:02d}Z"}
@@ -115,6 +148,8 @@ def request_of(kind: str, seq: int) -> tuple[str, str, bytes]:
     if kind == "create":
         body = {"id": f"urn:ngsi-ld:T:c{seq}", "type": "T", "temperature": {"type": "Property", "value": seq}}
         return "POST", f"{API}/entities", orjson.dumps(body)
+    if kind in ("avg", "lastn"):  # scenarios 6b and 6c over one entity's TEMPORAL_INSTANCES instances
+        return "GET", f"{API}/temporal/entities/{TEMPORAL_ID}?{AVG_PER_DAY if kind == 'avg' else LAST_N}", b""
     if kind == "batch":
         batch = [
             {
@@ -208,15 +243,22 @@ async def measure(kind: str, count: int) -> float:
     fields = getattr(Settings, "__dataclass_fields__", {})
     if "audit_checkpoint_seconds" in fields:  # a commit with the audit trail (issue 13)
         options.update(audit_checkpoint_seconds=PERIODIC_SECONDS, audit_checkpoint_records=10**9)
+    database = os.environ.get(DATABASE_ENV) or database
     app = create_app(Settings(database=database, log_level="warning", **options))
     async with app.router.lifespan_context(app):
-        everything = [make_entity(n) if kind in ("spot", "spotread") else entity(n) for n in range(ENTITIES)]
+        if kind in ("avg", "lastn"):
+            for load in temporal_loads():
+                assert await call(app, "POST", f"{API}/temporal/entities", load, admin) in (201, 204)
+        spots = ("spot", "spotread", "get")
+        everything = [make_entity(n) if kind in spots else entity(n) for n in range(ENTITIES)]
         for start in range(0, ENTITIES, 500):
             load = orjson.dumps(everything[start : start + 500])
             assert await call(app, "POST", f"{API}/entityOperations/upsert", load, admin) in (201, 204)
         offset = 10**6 if kind in ("create", "parking") else 0  # warm-up creates must not collide with measured ones
         for seq in range(int(os.environ.get("CITYOS_INSTRUCTIONS_WARM", WARM_UP))):
             await call(app, *request_of(kind, seq + offset), reader)
+        # the load's after-work (PostgreSQL's audit sealer, 50 ms after a write) done before the count
+        await asyncio.sleep(float(os.environ.get("CITYOS_INSTRUCTIONS_SETTLE", "0")))
         return await timed(app, [request_of(kind, seq) for seq in range(count)], reader)
 
 

@@ -17,6 +17,10 @@ the instructions of the measured loop only. Kinds:
 - create: POST /entities with scenario 1's OffStreetParking body: the same, with an INSERT of the
   body as the document; 201 with a Location.
 
+The served app also answers GET /entities/{id} and scenario 6b's GET /temporal/entities/{id} (an
+average per day in one GROUP BY) from a reader connection on the event loop (benchmarks/pg_floor.py
+drives them against the same floors on PostgreSQL).
+
 `served` runs the constant app and the write app (`serve PORT FILE`, uvicorn as `cityos serve`
 runs it) in their own processes and drives them with the benchmark's load generator (8 connections,
 2 s, scenario 2's and 1's workloads), the three alternated ROUNDS times; it prints the median rates,
@@ -33,6 +37,7 @@ import asyncio
 import sqlite3
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -56,7 +61,17 @@ def _writer_connection(path: str) -> sqlite3.Connection:
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute("CREATE TABLE IF NOT EXISTS entities (pk INTEGER PRIMARY KEY, id TEXT UNIQUE, doc BLOB)")
+    # pg_floor's aggregation floor: one entity's instances, a covering index (entity, time, value)
+    connection.execute("CREATE TABLE IF NOT EXISTS history (e INTEGER, t INTEGER, num REAL)")
+    connection.execute("CREATE INDEX IF NOT EXISTS history_e_t ON history (e, t, num)")
     return connection
+
+
+# the average per day from 2026-01-01 (scenario 6b's request), over history's rows of one entity
+AVG_PER_DAY = (
+    "SELECT (t - {o}) / 86400000000 AS k, avg(num) FROM history WHERE e = {e} AND t >= {o} GROUP BY k ORDER BY k"
+)
+ORIGIN_US = 1767225600000000
 
 
 def write_app(path: str) -> Starlette:
@@ -89,15 +104,39 @@ def write_app(path: str) -> Starlette:
         await write("INSERT INTO entities (id, doc) VALUES (?, ?)", (entity["id"], raw))
         return Response(status_code=201, headers={"Location": f"{API}/entities/{entity['id']}"})
 
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    async def retrieve(request: Request) -> Response:
+        """A read on the event loop from a reader connection of its own (CityOS's SQLite reads)."""
+        row = reader.execute("SELECT doc FROM entities WHERE id = ?", (request.path_params["entity_id"],)).fetchone()
+        return Response(row[0], media_type="application/json")
+
+    async def aggregate(request: Request) -> Response:
+        """Scenario 6b's average per day, one GROUP BY on the event loop's reader."""
+        rows = reader.execute(AVG_PER_DAY.format(o="?", e="?"), (ORIGIN_US, 1, ORIGIN_US)).fetchall()
+        return Response(orjson.dumps(rows), media_type="application/json")
+
+    return floor_app(retrieve, update, create, aggregate)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def floor_app(retrieve: Handler, update: Handler, create: Handler, aggregate: Handler, **options: Any) -> Starlette:
+    """The floor's routes (scenarios 4, 2, 1 and 6b's paths, and /constant to tell it is up)."""
+
     async def ready(request: Request) -> Response:
         return Response(b"{}", media_type="application/json")
 
     return Starlette(
         routes=[
+            Route(API + "/temporal/entities/{entity_id}", aggregate, methods=["GET"]),
+            Route(API + "/entities/{entity_id}", retrieve, methods=["GET"]),
             Route(API + "/entities/{entity_id}/attrs/{attr}", update, methods=["PATCH"]),
             Route(API + "/entities", create, methods=["POST"]),
             Route("/constant", ready, methods=["GET"]),
-        ]
+        ],
+        **options,
     )
 
 

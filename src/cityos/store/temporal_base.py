@@ -88,7 +88,9 @@ def stats_for(methods: Sequence[str]) -> frozenset[str]:
 class AggregationSpec:
     """Periods of `months` calendar months or `micros` microseconds (both 0: one period) counted
     from `origin`, or from each attribute's first selected instance when origin is None. `stats`
-    names the statistics to compute (None: all); the others are 0 or None."""
+    names the statistics to compute (None: all); the others are 0 or None, and so may be the
+    periods' first and last times when `stats` is named and periods have a length (only the one
+    period of no duration needs its last time: temporal.query.period_bounds)."""
 
     months: int = 0
     micros: int = 0
@@ -97,6 +99,10 @@ class AggregationSpec:
 
     def wants(self, stat: str) -> bool:
         return self.stats is None or stat in self.stats
+
+    def wants_times(self) -> bool:
+        """Whether each period's first and last instance times are asked for (see above)."""
+        return self.stats is None or self.months == self.micros == 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ import asyncpg
 from cityos.errors import DatabaseBusy, DatabaseUnavailable
 
 if TYPE_CHECKING:
+    from cityos.store.postgres.lane import Lane
     from cityos.store.postgres.schema import Connection
 
 log = logging.getLogger("cityos.store")
@@ -114,6 +115,7 @@ class Transactions:
     busy_timeout: float = 5.0
 
     if TYPE_CHECKING:
+        _lane: Lane
 
         @property
         def pool(self) -> asyncpg.Pool: ...
@@ -143,19 +145,22 @@ class Transactions:
 
     @contextlib.asynccontextmanager
     async def _connection_in_transaction(self, *, autocommit: bool = False) -> AsyncIterator[Connection]:
+        """A connection of the lane (lane.py) when one is free, else of the pool, in a transaction."""
         try:
-            connection = await self.pool.acquire(timeout=self.busy_timeout)
+            connection, laned = await self._lane.acquire(self.pool, self.busy_timeout)
         except TimeoutError as exc:
             raise DatabaseBusy(
                 f"the database is busy: no connection was free within {self.busy_timeout:g} s",
                 retry_after=self.busy_timeout,
             ) from exc
+        clean = False
         try:
             if autocommit:
                 yield connection
             else:
                 async with connection.transaction():
                     yield connection
+            clean = True
         except asyncpg.exceptions.LockNotAvailableError as exc:
             raise DatabaseBusy(
                 f"the database is busy: what the write needs stayed locked by another transaction"
@@ -163,7 +168,7 @@ class Transactions:
                 retry_after=self.busy_timeout,
             ) from exc
         finally:
-            await self.pool.release(connection)
+            await self._lane.release(self.pool, connection, laned=laned, clean=clean)
 
     async def _write(self, work: Callable[[Connection], Awaitable[T]], *, autocommit: bool = False) -> T:
         """work(connection) in a transaction, run again from the start (on a fresh connection)

@@ -48,6 +48,7 @@ from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.dataspace import PostgresDataspace
 from cityos.store.postgres.events import EventFollower, channel_for, notify
 from cityos.store.postgres.identity import PostgresIdentity
+from cityos.store.postgres.lane import Lane, lane_size
 from cityos.store.postgres.outbox import subscription_rows
 from cityos.store.postgres.pages import (
     ANCHOR_STEP,
@@ -130,6 +131,7 @@ class PostgresStore(
         self.busy_timeout = busy_timeout
         self._fair = FairShare(client_share)  # queries of one client hold at most this many connections
         self.pool_size = pool_size
+        self._lane = Lane(lane_size(pool_size))  # connections lent without the pool's acquire (lane.py)
         self.worker_id = uuid.uuid4().hex  # this process's name in outbox claims and events
         self._pool: asyncpg.Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -168,6 +170,7 @@ class PostgresStore(
             await pool.close()
             raise
         self._pool = pool
+        self._lane = Lane(lane_size(self.pool_size))
         self._loop = asyncio.get_running_loop()
         await self._start_worker()
         await self._start_sealer()
@@ -178,6 +181,7 @@ class PostgresStore(
         if self._pool is not None:
             await self._stop_sealer()
             await self._stop_worker()
+            await self._lane.close(self._pool)
             try:  # connections still busy after this long are cut: a stop must not hang
                 await asyncio.wait_for(self._pool.close(), POOL_CLOSE_SECONDS)
             except TimeoutError:
@@ -261,13 +265,13 @@ class PostgresStore(
 
     @read_again_once
     async def get_entity(self, tenant: str, entity_id: str) -> Entity | None:
-        row = await self.pool.fetchrow(POINT_READ, tenant, entity_id)
+        row = await self._lane.fetchrow(self.pool, POINT_READ, tenant, entity_id)
         return visible_at(orjson.loads(row[0]), row[1]) if row is not None else None
 
     @read_again_once
     async def get_stored(self, tenant: str, entity_id: str) -> bytes | Entity | None:
         """The json column's text as UTF-8 when nothing in it has expired (the rule of _stored)."""
-        row = await self.pool.fetchrow(POINT_READ, tenant, entity_id)
+        row = await self._lane.fetchrow(self.pool, POINT_READ, tenant, entity_id)
         return None if row is None else stored_form(row[0], row[1], now_key())
 
     decode_stored = staticmethod(decode)
@@ -301,7 +305,7 @@ class PostgresStore(
             async with (
                 self._fair.slot(),  # before the timeout: waiting for one's own earlier queries is not counted
                 asyncio.timeout(self.query_timeout),  # cancels the statement in the server too (asyncpg)
-                self.pool.acquire() as connection,
+                self._lane.lease(self.pool) as connection,
             ):
                 if at_once:
                     page = await page_at_once(

@@ -185,7 +185,7 @@ class PostgresTemporalReads(Transactions):
             async with (
                 self._fair.slot(),
                 asyncio.timeout(timeout),
-                self.pool.acquire() as connection,
+                self._lane.lease(self.pool) as connection,
                 read_snapshot(connection, max(1, int(timeout * 1000))),
             ):
                 return await fn(connection)
@@ -419,9 +419,13 @@ class PostgresTemporalReads(Transactions):
         stats = ", ".join(
             f'{STAT_SQL[stat] if spec.wants(stat) else NOT_ASKED.get(stat, "NULL")} AS "{stat}"' for stat in STATS
         )
+        # a period's first and last times bound only the one period of no duration (period_bounds):
+        # when the statistics are named and periods have a length, they are skipped (two aggregates
+        # over every instance, ~7% of the statement; AggregationSpec)
+        times = "min(t) AS first, max(t) AS last" if spec.wants_times() else "0 AS first, 0 AS last"
         sql = (
             f"SELECT s.epk, s.attr, s.dataset, x.* FROM ({series_of(query, pks, p)}) s CROSS JOIN LATERAL"
-            f" (SELECT max(kind) AS kind, {period} AS k, origin, min(t) AS first, max(t) AS last, {stats}"
+            f" (SELECT max(kind) AS kind, {period} AS k, origin, {times}, {stats}"
             f" FROM (SELECT i.kind, {column} AS t, i.num, i.vtext, o.origin FROM temporal_instances i,"
             f" (SELECT {origin} AS origin) o WHERE {same}) p GROUP BY k, origin) x"
             " ORDER BY s.epk, s.attr, s.dataset, x.k"
