@@ -130,7 +130,7 @@ async def create_registration(request: Request) -> Response:
         raise AlreadyExists(f"context source registration {doc['id']} already exists")
     await _check_conflicts(request, tenant_name, doc)
     await services(request).store.save_registration(RegistrationRow(tenant_name, doc["id"], doc), create=True)
-    csource(request).changed(tenant_name, None, doc)
+    await csource(request).changed(tenant_name, None, doc)
     location = quote(f"{COLLECTION}/{doc['id']}", safe="/:;=@!$&'()*+,~-._")
     return Response(status_code=201, headers={"Location": location})
 
@@ -234,7 +234,7 @@ async def update_registration(request: Request) -> Response:
     )
     await _check_conflicts(request, tenant_name, doc)
     await services(request).store.save_registration(RegistrationRow(tenant_name, registration_id, doc), create=False)
-    csource(request).changed(tenant_name, current.document, doc)
+    await csource(request).changed(tenant_name, current.document, doc)
     return no_content()
 
 
@@ -245,7 +245,7 @@ async def delete_registration(request: Request) -> Response:
     current = await _require(request, tenant_name, registration_id)
     require(request, "administer", _target(tenant_name))
     await services(request).store.delete_registration(tenant_name, registration_id)
-    csource(request).changed(tenant_name, current.document, None)
+    await csource(request).changed(tenant_name, current.document, None)
     return no_content()
 
 

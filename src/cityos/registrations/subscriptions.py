@@ -169,7 +169,8 @@ class CSourceSubscriptions:
         await self.store.save_subscription(subscription.to_row(), create=before is None)
         self._schedule(subscription)
         if "timeInterval" not in subscription.doc:
-            self._spawn(self._initial(subscription.tenant, subscription.id, before=before))
+            # the registrations are read before the answer: one made after it is a change, not initial
+            await self._logged(self._initial(subscription.tenant, subscription.id, before=before))
 
     async def delete(self, tenant: str, subscription_id: str) -> bool:
         self._cancel((tenant, subscription_id))
@@ -241,15 +242,21 @@ class CSourceSubscriptions:
         if before is not None:
             old_terms = await self.terms_of(before)
             found = [d for d in found if not selects(before.doc, d, old_terms)]
-        if found or periodic:
+        if found and periodic:
             await self._notify(subscription, found, "newlyMatching")
+        elif found:  # sent in the background: the answer to the request does not wait for it
+            self._spawn(self._notify(subscription, found, "newlyMatching"))
 
-    def changed(self, tenant: str, before: Doc | None, after: Doc | None) -> None:
-        """A registration was created (before None), updated, or deleted (after None)."""
-        self._spawn(self._changed(tenant, before, after))
+    async def changed(self, tenant: str, before: Doc | None, after: Doc | None) -> None:
+        """A registration was created (before None), updated, or deleted (after None). The
+        subscriptions are read now, before the answer (one made after the change does not hear of
+        it); the notifications go out in the background."""
+        await self._logged(self._changed(tenant, before, after))
 
     async def _changed(self, tenant: str, before: Doc | None, after: Doc | None) -> None:
         moment = datetime.now(UTC)
+        latest = after if after is not None else before
+        assert latest is not None
         for subscription in await self.listing(tenant):
             if status_of(subscription.doc, moment) != "active" or "timeInterval" in subscription.doc:
                 continue
@@ -261,9 +268,7 @@ class CSourceSubscriptions:
                 continue
             reason = trigger_reason(was, is_)
             if reason is not None:
-                latest = after if after is not None else before
-                assert latest is not None
-                await self._notify(subscription, [latest], reason)
+                self._spawn(self._notify(subscription, [latest], reason))
 
     async def _notify(self, subscription: Subscription, registrations: Iterable[Doc], reason: str) -> None:
         key = (subscription.tenant, subscription.id)
