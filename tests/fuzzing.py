@@ -196,7 +196,7 @@ def template(method: str, path: str) -> Any:
         return {"temperature": {"type": "Property", "value": 22}, "extra": {"type": "Property", "value": [1, {"a": 2}]}}
     if "/entities" in path:
         return entity()
-    if "subscriptions" in path:
+    if "subscriptions" in path.lower():  # entity and context source registration subscriptions
         return subscription() if method == "POST" else {"q": "temperature>5"}
     if "csourceRegistrations" in path:
         return registration() if method == "POST" else {"endpoint": "http://fuzz.invalid:9090"}

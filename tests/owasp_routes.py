@@ -67,6 +67,7 @@ class Ids:
     """The objects of the test city the concrete requests name."""
 
     subscription: str = ""
+    csource_subscription: str = ""
     entity_map: str = ""
     registration: str = ""
     context: str = ""
@@ -112,6 +113,7 @@ def probes(ids: Ids) -> list[Probe]:
     history = {"name": [{**_prop("Old"), "observedAt": "2020-01-01T00:00:00Z"}]}
     temporal_q = {"type": "Building", "timerel": "after", "timeAt": "2000-01-01T00:00:00Z"}
     sub = f"{API}/subscriptions/{ids.subscription}"
+    csub = f"{API}/csourceSubscriptions/{ids.csource_subscription}"
     emap = f"{API}/entityMaps/{ids.entity_map}"
     reg = f"{API}/csourceRegistrations/{ids.registration}"
     snap = f"{API}/snapshots/{ids.snapshot}"
@@ -195,19 +197,19 @@ def probes(ids: Ids) -> list[Probe]:
         # registrations
         p("POST", f"{API}/csourceRegistrations", "admin-write", f"{API}/csourceRegistrations", json=registration),
         p("POST", f"{API}/csourceRegistrations/", "admin-write", f"{API}/csourceRegistrations/", json=registration),
-        p("GET", f"{API}/csourceRegistrations", "read", f"{API}/csourceRegistrations"),
-        p("GET", f"{API}/csourceRegistrations/", "read", f"{API}/csourceRegistrations/"),
+        p("GET", f"{API}/csourceRegistrations", "read", f"{API}/csourceRegistrations", params={"type": "Building"}),
+        p("GET", f"{API}/csourceRegistrations/", "read", f"{API}/csourceRegistrations/", params={"type": "Building"}),
         p("GET", f"{API}/csourceRegistrations/{{registration_id}}", "read", reg),
         p("PATCH", f"{API}/csourceRegistrations/{{registration_id}}", "admin-write", reg, json={"description": "x"}),
         p("DELETE", f"{API}/csourceRegistrations/{{registration_id}}", "admin-write", reg),
-        p("GET", f"{API}/csourceSubscriptions", "read", f"{API}/csourceSubscriptions"),
-        p("GET", f"{API}/csourceSubscriptions/", "read", f"{API}/csourceSubscriptions/"),
-        p(
-            "GET",
-            f"{API}/csourceSubscriptions/{{subscription_id}}",
-            "read",
-            f"{API}/csourceSubscriptions/urn:ngsi-ld:Subscription:none",
-        ),
+        # context source registration subscriptions: they belong to their creator
+        p("POST", f"{API}/csourceSubscriptions", "owned-write", f"{API}/csourceSubscriptions", json=subscription),
+        p("POST", f"{API}/csourceSubscriptions/", "owned-write", f"{API}/csourceSubscriptions/", json=subscription),
+        p("GET", f"{API}/csourceSubscriptions", "owned-read", f"{API}/csourceSubscriptions"),
+        p("GET", f"{API}/csourceSubscriptions/", "owned-read", f"{API}/csourceSubscriptions/"),
+        p("GET", f"{API}/csourceSubscriptions/{{subscription_id}}", "owned-read", csub),
+        p("PATCH", f"{API}/csourceSubscriptions/{{subscription_id}}", "owned-write", csub, json={"description": "x"}),
+        p("DELETE", f"{API}/csourceSubscriptions/{{subscription_id}}", "owned-write", csub),
         # entity maps: they belong to their creator
         p("GET", f"{API}/entityMaps", "read", f"{API}/entityMaps", params={"type": "Building"}),
         p("GET", f"{API}/entityMaps/{{map_id}}", "owned-read", emap),

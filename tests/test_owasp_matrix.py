@@ -48,6 +48,7 @@ from owasp_routes import (
 from server_process import LoggedServer
 
 FORBIDDEN = "urn:cityos:errors:AccessDenied"
+LISTINGS = ("subscriptions", "subscriptions/", "snapshots")  # the listings of owned resources
 NOT_FOUND = {
     "https://uri.etsi.org/ngsi-ld/errors/ResourceNotFound",
     "https://uri.etsi.org/ngsi-ld/errors/NonexistentTenant",
@@ -119,7 +120,7 @@ class City:
             "temporal": get(f"{TEMPORAL}/{BUILDING}"),
             "subscriptions": subs,
             "entity map": get(f"{API}/entityMaps/{self.ids.entity_map}"),
-            "registrations": get(f"{API}/csourceRegistrations"),
+            "registrations": get(f"{API}/csourceRegistrations", type="Building"),
             "snapshots": get(f"{API}/snapshots"),
             "contexts": get(f"{API}/jsonldContexts", kind="Hosted"),
             "iot services": get("/iot/services"),
@@ -215,6 +216,7 @@ def setup(city: City) -> City:
     assert user.status_code == 201, user.text
     city.ids = Ids(
         subscription=created(call("writer", "POST", f"{API}/subscriptions", json=subscription)),
+        csource_subscription=created(call("writer", "POST", f"{API}/csourceSubscriptions", json=subscription)),
         entity_map=entity_map.headers["NGSILD-EntityMap"],
         registration=created(call("admin", "POST", f"{API}/csourceRegistrations", json=registration)),
         context=created(call("admin", "POST", f"{API}/jsonldContexts", json={"@context": {"a": "urn:a"}})),
@@ -430,8 +432,9 @@ def test_subscriptions_and_entity_maps_of_one_principal_are_invisible_to_another
             if "NGSILD-EntityMap" in probe.headers:  # a map of someone else's: a new map, never theirs
                 if answer.headers.get("NGSILD-EntityMap") in (None, city.ids.entity_map):
                     wrong.append((who, probe.label, answer.status_code, answer.headers.get("NGSILD-EntityMap")))
-            elif answer.status_code == 200 and probe.url.endswith(("subscriptions", "subscriptions/", "snapshots")):
-                if city.ids.subscription in answer.text or city.ids.snapshot in answer.text:
+            elif answer.status_code == 200 and probe.url.lower().endswith(LISTINGS):
+                listed = (city.ids.subscription, city.ids.csource_subscription, city.ids.snapshot)
+                if any(one in answer.text for one in listed):
                     wrong.append((who, probe.label, "lists the writer's subscription or the admin's snapshot"))
             elif answer.status_code != 404 or answer.json()["type"] not in NOT_FOUND:
                 wrong.append((who, probe.label, answer.status_code, answer.text[:200]))

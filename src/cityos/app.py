@@ -49,6 +49,7 @@ from cityos.logs import configure as configure_logging
 from cityos.ngsild import (
     batch,
     contexts,
+    csource_subscriptions,
     discovery,
     entities,
     entity_maps,
@@ -61,6 +62,7 @@ from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.pipeline import WritePipeline, context_registry, settings_store
 from cityos.policy import http as policy_http
 from cityos.policy.service import PolicyService, access_policies
+from cityos.registrations.subscriptions import CSourceSubscriptions
 from cityos.serving import collector
 from cityos.serving.requests import quick_requests
 from cityos.serving.routing import index_routes
@@ -360,6 +362,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
 
     startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
     snapshot_fills = snapshots_http.SnapshotFills()  # snapshots being made in the background
+    csource = CSourceSubscriptions(services.store, registry, None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -404,6 +407,9 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         stack.push_async_callback(pipeline.stop)
         await ingest.start()  # the IoT Agent, and the demo city into an empty database
         stack.push_async_callback(ingest.stop)
+        csource.sender = pipeline.subscriptions.sender  # one Sender for every notification
+        await csource.start()
+        stack.push_async_callback(csource.stop)
         sweeper = asyncio.create_task(_sweep_expired(services))
         stack.push_async_callback(_cancel, sweeper)
 
@@ -415,6 +421,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *discovery.routes(),
         *subscriptions.routes(),
         *registrations.routes(),
+        *csource_subscriptions.routes(),
         *entity_maps.routes(),
         *snapshots_http.routes(),
         *temporal.routes(),
@@ -436,6 +443,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     index_routes(app.router)  # a request tries only the routes its path can match (serving/routing.py)
     app.state.services = services
     app.state.subscriptions = pipeline.subscriptions
+    app.state.csource = csource
     pipeline.subscriptions.access_source = services  # notifications are screened with its policies
     app.state.ingest = ingest
     app.state.identity = identity

@@ -296,3 +296,9 @@ def resource_routes(
         Route(one, update, methods=["PATCH"]),
         Route(one, delete, methods=["DELETE"]),
     ]
+
+
+def require_change(body: Any) -> None:
+    """A PATCH fragment must change something besides @context, id and type (400 otherwise)."""
+    if isinstance(body, dict) and not (body.keys() - {"@context", "id", "type"}):
+        raise BadRequestData("the fragment changes nothing")

@@ -1,8 +1,7 @@
-"""Handlers for /csourceRegistrations (spec 5.9, 5.10) and the /csourceSubscriptions listing.
-
-This is the registry only: registrations are stored, retrieved, queried, updated and deleted, but
-NO request is forwarded to a registered context source (distributed operations are out of scope),
-and context source registration subscriptions cannot be created yet (the listing is always empty).
+"""Handlers for /csourceRegistrations (spec 5.9, 5.10): create (with the mode rules and
+conflicts of 4.3.6.3 and 5.9.2), retrieve, query (types, ids, attrs, q, csf, geoQ, scopeQ and the
+temporal query, paged with links that keep the filters), update and delete. Every change is
+reported to the context source registration subscriptions (ngsild/csource_subscriptions.py).
 An expired registration (expiresAt passed) behaves as deleted; it is removed lazily, when read.
 """
 
@@ -27,6 +26,7 @@ from cityos.ngsild.common import (
     no_content,
     query_context,
     read_payload,
+    require_change,
     resource_routes,
     services,
     tenant,
@@ -36,14 +36,39 @@ from cityos.ngsild.querying import page
 from cityos.ngsild.subscriptions import page_response, wants_count
 from cityos.policy.decision import Target
 from cityos.query.entity_query import check_pattern
-from cityos.registrations import expired, matches, merge_registration, parse_registration, render_registration
+from cityos.query.geo import parse_geo_query
+from cityos.query.q import parse_q
+from cityos.registrations import (
+    RegistrationFilter,
+    expired,
+    matches,
+    merge_registration,
+    parse_registration,
+    render_registration,
+)
+from cityos.registrations.conflicts import check_local, check_registrations, entity_ids
+from cityos.registrations.subscriptions import CSourceSubscriptions
 from cityos.store.base import RegistrationRow
 from cityos.subscriptions.model import Doc
+from cityos.temporal.query import parse_window
 
 BASE = "/ngsi-ld/v1"
 COLLECTION = BASE + "/csourceRegistrations"
-SUBSCRIPTIONS = BASE + "/csourceSubscriptions"
-QUERY_PARAMS = ("type", "id", "idPattern", "attrs", "limit", "offset", "count", "options")
+# the parameters that select registrations; a query needs at least one (5.10.2.4)
+FILTER_PARAMS = ("type", "id", "idPattern", "attrs", "q", "csf", "georel", "scopeQ", "timerel")
+QUERY_PARAMS = (
+    *FILTER_PARAMS,
+    "geometry",
+    "coordinates",
+    "geoproperty",
+    "timeproperty",
+    "timeAt",
+    "endTimeAt",
+    "limit",
+    "offset",
+    "count",
+    "options",
+)
 
 
 def _registration_id(request: Request) -> str:
@@ -76,6 +101,24 @@ async def _require(request: Request, tenant_name: str, registration_id: str) -> 
     return row
 
 
+def csource(request: Request) -> CSourceSubscriptions:
+    result: CSourceSubscriptions = request.app.state.csource
+    return result
+
+
+async def _check_conflicts(request: Request, tenant_name: str, doc: Doc) -> None:
+    """409 for the conflicts of 4.3.6.3 and 5.9.2 (other registrations, local entities)."""
+    store = services(request).store
+    rows = await store.list_registrations(tenant_name)
+    check_registrations(doc, (row.document for row in rows if not expired(row.document)))
+    local = {}
+    for entity_id in entity_ids(doc):
+        entity = await store.get_entity(tenant_name, entity_id)
+        if entity is not None:
+            local[entity_id] = entity
+    check_local(doc, local)
+
+
 async def create_registration(request: Request) -> Response:
     check_params(request, ())
     body, media = await read_payload(request)
@@ -85,7 +128,9 @@ async def create_registration(request: Request) -> Response:
     doc = parse_registration(body, context.terms, max_pattern_length=services(request).settings.max_pattern_length)
     if await _live(request, tenant_name, doc["id"]) is not None:
         raise AlreadyExists(f"context source registration {doc['id']} already exists")
+    await _check_conflicts(request, tenant_name, doc)
     await services(request).store.save_registration(RegistrationRow(tenant_name, doc["id"], doc), create=True)
+    await csource(request).changed(tenant_name, None, doc)
     location = quote(f"{COLLECTION}/{doc['id']}", safe="/:;=@!$&'()*+,~-._")
     return Response(status_code=201, headers={"Location": location})
 
@@ -121,21 +166,45 @@ def _selection(request: Request, terms: TermMap) -> Selection:
     )
 
 
+def _filter(request: Request) -> RegistrationFilter:
+    """q, csf, the geo-query, scopeQ and the temporal query of a registration query (5.10.2)."""
+    params = request.query_params
+    max_length = services(request).settings.max_pattern_length
+    for name in ("q", "csf"):
+        if name in params:
+            parse_q(params[name], max_length)  # a syntax error is BadRequestData before any read
+    window = parse_window(
+        params.get("timerel"), params.get("timeAt"), params.get("endTimeAt"), params.get("timeproperty") or None
+    )
+    return RegistrationFilter(
+        q=params.get("q"),
+        csf=params.get("csf"),
+        geo=parse_geo_query(
+            params.get("georel"), params.get("geometry"), params.get("coordinates"), params.get("geoproperty") or None
+        ),
+        scope_q=params.get("scopeQ"),
+        window=window if window.timerel is not None else None,
+    )
+
+
 async def query_registrations(request: Request) -> Response:
     check_params(request, QUERY_PARAMS)
     media = accept(request)
     tenant_name = await existing_tenant(request)
     require(request, "read", _target(tenant_name))
+    if not any(name in request.query_params for name in FILTER_PARAMS):
+        raise BadRequestData(f"a registration query needs at least one of {', '.join(FILTER_PARAMS)} (5.10.2.4)")
     limit, offset = page(request)
     counted = wants_count(request)
     context = await query_context(request, tenant_name)
     types, ids, id_pattern, attrs = _selection(request, context.terms)
+    selected = _filter(request).compile(context.terms, services(request).settings.max_pattern_length)
     store = services(request).store
     found: list[Doc] = []
     for row in await store.list_registrations(tenant_name):
         if expired(row.document):
             await store.delete_registration(tenant_name, row.id)
-        elif matches(row.document, types=types, ids=ids, id_pattern=id_pattern, attrs=attrs):
+        elif matches(row.document, types=types, ids=ids, id_pattern=id_pattern, attrs=attrs) and selected(row.document):
             found.append(row.document)
     body = [render_registration(doc, context.terms) for doc in found[offset : offset + limit]]
     return page_response(
@@ -147,6 +216,7 @@ async def query_registrations(request: Request) -> Response:
         offset=offset,
         wants_count=counted,
         collection=COLLECTION,
+        query=request.query_params.multi_items(),
     )
 
 
@@ -158,12 +228,13 @@ async def update_registration(request: Request) -> Response:
     current = await _require(request, tenant_name, registration_id)
     require(request, "administer", _target(tenant_name))
     context = await body_context(request, body, media, tenant_name=tenant_name)
-    if isinstance(body, dict) and not (body.keys() - {"@context", "id", "type"}):
-        raise BadRequestData("the fragment changes nothing")
+    require_change(body)
     doc = merge_registration(
         current.document, body, context.terms, max_pattern_length=services(request).settings.max_pattern_length
     )
+    await _check_conflicts(request, tenant_name, doc)
     await services(request).store.save_registration(RegistrationRow(tenant_name, registration_id, doc), create=False)
+    await csource(request).changed(tenant_name, current.document, doc)
     return no_content()
 
 
@@ -171,38 +242,11 @@ async def delete_registration(request: Request) -> Response:
     check_params(request, ())
     registration_id = _registration_id(request)
     tenant_name = await existing_tenant(request)
-    await _require(request, tenant_name, registration_id)
+    current = await _require(request, tenant_name, registration_id)
     require(request, "administer", _target(tenant_name))
     await services(request).store.delete_registration(tenant_name, registration_id)
+    await csource(request).changed(tenant_name, current.document, None)
     return no_content()
-
-
-async def query_csource_subscriptions(request: Request) -> Response:
-    """Listing only: context source registration subscriptions cannot be created yet."""
-    check_params(request, ("limit", "offset", "count", "options"))
-    media = accept(request)
-    tenant_name = await existing_tenant(request)
-    limit, offset = page(request)
-    counted = wants_count(request)
-    context = await query_context(request, tenant_name)
-    return page_response(
-        [],
-        0,
-        media=media,
-        context=context,
-        limit=limit,
-        offset=offset,
-        wants_count=counted,
-        collection=SUBSCRIPTIONS,
-    )
-
-
-async def retrieve_csource_subscription(request: Request) -> Response:
-    check_params(request, ())
-    subscription_id = require_uri(request.path_params["subscription_id"], "subscription id")
-    accept(request)
-    await existing_tenant(request)
-    raise ResourceNotFound(f"context source registration subscription {subscription_id} does not exist")
 
 
 def routes() -> list[Route]:
@@ -216,7 +260,4 @@ def routes() -> list[Route]:
             update=update_registration,
             delete=delete_registration,
         ),
-        Route(SUBSCRIPTIONS, query_csource_subscriptions, methods=["GET"]),
-        Route(SUBSCRIPTIONS + "/", query_csource_subscriptions, methods=["GET"]),
-        Route(SUBSCRIPTIONS + "/{subscription_id}", retrieve_csource_subscription, methods=["GET"]),
     ]

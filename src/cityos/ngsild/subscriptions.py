@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -12,8 +13,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cityos.entities.values import require_uri
-from cityos.errors import AlreadyExists, BadRequestData, ResourceNotFound
+from cityos.errors import AlreadyExists, ResourceNotFound
 from cityos.jsonld.registry import ResolvedContext
+from cityos.jsonld.termmap import TermMap
 from cityos.ngsild.common import (
     accept,
     body_context,
@@ -25,12 +27,13 @@ from cityos.ngsild.common import (
     principal,
     query_context,
     read_payload,
+    require_change,
     resource_routes,
     services,
     tenant,
 )
 from cityos.ngsild.guard import hide, require
-from cityos.ngsild.querying import page
+from cityos.ngsild.querying import LINK_SAFE, page
 from cityos.policy.decision import Target
 from cityos.query.entity_query import selector_predicate
 from cityos.store.base import StoredContextRow
@@ -61,7 +64,7 @@ def _subscription_id(request: Request) -> str:
     return require_uri(request.path_params["subscription_id"], "subscription id")
 
 
-async def _check_targets(request: Request, tenant_name: str, doc: Doc) -> None:
+async def check_targets(request: Request, tenant_name: str, doc: Doc) -> None:
     """What a subscription points at must be usable now: its jsonldContext is fetched (504 when it
     cannot be), and its endpoint must be allowed by the outgoing-request policy."""
     if "jsonldContext" in doc:
@@ -119,7 +122,7 @@ async def create_subscription(request: Request) -> Response:
     context = await body_context(request, body, media, tenant_name=tenant_name)
     doc = parse_subscription(body, context.terms, max_pattern_length=services(request).settings.max_pattern_length)
     _check_subscribe(request, tenant_name, doc)
-    await _check_targets(request, tenant_name, doc)
+    await check_targets(request, tenant_name, doc)
     service = subscriptions(request)
     if service.get(tenant_name, doc["id"]) is not None:
         raise AlreadyExists(f"subscription {doc['id']} already exists")
@@ -167,6 +170,20 @@ async def retrieve_subscription(request: Request) -> Response:
 
 
 async def query_subscriptions(request: Request) -> Response:
+    async def load(tenant_name: str) -> list[Subscription]:
+        return subscriptions(request).listing(tenant_name)
+
+    return await listing_response(request, load, render_subscription, COLLECTION)
+
+
+async def listing_response(
+    request: Request,
+    load: Callable[[str], Awaitable[list[Subscription]]],
+    render: Callable[[Subscription, TermMap, datetime], Doc],
+    collection: str,
+) -> Response:
+    """GET of a subscription collection (entity or context source ones): the caller's own
+    subscriptions of the tenant, one page, rendered with the request's @context."""
     check_params(request, ("limit", "offset", "count", "options"))
     media = accept(request)
     tenant_name = await existing_tenant(request)
@@ -174,9 +191,9 @@ async def query_subscriptions(request: Request) -> Response:
     counted = wants_count(request)
     context = await query_context(request, tenant_name)
     who = principal(request)
-    everything = [s for s in subscriptions(request).listing(tenant_name) if may_manage(who, s.owner)]
+    everything = [s for s in await load(tenant_name) if may_manage(who, s.owner)]
     moment = datetime.now(UTC)
-    body = [render_subscription(s, context.terms, moment) for s in everything[offset : offset + limit]]
+    body = [render(s, context.terms, moment) for s in everything[offset : offset + limit]]
     return page_response(
         body,
         len(everything),
@@ -185,7 +202,8 @@ async def query_subscriptions(request: Request) -> Response:
         limit=limit,
         offset=offset,
         wants_count=counted,
-        collection=COLLECTION,
+        collection=collection,
+        query=request.query_params.multi_items(),
     )
 
 
@@ -204,21 +222,24 @@ def page_response(
     offset: int,
     wants_count: bool,
     collection: str,
+    query: Sequence[tuple[str, str]] = (),
 ) -> Response:
     """One page of a catalogue listing (subscriptions, registrations): NGSILD-Results-Count when
-    asked for, and prev/next Link headers."""
+    asked for, and prev/next Link headers that repeat the request's other parameters (`query`,
+    in their order: the filters and count stay on every page)."""
     headers = {"NGSILD-Results-Count": str(total)} if wants_count else {}
     response = json_response(body, media=media, context=context, headers=headers)
+    kept = "".join(f"{k}={quote(v, safe=LINK_SAFE)}&" for k, v in query if k not in ("limit", "offset"))
     if limit > 0:
         if offset > 0:
-            response.headers.append("Link", _page_link(collection, max(0, offset - limit), limit, "prev", media))
+            response.headers.append("Link", _page_link(collection, kept, max(0, offset - limit), limit, "prev", media))
         if offset + limit < total:
-            response.headers.append("Link", _page_link(collection, offset + limit, limit, "next", media))
+            response.headers.append("Link", _page_link(collection, kept, offset + limit, limit, "next", media))
     return response
 
 
-def _page_link(collection: str, offset: int, limit: int, rel: str, media: str) -> str:
-    return f'<{collection}?limit={limit}&offset={offset}>; rel="{rel}"; type="{media}"'
+def _page_link(collection: str, kept: str, offset: int, limit: int, rel: str, media: str) -> str:
+    return f'<{collection}?{kept}limit={limit}&offset={offset}>; rel="{rel}"; type="{media}"'
 
 
 async def update_subscription(request: Request) -> Response:
@@ -229,8 +250,7 @@ async def update_subscription(request: Request) -> Response:
     service = subscriptions(request)
     current = _owned(request, service, tenant_name, subscription_id)
     context = await body_context(request, body, media, tenant_name=tenant_name)
-    if isinstance(body, dict) and not (body.keys() - {"@context", "id", "type"}):
-        raise BadRequestData("the fragment changes nothing")
+    require_change(body)
     doc = merge_subscription(
         current.doc, body, context.terms, max_pattern_length=services(request).settings.max_pattern_length
     )
@@ -238,7 +258,7 @@ async def update_subscription(request: Request) -> Response:
         "watchedAttributes"
     ):
         _check_subscribe(request, tenant_name, doc)
-    await _check_targets(request, tenant_name, doc)
+    await check_targets(request, tenant_name, doc)
     await service.update(Subscription(tenant_name, doc, current.context, current.delivery, _renewed(request, current)))
     response = no_content()
     response.headers.update(_ignored_warning(body, subscription_id))

@@ -96,6 +96,9 @@ class Subscription:
     context: Any = None  # the creating request's @context value (None: the core context)
     delivery: Delivery = field(default_factory=Delivery)
     owner: Owner | None = None  # who it acts for (subscriptions/owner.py); None: made with auth off
+    # "entity" (5.8), or CSOURCE for a context source registration subscription (5.11), which
+    # shares the store and the delivery but is matched by cityos.registrations.subscriptions
+    kind: str = "entity"
 
     @property
     def id(self) -> str:
@@ -111,6 +114,8 @@ class Subscription:
         document: dict[str, Any] = {"doc": self.doc, "context": self.context}
         if self.owner is not None:
             document["owner"] = self.owner.to_dict()
+        if self.kind != "entity":
+            document["kind"] = self.kind
         return SubscriptionRow(self.tenant, self.id, document, self.delivery.to_dict())
 
     @classmethod
@@ -122,12 +127,18 @@ class Subscription:
             document.get("context"),
             Delivery.from_dict(row.status),
             Owner.from_dict(document.get("owner")),
+            document.get("kind", "entity"),
         )
 
     def notification_context(self) -> Any:
         """The @context notifications are compacted with: jsonldContext if given, else the
         subscription's own @context."""
         return self.doc.get("jsonldContext", self.context)
+
+
+def is_entity_subscription(row: SubscriptionRow) -> bool:
+    """Whether a stored row is an entity subscription (the others are served elsewhere)."""
+    return bool(row.document.get("kind", "entity") == "entity")
 
 
 def status_of(doc: Doc, now: datetime) -> str:

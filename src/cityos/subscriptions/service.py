@@ -25,7 +25,7 @@ from cityos.subscriptions.access import AccessSource, OpenAccess
 from cityos.subscriptions.delivery import OutgoingSigner, Sender
 from cityos.subscriptions.dispatcher import Dispatcher, Job
 from cityos.subscriptions.matching import ChangeMatcher, Matcher, compile_matcher, lane_of, periodic_query
-from cityos.subscriptions.model import Delivery, Subscription, status_of
+from cityos.subscriptions.model import Delivery, Subscription, is_entity_subscription, status_of
 from cityos.tasks import stop_tasks
 
 log = logging.getLogger("cityos.subscriptions")
@@ -57,6 +57,11 @@ class SubscriptionService:
         # per subscription: a reload (every change another worker makes) or a period may fail again
         self._failures = FailureLog(log)
 
+    @property
+    def sender(self) -> Sender | None:
+        """The notification sender (after install), which context source subscriptions share."""
+        return self._sender
+
     # -- lifecycle -------------------------------------------------------------------------------
     async def install(self) -> None:
         """Load the subscriptions and match every change of the store from now on: the outbox rows
@@ -64,7 +69,8 @@ class SubscriptionService:
         if self._dispatcher is not None:
             return
         for row in await self.store.load_subscriptions():
-            await self._load(row)
+            if is_entity_subscription(row):
+                await self._load(row)
         self.matcher.rebuild(self._matchers.values())
         policy = OutboundPolicy(
             allow_private_networks=self.settings.allow_private_networks,
@@ -166,7 +172,11 @@ class SubscriptionService:
                 if ticket < self._applied_ticket:
                     return
                 self._applied_ticket = ticket
-            wanted = {(row.tenant, row.id): row for row in rows if key is None or (row.tenant, row.id) == key}
+            wanted = {
+                (row.tenant, row.id): row
+                for row in rows
+                if (key is None or (row.tenant, row.id) == key) and is_entity_subscription(row)
+            }
             gone = [k for k in self._subscriptions if (key is None or k == key) and k not in wanted]
             for k in gone:
                 self._forget(*k)
