@@ -18,7 +18,7 @@ from cityos.entities.render_cache import render_page
 from cityos.entities.values import MAX_SAFE_INTEGER, now, require_uri
 from cityos.errors import BadRequestData, TooManyResults
 from cityos.jsonld.registry import ResolvedContext
-from cityos.ngsild import access
+from cityos.ngsild import access, forwarding
 from cityos.ngsild.common import (
     accept,
     body_context,
@@ -270,7 +270,21 @@ async def query_entities(request: Request) -> Response:
     if media != GEO_JSON and params.get("geometryProperty") is not None:
         raise BadRequestData("geometryProperty needs Accept: application/geo+json")
     query = build_query(request, context, tenant_name)
-    return await run_query(request, tenant_name, context, query, media)
+    federated = None
+    if media != GEO_JSON and params.get("local") != "true":
+        federated = await forwarding.consumption(
+            request,
+            tenant_name,
+            context,
+            "queryEntity",
+            ids=params["id"].split(",") if params.get("id") else None,
+            types=type_filter(params["type"], context) if params.get("type") else None,
+            attrs=params["attrs"].split(",") if params.get("attrs") else None,
+        )
+    response = await run_query(request, tenant_name, context, query, media)
+    if federated is None:
+        return response
+    return await forwarding.query_response(federated, response, media, list(request.query_params.multi_items()))
 
 
 @budget.per_request  # the store, join and rendering share one --query-timeout
@@ -446,4 +460,20 @@ async def query_post(request: Request) -> Response:
             origin=coordinates,
             geometry=order.get("geometry", "Point"),
         )
-    return await run_query(request, tenant_name, context, query, media, params)
+    federated = None
+    if media != GEO_JSON and params.get("local") != "true" and body.get("local") is not True:
+        selectors = [s for s in entities or [] if isinstance(s, dict)]
+        federated = await forwarding.consumption(
+            request,
+            tenant_name,
+            context,
+            "queryBatch",
+            ids=[s["id"] for s in selectors if isinstance(s.get("id"), str)] or None,
+            types=[context.terms.expand(s["type"]) for s in selectors if isinstance(s.get("type"), str)] or None,
+            attrs=params["attrs"].split(",") if "attrs" in params else None,
+            alternative="queryEntity",
+        )
+    response = await run_query(request, tenant_name, context, query, media, params)
+    if federated is None:
+        return response
+    return await forwarding.query_response(federated, response, media, forwarding.query_params(body, context))

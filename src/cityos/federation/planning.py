@@ -1,0 +1,189 @@
+"""Which registrations take part in an operation, and how (spec 4.3.6.2, 4.3.6.3).
+
+A registration takes part when it is not expired, its `operations` (groups expanded) name the
+operation, and its information covers the entity ids / types / attributes the request touches.
+Its `mode` then decides the local part: `redirect` sends everything away (nothing is done
+locally), `exclusive` sends away only the registered attributes of the registered entities
+(the rest stays local), `inclusive` does both, `auxiliary` only ever serves reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cityos.registrations import expired, matches
+
+Doc = dict[str, Any]
+
+FEDERATION_OPS = frozenset(
+    {
+        "retrieveEntity",
+        "queryEntity",
+        "queryBatch",
+        "retrieveTemporal",
+        "queryTemporal",
+        "retrieveEntityTypes",
+        "retrieveEntityTypeDetails",
+        "retrieveEntityTypeInfo",
+        "retrieveAttrTypes",
+        "retrieveAttrTypeDetails",
+        "retrieveAttrTypeInfo",
+        "createSubscription",
+        "updateSubscription",
+        "retrieveSubscription",
+        "querySubscription",
+        "deleteSubscription",
+    }
+)
+UPDATE_OPS = frozenset({"updateEntity", "updateAttrs", "replaceEntity", "replaceAttrs"})
+RETRIEVE_OPS = frozenset({"retrieveEntity", "queryEntity"})
+REDIRECTION_OPS = frozenset(
+    {
+        "createEntity",
+        "updateEntity",
+        "appendAttrs",
+        "updateAttrs",
+        "deleteAttrs",
+        "deleteEntity",
+        "createBatch",
+        "upsertBatch",
+        "updateBatch",
+        "deleteBatch",
+        "upsertTemporal",
+        "appendAttrsTemporal",
+        "deleteAttrsTemporal",
+        "updateAttrsTemporal",
+        "deleteAttrInstanceTemporal",
+        "deleteTemporal",
+        "mergeEntity",
+        "replaceEntity",
+        "replaceAttrs",
+        "mergeBatch",
+        "purgeEntity",
+        *RETRIEVE_OPS,
+        "retrieveTemporal",
+        "queryTemporal",
+        "retrieveEntityTypes",
+        "retrieveEntityTypeDetails",
+        "retrieveEntityTypeInfo",
+        "retrieveAttrTypes",
+        "retrieveAttrTypeDetails",
+        "retrieveAttrTypeInfo",
+    }
+)
+GROUPS = {
+    "federationOps": FEDERATION_OPS,
+    "updateOps": UPDATE_OPS,
+    "retrieveOps": RETRIEVE_OPS,
+    "redirectionOps": REDIRECTION_OPS,
+}
+WRITES = REDIRECTION_OPS - FEDERATION_OPS
+MODES = ("inclusive", "exclusive", "redirect", "auxiliary")
+
+
+def operations(doc: Doc) -> frozenset[str]:
+    """The operations a registration supports, groups expanded (absent: federationOps, 5.2.9)."""
+    named = doc.get("operations") or ["federationOps"]
+    out: set[str] = set()
+    for name in named if isinstance(named, list) else []:
+        if isinstance(name, str):
+            out |= GROUPS.get(name, {name})
+    return frozenset(out)
+
+
+def mode(doc: Doc) -> str:
+    value = doc.get("mode")
+    return value if value in MODES else "inclusive"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One registration taking part: the attributes it holds (expanded IRIs; None: every one)
+    and the entity ids it names (empty: it names none, it covers types or patterns)."""
+
+    registration: Doc
+    mode: str
+    attrs: frozenset[str] | None
+    ids: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return str(self.registration.get("id", ""))
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.registration["endpoint"]).rstrip("/")
+
+    def holds(self, attr: str) -> bool:
+        return self.attrs is None or attr in self.attrs
+
+
+def _registered_attrs(doc: Doc, ids: Sequence[str] | None, types: Sequence[str] | None) -> frozenset[str] | None:
+    names: set[str] = set()
+    for item in doc.get("information") or []:
+        if not matches({"information": [item]}, ids=ids, types=types):
+            continue
+        listed = [*item.get("propertyNames", []), *item.get("relationshipNames", [])]
+        if not listed:
+            return None
+        names.update(listed)
+    return frozenset(names)
+
+
+def _registered_ids(doc: Doc, types: Sequence[str] | None) -> tuple[str, ...]:
+    out: list[str] = []
+    for item in doc.get("information") or []:
+        for selector in item.get("entities") or []:
+            if "id" in selector and (types is None or matches({"information": [item]}, types=types)):
+                out.append(selector["id"])
+    return tuple(out)
+
+
+def targets(
+    registrations: Iterable[Doc],
+    operation: str,
+    *,
+    ids: Sequence[str] | None = None,
+    types: Sequence[str] | None = None,
+    attrs: Sequence[str] | None = None,
+    now: datetime | None = None,
+) -> list[Target]:
+    """The registrations that take part in `operation` on what the request names."""
+    now = now or datetime.now(UTC)
+    out: list[Target] = []
+    for doc in registrations:
+        if not isinstance(doc.get("endpoint"), str) or expired(doc, now):
+            continue
+        kind = mode(doc)
+        if kind == "auxiliary" and operation in WRITES:
+            continue  # auxiliary sources only ever serve reads (4.3.6.2)
+        if operation not in operations(doc) or not matches(doc, ids=ids, types=types, attrs=attrs):
+            continue
+        held = _registered_attrs(doc, ids, types)
+        if held is not None and attrs is not None:
+            held = held & frozenset(attrs)
+        out.append(Target(doc, kind, held, _registered_ids(doc, types)))
+    return out
+
+
+@dataclass
+class Plan:
+    """Where the parts of one request go: `local` false when a redirect registration takes the
+    whole of it; `remote_only` the attributes an exclusive registration keeps from the local store."""
+
+    targets: list[Target] = field(default_factory=list)
+    local: bool = True
+    remote_only: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.targets)
+
+
+def plan(found: list[Target]) -> Plan:
+    """How the local store and the sources share a request on one entity (or one query)."""
+    redirect = [t for t in found if t.mode == "redirect"]
+    exclusive = frozenset(a for t in found if t.mode == "exclusive" and t.attrs for a in t.attrs)
+    return Plan(found, local=not redirect, remote_only=exclusive)
