@@ -35,6 +35,8 @@ RESERVED = frozenset(
     {"ngsild-tenant", "via", "content-length", "content-type", "host", "transfer-encoding", "connection", "link"}
 )
 REQUEST_VALUE = "urn:ngsi-ld:request"
+# contextSourceInfo keys that steer the exchange instead of travelling as headers (4.3.6.6)
+STEERING = frozenset({"contentType", "accept", "jsonldContext"})
 
 Signer = Callable[[httpx.Request, Doc], Awaitable[None]]
 
@@ -57,6 +59,7 @@ class Answer:
     status: int  # 0: no answer (refused, unreachable, timed out, too large)
     body: Any = None
     problem: str | None = None
+    relayed: str | None = None  # the source's own NGSILD-Warning (a part that failed further on)
 
     @property
     def ok(self) -> bool:
@@ -74,6 +77,13 @@ class Answer:
         return f'{code} {agent} "{text.replace(chr(34), chr(39))}"'
 
 
+def steering(registration: Doc) -> dict[str, str]:
+    """The contextSourceInfo pairs that steer the exchange: contentType, accept, jsonldContext."""
+    info = registration.get("contextSourceInfo")
+    pairs = [p for p in info if isinstance(p, dict)] if isinstance(info, list) else []
+    return {p["key"]: p["value"] for p in pairs if p.get("key") in STEERING and isinstance(p.get("value"), str)}
+
+
 def source_headers(registration: Doc, incoming: dict[str, str]) -> dict[str, str]:
     """The registration's contextSourceInfo pairs as headers (4.3.6.4): urn:ngsi-ld:request copies
     the triggering request's header of that name, when it has one; binding headers are ignored."""
@@ -84,6 +94,8 @@ def source_headers(registration: Doc, incoming: dict[str, str]) -> dict[str, str
             continue
         key, value = pair.get("key"), pair.get("value")
         if not isinstance(key, str) or not isinstance(value, str) or key.lower() in RESERVED:
+            continue
+        if key in STEERING:
             continue
         if value == REQUEST_VALUE:
             copied = incoming.get(key.lower())
@@ -168,12 +180,13 @@ class Forwarder:
         finally:
             await response.aclose()
         raw = b"".join(chunks)
+        relayed = response.headers.get("ngsild-warning")
         if not raw.strip():
-            return Answer(call, response.status_code)
+            return Answer(call, response.status_code, relayed=relayed)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             if 200 <= response.status_code < 300:
                 return Answer(call, response.status_code, problem="the answer is not valid JSON")
             body = None
-        return Answer(call, response.status_code, body)
+        return Answer(call, response.status_code, body, relayed=relayed)

@@ -9,11 +9,12 @@ locally), `exclusive` sends away only the registered attributes of the registere
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cityos.query import q
 from cityos.registrations import expired, matches
 
 Doc = dict[str, Any]
@@ -108,6 +109,16 @@ class Target:
     mode: str
     attrs: frozenset[str] | None
     ids: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+
+    @property
+    def operations(self) -> frozenset[str]:
+        return operations(self.registration)
+
+    @property
+    def local_only(self) -> bool:
+        """A localOnly registration (5.2.9): the source answers from its own data only."""
+        return self.registration.get("localOnly") is True
 
     @property
     def id(self) -> str:
@@ -133,6 +144,18 @@ def _registered_attrs(doc: Doc, ids: Sequence[str] | None, types: Sequence[str] 
     return frozenset(names)
 
 
+def _registered_types(doc: Doc, ids: Sequence[str] | None, types: Sequence[str] | None) -> tuple[str, ...]:
+    out: list[str] = []
+    for item in doc.get("information") or []:
+        if not matches({"information": [item]}, ids=ids, types=types):
+            continue
+        for selector in item.get("entities") or []:
+            kind = selector.get("type")
+            if isinstance(kind, str) and kind not in out and (types is None or kind in types):
+                out.append(kind)
+    return tuple(out)
+
+
 def _registered_ids(doc: Doc, types: Sequence[str] | None) -> tuple[str, ...]:
     out: list[str] = []
     for item in doc.get("information") or []:
@@ -149,9 +172,11 @@ def targets(
     ids: Sequence[str] | None = None,
     types: Sequence[str] | None = None,
     attrs: Sequence[str] | None = None,
+    csf: Callable[[Doc], bool] | None = None,
     now: datetime | None = None,
 ) -> list[Target]:
-    """The registrations that take part in `operation` on what the request names."""
+    """The registrations that take part in `operation` on what the request names (`csf`: the
+    request's context source filter, when it has one)."""
     now = now or datetime.now(UTC)
     out: list[Target] = []
     for doc in registrations:
@@ -162,10 +187,37 @@ def targets(
             continue  # auxiliary sources only ever serve reads (4.3.6.2)
         if operation not in operations(doc) or not matches(doc, ids=ids, types=types, attrs=attrs):
             continue
+        if csf is not None and not csf(doc):
+            continue
         held = _registered_attrs(doc, ids, types)
         if held is not None and attrs is not None:
             held = held & frozenset(attrs)
-        out.append(Target(doc, kind, held, _registered_ids(doc, types)))
+        out.append(Target(doc, kind, held, _registered_ids(doc, types), _registered_types(doc, ids, types)))
+    return out
+
+
+def conflicts(
+    registrations: Iterable[Doc],
+    operation: str,
+    *,
+    ids: Sequence[str] | None = None,
+    types: Sequence[str] | None = None,
+    attrs: Sequence[str] | None = None,
+    now: datetime | None = None,
+) -> list[Target]:
+    """Exclusive and redirect registrations that hold what a write touches but do not support
+    the write: that part cannot be done anywhere (409 Conflict, spec 5.6.x.4); the rest still is."""
+    now = now or datetime.now(UTC)
+    out: list[Target] = []
+    for doc in registrations:
+        kind = mode(doc)
+        if kind not in ("exclusive", "redirect") or operation not in WRITES or operation in operations(doc):
+            continue
+        if not isinstance(doc.get("endpoint"), str) or expired(doc, now):
+            continue
+        if matches(doc, ids=ids, types=types, attrs=attrs):
+            held = _registered_attrs(doc, ids, types)
+            out.append(Target(doc, kind, held, _registered_ids(doc, types)))
     return out
 
 
@@ -187,3 +239,35 @@ def plan(found: list[Target]) -> Plan:
     redirect = [t for t in found if t.mode == "redirect"]
     exclusive = frozenset(a for t in found if t.mode == "exclusive" and t.attrs for a in t.attrs)
     return Plan(found, local=not redirect, remote_only=exclusive)
+
+
+def _member(doc: Doc, name: str, expand: Callable[[str], str]) -> Any:
+    """A registration member read by a csf term: as written, or by its expanded name."""
+    for key in (name, expand(name)):
+        if key in doc:
+            value = doc[key]
+            return value.get("value", value.get("object")) if isinstance(value, dict) else value
+    return None
+
+
+def csf_matches(doc: Doc, expr: q.QExpr, expand: Callable[[str], str]) -> bool:
+    """Whether a registration passes a context source filter (csf, spec 4.9, 5.7.2.4): its
+    members (extra properties, mode, ...) tested with the q grammar. Terms that compare by order
+    or pattern are not evaluated here and let the registration through."""
+    if isinstance(expr, q.And):
+        return all(csf_matches(doc, term, expand) for term in expr.terms)
+    if isinstance(expr, q.Or):
+        return any(csf_matches(doc, term, expand) for term in expr.terms)
+    if not isinstance(expr.path, q.AttrPath) or expr.path.segments or expr.path.keys:
+        return True
+    held = _member(doc, expr.path.name, expand)
+    if isinstance(expr, q.Exists):
+        return (held is not None) != expr.negated
+    if isinstance(expr, q.Comparison) and expr.op in ("==", "!="):
+        operand = expr.operand
+        if isinstance(operand, q.Range):
+            return True
+        values = [v.value for v in operand.items] if isinstance(operand, q.ValueList) else [operand.value]
+        found = held in values or (isinstance(held, list) and any(h in values for h in held))
+        return found == (expr.op == "==")
+    return True

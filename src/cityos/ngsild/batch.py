@@ -45,6 +45,7 @@ class BatchReport:
         self.errors: list[dict[str, Any]] = []
         self.created: list[str] = []
         self.partial = False
+        self.forwarded: set[str] = set()  # ids a context source took: attributes it updated count as updated
         self._succeeded: set[str] = set()
         self._created: set[str] = set()
 
@@ -104,7 +105,7 @@ async def _run(
         report.succeed(result.entity_id)
         if outcome.created:
             report.create(result.entity_id)
-        if outcome.not_updated:
+        if outcome.not_updated and result.entity_id not in report.forwarded:
             report.partial = True
 
 
@@ -134,7 +135,7 @@ async def _forward(
     async def context_of(item: Any) -> Any:
         return await body_context(request, item, media, tenant_name=tenant_name)
 
-    local, errors, taken = await forwarding.batch(request, tenant_name, kind, items, context_of)
+    local, errors, taken, report.forwarded = await forwarding.batch(request, tenant_name, kind, items, context_of)
     report.errors.extend(errors)
     failed = {e["entityId"] for e in errors}
     for entity_id in taken:

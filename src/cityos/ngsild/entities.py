@@ -254,7 +254,7 @@ async def retrieve_entity(request: Request) -> Response:
             request,
             tenant_name,
             context,
-            "retrieveEntity",
+            forwarding.READ_VIA,
             ids=[entity_id],
             types=type_filter(params["type"], context) if params.get("type") else None,
             attrs=params["attrs"].split(",") if params.get("attrs") else None,

@@ -17,13 +17,16 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cityos.errors import NgsiLdError, ResourceNotFound
+from cityos.errors import Conflict, NgsiLdError, ResourceNotFound
 from cityos.federation import loops, merge
-from cityos.federation.client import Answer, Call, Forwarder, source_headers
-from cityos.federation.planning import Doc, Plan, Target, plan, targets
+from cityos.federation.client import Answer, Call, Forwarder, source_headers, steering
+from cityos.federation.planning import Doc, Plan, Target, conflicts, csf_matches, plan, targets
 from cityos.jsonld.registry import ResolvedContext
 from cityos.ngsild import access
+from cityos.ngsild.common import CONTEXT_REL as LINK_REL
 from cityos.ngsild.common import json_response, link_context, services
+from cityos.ngsild.negotiation import JSON_LD
+from cityos.query import q
 
 WARNING_HEADER = "NGSILD-Warning"
 PATH_SAFE = ":/@!$&'()*+,;=-._~"
@@ -61,21 +64,43 @@ async def _registrations(request: Request, tenant_name: str) -> list[Doc]:
     return [row.document for row in await services(request).store.list_registrations(tenant_name)]
 
 
-def _headers(request: Request, target: Target, *, body: bool = False) -> dict[str, str]:
+def _headers(
+    request: Request, target: Target, context: ResolvedContext | None, *, body: bool = False
+) -> dict[str, str]:
+    """Via, the @context as a Link (or inline, when the registration asks for JSON-LD), Accept,
+    and the registration's contextSourceInfo (4.3.6.4, 4.3.6.6, 6.3.5)."""
     incoming = {k.lower(): v for k, v in request.headers.items()}
     headers = source_headers(target.registration, incoming)
+    steer = steering(target.registration)
     headers["Via"] = loops.extend(request.headers.get("via"), _me(request))
-    headers["Accept"] = "application/json"
-    link = request.headers.get("link")
-    if link and link_context(request) is not None:
-        headers["Link"] = link
+    headers["Accept"] = steer.get("accept", "application/json")
+    link_url = steer.get("jsonldContext") or (context.link_url if context is not None else None)
+    if link_url is None and link_context(request) is not None:
+        link_url = link_context(request)
+    inline = body and steer.get("contentType") == JSON_LD
+    if link_url and not inline:
+        headers["Link"] = f'<{link_url}>; rel="{LINK_REL}"; type="{JSON_LD}"'
     if body:
-        headers["Content-Type"] = request.headers.get("content-type", "application/json").split(";")[0]
+        headers["Content-Type"] = JSON_LD if inline else "application/json"
     return headers
 
 
+def _payload(body: Any, headers: dict[str, str], context: ResolvedContext | None) -> Any:
+    """A forwarded body: @context inline for a source that takes JSON-LD, else none (it is in Link)."""
+    if isinstance(body, list):
+        return [_payload(item, headers, context) for item in body]
+    if not isinstance(body, dict):
+        return body
+    plain = {k: v for k, v in body.items() if k != "@context"}
+    if headers.get("Content-Type") == JSON_LD:
+        plain["@context"] = body.get("@context", context.value if context is not None else None)
+    return plain
+
+
 def warnings_of(answers: Sequence[Answer]) -> list[str]:
-    return [w for a in answers if (w := a.warning) is not None]
+    """This broker's warnings about its sources, then those the sources relayed (6.3.17)."""
+    own = [w for a in answers if (w := a.warning) is not None]
+    return own + [a.relayed for a in answers if a.relayed]
 
 
 def with_warnings(response: Response, answers: Sequence[Answer]) -> Response:
@@ -92,6 +117,10 @@ def _names(attrs: frozenset[str] | None, context: ResolvedContext, asked: Sequen
 
 
 # -- consumption --------------------------------------------------------------------------------------
+READ_VIA = ("retrieveEntity", "queryEntity", "queryBatch")  # how a read may reach a source, preferred first
+FILTERS = ("q", "scopeQ", "csf")  # removed from a forwarded query with splitEntities=true (5.7.2.4)
+
+
 @dataclass
 class Consumption:
     """A read some sources take part in."""
@@ -104,10 +133,7 @@ class Consumption:
     def ranked(self, local: list[dict[str, Any]], answers: Sequence[Answer]) -> list[list[dict[str, Any]]]:
         """Answers in merge order: exclusive sources, the local store, inclusive, auxiliary."""
         by_mode: dict[str, list[list[dict[str, Any]]]] = {
-            "exclusive": [],
-            "inclusive": [],
-            "redirect": [],
-            "auxiliary": [],
+            m: [] for m in ("exclusive", "inclusive", "redirect", "auxiliary")
         }
         for answer in answers:
             if answer.ok:
@@ -118,28 +144,58 @@ class Consumption:
         local = [merge.drop_attrs(e, owned) for e in local] if owned else local
         return [*by_mode["exclusive"], *by_mode["redirect"], local, *by_mode["inclusive"], *by_mode["auxiliary"]]
 
+    def call(self, target: Target, operation: str, params: list[tuple[str, str]], post: Any = None) -> Call:
+        """The read `operation` as `target` takes it: by id, by GET query or by POST query."""
+        names = _names(target.attrs, self.context, self.attrs)
+        sent = [(k, v) for k, v in params if k not in ("attrs", "local")]
+        if names:
+            sent.append(("attrs", ",".join(names)))
+        if target.local_only:
+            sent.append(("local", "true"))
+        headers = _headers(self.request, target, self.context)
+        if operation == "retrieveEntity":
+            entity_id = post
+            return Call(target, "GET", "/entities/" + quote(entity_id, safe=PATH_SAFE), sent, headers=headers)
+        if operation == "queryBatch":
+            body = dict(post) if isinstance(post, dict) else {"type": "Query"}
+            if names:
+                body["attrs"] = names
+            body.pop("@context", None)
+            kept = [(k, v) for k, v in sent if k in ("limit", "offset", "count", "options", "format", "local")]
+            headers["Content-Type"] = "application/json"
+            return Call(target, "POST", "/entityOperations/query", kept, body, headers)
+        return Call(target, "GET", "/entities", sent, headers=headers)
+
+
+def _csf(request: Request, context: ResolvedContext) -> Callable[[Doc], bool] | None:
+    text = request.query_params.get("csf")
+    if not text:
+        return None
+    expr = q.parse_q(text, services(request).settings.max_pattern_length)
+    return lambda doc: csf_matches(doc, expr, context.terms.expand)
+
 
 async def consumption(
     request: Request,
     tenant_name: str,
     context: ResolvedContext,
-    operation: str,
+    operations: Sequence[str],
     *,
     ids: Sequence[str] | None = None,
     types: Sequence[str] | None = None,
     attrs: Sequence[str] | None = None,
-    alternative: str | None = None,
 ) -> Consumption | None:
     """The sources a read goes to, or None when it stays local (most reads: no registration).
-    `alternative`: another operation name that also admits a registration (queryBatch / queryEntity)."""
+    `operations`: the names under which a registration admits the read, preferred first."""
     documents = await _registrations(request, tenant_name)
     if not documents:
         return None
     expanded = [context.terms.expand(a) for a in attrs] if attrs else None
-    found = targets(documents, operation, ids=ids, types=types, attrs=expanded)
-    if alternative is not None:
+    csf = _csf(request, context)
+    found: list[Target] = []
+    for operation in operations:
         have = {t.id for t in found}
-        more = targets(documents, alternative, ids=ids, types=types, attrs=expanded)
+        more = targets(documents, operation, ids=ids, types=types, attrs=expanded, csf=csf)
         found += [t for t in more if t.id not in have]
     if not found:
         return None
@@ -147,20 +203,35 @@ async def consumption(
     return Consumption(request, context, plan(found), list(attrs) if attrs else None)
 
 
+def _preferred(target: Target, order: Sequence[str]) -> str:
+    return next((name for name in order if name in target.operations), order[0])
+
+
 async def retrieve(
     read: Consumption, entity_id: str, local: dict[str, Any] | None
 ) -> tuple[dict[str, Any] | None, list[Answer]]:
-    """GET /entities/{id}: the entity as the local store and the sources together know it."""
-    path = "/entities/" + quote(entity_id, safe=PATH_SAFE)
+    """GET /entities/{id}: the entity as the local store and the sources together know it. A
+    source that registered only queries is asked by query, for that id."""
     calls = []
     for target in read.plan.targets:
-        params = [(k, v) for k, v in read.request.query_params.multi_items() if k not in ("attrs", "local")]
-        names = _names(target.attrs, read.context, read.attrs)
-        if names:
-            params.append(("attrs", ",".join(names)))
-        calls.append(Call(target, "GET", path, params, headers=_headers(read.request, target)))
+        params = [(k, v) for k, v in read.request.query_params.multi_items()]
+        operation = _preferred(target, READ_VIA)
+        if operation == "retrieveEntity":
+            calls.append(read.call(target, operation, params, entity_id))
+            continue
+        kinds = [read.context.terms.compact(t) for t in target.types]
+        if operation == "queryBatch":
+            selector = {"id": entity_id, **({"type": kinds[0]} if kinds else {})}
+            calls.append(read.call(target, operation, params, {"type": "Query", "entities": [selector]}))
+        else:
+            extra = [("id", entity_id)] + ([("type", ",".join(kinds))] if kinds else [])
+            calls.append(read.call(target, operation, [*params, *extra]))
     answers = await forwarder(read.request).send_all(calls)
     for answer in answers:
+        if answer.ok and isinstance(answer.body, list):  # asked by query: the entity, if it is there
+            answer.body = next((e for e in answer.body if isinstance(e, dict) and e.get("id") == entity_id), None)
+            if answer.body is None:
+                answer.status = 404
         if answer.ok and not (isinstance(answer.body, dict) and answer.body.get("id") == entity_id):
             answer.problem = "the answer is not the entity asked for"
     own = [local] if local is not None and read.plan.local else []
@@ -169,19 +240,21 @@ async def retrieve(
 
 
 async def query(
-    read: Consumption, local: list[dict[str, Any]], params: Sequence[tuple[str, str]]
+    read: Consumption, local: list[dict[str, Any]], params: Sequence[tuple[str, str]], post: Any = None
 ) -> tuple[list[dict[str, Any]], list[Answer]]:
     """GET /entities (and POST /entityOperations/query): the local page and the sources' answers
     merged by entity. Each source gets the query narrowed to what it registered (ids, attrs)."""
+    split = any(k == "splitEntities" and v == "true" for k, v in params)
     calls = []
     for target in read.plan.targets:
-        sent = [(k, v) for k, v in params if k not in ("attrs", "local", "limit", "offset", "count")]
+        skipped = ("limit", "offset", "count", "splitEntities", *(FILTERS if split else ()))
+        sent = [(k, v) for k, v in params if k not in skipped]
         if target.ids and not any(k == "id" for k, _ in sent):
             sent.append(("id", ",".join(target.ids)))
-        names = _names(target.attrs, read.context, read.attrs)
-        if names:
-            sent.append(("attrs", ",".join(names)))
-        calls.append(Call(target, "GET", "/entities", sent, headers=_headers(read.request, target)))
+        order = ("queryBatch", "queryEntity") if post is not None else ("queryEntity", "queryBatch")
+        operation = _preferred(target, order)
+        body = post if post is not None else {"type": "Query", "entities": [{"type": t} for t in _types_of(sent)]}
+        calls.append(read.call(target, operation, sent, body))
     answers = await forwarder(read.request).send_all(calls)
     for answer in answers:
         if answer.ok and not isinstance(answer.body, list):
@@ -190,40 +263,22 @@ async def query(
     return merge.merge_lists(read.ranked(own, answers)), answers
 
 
+def _types_of(params: Sequence[tuple[str, str]]) -> list[str]:
+    return [t for k, v in params if k == "type" for t in v.split(",") if t]
+
+
 async def query_response(
-    read: Consumption, response: Response, media: str, params: Sequence[tuple[str, str]]
+    read: Consumption, response: Response, media: str, params: Sequence[tuple[str, str]], post: Any = None
 ) -> Response:
     """The local query's response with the sources' entities merged in (the page size kept)."""
     local = orjson.loads(bytes(response.body)) if response.status_code == 200 else []
-    merged, answers = await query(read, local if isinstance(local, list) else [], params)
+    merged, answers = await query(read, local if isinstance(local, list) else [], params, post)
     kept = {k: v for k, v in response.headers.items() if k.lower() in ("ngsild-results-count", "preference-applied")}
     out = json_response(merged, media=media, context=read.context, headers=kept)
     for value in response.headers.getlist("link"):
         if 'rel="next"' in value or 'rel="prev"' in value:
             out.headers.append("Link", value)
     return with_warnings(out, answers)
-
-
-def query_params(body: dict[str, Any], context: ResolvedContext) -> list[tuple[str, str]]:
-    """A POST /entityOperations/query body as the GET /entities parameters sent to a source."""
-    out: list[tuple[str, str]] = []
-    selectors = [s for s in body.get("entities") or [] if isinstance(s, dict)]
-    types = [s["type"] for s in selectors if isinstance(s.get("type"), str)]
-    ids = [s["id"] for s in selectors if isinstance(s.get("id"), str)]
-    patterns = [s["idPattern"] for s in selectors if isinstance(s.get("idPattern"), str)]
-    if types:
-        out.append(("type", ",".join(dict.fromkeys(types))))
-    if ids:
-        out.append(("id", ",".join(ids)))
-    if patterns:
-        out.append(("idPattern", patterns[0]))
-    for member in ("attrs", "q", "scopeQ", "csf", "lang"):
-        value = body.get(member)
-        if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        if isinstance(value, str):
-            out.append((member, value))
-    return out
 
 
 # -- provision ----------------------------------------------------------------------------------------
@@ -234,6 +289,7 @@ class Provision:
     request: Request
     local_body: Any
     local: bool
+    refused: list[str] = field(default_factory=list)  # exclusive / redirect registrations without the operation
     calls: list[Call] = field(default_factory=list)
 
 
@@ -241,6 +297,15 @@ def _split(body: Any, keep: Callable[[str], bool]) -> Any:
     if not isinstance(body, dict):
         return body
     return {k: v for k, v in body.items() if k in ENTITY_CORE or keep(k)}
+
+
+def _attr_names(body: Any, attr: str | None, context: ResolvedContext | None) -> list[str] | None:
+    """The attributes (IRIs) a write touches; None: the entity as a whole."""
+    if attr is not None:
+        return [attr]
+    if isinstance(body, dict) and context is not None:
+        return [context.terms.expand(k) for k in body if k not in ENTITY_CORE] or None
+    return None
 
 
 def _has_attrs(body: Any) -> bool:
@@ -264,10 +329,11 @@ async def provision(
     if not documents:
         return None
     found = targets(documents, operation, ids=[entity_id], types=types)
-    if not found:
+    refused = conflicts(documents, operation, ids=[entity_id], types=types, attrs=_attr_names(body, attr, context))
+    if not found and not refused:
         return None
     loops.check(request.headers.get("via"), _me(request))
-    shared = plan(found)
+    shared = plan([*found, *refused])
 
     def expand(name: str) -> str:
         return context.terms.expand(name) if context is not None else name
@@ -284,15 +350,15 @@ async def provision(
     path = request.url.path.removeprefix("/ngsi-ld/v1")
     path = quote(path, safe=PATH_SAFE)
     params = [(k, v) for k, v in request.query_params.multi_items() if k != "local"]
-    out = Provision(request, local_body, local)
+    out = Provision(request, local_body, local, refused=[t.id for t in refused])
     for target in found:
         sent = body
         if attr is None:
             sent = _split(body, lambda name, t=target: t.holds(expand(name)))  # type: ignore[misc]
             if with_body and _has_attrs(body) and not _has_attrs(sent):
                 continue
-        headers = _headers(request, target, body=with_body)
-        out.calls.append(Call(target, request.method, path, params, sent, headers))
+        headers = _headers(request, target, context, body=with_body)
+        out.calls.append(Call(target, request.method, path, params, _payload(sent, headers, context), headers))
     return out
 
 
@@ -300,6 +366,8 @@ def _problem(answer: Answer) -> dict[str, Any]:
     body = answer.body
     if isinstance(body, dict) and isinstance(body.get("status"), int):
         return body
+    if answer.status == 207:
+        return {"type": "https://uri.etsi.org/ngsi-ld/errors/InternalError", "title": "partly done", "status": 207}
     status = answer.status or 504
     return {
         "type": "https://uri.etsi.org/ngsi-ld/errors/" + ("GatewayTimeout" if not answer.status else "InternalError"),
@@ -329,15 +397,20 @@ async def run_provision(
         errors.append({"entityId": entity_id, "error": outcome.problem()})
     elif outcome is not None:
         succeeded += 1
+    for registration_id in split.refused:
+        error = Conflict(f"registration {registration_id} holds this entity but does not support the operation")
+        errors.append({"entityId": entity_id, "registrationId": registration_id, "error": error.problem()})
     for answer in answers:
-        if 200 <= answer.status < 300:
+        if 200 <= answer.status < 300 and answer.status != 207:
             succeeded += 1
         else:
             errors.append({"entityId": entity_id, "registrationId": answer.call.target.id, "error": _problem(answer)})
     if not errors:
         return with_warnings(outcome if isinstance(outcome, Response) else success(), answers)
-    if not succeeded and isinstance(outcome, NgsiLdError):
-        raise outcome
+    if len(errors) == 1 and not succeeded and not answers:  # one part only: its own error
+        if isinstance(outcome, NgsiLdError):
+            raise outcome
+        raise Conflict(str(errors[0]["error"].get("detail", "")))
     body = {"success": [entity_id] if succeeded else [], "errors": errors}
     return with_warnings(json_response(body, status=207), answers)
 
@@ -362,6 +435,25 @@ async def run_write(
     return await run_provision(split, entity_id, local, success)
 
 
+async def run_purge(
+    request: Request,
+    tenant_name: str,
+    context: ResolvedContext,
+    types: Sequence[str] | None,
+    local: Callable[[Any], Awaitable[Response]],
+    success: Callable[[], Response],
+) -> Response:
+    """DELETE /entities (purge): the same selection sent to the sources registered for it."""
+    documents = await _registrations(request, tenant_name)
+    found = targets(documents, "purgeEntity", types=types) if documents else []
+    if not found:
+        return await local(None)
+    loops.check(request.headers.get("via"), _me(request))
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "local"]
+    calls = [Call(t, "DELETE", "/entities", params, headers=_headers(request, t, context)) for t in found]
+    return await run_provision(Provision(request, None, plan(found).local, calls=calls), "", local, success)
+
+
 # -- batches ------------------------------------------------------------------------------------------
 def _item_id(item: Any) -> Any:
     if isinstance(item, dict):
@@ -384,13 +476,13 @@ async def batch(
     kind: str,
     items: list[Any],
     context_of: Callable[[Any], Awaitable[ResolvedContext]],
-) -> tuple[list[Any], list[dict[str, Any]], list[str]]:
+) -> tuple[list[Any], list[dict[str, Any]], list[str], set[str]]:
     """Forward the parts of a batch the sources take: (the items left for the local store, the
-    errors of the forwarded parts, the ids a source took whole). `context_of(item)`: the @context
-    an item is read with."""
+    errors of the forwarded parts, the ids a source took whole, the ids some source took without
+    error). `context_of(item)`: the @context an item is read with."""
     documents = await _registrations(request, tenant_name)
     if not documents:
-        return items, [], []
+        return items, [], [], set()
     terms: dict[int, ResolvedContext] = {}
     for item in items:
         if isinstance(item, dict):
@@ -433,12 +525,14 @@ async def batch(
             per_target.setdefault(target.id, (target, []))[1].append(sent)
     path = request.url.path.removeprefix("/ngsi-ld/v1")
     params = [(k, v) for k, v in request.query_params.multi_items() if k != "local"]
-    calls = [
-        Call(target, "POST", path, params, sent, _headers(request, target, body=True))
-        for target, sent in per_target.values()
-    ]
+    first = next(iter(terms.values()), None)
+    calls = []
+    for target, sent in per_target.values():
+        headers = _headers(request, target, first, body=True)
+        calls.append(Call(target, "POST", path, params, _payload(sent, headers, first), headers))
     answers = await forwarder(request).send_all(calls)
     errors: list[dict[str, Any]] = []
+    done: set[str] = set()
     for answer in answers:
         failed: dict[str, dict[str, Any]] = {}
         if 200 <= answer.status < 300 and isinstance(answer.body, dict):
@@ -452,4 +546,5 @@ async def batch(
                     failed[sent_id] = _problem(answer)
         for entity_id, problem in failed.items():
             errors.append({"entityId": entity_id, "registrationId": answer.call.target.id, "error": problem})
-    return local_items, errors, remote_whole
+        done.update(i for sent in answer.call.body or [] if isinstance(i := _item_id(sent), str) and i not in failed)
+    return local_items, errors, remote_whole, done
