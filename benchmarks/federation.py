@@ -1,0 +1,67 @@
+"""Scenario 10 (issue 16): a query forwarded to two registered context sources, next to the same
+query answered locally, paired repeat by repeat on the same server.
+
+Two more `cityos serve` processes (SQLite) each hold SOURCE_ENTITIES entities of the benchmark's
+type; the server under test registers both (inclusive, the query's type) for the run and removes
+the registrations afterwards, so no other scenario sees them. The local row is the same request
+with `local=true` (spec 4.3.6.4: answered from this broker only); the federated row pays the two
+forwarded calls, made concurrently, and the merge. The ratio is federated / local.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import TYPE_CHECKING
+
+import httpx
+
+from benchmarks.entities import ENTITY_TYPE, make_entity
+from benchmarks.report import Row
+from benchmarks.servers import ServerProcess, cityos_server
+from benchmarks.workloads import API, Workload
+
+if TYPE_CHECKING:
+    from benchmarks.runner import Bench
+
+LOCAL = "10a. query type, limit=20, local=true"
+FEDERATED = "10b. federated query over two sources, limit=20"
+SOURCE_ENTITIES = 20
+REGISTRATION = "urn:ngsi-ld:ContextSourceRegistration:bench-{}"
+
+
+def _load_source(server: ServerProcess, first: int) -> None:
+    entities = [make_entity(first + index) for index in range(SOURCE_ENTITIES)]
+    answer = httpx.post(f"{server.base}{API}/entityOperations/upsert", json=entities, timeout=60)
+    answer.raise_for_status()
+
+
+def federation_rows(bench: Bench, server: ServerProcess, backend: str, stored: int) -> list[Row]:
+    local = Row(LOCAL, backend=backend)
+    federated = Row(FEDERATED, baseline=LOCAL, backend=backend)
+    with ExitStack() as stack, httpx.Client(base_url=server.base, timeout=30) as http:
+        sources = [stack.enter_context(cityos_server(bench.workdir, name=f"source{i}")) for i in (1, 2)]
+        for index, source in enumerate(sources):
+            _load_source(source, stored + 1_000_000 * (index + 1))  # ids the server under test does not hold
+            registration = {
+                "id": REGISTRATION.format(index),
+                "type": "ContextSourceRegistration",
+                "information": [{"entities": [{"type": ENTITY_TYPE}]}],
+                "endpoint": source.base,
+            }
+            created = http.post(f"{API}/csourceRegistrations", json=registration)
+            if created.status_code != 201:
+                federated.errors, federated.error_sample = 1, f"{created.status_code}: {created.text[:300]}"
+                return [local, federated]
+            stack.callback(http.delete, f"{API}/csourceRegistrations/{REGISTRATION.format(index)}")
+
+        def local_sample(index: int) -> float:
+            cpu_before = server.cpu_seconds()
+            result = bench.load(server, Workload("query_type_local", stored=stored), seed=index)
+            if result.ops:
+                local.cpu_ms.append((server.cpu_seconds() - cpu_before) * 1000 / result.ops)
+            bench.record(local, result)
+            return result.rate
+
+        bench.measure(federated, server, lambda index: Workload("query_type", stored=stored), baseline=local_sample)
+        local.rss_mb = server.peak_rss_mb()
+    return [local, federated]
