@@ -47,8 +47,10 @@ class Node:
         self.log = log
         with log.open("ab") as out:
             self.process = subprocess.Popen([sys.executable, "-m", "cityos", "serve"], env=env, stdout=out, stderr=out)
-        wait_serving(self.process, self.base, 60, lambda: log.read_text(errors="replace"))
         self.http = httpx.Client(base_url=self.base, timeout=20)
+
+    def wait(self) -> None:
+        wait_serving(self.process, self.base, 60, lambda: self.log.read_text(errors="replace"))
 
     def stop(self) -> None:
         self.http.close()
@@ -64,6 +66,8 @@ def nodes(tmp_path_factory: pytest.TempPathFactory, postgres_schemas: PostgresSc
     try:
         for index, database in enumerate([str(folder / "b.db"), str(folder / "c.db"), schema]):
             started.append(Node(database, folder / f"node{index}.log"))
+        for node in started:  # started side by side, waited for together
+            node.wait()
         yield started
     finally:
         for node in started:
@@ -309,3 +313,20 @@ def test_private_address_refused_without_the_setting(db_url: str, misbehaving: s
         assert got.status_code == 200 and got.json() == []
         assert "111 " in got.headers["NGSILD-Warning"] and "allow-private-networks" in got.headers["NGSILD-Warning"]
         assert Misbehaving.seen == []  # never contacted
+
+
+def test_discovery_unites_the_sources_types_and_attributes(front: TestClient, nodes: list[Node], request: Any) -> None:
+    tag = request.node.callspec.id
+    gadget = f"urn:ngsi-ld:Gadget:disc-{tag}"
+    assert nodes[1].http.post(ENTITIES, json=entity(gadget, "Gadget", gauge=3)).status_code == 201
+    assert front.post(ENTITIES, json=entity(f"urn:ngsi-ld:Widget:disc-{tag}", "Widget", knob=1)).status_code == 201
+    register(front, registration(nodes[1].base, f"disc-{tag}", "Gadget"))
+    types = front.get("/ngsi-ld/v1/types").json()["typeList"]
+    assert {"Gadget", "Widget"} <= set(types)
+    assert "Gadget" not in front.get("/ngsi-ld/v1/types", params={"local": "true"}).json()["typeList"]
+    attributes = front.get("/ngsi-ld/v1/attributes").json()["attributeList"]
+    assert {"gauge", "knob"} <= set(attributes)
+    detailed = {t["typeName"]: t for t in front.get("/ngsi-ld/v1/types", params={"details": "true"}).json()}
+    assert detailed["Gadget"]["attributeNames"] == ["gauge"]
+    assert front.get("/ngsi-ld/v1/types/Gadget").json()["entityCount"] == 1  # only the source has one
+    nodes[1].http.delete(f"{ENTITIES}/{gadget}")

@@ -90,3 +90,40 @@ def merge_names(ranked: Iterable[Iterable[Any]]) -> list[Any]:
             if key is not None and key not in seen:
                 seen[key] = item
     return list(seen.values())
+
+
+NAME_LISTS = ("typeList", "attributeList", "attributeNames", "typeNames")
+
+
+def _union(first: list[Any], second: list[Any]) -> list[Any]:
+    return [*first, *(item for item in second if item not in first)]
+
+
+def merge_catalogue(ranked: Iterable[Any]) -> Any:
+    """Discovery answers (5.7.5-5.7.10) as one: a list body (EntityTypeList, AttributeList) unites
+    its names; a details array unites its items by id (and their name lists); a single
+    EntityTypeInfo or Attribute is the first answer that has one. None: no answer had anything."""
+    out: Any = None
+    for body in ranked:
+        if body is None:
+            continue
+        if out is None:
+            out = body
+        elif isinstance(out, list) and isinstance(body, list):
+            by_id = {item.get("id"): item for item in out if isinstance(item, dict)}
+            for item in body:
+                if not isinstance(item, dict):
+                    continue
+                held = by_id.get(item.get("id"))
+                if held is None:
+                    out.append(item)
+                    by_id[item.get("id")] = item
+                    continue
+                for name in NAME_LISTS:
+                    if isinstance(held.get(name), list) and isinstance(item.get(name), list):
+                        held[name] = _union(held[name], item[name])
+        elif isinstance(out, dict) and isinstance(body, dict):
+            for name in ("typeList", "attributeList"):
+                if isinstance(out.get(name), list) and isinstance(body.get(name), list):
+                    out[name] = _union(out[name], body[name])
+    return out

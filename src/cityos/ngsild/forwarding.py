@@ -281,6 +281,24 @@ async def query_response(
     return with_warnings(out, answers)
 
 
+async def discovery(
+    request: Request, tenant_name: str, context: ResolvedContext, operation: str, local: Any
+) -> tuple[Any, list[Answer]]:
+    """GET /types, /attributes and their details (5.7.5-5.7.10): the local answer (None: not
+    found here) and the sources' merged, or the local answer alone when no source takes part."""
+    documents = await _registrations(request, tenant_name)
+    found = targets(documents, operation) if documents else []
+    if not found:
+        return local, []
+    loops.check(request.headers.get("via"), _me(request))
+    path = quote(request.url.path.removeprefix("/ngsi-ld/v1"), safe=PATH_SAFE)
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "local"]
+    calls = [Call(t, "GET", path, params, headers=_headers(request, t, context)) for t in found]
+    answers = await forwarder(request).send_all(calls)
+    remote = [a.body if a.ok and isinstance(a.body, dict | list) else None for a in answers]
+    return merge.merge_catalogue([local, *remote]), answers
+
+
 # -- provision ----------------------------------------------------------------------------------------
 @dataclass
 class Provision:
