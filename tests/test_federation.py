@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from starlette.testclient import TestClient
 from backends import PostgresSchemas
 from cityos.app import create_app
 from cityos.settings import Settings
-from notify_helpers import free_port, stop_process, wait_serving
+from notify_helpers import free_port, serving, stop_process, wait_serving
 
 REG = "/ngsi-ld/v1/csourceRegistrations"
 ENTITIES = "/ngsi-ld/v1/entities"
@@ -273,16 +273,11 @@ class Misbehaving(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def misbehaving() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Misbehaving)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        Misbehaving.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(Misbehaving) as url:
+        try:
+            yield url
+        finally:
+            Misbehaving.release.set()  # a slow answer still held ends before the server stops
 
 
 def test_bad_sources_cost_only_their_part(db_url: str, misbehaving: str, nodes: list[Node]) -> None:

@@ -19,52 +19,10 @@ from cityos.registrations import expired, matches
 
 Doc = dict[str, Any]
 
-FEDERATION_OPS = frozenset(
-    {
-        "retrieveEntity",
-        "queryEntity",
-        "queryBatch",
-        "retrieveTemporal",
-        "queryTemporal",
-        "retrieveEntityTypes",
-        "retrieveEntityTypeDetails",
-        "retrieveEntityTypeInfo",
-        "retrieveAttrTypes",
-        "retrieveAttrTypeDetails",
-        "retrieveAttrTypeInfo",
-        "createSubscription",
-        "updateSubscription",
-        "retrieveSubscription",
-        "querySubscription",
-        "deleteSubscription",
-    }
-)
-UPDATE_OPS = frozenset({"updateEntity", "updateAttrs", "replaceEntity", "replaceAttrs"})
 RETRIEVE_OPS = frozenset({"retrieveEntity", "queryEntity"})
-REDIRECTION_OPS = frozenset(
+# reads beyond entities, in both federationOps and redirectionOps (temporal, discovery)
+OTHER_READS = frozenset(
     {
-        "createEntity",
-        "updateEntity",
-        "appendAttrs",
-        "updateAttrs",
-        "deleteAttrs",
-        "deleteEntity",
-        "createBatch",
-        "upsertBatch",
-        "updateBatch",
-        "deleteBatch",
-        "upsertTemporal",
-        "appendAttrsTemporal",
-        "deleteAttrsTemporal",
-        "updateAttrsTemporal",
-        "deleteAttrInstanceTemporal",
-        "deleteTemporal",
-        "mergeEntity",
-        "replaceEntity",
-        "replaceAttrs",
-        "mergeBatch",
-        "purgeEntity",
-        *RETRIEVE_OPS,
         "retrieveTemporal",
         "queryTemporal",
         "retrieveEntityTypes",
@@ -75,13 +33,37 @@ REDIRECTION_OPS = frozenset(
         "retrieveAttrTypeInfo",
     }
 )
+SUBSCRIPTION_OPS = frozenset(
+    {"createSubscription", "updateSubscription", "retrieveSubscription", "querySubscription", "deleteSubscription"}
+)
+FEDERATION_OPS = RETRIEVE_OPS | OTHER_READS | SUBSCRIPTION_OPS | {"queryBatch"}
+UPDATE_OPS = frozenset({"updateEntity", "updateAttrs", "replaceEntity", "replaceAttrs"})
+WRITES = UPDATE_OPS | {
+    "createEntity",
+    "appendAttrs",
+    "deleteAttrs",
+    "deleteEntity",
+    "mergeEntity",
+    "purgeEntity",
+    "createBatch",
+    "upsertBatch",
+    "updateBatch",
+    "deleteBatch",
+    "mergeBatch",
+    "upsertTemporal",
+    "appendAttrsTemporal",
+    "deleteAttrsTemporal",
+    "updateAttrsTemporal",
+    "deleteAttrInstanceTemporal",
+    "deleteTemporal",
+}
+REDIRECTION_OPS = WRITES | RETRIEVE_OPS | OTHER_READS
 GROUPS = {
     "federationOps": FEDERATION_OPS,
     "updateOps": UPDATE_OPS,
     "retrieveOps": RETRIEVE_OPS,
     "redirectionOps": REDIRECTION_OPS,
 }
-WRITES = REDIRECTION_OPS - FEDERATION_OPS
 MODES = ("inclusive", "exclusive", "redirect", "auxiliary")
 
 

@@ -330,19 +330,24 @@ def _has_attrs(body: Any) -> bool:
     return not isinstance(body, dict) or any(k not in ENTITY_CORE for k in body)
 
 
-async def provision(
-    request: Request,
-    tenant_name: str,
-    operation: str,
-    entity_id: str,
-    body: Any,
-    context: ResolvedContext | None,
-    *,
-    types: Sequence[str] | None = None,
-    attr: str | None = None,
-) -> Provision | None:
-    """The split of a write on one entity, or None when it stays local. `attr`: the attribute
-    (an IRI) of a write on /entities/{id}/attrs/{attr}, whose body is that attribute alone."""
+@dataclass(frozen=True)
+class Write:
+    """A write on one entity. `attr`: the attribute (an IRI) of a write on
+    /entities/{id}/attrs/{attr}, whose body is that attribute alone."""
+
+    tenant: str
+    operation: str
+    entity_id: str
+    body: Any
+    context: ResolvedContext | None
+    types: Sequence[str] | None = None
+    attr: str | None = None
+
+
+async def provision(request: Request, write: Write) -> Provision | None:
+    """The split of a write on one entity, or None when it stays local."""
+    tenant_name, operation, entity_id, body = write.tenant, write.operation, write.entity_id, write.body
+    context, types, attr = write.context, write.types, write.attr
     documents = await _registrations(request, tenant_name)
     if not documents:
         return None
@@ -447,7 +452,7 @@ async def run_write(
     attr: str | None = None,
 ) -> Response:
     """A write on one entity: local alone when no source takes part, else split and forwarded."""
-    split = await provision(request, tenant_name, operation, entity_id, body, context, types=types, attr=attr)
+    split = await provision(request, Write(tenant_name, operation, entity_id, body, context, types, attr))
     if split is None:
         return await local(body)
     return await run_provision(split, entity_id, local, success)
