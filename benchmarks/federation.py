@@ -4,8 +4,10 @@ query answered locally, paired repeat by repeat on the same server.
 Two more `cityos serve` processes (SQLite) each hold SOURCE_ENTITIES entities of the benchmark's
 type; the server under test registers both (inclusive, the query's type) for the run and removes
 the registrations afterwards, so no other scenario sees them. The local row is the same request
-with `local=true` (spec 4.3.6.4: answered from this broker only); the federated row pays the two
-forwarded calls, made concurrently, and the merge. The ratio is federated / local.
+with `local=true` (spec 4.3.6.4: answered from this broker only, no registration looked up); the
+row without registration pays the look-up of the tenant's registrations that every request not
+`local=true` makes; the federated row pays the two forwarded calls, made concurrently, and the
+merge. Each is paired with the local row, repeat by repeat.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ if TYPE_CHECKING:
     from benchmarks.runner import Bench
 
 LOCAL = "10a. query type, limit=20, local=true"
-FEDERATED = "10b. federated query over two sources, limit=20"
+UNREGISTERED = "10b. query type, limit=20, no registration"
+FEDERATED = "10c. federated query over two sources, limit=20"
 SOURCE_ENTITIES = 20
 REGISTRATION = "urn:ngsi-ld:ContextSourceRegistration:bench-{}"
 
@@ -37,7 +40,21 @@ def _load_source(server: ServerProcess, first: int) -> None:
 
 def federation_rows(bench: Bench, server: ServerProcess, backend: str, stored: int) -> list[Row]:
     local = Row(LOCAL, backend=backend)
+    unregistered = Row(UNREGISTERED, baseline=LOCAL, backend=backend)
     federated = Row(FEDERATED, baseline=LOCAL, backend=backend)
+
+    def local_sample(index: int, into: Row) -> float:
+        cpu_before = server.cpu_seconds()
+        result = bench.load(server, Workload("query_type_local", stored=stored), seed=index)
+        if result.ops:
+            into.cpu_ms.append((server.cpu_seconds() - cpu_before) * 1000 / result.ops)
+        bench.record(into, result)
+        return result.rate
+
+    def query(index: int) -> Workload:
+        return Workload("query_type", stored=stored)
+
+    bench.measure(unregistered, server, query, baseline=lambda index: local_sample(index, Row(LOCAL)))
     with ExitStack() as stack, httpx.Client(base_url=server.base, timeout=30) as http:
         sources = [stack.enter_context(cityos_server(bench.workdir, name=f"source{i}")) for i in (1, 2)]
         for index, source in enumerate(sources):
@@ -51,17 +68,8 @@ def federation_rows(bench: Bench, server: ServerProcess, backend: str, stored: i
             created = http.post(f"{API}/csourceRegistrations", json=registration)
             if created.status_code != 201:
                 federated.errors, federated.error_sample = 1, f"{created.status_code}: {created.text[:300]}"
-                return [local, federated]
+                return [local, unregistered, federated]
             stack.callback(http.delete, f"{API}/csourceRegistrations/{REGISTRATION.format(index)}")
-
-        def local_sample(index: int) -> float:
-            cpu_before = server.cpu_seconds()
-            result = bench.load(server, Workload("query_type_local", stored=stored), seed=index)
-            if result.ops:
-                local.cpu_ms.append((server.cpu_seconds() - cpu_before) * 1000 / result.ops)
-            bench.record(local, result)
-            return result.rate
-
-        bench.measure(federated, server, lambda index: Workload("query_type", stored=stored), baseline=local_sample)
+        bench.measure(federated, server, query, baseline=lambda index: local_sample(index, local))
         local.rss_mb = server.peak_rss_mb()
-    return [local, federated]
+    return [local, unregistered, federated]

@@ -272,7 +272,8 @@ async def query_entities(request: Request) -> Response:
         raise BadRequestData("geometryProperty needs Accept: application/geo+json")
     query = build_query(request, context, tenant_name)
     federated = None
-    if media != GEO_JSON and params.get("local") != "true":
+    # type=* is a local query (spec 4.3.6: every type is not asked of the sources)
+    if media != GEO_JSON and params.get("local") != "true" and params.get("type") != "*":
         federated = await forwarding.consumption(
             request,
             tenant_name,
