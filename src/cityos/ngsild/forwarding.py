@@ -54,12 +54,14 @@ def _me(request: Request) -> str:
     return request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
 
 
-def _is_local(request: Request) -> bool:
-    return request.query_params.get("local") == "true" or not access.view(request, "").unrestricted
+def _is_local(request: Request, tenant_name: str) -> bool:
+    return request.query_params.get("local") == "true" or not access.view(request, tenant_name).unrestricted
 
 
 async def _registrations(request: Request, tenant_name: str) -> list[Doc]:
-    if _is_local(request):
+    """The tenant's registrations, or none for a request that stays local (local=true, or a caller
+    the access policies restrict: remote entities are not filtered by them)."""
+    if _is_local(request, tenant_name):
         return []
     return [row.document for row in await services(request).store.list_registrations(tenant_name)]
 
