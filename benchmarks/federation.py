@@ -55,7 +55,7 @@ def federation_rows(bench: Bench, server: ServerProcess, backend: str, stored: i
         return Workload("query_type", stored=stored)
 
     bench.measure(unregistered, server, query, baseline=lambda index: local_sample(index, Row(LOCAL)))
-    with ExitStack() as stack, httpx.Client(base_url=server.base, timeout=30) as http:
+    with httpx.Client(base_url=server.base, timeout=30) as http, ExitStack() as stack:
         sources = [stack.enter_context(cityos_server(bench.workdir, name=f"source{i}")) for i in (1, 2)]
         for index, source in enumerate(sources):
             _load_source(source, stored + 1_000_000 * (index + 1))  # ids the server under test does not hold
