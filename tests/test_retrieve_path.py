@@ -106,7 +106,8 @@ def test_a_busy_loop_read_is_done_on_a_reader_thread(client: TestClient, monkeyp
     monkeypatch.setattr(store, "_read", counted)
     assert client.get(f"{ENTITIES}/{CAR}").content == expected
     assert client.get(f"{ENTITIES}/{CAR}?type=Car").content == expected  # get_entity too
-    assert len(threads) == 2 and all(name.startswith("cityos-reader") for name in threads)
+    # each retrieve reads the entity and the tenant's registrations (distributed operations, issue 16)
+    assert len(threads) == 4 and all(name.startswith("cityos-reader") for name in threads)
 
 
 def test_the_loop_connection_never_waits_for_a_lock(client: TestClient) -> None:
