@@ -28,6 +28,7 @@ from benchmarks import future
 from benchmarks.auth import auth_rows
 from benchmarks.durability import durability
 from benchmarks.entities import ENTITY_TYPE
+from benchmarks.federation import federation_rows
 from benchmarks.iot import mqtt_row
 from benchmarks.loadgen import LoadResult, LoadSpec, run_load
 from benchmarks.postgres import BenchSchema, RawPostgres, default_url, redact, unreachable
@@ -334,6 +335,8 @@ class Bench:
             self.rows += auth_rows(self, server, backend.name, url, backend.stored)
         if self.config.mqtt and self.config.selected("9"):
             self.rows.append(mqtt_row(self, backend.name, url, backend.stored))  # scenario 9: MQTT measures
+        if self.config.selected("10"):  # scenario 10: a query forwarded to two context sources
+            self.rows += federation_rows(self, server, backend.name, backend.stored)
         backend.rss_peak = server.peak_rss_mb()
 
     def multi_worker(self, backend: Backend, url: str, workers: int) -> None:

@@ -88,6 +88,10 @@ def builder(workload: Workload) -> Builder:
     def query_type(seq: int, rng: random.Random) -> Request:
         return Request("GET", _query({"type": ENTITY_TYPE, "limit": "20"}))
 
+    def query_type_local(seq: int, rng: random.Random) -> Request:
+        # the same query answered from this broker only (scenario 10's local row)
+        return Request("GET", _query({"type": ENTITY_TYPE, "limit": "20", "local": "true"}))
+
     def query_type_offset(seq: int, rng: random.Random) -> Request:
         # a page anywhere in the collection: offset paging must cost an index seek, not a walk
         offset = rng.randrange(max(1, stored - 19))
@@ -129,6 +133,7 @@ def builder(workload: Workload) -> Builder:
         "batch": batch,
         "retrieve": retrieve,
         "query_type": query_type,
+        "query_type_local": query_type_local,
         "query_type_offset": query_type_offset,
         "batch_existing": batch_existing,
         "query_q": query_q,

@@ -38,6 +38,9 @@ SCENARIOS = (
     "7a. create one entity, --durability normal",
     "7b. create one entity, --durability full",
     "9. IoT Agent MQTT measures, end to end",
+    "10a. query type, limit=20, local=true",
+    "10b. query type, limit=20, no registration",
+    "10c. federated query over two sources",
 )
 READS = ("4. retrieve entity by id", "5a. query type", "5b. query q", "5c. query geoQ", "5d. query type")
 SCALE_ROWS = (

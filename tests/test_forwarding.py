@@ -4,15 +4,15 @@ requester's tenant does not flow through a registration that names none (spec 4.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from starlette.testclient import TestClient
 
 from cityos.app import create_app
 from cityos.settings import Settings
+from notify_helpers import serving
 
 REMOTE_ID = "urn:ngsi-ld:Vehicle:remote-1"
 
@@ -41,15 +41,8 @@ class Source(BaseHTTPRequestHandler):
 @pytest.fixture
 def source() -> Iterator[str]:
     Source.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Source)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(Source) as url:
+        yield url
 
 
 def registration(endpoint: str, **extra: object) -> dict[str, object]:

@@ -106,6 +106,7 @@ def test_a_busy_loop_read_is_done_on_a_reader_thread(client: TestClient, monkeyp
     monkeypatch.setattr(store, "_read", counted)
     assert client.get(f"{ENTITIES}/{CAR}").content == expected
     assert client.get(f"{ENTITIES}/{CAR}?type=Car").content == expected  # get_entity too
+    # the tenant's registrations (distributed operations) were kept by the first read: entity reads only
     assert len(threads) == 2 and all(name.startswith("cityos-reader") for name in threads)
 
 

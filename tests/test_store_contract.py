@@ -639,6 +639,51 @@ def test_registrations_round_trip(backend: Backend) -> None:
     assert run(store.list_registrations("nobody")) == []
 
 
+def test_registrations_are_kept_and_forgotten(backend: Backend) -> None:
+    """The registrations a store keeps in memory (store/registration_cache.py) follow its own writes
+    at once, and each caller gets documents of its own."""
+    store, run = backend.store, backend.run
+    assert run(store.list_registrations("t")) == []  # kept: no registration
+    run(store.save_registration(RegistrationRow("t", "urn:reg:1", {"endpoint": "a"}), create=True))
+    first = run(store.list_registrations("t"))
+    assert [(r.id, r.document) for r in first] == [("urn:reg:1", {"endpoint": "a"})]
+    first[0].document["endpoint"] = "changed by a caller"
+    assert run(store.list_registrations("t"))[0].document == {"endpoint": "a"}
+    with pytest.raises(AlreadyExists):  # a failed write forgets too, and changes nothing
+        run(store.save_registration(RegistrationRow("t", "urn:reg:1", {"endpoint": "x"}), create=True))
+    run(store.save_registration(RegistrationRow("t", "urn:reg:1", {"endpoint": "b"}), create=False))
+    assert [r.document for r in run(store.list_registrations("t"))] == [{"endpoint": "b"}]
+    assert run(store.delete_registration("t", "urn:reg:1"))
+    assert run(store.list_registrations("t")) == []
+
+
+def test_postgres_workers_forget_registrations_another_worker_changed(postgres_skip_reason: str | None) -> None:
+    with postgres_workers(postgres_skip_reason) as (loop, (writer, reader)):
+        run = loop.run_until_complete
+        for worker in (writer, reader):
+            run(asyncio.wait_for(worker._events.listening.wait(), 10))
+        assert run(reader.list_registrations("t")) == []  # kept by the reader
+
+        async def seen(expected: list[str]) -> list[str]:
+            for _ in range(100):
+                ids = [r.id for r in await reader.list_registrations("t")]
+                if ids == expected:
+                    break
+                await asyncio.sleep(0.05)
+            return ids
+
+        run(writer.save_registration(RegistrationRow("t", "urn:reg:1", {"endpoint": "a"}), create=True))
+        assert run(seen(["urn:reg:1"])) == ["urn:reg:1"]
+        run(writer.save_registration(RegistrationRow("t", "urn:reg:1", {"endpoint": "b"}), create=False))
+        for _ in range(100):
+            if run(reader.list_registrations("t"))[0].document == {"endpoint": "b"}:
+                break
+            run(asyncio.sleep(0.05))
+        assert run(reader.list_registrations("t"))[0].document == {"endpoint": "b"}
+        assert run(writer.delete_registration("t", "urn:reg:1"))
+        assert run(seen([])) == []
+
+
 def test_entity_maps_round_trip(backend: Backend) -> None:
     store, run = backend.store, backend.run
     later = datetime(2999, 1, 1, 12, 30, 15, 250000, tzinfo=UTC)

@@ -42,10 +42,12 @@ from cityos.errors import (
     ResourceNotFound,
     log_failure,
 )
+from cityos.federation.client import Forwarder
 from cityos.ingest.service import IngestService
 from cityos.last_resort import LastResort, answer_unexpected, report
 from cityos.lifeline import exit_with_supervisor
 from cityos.logs import configure as configure_logging
+from cityos.net import OutboundPolicy
 from cityos.ngsild import (
     batch,
     contexts,
@@ -360,6 +362,14 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         services.principals = identity.authenticator
     dataspace = _dataspace(settings, services, policies, pipeline)
 
+    # calls to registered context sources (distributed operations): one bounded pool
+    federation = Forwarder(
+        OutboundPolicy(
+            allow_private_networks=settings.allow_private_networks,
+            timeout=settings.notification_timeout,
+            max_bytes=settings.notification_max_bytes,
+        )
+    )
     startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
     snapshot_fills = snapshots_http.SnapshotFills()  # snapshots being made in the background
     csource = CSourceSubscriptions(services.store, registry, None)
@@ -378,6 +388,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     async def _start(stack: contextlib.AsyncExitStack) -> None:
         """Each step pushes its undoing on `stack`, so a failed start-up undoes the steps before."""
         stack.push_async_callback(registry.aclose)
+        stack.push_async_callback(federation.aclose)
         if not identity.required:
             log.warning(
                 "auth is off: anyone who reaches http://%s:%d may read and change everything"
@@ -442,6 +453,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     quick_requests(app.router.routes)  # handlers get a CityRequest (serving/requests.py)
     index_routes(app.router)  # a request tries only the routes its path can match (serving/routing.py)
     app.state.services = services
+    app.state.federation = federation
     app.state.subscriptions = pipeline.subscriptions
     app.state.csource = csource
     pipeline.subscriptions.access_source = services  # notifications are screened with its policies

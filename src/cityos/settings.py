@@ -179,8 +179,16 @@ class Settings:
         "Deepest nesting of arrays and objects accepted in a JSON body (400 past it); orjson's own limit is 1024.",
     )
     core_context: str = _setting("v1.9", "Version of the ETSI core @context applied by default: v1.9 or v1.8.")
-    notification_timeout: float = _setting(10.0, "Seconds allowed for one notification (connect, send, answer).")
-    notification_max_bytes: int = _setting(4_194_304, "Largest notification sent, in bytes; a larger one is dropped.")
+    notification_timeout: float = _setting(
+        10.0,
+        "Seconds allowed for one notification (connect, send, answer), and for one request forwarded"
+        " to a context source.",
+    )
+    notification_max_bytes: int = _setting(
+        4_194_304,
+        "Largest notification sent, in bytes; a larger one is dropped. Also the largest answer taken"
+        " from a context source.",
+    )
     notification_max_attempts: int = _setting(
         10, "Delivery attempts per notification before it is given up (the first try included)."
     )

@@ -17,7 +17,7 @@ from cityos.entities import update
 from cityos.entities.model import parse_entity, parse_fragment
 from cityos.entities.values import now, require_uri
 from cityos.errors import BadRequestData, NgsiLdError
-from cityos.ngsild import access
+from cityos.ngsild import access, forwarding
 from cityos.ngsild.common import (
     body_context,
     check_params,
@@ -45,6 +45,7 @@ class BatchReport:
         self.errors: list[dict[str, Any]] = []
         self.created: list[str] = []
         self.partial = False
+        self.forwarded: set[str] = set()  # ids a context source took: attributes it updated count as updated
         self._succeeded: set[str] = set()
         self._created: set[str] = set()
 
@@ -104,7 +105,7 @@ async def _run(
         report.succeed(result.entity_id)
         if outcome.created:
             report.create(result.entity_id)
-        if outcome.not_updated:
+        if outcome.not_updated and result.entity_id not in report.forwarded:
             report.partial = True
 
 
@@ -126,6 +127,23 @@ async def _prepare(
     return planned
 
 
+async def _forward(
+    request: Request, tenant_name: str, kind: str, items: list[Any], media: str, report: BatchReport
+) -> list[Any]:
+    """Send the parts registered context sources take (spec 4.3.6, D.4); the rest stays local."""
+
+    async def context_of(item: Any) -> Any:
+        return await body_context(request, item, media, tenant_name=tenant_name)
+
+    local, errors, taken, report.forwarded = await forwarding.batch(request, tenant_name, kind, items, context_of)
+    report.errors.extend(errors)
+    failed = {e["entityId"] for e in errors}
+    for entity_id in taken:
+        if entity_id not in failed:
+            report.succeed(entity_id)
+    return local
+
+
 def _finish(report: BatchReport, *, success_status: int, body_on_success: Any = None) -> Response:
     if report.errors or report.partial:
         return json_response(report.body(), status=207)
@@ -140,6 +158,7 @@ async def batch_create(request: Request) -> Response:
     tenant_name = tenant(request)
     report = BatchReport()
     stamp = now()
+    items = await _forward(request, tenant_name, "create", items, media, report)
 
     def build(item: Any, context: Any) -> tuple[str, update.Mutator]:
         entity = parse_entity(item, context.terms, stamp=stamp)
@@ -159,6 +178,7 @@ async def batch_upsert(request: Request) -> Response:
     tenant_name = tenant(request)
     report = BatchReport()
     stamp = now()
+    items = await _forward(request, tenant_name, "upsert", items, media, report)
 
     def build(item: Any, context: Any) -> tuple[str, update.Mutator]:
         entity = parse_entity(item, context.terms, stamp=stamp)
@@ -172,12 +192,13 @@ async def batch_upsert(request: Request) -> Response:
     return no_content()
 
 
-async def _fragment_batch(request: Request, nulls: str, mutator: Any) -> Response:
+async def _fragment_batch(request: Request, nulls: str, mutator: Any, kind: str) -> Response:
     """Batch update and merge: each item is a fragment of an existing entity."""
     items, media = await _entities(request)
     tenant_name = tenant(request)
     report = BatchReport()
     stamp = now()
+    items = await _forward(request, tenant_name, kind, items, media, report)
 
     def build(item: Any, context: Any) -> tuple[str, update.Mutator]:
         fragment = parse_fragment(item, context.terms, stamp=stamp, nulls=nulls)
@@ -197,19 +218,21 @@ async def batch_update(request: Request) -> Response:
         request,
         "instance",
         lambda entity_id, fragment: update.update_attrs(entity_id, fragment, no_overwrite=no_overwrite),
+        "update",
     )
 
 
 async def batch_merge(request: Request) -> Response:
     check_params(request, ("options", "local", "format"))
-    return await _fragment_batch(request, "deep", update.merge)
+    return await _fragment_batch(request, "deep", update.merge, "merge")
 
 
 async def batch_delete(request: Request) -> Response:
     check_params(request, ("local",))
-    items, _media = await _entities(request)
+    items, media = await _entities(request)
     tenant_name = await existing_tenant(request)
     report = BatchReport()
+    items = await _forward(request, tenant_name, "delete", items, media, report)
     planned: list[tuple[str, update.Mutator]] = []
     for item in items:
         try:

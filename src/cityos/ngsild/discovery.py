@@ -14,9 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cityos.errors import ResourceNotFound
 from cityos.jsonld.registry import ResolvedContext
-from cityos.ngsild import access
+from cityos.ngsild import access, forwarding
 from cityos.ngsild.common import (
     accept,
     check_params,
@@ -31,7 +30,7 @@ TYPES = BASE + "/types"
 ATTRIBUTES = BASE + "/attributes"
 LIST_TYPES_PARAMS = ("details", "local")
 LIST_ATTRIBUTES_PARAMS = ("details", "local", "count")  # count: defined by 6.3.20 for /attributes, no effect
-ONE_PARAMS = ("local",)  # local=true changes nothing: this broker answers from its own store only
+ONE_PARAMS = ("local",)  # local=true: this broker's store only, no context source is asked (4.3.6.4)
 
 
 def _path_name(request: Request, collection: str) -> str:
@@ -77,7 +76,18 @@ async def list_types(request: Request) -> Response:
     else:
         types = await store.entity_types(tenant_name)
         body = {"id": _list_id("EntityTypeList"), "type": "EntityTypeList", "typeList": [compact(t) for t in types]}
-    return json_response(body, media=media, context=context)
+    operation = "retrieveEntityTypeDetails" if details else "retrieveEntityTypes"
+    return await _answer(request, tenant_name, context, operation, body, media)
+
+
+async def _answer(
+    request: Request, tenant_name: str, context: ResolvedContext, operation: str, local: object, media: str
+) -> Response:
+    """The local answer with the registered context sources' merged in (distributed discovery)."""
+    body, answers = await forwarding.discovery(request, tenant_name, context, operation, local)
+    if body is None:
+        raise forwarding.NotFoundWithWarnings(f"{request.url.path} does not exist", forwarding.warnings_of(answers))
+    return forwarding.with_warnings(json_response(body, media=media, context=context), answers)
 
 
 async def type_info(request: Request) -> Response:
@@ -88,7 +98,7 @@ async def type_info(request: Request) -> Response:
         tenant_name, context.terms.expand(name)
     )
     if stats is None:
-        raise ResourceNotFound(f"no entity of type {name} exists")
+        return await _answer(request, tenant_name, context, "retrieveEntityTypeInfo", None, media)
     compact = context.terms.compact
     body = {
         "id": stats.type,
@@ -123,7 +133,8 @@ async def list_attributes(request: Request) -> Response:
     else:
         attrs = await store.attribute_names(tenant_name)
         body = {"id": _list_id("AttributeList"), "type": "AttributeList", "attributeList": [compact(a) for a in attrs]}
-    return json_response(body, media=media, context=context)
+    operation = "retrieveAttrTypeDetails" if details else "retrieveAttrTypes"
+    return await _answer(request, tenant_name, context, operation, body, media)
 
 
 async def attribute_info(request: Request) -> Response:
@@ -134,7 +145,7 @@ async def attribute_info(request: Request) -> Response:
     catalog = await access.catalog(request, tenant_name)
     stats = await catalog.attribute_stats(tenant_name, context.terms.expand(name))
     if stats is None:
-        raise ResourceNotFound(f"no entity has an attribute {name}")
+        return await _answer(request, tenant_name, context, "retrieveAttrTypeInfo", None, media)
     compact = context.terms.compact
     body = {
         "id": stats.attr,

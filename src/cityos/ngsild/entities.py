@@ -27,7 +27,7 @@ from cityos.entities.render_cache import HIDDEN, render_one
 from cityos.entities.values import check_name, now, require_uri
 from cityos.errors import BadRequestData, InvalidRequest, NgsiLdError, ResourceNotFound
 from cityos.jsonld.registry import ResolvedContext
-from cityos.ngsild import access, entity_maps
+from cityos.ngsild import access, entity_maps, forwarding
 from cityos.ngsild.common import (
     accept,
     body_context,
@@ -45,7 +45,6 @@ from cityos.ngsild.common import (
     services,
     tenant,
 )
-from cityos.ngsild.forwarding import forward_retrieve
 from cityos.ngsild.join import JoinPlan, join_plan, render_joined
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
 from cityos.ngsild.querying import plain_params, purge_entities, query_entities, type_filter
@@ -223,10 +222,19 @@ async def create_entity(request: Request) -> Response:
         raise InvalidRequest("the entity must be a JSON object")
     tenant_name = tenant(request)
     context = await body_context(request, body, media, tenant_name=tenant_name)
-    entity = parse_entity(body, context.terms, stamp=now())
-    await _mutate_one(request, tenant_name, entity["id"], update.create(entity))
+    stamp = now()
+    entity = parse_entity(body, context.terms, stamp=stamp)
     location = f"{BASE}/entities/" + quote(entity["id"], safe=":;=@!$&'()*+,~-._")
-    return Response(status_code=201, headers={"Location": location})
+
+    async def local(part: Any) -> Response:
+        own = entity if part is body else parse_entity(part, context.terms, stamp=stamp)
+        await _mutate_one(request, tenant_name, entity["id"], update.create(own))
+        return Response(status_code=201, headers={"Location": location})
+
+    created = lambda: Response(status_code=201, headers={"Location": location})  # noqa: E731
+    return await forwarding.run_write(
+        request, tenant_name, "createEntity", entity["id"], body, context, local, created, types=entity["type"]
+    )
 
 
 async def retrieve_entity(request: Request) -> Response:
@@ -241,6 +249,25 @@ async def retrieve_entity(request: Request) -> Response:
         raise BadRequestData("geometryProperty needs Accept: application/geo+json")
     read = access.view(request, tenant_name)
     store = services(request).store
+    if read.unrestricted and media != GEO_JSON and params.get("local") != "true":
+        federated = await forwarding.consumption(
+            request,
+            tenant_name,
+            context,
+            forwarding.READ_VIA,
+            ids=[entity_id],
+            types=type_filter(params["type"], context) if params.get("type") else None,
+            attrs=params["attrs"].split(",") if params.get("attrs") else None,
+        )
+        if federated is not None:
+            found_here = await store.get_entity(tenant_name, entity_id)
+            local = render_entity(found_here, render) if found_here is not None else None
+            merged, answers = await forwarding.retrieve(federated, entity_id, local or None)
+            if merged is None:
+                raise forwarding.NotFoundWithWarnings(
+                    f"entity {entity_id} does not exist", forwarding.warnings_of(answers)
+                )
+            return forwarding.with_warnings(json_response(merged, media=media, context=context), answers)
     cached = read.unrestricted or access.renders_cached(read)  # auth off: no call
     if cached and media != GEO_JSON and not render.attrs and _plain_read(request, params):
         # the common read: rendered from the stored document through the render cache, under a
@@ -262,11 +289,7 @@ async def retrieve_entity(request: Request) -> Response:
     else:
         entity = await store.get_entity(tenant_name, entity_id)
     if entity is None:
-        # a remote entity is not filtered by the policies: a restricted caller is not forwarded
-        remote = await forward_retrieve(request, tenant_name, entity_id) if read.unrestricted else None
-        if remote is None:
-            raise ResourceNotFound(f"entity {entity_id} does not exist")
-        return json_response(remote, media=media, context=context)
+        raise ResourceNotFound(f"entity {entity_id} does not exist")
     if not read.unrestricted:  # auth off: no coroutine to make (this is the hottest read)
         entity = await access.visible_or_404(request, tenant_name, read, entity)
     type_param = params.get("type")
@@ -340,25 +363,47 @@ async def replace_entity(request: Request) -> Response:
     if isinstance(body, dict):
         update.check_same_id(body.get("id"), entity_id)
         body = {**body, "id": entity_id}
-    entity = parse_entity(body, context.terms, stamp=now())
-    await _mutate_one(request, tenant_name, entity_id, update.replace(entity))
-    return no_content()
+    stamp = now()
+    entity = parse_entity(body, context.terms, stamp=stamp)
+
+    async def local(part: Any) -> Response:
+        own = entity if part is body else parse_entity(part, context.terms, stamp=stamp)
+        await _mutate_one(request, tenant_name, entity_id, update.replace(own))
+        return no_content()
+
+    return await forwarding.run_write(
+        request, tenant_name, "replaceEntity", entity_id, body, context, local, no_content, types=entity["type"]
+    )
 
 
 async def merge_entity(request: Request) -> Response:
     write = await entity_write(request, ("local", "options", "format"), merge_patch=True)
     entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
-    fragment = parse_fragment(body, context.terms, stamp=now(), nulls="deep", path_id=entity_id)
-    await _mutate_one(request, tenant_name, entity_id, update.merge(entity_id, fragment))
-    return no_content()
+    stamp = now()
+    fragment = parse_fragment(body, context.terms, stamp=stamp, nulls="deep", path_id=entity_id)
+
+    async def local(part: Any) -> Response:
+        own = (
+            fragment
+            if part is body
+            else parse_fragment(part, context.terms, stamp=stamp, nulls="deep", path_id=entity_id)
+        )
+        await _mutate_one(request, tenant_name, entity_id, update.merge(entity_id, own))
+        return no_content()
+
+    return await forwarding.run_write(request, tenant_name, "mergeEntity", entity_id, body, context, local, no_content)
 
 
 async def delete_entity(request: Request) -> Response:
     check_params(request, ("local", "type"))
     entity_id = _entity_id(request)
     tenant_name = await existing_tenant(request)
-    await _mutate_one(request, tenant_name, entity_id, update.delete(entity_id))
-    return no_content()
+
+    async def local(_: Any) -> Response:
+        await _mutate_one(request, tenant_name, entity_id, update.delete(entity_id))
+        return no_content()
+
+    return await forwarding.run_write(request, tenant_name, "deleteEntity", entity_id, None, None, local, no_content)
 
 
 # -- /entities/{id}/attrs ---------------------------------------------------------------------------
@@ -366,22 +411,29 @@ async def append_attributes(request: Request) -> Response:
     no_overwrite = "noOverwrite" in options(request, ("noOverwrite",))
     write = await entity_write(request, ("options", "local", "type"))
     entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
-    fragment = parse_fragment(body, context.terms, stamp=now(), path_id=entity_id)
-    result = await _mutate_one(
-        request,
-        tenant_name,
-        entity_id,
-        update.append(entity_id, fragment, no_overwrite=no_overwrite, add_types=True),
-    )
-    return _partial_result(result, context)
+    stamp = now()
+    fragment = parse_fragment(body, context.terms, stamp=stamp, path_id=entity_id)
+
+    async def local(part: Any) -> Response:
+        own = fragment if part is body else parse_fragment(part, context.terms, stamp=stamp, path_id=entity_id)
+        mutator = update.append(entity_id, own, no_overwrite=no_overwrite, add_types=True)
+        return _partial_result(await _mutate_one(request, tenant_name, entity_id, mutator), context)
+
+    return await forwarding.run_write(request, tenant_name, "appendAttrs", entity_id, body, context, local, no_content)
 
 
 async def update_attributes(request: Request) -> Response:
     write = await entity_write(request, ("options", "local", "type"), merge_patch=True)
     entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
-    fragment = parse_fragment(body, context.terms, stamp=now(), path_id=entity_id)
-    result = await _mutate_one(request, tenant_name, entity_id, update.update_attrs(entity_id, fragment))
-    return _partial_result(result, context)
+    stamp = now()
+    fragment = parse_fragment(body, context.terms, stamp=stamp, path_id=entity_id)
+
+    async def local(part: Any) -> Response:
+        own = fragment if part is body else parse_fragment(part, context.terms, stamp=stamp, path_id=entity_id)
+        result = await _mutate_one(request, tenant_name, entity_id, update.update_attrs(entity_id, own))
+        return _partial_result(result, context)
+
+    return await forwarding.run_write(request, tenant_name, "updateAttrs", entity_id, body, context, local, no_content)
 
 
 async def partial_attribute_update(request: Request) -> Response:
@@ -404,17 +456,22 @@ async def partial_attribute_update(request: Request) -> Response:
         patch.pop("datasetId", None)
         return patch
 
-    if "type" in fragment or (has_query(request) and "type" in request.query_params):
-        kind = None
-        if "type" not in fragment:
-            kind = _attribute_type(await services(request).store.get_entity(tenant_name, entity_id), attr)
-        patch = parse(kind)
-        await _mutate_one(request, tenant_name, entity_id, update.partial_update(entity_id, attr, patch, dataset))
-    else:
-        check = access.writes(request, tenant_name)
-        mutator = _typed_in_transaction(entity_id, attr, dataset, (name, fragment, parse), check)
-        await _run_one(request, tenant_name, entity_id, mutator)
-    return no_content()
+    async def local(_: Any) -> Response:
+        if "type" in fragment or (has_query(request) and "type" in request.query_params):
+            kind = None
+            if "type" not in fragment:
+                kind = _attribute_type(await services(request).store.get_entity(tenant_name, entity_id), attr)
+            patch = parse(kind)
+            await _mutate_one(request, tenant_name, entity_id, update.partial_update(entity_id, attr, patch, dataset))
+        else:
+            check = access.writes(request, tenant_name)
+            mutator = _typed_in_transaction(entity_id, attr, dataset, (name, fragment, parse), check)
+            await _run_one(request, tenant_name, entity_id, mutator)
+        return no_content()
+
+    return await forwarding.run_write(
+        request, tenant_name, "updateAttrs", entity_id, body, context, local, no_content, attr=attr
+    )
 
 
 def _attribute_type(current: Entity | None, attr: str) -> str | None:
@@ -463,8 +520,14 @@ async def replace_attribute(request: Request) -> Response:
     if isinstance(body, dict):
         body = {k: v for k, v in body.items() if k != "@context"}
     instances = parse_attribute(request.path_params["attr"], body, context.terms, stamp=now())
-    await _mutate_one(request, tenant_name, entity_id, update.replace_attr(entity_id, attr, instances))
-    return no_content()
+
+    async def local(_: Any) -> Response:
+        await _mutate_one(request, tenant_name, entity_id, update.replace_attr(entity_id, attr, instances))
+        return no_content()
+
+    return await forwarding.run_write(
+        request, tenant_name, "replaceAttrs", entity_id, body, context, local, no_content, attr=attr
+    )
 
 
 async def delete_attribute(request: Request) -> Response:
@@ -481,15 +544,21 @@ async def delete_attribute(request: Request) -> Response:
     else:
         attr = _attr_iri(request, context)
         mutator = update.delete_attr(entity_id, attr, dataset=dataset, delete_all=delete_all, stamp=now())
-    try:
-        await _mutate_one(request, tenant_name, entity_id, mutator)
-    except access.HiddenEntity:
-        raise
-    except ResourceNotFound:
-        store = services(request).store
-        if not await record_deletion(store, tenant_name, entity_id, attr, dataset=dataset, delete_all=delete_all):
+
+    async def local(_: Any) -> Response:
+        try:
+            await _mutate_one(request, tenant_name, entity_id, mutator)
+        except access.HiddenEntity:
             raise
-    return no_content()
+        except ResourceNotFound:
+            store = services(request).store
+            if not await record_deletion(store, tenant_name, entity_id, attr, dataset=dataset, delete_all=delete_all):
+                raise
+        return no_content()
+
+    return await forwarding.run_write(
+        request, tenant_name, "deleteAttrs", entity_id, None, context, local, no_content, attr=attr
+    )
 
 
 async def missing_entity_id(request: Request) -> Response:

@@ -18,7 +18,7 @@ from cityos.entities.render_cache import render_page
 from cityos.entities.values import MAX_SAFE_INTEGER, now, require_uri
 from cityos.errors import BadRequestData, TooManyResults
 from cityos.jsonld.registry import ResolvedContext
-from cityos.ngsild import access
+from cityos.ngsild import access, forwarding
 from cityos.ngsild.common import (
     accept,
     body_context,
@@ -76,6 +76,7 @@ QUERY_PARAMS = (
     "datasetId",
     "via",
     "contextSourceTimeAt",
+    "splitEntities",
 )
 PURGE_PARAMS = (
     "id",
@@ -291,7 +292,24 @@ async def query_entities(request: Request) -> Response:
     if media != GEO_JSON and params.get("geometryProperty") is not None:
         raise BadRequestData("geometryProperty needs Accept: application/geo+json")
     query = build_query(request, context, tenant_name)
-    return await run_query(request, tenant_name, context, query, media)
+    federated = None
+    # type=* is a local query (spec 4.3.6: every type is not asked of the sources)
+    if media != GEO_JSON and params.get("local") != "true" and params.get("type") != "*":
+        federated = await forwarding.consumption(
+            request,
+            tenant_name,
+            context,
+            ("queryEntity", "queryBatch"),
+            ids=params["id"].split(",") if params.get("id") else None,
+            types=type_filter(params["type"], context) if params.get("type") else None,
+            attrs=params["attrs"].split(",") if params.get("attrs") else None,
+        )
+    if federated is not None and params.get("orderBy") is not None:
+        raise BadRequestData("orderBy is not supported on a distributed query: add local=true (spec 4.23)")
+    response = await run_query(request, tenant_name, context, query, media)
+    if federated is None:
+        return response
+    return await forwarding.query_response(federated, response, media, list(request.query_params.multi_items()))
 
 
 @budget.per_request  # the store, join and rendering share one --query-timeout
@@ -359,6 +377,14 @@ async def purge_entities(request: Request) -> Response:
         raise BadRequestData("keep and drop cannot be used together")
     check_not_too_wide(request, purge=True)
     query = build_query(request, context, tenant_name)  # validates q (and refuses linked-entity paths) before deleting
+    types = type_filter(params["type"], context) if params.get("type") else None
+    return await forwarding.run_purge(
+        request, tenant_name, context, types, lambda _: _purge_here(request, tenant_name, context, query), no_content
+    )
+
+
+async def _purge_here(request: Request, tenant_name: str, context: ResolvedContext, query: EntityQuery) -> Response:
+    """The local part of DELETE /entities."""
     result = await services(request).store.query_entities(tenant_name, access.restricted(request, tenant_name, query))
     keep = csv_param(request, "keep")
     drop = csv_param(request, "drop")
@@ -466,4 +492,21 @@ async def query_post(request: Request) -> Response:
             origin=coordinates,
             geometry=order.get("geometry", "Point"),
         )
-    return await run_query(request, tenant_name, context, query, media, params)
+    federated = None
+    if media != GEO_JSON and params.get("local") != "true" and body.get("local") is not True:
+        selectors = [s for s in entities or [] if isinstance(s, dict)]
+        federated = await forwarding.consumption(
+            request,
+            tenant_name,
+            context,
+            ("queryBatch", "queryEntity"),
+            ids=[s["id"] for s in selectors if isinstance(s.get("id"), str)] or None,
+            types=[context.terms.expand(s["type"]) for s in selectors if isinstance(s.get("type"), str)] or None,
+            attrs=params["attrs"].split(",") if "attrs" in params else None,
+        )
+    if federated is not None and body.get("ordering") is not None:
+        raise BadRequestData("ordering is not supported on a distributed query: add local=true (spec 4.23)")
+    response = await run_query(request, tenant_name, context, query, media, params)
+    if federated is None:
+        return response
+    return await forwarding.query_response(federated, response, media, list(request.query_params.multi_items()), body)

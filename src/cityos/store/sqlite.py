@@ -30,6 +30,7 @@ from cityos.store.base import (
     ChangeListener,
 )
 from cityos.store.fair import FairShare
+from cityos.store.registration_cache import RegistrationCache
 from cityos.store.sqlite_audit import AUDIT_SCHEMA, SQLiteAudit, seal_into
 from cityos.store.sqlite_catalog import SQLiteCatalog
 from cityos.store.sqlite_checkpoint import BACKSTOP_PAGES, Checkpointer
@@ -193,6 +194,7 @@ class SQLiteStore(
         reader_cache_mb: int = READER_CACHE_MB,
     ) -> None:
         self.path = path
+        self.registrations_kept = RegistrationCache()  # one process writes the file (docs/deployment.md)
         self.writer_cache_mb = writer_cache_mb
         self.reader_cache_mb = reader_cache_mb  # also the loop's reader and the checkpointer
         self.durability = durability  # "normal" or "full": PRAGMA synchronous of every connection

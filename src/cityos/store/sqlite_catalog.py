@@ -28,6 +28,7 @@ from cityos.store.base import (
     StoredContextRow,
     SubscriptionRow,
 )
+from cityos.store.registration_cache import RegistrationCache
 from cityos.store.sqlite_layout import NAME_ID
 
 T = TypeVar("T")
@@ -36,6 +37,8 @@ VISIBLE = "e.tenant = ? AND (e.expires_at IS NULL OR e.expires_at > ?)"
 
 class SQLiteCatalog:
     """Catalogue methods of the storage contract, mixed into SQLiteStore."""
+
+    registrations_kept: RegistrationCache  # made by SQLiteStore.__init__
 
     if TYPE_CHECKING:
 
@@ -187,7 +190,10 @@ class SQLiteCatalog:
                 raise AlreadyExists(f"context source registration {row.id} already exists") from exc
             self._audit_note(lambda: audit_row("registration.create", row.tenant, [row.id]))
 
-        await self._write(run)
+        try:
+            await self._write(run)
+        finally:
+            self.registrations_kept.forget(row.tenant)
 
     async def get_registration(self, tenant: str, registration_id: str) -> RegistrationRow | None:
         sql = "SELECT doc FROM registrations WHERE tenant = ? AND id = ?"
@@ -206,15 +212,22 @@ class SQLiteCatalog:
             return True
 
         sql = "DELETE FROM registrations WHERE tenant = ? AND id = ?"
-        return await self._write(run)
+        try:
+            return await self._write(run)
+        finally:
+            self.registrations_kept.forget(tenant)
 
     async def list_registrations(self, tenant: str) -> list[RegistrationRow]:
+        kept = self.registrations_kept.get(tenant)
+        if kept is not None:
+            return kept
         sql = "SELECT id, doc FROM registrations WHERE tenant = ? ORDER BY pk"
+        generation = self.registrations_kept.generation
 
-        def run(connection: sqlite3.Connection) -> list[RegistrationRow]:
-            return [RegistrationRow(tenant, i, orjson.loads(d)) for i, d in connection.execute(sql, (tenant,))]
+        def run(connection: sqlite3.Connection) -> list[tuple[str, bytes]]:
+            return [(i, d.encode() if isinstance(d, str) else d) for i, d in connection.execute(sql, (tenant,))]
 
-        return await self._read(run)
+        return self.registrations_kept.keep(tenant, await self._read(run), generation)
 
     # -- entity maps ---------------------------------------------------------------------------------
     async def save_entity_map(self, tenant: str, entity_map: EntityMap) -> None:

@@ -31,6 +31,7 @@ from cityos.store.base import (
 )
 from cityos.store.postgres.busy import read_again_once
 from cityos.store.postgres.outbox import TENANT_INSERT, PostgresOutbox
+from cityos.store.registration_cache import REGISTRATION_EVENT, RegistrationCache
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
@@ -43,6 +44,8 @@ C = 'COLLATE "C"'  # code point order, whatever the database's locale
 
 class PostgresCatalog(PostgresOutbox):
     """Catalogue methods of the storage contract, mixed into PostgresStore."""
+
+    registrations_kept: RegistrationCache  # made by PostgresStore.__init__, forgotten on other workers' events
 
     if TYPE_CHECKING:
         query_timeout: float
@@ -62,6 +65,7 @@ class PostgresCatalog(PostgresOutbox):
                 )
                 if status != "UPDATE 0":
                     await self._audit_after(connection, lambda: audit_row("registration.update", row.tenant, [row.id]))
+                    await self._notify(connection, StoreEvent(REGISTRATION_EVENT, row.tenant, row.id))
                 return
             await connection.execute(TENANT_INSERT, row.tenant)
             saved = await connection.fetchval(
@@ -74,8 +78,12 @@ class PostgresCatalog(PostgresOutbox):
             if not saved:
                 raise AlreadyExists(f"context source registration {row.id} already exists")
             await self._audit_after(connection, lambda: audit_row("registration.create", row.tenant, [row.id]))
+            await self._notify(connection, StoreEvent(REGISTRATION_EVENT, row.tenant, row.id))
 
-        await self._write(work)
+        try:
+            await self._write(work)
+        finally:
+            self.registrations_kept.forget(row.tenant)
 
     @read_again_once
     async def get_registration(self, tenant: str, registration_id: str) -> RegistrationRow | None:
@@ -91,14 +99,25 @@ class PostgresCatalog(PostgresOutbox):
             )
             if deleted:
                 await self._audit_after(connection, lambda: audit_row("registration.delete", tenant, [registration_id]))
+                await self._notify(connection, StoreEvent(REGISTRATION_EVENT, tenant, registration_id))
             return bool(deleted)
 
-        return await self._write(work)
+        try:
+            return await self._write(work)
+        finally:
+            self.registrations_kept.forget(tenant)
+
+    async def list_registrations(self, tenant: str) -> list[RegistrationRow]:
+        kept = self.registrations_kept.get(tenant)
+        if kept is not None:
+            return kept
+        generation = self.registrations_kept.generation
+        return self.registrations_kept.keep(tenant, await self._registration_rows(tenant), generation)
 
     @read_again_once
-    async def list_registrations(self, tenant: str) -> list[RegistrationRow]:
+    async def _registration_rows(self, tenant: str) -> list[tuple[str, bytes]]:
         rows = await self.pool.fetch("SELECT id, doc FROM registrations WHERE tenant = $1 ORDER BY pk", tenant)
-        return [RegistrationRow(tenant, r["id"], orjson.loads(r["doc"])) for r in rows]
+        return [(r["id"], r["doc"].encode()) for r in rows]
 
     # -- entity maps ---------------------------------------------------------------------------------
     async def save_entity_map(self, tenant: str, entity_map: EntityMap) -> None:

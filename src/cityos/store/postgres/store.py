@@ -46,7 +46,7 @@ from cityos.store.postgres.audit import PostgresAudit
 from cityos.store.postgres.busy import read_again_once, session_settings
 from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.dataspace import PostgresDataspace
-from cityos.store.postgres.events import EventFollower, channel_for, notify
+from cityos.store.postgres.events import RESYNC, EventFollower, channel_for, notify
 from cityos.store.postgres.identity import PostgresIdentity
 from cityos.store.postgres.lane import Lane, lane_size
 from cityos.store.postgres.outbox import subscription_rows
@@ -65,6 +65,7 @@ from cityos.store.postgres.snapshots import PostgresSnapshots
 from cityos.store.postgres.sql import Params, access_in_python, matches_in_python, near_point, where
 from cityos.store.postgres.temporal import PostgresTemporal
 from cityos.store.postgres.writes import PostgresWrites
+from cityos.store.registration_cache import REGISTRATION_EVENT, RegistrationCache
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
@@ -140,6 +141,9 @@ class PostgresStore(
         # listeners and query predicates run here, one at a time, as on SQLite's writer thread
         self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cityos-pg-sync")
         self._events = EventFollower(dsn, self.worker_id)
+        self._events.listener = self._on_event
+        self._event_listener: EventListener | None = None
+        self.registrations_kept = RegistrationCache()
         self._refresher: Callable[[list[SubscriptionRow]], Awaitable[None]] | None = None
         self._subscriptions_seen = -1  # the catalogue version the refresher last loaded
         self._refreshing = asyncio.Lock()
@@ -199,7 +203,14 @@ class PostgresStore(
         self._listeners = listeners
 
     def set_event_listener(self, listener: EventListener | None) -> None:
-        self._events.listener = listener
+        self._event_listener = listener
+
+    def _on_event(self, event: StoreEvent) -> None:
+        """Another worker's write: the store's own caches first, then the app's listener."""
+        if event.kind in (REGISTRATION_EVENT, RESYNC):
+            self.registrations_kept.forget(event.tenant if event.kind == REGISTRATION_EVENT else None)
+        if self._event_listener is not None:
+            self._event_listener(event)
 
     def set_catalog_refresher(self, refresher: Callable[[list[SubscriptionRow]], Awaitable[None]] | None) -> None:
         self._refresher = refresher
