@@ -284,7 +284,7 @@ def test_bad_sources_cost_only_their_part(db_url: str, misbehaving: str, nodes: 
     settings = Settings(database=db_url, allow_private_networks=True, notification_max_bytes=100_000)
     with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
         assert client.post(ENTITIES, json=entity("urn:ngsi-ld:Car:here", "Car", brand="Kia")).status_code == 201
-        register(client, registration(f"{misbehaving}/slow", "slow", "Car", management={"timeout": 300}))  # milliseconds
+        register(client, registration(f"{misbehaving}/slow", "slow", "Car", management={"timeout": 300}))  # in ms
         register(client, registration(f"{misbehaving}/huge", "huge", "Car"))
         register(client, registration(f"{misbehaving}/garbage", "garbage", "Car"))
         register(client, registration(f"{misbehaving}/object", "object", "Car"))
