@@ -80,9 +80,20 @@ def test_csf_reads_the_registrations_members(csf: str, expected: bool) -> None:
     assert planning.csf_matches(doc, parse_q(csf), lambda name: name) is expected
 
 
-def test_local_only_and_timeout_members() -> None:
-    (target,) = planning.targets([reg("a", localOnly=True)], "retrieveEntity", ids=["urn:v:1"])
-    assert target.local_only
+@pytest.mark.parametrize(
+    ("members", "expected"),
+    [
+        ({"localOnly": True}, True),
+        ({"https://uri.etsi.org/ngsi-ld/localOnly": True}, True),  # kept under its expanded name
+        ({"management": {"localOnly": True}}, True),  # RegistrationManagementInfo (5.2.34)
+        ({"management": {"localOnly": False}}, False),
+        ({"localOnly": "true"}, False),
+        ({}, False),
+    ],
+)
+def test_local_only_members(members: dict[str, object], expected: bool) -> None:
+    (target,) = planning.targets([reg("a", **members)], "retrieveEntity", ids=["urn:v:1"])
+    assert target.local_only is expected
 
 
 def test_most_recent_instance_wins_per_dataset() -> None:

@@ -100,6 +100,7 @@ CORS_EXPOSED_HEADERS = [
     REQUEST_ID_HEADER,
     "WWW-Authenticate",
     SNAPSHOT_HEADER,
+    "NGSILD-Warning",  # what a distributed operation's sources said (federation)
 ]
 
 

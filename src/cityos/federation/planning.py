@@ -19,6 +19,8 @@ from cityos.registrations import expired, matches
 
 Doc = dict[str, Any]
 
+LOCAL_ONLY_NAMES = ("localOnly", "https://uri.etsi.org/ngsi-ld/localOnly")  # as written, expanded
+
 RETRIEVE_OPS = frozenset({"retrieveEntity", "queryEntity"})
 # reads beyond entities, in both federationOps and redirectionOps (temporal, discovery)
 OTHER_READS = frozenset(
@@ -99,8 +101,14 @@ class Target:
 
     @property
     def local_only(self) -> bool:
-        """A localOnly registration (5.2.9): the source answers from its own data only."""
-        return self.registration.get("localOnly") is True
+        """A localOnly registration: the source answers from its own data only (4.3.6.4). Said in
+        its management (RegistrationManagementInfo, 5.2.34) or as a member of its own, which the
+        registration keeps under the name the core @context expands it to."""
+        doc = self.registration
+        management = doc.get("management")
+        if isinstance(management, dict) and management.get("localOnly") is True:
+            return True
+        return any(doc.get(name) is True for name in LOCAL_ONLY_NAMES)
 
     @property
     def id(self) -> str:

@@ -55,7 +55,12 @@ def _me(request: Request) -> str:
 
 
 def _is_local(request: Request, tenant_name: str) -> bool:
-    return request.query_params.get("local") == "true" or not access.view(request, tenant_name).unrestricted
+    # the query string is parsed only when it may say local=true (every read asks: keep it cheap;
+    # a percent-encoded name is parsed too)
+    query = request.scope["query_string"]
+    if (b"local" in query or b"%" in query) and request.query_params.get("local") == "true":
+        return True
+    return not access.view(request, tenant_name).unrestricted
 
 
 async def _registrations(request: Request, tenant_name: str) -> list[Doc]:
