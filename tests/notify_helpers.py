@@ -95,6 +95,20 @@ class Receiver:
         self._server.server_close()
 
 
+class JsonSource(BaseHTTPRequestHandler):
+    """A handler base for stand-in context sources: answers JSON bodies, logs nothing."""
+
+    def answer_json(self, body: bytes, status: int = 200) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 @contextmanager
 def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """A plain HTTP server with `handler` on 127.0.0.1 in a thread; yields its base URL."""

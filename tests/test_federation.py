@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from starlette.testclient import TestClient
 from backends import PostgresSchemas
 from cityos.app import create_app
 from cityos.settings import Settings
-from notify_helpers import free_port, serving, stop_process, wait_serving
+from notify_helpers import JsonSource, free_port, serving, stop_process, wait_serving
 
 REG = "/ngsi-ld/v1/csourceRegistrations"
 ENTITIES = "/ngsi-ld/v1/entities"
@@ -243,7 +242,7 @@ def test_loop_across_a_cycle_is_detected(nodes: list[Node]) -> None:
     assert looped.json()["type"].endswith("LoopDetected")
 
 
-class Misbehaving(BaseHTTPRequestHandler):
+class Misbehaving(JsonSource):
     """A context source that answers slowly, hugely or with garbage, by path prefix."""
 
     seen: list[str] = []
@@ -261,14 +260,7 @@ class Misbehaving(BaseHTTPRequestHandler):
             body = b"<html>not json</html>"
         else:
             body = json.dumps({"not": "an array"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer_json(body)
 
 
 @pytest.fixture(scope="module")

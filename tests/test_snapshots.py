@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -22,7 +21,7 @@ from cityos.snapshots import model
 from cityos.store import open_store
 from cityos.store.base import EntityQuery
 from cityos.store.snapshot_base import SnapshotRow
-from notify_helpers import serving
+from notify_helpers import JsonSource, serving
 
 BASE = "/ngsi-ld/v1"
 SNAPSHOTS = BASE + "/snapshots"
@@ -134,7 +133,7 @@ def test_store_contract(db_url: str) -> None:
 
 
 # -- the API, one app per module and back-end ----------------------------------------------------------
-class Source(BaseHTTPRequestHandler):
+class Source(JsonSource):
     """A context source on 127.0.0.1 that answers every query with two vehicles; q is left to the broker."""
 
     seen: list[dict[str, list[str]]] = []
@@ -153,14 +152,7 @@ class Source(BaseHTTPRequestHandler):
                 {"id": REMOTE_SLOW, "type": "Vehicle", "speed": {"type": "Property", "value": 5}},
             ]
         ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer_json(body)
 
 
 @pytest.fixture(scope="module")

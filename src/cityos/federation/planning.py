@@ -16,49 +16,25 @@ from typing import Any
 
 from cityos.query import q
 from cityos.registrations import expired, matches
+from cityos.registrations.model import (
+    MODES,
+    OTHER_READ_OPERATIONS,
+    SUBSCRIPTION_OPERATIONS,
+    WRITE_OPERATIONS,
+)
 
 Doc = dict[str, Any]
 
 LOCAL_ONLY_NAMES = ("localOnly", "https://uri.etsi.org/ngsi-ld/localOnly")  # as written, expanded
 
 RETRIEVE_OPS = frozenset({"retrieveEntity", "queryEntity"})
-# reads beyond entities, in both federationOps and redirectionOps (temporal, discovery)
-OTHER_READS = frozenset(
-    {
-        "retrieveTemporal",
-        "queryTemporal",
-        "retrieveEntityTypes",
-        "retrieveEntityTypeDetails",
-        "retrieveEntityTypeInfo",
-        "retrieveAttrTypes",
-        "retrieveAttrTypeDetails",
-        "retrieveAttrTypeInfo",
-    }
-)
-SUBSCRIPTION_OPS = frozenset(
-    {"createSubscription", "updateSubscription", "retrieveSubscription", "querySubscription", "deleteSubscription"}
-)
+OTHER_READS = OTHER_READ_OPERATIONS  # temporal and discovery: in both federationOps and redirectionOps
+SUBSCRIPTION_OPS = SUBSCRIPTION_OPERATIONS
 FEDERATION_OPS = RETRIEVE_OPS | OTHER_READS | SUBSCRIPTION_OPS | {"queryBatch"}
 UPDATE_OPS = frozenset({"updateEntity", "updateAttrs", "replaceEntity", "replaceAttrs"})
-WRITES = UPDATE_OPS | {
-    "createEntity",
-    "appendAttrs",
-    "deleteAttrs",
-    "deleteEntity",
-    "mergeEntity",
-    "purgeEntity",
-    "createBatch",
-    "upsertBatch",
-    "updateBatch",
-    "deleteBatch",
-    "mergeBatch",
-    "upsertTemporal",
-    "appendAttrsTemporal",
-    "deleteAttrsTemporal",
-    "updateAttrsTemporal",
-    "deleteAttrInstanceTemporal",
-    "deleteTemporal",
-}
+# the writes Table 4.20-1 names (registrations/model.py validates them), without its group names, and
+# the purge of entities by query, which redirectionOps forwards too
+WRITES = UPDATE_OPS | (WRITE_OPERATIONS - {"updateOps", "redirectionOps"}) | {"purgeEntity"}
 REDIRECTION_OPS = WRITES | RETRIEVE_OPS | OTHER_READS
 GROUPS = {
     "federationOps": FEDERATION_OPS,
@@ -66,7 +42,6 @@ GROUPS = {
     "retrieveOps": RETRIEVE_OPS,
     "redirectionOps": REDIRECTION_OPS,
 }
-MODES = ("inclusive", "exclusive", "redirect", "auxiliary")
 
 
 def operations(doc: Doc) -> frozenset[str]:

@@ -29,12 +29,10 @@ TYPE = "ContextSourceRegistration"
 NAME_LISTS = ("propertyNames", "relationshipNames")
 MODES = ("inclusive", "exclusive", "redirect", "auxiliary")
 GEO_MEMBERS = ("location", "observationSpace", "operationSpace")
-# spec 4.20 (Table 4.20-1 and the groups of 4.20-2): the operations a registration may name
-READ_OPERATIONS = frozenset(
+# spec 4.20 (Table 4.20-1 and the groups of 4.20-2): the operations a registration may name;
+# the reads beyond entities (temporal, discovery), which federation/planning.py groups too
+OTHER_READ_OPERATIONS = frozenset(
     (
-        "retrieveEntity",
-        "queryEntity",
-        "queryBatch",
         "retrieveTemporal",
         "queryTemporal",
         "retrieveEntityTypes",
@@ -43,18 +41,25 @@ READ_OPERATIONS = frozenset(
         "retrieveAttrTypes",
         "retrieveAttrTypeDetails",
         "retrieveAttrTypeInfo",
-        "createSubscription",
-        "updateSubscription",
-        "retrieveSubscription",
-        "querySubscription",
-        "deleteSubscription",
-        "createEntityMap",
-        "updateEntityMap",
-        "retrieveEntityMap",
-        "queryEntityMap",
-        "deleteEntityMap",
-        "retrieveOps",
-        "federationOps",
+    )
+)
+SUBSCRIPTION_OPERATIONS = frozenset(
+    ("createSubscription", "updateSubscription", "retrieveSubscription", "querySubscription", "deleteSubscription")
+)
+READ_OPERATIONS = (
+    frozenset(("retrieveEntity", "queryEntity", "queryBatch"))
+    | OTHER_READ_OPERATIONS
+    | SUBSCRIPTION_OPERATIONS
+    | frozenset(
+        (
+            "createEntityMap",
+            "updateEntityMap",
+            "retrieveEntityMap",
+            "queryEntityMap",
+            "deleteEntityMap",
+            "retrieveOps",
+            "federationOps",
+        )
     )
 )
 WRITE_OPERATIONS = frozenset(
