@@ -190,7 +190,8 @@ def test_create_freezes_the_selection(client: TestClient) -> None:
     assert snapshot["snapshotPriority"] == 5
     assert snapshot["snapshotQueriesDetails"] == [{"resultStatus": "success"}]
     assert snapshot["lastUsedAt"] and snapshot["createdAt"]
-    assert set(snapshot) == set(model.PUBLIC)  # the hidden tenant and the owner are never rendered
+    # the hidden tenant and the owner are never rendered; no lifetime was given, so none shows
+    assert set(snapshot) == set(model.PUBLIC) - {"snapshotLifetime", "expiresAt"}
     sid = snapshot["id"]
     scoped = client.get(ENTITIES, params={"type": "Vehicle"}, headers={HEADER: sid})
     assert ids(scoped) == [FAST]
@@ -352,7 +353,13 @@ def test_entity_limit_fails_the_snapshot(db_url: str) -> None:
     with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as small:
         vehicle(small, FAST, 80)
         vehicle(small, SLOW, 30)
-        body = small.get(make(small, VEHICLES)).json()
+        # one query alone selects too many: refused before anything is made
+        problem(small.post(SNAPSHOTS, json=VEHICLES), 403, "TooManyResults")
+        assert small.get(SNAPSHOTS).json() == []
+        # each query fits, their union does not: the fill fails and keeps nothing
+        slow_only = {"type": "Query", "entities": [{"type": "Vehicle"}], "q": "speed<50"}
+        both = {"type": "Snapshot", "snapshotQueries": [*FAST_ONLY["snapshotQueries"], slow_only]}
+        body = small.get(make(small, both)).json()
         assert body["snapshotStatus"] == "failure"
         assert "snapshot_max_entities" in body["snapshotQueriesDetails"][0]["detail"]
         assert stored_ids(small, hidden_tenant(small, "", body["id"])) == []

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
+from dataclasses import replace
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +26,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cityos.entities.model import parse_entity
 from cityos.entities.values import MAX_SAFE_INTEGER, now, require_uri
-from cityos.errors import BadRequestData, Conflict, NgsiLdError, OperationNotSupported, ResourceNotFound
+from cityos.errors import (
+    AlreadyExists,
+    BadRequestData,
+    Conflict,
+    NgsiLdError,
+    OperationNotSupported,
+    ResourceNotFound,
+    TooManyResults,
+)
 from cityos.jsonld.registry import ResolvedContext
 from cityos.net import OutboundPolicy
 from cityos.ngsild import access
@@ -45,7 +55,7 @@ from cityos.ngsild.common import (
 from cityos.ngsild.guard import hide, require
 from cityos.policy.decision import Action, Target
 from cityos.query.entity_query import QuerySpec, build_entity_query
-from cityos.snapshots import fill, model
+from cityos.snapshots import fill, lifecycle, model
 from cityos.snapshots.remote import ask_sources
 from cityos.snapshots.scope import HEADER, SCOPE_KEY, SnapshotScope, new_hidden_tenant
 from cityos.store.base import EntityStore
@@ -105,6 +115,9 @@ async def _mine(request: Request, tenant_name: str, snapshot_id: str, action: Ac
     row = await services(request).store.get_snapshot(tenant_name, snapshot_id)
     if row is None:
         raise _missing(snapshot_id)
+    if lifecycle.expired(row.document, services(request).settings.snapshot_max_lifetime, time.time()):
+        _fills(request).start(lifecycle.evict(services(request).store, row))  # its data goes in the background
+        raise _missing(snapshot_id)
     if not principal(request).may_manage(row.document.get(model.OWNER)):
         raise hide(request, f"{action} snapshot", _target(tenant_name), _missing(snapshot_id))
     require(request, "read", _target(tenant_name), hidden=_missing(snapshot_id))
@@ -121,10 +134,23 @@ def _location(snapshot_id: str) -> dict[str, str]:
     return {"Location": f"{BASE}/snapshots/" + quote(snapshot_id, safe=":;=@!$&'()*+,~-._")}
 
 
-async def _room(request: Request, tenant_name: str) -> None:
-    limit = services(request).settings.snapshot_max_count
-    if len(await services(request).store.list_snapshots(tenant_name)) >= limit:
-        raise Conflict(f"the tenant holds {limit} snapshots already (snapshot_max_count): delete or purge some first")
+def _render(request: Request, document: dict[str, Any]) -> dict[str, Any]:
+    return model.render(document, lifecycle.expires_at(document, services(request).settings.snapshot_max_lifetime))
+
+
+async def _too_many(request: Request, tenant_name: str, plans: list[fill.Plan]) -> None:
+    """Refuse before anything is made a query that alone selects more local entities than one
+    snapshot may hold (403 TooManyResults); a union that grows too large with the context sources'
+    entities still ends the fill as failure, with nothing kept."""
+    limit = services(request).settings.snapshot_max_entities
+    store = services(request).store
+    for number, plan in enumerate(plans):
+        counted = await store.query_entities(tenant_name, replace(plan.query, limit=0, offset=0, count=True))
+        if (counted.total or 0) > limit:
+            raise TooManyResults(
+                f"snapshotQueries[{number}] selects {counted.total} entities; a snapshot holds at most {limit}"
+                " (snapshot_max_entities)"
+            )
 
 
 def _plan(request: Request, tenant_name: str, context: ResolvedContext, raw: dict[str, Any]) -> fill.Plan:
@@ -189,23 +215,38 @@ async def _failed(store: EntityStore, row: SnapshotRow, exc: Exception, count: i
 
 
 async def _run_fill(
-    store: EntityStore, row: SnapshotRow, plans: list[fill.Plan], sources: fill.Sources, max_entities: int
+    store: EntityStore,
+    row: SnapshotRow,
+    plans: list[fill.Plan],
+    sources: fill.Sources,
+    max_entities: int,
+    beat_seconds: float,
 ) -> None:
     hidden = row.document[model.HIDDEN]
+    beat = lifecycle.Beat(store, row, beat_seconds)  # a fill whose process stops is found by its silence
     try:
         status, details = await fill.fill(store, row.tenant, hidden, plans, sources, max_entities)
     except Exception as exc:  # a background task: its end is recorded in the snapshot, never lost
+        await beat.stop()
         await _failed(store, row, exc, len(plans))
         return
+    finally:
+        await beat.stop()
     await _finish(store, row, status, details)
 
 
-async def _run_clone(store: EntityStore, row: SnapshotRow, original: dict[str, Any], max_entities: int) -> None:
+async def _run_clone(
+    store: EntityStore, row: SnapshotRow, original: dict[str, Any], max_entities: int, beat_seconds: float
+) -> None:
+    beat = lifecycle.Beat(store, row, beat_seconds)
     try:
         await fill.copy(store, original[model.HIDDEN], row.document[model.HIDDEN], max_entities)
     except Exception as exc:
+        await beat.stop()
         await _failed(store, row, exc, len(original.get("snapshotQueries", [])))
         return
+    finally:
+        await beat.stop()
     await _finish(store, row, original["snapshotStatus"], original.get("snapshotQueriesDetails", []))
 
 
@@ -216,17 +257,23 @@ async def create_snapshot(request: Request) -> Response:
     tenant_name = tenant(request)
     require(request, "administer", _target(tenant_name))
     snapshot_id, queries, priority = model.parse_create(body)
+    settings = services(request).settings
+    lifetime = lifecycle.lifetime_members(body, settings.snapshot_max_lifetime, time.time())
     context = await body_context(request, body, media, tenant_name=tenant_name)
     plans = [_plan(request, tenant_name, context, raw) for raw in queries]
-    await _room(request, tenant_name)
+    store = services(request).store
+    if await store.get_snapshot(tenant_name, snapshot_id) is not None:  # before anything is evicted for it
+        raise AlreadyExists(f"snapshot {snapshot_id} already exists")
+    await _too_many(request, tenant_name, plans)
+    await lifecycle.make_room(store, settings, tenant_name, priority)
     stamp = now()
     owner = principal(request).owner_id
     document = model.new_document(snapshot_id, queries, priority, stamp, new_hidden_tenant(tenant_name), owner)
-    row = SnapshotRow(tenant_name, snapshot_id, document)
-    store = services(request).store
+    row = SnapshotRow(tenant_name, snapshot_id, lifecycle.with_members(document, lifetime))
     await store.save_snapshot(row, create=True)
     sources = _sources(request, tenant_name, context)
-    _fills(request).start(_run_fill(store, row, plans, sources, services(request).settings.snapshot_max_entities))
+    work = _run_fill(store, row, plans, sources, settings.snapshot_max_entities, settings.snapshot_fill_beat)
+    _fills(request).start(work)
     return Response(status_code=201, headers=_location(snapshot_id))
 
 
@@ -237,16 +284,23 @@ async def clone_snapshot(request: Request) -> Response:
     tenant_name = tenant(request)
     original = (await _mine(request, tenant_name, _snapshot_id(request), "administer")).document
     snapshot_id, priority = model.parse_clone(body, original)
+    settings = services(request).settings
+    # the clone keeps the original's lifetime unless the body gives its own
+    inherited = {name: original.get(name) for name in ("snapshotLifetime", model.UNTIL)}
+    lifetime = {**inherited, **lifecycle.lifetime_members(body, settings.snapshot_max_lifetime, time.time())}
     if original["snapshotStatus"] == model.PREPARING:
         raise Conflict("the snapshot is still being prepared; clone it once its snapshotStatus has changed")
-    await _room(request, tenant_name)
+    store = services(request).store
+    if await store.get_snapshot(tenant_name, snapshot_id) is not None:
+        raise AlreadyExists(f"snapshot {snapshot_id} already exists")
+    await lifecycle.make_room(store, settings, tenant_name, priority)
     owner = principal(request).owner_id
     queries = original.get("snapshotQueries", [])
     document = model.new_document(snapshot_id, queries, priority, now(), new_hidden_tenant(tenant_name), owner)
-    row = SnapshotRow(tenant_name, snapshot_id, document)
-    store = services(request).store
+    row = SnapshotRow(tenant_name, snapshot_id, lifecycle.with_members(document, lifetime))
     await store.save_snapshot(row, create=True)
-    _fills(request).start(_run_clone(store, row, original, services(request).settings.snapshot_max_entities))
+    work = _run_clone(store, row, original, settings.snapshot_max_entities, settings.snapshot_fill_beat)
+    _fills(request).start(work)
     return Response(status_code=201, headers=_location(snapshot_id))
 
 
@@ -256,7 +310,7 @@ async def retrieve_snapshot(request: Request) -> Response:
     media = accept(request)
     tenant_name = tenant(request)
     row = await _mine(request, tenant_name, _snapshot_id(request), "read")
-    return json_response(model.render(row.document), media=media, context=await query_context(request, tenant_name))
+    return json_response(_render(request, row.document), media=media, context=await query_context(request, tenant_name))
 
 
 def _page(request: Request) -> tuple[int, int]:
@@ -276,10 +330,13 @@ async def _selected(request: Request, tenant_name: str, q: str | None, action: A
     test = None if q is None else model.purge_filter(q, services(request).settings.max_pattern_length)
     require(request, action, _target(tenant_name))
     who = principal(request)
+    max_lifetime, moment = services(request).settings.snapshot_max_lifetime, time.time()
     return [
         row
         for row in await services(request).store.list_snapshots(tenant_name)
-        if who.may_manage(row.document.get(model.OWNER)) and (test is None or test(row.document))
+        if who.may_manage(row.document.get(model.OWNER))
+        and not lifecycle.expired(row.document, max_lifetime, moment)  # gone; the sweep removes it
+        and (test is None or test(row.document))
     ]
 
 
@@ -291,7 +348,7 @@ async def query_snapshots(request: Request) -> Response:
     limit, offset = _page(request)
     rows = await _selected(request, tenant_name, request.query_params.get("q"), "read")
     headers = {"NGSILD-Results-Count": str(len(rows))} if request.query_params.get("count") == "true" else {}
-    body = [model.render(row.document) for row in rows[offset : offset + limit]]
+    body = [_render(request, row.document) for row in rows[offset : offset + limit]]
     context = await query_context(request, tenant_name)
     return json_response(body, media=media, context=context, headers=headers)
 
@@ -303,15 +360,18 @@ async def update_snapshot(request: Request) -> Response:
     body, _ = await read_payload(request, merge_patch=True)
     tenant_name = tenant(request)
     priority = model.parse_update(body)
+    settings = services(request).settings
+    lifetime = lifecycle.lifetime_members(body, settings.snapshot_max_lifetime, time.time())
     row = await _mine(request, tenant_name, _snapshot_id(request), "administer")
-    document = {**row.document, "snapshotPriority": priority, "modifiedAt": now()}
+    document = lifecycle.with_members({**row.document, "modifiedAt": now()}, lifetime)
+    if priority is not None:
+        document["snapshotPriority"] = priority
     await services(request).store.save_snapshot(SnapshotRow(tenant_name, row.id, document), create=False)
-    return json_response(model.render(document), media=media, context=await query_context(request, tenant_name))
+    return json_response(_render(request, document), media=media, context=await query_context(request, tenant_name))
 
 
 async def _delete(store: EntityStore, row: SnapshotRow) -> None:
-    if await store.delete_snapshot(row.tenant, row.id):
-        await fill.drop(store, row.document[model.HIDDEN])
+    await lifecycle.evict(store, row)
 
 
 async def delete_snapshot(request: Request) -> Response:

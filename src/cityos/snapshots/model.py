@@ -4,6 +4,7 @@ Framework-free: plain dicts in, plain dicts out, BadRequestData for what a clien
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -16,9 +17,10 @@ DEFAULT_PRIORITY = 5
 PRIORITIES = range(1, 11)  # snapshotPriority: 1 (evict first) to 10
 PREPARING, SUCCESS, PARTIAL, EMPTY, FAILURE = "preparing", "success", "partial", "empty", "failure"
 # what a client may give when it creates, updates or clones a snapshot (5.2.41)
-CREATE_MEMBERS = frozenset({"id", "type", "snapshotQueries", "snapshotPriority", "@context"})
-UPDATE_MEMBERS = frozenset({"snapshotPriority", "@context"})
-CLONE_MEMBERS = frozenset({"id", "type", "snapshotPriority", "@context"})
+LIFETIME_MEMBERS = frozenset({"snapshotLifetime", "expiresAt"})  # lifecycle.py
+CREATE_MEMBERS = frozenset({"id", "type", "snapshotQueries", "snapshotPriority", "@context"}) | LIFETIME_MEMBERS
+UPDATE_MEMBERS = frozenset({"snapshotPriority", "@context"}) | LIFETIME_MEMBERS
+CLONE_MEMBERS = frozenset({"id", "type", "snapshotPriority", "@context"}) | LIFETIME_MEMBERS
 READ_ONLY = frozenset(
     {
         "snapshotQueries",
@@ -32,9 +34,7 @@ READ_ONLY = frozenset(
     }
 )
 # members of 5.2.41 that CityOS does not serve yet: a request using them is told so, not ignored
-NOT_SUPPORTED = frozenset(
-    {"snapshotTemporalQueries", "snapshotLifetime", "endpoint", "receiverInfo", "snapshotTemporalQueriesDetails"}
-)
+NOT_SUPPORTED = frozenset({"snapshotTemporalQueries", "snapshotTemporalQueriesDetails", "endpoint", "receiverInfo"})
 PUBLIC = (
     "id",
     "type",
@@ -45,6 +45,8 @@ PUBLIC = (
     "createdAt",
     "modifiedAt",
     "lastUsedAt",
+    "snapshotLifetime",
+    "expiresAt",  # computed (lifecycle.expires_at), never stored as given
 )
 # the members of a Query (5.2.23) a snapshot query may use: temporalQ belongs to snapshotTemporalQueries
 QUERY_MEMBERS = frozenset({"type", "entities", "attrs", "q", "geoQ", "scopeQ", "csf", "lang", "@context"})
@@ -52,6 +54,8 @@ QUERY_MEMBERS = frozenset({"type", "entities", "attrs", "q", "geoQ", "scopeQ", "
 PURGE_MEMBERS = frozenset({"snapshotPriority", "snapshotStatus", "createdAt", "modifiedAt", "lastUsedAt"})
 HIDDEN = "cityos:hiddenTenant"  # stored, never rendered: the tenant holding the frozen entities
 OWNER = "cityos:owner"  # stored, never rendered: the principal that made it (None with auth off)
+UNTIL = "cityos:expiresAt"  # stored, never rendered as is: the expiresAt a client gave (lifecycle.py)
+BEAT = "cityos:fillBeat"  # stored, never rendered: epoch seconds of a running fill's last heartbeat
 
 
 def _object(body: Any, what: str) -> dict[str, Any]:
@@ -130,13 +134,14 @@ def parse_create(body: Any) -> tuple[str, list[dict[str, Any]], int]:
     return snapshot_id(body), [check_query(q, n) for n, q in enumerate(queries)], priority(body)
 
 
-def parse_update(body: Any) -> int:
-    """The new snapshotPriority of an update body (5.16.4): the only member a client may change."""
+def parse_update(body: Any) -> int | None:
+    """The new snapshotPriority of an update body (5.16.4), None if it keeps its own; the lifetime
+    members (lifecycle.lifetime_members) are the others a client may change."""
     body = _object(body, "a snapshot fragment")
     _check_members(body, UPDATE_MEMBERS, "a snapshot update")
-    if "snapshotPriority" not in body:
-        raise BadRequestData("a snapshot update needs snapshotPriority")
-    return priority(body)
+    if not set(body) & (UPDATE_MEMBERS - {"@context"}):
+        raise BadRequestData("a snapshot update needs snapshotPriority, snapshotLifetime or expiresAt")
+    return priority(body) if "snapshotPriority" in body else None
 
 
 def parse_clone(body: Any, original: dict[str, Any]) -> tuple[str, int]:
@@ -162,6 +167,7 @@ def new_document(
         "lastUsedAt": stamp,  # 5.2.41: initialized at creation
         HIDDEN: hidden,
         OWNER: owner,
+        BEAT: time.time(),
     }
 
 
@@ -175,8 +181,12 @@ def overall_status(results: list[str]) -> str:
     return FAILURE if FAILURE in results else EMPTY
 
 
-def render(document: dict[str, Any]) -> dict[str, Any]:
-    return {name: document[name] for name in PUBLIC if name in document}
+def render(document: dict[str, Any], expires: str | None = None) -> dict[str, Any]:
+    """The public members; `expires` is the expiresAt lifecycle.expires_at computed."""
+    shown = {name: document[name] for name in PUBLIC if name in document}
+    if expires is not None:
+        shown["expiresAt"] = expires
+    return shown
 
 
 def as_entity(document: dict[str, Any]) -> dict[str, Any]:
