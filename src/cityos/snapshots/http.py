@@ -13,8 +13,8 @@ import asyncio
 import functools
 import logging
 import time
-from dataclasses import replace
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -78,7 +78,7 @@ class SnapshotFills:
     def __init__(self) -> None:
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, work: Awaitable[None]) -> None:
+    def start(self, work: Awaitable[object]) -> None:
         async def run() -> None:
             await work
 
