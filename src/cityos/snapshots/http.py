@@ -55,7 +55,7 @@ from cityos.ngsild.common import (
 from cityos.ngsild.guard import hide, require
 from cityos.policy.decision import Action, Target
 from cityos.query.entity_query import QuerySpec, build_entity_query
-from cityos.snapshots import fill, lifecycle, model
+from cityos.snapshots import fill, history, lifecycle, model
 from cityos.snapshots.remote import ask_sources
 from cityos.snapshots.scope import HEADER, SCOPE_KEY, SnapshotScope, new_hidden_tenant
 from cityos.store.base import EntityStore
@@ -68,8 +68,14 @@ RESOURCE = "snapshot"
 HEADER_KEY = HEADER.lower().encode()
 TOUCH_SECONDS = 60.0  # lastUsedAt is rewritten at most this often (a read is not a write each time)
 # what a request with NGSILD-Snapshot may do: the retrievals and queries of current entities
-SCOPED = (("GET", BASE + "/entities"), ("GET", BASE + "/types"), ("GET", BASE + "/attributes"))
-SCOPED_POST = BASE + "/entityOperations/query"
+# and the temporal ones, which read the history the snapshot's snapshotTemporalQueries froze
+SCOPED = (
+    ("GET", BASE + "/entities"),
+    ("GET", BASE + "/types"),
+    ("GET", BASE + "/attributes"),
+    ("GET", BASE + "/temporal/entities"),
+)
+SCOPED_POST = (BASE + "/entityOperations/query", BASE + "/temporal/entityOperations/query")
 
 
 class SnapshotFills:
@@ -174,6 +180,19 @@ def _plan(request: Request, tenant_name: str, context: ResolvedContext, raw: dic
     return fill.Plan(raw, query, read, lambda item: parse_entity(item, context.terms, stamp=now()))
 
 
+def _temporal_plan(
+    request: Request, tenant_name: str, context: ResolvedContext, raw: dict[str, Any]
+) -> history.TemporalPlan:
+    """A snapshot temporal query compiled as the temporal API compiles one, under the caller's access."""
+    geo = None
+    if raw.get("geoQ") is not None:
+        from cityos.query.geo import parse_geoq
+
+        geo = parse_geoq(raw["geoQ"])
+    query = history.compile_query(raw, context.terms.expand, geo, services(request).settings.max_pattern_length)
+    return history.TemporalPlan(query, access.temporal_read(request, tenant_name, query))
+
+
 def _sources(request: Request, tenant_name: str, context: ResolvedContext) -> fill.Sources:
     settings = services(request).settings
     store = services(request).store
@@ -191,7 +210,13 @@ def _sources(request: Request, tenant_name: str, context: ResolvedContext) -> fi
     return ask
 
 
-async def _finish(store: EntityStore, row: SnapshotRow, status: str, details: list[dict[str, Any]]) -> None:
+async def _finish(
+    store: EntityStore,
+    row: SnapshotRow,
+    status: str,
+    details: list[dict[str, Any]],
+    past: list[dict[str, Any]] | None = None,
+) -> None:
     """Record how a fill or clone ended; if the snapshot was deleted meanwhile, its entities go too."""
     current = await store.get_snapshot(row.tenant, row.id)
     if current is not None:
@@ -201,23 +226,29 @@ async def _finish(store: EntityStore, row: SnapshotRow, status: str, details: li
             "snapshotQueriesDetails": details,
             "modifiedAt": now(),
         }
+        if past is not None and "snapshotTemporalQueries" in current.document:
+            document["snapshotTemporalQueriesDetails"] = past
         await store.save_snapshot(SnapshotRow(row.tenant, row.id, document), create=False)
     if current is None or await store.get_snapshot(row.tenant, row.id) is None:
         await fill.drop(store, row.document[model.HIDDEN])
 
 
-async def _failed(store: EntityStore, row: SnapshotRow, exc: Exception, count: int) -> None:
+async def _failed(store: EntityStore, row: SnapshotRow, exc: Exception) -> None:
     if not isinstance(exc, fill.TooLarge):
         log.exception("snapshot %s of tenant %r failed", row.id, row.tenant, exc_info=exc)
     await fill.drop(store, row.document[model.HIDDEN])  # nothing half-made stays
     detail = str(exc) if isinstance(exc, fill.TooLarge) else "the snapshot could not be made"
-    await _finish(store, row, model.FAILURE, [{"resultStatus": model.FAILURE, "detail": detail}] * count)
+    failed = {"resultStatus": model.FAILURE, "detail": detail}
+    document = row.document
+    details = [failed] * len(document.get("snapshotQueries") or [])
+    past = [failed] * len(document.get("snapshotTemporalQueries") or [])
+    await _finish(store, row, model.FAILURE, details, past)
 
 
 async def _run_fill(
     store: EntityStore,
     row: SnapshotRow,
-    plans: list[fill.Plan],
+    plans: tuple[list[fill.Plan], list[history.TemporalPlan]],
     sources: fill.Sources,
     max_entities: int,
     beat_seconds: float,
@@ -225,14 +256,14 @@ async def _run_fill(
     hidden = row.document[model.HIDDEN]
     beat = lifecycle.Beat(store, row, beat_seconds)  # a fill whose process stops is found by its silence
     try:
-        status, details = await fill.fill(store, row.tenant, hidden, plans, sources, max_entities)
+        status, details, past = await fill.fill(store, row.tenant, hidden, plans[0], sources, max_entities, plans[1])
     except Exception as exc:  # a background task: its end is recorded in the snapshot, never lost
         await beat.stop()
-        await _failed(store, row, exc, len(plans))
+        await _failed(store, row, exc)
         return
     finally:
         await beat.stop()
-    await _finish(store, row, status, details)
+    await _finish(store, row, status, details, past)
 
 
 async def _run_clone(
@@ -243,11 +274,12 @@ async def _run_clone(
         await fill.copy(store, original[model.HIDDEN], row.document[model.HIDDEN], max_entities)
     except Exception as exc:
         await beat.stop()
-        await _failed(store, row, exc, len(original.get("snapshotQueries", [])))
+        await _failed(store, row, exc)
         return
     finally:
         await beat.stop()
-    await _finish(store, row, original["snapshotStatus"], original.get("snapshotQueriesDetails", []))
+    details, past = original.get("snapshotQueriesDetails", []), original.get("snapshotTemporalQueriesDetails")
+    await _finish(store, row, original["snapshotStatus"], details, past)
 
 
 async def create_snapshot(request: Request) -> Response:
@@ -256,11 +288,12 @@ async def create_snapshot(request: Request) -> Response:
     body, media = await read_payload(request)
     tenant_name = tenant(request)
     require(request, "administer", _target(tenant_name))
-    snapshot_id, queries, priority = model.parse_create(body)
+    snapshot_id, queries, temporal_queries, priority = model.parse_create(body)
     settings = services(request).settings
     lifetime = lifecycle.lifetime_members(body, settings.snapshot_max_lifetime, time.time())
     context = await body_context(request, body, media, tenant_name=tenant_name)
     plans = [_plan(request, tenant_name, context, raw) for raw in queries]
+    temporal = [_temporal_plan(request, tenant_name, context, raw) for raw in temporal_queries]
     store = services(request).store
     if await store.get_snapshot(tenant_name, snapshot_id) is not None:  # before anything is evicted for it
         raise AlreadyExists(f"snapshot {snapshot_id} already exists")
@@ -268,11 +301,13 @@ async def create_snapshot(request: Request) -> Response:
     await lifecycle.make_room(store, settings, tenant_name, priority)
     stamp = now()
     owner = principal(request).owner_id
-    document = model.new_document(snapshot_id, queries, priority, stamp, new_hidden_tenant(tenant_name), owner)
+    hidden = new_hidden_tenant(tenant_name)
+    document = model.new_document(snapshot_id, queries, priority, stamp, hidden, owner, temporal_queries)
     row = SnapshotRow(tenant_name, snapshot_id, lifecycle.with_members(document, lifetime))
     await store.save_snapshot(row, create=True)
     sources = _sources(request, tenant_name, context)
-    work = _run_fill(store, row, plans, sources, settings.snapshot_max_entities, settings.snapshot_fill_beat)
+    max_entities, beat = settings.snapshot_max_entities, settings.snapshot_fill_beat
+    work = _run_fill(store, row, (plans, temporal), sources, max_entities, beat)
     _fills(request).start(work)
     return Response(status_code=201, headers=_location(snapshot_id))
 
@@ -295,8 +330,9 @@ async def clone_snapshot(request: Request) -> Response:
         raise AlreadyExists(f"snapshot {snapshot_id} already exists")
     await lifecycle.make_room(store, settings, tenant_name, priority)
     owner = principal(request).owner_id
-    queries = original.get("snapshotQueries", [])
-    document = model.new_document(snapshot_id, queries, priority, now(), new_hidden_tenant(tenant_name), owner)
+    queries, past = original.get("snapshotQueries", []), original.get("snapshotTemporalQueries")
+    hidden = new_hidden_tenant(tenant_name)
+    document = model.new_document(snapshot_id, queries, priority, now(), hidden, owner, past)
     row = SnapshotRow(tenant_name, snapshot_id, lifecycle.with_members(document, lifetime))
     await store.save_snapshot(row, create=True)
     work = _run_clone(store, row, original, settings.snapshot_max_entities, settings.snapshot_fill_beat)
@@ -398,7 +434,7 @@ async def purge_snapshots(request: Request) -> Response:
 # -- NGSILD-Snapshot (6.3.22) ------------------------------------------------------------------------
 def _scoped_operation(method: str, path: str) -> bool:
     if method == "POST":
-        return path.rstrip("/") == SCOPED_POST
+        return path.rstrip("/") in SCOPED_POST
     return any(method == m and (path == p or path.startswith(p + "/")) for m, p in SCOPED)
 
 
