@@ -27,7 +27,7 @@ WRITE_CHUNK = 500  # entities per write transaction
 Sources = Callable[[dict[str, Any]], Awaitable[list[dict[str, Any]]]]  # a snapshot query -> what the sources return
 
 
-__all__ = ["TooLarge", "Plan", "fill", "copy", "drop"]
+__all__ = ["Plan", "TooLarge", "copy", "drop", "fill"]
 
 
 @dataclass(frozen=True, slots=True)
