@@ -203,7 +203,9 @@ class Settings:
         86400.0, "Longest EntityMap lifetime in seconds; longer requested lifetimes and later expiresAt are cut to it."
     )
     snapshot_max_count: int = _setting(
-        20, "Snapshots (spec 5.16) a tenant may hold at once; a create or clone beyond it is refused (409)."
+        20,
+        "Snapshots (spec 5.16) a tenant may hold at once; a create or clone beyond it evicts the one of lowest"
+        " snapshotPriority if lower than its own, else is refused (409).",
     )
     snapshot_max_entities: int = _setting(
         10000,
