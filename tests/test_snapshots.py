@@ -117,6 +117,8 @@ def test_store_contract(db_url: str) -> None:
                 await store.save_snapshot(first, create=True)
             await store.save_snapshot(SnapshotRow("other", first.id, {"n": 9}), create=True)  # ids are per tenant
             assert [r.id for r in await store.list_snapshots("city")] == [first.id, second.id]  # creation order
+            everywhere = [(r.tenant, r.id) for r in await store.all_snapshots()]  # every tenant's, for the sweep
+            assert everywhere == [("city", first.id), ("city", second.id), ("other", first.id)]
             await store.save_snapshot(SnapshotRow("city", first.id, {"id": first.id, "n": 3}), create=False)
             got = await store.get_snapshot("city", first.id)
             assert got is not None and got.document["n"] == 3
