@@ -117,6 +117,8 @@ def test_store_contract(db_url: str) -> None:
                 await store.save_snapshot(first, create=True)
             await store.save_snapshot(SnapshotRow("other", first.id, {"n": 9}), create=True)  # ids are per tenant
             assert [r.id for r in await store.list_snapshots("city")] == [first.id, second.id]  # creation order
+            everywhere = [(r.tenant, r.id) for r in await store.all_snapshots()]  # every tenant's, for the sweep
+            assert everywhere == [("city", first.id), ("city", second.id), ("other", first.id)]
             await store.save_snapshot(SnapshotRow("city", first.id, {"id": first.id, "n": 3}), create=False)
             got = await store.get_snapshot("city", first.id)
             assert got is not None and got.document["n"] == 3
@@ -190,7 +192,9 @@ def test_create_freezes_the_selection(client: TestClient) -> None:
     assert snapshot["snapshotPriority"] == 5
     assert snapshot["snapshotQueriesDetails"] == [{"resultStatus": "success"}]
     assert snapshot["lastUsedAt"] and snapshot["createdAt"]
-    assert set(snapshot) == set(model.PUBLIC)  # the hidden tenant and the owner are never rendered
+    # the hidden tenant and the owner are never rendered; no lifetime was given, so none shows
+    optional = {"snapshotLifetime", "expiresAt", "snapshotTemporalQueries", "snapshotTemporalQueriesDetails"}
+    assert set(snapshot) == set(model.PUBLIC) - optional
     sid = snapshot["id"]
     scoped = client.get(ENTITIES, params={"type": "Vehicle"}, headers={HEADER: sid})
     assert ids(scoped) == [FAST]
@@ -230,7 +234,8 @@ def test_validation_and_unknown_references(client: TestClient) -> None:
         {**VEHICLES, "id": "not a uri"},
     ):
         problem(client.post(SNAPSHOTS, json=bad), 400, "BadRequestData")
-    problem(client.post(SNAPSHOTS, json={**VEHICLES, "snapshotTemporalQueries": []}), 422, "OperationNotSupported")
+    problem(client.post(SNAPSHOTS, json={**VEHICLES, "snapshotTemporalQueries": []}), 400, "BadRequestData")
+    problem(client.post(SNAPSHOTS, json={**VEHICLES, "endpoint": "http://127.0.0.1:9/n"}), 422, "OperationNotSupported")
     problem(client.post(SNAPSHOTS, content=b"[1", headers={"Content-Type": "application/json"}), 400, "InvalidRequest")
     assert client.get(SNAPSHOTS).json() == []  # nothing was made
     problem(
@@ -285,7 +290,8 @@ def test_update_clone_delete_and_purge(client: TestClient) -> None:
     problem(client.delete(SNAPSHOTS), 400, "BadRequestData")
     assert client.get(location).status_code == 200  # a refused purge purged nothing
     store = client.app.state.services.store  # type: ignore[attr-defined]
-    assert client.portal.call(store.temporal_entity, hidden, FAST) is not None  # type: ignore[union-attr]
+    # the copy records no history of its own (a snapshot's history is what snapshotTemporalQueries froze)
+    assert client.portal.call(store.temporal_entity, hidden, FAST) is None  # type: ignore[union-attr]
     assert client.delete(SNAPSHOTS, params={"q": "snapshotPriority<5"}).status_code == 204
     assert client.get(location).status_code == 404
     assert stored_ids(client, hidden) == []
@@ -352,7 +358,13 @@ def test_entity_limit_fails_the_snapshot(db_url: str) -> None:
     with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as small:
         vehicle(small, FAST, 80)
         vehicle(small, SLOW, 30)
-        body = small.get(make(small, VEHICLES)).json()
+        # one query alone selects too many: refused before anything is made
+        problem(small.post(SNAPSHOTS, json=VEHICLES), 403, "TooManyResults")
+        assert small.get(SNAPSHOTS).json() == []
+        # each query fits, their union does not: the fill fails and keeps nothing
+        slow_only = {"type": "Query", "entities": [{"type": "Vehicle"}], "q": "speed<50"}
+        both = {"type": "Snapshot", "snapshotQueries": [*FAST_ONLY["snapshotQueries"], slow_only]}
+        body = small.get(make(small, both)).json()
         assert body["snapshotStatus"] == "failure"
         assert "snapshot_max_entities" in body["snapshotQueriesDetails"][0]["detail"]
         assert stored_ids(small, hidden_tenant(small, "", body["id"])) == []

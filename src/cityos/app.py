@@ -70,6 +70,7 @@ from cityos.serving.requests import quick_requests
 from cityos.serving.routing import index_routes
 from cityos.settings import Settings
 from cityos.snapshots import http as snapshots_http
+from cityos.snapshots import lifecycle as snapshot_lifecycle
 from cityos.snapshots.scope import HEADER as SNAPSHOT_HEADER
 from cityos.store.base import StoreEvent
 from cityos.store.fair import current_client
@@ -424,6 +425,9 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         stack.push_async_callback(csource.stop)
         sweeper = asyncio.create_task(_sweep_expired(services))
         stack.push_async_callback(_cancel, sweeper)
+        # interrupted snapshot fills fail, expired snapshots go (snapshots/lifecycle.py)
+        snapshot_sweeper = asyncio.create_task(snapshot_lifecycle.sweep_forever(services.store, settings))
+        stack.push_async_callback(_cancel, snapshot_sweeper)
 
     routes = [
         *entities.routes(),

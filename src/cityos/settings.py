@@ -203,10 +203,25 @@ class Settings:
         86400.0, "Longest EntityMap lifetime in seconds; longer requested lifetimes and later expiresAt are cut to it."
     )
     snapshot_max_count: int = _setting(
-        20, "Snapshots (spec 5.16) a tenant may hold at once; a create or clone beyond it is refused (409)."
+        20,
+        "Snapshots (spec 5.16) a tenant may hold at once; a create or clone beyond it evicts the one of lowest"
+        " snapshotPriority if lower than its own, else is refused (409).",
     )
     snapshot_max_entities: int = _setting(
-        10000, "Entities one snapshot may freeze; a fill selecting more ends with snapshotStatus failure."
+        10000,
+        "Entities one snapshot may freeze: a create whose query alone selects more locally is refused (403"
+        " TooManyResults); a fill whose union (with the context sources) has more ends as failure, keeping nothing.",
+    )
+    snapshot_max_lifetime: float = _setting(
+        0.0,
+        "Longest a snapshot lives unused, in seconds (its snapshotLifetime is cut to it, and it is the lifetime of"
+        " snapshots that give none); expired snapshots are removed with their data. 0: no server limit.",
+    )
+    snapshot_fill_beat: float = _setting(
+        10.0,
+        "Seconds between a running snapshot fill's heartbeats; a snapshot still preparing without one for three"
+        " beats (its process stopped) becomes failure and its partial copy is removed. Also how often expired"
+        " snapshots are swept.",
     )
     iot_http: bool = _setting(
         True, "Serve the IoT Agent under /iot: service group and device provisioning, HTTP measures (UltraLight, JSON)."
@@ -335,6 +350,8 @@ class Settings:
             raise ValueError("entity_map_lifetime must be positive and at most entity_map_max_lifetime")
         if self.snapshot_max_count < 0 or self.snapshot_max_entities < 1:
             raise ValueError("snapshot_max_count must not be negative and snapshot_max_entities must be positive")
+        if self.snapshot_max_lifetime < 0 or self.snapshot_fill_beat <= 0:
+            raise ValueError("snapshot_max_lifetime must not be negative and snapshot_fill_beat must be positive")
 
 
 def env_name(name: str) -> str:

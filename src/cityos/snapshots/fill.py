@@ -18,7 +18,8 @@ from cityos.entities import update
 from cityos.entities.model import Entity
 from cityos.errors import NgsiLdError
 from cityos.policy.decision import ReadView
-from cityos.snapshots.model import EMPTY, FAILURE, SUCCESS, overall_status
+from cityos.snapshots import history
+from cityos.snapshots.model import EMPTY, FAILURE, SUCCESS, TooLarge, overall_status
 from cityos.store.base import EntityQuery, EntityStore
 
 log = logging.getLogger("cityos.snapshots")
@@ -26,8 +27,7 @@ WRITE_CHUNK = 500  # entities per write transaction
 Sources = Callable[[dict[str, Any]], Awaitable[list[dict[str, Any]]]]  # a snapshot query -> what the sources return
 
 
-class TooLarge(Exception):
-    """The snapshot would hold more entities than the snapshot_max_entities setting."""
+__all__ = ["Plan", "TooLarge", "copy", "drop", "fill"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +80,16 @@ async def _write(store: EntityStore, hidden: str, entities: list[Entity]) -> Non
 
 
 async def fill(
-    store: EntityStore, tenant: str, hidden: str, plans: list[Plan], sources: Sources, max_entities: int
-) -> tuple[str, list[dict[str, Any]]]:
-    """Run the queries and freeze their union into `hidden`: (snapshotStatus, snapshotQueriesDetails)."""
+    store: EntityStore,
+    tenant: str,
+    hidden: str,
+    plans: list[Plan],
+    sources: Sources,
+    max_entities: int,
+    temporal: list[history.TemporalPlan] | None = None,
+) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run the queries and freeze their union into `hidden`, then the temporal queries' history:
+    (snapshotStatus, snapshotQueriesDetails, snapshotTemporalQueriesDetails)."""
     union: dict[str, Entity] = {}
     details: list[dict[str, Any]] = []
     for plan in plans:
@@ -102,7 +109,8 @@ async def fill(
             raise TooLarge(f"the snapshot would hold more than {max_entities} entities (snapshot_max_entities)")
         details.append({"resultStatus": SUCCESS if found else EMPTY})
     await _write(store, hidden, list(union.values()))
-    return overall_status([d["resultStatus"] for d in details]), details
+    past = await history.freeze(store, tenant, hidden, temporal or [], max_entities)
+    return overall_status([d["resultStatus"] for d in details + past]), details, past
 
 
 async def _all(store: EntityStore, hidden: str, limit: int | None) -> list[Entity]:
@@ -115,14 +123,17 @@ async def copy(store: EntityStore, source: str, target: str, max_entities: int) 
     if len(entities) > max_entities:
         raise TooLarge(f"the snapshot holds more than {max_entities} entities (snapshot_max_entities)")
     await _write(store, target, [_copy(e) for e in entities])
+    await history.copy(store, source, target)
     return len(entities)
 
 
 async def drop(store: EntityStore, hidden: str) -> None:
-    """Delete a snapshot's entities and the history their writes left (5.16.5)."""
+    """Delete a snapshot's entities and its frozen history (5.16.5)."""
     ids = [e["id"] for e in await _all(store, hidden, None)]
     for start in range(0, len(ids), WRITE_CHUNK):
         chunk = ids[start : start + WRITE_CHUNK]
         await store.mutate(hidden, [(i, update.delete(i)) for i in chunk], atomic=False)
-    for entity_id in ids:
+    # the temporal entities the hidden tenant holds: the frozen history (and, for snapshots made before
+    # copies stopped recording history, that history too), not one delete per copied entity
+    for entity_id in await history.frozen_ids(store, hidden):
         await store.temporal_delete_entity(hidden, entity_id)

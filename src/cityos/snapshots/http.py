@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +26,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cityos.entities.model import parse_entity
 from cityos.entities.values import MAX_SAFE_INTEGER, now, require_uri
-from cityos.errors import BadRequestData, Conflict, NgsiLdError, OperationNotSupported, ResourceNotFound
+from cityos.errors import (
+    AlreadyExists,
+    BadRequestData,
+    Conflict,
+    NgsiLdError,
+    OperationNotSupported,
+    ResourceNotFound,
+    TooManyResults,
+)
 from cityos.jsonld.registry import ResolvedContext
 from cityos.net import OutboundPolicy
 from cityos.ngsild import access
@@ -45,7 +55,7 @@ from cityos.ngsild.common import (
 from cityos.ngsild.guard import hide, require
 from cityos.policy.decision import Action, Target
 from cityos.query.entity_query import QuerySpec, build_entity_query
-from cityos.snapshots import fill, model
+from cityos.snapshots import fill, history, lifecycle, model
 from cityos.snapshots.remote import ask_sources
 from cityos.snapshots.scope import HEADER, SCOPE_KEY, SnapshotScope, new_hidden_tenant
 from cityos.store.base import EntityStore
@@ -58,8 +68,14 @@ RESOURCE = "snapshot"
 HEADER_KEY = HEADER.lower().encode()
 TOUCH_SECONDS = 60.0  # lastUsedAt is rewritten at most this often (a read is not a write each time)
 # what a request with NGSILD-Snapshot may do: the retrievals and queries of current entities
-SCOPED = (("GET", BASE + "/entities"), ("GET", BASE + "/types"), ("GET", BASE + "/attributes"))
-SCOPED_POST = BASE + "/entityOperations/query"
+# and the temporal ones, which read the history the snapshot's snapshotTemporalQueries froze
+SCOPED = (
+    ("GET", BASE + "/entities"),
+    ("GET", BASE + "/types"),
+    ("GET", BASE + "/attributes"),
+    ("GET", BASE + "/temporal/entities"),
+)
+SCOPED_POST = (BASE + "/entityOperations/query", BASE + "/temporal/entityOperations/query")
 
 
 class SnapshotFills:
@@ -68,7 +84,7 @@ class SnapshotFills:
     def __init__(self) -> None:
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, work: Awaitable[None]) -> None:
+    def start(self, work: Awaitable[object]) -> None:
         async def run() -> None:
             await work
 
@@ -105,6 +121,9 @@ async def _mine(request: Request, tenant_name: str, snapshot_id: str, action: Ac
     row = await services(request).store.get_snapshot(tenant_name, snapshot_id)
     if row is None:
         raise _missing(snapshot_id)
+    if lifecycle.expired(row.document, services(request).settings.snapshot_max_lifetime, time.time()):
+        _fills(request).start(lifecycle.evict(services(request).store, row))  # its data goes in the background
+        raise _missing(snapshot_id)
     if not principal(request).may_manage(row.document.get(model.OWNER)):
         raise hide(request, f"{action} snapshot", _target(tenant_name), _missing(snapshot_id))
     require(request, "read", _target(tenant_name), hidden=_missing(snapshot_id))
@@ -121,10 +140,23 @@ def _location(snapshot_id: str) -> dict[str, str]:
     return {"Location": f"{BASE}/snapshots/" + quote(snapshot_id, safe=":;=@!$&'()*+,~-._")}
 
 
-async def _room(request: Request, tenant_name: str) -> None:
-    limit = services(request).settings.snapshot_max_count
-    if len(await services(request).store.list_snapshots(tenant_name)) >= limit:
-        raise Conflict(f"the tenant holds {limit} snapshots already (snapshot_max_count): delete or purge some first")
+def _render(request: Request, document: dict[str, Any]) -> dict[str, Any]:
+    return model.render(document, lifecycle.expires_at(document, services(request).settings.snapshot_max_lifetime))
+
+
+async def _too_many(request: Request, tenant_name: str, plans: list[fill.Plan]) -> None:
+    """Refuse before anything is made a query that alone selects more local entities than one
+    snapshot may hold (403 TooManyResults); a union that grows too large with the context sources'
+    entities still ends the fill as failure, with nothing kept."""
+    limit = services(request).settings.snapshot_max_entities
+    store = services(request).store
+    for number, plan in enumerate(plans):
+        counted = await store.query_entities(tenant_name, replace(plan.query, limit=0, offset=0, count=True))
+        if (counted.total or 0) > limit:
+            raise TooManyResults(
+                f"snapshotQueries[{number}] selects {counted.total} entities; a snapshot holds at most {limit}"
+                " (snapshot_max_entities)"
+            )
 
 
 def _plan(request: Request, tenant_name: str, context: ResolvedContext, raw: dict[str, Any]) -> fill.Plan:
@@ -148,6 +180,19 @@ def _plan(request: Request, tenant_name: str, context: ResolvedContext, raw: dic
     return fill.Plan(raw, query, read, lambda item: parse_entity(item, context.terms, stamp=now()))
 
 
+def _temporal_plan(
+    request: Request, tenant_name: str, context: ResolvedContext, raw: dict[str, Any]
+) -> history.TemporalPlan:
+    """A snapshot temporal query compiled as the temporal API compiles one, under the caller's access."""
+    geo = None
+    if raw.get("geoQ") is not None:
+        from cityos.query.geo import parse_geoq
+
+        geo = parse_geoq(raw["geoQ"])
+    query = history.compile_query(raw, context.terms.expand, geo, services(request).settings.max_pattern_length)
+    return history.TemporalPlan(query, access.temporal_read(request, tenant_name, query))
+
+
 def _sources(request: Request, tenant_name: str, context: ResolvedContext) -> fill.Sources:
     settings = services(request).settings
     store = services(request).store
@@ -165,7 +210,13 @@ def _sources(request: Request, tenant_name: str, context: ResolvedContext) -> fi
     return ask
 
 
-async def _finish(store: EntityStore, row: SnapshotRow, status: str, details: list[dict[str, Any]]) -> None:
+async def _finish(
+    store: EntityStore,
+    row: SnapshotRow,
+    status: str,
+    details: list[dict[str, Any]],
+    past: list[dict[str, Any]] | None = None,
+) -> None:
     """Record how a fill or clone ended; if the snapshot was deleted meanwhile, its entities go too."""
     current = await store.get_snapshot(row.tenant, row.id)
     if current is not None:
@@ -175,38 +226,60 @@ async def _finish(store: EntityStore, row: SnapshotRow, status: str, details: li
             "snapshotQueriesDetails": details,
             "modifiedAt": now(),
         }
+        if past is not None and "snapshotTemporalQueries" in current.document:
+            document["snapshotTemporalQueriesDetails"] = past
         await store.save_snapshot(SnapshotRow(row.tenant, row.id, document), create=False)
     if current is None or await store.get_snapshot(row.tenant, row.id) is None:
         await fill.drop(store, row.document[model.HIDDEN])
 
 
-async def _failed(store: EntityStore, row: SnapshotRow, exc: Exception, count: int) -> None:
+async def _failed(store: EntityStore, row: SnapshotRow, exc: Exception) -> None:
     if not isinstance(exc, fill.TooLarge):
         log.exception("snapshot %s of tenant %r failed", row.id, row.tenant, exc_info=exc)
     await fill.drop(store, row.document[model.HIDDEN])  # nothing half-made stays
     detail = str(exc) if isinstance(exc, fill.TooLarge) else "the snapshot could not be made"
-    await _finish(store, row, model.FAILURE, [{"resultStatus": model.FAILURE, "detail": detail}] * count)
+    failed = {"resultStatus": model.FAILURE, "detail": detail}
+    document = row.document
+    details = [failed] * len(document.get("snapshotQueries") or [])
+    past = [failed] * len(document.get("snapshotTemporalQueries") or [])
+    await _finish(store, row, model.FAILURE, details, past)
 
 
 async def _run_fill(
-    store: EntityStore, row: SnapshotRow, plans: list[fill.Plan], sources: fill.Sources, max_entities: int
+    store: EntityStore,
+    row: SnapshotRow,
+    plans: tuple[list[fill.Plan], list[history.TemporalPlan]],
+    sources: fill.Sources,
+    max_entities: int,
+    beat_seconds: float,
 ) -> None:
     hidden = row.document[model.HIDDEN]
+    beat = lifecycle.Beat(store, row, beat_seconds)  # a fill whose process stops is found by its silence
     try:
-        status, details = await fill.fill(store, row.tenant, hidden, plans, sources, max_entities)
+        status, details, past = await fill.fill(store, row.tenant, hidden, plans[0], sources, max_entities, plans[1])
     except Exception as exc:  # a background task: its end is recorded in the snapshot, never lost
-        await _failed(store, row, exc, len(plans))
+        await beat.stop()
+        await _failed(store, row, exc)
         return
-    await _finish(store, row, status, details)
+    finally:
+        await beat.stop()
+    await _finish(store, row, status, details, past)
 
 
-async def _run_clone(store: EntityStore, row: SnapshotRow, original: dict[str, Any], max_entities: int) -> None:
+async def _run_clone(
+    store: EntityStore, row: SnapshotRow, original: dict[str, Any], max_entities: int, beat_seconds: float
+) -> None:
+    beat = lifecycle.Beat(store, row, beat_seconds)
     try:
         await fill.copy(store, original[model.HIDDEN], row.document[model.HIDDEN], max_entities)
     except Exception as exc:
-        await _failed(store, row, exc, len(original.get("snapshotQueries", [])))
+        await beat.stop()
+        await _failed(store, row, exc)
         return
-    await _finish(store, row, original["snapshotStatus"], original.get("snapshotQueriesDetails", []))
+    finally:
+        await beat.stop()
+    details, past = original.get("snapshotQueriesDetails", []), original.get("snapshotTemporalQueriesDetails")
+    await _finish(store, row, original["snapshotStatus"], details, past)
 
 
 async def create_snapshot(request: Request) -> Response:
@@ -215,18 +288,27 @@ async def create_snapshot(request: Request) -> Response:
     body, media = await read_payload(request)
     tenant_name = tenant(request)
     require(request, "administer", _target(tenant_name))
-    snapshot_id, queries, priority = model.parse_create(body)
+    snapshot_id, queries, temporal_queries, priority = model.parse_create(body)
+    settings = services(request).settings
+    lifetime = lifecycle.lifetime_members(body, settings.snapshot_max_lifetime, time.time())
     context = await body_context(request, body, media, tenant_name=tenant_name)
     plans = [_plan(request, tenant_name, context, raw) for raw in queries]
-    await _room(request, tenant_name)
+    temporal = [_temporal_plan(request, tenant_name, context, raw) for raw in temporal_queries]
+    store = services(request).store
+    if await store.get_snapshot(tenant_name, snapshot_id) is not None:  # before anything is evicted for it
+        raise AlreadyExists(f"snapshot {snapshot_id} already exists")
+    await _too_many(request, tenant_name, plans)
+    await lifecycle.make_room(store, settings, tenant_name, priority)
     stamp = now()
     owner = principal(request).owner_id
-    document = model.new_document(snapshot_id, queries, priority, stamp, new_hidden_tenant(tenant_name), owner)
-    row = SnapshotRow(tenant_name, snapshot_id, document)
-    store = services(request).store
+    hidden = new_hidden_tenant(tenant_name)
+    document = model.new_document(snapshot_id, queries, priority, stamp, hidden, owner, temporal_queries)
+    row = SnapshotRow(tenant_name, snapshot_id, lifecycle.with_members(document, lifetime))
     await store.save_snapshot(row, create=True)
     sources = _sources(request, tenant_name, context)
-    _fills(request).start(_run_fill(store, row, plans, sources, services(request).settings.snapshot_max_entities))
+    max_entities, beat = settings.snapshot_max_entities, settings.snapshot_fill_beat
+    work = _run_fill(store, row, (plans, temporal), sources, max_entities, beat)
+    _fills(request).start(work)
     return Response(status_code=201, headers=_location(snapshot_id))
 
 
@@ -237,16 +319,24 @@ async def clone_snapshot(request: Request) -> Response:
     tenant_name = tenant(request)
     original = (await _mine(request, tenant_name, _snapshot_id(request), "administer")).document
     snapshot_id, priority = model.parse_clone(body, original)
+    settings = services(request).settings
+    # the clone keeps the original's lifetime unless the body gives its own
+    inherited = {name: original.get(name) for name in ("snapshotLifetime", model.UNTIL)}
+    lifetime = {**inherited, **lifecycle.lifetime_members(body, settings.snapshot_max_lifetime, time.time())}
     if original["snapshotStatus"] == model.PREPARING:
         raise Conflict("the snapshot is still being prepared; clone it once its snapshotStatus has changed")
-    await _room(request, tenant_name)
-    owner = principal(request).owner_id
-    queries = original.get("snapshotQueries", [])
-    document = model.new_document(snapshot_id, queries, priority, now(), new_hidden_tenant(tenant_name), owner)
-    row = SnapshotRow(tenant_name, snapshot_id, document)
     store = services(request).store
+    if await store.get_snapshot(tenant_name, snapshot_id) is not None:
+        raise AlreadyExists(f"snapshot {snapshot_id} already exists")
+    await lifecycle.make_room(store, settings, tenant_name, priority)
+    owner = principal(request).owner_id
+    queries, past = original.get("snapshotQueries", []), original.get("snapshotTemporalQueries")
+    hidden = new_hidden_tenant(tenant_name)
+    document = model.new_document(snapshot_id, queries, priority, now(), hidden, owner, past)
+    row = SnapshotRow(tenant_name, snapshot_id, lifecycle.with_members(document, lifetime))
     await store.save_snapshot(row, create=True)
-    _fills(request).start(_run_clone(store, row, original, services(request).settings.snapshot_max_entities))
+    work = _run_clone(store, row, original, settings.snapshot_max_entities, settings.snapshot_fill_beat)
+    _fills(request).start(work)
     return Response(status_code=201, headers=_location(snapshot_id))
 
 
@@ -256,7 +346,7 @@ async def retrieve_snapshot(request: Request) -> Response:
     media = accept(request)
     tenant_name = tenant(request)
     row = await _mine(request, tenant_name, _snapshot_id(request), "read")
-    return json_response(model.render(row.document), media=media, context=await query_context(request, tenant_name))
+    return json_response(_render(request, row.document), media=media, context=await query_context(request, tenant_name))
 
 
 def _page(request: Request) -> tuple[int, int]:
@@ -276,10 +366,13 @@ async def _selected(request: Request, tenant_name: str, q: str | None, action: A
     test = None if q is None else model.purge_filter(q, services(request).settings.max_pattern_length)
     require(request, action, _target(tenant_name))
     who = principal(request)
+    max_lifetime, moment = services(request).settings.snapshot_max_lifetime, time.time()
     return [
         row
         for row in await services(request).store.list_snapshots(tenant_name)
-        if who.may_manage(row.document.get(model.OWNER)) and (test is None or test(row.document))
+        if who.may_manage(row.document.get(model.OWNER))
+        and not lifecycle.expired(row.document, max_lifetime, moment)  # gone; the sweep removes it
+        and (test is None or test(row.document))
     ]
 
 
@@ -291,7 +384,7 @@ async def query_snapshots(request: Request) -> Response:
     limit, offset = _page(request)
     rows = await _selected(request, tenant_name, request.query_params.get("q"), "read")
     headers = {"NGSILD-Results-Count": str(len(rows))} if request.query_params.get("count") == "true" else {}
-    body = [model.render(row.document) for row in rows[offset : offset + limit]]
+    body = [_render(request, row.document) for row in rows[offset : offset + limit]]
     context = await query_context(request, tenant_name)
     return json_response(body, media=media, context=context, headers=headers)
 
@@ -303,15 +396,18 @@ async def update_snapshot(request: Request) -> Response:
     body, _ = await read_payload(request, merge_patch=True)
     tenant_name = tenant(request)
     priority = model.parse_update(body)
+    settings = services(request).settings
+    lifetime = lifecycle.lifetime_members(body, settings.snapshot_max_lifetime, time.time())
     row = await _mine(request, tenant_name, _snapshot_id(request), "administer")
-    document = {**row.document, "snapshotPriority": priority, "modifiedAt": now()}
+    document = lifecycle.with_members({**row.document, "modifiedAt": now()}, lifetime)
+    if priority is not None:
+        document["snapshotPriority"] = priority
     await services(request).store.save_snapshot(SnapshotRow(tenant_name, row.id, document), create=False)
-    return json_response(model.render(document), media=media, context=await query_context(request, tenant_name))
+    return json_response(_render(request, document), media=media, context=await query_context(request, tenant_name))
 
 
 async def _delete(store: EntityStore, row: SnapshotRow) -> None:
-    if await store.delete_snapshot(row.tenant, row.id):
-        await fill.drop(store, row.document[model.HIDDEN])
+    await lifecycle.evict(store, row)
 
 
 async def delete_snapshot(request: Request) -> Response:
@@ -338,7 +434,7 @@ async def purge_snapshots(request: Request) -> Response:
 # -- NGSILD-Snapshot (6.3.22) ------------------------------------------------------------------------
 def _scoped_operation(method: str, path: str) -> bool:
     if method == "POST":
-        return path.rstrip("/") == SCOPED_POST
+        return path.rstrip("/") in SCOPED_POST
     return any(method == m and (path == p or path.startswith(p + "/")) for m, p in SCOPED)
 
 

@@ -4,6 +4,7 @@ Framework-free: plain dicts in, plain dicts out, BadRequestData for what a clien
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -16,14 +17,20 @@ DEFAULT_PRIORITY = 5
 PRIORITIES = range(1, 11)  # snapshotPriority: 1 (evict first) to 10
 PREPARING, SUCCESS, PARTIAL, EMPTY, FAILURE = "preparing", "success", "partial", "empty", "failure"
 # what a client may give when it creates, updates or clones a snapshot (5.2.41)
-CREATE_MEMBERS = frozenset({"id", "type", "snapshotQueries", "snapshotPriority", "@context"})
-UPDATE_MEMBERS = frozenset({"snapshotPriority", "@context"})
-CLONE_MEMBERS = frozenset({"id", "type", "snapshotPriority", "@context"})
+LIFETIME_MEMBERS = frozenset({"snapshotLifetime", "expiresAt"})  # lifecycle.py
+CREATE_MEMBERS = (
+    frozenset({"id", "type", "snapshotQueries", "snapshotTemporalQueries", "snapshotPriority", "@context"})
+    | LIFETIME_MEMBERS
+)
+UPDATE_MEMBERS = frozenset({"snapshotPriority", "@context"}) | LIFETIME_MEMBERS
+CLONE_MEMBERS = frozenset({"id", "type", "snapshotPriority", "@context"}) | LIFETIME_MEMBERS
 READ_ONLY = frozenset(
     {
         "snapshotQueries",
+        "snapshotTemporalQueries",
         "snapshotStatus",
         "snapshotQueriesDetails",
+        "snapshotTemporalQueriesDetails",
         "createdAt",
         "modifiedAt",
         "lastUsedAt",
@@ -32,19 +39,21 @@ READ_ONLY = frozenset(
     }
 )
 # members of 5.2.41 that CityOS does not serve yet: a request using them is told so, not ignored
-NOT_SUPPORTED = frozenset(
-    {"snapshotTemporalQueries", "snapshotLifetime", "endpoint", "receiverInfo", "snapshotTemporalQueriesDetails"}
-)
+NOT_SUPPORTED = frozenset({"endpoint", "receiverInfo"})
 PUBLIC = (
     "id",
     "type",
     "snapshotQueries",
+    "snapshotTemporalQueries",
     "snapshotStatus",
     "snapshotQueriesDetails",
+    "snapshotTemporalQueriesDetails",
     "snapshotPriority",
     "createdAt",
     "modifiedAt",
     "lastUsedAt",
+    "snapshotLifetime",
+    "expiresAt",  # computed (lifecycle.expires_at), never stored as given
 )
 # the members of a Query (5.2.23) a snapshot query may use: temporalQ belongs to snapshotTemporalQueries
 QUERY_MEMBERS = frozenset({"type", "entities", "attrs", "q", "geoQ", "scopeQ", "csf", "lang", "@context"})
@@ -52,6 +61,12 @@ QUERY_MEMBERS = frozenset({"type", "entities", "attrs", "q", "geoQ", "scopeQ", "
 PURGE_MEMBERS = frozenset({"snapshotPriority", "snapshotStatus", "createdAt", "modifiedAt", "lastUsedAt"})
 HIDDEN = "cityos:hiddenTenant"  # stored, never rendered: the tenant holding the frozen entities
 OWNER = "cityos:owner"  # stored, never rendered: the principal that made it (None with auth off)
+UNTIL = "cityos:expiresAt"  # stored, never rendered as is: the expiresAt a client gave (lifecycle.py)
+BEAT = "cityos:fillBeat"  # stored, never rendered: epoch seconds of a running fill's last heartbeat
+
+
+class TooLarge(Exception):
+    """The snapshot would hold more than its limits allow (snapshot_max_entities, history.MAX_INSTANCES)."""
 
 
 def _object(body: Any, what: str) -> dict[str, Any]:
@@ -93,50 +108,64 @@ def snapshot_id(body: dict[str, Any]) -> str:
     return require_uri(given, "snapshot id")
 
 
-def check_query(raw: Any, number: int) -> dict[str, Any]:
-    """One member of snapshotQueries: a Query (5.2.23) without temporalQ that selects something."""
-    query = _object(raw, f"snapshotQueries[{number}]")
+def check_query(raw: Any, number: int, *, temporal: bool = False) -> dict[str, Any]:
+    """One member of snapshotQueries: a Query (5.2.23) without temporalQ that selects something;
+    of snapshotTemporalQueries (`temporal`): one with a temporalQ object (its window is checked
+    when the query is compiled: snapshots/history.py)."""
+    where = f"{'snapshotTemporalQueries' if temporal else 'snapshotQueries'}[{number}]"
+    query = _object(raw, where)
     if query.get("type") != "Query":
-        raise BadRequestData(f'snapshotQueries[{number}] needs "type": "Query"')
-    if "temporalQ" in query:
-        raise BadRequestData(f"snapshotQueries[{number}]: temporalQ belongs in snapshotTemporalQueries")
-    unknown = sorted(set(query) - QUERY_MEMBERS)
+        raise BadRequestData(f'{where} needs "type": "Query"')
+    if temporal and not isinstance(query.get("temporalQ"), dict):
+        raise BadRequestData(f"{where} needs a temporalQ object")
+    if not temporal and "temporalQ" in query:
+        raise BadRequestData(f"{where}: temporalQ belongs in snapshotTemporalQueries")
+    unknown = sorted(set(query) - QUERY_MEMBERS - ({"temporalQ"} if temporal else set()))
     if unknown:
-        raise BadRequestData(f"snapshotQueries[{number}]: members not allowed: {', '.join(unknown)}")
+        raise BadRequestData(f"{where}: members not allowed: {', '.join(unknown)}")
     entities = query.get("entities")
     if entities is not None and (not isinstance(entities, list) or not entities):
-        raise BadRequestData(f"snapshotQueries[{number}]: entities must be a non-empty array")
+        raise BadRequestData(f"{where}: entities must be a non-empty array")
     attrs = query.get("attrs")
     if attrs is not None and (not isinstance(attrs, list) or not attrs or not all(isinstance(a, str) for a in attrs)):
-        raise BadRequestData(f"snapshotQueries[{number}]: attrs must be a non-empty array of strings")
+        raise BadRequestData(f"{where}: attrs must be a non-empty array of strings")
     for member in ("q", "scopeQ", "csf", "lang"):
         if query.get(member) is not None and not isinstance(query[member], str):
-            raise BadRequestData(f"snapshotQueries[{number}]: {member} must be a string")
+            raise BadRequestData(f"{where}: {member} must be a string")
     if not any(query.get(m) is not None for m in ("entities", "attrs", "q", "geoQ")):
-        raise BadRequestData(f"snapshotQueries[{number}] needs entities, attrs, q or geoQ")
+        raise BadRequestData(f"{where} needs entities, attrs, q or geoQ")
     return query
 
 
-def parse_create(body: Any) -> tuple[str, list[dict[str, Any]], int]:
-    """(id, snapshotQueries, snapshotPriority) of a create body (5.16.1)."""
+def parse_create(body: Any) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]], int]:
+    """(id, snapshotQueries, snapshotTemporalQueries, snapshotPriority) of a create body (5.16.1):
+    one of the two lists at least, each non-empty when given."""
     body = _object(body, "a snapshot")
     _check_members(body, CREATE_MEMBERS, "a snapshot")
     _type(body, required=True)
-    queries = body.get("snapshotQueries")
-    if queries is None:
-        raise BadRequestData("a snapshot needs snapshotQueries")
-    if not isinstance(queries, list) or not queries:
-        raise BadRequestData("snapshotQueries must be a non-empty array of Query")
-    return snapshot_id(body), [check_query(q, n) for n, q in enumerate(queries)], priority(body)
+    lists: dict[str, list[dict[str, Any]]] = {}
+    for member in ("snapshotQueries", "snapshotTemporalQueries"):
+        given = body.get(member)
+        if given is None:
+            continue
+        if not isinstance(given, list) or not given:
+            raise BadRequestData(f"{member} must be a non-empty array of Query")
+        temporal = member == "snapshotTemporalQueries"
+        lists[member] = [check_query(q, n, temporal=temporal) for n, q in enumerate(given)]
+    if not lists:
+        raise BadRequestData("a snapshot needs snapshotQueries or snapshotTemporalQueries")
+    queries, temporal_queries = lists.get("snapshotQueries", []), lists.get("snapshotTemporalQueries", [])
+    return snapshot_id(body), queries, temporal_queries, priority(body)
 
 
-def parse_update(body: Any) -> int:
-    """The new snapshotPriority of an update body (5.16.4): the only member a client may change."""
+def parse_update(body: Any) -> int | None:
+    """The new snapshotPriority of an update body (5.16.4), None if it keeps its own; the lifetime
+    members (lifecycle.lifetime_members) are the others a client may change."""
     body = _object(body, "a snapshot fragment")
     _check_members(body, UPDATE_MEMBERS, "a snapshot update")
-    if "snapshotPriority" not in body:
-        raise BadRequestData("a snapshot update needs snapshotPriority")
-    return priority(body)
+    if not set(body) & (UPDATE_MEMBERS - {"@context"}):
+        raise BadRequestData("a snapshot update needs snapshotPriority, snapshotLifetime or expiresAt")
+    return priority(body) if "snapshotPriority" in body else None
 
 
 def parse_clone(body: Any, original: dict[str, Any]) -> tuple[str, int]:
@@ -148,12 +177,20 @@ def parse_clone(body: Any, original: dict[str, Any]) -> tuple[str, int]:
 
 
 def new_document(
-    sid: str, queries: list[dict[str, Any]], prio: int, stamp: str, hidden: str, owner: str | None
+    sid: str,
+    queries: list[dict[str, Any]],
+    prio: int,
+    stamp: str,
+    hidden: str,
+    owner: str | None,
+    temporal: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    history = {"snapshotTemporalQueries": temporal, "snapshotTemporalQueriesDetails": []} if temporal else {}
     return {
         "id": sid,
         "type": "Snapshot",
-        "snapshotQueries": queries,
+        **({"snapshotQueries": queries} if queries or not temporal else {}),
+        **history,
         "snapshotStatus": PREPARING,
         "snapshotQueriesDetails": [],
         "snapshotPriority": prio,
@@ -162,6 +199,7 @@ def new_document(
         "lastUsedAt": stamp,  # 5.2.41: initialized at creation
         HIDDEN: hidden,
         OWNER: owner,
+        BEAT: time.time(),
     }
 
 
@@ -175,8 +213,12 @@ def overall_status(results: list[str]) -> str:
     return FAILURE if FAILURE in results else EMPTY
 
 
-def render(document: dict[str, Any]) -> dict[str, Any]:
-    return {name: document[name] for name in PUBLIC if name in document}
+def render(document: dict[str, Any], expires: str | None = None) -> dict[str, Any]:
+    """The public members; `expires` is the expiresAt lifecycle.expires_at computed."""
+    shown = {name: document[name] for name in PUBLIC if name in document}
+    if expires is not None:
+        shown["expiresAt"] = expires
+    return shown
 
 
 def as_entity(document: dict[str, Any]) -> dict[str, Any]:

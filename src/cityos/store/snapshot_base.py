@@ -27,5 +27,8 @@ class SnapshotStore(Protocol):
     async def list_snapshots(self, tenant: str) -> list[SnapshotRow]:
         """A tenant's snapshots, in creation order."""
 
+    async def all_snapshots(self) -> list[SnapshotRow]:
+        """Every tenant's snapshots (the sweep of interrupted fills and expired snapshots)."""
+
     async def delete_snapshot(self, tenant: str, snapshot_id: str) -> bool:
         """Remove a snapshot's row (not its entities: the caller deletes those); False if there was none."""

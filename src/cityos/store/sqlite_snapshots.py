@@ -57,6 +57,10 @@ class SQLiteSnapshots:
         rows = await self._read(lambda c: c.execute(sql, (tenant,)).fetchall())
         return [SnapshotRow(tenant, i, orjson.loads(d)) for i, d in rows]
 
+    async def all_snapshots(self) -> list[SnapshotRow]:
+        rows = await self._read(lambda c: c.execute("SELECT tenant, id, doc FROM snapshots ORDER BY pk").fetchall())
+        return [SnapshotRow(t, i, orjson.loads(d)) for t, i, d in rows]
+
     async def delete_snapshot(self, tenant: str, snapshot_id: str) -> bool:
         sql = "DELETE FROM snapshots WHERE tenant = ? AND id = ?"
         return await self._write(lambda c: c.execute(sql, (tenant, snapshot_id)).rowcount > 0)

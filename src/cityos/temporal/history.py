@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from cityos.entities.model import NULL_URI, VALUE_MEMBER, Entity, Instance
 from cityos.entities.values import identical, now
+from cityos.snapshots.scope import MARK
 from cityos.store.base import EntityChange, EntityLookup, HistoryRow, OutboxRow
 from cityos.store.temporal_base import SCOPE_ATTR
 
@@ -151,6 +152,6 @@ class HistoryRecorder:
         self.disabled = disabled
 
     def __call__(self, change: EntityChange, lookup: EntityLookup) -> Sequence[OutboxRow | HistoryRow]:
-        if ALL_TENANTS in self.disabled or change.tenant in self.disabled:
-            return []
+        if ALL_TENANTS in self.disabled or change.tenant in self.disabled or MARK in change.tenant:
+            return []  # a snapshot's copy records no history: its history is what it froze (snapshots/history.py)
         return history_rows(change)

@@ -61,6 +61,11 @@ class PostgresSnapshots(Transactions):
         rows = await self.pool.fetch("SELECT id, doc FROM snapshots WHERE tenant = $1 ORDER BY pk", tenant)
         return [SnapshotRow(tenant, r["id"], orjson.loads(r["doc"])) for r in rows]
 
+    @read_again_once
+    async def all_snapshots(self) -> list[SnapshotRow]:
+        rows = await self.pool.fetch("SELECT tenant, id, doc FROM snapshots ORDER BY pk")
+        return [SnapshotRow(r["tenant"], r["id"], orjson.loads(r["doc"])) for r in rows]
+
     async def delete_snapshot(self, tenant: str, snapshot_id: str) -> bool:
         return await self._write_one(
             "DELETE FROM snapshots WHERE tenant = $1 AND id = $2 RETURNING true", tenant, snapshot_id
