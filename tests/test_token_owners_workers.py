@@ -64,7 +64,7 @@ def until_both(send: Any, count: int, rounds: int = 6) -> tuple[set[str], int]:
     workers: set[str] = set()
     sent = 0
     while len(workers) < 2 and sent < count * rounds:
-        workers |= spread(lambda n: send(sent + n), count)
+        workers |= spread(lambda n, first=sent: send(first + n), count)
         sent += count
     return workers, sent
 
