@@ -57,6 +57,7 @@ PUBLIC_ROUTES = {
     ("GET", f"{API}/jsonldContexts"),  # @contexts are public documents (clients must fetch them)
     ("GET", f"{API}/jsonldContexts/{{context_id:path}}"),
     ("GET", "/iot/about"),  # the IoT Agent's version, as the FIWARE agent answers it
+    ("POST", "/ngsi-ld/ex/remote-notify"),  # context sources' notifications: the random subscription id
 }
 # the handler that only answers 400 for a missing entity id (`/entities/`, `/entities//attrs`)
 MALFORMED = "missing_entity_id"
