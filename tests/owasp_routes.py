@@ -272,6 +272,14 @@ def probes(ids: Ids) -> list[Probe]:
         p("GET", f"{API}/temporal/entityMaps", "read", f"{API}/temporal/entityMaps", params=temporal_q),
         # IoT agent
         p("GET", "/iot/about", "public", "/iot/about"),
+        # context sources' notifications: an id this broker did not make answers 404, changing nothing
+        p(
+            "POST",
+            "/ngsi-ld/ex/remote-notify",
+            "public",
+            "/ngsi-ld/ex/remote-notify",
+            json={"type": "Notification", "subscriptionId": "urn:ngsi-ld:Subscription:guess", "data": []},
+        ),
         p(
             "POST",
             "/iot/services",
