@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,18 +23,35 @@ ENTITIES = "/ngsi-ld/v1/entities"
 CORE = "https://uri.etsi.org/ngsi-ld/default-context/"
 
 
-@pytest.fixture
-def brokers(db_url: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, httpx.Client, BrokerProcess]]:
-    """(front, source, front's process): the front on the test's back-end, the source on SQLite."""
-    front, source = BrokerProcess(db_url), BrokerProcess(tmp_path / "source.db")
+@pytest.fixture(scope="module")
+def cluster(
+    module_db_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[BrokerProcess, BrokerProcess]]:
+    """(front, source): the front on the module's back-end, the source on SQLite; each test
+    works in a tenant of its own on both."""
+    front = BrokerProcess(module_db_url)
+    source = BrokerProcess(tmp_path_factory.mktemp("fwdsub") / "source.db")
     front.start()
     source.start()
     try:
-        with httpx.Client(base_url=front.base, timeout=20) as f, httpx.Client(base_url=source.base, timeout=20) as s:
-            yield f, s, front
+        yield front, source
     finally:
         front.stop()
         source.stop()
+
+
+@pytest.fixture
+def brokers(
+    cluster: tuple[BrokerProcess, BrokerProcess], request: pytest.FixtureRequest
+) -> Iterator[tuple[httpx.Client, httpx.Client, BrokerProcess]]:
+    """(front, source, front's process), both clients in this test's tenant."""
+    front, source = cluster
+    headers = {"NGSILD-Tenant": f"t{abs(hash(request.node.name)) % 10**8}"}
+    with (
+        httpx.Client(base_url=front.base, timeout=20, headers=headers) as f,
+        httpx.Client(base_url=source.base, timeout=20, headers=headers) as s,
+    ):
+        yield f, s, front
 
 
 @pytest.fixture
@@ -51,6 +67,7 @@ def register(front: httpx.Client, source: httpx.Client, reg_id: str = "src") -> 
         "information": [{"entities": [{"type": "Vehicle"}]}],
         "operations": ["federationOps"],
         "endpoint": str(source.base_url).rstrip("/"),
+        "tenant": front.headers["NGSILD-Tenant"],  # the copies are made in the same tenant there
     }
     assert front.post(REG, json=body).status_code == 201
     return str(body["id"])
@@ -71,6 +88,8 @@ def subscribe(front: httpx.Client, endpoint: str, **members: Any) -> str:
 
 def copies(source: httpx.Client) -> list[dict[str, Any]]:
     found = source.get(SUBS)
+    if found.status_code == 404:  # the tenant does not exist there yet
+        return []
     assert found.status_code == 200
     return [s for s in found.json() if s["notification"]["endpoint"]["uri"].endswith(INBOX_PATH)]
 
@@ -153,6 +172,31 @@ def test_local_only_subscription_is_not_forwarded(
     subscribe(front, receiver.url, localOnly=True)
     time.sleep(1.5)
     assert copies(source) == [] and front.get(CSUBS).json() == []
+
+
+def test_a_cycle_of_registrations_ends_with_508(
+    brokers: tuple[httpx.Client, httpx.Client, BrokerProcess], receiver: Receiver
+) -> None:
+    """Each broker registered at the other: the copy made at the source is forwarded back with
+    Via naming the front, which refuses it (508); one copy, no cycle."""
+    front, source, process = brokers
+    register(front, source)
+    back = {
+        "id": "urn:ngsi-ld:ContextSourceRegistration:back",
+        "type": "ContextSourceRegistration",
+        "information": [{"entities": [{"type": "Vehicle"}]}],
+        "endpoint": process.base,
+        "tenant": source.headers["NGSILD-Tenant"],
+    }
+    assert source.post(REG, json=back).status_code == 201
+    subscribe(front, receiver.url)
+    wait_for(lambda: len(copies(source)) == 1)
+    time.sleep(2)  # the source's own forwarding has been answered by now
+    assert len(copies(source)) == 1
+    assert [s["id"] for s in front.get(SUBS).json()] == ["urn:ngsi-ld:Subscription:fwd"]
+    # the source's internal subscription made no copy at the front: its one remote is gone again
+    (internal,) = source.get(CSUBS).json()
+    assert internal["id"].startswith("urn:ngsi-ld:Subscription:forwarding:")
 
 
 def test_inbox_takes_only_ids_it_made(brokers: tuple[httpx.Client, httpx.Client, BrokerProcess]) -> None:

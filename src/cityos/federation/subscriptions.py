@@ -68,6 +68,8 @@ class Remote:
     subscription_id: str
     registration: Doc
     remote_id: str
+    via: str | None = None  # the Via the subscription came with, and this broker's name in it
+    me: str | None = None
 
 
 def internal_id(subscription_id: str) -> str:
@@ -144,7 +146,15 @@ class FederatedSubscriptions:
             if row.document.get("kind") != CSOURCE or not isinstance(state, dict):
                 continue
             for held in state.get("remotes", {}).values():
-                index[held["id"]] = Remote(row.tenant, row.id, state["subscription"], held["registration"], held["id"])
+                index[held["id"]] = Remote(
+                    row.tenant,
+                    row.id,
+                    state["subscription"],
+                    held["registration"],
+                    held["id"],
+                    state.get("via"),
+                    state.get("me"),
+                )
         self._index = index
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -162,9 +172,11 @@ class FederatedSubscriptions:
         return self._locks.setdefault(key, asyncio.Lock())
 
     # -- the entity subscription's life (called by the handlers after the local write) ---------------
-    async def created(self, subscription: Subscription) -> None:
+    async def created(self, subscription: Subscription, *, via: str | None = None, me: str | None = None) -> None:
         """Make the internal registration subscription; the registrations it selects now are told
-        to registrations_changed in the background (CSourceSubscriptions.save)."""
+        to registrations_changed in the background (CSourceSubscriptions.save). `via`: the Via of
+        the creating request, `me`: this broker as that request named it (its Host); the copies
+        carry both, so a cycle of registrations ends at the first broker it comes back to (508)."""
         if not forwards(subscription):
             return
         doc = subscription.doc
@@ -177,7 +189,7 @@ class FederatedSubscriptions:
         for name in ("entities", "watchedAttributes", "csf"):
             if name in doc:
                 internal[name] = copy.deepcopy(doc[name])
-        state: Doc = {"subscription": subscription.id, "remotes": {}}
+        state: Doc = {"subscription": subscription.id, "remotes": {}, "via": via, "me": me}
         made = Subscription(
             subscription.tenant, internal, subscription.context, owner=subscription.owner, kind=CSOURCE, forwarded=state
         )
@@ -266,6 +278,8 @@ class FederatedSubscriptions:
             subscription.id,
             registration,
             f"urn:ngsi-ld:Subscription:{secrets.token_hex(16)}",
+            (internal.forwarded or {}).get("via"),
+            (internal.forwarded or {}).get("me"),
         )
         await self._record(remote)
         answer = await self._call(remote, "POST", await self._copy(subscription, registration, remote.remote_id))
@@ -318,6 +332,8 @@ class FederatedSubscriptions:
                 body[name] = doc[name]
         if doc.get("isActive") is False:
             body["isActive"] = False
+        if Target(registration, mode(registration), None).local_only:
+            body["localOnly"] = True  # the source answers from its own data only (4.3.6.4)
         body["notification"] = {
             "format": "normalized",
             "endpoint": {"uri": self.base_url() + INBOX_PATH, "accept": "application/json"},
@@ -333,9 +349,9 @@ class FederatedSubscriptions:
     async def _call(self, remote: Remote, method: str, body: Doc | None = None) -> Answer:
         registration = remote.registration
         target = Target(registration, mode(registration), None)
-        me = urlsplit(self.base_url()).netloc
+        me = remote.me or urlsplit(self.base_url()).netloc
         headers = source_headers(registration, {})
-        headers["Via"] = loops.extend(None, me)
+        headers["Via"] = loops.extend(remote.via, me)
         headers["Accept"] = "application/json"
         subscription = self.subscriptions.get(remote.tenant, remote.subscription_id)
         if subscription is not None and body is not None:

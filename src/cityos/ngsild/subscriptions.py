@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from cityos.entities.values import require_uri
 from cityos.errors import AlreadyExists, ResourceNotFound
+from cityos.federation import loops
 from cityos.federation.subscriptions import FederatedSubscriptions
 from cityos.jsonld.registry import ResolvedContext
 from cityos.jsonld.termmap import TermMap
@@ -136,8 +137,10 @@ async def create_subscription(request: Request) -> Response:
         doc["jsonldContext"] = await _implicit_context(request, tenant_name, context.value)
     owner = Owner.of(principal(request))
     made = Subscription(tenant_name, doc, context.value, owner=owner)
+    via, me = request.headers.get("via"), request.headers.get("host") or f"{request.url.netloc}"
+    loops.check(via, me)  # a copy this broker forwarded, come back round a cycle of registrations
     await service.create(made, context.terms)
-    await federated(request).created(made)  # the copies at context sources: in the background
+    await federated(request).created(made, via=via, me=me)  # the copies at sources: in the background
     location = quote(f"{COLLECTION}/{doc['id']}", safe="/:;=@!$&'()*+,~-._")
     return Response(status_code=201, headers={"Location": location, **_ignored_warning(body, doc["id"])})
 
