@@ -157,6 +157,26 @@ class FederatedSubscriptions:
                 )
         self._index = index
 
+    def _remotes(self, internal: Subscription) -> list[Remote]:
+        """The copies of an internal subscription: as stored (another worker may have made some),
+        and those this process made since it read it."""
+        state = internal.forwarded or {}
+        found = {
+            held["id"]: Remote(
+                internal.tenant,
+                internal.id,
+                str(state.get("subscription")),
+                held["registration"],
+                held["id"],
+                state.get("via"),
+                state.get("me"),
+            )
+            for held in state.get("remotes", {}).values()
+        }
+        key = (internal.tenant, internal.id)
+        found.update({r.remote_id: r for r in self._index.values() if (r.tenant, r.internal_id) == key})
+        return list(found.values())
+
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         async def logged() -> None:
             try:
@@ -217,8 +237,9 @@ class FederatedSubscriptions:
     async def _refresh(self, internal: Subscription, subscription: Subscription) -> None:
         key = (internal.tenant, internal.id)
         async with self._lock(key):
+            internal = await self.csource.get(*key) or internal
             terms = await self.csource.terms_of(internal)
-            for remote in [r for r in self._index.values() if (r.tenant, r.internal_id) == key]:
+            for remote in self._remotes(internal):
                 if selects(internal.doc, remote.registration, terms):
                     body = await self._copy(subscription, remote.registration, remote.remote_id)
                     body.pop("id", None)
@@ -231,14 +252,15 @@ class FederatedSubscriptions:
     async def deleted(self, subscription: Subscription) -> None:
         """Delete the internal registration subscription now; its copies in the background."""
         key = (subscription.tenant, internal_id(subscription.id))
-        if await self.csource.get(*key) is None:
+        internal = await self.csource.get(*key)
+        if internal is None:
             return
         await self.csource.delete(*key)
-        self._spawn(self._delete_all(key))
+        self._spawn(self._delete_all(internal))
 
-    async def _delete_all(self, key: Key) -> None:
-        async with self._lock(key):  # after a copy being made: it is in the index by then
-            for remote in [r for r in self._index.values() if (r.tenant, r.internal_id) == key]:
+    async def _delete_all(self, internal: Subscription) -> None:
+        async with self._lock((internal.tenant, internal.id)):  # after a copy being made: indexed by then
+            for remote in self._remotes(internal):
                 self._index.pop(remote.remote_id, None)
                 await self._call(remote, "DELETE")
 
@@ -246,12 +268,13 @@ class FederatedSubscriptions:
     async def registrations_changed(self, internal: Subscription, registrations: list[Doc], reason: str) -> None:
         key = (internal.tenant, internal.id)
         async with self._lock(key):
-            state = internal.forwarded or {}
+            fresh = await self.csource.get(*key)
+            state = (fresh.forwarded if fresh is not None else None) or {}
             subscription = self.subscriptions.get(internal.tenant, str(state.get("subscription")))
-            if subscription is None or await self.csource.get(*key) is None:
+            if fresh is None or subscription is None:
                 return
             for registration in registrations:
-                held = self._held(key, registration)
+                held = self._held(fresh, registration)
                 usable = (
                     isinstance(registration.get("endpoint"), str)
                     and "createSubscription" in operations(registration)
@@ -262,12 +285,11 @@ class FederatedSubscriptions:
                     await self._call(held, "DELETE")
                     held = None
                 if held is None and usable and reason != "noLongerMatching":
-                    await self._make(internal, subscription, registration)
+                    await self._make(fresh, subscription, registration)
 
-    def _held(self, key: Key, registration: Doc) -> Remote | None:
+    def _held(self, internal: Subscription, registration: Doc) -> Remote | None:
         wanted = registration.get("id")
-        mine = (r for r in self._index.values() if (r.tenant, r.internal_id) == key)
-        return next((r for r in mine if r.registration.get("id") == wanted), None)
+        return next((r for r in self._remotes(internal) if r.registration.get("id") == wanted), None)
 
     async def _make(self, internal: Subscription, subscription: Subscription, registration: Doc) -> None:
         """Record the copy first (its notifications may come before the source answers), then ask
