@@ -57,6 +57,7 @@ PUBLIC_ROUTES = {
     ("GET", f"{API}/jsonldContexts"),  # @contexts are public documents (clients must fetch them)
     ("GET", f"{API}/jsonldContexts/{{context_id:path}}"),
     ("GET", "/iot/about"),  # the IoT Agent's version, as the FIWARE agent answers it
+    ("POST", "/ngsi-ld/ex/remote-notify"),  # context sources' notifications: the random subscription id
 }
 # the handler that only answers 400 for a missing entity id (`/entities/`, `/entities//attrs`)
 MALFORMED = "missing_entity_id"
@@ -271,6 +272,14 @@ def probes(ids: Ids) -> list[Probe]:
         p("GET", f"{API}/temporal/entityMaps", "read", f"{API}/temporal/entityMaps", params=temporal_q),
         # IoT agent
         p("GET", "/iot/about", "public", "/iot/about"),
+        # context sources' notifications: an id this broker did not make answers 404, changing nothing
+        p(
+            "POST",
+            "/ngsi-ld/ex/remote-notify",
+            "public",
+            "/ngsi-ld/ex/remote-notify",
+            json={"type": "Notification", "subscriptionId": "urn:ngsi-ld:Subscription:guess", "data": []},
+        ),
         p(
             "POST",
             "/iot/services",

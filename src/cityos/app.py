@@ -43,6 +43,7 @@ from cityos.errors import (
     log_failure,
 )
 from cityos.federation.client import Forwarder
+from cityos.federation.subscriptions import FederatedSubscriptions
 from cityos.ingest.service import IngestService
 from cityos.last_resort import LastResort, answer_unexpected, report
 from cityos.lifeline import exit_with_supervisor
@@ -57,6 +58,7 @@ from cityos.ngsild import (
     entity_maps,
     info,
     registrations,
+    remote_notify,
     subscriptions,
     temporal,
 )
@@ -375,6 +377,10 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
     snapshot_fills = snapshots_http.SnapshotFills()  # snapshots being made in the background
     csource = CSourceSubscriptions(services.store, registry, None)
+    # subscriptions forwarded to context sources, and the inbox for their notifications
+    federated = FederatedSubscriptions(
+        services.store, registry, federation, csource, pipeline.subscriptions, lambda: dataspace.base_url
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -423,6 +429,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         csource.sender = pipeline.subscriptions.sender  # one Sender for every notification
         await csource.start()
         stack.push_async_callback(csource.stop)
+        await federated.start()
+        stack.push_async_callback(federated.stop)
         sweeper = asyncio.create_task(_sweep_expired(services))
         stack.push_async_callback(_cancel, sweeper)
         # interrupted snapshot fills fail, expired snapshots go (snapshots/lifecycle.py)
@@ -438,6 +446,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *subscriptions.routes(),
         *registrations.routes(),
         *csource_subscriptions.routes(),
+        *remote_notify.routes(),
         *entity_maps.routes(),
         *snapshots_http.routes(),
         *temporal.routes(),
@@ -461,6 +470,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     app.state.federation = federation
     app.state.subscriptions = pipeline.subscriptions
     app.state.csource = csource
+    app.state.federated_subscriptions = federated
     pipeline.subscriptions.access_source = services  # notifications are screened with its policies
     app.state.ingest = ingest
     app.state.identity = identity

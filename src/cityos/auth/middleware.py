@@ -37,8 +37,10 @@ _PREFIX = secrets.token_hex(8)
 _NUMBERS = itertools.count(1)
 # Answered without credentials whatever the policies say (docs/security.md, "The authorization
 # matrix"; tests/owasp_routes.py PUBLIC_ROUTES): the version, the token endpoint (it checks its own
-# HTTP Basic credentials), the IoT Agent's about, and hosted @contexts, which clients must fetch.
-PUBLIC_PATHS = frozenset({"/version", "/cityos/v1/auth/token", "/iot/about"})
+# HTTP Basic credentials), the IoT Agent's about, hosted @contexts, which clients must fetch, and
+# the inbox for context sources' notifications (its credential is the random subscription id it
+# made: ngsild/remote_notify.py).
+PUBLIC_PATHS = frozenset({"/version", "/cityos/v1/auth/token", "/iot/about", "/ngsi-ld/ex/remote-notify"})
 PUBLIC_READS = "/ngsi-ld/v1/jsonldContexts"
 
 

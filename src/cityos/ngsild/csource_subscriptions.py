@@ -4,6 +4,7 @@ checks, endpoint policy and owner rules), run by registrations/subscriptions.py.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -100,7 +101,7 @@ async def update_csource_subscription(request: Request) -> Response:
     doc = merge_csource_subscription(current.doc, body, context.terms, max_pattern_length=max_length)
     registration_filter(doc).compile(context.terms, max_length)
     await check_targets(request, tenant_name, doc)
-    updated = Subscription(tenant_name, doc, current.context, current.delivery, current.owner, kind=CSOURCE)
+    updated = dataclasses.replace(current, doc=doc)  # an internal one keeps what it forwarded
     await csource(request).save(updated, before=current)
     return no_content()
 

@@ -14,6 +14,8 @@ from starlette.routing import Route
 
 from cityos.entities.values import require_uri
 from cityos.errors import AlreadyExists, ResourceNotFound
+from cityos.federation import loops
+from cityos.federation.subscriptions import FederatedSubscriptions
 from cityos.jsonld.registry import ResolvedContext
 from cityos.jsonld.termmap import TermMap
 from cityos.ngsild.common import (
@@ -58,6 +60,11 @@ log = logging.getLogger("cityos.subscriptions")
 def subscriptions(request: Request) -> SubscriptionService:
     result: SubscriptionService = request.app.state.subscriptions
     return result
+
+
+def federated(request: Request) -> FederatedSubscriptions:
+    found: FederatedSubscriptions = request.app.state.federated_subscriptions
+    return found
 
 
 def _subscription_id(request: Request) -> str:
@@ -129,7 +136,11 @@ async def create_subscription(request: Request) -> Response:
     if "jsonldContext" not in doc and not _single_url(context.value):
         doc["jsonldContext"] = await _implicit_context(request, tenant_name, context.value)
     owner = Owner.of(principal(request))
-    await service.create(Subscription(tenant_name, doc, context.value, owner=owner), context.terms)
+    made = Subscription(tenant_name, doc, context.value, owner=owner)
+    via, me = request.headers.get("via"), request.headers.get("host") or f"{request.url.netloc}"
+    loops.check(via, me)  # a copy this broker forwarded, come back round a cycle of registrations
+    await service.create(made, context.terms)
+    await federated(request).created(made, via=via, me=me)  # the copies at sources: in the background
     location = quote(f"{COLLECTION}/{doc['id']}", safe="/:;=@!$&'()*+,~-._")
     return Response(status_code=201, headers={"Location": location, **_ignored_warning(body, doc["id"])})
 
@@ -259,7 +270,9 @@ async def update_subscription(request: Request) -> Response:
     ):
         _check_subscribe(request, tenant_name, doc)
     await check_targets(request, tenant_name, doc)
-    await service.update(Subscription(tenant_name, doc, current.context, current.delivery, _renewed(request, current)))
+    updated = Subscription(tenant_name, doc, current.context, current.delivery, _renewed(request, current))
+    await service.update(updated)
+    await federated(request).updated(current, updated)
     response = no_content()
     response.headers.update(_ignored_warning(body, subscription_id))
     return response
@@ -279,8 +292,9 @@ async def delete_subscription(request: Request) -> Response:
     subscription_id = _subscription_id(request)
     tenant_name = await existing_tenant(request)
     service = subscriptions(request)
-    _owned(request, service, tenant_name, subscription_id)
+    current = _owned(request, service, tenant_name, subscription_id)
     await service.delete(tenant_name, subscription_id)
+    await federated(request).deleted(current)  # the copies' deletes go out in the background
     return no_content()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +43,9 @@ log = logging.getLogger("cityos.registrations")
 CSOURCE = "csource"
 NOTIFICATION_TYPE = "ContextSourceNotification"
 Key = tuple[str, str]
+# what an internal subscription (one with `forwarded`, made by federation/subscriptions.py) is
+# told instead of a notification: the subscription, the registrations, the trigger reason
+Internal = Callable[[Subscription, list[Doc], str], Awaitable[None]]
 
 
 def _temporal_q(value: Any) -> Doc:
@@ -145,6 +148,7 @@ class CSourceSubscriptions:
         self._locks: dict[Key, asyncio.Lock] = {}
         self._timers: dict[Key, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.internal: Internal | None = None  # set by the app: forwarded entity subscriptions
 
     # -- store ---------------------------------------------------------------------------------------
     async def listing(self, tenant: str) -> list[Subscription]:
@@ -275,7 +279,13 @@ class CSourceSubscriptions:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:  # one subscription's notifications go out in order
             current = await self.get(*key)
-            if current is None or self.sender is None:
+            if current is None:
+                return
+            if current.forwarded is not None:  # the broker's own: acted on here, nothing is sent
+                if self.internal is not None:
+                    await self.internal(current, list(registrations), reason)
+                return
+            if self.sender is None:
                 return
             delivery = current.delivery
             delivery.times_sent += 1

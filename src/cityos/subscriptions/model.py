@@ -99,6 +99,9 @@ class Subscription:
     # "entity" (5.8), or CSOURCE for a context source registration subscription (5.11), which
     # shares the store and the delivery but is matched by cityos.registrations.subscriptions
     kind: str = "entity"
+    # a context source registration subscription the broker made itself to forward an entity
+    # subscription (federation/subscriptions.py): which one, and the copies made at the sources
+    forwarded: Doc | None = None
 
     @property
     def id(self) -> str:
@@ -116,6 +119,8 @@ class Subscription:
             document["owner"] = self.owner.to_dict()
         if self.kind != "entity":
             document["kind"] = self.kind
+        if self.forwarded is not None:
+            document["forwarded"] = self.forwarded
         return SubscriptionRow(self.tenant, self.id, document, self.delivery.to_dict())
 
     @classmethod
@@ -128,6 +133,7 @@ class Subscription:
             Delivery.from_dict(row.status),
             Owner.from_dict(document.get("owner")),
             document.get("kind", "entity"),
+            document.get("forwarded"),
         )
 
     def notification_context(self) -> Any:
@@ -377,6 +383,9 @@ MEMBERS: dict[str, Callable[[Any, TermMap], Any]] = {
     "throttling": _number("throttling", positive=False),
     "datasetId": _dataset_ids,
     "jsonldContext": _jsonld_context,
+    # distributed subscriptions (5.8.1.4, 5.8.6): kept at this broker, or forwarded without q
+    "localOnly": _boolean("localOnly"),
+    "splitEntities": _boolean("splitEntities"),
 }
 
 

@@ -14,6 +14,7 @@ import functools
 import logging
 from datetime import UTC, datetime
 
+from cityos.entities.model import Entity
 from cityos.entities.values import now
 from cityos.errors import FailureLog, ResourceNotFound, log_failure
 from cityos.jsonld.registry import ContextRegistry
@@ -242,6 +243,26 @@ class SubscriptionService:
     def listing(self, tenant: str) -> list[Subscription]:
         """A tenant's subscriptions in creation order."""
         return [s for (t, _), s in self._subscriptions.items() if t == tenant]
+
+    def notify_entities(self, tenant: str, subscription_id: str, entities: list[Entity]) -> int:
+        """Notify a subscription of entities a context source reported (5.8.6, a forwarded
+        subscription): those its selectors, q, geoQ and scopeQ still pass go the way every
+        notification goes (the owner's screening, rendering, the Sender, the bookkeeping), as a
+        job on its lane; returns how many. Not durable: the source's notification is the record."""
+        key = (tenant, subscription_id)
+        matcher = self._matchers.get(key)
+        if matcher is None or self._dispatcher is None or not matcher.live(datetime.now(UTC)):
+            return 0
+        kept = []
+        for entity in entities:
+            try:
+                if matcher.selects(entity):
+                    kept.append(entity)
+            except Exception:  # a faulty filter drops the entity, never the request
+                self._failures.failed(("remote", *key), "matching subscription %s failed", subscription_id)
+        if kept:
+            self._dispatcher.enqueue(lane_of(*key), Job(tenant, subscription_id, entities=kept))
+        return len(kept)
 
     async def settle(self, tenant: str, subscription_id: str) -> None:
         if self._dispatcher is not None:
