@@ -208,8 +208,9 @@ class PostgresTemporalReads(Transactions):
             clauses.append(f"e.types && {p(list(query.types))}::text[]")
         # "has an instance" as a scalar subquery with LIMIT 1: one index probe per candidate entity.
         # Written as EXISTS, PostgreSQL turns it into a semi-join and, once the instances have
-        # statistics, plans the generic plan as a hash of every matching instance of every entity
-        # (20,000 rows read for one entity's avg/day: 1.5 of its 6 ms before the aggregation itself)
+        # statistics, may plan the generic plan as a hash of every matching instance of every entity
+        # (one entity's avg/day over 20,000 instances, 2,001 temporal entities: 9 ms of backend CPU
+        # against 0.25 ms as probes; docs/performance.md, issue 15 sixth pass)
         if query.require_instances:
             where = instance_filter(query, now, p)
             clauses.append(f"(SELECT true FROM temporal_instances i WHERE i.epk = e.pk AND {where} LIMIT 1)")
