@@ -17,7 +17,8 @@ write); CITYOS_INSTRUCTIONS_HISTORY=off with the history off for every tenant (w
 costs); CITYOS_INSTRUCTIONS_WARM=N sends N warm-up requests instead of 20 (N = the measured
 count: every measured read is a second read of its entity, a render-cache hit). Kinds: retrieve,
 query, q, geo, update, create, batch; attr and parking are the served scenarios 2 and 1 (a partial
-attribute update without type, the OffStreetParking entity created);
+attribute update without type, the OffStreetParking entity created); refresh is scenario 3 as served
+(1,000 of the stored OffStreetParking entities upserted with new values);
 spot is scenario 2 as served: availableSpotNumber of the benchmark's OffStreetParking entities (a
 4 KB document of ten attributes), which are loaded instead of the small T entities; get (scenario 4)
 and spotread (scenario 8a) are GETs of those entities by id (with CITYOS_INSTRUCTIONS_AUTH=1 the
@@ -150,6 +151,10 @@ def request_of(kind: str, seq: int) -> tuple[str, str, bytes]:
         return "POST", f"{API}/entities", orjson.dumps(body)
     if kind in ("avg", "lastn"):  # scenarios 6b and 6c over one entity's TEMPORAL_INSTANCES instances
         return "GET", f"{API}/temporal/entities/{TEMPORAL_ID}?{AVG_PER_DAY if kind == 'avg' else LAST_N}", b""
+    if kind == "refresh":  # scenario 3 as served: 1,000 stored ids upserted with new values
+        first = (seq * 1000) % ENTITIES
+        batch = [make_entity(n, seed=seq + 1) for n in range(first, first + 1000)]
+        return "POST", f"{API}/entityOperations/upsert", orjson.dumps(batch)
     if kind == "batch":
         batch = [
             {
@@ -249,7 +254,7 @@ async def measure(kind: str, count: int) -> float:
         if kind in ("avg", "lastn"):
             for load in temporal_loads():
                 assert await call(app, "POST", f"{API}/temporal/entities", load, admin) in (201, 204)
-        spots = ("spot", "spotread", "get")
+        spots = ("spot", "spotread", "get", "refresh")
         everything = [make_entity(n) if kind in spots else entity(n) for n in range(ENTITIES)]
         for start in range(0, ENTITIES, 500):
             load = orjson.dumps(everything[start : start + 500])

@@ -12,7 +12,6 @@ writes are drained (sqlite_writes.py).
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,14 +20,12 @@ import orjson
 
 from cityos.audit.chain import AuditRow
 from cityos.audit.recorder import row as audit_row
-from cityos.entities.model import VALUE_MEMBER, Entity, Instance
-from cityos.entities.values import parse_datetime
+from cityos.entities.model import Entity, Instance
 from cityos.store.base import HistoryRow
 from cityos.store.paging import bounded
 from cityos.store.sqlite_history import (
     DECODED,
     INSERT_INSTANCE,
-    TIME_KEYS,
     Names,
     TimeCodec,
     decode,
@@ -84,30 +81,6 @@ _MONTH = (
     " + CAST(strftime('%m', {x} / 1000000, 'unixepoch') AS INTEGER))"
 )
 _MONTH_START = "(CAST(unixepoch(strftime('%Y-%m-01', {x} / 1000000, 'unixepoch')) AS INTEGER) * 1000000)"
-
-
-def _micros(value: Any) -> int | None:
-    if not isinstance(value, str):
-        return None
-    return to_micros(parse_datetime(value, "timestamp"))
-
-
-def _columns(instance: Instance) -> tuple[str, tuple[Any, ...]]:
-    """The PostgreSQL layout's columns of an instance (postgres/temporal.py): (dataset, (kind, the
-    five times in microseconds, number, JSON text, document)); its instanceId has its own column."""
-    doc = {k: v for k, v in instance.items() if k != "instanceId"}
-    kind = str(doc.get("type") or "Property")
-    member = VALUE_MEMBER.get(kind, "value")
-    value = doc.get(member)
-    number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode() if member in doc else None
-    times = tuple(_micros(doc.get(key)) for key in TIME_KEYS)
-    return str(doc.get("datasetId") or ""), (kind, *times, number, text, orjson.dumps(doc))
-
-
-def new_instance_id() -> str:
-    """A random instanceId (the PostgreSQL layout; SQLite derives them from row keys)."""
-    return f"urn:ngsi-ld:Instance:{uuid.uuid4()}"
 
 
 _ASSIGN = (

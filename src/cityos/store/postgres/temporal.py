@@ -40,6 +40,7 @@ from cityos.audit.chain import AuditRow
 from cityos.audit.recorder import row as audit_row
 from cityos.entities.model import Instance
 from cityos.store.base import HistoryRow
+from cityos.store.postgres.instance_columns import columns, new_instance_id
 from cityos.store.postgres.sql import Params, entity_lock
 from cityos.store.postgres.temporal_partitions import (
     create_partitions,
@@ -53,7 +54,7 @@ from cityos.store.postgres.temporal_partitions import (
 )
 from cityos.store.postgres.temporal_read import PostgresTemporalReads
 from cityos.store.postgres.write_plan import number, recordset
-from cityos.store.sqlite_temporal import _columns, _now, new_instance_id
+from cityos.store.sqlite_temporal import _now
 from cityos.store.temporal_base import (
     AggregatePage,
     AggregationSpec,
@@ -175,8 +176,8 @@ class _Put:
 
     @classmethod
     def of(cls, attr: str, instance: Instance) -> _Put:
-        dataset, columns = _columns(instance)
-        return cls(attr, dataset, instance.get("instanceId") or new_instance_id(), columns)
+        dataset, values = columns(instance)
+        return cls(attr, dataset, instance.get("instanceId") or new_instance_id(), values)
 
     @property
     def observed(self) -> int | None:
