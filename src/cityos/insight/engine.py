@@ -58,7 +58,8 @@ class Result:
 
 
 def iso(micros: int) -> str:
-    return datetime.fromtimestamp(micros / SECOND, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = datetime.fromtimestamp(micros // SECOND, UTC).replace(microsecond=micros % SECOND)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micros % SECOND else "%Y-%m-%dT%H:%M:%SZ")
 
 
 def micros_of(text: str) -> int:
@@ -101,7 +102,7 @@ async def window_of(
     if indicator.anchor == "latest" and at is None:
         latest = await latest_time(store, tenant, terms, indicator)
         if latest is not None:
-            end = latest + 1
+            end = latest + SECOND  # the window [start, end) holds the latest instance
     return end - indicator.seconds * SECOND, end
 
 
