@@ -95,9 +95,9 @@ def demo_parking() -> tuple[int, int]:
 
 
 def gtfs_stops() -> int:
-    with resources.as_file(resources.files("cityos.ingest").joinpath("data", "gtfs", "sample-feed.zip")) as path:
-        with zipfile.ZipFile(path) as feed:
-            return len(list(csv.DictReader(io.TextIOWrapper(feed.open("stops.txt"), "utf-8-sig"))))
+    feed_file = resources.files("cityos.ingest").joinpath("data", "gtfs", "sample-feed.zip")
+    with resources.as_file(feed_file) as path, zipfile.ZipFile(path) as feed:
+        return len(list(csv.DictReader(io.TextIOWrapper(feed.open("stops.txt"), "utf-8-sig"))))
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,6 @@ def test_the_schedule_writes_and_stops(db_url: str) -> None:
 def test_a_bad_indicator_file_stops_the_start_with_its_line(db_url: str, tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text(EXTRA["transit-stops.toml"].replace('period = "daily"', "period ="))
     settings = Settings(database=db_url, indicators_dir=str(tmp_path))
-    with pytest.raises(Exception) as caught:  # noqa: PT011 - the lifespan's own error
-        with TestClient(create_app(settings)):
-            pass
+    with pytest.raises(Exception) as caught, TestClient(create_app(settings)):  # the lifespan's own error
+        pass
     assert "bad.toml:6: syntax error" in str(caught.value)

@@ -112,8 +112,17 @@ def test_division_by_zero_is_an_outcome_not_a_crash() -> None:
 
 
 def test_bad_input_declarations() -> None:
-    assert "aggregation must be one of" in refused(GOOD.replace('kind = "count"\ntype = "GtfsStop"\nq', 'kind = "temporal"\nattribute = "x"\ntype = "GtfsStop"\nq')).reason
-    assert "a count is in C62" in refused(GOOD.replace('q = "wheelchairBoarding==1"\nunit = "C62"', 'unit = "P1"')).reason
+    assert (
+        "aggregation must be one of"
+        in refused(
+            GOOD.replace(
+                'kind = "count"\ntype = "GtfsStop"\nq', 'kind = "temporal"\nattribute = "x"\ntype = "GtfsStop"\nq'
+            )
+        ).reason
+    )
+    assert (
+        "a count is in C62" in refused(GOOD.replace('q = "wheelchairBoarding==1"\nunit = "C62"', 'unit = "P1"')).reason
+    )
     assert "missing field 'inputs'" in refused(GOOD.split("[inputs.part]")[0]).reason
     assert "period must be one of" in refused(GOOD.replace('"daily"', '"fortnightly"')).reason
 

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: cityos serve --host 127.0.0.1 --port 1026 --database city.db",
     )
     _add_setting_options(serve)
-    for module in (imports, iot, db, identity, audit, dataspace, indicators):  # each command group registers its own subcommands
+    # each command group registers its own subcommands
+    for module in (imports, iot, db, identity, audit, dataspace, indicators):
         module.register(commands)
     return parser
 

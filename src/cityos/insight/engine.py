@@ -133,7 +133,9 @@ async def compute(
     return result
 
 
-async def _input_value(store: EntityStore, tenant: str, terms: TermMap, item: Input, start: int, end: int) -> InputValue:
+async def _input_value(
+    store: EntityStore, tenant: str, terms: TermMap, item: Input, start: int, end: int
+) -> InputValue:
     if item.kind == "temporal":
         return await _temporal(store, tenant, terms, item, start, end)
     spec = QuerySpec(type_expr=item.type, q=item.q)

@@ -99,7 +99,9 @@ def _unit(node: ast.AST, units: Mapping[str, str]) -> Unit:
         if node.keywords or not node.args:
             raise FormulaError(f"column {node.col_offset + 1}: {node.func.id}() takes positional arguments")
         return _same(node, [(arg, _unit(arg, units)) for arg in node.args])
-    raise FormulaError(f"column {getattr(node, 'col_offset', 0) + 1}: {type(node).__name__} is not allowed in a formula")
+    raise FormulaError(
+        f"column {getattr(node, 'col_offset', 0) + 1}: {type(node).__name__} is not allowed in a formula"
+    )
 
 
 def _same(node: ast.AST, parts: list[tuple[ast.AST, Unit]]) -> Unit:
@@ -107,5 +109,6 @@ def _same(node: ast.AST, parts: list[tuple[ast.AST, Unit]]) -> Unit:
     quantities = {unit for part, unit in parts if not isinstance(part, ast.Constant)}
     if len(quantities) > 1:
         shown = " and ".join(sorted(show(unit) for unit in quantities))
-        raise FormulaError(f"column {node.col_offset + 1}: unit mismatch: {shown} cannot be added or compared")
+        column = getattr(node, "col_offset", 0) + 1
+        raise FormulaError(f"column {column}: unit mismatch: {shown} cannot be added or compared")
     return quantities.pop() if quantities else ()

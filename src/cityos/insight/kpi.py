@@ -99,9 +99,7 @@ def stored_value(entity: dict[str, Any], terms: TermMap) -> Stored | None:
     if not instances:
         return None
     instance = instances[0]
-    provenance = {
-        key: instance[terms.expand(key)].get("value") for key in PROVENANCE if terms.expand(key) in instance
-    }
+    provenance = {key: instance[terms.expand(key)].get("value") for key in PROVENANCE if terms.expand(key) in instance}
     try:
         window = (micros_of(provenance["windowStart"]), micros_of(provenance["windowEnd"]))
     except (KeyError, TypeError, ValueError):

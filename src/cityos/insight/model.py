@@ -111,9 +111,7 @@ def _line_of(text: str, key: str, after: str | None = None) -> int | None:
     return next((i + 1 for i in range(start, len(lines)) if pattern.match(lines[i])), None)
 
 
-def _check_fields(
-    path: str, text: str, data: dict[str, Any], known: dict[str, type], where: str | None
-) -> None:
+def _check_fields(path: str, text: str, data: dict[str, Any], known: dict[str, type], where: str | None) -> None:
     for key, value in data.items():
         expected = known.get(key)
         if expected is None:
@@ -157,7 +155,9 @@ def parse_indicator(text: str, path: str) -> Indicator:
     except FormulaError as exc:
         raise refuse("formula", f"formula: {exc}") from exc
     if formula.unit != unit_of(data["unit"]):
-        raise refuse("formula", f"unit mismatch: the formula gives {show(formula.unit)}, the indicator says {data['unit']}")
+        raise refuse(
+            "formula", f"unit mismatch: the formula gives {show(formula.unit)}, the indicator says {data['unit']}"
+        )
     return Indicator(
         id=data["id"],
         name=data["name"],
