@@ -23,6 +23,7 @@ from starlette.testclient import TestClient
 
 from cityos.app import create_app
 from cityos.settings import Settings
+from notify_helpers import receiving
 
 INDICATORS = "/cityos/v1/indicators"
 ENTITIES = "/ngsi-ld/v1/entities"
@@ -210,3 +211,23 @@ def test_a_bad_indicator_file_stops_the_start_with_its_line(db_url: str, tmp_pat
     with pytest.raises(Exception) as caught, TestClient(create_app(settings)):  # the lifespan's own error
         pass
     assert "bad.toml:6: syntax error" in str(caught.value)
+
+
+def test_a_computed_value_is_notified_to_subscribers(db_url: str) -> None:
+    """The one write path: a subscription on KeyPerformanceIndicator hears each computation."""
+    settings = Settings(database=db_url, allow_private_networks=True)
+    with receiving() as receiver, TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
+        subscription = {
+            "id": "urn:ngsi-ld:Subscription:kpi",
+            "type": "Subscription",
+            "entities": [{"type": "KeyPerformanceIndicator"}],
+            "notification": {"endpoint": {"uri": receiver.url, "accept": "application/json"}},
+        }
+        assert client.post("/ngsi-ld/v1/subscriptions", json=subscription).status_code == 201
+        answer = client.post(f"{INDICATORS}/parking-occupancy/compute")
+        assert answer.status_code == 200 and answer.json()["status"] == "incomplete"
+        [notified] = receiver.wait(1, timeout=15)
+        [entity] = notified.body["data"]
+        assert entity["id"] == KPI.format("parking-occupancy")
+        assert entity["kpiValue"]["value"] == "incomplete"
+        assert entity["kpiValue"]["reason"]["value"] == "no data for occupied, spaces"
