@@ -231,3 +231,28 @@ def test_a_computed_value_is_notified_to_subscribers(db_url: str) -> None:
         assert entity["id"] == KPI.format("parking-occupancy")
         assert entity["kpiValue"]["value"] == "incomplete"
         assert entity["kpiValue"]["reason"]["value"] == "no data for occupied, spaces"
+
+
+def test_an_indicator_is_added_through_the_api_and_kept(db_url: str, tmp_path: Path) -> None:
+    text = EXTRA["transit-stops.toml"]
+    folder = tmp_path / "indicators"
+    folder.mkdir()
+    with TestClient(create_app(Settings(database=db_url)), base_url="http://127.0.0.1:1026") as client:
+        refused = client.put(f"{INDICATORS}/transit-stops", content=text)
+        assert refused.status_code == 422 and "--indicators-dir" in refused.json()["detail"]
+    settings = Settings(database=db_url, indicators_dir=str(folder))
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
+        bad = client.put(
+            f"{INDICATORS}/transit-stops", content=text.replace('unit = "C62"\nperiod', 'unit = "GQ"\nperiod')
+        )
+        assert bad.status_code == 400 and bad.json()["detail"].startswith("line 7: unit mismatch"), bad.text
+        other = client.put(f"{INDICATORS}/other", content=text)
+        assert other.status_code == 400 and "the path's other" in other.json()["detail"]
+        assert not list(folder.iterdir())  # nothing refused is kept
+        added = client.put(f"{INDICATORS}/transit-stops", content=text)
+        assert added.status_code == 201 and added.json()["formula"] == "stops"
+        assert client.put(f"{INDICATORS}/transit-stops", content=text).status_code == 200
+        assert client.post(f"{INDICATORS}/transit-stops/compute").json()["value"] == 0.0
+    assert [p.name for p in folder.iterdir()] == ["transit-stops.toml"]
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:  # loaded again at start
+        assert "transit-stops" in {item["id"] for item in client.get(INDICATORS).json()}

@@ -5,6 +5,8 @@ GET  /cityos/v1/indicators                  every loaded indicator, as declared 
 POST /cityos/v1/indicators/compute          compute and store all (or ?id=a,b), admins only
 POST /cityos/v1/indicators/{id}/compute     compute and store one, admins only
 GET  /cityos/v1/indicators/{id}/verify      recompute the stored value from its provenance, admins only
+PUT  /cityos/v1/indicators/{id}             add or replace one from its TOML text (kept in --indicators-dir;
+                                            this worker only until the others start again), admins only
 Computing reads the store directly (no access policy applies to it), hence admins of every tenant.
 """
 
@@ -18,9 +20,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cityos.auth.credentials import require_admin
-from cityos.errors import ResourceNotFound
+from cityos.errors import BadRequestData, OperationNotSupported, ResourceNotFound
 from cityos.insight.engine import Result, iso
-from cityos.insight.model import Indicator
+from cityos.insight.model import Indicator, IndicatorFileError
 from cityos.insight.service import IndicatorService, UnknownIndicator, Written
 from cityos.ngsild.common import principal, tenant
 
@@ -129,10 +131,26 @@ async def verify(request: Request) -> Response:
     )
 
 
+async def put_indicator(request: Request) -> Response:
+    service = _service(request, admin=True)
+    try:
+        text = (await request.body()).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequestData("an indicator file is UTF-8 text") from exc
+    try:
+        indicator, created = service.put(request.path_params["indicator_id"], text)
+    except IndicatorFileError as exc:
+        raise BadRequestData(f"line {exc.line}: {exc.reason}" if exc.line else exc.reason) from None
+    except ValueError as exc:
+        raise OperationNotSupported(str(exc)) from None
+    return _json(describe(indicator), status=201 if created else 200)
+
+
 def routes() -> list[Route]:
     return [
         Route(PREFIX, list_indicators, methods=["GET"]),
         Route(PREFIX + "/compute", compute_all, methods=["POST"]),
         Route(PREFIX + "/{indicator_id}/compute", compute_one, methods=["POST"]),
         Route(PREFIX + "/{indicator_id}/verify", verify, methods=["GET"]),
+        Route(PREFIX + "/{indicator_id}", put_indicator, methods=["PUT"]),
     ]

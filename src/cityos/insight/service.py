@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from cityos.errors import NgsiLdError
 from cityos.ingest.sink import StoreSink
 from cityos.insight import engine
 from cityos.insight.kpi import Verdict, compare, kpi_body, stored_value
-from cityos.insight.model import Indicator, load_indicators
+from cityos.insight.model import Indicator, IndicatorFileError, load_indicators, parse_indicator
 from cityos.jsonld.termmap import TermMap
 from cityos.store.base import EntityStore
 from cityos.tasks import stop_task
@@ -50,6 +52,23 @@ class IndicatorService:
     def load(self) -> None:
         """Load the shipped set and the directory's files (IndicatorFileError names a bad file)."""
         self.indicators = load_indicators(self.directory)
+
+    def put(self, indicator_id: str, text: str) -> tuple[Indicator, bool]:
+        """Add or replace an indicator from its file's text, kept as {id}.toml in the directory
+        (so it is loaded again at the next start); True if it is new. IndicatorFileError: refused,
+        with the line; ValueError: there is no directory, or the id differs from the file's."""
+        if not self.directory:
+            raise ValueError("indicators are added as files of --indicators-dir, and none is set")
+        target = Path(self.directory) / f"{indicator_id}.toml"
+        indicator = parse_indicator(text, str(target))
+        if indicator.id != indicator_id:
+            raise IndicatorFileError(str(target), None, f"the file's id is {indicator.id}, the path's {indicator_id}")
+        partial = target.with_suffix(".toml.partial")  # not *.toml: never loaded half-written
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, target)
+        created = indicator_id not in self.indicators
+        self.indicators[indicator_id] = indicator
+        return indicator, created
 
     def get(self, indicator_id: str) -> Indicator:
         try:
