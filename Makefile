@@ -31,7 +31,7 @@ $(VENV)/.dev: $(VENV)/.installed
 	touch $@
 
 run: $(VENV)/.installed
-	$(BIN)/cityos serve --demo-on-empty
+	$(BIN)/cityos serve --demo-on-empty --indicators-interval 3600
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests benchmarks

@@ -45,6 +45,9 @@ from cityos.errors import (
 from cityos.federation.client import Forwarder
 from cityos.federation.subscriptions import FederatedSubscriptions
 from cityos.ingest.service import IngestService
+from cityos.insight import http as insight_http
+from cityos.insight.model import IndicatorFileError
+from cityos.insight.service import IndicatorService
 from cityos.last_resort import LastResort, answer_unexpected, report
 from cityos.lifeline import exit_with_supervisor
 from cityos.logs import configure as configure_logging
@@ -381,6 +384,12 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     federated = FederatedSubscriptions(
         services.store, registry, federation, csource, pipeline.subscriptions, lambda: dataspace.base_url
     )
+    indicators = IndicatorService(
+        services.store,
+        registry.core_terms(),
+        directory=settings.indicators_dir,
+        interval=settings.indicators_interval,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -426,6 +435,13 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         stack.push_async_callback(pipeline.stop)
         await ingest.start()  # the IoT Agent, and the demo city into an empty database
         stack.push_async_callback(ingest.stop)
+        try:
+            indicators.load()  # after the demo city: a first scheduled round finds it
+        except (IndicatorFileError, OSError) as exc:
+            startup_problem.append(f"cannot start: an indicator file was refused: {exc}")
+            raise
+        indicators.start()  # the schedule (--indicators-interval); results go through the write path
+        stack.push_async_callback(indicators.stop)
         csource.sender = pipeline.subscriptions.sender  # one Sender for every notification
         await csource.start()
         stack.push_async_callback(csource.stop)
@@ -454,6 +470,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *audit_http.routes(),
         *policy_http.routes(),
         *dataspace_http.routes(),
+        *insight_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
     ]
@@ -476,6 +493,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     app.state.identity = identity
     app.state.policies = policies
     app.state.snapshot_fills = snapshot_fills
+    app.state.indicators = indicators
     app.add_middleware(snapshots_http.SnapshotHeader, answer=ngsild_error)  # innermost: inside authentication
     app.state.dataspace = dataspace
     if identity.required:  # who is calling and why, before any handler: auth/middleware.py (auth off: nothing to do)

@@ -238,6 +238,12 @@ class Settings:
     demo_on_empty: bool = _setting(
         False, "Load the demo city (`cityos demo`) at start-up when the database has no entities (`make run` sets it)."
     )
+    indicators_dir: str = _setting(
+        "", "Directory of extra indicator files (*.toml, docs/indicators.md) loaded at start beside the shipped set."
+    )
+    indicators_interval: float = _setting(
+        0.0, "Seconds between scheduled computations of every indicator (docs/indicators.md); 0: on demand only."
+    )
     temporal_disabled_tenants: str = _setting(
         "",
         "Tenants whose changes are not recorded as history (comma list; `@default` is the default tenant, `*` all).",

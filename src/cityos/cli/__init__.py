@@ -6,6 +6,7 @@ cityos db upgrade|status --database postgresql://...
 cityos keys create|list|revoke   cityos users create|list|delete|passwd
 cityos audit export|verify|pubkey|checkpoint
 cityos dataspace init|show   cityos partners|offers|agreements ...
+cityos indicators list|compute|verify
 cityos --version
 """
 
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from cityos import __version__
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE, shared_table
-from cityos.cli import audit, dataspace, db, identity, imports, iot
+from cityos.cli import audit, dataspace, db, identity, imports, indicators, iot
 from cityos.cli.common import fail
 from cityos.errors import DatabaseBusy
 from cityos.settings import Settings, describe, env_name
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: cityos serve --host 127.0.0.1 --port 1026 --database city.db",
     )
     _add_setting_options(serve)
-    for module in (imports, iot, db, identity, audit, dataspace):  # each command group registers its own subcommands
+    # each command group registers its own subcommands
+    for module in (imports, iot, db, identity, audit, dataspace, indicators):
         module.register(commands)
     return parser
 

@@ -1,0 +1,120 @@
+"""`cityos indicators list|compute|verify`: the indicator engine (docs/indicators.md) from the shell.
+
+compute and verify open the database with the server's write pipeline, so a stored value has its
+history and its audit record, and its notifications wait in the outbox for `cityos serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from typing import Any
+
+import orjson
+
+from cityos.cli.common import fail
+from cityos.insight.model import IndicatorFileError, load_indicators
+from cityos.settings import Settings, env_name
+
+
+def register(commands: Any) -> None:
+    """Add the indicators command to the `cityos` parser's subcommands."""
+    parser = commands.add_parser(
+        "indicators",
+        help="List, compute and verify city indicators (ISO 37120/37122, U4SSC).",
+        description="Indicators are declared in TOML files (the shipped set and --indicators-dir); each value is "
+        "stored as a KeyPerformanceIndicator entity with its provenance.",
+        epilog="Example: cityos indicators compute pm25-annual-mean --database city.db",
+    )
+    actions = parser.add_subparsers(dest="indicators_action", required=True, metavar="{list,compute,verify}")
+    listing = actions.add_parser(
+        "list",
+        help="Print every loaded indicator (a refused file: its path, line and reason, exit 1).",
+        epilog="Example: cityos indicators list --indicators-dir ./indicators",
+    )
+    compute = actions.add_parser(
+        "compute",
+        help="Compute indicators (all, or those named) and store each as a KeyPerformanceIndicator.",
+        epilog="Example: cityos indicators compute --database city.db pm25-annual-mean traffic-aadt",
+    )
+    verify = actions.add_parser(
+        "verify",
+        help="Recompute stored values from their provenance; exit 1 if one does not match.",
+        epilog="Example: cityos indicators verify --database city.db pm25-annual-mean",
+    )
+    for command, run in ((listing, run_list), (compute, run_compute), (verify, run_verify)):
+        command.add_argument(
+            "--indicators-dir",
+            default=os.environ.get(env_name("indicators_dir"), ""),
+            help=f"directory of extra *.toml indicator files [env {env_name('indicators_dir')}]",
+        )
+        command.set_defaults(run=run)
+    for command in (compute, verify):
+        command.add_argument("ids", nargs="*", help="indicator ids (default: every loaded indicator)")
+        command.add_argument(
+            "--database",
+            default=os.environ.get(env_name("database"), Settings().database),
+            help=f"SQLite file or postgresql:// URL [env {env_name('database')}, default %(default)s]",
+        )
+        command.add_argument("--tenant", default="", help="NGSI-LD tenant (default: the default tenant)")
+        command.add_argument("--json", action="store_true", help="print one JSON object per indicator")
+
+
+def run_list(args: argparse.Namespace) -> int:
+    try:
+        indicators = load_indicators(args.indicators_dir)
+    except (IndicatorFileError, OSError) as exc:
+        return fail(str(exc))
+    for key in sorted(indicators):
+        item = indicators[key]
+        print(f"{item.id}\t{item.standard} {item.clause}\t{item.unit}\t{item.period}\t{item.formula.text}")
+    return 0
+
+
+def _run(args: argparse.Namespace, action: str) -> int:
+    from cityos.insight.http import summary
+    from cityos.insight.service import IndicatorService, UnknownIndicator
+    from cityos.pipeline import open_pipeline
+
+    async def run() -> int:
+        settings = Settings.from_env(database=args.database, indicators_dir=args.indicators_dir)
+        async with open_pipeline(settings) as pipeline:
+            service = IndicatorService(
+                pipeline.store, pipeline.contexts.core_terms(), directory=args.indicators_dir, tenant=args.tenant
+            )
+            service.load()
+            failed = 0
+            for indicator_id in args.ids or sorted(service.indicators):
+                if action == "compute":
+                    written = await service.compute(indicator_id)
+                    shown = summary(written.result, written.error)
+                    failed += written.error is not None
+                    text = f"{shown['id']}: {shown['value']} {shown['unit']} ({shown['status']}"
+                    text += f", coverage {shown['coverage']:.3f}" + (f"; {shown['reason']}" if shown["reason"] else "")
+                    text += ")" + (f" NOT STORED: {written.error}" if written.error else "")
+                else:
+                    verdict = await service.verify(indicator_id)
+                    shown = {"id": indicator_id, "matches": verdict.matches, "stored": verdict.stored}
+                    shown |= {"recomputed": verdict.recomputed, "reason": verdict.reason}
+                    failed += not verdict.matches
+                    text = f"{indicator_id}: " + ("matches" if verdict.matches else "DIFFERS")
+                    text += f" (stored {verdict.stored}, recomputed {verdict.recomputed})"
+                    text += f": {verdict.reason}" if verdict.reason else ""
+                print(orjson.dumps(shown).decode() if args.json else text)
+            return 1 if failed else 0
+
+    try:
+        return asyncio.run(run())
+    except (IndicatorFileError, OSError) as exc:
+        return fail(str(exc))
+    except UnknownIndicator as exc:
+        return fail(f"no indicator {exc.args[0]} (cityos indicators list)")
+
+
+def run_compute(args: argparse.Namespace) -> int:
+    return _run(args, "compute")
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    return _run(args, "verify")

@@ -1,0 +1,156 @@
+"""The indicator API: thin handlers over IndicatorService.
+
+GET  /cityos/v1/indicators                  every loaded indicator, as declared (anyone: how a
+                                            number is made is public)
+POST /cityos/v1/indicators/compute          compute and store all (or ?id=a,b), admins only
+POST /cityos/v1/indicators/{id}/compute     compute and store one, admins only
+GET  /cityos/v1/indicators/{id}/verify      recompute the stored value from its provenance, admins only
+PUT  /cityos/v1/indicators/{id}             add or replace one from its TOML text (kept in --indicators-dir;
+                                            this worker only until the others start again), admins only
+Computing reads the store directly (no access policy applies to it), hence admins of every tenant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cityos.auth.credentials import require_admin
+from cityos.errors import BadRequestData, OperationNotSupported, ResourceNotFound
+from cityos.insight.engine import Result, iso
+from cityos.insight.model import Indicator, IndicatorFileError
+from cityos.insight.service import IndicatorService, UnknownIndicator, Written
+from cityos.ngsild.common import principal, tenant
+
+PREFIX = "/cityos/v1/indicators"
+
+
+def _service(request: Request, *, admin: bool) -> IndicatorService:
+    if admin:
+        require_admin(principal(request), every_tenant=True)
+    service: IndicatorService = request.app.state.indicators
+    return service
+
+
+def _json(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+def describe(indicator: Indicator) -> dict[str, Any]:
+    return {
+        "id": indicator.id,
+        "name": indicator.name,
+        "description": indicator.description,
+        "standard": indicator.standard,
+        "clause": indicator.clause,
+        "references": list(indicator.references),
+        "unit": indicator.unit,
+        "period": indicator.period,
+        "anchor": indicator.anchor,
+        "scope": indicator.scope,
+        "coverage": indicator.coverage,
+        "formula": indicator.formula.text,
+        "version": indicator.version,
+        "digest": indicator.digest,
+        "source": indicator.source,
+        "entity": indicator.entity_id,
+        "inputs": {
+            name: {k: v for k, v in vars_of(item).items() if v is not None and k != "name"}
+            for name, item in indicator.inputs.items()
+        },
+    }
+
+
+def vars_of(item: Any) -> dict[str, Any]:
+    return {name: getattr(item, name) for name in item.__slots__}
+
+
+def summary(result: Result, error: str | None = None) -> dict[str, Any]:
+    """What a computation gave, as the API and the CLI show it."""
+    return {
+        "id": result.indicator.id,
+        "entity": result.indicator.entity_id,
+        "value": result.value,
+        "unit": result.indicator.unit,
+        "status": result.status,
+        "reason": result.reason,
+        "coverage": round(result.coverage, 6),
+        "window": [iso(result.window[0]), iso(result.window[1])],
+        "stored": error is None,
+        **({"error": error} if error else {}),
+    }
+
+
+def _written(written: Written) -> dict[str, Any]:
+    return summary(written.result, written.error)
+
+
+async def list_indicators(request: Request) -> Response:
+    service = _service(request, admin=False)
+    return _json([describe(service.indicators[key]) for key in sorted(service.indicators)])
+
+
+async def compute_all(request: Request) -> Response:
+    service = _service(request, admin=True)
+    ids = [i for i in request.query_params.get("id", "").split(",") if i]
+    try:
+        done = await service.compute_all(ids, tenant=tenant(request))
+    except UnknownIndicator as exc:
+        raise ResourceNotFound(f"no indicator {exc.args[0]}") from None
+    return _json([_written(item) for item in done])
+
+
+async def compute_one(request: Request) -> Response:
+    service = _service(request, admin=True)
+    try:
+        written = await service.compute(request.path_params["indicator_id"], tenant=tenant(request))
+    except UnknownIndicator as exc:
+        raise ResourceNotFound(f"no indicator {exc.args[0]}") from None
+    return _json(_written(written))
+
+
+async def verify(request: Request) -> Response:
+    service = _service(request, admin=True)
+    indicator_id = request.path_params["indicator_id"]
+    try:
+        verdict = await service.verify(indicator_id, tenant=tenant(request))
+    except UnknownIndicator as exc:
+        raise ResourceNotFound(f"no indicator {exc.args[0]}") from None
+    return _json(
+        {
+            "id": indicator_id,
+            "matches": verdict.matches,
+            "stored": verdict.stored,
+            "recomputed": verdict.recomputed,
+            "reason": verdict.reason,
+        }
+    )
+
+
+async def put_indicator(request: Request) -> Response:
+    service = _service(request, admin=True)
+    try:
+        text = (await request.body()).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequestData("an indicator file is UTF-8 text") from exc
+    try:
+        indicator, created = service.put(request.path_params["indicator_id"], text)
+    except IndicatorFileError as exc:
+        raise BadRequestData(f"line {exc.line}: {exc.reason}" if exc.line else exc.reason) from None
+    except ValueError as exc:
+        raise OperationNotSupported(str(exc)) from None
+    return _json(describe(indicator), status=201 if created else 200)
+
+
+def routes() -> list[Route]:
+    return [
+        Route(PREFIX, list_indicators, methods=["GET"]),
+        Route(PREFIX + "/compute", compute_all, methods=["POST"]),
+        Route(PREFIX + "/{indicator_id}/compute", compute_one, methods=["POST"]),
+        Route(PREFIX + "/{indicator_id}/verify", verify, methods=["GET"]),
+        Route(PREFIX + "/{indicator_id}", put_indicator, methods=["PUT"]),
+    ]
