@@ -58,6 +58,7 @@ PUBLIC_ROUTES = {
     ("GET", f"{API}/jsonldContexts/{{context_id:path}}"),
     ("GET", "/iot/about"),  # the IoT Agent's version, as the FIWARE agent answers it
     ("POST", "/ngsi-ld/ex/remote-notify"),  # context sources' notifications: the random subscription id
+    ("GET", "/cityos/v1/indicators"),  # how each indicator is computed: public, as an algorithm register
 }
 # the handler that only answers 400 for a missing entity id (`/entities/`, `/entities//attrs`)
 MALFORMED = "missing_entity_id"
@@ -351,6 +352,28 @@ def probes(ids: Ids) -> list[Probe]:
             json={"password": "a new long password"},
         ),
         p("POST", "/cityos/v1/auth/token", "public", "/cityos/v1/auth/token"),
+        # the indicators (insight/): their declarations are public, computing them is for admins
+        p("GET", "/cityos/v1/indicators", "public", "/cityos/v1/indicators"),
+        p("POST", "/cityos/v1/indicators/compute", "admin-write", "/cityos/v1/indicators/compute"),
+        p(
+            "POST",
+            "/cityos/v1/indicators/{indicator_id}/compute",
+            "admin-write",
+            "/cityos/v1/indicators/parking-occupancy/compute",
+        ),
+        p(
+            "GET",
+            "/cityos/v1/indicators/{indicator_id}/verify",
+            "admin-read",
+            "/cityos/v1/indicators/parking-occupancy/verify",
+        ),
+        p(
+            "PUT",
+            "/cityos/v1/indicators/{indicator_id}",
+            "admin-write",
+            "/cityos/v1/indicators/parking-occupancy",
+            content='id = "x"',
+        ),
         # the data channel between cities (dataspace/): its admin API, and its partners' API
         p("GET", f"{SPACE}/identity", "admin-read", f"{SPACE}/identity"),
         p("GET", f"{SPACE}/partners", "admin-read", f"{SPACE}/partners"),

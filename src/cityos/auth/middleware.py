@@ -40,7 +40,9 @@ _NUMBERS = itertools.count(1)
 # HTTP Basic credentials), the IoT Agent's about, hosted @contexts, which clients must fetch, and
 # the inbox for context sources' notifications (its credential is the random subscription id it
 # made: ngsild/remote_notify.py).
-PUBLIC_PATHS = frozenset({"/version", "/cityos/v1/auth/token", "/iot/about", "/ngsi-ld/ex/remote-notify"})
+PUBLIC_PATHS = frozenset(
+    {"/version", "/cityos/v1/auth/token", "/iot/about", "/ngsi-ld/ex/remote-notify", "/cityos/v1/indicators"}
+)
 PUBLIC_READS = "/ngsi-ld/v1/jsonldContexts"
 
 

@@ -12,6 +12,7 @@ Computing reads the store directly (no access policy applies to it), hence admin
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 import orjson
@@ -56,7 +57,7 @@ def describe(indicator: Indicator) -> dict[str, Any]:
         "formula": indicator.formula.text,
         "version": indicator.version,
         "digest": indicator.digest,
-        "source": indicator.source,
+        "source": PurePath(indicator.source).name,  # the file, not where the server keeps it
         "entity": indicator.entity_id,
         "inputs": {
             name: {k: v for k, v in vars_of(item).items() if v is not None and k != "name"}
