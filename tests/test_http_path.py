@@ -124,3 +124,37 @@ def test_auth_off_a_failure_after_the_answer_began_is_not_covered_up(tmp_path: P
     app.router.routes.insert(0, Route("/half", Half()))
     with TestClient(app) as client, pytest.raises(RuntimeError):
         client.get("/half")
+
+
+def _chain(app: Any) -> list[str]:
+    names = []
+    while app is not None:
+        names.append(type(app).__name__)
+        app = getattr(app, "__dict__", {}).get("app")
+    return names
+
+
+@pytest.mark.parametrize("auth", ["off", "required"])
+def test_requests_without_a_gate_header_skip_the_gates(tmp_path: Path, auth: str) -> None:
+    """ProtocolGuard's one look-up in the header dict: a request without Signature-Input or
+    NGSILD-Snapshot goes through the chain without the partner door and the snapshot middleware (the
+    authentication of auth required stays); one with either header goes through every layer, and
+    the snapshot header is still answered (an unknown snapshot: 404, not the tenant's entities)."""
+    app = create_app(Settings(database=str(tmp_path / "gates.db"), auth=auth))
+    guard = app.build_middleware_stack()
+    while type(guard).__name__ != "ProtocolGuard":
+        guard = guard.app
+    full, plain = _chain(guard.app), _chain(guard.plain)
+    assert "PartnerDoor" in full and "SnapshotHeader" in full
+    assert [n for n in full if n not in ("PartnerDoor", "SnapshotHeader")] == plain
+    assert ("AuthMiddleware" in plain) is (auth == "required")
+    assert guard.gate_headers == {b"signature-input", b"ngsild-snapshot"}
+    if auth == "required":
+        return
+    with TestClient(app) as client:
+        assert client.get("/ngsi-ld/v1/entities?type=T").status_code == 200
+        scoped = client.get("/ngsi-ld/v1/entities?type=T", headers={"NGSILD-Snapshot": "urn:ngsi-ld:Snapshot:none"})
+        assert scoped.status_code == 404
+        assert "Snapshot" in scoped.json()["detail"] or "snapshot" in scoped.json()["detail"]
+        signed = client.get("/ngsi-ld/v1/entities?type=T", headers={"Signature-Input": 'sig=();keyid="x"'})
+        assert signed.status_code == 401  # the partner door refused it: no partner "x"

@@ -446,6 +446,29 @@ def test_expiry_hides_then_purges(backend: Backend) -> None:
     assert len(run(store.purge_expired("3000-01-01T00:00:00.000000Z"))) == 1  # urn:x:later
 
 
+def test_a_write_sees_the_stored_entity_as_readers_do(backend: Backend) -> None:
+    """The mutator of a write gets the entity without its expired parts (an expired entity: None),
+    and with the parts whose expiresAt is still to come (the row's next_expiry decides, as for reads)."""
+    store, run = backend.store, backend.run
+    gone = make("urn:x:w-gone", "T", n=prop(1))
+    gone["expiresAt"] = PAST
+    part = make("urn:x:w-part", "T", n=prop(2), old=prop(7, expiresAt=PAST), soon=prop(8, expiresAt=FUTURE))
+    plain = make("urn:x:w-plain", "T", n=prop(3))
+    run(store.mutate("", [(e["id"], update.create(e)) for e in (gone, part, plain)], atomic=True))
+    seen: dict[str, Any] = {}
+
+    def look(entity_id: str) -> update.Mutator:
+        def run_it(current: Entity | None) -> update.Outcome:
+            seen[entity_id] = None if current is None else sorted(current["attrs"])
+            return update.Outcome(current)
+
+        return run_it
+
+    for entity_id in ("urn:x:w-gone", "urn:x:w-part", "urn:x:w-plain"):
+        run(store.mutate("", [(entity_id, look(entity_id))], atomic=True))
+    assert seen == {"urn:x:w-gone": None, "urn:x:w-part": [V + "n", V + "soon"], "urn:x:w-plain": [V + "n"]}
+
+
 def test_hosted_contexts(backend: Backend) -> None:
     store, run = backend.store, backend.run
     run(store.save_context(StoredContextRow("", "a", "hosted", {"@context": {"x": V + "x"}}, STAMP)))
@@ -643,9 +666,13 @@ def test_registrations_are_kept_and_forgotten(backend: Backend) -> None:
     """The registrations a store keeps in memory (store/registration_cache.py) follow its own writes
     at once, and each caller gets documents of its own."""
     store, run = backend.store, backend.run
+    assert not store.registrations_none("t")  # not known yet: the first request reads them
     assert run(store.list_registrations("t")) == []  # kept: no registration
+    assert store.registrations_none("t")  # known without I/O (the forwarding decision's shortcut)
     run(store.save_registration(RegistrationRow("t", "urn:reg:1", {"endpoint": "a"}), create=True))
+    assert not store.registrations_none("t")  # forgotten by the write
     first = run(store.list_registrations("t"))
+    assert not store.registrations_none("t")  # kept: one
     assert [(r.id, r.document) for r in first] == [("urn:reg:1", {"endpoint": "a"})]
     first[0].document["endpoint"] = "changed by a caller"
     assert run(store.list_registrations("t"))[0].document == {"endpoint": "a"}
@@ -654,7 +681,9 @@ def test_registrations_are_kept_and_forgotten(backend: Backend) -> None:
     run(store.save_registration(RegistrationRow("t", "urn:reg:1", {"endpoint": "b"}), create=False))
     assert [r.document for r in run(store.list_registrations("t"))] == [{"endpoint": "b"}]
     assert run(store.delete_registration("t", "urn:reg:1"))
+    assert not store.registrations_none("t")
     assert run(store.list_registrations("t")) == []
+    assert store.registrations_none("t")
 
 
 def test_postgres_workers_forget_registrations_another_worker_changed(postgres_skip_reason: str | None) -> None:
@@ -682,6 +711,14 @@ def test_postgres_workers_forget_registrations_another_worker_changed(postgres_s
         assert run(reader.list_registrations("t"))[0].document == {"endpoint": "b"}
         assert run(writer.delete_registration("t", "urn:reg:1"))
         assert run(seen([])) == []
+        assert reader.registrations_none("t")  # kept again, none
+        run(writer.save_registration(RegistrationRow("t", "urn:reg:2", {"endpoint": "c"}), create=True))
+        for _ in range(100):  # another worker's write forgets the reader's "none" through its NOTIFY
+            if not reader.registrations_none("t"):
+                break
+            run(asyncio.sleep(0.05))
+        assert not reader.registrations_none("t")
+        assert run(seen(["urn:reg:2"])) == ["urn:reg:2"]
 
 
 def test_entity_maps_round_trip(backend: Backend) -> None:

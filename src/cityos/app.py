@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import re
@@ -169,6 +170,10 @@ class ProtocolGuard:
         self.keep_slash = keep_slash
         self.last_resort = last_resort
         self.quiet_startup = None if startup_problem is None else QuietStartup(app, startup_problem)
+        # the layers that act only on a request carrying their header (the partner door's
+        # Signature-Input, NGSILD-Snapshot) are left out of the chain of every other request: one
+        # look-up here in the header dict made anyway, instead of a coroutine and a scan each
+        self.plain, self.gate_headers = without_gates(app)
 
     def _route_path(self, path: str) -> str:
         if len(path) > 1 and path.endswith("/") and not any(p.match(path) for p in self.keep_slash):
@@ -198,6 +203,7 @@ class ProtocolGuard:
             if raw_path and raw_path.endswith(b"/"):  # handlers that split the raw path see the same
                 scope["raw_path"] = raw_path[:-1]
         headers = dict(scope["headers"])
+        app = self.plain if self.gate_headers.isdisjoint(headers) else self.app
         method = scope["method"]
         if method in ("POST", "PUT", "PATCH"):
             length = headers.get(b"content-length")
@@ -235,10 +241,10 @@ class ProtocolGuard:
         id_token = current_request_id.set(request_id)
         try:
             if not self.last_resort:
-                await self.app(scope, receive, echo)
+                await app(scope, receive, echo)
                 return
             try:
-                await self.app(scope, receive, echo)
+                await app(scope, receive, echo)
             except Exception as exc:  # last_resort.LastResort's answer, from here
                 if started:  # part of another answer is out: only closing the connection can end it
                     raise
@@ -254,6 +260,25 @@ class ProtocolGuard:
             headers = [*headers, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def without_gates(app: ASGIApp) -> tuple[ASGIApp, frozenset[bytes]]:
+    """The middleware chain `app` with every gate left out (a layer whose class names, as `GATE`,
+    the request header it acts on; it passes every other request through untouched), and the gates'
+    header names. The layers above a gate are shallow copies whose `app` skips it (they hold
+    configuration only, shared with the originals)."""
+    gate: bytes | None = getattr(type(app), "GATE", None)
+    inner = getattr(app, "__dict__", {}).get("app")
+    if inner is None:
+        return app, frozenset()
+    plain, names = without_gates(inner)
+    if gate is not None:
+        return plain, names | {gate}
+    if plain is inner:
+        return app, names
+    layer = copy.copy(app)
+    layer.app = plain  # type: ignore[attr-defined]
+    return layer, names
 
 
 class QuietStartup:

@@ -56,6 +56,10 @@ class _Buckets:
 
 
 class PartnerDoor:
+    """A gate (app.ProtocolGuard leaves it out of the chain of a request without its header)."""
+
+    GATE = b"signature-input"
+
     def __init__(self, app: ASGIApp, service: Callable[[], DataspaceService | None], *, enforcing: bool) -> None:
         self.app = app
         self.service = service
@@ -63,7 +67,7 @@ class PartnerDoor:
         self.buckets = _Buckets()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not any(name == b"signature-input" for name, _ in scope["headers"]):
+        if scope["type"] != "http" or not any(name == self.GATE for name, _ in scope["headers"]):
             await self.app(scope, receive, send)
             return
         service = self.service()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import UTC
 from typing import Any
 
+from cityos.clock import second_text
 from cityos.entities.model import Entity, Instance
 from cityos.entities.values import parse_datetime
 
@@ -15,7 +17,11 @@ def normalize(value: str) -> str:
 
 
 def now_key() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Now in the expiry column's form (microseconds). Every read asks it (what has expired is
+    invisible at once): the date and time of day are formatted once per second (clock.second_text),
+    about a fifth of `datetime.now(UTC).strftime`'s instructions."""
+    second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+    return f"{second_text(second)}.{micro:06d}Z"
 
 
 def _expired(holder: dict[str, Any], now: str) -> bool:

@@ -26,7 +26,7 @@ from cityos.policy.enforce import (
     shown,
     write_check,
 )
-from cityos.snapshots.scope import owner_of
+from cityos.snapshots.scope import MARK, owner_of
 from cityos.store.base import EntityQuery
 from cityos.store.temporal_base import AggregatedEntity, TemporalQuery
 
@@ -34,8 +34,9 @@ __all__ = ["DENIED", "HiddenEntity", "guarded", "renders_cached", "restrict", "s
 
 
 def view(request: Request, tenant: str, action: Action = "read") -> ReadView:
-    # a snapshot's hidden tenant is read under the policies of the tenant it was made in
-    return services(request).authorizer.read_view(principal(request), owner_of(tenant), action)
+    if MARK in tenant:  # a snapshot's hidden tenant is read under the policies of the tenant it was made in
+        tenant = owner_of(tenant)
+    return services(request).authorizer.read_view(principal(request), tenant, action)
 
 
 def writes(request: Request, tenant: str) -> WriteCheck | None:

@@ -249,7 +249,12 @@ async def retrieve_entity(request: Request) -> Response:
         raise BadRequestData("geometryProperty needs Accept: application/geo+json")
     read = access.view(request, tenant_name)
     store = services(request).store
-    if read.unrestricted and media != GEO_JSON and params.get("local") != "true":
+    if (
+        read.unrestricted
+        and media != GEO_JSON
+        and params.get("local") != "true"
+        and not store.registrations_none(tenant_name)  # most tenants: no source, no coroutine
+    ):
         federated = await forwarding.consumption(
             request,
             tenant_name,

@@ -63,6 +63,13 @@ def _is_local(request: Request, tenant_name: str) -> bool:
     return not access.view(request, tenant_name).unrestricted
 
 
+def unregistered(request: Request, tenant_name: str) -> bool:
+    """True when the tenant is known to have no registration (kept in memory by the store): the
+    request stays local, decided without a coroutine. False says nothing: ask `consumption` or
+    `provision`, which read the registrations (the first request of a tenant keeps them)."""
+    return services(request).store.registrations_none(tenant_name)
+
+
 async def _registrations(request: Request, tenant_name: str) -> list[Doc]:
     """The tenant's registrations, or none for a request that stays local (local=true, or a caller
     the access policies restrict: remote entities are not filtered by them)."""
@@ -459,6 +466,8 @@ async def run_write(
     attr: str | None = None,
 ) -> Response:
     """A write on one entity: local alone when no source takes part, else split and forwarded."""
+    if unregistered(request, tenant_name):  # no source in this tenant
+        return await local(body)
     split = await provision(request, Write(tenant_name, operation, entity_id, body, context, types, attr))
     if split is None:
         return await local(body)
@@ -510,6 +519,8 @@ async def batch(
     """Forward the parts of a batch the sources take: (the items left for the local store, the
     errors of the forwarded parts, the ids a source took whole, the ids some source took without
     error). `context_of(item)`: the @context an item is read with."""
+    if unregistered(request, tenant_name):
+        return items, [], [], set()
     documents = await _registrations(request, tenant_name)
     if not documents:
         return items, [], [], set()

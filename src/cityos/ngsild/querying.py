@@ -294,7 +294,12 @@ async def query_entities(request: Request) -> Response:
     query = build_query(request, context, tenant_name)
     federated = None
     # type=* is a local query (spec 4.3.6: every type is not asked of the sources)
-    if media != GEO_JSON and params.get("local") != "true" and params.get("type") != "*":
+    if (
+        media != GEO_JSON
+        and params.get("local") != "true"
+        and params.get("type") != "*"
+        and not forwarding.unregistered(request, tenant_name)
+    ):
         federated = await forwarding.consumption(
             request,
             tenant_name,
@@ -493,7 +498,12 @@ async def query_post(request: Request) -> Response:
             geometry=order.get("geometry", "Point"),
         )
     federated = None
-    if media != GEO_JSON and params.get("local") != "true" and body.get("local") is not True:
+    if (
+        media != GEO_JSON
+        and params.get("local") != "true"
+        and body.get("local") is not True
+        and not forwarding.unregistered(request, tenant_name)
+    ):
         selectors = [s for s in entities or [] if isinstance(s, dict)]
         federated = await forwarding.consumption(
             request,

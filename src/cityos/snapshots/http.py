@@ -471,7 +471,10 @@ ErrorAnswer = Callable[[Request, Exception], Awaitable[Response]]
 class SnapshotHeader:
     """ASGI middleware: a request with NGSILD-Snapshot is served from the snapshot's hidden tenant
     (ngsild/common.tenant reads the scope this sets) and its answer echoes the header (6.3.22).
-    It runs inside authentication, so the snapshot is looked up as the caller."""
+    It runs inside authentication, so the snapshot is looked up as the caller. A gate:
+    app.ProtocolGuard leaves it out of the chain of a request without the header."""
+
+    GATE = HEADER_KEY
 
     def __init__(self, app: ASGIApp, *, answer: ErrorAnswer) -> None:
         self.app = app

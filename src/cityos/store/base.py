@@ -308,6 +308,10 @@ class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, Snapsho
     async def list_registrations(self, tenant: str) -> list[RegistrationRow]:
         """A tenant's registrations, in creation order."""
 
+    def registrations_none(self, tenant: str) -> bool:
+        """True when the tenant is known (from memory, without I/O) to have no registration; False
+        when it has some or it is not known yet (then list_registrations says)."""
+
     # -- entity maps (spec 5.14): per tenant, keyed by map id; expired maps are removed by purge_expired --
     async def save_entity_map(self, tenant: str, entity_map: EntityMap) -> None:
         """Store a new map (or replace one with the same id)."""

@@ -23,6 +23,9 @@ REGISTRATION_EVENT = "registration"  # the StoreEvent kind of a registration cre
 class RegistrationCache:
     def __init__(self) -> None:
         self._rows: dict[str, list[tuple[str, bytes]]] = {}
+        # the tenants whose registrations are kept and are none: what every request that may be
+        # forwarded asks first, in a city without context sources, answered by `tenant in none`
+        self.none: set[str] = set()
         self.generation = 0
 
     def get(self, tenant: str) -> list[RegistrationRow] | None:
@@ -37,6 +40,10 @@ class RegistrationCache:
         return them decoded."""
         if generation == self.generation:
             self._rows[tenant] = rows
+            if rows:
+                self.none.discard(tenant)
+            else:
+                self.none.add(tenant)
         return [RegistrationRow(tenant, key, orjson.loads(doc)) for key, doc in rows]
 
     def forget(self, tenant: str | None = None) -> None:
@@ -44,5 +51,7 @@ class RegistrationCache:
         self.generation += 1
         if tenant is None:
             self._rows.clear()
+            self.none.clear()
         else:
             self._rows.pop(tenant, None)
+            self.none.discard(tenant)

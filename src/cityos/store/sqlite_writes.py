@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from cityos.audit.chain import AuditRow
-from cityos.entities.expiry import next_expiry, visible
+from cityos.entities.expiry import next_expiry, visible, visible_at
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import NgsiLdError
@@ -235,11 +235,12 @@ class SQLiteWrites:
         refusable: bool = False,
     ) -> MutationResult:
         row = connection.execute(
-            "SELECT pk, doc FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
+            "SELECT pk, doc, next_expiry FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
         ).fetchone()
-        raw = inflate(row[1]) if row else None
-        stored = orjson.loads(raw) if raw is not None else None
-        before = visible(stored) if raw is not None and TRANSIENT in raw else stored
+        stored = orjson.loads(inflate(row[1])) if row else None
+        # the row's next_expiry (the earliest expiresAt inside) says whether anything may have
+        # expired, as for readers: no scan of the document for the key
+        before = visible_at(stored, row[2]) if stored is not None else None
         try:
             outcome = mutator(before)
         except NgsiLdError as error:

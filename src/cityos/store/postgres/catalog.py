@@ -107,6 +107,9 @@ class PostgresCatalog(PostgresOutbox):
         finally:
             self.registrations_kept.forget(tenant)
 
+    def registrations_none(self, tenant: str) -> bool:
+        return tenant in self.registrations_kept.none
+
     async def list_registrations(self, tenant: str) -> list[RegistrationRow]:
         kept = self.registrations_kept.get(tenant)
         if kept is not None:
