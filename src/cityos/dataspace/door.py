@@ -5,7 +5,8 @@ refusal is a ProblemDetails 401. A verified request acts as:
 - on the DSP routes (/dsp/...) and the notification inbox: the partner (`partner:<name>`);
 - on /ngsi-ld/v1/...: the agreement its CityOS-Agreement header names (`agreement:<id>`), served
   only while the agreement is active, for its purpose, within its rate and, for an aggregate-only
-  agreement, for counts and temporal aggregates only (403/429 otherwise). Which entities and
+  agreement, for counts and temporal aggregates only (403/429 otherwise). The nonces seen and the
+  rate buckets are rows of the store, so every worker and process serving the database shares them. Which entities and
   attributes it sees is the agreement's compiled access policy (model.policy_documents): the same
   engine, pushed-down filters and projections as any other caller's.
 Every exchange is recorded with the digests of the request and of the answer
@@ -27,7 +28,7 @@ from cityos.auth.middleware import problem as _problem
 from cityos.auth.principal import Principal, current_principal
 from cityos.dataspace.model import Agreement
 from cityos.dataspace.service import DSP, INBOX, DataspaceService
-from cityos.dataspace.signatures import SignatureRefused, Verified, verify_request
+from cityos.dataspace.signatures import REPLAY, WINDOW_SECONDS, SignatureRefused, Verified, verify_request
 from cityos.errors import NgsiLdError
 from cityos.policy.compiled import current_purpose
 
@@ -37,30 +38,11 @@ NGSILD = "/ngsi-ld/v1/"
 READ_POSTS = ("/ngsi-ld/v1/entityOperations/query",)
 
 
-class _Buckets:
-    """Requests per minute per agreement (per worker)."""
-
-    def __init__(self) -> None:
-        self._state: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str, per_minute: int) -> float:
-        """0 when a request may go now, else the seconds to wait."""
-        now = time.monotonic()
-        tokens, at = self._state.get(key, (float(per_minute), now))
-        tokens = min(float(per_minute), tokens + (now - at) * per_minute / 60.0)
-        if tokens < 1.0:
-            self._state[key] = (tokens, now)
-            return (1.0 - tokens) * 60.0 / per_minute
-        self._state[key] = (tokens - 1.0, now)
-        return 0.0
-
-
 class PartnerDoor:
     def __init__(self, app: ASGIApp, service: Callable[[], DataspaceService | None], *, enforcing: bool) -> None:
         self.app = app
         self.service = service
         self.enforcing = enforcing  # --auth required: the agreement policies are enforced
-        self.buckets = _Buckets()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not any(name == b"signature-input" for name, _ in scope["headers"]):
@@ -72,10 +54,12 @@ class PartnerDoor:
             return
         body = await _read(receive)
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        url = _url(scope, headers)
         await service.refresh()
+        url = _url(scope, headers, service.public_url)
         try:
-            proof = verify_request(scope["method"], url, headers, body, service.public_key_of, service.nonces)
+            proof = verify_request(scope["method"], url, headers, body, service.public_key_of, None)
+            if not await service.store.first_use(proof.keyid, proof.nonce, proof.created + WINDOW_SECONDS, time.time()):
+                raise SignatureRefused(REPLAY)  # shared by every worker and process on the database
         except SignatureRefused as refused:
             await service.record(
                 "request.denied",
@@ -88,6 +72,11 @@ class PartnerDoor:
             return
         try:
             principal, agreement = self._admit(service, scope, headers, body, proof)
+            if agreement is not None:
+                rate = int(agreement.terms["rate"])
+                wait = await service.store.take_token(f"agreement:{agreement.id}", rate, time.time())
+                if wait > 0:
+                    raise TooManyRequests(f"agreement {agreement.id} allows {rate} requests a minute", int(wait) + 1)
         except NgsiLdError as refused:
             await service.record(
                 "request.denied",
@@ -160,9 +149,6 @@ class PartnerDoor:
         if headers.get("purpose") != terms["purpose"]:
             raise AccessDenied(f"agreement {agreement.id} is for the purpose {terms['purpose']!r} (Purpose header)")
         _check_operation(scope, body, terms, service.partner(proof.keyid)["url"] + INBOX + agreement.id)
-        wait = self.buckets.take(agreement.id, int(terms["rate"]))
-        if wait > 0:
-            raise TooManyRequests(f"agreement {agreement.id} allows {terms['rate']} requests a minute", int(wait) + 1)
         return service.principal(agreement), agreement
 
 
@@ -192,13 +178,14 @@ def _check_operation(scope: Scope, body: bytes, terms: dict[str, Any], inbox: st
             raise AccessDenied("this agreement allows aggregates only (count=true&limit=0, or temporal aggrMethods)")
 
 
-def _url(scope: Scope, headers: dict[str, str]) -> str:
-    """The target URI as the client wrote it (scheme, Host header, raw path and query)."""
-    scheme = scope.get("scheme", "http")
-    host = headers.get("host", "")
-    path = scope.get("raw_path") or scope["path"].encode()
+def _url(scope: Scope, headers: dict[str, str], public_url: str | None) -> str:
+    """The target URI the partner signed: this city's public URL (`cityos dataspace init --url`,
+    the one partners are given, which stays right behind a proxy that rewrites the host or strips a
+    path prefix) or, without one, the scheme and Host header as received; then the raw path and query."""
+    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
     query = scope.get("query_string", b"")
-    return f"{scheme}://{host}{path.decode('latin-1')}" + (f"?{query.decode('latin-1')}" if query else "")
+    base = public_url if public_url else f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"
+    return f"{base}{path}" + (f"?{query.decode('latin-1')}" if query else "")
 
 
 def _keyid(headers: dict[str, str]) -> str:
