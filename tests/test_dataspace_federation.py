@@ -22,7 +22,7 @@ import pytest
 
 from backends import PostgresSchemas, make_key
 from cityos.dataspace.signatures import SigningKey
-from dataspace_helpers import audit, cli, free_ports, signed, signing_key, wait_for
+from dataspace_helpers import FEDERATION_PORTS, audit, cli, free_ports, signed, signing_key, wait_for
 from notify_helpers import Receiver
 from server_process import LoggedServer
 
@@ -35,6 +35,7 @@ JIEFANGBEI = "urn:ngsi-ld:TrafficFlowObserved:jiefangbei"  # Chongqing, inside t
 AIRPORT = "urn:ngsi-ld:TrafficFlowObserved:airport"  # Chongqing, outside it
 DIANCHI = "urn:ngsi-ld:TrafficFlowObserved:dianchi"  # Kunming
 ORCHARD = "urn:ngsi-ld:TrafficFlowObserved:orchard"  # Singapore's own
+CHAOTIANMEN = "urn:ngsi-ld:TrafficFlowObserved:chaotianmen"  # Chongqing, in its tenant "yuzhong"
 
 
 def _entity(entity_id: str, lon: float, lat: float, **attrs: Any) -> dict[str, Any]:
@@ -67,7 +68,8 @@ class City:
         return self.server.base
 
     def call(self, method: str, path: str, body: Any = None, **kw: Any) -> httpx.Response:
-        return httpx.request(method, self.base + path, json=body, headers=self.headers, timeout=30, **kw)
+        headers = {**self.headers, **kw.pop("headers", {})}
+        return httpx.request(method, self.base + path, json=body, headers=headers, timeout=30, **kw)
 
     def token(self) -> str | None:
         given = self.headers.get("Authorization")
@@ -88,7 +90,7 @@ def three(postgres_schemas: PostgresSchemas, tmp_path_factory: pytest.TempPathFa
     folder = tmp_path_factory.mktemp("three")
     cq_db = postgres_schemas.acquire()
     km_db, sg_db = str(folder / "kunming.db"), str(folder / "singapore.db")
-    ports = free_ports(3)
+    ports = free_ports(3, FEDERATION_PORTS)
     plan = (("Chongqing", cq_db, ports[0]), ("Kunming", km_db, ports[1]), ("Singapore", sg_db, ports[2]))
     for name, database, port in plan:
         signing_key(database, name, f"http://127.0.0.1:{port}")
@@ -115,7 +117,11 @@ def three(postgres_schemas: PostgresSchemas, tmp_path_factory: pytest.TempPathFa
                 made = city.call("POST", f"{API}/partners", {"name": other.name, "url": other.base, "publicKey": key})
                 assert made.status_code == 201, made.text
         offers = {
-            "Chongqing": [_offer("traffic-flow", YUZHONG, 600), _offer("quota", YUZHONG, 5)],
+            "Chongqing": [
+                _offer("traffic-flow", YUZHONG, 600),
+                _offer("quota", YUZHONG, 5),
+                {**_offer("district", YUZHONG, 600), "tenant": "yuzhong"},
+            ],
             "Kunming": [_offer("traffic-flow", KUNMING_AREA, 600)],
         }
         data = {
@@ -131,11 +137,17 @@ def three(postgres_schemas: PostgresSchemas, tmp_path_factory: pytest.TempPathFa
                 assert cities[name].call("POST", f"{API}/offers", offer).status_code == 201
             made = cities[name].call("POST", "/ngsi-ld/v1/entityOperations/upsert", entities)
             assert made.status_code in (201, 204), made.text
+        in_tenant = [_entity(CHAOTIANMEN, 106.58, 29.56, intensity=90)]
+        made = cities["Chongqing"].call(
+            "POST", "/ngsi-ld/v1/entityOperations/upsert", in_tenant, headers={"NGSILD-Tenant": "yuzhong"}
+        )
+        assert made.status_code in (201, 204), made.text
         agreements = {}
         for label, partner, offer in (
             ("Chongqing", "Chongqing", "traffic-flow"),
             ("Kunming", "Kunming", "traffic-flow"),
             ("quota", "Chongqing", "quota"),
+            ("district", "Chongqing", "district"),
         ):
             made = singapore.call("POST", f"{API}/agreements", {"partner": partner, "offer": offer, "purpose": PURPOSE})
             assert made.status_code == 201, made.text
@@ -277,6 +289,39 @@ def test_notifications_are_written_into_the_consumers_store_across_a_restart(thr
         wait_for("Singapore's own subscription to see the received write", lambda: 130 in seen())
     finally:
         receiver.close()
+
+
+def test_an_agreement_is_served_in_its_tenant(three: Three) -> None:
+    agreement = three.agreements["district"]
+    url = f"{three.chongqing.base}{ENTITIES_URL}?type=TrafficFlowObserved"
+    got = httpx.get(url, headers=signed(three.key, "GET", url, agreement=agreement, purpose=PURPOSE))
+    assert _ids(got) == {CHAOTIANMEN}  # the offer's tenant, not the default tenant's entities
+    assert got.headers.get("ngsild-tenant") in (None, "yuzhong")
+    elsewhere = {**signed(three.key, "GET", url, agreement=agreement, purpose=PURPOSE), "NGSILD-Tenant": "other"}
+    refused = httpx.get(url, headers=elsewhere)
+    assert refused.status_code == 403 and "another tenant" in refused.json()["detail"]
+    plain = signed(three.key, "GET", url, agreement=three.agreements["Chongqing"], purpose=PURPOSE)
+    assert CHAOTIANMEN not in _ids(httpx.get(url, headers=plain))  # the other agreement: the default tenant
+
+
+def test_the_signed_target_is_the_public_url(three: Three) -> None:
+    """Behind a proxy that rewrites the host (and strips a path prefix), partners sign the URL
+    they were given, the one `cityos dataspace init --url` sets: the door rebuilds that one."""
+    public = "https://kunming.example/broker"
+    direct = three.kunming.base + "/dsp/catalog"
+
+    def status(target: str) -> int:
+        return httpx.get(direct, headers=signed(three.key, "GET", target)).status_code
+
+    changed = cli(three.kunming.database, "dataspace", "init", "--name", "Kunming", "--url", public)
+    assert changed.returncode == 0, changed.stderr
+    try:
+        wait_for("Kunming to use its public URL", lambda: status(public + "/dsp/catalog") == 200)
+        assert status(direct) == 401  # the address the proxy forwards to is not the signed one
+    finally:
+        restored = cli(three.kunming.database, "dataspace", "init", "--name", "Kunming", "--url", three.kunming.base)
+        assert restored.returncode == 0, restored.stderr
+    wait_for("Kunming to use its own URL again", lambda: status(direct) == 200)
 
 
 def test_a_revoked_agreement_stops_the_forwarding(three: Three) -> None:

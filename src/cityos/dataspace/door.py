@@ -6,7 +6,9 @@ refusal is a ProblemDetails 401. A verified request acts as:
 - on /ngsi-ld/v1/...: the agreement its CityOS-Agreement header names (`agreement:<id>`), served
   only while the agreement is active, for its purpose, within its rate and, for an aggregate-only
   agreement, for counts and temporal aggregates only (403/429 otherwise). The nonces seen and the
-  rate buckets are rows of the store, so every worker and process serving the database shares them. Which entities and
+  rate buckets are rows of the store, so every worker and process serving the database shares them.
+  It is served in the agreement's tenant (the offer's `tenant`, default the default tenant): the
+  door sets NGSILD-Tenant, and refuses a request naming another. Which entities and
   attributes it sees is the agreement's compiled access policy (model.policy_documents): the same
   engine, pushed-down filters and projections as any other caller's.
 Every exchange is recorded with the digests of the request and of the answer
@@ -26,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cityos.auth.errors import AccessDenied, TooManyRequests
 from cityos.auth.middleware import problem as _problem
 from cityos.auth.principal import Principal, current_principal
+from cityos.dataspace import model
 from cityos.dataspace.model import Agreement
 from cityos.dataspace.service import DSP, INBOX, DataspaceService
 from cityos.dataspace.signatures import REPLAY, WINDOW_SECONDS, SignatureRefused, Verified, verify_request
@@ -36,6 +39,7 @@ PRINCIPAL_SCOPE_KEY = "cityos.principal"  # a principal proven here (auth/middle
 PARTNER_SCOPE_KEY = "cityos.partner"  # the partner a DSP or inbox request comes from
 NGSILD = "/ngsi-ld/v1/"
 READ_POSTS = ("/ngsi-ld/v1/entityOperations/query",)
+TENANT = b"ngsild-tenant"
 
 
 class PartnerDoor:
@@ -88,6 +92,10 @@ class PartnerDoor:
             await _problem(send, refused)
             return
         scope = {**scope, PRINCIPAL_SCOPE_KEY: principal, PARTNER_SCOPE_KEY: proof.keyid}
+        if agreement is not None:  # served in the agreement's tenant, whatever the partner named
+            tenant = model.tenant_of(agreement.doc).encode()
+            kept = [(name, value) for name, value in scope["headers"] if name != TENANT]
+            scope["headers"] = kept + ([(TENANT, tenant)] if tenant else [])
         answer = hashlib.sha256()
         status = 0
 
@@ -146,6 +154,8 @@ class PartnerDoor:
         if agreement is None:
             raise AccessDenied(f"no active agreement {agreement_id!r} between this city and {proof.keyid}")
         terms = agreement.terms
+        if headers.get("ngsild-tenant", "") not in ("", model.tenant_of(agreement.doc)):
+            raise AccessDenied(f"agreement {agreement.id} is served in another tenant (leave NGSILD-Tenant out)")
         if headers.get("purpose") != terms["purpose"]:
             raise AccessDenied(f"agreement {agreement.id} is for the purpose {terms['purpose']!r} (Purpose header)")
         _check_operation(scope, body, terms, service.partner(proof.keyid)["url"] + INBOX + agreement.id)

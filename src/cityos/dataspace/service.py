@@ -387,7 +387,7 @@ class DataspaceService:
         return Principal(
             id=model.principal_id(agreement.id),
             kind="partner",
-            tenants=frozenset({""}),
+            tenants=frozenset({model.tenant_of(agreement.doc)}),
             client=agreement.doc["consumer"],
         )
 
