@@ -411,6 +411,8 @@ class DataspaceService:
             raise ResourceNotFound(f"this city holds no agreement {agreement_id} as consumer")
         provider = agreement.doc["provider"]
         data, terms = agreement.doc["dataset"], agreement.terms
+        if terms["aggregation"] != "per-entity":
+            raise BadRequestData(f"agreement {agreement_id} allows aggregates only: forwarded queries ask for entities")
         registration: dict[str, Any] = {
             "id": "urn:ngsi-ld:ContextSourceRegistration:" + agreement_id.rsplit(":", 1)[-1],
             "type": "ContextSourceRegistration",
