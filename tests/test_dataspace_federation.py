@@ -11,6 +11,7 @@ matching records of every forwarded exchange."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -82,7 +83,9 @@ class Three:
     kunming: City
     singapore: City
     key: SigningKey  # Singapore's
-    agreements: dict[str, str]  # "Chongqing", "Kunming", "quota" -> agreement id
+    agreements: dict[str, str]  # "Chongqing", "Kunming", "quota", "district", "brief" -> agreement id
+    brief_expires: datetime  # the "brief" agreement's end, seconds after the module started
+    brief_used: int  # the status of a read under it right after it was made
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +119,17 @@ def three(postgres_schemas: PostgresSchemas, tmp_path_factory: pytest.TempPathFa
                 key = other.call("GET", f"{API}/identity").json()["publicKey"]
                 made = city.call("POST", f"{API}/partners", {"name": other.name, "url": other.base, "publicKey": key})
                 assert made.status_code == 201, made.text
+        brief_expires = (datetime.now(UTC) + timedelta(seconds=30)).replace(microsecond=0)  # made and used first
+        brief = brief_expires.strftime("%Y-%m-%dT%H:%M:%SZ")
         offers = {
             "Chongqing": [
                 _offer("traffic-flow", YUZHONG, 600),
                 _offer("quota", YUZHONG, 5),
                 {**_offer("district", YUZHONG, 600), "tenant": "yuzhong"},
+                {
+                    **_offer("brief", YUZHONG, 600),
+                    "terms": {**_offer("brief", YUZHONG, 600)["terms"], "expires": brief},
+                },
             ],
             "Kunming": [_offer("traffic-flow", KUNMING_AREA, 600)],
         }
@@ -144,6 +153,7 @@ def three(postgres_schemas: PostgresSchemas, tmp_path_factory: pytest.TempPathFa
         assert made.status_code in (201, 204), made.text
         agreements = {}
         for label, partner, offer in (
+            ("brief", "Chongqing", "brief"),  # first: it lasts seconds
             ("Chongqing", "Chongqing", "traffic-flow"),
             ("Kunming", "Kunming", "traffic-flow"),
             ("quota", "Chongqing", "quota"),
@@ -158,7 +168,15 @@ def three(postgres_schemas: PostgresSchemas, tmp_path_factory: pytest.TempPathFa
             registration = orjson.loads(printed.stdout)
             made = singapore.call("POST", "/ngsi-ld/v1/csourceRegistrations", registration)
             assert made.status_code == 201, made.text
-        yield Three(cities["Chongqing"], cities["Kunming"], singapore, signing_key(sg_db), agreements)
+        key = signing_key(sg_db)
+        url = f"{cities['Chongqing'].base}{ENTITIES_URL}?type=TrafficFlowObserved"
+
+        def use() -> int:  # each worker reads a new agreement within a second
+            got = httpx.get(url, headers=signed(key, "GET", url, agreement=agreements["brief"], purpose=PURPOSE))
+            return got.status_code if got.status_code == 200 else 0
+
+        used = wait_for("the brief agreement to be served", use, timeout=10)
+        yield Three(cities["Chongqing"], cities["Kunming"], singapore, key, agreements, brief_expires, used)
     finally:
         for server in servers.values():
             server.stop()
@@ -289,6 +307,18 @@ def test_notifications_are_written_into_the_consumers_store_across_a_restart(thr
         wait_for("Singapore's own subscription to see the received write", lambda: 130 in seen())
     finally:
         receiver.close()
+
+
+def test_a_tampered_signature_and_an_expired_agreement_are_refused(three: Three) -> None:
+    url = f"{three.chongqing.base}{ENTITIES_URL}?type=TrafficFlowObserved"
+    tampered = signed(three.key, "GET", url, agreement=three.agreements["Chongqing"], purpose=PURPOSE)
+    tampered["CityOS-Agreement"] = three.agreements["quota"]  # moved to another agreement once signed
+    refused = httpx.get(url, headers=tampered)
+    assert refused.status_code == 401 and "does not verify" in refused.json()["detail"]
+    assert three.brief_used == 200  # the brief agreement was used while it ran
+    time.sleep(max(0.0, (three.brief_expires - datetime.now(UTC)).total_seconds() + 0.5))
+    ended = httpx.get(url, headers=signed(three.key, "GET", url, agreement=three.agreements["brief"], purpose=PURPOSE))
+    assert ended.status_code == 403 and "no active agreement" in ended.json()["detail"]
 
 
 def test_an_agreement_is_served_in_its_tenant(three: Three) -> None:
