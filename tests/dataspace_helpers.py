@@ -20,12 +20,13 @@ from cityos.dataspace.signatures import SigningKey, sign_request
 from cityos.store import open_store
 
 PORTS = range(7720, 7750)  # the data channel tests' own ports (a server each, and a dead one)
+FEDERATION_PORTS = range(7900, 7930)  # test_dataspace_federation.py's (it may run beside test_dataspace.py)
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` ports of PORTS nothing listens on or holds now."""
+def free_ports(count: int, ports: range = PORTS) -> list[int]:
+    """`count` ports of `ports` nothing listens on or holds now."""
     found: list[int] = []
-    for port in PORTS:
+    for port in ports:
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -34,7 +35,7 @@ def free_ports(count: int) -> list[int]:
         found.append(port)
         if len(found) == count:
             return found
-    raise RuntimeError(f"fewer than {count} free ports in {PORTS}")
+    raise RuntimeError(f"fewer than {count} free ports in {ports}")
 
 
 def cli(database: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

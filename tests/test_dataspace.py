@@ -480,6 +480,13 @@ def test_cli_manages_partners_and_offers(tmp_path: Path) -> None:
     assert [o["id"] for o in orjson.loads(listed.stdout)] == ["buses"]
     missing = cli(database, "partners", "remove", "Braga")
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+    for url in ("http://127.0.0.1:7", "http://localhost", "http://10.1.2.3", "http://[::1]:8"):  # the outgoing rule
+        refused = cli(database, "partners", "add", "Braga", "--url", url, "--public-key", key)
+        assert refused.returncode == 1 and f"the partner URL {url} is refused" in refused.stderr, refused.stderr
+        assert "--allow-private-networks" in refused.stderr
+    allowed = cli(database, "partners", "add", "Braga", "--url", "http://127.0.0.1:7", "--public-key", key,
+                  "--allow-private-networks")  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr
 
 
 def test_notifications_wait_for_a_partner_that_is_down(cities: Cities) -> None:

@@ -39,6 +39,8 @@ def test_the_two_city_walkthrough_runs_as_printed(tmp_path: Path) -> None:
     assert '"id": "urn:ngsi-ld:TrafficFlowObserved:jiefangbei"' in out  # read under the agreement
     assert '"id": "urn:ngsi-ld:TrafficFlowObserved:airport"' not in out  # outside the offered area
     assert '"laneId"' not in out  # not in the agreement's attributes
+    assert '"id":"urn:ngsi-ld:TrafficFlowObserved:jiefangbei"' in out  # Singapore's own query, forwarded
+    assert '"id":"urn:ngsi-ld:TrafficFlowObserved:airport"' not in out
     assert f"no active agreement '{shown.group(1)}'" in out
     assert "dataspace.request.served" in out and "dataspace.request.sent" in out
     assert out.rstrip().endswith("refused after the revocation")

@@ -400,7 +400,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             allow_private_networks=settings.allow_private_networks,
             timeout=settings.notification_timeout,
             max_bytes=settings.notification_max_bytes,
-        )
+        ),
+        signer=dataspace.sign_forwarded,  # a registration that is a partner city: signed, under its agreement
     )
     startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
     snapshot_fills = snapshots_http.SnapshotFills()  # snapshots being made in the background

@@ -195,6 +195,11 @@ async def agreements_subscribe(service: DataspaceService, args: argparse.Namespa
     return _answer(answer.status, answer.json())
 
 
+async def agreements_source(service: DataspaceService, args: argparse.Namespace) -> int:
+    _print(service.source_registration(args.agreement_id))
+    return 0
+
+
 def _answer(status: int, body: Any) -> int:
     _print(body)
     if status >= 400:
@@ -325,3 +330,11 @@ def register(commands: Any) -> None:
     subscribe.add_argument("agreement_id")
     subscribe.add_argument("--type", required=True)
     subscribe.add_argument("--attrs", help="comma-separated attributes to notify")
+    source = _verb(
+        verbs,
+        "source",
+        "print the context source registration that forwards this city's queries to the partner",
+        "cityos agreements source urn:uuid:... > source.json  # then POST it to /ngsi-ld/v1/csourceRegistrations",
+        agreements_source,
+    )
+    source.add_argument("agreement_id")

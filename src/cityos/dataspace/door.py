@@ -5,7 +5,10 @@ refusal is a ProblemDetails 401. A verified request acts as:
 - on the DSP routes (/dsp/...) and the notification inbox: the partner (`partner:<name>`);
 - on /ngsi-ld/v1/...: the agreement its CityOS-Agreement header names (`agreement:<id>`), served
   only while the agreement is active, for its purpose, within its rate and, for an aggregate-only
-  agreement, for counts and temporal aggregates only (403/429 otherwise). Which entities and
+  agreement, for counts and temporal aggregates only (403/429 otherwise). The nonces seen and the
+  rate buckets are rows of the store, so every worker and process serving the database shares them.
+  It is served in the agreement's tenant (the offer's `tenant`, default the default tenant): the
+  door sets NGSILD-Tenant, and refuses a request naming another. Which entities and
   attributes it sees is the agreement's compiled access policy (model.policy_documents): the same
   engine, pushed-down filters and projections as any other caller's.
 Every exchange is recorded with the digests of the request and of the answer
@@ -25,9 +28,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cityos.auth.errors import AccessDenied, TooManyRequests
 from cityos.auth.middleware import problem as _problem
 from cityos.auth.principal import Principal, current_principal
+from cityos.dataspace import model
 from cityos.dataspace.model import Agreement
 from cityos.dataspace.service import DSP, INBOX, DataspaceService
-from cityos.dataspace.signatures import SignatureRefused, Verified, verify_request
+from cityos.dataspace.signatures import REPLAY, WINDOW_SECONDS, SignatureRefused, Verified, verify_request
 from cityos.errors import NgsiLdError
 from cityos.policy.compiled import current_purpose
 
@@ -35,24 +39,7 @@ PRINCIPAL_SCOPE_KEY = "cityos.principal"  # a principal proven here (auth/middle
 PARTNER_SCOPE_KEY = "cityos.partner"  # the partner a DSP or inbox request comes from
 NGSILD = "/ngsi-ld/v1/"
 READ_POSTS = ("/ngsi-ld/v1/entityOperations/query",)
-
-
-class _Buckets:
-    """Requests per minute per agreement (per worker)."""
-
-    def __init__(self) -> None:
-        self._state: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str, per_minute: int) -> float:
-        """0 when a request may go now, else the seconds to wait."""
-        now = time.monotonic()
-        tokens, at = self._state.get(key, (float(per_minute), now))
-        tokens = min(float(per_minute), tokens + (now - at) * per_minute / 60.0)
-        if tokens < 1.0:
-            self._state[key] = (tokens, now)
-            return (1.0 - tokens) * 60.0 / per_minute
-        self._state[key] = (tokens - 1.0, now)
-        return 0.0
+TENANT = b"ngsild-tenant"
 
 
 class PartnerDoor:
@@ -64,7 +51,6 @@ class PartnerDoor:
         self.app = app
         self.service = service
         self.enforcing = enforcing  # --auth required: the agreement policies are enforced
-        self.buckets = _Buckets()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not any(name == self.GATE for name, _ in scope["headers"]):
@@ -76,10 +62,12 @@ class PartnerDoor:
             return
         body = await _read(receive)
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        url = _url(scope, headers)
         await service.refresh()
+        url = _url(scope, headers, service.public_url)
         try:
-            proof = verify_request(scope["method"], url, headers, body, service.public_key_of, service.nonces)
+            proof = verify_request(scope["method"], url, headers, body, service.public_key_of, None)
+            if not await service.store.first_use(proof.keyid, proof.nonce, proof.created + WINDOW_SECONDS, time.time()):
+                raise SignatureRefused(REPLAY)  # shared by every worker and process on the database
         except SignatureRefused as refused:
             await service.record(
                 "request.denied",
@@ -92,6 +80,11 @@ class PartnerDoor:
             return
         try:
             principal, agreement = self._admit(service, scope, headers, body, proof)
+            if agreement is not None:
+                rate = int(agreement.terms["rate"])
+                wait = await service.store.take_token(f"agreement:{agreement.id}", rate, time.time())
+                if wait > 0:
+                    raise TooManyRequests(f"agreement {agreement.id} allows {rate} requests a minute", int(wait) + 1)
         except NgsiLdError as refused:
             await service.record(
                 "request.denied",
@@ -103,6 +96,10 @@ class PartnerDoor:
             await _problem(send, refused)
             return
         scope = {**scope, PRINCIPAL_SCOPE_KEY: principal, PARTNER_SCOPE_KEY: proof.keyid}
+        if agreement is not None:  # served in the agreement's tenant, whatever the partner named
+            tenant = model.tenant_of(agreement.doc).encode()
+            kept = [(name, value) for name, value in scope["headers"] if name != TENANT]
+            scope["headers"] = kept + ([(TENANT, tenant)] if tenant else [])
         answer = hashlib.sha256()
         status = 0
 
@@ -161,12 +158,11 @@ class PartnerDoor:
         if agreement is None:
             raise AccessDenied(f"no active agreement {agreement_id!r} between this city and {proof.keyid}")
         terms = agreement.terms
+        if headers.get("ngsild-tenant", "") not in ("", model.tenant_of(agreement.doc)):
+            raise AccessDenied(f"agreement {agreement.id} is served in another tenant (leave NGSILD-Tenant out)")
         if headers.get("purpose") != terms["purpose"]:
             raise AccessDenied(f"agreement {agreement.id} is for the purpose {terms['purpose']!r} (Purpose header)")
         _check_operation(scope, body, terms, service.partner(proof.keyid)["url"] + INBOX + agreement.id)
-        wait = self.buckets.take(agreement.id, int(terms["rate"]))
-        if wait > 0:
-            raise TooManyRequests(f"agreement {agreement.id} allows {terms['rate']} requests a minute", int(wait) + 1)
         return service.principal(agreement), agreement
 
 
@@ -196,13 +192,14 @@ def _check_operation(scope: Scope, body: bytes, terms: dict[str, Any], inbox: st
             raise AccessDenied("this agreement allows aggregates only (count=true&limit=0, or temporal aggrMethods)")
 
 
-def _url(scope: Scope, headers: dict[str, str]) -> str:
-    """The target URI as the client wrote it (scheme, Host header, raw path and query)."""
-    scheme = scope.get("scheme", "http")
-    host = headers.get("host", "")
-    path = scope.get("raw_path") or scope["path"].encode()
+def _url(scope: Scope, headers: dict[str, str], public_url: str | None) -> str:
+    """The target URI the partner signed: this city's public URL (`cityos dataspace init --url`,
+    the one partners are given, which stays right behind a proxy that rewrites the host or strips a
+    path prefix) or, without one, the scheme and Host header as received; then the raw path and query."""
+    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
     query = scope.get("query_string", b"")
-    return f"{scheme}://{host}{path.decode('latin-1')}" + (f"?{query.decode('latin-1')}" if query else "")
+    base = public_url if public_url else f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"
+    return f"{base}{path}" + (f"?{query.decode('latin-1')}" if query else "")
 
 
 def _keyid(headers: dict[str, str]) -> str:

@@ -21,10 +21,19 @@ from starlette.routing import Route
 
 from cityos.auth.credentials import require_admin
 from cityos.dataspace.door import PARTNER_SCOPE_KEY
+from cityos.dataspace.received import write_received
 from cityos.dataspace.service import INBOX, DataspaceService, identity_of
 from cityos.dataspace.signatures import SignatureRefused, content_digest
 from cityos.errors import BadRequestData, NgsiLdError, ResourceNotFound
-from cityos.ngsild.common import json_response, no_content, principal, read_json, services
+from cityos.ngsild.common import (
+    body_context,
+    json_response,
+    no_content,
+    principal,
+    read_json,
+    read_payload,
+    services,
+)
 from cityos.policy.enforce import record_denied
 
 BASE = "/cityos/v1/admin/dataspace"
@@ -160,18 +169,22 @@ async def termination(request: Request) -> Response:
 
 
 async def inbox(request: Request) -> Response:
-    """A notification of a subscription this city holds at a partner, under an agreement: recorded
-    with its digest and nonce ("dataspace.notification.received"), matching the sender's record."""
+    """A notification of a subscription this city holds at a partner, under an agreement: its
+    entities are written into this city's own store (received.py) and the exchange is recorded with
+    its digest and nonce ("dataspace.notification.received"), matching the sender's record."""
     service, partner = await _partner(request)
     agreement_id = request.path_params["agreement_id"]
     agreement = service.agreements.get(agreement_id)
     if agreement is None or agreement.doc.get("role") != "consumer" or agreement.doc["provider"] != partner:
         raise ResourceNotFound(f"agreement {agreement_id} does not exist")
     body = await request.body()
-    notification = _object(await read_json(request))
+    notification, media = await read_payload(request)
+    notification = _object(notification)
     nonce = request.headers.get("signature-input", "").split(';nonce="', 1)[-1].split('"', 1)[0]
     data = notification.get("data")
-    entities = data if isinstance(data, list) else []
+    entities = [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+    context = await body_context(request, notification, media, tenant_name="")
+    written, refused = await write_received(services(request).store, agreement, entities, context.terms)
     await service.record(
         "dataspace.notification.received",
         [agreement_id],
@@ -181,10 +194,10 @@ async def inbox(request: Request) -> Response:
             "nonce": nonce,
             "subscription": notification.get("subscriptionId"),
             "entities": {
-                str(e.get("id")): sorted(k for k in e if k not in ("id", "type", "@context"))
-                for e in entities
-                if isinstance(e, dict)
+                str(e.get("id")): sorted(k for k in e if k not in ("id", "type", "@context")) for e in entities
             },
+            "written": written,
+            "refused": refused,
         },
         principal=f"partner:{partner}",
     )

@@ -34,6 +34,7 @@ DSP_CONTEXT = "https://w3id.org/dspace/2025/1/context.jsonld"
 CITYOS_NS = "https://cityos.dev/ns/dataspace#"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 OFFER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+TENANT_RE = re.compile(r"^[A-Za-z0-9_\-.:]{1,64}$")  # as ngsild/common.py
 AGGREGATIONS = ("per-entity", "aggregate")
 MAX_RATE = 100_000
 
@@ -87,7 +88,7 @@ def check_partner(document: Any) -> dict[str, Any]:
 
 def check_offer(document: Any) -> dict[str, Any]:
     """An offer as stored: every member checked (a bad one is a 400, never a looser offer)."""
-    allowed = {"id", "title", "types", "attrs", "area", "window", "terms"}
+    allowed = {"id", "title", "types", "attrs", "area", "window", "tenant", "terms"}
     if not isinstance(document, dict) or set(document) - allowed:
         raise BadRequestData(f"an offer has only {', '.join(sorted(allowed))}")
     offer_id = document.get("id")
@@ -99,6 +100,11 @@ def check_offer(document: Any) -> dict[str, Any]:
         out["attrs"] = _names(document["attrs"], "attrs")
     if "area" in document:
         out["area"] = check_area(document["area"])
+    if "tenant" in document:  # the tenant partners' requests under it are served in (default: the default)
+        tenant = document["tenant"]
+        if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
+            raise BadRequestData("tenant: a tenant name, 1-64 letters, digits, _ - . :")
+        out["tenant"] = tenant
     if "window" in document:
         window = document["window"]
         if not isinstance(window, dict) or set(window) - {"from", "until"}:
@@ -238,7 +244,7 @@ def new_agreement(
         raise BadRequestData(f"purpose {purpose!r} is not one the offer allows ({', '.join(terms['purposes'])})")
     if instant(terms["expires"], "expires") <= datetime.now(UTC):
         raise BadRequestData(f"offer {offer['id']} has expired")
-    data = {k: offer[k] for k in ("types", "attrs", "area", "window") if k in offer}
+    data = {k: offer[k] for k in ("types", "attrs", "area", "window", "tenant") if k in offer}
     return {
         "id": agreement_id,
         "offer": offer["id"],
@@ -274,6 +280,8 @@ def policy_documents(doc: dict[str, Any]) -> list[dict[str, Any]]:
     (dataspace/door.py), as they concern the request."""
     data = doc["dataset"]
     resources: dict[str, Any] = {"types": data["types"]}
+    if tenant_of(doc):
+        resources["tenants"] = [tenant_of(doc)]  # the principal may use that tenant only anyway
     if "attrs" in data:
         resources["attrs"] = data["attrs"]
     located = {**resources, **{m: data[m] for m in ("area", "window") if m in data}}
@@ -288,6 +296,11 @@ def policy_documents(doc: dict[str, Any]) -> list[dict[str, Any]]:
         {"id": name, **common, "actions": ["read"], "resources": located},
         {"id": name + ".subscribe", **common, "actions": ["subscribe"], "resources": resources},
     ]
+
+
+def tenant_of(doc: dict[str, Any]) -> str:
+    """The provider's tenant an agreement's requests are served in ("" : the default tenant)."""
+    return str(doc["dataset"].get("tenant", ""))
 
 
 def principal_id(agreement_id: str) -> str:

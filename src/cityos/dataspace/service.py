@@ -19,16 +19,19 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from cityos.audit.events import AuditEvent, AuditSink
 from cityos.auth.principal import Principal, PrincipalDirectory, current_request_id
 from cityos.dataspace import model
-from cityos.dataspace.client import Answer, PartnerClient, PartnerUnavailable
+from cityos.dataspace.client import Answer, PartnerClient, PartnerUnavailable, answer_digest
 from cityos.dataspace.model import Agreement
-from cityos.dataspace.signatures import AGREEMENT_HEADER, NonceCache, SigningKey, content_digest, sign_request
+from cityos.dataspace.signatures import AGREEMENT_HEADER, PURPOSE_HEADER, SigningKey, content_digest, sign_request
 from cityos.errors import BadRequestData, InvalidRequest, ResourceNotFound
+from cityos.federation.client import AfterAnswer
+from cityos.net import OutboundPolicy, OutboundRefused
 from cityos.store.dataspace_base import DataspaceStore
 
 log = logging.getLogger("cityos.dataspace")
@@ -99,7 +102,7 @@ class DataspaceService:
         self.partners: dict[str, dict[str, Any]] = {}
         self.offers: dict[str, dict[str, Any]] = {}
         self.agreements: dict[str, Agreement] = {}
-        self.nonces = NonceCache()
+        self.public_url: str | None = None  # the key's `url`, when one was given: signed target URIs start with it
         self._version = -1
         self._polled = 0.0
         self._lock = asyncio.Lock()
@@ -114,6 +117,7 @@ class DataspaceService:
     def _use_key(self, doc: dict[str, Any]) -> None:
         self.key = load_key(doc)
         self.base_url = doc.get("url", self.base_url)
+        self.public_url = doc.get("url")
 
     async def close(self) -> None:
         if self._client is not None:
@@ -175,7 +179,16 @@ class DataspaceService:
 
     # -- partners --------------------------------------------------------------------------------
     async def add_partner(self, document: Any, *, by: str) -> dict[str, Any]:
+        """Trust a partner; its URL must pass the outgoing-address rule now (a private or loopback
+        address only with --allow-private-networks), not first at the first request to it."""
         partner = model.check_partner(document)
+        try:
+            OutboundPolicy(allow_private_networks=self.allow_private_networks).check_url(partner["url"])
+        except OutboundRefused as exc:
+            raise BadRequestData(
+                f"the partner URL {partner['url']} is refused: {exc} (`cityos partners add` takes"
+                " --allow-private-networks too)"
+            ) from exc
         await self.store.change_record("partner", partner["name"], partner, by=by)
         await self.record("dataspace.partner.add", [partner["name"]], {"url": partner["url"]}, principal=by)
         await self.refresh(force=True)
@@ -374,7 +387,7 @@ class DataspaceService:
         return Principal(
             id=model.principal_id(agreement.id),
             kind="partner",
-            tenants=frozenset({""}),
+            tenants=frozenset({model.tenant_of(agreement.doc)}),
             client=agreement.doc["consumer"],
         )
 
@@ -387,6 +400,88 @@ class DataspaceService:
             if url.startswith(partner["url"] + INBOX):
                 return name, parts.path[len(INBOX) :]
         return None
+
+    def source_registration(self, agreement_id: str) -> dict[str, Any]:
+        """The context source registration (spec 5.2.9) that makes this city forward its users'
+        queries and retrieves of an agreement's dataset to the provider, signed under the agreement
+        (`sign_forwarded`): the provider's URL as endpoint, the agreed types and area, until the
+        agreement expires, and the agreement in its contextSourceInfo."""
+        agreement = self.agreements.get(agreement_id)
+        if agreement is None or agreement.doc.get("role") != "consumer":
+            raise ResourceNotFound(f"this city holds no agreement {agreement_id} as consumer")
+        provider = agreement.doc["provider"]
+        data, terms = agreement.doc["dataset"], agreement.terms
+        if terms["aggregation"] != "per-entity":
+            raise BadRequestData(f"agreement {agreement_id} allows aggregates only: forwarded queries ask for entities")
+        registration: dict[str, Any] = {
+            "id": "urn:ngsi-ld:ContextSourceRegistration:" + agreement_id.rsplit(":", 1)[-1],
+            "type": "ContextSourceRegistration",
+            "registrationName": f"{provider}: {agreement.doc['offer']} (agreement {agreement_id})",
+            "information": [{"entities": [{"type": t} for t in data["types"]]}],
+            "endpoint": self.partner(provider)["url"],
+            "mode": "inclusive",
+            "operations": ["retrieveOps"],
+            "expiresAt": terms["expires"],
+            "contextSourceInfo": [
+                {"key": AGREEMENT_HEADER, "value": agreement_id},
+                {"key": PURPOSE_HEADER, "value": terms["purpose"]},
+            ],
+        }
+        if "area" in data:
+            registration["location"] = data["area"]
+        return registration
+
+    def partner_at(self, url: str) -> str | None:
+        """The partner whose base URL `url` is under, if any."""
+        for name, partner in self.partners.items():
+            base = partner["url"]
+            if url == base or url.startswith(base + "/"):
+                return name
+        return None
+
+    async def sign_forwarded(self, request: httpx.Request, registration: dict[str, Any]) -> AfterAnswer | None:
+        """federation/'s signer hook: a request forwarded to a registration whose endpoint is a
+        partner city is signed, names the agreement its contextSourceInfo gives (`CityOS-Agreement`,
+        as `cityos agreements source` writes it) with the agreement's purpose, and is recorded
+        ("dataspace.request.sent", with the answer's digest once it came), so the partner's door
+        can enforce the agreement and both audit trails hold the same nonce and digests. Requests
+        to other sources go as they are."""
+        await self.refresh()
+        url = str(request.url)
+        partner = self.partner_at(url)
+        if partner is None or self.key is None:
+            return None
+        agreement_id = request.headers.get(AGREEMENT_HEADER)
+        agreement = self.agreements.get(agreement_id or "")
+        if agreement is not None and agreement.doc.get("role") == "consumer" and PURPOSE_HEADER not in request.headers:
+            request.headers[PURPOSE_HEADER] = agreement.terms["purpose"]
+        body = request.content
+        wanted = {k: request.headers[k] for k in (AGREEMENT_HEADER, PURPOSE_HEADER) if k in request.headers}
+        signed = sign_request(request.method, url, wanted, body, self.key)
+        for name in ("Date", "Content-Digest", "Signature-Input", "Signature"):
+            request.headers[name] = signed[name]
+        detail: dict[str, Any] = {
+            "partner": partner,
+            "method": request.method,
+            "target": url,
+            "requestDigest": signed["Content-Digest"],
+            "nonce": signed["Signature-Input"].split(';nonce="', 1)[1].split('"', 1)[0],
+            "registration": registration.get("id"),
+        }
+        if agreement_id:
+            detail["agreement"] = agreement_id
+
+        async def after(status: int, answer: bytes | None) -> None:
+            more = {"status": status} if answer is None else {"status": status, "answerDigest": answer_digest(answer)}
+            await self.record(
+                "dataspace.request.sent",
+                [agreement_id or url],
+                {**detail, **more},
+                principal=f"partner:{partner}",
+                outcome="ok" if 0 < status < 400 else "failed",
+            )
+
+        return after
 
     async def sign_notification(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes

@@ -55,6 +55,9 @@ class SignatureRefused(Unauthorized):
         return {"WWW-Authenticate": f'Signature realm="cityos", label="{LABEL}"'}
 
 
+REPLAY = "this signed request was seen before (replay)"
+
+
 @dataclass(frozen=True, slots=True)
 class SigningKey:
     """This city's name (the keyid its partners know it by) and its Ed25519 private key."""
@@ -157,12 +160,14 @@ def verify_request(
     headers: Mapping[str, str],
     body: bytes,
     public_key_of: Callable[[str], Ed25519PublicKey | None],
-    nonces: NonceCache,
+    nonces: NonceCache | None,
     *,
     window: float = WINDOW_SECONDS,
     now: float | None = None,
 ) -> Verified:
-    """The Verified proof of a signed request (`headers` with lower-case names), or SignatureRefused."""
+    """The Verified proof of a signed request (`headers` with lower-case names), or SignatureRefused.
+    `nonces` None: the caller checks the nonce itself (the server: in the store, shared by every
+    worker, dataspace/door.py); REPLAY is the refusal to give for a nonce seen before."""
     clock = now if now is not None else time.time()
     given_input, given_signature = headers.get("signature-input"), headers.get("signature")
     if not given_input or not given_signature:
@@ -199,6 +204,6 @@ def verify_request(
         key.verify(base64.b64decode(signature["value"]), base)
     except (InvalidSignature, ValueError) as exc:
         raise SignatureRefused("the signature does not verify") from exc
-    if not nonces.first_use(params["keyid"], params["nonce"], created + window, clock):
-        raise SignatureRefused("this signed request was seen before (replay)")
+    if nonces is not None and not nonces.first_use(params["keyid"], params["nonce"], created + window, clock):
+        raise SignatureRefused(REPLAY)
     return Verified(params["keyid"], created, params["nonce"], digest, given_signature.strip())

@@ -7,8 +7,10 @@ at most MAX_CONNECTIONS connections, at most MAX_IN_FLIGHT calls at once, a time
 every answer. A call never raises: it yields an Answer that says what went wrong, so one slow or
 broken source costs only its own part of the result (spec 6.3.17, NGSILD-Warning).
 
-`Signer`: a hook a later change can set to sign requests per partner; it receives the outgoing
-httpx request and the registration, and may add headers.
+`Signer`: the hook that signs the requests to a registration that is a partner city (app.py sets
+it to dataspace's `sign_forwarded`): it receives the outgoing httpx request and the registration,
+may add headers, and may return what to call with the answer (its status and body; status 0 and no
+body when none came), so the exchange is recorded on this side as the partner records it on its own.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ REQUEST_VALUE = "urn:ngsi-ld:request"
 # contextSourceInfo keys that steer the exchange instead of travelling as headers (4.3.6.6)
 STEERING = frozenset({"contentType", "accept", "jsonldContext"})
 
-Signer = Callable[[httpx.Request, Doc], Awaitable[None]]
+AfterAnswer = Callable[[int, bytes | None], Awaitable[None]]
+Signer = Callable[[httpx.Request, Doc], Awaitable[AfterAnswer | None]]
 
 
 @dataclass
@@ -167,20 +170,28 @@ class Forwarder:
         request = self.client.build_request(
             call.method, url, params=list(call.params), content=content, headers=headers
         )
-        if self.signer is not None:
-            await self.signer(request, call.target.registration)
-        response = await self.client.send(request, stream=True)
+        after = None if self.signer is None else await self.signer(request, call.target.registration)
         try:
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > self.policy.max_bytes:
-                    return Answer(call, 0, problem=f"answer larger than {self.policy.max_bytes} bytes")
-                chunks.append(chunk)
-        finally:
-            await response.aclose()
+            response = await self.client.send(request, stream=True)
+            try:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > self.policy.max_bytes:
+                        if after is not None:
+                            await after(0, None)
+                        return Answer(call, 0, problem=f"answer larger than {self.policy.max_bytes} bytes")
+                    chunks.append(chunk)
+            finally:
+                await response.aclose()
+        except BaseException:
+            if after is not None:
+                await asyncio.shield(after(0, None))  # also when the source's time ran out (cancelled)
+            raise
         raw = b"".join(chunks)
+        if after is not None:
+            await after(response.status_code, raw)
         relayed = response.headers.get("ngsild-warning")
         if not raw.strip():
             return Answer(call, response.status_code, relayed=relayed)

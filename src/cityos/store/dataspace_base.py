@@ -1,7 +1,9 @@
 """The storage contract of the data channel between cities (dataspace/): the deployment's key,
 partners, offers and agreements as versioned documents in one append-only table, so an agreement's
-whole life (made, countersigned, revoked) stays provable. Back-ends: sqlite_dataspace.py,
-postgres/dataspace.py."""
+whole life (made, countersigned, revoked) stays provable; and the nonces seen and the rate buckets
+of partners' signed requests, kept here so every worker and every process on the database shares
+them (a replay to another worker is refused, a rate is not multiplied by the workers). Back-ends:
+sqlite_dataspace.py, postgres/dataspace.py."""
 
 from __future__ import annotations
 
@@ -9,6 +11,21 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 DATASPACE_KINDS = ("key", "partner", "offer", "agreement")
+RATE_ROW_SECONDS = 3600.0  # a bucket untouched this long is full again: its row goes
+
+
+def refill(tokens: float | None, at: float, now: float, per_minute: int) -> float:
+    """A token bucket of `per_minute` tokens, refilled continuously (None: a new, full bucket)."""
+    if tokens is None:
+        return float(per_minute)
+    return min(float(per_minute), tokens + max(0.0, now - at) * per_minute / 60.0)
+
+
+def take(tokens: float, per_minute: int) -> tuple[float, float]:
+    """(the tokens left, 0 when a request may go now else the seconds to wait)."""
+    if tokens < 1.0:
+        return tokens, (1.0 - tokens) * 60.0 / per_minute
+    return tokens - 1.0, 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +52,11 @@ class DataspaceStore(Protocol):
 
     async def record_history(self, kind: str, record_id: str) -> list[DataspaceRow]:
         """Every version of one record, oldest first (removals included)."""
+
+    async def first_use(self, keyid: str, nonce: str, until: float, now: float) -> bool:
+        """Remember `nonce` of `keyid` until `until` (epoch seconds); False if it is remembered
+        already (a replay). Nonces whose time has passed are forgotten in the same transaction."""
+
+    async def take_token(self, key: str, per_minute: int, now: float) -> float:
+        """One request from the bucket `key` (`per_minute` a minute, epoch seconds): 0 when it may
+        go now, else the seconds to wait."""

@@ -1,4 +1,5 @@
-"""The data channel's records in the SQLite back-end (store/dataspace_base.py): one append-only table."""
+"""The data channel's records in the SQLite back-end (store/dataspace_base.py): one append-only table,
+and the nonces and rate buckets of partners' signed requests that every worker shares."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from cityos.errors import AlreadyExists
-from cityos.store.dataspace_base import DataspaceRow
+from cityos.store.dataspace_base import RATE_ROW_SECONDS, DataspaceRow, refill, take
 
 T = TypeVar("T")
 DATASPACE_SCHEMA = """
@@ -19,6 +20,11 @@ CREATE TABLE IF NOT EXISTS dataspace_versions (
     changed_by TEXT NOT NULL, changed_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dataspace_versions_id ON dataspace_versions (kind, id, version);
+CREATE TABLE IF NOT EXISTS dataspace_nonces (
+    keyid TEXT NOT NULL, nonce TEXT NOT NULL, until REAL NOT NULL, PRIMARY KEY (keyid, nonce)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dataspace_nonces_until ON dataspace_nonces (until);
+CREATE TABLE IF NOT EXISTS dataspace_rates (key TEXT PRIMARY KEY, tokens REAL NOT NULL, at REAL NOT NULL);
 """
 _COLUMNS = "kind, id, version, doc, changed_by, changed_at"
 
@@ -78,3 +84,29 @@ class SQLiteDataspace:
             return [_row(r) for r in connection.execute(sql, (kind, record_id))]
 
         return await self._read(run)
+
+    async def first_use(self, keyid: str, nonce: str, until: float, now: float) -> bool:
+        def run(connection: sqlite3.Connection) -> bool:
+            connection.execute("DELETE FROM dataspace_nonces WHERE until < ?", (now,))
+            cursor = connection.execute(
+                "INSERT OR IGNORE INTO dataspace_nonces (keyid, nonce, until) VALUES (?, ?, ?)", (keyid, nonce, until)
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(run)
+
+    async def take_token(self, key: str, per_minute: int, now: float) -> float:
+        def run(connection: sqlite3.Connection) -> float:
+            connection.execute("DELETE FROM dataspace_rates WHERE at < ?", (now - RATE_ROW_SECONDS,))
+            row = connection.execute("SELECT tokens, at FROM dataspace_rates WHERE key = ?", (key,)).fetchone()
+            left, wait = take(
+                refill(None if row is None else row[0], 0.0 if row is None else row[1], now, per_minute), per_minute
+            )
+            connection.execute(
+                "INSERT INTO dataspace_rates (key, tokens, at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, at = excluded.at",
+                (key, left, now),
+            )
+            return wait
+
+        return await self._write(run)

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from cityos.store.postgres.audit import AUDIT_SQL
-from cityos.store.postgres.dataspace import DATASPACE_SQL
+from cityos.store.postgres.dataspace import DATASPACE_SQL, NONCES_SQL
 from cityos.store.postgres.identity import IDENTITY_SQL
 from cityos.store.postgres.policies import POLICY_SQL
 from cityos.store.postgres.schema_catalog import CATALOG_SQL
@@ -191,6 +191,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(12, "snapshots (spec 5.16): their documents; their entities live in hidden tenants", SNAPSHOT_SQL),
     Migration(13, "the data channel between cities: key, partners, offers, agreements, versioned", DATASPACE_SQL),
     Migration(14, "entities leave room on each page, so an update of a document is HOT", _V14),
+    Migration(15, "partners' signed requests: nonces seen and rate buckets, shared by the workers", NONCES_SQL),
 )
 LATEST = MIGRATIONS[-1].version
 _LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")
