@@ -37,7 +37,7 @@ def _place(number: int, *, occupied: int = 0) -> dict[str, Any]:
 
 def _fill(client: TestClient) -> None:
     """Three rounds of a batch upsert of four places (encode_row), then a temporal write with two
-    instances of a long text (encode)."""
+    instances of a long text in one entity (encode)."""
     for occupied in range(3):
         batch = [_place(number, occupied=occupied) for number in range(4)]
         assert client.post(f"{BASE}/entityOperations/upsert", json=batch).status_code in (201, 204)
@@ -111,9 +111,9 @@ def test_a_long_value_is_stored_once_when_it_repeats(db_url: str) -> None:
     assert len(LONG) >= VALUE_MIN
     with closing(sqlite3.connect(db_url)) as db:
         stored = dict(db.execute("SELECT value, id FROM temporal_values").fetchall())
-        # the description and the address repeat: stored once each; the note's second instance refers to
-        # the text its first holds inline; a name never repeats and a number is not text
-        assert set(stored) == {f'"{LONG}"', f'"{LONG} (note)"', orjson_sorted(ADDRESS)}
+        # the description and the address repeat in other entities: stored once each; the note repeats
+        # in its own entity only, a name never repeats, a number is not text: inline
+        assert set(stored) == {f'"{LONG}"', orjson_sorted(ADDRESS)}
         rows = db.execute(
             "SELECT n.name, r.vtext IS NULL, r.vref IS NULL, count(*) FROM temporal_rows r"
             " JOIN temporal_names n ON n.id = r.attr GROUP BY 1, 2, 3"
@@ -125,7 +125,7 @@ def test_a_long_value_is_stored_once_when_it_repeats(db_url: str) -> None:
         assert by_attr["description"] == {"inline": 1, "ref": 11}  # the first sighting stays inline
         assert by_attr["address"] == {"inline": 1, "ref": 11}
         assert by_attr["name"] == {"inline": 12}
-        assert by_attr["note"] == {"inline": 1, "ref": 1}
+        assert by_attr["note"] == {"inline": 2}
         assert by_attr["occupied"] == {"number": 12}
         # the view spells every value out, wherever the row keeps it
         texts = db.execute("SELECT DISTINCT vtext FROM temporal_instances WHERE attr LIKE '%description'").fetchall()

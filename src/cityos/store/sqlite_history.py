@@ -7,7 +7,9 @@ as integers (temporal_names), the five times are integer microseconds, a number 
 back exactly (a time written in another format, an object value, extra members such as unitCode)
 stays in `rest`, a small orjson object, usually NULL. The instanceId is derived from the row's AUTOINCREMENT key and
 the file's random prefix, so it costs nothing to make or store; an instanceId that came from
-elsewhere (a file of the old layout) is kept in `instance_id`.
+elsewhere (a file of the old layout) is kept in `instance_id`. A long value text that repeats is
+kept once in `temporal_values` and the row refers to it (`vref`, layout 5 of sqlite_layout.py;
+`Names.value_ref`).
 
 The rows live in `temporal_rows`; the view `temporal_instances` shows them with the old layout's
 columns (IRIs, datasetIds, types and instanceIds as text; no document), for SQL written against it.
@@ -111,10 +113,10 @@ class Names:
         # (encode_row): they hold ids that may be pending, so they go when the pending names go
         self.rows: dict[tuple[str, bytes], tuple[Any, ...]] = {}
         # long values stored once (temporal_values): the writer's ids by text (committed, and made in
-        # this transaction), the texts it has seen once (their hashes), everyone's texts by id
+        # this transaction), the texts it has seen once (their hashes, with the entity), everyone's texts by id
         self.value_ids: dict[str, int] = {}
         self.pending_values: dict[str, int] = {}
-        self.seen: set[int] = set()
+        self.seen: dict[int, int] = {}
         self.texts: dict[int, str] = {}
 
     def _learn(self, name: str, number: int) -> None:
@@ -157,20 +159,23 @@ class Names:
             self._learn(found, number)
         return found
 
-    def value_ref(self, connection: sqlite3.Connection, text: str) -> int | None:
+    def value_ref(self, connection: sqlite3.Connection, text: str, epk: int) -> int | None:
         """The temporal_values id of a long value's text (writer thread, inside its transaction), or
-        None to store it inline: the first time this process sees a text it stays in the row, the
-        second time it is stored once and referred to from then on. A text seen once is remembered
-        by its hash among the last SEEN_LIMIT, so a value that never repeats (a name, a position)
-        costs no row, and the memory stays bounded whatever the file holds."""
+        None to store it inline: a text stays in the row until this process sees it in a second
+        entity; from then on it is stored once and referred to. A text seen once is remembered by its
+        hash (and entity) among the last SEEN_LIMIT, so a value of one entity only (its name, its
+        position, resent by every refresh) costs no row and no lookup, and the memory stays bounded
+        whatever the file holds."""
         found = self.value_ids.get(text) or self.pending_values.get(text)
         if found is not None:
             return found
         key = hash(text)
-        if key not in self.seen:
-            if len(self.seen) >= SEEN_LIMIT:
-                self.seen.clear()
-            self.seen.add(key)
+        first = self.seen.get(key)
+        if first is None or first == epk:
+            if first is None:
+                if len(self.seen) >= SEEN_LIMIT:
+                    self.seen.clear()
+                self.seen[key] = epk
             return None
         row = connection.execute("SELECT id FROM temporal_values WHERE value = ?", (text,)).fetchone()
         made = (
@@ -210,7 +215,7 @@ class Names:
         self.rows = {}
 
 
-SEEN_LIMIT = 16_384  # hashes of long texts seen once (Names.value_ref): about 1 MB
+SEEN_LIMIT = 16_384  # hashes of long texts seen in one entity so far (Names.value_ref): about 1.5 MB
 TEXTS_LIMIT = 4096  # long texts kept by id (readers) and by text (the writer)
 
 
@@ -394,7 +399,7 @@ def encode(
         stamps[CREATED] = modified - created
     vref = None
     if vtext is not None and num is None and len(vtext) >= VALUE_MIN:
-        vref = names.value_ref(connection, vtext)
+        vref = names.value_ref(connection, vtext, epk)
         if vref is not None:
             vtext = None
     shape = f"{kind} {''.join(order)} {keys}" if keys else f"{kind} {''.join(order)}"
