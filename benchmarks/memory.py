@@ -3,6 +3,7 @@ entities), in-process, on a prebuilt SQLite file (benchmarks/scale_reads.py buil
 scale file).
 
     python -m benchmarks.memory FILE [REQUESTS] [--writer-cache MB] [--reader-cache MB] [--render-cache MB]
+                                [--writes BATCHES]
 
 Sends REQUESTS read requests (a mix of retrieve, type query at a random offset, q and geo near, as the
 scaling table's scenarios 4-5 do) through the whole application, CONCURRENCY at a time so every reader
@@ -10,7 +11,9 @@ thread works, then prints after each quarter: the process's RSS (anonymous and f
 peak, VmHWM, which is what the benchmark's "peak RSS" reads), SQLite's own heap (sqlite3_memory_used:
 page caches, schemas, statements), each connection's page cache (sqlite3_db_status CACHE_USED) and the
 render cache's accounted bytes, and the process's CPU per read over the quarter (all threads). Reads
-only: the file is not changed (history off).
+only (history off), unless --writes: then each quarter also sends BATCHES batch upserts of 1,000 stored
+ids with new values (the scaling table's scenario 3, history on) and 100 partial attribute updates, as
+the scaling table's write scenarios fill the writer's cache and the heap; the file is changed (use a copy).
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.instructions import call
+import orjson
+
+from benchmarks.entities import entity_id, make_entity
+from benchmarks.instructions import API, call
 from benchmarks.scale_reads import _stored, request_of
 from cityos.app import create_app
 from cityos.entities import render_cache
@@ -82,7 +88,23 @@ def report(label: str, store: Any) -> None:
     )
 
 
-async def run(database: str, requests: int, settings: Settings) -> None:
+async def write(app: Any, stored: int, batches: int, rng: random.Random, seed: int) -> float:
+    """BATCHES batch upserts of 1,000 stored ids with new values and 100 partial updates; CPU seconds."""
+    started = time.process_time()
+    for _ in range(batches):
+        first = rng.randrange(max(stored - 1000, 1))
+        body = orjson.dumps([make_entity(i, seed=seed) for i in range(first, min(first + 1000, stored))])
+        status_code = await call(app, "POST", f"{API}/entityOperations/upsert", body, None)
+        assert status_code in (201, 204), f"batch upsert answered {status_code}"
+    for number in range(100):
+        body = orjson.dumps({"availableSpotNumber": {"type": "Property", "value": number}})
+        path = f"{API}/entities/{entity_id(rng.randrange(stored))}/attrs"
+        status_code = await call(app, "PATCH", path, body, None)
+        assert status_code < 300, f"partial update answered {status_code}"
+    return time.process_time() - started
+
+
+async def run(database: str, requests: int, settings: Settings, writes: int = 0) -> None:
     stored = _stored(database)
     app = create_app(settings)
     rng = random.Random(15)
@@ -97,7 +119,14 @@ async def run(database: str, requests: int, settings: Settings) -> None:
                 status_code = await call(app, *request_of(kind, stored, rng), None)
                 assert status_code < 300, f"{kind} answered {status_code}"
 
-        for _ in range(4):
+        for quarter in range(4):
+            if writes:
+                spent = await write(app, stored, writes, rng, quarter + 1)
+                report(
+                    f"after {writes:,} batches and 100 updates"
+                    f" ({spent / (writes * 1000 + 100) * 1e6:.0f} µs CPU per entity)",
+                    store,
+                )
             share = requests // 4
             started = time.process_time()
             await asyncio.gather(*(worker(share // CONCURRENCY) for _ in range(CONCURRENCY)))
@@ -113,16 +142,18 @@ def main() -> None:
     parser.add_argument("--writer-cache", type=int, default=Settings.sqlite_writer_cache_mb)
     parser.add_argument("--reader-cache", type=int, default=Settings.sqlite_reader_cache_mb)
     parser.add_argument("--render-cache", type=int, default=Settings.render_cache_mb)
+    parser.add_argument("--writes", type=int, default=0, help="batch upserts of 1,000 stored ids per quarter")
     args = parser.parse_args()
     settings = Settings(
         database=args.database,
         log_level="warning",
-        temporal_disabled_tenants="*",
+        temporal_disabled_tenants="" if args.writes else "*",
+        query_timeout=120.0,  # a loaded machine's first deep offsets on a cold file may pass the default 10 s
         sqlite_writer_cache_mb=args.writer_cache,
         sqlite_reader_cache_mb=args.reader_cache,
         render_cache_mb=args.render_cache,
     )
-    asyncio.run(run(args.database, args.requests, settings))
+    asyncio.run(run(args.database, args.requests, settings, args.writes))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ entities through the whole ASGI app (benchmarks.instructions.call), on a new fil
     python -m benchmarks.write_path profile [ROUNDS]    # the same under cProfile: event loop and writer
     python -m benchmarks.write_path scale N FILE        # load N, upsert all again; bytes per entity and
                                                         # per history instance (dbstat)
+    python -m benchmarks.write_path load N FILE [ROUNDS]  # ROUNDS (1) upserts of N entities, each round new
+                                                        # values (seed = round); round 1 is the scaling
+                                                        # table's load; then `bytes`
+    python -m benchmarks.write_path bytes FILE          # the history's bytes per instance, table by table
+                                                        # and index by index (dbstat: pages, fill), as the
+                                                        # scaling table counts them (every temporal_*)
     python -m benchmarks.write_path refresh ROUNDS      # load 1,000, then ROUNDS upserts of them with new
                                                         # values (scenario 3); under callgrind, the
                                                         # difference of two ROUNDS is the cost per entity
@@ -155,12 +161,57 @@ async def scale(count: int, path: str) -> None:
         print(f"  {name:32s} {size / count:8,.0f} bytes per entity")
 
 
+async def load(count: int, path: str, rounds: int) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    app = create_app(Settings(database=path, log_level="warning"))
+    async with app.router.lifespan_context(app):
+        for seed in range(rounds):
+            started, cpu = time.monotonic(), time.process_time()
+            for first in range(0, count, BATCH):
+                await upsert_all(app, batches(first, 1, seed=seed))
+            print(
+                f"round {seed + 1}: {count / (time.monotonic() - started):,.0f} entities/s wall,"
+                f" {count / (time.process_time() - cpu):,.0f}/s CPU",
+                flush=True,
+            )
+    history_bytes(path)
+
+
+def history_bytes(path: str) -> None:
+    """Every history table and index (the scaling table's `temporal_*`, benchmarks/scale.py): bytes per
+    instance and per entity, pages, how full its pages are; then the sums the two measures take."""
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        rows = db.execute(
+            "SELECT d.name, m.tbl_name, count(*), sum(d.pgsize), sum(d.unused) FROM dbstat d"
+            " JOIN sqlite_master m ON m.name = d.name WHERE m.tbl_name LIKE 'temporal%' GROUP BY d.name"
+        ).fetchall()
+        (instances,) = db.execute("SELECT count(*) FROM temporal_rows").fetchone()
+        (entities,) = db.execute("SELECT count(*) FROM temporal_entities").fetchone()
+    print(f"{entities:,} history entities, {instances:,} instances ({instances / max(entities, 1):.1f} each)")
+    print(f"  {'table or index':36s} {'B/instance':>10s} {'B/entity':>9s} {'pages':>9s} {'fill':>5s}")
+    for name, _, pages, size, unused in sorted(rows, key=lambda row: -row[3]):
+        if size >= 4 * 4096:
+            print(f"  {name:36s} {size / instances:10.1f} {size / entities:9.1f} {pages:9,} {1 - unused / size:5.2f}")
+    total = sum(row[3] for row in rows)
+    instance_rows = sum(row[3] for row in rows if row[1] == "temporal_rows")
+    print(f"all temporal_* (the scaling table's measure): {total / instances:.1f} bytes per instance")
+    print(
+        f"temporal_rows and its indexes (the third pass's measure): {instance_rows / instances:.1f} bytes per instance"
+    )
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] in (["rate"], ["profile"]):
         asyncio.run(rate(int(args[1]) if len(args) > 1 else 4, args[0] == "profile"))
     elif args[:1] == ["refresh"] and len(args) == 2:
         asyncio.run(refresh(int(args[1])))
+    elif args[:1] == ["load"] and len(args) in (3, 4):
+        asyncio.run(load(int(args[1]), args[2], int(args[3]) if len(args) == 4 else 1))
+    elif args[:1] == ["bytes"] and len(args) == 2:
+        history_bytes(args[1])
     elif args[:1] == ["scale"] and len(args) == 3:
         asyncio.run(scale(int(args[1]), args[2]))
     else:

@@ -151,17 +151,17 @@ class Settings:
         "configured) or full (also a power loss; SQLite synchronous=FULL, PostgreSQL synchronous_commit=on).",
     )
     sqlite_writer_cache_mb: int = _setting(
-        32,
+        16,
         "SQLite: MiB of database pages the writer connection keeps (PRAGMA cache_size); its misses are read "
         "from the operating system's file cache (docs/performance.md, issue 15 fourth pass).",
     )
     sqlite_reader_cache_mb: int = _setting(
-        8,
+        4,
         "SQLite: MiB of database pages each reader connection keeps (4 reader threads, the event loop's own "
         "reader and the checkpointer: 6 connections); misses are read from the operating system's file cache.",
     )
     render_cache_mb: int = _setting(
-        32,
+        16,
         "MiB of rendered entities kept per process, for query pages and retrieve by id (keyed by the stored "
         "document, the rendering options and, under access policies, the caller's view, "
         "entities/render_cache.py); 0 renders every answer anew.",

@@ -33,7 +33,7 @@ from cityos.entities.model import Entity
 from cityos.entities.render import RenderOptions, render_entity
 from cityos.policy.decision import ReadView
 
-BUDGET = 32 * 1024 * 1024  # bytes of stored documents and rendered JSON held (about 20,000 entities); the
+BUDGET = 16 * 1024 * 1024  # bytes of stored documents and rendered JSON held (about 10,000 entities); the
 # render_cache_mb setting sets the process's CACHE (create_app)
 ENTRY_OVERHEAD = 200  # the ordered dict's node and slot, the key tuple, the bytes objects' headers (measured 130-170)
 MAX_TOKENS = 256  # distinct option sets (contexts x formats x projections) before a reset

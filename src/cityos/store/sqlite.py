@@ -111,8 +111,8 @@ MAX_GROUP = 64  # writes committed together at most
 # operating system's file cache (a few µs): a reader's cache only has to hold the indexes' inner
 # pages, and 4 MiB read as fast as 32 at 100,000 entities (docs/performance.md, issue 15 fourth pass);
 # 128 MiB for the writer saved 3 reads per update at 100,000, about 10 µs of 500: not worth 96 MiB
-WRITER_CACHE_MB = 32
-READER_CACHE_MB = 8
+WRITER_CACHE_MB = 16  # issue 15, sixth pass: with the readers' and the render cache's, under 300 MB at 1M
+READER_CACHE_MB = 4
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

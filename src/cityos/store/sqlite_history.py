@@ -7,7 +7,9 @@ as integers (temporal_names), the five times are integer microseconds, a number 
 back exactly (a time written in another format, an object value, extra members such as unitCode)
 stays in `rest`, a small orjson object, usually NULL. The instanceId is derived from the row's AUTOINCREMENT key and
 the file's random prefix, so it costs nothing to make or store; an instanceId that came from
-elsewhere (a file of the old layout) is kept in `instance_id`.
+elsewhere (a file of the old layout) is kept in `instance_id`. A long value text that repeats is
+kept once in `temporal_values` and the row refers to it (`vref`, layout 5 of sqlite_layout.py;
+`Names.value_ref`).
 
 The rows live in `temporal_rows`; the view `temporal_instances` shows them with the old layout's
 columns (IRIs, datasetIds, types and instanceIds as text; no document), for SQL written against it.
@@ -40,14 +42,23 @@ INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
 ABSENT, INT, FLOAT, TEXT, IN_REST = 0, 1, 2, 3, 4
 EXACT_INT = 2**53  # ints up to this are exact as REAL
 INSTANCE_COLUMNS = (
-    "epk, attr, dataset, shape, observed_us, created_us, modified_us, deleted_us, expires_us, num, vtext, vkind,"
-    " rest, instance_id"
+    "epk, attr, dataset, shape, observed_us, created_us, modified_us, deleted_us, expires_us, num, vtext, vref,"
+    " vkind, rest, instance_id"
 )
-INSERT_INSTANCE = f"INSERT INTO temporal_rows ({INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+INSERT_INSTANCE = f"INSERT INTO temporal_rows ({INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+VTEXT, VREF = 10, 11  # their places in an INSERT_INSTANCE row
 # the columns decode() reads, after the pk (prefix them with a table alias as needed)
 DECODED = (
     *("shape", "dataset", "observed_us", "created_us", "modified_us", "deleted_us", "expires_us"),
-    *("num", "vtext", "vkind", "rest", "instance_id"),
+    *("num", "vtext", "vref", "vkind", "rest", "instance_id"),
+)
+# a value's JSON text this long or longer is stored once in temporal_values when it is seen again
+# (Names.value_ref); shorter ones cost less inline than a reference and its row
+VALUE_MIN = 24
+VALUES_SCHEMA = "CREATE TABLE IF NOT EXISTS temporal_values (id INTEGER PRIMARY KEY, value TEXT NOT NULL UNIQUE)"
+# the value text of a row `r` in SQL, wherever it is kept
+VALUE_TEXT = (
+    "CASE WHEN {r}.vref IS NULL THEN {r}.vtext ELSE (SELECT value FROM temporal_values WHERE id = {r}.vref) END"
 )
 LAYOUT_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS temporal_names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)""",
@@ -64,8 +75,10 @@ LAYOUT_SCHEMA = (
     vtext TEXT,                         -- any other value as JSON text (keys sorted)
     vkind INTEGER NOT NULL DEFAULT 0,   -- where the value member is (sqlite_history.py)
     rest BLOB,                          -- the members the columns cannot give back exactly, or NULL
-    instance_id TEXT                    -- an instanceId not derived from pk (kept from an older file)
+    instance_id TEXT,                   -- an instanceId not derived from pk (kept from an older file)
+    vref INTEGER                        -- temporal_values.id of the value's text when vtext is NULL (layout 5)
 )""",
+    VALUES_SCHEMA,
     """CREATE INDEX IF NOT EXISTS temporal_series_time ON temporal_rows (epk, attr, observed_us)""",
     """CREATE UNIQUE INDEX IF NOT EXISTS temporal_instance_ids ON temporal_rows (instance_id)
     WHERE instance_id IS NOT NULL""",
@@ -77,7 +90,8 @@ LAYOUT_SCHEMA = (
     substr(s.name, 1, instr(s.name, ' ') - 1) AS kind,
     r.observed_us, CASE WHEN r.modified_us IS NULL THEN r.created_us ELSE r.modified_us - r.created_us END
         AS created_us, r.modified_us, r.deleted_us, r.expires_us, r.num,
-    COALESCE(r.vtext, CASE WHEN r.vkind = 1 THEN CAST(CAST(r.num AS INTEGER) AS TEXT) END) AS vtext
+    COALESCE(r.vtext, (SELECT value FROM temporal_values WHERE id = r.vref),
+        CASE WHEN r.vkind = 1 THEN CAST(CAST(r.num AS INTEGER) AS TEXT) END) AS vtext
     FROM temporal_rows r JOIN temporal_names a ON a.id = r.attr JOIN temporal_names s ON s.id = r.shape
     LEFT JOIN temporal_names d ON d.id = r.dataset""",
 )
@@ -98,6 +112,12 @@ class Names:
         # the writer's encoded history rows of this transaction, by attribute and instance JSON
         # (encode_row): they hold ids that may be pending, so they go when the pending names go
         self.rows: dict[tuple[str, bytes], tuple[Any, ...]] = {}
+        # long values stored once (temporal_values): the writer's ids by text (committed, and made in
+        # this transaction), the texts it has seen once (their hashes, with the entity), everyone's texts by id
+        self.value_ids: dict[str, int] = {}
+        self.pending_values: dict[str, int] = {}
+        self.seen: dict[int, int] = {}
+        self.texts: dict[int, str] = {}
 
     def _learn(self, name: str, number: int) -> None:
         if self.writer:
@@ -139,15 +159,64 @@ class Names:
             self._learn(found, number)
         return found
 
+    def value_ref(self, connection: sqlite3.Connection, text: str, epk: int) -> int | None:
+        """The temporal_values id of a long value's text (writer thread, inside its transaction), or
+        None to store it inline: a text stays in the row until this process sees it in a second
+        entity; from then on it is stored once and referred to. A text seen once is remembered by its
+        hash (and entity) among the last SEEN_LIMIT, so a value of one entity only (its name, its
+        position, resent by every refresh) costs no row and no lookup, and the memory stays bounded
+        whatever the file holds."""
+        found = self.value_ids.get(text) or self.pending_values.get(text)
+        if found is not None:
+            return found
+        key = hash(text)
+        first = self.seen.get(key)
+        if first is None or first == epk:
+            if first is None:
+                if len(self.seen) >= SEEN_LIMIT:
+                    self.seen.clear()
+                self.seen[key] = epk
+            return None
+        row = connection.execute("SELECT id FROM temporal_values WHERE value = ?", (text,)).fetchone()
+        made = (
+            row[0]
+            if row is not None
+            else connection.execute("INSERT INTO temporal_values (value) VALUES (?)", (text,)).lastrowid
+        )
+        assert made is not None
+        self.pending_values[text] = made
+        return int(made)
+
+    def value_text(self, connection: sqlite3.Connection, number: int) -> str:
+        """The text of a stored value. Readers keep the last TEXTS_LIMIT they read (ids are never
+        reused: rows of temporal_values are not deleted); the writer may see a row of its own
+        uncommitted transaction, so it does not keep them."""
+        found = self.texts.get(number)
+        if found is None:
+            found = connection.execute("SELECT value FROM temporal_values WHERE id = ?", (number,)).fetchone()[0]
+            if not self.writer:
+                if len(self.texts) >= TEXTS_LIMIT:
+                    self.texts.clear()
+                self.texts[number] = found
+        return found
+
     def committed(self) -> None:
         self.ids.update(self.pending)
         self.names.update(self.pending_names)
+        if len(self.value_ids) + len(self.pending_values) > TEXTS_LIMIT:
+            self.value_ids.clear()
+        self.value_ids.update(self.pending_values)
         self.rolled_back()
 
     def rolled_back(self) -> None:
         self.pending = {}
         self.pending_names = {}
+        self.pending_values = {}
         self.rows = {}
+
+
+SEEN_LIMIT = 16_384  # hashes of long texts seen in one entity so far (Names.value_ref): about 1.5 MB
+TEXTS_LIMIT = 4096  # long texts kept by id (readers) and by text (the writer)
 
 
 def _canonical(micros: int) -> str:
@@ -328,6 +397,11 @@ def encode(
     created, modified = stamps[CREATED], stamps[MODIFIED]
     if created is not None and modified is not None:
         stamps[CREATED] = modified - created
+    vref = None
+    if vtext is not None and num is None and len(vtext) >= VALUE_MIN:
+        vref = names.value_ref(connection, vtext, epk)
+        if vref is not None:
+            vtext = None
     shape = f"{kind} {''.join(order)} {keys}" if keys else f"{kind} {''.join(order)}"
     known = names.ids  # committed names first, without a call (ids start at 1)
     return (
@@ -338,6 +412,7 @@ def encode(
         *stamps,
         num,
         vtext,
+        vref,
         stored,
         orjson.dumps(rest) if rest else None,
         explicit,
@@ -362,7 +437,9 @@ def encode_row(
     found = rows.get(key)
     if found is None:
         row = encode(connection, names, times, epk, attr, instance)
-        if len(rows) < ROWS_LIMIT:
+        text = row[VTEXT]
+        # a long value seen for the first time stays inline in this row only: the next one refers to it
+        if len(rows) < ROWS_LIMIT and (text is None or len(text) < VALUE_MIN or row[VTEXT - 1] is not None):
             rows[key] = row[1:]
         return row
     return (epk, *found)
@@ -377,7 +454,9 @@ def decode(
     connection: sqlite3.Connection, names: Names, times: TimeCodec, prefix: str, pk: int, row: Sequence[Any]
 ) -> Instance:
     """The instance (with its instanceId last) from a row of the DECODED columns."""
-    shape, dataset, observed, created, modified, deleted, expires, num, vtext, stored, rest, explicit = row
+    shape, dataset, observed, created, modified, deleted, expires, num, vtext, vref, stored, rest, explicit = row
+    if vref is not None:
+        vtext = names.value_text(connection, vref)
     kind, _, order = names.name(connection, shape).partition(" ")
     order, _, keys = order.partition(" ")
     if created is not None and modified is not None:
@@ -493,7 +572,7 @@ def _convert(connection: sqlite3.Connection) -> int:
     rows = connection.execute("SELECT pk, epk, attr, dataset, instance_id, doc FROM temporal_instances_v0 ORDER BY pk")
     moved = 0
     chunk: list[tuple[Any, ...]] = []
-    insert = f"INSERT INTO temporal_rows (pk, {INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+    insert = f"INSERT INTO temporal_rows (pk, {INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 16)})"
     for pk, epk, attr, dataset, instance_id, doc in rows:
         instance = orjson.loads(doc)
         if dataset and "datasetId" not in instance:

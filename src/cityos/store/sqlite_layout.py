@@ -30,15 +30,17 @@ import orjson
 from cityos.entities.model import Entity
 from cityos.store.side_rows import attr_rows
 from cityos.store.sqlite_history import LAYOUT as HISTORY_LAYOUT
-from cityos.store.sqlite_history import Names, file_layout, relative_created
+from cityos.store.sqlite_history import LAYOUT_SCHEMA, VALUES_SCHEMA, Names, file_layout, relative_created
 from cityos.store.sqlite_history import migrate as migrate_history
 
-LAYOUT = 4  # PRAGMA user_version of a file with this layout (1 is the compact history alone, 2 before
+LAYOUT = 5  # PRAGMA user_version of a file with this layout (1 is the compact history alone, 2 before
 ENTITIES_LAYOUT = 2  # the history's createdAt was relative): the side tables and documents of layout 2
 RELATIVE_CREATED_LAYOUT = 3  # the history's createdAt relative to modifiedAt
 # 4: the geo tables' attribute interned (entity_geo_attrs, entity_geo_walk: _intern_geo) and the audit
 # trail's compact hashes (store/sqlite_audit.py; nothing to convert, its view reads the rows of before,
 # but an older CityOS would misread the new rows, so it must refuse the file)
+# 5: long history values stored once (temporal_values, temporal_rows.vref) and temporal_types interned
+# (_value_refs); the rows of before stay valid (vref NULL)
 SIDE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS attr_values (  -- the values q compares (side_rows.attr_rows), seq-th of the attribute
     pk INTEGER NOT NULL, attr INTEGER NOT NULL, seq INTEGER NOT NULL, num REAL, txt TEXT,
@@ -161,6 +163,7 @@ def migrate(connection: sqlite3.Connection, names: Names) -> int:
     assert HISTORY_LAYOUT < ENTITIES_LAYOUT < RELATIVE_CREATED_LAYOUT < LAYOUT
     connection.execute("BEGIN IMMEDIATE")
     try:
+        _value_refs(connection)  # before the view is made again: it reads vref
         if HISTORY_LAYOUT <= version < RELATIVE_CREATED_LAYOUT:  # rows of layouts 1 and 2 hold createdAt itself
             relative_created(connection)
         existing = connection.execute(
@@ -184,6 +187,32 @@ def migrate(connection: sqlite3.Connection, names: Names) -> int:
         raise
     names.committed()
     return moved
+
+
+def _value_refs(connection: sqlite3.Connection) -> None:
+    """Layout 5: temporal_rows gains `vref` (a long value's text kept once in temporal_values, NULL in
+    every row of before), the view reads it; temporal_types holds the type's interned id instead of
+    its IRI (about 70 bytes per entity). Cheap: one ALTER TABLE, and a copy of one row per entity type."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(temporal_rows)")}
+    if "vref" not in columns:
+        connection.execute("ALTER TABLE temporal_rows ADD COLUMN vref INTEGER")
+        connection.execute(VALUES_SCHEMA)
+        connection.execute("DROP VIEW IF EXISTS temporal_instances")
+        connection.execute(LAYOUT_SCHEMA[-1])
+    types = {row[1]: row[2] for row in connection.execute("PRAGMA table_info(temporal_types)")}
+    if types.get("type", "INTEGER").upper() == "INTEGER":  # a new file, or converted already
+        return
+    connection.execute("INSERT OR IGNORE INTO temporal_names (name) SELECT DISTINCT type FROM temporal_types")
+    connection.execute(
+        "CREATE TABLE temporal_types_5 (type INTEGER NOT NULL, epk INTEGER NOT NULL, PRIMARY KEY (type, epk))"
+        " WITHOUT ROWID"
+    )
+    connection.execute(
+        "INSERT INTO temporal_types_5 (type, epk) SELECT n.id, t.epk FROM temporal_types t"
+        " JOIN temporal_names n ON n.name = t.type"
+    )
+    connection.execute("DROP TABLE temporal_types")
+    connection.execute("ALTER TABLE temporal_types_5 RENAME TO temporal_types")
 
 
 def _intern_geo(connection: sqlite3.Connection) -> None:

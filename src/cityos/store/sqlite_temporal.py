@@ -26,6 +26,7 @@ from cityos.store.paging import bounded
 from cityos.store.sqlite_history import (
     DECODED,
     INSERT_INSTANCE,
+    VALUE_TEXT,
     Names,
     TimeCodec,
     decode,
@@ -68,11 +69,11 @@ TIMES = {
 }
 FOREVER = 2**62  # an open end of a validity interval, in microseconds
 TEMPORAL_SCHEMA = """
-CREATE TABLE IF NOT EXISTS temporal_entities (
+CREATE TABLE IF NOT EXISTS temporal_entities (  -- types: a JSON list of temporal_names ids (IRIs before layout 5)
     pk INTEGER PRIMARY KEY, tenant TEXT NOT NULL, id TEXT NOT NULL, types BLOB NOT NULL, UNIQUE (tenant, id)
 );
-CREATE TABLE IF NOT EXISTS temporal_types (
-    type TEXT NOT NULL, epk INTEGER NOT NULL, PRIMARY KEY (type, epk)
+CREATE TABLE IF NOT EXISTS temporal_types (  -- type: its IRI's id in temporal_names (layout 5)
+    type INTEGER NOT NULL, epk INTEGER NOT NULL, PRIMARY KEY (type, epk)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS temporal_datasets ON temporal_rows (epk, attr, dataset) WHERE dataset > 0;
 """  # the instances (temporal_rows, temporal_names): sqlite_history.LAYOUT_SCHEMA
@@ -83,9 +84,15 @@ _MONTH = (
 _MONTH_START = "(CAST(unixepoch(strftime('%Y-%m-01', {x} / 1000000, 'unixepoch')) AS INTEGER) * 1000000)"
 
 
+def types_of(connection: sqlite3.Connection, names: Names, stored: bytes) -> list[str]:
+    """A temporal entity's types from its `types` column: a JSON list of their interned ids (layout 5),
+    or of the IRIs themselves (rows written before)."""
+    return [t if isinstance(t, str) else names.name(connection, t) for t in orjson.loads(stored)]
+
+
 _ASSIGN = (
     "dataset = ?, shape = ?, observed_us = ?, created_us = ?, modified_us = ?, deleted_us = ?, expires_us = ?,"
-    " num = ?, vtext = ?, vkind = ?, rest = ?"
+    " num = ?, vtext = ?, vref = ?, vkind = ?, rest = ?"
 )
 _COLUMNS = ", ".join(f"i.{name}" for name in DECODED)
 # skip scans (each step one index seek): an entity's attributes, and an attribute's datasetIds other
@@ -135,24 +142,27 @@ class SQLiteTemporal:
         self, connection: sqlite3.Connection, tenant: str, entity_id: str, types: Sequence[str]
     ) -> tuple[int, bool]:
         """The temporal entity's row (created if needed, types unioned) and whether it is new."""
+        names = self._wnames
         row = connection.execute(
             "SELECT pk, types FROM temporal_entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
         ).fetchone()
         if row is None:
             self._ensure_tenant(connection, tenant)
+            ids = [names.id(connection, t) for t in types]
             pk = connection.execute(
                 "INSERT INTO temporal_entities (tenant, id, types) VALUES (?, ?, ?)",
-                (tenant, entity_id, orjson.dumps(list(types))),
+                (tenant, entity_id, orjson.dumps(ids)),
             ).lastrowid
             assert pk is not None
-            connection.executemany("INSERT OR IGNORE INTO temporal_types VALUES (?, ?)", [(t, pk) for t in types])
+            connection.executemany("INSERT OR IGNORE INTO temporal_types VALUES (?, ?)", [(t, pk) for t in ids])
             return pk, True
         pk, stored = row
-        known: list[str] = orjson.loads(stored)
+        known = types_of(connection, names, stored)
         added = [t for t in types if t not in known]
         if added:
-            connection.execute("UPDATE temporal_entities SET types = ? WHERE pk = ?", (orjson.dumps(known + added), pk))
-            connection.executemany("INSERT OR IGNORE INTO temporal_types VALUES (?, ?)", [(t, pk) for t in added])
+            ids = [names.id(connection, t) for t in [*known, *added]]
+            connection.execute("UPDATE temporal_entities SET types = ? WHERE pk = ?", (orjson.dumps(ids), pk))
+            connection.executemany("INSERT OR IGNORE INTO temporal_types VALUES (?, ?)", [(t, pk) for t in ids])
         return pk, False
 
     def _put_instance(self, connection: sqlite3.Connection, epk: int, attr: str, instance: Instance) -> None:
@@ -165,7 +175,7 @@ class SQLiteTemporal:
                 (epk, row[1], observed, row[2]),
             ).fetchone()
             if found is not None:
-                connection.execute(f"UPDATE temporal_rows SET {_ASSIGN} WHERE pk = ?", (*row[2:13], found[0]))
+                connection.execute(f"UPDATE temporal_rows SET {_ASSIGN} WHERE pk = ?", (*row[2:14], found[0]))
                 return
         connection.execute(INSERT_INSTANCE, row)
 
@@ -226,7 +236,7 @@ class SQLiteTemporal:
             merged = {**stored, **instance}
             merged.pop("instanceId", None)
             columns = encode(connection, self._wnames, self._times, epk, attr, merged)
-            connection.execute(f"UPDATE temporal_rows SET {_ASSIGN} WHERE pk = ?", (*columns[2:13], row[0]))
+            connection.execute(f"UPDATE temporal_rows SET {_ASSIGN} WHERE pk = ?", (*columns[2:14], row[0]))
             self._audit_note(lambda: audit_row("temporal.modify-instance", tenant, [entity_id], {"attr": attr}))
             return True
 
@@ -317,7 +327,7 @@ class SQLiteTemporal:
             )
             for attr, dataset, shape in series:
                 attrs.setdefault(attr, {})[dataset or None] = kind_of(names.name(connection, shape))
-            return TemporalEntityInfo(entity_id, orjson.loads(row[1]), attrs)
+            return TemporalEntityInfo(entity_id, types_of(connection, names, row[1]), attrs)
 
         return await self._read_with_deadline(run)
 
@@ -393,7 +403,7 @@ class SQLiteTemporal:
         if query.types is not None:
             marks = ",".join("?" * len(query.types))
             clauses.append(f"e.pk IN (SELECT epk FROM temporal_types WHERE type IN ({marks}))")
-            params.extend(query.types)
+            params.extend(self._names.find(connection, t) for t in query.types)
         if query.require_instances:
             where, extra = self._filter(connection, query, now)
             clauses.append(f"EXISTS (SELECT 1 FROM temporal_rows i WHERE i.epk = e.pk AND {where})")
@@ -430,7 +440,8 @@ class SQLiteTemporal:
             stop = None if limit is None else start + limit
             picked, total = matched[start:stop], len(matched) if query.count else None
             has_more = stop is not None and len(matched) > stop
-        rows = [(pk, entity_id, orjson.loads(types)) for pk, entity_id, types in picked]
+        names = self._names
+        rows = [(pk, entity_id, types_of(connection, names, types)) for pk, entity_id, types in picked]
         return Selection(rows, total, has_more, {pk: scoped[pk] for pk, _, _ in rows if pk in scoped})
 
     def _scope_validity(self, connection: sqlite3.Connection, epk: int, query: TemporalQuery, now: int) -> Scoped:
@@ -477,7 +488,7 @@ class SQLiteTemporal:
                 scope.extend(v for v in (values if isinstance(values, list) else [values]) if isinstance(v, str))
             else:
                 attrs.setdefault(attr, []).append(instance)
-        entity: Entity = {"id": row[1], "type": orjson.loads(row[2]), "attrs": attrs}
+        entity: Entity = {"id": row[1], "type": types_of(connection, self._names, row[2]), "attrs": attrs}
         if scope:
             entity["scope"] = list(dict.fromkeys(scope))
         return entity
@@ -640,7 +651,8 @@ class SQLiteTemporal:
             return []
         origin = at if spec.origin is None else spec.origin
         stats = [stat for stat in STATS if spec.wants(stat)]
-        rows = f"SELECT {column} AS t, i.num AS num, i.vtext AS vtext, i.vkind AS v, i.shape AS shape {between}"
+        text = VALUE_TEXT.format(r="i")
+        rows = f"SELECT {column} AS t, i.num AS num, {text} AS vtext, i.vkind AS v, i.shape AS shape {between}"
         if not spec.months and not spec.micros:  # one period
             row = connection.execute(f"SELECT {_select(stats, True)} FROM ({rows}) p", [*params, start, end])
             return [_period_stats(0, origin, row.fetchone(), stats)]
