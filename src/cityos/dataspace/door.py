@@ -63,6 +63,8 @@ class PartnerDoor:
         body = await _read(receive)
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         await service.refresh()
+        if service.public_key_of(_keyid(headers)) is None:
+            await service.refresh_on_miss()  # a partner another worker has just added
         url = _url(scope, headers, service.public_url)
         try:
             proof = verify_request(scope["method"], url, headers, body, service.public_key_of, None)
@@ -78,6 +80,8 @@ class PartnerDoor:
             )
             await _problem(send, refused)
             return
+        if headers.get("cityos-agreement", "") and service.served(headers["cityos-agreement"], proof.keyid) is None:
+            await service.refresh_on_miss()  # an agreement another worker has just finalized
         try:
             principal, agreement = self._admit(service, scope, headers, body, proof)
             if agreement is not None:

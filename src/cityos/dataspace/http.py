@@ -174,6 +174,8 @@ async def inbox(request: Request) -> Response:
     its digest and nonce ("dataspace.notification.received"), matching the sender's record."""
     service, partner = await _partner(request)
     agreement_id = request.path_params["agreement_id"]
+    if agreement_id not in service.agreements:
+        await service.refresh_on_miss()
     agreement = service.agreements.get(agreement_id)
     if agreement is None or agreement.doc.get("role") != "consumer" or agreement.doc["provider"] != partner:
         raise ResourceNotFound(f"agreement {agreement_id} does not exist")

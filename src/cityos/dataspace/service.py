@@ -36,6 +36,10 @@ from cityos.store.dataspace_base import DataspaceStore
 
 log = logging.getLogger("cityos.dataspace")
 POLL_SECONDS = 1.0
+# a partner, offer or agreement this worker does not know may have just been made by another worker
+# (a negotiation's steps can each reach a different one): it reads the records again at once, at
+# most this often, so unknown names sent on purpose cost no more than that
+MISS_SECONDS = 0.05
 INBOX = "/cityos/v1/dataspace/inbox/"
 DSP = "/dsp"
 KEY_ID = "self"
@@ -149,6 +153,11 @@ class DataspaceService:
         if before != {k: a.doc for k, a in self.agreements.items()} and self.on_agreements is not None:
             await self.on_agreements()
 
+    async def refresh_on_miss(self) -> None:
+        """Read the records again now, for a name this worker did not find (MISS_SECONDS)."""
+        if time.monotonic() - self._polled >= MISS_SECONDS:
+            await self.refresh(force=True)
+
     @property
     def signing_key(self) -> SigningKey:
         if self.key is None:
@@ -235,6 +244,9 @@ class DataspaceService:
             raise BadRequestData("the message names no offer")
         offer = self.offers.get(offer_id.rsplit(":", 1)[-1])
         if offer is None:
+            await self.refresh_on_miss()
+            offer = self.offers.get(offer_id.rsplit(":", 1)[-1])
+        if offer is None:
             raise ResourceNotFound(f"offer {offer_id} does not exist")
         purpose = message.get("cityos:purpose")
         if not isinstance(purpose, str):
@@ -258,6 +270,8 @@ class DataspaceService:
     async def on_verification(self, partner: str, provider_pid: str, message: Any) -> dict[str, Any]:
         """ContractAgreementVerificationMessage: the consumer's countersignature; the agreement is
         FINALIZED and, from now on, served."""
+        if provider_pid not in self.agreements:
+            await self.refresh_on_miss()
         agreement = self._agreement(provider_pid, "provider", partner)
         if not isinstance(message, dict) or message.get("@type") != "ContractAgreementVerificationMessage":
             raise BadRequestData("a ContractAgreementVerificationMessage is expected")
@@ -275,6 +289,8 @@ class DataspaceService:
 
     async def on_termination(self, partner: str, pid: str, message: Any) -> dict[str, Any]:
         """ContractNegotiationTerminationMessage from either side: the agreement ends at once."""
+        if pid not in self.agreements:
+            await self.refresh_on_miss()
         agreement = self.agreements.get(pid)
         if agreement is None or partner not in (agreement.doc["provider"], agreement.doc["consumer"]):
             raise ResourceNotFound(f"agreement {pid} does not exist")
