@@ -58,6 +58,12 @@ def register(commands: Any) -> None:
             help=f"SQLite file or postgresql:// URL [env {env_name('database')}, default %(default)s]",
         )
         command.add_argument("--tenant", default="", help="NGSI-LD tenant (default: the default tenant)")
+        command.add_argument(
+            "--city-profile",
+            default=os.environ.get(env_name("city_profile"), ""),
+            help=f"city profile file (population, area) [env {env_name('city_profile')}]",
+        )
+        command.add_argument("--demo", action="store_true", help="use the demo city's profile when none is given")
         command.add_argument("--json", action="store_true", help="print one JSON object per indicator")
 
 
@@ -81,7 +87,12 @@ def _run(args: argparse.Namespace, action: str) -> int:
         settings = Settings.from_env(database=args.database, indicators_dir=args.indicators_dir)
         async with open_pipeline(settings) as pipeline:
             service = IndicatorService(
-                pipeline.store, pipeline.contexts.core_terms(), directory=args.indicators_dir, tenant=args.tenant
+                pipeline.store,
+                pipeline.contexts.core_terms(),
+                directory=args.indicators_dir,
+                tenant=args.tenant,
+                profile_file=args.city_profile,
+                demo=args.demo,
             )
             service.load()
             failed = 0

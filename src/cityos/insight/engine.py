@@ -9,19 +9,29 @@ entities, the instance counts, the file's digest) is kept with it, so `verify` c
 from __future__ import annotations
 
 import math
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from cityos.insight.formula import FormulaError
-from cityos.insight.model import Indicator, Input
+from cityos.insight.model import PER, Indicator, Input
 from cityos.jsonld.termmap import TermMap
 from cityos.query.entity_query import QuerySpec, build_entity_query
+from cityos.query.geo import GeoQuery
 from cityos.store.base import EntityStore
 from cityos.store.temporal_base import AggregationSpec, TemporalQuery, TemporalWindow, stats_for
 
 SECOND = 1_000_000  # the store's times are microseconds
 LISTED_ENTITIES = 100  # entities named in a provenance record; more are counted only
+MAX_NEAR = 10_000  # entities a `within` input measures from (one geo-query each)
+COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
 
 
 @dataclass(slots=True)
@@ -114,10 +124,14 @@ async def compute(
     *,
     at: int | None = None,
     window: tuple[int, int] | None = None,
+    profile: Mapping[str, float] | None = None,
 ) -> Result:
-    """The indicator's value now (or over `window`, as verify asks); never raises for its data."""
+    """The indicator's value now (or over `window`, as verify asks); never raises for its data.
+    `profile` holds the city profile's figures (population, area) that profile inputs read."""
     start, end = window if window is not None else await window_of(store, tenant, terms, indicator, at)
-    inputs = [await _input_value(store, tenant, terms, item, start, end) for item in indicator.inputs.values()]
+    inputs = [
+        await _input_value(store, tenant, terms, item, start, end, profile or {}) for item in indicator.inputs.values()
+    ]
     stamp = iso(_now())
     missing = [item.name for item in inputs if item.value is None]
     if missing:
@@ -134,10 +148,18 @@ async def compute(
 
 
 async def _input_value(
-    store: EntityStore, tenant: str, terms: TermMap, item: Input, start: int, end: int
+    store: EntityStore, tenant: str, terms: TermMap, item: Input, start: int, end: int, profile: Mapping[str, float]
 ) -> InputValue:
     if item.kind == "temporal":
+        if item.per is not None:
+            return await _threshold_count(store, tenant, terms, item, start, end)
         return await _temporal(store, tenant, terms, item, start, end)
+    if item.kind == "profile":
+        assert item.key is not None
+        figure = profile.get(item.key)
+        return InputValue(item.name, None if figure is None else float(figure))
+    if item.kind == "within":
+        return await _within(store, tenant, terms, item)
     spec = QuerySpec(type_expr=item.type, q=item.q)
     query = build_entity_query(spec, terms.expand)
     if item.kind == "count":
@@ -190,3 +212,73 @@ async def _temporal(store: EntityStore, tenant: str, terms: TermMap, item: Input
         elif item.aggregation == "max":
             value = max(p.max for p in with_numbers if p.max is not None)
     return InputValue(item.name, value, entity_ids[:LISTED_ENTITIES], len(entity_ids), numbers, expected)
+
+
+async def _entity_count(store: EntityStore, tenant: str, terms: TermMap, entity_type: str) -> int:
+    count_query = build_entity_query(QuerySpec(type_expr=entity_type), terms.expand)
+    count_query.count, count_query.limit = True, 0
+    return (await store.query_entities(tenant, count_query)).total or 0
+
+
+async def _threshold_count(
+    store: EntityStore, tenant: str, terms: TermMap, item: Input, start: int, end: int
+) -> InputValue:
+    """How many hours or days (UTC, counted from midnight) in the window have, at one entity or
+    more, an aggregation comparing true with the threshold: one row of statistics per entity and
+    period comes from the store's SQL aggregation; Python compares those rows."""
+    assert item.aggregation is not None and item.per is not None and item.compare is not None
+    length = PER[item.per] * SECOND
+    origin = start - start % (86400 * SECOND)  # UTC midnight: hours and days of the clock
+    query = _temporal_query(terms, item, TemporalWindow("observedAt", start, end))
+    spec = AggregationSpec(micros=length, origin=origin, stats=stats_for([item.aggregation]) | {"count", "numbers"})
+    page = await store.temporal_aggregate(tenant, query, spec)
+    periods = [(e.id, p) for e in page.entities for series in e.attrs.values() for s in series for p in s.periods]
+    test, threshold = COMPARE[item.compare], float(item.threshold or 0.0)
+    over: set[int] = set()
+    counted: set[str] = set()
+    numbers = 0
+    for entity_id, stats in periods:
+        if not stats.numbers:
+            continue
+        numbers += stats.numbers
+        counted.add(entity_id)
+        figure = getattr(stats, item.aggregation)
+        if figure is not None and test(float(figure), threshold):
+            over.add(stats.index)
+    current = await _entity_count(store, tenant, terms, item.type)
+    expected = max(current, len(counted)) * ((end - start) // (item.sampling * SECOND))
+    value = float(len(over)) if numbers else None
+    return InputValue(item.name, value, sorted(counted)[:LISTED_ENTITIES], len(counted), numbers, expected)
+
+
+def _geometry(entity: dict[str, Any], attr: str) -> dict[str, Any] | None:
+    for instance in entity.get("attrs", {}).get(attr, []):
+        value = instance.get("value")
+        if isinstance(value, dict) and isinstance(value.get("type"), str) and "coordinates" in value:
+            return value
+    return None
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(item) for item in value) if isinstance(value, list | tuple) else value
+
+
+async def _within(store: EntityStore, tenant: str, terms: TermMap, item: Input) -> InputValue:
+    """Entities of `type` (matching `q`) within `distance` metres of any entity of type `near`:
+    one geo-query of the store per `near` entity (at most MAX_NEAR), the union of their answers."""
+    assert item.near is not None and item.distance is not None
+    near_query = build_entity_query(QuerySpec(type_expr=item.near), terms.expand)
+    near_query.limit = MAX_NEAR
+    anchors = (await store.query_entities(tenant, near_query)).entities
+    location = terms.expand("location")
+    found: set[str] = set()
+    for anchor in anchors:
+        geometry = _geometry(anchor, location)
+        if geometry is None:
+            continue
+        geo = GeoQuery("near", geometry["type"], _frozen(geometry["coordinates"]), "location", item.distance)
+        query = build_entity_query(QuerySpec(type_expr=item.type, q=item.q, geo=geo), terms.expand)
+        found.update(entity["id"] for entity in (await store.query_entities(tenant, query)).entities)
+    total = await _entity_count(store, tenant, terms, item.type)
+    value = float(len(found)) if anchors and total else None
+    return InputValue(item.name, value, sorted(found)[:LISTED_ENTITIES], len(found))

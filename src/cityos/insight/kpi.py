@@ -76,6 +76,8 @@ def kpi_body(result: Result) -> dict[str, Any]:
         "aggregatedData": _prop(
             [
                 {"entityType": item.type, **({"attrs": [item.attribute]} if item.attribute else {})}
+                if item.kind != "profile"
+                else {"cityProfile": item.key}
                 for item in indicator.inputs.values()
             ]
         ),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,7 +23,10 @@ PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400, "monthly": 30 * 
 ANCHORS = ("now", "latest")  # the window ends at the computation, or at the inputs' latest instance
 SCOPES = ("city",)
 AGGREGATIONS = ("avg", "sum", "min", "max", "totalCount")  # temporal: the store's SQL aggregation
-KINDS = ("temporal", "count", "current-sum")
+KINDS = ("temporal", "count", "current-sum", "within", "profile")
+PER = {"hourly": 3600, "daily": 86400}  # periods of a threshold count (temporal inputs)
+COMPARE = (">", ">=", "<", "<=")
+PROFILE_KEYS = {"population": "C62", "area": "KMK"}  # the city profile's figures and their units
 INDICATOR_FIELDS = {
     "id": str,
     "name": str,
@@ -41,7 +44,21 @@ INDICATOR_FIELDS = {
     "inputs": dict,
 }
 REQUIRED = ("id", "name", "standard", "clause", "unit", "period", "formula", "inputs")
-INPUT_FIELDS = {"kind": str, "type": str, "attribute": str, "aggregation": str, "q": str, "unit": str, "sampling": int}
+INPUT_FIELDS = {
+    "kind": str,
+    "type": str,
+    "attribute": str,
+    "aggregation": str,
+    "q": str,
+    "unit": str,
+    "sampling": int,
+    "per": str,
+    "compare": str,
+    "threshold": float,
+    "near": str,
+    "distance": float,
+    "key": str,
+}
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
@@ -57,9 +74,12 @@ class IndicatorFileError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Input:
     """One named input. temporal: `aggregation` of `attribute` over the window, in SQL, over all
-    entities of `type`, expecting one instance per `sampling` seconds per entity (coverage);
-    count: how many entities of `type` match `q`; current-sum: the sum of `attribute`'s current
-    values over the entities of `type` matching `q`."""
+    entities of `type`, expecting one instance per `sampling` seconds per entity (coverage); with
+    `per`, `compare` and `threshold`: how many (entity, hour or day) periods' aggregation compares
+    true, the periods aggregated in SQL; count: how many entities of `type` match `q`;
+    current-sum: the sum of `attribute`'s current values over the entities of `type` matching `q`;
+    within: how many entities of `type` (matching `q`) lie within `distance` metres of an entity
+    of type `near` (the store's geo-query); profile: a figure of the city profile (`key`)."""
 
     name: str
     kind: str
@@ -69,6 +89,12 @@ class Input:
     aggregation: str | None = None
     q: str | None = None
     sampling: int = 3600
+    per: str | None = None
+    compare: str | None = None
+    threshold: float | None = None
+    near: str | None = None
+    distance: float | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,32 +216,70 @@ def _input(path: str, text: str, name: str, body: Any) -> Input:
     kind = body.get("kind", "temporal")
     if kind not in KINDS:
         raise refuse("kind", f"kind must be one of {', '.join(KINDS)}")
-    for key in ("type", "unit"):
+    for key in ("type", "unit") if kind != "profile" else ("key", "unit"):
         if key not in body:
             raise IndicatorFileError(path, _line_of(text, name), f"input {name}: missing field {key!r}")
     if kind in ("temporal", "current-sum") and "attribute" not in body:
         raise IndicatorFileError(path, _line_of(text, name), f"input {name}: a {kind} input needs an attribute")
+    allowed = {
+        "temporal": {"attribute", "aggregation", "sampling", "per", "compare", "threshold"},
+        "count": {"q"},
+        "current-sum": {"attribute", "q"},
+        "within": {"q", "near", "distance"},
+        "profile": {"key"},
+    }[kind] | {"kind", "type", "unit"}
+    for key in body:
+        if key not in allowed:
+            raise refuse(key, f"a {kind} input has no {key}")
     if kind == "temporal":
-        if body.get("aggregation") not in AGGREGATIONS:
-            raise refuse("aggregation", f"aggregation must be one of {', '.join(AGGREGATIONS)}")
-        if "q" in body:
-            raise refuse("q", "q filters count and current-sum inputs, not temporal ones")
-    elif "aggregation" in body:
-        raise refuse("aggregation", f"a {kind} input has no aggregation")
-    if kind == "count" and body["unit"] != "C62":
+        _check_threshold(body, refuse)
+    if kind in ("count", "within") and body["unit"] != "C62":
         raise refuse("unit", "a count is in C62 (one)")
+    if kind == "within" and ("near" not in body or "distance" not in body or body["distance"] <= 0):
+        raise IndicatorFileError(path, _line_of(text, name), f"input {name}: within needs near and a distance > 0")
+    if kind == "profile":
+        if body["key"] not in PROFILE_KEYS:
+            raise refuse("key", f"key must be one of {', '.join(PROFILE_KEYS)}")
+        if body["unit"] != PROFILE_KEYS[body["key"]]:
+            raise refuse("unit", f"the profile's {body['key']} is in {PROFILE_KEYS[body['key']]}")
     if body.get("sampling", 3600) <= 0:
         raise refuse("sampling", "sampling is a positive number of seconds")
     return Input(
         name=name,
         kind=kind,
-        type=body["type"],
+        type=body.get("type", ""),
         unit=body["unit"],
         attribute=body.get("attribute"),
         aggregation=body.get("aggregation"),
         q=body.get("q"),
         sampling=body.get("sampling", 3600),
+        per=body.get("per"),
+        compare=body.get("compare"),
+        threshold=float(body["threshold"]) if "threshold" in body else None,
+        near=body.get("near"),
+        distance=float(body["distance"]) if "distance" in body else None,
+        key=body.get("key"),
     )
+
+
+def _check_threshold(body: dict[str, Any], refuse: Callable[[str, str], IndicatorFileError]) -> None:
+    """A temporal input's aggregation, and its threshold count (per, compare, threshold: all or none)."""
+    if body.get("aggregation") not in AGGREGATIONS:
+        raise refuse("aggregation", f"aggregation must be one of {', '.join(AGGREGATIONS)}")
+    given = [key for key in ("per", "compare", "threshold") if key in body]
+    if not given:
+        return
+    if len(given) < 3:
+        missing = sorted({"per", "compare", "threshold"} - set(given))
+        raise refuse(given[0], f"a threshold count needs per, compare and threshold (missing {', '.join(missing)})")
+    if body["per"] not in PER:
+        raise refuse("per", f"per must be one of {', '.join(PER)}")
+    if body["compare"] not in COMPARE:
+        raise refuse("compare", f"compare must be one of {' '.join(COMPARE)}")
+    if body["aggregation"] == "totalCount":
+        raise refuse("aggregation", "a threshold count compares avg, sum, min or max")
+    if body["unit"] != "C62":
+        raise refuse("unit", "a threshold count is a number of periods, in C62 (one)")
 
 
 def shipped_files() -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from cityos.ingest.sink import StoreSink
 from cityos.insight import engine
 from cityos.insight.kpi import Verdict, compare, kpi_body, stored_value
 from cityos.insight.model import Indicator, IndicatorFileError, load_indicators, parse_indicator
+from cityos.insight.profile import demo_profile, load_profile
 from cityos.jsonld.termmap import TermMap
 from cityos.store.base import EntityStore
 from cityos.tasks import stop_task
@@ -38,13 +39,25 @@ class Written:
 
 class IndicatorService:
     def __init__(
-        self, store: EntityStore, terms: TermMap, *, directory: str = "", interval: float = 0.0, tenant: str = ""
+        self,
+        store: EntityStore,
+        terms: TermMap,
+        *,
+        directory: str = "",
+        interval: float = 0.0,
+        tenant: str = "",
+        profile: Mapping[str, float] | None = None,
+        profile_file: str = "",
+        demo: bool = False,
     ) -> None:
         self.store = store
         self.terms = terms
         self.directory = directory
         self.interval = interval
         self.tenant = tenant
+        self.profile = dict(profile or {})  # the city profile's population and area
+        self.profile_file = profile_file  # read at load(); with `demo` and none, the demo city's
+        self.demo = demo
         self.sink = StoreSink(store, terms)
         self.indicators: dict[str, Indicator] = {}
         self._task: asyncio.Task[None] | None = None
@@ -52,6 +65,10 @@ class IndicatorService:
     def load(self) -> None:
         """Load the shipped set and the directory's files (IndicatorFileError names a bad file)."""
         self.indicators = load_indicators(self.directory)
+        if self.profile_file:
+            self.profile = load_profile(self.profile_file)
+        elif self.demo and not self.profile:
+            self.profile = demo_profile()
 
     def put(self, indicator_id: str, text: str) -> tuple[Indicator, bool]:
         """Add or replace an indicator from its file's text, kept as {id}.toml in the directory
@@ -79,7 +96,7 @@ class IndicatorService:
     async def compute(self, indicator_id: str, *, write: bool = True, tenant: str | None = None) -> Written:
         indicator = self.get(indicator_id)
         where = self.tenant if tenant is None else tenant
-        result = await engine.compute(self.store, where, self.terms, indicator)
+        result = await engine.compute(self.store, where, self.terms, indicator, profile=self.profile)
         if not write:
             return Written(result, None)
         [outcome] = await self.sink.upsert(where, [kpi_body(result)], replace=True)
@@ -96,7 +113,9 @@ class IndicatorService:
         stored = stored_value(entity, self.terms) if entity is not None else None
         if stored is None:
             return Verdict(False, None, None, f"no stored value of {indicator.entity_id}")
-        again = await engine.compute(self.store, where, self.terms, indicator, window=stored.window)
+        again = await engine.compute(
+            self.store, where, self.terms, indicator, window=stored.window, profile=self.profile
+        )
         return compare(indicator, stored, again)
 
     def start(self) -> None:
