@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cityos.insight.formula import FormulaError
-from cityos.insight.model import PER, Indicator, Input
+from cityos.insight.model import CALENDAR, PER, Indicator, Input
 from cityos.jsonld.termmap import TermMap
 from cityos.query.entity_query import QuerySpec, build_entity_query
 from cityos.query.geo import GeoQuery
@@ -109,11 +109,27 @@ async def window_of(
     """[start, end): the period before `at` (default now), or before the inputs' latest instance
     for anchor = "latest" (history loaded after the fact, as the demo city's)."""
     end = at if at is not None else _now()
+    latest: int | None = None
     if indicator.anchor == "latest" and at is None:
         latest = await latest_time(store, tenant, terms, indicator)
         if latest is not None:
             end = latest + SECOND  # the window [start, end) holds the latest instance
+    if indicator.period in CALENDAR:
+        # the UTC calendar month or year holding the latest instance; anchored now: the last whole one
+        return calendar_window(latest if latest is not None else end - 1, CALENDAR[indicator.period], latest is None)
     return end - indicator.seconds * SECOND, end
+
+
+def calendar_window(moment: int, months: int, previous: bool) -> tuple[int, int]:
+    """[start, end) of the UTC calendar month (months=1) or year (12) holding `moment`, or the one
+    before it when `previous`."""
+    day = datetime.fromtimestamp(moment // SECOND, UTC)
+    index = day.year * 12 + (day.month - 1 if months == 1 else 0) - (months if previous else 0)
+
+    def first(number: int) -> int:
+        return round(datetime(number // 12, number % 12 + 1, 1, tzinfo=UTC).timestamp()) * SECOND
+
+    return first(index), first(index + months)
 
 
 async def compute(

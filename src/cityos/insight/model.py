@@ -20,6 +20,7 @@ from typing import Any
 from cityos.insight.formula import Formula, FormulaError, compile_formula, show, unit_of
 
 PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400, "monthly": 30 * 86400, "yearly": 365 * 86400}
+CALENDAR = {"calendar-month": 1, "calendar-year": 12}  # UTC calendar periods, in months
 ANCHORS = ("now", "latest")  # the window ends at the computation, or at the inputs' latest instance
 SCOPES = ("city",)
 AGGREGATIONS = ("avg", "sum", "min", "max", "totalCount")  # temporal: the store's SQL aggregation
@@ -119,7 +120,8 @@ class Indicator:
 
     @property
     def seconds(self) -> int:
-        return PERIODS[self.period]
+        """The length of a rolling period (a calendar period's length depends on where it falls)."""
+        return PERIODS.get(self.period, 0)
 
     @property
     def entity_id(self) -> str:
@@ -165,8 +167,8 @@ def parse_indicator(text: str, path: str) -> Indicator:
 
     if not ID.match(data["id"]):
         raise refuse("id", "id must be lower-case letters, digits and dashes")
-    if data["period"] not in PERIODS:
-        raise refuse("period", f"period must be one of {', '.join(PERIODS)}")
+    if data["period"] not in PERIODS and data["period"] not in CALENDAR:
+        raise refuse("period", f"period must be one of {', '.join([*PERIODS, *CALENDAR])}")
     if data.get("anchor", "now") not in ANCHORS:
         raise refuse("anchor", f"anchor must be one of {', '.join(ANCHORS)}")
     if data.get("scope", "city") not in SCOPES:
