@@ -13,7 +13,13 @@ from pathlib import Path
 
 from cityos.insight.model import IndicatorFileError
 
-FIELDS = {"name": str, "population": (int, float), "area": (int, float), "source": str, "year": int}
+FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "population": (int, float),
+    "area": (int, float),
+    "source": str,
+    "year": int,
+}
 DEMO_PROFILE = "demo-city-profile.toml"  # beside demo-city.yaml: the demo city's declared figures
 
 
