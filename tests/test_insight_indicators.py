@@ -279,3 +279,94 @@ def test_a_profile_file_is_checked(tmp_path: Path) -> None:
     for bad, reason in (("population = -1", "positive"), ("people = 3", "unknown field"), ("area = 'x'", "wrong type")):
         with pytest.raises(IndicatorFileError, match=reason):
             parse_profile(bad, "p.toml")
+
+
+DISTRICTS = """id = "district-test"
+name = "Faulty lights and mean temperature per district"
+standard = "test"
+clause = "-"
+unit = "P1"
+period = "daily"
+scope = "district"
+coverage = 0.0
+formula = "100 * faulty / lights + 0 * temperature"
+version = 1
+
+[inputs.faulty]
+kind = "count"
+type = "Streetlight"
+q = 'status!="ok"'
+unit = "C62"
+
+[inputs.lights]
+kind = "count"
+type = "Streetlight"
+unit = "C62"
+
+[inputs.temperature]
+kind = "temporal"
+type = "WeatherObserved"
+attribute = "temperature"
+aggregation = "avg"
+unit = "C62"
+
+[districts.north]
+name = "North (test)"
+polygon = [[10.0, 50.0], [11.0, 50.0], [11.0, 51.0], [10.0, 51.0], [10.0, 50.0]]
+
+[districts.south]
+polygon = [[10.0, 48.0], [11.0, 48.0], [11.0, 49.0], [10.0, 49.0], [10.0, 48.0]]
+"""
+
+
+def test_a_district_scope_gives_one_entity_per_polygon(db_url: str, tmp_path: Path) -> None:
+    (tmp_path / "district-test.toml").write_text(DISTRICTS, encoding="utf-8")
+    settings = Settings(database=db_url, indicators_dir=str(tmp_path))
+    entities = [
+        ("Streetlight", "n1", [10.5, 50.5], {"status": "ok"}),
+        ("Streetlight", "n2", [10.6, 50.5], {"status": "defectiveLamp"}),
+        ("Streetlight", "s1", [10.5, 48.5], {"status": "ok"}),
+        ("Streetlight", "out", [20.0, 48.5], {"status": "defectiveLamp"}),  # in no district
+        ("WeatherObserved", "n", [10.5, 50.6], {}),
+        ("WeatherObserved", "s", [10.5, 48.6], {}),
+    ]
+    now = datetime.now(UTC).replace(microsecond=0)
+    stamps = [(now - timedelta(hours=h)).strftime("%Y-%m-%dT%H:%M:%SZ") for h in (2, 1)]
+    history = {"n": [10.0, 20.0], "s": [30.0]}
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
+        for kind, name, point, attrs in entities:
+            body = {"id": f"urn:ngsi-ld:{kind}:{name}", "type": kind}
+            body["location"] = {"type": "GeoProperty", "value": {"type": "Point", "coordinates": point}}
+            body |= {key: {"type": "Property", "value": value} for key, value in attrs.items()}
+            assert client.post("/ngsi-ld/v1/entities", json=body).status_code == 201
+        for name, values in history.items():
+            instances = [
+                {"type": "Property", "value": v, "observedAt": t} for v, t in zip(values, stamps, strict=False)
+            ]
+            added = client.post(
+                f"/ngsi-ld/v1/temporal/entities/urn:ngsi-ld:WeatherObserved:{name}/attrs",
+                json={"temperature": instances},
+            )
+            assert added.status_code in (201, 204), added.text
+        answer = client.post(f"{INDICATORS}/district-test/compute")
+        assert answer.status_code == 200, answer.text
+        results = {item["district"]: item for item in answer.json()}
+        assert results["north"]["value"] == 50.0 and results["south"]["value"] == 0.0
+        assert results["north"]["entity"] == "urn:ngsi-ld:KeyPerformanceIndicator:district-test:north"
+        north = client.get(f"/ngsi-ld/v1/entities/{results['north']['entity']}").json()
+        assert north["areaServed"]["value"] == "North (test)"
+        assert north["kpiValue"]["inputValues"]["value"] == {"faulty": 1.0, "lights": 2.0, "temperature": 15.0}
+        south = client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:KeyPerformanceIndicator:district-test:south").json()
+        assert south["kpiValue"]["inputValues"]["value"] == {"faulty": 0.0, "lights": 1.0, "temperature": 30.0}
+        assert client.get(f"{INDICATORS}/district-test/verify").json()["matches"] is True
+        listed = {item["id"]: item for item in client.get(INDICATORS).json()}
+        assert set(listed["district-test"]["districts"]) == {"north", "south"}
+
+
+def test_district_tables_are_checked() -> None:
+    text = DISTRICTS.split("[inputs.temperature]")[0].replace(" + 0 * temperature", "")
+    north = "[districts.north]\npolygon = [[10.0, 50.0], [11.0, 50.0], [11.0, 51.0], [10.0, 51.0], [10.0, 50.0]]\n"
+    assert parse_indicator(text + north, "x.toml").districts[0].name == "north"
+    assert "needs a [districts] table" in refused(text).reason
+    assert "closed ring" in refused(text + north.replace("[10.0, 50.0]]", "[10.0, 50.5]]")).reason
+    assert "unknown field 'area'" in refused(text + north + "area = 3\n").reason

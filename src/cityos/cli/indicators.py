@@ -98,12 +98,16 @@ def _run(args: argparse.Namespace, action: str) -> int:
             failed = 0
             for indicator_id in args.ids or sorted(service.indicators):
                 if action == "compute":
-                    written = await service.compute(indicator_id)
-                    shown = summary(written.result, written.error)
-                    failed += written.error is not None
-                    text = f"{shown['id']}: {shown['value']} {shown['unit']} ({shown['status']}"
-                    text += f", coverage {shown['coverage']:.3f}" + (f"; {shown['reason']}" if shown["reason"] else "")
-                    text += ")" + (f" NOT STORED: {written.error}" if written.error else "")
+                    for written in await service.compute_scopes(indicator_id):  # the city, or each district
+                        shown = summary(written.result, written.error)
+                        failed += written.error is not None
+                        where = f" [{shown['district']}]" if "district" in shown else ""
+                        text = f"{shown['id']}{where}: {shown['value']} {shown['unit']} ({shown['status']}"
+                        text += f", coverage {shown['coverage']:.3f}"
+                        text += (f"; {shown['reason']}" if shown["reason"] else "") + ")"
+                        text += f" NOT STORED: {written.error}" if written.error else ""
+                        print(orjson.dumps(shown).decode() if args.json else text)
+                    continue
                 else:
                     verdict = await service.verify(indicator_id)
                     shown = {"id": indicator_id, "matches": verdict.matches, "stored": verdict.stored}

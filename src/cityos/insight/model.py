@@ -22,7 +22,7 @@ from cityos.insight.formula import Formula, FormulaError, compile_formula, show,
 PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400, "monthly": 30 * 86400, "yearly": 365 * 86400}
 CALENDAR = {"calendar-month": 1, "calendar-year": 12}  # UTC calendar periods, in months
 ANCHORS = ("now", "latest")  # the window ends at the computation, or at the inputs' latest instance
-SCOPES = ("city",)
+SCOPES = ("city", "district")  # district: one value per polygon of the file's [districts] table
 AGGREGATIONS = ("avg", "sum", "min", "max", "totalCount")  # temporal: the store's SQL aggregation
 KINDS = ("temporal", "count", "current-sum", "within", "profile")
 PER = {"hourly": 3600, "daily": 86400}  # periods of a threshold count (temporal inputs)
@@ -43,6 +43,7 @@ INDICATOR_FIELDS = {
     "formula": str,
     "version": int,
     "inputs": dict,
+    "districts": dict,
 }
 REQUIRED = ("id", "name", "standard", "clause", "unit", "period", "formula", "inputs")
 INPUT_FIELDS = {
@@ -99,6 +100,16 @@ class Input:
 
 
 @dataclass(frozen=True, slots=True)
+class District:
+    """A district polygon of a district-scoped indicator: its id (the KPI entity's last part), its
+    name and its outer ring of [longitude, latitude] positions, closed."""
+
+    id: str
+    name: str
+    ring: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Indicator:
     id: str
     name: str
@@ -116,6 +127,7 @@ class Indicator:
     scope: str = "city"
     coverage: float = 0.75
     version: int = 1
+    districts: tuple[District, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -125,7 +137,16 @@ class Indicator:
 
     @property
     def entity_id(self) -> str:
+        """The entity of a city-scoped value (a district-scoped one: entity_of each district)."""
         return f"urn:ngsi-ld:KeyPerformanceIndicator:{self.id}:{self.scope}"
+
+    def entity_of(self, district: District | None) -> str:
+        return self.entity_id if district is None else f"urn:ngsi-ld:KeyPerformanceIndicator:{self.id}:{district.id}"
+
+    @property
+    def scopes(self) -> tuple[District | None, ...]:
+        """What one computation covers: the city (None), or each district."""
+        return self.districts if self.scope == "district" else (None,)
 
 
 def _line_of(text: str, key: str, after: str | None = None) -> int | None:
@@ -172,7 +193,10 @@ def parse_indicator(text: str, path: str) -> Indicator:
     if data.get("anchor", "now") not in ANCHORS:
         raise refuse("anchor", f"anchor must be one of {', '.join(ANCHORS)}")
     if data.get("scope", "city") not in SCOPES:
-        raise refuse("scope", f"scope must be one of {', '.join(SCOPES)} (districts come later)")
+        raise refuse("scope", f"scope must be one of {', '.join(SCOPES)}")
+    districts = _districts(path, text, data.get("districts", {}))
+    if (data.get("scope", "city") == "district") != bool(districts):
+        raise refuse("scope", "a district scope needs a [districts] table, and only it has one")
     if not 0 <= data.get("coverage", 0.75) <= 1:
         raise refuse("coverage", "coverage is a share between 0 and 1")
     if not data["inputs"]:
@@ -203,7 +227,37 @@ def parse_indicator(text: str, path: str) -> Indicator:
         scope=data.get("scope", "city"),
         coverage=float(data.get("coverage", 0.75)),
         version=data.get("version", 1),
+        districts=districts,
     )
+
+
+def _districts(path: str, text: str, table: dict[str, Any]) -> tuple[District, ...]:
+    """[districts.<id>] tables: name (optional) and polygon, a closed ring of [lon, lat]."""
+    found = []
+    for key, body in table.items():
+        where = f"districts.{key}"
+        line = _line_of(text, "polygon", where) or _line_of(text, "districts")
+        if not ID.match(key) or not isinstance(body, dict):
+            raise IndicatorFileError(path, line, f"district {key!r}: a table with a lower-case id")
+        unknown = set(body) - {"name", "polygon"}
+        if unknown:
+            raise IndicatorFileError(path, line, f"district {key}: unknown field {sorted(unknown)[0]!r}")
+        ring = body.get("polygon")
+        good = isinstance(ring, list) and len(ring) >= 4 and ring[0] == ring[-1]
+        good = good and all(
+            isinstance(p, list)
+            and len(p) == 2
+            and all(isinstance(c, int | float) and not isinstance(c, bool) for c in p)
+            and -180 <= p[0] <= 180
+            and -90 <= p[1] <= 90
+            for p in ring
+        )
+        if not good:
+            raise IndicatorFileError(
+                path, line, f"district {key}: polygon must be a closed ring of 4 or more [longitude, latitude]"
+            )
+        found.append(District(key, str(body.get("name", key)), tuple((float(p[0]), float(p[1])) for p in ring)))
+    return tuple(found)
 
 
 def _input(path: str, text: str, name: str, body: Any) -> Input:
