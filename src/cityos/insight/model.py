@@ -233,7 +233,7 @@ def parse_indicator(text: str, path: str) -> Indicator:
 
 def _districts(path: str, text: str, table: dict[str, Any]) -> tuple[District, ...]:
     """[districts.<id>] tables: name (optional) and polygon, a closed ring of [lon, lat]."""
-    found = []
+    found: list[District] = []
     for key, body in table.items():
         where = f"districts.{key}"
         line = _line_of(text, "polygon", where) or _line_of(text, "districts")

@@ -103,7 +103,7 @@ class IndicatorService:
         """One value per scope: the city's, or each district's (one KPI entity each)."""
         indicator = self.get(indicator_id)
         where = self.tenant if tenant is None else tenant
-        done = []
+        done: list[Written] = []
         for district in indicator.scopes:
             result = await engine.compute(
                 self.store, where, self.terms, indicator, profile=self.profile, district=district
