@@ -242,7 +242,7 @@ def _districts(path: str, text: str, table: dict[str, Any]) -> tuple[District, .
         unknown = set(body) - {"name", "polygon"}
         if unknown:
             raise IndicatorFileError(path, line, f"district {key}: unknown field {sorted(unknown)[0]!r}")
-        ring = body.get("polygon")
+        ring: list[Any] = body.get("polygon") or []
         good = isinstance(ring, list) and len(ring) >= 4 and ring[0] == ring[-1]
         good = good and all(
             isinstance(p, list)

@@ -35,7 +35,7 @@ def parse_profile(text: str, path: str) -> dict[str, float]:
             raise IndicatorFileError(path, None, f"unknown field {key!r}")
         if not isinstance(value, kinds) or isinstance(value, bool):
             raise IndicatorFileError(path, None, f"{key} has the wrong type")
-    figures = {key: float(data[key]) for key in ("population", "area") if key in data}
+    figures: dict[str, float] = {key: float(data[key]) for key in ("population", "area") if key in data}
     if any(value <= 0 for value in figures.values()):
         raise IndicatorFileError(path, None, "population and area must be positive")
     return figures
