@@ -284,11 +284,11 @@ def _input(path: str, text: str, name: str, body: Any) -> Input:
         "within": {"q", "near", "distance"},
         "profile": {"key"},
     }[kind] | {"kind", "type", "unit"}
+    if kind == "temporal":
+        _check_threshold(body, refuse)
     for key in body:
         if key not in allowed:
             raise refuse(key, f"a {kind} input has no {key}")
-    if kind == "temporal":
-        _check_threshold(body, refuse)
     if kind in ("count", "within") and body["unit"] != "C62":
         raise refuse("unit", "a count is in C62 (one)")
     if kind == "within" and ("near" not in body or "distance" not in body or body["distance"] <= 0):

@@ -145,7 +145,8 @@ class IndicatorService:
             )
             verdict = compare(indicator, stored, again)
             if not verdict.matches:
-                return Verdict(False, verdict.stored, verdict.recomputed, f"{entity_id}: {verdict.reason}")
+                prefix = "" if district is None else f"district {district.id}: "
+                return Verdict(False, verdict.stored, verdict.recomputed, prefix + verdict.reason)
         return verdict
 
     def start(self) -> None:
