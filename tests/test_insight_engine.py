@@ -75,8 +75,14 @@ BEIJING = "beijing-aotizhongxin-2016-03_2017-02.csv.gz"
 
 
 def traffic_aadt() -> float:
-    """Mean hourly volume times 24; one value per UTC hour (a repeated hour: the last row),
-    local times that do not exist (the spring gap) left out, as any loader must."""
+    """Mean hourly volume times 24."""
+    by_hour = traffic_by_hour()
+    return sum(by_hour.values()) / len(by_hour) * 24
+
+
+def traffic_by_hour() -> dict[datetime, float]:
+    """One volume per UTC hour (a repeated hour: the last row), local times that do not exist
+    (the spring gap) left out, as any loader must."""
     zone = ZoneInfo("America/Chicago")
     by_hour: dict[datetime, float] = {}
     rows = _csv("cityos.ingest", "data", "timeseries", "minneapolis-i94-traffic-2016-10_2017-09.csv.gz")
@@ -86,7 +92,7 @@ def traffic_aadt() -> float:
         if utc.astimezone(zone).replace(tzinfo=None) != local.replace(tzinfo=None) or not row["traffic_volume"]:
             continue
         by_hour[utc] = float(row["traffic_volume"])
-    return sum(by_hour.values()) / len(by_hour) * 24
+    return by_hour
 
 
 def demo_parking() -> tuple[int, int]:

@@ -415,6 +415,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         registry.core_terms(),
         directory=settings.indicators_dir,
         interval=settings.indicators_interval,
+        profile_file=settings.city_profile,
+        demo=settings.demo_on_empty,
     )
 
     @contextlib.asynccontextmanager

@@ -241,6 +241,11 @@ class Settings:
     indicators_dir: str = _setting(
         "", "Directory of extra indicator files (*.toml, docs/indicators.md) loaded at start beside the shipped set."
     )
+    city_profile: str = _setting(
+        "",
+        "City profile file (TOML: population, area in km², source) that indicators per population or area"
+        " divide by (docs/indicators.md); with --demo-on-empty and none given, the demo city's.",
+    )
     indicators_interval: float = _setting(
         0.0, "Seconds between scheduled computations of every indicator (docs/indicators.md); 0: on demand only."
     )

@@ -58,6 +58,12 @@ def register(commands: Any) -> None:
             help=f"SQLite file or postgresql:// URL [env {env_name('database')}, default %(default)s]",
         )
         command.add_argument("--tenant", default="", help="NGSI-LD tenant (default: the default tenant)")
+        command.add_argument(
+            "--city-profile",
+            default=os.environ.get(env_name("city_profile"), ""),
+            help=f"city profile file (population, area) [env {env_name('city_profile')}]",
+        )
+        command.add_argument("--demo", action="store_true", help="use the demo city's profile when none is given")
         command.add_argument("--json", action="store_true", help="print one JSON object per indicator")
 
 
@@ -81,18 +87,27 @@ def _run(args: argparse.Namespace, action: str) -> int:
         settings = Settings.from_env(database=args.database, indicators_dir=args.indicators_dir)
         async with open_pipeline(settings) as pipeline:
             service = IndicatorService(
-                pipeline.store, pipeline.contexts.core_terms(), directory=args.indicators_dir, tenant=args.tenant
+                pipeline.store,
+                pipeline.contexts.core_terms(),
+                directory=args.indicators_dir,
+                tenant=args.tenant,
+                profile_file=args.city_profile,
+                demo=args.demo,
             )
             service.load()
             failed = 0
             for indicator_id in args.ids or sorted(service.indicators):
                 if action == "compute":
-                    written = await service.compute(indicator_id)
-                    shown = summary(written.result, written.error)
-                    failed += written.error is not None
-                    text = f"{shown['id']}: {shown['value']} {shown['unit']} ({shown['status']}"
-                    text += f", coverage {shown['coverage']:.3f}" + (f"; {shown['reason']}" if shown["reason"] else "")
-                    text += ")" + (f" NOT STORED: {written.error}" if written.error else "")
+                    for written in await service.compute_scopes(indicator_id):  # the city, or each district
+                        shown = summary(written.result, written.error)
+                        failed += written.error is not None
+                        where = f" [{shown['district']}]" if "district" in shown else ""
+                        text = f"{shown['id']}{where}: {shown['value']} {shown['unit']} ({shown['status']}"
+                        text += f", coverage {shown['coverage']:.3f}"
+                        text += (f"; {shown['reason']}" if shown["reason"] else "") + ")"
+                        text += f" NOT STORED: {written.error}" if written.error else ""
+                        print(orjson.dumps(shown).decode() if args.json else text)
+                    continue
                 else:
                     verdict = await service.verify(indicator_id)
                     shown = {"id": indicator_id, "matches": verdict.matches, "stored": verdict.stored}

@@ -59,6 +59,11 @@ def describe(indicator: Indicator) -> dict[str, Any]:
         "digest": indicator.digest,
         "source": PurePath(indicator.source).name,  # the file, not where the server keeps it
         "entity": indicator.entity_id,
+        **(
+            {"districts": {d.id: {"name": d.name, "polygon": [list(p) for p in d.ring]} for d in indicator.districts}}
+            if indicator.districts
+            else {}
+        ),
         "inputs": {
             name: {k: v for k, v in vars_of(item).items() if v is not None and k != "name"}
             for name, item in indicator.inputs.items()
@@ -74,7 +79,8 @@ def summary(result: Result, error: str | None = None) -> dict[str, Any]:
     """What a computation gave, as the API and the CLI show it."""
     return {
         "id": result.indicator.id,
-        "entity": result.indicator.entity_id,
+        "entity": result.indicator.entity_of(result.district),
+        **({"district": result.district.id} if result.district is not None else {}),
         "value": result.value,
         "unit": result.indicator.unit,
         "status": result.status,
@@ -108,10 +114,13 @@ async def compute_all(request: Request) -> Response:
 async def compute_one(request: Request) -> Response:
     service = _service(request, admin=True)
     try:
-        written = await service.compute(request.path_params["indicator_id"], tenant=tenant(request))
+        done = await service.compute_scopes(request.path_params["indicator_id"], tenant=tenant(request))
     except UnknownIndicator as exc:
         raise ResourceNotFound(f"no indicator {exc.args[0]}") from None
-    return _json(_written(written))
+    # the city's value; a district-scoped indicator: the list of its districts' values
+    return _json(
+        _written(done[0]) if len(done) == 1 and done[0].result.district is None else [_written(w) for w in done]
+    )
 
 
 async def verify(request: Request) -> Response:

@@ -63,8 +63,10 @@ def kpi_body(result: Result) -> dict[str, Any]:
         "computedAt": result.computed_at,
     }
     kpi_value.update({key: _prop(provenance[key]) for key in PROVENANCE})
-    return {
-        "id": indicator.entity_id,
+    district = result.district
+    where = {} if district is None else {"areaServed": _prop(district.name), "district": _prop(district.id)}
+    return where | {
+        "id": indicator.entity_of(district),
         "type": KPI_TYPE,
         "name": _prop(indicator.name),
         "description": _prop(indicator.description or indicator.name),
@@ -76,6 +78,8 @@ def kpi_body(result: Result) -> dict[str, Any]:
         "aggregatedData": _prop(
             [
                 {"entityType": item.type, **({"attrs": [item.attribute]} if item.attribute else {})}
+                if item.kind != "profile"
+                else {"cityProfile": item.key}
                 for item in indicator.inputs.values()
             ]
         ),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,10 +20,14 @@ from typing import Any
 from cityos.insight.formula import Formula, FormulaError, compile_formula, show, unit_of
 
 PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400, "monthly": 30 * 86400, "yearly": 365 * 86400}
+CALENDAR = {"calendar-month": 1, "calendar-year": 12}  # UTC calendar periods, in months
 ANCHORS = ("now", "latest")  # the window ends at the computation, or at the inputs' latest instance
-SCOPES = ("city",)
+SCOPES = ("city", "district")  # district: one value per polygon of the file's [districts] table
 AGGREGATIONS = ("avg", "sum", "min", "max", "totalCount")  # temporal: the store's SQL aggregation
-KINDS = ("temporal", "count", "current-sum")
+KINDS = ("temporal", "count", "current-sum", "within", "profile")
+PER = {"hourly": 3600, "daily": 86400}  # periods of a threshold count (temporal inputs)
+COMPARE = (">", ">=", "<", "<=")
+PROFILE_KEYS = {"population": "C62", "area": "KMK"}  # the city profile's figures and their units
 INDICATOR_FIELDS = {
     "id": str,
     "name": str,
@@ -39,9 +43,24 @@ INDICATOR_FIELDS = {
     "formula": str,
     "version": int,
     "inputs": dict,
+    "districts": dict,
 }
 REQUIRED = ("id", "name", "standard", "clause", "unit", "period", "formula", "inputs")
-INPUT_FIELDS = {"kind": str, "type": str, "attribute": str, "aggregation": str, "q": str, "unit": str, "sampling": int}
+INPUT_FIELDS = {
+    "kind": str,
+    "type": str,
+    "attribute": str,
+    "aggregation": str,
+    "q": str,
+    "unit": str,
+    "sampling": int,
+    "per": str,
+    "compare": str,
+    "threshold": float,
+    "near": str,
+    "distance": float,
+    "key": str,
+}
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
@@ -57,9 +76,12 @@ class IndicatorFileError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Input:
     """One named input. temporal: `aggregation` of `attribute` over the window, in SQL, over all
-    entities of `type`, expecting one instance per `sampling` seconds per entity (coverage);
-    count: how many entities of `type` match `q`; current-sum: the sum of `attribute`'s current
-    values over the entities of `type` matching `q`."""
+    entities of `type`, expecting one instance per `sampling` seconds per entity (coverage); with
+    `per`, `compare` and `threshold`: how many (entity, hour or day) periods' aggregation compares
+    true, the periods aggregated in SQL; count: how many entities of `type` match `q`;
+    current-sum: the sum of `attribute`'s current values over the entities of `type` matching `q`;
+    within: how many entities of `type` (matching `q`) lie within `distance` metres of an entity
+    of type `near` (the store's geo-query); profile: a figure of the city profile (`key`)."""
 
     name: str
     kind: str
@@ -69,6 +91,22 @@ class Input:
     aggregation: str | None = None
     q: str | None = None
     sampling: int = 3600
+    per: str | None = None
+    compare: str | None = None
+    threshold: float | None = None
+    near: str | None = None
+    distance: float | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class District:
+    """A district polygon of a district-scoped indicator: its id (the KPI entity's last part), its
+    name and its outer ring of [longitude, latitude] positions, closed."""
+
+    id: str
+    name: str
+    ring: tuple[tuple[float, float], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,15 +127,26 @@ class Indicator:
     scope: str = "city"
     coverage: float = 0.75
     version: int = 1
+    districts: tuple[District, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def seconds(self) -> int:
-        return PERIODS[self.period]
+        """The length of a rolling period (a calendar period's length depends on where it falls)."""
+        return PERIODS.get(self.period, 0)
 
     @property
     def entity_id(self) -> str:
+        """The entity of a city-scoped value (a district-scoped one: entity_of each district)."""
         return f"urn:ngsi-ld:KeyPerformanceIndicator:{self.id}:{self.scope}"
+
+    def entity_of(self, district: District | None) -> str:
+        return self.entity_id if district is None else f"urn:ngsi-ld:KeyPerformanceIndicator:{self.id}:{district.id}"
+
+    @property
+    def scopes(self) -> tuple[District | None, ...]:
+        """What one computation covers: the city (None), or each district."""
+        return self.districts if self.scope == "district" else (None,)
 
 
 def _line_of(text: str, key: str, after: str | None = None) -> int | None:
@@ -139,12 +188,15 @@ def parse_indicator(text: str, path: str) -> Indicator:
 
     if not ID.match(data["id"]):
         raise refuse("id", "id must be lower-case letters, digits and dashes")
-    if data["period"] not in PERIODS:
-        raise refuse("period", f"period must be one of {', '.join(PERIODS)}")
+    if data["period"] not in PERIODS and data["period"] not in CALENDAR:
+        raise refuse("period", f"period must be one of {', '.join([*PERIODS, *CALENDAR])}")
     if data.get("anchor", "now") not in ANCHORS:
         raise refuse("anchor", f"anchor must be one of {', '.join(ANCHORS)}")
     if data.get("scope", "city") not in SCOPES:
-        raise refuse("scope", f"scope must be one of {', '.join(SCOPES)} (districts come later)")
+        raise refuse("scope", f"scope must be one of {', '.join(SCOPES)}")
+    districts = _districts(path, text, data.get("districts", {}))
+    if (data.get("scope", "city") == "district") != bool(districts):
+        raise refuse("scope", "a district scope needs a [districts] table, and only it has one")
     if not 0 <= data.get("coverage", 0.75) <= 1:
         raise refuse("coverage", "coverage is a share between 0 and 1")
     if not data["inputs"]:
@@ -175,7 +227,37 @@ def parse_indicator(text: str, path: str) -> Indicator:
         scope=data.get("scope", "city"),
         coverage=float(data.get("coverage", 0.75)),
         version=data.get("version", 1),
+        districts=districts,
     )
+
+
+def _districts(path: str, text: str, table: dict[str, Any]) -> tuple[District, ...]:
+    """[districts.<id>] tables: name (optional) and polygon, a closed ring of [lon, lat]."""
+    found: list[District] = []
+    for key, body in table.items():
+        where = f"districts.{key}"
+        line = _line_of(text, "polygon", where) or _line_of(text, "districts")
+        if not ID.match(key) or not isinstance(body, dict):
+            raise IndicatorFileError(path, line, f"district {key!r}: a table with a lower-case id")
+        unknown = set(body) - {"name", "polygon"}
+        if unknown:
+            raise IndicatorFileError(path, line, f"district {key}: unknown field {sorted(unknown)[0]!r}")
+        ring: list[Any] = body.get("polygon") or []
+        good = isinstance(ring, list) and len(ring) >= 4 and ring[0] == ring[-1]
+        good = good and all(
+            isinstance(p, list)
+            and len(p) == 2
+            and all(isinstance(c, int | float) and not isinstance(c, bool) for c in p)
+            and -180 <= p[0] <= 180
+            and -90 <= p[1] <= 90
+            for p in ring
+        )
+        if not good:
+            raise IndicatorFileError(
+                path, line, f"district {key}: polygon must be a closed ring of 4 or more [longitude, latitude]"
+            )
+        found.append(District(key, str(body.get("name", key)), tuple((float(p[0]), float(p[1])) for p in ring)))
+    return tuple(found)
 
 
 def _input(path: str, text: str, name: str, body: Any) -> Input:
@@ -190,32 +272,70 @@ def _input(path: str, text: str, name: str, body: Any) -> Input:
     kind = body.get("kind", "temporal")
     if kind not in KINDS:
         raise refuse("kind", f"kind must be one of {', '.join(KINDS)}")
-    for key in ("type", "unit"):
+    for key in ("type", "unit") if kind != "profile" else ("key", "unit"):
         if key not in body:
             raise IndicatorFileError(path, _line_of(text, name), f"input {name}: missing field {key!r}")
     if kind in ("temporal", "current-sum") and "attribute" not in body:
         raise IndicatorFileError(path, _line_of(text, name), f"input {name}: a {kind} input needs an attribute")
+    allowed = {
+        "temporal": {"attribute", "aggregation", "sampling", "per", "compare", "threshold"},
+        "count": {"q"},
+        "current-sum": {"attribute", "q"},
+        "within": {"q", "near", "distance"},
+        "profile": {"key"},
+    }[kind] | {"kind", "type", "unit"}
     if kind == "temporal":
-        if body.get("aggregation") not in AGGREGATIONS:
-            raise refuse("aggregation", f"aggregation must be one of {', '.join(AGGREGATIONS)}")
-        if "q" in body:
-            raise refuse("q", "q filters count and current-sum inputs, not temporal ones")
-    elif "aggregation" in body:
-        raise refuse("aggregation", f"a {kind} input has no aggregation")
-    if kind == "count" and body["unit"] != "C62":
+        _check_threshold(body, refuse)
+    for key in body:
+        if key not in allowed:
+            raise refuse(key, f"a {kind} input has no {key}")
+    if kind in ("count", "within") and body["unit"] != "C62":
         raise refuse("unit", "a count is in C62 (one)")
+    if kind == "within" and ("near" not in body or "distance" not in body or body["distance"] <= 0):
+        raise IndicatorFileError(path, _line_of(text, name), f"input {name}: within needs near and a distance > 0")
+    if kind == "profile":
+        if body["key"] not in PROFILE_KEYS:
+            raise refuse("key", f"key must be one of {', '.join(PROFILE_KEYS)}")
+        if body["unit"] != PROFILE_KEYS[body["key"]]:
+            raise refuse("unit", f"the profile's {body['key']} is in {PROFILE_KEYS[body['key']]}")
     if body.get("sampling", 3600) <= 0:
         raise refuse("sampling", "sampling is a positive number of seconds")
     return Input(
         name=name,
         kind=kind,
-        type=body["type"],
+        type=body.get("type", ""),
         unit=body["unit"],
         attribute=body.get("attribute"),
         aggregation=body.get("aggregation"),
         q=body.get("q"),
         sampling=body.get("sampling", 3600),
+        per=body.get("per"),
+        compare=body.get("compare"),
+        threshold=float(body["threshold"]) if "threshold" in body else None,
+        near=body.get("near"),
+        distance=float(body["distance"]) if "distance" in body else None,
+        key=body.get("key"),
     )
+
+
+def _check_threshold(body: dict[str, Any], refuse: Callable[[str, str], IndicatorFileError]) -> None:
+    """A temporal input's aggregation, and its threshold count (per, compare, threshold: all or none)."""
+    if body.get("aggregation") not in AGGREGATIONS:
+        raise refuse("aggregation", f"aggregation must be one of {', '.join(AGGREGATIONS)}")
+    given = [key for key in ("per", "compare", "threshold") if key in body]
+    if not given:
+        return
+    if len(given) < 3:
+        missing = sorted({"per", "compare", "threshold"} - set(given))
+        raise refuse(given[0], f"a threshold count needs per, compare and threshold (missing {', '.join(missing)})")
+    if body["per"] not in PER:
+        raise refuse("per", f"per must be one of {', '.join(PER)}")
+    if body["compare"] not in COMPARE:
+        raise refuse("compare", f"compare must be one of {' '.join(COMPARE)}")
+    if body["aggregation"] == "totalCount":
+        raise refuse("aggregation", "a threshold count compares avg, sum, min or max")
+    if body["unit"] != "C62":
+        raise refuse("unit", "a threshold count is a number of periods, in C62 (one)")
 
 
 def shipped_files() -> list[tuple[str, str]]:
