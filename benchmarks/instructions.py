@@ -29,7 +29,8 @@ a tenth of creating it). CITYOS_INSTRUCTIONS_DATABASE=postgresql://... serves fr
 instead of a new SQLite file (a fresh schema: benchmarks/round_trips.py makes one);
 CITYOS_INSTRUCTIONS_SETTLE=SECONDS waits that long before the measured loop, so that PostgreSQL's audit
 sealer has sealed the load's writes (under callgrind that takes seconds) and is not counted in a read's
-instructions.
+instructions. CITYOS_INSTRUCTIONS_RULES=N serves with N alert rules judging every change of the T
+entities (write_rules; issue 17's "at most 10% with 100 rules").
 
 Work done once per period of wall-clock time (the expiry sweep every second, the authenticator's
 credentials poll every second, the signed audit checkpoint every minute, the WAL checkpoint every
@@ -61,6 +62,7 @@ from cityos.app import create_app
 from cityos.settings import Settings
 
 DATABASE_ENV = "CITYOS_INSTRUCTIONS_DATABASE"  # another database setting (a postgresql:// URL; round_trips.py)
+RULES_ENV = "CITYOS_INSTRUCTIONS_RULES"  # that many alert rules on the T entities (write_rules)
 PERIODIC_SECONDS = 3600.0  # the periods of the wall-clock work left out (module docstring)
 
 ENTITIES = 2000
@@ -244,6 +246,8 @@ async def measure(kind: str, count: int) -> float:
         options["audit"] = "off"
     if os.environ.get("CITYOS_INSTRUCTIONS_HISTORY") == "off":
         options["temporal_disabled_tenants"] = "*"
+    if int(os.environ.get(RULES_ENV, "0")):  # issue 17: alert rules judging every change of T
+        options["rules_dir"] = write_rules(folder / "rules", int(os.environ[RULES_ENV]))
     put_off_periodic()
     fields = getattr(Settings, "__dataclass_fields__", {})
     if "audit_checkpoint_seconds" in fields:  # a commit with the audit trail (issue 13)
@@ -265,6 +269,24 @@ async def measure(kind: str, count: int) -> float:
         # the load's after-work (PostgreSQL's audit sealer, 50 ms after a write) done before the count
         await asyncio.sleep(float(os.environ.get("CITYOS_INSTRUCTIONS_SETTLE", "0")))
         return await timed(app, [request_of(kind, seq) for seq in range(count)], reader)
+
+
+def write_rules(folder: Path, count: int) -> str:
+    """`count` alert rules over the T entities' temperature, none firing on the benchmark's values
+    (a firing rule writes an Alert: another cost): thresholds, rates, combinations with a polygon
+    around the entities, and absence timers, in turns."""
+    folder.mkdir()
+    head = 'name = "bench"\ntype = "T"\nseverity = "low"\ncategory = "environment"\n'
+    whens = (
+        'attribute = "temperature"\nabove = 1e9\nclear = 1e8\n',
+        'attribute = "temperature"\nrate_above = 1e12\nper = "1h"\n',
+        'all = [{attribute = "temperature", above = 1e9}, {inside = [[1, 47], [3, 47], [3, 49], [1, 49]]}]\n',
+        'attribute = "temperature"\nabsent = "1d"\n',
+    )
+    for number in range(count):
+        text = f'id = "rule-{number}"\n{head}[when]\n{whens[number % len(whens)]}'
+        (folder / f"rule-{number}.toml").write_text(text)
+    return str(folder)
 
 
 def put_off_periodic() -> None:

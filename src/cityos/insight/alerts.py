@@ -50,6 +50,7 @@ LISTENER = "alert-rules"
 ALERT_TYPE = "Alert"
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
 Key = tuple[str, str, str]  # (tenant, rule id, entity id)
+RESTORE_PAGE = 500
 
 
 class UnknownAlert(KeyError):
@@ -379,13 +380,17 @@ class AlertRules:
     async def restore(self, tenant: str = "") -> int:
         """The open alerts of `tenant` back into the states (bounded by max_tracked): they resolve
         when their condition clears, and are not opened twice."""
-        result = await self.store.query_entities(
-            tenant, EntityQuery(types=[self.terms.expand(ALERT_TYPE)], limit=self.max_tracked)
-        )
+        entities: list[dict[str, Any]] = []
+        while len(entities) < self.max_tracked:  # pages of RESTORE_PAGE: bounded reads
+            query = EntityQuery(types=[self.terms.expand(ALERT_TYPE)], limit=RESTORE_PAGE, offset=len(entities))
+            result = await self.store.query_entities(tenant, query)
+            entities += result.entities
+            if not result.has_more or not result.entities:
+                break
         status_iri, rule_iri, source_iri = (self.terms.expand(k) for k in ("status", "rule", "alertSource"))
         restored = 0
         with self._lock:
-            for entity in result.entities:
+            for entity in entities:
                 status = (reading(entity, status_iri) or {}).get("value")
                 rule_id = (reading(entity, rule_iri) or {}).get("value")
                 source = (reading(entity, source_iri) or {}).get("value")
