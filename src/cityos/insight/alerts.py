@@ -26,6 +26,7 @@ and `absent` clocks start again at the next reading.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import heapq
 import logging
@@ -39,7 +40,17 @@ from typing import Any
 
 from cityos.audit.chain import AuditRow
 from cityos.ingest.sink import StoreSink
-from cityos.insight.rules import Rule, RuleFileError, evaluate, load_rules, parse_rule, reading, when_of
+from cityos.insight.rules import (
+    Memo,
+    Rule,
+    RuleFileError,
+    evaluate,
+    load_rules,
+    number,
+    parse_rule,
+    reading,
+    when_of,
+)
 from cityos.jsonld.termmap import TermMap
 from cityos.store.base import EntityChange, EntityLookup, EntityQuery, EntityStore, HistoryRow, OutboxRow
 from cityos.tasks import stop_task
@@ -49,8 +60,49 @@ log = logging.getLogger("cityos.insight.alerts")
 LISTENER = "alert-rules"
 ALERT_TYPE = "Alert"
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
-Key = tuple[str, str, str]  # (tenant, rule id, entity id)
 RESTORE_PAGE = 500
+
+
+TimerKey = tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TypeRules:
+    """The rules of one entity type, indexed for the listener: plain thresholds sorted by level
+    per attribute (a value passes a prefix of them: one bisection instead of one test per rule),
+    absent rules per attribute sorted by duration, and the others per attribute they read."""
+
+    attrs: tuple[str, ...]
+    above: dict[str, tuple[list[float], list[Rule]]]
+    below: dict[str, tuple[list[float], list[Rule]]]
+    absent: dict[str, list[tuple[float, Rule]]]
+    general: dict[str, list[Rule]]
+
+    @classmethod
+    def of(cls, rules: list[Rule]) -> TypeRules:
+        above: dict[str, list[tuple[float, Rule]]] = {}
+        below: dict[str, list[tuple[float, Rule]]] = {}
+        absent: dict[str, list[tuple[float, Rule]]] = {}
+        general: dict[str, list[Rule]] = {}
+        for rule in rules:
+            simple, absence = rule.simple, rule.absence
+            if absence is not None:
+                absent.setdefault(absence.iri, []).append((absence.absent, rule))
+            elif simple is not None and simple.above is not None:
+                above.setdefault(simple.iri, []).append((simple.above, rule))
+            elif simple is not None and simple.below is not None:
+                below.setdefault(simple.iri, []).append((simple.below, rule))
+            else:
+                for iri in rule.attributes:
+                    general.setdefault(iri, []).append(rule)
+
+        def levels(table: dict[str, list[tuple[float, Rule]]]) -> dict[str, tuple[list[float], list[Rule]]]:
+            ordered = {iri: sorted(items, key=lambda item: item[0]) for iri, items in table.items()}
+            return {iri: ([level for level, _ in items], [rule for _, rule in items]) for iri, items in ordered.items()}
+
+        attrs = tuple(dict.fromkeys(iri for rule in rules for iri in rule.attributes))
+        ordered_absent = {iri: sorted(items, key=lambda item: item[0]) for iri, items in absent.items()}
+        return cls(attrs, levels(above), levels(below), ordered_absent, general)
 
 
 class UnknownAlert(KeyError):
@@ -123,16 +175,20 @@ class AlertRules:
         self.max_tracked = max_tracked
         self.sink = StoreSink(store, terms)
         self.rules: dict[str, Rule] = {}
-        self._by_type: dict[str, tuple[Rule, ...]] = {}
+        self._by_type: dict[str, TypeRules] = {}
         self._lock = threading.Lock()  # the writer's thread and the event loop share the states
-        self._states: dict[Key, State] = {}
-        self._deadlines: dict[tuple[str, str, str, str], float] = {}  # (tenant, rule, entity, "absent"/"hold")
-        self._heap: list[tuple[float, tuple[str, str, str, str]]] = []
+        self._states: dict[tuple[str, str], dict[str, State]] = {}  # (tenant, entity) -> rule id -> state
+        self._tracked = 0  # states held, over every entity
+        # timers: ("hold", tenant, entity, rule id) or ("absent", tenant, entity, type, attribute);
+        # _due holds the deadline (an absent's: its last reading), the heap one entry per key
+        self._due_at: dict[TimerKey, float] = {}
+        self._heap: list[tuple[float, TimerKey]] = []
+        self._in_heap: set[TimerKey] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Action] | None = None
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.dropped = 0  # states not tracked because max_tracked was reached
+        self.dropped = 0  # states or timers not kept because max_tracked was reached
         self._location = terms.expand("location")
 
     # -- the rules -------------------------------------------------------------------------------
@@ -145,7 +201,7 @@ class AlertRules:
         for rule in rules.values():
             by_type.setdefault(rule.type_iri, []).append(rule)
         self.rules = rules
-        self._by_type = {key: tuple(value) for key, value in by_type.items()}  # replaced whole: a snapshot
+        self._by_type = {key: TypeRules.of(value) for key, value in by_type.items()}  # replaced whole: a snapshot
 
     def put(self, rule_id: str, text: str) -> tuple[Rule, bool]:
         """Add or replace a rule from its file's text, kept as {id}.toml in the directory; True if
@@ -165,64 +221,101 @@ class AlertRules:
 
     # -- the change listener (inside the write transaction: fast, no I/O) --------------------------
     def listener(self, change: EntityChange, lookup: EntityLookup) -> Sequence[OutboxRow | HistoryRow | AuditRow]:
+        by_type = self._by_type
+        if not by_type:
+            return ()
         entity = change.after if change.after is not None else change.before
-        if entity is None or not self._by_type:
+        if entity is None:
             return ()
-        rules: tuple[Rule, ...] = ()
         for kind in entity.get("type", ()):
-            found = self._by_type.get(kind)
-            if found:
-                rules = found if not rules else rules + found
-        if not rules:
-            return ()
-        after, before = change.after, change.before
-        with self._lock:
-            if after is None:
-                self._forget(change.tenant, change.entity_id, rules)
-                return ()
-            written: dict[str, bool] = {}  # attribute -> whether this change wrote it
-            for rule in rules:
-                absence = rule.absence
-                if absence is not None:
-                    if reading(after, absence.iri) is not None and self._wrote(absence.iri, after, before, written):
-                        self._heard(change.tenant, rule, change.entity_id, absence.absent)
-                    continue
-                if any(self._wrote(iri, after, before, written) for iri in rule.attributes):
-                    self._judge(change.tenant, rule, change.entity_id, after, before)
+            group = by_type.get(kind)
+            if group is not None:
+                with self._lock:
+                    self._changed(change, kind, group)
         return ()
 
-    @staticmethod
-    def _wrote(iri: str, after: dict[str, Any], before: dict[str, Any] | None, written: dict[str, bool]) -> bool:
-        known = written.get(iri)
-        if known is None:
-            known = written[iri] = before is None or after["attrs"].get(iri) != before["attrs"].get(iri)
-        return known
+    def _changed(self, change: EntityChange, kind: str, group: TypeRules) -> None:
+        """Judge the rules of one type of the changed entity: only those whose attributes the
+        change wrote, and of plain thresholds only those the new value passes (or with a state)."""
+        tenant, entity_id, after, before = change.tenant, change.entity_id, change.after, change.before
+        entity_key = (tenant, entity_id)
+        states = self._states.get(entity_key)
+        if after is None:  # deleted: its states and timers go (an open alert stays, for a person)
+            if states is not None:
+                self._tracked -= len(states)
+                del self._states[entity_key]
+            for iri in group.absent:
+                self._due_at.pop(("absent", tenant, entity_id, kind, iri), None)
+            return
+        new = after.get("attrs", {})
+        old = before.get("attrs", {}) if before is not None else None
+        candidates: dict[str, Rule] = {}
+        for iri in group.attrs:
+            current = new.get(iri)
+            if current is None or (old is not None and current == old.get(iri)):
+                continue  # not written by this change
+            if iri in group.absent:
+                self._heard(tenant, entity_id, kind, iri, states, group.absent[iri][0][0])
+            levels = group.above.get(iri)
+            if levels is not None:
+                value = number(reading(after, iri))
+                if value is not None:
+                    for rule in levels[1][: bisect.bisect_left(levels[0], value)]:
+                        candidates[rule.id] = rule
+            levels = group.below.get(iri)
+            if levels is not None:
+                value = number(reading(after, iri))
+                if value is not None:
+                    for rule in levels[1][bisect.bisect_right(levels[0], value) :]:
+                        candidates[rule.id] = rule
+            for rule in group.general.get(iri, ()):
+                candidates[rule.id] = rule
+            if states:  # an open alert or a running `for` is judged whatever the value
+                for rule_id in states:
+                    held = self.rules.get(rule_id)
+                    if held is not None and held.type_iri == kind and iri in held.attributes and not held.absence:
+                        candidates[rule_id] = held
+        if candidates:
+            memo: Memo = {}
+            for rule in candidates.values():
+                self._judge(tenant, rule, entity_id, after, before, memo)
 
-    def _state(self, key: Key, create: bool) -> State | None:
-        state = self._states.get(key)
-        if state is None and create:
-            if len(self._states) >= self.max_tracked:
+    def _state(self, tenant: str, entity_id: str, rule_id: str) -> State | None:
+        """The state of (rule, entity), made if need be (None: max_tracked reached)."""
+        states = self._states.get((tenant, entity_id))
+        state = states.get(rule_id) if states is not None else None
+        if state is None:
+            if self._tracked >= self.max_tracked:
                 self.dropped += 1
                 return None
-            state = self._states[key] = State()
+            state = State()
+            self._states.setdefault((tenant, entity_id), {})[rule_id] = state
+            self._tracked += 1
         return state
 
-    def _judge(self, tenant: str, rule: Rule, entity_id: str, after: dict[str, Any], before: Any) -> None:
-        key = (tenant, rule.id, entity_id)
-        state = self._states.get(key)
+    def _drop(self, tenant: str, entity_id: str, rule_id: str) -> None:
+        states = self._states.get((tenant, entity_id))
+        if states is not None and states.pop(rule_id, None) is not None:
+            self._tracked -= 1
+            if not states:
+                del self._states[(tenant, entity_id)]
+
+    def _judge(self, tenant: str, rule: Rule, entity_id: str, after: dict[str, Any], before: Any, memo: Memo) -> None:
+        states = self._states.get((tenant, entity_id))
+        state = states.get(rule.id) if states is not None else None
         is_open = state is not None and state.open
-        values = evaluate(rule, after, before, is_open)
+        values = evaluate(rule, after, before, is_open, memo)
         if values is None:
             if state is None:
                 return
             if state.open:
                 self._send(Action("resolve", tenant, rule, entity_id, {}))
-            del self._states[key]
-            self._deadlines.pop((*key, "hold"), None)
+            self._drop(tenant, entity_id, rule.id)
+            self._due_at.pop(("hold", tenant, entity_id, rule.id), None)
             return
         if is_open:
             return  # already open: nothing to write (de-duplication)
-        state = self._state(key, create=True)
+        state = self._state(tenant, entity_id, rule.id)
         if state is None:
             return
         location = reading(after, self._location)
@@ -231,46 +324,48 @@ class AlertRules:
             stamp = max((when_of(reading(after, c.iri) or {}) or 0.0 for c in rule.conditions), default=0.0)
             if state.since is None:
                 state.since = stamp or time.time()
-                self._arm((*key, "hold"), time.monotonic() + rule.hold)
+                self._arm(("hold", tenant, entity_id, rule.id), time.monotonic() + rule.hold)
                 return
             if stamp - state.since < rule.hold:
                 return
-        self._fire(key, rule, state)
+        self._fire(tenant, entity_id, rule, state)
 
-    def _fire(self, key: Key, rule: Rule, state: State) -> None:
+    def _fire(self, tenant: str, entity_id: str, rule: Rule, state: State) -> None:
         state.open, state.since = True, None
-        self._deadlines.pop((*key, "hold"), None)
-        self._send(Action("fire", key[0], rule, key[2], dict(state.values), state.location))
+        self._due_at.pop(("hold", tenant, entity_id, rule.id), None)
+        self._send(Action("fire", tenant, rule, entity_id, dict(state.values), state.location))
 
-    def _heard(self, tenant: str, rule: Rule, entity_id: str, seconds: float) -> None:
-        """A reading of an `absent` rule's attribute: its deadline moves, an open alert resolves."""
-        key = (tenant, rule.id, entity_id)
-        state = self._states.get(key)
-        if state is not None and state.open:
-            state.open = False
-            self._send(Action("resolve", tenant, rule, entity_id, {}))
-        self._arm((*key, "absent"), time.monotonic() + seconds)
+    def _heard(
+        self, tenant: str, entity_id: str, kind: str, iri: str, states: dict[str, State] | None, first: float
+    ) -> None:
+        """A reading of an attribute `absent` rules watch: one clock moves whatever their number,
+        and their open alerts resolve."""
+        if states:
+            for rule_id, state in list(states.items()):
+                rule = self.rules.get(rule_id)
+                absence = rule.absence if rule is not None else None
+                if rule is not None and absence is not None and absence.iri == iri and rule.type_iri == kind:
+                    if state.open:
+                        self._send(Action("resolve", tenant, rule, entity_id, {}))
+                    self._drop(tenant, entity_id, rule_id)
+        self._arm(("absent", tenant, entity_id, kind, iri), time.monotonic(), first)
 
-    def _arm(self, key: tuple[str, str, str, str], deadline: float) -> None:
-        if key in self._deadlines:
-            self._deadlines[key] = deadline  # the heap entry is moved when it comes up
+    def _arm(self, key: TimerKey, value: float, delay: float = 0.0) -> None:
+        """Set the key's time (a deadline, or an absent's last reading) and, when the key has no
+        heap entry yet, push one at value + delay."""
+        if key in self._in_heap:
+            self._due_at[key] = value  # its heap entry is moved when it comes up
             return
-        if len(self._deadlines) >= self.max_tracked:
+        if len(self._in_heap) >= self.max_tracked:
             self.dropped += 1
             return
-        self._deadlines[key] = deadline
+        self._due_at[key] = value
+        self._in_heap.add(key)
+        deadline = value + delay
         earliest = not self._heap or deadline < self._heap[0][0]
         heapq.heappush(self._heap, (deadline, key))
         if earliest and self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
-
-    def _forget(self, tenant: str, entity_id: str, rules: tuple[Rule, ...]) -> None:
-        """The entity was deleted: its states and deadlines go (an open alert stays, for a person)."""
-        for rule in rules:
-            key = (tenant, rule.id, entity_id)
-            self._states.pop(key, None)
-            self._deadlines.pop((*key, "hold"), None)
-            self._deadlines.pop((*key, "absent"), None)
 
     def _send(self, action: Action) -> None:
         if self._loop is None or self._queue is None:
@@ -279,33 +374,47 @@ class AlertRules:
 
     # -- the timer -------------------------------------------------------------------------------
     def _due(self, now: float) -> float | None:
-        """Handle the deadlines passed by `now`; the next one (None: none)."""
+        """Handle the timers passed by `now`; when the next one is (None: none)."""
         with self._lock:
             while self._heap and self._heap[0][0] <= now:
                 _, key = heapq.heappop(self._heap)
-                deadline = self._deadlines.get(key)
-                if deadline is None:
-                    continue
-                if deadline > now:  # moved by a later reading: back in, at its new place
-                    heapq.heappush(self._heap, (deadline, key))
-                    continue
-                del self._deadlines[key]
-                tenant, rule_id, entity_id, kind = key
-                rule = self.rules.get(rule_id)
-                if rule is None:
-                    continue
-                state_key = (tenant, rule_id, entity_id)
-                if kind == "absent":
-                    state = self._state(state_key, create=True)
-                    if state is not None and not state.open:
-                        absence = rule.absence
-                        state.values = {"silentForSeconds": absence.absent if absence else 0}
-                        self._fire(state_key, rule, state)
+                value = self._due_at.get(key)
+                later = None
+                if value is not None:
+                    later = self._hold_due(key, value, now) if key[0] == "hold" else self._absent_due(key, value, now)
+                if later is None:
+                    self._in_heap.discard(key)
+                    self._due_at.pop(key, None)
                 else:
-                    state = self._states.get(state_key)
-                    if state is not None and not state.open and state.since is not None:
-                        self._fire(state_key, rule, state)
+                    heapq.heappush(self._heap, (later, key))
             return self._heap[0][0] if self._heap else None
+
+    def _hold_due(self, key: TimerKey, deadline: float, now: float) -> float | None:
+        if deadline > now:
+            return deadline  # moved: back in, at its new place
+        _, tenant, entity_id, rule_id = key
+        states = self._states.get((tenant, entity_id))
+        state = states.get(rule_id) if states is not None else None
+        rule = self.rules.get(rule_id)
+        if rule is not None and state is not None and not state.open and state.since is not None:
+            self._fire(tenant, entity_id, rule, state)
+        return None
+
+    def _absent_due(self, key: TimerKey, last: float, now: float) -> float | None:
+        """Open the alerts of the absent rules whose silence has passed; the next such moment."""
+        _, tenant, entity_id, kind, iri = key
+        group = self._by_type.get(kind)
+        watching = group.absent.get(iri, ()) if group is not None else ()
+        later = None
+        for seconds, rule in watching:
+            if last + seconds > now:
+                later = last + seconds
+                break  # sorted by duration: the others are later still
+            state = self._state(tenant, entity_id, rule.id)
+            if state is not None and not state.open:
+                state.values = {"silentForSeconds": seconds}
+                self._fire(tenant, entity_id, rule, state)
+        return later
 
     async def _timer(self) -> None:
         assert self._wake is not None
@@ -395,7 +504,7 @@ class AlertRules:
                 rule_id = (reading(entity, rule_iri) or {}).get("value")
                 source = (reading(entity, source_iri) or {}).get("value")
                 if status in (OPEN, ACKNOWLEDGED) and rule_id in self.rules and isinstance(source, str):
-                    state = self._state((tenant, str(rule_id), source), create=True)
+                    state = self._state(tenant, source, str(rule_id))
                     if state is not None:
                         state.open = True
                         restored += 1

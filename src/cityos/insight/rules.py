@@ -60,6 +60,8 @@ class RuleFileError(IndicatorFileError):
 
 
 Expand = Callable[[str], str]
+Memo = dict[str, Any]
+MISSING: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,12 @@ class Rule:
     def absence(self) -> Condition | None:
         first = self.conditions[0]
         return first if first.kind == "absent" else None
+
+    @property
+    def simple(self) -> Condition | None:
+        """The rule's one condition when it is a plain threshold (indexed by level: alerts.py)."""
+        first = self.conditions[0]
+        return first if len(self.conditions) == 1 and first.kind == "threshold" else None
 
     @property
     def attributes(self) -> tuple[str, ...]:
@@ -305,7 +313,7 @@ def when_of(instance: dict[str, Any]) -> float | None:
     return epoch(instance.get("observedAt") or instance.get("modifiedAt"))
 
 
-def _number(instance: dict[str, Any] | None) -> float | None:
+def number(instance: dict[str, Any] | None) -> float | None:
     if instance is None:
         return None
     value = instance.get("value")
@@ -328,13 +336,27 @@ def inside(point: tuple[float, float], ring: tuple[tuple[float, float], ...]) ->
     return found
 
 
-def test(condition: Condition, after: dict[str, Any], before: dict[str, Any] | None, open_: bool) -> Any:
+def _per_second(instance: dict[str, Any] | None, previous: dict[str, Any] | None) -> float | None:
+    """The change per second between two readings of an attribute (None: not two timed numbers)."""
+    value, earlier = number(instance), number(previous)
+    if value is None or earlier is None or instance is None or previous is None:
+        return None
+    now, then = when_of(instance), when_of(previous)
+    if now is None or then is None or now <= then:
+        return None
+    return (value - earlier) / (now - then)
+
+
+def test(
+    condition: Condition, after: dict[str, Any], before: dict[str, Any] | None, open_: bool, memo: Memo | None = None
+) -> Any:
     """The value that meets the condition (the triggering value), or None. While the alert is open
-    (`open_`), a threshold holds until its `clear` level is passed: hysteresis."""
+    (`open_`), a threshold holds until its `clear` level is passed: hysteresis. `memo` keeps what
+    several rules of one change read alike (a rate's two readings and their parsed times)."""
     instance = reading(after, condition.iri)
     kind = condition.kind
     if kind == "threshold":
-        value = _number(instance)
+        value = number(instance)
         if value is None:
             return None
         if condition.above is not None:
@@ -344,13 +366,14 @@ def test(condition: Condition, after: dict[str, Any], before: dict[str, Any] | N
         level = condition.clear if open_ and condition.clear is not None else condition.below
         return value if value < level or (open_ and value == level == condition.clear) else None
     if kind == "rate":
-        value, previous = _number(instance), _number(reading(before, condition.iri))
-        if value is None or previous is None or instance is None:
+        per_second = memo.get(condition.iri, MISSING) if memo is not None else MISSING
+        if per_second is MISSING:
+            per_second = _per_second(instance, reading(before, condition.iri))
+            if memo is not None:
+                memo[condition.iri] = per_second
+        if per_second is None:
             return None
-        now, then = when_of(instance), when_of(reading(before, condition.iri) or {})
-        if now is None or then is None or now <= then:
-            return None
-        rate = (value - previous) / (now - then) * condition.per
+        rate = per_second * condition.per
         if condition.above is not None:
             return round(rate, 9) if rate > condition.above else None
         assert condition.below is not None
@@ -378,11 +401,13 @@ def touched(rule: Rule, after: dict[str, Any], before: dict[str, Any] | None) ->
     return any(new.get(iri) != old.get(iri) for iri in rule.attributes)
 
 
-def evaluate(rule: Rule, after: dict[str, Any], before: dict[str, Any] | None, open_: bool) -> dict[str, Any] | None:
+def evaluate(
+    rule: Rule, after: dict[str, Any], before: dict[str, Any] | None, open_: bool, memo: Memo | None = None
+) -> dict[str, Any] | None:
     """The triggering values ({attribute: value}) if the rule's `when` holds, else None."""
     found: dict[str, Any] = {}
     for condition in rule.conditions:
-        value = test(condition, after, before, open_)
+        value = test(condition, after, before, open_, memo)
         if value is None:
             if rule.mode == "all":
                 return None
