@@ -105,6 +105,13 @@ def alert(client: TestClient, rule: str, entity_id: str) -> dict[str, Any] | Non
     return answer.json() if answer.status_code == 200 else None
 
 
+def statuses(temporal: dict[str, Any]) -> list[Any]:
+    """The status values of an Alert's temporal representation, oldest first."""
+    instances = temporal["status"]
+    instances = instances if isinstance(instances, list) else [instances]
+    return [i["value"] for i in sorted(instances, key=lambda i: i.get("modifiedAt", ""))]
+
+
 def expected_alerts(
     readings: list[tuple[float, float]], above: float, clear: float, hold_hours: float
 ) -> list[tuple[str, float]]:
@@ -172,8 +179,7 @@ def test_a_threshold_held_for_two_hours_opens_one_alert_and_resolves_below_its_c
             f"/ngsi-ld/v1/temporal/entities/urn:ngsi-ld:Alert:pm25-high:{AQ}", params={"attrs": "status"}
         )
         assert history.status_code == 200, history.text
-        statuses = [instance["value"] for instance in history.json()["status"]]
-        assert statuses == ["open", "resolved"]  # the one write path records the alert's history
+        assert statuses(history.json()) == ["open", "resolved"]  # the one write path records the alert's history
         alerts = client.get(ENTITIES, params={"type": "Alert", "count": "true"})
         assert alerts.headers["NGSILD-Results-Count"] == "1"
 
@@ -193,7 +199,7 @@ def test_a_flapping_sensor_writes_one_alert(db_url: str, rules_dir: Path) -> Non
         history = client.get(
             f"/ngsi-ld/v1/temporal/entities/urn:ngsi-ld:Alert:pm25-high:{AQ}", params={"attrs": "status"}
         )
-        assert [i["value"] for i in history.json()["status"]] == ["open"]
+        assert statuses(history.json()) == ["open"]
 
 
 def test_a_fast_rise_fires_with_its_rate(db_url: str, rules_dir: Path) -> None:
@@ -266,6 +272,11 @@ def test_the_district_condition_and_an_acknowledgement(db_url: str, rules_dir: P
         assert (
             now is not None and now["status"] == "resolved" and now["acknowledgedBy"] == seen.json()["acknowledgedBy"]
         )
+        # the loud one outside moves into the centre: its location alone was written, the rule is judged
+        assert alert(client, "district-noise", "urn:ngsi-ld:NoiseLevelObserved:n2") is None
+        send(client, "urn:ngsi-ld:NoiseLevelObserved:n2", "location", {"type": "Point", "coordinates": [2.9, 48.1]})
+        moved = alert(client, "district-noise", "urn:ngsi-ld:NoiseLevelObserved:n2")
+        assert moved is not None and moved["status"] == "open" and moved["triggerValues"]["LAeq"] == 75
         assert client.post("/cityos/v1/alerts/urn:ngsi-ld:Alert:none/acknowledge").status_code == 404
 
 

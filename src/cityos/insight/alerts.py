@@ -41,6 +41,7 @@ from typing import Any
 from cityos.audit.chain import AuditRow
 from cityos.ingest.sink import StoreSink
 from cityos.insight.rules import (
+    Condition,
     Memo,
     Rule,
     RuleFileError,
@@ -48,6 +49,7 @@ from cityos.insight.rules import (
     load_rules,
     number,
     parse_rule,
+    rate_per_second,
     reading,
     when_of,
 )
@@ -66,43 +68,82 @@ RESTORE_PAGE = 500
 TimerKey = tuple[str, ...]
 
 
+Ladder = tuple[list[float], list[Rule]]  # levels ascending, and their rules
+Levels = dict[str, Ladder]  # per attribute
+RATE_SLACK = 1e-9  # a rate's gate lets through rules a rounding away from their level: evaluate decides
+
+
 @dataclass(frozen=True, slots=True)
 class TypeRules:
-    """The rules of one entity type, indexed for the listener: plain thresholds sorted by level
-    per attribute (a value passes a prefix of them: one bisection instead of one test per rule),
-    absent rules per attribute sorted by duration, and the others per attribute they read."""
+    """The rules of one entity type, indexed for the listener. A rule that needs a threshold (or,
+    failing one, a rate) to hold is kept under that condition's level, per attribute, sorted: a
+    new value passes a prefix or a suffix of them, found by one bisection instead of one test per
+    rule. `absent` rules are kept per attribute sorted by duration; the others (`any` of several,
+    only polygons), and gated rules for their other attributes, per attribute they read, judged at
+    each write of it."""
 
     attrs: tuple[str, ...]
-    above: dict[str, tuple[list[float], list[Rule]]]
-    below: dict[str, tuple[list[float], list[Rule]]]
+    above: Levels
+    below: Levels
+    rate_above: Levels  # levels per second
+    rate_below: Levels
     absent: dict[str, list[tuple[float, Rule]]]
     general: dict[str, list[Rule]]
 
     @classmethod
     def of(cls, rules: list[Rule]) -> TypeRules:
-        above: dict[str, list[tuple[float, Rule]]] = {}
-        below: dict[str, list[tuple[float, Rule]]] = {}
-        absent: dict[str, list[tuple[float, Rule]]] = {}
+        tables: dict[str, dict[str, list[tuple[float, Rule]]]] = {
+            name: {} for name in ("above", "below", "rate_above", "rate_below", "absent")
+        }
         general: dict[str, list[Rule]] = {}
         for rule in rules:
-            simple, absence = rule.simple, rule.absence
+            absence = rule.absence
             if absence is not None:
-                absent.setdefault(absence.iri, []).append((absence.absent, rule))
-            elif simple is not None and simple.above is not None:
-                above.setdefault(simple.iri, []).append((simple.above, rule))
-            elif simple is not None and simple.below is not None:
-                below.setdefault(simple.iri, []).append((simple.below, rule))
-            else:
+                tables["absent"].setdefault(absence.iri, []).append((absence.absent, rule))
+                continue
+            gate = _gate(rule)
+            if gate is None:
                 for iri in rule.attributes:
                     general.setdefault(iri, []).append(rule)
+                continue
+            if gate.kind == "threshold":
+                name, level = ("above", gate.above) if gate.above is not None else ("below", gate.below)
+            else:
+                name, level = ("rate_above", gate.above) if gate.above is not None else ("rate_below", gate.below)
+                level = level / gate.per if level is not None else None
+            assert level is not None
+            tables[name].setdefault(gate.iri, []).append((level, rule))
+            for iri in rule.attributes:  # a write of its other attributes: judged (the gate's value may pass)
+                if iri != gate.iri:
+                    general.setdefault(iri, []).append(rule)
 
-        def levels(table: dict[str, list[tuple[float, Rule]]]) -> dict[str, tuple[list[float], list[Rule]]]:
+        def levels(table: dict[str, list[tuple[float, Rule]]]) -> Levels:
             ordered = {iri: sorted(items, key=lambda item: item[0]) for iri, items in table.items()}
             return {iri: ([level for level, _ in items], [rule for _, rule in items]) for iri, items in ordered.items()}
 
         attrs = tuple(dict.fromkeys(iri for rule in rules for iri in rule.attributes))
-        ordered_absent = {iri: sorted(items, key=lambda item: item[0]) for iri, items in absent.items()}
-        return cls(attrs, levels(above), levels(below), ordered_absent, general)
+        absent = {iri: sorted(items, key=lambda item: item[0]) for iri, items in tables["absent"].items()}
+        return cls(
+            attrs,
+            levels(tables["above"]),
+            levels(tables["below"]),
+            levels(tables["rate_above"]),
+            levels(tables["rate_below"]),
+            absent,
+            general,
+        )
+
+
+def _gate(rule: Rule) -> Condition | None:
+    """The condition without which the rule cannot hold: its threshold, else its rate (all of
+    them must hold, or there is only one); None: the rule is judged at each write."""
+    if rule.mode != "all" and len(rule.conditions) > 1:
+        return None
+    for kind in ("threshold", "rate"):
+        for condition in rule.conditions:
+            if condition.kind == kind:
+                return condition
+    return None
 
 
 class UnknownAlert(KeyError):
@@ -250,24 +291,22 @@ class AlertRules:
         new = after.get("attrs", {})
         old = before.get("attrs", {}) if before is not None else None
         candidates: dict[str, Rule] = {}
+        memo: Memo = {}  # what the rules of this change read alike (a rate per attribute)
         for iri in group.attrs:
             current = new.get(iri)
             if current is None or (old is not None and current == old.get(iri)):
                 continue  # not written by this change
             if iri in group.absent:
                 self._heard(tenant, entity_id, kind, iri, states, group.absent[iri][0][0])
-            levels = group.above.get(iri)
-            if levels is not None:
+            if iri in group.above or iri in group.below:
                 value = number(reading(after, iri))
                 if value is not None:
-                    for rule in levels[1][: bisect.bisect_left(levels[0], value)]:
-                        candidates[rule.id] = rule
-            levels = group.below.get(iri)
-            if levels is not None:
-                value = number(reading(after, iri))
-                if value is not None:
-                    for rule in levels[1][bisect.bisect_right(levels[0], value) :]:
-                        candidates[rule.id] = rule
+                    self._pass(group.above.get(iri), group.below.get(iri), value, 0.0, candidates)
+            if iri in group.rate_above or iri in group.rate_below:
+                per_second = memo[iri] = rate_per_second(reading(after, iri), reading(before, iri))
+                if per_second is not None:
+                    slack = abs(per_second) * RATE_SLACK + 1e-12
+                    self._pass(group.rate_above.get(iri), group.rate_below.get(iri), per_second, slack, candidates)
             for rule in group.general.get(iri, ()):
                 candidates[rule.id] = rule
             if states:  # an open alert or a running `for` is judged whatever the value
@@ -276,9 +315,20 @@ class AlertRules:
                     if held is not None and held.type_iri == kind and iri in held.attributes and not held.absence:
                         candidates[rule_id] = held
         if candidates:
-            memo: Memo = {}
             for rule in candidates.values():
                 self._judge(tenant, rule, entity_id, after, before, memo)
+
+    @staticmethod
+    def _pass(above: Ladder | None, below: Ladder | None, value: float, slack: float, into: dict[str, Rule]) -> None:
+        """The rules whose level the value passes: above a level (a prefix), below one (a suffix)."""
+        if above is not None:
+            levels, rules = above
+            for rule in rules[: bisect.bisect_left(levels, value + slack)]:
+                into[rule.id] = rule
+        if below is not None:
+            levels, rules = below
+            for rule in rules[bisect.bisect_right(levels, value - slack) :]:
+                into[rule.id] = rule
 
     def _state(self, tenant: str, entity_id: str, rule_id: str) -> State | None:
         """The state of (rule, entity), made if need be (None: max_tracked reached)."""

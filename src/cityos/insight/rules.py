@@ -336,7 +336,7 @@ def inside(point: tuple[float, float], ring: tuple[tuple[float, float], ...]) ->
     return found
 
 
-def _per_second(instance: dict[str, Any] | None, previous: dict[str, Any] | None) -> float | None:
+def rate_per_second(instance: dict[str, Any] | None, previous: dict[str, Any] | None) -> float | None:
     """The change per second between two readings of an attribute (None: not two timed numbers)."""
     value, earlier = number(instance), number(previous)
     if value is None or earlier is None or instance is None or previous is None:
@@ -368,7 +368,7 @@ def test(
     if kind == "rate":
         per_second = memo.get(condition.iri, MISSING) if memo is not None else MISSING
         if per_second is MISSING:
-            per_second = _per_second(instance, reading(before, condition.iri))
+            per_second = rate_per_second(instance, reading(before, condition.iri))
             if memo is not None:
                 memo[condition.iri] = per_second
         if per_second is None:
