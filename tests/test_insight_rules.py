@@ -94,6 +94,7 @@ def test_thresholds_hold_with_hysteresis() -> None:
         (70, False): False,
         (70, True): True,
         (61, True): True,
+        (60, True): False,
         (59, True): False,
     }
     for (value, is_open), holds in expected.items():

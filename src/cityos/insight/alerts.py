@@ -63,6 +63,7 @@ LISTENER = "alert-rules"
 ALERT_TYPE = "Alert"
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
 RESTORE_PAGE = 500
+STOP_SECONDS = 5.0  # at most this long to write the queued alerts at a stop
 
 
 TimerKey = tuple[str, ...]
@@ -572,6 +573,8 @@ class AlertRules:
 
     async def stop(self) -> None:
         self.store.set_change_listener(None, None, name=LISTENER)
+        with contextlib.suppress(TimeoutError):  # the alerts already decided, written while the store is open
+            await asyncio.wait_for(self.settle(), STOP_SECONDS)
         for task in self._tasks:
             await stop_task(task)
         self._tasks = []

@@ -361,10 +361,10 @@ def test(
             return None
         if condition.above is not None:
             level = condition.clear if open_ and condition.clear is not None else condition.above
-            return value if value > level or (open_ and value == level == condition.clear) else None
+            return value if value > level else None
         assert condition.below is not None
         level = condition.clear if open_ and condition.clear is not None else condition.below
-        return value if value < level or (open_ and value == level == condition.clear) else None
+        return value if value < level else None
     if kind == "rate":
         per_second = memo.get(condition.iri, MISSING) if memo is not None else MISSING
         if per_second is MISSING:
