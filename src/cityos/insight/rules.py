@@ -128,7 +128,8 @@ def _line_of(text: str, key: str) -> int | None:
     start = next((i for i, line in enumerate(lines) if re.match(r"^\s*\[+\s*when", line)), 0)
     if key in RULE_FIELDS:
         start = 0
-    return next((i + 1 for i in range(start, len(lines)) if pattern.search(lines[i])), None)
+    found = next((i + 1 for i in range(start, len(lines)) if pattern.search(lines[i])), None)
+    return found or next((i + 1 for i in range(len(lines)) if pattern.search(lines[i])), None)
 
 
 def parse_rule(text: str, path: str, expand: Expand = str) -> Rule:
