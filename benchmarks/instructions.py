@@ -62,6 +62,7 @@ from cityos.app import create_app
 from cityos.settings import Settings
 
 DATABASE_ENV = "CITYOS_INSTRUCTIONS_DATABASE"  # another database setting (a postgresql:// URL; round_trips.py)
+SPOTS = ("spot", "spotread", "get", "refresh")  # kinds over the benchmark's OffStreetParking entities
 RULES_ENV = "CITYOS_INSTRUCTIONS_RULES"  # that many alert rules on the T entities (write_rules)
 PERIODIC_SECONDS = 3600.0  # the periods of the wall-clock work left out (module docstring)
 
@@ -247,7 +248,8 @@ async def measure(kind: str, count: int) -> float:
     if os.environ.get("CITYOS_INSTRUCTIONS_HISTORY") == "off":
         options["temporal_disabled_tenants"] = "*"
     if int(os.environ.get(RULES_ENV, "0")):  # issue 17: alert rules judging every change of T
-        options["rules_dir"] = write_rules(folder / "rules", int(os.environ[RULES_ENV]))
+        watched = ("OffStreetParking", "availableSpotNumber") if kind in SPOTS else ("T", "temperature")
+        options["rules_dir"] = write_rules(folder / "rules", int(os.environ[RULES_ENV]), *watched)
     put_off_periodic()
     fields = getattr(Settings, "__dataclass_fields__", {})
     if "audit_checkpoint_seconds" in fields:  # a commit with the audit trail (issue 13)
@@ -258,8 +260,7 @@ async def measure(kind: str, count: int) -> float:
         if kind in ("avg", "lastn"):
             for load in temporal_loads():
                 assert await call(app, "POST", f"{API}/temporal/entities", load, admin) in (201, 204)
-        spots = ("spot", "spotread", "get", "refresh")
-        everything = [make_entity(n) if kind in spots else entity(n) for n in range(ENTITIES)]
+        everything = [make_entity(n) if kind in SPOTS else entity(n) for n in range(ENTITIES)]
         for start in range(0, ENTITIES, 500):
             load = orjson.dumps(everything[start : start + 500])
             assert await call(app, "POST", f"{API}/entityOperations/upsert", load, admin) in (201, 204)
@@ -271,17 +272,17 @@ async def measure(kind: str, count: int) -> float:
         return await timed(app, [request_of(kind, seq) for seq in range(count)], reader)
 
 
-def write_rules(folder: Path, count: int) -> str:
-    """`count` alert rules over the T entities' temperature, none firing on the benchmark's values
-    (a firing rule writes an Alert: another cost): thresholds, rates, combinations with a polygon
-    around the entities, and absence timers, in turns."""
+def write_rules(folder: Path, count: int, type_: str = "T", attribute: str = "temperature") -> str:
+    """`count` alert rules over the entities' `attribute`, none firing on the benchmark's values
+    (a firing rule writes an Alert: another cost): thresholds, rates, combinations with a polygon,
+    and absence timers, in turns."""
     folder.mkdir()
-    head = 'name = "bench"\ntype = "T"\nseverity = "low"\ncategory = "environment"\n'
+    head = f'name = "bench"\ntype = "{type_}"\nseverity = "low"\ncategory = "environment"\n'
     whens = (
-        'attribute = "temperature"\nabove = 1e9\nclear = 1e8\n',
-        'attribute = "temperature"\nrate_above = 1e12\nper = "1h"\n',
-        'all = [{attribute = "temperature", above = 1e9}, {inside = [[1, 47], [3, 47], [3, 49], [1, 49]]}]\n',
-        'attribute = "temperature"\nabsent = "1d"\n',
+        f'attribute = "{attribute}"\nabove = 1e9\nclear = 1e8\n',
+        f'attribute = "{attribute}"\nrate_above = 1e12\nper = "1h"\n',
+        f'all = [{{attribute = "{attribute}", above = 1e9}}, {{inside = [[1, 47], [3, 47], [3, 49], [1, 49]]}}]\n',
+        f'attribute = "{attribute}"\nabsent = "1d"\n',
     )
     for number in range(count):
         text = f'id = "rule-{number}"\n{head}[when]\n{whens[number % len(whens)]}'
