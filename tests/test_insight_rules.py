@@ -4,6 +4,8 @@ a plain reading of the rule says (the polygon test checked against shapely)."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,15 @@ def test_inside_agrees_with_shapely() -> None:
         if shape.exterior.distance(Point(x, y)) < 1e-9:
             continue  # on the edge: either answer is fair
         assert inside((x, y), ring) is shape.contains(Point(x, y)), (x, y)
+
+
+def test_the_command_line_lists_or_refuses(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text(GOOD)
+    command = [sys.executable, "-m", "cityos", "rules", "list", "--rules-dir", str(tmp_path)]
+    listed = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert (
+        listed.returncode == 0 and listed.stdout == "pm25-high\tAirQualityObserved\thigh\tpm25 threshold\tfor 7200s\n"
+    )
+    (tmp_path / "b.toml").write_text(GOOD.replace('category = "environment"', 'category = "noise"'))
+    refused = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert refused.returncode == 1 and f"{tmp_path / 'b.toml'}:5: category must be one of" in refused.stderr
