@@ -183,6 +183,11 @@ def _prop(value: Any) -> dict[str, Any]:
     return {"type": "Property", "value": value}
 
 
+def _status(value: str, stamp: str) -> dict[str, Any]:
+    """The lifecycle step, observed when it happened: the temporal API lists each step by it."""
+    return {"type": "Property", "value": value, "observedAt": stamp}
+
+
 def fired_body(action: Action, stamp: str) -> dict[str, Any]:
     """The Alert a firing rule writes (replacing the previous episode's, whose history remains)."""
     rule = action.rule
@@ -195,7 +200,7 @@ def fired_body(action: Action, stamp: str) -> dict[str, Any]:
         "description": _prop(rule.description or rule.name),
         "dateIssued": _date(stamp),
         "validFrom": _date(stamp),
-        "status": _prop(OPEN),
+        "status": _status(OPEN, stamp),
         "rule": _prop(rule.id),
         "ruleDigest": _prop(rule.digest),
         "triggerValues": _prop(action.values or {"none": True}),
@@ -496,7 +501,7 @@ class AlertRules:
             body = {
                 "id": action.rule.alert_id(action.entity_id),
                 "type": ALERT_TYPE,
-                "status": _prop(RESOLVED),
+                "status": _status(RESOLVED, stamp),
                 "resolvedAt": _date(stamp),
                 "validTo": _date(stamp),
             }
@@ -525,7 +530,7 @@ class AlertRules:
             "acknowledgedAt": _date(stamp),
         }
         if status == OPEN:
-            body["status"] = _prop(ACKNOWLEDGED)
+            body["status"] = _status(ACKNOWLEDGED, stamp)
         [outcome] = await self.sink.upsert(tenant, [body])
         if outcome.error:
             raise ValueError(outcome.error)
