@@ -29,7 +29,8 @@ a tenth of creating it). CITYOS_INSTRUCTIONS_DATABASE=postgresql://... serves fr
 instead of a new SQLite file (a fresh schema: benchmarks/round_trips.py makes one);
 CITYOS_INSTRUCTIONS_SETTLE=SECONDS waits that long before the measured loop, so that PostgreSQL's audit
 sealer has sealed the load's writes (under callgrind that takes seconds) and is not counted in a read's
-instructions.
+instructions. CITYOS_INSTRUCTIONS_RULES=N serves with N alert rules judging every change of the T
+entities (write_rules; issue 17's "at most 10% with 100 rules").
 
 Work done once per period of wall-clock time (the expiry sweep every second, the authenticator's
 credentials poll every second, the signed audit checkpoint every minute, the WAL checkpoint every
@@ -61,6 +62,8 @@ from cityos.app import create_app
 from cityos.settings import Settings
 
 DATABASE_ENV = "CITYOS_INSTRUCTIONS_DATABASE"  # another database setting (a postgresql:// URL; round_trips.py)
+SPOTS = ("spot", "spotread", "get", "refresh")  # kinds over the benchmark's OffStreetParking entities
+RULES_ENV = "CITYOS_INSTRUCTIONS_RULES"  # that many alert rules on the T entities (write_rules)
 PERIODIC_SECONDS = 3600.0  # the periods of the wall-clock work left out (module docstring)
 
 ENTITIES = 2000
@@ -244,6 +247,9 @@ async def measure(kind: str, count: int) -> float:
         options["audit"] = "off"
     if os.environ.get("CITYOS_INSTRUCTIONS_HISTORY") == "off":
         options["temporal_disabled_tenants"] = "*"
+    if int(os.environ.get(RULES_ENV, "0")):  # issue 17: alert rules judging every change of T
+        watched = ("OffStreetParking", "availableSpotNumber") if kind in SPOTS else ("T", "temperature")
+        options["rules_dir"] = write_rules(folder / "rules", int(os.environ[RULES_ENV]), *watched)
     put_off_periodic()
     fields = getattr(Settings, "__dataclass_fields__", {})
     if "audit_checkpoint_seconds" in fields:  # a commit with the audit trail (issue 13)
@@ -254,8 +260,7 @@ async def measure(kind: str, count: int) -> float:
         if kind in ("avg", "lastn"):
             for load in temporal_loads():
                 assert await call(app, "POST", f"{API}/temporal/entities", load, admin) in (201, 204)
-        spots = ("spot", "spotread", "get", "refresh")
-        everything = [make_entity(n) if kind in spots else entity(n) for n in range(ENTITIES)]
+        everything = [make_entity(n) if kind in SPOTS else entity(n) for n in range(ENTITIES)]
         for start in range(0, ENTITIES, 500):
             load = orjson.dumps(everything[start : start + 500])
             assert await call(app, "POST", f"{API}/entityOperations/upsert", load, admin) in (201, 204)
@@ -265,6 +270,24 @@ async def measure(kind: str, count: int) -> float:
         # the load's after-work (PostgreSQL's audit sealer, 50 ms after a write) done before the count
         await asyncio.sleep(float(os.environ.get("CITYOS_INSTRUCTIONS_SETTLE", "0")))
         return await timed(app, [request_of(kind, seq) for seq in range(count)], reader)
+
+
+def write_rules(folder: Path, count: int, type_: str = "T", attribute: str = "temperature") -> str:
+    """`count` alert rules over the entities' `attribute`, none firing on the benchmark's values
+    (a firing rule writes an Alert: another cost): thresholds, rates, combinations with a polygon,
+    and absence timers, in turns."""
+    folder.mkdir()
+    head = f'name = "bench"\ntype = "{type_}"\nseverity = "low"\ncategory = "environment"\n'
+    whens = (
+        f'attribute = "{attribute}"\nabove = 1e9\nclear = 1e8\n',
+        f'attribute = "{attribute}"\nrate_above = 1e12\nper = "1h"\n',
+        f'all = [{{attribute = "{attribute}", above = 1e9}}, {{inside = [[1, 47], [3, 47], [3, 49], [1, 49]]}}]\n',
+        f'attribute = "{attribute}"\nabsent = "1d"\n',
+    )
+    for number in range(count):
+        text = f'id = "rule-{number}"\n{head}[when]\n{whens[number % len(whens)]}'
+        (folder / f"rule-{number}.toml").write_text(text)
+    return str(folder)
 
 
 def put_off_periodic() -> None:

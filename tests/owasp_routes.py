@@ -59,6 +59,7 @@ PUBLIC_ROUTES = {
     ("GET", "/iot/about"),  # the IoT Agent's version, as the FIWARE agent answers it
     ("POST", "/ngsi-ld/ex/remote-notify"),  # context sources' notifications: the random subscription id
     ("GET", "/cityos/v1/indicators"),  # how each indicator is computed: public, as an algorithm register
+    ("GET", "/cityos/v1/rules"),  # how each alert is decided: public, as an algorithm register
 }
 # the handler that only answers 400 for a missing entity id (`/entities/`, `/entities//attrs`)
 MALFORMED = "missing_entity_id"
@@ -373,6 +374,16 @@ def probes(ids: Ids) -> list[Probe]:
             "admin-write",
             "/cityos/v1/indicators/parking-occupancy",
             content='id = "x"',
+        ),
+        # the alert rules (insight/alerts.py): their declarations are public, changing them and
+        # acknowledging an alert is for admins of every tenant
+        p("GET", "/cityos/v1/rules", "public", "/cityos/v1/rules"),
+        p("PUT", "/cityos/v1/rules/{rule_id}", "admin-write", "/cityos/v1/rules/pm25-high", content='id = "x"'),
+        p(
+            "POST",
+            "/cityos/v1/alerts/{alert_id}/acknowledge",
+            "admin-write",
+            "/cityos/v1/alerts/urn:ngsi-ld:Alert:pm25-high:x/acknowledge",
         ),
         # the data channel between cities (dataspace/): its admin API, and its partners' API
         p("GET", f"{SPACE}/identity", "admin-read", f"{SPACE}/identity"),

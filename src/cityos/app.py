@@ -46,8 +46,11 @@ from cityos.errors import (
 from cityos.federation.client import Forwarder
 from cityos.federation.subscriptions import FederatedSubscriptions
 from cityos.ingest.service import IngestService
+from cityos.insight import alerts_http
 from cityos.insight import http as insight_http
+from cityos.insight.alerts import AlertRules
 from cityos.insight.model import IndicatorFileError
+from cityos.insight.rules import RuleFileError
 from cityos.insight.service import IndicatorService
 from cityos.last_resort import LastResort, answer_unexpected, report
 from cityos.lifeline import exit_with_supervisor
@@ -418,6 +421,12 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         profile_file=settings.city_profile,
         demo=settings.demo_on_empty,
     )
+    alert_rules = AlertRules(
+        services.store,
+        registry.core_terms(),
+        directory=settings.rules_dir,
+        max_tracked=settings.alerts_max_tracked,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -470,6 +479,13 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             raise
         indicators.start()  # the schedule (--indicators-interval); results go through the write path
         stack.push_async_callback(indicators.stop)
+        try:
+            alert_rules.load()
+        except (RuleFileError, OSError) as exc:
+            startup_problem.append(f"cannot start: a rule file was refused: {exc}")
+            raise
+        await alert_rules.start()  # rules judge every change from here; alerts go through the write path
+        stack.push_async_callback(alert_rules.stop)
         csource.sender = pipeline.subscriptions.sender  # one Sender for every notification
         await csource.start()
         stack.push_async_callback(csource.stop)
@@ -499,6 +515,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *policy_http.routes(),
         *dataspace_http.routes(),
         *insight_http.routes(),
+        *alerts_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
     ]
@@ -522,6 +539,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     app.state.policies = policies
     app.state.snapshot_fills = snapshot_fills
     app.state.indicators = indicators
+    app.state.alert_rules = alert_rules
     app.add_middleware(snapshots_http.SnapshotHeader, answer=ngsild_error)  # innermost: inside authentication
     app.state.dataspace = dataspace
     if identity.required:  # who is calling and why, before any handler: auth/middleware.py (auth off: nothing to do)

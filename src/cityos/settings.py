@@ -249,6 +249,12 @@ class Settings:
     indicators_interval: float = _setting(
         0.0, "Seconds between scheduled computations of every indicator (docs/indicators.md); 0: on demand only."
     )
+    rules_dir: str = _setting(
+        "", 'Directory of alert rule files (*.toml, docs/indicators.md "Alert rules") loaded at start.'
+    )
+    alerts_max_tracked: int = _setting(
+        100_000, "At most this many (rule, entity) states and timers kept by the alert rules (memory bound)."
+    )
     temporal_disabled_tenants: str = _setting(
         "",
         "Tenants whose changes are not recorded as history (comma list; `@default` is the default tenant, `*` all).",
