@@ -47,6 +47,7 @@ from cityos.federation.client import Forwarder
 from cityos.federation.subscriptions import FederatedSubscriptions
 from cityos.ingest.service import IngestService
 from cityos.insight import http as insight_http
+from cityos.insight.anomaly_watch import AnomalyWatch, detector_settings
 from cityos.insight.model import IndicatorFileError
 from cityos.insight.service import IndicatorService
 from cityos.last_resort import LastResort, answer_unexpected, report
@@ -416,6 +417,10 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         directory=settings.indicators_dir,
         interval=settings.indicators_interval,
     )
+    # flags anomalous readings of --anomaly-attrs (off when empty), through the write path
+    anomalies = AnomalyWatch(
+        services.store, registry.core_terms(), attrs=settings.anomaly_attrs, settings=detector_settings(settings)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -459,6 +464,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             await policies.reload()
         await pipeline.start()  # before the first write: every change is matched and recorded
         stack.push_async_callback(pipeline.stop)
+        await anomalies.start()  # a change listener too: before the IoT Agent's and the demo's writes
+        stack.push_async_callback(anomalies.stop)
         await ingest.start()  # the IoT Agent, and the demo city into an empty database
         stack.push_async_callback(ingest.stop)
         try:
@@ -520,6 +527,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     app.state.policies = policies
     app.state.snapshot_fills = snapshot_fills
     app.state.indicators = indicators
+    app.state.anomalies = anomalies  # its on_flag list is the hook for alert rules
     app.add_middleware(snapshots_http.SnapshotHeader, answer=ngsild_error)  # innermost: inside authentication
     app.state.dataspace = dataspace
     if identity.required:  # who is calling and why, before any handler: auth/middleware.py (auth off: nothing to do)
