@@ -190,9 +190,8 @@ class AnomalyDetector:
             s.run_flagged = True
             s.anchor_at = at
             return Verdict("stuck", float(s.run), s.anchor, f"the same value {value:g} {s.run} times in a row")
-        if at - s.anchor_at > max(
-            cfg.max_gap, 3.0 * s.interval
-        ):  # after a gap the step means nothing: start again from here
+        # after a gap the step means nothing: start again from here
+        if at - s.anchor_at > max(cfg.max_gap, 3.0 * s.interval):
             s.anchor, s.anchor_at, s.streak = value, at, 0
             s.levels.push(bucket, value)
             return None

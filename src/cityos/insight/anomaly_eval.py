@@ -8,7 +8,8 @@ flag of a run is either on that kind of fault or a false alarm:
 - drift: an offset growing linearly to 2 to 4 robust standard deviations over 48 to 168 readings
   (then the sensor is recalibrated: the fault ends).
 
-About one fault per `spacing` readings, after the warm-up, never overlapping. Recall is per
+About one fault per `spacing` readings (at most a twentieth of the series), after the warm-up,
+never overlapping. Recall is per
 fault (found if any reading of it is flagged); precision per flag (a flag inside a fault is
 true, up to `grace` readings after one is not counted, any other is a false alarm). The clean run
 (no fault) gives the false alarms per 1,000 readings. The robust standard deviation is the
@@ -24,12 +25,13 @@ import gzip
 import io
 import random
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
-from cityos.insight.anomaly import AnomalyDetector, DetectorSettings
+from cityos.insight.anomaly import AnomalyDetector, DetectorSettings, Verdict
 
 KINDS = ("spike", "stuck", "drift")
 BEIJING_COLUMNS = ("PM2.5", "NO2", "TEMP")
@@ -149,6 +151,7 @@ def inject(
     """A faulty copy of the values and the faults' [first, last] reading indexes."""
     values = list(series.values)
     sd = robust_sd(values)
+    spacing = max(20, min(spacing, len(values) // 20))  # a short (daily) series gets enough faults too
     faults: list[tuple[int, int]] = []
     at = start + rng.randrange(spacing)
     while True:
@@ -174,16 +177,19 @@ def inject(
     return values, faults
 
 
+class Observer(Protocol):
+    def observe(self, key: Hashable, at: float, value: float) -> Verdict | None: ...
+
+
 def score_run(
     series: Series,
     values: Sequence[float],
     faults: Sequence[tuple[int, int]],
-    settings: DetectorSettings,
+    detector: Observer,
     score: Score,
     *,
     grace: int = 3,
 ) -> None:
-    detector = AnomalyDetector(settings)
     owner = [-1] * len(values)  # the fault each reading belongs to (-2: just after one)
     for number, (first, last) in enumerate(faults):
         for index in range(first, last + 1):
@@ -213,19 +219,25 @@ def evaluate(
     seed: int = 17,
     kinds: Sequence[str] = KINDS,
     spacing: int = 400,
+    make: Callable[[], Observer] | None = None,
 ) -> list[Score]:
-    """One Score per (dataset, kind), the clean run ("none") first for each dataset."""
+    """One Score per (dataset, kind), the clean run ("none") first for each dataset. `make`: another
+    detector to measure the same way (a fresh one per run; AnomalyDetector by default)."""
     base = settings or DetectorSettings()
+
+    def fresh() -> Observer:
+        return make() if make is not None else AnomalyDetector(base)
+
     scores: dict[tuple[str, str], Score] = {}
     for item in series:
         rng = random.Random(f"{seed}/{item.dataset}/{item.name}")
         key = (item.dataset, "none")
         clean = scores.setdefault(key, Score(*key))
-        score_run(item, item.values, [], base, clean)
+        score_run(item, item.values, [], fresh(), clean)
         for kind in kinds:
             values, faults = inject(item, kind, rng, start=2 * base.warmup, spacing=spacing)
             key = (item.dataset, kind)
-            score_run(item, values, faults, base, scores.setdefault(key, Score(*key)))
+            score_run(item, values, faults, fresh(), scores.setdefault(key, Score(*key)))
     return list(scores.values())
 
 

@@ -104,7 +104,10 @@ def _number(instance: Instance) -> float | None:
     value = instance.get("value")
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a double
+        return None
     return number if math.isfinite(number) else None
 
 
@@ -173,13 +176,20 @@ class AnomalyWatch:
     def listener(self, change: EntityChange, lookup: EntityLookup) -> Sequence[OutboxRow | HistoryRow]:
         if MARK in change.tenant:  # a snapshot's copy: not a reading
             return ()
+        try:
+            self._judge(change)
+        except Exception:  # the detector must never fail the write it watches
+            log.exception("the anomaly detector failed on a change of %s", change.entity_id)
+        return ()
+
+    def _judge(self, change: EntityChange) -> None:
         after = change.after
         if after is None:
             if change.before is not None:
                 for attr, instances in change.before["attrs"].items():
                     for instance in instances:
                         self.detector.forget((change.tenant, change.entity_id, attr, instance.get("datasetId")))
-            return ()
+            return
         old_attrs = change.before["attrs"] if change.before is not None else {}
         for attr, instances in after["attrs"].items():
             if self.watched is not None and attr not in self.watched:
@@ -199,7 +209,6 @@ class AnomalyWatch:
                 verdict = self.detector.observe(key, seconds, value)
                 if verdict is not None or ANOMALY_IRI in instance:
                     self._hand_off(Flag(change.tenant, change.entity_id, attr, dataset, stamp, value, verdict))
-        return ()
 
     def _hand_off(self, flag: Flag) -> None:
         loop, queue = self._loop, self._queue
