@@ -116,3 +116,23 @@ def test_off_by_default(db_url: str) -> None:
         assert not watch.enabled
         assert plain.post(UPSERT, json=[_reading(0, 1.0)]).status_code == 201
         assert len(watch.detector) == 0
+
+
+def test_history_counts_no_flag_as_an_observation() -> None:
+    """temporal/history.py: a flag added or cleared is no new instance, and none is recorded with one."""
+    from cityos.store.base import EntityChange
+    from cityos.temporal.history import changed_instances, history_rows
+
+    def entity(instance: dict[str, Any]) -> dict[str, Any]:
+        stamp = "2024-03-01T00:00:00.000Z"
+        return {"id": SENSOR, "type": ["T"], "createdAt": stamp, "modifiedAt": stamp, "attrs": {"a": [instance]}}
+
+    reading = {"type": "Property", "value": 60.0, "createdAt": "2024-03-01T00:00:00.000Z"}
+    reading["modifiedAt"] = reading["createdAt"]  # no observedAt: the system times say when
+    flag = {"type": "Property", "value": {"kind": "spike"}, "createdAt": "2024-03-01T00:00:01.000Z"}
+    flagged = {**reading, ANOMALY_IRI: flag}
+    assert changed_instances(entity(reading), entity(flagged)) == []
+    assert changed_instances(entity(flagged), entity(reading)) == []
+    newer = {**flagged, "value": 1.0, "modifiedAt": "2024-03-01T01:00:00.000Z"}  # a merge keeps the flag
+    [row] = history_rows(EntityChange("", SENSOR, entity(flagged), entity(newer)))
+    assert row.instance["value"] == 1.0 and ANOMALY_IRI not in row.instance
