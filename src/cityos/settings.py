@@ -251,7 +251,7 @@ class Settings:
         " (docs/indicators.md, Anomaly detection).",
     )
     anomaly_threshold: float = _setting(
-        7.0, "Anomaly detector: robust z-score of a reading's step above which the reading is a spike."
+        16.0, "Anomaly detector: robust z-score of a reading's step above which the reading is a spike."
     )
     anomaly_stuck_run: int = _setting(
         6,
@@ -259,7 +259,7 @@ class Settings:
         " twice the series' own longest recent run).",
     )
     anomaly_drift_threshold: float = _setting(
-        60.0, "Anomaly detector: CUSUM of the level residual (robust standard deviations) past which a series drifts."
+        250.0, "Anomaly detector: CUSUM of the level residual (robust standard deviations) past which a series drifts."
     )
     anomaly_warmup: int = _setting(72, "Anomaly detector: readings of a series before it judges any.")
     anomaly_max_series: int = _setting(

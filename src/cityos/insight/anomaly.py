@@ -41,10 +41,10 @@ DAY = 86400.0
 class DetectorSettings:
     """Thresholds (README: the --anomaly-* settings) and the baseline's shape."""
 
-    threshold: float = 7.0  # robust z of a step, above which a reading is a spike
+    threshold: float = 16.0  # robust z of a step, above which a reading is a spike
     stuck_run: int = 6  # identical readings in a row, at least, before a series is stuck
     stuck_factor: float = 2.0  # ... and more than this times its own longest recent run
-    drift_threshold: float = 60.0  # CUSUM (in robust standard deviations) past which a series drifts
+    drift_threshold: float = 250.0  # CUSUM (in robust standard deviations) past which a series drifts
     drift_slack: float = 1.5  # residual (robust sd) the CUSUM forgives at each reading
     warmup: int = 72  # readings of a series before any verdict
     window: int = 16  # values kept per season bucket
