@@ -264,7 +264,7 @@ class Settings:
     anomaly_warmup: int = _setting(72, "Anomaly detector: readings of a series before it judges any.")
     anomaly_max_series: int = _setting(
         10000,
-        "Anomaly detector: series (entity, attribute, datasetId) kept in memory, about 7 KB each; the least"
+        "Anomaly detector: series (entity, attribute, datasetId) kept in memory, 6 KB of doubles each; the least"
         " recently fed is forgotten beyond it.",
     )
     temporal_disabled_tenants: str = _setting(
