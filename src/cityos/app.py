@@ -49,6 +49,7 @@ from cityos.ingest.service import IngestService
 from cityos.insight import alerts_http
 from cityos.insight import http as insight_http
 from cityos.insight.alerts import AlertRules
+from cityos.insight.anomaly_watch import AnomalyWatch, detector_settings
 from cityos.insight.model import IndicatorFileError
 from cityos.insight.rules import RuleFileError
 from cityos.insight.service import IndicatorService
@@ -427,6 +428,10 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         directory=settings.rules_dir,
         max_tracked=settings.alerts_max_tracked,
     )
+    # flags anomalous readings of --anomaly-attrs (off when empty), through the write path
+    anomalies = AnomalyWatch(
+        services.store, registry.core_terms(), attrs=settings.anomaly_attrs, settings=detector_settings(settings)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -470,6 +475,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             await policies.reload()
         await pipeline.start()  # before the first write: every change is matched and recorded
         stack.push_async_callback(pipeline.stop)
+        await anomalies.start()  # a change listener too: before the IoT Agent's and the demo's writes
+        stack.push_async_callback(anomalies.stop)
         await ingest.start()  # the IoT Agent, and the demo city into an empty database
         stack.push_async_callback(ingest.stop)
         try:
@@ -540,6 +547,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     app.state.snapshot_fills = snapshot_fills
     app.state.indicators = indicators
     app.state.alert_rules = alert_rules
+    app.state.anomalies = anomalies  # its on_flag list is the hook for alert rules
     app.add_middleware(snapshots_http.SnapshotHeader, answer=ngsild_error)  # innermost: inside authentication
     app.state.dataspace = dataspace
     if identity.required:  # who is calling and why, before any handler: auth/middleware.py (auth off: nothing to do)

@@ -255,6 +255,29 @@ class Settings:
     alerts_max_tracked: int = _setting(
         100_000, "At most this many (rule, entity) states and timers kept by the alert rules (memory bound)."
     )
+    anomaly_attrs: str = _setting(
+        "",
+        "Attributes whose numeric readings the anomaly detector watches (comma list of core @context terms or"
+        " IRIs; `*`: every numeric Property; empty: off). An anomalous reading gets an `anomaly` sub-property"
+        " (docs/indicators.md, Anomaly detection).",
+    )
+    anomaly_threshold: float = _setting(
+        16.0, "Anomaly detector: robust z-score of a reading's step above which the reading is a spike."
+    )
+    anomaly_stuck_run: int = _setting(
+        6,
+        "Anomaly detector: identical readings in a row, at least, before a sensor counts as stuck (and more than"
+        " twice the series' own longest recent run).",
+    )
+    anomaly_drift_threshold: float = _setting(
+        250.0, "Anomaly detector: CUSUM of the level residual (robust standard deviations) past which a series drifts."
+    )
+    anomaly_warmup: int = _setting(72, "Anomaly detector: readings of a series before it judges any.")
+    anomaly_max_series: int = _setting(
+        10000,
+        "Anomaly detector: series (entity, attribute, datasetId) kept in memory, 6 KB of doubles each; the least"
+        " recently fed is forgotten beyond it.",
+    )
     temporal_disabled_tenants: str = _setting(
         "",
         "Tenants whose changes are not recorded as history (comma list; `@default` is the default tenant, `*` all).",

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from cityos.entities.model import NULL_URI, VALUE_MEMBER, Entity, Instance
 from cityos.entities.values import identical, now
+from cityos.insight.anomaly import ANOMALY_IRI
 from cityos.snapshots.scope import MARK
 from cityos.store.base import EntityChange, EntityLookup, HistoryRow, OutboxRow
 from cityos.store.temporal_base import SCOPE_ATTR
@@ -69,13 +70,21 @@ def _observation(instance: Instance) -> dict[str, object]:
     }
 
 
+def _unflagged(instance: Instance) -> Instance:
+    """The instance without the anomaly detector's flag: history keeps readings, not verdicts."""
+    return {key: value for key, value in instance.items() if key != ANOMALY_IRI}
+
+
 def _differ(old: Instance | None, new: Instance) -> bool:
     return old != new or not identical(old, new)
 
 
 def restated(old: Instance | None, new: Instance) -> bool:
     """The same observation again: observedAt and every member unchanged (true after 1 is a new
-    value, not the same one stated again)."""
+    value, not the same one stated again). The anomaly detector's flag added to or cleared from a
+    reading (insight/anomaly_watch.py) is not a new observation either."""
+    if old is not None and (ANOMALY_IRI in new or ANOMALY_IRI in old) and _unflagged(old) == _unflagged(new):
+        return True
     if old is None or "observedAt" not in new or old.get("observedAt") != new["observedAt"]:
         return False
     observed, again = _observation(old), _observation(new)
@@ -134,7 +143,9 @@ def history_rows(change: EntityChange) -> list[HistoryRow]:
         return []
     types = list(entity.get("type", []))
     return [
-        HistoryRow(change.tenant, change.entity_id, types, attr, instance)
+        HistoryRow(
+            change.tenant, change.entity_id, types, attr, _unflagged(instance) if ANOMALY_IRI in instance else instance
+        )
         for attr, instance in changed_instances(change.before, change.after)
     ]
 
