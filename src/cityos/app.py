@@ -46,8 +46,11 @@ from cityos.errors import (
 from cityos.federation.client import Forwarder
 from cityos.federation.subscriptions import FederatedSubscriptions
 from cityos.ingest.service import IngestService
+from cityos.insight import forecast_http
 from cityos.insight import http as insight_http
+from cityos.insight.forecast_service import ForecastService
 from cityos.insight.model import IndicatorFileError
+from cityos.insight.register import ModelRegister, forecaster_entries, indicator_entries
 from cityos.insight.service import IndicatorService
 from cityos.last_resort import LastResort, answer_unexpected, report
 from cityos.lifeline import exit_with_supervisor
@@ -416,6 +419,11 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         directory=settings.indicators_dir,
         interval=settings.indicators_interval,
     )
+    forecasts = ForecastService(services.store, registry.core_terms())
+    # the register of models (docs/indicators.md): rules and detectors add their providers here
+    model_register = ModelRegister()
+    model_register.add(lambda: indicator_entries(indicators.indicators))
+    model_register.add(lambda: forecaster_entries(forecasts.forecasters))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -497,6 +505,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *policy_http.routes(),
         *dataspace_http.routes(),
         *insight_http.routes(),
+        *forecast_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
     ]
@@ -520,6 +529,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     app.state.policies = policies
     app.state.snapshot_fills = snapshot_fills
     app.state.indicators = indicators
+    app.state.forecasts = forecasts
+    app.state.model_register = model_register
     app.add_middleware(snapshots_http.SnapshotHeader, answer=ngsild_error)  # innermost: inside authentication
     app.state.dataspace = dataspace
     if identity.required:  # who is calling and why, before any handler: auth/middleware.py (auth off: nothing to do)

@@ -41,7 +41,14 @@ _NUMBERS = itertools.count(1)
 # the inbox for context sources' notifications (its credential is the random subscription id it
 # made: ngsild/remote_notify.py).
 PUBLIC_PATHS = frozenset(
-    {"/version", "/cityos/v1/auth/token", "/iot/about", "/ngsi-ld/ex/remote-notify", "/cityos/v1/indicators"}
+    {
+        "/version",
+        "/cityos/v1/auth/token",
+        "/iot/about",
+        "/ngsi-ld/ex/remote-notify",
+        "/cityos/v1/indicators",
+        "/cityos/v1/insight/register",
+    }
 )
 PUBLIC_READS = "/ngsi-ld/v1/jsonldContexts"
 
