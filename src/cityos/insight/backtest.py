@@ -37,7 +37,7 @@ import numpy as np
 
 from cityos.insight import forecast as fc
 
-COMMAND = "python -m cityos.insight.backtest --write"
+COMMAND = "python -m cityos.insight.backtest --data ../shared/data/timeseries --write"
 STRIDE = 7 * 24 + 13
 ORIGINS = 30
 BEIJING = ("Dongsi", "Aotizhongxin", "Changping")
@@ -141,8 +141,8 @@ def run(data: Path, origins: int) -> dict[str, Any]:
             **ours.summary(),
             "baseline": f"seasonal naive, m = {forecaster.baseline_season}",
             **base.summary("baseline_"),
-            "seconds": round(time.perf_counter() - started, 1),
         }
+        print(f"{forecaster_id}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return {
         "command": COMMAND,
         "settings": {"origins_per_series": origins, "stride_steps": STRIDE, "levels": list(fc.LEVELS)},
