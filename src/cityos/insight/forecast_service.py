@@ -109,10 +109,15 @@ def forecast_body(
     valid_from = history.start + forecaster.history * step
     values = []
     for k in range(forecaster.horizon):
-        item: dict[str, Any] = {"at": iso(valid_from + k * step), "value": round(float(prediction.mean[k]), 6)}
+        # every forecast quantity is a concentration or a count: below 0 is clipped to 0 (the normal
+        # intervals know nothing of that; clipping changes no interval's coverage of real values)
+        item: dict[str, Any] = {
+            "at": iso(valid_from + k * step),
+            "value": round(max(0.0, float(prediction.mean[k])), 6),
+        }
         for level, (lower, upper) in prediction.bounds.items():
-            item[f"lower{level}"] = round(float(lower[k]), 6)
-            item[f"upper{level}"] = round(float(upper[k]), 6)
+            item[f"lower{level}"] = round(max(0.0, float(lower[k])), 6)
+            item[f"upper{level}"] = round(max(0.0, float(upper[k])), 6)
         values.append(item)
     measured = fc.accuracy().get("forecasters", {}).get(forecaster.id)
 
