@@ -60,6 +60,7 @@ PUBLIC_ROUTES = {
     ("POST", "/ngsi-ld/ex/remote-notify"),  # context sources' notifications: the random subscription id
     ("GET", "/cityos/v1/indicators"),  # how each indicator is computed: public, as an algorithm register
     ("GET", "/cityos/v1/rules"),  # how each alert is decided: public, as an algorithm register
+    ("GET", "/cityos/v1/insight/register"),  # the register of models: every indicator and forecaster, public
 }
 # the handler that only answers 400 for a missing entity id (`/entities/`, `/entities//attrs`)
 MALFORMED = "missing_entity_id"
@@ -385,6 +386,15 @@ def probes(ids: Ids) -> list[Probe]:
             "admin-write",
             "/cityos/v1/alerts/urn:ngsi-ld:Alert:pm25-high:x/acknowledge",
         ),
+        # forecasts (insight/forecast*.py): computing them is for admins; the register of models is public
+        p("POST", "/cityos/v1/forecasters/compute", "admin-write", "/cityos/v1/forecasters/compute"),
+        p(
+            "POST",
+            "/cityos/v1/forecasters/{forecaster_id}/compute",
+            "admin-write",
+            "/cityos/v1/forecasters/pm25-next-day/compute",
+        ),
+        p("GET", "/cityos/v1/insight/register", "public", "/cityos/v1/insight/register"),
         # the data channel between cities (dataspace/): its admin API, and its partners' API
         p("GET", f"{SPACE}/identity", "admin-read", f"{SPACE}/identity"),
         p("GET", f"{SPACE}/partners", "admin-read", f"{SPACE}/partners"),

@@ -46,11 +46,19 @@ from cityos.errors import (
 from cityos.federation.client import Forwarder
 from cityos.federation.subscriptions import FederatedSubscriptions
 from cityos.ingest.service import IngestService
-from cityos.insight import alerts_http
+from cityos.insight import alerts_http, forecast_http
 from cityos.insight import http as insight_http
 from cityos.insight.alerts import AlertRules
 from cityos.insight.anomaly_watch import AnomalyWatch, detector_settings
+from cityos.insight.forecast_service import ForecastService
 from cityos.insight.model import IndicatorFileError
+from cityos.insight.register import (
+    ModelRegister,
+    detector_entries,
+    forecaster_entries,
+    indicator_entries,
+    rule_entries,
+)
 from cityos.insight.rules import RuleFileError
 from cityos.insight.service import IndicatorService
 from cityos.last_resort import LastResort, answer_unexpected, report
@@ -432,6 +440,13 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     anomalies = AnomalyWatch(
         services.store, registry.core_terms(), attrs=settings.anomaly_attrs, settings=detector_settings(settings)
     )
+    forecasts = ForecastService(services.store, registry.core_terms())
+    # the register of models (docs/indicators.md): rules and detectors add their providers here
+    model_register = ModelRegister()
+    model_register.add(lambda: indicator_entries(indicators.indicators))
+    model_register.add(lambda: forecaster_entries(forecasts.forecasters))
+    model_register.add(lambda: rule_entries(alert_rules.rules))
+    model_register.add(lambda: detector_entries(anomalies))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -523,6 +538,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *dataspace_http.routes(),
         *insight_http.routes(),
         *alerts_http.routes(),
+        *forecast_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
     ]
@@ -548,6 +564,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     app.state.indicators = indicators
     app.state.alert_rules = alert_rules
     app.state.anomalies = anomalies  # its on_flag list is the hook for alert rules
+    app.state.forecasts = forecasts
+    app.state.model_register = model_register
     app.add_middleware(snapshots_http.SnapshotHeader, answer=ngsild_error)  # innermost: inside authentication
     app.state.dataspace = dataspace
     if identity.required:  # who is calling and why, before any handler: auth/middleware.py (auth off: nothing to do)

@@ -48,6 +48,7 @@ PUBLIC_PATHS = frozenset(
         "/ngsi-ld/ex/remote-notify",
         "/cityos/v1/indicators",
         "/cityos/v1/rules",  # how each alert is decided: public, as the indicators (only GET is routed)
+        "/cityos/v1/insight/register",
     }
 )
 PUBLIC_READS = "/ngsi-ld/v1/jsonldContexts"
