@@ -4,7 +4,7 @@ A forecaster names an entity type and a numeric attribute whose future a decisio
 step the history is aggregated to (in SQL, by the temporal store), how much history it reads, the
 horizon and the seasonal periods. The method is statsforecast's MSTL (a seasonal decomposition per
 period) with AutoETS on the deseasonalised trend, which gives prediction intervals; statsforecast
-is an optional dependency (`pip install 'cityos[forecast]'`), imported only when a model is fitted,
+is an optional dependency (`pip install -e '.[forecast]' in the CityOS checkout`), imported only when a model is fitted,
 so a server without it starts as before and answers a forecast request with ForecastUnavailable.
 
 The baseline every forecaster is measured against is the seasonal-naive forecast (the value one
@@ -151,7 +151,7 @@ def _statsforecast() -> tuple[Any, Any]:
         from statsforecast.models import MSTL, AutoETS
     except ImportError as exc:
         raise ForecastUnavailable(
-            "forecasts need the optional dependency statsforecast: pip install 'cityos[forecast]'"
+            "forecasts need the optional dependency statsforecast: pip install -e '.[forecast]' in the CityOS checkout"
         ) from exc
     return MSTL, AutoETS
 
