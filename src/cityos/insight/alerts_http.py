@@ -21,9 +21,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cityos.auth.credentials import require_admin
-from cityos.errors import BadRequestData, OperationNotSupported, ResourceNotFound
+from cityos.errors import ResourceNotFound
 from cityos.insight.alerts import AlertRules, UnknownAlert
-from cityos.insight.rules import Rule, RuleFileError
+from cityos.insight.http import put_file
+from cityos.insight.rules import Rule
 from cityos.ngsild.common import principal, tenant
 
 RULES = "/cityos/v1/rules"
@@ -73,18 +74,7 @@ async def list_rules(request: Request) -> Response:
 
 async def put_rule(request: Request) -> Response:
     require_admin(principal(request), every_tenant=True)
-    rules = _rules(request)
-    try:
-        text = (await request.body()).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequestData("a rule file is UTF-8 text") from exc
-    try:
-        rule, created = rules.put(request.path_params["rule_id"], text)
-    except RuleFileError as exc:
-        raise BadRequestData(f"line {exc.line}: {exc.reason}" if exc.line else exc.reason) from None
-    except ValueError as exc:
-        raise OperationNotSupported(str(exc)) from None
-    return _json(describe(rule), status=201 if created else 200)
+    return await put_file(request, _rules(request).put, "rule_id", describe, "a rule file")
 
 
 async def acknowledge(request: Request) -> Response:

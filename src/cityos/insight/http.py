@@ -12,6 +12,7 @@ Computing reads the store directly (no access policy applies to it), hence admin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import PurePath
 from typing import Any
 
@@ -141,19 +142,27 @@ async def verify(request: Request) -> Response:
     )
 
 
-async def put_indicator(request: Request) -> Response:
-    service = _service(request, admin=True)
+async def put_file(
+    request: Request, put: Callable[[str, str], tuple[Any, bool]], key: str, show: Callable[[Any], Any], noun: str
+) -> Response:
+    """PUT of a declaration file (an indicator, an alert rule): its TOML text in, what was loaded
+    out; a refused file is 400 with its line and reason, nothing changed."""
     try:
         text = (await request.body()).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BadRequestData("an indicator file is UTF-8 text") from exc
+        raise BadRequestData(f"{noun} is UTF-8 text") from exc
     try:
-        indicator, created = service.put(request.path_params["indicator_id"], text)
-    except IndicatorFileError as exc:
+        loaded, created = put(request.path_params[key], text)
+    except IndicatorFileError as exc:  # a refused rule file too (RuleFileError)
         raise BadRequestData(f"line {exc.line}: {exc.reason}" if exc.line else exc.reason) from None
     except ValueError as exc:
         raise OperationNotSupported(str(exc)) from None
-    return _json(describe(indicator), status=201 if created else 200)
+    return _json(show(loaded), status=201 if created else 200)
+
+
+async def put_indicator(request: Request) -> Response:
+    service = _service(request, admin=True)
+    return await put_file(request, service.put, "indicator_id", describe, "an indicator file")
 
 
 def routes() -> list[Route]:
