@@ -18,21 +18,11 @@ from starlette.testclient import TestClient
 
 from cityos.app import create_app
 from cityos.settings import Settings
+from test_insight_rules import GOOD
 
 ENTITIES = "/ngsi-ld/v1/entities"
 RULES = {
-    "pm25-high": """id = "pm25-high"
-name = "PM2.5 above 75 for 2 hours"
-type = "AirQualityObserved"
-severity = "high"
-category = "environment"
-subCategory = "airPollution"
-for = "2h"
-[when]
-attribute = "pm25"
-above = 75
-clear = 60
-""",
+    "pm25-high": GOOD,  # PM2.5 above 75 for 2 hours, clear at 60 (the rule file tests' own)
     "heat-rise": """id = "heat-rise"
 name = "Temperature rising more than 10 degrees an hour"
 type = "WeatherObserved"
