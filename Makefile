@@ -41,11 +41,12 @@ typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
 # three pytest workers, each test file on one of them (--dist loadfile): most tests wait on real
-# servers, so three keep 2 cores busy (4,368 tests in 18-22 minutes on 2 cores, 2026-12-07);
-# PYTEST_WORKERS=0 runs them in one process
+# servers, so three keep 2 cores busy; files marked `slow` start first, longest first (tests/conftest.py;
+# --no-loadscope-reorder keeps that order: xdist's own puts the files with fewest tests, the slowest,
+# last); PYTEST_WORKERS=0 runs them in one process
 PYTEST_WORKERS ?= 3
 unit: $(VENV)/.dev
-	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test: lint typecheck unit
 

@@ -28,6 +28,21 @@ from cityos.settings import Settings
 from notify_helpers import free_port, stop_process, wait_serving
 
 CORE = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.9.jsonld"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files marked `slow` first, longest first, the rest in their order: with `make test`'s `--dist loadfile
+    --no-loadscope-reorder`, a worker takes the next file in this order, so a two-minute file started
+    last no longer keeps the others waiting (xdist's own order, most tests first, put the slowest
+    files, which have few tests, at the very end). The order is the same in every worker, as xdist needs."""
+    seconds: dict[Path, float] = {}
+    for item in items:
+        mark = item.get_closest_marker("slow")
+        if mark is not None:
+            seconds[item.path] = mark.kwargs.get("seconds", 60)
+    items.sort(key=lambda item: -seconds.get(item.path, 0))  # stable: each file's tests keep their order
+
+
 DATA = Path(__file__).parent / "data"
 
 

@@ -20,6 +20,8 @@ from backends import make_key
 from notify_helpers import wait_for
 from server_process import LoggedServer
 
+pytestmark = pytest.mark.slow(seconds=60)
+
 ENTITIES = "/ngsi-ld/v1/entities"
 POLICIES = "/cityos/v1/admin/policies"
 AUDIT = "/cityos/v1/audit"

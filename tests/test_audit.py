@@ -41,6 +41,8 @@ from cityos.store import is_postgres
 from notify_helpers import BrokerProcess
 from server_process import LoggedServer
 
+pytestmark = pytest.mark.slow(seconds=70)
+
 ENTITIES = "/ngsi-ld/v1/entities"
 AUDIT = "/cityos/v1/audit"
 

@@ -21,6 +21,8 @@ import pytest
 from backends import cli_env, make_key
 from server_process import LoggedServer
 
+pytestmark = pytest.mark.slow(seconds=120)
+
 # these tests are about the door, not policies: every authenticated caller may do everything
 ALLOW_AUTHENTICATED = str(Path(__file__).parent / "data" / "policies-authenticated-all.yaml")
 

@@ -21,6 +21,8 @@ from cityos.errors import MAX_LOGGED_TRACEBACK
 from cityos.last_resort import LastResort
 from server_process import LoggedServer
 
+pytestmark = pytest.mark.slow(seconds=70)
+
 BASE = "/ngsi-ld/v1"
 
 

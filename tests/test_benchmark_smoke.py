@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow(seconds=150)
+
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = {
     "sqlite": ("raw SQLite write", "raw SQLite read"),

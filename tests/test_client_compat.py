@@ -23,6 +23,8 @@ from starlette.testclient import TestClient
 from cityos.app import create_app
 from cityos.settings import Settings
 
+pytestmark = pytest.mark.slow(seconds=90)
+
 V1 = "/ngsi-ld/v1"
 STORE = "urn:ngsi-ld:Building:store001"
 SHELF = "urn:ngsi-ld:Shelf:unit001"

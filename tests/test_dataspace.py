@@ -32,6 +32,8 @@ from cityos.dataspace.signatures import (
 from dataspace_helpers import audit, cli, free_ports, signed, signing_key, wait_for
 from server_process import LoggedServer
 
+pytestmark = pytest.mark.slow(seconds=70)
+
 API = "/cityos/v1/admin/dataspace"
 PURPOSE = "traffic-planning"
 AREA = {

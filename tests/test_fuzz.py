@@ -25,6 +25,8 @@ from cityos.app import create_app
 from cityos.settings import Settings
 from fuzzing import BASE, Generator, Request, entity, registration, subscription
 
+pytestmark = pytest.mark.slow(seconds=90)
+
 CORPUS = Path(__file__).parent / "data" / "fuzz-corpus"
 FUZZ_BACKENDS = ["sqlite", *(["postgres"] if os.environ.get("CITYOS_FUZZ_POSTGRES") == "1" else [])]
 SEED = int(os.environ.get("CITYOS_FUZZ_SEED", "20261206"))

@@ -27,6 +27,8 @@ from cityos.ingest.sink import StoreSink
 from cityos.pipeline import open_pipeline
 from cityos.settings import Settings
 
+pytestmark = pytest.mark.slow(seconds=60)
+
 DATA = Path(__file__).parent / "data" / "csv"
 STATIONS = DATA / "air-stations.csv"
 GOOD = ["AQ01", "AQ02", "AQ04", "AQ06", "AQ11", "AQ12", "AQ13", "AQ14", "AQ15"]

@@ -22,6 +22,8 @@ from cityos.app import create_app
 from cityos.settings import Settings
 from notify_helpers import BrokerProcess, Receiver, receiving
 
+pytestmark = pytest.mark.slow(seconds=80)
+
 HOURS = 24 * 365
 STATION = "urn:ngsi-ld:AirQualityObserved:Beijing-Dongsi"
 THRESHOLD = 495  # the rows at or above it are notified: about 90 of the year

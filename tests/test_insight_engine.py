@@ -25,6 +25,8 @@ from cityos.app import create_app
 from cityos.settings import Settings
 from notify_helpers import receiving
 
+pytestmark = pytest.mark.slow(seconds=60)
+
 INDICATORS = "/cityos/v1/indicators"
 ENTITIES = "/ngsi-ld/v1/entities"
 KPI = "urn:ngsi-ld:KeyPerformanceIndicator:{}:city"

@@ -27,6 +27,8 @@ from cityos.insight.profile import demo_profile, parse_profile
 from cityos.settings import Settings
 from test_insight_engine import BEIJING, _csv, traffic_by_hour
 
+pytestmark = pytest.mark.slow(seconds=60)
+
 INDICATORS = "/cityos/v1/indicators"
 BEIJING_ZONE = timezone(timedelta(hours=8))
 

@@ -15,10 +15,13 @@ from contextlib import closing
 from pathlib import Path
 
 import httpx
+import pytest
 
 from backends import sqlite_only
 from notify_helpers import free_port, receiving
 from server_process import LoggedServer
+
+pytestmark = pytest.mark.slow(seconds=60)
 
 API = "/ngsi-ld/v1"
 

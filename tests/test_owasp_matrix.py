@@ -47,6 +47,8 @@ from owasp_routes import (
 )
 from server_process import LoggedServer
 
+pytestmark = pytest.mark.slow(seconds=120)
+
 FORBIDDEN = "urn:cityos:errors:AccessDenied"
 LISTINGS = ("subscriptions", "subscriptions/", "snapshots")  # the listings of owned resources
 NOT_FOUND = {

@@ -12,6 +12,8 @@ import pytest
 
 from readme_examples import ROOT, expected_json, json_difference, localise, output_difference, parse_readme, run_readme
 
+pytestmark = pytest.mark.slow(seconds=60)
+
 README = ROOT / "README.md"
 
 

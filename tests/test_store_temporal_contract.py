@@ -37,6 +37,8 @@ from cityos.store.temporal_base import (
 from cityos.temporal.history import HistoryRecorder
 from cityos.temporal.query import to_micros
 
+pytestmark = pytest.mark.slow(seconds=70)
+
 R = TypeVar("R")
 V = "https://example.org/"
 TYPE_SENSOR, TYPE_METER, TYPE_CAR = V + "Sensor", V + "Meter", V + "Car"
