@@ -402,6 +402,27 @@ def test_q_on_air_quality(town: TestClient, q: str, expected: list[str]) -> None
     assert ids(town, type="AirQualityObserved", q=q) == expected
 
 
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("inspected>=2016-03-10T00:00:00Z", ["urn:ngsi-ld:Lamp:b"]),
+        ("inspected<2016-03-10T00:00:00Z", ["urn:ngsi-ld:Lamp:a"]),
+        ("inspected==2016-03-01T00:00:00Z", ["urn:ngsi-ld:Lamp:a"]),
+        ("inspected==2016-02-01T00:00:00Z..2016-03-05T00:00:00Z", ["urn:ngsi-ld:Lamp:a"]),
+        ("inspected>=2016-03-01", ["urn:ngsi-ld:Lamp:a", "urn:ngsi-ld:Lamp:b"]),
+    ],
+)
+def test_q_compares_typed_date_time_values_by_their_value(client: TestClient, q: str, expected: list[str]) -> None:
+    """A value written as a typed literal, {"@type": "DateTime", "@value": ...}, compares as the
+    instant it holds (spec 4.9), as the same text without its type does."""
+    lamps = [
+        {"id": f"urn:ngsi-ld:Lamp:{name}", "type": "Lamp", "inspected": prop({"@type": "DateTime", "@value": when})}
+        for name, when in (("a", "2016-03-01T00:00:00Z"), ("b", "2016-03-20T08:30:00Z"))
+    ]
+    assert client.post(BATCH + "/create", json=lamps).status_code == 201
+    assert ids(client, type="Lamp", q=q) == expected
+
+
 def test_q_alone_is_a_wide_enough_query(town: TestClient) -> None:
     assert ids(town, q="no2>60") == [ESPANA]
 

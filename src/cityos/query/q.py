@@ -527,6 +527,8 @@ def _resolve_instance(instance: Any, steps: tuple[tuple[bool, str], ...], keys: 
         kind_name = str(kind)
         # A language map compares by its strings, unless `[tag]` picks one language.
         language_strings = kind == "LanguageProperty" and isinstance(raw, dict) and not keys
+        if isinstance(raw, dict) and "@value" in raw and not keys:
+            raw = raw["@value"]  # a typed literal ({"@type": "DateTime", "@value": ...}) compares by its value
         items = list(raw.values()) if language_strings else [raw]
     for key in keys:
         items = _index(items, key)
