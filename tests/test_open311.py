@@ -70,7 +70,9 @@ class City:
         return found
 
     def count(self, entity_type: str = "Open311ServiceRequest") -> int:
-        answer = self.client.get(ENTITIES, params={"type": entity_type, "count": "true", "limit": "0"}, headers=self.bearer)
+        answer = self.client.get(
+            ENTITIES, params={"type": entity_type, "count": "true", "limit": "0"}, headers=self.bearer
+        )
         return int(answer.headers["NGSILD-Results-Count"])
 
     @property
@@ -175,7 +177,8 @@ def errors(answer: Any, fmt: str, status: int) -> list[str]:
         assert all(e["code"] == status for e in body)
         return [e["description"] for e in body]
     root, items = xml_shape(answer.content)
-    assert (root, items[0]) == xml_shape((SAMPLES / "errors.xml").read_bytes())[0:1] + (("error", ["code", "description"]),)
+    spec_root, spec_items = xml_shape((SAMPLES / "errors.xml").read_bytes())
+    assert root == spec_root and all(item == spec_items[0] for item in items)
     tree = ET.fromstring(answer.content)
     assert all(e.findtext("code") == str(status) for e in tree)
     return [e.findtext("description") or "" for e in tree]
@@ -228,9 +231,14 @@ def test_a_report_is_posted_and_read_back_in_both_formats(city: City) -> None:
 
 def test_searches_use_the_specs_filters(city: City) -> None:
     key = city.key()
-    lamp = city.report("json", key, service_code="streetlight-out", lat="36.9149", long="-116.7640", **{
-        "attribute[LIGHT_STATE]": "off"
-    }).json()[0]["service_request_id"]
+    lamp = city.report(
+        "json",
+        key,
+        service_code="streetlight-out",
+        lat="36.9149",
+        long="-116.7640",
+        **{"attribute[LIGHT_STATE]": "off"},
+    ).json()[0]["service_request_id"]
     bin_ = city.report("json", key, service_code="bin-overflowing", lat="36.9095", long="-116.7587").json()[0][
         "service_request_id"
     ]
@@ -251,13 +259,17 @@ def test_searches_use_the_specs_filters(city: City) -> None:
         f"{BASE}/requests.json", params={"start_date": "2010-01-01T00:00:00Z", "end_date": "2010-03-01T00:00:00Z"}
     )
     assert old.json() == []
-    assert "90 days" in errors(
-        city.client.get(
-            f"{BASE}/requests.json", params={"start_date": "2010-01-01T00:00:00Z", "end_date": "2011-01-01T00:00:00Z"}
-        ),
-        "json",
-        400,
-    )[0]
+    assert (
+        "90 days"
+        in errors(
+            city.client.get(
+                f"{BASE}/requests.json",
+                params={"start_date": "2010-01-01T00:00:00Z", "end_date": "2011-01-01T00:00:00Z"},
+            ),
+            "json",
+            400,
+        )[0]
+    )
     errors(city.client.get(f"{BASE}/requests.xml", params={"status": "pending"}), "xml", 400)
     errors(city.client.get(f"{BASE}/requests.json", params={"start_date": "yesterday"}), "json", 400)
     errors(city.client.get(f"{BASE}/requests.json", params={"jurisdiction_id": "elsewhere"}), "json", 404)
@@ -281,7 +293,12 @@ BAD_INPUT = [
     ("no location", {"lat": "", "long": ""}, 400, "location is required"),
     ("lat without long", {"long": ""}, 400, "together"),
     ("not a number", {"lat": "north"}, 400, "lat must be a number"),
-    ("required attribute", {"service_code": "streetlight-out", "lat": "36.9062", "long": "-116.7615"}, 400, "LIGHT_STATE"),
+    (
+        "required attribute",
+        {"service_code": "streetlight-out", "lat": "36.9062", "long": "-116.7615"},
+        400,
+        "LIGHT_STATE",
+    ),
     ("attribute value", {"service_code": "graffiti", "attribute[OFFENSIVE]": "maybe"}, 400, "not one of its values"),
     ("undeclared attribute", {"attribute[COLOUR]": "red"}, 400, "COLOUR"),
     ("bad e-mail", {"email": "<script>@x"}, 400, "email"),
@@ -414,7 +431,12 @@ def test_a_report_is_linked_to_the_nearest_asset_of_its_service(city: City) -> N
     key = city.key()
     lon, lat = MAIN_LAMP_2
     near = city.report(
-        "json", key, service_code="streetlight-out", lat=str(lat + 0.00005), long=str(lon), **{"attribute[LIGHT_STATE]": "day"}
+        "json",
+        key,
+        service_code="streetlight-out",
+        lat=str(lat + 0.00005),
+        long=str(lon),
+        **{"attribute[LIGHT_STATE]": "day"},
     ).json()[0]
     entity = city.entity(near["service_request_id"])
     assert entity["refAsset"]["object"] == "urn:ngsi-ld:Streetlight:main-2"
@@ -424,7 +446,12 @@ def test_a_report_is_linked_to_the_nearest_asset_of_its_service(city: City) -> N
     pothole = city.report("json", key, lat=str(lat), long=str(lon)).json()[0]  # potholes declare no asset type
     assert "refAsset" not in city.entity(pothole["service_request_id"])
     lonely = city.report(
-        "json", key, service_code="streetlight-out", lat="36.8500", long="-116.8000", **{"attribute[LIGHT_STATE]": "off"}
+        "json",
+        key,
+        service_code="streetlight-out",
+        lat="36.8500",
+        long="-116.8000",
+        **{"attribute[LIGHT_STATE]": "off"},
     ).json()[0]
     assert "refAsset" not in city.entity(lonely["service_request_id"])  # none within 50 m
 
@@ -450,7 +477,9 @@ def test_operators_move_the_lifecycle_and_the_reporter_is_notified(city: City) -
     wrong = city.client.post(status, json={"status": "inProgress"}, headers=city.bearer)
     assert wrong.status_code == 409 and "cannot become" in wrong.json()["detail"]
     assert city.client.post(status, json={"status": "lost"}, headers=city.bearer).status_code == 400
-    missing = city.client.post("/cityos/v1/open311/requests/nothing/status", json={"status": "closed"}, headers=city.bearer)
+    missing = city.client.post(
+        "/cityos/v1/open311/requests/nothing/status", json={"status": "closed"}, headers=city.bearer
+    )
     assert missing.status_code == 404
 
     got = city.client.get(f"{BASE}/requests/{request_id}.json").json()[0]

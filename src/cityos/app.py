@@ -65,8 +65,6 @@ from cityos.last_resort import LastResort, answer_unexpected, report
 from cityos.lifeline import exit_with_supervisor
 from cityos.logs import configure as configure_logging
 from cityos.net import OutboundPolicy
-from cityos.open311 import http as open311_http
-from cityos.open311.services import CatalogueError
 from cityos.ngsild import (
     batch,
     contexts,
@@ -81,6 +79,8 @@ from cityos.ngsild import (
     temporal,
 )
 from cityos.ngsild.common import TENANT_HEADER, Services
+from cityos.open311 import http as open311_http
+from cityos.open311.services import CatalogueError
 from cityos.pipeline import WritePipeline, context_registry, settings_store
 from cityos.policy import http as policy_http
 from cityos.policy.service import PolicyService, access_policies

@@ -30,6 +30,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from cityos.auth.errors import Unauthorized
+from cityos.auth.principal import Principal
 from cityos.auth.ratelimit import RateLimiter, make_limiter, retry_after
 from cityos.errors import BadRequestData, Conflict, NgsiLdError, ResourceNotFound
 from cityos.ngsild import guard
@@ -205,13 +206,13 @@ async def _fields(request: Request) -> tuple[dict[str, list[str]], UploadFile | 
         except HTTPException as exc:
             raise Open311Error(400, f"the form could not be read: {exc.detail}") from None
         body: dict[str, list[str]] = {}
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
+        for name, item in form.multi_items():
+            if isinstance(item, UploadFile):
                 if name != "media":
                     raise Open311Error(400, f"{name[:64]}: only `media` may be a file")
-                upload = value
+                upload = item
             else:
-                body.setdefault(name, []).append(value)
+                body.setdefault(name, []).append(item)
         fields.update(body)
     elif content_type and await request.body():
         raise Open311Error(400, "send the report as application/x-www-form-urlencoded or multipart/form-data")
@@ -224,6 +225,7 @@ async def _check_key(request: Request, key: str, state: Open311Http) -> str:
         if state.settings.open311_api_key == "optional":
             return "anonymous"
         raise Open311Error(403, "api_key was not provided -- can't proceed with create_request")
+    who: Principal | None
     try:
         who = await request.app.state.identity.authenticator.authenticate(f"Bearer {key}")
     except Unauthorized:
@@ -234,7 +236,9 @@ async def _check_key(request: Request, key: str, state: Open311Http) -> str:
         wait = state.limiter.take(f"open311:{who.id}")
         if wait > 0:
             raise Open311Error(
-                429, "too many reports from this api_key: try again later", headers={"Retry-After": str(retry_after(wait))}
+                429,
+                "too many reports from this api_key: try again later",
+                headers={"Retry-After": str(retry_after(wait))},
             )
     return who.id
 

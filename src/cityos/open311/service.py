@@ -302,7 +302,10 @@ class Open311:
         duplicate: tuple[str, int] | None = None
         asset: tuple[str, float] | None = None
         if report.lon is not None and report.lat is not None:
-            body["location"] = {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [report.lon, report.lat]}}
+            body["location"] = {
+                "type": "GeoProperty",
+                "value": {"type": "Point", "coordinates": [report.lon, report.lat]},
+            }
             duplicate = await self._original(tenant, service, report.lon, report.lat, now)
             asset = await self._nearest_asset(tenant, service, report.lon, report.lat)
         if asset is not None:
