@@ -39,6 +39,7 @@ ASSETS = [
     ("urn:ngsi-ld:WasteContainer:park", "WasteContainer", -116.7587, 36.9095),
 ]
 MAX_MEDIA = 200_000
+INDICATOR_DIR = Path(__file__).resolve().parents[1] / "src" / "cityos" / "open311" / "indicators"
 _names = itertools.count(1)
 
 
@@ -89,6 +90,7 @@ def city(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         open311_rate_limit=0.01,
         open311_rate_limit_burst=12,
         open311_max_media_bytes=MAX_MEDIA,
+        indicators_dir=str(INDICATOR_DIR),  # the resolution-time indicator of docs/citizens.md
     )
     with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
         made = City(client, "", {})
@@ -501,3 +503,13 @@ def test_operators_move_the_lifecycle_and_the_reporter_is_notified(city: City) -
     assert all(n["email"]["value"] == "ana@example.org" and n["deliveryStatus"]["value"] == "pending" for n in notes)
     reopened = city.client.post(status, json={"status": "reopened"}, headers=city.bearer)
     assert reopened.json()["status"] == "open"
+
+    # the indicator of docs/citizens.md: the mean resolutionTime of the requests closed at least once
+    timed = city.client.get(
+        ENTITIES, params={"type": "Open311ServiceRequest", "q": "resolutionTime", "limit": "1000"}, headers=city.bearer
+    ).json()
+    seconds = [e["resolutionTime"]["value"] for e in timed]
+    assert len(seconds) >= 2
+    computed = city.client.post("/cityos/v1/indicators/open311-mean-resolution-time/compute", headers=city.bearer)
+    assert computed.status_code == 200, computed.text
+    assert computed.json()["value"] == pytest.approx(sum(seconds) / len(seconds))

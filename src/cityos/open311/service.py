@@ -210,6 +210,8 @@ class Search:
 
 def check_search(params: Mapping[str, str], now: datetime) -> Search:
     ids = tuple(part.strip() for part in params.get("service_request_id", "").split(",") if part.strip())
+    if len(ids) > MAX_RESULTS:
+        raise Open311Error(400, f"at most {MAX_RESULTS} service_request_id at once")
     for request_id in ids:
         if not REQUEST_ID.match(request_id):
             raise Open311Error(400, f"service_request_id {request_id[:64]} is not a request id")
