@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -348,14 +349,12 @@ def test_uploads_oversized_or_not_images_are_refused(city: City) -> None:
 
 
 def _noise_png(size: int) -> bytes:
-    side = 16
-    while True:
-        image = Image.frombytes("RGB", (side, side), bytes((i * 7919) % 251 for i in range(side * side * 3)))
-        out = io.BytesIO()
-        image.save(out, "PNG")
-        if len(out.getvalue()) > size:
-            return out.getvalue()
-        side *= 2
+    """A real PNG larger than `size` (random pixels do not compress)."""
+    side = int((size / 3) ** 0.5) + 8
+    out = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(out, "PNG")
+    assert len(out.getvalue()) > size
+    return out.getvalue()
 
 
 def _gif() -> bytes:
