@@ -186,7 +186,8 @@ async def post_request(request: Request, fmt: str) -> Response:
     if done.duplicate_of is not None:
         answer["duplicate_of"] = done.duplicate_of
         answer["duplicate_reports"] = done.duplicate_count
-    return _answer("requests", fmt, [answer], 201, {"Location": f"{BASE}/requests/{done.request_id}.{fmt}"})
+    # 200, as the spec's Swagger file says (its clients expect it), with where the request is
+    return _answer("requests", fmt, [answer], 200, {"Location": f"{BASE}/requests/{done.request_id}.{fmt}"})
 
 
 def _base(request: Request) -> str:

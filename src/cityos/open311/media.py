@@ -77,13 +77,14 @@ class MediaStore:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
 
-    def save(self, image: CleanImage) -> str:
-        """The file's name; written to a temporary file and renamed, so a reader never sees half."""
+    def save(self, image: CleanImage) -> tuple[str, bool]:
+        """The file's name, and whether this call made it (False: the same photo was sent before);
+        written to a temporary file and renamed, so a reader never sees half of it."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = image.name
         target = self.directory / name
         if target.exists():
-            return name
+            return name, False
         fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=".upload-")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -92,7 +93,7 @@ class MediaStore:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        return name
+        return name, True
 
     def remove(self, name: str) -> None:
         if NAME.match(name):

@@ -323,15 +323,16 @@ class Open311:
                 f"This problem was already reported (request {original}); your report is linked to it "
                 f"and counted ({count + 2} reports so far). " + notice
             ).strip()
-        name = None
+        made = None
         if report.media is not None:
-            name = self.media.save(report.media)
+            name, created = self.media.save(report.media)
+            made = name if created else None
             body["media_url"] = prop(f"{media_base}/open311/v2/media/{name}")
         try:
             await self.sink.upsert(tenant, bodies, atomic=True)
         except BaseException:
-            if name is not None:
-                self.media.remove(name)  # nothing stored of a refused report (a shared photo: rewritten next time)
+            if made is not None:
+                self.media.remove(made)  # nothing stored of a refused report (a photo sent before stays)
             raise
         return Submitted(
             request_id,
