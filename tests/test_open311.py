@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 from cityos.app import create_app
 from cityos.auth.principal import OPEN
 from cityos.settings import Settings
+from notify_helpers import receiving
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "open311"
 if not DATA.is_dir():
@@ -92,6 +93,7 @@ def city(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         open311_rate_limit_burst=12,
         open311_max_media_bytes=MAX_MEDIA,
         indicators_dir=str(INDICATOR_DIR),  # the resolution-time indicator of docs/citizens.md
+        allow_private_networks=True,  # the subscription test's receiver is on 127.0.0.1
     )
     with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
         made = City(client, "", {})
@@ -524,3 +526,27 @@ def test_operators_move_the_lifecycle_and_the_reporter_is_notified(city: City) -
     computed = city.client.post("/cityos/v1/indicators/open311-mean-resolution-time/compute", headers=city.bearer)
     assert computed.status_code == 200, computed.text
     assert computed.json()["value"] == pytest.approx(sum(seconds) / len(seconds))
+
+
+def test_reports_are_subscribable_as_any_entity(city: City) -> None:
+    with receiving() as receiver:
+        made = city.client.post(
+            "/ngsi-ld/v1/subscriptions",
+            json={
+                "type": "Subscription",
+                "entities": [{"type": "Open311ServiceRequest"}],
+                "q": 'service_code=="graffiti"',
+                "notification": {"endpoint": {"uri": receiver.url, "accept": "application/json"}},
+            },
+            headers=city.bearer,
+        )
+        assert made.status_code == 201, made.text
+        try:
+            posted = city.report("json", city.key(), service_code="graffiti", **{"attribute[OFFENSIVE]": "no"})
+            request_id = posted.json()[0]["service_request_id"]
+            [received] = receiver.wait(1)
+            [entity] = received.body["data"]
+            assert entity["id"] == f"urn:ngsi-ld:Open311ServiceRequest:{request_id}"
+            assert entity["serviceAttributes"]["value"] == {"OFFENSIVE": "no"}
+        finally:
+            city.client.delete(made.headers["location"], headers=city.bearer)
