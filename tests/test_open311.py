@@ -10,22 +10,27 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import threading
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import pytest
 import yaml
 from PIL import Image
 from starlette.testclient import TestClient
 
+from backends import make_key
 from cityos.app import create_app
 from cityos.auth.principal import OPEN
 from cityos.settings import Settings
 from notify_helpers import receiving
+from server_process import LoggedServer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "open311"
 if not DATA.is_dir():
@@ -550,3 +555,42 @@ def test_reports_are_subscribable_as_any_entity(city: City) -> None:
             assert entity["serviceAttributes"]["value"] == {"OFFENSIVE": "no"}
         finally:
             city.client.delete(made.headers["location"], headers=city.bearer)
+
+
+def test_one_key_over_two_workers_gets_the_burst_once(fresh_postgres: str, tmp_path: Path) -> None:
+    """A real `cityos serve --workers 2` on PostgreSQL: the reports of one api_key, spread over both
+    workers, share one bucket (auth/ratelimit.py's shared table), so the burst is let through once."""
+    key = make_key(fresh_postgres, "--name", "busy-app")
+    burst = 6
+    server = LoggedServer(
+        tmp_path / "serve.log", "--workers", "2",
+        "--open311-rate-limit", "0.01", "--open311-rate-limit-burst", str(burst),
+        "--open311-media-dir", str(tmp_path / "media"),
+        env={"CITYOS_DATABASE": fresh_postgres},
+    )  # fmt: skip
+    server.start()
+    answers: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def post(n: int) -> None:
+        data = {"api_key": key, "service_code": "pothole", "lat": "36.90", "long": f"-116.{700 + n}"}
+        url = f"{server.base}{BASE}/requests.json"
+        answer = httpx.post(url, data=data, headers={"Connection": "close"}, timeout=30)
+        with lock:
+            answers.append(answer)
+
+    try:
+        for round_ in range(4):
+            threads = [threading.Thread(target=post, args=(round_ * 10 + n,)) for n in range(2 * burst)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if len({a.headers["x-request-id"].split("-")[0] for a in answers}) == 2:
+                break
+        assert len({a.headers["x-request-id"].split("-")[0] for a in answers}) == 2, server.log()[-2000:]
+        codes = Counter(a.status_code for a in answers)
+        assert set(codes) == {200, 429} and burst <= codes[200] <= burst + 1, codes
+        assert all(a.json()[0]["code"] == 429 for a in answers if a.status_code == 429)
+    finally:
+        server.stop()

@@ -161,7 +161,7 @@ async def post_request(request: Request, fmt: str) -> Response:
     settings = state.settings
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > settings.open311_max_media_bytes + 65536:
-        raise Open311Error(413, f"the report is larger than {settings.open311_max_media_bytes} bytes of photo allows")
+        raise Open311Error(413, f"the report is larger than a photo of {settings.open311_max_media_bytes} bytes allows")
     fields, upload = await _fields(request)
     key = fields.get("api_key", [""])[-1]
     provider = await _check_key(request, key, state)
