@@ -266,9 +266,14 @@ class Open311:
         self.media = media
         self.settings = settings or Settings311()
         self.sink = StoreSink(store, terms)
+        self._iris: dict[str, str] = {}
 
     def _expand(self, name: str) -> str:
-        return self.terms.expand(name)
+        """A term's IRI, looked up once (the core @context's terms do not change while serving)."""
+        iri = self._iris.get(name)
+        if iri is None:
+            iri = self._iris[name] = self.terms.expand(name)
+        return iri
 
     # -- reports ---------------------------------------------------------------------------------
     async def submit(self, tenant: str, report: Report, *, media_base: str, provider: str) -> Submitted:
