@@ -257,6 +257,20 @@ def test_searches_use_the_specs_filters(city: City) -> None:
     assert bin_ in {r["service_request_id"] for r in found} and {r["service_code"] for r in found} == {
         "bin-overflowing"
     }
+    two = city.client.get(f"{BASE}/requests.json", params={"service_code": "bin-overflowing,streetlight-out"}).json()
+    assert {lamp, bin_} <= {r["service_request_id"] for r in two}
+    assert {r["service_code"] for r in two} == {"bin-overflowing", "streetlight-out"}
+    either = {"status": "open,closed", "service_code": "streetlight-out"}
+    opened = city.client.get(f"{BASE}/requests.json", params=either)
+    assert lamp in {r["service_request_id"] for r in opened.json()}
+    # the same window through NGSI-LD q: the dates are ISO text the store compares
+    since = city.client.get(f"{BASE}/requests/{lamp}.json").json()[0]["requested_datetime"]
+    newer = city.client.get(
+        ENTITIES,
+        params={"type": "Open311ServiceRequest", "q": f'requested_datetime>="{since}"', "limit": "1000"},
+        headers=city.bearer,
+    ).json()
+    assert f"urn:ngsi-ld:Open311ServiceRequest:{lamp}" in {e["id"] for e in newer}
     both = city.client.get(f"{BASE}/requests.json", params={"service_request_id": f"{lamp},{bin_}"}).json()
     assert {r["service_request_id"] for r in both} == {lamp, bin_}
     everything = city.client.get(f"{BASE}/requests.xml")

@@ -66,7 +66,9 @@ def prop(value: Any) -> dict[str, Any]:
 
 
 def when(moment: str) -> dict[str, Any]:
-    return {"type": "Property", "value": {"@type": "DateTime", "@value": moment}}
+    """A date and time as the Smart Data Models keyValues schema has it: ISO 8601 text (UTC, Z), which
+    q compares (`requested_datetime>="2026-01-01T00:00:00Z"`) and the store filters in SQL."""
+    return {"type": "Property", "value": moment}
 
 
 def open311_status(lifecycle: str) -> str:

@@ -411,30 +411,34 @@ class Open311:
     # -- reads -----------------------------------------------------------------------------------
     async def search(self, tenant: str, search: Search) -> list[dict[str, Any]]:
         """The matching requests, newest first, at most MAX_RESULTS."""
-        spec = QuerySpec(type_expr=ENTITY_TYPE)
-        if len(search.codes) == 1:
-            spec.q = f'service_code=="{search.codes[0]}"'
-        query: EntityQuery = build_entity_query(spec, self._expand)
+        # what q can say is pushed into the store's SQL (the window, one code, one status); several
+        # codes or statuses are checked on the window's entities
+        terms = []
+        if not search.ids:
+            terms = [f'requested_datetime>="{search.start}"', f'requested_datetime<="{search.end}"']
+            if len(search.codes) == 1:
+                terms.append(f'service_code=="{search.codes[0]}"')
+            if len(set(search.statuses)) == 1:
+                terms.append(f'status=="{search.statuses[0]}"')
+        query: EntityQuery = build_entity_query(
+            QuerySpec(type_expr=ENTITY_TYPE, q=";".join(terms) or None), self._expand
+        )
+        get = self._value
         if search.ids:
             query.ids = [entity_id(request_id) for request_id in search.ids]
-        base = query.predicate
-        get = self._value
         codes, statuses = set(search.codes), set(search.statuses)
+        if len(codes) > 1 or len(statuses) > 1:
+            base = query.predicate
 
-        def matches(entity: Entity) -> bool:
-            if base is not None and not base(entity):
-                return False
-            if search.ids:
-                return True
-            if codes and get(entity, "service_code") not in codes:
-                return False
-            if statuses and open311_status(get(entity, "lifecycleStatus") or "open") not in statuses:
-                return False
-            requested = str(get(entity, "requested_datetime") or "")
-            return (search.start or "") <= requested <= (search.end or "~")
+            def matches(entity: Entity) -> bool:
+                return (
+                    (base is None or base(entity))
+                    and (not codes or get(entity, "service_code") in codes)
+                    and (not statuses or get(entity, "status") in statuses)
+                )
 
-        query.predicate = matches
-        query.predicate_in_sql = None
+            query.predicate = matches
+            query.predicate_in_sql = None
         query.sort = lambda entities: sorted(
             entities, key=lambda e: (str(get(e, "requested_datetime") or ""), e["id"]), reverse=True
         )
