@@ -61,6 +61,15 @@ PUBLIC_ROUTES = {
     ("GET", "/cityos/v1/indicators"),  # how each indicator is computed: public, as an algorithm register
     ("GET", "/cityos/v1/rules"),  # how each alert is decided: public, as an algorithm register
     ("GET", "/cityos/v1/insight/register"),  # the register of models: every indicator and forecaster, public
+    # Open311 GeoReport v2 (open311/http.py): its clients send no Authorization header; a report
+    # proves its own api_key, and no answer carries the reporters' contact details
+    ("GET", "/open311/v2/services.{format}"),
+    ("GET", "/open311/v2/services/{service_code}.{format}"),
+    ("GET", "/open311/v2/requests.{format}"),
+    ("POST", "/open311/v2/requests.{format}"),
+    ("GET", "/open311/v2/requests/{request_id}.{format}"),
+    ("GET", "/open311/v2/tokens/{token}.{format}"),
+    ("GET", "/open311/v2/media/{name}"),
 }
 # the handler that only answers 400 for a missing entity id (`/entities/`, `/entities//attrs`)
 MALFORMED = "missing_entity_id"
@@ -395,6 +404,22 @@ def probes(ids: Ids) -> list[Probe]:
             "/cityos/v1/forecasters/pm25-next-day/compute",
         ),
         p("GET", "/cityos/v1/insight/register", "public", "/cityos/v1/insight/register"),
+        # Open311 (open311/http.py): the GeoReport API is public (a report checks its own api_key);
+        # an operator's status change is a write of the request entity
+        p("GET", "/open311/v2/services.{format}", "public", "/open311/v2/services.json"),
+        p("GET", "/open311/v2/services/{service_code}.{format}", "public", "/open311/v2/services/pothole.xml"),
+        p("GET", "/open311/v2/requests.{format}", "public", "/open311/v2/requests.json"),
+        p("POST", "/open311/v2/requests.{format}", "public", "/open311/v2/requests.json"),
+        p("GET", "/open311/v2/requests/{request_id}.{format}", "public", "/open311/v2/requests/x.json"),
+        p("GET", "/open311/v2/tokens/{token}.{format}", "public", "/open311/v2/tokens/abcdefgh.json"),
+        p("GET", "/open311/v2/media/{name}", "public", "/open311/v2/media/x.jpg"),
+        p(
+            "POST",
+            "/cityos/v1/open311/requests/{request_id}/status",
+            "write",
+            "/cityos/v1/open311/requests/x/status",
+            json={"status": "closed"},
+        ),
         # the data channel between cities (dataspace/): its admin API, and its partners' API
         p("GET", f"{SPACE}/identity", "admin-read", f"{SPACE}/identity"),
         p("GET", f"{SPACE}/partners", "admin-read", f"{SPACE}/partners"),

@@ -127,6 +127,8 @@ class TestFromEnv:
             raw = expected = "https://id.example.org/realms/city"
         elif name == "audit":
             raw = expected = "off"
+        elif name == "open311_api_key":
+            raw = expected = "optional"
         else:
             raw = expected = default + "-changed"
         environ = {env_name(name): raw}

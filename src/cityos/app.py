@@ -79,6 +79,8 @@ from cityos.ngsild import (
     temporal,
 )
 from cityos.ngsild.common import TENANT_HEADER, Services
+from cityos.open311 import http as open311_http
+from cityos.open311.services import CatalogueError
 from cityos.pipeline import WritePipeline, context_registry, settings_store
 from cityos.policy import http as policy_http
 from cityos.policy.service import PolicyService, access_policies
@@ -405,6 +407,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     if identity.required:
         services.principals = identity.authenticator
     dataspace = _dataspace(settings, services, policies, pipeline)
+    # Open311 GeoReport v2 (open311/): reports as entities, written through the one write path
+    open311 = open311_http.Open311Http.build(settings, services.store, registry.core_terms(), rate_table)
 
     # calls to registered context sources (distributed operations): one bounded pool
     federation = Forwarder(
@@ -499,6 +503,11 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         except (IndicatorFileError, OSError) as exc:
             startup_problem.append(f"cannot start: an indicator file was refused: {exc}")
             raise
+        try:
+            open311.load()  # the services file: reports need their catalogue
+        except (CatalogueError, OSError) as exc:
+            startup_problem.append(f"cannot start: the Open311 services file was refused: {exc}")
+            raise
         indicators.start()  # the schedule (--indicators-interval); results go through the write path
         stack.push_async_callback(indicators.stop)
         try:
@@ -539,6 +548,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *insight_http.routes(),
         *alerts_http.routes(),
         *forecast_http.routes(),
+        *open311_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
     ]
@@ -566,6 +576,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     app.state.anomalies = anomalies  # its on_flag list is the hook for alert rules
     app.state.forecasts = forecasts
     app.state.model_register = model_register
+    app.state.open311 = open311
     app.add_middleware(snapshots_http.SnapshotHeader, answer=ngsild_error)  # innermost: inside authentication
     app.state.dataspace = dataspace
     if identity.required:  # who is calling and why, before any handler: auth/middleware.py (auth off: nothing to do)

@@ -278,6 +278,45 @@ class Settings:
         "Anomaly detector: series (entity, attribute, datasetId) kept in memory, 6 KB of doubles each; the least"
         " recently fed is forgotten beyond it.",
     )
+    open311_services: str = _setting(
+        "",
+        "Open311: the services file (TOML: jurisdiction, bounds, services and their attributes, docs/citizens.md);"
+        " empty: the demo city's.",
+    )
+    open311_bounds: str = _setting(
+        "",
+        "Open311: min lon,min lat,max lon,max lat (WGS84) a report's location must be inside; empty: the services"
+        " file's bounds.",
+    )
+    open311_api_key: str = _setting(
+        "required",
+        "Open311: required (a report's api_key must be an API key of `cityos keys create`) or optional.",
+    )
+    open311_rate_limit: float = _setting(
+        1.0, "Open311: reports per second one api_key may post (past it 429 in the spec's error shape); 0: no limit."
+    )
+    open311_rate_limit_burst: int = _setting(30, "Open311: reports one api_key may post at once above the rate.")
+    open311_media_dir: str = _setting(
+        "",
+        "Open311: directory of the reports' photos (share one path across workers); empty: <database file>"
+        ".open311-media, or ./cityos-open311-media with PostgreSQL.",
+    )
+    open311_max_media_bytes: int = _setting(
+        5_242_880, "Open311: largest photo accepted with a report, in bytes (413 past it)."
+    )
+    open311_duplicate_distance: float = _setting(
+        25.0,
+        "Open311: metres within which an open report of the same service counts as the same problem (linked, counted,"
+        " the citizen told); 0: no duplicate detection.",
+    )
+    open311_duplicate_window: float = _setting(
+        604800.0, "Open311: seconds back in which an earlier report can be the same problem (default 7 days)."
+    )
+    open311_asset_distance: float = _setting(
+        50.0,
+        "Open311: metres within which a report is linked to the nearest asset of its service's types (refAsset);"
+        " 0: no link.",
+    )
     temporal_disabled_tenants: str = _setting(
         "",
         "Tenants whose changes are not recorded as history (comma list; `@default` is the default tenant, `*` all).",
@@ -390,6 +429,13 @@ class Settings:
             raise ValueError("entity_map_lifetime must be positive and at most entity_map_max_lifetime")
         if self.snapshot_max_count < 0 or self.snapshot_max_entities < 1:
             raise ValueError("snapshot_max_count must not be negative and snapshot_max_entities must be positive")
+        if self.open311_api_key not in ("required", "optional"):
+            raise ValueError("open311_api_key must be required or optional")
+        if self.open311_rate_limit < 0 or self.open311_rate_limit_burst < 1 or self.open311_max_media_bytes < 1:
+            raise ValueError("open311_rate_limit must not be negative, its burst and open311_max_media_bytes positive")
+        for name in ("open311_duplicate_distance", "open311_duplicate_window", "open311_asset_distance"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
         if self.snapshot_max_lifetime < 0 or self.snapshot_fill_beat <= 0:
             raise ValueError("snapshot_max_lifetime must not be negative and snapshot_fill_beat must be positive")
 

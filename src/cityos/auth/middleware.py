@@ -52,6 +52,9 @@ PUBLIC_PATHS = frozenset(
     }
 )
 PUBLIC_READS = "/ngsi-ld/v1/jsonldContexts"
+# Open311 GeoReport v2 (open311/http.py): its clients carry no Authorization header; a report proves
+# its own api_key (an API key of this trust layer), and no answer carries personal data
+PUBLIC_PREFIX = "/open311/v2/"
 
 
 def request_id_of(given: bytes | None) -> str:
@@ -143,7 +146,7 @@ class AuthMiddleware:
 def public(scope: Scope) -> bool:
     """A route that anyone may call (PUBLIC_PATHS, and reading hosted @contexts)."""
     path: str = scope["path"]
-    if path in PUBLIC_PATHS:
+    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX):
         return True
     return path.startswith(PUBLIC_READS) and scope["method"] in ("GET", "HEAD")
 

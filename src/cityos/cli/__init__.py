@@ -142,7 +142,8 @@ def _serve(settings: Settings, interrupts: Interrupts) -> int:
         for name, _flag, env, _default, _help in describe():
             os.environ[env] = str(getattr(settings, name))
         with contextlib.ExitStack() as stack:
-            if settings.auth == "required" and settings.rate_limit > 0:  # one bucket per caller for all workers
+            # one bucket per caller for all workers (the door's, and Open311's per api_key)
+            if (settings.auth == "required" and settings.rate_limit > 0) or settings.open311_rate_limit > 0:
                 os.environ[RATE_TABLE_VARIABLE] = str(stack.enter_context(shared_table()))
             return interrupts.serve(
                 uvicorn.Config("cityos.app:app_from_env", factory=True, workers=settings.workers, **common)
