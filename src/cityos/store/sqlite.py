@@ -39,8 +39,8 @@ from cityos.store.sqlite_history import Names, TimeCodec, instance_prefix
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_layout import inflate, register
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
-from cityos.store.sqlite_schema import upgrade as upgrade_schema
 from cityos.store.sqlite_query import SQLiteQueries, create_query_schema, decode, register_geo_functions, stored_form
+from cityos.store.sqlite_schema import upgrade as upgrade_schema
 from cityos.store.sqlite_snapshots import SNAPSHOT_SCHEMA, SQLiteSnapshots
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 from cityos.store.sqlite_writes import SQLiteWrites
