@@ -49,7 +49,9 @@ def test_long_values_go_with_their_last_row(db_url: str) -> None:
         # a value still referred to by another entity's rows stays
         assert client.delete(f"{TEMPORAL}/urn:ngsi-ld:Place:b").status_code == 204
         assert _rows(db_url, "SELECT count(*) FROM temporal_values") == 6
-        assert client.delete(f"{TEMPORAL}/urn:ngsi-ld:Place:c/attrs/note", params={"deleteAll": "true"}).status_code == 204
+        assert (
+            client.delete(f"{TEMPORAL}/urn:ngsi-ld:Place:c/attrs/note", params={"deleteAll": "true"}).status_code == 204
+        )
         instance = client.get(f"{TEMPORAL}/urn:ngsi-ld:Place:a").json()["note"][0]
         assert client.delete(f"{TEMPORAL}/urn:ngsi-ld:Place:a/attrs/note/{instance['instanceId']}").status_code == 204
         assert _rows(db_url, ORPHANS) <= 1  # only the highest id may stay without a row
@@ -57,11 +59,19 @@ def test_long_values_go_with_their_last_row(db_url: str) -> None:
         assert sorted(left) == sorted(t for t in texts if t != instance["value"])
 
         # what the writer knew of a deleted value is forgotten: writing its text again stores it again
-        assert client.post(TEMPORAL, json=_notes("urn:ngsi-ld:Place:d", [instance["value"]], 2)).status_code in (201, 204)
-        assert client.post(TEMPORAL, json=_notes("urn:ngsi-ld:Place:e", [instance["value"]], 2)).status_code in (201, 204)
+        assert client.post(TEMPORAL, json=_notes("urn:ngsi-ld:Place:d", [instance["value"]], 2)).status_code in (
+            201,
+            204,
+        )
+        assert client.post(TEMPORAL, json=_notes("urn:ngsi-ld:Place:e", [instance["value"]], 2)).status_code in (
+            201,
+            204,
+        )
         again = client.get(f"{TEMPORAL}/urn:ngsi-ld:Place:e").json()["note"]
         assert [note["value"] for note in again] == [instance["value"]]
-        assert _rows(db_url, "SELECT min(id) FROM temporal_values WHERE value = '\"" + instance["value"] + "\"'") > highest
+        assert (
+            _rows(db_url, "SELECT min(id) FROM temporal_values WHERE value = '\"" + instance["value"] + "\"'") > highest
+        )
 
     async def purge() -> int:
         store = open_store(db_url)

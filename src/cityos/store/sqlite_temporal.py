@@ -37,6 +37,7 @@ from cityos.store.sqlite_history import (
     pk_of,
     prune_values,
 )
+from cityos.store.sqlite_layout import name_ids
 from cityos.store.temporal_base import (
     SCOPE_ATTR,
     STATS,
@@ -291,18 +292,23 @@ class SQLiteTemporal:
 
         return await self._write(run)
 
-    async def temporal_purge(self, before: int) -> int:
+    async def temporal_purge(self, before: int, types: Sequence[str] | None = None) -> int:
         """Delete the instances older than `before` PURGE_CHUNK at a time, each chunk a write of its
         own (other writes go between them), oldest rows first (they lead the pk order, so the scan
         stops early); then the temporal entities left without instances and the long values left
         without rows."""
         age = "COALESCE(observed_us, modified_us, created_us, deleted_us)"
+        of_types = ""
+        if types is not None:
+            if not types:
+                return 0
+            of_types = f" AND epk IN (SELECT epk FROM temporal_types WHERE type IN {name_ids(len(types))})"
 
         def run(connection: sqlite3.Connection) -> int:
             rows = connection.execute(
-                "DELETE FROM temporal_rows WHERE pk IN"
-                f" (SELECT pk FROM temporal_rows WHERE {age} < ? ORDER BY pk LIMIT {PURGE_CHUNK}) RETURNING epk, vref",
-                (before,),
+                "DELETE FROM temporal_rows WHERE pk IN (SELECT pk FROM temporal_rows"
+                f" WHERE {age} < ?{of_types} ORDER BY pk LIMIT {PURGE_CHUNK}) RETURNING epk, vref",
+                (before, *(types or ())),
             ).fetchall()
             epks = {epk for epk, _ in rows}
             for epk in epks:
