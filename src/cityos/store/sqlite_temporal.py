@@ -304,18 +304,21 @@ class SQLiteTemporal:
                 return 0
             of_types = f" AND epk IN (SELECT epk FROM temporal_types WHERE type IN {name_ids(len(types))})"
 
+        after = [0]  # every old row up to this pk is gone: the next chunk scans on from there
+
         def run(connection: sqlite3.Connection) -> int:
             rows = connection.execute(
                 "DELETE FROM temporal_rows WHERE pk IN (SELECT pk FROM temporal_rows"
-                f" WHERE {age} < ?{of_types} ORDER BY pk LIMIT {PURGE_CHUNK}) RETURNING epk, vref",
-                (before, *(types or ())),
+                f" WHERE pk > ? AND {age} < ?{of_types} ORDER BY pk LIMIT {PURGE_CHUNK}) RETURNING pk, epk, vref",
+                (after[0], before, *(types or ())),
             ).fetchall()
-            epks = {epk for epk, _ in rows}
+            after[0] = max((pk for pk, _, _ in rows), default=after[0])
+            epks = {epk for _, epk, _ in rows}
             for epk in epks:
                 if connection.execute("SELECT 1 FROM temporal_rows WHERE epk = ? LIMIT 1", (epk,)).fetchone() is None:
                     connection.execute("DELETE FROM temporal_types WHERE epk = ?", (epk,))
                     connection.execute("DELETE FROM temporal_entities WHERE pk = ?", (epk,))
-            prune_values(connection, self._wnames, {vref for _, vref in rows if vref is not None})
+            prune_values(connection, self._wnames, {vref for _, _, vref in rows if vref is not None})
             return len(rows)
 
         removed = 0
