@@ -17,7 +17,8 @@ from starlette.testclient import TestClient
 
 from backends import sqlite_only
 from cityos.store.sqlite import SQLiteStore
-from cityos.store.sqlite_layout import DEFLATED, LAYOUT, deflate, inflate
+from cityos.store.sqlite_layout import DEFLATED, deflate, inflate
+from cityos.store.sqlite_schema import LATEST as LAYOUT
 from layout_files import app_over_copy, rows
 
 OLD = Path(__file__).parent / "data" / "entity-layout-1"

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from backends import sqlite_only
 from cityos.app import create_app
 from cityos.settings import Settings
-from cityos.store.sqlite_layout import LAYOUT
+from cityos.store.sqlite_schema import LATEST as LAYOUT  # the file version after open
 from layout_files import app_over_copy, rows
 
 OLD = Path(__file__).parent / "data" / "history-layout-0"

@@ -129,6 +129,8 @@ class TestFromEnv:
             raw = expected = "off"
         elif name == "open311_api_key":
             raw = expected = "optional"
+        elif name == "temporal_retention_types":
+            raw = expected = "WeatherObserved=90"
         else:
             raw = expected = default + "-changed"
         environ = {env_name(name): raw}

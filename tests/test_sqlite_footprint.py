@@ -21,7 +21,7 @@ from cityos.audit.chain import GENESIS, AuditQuery
 from cityos.entities import render_cache
 from cityos.settings import Settings
 from cityos.store.sqlite import SQLiteStore
-from cityos.store.sqlite_layout import LAYOUT
+from cityos.store.sqlite_schema import LATEST as LAYOUT  # the file version after open
 
 ENTITIES = "/ngsi-ld/v1/entities"
 

@@ -16,7 +16,7 @@ from backends import sqlite_only
 from cityos.app import create_app
 from cityos.settings import Settings
 from cityos.store.sqlite_history import LAYOUT_SCHEMA, VALUE_MIN
-from cityos.store.sqlite_layout import LAYOUT
+from cityos.store.sqlite_schema import LATEST as LAYOUT  # the file version after open
 
 BASE = "/ngsi-ld/v1"
 TEMPORAL = f"{BASE}/temporal/entities"
@@ -152,6 +152,7 @@ def test_a_file_of_layout_4_is_converted_and_answers_the_same(db_url: str) -> No
             " WHERE vref IS NOT NULL"
         )
         db.execute("DROP VIEW temporal_instances")
+        db.execute("DROP INDEX temporal_rows_vref")  # schema version 6's
         db.execute("ALTER TABLE temporal_rows DROP COLUMN vref")
         db.execute("DROP TABLE temporal_values")
         view = LAYOUT_SCHEMA[-1].replace("(SELECT value FROM temporal_values WHERE id = r.vref),", "")

@@ -528,10 +528,10 @@ def test_refresh_statistics_after_a_bulk_load(backend: Backend) -> None:
     assert len(run(store.query_entities("", EntityQuery(limit=100))).entities) == 50
 
 
-def test_db_commands_leave_sqlite_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["db", "upgrade", "--database", str(tmp_path / "x.db")]) == 0
-    assert "nothing to upgrade" in capsys.readouterr().out
-    assert not (tmp_path / "x.db").exists()
+def test_db_commands_make_no_sqlite_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`cityos db upgrade` upgrades a SQLite file (tests/test_db_upgrade.py), but never makes one."""
+    assert cli_main(["db", "upgrade", "--database", str(tmp_path / "x.db")]) == 1
+    assert "no database file" in capsys.readouterr().err and not (tmp_path / "x.db").exists()
 
 
 def test_ngsild_errors_stay_per_operation(backend: Backend) -> None:

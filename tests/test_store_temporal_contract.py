@@ -467,6 +467,24 @@ def test_purge_answers_as_on_sqlite_and_drops_whole_months(pair: tuple[Backend, 
     assert lite.run(lite.store.temporal_entity("t2", "urn:ngsi-ld:Sensor:00")) is None
 
 
+def test_purge_of_some_types_answers_as_on_sqlite(pair: tuple[Backend, Backend]) -> None:
+    """temporal_retention_types: only the entities of the types given lose their older instances
+    (an entity with several types goes if any is given), the same on both back-ends."""
+    lite, pg = pair
+    before = us("2024-01-17T10:00:00+00:00")
+    old = TemporalQuery(ids=["urn:ngsi-ld:Sensor:01"], attrs=[TEMP])
+    kept = len(lite.run(lite.store.temporal_query("", old)).entities[0]["attrs"][TEMP])
+    assert {b.name: b.run(b.store.temporal_purge(before, [])) for b in pair} == {"sqlite": 0, "postgres": 0}
+    removed = {b.name: b.run(b.store.temporal_purge(before, [TYPE_METER])) for b in pair}
+    assert removed["postgres"] == removed["sqlite"] > 0
+    compare(lite, pg)
+    for backend in pair:  # a Sensor that never was a Meter keeps its history; a Meter has none that old
+        assert len(backend.run(backend.store.temporal_query("", old)).entities[0]["attrs"][TEMP]) == kept
+        meter = backend.run(backend.store.temporal_query("", TemporalQuery(ids=["urn:ngsi-ld:Meter:07"], attrs=[TEMP])))
+        times = [i.get("observedAt", "") for i in meter.entities[0]["attrs"][TEMP]]
+        assert times and min(times) >= "2024-01-17T10:00:00", times
+
+
 def test_history_rolls_back_with_its_change(pair: tuple[Backend, Backend]) -> None:
     """History is appended inside mutate's transaction: a failing atomic request leaves none."""
     lite, pg = pair

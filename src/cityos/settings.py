@@ -324,6 +324,11 @@ class Settings:
     temporal_retention_days: int = _setting(
         0, "Drop history instances older than this many days (by observedAt, else their system times); 0 keeps all."
     )
+    temporal_retention_types: str = _setting(
+        "",
+        "Per-type history retention, TYPE=DAYS comma list (a bare name is a core @context term, else give the"
+        " type's IRI), e.g. WeatherObserved=90; --temporal-retention-days still bounds every type.",
+    )
     temporal_page_size: int = _setting(
         8784,
         "Most attribute instances in one temporal answer, all attributes and entities together (8784: a year "
@@ -387,6 +392,10 @@ class Settings:
             raise ValueError("audit must be on or off")
         if self.audit_retention_days < 0:
             raise ValueError("audit_retention_days must not be negative")
+        if self.temporal_retention_types:
+            from cityos.temporal.retention import parse_types
+
+            parse_types(self.temporal_retention_types)
         if self.audit_checkpoint_seconds <= 0 or self.audit_checkpoint_records < 1:
             raise ValueError("audit_checkpoint_seconds and audit_checkpoint_records must be positive")
         if self.durability not in ("normal", "full"):

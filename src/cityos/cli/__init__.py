@@ -2,7 +2,8 @@
 
 cityos serve --port 1026 --database city.db
 cityos import gtfs|gtfs-rt|csv ...   cityos demo   cityos iot group|device|provision ...
-cityos db upgrade|status --database postgresql://...
+cityos db upgrade|status --database city.db|postgresql://...
+cityos backup PATH   cityos backup --verify PATH   cityos restore PATH
 cityos keys create|list|revoke   cityos users create|list|delete|passwd
 cityos audit export|verify|pubkey|checkpoint
 cityos dataspace init|show   cityos partners|offers|agreements ...
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from cityos import __version__
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE, shared_table
-from cityos.cli import audit, dataspace, db, identity, imports, indicators, iot, rules
+from cityos.cli import audit, backup, dataspace, db, identity, imports, indicators, iot, rules
 from cityos.cli.common import fail
 from cityos.errors import DatabaseBusy
 from cityos.settings import Settings, describe, env_name
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_setting_options(serve)
     # each command group registers its own subcommands
-    for module in (imports, iot, db, identity, audit, dataspace, indicators, rules):
+    for module in (imports, iot, db, backup, identity, audit, dataspace, indicators, rules):
         module.register(commands)
     return parser
 

@@ -1,7 +1,9 @@
-"""`cityos db upgrade|status`: versioned schema migrations of a PostgreSQL database.
+"""`cityos db upgrade|status`: versioned schema migrations of a PostgreSQL database or SQLite file.
 
-The server only checks the schema version (and refuses to start on an old one); changing a
-production schema is an explicit, separate step, run once per deployment before the workers start.
+PostgreSQL: the server only checks the schema version (and refuses to start on an old one); changing
+a production schema is an explicit, separate step, run once per deployment before the workers start.
+SQLite: the server upgrades the file it opens (store/sqlite_schema.py); these commands show the
+pending steps and apply them ahead of the start, e.g. right after `cityos backup`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ def register(commands: Any) -> None:
     """Add the db command to the `cityos` parser's subcommands."""
     parser = commands.add_parser(
         "db",
-        help="Manage the PostgreSQL schema (migrations).",
-        description="Apply or inspect the versioned schema migrations of a PostgreSQL database. "
-        "SQLite files need none: the server creates and checks them itself.",
+        help="Manage the database schema (versioned migrations).",
+        description="Apply or inspect the versioned schema migrations of a PostgreSQL database or a SQLite"
+        " file (docs/operations.md, 'Upgrades'). The server applies a SQLite file's pending steps itself"
+        " when it opens it; it refuses a PostgreSQL database that is not current.",
         epilog="Example: cityos db upgrade --database postgresql://cityos@db.example.org/cityos",
     )
     actions = parser.add_subparsers(dest="db_action", required=True, metavar="{upgrade,status}")
@@ -43,7 +46,7 @@ def register(commands: Any) -> None:
         command.add_argument(
             "--database",
             default=os.environ.get(env_name("database"), Settings().database),
-            help=f"a postgresql:// URL [env {env_name('database')}, default %(default)s]",
+            help=f"a SQLite file or postgresql:// URL [env {env_name('database')}, default %(default)s]",
         )
         command.set_defaults(run=run)
 
@@ -56,8 +59,7 @@ def _postgres_url(args: argparse.Namespace) -> str | None:
 def run_upgrade(args: argparse.Namespace) -> int:
     url = _postgres_url(args)
     if url is None:
-        print(f"{args.database} is a SQLite file: `cityos serve` creates and checks its schema; nothing to upgrade.")
-        return 0
+        return _upgrade_sqlite(args.database)
     from cityos.store.postgres import LATEST, redact, upgrade
 
     async def run() -> list[Any]:
@@ -82,8 +84,7 @@ def run_upgrade(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     url = _postgres_url(args)
     if url is None:
-        print(f"{args.database} is a SQLite file: its schema is checked by `cityos serve`.")
-        return 0
+        return _status_sqlite(args.database)
     from cityos.store.postgres import LATEST, MIGRATIONS, redact, schema_version
 
     async def run() -> int:
@@ -103,4 +104,46 @@ def run_status(args: argparse.Namespace) -> int:
     for migration in MIGRATIONS:
         if migration.version > current:
             print(f"  pending {migration.version}: {migration.description}")
+    return 0 if current == LATEST else 1
+
+
+def _upgrade_sqlite(path: str) -> int:
+    from cityos.store import open_store
+    from cityos.store.sqlite_schema import LATEST, status
+
+    found = status(path)
+    if found is None:
+        return fail(f"no database file at {path} (`cityos serve` makes a new one at the current version)")
+    pending = found[1]
+
+    async def run() -> None:
+        store = open_store(path)
+        await store.open()  # applies the pending steps (store/sqlite_schema.py upgrade)
+        await store.close()
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:  # a newer file, a locked or damaged one: report, do not trace back
+        return fail(f"cannot upgrade {path}: {type(exc).__name__}: {exc}")
+    for migration in pending:
+        print(f"applied {migration.version}: {migration.description}")
+    print(f"{path} is at schema version {LATEST}" + ("" if pending else " (nothing to do)"))
+    return 0
+
+
+def _status_sqlite(path: str) -> int:
+    from cityos.store.sqlite_schema import LATEST, status
+
+    try:
+        found = status(path)
+    except Exception as exc:  # not a database, unreadable: report, do not trace back
+        return fail(f"cannot read {path}: {type(exc).__name__}: {exc}")
+    if found is None:
+        return fail(f"no database file at {path}")
+    current, pending = found
+    print(f"{path}: schema version {current}; this CityOS: {LATEST}")
+    for migration in pending:
+        print(f"  pending {migration.version}: {migration.description}")
+    if current > LATEST:
+        print("  the file is newer than this CityOS: upgrade CityOS")
     return 0 if current == LATEST else 1

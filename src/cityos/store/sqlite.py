@@ -38,9 +38,9 @@ from cityos.store.sqlite_dataspace import DATASPACE_SCHEMA, SQLiteDataspace
 from cityos.store.sqlite_history import Names, TimeCodec, instance_prefix
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_layout import inflate, register
-from cityos.store.sqlite_layout import migrate as migrate_layout
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
 from cityos.store.sqlite_query import SQLiteQueries, create_query_schema, decode, register_geo_functions, stored_form
+from cityos.store.sqlite_schema import upgrade as upgrade_schema
 from cityos.store.sqlite_snapshots import SNAPSHOT_SCHEMA, SQLiteSnapshots
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
 from cityos.store.sqlite_writes import SQLiteWrites
@@ -344,7 +344,7 @@ class SQLiteStore(
         def setup() -> None:
             try:
                 connection = _connect(self.path, self.busy_timeout, self.durability, self.writer_cache_mb)
-                migrate_layout(connection, self._wnames)  # older files: history, side tables, documents
+                upgrade_schema(connection, self._wnames)  # versioned migrations (sqlite_schema.py)
                 self._instance_prefix = instance_prefix(connection)
                 connection.executescript(SCHEMA)
                 connection.executescript(TEMPORAL_SCHEMA)

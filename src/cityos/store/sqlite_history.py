@@ -189,7 +189,7 @@ class Names:
 
     def value_text(self, connection: sqlite3.Connection, number: int) -> str:
         """The text of a stored value. Readers keep the last TEXTS_LIMIT they read (ids are never
-        reused: rows of temporal_values are not deleted); the writer may see a row of its own
+        reused: prune_values never deletes the highest); the writer may see a row of its own
         uncommitted transaction, so it does not keep them."""
         found = self.texts.get(number)
         if found is None:
@@ -199,6 +199,14 @@ class Names:
                     self.texts.clear()
                 self.texts[number] = found
         return found
+
+    def forget_values(self, removed: set[int]) -> None:
+        """Long values deleted from temporal_values (their last row went): the writer must not refer
+        to them again. Its encoded rows of this transaction may hold them too. Ids are not reused
+        (prune_values), so the readers' texts by id stay right."""
+        self.value_ids = {text: number for text, number in self.value_ids.items() if number not in removed}
+        self.pending_values = {text: number for text, number in self.pending_values.items() if number not in removed}
+        self.rows = {}
 
     def committed(self) -> None:
         self.ids.update(self.pending)
@@ -552,6 +560,45 @@ def migrate(connection: sqlite3.Connection) -> int:
         connection.execute("ROLLBACK")
         raise
     return moved
+
+
+PRUNE_CHUNK = 500  # ids per statement (SQLite's bound-parameter limit is far above)
+
+
+def prune_values(connection: sqlite3.Connection, names: Names, refs: set[int]) -> int:
+    """Delete the long values of `refs` that no history row refers to any more (their last row was
+    deleted in this transaction); returns how many went. The value of the highest id is kept, so
+    SQLite never gives its id (max + 1) to another value: ids are never reused (schema version 6).
+    That kept value's id is noted (temporal_meta `value_kept`) and tried again by the next prune."""
+    if not refs:
+        return 0
+    kept = connection.execute("SELECT value FROM temporal_meta WHERE key = 'value_kept'").fetchone()
+    candidates = sorted(refs | {int(kept[0])} if kept is not None else refs)
+    removed: set[int] = set()
+    for start in range(0, len(candidates), PRUNE_CHUNK):
+        chunk = candidates[start : start + PRUNE_CHUNK]
+        removed.update(
+            row[0]
+            for row in connection.execute(
+                f"DELETE FROM temporal_values WHERE id IN ({','.join('?' * len(chunk))})"
+                " AND id < (SELECT max(id) FROM temporal_values)"
+                f" AND NOT EXISTS ({_REFERRED}) RETURNING id",
+                chunk,
+            )
+        )
+    top = connection.execute(
+        f"SELECT id FROM temporal_values WHERE id = (SELECT max(id) FROM temporal_values) AND NOT EXISTS ({_REFERRED})"
+    ).fetchone()
+    if top is not None and top[0] in candidates:
+        connection.execute("INSERT OR REPLACE INTO temporal_meta (key, value) VALUES ('value_kept', ?)", (str(top[0]),))
+    elif kept is not None:
+        connection.execute("DELETE FROM temporal_meta WHERE key = 'value_kept'")
+    if removed:
+        names.forget_values(removed)
+    return len(removed)
+
+
+_REFERRED = "SELECT 1 FROM temporal_rows r WHERE r.vref = temporal_values.id"
 
 
 def relative_created(connection: sqlite3.Connection) -> None:

@@ -27,6 +27,7 @@ from cityos.store.sqlite_history import (
     DECODED,
     INSERT_INSTANCE,
     VALUE_TEXT,
+    VREF,
     Names,
     TimeCodec,
     decode,
@@ -34,7 +35,9 @@ from cityos.store.sqlite_history import (
     encode_row,
     kind_of,
     pk_of,
+    prune_values,
 )
+from cityos.store.sqlite_layout import name_ids
 from cityos.store.temporal_base import (
     SCOPE_ATTR,
     STATS,
@@ -67,6 +70,7 @@ TIMES = {
     "modifiedAt": "i.modified_us",
     "deletedAt": "i.deleted_us",
 }
+PURGE_CHUNK = 5000  # history rows a retention sweep deletes per write (the writer is free between them)
 FOREVER = 2**62  # an open end of a validity interval, in microseconds
 TEMPORAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS temporal_entities (  -- types: a JSON list of temporal_names ids (IRIs before layout 5)
@@ -129,7 +133,7 @@ class SQLiteTemporal:
         _history: list[tuple[Any, ...]]  # writer thread: INSERT_INSTANCE rows to drain
         _epks: dict[tuple[str, str], int]  # writer thread: temporal entities of this transaction
 
-        async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+        async def _write(self, fn: Callable[[sqlite3.Connection], T], *, groupable: bool = True) -> T: ...
 
         def _ensure_tenant(self, connection: sqlite3.Connection, tenant: str) -> None: ...
 
@@ -237,6 +241,9 @@ class SQLiteTemporal:
             merged.pop("instanceId", None)
             columns = encode(connection, self._wnames, self._times, epk, attr, merged)
             connection.execute(f"UPDATE temporal_rows SET {_ASSIGN} WHERE pk = ?", (*columns[2:14], row[0]))
+            old_ref = row[1 + DECODED.index("vref")]
+            if old_ref is not None and old_ref != columns[VREF]:
+                prune_values(connection, self._wnames, {old_ref})
             self._audit_note(lambda: audit_row("temporal.modify-instance", tenant, [entity_id], {"attr": attr}))
             return True
 
@@ -247,7 +254,7 @@ class SQLiteTemporal:
             row = self._instance_row(connection, self._locate(connection, tenant, entity_id), attr, instance_id)
             if row is None:
                 return False
-            connection.execute("DELETE FROM temporal_rows WHERE pk = ?", (row[0],))
+            self._delete_rows(connection, "pk = ?", (row[0],))
             self._audit_note(lambda: audit_row("temporal.delete-instance", tenant, [entity_id], {"attr": attr}))
             return True
 
@@ -262,12 +269,10 @@ class SQLiteTemporal:
                 return False
             attr_id = self._wnames.find(connection, attr)
             if delete_all:
-                sql, params = "DELETE FROM temporal_rows WHERE epk = ? AND attr = ?", (epk, attr_id)
-                done = connection.execute(sql, params).rowcount > 0
+                done = self._delete_rows(connection, "epk = ? AND attr = ?", (epk, attr_id)) > 0
             else:
                 number = self._wnames.find(connection, dataset) if dataset else 0
-                sql = "DELETE FROM temporal_rows WHERE epk = ? AND attr = ? AND dataset = ?"
-                done = connection.execute(sql, (epk, attr_id, number)).rowcount > 0
+                done = self._delete_rows(connection, "epk = ? AND attr = ? AND dataset = ?", (epk, attr_id, number)) > 0
             if done:
                 self._audit_note(lambda: audit_row("temporal.delete-attribute", tenant, [entity_id], {"attr": attr}))
             return done
@@ -279,7 +284,7 @@ class SQLiteTemporal:
             epk = self._locate(connection, tenant, entity_id)
             if epk is None:
                 return False
-            connection.execute("DELETE FROM temporal_rows WHERE epk = ?", (epk,))
+            self._delete_rows(connection, "epk = ?", (epk,))
             connection.execute("DELETE FROM temporal_types WHERE epk = ?", (epk,))
             connection.execute("DELETE FROM temporal_entities WHERE pk = ?", (epk,))
             self._audit_note(lambda: audit_row("temporal.delete-entity", tenant, [entity_id]))
@@ -287,22 +292,47 @@ class SQLiteTemporal:
 
         return await self._write(run)
 
-    async def temporal_purge(self, before: int) -> int:
+    async def temporal_purge(self, before: int, types: Sequence[str] | None = None) -> int:
+        """Delete the instances older than `before` PURGE_CHUNK at a time, each chunk a write of its
+        own (other writes go between them), oldest rows first (they lead the pk order, so the scan
+        stops early); then the temporal entities left without instances and the long values left
+        without rows."""
         age = "COALESCE(observed_us, modified_us, created_us, deleted_us)"
+        of_types = ""
+        if types is not None:
+            if not types:
+                return 0
+            of_types = f" AND epk IN (SELECT epk FROM temporal_types WHERE type IN {name_ids(len(types))})"
+
+        after = [0]  # every old row up to this pk is gone: the next chunk scans on from there
 
         def run(connection: sqlite3.Connection) -> int:
-            touched = [
-                row[0]
-                for row in connection.execute(f"SELECT DISTINCT epk FROM temporal_rows WHERE {age} < ?", (before,))
-            ]
-            removed = connection.execute(f"DELETE FROM temporal_rows WHERE {age} < ?", (before,)).rowcount
-            for epk in touched:
+            rows = connection.execute(
+                "DELETE FROM temporal_rows WHERE pk IN (SELECT pk FROM temporal_rows"
+                f" WHERE pk > ? AND {age} < ?{of_types} ORDER BY pk LIMIT {PURGE_CHUNK}) RETURNING pk, epk, vref",
+                (after[0], before, *(types or ())),
+            ).fetchall()
+            after[0] = max((pk for pk, _, _ in rows), default=after[0])
+            epks = {epk for _, epk, _ in rows}
+            for epk in epks:
                 if connection.execute("SELECT 1 FROM temporal_rows WHERE epk = ? LIMIT 1", (epk,)).fetchone() is None:
                     connection.execute("DELETE FROM temporal_types WHERE epk = ?", (epk,))
                     connection.execute("DELETE FROM temporal_entities WHERE pk = ?", (epk,))
-            return removed
+            prune_values(connection, self._wnames, {vref for _, _, vref in rows if vref is not None})
+            return len(rows)
 
-        return await self._write(run)
+        removed = 0
+        while True:
+            chunk = await self._write(run, groupable=False)
+            removed += chunk
+            if chunk < PURGE_CHUNK:
+                return removed
+
+    def _delete_rows(self, connection: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> int:
+        """Delete history rows, and the long values that were theirs alone; returns how many rows."""
+        refs = connection.execute(f"DELETE FROM temporal_rows WHERE {where} RETURNING vref", params).fetchall()
+        prune_values(connection, self._wnames, {ref for (ref,) in refs if ref is not None})
+        return len(refs)
 
     # -- reading -------------------------------------------------------------------------------------
     async def temporal_entity(self, tenant: str, entity_id: str) -> TemporalEntityInfo | None:

@@ -219,6 +219,7 @@ class TemporalStore(Protocol):
 
     async def temporal_delete_entity(self, tenant: str, entity_id: str) -> bool: ...
 
-    async def temporal_purge(self, before: int) -> int:
+    async def temporal_purge(self, before: int, types: Sequence[str] | None = None) -> int:
         """Retention: drop instances of every tenant whose time (observedAt, else their
-        system times) is older than `before`; returns how many."""
+        system times) is older than `before`, of the entities of these expanded types only when
+        given (bounded chunks, the writers go between them); returns how many."""

@@ -1,5 +1,6 @@
 """History at run time: the store's history listener, installed before the first write, and the
-retention sweep that drops instances older than temporal_retention_days."""
+retention sweep that drops instances older than temporal_retention_days (and per type,
+temporal_retention_types: temporal/retention.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from cityos.store.temporal_base import SCOPE_ATTR
 from cityos.tasks import stop_task
 from cityos.temporal.history import HistoryRecorder, deletion, parse_disabled, scope_deletion
 from cityos.temporal.query import to_micros
+from cityos.temporal.retention import by_days, parse_types
 
 log = logging.getLogger("cityos.temporal")
 RETENTION_SECONDS = 3600.0
@@ -35,7 +37,9 @@ class HistoryService:
     async def start(self) -> None:
         """Install, and sweep what is past the retention period (a server)."""
         self.install()
-        if self.settings.temporal_retention_days > 0 and self._sweeper is None:
+        if (
+            self.settings.temporal_retention_days > 0 or self.settings.temporal_retention_types
+        ) and self._sweeper is None:
             self._sweeper = asyncio.create_task(self._retain())
 
     async def stop(self) -> None:
@@ -44,9 +48,17 @@ class HistoryService:
         await stop_task(sweeper)
 
     async def purge_old(self) -> int:
-        """Drop the instances older than the retention period; returns how many went."""
-        cutoff = datetime.now(UTC) - timedelta(days=self.settings.temporal_retention_days)
-        return await self.store.temporal_purge(to_micros(cutoff))
+        """Drop the instances older than the retention period, then those of the types kept less
+        long (temporal_retention_types); returns how many went."""
+        now = datetime.now(UTC)
+        removed = 0
+        if self.settings.temporal_retention_days > 0:
+            cutoff = now - timedelta(days=self.settings.temporal_retention_days)
+            removed += await self.store.temporal_purge(to_micros(cutoff))
+        rules = parse_types(self.settings.temporal_retention_types)
+        for days, types in by_days(rules, self.settings.temporal_retention_days).items():
+            removed += await self.store.temporal_purge(to_micros(now - timedelta(days=days)), types)
+        return removed
 
     async def _retain(self) -> None:
         while True:

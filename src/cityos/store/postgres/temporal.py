@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
 
 # the key of mutate's per-entity lock (store.py _apply): one writer of an entity at a time
+PURGE_ENTITIES = 200  # entities whose old history one transaction of a per-type purge deletes
 _LOCK_ENTITY = f"SELECT pg_advisory_xact_lock({entity_lock('$1', '$2')})"
 # The temporal entities of a write, created or their types extended, as CTEs named {p}k, {p}ins,
 # {p}tenant and {p}upd over {keys}, a FROM item k(tenant, id, types, n) (types: JSON arrays): used
@@ -540,10 +541,13 @@ class PostgresTemporal(PostgresTemporalReads):
 
         return await self._write(work)
 
-    async def temporal_purge(self, before: int) -> int:
+    async def temporal_purge(self, before: int, types: Sequence[str] | None = None) -> int:
         """Drop the partitions entirely older than `before` whole, delete the older rows of the
         others (the boundary month; a partition writers kept busy), then the temporal entities
-        left without instances."""
+        left without instances. Of some types only: their entities' older rows, PURGE_ENTITIES
+        entities per transaction (the partitions stay, other types' rows live in them)."""
+        if types is not None:
+            return await self._purge_types(before, list(types))
         removed = 0
         touched: set[int] = set()
         async with self.pool.acquire() as connection:
@@ -562,23 +566,53 @@ class PostgresTemporal(PostgresTemporalReads):
             assert row is not None
             removed += int(row["n"])
             touched.update(row["epks"] or [])
-            if touched:
-                async with connection.transaction():
-                    # an entity a writer holds (its lock is taken) is getting instances: it stays. The
-                    # locks are taken first, in a statement of their own, so that the emptiness test
-                    # below sees every instance committed by the writers that held them before.
-                    locked = await connection.fetch(
-                        "SELECT s.pk FROM (SELECT pk, tenant, id FROM temporal_entities"
-                        " WHERE pk = ANY($1::bigint[]) OFFSET 0) s"
-                        f" WHERE pg_try_advisory_xact_lock({entity_lock('s.tenant', 's.id')})",
-                        sorted(touched),
-                    )
-                    await connection.execute(
-                        "DELETE FROM temporal_entities e WHERE e.pk = ANY($1::bigint[])"
-                        " AND NOT EXISTS (SELECT 1 FROM temporal_instances i WHERE i.epk = e.pk)",
-                        [r["pk"] for r in locked],
-                    )
+            await self._forget_emptied(connection, touched)
         return removed
+
+    async def _purge_types(self, before: int, types: list[str]) -> int:
+        if not types:
+            return 0
+        removed = 0
+        async with self.pool.acquire() as connection:
+            epks = [
+                row["pk"]
+                for row in await connection.fetch(
+                    "SELECT pk FROM temporal_entities WHERE types && $1::text[] ORDER BY pk", types
+                )
+            ]
+            for start in range(0, len(epks), PURGE_ENTITIES):
+                chunk = epks[start : start + PURGE_ENTITIES]
+                async with connection.transaction():
+                    row = await connection.fetchrow(
+                        "WITH d AS (DELETE FROM temporal_instances WHERE epk = ANY($1::bigint[]) AND retained_us < $2"
+                        " RETURNING epk) SELECT count(*) AS n, array_agg(DISTINCT epk) AS epks FROM d",
+                        chunk,
+                        before,
+                    )
+                assert row is not None
+                removed += int(row["n"])
+                await self._forget_emptied(connection, set(row["epks"] or []))
+        return removed
+
+    async def _forget_emptied(self, connection: Connection, touched: set[int]) -> None:
+        """Delete the temporal entities of `touched` left without instances."""
+        if not touched:
+            return
+        async with connection.transaction():
+            # an entity a writer holds (its lock is taken) is getting instances: it stays. The
+            # locks are taken first, in a statement of their own, so that the emptiness test
+            # below sees every instance committed by the writers that held them before.
+            locked = await connection.fetch(
+                "SELECT s.pk FROM (SELECT pk, tenant, id FROM temporal_entities"
+                " WHERE pk = ANY($1::bigint[]) OFFSET 0) s"
+                f" WHERE pg_try_advisory_xact_lock({entity_lock('s.tenant', 's.id')})",
+                sorted(touched),
+            )
+            await connection.execute(
+                "DELETE FROM temporal_entities e WHERE e.pk = ANY($1::bigint[])"
+                " AND NOT EXISTS (SELECT 1 FROM temporal_instances i WHERE i.epk = e.pk)",
+                [r["pk"] for r in locked],
+            )
 
     # -- reading -------------------------------------------------------------------------------------
     async def temporal_entity(self, tenant: str, entity_id: str) -> TemporalEntityInfo | None:

@@ -1,0 +1,77 @@
+"""A SQLite file made by the previous version (tests/data/v0.1.0, CityOS v0.1.0 at commit bde8196)
+is upgraded by `cityos db upgrade` and answers as it did: entities, history (long values kept once),
+subscription, policy, key, and an intact, still signed audit chain. `cityos db status` tells what is
+pending on both back-ends."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from backends import cli_env, db_rows
+from cityos.app import create_app
+from cityos.settings import Settings
+from cityos.store.postgres import LATEST as POSTGRES_LATEST
+from cityos.store.sqlite_schema import LATEST
+
+OLD = Path(__file__).parent / "data" / "v0.1.0"
+
+
+def cityos(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cityos", *args], env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture
+def old_file(tmp_path: Path) -> str:
+    copy = tmp_path / "cityos.db"
+    shutil.copyfile(OLD / "cityos.db", copy)
+    return str(copy)
+
+
+def test_the_file_of_v0_1_0_is_upgraded(old_file: str) -> None:
+    before = cityos("db", "status", "--database", old_file)
+    assert before.returncode == 1, before.stderr
+    assert f"schema version 5; this CityOS: {LATEST}" in before.stdout and "pending 6:" in before.stdout
+    assert db_rows(old_file, "SELECT count(*) FROM temporal_values") == [(24,)]  # the long texts, once each
+
+    upgraded = cityos("db", "upgrade", "--database", old_file)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "applied 6:" in upgraded.stdout and f"schema version {LATEST}" in upgraded.stdout
+    again = cityos("db", "upgrade", "--database", old_file)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert cityos("db", "status", "--database", old_file).returncode == 0
+    assert db_rows(old_file, "PRAGMA user_version") == [(LATEST,)]
+
+    verified = cityos("backup", "--verify", old_file, "--public-key", str(OLD / "audit.pub"))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "7 entities" in verified.stdout and "signed through seq 0" not in verified.stdout, verified.stdout
+
+    with TestClient(create_app(Settings(database=old_file))) as client:
+        entities = client.get("/ngsi-ld/v1/entities", params={"type": "WeatherObserved,OffStreetParking"}).json()
+        assert len(entities) == 7
+        history = client.get("/ngsi-ld/v1/temporal/entities/urn:ngsi-ld:WeatherObserved:w3").json()
+        assert len(history["temperature"]) == 24 and len(history["description"]) == 23
+        assert history["description"][0]["value"].startswith("a long text value")
+        assert client.get("/ngsi-ld/v1/subscriptions/urn:ngsi-ld:Subscription:cold").status_code == 200
+    assert db_rows(old_file, "SELECT kind, name FROM credentials") == [("key", "admin")]
+    assert db_rows(old_file, "SELECT id FROM policy_versions") == [
+        ("public-reads-weather",)
+    ]  # served with --auth required
+
+
+def test_status_on_both_back_ends(db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        assert cityos("db", "status", "--database", db_url + ".missing").returncode == 1
+        with TestClient(create_app(Settings(database=db_url))):
+            pass  # a new file is made at the current version
+    done = cityos("db", "status", "--database", db_url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    current = LATEST if not db_url.startswith("postgresql") else POSTGRES_LATEST
+    assert f"schema version {current}; this CityOS: {current}" in done.stdout
