@@ -32,6 +32,7 @@ from cityos.ngsild.common import (
 )
 from cityos.ngsild.negotiation import JSON_LD
 from cityos.ngsild.querying import query_post
+from cityos.ops.declare import api
 
 BASE = "/ngsi-ld/v1/entityOperations"
 
@@ -152,6 +153,14 @@ def _finish(report: BatchReport, *, success_status: int, body_on_success: Any = 
     return json_response(body_on_success, status=success_status)
 
 
+@api(
+    "Create entities (batch)",
+    query=("local",),
+    body="EntityBatch",
+    ok=201,
+    returns="Created",
+    more={207: "BatchResult"},
+)
 async def batch_create(request: Request) -> Response:
     check_params(request, ("local",))
     items, media = await _entities(request)
@@ -168,6 +177,14 @@ async def batch_create(request: Request) -> Response:
     return _finish(report, success_status=201, body_on_success=report.success)
 
 
+@api(
+    "Create or replace entities (batch)",
+    query=("options", "local"),
+    body="EntityBatch",
+    ok=201,
+    returns="Created",
+    more={204: None, 207: "BatchResult"},
+)
 async def batch_upsert(request: Request) -> Response:
     check_params(request, ("options", "local"))
     chosen = options(request, ("replace", "update"))
@@ -209,6 +226,14 @@ async def _fragment_batch(request: Request, nulls: str, mutator: Any, kind: str)
     return _finish(report, success_status=204)
 
 
+@api(
+    "Update entities (batch)",
+    query=("options", "local"),
+    body="EntityBatch",
+    ok=204,
+    returns=None,
+    more={207: "BatchResult"},
+)
 async def batch_update(request: Request) -> Response:
     check_params(request, ("options", "local"))
     # `update` and `replace` belong to upsert, but the FIWARE tutorials and clients written against
@@ -222,11 +247,20 @@ async def batch_update(request: Request) -> Response:
     )
 
 
+@api(
+    "Merge into entities (batch)",
+    query=("options", "local", "format"),
+    body="EntityBatch",
+    ok=204,
+    returns=None,
+    more={207: "BatchResult"},
+)
 async def batch_merge(request: Request) -> Response:
     check_params(request, ("options", "local", "format"))
     return await _fragment_batch(request, "deep", update.merge, "merge")
 
 
+@api("Delete entities (batch)", query=("local",), body="IdList", ok=204, returns=None, more={207: "BatchResult"})
 async def batch_delete(request: Request) -> Response:
     check_params(request, ("local",))
     items, media = await _entities(request)

@@ -14,6 +14,7 @@ from cityos.jsonld.termmap import TermMap, define_terms
 from cityos.ngsild.common import check_params, json_response, no_content, read_json, services, tenant
 from cityos.ngsild.guard import require
 from cityos.ngsild.negotiation import request_media_type
+from cityos.ops.declare import api
 from cityos.policy.decision import Target
 from cityos.store.base import StoredContextRow
 
@@ -44,6 +45,7 @@ def _core_details(url: str) -> dict[str, object]:
     return {"URL": url, "localId": url.rsplit("/", 1)[-1], "kind": "Cached", "createdAt": "1970-01-01T00:00:00Z"}
 
 
+@api("List the @contexts this broker holds", query=("details", "kind"), returns="ObjectList")
 async def list_contexts(request: Request) -> Response:
     check_params(request, ("details", "kind"))
     details = _bool_param(request, "details")
@@ -56,6 +58,7 @@ async def list_contexts(request: Request) -> Response:
     return json_response([item.url for item in items])
 
 
+@api("A hosted @context document (or its details)", query=("details",), returns="Object", errors=(400, 404))
 async def serve_context(request: Request) -> Response:
     check_params(request, ("details",))
     details = _bool_param(request, "details")
@@ -78,6 +81,7 @@ def _administer(request: Request, tenant_name: str) -> None:
     require(request, "administer", Target(tenant=tenant_name, resource="context"))
 
 
+@api("Add a hosted @context", body="Object", ok=201, returns=None, errors=(400, 409))
 async def add_context(request: Request) -> Response:
     check_params(request, ())
     _administer(request, tenant(request))
@@ -101,6 +105,7 @@ async def add_context(request: Request) -> Response:
     return Response(status_code=201, headers={"Location": f"{BASE}/{stored.local_id}"})
 
 
+@api("Delete a hosted @context, or reload a cached one", query=("reload",), ok=204, returns=None, errors=(400, 404))
 async def delete_context(request: Request) -> Response:
     check_params(request, ("reload",))
     reload = _bool_param(request, "reload")
