@@ -61,6 +61,11 @@ PUBLIC_ROUTES = {
     ("GET", "/cityos/v1/indicators"),  # how each indicator is computed: public, as an algorithm register
     ("GET", "/cityos/v1/rules"),  # how each alert is decided: public, as an algorithm register
     ("GET", "/cityos/v1/insight/register"),  # the register of models: every indicator and forecaster, public
+    ("GET", "/openapi.json"),  # the API description (routes and schemas, no data): ops/openapi.py
+    ("GET", "/docs"),  # its documentation page and the page's own assets
+    ("GET", "/docs/{asset}"),
+    ("GET", "/health/live"),  # load balancers' and Kubernetes probes: ops/health.py
+    ("GET", "/health/ready"),
 }
 # the handler that only answers 400 for a missing entity id (`/entities/`, `/entities//attrs`)
 MALFORMED = "missing_entity_id"
@@ -395,6 +400,11 @@ def probes(ids: Ids) -> list[Probe]:
             "/cityos/v1/forecasters/pm25-next-day/compute",
         ),
         p("GET", "/cityos/v1/insight/register", "public", "/cityos/v1/insight/register"),
+        p("GET", "/openapi.json", "public", "/openapi.json"),
+        p("GET", "/docs", "public", "/docs"),
+        p("GET", "/docs/{asset}", "public", "/docs/docs.js"),
+        p("GET", "/health/live", "public", "/health/live"),
+        p("GET", "/health/ready", "public", "/health/ready"),
         # the data channel between cities (dataspace/): its admin API, and its partners' API
         p("GET", f"{SPACE}/identity", "admin-read", f"{SPACE}/identity"),
         p("GET", f"{SPACE}/partners", "admin-read", f"{SPACE}/partners"),
