@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import httpx
 import hypothesis
 import pytest
 import schemathesis
@@ -177,3 +178,31 @@ def test_every_operation_answers_within_its_description(served: str) -> None:
         one()
     assert seen > 150
     assert failures == []
+
+
+@pytest.mark.parametrize("module_db_url", ["sqlite"], indirect=True)
+def test_docs_page_renders_in_a_browser_from_this_server_alone(served: str) -> None:
+    """Chromium opens /docs: Swagger UI draws the description's operations, and no request goes
+    anywhere but this server (no CDN, no font or telemetry host)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    elsewhere: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: None if r.url.startswith(served) else elsewhere.append(r.url))
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(served + "/docs")
+            page.wait_for_selector(".opblock-tag", timeout=60_000)
+            drawn = page.locator(".opblock-tag").count()
+            title = page.locator(".title").first.inner_text()
+            page.locator(".opblock-tag", has_text="NGSI-LD entities").first.click()  # a tag opens on demand
+            page.wait_for_selector(".opblock-post", timeout=30_000)
+        finally:
+            browser.close()
+    document = httpx.get(served + "/openapi.json").json()
+    tags = {tag for ops in document["paths"].values() for op in ops.values() for tag in op["tags"]}
+    assert drawn == len(tags) > 10  # every tag, each holding its operations (collapsed)
+    assert title.startswith("CityOS")
+    assert elsewhere == [] and errors == []

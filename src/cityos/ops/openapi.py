@@ -32,6 +32,7 @@ STATUS_TEXT = {
 }
 ALWAYS = (401, 403, 503)  # any route may answer these (auth, policies, a busy database)
 GEO_JSON = "application/geo+json"
+NGSI_LD = "/ngsi-ld/v1/"
 
 
 def describe(routes: list[BaseRoute]) -> dict[str, Any]:
@@ -89,8 +90,7 @@ def _operation(route: Route, method: str, op: Operation | None, ids: set[str]) -
     while operation_id in ids:  # the same handler on a twin path (trailing slash)
         operation_id, n = f"{base}_{n}", n + 1
     ids.add(operation_id)
-    module = getattr(handler, "__module__", "cityos").split(".")
-    tag = module[1] if len(module) > 2 else "cityos"
+    tag = _tag(route.path, getattr(handler, "__module__", "cityos"))
     if op is None:
         doc = (getattr(handler, "__doc__", None) or f"{method} {route.path}").strip().splitlines()[0]
         op = Operation(doc, errors=(400, 404))
@@ -117,6 +117,15 @@ def _operation(route: Route, method: str, op: Operation | None, ids: set[str]) -
         if op.body_media == ("application/json",):
             described["requestBody"]["description"] = "application/ld+json is accepted too, its @context inside"
     return described
+
+
+def _tag(path: str, module: str) -> str:
+    """The group an operation is shown in: NGSI-LD's by its first path segment (entities,
+    subscriptions, temporal...), the others by their package (audit, policy, insight...)."""
+    if path.startswith(NGSI_LD):
+        return "NGSI-LD " + path[len(NGSI_LD) :].split("/", 1)[0]
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 else "cityos"
 
 
 def _responses(op: Operation) -> dict[str, Any]:

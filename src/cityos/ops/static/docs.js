@@ -5,6 +5,7 @@ window.addEventListener("load", () => {
     url: "/openapi.json",
     dom_id: "#swagger-ui",
     deepLinking: true,
+    docExpansion: "none", // 150 operations: the tags first, opened on demand
     tryItOutEnabled: false,
   });
 });
