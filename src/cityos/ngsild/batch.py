@@ -67,6 +67,14 @@ class BatchReport:
         return {"success": self.success, "errors": self.errors}
 
 
+# query parameters each handler accepts (checked by it, described by ops/openapi.py)
+BATCH_CREATE_PARAMS = ("local",)
+BATCH_UPSERT_PARAMS = ("options", "local")
+BATCH_UPDATE_PARAMS = ("options", "local")
+BATCH_MERGE_PARAMS = ("options", "local", "format")
+BATCH_DELETE_PARAMS = ("local",)
+
+
 async def _entities(request: Request) -> tuple[list[Any], str]:
     body, media = await read_payload(request, merge_patch=False)
     if media == JSON_LD and link_context(request) is not None:
@@ -155,14 +163,14 @@ def _finish(report: BatchReport, *, success_status: int, body_on_success: Any = 
 
 @api(
     "Create entities (batch)",
-    query=("local",),
+    query=BATCH_CREATE_PARAMS,
     body="EntityBatch",
     ok=201,
     returns="Created",
     more={207: "BatchResult"},
 )
 async def batch_create(request: Request) -> Response:
-    check_params(request, ("local",))
+    check_params(request, BATCH_CREATE_PARAMS)
     items, media = await _entities(request)
     tenant_name = tenant(request)
     report = BatchReport()
@@ -179,14 +187,14 @@ async def batch_create(request: Request) -> Response:
 
 @api(
     "Create or replace entities (batch)",
-    query=("options", "local"),
+    query=BATCH_UPSERT_PARAMS,
     body="EntityBatch",
     ok=201,
     returns="Created",
     more={204: None, 207: "BatchResult"},
 )
 async def batch_upsert(request: Request) -> Response:
-    check_params(request, ("options", "local"))
+    check_params(request, BATCH_UPSERT_PARAMS)
     chosen = options(request, ("replace", "update"))
     if len(chosen) > 1:
         raise BadRequestData("options must be replace or update, not both")
@@ -228,14 +236,14 @@ async def _fragment_batch(request: Request, nulls: str, mutator: Any, kind: str)
 
 @api(
     "Update entities (batch)",
-    query=("options", "local"),
+    query=BATCH_UPDATE_PARAMS,
     body="EntityBatch",
     ok=204,
     returns=None,
     more={207: "BatchResult"},
 )
 async def batch_update(request: Request) -> Response:
-    check_params(request, ("options", "local"))
+    check_params(request, BATCH_UPDATE_PARAMS)
     # `update` and `replace` belong to upsert, but the FIWARE tutorials and clients written against
     # Orion-LD send them here too; a batch update replaces each attribute it names either way
     no_overwrite = "noOverwrite" in options(request, ("noOverwrite", "update", "replace"))
@@ -249,20 +257,22 @@ async def batch_update(request: Request) -> Response:
 
 @api(
     "Merge into entities (batch)",
-    query=("options", "local", "format"),
+    query=BATCH_MERGE_PARAMS,
     body="EntityBatch",
     ok=204,
     returns=None,
     more={207: "BatchResult"},
 )
 async def batch_merge(request: Request) -> Response:
-    check_params(request, ("options", "local", "format"))
+    check_params(request, BATCH_MERGE_PARAMS)
     return await _fragment_batch(request, "deep", update.merge, "merge")
 
 
-@api("Delete entities (batch)", query=("local",), body="IdList", ok=204, returns=None, more={207: "BatchResult"})
+@api(
+    "Delete entities (batch)", query=BATCH_DELETE_PARAMS, body="IdList", ok=204, returns=None, more={207: "BatchResult"}
+)
 async def batch_delete(request: Request) -> Response:
-    check_params(request, ("local",))
+    check_params(request, BATCH_DELETE_PARAMS)
     items, media = await _entities(request)
     tenant_name = await existing_tenant(request)
     report = BatchReport()

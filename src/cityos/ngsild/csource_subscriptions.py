@@ -31,7 +31,7 @@ from cityos.ngsild.common import (
 )
 from cityos.ngsild.guard import require
 from cityos.ngsild.registrations import csource
-from cityos.ngsild.subscriptions import check_targets, listing_response, preference_applied
+from cityos.ngsild.subscriptions import LISTING_PARAMS, check_targets, listing_response, preference_applied
 from cityos.ops.declare import api
 from cityos.policy.decision import Target
 from cityos.registrations.subscriptions import (
@@ -89,7 +89,7 @@ async def retrieve_csource_subscription(request: Request) -> Response:
     return json_response(body, media=media, context=context, headers=preference_applied(request))
 
 
-@api("List context source subscriptions", query=("limit", "offset", "count", "options"), returns="SubscriptionList")
+@api("List context source subscriptions", query=LISTING_PARAMS, returns="SubscriptionList")
 async def query_csource_subscriptions(request: Request) -> Response:
     return await listing_response(request, csource(request).listing, render_csource_subscription, COLLECTION)
 

@@ -101,6 +101,9 @@ SYSTEM_ATTRIBUTES = frozenset(
     {"id", "type", "scope", "createdAt", "modifiedAt", "deletedAt", "observedAt", "expiresAt"}
 )
 
+# query parameters each handler accepts (checked by it, described by ops/openapi.py)
+QUERY_POST_PARAMS = ("limit", "offset", "count", "options", "format", "local", "lang", "geometryProperty")
+
 
 def plain_params(request: Request) -> dict[str, str]:
     """The URL's parameters as a plain dict (the last value of a repeated name, as QueryParams' own
@@ -447,13 +450,13 @@ QUERY_BODY_MEMBERS = frozenset(
 
 @api(
     "Query entities with the query in the body",
-    query=("limit", "offset", "count", "options", "format", "local", "lang", "geometryProperty"),
+    query=QUERY_POST_PARAMS,
     body="Query",
     returns="EntityList",
 )
 async def query_post(request: Request) -> Response:
     """POST /entityOperations/query: the query in a body, paging and representation in the URL."""
-    check_params(request, ("limit", "offset", "count", "options", "format", "local", "lang", "geometryProperty"))
+    check_params(request, QUERY_POST_PARAMS)
     media = accept(request, (JSON, JSON_LD, GEO_JSON))
     body, body_media = await read_payload(request)
     tenant_name = await existing_tenant(request)

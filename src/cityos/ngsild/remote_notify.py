@@ -24,7 +24,6 @@ from cityos.ops.declare import api
 
 @api(
     "A context source's notification for a forwarded subscription",
-    query=("subscriptionId",),
     body="Object",
     returns="Object",
     errors=(400, 404),

@@ -57,6 +57,8 @@ COLLECTION = BASE + "/subscriptions"
 
 log = logging.getLogger("cityos.subscriptions")
 
+LISTING_PARAMS = ("limit", "offset", "count", "options")  # of both subscription listings
+
 
 def subscriptions(request: Request) -> SubscriptionService:
     result: SubscriptionService = request.app.state.subscriptions
@@ -183,7 +185,7 @@ async def retrieve_subscription(request: Request) -> Response:
     return json_response(body, media=media, context=context, headers=preference_applied(request))
 
 
-@api("List subscriptions", query=("limit", "offset", "count", "options"), returns="SubscriptionList")
+@api("List subscriptions", query=LISTING_PARAMS, returns="SubscriptionList")
 async def query_subscriptions(request: Request) -> Response:
     async def load(tenant_name: str) -> list[Subscription]:
         return subscriptions(request).listing(tenant_name)
@@ -199,7 +201,7 @@ async def listing_response(
 ) -> Response:
     """GET of a subscription collection (entity or context source ones): the caller's own
     subscriptions of the tenant, one page, rendered with the request's @context."""
-    check_params(request, ("limit", "offset", "count", "options"))
+    check_params(request, LISTING_PARAMS)
     media = accept(request)
     tenant_name = await existing_tenant(request)
     limit, offset = page(request)

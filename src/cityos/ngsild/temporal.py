@@ -99,6 +99,10 @@ class TemporalRequest:
     view: TemporalView
 
 
+# query parameters each handler accepts (checked by it, described by ops/openapi.py)
+QUERY_TEMPORAL_POST_PARAMS = ("limit", "offset", "count", "options", "format", "local", "lang")
+
+
 def _request(
     request: Request, context: ResolvedContext, values: Mapping[str, Any], params: Mapping[str, str]
 ) -> TemporalRequest:
@@ -180,14 +184,14 @@ async def query_temporal(request: Request) -> Response:
 
 @api(
     "Query temporal entities with the query in the body",
-    query=("limit", "offset", "count", "options", "format", "local", "lang"),
+    query=QUERY_TEMPORAL_POST_PARAMS,
     body="Query",
     returns="TemporalEntityList",
     more={206: "TemporalEntityList"},
 )
 async def query_temporal_post(request: Request) -> Response:
     """POST /temporal/entityOperations/query: the query in the body, paging and representation in the URL."""
-    check_params(request, ("limit", "offset", "count", "options", "format", "local", "lang"))
+    check_params(request, QUERY_TEMPORAL_POST_PARAMS)
     media = accept(request)
     body, body_media = await read_payload(request)
     tenant_name = await existing_tenant(request)

@@ -52,7 +52,7 @@ def describe(routes: list[BaseRoute]) -> dict[str, Any]:
             "title": "CityOS",
             "version": __version__,
             "summary": "NGSI-LD context broker and smart-city platform",
-            "license": {"name": "see the project's LICENSE"},
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "paths": paths,
         "components": {

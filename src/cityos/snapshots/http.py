@@ -102,6 +102,11 @@ class SnapshotFills:
         await stop_tasks(list(self.tasks))
 
 
+# query parameters each handler accepts (checked by it, described by ops/openapi.py)
+QUERY_SNAPSHOTS_PARAMS = ("q", "limit", "offset", "count")
+PURGE_SNAPSHOTS_PARAMS = ("q",)
+
+
 def _fills(request: Request) -> SnapshotFills:
     fills: SnapshotFills = request.scope["app"].state.snapshot_fills
     return fills
@@ -380,10 +385,10 @@ async def _selected(request: Request, tenant_name: str, q: str | None, action: A
     ]
 
 
-@api("List the caller's snapshots", query=("q", "limit", "offset", "count"), returns="ObjectList")
+@api("List the caller's snapshots", query=QUERY_SNAPSHOTS_PARAMS, returns="ObjectList")
 async def query_snapshots(request: Request) -> Response:
     """GET /snapshots: the tenant's snapshots (the caller's), optionally filtered by q, paged."""
-    check_params(request, ("q", "limit", "offset", "count"))
+    check_params(request, QUERY_SNAPSHOTS_PARAMS)
     media = accept(request)
     tenant_name = tenant(request)
     limit, offset = _page(request)
@@ -426,10 +431,10 @@ async def delete_snapshot(request: Request) -> Response:
     return no_content()
 
 
-@api("Delete the caller's snapshots q selects", query=("q",), ok=204, returns=None)
+@api("Delete the caller's snapshots q selects", query=PURGE_SNAPSHOTS_PARAMS, ok=204, returns=None)
 async def purge_snapshots(request: Request) -> Response:
     """DELETE /snapshots?q= (5.16.7): the caller's snapshots whose own members match q."""
-    check_params(request, ("q",))
+    check_params(request, PURGE_SNAPSHOTS_PARAMS)
     tenant_name = tenant(request)
     q = request.query_params.get("q")
     if q is None:
