@@ -70,6 +70,11 @@ PUBLIC_ROUTES = {
     ("GET", "/open311/v2/requests/{request_id}.{format}"),
     ("GET", "/open311/v2/tokens/{token}.{format}"),
     ("GET", "/open311/v2/media/{name}"),
+    ("GET", "/openapi.json"),  # the API description (routes and schemas, no data): ops/openapi.py
+    ("GET", "/docs"),  # its documentation page and the page's own assets
+    ("GET", "/docs/{asset}"),
+    ("GET", "/health/live"),  # load balancers' and Kubernetes probes: ops/health.py
+    ("GET", "/health/ready"),
 }
 # the handler that only answers 400 for a missing entity id (`/entities/`, `/entities//attrs`)
 MALFORMED = "missing_entity_id"
@@ -420,6 +425,11 @@ def probes(ids: Ids) -> list[Probe]:
             "/cityos/v1/open311/requests/x/status",
             json={"status": "closed"},
         ),
+        p("GET", "/openapi.json", "public", "/openapi.json"),
+        p("GET", "/docs", "public", "/docs"),
+        p("GET", "/docs/{asset}", "public", "/docs/docs.js"),
+        p("GET", "/health/live", "public", "/health/live"),
+        p("GET", "/health/ready", "public", "/health/ready"),
         # the data channel between cities (dataspace/): its admin API, and its partners' API
         p("GET", f"{SPACE}/identity", "admin-read", f"{SPACE}/identity"),
         p("GET", f"{SPACE}/partners", "admin-read", f"{SPACE}/partners"),

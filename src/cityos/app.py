@@ -81,6 +81,8 @@ from cityos.ngsild import (
 from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.open311 import http as open311_http
 from cityos.open311.services import CatalogueError
+from cityos.ops import http as ops_http
+from cityos.ops.declare import api
 from cityos.pipeline import WritePipeline, context_registry, settings_store
 from cityos.policy import http as policy_http
 from cityos.policy.service import PolicyService, access_policies
@@ -385,6 +387,7 @@ def _follow_other_workers(
     return on_event
 
 
+@api("The broker's name and version", returns="Object", errors=())
 async def version_info(request: Request) -> Response:
     return Response(orjson.dumps({"name": "cityos", "version": __version__}), media_type="application/json")
 
@@ -551,6 +554,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *open311_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
+        *ops_http.routes(),  # /openapi.json describes every route above (ops/openapi.py)
     ]
     handlers: dict[Any, Any] = {
         NgsiLdError: ngsild_error,

@@ -335,6 +335,12 @@ class Settings:
         "of hourly values of one attribute); past it the answer is 206 with a Content-Range. The ETSI suite's "
         "pagination cases need 21-39 (docs/conformance.md).",
     )
+    health_timeout: float = _setting(
+        2.0, "Seconds each check of GET /health/ready may take (database, writer) before it counts as failed."
+    )
+    health_outbox_stuck: float = _setting(
+        30.0, "GET /health/ready fails when the notification outbox was not read for this many seconds."
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -414,7 +420,7 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
-        for name in ("context_fetch_timeout", "context_request_budget"):
+        for name in ("context_fetch_timeout", "context_request_budget", "health_timeout", "health_outbox_stuck"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.sqlite_writer_cache_mb < 1 or self.sqlite_reader_cache_mb < 1:

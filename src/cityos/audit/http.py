@@ -20,6 +20,7 @@ from cityos.auth.credentials import require_admin
 from cityos.auth.principal import current_request_id
 from cityos.errors import BadRequestData, NgsiLdError
 from cityos.ngsild.common import Services, principal
+from cityos.ops.declare import api
 
 PREFIX = "/cityos/v1/audit"
 READ_PERSONAL = "entity.read-personal"  # what the policy layer records for a read of personal data
@@ -40,6 +41,9 @@ async def _admin(request: Request) -> Services:
 
 
 FILTERS = {"principal", "entity", "operation", "tenant", "from", "to", "limit", "after"}
+
+
+REPORT_FILTERS = {"subject", "from", "to", "limit", "after"}  # the access report's parameters
 
 
 def _query(params: Mapping[str, str], services: Services, allowed: set[str] = FILTERS) -> AuditQuery:
@@ -76,6 +80,7 @@ def _page(request: Request, items: list[dict[str, Any]], query: AuditQuery, last
     return Response(orjson.dumps(items), media_type="application/json", headers=headers)
 
 
+@api("The audit trail, filtered and paged (admin)", query=tuple(sorted(FILTERS)), returns="Any")
 async def list_records(request: Request) -> Response:
     """Records by principal, entity (a target), operation, tenant and time; paged by `after` (a seq)."""
     services = await _admin(request)
@@ -85,13 +90,16 @@ async def list_records(request: Request) -> Response:
     return _page(request, [r.as_dict() for r in records], query, last)
 
 
+@api(
+    "Who read personal data about an entity, when, and why (admin)", query=tuple(sorted(REPORT_FILTERS)), returns="Any"
+)
 async def access_report(request: Request) -> Response:
     """Who read personal data about `subject` (an entity id), when, and for which purpose."""
     services = await _admin(request)
     subject = request.query_params.get("subject")
     if not subject:
         raise BadRequestData("subject (an entity id) is required")
-    query = _query(request.query_params, services, {"subject", "from", "to", "limit", "after"})
+    query = _query(request.query_params, services, REPORT_FILTERS)
     query.target, query.operation = subject, READ_PERSONAL
     records = await services.store.read_audit(query)
     last = records[query.limit - 2].seq if query.limit and len(records) >= query.limit else 0

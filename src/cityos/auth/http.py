@@ -28,6 +28,7 @@ from cityos.auth.principal import Principal, current_principal
 from cityos.auth.service import Identity
 from cityos.errors import BadRequestData
 from cityos.ngsild.common import json_response, no_content, read_json
+from cityos.ops.declare import api
 
 ADMIN = "/cityos/v1/admin"
 
@@ -62,6 +63,7 @@ def _tenants(body: dict[str, Any]) -> list[str] | None:
     return _list(body, "tenants") if body.get("tenants") is not None else None
 
 
+@api("Create an API key (admin)", ok=201, returns="Object", body="Object", errors=(400, 404))
 async def create_key(request: Request) -> Response:
     actor = _admin()
     body = await _object(request)
@@ -85,22 +87,26 @@ async def create_key(request: Request) -> Response:
     return json_response(view, status=201, headers={"Location": f"{ADMIN}/keys/{issued.row.id}"})
 
 
+@api("List API keys", ok=200, returns="Any", errors=(400, 404))
 async def list_keys(request: Request) -> Response:
     rows = await _identity(request).credentials.list_keys(_admin())
     now = time.time()
     return json_response([public_view(row, now) for row in rows])
 
 
+@api("Retrieve an API key's record", ok=200, returns="Object", errors=(400, 404))
 async def get_key(request: Request) -> Response:
     row = await _identity(request).credentials.get_key(_admin(), request.path_params["key_id"])
     return json_response(public_view(row, time.time()))
 
 
+@api("Revoke an API key", ok=204, returns=None, errors=(400, 404))
 async def revoke_key(request: Request) -> Response:
     await _identity(request).credentials.revoke_key(_admin(), request.path_params["key_id"])
     return no_content()
 
 
+@api("Create a local user (admin)", ok=201, returns="Object", body="Object", errors=(400, 404))
 async def create_user(request: Request) -> Response:
     actor = _admin()
     body = await _object(request)
@@ -115,17 +121,20 @@ async def create_user(request: Request) -> Response:
     return json_response(public_view(row, time.time()), status=201, headers={"Location": f"{ADMIN}/users/{row.id}"})
 
 
+@api("List local users", ok=200, returns="Any", errors=(400, 404))
 async def list_users(request: Request) -> Response:
     rows = await _identity(request).credentials.list_users(_admin())
     now = time.time()
     return json_response([public_view(row, now) for row in rows])
 
 
+@api("Delete a local user", ok=204, returns=None, errors=(400, 404))
 async def delete_user(request: Request) -> Response:
     await _identity(request).credentials.delete_user(_admin(), request.path_params["name"])
     return no_content()
 
 
+@api("Set a local user's password", ok=204, returns=None, body="Object", errors=(400, 404))
 async def set_password(request: Request) -> Response:
     actor = _admin()
     body = await _object(request)
@@ -133,6 +142,7 @@ async def set_password(request: Request) -> Response:
     return no_content()
 
 
+@api("A token for a local user's password (HTTP Basic)", ok=200, returns="Object", errors=(400, 404))
 async def issue_token(request: Request) -> Response:
     """A local user proves its password once (HTTP Basic, checked by the middleware) and gets a
     bearer token valid for --user-token-lifetime seconds."""

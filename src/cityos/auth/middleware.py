@@ -49,6 +49,14 @@ PUBLIC_PATHS = frozenset(
         "/cityos/v1/indicators",
         "/cityos/v1/rules",  # how each alert is decided: public, as the indicators (only GET is routed)
         "/cityos/v1/insight/register",
+        # the API description and its page, and the probes of load balancers (ops/http.py PUBLIC)
+        "/openapi.json",
+        "/docs",
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-ui.css",
+        "/docs/docs.js",
+        "/health/live",
+        "/health/ready",
     }
 )
 PUBLIC_READS = "/ngsi-ld/v1/jsonldContexts"

@@ -34,6 +34,7 @@ from cityos.ngsild.common import (
     read_payload,
     services,
 )
+from cityos.ops.declare import api
 from cityos.policy.enforce import record_denied
 
 BASE = "/cityos/v1/admin/dataspace"
@@ -72,50 +73,59 @@ def _object(value: Any) -> dict[str, Any]:
 
 
 # -- admin ----------------------------------------------------------------------------------------
+@api("This city's dataspace identity and public key", ok=200, returns="Object", errors=(400, 404))
 async def identity(request: Request) -> Response:
     service = await _admin(request)
     return json_response({**identity_of(service.signing_key), "url": service.base_url})
 
 
+@api("List partner cities", ok=200, returns="Any", errors=(400, 404))
 async def list_partners(request: Request) -> Response:
     service = await _admin(request)
     return json_response(sorted(service.partners.values(), key=lambda p: p["name"]))
 
 
+@api("Add a partner city", ok=201, returns="Any", body="Object", errors=(400, 404))
 async def add_partner(request: Request) -> Response:
     service = await _admin(request)
     partner = await service.add_partner(await read_json(request), by=principal(request).id)
     return json_response(partner, status=201, headers={"Location": f"{BASE}/partners/{quote(partner['name'])}"})
 
 
+@api("Remove a partner city", ok=204, returns=None, errors=(400, 404))
 async def remove_partner(request: Request) -> Response:
     service = await _admin(request)
     await service.remove_partner(request.path_params["name"], by=principal(request).id)
     return no_content()
 
 
+@api("List data offers", ok=200, returns="Any", errors=(400, 404))
 async def list_offers(request: Request) -> Response:
     service = await _admin(request)
     return json_response(sorted(service.offers.values(), key=lambda o: o["id"]))
 
 
+@api("Publish a data offer", ok=201, returns="Any", body="Object", errors=(400, 404))
 async def publish_offer(request: Request) -> Response:
     service = await _admin(request)
     offer = await service.publish(await read_json(request), by=principal(request).id)
     return json_response(offer, status=201, headers={"Location": f"{BASE}/offers/{quote(offer['id'])}"})
 
 
+@api("Withdraw a data offer", ok=204, returns=None, errors=(400, 404))
 async def withdraw_offer(request: Request) -> Response:
     service = await _admin(request)
     await service.withdraw(request.path_params["offer_id"], by=principal(request).id)
     return no_content()
 
 
+@api("List agreements", ok=200, returns="Any", errors=(400, 404))
 async def list_agreements(request: Request) -> Response:
     service = await _admin(request)
     return json_response([a.doc for a in sorted(service.agreements.values(), key=lambda a: a.id)])
 
 
+@api("Retrieve an agreement", ok=200, returns="Object", errors=(400, 404))
 async def get_agreement(request: Request) -> Response:
     service = await _admin(request)
     agreement = service.agreements.get(request.path_params["agreement_id"])
@@ -124,6 +134,7 @@ async def get_agreement(request: Request) -> Response:
     return json_response(agreement.doc)
 
 
+@api("Negotiate an agreement with a partner", ok=201, returns="Any", body="Object", errors=(400, 404))
 async def negotiate(request: Request) -> Response:
     service = await _admin(request)
     body = _object(await read_json(request))
@@ -134,6 +145,7 @@ async def negotiate(request: Request) -> Response:
     return json_response(doc, status=201, headers={"Location": f"{BASE}/agreements/{quote(doc['id'], safe='')}"})
 
 
+@api("Revoke an agreement", ok=200, returns="Any", errors=(400, 404))
 async def revoke(request: Request) -> Response:
     service = await _admin(request)
     doc = await service.revoke(request.path_params["agreement_id"], by=principal(request).id)
@@ -141,6 +153,10 @@ async def revoke(request: Request) -> Response:
 
 
 # -- partners (signed) ----------------------------------------------------------------------------
+@api("Dataspace Protocol: this city's catalogue (signed)", method="GET", returns="Any")
+@api(
+    "Dataspace Protocol: a catalogue request (signed)", method="POST", body="Object", body_required=False, returns="Any"
+)
 async def catalog(request: Request) -> Response:
     service, partner = await _partner(request)
     if request.method == "POST":
@@ -150,24 +166,28 @@ async def catalog(request: Request) -> Response:
     return json_response(service.catalog(partner), media="application/ld+json")
 
 
+@api("Dataspace Protocol: a contract request (signed)", ok=201, returns="Any", body="Object", errors=(400, 404))
 async def contract_request(request: Request) -> Response:
     service, partner = await _partner(request)
     answer = await service.on_contract_request(partner, await read_json(request))
     return json_response(answer, status=201, media="application/ld+json")
 
 
+@api("Dataspace Protocol: agreement verification (signed)", ok=200, returns="Any", body="Object", errors=(400, 404))
 async def verification(request: Request) -> Response:
     service, partner = await _partner(request)
     answer = await service.on_verification(partner, request.path_params["pid"], await read_json(request))
     return json_response(answer, media="application/ld+json")
 
 
+@api("Dataspace Protocol: termination (signed)", ok=200, returns="Any", body="Object", errors=(400, 404))
 async def termination(request: Request) -> Response:
     service, partner = await _partner(request)
     answer = await service.on_termination(partner, request.path_params["pid"], await read_json(request))
     return json_response(answer, media="application/ld+json")
 
 
+@api("A partner's notification under an agreement (signed)", ok=200, returns="Any", body="Object", errors=(400, 404))
 async def inbox(request: Request) -> Response:
     """A notification of a subscription this city holds at a partner, under an agreement: its
     entities are written into this city's own store (received.py) and the exchange is recorded with

@@ -11,6 +11,7 @@ The tenant is the `fiware-service` header (or NGSILD-Tenant); `fiware-servicepat
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ from cityos.ingest.iot_agent import IotAgent
 from cityos.ingest.iot_payloads import JSON, UL
 from cityos.ingest.iot_provisioning import Registry, parse_device, parse_group
 from cityos.ngsild.common import TENANT_HEADER, TENANT_RE, json_response, no_content
+from cityos.ops.declare import api
 
 
 def _agent(request: Request) -> IotAgent:
@@ -70,6 +72,7 @@ async def _json_list(request: Request, key: str) -> list[Any]:
     return items
 
 
+@api("The IoT Agent's version (as a FIWARE agent answers)", returns="Object", errors=())
 async def about(request: Request) -> Response:
     agent = _agent(request)
     mqtt = request.app.state.ingest.mqtt
@@ -78,6 +81,7 @@ async def about(request: Request) -> Response:
     return json_response(body)
 
 
+@api("Provision service groups (IoT Agent API)", body="Object", ok=201, returns=None, errors=(400, 409))
 async def create_groups(request: Request) -> Response:
     tenant, path = _tenant(request), _service_path(request)
     groups = [parse_group(item, tenant, path) for item in await _json_list(request, "services")]
@@ -85,11 +89,13 @@ async def create_groups(request: Request) -> Response:
     return Response(status_code=201)
 
 
+@api("List service groups", returns="Object")
 async def list_groups(request: Request) -> Response:
     groups = _registry(request).groups(_tenant(request))
     return json_response({"count": len(groups), "services": [g.document() for g in groups]})
 
 
+@api("Delete a service group", ok=204, returns=None, errors=(400, 404))
 async def delete_group(request: Request) -> Response:
     apikey = request.query_params.get("apikey")
     if not apikey:
@@ -99,6 +105,7 @@ async def delete_group(request: Request) -> Response:
     return no_content()
 
 
+@api("Provision devices (IoT Agent API)", body="Object", ok=201, returns=None, errors=(400, 409))
 async def create_devices(request: Request) -> Response:
     tenant, path = _tenant(request), _service_path(request)
     registry = _registry(request)
@@ -111,11 +118,13 @@ async def create_devices(request: Request) -> Response:
     return Response(status_code=201)
 
 
+@api("List devices", returns="Object")
 async def list_devices(request: Request) -> Response:
     devices = _registry(request).devices(_tenant(request))
     return json_response({"count": len(devices), "devices": [d.document() for d in devices]})
 
 
+@api("Retrieve a device", returns="Object", errors=(404,))
 async def get_device(request: Request) -> Response:
     device_id = request.path_params["device_id"]
     device = _registry(request).device(_tenant(request), device_id)
@@ -124,6 +133,7 @@ async def get_device(request: Request) -> Response:
     return json_response(device.document())
 
 
+@api("Delete a device", ok=204, returns=None, errors=(404,))
 async def delete_device(request: Request) -> Response:
     device_id = request.path_params["device_id"]
     if not await _registry(request).remove_device(_tenant(request), device_id):
@@ -146,10 +156,23 @@ async def _measure(request: Request, fmt: str) -> Response:
     return Response(status_code=200)
 
 
+@api(
+    "A device's measures in UltraLight 2.0 (device key)",
+    query=("k", "i", "t"),
+    body="Text",
+    returns=None,
+    body_media=("text/plain",),
+)
 async def ultralight_measure(request: Request) -> Response:
     return await _measure(request, UL)
 
 
+@api(
+    "A device's measures in JSON (device key)",
+    query=("k", "i", "t"),
+    body="Object",
+    returns=None,
+)
 async def json_measure(request: Request) -> Response:
     return await _measure(request, JSON)
 
@@ -160,6 +183,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 def _provisioning(endpoint: Endpoint) -> Endpoint:
     """With --auth required, provisioning is administration: an admin of the service's tenant."""
 
+    @functools.wraps(endpoint)  # its name and API declaration (ops/declare.py) are the endpoint's
     async def checked(request: Request) -> Response:
         principal = current_principal.get()
         if not principal.unrestricted:

@@ -26,6 +26,7 @@ from cityos.insight.alerts import AlertRules, UnknownAlert
 from cityos.insight.http import put_file
 from cityos.insight.rules import Rule
 from cityos.ngsild.common import principal, tenant
+from cityos.ops.declare import api
 
 RULES = "/cityos/v1/rules"
 ALERTS = "/cityos/v1/alerts"
@@ -67,16 +68,19 @@ def _rules(request: Request) -> AlertRules:
     return rules
 
 
+@api("The register of alert rules (public)", returns="Any", errors=())
 async def list_rules(request: Request) -> Response:
     rules = _rules(request)
     return _json([describe(rules.rules[key]) for key in sorted(rules.rules)])
 
 
+@api("Add or replace an alert rule (admin)", body="Object", returns="Any", more={201: "Any"}, errors=(400,))
 async def put_rule(request: Request) -> Response:
     require_admin(principal(request), every_tenant=True)
     return await put_file(request, _rules(request).put, "rule_id", describe, "a rule file")
 
 
+@api("Acknowledge an alert", body="Object", body_required=False, returns="Any", errors=(400, 404))
 async def acknowledge(request: Request) -> Response:
     who = principal(request)
     require_admin(who, every_tenant=True)

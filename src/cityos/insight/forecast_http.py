@@ -23,6 +23,7 @@ from cityos.insight.forecast import ForecastUnavailable
 from cityos.insight.forecast_service import ForecastService, Issued, UnknownForecaster
 from cityos.insight.register import ModelRegister
 from cityos.ngsild.common import principal, tenant
+from cityos.ops.declare import api
 
 PREFIX = "/cityos/v1/forecasters"
 REGISTER = "/cityos/v1/insight/register"
@@ -57,14 +58,17 @@ async def _compute(request: Request, ids: list[str]) -> Response:
     return _json([summary(item) for item in done])
 
 
+@api("Compute every forecast now (admin)", returns="Any", errors=(422,))
 async def compute_all(request: Request) -> Response:
     return await _compute(request, [i for i in request.query_params.get("id", "").split(",") if i])
 
 
+@api("Compute one forecast now (admin)", returns="Any", errors=(404, 422))
 async def compute_one(request: Request) -> Response:
     return await _compute(request, [request.path_params["forecaster_id"]])
 
 
+@api("The register of models: indicators, forecasters, rules, detectors (public)", returns="Any", errors=())
 async def register(request: Request) -> Response:
     found: ModelRegister = request.app.state.model_register
     return _json(found.entries())

@@ -27,6 +27,7 @@ from cityos.insight.engine import Result, iso
 from cityos.insight.model import Indicator, IndicatorFileError
 from cityos.insight.service import IndicatorService, UnknownIndicator, Written
 from cityos.ngsild.common import principal, tenant
+from cityos.ops.declare import api
 
 PREFIX = "/cityos/v1/indicators"
 
@@ -97,11 +98,13 @@ def _written(written: Written) -> dict[str, Any]:
     return summary(written.result, written.error)
 
 
+@api("The register of city indicators (public)", returns="Any", errors=())
 async def list_indicators(request: Request) -> Response:
     service = _service(request, admin=False)
     return _json([describe(service.indicators[key]) for key in sorted(service.indicators)])
 
 
+@api("Compute every indicator now (admin)", returns="Any")
 async def compute_all(request: Request) -> Response:
     service = _service(request, admin=True)
     ids = [i for i in request.query_params.get("id", "").split(",") if i]
@@ -112,6 +115,7 @@ async def compute_all(request: Request) -> Response:
     return _json([_written(item) for item in done])
 
 
+@api("Compute one indicator now (admin)", returns="Any", errors=(400, 404))
 async def compute_one(request: Request) -> Response:
     service = _service(request, admin=True)
     try:
@@ -124,6 +128,7 @@ async def compute_one(request: Request) -> Response:
     )
 
 
+@api("Recompute an indicator and compare (admin)", returns="Any", errors=(400, 404))
 async def verify(request: Request) -> Response:
     service = _service(request, admin=True)
     indicator_id = request.path_params["indicator_id"]
@@ -160,6 +165,7 @@ async def put_file(
     return _json(show(loaded), status=201 if created else 200)
 
 
+@api("Add or replace an indicator (admin)", body="Object", returns="Any", more={201: "Any"}, errors=(400,))
 async def put_indicator(request: Request) -> Response:
     service = _service(request, admin=True)
     return await put_file(request, service.put, "indicator_id", describe, "an indicator file")

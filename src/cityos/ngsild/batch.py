@@ -32,6 +32,7 @@ from cityos.ngsild.common import (
 )
 from cityos.ngsild.negotiation import JSON_LD
 from cityos.ngsild.querying import query_post
+from cityos.ops.declare import api
 
 BASE = "/ngsi-ld/v1/entityOperations"
 
@@ -64,6 +65,14 @@ class BatchReport:
 
     def body(self) -> dict[str, Any]:
         return {"success": self.success, "errors": self.errors}
+
+
+# query parameters each handler accepts (checked by it, described by ops/openapi.py)
+BATCH_CREATE_PARAMS = ("local",)
+BATCH_UPSERT_PARAMS = ("options", "local")
+BATCH_UPDATE_PARAMS = ("options", "local")
+BATCH_MERGE_PARAMS = ("options", "local", "format")
+BATCH_DELETE_PARAMS = ("local",)
 
 
 async def _entities(request: Request) -> tuple[list[Any], str]:
@@ -152,8 +161,16 @@ def _finish(report: BatchReport, *, success_status: int, body_on_success: Any = 
     return json_response(body_on_success, status=success_status)
 
 
+@api(
+    "Create entities (batch)",
+    query=BATCH_CREATE_PARAMS,
+    body="EntityBatch",
+    ok=201,
+    returns="Created",
+    more={207: "BatchResult"},
+)
 async def batch_create(request: Request) -> Response:
-    check_params(request, ("local",))
+    check_params(request, BATCH_CREATE_PARAMS)
     items, media = await _entities(request)
     tenant_name = tenant(request)
     report = BatchReport()
@@ -168,8 +185,16 @@ async def batch_create(request: Request) -> Response:
     return _finish(report, success_status=201, body_on_success=report.success)
 
 
+@api(
+    "Create or replace entities (batch)",
+    query=BATCH_UPSERT_PARAMS,
+    body="EntityBatch",
+    ok=201,
+    returns="Created",
+    more={204: None, 207: "BatchResult"},
+)
 async def batch_upsert(request: Request) -> Response:
-    check_params(request, ("options", "local"))
+    check_params(request, BATCH_UPSERT_PARAMS)
     chosen = options(request, ("replace", "update"))
     if len(chosen) > 1:
         raise BadRequestData("options must be replace or update, not both")
@@ -209,8 +234,16 @@ async def _fragment_batch(request: Request, nulls: str, mutator: Any, kind: str)
     return _finish(report, success_status=204)
 
 
+@api(
+    "Update entities (batch)",
+    query=BATCH_UPDATE_PARAMS,
+    body="EntityBatch",
+    ok=204,
+    returns=None,
+    more={207: "BatchResult"},
+)
 async def batch_update(request: Request) -> Response:
-    check_params(request, ("options", "local"))
+    check_params(request, BATCH_UPDATE_PARAMS)
     # `update` and `replace` belong to upsert, but the FIWARE tutorials and clients written against
     # Orion-LD send them here too; a batch update replaces each attribute it names either way
     no_overwrite = "noOverwrite" in options(request, ("noOverwrite", "update", "replace"))
@@ -222,13 +255,24 @@ async def batch_update(request: Request) -> Response:
     )
 
 
+@api(
+    "Merge into entities (batch)",
+    query=BATCH_MERGE_PARAMS,
+    body="EntityBatch",
+    ok=204,
+    returns=None,
+    more={207: "BatchResult"},
+)
 async def batch_merge(request: Request) -> Response:
-    check_params(request, ("options", "local", "format"))
+    check_params(request, BATCH_MERGE_PARAMS)
     return await _fragment_batch(request, "deep", update.merge, "merge")
 
 
+@api(
+    "Delete entities (batch)", query=BATCH_DELETE_PARAMS, body="IdList", ok=204, returns=None, more={207: "BatchResult"}
+)
 async def batch_delete(request: Request) -> Response:
-    check_params(request, ("local",))
+    check_params(request, BATCH_DELETE_PARAMS)
     items, media = await _entities(request)
     tenant_name = await existing_tenant(request)
     report = BatchReport()

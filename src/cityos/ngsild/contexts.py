@@ -14,11 +14,17 @@ from cityos.jsonld.termmap import TermMap, define_terms
 from cityos.ngsild.common import check_params, json_response, no_content, read_json, services, tenant
 from cityos.ngsild.guard import require
 from cityos.ngsild.negotiation import request_media_type
+from cityos.ops.declare import api
 from cityos.policy.decision import Target
 from cityos.store.base import StoredContextRow
 
 BASE = "/ngsi-ld/v1/jsonldContexts"
 KINDS = ("Hosted", "Cached", "ImplicitlyCreated")
+
+# query parameters each handler accepts (checked by it, described by ops/openapi.py)
+LIST_CONTEXTS_PARAMS = ("details", "kind")
+SERVE_CONTEXT_PARAMS = ("details",)
+DELETE_CONTEXT_PARAMS = ("reload",)
 
 
 def _bool_param(request: Request, name: str) -> bool:
@@ -44,8 +50,9 @@ def _core_details(url: str) -> dict[str, object]:
     return {"URL": url, "localId": url.rsplit("/", 1)[-1], "kind": "Cached", "createdAt": "1970-01-01T00:00:00Z"}
 
 
+@api("List the @contexts this broker holds", query=LIST_CONTEXTS_PARAMS, returns="ObjectList")
 async def list_contexts(request: Request) -> Response:
-    check_params(request, ("details", "kind"))
+    check_params(request, LIST_CONTEXTS_PARAMS)
     details = _bool_param(request, "details")
     kind = request.query_params.get("kind")
     if kind is not None and kind not in KINDS:
@@ -56,8 +63,9 @@ async def list_contexts(request: Request) -> Response:
     return json_response([item.url for item in items])
 
 
+@api("A hosted @context document (or its details)", query=SERVE_CONTEXT_PARAMS, returns="Object", errors=(400, 404))
 async def serve_context(request: Request) -> Response:
-    check_params(request, ("details",))
+    check_params(request, SERVE_CONTEXT_PARAMS)
     details = _bool_param(request, "details")
     context_id = _context_id(request)
     registry = services(request).contexts
@@ -78,6 +86,7 @@ def _administer(request: Request, tenant_name: str) -> None:
     require(request, "administer", Target(tenant=tenant_name, resource="context"))
 
 
+@api("Add a hosted @context", body="Object", ok=201, returns=None, errors=(400, 409))
 async def add_context(request: Request) -> Response:
     check_params(request, ())
     _administer(request, tenant(request))
@@ -101,8 +110,15 @@ async def add_context(request: Request) -> Response:
     return Response(status_code=201, headers={"Location": f"{BASE}/{stored.local_id}"})
 
 
+@api(
+    "Delete a hosted @context, or reload a cached one",
+    query=DELETE_CONTEXT_PARAMS,
+    ok=204,
+    returns=None,
+    errors=(400, 404),
+)
 async def delete_context(request: Request) -> Response:
-    check_params(request, ("reload",))
+    check_params(request, DELETE_CONTEXT_PARAMS)
     reload = _bool_param(request, "reload")
     context_id = _context_id(request)
     registry = services(request).contexts

@@ -31,7 +31,8 @@ from cityos.ngsild.common import (
 )
 from cityos.ngsild.guard import require
 from cityos.ngsild.registrations import csource
-from cityos.ngsild.subscriptions import check_targets, listing_response, preference_applied
+from cityos.ngsild.subscriptions import LISTING_PARAMS, check_targets, listing_response, preference_applied
+from cityos.ops.declare import api
 from cityos.policy.decision import Target
 from cityos.registrations.subscriptions import (
     CSOURCE,
@@ -59,6 +60,7 @@ async def _owned(request: Request, tenant_name: str) -> Subscription:
     return subscription
 
 
+@api("Create a context source subscription", body="Subscription", ok=201, returns=None, errors=(400, 409))
 async def create_csource_subscription(request: Request) -> Response:
     check_params(request, ())
     body, media = await read_payload(request)
@@ -76,6 +78,7 @@ async def create_csource_subscription(request: Request) -> Response:
     return Response(status_code=201, headers={"Location": location})
 
 
+@api("Retrieve a context source subscription", returns="Subscription", errors=(400, 404))
 async def retrieve_csource_subscription(request: Request) -> Response:
     check_params(request, ())
     media = accept(request)
@@ -86,10 +89,12 @@ async def retrieve_csource_subscription(request: Request) -> Response:
     return json_response(body, media=media, context=context, headers=preference_applied(request))
 
 
+@api("List context source subscriptions", query=LISTING_PARAMS, returns="SubscriptionList")
 async def query_csource_subscriptions(request: Request) -> Response:
     return await listing_response(request, csource(request).listing, render_csource_subscription, COLLECTION)
 
 
+@api("Update a context source subscription", body="Object", ok=204, returns=None, errors=(400, 404))
 async def update_csource_subscription(request: Request) -> Response:
     check_params(request, ())
     body, media = await read_payload(request, merge_patch=True)
@@ -106,6 +111,7 @@ async def update_csource_subscription(request: Request) -> Response:
     return no_content()
 
 
+@api("Delete a context source subscription", ok=204, returns=None, errors=(400, 404))
 async def delete_csource_subscription(request: Request) -> Response:
     check_params(request, ())
     tenant_name = await existing_tenant(request)

@@ -24,6 +24,7 @@ from cityos.ngsild.common import (
     json_response,
     query_context,
 )
+from cityos.ops.declare import api
 
 BASE = "/ngsi-ld/v1"
 TYPES = BASE + "/types"
@@ -56,6 +57,7 @@ def _list_id(kind: str) -> str:
     return f"urn:ngsi-ld:{kind}:{uuid.uuid4()}"
 
 
+@api("Entity types in use", query=LIST_TYPES_PARAMS, returns="Any", errors=(400, 404))
 async def list_types(request: Request) -> Response:
     """5.7.5 EntityTypeList, or with details=true 5.7.6 an array of EntityType."""
     media, tenant_name, context = await _prepare(request, LIST_TYPES_PARAMS)
@@ -90,6 +92,7 @@ async def _answer(
     return forwarding.with_warnings(json_response(body, media=media, context=context), answers)
 
 
+@api("One entity type in detail", query=ONE_PARAMS, returns="Object", errors=(400, 404))
 async def type_info(request: Request) -> Response:
     """5.7.7 EntityTypeInfo of one type, named by term or (percent-encoded) IRI."""
     media, tenant_name, context = await _prepare(request, ONE_PARAMS)
@@ -113,6 +116,7 @@ async def type_info(request: Request) -> Response:
     return json_response(body, media=media, context=context)
 
 
+@api("Attributes in use", query=LIST_ATTRIBUTES_PARAMS, returns="Any", errors=(400, 404))
 async def list_attributes(request: Request) -> Response:
     """5.7.8 AttributeList, or with details=true 5.7.9 an array of Attribute (with typeNames)."""
     media, tenant_name, context = await _prepare(request, LIST_ATTRIBUTES_PARAMS)
@@ -137,6 +141,7 @@ async def list_attributes(request: Request) -> Response:
     return await _answer(request, tenant_name, context, operation, body, media)
 
 
+@api("One attribute in detail", query=ONE_PARAMS, returns="Object", errors=(400, 404))
 async def attribute_info(request: Request) -> Response:
     """5.7.10 Attribute of one name, named by term or (percent-encoded) IRI. Entity members
     (id, type, scope, createdAt, ...) are not attributes, so they are never found."""

@@ -48,6 +48,7 @@ from cityos.ngsild.common import (
 from cityos.ngsild.join import JoinPlan, join_plan, render_joined
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
 from cityos.ngsild.querying import plain_params, purge_entities, query_entities, type_filter
+from cityos.ops.declare import api
 from cityos.policy.enforce import WriteCheck
 from cityos.query import budget
 from cityos.query.projection import Projected, depth, parse_projection
@@ -75,6 +76,27 @@ RETRIEVE_PARAMS = (
     "via",
     "contextSourceTimeAt",
 )
+# the query parameters each write accepts (checked by the handler, described by ops/openapi.py)
+CREATE_PARAMS = ("local",)
+REPLACE_PARAMS = ("local",)
+MERGE_PARAMS = ("local", "options", "format")
+DELETE_PARAMS = ("local", "type")
+APPEND_PARAMS = ("options", "local", "type")
+UPDATE_PARAMS = ("options", "local", "type")
+PARTIAL_PARAMS = ("local", "options", "type")
+REPLACE_ATTRIBUTE_PARAMS = ("local",)
+DELETE_ATTRIBUTE_PARAMS = ("datasetId", "deleteAll", "local", "type")
+ENTITY_MEDIA = (JSON, JSON_LD, GEO_JSON)
+# what a created entity's id opens (ops/openapi.py links): the stateful API tests follow these
+_CREATED = {"entity_id": "$request.body#/id"}
+CREATED_LINKS = {
+    "RetrieveEntity": ("retrieve_entity", _CREATED),
+    "AppendAttributes": ("append_attributes", _CREATED),
+    "UpdateAttributes": ("update_attributes", _CREATED),
+    "MergeEntity": ("merge_entity", _CREATED),
+    "ReplaceEntity": ("replace_entity", _CREATED),
+    "DeleteEntity": ("delete_entity", _CREATED),
+}
 REPRESENTATION_OPTIONS = ("keyValues", "concise", "normalized", "sysAttrs", "simplified")
 
 
@@ -215,8 +237,17 @@ async def entity_write(request: Request, allowed: tuple[str, ...], *, merge_patc
 
 
 # -- /entities ------------------------------------------------------------------------------------
+@api(
+    "Create an entity",
+    query=CREATE_PARAMS,
+    body="EntityInput",
+    ok=201,
+    returns=None,
+    errors=(400, 409, 415),
+    links=CREATED_LINKS,
+)
 async def create_entity(request: Request) -> Response:
-    check_params(request, ("local",))
+    check_params(request, CREATE_PARAMS)
     body, media = await read_payload(request)
     if not isinstance(body, dict):
         raise InvalidRequest("the entity must be a JSON object")
@@ -237,6 +268,14 @@ async def create_entity(request: Request) -> Response:
     )
 
 
+@api(
+    "Retrieve an entity",
+    query=RETRIEVE_PARAMS,
+    returns="Entity",
+    more={203: "Entity"},
+    errors=(400, 404, 406),
+    media=ENTITY_MEDIA,
+)
 async def retrieve_entity(request: Request) -> Response:
     check_params(request, RETRIEVE_PARAMS)
     media = accept(request, (JSON, JSON_LD, GEO_JSON))
@@ -362,8 +401,9 @@ def geojson_response(request: Request, body: dict[str, Any], context: ResolvedCo
     return json_response({**body, "@context": context.value}, media=GEO_JSON)
 
 
+@api("Replace an entity", query=REPLACE_PARAMS, body="EntityInput", ok=204, returns=None, errors=(400, 404))
 async def replace_entity(request: Request) -> Response:
-    write = await entity_write(request, ("local",))
+    write = await entity_write(request, REPLACE_PARAMS)
     entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
     if isinstance(body, dict):
         update.check_same_id(body.get("id"), entity_id)
@@ -381,8 +421,16 @@ async def replace_entity(request: Request) -> Response:
     )
 
 
+@api(
+    "Merge a fragment into an entity",
+    query=MERGE_PARAMS,
+    body="Fragment",
+    ok=204,
+    returns=None,
+    errors=(400, 404),
+)
 async def merge_entity(request: Request) -> Response:
-    write = await entity_write(request, ("local", "options", "format"), merge_patch=True)
+    write = await entity_write(request, MERGE_PARAMS, merge_patch=True)
     entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
     stamp = now()
     fragment = parse_fragment(body, context.terms, stamp=stamp, nulls="deep", path_id=entity_id)
@@ -399,8 +447,9 @@ async def merge_entity(request: Request) -> Response:
     return await forwarding.run_write(request, tenant_name, "mergeEntity", entity_id, body, context, local, no_content)
 
 
+@api("Delete an entity", query=DELETE_PARAMS, ok=204, returns=None, errors=(400, 404))
 async def delete_entity(request: Request) -> Response:
-    check_params(request, ("local", "type"))
+    check_params(request, DELETE_PARAMS)
     entity_id = _entity_id(request)
     tenant_name = await existing_tenant(request)
 
@@ -412,9 +461,18 @@ async def delete_entity(request: Request) -> Response:
 
 
 # -- /entities/{id}/attrs ---------------------------------------------------------------------------
+@api(
+    "Append attributes to an entity",
+    query=APPEND_PARAMS,
+    body="Fragment",
+    ok=204,
+    returns=None,
+    more={207: "BatchResult"},
+    errors=(400, 404),
+)
 async def append_attributes(request: Request) -> Response:
     no_overwrite = "noOverwrite" in options(request, ("noOverwrite",))
-    write = await entity_write(request, ("options", "local", "type"))
+    write = await entity_write(request, APPEND_PARAMS)
     entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
     stamp = now()
     fragment = parse_fragment(body, context.terms, stamp=stamp, path_id=entity_id)
@@ -427,8 +485,17 @@ async def append_attributes(request: Request) -> Response:
     return await forwarding.run_write(request, tenant_name, "appendAttrs", entity_id, body, context, local, no_content)
 
 
+@api(
+    "Update attributes of an entity",
+    query=UPDATE_PARAMS,
+    body="Fragment",
+    ok=204,
+    returns=None,
+    more={207: "BatchResult"},
+    errors=(400, 404),
+)
 async def update_attributes(request: Request) -> Response:
-    write = await entity_write(request, ("options", "local", "type"), merge_patch=True)
+    write = await entity_write(request, UPDATE_PARAMS, merge_patch=True)
     entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
     stamp = now()
     fragment = parse_fragment(body, context.terms, stamp=stamp, path_id=entity_id)
@@ -441,8 +508,9 @@ async def update_attributes(request: Request) -> Response:
     return await forwarding.run_write(request, tenant_name, "updateAttrs", entity_id, body, context, local, no_content)
 
 
+@api("Update one attribute partially", query=PARTIAL_PARAMS, body="Attribute", ok=204, returns=None, errors=(400, 404))
 async def partial_attribute_update(request: Request) -> Response:
-    write = await entity_write(request, ("local", "options", "type"), merge_patch=True)
+    write = await entity_write(request, PARTIAL_PARAMS, merge_patch=True)
     entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
     attr = _attr_iri(request, context)
     if not isinstance(body, dict):
@@ -518,8 +586,9 @@ def _typed_in_transaction(
     return run
 
 
+@api("Replace one attribute", query=REPLACE_ATTRIBUTE_PARAMS, body="Attribute", ok=204, returns=None, errors=(400, 404))
 async def replace_attribute(request: Request) -> Response:
-    write = await entity_write(request, ("local",))
+    write = await entity_write(request, REPLACE_ATTRIBUTE_PARAMS)
     entity_id, body, tenant_name, context = write.entity_id, write.body, write.tenant, write.context
     attr = _attr_iri(request, context)
     if isinstance(body, dict):
@@ -535,8 +604,9 @@ async def replace_attribute(request: Request) -> Response:
     )
 
 
+@api("Delete one attribute", query=DELETE_ATTRIBUTE_PARAMS, ok=204, returns=None, errors=(400, 404))
 async def delete_attribute(request: Request) -> Response:
-    check_params(request, ("datasetId", "deleteAll", "local", "type"))
+    check_params(request, DELETE_ATTRIBUTE_PARAMS)
     entity_id = _entity_id(request)
     tenant_name = await existing_tenant(request)
     context = await query_context(request, tenant_name)
@@ -566,6 +636,13 @@ async def delete_attribute(request: Request) -> Response:
     )
 
 
+@api(
+    "No operation: a path without an entity id (always 400 or 405)",
+    ok=400,
+    returns="ProblemDetails",
+    errors=(405,),
+    media=("application/json",),
+)
 async def missing_entity_id(request: Request) -> Response:
     raise BadRequestData("the entity id in the path is empty")
 

@@ -37,6 +37,7 @@ from cityos.ngsild.common import (
 )
 from cityos.ngsild.guard import hide
 from cityos.ngsild.querying import QUERY_PARAMS, build_query, check_csf, check_not_too_wide
+from cityos.ops.declare import api
 from cityos.policy.decision import Target
 from cityos.query.entity_maps import (
     EntityMap,
@@ -223,6 +224,7 @@ def answer(response: Response, use: MapUse | None) -> Response:
 
 
 # -- /entityMaps ------------------------------------------------------------------------------------
+@api("Make an entity map of the entities a query selects", query=QUERY_PARAMS, ok=201, returns="Object")
 async def create_entity_map(request: Request) -> Response:
     """GET /entityMaps?<query>: creates a map (6.34.3.1), hence 201 and the NGSILD-EntityMap header."""
     check_params(request, QUERY_PARAMS)
@@ -237,6 +239,7 @@ async def create_entity_map(request: Request) -> Response:
     return json_response(render(created), status=201, media=media, context=context, headers={HEADER: created.id})
 
 
+@api("Retrieve an entity map", returns="Object", errors=(400, 404))
 async def retrieve_entity_map(request: Request) -> Response:
     check_params(request, ())
     media = accept(request)
@@ -257,6 +260,7 @@ async def _readable(request: Request, tenant_name: str, entity_map: EntityMap) -
     return replace(entity_map, entity_ids=tuple(entity["id"] for entity in seen))
 
 
+@api("Change an entity map's expiry", body="Object", ok=204, returns=None, errors=(400, 404))
 async def update_entity_map(request: Request) -> Response:
     """PATCH: only expiresAt changes, cut to the maximum lifetime; a past value expires the map."""
     check_params(request, ())
@@ -271,6 +275,7 @@ async def update_entity_map(request: Request) -> Response:
     return no_content()
 
 
+@api("Delete an entity map", ok=204, returns=None, errors=(400, 404))
 async def delete_entity_map(request: Request) -> Response:
     check_params(request, ())
     map_id = _map_id(request)

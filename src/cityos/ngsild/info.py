@@ -13,6 +13,7 @@ from starlette.routing import Route
 from cityos import __version__
 from cityos.entities.values import now
 from cityos.ngsild.common import accept, check_params, json_response, services, tenant
+from cityos.ops.declare import api
 
 STARTED = time.monotonic()
 
@@ -35,6 +36,7 @@ def broker_id(database: str) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, "cityos:" + location)
 
 
+@api("This context source's identity (NGSI-LD 1.8)", returns="Object")
 async def source_identity(request: Request) -> Response:
     check_params(request, ())
     accept(request)

@@ -36,6 +36,7 @@ from cityos.ngsild.common import (
 )
 from cityos.ngsild.join import join_plan
 from cityos.ngsild.negotiation import GEO_JSON, JSON, JSON_LD
+from cityos.ops.declare import api
 from cityos.policy.enforce import seen
 from cityos.query import budget
 from cityos.query.entity_query import QuerySpec, build_entity_query, ordering, type_predicate
@@ -99,6 +100,9 @@ PLAIN_PARAMS = "cityos.plain_params"  # the request scope's key of plain_params(
 SYSTEM_ATTRIBUTES = frozenset(
     {"id", "type", "scope", "createdAt", "modifiedAt", "deletedAt", "observedAt", "expiresAt"}
 )
+
+# query parameters each handler accepts (checked by it, described by ops/openapi.py)
+QUERY_POST_PARAMS = ("limit", "offset", "count", "options", "format", "local", "lang", "geometryProperty")
 
 
 def plain_params(request: Request) -> dict[str, str]:
@@ -279,6 +283,13 @@ def page(request: Request) -> tuple[int, int]:
     return limit, offset
 
 
+@api(
+    "Query entities",
+    query=QUERY_PARAMS,
+    returns="EntityList",
+    errors=(400, 406),
+    media=("application/json", "application/ld+json", "application/geo+json"),
+)
 async def query_entities(request: Request) -> Response:
     check_params(request, QUERY_PARAMS)
     media = accept(request, (JSON, JSON_LD, GEO_JSON))
@@ -372,6 +383,7 @@ async def run_query(
     return entity_maps.answer(response, emap)
 
 
+@api("Delete the entities a query selects (or some of their attributes)", query=PURGE_PARAMS, ok=204, returns=None)
 async def purge_entities(request: Request) -> Response:
     """DELETE /entities: delete matching entities, or with keep/drop only some of their attributes."""
     check_params(request, PURGE_PARAMS)
@@ -436,9 +448,15 @@ QUERY_BODY_MEMBERS = frozenset(
 )
 
 
+@api(
+    "Query entities with the query in the body",
+    query=QUERY_POST_PARAMS,
+    body="Query",
+    returns="EntityList",
+)
 async def query_post(request: Request) -> Response:
     """POST /entityOperations/query: the query in a body, paging and representation in the URL."""
-    check_params(request, ("limit", "offset", "count", "options", "format", "local", "lang", "geometryProperty"))
+    check_params(request, QUERY_POST_PARAMS)
     media = accept(request, (JSON, JSON_LD, GEO_JSON))
     body, body_media = await read_payload(request)
     tenant_name = await existing_tenant(request)

@@ -34,6 +34,7 @@ from cityos.ngsild.common import (
 from cityos.ngsild.guard import allowed, hide, require
 from cityos.ngsild.querying import page
 from cityos.ngsild.subscriptions import page_response, wants_count
+from cityos.ops.declare import api
 from cityos.policy.decision import Target
 from cityos.query.entity_query import check_pattern
 from cityos.query.geo import parse_geo_query
@@ -119,6 +120,7 @@ async def _check_conflicts(request: Request, tenant_name: str, doc: Doc) -> None
     check_local(doc, local)
 
 
+@api("Create a context source registration", body="Registration", ok=201, returns=None, errors=(400, 409))
 async def create_registration(request: Request) -> Response:
     check_params(request, ())
     body, media = await read_payload(request)
@@ -135,6 +137,7 @@ async def create_registration(request: Request) -> Response:
     return Response(status_code=201, headers={"Location": location})
 
 
+@api("Retrieve a context source registration", returns="Registration", errors=(400, 404))
 async def retrieve_registration(request: Request) -> Response:
     check_params(request, ())
     registration_id = _registration_id(request)
@@ -187,6 +190,7 @@ def _filter(request: Request) -> RegistrationFilter:
     )
 
 
+@api("List context source registrations", query=QUERY_PARAMS, returns="RegistrationList")
 async def query_registrations(request: Request) -> Response:
     check_params(request, QUERY_PARAMS)
     media = accept(request)
@@ -220,6 +224,7 @@ async def query_registrations(request: Request) -> Response:
     )
 
 
+@api("Update a context source registration", body="Object", ok=204, returns=None, errors=(400, 404))
 async def update_registration(request: Request) -> Response:
     check_params(request, ())
     registration_id = _registration_id(request)
@@ -238,6 +243,7 @@ async def update_registration(request: Request) -> Response:
     return no_content()
 
 
+@api("Delete a context source registration", ok=204, returns=None, errors=(400, 404))
 async def delete_registration(request: Request) -> Response:
     check_params(request, ())
     registration_id = _registration_id(request)

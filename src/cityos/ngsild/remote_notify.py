@@ -19,8 +19,15 @@ from cityos.errors import BadRequestData, ResourceNotFound
 from cityos.federation.subscriptions import INBOX_PATH
 from cityos.ngsild.common import json_response, link_context, read_payload
 from cityos.ngsild.subscriptions import federated
+from cityos.ops.declare import api
 
 
+@api(
+    "A context source's notification for a forwarded subscription",
+    body="Object",
+    returns="Object",
+    errors=(400, 404),
+)
 async def remote_notify(request: Request) -> Response:
     body, _media = await read_payload(request)
     if not isinstance(body, dict) or not isinstance(body.get("subscriptionId"), str):

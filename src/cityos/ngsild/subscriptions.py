@@ -36,6 +36,7 @@ from cityos.ngsild.common import (
 )
 from cityos.ngsild.guard import hide, require
 from cityos.ngsild.querying import LINK_SAFE, page
+from cityos.ops.declare import api
 from cityos.policy.decision import Target
 from cityos.query.entity_query import selector_predicate
 from cityos.store.base import StoredContextRow
@@ -55,6 +56,8 @@ BASE = "/ngsi-ld/v1"
 COLLECTION = BASE + "/subscriptions"
 
 log = logging.getLogger("cityos.subscriptions")
+
+LISTING_PARAMS = ("limit", "offset", "count", "options")  # of both subscription listings
 
 
 def subscriptions(request: Request) -> SubscriptionService:
@@ -122,6 +125,7 @@ def _single_url(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, list) and len(value) == 1 and isinstance(value[0], str))
 
 
+@api("Create a subscription", body="Subscription", ok=201, returns=None, errors=(400, 409))
 async def create_subscription(request: Request) -> Response:
     check_params(request, ())
     body, media = await read_payload(request)
@@ -167,6 +171,7 @@ def preference_applied(request: Request) -> dict[str, str]:
     return {}
 
 
+@api("Retrieve a subscription", returns="Subscription", errors=(400, 404))
 async def retrieve_subscription(request: Request) -> Response:
     check_params(request, ())
     subscription_id = _subscription_id(request)
@@ -180,6 +185,7 @@ async def retrieve_subscription(request: Request) -> Response:
     return json_response(body, media=media, context=context, headers=preference_applied(request))
 
 
+@api("List subscriptions", query=LISTING_PARAMS, returns="SubscriptionList")
 async def query_subscriptions(request: Request) -> Response:
     async def load(tenant_name: str) -> list[Subscription]:
         return subscriptions(request).listing(tenant_name)
@@ -195,7 +201,7 @@ async def listing_response(
 ) -> Response:
     """GET of a subscription collection (entity or context source ones): the caller's own
     subscriptions of the tenant, one page, rendered with the request's @context."""
-    check_params(request, ("limit", "offset", "count", "options"))
+    check_params(request, LISTING_PARAMS)
     media = accept(request)
     tenant_name = await existing_tenant(request)
     limit, offset = page(request)
@@ -253,6 +259,7 @@ def _page_link(collection: str, kept: str, offset: int, limit: int, rel: str, me
     return f'<{collection}?{kept}limit={limit}&offset={offset}>; rel="{rel}"; type="{media}"'
 
 
+@api("Update a subscription", body="Object", ok=204, returns=None, errors=(400, 404))
 async def update_subscription(request: Request) -> Response:
     check_params(request, ())
     subscription_id = _subscription_id(request)
@@ -287,6 +294,7 @@ def _renewed(request: Request, current: Subscription) -> Owner | None:
     return owner
 
 
+@api("Delete a subscription", ok=204, returns=None, errors=(400, 404))
 async def delete_subscription(request: Request) -> Response:
     check_params(request, ())
     subscription_id = _subscription_id(request)

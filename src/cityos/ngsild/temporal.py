@@ -46,6 +46,7 @@ from cityos.ngsild.querying import (
     pagination_links,
     spec_from_params,
 )
+from cityos.ops.declare import api
 from cityos.query import budget
 from cityos.query.entity_maps import render as render_map
 from cityos.query.entity_query import QuerySpec, build_entity_query, scope_predicate
@@ -96,6 +97,10 @@ class TemporalRequest:
     last_n: int | None
     aggregation: Aggregation | None
     view: TemporalView
+
+
+# query parameters each handler accepts (checked by it, described by ops/openapi.py)
+QUERY_TEMPORAL_POST_PARAMS = ("limit", "offset", "count", "options", "format", "local", "lang")
 
 
 def _request(
@@ -156,6 +161,12 @@ def _descending(order_by: Any) -> bool:
 
 
 # -- reads ------------------------------------------------------------------------------------------
+@api(
+    "Query temporal entities (history)",
+    query=QUERY_PARAMS,
+    returns="TemporalEntityList",
+    more={206: "TemporalEntityList"},
+)
 async def query_temporal(request: Request) -> Response:
     """GET /temporal/entities."""
     check_params(request, QUERY_PARAMS)
@@ -171,9 +182,16 @@ async def query_temporal(request: Request) -> Response:
     return await _answer(request, tenant_name, context, query, temporal, media)
 
 
+@api(
+    "Query temporal entities with the query in the body",
+    query=QUERY_TEMPORAL_POST_PARAMS,
+    body="Query",
+    returns="TemporalEntityList",
+    more={206: "TemporalEntityList"},
+)
 async def query_temporal_post(request: Request) -> Response:
     """POST /temporal/entityOperations/query: the query in the body, paging and representation in the URL."""
-    check_params(request, ("limit", "offset", "count", "options", "format", "local", "lang"))
+    check_params(request, QUERY_TEMPORAL_POST_PARAMS)
     media = accept(request)
     body, body_media = await read_payload(request)
     tenant_name = await existing_tenant(request)
@@ -332,6 +350,7 @@ async def _why_not_found(store: EntityStore, tenant_name: str, entity_id: str, a
     raise ResourceNotFound(f"the projection leaves nothing of entity {entity_id}")
 
 
+@api("Make an entity map of a temporal query", query=QUERY_PARAMS, ok=201, returns="Object")
 async def temporal_entity_maps(request: Request) -> Response:
     """GET /temporal/entityMaps?<temporal query>: a map of the entities the query selects (6.34)."""
     check_params(request, QUERY_PARAMS)
@@ -353,6 +372,7 @@ async def temporal_entity_maps(request: Request) -> Response:
 
 
 # -- writes -----------------------------------------------------------------------------------------
+@api("Create a temporal entity, or add to its history", body="Object", ok=201, returns=None, more={204: None})
 async def create_temporal(request: Request) -> Response:
     """POST /temporal/entities: 201 for a new temporal entity, 204 when its history is extended."""
     check_params(request, ("local",))
@@ -446,6 +466,31 @@ def _name(segment: str) -> str:
     return check_name(unquote(segment), "attribute name")
 
 
+@api(
+    "Retrieve a temporal entity, or one of its attributes' history",
+    method="GET",
+    ok=200,
+    returns="TemporalEntity",
+    more={206: "TemporalEntity"},
+    errors=(400, 404),
+)
+@api(
+    "Add instances to a temporal entity's attributes",
+    method="POST",
+    ok=204,
+    returns=None,
+    body="Object",
+    errors=(400, 404),
+)
+@api("Change one attribute instance", method="PATCH", ok=204, returns=None, body="Object", errors=(400, 404))
+@api(
+    "Delete a temporal entity, an attribute's history or one instance",
+    method="DELETE",
+    ok=204,
+    returns=None,
+    errors=(400, 404),
+)
+@api("No operation (405)", method="PUT", ok=405, returns="ProblemDetails", errors=(400, 404))
 async def dispatch(request: Request) -> Response:
     """Everything below /temporal/entities/, split by hand (see the module docstring)."""
     parts = request.path_params["rest"].split("/")

@@ -19,6 +19,7 @@ of {code, description} in the requested format, with the HTTP status as the code
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,6 +41,7 @@ from cityos.open311.model import ENTITY_TYPE, entity_id
 from cityos.open311.render import FORMATS, definition_document, errors_document, render, service_document
 from cityos.open311.service import Open311, Open311Error, Settings311, check_report, check_search
 from cityos.open311.services import load_catalogue
+from cityos.ops.declare import api
 from cityos.policy.decision import Target
 from cityos.settings import Settings
 
@@ -78,6 +80,29 @@ class Open311Http:
         self.core.catalogue = load_catalogue(self.settings.open311_services, self.settings.open311_bounds)
 
 
+# the API description's view of these routes (ops/declare.py): answers in the path's format, errors
+# in the spec's own shape
+OPEN311: dict[str, Any] = {"media": ("application/json", "text/xml"), "errors_schema": "Open311Errors"}
+SEARCH = ("jurisdiction_id", "service_request_id", "service_code", "start_date", "end_date", "status")
+REPORT = (
+    "jurisdiction_id",
+    "api_key",
+    "service_code",
+    "lat",
+    "long",
+    "address_string",
+    "address_id",
+    "email",
+    "device_id",
+    "account_id",
+    "first_name",
+    "last_name",
+    "phone",
+    "description",
+    "media_url",
+)
+
+
 def _state(request: Request) -> Open311Http:
     state: Open311Http = request.app.state.open311
     return state
@@ -94,6 +119,7 @@ def _errors(fmt: str, error: Open311Error) -> Response:
 def open311_route(path: str, handler: Handler, methods: list[str]) -> Route:
     """A route whose last segment ends in .json or .xml; every error in the spec's shape."""
 
+    @functools.wraps(handler)  # keeps the handler's API declaration (ops/declare.py)
     async def endpoint(request: Request) -> Response:
         fmt = request.path_params.get("format", "json")
         if fmt not in FORMATS:
@@ -114,12 +140,14 @@ def _jurisdiction(request: Request) -> None:
         raise Open311Error(404, f"jurisdiction_id {given[:64]} was not found")
 
 
+@api("Open311: the service list", query=("jurisdiction_id",), **OPEN311)
 async def list_services(request: Request, fmt: str) -> Response:
     _jurisdiction(request)
     catalogue = _state(request).core.catalogue
     return _answer("services", fmt, [service_document(s) for s in catalogue.services.values()])
 
 
+@api("Open311: a service's definition", query=("jurisdiction_id",), errors=(400, 404), **OPEN311)
 async def service_definition(request: Request, fmt: str) -> Response:
     _jurisdiction(request)
     code = request.path_params["service_code"]
@@ -129,6 +157,7 @@ async def service_definition(request: Request, fmt: str) -> Response:
     return _answer("definition", fmt, definition_document(service))
 
 
+@api("Open311: search service requests", query=SEARCH, **OPEN311)
 async def get_requests(request: Request, fmt: str) -> Response:
     from datetime import UTC, datetime
 
@@ -138,6 +167,7 @@ async def get_requests(request: Request, fmt: str) -> Response:
     return _answer("requests", fmt, found)
 
 
+@api("Open311: one service request", query=("jurisdiction_id",), errors=(400, 404), **OPEN311)
 async def get_request(request: Request, fmt: str) -> Response:
     _jurisdiction(request)
     request_id = request.path_params["request_id"]
@@ -147,6 +177,7 @@ async def get_request(request: Request, fmt: str) -> Response:
     return _answer("requests", fmt, [found])
 
 
+@api("Open311: the request a token became", query=("jurisdiction_id",), errors=(400, 404), **OPEN311)
 async def get_token(request: Request, fmt: str) -> Response:
     _jurisdiction(request)
     token = request.path_params["token"]
@@ -156,6 +187,15 @@ async def get_token(request: Request, fmt: str) -> Response:
     return _answer("requests", fmt, [{"service_request_id": found, "token": token}])
 
 
+@api(
+    "Open311: report a problem (form fields, optional media file)",
+    query=REPORT,
+    body="Object",
+    body_required=False,
+    body_media=("application/x-www-form-urlencoded", "multipart/form-data"),
+    errors=(400, 403, 404, 413, 429),
+    **OPEN311,
+)
 async def post_request(request: Request, fmt: str) -> Response:
     state = _state(request)
     settings = state.settings
@@ -244,6 +284,12 @@ async def _check_key(request: Request, key: str, state: Open311Http) -> str:
     return who.id
 
 
+@api(
+    "Open311: a report's photo (EXIF removed)",
+    returns="Any",
+    media=("image/jpeg", "image/png", "image/webp"),
+    errors=(404,),
+)
 async def get_media(request: Request) -> Response:
     name = request.path_params["name"]
     path = _state(request).core.media.path(name)
@@ -260,6 +306,7 @@ async def get_media(request: Request) -> Response:
     )
 
 
+@api("Open311: an operator sets a request's status", body="Object", errors=(400, 404, 409))
 async def set_status(request: Request) -> Response:
     """An operator moves a request along its lifecycle (needs the right to update the entity)."""
     state = _state(request)

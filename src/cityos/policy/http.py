@@ -13,6 +13,7 @@ from starlette.routing import Route
 from cityos.auth.credentials import require_admin
 from cityos.errors import InvalidRequest, NgsiLdError, ResourceNotFound
 from cityos.ngsild.common import json_response, no_content, principal, read_json, services
+from cityos.ops.declare import api
 from cityos.policy.enforce import record_denied
 from cityos.policy.service import PolicyService
 from cityos.store.policy_base import PolicyRow
@@ -50,12 +51,14 @@ def _policy_id(request: Request) -> str:
     return str(request.path_params["policy_id"])
 
 
+@api("List access policies", returns="Any")
 async def list_policies(request: Request) -> Response:
     service = await _service(request)
     version, rows = await service.store.load_policies()
     return json_response({"version": version, "policies": [render(row) for row in rows]})
 
 
+@api("Add an access policy", body="Object", ok=201, returns="Any", errors=(400, 409))
 async def create_policy(request: Request) -> Response:
     service = await _service(request)
     body = await read_json(request)
@@ -66,6 +69,7 @@ async def create_policy(request: Request) -> Response:
     return json_response(render(row), status=201, headers={"Location": f"{BASE}/{quote(row.id, safe='')}"})
 
 
+@api("Retrieve an access policy", returns="Object", errors=(404,))
 async def get_policy(request: Request) -> Response:
     service = await _service(request)
     policy_id = _policy_id(request)
@@ -76,6 +80,7 @@ async def get_policy(request: Request) -> Response:
     raise ResourceNotFound(f"policy {policy_id} does not exist")
 
 
+@api("An access policy's versions", returns="Any", errors=(404,))
 async def policy_history(request: Request) -> Response:
     service = await _service(request)
     policy_id = _policy_id(request)
@@ -85,6 +90,7 @@ async def policy_history(request: Request) -> Response:
     return json_response([render(row) for row in rows])
 
 
+@api("Replace an access policy", body="Object", returns="Any", errors=(400, 404))
 async def replace_policy(request: Request) -> Response:
     service = await _service(request)
     body = await read_json(request)
@@ -92,12 +98,14 @@ async def replace_policy(request: Request) -> Response:
     return json_response(render(row))
 
 
+@api("Delete an access policy", ok=204, returns=None, errors=(404,))
 async def delete_policy(request: Request) -> Response:
     service = await _service(request)
     await service.change("delete", _policy_id(request), None, by=principal(request).id)
     return no_content()
 
 
+@api("Read the policy file again", returns="Any")
 async def reload_file(request: Request) -> Response:
     """Read the --policy-file again (also what SIGHUP-less deployments use after editing it)."""
     service = await _service(request)

@@ -53,6 +53,7 @@ from cityos.ngsild.common import (
     tenant,
 )
 from cityos.ngsild.guard import hide, require
+from cityos.ops.declare import api
 from cityos.policy.decision import Action, Target
 from cityos.query.entity_query import QuerySpec, build_entity_query
 from cityos.snapshots import fill, history, lifecycle, model
@@ -99,6 +100,11 @@ class SnapshotFills:
 
     async def stop(self) -> None:
         await stop_tasks(list(self.tasks))
+
+
+# query parameters each handler accepts (checked by it, described by ops/openapi.py)
+QUERY_SNAPSHOTS_PARAMS = ("q", "limit", "offset", "count")
+PURGE_SNAPSHOTS_PARAMS = ("q",)
 
 
 def _fills(request: Request) -> SnapshotFills:
@@ -282,6 +288,7 @@ async def _run_clone(
     await _finish(store, row, original["snapshotStatus"], details, past)
 
 
+@api("Make a snapshot of the entities queries select", body="Object", ok=201, returns="Any")
 async def create_snapshot(request: Request) -> Response:
     """POST /snapshots (5.16.1): 201 at once; the queries run in the background (preparing)."""
     check_params(request, ())
@@ -312,6 +319,7 @@ async def create_snapshot(request: Request) -> Response:
     return Response(status_code=201, headers=_location(snapshot_id))
 
 
+@api("Clone a snapshot", body="Object", body_required=False, ok=201, returns="Any", errors=(400, 404))
 async def clone_snapshot(request: Request) -> Response:
     """POST /snapshots/{id}/clone (5.16.2): a new snapshot with a copy of the original's entities."""
     check_params(request, ())
@@ -340,6 +348,7 @@ async def clone_snapshot(request: Request) -> Response:
     return Response(status_code=201, headers=_location(snapshot_id))
 
 
+@api("Retrieve a snapshot and its status", returns="Object", errors=(400, 404))
 async def retrieve_snapshot(request: Request) -> Response:
     """GET /snapshots/{id} (5.16.3): the snapshot and its status."""
     check_params(request, ())
@@ -376,9 +385,10 @@ async def _selected(request: Request, tenant_name: str, q: str | None, action: A
     ]
 
 
+@api("List the caller's snapshots", query=QUERY_SNAPSHOTS_PARAMS, returns="ObjectList")
 async def query_snapshots(request: Request) -> Response:
     """GET /snapshots: the tenant's snapshots (the caller's), optionally filtered by q, paged."""
-    check_params(request, ("q", "limit", "offset", "count"))
+    check_params(request, QUERY_SNAPSHOTS_PARAMS)
     media = accept(request)
     tenant_name = tenant(request)
     limit, offset = _page(request)
@@ -389,6 +399,7 @@ async def query_snapshots(request: Request) -> Response:
     return json_response(body, media=media, context=context, headers=headers)
 
 
+@api("Change a snapshot's priority", body="Object", returns="Object", errors=(400, 404))
 async def update_snapshot(request: Request) -> Response:
     """PATCH /snapshots/{id} (5.16.4): only snapshotPriority changes; 200 with the snapshot."""
     check_params(request, ())
@@ -410,6 +421,7 @@ async def _delete(store: EntityStore, row: SnapshotRow) -> None:
     await lifecycle.evict(store, row)
 
 
+@api("Delete a snapshot and its entities", ok=204, returns=None, errors=(400, 404))
 async def delete_snapshot(request: Request) -> Response:
     """DELETE /snapshots/{id} (5.16.5): the snapshot and its entities."""
     check_params(request, ())
@@ -419,9 +431,10 @@ async def delete_snapshot(request: Request) -> Response:
     return no_content()
 
 
+@api("Delete the caller's snapshots q selects", query=PURGE_SNAPSHOTS_PARAMS, ok=204, returns=None)
 async def purge_snapshots(request: Request) -> Response:
     """DELETE /snapshots?q= (5.16.7): the caller's snapshots whose own members match q."""
-    check_params(request, ("q",))
+    check_params(request, PURGE_SNAPSHOTS_PARAMS)
     tenant_name = tenant(request)
     q = request.query_params.get("q")
     if q is None:

@@ -205,6 +205,12 @@ class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, Snapsho
 
     async def close(self) -> None: ...
 
+    async def health(self, timeout: float) -> dict[str, bool | str]:
+        """The readiness checks of the database (ops/health.py): "database" (reachable within
+        `timeout` seconds, schema at this version) and "writer" (what writes go through is alive);
+        each True, or why not."""
+        ...
+
     async def tenant_exists(self, tenant: str) -> bool: ...
 
     async def refresh_statistics(self) -> None:

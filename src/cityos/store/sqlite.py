@@ -388,6 +388,29 @@ class SQLiteStore(
         self._writer_pool.shutdown(wait=True)
         self._reader_pool.shutdown(wait=True)
 
+    async def health(self, timeout: float) -> dict[str, bool | str]:
+        checks: dict[str, bool | str] = {}
+        try:
+            async with asyncio.timeout(timeout):
+                row = await self._read(lambda c: c.execute("SELECT version FROM schema_version").fetchone())
+            version = None if row is None else row[0]
+            checks["database"] = (
+                True if version == SCHEMA_VERSION else f"schema version {version}, not {SCHEMA_VERSION}"
+            )
+        except TimeoutError:
+            checks["database"] = f"no answer within {timeout} s"
+        except Exception as exc:  # whatever stops a read is the answer
+            checks["database"] = f"unreachable: {exc}"
+        try:  # the writer thread answers between two group commits
+            async with asyncio.timeout(timeout):
+                open_ = await asyncio.wrap_future(self._writer_pool.submit(lambda: self._writer is not None))
+            checks["writer"] = True if open_ else "the writer's connection is closed"
+        except TimeoutError:
+            checks["writer"] = f"the writer thread did not answer within {timeout} s"
+        except RuntimeError as exc:  # submit after shutdown
+            checks["writer"] = f"the writer thread is stopped: {exc}"
+        return checks
+
     # -- tenants and entities --------------------------------------------------------------------
     async def refresh_statistics(self) -> None:
         await self._write(lambda c: c.execute("PRAGMA optimize"), groupable=False)

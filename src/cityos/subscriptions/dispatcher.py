@@ -109,6 +109,7 @@ class Dispatcher:
         self._pump: asyncio.Task[None] | None = None
         self._claimed: set[int] = set()  # outbox rows claimed here and not yet finished
         self._following = True  # the pump runs until drain() ends it
+        self.followed_at = 0.0  # loop time the pump last looked at the outbox (ops/health.py)
         self.failures = FailureLog(log)  # a job failing again every second: one line a minute
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -121,6 +122,15 @@ class Dispatcher:
         self._following = True
         self.wake.set()
         self._pump = asyncio.create_task(self._follow_outbox())
+
+    def stuck(self, after: float) -> str | None:
+        """Why the outbox is not being followed (None: it is): the pump has ended, or has not
+        claimed for `after` seconds (it looks every OUTBOX_POLL_SECONDS)."""
+        if self._pump is None or self._pump.done():
+            return "the outbox follower is not running"
+        if self.followed_at and asyncio.get_running_loop().time() - self.followed_at > after:
+            return f"the outbox was not read for over {after:g} s"
+        return None
 
     async def stop(self) -> int:
         """Stop delivering; the rows claimed here and not finished are made claimable again, for
@@ -154,6 +164,7 @@ class Dispatcher:
                 return
             try:
                 await self._claim_all()
+                self.followed_at = asyncio.get_running_loop().time()
             except Exception:  # keep following; the rows stay in the outbox
                 log_failure(log, "reading the notification outbox failed")
                 await asyncio.sleep(1.0)

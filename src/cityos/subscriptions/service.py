@@ -63,6 +63,12 @@ class SubscriptionService:
         """The notification sender (after install), which context source subscriptions share."""
         return self._sender
 
+    def outbox_stuck(self, after: float) -> str | None:
+        """Why notifications are not being delivered (None: they are followed): ops/health.py."""
+        if self._dispatcher is None:
+            return "the notification dispatcher is not started"
+        return self._dispatcher.stuck(after)
+
     # -- lifecycle -------------------------------------------------------------------------------
     async def install(self) -> None:
         """Load the subscriptions and match every change of the store from now on: the outbox rows

@@ -60,7 +60,7 @@ from cityos.store.postgres.pages import (
     stored_form,
 )
 from cityos.store.postgres.policies import PostgresPolicies
-from cityos.store.postgres.schema import require_current
+from cityos.store.postgres.schema import LATEST, require_current, schema_version
 from cityos.store.postgres.snapshots import PostgresSnapshots
 from cityos.store.postgres.sql import Params, access_in_python, matches_in_python, near_point, where
 from cityos.store.postgres.temporal import PostgresTemporal
@@ -193,6 +193,21 @@ class PostgresStore(
                 self._pool.terminate()
             self._pool = None
         self._sync_pool.shutdown(wait=False)
+
+    async def health(self, timeout: float) -> dict[str, bool | str]:
+        checks: dict[str, bool | str] = {}
+        try:
+            async with asyncio.timeout(timeout), self.pool.acquire() as connection:
+                version = await schema_version(connection)
+            checks["database"] = True if version == LATEST else f"schema version {version}, not {LATEST}"
+        except TimeoutError:
+            checks["database"] = f"no connection within {timeout} s"
+        except Exception as exc:  # a refused or cut connection, a closed pool
+            checks["database"] = f"unreachable: {exc}"
+        beating = self._heartbeat_task
+        # the worker's heartbeat keeps its outbox claims and lanes (outbox.py): writes need no thread here
+        checks["writer"] = True if beating is not None and not beating.done() else "the worker heartbeat stopped"
+        return checks
 
     def set_change_listener(
         self, listener: ChangeListener | None, wake: Callable[[], None] | None, *, name: str = "subscriptions"

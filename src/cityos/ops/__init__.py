@@ -1,0 +1,1 @@
+"""Operations: the API description (/openapi.json, /docs) and the health checks (/health/...)."""
