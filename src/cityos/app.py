@@ -440,6 +440,11 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     )
     startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
     metrics = _metrics(settings, services, pipeline, ingest, federation)  # None with --no-metrics
+    traces: Any = None  # OpenTelemetry is imported only with --otlp-endpoint (observe/tracing.py)
+    if settings.otlp_endpoint:
+        from cityos.observe.tracing import Export
+
+        traces = Export(settings.otlp_endpoint)
     snapshot_fills = snapshots_http.SnapshotFills()  # snapshots being made in the background
     csource = CSourceSubscriptions(services.store, registry, None)
     # subscriptions forwarded to context sources, and the inbox for their notifications
@@ -542,6 +547,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         # interrupted snapshot fills fail, expired snapshots go (snapshots/lifecycle.py)
         snapshot_sweeper = asyncio.create_task(snapshot_lifecycle.sweep_forever(services.store, settings))
         stack.push_async_callback(_cancel, snapshot_sweeper)
+        if traces is not None:
+            stack.callback(traces.shutdown)
         if metrics is not None:
             stack.callback(metrics.close)
             sampler = asyncio.create_task(metrics.run(settings.metrics_interval))
@@ -612,6 +619,10 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         )
     # a partner city's signed request is verified before the auth middleware (dataspace/door.py)
     app.add_middleware(PartnerDoor, service=lambda: dataspace, enforcing=policies is not None)
+    if traces is not None:  # inside ProtocolGuard: the request id is set, the route found below
+        from cityos.observe.tracing import Tracing
+
+        app.add_middleware(Tracing, export=traces)
     keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))
     app.add_middleware(
         ProtocolGuard,

@@ -158,7 +158,9 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
-        self.info = Gauge("cityos_up", "1 while the server answers.", registry=r, multiprocess_mode="livemax")
+        self.info = Gauge(
+            "cityos_up", "1 per live server process (workers add up).", registry=r, multiprocess_mode="livesum"
+        )
         self.info.set(1)
         # what sample() reads: set by create_app (each returns a plain number or mapping)
         self.queue_depth: Source | None = None
