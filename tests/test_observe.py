@@ -22,10 +22,12 @@ import pytest
 from backends import cli_env, make_key
 from notify_helpers import free_port, stop_process, wait_serving
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from cityos.app import create_app
 from cityos.logs import JsonFormatter
+from cityos.observe.access import AccessLog
 from cityos.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,8 +69,13 @@ def observed(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
         notification_max_attempts=1,
         audit_key=str(tmp_path / "audit.key"),
     )
-    with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
-        yield client
+    access = logging.getLogger("cityos.access")
+    access.setLevel(logging.INFO)  # as `cityos serve` at the default level, info
+    try:
+        with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
+            yield client
+    finally:
+        access.setLevel(logging.NOTSET)
 
 
 def test_requests_are_counted_by_route_template_method_and_status(observed: TestClient) -> None:
@@ -96,21 +103,37 @@ def test_requests_are_counted_by_route_template_method_and_status(observed: Test
 
 
 def test_access_line_and_audit_record_carry_the_request_id(
-    observed: TestClient, caplog: pytest.LogCaptureFixture
+    observed: TestClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="cityos.access"):
-        answer = observed.post("/ngsi-ld/v1/entities", json=ENTITY, headers={"X-Request-Id": "op-42.a"})
-        refused = observed.get("/version", headers={"X-Request-Id": "bad id\twith spaces"})
+    answer = observed.post("/ngsi-ld/v1/entities", json=ENTITY, headers={"X-Request-Id": "op-42.a"})
+    refused = observed.get("/version", headers={"X-Request-Id": "bad id\twith spaces", "NGSILD-Tenant": "t1"})
+    assert observed.get("/ngsi-ld/v1/entities/urn:x:%0Aforged").status_code == 400  # an invalid id
     assert answer.headers["x-request-id"] == "op-42.a"
     made = refused.headers["x-request-id"]
     assert made != "bad id\twith spaces" and re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", made)
-    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name == "cityos.access"]
-    post = next(line for line in lines if line["request_id"] == "op-42.a")
-    assert post["route"] == "/ngsi-ld/v1/entities" and post["status"] == 201 and post["method"] == "POST"
-    assert post["principal"] == "open" and post["tenant"] == "" and post["duration_ms"] > 0
-    assert any(line["request_id"] == made and line["route"] == "/version" for line in lines)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "cityos.access" in line]
+    post = next(line for line in lines if "rid=op-42.a" in line)
+    assert " INFO cityos.access: POST /ngsi-ld/v1/entities 201 " in post
+    assert "route=/ngsi-ld/v1/entities rid=op-42.a principal=open tenant=-" in post
+    version = next(line for line in lines if f"rid={made}" in line)
+    assert "route=/version" in version and "tenant=t1" in version
+    assert any("urn:x:\\nforged 400" in line for line in lines)  # one line, the newline escaped
     records = observed.get("/cityos/v1/audit").json()
     assert any(r["request_id"] == "op-42.a" and r["operation"] == "entity.create" for r in records), records
+
+
+def test_access_lines_in_json() -> None:
+    written = io.StringIO()
+    access = AccessLog("json", written)
+    logging.getLogger("cityos.access").setLevel(logging.INFO)
+    try:
+        access("op-1", "key:abc", "t1", "GET", "/ngsi-ld/v1/entities/urn:x:\n1", Route("/e/{id}", print), 200, 0.0012)
+    finally:
+        logging.getLogger("cityos.access").setLevel(logging.NOTSET)
+    line = json.loads(written.getvalue())
+    assert line["request_id"] == "op-1" and line["principal"] == "key:abc" and line["tenant"] == "t1"
+    assert line["route"] == "/e/{id}" and line["status"] == 200 and line["duration_ms"] == 1.2
+    assert line["path"] == "/ngsi-ld/v1/entities/urn:x:\n1" and line["logger"] == "cityos.access"
 
 
 def test_a_notification_logs_the_request_id_of_its_write(

@@ -67,7 +67,7 @@ from cityos.lifeline import exit_with_supervisor
 from cityos.logs import configure as configure_logging
 from cityos.net import OutboundPolicy
 from cityos.observe import http as observe_http
-from cityos.observe.access import access_line
+from cityos.observe.access import AccessLog
 from cityos.observe.metrics import Metrics, StoreTimer
 from cityos.ngsild import (
     batch,
@@ -181,7 +181,7 @@ class ProtocolGuard:
         last_resort: bool = False,
         startup_problem: list[str] | None = None,
         metrics: Metrics | None = None,
-        access_log: bool = False,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -189,7 +189,7 @@ class ProtocolGuard:
         # matched route the router left in the scope
         self.metrics = metrics
         self.access_log = access_log
-        self.observed = metrics is not None or access_log
+        self.observed = metrics is not None or access_log is not None
         self.keep_slash = keep_slash
         self.last_resort = last_resort
         self.quiet_startup = None if startup_problem is None else QuietStartup(app, startup_problem)
@@ -282,10 +282,11 @@ class ProtocolGuard:
                 route = scope.get("route")
                 if self.metrics is not None:
                     self.metrics.request(route, method, status, seconds)
-                if self.access_log:
+                if self.access_log is not None:
                     # no AuthMiddleware (auth off, where last_resort is set): everyone is "open"
                     caller = scope.get(CALLER_SCOPE_KEY, "open" if self.last_resort else "-")
-                    access_line(request_id, caller, (tenant or b"").decode("latin-1"), method, path, route, status, seconds)
+                    tenant_name = "" if tenant is None else tenant.decode("latin-1")
+                    self.access_log(request_id, caller, tenant_name, method, path, route, status, seconds)
 
     async def _bare(self, send: Send, status: int) -> None:
         await self._send(send, status, b"", [(b"content-length", b"0")])
@@ -631,7 +632,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         last_resort=not identity.required,  # auth off: LastResort's work is done here, innermost
         startup_problem=startup_problem,  # QuietStartup's too
         metrics=metrics,
-        access_log=settings.access_log or settings.log_level.lower() == "debug",
+        access_log=AccessLog(settings.log_format) if settings.access_log or settings.log_level.lower() == "debug" else None,
     )
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
     if origins:  # outermost: a preflight is answered before any other check, on every path
