@@ -441,6 +441,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     )
     startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
     metrics = _metrics(settings, services, pipeline, ingest, federation)  # None with --no-metrics
+    wants_access = settings.access_log or settings.log_level.lower() == "debug"
+    access = AccessLog(settings.log_format) if wants_access else None  # observe/access.py
     traces: Any = None  # OpenTelemetry is imported only with --otlp-endpoint (observe/tracing.py)
     if settings.otlp_endpoint:
         from cityos.observe.tracing import Export
@@ -550,6 +552,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         stack.push_async_callback(_cancel, snapshot_sweeper)
         if traces is not None:
             stack.callback(traces.shutdown)
+        if access is not None:
+            stack.callback(access.flush)  # the last lines, at the stop
         if metrics is not None:
             stack.callback(metrics.close)
             sampler = asyncio.create_task(metrics.run(settings.metrics_interval))
@@ -632,7 +636,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         last_resort=not identity.required,  # auth off: LastResort's work is done here, innermost
         startup_problem=startup_problem,  # QuietStartup's too
         metrics=metrics,
-        access_log=AccessLog(settings.log_format) if settings.access_log or settings.log_level.lower() == "debug" else None,
+        access_log=access,
     )
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
     if origins:  # outermost: a preflight is answered before any other check, on every path

@@ -5,10 +5,11 @@ The line has the shape of the other log records (logs.py): in text format
 `2026-12-07 05:23:27,957 INFO cityos.access: GET /ngsi-ld/v1/entities/x 200 1.2ms route=... rid=...
 principal=... tenant=...`, in JSON (--log-format json) one object with the same fields as members.
 It is on the path of every request, so it does not go through the logging module (a LogRecord, a
-formatter and a locked, flushed write cost tens of microseconds, benchmarks/observe.py): the line
-is built with one f-string or orjson call, and the lines of one event-loop turn are written to
-stderr together, at the end of that turn. Control characters of the path, principal and tenant are
-escaped and URL credentials hidden, as logs.SafeFormatter does.
+formatter and a locked, flushed write cost tens of microseconds, benchmarks/observe_cost.py): the
+line is built with one f-string or orjson call, and the lines of 50 ms (at most 256) are written
+to stderr in one write. So a line may come up to 50 ms after records logged later, and a killed
+process loses at most the last 50 ms of lines. Control characters of the path, principal and
+tenant are escaped and URL credentials hidden, as logs.SafeFormatter does.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from cityos.logs import CONTROL, escape_control
 from cityos.redact import redact_text
 
 LOGGER = "cityos.access"  # its level decides (INFO), as for a logger of that name
+MAX_PENDING = 256  # lines kept before a write, even within FLUSH_SECONDS
+FLUSH_SECONDS = 0.05  # how late a line may be written: one write for the lines of 50 ms
 
 
 def _clean(text: str) -> str:
@@ -84,12 +87,15 @@ class AccessLog:
                 f"{stamp} INFO {LOGGER}: {method} {_clean(path)} {status} {ms:.1f}ms route={template} "
                 f"rid={request_id} principal={_clean(principal)} tenant={_clean(tenant) or '-'}"
             )
-        self._lines.append(line)
-        if len(self._lines) == 1:  # the first of this turn: write them all once the turn ends
+        lines = self._lines
+        lines.append(line)
+        if len(lines) == 1:  # the first of a batch: written with the others FLUSH_SECONDS later
             try:
-                asyncio.get_running_loop().call_soon(self.flush)
+                asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
             except RuntimeError:  # no loop (a synchronous caller): at once
                 self.flush()
+        elif len(lines) >= MAX_PENDING:
+            self.flush()
 
     def flush(self) -> None:
         lines, self._lines = self._lines, []

@@ -1,12 +1,14 @@
 """Prometheus metrics (docs/operations.md, "Metrics").
 
-Two kinds of sources, chosen for the cost on the hot path:
-- the request histogram and the writer's group-commit sizes are observed where they happen (one
-  dictionary look-up for the labelled child, then prometheus-client's observe);
-- everything else is a plain counter or a size the subsystem keeps anyway (the IoT Agent's stats,
-  the @context registry's, the dispatcher's lanes, the writer queue): `sample()` carries them into
-  the Prometheus metrics, at each scrape and every `metrics_interval` seconds. Nothing is added
-  to a request's path for them.
+Everything is counted in plain numbers where it happens and carried into the Prometheus metrics by
+`sample()`, at each scrape and every `metrics_interval` seconds, because prometheus-client's
+observe() takes a lock per bucket and per sum (a few microseconds on every request):
+- request and store-operation latencies go to a Tally on the event loop (a bisect and two
+  additions), added to their histogram child at sample time;
+- the other sources are counts or sizes the subsystems keep anyway (the IoT Agent's stats, the
+  @context registry's, the dispatcher's lanes, the writer queue); nothing is added to a request's
+  path for them. The writer's group-commit sizes (one per transaction, on its thread) are
+  observed directly.
 
 With `serve --workers N` every worker writes its values to the files of prometheus-client's
 multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the supervisor before the workers start) and a
@@ -17,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import resource
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -55,6 +60,35 @@ TIMED_OPERATIONS = (
 Source = Callable[[], Any]
 
 
+class Tally:
+    """Observations of one histogram child, kept as plain numbers by the event loop (no lock: one
+    thread adds, the same thread flushes) and added to the child by flush(). The child's buckets
+    and sum are reached through prometheus-client's internals (`_buckets`, `_sum`: its values,
+    in memory or in the multiprocess files); tests/test_observe.py checks the counts that result."""
+
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Any, buckets: tuple[float, ...]) -> None:
+        self.child = child
+        self.bounds = (*buckets, math.inf)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1  # the first bucket with amount <= bound
+        self.total += amount
+
+    def flush(self) -> None:
+        counts, self.counts = self.counts, [0] * len(self.bounds)
+        total, self.total = self.total, 0.0
+        if not any(counts):
+            return
+        self.child._sum.inc(total)
+        for index, count in enumerate(counts):
+            if count:
+                self.child._buckets[index].inc(count)
+
+
 class BoundedLabels:
     """The first `limit` distinct values keep their own label; later ones are counted as `other`,
     so a city with ten thousand subscriptions does not make ten thousand series."""
@@ -88,7 +122,8 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
-        self._http_children: dict[tuple[int, str, int], Any] = {}
+        self._http_tallies: dict[tuple[int, str, int], Tally] = {}
+        self.tallies: list[Tally] = []  # every Tally, flushed by sample()
         self.store_seconds = Histogram(
             "cityos_store_operation_duration_seconds",
             "Store operations: latency by operation.",
@@ -178,13 +213,17 @@ class Metrics:
     def request(self, route: Any, method: str, status: int, seconds: float) -> None:
         """One answered request; `route` is the matched route (its template is the label)."""
         key = (id(route), method, status)  # a Route is not hashable; it lives as long as the app
-        child = self._http_children.get(key)
-        if child is None:
+        tally = self._http_tallies.get(key)
+        if tally is None:
             template = getattr(route, "path", None) or UNMATCHED
-            child = self.http.labels(template, method if method in METHODS else OTHER, str(status))
-            if len(self._http_children) < 10_000:
-                self._http_children[key] = child
-        child.observe(seconds)
+            method = method if method in METHODS else OTHER
+            tally = self._http_tallies[key] = self.tally(self.http.labels(template, method, str(status)), HTTP_BUCKETS)
+        tally.observe(seconds)
+
+    def tally(self, child: Any, buckets: tuple[float, ...]) -> Tally:
+        made = Tally(child, buckets)
+        self.tallies.append(made)
+        return made
 
     def group_committed(self, size: int) -> None:
         """Called by the SQLite writer thread after each group commit."""
@@ -201,6 +240,8 @@ class Metrics:
     def sample(self) -> None:
         """Carry the subsystems' own counts and sizes into the metrics (at a scrape, and every
         metrics_interval seconds, which is what the other workers' scrapes see)."""
+        for tally in self.tallies:
+            tally.flush()
         self.rss.set(resident_bytes())
         with contextlib.suppress(OSError):
             self.open_files.set(len(os.listdir("/proc/self/fd")))
@@ -299,21 +340,19 @@ class StoreTimer:
 
     @staticmethod
     def install(store: Any, metrics: Metrics) -> None:
-        import time
-
         for name in TIMED_OPERATIONS:
             method = getattr(store, name, None)
             if method is None:
                 continue
-            child = metrics.store_seconds.labels(name)
+            tally = metrics.tally(metrics.store_seconds.labels(name), STORE_BUCKETS)
 
-            def timed(method: Any = method, child: Any = child) -> Any:
+            def timed(method: Any = method, tally: Tally = tally) -> Any:
                 async def call(*args: Any, **kwargs: Any) -> Any:
                     started = time.perf_counter()
                     try:
                         return await method(*args, **kwargs)
                     finally:
-                        child.observe(time.perf_counter() - started)
+                        tally.observe(time.perf_counter() - started)
 
                 return call
 
