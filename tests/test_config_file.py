@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backends import cli_env
 
+from backends import cli_env
 from cityos.settings import Settings, read_config, resolve
 
 
@@ -103,3 +103,14 @@ def test_config_show_names_sources_and_masks_secrets(tmp_path: Path) -> None:
     assert "(file " in text.stdout and "(default)" in text.stdout
     invalid = run_cityos("config", "show", "--workers", "0")
     assert invalid.returncode == 1 and "workers must be at least 1" in invalid.stderr
+
+
+def test_the_documented_file_is_valid(tmp_path: Path) -> None:
+    """The example of docs/operations.md, "Configuration file", is read as it is shown."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    block = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "city.toml"
+    path.write_text(block)
+    settings = Settings.from_env({}, config=str(path))
+    assert (settings.workers, settings.log_format, settings.metrics_port) == (4, "json", 9464)
+    assert settings.access_log and settings.auth == "required"

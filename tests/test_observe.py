@@ -19,16 +19,16 @@ from typing import Any
 
 import httpx
 import pytest
-from backends import cli_env, make_key
-from notify_helpers import free_port, stop_process, wait_serving
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from backends import cli_env, make_key
 from cityos.app import create_app
 from cityos.logs import JsonFormatter
 from cityos.observe.access import AccessLog
 from cityos.settings import Settings
+from notify_helpers import free_port, stop_process, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
@@ -205,7 +205,7 @@ def test_opentelemetry_is_not_imported_by_default(tmp_path: Path) -> None:
 class _Receiver(http.server.BaseHTTPRequestHandler):
     bodies: list[bytes] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         self.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
         self.send_response(200)
         self.send_header("Content-Length", "0")
@@ -254,8 +254,7 @@ def test_dashboard_queries_name_metrics_a_server_exposes(tmp_path: Path) -> None
     metrics_port = free_port()
     config = tmp_path / "city.toml"
     config.write_text(
-        f'database = "{tmp_path / "city.db"}"\nlog-format = "json"\naccess_log = true\n'
-        f"metrics_port = {metrics_port}\n"
+        f'database = "{tmp_path / "city.db"}"\nlog-format = "json"\naccess_log = true\nmetrics_port = {metrics_port}\n'
     )
     log = tmp_path / "server.log"
     process, base = serve("--config", str(config), env={}, log=log)
@@ -301,12 +300,13 @@ def test_workers_metrics_add_up(fresh_postgres: str, tmp_path: Path) -> None:
     )
     try:
         requests = 40
-        with httpx.Client(base_url=base) as client:  # a new connection each: both workers answer
-            for _ in range(requests):
-                assert httpx.get(f"{base}/ngsi-ld/v1/types").status_code == 200
+        for _ in range(requests):  # a new connection each: both workers answer
+            assert httpx.get(f"{base}/ngsi-ld/v1/types").status_code == 200
         time.sleep(0.5)  # two sampling rounds: the live gauges of both workers are in their files
         found = samples(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text)
-        count = value(found, "cityos_http_request_duration_seconds_count", route="/ngsi-ld/v1/types", method="GET", status="200")
+        count = value(
+            found, "cityos_http_request_duration_seconds_count", route="/ngsi-ld/v1/types", method="GET", status="200"
+        )
         assert count == requests
         pids = {dict(labels)["pid"] for name, labels in found if name == "cityos_process_resident_memory_bytes"}
         assert len(pids) == 2, pids

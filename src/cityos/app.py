@@ -9,8 +9,8 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
 from time import perf_counter
+from typing import Any
 from urllib.parse import unquote
 
 import orjson
@@ -66,9 +66,6 @@ from cityos.last_resort import LastResort, answer_unexpected, report
 from cityos.lifeline import exit_with_supervisor
 from cityos.logs import configure as configure_logging
 from cityos.net import OutboundPolicy
-from cityos.observe import http as observe_http
-from cityos.observe.access import AccessLog
-from cityos.observe.metrics import Metrics, StoreTimer
 from cityos.ngsild import (
     batch,
     contexts,
@@ -83,6 +80,9 @@ from cityos.ngsild import (
     temporal,
 )
 from cityos.ngsild.common import TENANT_HEADER, Services
+from cityos.observe import http as observe_http
+from cityos.observe.access import AccessLog
+from cityos.observe.metrics import Metrics, StoreTimer
 from cityos.pipeline import WritePipeline, context_registry, settings_store
 from cityos.policy import http as policy_http
 from cityos.policy.service import PolicyService, access_policies

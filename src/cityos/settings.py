@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-
 CONFIG_VARIABLE = "CITYOS_CONFIG"  # the configuration file, when no --config is given
 
 
@@ -94,7 +93,9 @@ class Settings:
     audit_checkpoint_records: int = _setting(10000, "Sign an audit checkpoint sooner, once this many records came.")
     log_level: str = _setting("info", "Log level: debug, info, warning, error.")
     access_log: bool = _setting(
-        False, "Log one line per HTTP request (request id, principal, tenant, method, path, route, status, duration) at INFO; on at --log-level debug anyway."
+        False,
+        "Log one line per HTTP request (request id, principal, tenant, method, path, route, status, duration) "
+        "at INFO; on at --log-level debug anyway.",
     )
     log_format: str = _setting(
         "text",

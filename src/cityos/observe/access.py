@@ -58,7 +58,15 @@ class AccessLog:
         return f"{self._stamp}.{millis:03d}Z" if self.json else f"{self._stamp},{millis:03d}"
 
     def __call__(
-        self, request_id: str, principal: str, tenant: str, method: str, path: str, route: Any, status: int, seconds: float
+        self,
+        request_id: str,
+        principal: str,
+        tenant: str,
+        method: str,
+        path: str,
+        route: Any,
+        status: int,
+        seconds: float,
     ) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return

@@ -111,7 +111,7 @@ class Metrics:
 
     def __init__(self, *, max_labels: int = 50, multiproc_dir: str | None = None) -> None:
         self.multiproc_dir = multiproc_dir if multiproc_dir is not None else os.environ.get(MULTIPROC_VARIABLE)
-        disable_created_metrics()  # no *_created series: half the text of a scrape, never graphed
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: half the text of a scrape, never graphed
         self.registry = CollectorRegistry(auto_describe=False)
         self.labels = BoundedLabels(max_labels)
         r = self.registry
@@ -138,7 +138,10 @@ class Metrics:
             registry=r,
         )
         self.writer_queue = Gauge(
-            "cityos_writer_queue_depth", "Writes waiting for the SQLite writer.", registry=r, multiprocess_mode="livesum"
+            "cityos_writer_queue_depth",
+            "Writes waiting for the SQLite writer.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.outbox_backlog = Gauge(
             "cityos_notification_backlog",
@@ -182,7 +185,10 @@ class Metrics:
         )
         self.history_rows = Counter("cityos_history_rows", "History instances written.", registry=r)
         self.rss = Gauge(
-            "cityos_process_resident_memory_bytes", "Resident memory of the process.", registry=r, multiprocess_mode="all"
+            "cityos_process_resident_memory_bytes",
+            "Resident memory of the process.",
+            registry=r,
+            multiprocess_mode="all",
         )
         self.open_files = Gauge(
             "cityos_process_open_files", "Open file descriptors of the process.", registry=r, multiprocess_mode="all"
@@ -305,7 +311,7 @@ class Metrics:
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)
+            multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
@@ -318,7 +324,7 @@ class Metrics:
         if self.multiproc_dir:
             from prometheus_client import multiprocess
 
-            multiprocess.mark_process_dead(os.getpid(), self.multiproc_dir)
+            multiprocess.mark_process_dead(os.getpid(), self.multiproc_dir)  # type: ignore[no-untyped-call]
 
 
 def collector_names(families: Iterable[Any]) -> set[str]:
