@@ -218,11 +218,12 @@ class Metrics:
     # -- the hot path -----------------------------------------------------------------------------
     def request(self, route: Any, method: str, status: int, seconds: float) -> None:
         """One answered request; `route` is the matched route (its template is the label)."""
+        if method not in METHODS:  # any token is a method to HTTP: bounded here
+            method = OTHER
         key = (id(route), method, status)  # a Route is not hashable; it lives as long as the app
         tally = self._http_tallies.get(key)
         if tally is None:
             template = getattr(route, "path", None) or UNMATCHED
-            method = method if method in METHODS else OTHER
             tally = self._http_tallies[key] = self.tally(self.http.labels(template, method, str(status)), HTTP_BUCKETS)
         tally.observe(seconds)
 
