@@ -325,3 +325,15 @@ def test_metrics_are_for_admins_with_auth_required(tmp_path: Path) -> None:
         assert client.get("/metrics", headers={"Authorization": f"Bearer {reader}"}).status_code == 403
         scrape = client.get("/metrics", headers={"Authorization": f"Bearer {admin}"})
         assert scrape.status_code == 200 and "cityos_http_request_duration_seconds" in scrape.text
+
+
+def test_context_cache_hits_and_misses_are_counted(observed: TestClient) -> None:
+    context = {"temperature": "https://example.org/temperature"}
+    headers = {"Content-Type": "application/ld+json"}
+    for n in range(3):  # the same inline @context: compiled once, then found
+        entity = {**ENTITY, "id": f"urn:ngsi-ld:Thing:c{n}", "@context": context}
+        assert observed.post("/ngsi-ld/v1/entities", json=entity, headers=headers).status_code == 201
+    found = samples(observed.get("/metrics").text)
+    assert value(found, "cityos_context_cache_total", result="miss") == 1
+    assert value(found, "cityos_context_cache_total", result="hit") == 2
+    assert value(found, "cityos_context_cache_total", result="fetch_failure") == 0
