@@ -30,7 +30,9 @@ instead of a new SQLite file (a fresh schema: benchmarks/round_trips.py makes on
 CITYOS_INSTRUCTIONS_SETTLE=SECONDS waits that long before the measured loop, so that PostgreSQL's audit
 sealer has sealed the load's writes (under callgrind that takes seconds) and is not counted in a read's
 instructions. CITYOS_INSTRUCTIONS_RULES=N serves with N alert rules judging every change of the T
-entities (write_rules; issue 17's "at most 10% with 100 rules").
+entities (write_rules; issue 17's "at most 10% with 100 rules"). CITYOS_INSTRUCTIONS_OBSERVE=off serves
+with --no-metrics, =all with the metrics and --access-log --log-format json (issue 20's "at most 5%";
+the lines go to stderr: send it to /dev/null); unset: the default (metrics on, no access log).
 
 Work done once per period of wall-clock time (the expiry sweep every second, the authenticator's
 credentials poll every second, the signed audit checkpoint every minute, the WAL checkpoint every
@@ -43,6 +45,7 @@ many times per request, more the busier the machine (a loaded machine slows the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -247,6 +250,16 @@ async def measure(kind: str, count: int) -> float:
         options["audit"] = "off"
     if os.environ.get("CITYOS_INSTRUCTIONS_HISTORY") == "off":
         options["temporal_disabled_tenants"] = "*"
+    observe = os.environ.get("CITYOS_INSTRUCTIONS_OBSERVE", "")  # issue 20: metrics and the access log
+    if observe == "off" and "metrics" in getattr(Settings, "__dataclass_fields__", {}):
+        options["metrics"] = False
+    elif observe in ("all", "all-batched"):  # the access lines to stderr (send it to /dev/null), at info
+        options.update(access_log=True, log_format="json")
+        logging.getLogger("cityos.access").setLevel(logging.INFO)
+        if observe == "all-batched":  # written 256 at a time, as under load (valgrind's clock is slow)
+            import cityos.observe.access
+
+            cityos.observe.access.FLUSH_SECONDS = 3600.0
     if int(os.environ.get(RULES_ENV, "0")):  # issue 17: alert rules judging every change of T
         watched = ("OffStreetParking", "availableSpotNumber") if kind in SPOTS else ("T", "temperature")
         options["rules_dir"] = write_rules(folder / "rules", int(os.environ[RULES_ENV]), *watched)

@@ -31,6 +31,7 @@ from benchmarks.entities import ENTITY_TYPE
 from benchmarks.federation import federation_rows
 from benchmarks.iot import mqtt_row
 from benchmarks.loadgen import LoadResult, LoadSpec, run_load
+from benchmarks.observe import observe_rows
 from benchmarks.postgres import BenchSchema, RawPostgres, default_url, redact, unreachable
 from benchmarks.rawsqlite import RawStore, documents
 from benchmarks.report import LABELS, Row
@@ -337,6 +338,8 @@ class Bench:
             self.rows.append(mqtt_row(self, backend.name, url, backend.stored))  # scenario 9: MQTT measures
         if self.config.selected("10"):  # scenario 10: a query forwarded to two context sources
             self.rows += federation_rows(self, server, backend.name, backend.stored)
+        if self.config.selected("11"):  # scenario 11: metrics and the access log, on and off
+            self.rows += observe_rows(self, backend.name, url, backend.stored)
         backend.rss_peak = server.peak_rss_mb()
 
     def multi_worker(self, backend: Backend, url: str, workers: int) -> None:

@@ -318,8 +318,9 @@ def probes(ids: Ids) -> list[Probe]:
         p("DELETE", "/iot/devices/{device_id}", "admin-write", f"/iot/devices/{ids.device}"),
         p("POST", "/iot/d", "device", "/iot/d", params={"k": "k1", "i": ids.device}, content="t|21"),
         p("POST", "/iot/json", "device", "/iot/json", params={"k": "k1", "i": ids.device}, json={"t": 21}),
-        # audit, policies, keys, users, tokens, version
+        # audit, policies, keys, users, tokens, version, metrics
         p("GET", "/cityos/v1/audit", "admin-read", "/cityos/v1/audit"),
+        p("GET", "/metrics", "admin-read", "/metrics"),  # counts span every tenant (docs/operations.md)
         p(
             "GET",
             "/cityos/v1/audit/access-report",

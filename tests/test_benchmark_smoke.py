@@ -43,6 +43,9 @@ SCENARIOS = (
     "10a. query type, limit=20, local=true",
     "10b. query type, limit=20, no registration",
     "10c. federated query over two sources",
+    "11a. retrieve entity by id, bare",
+    "11a. retrieve entity by id, observed",
+    "11c. partial attribute update, observed",
 )
 READS = ("4. retrieve entity by id", "5a. query type", "5b. query q", "5c. query geoQ", "5d. query type")
 SCALE_ROWS = (

@@ -131,6 +131,8 @@ class TestFromEnv:
             raw = expected = "optional"
         elif name == "temporal_retention_types":
             raw = expected = "WeatherObserved=90"
+        elif name == "log_format":
+            raw = expected = "json"
         else:
             raw = expected = default + "-changed"
         environ = {env_name(name): raw}

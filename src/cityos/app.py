@@ -9,6 +9,7 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine
+from time import perf_counter
 from typing import Any
 from urllib.parse import unquote
 
@@ -25,7 +26,7 @@ from cityos import __version__
 from cityos.audit import http as audit_http
 from cityos.audit.service import StoreAudit
 from cityos.auth import http as auth_http
-from cityos.auth.middleware import REQUEST_ID_HEADER, AuthMiddleware, request_id_of
+from cityos.auth.middleware import CALLER_SCOPE_KEY, REQUEST_ID_HEADER, AuthMiddleware, request_id_of
 from cityos.auth.principal import current_request_id
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE
 from cityos.auth.service import Identity
@@ -79,6 +80,9 @@ from cityos.ngsild import (
     temporal,
 )
 from cityos.ngsild.common import TENANT_HEADER, Services
+from cityos.observe import http as observe_http
+from cityos.observe.access import AccessLog
+from cityos.observe.metrics import Metrics, StoreTimer
 from cityos.open311 import http as open311_http
 from cityos.open311.services import CatalogueError
 from cityos.ops import http as ops_http
@@ -180,9 +184,16 @@ class ProtocolGuard:
         *,
         last_resort: bool = False,
         startup_problem: list[str] | None = None,
+        metrics: Metrics | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # what is recorded once a request is answered (observe/): one perf_counter pair, and the
+        # matched route the router left in the scope
+        self.metrics = metrics
+        self.access_log = access_log
+        self.observed = metrics is not None or access_log is not None
         self.keep_slash = keep_slash
         self.last_resort = last_resort
         self.quiet_startup = None if startup_problem is None else QuietStartup(app, startup_problem)
@@ -246,15 +257,18 @@ class ProtocolGuard:
             echoed.append((TENANT_HEADER_BYTES, tenant))
 
         started = False
+        status = 500  # what a request that ends in an exception is counted as
 
         async def echo(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
                 message["headers"] = [*message.get("headers", []), *echoed]
             await send(message)
 
         id_token = current_request_id.set(request_id)
+        began = perf_counter() if self.observed else 0.0
         try:
             if not self.last_resort:
                 await app(scope, receive, echo)
@@ -267,6 +281,16 @@ class ProtocolGuard:
                 await answer_unexpected(scope, echo, exc)
         finally:
             current_request_id.reset(id_token)
+            if self.observed:
+                seconds = perf_counter() - began
+                route = scope.get("route")
+                if self.metrics is not None:
+                    self.metrics.request(route, method, status, seconds)
+                if self.access_log is not None:
+                    # no AuthMiddleware (auth off, where last_resort is set): everyone is "open"
+                    caller = scope.get(CALLER_SCOPE_KEY, "open" if self.last_resort else "-")
+                    tenant_name = "" if tenant is None else tenant.decode("latin-1")
+                    self.access_log(request_id, caller, tenant_name, method, path, route, status, seconds)
 
     async def _bare(self, send: Send, status: int) -> None:
         await self._send(send, status, b"", [(b"content-length", b"0")])
@@ -423,6 +447,14 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         signer=dataspace.sign_forwarded,  # a registration that is a partner city: signed, under its agreement
     )
     startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
+    metrics = _metrics(settings, services, pipeline, ingest, federation)  # None with --no-metrics
+    wants_access = settings.access_log or settings.log_level.lower() == "debug"
+    access = AccessLog(settings.log_format) if wants_access else None  # observe/access.py
+    traces: Any = None  # OpenTelemetry is imported only with --otlp-endpoint (observe/tracing.py)
+    if settings.otlp_endpoint:
+        from cityos.observe.tracing import Export
+
+        traces = Export(settings.otlp_endpoint)
     snapshot_fills = snapshots_http.SnapshotFills()  # snapshots being made in the background
     csource = CSourceSubscriptions(services.store, registry, None)
     # subscriptions forwarded to context sources, and the inbox for their notifications
@@ -530,6 +562,18 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         # interrupted snapshot fills fail, expired snapshots go (snapshots/lifecycle.py)
         snapshot_sweeper = asyncio.create_task(snapshot_lifecycle.sweep_forever(services.store, settings))
         stack.push_async_callback(_cancel, snapshot_sweeper)
+        if traces is not None:
+            stack.callback(traces.shutdown)
+        if access is not None:
+            stack.callback(access.flush)  # the last lines, at the stop
+        if metrics is not None:
+            stack.callback(metrics.close)
+            sampler = asyncio.create_task(metrics.run(settings.metrics_interval))
+            stack.push_async_callback(_cancel, sampler)
+            if settings.metrics_port and settings.workers == 1:  # with workers, the supervisor serves it
+                listener = observe_http.MetricsListener(metrics, settings.metrics_host, settings.metrics_port)
+                await listener.start()
+                stack.push_async_callback(listener.stop)
 
     routes = [
         *entities.routes(),
@@ -554,6 +598,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *open311_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
+        *observe_http.routes(metrics if not settings.metrics_port else None),
         *ops_http.routes(),  # /openapi.json describes every route above (ops/openapi.py)
     ]
     handlers: dict[Any, Any] = {
@@ -594,6 +639,10 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         )
     # a partner city's signed request is verified before the auth middleware (dataspace/door.py)
     app.add_middleware(PartnerDoor, service=lambda: dataspace, enforcing=policies is not None)
+    if traces is not None:  # inside ProtocolGuard: the request id is set, the route found below
+        from cityos.observe.tracing import Tracing
+
+        app.add_middleware(Tracing, export=traces)
     keep_slash = tuple(route.path_regex for route in routes if route.path.endswith("/"))
     app.add_middleware(
         ProtocolGuard,
@@ -601,6 +650,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         keep_slash=(*keep_slash, temporal.SELF_ROUTED),
         last_resort=not identity.required,  # auth off: LastResort's work is done here, innermost
         startup_problem=startup_problem,  # QuietStartup's too
+        metrics=metrics,
+        access_log=access,
     )
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
     if origins:  # outermost: a preflight is answered before any other check, on every path
@@ -613,6 +664,28 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             max_age=600,
         )
     return app
+
+
+def _metrics(
+    settings: Settings, services: Services, pipeline: WritePipeline, ingest: IngestService, federation: Forwarder
+) -> Metrics | None:
+    """The metrics (observe/metrics.py), and the counts and sizes each subsystem keeps for them."""
+    if not settings.metrics:
+        return None
+    metrics = Metrics(max_labels=settings.metrics_max_labels)
+    store: Any = services.store
+    StoreTimer.install(store, metrics)
+    if hasattr(store, "queue_depth"):  # the SQLite writer thread's queue and group commits
+        metrics.queue_depth = store.queue_depth
+        store.on_group = metrics.group_committed
+    metrics.agent_stats = lambda: ingest.agent.stats
+    metrics.context_counts = lambda: services.contexts.counts
+    metrics.federation_counts = lambda: federation.counts
+    metrics.history_count = lambda: pipeline.history.recorder.rows
+    subscriptions = pipeline.subscriptions
+    metrics.lanes = subscriptions.backlog
+    metrics.delivery_counts = subscriptions.delivery_counts
+    return metrics
 
 
 def _dataspace(
@@ -644,7 +717,7 @@ def _dataspace(
 def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory` and multi-worker runs: settings from CITYOS_* variables."""
     settings = Settings.from_env()
-    configure_logging(settings.log_level)  # a worker process starts with no logging set up
+    configure_logging(settings.log_level, settings.log_format)  # a worker process starts with no logging set up
     exit_with_supervisor()  # a worker of `serve --workers N` must not outlive its supervisor
     app = create_app(settings, rate_table=os.environ.get(RATE_TABLE_VARIABLE))
     collector.tune()

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
+import orjson
+
+from cityos.auth.principal import current_request_id
 from cityos.errors import MAX_LOGGED_TRACEBACK
 from cityos.redact import redact_text
 
@@ -45,14 +49,46 @@ class SafeFormatter(logging.Formatter):
         return super().formatStack(stack_info).replace("\n", CONTINUATION)
 
 
-def configure(level: str) -> None:
-    """Log to stderr at `level` through SafeFormatter (once per process; a handler that is
-    already there, such as a test's, only gets the formatter)."""
+class JsonFormatter(SafeFormatter):
+    """--log-format json: one JSON object per line (time, level, logger, message, the request id
+    of the request or notification it was logged for, the access-log fields, the traceback).
+    orjson escapes every control character, so a record is still one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        seconds = int(record.created)
+        out: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact_text(record.getMessage()),
+        }
+        access = getattr(record, "access", None)
+        if access is not None:
+            out.update(access)
+        else:
+            request_id = current_request_id.get()
+            if request_id:
+                out["request_id"] = request_id
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info).replace(CONTINUATION, "\n")
+        if record.stack_info:
+            out["stack"] = record.stack_info
+        return orjson.dumps(out).decode()
+
+
+def formatter(log_format: str = "text") -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else SafeFormatter(FORMAT)
+
+
+def configure(level: str, log_format: str = "text") -> None:
+    """Log to stderr at `level` through SafeFormatter, or JsonFormatter (`log_format` json), once
+    per process; a handler that is already there, such as a test's, only gets the formatter."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level.upper(), format=FORMAT)
     else:
         root.setLevel(level.upper())
+    wanted = JsonFormatter if log_format == "json" else SafeFormatter
     for handler in root.handlers:
-        if not isinstance(handler.formatter, SafeFormatter):
-            handler.setFormatter(SafeFormatter(FORMAT))
+        if type(handler.formatter) is not wanted:
+            handler.setFormatter(formatter(log_format))

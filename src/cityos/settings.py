@@ -1,7 +1,8 @@
 """One declared settings object: every setting has a default, a type, help text and a CITYOS_* variable.
 
-Precedence: CLI flag > environment variable > default. The CLI builds its options from this list,
-so `cityos serve --help` and the README table can never miss a setting.
+Precedence: CLI flag > environment variable > configuration file (TOML, --config or CITYOS_CONFIG)
+> default. The CLI builds its options from this list, so `cityos serve --help`, the README table
+and `cityos config show` can never miss a setting.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+CONFIG_VARIABLE = "CITYOS_CONFIG"  # the configuration file, when no --config is given
 
-def _setting(default: Any, help: str, *, flag: str | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "flag": flag})
+
+def _setting(default: Any, help: str, *, flag: str | None = None, secret: bool = False) -> Any:
+    """`secret`: the value may hold credentials (a URL's password), masked by `cityos config show`."""
+    return field(default=default, metadata={"help": help, "flag": flag, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,9 @@ class Settings:
     host: str = _setting("127.0.0.1", "Address to bind. Loopback by default; use 0.0.0.0 to serve a network.")
     port: int = _setting(1026, "TCP port of the NGSI-LD API.")
     database: str = _setting(
-        "cityos.db", "SQLite file path, or a postgresql:// URL for PostgreSQL/PostGIS (docs/deployment.md)."
+        "cityos.db",
+        "SQLite file path, or a postgresql:// URL for PostgreSQL/PostGIS (docs/deployment.md).",
+        secret=True,
     )
     workers: int = _setting(1, "Number of server worker processes; more than 1 needs PostgreSQL.")
     worker_timeout: float = _setting(
@@ -87,7 +93,39 @@ class Settings:
     audit_checkpoint_records: int = _setting(10000, "Sign an audit checkpoint sooner, once this many records came.")
     log_level: str = _setting("info", "Log level: debug, info, warning, error.")
     access_log: bool = _setting(
-        False, "Log one line per HTTP request (method, path, status) at INFO; on at --log-level debug anyway."
+        False,
+        "Log one line per HTTP request (request id, principal, tenant, method, path, route, status, duration) "
+        "at INFO; on at --log-level debug anyway.",
+    )
+    log_format: str = _setting(
+        "text",
+        "Log format: text (one line per record) or json (one JSON object per line, with the request id of the "
+        "request or notification it belongs to; docs/operations.md).",
+    )
+    metrics: bool = _setting(
+        True,
+        "Prometheus metrics at /metrics (admin only with --auth required), or on --metrics-port "
+        "(docs/operations.md, Metrics).",
+    )
+    metrics_port: int = _setting(
+        0,
+        "Serve /metrics on this separate port instead (no authentication: bind it to loopback or a monitoring "
+        "network with --metrics-host); 0: on the API port.",
+    )
+    metrics_host: str = _setting("127.0.0.1", "Address the separate --metrics-port listens on.")
+    metrics_interval: float = _setting(
+        5.0, "Seconds between samples of the sampled metrics (queue depths, backlogs, memory, event-loop lag)."
+    )
+    metrics_max_labels: int = _setting(
+        50,
+        "Distinct subscriptions (and federation partners) given their own metric series; the others are "
+        "counted under `other` (bounded cardinality).",
+    )
+    otlp_endpoint: str = _setting(
+        "",
+        "OpenTelemetry: OTLP/HTTP endpoint (http://collector:4318/v1/traces) to export a trace span per "
+        "request to; empty: no tracing (OpenTelemetry is then not even imported).",
+        secret=True,
     )
     cors_origins: str = _setting(
         "",
@@ -227,7 +265,9 @@ class Settings:
         True, "Serve the IoT Agent under /iot: service group and device provisioning, HTTP measures (UltraLight, JSON)."
     )
     iot_mqtt_url: str = _setting(
-        "", "MQTT broker the IoT Agent subscribes to for device measures (mqtt://host:1883); empty: no MQTT."
+        "",
+        "MQTT broker the IoT Agent subscribes to for device measures (mqtt://host:1883); empty: no MQTT.",
+        secret=True,
     )
     iot_mqtt_share_group: str = _setting(
         "auto",
@@ -343,15 +383,12 @@ class Settings:
     )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from CITYOS_* variables, then explicit overrides (e.g. parsed CLI flags)."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = environ.get(env_name(f.name))
-            if raw is not None:
-                values[f.name] = parse_value(f, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, config: str | None = None, **overrides: Any
+    ) -> Settings:
+        """Settings from the configuration file (`config`, else $CITYOS_CONFIG), then CITYOS_*
+        variables, then explicit overrides (e.g. parsed CLI flags)."""
+        values = {name: value for name, (value, _source) in resolve(environ, config, overrides).items()}
         settings = cls(**values)
         settings.validate()
         return settings
@@ -406,6 +443,12 @@ class Settings:
             raise ValueError("audit_checkpoint_seconds and audit_checkpoint_records must be positive")
         if self.durability not in ("normal", "full"):
             raise ValueError("durability must be normal or full")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format must be text or json")
+        if not 0 <= self.metrics_port < 65536 or (self.metrics_port and self.metrics_port == self.port):
+            raise ValueError("metrics_port must be 0 or a port (1-65535) other than port")
+        if self.metrics_interval <= 0 or self.metrics_max_labels < 1:
+            raise ValueError("metrics_interval and metrics_max_labels must be positive")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be one of debug, info, warning, error")
         for name in (
@@ -453,6 +496,60 @@ class Settings:
                 raise ValueError(f"{name} must not be negative")
         if self.snapshot_max_lifetime < 0 or self.snapshot_fill_beat <= 0:
             raise ValueError("snapshot_max_lifetime must not be negative and snapshot_fill_beat must be positive")
+
+
+def resolve(
+    environ: Mapping[str, str] | None = None, config: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, tuple[Any, str]]:
+    """Every setting's value and where it came from: flag, env, file (its path) or default."""
+    environ = os.environ if environ is None else environ
+    path = config if config else environ.get(CONFIG_VARIABLE, "")
+    from_file = read_config(path) if path else {}
+    found: dict[str, tuple[Any, str]] = {}
+    for f in dataclasses.fields(Settings):
+        given = (overrides or {}).get(f.name)
+        raw = environ.get(env_name(f.name))
+        if given is not None:
+            found[f.name] = (given, "flag")
+        elif raw is not None:
+            found[f.name] = (parse_value(f, raw), "env " + env_name(f.name))
+        elif f.name in from_file:
+            found[f.name] = (from_file[f.name], "file " + path)
+        else:
+            found[f.name] = (f.default, "default")
+    return found
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """The settings of a TOML configuration file: top-level keys named as the settings (snake_case,
+    or as their flags without the dashes: max-body-bytes), values of the settings' types."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise ValueError(f"cannot read the configuration file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"the configuration file {path} is not valid TOML: {exc}") from exc
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        name = key.replace("-", "_")
+        f = fields.get(name)
+        if f is None:
+            raise ValueError(f"{path}: unknown setting {key!r} (`cityos config show` lists them)")
+        kind: type[Any] = type(f.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise ValueError(f"{path}: {key} must be a {kind.__name__}, got {type(value).__name__} {value!r}")
+        values[name] = value
+    return values
+
+
+def is_secret(name: str) -> bool:
+    return bool(Settings.__dataclass_fields__[name].metadata.get("secret"))
 
 
 def env_name(name: str) -> str:

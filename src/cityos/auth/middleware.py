@@ -29,6 +29,7 @@ from cityos.policy.compiled import current_purpose
 
 log = logging.getLogger("cityos.auth")
 REQUEST_ID_HEADER = "X-Request-Id"
+CALLER_SCOPE_KEY = "cityos.caller"  # the principal's id, left in the scope for the access log
 PURPOSE_HEADER = b"purpose"
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 # made ids: a random prefix per process (so workers never collide) and a counter: cheaper than a
@@ -122,6 +123,7 @@ class AuthMiddleware:
         except (Unauthorized, TooManyRequests) as refused:
             await problem(send, refused)
             return
+        scope[CALLER_SCOPE_KEY] = principal.id
         principal_token = current_principal.set(principal)
         declared = purpose.decode("latin-1").strip() if purpose is not None else ""
         purpose_token = current_purpose.set(declared) if declared else None  # unset: None, the default

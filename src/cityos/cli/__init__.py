@@ -8,6 +8,7 @@ cityos keys create|list|revoke   cityos users create|list|delete|passwd
 cityos audit export|verify|pubkey|checkpoint
 cityos dataspace init|show   cityos partners|offers|agreements ...
 cityos indicators list|compute|verify   cityos rules list
+cityos config show [--config city.toml]
 cityos --version
 """
 
@@ -27,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from cityos import __version__
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE, shared_table
-from cityos.cli import audit, backup, dataspace, db, identity, imports, indicators, iot, rules
+from cityos.cli import audit, backup, config, dataspace, db, identity, imports, indicators, iot, rules
 from cityos.cli.common import fail
 from cityos.errors import DatabaseBusy
-from cityos.settings import Settings, describe, env_name
+from cityos.settings import CONFIG_VARIABLE, Settings, describe, env_name
 from cityos.store import is_postgres, open_store
 
 if TYPE_CHECKING:
@@ -41,6 +42,13 @@ INTERRUPTED = 130
 
 
 def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help=f"TOML configuration file holding any of the settings below (flags and CITYOS_* variables "
+        f"override it; docs/operations.md) [env {CONFIG_VARIABLE}]",
+    )
     for name, flag, env, default, help_text in describe():
         if isinstance(default, bool):
             parser.add_argument(
@@ -79,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     # each command group registers its own subcommands
     for module in (imports, iot, db, backup, identity, audit, dataspace, indicators, rules):
         module.register(commands)
+    config.register(commands, _add_setting_options)
     return parser
 
 
@@ -101,7 +110,7 @@ def _serve(settings: Settings, interrupts: Interrupts) -> int:
     problem = _cannot_serve(settings)  # before anything is loaded or created
     if problem is not None:
         return fail(problem)
-    configure_logging(settings.log_level)  # one line per record, control characters escaped
+    configure_logging(settings.log_level, settings.log_format)  # one line per record, control characters escaped
     debug = settings.log_level.lower() == "debug"
     if not debug:  # httpx logs every request it sends (each notification) at INFO
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -117,10 +126,12 @@ def _serve(settings: Settings, interrupts: Interrupts) -> int:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
-        "access_log": settings.access_log or debug,
+        "access_log": False,  # --access-log: the application's own line (observe/access.py)
         "server_header": False,
         "lifespan": "on",
     }
+    if settings.log_format == "json":  # uvicorn's own lines through the root handler: JSON too
+        common["log_config"] = None
     if is_postgres(settings.database):
         problem = _prepare_postgres(settings, interrupts)
         if interrupts.seen:
@@ -143,6 +154,8 @@ def _serve(settings: Settings, interrupts: Interrupts) -> int:
         for name, _flag, env, _default, _help in describe():
             os.environ[env] = str(getattr(settings, name))
         with contextlib.ExitStack() as stack:
+            if settings.metrics:  # the workers' metrics, added up at a scrape (observe/metrics.py)
+                _multiprocess_metrics(settings, stack)
             # one bucket per caller for all workers (the door's, and Open311's per api_key)
             if (settings.auth == "required" and settings.rate_limit > 0) or settings.open311_rate_limit > 0:
                 os.environ[RATE_TABLE_VARIABLE] = str(stack.enter_context(shared_table()))
@@ -155,6 +168,25 @@ def _serve(settings: Settings, interrupts: Interrupts) -> int:
     app = create_app(settings)
     collector.tune()
     return interrupts.serve(uvicorn.Config(app, **common))
+
+
+def _multiprocess_metrics(settings: Settings, stack: contextlib.ExitStack) -> None:
+    """A fresh directory for prometheus-client's multiprocess files, named to the workers by
+    PROMETHEUS_MULTIPROC_DIR (read when they import it), removed at exit; with --metrics-port the
+    supervisor serves the sums."""
+    import shutil
+    import tempfile
+
+    from cityos.observe.metrics import MULTIPROC_VARIABLE
+
+    directory = tempfile.mkdtemp(prefix="cityos-metrics-")
+    stack.callback(shutil.rmtree, directory, True)
+    os.environ[MULTIPROC_VARIABLE] = directory
+    if settings.metrics_port:
+        from cityos.observe.http import supervisor_endpoint
+
+        server = supervisor_endpoint(directory, settings.metrics_host, settings.metrics_port)
+        stack.callback(server.shutdown)
 
 
 def _cannot_serve(settings: Settings) -> str | None:
@@ -245,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         overrides = {name: getattr(args, name) for name, *_ in describe()}
         try:
-            settings = Settings.from_env(**overrides)
+            settings = Settings.from_env(config=args.config, **overrides)
         except ValueError as exc:
             parser.error(str(exc))
         return serve(settings)

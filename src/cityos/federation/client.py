@@ -120,6 +120,8 @@ class Forwarder:
         self.signer = signer
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._client: httpx.AsyncClient | None = None
+        # calls by (registration id, outcome: ok, error, no_answer), read by the metrics
+        self.counts: dict[tuple[str, str], int] = {}
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -147,6 +149,13 @@ class Forwarder:
         return list(await asyncio.gather(*(self.send(call) for call in calls)))
 
     async def send(self, call: Call) -> Answer:
+        answer = await self._send(call)
+        outcome = "ok" if answer.ok else "no_answer" if answer.status == 0 else "error"
+        key = (call.target.id, outcome)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        return answer
+
+    async def _send(self, call: Call) -> Answer:
         url = f"{call.target.endpoint}{BASE_PATH}{call.path}"
         try:
             self.policy.check_url(url)

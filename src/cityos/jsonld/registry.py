@@ -115,6 +115,9 @@ class ContextRegistry:
         self._compiled: OrderedDict[Any, TermMap] = OrderedDict()
         self._fetch_locks: dict[str, asyncio.Lock] = {}
         self.base_url = ""  # set by the app: how this broker's hosted URLs begin
+        # resolutions of a request's own @context: compiled before (hit), now (miss), and remote
+        # fetches that failed; read by the metrics (observe/metrics.py)
+        self.counts = {"hit": 0, "miss": 0, "fetch_failure": 0}
         if preload_manifest:
             self._load_manifest(Path(preload_manifest))
 
@@ -251,6 +254,7 @@ class ContextRegistry:
         cache_key = (tenant, key)
         terms = self._compiled.get(cache_key)
         if terms is None:
+            self.counts["miss"] += 1
             terms = TermMap(vocab=self.core_terms().vocab)
             try:
                 async with asyncio.timeout_at(self.deadline() if deadline is None else deadline):
@@ -266,6 +270,7 @@ class ContextRegistry:
             if len(self._compiled) > self.cache_size * 4:
                 self._compiled.popitem(last=False)
         else:
+            self.counts["hit"] += 1
             self._compiled.move_to_end(cache_key)
         for url in value if isinstance(value, list) else [value]:
             if isinstance(url, str):
@@ -362,6 +367,7 @@ class ContextRegistry:
             try:
                 doc = await self._download(url)
             except (LdContextNotAvailable, BadRequestData) as exc:
+                self.counts["fetch_failure"] += 1
                 if self.failure_ttl > 0:
                     if len(self._failures) >= self.cache_size:
                         self._failures.pop(next(iter(self._failures)))

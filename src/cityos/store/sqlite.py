@@ -223,6 +223,7 @@ class SQLiteStore(
             tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool, float, contextvars.Context]
         ] = []
         self._pending_lock = threading.Lock()
+        self.on_group: Callable[[int], None] | None = None  # told each group's size (the metrics)
         self._loop_connection: sqlite3.Connection | None = None
         self._flushing = False
         self._anchors = {}  # listing positions by (tenant, type) (sqlite_query.py)
@@ -266,6 +267,10 @@ class SQLiteStore(
         result: T = await future
         return result
 
+    def queue_depth(self) -> int:
+        """Writes waiting for the writer thread (the metrics' writer queue depth)."""
+        return len(self._pending)
+
     def _flush_logged(self, loop: asyncio.AbstractEventLoop) -> None:
         """The commit loop ends only by returning; an error out of it (a bug) is logged, not lost
         (logged here: a done-callback on the pool's future cost every flush two more lock rounds)."""
@@ -290,6 +295,8 @@ class SQLiteStore(
                         count += 1
                 jobs = [(fn, future, context) for fn, future, _, _, context in self._pending[:count]]
                 self._pending = self._pending[count:]
+            if self.on_group is not None:
+                self.on_group(count)
             assert self._writer is not None
             connection = self._writer
             outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []

@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from cityos.auth.principal import current_request_id
 from cityos.entities.model import Entity
 from cityos.entities.render import to_geojson_feature
 from cityos.entities.values import now
@@ -65,6 +67,7 @@ class Job:
     entities: list[Entity] | None = None
     payload: dict[str, Any] | None = None  # the row's payload as the owner may see it (None: the row's own)
     view: ReadView | None = None  # the owner's read view, when it is restricted (linked entities of a join)
+    queued: float = field(default_factory=time.monotonic)  # when it was queued here (the metrics' age)
 
 
 @dataclass
@@ -111,6 +114,8 @@ class Dispatcher:
         self._following = True  # the pump runs until drain() ends it
         self.followed_at = 0.0  # loop time the pump last looked at the outbox (ops/health.py)
         self.failures = FailureLog(log)  # a job failing again every second: one line a minute
+        # attempts by (subscription id, outcome: sent, failed), read by the metrics
+        self.counts: dict[tuple[str, str], int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, *, release: bool = True) -> None:
@@ -203,6 +208,17 @@ class Dispatcher:
                 await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
         return await self.stop()
 
+    def backlog(self) -> dict[str, tuple[int, float]]:
+        """Per subscription: notifications queued here and not done with, and the age in seconds
+        of the oldest (the metrics' backlog and retry age)."""
+        found: dict[str, tuple[int, float]] = {}
+        clock = time.monotonic()
+        for lane in list(self._lanes.values()):
+            for job in list(lane.jobs):
+                count, age = found.get(job.subscription_id, (0, 0.0))
+                found[job.subscription_id] = (count + 1, max(age, clock - job.queued))
+        return found
+
     # -- lanes -----------------------------------------------------------------------------------
     def enqueue(self, lane_key: str, job: Job) -> None:
         lane = self._lanes.setdefault(lane_key, Lane())
@@ -260,7 +276,19 @@ class Dispatcher:
             subscription.delivery = Delivery.from_dict(row.status)
 
     async def _process(self, job: Job, lane: Lane) -> None:
-        """Deliver one job, retrying in place; returns once it is done with (sent or given up)."""
+        """Deliver one job, retrying in place; returns once it is done with (sent or given up).
+        Its log lines (and audit records) carry the request id of the write that caused it."""
+        request_id = job.row.payload.get("request_id") if job.row is not None else None
+        if not request_id:
+            await self._deliver(job, lane)
+            return
+        token = current_request_id.set(request_id)
+        try:
+            await self._deliver(job, lane)
+        finally:
+            current_request_id.reset(token)
+
+    async def _deliver(self, job: Job, lane: Lane) -> None:
         row = job.row
         while True:
             subscription = self.lookup(job.tenant, job.subscription_id)
@@ -282,7 +310,13 @@ class Dispatcher:
                 return
             if error is None or error.permanent or row.attempts + 1 >= self.settings.notification_max_attempts:
                 if error is not None:
-                    log.warning("giving up notification %s of %s: %s", row.id, subscription.id, error)
+                    log.warning(
+                        "giving up notification %s of %s (request %s): %s",
+                        row.id,
+                        subscription.id,
+                        current_request_id.get() or "-",
+                        error,
+                    )
                 await self.store.finish_outbox(row, done=True, status=status)
                 self._claimed.discard(row.id)
                 return
@@ -322,6 +356,8 @@ class Dispatcher:
         lane.inflight = asyncio.get_running_loop().create_future()
         try:
             failure = await self._send(subscription, job)
+            key = (subscription.id, "sent" if failure is None else "failed")
+            self.counts[key] = self.counts.get(key, 0) + 1
             if failure is None:
                 delivery.last_success = now()
                 delivery.status = "ok"

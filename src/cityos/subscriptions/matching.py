@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
+from cityos.auth.principal import current_request_id
 from cityos.entities.model import NULL_URI, VALUE_MEMBER, Entity, Instance
 from cityos.entities.render import RenderOptions, render_entity
 from cityos.entities.values import now, parse_datetime
@@ -285,6 +286,7 @@ class ChangeMatcher:
             "at": now(),
             "before": before if matcher.keep_before else None,
             "after": after,
+            "request_id": current_request_id.get(),  # the write's: delivery logs name it
         }
         return OutboxRow(matcher.tenant, matcher.id, matcher.lane, payload, throttling=matcher.throttling)
 

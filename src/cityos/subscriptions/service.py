@@ -58,6 +58,14 @@ class SubscriptionService:
         # per subscription: a reload (every change another worker makes) or a period may fail again
         self._failures = FailureLog(log)
 
+    def backlog(self) -> dict[str, tuple[int, float]]:
+        """Notifications waiting here, by subscription (Dispatcher.backlog; empty before start)."""
+        return {} if self._dispatcher is None else self._dispatcher.backlog()
+
+    def delivery_counts(self) -> dict[tuple[str, str], int]:
+        """Delivery attempts by (subscription, outcome) (Dispatcher.counts)."""
+        return {} if self._dispatcher is None else self._dispatcher.counts
+
     @property
     def sender(self) -> Sender | None:
         """The notification sender (after install), which context source subscriptions share."""

@@ -161,8 +161,11 @@ class HistoryRecorder:
 
     def __init__(self, disabled: frozenset[str] = frozenset()) -> None:
         self.disabled = disabled
+        self.rows = 0  # instances made (on the writer: one thread adds), read by the metrics
 
     def __call__(self, change: EntityChange, lookup: EntityLookup) -> Sequence[OutboxRow | HistoryRow]:
         if ALL_TENANTS in self.disabled or change.tenant in self.disabled or MARK in change.tenant:
             return []  # a snapshot's copy records no history: its history is what it froze (snapshots/history.py)
-        return history_rows(change)
+        rows = history_rows(change)
+        self.rows += len(rows)
+        return rows

@@ -27,12 +27,11 @@ class HistoryService:
         self.store = store
         self.settings = settings
         self._sweeper: asyncio.Task[None] | None = None
+        self.recorder = HistoryRecorder(parse_disabled(self.settings.temporal_disabled_tenants))
 
     def install(self) -> None:
         """Record every change of the store from now on, in the change's transaction."""
-        self.store.set_change_listener(
-            HistoryRecorder(parse_disabled(self.settings.temporal_disabled_tenants)), None, name="history"
-        )
+        self.store.set_change_listener(self.recorder, None, name="history")
 
     async def start(self) -> None:
         """Install, and sweep what is past the retention period (a server)."""

@@ -1,0 +1,2 @@
+"""Observability: Prometheus metrics, the access log and optional OpenTelemetry traces
+(docs/operations.md)."""
