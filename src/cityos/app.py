@@ -96,6 +96,7 @@ from cityos.tasks import stop_task
 
 log = logging.getLogger("cityos")
 SWEEP_SECONDS = 1.0
+STARTUP_ALERTS_SECONDS = 10.0  # at most this long for the alerts of the demo city's load before the port opens
 # what a browser app may send and read across origins (the cors_origins setting)
 TENANT_HEADER_KEY = TENANT_HEADER.lower().encode()  # as ASGI gives header names
 TENANT_HEADER_BYTES = TENANT_HEADER.encode()
@@ -435,6 +436,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         registry.core_terms(),
         directory=settings.rules_dir,
         max_tracked=settings.alerts_max_tracked,
+        demo=settings.demo_on_empty,
     )
     # flags anomalous readings of --anomaly-attrs (off when empty), through the write path
     anomalies = AnomalyWatch(
@@ -492,8 +494,16 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         stack.push_async_callback(pipeline.stop)
         await anomalies.start()  # a change listener too: before the IoT Agent's and the demo's writes
         stack.push_async_callback(anomalies.stop)
+        try:
+            alert_rules.load()
+        except (RuleFileError, OSError) as exc:
+            startup_problem.append(f"cannot start: a rule file was refused: {exc}")
+            raise
+        await alert_rules.start()  # rules judge every change from here (the demo city's too): before the writes
+        stack.push_async_callback(alert_rules.stop)
         await ingest.start()  # the IoT Agent, and the demo city into an empty database
         stack.push_async_callback(ingest.stop)
+        await alert_rules.settle(STARTUP_ALERTS_SECONDS)  # the demo city's alerts are there when the port opens
         try:
             indicators.load()  # after the demo city: a first scheduled round finds it
         except (IndicatorFileError, OSError) as exc:
@@ -501,13 +511,6 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             raise
         indicators.start()  # the schedule (--indicators-interval); results go through the write path
         stack.push_async_callback(indicators.stop)
-        try:
-            alert_rules.load()
-        except (RuleFileError, OSError) as exc:
-            startup_problem.append(f"cannot start: a rule file was refused: {exc}")
-            raise
-        await alert_rules.start()  # rules judge every change from here; alerts go through the write path
-        stack.push_async_callback(alert_rules.stop)
         csource.sender = pipeline.subscriptions.sender  # one Sender for every notification
         await csource.start()
         stack.push_async_callback(csource.stop)

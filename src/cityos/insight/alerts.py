@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ LISTENER = "alert-rules"
 ALERT_TYPE = "Alert"
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
 RESTORE_PAGE = 500
+DEMO_RULES = "demo-rules"  # in cityos/ingest/data/, beside the demo city's layout
 STOP_SECONDS = 5.0  # at most this long to write the queued alerts at a stop
 
 
@@ -215,10 +217,19 @@ def fired_body(action: Action, stamp: str) -> dict[str, Any]:
 class AlertRules:
     """The loaded rules, their change listener, the timer and the writer of the Alert entities."""
 
-    def __init__(self, store: EntityStore, terms: TermMap, *, directory: str = "", max_tracked: int = 100_000) -> None:
+    def __init__(
+        self,
+        store: EntityStore,
+        terms: TermMap,
+        *,
+        directory: str = "",
+        max_tracked: int = 100_000,
+        demo: bool = False,
+    ) -> None:
         self.store = store
         self.terms = terms
         self.directory = directory
+        self.demo = demo  # the demo city's rules too (--demo-on-empty), before the directory's
         self.max_tracked = max_tracked
         self.sink = StoreSink(store, terms)
         self.rules: dict[str, Rule] = {}
@@ -240,8 +251,14 @@ class AlertRules:
 
     # -- the rules -------------------------------------------------------------------------------
     def load(self) -> None:
-        """The directory's rules (RuleFileError names a refused file, its line and why)."""
-        self._install(load_rules(self.directory, self.terms.expand))
+        """The directory's rules, after the demo city's with `demo` (a file of the directory with the
+        id of a demo rule replaces it). RuleFileError names a refused file, its line and why."""
+        rules: dict[str, Rule] = {}
+        if self.demo:
+            with resources.as_file(resources.files("cityos.ingest").joinpath("data", DEMO_RULES)) as folder:
+                rules.update(load_rules(str(folder), self.terms.expand))
+        rules.update(load_rules(self.directory, self.terms.expand))
+        self._install(rules)
 
     def _install(self, rules: dict[str, Rule]) -> None:
         by_type: dict[str, list[Rule]] = {}
@@ -509,10 +526,12 @@ class AlertRules:
         if outcome.error:
             log.warning("the alert %s was not stored: %s", outcome.entity_id, outcome.error)
 
-    async def settle(self) -> None:
-        """Until every queued alert is written (tests, and a clean stop)."""
+    async def settle(self, timeout: float | None = None) -> None:
+        """Until every queued alert is written (tests, the start after the demo city, a clean
+        stop), or `timeout` seconds have passed."""
         if self._queue is not None:
-            await self._queue.join()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), timeout)
 
     async def acknowledge(self, tenant: str, alert_id: str, who: str) -> dict[str, Any]:
         """An admin has seen the alert: status acknowledged, by whom and when (a resolved alert
@@ -578,8 +597,7 @@ class AlertRules:
 
     async def stop(self) -> None:
         self.store.set_change_listener(None, None, name=LISTENER)
-        with contextlib.suppress(TimeoutError):  # the alerts already decided, written while the store is open
-            await asyncio.wait_for(self.settle(), STOP_SECONDS)
+        await self.settle(STOP_SECONDS)  # the alerts already decided, written while the store is open
         for task in self._tasks:
             await stop_task(task)
         self._tasks = []
