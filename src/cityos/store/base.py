@@ -27,12 +27,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class EntityChange:
-    """One committed change, emitted once for subscriptions, history and federation to consume."""
+    """One committed change, emitted once for subscriptions, history and federation to consume.
+    `annotation`: the mutator said the write only annotates what is stored (Outcome.annotation):
+    the history records nothing for it; every other listener sees it as any change."""
 
     tenant: str
     entity_id: str
     before: Entity | None
     after: Entity | None
+    annotation: bool = False
 
 
 @dataclass(slots=True)
