@@ -1,0 +1,73 @@
+"""Scenario 11: what alert rules cost a served partial update (issue 17: "rule evaluation adds at
+most 10% to the partial-update rate with 100 rules loaded"). The scenario-2 partial update (value
+and observedAt of `availableSpotNumber`) against a second server started with `--rules-dir` holding
+100 rules over that attribute, on the same database, repeat by repeat paired with the same workload
+on the rule-less server (the ratio is the 100-rule rate over the 0-rule rate in the same repeat;
+target 90%). The rules are those of the instruction count (benchmarks.instructions.write_rules):
+thresholds with a clear level, rates, thresholds combined with a polygon and `absent` timers, in
+turns, none firing on the benchmark's values (a firing rule writes an Alert, a write of its own).
+The row is skipped while this CityOS has no alert rules (`--rules-dir`)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from benchmarks.entities import ENTITY_TYPE
+from benchmarks.future import NOT_YET
+from benchmarks.report import Row
+from benchmarks.servers import ServerProcess, cityos_server
+from benchmarks.targets import Target
+from benchmarks.workloads import Workload
+
+if TYPE_CHECKING:
+    from benchmarks.runner import Bench
+
+TARGET = Target(ratio=0.90)
+RULES = 100
+ATTRIBUTE = "availableSpotNumber"  # what the scenario-2 update writes (workloads.py)
+NAME = f"11. partial attribute update, {RULES} alert rules"
+
+
+def has_rules() -> bool:
+    """True if the served CityOS takes --rules-dir (issue 17, part 2)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cityos", "serve", "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
+    return "--rules-dir" in done.stdout
+
+
+def rules_rows(bench: Bench, server: ServerProcess, backend: str, url: str | None, stored: int) -> list[Row]:
+    """The 0-rule row (the running server) and the 100-rule row (a second server), side by side."""
+    off_row = Row(NAME.replace(f"{RULES} alert rules", "0 alert rules"), backend=backend)
+    row = Row(NAME, baseline=off_row.name, target=TARGET, backend=backend)
+    if not has_rules():
+        row.skipped = off_row.skipped = NOT_YET
+        return [off_row, row]
+    from benchmarks.instructions import write_rules  # imports the app: only when the row runs
+
+    folder = Path(bench.workdir) / "bench-rules"
+    shutil.rmtree(folder, ignore_errors=True)
+    write_rules(folder, RULES, ENTITY_TYPE, ATTRIBUTE)
+    sqlite_file = None if url else Path(bench.workdir) / "bench.db"
+    extra = ["--rules-dir", str(folder)]
+    with cityos_server(bench.workdir, url, name="rules", extra=extra, database=sqlite_file) as ruled:
+
+        def workload(index: int) -> Workload:
+            return Workload("update", stored=stored, start=stored, tag=f"rules-update{index}")
+
+        def off_sample(index: int) -> float:
+            cpu_before = server.cpu_seconds()  # CPU per request: the fair comparison on a loaded machine
+            result = bench.load(server, workload(index), seed=index)
+            if result.ops:
+                off_row.cpu_ms.append((server.cpu_seconds() - cpu_before) * 1000 / result.ops)
+            bench.record(off_row, result)
+            return result.rate
+
+        bench.measure(row, ruled, workload, baseline=off_sample)
+        off_row.rss_mb = server.peak_rss_mb()
+        row.rss_mb = ruled.peak_rss_mb()
+    return [off_row, row]
