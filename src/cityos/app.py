@@ -365,7 +365,7 @@ class _Reloader:
 
 
 def _follow_other_workers(
-    pipeline: WritePipeline, ingest: IngestService, identity: Identity
+    pipeline: WritePipeline, ingest: IngestService, identity: Identity, alert_rules: AlertRules
 ) -> Callable[[StoreEvent], None]:
     """Route other workers' writes to the caches they invalidate (a "resync" to all of them)."""
     notifier = pipeline.subscriptions
@@ -380,6 +380,7 @@ def _follow_other_workers(
         if event.kind in ("ingest", "resync"):
             provisioning.request()
         identity.on_event(event)  # a revoked key or deleted user: out of the authentication cache
+        alert_rules.on_event(event)  # a rule's state moved in another worker (an open alert, a running `for`)
 
     return on_event
 
@@ -475,7 +476,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         await services.store.open()
         stack.push_async_callback(services.store.close)
         stack.push_async_callback(snapshot_fills.stop)  # before the store closes
-        follow = _follow_other_workers(pipeline, ingest, identity)
+        follow = _follow_other_workers(pipeline, ingest, identity, alert_rules)
         if policies is not None:
             policies.audit = services.audit
             try:

@@ -40,12 +40,17 @@ from pathlib import Path
 from typing import Any
 
 from cityos.audit.chain import AuditRow
-from cityos.ingest.sink import StoreSink
+from cityos.entities import update
+from cityos.entities.model import Entity, parse_entity
+from cityos.entities.update import Mutator, Outcome
+from cityos.errors import AlreadyExists, ResourceNotFound
+from cityos.ingest.sink import StoreSink, error_text
 from cityos.insight.rules import (
     Condition,
     Memo,
     Rule,
     RuleFileError,
+    epoch,
     evaluate,
     load_rules,
     number,
@@ -55,7 +60,15 @@ from cityos.insight.rules import (
     when_of,
 )
 from cityos.jsonld.termmap import TermMap
-from cityos.store.base import EntityChange, EntityLookup, EntityQuery, EntityStore, HistoryRow, OutboxRow
+from cityos.store.base import (
+    EntityChange,
+    EntityLookup,
+    EntityQuery,
+    EntityStore,
+    HistoryRow,
+    OutboxRow,
+    StoreEvent,
+)
 from cityos.tasks import stop_task
 
 log = logging.getLogger("cityos.insight.alerts")
@@ -63,8 +76,11 @@ log = logging.getLogger("cityos.insight.alerts")
 LISTENER = "alert-rules"
 ALERT_TYPE = "Alert"
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
+EVENT = "alert-state"  # a StoreEvent telling the other workers of a (rule, entity) state that moved
+PENDING, CLEAR = "pending", "clear"  # the event states of a running `for`, and of one that stopped
 RESTORE_PAGE = 500
 DEMO_RULES = "demo-rules"  # in cityos/ingest/data/, beside the demo city's layout
+ABSENT_SLACK = 0.5  # seconds: a reading this close to an absent rule's duration is not a reading within it
 STOP_SECONDS = 5.0  # at most this long to write the queued alerts at a stop
 
 
@@ -165,12 +181,14 @@ class State:
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    kind: str  # "fire" or "resolve"
+    kind: str  # "fire", "resolve" (written, then told), or PENDING, CLEAR (only told to the other workers)
     tenant: str
     rule: Rule
     entity_id: str
     values: dict[str, Any]
     location: Any = None
+    since: float | None = None  # PENDING: the reading time since which the condition holds
+    silence: tuple[str, str, float] | None = None  # an absent rule's fire: (type, attribute, seconds)
 
 
 def iso_now() -> str:
@@ -248,6 +266,8 @@ class AlertRules:
         self._tasks: list[asyncio.Task[None]] = []
         self.dropped = 0  # states or timers not kept because max_tracked was reached
         self._location = terms.expand("location")
+        self._status_iri = terms.expand("status")
+        self._resyncs: list[asyncio.Task[int]] = []
 
     # -- the rules -------------------------------------------------------------------------------
     def load(self) -> None:
@@ -383,6 +403,8 @@ class AlertRules:
                 return
             if state.open:
                 self._send(Action("resolve", tenant, rule, entity_id, {}))
+            elif state.since is not None:  # a running `for` stops: in the other workers too
+                self._send(Action(CLEAR, tenant, rule, entity_id, {}))
             self._drop(tenant, entity_id, rule.id)
             self._due_at.pop(("hold", tenant, entity_id, rule.id), None)
             return
@@ -398,15 +420,18 @@ class AlertRules:
             if state.since is None:
                 state.since = stamp or time.time()
                 self._arm(("hold", tenant, entity_id, rule.id), time.monotonic() + rule.hold)
+                self._send(Action(PENDING, tenant, rule, entity_id, {}, since=state.since))
                 return
             if stamp - state.since < rule.hold:
                 return
         self._fire(tenant, entity_id, rule, state)
 
-    def _fire(self, tenant: str, entity_id: str, rule: Rule, state: State) -> None:
+    def _fire(
+        self, tenant: str, entity_id: str, rule: Rule, state: State, silence: tuple[str, str, float] | None = None
+    ) -> None:
         state.open, state.since = True, None
         self._due_at.pop(("hold", tenant, entity_id, rule.id), None)
-        self._send(Action("fire", tenant, rule, entity_id, dict(state.values), state.location))
+        self._send(Action("fire", tenant, rule, entity_id, dict(state.values), state.location, silence=silence))
 
     def _heard(
         self, tenant: str, entity_id: str, kind: str, iri: str, states: dict[str, State] | None, first: float
@@ -486,7 +511,7 @@ class AlertRules:
             state = self._state(tenant, entity_id, rule.id)
             if state is not None and not state.open:
                 state.values = {"silentForSeconds": seconds}
-                self._fire(tenant, entity_id, rule, state)
+                self._fire(tenant, entity_id, rule, state, (kind, iri, seconds))
         return later
 
     async def _timer(self) -> None:
@@ -511,20 +536,105 @@ class AlertRules:
                 self._queue.task_done()
 
     async def _write(self, action: Action) -> None:
+        """Write what a judgement decided, then tell the other workers. The Alert is written by a
+        conditional mutator, in the entity's own write (its lock): a fire while an alert of that rule
+        and entity is open or acknowledged, or a resolve of one that is not, writes nothing. So two
+        workers that decide the same thing at once (each before hearing of the other) write it once."""
+        tenant, rule, entity_id = action.tenant, action.rule, action.entity_id
+        if action.kind in (PENDING, CLEAR):
+            await self._tell(action, action.kind, action.since)
+            return
+        if action.silence is not None and not await self._silent(action):
+            return
         stamp = iso_now()
         if action.kind == "fire":
-            [outcome] = await self.sink.upsert(action.tenant, [fired_body(action, stamp)], replace=True)
+            written = await self._conditional(tenant, fired_body(action, stamp), replace=True, when_open=False)
         else:
             body = {
-                "id": action.rule.alert_id(action.entity_id),
+                "id": rule.alert_id(entity_id),
                 "type": ALERT_TYPE,
                 "status": _status(RESOLVED, stamp),
                 "resolvedAt": _date(stamp),
                 "validTo": _date(stamp),
             }
-            [outcome] = await self.sink.upsert(action.tenant, [body])
-        if outcome.error:
-            log.warning("the alert %s was not stored: %s", outcome.entity_id, outcome.error)
+            written = await self._conditional(tenant, body, replace=False, when_open=True)
+        if written:
+            await self._tell(action, OPEN if action.kind == "fire" else RESOLVED)
+
+    async def _conditional(self, tenant: str, body: dict[str, Any], *, replace: bool, when_open: bool) -> bool:
+        """Upsert the Alert if it is open (or acknowledged) as `when_open` asks; True if written."""
+        entity = parse_entity(body, self.terms, stamp=iso_now())
+        write = update.upsert(entity, mode="replace" if replace else "update")
+        status_iri = self._status_iri
+
+        def run(current: Entity | None) -> Outcome:
+            is_open = (reading(current, status_iri) or {}).get("value") in (OPEN, ACKNOWLEDGED)
+            if is_open and not when_open:
+                raise AlreadyExists(f"{entity['id']} is open already")
+            if when_open and not is_open:
+                raise ResourceNotFound(f"{entity['id']} is not open")
+            return write(current)
+
+        operation: Mutator = run
+        [result] = await self.store.mutate(tenant, [(entity["id"], operation)], atomic=False)
+        if result.error is None:
+            return True
+        if not isinstance(result.error, AlreadyExists | ResourceNotFound):  # not merely decided elsewhere
+            log.warning("the alert %s was not stored: %s", entity["id"], error_text(result.error))
+        return False
+
+    async def _silent(self, action: Action) -> bool:
+        """An absent rule's clock ran out in this worker: True if the store agrees no reading came
+        (another worker may have written them); else the clock is set from the stored reading."""
+        assert action.silence is not None
+        kind, iri, seconds = action.silence
+        entity = await self.store.get_entity(action.tenant, action.entity_id)
+        heard = epoch((reading(entity, iri) or {}).get("modifiedAt"))
+        if heard is None:
+            return entity is not None
+        age = time.time() - heard
+        if age >= seconds - ABSENT_SLACK:
+            return True
+        with self._lock:
+            self._drop(action.tenant, action.entity_id, action.rule.id)
+            group = self._by_type.get(kind)
+            first = group.absent[iri][0][0] if group is not None and iri in group.absent else seconds
+            self._arm(("absent", action.tenant, action.entity_id, kind, iri), time.monotonic() - age, first)
+        return False
+
+    async def _tell(self, action: Action, state: str, since: float | None = None) -> None:
+        data: dict[str, Any] = {"state": state}
+        if since is not None:
+            data["since"] = since
+        await self.store.publish(StoreEvent(EVENT, action.tenant, f"{action.rule.id} {action.entity_id}", data))
+
+    def on_event(self, event: StoreEvent) -> None:
+        """Another worker moved a (rule, entity) state (or the events were lost: read the open
+        alerts again). On the event loop."""
+        if event.kind == "resync" and self._loop is not None and self.rules:
+            self._resyncs = [task for task in self._resyncs if not task.done()]
+            self._resyncs.append(asyncio.create_task(self.restore()))
+            return
+        if event.kind != EVENT or not event.data or " " not in event.key:
+            return
+        rule_id, entity_id = event.key.split(" ", 1)
+        state_name, since = event.data.get("state"), event.data.get("since")
+        tenant = event.tenant
+        with self._lock:
+            if rule_id not in self.rules:
+                return
+            if state_name in (RESOLVED, CLEAR):
+                self._drop(tenant, entity_id, rule_id)
+                self._due_at.pop(("hold", tenant, entity_id, rule_id), None)
+                return
+            state = self._state(tenant, entity_id, rule_id)
+            if state is None:
+                return
+            if state_name == OPEN:
+                state.open, state.since = True, None
+                self._due_at.pop(("hold", tenant, entity_id, rule_id), None)
+            elif state_name == PENDING and not state.open and isinstance(since, int | float):
+                state.since = float(since) if state.since is None else min(state.since, float(since))
 
     async def settle(self, timeout: float | None = None) -> None:
         """Until every queued alert is written (tests, the start after the demo city, a clean
@@ -598,6 +708,6 @@ class AlertRules:
     async def stop(self) -> None:
         self.store.set_change_listener(None, None, name=LISTENER)
         await self.settle(STOP_SECONDS)  # the alerts already decided, written while the store is open
-        for task in self._tasks:
+        for task in [*self._tasks, *self._resyncs]:
             await stop_task(task)
-        self._tasks = []
+        self._tasks, self._resyncs = [], []

@@ -264,6 +264,11 @@ class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, Snapsho
         """Install (None: remove) the callback for StoreEvents made by other workers; it is called
         on the event loop. Events are sent when the transaction that caused them commits."""
 
+    async def publish(self, event: StoreEvent) -> None:
+        """Tell the other workers of this database (their event listeners hear it; this worker's
+        does not): state a feature keeps in each worker's memory, such as the alert rules'. A
+        back-end that serves one process only (SQLite) has nobody to tell."""
+
     async def claim_periodic(self, tenant: str, subscription_id: str, interval: float) -> bool:
         """True if this worker is the one to send the periodic (timeInterval) notification now:
         at most one worker wins per interval, whichever asks first."""
