@@ -113,7 +113,7 @@ def test_a_spike_is_flagged_through_the_write_path(client: TestClient) -> None:
     assert client.portal is not None
     stale = Flag("", SENSOR, key[2], None, _stamp(HOURS), 60.0, None)
     assert client.portal.call(watch.write, [stale]) == []
-    entity = client.portal.call(client.app.state.services.store.get_entity, "", SENSOR)  # type: ignore[attr-defined]
+    entity = client.portal.call(client.app.state.services.store.get_entity, "", SENSOR)  # type: ignore[attr-defined, call-arg]
     assert ANOMALY_IRI not in entity["attrs"][key[2]][0]
 
 

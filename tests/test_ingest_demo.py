@@ -221,7 +221,7 @@ def test_make_run_serves_the_demo_city(db_url: str, beijing: list[history.Histor
         )
         assert alerts.status_code == 200, alerts.text
         found = {a["id"]: a for a in alerts.json()}
-        last = {key: item.value for key, item in history.latest(beijing).items()}
+        last = {key: float(item.value) for key, item in history.latest(beijing).items()}
         central = "urn:ngsi-ld:AirQualityObserved:beatty-central"
         assert last[(central, "pm25")] > 15 and last[(central, "no2")] > 25  # the rules' levels
         expected = {  # (rule, entity): the value that met it (the last hour of real history, or the layout's)
