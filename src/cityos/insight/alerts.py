@@ -16,11 +16,19 @@ writes no alert after the first. `absent` rules and `for` durations are decided 
 a heap holding at most one entry per tracked (rule, entity): a reading moves a deadline in a dict,
 it does not touch the heap. Memory is bounded by `max_tracked` states.
 
-Known limits: the states live in the worker's memory (several workers each judge the changes they
-write, and share the alert entities, whose ids de-duplicate them); a change is judged when the
-store hands it over, before its commit, so an alert may follow a write that was then rolled back;
-after a restart the open alerts of the default tenant are read back (up to `max_tracked`), `for`
-and `absent` clocks start again at the next reading.
+Several workers (`cityos serve --workers N`): each judges the changes it writes, with the states in
+its memory; a state that moves (an alert opened or resolved, a `for` started or stopped) is told to
+the other workers through the store's events (EntityStore.publish; PostgreSQL NOTIFY), and the Alert
+is written by a conditional mutator (no second fire of an open alert, no resolve of a closed one), so
+two workers deciding the same thing at once write it once. An `absent` clock that runs out asks the
+store whether another worker wrote a reading meanwhile.
+
+Known limits: a change is judged when the store hands it over, before its commit, so an alert may
+follow a write that was then rolled back; a state told by one worker reaches the others a few
+milliseconds later (a reading judged by another worker in between is judged without it: a second
+fire is then not written, a resolve may wait for the next reading); after a restart the open alerts
+of the default tenant are read back (up to `max_tracked`), `for` and `absent` clocks start again at
+the next reading.
 """
 
 from __future__ import annotations
