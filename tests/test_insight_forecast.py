@@ -232,3 +232,73 @@ def test_the_backtest_table_says_the_verdict() -> None:
     }
     text = table({"forecasters": {"x": row}})
     assert "| `x` | b.csv; 3 | 1.200 | 1.000 | 0.700 / 0.900 | 0.800 / 0.950 | no better than" in text
+
+
+SHIPPED_DECLARATIONS = {  # the forecasters as they were declared in Python before they became files
+    "pm25-next-day": ("AirQualityObserved", "pm25", "GQ", 3600, 24, 672, (24,), 24),
+    "traffic-next-day": ("TrafficFlowObserved", "intensity", "C62", 3600, 24, 672, (24, 168), 168),
+    "parking-next-hours": ("OffStreetParking", "occupiedSpotNumber", "C62", 3600, 6, 672, (24, 168), 168),
+}
+GOOD_FORECASTER = """id = "bins-next-day"
+name = "Waste container fill level, next day"
+purpose = "Plan the collection rounds."
+type = "WasteContainer"
+attribute = "fillingLevel"
+unit = "C62"
+step = "30m"
+horizon = 48
+history = "14d"
+seasons = ["1d", "7d"]
+baseline_season = "7d"
+"""
+
+
+def test_forecasters_are_declared_as_files() -> None:
+    from cityos.insight.forecast_files import ForecasterFileError, load_forecasters, parse_forecaster, shipped
+
+    found = {
+        f.id: (f.type, f.attribute, f.unit, f.step, f.horizon, f.history, f.seasons, f.baseline_season)
+        for f in shipped().values()
+    }
+    assert found == SHIPPED_DECLARATIONS
+    made, digest = parse_forecaster(GOOD_FORECASTER, "bins.toml")
+    assert (made.step, made.horizon, made.history, made.seasons, made.baseline_season) == (
+        1800,
+        48,
+        672,
+        (48, 336),
+        336,
+    )
+    assert len(digest) == 64
+    refused = {
+        'unit = "C62"': ('unit = "percent"', 6, "UN/CEFACT"),
+        'step = "30m"': ('step = "7s"', 7, "a minute or more"),
+        'seasons = ["1d", "7d"]': ('seasons = ["7d", "1d"]', 10, "ascending"),
+        'history = "14d"': ('history = "10d"', 9, "2 of the longest season"),
+        "horizon = 48": ("horizon = 0", 8, "horizon is 1"),
+        'baseline_season = "7d"': ('baseline_season = "45m"', 11, "whole number of steps"),
+        'name = "Waste': ('colour = "red"\nname = "Waste', 2, "unknown field 'colour'"),
+    }
+    for good, (bad, line, reason) in refused.items():
+        with pytest.raises(ForecasterFileError) as caught:
+            parse_forecaster(GOOD_FORECASTER.replace(good, bad), "bad.toml")
+        assert caught.value.line == line and reason in caught.value.reason, (bad, caught.value)
+    with pytest.raises(ForecasterFileError, match="syntax error"):
+        parse_forecaster("id = ", "bad.toml")
+    with pytest.raises(ForecasterFileError, match="not a directory"):
+        load_forecasters("/nonexistent")
+
+
+def test_a_forecaster_file_is_served_and_registered(db_url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "forecasters"
+    folder.mkdir()
+    (folder / "bins-next-day.toml").write_text(GOOD_FORECASTER, encoding="utf-8")
+    replaced = (folder / "pm25.toml").write_text(
+        GOOD_FORECASTER.replace("bins-next-day", "pm25-next-day").replace("horizon = 48", "horizon = 12")
+    )
+    assert replaced
+    with TestClient(create_app(Settings(database=db_url, forecasters_dir=str(folder)))) as client:
+        listed = {e["id"]: e for e in client.get("/cityos/v1/insight/register").json() if e["kind"] == "forecaster"}
+        assert sorted(listed) == ["bins-next-day", "parking-next-hours", "pm25-next-day", "traffic-next-day"]
+        assert listed["bins-next-day"]["inputs"][0]["attribute"] == "fillingLevel"
+        assert client.app.state.forecasts.get("pm25-next-day").horizon == 12  # type: ignore[attr-defined]

@@ -50,6 +50,7 @@ from cityos.insight import alerts_http, forecast_http
 from cityos.insight import http as insight_http
 from cityos.insight.alerts import AlertRules
 from cityos.insight.anomaly_watch import AnomalyWatch, detector_settings
+from cityos.insight.forecast_files import ForecasterFileError
 from cityos.insight.forecast_service import ForecastService
 from cityos.insight.model import IndicatorFileError
 from cityos.insight.register import (
@@ -443,7 +444,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     anomalies = AnomalyWatch(
         services.store, registry.core_terms(), attrs=settings.anomaly_attrs, settings=detector_settings(settings)
     )
-    forecasts = ForecastService(services.store, registry.core_terms())
+    forecasts = ForecastService(services.store, registry.core_terms(), directory=settings.forecasters_dir)
     # the register of models (docs/indicators.md): rules and detectors add their providers here
     model_register = ModelRegister()
     model_register.add(lambda: indicator_entries(indicators.indicators))
@@ -509,6 +510,11 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             indicators.load()  # after the demo city: a first scheduled round finds it
         except (IndicatorFileError, OSError) as exc:
             startup_problem.append(f"cannot start: an indicator file was refused: {exc}")
+            raise
+        try:
+            forecasts.load()
+        except (ForecasterFileError, OSError) as exc:
+            startup_problem.append(f"cannot start: a forecaster file was refused: {exc}")
             raise
         indicators.start()  # the schedule (--indicators-interval); results go through the write path
         stack.push_async_callback(indicators.stop)

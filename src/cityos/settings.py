@@ -243,6 +243,10 @@ class Settings:
     indicators_dir: str = _setting(
         "", "Directory of extra indicator files (*.toml, docs/indicators.md) loaded at start beside the shipped set."
     )
+    forecasters_dir: str = _setting(
+        "",
+        "Directory of extra forecaster files (*.toml, docs/indicators.md) loaded at start beside the shipped set.",
+    )
     city_profile: str = _setting(
         "",
         "City profile file (TOML: population, area in km², source) that indicators per population or area"

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from cityos.insight import forecast as fc
+from cityos.insight import forecast_files
 
 COMMAND = "python -m cityos.insight.backtest --data ../shared/data/timeseries --write"
 STRIDE = 7 * 24 + 13
@@ -122,7 +123,7 @@ def run(data: Path, origins: int) -> dict[str, Any]:
 
     results: dict[str, Any] = {}
     for forecaster_id, files in SERIES.items():
-        forecaster = fc.FORECASTERS[forecaster_id]
+        forecaster = forecast_files.shipped()[forecaster_id]
         ours, base = Scores(), Scores()
         started = time.perf_counter()
         for name in files:
