@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NUMBER",
         help="run only the scenarios whose number starts so (e.g. --only 8 for the auth rows 8a-8d, --only 5a, "
-        "--only 11 for the alert rules pair); repeatable; the batch upsert (3) always runs, since the others "
+        "--only 12 for the alert rules pair); repeatable; the batch upsert (3) always runs, since the others "
         "read its entities; no scaling table [all]",
     )
     parser.add_argument("--json", type=Path, help="also write every row as JSON to this file")

@@ -338,8 +338,8 @@ class Bench:
             self.rows.append(mqtt_row(self, backend.name, url, backend.stored))  # scenario 9: MQTT measures
         if self.config.selected("10"):  # scenario 10: a query forwarded to two context sources
             self.rows += federation_rows(self, server, backend.name, backend.stored)
-        if self.config.selected("11"):  # scenario 11: a partial update with 100 alert rules loaded
-            self.rows += rules_rows(self, server, backend.name, url, backend.stored)
+        if self.config.selected("12"):  # scenario 12: a partial update with 100 alert rules loaded
+            self.rows += rules_rows(self, backend.name, url, backend.stored)
         backend.rss_peak = server.peak_rss_mb()
 
     def multi_worker(self, backend: Backend, url: str, workers: int) -> None:
