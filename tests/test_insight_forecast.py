@@ -144,7 +144,9 @@ def test_the_register_lists_indicators_and_forecasters_and_takes_providers(city:
     traffic = by_id["traffic-next-day"]
     assert traffic["inputs"][0]["attribute"] == "intensity" and "MSTL" in traffic["method"]
     assert traffic["accuracy"]["verdict"] == fc.verdict("traffic-next-day")
-    assert by_id["parking-next-hours"]["accuracy"]["verdict"] == "not measured"
+    parking = by_id["parking-next-hours"]["accuracy"]
+    assert parking["verdict"].endswith("(on simulated data only)") and "simulated" in parking["why"]
+    assert parking["backtest"]["simulated"] is True and parking["backtest"]["series"][0].startswith("simulated: ")
     rule = RegisterEntry("rule", "pm25-episode", "PM2.5 episode", "warn", [], "threshold", "1", "us", {}, "Alert")
     city.app.state.model_register.add(lambda: [rule])  # type: ignore[attr-defined]
     listed = city.get("/cityos/v1/insight/register").json()
@@ -204,6 +206,20 @@ def test_the_metrics_match_plain_python_on_random_series() -> None:
         upper = [f + 10 for f in forecast]
         inside = [lo <= a <= hi for a, lo, hi in zip(actual, lower, upper, strict=True) if a == a]
         assert coverage(actual, lower, upper) == pytest.approx(sum(inside) / len(inside))
+
+
+def test_the_simulated_parking_series_is_what_its_docstring_says() -> None:
+    from cityos.insight.backtest import SPACES, simulated_parking
+
+    values = simulated_parking()
+    assert values == simulated_parking() and len(values) == 40 * 7 * 24  # seeded: the same each time
+    assert all(v == int(v) and 0 <= v <= SPACES for v in values)
+    days = [values[d * 24 : d * 24 + 24] for d in range(40 * 7)]
+    weekday_noon = sum(day[12] for i, day in enumerate(days) if i % 7 < 5) / (40 * 5)
+    weekend_noon = sum(day[12] for i, day in enumerate(days) if i % 7 >= 5) / (40 * 2)
+    night = sum(day[3] for day in days) / len(days)
+    assert 0.75 * SPACES < weekday_noon < 0.95 * SPACES and 0.5 * SPACES < weekend_noon < 0.7 * SPACES
+    assert night < 0.25 * SPACES
 
 
 def test_seasonal_naive_and_gap_filling_match_their_definitions() -> None:

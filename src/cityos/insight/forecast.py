@@ -139,6 +139,5 @@ def verdict(forecaster_id: str, measured: dict[str, Any] | None = None) -> str:
     entry = table.get("forecasters", {}).get(forecaster_id)
     if not entry or entry.get("mase") is None:
         return "not measured"
-    if entry["mase"] < entry["baseline_mase"]:
-        return "better than the seasonal-naive baseline"
-    return "no better than the seasonal-naive baseline"
+    found = "better" if entry["mase"] < entry["baseline_mase"] else "no better"
+    return f"{found} than the seasonal-naive baseline" + (" (on simulated data only)" if entry.get("simulated") else "")
