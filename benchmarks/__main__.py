@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         action="append",
         metavar="NUMBER",
-        help="run only the scenarios whose number starts so (e.g. --only 8 for the auth rows 8a-8d, --only 5a); "
-        "repeatable; the batch upsert (3) always runs, since the others read its entities; no scaling table [all]",
+        help="run only the scenarios whose number starts so (e.g. --only 8 for the auth rows 8a-8d, --only 5a, "
+        "--only 12 for the alert rules pair); repeatable; the batch upsert (3) always runs, since the others "
+        "read its entities; no scaling table [all]",
     )
     parser.add_argument("--json", type=Path, help="also write every row as JSON to this file")
     parser.add_argument("--logs", type=Path, help="copy the servers' logs to this directory at the end")

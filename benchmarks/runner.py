@@ -35,6 +35,7 @@ from benchmarks.observe import observe_rows
 from benchmarks.postgres import BenchSchema, RawPostgres, default_url, redact, unreachable
 from benchmarks.rawsqlite import RawStore, documents
 from benchmarks.report import LABELS, Row
+from benchmarks.rules import rules_rows
 from benchmarks.scale import SizeResult, remote, scale_size
 from benchmarks.servers import (
     RemoteServer,
@@ -340,6 +341,8 @@ class Bench:
             self.rows += federation_rows(self, server, backend.name, backend.stored)
         if self.config.selected("11"):  # scenario 11: metrics and the access log, on and off
             self.rows += observe_rows(self, backend.name, url, backend.stored)
+        if self.config.selected("12"):  # scenario 12: a partial update with 100 alert rules loaded
+            self.rows += rules_rows(self, backend.name, url, backend.stored)
         backend.rss_peak = server.peak_rss_mb()
 
     def multi_worker(self, backend: Backend, url: str, workers: int) -> None:

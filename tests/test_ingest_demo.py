@@ -189,7 +189,7 @@ class TestDemo:
             assert len(client.get(API, params={"type": "OffStreetParking"}).json()) == 2  # not loaded again
 
 
-def test_make_run_serves_the_demo_city(db_url: str) -> None:
+def test_make_run_serves_the_demo_city(db_url: str, beijing: list[history.HistoryInstance]) -> None:
     """What `make run` does on a fresh clone: `cityos serve --demo-on-empty` on an empty database (the
     SQLite file `make run` uses, and an empty PostgreSQL schema)."""
     port = free_port()
@@ -215,6 +215,26 @@ def test_make_run_serves_the_demo_city(db_url: str) -> None:
             "urn:ngsi-ld:OffStreetParking:beatty-main-street",
             "urn:ngsi-ld:OffStreetParking:beatty-stagecoach",
         ]
+        # the demo city's rules (ingest/data/demo-rules) judged its load: open alerts as soon as the port opens
+        alerts = httpx.get(
+            f"{base}{API}", params={"type": "Alert", "q": 'status=="open"', "options": "keyValues"}, timeout=10
+        )
+        assert alerts.status_code == 200, alerts.text
+        found = {a["id"]: a for a in alerts.json()}
+        last = {key: float(item.value) for key, item in history.latest(beijing).items()}
+        central = "urn:ngsi-ld:AirQualityObserved:beatty-central"
+        assert last[(central, "pm25")] > 15 and last[(central, "no2")] > 25  # the rules' levels
+        expected = {  # (rule, entity): the value that met it (the last hour of real history, or the layout's)
+            ("pm25-over-who-24h-guideline", central): {"pm25": last[(central, "pm25")]},
+            ("no2-over-who-24h-guideline", central): {"no2": last[(central, "no2")]},
+            ("no2-over-who-24h-guideline", "urn:ngsi-ld:AirQualityObserved:beatty-north"): {"no2": 69.0},
+            ("car-park-almost-full", "urn:ngsi-ld:OffStreetParking:beatty-stagecoach"): {"occupancy": 0.86},
+            ("waste-container-full", "urn:ngsi-ld:WasteContainer:beatty-main-street"): {"fillingLevel": 0.85},
+        }
+        assert sorted(found) == sorted(f"urn:ngsi-ld:Alert:{rule}:{entity}" for rule, entity in expected)
+        for (rule, entity), values in expected.items():
+            alert = found[f"urn:ngsi-ld:Alert:{rule}:{entity}"]
+            assert (alert["alertSource"], alert["rule"], alert["triggerValues"]) == (entity, rule, values)
         # a year of real hourly history: twelve monthly PM2.5 averages, each over the month's readings
         history_url = f"{base}/ngsi-ld/v1/temporal/entities/urn:ngsi-ld:AirQualityObserved:beatty-central"
         monthly = httpx.get(

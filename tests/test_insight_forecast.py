@@ -144,7 +144,9 @@ def test_the_register_lists_indicators_and_forecasters_and_takes_providers(city:
     traffic = by_id["traffic-next-day"]
     assert traffic["inputs"][0]["attribute"] == "intensity" and "MSTL" in traffic["method"]
     assert traffic["accuracy"]["verdict"] == fc.verdict("traffic-next-day")
-    assert by_id["parking-next-hours"]["accuracy"]["verdict"] == "not measured"
+    parking = by_id["parking-next-hours"]["accuracy"]
+    assert parking["verdict"].endswith("(on simulated data only)") and "simulated" in parking["why"]
+    assert parking["backtest"]["simulated"] is True and parking["backtest"]["series"][0].startswith("simulated: ")
     rule = RegisterEntry("rule", "pm25-episode", "PM2.5 episode", "warn", [], "threshold", "1", "us", {}, "Alert")
     city.app.state.model_register.add(lambda: [rule])  # type: ignore[attr-defined]
     listed = city.get("/cityos/v1/insight/register").json()
@@ -206,6 +208,20 @@ def test_the_metrics_match_plain_python_on_random_series() -> None:
         assert coverage(actual, lower, upper) == pytest.approx(sum(inside) / len(inside))
 
 
+def test_the_simulated_parking_series_is_what_its_docstring_says() -> None:
+    from cityos.insight.backtest import SPACES, simulated_parking
+
+    values = simulated_parking()
+    assert values == simulated_parking() and len(values) == 40 * 7 * 24  # seeded: the same each time
+    assert all(v == int(v) and 0 <= v <= SPACES for v in values)
+    days = [values[d * 24 : d * 24 + 24] for d in range(40 * 7)]
+    weekday_noon = sum(day[12] for i, day in enumerate(days) if i % 7 < 5) / (40 * 5)
+    weekend_noon = sum(day[12] for i, day in enumerate(days) if i % 7 >= 5) / (40 * 2)
+    night = sum(day[3] for day in days) / len(days)
+    assert 0.75 * SPACES < weekday_noon < 0.95 * SPACES and 0.5 * SPACES < weekend_noon < 0.7 * SPACES
+    assert night < 0.25 * SPACES
+
+
 def test_seasonal_naive_and_gap_filling_match_their_definitions() -> None:
     y, gaps = fc.fill_gaps([None, 1.0, None, None, 4.0, 5.0, None])
     assert gaps == 4 and y.tolist() == [1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 5.0]
@@ -232,3 +248,73 @@ def test_the_backtest_table_says_the_verdict() -> None:
     }
     text = table({"forecasters": {"x": row}})
     assert "| `x` | b.csv; 3 | 1.200 | 1.000 | 0.700 / 0.900 | 0.800 / 0.950 | no better than" in text
+
+
+SHIPPED_DECLARATIONS = {  # the forecasters as they were declared in Python before they became files
+    "pm25-next-day": ("AirQualityObserved", "pm25", "GQ", 3600, 24, 672, (24,), 24),
+    "traffic-next-day": ("TrafficFlowObserved", "intensity", "C62", 3600, 24, 672, (24, 168), 168),
+    "parking-next-hours": ("OffStreetParking", "occupiedSpotNumber", "C62", 3600, 6, 672, (24, 168), 168),
+}
+GOOD_FORECASTER = """id = "bins-next-day"
+name = "Waste container fill level, next day"
+purpose = "Plan the collection rounds."
+type = "WasteContainer"
+attribute = "fillingLevel"
+unit = "C62"
+step = "30m"
+horizon = 48
+history = "14d"
+seasons = ["1d", "7d"]
+baseline_season = "7d"
+"""
+
+
+def test_forecasters_are_declared_as_files() -> None:
+    from cityos.insight.forecast_files import ForecasterFileError, load_forecasters, parse_forecaster, shipped
+
+    found = {
+        f.id: (f.type, f.attribute, f.unit, f.step, f.horizon, f.history, f.seasons, f.baseline_season)
+        for f in shipped().values()
+    }
+    assert found == SHIPPED_DECLARATIONS
+    made, digest = parse_forecaster(GOOD_FORECASTER, "bins.toml")
+    assert (made.step, made.horizon, made.history, made.seasons, made.baseline_season) == (
+        1800,
+        48,
+        672,
+        (48, 336),
+        336,
+    )
+    assert len(digest) == 64
+    refused = {
+        'unit = "C62"': ('unit = "percent"', 6, "UN/CEFACT"),
+        'step = "30m"': ('step = "7s"', 7, "a minute or more"),
+        'seasons = ["1d", "7d"]': ('seasons = ["7d", "1d"]', 10, "ascending"),
+        'history = "14d"': ('history = "10d"', 9, "2 of the longest season"),
+        "horizon = 48": ("horizon = 0", 8, "horizon is 1"),
+        'baseline_season = "7d"': ('baseline_season = "45m"', 11, "whole number of steps"),
+        'name = "Waste': ('colour = "red"\nname = "Waste', 2, "unknown field 'colour'"),
+    }
+    for good, (bad, line, reason) in refused.items():
+        with pytest.raises(ForecasterFileError) as caught:
+            parse_forecaster(GOOD_FORECASTER.replace(good, bad), "bad.toml")
+        assert caught.value.line == line and reason in caught.value.reason, (bad, caught.value)
+    with pytest.raises(ForecasterFileError, match="syntax error"):
+        parse_forecaster("id = ", "bad.toml")
+    with pytest.raises(ForecasterFileError, match="not a directory"):
+        load_forecasters("/nonexistent")
+
+
+def test_a_forecaster_file_is_served_and_registered(db_url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "forecasters"
+    folder.mkdir()
+    (folder / "bins-next-day.toml").write_text(GOOD_FORECASTER, encoding="utf-8")
+    replaced = (folder / "pm25.toml").write_text(
+        GOOD_FORECASTER.replace("bins-next-day", "pm25-next-day").replace("horizon = 48", "horizon = 12")
+    )
+    assert replaced
+    with TestClient(create_app(Settings(database=db_url, forecasters_dir=str(folder)))) as client:
+        listed = {e["id"]: e for e in client.get("/cityos/v1/insight/register").json() if e["kind"] == "forecaster"}
+        assert sorted(listed) == ["bins-next-day", "parking-next-hours", "pm25-next-day", "traffic-next-day"]
+        assert listed["bins-next-day"]["inputs"][0]["attribute"] == "fillingLevel"
+        assert client.app.state.forecasts.get("pm25-next-day").horizon == 12  # type: ignore[attr-defined]

@@ -1046,6 +1046,7 @@ def test_postgres_events_reach_the_other_workers(postgres_skip_reason: str | Non
             run(writer.add_ingest_records([IngestRecord("group", "t", "k2", {}), IngestRecord("group", "t", "k1", {})]))
         run(writer.delete_ingest_record("group", "t", "k1"))
         run(writer.delete_ingest_record("group", "t", "k1"))  # nothing deleted: no event
+        run(writer.publish(StoreEvent("alert-state", "t", "rule urn:e", {"state": "open"})))  # said outright
 
         expected = [
             StoreEvent("subscription", "t", "urn:sub:1"),
@@ -1056,6 +1057,7 @@ def test_postgres_events_reach_the_other_workers(postgres_skip_reason: str | Non
             StoreEvent("ingest", "t", "group:k1"),
             StoreEvent("ingest", "t", "device:d1"),
             StoreEvent("ingest", "t", "group:k1"),
+            StoreEvent("alert-state", "t", "rule urn:e", {"state": "open"}),
         ]
 
         async def settle() -> None:

@@ -51,6 +51,7 @@ from cityos.insight import alerts_http, forecast_http
 from cityos.insight import http as insight_http
 from cityos.insight.alerts import AlertRules
 from cityos.insight.anomaly_watch import AnomalyWatch, detector_settings
+from cityos.insight.forecast_files import ForecasterFileError
 from cityos.insight.forecast_service import ForecastService
 from cityos.insight.model import IndicatorFileError
 from cityos.insight.register import (
@@ -104,6 +105,7 @@ from cityos.tasks import stop_task
 
 log = logging.getLogger("cityos")
 SWEEP_SECONDS = 1.0
+STARTUP_ALERTS_SECONDS = 10.0  # at most this long for the alerts of the demo city's load before the port opens
 # what a browser app may send and read across origins (the cors_origins setting)
 TENANT_HEADER_KEY = TENANT_HEADER.lower().encode()  # as ASGI gives header names
 TENANT_HEADER_BYTES = TENANT_HEADER.encode()
@@ -392,7 +394,7 @@ class _Reloader:
 
 
 def _follow_other_workers(
-    pipeline: WritePipeline, ingest: IngestService, identity: Identity
+    pipeline: WritePipeline, ingest: IngestService, identity: Identity, alert_rules: AlertRules
 ) -> Callable[[StoreEvent], None]:
     """Route other workers' writes to the caches they invalidate (a "resync" to all of them)."""
     notifier = pipeline.subscriptions
@@ -407,6 +409,7 @@ def _follow_other_workers(
         if event.kind in ("ingest", "resync"):
             provisioning.request()
         identity.on_event(event)  # a revoked key or deleted user: out of the authentication cache
+        alert_rules.on_event(event)  # a rule's state moved in another worker (an open alert, a running `for`)
 
     return on_event
 
@@ -474,12 +477,13 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         registry.core_terms(),
         directory=settings.rules_dir,
         max_tracked=settings.alerts_max_tracked,
+        demo=settings.demo_on_empty,
     )
     # flags anomalous readings of --anomaly-attrs (off when empty), through the write path
     anomalies = AnomalyWatch(
         services.store, registry.core_terms(), attrs=settings.anomaly_attrs, settings=detector_settings(settings)
     )
-    forecasts = ForecastService(services.store, registry.core_terms())
+    forecasts = ForecastService(services.store, registry.core_terms(), directory=settings.forecasters_dir)
     # the register of models (docs/indicators.md): rules and detectors add their providers here
     model_register = ModelRegister()
     model_register.add(lambda: indicator_entries(indicators.indicators))
@@ -512,7 +516,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         await services.store.open()
         stack.push_async_callback(services.store.close)
         stack.push_async_callback(snapshot_fills.stop)  # before the store closes
-        follow = _follow_other_workers(pipeline, ingest, identity)
+        follow = _follow_other_workers(pipeline, ingest, identity, alert_rules)
         if policies is not None:
             policies.audit = services.audit
             try:
@@ -531,12 +535,25 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         stack.push_async_callback(pipeline.stop)
         await anomalies.start()  # a change listener too: before the IoT Agent's and the demo's writes
         stack.push_async_callback(anomalies.stop)
+        try:
+            alert_rules.load()
+        except (RuleFileError, OSError) as exc:
+            startup_problem.append(f"cannot start: a rule file was refused: {exc}")
+            raise
+        await alert_rules.start()  # rules judge every change from here (the demo city's too): before the writes
+        stack.push_async_callback(alert_rules.stop)
         await ingest.start()  # the IoT Agent, and the demo city into an empty database
         stack.push_async_callback(ingest.stop)
+        await alert_rules.settle(STARTUP_ALERTS_SECONDS)  # the demo city's alerts are there when the port opens
         try:
             indicators.load()  # after the demo city: a first scheduled round finds it
         except (IndicatorFileError, OSError) as exc:
             startup_problem.append(f"cannot start: an indicator file was refused: {exc}")
+            raise
+        try:
+            forecasts.load()
+        except (ForecasterFileError, OSError) as exc:
+            startup_problem.append(f"cannot start: a forecaster file was refused: {exc}")
             raise
         try:
             open311.load()  # the services file: reports need their catalogue
@@ -545,13 +562,6 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             raise
         indicators.start()  # the schedule (--indicators-interval); results go through the write path
         stack.push_async_callback(indicators.stop)
-        try:
-            alert_rules.load()
-        except (RuleFileError, OSError) as exc:
-            startup_problem.append(f"cannot start: a rule file was refused: {exc}")
-            raise
-        await alert_rules.start()  # rules judge every change from here; alerts go through the write path
-        stack.push_async_callback(alert_rules.stop)
         csource.sender = pipeline.subscriptions.sender  # one Sender for every notification
         await csource.start()
         stack.push_async_callback(csource.stop)

@@ -276,10 +276,16 @@ class Settings:
         " receives every measure; none: plain topics; any other name: that group (only for workers of one database).",
     )
     demo_on_empty: bool = _setting(
-        False, "Load the demo city (`cityos demo`) at start-up when the database has no entities (`make run` sets it)."
+        False,
+        "Load the demo city (`cityos demo`) at start-up when the database has no entities (`make run` sets it),"
+        " and its alert rules (docs/indicators.md).",
     )
     indicators_dir: str = _setting(
         "", "Directory of extra indicator files (*.toml, docs/indicators.md) loaded at start beside the shipped set."
+    )
+    forecasters_dir: str = _setting(
+        "",
+        "Directory of extra forecaster files (*.toml, docs/indicators.md) loaded at start beside the shipped set.",
     )
     city_profile: str = _setting(
         "",

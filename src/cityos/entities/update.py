@@ -22,6 +22,9 @@ class Outcome:
     updated: list[str] = field(default_factory=list)
     not_updated: list[tuple[str, str]] = field(default_factory=list)  # (attribute iri, reason)
     created: bool = False
+    # the write annotates what is stored (a derived mark, e.g. the anomaly detector's flag on a
+    # reading) and is no new observation: the store hands it on in EntityChange.annotation
+    annotation: bool = False
 
 
 Mutator = Callable[[Entity | None], Outcome]

@@ -16,11 +16,19 @@ writes no alert after the first. `absent` rules and `for` durations are decided 
 a heap holding at most one entry per tracked (rule, entity): a reading moves a deadline in a dict,
 it does not touch the heap. Memory is bounded by `max_tracked` states.
 
-Known limits: the states live in the worker's memory (several workers each judge the changes they
-write, and share the alert entities, whose ids de-duplicate them); a change is judged when the
-store hands it over, before its commit, so an alert may follow a write that was then rolled back;
-after a restart the open alerts of the default tenant are read back (up to `max_tracked`), `for`
-and `absent` clocks start again at the next reading.
+Several workers (`cityos serve --workers N`): each judges the changes it writes, with the states in
+its memory; a state that moves (an alert opened or resolved, a `for` started or stopped) is told to
+the other workers through the store's events (EntityStore.publish; PostgreSQL NOTIFY), and the Alert
+is written by a conditional mutator (no second fire of an open alert, no resolve of a closed one), so
+two workers deciding the same thing at once write it once. An `absent` clock that runs out asks the
+store whether another worker wrote a reading meanwhile.
+
+Known limits: a change is judged when the store hands it over, before its commit, so an alert may
+follow a write that was then rolled back; a state told by one worker reaches the others a few
+milliseconds later (a reading judged by another worker in between is judged without it: a second
+fire is then not written, a resolve may wait for the next reading); after a restart the open alerts
+of the default tenant are read back (up to `max_tracked`), `for` and `absent` clocks start again at
+the next reading.
 """
 
 from __future__ import annotations
@@ -35,16 +43,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from cityos.audit.chain import AuditRow
-from cityos.ingest.sink import StoreSink
+from cityos.entities import update
+from cityos.entities.model import Entity, parse_entity
+from cityos.entities.update import Mutator, Outcome
+from cityos.errors import AlreadyExists, ResourceNotFound
+from cityos.ingest.sink import StoreSink, error_text
 from cityos.insight.rules import (
     Condition,
     Memo,
     Rule,
     RuleFileError,
+    epoch,
     evaluate,
     load_rules,
     number,
@@ -54,7 +68,15 @@ from cityos.insight.rules import (
     when_of,
 )
 from cityos.jsonld.termmap import TermMap
-from cityos.store.base import EntityChange, EntityLookup, EntityQuery, EntityStore, HistoryRow, OutboxRow
+from cityos.store.base import (
+    EntityChange,
+    EntityLookup,
+    EntityQuery,
+    EntityStore,
+    HistoryRow,
+    OutboxRow,
+    StoreEvent,
+)
 from cityos.tasks import stop_task
 
 log = logging.getLogger("cityos.insight.alerts")
@@ -62,7 +84,11 @@ log = logging.getLogger("cityos.insight.alerts")
 LISTENER = "alert-rules"
 ALERT_TYPE = "Alert"
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
+EVENT = "alert-state"  # a StoreEvent telling the other workers of a (rule, entity) state that moved
+PENDING, CLEAR = "pending", "clear"  # the event states of a running `for`, and of one that stopped
 RESTORE_PAGE = 500
+DEMO_RULES = "demo-rules"  # in cityos/ingest/data/, beside the demo city's layout
+ABSENT_SLACK = 0.5  # seconds: a reading this close to an absent rule's duration is not a reading within it
 STOP_SECONDS = 5.0  # at most this long to write the queued alerts at a stop
 
 
@@ -163,12 +189,14 @@ class State:
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    kind: str  # "fire" or "resolve"
+    kind: str  # "fire", "resolve" (written, then told), or PENDING, CLEAR (only told to the other workers)
     tenant: str
     rule: Rule
     entity_id: str
     values: dict[str, Any]
     location: Any = None
+    since: float | None = None  # PENDING: the reading time since which the condition holds
+    silence: tuple[str, str, float] | None = None  # an absent rule's fire: (type, attribute, seconds)
 
 
 def iso_now() -> str:
@@ -215,10 +243,19 @@ def fired_body(action: Action, stamp: str) -> dict[str, Any]:
 class AlertRules:
     """The loaded rules, their change listener, the timer and the writer of the Alert entities."""
 
-    def __init__(self, store: EntityStore, terms: TermMap, *, directory: str = "", max_tracked: int = 100_000) -> None:
+    def __init__(
+        self,
+        store: EntityStore,
+        terms: TermMap,
+        *,
+        directory: str = "",
+        max_tracked: int = 100_000,
+        demo: bool = False,
+    ) -> None:
         self.store = store
         self.terms = terms
         self.directory = directory
+        self.demo = demo  # the demo city's rules too (--demo-on-empty), before the directory's
         self.max_tracked = max_tracked
         self.sink = StoreSink(store, terms)
         self.rules: dict[str, Rule] = {}
@@ -237,11 +274,19 @@ class AlertRules:
         self._tasks: list[asyncio.Task[None]] = []
         self.dropped = 0  # states or timers not kept because max_tracked was reached
         self._location = terms.expand("location")
+        self._status_iri = terms.expand("status")
+        self._resyncs: list[asyncio.Task[int]] = []
 
     # -- the rules -------------------------------------------------------------------------------
     def load(self) -> None:
-        """The directory's rules (RuleFileError names a refused file, its line and why)."""
-        self._install(load_rules(self.directory, self.terms.expand))
+        """The directory's rules, after the demo city's with `demo` (a file of the directory with the
+        id of a demo rule replaces it). RuleFileError names a refused file, its line and why."""
+        rules: dict[str, Rule] = {}
+        if self.demo:
+            with resources.as_file(resources.files("cityos.ingest").joinpath("data", DEMO_RULES)) as folder:
+                rules.update(load_rules(str(folder), self.terms.expand))
+        rules.update(load_rules(self.directory, self.terms.expand))
+        self._install(rules)
 
     def _install(self, rules: dict[str, Rule]) -> None:
         by_type: dict[str, list[Rule]] = {}
@@ -366,6 +411,8 @@ class AlertRules:
                 return
             if state.open:
                 self._send(Action("resolve", tenant, rule, entity_id, {}))
+            elif state.since is not None:  # a running `for` stops: in the other workers too
+                self._send(Action(CLEAR, tenant, rule, entity_id, {}))
             self._drop(tenant, entity_id, rule.id)
             self._due_at.pop(("hold", tenant, entity_id, rule.id), None)
             return
@@ -381,15 +428,18 @@ class AlertRules:
             if state.since is None:
                 state.since = stamp or time.time()
                 self._arm(("hold", tenant, entity_id, rule.id), time.monotonic() + rule.hold)
+                self._send(Action(PENDING, tenant, rule, entity_id, {}, since=state.since))
                 return
             if stamp - state.since < rule.hold:
                 return
         self._fire(tenant, entity_id, rule, state)
 
-    def _fire(self, tenant: str, entity_id: str, rule: Rule, state: State) -> None:
+    def _fire(
+        self, tenant: str, entity_id: str, rule: Rule, state: State, silence: tuple[str, str, float] | None = None
+    ) -> None:
         state.open, state.since = True, None
         self._due_at.pop(("hold", tenant, entity_id, rule.id), None)
-        self._send(Action("fire", tenant, rule, entity_id, dict(state.values), state.location))
+        self._send(Action("fire", tenant, rule, entity_id, dict(state.values), state.location, silence=silence))
 
     def _heard(
         self, tenant: str, entity_id: str, kind: str, iri: str, states: dict[str, State] | None, first: float
@@ -469,7 +519,7 @@ class AlertRules:
             state = self._state(tenant, entity_id, rule.id)
             if state is not None and not state.open:
                 state.values = {"silentForSeconds": seconds}
-                self._fire(tenant, entity_id, rule, state)
+                self._fire(tenant, entity_id, rule, state, (kind, iri, seconds))
         return later
 
     async def _timer(self) -> None:
@@ -494,25 +544,112 @@ class AlertRules:
                 self._queue.task_done()
 
     async def _write(self, action: Action) -> None:
+        """Write what a judgement decided, then tell the other workers. The Alert is written by a
+        conditional mutator, in the entity's own write (its lock): a fire while an alert of that rule
+        and entity is open or acknowledged, or a resolve of one that is not, writes nothing. So two
+        workers that decide the same thing at once (each before hearing of the other) write it once."""
+        tenant, rule, entity_id = action.tenant, action.rule, action.entity_id
+        if action.kind in (PENDING, CLEAR):
+            await self._tell(action, action.kind, action.since)
+            return
+        if action.silence is not None and not await self._silent(action):
+            return
         stamp = iso_now()
         if action.kind == "fire":
-            [outcome] = await self.sink.upsert(action.tenant, [fired_body(action, stamp)], replace=True)
+            written = await self._conditional(tenant, fired_body(action, stamp), replace=True, when_open=False)
         else:
             body = {
-                "id": action.rule.alert_id(action.entity_id),
+                "id": rule.alert_id(entity_id),
                 "type": ALERT_TYPE,
                 "status": _status(RESOLVED, stamp),
                 "resolvedAt": _date(stamp),
                 "validTo": _date(stamp),
             }
-            [outcome] = await self.sink.upsert(action.tenant, [body])
-        if outcome.error:
-            log.warning("the alert %s was not stored: %s", outcome.entity_id, outcome.error)
+            written = await self._conditional(tenant, body, replace=False, when_open=True)
+        if written:
+            await self._tell(action, OPEN if action.kind == "fire" else RESOLVED)
 
-    async def settle(self) -> None:
-        """Until every queued alert is written (tests, and a clean stop)."""
+    async def _conditional(self, tenant: str, body: dict[str, Any], *, replace: bool, when_open: bool) -> bool:
+        """Upsert the Alert if it is open (or acknowledged) as `when_open` asks; True if written."""
+        entity = parse_entity(body, self.terms, stamp=iso_now())
+        write = update.upsert(entity, mode="replace" if replace else "update")
+        status_iri = self._status_iri
+
+        def run(current: Entity | None) -> Outcome:
+            is_open = (reading(current, status_iri) or {}).get("value") in (OPEN, ACKNOWLEDGED)
+            if is_open and not when_open:
+                raise AlreadyExists(f"{entity['id']} is open already")
+            if when_open and not is_open:
+                raise ResourceNotFound(f"{entity['id']} is not open")
+            return write(current)
+
+        operation: Mutator = run
+        [result] = await self.store.mutate(tenant, [(entity["id"], operation)], atomic=False)
+        if result.error is None:
+            return True
+        if not isinstance(result.error, AlreadyExists | ResourceNotFound):  # not merely decided elsewhere
+            log.warning("the alert %s was not stored: %s", entity["id"], error_text(result.error))
+        return False
+
+    async def _silent(self, action: Action) -> bool:
+        """An absent rule's clock ran out in this worker: True if the store agrees no reading came
+        (another worker may have written them); else the clock is set from the stored reading."""
+        assert action.silence is not None
+        kind, iri, seconds = action.silence
+        entity = await self.store.get_entity(action.tenant, action.entity_id)
+        heard = epoch((reading(entity, iri) or {}).get("modifiedAt"))
+        if heard is None:
+            return entity is not None
+        age = time.time() - heard
+        if age >= seconds - ABSENT_SLACK:
+            return True
+        with self._lock:
+            self._drop(action.tenant, action.entity_id, action.rule.id)
+            group = self._by_type.get(kind)
+            first = group.absent[iri][0][0] if group is not None and iri in group.absent else seconds
+            self._arm(("absent", action.tenant, action.entity_id, kind, iri), time.monotonic() - age, first)
+        return False
+
+    async def _tell(self, action: Action, state: str, since: float | None = None) -> None:
+        data: dict[str, Any] = {"state": state}
+        if since is not None:
+            data["since"] = since
+        await self.store.publish(StoreEvent(EVENT, action.tenant, f"{action.rule.id} {action.entity_id}", data))
+
+    def on_event(self, event: StoreEvent) -> None:
+        """Another worker moved a (rule, entity) state (or the events were lost: read the open
+        alerts again). On the event loop."""
+        if event.kind == "resync" and self._loop is not None and self.rules:
+            self._resyncs = [task for task in self._resyncs if not task.done()]
+            self._resyncs.append(asyncio.create_task(self.restore()))
+            return
+        if event.kind != EVENT or not event.data or " " not in event.key:
+            return
+        rule_id, entity_id = event.key.split(" ", 1)
+        state_name, since = event.data.get("state"), event.data.get("since")
+        tenant = event.tenant
+        with self._lock:
+            if rule_id not in self.rules:
+                return
+            if state_name in (RESOLVED, CLEAR):
+                self._drop(tenant, entity_id, rule_id)
+                self._due_at.pop(("hold", tenant, entity_id, rule_id), None)
+                return
+            state = self._state(tenant, entity_id, rule_id)
+            if state is None:
+                return
+            if state_name == OPEN:
+                state.open, state.since = True, None
+                self._due_at.pop(("hold", tenant, entity_id, rule_id), None)
+            elif state_name == PENDING and not state.open and isinstance(since, int | float):
+                state.since = float(since) if state.since is None else min(state.since, float(since))
+
+    async def settle(self, timeout: float | None = None) -> None:
+        """Until every queued alert is written (tests, the start after the demo city, a clean
+        stop), or `timeout` seconds have passed."""
         if self._queue is not None:
-            await self._queue.join()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), timeout)
 
     async def acknowledge(self, tenant: str, alert_id: str, who: str) -> dict[str, Any]:
         """An admin has seen the alert: status acknowledged, by whom and when (a resolved alert
@@ -578,8 +715,7 @@ class AlertRules:
 
     async def stop(self) -> None:
         self.store.set_change_listener(None, None, name=LISTENER)
-        with contextlib.suppress(TimeoutError):  # the alerts already decided, written while the store is open
-            await asyncio.wait_for(self.settle(), STOP_SECONDS)
-        for task in self._tasks:
+        await self.settle(STOP_SECONDS)  # the alerts already decided, written while the store is open
+        for task in [*self._tasks, *self._resyncs]:
             await stop_task(task)
-        self._tasks = []
+        self._tasks, self._resyncs = [], []

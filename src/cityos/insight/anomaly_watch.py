@@ -299,6 +299,6 @@ class AnomalyWatch:
             entity: Entity = {**current, "attrs": {**current["attrs"], flag.attr: list(instances)}}
             entity["attrs"][flag.attr][index] = changed
             entity["modifiedAt"] = stamp
-            return Outcome(entity, updated=[flag.attr])
+            return Outcome(entity, updated=[flag.attr], annotation=True)  # no new observation: no history
 
         return run

@@ -62,50 +62,7 @@ class Forecaster:
 
 FORECAST_TYPE = "TimeSeriesForecast"
 HOUR = 3600
-FORECASTERS = {
-    f.id: f
-    for f in (
-        Forecaster(
-            id="pm25-next-day",
-            name="PM2.5 concentration, next 24 hours",
-            purpose="Warn citizens and plan traffic or activity restrictions before a pollution episode.",
-            type="AirQualityObserved",
-            attribute="pm25",
-            unit="GQ",
-            step=HOUR,
-            horizon=24,
-            history=28 * 24,
-            seasons=(24,),
-            baseline_season=24,
-        ),
-        Forecaster(
-            id="traffic-next-day",
-            name="Traffic volume, next 24 hours",
-            purpose="Plan road works, signal timing and staff for the busy hours of the next day.",
-            type="TrafficFlowObserved",
-            attribute="intensity",
-            unit="C62",
-            step=HOUR,
-            horizon=24,
-            history=28 * 24,
-            seasons=(24, 168),
-            baseline_season=168,
-        ),
-        Forecaster(
-            id="parking-next-hours",
-            name="Occupied parking spaces, next 6 hours",
-            purpose="Tell drivers where spaces will be free when they arrive; plan park-and-ride.",
-            type="OffStreetParking",
-            attribute="occupiedSpotNumber",
-            unit="C62",
-            step=HOUR,
-            horizon=6,
-            history=28 * 24,
-            seasons=(24, 168),
-            baseline_season=168,
-        ),
-    )
-}
+# the forecasters themselves are declared as files: insight/forecasters/*.toml (forecast_files.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +139,5 @@ def verdict(forecaster_id: str, measured: dict[str, Any] | None = None) -> str:
     entry = table.get("forecasters", {}).get(forecaster_id)
     if not entry or entry.get("mase") is None:
         return "not measured"
-    if entry["mase"] < entry["baseline_mase"]:
-        return "better than the seasonal-naive baseline"
-    return "no better than the seasonal-naive baseline"
+    found = "better" if entry["mase"] < entry["baseline_mase"] else "no better"
+    return f"{found} than the seasonal-naive baseline" + (" (on simulated data only)" if entry.get("simulated") else "")

@@ -19,6 +19,7 @@ from typing import Any
 
 from cityos.ingest.sink import StoreSink
 from cityos.insight import forecast as fc
+from cityos.insight import forecast_files
 from cityos.insight.engine import SECOND, iso
 from cityos.jsonld.termmap import TermMap
 from cityos.store.base import EntityStore
@@ -164,16 +165,23 @@ class ForecastService:
         *,
         tenant: str = "",
         forecasters: dict[str, fc.Forecaster] | None = None,
+        directory: str = "",
         method: Method = statsforecast_method,
         method_name: str = "",
     ) -> None:
         self.store = store
         self.terms = terms
         self.tenant = tenant
-        self.forecasters = dict(fc.FORECASTERS if forecasters is None else forecasters)
+        self.directory = directory  # extra forecaster files (--forecasters-dir), read by load()
+        self.forecasters = dict(forecasters or {})
         self.method = method
         self.method_name = method_name
         self.sink = StoreSink(store, terms)
+
+    def load(self) -> None:
+        """The shipped forecaster files, then those of the directory (ForecasterFileError: a
+        refused file, its line and why)."""
+        self.forecasters = forecast_files.load(self.directory)
 
     def get(self, forecaster_id: str) -> fc.Forecaster:
         try:

@@ -95,6 +95,11 @@ def forecaster_entries(forecasters: dict[str, fc.Forecaster], owner: str = fc.OW
         accuracy: dict[str, Any] = {"verdict": fc.verdict(item.id, measured)}
         if found:
             accuracy |= {"backtest": found, "command": measured.get("command"), "settings": measured.get("settings")}
+            if found.get("simulated"):
+                accuracy["why"] = (
+                    "no public series of this kind in the shared data: measured on a simulated series only"
+                    " (cityos.insight.backtest.simulated_parking), which says nothing of a real car park"
+                )
         else:
             accuracy["why"] = "no public series of this kind in the shared data to backtest on"
         entries.append(

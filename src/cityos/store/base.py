@@ -27,12 +27,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class EntityChange:
-    """One committed change, emitted once for subscriptions, history and federation to consume."""
+    """One committed change, emitted once for subscriptions, history and federation to consume.
+    `annotation`: the mutator said the write only annotates what is stored (Outcome.annotation):
+    the history records nothing for it; every other listener sees it as any change."""
 
     tenant: str
     entity_id: str
     before: Entity | None
     after: Entity | None
+    annotation: bool = False
 
 
 @dataclass(slots=True)
@@ -266,6 +269,11 @@ class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, Snapsho
     def set_event_listener(self, listener: EventListener | None) -> None:
         """Install (None: remove) the callback for StoreEvents made by other workers; it is called
         on the event loop. Events are sent when the transaction that caused them commits."""
+
+    async def publish(self, event: StoreEvent) -> None:
+        """Tell the other workers of this database (their event listeners hear it; this worker's
+        does not): state a feature keeps in each worker's memory, such as the alert rules'. A
+        back-end that serves one process only (SQLite) has nobody to tell."""
 
     async def claim_periodic(self, tenant: str, subscription_id: str, interval: float) -> bool:
         """True if this worker is the one to send the periodic (timeInterval) notification now:

@@ -26,6 +26,7 @@ from cityos.store.base import (
     OutboxRow,
     RegistrationRow,
     StoredContextRow,
+    StoreEvent,
     SubscriptionRow,
 )
 from cityos.store.registration_cache import RegistrationCache
@@ -77,6 +78,9 @@ class SQLiteCatalog:
 
     def set_event_listener(self, listener: EventListener | None) -> None:
         """Nothing to listen to: one process owns a SQLite database, and its caches are its own."""
+
+    async def publish(self, event: StoreEvent) -> None:
+        """Nobody to tell: one process owns a SQLite database."""
 
     async def claim_periodic(self, tenant: str, subscription_id: str, interval: float) -> bool:
         return True  # the only worker

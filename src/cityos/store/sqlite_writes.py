@@ -270,7 +270,7 @@ class SQLiteWrites:
                     (doc, after["modifiedAt"], own, earliest, pk),
                 )
             self._index(connection, pk, stored, after)
-        change = EntityChange(tenant, entity_id, before, after)
+        change = EntityChange(tenant, entity_id, before, after, outcome.annotation)
         self._emit(connection, change)
         return MutationResult(entity_id, outcome=outcome, change=change)
 

@@ -9,6 +9,7 @@ functions from an EntityChange to the attribute instances to append.
 - A removed attribute instance (attribute delete, NGSI-LD Null, expiry, entity delete): a deletion
   instance carrying deletedAt and the NGSI-LD Null value of its type, and no other time.
 - The scope: a Property instance whose observedAt copies its modifiedAt; removed, `"value": []`.
+- An annotation (EntityChange.annotation: a write marking what is stored, the anomaly flag): nothing.
 The entity's own expiresAt is never copied: an expired entity leaves its history behind.
 """
 
@@ -18,7 +19,6 @@ from collections.abc import Sequence
 
 from cityos.entities.model import NULL_URI, VALUE_MEMBER, Entity, Instance
 from cityos.entities.values import identical, now
-from cityos.insight.anomaly import ANOMALY_IRI
 from cityos.snapshots.scope import MARK
 from cityos.store.base import EntityChange, EntityLookup, HistoryRow, OutboxRow
 from cityos.store.temporal_base import SCOPE_ATTR
@@ -70,21 +70,13 @@ def _observation(instance: Instance) -> dict[str, object]:
     }
 
 
-def _unflagged(instance: Instance) -> Instance:
-    """The instance without the anomaly detector's flag: history keeps readings, not verdicts."""
-    return {key: value for key, value in instance.items() if key != ANOMALY_IRI}
-
-
 def _differ(old: Instance | None, new: Instance) -> bool:
     return old != new or not identical(old, new)
 
 
 def restated(old: Instance | None, new: Instance) -> bool:
     """The same observation again: observedAt and every member unchanged (true after 1 is a new
-    value, not the same one stated again). The anomaly detector's flag added to or cleared from a
-    reading (insight/anomaly_watch.py) is not a new observation either."""
-    if old is not None and (ANOMALY_IRI in new or ANOMALY_IRI in old) and _unflagged(old) == _unflagged(new):
-        return True
+    value, not the same one stated again)."""
     if old is None or "observedAt" not in new or old.get("observedAt") != new["observedAt"]:
         return False
     observed, again = _observation(old), _observation(new)
@@ -138,14 +130,17 @@ def changed_instances(before: Entity | None, after: Entity | None) -> list[tuple
 
 
 def history_rows(change: EntityChange) -> list[HistoryRow]:
+    """The instances one change adds to the history. An annotation (a write whose mutator said it
+    only marks what is stored, such as the anomaly detector's flag on a reading) adds none: the
+    history is a record of observations, and the reading it annotates was recorded when it was
+    written; recording it again, with or without the mark, would count one observation twice in
+    every temporal aggregation."""
     entity = change.after or change.before
-    if entity is None:
+    if entity is None or change.annotation:
         return []
     types = list(entity.get("type", []))
     return [
-        HistoryRow(
-            change.tenant, change.entity_id, types, attr, _unflagged(instance) if ANOMALY_IRI in instance else instance
-        )
+        HistoryRow(change.tenant, change.entity_id, types, attr, instance)
         for attr, instance in changed_instances(change.before, change.after)
     ]
 

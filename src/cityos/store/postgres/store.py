@@ -231,6 +231,12 @@ class PostgresStore(
         self._refresher = refresher
         self._subscriptions_seen = -1
 
+    async def publish(self, event: StoreEvent) -> None:
+        async def work(connection: Connection) -> None:
+            await self._notify(connection, event)
+
+        await self._write(work)
+
     async def _notify(self, connection: Connection, event: StoreEvent) -> None:
         """Tell the other workers, when this transaction commits; a subscription created, changed
         or deleted also bumps the catalogue version that writes check (_fresh_subscriptions)."""

@@ -317,7 +317,9 @@ def _apply(
             outcome = mutator(before)
             plan.stage(key, outcome.entity)
             # the sweep reports the stored document, expired parts included, as what changed
-            change = EntityChange(key[0], key[1], saved.stored if stored_before else before, outcome.entity)
+            change = EntityChange(
+                key[0], key[1], saved.stored if stored_before else before, outcome.entity, outcome.annotation
+            )
             lookup = lookup_in(key[0])
             for listener, wake in listeners:
                 owed.add(listener(change, lookup), wake)
