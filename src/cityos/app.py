@@ -29,6 +29,7 @@ from cityos.auth.middleware import REQUEST_ID_HEADER, AuthMiddleware, request_id
 from cityos.auth.principal import current_request_id
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE
 from cityos.auth.service import Identity
+from cityos.console import http as console_http
 from cityos.dataspace import http as dataspace_http
 from cityos.dataspace.door import PartnerDoor
 from cityos.dataspace.service import AgreementDirectory, DataspaceService
@@ -541,6 +542,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *forecast_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
+        *(console_http.routes() if settings.console else []),
     ]
     handlers: dict[Any, Any] = {
         NgsiLdError: ngsild_error,

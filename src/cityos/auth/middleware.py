@@ -52,6 +52,9 @@ PUBLIC_PATHS = frozenset(
     }
 )
 PUBLIC_READS = "/ngsi-ld/v1/jsonldContexts"
+# the web console's pages and assets (console/http.py): a browser sends no Authorization header, so
+# they pass the door; each page calls the API with the session cookie's token, and the API decides
+CONSOLE_PATHS = ("/", "/console/")
 
 
 def request_id_of(given: bytes | None) -> str:
@@ -143,7 +146,7 @@ class AuthMiddleware:
 def public(scope: Scope) -> bool:
     """A route that anyone may call (PUBLIC_PATHS, and reading hosted @contexts)."""
     path: str = scope["path"]
-    if path in PUBLIC_PATHS:
+    if path in PUBLIC_PATHS or path == CONSOLE_PATHS[0] or path.startswith(CONSOLE_PATHS[1]):
         return True
     return path.startswith(PUBLIC_READS) and scope["method"] in ("GET", "HEAD")
 
