@@ -127,6 +127,8 @@ class TestFromEnv:
             raw = expected = "https://id.example.org/realms/city"
         elif name == "audit":
             raw = expected = "off"
+        elif name == "console_map_source":
+            raw = expected = "tiles"
         else:
             raw = expected = default + "-changed"
         environ = {env_name(name): raw}

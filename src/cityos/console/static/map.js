@@ -56,11 +56,17 @@
       paint: { "circle-color": layer.colour, "circle-opacity": 0.6, "circle-radius": ["interpolate", ["linear"], ["to-number", ["coalesce", ["get", "point_count"], ["get", "count"]], 1], 2, 10, 1000, 30] } }, clusters));
     for (const part of ["-poly", "-line", "-point", "-3d"]) {
       if (!map.getLayer(id + part)) continue;
-      map.on("click", id + part, function (e) { show(e.features[0]); });
+      clickable.push(id + part);
       map.on("mouseenter", id + part, function () { map.getCanvas().style.cursor = "pointer"; });
       map.on("mouseleave", id + part, function () { map.getCanvas().style.cursor = ""; });
     }
   }
+  // one click handler: the top-most feature under the pointer (points above lines above areas)
+  const clickable = [];
+  map.on("click", function (e) {
+    const hit = map.queryRenderedFeatures(e.point, { layers: clickable.filter(function (l) { return map.getLayoutProperty(l, "visibility") !== "none"; }) });
+    if (hit.length) show(hit[0]);
+  });
 
   function show(feature) {
     const p = feature.properties || {};
@@ -193,6 +199,7 @@
     span.start = span.end - HISTORY_DAYS * 86400000;
   }
   async function replay() {
+    await state.range;
     const v = Number(slider.value);
     state.live = v >= Number(slider.max);
     for (const layer of config.layers) map.removeFeatureState({ source: "s-" + layer.type, sourceLayer: config.source === "tiles" ? "entities" : undefined });
@@ -223,9 +230,10 @@
     fit();
     const shown = Object.values(state.counts).reduce(function (a, b) { return a + b; }, 0);
     status.textContent = window.cityos.numbers.format(shown) + " " + text.loaded;
-    document.getElementById("map").dataset.loaded = String(shown);
     source.live();
-    await historyRange();
+    state.range = historyRange();
+    await state.range;
+    document.getElementById("map").dataset.loaded = String(shown);
   });
   document.querySelectorAll("input[name=layer]").forEach(function (i) { i.addEventListener("change", setVisibility); });
   document.getElementById("map-3d").addEventListener("change", function (e) {
