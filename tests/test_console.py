@@ -76,6 +76,7 @@ def test_views_shape_attributes_relationships_and_alerts() -> None:
     done = {"id": "a2", "type": "Alert", "status": {"type": "Property", "value": "resolved"}}
     assert [a["id"] for a in views.alerts([open_alert, done])] == ["a1"]
     assert views.colour("OffStreetParking") == "#1f77b4" and views.colour("Unknown").startswith("#")
+    assert (views.unit("GQ"), views.unit("CEL"), views.unit("XYZ")) == ("µg/m³", "°C", "XYZ")
 
 
 @pytest.fixture
@@ -105,6 +106,8 @@ def test_the_pages_show_the_city(console: TestClient) -> None:
     assert {layer["type"] for layer in config["layers"]} == {"OffStreetParking"}  # the only one with a location
     assert config["basemap"] == "" and config["source"] == "geojson"
     assert console.get("/console/operations").status_code == 200
+    admin = console.get("/console/admin")  # auth off: the open principal administers
+    assert admin.status_code == 200 and 'id="audit"' in admin.text and "entity.create" in admin.text
 
 
 def test_chinese_pages_and_the_switch(console: TestClient) -> None:
@@ -173,5 +176,7 @@ def test_sign_in_and_see_only_what_the_policies_allow(secured: TestClient) -> No
     assert secured.get("/console/entity", params={"id": SECRET["id"]}).status_code == 404
     assert secured.get(f"/console/api{API}/entities/{SECRET['id']}").status_code == 404
     assert PARKING["id"] in secured.get("/console/entities", params={"type": "OffStreetParking"}).text
+    refused = secured.get("/console/admin")  # not an admin: each admin section says why it is absent
+    assert refused.status_code == 200 and 'id="audit"' not in refused.text and 'id="keys"' not in refused.text
     secured.post("/console/signout")
     assert secured.get("/", follow_redirects=False).status_code == 303

@@ -26,6 +26,7 @@ PAGES = {
     "entity": f"/console/entity?id={quote(AIR, safe='')}",
     "map": "/console/map",
     "operations": "/console/operations",
+    "admin": "/console/admin",
 }
 
 

@@ -55,6 +55,7 @@ def _environment() -> Environment:
     )
     env.filters["short"] = views.short_id
     env.filters["colour"] = views.colour
+    env.filters["unit"] = views.unit
     env.filters["json"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode()
     env.filters["urlq"] = lambda v: quote(str(v), safe="")
     return env
@@ -303,6 +304,38 @@ async def operations(request: Request) -> Response:
     )
 
 
+async def admin(request: Request) -> Response:
+    """Keys, users, access policies and the audit trail, each as the admin APIs answer the user
+    (a user without the admin role sees why each is not shown)."""
+    after = request.query_params.get("after", "0")
+    after = after if after.isdigit() else "0"
+    async with client(request) as api:
+        keys, users, policies, audit = await asyncio.gather(
+            api.get("/cityos/v1/admin/keys"),
+            api.get("/cityos/v1/admin/users"),
+            api.get("/cityos/v1/admin/policies"),
+            api.get("/cityos/v1/audit", {"limit": 50, "after": after}),
+        )
+
+    def section(answer: Answer) -> dict[str, Any]:
+        return {
+            "items": answer.body if answer.ok and isinstance(answer.body, list) else [],
+            "error": "" if answer.ok else problem_text(answer),
+        }
+
+    records = section(audit)
+    last = records["items"][-1]["seq"] if records["items"] else None
+    return render(
+        request,
+        "admin.html",
+        keys=section(keys),
+        users=section(users),
+        policies=section(policies),
+        audit=records,
+        next_audit=f"{PREFIX}/admin?after={last}" if last is not None and len(records["items"]) == 50 else "",
+    )
+
+
 async def acknowledge(request: Request) -> Response:
     form = await request.form()
     alert_id = str(form.get("id", ""))
@@ -400,6 +433,7 @@ def routes() -> list[Route]:
         Route(f"{PREFIX}/entity", page(entity_page), methods=["GET"]),
         Route(f"{PREFIX}/map", page(map_page), methods=["GET"]),
         Route(f"{PREFIX}/operations", page(operations), methods=["GET"]),
+        Route(f"{PREFIX}/admin", page(admin), methods=["GET"]),
         Route(f"{PREFIX}/alerts/acknowledge", page(acknowledge), methods=["POST"]),
         Route(f"{PREFIX}/signin", sign_in, methods=["GET", "POST"]),
         Route(f"{PREFIX}/signout", sign_out, methods=["POST"]),

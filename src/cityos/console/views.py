@@ -36,6 +36,32 @@ DISPLAY_VALUE = {
 }
 
 
+# UN/CEFACT unit codes (NGSI-LD unitCode) shown as their symbols; others are shown as the code
+UNITS = {
+    "C62": "",
+    "P1": "%",
+    "GQ": "µg/m³",
+    "GP": "mg/m³",
+    "CEL": "°C",
+    "MMT": "mm",
+    "MTR": "m",
+    "KMT": "km",
+    "KMH": "km/h",
+    "MTS": "m/s",
+    "HUR": "h",
+    "MIN": "min",
+    "SEC": "s",
+    "A97": "hPa",
+    "KWH": "kWh",
+    "KWT": "kW",
+    "LTR": "L",
+}
+
+
+def unit(code: str) -> str:
+    return UNITS.get(code, code)
+
+
 def colour(entity_type: str) -> str:
     if entity_type in TYPE_COLOURS:
         return TYPE_COLOURS[entity_type]

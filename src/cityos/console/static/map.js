@@ -132,10 +132,24 @@
       const q = new URLSearchParams({ type: layer.type });
       map.addSource("s-" + layer.type, { type: "vector", tiles: [location.origin + "/tiles/{z}/{x}/{y}.mvt?" + q], promoteId: { entities: "id" } });
       addLayers(layer, "s-" + layer.type, "entities");
+      // what the change stream reports since the tiles were made, drawn over them
       map.addSource("live-" + layer.type, { type: "geojson", data: { type: "FeatureCollection", features: [] }, promoteId: "id" });
+      map.addLayer({ id: "l-" + layer.type + "-live", type: "circle", source: "live-" + layer.type, filter: ["==", ["geometry-type"], "Point"],
+        paint: { "circle-color": colour(layer), "circle-radius": 7, "circle-stroke-color": "#000", "circle-stroke-width": 1.5 } });
+      clickable.push("l-" + layer.type + "-live");
       state.features[layer.type] = [];
     },
-    load: async function (layer) { return []; },
+    load: async function (layer) {
+      const q = new URLSearchParams({ type: layer.type });
+      if (state.q) q.set("q", state.q);
+      map.getSource("s-" + layer.type).setTiles([location.origin + "/tiles/{z}/{x}/{y}.mvt?" + q]);
+      // one small page for the initial view's bounds only (the features come from the tiles)
+      const r = await fetch(api + "/entities?" + new URLSearchParams({ type: layer.type, limit: "100" }), { headers: { Accept: "application/geo+json" } });
+      const fc = r.ok ? await r.json() : { features: [] };
+      state.features[layer.type] = fc.features.filter(function (f) { return f.geometry; });
+      state.counts[layer.type] = layer.count;
+      return state.features[layer.type];
+    },
     live: function () {
       for (const layer of config.layers) {
         const events = new EventSource("/cityos/v1/changes?" + new URLSearchParams({ type: layer.type }));
@@ -161,7 +175,7 @@
     const on = new Set(visible().map(function (l) { return l.type; }));
     const three = document.getElementById("map-3d").checked;
     for (const layer of config.layers) {
-      for (const part of ["-poly", "-line", "-point", "-cluster", "-3d"]) {
+      for (const part of ["-poly", "-line", "-point", "-cluster", "-3d", "-live"]) {
         const id = "l-" + layer.type + part;
         if (!map.getLayer(id)) continue;
         let show = on.has(layer.type);
