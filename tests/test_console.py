@@ -101,6 +101,14 @@ def test_the_pages_show_the_city(console: TestClient) -> None:
     spot = console.get("/console/entity", params={"id": SPOT["id"]})
     assert "reliability" in spot.text and f"id={PARKING['id'].replace(':', '%3A')}" in spot.text
     assert console.get("/console/entity", params={"id": "urn:ngsi-ld:X:none"}).status_code == 404
+    assert 'action="/console/entity/edit"' in page.text  # auth off: anyone may write, so it is offered
+    form = {"id": PARKING["id"], "attr": "availableSpotNumber", "value": "7", "numeric": "1"}
+    assert console.post("/console/entity/edit", data=form, follow_redirects=False).status_code == 303
+    assert (
+        console.get(f"{API}/entities/{PARKING['id']}", params={"format": "keyValues"}).json()["availableSpotNumber"]
+        == 7
+    )
+    assert console.post("/console/entity/edit", data={**form, "value": "many"}).status_code == 400
     map_page = console.get("/console/map")
     config = json.loads(re.search(r'id="map-config">(.*?)</script>', map_page.text).group(1))  # type: ignore[union-attr]
     assert {layer["type"] for layer in config["layers"]} == {"OffStreetParking"}  # the only one with a location
@@ -176,6 +184,10 @@ def test_sign_in_and_see_only_what_the_policies_allow(secured: TestClient) -> No
     assert secured.get("/console/entity", params={"id": SECRET["id"]}).status_code == 404
     assert secured.get(f"/console/api{API}/entities/{SECRET['id']}").status_code == 404
     assert PARKING["id"] in secured.get("/console/entities", params={"type": "OffStreetParking"}).text
+    parking = secured.get("/console/entity", params={"id": PARKING["id"]})
+    assert parking.status_code == 200 and 'action="/console/entity/edit"' not in parking.text  # read only
+    form = {"id": PARKING["id"], "attr": "availableSpotNumber", "value": "7", "numeric": "1"}
+    assert secured.post("/console/entity/edit", data=form).status_code == 403  # and the API refuses it anyway
     refused = secured.get("/console/admin")  # not an admin: each admin section says why it is absent
     assert refused.status_code == 200 and 'id="audit"' not in refused.text and 'id="keys"' not in refused.text
     secured.post("/console/signout")

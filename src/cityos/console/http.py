@@ -216,6 +216,7 @@ async def entity_page(request: Request) -> Response:
         numeric=views.numeric_attributes(entity),
         representations=representations,
         may_acknowledge=entity.get("type") == "Alert" and await _may(request, "update", entity),
+        may_edit=await _may(request, "update", entity),
     )
 
 
@@ -346,6 +347,26 @@ async def acknowledge(request: Request) -> Response:
     return RedirectResponse(f"{PREFIX}/entity?id={quote(alert_id, safe='')}", status_code=303)
 
 
+async def edit_attribute(request: Request) -> Response:
+    """A new value for one Property (a number stays a number), through the API's partial update,
+    which decides again whether the user may."""
+    form = await request.form()
+    entity_id, name, raw = (str(form.get(k, "")) for k in ("id", "attr", "value"))
+    value: Any = raw
+    if str(form.get("numeric", "")) == "1":
+        try:
+            value = float(raw) if any(c in raw for c in ".eE") else int(raw)
+        except ValueError:
+            t = i18n.Translator(language(request))
+            return render(request, "error.html", status=400, detail=t("entity.not_a_number"))
+    async with client(request) as api:
+        path = f"{API}/entities/{quote(entity_id, safe='')}/attrs/{quote(name, safe='')}"
+        answer = await api.request("PATCH", path, body={"type": "Property", "value": value})
+    if not answer.ok:
+        return render(request, "error.html", status=answer.status, detail=problem_text(answer))
+    return RedirectResponse(f"{PREFIX}/entity?id={quote(entity_id, safe='')}", status_code=303)
+
+
 async def sign_in(request: Request) -> Response:
     if request.method == "GET":
         return render(request, "signin.html", error="", oidc=bool(request.app.state.services.settings.oidc_issuer))
@@ -434,6 +455,7 @@ def routes() -> list[Route]:
         Route(f"{PREFIX}/map", page(map_page), methods=["GET"]),
         Route(f"{PREFIX}/operations", page(operations), methods=["GET"]),
         Route(f"{PREFIX}/admin", page(admin), methods=["GET"]),
+        Route(f"{PREFIX}/entity/edit", page(edit_attribute), methods=["POST"]),
         Route(f"{PREFIX}/alerts/acknowledge", page(acknowledge), methods=["POST"]),
         Route(f"{PREFIX}/signin", sign_in, methods=["GET", "POST"]),
         Route(f"{PREFIX}/signout", sign_out, methods=["POST"]),
