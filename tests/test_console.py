@@ -113,7 +113,17 @@ def test_the_pages_show_the_city(console: TestClient) -> None:
     config = json.loads(re.search(r'id="map-config">(.*?)</script>', map_page.text).group(1))  # type: ignore[union-attr]
     assert {layer["type"] for layer in config["layers"]} == {"OffStreetParking"}  # the only one with a location
     assert config["basemap"] == "" and config["source"] == "geojson"
-    assert console.get("/console/operations").status_code == 200
+    operations = console.get("/console/operations")
+    assert operations.status_code == 200 and 'id="new-subscription"' in operations.text
+    made = console.post(
+        "/console/subscriptions",
+        data={"type": "OffStreetParking", "attrs": "availableSpotNumber", "uri": "https://notify.example.org/x"},
+        follow_redirects=False,
+    )
+    assert made.status_code == 303, made.text
+    listed = console.get(f"{API}/subscriptions").json()
+    assert [s["watchedAttributes"] for s in listed] == [["availableSpotNumber"]]
+    assert "https://notify.example.org/x" in console.get("/console/operations").text
     admin = console.get("/console/admin")  # auth off: the open principal administers
     assert admin.status_code == 200 and 'id="audit"' in admin.text and "entity.create" in admin.text
 
@@ -190,5 +200,8 @@ def test_sign_in_and_see_only_what_the_policies_allow(secured: TestClient) -> No
     assert secured.post("/console/entity/edit", data=form).status_code == 403  # and the API refuses it anyway
     refused = secured.get("/console/admin")  # not an admin: each admin section says why it is absent
     assert refused.status_code == 200 and 'id="audit"' not in refused.text and 'id="keys"' not in refused.text
+    assert 'id="new-subscription"' not in secured.get("/console/operations").text  # no right to subscribe
+    wish = {"type": "OffStreetParking", "uri": "https://notify.example.org/x"}
+    assert secured.post("/console/subscriptions", data=wish).status_code == 403
     secured.post("/console/signout")
     assert secured.get("/", follow_redirects=False).status_code == 303

@@ -168,6 +168,12 @@ def test_the_time_slider_replays_history(server: LoggedServer, browser: Any) -> 
     tab.page.wait_for_timeout(300)
     assert tab.page.evaluate("window.cityosMap.map.getPitch()") == 60
     assert tab.page.evaluate("window.cityosMap.map.getLayoutProperty('l-Building-3d', 'visibility')") == "visible"
+    tab.page.evaluate(
+        "window.cityosMap.map.jumpTo({center: [-116.7605, 36.9072], zoom: 17.2, pitch: 60, bearing: -20})"
+    )
+    tab.until("window.cityosMap.map.loaded()")
+    extruded = "window.cityosMap.map.queryRenderedFeatures({layers: ['l-Building-3d']}).map(f => f.id)"
+    assert "urn:ngsi-ld:Building:beatty-town-office" in tab.until(extruded)
     tab.shot("map-3d")
     tab.clean()
     tab.page.context.close()

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from cityos.console import i18n, views
 from cityos.console.client import API, Answer, ApiClient
+from cityos.errors import NgsiLdError
 from cityos.policy.decision import Action
 
 PREFIX = "/console"
@@ -239,6 +240,12 @@ async def _incoming(api: ApiClient, entity_id: str, entity_type: str) -> list[tu
 async def _may(request: Request, action: Action, entity: dict[str, Any]) -> bool:
     """Whether the signed-in user may do `action` on this entity, asked of the policy decision point
     (auth off: anyone may), so the page offers a write only where it would be allowed."""
+    allowed = await _allowed(request, action, [str(entity.get("type"))], str(entity["id"]))
+    return bool(allowed)
+
+
+async def _allowed(request: Request, action: Action, types: list[str], entity_id: str | None = None) -> list[str]:
+    """The types (of `types`) on which the signed-in user may do `action`."""
     from cityos.auth.principal import OPEN
     from cityos.policy.decision import Target
 
@@ -248,14 +255,14 @@ async def _may(request: Request, action: Action, entity: dict[str, Any]) -> bool
     if identity.required:
         token = request.cookies.get(SESSION_COOKIE)
         if not token:
-            return False
+            return []
         try:
             principal = await identity.authenticator.authenticate(f"Bearer {token}".encode())
-        except Exception:
-            return False
+        except NgsiLdError:
+            return []
     terms = services.contexts.core_terms()
-    target = Target(tenant="", entity_id=str(entity["id"]), types=(terms.expand(str(entity.get("type"))),))
-    return bool(services.authorizer.allows(principal, action, target))
+    allows = services.authorizer.allows
+    return [t for t in types if allows(principal, action, Target("", entity_id, (terms.expand(t),)))]
 
 
 async def map_page(request: Request) -> Response:
@@ -280,6 +287,7 @@ async def map_page(request: Request) -> Response:
 
 async def operations(request: Request) -> Response:
     async with client(request) as api:
+        types = await api.types()
         subs, groups, devices, contexts = await asyncio.gather(
             api.get(f"{API}/subscriptions", {"limit": 100}),
             api.get("/iot/services", {"limit": 100}),
@@ -302,7 +310,30 @@ async def operations(request: Request) -> Response:
         iot_error="" if groups.ok else problem_text(groups),
         contexts=listed(contexts),
         contexts_error="" if contexts.ok else problem_text(contexts),
+        subscribable=await _allowed(request, "subscribe", types),
     )
+
+
+async def create_subscription(request: Request) -> Response:
+    """A subscription to one type's changes (optionally some attributes and a q), made through the
+    API, which checks the right to subscribe and the endpoint (docs/security.md)."""
+    form = await request.form()
+    entity_type, uri, q = (str(form.get(k, "")).strip() for k in ("type", "uri", "q"))
+    attrs = [a.strip() for a in str(form.get("attrs", "")).split(",") if a.strip()]
+    body: dict[str, Any] = {
+        "type": "Subscription",
+        "entities": [{"type": entity_type}],
+        "notification": {"endpoint": {"uri": uri, "accept": "application/json"}},
+    }
+    if q:
+        body["q"] = q
+    if attrs:
+        body["watchedAttributes"] = attrs
+    async with client(request) as api:
+        answer = await api.request("POST", f"{API}/subscriptions", body=body)
+    if not answer.ok:
+        return render(request, "error.html", status=answer.status, detail=problem_text(answer))
+    return RedirectResponse(f"{PREFIX}/operations", status_code=303)
 
 
 async def admin(request: Request) -> Response:
@@ -455,6 +486,7 @@ def routes() -> list[Route]:
         Route(f"{PREFIX}/map", page(map_page), methods=["GET"]),
         Route(f"{PREFIX}/operations", page(operations), methods=["GET"]),
         Route(f"{PREFIX}/admin", page(admin), methods=["GET"]),
+        Route(f"{PREFIX}/subscriptions", page(create_subscription), methods=["POST"]),
         Route(f"{PREFIX}/entity/edit", page(edit_attribute), methods=["POST"]),
         Route(f"{PREFIX}/alerts/acknowledge", page(acknowledge), methods=["POST"]),
         Route(f"{PREFIX}/signin", sign_in, methods=["GET", "POST"]),

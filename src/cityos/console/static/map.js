@@ -39,17 +39,19 @@
     return layer.colour;
   }
 
-  function addLayers(layer, source, sourceLayer) {
+  // `shapes`: the source of areas and lines (a clustered GeoJSON source keeps points only)
+  function addLayers(layer, source, sourceLayer, shapes) {
     const id = "l-" + layer.type;
     const from = sourceLayer ? { source: source, "source-layer": sourceLayer } : { source: source };
+    const fromShapes = sourceLayer ? from : { source: shapes };
     const point = ["all", ["==", ["geometry-type"], "Point"], ["!", ["has", "point_count"]]];
-    map.addLayer(Object.assign({ id: id + "-poly", type: "fill", filter: ["==", ["geometry-type"], "Polygon"], paint: { "fill-color": colour(layer), "fill-opacity": 0.45, "fill-outline-color": "#333" } }, from));
+    map.addLayer(Object.assign({ id: id + "-poly", type: "fill", filter: ["==", ["geometry-type"], "Polygon"], paint: { "fill-color": colour(layer), "fill-opacity": 0.45, "fill-outline-color": "#333" } }, fromShapes));
     if (layer.type === "Building") {
       map.addLayer(Object.assign({ id: id + "-3d", type: "fill-extrusion", filter: ["==", ["geometry-type"], "Polygon"], layout: { visibility: "none" },
         paint: { "fill-extrusion-color": layer.colour, "fill-extrusion-opacity": 0.85,
-          "fill-extrusion-height": ["coalesce", ["to-number", ["get", "height"], 0], ["*", 3.5, ["to-number", ["get", "floorsAboveGround"], 2]]] } }, from));
+          "fill-extrusion-height": ["case", ["has", "height"], ["to-number", ["get", "height"], 0], ["*", 3.5, ["to-number", ["get", "floorsAboveGround"], 2]]] } }, fromShapes));
     }
-    map.addLayer(Object.assign({ id: id + "-line", type: "line", filter: ["==", ["geometry-type"], "LineString"], paint: { "line-color": colour(layer), "line-width": 4 } }, from));
+    map.addLayer(Object.assign({ id: id + "-line", type: "line", filter: ["==", ["geometry-type"], "LineString"], paint: { "line-color": colour(layer), "line-width": 4 } }, fromShapes));
     map.addLayer(Object.assign({ id: id + "-point", type: "circle", filter: point, paint: { "circle-color": colour(layer), "circle-radius": 7, "circle-stroke-color": "#fff", "circle-stroke-width": 1.5 } }, from));
     const clusters = sourceLayer ? Object.assign({}, from, { "source-layer": "clusters" }) : from;
     map.addLayer(Object.assign({ id: id + "-cluster", type: "circle", filter: sourceLayer ? ["has", "count"] : ["has", "point_count"],
@@ -103,8 +105,10 @@
   }
   const geojsonSource = {
     add: function (layer) {
-      map.addSource("s-" + layer.type, { type: "geojson", data: { type: "FeatureCollection", features: [] }, promoteId: "id", cluster: true, clusterMaxZoom: 12, clusterRadius: 40 });
-      addLayers(layer, "s-" + layer.type, null);
+      const empty = { type: "FeatureCollection", features: [] };
+      map.addSource("s-" + layer.type, { type: "geojson", data: empty, promoteId: "id", cluster: true, clusterMaxZoom: 12, clusterRadius: 40 });
+      map.addSource("shapes-" + layer.type, { type: "geojson", data: empty, promoteId: "id" });
+      addLayers(layer, "s-" + layer.type, null, "shapes-" + layer.type);
     },
     load: async function (layer) {
       const features = await fetchType(layer.type);
@@ -112,7 +116,9 @@
       state.features[layer.type] = features;
       state.counts[layer.type] = features.length;
       if (JSON.stringify(features) !== before) {
-        map.getSource("s-" + layer.type).setData({ type: "FeatureCollection", features: features });
+        const point = function (f) { return f.geometry.type === "Point"; };
+        map.getSource("s-" + layer.type).setData({ type: "FeatureCollection", features: features.filter(point) });
+        map.getSource("shapes-" + layer.type).setData({ type: "FeatureCollection", features: features.filter(function (f) { return !point(f); }) });
         state.updates += 1;
       }
       return features;
@@ -131,7 +137,7 @@
     add: function (layer) {
       const q = new URLSearchParams({ type: layer.type });
       map.addSource("s-" + layer.type, { type: "vector", tiles: [location.origin + "/tiles/{z}/{x}/{y}.mvt?" + q], promoteId: { entities: "id" } });
-      addLayers(layer, "s-" + layer.type, "entities");
+      addLayers(layer, "s-" + layer.type, "entities", null);
       // what the change stream reports since the tiles were made, drawn over them
       map.addSource("live-" + layer.type, { type: "geojson", data: { type: "FeatureCollection", features: [] }, promoteId: "id" });
       map.addLayer({ id: "l-" + layer.type + "-live", type: "circle", source: "live-" + layer.type, filter: ["==", ["geometry-type"], "Point"],
