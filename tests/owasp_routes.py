@@ -49,6 +49,7 @@ SPACE = f"{ADMIN}/dataspace"
 BUILDING = "urn:ngsi-ld:Building:1"
 SECRET_VALUE = "TOPSECRET-7f3a"  # the value of the attribute the reader may not read
 HIDDEN = "secret"  # its name: absent from everything the reader gets
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # the console's sign-in and its forms
 
 # the routes anyone may call without credentials (docs/security.md, "The authorization matrix")
 PUBLIC_ROUTES = {
@@ -75,6 +76,23 @@ PUBLIC_ROUTES = {
     ("GET", "/docs/{asset}"),
     ("GET", "/health/live"),  # load balancers' and Kubernetes probes: ops/health.py
     ("GET", "/health/ready"),
+    # the web console (console/http.py): its pages pass the door (a browser sends no Authorization
+    # header) and ask the API with the session cookie's token; with --auth required and no session
+    # they answer 303 to the sign-in page, which is public, as the language switch and the assets
+    ("GET", "/"),
+    ("GET", "/console/entities"),
+    ("GET", "/console/entity"),
+    ("GET", "/console/map"),
+    ("GET", "/console/operations"),
+    ("GET", "/console/admin"),
+    ("POST", "/console/alerts/acknowledge"),
+    ("POST", "/console/entity/edit"),
+    ("POST", "/console/subscriptions"),
+    ("GET", "/console/signin"),
+    ("POST", "/console/signin"),
+    ("POST", "/console/signout"),
+    ("GET", "/console/language"),
+    ("GET", "/console/static/{path:path}"),
 }
 # the handler that only answers 400 for a missing entity id (`/entities/`, `/entities//attrs`)
 MALFORMED = "missing_entity_id"
@@ -431,6 +449,30 @@ def probes(ids: Ids) -> list[Probe]:
         p("GET", "/docs/{asset}", "public", "/docs/docs.js"),
         p("GET", "/health/live", "public", "/health/live"),
         p("GET", "/health/ready", "public", "/health/ready"),
+        # the web console: pages public at the door (each asks the API with the user's session), and
+        # the read proxy its map and charts use, which answers as the API it forwards to
+        p("GET", "/", "public", "/"),
+        p("GET", "/console/entities", "public", "/console/entities", params={"type": "Building"}),
+        p("GET", "/console/entity", "public", "/console/entity", params={"id": BUILDING}),
+        p("GET", "/console/map", "public", "/console/map"),
+        p("GET", "/console/operations", "public", "/console/operations"),
+        p("GET", "/console/admin", "public", "/console/admin"),
+        p(
+            "POST",
+            "/console/entity/edit",
+            "public",
+            "/console/entity/edit",
+            content="id=x&attr=y&value=z",
+            headers=FORM,
+        ),
+        p("POST", "/console/subscriptions", "public", "/console/subscriptions", content="type=Building", headers=FORM),
+        p("POST", "/console/alerts/acknowledge", "public", "/console/alerts/acknowledge", content="id=x", headers=FORM),
+        p("GET", "/console/signin", "public", "/console/signin"),
+        p("POST", "/console/signin", "public", "/console/signin", content="username=x&password=y", headers=FORM),
+        p("POST", "/console/signout", "public", "/console/signout"),
+        p("GET", "/console/language", "public", "/console/language", params={"lang": "zh"}),
+        p("GET", "/console/static/{path:path}", "public", "/console/static/console.css"),
+        p("GET", "/console/api/{path:path}", "read", f"/console/api{API}/entities/{BUILDING}"),
         # the data channel between cities (dataspace/): its admin API, and its partners' API
         p("GET", f"{SPACE}/identity", "admin-read", f"{SPACE}/identity"),
         p("GET", f"{SPACE}/partners", "admin-read", f"{SPACE}/partners"),

@@ -30,6 +30,7 @@ from cityos.auth.middleware import CALLER_SCOPE_KEY, REQUEST_ID_HEADER, AuthMidd
 from cityos.auth.principal import current_request_id
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE
 from cityos.auth.service import Identity
+from cityos.console import http as console_http
 from cityos.dataspace import http as dataspace_http
 from cityos.dataspace.door import PartnerDoor
 from cityos.dataspace.service import AgreementDirectory, DataspaceService
@@ -608,6 +609,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *open311_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
+        *(console_http.routes() if settings.console else []),
         *observe_http.routes(metrics if not settings.metrics_port else None),
         *ops_http.routes(),  # /openapi.json describes every route above (ops/openapi.py)
     ]

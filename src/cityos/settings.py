@@ -387,6 +387,17 @@ class Settings:
     health_outbox_stuck: float = _setting(
         30.0, "GET /health/ready fails when the notification outbox was not read for this many seconds."
     )
+    console: bool = _setting(True, "Serve the web console at / and under /console/ (docs/console.md).")
+    console_basemap_url: str = _setting(
+        "",
+        "Raster basemap tile URL template for the console's map ({z}/{x}/{y}, e.g. an OpenStreetMap tile server you"
+        " may use); empty: no request leaves the machine, the map draws the city's own layers on a plain background.",
+    )
+    console_map_source: str = _setting(
+        "geojson",
+        "Where the console's map gets its features: geojson (paged NGSI-LD GeoJSON queries, polled for changes) or"
+        " tiles (/tiles/{z}/{x}/{y}.mvt vector tiles and the /cityos/v1/changes event stream).",
+    )
 
     @classmethod
     def from_env(
@@ -423,6 +434,8 @@ class Settings:
                 raise ValueError(f"{name} must be positive")
         if self.max_connections < 1 or self.keep_alive_max_requests < 0:
             raise ValueError("max_connections must be positive and keep_alive_max_requests not negative")
+        if self.console_map_source not in ("geojson", "tiles"):
+            raise ValueError("console_map_source must be geojson or tiles")
         if self.auth not in ("off", "required"):
             raise ValueError("auth must be off or required")
         if self.rate_limit < 0 or self.rate_limit_burst < 1 or self.user_token_lifetime <= 0:

@@ -64,6 +64,9 @@ PUBLIC_READS = "/ngsi-ld/v1/jsonldContexts"
 # Open311 GeoReport v2 (open311/http.py): its clients carry no Authorization header; a report proves
 # its own api_key (an API key of this trust layer), and no answer carries personal data
 PUBLIC_PREFIX = "/open311/v2/"
+# the web console's pages and assets (console/http.py): a browser sends no Authorization header, so
+# they pass the door; each page calls the API with the session cookie's token, and the API decides
+CONSOLE_PATHS = ("/", "/console/")
 
 
 def request_id_of(given: bytes | None) -> str:
@@ -156,7 +159,12 @@ class AuthMiddleware:
 def public(scope: Scope) -> bool:
     """A route that anyone may call (PUBLIC_PATHS, and reading hosted @contexts)."""
     path: str = scope["path"]
-    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX):
+    if (
+        path in PUBLIC_PATHS
+        or path.startswith(PUBLIC_PREFIX)
+        or path == CONSOLE_PATHS[0]
+        or path.startswith(CONSOLE_PATHS[1])
+    ):
         return True
     return path.startswith(PUBLIC_READS) and scope["method"] in ("GET", "HEAD")
 

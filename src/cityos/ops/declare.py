@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 F = TypeVar("F", bound=Callable[..., Any])
 ATTRIBUTE = "__api__"  # the handler attribute the declarations live in
 ANY_METHOD = "*"
+BROWSER_PAGE = "__browser_page__"  # a handler that answers browsers (HTML), not API clients
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,17 @@ def declared(handler: object, method: str) -> Operation | None:
     """The declaration of `handler` for `method`, or None if it declares none."""
     table: Mapping[str, Operation] = getattr(handler, ATTRIBUTE, {})
     return table.get(method) or table.get(ANY_METHOD)
+
+
+def browser_page(handler: F) -> F:
+    """Marks a handler of the web console (HTML pages, their assets and forms): not part of the API
+    description, which is for API clients (docs/console.md describes the pages)."""
+    setattr(handler, BROWSER_PAGE, True)
+    return handler
+
+
+def in_description(route: object) -> bool:
+    """Whether a route belongs in the API description: a plain route that is not a browser page."""
+    from starlette.routing import Route
+
+    return isinstance(route, Route) and not getattr(route.endpoint, BROWSER_PAGE, False)

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.routing import BaseRoute, Route
 
 from cityos import __version__
-from cityos.ops.declare import Operation, declared
+from cityos.ops.declare import Operation, declared, in_description
 from cityos.ops.schemas import ERROR_MEDIA, SCHEMAS, parameter, ref
 
 OPENAPI_VERSION = "3.1.0"
@@ -40,8 +40,9 @@ def describe(routes: list[BaseRoute]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     ids: set[str] = set()
     for route in routes:
-        if not isinstance(route, Route):
+        if not in_description(route):
             continue
+        assert isinstance(route, Route)
         path = openapi_path(route)
         for method in sorted((route.methods or set()) - {"HEAD"}):
             operation = _operation(route, method, declared(route.endpoint, method), ids)
@@ -77,7 +78,7 @@ def operations(routes: list[BaseRoute]) -> set[tuple[str, str]]:
     return {
         (method, openapi_path(route))
         for route in routes
-        if isinstance(route, Route)
+        if isinstance(route, Route) and in_description(route)
         for method in (route.methods or set()) - {"HEAD"}
     }
 

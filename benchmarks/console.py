@@ -1,0 +1,91 @@
+"""The console's timings in Debian's chromium against a running server (docs/performance.md,
+"The console"): first contentful paint and load of each page, the map's time to show its layers,
+and how the map keeps drawing (frames per second) while entities change through the API.
+
+python -m benchmarks.console http://127.0.0.1:1026 [--changes-per-second 200] [--type ParkingSpot]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import threading
+import time
+from typing import Any
+
+import httpx
+
+CHROMIUM = "/usr/bin/chromium"
+PAGES = ["/", "/console/entities?type={type}", "/console/entities?type={type}&page=4000", "/console/map"]
+
+
+def paint(page: Any, url: str) -> dict[str, float]:
+    page.goto(url, wait_until="load")
+    timing = page.evaluate(
+        "new Promise(r => new PerformanceObserver((list, o) => { o.disconnect();"
+        " const n = performance.getEntriesByType('navigation')[0];"
+        " r({fcp: list.getEntries()[0].startTime, load: n.loadEventEnd, ttfb: n.responseStart}); })"
+        ".observe({type: 'paint', buffered: true}))"
+    )
+    return {k: float(v) for k, v in timing.items()}
+
+
+def changer(base: str, entity_type: str, rate: int, stop: threading.Event, done: list[int]) -> None:
+    """`rate` attribute changes a second through the batch API (one request of `rate` entities a second)."""
+    with httpx.Client(base_url=base, timeout=30) as client:
+        while not stop.is_set():
+            started = time.monotonic()
+            batch = [
+                {"id": f"urn:ngsi-ld:{entity_type}:p{random.randrange(100_000)}", "type": entity_type}
+                | {"status": {"type": "Property", "value": random.choice(["free", "occupied"])}}
+                for _ in range(rate)
+            ]
+            client.post("/ngsi-ld/v1/entityOperations/update", json=batch)
+            done[0] += rate
+            stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("base")
+    parser.add_argument("--type", default="ParkingSpot")
+    parser.add_argument("--changes-per-second", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        for path in PAGES:
+            url = args.base + path.format(type=args.type)
+            runs = [paint(page, url) for _ in range(args.runs)]
+            fcp = statistics.median(r["fcp"] for r in runs)
+            load = statistics.median(r["load"] for r in runs)
+            shown = path.format(type=args.type)
+            print(f"{shown:45} first paint {fcp:6.0f} ms   load {load:6.0f} ms (median of {args.runs})")
+        started = time.monotonic()
+        page.goto(args.base + "/console/map")
+        page.wait_for_selector("#map[data-loaded]", timeout=120_000)
+        shown = page.locator("#map").get_attribute("data-loaded")
+        print(f"map: {shown} features shown after {time.monotonic() - started:.1f} s")
+        stop, done = threading.Event(), [0]
+        thread = threading.Thread(target=changer, args=(args.base, args.type, args.changes_per_second, stop, done))
+        thread.start()
+        frames = page.evaluate(
+            "new Promise(r => { let n = 0; const t0 = performance.now(); const tick = () => { n++;"
+            " if (performance.now() - t0 < 10000) requestAnimationFrame(tick); else r(n / 10); };"
+            " window.cityosMap.map.easeTo({zoom: window.cityosMap.map.getZoom() + 1, duration: 10000});"
+            " requestAnimationFrame(tick); })"
+        )
+        stop.set()
+        thread.join()
+        print(f"map while {done[0]} changes were made ({args.changes_per_second}/s): {frames:.1f} frames a second")
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()

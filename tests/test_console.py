@@ -1,0 +1,207 @@
+"""The console without a browser: its message catalogues, its view helpers, and its pages served
+in-process over both back-ends (they are clients of the public API, so the access policies decide
+what a signed-in user sees: tests/test_console_browser.py drives the same pages in chromium)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from starlette.testclient import TestClient
+
+from backends import make_key
+from cityos.app import create_app
+from cityos.console import i18n, views
+from cityos.settings import Settings
+from test_auth_keys import cli
+
+CONSOLE = Path(__file__).parent.parent / "src" / "cityos" / "console"
+API = "/ngsi-ld/v1"
+PARKING = {
+    "id": "urn:ngsi-ld:OffStreetParking:p1",
+    "type": "OffStreetParking",
+    "availableSpotNumber": {"type": "Property", "value": 12, "observedAt": "2026-01-02T03:04:05Z", "unitCode": "C62"},
+    "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [-116.76, 36.9]}},
+    "name": {"type": "Property", "value": "Main car park"},
+}
+SPOT = {
+    "id": "urn:ngsi-ld:ParkingSpot:s1",
+    "type": "ParkingSpot",
+    "refParkingSite": {"type": "Relationship", "object": PARKING["id"]},
+    "status": {"type": "Property", "value": "free", "reliability": {"type": "Property", "value": 0.9}},
+}
+KEY = r"""(?<![\w.])t\(["']([a-z]+\.[a-z_.0-9]*[a-z0-9_])["']"""  # t("a.key"), not t("alert.status." ~ s)
+SECRET = {"id": "urn:ngsi-ld:Building:b1", "type": "Building", "floorsAboveGround": {"type": "Property", "value": 3}}
+
+
+def test_both_catalogues_have_every_key_the_templates_use() -> None:
+    english, chinese = i18n.catalogue("en"), i18n.catalogue("zh")
+    assert set(english) == set(chinese)
+    used = set()
+    for template in (CONSOLE / "templates").glob("*.html"):
+        used |= set(re.findall(KEY, template.read_text()))
+    used |= set(re.findall(KEY, (CONSOLE / "http.py").read_text()))
+    assert len(used) > 80
+    assert used - set(english) == set()
+    assert all(chinese[k] != english[k] or k == "app.name" for k in english)  # translated, not copied
+
+
+def test_the_language_is_chosen_by_query_cookie_then_browser() -> None:
+    assert i18n.choose("zh", "en", "en-US") == "zh"
+    assert i18n.choose(None, "zh", "en-US") == "zh"
+    assert i18n.choose(None, None, "zh-CN,zh;q=0.9,en;q=0.8") == "zh"
+    assert i18n.choose("klingon", None, "fr-FR") == "en"
+    assert i18n.Translator("zh")("entities.found", n=3) == "找到 3 个实体"
+
+
+def test_views_shape_attributes_relationships_and_alerts() -> None:
+    rows = {r.name: r for r in views.rows(SPOT)}
+    assert rows["refParkingSite"].kind == "Relationship" and rows["refParkingSite"].value == PARKING["id"]
+    assert [s.name for s in rows["status"].sub] == ["reliability"]
+    assert views.relationships(SPOT) == [("refParkingSite", PARKING["id"])]
+    parking = {r.name: r for r in views.rows(PARKING)}["availableSpotNumber"]
+    assert (parking.value, parking.unit, parking.observed_at, parking.numeric) == (
+        12,
+        "C62",
+        "2026-01-02T03:04:05Z",
+        True,
+    )
+    assert views.numeric_attributes(PARKING) == ["availableSpotNumber"]
+    assert views.readings([PARKING], 5)[0]["value"] == 12
+    open_alert = {"id": "a1", "type": "Alert", "status": {"type": "Property", "value": "open"}}
+    done = {"id": "a2", "type": "Alert", "status": {"type": "Property", "value": "resolved"}}
+    assert [a["id"] for a in views.alerts([open_alert, done])] == ["a1"]
+    assert views.colour("OffStreetParking") == "#1f77b4" and views.colour("Unknown").startswith("#")
+    assert (views.unit("GQ"), views.unit("CEL"), views.unit("XYZ")) == ("µg/m³", "°C", "XYZ")
+
+
+@pytest.fixture
+def console(db_url: str) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(database=db_url)), base_url="http://127.0.0.1:1026") as client:
+        for entity in (PARKING, SPOT, SECRET):
+            assert client.post(f"{API}/entities", json=entity).status_code == 201
+        yield client
+
+
+def test_the_pages_show_the_city(console: TestClient) -> None:
+    overview = console.get("/")
+    assert overview.status_code == 200 and "City overview" in overview.text
+    assert "default-src 'self'" in overview.headers["content-security-policy"]
+    assert "OffStreetParking" in overview.text and 'value="3"' in overview.text  # three entities in all
+    listing = console.get("/console/entities", params={"type": "OffStreetParking"})
+    assert PARKING["id"] in listing.text and "1 entities found" in listing.text
+    page = console.get("/console/entity", params={"id": PARKING["id"]})
+    assert page.status_code == 200
+    assert 'data-attrs="availableSpotNumber"' in page.text  # a chart for the numeric attribute
+    assert SPOT["id"] in page.text  # the relationship that points here
+    spot = console.get("/console/entity", params={"id": SPOT["id"]})
+    assert "reliability" in spot.text and f"id={PARKING['id'].replace(':', '%3A')}" in spot.text
+    assert console.get("/console/entity", params={"id": "urn:ngsi-ld:X:none"}).status_code == 404
+    assert 'action="/console/entity/edit"' in page.text  # auth off: anyone may write, so it is offered
+    form = {"id": PARKING["id"], "attr": "availableSpotNumber", "value": "7", "numeric": "1"}
+    assert console.post("/console/entity/edit", data=form, follow_redirects=False).status_code == 303
+    assert (
+        console.get(f"{API}/entities/{PARKING['id']}", params={"format": "keyValues"}).json()["availableSpotNumber"]
+        == 7
+    )
+    assert console.post("/console/entity/edit", data={**form, "value": "many"}).status_code == 400
+    map_page = console.get("/console/map")
+    config = json.loads(re.search(r'id="map-config">(.*?)</script>', map_page.text).group(1))  # type: ignore[union-attr]
+    assert {layer["type"] for layer in config["layers"]} == {"OffStreetParking"}  # the only one with a location
+    assert config["basemap"] == "" and config["source"] == "geojson"
+    operations = console.get("/console/operations")
+    assert operations.status_code == 200 and 'id="new-subscription"' in operations.text
+    made = console.post(
+        "/console/subscriptions",
+        data={"type": "OffStreetParking", "attrs": "availableSpotNumber", "uri": "https://notify.example.org/x"},
+        follow_redirects=False,
+    )
+    assert made.status_code == 303, made.text
+    listed = console.get(f"{API}/subscriptions").json()
+    assert [s["watchedAttributes"] for s in listed] == [["availableSpotNumber"]]
+    assert "https://notify.example.org/x" in console.get("/console/operations").text
+    admin = console.get("/console/admin")  # auth off: the open principal administers
+    assert admin.status_code == 200 and 'id="audit"' in admin.text and "entity.create" in admin.text
+
+
+def test_chinese_pages_and_the_switch(console: TestClient) -> None:
+    assert "城市概览" in console.get("/", params={"lang": "zh"}).text
+    switched = console.get("/console/language", params={"lang": "zh", "next": "/console/map"}, follow_redirects=False)
+    assert switched.status_code == 303 and switched.headers["location"] == "/console/map"
+    assert "城市地图" in console.get("/console/map").text  # the cookie
+    away = console.get("/console/language", params={"lang": "en", "next": "//evil.example"}, follow_redirects=False)
+    assert away.headers["location"] == "/"
+
+
+def test_static_files_and_the_read_proxy_stay_in_bounds(console: TestClient) -> None:
+    assert console.get("/console/static/vendor/maplibre-gl.js").status_code == 200
+    assert console.get("/console/static/../http.py").status_code == 404
+    assert console.get("/console/static/%2e%2e/http.py").status_code == 404
+    geo = console.get(
+        f"/console/api{API}/entities", params={"type": "OffStreetParking"}, headers={"Accept": "application/geo+json"}
+    )
+    assert geo.status_code == 200 and geo.json()["features"][0]["id"] == PARKING["id"]
+    assert console.get("/console/api/cityos/v1/admin/keys").status_code == 404
+    assert console.post(f"/console/api{API}/entities", json=SECRET).status_code == 405
+
+
+POLICIES = {
+    "policies": [
+        {
+            "id": "parking-viewers-read-parking",
+            "effect": "allow",
+            "principals": {"roles": ["parking-viewer"]},
+            "actions": ["read"],
+            "resources": {"types": ["OffStreetParking", "ParkingSpot"]},
+        }
+    ]
+}
+PASSWORD = "a long console password"
+
+
+@pytest.fixture
+def secured(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
+    made = cli(db_url, "users", "create", "vera", "--role", "parking-viewer", "--password-stdin", stdin=PASSWORD + "\n")
+    assert made.returncode == 0, made.stderr
+    policy = tmp_path / "policies.yaml"
+    policy.write_text(yaml.safe_dump(POLICIES))
+    settings = Settings(database=db_url, auth="required", policy_file=str(policy))
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
+        token = make_key(db_url, "--name", "admin", "--role", "admin")
+        for entity in (PARKING, SPOT, SECRET):
+            made_entity = client.post(f"{API}/entities", json=entity, headers={"Authorization": f"Bearer {token}"})
+            assert made_entity.status_code == 201, made_entity.text
+        yield client
+
+
+def test_sign_in_and_see_only_what_the_policies_allow(secured: TestClient) -> None:
+    first = secured.get("/", follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"] == "/console/signin"
+    assert secured.get("/console/signin").status_code == 200
+    wrong = secured.post("/console/signin", data={"username": "vera", "password": "nope"}, follow_redirects=False)
+    assert wrong.status_code == 200 and "Wrong user name or password" in wrong.text
+    assert "cityos_session" not in wrong.cookies
+    signed = secured.post("/console/signin", data={"username": "vera", "password": PASSWORD}, follow_redirects=False)
+    assert signed.status_code == 303
+    cookie = signed.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    overview = secured.get("/")
+    assert "OffStreetParking" in overview.text and "Building" not in overview.text
+    assert secured.get("/console/entity", params={"id": SECRET["id"]}).status_code == 404
+    assert secured.get(f"/console/api{API}/entities/{SECRET['id']}").status_code == 404
+    assert PARKING["id"] in secured.get("/console/entities", params={"type": "OffStreetParking"}).text
+    parking = secured.get("/console/entity", params={"id": PARKING["id"]})
+    assert parking.status_code == 200 and 'action="/console/entity/edit"' not in parking.text  # read only
+    form = {"id": PARKING["id"], "attr": "availableSpotNumber", "value": "7", "numeric": "1"}
+    assert secured.post("/console/entity/edit", data=form).status_code == 403  # and the API refuses it anyway
+    refused = secured.get("/console/admin")  # not an admin: each admin section says why it is absent
+    assert refused.status_code == 200 and 'id="audit"' not in refused.text and 'id="keys"' not in refused.text
+    assert 'id="new-subscription"' not in secured.get("/console/operations").text  # no right to subscribe
+    wish = {"type": "OffStreetParking", "uri": "https://notify.example.org/x"}
+    assert secured.post("/console/subscriptions", data=wish).status_code == 403
+    secured.post("/console/signout")
+    assert secured.get("/", follow_redirects=False).status_code == 303
