@@ -278,6 +278,33 @@ class Settings:
         "Anomaly detector: series (entity, attribute, datasetId) kept in memory, 6 KB of doubles each; the least"
         " recently fed is forgotten beyond it.",
     )
+    tile_max_features: int = _setting(
+        2000,
+        "Map tiles (GET /tiles/{z}/{x}/{y}.mvt): most entities drawn one by one in a tile; a tile holding more"
+        " gets the `clusters` layer instead (docs/map-data.md).",
+    )
+    tile_cluster_cells: int = _setting(
+        16, "Map tiles: the clusters layer's grid is this many cells across and down each tile (one point per cell)."
+    )
+    tile_attrs: str = _setting(
+        "availableSpotNumber,totalSpotNumber,pm25,pm10,NO2,height,status,occupancy,speed",
+        "Map tiles: attributes whose values (numbers, booleans, short strings) go into each feature's properties"
+        " (comma list of core @context terms or IRIs).",
+    )
+    tile_max_age: int = _setting(5, "Map tiles: seconds a browser may reuse a tile (Cache-Control: private, max-age).")
+    changes_max_clients: int = _setting(
+        100,
+        "Change stream (GET /cityos/v1/changes): most clients connected at once per worker; past it 503 with"
+        " Retry-After. 0: the stream is off.",
+    )
+    changes_queue: int = _setting(
+        1000,
+        "Change stream: events waiting for one client; a client that falls this far behind is dropped with a"
+        " last event saying so (writers never wait for a client).",
+    )
+    changes_keepalive: float = _setting(
+        15.0, "Change stream: seconds without an event after which a keep-alive comment is sent."
+    )
     temporal_disabled_tenants: str = _setting(
         "",
         "Tenants whose changes are not recorded as history (comma list; `@default` is the default tenant, `*` all).",
@@ -321,6 +348,10 @@ class Settings:
             raise ValueError("iot_mqtt_share_group must not contain /, + or #")
         if self.core_context not in ("v1.9", "v1.8"):
             raise ValueError("core_context must be v1.9 or v1.8")
+        if self.tile_max_features < 1 or not 1 <= self.tile_cluster_cells <= 256:
+            raise ValueError("tile_max_features must be positive and tile_cluster_cells 1-256")
+        if self.changes_max_clients < 0 or self.changes_queue < 1 or self.changes_keepalive <= 0:
+            raise ValueError("changes_max_clients must not be negative, changes_queue and changes_keepalive positive")
         if self.query_timeout <= 0:
             raise ValueError("query_timeout must be positive")
         if self.db_busy_timeout <= 0:
