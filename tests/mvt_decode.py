@@ -29,13 +29,13 @@ def _schema() -> Any:
     feature.field.add(name="id", number=1, type=_F.TYPE_UINT64, label=_F.LABEL_OPTIONAL)
     feature.field.add(name="tags", number=2, type=_F.TYPE_UINT32, label=_F.LABEL_REPEATED, options={"packed": True})
     feature.field.add(name="type", number=3, type=_F.TYPE_UINT32, label=_F.LABEL_OPTIONAL)
-    feature.field.add(
-        name="geometry", number=4, type=_F.TYPE_UINT32, label=_F.LABEL_REPEATED, options={"packed": True}
-    )
+    feature.field.add(name="geometry", number=4, type=_F.TYPE_UINT32, label=_F.LABEL_REPEATED, options={"packed": True})
     layer = tile.nested_type.add(name="Layer")
     layer.field.add(name="version", number=15, type=_F.TYPE_UINT32, label=_F.LABEL_REQUIRED)
     layer.field.add(name="name", number=1, type=_F.TYPE_STRING, label=_F.LABEL_REQUIRED)
-    layer.field.add(name="features", number=2, type=_F.TYPE_MESSAGE, type_name=".vt.Tile.Feature", label=_F.LABEL_REPEATED)
+    layer.field.add(
+        name="features", number=2, type=_F.TYPE_MESSAGE, type_name=".vt.Tile.Feature", label=_F.LABEL_REPEATED
+    )
     layer.field.add(name="keys", number=3, type=_F.TYPE_STRING, label=_F.LABEL_REPEATED)
     layer.field.add(name="values", number=4, type=_F.TYPE_MESSAGE, type_name=".vt.Tile.Value", label=_F.LABEL_REPEATED)
     layer.field.add(name="extent", number=5, type=_F.TYPE_UINT32, label=_F.LABEL_OPTIONAL)
