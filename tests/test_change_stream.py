@@ -15,8 +15,8 @@ import httpx
 import orjson
 import pytest
 
-from cityos.mapdata.changes import ChangeHub, events
 from cityos.jsonld.termmap import TermMap
+from cityos.mapdata.changes import ChangeHub, events
 from cityos.policy.decision import EVERYTHING
 from cityos.store import open_store
 from test_access_server import building, started, upsert
