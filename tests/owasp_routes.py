@@ -395,6 +395,9 @@ def probes(ids: Ids) -> list[Probe]:
             "/cityos/v1/forecasters/pm25-next-day/compute",
         ),
         p("GET", "/cityos/v1/insight/register", "public", "/cityos/v1/insight/register"),
+        # the map's data (mapdata/): vector tiles and the change stream are reads, as a query is
+        p("GET", "/tiles/{z}/{x}/{y}.mvt", "read", "/tiles/0/0/0.mvt", params={"type": "Building"}),
+        p("GET", "/cityos/v1/changes", "read", "/cityos/v1/changes", params={"type": "Building", "duration": "1"}),
         # the data channel between cities (dataspace/): its admin API, and its partners' API
         p("GET", f"{SPACE}/identity", "admin-read", f"{SPACE}/identity"),
         p("GET", f"{SPACE}/partners", "admin-read", f"{SPACE}/partners"),

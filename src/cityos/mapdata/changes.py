@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cityos.entities.model import Entity
-from cityos.errors import NgsiLdError, retry_after_seconds
+from cityos.errors import BadRequestData, NgsiLdError, retry_after_seconds
 from cityos.jsonld.termmap import TermMap
 from cityos.policy.decision import ReadView
 from cityos.snapshots.scope import MARK
@@ -218,20 +218,29 @@ def hub_of(request: Request) -> ChangeHub:
     return hub
 
 
-async def events(client: Client, hub: ChangeHub, keepalive: float) -> AsyncIterator[bytes]:
+async def events(
+    client: Client, hub: ChangeHub, keepalive: float, duration: float | None = None
+) -> AsyncIterator[bytes]:
     """The stream's bytes: a first comment, then each event, a comment after `keepalive` seconds of
-    silence, and a last `dropped` event for a client that fell behind."""
+    silence, and a last `dropped` event for a client that fell behind; it ends after `duration`
+    seconds when one is given."""
     hub.clients.add(client)
+    loop = asyncio.get_running_loop()
+    end = None if duration is None else loop.time() + duration
     try:
         yield b": cityos change stream\nretry: 3000\n\n"
         while True:
             if client.dropped:
                 yield b'event: dropped\ndata: {"reason":"the client fell behind; reload and reconnect"}\n\n'
                 return
+            wait = keepalive if end is None else min(keepalive, end - loop.time())
+            if wait <= 0:
+                return
             try:
-                data = await asyncio.wait_for(client.queue.get(), keepalive)
+                data = await asyncio.wait_for(client.queue.get(), wait)
             except TimeoutError:
-                yield b": keep-alive\n\n"
+                if end is None or loop.time() < end:
+                    yield b": keep-alive\n\n"
                 continue
             if data is None:  # the server is stopping
                 return
@@ -241,12 +250,30 @@ async def events(client: Client, hub: ChangeHub, keepalive: float) -> AsyncItera
         hub.disconnect(client)
 
 
+MAX_DURATION = 86400.0
+
+
+def _duration(raw: str | None) -> float | None:
+    """`duration`: seconds after which the server ends the stream (a client behind a proxy that cuts
+    long requests, a check that the stream answers); absent: the stream lasts as long as the client."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_DURATION:
+        raise BadRequestData(f"duration must be a number of seconds above 0 and at most {MAX_DURATION:.0f}")
+    return value
+
+
 async def stream_changes(request: Request) -> Response:
     from cityos.ngsild import access
     from cityos.ngsild.common import check_params, existing_tenant, query_context, services
     from cityos.query.entity_query import QuerySpec, build_entity_query
 
-    check_params(request, ("type", "q"))
+    check_params(request, ("type", "q", "duration"))
+    duration = _duration(request.query_params.get("duration"))
     hub = hub_of(request)
     settings = services(request).settings
     if hub.max_clients <= 0:
@@ -270,5 +297,5 @@ async def stream_changes(request: Request) -> Response:
     client = hub.client(tenant, matches, access.view(request, tenant), context.terms)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return StreamingResponse(
-        events(client, hub, settings.changes_keepalive), media_type="text/event-stream", headers=headers
+        events(client, hub, settings.changes_keepalive, duration), media_type="text/event-stream", headers=headers
     )
