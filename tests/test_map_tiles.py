@@ -224,3 +224,31 @@ def test_a_restricted_caller_sees_only_what_it_may_read(db_url: str) -> None:
             "Building",
             "AirQualityObserved",
         }
+
+
+def test_a_cached_tile_is_drawn_again_when_an_entity_in_it_changes(client: TestClient) -> None:
+    cache = client.app.state.changes.cache  # type: ignore[attr-defined]
+    spot = [-8.5001, 41.3001]  # away from the test city
+    tile = tile_of(*spot, 17)
+
+    def ids_and_spots() -> dict[str, Any]:
+        layer = decode(client.get(url(tile)).content).get("entities", {"features": []})
+        return {f["properties"]["id"]: f["properties"].get("availableSpotNumber") for f in layer["features"]}
+
+    assert ids_and_spots() == {}
+    hits = cache.hits
+    assert ids_and_spots() == {} and cache.hits == hits + 1  # served from the cache
+    entity = {**parking(999, random.Random(1)), "id": "urn:ngsi-ld:OffStreetParking:moving"}
+    entity["location"] = {"type": "GeoProperty", "value": {"type": "Point", "coordinates": spot}}
+    assert client.post("/ngsi-ld/v1/entities", json=entity, headers=JSON).status_code == 201
+    try:
+        assert ids_and_spots() == {"urn:ngsi-ld:OffStreetParking:moving": 999}
+        attrs = "/ngsi-ld/v1/entities/urn:ngsi-ld:OffStreetParking:moving/attrs"
+        patch = {"availableSpotNumber": {"type": "Property", "value": 7}}
+        assert client.patch(attrs, json=patch, headers=JSON).status_code == 204
+        assert ids_and_spots() == {"urn:ngsi-ld:OffStreetParking:moving": 7}
+        moved = {"location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [-8.4, 41.4]}}}
+        assert client.patch(attrs, json=moved, headers=JSON).status_code == 204
+        assert ids_and_spots() == {}
+    finally:
+        client.delete("/ngsi-ld/v1/entities/urn:ngsi-ld:OffStreetParking:moving")

@@ -65,6 +65,7 @@ from cityos.last_resort import LastResort, answer_unexpected, report
 from cityos.lifeline import exit_with_supervisor
 from cityos.logs import configure as configure_logging
 from cityos.mapdata import http as mapdata_http
+from cityos.mapdata.cache import TileCache
 from cityos.mapdata.changes import ChangeHub
 from cityos.net import OutboundPolicy
 from cityos.ngsild import (
@@ -444,7 +445,10 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     )
     forecasts = ForecastService(services.store, registry.core_terms())
     # the change stream's clients, fed by a change listener (and other workers' NOTIFY)
-    changes = ChangeHub(services.store, settings.changes_max_clients, settings.changes_queue, settings.workers > 1)
+    tile_cache = TileCache(settings.tile_cache_mb * 1024 * 1024, settings.tile_cache_seconds)
+    changes = ChangeHub(
+        services.store, settings.changes_max_clients, settings.changes_queue, settings.workers > 1, tile_cache
+    )
     # the register of models (docs/indicators.md): rules and detectors add their providers here
     model_register = ModelRegister()
     model_register.add(lambda: indicator_entries(indicators.indicators))

@@ -292,6 +292,14 @@ class Settings:
         " (comma list of core @context terms or IRIs).",
     )
     tile_max_age: int = _setting(5, "Map tiles: seconds a browser may reuse a tile (Cache-Control: private, max-age).")
+    tile_cache_mb: int = _setting(
+        64,
+        "Map tiles: MiB of rendered tiles kept per worker for callers who may read everything, each dropped when"
+        " an entity change touches it (docs/map-data.md). 0: no cache.",
+    )
+    tile_cache_seconds: float = _setting(
+        30.0, "Map tiles: seconds a cached tile is served at most, changed or not (a bound on a missed change)."
+    )
     changes_max_clients: int = _setting(
         100,
         "Change stream (GET /cityos/v1/changes): most clients connected at once per worker; past it 503 with"

@@ -34,9 +34,11 @@ from starlette.responses import Response, StreamingResponse
 from cityos.entities.model import Entity
 from cityos.errors import BadRequestData, NgsiLdError, retry_after_seconds
 from cityos.jsonld.termmap import TermMap
+from cityos.mapdata.cache import TileCache
 from cityos.policy.decision import ReadView
 from cityos.snapshots.scope import MARK
 from cityos.store.base import EntityChange, EntityLookup, EntityStore, StoreEvent
+from cityos.store.side_rows import instance_boxes
 
 log = logging.getLogger("cityos.mapdata")
 
@@ -46,6 +48,8 @@ EVENT_KIND = "entity-change"  # the StoreEvent other workers hear (store/postgre
 MAX_ATTRS = 32  # attributes in one event
 MAX_STRING = 256  # a string value longer than this is left out of an event
 GEO = "https://uri.etsi.org/ngsi-ld/location"
+RESYNC = "resync"  # another worker's events may have been missed (store/postgres/events.py)
+RETOUCH = 1.0  # seconds after a change when its tiles are invalidated once more
 
 
 class TooManyClients(NgsiLdError):
@@ -60,6 +64,13 @@ class TooManyClients(NgsiLdError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(retry_after_seconds(self.retry))}
+
+
+def boxes_of(entity: Entity | None) -> list[tuple[float, float, float, float]]:
+    """(min_x, min_y, max_x, max_y) of each geometry of an entity: the tiles a change touches."""
+    if entity is None:
+        return []
+    return [(box[0], box[2], box[1], box[3]) for _, box, _ in instance_boxes(entity)]
 
 
 def _plain(value: Any) -> bool:
@@ -125,12 +136,13 @@ class ChangeHub:
     max_clients: int
     queue_size: int
     shared: bool  # several workers: tell the others of each change (NOTIFY at commit)
+    cache: TileCache | None = None  # rendered tiles, invalidated by each change's boxes
     clients: set[Client] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = None
     _reads: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
-        if self.max_clients <= 0:
+        if self.max_clients <= 0 and (self.cache is None or not self.cache.enabled):
             return
         self._loop = asyncio.get_running_loop()
         self.store.set_change_listener(self.listener, None, name=LISTENER)
@@ -153,11 +165,18 @@ class ChangeHub:
         loop = self._loop
         if loop is not None and self.clients:
             loop.call_soon_threadsafe(self.publish, change.tenant, change.before, change.after)
+        cache = self.cache
+        boxes = boxes_of(change.before) + boxes_of(change.after) if cache is not None and cache.enabled else []
+        if cache is not None and boxes:
+            cache.touched(change.tenant, boxes)
+            if loop is not None:  # again once the write has surely committed: a tile drawn in between is stale
+                loop.call_soon_threadsafe(loop.call_later, RETOUCH, cache.touched, change.tenant, boxes)
         if not self.shared:
             return ()
         gone = change.after is None
         types = (change.before if gone else change.after or {}).get("type", [])  # type: ignore[union-attr]
-        return (StoreEvent(EVENT_KIND, change.tenant, change.entity_id, {"types": types, "deleted": gone}),)
+        data = {"types": types, "deleted": gone, "boxes": boxes}
+        return (StoreEvent(EVENT_KIND, change.tenant, change.entity_id, data),)
 
     def publish(self, tenant: str, before: Entity | None, after: Entity | None) -> None:
         """On the loop: queue the change's event for each client that may see it."""
@@ -180,6 +199,14 @@ class ChangeHub:
         """Wrap the app's listener of other workers' events: their changes reach our clients too."""
 
         def on_event(event: StoreEvent) -> None:
+            if event.kind == EVENT_KIND and self.cache is not None:
+                boxes = (event.data or {}).get("boxes")
+                if isinstance(boxes, list):
+                    self.cache.touched(event.tenant, [tuple(b) for b in boxes if isinstance(b, list) and len(b) == 4])
+                else:  # a payload too large for NOTIFY lost its data
+                    self.cache.everything_changed()
+            if event.kind == RESYNC and self.cache is not None:
+                self.cache.everything_changed()
             if event.kind == EVENT_KIND:
                 if self.clients and self._loop is not None:
                     task = asyncio.create_task(self._read_again(event))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 
 from starlette.requests import Request
@@ -11,6 +12,8 @@ from starlette.routing import Route
 
 from cityos.jsonld.registry import ResolvedContext
 from cityos.mapdata import changes
+from cityos.mapdata.cache import Cached
+from cityos.mapdata.changes import hub_of
 from cityos.mapdata.tiles import Tile, TileLimits, render_tile, tile_box
 from cityos.ngsild import access
 from cityos.ngsild.common import check_params, existing_tenant, query_context, services
@@ -66,6 +69,12 @@ async def get_tile(request: Request) -> Response:
     plain, boxed = _queries(request, tenant, context, tile)
     settings = services(request).settings
     read = access.view(request, tenant)
+    cache = hub_of(request).cache if read.unrestricted else None  # a restricted caller's tile is never kept
+    key = (tenant, tile, request.query_params.get("type"), request.query_params.get("q"), request.headers.get("link"))
+    found = cache.get(key, tenant, tile.z, tile.x, tile.y) if cache is not None and cache.enabled else None
+    if found is not None:
+        return _answer(request, found.body, found.layer, found.etag, settings.tile_max_age)
+    stamp = cache.stamp(tenant, tile.z, tile.x, tile.y) if cache is not None else (0, 0, 0)
     body, layer = await render_tile(
         services(request).store,
         tenant,
@@ -79,9 +88,15 @@ async def get_tile(request: Request) -> Response:
         project=None if read.unrestricted else read.project,
     )
     etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    if cache is not None:
+        cache.put(key, Cached(body, layer, etag, stamp, time.monotonic()))
+    return _answer(request, body, layer, etag, settings.tile_max_age)
+
+
+def _answer(request: Request, body: bytes, layer: str, etag: str, max_age: int) -> Response:
     headers = {
         "ETag": etag,
-        "Cache-Control": f"private, max-age={settings.tile_max_age}",  # what a caller sees depends on its policy
+        "Cache-Control": f"private, max-age={max_age}",  # what a caller sees depends on its policy
         "Vary": "Authorization, NGSILD-Tenant, Link",
         "X-Tile-Layer": layer,
     }

@@ -39,7 +39,12 @@ class SQLiteGrid:
     async def geo_grid(self, tenant: str, query: EntityQuery, grid: GeoGrid) -> list[GridCell] | None:
         if not exact_in_sql(query) or query.geo_box is not None:
             return None
-        plain = dataclasses.replace(query, predicate=None, predicate_in_sql=None, limit=None, offset=0, count=False)
+        # the grid's box as the query's geo box (no exact test: a box that meets it counts), so the
+        # selection is driven by the R*Tree or the walk as a geo-query's is, not by every entity
+        box = (grid.attr, (grid.min_x, grid.max_x, grid.min_y, grid.max_y))
+        plain = dataclasses.replace(
+            query, predicate=None, predicate_in_sql=None, geo_box=box, geo=None, limit=None, offset=0, count=False
+        )
         needs_fresh = query.attrs is not None or bool(query.value_filters)
         now = now_key()
 
@@ -50,24 +55,15 @@ class SQLiteGrid:
             try:
                 if needs_fresh and _stale(connection, tenant, now):
                     return None
-                source, where, params, _ = _selection(connection, tenant, plain, now, walk=False)
+                source, where, params, _ = _selection(connection, tenant, plain, now)
                 col, row, cell_params = cell_sql(grid, "w")
                 inner = (
                     f"SELECT w.pk AS pk, {col} AS col, {row} AS row,"
                     " (w.min_x + w.max_x) * 0.5 AS x, (w.min_y + w.max_y) * 0.5 AS y"
-                    f" FROM entity_geo_walk w WHERE w.attr = {NAME_ID}"
-                    " AND w.max_x >= ? AND w.min_x <= ? AND w.max_y >= ? AND w.min_y <= ?"
-                    f" AND w.pk IN (SELECT e.pk FROM {source} WHERE {where})"
+                    f" FROM (SELECT e.pk AS pk FROM {source} WHERE {where}) s"
+                    f" JOIN entity_geo_walk w ON w.attr = {NAME_ID} AND w.pk = s.pk"
                 )
-                inner_params = [
-                    *cell_params,
-                    grid.attr,
-                    grid.min_x,
-                    grid.max_x,
-                    grid.min_y,
-                    grid.max_y,
-                    *params,
-                ]
+                inner_params = [*cell_params, *params, grid.attr]
                 # each entity's first type (the smallest interned id): one probe per entity; an entity
                 # of several types shows under one of them
                 counts = connection.execute(
