@@ -1,13 +1,14 @@
 """Map tiles and the change stream at city scale (issue 18), against a real `cityos serve`.
 
     python -m benchmarks.map_tiles build DATABASE 100000     # OffStreetParking bench-{i}, Porto
-    python -m benchmarks.map_tiles tiles DATABASE 60         # 60 random tiles per zoom, 10-16
+    python -m benchmarks.map_tiles tiles DATABASE 60 [cold]  # 60 random tiles per zoom, 10-16
     python -m benchmarks.map_tiles stream DATABASE 200 10    # 200 changes/s for 10 s, one SSE client
 
 DATABASE is a SQLite file or a PostgreSQL URL (a migrated schema's, `...?search_path=SCHEMA,public`).
 `build` is benchmarks.scale_reads' (batch upserts in-process, history off). `tiles` starts a server
 on the database and sends, one at a time over one keep-alive connection, GET /tiles/z/x/y.mvt for
-tiles around random points of the city (each tile once: the server keeps no tile cache), and prints
+tiles of the city (each tile once where the zoom has enough, else its few tiles in turn; `cold`:
+the server's tile cache off, so every tile is drawn), and prints
 per zoom the latency percentiles, the layer answered and the features per tile. `stream` connects
 one client to GET /cityos/v1/changes?type=OffStreetParking, then updates `availableSpotNumber` of
 random stored entities at RATE changes per second (batch upserts of RATE/10 entities every 100 ms)
@@ -46,8 +47,8 @@ def tile_of(lon: float, lat: float, z: int) -> tuple[int, int]:
     return x, y
 
 
-def _server(database: str, workdir: Path) -> Any:
-    extra = ["--temporal-disabled-tenants", "*"]
+def _server(database: str, workdir: Path, cold: bool = False) -> Any:
+    extra = ["--temporal-disabled-tenants", "*", *(["--tile-cache-mb", "0"] if cold else [])]
     if is_postgres(database):
         return cityos_server(workdir, database, extra=extra)
     return cityos_server(workdir, database=Path(database), extra=extra)
@@ -58,14 +59,14 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1)]
 
 
-def tiles(database: str, per_zoom: int) -> list[dict[str, Any]]:
+def tiles(database: str, per_zoom: int, cold: bool = False) -> list[dict[str, Any]]:
     from tests.mvt_decode import decode  # the tests' independent decoder: counts what a client sees
 
     rng = random.Random(18)
     rows = []
     with (
         tempfile.TemporaryDirectory() as work,
-        _server(database, Path(work)) as server,
+        _server(database, Path(work), cold) as server,
         httpx.Client(base_url=server.base, timeout=30) as client,
     ):
         for _ in range(10):  # warm-up: connections, first statements
@@ -184,8 +185,8 @@ def stream(database: str, rate: int, seconds: float) -> dict[str, Any]:
 def main(argv: list[str]) -> Any:
     if len(argv) == 3 and argv[0] == "build":
         return asyncio.run(build(argv[1], int(argv[2])))
-    if len(argv) == 3 and argv[0] == "tiles":
-        return tiles(argv[1], int(argv[2]))
+    if len(argv) in (3, 4) and argv[0] == "tiles":
+        return tiles(argv[1], int(argv[2]), cold=argv[3:] == ["cold"])
     if len(argv) == 4 and argv[0] == "stream":
         return stream(argv[1], int(argv[2]), float(argv[3]))
     raise SystemExit(__doc__)

@@ -252,3 +252,27 @@ def test_a_cached_tile_is_drawn_again_when_an_entity_in_it_changes(client: TestC
         assert ids_and_spots() == {}
     finally:
         client.delete("/ngsi-ld/v1/entities/urn:ngsi-ld:OffStreetParking:moving")
+
+
+def test_cached_clusters_outlive_a_new_value_but_not_a_move(client: TestClient) -> None:
+    cache = client.app.state.changes.cache  # type: ignore[attr-defined]
+    tile = whole()
+
+    def counted() -> int:
+        layer = decode(client.get(url(tile)).content)["clusters"]
+        return sum(f["properties"]["count"] for f in layer["features"])
+
+    assert counted() == len(CITY)
+    hits = cache.hits
+    attrs = f"/ngsi-ld/v1/entities/{CITY[0]['id']}/attrs"
+    patch = {"availableSpotNumber": {"type": "Property", "value": 1234}}
+    assert client.patch(attrs, json=patch, headers=JSON).status_code == 204
+    assert counted() == len(CITY) and cache.hits == hits + 1  # the counts cannot have changed
+    far = {"location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [10.0, 50.0]}}}
+    assert client.patch(attrs, json=far, headers=JSON).status_code == 204
+    try:
+        assert counted() == len(CITY) - 1 and cache.hits == hits + 1  # drawn again: it moved away
+    finally:
+        back = {"location": CITY[0]["location"], "availableSpotNumber": CITY[0]["availableSpotNumber"]}
+        assert client.patch(attrs, json=back, headers=JSON).status_code == 204
+    assert counted() == len(CITY)

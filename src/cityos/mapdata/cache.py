@@ -35,6 +35,7 @@ class Cached:
     etag: str
     stamp: tuple[int, int, int]  # (everything, zoom, tile) generations when drawn
     made: float
+    layout_only: bool = False  # clusters without q: only creates, deletes and moves change them
 
 
 def _tile_range(low: float, high: float, z: int, lat: bool) -> tuple[int, int]:
@@ -60,8 +61,9 @@ class TileCache:
         self._entries: OrderedDict[tuple[object, ...], Cached] = OrderedDict()
         self._size = 0
         self._everything = 0
-        self._zooms: dict[tuple[str, int], int] = {}
-        self._tiles: dict[tuple[str, int, int, int], int] = {}
+        # [generation of every change, of layout changes] per (tenant, zoom) and per tile
+        self._zooms: dict[tuple[str, int], list[int]] = {}
+        self._tiles: dict[tuple[str, int, int, int], list[int]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -69,12 +71,21 @@ class TileCache:
     def enabled(self) -> bool:
         return self.max_bytes > 0
 
-    def stamp(self, tenant: str, z: int, x: int, y: int) -> tuple[int, int, int]:
-        return self._everything, self._zooms.get((tenant, z), 0), self._tiles.get((tenant, z, x, y), 0)
+    def stamp(self, tenant: str, z: int, x: int, y: int, layout_only: bool = False) -> tuple[int, int, int]:
+        """The generations a tile is drawn under: of every change, or (`layout_only`) of the changes
+        that create, delete or move an entity or change its types."""
+        which = 1 if layout_only else 0
+        zoom = self._zooms.get((tenant, z))
+        tile = self._tiles.get((tenant, z, x, y))
+        return self._everything, zoom[which] if zoom else 0, tile[which] if tile else 0
 
     def get(self, key: tuple[object, ...], tenant: str, z: int, x: int, y: int) -> Cached | None:
         found = self._entries.get(key)
-        if found is None or found.stamp != self.stamp(tenant, z, x, y) or time.monotonic() - found.made > self.max_age:
+        if (
+            found is None
+            or found.stamp != self.stamp(tenant, z, x, y, found.layout_only)
+            or time.monotonic() - found.made > self.max_age
+        ):
             self.misses += 1
             return None
         self._entries.move_to_end(key)
@@ -93,8 +104,9 @@ class TileCache:
             _, dropped = self._entries.popitem(last=False)
             self._size -= len(dropped.body)
 
-    def touched(self, tenant: str, boxes: Iterable[Box]) -> None:
-        """A change of an entity whose geometry had or has these boxes: its tiles are stale."""
+    def touched(self, tenant: str, boxes: Iterable[Box], layout: bool = True) -> None:
+        """A change of an entity whose geometry had or has these boxes: its tiles are stale (`layout`:
+        it was created, deleted, moved or retyped, so the clusters there are stale too)."""
         if not self.enabled:
             return
         if len(self._tiles) > MAX_GENERATIONS:
@@ -105,13 +117,18 @@ class TileCache:
                 x0, x1 = _tile_range(min_x, max_x, z, lat=False)
                 y0, y1 = _tile_range(max_y, min_y, z, lat=True)
                 if (x1 - x0 + 1) * (y1 - y0 + 1) > TILES_PER_CHANGE:
-                    self._zooms[(tenant, z)] = self._zooms.get((tenant, z), 0) + 1
+                    _bump(self._zooms.setdefault((tenant, z), [0, 0]), layout)
                     continue
                 for x in range(x0, x1 + 1):
                     for y in range(y0, y1 + 1):
-                        key = (tenant, z, x, y)
-                        self._tiles[key] = self._tiles.get(key, 0) + 1
+                        _bump(self._tiles.setdefault((tenant, z, x, y), [0, 0]), layout)
 
     def everything_changed(self) -> None:
         """A change whose geometry is not known (another worker's, read again): drop every tile."""
         self._everything += 1
+
+
+def _bump(generations: list[int], layout: bool) -> None:
+    generations[0] += 1
+    if layout:
+        generations[1] += 1

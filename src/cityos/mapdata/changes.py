@@ -73,6 +73,14 @@ def boxes_of(entity: Entity | None) -> list[tuple[float, float, float, float]]:
     return [(box[0], box[2], box[1], box[3]) for _, box, _ in instance_boxes(entity)]
 
 
+def _layout_changed(before: Entity | None, after: Entity | None) -> bool:
+    """Whether a change can change the clusters: a create, a delete, new types or a new geometry
+    (an expiry too, which the store sweeps as a change of its own)."""
+    if before is None or after is None or before["type"] != after["type"]:
+        return True
+    return bool(boxes_of(before) != boxes_of(after) or before.get("expiresAt") != after.get("expiresAt"))
+
+
 def _plain(value: Any) -> bool:
     if isinstance(value, str):
         return len(value) <= MAX_STRING
@@ -167,15 +175,16 @@ class ChangeHub:
             loop.call_soon_threadsafe(self.publish, change.tenant, change.before, change.after)
         cache = self.cache
         boxes = boxes_of(change.before) + boxes_of(change.after) if cache is not None and cache.enabled else []
+        layout = _layout_changed(change.before, change.after)
         if cache is not None and boxes:
-            cache.touched(change.tenant, boxes)
+            cache.touched(change.tenant, boxes, layout)
             if loop is not None:  # again once the write has surely committed: a tile drawn in between is stale
-                loop.call_soon_threadsafe(loop.call_later, RETOUCH, cache.touched, change.tenant, boxes)
+                loop.call_soon_threadsafe(loop.call_later, RETOUCH, cache.touched, change.tenant, boxes, layout)
         if not self.shared:
             return ()
         gone = change.after is None
         types = (change.before if gone else change.after or {}).get("type", [])  # type: ignore[union-attr]
-        data = {"types": types, "deleted": gone, "boxes": boxes}
+        data = {"types": types, "deleted": gone, "boxes": boxes, "layout": layout}
         return (StoreEvent(EVENT_KIND, change.tenant, change.entity_id, data),)
 
     def publish(self, tenant: str, before: Entity | None, after: Entity | None) -> None:
@@ -202,7 +211,8 @@ class ChangeHub:
             if event.kind == EVENT_KIND and self.cache is not None:
                 boxes = (event.data or {}).get("boxes")
                 if isinstance(boxes, list):
-                    self.cache.touched(event.tenant, [tuple(b) for b in boxes if isinstance(b, list) and len(b) == 4])
+                    found = [tuple(b) for b in boxes if isinstance(b, list) and len(b) == 4]
+                    self.cache.touched(event.tenant, found, (event.data or {}).get("layout") is not False)
                 else:  # a payload too large for NOTIFY lost its data
                     self.cache.everything_changed()
             if event.kind == RESYNC and self.cache is not None:

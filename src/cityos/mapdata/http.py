@@ -14,7 +14,7 @@ from cityos.jsonld.registry import ResolvedContext
 from cityos.mapdata import changes
 from cityos.mapdata.cache import Cached
 from cityos.mapdata.changes import hub_of
-from cityos.mapdata.tiles import Tile, TileLimits, render_tile, tile_box
+from cityos.mapdata.tiles import Tile, TileLimits, render_tile
 from cityos.ngsild import access
 from cityos.ngsild.common import check_params, existing_tenant, query_context, services
 from cityos.query import budget
@@ -35,28 +35,25 @@ def display_names(raw: str, context: ResolvedContext) -> dict[str, str]:
 def _queries(
     request: Request, tenant: str, context: ResolvedContext, tile: Tile
 ) -> tuple[EntityQuery, Callable[[int | None], EntityQuery]]:
-    """The caller's query (type, q, its access policy) without and with the tile's box."""
-    from cityos.query.geo import parse_geo_query
-
+    """The caller's query (type, q, its access policy) without and with the tile's box. The box is
+    the store's geo box alone, without an exact geo test: a point meets the tile exactly when it is in
+    the box, and a shape whose box meets the tile is drawn, clipped by the map, at worst for nothing."""
     params = request.query_params
     settings = services(request).settings
-
-    def spec(geo: object) -> QuerySpec:
-        return QuerySpec(
-            type_expr=params.get("type"), q=params.get("q"), geo=geo, max_pattern_length=settings.max_pattern_length
-        )
-
+    spec = QuerySpec(type_expr=params.get("type"), q=params.get("q"), max_pattern_length=settings.max_pattern_length)
     read = access.view(request, tenant)
-    plain = access.restrict(build_entity_query(spec(None), context.terms.expand), read)
-    box = parse_geo_query("intersects", "Polygon", tile_box(tile), GEO_ATTR)
+    west, south, east, north = tile.bounds()
+    box = (context.terms.expand(GEO_ATTR), (west, east, south, north))
 
-    def boxed(limit: int | None) -> EntityQuery:
-        query = access.restrict(build_entity_query(spec(box), context.terms.expand), read)
-        query.limit = limit
-        return query
+    def query(limit: int | None, boxed: bool) -> EntityQuery:
+        built = build_entity_query(spec, context.terms.expand)  # validates type and q (BadRequestData)
+        if boxed:
+            built.geo_box = box
+        built.limit = limit
+        return access.restrict(built, read)
 
-    boxed(0)  # validates type and q before any store work (BadRequestData)
-    return plain, boxed
+    plain = query(None, boxed=False)
+    return plain, lambda limit: query(limit, boxed=True)
 
 
 @budget.per_request
@@ -74,7 +71,7 @@ async def get_tile(request: Request) -> Response:
     found = cache.get(key, tenant, tile.z, tile.x, tile.y) if cache is not None and cache.enabled else None
     if found is not None:
         return _answer(request, found.body, found.layer, found.etag, settings.tile_max_age)
-    stamp = cache.stamp(tenant, tile.z, tile.x, tile.y) if cache is not None else (0, 0, 0)
+    stamps = [cache.stamp(tenant, tile.z, tile.x, tile.y, layout) for layout in (False, True)] if cache else None
     body, layer = await render_tile(
         services(request).store,
         tenant,
@@ -88,8 +85,10 @@ async def get_tile(request: Request) -> Response:
         project=None if read.unrestricted else read.project,
     )
     etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-    if cache is not None:
-        cache.put(key, Cached(body, layer, etag, stamp, time.monotonic()))
+    if cache is not None and stamps is not None:
+        # clusters without q count entities by place and type: an attribute's new value leaves them as they are
+        layout_only = layer == "clusters" and request.query_params.get("q") is None
+        cache.put(key, Cached(body, layer, etag, stamps[layout_only], time.monotonic(), layout_only))
     return _answer(request, body, layer, etag, settings.tile_max_age)
 
 

@@ -77,12 +77,6 @@ class TileLimits:
     query_limit: int | None = None  # most documents counted in Python for clusters (None: the query timeout bounds it)
 
 
-def tile_box(tile: Tile) -> list[list[list[float]]]:
-    """The tile's box as a GeoJSON Polygon's coordinates (for an `intersects` geo-query)."""
-    west, south, east, north = tile.bounds()
-    return [[[west, south], [east, south], [east, north], [west, north], [west, south]]]
-
-
 def _geometry(entity: Entity, geo_attr: str) -> dict[str, Any] | None:
     for instance in entity["attrs"].get(geo_attr, ()):
         value = instance.get("value")
