@@ -279,7 +279,7 @@ class Settings:
         " recently fed is forgotten beyond it.",
     )
     tile_max_features: int = _setting(
-        2000,
+        500,
         "Map tiles (GET /tiles/{z}/{x}/{y}.mvt): most entities drawn one by one in a tile; a tile holding more"
         " gets the `clusters` layer instead (docs/map-data.md).",
     )
