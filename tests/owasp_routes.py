@@ -473,6 +473,9 @@ def probes(ids: Ids) -> list[Probe]:
         p("GET", "/console/language", "public", "/console/language", params={"lang": "zh"}),
         p("GET", "/console/static/{path:path}", "public", "/console/static/console.css"),
         p("GET", "/console/api/{path:path}", "read", f"/console/api{API}/entities/{BUILDING}"),
+        # the map's data (mapdata/): vector tiles and the change stream are reads, as a query is
+        p("GET", "/tiles/{z}/{x}/{y}.mvt", "read", "/tiles/0/0/0.mvt", params={"type": "Building"}),
+        p("GET", "/cityos/v1/changes", "read", "/cityos/v1/changes", params={"type": "Building", "duration": "1"}),
         # the data channel between cities (dataspace/): its admin API, and its partners' API
         p("GET", f"{SPACE}/identity", "admin-read", f"{SPACE}/identity"),
         p("GET", f"{SPACE}/partners", "admin-read", f"{SPACE}/partners"),

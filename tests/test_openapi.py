@@ -159,6 +159,8 @@ def test_every_operation_answers_within_its_description(served: str) -> None:
     seen = 0
     for result in schema.get_all_operations():
         operation = result.ok()
+        if operation.path == "/cityos/v1/changes":  # an endless event stream: tests/test_change_stream.py
+            continue
         strategy = operation.as_strategy()
 
         @hypothesis.given(case=strategy)

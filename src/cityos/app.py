@@ -67,6 +67,9 @@ from cityos.insight.service import IndicatorService
 from cityos.last_resort import LastResort, answer_unexpected, report
 from cityos.lifeline import exit_with_supervisor
 from cityos.logs import configure as configure_logging
+from cityos.mapdata import http as mapdata_http
+from cityos.mapdata.cache import TileCache
+from cityos.mapdata.changes import ChangeHub
 from cityos.net import OutboundPolicy
 from cityos.ngsild import (
     batch,
@@ -485,6 +488,11 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         services.store, registry.core_terms(), attrs=settings.anomaly_attrs, settings=detector_settings(settings)
     )
     forecasts = ForecastService(services.store, registry.core_terms(), directory=settings.forecasters_dir)
+    # the change stream's clients, fed by a change listener (and other workers' NOTIFY)
+    tile_cache = TileCache(settings.tile_cache_mb * 1024 * 1024, settings.tile_cache_seconds)
+    changes = ChangeHub(
+        services.store, settings.changes_max_clients, settings.changes_queue, settings.workers > 1, tile_cache
+    )
     # the register of models (docs/indicators.md): rules and detectors add their providers here
     model_register = ModelRegister()
     model_register.add(lambda: indicator_entries(indicators.indicators))
@@ -526,6 +534,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
                 startup_problem.append(f"cannot start: the policy file was not loaded: {exc}")
                 raise
             follow = policies.follow(follow)
+        follow = changes.follow(follow)
         services.store.set_event_listener(follow)
         stack.callback(services.store.set_event_listener, None)
         await dataspace.start()  # this city's key and partners; agreements become policies
@@ -534,6 +543,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             await policies.reload()
         await pipeline.start()  # before the first write: every change is matched and recorded
         stack.push_async_callback(pipeline.stop)
+        await changes.start()  # a change listener: before the first write
+        stack.push_async_callback(changes.stop)
         await anomalies.start()  # a change listener too: before the IoT Agent's and the demo's writes
         stack.push_async_callback(anomalies.stop)
         try:
@@ -607,6 +618,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *alerts_http.routes(),
         *forecast_http.routes(),
         *open311_http.routes(),
+        *mapdata_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
         *(console_http.routes() if settings.console else []),
@@ -623,6 +635,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     quick_requests(app.router.routes)  # handlers get a CityRequest (serving/requests.py)
     index_routes(app.router)  # a request tries only the routes its path can match (serving/routing.py)
     app.state.services = services
+    app.state.changes = changes
     app.state.federation = federation
     app.state.subscriptions = pipeline.subscriptions
     app.state.csource = csource

@@ -363,6 +363,41 @@ class Settings:
         "Open311: metres within which a report is linked to the nearest asset of its service's types (refAsset);"
         " 0: no link.",
     )
+    tile_max_features: int = _setting(
+        500,
+        "Map tiles (GET /tiles/{z}/{x}/{y}.mvt): most entities drawn one by one in a tile; a tile holding more"
+        " gets the `clusters` layer instead (docs/map-data.md).",
+    )
+    tile_cluster_cells: int = _setting(
+        16, "Map tiles: the clusters layer's grid is this many cells across and down each tile (one point per cell)."
+    )
+    tile_attrs: str = _setting(
+        "availableSpotNumber,totalSpotNumber,pm25,pm10,NO2,height,status,occupancy,speed",
+        "Map tiles: attributes whose values (numbers, booleans, short strings) go into each feature's properties"
+        " (comma list of core @context terms or IRIs).",
+    )
+    tile_max_age: int = _setting(5, "Map tiles: seconds a browser may reuse a tile (Cache-Control: private, max-age).")
+    tile_cache_mb: int = _setting(
+        64,
+        "Map tiles: MiB of rendered tiles kept per worker for callers who may read everything, each dropped when"
+        " an entity change touches it (docs/map-data.md). 0: no cache.",
+    )
+    tile_cache_seconds: float = _setting(
+        30.0, "Map tiles: seconds a cached tile is served at most, changed or not (a bound on a missed change)."
+    )
+    changes_max_clients: int = _setting(
+        100,
+        "Change stream (GET /cityos/v1/changes): most clients connected at once per worker; past it 503 with"
+        " Retry-After. 0: the stream is off.",
+    )
+    changes_queue: int = _setting(
+        1000,
+        "Change stream: events waiting for one client; a client that falls this far behind is dropped with a"
+        " last event saying so (writers never wait for a client).",
+    )
+    changes_keepalive: float = _setting(
+        15.0, "Change stream: seconds without an event after which a keep-alive comment is sent."
+    )
     temporal_disabled_tenants: str = _setting(
         "",
         "Tenants whose changes are not recorded as history (comma list; `@default` is the default tenant, `*` all).",
@@ -425,6 +460,10 @@ class Settings:
             raise ValueError("iot_mqtt_share_group must not contain /, + or #")
         if self.core_context not in ("v1.9", "v1.8"):
             raise ValueError("core_context must be v1.9 or v1.8")
+        if self.tile_max_features < 1 or not 1 <= self.tile_cluster_cells <= 256:
+            raise ValueError("tile_max_features must be positive and tile_cluster_cells 1-256")
+        if self.changes_max_clients < 0 or self.changes_queue < 1 or self.changes_keepalive <= 0:
+            raise ValueError("changes_max_clients must not be negative, changes_queue and changes_keepalive positive")
         if self.query_timeout <= 0:
             raise ValueError("query_timeout must be positive")
         if self.db_busy_timeout <= 0:

@@ -79,6 +79,32 @@ class QueryResult:
     decode: Callable[[bytes], Entity] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class GeoGrid:
+    """A box (lon/lat) cut into cols x rows equal cells, for counting the entities whose GeoProperty
+    `attr` has its centre in each cell (map clusters, mapdata/tiles.py)."""
+
+    attr: str  # expanded GeoProperty name
+    min_x: float
+    min_y: float
+    max_x: float
+    max_y: float
+    cols: int
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class GridCell:
+    """One non-empty cell of a GeoGrid: how many entities, their mean centre and their types."""
+
+    col: int
+    row: int  # 0 at min_y
+    count: int
+    x: float
+    y: float
+    types: tuple[str, ...]  # expanded, sorted
+
+
 @dataclass(slots=True)
 class StoredContextRow:
     tenant: str
@@ -121,7 +147,9 @@ class HistoryRow:
 # same transaction (audit rows are sealed into the chain before the commit). It must be fast.
 # Several consumers each install their own, under their own name.
 EntityLookup = Callable[[str], Entity | None]
-ChangeListener = Callable[[EntityChange, EntityLookup], Sequence[OutboxRow | HistoryRow | AuditRow]]
+# A StoreEvent returned is sent to the other workers when the write commits (a back-end shared by
+# several workers; one that serves a single process ignores it).
+ChangeListener = Callable[[EntityChange, EntityLookup], Sequence["OutboxRow | HistoryRow | AuditRow | StoreEvent"]]
 
 
 @dataclass(slots=True)
@@ -237,6 +265,12 @@ class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, Snapsho
         atomic=False: each operation stands alone and failures are returned in its result."""
 
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult: ...
+
+    async def geo_grid(self, tenant: str, query: EntityQuery, grid: GeoGrid) -> list[GridCell] | None:
+        """The entities `query` selects counted per cell of `grid` (an entity whose box meets the
+        grid's box counts in the cell of its centre, clamped to the grid), in SQL: never a document
+        decoded. None when the query is not exact in SQL (paging.exact_in_sql; a part expired and
+        not swept yet counts too): the caller then counts from query_entities."""
 
     def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
         """A synchronous read for predicates that follow relationships (q `rel{attr}`); it is

@@ -35,6 +35,7 @@ from cityos.store.sqlite_audit import AUDIT_SCHEMA, SQLiteAudit, seal_into
 from cityos.store.sqlite_catalog import SQLiteCatalog
 from cityos.store.sqlite_checkpoint import BACKSTOP_PAGES, Checkpointer
 from cityos.store.sqlite_dataspace import DATASPACE_SCHEMA, SQLiteDataspace
+from cityos.store.sqlite_grid import SQLiteGrid
 from cityos.store.sqlite_history import Names, TimeCodec, instance_prefix
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_layout import inflate, register
@@ -170,6 +171,7 @@ def _regexp(pattern: str, value: str | None) -> bool:
 
 class SQLiteStore(
     SQLiteQueries,
+    SQLiteGrid,
     SQLiteCatalog,
     SQLiteWrites,
     SQLiteTemporal,

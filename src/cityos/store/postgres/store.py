@@ -47,6 +47,7 @@ from cityos.store.postgres.busy import read_again_once, session_settings
 from cityos.store.postgres.catalog import PostgresCatalog
 from cityos.store.postgres.dataspace import PostgresDataspace
 from cityos.store.postgres.events import RESYNC, EventFollower, channel_for, notify
+from cityos.store.postgres.grid import PostgresGrid
 from cityos.store.postgres.identity import PostgresIdentity
 from cityos.store.postgres.lane import Lane, lane_size
 from cityos.store.postgres.outbox import subscription_rows
@@ -106,6 +107,7 @@ POINT_READ = "SELECT doc, next_expiry FROM entities WHERE tenant = $1 AND id = $
 
 class PostgresStore(
     PostgresWrites,
+    PostgresGrid,
     PostgresCatalog,
     PostgresTemporal,
     PostgresIdentity,

@@ -35,9 +35,10 @@ from cityos.entities.expiry import visible
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator, Outcome
 from cityos.errors import NgsiLdError
-from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
+from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow, StoreEvent
 from cityos.store.postgres.audit import pending_cte
 from cityos.store.postgres.busy import Transactions
+from cityos.store.postgres.events import EventFollower, payload_of
 from cityos.store.postgres.outbox import outbox_cte
 from cityos.store.postgres.sql import Params, entity_lock
 from cityos.store.postgres.write_plan import Key, WritePlan
@@ -91,14 +92,16 @@ class _Owed:
     history: list[HistoryRow] = field(default_factory=list)
     audit: list[AuditRow] = field(default_factory=list)
     wakes: list[Wake] = field(default_factory=list)
+    events: list[StoreEvent] = field(default_factory=list)  # told the other workers at commit (NOTIFY)
 
-    def mark(self) -> tuple[int, int, int, int]:
-        return len(self.outbox), len(self.history), len(self.audit), len(self.wakes)
+    def mark(self) -> tuple[int, int, int, int, int]:
+        return len(self.outbox), len(self.history), len(self.audit), len(self.wakes), len(self.events)
 
-    def undo(self, mark: tuple[int, int, int, int]) -> None:
+    def undo(self, mark: tuple[int, int, int, int, int]) -> None:
         del self.outbox[mark[0] :], self.history[mark[1] :], self.audit[mark[2] :], self.wakes[mark[3] :]
+        del self.events[mark[4] :]
 
-    def add(self, rows: Sequence[OutboxRow | HistoryRow | AuditRow], wake: Wake | None) -> None:
+    def add(self, rows: Sequence[OutboxRow | HistoryRow | AuditRow | StoreEvent], wake: Wake | None) -> None:
         outbox = [r for r in rows if isinstance(r, OutboxRow)]
         if outbox:
             self.outbox.extend(outbox)
@@ -106,6 +109,7 @@ class _Owed:
                 self.wakes.append(wake)
         self.history.extend(r for r in rows if isinstance(r, HistoryRow))
         self.audit.extend(r for r in rows if isinstance(r, AuditRow))
+        self.events.extend(r for r in rows if isinstance(r, StoreEvent))
 
 
 class PostgresWrites(Transactions):
@@ -116,6 +120,8 @@ class PostgresWrites(Transactions):
         _listeners: dict[str, tuple[ChangeListener, Wake | None]]
         _sync_pool: ThreadPoolExecutor
         _tenants_made: set[str]  # tenants whose row this process has seen committed (_flush)
+        _events: EventFollower
+        worker_id: str
 
         def _block_on(self, coroutine: Any) -> Any: ...
 
@@ -282,6 +288,11 @@ class PostgresWrites(Transactions):
             await self.history_lost(connection, owed.history, history, lost)
         elif ctes:
             await connection.execute("WITH " + ", ".join(ctes) + " SELECT 1", *p.values)
+        if owed.events:  # one statement for the write's events, delivered when it commits
+            payloads = [payload_of(self.worker_id, event) for event in owed.events]
+            await connection.execute(
+                "SELECT pg_notify($1, x) FROM unnest($2::text[]) x", self._events.channel, payloads
+            )
         if owed.audit:
             self._wake_sealer()
         if owed.history and (history is None or not history.cte):

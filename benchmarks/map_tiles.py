@@ -1,0 +1,196 @@
+"""Map tiles and the change stream at city scale (issue 18), against a real `cityos serve`.
+
+    python -m benchmarks.map_tiles build DATABASE 100000     # OffStreetParking bench-{i}, Porto
+    python -m benchmarks.map_tiles tiles DATABASE 60 [cold]  # 60 random tiles per zoom, 10-16
+    python -m benchmarks.map_tiles stream DATABASE 200 10    # 200 changes/s for 10 s, one SSE client
+
+DATABASE is a SQLite file or a PostgreSQL URL (a migrated schema's, `...?search_path=SCHEMA,public`).
+`build` is benchmarks.scale_reads' (batch upserts in-process, history off). `tiles` starts a server
+on the database and sends, one at a time over one keep-alive connection, GET /tiles/z/x/y.mvt for
+tiles of the city (each tile once where the zoom has enough, else its few tiles in turn; `cold`:
+the server's tile cache off, so every tile is drawn), and prints
+per zoom the latency percentiles, the layer answered and the features per tile. `stream` connects
+one client to GET /cityos/v1/changes?type=OffStreetParking, then updates `availableSpotNumber` of
+random stored entities at RATE changes per second (batch upserts of RATE/10 entities every 100 ms)
+and prints how many changes arrived, and the delay from each batch's answer to its events' arrival.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from benchmarks.entities import LAT, LON, entity_id
+from benchmarks.scale_reads import build
+from benchmarks.servers import cityos_server
+from cityos.store import is_postgres
+
+ZOOMS = (10, 11, 12, 13, 14, 15, 16)
+API = "/ngsi-ld/v1"
+
+
+def tile_of(lon: float, lat: float, z: int) -> tuple[int, int]:
+    n = 1 << z
+    x = int((lon + 180.0) / 360.0 * n)
+    y = int((1.0 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2.0 * n)
+    return x, y
+
+
+def _server(database: str, workdir: Path, cold: bool = False) -> Any:
+    extra = ["--temporal-disabled-tenants", "*", *(["--tile-cache-mb", "0"] if cold else [])]
+    if is_postgres(database):
+        return cityos_server(workdir, database, extra=extra)
+    return cityos_server(workdir, database=Path(database), extra=extra)
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1)]
+
+
+def tiles(database: str, per_zoom: int, cold: bool = False) -> list[dict[str, Any]]:
+    from tests.mvt_decode import decode  # the tests' independent decoder: counts what a client sees
+
+    rng = random.Random(18)
+    rows = []
+    with (
+        tempfile.TemporaryDirectory() as work,
+        _server(database, Path(work), cold) as server,
+        httpx.Client(base_url=server.base, timeout=30) as client,
+    ):
+        for _ in range(10):  # warm-up: connections, first statements
+            client.get("/tiles/14/7795/6130.mvt")
+        for z in ZOOMS:
+            (x0, y0), (x1, y1) = tile_of(LON[0], LAT[1], z), tile_of(LON[1], LAT[0], z)
+            city = [(x, y) for x in range(x0, x1 + 1) for y in range(y0, y1 + 1)]
+            # each tile of the city once when it has enough; else (low zooms) its few tiles in turn
+            chosen = rng.sample(city, per_zoom) if len(city) >= per_zoom else (city * per_zoom)[:per_zoom]
+            seen = set(chosen)
+            times, features, layers = [], [], set()
+            for x, y in chosen:
+                started = time.perf_counter()
+                response = client.get(f"/tiles/{z}/{x}/{y}.mvt")
+                times.append((time.perf_counter() - started) * 1000)
+                assert response.status_code == 200, response.text
+                layer = response.headers["x-tile-layer"]
+                layers.add(layer)
+                decoded = decode(response.content)
+                features.append(len(decoded[layer]["features"]) if layer in decoded else 0)
+            rows.append(
+                {
+                    "zoom": z,
+                    "tiles": len(seen),
+                    "requests": len(times),
+                    "layer": "/".join(sorted(layers)),
+                    "features_median": statistics.median(features),
+                    "p50_ms": round(percentile(times, 0.50), 1),
+                    "p95_ms": round(percentile(times, 0.95), 1),
+                    "max_ms": round(max(times), 1),
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def stream(database: str, rate: int, seconds: float) -> dict[str, Any]:
+    stored = 100_000
+    batch, interval = max(1, rate // 10), 0.1
+    received: list[tuple[float, str, int]] = []
+    dropped = threading.Event()
+    ready = threading.Event()
+    stop = threading.Event()
+    with tempfile.TemporaryDirectory() as work, _server(database, Path(work)) as server:
+
+        def listen() -> None:
+            with httpx.Client(base_url=server.base, timeout=httpx.Timeout(30, read=60)) as client:
+                params = {"type": "OffStreetParking"}
+                with client.stream("GET", "/cityos/v1/changes", params=params) as response:
+                    ready.set()
+                    kind = ""
+                    for line in response.iter_lines():
+                        if line.startswith("event: "):
+                            kind = line[7:]
+                            if kind == "dropped":
+                                dropped.set()
+                        elif line.startswith("data: ") and kind == "change":
+                            data = orjson.loads(line[6:])
+                            received.append((time.perf_counter(), data["id"], data["attrs"]["availableSpotNumber"]))
+                        if stop.is_set():
+                            return
+
+        thread = threading.Thread(target=listen, daemon=True)
+        thread.start()
+        ready.wait(10)
+        time.sleep(0.3)
+        rng = random.Random(200)
+        answered: dict[tuple[str, int], float] = {}
+        with httpx.Client(base_url=server.base, timeout=30) as client:
+            started = time.perf_counter()
+            rounds = int(seconds / interval)
+            for round_ in range(rounds):
+                value = 100_000 + round_
+                ids = rng.sample(range(stored), batch)
+                body = [
+                    {
+                        "id": entity_id(i),
+                        "type": "OffStreetParking",
+                        "availableSpotNumber": {"type": "Property", "value": value},
+                    }
+                    for i in ids
+                ]
+                response = client.post(
+                    f"{API}/entityOperations/upsert",
+                    params={"options": "update"},
+                    content=orjson.dumps(body),
+                    headers={"Content-Type": "application/json"},
+                )
+                assert response.status_code in (201, 204), response.text
+                done = time.perf_counter()
+                for i in ids:
+                    answered[(entity_id(i), value)] = done
+                pause = started + (round_ + 1) * interval - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+            elapsed = time.perf_counter() - started
+        deadline = time.monotonic() + 5
+        while len(received) < len(answered) and time.monotonic() < deadline and not dropped.is_set():
+            time.sleep(0.05)
+        stop.set()
+        delays = [(at - answered[(i, v)]) * 1000 for at, i, v in received if (i, v) in answered]
+    result = {
+        "changes_sent": len(answered),
+        "seconds": round(elapsed, 2),
+        "rate_sent_per_s": round(len(answered) / elapsed, 1),
+        "events_received": len(delays),
+        "dropped": dropped.is_set(),
+        "delay_p50_ms": round(percentile(delays, 0.5), 1) if delays else None,
+        "delay_p95_ms": round(percentile(delays, 0.95), 1) if delays else None,
+        "delay_max_ms": round(max(delays), 1) if delays else None,
+    }
+    print(result, flush=True)
+    return result
+
+
+def main(argv: list[str]) -> Any:
+    if len(argv) == 3 and argv[0] == "build":
+        return asyncio.run(build(argv[1], int(argv[2])))
+    if len(argv) in (3, 4) and argv[0] == "tiles":
+        return tiles(argv[1], int(argv[2]), cold=argv[3:] == ["cold"])
+    if len(argv) == 4 and argv[0] == "stream":
+        return stream(argv[1], int(argv[2]), float(argv[3]))
+    raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,349 @@
+"""The change stream: GET /cityos/v1/changes pushes each entity change the caller may read, as
+server-sent events, to draw a live map without polling.
+
+Where the changes come from: a change listener of the store (as subscriptions, history and the
+audit trail are), which only hands each change to the event loop and returns at once, so writers
+never wait for a client. With several workers (PostgreSQL) the listener also returns a StoreEvent
+per change, which the store sends with NOTIFY when the write commits; the other workers read the
+entity again and push it to their own clients (a delete carries the entity's types).
+
+Per client: a bounded queue (--changes-queue); a client that falls that far behind is dropped with
+a last `dropped` event (it reconnects and reloads its tiles). Each event is filtered by the client's
+type and q, and by its read policy, as a query would be (visible entities only, attributes it may
+not read removed). At most --changes-max-clients clients per worker.
+
+Limits: a change the listener saw in a write that then rolled back (an atomic batch whose later
+operation failed) is pushed all the same (the map re-reads an entity when clicked); the caller's
+policy is the one in force when it connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from cityos.entities.model import Entity
+from cityos.errors import BadRequestData, NgsiLdError, retry_after_seconds
+from cityos.jsonld.termmap import TermMap
+from cityos.mapdata.cache import TileCache
+from cityos.ops.declare import api
+from cityos.policy.decision import ReadView
+from cityos.snapshots.scope import MARK
+from cityos.store.base import EntityChange, EntityLookup, EntityStore, StoreEvent
+from cityos.store.side_rows import instance_boxes
+
+log = logging.getLogger("cityos.mapdata")
+
+PATH = "/cityos/v1/changes"
+LISTENER = "changes"
+EVENT_KIND = "entity-change"  # the StoreEvent other workers hear (store/postgres/events.py)
+MAX_ATTRS = 32  # attributes in one event
+MAX_STRING = 256  # a string value longer than this is left out of an event
+GEO = "https://uri.etsi.org/ngsi-ld/location"
+RESYNC = "resync"  # another worker's events may have been missed (store/postgres/events.py)
+RETOUCH = 1.0  # seconds after a change when its tiles are invalidated once more
+
+
+class TooManyClients(NgsiLdError):
+    """The worker serves --changes-max-clients streams already: try again later (or another worker)."""
+
+    type_name, status, title = "TooManyClients", 503, "Too many change stream clients"
+    retry: ClassVar[int] = 5
+
+    @property
+    def type_uri(self) -> str:
+        return "urn:cityos:errors:TooManyClients"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(retry_after_seconds(self.retry))}
+
+
+def boxes_of(entity: Entity | None) -> list[tuple[float, float, float, float]]:
+    """(min_x, min_y, max_x, max_y) of each geometry of an entity: the tiles a change touches."""
+    if entity is None:
+        return []
+    return [(box[0], box[2], box[1], box[3]) for _, box, _ in instance_boxes(entity)]
+
+
+def _layout_changed(before: Entity | None, after: Entity | None) -> bool:
+    """Whether a change can change the clusters: a create, a delete, new types or a new geometry
+    (an expiry too, which the store sweeps as a change of its own)."""
+    if before is None or after is None or before["type"] != after["type"]:
+        return True
+    return bool(boxes_of(before) != boxes_of(after) or before.get("expiresAt") != after.get("expiresAt"))
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_STRING
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, bool | int)
+
+
+def event_of(entity: Entity, compact: Callable[[str], str], deleted: bool = False) -> dict[str, Any]:
+    """The event's data: {"id", "type", "location"?, "attrs": {name: value}, "modifiedAt"}
+    (`deleted`: true, and no attributes, when the entity is gone or no longer matches)."""
+    event: dict[str, Any] = {"id": entity["id"], "type": compact(entity["type"][0]) if entity["type"] else None}
+    attrs: dict[str, Any] = {}
+    for iri, instances in entity["attrs"].items():
+        if deleted or len(attrs) >= MAX_ATTRS or not instances:
+            break
+        instance = instances[0]
+        kind = instance.get("type")
+        if kind == "GeoProperty" and iri == GEO:
+            event["location"] = instance.get("value")
+        elif kind == "Property" and _plain(instance.get("value")):
+            attrs[compact(iri)] = instance["value"]
+        elif kind == "Relationship" and isinstance(instance.get("object"), str):
+            attrs[compact(iri)] = instance["object"]
+    event["attrs"] = attrs
+    if deleted:
+        event["deleted"] = True
+    if entity.get("modifiedAt"):
+        event["modifiedAt"] = entity["modifiedAt"]
+    return event
+
+
+@dataclass(eq=False)
+class Client:
+    """One connected stream: its tenant, filter and policy, and the queue of its events."""
+
+    tenant: str
+    matches: Callable[[Entity], bool]  # type, q
+    read: ReadView
+    compact: Callable[[str], str]
+    queue: asyncio.Queue[bytes | None]
+    dropped: bool = False
+    sent: int = 0
+
+    def judge(self, before: Entity | None, after: Entity | None) -> bytes | None:
+        """The event for this client of a change, or None (not its business)."""
+        read = self.read
+        if after is not None and read.visible(after) and self.matches(after):
+            seen = after if read.unrestricted else read.project(after)
+            return orjson.dumps(event_of(seen, self.compact))
+        if before is not None and read.visible(before) and self.matches(before):
+            return orjson.dumps(event_of(before, self.compact, deleted=True))  # gone, or out of its filter
+        return None
+
+
+@dataclass(eq=False)
+class ChangeHub:
+    """Feeds every connected client of this worker from the store's changes (and other workers')."""
+
+    store: EntityStore
+    max_clients: int
+    queue_size: int
+    shared: bool  # several workers: tell the others of each change (NOTIFY at commit)
+    cache: TileCache | None = None  # rendered tiles, invalidated by each change's boxes
+    clients: set[Client] = field(default_factory=set)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _reads: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self) -> None:
+        if self.max_clients <= 0 and (self.cache is None or not self.cache.enabled):
+            return
+        self._loop = asyncio.get_running_loop()
+        self.store.set_change_listener(self.listener, None, name=LISTENER)
+
+    async def stop(self) -> None:
+        if self._loop is None:
+            return
+        self.store.set_change_listener(None, None, name=LISTENER)
+        self._loop = None
+        for task in list(self._reads):
+            task.cancel()
+        for client in list(self.clients):
+            with contextlib.suppress(asyncio.QueueFull):
+                client.queue.put_nowait(None)
+
+    def listener(self, change: EntityChange, _lookup: EntityLookup) -> Sequence[StoreEvent]:
+        """In the write's transaction (a store thread): hand the change over, never wait."""
+        if MARK in change.tenant:  # a snapshot being filled: not the live city
+            return ()
+        loop = self._loop
+        if loop is not None and self.clients:
+            loop.call_soon_threadsafe(self.publish, change.tenant, change.before, change.after)
+        cache = self.cache
+        boxes = boxes_of(change.before) + boxes_of(change.after) if cache is not None and cache.enabled else []
+        layout = _layout_changed(change.before, change.after)
+        if cache is not None and boxes:
+            cache.touched(change.tenant, boxes, layout)
+            if loop is not None:  # again once the write has surely committed: a tile drawn in between is stale
+                loop.call_soon_threadsafe(loop.call_later, RETOUCH, cache.touched, change.tenant, boxes, layout)
+        if not self.shared:
+            return ()
+        gone = change.after is None
+        types = (change.before if gone else change.after or {}).get("type", [])  # type: ignore[union-attr]
+        data = {"types": types, "deleted": gone, "boxes": boxes, "layout": layout}
+        return (StoreEvent(EVENT_KIND, change.tenant, change.entity_id, data),)
+
+    def publish(self, tenant: str, before: Entity | None, after: Entity | None) -> None:
+        """On the loop: queue the change's event for each client that may see it."""
+        for client in list(self.clients):
+            if client.tenant != tenant or client.dropped:
+                continue
+            try:
+                data = client.judge(before, after)
+            except Exception:  # one bad filter must not stop the others
+                log.exception("judging a change for a stream failed")
+                continue
+            if data is None:
+                continue
+            try:
+                client.queue.put_nowait(data)
+            except asyncio.QueueFull:
+                client.dropped = True  # the stream ends with a `dropped` event
+
+    def follow(self, previous: Callable[[StoreEvent], None]) -> Callable[[StoreEvent], None]:
+        """Wrap the app's listener of other workers' events: their changes reach our clients too."""
+
+        def on_event(event: StoreEvent) -> None:
+            if event.kind == EVENT_KIND and self.cache is not None:
+                boxes = (event.data or {}).get("boxes")
+                if isinstance(boxes, list):
+                    found = [tuple(b) for b in boxes if isinstance(b, list) and len(b) == 4]
+                    self.cache.touched(event.tenant, found, (event.data or {}).get("layout") is not False)
+                else:  # a payload too large for NOTIFY lost its data
+                    self.cache.everything_changed()
+            if event.kind == RESYNC and self.cache is not None:
+                self.cache.everything_changed()
+            if event.kind == EVENT_KIND:
+                if self.clients and self._loop is not None:
+                    task = asyncio.create_task(self._read_again(event))
+                    self._reads.add(task)
+                    task.add_done_callback(self._reads.discard)
+                return
+            previous(event)
+
+        return on_event
+
+    async def _read_again(self, event: StoreEvent) -> None:
+        data = event.data or {}
+        types = [t for t in data.get("types", []) if isinstance(t, str)]
+        try:
+            after = None if data.get("deleted") else await self.store.get_entity(event.tenant, event.key)
+        except Exception:
+            log.warning("reading %s for the change stream failed", event.key)
+            return
+        before = None if after is not None else {"id": event.key, "type": types, "attrs": {}}
+        self.publish(event.tenant, before, after)
+
+    def check_room(self) -> None:
+        if len(self.clients) >= self.max_clients:
+            raise TooManyClients(f"this worker serves {self.max_clients} change streams already")
+
+    def client(self, tenant: str, matches: Callable[[Entity], bool], read: ReadView, terms: TermMap) -> Client:
+        """A client, connected once its stream starts (events())."""
+        return Client(tenant, matches, read, terms.compact, asyncio.Queue(self.queue_size))
+
+    def disconnect(self, client: Client) -> None:
+        self.clients.discard(client)
+
+
+def hub_of(request: Request) -> ChangeHub:
+    hub: ChangeHub = request.scope["app"].state["changes"]
+    return hub
+
+
+async def events(
+    client: Client, hub: ChangeHub, keepalive: float, duration: float | None = None
+) -> AsyncIterator[bytes]:
+    """The stream's bytes: a first comment, then each event, a comment after `keepalive` seconds of
+    silence, and a last `dropped` event for a client that fell behind; it ends after `duration`
+    seconds when one is given."""
+    hub.clients.add(client)
+    loop = asyncio.get_running_loop()
+    end = None if duration is None else loop.time() + duration
+    try:
+        yield b": cityos change stream\nretry: 3000\n\n"
+        while True:
+            if client.dropped:
+                yield b'event: dropped\ndata: {"reason":"the client fell behind; reload and reconnect"}\n\n'
+                return
+            wait = keepalive if end is None else min(keepalive, end - loop.time())
+            if wait <= 0:
+                return
+            try:
+                data = await asyncio.wait_for(client.queue.get(), wait)
+            except TimeoutError:
+                if end is None or loop.time() < end:
+                    yield b": keep-alive\n\n"
+                continue
+            if data is None:  # the server is stopping
+                return
+            client.sent += 1
+            yield b"event: change\ndata: " + data + b"\n\n"
+    finally:
+        hub.disconnect(client)
+
+
+MAX_DURATION = 86400.0
+
+
+def _duration(raw: str | None) -> float | None:
+    """`duration`: seconds after which the server ends the stream (a client behind a proxy that cuts
+    long requests, a check that the stream answers); absent: the stream lasts as long as the client."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_DURATION:
+        raise BadRequestData(f"duration must be a number of seconds above 0 and at most {MAX_DURATION:.0f}")
+    return value
+
+
+STREAM_PARAMS = ("type", "q", "duration")
+
+
+@api(
+    "The change stream: entity changes as server-sent events (docs/map-data.md)",
+    query=STREAM_PARAMS,
+    returns="Text",
+    media=("text/event-stream",),
+    errors=(400, 503),
+)
+async def stream_changes(request: Request) -> Response:
+    from cityos.ngsild import access
+    from cityos.ngsild.common import check_params, existing_tenant, query_context, services
+    from cityos.query.entity_query import QuerySpec, build_entity_query
+
+    check_params(request, STREAM_PARAMS)
+    duration = _duration(request.query_params.get("duration"))
+    hub = hub_of(request)
+    settings = services(request).settings
+    if hub.max_clients <= 0:
+        raise TooManyClients("the change stream is off (--changes-max-clients 0)")
+    tenant = await existing_tenant(request)
+    context = await query_context(request, tenant)
+    params = request.query_params
+    query = build_entity_query(
+        QuerySpec(type_expr=params.get("type"), q=params.get("q"), max_pattern_length=settings.max_pattern_length),
+        context.terms.expand,
+    )
+    types = frozenset(query.types) if query.types is not None else None
+    predicate = query.predicate
+
+    def matches(entity: Entity) -> bool:
+        if types is not None and types.isdisjoint(entity["type"]):
+            return False
+        return predicate is None or predicate(entity)
+
+    hub.check_room()
+    client = hub.client(tenant, matches, access.view(request, tenant), context.terms)
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(
+        events(client, hub, settings.changes_keepalive, duration), media_type="text/event-stream", headers=headers
+    )

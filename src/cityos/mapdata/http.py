@@ -1,0 +1,120 @@
+"""Thin Starlette handlers of the map data: GET /tiles/{z}/{x}/{y}.mvt and GET /cityos/v1/changes."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cityos.jsonld.registry import ResolvedContext
+from cityos.mapdata import changes
+from cityos.mapdata.cache import Cached
+from cityos.mapdata.changes import hub_of
+from cityos.mapdata.tiles import Tile, TileLimits, render_tile
+from cityos.ngsild import access
+from cityos.ngsild.common import check_params, existing_tenant, query_context, services
+from cityos.ops.declare import api
+from cityos.query import budget
+from cityos.query.entity_query import QuerySpec, build_entity_query
+from cityos.store.base import EntityQuery
+
+MVT = "application/vnd.mapbox-vector-tile"
+TILE_PARAMS = ("type", "q")
+GEO_ATTR = "location"
+
+
+def display_names(raw: str, context: ResolvedContext) -> dict[str, str]:
+    """The --tile-attrs setting as {expanded IRI: the name used in the tile}, in the request's @context."""
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    return {context.terms.expand(n): context.terms.compact(context.terms.expand(n)) for n in names}
+
+
+def _queries(
+    request: Request, tenant: str, context: ResolvedContext, tile: Tile
+) -> tuple[EntityQuery, Callable[[int | None], EntityQuery]]:
+    """The caller's query (type, q, its access policy) without and with the tile's box. The box is
+    the store's geo box alone, without an exact geo test: a point meets the tile exactly when it is in
+    the box, and a shape whose box meets the tile is drawn, clipped by the map, at worst for nothing."""
+    params = request.query_params
+    settings = services(request).settings
+    spec = QuerySpec(type_expr=params.get("type"), q=params.get("q"), max_pattern_length=settings.max_pattern_length)
+    read = access.view(request, tenant)
+    west, south, east, north = tile.bounds()
+    box = (context.terms.expand(GEO_ATTR), (west, east, south, north))
+
+    def query(limit: int | None, boxed: bool) -> EntityQuery:
+        built = build_entity_query(spec, context.terms.expand)  # validates type and q (BadRequestData)
+        if boxed:
+            built.geo_box = box
+        built.limit = limit
+        return access.restrict(built, read)
+
+    plain = query(None, boxed=False)
+    return plain, lambda limit: query(limit, boxed=True)
+
+
+@budget.per_request
+@api(
+    "A map tile (Mapbox Vector Tile 2.1) of the entities, or of their clusters (docs/map-data.md)",
+    query=TILE_PARAMS,
+    returns="Any",
+    media=("application/vnd.mapbox-vector-tile",),
+    errors=(400,),
+    more={304: None},
+)
+async def get_tile(request: Request) -> Response:
+    check_params(request, TILE_PARAMS)
+    path = request.path_params
+    tile = Tile.parse(path["z"], path["x"], path["y"])
+    tenant = await existing_tenant(request)
+    context = await query_context(request, tenant)
+    plain, boxed = _queries(request, tenant, context, tile)
+    settings = services(request).settings
+    read = access.view(request, tenant)
+    cache = hub_of(request).cache if read.unrestricted else None  # a restricted caller's tile is never kept
+    key = (tenant, tile, request.query_params.get("type"), request.query_params.get("q"), request.headers.get("link"))
+    found = cache.get(key, tenant, tile.z, tile.x, tile.y) if cache is not None and cache.enabled else None
+    if found is not None:
+        return _answer(request, found.body, found.layer, found.etag, settings.tile_max_age)
+    stamps = [cache.stamp(tenant, tile.z, tile.x, tile.y, layout) for layout in (False, True)] if cache else None
+    body, layer = await render_tile(
+        services(request).store,
+        tenant,
+        tile,
+        plain,
+        boxed,
+        context.terms.expand(GEO_ATTR),
+        display_names(settings.tile_attrs, context),
+        context.terms.compact,
+        TileLimits(settings.tile_max_features, settings.tile_cluster_cells),
+        project=None if read.unrestricted else read.project,
+    )
+    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    if cache is not None and stamps is not None:
+        # clusters without q count entities by place and type: an attribute's new value leaves them as they are
+        layout_only = layer == "clusters" and request.query_params.get("q") is None
+        cache.put(key, Cached(body, layer, etag, stamps[layout_only], time.monotonic(), layout_only))
+    return _answer(request, body, layer, etag, settings.tile_max_age)
+
+
+def _answer(request: Request, body: bytes, layer: str, etag: str, max_age: int) -> Response:
+    headers = {
+        "ETag": etag,
+        "Cache-Control": f"private, max-age={max_age}",  # what a caller sees depends on its policy
+        "Vary": "Authorization, NGSILD-Tenant, Link",
+        "X-Tile-Layer": layer,
+    }
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=MVT, headers=headers)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/tiles/{z}/{x}/{y}.mvt", get_tile, methods=["GET"]),
+        Route(changes.PATH, changes.stream_changes, methods=["GET"]),
+    ]
