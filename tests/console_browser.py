@@ -29,9 +29,11 @@ def chromium_or_skip() -> None:
         pytest.skip(f"no {CHROMIUM} (apt-get install chromium; .ci/run installs it)")
 
 
-@pytest.fixture(scope="session", name="browser")
+@pytest.fixture(scope="module", name="browser")
 def browser_fixture() -> Iterator[Any]:
-    """One chromium for the session (WebGL through SwiftShader, for the map)."""
+    """One chromium per test file (WebGL through SwiftShader, for the map). Not per session:
+    Playwright's sync API keeps its event loop running in the thread while it is open, and every
+    later test of the same worker that runs an event loop (asyncio.run) would fail."""
     chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
