@@ -29,6 +29,11 @@ from cityos.auth.middleware import REQUEST_ID_HEADER, AuthMiddleware, request_id
 from cityos.auth.principal import current_request_id
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE
 from cityos.auth.service import Identity
+from cityos.catalog import http as catalog_http
+from cityos.catalog.model import EMPTY as EMPTY_CATALOG
+from cityos.catalog.model import CatalogFileError, load_catalog
+from cityos.catalog.public import PublicData
+from cityos.catalog.service import CatalogService
 from cityos.dataspace import http as dataspace_http
 from cityos.dataspace.door import PartnerDoor
 from cityos.dataspace.service import AgreementDirectory, DataspaceService
@@ -43,6 +48,7 @@ from cityos.errors import (
     ResourceNotFound,
     log_failure,
 )
+from cityos.exports import http as exports_http
 from cityos.federation.client import Forwarder
 from cityos.federation.subscriptions import FederatedSubscriptions
 from cityos.ingest.service import IngestService
@@ -441,6 +447,17 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         services.store, registry.core_terms(), attrs=settings.anomaly_attrs, settings=detector_settings(settings)
     )
     forecasts = ForecastService(services.store, registry.core_terms())
+    # the open-data catalogue: the anonymous caller's view, as the policies give it (docs/open-data.md)
+    open_data = CatalogService(
+        PublicData(
+            services.store,
+            registry.core_terms(),
+            EMPTY_CATALOG,  # the declared one is loaded at start (_start), a refused file said in one line
+            authorizer=lambda: services.authorizer,
+            k=settings.open_data_k,
+            max_rows=settings.export_max_rows,
+        )
+    )
     # the register of models (docs/indicators.md): rules and detectors add their providers here
     model_register = ModelRegister()
     model_register.add(lambda: indicator_entries(indicators.indicators))
@@ -499,6 +516,11 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         except (IndicatorFileError, OSError) as exc:
             startup_problem.append(f"cannot start: an indicator file was refused: {exc}")
             raise
+        try:
+            open_data.public.catalog = load_catalog(settings.catalog_file, demo=settings.demo_on_empty)
+        except CatalogFileError as exc:
+            startup_problem.append(f"cannot start: the open-data catalogue was refused: {exc}")
+            raise
         indicators.start()  # the schedule (--indicators-interval); results go through the write path
         stack.push_async_callback(indicators.stop)
         try:
@@ -539,6 +561,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *insight_http.routes(),
         *alerts_http.routes(),
         *forecast_http.routes(),
+        *exports_http.routes(),  # before the catalogue's: /catalog/datasets/{id}/{kind}.{fmt}
+        *catalog_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
     ]
@@ -565,6 +589,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     app.state.alert_rules = alert_rules
     app.state.anomalies = anomalies  # its on_flag list is the hook for alert rules
     app.state.forecasts = forecasts
+    app.state.catalog = open_data
     app.state.model_register = model_register
     app.add_middleware(snapshots_http.SnapshotHeader, answer=ngsild_error)  # innermost: inside authentication
     app.state.dataspace = dataspace

@@ -7,6 +7,7 @@ cityos keys create|list|revoke   cityos users create|list|delete|passwd
 cityos audit export|verify|pubkey|checkpoint
 cityos dataspace init|show   cityos partners|offers|agreements ...
 cityos indicators list|compute|verify   cityos rules list
+cityos export DATASET --format csv|geojson|parquet [--history]
 cityos --version
 """
 
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from cityos import __version__
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE, shared_table
-from cityos.cli import audit, dataspace, db, identity, imports, indicators, iot, rules
+from cityos.cli import audit, dataspace, db, export, identity, imports, indicators, iot, rules
 from cityos.cli.common import fail
 from cityos.errors import DatabaseBusy
 from cityos.settings import Settings, describe, env_name
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_setting_options(serve)
     # each command group registers its own subcommands
-    for module in (imports, iot, db, identity, audit, dataspace, indicators, rules):
+    for module in (imports, iot, db, identity, audit, dataspace, indicators, rules, export):
         module.register(commands)
     return parser
 

@@ -1,0 +1,55 @@
+"""Download routes of the public datasets (docs/open-data.md), streamed:
+
+GET /catalog/datasets/{id}/entities.{csv,geojson,parquet}    the current entities
+GET /catalog/datasets/{id}/history.{csv,geojson,parquet}     every attribute instance of their history
+GET /catalog/datasets/{id}/entities.csv-metadata.json        the CSV's CSVW metadata (licence, attribution, columns)
+
+A dataset above --export-max-rows is refused (403 TooManyResults) before the first byte.
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from cityos.catalog.http import base_url, service
+
+CACHE = "public, max-age=60"
+
+
+def _links(request: Request, licence: str, dataset_id: str, fmt: str) -> str:
+    links = [f'<{licence}>; rel="license"']
+    if fmt == "csv":
+        meta = f"{base_url(request)}/catalog/datasets/{dataset_id}/entities.csv-metadata.json"
+        links.append(f'<{meta}>; rel="describedby"; type="application/csvm+json"')
+    return ", ".join(links)
+
+
+async def download(request: Request) -> Response:
+    exporter = service(request).exporter
+    dataset = exporter.public.dataset(request.path_params["dataset_id"])
+    kind, fmt = request.path_params["kind"], request.path_params["fmt"]
+    export = await exporter.export(dataset, kind, fmt, source=str(request.url))
+    headers = {
+        "Content-Disposition": f'attachment; filename="{export.filename}"',
+        "Cache-Control": CACHE,
+        "Link": _links(request, dataset.licence, dataset.id, fmt if kind == "entities" else ""),
+    }
+    return StreamingResponse(export.chunks, media_type=export.media_type, headers=headers)
+
+
+async def csv_metadata(request: Request) -> Response:
+    exporter = service(request).exporter
+    dataset = exporter.public.dataset(request.path_params["dataset_id"])
+    csv_url = f"{base_url(request)}/catalog/datasets/{dataset.id}/entities.csv"
+    body = await exporter.csvw(dataset, csv_url, source=csv_url)
+    return Response(orjson.dumps(body), media_type="application/csvm+json", headers={"Cache-Control": CACHE})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/catalog/datasets/{dataset_id}/entities.csv-metadata.json", csv_metadata, methods=["GET"]),
+        Route("/catalog/datasets/{dataset_id}/{kind:str}.{fmt:str}", download, methods=["GET"]),
+    ]
