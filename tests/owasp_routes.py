@@ -61,6 +61,18 @@ PUBLIC_ROUTES = {
     ("GET", "/cityos/v1/indicators"),  # how each indicator is computed: public, as an algorithm register
     ("GET", "/cityos/v1/rules"),  # how each alert is decided: public, as an algorithm register
     ("GET", "/cityos/v1/insight/register"),  # the register of models: every indicator and forecaster, public
+    # open data (docs/open-data.md): the catalogue, its downloads and the CKAN read API answer anyone
+    # with what the policies give the anonymous caller, never personal attributes
+    ("GET", "/catalog"),
+    ("GET", "/catalog/datasets"),
+    ("GET", "/catalog/datasets/{dataset_id}"),
+    ("GET", "/catalog/datasets/{dataset_id}/counts"),
+    ("GET", "/catalog/datasets/{dataset_id}/entities.csv-metadata.json"),
+    ("GET", "/catalog/datasets/{dataset_id}/{kind:str}.{fmt:str}"),
+    ("GET", "/api/3/action/{action}"),
+    ("POST", "/api/3/action/{action}"),
+    ("GET", "/api/action/{action}"),
+    ("POST", "/api/action/{action}"),
 }
 # the handler that only answers 400 for a missing entity id (`/entities/`, `/entities//attrs`)
 MALFORMED = "missing_entity_id"
@@ -395,6 +407,27 @@ def probes(ids: Ids) -> list[Probe]:
             "/cityos/v1/forecasters/pm25-next-day/compute",
         ),
         p("GET", "/cityos/v1/insight/register", "public", "/cityos/v1/insight/register"),
+        # open data (catalog/, exports/): public routes over the anonymous caller's view
+        p("GET", "/catalog", "public", "/catalog"),
+        p("GET", "/catalog/datasets", "public", "/catalog/datasets"),
+        p("GET", "/catalog/datasets/{dataset_id}", "public", "/catalog/datasets/buildings"),
+        p("GET", "/catalog/datasets/{dataset_id}/counts", "public", "/catalog/datasets/buildings/counts?by=name"),
+        p(
+            "GET",
+            "/catalog/datasets/{dataset_id}/entities.csv-metadata.json",
+            "public",
+            "/catalog/datasets/buildings/entities.csv-metadata.json",
+        ),
+        p(
+            "GET",
+            "/catalog/datasets/{dataset_id}/{kind:str}.{fmt:str}",
+            "public",
+            "/catalog/datasets/buildings/entities.csv",
+        ),
+        p("GET", "/api/3/action/{action}", "public", "/api/3/action/package_list"),
+        p("POST", "/api/3/action/{action}", "public", "/api/3/action/package_search", json={"q": "Tower"}),
+        p("GET", "/api/action/{action}", "public", "/api/action/organization_list"),
+        p("POST", "/api/action/{action}", "public", "/api/action/package_show", json={"id": "buildings"}),
         # the data channel between cities (dataspace/): its admin API, and its partners' API
         p("GET", f"{SPACE}/identity", "admin-read", f"{SPACE}/identity"),
         p("GET", f"{SPACE}/partners", "admin-read", f"{SPACE}/partners"),

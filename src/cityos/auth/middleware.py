@@ -55,7 +55,7 @@ PUBLIC_READS = "/ngsi-ld/v1/jsonldContexts"
 # Open data (docs/open-data.md): the catalogue, its downloads and the CKAN read API answer anyone,
 # and show only what the policies give the anonymous caller (catalog/public.py); CKAN clients send
 # their read actions as POST too.
-OPEN_DATA = ("/catalog", "/api/3/action/")
+OPEN_DATA = ("/catalog", "/api/3/action/", "/api/action/")
 
 
 def request_id_of(given: bytes | None) -> str:
@@ -151,7 +151,7 @@ def public(scope: Scope) -> bool:
         return True
     if path == OPEN_DATA[0] or path.startswith("/catalog/"):
         return scope["method"] in ("GET", "HEAD")
-    if path.startswith(OPEN_DATA[1]):
+    if path.startswith(OPEN_DATA[1:]):
         return scope["method"] in ("GET", "HEAD", "POST")
     return path.startswith(PUBLIC_READS) and scope["method"] in ("GET", "HEAD")
 

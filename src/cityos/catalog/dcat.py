@@ -9,7 +9,6 @@ against the release's SHACL shapes on its own (tests/test_catalog_dcat.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from rdflib import BNode, Graph, Literal, Namespace, URIRef
@@ -90,7 +89,7 @@ class CatalogGraph:
         for lang, text in values.items():
             self.graph.add((subject, predicate, Literal(text, lang=lang)))
 
-    def build(self, described: list[Described], modified: datetime | None = None) -> Graph:
+    def build(self, described: list[Described]) -> Graph:
         g, cat = self.graph, self.catalog
         node = self.uri("/catalog")
         g.add((node, RDF.type, DCAT.Catalog))
@@ -103,7 +102,10 @@ class CatalogGraph:
         for lang in sorted({lang for d in described for lang in d.dataset.title} | set(cat.title)):
             if lang in LANGUAGES:
                 self.add(node, DCTERMS.language, URIRef(f"{EU}language/{LANGUAGES[lang]}"), DCTERMS.LinguisticSystem)
-        g.add((node, DCTERMS.modified, Literal(_stamp(modified or datetime.now(UTC)), datatype=XSD.dateTime)))
+        # modified when its data last changed (not when it was asked: the same data, the same catalogue)
+        lasts = [d.stats.last for d in described if d.stats.last is not None]
+        if lasts:
+            g.add((node, DCTERMS.modified, Literal(format_micros(max(lasts)), datatype=XSD.dateTime)))
         for item in described:
             g.add((node, DCAT.dataset, self.dataset(item)))
         return g
@@ -191,7 +193,3 @@ def serialize(graph: Graph, fmt: str) -> bytes:
 def _wkt(box: tuple[float, float, float, float]) -> str:
     x0, y0, x1, y1 = box
     return f"POLYGON(({x0} {y0}, {x1} {y0}, {x1} {y1}, {x0} {y1}, {x0} {y0}))"
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -5,7 +5,7 @@ GET /catalog                                DCAT-AP 3 catalogue: JSON-LD, Turtle
 GET /catalog/datasets                       the public datasets as declared, with their download links
 GET /catalog/datasets/{id}                  one dataset, with what the live data says (count, extent, time span)
 GET /catalog/datasets/{id}/counts?by=attr   entities per value of a declared attribute, groups below k hidden
-GET|POST /api/3/action/{action}             CKAN-compatible read API
+GET|POST /api/3/action/{action}             CKAN-compatible read API (also /api/action/{action}, as CKAN)
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ async def list_datasets(request: Request) -> Response:
 async def show_dataset(request: Request) -> Response:
     catalog_service = service(request)
     dataset = catalog_service.public.dataset(request.path_params["dataset_id"])
-    described = await catalog_service.describe(dataset)
+    described = await catalog_service.describe(dataset, base_url(request))
     stats = described.stats
     body = summary(dataset, base_url(request)) | {
         "entities": stats.count,
@@ -162,8 +162,8 @@ async def _ckan(request: Request, action: str, params: dict[str, Any]) -> Any:
         found = public.catalog.find(str(name)) if name else None
         if found is None or not public.published(found):
             raise ckan.CkanError("Not Found Error", 404, "Dataset not found")
-        return ckan.package(public.catalog, await catalog_service.describe(found), base)
-    packages = [ckan.package(public.catalog, item, base) for item in await catalog_service.describe_all()]
+        return ckan.package(public.catalog, await catalog_service.describe(found, base), base)
+    packages = [ckan.package(public.catalog, item, base) for item in await catalog_service.describe_all(base)]
     return ckan.search(
         packages,
         str(params.get("q", "")),
@@ -180,4 +180,5 @@ def routes() -> list[Route]:
         Route("/catalog/datasets/{dataset_id}", show_dataset, methods=["GET"]),
         Route("/catalog/datasets/{dataset_id}/counts", counts, methods=["GET"]),
         Route("/api/3/action/{action}", ckan_action, methods=["GET", "POST"]),
+        Route("/api/action/{action}", ckan_action, methods=["GET", "POST"]),  # CKAN's unversioned path (ckanapi's)
     ]

@@ -123,9 +123,9 @@ def _catalog(document: dict[str, Any]) -> Catalog:
             head.get("description", {"en": "Datasets published from the city's live data."}), "catalog.description"
         ),
         publisher=_string(head.get("publisher", "This city"), "catalog.publisher"),
-        publisher_url=_string(head.get("publisher_url", ""), "catalog.publisher_url"),
-        homepage=_string(head.get("homepage", ""), "catalog.homepage"),
-        attribution=_string(head.get("attribution", ""), "catalog.attribution"),
+        publisher_url=_optional(head.get("publisher_url", ""), "catalog.publisher_url"),
+        homepage=_optional(head.get("homepage", ""), "catalog.homepage"),
+        attribution=_optional(head.get("attribution", ""), "catalog.attribution"),
         licence=licence,
         datasets=datasets,
     )
@@ -195,6 +195,12 @@ def _only(table: Any, keys: set[str], where: str) -> None:
 def _string(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{what} must be a non-empty string")
+    return value
+
+
+def _optional(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string")
     return value
 
 

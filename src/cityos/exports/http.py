@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from cityos.catalog.dcat import download_url
 from cityos.catalog.http import base_url, service
 
 CACHE = "public, max-age=60"
@@ -31,7 +32,8 @@ async def download(request: Request) -> Response:
     exporter = service(request).exporter
     dataset = exporter.public.dataset(request.path_params["dataset_id"])
     kind, fmt = request.path_params["kind"], request.path_params["fmt"]
-    export = await exporter.export(dataset, kind, fmt, source=str(request.url))
+    name = fmt if kind == "entities" else f"{kind}-{fmt}"
+    export = await exporter.export(dataset, kind, fmt, source=download_url(base_url(request), dataset, name))
     headers = {
         "Content-Disposition": f'attachment; filename="{export.filename}"',
         "Cache-Control": CACHE,
