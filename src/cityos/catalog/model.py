@@ -82,6 +82,11 @@ class Catalog:
 EMPTY = Catalog(title={"en": "Open data"}, description={"en": "No dataset is published yet."}, publisher="This city")
 
 
+def demo_catalog_path() -> str:
+    """The shipped demo catalogue's file (`cityos serve --demo-on-empty` names it once the demo is loaded)."""
+    return str(resources.files("cityos.catalog").joinpath("data", DEMO_CATALOG))
+
+
 def load_catalog(path: str, *, demo: bool = False) -> Catalog:
     """The catalogue of `path`; without one, the demo city's (demo) or an empty catalogue."""
     if path:
@@ -92,9 +97,7 @@ def load_catalog(path: str, *, demo: bool = False) -> Catalog:
             raise CatalogFileError(f"{path}: {exc.strerror or exc}") from exc
         return parse_catalog(text, path)
     if demo:
-        return parse_catalog(
-            resources.files("cityos.catalog").joinpath("data", DEMO_CATALOG).read_text("utf-8"), DEMO_CATALOG
-        )
+        return load_catalog(demo_catalog_path())
     return EMPTY
 
 

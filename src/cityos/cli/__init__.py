@@ -137,7 +137,12 @@ def _serve(settings: Settings, interrupts: Interrupts) -> int:
             return INTERRUPTED
         if problem is not None:
             return fail(problem)
-        settings = dataclasses.replace(settings, demo_on_empty=False)
+        # the demo city's open-data catalogue stays served (catalog/model.py), unless another is named
+        from cityos.catalog.model import demo_catalog_path
+
+        settings = dataclasses.replace(
+            settings, demo_on_empty=False, catalog_file=settings.catalog_file or demo_catalog_path()
+        )
     if settings.workers > 1:
         # worker processes rebuild their settings from the environment
         for name, _flag, env, _default, _help in describe():
