@@ -142,6 +142,17 @@ def test_too_large_is_refused_at_once_and_the_cli_writes_the_download(
         assert problem["type"] == "https://uri.etsi.org/ngsi-ld/errors/TooManyResults"
         assert "7 entities, above the export limit of 5 (--export-max-rows)" in problem["detail"]
         download = client.get("/catalog/datasets/parking/entities.csv").content
+        # history read a few instances at a time (many share one modifiedAt) gives the same rows
+        public = client.app.state.catalog.public  # type: ignore[attr-defined]
+        dataset = public.dataset("parking")
+
+        async def history(chunk: int) -> list[tuple[str, str, str]]:
+            return [(e["id"], a, i["instanceId"]) async for e, a, i in public.history(dataset, chunk=chunk)]
+
+        whole = client.portal.call(history, 5000)
+        assert len(whole) == len(set(whole)) == 3 * (3 + len(HOURS))  # location, name, category, 6 readings
+        for chunk in (1, 2, 3):
+            assert sorted(client.portal.call(history, chunk)) == sorted(whole)
     command = [sys.executable, "-m", "cityos", "export", "--database", db_url, "--catalog-file", catalog_file]
     done = subprocess.run([*command, "parking"], env=cli_env(), capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
