@@ -456,7 +456,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             authorizer=lambda: services.authorizer,
             k=settings.open_data_k,
             max_rows=settings.export_max_rows,
-        )
+        ),
+        file_base=f"http://{_loopback_if_any(settings.host)}:{settings.port}",  # the files' source
     )
     # the register of models (docs/indicators.md): rules and detectors add their providers here
     model_register = ModelRegister()
@@ -649,6 +650,13 @@ def _dataspace(
     services.principals = AgreementDirectory(services.principals, service)
     pipeline.subscriptions.outgoing_signer = service.sign_notification
     return service
+
+
+def _loopback_if_any(host: str) -> str:
+    """The host part of this server's own URL: loopback for a wildcard address, IPv6 bracketed."""
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def app_from_env() -> Starlette:

@@ -80,7 +80,7 @@ async def list_datasets(request: Request) -> Response:
 async def show_dataset(request: Request) -> Response:
     catalog_service = service(request)
     dataset = catalog_service.public.dataset(request.path_params["dataset_id"])
-    described = await catalog_service.describe(dataset, base_url(request))
+    described = await catalog_service.describe(dataset)
     stats = described.stats
     body = summary(dataset, base_url(request)) | {
         "entities": stats.count,
@@ -162,8 +162,8 @@ async def _ckan(request: Request, action: str, params: dict[str, Any]) -> Any:
         found = public.catalog.find(str(name)) if name else None
         if found is None or not public.published(found):
             raise ckan.CkanError("Not Found Error", 404, "Dataset not found")
-        return ckan.package(public.catalog, await catalog_service.describe(found, base), base)
-    packages = [ckan.package(public.catalog, item, base) for item in await catalog_service.describe_all(base)]
+        return ckan.package(public.catalog, await catalog_service.describe(found), base)
+    packages = [ckan.package(public.catalog, item, base) for item in await catalog_service.describe_all()]
     return ckan.search(
         packages,
         str(params.get("q", "")),

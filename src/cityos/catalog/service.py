@@ -18,8 +18,13 @@ SIZED = ("geojson", "csv", "parquet")
 
 
 class CatalogService:
-    def __init__(self, public: PublicData) -> None:
+    """`file_base`: the server's own address (from --host and --port), which the files name as
+    their source; not the caller's Host header, so the files, their sizes and the cache are the
+    same whoever asks, and a caller cannot make the data be read again by inventing host names."""
+
+    def __init__(self, public: PublicData, file_base: str = "http://127.0.0.1:1026") -> None:
         self.public = public
+        self.file_base = file_base
         self.exporter = Exporter(public)
         self._described: dict[str, tuple[float, Described]] = {}
         self._lock = asyncio.Lock()
@@ -28,9 +33,8 @@ class CatalogService:
     def catalog(self) -> Catalog:
         return self.public.catalog
 
-    async def describe(self, dataset: Dataset, base: str) -> Described:
-        """`base`: the server's URL as the caller reached it, which the files name as their source."""
-        key = f"{dataset.id} {base}"
+    async def describe(self, dataset: Dataset) -> Described:
+        key = dataset.id
         async with self._lock:  # one computation at a time: a burst of harvester calls reads the data once
             cached = self._described.get(key)
             if cached is not None and time.monotonic() - cached[0] < STATS_SECONDS:
@@ -39,17 +43,16 @@ class CatalogService:
             sizes: dict[str, int] = {}
             if stats.count <= SIZE_ROWS:
                 for fmt in SIZED:
-                    source = download_url(base, dataset, fmt)
+                    source = download_url(self.file_base, dataset, fmt)
                     export = await self.exporter.export(dataset, "entities", fmt, source=source)
                     sizes[fmt] = sum([len(chunk) async for chunk in export.chunks])
             described = Described(dataset, stats, sizes)
-            if len(self._described) >= 1024:  # a bound on the bases callers can make up (Host header)
-                self._described.clear()
             self._described[key] = (time.monotonic(), described)
             return described
 
-    async def describe_all(self, base: str) -> list[Described]:
-        return [await self.describe(d, base) for d in self.public.datasets()]
+    async def describe_all(self) -> list[Described]:
+        return [await self.describe(d) for d in self.public.datasets()]
 
     async def graph(self, base: str) -> Graph:
-        return CatalogGraph(self.catalog, base).build(await self.describe_all(base))
+        """The catalogue with its URIs under `base` (the address the caller used)."""
+        return CatalogGraph(self.catalog, base).build(await self.describe_all())

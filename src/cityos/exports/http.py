@@ -29,11 +29,12 @@ def _links(request: Request, licence: str, dataset_id: str, fmt: str) -> str:
 
 
 async def download(request: Request) -> Response:
-    exporter = service(request).exporter
+    catalog = service(request)
+    exporter = catalog.exporter
     dataset = exporter.public.dataset(request.path_params["dataset_id"])
     kind, fmt = request.path_params["kind"], request.path_params["fmt"]
     name = fmt if kind == "entities" else f"{kind}-{fmt}"
-    export = await exporter.export(dataset, kind, fmt, source=download_url(base_url(request), dataset, name))
+    export = await exporter.export(dataset, kind, fmt, source=download_url(catalog.file_base, dataset, name))
     headers = {
         "Content-Disposition": f'attachment; filename="{export.filename}"',
         "Cache-Control": CACHE,
@@ -43,9 +44,10 @@ async def download(request: Request) -> Response:
 
 
 async def csv_metadata(request: Request) -> Response:
-    exporter = service(request).exporter
+    catalog = service(request)
+    exporter = catalog.exporter
     dataset = exporter.public.dataset(request.path_params["dataset_id"])
-    csv_url = f"{base_url(request)}/catalog/datasets/{dataset.id}/entities.csv"
+    csv_url = download_url(catalog.file_base, dataset, "csv")
     body = await exporter.csvw(dataset, csv_url, source=csv_url)
     return Response(orjson.dumps(body), media_type="application/csvm+json", headers={"Cache-Control": CACHE})
 
