@@ -159,6 +159,14 @@ def test_too_large_is_refused_at_once_and_the_cli_writes_the_download(
     assert done.stdout == download
     too_many = subprocess.run([*command, "lamps", "--max-rows", "5"], env=cli_env(), capture_output=True, timeout=60)
     assert too_many.returncode == 1 and b"above the export limit of 5" in too_many.stderr
+    csv_file = tmp_path / "parking.csv"
+    with_sidecar = subprocess.run(
+        [*command, "parking", "-o", str(csv_file)], env=cli_env(), capture_output=True, timeout=60
+    )
+    assert with_sidecar.returncode == 0 and csv_file.read_bytes() == download
+    sidecar = orjson.loads((tmp_path / "parking.csv-metadata.json").read_bytes())
+    assert sidecar["url"] == "parking.csv" and sidecar["dc:license"] == {"@id": LICENCE}
+    assert [c["name"] for c in sidecar["tableSchema"]["columns"]] == download.decode().splitlines()[0].split(",")
     out = tmp_path / "lamps.parquet"
     written = subprocess.run(
         [*command, "lamps", "--format", "parquet", "-o", str(out)], env=cli_env(), capture_output=True, timeout=60

@@ -113,7 +113,7 @@ async def _export(args: argparse.Namespace, catalog: Any) -> int:
         if args.output and args.format == "csv" and not args.history:
             import orjson
 
-            meta = await exporter.csvw(dataset, os.path.basename(args.output))
+            meta = await exporter.csvw(dataset, os.path.basename(args.output), columns=export.columns)
             with open(f"{args.output}-metadata.json", "wb") as sidecar:
                 sidecar.write(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
         return 0

@@ -34,6 +34,7 @@ class Export:
     filename: str
     chunks: AsyncIterator[bytes]
     info: FileInfo
+    columns: Columns | None = None  # CSV and Parquet: set once the stream has begun (the sidecar's)
 
 
 class Exporter:
@@ -66,10 +67,13 @@ class Exporter:
         def rows() -> AsyncIterator[Row]:
             return self.entity_rows(dataset) if kind == "entities" else self.history_rows(dataset)
 
-        return Export(formats.MEDIA[fmt], filename, self._tabular(rows, fmt, kind, info), info)
+        export = Export(formats.MEDIA[fmt], filename, _empty(), info)
+        export.chunks = self._tabular(rows, fmt, kind, export)
+        return export
 
-    async def _tabular(self, rows: formats.Rows, fmt: str, kind: str, info: FileInfo) -> AsyncIterator[bytes]:
-        columns = await self.columns(rows, kind)
+    async def _tabular(self, rows: formats.Rows, fmt: str, kind: str, export: Export) -> AsyncIterator[bytes]:
+        columns = export.columns = await self.columns(rows, kind)
+        info = export.info
         chunks = formats.csv_chunks(rows, columns) if fmt == "csv" else formats.parquet_chunks(rows, columns, info)
         async for chunk in chunks:
             yield chunk
@@ -89,9 +93,13 @@ class Exporter:
         found.kinds = {name: "string" if kind == "null" else kind for name, kind in found.kinds.items()}
         return found
 
-    async def csvw(self, dataset: Dataset, csv_url: str, source: str = "") -> dict[str, Any]:
-        await self.public.check_size(dataset)
-        columns = await self.columns(lambda: self.entity_rows(dataset), "entities")
+    async def csvw(
+        self, dataset: Dataset, csv_url: str, source: str = "", columns: Columns | None = None
+    ) -> dict[str, Any]:
+        """The CSV's sidecar; `columns`: those of an export just written (else a pass over the data)."""
+        if columns is None:
+            await self.public.check_size(dataset)
+            columns = await self.columns(lambda: self.entity_rows(dataset), "entities")
         return formats.csvw_metadata(self.info(dataset, source), columns, csv_url)
 
     # -- rows --
@@ -131,3 +139,8 @@ class Exporter:
                 current = entity["id"]
                 geometry = to_geojson_feature(entity, self.options, None)["geometry"]
             yield {"type": "Feature", "geometry": geometry, "properties": self.history_row(entity, attr, instance)}
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing
