@@ -251,6 +251,7 @@ class PublicData:
         iri = self.terms.expand(attr)
         if iri in self.personal(dataset):
             raise BadRequestData(f"{attr} is personal data")
+        await self.check_size(dataset)  # counting reads every entity: the downloads' limit holds
         groups: dict[str, int] = {}
         async for entity in self.entities(dataset):
             instances = entity["attrs"].get(iri)
