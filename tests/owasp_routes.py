@@ -93,6 +93,18 @@ PUBLIC_ROUTES = {
     ("POST", "/console/signout"),
     ("GET", "/console/language"),
     ("GET", "/console/static/{path:path}"),
+    # open data (docs/open-data.md): the catalogue, its downloads and the CKAN read API answer anyone
+    # with what the policies give the anonymous caller, never personal attributes
+    ("GET", "/catalog"),
+    ("GET", "/catalog/datasets"),
+    ("GET", "/catalog/datasets/{dataset_id}"),
+    ("GET", "/catalog/datasets/{dataset_id}/counts"),
+    ("GET", "/catalog/datasets/{dataset_id}/entities.csv-metadata.json"),
+    ("GET", "/catalog/datasets/{dataset_id}/{kind:str}.{fmt:str}"),
+    ("GET", "/api/3/action/{action}"),
+    ("POST", "/api/3/action/{action}"),
+    ("GET", "/api/action/{action}"),
+    ("POST", "/api/action/{action}"),
 }
 # the handler that only answers 400 for a missing entity id (`/entities/`, `/entities//attrs`)
 MALFORMED = "missing_entity_id"
@@ -476,6 +488,27 @@ def probes(ids: Ids) -> list[Probe]:
         # the map's data (mapdata/): vector tiles and the change stream are reads, as a query is
         p("GET", "/tiles/{z}/{x}/{y}.mvt", "read", "/tiles/0/0/0.mvt", params={"type": "Building"}),
         p("GET", "/cityos/v1/changes", "read", "/cityos/v1/changes", params={"type": "Building", "duration": "1"}),
+        # open data (catalog/, exports/): public routes over the anonymous caller's view
+        p("GET", "/catalog", "public", "/catalog"),
+        p("GET", "/catalog/datasets", "public", "/catalog/datasets"),
+        p("GET", "/catalog/datasets/{dataset_id}", "public", "/catalog/datasets/buildings"),
+        p("GET", "/catalog/datasets/{dataset_id}/counts", "public", "/catalog/datasets/buildings/counts?by=name"),
+        p(
+            "GET",
+            "/catalog/datasets/{dataset_id}/entities.csv-metadata.json",
+            "public",
+            "/catalog/datasets/buildings/entities.csv-metadata.json",
+        ),
+        p(
+            "GET",
+            "/catalog/datasets/{dataset_id}/{kind:str}.{fmt:str}",
+            "public",
+            "/catalog/datasets/buildings/entities.csv",
+        ),
+        p("GET", "/api/3/action/{action}", "public", "/api/3/action/package_list"),
+        p("POST", "/api/3/action/{action}", "public", "/api/3/action/package_search", json={"q": "Tower"}),
+        p("GET", "/api/action/{action}", "public", "/api/action/organization_list"),
+        p("POST", "/api/action/{action}", "public", "/api/action/package_show", json={"id": "buildings"}),
         # the data channel between cities (dataspace/): its admin API, and its partners' API
         p("GET", f"{SPACE}/identity", "admin-read", f"{SPACE}/identity"),
         p("GET", f"{SPACE}/partners", "admin-read", f"{SPACE}/partners"),

@@ -30,6 +30,11 @@ from cityos.auth.middleware import CALLER_SCOPE_KEY, REQUEST_ID_HEADER, AuthMidd
 from cityos.auth.principal import current_request_id
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE
 from cityos.auth.service import Identity
+from cityos.catalog import http as catalog_http
+from cityos.catalog.model import EMPTY as EMPTY_CATALOG
+from cityos.catalog.model import CatalogFileError, load_catalog
+from cityos.catalog.public import PublicData
+from cityos.catalog.service import CatalogService
 from cityos.console import http as console_http
 from cityos.dataspace import http as dataspace_http
 from cityos.dataspace.door import PartnerDoor
@@ -45,6 +50,7 @@ from cityos.errors import (
     ResourceNotFound,
     log_failure,
 )
+from cityos.exports import http as exports_http
 from cityos.federation.client import Forwarder
 from cityos.federation.subscriptions import FederatedSubscriptions
 from cityos.ingest.service import IngestService
@@ -493,6 +499,18 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     changes = ChangeHub(
         services.store, settings.changes_max_clients, settings.changes_queue, settings.workers > 1, tile_cache
     )
+    # the open-data catalogue: the anonymous caller's view, as the policies give it (docs/open-data.md)
+    open_data = CatalogService(
+        PublicData(
+            services.store,
+            registry.core_terms(),
+            EMPTY_CATALOG,  # the declared one is loaded at start (_start), a refused file said in one line
+            authorizer=lambda: services.authorizer,
+            k=settings.open_data_k,
+            max_rows=settings.export_max_rows,
+        ),
+        file_base=f"http://{_loopback_if_any(settings.host)}:{settings.port}",  # the files' source
+    )
     # the register of models (docs/indicators.md): rules and detectors add their providers here
     model_register = ModelRegister()
     model_register.add(lambda: indicator_entries(indicators.indicators))
@@ -572,6 +590,11 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         except (CatalogueError, OSError) as exc:
             startup_problem.append(f"cannot start: the Open311 services file was refused: {exc}")
             raise
+        try:
+            open_data.public.catalog = load_catalog(settings.catalog_file, demo=settings.demo_on_empty)
+        except CatalogFileError as exc:
+            startup_problem.append(f"cannot start: the open-data catalogue was refused: {exc}")
+            raise
         indicators.start()  # the schedule (--indicators-interval); results go through the write path
         stack.push_async_callback(indicators.stop)
         csource.sender = pipeline.subscriptions.sender  # one Sender for every notification
@@ -619,6 +642,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *forecast_http.routes(),
         *open311_http.routes(),
         *mapdata_http.routes(),
+        *exports_http.routes(),  # before the catalogue's: /catalog/datasets/{id}/{kind}.{fmt}
+        *catalog_http.routes(),
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
         *(console_http.routes() if settings.console else []),
@@ -649,6 +674,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     app.state.alert_rules = alert_rules
     app.state.anomalies = anomalies  # its on_flag list is the hook for alert rules
     app.state.forecasts = forecasts
+    app.state.catalog = open_data
     app.state.model_register = model_register
     app.state.open311 = open311
     app.add_middleware(snapshots_http.SnapshotHeader, answer=ngsild_error)  # innermost: inside authentication
@@ -737,6 +763,13 @@ def _dataspace(
     services.principals = AgreementDirectory(services.principals, service)
     pipeline.subscriptions.outgoing_signer = service.sign_notification
     return service
+
+
+def _loopback_if_any(host: str) -> str:
+    """The host part of this server's own URL: loopback for a wildcard address, IPv6 bracketed."""
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def app_from_env() -> Starlette:

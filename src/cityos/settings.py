@@ -398,6 +398,19 @@ class Settings:
     changes_keepalive: float = _setting(
         15.0, "Change stream: seconds without an event after which a keep-alive comment is sent."
     )
+    catalog_file: str = _setting(
+        "",
+        "Open-data catalogue file (TOML: the datasets the city publishes, docs/open-data.md) loaded at start;"
+        " empty: the demo city's catalogue with --demo-on-empty, else no dataset.",
+    )
+    open_data_k: int = _setting(
+        5, "Published counts (GET /catalog/datasets/{id}/counts) hide every group of fewer than this many entities."
+    )
+    export_max_rows: int = _setting(
+        1_000_000,
+        "Most entities one open-data download or `cityos export` may hold; a larger dataset is refused at once"
+        " (403 TooManyResults), never cut short.",
+    )
     temporal_disabled_tenants: str = _setting(
         "",
         "Tenants whose changes are not recorded as history (comma list; `@default` is the default tenant, `*` all).",
@@ -539,6 +552,8 @@ class Settings:
             raise ValueError("notification_max_bytes and notification_max_attempts must be positive")
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size cannot be larger than max_page_size")
+        if self.open_data_k < 1 or self.export_max_rows < 1:
+            raise ValueError("open_data_k and export_max_rows must be positive")
         if self.temporal_retention_days < 0:
             raise ValueError("temporal_retention_days must not be negative")
         if not 0 < self.entity_map_lifetime <= self.entity_map_max_lifetime:

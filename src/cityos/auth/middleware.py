@@ -67,6 +67,10 @@ PUBLIC_PREFIX = "/open311/v2/"
 # the web console's pages and assets (console/http.py): a browser sends no Authorization header, so
 # they pass the door; each page calls the API with the session cookie's token, and the API decides
 CONSOLE_PATHS = ("/", "/console/")
+# Open data (docs/open-data.md): the catalogue, its downloads and the CKAN read API answer anyone,
+# and show only what the policies give the anonymous caller (catalog/public.py); CKAN clients send
+# their read actions as POST too.
+OPEN_DATA = ("/catalog", "/api/3/action/", "/api/action/")
 
 
 def request_id_of(given: bytes | None) -> str:
@@ -166,6 +170,10 @@ def public(scope: Scope) -> bool:
         or path.startswith(CONSOLE_PATHS[1])
     ):
         return True
+    if path == OPEN_DATA[0] or path.startswith("/catalog/"):
+        return scope["method"] in ("GET", "HEAD")
+    if path.startswith(OPEN_DATA[1:]):
+        return scope["method"] in ("GET", "HEAD", "POST")
     return path.startswith(PUBLIC_READS) and scope["method"] in ("GET", "HEAD")
 
 

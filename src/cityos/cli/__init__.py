@@ -9,6 +9,7 @@ cityos audit export|verify|pubkey|checkpoint
 cityos dataspace init|show   cityos partners|offers|agreements ...
 cityos indicators list|compute|verify   cityos rules list
 cityos config show [--config city.toml]
+cityos export DATASET --format csv|geojson|parquet [--history]
 cityos --version
 """
 
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from cityos import __version__
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE, shared_table
-from cityos.cli import audit, backup, config, dataspace, db, identity, imports, indicators, iot, rules
+from cityos.cli import audit, backup, config, dataspace, db, export, identity, imports, indicators, iot, rules
 from cityos.cli.common import fail
 from cityos.errors import DatabaseBusy
 from cityos.settings import CONFIG_VARIABLE, Settings, describe, env_name
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_setting_options(serve)
     # each command group registers its own subcommands
-    for module in (imports, iot, db, backup, identity, audit, dataspace, indicators, rules):
+    for module in (imports, iot, db, backup, identity, audit, dataspace, indicators, rules, export):
         module.register(commands)
     config.register(commands, _add_setting_options)
     return parser
@@ -148,7 +149,12 @@ def _serve(settings: Settings, interrupts: Interrupts) -> int:
             return INTERRUPTED
         if problem is not None:
             return fail(problem)
-        settings = dataclasses.replace(settings, demo_on_empty=False)
+        # the demo city's open-data catalogue stays served (catalog/model.py), unless another is named
+        from cityos.catalog.model import demo_catalog_path
+
+        settings = dataclasses.replace(
+            settings, demo_on_empty=False, catalog_file=settings.catalog_file or demo_catalog_path()
+        )
     if settings.workers > 1:
         # worker processes rebuild their settings from the environment
         for name, _flag, env, _default, _help in describe():

@@ -5,6 +5,7 @@ nothing is still described (its docstring as summary), and tests/test_openapi.py
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.routing import BaseRoute, Route
@@ -66,11 +67,8 @@ def describe(routes: list[BaseRoute]) -> dict[str, Any]:
 
 
 def openapi_path(route: Route) -> str:
-    """`/a/{b:path}` as OpenAPI writes it: `/a/{b}`."""
-    path = route.path
-    for name in route.param_convertors:
-        path = path.replace("{" + name + ":path}", "{" + name + "}")
-    return path
+    """`/a/{b:path}` (any convertor) as OpenAPI writes it: `/a/{b}`."""
+    return re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
 
 
 def operations(routes: list[BaseRoute]) -> set[tuple[str, str]]:
