@@ -129,6 +129,8 @@ class TestFromEnv:
             raw = expected = "off"
         elif name == "temporal_retention_types":
             raw = expected = "WeatherObserved=90"
+        elif name == "temporal_downsample":
+            raw = expected = "WeatherObserved=90:hour"
         else:
             raw = expected = default + "-changed"
         environ = {env_name(name): raw}

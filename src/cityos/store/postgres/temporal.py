@@ -30,7 +30,7 @@ deadlock writers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,7 @@ from cityos.store.postgres.temporal_partitions import (
 )
 from cityos.store.postgres.temporal_read import PostgresTemporalReads
 from cityos.store.postgres.write_plan import number, recordset
-from cityos.store.sqlite_temporal import _now
+from cityos.store.sqlite_temporal import FOREVER, _now
 from cityos.store.temporal_base import (
     AggregatePage,
     AggregationSpec,
@@ -62,11 +62,14 @@ from cityos.store.temporal_base import (
     TemporalPage,
     TemporalQuery,
 )
+from cityos.store.temporal_downsample import HOUR, chunks, fold
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
 
 # the key of mutate's per-entity lock (store.py _apply): one writer of an entity at a time
+# a numeric Property instance of `i` (downsampling folds them)
+_NUMERIC = "i.kind = 'Property' AND i.num IS NOT NULL"
 PURGE_ENTITIES = 200  # entities whose old history one transaction of a per-type purge deletes
 _LOCK_ENTITY = f"SELECT pg_advisory_xact_lock({entity_lock('$1', '$2')})"
 # The temporal entities of a write, created or their types extended, as CTEs named {p}k, {p}ins,
@@ -593,6 +596,74 @@ class PostgresTemporal(PostgresTemporalReads):
                 removed += int(row["n"])
                 await self._forget_emptied(connection, set(row["epks"] or []))
         return removed
+
+    async def temporal_downsample(self, before: int, types: Sequence[str], after: int | None = None) -> int:
+        """Fold the hours of numeric Property instances observed in [after, before) of the entities
+        of these types that hold more than one instance (store/temporal_downsample.py): found by one
+        GROUP BY, then folded a chunk of hours per transaction, under the entities' write locks.
+        Returns how many instances went (those folded, less the hourly ones made)."""
+        if not types:
+            return 0
+        low = -FOREVER if after is None else after
+        async with self.pool.acquire() as connection:
+            found = await connection.fetch(
+                f"SELECT i.epk, e.tenant, e.id, e.types, i.attr, i.dataset, div(i.observed_us, {HOUR}) AS hour,"
+                " count(*) AS n FROM temporal_instances i JOIN temporal_entities e ON e.pk = i.epk"
+                " WHERE e.types && $1::text[] AND i.retained_us >= $2 AND i.retained_us < $3"
+                f" AND i.observed_us >= $2 AND i.observed_us < $3 AND {_NUMERIC}"
+                " GROUP BY 1, 2, 3, 4, 5, 6, 7 HAVING count(*) > 1 ORDER BY 1, 5, 6, 7",
+                list(types),
+                low,
+                before,
+            )
+        hours = [(row, int(row["n"])) for row in found]
+        removed = 0
+        for group in chunks(hours):
+            removed += await self._write(self._fold([hours[n][0] for n in group]))
+        return removed
+
+    def _fold(self, chunk: Sequence[Any]) -> Callable[[Connection], Awaitable[int]]:
+        """The transaction folding a chunk of hours (rows of temporal_downsample's GROUP BY)."""
+
+        async def work(connection: Connection) -> int:
+            entities = {(row["tenant"], row["id"]): row["types"] for row in chunk}
+            for tenant, entity_id in sorted(entities):  # the writers' lock, always taken in one order
+                await connection.execute(_LOCK_ENTITY, tenant, entity_id)
+            removed = 0
+            puts: list[tuple[int, _Put]] = []
+            for row in chunk:
+                hour = int(row["hour"])
+                start, end = hour * HOUR, (hour + 1) * HOUR
+                stored = await connection.fetch(
+                    "SELECT i.pk, i.doc FROM temporal_instances i WHERE i.epk = $1 AND i.attr = $2 AND i.dataset = $3"
+                    f" AND i.retained_us >= $4 AND i.retained_us < $5 AND i.observed_us >= $4 AND i.observed_us < $5"
+                    f" AND {_NUMERIC} ORDER BY i.observed_us, i.pk",
+                    row["epk"],
+                    row["attr"],
+                    row["dataset"],
+                    start,
+                    end,
+                )
+                if len(stored) < 2:  # changed since it was found
+                    continue
+                await connection.execute(
+                    "DELETE FROM temporal_instances WHERE pk = ANY($1::bigint[]) AND retained_us >= $2"
+                    " AND retained_us < $3",
+                    [r["pk"] for r in stored],
+                    start,
+                    end,
+                )
+                folded = fold([orjson.loads(r["doc"]) for r in stored], hour)
+                puts.extend((row["epk"], put) for put in self._plan([(row["attr"], folded)]))
+                removed += len(stored) - 1
+            if puts:
+                made = [put for _, put in puts]
+                _, missing = await self._upsert_entities(connection, entities, self._partitions(made))
+                await self._create_missing(connection, missing)
+                await self._insert(connection, puts)
+            return removed
+
+        return work
 
     async def _forget_emptied(self, connection: Connection, touched: set[int]) -> None:
         """Delete the temporal entities of `touched` left without instances."""
