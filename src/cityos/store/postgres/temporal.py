@@ -629,33 +629,39 @@ class PostgresTemporal(PostgresTemporalReads):
             entities = {(row["tenant"], row["id"]): row["types"] for row in chunk}
             for tenant, entity_id in sorted(entities):  # the writers' lock, always taken in one order
                 await connection.execute(_LOCK_ENTITY, tenant, entity_id)
+            keys = [(row["epk"], row["attr"], row["dataset"], int(row["hour"])) for row in chunk]
+            stored = await connection.fetch(
+                f"SELECT i.pk, i.epk, i.attr, i.dataset, div(i.observed_us, {HOUR}) AS hour, i.doc"
+                " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[]) AS k(epk, attr, dataset, hour)"
+                " JOIN temporal_instances i ON i.epk = k.epk AND i.attr = k.attr AND i.dataset = k.dataset"
+                f" AND i.observed_us >= k.hour * {HOUR} AND i.observed_us < (k.hour + 1) * {HOUR}"
+                f" WHERE i.retained_us >= $5 AND i.retained_us < $6 AND {_NUMERIC}"
+                " ORDER BY i.epk, i.attr, i.dataset, i.observed_us, i.pk",
+                *(list(column) for column in zip(*keys, strict=True)),
+                min(key[3] for key in keys) * HOUR,
+                (max(key[3] for key in keys) + 1) * HOUR,
+            )
+            hours: dict[tuple[int, str, str, int], list[Any]] = {}
+            for found in stored:
+                hours.setdefault((found["epk"], found["attr"], found["dataset"], int(found["hour"])), []).append(found)
             removed = 0
+            gone: list[int] = []
             puts: list[tuple[int, _Put]] = []
-            for row in chunk:
-                hour = int(row["hour"])
-                start, end = hour * HOUR, (hour + 1) * HOUR
-                stored = await connection.fetch(
-                    "SELECT i.pk, i.doc FROM temporal_instances i WHERE i.epk = $1 AND i.attr = $2 AND i.dataset = $3"
-                    f" AND i.retained_us >= $4 AND i.retained_us < $5 AND i.observed_us >= $4 AND i.observed_us < $5"
-                    f" AND {_NUMERIC} ORDER BY i.observed_us, i.pk",
-                    row["epk"],
-                    row["attr"],
-                    row["dataset"],
-                    start,
-                    end,
-                )
-                if len(stored) < 2:  # changed since it was found
+            for (epk, attr, _, hour), rows in hours.items():
+                if len(rows) < 2:  # changed since it was found
                     continue
+                gone.extend(r["pk"] for r in rows)
+                folded = fold([orjson.loads(r["doc"]) for r in rows], hour)
+                puts.extend((epk, put) for put in self._plan([(attr, folded)]))
+                removed += len(rows) - 1
+            if gone:
                 await connection.execute(
                     "DELETE FROM temporal_instances WHERE pk = ANY($1::bigint[]) AND retained_us >= $2"
                     " AND retained_us < $3",
-                    [r["pk"] for r in stored],
-                    start,
-                    end,
+                    gone,
+                    min(key[3] for key in keys) * HOUR,
+                    (max(key[3] for key in keys) + 1) * HOUR,
                 )
-                folded = fold([orjson.loads(r["doc"]) for r in stored], hour)
-                puts.extend((row["epk"], put) for put in self._plan([(row["attr"], folded)]))
-                removed += len(stored) - 1
             if puts:
                 made = [put for _, put in puts]
                 _, missing = await self._upsert_entities(connection, entities, self._partitions(made))
