@@ -53,7 +53,6 @@ from cityos.store.temporal_base import (
     TemporalQuery,
     assemble,
 )
-from cityos.store.temporal_downsample import HOUR, chunks, fold
 from cityos.temporal.query import to_micros
 
 T = TypeVar("T")
@@ -71,8 +70,6 @@ TIMES = {
     "modifiedAt": "i.modified_us",
     "deletedAt": "i.deleted_us",
 }
-# a numeric Property instance (downsampling folds them): a number in num, a shape of type Property
-_NUMERIC = "vkind IN (1, 2) AND shape IN (SELECT id FROM temporal_names WHERE name LIKE 'Property %')"
 PURGE_CHUNK = 5000  # history rows a retention sweep deletes per write (the writer is free between them)
 FOREVER = 2**62  # an open end of a validity interval, in microseconds
 TEMPORAL_SCHEMA = """
@@ -141,8 +138,6 @@ class SQLiteTemporal:
         def _ensure_tenant(self, connection: sqlite3.Connection, tenant: str) -> None: ...
 
         async def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
-
-        async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
         def _audit_note(self, row: Callable[[], AuditRow | None]) -> None: ...
 
@@ -332,54 +327,6 @@ class SQLiteTemporal:
             removed += chunk
             if chunk < PURGE_CHUNK:
                 return removed
-
-    async def temporal_downsample(self, before: int, types: Sequence[str], after: int | None = None) -> int:
-        """Fold the hours of numeric Property instances observed in [after, before) of the entities
-        of these types that hold more than one instance (store/temporal_downsample.py): found by one
-        read, then folded a chunk of hours per write (other writes go between them). Returns how
-        many instances went (those folded, less the hourly ones made)."""
-        if not types:
-            return 0
-        low = -FOREVER if after is None else after
-
-        def find(connection: sqlite3.Connection) -> list[tuple[tuple[int, int, int, int], int]]:
-            rows = connection.execute(
-                f"SELECT epk, attr, dataset, observed_us / {HOUR}, count(*) FROM temporal_rows"
-                f" WHERE epk IN (SELECT epk FROM temporal_types WHERE type IN {name_ids(len(types))})"
-                f" AND observed_us >= ? AND observed_us < ? AND {_NUMERIC}"
-                " GROUP BY 1, 2, 3, 4 HAVING count(*) > 1 ORDER BY 1, 2, 3, 4",
-                (*types, low, before),
-            ).fetchall()
-            return [((epk, attr, dataset, hour), n) for epk, attr, dataset, hour, n in rows]
-
-        hours = await self._read(find)
-
-        def run(chunk: list[tuple[int, int, int, int]]) -> Callable[[sqlite3.Connection], int]:
-            def folded(connection: sqlite3.Connection) -> int:
-                removed = 0
-                names, times, prefix = self._wnames, self._times, self._instance_prefix
-                for epk, attr, dataset, hour in chunk:
-                    rows = connection.execute(
-                        f"SELECT i.pk, {_COLUMNS} FROM temporal_rows i WHERE i.epk = ? AND i.attr = ?"
-                        f" AND i.dataset = ? AND i.observed_us >= ? AND i.observed_us < ? AND {_NUMERIC}"
-                        " ORDER BY i.observed_us, i.pk",
-                        (epk, attr, dataset, hour * HOUR, (hour + 1) * HOUR),
-                    ).fetchall()
-                    if len(rows) < 2:  # changed since it was found
-                        continue
-                    instances = [decode(connection, names, times, prefix, row[0], row[1:]) for row in rows]
-                    pks = [row[0] for row in rows]
-                    self._delete_rows(connection, f"pk IN ({','.join('?' * len(pks))})", tuple(pks))
-                    self._put_instance(connection, epk, names.name(connection, attr), fold(instances, hour))
-                    removed += len(rows) - 1
-                return removed
-
-            return folded
-
-        removed = 0
-        for group in chunks(hours):
-            removed += await self._write(run([hours[n][0] for n in group]), groupable=False)
-        return removed
 
     def _delete_rows(self, connection: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> int:
         """Delete history rows, and the long values that were theirs alone; returns how many rows."""

@@ -54,7 +54,7 @@ from cityos.store.postgres.temporal_partitions import (
 )
 from cityos.store.postgres.temporal_read import PostgresTemporalReads
 from cityos.store.postgres.write_plan import number, recordset
-from cityos.store.sqlite_temporal import FOREVER, _now
+from cityos.store.sqlite_temporal import _now
 from cityos.store.temporal_base import (
     AggregatePage,
     AggregationSpec,
@@ -604,7 +604,7 @@ class PostgresTemporal(PostgresTemporalReads):
         Returns how many instances went (those folded, less the hourly ones made)."""
         if not types:
             return 0
-        low = -FOREVER if after is None else after
+        low = 0 if after is None else max(after, 0)  # hours before 1970 are left alone
         async with self.pool.acquire() as connection:
             found = await connection.fetch(
                 f"SELECT i.epk, e.tenant, e.id, e.types, i.attr, i.dataset, div(i.observed_us, {HOUR}) AS hour,"
