@@ -7,8 +7,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cityos.entities.model import Instance
-from cityos.store.sqlite_history import DECODED, Names, TimeCodec, decode
+from cityos.store.sqlite_history import DECODED, INSERT_INSTANCE, Names, TimeCodec, decode, encode
 from cityos.store.sqlite_layout import name_ids
 from cityos.store.temporal_downsample import HOUR, chunks, fold
 
@@ -29,8 +28,6 @@ class SQLiteDownsample:
         async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
         def _delete_rows(self, connection: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> int: ...
-
-        def _put_instance(self, connection: sqlite3.Connection, epk: int, attr: str, instance: Instance) -> None: ...
 
     async def temporal_downsample(self, before: int, types: Sequence[str], after: int | None = None) -> int:
         """Fold the hours of numeric Property instances observed in [after, before) of the entities
@@ -69,7 +66,10 @@ class SQLiteDownsample:
                     instances = [decode(connection, names, times, prefix, row[0], row[1:]) for row in rows]
                     pks = [row[0] for row in rows]
                     self._delete_rows(connection, f"pk IN ({','.join('?' * len(pks))})", tuple(pks))
-                    self._put_instance(connection, epk, names.name(connection, attr), fold(instances, hour))
+                    # inserted, as PostgreSQL does: a non-numeric instance at the hour's start stays
+                    folded = fold(instances, hour)
+                    row = encode(connection, names, times, epk, names.name(connection, attr), folded)
+                    connection.execute(INSERT_INSTANCE, row)
                     removed += len(rows) - 1
                 return removed
 
