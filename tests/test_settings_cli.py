@@ -135,6 +135,8 @@ class TestFromEnv:
             raw = expected = "json"
         elif name == "console_map_source":
             raw = expected = "tiles"
+        elif name == "temporal_downsample":
+            raw = expected = "WeatherObserved=90:hour"
         else:
             raw = expected = default + "-changed"
         environ = {env_name(name): raw}

@@ -485,6 +485,21 @@ def test_purge_of_some_types_answers_as_on_sqlite(pair: tuple[Backend, Backend])
         assert times and min(times) >= "2024-01-17T10:00:00", times
 
 
+def test_downsampling_answers_as_on_sqlite(pair: tuple[Backend, Backend]) -> None:
+    """temporal_downsample over the shared load (sensors' readings, several datasetIds, text values,
+    times without observedAt): the same hours folded, the same answers to every question after."""
+    lite, pg = pair
+    before = us("2024-02-01T00:00:00+00:00")
+    assert {b.name: b.run(b.store.temporal_downsample(before, [])) for b in pair} == {"sqlite": 0, "postgres": 0}
+    removed = {b.name: b.run(b.store.temporal_downsample(before, [TYPE_SENSOR, TYPE_METER])) for b in pair}
+    assert removed["postgres"] == removed["sqlite"] > 0, removed
+    compare(lite, pg)
+    assert {b.name: b.run(b.store.temporal_downsample(before, [TYPE_SENSOR, TYPE_METER])) for b in pair} == {
+        "sqlite": 0,
+        "postgres": 0,
+    }
+
+
 def test_history_rolls_back_with_its_change(pair: tuple[Backend, Backend]) -> None:
     """History is appended inside mutate's transaction: a failing atomic request leaves none."""
     lite, pg = pair

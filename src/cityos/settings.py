@@ -423,6 +423,11 @@ class Settings:
         "Per-type history retention, TYPE=DAYS comma list (a bare name is a core @context term, else give the"
         " type's IRI), e.g. WeatherObserved=90; --temporal-retention-days still bounds every type.",
     )
+    temporal_downsample: str = _setting(
+        "",
+        "History downsampling per type, TYPE=DAYS[:hour] comma list (types as in --temporal-retention-types),"
+        " e.g. WeatherObserved=90: numeric readings older than DAYS become one hourly mean (with its sample count).",
+    )
     temporal_page_size: int = _setting(
         8784,
         "Most attribute instances in one temporal answer, all attributes and entities together (8784: a year "
@@ -510,6 +515,10 @@ class Settings:
             from cityos.temporal.retention import parse_types
 
             parse_types(self.temporal_retention_types)
+        if self.temporal_downsample:
+            from cityos.temporal.retention import parse_downsample
+
+            parse_downsample(self.temporal_downsample)
         if self.audit_checkpoint_seconds <= 0 or self.audit_checkpoint_records < 1:
             raise ValueError("audit_checkpoint_seconds and audit_checkpoint_records must be positive")
         if self.durability not in ("normal", "full"):

@@ -35,6 +35,7 @@ from cityos.store.sqlite_audit import AUDIT_SCHEMA, SQLiteAudit, seal_into
 from cityos.store.sqlite_catalog import SQLiteCatalog
 from cityos.store.sqlite_checkpoint import BACKSTOP_PAGES, Checkpointer
 from cityos.store.sqlite_dataspace import DATASPACE_SCHEMA, SQLiteDataspace
+from cityos.store.sqlite_downsample import SQLiteDownsample
 from cityos.store.sqlite_grid import SQLiteGrid
 from cityos.store.sqlite_history import Names, TimeCodec, instance_prefix
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
@@ -175,6 +176,7 @@ class SQLiteStore(
     SQLiteCatalog,
     SQLiteWrites,
     SQLiteTemporal,
+    SQLiteDownsample,
     SQLiteIdentity,
     SQLitePolicies,
     SQLiteAudit,

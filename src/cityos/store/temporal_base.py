@@ -223,3 +223,9 @@ class TemporalStore(Protocol):
         """Retention: drop instances of every tenant whose time (observedAt, else their
         system times) is older than `before`, of the entities of these expanded types only when
         given (bounded chunks, the writers go between them); returns how many."""
+
+    async def temporal_downsample(self, before: int, types: Sequence[str], after: int | None = None) -> int:
+        """Downsampling: of the entities of these expanded types, every hour holding more than one
+        numeric Property instance observed in [after, before) becomes one instance at the hour's
+        start, the mean weighted by sample counts (store/temporal_downsample.py), in bounded
+        chunks (the writers go between them); returns how many instances went."""

@@ -30,7 +30,7 @@ deadlock writers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -62,11 +62,14 @@ from cityos.store.temporal_base import (
     TemporalPage,
     TemporalQuery,
 )
+from cityos.store.temporal_downsample import HOUR, chunks, fold
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
 
 # the key of mutate's per-entity lock (store.py _apply): one writer of an entity at a time
+# a numeric Property instance of `i` (downsampling folds them)
+_NUMERIC = "i.kind = 'Property' AND i.num IS NOT NULL"
 PURGE_ENTITIES = 200  # entities whose old history one transaction of a per-type purge deletes
 _LOCK_ENTITY = f"SELECT pg_advisory_xact_lock({entity_lock('$1', '$2')})"
 # The temporal entities of a write, created or their types extended, as CTEs named {p}k, {p}ins,
@@ -593,6 +596,80 @@ class PostgresTemporal(PostgresTemporalReads):
                 removed += int(row["n"])
                 await self._forget_emptied(connection, set(row["epks"] or []))
         return removed
+
+    async def temporal_downsample(self, before: int, types: Sequence[str], after: int | None = None) -> int:
+        """Fold the hours of numeric Property instances observed in [after, before) of the entities
+        of these types that hold more than one instance (store/temporal_downsample.py): found by one
+        GROUP BY, then folded a chunk of hours per transaction, under the entities' write locks.
+        Returns how many instances went (those folded, less the hourly ones made)."""
+        if not types:
+            return 0
+        low = 0 if after is None else max(after, 0)  # hours before 1970 are left alone
+        async with self.pool.acquire() as connection:
+            found = await connection.fetch(
+                f"SELECT i.epk, e.tenant, e.id, e.types, i.attr, i.dataset, div(i.observed_us, {HOUR}) AS hour,"
+                " count(*) AS n FROM temporal_instances i JOIN temporal_entities e ON e.pk = i.epk"
+                " WHERE e.types && $1::text[] AND i.retained_us >= $2 AND i.retained_us < $3"
+                f" AND i.observed_us >= $2 AND i.observed_us < $3 AND {_NUMERIC}"
+                " GROUP BY 1, 2, 3, 4, 5, 6, 7 HAVING count(*) > 1 ORDER BY 1, 5, 6, 7",
+                list(types),
+                low,
+                before,
+            )
+        hours = [(row, int(row["n"])) for row in found]
+        removed = 0
+        for group in chunks(hours):
+            removed += await self._write(self._fold([hours[n][0] for n in group]))
+        return removed
+
+    def _fold(self, chunk: Sequence[Any]) -> Callable[[Connection], Awaitable[int]]:
+        """The transaction folding a chunk of hours (rows of temporal_downsample's GROUP BY)."""
+
+        async def work(connection: Connection) -> int:
+            entities = {(row["tenant"], row["id"]): row["types"] for row in chunk}
+            for tenant, entity_id in sorted(entities):  # the writers' lock, always taken in one order
+                await connection.execute(_LOCK_ENTITY, tenant, entity_id)
+            keys = [(row["epk"], row["attr"], row["dataset"], int(row["hour"])) for row in chunk]
+            stored = await connection.fetch(
+                f"SELECT i.pk, i.epk, i.attr, i.dataset, div(i.observed_us, {HOUR}) AS hour, i.doc"
+                " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[]) AS k(epk, attr, dataset, hour)"
+                " JOIN temporal_instances i ON i.epk = k.epk AND i.attr = k.attr AND i.dataset = k.dataset"
+                f" AND i.observed_us >= k.hour * {HOUR} AND i.observed_us < (k.hour + 1) * {HOUR}"
+                f" WHERE i.retained_us >= $5 AND i.retained_us < $6 AND {_NUMERIC}"
+                " ORDER BY i.epk, i.attr, i.dataset, i.observed_us, i.pk",
+                *(list(column) for column in zip(*keys, strict=True)),
+                min(key[3] for key in keys) * HOUR,
+                (max(key[3] for key in keys) + 1) * HOUR,
+            )
+            hours: dict[tuple[int, str, str, int], list[Any]] = {}
+            for found in stored:
+                hours.setdefault((found["epk"], found["attr"], found["dataset"], int(found["hour"])), []).append(found)
+            removed = 0
+            gone: list[int] = []
+            puts: list[tuple[int, _Put]] = []
+            for (epk, attr, _, hour), rows in hours.items():
+                if len(rows) < 2:  # changed since it was found
+                    continue
+                gone.extend(r["pk"] for r in rows)
+                folded = fold([orjson.loads(r["doc"]) for r in rows], hour)
+                puts.extend((epk, put) for put in self._plan([(attr, folded)]))
+                removed += len(rows) - 1
+            if gone:
+                await connection.execute(
+                    "DELETE FROM temporal_instances WHERE pk = ANY($1::bigint[]) AND retained_us >= $2"
+                    " AND retained_us < $3",
+                    gone,
+                    min(key[3] for key in keys) * HOUR,
+                    (max(key[3] for key in keys) + 1) * HOUR,
+                )
+            if puts:
+                made = [put for _, put in puts]
+                _, missing = await self._upsert_entities(connection, entities, self._partitions(made))
+                await self._create_missing(connection, missing)
+                await self._insert(connection, puts)
+            return removed
+
+        return work
 
     async def _forget_emptied(self, connection: Connection, touched: set[int]) -> None:
         """Delete the temporal entities of `touched` left without instances."""

@@ -1,0 +1,188 @@
+"""History downsampling (--temporal-downsample): the store's fold on both back-ends against hourly
+means computed here in plain Python, a re-run weighting what was folded by its sample count, and the
+running service's hourly task answering through the temporal API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from cityos.settings import Settings
+from cityos.store import open_store
+from cityos.store.base import EntityStore
+from cityos.store.temporal_base import TemporalQuery
+from cityos.store.temporal_downsample import HOUR, SAMPLES
+from cityos.temporal.query import to_micros
+from cityos.temporal.retention import DEFAULT_VOCAB, parse_downsample
+from notify_helpers import free_port, stop_process, wait_serving
+
+WEATHER, OTHER = DEFAULT_VOCAB + "WeatherObserved", DEFAULT_VOCAB + "Other"
+TEMP, STATE = DEFAULT_VOCAB + "temperature", DEFAULT_VOCAB + "state"
+START = datetime(2026, 1, 10, tzinfo=UTC)  # the first reading; the cutoff is START + 5 hours
+CUTOFF = START + timedelta(hours=5)
+
+
+def stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def readings() -> list[tuple[str, dict[str, Any]]]:
+    """Six hours of irregular readings of two temperature series (the default one and dataset "b"),
+    a text attribute, and an hour (the third) that holds a single reading."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for hour in range(6):
+        minutes = [7] if hour == 2 else [0, 5, 17, 29, 41, 58]
+        for n, minute in enumerate(minutes):
+            moment = START + timedelta(hours=hour, minutes=minute, seconds=n)
+            value: float | int = round(10 + hour * 1.5 + n * 0.25 - (minute % 3), 2) if n % 2 else hour + n
+            out.append((TEMP, {"type": "Property", "value": value, "observedAt": stamp(moment), "unitCode": "CEL"}))
+            out.append(
+                (TEMP, {"type": "Property", "value": value * 2, "observedAt": stamp(moment), "datasetId": "urn:b"})
+            )
+            out.append((STATE, {"type": "Property", "value": f"s{n}", "observedAt": stamp(moment)}))
+    return out
+
+
+def expected(raw: list[tuple[str, dict[str, Any]]], dataset: str | None) -> list[tuple[str, float, int]]:
+    """(observedAt, value, samples) per instance of the temperature series after downsampling:
+    before the cutoff the plain mean of each hour holding two readings or more, the rest untouched."""
+    hours: dict[int, list[tuple[str, float]]] = {}
+    kept: list[tuple[str, float, int]] = []
+    for attr, instance in raw:
+        if attr != TEMP or instance.get("datasetId") != dataset:
+            continue
+        moment = datetime.strptime(instance["observedAt"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        if moment >= CUTOFF:
+            kept.append((instance["observedAt"], instance["value"], 1))
+        else:
+            hours.setdefault(to_micros(moment) // HOUR, []).append((instance["observedAt"], instance["value"]))
+    for hour, found in hours.items():
+        values = [value for _, value in found]
+        if len(values) == 1:
+            kept.append((found[0][0], values[0], 1))
+        else:
+            kept.append((stamp(datetime.fromtimestamp(hour * 3600, UTC)), sum(values) / len(values), len(values)))
+    return sorted(kept)
+
+
+async def series(store: EntityStore, entity: str, attr: str) -> dict[str | None, list[dict[str, Any]]]:
+    page = await store.temporal_query("", TemporalQuery(ids=[entity], attrs=[attr]))
+    out: dict[str | None, list[dict[str, Any]]] = {}
+    for instance in page.entities[0]["attrs"][attr]:
+        out.setdefault(instance.get("datasetId"), []).append(instance)
+    return out
+
+
+def shown(instances: list[dict[str, Any]]) -> list[tuple[str, float, int]]:
+    return sorted(
+        (i["observedAt"].replace(".000000", ""), i["value"], i.get(SAMPLES, {}).get("value", 1)) for i in instances
+    )
+
+
+def close(got: list[tuple[str, float, int]], want: list[tuple[str, float, int]]) -> None:
+    assert [(t, n) for t, _, n in got] == [(t, n) for t, _, n in want]
+    assert [v for _, v, _ in got] == pytest.approx([v for _, v, _ in want], rel=1e-12)
+
+
+def test_the_setting() -> None:
+    assert parse_downsample("WeatherObserved=90, Other=30:hour") == {WEATHER: 90, OTHER: 30}
+    for bad in ("WeatherObserved=90:day", "WeatherObserved", "WeatherObserved=0:hour"):
+        with pytest.raises(ValueError, match="temporal_downsample"):
+            Settings.from_env({}, temporal_downsample=bad)
+
+
+def test_hourly_means_on_both_backends(db_url: str) -> None:
+    raw = readings()
+
+    async def run() -> None:
+        store = open_store(db_url)
+        await store.open()
+        try:
+            await store.temporal_write("", "urn:w:1", [WEATHER], raw)
+            await store.temporal_write("", "urn:o:1", [OTHER], raw)  # another type: untouched
+            before = to_micros(CUTOFF)
+            assert await store.temporal_downsample(before, []) == 0
+            removed = await store.temporal_downsample(before, [WEATHER])
+            assert removed == 2 * 4 * (6 - 1)  # two series, four hours of six readings each become one
+            got = await series(store, "urn:w:1", TEMP)
+            close(shown(got[None]), expected(raw, None))
+            close(shown(got["urn:b"]), expected(raw, "urn:b"))
+            folded = [i for i in got[None] if SAMPLES in i]
+            assert {i["unitCode"] for i in folded} == {"CEL"}  # the hour's last instance's other members stay
+            assert len((await series(store, "urn:w:1", STATE))[None]) == 6 * 5 + 1  # text: left alone
+            assert len((await series(store, "urn:o:1", TEMP))[None]) == 6 * 5 + 1
+            # a re-run changes nothing; readings arriving late in a folded hour are weighted with it
+            assert await store.temporal_downsample(before, [WEATHER]) == 0
+            late = [
+                (TEMP, {"type": "Property", "value": v, "observedAt": stamp(START + timedelta(minutes=m, seconds=30))})
+                for v, m in ((100.0, 3), (-7.5, 44))
+            ]
+            await store.temporal_write("", "urn:w:1", [WEATHER], late)
+            assert await store.temporal_downsample(before, [WEATHER], to_micros(START)) == 2
+            close(shown((await series(store, "urn:w:1", TEMP))[None]), expected(raw + late, None))
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def test_the_running_service_downsamples(db_url: str) -> None:
+    """A real `cityos serve` with --temporal-downsample: its first sweep folds the readings older
+    than the raw period, the temporal API shows the hourly means, newer readings stay as they came."""
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    old = [now - timedelta(days=3, hours=h, minutes=m) for h in range(1, 3) for m in (10, 20, 30)]
+    recent = [now - timedelta(hours=5, minutes=m) for m in (10, 20, 30)]
+    raw = [(TEMP, {"type": "Property", "value": float(n), "observedAt": stamp(t)}) for n, t in enumerate(old + recent)]
+
+    async def write() -> None:
+        store = open_store(db_url)
+        await store.open()
+        try:
+            await store.temporal_write("", "urn:w:1", [WEATHER], raw)
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    port = free_port()
+    env = {
+        **os.environ,
+        "CITYOS_DATABASE": db_url,
+        "CITYOS_PORT": str(port),
+        "CITYOS_TEMPORAL_DOWNSAMPLE": "WeatherObserved=2:hour",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cityos", "serve", "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_serving(process, base, 20, lambda: process.stdout.read().decode() if process.stdout else "")
+        url = f"{base}/ngsi-ld/v1/temporal/entities/urn:w:1?attrs=temperature"
+        deadline = time.monotonic() + 20
+        while True:
+            answer = httpx.get(url)
+            assert answer.status_code == 200, answer.text
+            instances = answer.json()["temperature"]
+            if len(instances) < len(raw) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)  # the sweep runs in the server; nothing to await from here
+        got = sorted((i["observedAt"], i["value"], i.get(SAMPLES, {}).get("value", 1)) for i in instances)
+        # the readings of h hours and 10-30 minutes before (3 days ago) lie in the hour starting h+1 hours before
+        hours = [stamp(now - timedelta(days=3, hours=h)) for h in (3, 2)]
+        assert [(t.replace(".000", ""), n) for t, _, n in got[:2]] == [(hours[0], 3), (hours[1], 3)]
+        assert [v for _, v, _ in got[:2]] == pytest.approx([4.0, 1.0])  # the means of 3, 4, 5 and of 0, 1, 2
+        assert [(v, n) for _, v, n in got[2:]] == [(8.0, 1), (7.0, 1), (6.0, 1)]  # newer: as they came
+    finally:
+        stop_process(process)
+        if process.stdout:
+            process.stdout.close()
