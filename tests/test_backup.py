@@ -22,6 +22,8 @@ import pytest
 from backends import POSTGRES, admin, cli_env, db_rows, make_key
 from server_process import LoggedServer
 
+pytestmark = pytest.mark.slow(seconds=130)
+
 ENTITIES = "/ngsi-ld/v1/entities"
 POLICIES = "/cityos/v1/admin/policies"
 POLICY = {

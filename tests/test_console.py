@@ -19,6 +19,8 @@ from cityos.console import i18n, views
 from cityos.settings import Settings
 from test_auth_keys import cli
 
+pytestmark = pytest.mark.slow(seconds=100)
+
 CONSOLE = Path(__file__).parent.parent / "src" / "cityos" / "console"
 API = "/ngsi-ld/v1"
 PARKING = {

@@ -17,6 +17,8 @@ import pytest
 from console_browser import PHONE, browser_fixture, open_tab  # noqa: F401 (the `browser` fixture)
 from server_process import LoggedServer
 
+pytestmark = pytest.mark.slow(seconds=90)
+
 API = "/ngsi-ld/v1"
 PARKING = "urn:ngsi-ld:OffStreetParking:beatty-main-street"
 AIR = "urn:ngsi-ld:AirQualityObserved:beatty-central"

@@ -23,6 +23,8 @@ import pytest
 from backends import cli_env
 from notify_helpers import free_port, wait_for
 
+pytestmark = pytest.mark.slow(seconds=60)
+
 ENTITIES = "/ngsi-ld/v1/entities"
 RULES = {
     "hot": 'id = "hot"\nname = "hot"\ntype = "T"\nseverity = "low"\ncategory = "weather"\n'

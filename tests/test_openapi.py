@@ -34,6 +34,8 @@ from cityos.ops.openapi import describe, operations
 from cityos.settings import Settings
 from notify_helpers import free_port, stop_process, wait_serving
 
+pytestmark = pytest.mark.slow(seconds=80)
+
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 STATEFUL_CHECKS = [*CHECKS, use_after_free, ensure_resource_availability]
 BUDGET_SECONDS = 25.0  # per back-end: the stateful run; the whole module stays under a minute

@@ -11,6 +11,8 @@ import pytest
 
 from readme_examples import ROOT, parse_readme, run_readme
 
+pytestmark = pytest.mark.slow(seconds=60)
+
 PAGE = ROOT / "docs" / "operations.md"
 SECTIONS = ("API description", "Health checks")
 
