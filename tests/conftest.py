@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from starlette.testclient import TestClient
 from backends import BACKENDS, POSTGRES, PostgresSchemas, admin
 from cityos.app import create_app
 from cityos.settings import Settings
-from notify_helpers import free_port, stop_process, wait_serving
+from notify_helpers import cityos_serving
 
 CORE = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.9.jsonld"
 
@@ -127,19 +125,5 @@ def client(settings: Settings) -> Iterator[TestClient]:
 @pytest.fixture
 def server(db_url: str) -> Iterator[str]:
     """A real `cityos serve` process on 127.0.0.1; yields its base URL and stops it by pid."""
-    port = free_port()
-    env = {**os.environ, "CITYOS_DATABASE": db_url, "CITYOS_PORT": str(port)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cityos", "serve", "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_serving(process, base, 20, lambda: process.stdout.read().decode() if process.stdout else "")
+    with cityos_serving(db_url) as base:
         yield base
-    finally:
-        stop_process(process)
-        if process.stdout:
-            process.stdout.close()

@@ -208,6 +208,28 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> Non
             process.wait()
 
 
+@contextmanager
+def cityos_serving(db_url: str, timeout: float = 20.0, **env: str) -> Iterator[str]:
+    """A real `cityos serve` process on 127.0.0.1 over `db_url` (more settings as CITYOS_* `env`);
+    yields its base URL, and stops it by pid."""
+    port = free_port()
+    environ = {**os.environ, "CITYOS_DATABASE": db_url, "CITYOS_PORT": str(port), **env}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cityos", "serve", "--log-level", "warning"],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_serving(process, base, timeout, lambda: process.stdout.read().decode() if process.stdout else "")
+        yield base
+    finally:
+        stop_process(process)
+        if process.stdout:
+            process.stdout.close()
+
+
 class BrokerProcess:
     """A real `cityos serve` process that can be killed with SIGKILL and started again on the
     same database file and port (notifications may reach 127.0.0.1)."""

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -32,7 +29,7 @@ from cityos.app import create_app
 from cityos.ops.declare import declared, in_description
 from cityos.ops.openapi import describe, operations
 from cityos.settings import Settings
-from notify_helpers import free_port, stop_process, wait_serving
+from notify_helpers import cityos_serving
 
 pytestmark = pytest.mark.slow(seconds=80)
 
@@ -101,22 +98,8 @@ def test_description_and_docs_page_are_served(db_url: str) -> None:
 @pytest.fixture(scope="module")
 def served(module_db_url: str) -> Iterator[str]:
     """A real `cityos serve` on 127.0.0.1 over the module's database; its base URL."""
-    port = free_port()
-    env = {**os.environ, "CITYOS_DATABASE": module_db_url, "CITYOS_PORT": str(port)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cityos", "serve", "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_serving(process, base, 30, lambda: process.stdout.read().decode() if process.stdout else "")
+    with cityos_serving(module_db_url, timeout=30) as base:
         yield base
-    finally:
-        stop_process(process)
-        if process.stdout:
-            process.stdout.close()
 
 
 def test_stateful_entity_lifecycle(served: str) -> None:

@@ -5,9 +5,6 @@ running service's hourly task answering through the temporal API."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +19,7 @@ from cityos.store.temporal_base import TemporalQuery
 from cityos.store.temporal_downsample import HOUR, SAMPLES
 from cityos.temporal.query import to_micros
 from cityos.temporal.retention import DEFAULT_VOCAB, parse_downsample
-from notify_helpers import free_port, stop_process, wait_serving
+from notify_helpers import cityos_serving
 
 WEATHER, OTHER = DEFAULT_VOCAB + "WeatherObserved", DEFAULT_VOCAB + "Other"
 TEMP, STATE = DEFAULT_VOCAB + "temperature", DEFAULT_VOCAB + "state"
@@ -151,22 +148,7 @@ def test_the_running_service_downsamples(db_url: str) -> None:
             await store.close()
 
     asyncio.run(write())
-    port = free_port()
-    env = {
-        **os.environ,
-        "CITYOS_DATABASE": db_url,
-        "CITYOS_PORT": str(port),
-        "CITYOS_TEMPORAL_DOWNSAMPLE": "WeatherObserved=2:hour",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cityos", "serve", "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_serving(process, base, 20, lambda: process.stdout.read().decode() if process.stdout else "")
+    with cityos_serving(db_url, CITYOS_TEMPORAL_DOWNSAMPLE="WeatherObserved=2:hour") as base:
         url = f"{base}/ngsi-ld/v1/temporal/entities/urn:w:1?attrs=temperature"
         deadline = time.monotonic() + 20
         while True:
@@ -182,7 +164,3 @@ def test_the_running_service_downsamples(db_url: str) -> None:
         assert [(t.replace(".000", ""), n) for t, _, n in got[:2]] == [(hours[0], 3), (hours[1], 3)]
         assert [v for _, v, _ in got[:2]] == pytest.approx([4.0, 1.0])  # the means of 3, 4, 5 and of 0, 1, 2
         assert [(v, n) for _, v, n in got[2:]] == [(8.0, 1), (7.0, 1), (6.0, 1)]  # newer: as they came
-    finally:
-        stop_process(process)
-        if process.stdout:
-            process.stdout.close()
