@@ -81,8 +81,8 @@ def main() -> None:
         started = time.monotonic()
         page.goto(args.base + "/console/map")
         page.wait_for_selector("#map[data-loaded]", timeout=120_000)
-        shown = page.locator("#map").get_attribute("data-loaded")
-        print(f"map: {shown} features shown after {time.monotonic() - started:.1f} s")
+        loaded = page.locator("#map").get_attribute("data-loaded")
+        print(f"map: {loaded} features shown after {time.monotonic() - started:.1f} s")
         stop, done = threading.Event(), [0]
         thread = threading.Thread(target=changer, args=(args, stop, done))
         thread.start()

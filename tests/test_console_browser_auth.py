@@ -6,7 +6,6 @@ the module (the demo city, a parking viewer, an admin key for the writes)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
