@@ -9,6 +9,7 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,22 +24,26 @@ from test_auth_keys import cli
 
 CONSOLE = Path(__file__).parent.parent / "src" / "cityos" / "console"
 API = "/ngsi-ld/v1"
-PARKING = {
+PARKING: dict[str, Any] = {
     "id": "urn:ngsi-ld:OffStreetParking:p1",
     "type": "OffStreetParking",
     "availableSpotNumber": {"type": "Property", "value": 12, "observedAt": "2026-01-02T03:04:05Z", "unitCode": "C62"},
     "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [-116.76, 36.9]}},
     "name": {"type": "Property", "value": "Main car park"},
 }
-SPOT = {
+SPOT: dict[str, Any] = {
     "id": "urn:ngsi-ld:ParkingSpot:s1",
     "type": "ParkingSpot",
     "refParkingSite": {"type": "Relationship", "object": PARKING["id"]},
     "status": {"type": "Property", "value": "free", "reliability": {"type": "Property", "value": 0.9}},
 }
 KEY = r"""(?<![\w.])t\(["']([a-z]+\.[a-z_.0-9]*[a-z0-9_])["']"""  # t("a.key"), not t("alert.status." ~ s)
-SECRET = {"id": "urn:ngsi-ld:Building:b1", "type": "Building", "floorsAboveGround": {"type": "Property", "value": 3}}
-TOWER = {  # a Building on the map, which a parking viewer may not read
+SECRET: dict[str, Any] = {
+    "id": "urn:ngsi-ld:Building:b1",
+    "type": "Building",
+    "floorsAboveGround": {"type": "Property", "value": 3},
+}
+TOWER: dict[str, Any] = {  # a Building on the map, which a parking viewer may not read
     "id": "urn:ngsi-ld:Building:b2",
     "type": "Building",
     "floorsAboveGround": {"type": "Property", "value": 9},
