@@ -3,6 +3,8 @@
 and how the map keeps drawing (frames per second) while entities change through the API.
 
 python -m benchmarks.console http://127.0.0.1:1026 [--changes-per-second 200] [--type ParkingSpot]
+python -m benchmarks.console URL --type OffStreetParking --ids 'urn:ngsi-ld:{type}:bench-{i}' --attr availableSpotNumber
+    (the 100,000 entities of `python -m benchmarks.map_tiles build`: a number that recolours the map)
 """
 
 from __future__ import annotations
@@ -31,14 +33,20 @@ def paint(page: Any, url: str) -> dict[str, float]:
     return {k: float(v) for k, v in timing.items()}
 
 
-def changer(base: str, entity_type: str, rate: int, stop: threading.Event, done: list[int]) -> None:
-    """`rate` attribute changes a second through the batch API (one request of `rate` entities a second)."""
-    with httpx.Client(base_url=base, timeout=30) as client:
+def changer(args: argparse.Namespace, stop: threading.Event, done: list[int]) -> None:
+    """`rate` attribute changes a second through the batch API (one request of `rate` entities a
+    second): `status` free or occupied, or another attribute a number 0-300."""
+    rate, entity_type = args.changes_per_second, args.type
+
+    def value() -> Any:
+        return random.choice(["free", "occupied"]) if args.attr == "status" else random.randrange(300)
+
+    with httpx.Client(base_url=args.base, timeout=30) as client:
         while not stop.is_set():
             started = time.monotonic()
             batch = [
-                {"id": f"urn:ngsi-ld:{entity_type}:p{random.randrange(100_000)}", "type": entity_type}
-                | {"status": {"type": "Property", "value": random.choice(["free", "occupied"])}}
+                {"id": args.ids.format(type=entity_type, i=random.randrange(args.count)), "type": entity_type}
+                | {args.attr: {"type": "Property", "value": value()}}
                 for _ in range(rate)
             ]
             client.post("/ngsi-ld/v1/entityOperations/update", json=batch)
@@ -52,6 +60,9 @@ def main() -> None:
     parser.add_argument("--type", default="ParkingSpot")
     parser.add_argument("--changes-per-second", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--ids", default="urn:ngsi-ld:{type}:p{i}", help="the changed entities' ids ({type}, {i})")
+    parser.add_argument("--count", type=int, default=100_000, help="how many ids ({i} below this)")
+    parser.add_argument("--attr", default="status", help="the changed attribute (status: free/occupied; else a number)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -70,10 +81,10 @@ def main() -> None:
         started = time.monotonic()
         page.goto(args.base + "/console/map")
         page.wait_for_selector("#map[data-loaded]", timeout=120_000)
-        shown = page.locator("#map").get_attribute("data-loaded")
-        print(f"map: {shown} features shown after {time.monotonic() - started:.1f} s")
+        loaded = page.locator("#map").get_attribute("data-loaded")
+        print(f"map: {loaded} features shown after {time.monotonic() - started:.1f} s")
         stop, done = threading.Event(), [0]
-        thread = threading.Thread(target=changer, args=(args.base, args.type, args.changes_per_second, stop, done))
+        thread = threading.Thread(target=changer, args=(args, stop, done))
         thread.start()
         frames = page.evaluate(
             "new Promise(r => { let n = 0; const t0 = performance.now(); const tick = () => { n++;"
@@ -84,6 +95,8 @@ def main() -> None:
         stop.set()
         thread.join()
         print(f"map while {done[0]} changes were made ({args.changes_per_second}/s): {frames:.1f} frames a second")
+        drawn = page.evaluate("[window.cityosMap.updates, window.cityosMap.reloads]")
+        print(f"map: {drawn[0]} changes drawn from the change stream, tiles reloaded {drawn[1]} times")
         browser.close()
 
 

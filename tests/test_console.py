@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -17,27 +19,38 @@ from backends import make_key
 from cityos.app import create_app
 from cityos.console import i18n, views
 from cityos.settings import Settings
+from mvt_decode import decode
 from test_auth_keys import cli
 
 pytestmark = pytest.mark.slow(seconds=100)
 
 CONSOLE = Path(__file__).parent.parent / "src" / "cityos" / "console"
 API = "/ngsi-ld/v1"
-PARKING = {
+PARKING: dict[str, Any] = {
     "id": "urn:ngsi-ld:OffStreetParking:p1",
     "type": "OffStreetParking",
     "availableSpotNumber": {"type": "Property", "value": 12, "observedAt": "2026-01-02T03:04:05Z", "unitCode": "C62"},
     "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [-116.76, 36.9]}},
     "name": {"type": "Property", "value": "Main car park"},
 }
-SPOT = {
+SPOT: dict[str, Any] = {
     "id": "urn:ngsi-ld:ParkingSpot:s1",
     "type": "ParkingSpot",
     "refParkingSite": {"type": "Relationship", "object": PARKING["id"]},
     "status": {"type": "Property", "value": "free", "reliability": {"type": "Property", "value": 0.9}},
 }
 KEY = r"""(?<![\w.])t\(["']([a-z]+\.[a-z_.0-9]*[a-z0-9_])["']"""  # t("a.key"), not t("alert.status." ~ s)
-SECRET = {"id": "urn:ngsi-ld:Building:b1", "type": "Building", "floorsAboveGround": {"type": "Property", "value": 3}}
+SECRET: dict[str, Any] = {
+    "id": "urn:ngsi-ld:Building:b1",
+    "type": "Building",
+    "floorsAboveGround": {"type": "Property", "value": 3},
+}
+TOWER: dict[str, Any] = {  # a Building on the map, which a parking viewer may not read
+    "id": "urn:ngsi-ld:Building:b2",
+    "type": "Building",
+    "floorsAboveGround": {"type": "Property", "value": 9},
+    "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [-116.75, 36.91]}},
+}
 
 
 def test_both_catalogues_have_every_key_the_templates_use() -> None:
@@ -114,7 +127,7 @@ def test_the_pages_show_the_city(console: TestClient) -> None:
     map_page = console.get("/console/map")
     config = json.loads(re.search(r'id="map-config">(.*?)</script>', map_page.text).group(1))  # type: ignore[union-attr]
     assert {layer["type"] for layer in config["layers"]} == {"OffStreetParking"}  # the only one with a location
-    assert config["basemap"] == "" and config["source"] == "geojson"
+    assert config["basemap"] == "" and config["api"] == "/console/api/ngsi-ld/v1"
     operations = console.get("/console/operations")
     assert operations.status_code == 200 and 'id="new-subscription"' in operations.text
     made = console.post(
@@ -166,7 +179,8 @@ PASSWORD = "a long console password"
 
 
 @pytest.fixture
-def secured(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
+def secured_city(db_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
+    """The console with --auth required, a parking viewer `vera`, and an admin's token."""
     made = cli(db_url, "users", "create", "vera", "--role", "parking-viewer", "--password-stdin", stdin=PASSWORD + "\n")
     assert made.returncode == 0, made.stderr
     policy = tmp_path / "policies.yaml"
@@ -174,10 +188,15 @@ def secured(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(database=db_url, auth="required", policy_file=str(policy))
     with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
         token = make_key(db_url, "--name", "admin", "--role", "admin")
-        for entity in (PARKING, SPOT, SECRET):
+        for entity in (PARKING, SPOT, SECRET, TOWER):
             made_entity = client.post(f"{API}/entities", json=entity, headers={"Authorization": f"Bearer {token}"})
             assert made_entity.status_code == 201, made_entity.text
-        yield client
+        yield client, token
+
+
+@pytest.fixture
+def secured(secured_city: tuple[TestClient, str]) -> TestClient:
+    return secured_city[0]
 
 
 def test_sign_in_and_see_only_what_the_policies_allow(secured: TestClient) -> None:
@@ -207,3 +226,58 @@ def test_sign_in_and_see_only_what_the_policies_allow(secured: TestClient) -> No
     assert secured.post("/console/subscriptions", data=wish).status_code == 403
     secured.post("/console/signout")
     assert secured.get("/", follow_redirects=False).status_code == 303
+
+
+def _stream(client: TestClient, into: list[str], headers: dict[str, str]) -> threading.Thread:
+    """GET the change stream for a second, on a thread (the test client answers once it ends)."""
+
+    def run() -> None:
+        answer = client.get(CHANGES, params={"duration": "1"}, headers=headers)
+        into.append(f"{answer.status_code}\n{answer.text}")
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+CHANGES = "/cityos/v1/changes"
+TILE = "/tiles/0/0/0.mvt"
+
+
+def test_the_map_reads_tiles_and_changes_with_the_session_cookie(secured_city: tuple[TestClient, str]) -> None:
+    """The map's browser requests carry no Authorization header: the session cookie stands for the
+    token on the tiles and the change stream (GET only), and the policies restrict both."""
+    secured, token = secured_city
+    admin = {"Authorization": f"Bearer {token}"}
+    assert secured.get(TILE).status_code == 401 and secured.get(CHANGES, params={"duration": "1"}).status_code == 401
+    everything = decode(secured.get(TILE, headers=admin).content)["entities"]["features"]
+    assert {f["properties"]["id"] for f in everything} == {PARKING["id"], TOWER["id"]}
+    assert secured.get(TILE, headers={"Cookie": "cityos_session=cs_forged.secret"}).status_code == 401
+    signed = secured.post("/console/signin", data={"username": "vera", "password": PASSWORD}, follow_redirects=False)
+    session = signed.cookies["cityos_session"]
+    secured.cookies.clear()  # each request below names its credentials
+    cookie = {"Cookie": f"lang=en; cityos_session={session}"}
+    tile = secured.get(TILE, headers=cookie)
+    assert tile.status_code == 200 and "Cookie" in tile.headers["vary"]
+    assert [f["properties"]["id"] for f in decode(tile.content)["entities"]["features"]] == [PARKING["id"]]
+    # the cookie is a credential on the map's reads only: never on a write, nor on another route
+    assert secured.get(f"{API}/entities", params={"type": "OffStreetParking"}, headers=cookie).status_code == 401
+    assert secured.patch(f"{API}/entities/{PARKING['id']}/attrs", json={}, headers=cookie).status_code == 401
+    assert secured.post(CHANGES, headers=cookie).status_code == 401
+    got: list[str] = []
+    reader = _stream(secured, got, cookie)
+    hub = secured.app.state["changes"]  # type: ignore[attr-defined]
+    for _ in range(200):  # the stream is open once its client is registered
+        if hub.clients:
+            break
+        threading.Event().wait(0.01)
+    assert hub.clients
+    for entity, attr in ((TOWER, "floorsAboveGround"), (PARKING, "availableSpotNumber")):
+        patched = secured.patch(
+            f"{API}/entities/{entity['id']}/attrs", json={attr: {"type": "Property", "value": 4}}, headers=admin
+        )
+        assert patched.status_code == 204, patched.text
+    reader.join(10)
+    status, _, body = got[0].partition("\n")
+    events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
+    assert status == "200" and [(e["id"], e["attrs"]["availableSpotNumber"]) for e in events] == [(PARKING["id"], 4)]

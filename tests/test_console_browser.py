@@ -1,8 +1,9 @@
 """The console in a real browser (Debian's chromium, Playwright for Python) against a real
 `cityos serve --demo-on-empty`: every page loads without console errors in English and Chinese,
 on a desktop and a phone, with no serious WCAG 2.2 AA violation (axe-core); the map shows the demo
-entities and follows a change made through the API; the time slider replays known history; the
-charts draw the temporal API's values. Screenshots go to docs/console/ (docs/console.md)."""
+entities from vector tiles and follows a change made through the API by the change stream; the
+time slider replays known history; the charts draw the temporal API's values. Screenshots go to
+docs/console/ (docs/console.md)."""
 
 from __future__ import annotations
 
@@ -126,29 +127,42 @@ def test_the_entity_page_charts_its_history(server: LoggedServer, browser: Any) 
     tab.page.context.close()
 
 
-def test_the_map_shows_the_city_and_follows_a_change(server: LoggedServer, browser: Any) -> None:
+def test_the_map_draws_tiles_and_follows_the_change_stream(server: LoggedServer, browser: Any) -> None:
+    """The features come from vector tiles, a change made through the API arrives by the change
+    stream (no query of the whole set again), and a click opens the entity's details."""
     tab = open_tab(browser)
+    asked: list[str] = []
+    tab.page.on("request", lambda r: asked.append(r.url))
     tab.goto(server.base + "/console/map")
-    tab.page.wait_for_selector("#map[data-loaded]", timeout=20000)
-    features = tab.page.evaluate("Object.keys(window.cityosMap.features).length")
-    assert features >= 5 and int(tab.page.locator("#map").get_attribute("data-loaded")) >= 15
-    value = "(f => f.properties.availableSpotNumber)"
-    spots = tab.page.evaluate(
-        f"window.cityosMap.features.OffStreetParking.filter(f => f.id === '{PARKING}').map({value})[0]"
-    )
-    assert spots == 87
+    tab.page.wait_for_selector("#map[data-loaded][data-streaming]", timeout=20000)
+    assert int(tab.page.locator("#map").get_attribute("data-loaded")) >= 15
+    shown = f"window.cityosMap.shown('OffStreetParking')['{PARKING}']"
+    before = httpx.get(f"{server.base}{API}/entities/{PARKING}", params={"format": "keyValues"}).json()
+    assert tab.until(shown)["availableSpotNumber"] == before["availableSpotNumber"]
+    assert tab.page.evaluate("Object.keys(window.cityosMap.shown('AirQualityObserved')).length") >= 2
+    assert any("/tiles/" in url and "type=OffStreetParking" in url for url in asked)
+    queries = [url for url in asked if "/ngsi-ld/v1/entities?" in url]
+    assert queries and all("limit=100" in url and "attrs=location" in url for url in queries)  # the bounds only
+    new = 3 if before["availableSpotNumber"] != 3 else 4
     httpx.patch(
-        f"{server.base}{API}/entities/{PARKING}/attrs", json={"availableSpotNumber": {"type": "Property", "value": 3}}
+        f"{server.base}{API}/entities/{PARKING}/attrs", json={"availableSpotNumber": {"type": "Property", "value": new}}
     ).raise_for_status()
-    tab.until(f"window.cityosMap.features.OffStreetParking.some(f => f.id === '{PARKING}' && {value}(f) === 3)")
-    # click a symbol: its details and a link to its page
+    tab.until(f"{shown}.availableSpotNumber === {new}")
+    target = f"{{source: 's-OffStreetParking', sourceLayer: 'entities', id: '{PARKING}'}}"
+    stale = f"window.cityosMap.map.getFeatureState({target})"
+    assert tab.page.evaluate(stale)["stale"] is True  # the tile's copy gives way to the stream's
+    drawn = "window.cityosMap.map.queryRenderedFeatures({layers: ['l-OffStreetParking-live-point']})"
+    assert tab.until(f"{drawn}.map(f => f.properties.availableSpotNumber + ' ' + f.id)") == [f"{new} {PARKING}"]
+    assert [url for url in asked if "/ngsi-ld/v1/entities?" in url] == queries  # no polling
+    # click a symbol: its details (the entity as the API gives it) and a link to its page
     tab.page.evaluate("window.cityosMap.map.jumpTo({center: [-116.7612, 36.9061], zoom: 17})")
     tab.until("window.cityosMap.map.loaded()")
     box = tab.page.locator("#map canvas").bounding_box()
     point = tab.page.evaluate("window.cityosMap.map.project([-116.7612, 36.9061])")
     tab.page.mouse.click(box["x"] + point["x"], box["y"] + point["y"])
-    tab.page.wait_for_selector("#map-details a")
+    tab.page.wait_for_selector("#map-details table")
     assert PARKING in tab.page.locator("#map-details a").inner_text()
+    assert "availableSpotNumber" in tab.page.locator("#map-details table").inner_text()
     tab.clean()
     tab.page.context.close()
 
@@ -166,6 +180,12 @@ def test_the_time_slider_replays_history(server: LoggedServer, browser: Any) -> 
         params={"attrs": "pm25", "options": "temporalValues", "timerel": "before", "timeAt": at, "lastN": "1"},
     ).json()["pm25"]["values"][0][0]
     assert tab.page.evaluate(f"window.cityosMap.hist['{AIR}']") == expected
+    target = f"{{source: 's-AirQualityObserved', sourceLayer: 'entities', id: '{AIR}'}}"
+    on_tile = f"window.cityosMap.map.getFeatureState({target})"
+    assert tab.page.evaluate(on_tile)["hist"] == expected  # the tile's feature is recoloured by it
+    tab.page.locator("#map-time").fill("1000")  # back to live: the replayed values go
+    tab.page.wait_for_selector("#map[data-replayed='']")
+    assert "hist" not in tab.page.evaluate(on_tile)
     tab.page.evaluate("document.getElementById('map-3d').click()")
     tab.page.wait_for_timeout(300)
     assert tab.page.evaluate("window.cityosMap.map.getPitch()") == 60

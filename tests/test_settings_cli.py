@@ -133,8 +133,6 @@ class TestFromEnv:
             raw = expected = "WeatherObserved=90"
         elif name == "log_format":
             raw = expected = "json"
-        elif name == "console_map_source":
-            raw = expected = "tiles"
         elif name == "temporal_downsample":
             raw = expected = "WeatherObserved=90:hour"
         else:

@@ -372,7 +372,8 @@ class Settings:
         16, "Map tiles: the clusters layer's grid is this many cells across and down each tile (one point per cell)."
     )
     tile_attrs: str = _setting(
-        "availableSpotNumber,totalSpotNumber,pm25,pm10,NO2,height,status,occupancy,speed",
+        "availableSpotNumber,totalSpotNumber,pm25,pm10,NO2,height,floorsAboveGround,fillingLevel,temperature,intensity,"
+        "status,occupancy,speed",
         "Map tiles: attributes whose values (numbers, booleans, short strings) go into each feature's properties"
         " (comma list of core @context terms or IRIs).",
     )
@@ -446,11 +447,6 @@ class Settings:
         "Raster basemap tile URL template for the console's map ({z}/{x}/{y}, e.g. an OpenStreetMap tile server you"
         " may use); empty: no request leaves the machine, the map draws the city's own layers on a plain background.",
     )
-    console_map_source: str = _setting(
-        "geojson",
-        "Where the console's map gets its features: geojson (paged NGSI-LD GeoJSON queries, polled for changes) or"
-        " tiles (/tiles/{z}/{x}/{y}.mvt vector tiles and the /cityos/v1/changes event stream).",
-    )
 
     @classmethod
     def from_env(
@@ -491,8 +487,6 @@ class Settings:
                 raise ValueError(f"{name} must be positive")
         if self.max_connections < 1 or self.keep_alive_max_requests < 0:
             raise ValueError("max_connections must be positive and keep_alive_max_requests not negative")
-        if self.console_map_source not in ("geojson", "tiles"):
-            raise ValueError("console_map_source must be geojson or tiles")
         if self.auth not in ("off", "required"):
             raise ValueError("auth must be off or required")
         if self.rate_limit < 0 or self.rate_limit_burst < 1 or self.user_token_lifetime <= 0:

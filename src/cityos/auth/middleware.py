@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Callable
 
 import orjson
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cityos.audit.events import AuditEvent, AuditSink
@@ -71,6 +72,15 @@ CONSOLE_PATHS = ("/", "/console/")
 # and show only what the policies give the anonymous caller (catalog/public.py); CKAN clients send
 # their read actions as POST too.
 OPEN_DATA = ("/catalog", "/api/3/action/", "/api/action/")
+# the console's session cookie (console/http.py SESSION_COOKIE: HttpOnly, SameSite=Strict; its value
+# is a bearer token) stands for `Authorization: Bearer <value>` on these reads only, which the
+# browser asks for without a header of its own (MapLibre's tile requests, an EventSource): GET and
+# HEAD, never a write, so a cookie cannot carry a forged write (no CSRF), and only when the request
+# brings no Authorization header (docs/security.md, "Issue 18: the session cookie on the map's reads")
+SESSION_COOKIE = "cityos_session"
+COOKIE_READ_PREFIX = "/tiles/"
+COOKIE_READ_PATHS = frozenset({"/cityos/v1/changes"})
+COOKIE_METHODS = ("GET", "HEAD")
 
 
 def request_id_of(given: bytes | None) -> str:
@@ -104,12 +114,16 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        authorization = purpose = None
+        authorization = purpose = cookie = None
         for name, value in scope["headers"]:
             if name == b"authorization" and authorization is None:
                 authorization = value
             elif name == PURPOSE_HEADER and purpose is None:
                 purpose = value
+            elif name == b"cookie" and cookie is None:
+                cookie = value
+        if authorization is None and cookie is not None and cookie_read(scope):
+            authorization = session_authorization(cookie)
         try:
             # a partner city's request, proven by its signature (dataspace/door.py, outside this)
             principal = scope.get("cityos.principal")
@@ -158,6 +172,18 @@ class AuthMiddleware:
             await self.audit().record([event])
         except Exception:  # a failed audit write must not turn a 401 into a 500
             log.exception("recording a refusal failed")
+
+
+def cookie_read(scope: Scope) -> bool:
+    """A read of the map's data, where the console's session cookie may stand for a bearer token."""
+    path: str = scope["path"]
+    return scope["method"] in COOKIE_METHODS and (path.startswith(COOKIE_READ_PREFIX) or path in COOKIE_READ_PATHS)
+
+
+def session_authorization(cookie: bytes) -> bytes | None:
+    """`Bearer <token>` from a Cookie header's session cookie; None without one."""
+    token = cookie_parser(cookie.decode("latin-1")).get(SESSION_COOKIE, "").strip()
+    return b"Bearer " + token.encode("latin-1") if token else None
 
 
 def public(scope: Scope) -> bool:

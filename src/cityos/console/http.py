@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from cityos.auth.middleware import SESSION_COOKIE
 from cityos.console import i18n, views
 from cityos.console.client import API, Answer, ApiClient
 from cityos.errors import NgsiLdError
@@ -29,7 +30,6 @@ from cityos.ops.declare import browser_page
 from cityos.policy.decision import Action
 
 PREFIX = "/console"
-SESSION_COOKIE = "cityos_session"
 PAGE_SIZE = 20
 PASSED_ON = ("content-type", "ngsild-results-count", "link", "www-authenticate", "content-range")
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".json": "application/json", ".txt": "text/plain"}
@@ -275,14 +275,8 @@ async def map_page(request: Request) -> Response:
         for t, n in counts.items()
         if n
     ]
-    settings = request.app.state.services.settings
-    config = {
-        "layers": layers,
-        "basemap": basemap(request),
-        "source": getattr(settings, "console_map_source", "geojson"),
-        "api": f"{PREFIX}/api/ngsi-ld/v1",
-        "pageSize": 500,
-    }
+    # the features come from /tiles and /cityos/v1/changes (static/map.js); the API for the rest
+    config = {"layers": layers, "basemap": basemap(request), "api": f"{PREFIX}/api/ngsi-ld/v1"}
     return render(request, "map.html", config=config, layers=layers)
 
 

@@ -105,7 +105,7 @@ def _answer(request: Request, body: bytes, layer: str, etag: str, max_age: int) 
     headers = {
         "ETag": etag,
         "Cache-Control": f"private, max-age={max_age}",  # what a caller sees depends on its policy
-        "Vary": "Authorization, NGSILD-Tenant, Link",
+        "Vary": "Authorization, Cookie, NGSILD-Tenant, Link",  # Cookie: the console's session (auth/middleware.py)
         "X-Tile-Layer": layer,
     }
     if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
