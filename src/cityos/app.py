@@ -30,6 +30,7 @@ from cityos.auth.middleware import CALLER_SCOPE_KEY, REQUEST_ID_HEADER, AuthMidd
 from cityos.auth.principal import current_request_id
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE
 from cityos.auth.service import Identity
+from cityos.citizen import http as citizen_http
 from cityos.console import http as console_http
 from cityos.dataspace import http as dataspace_http
 from cityos.dataspace.door import PartnerDoor
@@ -622,6 +623,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
         *(console_http.routes() if settings.console else []),
+        *(citizen_http.routes() if settings.console else []),
         *observe_http.routes(metrics if not settings.metrics_port else None),
         *ops_http.routes(),  # /openapi.json describes every route above (ops/openapi.py)
     ]

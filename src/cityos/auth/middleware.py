@@ -67,6 +67,9 @@ PUBLIC_PREFIX = "/open311/v2/"
 # the web console's pages and assets (console/http.py): a browser sends no Authorization header, so
 # they pass the door; each page calls the API with the session cookie's token, and the API decides
 CONSOLE_PATHS = ("/", "/console/")
+# the citizens' page and API (citizen/http.py): for anyone; they ask the API as the anonymous
+# caller, so the policies decide what is public
+CITIZEN_PREFIX = "/city/"
 
 
 def request_id_of(given: bytes | None) -> str:
@@ -164,6 +167,7 @@ def public(scope: Scope) -> bool:
         or path.startswith(PUBLIC_PREFIX)
         or path == CONSOLE_PATHS[0]
         or path.startswith(CONSOLE_PATHS[1])
+        or path.startswith(CITIZEN_PREFIX)
     ):
         return True
     return path.startswith(PUBLIC_READS) and scope["method"] in ("GET", "HEAD")

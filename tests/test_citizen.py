@@ -1,0 +1,165 @@
+"""Citizen services (citizen/): the AQI tables against hand-computed values, and the JSON API on both
+back-ends, its values compared with the stored entities and only what the anonymous caller may read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from starlette.testclient import TestClient
+
+from backends import make_key
+from cityos.app import create_app
+from cityos.citizen import aqi, services
+from cityos.settings import Settings
+
+API = "/ngsi-ld/v1"
+HERE = {"lat": 36.9083, "lon": -116.7596}
+
+
+def prop(value: object) -> dict[str, object]:
+    return {"type": "Property", "value": value}
+
+
+def place(kind: str, name: str, lon: float, lat: float, **attrs: object) -> dict[str, object]:
+    body: dict[str, object] = {"id": f"urn:ngsi-ld:{kind}:{name}", "type": kind, "name": prop(name)}
+    body["location"] = {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, lat]}}
+    body.update({k: prop(v) for k, v in attrs.items()})
+    return body
+
+
+AIR = place("AirQualityObserved", "central", -116.7596, 36.9083, pm25=80, pm10=160, no2=100, o3=120, so2=10, co=1000)
+AIR_FAR = place("AirQualityObserved", "far", -116.70, 36.95, pm25=12.0)
+HOURS = [{"dayOfWeek": "Monday", "opens": "10:00:00", "closes": "17:00:00"}]
+ENTITIES = [
+    AIR,
+    AIR_FAR,
+    place("OffStreetParking", "main", -116.7612, 36.9061, availableSpotNumber=87, totalSpotNumber=120),
+    place("OffStreetParking", "hidden", -116.7600, 36.9080, availableSpotNumber=5, totalSpotNumber=10, secret=1),
+    place("Museum", "museum", -116.7591, 36.9079, openingHoursSpecification=HOURS, description="Local history"),
+    place("PointOfInterest", "visitors", -116.7593, 36.9081, category=["429"]),
+]
+
+
+def test_us_aqi_against_hand_computed_values() -> None:
+    # PM2.5 35.9: (150-101)/(55.4-35.5)*(35.9-35.5)+101 = 101.98 -> 102; 12.0 -> 49/26.3*2.9+51 = 56.4 -> 56
+    assert aqi.us_sub_index("pm25", 35.9) == 102
+    assert aqi.us_sub_index("pm25", 12.0) == 56
+    assert aqi.us_sub_index("pm25", 9.0) == 50 and aqi.us_sub_index("pm25", 400) is None
+    assert aqi.us_sub_index("pm10", 160) == 103  # 49/99*5+101 = 103.47
+    assert aqi.us_sub_index("no2", 100) == 50  # 100*24.45/46.01 = 53.1 ppb -> 53 -> top of "good"
+    assert aqi.us_sub_index("o3", 120) == 71  # 0.0611 ppm -> 0.061: 49/0.015*0.006+51 = 70.6
+    assert aqi.us_sub_index("so2", 10) == 4  # 3.8 ppb -> 3: 50/35*3 = 4.3
+    assert aqi.us_sub_index("co", 1000) == 9  # 0.87 ppm -> 0.8: 50/4.4*0.8 = 9.1
+    index = aqi.us_aqi({"pm25": 35.9, "pm10": 160, "o3": 120})
+    assert (index.value, index.category, index.primary) == (103, "unhealthy-for-sensitive-groups", ["pm10"])
+    assert aqi.us_aqi({}).value is None
+
+
+def test_china_aqi_against_hand_computed_values() -> None:
+    # HJ 633-2012: PM2.5 80 in 75..115 -> 50/40*5+100 = 106.25, rounded up to 107
+    assert aqi.cn_sub_index("pm25", 80) == 107
+    assert aqi.cn_sub_index("pm10", 160) == 105  # 50/100*10+100
+    assert aqi.cn_sub_index("no2", 100) == 50
+    assert aqi.cn_sub_index("o3", 120) == 38  # 50/160*120 = 37.5 -> 38
+    assert aqi.cn_sub_index("so2", 10) == 4  # 3.33 -> 4
+    assert aqi.cn_sub_index("co", 1000) == 10  # 1 mg/m³: 50/5*1
+    assert aqi.cn_sub_index("so2", 900) is None  # above the 1-hour table
+    index = aqi.cn_aqi({"pm25": 80, "pm10": 160, "no2": 100, "o3": 120, "so2": 10, "co": 1000})
+    assert (index.value, index.category, index.primary) == (107, "lightly-polluted", ["pm25"])
+    clean = aqi.cn_aqi({"pm25": 30})
+    assert (clean.value, clean.category, clean.primary) == (43, "excellent", [])  # no primary at 50 or below
+
+
+def test_where_refuses_bad_places() -> None:
+    assert services.where({"lat": "1", "lon": "2"}).radius == services.DEFAULT_RADIUS
+    for bad in ({"lat": "x", "lon": "2"}, {"lat": "91", "lon": "0"}, {"lat": "1", "lon": "2", "radius": "999999"}, {}):
+        with pytest.raises(services.Invalid):
+            services.where(bad)
+    assert round(services.metres(36.9083, -116.7596, 36.9061, -116.7612)) == 283  # 244.6 m north, 142.3 m east
+
+
+@pytest.fixture(scope="module")
+def city(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """Auth required; the anonymous caller may read the four public types, but not the `hidden` car park."""
+    policy = tmp_path_factory.mktemp("policy") / "policies.yaml"
+    public = {
+        "id": "public-city-data",
+        "effect": "allow",
+        "principals": {"anonymous": True},
+        "actions": ["read"],
+        "resources": {
+            "types": ["AirQualityObserved", "OffStreetParking", "Museum", "PointOfInterest"],
+            "idPattern": "^urn:ngsi-ld:[A-Za-z]+:(central|far|main|museum|visitors)$",
+        },
+    }
+    policy.write_text(yaml.safe_dump({"policies": [public]}))
+    settings = Settings(database=module_db_url, auth="required", policy_file=str(policy))
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
+        token = make_key(module_db_url, "--name", "admin", "--role", "admin")
+        client.headers["X-Admin"] = token
+        for entity in ENTITIES:
+            made = client.post(f"{API}/entities", json=entity, headers={"Authorization": f"Bearer {token}"})
+            assert made.status_code == 201, made.text
+        yield client
+
+
+def stored(city: TestClient, entity_id: str) -> dict[str, object]:
+    token = city.headers["X-Admin"]
+    answer = city.get(f"{API}/entities/{entity_id}", params={"options": "keyValues"}, headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200
+    body: dict[str, object] = answer.json()
+    return body
+
+
+def test_air_quality_near_me(city: TestClient) -> None:
+    answer = city.get("/city/api/air", params={**HERE, "radius": 1000})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [s["id"] for s in body["stations"]] == [AIR["id"]]  # the far one is outside 1 km
+    station = body["stations"][0]
+    entity = stored(city, str(AIR["id"]))
+    assert station["pollutants"] == {p: entity[p] for p in aqi.POLLUTANTS}
+    assert station["distance"] == 0 and station["name"] == entity["name"]
+    # by hand: PM2.5 80 is in 55.5..125.4, 49/69.9*24.5+151 = 168.2; the others as in the tests above
+    assert station["usAqi"]["parts"] == {"pm25": 168, "pm10": 103, "o3": 71, "no2": 50, "so2": 4, "co": 9}
+    assert (station["usAqi"]["value"], station["usAqi"]["category"]) == (168, "unhealthy")
+    assert station["cnAqi"]["parts"] == {"pm25": 107, "pm10": 105, "o3": 38, "no2": 50, "so2": 4, "co": 10}
+    assert (station["cnAqi"]["value"], station["cnAqi"]["primary"]) == (107, ["pm25"])
+    wide = city.get("/city/api/air", params={**HERE, "radius": 10000}).json()
+    assert [s["id"] for s in wide["stations"]] == [AIR["id"], AIR_FAR["id"]]  # nearest first
+
+
+def test_answers_are_cacheable(city: TestClient) -> None:
+    first = city.get("/city/api/parking", params=HERE)
+    assert first.status_code == 200 and first.headers["cache-control"].startswith("public, max-age=")
+    again = city.get("/city/api/parking", params=HERE, headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    assert city.get("/city/api/parking", params=HERE, headers={"If-None-Match": '"other"'}).status_code == 200
+
+
+def test_parking_near_me_shows_only_public_car_parks(city: TestClient) -> None:
+    body = city.get("/city/api/parking", params=HERE).json()
+    assert [p["id"] for p in body["parking"]] == ["urn:ngsi-ld:OffStreetParking:main"]  # "hidden" is not public
+    entity = stored(city, "urn:ngsi-ld:OffStreetParking:main")
+    assert (body["parking"][0]["free"], body["parking"][0]["total"]) == (
+        entity["availableSpotNumber"],
+        entity["totalSpotNumber"],
+    )
+    assert body["parking"][0]["distance"] == 283  # 244.6 m north, 142.3 m east
+
+
+def test_places_near_me_with_opening_hours(city: TestClient) -> None:
+    body = city.get("/city/api/places", params=HERE).json()
+    by_id = {p["id"]: p for p in body["places"]}
+    assert set(by_id) == {"urn:ngsi-ld:Museum:museum", "urn:ngsi-ld:PointOfInterest:visitors"}
+    assert by_id["urn:ngsi-ld:Museum:museum"]["openingHours"] == HOURS
+    assert by_id["urn:ngsi-ld:Museum:museum"]["description"] == "Local history"
+
+
+def test_bad_questions_are_refused_with_problem_details(city: TestClient) -> None:
+    for params in ({"lat": "north", "lon": "1"}, {"lat": "1"}, {**HERE, "radius": "0"}):
+        answer = city.get("/city/api/air", params=params)
+        assert answer.status_code == 400 and answer.json()["type"].endswith("BadRequestData")
