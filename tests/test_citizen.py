@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from backends import make_key
 from cityos.app import create_app
-from cityos.citizen import aqi, services
+from cityos.citizen import aqi, http, services
 from cityos.settings import Settings
 
 API = "/ngsi-ld/v1"
@@ -96,9 +96,12 @@ def city(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         },
     }
     policy.write_text(yaml.safe_dump({"policies": [public]}))
-    settings = Settings(database=module_db_url, auth="required", policy_file=str(policy))
+    token = make_key(module_db_url, "--name", "admin", "--role", "admin")
+    page_key = make_key(module_db_url, "--name", "citizen-page")
+    settings = Settings(
+        database=module_db_url, auth="required", policy_file=str(policy), citizen_open311_key=page_key
+    )
     with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
-        token = make_key(module_db_url, "--name", "admin", "--role", "admin")
         client.headers["X-Admin"] = token
         for entity in ENTITIES:
             made = client.post(f"{API}/entities", json=entity, headers={"Authorization": f"Bearer {token}"})
@@ -163,3 +166,37 @@ def test_bad_questions_are_refused_with_problem_details(city: TestClient) -> Non
     for params in ({"lat": "north", "lon": "1"}, {"lat": "1"}, {**HERE, "radius": "0"}):
         answer = city.get("/city/api/air", params=params)
         assert answer.status_code == 400 and answer.json()["type"].endswith("BadRequestData")
+
+
+def test_the_page_the_manifest_and_the_service_worker(city: TestClient) -> None:
+    english = city.get("/city/", params={"lang": "en"})
+    assert english.status_code == 200 and "Air quality near me" in english.text
+    assert "script-src 'self'" in english.headers["content-security-policy"]
+    assert "附近的空气质量" in city.get("/city/", params={"lang": "zh"}).text
+    manifest = city.get("/city/manifest.webmanifest", params={"lang": "zh"})
+    assert manifest.headers["content-type"] == "application/manifest+json"
+    body = manifest.json()
+    assert (body["name"], body["start_url"], body["display"], body["lang"]) == ("我的城市", "/city/", "standalone", "zh-Hans")
+    for icon in body["icons"]:
+        assert city.get(icon["src"]).headers["content-type"] == "image/png"
+    worker = city.get("/city/sw.js")
+    assert worker.status_code == 200 and "cityos-city-v1" in worker.text
+    assert city.get("/city/static/city.js").status_code == 200
+    assert city.get("/city/static/../http.py").status_code == 404
+
+
+def test_both_catalogues_have_the_same_keys() -> None:
+    english, chinese = http.catalogue("en"), http.catalogue("zh")
+    assert set(english) == set(chinese)
+    assert all(chinese[k] != english[k] for k in english)
+
+
+def test_report_a_problem_and_follow_it(city: TestClient) -> None:
+    form = {"service_code": "pothole", "lat": str(HERE["lat"]), "long": str(HERE["lon"]), "description": "<b>hole</b>"}
+    made = city.post("/city/api/reports", data=form)
+    assert made.status_code == 200, made.text
+    request_id = made.json()[0]["service_request_id"]
+    followed = city.get(f"/open311/v2/requests/{request_id}.json").json()[0]
+    assert followed["service_code"] == "pothole" and followed["status"] == "open"
+    refused = city.post("/city/api/reports", data={"service_code": "no-such-service", "lat": "36.9", "long": "-116.76"})
+    assert refused.status_code == 404 and refused.json()[0]["code"] == 404  # Open311's own error shape

@@ -433,6 +433,12 @@ class Settings:
         "Where the console's map gets its features: geojson (paged NGSI-LD GeoJSON queries, polled for changes) or"
         " tiles (/tiles/{z}/{x}/{y}.mvt vector tiles and the /cityos/v1/changes event stream).",
     )
+    citizen_open311_key: str = _setting(
+        "",
+        "The API key (cityos keys create) with which the citizens' page (/city/) posts its reports to Open311;"
+        " empty: reports carry none, accepted only with --open311-api-key optional.",
+        secret=True,
+    )
 
     @classmethod
     def from_env(

@@ -15,11 +15,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
+
+from cityos.open311.http import BASE as OPEN311
 
 from cityos.citizen import services
 from cityos.console import i18n
@@ -100,6 +103,33 @@ async def places(request: Request) -> Response:
     return await _near(request, services.places)
 
 
+FORM_SLACK = 65_536  # bytes a report's text fields may add to its photo
+
+
+@api(
+    "Citizens: report a problem (relayed to Open311 with the page's API key; multipart with a `media` photo)",
+    body="Any",
+    body_media=("multipart/form-data", "application/x-www-form-urlencoded"),
+    errors=(400, 403, 413, 429),
+    errors_schema="Open311Errors",
+)
+async def report(request: Request) -> Response:
+    """The page's report, passed to the Open311 API in-process with the city's key for its page
+    (`citizen_open311_key`): the answer is Open311's, so the page follows it by its id or token."""
+    settings = request.app.state.services.settings
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > settings.open311_max_media_bytes + FORM_SLACK:
+        error = [{"code": 413, "description": "a report is a form with a Content-Length, its photo within the limit"}]
+        return Response(orjson.dumps(error), status_code=413, media_type="application/json")
+    params = {"api_key": settings.citizen_open311_key} if settings.citizen_open311_key else {}
+    headers = {"Content-Type": request.headers.get("content-type", "")}
+    transport = httpx.ASGITransport(app=request.app, client=request.client or ("127.0.0.1", 0))
+    async with httpx.AsyncClient(transport=transport, base_url=str(request.base_url)) as inner:
+        answer = await inner.post(f"{OPEN311}/requests.json", params=params, content=await request.body(), headers=headers)
+    kept = {k: v for k, v in answer.headers.items() if k in ("content-type", "retry-after")}
+    return Response(answer.content, status_code=answer.status_code, headers=kept)
+
+
 def language(request: Request) -> str:
     return i18n.choose(
         request.query_params.get("lang"), request.cookies.get(i18n.COOKIE), request.headers.get("accept-language")
@@ -118,7 +148,7 @@ async def home(request: Request) -> Response:
             lang=lang,
             locale=i18n.BCP47[lang],
             languages=i18n.LANGUAGES,
-            messages=orjson.dumps(messages).decode(),
+            messages=orjson.dumps(messages).decode().replace("</", "<\\/"),  # inside a <script> block
             static=f"{PREFIX}/static",
         )
     )
@@ -179,5 +209,6 @@ def routes() -> list[Route]:
         Route(f"{PREFIX}/api/air", air, methods=["GET"]),
         Route(f"{PREFIX}/api/parking", parking, methods=["GET"]),
         Route(f"{PREFIX}/api/places", places, methods=["GET"]),
+        Route(f"{PREFIX}/api/reports", report, methods=["POST"]),
         *pages,
     ]

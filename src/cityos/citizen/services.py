@@ -2,7 +2,8 @@
 console/client.py's ApiClient as the anonymous caller) and shapes plain data for the API and the page.
 
 No store access here: what a citizen sees is exactly what the access policies give the anonymous
-caller; a refused or failed query comes back as `Unavailable` with the API's status.
+caller; a caller refused at the API's door (no policy grants the public anything) sees nothing, and a
+failed query comes back as `Unavailable` with the API's status.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ async def near(api: Reader, types: tuple[str, ...], at: Where) -> list[dict[str,
         "limit": MAX_RESULTS,
     }
     answer = await api.get(f"{API}/entities", params)
+    if answer.status in (401, 403):  # no policy makes anything public: nothing to show
+        return []
     if not answer.ok or not isinstance(answer.body, list):
         detail = answer.body.get("detail", "") if isinstance(answer.body, dict) else ""
         raise Unavailable(answer.status, str(detail or "the data could not be read"))
