@@ -99,6 +99,8 @@ PUBLIC_ROUTES = {
     ("GET", "/city/api/air"),
     ("GET", "/city/api/parking"),
     ("GET", "/city/api/places"),
+    ("GET", "/city/api/stops"),
+    ("GET", "/city/api/departures"),
     ("POST", "/city/api/reports"),  # relayed to Open311, which checks the page's api_key
     ("GET", "/city/"),
     ("GET", "/city/manifest.webmanifest"),
@@ -488,6 +490,8 @@ def probes(ids: Ids) -> list[Probe]:
         p("GET", "/city/api/air", "public", "/city/api/air", params=NEAR),
         p("GET", "/city/api/parking", "public", "/city/api/parking", params=NEAR),
         p("GET", "/city/api/places", "public", "/city/api/places", params=NEAR),
+        p("GET", "/city/api/stops", "public", "/city/api/stops", params=NEAR),
+        p("GET", "/city/api/departures", "public", "/city/api/departures", params={"stop": "urn:ngsi-ld:GtfsStop:x"}),
         p("POST", "/city/api/reports", "public", "/city/api/reports", content="service_code=pothole", headers=FORM),
         p("GET", "/city/", "public", "/city/"),
         p("GET", "/city/manifest.webmanifest", "public", "/city/manifest.webmanifest"),

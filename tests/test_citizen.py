@@ -6,13 +6,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import csv
+import io
+import zipfile
+from datetime import datetime, timedelta
+from importlib import resources
+
 import pytest
 import yaml
 from starlette.testclient import TestClient
 
+from google.transit import gtfs_realtime_pb2 as rt
+
 from backends import make_key
 from cityos.app import create_app
 from cityos.citizen import aqi, http, services
+from cityos.ingest import gtfs, gtfs_realtime
 from cityos.settings import Settings
 
 API = "/ngsi-ld/v1"
@@ -32,6 +41,8 @@ def place(kind: str, name: str, lon: float, lat: float, **attrs: object) -> dict
 
 AIR = place("AirQualityObserved", "central", -116.7596, 36.9083, pm25=80, pm10=160, no2=100, o3=120, so2=10, co=1000)
 AIR_FAR = place("AirQualityObserved", "far", -116.70, 36.95, pm25=12.0)
+FEED = Path(__file__).parent.parent / "src" / "cityos" / "ingest" / "data" / "gtfs" / "sample-feed.zip"
+GTFS_KINDS = ("Agency", "Stop", "Station", "Route", "Service", "CalendarRule", "CalendarDateRule", "Trip", "StopTime")
 HOURS = [{"dayOfWeek": "Monday", "opens": "10:00:00", "closes": "17:00:00"}]
 ENTITIES = [
     AIR,
@@ -95,7 +106,14 @@ def city(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "idPattern": "^urn:ngsi-ld:[A-Za-z]+:(central|far|main|museum|visitors)$",
         },
     }
-    policy.write_text(yaml.safe_dump({"policies": [public]}))
+    transit = {
+        "id": "public-transit",
+        "effect": "allow",
+        "principals": {"anonymous": True},
+        "actions": ["read"],
+        "resources": {"types": [f"Gtfs{kind}" for kind in GTFS_KINDS]},
+    }
+    policy.write_text(yaml.safe_dump({"policies": [public, transit]}))
     token = make_key(module_db_url, "--name", "admin", "--role", "admin")
     page_key = make_key(module_db_url, "--name", "citizen-page")
     settings = Settings(
@@ -103,9 +121,24 @@ def city(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
         client.headers["X-Admin"] = token
+        admin = {"Authorization": f"Bearer {token}"}
         for entity in ENTITIES:
-            made = client.post(f"{API}/entities", json=entity, headers={"Authorization": f"Bearer {token}"})
+            made = client.post(f"{API}/entities", json=entity, headers=admin)
             assert made.status_code == 201, made.text
+        with resources.as_file(resources.files("cityos.ingest").joinpath("data", "gtfs", FEED.name)) as path:
+            feed, _ = gtfs.read_feed(path)
+        bodies = list(gtfs.entities(feed))
+        for start in range(0, len(bodies), 100):
+            made = client.post(f"{API}/entityOperations/create", json=bodies[start : start + 100], headers=admin)
+            assert made.status_code == 201, made.text
+        update = rt.FeedEntity(id="u1")
+        update.trip_update.trip.trip_id = "CITY1"
+        stop_update = update.trip_update.stop_time_update.add(stop_sequence=1, stop_id="STAGECOACH")
+        stop_update.departure.delay = 120
+        body = gtfs_realtime.trip_update_body(update, "2008-01-07T13:55:00Z", "")
+        assert body is not None
+        done = client.post(f"{API}/entityOperations/upsert", params={"options": "update"}, json=[body], headers=admin)
+        assert done.status_code in (201, 204), done.text
         yield client
 
 
@@ -200,3 +233,49 @@ def test_report_a_problem_and_follow_it(city: TestClient) -> None:
     assert followed["service_code"] == "pothole" and followed["status"] == "open"
     refused = city.post("/city/api/reports", data={"service_code": "no-such-service", "lat": "36.9", "long": "-116.76"})
     assert refused.status_code == 404 and refused.json()[0]["code"] == 404  # Open311's own error shape
+
+
+def scheduled_from_the_files(stop: str, day: str) -> list[tuple[str, str]]:
+    """(trip, HH:MM:SS) of the departures from `stop` on `day` (a weekday column), read from the
+    feed's own files, not from the entities: the independent answer."""
+    with zipfile.ZipFile(FEED) as archive:
+        table = lambda name: list(csv.DictReader(io.TextIOWrapper(archive.open(name), "utf-8-sig")))  # noqa: E731
+        running = {row["service_id"] for row in table("calendar.txt") if row[day] == "1"}
+        trips = {row["trip_id"] for row in table("trips.txt") if row["service_id"] in running}
+        return sorted(
+            (row["trip_id"], row["departure_time"].zfill(8))
+            for row in table("stop_times.txt")
+            if row["stop_id"] == stop and row["trip_id"] in trips
+        )
+
+
+def test_next_departures_with_realtime_delays(city: TestClient) -> None:
+    stop = "urn:ngsi-ld:GtfsStop:STAGECOACH"
+    near = city.get("/city/api/stops", params={"lat": 36.915682, "lon": -116.751677, "radius": 500}).json()
+    assert [s["id"] for s in near["stops"]] == [stop]
+    answer = city.get("/city/api/departures", params={"stop": stop, "at": "2008-01-07T05:50:00-08:00", "count": 3})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    monday = datetime.fromisoformat("2008-01-07T00:00:00-08:00")
+    wanted = []
+    for trip, clock in scheduled_from_the_files("STAGECOACH", "monday"):
+        hours, minutes, secs = (int(p) for p in clock.split(":"))
+        delay = 120 if trip == "CITY1" else 0  # the realtime update above
+        wanted.append((monday + timedelta(hours=hours, minutes=minutes, seconds=secs + delay), trip))
+    assert len(wanted) == 3
+    got = [(datetime.fromisoformat(d["expected"]), d["trip"].rsplit(":", 1)[-1]) for d in body["departures"]]
+    assert got == sorted(wanted)
+    city1 = next(d for d in body["departures"] if d["trip"].endswith("CITY1"))
+    assert (city1["delay"], city1["realtime"], city1["scheduled"]) == (120, True, "2008-01-07T06:00:00-08:00")
+    assert body["stop"]["name"] == "Stagecoach Hotel & Casino (Demo)"
+    later = city.get("/city/api/departures", params={"stop": stop, "at": "2008-01-07T06:30:00-08:00", "count": 3})
+    shown = [(d["trip"].rsplit(":", 1)[-1], d["scheduled"], d["delay"]) for d in later.json()["departures"]]
+    assert shown == [  # CITY2 at 06:58, then tomorrow's first runs, without today's realtime delay
+        ("CITY2", "2008-01-07T06:58:00-08:00", None),
+        ("CITY1", "2008-01-08T06:00:00-08:00", None),
+        ("STBA", "2008-01-08T06:00:00-08:00", None),
+    ]
+    outside = city.get("/city/api/departures", params={"stop": stop, "at": "2011-06-01T08:00:00-07:00"}).json()
+    assert outside["departures"] == []  # the feed's calendar ends in 2010
+    assert city.get("/city/api/departures", params={"stop": "urn:ngsi-ld:GtfsStop:NOPE"}).status_code == 404
+    assert city.get("/city/api/departures", params={"stop": "x"}).status_code == 400

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from cityos.open311.http import BASE as OPEN311
 
-from cityos.citizen import services
+from cityos.citizen import departures, services
 from cityos.console import i18n
 from cityos.console.client import ApiClient
 from cityos.errors import BadRequestData
@@ -82,9 +82,7 @@ async def _near(request: Request, service: Service) -> Response:
         try:
             body = await service(reader, at)
         except services.Unavailable as failed:
-            problem = {"type": "about:blank", "title": "Not available", "status": failed.status}
-            problem["detail"] = failed.detail
-            return Response(orjson.dumps(problem), status_code=failed.status, media_type="application/problem+json")
+            return _unavailable(failed)
     return cached(request, {"near": {"lat": at.lat, "lon": at.lon, "radius": at.radius}, **body})
 
 
@@ -101,6 +99,36 @@ async def parking(request: Request) -> Response:
 @api("Citizens: points of interest and tourist destinations near a place, with opening hours", query=NEAR)
 async def places(request: Request) -> Response:
     return await _near(request, services.places)
+
+
+@api("Citizens: transit stops near a place", query=NEAR)
+async def stops(request: Request) -> Response:
+    return await _near(request, departures.stops)
+
+
+@api(
+    "Citizens: the next departures at a stop, the GTFS timetable corrected by GTFS-Realtime delays",
+    query=("stop", "at", "count"),
+    errors=(400, 404),
+)
+async def next_departures(request: Request) -> Response:
+    params = request.query_params
+    count = params.get("count", "10")
+    async with ApiClient(request.app) as reader:  # no credentials: the anonymous caller
+        try:
+            if not count.isdigit():
+                raise services.Invalid("count must be a whole number")
+            body = await departures.departures(reader, params.get("stop", ""), params.get("at"), int(count))
+        except services.Invalid as bad:
+            raise BadRequestData(str(bad)) from bad
+        except services.Unavailable as failed:
+            return _unavailable(failed)
+    return cached(request, body)
+
+
+def _unavailable(failed: services.Unavailable) -> Response:
+    problem = {"type": "about:blank", "title": "Not available", "status": failed.status, "detail": failed.detail}
+    return Response(orjson.dumps(problem), status_code=failed.status, media_type="application/problem+json")
 
 
 FORM_SLACK = 65_536  # bytes a report's text fields may add to its photo
@@ -209,6 +237,8 @@ def routes() -> list[Route]:
         Route(f"{PREFIX}/api/air", air, methods=["GET"]),
         Route(f"{PREFIX}/api/parking", parking, methods=["GET"]),
         Route(f"{PREFIX}/api/places", places, methods=["GET"]),
+        Route(f"{PREFIX}/api/stops", stops, methods=["GET"]),
+        Route(f"{PREFIX}/api/departures", next_departures, methods=["GET"]),
         Route(f"{PREFIX}/api/reports", report, methods=["POST"]),
         *pages,
     ]

@@ -106,7 +106,7 @@ async def near(api: Reader, types: tuple[str, ...], at: Where) -> list[dict[str,
     return sorted(found, key=lambda e: (e["distance"], e["id"]))
 
 
-def _common(entity: Mapping[str, Any]) -> dict[str, Any]:
+def common(entity: Mapping[str, Any]) -> dict[str, Any]:
     point = _point(entity)
     return {
         "id": entity["id"],
@@ -129,7 +129,7 @@ async def air_quality(api: Reader, at: Where) -> dict[str, Any]:
         us, cn = aqi.us_aqi(levels), aqi.cn_aqi(levels)
         stations.append(
             {
-                **_common(entity),
+                **common(entity),
                 "observed": entity.get("dateObserved"),
                 "pollutants": levels,
                 "usAqi": {"value": us.value, "category": us.category, "primary": us.primary, "parts": us.parts},
@@ -150,7 +150,7 @@ async def parking(api: Reader, at: Where) -> dict[str, Any]:
             total = 1.0
         sites.append(
             {
-                **_common(entity),
+                **common(entity),
                 "free": int(free) if free is not None else None,
                 "total": int(total) if total is not None else None,
                 "observed": entity.get("dateModified") or entity.get("dateObserved"),
@@ -166,7 +166,7 @@ async def places(api: Reader, at: Where) -> dict[str, Any]:
         hours = entity.get("openingHoursSpecification") or entity.get("openingHours")
         found.append(
             {
-                **_common(entity),
+                **common(entity),
                 "description": entity.get("description"),
                 "category": entity.get("category"),
                 "openingHours": hours if isinstance(hours, (list, str)) else None,
