@@ -3,20 +3,18 @@ back-ends, its values compared with the stored entities and only what the anonym
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import csv
 import io
 import zipfile
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from importlib import resources
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from starlette.testclient import TestClient
-
-from google.transit import gtfs_realtime_pb2 as rt
 
 from backends import make_key
 from cityos.app import create_app
@@ -43,6 +41,10 @@ AIR = place("AirQualityObserved", "central", -116.7596, 36.9083, pm25=80, pm10=1
 AIR_FAR = place("AirQualityObserved", "far", -116.70, 36.95, pm25=12.0)
 FEED = Path(__file__).parent.parent / "src" / "cityos" / "ingest" / "data" / "gtfs" / "sample-feed.zip"
 GTFS_KINDS = ("Agency", "Stop", "Station", "Route", "Service", "CalendarRule", "CalendarDateRule", "Trip", "StopTime")
+# a GTFS-Realtime trip update (text format) as a feed would send it: CITY1 leaves its first stop 2 min late
+REALTIME = """header { gtfs_realtime_version: "2.0" timestamp: 1199714100 }
+entity { id: "u1" trip_update { trip { trip_id: "CITY1" }
+  stop_time_update { stop_sequence: 1 stop_id: "STAGECOACH" departure { delay: 120 } } } }"""
 HOURS = [{"dayOfWeek": "Monday", "opens": "10:00:00", "closes": "17:00:00"}]
 ENTITIES = [
     AIR,
@@ -116,9 +118,7 @@ def city(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     policy.write_text(yaml.safe_dump({"policies": [public, transit]}))
     token = make_key(module_db_url, "--name", "admin", "--role", "admin")
     page_key = make_key(module_db_url, "--name", "citizen-page")
-    settings = Settings(
-        database=module_db_url, auth="required", policy_file=str(policy), citizen_open311_key=page_key
-    )
+    settings = Settings(database=module_db_url, auth="required", policy_file=str(policy), citizen_open311_key=page_key)
     with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
         client.headers["X-Admin"] = token
         admin = {"Authorization": f"Bearer {token}"}
@@ -131,10 +131,7 @@ def city(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         for start in range(0, len(bodies), 100):
             made = client.post(f"{API}/entityOperations/create", json=bodies[start : start + 100], headers=admin)
             assert made.status_code == 201, made.text
-        update = rt.FeedEntity(id="u1")
-        update.trip_update.trip.trip_id = "CITY1"
-        stop_update = update.trip_update.stop_time_update.add(stop_sequence=1, stop_id="STAGECOACH")
-        stop_update.departure.delay = 120
+        update = gtfs_realtime.parse_feed(REALTIME.encode(), text=True).entity[0]
         body = gtfs_realtime.trip_update_body(update, "2008-01-07T13:55:00Z", "")
         assert body is not None
         done = client.post(f"{API}/entityOperations/upsert", params={"options": "update"}, json=[body], headers=admin)
@@ -144,7 +141,9 @@ def city(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def stored(city: TestClient, entity_id: str) -> dict[str, object]:
     token = city.headers["X-Admin"]
-    answer = city.get(f"{API}/entities/{entity_id}", params={"options": "keyValues"}, headers={"Authorization": f"Bearer {token}"})
+    answer = city.get(
+        f"{API}/entities/{entity_id}", params={"options": "keyValues"}, headers={"Authorization": f"Bearer {token}"}
+    )
     assert answer.status_code == 200
     body: dict[str, object] = answer.json()
     return body
@@ -196,7 +195,8 @@ def test_places_near_me_with_opening_hours(city: TestClient) -> None:
 
 
 def test_bad_questions_are_refused_with_problem_details(city: TestClient) -> None:
-    for params in ({"lat": "north", "lon": "1"}, {"lat": "1"}, {**HERE, "radius": "0"}):
+    asked: list[dict[str, Any]] = [{"lat": "north", "lon": "1"}, {"lat": "1"}, {**HERE, "radius": "0"}]
+    for params in asked:
         answer = city.get("/city/api/air", params=params)
         assert answer.status_code == 400 and answer.json()["type"].endswith("BadRequestData")
 
@@ -209,7 +209,12 @@ def test_the_page_the_manifest_and_the_service_worker(city: TestClient) -> None:
     manifest = city.get("/city/manifest.webmanifest", params={"lang": "zh"})
     assert manifest.headers["content-type"] == "application/manifest+json"
     body = manifest.json()
-    assert (body["name"], body["start_url"], body["display"], body["lang"]) == ("我的城市", "/city/", "standalone", "zh-Hans")
+    assert (body["name"], body["start_url"], body["display"], body["lang"]) == (
+        "我的城市",
+        "/city/",
+        "standalone",
+        "zh-Hans",
+    )
     for icon in body["icons"]:
         assert city.get(icon["src"]).headers["content-type"] == "image/png"
     worker = city.get("/city/sw.js")
@@ -239,7 +244,10 @@ def scheduled_from_the_files(stop: str, day: str) -> list[tuple[str, str]]:
     """(trip, HH:MM:SS) of the departures from `stop` on `day` (a weekday column), read from the
     feed's own files, not from the entities: the independent answer."""
     with zipfile.ZipFile(FEED) as archive:
-        table = lambda name: list(csv.DictReader(io.TextIOWrapper(archive.open(name), "utf-8-sig")))  # noqa: E731
+
+        def table(name: str) -> list[dict[str, str]]:
+            return list(csv.DictReader(io.TextIOWrapper(archive.open(name), "utf-8-sig")))
+
         running = {row["service_id"] for row in table("calendar.txt") if row[day] == "1"}
         trips = {row["trip_id"] for row in table("trips.txt") if row["service_id"] in running}
         return sorted(

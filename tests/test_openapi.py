@@ -60,7 +60,9 @@ def test_every_route_is_described_and_declared(app_routes: Any) -> None:
     assert undeclared == []
     pages = {route.path for route in app_routes if hasattr(route, "endpoint") and not in_description(route)}
     browser = ("/console/", "/city/")  # the console's pages and the citizens' page (its JSON API is described)
-    assert pages and all(path == "/" or (path.startswith(browser) and not path.startswith("/city/api/")) for path in pages)
+    assert pages and all(
+        path == "/" or (path.startswith(browser) and not path.startswith("/city/api/")) for path in pages
+    )
     ids = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
     assert len(ids) == len(set(ids))
     for path, ops in document["paths"].items():

@@ -14,7 +14,7 @@ Smart Data Models attribute names (pm25, pm10, o3, no2, so2, co). Pure functions
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 POLLUTANTS = ("pm25", "pm10", "o3", "no2", "so2", "co")
@@ -112,14 +112,14 @@ class Index:
 
 
 def _truncate(value: float, digits: int) -> float:
-    scale = 10**digits
+    scale = float(10**digits)
     return math.floor(value * scale + 1e-9) / scale
 
 
 def _us_concentration(pollutant: str, micrograms: float) -> float:
     if pollutant in ("pm25", "pm10"):
         return micrograms
-    ppb = micrograms * MOLAR_VOLUME / MOLAR_MASS[pollutant]
+    ppb: float = micrograms * MOLAR_VOLUME / MOLAR_MASS[pollutant]
     return ppb / 1000 if pollutant in ("o3", "co") else ppb
 
 
@@ -150,12 +150,17 @@ def _category(value: int, table: Sequence[tuple[int, str]]) -> str:
     return table[-1][1]
 
 
-def _index(concentrations: Mapping[str, float], sub: object, categories: Sequence[tuple[int, str]], floor: int) -> Index:
+def _index(
+    concentrations: Mapping[str, float],
+    sub: Callable[[str, float], int | None],
+    categories: Sequence[tuple[int, str]],
+    floor: int,
+) -> Index:
     parts: dict[str, int] = {}
     for pollutant in POLLUTANTS:
         value = concentrations.get(pollutant)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-            found = sub(pollutant, float(value))  # type: ignore[operator]
+            found = sub(pollutant, float(value))
             if found is not None:
                 parts[pollutant] = found
     if not parts:

@@ -5,9 +5,9 @@ trip updates written onto the same GtfsTrip entities (`stopTimeUpdates`, `delay`
 A trip runs on a date when its service's calendar rule covers the date and weekday, unless a
 calendar date rule removes it (exception 2), or when a date rule adds it (exception 1). The delay
 of a departure is the realtime update of its own stop, else of the last earlier stop of the trip
-(GTFS-Realtime's propagation), else the trip's delay; it applies to today's run of the trip (and yesterday's after-midnight runs),
-not to tomorrow's. Times are in the agency's time zone. Frequency-based trips (frequencies.txt)
-are given at their timetabled times only.
+(GTFS-Realtime's propagation), else the trip's delay; it applies to today's run of the trip (and
+yesterday's after-midnight runs), not to tomorrow's. Times are in the agency's time zone.
+Frequency-based trips (frequencies.txt) are given at their timetabled times only.
 """
 
 from __future__ import annotations
@@ -110,7 +110,9 @@ async def departures(api: Reader, stop_id: str, when: str | None = None, count: 
     stop_code = stop_id.rsplit(":", 1)[-1]
     times = await _all(api, {"type": "GtfsStopTime", "q": f'hasStop=="{stop_id}"'})
     trips = await _by_id(api, "GtfsTrip", [t["hasTrip"] for t in times if isinstance(t.get("hasTrip"), str)])
-    routes = await _by_id(api, "GtfsRoute", [t["hasRoute"] for t in trips.values() if isinstance(t.get("hasRoute"), str)])
+    routes = await _by_id(
+        api, "GtfsRoute", [t["hasRoute"] for t in trips.values() if isinstance(t.get("hasRoute"), str)]
+    )
     services = sorted({t["hasService"] for t in trips.values() if isinstance(t.get("hasService"), str)})
     rules: dict[str, list[dict[str, Any]]] = {s: [] for s in services}
     exceptions: dict[str, list[dict[str, Any]]] = {s: [] for s in services}

@@ -22,12 +22,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
-from cityos.open311.http import BASE as OPEN311
-
 from cityos.citizen import departures, services
 from cityos.console import i18n
 from cityos.console.client import ApiClient
 from cityos.errors import BadRequestData
+from cityos.open311.http import BASE as OPEN311
 from cityos.ops.declare import api, browser_page
 
 PREFIX = "/city"
@@ -153,7 +152,9 @@ async def report(request: Request) -> Response:
     headers = {"Content-Type": request.headers.get("content-type", "")}
     transport = httpx.ASGITransport(app=request.app, client=request.client or ("127.0.0.1", 0))
     async with httpx.AsyncClient(transport=transport, base_url=str(request.base_url)) as inner:
-        answer = await inner.post(f"{OPEN311}/requests.json", params=params, content=await request.body(), headers=headers)
+        answer = await inner.post(
+            f"{OPEN311}/requests.json", params=params, content=await request.body(), headers=headers
+        )
     kept = {k: v for k, v in answer.headers.items() if k in ("content-type", "retry-after")}
     return Response(answer.content, status_code=answer.status_code, headers=kept)
 
