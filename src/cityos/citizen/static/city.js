@@ -56,8 +56,35 @@
   const render = {
     air: (body) => fill($("air"), body.stations.map((s) => item(s.name || s.id, [away(s), badge(t("air.us"), s.usAqi, "us"), badge(t("air.cn"), s.cnAqi, "cn")])), "air.none"),
     parking: (body) => fill($("parking"), body.parking.map((p) => item(p.name || p.id, [away(p), p.free === null ? "" : t("parking.free", { free: numbers.format(p.free), total: p.total === null ? "?" : numbers.format(p.total) })])), "parking.none"),
+    stops: (body) => fill($("stops"), body.stops.map((s) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "secondary";
+      button.textContent = t("transit.show", { stop: s.name || s.id });
+      const li = item(s.name || s.id, [away(s), button]);
+      const list = document.createElement("ul");
+      list.className = "list departures";
+      li.appendChild(list);
+      button.addEventListener("click", () => departures(s.id, list).catch(() => {}));
+      return li;
+    }), "transit.none"),
     places: (body) => fill($("places"), body.places.map((p) => item(p.name || p.id, [away(p), p.description, hours(p.openingHours)])), "places.none"),
   };
+
+  const clock = new Intl.DateTimeFormat(locale, { hour: "2-digit", minute: "2-digit" });
+
+  async function departures(stop, list) {
+    const answer = await fetch("/city/api/departures?" + new URLSearchParams({ stop }).toString());
+    if (!answer.ok) return;
+    const body = await answer.json();
+    const rows = body.departures.map((d) => {
+      const minutes = Math.round(Math.abs(d.delay || 0) / 60);
+      const state = d.delay === null ? t("transit.timetable") : minutes === 0 ? t("transit.ontime") : t(d.delay > 0 ? "transit.late" : "transit.early", { minutes: numbers.format(minutes) });
+      return item(clock.format(new Date(d.expected)) + " " + (d.route || "") + " " + (d.headsign || ""), [state]);
+    });
+    fill(list, rows, "transit.empty");
+    list.dataset.loaded = "1";
+  }
 
   async function ask(where) {
     $("status").textContent = t("where.loading");
@@ -103,7 +130,43 @@
       return option;
     });
     $("service").replaceChildren(...options);
+    await questions();
   }
+
+  // a service's own questions (its Open311 definition's attributes), asked as the spec names them
+  async function questions() {
+    const box = $("questions");
+    box.replaceChildren();
+    const code = $("service").value;
+    if (!code) return;
+    const answer = await fetch("/open311/v2/services/" + encodeURIComponent(code) + ".json");
+    if (!answer.ok) return;
+    const attributes = ((await answer.json()).attributes || []).filter((a) => a.variable !== false);
+    for (const a of attributes.sort((x, y) => (x.order || 0) - (y.order || 0))) {
+      const label = document.createElement("label");
+      label.textContent = a.description + " ";
+      let input;
+      if (a.datatype === "singlevaluelist" || a.datatype === "multivaluelist") {
+        input = document.createElement("select");
+        if (a.datatype === "multivaluelist") input.multiple = true;
+        for (const v of a.values || []) {
+          const option = document.createElement("option");
+          option.value = v.key;
+          option.textContent = v.name;
+          input.appendChild(option);
+        }
+      } else {
+        input = document.createElement(a.datatype === "text" ? "textarea" : "input");
+        if (a.datatype === "number") input.inputMode = "decimal";
+      }
+      input.name = "attribute[" + a.code + "]" + (a.datatype === "multivaluelist" ? "[]" : "");
+      input.required = Boolean(a.required);
+      label.appendChild(input);
+      box.appendChild(label);
+    }
+  }
+
+  $("service").addEventListener("change", () => questions().catch(() => {}));
 
   function kept() {
     try { return JSON.parse(localStorage.getItem(KEPT) || "[]"); } catch (e) { return []; }
@@ -148,6 +211,7 @@
     localStorage.setItem(KEPT, JSON.stringify(reports.slice(0, 50)));
     $("report-status").textContent = t("report.sent", { id: made.service_request_id || made.token });
     $("report").reset();
+    await questions();
     await mine();
   });
 
