@@ -38,9 +38,8 @@ def test_the_page_on_a_phone(server: LoggedServer, browser: Any, language: str) 
     tab.goto(server.base + HERE + f"&lang={language}")
     assert tab.page.locator("html").get_attribute("lang") == ("zh-Hans" if language == "zh" else "en")
     tab.until("document.querySelectorAll('#air .aqi').length >= 2")
-    tab.until(
-        "document.querySelectorAll('#parking li').length >= 1 && document.querySelectorAll('#stops li').length >= 1"
-    )
+    for section in ("parking", "stops", "places"):
+        tab.until(f"document.querySelectorAll('#{section} li').length >= 1")
     expected = httpx.get(server.base + "/city/api/air", params={"lat": 36.9083, "lon": -116.7596}).json()
     station = expected["stations"][0]
     badges = tab.page.locator("#air li").first.locator(".aqi").all_inner_texts()
@@ -71,9 +70,8 @@ def test_report_a_problem_with_a_photo_and_follow_it(server: LoggedServer, brows
     status = tab.until("document.querySelector('#report-status').textContent")
     assert "Thank you" in status, status
     kept = tab.page.evaluate("JSON.parse(localStorage.getItem('cityos.city.reports'))")
-    tab.until(
-        "document.querySelectorAll('#mine li strong').length === 1 && /open/.test(document.querySelector('#mine').innerText)"
-    )
+    tab.until("document.querySelectorAll('#mine li strong').length === 1")
+    tab.until("/open/.test(document.querySelector('#mine').innerText)")
     found = httpx.get(server.base + f"/open311/v2/requests/{kept[0]['id']}.json").json()[0]
     assert found["description"] == "Lamp out <script>alert(1)</script>" and found["media_url"]
     assert found["status"] in tab.page.locator("#mine li").first.inner_text()
