@@ -7,7 +7,7 @@ import csv
 import io
 import zipfile
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from backends import make_key
 from cityos.app import create_app
-from cityos.citizen import aqi, http, services
+from cityos.citizen import aqi, departures, http, services
 from cityos.ingest import gtfs, gtfs_realtime
 from cityos.settings import Settings
 
@@ -38,6 +38,7 @@ def place(kind: str, name: str, lon: float, lat: float, **attrs: object) -> dict
 
 
 AIR = place("AirQualityObserved", "central", -116.7596, 36.9083, pm25=80, pm10=160, no2=100, o3=120, so2=10, co=1000)
+AIR["pm25"] = {"type": "Property", "value": 80, "observedAt": "2026-12-01T10:00:00Z"}  # the reading's own time
 AIR_FAR = place("AirQualityObserved", "far", -116.70, 36.95, pm25=12.0)
 FEED = Path(__file__).parent.parent / "src" / "cityos" / "ingest" / "data" / "gtfs" / "sample-feed.zip"
 GTFS_KINDS = ("Agency", "Stop", "Station", "Route", "Service", "CalendarRule", "CalendarDateRule", "Trip", "StopTime")
@@ -84,6 +85,19 @@ def test_china_aqi_against_hand_computed_values() -> None:
     assert (index.value, index.category, index.primary) == (107, "lightly-polluted", ["pm25"])
     clean = aqi.cn_aqi({"pm25": 30})
     assert (clean.value, clean.category, clean.primary) == (43, "excellent", [])  # no primary at 50 or below
+
+
+def test_a_service_runs_by_its_calendar_and_its_exceptions() -> None:
+    weekdays = {"monday": True, "tuesday": True, "wednesday": True, "thursday": True, "friday": True}
+    rule = {"startDate": "2026-01-01", "endDate": "2026-12-31", **weekdays}
+    removed = {"appliesOn": "2026-12-07", "exceptionType": "2"}
+    added = {"appliesOn": "2026-12-12", "exceptionType": "1"}
+    assert departures.runs_on(date(2026, 12, 8), [rule], [removed, added])  # a Tuesday
+    assert not departures.runs_on(date(2026, 12, 7), [rule], [removed, added])  # a Monday, removed
+    assert departures.runs_on(date(2026, 12, 12), [rule], [removed, added])  # a Saturday, added
+    assert not departures.runs_on(date(2026, 12, 13), [rule], [removed, added])  # a Sunday
+    assert not departures.runs_on(date(2027, 1, 4), [rule], [])  # after the calendar's end
+    assert departures.seconds("25:10:05") == 25 * 3600 + 605  # after midnight, on the service day
 
 
 def test_where_refuses_bad_places() -> None:
@@ -158,6 +172,7 @@ def test_air_quality_near_me(city: TestClient) -> None:
     entity = stored(city, str(AIR["id"]))
     assert station["pollutants"] == {p: entity[p] for p in aqi.POLLUTANTS}
     assert station["distance"] == 0 and station["name"] == entity["name"]
+    assert station["observed"] == "2026-12-01T10:00:00Z"
     # by hand: PM2.5 80 is in 55.5..125.4, 49/69.9*24.5+151 = 168.2; the others as in the tests above
     assert station["usAqi"]["parts"] == {"pm25": 168, "pm10": 103, "o3": 71, "no2": 50, "so2": 4, "co": 9}
     assert (station["usAqi"]["value"], station["usAqi"]["category"]) == (168, "unhealthy")
@@ -238,6 +253,8 @@ def test_report_a_problem_and_follow_it(city: TestClient) -> None:
     assert followed["service_code"] == "pothole" and followed["status"] == "open"
     refused = city.post("/city/api/reports", data={"service_code": "no-such-service", "lat": "36.9", "long": "-116.76"})
     assert refused.status_code == 404 and refused.json()[0]["code"] == 404  # Open311's own error shape
+    huge = city.post("/city/api/reports", content=b"x" * (6 * 1024 * 1024), headers={"Content-Type": "text/plain"})
+    assert huge.status_code == 413 and huge.json()[0]["code"] == 413  # refused before it is read
 
 
 def scheduled_from_the_files(stop: str, day: str) -> list[tuple[str, str]]:

@@ -68,6 +68,36 @@ def metres(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * 6_371_008.8 * math.asin(math.sqrt(min(1.0, h)))
 
 
+def flat(entity: Mapping[str, Any]) -> dict[str, Any]:
+    """An entity's attributes as plain values (keyValues) plus `observedAt`: when its attributes
+    were last measured (the latest observedAt; the readings' own time, not the entity's)."""
+    out: dict[str, Any] = {"id": entity.get("id"), "type": entity.get("type")}
+    stamps: dict[str, str] = {}
+    for name, attribute in entity.items():
+        if name in ("id", "type", "@context"):
+            continue
+        if isinstance(attribute, list):  # several instances (datasetId): the first
+            attribute = attribute[0] if attribute else None
+        if not isinstance(attribute, dict):
+            out[name] = attribute
+            continue
+        for key in ("value", "object", "json", "languageMap", "vocab"):
+            if key in attribute:
+                out[name] = attribute[key]
+                break
+        if isinstance(attribute.get("observedAt"), str):
+            stamps[name] = attribute["observedAt"]
+    out["observedAt"] = stamps
+    return out
+
+
+def observed(entity: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
+    """The latest observedAt of `names`, else the entity's dateObserved."""
+    stamps = entity.get("observedAt") or {}
+    found = [stamps[n] for n in names if n in stamps]
+    return max(found) if found else entity.get("dateObserved")
+
+
 def _point(entity: Mapping[str, Any]) -> tuple[float, float] | None:
     """(lat, lon) of a Point location, or of a geometry's first position."""
     geometry = entity.get("location")
@@ -83,13 +113,12 @@ def _point(entity: Mapping[str, Any]) -> tuple[float, float] | None:
 
 async def near(api: Reader, types: tuple[str, ...], at: Where) -> list[dict[str, Any]]:
     """Entities of `types` within the radius (NGSI-LD geo-query near;maxDistance), nearest first,
-    each with `distance` in metres; keyValues, as the API gives them to the anonymous caller."""
+    each with `distance` in metres, flattened (`flat`), as the API gives them to the anonymous caller."""
     params = {
         "type": ",".join(types),
         "georel": f"near;maxDistance=={at.radius}",
         "geometry": "Point",
         "coordinates": f"[{at.lon},{at.lat}]",
-        "options": "keyValues",
         "limit": MAX_RESULTS,
     }
     answer = await api.get(f"{API}/entities", params)
@@ -99,7 +128,8 @@ async def near(api: Reader, types: tuple[str, ...], at: Where) -> list[dict[str,
         detail = answer.body.get("detail", "") if isinstance(answer.body, dict) else ""
         raise Unavailable(answer.status, str(detail or "the data could not be read"))
     found = []
-    for entity in answer.body:
+    for normalized in answer.body:
+        entity = flat(normalized)
         point = _point(entity)
         if point is not None:
             found.append({**entity, "distance": round(metres(at.lat, at.lon, *point))})
@@ -130,7 +160,7 @@ async def air_quality(api: Reader, at: Where) -> dict[str, Any]:
         stations.append(
             {
                 **common(entity),
-                "observed": entity.get("dateObserved"),
+                "observed": observed(entity, aqi.POLLUTANTS),
                 "pollutants": levels,
                 "usAqi": {"value": us.value, "category": us.category, "primary": us.primary, "parts": us.parts},
                 "cnAqi": {"value": cn.value, "category": cn.category, "primary": cn.primary, "parts": cn.parts},
@@ -153,7 +183,7 @@ async def parking(api: Reader, at: Where) -> dict[str, Any]:
                 **common(entity),
                 "free": int(free) if free is not None else None,
                 "total": int(total) if total is not None else None,
-                "observed": entity.get("dateModified") or entity.get("dateObserved"),
+                "observed": observed(entity, ("availableSpotNumber", "status")),
             }
         )
     return {"parking": sites}
