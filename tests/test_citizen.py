@@ -292,7 +292,7 @@ def test_next_departures_with_realtime_delays(city: TestClient) -> None:
     assert got == sorted(wanted)
     city1 = next(d for d in body["departures"] if d["trip"].endswith("CITY1"))
     assert (city1["delay"], city1["realtime"], city1["scheduled"]) == (120, True, "2008-01-07T06:00:00-08:00")
-    assert body["stop"]["name"] == "Stagecoach Hotel & Casino (Demo)"
+    assert body["stop"]["name"] == "Stagecoach Hotel & Casino (Demo)" and body["zone"] == "America/Los_Angeles"
     later = city.get("/city/api/departures", params={"stop": stop, "at": "2008-01-07T06:30:00-08:00", "count": 3})
     shown = [(d["trip"].rsplit(":", 1)[-1], d["scheduled"], d["delay"]) for d in later.json()["departures"]]
     assert shown == [  # CITY2 at 06:58, then tomorrow's first runs, without today's realtime delay

@@ -154,7 +154,12 @@ async def departures(api: Reader, stop_id: str, when: str | None = None, count: 
             )
     found.sort(key=lambda d: (datetime.fromisoformat(d["expected"]), d["trip"]))
     stop = stops[stop_id]
-    return {"stop": {"id": stop_id, "name": stop.get("name")}, "at": moment.isoformat(), "departures": found[:count]}
+    return {
+        "stop": {"id": stop_id, "name": stop.get("name")},
+        "at": moment.isoformat(),
+        "zone": zone.key,
+        "departures": found[:count],
+    }
 
 
 async def stops(api: Reader, at: Where) -> dict[str, Any]:

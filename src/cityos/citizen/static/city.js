@@ -71,12 +71,11 @@
     places: (body) => fill($("places"), body.places.map((p) => item(p.name || p.id, [away(p), p.description, hours(p.openingHours)])), "places.none"),
   };
 
-  const clock = new Intl.DateTimeFormat(locale, { hour: "2-digit", minute: "2-digit" });
-
   async function departures(stop, list) {
     const answer = await fetch("/city/api/departures?" + new URLSearchParams({ stop }).toString());
     if (!answer.ok) return;
     const body = await answer.json();
+    const clock = new Intl.DateTimeFormat(locale, { hour: "2-digit", minute: "2-digit", timeZone: body.zone });  // the agency's time
     const rows = body.departures.map((d) => {
       const minutes = Math.round(Math.abs(d.delay || 0) / 60);
       const state = d.delay === null ? t("transit.timetable") : minutes === 0 ? t("transit.ontime") : t(d.delay > 0 ? "transit.late" : "transit.early", { minutes: numbers.format(minutes) });
