@@ -49,6 +49,7 @@ SPACE = f"{ADMIN}/dataspace"
 BUILDING = "urn:ngsi-ld:Building:1"
 SECRET_VALUE = "TOPSECRET-7f3a"  # the value of the attribute the reader may not read
 HIDDEN = "secret"  # its name: absent from everything the reader gets
+NEAR = {"lat": "36.9", "lon": "-116.76"}  # a place for the citizens' "near me" questions
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # the console's sign-in and its forms
 
 # the routes anyone may call without credentials (docs/security.md, "The authorization matrix")
@@ -105,6 +106,18 @@ PUBLIC_ROUTES = {
     ("POST", "/api/3/action/{action}"),
     ("GET", "/api/action/{action}"),
     ("POST", "/api/action/{action}"),
+    # the citizens' page and API (citizen/http.py): for anyone; each answer is a query of the API as
+    # the anonymous caller, so it holds only what the policies make public (nothing, when none does)
+    ("GET", "/city/api/air"),
+    ("GET", "/city/api/parking"),
+    ("GET", "/city/api/places"),
+    ("GET", "/city/api/stops"),
+    ("GET", "/city/api/departures"),
+    ("POST", "/city/api/reports"),  # relayed to Open311, which checks the page's api_key
+    ("GET", "/city/"),
+    ("GET", "/city/manifest.webmanifest"),
+    ("GET", "/city/sw.js"),
+    ("GET", "/city/static/{path:path}"),
 }
 # the handler that only answers 400 for a missing entity id (`/entities/`, `/entities//attrs`)
 MALFORMED = "missing_entity_id"
@@ -485,6 +498,17 @@ def probes(ids: Ids) -> list[Probe]:
         p("GET", "/console/language", "public", "/console/language", params={"lang": "zh"}),
         p("GET", "/console/static/{path:path}", "public", "/console/static/console.css"),
         p("GET", "/console/api/{path:path}", "read", f"/console/api{API}/entities/{BUILDING}"),
+        # the citizens' API and page: public, each answer what the anonymous caller may read
+        p("GET", "/city/api/air", "public", "/city/api/air", params=NEAR),
+        p("GET", "/city/api/parking", "public", "/city/api/parking", params=NEAR),
+        p("GET", "/city/api/places", "public", "/city/api/places", params=NEAR),
+        p("GET", "/city/api/stops", "public", "/city/api/stops", params=NEAR),
+        p("GET", "/city/api/departures", "public", "/city/api/departures", params={"stop": "urn:ngsi-ld:GtfsStop:x"}),
+        p("POST", "/city/api/reports", "public", "/city/api/reports", content="service_code=pothole", headers=FORM),
+        p("GET", "/city/", "public", "/city/"),
+        p("GET", "/city/manifest.webmanifest", "public", "/city/manifest.webmanifest"),
+        p("GET", "/city/sw.js", "public", "/city/sw.js"),
+        p("GET", "/city/static/{path:path}", "public", "/city/static/city.js"),
         # the map's data (mapdata/): vector tiles and the change stream are reads, as a query is
         p("GET", "/tiles/{z}/{x}/{y}.mvt", "read", "/tiles/0/0/0.mvt", params={"type": "Building"}),
         p("GET", "/cityos/v1/changes", "read", "/cityos/v1/changes", params={"type": "Building", "duration": "1"}),

@@ -35,6 +35,7 @@ from cityos.catalog.model import EMPTY as EMPTY_CATALOG
 from cityos.catalog.model import CatalogFileError, load_catalog
 from cityos.catalog.public import PublicData
 from cityos.catalog.service import CatalogService
+from cityos.citizen import http as citizen_http
 from cityos.console import http as console_http
 from cityos.dataspace import http as dataspace_http
 from cityos.dataspace.door import PartnerDoor
@@ -647,6 +648,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         Route("/version", version_info, methods=["GET"]),
         *auth_http.routes(),
         *(console_http.routes() if settings.console else []),
+        *(citizen_http.routes() if settings.console else []),
         *observe_http.routes(metrics if not settings.metrics_port else None),
         *ops_http.routes(),  # /openapi.json describes every route above (ops/openapi.py)
     ]

@@ -447,6 +447,12 @@ class Settings:
         "Raster basemap tile URL template for the console's map ({z}/{x}/{y}, e.g. an OpenStreetMap tile server you"
         " may use); empty: no request leaves the machine, the map draws the city's own layers on a plain background.",
     )
+    citizen_open311_key: str = _setting(
+        "",
+        "The API key (cityos keys create) with which the citizens' page (/city/) posts its reports to Open311;"
+        " empty: reports carry none, accepted only with --open311-api-key optional.",
+        secret=True,
+    )
 
     @classmethod
     def from_env(

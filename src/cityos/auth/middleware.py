@@ -81,6 +81,9 @@ SESSION_COOKIE = "cityos_session"
 COOKIE_READ_PREFIX = "/tiles/"
 COOKIE_READ_PATHS = frozenset({"/cityos/v1/changes"})
 COOKIE_METHODS = ("GET", "HEAD")
+# the citizens' page and API (citizen/http.py): for anyone; they ask the API as the anonymous
+# caller, so the policies decide what is public
+CITIZEN_PREFIX = "/city/"
 
 
 def request_id_of(given: bytes | None) -> str:
@@ -194,6 +197,7 @@ def public(scope: Scope) -> bool:
         or path.startswith(PUBLIC_PREFIX)
         or path == CONSOLE_PATHS[0]
         or path.startswith(CONSOLE_PATHS[1])
+        or path.startswith(CITIZEN_PREFIX)
     ):
         return True
     if path == OPEN_DATA[0] or path.startswith("/catalog/"):
