@@ -12,10 +12,10 @@ from cityos.entities.model import Entity
 from cityos.entities.update import Mutator, Outcome
 from cityos.errors import NgsiLdError
 from cityos.policy.decision import AccessPrefilter
-from cityos.store.cell_key import KEY_ZOOM
 from cityos.query.entity_maps import EntityMap
 from cityos.query.pushdown import ValueFilter
 from cityos.store.audit_base import AuditStore
+from cityos.store.cell_key import KEY_ZOOM
 from cityos.store.dataspace_base import DataspaceStore
 from cityos.store.identity_base import IdentityStore
 from cityos.store.policy_base import PolicyStore

@@ -33,9 +33,9 @@ from cityos.entities.model import Entity
 from cityos.query import budget
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery, QueryResult
+from cityos.store.cell_key import cell_key
 from cityos.store.paging import Pager, bounded, exact_in_sql
 from cityos.store.paging import listed_type as _listed_type
-from cityos.store.cell_key import cell_key
 from cityos.store.side_rows import geo_keys, instance_boxes
 from cityos.store.sqlite_history import Names
 from cityos.store.sqlite_layout import NAME_ID, inflate, name_ids
@@ -63,13 +63,21 @@ CREATE TABLE IF NOT EXISTS entity_geo_walk (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entity_geo_walk_cell ON entity_geo_walk (attr, cell, min_x, max_x, min_y, max_y);
 """
-WALK_INSERT = (
-    "INSERT INTO entity_geo_walk (attr, pk, min_x, max_x, min_y, max_y, shapes, cell) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
 """One row per entity and GeoProperty attribute (side_rows.py geo_keys), in key order: a broad
 geo-query walks it in entity key order testing the box on the row alone, so a page stops at its
 21st match however many entities the box holds. The exact test reads the row alone too: a Point's
 coordinates are its box (shapes NULL), any other attribute keeps its geometries in `shapes`."""
+WALK_INSERT = (
+    "INSERT INTO entity_geo_walk (attr, pk, min_x, max_x, min_y, max_y, shapes, cell) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def walk_row(attr: int, pk: int, key: tuple[str, float, float, float, float, str | None]) -> tuple[Any, ...]:
+    """WALK_INSERT's parameters for one geo_keys row, its cell key computed."""
+    _, min_x, max_x, min_y, max_y, shapes = key
+    return (attr, pk, min_x, max_x, min_y, max_y, shapes, cell_key(min_x, max_x, min_y, max_y))
+
+
 ANCHOR_STEP = 64  # listing positions between two remembered primary keys
 SELECTIVE = 2000  # a value filter with at most this many rows drives the query (IN); else each candidate probes it
 DECISION_AGE = 1.0  # seconds a side filter's selectivity (_few) is reused by the queries that repeat it
@@ -102,9 +110,9 @@ def create_query_schema(connection: sqlite3.Connection) -> None:
             connection.executemany(
                 WALK_INSERT,
                 (
-                    (names.id(connection, attr), pk, *box, cell_key(*box[:4]))
+                    walk_row(names.id(connection, key[0]), pk, key)
                     for pk, doc in docs.fetchall()
-                    for attr, *box in geo_keys(instance_boxes(orjson.loads(inflate(doc))))
+                    for key in geo_keys(instance_boxes(orjson.loads(inflate(doc))))
                 ),
             )
 
