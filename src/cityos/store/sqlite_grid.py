@@ -65,7 +65,8 @@ def _alone(connection: sqlite3.Connection, tenant: str, now: str) -> bool:
 
 def _first_type(connection: sqlite3.Connection) -> int | None:
     """The one type every entity of the file has, when there is one (the file's only type)."""
-    low, high = connection.execute("SELECT min(type), max(type) FROM entity_types").fetchone()
+    low = connection.execute("SELECT min(type) FROM entity_types").fetchone()[0]  # two index probes
+    high = connection.execute("SELECT max(type) FROM entity_types").fetchone()[0]
     return int(low) if low is not None and low == high else None
 
 
@@ -110,12 +111,19 @@ class SQLiteGrid:
             centre = "(w.min_x + w.max_x) * 0.5 AS x, (w.min_y + w.max_y) * 0.5 AS y"
             one = _first_type(connection) if bare and _alone(connection, tenant, now) else None
             if one is not None:  # the index alone: every row is a visible entity of the tenant's one type
-                rows = connection.execute(
-                    f"SELECT g.k, count(*), avg(g.x), avg(g.y), ? FROM (SELECT w.cell >> {shift} AS k, {centre}"
+                # a range per cell: each an aggregate along the index, no sort of the tile's rows
+                # (GROUP BY on the shifted key sorts them: 2.7 times the CPU over 100,000 rows)
+                step = 1 << shift
+                statement = (
+                    "SELECT count(*), avg((w.min_x + w.max_x) * 0.5), avg((w.min_y + w.max_y) * 0.5)"
                     " FROM entity_geo_walk w INDEXED BY entity_geo_walk_cell"
-                    f" WHERE w.attr = {NAME_ID} AND w.cell >= ? AND w.cell < ?) g GROUP BY g.k",
-                    [one, grid.attr, low, high],
-                ).fetchall()
+                    f" WHERE w.attr = {NAME_ID} AND w.cell >= ? AND w.cell < ?"
+                )
+                rows = []
+                for start in range(low, high, step):
+                    n, mean_x, mean_y = connection.execute(statement, (grid.attr, start, start + step)).fetchone()
+                    if n:
+                        rows.append((start >> shift, n, mean_x, mean_y, str(one)))
             else:
                 source, where, params, _ = _selection(connection, tenant, plain, now)
                 rows = connection.execute(
