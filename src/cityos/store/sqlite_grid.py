@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from cityos.entities.expiry import now_key
 from cityos.store.base import EntityQuery, GeoGrid, GridCell
 from cityos.store.cell_key import KEY_ZOOM, cell_of, tile_range
-from cityos.store.paging import exact_in_sql
+from cityos.store.paging import exact_in_sql, unfiltered
 from cityos.store.sqlite_layout import NAME_ID
 from cityos.store.sqlite_query import _selection, _stale
 
@@ -32,20 +32,6 @@ def cell_sql(grid: GeoGrid, alias: str) -> tuple[str, str, list[Any]]:
     col = f"min(max(CAST((({alias}.min_x + {alias}.max_x) * 0.5 - ?) / ? AS INTEGER), 0), ?)"
     row = f"min(max(CAST((({alias}.min_y + {alias}.max_y) * 0.5 - ?) / ? AS INTEGER), 0), ?)"
     return col, row, [grid.min_x, width, grid.cols - 1, grid.min_y, height, grid.rows - 1]
-
-
-def _bare(query: EntityQuery) -> bool:
-    """The query selects every visible entity of its tenant (no type, id, attribute, q or policy)."""
-    return (
-        query.types is None
-        and query.ids is None
-        and query.id_pattern is None
-        and query.attrs is None
-        and not query.value_filters
-        and query.geo is None
-        and query.predicate is None
-        and query.access is None
-    )
 
 
 def _alone(connection: sqlite3.Connection, tenant: str, now: str) -> bool:
@@ -102,7 +88,7 @@ class SQLiteGrid:
         )
         needs_fresh = query.attrs is not None or bool(query.value_filters)
         level = grid.key_level()
-        bare = level is not None and _bare(query)
+        bare = level is not None and unfiltered(query)
         now = now_key()
 
         def keyed(connection: sqlite3.Connection, level: int, z: int, x: int, y: int) -> list[GridCell]:

@@ -17,12 +17,23 @@ from cityos.errors import QueryTimeout
 from cityos.query.patterns import id_pattern_in_python
 from cityos.store.base import EntityQuery, GeoGrid, GridCell
 from cityos.store.cell_key import KEY_ZOOM, cell_of, tile_range
-from cityos.store.paging import exact_in_sql
+from cityos.store.paging import exact_in_sql, unfiltered
 from cityos.store.postgres.sql import Params, access_in_python, matches_in_python, where
 
 if TYPE_CHECKING:
     from cityos.store.fair import FairShare
     from cityos.store.postgres.lane import Lane
+
+
+ALONE = (
+    "SELECT (SELECT version FROM listing_version WHERE id = 0),"
+    " EXISTS (SELECT 1 FROM entities WHERE tenant < $1) OR EXISTS (SELECT 1 FROM entities WHERE tenant > $1)"
+    " OR EXISTS (SELECT 1 FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= $2)"
+)
+ONE_TYPE = (
+    "SELECT count(*) FILTER (WHERE cardinality(types) <> 1) = 0 AND min(types[1]) = max(types[1]), min(types[1])"
+    " FROM entities"
+)
 
 
 class PostgresGrid:
@@ -78,7 +89,10 @@ class PostgresGrid:
                 asyncio.timeout(self.query_timeout),
                 self._lane.lease(self.pool) as connection,
             ):
-                rows = await connection.fetch(sql, *p.values)
+                fast = None
+                if level is not None and grid.tile is not None and unfiltered(query):
+                    fast = await self._index_only(connection, tenant, grid.attr, now, grid.tile, level)
+                rows = fast if fast is not None else await connection.fetch(sql, *p.values)
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise QueryTimeout(f"the query took longer than {self.query_timeout} s") from exc
         if rows and rows[0][0]:
@@ -92,3 +106,37 @@ class PostgresGrid:
                 for r in rows
             ]
         return [GridCell(r[1], r[2], r[3], r[4], r[5], tuple(sorted(t for t in r[6] if t))) for r in rows]
+
+    async def _index_only(
+        self, connection: Any, tenant: str, attr: str, now: str, tile: tuple[int, int, int], level: int
+    ) -> list[tuple[Any, ...]] | None:
+        """The rows of an unfiltered tile's grid from the index entity_geo_cell alone (one range per
+        cell, each an aggregate along the index: no look at `entities`), when the database holds
+        entities of this tenant only, none expired, all of one type; None otherwise. Whether they are
+        of one type is a scan of `entities`, remembered until the listings' version (store/postgres/
+        schema.py, migration 9: a create, delete or change of types or expiry) moves."""
+        version, other = await connection.fetchrow(ALONE, tenant, now)
+        if other:
+            return None
+        # the listings' version -> the one type of every entity then, or None
+        remembered: dict[int, str | None] = self.__dict__.setdefault("_grid_one_type", {})
+        if version not in remembered:
+            one, first = await connection.fetchrow(ONE_TYPE)
+            remembered.clear()
+            remembered[version] = first if one else None
+        only = remembered[version]
+        if only is None:
+            return None
+        z, x, y = tile
+        shift = 2 * (KEY_ZOOM - z - level)
+        low, high = tile_range(z, x, y)
+        rows = await connection.fetch(
+            "SELECT s.k, a.n, a.x, a.y FROM generate_series($2::bigint, $3::bigint) s(k) CROSS JOIN LATERAL"
+            " (SELECT count(*) AS n, avg((g.min_x + g.max_x) * 0.5) AS x, avg((g.min_y + g.max_y) * 0.5) AS y"
+            f" FROM entity_geo g WHERE g.attr = $1 AND g.cell >= s.k << {shift} AND g.cell < (s.k + 1) << {shift}) a"
+            " WHERE a.n > 0",
+            attr,
+            low >> shift,
+            (high >> shift) - 1,
+        )
+        return [(False, k, 0, n, mean_x, mean_y, [only]) for k, n, mean_x, mean_y in rows]
