@@ -276,3 +276,36 @@ def test_cached_clusters_outlive_a_new_value_but_not_a_move(client: TestClient) 
         back = {"location": CITY[0]["location"], "availableSpotNumber": CITY[0]["availableSpotNumber"]}
         assert client.patch(attrs, json=back, headers=JSON).status_code == 204
     assert counted() == len(CITY)
+
+
+def test_clusters_of_one_type_count_each_entity_in_the_tile_of_its_point(db_url: str) -> None:
+    """A city of one type: on SQLite, the unfiltered tile reads the cell-key index alone and the
+    tile with `type` joins the filters; both count each entity in the tile that holds its point, in
+    the zoom z+4 tile (cell) that holds it. Another tenant's entities never count."""
+    rng = random.Random(7)
+    parkings = [parking(i, rng) for i in range(120)]
+    with TestClient(create_app(Settings(database=db_url, tile_max_features=10, tile_cache_mb=0))) as client:
+        assert client.post(BATCH, json=parkings, headers=JSON).status_code == 201
+        other = {**parking(500, rng), "id": "urn:ngsi-ld:OffStreetParking:elsewhere"}
+        tenant = {**JSON, "NGSILD-Tenant": "other"}
+        tiles = [whole(), tile_of(-8.61, 41.15, whole().z + 1), tile_of(-8.61, 41.15, whole().z + 2)]
+        for index, tile in enumerate([*tiles, tiles[0]]):
+            if index == len(tiles):  # then with an entity of another tenant in the tile
+                assert client.post(BATCH, json=[other], headers=tenant).status_code == 201
+            points = [p["location"]["value"]["coordinates"] for p in parkings]
+            inside_tile = [pt for pt in points if tile_of(pt[0], pt[1], tile.z) == tile]
+            cells: dict[Tile, int] = {}
+            for pt in inside_tile:
+                cell = tile_of(pt[0], pt[1], tile.z + 4)
+                cells[cell] = cells.get(cell, 0) + 1
+            for query in ("", "?type=OffStreetParking"):
+                response = client.get(url(tile) + query)
+                assert response.headers["x-tile-layer"] == "clusters"
+                features = decode(response.content)["clusters"]["features"]
+                assert sorted(f["properties"]["count"] for f in features) == sorted(cells.values())
+                assert {f["properties"]["types"] for f in features} == {"OffStreetParking"}
+                for feature in features:  # each cluster's point is in the cell whose count it carries
+                    (px, py) = feature["paths"][0][0]
+                    col, row = min(int(px * 16 / 4096), 15), min(int(py * 16 / 4096), 15)
+                    cell = Tile(tile.z + 4, tile.x * 16 + col, tile.y * 16 + row)
+                    assert feature["properties"]["count"] == cells[cell]

@@ -18,6 +18,7 @@ from typing import Any
 from cityos.entities.model import Entity
 from cityos.errors import BadRequestData
 from cityos.mapdata import mvt
+from cityos.store import cell_key
 from cityos.store.base import EntityQuery, EntityStore, GeoGrid, GridCell
 
 MAX_ZOOM = 22
@@ -154,7 +155,7 @@ def features_layer(
 
 def grid_of(tile: Tile, geo_attr: str, cells: int) -> GeoGrid:
     west, south, east, north = tile.bounds()
-    return GeoGrid(geo_attr, west, south, east, north, cells, cells)
+    return GeoGrid(geo_attr, west, south, east, north, cells, cells, (tile.z, tile.x, tile.y))
 
 
 def _positions(coords: Any) -> Iterable[tuple[float, float]]:
@@ -170,6 +171,7 @@ def count_in_python(entities: Iterable[Entity], grid: GeoGrid) -> list[GridCell]
     """EntityStore.geo_grid's answer computed from documents (a query the store cannot count in SQL)."""
     width = (grid.max_x - grid.min_x) / grid.cols
     height = (grid.max_y - grid.min_y) / grid.rows
+    level = grid.key_level()
     cells: dict[tuple[int, int], list[Any]] = {}
     for entity in entities:
         geometry = _geometry(entity, grid.attr)
@@ -180,9 +182,16 @@ def count_in_python(entities: Iterable[Entity], grid: GeoGrid) -> list[GridCell]
             continue
         min_x, max_x = min(p[0] for p in positions), max(p[0] for p in positions)
         min_y, max_y = min(p[1] for p in positions), max(p[1] for p in positions)
-        x, y = (min_x + max_x) / 2, (min_y + max_y) / 2
-        col = min(max(int((x - grid.min_x) / width), 0), grid.cols - 1)
-        row = min(max(int((y - grid.min_y) / height), 0), grid.rows - 1)
+        x, y = (min_x + max_x) * 0.5, (min_y + max_y) * 0.5
+        if level is not None and grid.tile is not None:  # the store's cells (its rows' cell keys)
+            low, high = cell_key.tile_range(*grid.tile)
+            key = cell_key.cell_key(min_x, max_x, min_y, max_y)
+            if not low <= key < high:
+                continue
+            col, row = cell_key.cell_of(key, *grid.tile, level)
+        else:
+            col = min(max(int((x - grid.min_x) / width), 0), grid.cols - 1)
+            row = min(max(int((y - grid.min_y) / height), 0), grid.rows - 1)
         cell = cells.setdefault((col, row), [0, 0.0, 0.0, set()])
         cell[0] += 1
         cell[1] += x

@@ -15,6 +15,7 @@ from cityos.policy.decision import AccessPrefilter
 from cityos.query.entity_maps import EntityMap
 from cityos.query.pushdown import ValueFilter
 from cityos.store.audit_base import AuditStore
+from cityos.store.cell_key import KEY_ZOOM
 from cityos.store.dataspace_base import DataspaceStore
 from cityos.store.identity_base import IdentityStore
 from cityos.store.policy_base import PolicyStore
@@ -82,7 +83,10 @@ class QueryResult:
 @dataclass(frozen=True, slots=True)
 class GeoGrid:
     """A box (lon/lat) cut into cols x rows equal cells, for counting the entities whose GeoProperty
-    `attr` has its centre in each cell (map clusters, mapdata/tiles.py)."""
+    `attr` has its centre in each cell (map clusters, mapdata/tiles.py). With `tile` (z, x, y) set
+    and cols = rows = 2^level, z + level <= cell_key.KEY_ZOOM, the box is that Web Mercator tile
+    and its cells are the tiles of zoom z + level in it (counted over the rows' cell keys,
+    store/cell_key.py); else the cells are equal in degrees."""
 
     attr: str  # expanded GeoProperty name
     min_x: float
@@ -91,6 +95,14 @@ class GeoGrid:
     max_y: float
     cols: int
     rows: int
+    tile: tuple[int, int, int] | None = None
+
+    def key_level(self) -> int | None:
+        """The level of a grid counted by cell keys, or None (cells equal in degrees)."""
+        level = self.cols.bit_length() - 1
+        if self.tile is None or self.cols != self.rows or self.cols != 1 << level or self.tile[0] + level > KEY_ZOOM:
+            return None
+        return level
 
 
 @dataclass(frozen=True, slots=True)

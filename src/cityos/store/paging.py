@@ -129,3 +129,17 @@ class Pager:
             )
         total = self._total
         return QueryResult(self._matched, total if self._query.count else None, stop is not None and total > stop)
+
+
+def unfiltered(query: EntityQuery) -> bool:
+    """The query selects every visible entity of its tenant (no type, id, attribute, q or policy)."""
+    return (
+        query.types is None
+        and query.ids is None
+        and query.id_pattern is None
+        and query.attrs is None
+        and not query.value_filters
+        and query.geo is None
+        and query.predicate is None
+        and query.access is None
+    )

@@ -33,6 +33,7 @@ from cityos.entities.model import Entity
 from cityos.query import budget
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityQuery, QueryResult
+from cityos.store.cell_key import cell_key
 from cityos.store.paging import Pager, bounded, exact_in_sql
 from cityos.store.paging import listed_type as _listed_type
 from cityos.store.side_rows import geo_keys, instance_boxes
@@ -56,13 +57,27 @@ GEO_SCHEMA = """
 CREATE TABLE IF NOT EXISTS entity_geo_walk (
     attr INTEGER NOT NULL, pk INTEGER NOT NULL,  -- attr: the interned IRI (temporal_names)
     min_x REAL NOT NULL, max_x REAL NOT NULL, min_y REAL NOT NULL, max_y REAL NOT NULL,
-    shapes TEXT, PRIMARY KEY (attr, pk)
+    shapes TEXT,
+    cell INTEGER,  -- the box centre's cell key (store/cell_key.py), for map clusters (sqlite_grid.py)
+    PRIMARY KEY (attr, pk)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_geo_walk_cell ON entity_geo_walk (attr, cell, min_x, max_x, min_y, max_y);
 """
 """One row per entity and GeoProperty attribute (side_rows.py geo_keys), in key order: a broad
 geo-query walks it in entity key order testing the box on the row alone, so a page stops at its
 21st match however many entities the box holds. The exact test reads the row alone too: a Point's
 coordinates are its box (shapes NULL), any other attribute keeps its geometries in `shapes`."""
+WALK_INSERT = (
+    "INSERT INTO entity_geo_walk (attr, pk, min_x, max_x, min_y, max_y, shapes, cell) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def walk_row(attr: int, pk: int, key: tuple[str, float, float, float, float, str | None]) -> tuple[Any, ...]:
+    """WALK_INSERT's parameters for one geo_keys row, its cell key computed."""
+    _, min_x, max_x, min_y, max_y, shapes = key
+    return (attr, pk, min_x, max_x, min_y, max_y, shapes, cell_key(min_x, max_x, min_y, max_y))
+
+
 ANCHOR_STEP = 64  # listing positions between two remembered primary keys
 SELECTIVE = 2000  # a value filter with at most this many rows drives the query (IN); else each candidate probes it
 DECISION_AGE = 1.0  # seconds a side filter's selectivity (_few) is reused by the queries that repeat it
@@ -93,11 +108,11 @@ def create_query_schema(connection: sqlite3.Connection) -> None:
                 "SELECT pk, doc FROM entities WHERE pk IN (SELECT pk FROM entity_geo_attrs) ORDER BY pk"
             )
             connection.executemany(
-                "INSERT INTO entity_geo_walk VALUES (?, ?, ?, ?, ?, ?, ?)",
+                WALK_INSERT,
                 (
-                    (names.id(connection, attr), pk, *box)
+                    walk_row(names.id(connection, key[0]), pk, key)
                     for pk, doc in docs.fetchall()
-                    for attr, *box in geo_keys(instance_boxes(orjson.loads(inflate(doc))))
+                    for key in geo_keys(instance_boxes(orjson.loads(inflate(doc))))
                 ),
             )
 

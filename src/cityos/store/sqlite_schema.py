@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cityos.store.cell_key import cell_key
 from cityos.store.sqlite_history import Names, file_layout
 from cityos.store.sqlite_layout import LAYOUT
 from cityos.store.sqlite_layout import migrate as migrate_layout
@@ -46,6 +47,24 @@ def _value_index(connection: sqlite3.Connection) -> None:
     )
 
 
+def _cell_keys(connection: sqlite3.Connection) -> None:
+    """7: each geo walk row gains its cell key (store/cell_key.py), indexed with its box, so a map
+    tile's cluster grid is one index range grouped by a shift (sqlite_grid.py). A file without the
+    walk table gets it, keys and all, when the store opens it (sqlite_query.create_query_schema)."""
+    if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'entity_geo_walk'").fetchone() is None:
+        return
+    if "cell" not in {row[1] for row in connection.execute("PRAGMA table_info(entity_geo_walk)")}:
+        connection.execute("ALTER TABLE entity_geo_walk ADD COLUMN cell INTEGER")
+    connection.create_function("cityos_cell_key", 4, cell_key, deterministic=True)
+    try:
+        connection.execute("UPDATE entity_geo_walk SET cell = cityos_cell_key(min_x, max_x, min_y, max_y)")
+    finally:
+        connection.create_function("cityos_cell_key", 4, None)
+    connection.execute(
+        "CREATE INDEX IF NOT EXISTS entity_geo_walk_cell ON entity_geo_walk (attr, cell, min_x, max_x, min_y, max_y)"
+    )
+
+
 MIGRATIONS: tuple[SQLiteMigration, ...] = (
     SQLiteMigration(1, "compact history rows with interned names (temporal_rows)", None),
     SQLiteMigration(2, "interned side tables and deflated entity documents", None),
@@ -53,6 +72,7 @@ MIGRATIONS: tuple[SQLiteMigration, ...] = (
     SQLiteMigration(4, "geo attributes interned; the audit trail's compact hashes", None),
     SQLiteMigration(5, "long history values stored once (temporal_values); history types interned", None),
     SQLiteMigration(6, "long history values pruned with their last row (index on temporal_rows.vref)", _value_index),
+    SQLiteMigration(7, "map cell keys of the geo walk rows, indexed (entity_geo_walk.cell)", _cell_keys),
 )
 LATEST = MIGRATIONS[-1].version
 assert MIGRATIONS[LAYOUT - 1].apply is None and MIGRATIONS[LAYOUT].apply is not None

@@ -24,9 +24,11 @@ from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import NgsiLdError
 from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
+from cityos.store.cell_key import cell_key
 from cityos.store.side_rows import Boxed, changed_values, geo_keys, geo_values, instance_boxes, own_expiry
 from cityos.store.sqlite_history import INSERT_INSTANCE, Names
 from cityos.store.sqlite_layout import deflate, entity_rows, inflate, value_rows
+from cityos.store.sqlite_query import WALK_INSERT, walk_row
 
 SMALL_WRITE = 8  # mutations with at most this many entities may share a transaction
 # the buffered statements, in the order they are drained: every delete before every insert (a pk
@@ -40,7 +42,8 @@ DRAIN_ORDER = (
     # a GeoProperty whose box moved, its attribute and instance kept (_moved_geo)
     "UPDATE entity_geo SET min_x = ?, max_x = ?, min_y = ?, max_y = ?"
     " WHERE gid = (SELECT gid FROM entity_geo_attrs WHERE pk = ? AND attr = ?)",
-    "UPDATE entity_geo_walk SET min_x = ?, max_x = ?, min_y = ?, max_y = ?, shapes = ? WHERE attr = ? AND pk = ?",
+    "UPDATE entity_geo_walk SET min_x = ?, max_x = ?, min_y = ?, max_y = ?, shapes = ?, cell = ?"
+    " WHERE attr = ? AND pk = ?",
     "INSERT OR IGNORE INTO entity_types (type, pk) VALUES (?, ?)",
     "INSERT OR IGNORE INTO entity_attrs (attr, pk) VALUES (?, ?)",
     "INSERT INTO attr_values (pk, attr, seq, num, txt) VALUES (?, ?, ?, ?, ?)",
@@ -89,7 +92,7 @@ def _moved_geo(
         return False
     for attr, box, _ in now:
         buffer[SET_BOX].append((*box, pk, ids(attr)))
-    buffer[SET_WALK].extend((*box, shapes, ids(attr), pk) for attr, *box, shapes in geo_keys(now))
+    buffer[SET_WALK].extend((*box, shapes, cell_key(*box), ids(attr), pk) for attr, *box, shapes in geo_keys(now))
     return True
 
 
@@ -363,8 +366,8 @@ class SQLiteWrites:
             connection.execute("INSERT INTO entity_geo VALUES (?, ?, ?, ?, ?)", (gid, *box))
         if boxed:
             connection.executemany(
-                "INSERT INTO entity_geo_walk VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(ids(attr), pk, *box) for attr, *box in geo_keys(boxed)],
+                WALK_INSERT,
+                [walk_row(ids(key[0]), pk, key) for key in geo_keys(boxed)],
             )
 
     async def purge_expired(self, now: str) -> list[EntityChange]:

@@ -1,7 +1,9 @@
 """PostgresStore.geo_grid: entities counted per cell of a box, for map clusters (mapdata/tiles.py).
 
 One statement over entity_geo's GiST index joined to the query's own WHERE (sql.where), grouped
-in the server: no document is sent or decoded, so a grid over 100,000 entities is one index scan."""
+in the server: no document is sent or decoded, so a grid over 100,000 entities is one index scan.
+A map tile's grid (GeoGrid.key_level) is one range of the index entity_geo_cell (the rows' cell
+keys, store/cell_key.py, migration 16), a cell a shift of the key."""
 
 from __future__ import annotations
 
@@ -14,12 +16,24 @@ from cityos.entities.expiry import now_key
 from cityos.errors import QueryTimeout
 from cityos.query.patterns import id_pattern_in_python
 from cityos.store.base import EntityQuery, GeoGrid, GridCell
-from cityos.store.paging import exact_in_sql
+from cityos.store.cell_key import KEY_ZOOM, cell_of, tile_range
+from cityos.store.paging import exact_in_sql, unfiltered
 from cityos.store.postgres.sql import Params, access_in_python, matches_in_python, where
 
 if TYPE_CHECKING:
     from cityos.store.fair import FairShare
     from cityos.store.postgres.lane import Lane
+
+
+ALONE = (
+    "SELECT (SELECT version FROM listing_version WHERE id = 0),"
+    " EXISTS (SELECT 1 FROM entities WHERE tenant < $1) OR EXISTS (SELECT 1 FROM entities WHERE tenant > $1)"
+    " OR EXISTS (SELECT 1 FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= $2)"
+)
+ONE_TYPE = (
+    "SELECT count(*) FILTER (WHERE cardinality(types) <> 1) = 0 AND min(types[1]) = max(types[1]), min(types[1])"
+    " FROM entities"
+)
 
 
 class PostgresGrid:
@@ -37,12 +51,25 @@ class PostgresGrid:
         now = now_key()
         p = Params()
         condition = where(tenant, query, now, p)
-        width = (grid.max_x - grid.min_x) / grid.cols
-        height = (grid.max_y - grid.min_y) / grid.rows
+        level = grid.key_level()
         cx, cy = "(g.min_x + g.max_x) * 0.5", "(g.min_y + g.max_y) * 0.5"
-        col = f"least(greatest(floor(({cx} - {p(grid.min_x)}) / {p(width)})::int, 0), {p(grid.cols - 1)})"
-        row = f"least(greatest(floor(({cy} - {p(grid.min_y)}) / {p(height)})::int, 0), {p(grid.rows - 1)})"
-        lo_x, hi_x, lo_y, hi_y = p(grid.min_x), p(grid.max_x), p(grid.min_y), p(grid.max_y)
+        if level is not None and grid.tile is not None:
+            z, x, y = grid.tile
+            shift = 2 * (KEY_ZOOM - z - level)
+            low, high = tile_range(z, x, y)
+            cells = f"g.cell >> {shift} AS col, 0 AS row"
+            inside = f"g.cell >= {p(low)} AND g.cell < {p(high)}"
+        else:
+            width = (grid.max_x - grid.min_x) / grid.cols
+            height = (grid.max_y - grid.min_y) / grid.rows
+            col = f"least(greatest(floor(({cx} - {p(grid.min_x)}) / {p(width)})::int, 0), {p(grid.cols - 1)})"
+            row = f"least(greatest(floor(({cy} - {p(grid.min_y)}) / {p(height)})::int, 0), {p(grid.rows - 1)})"
+            lo_x, hi_x, lo_y, hi_y = p(grid.min_x), p(grid.max_x), p(grid.min_y), p(grid.max_y)
+            cells = f"{col} AS col, {row} AS row"
+            inside = (
+                f"g.box && ST_MakeEnvelope({lo_x}, {lo_y}, {hi_x}, {hi_y}, 4326)"
+                f" AND g.max_x >= {lo_x} AND g.min_x <= {hi_x} AND g.max_y >= {lo_y} AND g.min_y <= {hi_y}"
+            )
         stale = "false"
         if query.attrs is not None or query.value_filters:  # side rows of an expired part still count
             stale = (
@@ -50,11 +77,9 @@ class PostgresGrid:
                 f" AND tenant = {p(tenant)})"
             )
         sql = (
-            f"WITH sel AS MATERIALIZED (SELECT {col} AS col, {row} AS row, {cx} AS x, {cy} AS y, e.types[1] AS t"
+            f"WITH sel AS MATERIALIZED (SELECT {cells}, {cx} AS x, {cy} AS y, e.types[1] AS t"
             " FROM entity_geo g JOIN entities e ON e.pk = g.pk"
-            f" WHERE g.attr = {p(grid.attr)} AND g.box && ST_MakeEnvelope({lo_x}, {lo_y}, {hi_x}, {hi_y}, 4326)"
-            f" AND g.max_x >= {lo_x} AND g.min_x <= {hi_x} AND g.max_y >= {lo_y} AND g.min_y <= {hi_y}"
-            f" AND {condition})"
+            f" WHERE g.attr = {p(grid.attr)} AND {inside} AND {condition})"
             f" SELECT {stale}, col, row, count(*), avg(x), avg(y), array_agg(DISTINCT t)"
             " FROM sel GROUP BY col, row"
         )
@@ -64,10 +89,54 @@ class PostgresGrid:
                 asyncio.timeout(self.query_timeout),
                 self._lane.lease(self.pool) as connection,
             ):
-                rows = await connection.fetch(sql, *p.values)
+                fast = None
+                if level is not None and grid.tile is not None and unfiltered(query):
+                    fast = await self._index_only(connection, tenant, grid.attr, now, grid.tile, level)
+                rows = fast if fast is not None else await connection.fetch(sql, *p.values)
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise QueryTimeout(f"the query took longer than {self.query_timeout} s") from exc
         if rows and rows[0][0]:
             return None
         # each entity's first type: an entity of several types shows under one of them
+        if level is not None and grid.tile is not None:
+            z, x, y = grid.tile
+            shift = 2 * (KEY_ZOOM - z - level)
+            return [
+                GridCell(*cell_of(r[1] << shift, z, x, y, level), r[3], r[4], r[5], tuple(sorted(t for t in r[6] if t)))
+                for r in rows
+            ]
         return [GridCell(r[1], r[2], r[3], r[4], r[5], tuple(sorted(t for t in r[6] if t))) for r in rows]
+
+    async def _index_only(
+        self, connection: Any, tenant: str, attr: str, now: str, tile: tuple[int, int, int], level: int
+    ) -> list[tuple[Any, ...]] | None:
+        """The rows of an unfiltered tile's grid from the index entity_geo_cell alone (one range per
+        cell, each an aggregate along the index: no look at `entities`), when the database holds
+        entities of this tenant only, none expired, all of one type; None otherwise. Whether they are
+        of one type is a scan of `entities`, remembered until the listings' version (store/postgres/
+        schema.py, migration 9: a create, delete or change of types or expiry) moves."""
+        version, other = await connection.fetchrow(ALONE, tenant, now)
+        if other:
+            return None
+        # the listings' version -> the one type of every entity then, or None
+        remembered: dict[int, str | None] = self.__dict__.setdefault("_grid_one_type", {})
+        if version not in remembered:
+            one, first = await connection.fetchrow(ONE_TYPE)
+            remembered.clear()
+            remembered[version] = first if one else None
+        only = remembered[version]
+        if only is None:
+            return None
+        z, x, y = tile
+        shift = 2 * (KEY_ZOOM - z - level)
+        low, high = tile_range(z, x, y)
+        rows = await connection.fetch(
+            "SELECT s.k, a.n, a.x, a.y FROM generate_series($2::bigint, $3::bigint) s(k) CROSS JOIN LATERAL"
+            " (SELECT count(*) AS n, avg((g.min_x + g.max_x) * 0.5) AS x, avg((g.min_y + g.max_y) * 0.5) AS y"
+            f" FROM entity_geo g WHERE g.attr = $1 AND g.cell >= s.k << {shift} AND g.cell < (s.k + 1) << {shift}) a"
+            " WHERE a.n > 0",
+            attr,
+            low >> shift,
+            (high >> shift) - 1,
+        )
+        return [(False, k, 0, n, mean_x, mean_y, [only]) for k, n, mean_x, mean_y in rows]

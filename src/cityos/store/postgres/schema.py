@@ -176,6 +176,34 @@ ALTER TABLE entities SET (fillfactor = 70);
 CLUSTER entities USING entities_pkey;
 """
 
+# Each box's cell key (store/cell_key.py, the same formula in Python): the Morton code of the zoom-24
+# Web Mercator tile of its centre, generated with the row, indexed with the box, so a map tile's
+# cluster grid is one index range grouped by a shift (grid.py). The constants are cell_key._spread's.
+_V16 = """
+CREATE FUNCTION cityos_cell_key(min_x float8, max_x float8, min_y float8, max_y float8)
+RETURNS bigint LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    lat float8 := least(greatest((min_y + max_y) * 0.5, -85.0511287798066), 85.0511287798066);
+    s float8 := sin(radians(lat));
+    x bigint := least(greatest(floor(((min_x + max_x) * 0.5 + 180.0) / 360.0 * 16777216.0), 0), 16777215);
+    y bigint := least(greatest(floor((0.5 - ln((1.0 + s) / (1.0 - s)) / (4.0 * pi())) * 16777216.0), 0), 16777215);
+BEGIN
+    x := (x | (x << 16)) & 281470681808895;
+    x := (x | (x << 8)) & 71777214294589695;
+    x := (x | (x << 4)) & 1085102592571150095;
+    x := (x | (x << 2)) & 3689348814741910323;
+    x := (x | (x << 1)) & 6148914691236517205;
+    y := (y | (y << 16)) & 281470681808895;
+    y := (y | (y << 8)) & 71777214294589695;
+    y := (y | (y << 4)) & 1085102592571150095;
+    y := (y | (y << 2)) & 3689348814741910323;
+    y := (y | (y << 1)) & 6148914691236517205;
+    RETURN x | (y << 1);
+END $$;
+ALTER TABLE entity_geo ADD COLUMN cell bigint GENERATED ALWAYS AS (cityos_cell_key(min_x, max_x, min_y, max_y)) STORED;
+CREATE INDEX entity_geo_cell ON entity_geo (attr, cell) INCLUDE (pk, min_x, max_x, min_y, max_y);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "entities, their side tables and hosted @contexts", _V1),
     Migration(2, "subscriptions, outbox, workers, registrations, entity maps, ingestion records", CATALOG_SQL),
@@ -192,6 +220,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(13, "the data channel between cities: key, partners, offers, agreements, versioned", DATASPACE_SQL),
     Migration(14, "entities leave room on each page, so an update of a document is HOT", _V14),
     Migration(15, "partners' signed requests: nonces seen and rate buckets, shared by the workers", NONCES_SQL),
+    Migration(16, "map cell keys of the geo boxes, generated and indexed (entity_geo.cell)", _V16),
 )
 LATEST = MIGRATIONS[-1].version
 _LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")
