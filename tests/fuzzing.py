@@ -228,6 +228,10 @@ class Request:
         return {"method": self.method, "path": self.path, "params": self.params, "headers": self.headers, "body": body}
 
 
+# routes whose answer has no end of its own (server-sent events, mapdata/changes.py): asked with `duration`
+ENDLESS = {("GET", "/cityos/v1/changes")}
+
+
 class Generator:
     def __init__(self, seed: int, routes: list[Route]) -> None:
         self.rng = random.Random(seed)
@@ -305,6 +309,8 @@ class Generator:
         route = rng.choice(self.twins if rng.random() < 0.04 else self.routes)
         method, template_path = route
         request = Request(method, self.path(template_path), self.params(route), route=route)
+        if route in ENDLESS:  # an event stream answers until the client leaves: it is asked to end
+            request.params = [(k, v) for k, v in request.params if k != "duration"] + [("duration", "0.2")]
         tenant = rng.choice(TENANTS)
         if tenant is not None:
             request.headers["NGSILD-Tenant"] = tenant

@@ -88,6 +88,7 @@ def upgrade(connection: sqlite3.Connection, names: Names) -> list[SQLiteMigratio
     returns those applied. A new file goes through them as an old one does (they are cheap on it)."""
     current = file_layout(connection, LATEST, "the schema version")
     applied = [m for m in MIGRATIONS if m.version > current]
+    new_file = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
     if current < LAYOUT:
         migrate_layout(connection, names)  # the layouts of before, in one conversion
     for migration in MIGRATIONS[LAYOUT:]:
@@ -101,6 +102,9 @@ def upgrade(connection: sqlite3.Connection, names: Names) -> list[SQLiteMigratio
         except BaseException:
             connection.execute("ROLLBACK")
             raise
+    if new_file:  # nothing was migrated: one line, not one per step
+        logger.info("new database file at schema version %d", LATEST)
+        return applied
     for migration in applied:
         logger.info("schema migration %d applied: %s", migration.version, migration.description)
     return applied
