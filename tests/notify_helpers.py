@@ -146,10 +146,11 @@ def listening(port: int) -> bool:
 
 
 @contextmanager
-def mosquitto() -> Iterator[int]:
+def mosquitto(private: bool = False) -> Iterator[int]:
     """The port of a Mosquitto broker on 127.0.0.1: the one on 1883 if it runs, else one started
-    for the test on a free port. Skips only when there is no mosquitto binary at all."""
-    if listening(1883):
+    for the test on a free port (always, when `private`: a test that counts every message on the
+    broker must not see the other tests' ones). Skips only when there is no mosquitto binary at all."""
+    if listening(1883) and not private:
         yield 1883
         return
     binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
