@@ -25,6 +25,7 @@ from starlette.routing import Route
 from cityos.citizen import departures, services
 from cityos.console import i18n
 from cityos.console.client import ApiClient
+from cityos.console.http import static_file
 from cityos.errors import BadRequestData
 from cityos.open311.http import BASE as OPEN311
 from cityos.ops.declare import api, browser_page
@@ -216,12 +217,7 @@ async def worker(request: Request) -> Response:
 
 
 async def static(request: Request) -> Response:
-    root = _dir("static").resolve()
-    target = (root / request.path_params["path"]).resolve()
-    if root not in target.parents or not target.is_file():
-        return Response(status_code=404)
-    media = STATIC_TYPES.get(target.suffix, "application/octet-stream")
-    return FileResponse(target, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
+    return static_file(_dir("static"), request.path_params["path"], STATIC_TYPES)
 
 
 def routes() -> list[Route]:
