@@ -54,7 +54,11 @@ def postgres_skip_reason() -> str | None:
         reason = "asyncpg is not installed (pip install -e '.[dev]')"
     else:
         try:
-            asyncio.run(admin("CREATE EXTENSION IF NOT EXISTS postgis"))
+            # the pytest workers start together: CREATE EXTENSION IF NOT EXISTS is not safe against a
+            # concurrent one on a fresh database (a unique violation), so they take turns
+            asyncio.run(
+                admin("BEGIN; SELECT pg_advisory_xact_lock(20261207); CREATE EXTENSION IF NOT EXISTS postgis; COMMIT;")
+            )
             reason = None
         except (OSError, TimeoutError) as exc:
             reason = f"no PostgreSQL server reachable at {POSTGRES} ({exc})"

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
 import orjson
@@ -394,10 +395,13 @@ class SQLiteStore(
                 self._writer.close()
                 self._writer = None
 
-        await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.stop)
-        await asyncio.get_running_loop().run_in_executor(self._writer_pool, close_all)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._checkpointer.stop)
+        # reads still running (a cancelled task's query goes on in its thread) end before their
+        # connections close: closing a connection another thread is reading from crashes the process
+        await loop.run_in_executor(None, partial(self._reader_pool.shutdown, wait=True))
+        await loop.run_in_executor(self._writer_pool, close_all)
         self._writer_pool.shutdown(wait=True)
-        self._reader_pool.shutdown(wait=True)
 
     async def health(self, timeout: float) -> dict[str, bool | str]:
         checks: dict[str, bool | str] = {}
