@@ -43,10 +43,12 @@ typecheck: $(VENV)/.dev
 # three pytest workers, each test file on one of them (--dist loadfile): most tests wait on real
 # servers, so three keep 2 cores busy; files marked `slow` start first, longest first (tests/conftest.py;
 # --no-loadscope-reorder keeps that order: xdist's own puts the files with fewest tests, the slowest,
-# last); PYTEST_WORKERS=0 runs them in one process
+# last); PYTEST_WORKERS=0 runs them in one process. A worker that crashes (or a test past its
+# timeout, which ends its worker) is not replaced: xdist 3.8's loadfile scheduler can wait forever for
+# a replacement, so the run fails at once instead of hanging until CI's limit
 PYTEST_WORKERS ?= 3
 unit: $(VENV)/.dev
-	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --max-worker-restart=0)
 
 test: lint typecheck unit
 
