@@ -397,9 +397,13 @@ class SQLiteStore(
 
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._checkpointer.stop)
-        # reads still running (a cancelled task's query goes on in its thread) end before their
-        # connections close: closing a connection another thread is reading from crashes the process
-        await loop.run_in_executor(None, partial(self._reader_pool.shutdown, wait=True))
+        # reads still running (a cancelled task's query goes on in its thread) are interrupted and
+        # end before their connections close: closing a connection another thread is reading from
+        # crashes the process (tests/test_store_close_while_reading.py)
+        with self._lock:
+            for connection in self._connections:
+                connection.interrupt()
+        await loop.run_in_executor(None, partial(self._reader_pool.shutdown, wait=True, cancel_futures=True))
         await loop.run_in_executor(self._writer_pool, close_all)
         self._writer_pool.shutdown(wait=True)
 
