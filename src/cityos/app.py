@@ -95,6 +95,7 @@ from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.observe import http as observe_http
 from cityos.observe.access import AccessLog
 from cityos.observe.metrics import Metrics, StoreTimer
+from cityos.citizen import page_key
 from cityos.open311 import http as open311_http
 from cityos.open311.services import CatalogueError
 from cityos.ops import http as ops_http
@@ -591,6 +592,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         except (CatalogueError, OSError) as exc:
             startup_problem.append(f"cannot start: the Open311 services file was refused: {exc}")
             raise
+        if settings.demo_on_empty and not open311.page_key and settings.open311_api_key == "required":
+            open311.page_key = await page_key.provision(identity.credentials)  # the page's reports work
         try:
             open_data.public.catalog = load_catalog(settings.catalog_file, demo=settings.demo_on_empty)
         except CatalogFileError as exc:

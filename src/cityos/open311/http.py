@@ -58,6 +58,7 @@ class Open311Http:
     def __init__(self, settings: Settings, core: Open311, rate_table: str | None) -> None:
         self.settings = settings
         self.core = core
+        self.page_key = settings.citizen_open311_key  # the citizens' page's (citizen/page_key.py for the demo)
         self.limiter: RateLimiter | None = (
             make_limiter(settings.open311_rate_limit, settings.open311_rate_limit_burst, rate_table)
             if settings.open311_rate_limit > 0
