@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from console_browser import PHONE, browser_fixture, open_tab  # noqa: F401 (the `browser` fixture)
+from console_browser import PHONE, chromium, open_tab
 from server_process import LoggedServer
 
 pytestmark = pytest.mark.slow(seconds=60)
@@ -36,6 +36,13 @@ def server(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield city
     finally:
         city.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(server: LoggedServer) -> Iterator[Any]:
+    """Chromium after the server: launched again for each back-end, once its database is made (the
+    PostgreSQL schema's set-up runs an event loop, which Playwright's running one would refuse)."""
+    yield from chromium()
 
 
 @pytest.mark.parametrize("language", ["en", "zh"])
