@@ -577,7 +577,6 @@ def test_each_tenant_has_its_own_open311(city: City) -> None:
     only there; a bad tenant name is the spec's 400."""
     credentials = city.client.app.state.identity.credentials  # type: ignore[attr-defined]
 
-
     def key(*tenants: str) -> str:
         issued = city.client.portal.call(  # type: ignore[union-attr]
             lambda: credentials.create_key(OPEN, name="district-app", tenants=tenants)
@@ -604,7 +603,9 @@ def test_each_tenant_has_its_own_open311(city: City) -> None:
     assert city.client.get(one).status_code == 404  # not in the default tenant
     found = {r["service_request_id"] for r in city.client.get(f"{BASE}/requests.json", headers=in_a).json()}
     assert found == {first["service_request_id"], again["service_request_id"]}
-    assert first["service_request_id"] not in {r["service_request_id"] for r in city.client.get(f"{BASE}/requests.json").json()}
+    assert first["service_request_id"] not in {
+        r["service_request_id"] for r in city.client.get(f"{BASE}/requests.json").json()
+    }
     token = city.client.get(f"{BASE}/tokens/{first['token']}.json", headers=in_a).json()[0]
     assert token["service_request_id"] == first["service_request_id"]
     assert city.client.get(f"{BASE}/tokens/{first['token']}.json").status_code == 404
@@ -669,6 +670,27 @@ def test_one_key_over_two_workers_gets_the_burst_once(fresh_postgres: str, tmp_p
         server.stop()
 
 
+def _at_once(url: str, form: dict[str, str], times: int) -> list[httpx.Response]:
+    """`times` POSTs of the form, sent together (each thread waits for the others before sending)."""
+    start = threading.Barrier(times)
+    answers: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def post() -> None:
+        with httpx.Client(timeout=30) as http:
+            start.wait()
+            answer = http.post(url, data=form)
+        with lock:
+            answers.append(answer)
+
+    threads = [threading.Thread(target=post) for _ in range(times)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
 def test_simultaneous_reports_of_one_problem_make_one_original(db_url: str, tmp_path: Path) -> None:
     """A real server (two workers on PostgreSQL, the one process SQLite allows) gets the same problem
     reported by several citizens at the same moment: one report is the original, every other one is
@@ -685,22 +707,7 @@ def test_simultaneous_reports_of_one_problem_make_one_original(db_url: str, tmp_
     try:
         for spot in range(3):  # three problems, each reported by `reports` citizens at once
             place = {"api_key": key, "service_code": "bin-overflowing", "lat": f"36.9{spot}", "long": "-116.76"}
-            start = threading.Barrier(reports)
-            answers: list[httpx.Response] = []
-            lock = threading.Lock()
-
-            def post(place: dict[str, str] = place, start: threading.Barrier = start) -> None:
-                with httpx.Client(timeout=30) as http:
-                    start.wait()
-                    answer = http.post(f"{server.base}{BASE}/requests.json", data=place)
-                with lock:
-                    answers.append(answer)
-
-            threads = [threading.Thread(target=post) for _ in range(reports)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            answers = _at_once(f"{server.base}{BASE}/requests.json", place, reports)
             assert [a.status_code for a in answers] == [200] * reports, [a.text for a in answers]
             made = [a.json()[0] for a in answers]
             originals = [m for m in made if "duplicate_of" not in m]

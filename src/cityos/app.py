@@ -36,6 +36,7 @@ from cityos.catalog.model import CatalogFileError, load_catalog
 from cityos.catalog.public import PublicData
 from cityos.catalog.service import CatalogService
 from cityos.citizen import http as citizen_http
+from cityos.citizen import page_key
 from cityos.console import http as console_http
 from cityos.dataspace import http as dataspace_http
 from cityos.dataspace.door import PartnerDoor
@@ -95,7 +96,6 @@ from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.observe import http as observe_http
 from cityos.observe.access import AccessLog
 from cityos.observe.metrics import Metrics, StoreTimer
-from cityos.citizen import page_key
 from cityos.open311 import http as open311_http
 from cityos.open311.services import CatalogueError
 from cityos.ops import http as ops_http
@@ -510,8 +510,10 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             authorizer=lambda: services.authorizer,
             k=settings.open_data_k,
             max_rows=settings.export_max_rows,
+            offers=lambda: dataspace.offers,  # datasets may stand for the city's dataspace offers
         ),
         file_base=f"http://{_loopback_if_any(settings.host)}:{settings.port}",  # the files' source
+        refresh=dataspace.refresh,
     )
     # the register of models (docs/indicators.md): rules and detectors add their providers here
     model_register = ModelRegister()

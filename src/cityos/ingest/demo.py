@@ -84,7 +84,9 @@ class DemoReport:
             "Loaded the CityOS demo city (Beatty, Nevada):",
             f"  Smart Data Models entities: {types}",
             f"  GTFS Demo Transit Authority: {transit}"
-            + (f" (calendar moved {self.gtfs_shift_weeks} weeks forward to run today)" if self.gtfs_shift_weeks else ""),
+            + (
+                f" (calendar moved {self.gtfs_shift_weeks} weeks forward to run today)" if self.gtfs_shift_weeks else ""
+            ),
             f"  Hourly history: {self.history_instances} instances for {len(self.history_stations)} stations,"
             f" {self.history_span[0]} to {self.history_span[1]}, {stored}; current values set from the last hour",
         ]
