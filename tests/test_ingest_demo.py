@@ -202,11 +202,23 @@ class TestDemo:
     def test_serve_loads_the_demo_only_into_an_empty_database(self, db_url: str) -> None:
         assert Settings().demo_on_empty is False  # tests and plain `cityos serve` never load it
         settings = Settings(database=db_url, demo_on_empty=True)
+        report = {"service_code": "pothole", "lat": "36.91", "long": "-116.76"}
         with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
             assert len(client.get(API, params={"type": "OffStreetParking"}).json()) == 3
             assert client.delete(f"{API}/urn:ngsi-ld:OffStreetParking:beatty-airport").status_code == 204
+            first_key = client.app.state.open311.page_key  # type: ignore[attr-defined]
         with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
             assert len(client.get(API, params={"type": "OffStreetParking"}).json()) == 2  # not loaded again
+            # the citizens' page key: the same key, a new secret at each start (citizen/page_key.py)
+            second_key = client.app.state.open311.page_key  # type: ignore[attr-defined]
+            assert first_key.split(".")[0] == second_key.split(".")[0] and first_key != second_key
+            keys = client.get("/cityos/v1/admin/keys").json()
+            assert [k["name"] for k in keys].count("citizen-page (demo)") == 1
+            page = next(k for k in keys if k["name"] == "citizen-page (demo)")
+            assert page["roles"] == [] and page["groups"] == [] and page["tenants"] == [""]
+            stale = client.post("/open311/v2/requests.json", data={**report, "api_key": first_key})
+            assert stale.status_code == 403, stale.text
+            assert client.post("/city/api/reports", data=report).status_code == 200  # the page's own key
 
 
 def test_make_run_serves_the_demo_city(db_url: str, beijing: list[history.HistoryInstance]) -> None:
