@@ -60,6 +60,12 @@ description = { en = "Public bins." }
 personal = ["licensePlate"]
 
 [[dataset]]
+id = "lamps-offer"  # listed while the dataspace offer is published (tests/test_catalog.py)
+offer = "lamps-for-partners"
+keywords = { en = ["dataspace"] }
+themes = ["ENER"]
+
+[[dataset]]
 id = "centre"
 type = "Building"
 area = [10.0, 50.0, 10.1, 50.1]

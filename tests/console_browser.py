@@ -34,6 +34,12 @@ def browser_fixture() -> Iterator[Any]:
     """One chromium per test file (WebGL through SwiftShader, for the map). Not per session:
     Playwright's sync API keeps its event loop running in the thread while it is open, and every
     later test of the same worker that runs an event loop (asyncio.run) would fail."""
+    yield from chromium()
+
+
+def chromium() -> Iterator[Any]:
+    """A launched chromium until the generator ends (a fixture of a test file that needs it after
+    another fixture, e.g. a database of each back-end, whose set-up runs an event loop)."""
     chromium_or_skip()
     from playwright.sync_api import sync_playwright
 

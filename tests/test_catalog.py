@@ -103,7 +103,10 @@ def test_extent_time_span_frequency_and_sizes_come_from_the_data(served: Served)
         size = graph.value(dist, DCAT.byteSize)
         if size is not None:
             sizes[url] = int(size)
-    assert len(sizes) == 3  # the snapshots: GeoJSON, CSV, Parquet
+    # the snapshots (GeoJSON, CSV, Parquet) and the history downloads (CSV, Parquet): a small history
+    assert sorted(url.rsplit("/", 1)[1] for url in sizes) == [
+        "entities.csv", "entities.geojson", "entities.parquet", "history.csv", "history.parquet",
+    ]  # fmt: skip
     for url, size in sizes.items():  # the size the catalogue says is the size of the download
         assert len(served.http.get(url).content) == size, url
     shown = served.http.get("/catalog/datasets/parking").json()
@@ -172,3 +175,64 @@ def test_counts_hide_groups_smaller_than_k(served: Served) -> None:
     undeclared = served.http.get("/catalog/datasets/lamps/counts", params={"by": "powerState"})
     assert undeclared.status_code == 400 and undeclared.json()["type"].endswith("BadRequestData")
     assert served.http.get("/catalog/datasets/nothing").status_code == 404
+
+
+OFFER = {
+    "id": "lamps-for-partners",
+    "title": "Streetlights of the west side",
+    "types": ["Streetlight"],
+    "attrs": ["status", "location"],
+    "area": {
+        "type": "Polygon",
+        "coordinates": [[[10.005, 49.99], [10.045, 49.99], [10.045, 50.01], [10.005, 50.01], [10.005, 49.99]]],
+    },
+    "terms": {"purposes": ["maintenance"], "expires": "2030-01-01T00:00:00Z"},
+}
+
+
+def test_a_published_dataspace_offer_is_a_dataset(served: Served) -> None:
+    """A dataset declared `offer = ID` is listed while the city publishes that dataspace offer: the
+    offer's types, attributes and area, in the DCAT-AP catalogue (still valid), the CKAN API and the
+    downloads; withdrawn, it is gone."""
+    from pyshacl import validate
+
+    offers = "/cityos/v1/admin/dataspace/offers"
+    listed = [d["id"] for d in served.http.get("/catalog/datasets").json()]
+    assert "lamps-offer" not in listed  # not published yet
+    assert served.http.get("/catalog/datasets/lamps-offer").status_code == 404
+    made = served.http.post(offers, json=OFFER)
+    assert made.status_code == 201, made.text
+    try:
+        shown = served.http.get("/catalog/datasets/lamps-offer")
+        assert shown.status_code == 200, shown.text
+        body = shown.json()
+        assert body["offer"] == "lamps-for-partners" and body["type"] == "Streetlight"
+        assert body["title"] == {"en": "Streetlights of the west side"} and body["attrs"] == ["location", "status"]
+        assert body["entities"] == 4  # l1..l4: the lamps inside the offer's area
+        features = served.http.get("/catalog/datasets/lamps-offer/entities.geojson").json()["features"]
+        assert sorted(f["id"] for f in features) == [f"urn:ngsi-ld:Streetlight:l{i}" for i in range(1, 5)]
+        assert all(set(f["properties"]) <= {"id", "type", "status", "location"} for f in features), features[0]
+        assert all("powerState" not in f["properties"] for f in features)  # not an attribute of the offer
+        live = served.http.get(body["distributions"]["ngsi-ld"]).json()
+        assert sorted(e["id"] for e in live) == [f"urn:ngsi-ld:Streetlight:l{i}" for i in range(1, 5)]
+        assert all("powerState" not in e for e in live)
+        # the DCAT-AP catalogue has it, and stays valid
+        turtle = served.http.get("/catalog", headers={"Accept": "text/turtle"}).text
+        data = Graph().parse(data=turtle, format="turtle")
+        node = next(d for d in data.subjects(predicate=None, object=DCAT.Dataset) if str(d).endswith("/lamps-offer"))
+        assert {str(t) for t in data.objects(node, DCTERMS.title)} == {"Streetlights of the west side"}
+        shapes, _ = shapes_graph()
+        conforms, _, report = validate(data, shacl_graph=shapes, inference="none")
+        assert conforms, report
+        # and the CKAN API, through the real client
+        ckan = ckanapi.RemoteCKAN(served.base)
+        assert "lamps-offer" in ckan.action.package_list()
+        package = ckan.action.package_show(id="lamps-offer")
+        assert package["title"] == "Streetlights of the west side" and package["num_records"] == 4
+        assert ckan.action.package_search(fq="tags:dataspace")["count"] == 1
+    finally:
+        assert served.http.delete(f"{offers}/lamps-for-partners").status_code == 204
+    assert "lamps-offer" not in [d["id"] for d in served.http.get("/catalog/datasets").json()]
+    assert served.http.get("/catalog/datasets/lamps-offer/entities.csv").status_code == 404
+    with pytest.raises(ckanapi.NotFound):
+        ckanapi.RemoteCKAN(served.base).action.package_show(id="lamps-offer")

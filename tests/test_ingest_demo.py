@@ -7,14 +7,16 @@ import asyncio
 import csv
 import gzip
 import io
+import re
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from importlib import resources
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -22,7 +24,7 @@ from starlette.testclient import TestClient
 
 from backends import cli_env
 from cityos.app import create_app
-from cityos.ingest import demo, history
+from cityos.ingest import demo, gtfs, history
 from cityos.ingest.sink import StoreSink
 from cityos.jsonld.registry import ContextRegistry
 from cityos.net import OutboundPolicy
@@ -118,6 +120,24 @@ class TestHistory:
         }
 
 
+def test_the_demo_moves_its_transit_calendar_to_run_today_by_whole_weeks() -> None:
+    today = date(2026, 12, 7)
+    feed, _, weeks = demo.demo_feed(today)
+    (full, weekend) = sorted(feed.rows("calendar"), key=lambda row: row["service_id"])
+    assert weeks > 0 and full["service_id"] == "FULLW"
+    start, end = (datetime.strptime(full[c], "%Y%m%d").date() for c in ("start_date", "end_date"))
+    assert start <= today and today + timedelta(days=365) <= end < today + timedelta(days=372)
+    assert (start - date(2007, 1, 1)).days == 7 * weeks  # whole weeks: every date keeps its weekday
+    moved = datetime.strptime(feed.rows("calendar_dates")[0]["date"], "%Y%m%d").date()
+    assert (moved - date(2007, 6, 4)).days == 7 * weeks and moved.weekday() == date(2007, 6, 4).weekday()
+    assert weekend["end_date"] == full["end_date"]
+    assert demo.shift_calendar(feed, today) == 0  # a calendar that runs already is left alone
+    # a real import is not moved: `cityos gtfs` reads the feed's dates as they are
+    with resources.as_file(resources.files("cityos.ingest").joinpath("data", "gtfs", "sample-feed.zip")) as path:
+        real, _ = gtfs.read_feed(path)
+    assert {row["end_date"] for row in real.rows("calendar")} == {"20101231"}
+
+
 def load_into(database: str) -> demo.DemoReport:
     async def main() -> demo.DemoReport:
         store = open_store(database)
@@ -182,11 +202,23 @@ class TestDemo:
     def test_serve_loads_the_demo_only_into_an_empty_database(self, db_url: str) -> None:
         assert Settings().demo_on_empty is False  # tests and plain `cityos serve` never load it
         settings = Settings(database=db_url, demo_on_empty=True)
+        report = {"service_code": "pothole", "lat": "36.91", "long": "-116.76"}
         with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
             assert len(client.get(API, params={"type": "OffStreetParking"}).json()) == 3
             assert client.delete(f"{API}/urn:ngsi-ld:OffStreetParking:beatty-airport").status_code == 204
+            first_key = client.app.state.open311.page_key  # type: ignore[attr-defined]
         with TestClient(create_app(settings), base_url="http://127.0.0.1:1026") as client:
             assert len(client.get(API, params={"type": "OffStreetParking"}).json()) == 2  # not loaded again
+            # the citizens' page key: the same key, a new secret at each start (citizen/page_key.py)
+            second_key = client.app.state.open311.page_key  # type: ignore[attr-defined]
+            assert first_key.split(".")[0] == second_key.split(".")[0] and first_key != second_key
+            keys = client.get("/cityos/v1/admin/keys").json()
+            assert [k["name"] for k in keys].count("citizen-page (demo)") == 1
+            page = next(k for k in keys if k["name"] == "citizen-page (demo)")
+            assert page["roles"] == [] and page["groups"] == [] and page["tenants"] == [""]
+            stale = client.post("/open311/v2/requests.json", data={**report, "api_key": first_key})
+            assert stale.status_code == 403, stale.text
+            assert client.post("/city/api/reports", data=report).status_code == 200  # the page's own key
 
 
 def test_make_run_serves_the_demo_city(db_url: str, beijing: list[history.HistoryInstance]) -> None:
@@ -253,8 +285,43 @@ def test_make_run_serves_the_demo_city(db_url: str, beijing: list[history.Histor
         assert monthly.status_code == 200, monthly.text
         counts = monthly.json()["pm25"]["totalCount"]
         assert len(counts) == 12 and all(count[0] > 600 for count in counts)
+        provider = _citizens_page_works_out_of_the_box(base)
     finally:
         process.terminate()
         _, err = process.communicate(timeout=10)
     log = err.decode()
     assert "Loaded the CityOS demo city" in log and f"http://127.0.0.1:{port}/ngsi-ld/v1/entities" in log
+    assert "calendar moved" in log and "weeks forward to run today" in log
+    # the page's Open311 key, made for the demo, is named by its id only: its secret is never logged
+    key_id = re.search(r"posts its reports to Open311 with the API key (\S+) ", log)
+    assert key_id is not None, log[-3000:]
+    assert f"{key_id.group(1)}." not in log
+    assert provider == f"key:{key_id.group(1)}"  # the page's report was filed with that key
+
+
+def _citizens_page_works_out_of_the_box(base: str) -> str:
+    """The citizens' page of `make run`: departures now at a demo stop (the demo's calendar is moved
+    to run today), and a report filed with no key configured (the demo made the page's)."""
+    stop = "urn:ngsi-ld:GtfsStop:BEATTY_AIRPORT"  # the shuttle leaves it every day at 06:20
+    answer = httpx.get(f"{base}/city/api/departures", params={"stop": stop, "count": "3"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    now = datetime.now(ZoneInfo("America/Los_Angeles"))
+    assert body["zone"] == "America/Los_Angeles" and len(body["departures"]) == 3, body
+    for departure in body["departures"]:
+        when = datetime.fromisoformat(departure["expected"])
+        assert now - timedelta(minutes=1) <= when <= now + timedelta(days=1), departure
+    form = {"service_code": "bin-overflowing", "lat": "36.9095", "long": "-116.7587", "description": "Full"}
+    answer = httpx.post(f"{base}/city/api/reports", data=form, timeout=30)
+    assert answer.status_code == 200, answer.text
+    request_id = answer.json()[0]["service_request_id"]
+    stored = httpx.get(
+        f"{base}{API}/urn:ngsi-ld:Open311ServiceRequest:{request_id}", params={"options": "keyValues"}, timeout=10
+    )
+    assert stored.status_code == 200, stored.text
+    report = stored.json()
+    assert report["service_code"] == "bin-overflowing" and report["description"] == "Full"
+    # the page's key is a key of the trust layer: without it, Open311 refuses the same report
+    refused = httpx.post(f"{base}/open311/v2/requests.json", data=form, timeout=30)
+    assert refused.status_code == 403, refused.text
+    return str(report["dataProvider"])

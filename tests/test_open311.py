@@ -571,6 +571,66 @@ def test_reports_are_subscribable_as_any_entity(city: City) -> None:
             city.client.delete(made.headers["location"], headers=city.bearer)
 
 
+def test_each_tenant_has_its_own_open311(city: City) -> None:
+    """NGSILD-Tenant picks the tenant of every Open311 route (none: the default one): reports, searches,
+    tokens, duplicates and the operators' lifecycle stay within it; a key scoped to tenants reports
+    only there; a bad tenant name is the spec's 400."""
+    credentials = city.client.app.state.identity.credentials  # type: ignore[attr-defined]
+
+    def key(*tenants: str) -> str:
+        issued = city.client.portal.call(  # type: ignore[union-attr]
+            lambda: credentials.create_key(OPEN, name="district-app", tenants=tenants)
+        )
+        token: str = issued.token
+        return token
+
+    scoped, anywhere = key("district-a"), key("district-a", "district-b")
+    place = {"service_code": "pothole", "lat": "36.8400", "long": "-116.8900"}
+    in_a = {"NGSILD-Tenant": "district-a"}
+    made = city.client.post(f"{BASE}/requests.json", data={**place, "api_key": scoped}, headers=in_a)
+    assert made.status_code == 200, made.text
+    first = made.json()[0]
+    # the same problem in another tenant is another city's: not a duplicate of district-a's
+    other = city.client.post(
+        f"{BASE}/requests.json", data={**place, "api_key": anywhere}, headers={"NGSILD-Tenant": "district-b"}
+    ).json()[0]
+    assert "duplicate_of" not in other
+    again = city.client.post(f"{BASE}/requests.json", data={**place, "api_key": anywhere}, headers=in_a).json()[0]
+    assert again["duplicate_of"] == first["service_request_id"]
+    # reads within the tenant
+    one = f"{BASE}/requests/{first['service_request_id']}.json"
+    assert city.client.get(one, headers=in_a).json()[0]["service_request_id"] == first["service_request_id"]
+    assert city.client.get(one).status_code == 404  # not in the default tenant
+    found = {r["service_request_id"] for r in city.client.get(f"{BASE}/requests.json", headers=in_a).json()}
+    assert found == {first["service_request_id"], again["service_request_id"]}
+    assert first["service_request_id"] not in {
+        r["service_request_id"] for r in city.client.get(f"{BASE}/requests.json").json()
+    }
+    token = city.client.get(f"{BASE}/tokens/{first['token']}.json", headers=in_a).json()[0]
+    assert token["service_request_id"] == first["service_request_id"]
+    assert city.client.get(f"{BASE}/tokens/{first['token']}.json").status_code == 404
+    # the entity is NGSI-LD's, in the tenant
+    entity = city.client.get(
+        f"{ENTITIES}/urn:ngsi-ld:Open311ServiceRequest:{first['service_request_id']}",
+        headers={**city.bearer, **in_a},
+    ).json()
+    assert entity["duplicateCount"]["value"] == 1 and entity["dataProvider"]["value"].startswith("key:")
+    # the operators' lifecycle, in the tenant
+    status = f"/cityos/v1/open311/requests/{first['service_request_id']}/status"
+    assert city.client.post(status, json={"status": "closed"}, headers=city.bearer).status_code == 404
+    closed = city.client.post(status, json={"status": "closed"}, headers={**city.bearer, **in_a})
+    assert closed.status_code == 200 and closed.json()["status"] == "closed", closed.text
+    # a key scoped to district-a reports nowhere else, a key of the default tenant only there (a key
+    # made without tenants); a bad tenant name is the spec's 400
+    for api_key, headers in ((scoped, {}), (scoped, {"NGSILD-Tenant": "district-b"}), (city.key(), in_a)):
+        refused = city.client.post(f"{BASE}/requests.json", data={**place, "api_key": api_key}, headers=headers)
+        assert refused.status_code == 403 and refused.json()[0]["code"] == 403
+    bad = city.client.post(
+        f"{BASE}/requests.xml", data={**place, "api_key": anywhere}, headers={"NGSILD-Tenant": "no/such"}
+    )
+    assert bad.status_code == 400 and "<code>400</code>" in bad.text
+
+
 def test_one_key_over_two_workers_gets_the_burst_once(fresh_postgres: str, tmp_path: Path) -> None:
     """A real `cityos serve --workers 2` on PostgreSQL: the reports of one api_key, spread over both
     workers, share one bucket (auth/ratelimit.py's shared table), so the burst is let through once."""
@@ -606,5 +666,64 @@ def test_one_key_over_two_workers_gets_the_burst_once(fresh_postgres: str, tmp_p
         codes = Counter(a.status_code for a in answers)
         assert set(codes) == {200, 429} and burst <= codes[200] <= burst + 1, codes
         assert all(a.json()[0]["code"] == 429 for a in answers if a.status_code == 429)
+    finally:
+        server.stop()
+
+
+def _at_once(url: str, form: dict[str, str], times: int) -> list[httpx.Response]:
+    """`times` POSTs of the form, sent together (each thread waits for the others before sending)."""
+    start = threading.Barrier(times)
+    answers: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def post() -> None:
+        with httpx.Client(timeout=30) as http:
+            start.wait()
+            answer = http.post(url, data=form)
+        with lock:
+            answers.append(answer)
+
+    threads = [threading.Thread(target=post) for _ in range(times)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def test_simultaneous_reports_of_one_problem_make_one_original(db_url: str, tmp_path: Path) -> None:
+    """A real server (two workers on PostgreSQL, the one process SQLite allows) gets the same problem
+    reported by several citizens at the same moment: one report is the original, every other one is
+    linked to it, the original counts them all, and each citizen is told a different count."""
+    key = make_key(db_url, "--name", "many-citizens")
+    workers = "2" if db_url.startswith("postgresql") else "1"
+    server = LoggedServer(
+        tmp_path / "serve.log", "--workers", workers, "--open311-rate-limit", "0",
+        "--open311-media-dir", str(tmp_path / "media"),
+        env={"CITYOS_DATABASE": db_url},
+    )  # fmt: skip
+    server.start()
+    reports = 6
+    try:
+        for spot in range(3):  # three problems, each reported by `reports` citizens at once
+            place = {"api_key": key, "service_code": "bin-overflowing", "lat": f"36.9{spot}", "long": "-116.76"}
+            answers = _at_once(f"{server.base}{BASE}/requests.json", place, reports)
+            assert [a.status_code for a in answers] == [200] * reports, [a.text for a in answers]
+            made = [a.json()[0] for a in answers]
+            originals = [m for m in made if "duplicate_of" not in m]
+            assert len(originals) == 1, made
+            first = originals[0]["service_request_id"]
+            assert {m["duplicate_of"] for m in made if m is not originals[0]} == {first}
+            assert sorted(m["duplicate_reports"] for m in made if m is not originals[0]) == list(range(2, reports + 1))
+            entities = httpx.get(
+                f"{server.base}{ENTITIES}",
+                params={"type": "Open311ServiceRequest", "options": "keyValues", "limit": "1000"},
+                timeout=10,
+            ).json()
+            mine = [e for e in entities if e["service_request_id"] in {m["service_request_id"] for m in made}]
+            assert len(mine) == reports
+            original = next(e for e in mine if e["service_request_id"] == first)
+            assert original["duplicateCount"] == reports - 1 and "duplicateOf" not in original
+            assert sum(1 for e in mine if e.get("duplicateOf") == original["id"]) == reports - 1
     finally:
         server.stop()

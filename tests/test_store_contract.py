@@ -304,6 +304,32 @@ def test_concurrent_creates_of_one_id_have_one_winner(backend: Backend) -> None:
     assert all(isinstance(o, AlreadyExists) for o in outcomes if not isinstance(o, list))
 
 
+def test_exclusive_holds_one_caller_at_a_time_per_name(backend: Backend) -> None:
+    """store.exclusive (Open311's duplicate detection): the holders of one name take turns, other
+    names and tenants do not wait. Two workers' turns: tests/test_open311.py, on a real server."""
+    store = backend.store
+    log: list[str] = []
+
+    async def hold(tenant: str, name: str, tag: str) -> None:
+        async with store.exclusive(tenant, name):
+            log.append(f"{tag}+")
+            await asyncio.sleep(0.05)
+            log.append(f"{tag}-")
+
+    async def race() -> None:
+        await asyncio.gather(hold("", "n", "a"), hold("", "n", "b"), hold("", "n", "c"))
+
+    backend.run(race())
+    assert all(log[i][0] == log[i + 1][0] for i in range(0, len(log), 2)), log  # never interleaved
+    log.clear()
+
+    async def apart() -> None:
+        await asyncio.gather(hold("", "n", "a"), hold("", "m", "b"), hold("t2", "n", "c"))
+
+    backend.run(apart())
+    assert [entry[1] for entry in log[:3]] == ["+", "+", "+"], log  # all three held at once
+
+
 # -- queries: the same answers from every back-end ---------------------------------------------------
 def city() -> list[Entity]:
     """40 entities: two types, numbers, strings, arrays, language maps, points and polygons, a

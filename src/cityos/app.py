@@ -36,6 +36,7 @@ from cityos.catalog.model import CatalogFileError, load_catalog
 from cityos.catalog.public import PublicData
 from cityos.catalog.service import CatalogService
 from cityos.citizen import http as citizen_http
+from cityos.citizen import page_key
 from cityos.console import http as console_http
 from cityos.dataspace import http as dataspace_http
 from cityos.dataspace.door import PartnerDoor
@@ -509,8 +510,10 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
             authorizer=lambda: services.authorizer,
             k=settings.open_data_k,
             max_rows=settings.export_max_rows,
+            offers=lambda: dataspace.offers,  # datasets may stand for the city's dataspace offers
         ),
         file_base=f"http://{_loopback_if_any(settings.host)}:{settings.port}",  # the files' source
+        refresh=dataspace.refresh,
     )
     # the register of models (docs/indicators.md): rules and detectors add their providers here
     model_register = ModelRegister()
@@ -591,6 +594,8 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         except (CatalogueError, OSError) as exc:
             startup_problem.append(f"cannot start: the Open311 services file was refused: {exc}")
             raise
+        if settings.demo_on_empty and not open311.page_key and settings.open311_api_key == "required":
+            open311.page_key = await page_key.provision(identity.credentials)  # the page's reports work
         try:
             open_data.public.catalog = load_catalog(settings.catalog_file, demo=settings.demo_on_empty)
         except CatalogFileError as exc:

@@ -450,7 +450,8 @@ class Settings:
     citizen_open311_key: str = _setting(
         "",
         "The API key (cityos keys create) with which the citizens' page (/city/) posts its reports to Open311;"
-        " empty: reports carry none, accepted only with --open311-api-key optional.",
+        " empty: reports carry none, accepted only with --open311-api-key optional (with --demo-on-empty and"
+        " --open311-api-key required, the start-up makes one: docs/citizens.md).",
         secret=True,
     )
 

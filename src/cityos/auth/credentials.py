@@ -202,6 +202,16 @@ class Credentials:
         if revoked:
             await self._record(actor, "key.revoke", [key_id])
 
+    async def rotate_key(self, actor: Principal, key_id: str) -> Issued:
+        """A new secret for a key (its id, name, roles and tenants stay); the old token stops
+        working at once, in this process and (through the store) in every other."""
+        row = await self.get_key(actor, key_id)
+        secret = new_secret()
+        await self.store.set_credential_secret("key", key_id, hash_secret(secret))
+        self._forget(f"key:{key_id}")
+        await self._record(actor, "key.rotate", [key_id])
+        return Issued(row, f"{row.id}.{secret}")
+
     # -- local users -------------------------------------------------------------------------------
     async def create_user(
         self,

@@ -169,6 +169,17 @@ def download_url(base: str, dataset: Dataset, name: str) -> str:
         from urllib.parse import urlencode
 
         params = {"type": dataset.type, **({"q": dataset.q} if dataset.q else {})}
+        if dataset.attrs is not None:
+            params["attrs"] = ",".join(sorted(dataset.attrs))
+        if dataset.shape is not None:
+            import orjson
+
+            shape = orjson.loads(dataset.shape)
+            params |= {
+                "georel": "intersects",
+                "geometry": shape["type"],
+                "coordinates": orjson.dumps(shape["coordinates"]).decode(),
+            }
         if dataset.area is not None:
             x0, y0, x1, y1 = dataset.area
             params |= {

@@ -21,7 +21,7 @@ from cityos.catalog import ckan, dcat
 from cityos.catalog.dcat import download_url
 from cityos.catalog.model import Dataset
 from cityos.catalog.service import CatalogService
-from cityos.errors import BadRequestData
+from cityos.errors import BadRequestData, ResourceNotFound
 from cityos.ngsild.negotiation import JSON, JSON_LD, negotiate
 from cityos.ops.declare import api
 from cityos.temporal.query import format_micros
@@ -33,6 +33,13 @@ CACHE = "public, max-age=60"
 
 def service(request: Request) -> CatalogService:
     found: CatalogService = request.app.state.catalog
+    return found
+
+
+async def fresh(request: Request) -> CatalogService:
+    """The catalogue service, the dataspace offers its datasets may stand for read as they are now."""
+    found = service(request)
+    await found.refresh()
     return found
 
 
@@ -62,7 +69,7 @@ async def catalog(request: Request) -> Response:
         fmt = chosen
     else:
         fmt = RDF_MEDIA[negotiate(request.headers.get("accept"), (JSON_LD, "text/turtle", "application/rdf+xml", JSON))]
-    graph = await service(request).graph(base_url(request))
+    graph = await (await fresh(request)).graph(base_url(request))
     body = dcat.serialize(graph, fmt)
     return Response(body, media_type=dcat.MEDIA[fmt], headers={"Vary": "Accept", "Cache-Control": CACHE})
 
@@ -71,6 +78,8 @@ def summary(dataset: Dataset, base: str) -> dict[str, Any]:
     return {
         "id": dataset.id,
         "type": dataset.type,
+        **({"offer": dataset.offer} if dataset.offer else {}),
+        **({"attrs": sorted(dataset.attrs)} if dataset.attrs is not None else {}),
         **({"q": dataset.q} if dataset.q else {}),
         **({"area": list(dataset.area)} if dataset.area else {}),
         "title": dataset.title,
@@ -86,7 +95,7 @@ def summary(dataset: Dataset, base: str) -> dict[str, Any]:
 @api("The published datasets (docs/open-data.md)", returns="ObjectList", media=("application/json",), errors=())
 async def list_datasets(request: Request) -> Response:
     base = base_url(request)
-    return _json([summary(d, base) for d in service(request).public.datasets()], headers={"Cache-Control": CACHE})
+    return _json([summary(d, base) for d in (await fresh(request)).public.datasets()], headers={"Cache-Control": CACHE})
 
 
 @api(
@@ -96,7 +105,7 @@ async def list_datasets(request: Request) -> Response:
     errors=(404,),
 )
 async def show_dataset(request: Request) -> Response:
-    catalog_service = service(request)
+    catalog_service = await fresh(request)
     dataset = catalog_service.public.dataset(request.path_params["dataset_id"])
     described = await catalog_service.describe(dataset)
     stats = described.stats
@@ -122,7 +131,7 @@ async def show_dataset(request: Request) -> Response:
     errors=(400, 404),
 )
 async def counts(request: Request) -> Response:
-    public = service(request).public
+    public = (await fresh(request)).public
     dataset = public.dataset(request.path_params["dataset_id"])
     by = request.query_params.get("by")
     if not by:
@@ -177,7 +186,7 @@ def _int(params: dict[str, Any], name: str, default: int) -> int:
 
 
 async def _ckan(request: Request, action: str, params: dict[str, Any]) -> Any:
-    catalog_service = service(request)
+    catalog_service = await fresh(request)
     public, base = catalog_service.public, base_url(request)
     if action not in CKAN_ACTIONS:
         raise ckan.CkanError(
@@ -194,8 +203,11 @@ async def _ckan(request: Request, action: str, params: dict[str, Any]) -> Any:
         return names[offset : offset + _int(params, "limit", 0)] if limit is not None else names[offset:]
     if action == "package_show":
         name = params.get("id") or params.get("name_or_id")
-        found = public.catalog.find(str(name)) if name else None
-        if found is None or not public.published(found):
+        try:
+            found = public.dataset(str(name)) if name else None
+        except ResourceNotFound:
+            found = None
+        if found is None:
             raise ckan.CkanError("Not Found Error", 404, "Dataset not found")
         return ckan.package(public.catalog, await catalog_service.describe(found), base)
     packages = [ckan.package(public.catalog, item, base) for item in await catalog_service.describe_all()]

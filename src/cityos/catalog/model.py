@@ -4,16 +4,24 @@ A catalogue file has one [catalog] table (title, description, publisher, default
 [[dataset]] table per dataset: an entity type, optionally narrowed by q or an area (a bounding box),
 with its titles and descriptions per language, keywords, themes, licence and the attributes that
 are personal data (never published, whatever the access policies say).
+
+A dataset may instead name a dataspace offer this city publishes (`offer = "ID"`, docs/federation.md):
+it then stands for the offer's entity types, attributes and area, for as long as the offer is
+published (from_offer), so the open catalogue and the partners' offer describe the same data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 DEMO_CATALOG = "demo-catalog.toml"
 CC_BY_4 = "http://publications.europa.eu/resource/authority/licence/CC_BY_4_0"
@@ -55,9 +63,41 @@ class Dataset:
     licence: str = CC_BY_4
     personal: frozenset[str] = frozenset()  # attribute terms never published
     group_by: tuple[str, ...] = ()  # attributes whose value counts are published (groups below k hidden)
+    offer: str | None = None  # the dataspace offer it stands for (from_offer fills what follows)
+    attrs: frozenset[str] | None = None  # attribute terms published (None: every one)
+    shape: str | None = None  # a GeoJSON (Multi)Polygon, as JSON text, the entities must intersect
 
     def text(self, values: dict[str, str], lang: str = "en") -> str:
         return values.get(lang) or next(iter(values.values()))
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return tuple(self.type.split(","))
+
+
+def from_offer(declared: Dataset, offer: Mapping[str, Any] | None) -> Dataset | None:
+    """The dataset a declaration `offer = ID` stands for while the offer is published: the offer's
+    types, attributes and area; its title unless the declaration gives one. None: the offer is not
+    published, or serves another tenant than the catalogue's (the default one). The offer's terms
+    (purposes, assignees, rate, window) are its agreements'; what is published is still the public
+    view the access policies give (catalog/public.py)."""
+    if offer is None or offer.get("tenant", ""):
+        return None
+    types = [str(t) for t in offer.get("types", [])]
+    if not types:
+        return None
+    title = declared.title or {"en": str(offer.get("title") or offer.get("id"))}
+    description = declared.description or {
+        "en": f"Published from this city's dataspace offer {offer.get('id')}: {', '.join(types)}."
+    }
+    return dataclasses.replace(
+        declared,
+        type=",".join(types),
+        title=title,
+        description=description,
+        attrs=frozenset(offer["attrs"]) if "attrs" in offer else None,
+        shape=orjson.dumps(offer["area"]).decode() if "area" in offer else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -146,6 +186,7 @@ DATASET_KEYS = {
     "licence",
     "personal",
     "group_by",
+    "offer",
 }
 
 
@@ -172,11 +213,20 @@ def _dataset(item: Any, licence: str) -> Dataset:
     keywords = item.get("keywords", {})
     if not isinstance(keywords, dict):
         raise ValueError(f"{where}: keywords is a table of language = [words]")
+    offer = item.get("offer")
+    if offer is not None:  # the type (and area, attributes) are the offer's, read while serving
+        offer = _string(offer, f"{where}: offer")
+        for key in ("type", "q", "area"):
+            if key in item:
+                raise ValueError(f"{where}: a dataset of an offer takes its {key} from the offer")
     return Dataset(
         id=name,
-        type=_string(item.get("type"), f"{where}: type"),
-        title=_texts(item.get("title"), f"{where}: title"),
-        description=_texts(item.get("description"), f"{where}: description"),
+        type=_string(item.get("type"), f"{where}: type") if offer is None else "",
+        title=_texts(item.get("title"), f"{where}: title") if offer is None or "title" in item else {},
+        description=_texts(item.get("description"), f"{where}: description")
+        if offer is None or "description" in item
+        else {},
+        offer=offer,
         keywords={_lang(k, where): tuple(_strings(v, f"{where}: keywords.{k}")) for k, v in keywords.items()},
         themes=themes,
         q=_string(item["q"], f"{where}: q") if "q" in item else None,

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cityos.auth.principal import ANONYMOUS
-from cityos.catalog.model import Catalog, Dataset
+from cityos.catalog.model import Catalog, Dataset, from_offer
 from cityos.entities.model import Entity
 from cityos.errors import BadRequestData, ResourceNotFound, TooManyResults
 from cityos.jsonld.termmap import TermMap
@@ -61,6 +61,7 @@ class PublicData:
         k: int = 5,
         max_rows: int = 1_000_000,
         tenant: str = "",
+        offers: Callable[[], Mapping[str, Mapping[str, Any]]] = dict,
     ) -> None:
         self.store = store
         self.terms = terms
@@ -69,6 +70,7 @@ class PublicData:
         self.k = k
         self.max_rows = max_rows
         self.tenant = tenant
+        self.offers = offers  # the dataspace offers this city publishes, by id (a callable: they change)
         self._stats: dict[str, tuple[float, Stats]] = {}
 
     # -- what is public --
@@ -82,30 +84,55 @@ class PublicData:
         return frozenset(self.terms.expand(a) for a in dataset.personal) | policy_attrs
 
     def published(self, dataset: Dataset) -> bool:
-        """A dataset is listed when the public may read its type and the type is not personal data."""
-        expanded = self.terms.expand(dataset.type)
+        """A dataset is listed when the public may read its types and none is personal data."""
         marked = getattr(self.authorizer(), "personal", None)
-        if marked is not None and expanded in marked.types:
-            return False
-        return self.authorizer().allows(ANONYMOUS, "read", Target(self.tenant, None, (expanded,)))
+        for kind in dataset.types:
+            expanded = self.terms.expand(kind)
+            if marked is not None and expanded in marked.types:
+                return False
+            if not self.authorizer().allows(ANONYMOUS, "read", Target(self.tenant, None, (expanded,))):
+                return False
+        return bool(dataset.type)
+
+    def resolved(self, dataset: Dataset) -> Dataset | None:
+        """A declared dataset as served: one of an offer while the offer is published (model.from_offer)."""
+        if dataset.offer is None:
+            return dataset
+        return from_offer(dataset, self.offers().get(dataset.offer))
 
     def datasets(self) -> list[Dataset]:
-        return [d for d in self.catalog.datasets if self.published(d)]
+        found = (self.resolved(d) for d in self.catalog.datasets)
+        return [d for d in found if d is not None and self.published(d)]
 
     def dataset(self, dataset_id: str) -> Dataset:
-        found = self.catalog.find(dataset_id)
+        declared = self.catalog.find(dataset_id)
+        found = None if declared is None else self.resolved(declared)
         if found is None or not self.published(found):
             raise ResourceNotFound(f"no public dataset {dataset_id}")
         return found
 
+    def shown(self, dataset: Dataset) -> Callable[[str], bool]:
+        """Whether an expanded attribute name is published for the dataset (an offer's attributes
+        only; personal ones never)."""
+        hidden = self.personal(dataset)
+        allowed = None if dataset.attrs is None else frozenset(self.terms.expand(a) for a in dataset.attrs)
+        return lambda attr: attr not in hidden and (allowed is None or attr in allowed)
+
     def query(self, dataset: Dataset) -> EntityQuery:
         geo = None
-        if dataset.area is not None:
+        if dataset.area is not None or dataset.shape is not None:
+            import orjson
+
             from cityos.query.geo import parse_geo_query
 
-            x0, y0, x1, y1 = dataset.area
-            ring = f"[[[{x0},{y0}],[{x1},{y0}],[{x1},{y1}],[{x0},{y1}],[{x0},{y0}]]]"
-            geo = parse_geo_query("intersects", "Polygon", ring, None)
+            if dataset.shape is not None:
+                shape = orjson.loads(dataset.shape)
+                geo = parse_geo_query("intersects", shape["type"], orjson.dumps(shape["coordinates"]).decode(), None)
+            else:
+                assert dataset.area is not None
+                x0, y0, x1, y1 = dataset.area
+                ring = f"[[[{x0},{y0}],[{x1},{y0}],[{x1},{y1}],[{x0},{y1}],[{x0},{y0}]]]"
+                geo = parse_geo_query("intersects", "Polygon", ring, None)
         spec = QuerySpec(type_expr=dataset.type, q=dataset.q, geo=geo)
         return restrict(build_entity_query(spec, self.terms.expand), self.view())
 
@@ -127,8 +154,9 @@ class PublicData:
         return total
 
     async def entities(self, dataset: Dataset, page: int = PAGE) -> AsyncIterator[Entity]:
-        """Every public entity of the dataset, personal attributes removed, one page in memory."""
-        view, hidden = self.view(), self.personal(dataset)
+        """Every public entity of the dataset, personal attributes (and those an offer leaves out)
+        removed, one page in memory."""
+        view, shown = self.view(), self.shown(dataset)
         offset = 0
         while True:
             query = self.query(dataset)
@@ -137,7 +165,7 @@ class PublicData:
             for entity in result.entities:
                 if not view.unrestricted:
                     entity = view.project(entity)
-                yield strip(entity, hidden)
+                yield keep(entity, shown)
             if not result.has_more:
                 return
             offset += page
@@ -149,7 +177,7 @@ class PublicData:
         per entity (by modifiedAt), read `chunk` instances at a time: each read starts at the last
         time seen, leaving out the instances of that time already given (a read whose every
         instance has that time reads twice as many)."""
-        view, hidden = self.view(), self.personal(dataset)
+        view, published = self.view(), self.shown(dataset)
         async for entity in self.entities(dataset, page):
             start: int | None = None
             seen: set[str] = set()
@@ -172,7 +200,7 @@ class PublicData:
                     continue
                 shown = temporal["attrs"].keys() if view.unrestricted else self._readable(view, entity, temporal)
                 for _, attr, instance in fresh:
-                    if attr in shown and attr not in hidden:
+                    if attr in shown and published(attr):
                         yield entity, attr, instance
                 if found.cut is None or not rows:
                     break
@@ -208,17 +236,17 @@ class PublicData:
                         max(box[3], bounds[3]),
                     )
                 )
-        hidden = self.personal(dataset)
+        shown = self.shown(dataset)
         # the time the city observed, else the time the platform was told (readings without observedAt)
-        first, last, instances, interval = await self._history_stats(ids, "observedAt", hidden)
+        first, last, instances, interval = await self._history_stats(ids, "observedAt", shown)
         if not instances:
-            first, last, instances, interval = await self._history_stats(ids, "modifiedAt", hidden)
+            first, last, instances, interval = await self._history_stats(ids, "modifiedAt", shown)
         stats = Stats(count, box, first, last, instances, interval)
         self._stats[dataset.id] = (time.monotonic(), stats)
         return stats
 
     async def _history_stats(
-        self, ids: list[str], column: str, hidden: frozenset[str]
+        self, ids: list[str], column: str, shown: Callable[[str], bool]
     ) -> tuple[int | None, int | None, int, float | None]:
         """(first, last, instances, median seconds between updates) of the entities' history,
         computed by the back-end (one period per attribute series)."""
@@ -230,7 +258,7 @@ class PublicData:
             page = await self.store.temporal_aggregate(self.tenant, query, AggregationSpec(stats=frozenset({"count"})))
             for aggregated in page.entities:
                 for attr, series_list in aggregated.attrs.items():
-                    if attr in hidden:
+                    if not shown(attr):
                         continue
                     for series in series_list:
                         for period in series.periods:
@@ -251,6 +279,8 @@ class PublicData:
         iri = self.terms.expand(attr)
         if iri in self.personal(dataset):
             raise BadRequestData(f"{attr} is personal data")
+        if not self.shown(dataset)(iri):
+            raise BadRequestData(f"{attr} is not published in dataset {dataset.id}")
         await self.check_size(dataset)  # counting reads every entity: the downloads' limit holds
         groups: dict[str, int] = {}
         async for entity in self.entities(dataset):
@@ -268,10 +298,11 @@ class PublicData:
         }
 
 
-def strip(entity: Entity, hidden: frozenset[str]) -> Entity:
-    if not hidden or hidden.isdisjoint(entity["attrs"]):
+def keep(entity: Entity, shown: Callable[[str], bool]) -> Entity:
+    """The entity with only its published attributes."""
+    if all(shown(k) for k in entity["attrs"]):
         return entity
-    return {**entity, "attrs": {k: v for k, v in entity["attrs"].items() if k not in hidden}}
+    return {**entity, "attrs": {k: v for k, v in entity["attrs"].items() if shown(k)}}
 
 
 def _time(instance: dict[str, Any]) -> int:

@@ -143,13 +143,15 @@ FORM_SLACK = 65_536  # bytes a report's text fields may add to its photo
 )
 async def report(request: Request) -> Response:
     """The page's report, passed to the Open311 API in-process with the city's key for its page
-    (`citizen_open311_key`): the answer is Open311's, so the page follows it by its id or token."""
+    (`citizen_open311_key`, else the demo's): the answer is Open311's, so the page follows it by
+    its id or token."""
     settings = request.app.state.services.settings
     length = request.headers.get("content-length", "")
     if not length.isdigit() or int(length) > settings.open311_max_media_bytes + FORM_SLACK:
         error = [{"code": 413, "description": "a report is a form with a Content-Length, its photo within the limit"}]
         return Response(orjson.dumps(error), status_code=413, media_type="application/json")
-    params = {"api_key": settings.citizen_open311_key} if settings.citizen_open311_key else {}
+    key = request.app.state.open311.page_key  # --citizen-open311-key, or the demo's (citizen/page_key.py)
+    params = {"api_key": key} if key else {}
     headers = {"Content-Type": request.headers.get("content-type", "")}
     transport = httpx.ASGITransport(app=request.app, client=request.client or ("127.0.0.1", 0))
     async with httpx.AsyncClient(transport=transport, base_url=str(request.base_url)) as inner:

@@ -140,7 +140,7 @@ def _serve(settings: Settings, interrupts: Interrupts) -> int:
         if problem is not None:
             return fail(problem)
     if settings.demo_on_empty:
-        loaded, problem = _load_demo_first(settings, interrupts)
+        loaded, problem, citizen_key = _load_demo_first(settings, interrupts)
         if interrupts.seen:
             if loaded:
                 fail("stopped (Ctrl-C) once the demo city was loaded; the next start serves it")
@@ -153,7 +153,10 @@ def _serve(settings: Settings, interrupts: Interrupts) -> int:
         from cityos.catalog.model import demo_catalog_path
 
         settings = dataclasses.replace(
-            settings, demo_on_empty=False, catalog_file=settings.catalog_file or demo_catalog_path()
+            settings,
+            demo_on_empty=False,
+            catalog_file=settings.catalog_file or demo_catalog_path(),
+            citizen_open311_key=citizen_key,  # made once here, shared by every worker
         )
     if settings.workers > 1:
         # worker processes rebuild their settings from the environment
@@ -235,24 +238,27 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _load_demo_first(settings: Settings, interrupts: Interrupts) -> tuple[bool, str | None]:
+def _load_demo_first(settings: Settings, interrupts: Interrupts) -> tuple[bool, str | None, str]:
     """Start the application once, without serving, so the demo city is loaded before the port
     opens: Ctrl-C stops the load at once (its task is cancelled), and the load is done one time
-    even with several workers. Whether it was loaded, and the problem that stopped it."""
+    even with several workers. Whether it was loaded, the problem that stopped it, and the
+    citizens' page's Open311 key (the one configured, or the one made for the demo)."""
     from cityos.app import create_app
 
     started: list[bool] = []  # the start-up, the load included, completed (its stop may still be cut)
+    page_key: list[str] = []  # the citizens' page's Open311 key the start made (citizen/page_key.py)
 
     async def start_once() -> None:
         app = create_app(settings)
         async with app.router.lifespan_context(app):
             started.append(True)
+            page_key.append(app.state.open311.page_key)
 
     try:
         interrupts.run(start_once)
     except DatabaseBusy as exc:
-        return False, exc.detail
-    return bool(started), None
+        return False, exc.detail, ""
+    return bool(started), None, page_key[0] if page_key else ""
 
 
 def _prepare_postgres(settings: Settings, interrupts: Interrupts) -> str | None:

@@ -93,7 +93,11 @@ async def _export(args: argparse.Namespace, catalog: Any) -> int:
             policies = PolicyService(pipeline.store, terms.expand)
             await policies.reload()
             authorizer = policies.authorizer
-        public = PublicData(pipeline.store, terms, catalog, authorizer=lambda: authorizer, max_rows=args.max_rows)
+        _, rows = await pipeline.store.load_records("offer")  # datasets may stand for the city's offers
+        offers = {row.id: row.document for row in rows if row.document is not None}
+        public = PublicData(
+            pipeline.store, terms, catalog, authorizer=lambda: authorizer, max_rows=args.max_rows, offers=lambda: offers
+        )
         if args.list:
             for dataset in public.datasets():
                 print(f"{dataset.id}\t{dataset.type}\t{dataset.text(dataset.title)}")

@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from cityos.catalog.dcat import download_url
-from cityos.catalog.http import base_url, service
+from cityos.catalog.http import base_url, fresh
 from cityos.ops.declare import api
 
 CACHE = "public, max-age=60"
@@ -36,7 +36,7 @@ def _links(request: Request, licence: str, dataset_id: str, fmt: str) -> str:
     errors=(403, 404, 422),
 )
 async def download(request: Request) -> Response:
-    catalog = service(request)
+    catalog = await fresh(request)
     exporter = catalog.exporter
     dataset = exporter.public.dataset(request.path_params["dataset_id"])
     kind, fmt = request.path_params["kind"], request.path_params["fmt"]
@@ -57,7 +57,7 @@ async def download(request: Request) -> Response:
     errors=(404,),
 )
 async def csv_metadata(request: Request) -> Response:
-    catalog = service(request)
+    catalog = await fresh(request)
     exporter = catalog.exporter
     dataset = exporter.public.dataset(request.path_params["dataset_id"])
     csv_url = download_url(catalog.file_base, dataset, "csv")

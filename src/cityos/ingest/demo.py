@@ -4,13 +4,20 @@
 Authority feed, Smart Data Models entities placed around the same town (data/demo-city.yaml) and
 sets the stations' current values from the last hour of a real year of hourly history. The history
 itself goes to a TemporalSink when one is given (history.load_history).
+
+The feed's service calendar ran from 2007 to 2010. So that the citizens' page shows departures
+today, the demo (and only the demo: `cityos gtfs` imports a feed as it is) moves the feed's
+calendar.txt and calendar_dates.txt dates forward by whole weeks when it loads it (shift_calendar),
+keeping each date's weekday, until the calendar ends a year or more after the day of the load.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -54,12 +61,14 @@ PLACE_ATTRIBUTES = frozenset(
     }
 )
 DATA_SOURCE = "https://github.com/smart-data-models (CC BY 4.0), placed in the CityOS demo city"
+AHEAD = timedelta(days=365)  # how long after the load the demo's shifted calendar still runs
 
 
 @dataclass
 class DemoReport:
     counts: dict[str, int] = field(default_factory=dict)
     gtfs: dict[str, int] = field(default_factory=dict)
+    gtfs_shift_weeks: int = 0
     history_instances: int = 0
     history_stations: list[str] = field(default_factory=list)
     history_span: tuple[str, str] = ("", "")
@@ -74,7 +83,10 @@ class DemoReport:
         out = [
             "Loaded the CityOS demo city (Beatty, Nevada):",
             f"  Smart Data Models entities: {types}",
-            f"  GTFS Demo Transit Authority: {transit}",
+            f"  GTFS Demo Transit Authority: {transit}"
+            + (
+                f" (calendar moved {self.gtfs_shift_weeks} weeks forward to run today)" if self.gtfs_shift_weeks else ""
+            ),
             f"  Hourly history: {self.history_instances} instances for {len(self.history_stations)} stations,"
             f" {self.history_span[0]} to {self.history_span[1]}, {stored}; current values set from the last hour",
         ]
@@ -150,12 +162,50 @@ def history_instances(plan: dict[str, Any]) -> list[history.HistoryInstance]:
     return instances
 
 
+def _yyyymmdd(value: str) -> date | None:
+    try:
+        return datetime.strptime(value, "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def shift_calendar(feed: gtfs.Feed, today: date) -> int:
+    """Move the feed's service dates (calendar.txt's start_date and end_date, calendar_dates.txt's
+    date) forward by the fewest whole weeks that make its calendar run until at least a year after
+    `today` (weekdays stay: a Monday rule still falls on Mondays); the number of weeks (0: none).
+    The demo's only: a real feed's dates are the agency's."""
+    ends = [d for row in feed.rows("calendar") if (d := _yyyymmdd(row.get("end_date", ""))) is not None]
+    ends += [d for row in feed.rows("calendar_dates") if (d := _yyyymmdd(row.get("date", ""))) is not None]
+    if not ends:
+        return 0
+    weeks = math.ceil((today + AHEAD - max(ends)).days / 7)
+    if weeks <= 0:
+        return 0
+    step = timedelta(weeks=weeks)
+    for table, columns in (("calendar", ("start_date", "end_date")), ("calendar_dates", ("date",))):
+        for row in feed.rows(table):
+            for column in columns:
+                moved = _yyyymmdd(row.get(column, ""))
+                if moved is not None:
+                    row[column] = (moved + step).strftime("%Y%m%d")
+    return weeks
+
+
+def demo_feed(today: date | None = None) -> tuple[gtfs.Feed, list[gtfs.Issue], int]:
+    """The demo's GTFS feed, read, its calendar shifted to run `today` (default: the local date),
+    its reading's issues and the weeks it was moved."""
+    with resources.as_file(_data("gtfs", "sample-feed.zip")) as feed_path:
+        feed, issues = gtfs.read_feed(feed_path)
+    return feed, issues, shift_calendar(feed, today or date.today())
+
+
 def entity_ids() -> list[str]:
     """Every entity the demo city writes (its transit feed, its Smart Data Models entities; the
-    stations with a history are among them), read from its files without writing anything."""
-    with resources.as_file(_data("gtfs", "sample-feed.zip")) as feed_path:
-        feed, _ = gtfs.read_feed(feed_path)
-        transit = [body["id"] for body in gtfs.entities(feed, "")]
+    stations with a history are among them), read from its files without writing anything. The
+    calendar date rules' ids carry their (shifted) dates: those of a load on another week differ,
+    and whatever is in the tenant is removed anyway (ingest/service.py)."""
+    feed, _, _ = demo_feed()
+    transit = [body["id"] for body in gtfs.entities(feed, "")]
     return sorted({*transit, *(body["id"] for body in city_bodies(layout()))})
 
 
@@ -180,15 +230,17 @@ async def load_demo(
     *,
     history_sink: history.TemporalSink | None = None,
     progress: Callable[[str], None] | None = None,
+    today: date | None = None,
 ) -> DemoReport:
     """Load the whole demo city through `sink` (and its history through `history_sink`);
-    `progress` hears a short line at each step."""
+    `progress` hears a short line at each step; the transit calendar is moved to run `today`
+    (default: the local date; shift_calendar)."""
     say = progress or (lambda _: None)
     plan = layout()
     report = DemoReport()
     say("GTFS Demo Transit Authority feed")
-    with resources.as_file(_data("gtfs", "sample-feed.zip")) as feed_path:
-        transit = await gtfs.import_feed(feed_path, sink, tenant)
+    feed, issues, report.gtfs_shift_weeks = demo_feed(today)
+    transit = await gtfs.write_feed(feed, issues, sink, tenant)
     report.gtfs = transit.counts
     report.failed += transit.failed
     say("Smart Data Models entities")

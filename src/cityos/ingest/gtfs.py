@@ -458,6 +458,20 @@ async def import_feed(
 ) -> GtfsReport:
     """Validate a feed and, if it has no errors, write all its entities (GtfsError otherwise)."""
     feed, issues = read_feed(path)
+    return await write_feed(feed, issues, sink, tenant, prefix=prefix, batch_size=batch_size, progress=progress)
+
+
+async def write_feed(
+    feed: Feed,
+    issues: list[Issue],
+    sink: Sink,
+    tenant: str = "",
+    *,
+    prefix: str = "",
+    batch_size: int = 500,
+    progress: Callable[[int, int], None] | None = None,
+) -> GtfsReport:
+    """import_feed's second half, for a feed already read (`issues`: its reading's)."""
     if not any(i.severity == "error" for i in issues):
         issues += validate(feed)
     if any(i.severity == "error" for i in issues):

@@ -15,6 +15,9 @@ POST /cityos/v1/open311/requests/{id}/status       operators: the lifecycle (beh
 The /open311/v2 routes are public (the spec's clients carry no Authorization header): a report
 proves its api_key itself, and no answer carries contact details. Errors are the spec's: an array
 of {code, description} in the requested format, with the HTTP status as the code.
+
+Tenants: every route acts in the NGSILD-Tenant header's tenant (none: the default one), so a city
+that runs tenants serves one Open311 per tenant; a key scoped to tenants reports only in those.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from cityos.auth.principal import Principal
 from cityos.auth.ratelimit import RateLimiter, make_limiter, retry_after
 from cityos.errors import BadRequestData, Conflict, NgsiLdError, ResourceNotFound
 from cityos.ngsild import guard
-from cityos.ngsild.common import principal, read_json
+from cityos.ngsild.common import TENANT_HEADER, TENANT_RE, principal, read_json
+from cityos.ngsild.common import tenant as ngsild_tenant
 from cityos.open311.media import MEDIA_TYPES, BadImage, MediaStore, clean_image, default_directory
 from cityos.open311.model import ENTITY_TYPE, entity_id
 from cityos.open311.render import FORMATS, definition_document, errors_document, render, service_document
@@ -47,7 +51,6 @@ from cityos.settings import Settings
 
 BASE = "/open311/v2"
 OPERATOR = "/cityos/v1/open311/requests"
-TENANT = ""  # the default tenant: Open311 has one jurisdiction per deployment
 MAX_FIELDS = 100
 Handler = Callable[[Request, str], Awaitable[Response]]
 
@@ -58,6 +61,7 @@ class Open311Http:
     def __init__(self, settings: Settings, core: Open311, rate_table: str | None) -> None:
         self.settings = settings
         self.core = core
+        self.page_key = settings.citizen_open311_key  # the citizens' page's (citizen/page_key.py for the demo)
         self.limiter: RateLimiter | None = (
             make_limiter(settings.open311_rate_limit, settings.open311_rate_limit_burst, rate_table)
             if settings.open311_rate_limit > 0
@@ -134,6 +138,14 @@ def open311_route(path: str, handler: Handler, methods: list[str]) -> Route:
     return Route(path, endpoint, methods=methods)
 
 
+def _tenant(request: Request) -> str:
+    """The tenant the request acts in: NGSILD-Tenant's (absent or empty: the default tenant)."""
+    value = request.headers.get(TENANT_HEADER, "")
+    if value and not TENANT_RE.match(value):
+        raise Open311Error(400, f"{TENANT_HEADER} {value[:64]!r} is not a tenant name")
+    return value
+
+
 def _jurisdiction(request: Request) -> None:
     given = request.query_params.get("jurisdiction_id")
     if given is not None and given != _state(request).core.catalogue.jurisdiction_id:
@@ -163,7 +175,7 @@ async def get_requests(request: Request, fmt: str) -> Response:
 
     _jurisdiction(request)
     search = check_search(dict(request.query_params), datetime.now(UTC))
-    found = await _state(request).core.search(TENANT, search)
+    found = await _state(request).core.search(_tenant(request), search)
     return _answer("requests", fmt, found)
 
 
@@ -171,7 +183,7 @@ async def get_requests(request: Request, fmt: str) -> Response:
 async def get_request(request: Request, fmt: str) -> Response:
     _jurisdiction(request)
     request_id = request.path_params["request_id"]
-    found = await _state(request).core.request(TENANT, request_id)
+    found = await _state(request).core.request(_tenant(request), request_id)
     if found is None:
         raise Open311Error(404, f"service_request_id {request_id[:64]} was not found")
     return _answer("requests", fmt, [found])
@@ -181,7 +193,7 @@ async def get_request(request: Request, fmt: str) -> Response:
 async def get_token(request: Request, fmt: str) -> Response:
     _jurisdiction(request)
     token = request.path_params["token"]
-    found = await _state(request).core.token(TENANT, token)
+    found = await _state(request).core.token(_tenant(request), token)
     if found is None:
         raise Open311Error(404, "token was not found")
     return _answer("requests", fmt, [{"service_request_id": found, "token": token}])
@@ -202,9 +214,10 @@ async def post_request(request: Request, fmt: str) -> Response:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > settings.open311_max_media_bytes + 65536:
         raise Open311Error(413, f"the report is larger than a photo of {settings.open311_max_media_bytes} bytes allows")
+    tenant = _tenant(request)
     fields, upload = await _fields(request)
     key = fields.get("api_key", [""])[-1]
-    provider = await _check_key(request, key, state)
+    provider = await _check_key(request, key, state, tenant)
     report = check_report(state.core.catalogue, fields)
     if upload is not None:
         data = await upload.read(settings.open311_max_media_bytes + 1)
@@ -216,7 +229,7 @@ async def post_request(request: Request, fmt: str) -> Response:
                 report.media = clean_image(data)
             except BadImage as exc:
                 raise Open311Error(400, str(exc)) from None
-    done = await state.core.submit(TENANT, report, media_base=_base(request), provider=provider)
+    done = await state.core.submit(tenant, report, media_base=_base(request), provider=provider)
     answer: dict[str, Any] = {
         "service_request_id": done.request_id,
         "token": done.token,
@@ -260,8 +273,9 @@ async def _fields(request: Request) -> tuple[dict[str, list[str]], UploadFile | 
     return fields, upload
 
 
-async def _check_key(request: Request, key: str, state: Open311Http) -> str:
-    """The API key's principal id (its rate bucket and the report's dataProvider), or 403."""
+async def _check_key(request: Request, key: str, state: Open311Http, tenant: str) -> str:
+    """The API key's principal id (its rate bucket and the report's dataProvider), or 403 (also
+    for a key scoped to other tenants than the request's)."""
     if not key:
         if state.settings.open311_api_key == "optional":
             return "anonymous"
@@ -271,7 +285,7 @@ async def _check_key(request: Request, key: str, state: Open311Http) -> str:
         who = await request.app.state.identity.authenticator.authenticate(f"Bearer {key}")
     except Unauthorized:
         who = None
-    if who is None or who.kind != "key":
+    if who is None or who.kind != "key" or not who.may_use_tenant(tenant):
         raise Open311Error(403, "Invalid api_key received -- can't proceed with create_request")
     if state.limiter is not None:
         wait = state.limiter.take(f"open311:{who.id}")
@@ -313,7 +327,8 @@ async def set_status(request: Request) -> Response:
     request_id = request.path_params["request_id"]
     eid = entity_id(request_id)
     expand = state.core.terms.expand
-    target = Target(TENANT, entity_id=eid, types=(expand(ENTITY_TYPE),))
+    tenant = ngsild_tenant(request)  # the operators' API is NGSI-LD's: its tenant rules (access, name)
+    target = Target(tenant, entity_id=eid, types=(expand(ENTITY_TYPE),))
     guard.require(request, "update", target)
     body = await read_json(request)
     if not isinstance(body, dict) or not isinstance(body.get("status"), str):
@@ -322,7 +337,7 @@ async def set_status(request: Request) -> Response:
     if notes is not None and not isinstance(notes, str):
         raise BadRequestData("notes must be a string")
     try:
-        done = await state.core.set_status(TENANT, request_id, body["status"], notes, principal(request).id)
+        done = await state.core.set_status(tenant, request_id, body["status"], notes, principal(request).id)
     except Open311Error as error:
         raise (Conflict if error.status == 409 else BadRequestData)("; ".join(error.descriptions)) from None
     if done is None:

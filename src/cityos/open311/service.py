@@ -47,6 +47,7 @@ EMAIL = re.compile(r"^[^@\s<>\"']{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,63}$")
 PHONE = re.compile(r"^\+?[0-9 ().\-]{3,32}$")
 TOKEN = re.compile(r"^[A-Za-z0-9_\-]{8,64}$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+DUPLICATE_LOCK = "open311-reports"  # store.exclusive: a report's duplicate look-up and its write, one at a time
 TEXT_FIELDS = ("address_string", "address_id", "zipcode", "device_id", "account_id", "first_name", "last_name")
 
 
@@ -306,39 +307,33 @@ class Open311:
         body.update({name: prop(value) for name, value in report.text.items()})
         if report.attributes:
             body["serviceAttributes"] = prop(report.attributes)
-        duplicate: tuple[str, int] | None = None
         asset: tuple[str, float] | None = None
         if report.lon is not None and report.lat is not None:
             body["location"] = {
                 "type": "GeoProperty",
                 "value": {"type": "Point", "coordinates": [report.lon, report.lat]},
             }
-            duplicate = await self._original(tenant, service, report.lon, report.lat, now)
             asset = await self._nearest_asset(tenant, service, report.lon, report.lat)
         if asset is not None:
             body["refAsset"] = {"type": "Relationship", "object": asset[0]}
             body["assetDistance"] = {"type": "Property", "value": round(asset[1], 1), "unitCode": "MTR"}
-        notice = service.notice
-        bodies = [body]
-        if duplicate is not None:
-            original, count = duplicate
-            body["duplicateOf"] = {"type": "Relationship", "object": entity_id(original)}
-            bodies.append({"id": entity_id(original), "type": ENTITY_TYPE, "duplicateCount": prop(count + 1)})
-            notice = (
-                f"This problem was already reported (request {original}); your report is linked to it "
-                f"and counted ({count + 2} reports so far). " + notice
-            ).strip()
         made = None
         if report.media is not None:
             name, created = self.media.save(report.media)
             made = name if created else None
             body["media_url"] = prop(f"{media_base}/open311/v2/media/{name}")
         try:
-            await self.sink.upsert(tenant, bodies, atomic=True)
+            duplicate = await self._store_report(tenant, report, body, now)
         except BaseException:
             if made is not None:
                 self.media.remove(made)  # nothing stored of a refused report (a photo sent before stays)
             raise
+        notice = service.notice
+        if duplicate is not None:
+            notice = (
+                f"This problem was already reported (request {duplicate[0]}); your report is linked to it "
+                f"and counted ({duplicate[1] + 2} reports so far). " + notice
+            ).strip()
         return Submitted(
             request_id,
             token,
@@ -348,14 +343,35 @@ class Open311:
             asset=asset[0] if asset else None,
         )
 
+    async def _store_report(
+        self, tenant: str, report: Report, body: dict[str, Any], now: datetime
+    ) -> tuple[str, int] | None:
+        """Write the report, linked to the open report it repeats if any (its id and the repeats
+        it had): the look-up and the write hold the store's lock on the tenant's reports, so two
+        reports of one problem sent at the same moment are one original and one repeat, counted,
+        on every worker (store.exclusive)."""
+        if report.lon is None or report.lat is None or not self._detects_duplicates():
+            await self.sink.upsert(tenant, [body], atomic=True)
+            return None
+        async with self.store.exclusive(tenant, DUPLICATE_LOCK):
+            duplicate = await self._original(tenant, report.service, report.lon, report.lat, now)
+            bodies = [body]
+            if duplicate is not None:
+                original, count = duplicate
+                body["duplicateOf"] = {"type": "Relationship", "object": entity_id(original)}
+                bodies.append({"id": entity_id(original), "type": ENTITY_TYPE, "duplicateCount": prop(count + 1)})
+            await self.sink.upsert(tenant, bodies, atomic=True)
+        return duplicate
+
+    def _detects_duplicates(self) -> bool:
+        return self.settings.duplicate_distance > 0 and self.settings.duplicate_window > 0
+
     async def _original(
         self, tenant: str, service: Service, lon: float, lat: float, now: datetime
     ) -> tuple[str, int] | None:
         """The first open report of the same service within the distance and time window, and how
         many reports repeat it already; None when this report is the first."""
         distance, window = self.settings.duplicate_distance, self.settings.duplicate_window
-        if distance <= 0 or window <= 0:
-            return None
         found = await self._near(tenant, ENTITY_TYPE, lon, lat, distance, f'service_code=="{service.code}"')
         since = iso(now - timedelta(seconds=window))
         get = self._value

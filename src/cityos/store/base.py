@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -255,6 +256,13 @@ class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, Snapsho
         ...
 
     async def tenant_exists(self, tenant: str) -> bool: ...
+
+    def exclusive(self, tenant: str, name: str) -> AbstractAsyncContextManager[None]:
+        """A named lock, held while the block runs by one caller at a time in every process that
+        shares the database: for a read whose answer decides a write (Open311's duplicate
+        detection), so that two callers cannot both decide on the same state. Waiting longer than
+        the busy timeout raises DatabaseBusy."""
+        ...
 
     async def refresh_statistics(self) -> None:
         """After a bulk load: bring the query planner's statistics up to date, so the indexes are

@@ -9,12 +9,13 @@ names and values (interned, sqlite_layout.SIDE_SCHEMA) and an R*Tree of GeoPrope
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -185,6 +186,25 @@ class SQLiteStore(
     SQLiteDataspace,
 ):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
+    _exclusive: dict[tuple[str, str], asyncio.Lock] | None = None
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, tenant: str, name: str) -> AsyncIterator[None]:
+        """One process serves a SQLite file (workers need PostgreSQL): a lock of this process's."""
+        if self._exclusive is None:
+            self._exclusive = {}
+        lock = self._exclusive.setdefault((tenant, name), asyncio.Lock())
+        try:
+            async with asyncio.timeout(self.busy_timeout):
+                await lock.acquire()
+        except TimeoutError:
+            raise DatabaseBusy(
+                f"the database is busy: {name} stayed locked for {self.busy_timeout:g} s", retry_after=self.busy_timeout
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def __init__(
         self,

@@ -16,10 +16,11 @@ a thread of their own while the event loop stays free to run the reads they ask 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +118,20 @@ class PostgresStore(
     PostgresDataspace,
 ):
     throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
+    _exclusive: dict[tuple[str, str], asyncio.Lock] | None = None
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, tenant: str, name: str) -> AsyncIterator[None]:
+        """A transaction of its own holds an advisory lock on (tenant, name) while the block runs
+        (released at its end, or by the server if the connection is lost; a wait is bounded by
+        lock_timeout, the busy timeout). The callers of one process queue on a lock of its own
+        first, so that waiting for it takes one pooled connection per process, not one each."""
+        if self._exclusive is None:
+            self._exclusive = {}
+        local = self._exclusive.setdefault((tenant, name), asyncio.Lock())
+        async with local, self._transaction() as connection:
+            await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{tenant}|{name}")
+            yield
 
     def __init__(
         self,
