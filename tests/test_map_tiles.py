@@ -309,3 +309,49 @@ def test_clusters_of_one_type_count_each_entity_in_the_tile_of_its_point(db_url:
                     col, row = min(int(px * 16 / 4096), 15), min(int(py * 16 / 4096), 15)
                     cell = Tile(tile.z + 4, tile.x * 16 + col, tile.y * 16 + row)
                     assert feature["properties"]["count"] == cells[cell]
+
+
+def test_clusters_by_type_read_the_rows_types_and_follow_a_change_of_type(db_url: str) -> None:
+    """A city of several types: a tile filtered by type (its `type`, then with a `q`) counts the
+    entities of that type in each cell; an entity whose type changes moves to its new type's
+    counts; once an entity has two types, a filter by its second one still counts it."""
+    rng = random.Random(11)
+    parkings = [parking(i, rng) for i in range(60)]
+    stations = [station(i, rng) for i in range(40)]
+    tile = whole()
+
+    def counted(client: TestClient, query: str) -> tuple[int, set[str]]:
+        """(the entities counted, the types named) of the tile's clusters."""
+        response = client.get(url(tile) + query)
+        assert response.headers["x-tile-layer"] == "clusters"
+        features = decode(response.content)["clusters"]["features"]
+        kinds = {k for f in features for k in f["properties"]["types"].split(",")}
+        return sum(f["properties"]["count"] for f in features), kinds
+
+    def cells(entities: list[dict[str, Any]]) -> list[int]:
+        found: dict[Tile, int] = {}
+        for entity in entities:
+            lon, lat = entity["location"]["value"]["coordinates"]
+            cell = tile_of(lon, lat, tile.z + 4)
+            found[cell] = found.get(cell, 0) + 1
+        return sorted(found.values())
+
+    parking_type, station_type = "OffStreetParking", "AirQualityObserved"
+    with TestClient(create_app(Settings(database=db_url, tile_max_features=10, tile_cache_mb=0))) as client:
+        assert client.post(BATCH, json=[*parkings, *stations], headers=JSON).status_code == 201
+        assert counted(client, "") == (100, {parking_type, station_type})
+        assert counted(client, f"?type={station_type}") == (40, {station_type})
+        typed = decode(client.get(url(tile) + f"?type={station_type}").content)["clusters"]["features"]
+        assert sorted(f["properties"]["count"] for f in typed) == cells(stations)
+        assert counted(client, f"?type={station_type}&q=pm25>=100") == (20, {station_type})
+        assert counted(client, f"?type={parking_type},{station_type}") == (100, {parking_type, station_type})
+        # a station becomes a parking site: its row's type follows
+        moved = {**parkings[0], "id": stations[0]["id"], "location": stations[0]["location"]}
+        assert client.post(BATCH + "?options=replace", json=[moved], headers=JSON).status_code == 204
+        assert counted(client, f"?type={station_type}") == (39, {station_type})
+        assert counted(client, f"?type={parking_type}") == (61, {parking_type})
+        # an entity of two types is counted by either
+        twice = {**stations[1], "type": [station_type, parking_type]}
+        assert client.post(BATCH + "?options=replace", json=[twice], headers=JSON).status_code == 204
+        assert counted(client, f"?type={parking_type}")[0] == 62
+        assert counted(client, f"?type={station_type}")[0] == 39
