@@ -105,6 +105,16 @@ def _index_only(
         return []
     found: list[tuple[int, int, float, float, str | None]] = []
     if typed is None:
+        # one type in every row of the attribute (two probes of the typed index): no type read per row
+        least, most = (
+            connection.execute(
+                f"SELECT {f}(type) FROM entity_geo_walk INDEXED BY entity_geo_walk_typed WHERE attr = ?", attr_id
+            ).fetchone()[0]
+            for f in ("min", "max")
+        )
+        if least is not None and least == most:
+            typed = [least]
+    if typed is None:
         statement = (
             "SELECT count(*), sum((min_x + max_x) * 0.5), sum((min_y + max_y) * 0.5), min(type), max(type)"
             " FROM entity_geo_walk INDEXED BY entity_geo_walk_cells WHERE attr = ? AND cell >= ? AND cell < ?"

@@ -171,6 +171,12 @@ class PostgresGrid:
                     cell[2] += sum_y
                     cell[3].append(kind)
             return [(False, k, 0, n, sx / n * 0.5, sy / n * 0.5, kinds) for k, (n, sx, sy, kinds) in cells.items()]
+        least = await connection.fetchval("SELECT min(type) FROM entity_geo WHERE attr = $1", attr)
+        if least is not None and least == await connection.fetchval(
+            "SELECT max(type) FROM entity_geo WHERE attr = $1", attr
+        ):  # one type in every row (two probes of entity_geo_typed): no type read per row
+            rows = await connection.fetch(TYPED.format(shift=shift), attr, first, last, [least])
+            return [(False, k, 0, n, sx / n * 0.5, sy / n * 0.5, [least]) for k, _, n, sx, sy in rows]
         rows = await connection.fetch(CELLS.format(shift=shift), attr, first, last)
         mixed = [r[0] for r in rows if r[4] != r[5]]
         kinds_of = dict(await connection.fetch(KINDS.format(shift=shift), attr, mixed)) if mixed else {}

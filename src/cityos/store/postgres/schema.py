@@ -210,7 +210,7 @@ CREATE INDEX entity_geo_cell ON entity_geo (attr, cell) INCLUDE (pk, min_x, max_
 # (grid.py). The UPDATE rewrites every row: VACUUM entity_geo afterwards, or index-only scans visit
 # the heap until autovacuum has been (docs/performance.md).
 _V17 = """
-ALTER TABLE entity_geo ADD COLUMN type text;
+ALTER TABLE entity_geo ADD COLUMN type text COLLATE "C";
 UPDATE entity_geo g SET type = e.types[1] FROM entities e WHERE e.pk = g.pk;
 DROP INDEX entity_geo_cell;
 CREATE INDEX entity_geo_cells ON entity_geo (attr, cell) INCLUDE (type, pk, min_x, max_x, min_y, max_y);
