@@ -70,7 +70,8 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoggedServer]:
     started = time.monotonic()
     asyncio.run(load(folder / "city.db"))
     print(f"{COUNT} entities loaded in {time.monotonic() - started:.1f} s")
-    server = LoggedServer(folder / "serve.log", "--database", str(folder / "city.db"), "--temporal-disabled-tenants", "*")
+    database = str(folder / "city.db")
+    server = LoggedServer(folder / "serve.log", "--database", database, "--temporal-disabled-tenants", "*")
     server.start()
     try:
         yield server
