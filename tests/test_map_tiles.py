@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -355,3 +356,30 @@ def test_clusters_by_type_read_the_rows_types_and_follow_a_change_of_type(db_url
         assert client.post(BATCH + "?options=replace", json=[twice], headers=JSON).status_code == 204
         assert counted(client, f"?type={parking_type}")[0] == 62
         assert counted(client, f"?type={station_type}")[0] == 39
+
+
+def test_a_file_of_schema_7_gains_its_rows_types(tmp_path: Any) -> None:
+    """Schema step 8 on a file of step 7 (walk rows with cell keys, no types): every row gets its
+    entity's first type, the indexes are replaced, and a tile filtered by type counts them all."""
+    path = tmp_path / "seven.db"
+    with TestClient(create_app(Settings(database=str(path), tile_max_features=10, tile_cache_mb=0))) as client:
+        assert client.post(BATCH, json=CITY, headers=JSON).status_code == 201
+    with sqlite3.connect(path) as connection:  # back to step 7's layout
+        connection.execute("DROP INDEX entity_geo_walk_cells")
+        connection.execute("DROP INDEX entity_geo_walk_typed")
+        connection.execute("ALTER TABLE entity_geo_walk DROP COLUMN type")
+        connection.execute(
+            "CREATE INDEX entity_geo_walk_cell ON entity_geo_walk (attr, cell, min_x, max_x, min_y, max_y)"
+        )
+        connection.execute("PRAGMA user_version = 7")
+    with TestClient(create_app(Settings(database=str(path), tile_max_features=10, tile_cache_mb=0))) as client:
+        typed = decode(client.get(url(whole()) + "?type=OffStreetParking").content)["clusters"]["features"]
+        assert sum(f["properties"]["count"] for f in typed) == 150
+        every = decode(client.get(url(whole())).content)["clusters"]["features"]
+        assert sum(f["properties"]["count"] for f in every) == len(CITY)
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] >= 8
+        assert connection.execute("SELECT count(*) FROM entity_geo_walk WHERE type IS NULL").fetchone()[0] == 0
+        listed = connection.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'entity_geo_walk'")
+        indexes = {r[0] for r in listed}
+        assert {"entity_geo_walk_cells", "entity_geo_walk_typed"} <= indexes and "entity_geo_walk_cell" not in indexes
