@@ -24,7 +24,7 @@ from cityos.store.base import EntityQuery, GeoGrid, GridCell
 from cityos.store.cell_key import KEY_ZOOM, cell_of, tile_range
 from cityos.store.paging import allowed_types, exact_in_sql, unfiltered, untyped
 from cityos.store.sqlite_layout import NAME_ID
-from cityos.store.sqlite_query import _selection, _stale
+from cityos.store.sqlite_query import _selection, _side_filters, _stale
 
 T = TypeVar("T")
 
@@ -207,9 +207,10 @@ class SQLiteGrid:
             if unfiltered(rest) and _alone(connection, tenant, now):  # every row is a visible entity of the tenant
                 return _cells(connection, _index_only(connection, grid.attr, low, high, shift, typed), z, x, y, level)
             source, where, params = "", "", list[Any]()
-            if typed is not None:
+            # a selective filter (ids, a value filter of few rows) drives better than the tile's rows
+            if typed is not None and rest.ids is None and not any(few for *_, few in _side_filters(connection, rest)):
                 source, where, params, _ = _selection(connection, tenant, rest, now)
-            if typed is not None and source in ("entities e INDEXED BY entities_listing", "entities e"):
+            if typed is not None and source == "entities e INDEXED BY entities_listing":
                 # along the tile's rows of the allowed types, each joined to its entity for the filters
                 statement = (
                     f"SELECT w.cell >> {shift} AS k, count(*), avg((w.min_x + w.max_x) * 0.5),"
