@@ -3,13 +3,13 @@
 The cells are counted over entity_geo_walk (one row per entity and GeoProperty, its box) joined to
 the query's own selection (sqlite_query._selection), so the filters are the query's, exactly; no
 document is read or decoded. A map tile's grid (GeoGrid.key_level) is counted over the rows' cell
-keys (store/cell_key.py): the tile is one range of the index entity_geo_walk_cells and a cell is a
-shift of the key. Each row carries its entity's first type (schema step 8), so a type filter (the
-query's `type`, its access policy's types) is a range of entity_geo_walk_typed per allowed type,
-unless some entity of the file has several types. A query with no other filter, on a file where
-the tenant is the only one with entities and nothing has expired, reads an index alone (no probe of
+keys (store/cell_key.py): the tile is one key range and a cell a shift of the key. Each row
+carries its entity's first type (schema step 8), indexed (attr, type, cell, box): a query whose
+only filters are types (its `type`, its access policy's types; answered by the rows' types unless
+some entity of the file has several) or none, on a file where the tenant is the only one with
+entities and nothing has expired, reads that index alone, a range per type and cell (no probe of
 `entities` per row: a grid over 100,000 entities costs one pass over 100,000 index entries, about
-20 ms); with filters (q, an id pattern), the allowed types' rows of the tile are joined to their
+17 ms); with filters (q, an id pattern), the allowed types' rows of the tile are joined to their
 entities for them."""
 
 from __future__ import annotations
@@ -91,64 +91,55 @@ def _names(connection: sqlite3.Connection, ids: set[int]) -> dict[int, str]:
     return dict(rows.fetchall())
 
 
+SMALL_TYPE = 2000  # a type with fewer rows in the tile is grouped in one statement (a sort of that few)
+
+
 def _index_only(
     connection: sqlite3.Connection, attr: str, low: int, high: int, shift: int, typed: list[int] | None
 ) -> list[tuple[int, int, float, float, str | None]]:
-    """A tile's cells (key >> shift, count, mean x, mean y, types) from an index alone: a range per
-    cell, each an aggregate along the index with no sort (GROUP BY on the shifted key sorts the
-    tile's rows: 2.7 times the CPU over 100,000 rows); by the cells index (attr, cell, type) for
-    any type, the cell's types read again only when it holds more than one; by the typed index
-    (attr, type, cell) a range per allowed type and cell."""
+    """A tile's cells (key >> shift, count, mean x, mean y, types) from the index (attr, type, cell)
+    alone, for the allowed types or (None) every type of the attribute (one probe each): a type of
+    many rows in the tile a range per cell, each an aggregate along the index with no sort (GROUP BY
+    on the shifted key sorts the tile's rows: 2.7 times the CPU over 100,000 rows); a type of fewer
+    than SMALL_TYPE rows in the tile one GROUP BY (no 256 probes of empty cells)."""
     step = 1 << shift
-    attr_id = connection.execute("SELECT id FROM temporal_names WHERE name = ?", (attr,)).fetchone()
-    if attr_id is None:
+    found_attr = connection.execute("SELECT id FROM temporal_names WHERE name = ?", (attr,)).fetchone()
+    if found_attr is None:
         return []
-    found: list[tuple[int, int, float, float, str | None]] = []
+    attr_id = found_attr[0]
+    walk = "entity_geo_walk INDEXED BY entity_geo_walk_typed"
     if typed is None:
-        # one type in every row of the attribute (two probes of the typed index): no type read per row
-        least, most = (
-            connection.execute(
-                f"SELECT {f}(type) FROM entity_geo_walk INDEXED BY entity_geo_walk_typed WHERE attr = ?", attr_id
-            ).fetchone()[0]
-            for f in ("min", "max")
-        )
-        if least is not None and least == most:
-            typed = [least]
-    if typed is None:
-        statement = (
-            "SELECT count(*), sum((min_x + max_x) * 0.5), sum((min_y + max_y) * 0.5), min(type), max(type)"
-            " FROM entity_geo_walk INDEXED BY entity_geo_walk_cells WHERE attr = ? AND cell >= ? AND cell < ?"
-        )
-        kinds = (
-            "SELECT DISTINCT type FROM entity_geo_walk INDEXED BY entity_geo_walk_cells"
-            " WHERE attr = ? AND cell >= ? AND cell < ?"
-        )
-        for start in range(low, high, step):
-            n, sx, sy, least, most = connection.execute(statement, (attr_id[0], start, start + step)).fetchone()
-            if not n:
-                continue
-            if least == most:
-                names = None if least is None else str(least)
-            else:
-                every = connection.execute(kinds, (attr_id[0], start, start + step)).fetchall()
-                names = ",".join(str(t) for (t,) in every if t is not None)
-            found.append((start >> shift, n, sx / n, sy / n, names))
-        return found
-    statement = (
-        "SELECT count(*), sum((min_x + max_x) * 0.5), sum((min_y + max_y) * 0.5)"
-        " FROM entity_geo_walk INDEXED BY entity_geo_walk_typed"
-        " WHERE attr = ? AND type = ? AND cell >= ? AND cell < ?"
+        typed = []
+        following = f"SELECT min(type) FROM {walk} WHERE attr = ? AND type > ?"
+        kind = connection.execute(f"SELECT min(type) FROM {walk} WHERE attr = ?", (attr_id,)).fetchone()[0]
+        while kind is not None:
+            typed.append(kind)
+            kind = connection.execute(following, (attr_id, kind)).fetchone()[0]
+    cells: dict[int, list[Any]] = {}
+
+    def add(k: int, n: int, sum_x: float, sum_y: float, kind: int) -> None:
+        cell = cells.setdefault(k, [0, 0.0, 0.0, []])
+        cell[0] += n
+        cell[1] += sum_x
+        cell[2] += sum_y
+        cell[3].append(str(kind))
+
+    sums = "count(*), sum((min_x + max_x) * 0.5), sum((min_y + max_y) * 0.5)"
+    one = f"SELECT {sums} FROM {walk} WHERE attr = ? AND type = ? AND cell >= ? AND cell < ?"
+    grouped = (
+        f"SELECT cell >> {shift}, {sums} FROM {walk} WHERE attr = ? AND type = ? AND cell >= ? AND cell < ? GROUP BY 1"
     )
-    for start in range(low, high, step):
-        count, sum_x, sum_y, kinds_in = 0, 0.0, 0.0, []
-        for kind in typed:
-            n, sx, sy = connection.execute(statement, (attr_id[0], kind, start, start + step)).fetchone()
+    many = f"SELECT 1 FROM {walk} WHERE attr = ? AND type = ? AND cell >= ? AND cell < ? LIMIT 1 OFFSET {SMALL_TYPE}"
+    for kind in typed:
+        if connection.execute(many, (attr_id, kind, low, high)).fetchone() is None:
+            for k, n, sum_x, sum_y in connection.execute(grouped, (attr_id, kind, low, high)):
+                add(k, n, sum_x, sum_y, kind)
+            continue
+        for start in range(low, high, step):
+            n, sum_x, sum_y = connection.execute(one, (attr_id, kind, start, start + step)).fetchone()
             if n:
-                count, sum_x, sum_y = count + n, sum_x + sx, sum_y + sy
-                kinds_in.append(str(kind))
-        if count:
-            found.append((start >> shift, count, sum_x / count, sum_y / count, ",".join(kinds_in)))
-    return found
+                add(start >> shift, n, sum_x, sum_y, kind)
+    return [(k, n, sx / n, sy / n, ",".join(kinds)) for k, (n, sx, sy, kinds) in cells.items()]
 
 
 def _cells(

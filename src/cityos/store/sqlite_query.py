@@ -62,7 +62,6 @@ CREATE TABLE IF NOT EXISTS entity_geo_walk (
     type INTEGER,  -- the entity's first type (its smallest interned id), for map clusters by type
     PRIMARY KEY (attr, pk)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entity_geo_walk_cells ON entity_geo_walk (attr, cell, type, min_x, max_x, min_y, max_y);
 CREATE INDEX IF NOT EXISTS entity_geo_walk_typed ON entity_geo_walk (attr, type, cell, min_x, max_x, min_y, max_y);
 """
 """One row per entity and GeoProperty attribute (side_rows.py geo_keys), in key order: a broad

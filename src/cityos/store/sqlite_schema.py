@@ -67,9 +67,9 @@ def _cell_keys(connection: sqlite3.Connection) -> None:
 
 def _cell_types(connection: sqlite3.Connection) -> None:
     """8: each geo walk row gains its entity's first type (the smallest interned id of its types),
-    and the cell index becomes two, (attr, cell, type, box) and (attr, type, cell, box), so a map
-    tile's grid filtered by type, or over a city of several types, is read from an index alone
-    (sqlite_grid.py). 100,000 rows: about 2 s."""
+    and the cell index becomes (attr, type, cell, box), so a map tile's grid filtered by type, or
+    over a city of several types, is read from an index alone (sqlite_grid.py); one index, as
+    before, so a write costs what it did. 100,000 rows: about 6 s."""
     if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'entity_geo_walk'").fetchone() is None:
         return
     if "type" not in {row[1] for row in connection.execute("PRAGMA table_info(entity_geo_walk)")}:
@@ -78,10 +78,6 @@ def _cell_types(connection: sqlite3.Connection) -> None:
         "UPDATE entity_geo_walk SET type = (SELECT min(t.type) FROM entity_types t WHERE t.pk = entity_geo_walk.pk)"
     )
     connection.execute("DROP INDEX IF EXISTS entity_geo_walk_cell")
-    connection.execute(
-        "CREATE INDEX IF NOT EXISTS entity_geo_walk_cells"
-        " ON entity_geo_walk (attr, cell, type, min_x, max_x, min_y, max_y)"
-    )
     connection.execute(
         "CREATE INDEX IF NOT EXISTS entity_geo_walk_typed"
         " ON entity_geo_walk (attr, type, cell, min_x, max_x, min_y, max_y)"
