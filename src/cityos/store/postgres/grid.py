@@ -33,17 +33,13 @@ ALONE = (
     " OR EXISTS (SELECT 1 FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= $2)"
 )
 SEVERAL = "SELECT EXISTS (SELECT 1 FROM entities WHERE cardinality(types) > 1)"
-# a range per cell of the tile, each an aggregate along the index (no sort of the tile's rows)
-CELLS = (
-    "SELECT s.k, a.n, a.x, a.y, a.least, a.most FROM generate_series($2::bigint, $3::bigint) s(k) CROSS JOIN LATERAL"
-    " (SELECT count(*) AS n, sum(g.min_x + g.max_x) AS x, sum(g.min_y + g.max_y) AS y, min(g.type) AS least,"
-    " max(g.type) AS most FROM entity_geo g WHERE g.attr = $1 AND g.cell >= s.k << {shift}"
-    " AND g.cell < (s.k + 1) << {shift}) a WHERE a.n > 0"
+# the types of an attribute's rows: one probe of entity_geo_typed per type
+PRESENT = (
+    "WITH RECURSIVE t(type) AS (SELECT min(type) FROM entity_geo WHERE attr = $1 UNION ALL"
+    " SELECT (SELECT min(g.type) FROM entity_geo g WHERE g.attr = $1 AND g.type > t.type) FROM t"
+    " WHERE t.type IS NOT NULL) SELECT type FROM t WHERE type IS NOT NULL"
 )
-KINDS = (
-    "SELECT s.k, array_agg(DISTINCT g.type) FROM unnest($2::bigint[]) s(k) JOIN entity_geo g ON g.attr = $1"
-    " AND g.cell >= s.k << {shift} AND g.cell < (s.k + 1) << {shift} GROUP BY s.k"
-)
+# a range per allowed type and cell of the tile, each an aggregate along the index (no sort of the tile's rows)
 TYPED = (
     "SELECT s.k, t.t, a.n, a.x, a.y FROM unnest($4::text[]) t(t)"
     " CROSS JOIN generate_series($2::bigint, $3::bigint) s(k) CROSS JOIN LATERAL"
@@ -159,27 +155,14 @@ class PostgresGrid:
         shift = 2 * (KEY_ZOOM - z - level)
         low, high = tile_range(z, x, y)
         first, last = low >> shift, (high >> shift) - 1
-        if allowed is not None:
-            cells: dict[int, list[Any]] = {}
-            if allowed:
-                for k, kind, n, sum_x, sum_y in await connection.fetch(
-                    TYPED.format(shift=shift), attr, first, last, list(allowed)
-                ):
-                    cell = cells.setdefault(k, [0, 0.0, 0.0, []])
-                    cell[0] += n
-                    cell[1] += sum_x
-                    cell[2] += sum_y
-                    cell[3].append(kind)
-            return [(False, k, 0, n, sx / n * 0.5, sy / n * 0.5, kinds) for k, (n, sx, sy, kinds) in cells.items()]
-        least = await connection.fetchval("SELECT min(type) FROM entity_geo WHERE attr = $1", attr)
-        if least is not None and least == await connection.fetchval(
-            "SELECT max(type) FROM entity_geo WHERE attr = $1", attr
-        ):  # one type in every row (two probes of entity_geo_typed): no type read per row
-            rows = await connection.fetch(TYPED.format(shift=shift), attr, first, last, [least])
-            return [(False, k, 0, n, sx / n * 0.5, sy / n * 0.5, [least]) for k, _, n, sx, sy in rows]
-        rows = await connection.fetch(CELLS.format(shift=shift), attr, first, last)
-        mixed = [r[0] for r in rows if r[4] != r[5]]
-        kinds_of = dict(await connection.fetch(KINDS.format(shift=shift), attr, mixed)) if mixed else {}
-        return [
-            (False, k, 0, n, sx / n * 0.5, sy / n * 0.5, kinds_of.get(k, [least])) for k, n, sx, sy, least, most in rows
-        ]
+        # the allowed types, or every type of the attribute's rows (a skip along entity_geo_typed)
+        kinds = list(allowed) if allowed is not None else [r[0] for r in await connection.fetch(PRESENT, attr)]
+        cells: dict[int, list[Any]] = {}
+        if kinds:
+            for k, kind, n, sum_x, sum_y in await connection.fetch(TYPED.format(shift=shift), attr, first, last, kinds):
+                cell = cells.setdefault(k, [0, 0.0, 0.0, []])
+                cell[0] += n
+                cell[1] += sum_x
+                cell[2] += sum_y
+                cell[3].append(kind)
+        return [(False, k, 0, n, sx / n * 0.5, sy / n * 0.5, names) for k, (n, sx, sy, names) in cells.items()]
