@@ -4,8 +4,10 @@ One statement over entity_geo's GiST index joined to the query's own WHERE (sql.
 in the server: no document is sent or decoded, so a grid over 100,000 entities is one index scan.
 A map tile's grid (GeoGrid.key_level) is one range of the index entity_geo_cells (the rows' cell
 keys, store/cell_key.py, migration 16), a cell a shift of the key. Each row carries its entity's
-first type (migration 17), so a tile filtered by type (its `type`, the caller's policy) is a range
-of entity_geo_typed per allowed type and cell, when no entity of the database has several types."""
+first type (migration 17), so a tile filtered by type at most (its `type`, the caller's policy's
+types) in a database of one tenant with nothing expired is read from entity_geo_typed alone: a
+range per type (allowed, or present) and cell; a type filter so only while no entity of the
+database has several types."""
 
 from __future__ import annotations
 
@@ -134,7 +136,8 @@ class PostgresGrid:
         filters by type at most and the database holds entities of this tenant only, none expired;
         None otherwise. A type filter is answered by the rows' first types when no entity has
         several types (a scan of `entities`, remembered until the listings' version, store/postgres/
-        schema.py migration 9: a create, delete or change of types or expiry, moves)."""
+        schema.py migration 9: a create, delete or change of types or expiry, moves); without one,
+        the types present are found by a skip along entity_geo_typed (one probe per type)."""
         allowed = allowed_types(query)
         if not unfiltered(query if allowed is None else untyped(query)):
             return None
