@@ -1,7 +1,7 @@
 """Map tiles and the change stream at city scale (issue 18), against a real `cityos serve`.
 
     python -m benchmarks.map_tiles build DATABASE 100000     # OffStreetParking bench-{i}, Porto
-    python -m benchmarks.map_tiles tiles DATABASE 60 [cold]  # 60 random tiles per zoom, 10-16
+    python -m benchmarks.map_tiles tiles DATABASE 60 [cold] [type=X] [zooms=10,12]  # 60 tiles per zoom
     python -m benchmarks.map_tiles stream DATABASE 200 10    # 200 changes/s for 10 s, one SSE client
 
 DATABASE is a SQLite file or a PostgreSQL URL (a migrated schema's, `...?search_path=SCHEMA,public`).
@@ -9,7 +9,10 @@ DATABASE is a SQLite file or a PostgreSQL URL (a migrated schema's, `...?search_
 on the database and sends, one at a time over one keep-alive connection, GET /tiles/z/x/y.mvt for
 tiles of the city (each tile once where the zoom has enough, else its few tiles in turn; `cold`:
 the server's tile cache off, so every tile is drawn), and prints
-per zoom the latency percentiles, the layer answered and the features per tile. `stream` connects
+per zoom the latency percentiles, the layer answered, the features per tile and the CPU time per
+tile of the server's processes and, on PostgreSQL, of the backends serving its connections
+(ServerProcess.cpu_seconds; read before and after each tile); `type=X` (or any query)
+filters every tile, `zooms=` picks the zooms (default 10-16). `stream` connects
 one client to GET /cityos/v1/changes?type=OffStreetParking, then updates `availableSpotNumber` of
 random stored entities at RATE changes per second (batch upserts of RATE/10 entities every 100 ms)
 and prints how many changes arrived, and the delay from each batch's answer to its events' arrival.
@@ -59,7 +62,9 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1)]
 
 
-def tiles(database: str, per_zoom: int, cold: bool = False) -> list[dict[str, Any]]:
+def tiles(
+    database: str, per_zoom: int, cold: bool = False, query: str = "", zooms: tuple[int, ...] = ZOOMS
+) -> list[dict[str, Any]]:
     from tests.mvt_decode import decode  # the tests' independent decoder: counts what a client sees
 
     rng = random.Random(18)
@@ -69,19 +74,23 @@ def tiles(database: str, per_zoom: int, cold: bool = False) -> list[dict[str, An
         _server(database, Path(work), cold) as server,
         httpx.Client(base_url=server.base, timeout=30) as client,
     ):
+        suffix = f"?{query}" if query else ""
         for _ in range(10):  # warm-up: connections, first statements
-            client.get("/tiles/14/7795/6130.mvt")
-        for z in ZOOMS:
+            client.get(f"/tiles/14/7795/6130.mvt{suffix}")
+        for z in zooms:
             (x0, y0), (x1, y1) = tile_of(LON[0], LAT[1], z), tile_of(LON[1], LAT[0], z)
             city = [(x, y) for x in range(x0, x1 + 1) for y in range(y0, y1 + 1)]
             # each tile of the city once when it has enough; else (low zooms) its few tiles in turn
             chosen = rng.sample(city, per_zoom) if len(city) >= per_zoom else (city * per_zoom)[:per_zoom]
             seen = set(chosen)
             times, features, layers = [], [], set()
+            cpu = 0.0
             for x, y in chosen:
+                before = server.cpu_seconds()
                 started = time.perf_counter()
-                response = client.get(f"/tiles/{z}/{x}/{y}.mvt")
+                response = client.get(f"/tiles/{z}/{x}/{y}.mvt{suffix}")
                 times.append((time.perf_counter() - started) * 1000)
+                cpu += server.cpu_seconds() - before
                 assert response.status_code == 200, response.text
                 layer = response.headers["x-tile-layer"]
                 layers.add(layer)
@@ -97,6 +106,7 @@ def tiles(database: str, per_zoom: int, cold: bool = False) -> list[dict[str, An
                     "p50_ms": round(percentile(times, 0.50), 1),
                     "p95_ms": round(percentile(times, 0.95), 1),
                     "max_ms": round(max(times), 1),
+                    "cpu_ms_per_tile": round(cpu * 1000 / len(times), 1),
                 }
             )
             print(rows[-1], flush=True)
@@ -185,8 +195,12 @@ def stream(database: str, rate: int, seconds: float) -> dict[str, Any]:
 def main(argv: list[str]) -> Any:
     if len(argv) == 3 and argv[0] == "build":
         return asyncio.run(build(argv[1], int(argv[2])))
-    if len(argv) in (3, 4) and argv[0] == "tiles":
-        return tiles(argv[1], int(argv[2]), cold=argv[3:] == ["cold"])
+    if len(argv) >= 3 and argv[0] == "tiles":
+        options = argv[3:]
+        zooms = next((o.split("=", 1)[1] for o in options if o.startswith("zooms=")), None)
+        query = "&".join(o for o in options if o != "cold" and not o.startswith("zooms="))
+        chosen = tuple(int(z) for z in zooms.split(",")) if zooms else ZOOMS
+        return tiles(argv[1], int(argv[2]), cold="cold" in options, query=query, zooms=chosen)
     if len(argv) == 4 and argv[0] == "stream":
         return stream(argv[1], int(argv[2]), float(argv[3]))
     raise SystemExit(__doc__)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -309,3 +310,75 @@ def test_clusters_of_one_type_count_each_entity_in_the_tile_of_its_point(db_url:
                     col, row = min(int(px * 16 / 4096), 15), min(int(py * 16 / 4096), 15)
                     cell = Tile(tile.z + 4, tile.x * 16 + col, tile.y * 16 + row)
                     assert feature["properties"]["count"] == cells[cell]
+
+
+def test_clusters_by_type_read_the_rows_types_and_follow_a_change_of_type(db_url: str) -> None:
+    """A city of several types: a tile filtered by type (its `type`, then with a `q`) counts the
+    entities of that type in each cell; an entity whose type changes moves to its new type's
+    counts; once an entity has two types, a filter by its second one still counts it."""
+    rng = random.Random(11)
+    parkings = [parking(i, rng) for i in range(60)]
+    stations = [station(i, rng) for i in range(40)]
+    tile = whole()
+
+    def counted(client: TestClient, query: str) -> tuple[int, set[str]]:
+        """(the entities counted, the types named) of the tile's clusters."""
+        response = client.get(url(tile) + query)
+        assert response.headers["x-tile-layer"] == "clusters"
+        features = decode(response.content)["clusters"]["features"]
+        kinds = {k for f in features for k in f["properties"]["types"].split(",")}
+        return sum(f["properties"]["count"] for f in features), kinds
+
+    def cells(entities: list[dict[str, Any]]) -> list[int]:
+        found: dict[Tile, int] = {}
+        for entity in entities:
+            lon, lat = entity["location"]["value"]["coordinates"]
+            cell = tile_of(lon, lat, tile.z + 4)
+            found[cell] = found.get(cell, 0) + 1
+        return sorted(found.values())
+
+    parking_type, station_type = "OffStreetParking", "AirQualityObserved"
+    with TestClient(create_app(Settings(database=db_url, tile_max_features=10, tile_cache_mb=0))) as client:
+        assert client.post(BATCH, json=[*parkings, *stations], headers=JSON).status_code == 201
+        assert counted(client, "") == (100, {parking_type, station_type})
+        assert counted(client, f"?type={station_type}") == (40, {station_type})
+        typed = decode(client.get(url(tile) + f"?type={station_type}").content)["clusters"]["features"]
+        assert sorted(f["properties"]["count"] for f in typed) == cells(stations)
+        assert counted(client, f"?type={station_type}&q=pm25>=100") == (20, {station_type})
+        assert counted(client, f"?type={parking_type},{station_type}") == (100, {parking_type, station_type})
+        # a station becomes a parking site: its row's type follows
+        moved = {**parkings[0], "id": stations[0]["id"], "location": stations[0]["location"]}
+        assert client.post(BATCH + "?options=replace", json=[moved], headers=JSON).status_code == 204
+        assert counted(client, f"?type={station_type}") == (39, {station_type})
+        assert counted(client, f"?type={parking_type}") == (61, {parking_type})
+        # an entity of two types is counted by either
+        twice = {**stations[1], "type": [station_type, parking_type]}
+        assert client.post(BATCH + "?options=replace", json=[twice], headers=JSON).status_code == 204
+        assert counted(client, f"?type={parking_type}")[0] == 62
+        assert counted(client, f"?type={station_type}")[0] == 39
+
+
+def test_a_file_of_schema_7_gains_its_rows_types(tmp_path: Any) -> None:
+    """Schema step 8 on a file of step 7 (walk rows with cell keys, no types): every row gets its
+    entity's first type, the indexes are replaced, and a tile filtered by type counts them all."""
+    path = tmp_path / "seven.db"
+    with TestClient(create_app(Settings(database=str(path), tile_max_features=10, tile_cache_mb=0))) as client:
+        assert client.post(BATCH, json=CITY, headers=JSON).status_code == 201
+    with sqlite3.connect(path) as connection:  # back to step 7's layout
+        connection.execute("DROP INDEX entity_geo_walk_typed")
+        connection.execute("ALTER TABLE entity_geo_walk DROP COLUMN type")
+        connection.execute(
+            "CREATE INDEX entity_geo_walk_cell ON entity_geo_walk (attr, cell, min_x, max_x, min_y, max_y)"
+        )
+        connection.execute("PRAGMA user_version = 7")
+    with TestClient(create_app(Settings(database=str(path), tile_max_features=10, tile_cache_mb=0))) as client:
+        typed = decode(client.get(url(whole()) + "?type=OffStreetParking").content)["clusters"]["features"]
+        assert sum(f["properties"]["count"] for f in typed) == 150
+        every = decode(client.get(url(whole())).content)["clusters"]["features"]
+        assert sum(f["properties"]["count"] for f in every) == len(CITY)
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] >= 8
+        assert connection.execute("SELECT count(*) FROM entity_geo_walk WHERE type IS NULL").fetchone()[0] == 0
+        listed = connection.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'entity_geo_walk'")
+        indexes = {r[0] for r in listed}
+        assert "entity_geo_walk_typed" in indexes and "entity_geo_walk_cell" not in indexes

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from cityos.entities.expiry import visible
@@ -143,3 +143,23 @@ def unfiltered(query: EntityQuery) -> bool:
         and query.predicate is None
         and query.access is None
     )
+
+
+def allowed_types(query: EntityQuery) -> Sequence[str] | None:
+    """The types an entity must have one of, by the query's `type` and its access policy (None:
+    any)."""
+    types = query.types
+    limited = query.access.types if query.access is not None else None
+    if limited is None:
+        return types
+    if types is None:
+        return limited
+    return [t for t in types if t in set(limited)]
+
+
+def untyped(query: EntityQuery) -> EntityQuery:
+    """The query without its type filters (the geo rows' types answer them: map clusters)."""
+    access = query.access
+    if access is not None:
+        access = None if access.id_patterns is None else dataclasses.replace(access, types=None)
+    return dataclasses.replace(query, types=None, access=access)

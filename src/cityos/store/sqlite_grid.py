@@ -3,24 +3,28 @@
 The cells are counted over entity_geo_walk (one row per entity and GeoProperty, its box) joined to
 the query's own selection (sqlite_query._selection), so the filters are the query's, exactly; no
 document is read or decoded. A map tile's grid (GeoGrid.key_level) is counted over the rows' cell
-keys (store/cell_key.py): the tile is one range of the index entity_geo_walk_cell and a cell is a
-shift of the key. A query with no filter but its tenant, on a file where that tenant is the only
-one with entities and nothing has expired, reads that index alone (no probe of `entities` per row:
-a grid over 100,000 entities costs one pass over 100,000 index entries, about 40 ms)."""
+keys (store/cell_key.py): the tile is one key range and a cell a shift of the key. Each row
+carries its entity's first type (schema step 8), indexed (attr, type, cell, box): a query whose
+only filters are types (its `type`, its access policy's types; answered by the rows' types unless
+some entity of the file has several) or none, on a file where the tenant is the only one with
+entities and nothing has expired, reads that index alone, a range per type and cell (no probe of
+`entities` per row: a grid over 100,000 entities costs one pass over 100,000 index entries, about
+17 ms); with filters (q, an id pattern), the allowed types' rows of the tile are joined to their
+entities for them."""
 
 from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cityos.entities.expiry import now_key
 from cityos.store.base import EntityQuery, GeoGrid, GridCell
 from cityos.store.cell_key import KEY_ZOOM, cell_of, tile_range
-from cityos.store.paging import exact_in_sql, unfiltered
+from cityos.store.paging import allowed_types, exact_in_sql, unfiltered, untyped
 from cityos.store.sqlite_layout import NAME_ID
-from cityos.store.sqlite_query import _selection, _stale
+from cityos.store.sqlite_query import _selection, _side_filters, _stale
 
 T = TypeVar("T")
 
@@ -49,11 +53,33 @@ def _alone(connection: sqlite3.Connection, tenant: str, now: str) -> bool:
     return expired is None
 
 
-def _first_type(connection: sqlite3.Connection) -> int | None:
-    """The one type every entity of the file has, when there is one (the file's only type)."""
-    low = connection.execute("SELECT min(type) FROM entity_types").fetchone()[0]  # two index probes
-    high = connection.execute("SELECT max(type) FROM entity_types").fetchone()[0]
-    return int(low) if low is not None and low == high else None
+def _several_types(connection: sqlite3.Connection, remembered: dict[int, bool]) -> bool:
+    """Whether some entity of the file has more than one type, remembered (in `remembered`) until
+    the listings' version moves (a create, a delete or a change of types): a walk row carries its
+    entity's first type only, so a type filter is answered from the rows' types when no entity
+    has another."""
+    version = connection.execute("SELECT version FROM listing_version").fetchone()[0]
+    known = remembered.get(version)
+    if known is None:
+        known = (
+            connection.execute(
+                "SELECT 1 FROM entity_types INDEXED BY entity_types_pk GROUP BY pk HAVING count(*) > 1 LIMIT 1"
+            ).fetchone()
+            is not None
+        )
+        remembered.clear()
+        remembered[version] = known
+    return known
+
+
+def _type_ids(connection: sqlite3.Connection, names: Sequence[str]) -> list[int]:
+    """The interned ids of these types (a type never interned has no entity)."""
+    if not names:
+        return []
+    rows = connection.execute(
+        f"SELECT id FROM temporal_names WHERE name IN ({','.join('?' * len(names))})", list(names)
+    ).fetchall()
+    return sorted(int(r[0]) for r in rows)
 
 
 def _names(connection: sqlite3.Connection, ids: set[int]) -> dict[int, str]:
@@ -63,6 +89,75 @@ def _names(connection: sqlite3.Connection, ids: set[int]) -> dict[int, str]:
         f"SELECT id, name FROM temporal_names WHERE id IN ({','.join('?' * len(ids))})", list(ids)
     )
     return dict(rows.fetchall())
+
+
+SMALL_TYPE = 2000  # a type with fewer rows in the tile is grouped in one statement (a sort of that few)
+
+
+def _index_only(
+    connection: sqlite3.Connection, attr: str, low: int, high: int, shift: int, typed: list[int] | None
+) -> list[tuple[int, int, float, float, str | None]]:
+    """A tile's cells (key >> shift, count, mean x, mean y, types) from the index (attr, type, cell)
+    alone, for the allowed types or (None) every type of the attribute (one probe each): a type of
+    many rows in the tile a range per cell, each an aggregate along the index with no sort (GROUP BY
+    on the shifted key sorts the tile's rows: 2.7 times the CPU over 100,000 rows); a type of fewer
+    than SMALL_TYPE rows in the tile one GROUP BY (no 256 probes of empty cells)."""
+    step = 1 << shift
+    found_attr = connection.execute("SELECT id FROM temporal_names WHERE name = ?", (attr,)).fetchone()
+    if found_attr is None:
+        return []
+    attr_id = found_attr[0]
+    walk = "entity_geo_walk INDEXED BY entity_geo_walk_typed"
+    if typed is None:
+        typed = []
+        following = f"SELECT min(type) FROM {walk} WHERE attr = ? AND type > ?"
+        kind = connection.execute(f"SELECT min(type) FROM {walk} WHERE attr = ?", (attr_id,)).fetchone()[0]
+        while kind is not None:
+            typed.append(kind)
+            kind = connection.execute(following, (attr_id, kind)).fetchone()[0]
+    cells: dict[int, list[Any]] = {}
+
+    def add(k: int, n: int, sum_x: float, sum_y: float, kind: int) -> None:
+        cell = cells.setdefault(k, [0, 0.0, 0.0, []])
+        cell[0] += n
+        cell[1] += sum_x
+        cell[2] += sum_y
+        cell[3].append(str(kind))
+
+    sums = "count(*), sum((min_x + max_x) * 0.5), sum((min_y + max_y) * 0.5)"
+    one = f"SELECT {sums} FROM {walk} WHERE attr = ? AND type = ? AND cell >= ? AND cell < ?"
+    grouped = (
+        f"SELECT cell >> {shift}, {sums} FROM {walk} WHERE attr = ? AND type = ? AND cell >= ? AND cell < ? GROUP BY 1"
+    )
+    many = f"SELECT 1 FROM {walk} WHERE attr = ? AND type = ? AND cell >= ? AND cell < ? LIMIT 1 OFFSET {SMALL_TYPE}"
+    for kind in typed:
+        if connection.execute(many, (attr_id, kind, low, high)).fetchone() is None:
+            for k, n, sum_x, sum_y in connection.execute(grouped, (attr_id, kind, low, high)):
+                add(k, n, sum_x, sum_y, kind)
+            continue
+        for start in range(low, high, step):
+            n, sum_x, sum_y = connection.execute(one, (attr_id, kind, start, start + step)).fetchone()
+            if n:
+                add(start >> shift, n, sum_x, sum_y, kind)
+    return [(k, n, sx / n, sy / n, ",".join(kinds)) for k, (n, sx, sy, kinds) in cells.items()]
+
+
+def _cells(
+    connection: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], z: int, x: int, y: int, level: int
+) -> list[GridCell]:
+    """GridCells of (key >> shift, count, mean x, mean y, comma-separated type ids) rows."""
+    shift = 2 * (KEY_ZOOM - z - level)
+    names = _names(connection, {int(i) for *_, kinds in rows if kinds for i in str(kinds).split(",")})
+    return [
+        GridCell(
+            *cell_of(k << shift, z, x, y, level),
+            n,
+            cx,
+            cy,
+            tuple(sorted(names[int(i)] for i in str(kinds).split(",")) if kinds else ()),
+        )
+        for k, n, cx, cy, kinds in rows
+    ]
 
 
 # each entity's first type (the smallest interned id): one probe per entity; an entity of several
@@ -88,49 +183,45 @@ class SQLiteGrid:
         )
         needs_fresh = query.attrs is not None or bool(query.value_filters)
         level = grid.key_level()
-        bare = level is not None and unfiltered(query)
         now = now_key()
 
         def keyed(connection: sqlite3.Connection, level: int, z: int, x: int, y: int) -> list[GridCell]:
             low, high = tile_range(z, x, y)
             shift = 2 * (KEY_ZOOM - z - level)
-            centre = "(w.min_x + w.max_x) * 0.5 AS x, (w.min_y + w.max_y) * 0.5 AS y"
-            one = _first_type(connection) if bare and _alone(connection, tenant, now) else None
-            if one is not None:  # the index alone: every row is a visible entity of the tenant's one type
-                # a range per cell: each an aggregate along the index, no sort of the tile's rows
-                # (GROUP BY on the shifted key sorts them: 2.7 times the CPU over 100,000 rows)
-                step = 1 << shift
+            allowed = allowed_types(query)
+            typed: list[int] | None = None
+            rest = dataclasses.replace(plain, geo_box=None)
+            if allowed is not None and not _several_types(connection, self.__dict__.setdefault("_grid_several", {})):
+                typed, rest = _type_ids(connection, allowed), untyped(rest)
+                if not typed:
+                    return []
+            if unfiltered(rest) and _alone(connection, tenant, now):  # every row is a visible entity of the tenant
+                return _cells(connection, _index_only(connection, grid.attr, low, high, shift, typed), z, x, y, level)
+            source, where, params = "", "", list[Any]()
+            # a selective filter (ids, a value filter of few rows) drives better than the tile's rows
+            if typed is not None and rest.ids is None and not any(few for *_, few in _side_filters(connection, rest)):
+                source, where, params, _ = _selection(connection, tenant, rest, now)
+            if typed is not None and source == "entities e INDEXED BY entities_listing":
+                # along the tile's rows of the allowed types, each joined to its entity for the filters
                 statement = (
-                    "SELECT count(*), avg((w.min_x + w.max_x) * 0.5), avg((w.min_y + w.max_y) * 0.5)"
-                    " FROM entity_geo_walk w INDEXED BY entity_geo_walk_cell"
-                    f" WHERE w.attr = {NAME_ID} AND w.cell >= ? AND w.cell < ?"
+                    f"SELECT w.cell >> {shift} AS k, count(*), avg((w.min_x + w.max_x) * 0.5),"
+                    " avg((w.min_y + w.max_y) * 0.5), group_concat(DISTINCT w.type)"
+                    f" FROM entity_geo_walk w INDEXED BY entity_geo_walk_typed JOIN {source} ON e.pk = w.pk"
+                    f" WHERE w.attr = {NAME_ID} AND w.type IN ({','.join('?' * len(typed))})"
+                    f" AND w.cell >= ? AND w.cell < ? AND {where} GROUP BY k"
                 )
-                rows = []
-                for start in range(low, high, step):
-                    n, mean_x, mean_y = connection.execute(statement, (grid.attr, start, start + step)).fetchone()
-                    if n:
-                        rows.append((start >> shift, n, mean_x, mean_y, str(one)))
-            else:
+                rows = connection.execute(statement, [grid.attr, *typed, low, high, *params]).fetchall()
+            else:  # the selection drives: the tile's walk rows of its entities
                 source, where, params, _ = _selection(connection, tenant, plain, now)
                 rows = connection.execute(
-                    f"SELECT g.k, count(*), avg(g.x), avg(g.y), group_concat(DISTINCT g.t) FROM"
-                    f" (SELECT w.cell >> {shift} AS k, {centre}, {FIRST_TYPE.format(alias='w')} AS t"
+                    f"SELECT w.cell >> {shift} AS k, count(*), avg((w.min_x + w.max_x) * 0.5),"
+                    " avg((w.min_y + w.max_y) * 0.5), group_concat(DISTINCT w.type)"
                     f" FROM (SELECT e.pk AS pk FROM {source} WHERE {where}) s"
                     f" JOIN entity_geo_walk w ON w.attr = {NAME_ID} AND w.pk = s.pk"
-                    " WHERE w.cell >= ? AND w.cell < ?) g GROUP BY g.k",
+                    " WHERE w.cell >= ? AND w.cell < ? GROUP BY k",
                     [*params, grid.attr, low, high],
                 ).fetchall()
-            names = _names(connection, {int(i) for *_, kinds in rows if kinds for i in str(kinds).split(",")})
-            return [
-                GridCell(
-                    *cell_of(k << shift, z, x, y, level),
-                    n,
-                    cx,
-                    cy,
-                    tuple(sorted(names[int(i)] for i in str(kinds).split(",")) if kinds else ()),
-                )
-                for k, n, cx, cy, kinds in rows
-            ]
+            return _cells(connection, rows, z, x, y, level)
 
         def run(connection: sqlite3.Connection) -> list[GridCell] | None:
             if connection.in_transaction:

@@ -59,23 +59,34 @@ CREATE TABLE IF NOT EXISTS entity_geo_walk (
     min_x REAL NOT NULL, max_x REAL NOT NULL, min_y REAL NOT NULL, max_y REAL NOT NULL,
     shapes TEXT,
     cell INTEGER,  -- the box centre's cell key (store/cell_key.py), for map clusters (sqlite_grid.py)
+    type INTEGER,  -- the entity's first type (its smallest interned id), for map clusters by type
     PRIMARY KEY (attr, pk)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entity_geo_walk_cell ON entity_geo_walk (attr, cell, min_x, max_x, min_y, max_y);
+CREATE INDEX IF NOT EXISTS entity_geo_walk_typed ON entity_geo_walk (attr, type, cell, min_x, max_x, min_y, max_y);
 """
 """One row per entity and GeoProperty attribute (side_rows.py geo_keys), in key order: a broad
 geo-query walks it in entity key order testing the box on the row alone, so a page stops at its
 21st match however many entities the box holds. The exact test reads the row alone too: a Point's
 coordinates are its box (shapes NULL), any other attribute keeps its geometries in `shapes`."""
 WALK_INSERT = (
-    "INSERT INTO entity_geo_walk (attr, pk, min_x, max_x, min_y, max_y, shapes, cell) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO entity_geo_walk (attr, pk, min_x, max_x, min_y, max_y, shapes, cell, type)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
-def walk_row(attr: int, pk: int, key: tuple[str, float, float, float, float, str | None]) -> tuple[Any, ...]:
-    """WALK_INSERT's parameters for one geo_keys row, its cell key computed."""
+def walk_row(
+    attr: int, pk: int, key: tuple[str, float, float, float, float, str | None], first_type: int
+) -> tuple[Any, ...]:
+    """WALK_INSERT's parameters for one geo_keys row, its cell key computed; `first_type` the
+    entity's smallest interned type id (first_type_id)."""
     _, min_x, max_x, min_y, max_y, shapes = key
-    return (attr, pk, min_x, max_x, min_y, max_y, shapes, cell_key(min_x, max_x, min_y, max_y))
+    return (attr, pk, min_x, max_x, min_y, max_y, shapes, cell_key(min_x, max_x, min_y, max_y), first_type)
+
+
+def first_type_id(ids: Callable[[str], int], types: Sequence[str]) -> int:
+    """The type an entity's geo walk rows carry: its smallest interned type id (the one its map
+    clusters show it under, whatever the order of its types)."""
+    return min(ids(t) for t in types)
 
 
 ANCHOR_STEP = 64  # listing positions between two remembered primary keys
@@ -107,12 +118,17 @@ def create_query_schema(connection: sqlite3.Connection) -> None:
             docs = connection.execute(
                 "SELECT pk, doc FROM entities WHERE pk IN (SELECT pk FROM entity_geo_attrs) ORDER BY pk"
             )
+
+            def ids(name: str) -> int:
+                return names.id(connection, name)
+
             connection.executemany(
                 WALK_INSERT,
                 (
-                    walk_row(names.id(connection, key[0]), pk, key)
+                    walk_row(ids(key[0]), pk, key, first_type_id(ids, entity["type"]))
                     for pk, doc in docs.fetchall()
-                    for key in geo_keys(instance_boxes(orjson.loads(inflate(doc))))
+                    for entity in (orjson.loads(inflate(doc)),)
+                    for key in geo_keys(instance_boxes(entity))
                 ),
             )
 

@@ -65,6 +65,25 @@ def _cell_keys(connection: sqlite3.Connection) -> None:
     )
 
 
+def _cell_types(connection: sqlite3.Connection) -> None:
+    """8: each geo walk row gains its entity's first type (the smallest interned id of its types),
+    and the cell index becomes (attr, type, cell, box), so a map tile's grid filtered by type, or
+    over a city of several types, is read from an index alone (sqlite_grid.py); one index, as
+    before, so a write costs what it did. 100,000 rows: about 6 s."""
+    if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'entity_geo_walk'").fetchone() is None:
+        return
+    if "type" not in {row[1] for row in connection.execute("PRAGMA table_info(entity_geo_walk)")}:
+        connection.execute("ALTER TABLE entity_geo_walk ADD COLUMN type INTEGER")
+    connection.execute(
+        "UPDATE entity_geo_walk SET type = (SELECT min(t.type) FROM entity_types t WHERE t.pk = entity_geo_walk.pk)"
+    )
+    connection.execute("DROP INDEX IF EXISTS entity_geo_walk_cell")
+    connection.execute(
+        "CREATE INDEX IF NOT EXISTS entity_geo_walk_typed"
+        " ON entity_geo_walk (attr, type, cell, min_x, max_x, min_y, max_y)"
+    )
+
+
 MIGRATIONS: tuple[SQLiteMigration, ...] = (
     SQLiteMigration(1, "compact history rows with interned names (temporal_rows)", None),
     SQLiteMigration(2, "interned side tables and deflated entity documents", None),
@@ -73,6 +92,7 @@ MIGRATIONS: tuple[SQLiteMigration, ...] = (
     SQLiteMigration(5, "long history values stored once (temporal_values); history types interned", None),
     SQLiteMigration(6, "long history values pruned with their last row (index on temporal_rows.vref)", _value_index),
     SQLiteMigration(7, "map cell keys of the geo walk rows, indexed (entity_geo_walk.cell)", _cell_keys),
+    SQLiteMigration(8, "map cells by type: the entity's first type in each geo walk row, indexed", _cell_types),
 )
 LATEST = MIGRATIONS[-1].version
 assert MIGRATIONS[LAYOUT - 1].apply is None and MIGRATIONS[LAYOUT].apply is not None

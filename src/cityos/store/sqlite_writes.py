@@ -28,7 +28,7 @@ from cityos.store.cell_key import cell_key
 from cityos.store.side_rows import Boxed, changed_values, geo_keys, geo_values, instance_boxes, own_expiry
 from cityos.store.sqlite_history import INSERT_INSTANCE, Names
 from cityos.store.sqlite_layout import deflate, entity_rows, inflate, value_rows
-from cityos.store.sqlite_query import WALK_INSERT, walk_row
+from cityos.store.sqlite_query import WALK_INSERT, first_type_id, walk_row
 
 SMALL_WRITE = 8  # mutations with at most this many entities may share a transaction
 # the buffered statements, in the order they are drained: every delete before every insert (a pk
@@ -44,6 +44,8 @@ DRAIN_ORDER = (
     " WHERE gid = (SELECT gid FROM entity_geo_attrs WHERE pk = ? AND attr = ?)",
     "UPDATE entity_geo_walk SET min_x = ?, max_x = ?, min_y = ?, max_y = ?, shapes = ?, cell = ?"
     " WHERE attr = ? AND pk = ?",
+    # an entity whose first type changed: its walk rows' type (a no-op without geo rows)
+    "UPDATE entity_geo_walk SET type = ?1 WHERE attr IN (SELECT attr FROM entity_geo_attrs WHERE pk = ?2) AND pk = ?2",
     "INSERT OR IGNORE INTO entity_types (type, pk) VALUES (?, ?)",
     "INSERT OR IGNORE INTO entity_attrs (attr, pk) VALUES (?, ?)",
     "INSERT INTO attr_values (pk, attr, seq, num, txt) VALUES (?, ?, ?, ?, ?)",
@@ -58,6 +60,7 @@ DRAIN_ORDER = (
     DEL_VALUE,
     SET_BOX,
     SET_WALK,
+    SET_WALK_TYPE,
     INS_TYPES,
     INS_ATTRS,
     INS_VALUES,
@@ -342,6 +345,8 @@ class SQLiteWrites:
             if before["type"] != after["type"]:
                 buffer[DEL_TYPES].append((pk,))
                 buffer[INS_TYPES].extend((ids(t), pk) for t in after["type"])
+                if first_type_id(ids, before["type"]) != (first := first_type_id(ids, after["type"])):
+                    buffer[SET_WALK_TYPE].append((first, pk))
             old, new = before["attrs"], after["attrs"]
             if old.keys() != new.keys():
                 buffer[DEL_ATTR].extend((ids(a), pk) for a in old if a not in new)
@@ -367,7 +372,7 @@ class SQLiteWrites:
         if boxed:
             connection.executemany(
                 WALK_INSERT,
-                [walk_row(ids(key[0]), pk, key) for key in geo_keys(boxed)],
+                [walk_row(ids(key[0]), pk, key, first_type_id(ids, after["type"])) for key in geo_keys(boxed)],
             )
 
     async def purge_expired(self, now: str) -> list[EntityChange]:

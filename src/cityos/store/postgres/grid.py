@@ -2,8 +2,12 @@
 
 One statement over entity_geo's GiST index joined to the query's own WHERE (sql.where), grouped
 in the server: no document is sent or decoded, so a grid over 100,000 entities is one index scan.
-A map tile's grid (GeoGrid.key_level) is one range of the index entity_geo_cell (the rows' cell
-keys, store/cell_key.py, migration 16), a cell a shift of the key."""
+A map tile's grid (GeoGrid.key_level) is one range of the index entity_geo_cells (the rows' cell
+keys, store/cell_key.py, migration 16), a cell a shift of the key. Each row carries its entity's
+first type (migration 17), so a tile filtered by type at most (its `type`, the caller's policy's
+types) in a database of one tenant with nothing expired is read from entity_geo_typed alone: a
+range per type (allowed, or present) and cell; a type filter so only while no entity of the
+database has several types."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from cityos.errors import QueryTimeout
 from cityos.query.patterns import id_pattern_in_python
 from cityos.store.base import EntityQuery, GeoGrid, GridCell
 from cityos.store.cell_key import KEY_ZOOM, cell_of, tile_range
-from cityos.store.paging import exact_in_sql, unfiltered
+from cityos.store.paging import allowed_types, exact_in_sql, unfiltered, untyped
 from cityos.store.postgres.sql import Params, access_in_python, matches_in_python, where
 
 if TYPE_CHECKING:
@@ -30,9 +34,20 @@ ALONE = (
     " EXISTS (SELECT 1 FROM entities WHERE tenant < $1) OR EXISTS (SELECT 1 FROM entities WHERE tenant > $1)"
     " OR EXISTS (SELECT 1 FROM entities WHERE next_expiry IS NOT NULL AND next_expiry <= $2)"
 )
-ONE_TYPE = (
-    "SELECT count(*) FILTER (WHERE cardinality(types) <> 1) = 0 AND min(types[1]) = max(types[1]), min(types[1])"
-    " FROM entities"
+SEVERAL = "SELECT EXISTS (SELECT 1 FROM entities WHERE cardinality(types) > 1)"
+# the types of an attribute's rows: one probe of entity_geo_typed per type
+PRESENT = (
+    "WITH RECURSIVE t(type) AS (SELECT min(type) FROM entity_geo WHERE attr = $1 UNION ALL"
+    " SELECT (SELECT min(g.type) FROM entity_geo g WHERE g.attr = $1 AND g.type > t.type) FROM t"
+    " WHERE t.type IS NOT NULL) SELECT type FROM t WHERE type IS NOT NULL"
+)
+# a range per allowed type and cell of the tile, each an aggregate along the index (no sort of the tile's rows)
+TYPED = (
+    "SELECT s.k, t.t, a.n, a.x, a.y FROM unnest($4::text[]) t(t)"
+    " CROSS JOIN generate_series($2::bigint, $3::bigint) s(k) CROSS JOIN LATERAL"
+    " (SELECT count(*) AS n, sum(g.min_x + g.max_x) AS x, sum(g.min_y + g.max_y) AS y"
+    " FROM entity_geo g WHERE g.attr = $1 AND g.type = t.t AND g.cell >= s.k << {shift}"
+    " AND g.cell < (s.k + 1) << {shift}) a WHERE a.n > 0"
 )
 
 
@@ -77,7 +92,7 @@ class PostgresGrid:
                 f" AND tenant = {p(tenant)})"
             )
         sql = (
-            f"WITH sel AS MATERIALIZED (SELECT {cells}, {cx} AS x, {cy} AS y, e.types[1] AS t"
+            f"WITH sel AS MATERIALIZED (SELECT {cells}, {cx} AS x, {cy} AS y, g.type AS t"
             " FROM entity_geo g JOIN entities e ON e.pk = g.pk"
             f" WHERE g.attr = {p(grid.attr)} AND {inside} AND {condition})"
             f" SELECT {stale}, col, row, count(*), avg(x), avg(y), array_agg(DISTINCT t)"
@@ -90,8 +105,8 @@ class PostgresGrid:
                 self._lane.lease(self.pool) as connection,
             ):
                 fast = None
-                if level is not None and grid.tile is not None and unfiltered(query):
-                    fast = await self._index_only(connection, tenant, grid.attr, now, grid.tile, level)
+                if level is not None and grid.tile is not None:
+                    fast = await self._index_only(connection, tenant, query, grid.attr, now, grid.tile, level)
                 rows = fast if fast is not None else await connection.fetch(sql, *p.values)
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise QueryTimeout(f"the query took longer than {self.query_timeout} s") from exc
@@ -108,35 +123,49 @@ class PostgresGrid:
         return [GridCell(r[1], r[2], r[3], r[4], r[5], tuple(sorted(t for t in r[6] if t))) for r in rows]
 
     async def _index_only(
-        self, connection: Any, tenant: str, attr: str, now: str, tile: tuple[int, int, int], level: int
+        self,
+        connection: Any,
+        tenant: str,
+        query: EntityQuery,
+        attr: str,
+        now: str,
+        tile: tuple[int, int, int],
+        level: int,
     ) -> list[tuple[Any, ...]] | None:
-        """The rows of an unfiltered tile's grid from the index entity_geo_cell alone (one range per
-        cell, each an aggregate along the index: no look at `entities`), when the database holds
-        entities of this tenant only, none expired, all of one type; None otherwise. Whether they are
-        of one type is a scan of `entities`, remembered until the listings' version (store/postgres/
-        schema.py, migration 9: a create, delete or change of types or expiry) moves."""
+        """The rows of a tile's grid from an index alone (no look at `entities`), when the query
+        filters by type at most and the database holds entities of this tenant only, none expired;
+        None otherwise. A type filter is answered by the rows' first types when no entity has
+        several types (a scan of `entities`, remembered until the listings' version, store/postgres/
+        schema.py migration 9: a create, delete or change of types or expiry, moves); without one,
+        the types present are found by a skip along entity_geo_typed (one probe per type)."""
+        allowed = allowed_types(query)
+        if not unfiltered(query if allowed is None else untyped(query)):
+            return None
         version, other = await connection.fetchrow(ALONE, tenant, now)
         if other:
             return None
-        # the listings' version -> the one type of every entity then, or None
-        remembered: dict[int, str | None] = self.__dict__.setdefault("_grid_one_type", {})
-        if version not in remembered:
-            one, first = await connection.fetchrow(ONE_TYPE)
-            remembered.clear()
-            remembered[version] = first if one else None
-        only = remembered[version]
-        if only is None:
-            return None
+        if allowed is not None:
+            # the listings' version -> whether some entity has several types then
+            remembered: dict[int, bool] = self.__dict__.setdefault("_grid_several", {})
+            several = remembered.get(version)
+            if several is None:
+                several = bool(await connection.fetchval(SEVERAL))
+                remembered.clear()
+                remembered[version] = several
+            if several:
+                return None
         z, x, y = tile
         shift = 2 * (KEY_ZOOM - z - level)
         low, high = tile_range(z, x, y)
-        rows = await connection.fetch(
-            "SELECT s.k, a.n, a.x, a.y FROM generate_series($2::bigint, $3::bigint) s(k) CROSS JOIN LATERAL"
-            " (SELECT count(*) AS n, avg((g.min_x + g.max_x) * 0.5) AS x, avg((g.min_y + g.max_y) * 0.5) AS y"
-            f" FROM entity_geo g WHERE g.attr = $1 AND g.cell >= s.k << {shift} AND g.cell < (s.k + 1) << {shift}) a"
-            " WHERE a.n > 0",
-            attr,
-            low >> shift,
-            (high >> shift) - 1,
-        )
-        return [(False, k, 0, n, mean_x, mean_y, [only]) for k, n, mean_x, mean_y in rows]
+        first, last = low >> shift, (high >> shift) - 1
+        # the allowed types, or every type of the attribute's rows (a skip along entity_geo_typed)
+        kinds = list(allowed) if allowed is not None else [r[0] for r in await connection.fetch(PRESENT, attr)]
+        cells: dict[int, list[Any]] = {}
+        if kinds:
+            for k, kind, n, sum_x, sum_y in await connection.fetch(TYPED.format(shift=shift), attr, first, last, kinds):
+                cell = cells.setdefault(k, [0, 0.0, 0.0, []])
+                cell[0] += n
+                cell[1] += sum_x
+                cell[2] += sum_y
+                cell[3].append(kind)
+        return [(False, k, 0, n, sx / n * 0.5, sy / n * 0.5, names) for k, (n, sx, sy, names) in cells.items()]

@@ -204,6 +204,19 @@ ALTER TABLE entity_geo ADD COLUMN cell bigint GENERATED ALWAYS AS (cityos_cell_k
 CREATE INDEX entity_geo_cell ON entity_geo (attr, cell) INCLUDE (pk, min_x, max_x, min_y, max_y);
 """
 
+# Each box row carries its entity's first type (entities.types[1], kept by the write path,
+# write_plan.py), and the cell index becomes two, by cell then type and by type then cell, so a map
+# tile's grid filtered by type, or over a city of several types, is read from an index alone
+# (grid.py). The UPDATE rewrites every row: VACUUM entity_geo afterwards, or index-only scans visit
+# the heap until autovacuum has been (docs/performance.md).
+_V17 = """
+ALTER TABLE entity_geo ADD COLUMN type text COLLATE "C";
+UPDATE entity_geo g SET type = e.types[1] FROM entities e WHERE e.pk = g.pk;
+DROP INDEX entity_geo_cell;
+CREATE INDEX entity_geo_cells ON entity_geo (attr, cell) INCLUDE (type, pk, min_x, max_x, min_y, max_y);
+CREATE INDEX entity_geo_typed ON entity_geo (attr, type, cell) INCLUDE (min_x, max_x, min_y, max_y);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "entities, their side tables and hosted @contexts", _V1),
     Migration(2, "subscriptions, outbox, workers, registrations, entity maps, ingestion records", CATALOG_SQL),
@@ -221,6 +234,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(14, "entities leave room on each page, so an update of a document is HOT", _V14),
     Migration(15, "partners' signed requests: nonces seen and rate buckets, shared by the workers", NONCES_SQL),
     Migration(16, "map cell keys of the geo boxes, generated and indexed (entity_geo.cell)", _V16),
+    Migration(17, "map cells by type: the entity's first type in each geo box row, indexed", _V17),
 )
 LATEST = MIGRATIONS[-1].version
 _LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")

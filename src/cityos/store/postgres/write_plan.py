@@ -130,6 +130,7 @@ class WritePlan:
         boxes: list[dict[str, Any]] = []
         stale_values: list[dict[str, Any]] = []
         stale_boxes: list[int] = []
+        retyped: list[dict[str, Any]] = []  # entities whose first type changed, their boxes kept
         for pk, slot, entity in changed:
             assert slot.stored is not None
             for attr, rows in changed_values(slot.stored["attrs"], entity["attrs"]):
@@ -138,10 +139,12 @@ class WritePlan:
             new_boxes = geo_boxes(entity)
             if new_boxes != geo_boxes(slot.stored):
                 stale_boxes.append(pk)
-                boxes.extend(_box(pk, box) for box in new_boxes)
+                boxes.extend(_box(pk, box, entity["type"][0]) for box in new_boxes)
+            elif new_boxes and entity["type"][0] != slot.stored["type"][0]:
+                retyped.append({"pk": pk, "type": entity["type"][0]})
         for pk, _, entity in added:
             values.extend(_value(pk, row) for row in indexed_values(entity))
-            boxes.extend(_box(pk, box) for box in geo_boxes(entity))
+            boxes.extend(_box(pk, box, entity["type"][0]) for box in geo_boxes(entity))
         if stale_values:
             pairs = recordset(p, stale_values, "g", "pk bigint, attr text")
             # the pks as an array too: a DELETE ... USING the pairs alone measured 3 ms more
@@ -161,13 +164,19 @@ class WritePlan:
             )
         if boxes:
             source = recordset(
-                p, boxes, "r", "pk bigint, attr text, x0 float8, x1 float8, y0 float8, y1 float8, point boolean"
+                p,
+                boxes,
+                "r",
+                "pk bigint, attr text, x0 float8, x1 float8, y0 float8, y1 float8, point boolean, type text",
             )
             ctes.append(
-                "boxes_added AS (INSERT INTO entity_geo (pk, attr, min_x, max_x, min_y, max_y, box, point)"
-                " SELECT r.pk, r.attr, r.x0, r.x1, r.y0, r.y1, ST_MakeEnvelope(r.x0, r.y0, r.x1, r.y1, 4326), r.point"
-                f" FROM {source})"
+                "boxes_added AS (INSERT INTO entity_geo (pk, attr, min_x, max_x, min_y, max_y, box, point, type)"
+                " SELECT r.pk, r.attr, r.x0, r.x1, r.y0, r.y1, ST_MakeEnvelope(r.x0, r.y0, r.x1, r.y1, 4326),"
+                f" r.point, r.type FROM {source})"
             )
+        if retyped:  # the boxes stay; their rows carry the entity's first type (map clusters, grid.py)
+            source = recordset(p, retyped, "r", "pk bigint, type text")
+            ctes.append(f"boxes_retyped AS (UPDATE entity_geo g SET type = r.type FROM {source} WHERE g.pk = r.pk)")
         return ctes
 
     def _new(self) -> list[tuple[Key, _Slot]]:
@@ -198,9 +207,10 @@ def _value(pk: int, row: tuple[str, float | None, str | None]) -> dict[str, Any]
     return {"pk": pk, "attr": row[0], "num": number(row[1]), "txt": row[2]}
 
 
-def _box(pk: int, box: tuple[str, tuple[float, float, float, float], bool]) -> dict[str, Any]:
+def _box(pk: int, box: tuple[str, tuple[float, float, float, float], bool], first_type: str) -> dict[str, Any]:
     corners = [number(c) for c in box[1]]
     return {
+        "type": first_type,
         "pk": pk,
         "attr": box[0],
         "x0": corners[0],
