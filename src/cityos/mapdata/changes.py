@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -34,7 +35,7 @@ from starlette.responses import Response, StreamingResponse
 from cityos.entities.model import Entity
 from cityos.errors import BadRequestData, NgsiLdError, retry_after_seconds
 from cityos.jsonld.termmap import TermMap
-from cityos.mapdata.cache import TileCache
+from cityos.mapdata.cache import Box, TileCache
 from cityos.ops.declare import api
 from cityos.policy.decision import ReadView
 from cityos.snapshots.scope import MARK
@@ -67,19 +68,19 @@ class TooManyClients(NgsiLdError):
         return {"Retry-After": str(retry_after_seconds(self.retry))}
 
 
-def boxes_of(entity: Entity | None) -> list[tuple[float, float, float, float]]:
+def boxes_of(entity: Entity | None) -> list[Box]:
     """(min_x, min_y, max_x, max_y) of each geometry of an entity: the tiles a change touches."""
     if entity is None:
         return []
     return [(box[0], box[2], box[1], box[3]) for _, box, _ in instance_boxes(entity)]
 
 
-def _layout_changed(before: Entity | None, after: Entity | None) -> bool:
+def _layout_changed(before: Entity | None, after: Entity | None, boxes: tuple[list[Box], list[Box]]) -> bool:
     """Whether a change can change the clusters: a create, a delete, new types or a new geometry
-    (an expiry too, which the store sweeps as a change of its own)."""
+    (an expiry too, which the store sweeps as a change of its own); `boxes`: boxes_of each."""
     if before is None or after is None or before["type"] != after["type"]:
         return True
-    return bool(boxes_of(before) != boxes_of(after) or before.get("expiresAt") != after.get("expiresAt"))
+    return bool(boxes[0] != boxes[1] or before.get("expiresAt") != after.get("expiresAt"))
 
 
 def _plain(value: Any) -> bool:
@@ -149,6 +150,8 @@ class ChangeHub:
     clients: set[Client] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = None
     _reads: set[asyncio.Task[None]] = field(default_factory=set)
+    _retouch: list[tuple[str, list[Box], bool]] = field(default_factory=list)  # second touches to schedule
+    _retouch_lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def start(self) -> None:
         if self.max_clients <= 0 and (self.cache is None or not self.cache.enabled):
@@ -175,18 +178,44 @@ class ChangeHub:
         if loop is not None and self.clients:
             loop.call_soon_threadsafe(self.publish, change.tenant, change.before, change.after)
         cache = self.cache
-        boxes = boxes_of(change.before) + boxes_of(change.after) if cache is not None and cache.enabled else []
-        layout = _layout_changed(change.before, change.after)
+        before, after = boxes_of(change.before), boxes_of(change.after)
+        boxes = before + after if cache is not None and cache.enabled else []
+        layout = _layout_changed(change.before, change.after, (before, after))
         if cache is not None and boxes:
             cache.touched(change.tenant, boxes, layout)
             if loop is not None:  # again once the write has surely committed: a tile drawn in between is stale
-                loop.call_soon_threadsafe(loop.call_later, RETOUCH, cache.touched, change.tenant, boxes, layout)
+                self._retouch_later(loop, (change.tenant, boxes, layout))
         if not self.shared:
             return ()
         gone = change.after is None
         types = (change.before if gone else change.after or {}).get("type", [])  # type: ignore[union-attr]
         data = {"types": types, "deleted": gone, "boxes": boxes, "layout": layout}
         return (StoreEvent(EVENT_KIND, change.tenant, change.entity_id, data),)
+
+    def _retouch_later(self, loop: asyncio.AbstractEventLoop, touch: tuple[str, list[Box], bool]) -> None:
+        """Queue a change's second touch; the first change of a batch wakes the loop, which takes
+        the batch and touches it RETOUCH seconds later (every change of it at least RETOUCH after
+        its write): one wake-up and one timer for all the changes made in between, not one each."""
+        with self._retouch_lock:
+            first = not self._retouch
+            self._retouch.append(touch)
+        if first:
+            loop.call_soon_threadsafe(self._retouch_batch, loop)
+
+    def _retouch_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._retouch_lock:
+            batch, self._retouch = self._retouch, []
+        loop.call_later(RETOUCH, self._touch_again, batch)
+
+    def _touch_again(self, batch: list[tuple[str, list[Box], bool]]) -> None:
+        if self.cache is None:
+            return
+        merged: dict[tuple[str, Box], bool] = {}  # a box changed twice is touched once (layout if either was)
+        for tenant, boxes, layout in batch:
+            for box in boxes:
+                merged[(tenant, box)] = merged.get((tenant, box), False) or layout
+        for (tenant, box), layout in merged.items():
+            self.cache.touched(tenant, (box,), layout)
 
     def publish(self, tenant: str, before: Entity | None, after: Entity | None) -> None:
         """On the loop: queue the change's event for each client that may see it."""
