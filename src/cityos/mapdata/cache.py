@@ -29,6 +29,7 @@ MAX_GENERATIONS = 1_000_000  # tile generations remembered; past it, everything 
 Box = tuple[float, float, float, float]  # min_x, min_y, max_x, max_y
 _ZOOMS = range(MAX_ZOOM + 1)
 _SIZES = tuple(1 << z for z in _ZOOMS)  # tiles across at each zoom
+Targets = tuple[list[int], list[tuple[int, int, int]]]  # zooms invalidated wholly, (z, x, y) tiles
 _K = TypeVar("_K", tuple[str, int], tuple[str, int, int, int])
 
 
@@ -59,7 +60,13 @@ def _indexes(f: float) -> list[int]:
     return [min(n - 1, max(0, int(f * n))) for n in _SIZES]
 
 
-def _targets(box: Box) -> tuple[list[int], list[tuple[int, int, int]]]:
+def targets(boxes: Iterable[Box]) -> list[Targets]:
+    """The _targets of each box, once a box (a change that did not move its entity gives the same
+    box before and after)."""
+    return [_targets(box) for box in dict.fromkeys(boxes)]
+
+
+def _targets(box: Box) -> Targets:
     """What a change of a box invalidates: the zooms where it meets more than TILES_PER_CHANGE
     tiles (wholly), and the (z, x, y) of the tiles it meets at the others."""
     min_x, min_y, max_x, max_y = box
@@ -136,24 +143,28 @@ class TileCache:
     def touched(self, tenant: str, boxes: Iterable[Box], layout: bool = True) -> None:
         """A change of an entity whose geometry had or has these boxes: its tiles are stale (`layout`:
         it was created, deleted, moved or retyped, so the clusters there are stale too)."""
+        if self.enabled:
+            self.bump(tenant, targets(boxes), layout)
+
+    def bump(self, tenant: str, found: list[Targets], layout: bool) -> None:
+        """`touched`, given the boxes' `targets` (a change's second touch reuses its first's)."""
         if not self.enabled:
             return
         if len(self._tiles) > MAX_GENERATIONS:
             self._tiles.clear()
             self._everything += 1
         zooms, tiles = self._zooms, self._tiles
-        for box in dict.fromkeys(boxes):  # a change that did not move the entity gives its box twice
-            whole, each = _targets(box)
+        for whole, each in found:
             for z in whole:
                 _bump(zooms, (tenant, z), layout)
             for z, x, y in each:  # _bump, inlined: 23 tiles a point
-                found = tiles.get((tenant, z, x, y))
-                if found is None:
+                generations = tiles.get((tenant, z, x, y))
+                if generations is None:
                     tiles[(tenant, z, x, y)] = [1, 1 if layout else 0]
                 else:
-                    found[0] += 1
+                    generations[0] += 1
                     if layout:
-                        found[1] += 1
+                        generations[1] += 1
 
     def everything_changed(self) -> None:
         """A change whose geometry is not known (another worker's, read again): drop every tile."""

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,7 +36,7 @@ from starlette.responses import Response, StreamingResponse
 from cityos.entities.model import Entity
 from cityos.errors import BadRequestData, NgsiLdError, retry_after_seconds
 from cityos.jsonld.termmap import TermMap
-from cityos.mapdata.cache import Box, TileCache
+from cityos.mapdata.cache import Box, Targets, TileCache, targets
 from cityos.ops.declare import api
 from cityos.policy.decision import ReadView
 from cityos.snapshots.scope import MARK
@@ -52,6 +53,8 @@ MAX_STRING = 256  # a string value longer than this is left out of an event
 GEO = "https://uri.etsi.org/ngsi-ld/location"
 RESYNC = "resync"  # another worker's events may have been missed (store/postgres/events.py)
 RETOUCH = 1.0  # seconds after a change when its tiles are invalidated once more
+GATHER = 0.1  # seconds more a second touch may wait, so that one timer serves many changes
+Retouch = tuple[float, str, list[Targets], bool]  # (time.monotonic() of the change, tenant, targets, layout)
 
 
 class TooManyClients(NgsiLdError):
@@ -150,7 +153,8 @@ class ChangeHub:
     clients: set[Client] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = None
     _reads: set[asyncio.Task[None]] = field(default_factory=set)
-    _retouch: list[tuple[str, list[Box], bool]] = field(default_factory=list)  # second touches to schedule
+    _retouch: list[Retouch] = field(default_factory=list)  # second touches to come, oldest first
+    _retouch_armed: bool = False  # the loop has them in hand (a timer, or a call to come)
     _retouch_lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def start(self) -> None:
@@ -182,9 +186,10 @@ class ChangeHub:
         boxes = before + after if cache is not None and cache.enabled else []
         layout = _layout_changed(change.before, change.after, (before, after))
         if cache is not None and boxes:
-            cache.touched(change.tenant, boxes, layout)
+            found = targets(boxes)
+            cache.bump(change.tenant, found, layout)
             if loop is not None:  # again once the write has surely committed: a tile drawn in between is stale
-                self._retouch_later(loop, (change.tenant, boxes, layout))
+                self._retouch_later(loop, (time.monotonic(), change.tenant, found, layout))
         if not self.shared:
             return ()
         gone = change.after is None
@@ -192,30 +197,38 @@ class ChangeHub:
         data = {"types": types, "deleted": gone, "boxes": boxes, "layout": layout}
         return (StoreEvent(EVENT_KIND, change.tenant, change.entity_id, data),)
 
-    def _retouch_later(self, loop: asyncio.AbstractEventLoop, touch: tuple[str, list[Box], bool]) -> None:
-        """Queue a change's second touch; the first change of a batch wakes the loop, which takes
-        the batch and touches it RETOUCH seconds later (every change of it at least RETOUCH after
-        its write): one wake-up and one timer for all the changes made in between, not one each."""
+    def _retouch_later(self, loop: asyncio.AbstractEventLoop, touch: Retouch) -> None:
+        """Queue a change's second touch. Only the first change while none is queued wakes the loop;
+        the loop's timer then touches, each time it fires, every queued change RETOUCH seconds old
+        and waits for the next one, GATHER seconds later at least: one wake-up and a few timers a
+        second for all the changes, not one each (each touched RETOUCH to RETOUCH + GATHER after)."""
         with self._retouch_lock:
-            first = not self._retouch
             self._retouch.append(touch)
-        if first:
-            loop.call_soon_threadsafe(self._retouch_batch, loop)
+            if self._retouch_armed:
+                return
+            self._retouch_armed = True
+        try:
+            loop.call_soon_threadsafe(self._retouch_due, loop)
+        except RuntimeError:  # the loop is closed: nothing will draw a tile again
+            self._retouch_armed = False
 
-    def _retouch_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _retouch_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop: touch the queued changes that are RETOUCH seconds old; wait for the rest."""
+        now = time.monotonic()
         with self._retouch_lock:
-            batch, self._retouch = self._retouch, []
-        loop.call_later(RETOUCH, self._touch_again, batch)
-
-    def _touch_again(self, batch: list[tuple[str, list[Box], bool]]) -> None:
-        if self.cache is None:
-            return
-        merged: dict[tuple[str, Box], bool] = {}  # a box changed twice is touched once (layout if either was)
-        for tenant, boxes, layout in batch:
-            for box in boxes:
-                merged[(tenant, box)] = merged.get((tenant, box), False) or layout
-        for (tenant, box), layout in merged.items():
-            self.cache.touched(tenant, (box,), layout)
+            queued = self._retouch
+            ready = 0
+            while ready < len(queued) and queued[ready][0] + RETOUCH <= now:
+                ready += 1
+            due, self._retouch = queued[:ready], queued[ready:]
+            if self._retouch:
+                wait = self._retouch[0][0] + RETOUCH - now
+                loop.call_later(max(wait, 0.0) + GATHER, self._retouch_due, loop)
+            else:
+                self._retouch_armed = False
+        if self.cache is not None:
+            for _, tenant, found, layout in due:
+                self.cache.bump(tenant, found, layout)
 
     def publish(self, tenant: str, before: Entity | None, after: Entity | None) -> None:
         """On the loop: queue the change's event for each client that may see it."""
