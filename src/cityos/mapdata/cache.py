@@ -102,10 +102,17 @@ class TileCache:
         self._tiles: dict[tuple[str, int, int, int], list[int]] = {}
         self.hits = 0
         self.misses = 0
+        self.drawing = 0  # tiles being drawn, their stamps taken (mapdata/http.py)
 
     @property
     def enabled(self) -> bool:
         return self.max_bytes > 0
+
+    @property
+    def idle(self) -> bool:
+        """No tile kept and none being drawn: no stamp exists that a change could make stale, so a
+        change need not bump any generation (a tile drawn later takes the generations then)."""
+        return not self._entries and not self.drawing
 
     def stamp(self, tenant: str, z: int, x: int, y: int, layout_only: bool = False) -> tuple[int, int, int]:
         """The generations a tile is drawn under: of every change, or (`layout_only`) of the changes
@@ -140,15 +147,19 @@ class TileCache:
             _, dropped = self._entries.popitem(last=False)
             self._size -= len(dropped.body)
 
-    def touched(self, tenant: str, boxes: Iterable[Box], layout: bool = True) -> None:
+    def touched(self, tenant: str, boxes: Iterable[Box], layout: bool = True) -> list[Targets] | None:
         """A change of an entity whose geometry had or has these boxes: its tiles are stale (`layout`:
-        it was created, deleted, moved or retyped, so the clusters there are stale too)."""
-        if self.enabled:
-            self.bump(tenant, targets(boxes), layout)
+        it was created, deleted, moved or retyped, so the clusters there are stale too). The boxes'
+        targets, for a second touch to reuse, or None when there was nothing to touch (`idle`)."""
+        if not self.enabled or self.idle:
+            return None
+        found = targets(boxes)
+        self.bump(tenant, found, layout)
+        return found
 
     def bump(self, tenant: str, found: list[Targets], layout: bool) -> None:
         """`touched`, given the boxes' `targets` (a change's second touch reuses its first's)."""
-        if not self.enabled:
+        if not self.enabled or self.idle:
             return
         if len(self._tiles) > MAX_GENERATIONS:
             self._tiles.clear()

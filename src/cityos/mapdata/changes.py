@@ -36,7 +36,7 @@ from starlette.responses import Response, StreamingResponse
 from cityos.entities.model import Entity
 from cityos.errors import BadRequestData, NgsiLdError, retry_after_seconds
 from cityos.jsonld.termmap import TermMap
-from cityos.mapdata.cache import Box, Targets, TileCache, targets
+from cityos.mapdata.cache import Box, Targets, TileCache
 from cityos.ops.declare import api
 from cityos.policy.decision import ReadView
 from cityos.snapshots.scope import MARK
@@ -54,7 +54,8 @@ GEO = "https://uri.etsi.org/ngsi-ld/location"
 RESYNC = "resync"  # another worker's events may have been missed (store/postgres/events.py)
 RETOUCH = 1.0  # seconds after a change when its tiles are invalidated once more
 GATHER = 0.1  # seconds more a second touch may wait, so that one timer serves many changes
-Retouch = tuple[float, str, list[Targets], bool]  # (time.monotonic() of the change, tenant, targets, layout)
+# (time.monotonic() of the change, tenant, boxes, their targets or None if not computed yet, layout)
+Retouch = tuple[float, str, list[Box], list[Targets] | None, bool]
 
 
 class TooManyClients(NgsiLdError):
@@ -186,10 +187,9 @@ class ChangeHub:
         boxes = before + after if cache is not None and cache.enabled else []
         layout = _layout_changed(change.before, change.after, (before, after))
         if cache is not None and boxes:
-            found = targets(boxes)
-            cache.bump(change.tenant, found, layout)
+            found = cache.touched(change.tenant, boxes, layout)
             if loop is not None:  # again once the write has surely committed: a tile drawn in between is stale
-                self._retouch_later(loop, (time.monotonic(), change.tenant, found, layout))
+                self._retouch_later(loop, (time.monotonic(), change.tenant, boxes, found, layout))
         if not self.shared:
             return ()
         gone = change.after is None
@@ -227,8 +227,11 @@ class ChangeHub:
             else:
                 self._retouch_armed = False
         if self.cache is not None:
-            for _, tenant, found, layout in due:
-                self.cache.bump(tenant, found, layout)
+            for _, tenant, boxes, found, layout in due:
+                if found is None:  # the cache was idle then
+                    self.cache.touched(tenant, boxes, layout)
+                else:
+                    self.cache.bump(tenant, found, layout)
 
     def publish(self, tenant: str, before: Entity | None, after: Entity | None) -> None:
         """On the loop: queue the change's event for each client that may see it."""
