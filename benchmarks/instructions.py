@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -240,8 +241,16 @@ def callgrind(switch: str) -> None:
 
 
 async def measure(kind: str, count: int) -> float:
-    """CPU seconds per request of `count` requests of `kind`, after loading and a warm-up."""
+    """CPU seconds per request of `count` requests of `kind`, after loading and a warm-up (the
+    temporary folder of the database removed after)."""
     folder = Path(tempfile.mkdtemp(prefix="cityos-instructions-"))
+    try:
+        return await _measure(kind, count, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _measure(kind: str, count: int, folder: Path) -> float:
     database = str(folder / "bench.db")
     options: dict[str, Any] = {}
     admin = reader = None
