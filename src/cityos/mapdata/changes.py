@@ -79,11 +79,15 @@ def boxes_of(entity: Entity | None) -> list[Box]:
     return [(box[0], box[2], box[1], box[3]) for _, box, _ in instance_boxes(entity)]
 
 
-def _layout_changed(before: Entity | None, after: Entity | None, boxes: tuple[list[Box], list[Box]]) -> bool:
+def _layout_changed(
+    before: Entity | None, after: Entity | None, boxes: tuple[list[Box], list[Box]] | None = None
+) -> bool:
     """Whether a change can change the clusters: a create, a delete, new types or a new geometry
-    (an expiry too, which the store sweeps as a change of its own); `boxes`: boxes_of each."""
+    (an expiry too, which the store sweeps as a change of its own); `boxes`: boxes_of each, when
+    the caller has them."""
     if before is None or after is None or before["type"] != after["type"]:
         return True
+    boxes = boxes or (boxes_of(before), boxes_of(after))
     return bool(boxes[0] != boxes[1] or before.get("expiresAt") != after.get("expiresAt"))
 
 
@@ -183,9 +187,11 @@ class ChangeHub:
         if loop is not None and self.clients:
             loop.call_soon_threadsafe(self.publish, change.tenant, change.before, change.after)
         cache = self.cache
-        before, after = boxes_of(change.before), boxes_of(change.after)
-        boxes = before + after if cache is not None and cache.enabled else []
-        layout = _layout_changed(change.before, change.after, (before, after))
+        if cache is not None and cache.enabled:
+            before, after = boxes_of(change.before), boxes_of(change.after)
+            boxes, layout = before + after, _layout_changed(change.before, change.after, (before, after))
+        else:
+            boxes, layout = [], _layout_changed(change.before, change.after)
         if cache is not None and boxes:
             found = cache.touched(change.tenant, boxes, layout)
             if loop is not None:  # again once the write has surely committed: a tile drawn in between is stale
