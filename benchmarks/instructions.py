@@ -22,7 +22,9 @@ attribute update without type, the OffStreetParking entity created); refresh is 
 spot is scenario 2 as served: availableSpotNumber of the benchmark's OffStreetParking entities (a
 4 KB document of ten attributes), which are loaded instead of the small T entities; get (scenario 4)
 and spotread (scenario 8a) are GETs of those entities by id (with CITYOS_INSTRUCTIONS_AUTH=1 the
-reader may read them but not their `address`, as benchmarks/auth.py's policy says); avg and lastn are
+reader may read them but not their `address`, as benchmarks/auth.py's policy says); offset is scenario 5d
+over those entities (pages of 20 at spread-out offsets; CITYOS_INSTRUCTIONS_RENDER_CACHE_MB=0 renders
+every page from its stored documents, as a random page at 1,000,000 does); avg and lastn are
 scenarios 6b and 6c (the average per day, the last 10, over 20,000 instances of one entity, loaded
 first). The requests are built before the measured loop (building an OffStreetParking body costs about
 a tenth of creating it). CITYOS_INSTRUCTIONS_DATABASE=postgresql://... serves from that database
@@ -47,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,7 +68,7 @@ from cityos.app import create_app
 from cityos.settings import Settings
 
 DATABASE_ENV = "CITYOS_INSTRUCTIONS_DATABASE"  # another database setting (a postgresql:// URL; round_trips.py)
-SPOTS = ("spot", "spotread", "get", "refresh")  # kinds over the benchmark's OffStreetParking entities
+SPOTS = ("spot", "spotread", "get", "refresh", "offset")  # kinds over the benchmark's OffStreetParking entities
 RULES_ENV = "CITYOS_INSTRUCTIONS_RULES"  # that many alert rules on the T entities (write_rules)
 PERIODIC_SECONDS = 3600.0  # the periods of the wall-clock work left out (module docstring)
 
@@ -150,6 +153,8 @@ def request_of(kind: str, seq: int) -> tuple[str, str, bytes]:
         body = {"value": seq % 600, "observedAt": f"2026-11-22T00:00:{seq % 60:02d}Z"}
         path = f"{API}/entities/{bench_id(seq % ENTITIES)}/attrs/availableSpotNumber"
         return "PATCH", path, orjson.dumps(body)
+    if kind == "offset":  # scenario 5d over the benchmark's entities: a page at a spread-out offset
+        return "GET", f"{API}/entities?type=OffStreetParking&limit=20&offset={(seq * 397) % (ENTITIES - 20)}", b""
     if kind == "parking":  # scenario 1's body: the OffStreetParking entity of benchmarks/entities.py
         return "POST", f"{API}/entities", orjson.dumps(make_entity(seq, id_=f"urn:ngsi-ld:OffStreetParking:c{seq}"))
     if kind == "create":
@@ -236,8 +241,16 @@ def callgrind(switch: str) -> None:
 
 
 async def measure(kind: str, count: int) -> float:
-    """CPU seconds per request of `count` requests of `kind`, after loading and a warm-up."""
+    """CPU seconds per request of `count` requests of `kind`, after loading and a warm-up (the
+    temporary folder of the database removed after)."""
     folder = Path(tempfile.mkdtemp(prefix="cityos-instructions-"))
+    try:
+        return await _measure(kind, count, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _measure(kind: str, count: int, folder: Path) -> float:
     database = str(folder / "bench.db")
     options: dict[str, Any] = {}
     admin = reader = None
@@ -248,6 +261,8 @@ async def measure(kind: str, count: int) -> float:
         options = {"auth": "required", "policy_file": str(policies)}
     if os.environ.get("CITYOS_INSTRUCTIONS_AUDIT") == "off":
         options["audit"] = "off"
+    if os.environ.get("CITYOS_INSTRUCTIONS_RENDER_CACHE_MB"):  # 0: every page rendered from stored documents
+        options["render_cache_mb"] = int(os.environ["CITYOS_INSTRUCTIONS_RENDER_CACHE_MB"])
     if os.environ.get("CITYOS_INSTRUCTIONS_HISTORY") == "off":
         options["temporal_disabled_tenants"] = "*"
     observe = os.environ.get("CITYOS_INSTRUCTIONS_OBSERVE", "")  # issue 20: metrics and the access log

@@ -7,6 +7,7 @@ import itertools
 import math
 import random
 import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,9 @@ from starlette.testclient import TestClient
 
 from access_helpers import DEFAULT, secured_app
 from cityos.app import create_app
-from cityos.mapdata.tiles import Tile
+from cityos.mapdata import changes
+from cityos.mapdata.cache import TILES_PER_CHANGE, Cached, TileCache
+from cityos.mapdata.tiles import MAX_ZOOM, Tile
 from cityos.settings import Settings
 from mvt_decode import decode
 
@@ -382,3 +385,77 @@ def test_a_file_of_schema_7_gains_its_rows_types(tmp_path: Any) -> None:
         listed = connection.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'entity_geo_walk'")
         indexes = {r[0] for r in listed}
         assert "entity_geo_walk_typed" in indexes and "entity_geo_walk_cell" not in indexes
+
+
+def test_a_change_bumps_the_tiles_of_its_box_at_every_zoom_only_while_a_tile_may_be_stale() -> None:
+    """TileCache.touched: each zoom's tiles that a box meets (the tile of a point at every zoom, a
+    whole zoom past TILES_PER_CHANGE tiles) get a new generation, once per box; with no tile kept
+    and none being drawn (idle) nothing is bumped, since no stamp exists that could be stale."""
+    cache = TileCache(1 << 20, 30.0)
+    point = (-8.6107, 41.1496, -8.6107, 41.1496)
+    assert cache.idle and cache.touched("", [point, point]) is None
+    assert all(cache.stamp("", *_tile_xy(point, z)) == (0, 0, 0) for z in range(MAX_ZOOM + 1))
+    cache.drawing = 1  # a tile being drawn has taken its stamps: a change now bumps
+    stamps = {z: cache.stamp("", *_tile_xy(point, z)) for z in range(MAX_ZOOM + 1)}
+    assert cache.touched("", [point, point], layout=False) is not None
+    for z in range(MAX_ZOOM + 1):  # one bump per zoom although the box came twice (before and after)
+        everything, zoom, tile = stamps[z]
+        assert cache.stamp("", *_tile_xy(point, z)) == (everything, zoom, tile + 1)
+        assert cache.stamp("", *_tile_xy(point, z), layout_only=True) == (0, 0, 0)  # no layout change
+    cache.drawing = 0
+    cache.put(("key",), Cached(b"x", "entities", '"e"', (0, 0, 0), 0.0))  # a kept tile: not idle
+    district = (-8.70, 41.10, -8.55, 41.20)  # many tiles at high zooms: the whole zoom is bumped
+    cache.touched("other", [district])  # another tenant's tiles: the point's bumps are not there
+    for z in range(MAX_ZOOM + 1):
+        x0, y1 = _tile_xy((district[0], district[1]), z)[1:]
+        x1, y0 = _tile_xy((district[2], district[3]), z)[1:]
+        if (x1 - x0 + 1) * (y1 - y0 + 1) > TILES_PER_CHANGE:
+            assert cache.stamp("other", z, x0, y0)[1:] == (1, 0)
+        else:
+            tiles = [(x, y) for x in range(x0, x1 + 1) for y in range(y0, y1 + 1)]
+            assert all(cache.stamp("other", z, x, y) == (0, 0, 1) for x, y in tiles)
+            assert cache.stamp("other", z, x1 + 1, y0) == (0, 0, 0)  # the next tile east: untouched
+
+
+def _tile_xy(point: tuple[float, ...], z: int) -> tuple[int, int, int]:
+    tile = tile_of(point[0], point[1], z)
+    return z, tile.x, tile.y
+
+
+def test_each_change_is_touched_again_once_it_has_surely_committed(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tile drawn between a change's first touch (in its transaction) and its commit holds the old
+    value under the new generation: every change is touched again RETOUCH to RETOUCH + GATHER
+    seconds later, the changes of that time in one batch of the loop's timer."""
+    monkeypatch.setattr(changes, "RETOUCH", 0.3)
+    monkeypatch.setattr(changes, "GATHER", 0.05)
+    cache = client.app.state.changes.cache  # type: ignore[attr-defined]
+    client.get(url(whole()))  # a kept tile: the cache is not idle
+    assert not cache.idle
+    point = [-8.3001, 41.5001]  # away from the test city: only this test's changes touch its tiles
+    entity = {**parking(998, random.Random(2)), "id": "urn:ngsi-ld:OffStreetParking:retouched"}
+    entity["location"] = {"type": "GeoProperty", "value": {"type": "Point", "coordinates": point}}
+    assert client.post("/ngsi-ld/v1/entities", json=entity, headers=JSON).status_code == 201
+    try:
+        tiles = [_tile_xy((point[0], point[1]), z) for z in (12, 18, 22)]
+        before = [2, 2, 2]  # the create's own touches, first and second
+        started = time.monotonic()
+        while [cache.stamp("", *t)[2] for t in tiles] != before:
+            assert time.monotonic() - started < 5, "the create's second touch never came"
+            time.sleep(0.02)
+        for value in (1, 2, 3):
+            last_sent = time.monotonic()  # the last change's listener runs after this
+            patch = {"availableSpotNumber": {"type": "Property", "value": value}}
+            path = f"/ngsi-ld/v1/entities/{entity['id']}/attrs"
+            assert client.patch(path, json=patch, headers=JSON).status_code == 204
+        # the three first touches are done (the first change's second may be too, on a slow machine)
+        assert all(b + 3 <= cache.stamp("", *t)[2] <= b + 6 for t, b in zip(tiles, before, strict=True))
+        while [cache.stamp("", *t)[2] for t in tiles] != [b + 6 for b in before]:
+            assert time.monotonic() - last_sent < 5, "the second touches never came"
+            time.sleep(0.02)
+        assert time.monotonic() - last_sent >= 0.3  # never before RETOUCH after the change
+        time.sleep(0.5)
+        assert [cache.stamp("", *t)[2] for t in tiles] == [b + 6 for b in before]  # once each
+    finally:
+        client.delete(f"/ngsi-ld/v1/entities/{entity['id']}")

@@ -63,6 +63,10 @@ def render_entity(entity: Entity, options: RenderOptions) -> dict[str, Any]:
             if not instances:
                 continue
         name = compacted.get(iri) or terms.compact(iri)
+        if len(instances) == 1:  # most attributes: no list of one made and taken apart
+            only = instances[0]
+            out[name] = key_value(only, options) if key_values else _render(only, options, verbatim, skipped, concise)
+            continue
         if key_values:
             rendered = [key_value(instance, options) for instance in instances]
         else:

@@ -23,6 +23,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -34,7 +36,7 @@ from starlette.responses import Response, StreamingResponse
 from cityos.entities.model import Entity
 from cityos.errors import BadRequestData, NgsiLdError, retry_after_seconds
 from cityos.jsonld.termmap import TermMap
-from cityos.mapdata.cache import TileCache
+from cityos.mapdata.cache import Box, Targets, TileCache
 from cityos.ops.declare import api
 from cityos.policy.decision import ReadView
 from cityos.snapshots.scope import MARK
@@ -51,6 +53,9 @@ MAX_STRING = 256  # a string value longer than this is left out of an event
 GEO = "https://uri.etsi.org/ngsi-ld/location"
 RESYNC = "resync"  # another worker's events may have been missed (store/postgres/events.py)
 RETOUCH = 1.0  # seconds after a change when its tiles are invalidated once more
+GATHER = 0.1  # seconds more a second touch may wait, so that one timer serves many changes
+# (time.monotonic() of the change, tenant, boxes, their targets or None if not computed yet, layout)
+Retouch = tuple[float, str, list[Box], list[Targets] | None, bool]
 
 
 class TooManyClients(NgsiLdError):
@@ -67,19 +72,23 @@ class TooManyClients(NgsiLdError):
         return {"Retry-After": str(retry_after_seconds(self.retry))}
 
 
-def boxes_of(entity: Entity | None) -> list[tuple[float, float, float, float]]:
+def boxes_of(entity: Entity | None) -> list[Box]:
     """(min_x, min_y, max_x, max_y) of each geometry of an entity: the tiles a change touches."""
     if entity is None:
         return []
     return [(box[0], box[2], box[1], box[3]) for _, box, _ in instance_boxes(entity)]
 
 
-def _layout_changed(before: Entity | None, after: Entity | None) -> bool:
+def _layout_changed(
+    before: Entity | None, after: Entity | None, boxes: tuple[list[Box], list[Box]] | None = None
+) -> bool:
     """Whether a change can change the clusters: a create, a delete, new types or a new geometry
-    (an expiry too, which the store sweeps as a change of its own)."""
+    (an expiry too, which the store sweeps as a change of its own); `boxes`: boxes_of each, when
+    the caller has them."""
     if before is None or after is None or before["type"] != after["type"]:
         return True
-    return bool(boxes_of(before) != boxes_of(after) or before.get("expiresAt") != after.get("expiresAt"))
+    boxes = boxes or (boxes_of(before), boxes_of(after))
+    return bool(boxes[0] != boxes[1] or before.get("expiresAt") != after.get("expiresAt"))
 
 
 def _plain(value: Any) -> bool:
@@ -149,6 +158,9 @@ class ChangeHub:
     clients: set[Client] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = None
     _reads: set[asyncio.Task[None]] = field(default_factory=set)
+    _retouch: list[Retouch] = field(default_factory=list)  # second touches to come, oldest first
+    _retouch_armed: bool = False  # the loop has them in hand (a timer, or a call to come)
+    _retouch_lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def start(self) -> None:
         if self.max_clients <= 0 and (self.cache is None or not self.cache.enabled):
@@ -175,18 +187,57 @@ class ChangeHub:
         if loop is not None and self.clients:
             loop.call_soon_threadsafe(self.publish, change.tenant, change.before, change.after)
         cache = self.cache
-        boxes = boxes_of(change.before) + boxes_of(change.after) if cache is not None and cache.enabled else []
-        layout = _layout_changed(change.before, change.after)
+        if cache is not None and cache.enabled:
+            before, after = boxes_of(change.before), boxes_of(change.after)
+            boxes, layout = before + after, _layout_changed(change.before, change.after, (before, after))
+        else:
+            boxes, layout = [], _layout_changed(change.before, change.after)
         if cache is not None and boxes:
-            cache.touched(change.tenant, boxes, layout)
+            found = cache.touched(change.tenant, boxes, layout)
             if loop is not None:  # again once the write has surely committed: a tile drawn in between is stale
-                loop.call_soon_threadsafe(loop.call_later, RETOUCH, cache.touched, change.tenant, boxes, layout)
+                self._retouch_later(loop, (time.monotonic(), change.tenant, boxes, found, layout))
         if not self.shared:
             return ()
         gone = change.after is None
         types = (change.before if gone else change.after or {}).get("type", [])  # type: ignore[union-attr]
         data = {"types": types, "deleted": gone, "boxes": boxes, "layout": layout}
         return (StoreEvent(EVENT_KIND, change.tenant, change.entity_id, data),)
+
+    def _retouch_later(self, loop: asyncio.AbstractEventLoop, touch: Retouch) -> None:
+        """Queue a change's second touch. Only the first change while none is queued wakes the loop;
+        the loop's timer then touches, each time it fires, every queued change RETOUCH seconds old
+        and waits for the next one, GATHER seconds later at least: one wake-up and a few timers a
+        second for all the changes, not one each (each touched RETOUCH to RETOUCH + GATHER after)."""
+        with self._retouch_lock:
+            self._retouch.append(touch)
+            if self._retouch_armed:
+                return
+            self._retouch_armed = True
+        try:
+            loop.call_soon_threadsafe(self._retouch_due, loop)
+        except RuntimeError:  # the loop is closed: nothing will draw a tile again
+            self._retouch_armed = False
+
+    def _retouch_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop: touch the queued changes that are RETOUCH seconds old; wait for the rest."""
+        now = time.monotonic()
+        with self._retouch_lock:
+            queued = self._retouch
+            ready = 0
+            while ready < len(queued) and queued[ready][0] + RETOUCH <= now:
+                ready += 1
+            due, self._retouch = queued[:ready], queued[ready:]
+            if self._retouch:
+                wait = self._retouch[0][0] + RETOUCH - now
+                loop.call_later(max(wait, 0.0) + GATHER, self._retouch_due, loop)
+            else:
+                self._retouch_armed = False
+        if self.cache is not None:
+            for _, tenant, boxes, found, layout in due:
+                if found is None:  # the cache was idle then
+                    self.cache.touched(tenant, boxes, layout)
+                else:
+                    self.cache.bump(tenant, found, layout)
 
     def publish(self, tenant: str, before: Entity | None, after: Entity | None) -> None:
         """On the loop: queue the change's event for each client that may see it."""

@@ -18,6 +18,7 @@ from cityos.mapdata.tiles import Tile, TileLimits, render_tile
 from cityos.ngsild import access
 from cityos.ngsild.common import check_params, existing_tenant, query_context, services
 from cityos.ops.declare import api
+from cityos.policy.decision import ReadView
 from cityos.query import budget
 from cityos.query.entity_query import QuerySpec, build_entity_query
 from cityos.store.base import EntityQuery
@@ -80,7 +81,32 @@ async def get_tile(request: Request) -> Response:
     found = cache.get(key, tenant, tile.z, tile.x, tile.y) if cache is not None and cache.enabled else None
     if found is not None:
         return _answer(request, found.body, found.layer, found.etag, settings.tile_max_age)
-    stamps = [cache.stamp(tenant, tile.z, tile.x, tile.y, layout) for layout in (False, True)] if cache else None
+    if cache is None:
+        body, layer, etag = await _draw(request, tenant, tile, plain, boxed, context, read)
+        return _answer(request, body, layer, etag, settings.tile_max_age)
+    cache.drawing += 1  # a change now bumps generations even with no tile kept (TileCache.idle)
+    try:
+        stamps = [cache.stamp(tenant, tile.z, tile.x, tile.y, layout) for layout in (False, True)]
+        body, layer, etag = await _draw(request, tenant, tile, plain, boxed, context, read)
+        # clusters without q count entities by place and type: an attribute's new value leaves them as they are
+        layout_only = layer == "clusters" and request.query_params.get("q") is None
+        cache.put(key, Cached(body, layer, etag, stamps[layout_only], time.monotonic(), layout_only))
+    finally:
+        cache.drawing -= 1
+    return _answer(request, body, layer, etag, settings.tile_max_age)
+
+
+async def _draw(
+    request: Request,
+    tenant: str,
+    tile: Tile,
+    plain: EntityQuery,
+    boxed: Callable[[int | None], EntityQuery],
+    context: ResolvedContext,
+    read: ReadView,
+) -> tuple[bytes, str, str]:
+    """The tile's body, layer and ETag, drawn from the store."""
+    settings = services(request).settings
     body, layer = await render_tile(
         services(request).store,
         tenant,
@@ -93,12 +119,7 @@ async def get_tile(request: Request) -> Response:
         TileLimits(settings.tile_max_features, settings.tile_cluster_cells),
         project=None if read.unrestricted else read.project,
     )
-    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-    if cache is not None and stamps is not None:
-        # clusters without q count entities by place and type: an attribute's new value leaves them as they are
-        layout_only = layer == "clusters" and request.query_params.get("q") is None
-        cache.put(key, Cached(body, layer, etag, stamps[layout_only], time.monotonic(), layout_only))
-    return _answer(request, body, layer, etag, settings.tile_max_age)
+    return body, layer, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
 
 
 def _answer(request: Request, body: bytes, layer: str, etag: str, max_age: int) -> Response:

@@ -17,6 +17,17 @@ from cityos.entities.values import identical
 
 def geometry_bbox(geometry: Any) -> tuple[float, float, float, float] | None:
     """(min_x, max_x, min_y, max_y) of a GeoJSON geometry, for the box prefilter (R*Tree, GiST)."""
+    if not isinstance(geometry, dict):
+        return None
+    coordinates = geometry.get("coordinates")
+    if (
+        isinstance(coordinates, list)
+        and coordinates
+        and isinstance(coordinates[0], int | float)
+        and geometry.get("type") != "GeometryCollection"
+    ):  # one position (a Point): what the walk below gives, without the walk
+        x, y = float(coordinates[0]), float(coordinates[1])
+        return x, x, y, y
     xs: list[float] = []
     ys: list[float] = []
 
