@@ -92,6 +92,8 @@ PUBLIC_ROUTES = {
     ("GET", "/console/signin"),
     ("POST", "/console/signin"),
     ("POST", "/console/signout"),
+    ("GET", "/console/oidc/signin"),  # the sign-in at the OpenID Connect provider (404 when not configured)
+    ("GET", "/console/oidc/callback"),
     ("GET", "/console/language"),
     ("GET", "/console/static/{path:path}"),
     # open data (docs/open-data.md): the catalogue, its downloads and the CKAN read API answer anyone
@@ -495,6 +497,8 @@ def probes(ids: Ids) -> list[Probe]:
         p("GET", "/console/signin", "public", "/console/signin"),
         p("POST", "/console/signin", "public", "/console/signin", content="username=x&password=y", headers=FORM),
         p("POST", "/console/signout", "public", "/console/signout"),
+        p("GET", "/console/oidc/signin", "public", "/console/oidc/signin"),
+        p("GET", "/console/oidc/callback", "public", "/console/oidc/callback", params={"code": "x", "state": "y"}),
         p("GET", "/console/language", "public", "/console/language", params={"lang": "zh"}),
         p("GET", "/console/static/{path:path}", "public", "/console/static/console.css"),
         p("GET", "/console/api/{path:path}", "read", f"/console/api{API}/entities/{BUILDING}"),
