@@ -365,6 +365,7 @@ def probes(ids: Ids) -> list[Probe]:
         p("POST", "/iot/json", "device", "/iot/json", params={"k": "k1", "i": ids.device}, json={"t": 21}),
         # audit, policies, keys, users, tokens, version, metrics
         p("GET", "/cityos/v1/audit", "admin-read", "/cityos/v1/audit"),
+        p("GET", "/cityos/v1/audit/verification", "admin-read", "/cityos/v1/audit/verification"),
         p("GET", "/metrics", "admin-read", "/metrics"),  # counts span every tenant (docs/operations.md)
         p(
             "GET",

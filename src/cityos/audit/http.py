@@ -1,9 +1,11 @@
-"""The audit query API (admins only): GET /cityos/v1/audit and the data subject's access report,
-GET /cityos/v1/audit/access-report. Thin handlers over the store's read_audit.
+"""The audit query API (admins only): GET /cityos/v1/audit, the data subject's access report,
+GET /cityos/v1/audit/access-report, and whether the chain verifies, GET /cityos/v1/audit/verification.
+Thin handlers over the store's read_audit and audit/check.py.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -13,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cityos.audit.chain import AuditQuery
+from cityos.audit.chain import AuditQuery, utc_now
 from cityos.audit.events import AuditEvent
 from cityos.audit.service import parse_time
 from cityos.auth.credentials import require_admin
@@ -23,6 +25,8 @@ from cityos.ngsild.common import Services, principal
 from cityos.ops.declare import api
 
 PREFIX = "/cityos/v1/audit"
+VERIFIED_FOR = 60.0  # seconds a verification is answered again before the trail is read anew
+MAX_PROBLEMS = 20  # problems listed (all are counted)
 READ_PERSONAL = "entity.read-personal"  # what the policy layer records for a read of personal data
 
 
@@ -118,8 +122,52 @@ async def access_report(request: Request) -> Response:
     return _page(request, items, query, last)
 
 
+@api(
+    "Whether the audit trail's hash chain and signed checkpoints verify, and when that was checked (admin)",
+    query=("fresh",),
+)
+async def verification(request: Request) -> Response:
+    """The check `cityos audit verify` makes of an export and `cityos backup --verify` of a copy,
+    made on the live trail with the deployment's public key; the answer is kept VERIFIED_FOR seconds
+    (`?fresh=true` checks again), since a long trail takes seconds to read and hash."""
+    services = await _admin(request)
+    unknown = set(request.query_params) - {"fresh"}
+    if unknown:
+        raise BadRequestData(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    state = request.app.state
+    kept: tuple[float, bytes] | None = getattr(state, "audit_verification", None)
+    fresh = request.query_params.get("fresh") == "true"
+    if kept is None or fresh or time.monotonic() - kept[0] > VERIFIED_FOR:
+        body = orjson.dumps(await _verify(services))
+        state.audit_verification = kept = (time.monotonic(), body)
+    return Response(kept[1], media_type="application/json")
+
+
+async def _verify(services: Services) -> dict[str, Any]:
+    from cityos.audit.check import verify_store
+    from cityos.audit.service import AuditTrail
+    from cityos.audit.signing import public_pem
+
+    key = AuditTrail(services.store, services.settings).existing_key()
+    found = await verify_store(services.store, public_pem(key).encode() if key is not None else None)
+    problems = found.problems if found is not None else []
+    return {
+        "verified": not problems,
+        "checkedAt": utc_now(),
+        "signaturesChecked": key is not None,
+        "records": found.records if found is not None else 0,
+        "checkpoints": found.checkpoints if found is not None else 0,
+        "firstSeq": found.first_seq if found is not None else None,
+        "lastSeq": found.last_seq if found is not None else None,
+        "signedThrough": found.signed_through if found is not None else 0,
+        "problemCount": len(problems),
+        "problems": problems[:MAX_PROBLEMS],
+    }
+
+
 def routes() -> list[Route]:
     return [
         Route(PREFIX, list_records, methods=["GET"]),
         Route(PREFIX + "/access-report", access_report, methods=["GET"]),
+        Route(PREFIX + "/verification", verification, methods=["GET"]),
     ]

@@ -337,12 +337,14 @@ async def admin(request: Request) -> Response:
     (a user without the admin role sees why each is not shown)."""
     after = request.query_params.get("after", "0")
     after = after if after.isdigit() else "0"
+    fresh = "true" if request.query_params.get("fresh") else ""
     async with client(request) as api:
-        keys, users, policies, audit = await asyncio.gather(
+        keys, users, policies, audit, verification = await asyncio.gather(
             api.get("/cityos/v1/admin/keys"),
             api.get("/cityos/v1/admin/users"),
             api.get("/cityos/v1/admin/policies"),
             api.get("/cityos/v1/audit", {"limit": 50, "after": after}),
+            api.get("/cityos/v1/audit/verification", {"fresh": fresh}),
         )
 
     def section(answer: Answer) -> dict[str, Any]:
@@ -360,6 +362,10 @@ async def admin(request: Request) -> Response:
         users=section(users),
         policies=section(policies),
         audit=records,
+        verification={
+            "status": verification.body if verification.ok and isinstance(verification.body, dict) else None,
+            "error": "" if verification.ok else problem_text(verification),
+        },
         next_audit=f"{PREFIX}/admin?after={last}" if last is not None and len(records["items"]) == 50 else "",
     )
 
