@@ -366,6 +366,16 @@ def probes(ids: Ids) -> list[Probe]:
         # audit, policies, keys, users, tokens, version, metrics
         p("GET", "/cityos/v1/audit", "admin-read", "/cityos/v1/audit"),
         p("GET", "/cityos/v1/audit/verification", "admin-read", "/cityos/v1/audit/verification"),
+        # import runs (ingest/runs_http.py): admins of every tenant
+        p("GET", "/cityos/v1/imports", "admin-read", "/cityos/v1/imports"),
+        p("GET", "/cityos/v1/imports/{run_id}", "admin-read", "/cityos/v1/imports/0123456789abcdef"),
+        p(
+            "PUT",
+            "/cityos/v1/imports/{run_id}",
+            "admin-write",
+            "/cityos/v1/imports/0123456789abcdef",
+            json={"kind": "csv", "source": "x.csv", "started_at": "2026-01-01T00:00:00Z"},
+        ),
         p("GET", "/metrics", "admin-read", "/metrics"),  # counts span every tenant (docs/operations.md)
         p(
             "GET",

@@ -284,11 +284,12 @@ async def map_page(request: Request) -> Response:
 async def operations(request: Request) -> Response:
     async with client(request) as api:
         types = await api.types()
-        subs, groups, devices, contexts = await asyncio.gather(
+        subs, groups, devices, contexts, imports = await asyncio.gather(
             api.get(f"{API}/subscriptions", {"limit": 100}),
             api.get("/iot/services", {"limit": 100}),
             api.get("/iot/devices", {"limit": 100}),
             api.get(f"{API}/jsonldContexts", {"details": "true"}),
+            api.get("/cityos/v1/imports", {"limit": 20}),
         )
 
     def listed(answer: Answer, key: str = "") -> Any:
@@ -306,6 +307,8 @@ async def operations(request: Request) -> Response:
         iot_error="" if groups.ok else problem_text(groups),
         contexts=listed(contexts),
         contexts_error="" if contexts.ok else problem_text(contexts),
+        imports=listed(imports),
+        imports_error="" if imports.ok else problem_text(imports),
         subscribable=await _allowed(request, "subscribe", types),
     )
 
