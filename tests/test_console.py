@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 
 from backends import db_rows, make_key
 from cityos.app import create_app
+from cityos.audit import http as audit_http
 from cityos.console import i18n, views
 from cityos.settings import Settings
 from mvt_decode import decode
@@ -156,7 +157,9 @@ def _tamper(database: str, sql: str) -> None:
         db.commit()
 
 
-def test_the_admin_page_shows_whether_the_audit_trail_verifies(console: TestClient, db_url: str) -> None:
+def test_the_admin_page_shows_whether_the_audit_trail_verifies(
+    console: TestClient, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     deadline = time.monotonic() + 10  # PostgreSQL chains its records a moment after their writes
     while db_rows(db_url, "SELECT count(*) FROM audit_log")[0][0] < 3:
         assert time.monotonic() < deadline
@@ -168,6 +171,16 @@ def test_the_admin_page_shows_whether_the_audit_trail_verifies(console: TestClie
     assert 'data-verified="true"' in page.text and f'datetime="{checked["checkedAt"]}"' in page.text  # kept
     _tamper(db_url, "UPDATE audit_log SET principal = 'someone-else' WHERE seq = 2")
     assert 'data-verified="true"' in console.get("/console/admin").text  # the kept answer, with its time
+    monkeypatch.setattr(audit_http, "VERIFIED_FOR", 0.0)  # stale at once: the next request starts a check
+    meanwhile = console.get("/cityos/v1/audit/verification").json()
+    assert meanwhile["checking"] is True and meanwhile["verified"] is True  # the last answer, not waited for
+    assert meanwhile["checkedAt"] == checked["checkedAt"]
+    monkeypatch.setattr(audit_http, "VERIFIED_FOR", 60.0)
+    deadline = time.monotonic() + 10
+    while (latest := console.get("/cityos/v1/audit/verification").json())["checking"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert latest["verified"] is False and latest["problemCount"] == 1
     again = console.get("/console/admin", params={"fresh": "1"})
     assert 'data-verified="false"' in again.text and "1 problem(s)" in again.text
     assert "seq 2: the content does not match its hash (record edited)" in again.text

@@ -5,6 +5,9 @@ Thin handlers over the store's read_audit and audit/check.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,12 +23,14 @@ from cityos.audit.events import AuditEvent
 from cityos.audit.service import parse_time
 from cityos.auth.credentials import require_admin
 from cityos.auth.principal import current_request_id
-from cityos.errors import BadRequestData, NgsiLdError
+from cityos.errors import BadRequestData, NgsiLdError, log_failure
 from cityos.ngsild.common import Services, principal
 from cityos.ops.declare import api
 
 PREFIX = "/cityos/v1/audit"
+log = logging.getLogger("cityos.audit")
 VERIFIED_FOR = 60.0  # seconds a verification is answered again before the trail is read anew
+WAIT = 5.0  # seconds a caller waits for a check when it has no answer to give
 MAX_PROBLEMS = 20  # problems listed (all are counted)
 READ_PERSONAL = "entity.read-personal"  # what the policy layer records for a read of personal data
 
@@ -128,19 +133,48 @@ async def access_report(request: Request) -> Response:
 )
 async def verification(request: Request) -> Response:
     """The check `cityos audit verify` makes of an export and `cityos backup --verify` of a copy,
-    made on the live trail with the deployment's public key; the answer is kept VERIFIED_FOR seconds
-    (`?fresh=true` checks again), since a long trail takes seconds to read and hash."""
+    made on the live trail with the deployment's public key. Reading and hashing a long trail takes
+    seconds (about 80 µs a record), so the check runs in the background, one at a time: the last
+    answer is given while it is younger than VERIFIED_FOR seconds, or while a new check runs
+    (`checking`: true); the caller waits for a check (at most WAIT seconds) only when there is no
+    answer yet or it asks for a `fresh=true` one."""
     services = await _admin(request)
     unknown = set(request.query_params) - {"fresh"}
     if unknown:
         raise BadRequestData(f"unknown parameter(s): {', '.join(sorted(unknown))}")
-    state = request.app.state
-    kept: tuple[float, bytes] | None = getattr(state, "audit_verification", None)
+    checks: _Checks | None = getattr(request.app.state, "audit_verification", None)
+    if checks is None:
+        checks = request.app.state.audit_verification = _Checks()
     fresh = request.query_params.get("fresh") == "true"
-    if kept is None or fresh or time.monotonic() - kept[0] > VERIFIED_FOR:
-        body = orjson.dumps(await _verify(services))
-        state.audit_verification = kept = (time.monotonic(), body)
-    return Response(kept[1], media_type="application/json")
+    if checks.running is None and (fresh or checks.last is None or time.monotonic() - checks.at > VERIFIED_FOR):
+        checks.start(services)
+    if checks.running is not None and (fresh or checks.last is None):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(checks.running), WAIT)
+    answer: dict[str, Any] = dict(checks.last) if checks.last is not None else {"verified": None}
+    answer["checking"] = checks.running is not None
+    return Response(orjson.dumps(answer), media_type="application/json")
+
+
+class _Checks:
+    """The last verification of this worker's app and the one running, if any."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, Any] | None = None
+        self.at = 0.0  # monotonic time of `last`
+        self.running: asyncio.Task[None] | None = None
+
+    def start(self, services: Services) -> None:
+        async def run() -> None:
+            try:
+                self.last = await _verify(services)
+                self.at = time.monotonic()
+            except Exception:  # the store went away, say: the next request tries again
+                log_failure(log, "the audit trail could not be verified")
+            finally:
+                self.running = None
+
+        self.running = asyncio.create_task(run(), name="audit-verification")
 
 
 async def _verify(services: Services) -> dict[str, Any]:
