@@ -92,6 +92,8 @@ PUBLIC_ROUTES = {
     ("GET", "/console/signin"),
     ("POST", "/console/signin"),
     ("POST", "/console/signout"),
+    ("GET", "/console/oidc/signin"),  # the sign-in at the OpenID Connect provider (404 when not configured)
+    ("GET", "/console/oidc/callback"),
     ("GET", "/console/language"),
     ("GET", "/console/static/{path:path}"),
     # open data (docs/open-data.md): the catalogue, its downloads and the CKAN read API answer anyone
@@ -363,6 +365,17 @@ def probes(ids: Ids) -> list[Probe]:
         p("POST", "/iot/json", "device", "/iot/json", params={"k": "k1", "i": ids.device}, json={"t": 21}),
         # audit, policies, keys, users, tokens, version, metrics
         p("GET", "/cityos/v1/audit", "admin-read", "/cityos/v1/audit"),
+        p("GET", "/cityos/v1/audit/verification", "admin-read", "/cityos/v1/audit/verification"),
+        # import runs (ingest/runs_http.py): admins of every tenant
+        p("GET", "/cityos/v1/imports", "admin-read", "/cityos/v1/imports"),
+        p("GET", "/cityos/v1/imports/{run_id}", "admin-read", "/cityos/v1/imports/0123456789abcdef"),
+        p(
+            "PUT",
+            "/cityos/v1/imports/{run_id}",
+            "admin-write",
+            "/cityos/v1/imports/0123456789abcdef",
+            json={"kind": "csv", "source": "x.csv", "started_at": "2026-01-01T00:00:00Z"},
+        ),
         p("GET", "/metrics", "admin-read", "/metrics"),  # counts span every tenant (docs/operations.md)
         p(
             "GET",
@@ -495,6 +508,8 @@ def probes(ids: Ids) -> list[Probe]:
         p("GET", "/console/signin", "public", "/console/signin"),
         p("POST", "/console/signin", "public", "/console/signin", content="username=x&password=y", headers=FORM),
         p("POST", "/console/signout", "public", "/console/signout"),
+        p("GET", "/console/oidc/signin", "public", "/console/oidc/signin"),
+        p("GET", "/console/oidc/callback", "public", "/console/oidc/callback", params={"code": "x", "state": "y"}),
         p("GET", "/console/language", "public", "/console/language", params={"lang": "zh"}),
         p("GET", "/console/static/{path:path}", "public", "/console/static/console.css"),
         p("GET", "/console/api/{path:path}", "read", f"/console/api{API}/entities/{BUILDING}"),

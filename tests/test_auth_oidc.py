@@ -81,12 +81,19 @@ class Provider:
         self.port = free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra: dict[str, Any] = {}  # more of CONFIG.json (provider.mjs): console clients, accounts
 
     def start(self, keys: list[SigningKey]) -> None:
         config = self.folder / "oidc.json"
         config.write_text(
             json.dumps(
-                {"port": self.port, "audience": AUDIENCE, "clients": CLIENTS, "keys": {"keys": [k.jwk() for k in keys]}}
+                {
+                    "port": self.port,
+                    "audience": AUDIENCE,
+                    "clients": CLIENTS,
+                    "keys": {"keys": [k.jwk() for k in keys]},
+                    **self.extra,
+                }
             )
         )
         with (self.folder / "oidc.log").open("ab") as log:

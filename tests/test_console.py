@@ -4,9 +4,12 @@ what a signed-in user sees: tests/test_console_browser.py drives the same pages 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,9 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from backends import make_key
+from backends import db_rows, make_key
 from cityos.app import create_app
+from cityos.audit import http as audit_http
 from cityos.console import i18n, views
 from cityos.settings import Settings
 from mvt_decode import decode
@@ -143,6 +147,47 @@ def test_the_pages_show_the_city(console: TestClient) -> None:
     assert admin.status_code == 200 and 'id="audit"' in admin.text and "entity.create" in admin.text
 
 
+def _tamper(database: str, sql: str) -> None:
+    """A change made behind the broker's back, straight in the database."""
+    if database.startswith("postgresql"):
+        db_rows(database, sql + " RETURNING seq")  # asyncpg: outside a transaction, committed
+        return
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        db.execute(sql)
+        db.commit()
+
+
+def test_the_admin_page_shows_whether_the_audit_trail_verifies(
+    console: TestClient, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deadline = time.monotonic() + 10  # PostgreSQL chains its records a moment after their writes
+    while db_rows(db_url, "SELECT count(*) FROM audit_log")[0][0] < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    checked = console.get("/cityos/v1/audit/verification", params={"fresh": "true"}).json()
+    assert checked["verified"] is True and checked["problemCount"] == 0 and checked["problems"] == []
+    assert checked["records"] >= 3 and checked["firstSeq"] == 1 and checked["checkedAt"].endswith("Z")
+    page = console.get("/console/admin")
+    assert 'data-verified="true"' in page.text and f'datetime="{checked["checkedAt"]}"' in page.text  # kept
+    _tamper(db_url, "UPDATE audit_log SET principal = 'someone-else' WHERE seq = 2")
+    assert 'data-verified="true"' in console.get("/console/admin").text  # the kept answer, with its time
+    monkeypatch.setattr(audit_http, "VERIFIED_FOR", 0.0)  # stale at once: the next request starts a check
+    meanwhile = console.get("/cityos/v1/audit/verification").json()
+    assert meanwhile["checking"] is True and meanwhile["verified"] is True  # the last answer, not waited for
+    assert meanwhile["checkedAt"] == checked["checkedAt"]
+    monkeypatch.setattr(audit_http, "VERIFIED_FOR", 60.0)
+    deadline = time.monotonic() + 10
+    while (latest := console.get("/cityos/v1/audit/verification").json())["checking"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert latest["verified"] is False and latest["problemCount"] == 1
+    again = console.get("/console/admin", params={"fresh": "1"})
+    assert 'data-verified="false"' in again.text and "1 problem(s)" in again.text
+    assert "seq 2: the content does not match its hash (record edited)" in again.text
+    assert f'datetime="{checked["checkedAt"]}"' not in again.text  # a new check, a new time
+    assert console.get("/cityos/v1/audit/verification", params={"when": "now"}).status_code == 400
+
+
 def test_chinese_pages_and_the_switch(console: TestClient) -> None:
     assert "城市概览" in console.get("/", params={"lang": "zh"}).text
     switched = console.get("/console/language", params={"lang": "zh", "next": "/console/map"}, follow_redirects=False)
@@ -221,6 +266,7 @@ def test_sign_in_and_see_only_what_the_policies_allow(secured: TestClient) -> No
     assert secured.post("/console/entity/edit", data=form).status_code == 403  # and the API refuses it anyway
     refused = secured.get("/console/admin")  # not an admin: each admin section says why it is absent
     assert refused.status_code == 200 and 'id="audit"' not in refused.text and 'id="keys"' not in refused.text
+    assert "data-verified" not in refused.text  # nor whether the trail verifies
     assert 'id="new-subscription"' not in secured.get("/console/operations").text  # no right to subscribe
     wish = {"type": "OffStreetParking", "uri": "https://notify.example.org/x"}
     assert secured.post("/console/subscriptions", data=wish).status_code == 403

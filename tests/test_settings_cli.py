@@ -142,6 +142,9 @@ class TestFromEnv:
             environ[env_name("database")] = "postgresql://cityos@db.example.org/city"
         if name == "oidc_issuer":  # an issuer needs the audience its tokens carry
             environ[env_name("oidc_audience")] = "cityos"
+        if name == "console_oidc_client_id":  # the console signs in at the issuer
+            environ[env_name("oidc_issuer")] = "https://id.example.org/realms/city"
+            environ[env_name("oidc_audience")] = "cityos"
         settings = Settings.from_env(environ)
         assert getattr(settings, name) == expected
         assert type(getattr(settings, name)) is type(default)

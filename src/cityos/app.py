@@ -55,6 +55,7 @@ from cityos.errors import (
 from cityos.exports import http as exports_http
 from cityos.federation.client import Forwarder
 from cityos.federation.subscriptions import FederatedSubscriptions
+from cityos.ingest import runs_http
 from cityos.ingest.service import IngestService
 from cityos.insight import alerts_http, forecast_http
 from cityos.insight import http as insight_http
@@ -641,6 +642,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         *temporal.routes(),
         *ingest.routes(),
         *audit_http.routes(),
+        *runs_http.routes(),
         *policy_http.routes(),
         *dataspace_http.routes(),
         *insight_http.routes(),

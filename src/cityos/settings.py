@@ -447,6 +447,25 @@ class Settings:
         "Raster basemap tile URL template for the console's map ({z}/{x}/{y}, e.g. an OpenStreetMap tile server you"
         " may use); empty: no request leaves the machine, the map draws the city's own layers on a plain background.",
     )
+    console_oidc_client_id: str = _setting(
+        "",
+        "Client id of the console at the --oidc-issuer (authorization code with PKCE; redirect URI "
+        '<console URL>/console/oidc/callback); set: the sign-in page offers "Sign in with" the provider.',
+    )
+    console_oidc_client_secret: str = _setting(
+        "",
+        "The console client's secret, for a confidential client (sent with HTTP Basic to the token endpoint, never"
+        " logged); empty: a public client, PKCE alone.",
+        secret=True,
+    )
+    console_oidc_name: str = _setting(
+        "OpenID Connect", 'The provider\'s name on the sign-in button ("Sign in with ...").'
+    )
+    console_oidc_scopes: str = _setting(
+        "openid",
+        "Scopes the console asks for (space separated, openid among them): those that get an access token for"
+        " --oidc-audience at your provider.",
+    )
     citizen_open311_key: str = _setting(
         "",
         "The API key (cityos keys create) with which the citizens' page (/city/) posts its reports to Open311;"
@@ -506,6 +525,10 @@ class Settings:
                 raise ValueError("oidc_issuer must be an http(s) URL")
             if not self.oidc_audience:
                 raise ValueError("oidc_issuer needs oidc_audience (the aud your tokens carry for CityOS)")
+        if self.console_oidc_client_id and not self.oidc_issuer:
+            raise ValueError("console_oidc_client_id needs oidc_issuer (the provider the console signs in with)")
+        if self.console_oidc_client_id and "openid" not in self.console_oidc_scopes.split():
+            raise ValueError("console_oidc_scopes must include openid")
         if self.oidc_clock_skew < 0 or self.oidc_jwks_refresh <= 0:
             raise ValueError("oidc_clock_skew must not be negative, oidc_jwks_refresh must be positive")
         if self.audit not in ("on", "off"):

@@ -1,9 +1,14 @@
-"""The audit query API (admins only): GET /cityos/v1/audit and the data subject's access report,
-GET /cityos/v1/audit/access-report. Thin handlers over the store's read_audit.
+"""The audit query API (admins only): GET /cityos/v1/audit, the data subject's access report,
+GET /cityos/v1/audit/access-report, and whether the chain verifies, GET /cityos/v1/audit/verification.
+Thin handlers over the store's read_audit and audit/check.py.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -13,16 +18,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cityos.audit.chain import AuditQuery
+from cityos.audit.chain import AuditQuery, utc_now
 from cityos.audit.events import AuditEvent
 from cityos.audit.service import parse_time
 from cityos.auth.credentials import require_admin
 from cityos.auth.principal import current_request_id
-from cityos.errors import BadRequestData, NgsiLdError
+from cityos.errors import BadRequestData, NgsiLdError, log_failure
 from cityos.ngsild.common import Services, principal
 from cityos.ops.declare import api
 
 PREFIX = "/cityos/v1/audit"
+log = logging.getLogger("cityos.audit")
+VERIFIED_FOR = 60.0  # seconds a verification is answered again before the trail is read anew
+WAIT = 5.0  # seconds a caller waits for a check when it has no answer to give
+MAX_PROBLEMS = 20  # problems listed (all are counted)
 READ_PERSONAL = "entity.read-personal"  # what the policy layer records for a read of personal data
 
 
@@ -118,8 +127,81 @@ async def access_report(request: Request) -> Response:
     return _page(request, items, query, last)
 
 
+@api(
+    "Whether the audit trail's hash chain and signed checkpoints verify, and when that was checked (admin)",
+    query=("fresh",),
+)
+async def verification(request: Request) -> Response:
+    """The check `cityos audit verify` makes of an export and `cityos backup --verify` of a copy,
+    made on the live trail with the deployment's public key. Reading and hashing a long trail takes
+    seconds (about 80 µs a record), so the check runs in the background, one at a time: the last
+    answer is given while it is younger than VERIFIED_FOR seconds, or while a new check runs
+    (`checking`: true); the caller waits for a check (at most WAIT seconds) only when there is no
+    answer yet or it asks for a `fresh=true` one."""
+    services = await _admin(request)
+    unknown = set(request.query_params) - {"fresh"}
+    if unknown:
+        raise BadRequestData(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    checks: _Checks | None = getattr(request.app.state, "audit_verification", None)
+    if checks is None:
+        checks = request.app.state.audit_verification = _Checks()
+    fresh = request.query_params.get("fresh") == "true"
+    if checks.running is None and (fresh or checks.last is None or time.monotonic() - checks.at > VERIFIED_FOR):
+        checks.start(services)
+    if checks.running is not None and (fresh or checks.last is None):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(checks.running), WAIT)
+    answer: dict[str, Any] = dict(checks.last) if checks.last is not None else {"verified": None}
+    answer["checking"] = checks.running is not None
+    return Response(orjson.dumps(answer), media_type="application/json")
+
+
+class _Checks:
+    """The last verification of this worker's app and the one running, if any."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, Any] | None = None
+        self.at = 0.0  # monotonic time of `last`
+        self.running: asyncio.Task[None] | None = None
+
+    def start(self, services: Services) -> None:
+        async def run() -> None:
+            try:
+                self.last = await _verify(services)
+                self.at = time.monotonic()
+            except Exception:  # the store went away, say: the next request tries again
+                log_failure(log, "the audit trail could not be verified")
+            finally:
+                self.running = None
+
+        self.running = asyncio.create_task(run(), name="audit-verification")
+
+
+async def _verify(services: Services) -> dict[str, Any]:
+    from cityos.audit.check import verify_store
+    from cityos.audit.service import AuditTrail
+    from cityos.audit.signing import public_pem
+
+    key = AuditTrail(services.store, services.settings).existing_key()
+    found = await verify_store(services.store, public_pem(key).encode() if key is not None else None)
+    problems = found.problems if found is not None else []
+    return {
+        "verified": not problems,
+        "checkedAt": utc_now(),
+        "signaturesChecked": key is not None,
+        "records": found.records if found is not None else 0,
+        "checkpoints": found.checkpoints if found is not None else 0,
+        "firstSeq": found.first_seq if found is not None else None,
+        "lastSeq": found.last_seq if found is not None else None,
+        "signedThrough": found.signed_through if found is not None else 0,
+        "problemCount": len(problems),
+        "problems": problems[:MAX_PROBLEMS],
+    }
+
+
 def routes() -> list[Route]:
     return [
         Route(PREFIX, list_records, methods=["GET"]),
         Route(PREFIX + "/access-report", access_report, methods=["GET"]),
+        Route(PREFIX + "/verification", verification, methods=["GET"]),
     ]

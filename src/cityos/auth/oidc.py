@@ -110,9 +110,17 @@ class OidcVerifier:
         self._jwks: dict[str, dict[str, Any]] = {}  # kid -> JWK (public parts)
         self._keys: dict[tuple[str, str], jwt.PyJWK] = {}  # (kid, alg) -> key bound to alg
         self._fetched_at = float("-inf")  # monotonic
+        self.discovery: dict[str, Any] = {}
         self._lock = asyncio.Lock()
 
     async def __call__(self, token: str) -> tuple[Principal, float | None]:
+        claims = await self.decode(token)
+        expires = float(claims["exp"]) + self.settings.oidc_clock_skew
+        return map_claims(claims, self.settings), expires
+
+    async def decode(self, token: str, audience: str = "") -> dict[str, Any]:
+        """The claims of a token this issuer signed for `audience` (default: --oidc-audience; the
+        console's ID tokens: its client id), verified; Unauthorized otherwise."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -126,15 +134,23 @@ class OidcVerifier:
                 token,
                 key=key,
                 algorithms=[alg],
-                audience=self.settings.oidc_audience,
+                audience=audience or self.settings.oidc_audience,
                 issuer=self.issuer,
                 leeway=self.settings.oidc_clock_skew,
                 options={"require": REQUIRED},
             )
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"invalid token: {type(exc).__name__}") from exc
-        expires = float(claims["exp"]) + self.settings.oidc_clock_skew
-        return map_claims(claims, self.settings), expires
+        return claims
+
+    async def metadata(self) -> dict[str, Any]:
+        """The issuer's discovery document (the console's sign-in needs its authorization and token
+        endpoints), fetched with the JWKS; OutboundRefused while the issuer cannot be read."""
+        if not self.discovery:
+            await self._refresh()  # at most every REFETCH_INTERVAL
+        if not self.discovery:
+            raise OutboundRefused(f"cannot read the discovery document of {self.issuer}")
+        return self.discovery
 
     async def _key(self, kid: str, alg: str) -> jwt.PyJWK:
         stale = time.monotonic() - self._fetched_at > self.settings.oidc_jwks_refresh
@@ -168,6 +184,7 @@ class OidcVerifier:
                     raise OutboundRefused("the discovery document names another issuer")
                 document = orjson.loads(await self.policy.get(str(discovery["jwks_uri"]), "application/json"))
                 keys = {str(k.get("kid", "")): k for k in document["keys"] if isinstance(k, dict)}
+                self.discovery = discovery
             except (OutboundRefused, orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
                 log.warning("cannot fetch the JWKS of %s: %s", self.issuer, exc)
                 return

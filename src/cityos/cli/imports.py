@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cityos.cli.common import DEFAULT_URL, ProgressBar, add_target_options, fail, open_sink
+from cityos.ingest import runs
 
 MAX_PRINTED_ISSUES = 40
 
@@ -93,7 +94,20 @@ def run_gtfs(args: argparse.Namespace) -> int:
         bar = ProgressBar(f"Loading {feed.name}")
         try:
             async with open_sink(args) as sink:
-                return await gtfs.import_feed(feed, sink, args.tenant, prefix=args.prefix, progress=bar)
+                record = runs.new_run("gtfs", feed.name, args.tenant)
+                await runs.save(sink, record)
+                try:
+                    report = await gtfs.import_feed(feed, sink, args.tenant, prefix=args.prefix, progress=bar)
+                except gtfs.GtfsError as exc:
+                    errors = [("", str(i)) for i in exc.issues if i.severity == "error"]
+                    await runs.save(
+                        sink, runs.finish(record, stored=0, rejects=errors, failed=True, message="not imported")
+                    )
+                    raise
+                failures = [runs.split_failure(f) for f in report.failed]
+                summary = f"{report.written} entities loaded"
+                await runs.save(sink, runs.finish(record, stored=report.written, rejects=failures, message=summary))
+                return report
         finally:
             bar.close()
 
@@ -123,29 +137,45 @@ def run_gtfs_realtime(args: argparse.Namespace) -> int:
 
     failures = 0
 
+    record = runs.new_run("gtfs-rt", args.source, args.tenant)  # one run, counted round by round
+    rounds_done: list[Any] = []
+
     def report(outcome: gtfs_realtime.RealtimeReport | gtfs_realtime.RealtimeError) -> None:
         nonlocal failures
+        rounds_done.append(outcome)
         if isinstance(outcome, gtfs_realtime.RealtimeError):
             failures += 1
             print(f"{args.source}: {outcome}")
+            runs.add_round(record, stored=0, rejects=[("feed", str(outcome))])
         else:
             failures += bool(outcome.failed)
             print(f"{args.source}: {outcome.summary()}")
             for failure in outcome.failed[:MAX_PRINTED_ISSUES]:
                 print(f"  refused: {failure}")
+            stored = outcome.vehicles + outcome.trip_updates + outcome.alerts
+            runs.add_round(record, stored=stored, rejects=[runs.split_failure(f) for f in outcome.failed])
 
     async def run() -> None:
         async with open_sink(args) as sink:
+            await runs.save(sink, record)
             rounds = args.rounds if args.interval > 0 else 1
-            await gtfs_realtime.poll(
-                args.source,
-                sink,
-                args.tenant,
-                interval=args.interval,
-                prefix=args.prefix,
-                rounds=rounds,
-                on_round=report,
-            )
+            try:
+                await gtfs_realtime.poll(
+                    args.source,
+                    sink,
+                    args.tenant,
+                    interval=args.interval,
+                    prefix=args.prefix,
+                    rounds=rounds,
+                    on_round=report,
+                )
+            finally:
+                kept = [(r["where"], r["reason"]) for r in record.rejects]
+                message = f"{len(rounds_done)} round(s)"
+                ended = runs.finish(
+                    record, stored=record.stored, rejects=kept, rejected=record.rejected, message=message
+                )
+                await runs.save(sink, ended)
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends polling
         asyncio.run(run())
@@ -168,9 +198,21 @@ def run_csv(args: argparse.Namespace) -> int:
         bar = ProgressBar(f"Loading {source.name}")
         try:
             async with open_sink(args) as sink:
-                return await csv_import.import_csv(
-                    source, mapping, sink, args.tenant, rejects_path=rejects, progress=bar
+                record = runs.new_run("csv", source.name, args.tenant)
+                await runs.save(sink, record)
+                try:
+                    report = await csv_import.import_csv(
+                        source, mapping, sink, args.tenant, rejects_path=rejects, progress=bar
+                    )
+                except (csv_import.MappingError, ValueError, OSError) as exc:
+                    await runs.save(sink, runs.finish(record, stored=0, failed=True, message=str(exc)))
+                    raise
+                examples = [(f"line {line}", reason) for line, reason in report.examples]
+                ended = runs.finish(
+                    record, stored=report.loaded, rejects=examples, rejected=report.rejected, message=report.summary()
                 )
+                await runs.save(sink, ended)
+                return report
         finally:
             bar.close()
 
@@ -187,7 +229,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     async def run() -> DemoReport:
         async with open_sink(args) as sink:
-            return await load_demo(sink, args.tenant, history_sink=sink)
+            record = runs.new_run("demo", "the demo city", args.tenant)
+            await runs.save(sink, record)
+            report = await load_demo(sink, args.tenant, history_sink=sink)
+            await runs.save(sink, runs.demo_finished(record, report))
+            return report
 
     report = asyncio.run(run())
     for line in report.lines(args.url or DEFAULT_URL):

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from cityos.auth.middleware import SESSION_COOKIE
 from cityos.console import i18n, views
+from cityos.console import oidc as console_oidc
 from cityos.console.client import API, Answer, ApiClient
 from cityos.errors import NgsiLdError
 from cityos.ops.declare import browser_page
@@ -283,11 +284,12 @@ async def map_page(request: Request) -> Response:
 async def operations(request: Request) -> Response:
     async with client(request) as api:
         types = await api.types()
-        subs, groups, devices, contexts = await asyncio.gather(
+        subs, groups, devices, contexts, imports = await asyncio.gather(
             api.get(f"{API}/subscriptions", {"limit": 100}),
             api.get("/iot/services", {"limit": 100}),
             api.get("/iot/devices", {"limit": 100}),
             api.get(f"{API}/jsonldContexts", {"details": "true"}),
+            api.get("/cityos/v1/imports", {"limit": 20}),
         )
 
     def listed(answer: Answer, key: str = "") -> Any:
@@ -305,6 +307,8 @@ async def operations(request: Request) -> Response:
         iot_error="" if groups.ok else problem_text(groups),
         contexts=listed(contexts),
         contexts_error="" if contexts.ok else problem_text(contexts),
+        imports=listed(imports),
+        imports_error="" if imports.ok else problem_text(imports),
         subscribable=await _allowed(request, "subscribe", types),
     )
 
@@ -336,12 +340,14 @@ async def admin(request: Request) -> Response:
     (a user without the admin role sees why each is not shown)."""
     after = request.query_params.get("after", "0")
     after = after if after.isdigit() else "0"
+    fresh = "true" if request.query_params.get("fresh") else ""
     async with client(request) as api:
-        keys, users, policies, audit = await asyncio.gather(
+        keys, users, policies, audit, verification = await asyncio.gather(
             api.get("/cityos/v1/admin/keys"),
             api.get("/cityos/v1/admin/users"),
             api.get("/cityos/v1/admin/policies"),
             api.get("/cityos/v1/audit", {"limit": 50, "after": after}),
+            api.get("/cityos/v1/audit/verification", {"fresh": fresh}),
         )
 
     def section(answer: Answer) -> dict[str, Any]:
@@ -359,6 +365,10 @@ async def admin(request: Request) -> Response:
         users=section(users),
         policies=section(policies),
         audit=records,
+        verification={
+            "status": verification.body if verification.ok and isinstance(verification.body, dict) else None,
+            "error": "" if verification.ok else problem_text(verification),
+        },
         next_audit=f"{PREFIX}/admin?after={last}" if last is not None and len(records["items"]) == 50 else "",
     )
 
@@ -393,9 +403,15 @@ async def edit_attribute(request: Request) -> Response:
     return RedirectResponse(f"{PREFIX}/entity?id={quote(entity_id, safe='')}", status_code=303)
 
 
+def _provider_name(request: Request) -> str:
+    """The name on "Sign in with ..." when the console may sign in at the OpenID Connect issuer."""
+    settings = request.app.state.services.settings
+    return str(settings.console_oidc_name) if settings.oidc_issuer and settings.console_oidc_client_id else ""
+
+
 async def sign_in(request: Request) -> Response:
     if request.method == "GET":
-        return render(request, "signin.html", error="", oidc=bool(request.app.state.services.settings.oidc_issuer))
+        return render(request, "signin.html", error="", oidc=_provider_name(request))
     form = await request.form()
     user, password = str(form.get("username", "")), str(form.get("password", ""))
     import base64
@@ -405,22 +421,102 @@ async def sign_in(request: Request) -> Response:
         answer = await api.request("POST", "/cityos/v1/auth/token")
     if not answer.ok or not isinstance(answer.body, dict):
         t = i18n.Translator(language(request))  # the form again, with the reason (200, as browsers expect)
-        return render(request, "signin.html", error=t("signin.failed"), oidc=False)
+        return render(request, "signin.html", error=t("signin.failed"), oidc=_provider_name(request))
     reply = RedirectResponse("/", status_code=303)
-    reply.set_cookie(
-        SESSION_COOKIE,
-        answer.body["access_token"],
-        max_age=int(answer.body.get("expires_in", 3600)),
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
+    set_session(request, reply, answer.body["access_token"], int(answer.body.get("expires_in", 3600)))
     return reply
+
+
+def set_session(request: Request, reply: Response, token: str, seconds: int) -> None:
+    """The console's session: a bearer token in an HttpOnly, SameSite=Strict cookie (local users and
+    OpenID Connect alike)."""
+    secure = request.url.scheme == "https"
+    reply.set_cookie(SESSION_COOKIE, token, max_age=seconds, httponly=True, samesite="strict", secure=secure)
 
 
 async def sign_out(request: Request) -> Response:
     reply = RedirectResponse("/", status_code=303)
     reply.delete_cookie(SESSION_COOKIE)
+    reply.delete_cookie(console_oidc.COOKIE, path=console_oidc.COOKIE_PATH)
+    return reply
+
+
+def _oidc_client(request: Request) -> console_oidc.ConsoleOidc | None:
+    """The console's OpenID Connect client; None when not configured."""
+    if not _provider_name(request):
+        return None
+    from cityos.auth.oidc import OidcVerifier  # loaded already: an issuer is set
+
+    verifier = request.app.state.identity.authenticator.jwt
+    if not isinstance(verifier, OidcVerifier):
+        return None
+    return console_oidc.ConsoleOidc(request.app.state.services.settings, verifier)
+
+
+def _redirect_uri(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + f"{console_oidc.COOKIE_PATH}callback"
+
+
+async def oidc_begin(request: Request) -> Response:
+    """To the provider's sign-in, with a new state, nonce and PKCE verifier kept in the browser."""
+    oidc = _oidc_client(request)
+    if oidc is None:
+        return Response(status_code=404)
+    pending = console_oidc.Pending.new(request.query_params.get("next", "/"))
+    try:
+        target = await oidc.authorization_url(pending, _redirect_uri(request))
+    except console_oidc.SignInFailed as failed:
+        return _sign_in_failed(request, failed)
+    reply = RedirectResponse(target, status_code=303)
+    reply.set_cookie(
+        console_oidc.COOKIE,
+        pending.cookie(),
+        max_age=console_oidc.PENDING_SECONDS,
+        path=console_oidc.COOKIE_PATH,
+        httponly=True,
+        samesite="lax",  # it must come back with the provider's redirect (a cross-site navigation)
+        secure=request.url.scheme == "https",
+    )
+    return reply
+
+
+async def oidc_callback(request: Request) -> Response:
+    """The provider's redirect: the code for tokens, the access token as the session (the API
+    maps it to a principal as any bearer token), then on to the console."""
+    oidc = _oidc_client(request)
+    if oidc is None:
+        return Response(status_code=404)
+    pending = console_oidc.Pending.parse(request.cookies.get(console_oidc.COOKIE))
+    try:
+        tokens = await oidc.finish(request.query_params, pending, _redirect_uri(request))
+        try:
+            principal = await request.app.state.identity.authenticator.authenticate(f"Bearer {tokens.access_token}")
+        except NgsiLdError as refused:
+            raise console_oidc.SignInFailed("signin.oidc_token", f"access token: {refused.detail}", 502) from refused
+        if (principal.claims or {}).get("sub") != tokens.id_claims.get("sub"):
+            raise console_oidc.SignInFailed("signin.oidc_token", "the tokens name different subjects", 502)
+    except console_oidc.SignInFailed as failed:
+        return _sign_in_failed(request, failed)
+    assert pending is not None  # finish() refuses a callback without one
+    # a page, not a redirect: the provider's redirect may be a cross-site navigation, and the
+    # browser sends a SameSite=Strict cookie on none of its hops; this page's own move is same-site
+    reply = render(request, "signed_in.html", back=pending.back)
+    set_session(request, reply, tokens.access_token, tokens.expires_in)
+    reply.delete_cookie(console_oidc.COOKIE, path=console_oidc.COOKIE_PATH)
+    return reply
+
+
+def _sign_in_failed(request: Request, failed: console_oidc.SignInFailed) -> Response:
+    """The sign-in page again with the reason (no session), and the pending sign-in forgotten."""
+    t = i18n.Translator(language(request))
+    reply = render(
+        request,
+        "signin.html",
+        status=failed.status,
+        error=t(failed.key, detail=failed.detail or "-"),
+        oidc=_provider_name(request),
+    )
+    reply.delete_cookie(console_oidc.COOKIE, path=console_oidc.COOKIE_PATH)
     return reply
 
 
@@ -500,6 +596,8 @@ def _routes() -> list[Route]:
         Route(f"{PREFIX}/alerts/acknowledge", page(acknowledge), methods=["POST"]),
         Route(f"{PREFIX}/signin", sign_in, methods=["GET", "POST"]),
         Route(f"{PREFIX}/signout", sign_out, methods=["POST"]),
+        Route(f"{PREFIX}/oidc/signin", oidc_begin, methods=["GET"]),
+        Route(f"{PREFIX}/oidc/callback", oidc_callback, methods=["GET"]),
         Route(f"{PREFIX}/language", set_language, methods=["GET"]),
         Route(f"{PREFIX}/api/{{path:path}}", api_proxy, methods=["GET"]),
         Route(f"{PREFIX}/static/{{path:path}}", static, methods=["GET"]),

@@ -40,6 +40,7 @@ from cityos.ingest.schemas import load_validator, schema_errors
 from cityos.ingest.sink import Body, Sink
 
 Progress = Callable[[int, int], None]
+EXAMPLES = 20  # rejects whose reasons the report keeps (the import run's record: ingest/runs.py)
 
 
 class MappingError(ValueError):
@@ -280,6 +281,7 @@ class CsvReport:
     entities: set[str] = field(default_factory=set)
     seconds: float = 0.0
     rejects_path: Path | None = None
+    examples: list[tuple[int, str]] = field(default_factory=list)  # (line, reason) of the first rejects
 
     def summary(self) -> str:
         text = (
@@ -362,6 +364,10 @@ async def import_csv(
             else:
                 bad.append((line, f"refused by the broker: {result.error}", row))
         report.rejected += len(bad)
+        report.examples += [
+            (line, reason)
+            for line, reason, _ in sorted(bad, key=lambda r: r[0])[: max(0, EXAMPLES - len(report.examples))]
+        ]
         rejects.write(bad)
         batch.clear()
         bad.clear()

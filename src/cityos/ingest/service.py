@@ -62,14 +62,18 @@ class IngestService:
             await self._remove_partial_demo()
         elif (await self.store.query_entities("", EntityQuery(limit=1))).entities:
             return False
+        from cityos.ingest import runs
         from cityos.ingest.demo import load_demo
 
         log.info("Loading the demo city (--demo-on-empty) ...")
         if not interrupted:
             await self.store.add_ingest_records([DEMO_MARK])
+        record = runs.new_run("demo", "the demo city (--demo-on-empty)")
+        await runs.save(self.sink, record)
         report = await load_demo(
             self.sink, history_sink=self.sink, progress=lambda step: log.info("Loading the demo city: %s", step)
         )
+        await runs.save(self.sink, runs.demo_finished(record, report))
         await self.store.refresh_statistics()
         await self.store.delete_ingest_record(DEMO_MARK.kind, DEMO_MARK.tenant, DEMO_MARK.key)
         base = f"http://{self.settings.host}:{self.settings.port}"

@@ -19,6 +19,7 @@ from cityos.store.audit_base import AuditStore
 from cityos.store.cell_key import KEY_ZOOM
 from cityos.store.dataspace_base import DataspaceStore
 from cityos.store.identity_base import IdentityStore
+from cityos.store.import_runs_base import ImportRunStore
 from cityos.store.policy_base import PolicyStore
 from cityos.store.snapshot_base import SnapshotStore
 from cityos.store.temporal_base import TemporalStore
@@ -234,10 +235,13 @@ class IngestRecord:
     document: dict[str, Any]
 
 
-class EntityStore(TemporalStore, IdentityStore, PolicyStore, AuditStore, SnapshotStore, DataspaceStore, Protocol):
+class EntityStore(
+    TemporalStore, IdentityStore, PolicyStore, AuditStore, SnapshotStore, DataspaceStore, ImportRunStore, Protocol
+):
     """Current state, subscriptions, maps and discovery; the temporal methods come from TemporalStore,
     the credentials' from IdentityStore, the policies' from PolicyStore, the audit trail's from AuditStore,
-    the snapshots' from SnapshotStore, the data channel's from DataspaceStore."""
+    the snapshots' from SnapshotStore, the data channel's from DataspaceStore, the import runs' from
+    ImportRunStore."""
 
     # True when several workers share the store: the subscription throttling is then decided by the
     # store, in the write transaction (an outbox row with `throttling` is dropped within the period),

@@ -41,6 +41,7 @@ from cityos.store.sqlite_downsample import SQLiteDownsample
 from cityos.store.sqlite_grid import SQLiteGrid
 from cityos.store.sqlite_history import Names, TimeCodec, instance_prefix
 from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
+from cityos.store.sqlite_import_runs import IMPORT_RUNS_SCHEMA, SQLiteImportRuns
 from cityos.store.sqlite_layout import inflate, register
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
 from cityos.store.sqlite_query import SQLiteQueries, create_query_schema, decode, register_geo_functions, stored_form
@@ -184,6 +185,7 @@ class SQLiteStore(
     SQLiteAudit,
     SQLiteSnapshots,
     SQLiteDataspace,
+    SQLiteImportRuns,
 ):
     throttles_in_store = False  # one process: the matcher's in-memory throttle sees every notification
     _exclusive: dict[tuple[str, str], asyncio.Lock] | None = None
@@ -384,6 +386,7 @@ class SQLiteStore(
                 connection.executescript(DATASPACE_SCHEMA)  # additive, as the policies'
                 connection.executescript(IDENTITY_SCHEMA)
                 connection.executescript(SNAPSHOT_SCHEMA)  # additive: older files gain the table
+                connection.executescript(IMPORT_RUNS_SCHEMA)  # additive, as the snapshots'
                 if "owner" not in {row[1] for row in connection.execute("PRAGMA table_info(entity_maps)")}:
                     connection.execute("ALTER TABLE entity_maps ADD COLUMN owner TEXT")  # files made before owners
                 create_query_schema(connection)  # additive: older files gain the listing index

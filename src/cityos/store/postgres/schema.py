@@ -16,6 +16,7 @@ import asyncpg
 from cityos.store.postgres.audit import AUDIT_SQL
 from cityos.store.postgres.dataspace import DATASPACE_SQL, NONCES_SQL
 from cityos.store.postgres.identity import IDENTITY_SQL
+from cityos.store.postgres.import_runs import IMPORT_RUNS_SQL
 from cityos.store.postgres.policies import POLICY_SQL
 from cityos.store.postgres.schema_catalog import CATALOG_SQL
 from cityos.store.postgres.schema_temporal import TEMPORAL_SQL
@@ -235,6 +236,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(15, "partners' signed requests: nonces seen and rate buckets, shared by the workers", NONCES_SQL),
     Migration(16, "map cell keys of the geo boxes, generated and indexed (entity_geo.cell)", _V16),
     Migration(17, "map cells by type: the entity's first type in each geo box row, indexed", _V17),
+    Migration(18, "import runs with their counts and first rejects (ingest/runs.py)", IMPORT_RUNS_SQL),
 )
 LATEST = MIGRATIONS[-1].version
 _LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")

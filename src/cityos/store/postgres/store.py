@@ -50,6 +50,7 @@ from cityos.store.postgres.dataspace import PostgresDataspace
 from cityos.store.postgres.events import RESYNC, EventFollower, channel_for, notify
 from cityos.store.postgres.grid import PostgresGrid
 from cityos.store.postgres.identity import PostgresIdentity
+from cityos.store.postgres.import_runs import PostgresImportRuns
 from cityos.store.postgres.lane import Lane, lane_size
 from cityos.store.postgres.outbox import subscription_rows
 from cityos.store.postgres.pages import (
@@ -116,6 +117,7 @@ class PostgresStore(
     PostgresAudit,
     PostgresSnapshots,
     PostgresDataspace,
+    PostgresImportRuns,
 ):
     throttles_in_store = True  # several workers: throttling is decided on the subscription's row (outbox.py)
     _exclusive: dict[tuple[str, str], asyncio.Lock] | None = None
