@@ -43,6 +43,7 @@ from cityos.store.sqlite_identity import IDENTITY_SCHEMA, SQLiteIdentity
 from cityos.store.sqlite_layout import inflate, register
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
 from cityos.store.sqlite_query import SQLiteQueries, create_query_schema, decode, register_geo_functions, stored_form
+from cityos.store.sqlite_retention import SQLiteRetention
 from cityos.store.sqlite_schema import upgrade as upgrade_schema
 from cityos.store.sqlite_snapshots import SNAPSHOT_SCHEMA, SQLiteSnapshots
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
@@ -177,6 +178,7 @@ class SQLiteStore(
     SQLiteCatalog,
     SQLiteWrites,
     SQLiteTemporal,
+    SQLiteRetention,
     SQLiteDownsample,
     SQLiteIdentity,
     SQLitePolicies,
