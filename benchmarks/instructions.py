@@ -32,7 +32,8 @@ sealer has sealed the load's writes (under callgrind that takes seconds) and is 
 instructions. CITYOS_INSTRUCTIONS_RULES=N serves with N alert rules judging every change of the T
 entities (write_rules; issue 17's "at most 10% with 100 rules"). CITYOS_INSTRUCTIONS_OBSERVE=off serves
 with --no-metrics, =all with the metrics and --access-log --log-format json (issue 20's "at most 5%";
-the lines go to stderr: send it to /dev/null); unset: the default (metrics on, no access log).
+the lines go to stderr: send it to /dev/null; the lines still kept at the end of the loop are written
+inside the count); unset: the default (metrics on, no access log).
 
 Work done once per period of wall-clock time (the expiry sweep every second, the authenticator's
 credentials poll every second, the signed audit checkpoint every minute, the WAL checkpoint every
@@ -282,7 +283,24 @@ async def measure(kind: str, count: int) -> float:
             await call(app, *request_of(kind, seq + offset), reader)
         # the load's after-work (PostgreSQL's audit sealer, 50 ms after a write) done before the count
         await asyncio.sleep(float(os.environ.get("CITYOS_INSTRUCTIONS_SETTLE", "0")))
-        return await timed(app, [request_of(kind, seq) for seq in range(count)], reader)
+        # the access lines still kept are written inside the count (formatted at the write, in batches)
+        finish = access_flush() if observe in ("all", "all-batched") else None
+        return await timed(app, [request_of(kind, seq) for seq in range(count)], reader, finish)
+
+
+def access_flush() -> Callable[[], None]:
+    """Writes the lines every access log of the process still keeps (observe/access.py)."""
+    import gc
+
+    from cityos.observe.access import AccessLog
+
+    logs = [found for found in gc.get_objects() if isinstance(found, AccessLog)]
+
+    def flush() -> None:
+        for log in logs:
+            log.flush()
+
+    return flush
 
 
 def write_rules(folder: Path, count: int, type_: str = "T", attribute: str = "temperature") -> str:
@@ -328,13 +346,21 @@ def put_off_periodic() -> None:
     sqlite_query.LOOP_WALL = sqlite_query.LOOP_PYTHON = PERIODIC_SECONDS
 
 
-async def timed(app: Any, requests: list[tuple[str, str, bytes]], authorization: bytes | None) -> float:
-    """CPU seconds per request of `requests` (each must succeed), counted by callgrind too (when on)."""
+async def timed(
+    app: Any,
+    requests: list[tuple[str, str, bytes]],
+    authorization: bytes | None,
+    finish: Callable[[], None] | None = None,
+) -> float:
+    """CPU seconds per request of `requests` (each must succeed), counted by callgrind too (when on);
+    `finish` (work the requests left for later, such as access lines) is run inside the count."""
     callgrind("on")
     started = time.process_time()
     for request in requests:
         status = await call(app, *request, authorization)
         assert status < 300, f"{request[:2]} answered {status}"
+    if finish is not None:
+        finish()
     spent = time.process_time() - started
     callgrind("off")
     return spent / len(requests)

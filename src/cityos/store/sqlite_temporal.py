@@ -52,6 +52,7 @@ from cityos.store.temporal_base import (
     TemporalQuery,
     assemble,
 )
+from cityos.store.temporal_downsample import GREATEST, LEAST, SAMPLES, SQUARES
 from cityos.temporal.query import to_micros
 
 T = TypeVar("T")
@@ -644,7 +645,9 @@ class SQLiteTemporal:
         origin = at if spec.origin is None else spec.origin
         stats = [stat for stat in STATS if spec.wants(stat)]
         text = VALUE_TEXT.format(r="i")
-        rows = f"SELECT {column} AS t, i.num AS num, {text} AS vtext, i.vkind AS v, i.shape AS shape {between}"
+        rows = (
+            f"SELECT {column} AS t, i.num AS num, {text} AS vtext, i.vkind AS v, i.shape AS shape, {WEIGHTED} {between}"
+        )
         if not spec.months and not spec.micros:  # one period
             row = connection.execute(f"SELECT {_select(stats, True)} FROM ({rows}) p", [*params, start, end])
             return [_period_stats(0, origin, row.fetchone(), stats)]
@@ -706,16 +709,35 @@ class SQLiteTemporal:
 
 
 LOOP_PERIODS = 256  # periods of one series read one statement each; more are grouped by one sort
-# statistic -> SQL over the period's rows (p: t, num, vtext, v = vkind, shape)
+
+
+def _folded(member: str, otherwise: str) -> str:
+    """SQL of a number a downsampled hourly instance (store/temporal_downsample.py) keeps in its
+    `rest` as sub-property `member`, else `otherwise`: a byte search in the few rows that have a
+    `rest` first, so the readings pay no JSON parse."""
+    found = f"json_extract(CAST(i.rest AS TEXT), '$.\"{member}\".value')"
+    marked = f"instr(i.rest, CAST('{_MARK}' AS BLOB)) > 0"
+    return f"CASE WHEN {marked} THEN COALESCE({found}, {otherwise}) ELSE {otherwise} END"
+
+
+_MARK = SAMPLES.rsplit("/", 1)[1]  # "history#sampleCount": only a downsampled instance has it
+# what each row stands for: w readings (1, or an hourly instance's sampleCount), the least and
+# greatest of them (lo, hi) and the sum of their squares (sq); the statistics are weighted by them,
+# so an aggregation over hourly instances gives what it gave over the readings (but distinctCount)
+WEIGHTED = (
+    f"{_folded(SAMPLES, '1')} AS w, {_folded(LEAST, 'i.num')} AS lo, {_folded(GREATEST, 'i.num')} AS hi,"
+    f" {_folded(SQUARES, 'i.num * i.num')} AS sq"
+)
+# statistic -> SQL over the period's rows (p: t, num, vtext, v = vkind, shape, w, lo, hi, sq)
 STAT_SQL = {
-    "count": "COUNT(*)",
+    "count": "SUM(w)",
     "distinct": "COUNT(DISTINCT vtext) + COUNT(DISTINCT CASE WHEN v = 1 THEN num END)",  # ints have no vtext
-    "numbers": "COUNT(num)",
-    "sum": "SUM(num)",
-    "avg": "AVG(num)",
-    "min": "MIN(num)",
-    "max": "MAX(num)",
-    "sumsq": "SUM(num * num)",
+    "numbers": "COALESCE(SUM(CASE WHEN num IS NOT NULL THEN w END), 0)",
+    "sum": "SUM(num * w)",
+    "avg": "SUM(num * w) / SUM(CASE WHEN num IS NOT NULL THEN w END)",
+    "min": "MIN(lo)",
+    "max": "MAX(hi)",
+    "sumsq": "SUM(CASE WHEN num IS NOT NULL THEN sq END)",
     "min_text": "MIN(COALESCE(vtext, CASE WHEN v = 1 THEN CAST(CAST(num AS INTEGER) AS TEXT) END))",
     "max_text": "MAX(COALESCE(vtext, CASE WHEN v = 1 THEN CAST(CAST(num AS INTEGER) AS TEXT) END))",
 }

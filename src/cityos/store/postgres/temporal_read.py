@@ -43,6 +43,7 @@ from cityos.store.temporal_base import (
     TemporalQuery,
     assemble,
 )
+from cityos.store.temporal_downsample import GREATEST, LEAST, SAMPLES, SQUARES
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
@@ -431,7 +432,7 @@ class PostgresTemporalReads(Transactions):
         sql = (
             f"SELECT s.epk, s.attr, s.dataset, x.* FROM ({series_of(query, pks, p)}) s CROSS JOIN LATERAL"
             f" (SELECT max(kind) AS kind, {period} AS k, origin, {times}, {stats}"
-            f" FROM (SELECT i.kind, {column} AS t, i.num, i.vtext, o.origin FROM temporal_instances i,"
+            f" FROM (SELECT i.kind, {column} AS t, i.num, i.vtext, {WEIGHTED}, o.origin FROM temporal_instances i,"
             f" (SELECT {origin} AS origin) o WHERE {same}) p GROUP BY k, origin) x"
             " ORDER BY s.epk, s.attr, s.dataset, x.k"
         )
@@ -448,16 +449,31 @@ class PostgresTemporalReads(Transactions):
         ]
 
 
-# statistic -> SQL over the period's rows (p: t, num, vtext), as sqlite_temporal.STAT_SQL
+def _folded(member: str, otherwise: str, cast: str = "float8") -> str:
+    """SQL of a number a downsampled hourly instance (store/temporal_downsample.py) keeps in its
+    doc as sub-property `member`, else `otherwise`: a text search first, so that the readings'
+    documents are not parsed."""
+    found = f"(i.doc -> '{member}' ->> 'value')::{cast}"
+    return f"CASE WHEN strpos(i.doc::text, '{_MARK}') > 0 THEN COALESCE({found}, {otherwise}) ELSE {otherwise} END"
+
+
+_MARK = SAMPLES.rsplit("/", 1)[1]  # "history#sampleCount": only a downsampled instance has it
+# what each row stands for (as sqlite_temporal.WEIGHTED): w readings, their least and greatest
+# value (lo, hi) and the sum of their squares (sq)
+WEIGHTED = (
+    f"{_folded(SAMPLES, '1', 'bigint')} AS w, {_folded(LEAST, 'i.num')} AS lo, {_folded(GREATEST, 'i.num')} AS hi,"
+    f" {_folded(SQUARES, 'i.num * i.num')} AS sq"
+)
+# statistic -> SQL over the period's rows (p: t, num, vtext, w, lo, hi, sq), as sqlite_temporal.STAT_SQL
 STAT_SQL = {
-    "count": "count(*)",
+    "count": "sum(w)",
     "distinct": "count(DISTINCT vtext)",
-    "numbers": "count(num)",
-    "sum": "sum(num)",
-    "avg": "avg(num)",
-    "min": "min(num)",
-    "max": "max(num)",
-    "sumsq": "sum(num * num)",
+    "numbers": "coalesce(sum(CASE WHEN num IS NOT NULL THEN w END), 0)",
+    "sum": "sum(num * w)",
+    "avg": "sum(num * w) / sum(CASE WHEN num IS NOT NULL THEN w END)::float8",
+    "min": "min(lo)",
+    "max": "max(hi)",
+    "sumsq": "sum(CASE WHEN num IS NOT NULL THEN sq END)",
     "min_text": "min(vtext)",
     "max_text": "max(vtext)",
 }
