@@ -256,11 +256,7 @@ async def measure(kind: str, count: int) -> float:
         options["metrics"] = False
     elif observe in ("all", "all-batched"):  # the access lines to stderr (send it to /dev/null), at info
         options.update(access_log=True, log_format="json")
-        logging.getLogger("cityos.access").setLevel(logging.INFO)
-        if observe == "all-batched":  # written 256 at a time, as under load (valgrind's clock is slow)
-            import cityos.observe.access
-
-            cityos.observe.access.FLUSH_SECONDS = 3600.0
+        logging.getLogger("cityos.access").setLevel(logging.INFO)  # (all-batched: as all, now)
     if int(os.environ.get(RULES_ENV, "0")):  # issue 17: alert rules judging every change of T
         watched = ("OffStreetParking", "availableSpotNumber") if kind in SPOTS else ("T", "temperature")
         options["rules_dir"] = write_rules(folder / "rules", int(os.environ[RULES_ENV]), *watched)
@@ -344,6 +340,20 @@ def put_off_periodic() -> None:
     # have none of the last two: setting them changes nothing there)
     sqlite_query.DECISION_AGE = PERIODIC_SECONDS
     sqlite_query.LOOP_WALL = sqlite_query.LOOP_PYTHON = PERIODIC_SECONDS
+    try:
+        from cityos.observe import access, metrics
+    except ImportError:  # a commit before issue 20
+        return
+
+    # the metrics' sampler wakes 4 times a second (the event-loop lag) and samples every 5 s: a
+    # few wake-ups per thousand requests under load, one every few requests under callgrind
+    async def sampled_once(self: Any, interval: float) -> None:
+        await asyncio.sleep(PERIODIC_SECONDS)
+
+    metrics.Metrics.run = sampled_once  # type: ignore[method-assign]
+    # the access lines of 50 ms are written together: under load a batch of hundreds, under
+    # callgrind (fifty times slower) a few lines; written MAX_PENDING (256) at a time instead
+    access.FLUSH_SECONDS = PERIODIC_SECONDS
 
 
 async def timed(
