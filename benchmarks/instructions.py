@@ -37,7 +37,8 @@ inside the count); unset: the default (metrics on, no access log).
 
 Work done once per period of wall-clock time (the expiry sweep every second, the authenticator's
 credentials poll every second, the signed audit checkpoint every minute, the WAL checkpoint every
-0.2 s while writes go on, a q filter's plan decision kept for a second) is put off for the run, and
+0.2 s while writes go on, a q filter's plan decision kept for a second, the metrics' sampler and its
+event-loop lag probe, the access log's 50 ms batches: written 256 at a time) is put off for the run, and
 the wall-clock budget of a query page read on the event loop lifted (`put_off_periodic`):
 under callgrind a second is a few requests instead of thousands, so such work would be counted
 many times per request, more the busier the machine (a loaded machine slows the run down).

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from cityos.store.sqlite_history import DECODED, INSERT_INSTANCE, Names, TimeCodec, decode, encode
 from cityos.store.sqlite_layout import name_ids
-from cityos.store.temporal_downsample import HOUR, chunks, fold
+from cityos.store.temporal_downsample import HOUR, SAMPLES, chunks, fold
 
 T = TypeVar("T")
 _COLUMNS = ", ".join(f"i.{name}" for name in DECODED)
@@ -49,6 +49,9 @@ class SQLiteDownsample:
             return [((epk, attr, dataset, hour), n) for epk, attr, dataset, hour, n in rows]
 
         hours = await self._read(find)
+        # the mark that aggregations weight instances from now on (sqlite_temporal.WEIGHTED): set by
+        # every run, so a file folded by a CityOS before the mark gets it at the next run
+        await self._write(lambda connection: self._wnames.id(connection, SAMPLES), groupable=False)
 
         def run(chunk: list[tuple[int, int, int, int]]) -> Callable[[sqlite3.Connection], int]:
             def folded(connection: sqlite3.Connection) -> int:

@@ -716,11 +716,14 @@ def _folded(member: str, otherwise: str) -> str:
     `rest` as sub-property `member`, else `otherwise`: a byte search in the few rows that have a
     `rest` first, so the readings pay no JSON parse."""
     found = f"json_extract(CAST(i.rest AS TEXT), '$.\"{member}\".value')"
-    marked = f"instr(i.rest, CAST('{_MARK}' AS BLOB)) > 0"
+    marked = f"{_DOWNSAMPLED} AND instr(i.rest, CAST('{_MARK}' AS BLOB)) > 0"
     return f"CASE WHEN {marked} THEN COALESCE({found}, {otherwise}) ELSE {otherwise} END"
 
 
 _MARK = SAMPLES.rsplit("/", 1)[1]  # "history#sampleCount": only a downsampled instance has it
+# whether anything was ever downsampled (sqlite_downsample interns SAMPLES as a name then): one
+# look-up per statement (SQLite evaluates it once), so a file that never was pays no byte search
+_DOWNSAMPLED = f"(SELECT EXISTS (SELECT 1 FROM temporal_names WHERE name = '{SAMPLES}'))"
 # what each row stands for: w readings (1, or an hourly instance's sampleCount), the least and
 # greatest of them (lo, hi) and the sum of their squares (sq); the statistics are weighted by them,
 # so an aggregation over hourly instances gives what it gave over the readings (but distinctCount)

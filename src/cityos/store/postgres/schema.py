@@ -204,6 +204,10 @@ ALTER TABLE entity_geo ADD COLUMN cell bigint GENERATED ALWAYS AS (cityos_cell_k
 CREATE INDEX entity_geo_cell ON entity_geo (attr, cell) INCLUDE (pk, min_x, max_x, min_y, max_y);
 """
 
+# named marks of the history (store/temporal_downsample.py): 'downsampled' once a downsampling run
+# has folded hours, from when aggregations weight instances by what they stand for
+_V17 = "CREATE TABLE temporal_marks (mark text PRIMARY KEY);"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "entities, their side tables and hosted @contexts", _V1),
     Migration(2, "subscriptions, outbox, workers, registrations, entity maps, ingestion records", CATALOG_SQL),
@@ -221,6 +225,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(14, "entities leave room on each page, so an update of a document is HOT", _V14),
     Migration(15, "partners' signed requests: nonces seen and rate buckets, shared by the workers", NONCES_SQL),
     Migration(16, "map cell keys of the geo boxes, generated and indexed (entity_geo.cell)", _V16),
+    Migration(17, "marks of the history: 'downsampled' once hours are folded (aggregations weight them)", _V17),
 )
 LATEST = MIGRATIONS[-1].version
 _LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")

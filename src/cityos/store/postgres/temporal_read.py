@@ -454,10 +454,14 @@ def _folded(member: str, otherwise: str, cast: str = "float8") -> str:
     doc as sub-property `member`, else `otherwise`: a text search first, so that the readings'
     documents are not parsed."""
     found = f"(i.doc -> '{member}' ->> 'value')::{cast}"
-    return f"CASE WHEN strpos(i.doc::text, '{_MARK}') > 0 THEN COALESCE({found}, {otherwise}) ELSE {otherwise} END"
+    marked = f"{_DOWNSAMPLED} AND strpos(i.doc::text, '{_MARK}') > 0"
+    return f"CASE WHEN {marked} THEN COALESCE({found}, {otherwise}) ELSE {otherwise} END"
 
 
 _MARK = SAMPLES.rsplit("/", 1)[1]  # "history#sampleCount": only a downsampled instance has it
+# whether anything was ever downsampled (temporal_marks, schema 17): an InitPlan, evaluated once per
+# statement, so a database that never was pays no text search per instance
+_DOWNSAMPLED = "(SELECT EXISTS (SELECT FROM temporal_marks WHERE mark = 'downsampled'))"
 # what each row stands for (as sqlite_temporal.WEIGHTED): w readings, their least and greatest
 # value (lo, hi) and the sum of their squares (sq)
 WEIGHTED = (
