@@ -23,6 +23,7 @@ from cityos.audit.recorder import row as audit_row
 from cityos.entities.model import Entity, Instance
 from cityos.store.base import HistoryRow
 from cityos.store.paging import bounded
+from cityos.store.sqlite_downsample import WEIGHTED, WEIGHTED_STATS
 from cityos.store.sqlite_history import (
     DECODED,
     INSERT_INSTANCE,
@@ -52,7 +53,7 @@ from cityos.store.temporal_base import (
     TemporalQuery,
     assemble,
 )
-from cityos.store.temporal_downsample import GREATEST, LEAST, SAMPLES, SQUARES
+from cityos.store.temporal_downsample import SAMPLES
 from cityos.temporal.query import to_micros
 
 T = TypeVar("T")
@@ -645,11 +646,15 @@ class SQLiteTemporal:
         origin = at if spec.origin is None else spec.origin
         stats = [stat for stat in STATS if spec.wants(stat)]
         text = VALUE_TEXT.format(r="i")
-        rows = (
-            f"SELECT {column} AS t, i.num AS num, {text} AS vtext, i.vkind AS v, i.shape AS shape, {WEIGHTED} {between}"
-        )
+        # once history was downsampled (sqlite_downsample interns SAMPLES as a name then: a look-up
+        # in the readers' cache), each row is weighted by what it stands for; else the plain
+        # statistics, so that the readings of a file never downsampled pay no byte search
+        weighted = self._names.find(connection, SAMPLES) >= 0
+        more = f", {WEIGHTED}" if weighted else ""
+        rows = f"SELECT {column} AS t, i.num AS num, {text} AS vtext, i.vkind AS v, i.shape AS shape{more} {between}"
         if not spec.months and not spec.micros:  # one period
-            row = connection.execute(f"SELECT {_select(stats, True)} FROM ({rows}) p", [*params, start, end])
+            one = f"SELECT {_select(stats, True, weighted=weighted)} FROM ({rows}) p"
+            row = connection.execute(one, [*params, start, end])
             return [_period_stats(0, origin, row.fetchone(), stats)]
         indexed = query.window.column == "observedAt" and not spec.months
         if indexed:
@@ -661,14 +666,14 @@ class SQLiteTemporal:
         if not indexed:
             period = _months_between(spec.months) if spec.months else f"((p.t - p.origin) / {int(spec.micros)})"
             grouped = connection.execute(
-                f"SELECT {period} AS k, {_select(stats, True)}"
+                f"SELECT {period} AS k, {_select(stats, True, weighted=weighted)}"
                 f" FROM (SELECT *, {int(origin)} AS origin FROM ({rows})) p GROUP BY k ORDER BY k",
                 [*params, start, end],
             ).fetchall()
             return [_period_stats(row[0], origin, row[1:], stats) for row in grouped]
         # the first and last time of a period come from index seeks, its shapes matter in the first only
         found: list[tuple[PeriodStats, tuple[int, int]]] = []
-        statements = [f"SELECT {_select(stats, False, shapes)} FROM ({rows}) p" for shapes in (True, False)]
+        statements = [f"SELECT {_select(stats, False, shapes, weighted)} FROM ({rows}) p" for shapes in (True, False)]
         newest = f"SELECT {column} {between} ORDER BY {column} DESC LIMIT 1"
         oldest = f"SELECT {column} {between} ORDER BY {column} LIMIT 1"
         while at is not None:
@@ -711,47 +716,31 @@ class SQLiteTemporal:
 LOOP_PERIODS = 256  # periods of one series read one statement each; more are grouped by one sort
 
 
-def _folded(member: str, otherwise: str) -> str:
-    """SQL of a number a downsampled hourly instance (store/temporal_downsample.py) keeps in its
-    `rest` as sub-property `member`, else `otherwise`: a byte search in the few rows that have a
-    `rest` first, so the readings pay no JSON parse."""
-    found = f"json_extract(CAST(i.rest AS TEXT), '$.\"{member}\".value')"
-    marked = f"{_DOWNSAMPLED} AND instr(i.rest, CAST('{_MARK}' AS BLOB)) > 0"
-    return f"CASE WHEN {marked} THEN COALESCE({found}, {otherwise}) ELSE {otherwise} END"
-
-
-_MARK = SAMPLES.rsplit("/", 1)[1]  # "history#sampleCount": only a downsampled instance has it
-# whether anything was ever downsampled (sqlite_downsample interns SAMPLES as a name then): one
-# look-up per statement (SQLite evaluates it once), so a file that never was pays no byte search
-_DOWNSAMPLED = f"(SELECT EXISTS (SELECT 1 FROM temporal_names WHERE name = '{SAMPLES}'))"
-# what each row stands for: w readings (1, or an hourly instance's sampleCount), the least and
-# greatest of them (lo, hi) and the sum of their squares (sq); the statistics are weighted by them,
-# so an aggregation over hourly instances gives what it gave over the readings (but distinctCount)
-WEIGHTED = (
-    f"{_folded(SAMPLES, '1')} AS w, {_folded(LEAST, 'i.num')} AS lo, {_folded(GREATEST, 'i.num')} AS hi,"
-    f" {_folded(SQUARES, 'i.num * i.num')} AS sq"
-)
-# statistic -> SQL over the period's rows (p: t, num, vtext, v = vkind, shape, w, lo, hi, sq)
+# statistic -> SQL over the period's rows (p: t, num, vtext, v = vkind, shape)
 STAT_SQL = {
-    "count": "SUM(w)",
+    "count": "COUNT(*)",
     "distinct": "COUNT(DISTINCT vtext) + COUNT(DISTINCT CASE WHEN v = 1 THEN num END)",  # ints have no vtext
-    "numbers": "COALESCE(SUM(CASE WHEN num IS NOT NULL THEN w END), 0)",
-    "sum": "SUM(num * w)",
-    "avg": "SUM(num * w) / SUM(CASE WHEN num IS NOT NULL THEN w END)",
-    "min": "MIN(lo)",
-    "max": "MAX(hi)",
-    "sumsq": "SUM(CASE WHEN num IS NOT NULL THEN sq END)",
+    "numbers": "COUNT(num)",
+    "sum": "SUM(num)",
+    "avg": "AVG(num)",
+    "min": "MIN(num)",
+    "max": "MAX(num)",
+    "sumsq": "SUM(num * num)",
     "min_text": "MIN(COALESCE(vtext, CASE WHEN v = 1 THEN CAST(CAST(num AS INTEGER) AS TEXT) END))",
     "max_text": "MAX(COALESCE(vtext, CASE WHEN v = 1 THEN CAST(CAST(num AS INTEGER) AS TEXT) END))",
 }
 
 
-def _select(stats: list[str], times: bool = False, shapes: bool = False) -> str:
+STAT_WEIGHTED = {**STAT_SQL, **WEIGHTED_STATS}  # over rows with sqlite_downsample.WEIGHTED's columns
+
+
+def _select(stats: list[str], times: bool = False, shapes: bool = False, weighted: bool = False) -> str:
     """The SELECT list of a period: its first and last time, its least and greatest shape, then
     the statistics asked for (COUNT(*) when there are none, so that the list is never empty)."""
     parts = ["MIN(t)", "MAX(t)"] if times else []
     parts += ["MIN(shape)", "MAX(shape)"] if times or shapes else []
-    return ", ".join([*parts, *(STAT_SQL[stat] for stat in stats)] or ["COUNT(*)"])
+    sql = STAT_WEIGHTED if weighted else STAT_SQL
+    return ", ".join([*parts, *(sql[stat] for stat in stats)] or ["COUNT(*)"])
 
 
 def _period_stats(
