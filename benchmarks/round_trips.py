@@ -25,6 +25,7 @@ import collections
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -144,11 +145,16 @@ async def _count(kind: str, count: int, url: str, listen: int, show: int) -> Non
     server = await _proxy(tally, upstream.hostname or "127.0.0.1", upstream.port or 5432, listen)
     measured = instructions.timed
 
-    async def timed(app: object, requests: list[tuple[str, str, bytes]], authorization: bytes | None) -> float:
+    async def timed(
+        app: object,
+        requests: list[tuple[str, str, bytes]],
+        authorization: bytes | None,
+        finish: Callable[[], None] | None = None,
+    ) -> float:
         await asyncio.sleep(0.3)  # the load's after-work (the sealer, the outbox) settles first
         tally.reset()
         started = time.perf_counter()
-        spent = await measured(app, requests, authorization)
+        spent = await measured(app, requests, authorization, finish)
         wall = time.perf_counter() - started
         await asyncio.sleep(0.3)  # the measured writes' own after-work (the sealer) is theirs
         n = len(requests)

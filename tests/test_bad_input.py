@@ -109,6 +109,20 @@ def test_nesting_too_deep_is_a_400_in_every_body(api: httpx.Client) -> None:
     assert api.post(str(api.base_url.join("/iot/services")), json={"services": [deep]}).status_code == 400
 
 
+def test_a_nul_character_is_a_400_on_both_backends(api: httpx.Client) -> None:
+    """PostgreSQL's text and jsonb cannot hold U+0000 (it was a 500 there): refused alike."""
+    for body in (
+        {"id": "urn:ngsi-ld:Room:nul", "type": "Room", "a": {"type": "Property", "value": "x\u0000"}},
+        {"id": "urn:ngsi-ld:Room:nul", "type": "Room", "a": {"type": "Property", "value": 1, "b\u0000": 2}},
+    ):
+        response = api.post("/entities", json=body)
+        assert response.status_code == 400 and "U+0000" in response.json()["detail"], response.text
+    assert api.get("/entities/urn:ngsi-ld:Room:nul").status_code == 404
+    escaped = b'{"id": "urn:ngsi-ld:Room:nul", "type": "Room", "a": {"type": "Property", "value": "x\\\\u0000"}}'
+    assert api.post("/entities", content=escaped, headers={"content-type": "application/json"}).status_code == 201
+    assert api.get("/entities/urn:ngsi-ld:Room:nul").json()["a"]["value"] == "x\\u0000"  # a backslash, then u0000
+
+
 @pytest.mark.parametrize(
     "attribute", [{"type": {}}, {"type": []}, {"type": {}, "value": 1}, {"type": 5, "coordinates": [1, 2]}]
 )

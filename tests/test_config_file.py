@@ -114,3 +114,38 @@ def test_the_documented_file_is_valid(tmp_path: Path) -> None:
     settings = Settings.from_env({}, config=str(path))
     assert (settings.workers, settings.log_format, settings.metrics_port) == (4, "json", 9464)
     assert settings.access_log and settings.auth == "required"
+
+
+def test_data_commands_take_the_database_from_the_file(tmp_path: Path, db_url: str) -> None:
+    """`cityos db`, `demo`, `export`, `keys`, `backup`: --database > CITYOS_DATABASE > the file
+    (--config, else CITYOS_CONFIG) > the default, as `cityos serve` resolves it."""
+    path = tmp_path / "city.toml"
+    path.write_text(f"database = {json.dumps(db_url)}\nport = 1999\n")
+    elsewhere = str(tmp_path / "elsewhere.db")  # a SQLite file that must stay untouched
+    loaded = run_cityos("demo", "--notify-wait", "0", CITYOS_CONFIG=str(path))
+    assert loaded.returncode == 0, loaded.stderr
+    upgraded = run_cityos("db", "upgrade", CITYOS_CONFIG=str(path))
+    assert upgraded.returncode == 0, upgraded.stderr
+    status = run_cityos("db", "status", "--config", str(path))
+    assert status.returncode == 0, status.stderr + status.stdout
+    key = run_cityos("keys", "create", "--name", "ops", "--role", "admin", CITYOS_CONFIG=str(path))
+    assert key.returncode == 0, key.stderr
+    listed = run_cityos("keys", "list", "--config", str(path))
+    assert listed.returncode == 0 and "ops" in listed.stdout, listed.stderr
+    exported = run_cityos("export", "--list", CITYOS_CONFIG=str(path))
+    assert exported.returncode == 0 and exported.stdout.strip(), exported.stderr
+    # the environment beats the file, a flag beats both
+    missing = run_cityos("db", "status", CITYOS_CONFIG=str(path), CITYOS_DATABASE=elsewhere)
+    assert missing.returncode == 1 and "elsewhere.db" in missing.stdout + missing.stderr
+    flagged = run_cityos("keys", "list", "--database", db_url, CITYOS_CONFIG=str(path), CITYOS_DATABASE=elsewhere)
+    assert flagged.returncode == 0 and "ops" in flagged.stdout, flagged.stderr
+    assert not Path(elsewhere).exists()
+    copy = str(tmp_path / ("copy.dump" if db_url.startswith("postgresql") else "copy.db"))
+    backup = run_cityos("backup", copy, "--config", str(path))
+    assert backup.returncode == 0, backup.stderr
+    verified = run_cityos("backup", "--verify", copy, CITYOS_CONFIG=str(path))
+    assert verified.returncode == 0 and verified.stdout.startswith("OK"), verified.stdout + verified.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("databse = 'x'\n")
+    refused = run_cityos("db", "status", CITYOS_CONFIG=str(bad))
+    assert refused.returncode == 2 and "unknown setting 'databse'" in refused.stderr

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from backends import sqlite_only
 from cityos.app import create_app
 from cityos.settings import Settings
-from cityos.store import open_store, sqlite_temporal
+from cityos.store import open_store, sqlite_retention
 
 TEMPORAL = "/ngsi-ld/v1/temporal/entities"
 ORPHANS = "SELECT count(*) FROM temporal_values v WHERE NOT EXISTS (SELECT 1 FROM temporal_rows r WHERE r.vref = v.id)"
@@ -82,7 +82,7 @@ def test_long_values_go_with_their_last_row(db_url: str, monkeypatch: pytest.Mon
         finally:
             await store.close()
 
-    monkeypatch.setattr(sqlite_temporal, "PURGE_CHUNK", 2)  # several chunks, each a write of its own
+    monkeypatch.setattr(sqlite_retention, "PURGE_CHUNK", 2)  # several chunks, each a write of its own
     total = _rows(db_url, "SELECT count(*) FROM temporal_rows")
     assert total > 4 and asyncio.run(purge()) == total
     assert _rows(db_url, "SELECT count(*) FROM temporal_rows") == 0

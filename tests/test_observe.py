@@ -130,15 +130,65 @@ def test_access_line_and_audit_record_carry_the_request_id(
 def test_access_lines_in_json() -> None:
     written = io.StringIO()
     access = AccessLog("json", written)
+    route = Route("/e/{id}", print)
     logging.getLogger("cityos.access").setLevel(logging.INFO)
     try:
-        access("op-1", "key:abc", "t1", "GET", "/ngsi-ld/v1/entities/urn:x:\n1", Route("/e/{id}", print), 200, 0.0012)
+        access.record("op-1", "key:abc", "t1", "GET", "/ngsi-ld/v1/entities/urn:x:\n1", route, 200, 0.0012)
+        access.record("op-2", "open", "", "GET", "/ngsi-ld/v1/entities/urn:x:1", route, 404, 0.0000004)
+        access.flush()  # a batch with a value to escape, then a plain one (written as it is)
+        access.record("op-3", 'a "b" \\ c', "t\u00e9", "GET", "/ngsi-ld/v1/entities/urn:x:1", None, 500, 12.3456789)
+        access.flush()
+        access.record("op-4", "open", "", "GET", "/ngsi-ld/v1/entities/urn:x:1", route, 200, 0.25)
+        access.flush()
     finally:
         logging.getLogger("cityos.access").setLevel(logging.NOTSET)
-    line = json.loads(written.getvalue())
+    lines = [json.loads(line) for line in written.getvalue().splitlines()]
+    assert [line["request_id"] for line in lines] == ["op-1", "op-2", "op-3", "op-4"]
+    line = lines[0]
     assert line["request_id"] == "op-1" and line["principal"] == "key:abc" and line["tenant"] == "t1"
     assert line["route"] == "/e/{id}" and line["status"] == 200 and line["duration_ms"] == 1.2
     assert line["path"] == "/ngsi-ld/v1/entities/urn:x:\n1" and line["logger"] == "cityos.access"
+    assert line["message"] == "GET /ngsi-ld/v1/entities/urn:x:\n1 200" and line["level"] == "INFO"
+    assert lines[1]["duration_ms"] == 0.0 and lines[1]["status"] == 404 and lines[1]["tenant"] == ""
+    assert lines[2]["principal"] == 'a "b" \\ c' and lines[2]["tenant"] == "t\u00e9" and lines[2]["route"] == "-"
+    assert lines[2]["duration_ms"] == 12345.679
+    assert lines[3] == {
+        **lines[1],
+        "request_id": "op-4",
+        "status": 200,
+        "message": lines[3]["message"],
+        "duration_ms": 250.0,
+        "time": lines[3]["time"],
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", lines[3]["time"])
+
+
+def test_access_lines_in_text() -> None:
+    written = io.StringIO()
+    access = AccessLog("text", written)
+    route = Route("/e/{id}", print)
+    logging.getLogger("cityos.access").setLevel(logging.INFO)
+    try:
+        access.record("op-1", "open", "", "GET", "/e/urn:x:1", route, 200, 0.00125)
+        access.flush()
+        access.record("op-2", "key:k", "t1", "GET", "/e/http://u:secret@h/x\x1b[31m", route, 400, 0.5)
+        access.flush()
+        access.record("op-3", "open", "", "GET", "/e/urn:x:1", route, 200, 0.00125)
+        access.flush()
+        logging.getLogger("cityos.access").setLevel(logging.WARNING)  # read at the write: op-4 is not written
+        access.record("op-4", "open", "", "GET", "/e/urn:x:1", route, 200, 0.00125)
+        access.flush()
+    finally:
+        logging.getLogger("cityos.access").setLevel(logging.NOTSET)
+    lines = written.getvalue().splitlines()
+    assert len(lines) == 3
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO cityos.access: GET /e/urn:x:1 200 1.3ms route=/e/{id} rid=op-1"
+        r" principal=open tenant=-",
+        lines[0],
+    ), lines[0]
+    assert "secret" not in lines[1] and "\\x1b[31m 400 500.0ms" in lines[1] and "tenant=t1" in lines[1]
+    assert lines[2].endswith("rid=op-3 principal=open tenant=-")
 
 
 def test_a_notification_logs_the_request_id_of_its_write(

@@ -15,8 +15,8 @@ import pytest
 from cityos.settings import Settings
 from cityos.store import open_store
 from cityos.store.base import EntityStore
-from cityos.store.temporal_base import TemporalQuery
-from cityos.store.temporal_downsample import HOUR, SAMPLES
+from cityos.store.temporal_base import AggregatePage, AggregationSpec, TemporalQuery
+from cityos.store.temporal_downsample import GREATEST, HOUR, LEAST, SAMPLES
 from cityos.temporal.query import to_micros
 from cityos.temporal.retention import DEFAULT_VOCAB, parse_downsample
 from notify_helpers import cityos_serving
@@ -164,3 +164,63 @@ def test_the_running_service_downsamples(db_url: str) -> None:
         assert [(t.replace(".000", ""), n) for t, _, n in got[:2]] == [(hours[0], 3), (hours[1], 3)]
         assert [v for _, v, _ in got[:2]] == pytest.approx([4.0, 1.0])  # the means of 3, 4, 5 and of 0, 1, 2
         assert [(v, n) for _, v, n in got[2:]] == [(8.0, 1), (7.0, 1), (6.0, 1)]  # newer: as they came
+
+
+def test_aggregations_over_hourly_instances_are_those_of_the_readings(db_url: str) -> None:
+    """totalCount, sum, avg, min, max, sumsq (and so stddev) over the hourly instances are what
+    they were over the readings they fold, per period, on both back-ends; so after late readings
+    are folded in too. (distinctCount cannot be: the distinct readings are gone.)"""
+    raw = readings()
+    query = TemporalQuery(ids=["urn:w:2"], attrs=[TEMP])
+    specs = [
+        AggregationSpec(),  # one period
+        AggregationSpec(micros=2 * HOUR),  # from the first instance (an hour's start: the same)
+        AggregationSpec(micros=3 * HOUR, origin=to_micros(START)),
+        AggregationSpec(months=1, stats=frozenset({"count", "numbers", "sum", "avg"})),
+    ]
+
+    def figures(page: AggregatePage) -> list[tuple[Any, ...]]:
+        (entity,) = page.entities
+        return [
+            (series.dataset, p.index, p.count, p.numbers, p.sum, p.avg, p.min, p.max, p.sumsq)
+            for series in sorted(entity.attrs[TEMP], key=lambda s: s.dataset or "")
+            for p in series.periods
+        ]
+
+    def same(got: list[tuple[Any, ...]], want: list[tuple[Any, ...]]) -> None:
+        assert [row[:4] for row in got] == [row[:4] for row in want]  # series, period, counts
+        for row, wanted in zip(got, want, strict=True):
+            for value, expected_value in zip(row[4:], wanted[4:], strict=True):
+                assert value == (None if expected_value is None else pytest.approx(expected_value, rel=1e-9)), (
+                    row,
+                    wanted,
+                )
+
+    async def run() -> None:
+        store = open_store(db_url)
+        await store.open()
+        try:
+            await store.temporal_write("", "urn:w:2", [WEATHER], raw)
+            before = [figures(await store.temporal_aggregate("", query, spec)) for spec in specs]
+            assert before[0][0][2] == 31  # the default series' readings
+            everything = to_micros(START + timedelta(hours=6))
+            assert await store.temporal_downsample(everything, [WEATHER]) == 2 * 5 * (6 - 1)
+            assert len((await series(store, "urn:w:2", TEMP))[None]) == 6  # one instance an hour
+            for spec, want in zip(specs, before, strict=True):
+                same(figures(await store.temporal_aggregate("", query, spec)), want)
+            # late readings, one in an hour already folded, then folded with it
+            late = [
+                (TEMP, {"type": "Property", "value": v, "observedAt": stamp(START + timedelta(hours=h, minutes=m))})
+                for v, h, m in ((100.0, 0, 3), (-7.5, 4, 44), (3, 2, 1))
+            ]
+            await store.temporal_write("", "urn:w:2", [WEATHER], late)
+            with_late = [figures(await store.temporal_aggregate("", query, spec)) for spec in specs]
+            assert await store.temporal_downsample(everything, [WEATHER], to_micros(START)) == 3
+            for spec, want in zip(specs, with_late, strict=True):
+                same(figures(await store.temporal_aggregate("", query, spec)), want)
+            folded = (await series(store, "urn:w:2", TEMP))[None][0]
+            assert folded[LEAST]["value"] == 0 and folded[GREATEST]["value"] == 100.0
+        finally:
+            await store.close()
+
+    asyncio.run(run())

@@ -305,7 +305,7 @@ class ProtocolGuard:
                     # no AuthMiddleware (auth off, where last_resort is set): everyone is "open"
                     caller = scope.get(CALLER_SCOPE_KEY, "open" if self.last_resort else "-")
                     tenant_name = "" if tenant is None else tenant.decode("latin-1")
-                    self.access_log(request_id, caller, tenant_name, method, path, route, status, seconds)
+                    self.access_log.record(request_id, caller, tenant_name, method, path, route, status, seconds)
 
     async def _bare(self, send: Send, status: int) -> None:
         await self._send(send, status, b"", [(b"content-length", b"0")])

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from cityos import __version__
 from cityos.auth.ratelimit import RATE_TABLE_VARIABLE, shared_table
 from cityos.cli import audit, backup, config, dataspace, db, export, identity, imports, indicators, iot, rules
-from cityos.cli.common import fail
+from cityos.cli.common import fail, settings_defaults
 from cityos.errors import DatabaseBusy
 from cityos.settings import CONFIG_VARIABLE, Settings, describe, env_name
 from cityos.store import is_postgres, open_store
@@ -294,6 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(exc))
         return serve(settings)
     if hasattr(args, "run"):
+        try:
+            settings_defaults(args)  # --database and the like: env > configuration file > default
+        except ValueError as exc:
+            parser.error(str(exc))
         try:
             result: int = args.run(args)
         except DatabaseBusy as exc:  # another process holds the database: one line, no traceback

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import Any
 
-from cityos.cli.common import fail
-from cityos.settings import Settings, env_name
+from cityos.cli.common import fail, setting_option
+from cityos.settings import Settings
 
 
 def register(commands: Any) -> None:
@@ -45,16 +44,8 @@ def register(commands: Any) -> None:
     )
     checkpoint.set_defaults(run=run_checkpoint)
     for command in (export, pubkey, checkpoint):
-        command.add_argument(
-            "--database",
-            default=os.environ.get(env_name("database"), Settings().database),
-            help=f"SQLite file or postgresql:// URL [env {env_name('database')}, default %(default)s]",
-        )
-        command.add_argument(
-            "--audit-key",
-            default=os.environ.get(env_name("audit_key"), ""),
-            help=f"the signing key's path [env {env_name('audit_key')}; default: as for cityos serve]",
-        )
+        setting_option(command, "--database", "database", "SQLite file or postgresql:// URL")
+        setting_option(command, "--audit-key", "audit_key", "the signing key's path")
     verify = actions.add_parser(
         "verify",
         help="Check an export offline: every hash, every link, every signature; exit 1 on any problem.",

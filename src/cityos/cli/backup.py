@@ -4,19 +4,13 @@ in one file, taken while the server serves (cityos/backup/)."""
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from cityos.cli.common import fail
-from cityos.settings import Settings, env_name
+from cityos.cli.common import fail, setting_option
 
 
 def _database_option(parser: argparse.ArgumentParser, text: str) -> None:
-    parser.add_argument(
-        "--database",
-        default=os.environ.get(env_name("database"), Settings().database),
-        help=f"{text} [env {env_name('database')}, default %(default)s]",
-    )
+    setting_option(parser, "--database", "database", f"{text}")
 
 
 def register(commands: Any) -> None:

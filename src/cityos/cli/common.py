@@ -8,13 +8,13 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
 
 from cityos.ingest.sink import HttpSink, Sink, StoreSink
 from cityos.pipeline import open_pipeline
-from cityos.settings import Settings, env_name
+from cityos.settings import CONFIG_VARIABLE, Settings, env_name, resolve
 
 DEFAULT_URL = "http://127.0.0.1:1026"
 DEFAULT_NOTIFY_WAIT = 60.0
@@ -28,14 +28,48 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+class FromSettings:
+    """The default of a data command's option that is also a setting of `cityos serve`: resolved
+    when the command runs (settings_defaults), as the server resolves it: CITYOS_* variable >
+    configuration file (--config, CITYOS_CONFIG) > the setting's default. A flag given wins."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:  # in the help
+        default = Settings.__dataclass_fields__[self.name].default
+        return f"env {env_name(self.name)}, else the configuration file, else {default!r}"
+
+
+def setting_option(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, name: str, help: str, **kw: Any
+) -> None:
+    """`flag`, whose default is the setting `name` (FromSettings); the command gets a --config too."""
+    parser.add_argument(flag, default=FromSettings(name), help=f"{help} [%(default)s]", **kw)
+    owner = getattr(parser, "_container", parser)  # a group's parser holds the options
+    if "--config" not in owner._option_string_actions:
+        owner.add_argument(
+            "--config",
+            default=None,
+            metavar="FILE",
+            help=f"TOML configuration file of `cityos serve`, read for the settings this command takes "
+            f"(flags and CITYOS_* variables override it) [env {CONFIG_VARIABLE}]",
+        )
+
+
+def settings_defaults(args: argparse.Namespace) -> None:
+    """Replace every FromSettings default left in `args` by its value (ValueError: a bad file)."""
+    deferred = {key: value.name for key, value in vars(args).items() if isinstance(value, FromSettings)}
+    if deferred:
+        found = resolve(config=getattr(args, "config", None))
+        for key, name in deferred.items():
+            setattr(args, key, found[name][0])
+
+
 def add_target_options(parser: argparse.ArgumentParser) -> None:
     """Where entities go: a database file (in-process), or a running broker (--url)."""
     target = parser.add_argument_group("where to write")
-    target.add_argument(
-        "--database",
-        default=os.environ.get(env_name("database"), Settings().database),
-        help=f"SQLite file to write into directly [env {env_name('database')}, default %(default)s]",
-    )
+    setting_option(target, "--database", "database", "SQLite file to write into directly")
     target.add_argument(
         "--url",
         help="write to a running broker instead, through its batch API (its subscribers are then notified),"

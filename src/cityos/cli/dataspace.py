@@ -9,31 +9,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from cityos.audit.service import StoreAudit
-from cityos.cli.common import fail
+from cityos.cli.common import fail, setting_option
 from cityos.cli.identity import OPERATOR
 from cityos.dataspace.client import PartnerUnavailable
 from cityos.dataspace.service import INBOX, DataspaceService, ensure_key, identity_of, load_key
 from cityos.errors import NgsiLdError
 from cityos.redact import redact_uri
-from cityos.settings import Settings, env_name
+from cityos.settings import Settings
 from cityos.store import open_store
 
 Work = Callable[[DataspaceService, argparse.Namespace], Awaitable[int]]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--database",
-        default=os.environ.get(env_name("database"), Settings().database),
-        help=f"SQLite file or postgresql:// URL [env {env_name('database')}, default %(default)s]",
-    )
+    setting_option(parser, "--database", "database", "SQLite file or postgresql:// URL")
     parser.add_argument(
         "--allow-private-networks",
         action="store_true",

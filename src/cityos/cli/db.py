@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from typing import Any
 
-from cityos.cli.common import fail
-from cityos.settings import Settings, env_name
+from cityos.cli.common import fail, setting_option
 from cityos.store import is_postgres
 
 
@@ -43,11 +41,7 @@ def register(commands: Any) -> None:
         epilog="Example: cityos db status --database postgresql://postgres@127.0.0.1/cityos",
     )
     for command, run in ((upgrade, run_upgrade), (status, run_status)):
-        command.add_argument(
-            "--database",
-            default=os.environ.get(env_name("database"), Settings().database),
-            help=f"a SQLite file or postgresql:// URL [env {env_name('database')}, default %(default)s]",
-        )
+        setting_option(command, "--database", "database", "a SQLite file or postgresql:// URL")
         command.set_defaults(run=run)
 
 

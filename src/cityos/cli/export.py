@@ -13,8 +13,8 @@ import os
 import sys
 from typing import Any
 
-from cityos.cli.common import fail
-from cityos.settings import Settings, env_name
+from cityos.cli.common import fail, setting_option
+from cityos.settings import Settings
 
 
 def register(commands: Any) -> None:
@@ -31,29 +31,16 @@ def register(commands: Any) -> None:
     parser.add_argument("--format", choices=("csv", "geojson", "parquet"), default="csv", help="[default %(default)s]")
     parser.add_argument("--history", action="store_true", help="export the history (one row per instance)")
     parser.add_argument("--output", "-o", help="file to write (default stdout; Parquet needs a file)")
-    parser.add_argument(
-        "--database",
-        default=os.environ.get(env_name("database"), Settings().database),
-        help=f"SQLite file or postgresql:// URL [env {env_name('database')}, default %(default)s]",
-    )
-    parser.add_argument(
-        "--catalog-file",
-        default=os.environ.get(env_name("catalog_file"), ""),
-        help=f"the open-data catalogue (TOML) [env {env_name('catalog_file')}; empty: the demo city's]",
-    )
-    parser.add_argument(
+    setting_option(parser, "--database", "database", "SQLite file or postgresql:// URL")
+    setting_option(parser, "--catalog-file", "catalog_file", "the open-data catalogue (TOML; empty: the demo city's)")
+    setting_option(
+        parser,
         "--auth",
+        "auth",
+        "as the server runs: with required, only what the stored policies give the anonymous caller",
         choices=("off", "required"),
-        default=os.environ.get(env_name("auth"), "off"),
-        help="as the server runs: with required, only what the stored policies give the anonymous caller"
-        f" [env {env_name('auth')}, default %(default)s]",
     )
-    parser.add_argument(
-        "--max-rows",
-        type=int,
-        default=int(os.environ.get(env_name("export_max_rows"), Settings().export_max_rows)),
-        help=f"refuse a dataset with more entities [env {env_name('export_max_rows')}, default %(default)s]",
-    )
+    setting_option(parser, "--max-rows", "export_max_rows", "refuse a dataset with more entities", type=int)
     parser.set_defaults(run=run_export)
 
 

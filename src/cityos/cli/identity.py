@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -19,10 +18,10 @@ from cityos.audit.service import StoreAudit
 from cityos.auth.credentials import Credentials, public_view
 from cityos.auth.hashing import parse_expiry
 from cityos.auth.principal import ADMIN_ROLE, Principal
-from cityos.cli.common import fail
+from cityos.cli.common import fail, setting_option
 from cityos.errors import NgsiLdError
 from cityos.redact import redact_uri
-from cityos.settings import Settings, env_name
+from cityos.settings import Settings
 from cityos.store import open_store
 
 T = TypeVar("T")
@@ -31,11 +30,7 @@ OPERATOR = Principal(id="cli", kind="cli", tenants=None, roles=frozenset({ADMIN_
 
 
 def _database(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--database",
-        default=os.environ.get(env_name("database"), Settings().database),
-        help=f"SQLite file or postgresql:// URL [env {env_name('database')}, default %(default)s]",
-    )
+    setting_option(parser, "--database", "database", "SQLite file or postgresql:// URL")
 
 
 def _scope_options(parser: argparse.ArgumentParser) -> None:

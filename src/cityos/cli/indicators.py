@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from typing import Any
 
 import orjson
 
-from cityos.cli.common import fail
+from cityos.cli.common import fail, setting_option
 from cityos.insight.model import IndicatorFileError, load_indicators
-from cityos.settings import Settings, env_name
+from cityos.settings import Settings
 
 
 def register(commands: Any) -> None:
@@ -44,25 +43,13 @@ def register(commands: Any) -> None:
         epilog="Example: cityos indicators verify --database city.db pm25-annual-mean",
     )
     for command, run in ((listing, run_list), (compute, run_compute), (verify, run_verify)):
-        command.add_argument(
-            "--indicators-dir",
-            default=os.environ.get(env_name("indicators_dir"), ""),
-            help=f"directory of extra *.toml indicator files [env {env_name('indicators_dir')}]",
-        )
+        setting_option(command, "--indicators-dir", "indicators_dir", "directory of extra *.toml indicator files")
         command.set_defaults(run=run)
     for command in (compute, verify):
         command.add_argument("ids", nargs="*", help="indicator ids (default: every loaded indicator)")
-        command.add_argument(
-            "--database",
-            default=os.environ.get(env_name("database"), Settings().database),
-            help=f"SQLite file or postgresql:// URL [env {env_name('database')}, default %(default)s]",
-        )
+        setting_option(command, "--database", "database", "SQLite file or postgresql:// URL")
         command.add_argument("--tenant", default="", help="NGSI-LD tenant (default: the default tenant)")
-        command.add_argument(
-            "--city-profile",
-            default=os.environ.get(env_name("city_profile"), ""),
-            help=f"city profile file (population, area) [env {env_name('city_profile')}]",
-        )
+        setting_option(command, "--city-profile", "city_profile", "city profile file (population, area)")
         command.add_argument("--demo", action="store_true", help="use the demo city's profile when none is given")
         command.add_argument("--json", action="store_true", help="print one JSON object per indicator")
 

@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from cityos.cli.common import fail
+from cityos.cli.common import fail, setting_option
 from cityos.insight.rules import RuleFileError, load_rules
-from cityos.settings import env_name
 
 
 def register(commands: Any) -> None:
@@ -26,11 +24,7 @@ def register(commands: Any) -> None:
         help="Print every rule of the directory (a refused file: its path, line and reason, exit 1).",
         epilog="Example: cityos rules list --rules-dir ./rules",
     )
-    listing.add_argument(
-        "--rules-dir",
-        default=os.environ.get(env_name("rules_dir"), ""),
-        help=f"directory of *.toml rule files [env {env_name('rules_dir')}]",
-    )
+    setting_option(listing, "--rules-dir", "rules_dir", "directory of *.toml rule files")
     listing.set_defaults(run=run_list)
 
 

@@ -104,7 +104,7 @@ async def list_indicators(request: Request) -> Response:
     return _json([describe(service.indicators[key]) for key in sorted(service.indicators)])
 
 
-@api("Compute every indicator now (admin)", returns="Any")
+@api("Compute every indicator now (admin)", returns="Any", headers=("NGSILD-Tenant",))
 async def compute_all(request: Request) -> Response:
     service = _service(request, admin=True)
     ids = [i for i in request.query_params.get("id", "").split(",") if i]
@@ -115,7 +115,7 @@ async def compute_all(request: Request) -> Response:
     return _json([_written(item) for item in done])
 
 
-@api("Compute one indicator now (admin)", returns="Any", errors=(400, 404))
+@api("Compute one indicator now (admin)", returns="Any", errors=(400, 404), headers=("NGSILD-Tenant",))
 async def compute_one(request: Request) -> Response:
     service = _service(request, admin=True)
     try:
@@ -128,7 +128,7 @@ async def compute_one(request: Request) -> Response:
     )
 
 
-@api("Recompute an indicator and compare (admin)", returns="Any", errors=(400, 404))
+@api("Recompute an indicator and compare (admin)", returns="Any", errors=(400, 404), headers=("NGSILD-Tenant",))
 async def verify(request: Request) -> Response:
     service = _service(request, admin=True)
     indicator_id = request.path_params["indicator_id"]

@@ -38,6 +38,7 @@ from cityos.errors import BadRequestData, NgsiLdError, retry_after_seconds
 from cityos.jsonld.termmap import TermMap
 from cityos.mapdata.cache import Box, Targets, TileCache
 from cityos.ops.declare import api
+from cityos.ops.schemas import NGSI_LD_HEADERS
 from cityos.policy.decision import ReadView
 from cityos.snapshots.scope import MARK
 from cityos.store.base import EntityChange, EntityLookup, EntityStore, StoreEvent
@@ -365,6 +366,7 @@ STREAM_PARAMS = ("type", "q", "duration")
     returns="Text",
     media=("text/event-stream",),
     errors=(400, 503),
+    headers=NGSI_LD_HEADERS,
 )
 async def stream_changes(request: Request) -> Response:
     from cityos.ngsild import access

@@ -18,6 +18,7 @@ from cityos.mapdata.tiles import Tile, TileLimits, render_tile
 from cityos.ngsild import access
 from cityos.ngsild.common import check_params, existing_tenant, query_context, services
 from cityos.ops.declare import api
+from cityos.ops.schemas import NGSI_LD_HEADERS
 from cityos.policy.decision import ReadView
 from cityos.query import budget
 from cityos.query.entity_query import QuerySpec, build_entity_query
@@ -66,6 +67,7 @@ def _queries(
     media=("application/vnd.mapbox-vector-tile",),
     errors=(400,),
     more={304: None},
+    headers=NGSI_LD_HEADERS,
 )
 async def get_tile(request: Request) -> Response:
     check_params(request, TILE_PARAMS)

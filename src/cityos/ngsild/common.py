@@ -129,6 +129,23 @@ def link_context(request: Request) -> str | None:
     return None
 
 
+def _holds_nul(value: Any) -> bool:
+    """Whether a string of `value` (a key or a value, at any depth) holds U+0000, which PostgreSQL's
+    text and jsonb cannot hold (refused on both back-ends, so that they answer alike)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 async def read_json(request: Request) -> Any:
     settings = services(request).settings
     body = await request.body()
@@ -140,6 +157,8 @@ async def read_json(request: Request) -> Any:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    if b"\\u0000" in body and _holds_nul(value):  # the escape is rare: the walk only then
+        raise BadRequestData("a string holds the character U+0000, which cannot be stored")
     limit = settings.max_nesting_depth
     # JSON nests no deeper than its count of opening brackets (those inside strings only add to
     # it): a body with no more of them than the limit needs no walk (a create's body has ~40)

@@ -4,12 +4,19 @@ is out: request id, principal, tenant, method, path, route template, status and 
 The line has the shape of the other log records (logs.py): in text format
 `2026-12-07 05:23:27,957 INFO cityos.access: GET /ngsi-ld/v1/entities/x 200 1.2ms route=... rid=...
 principal=... tenant=...`, in JSON (--log-format json) one object with the same fields as members.
-It is on the path of every request, so it does not go through the logging module (a LogRecord, a
-formatter and a locked, flushed write cost tens of microseconds, benchmarks/observe_cost.py): the
-line is built with one f-string or orjson call, and the lines of 50 ms (at most 256) are written
-to stderr in one write. So a line may come up to 50 ms after records logged later, and a killed
-process loses at most the last 50 ms of lines. Control characters of the path, principal and
-tenant are escaped and URL credentials hidden, as logs.SafeFormatter does.
+
+It is on the path of every request, so it costs as little as Python allows (issue 20's "at most
+5%", docs/performance.md, "Metrics and access log cost"): no logging module (a LogRecord, a
+formatter and a locked, flushed write cost tens of microseconds), and the request's own part is
+one tuple appended to a list. The lines of 50 ms (at most 256) are formatted together and written
+to stderr in one write: each by one f-string of the values as they are (no dict, no orjson call, no
+float formatting), then the values of the whole batch are checked at once, in C, for anything
+that needs escaping (a control or non-ASCII character; in JSON a quote or a backslash; in text an
+`@` of URL credentials). Only a batch that has some is formatted again line by line, escaped
+(orjson in JSON; in text control characters escaped and URL credentials hidden, as
+logs.SafeFormatter does). So a line may come up to 50 ms after records logged later, a killed
+process loses at most its last 50 ms of lines, and the level of the `cityos.access` logger (INFO
+writes) is read when a batch is written.
 """
 
 from __future__ import annotations
@@ -28,6 +35,25 @@ from cityos.redact import redact_text
 LOGGER = "cityos.access"  # its level decides (INFO), as for a logger of that name
 MAX_PENDING = 256  # lines kept before a write, even within FLUSH_SECONDS
 FLUSH_SECONDS = 0.05  # how late a line may be written: one write for the lines of 50 ms
+MILLIS = [f"{n:03d}" for n in range(1000)]  # "000" to "999": a list index instead of a format
+CODES = [str(n) for n in range(1000)]  # the status codes' text, likewise
+
+
+def _table(forbidden: bytes) -> bytes:
+    """A bytes.translate table that changes only the `forbidden` bytes (to non-ASCII ones)."""
+    return bytes(b | 0x80 if b in forbidden else b for b in range(256))
+
+
+# what a value may not hold to be written as it is: control characters, and in JSON a quote or a
+# backslash, in text an @ (URL credentials). bytes.translate returns its very input when no byte
+# changed, so `data.translate(table) is data` says the batch is plain.
+_CONTROLS = bytes(range(32)) + b"\x7f"
+_JSON_PLAIN = _table(_CONTROLS + b'"\\')
+_TEXT_PLAIN = _table(_CONTROLS + b"@")
+
+# a request as kept until its batch is written: wall-clock time (ns), request id, principal, tenant,
+# method, path, the matched route (None: no route matched), status, duration in seconds
+Pending = tuple[int, str, str, str, str, str, Any, int, float]
 
 
 def _clean(text: str) -> str:
@@ -37,27 +63,18 @@ def _clean(text: str) -> str:
 
 
 class AccessLog:
-    """Builds and batches the lines; `stream` None writes to sys.stderr as it is at the time."""
+    """Keeps the requests of a batch and writes their lines; `stream` None writes to sys.stderr
+    as it is at the time of the write."""
 
     def __init__(self, log_format: str = "text", stream: TextIO | None = None) -> None:
         self.json = log_format == "json"
         self.stream = stream
         self.logger = logging.getLogger(LOGGER)
-        self._lines: list[str] = []
+        self._pending: list[Pending] = []
         self._second = -1
         self._stamp = ""
 
-    def _time(self, now: float) -> str:
-        """The record time as the other records show it (cached per second: strftime is slow)."""
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            fmt = "%Y-%m-%dT%H:%M:%S" if self.json else "%Y-%m-%d %H:%M:%S"
-            self._stamp = time.strftime(fmt, time.gmtime(second) if self.json else time.localtime(second))
-        millis = int((now - second) * 1000)
-        return f"{self._stamp}.{millis:03d}Z" if self.json else f"{self._stamp},{millis:03d}"
-
-    def __call__(
+    def record(
         self,
         request_id: str,
         principal: str,
@@ -68,15 +85,94 @@ class AccessLog:
         status: int,
         seconds: float,
     ) -> None:
-        if not self.logger.isEnabledFor(logging.INFO):
+        pending = self._pending
+        pending.append((time.time_ns(), request_id, principal, tenant, method, path, route, status, seconds))
+        if len(pending) == 1:  # the first of a batch: written with the others FLUSH_SECONDS later
+            try:
+                asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+            except RuntimeError:  # no loop (a synchronous caller): at once
+                self.flush()
+        elif len(pending) >= MAX_PENDING:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending or not self.logger.isEnabledFor(logging.INFO):
             return
-        template = getattr(route, "path", None) or "-"
-        ms = round(seconds * 1000, 3)
-        stamp = self._time(time.time())
+        text = self.lines(pending)
+        stream = self.stream or sys.stderr
+        try:
+            stream.write(text)
+            stream.flush()
+        except (OSError, ValueError):  # a closed stderr must not fail requests
+            pass
+
+    def _stamp_of(self, second: int) -> str:
+        """The record time to the second, as the other records show it (strftime is slow: once a
+        second)."""
+        if second != self._second:
+            self._second = second
+            if self.json:
+                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            else:
+                self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return self._stamp
+
+    def lines(self, pending: list[Pending]) -> str:
+        """The lines of `pending`, each ended by a newline."""
+        formatted: list[str] = []
+        line = formatted.append
+        stamp_of = self._stamp_of
+        last, stamp, logger = -1, "", LOGGER
         if self.json:
-            line = orjson.dumps(
+            for now, request_id, principal, tenant, method, path, route, status, seconds in pending:
+                second = now // 1_000_000_000
+                if second != last:
+                    last, stamp = second, stamp_of(second)
+                micros = int(seconds * 1_000_000 + 0.5)
+                code = CODES[status]
+                template = "-" if route is None else route.path
+                line(
+                    f'{{"time":"{stamp}.{MILLIS[now // 1_000_000 % 1000]}Z","level":"INFO","logger":"{logger}",'
+                    f'"message":"{method} {path} {code}","request_id":"{request_id}","principal":"{principal}",'
+                    f'"tenant":"{tenant}","method":"{method}","path":"{path}","route":"{template}","status":{code},'
+                    f'"duration_ms":{micros // 1000}.{MILLIS[micros % 1000]}}}'
+                )
+            table = _JSON_PLAIN
+        else:
+            for now, request_id, principal, tenant, method, path, route, status, seconds in pending:
+                second = now // 1_000_000_000
+                if second != last:
+                    last, stamp = second, stamp_of(second)
+                tenths = int(seconds * 10_000 + 0.5)
+                template = "-" if route is None else route.path
+                line(
+                    f"{stamp},{MILLIS[now // 1_000_000 % 1000]} INFO {logger}: {method} {path} {status} "
+                    f"{tenths // 10}.{tenths % 10}ms route={template} rid={request_id} principal={principal} "
+                    f"tenant={tenant or '-'}"
+                )
+            table = _TEXT_PLAIN
+        # the values from outside (request id to path; route templates are the code's own), as
+        # columns of the batch (zip, in C), joined and checked at once
+        columns = list(zip(*pending, strict=True))
+        joined = "".join(["".join(column) for column in columns[1:6]])
+        if joined.isascii():
+            data = joined.encode("ascii")
+            if data.translate(table) is data:  # no byte changed: nothing to escape
+                line("")
+                return "\n".join(formatted)
+        return "".join(self._escaped(entry) + "\n" for entry in pending)  # the rare batch
+
+    def _escaped(self, entry: Pending) -> str:
+        """One line with its values escaped (JSON by orjson; text as logs.SafeFormatter does)."""
+        now, request_id, principal, tenant, method, path, route, status, seconds = entry
+        second = now // 1_000_000_000
+        millis = MILLIS[now // 1_000_000 % 1000]
+        template = "-" if route is None else str(route.path)
+        if self.json:
+            return orjson.dumps(
                 {
-                    "time": stamp,
+                    "time": f"{self._stamp_of(second)}.{millis}Z",
                     "level": "INFO",
                     "logger": LOGGER,
                     "message": f"{method} {path} {status}",
@@ -87,31 +183,12 @@ class AccessLog:
                     "path": path,
                     "route": template,
                     "status": status,
-                    "duration_ms": ms,
+                    "duration_ms": int(seconds * 1_000_000 + 0.5) / 1000,
                 }
             ).decode()
-        else:
-            line = (
-                f"{stamp} INFO {LOGGER}: {method} {_clean(path)} {status} {ms:.1f}ms route={template} "
-                f"rid={request_id} principal={_clean(principal)} tenant={_clean(tenant) or '-'}"
-            )
-        lines = self._lines
-        lines.append(line)
-        if len(lines) == 1:  # the first of a batch: written with the others FLUSH_SECONDS later
-            try:
-                asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
-            except RuntimeError:  # no loop (a synchronous caller): at once
-                self.flush()
-        elif len(lines) >= MAX_PENDING:
-            self.flush()
-
-    def flush(self) -> None:
-        lines, self._lines = self._lines, []
-        if not lines:
-            return
-        stream = self.stream or sys.stderr
-        try:
-            stream.write("\n".join(lines) + "\n")
-            stream.flush()
-        except (OSError, ValueError):  # a closed stderr must not fail requests
-            pass
+        tenths = int(seconds * 10_000 + 0.5)
+        return (
+            f"{self._stamp_of(second)},{millis} INFO {LOGGER}: {_clean(method)} {_clean(path)} {status} "
+            f"{tenths // 10}.{tenths % 10}ms route={_clean(template)} rid={_clean(request_id)} "
+            f"principal={_clean(principal)} tenant={_clean(tenant) or '-'}"
+        )

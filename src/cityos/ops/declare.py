@@ -35,6 +35,9 @@ class Operation:
     links: Mapping[str, tuple[str, Mapping[str, str]]] = field(default_factory=dict)
     more: Mapping[int, str | None] = field(default_factory=dict)  # other success answers: status -> schema
     errors_schema: str = "ProblemDetails"  # of every error answer (Open311 answers its spec's own shape)
+    # the request headers it reads, by name (ops/schemas.HEADERS); None: NGSI-LD's (NGSILD-Tenant and
+    # Link) for an operation under /ngsi-ld/v1/, none for the others
+    headers: tuple[str, ...] | None = None
 
 
 def api(summary: str, *, method: str = ANY_METHOD, **details: Any) -> Callable[[F], F]:

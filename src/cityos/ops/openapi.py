@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from cityos import __version__
 from cityos.ops.declare import Operation, declared, in_description
-from cityos.ops.schemas import ERROR_MEDIA, SCHEMAS, parameter, ref
+from cityos.ops.schemas import ERROR_MEDIA, NGSI_LD_HEADERS, SCHEMAS, header, parameter, ref
 
 OPENAPI_VERSION = "3.1.0"
 STATUS_TEXT = {
@@ -98,6 +98,10 @@ def _operation(route: Route, method: str, op: Operation | None, ids: set[str]) -
         for p in route.param_convertors
     ]
     parameters += [parameter(q) for q in op.query]
+    headers = op.headers
+    if headers is None:
+        headers = NGSI_LD_HEADERS if route.path.startswith(NGSI_LD) else ()
+    parameters += [header(name) for name in headers]
     described: dict[str, Any] = {
         "operationId": operation_id,
         "summary": op.summary,

@@ -192,3 +192,26 @@ def parameter(name: str) -> dict[str, Any]:
     if description:
         found["description"] = description
     return found
+
+
+TENANT_PATTERN = r"^[A-Za-z0-9_\-.:]{1,64}$"  # as ngsild/common.TENANT_RE checks it
+# the request headers by name (Operation.headers; NGSI-LD's operations take both by default)
+HEADERS: dict[str, tuple[dict[str, Any], str]] = {
+    "NGSILD-Tenant": (
+        {"type": "string", "pattern": TENANT_PATTERN},
+        "the tenant the operation acts in (NGSI-LD 6.3.14; absent: the default tenant); a write creates it,"
+        " a read of a tenant that does not exist answers 404",
+    ),
+    "Link": (
+        {"type": "string"},
+        'the @context of a request without one inside (application/json, or a GET): <URL>; rel="http://www.w3.org/'
+        'ns/json-ld#context"; type="application/ld+json" (NGSI-LD 6.3.5); absent: the core @context',
+    ),
+}
+NGSI_LD_HEADERS = tuple(HEADERS)
+
+
+def header(name: str) -> dict[str, Any]:
+    """The OpenAPI parameter object of request header `name`."""
+    schema, description = HEADERS[name]
+    return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}

@@ -45,6 +45,7 @@ from cityos.store.sqlite_import_runs import IMPORT_RUNS_SCHEMA, SQLiteImportRuns
 from cityos.store.sqlite_layout import inflate, register
 from cityos.store.sqlite_policies import POLICY_SCHEMA, SQLitePolicies
 from cityos.store.sqlite_query import SQLiteQueries, create_query_schema, decode, register_geo_functions, stored_form
+from cityos.store.sqlite_retention import SQLiteRetention
 from cityos.store.sqlite_schema import upgrade as upgrade_schema
 from cityos.store.sqlite_snapshots import SNAPSHOT_SCHEMA, SQLiteSnapshots
 from cityos.store.sqlite_temporal import TEMPORAL_SCHEMA, SQLiteTemporal
@@ -179,6 +180,7 @@ class SQLiteStore(
     SQLiteCatalog,
     SQLiteWrites,
     SQLiteTemporal,
+    SQLiteRetention,
     SQLiteDownsample,
     SQLiteIdentity,
     SQLitePolicies,

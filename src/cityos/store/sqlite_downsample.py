@@ -9,12 +9,42 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from cityos.store.sqlite_history import DECODED, INSERT_INSTANCE, Names, TimeCodec, decode, encode
 from cityos.store.sqlite_layout import name_ids
-from cityos.store.temporal_downsample import HOUR, chunks, fold
+from cityos.store.temporal_downsample import GREATEST, HOUR, LEAST, SAMPLES, SQUARES, chunks, fold
 
 T = TypeVar("T")
 _COLUMNS = ", ".join(f"i.{name}" for name in DECODED)
 # a numeric Property instance (downsampling folds them): a number in num, a shape of type Property
 _NUMERIC = "vkind IN (1, 2) AND shape IN (SELECT id FROM temporal_names WHERE name LIKE 'Property %')"
+
+
+def _folded(member: str, otherwise: str) -> str:
+    """SQL of a number a downsampled hourly instance (store/temporal_downsample.py) keeps in its
+    `rest` as sub-property `member`, else `otherwise`: a byte search in the few rows that have a
+    `rest` first, so the readings pay no JSON parse."""
+    found = f"json_extract(CAST(i.rest AS TEXT), '$.\"{member}\".value')"
+    marked = f"instr(i.rest, CAST('{_MARK}' AS BLOB)) > 0"
+    return f"CASE WHEN {marked} THEN COALESCE({found}, {otherwise}) ELSE {otherwise} END"
+
+
+_MARK = SAMPLES.rsplit("/", 1)[1]  # "history#sampleCount": only a downsampled instance has it
+# what each row stands for: w readings (1, or an hourly instance's sampleCount), the least and
+# greatest of them (lo, hi) and the sum of their squares (sq); the statistics are weighted by them,
+# so an aggregation over hourly instances gives what it gave over the readings (but distinctCount)
+WEIGHTED = (
+    f"{_folded(SAMPLES, '1')} AS w, {_folded(LEAST, 'i.num')} AS lo, {_folded(GREATEST, 'i.num')} AS hi,"
+    f" {_folded(SQUARES, 'i.num * i.num')} AS sq"
+)
+# the statistics of sqlite_temporal.STAT_SQL that differ over rows with WEIGHTED's columns (w, lo,
+# hi, sq): once history was downsampled
+WEIGHTED_STATS = {
+    "count": "SUM(w)",
+    "numbers": "COALESCE(SUM(CASE WHEN num IS NOT NULL THEN w END), 0)",
+    "sum": "SUM(num * w)",
+    "avg": "SUM(num * w) / SUM(CASE WHEN num IS NOT NULL THEN w END)",
+    "min": "MIN(lo)",
+    "max": "MAX(hi)",
+    "sumsq": "SUM(CASE WHEN num IS NOT NULL THEN sq END)",
+}
 
 
 class SQLiteDownsample:
@@ -49,6 +79,9 @@ class SQLiteDownsample:
             return [((epk, attr, dataset, hour), n) for epk, attr, dataset, hour, n in rows]
 
         hours = await self._read(find)
+        # the mark that aggregations weight instances from now on (sqlite_temporal.WEIGHTED): set by
+        # every run, so a file folded by a CityOS before the mark gets it at the next run
+        await self._write(lambda connection: self._wnames.id(connection, SAMPLES), groupable=False)
 
         def run(chunk: list[tuple[int, int, int, int]]) -> Callable[[sqlite3.Connection], int]:
             def folded(connection: sqlite3.Connection) -> int:

@@ -23,6 +23,7 @@ from cityos.audit.recorder import row as audit_row
 from cityos.entities.model import Entity, Instance
 from cityos.store.base import HistoryRow
 from cityos.store.paging import bounded
+from cityos.store.sqlite_downsample import WEIGHTED, WEIGHTED_STATS
 from cityos.store.sqlite_history import (
     DECODED,
     INSERT_INSTANCE,
@@ -37,7 +38,6 @@ from cityos.store.sqlite_history import (
     pk_of,
     prune_values,
 )
-from cityos.store.sqlite_layout import name_ids
 from cityos.store.temporal_base import (
     SCOPE_ATTR,
     STATS,
@@ -53,6 +53,7 @@ from cityos.store.temporal_base import (
     TemporalQuery,
     assemble,
 )
+from cityos.store.temporal_downsample import SAMPLES
 from cityos.temporal.query import to_micros
 
 T = TypeVar("T")
@@ -70,7 +71,6 @@ TIMES = {
     "modifiedAt": "i.modified_us",
     "deletedAt": "i.deleted_us",
 }
-PURGE_CHUNK = 5000  # history rows a retention sweep deletes per write (the writer is free between them)
 FOREVER = 2**62  # an open end of a validity interval, in microseconds
 TEMPORAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS temporal_entities (  -- types: a JSON list of temporal_names ids (IRIs before layout 5)
@@ -291,42 +291,6 @@ class SQLiteTemporal:
             return True
 
         return await self._write(run)
-
-    async def temporal_purge(self, before: int, types: Sequence[str] | None = None) -> int:
-        """Delete the instances older than `before` PURGE_CHUNK at a time, each chunk a write of its
-        own (other writes go between them), oldest rows first (they lead the pk order, so the scan
-        stops early); then the temporal entities left without instances and the long values left
-        without rows."""
-        age = "COALESCE(observed_us, modified_us, created_us, deleted_us)"
-        of_types = ""
-        if types is not None:
-            if not types:
-                return 0
-            of_types = f" AND epk IN (SELECT epk FROM temporal_types WHERE type IN {name_ids(len(types))})"
-
-        after = [0]  # every old row up to this pk is gone: the next chunk scans on from there
-
-        def run(connection: sqlite3.Connection) -> int:
-            rows = connection.execute(
-                "DELETE FROM temporal_rows WHERE pk IN (SELECT pk FROM temporal_rows"
-                f" WHERE pk > ? AND {age} < ?{of_types} ORDER BY pk LIMIT {PURGE_CHUNK}) RETURNING pk, epk, vref",
-                (after[0], before, *(types or ())),
-            ).fetchall()
-            after[0] = max((pk for pk, _, _ in rows), default=after[0])
-            epks = {epk for _, epk, _ in rows}
-            for epk in epks:
-                if connection.execute("SELECT 1 FROM temporal_rows WHERE epk = ? LIMIT 1", (epk,)).fetchone() is None:
-                    connection.execute("DELETE FROM temporal_types WHERE epk = ?", (epk,))
-                    connection.execute("DELETE FROM temporal_entities WHERE pk = ?", (epk,))
-            prune_values(connection, self._wnames, {vref for _, _, vref in rows if vref is not None})
-            return len(rows)
-
-        removed = 0
-        while True:
-            chunk = await self._write(run, groupable=False)
-            removed += chunk
-            if chunk < PURGE_CHUNK:
-                return removed
 
     def _delete_rows(self, connection: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> int:
         """Delete history rows, and the long values that were theirs alone; returns how many rows."""
@@ -682,9 +646,15 @@ class SQLiteTemporal:
         origin = at if spec.origin is None else spec.origin
         stats = [stat for stat in STATS if spec.wants(stat)]
         text = VALUE_TEXT.format(r="i")
-        rows = f"SELECT {column} AS t, i.num AS num, {text} AS vtext, i.vkind AS v, i.shape AS shape {between}"
+        # once history was downsampled (sqlite_downsample interns SAMPLES as a name then: a look-up
+        # in the readers' cache), each row is weighted by what it stands for; else the plain
+        # statistics, so that the readings of a file never downsampled pay no byte search
+        weighted = self._names.find(connection, SAMPLES) >= 0
+        more = f", {WEIGHTED}" if weighted else ""
+        rows = f"SELECT {column} AS t, i.num AS num, {text} AS vtext, i.vkind AS v, i.shape AS shape{more} {between}"
         if not spec.months and not spec.micros:  # one period
-            row = connection.execute(f"SELECT {_select(stats, True)} FROM ({rows}) p", [*params, start, end])
+            one = f"SELECT {_select(stats, True, weighted=weighted)} FROM ({rows}) p"
+            row = connection.execute(one, [*params, start, end])
             return [_period_stats(0, origin, row.fetchone(), stats)]
         indexed = query.window.column == "observedAt" and not spec.months
         if indexed:
@@ -696,14 +666,14 @@ class SQLiteTemporal:
         if not indexed:
             period = _months_between(spec.months) if spec.months else f"((p.t - p.origin) / {int(spec.micros)})"
             grouped = connection.execute(
-                f"SELECT {period} AS k, {_select(stats, True)}"
+                f"SELECT {period} AS k, {_select(stats, True, weighted=weighted)}"
                 f" FROM (SELECT *, {int(origin)} AS origin FROM ({rows})) p GROUP BY k ORDER BY k",
                 [*params, start, end],
             ).fetchall()
             return [_period_stats(row[0], origin, row[1:], stats) for row in grouped]
         # the first and last time of a period come from index seeks, its shapes matter in the first only
         found: list[tuple[PeriodStats, tuple[int, int]]] = []
-        statements = [f"SELECT {_select(stats, False, shapes)} FROM ({rows}) p" for shapes in (True, False)]
+        statements = [f"SELECT {_select(stats, False, shapes, weighted)} FROM ({rows}) p" for shapes in (True, False)]
         newest = f"SELECT {column} {between} ORDER BY {column} DESC LIMIT 1"
         oldest = f"SELECT {column} {between} ORDER BY {column} LIMIT 1"
         while at is not None:
@@ -744,6 +714,8 @@ class SQLiteTemporal:
 
 
 LOOP_PERIODS = 256  # periods of one series read one statement each; more are grouped by one sort
+
+
 # statistic -> SQL over the period's rows (p: t, num, vtext, v = vkind, shape)
 STAT_SQL = {
     "count": "COUNT(*)",
@@ -759,12 +731,16 @@ STAT_SQL = {
 }
 
 
-def _select(stats: list[str], times: bool = False, shapes: bool = False) -> str:
+STAT_WEIGHTED = {**STAT_SQL, **WEIGHTED_STATS}  # over rows with sqlite_downsample.WEIGHTED's columns
+
+
+def _select(stats: list[str], times: bool = False, shapes: bool = False, weighted: bool = False) -> str:
     """The SELECT list of a period: its first and last time, its least and greatest shape, then
     the statistics asked for (COUNT(*) when there are none, so that the list is never empty)."""
     parts = ["MIN(t)", "MAX(t)"] if times else []
     parts += ["MIN(shape)", "MAX(shape)"] if times or shapes else []
-    return ", ".join([*parts, *(STAT_SQL[stat] for stat in stats)] or ["COUNT(*)"])
+    sql = STAT_WEIGHTED if weighted else STAT_SQL
+    return ", ".join([*parts, *(sql[stat] for stat in stats)] or ["COUNT(*)"])
 
 
 def _period_stats(

@@ -217,6 +217,9 @@ DROP INDEX entity_geo_cell;
 CREATE INDEX entity_geo_cells ON entity_geo (attr, cell) INCLUDE (type, pk, min_x, max_x, min_y, max_y);
 CREATE INDEX entity_geo_typed ON entity_geo (attr, type, cell) INCLUDE (min_x, max_x, min_y, max_y);
 """
+# named marks of the history (store/temporal_downsample.py): 'downsampled' once a downsampling run
+# has folded hours, from when aggregations weight instances by what they stand for
+_V19 = "CREATE TABLE temporal_marks (mark text PRIMARY KEY);"
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "entities, their side tables and hosted @contexts", _V1),
@@ -237,6 +240,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(16, "map cell keys of the geo boxes, generated and indexed (entity_geo.cell)", _V16),
     Migration(17, "map cells by type: the entity's first type in each geo box row, indexed", _V17),
     Migration(18, "import runs with their counts and first rejects (ingest/runs.py)", IMPORT_RUNS_SQL),
+    Migration(19, "marks of the history: 'downsampled' once hours are folded (aggregations weight them)", _V19),
 )
 LATEST = MIGRATIONS[-1].version
 _LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")

@@ -616,6 +616,10 @@ class PostgresTemporal(PostgresTemporalReads):
                 low,
                 before,
             )
+            # the mark that aggregations weight instances from now on (temporal_read.WEIGHTED): set
+            # by every run, so a database folded by a CityOS before the mark gets it at the next run
+            await connection.execute("INSERT INTO temporal_marks VALUES ('downsampled') ON CONFLICT DO NOTHING")
+            self._downsampled = True
         hours = [(row, int(row["n"])) for row in found]
         removed = 0
         for group in chunks(hours):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,6 +45,7 @@ from cityos.store.temporal_base import (
     TemporalQuery,
     assemble,
 )
+from cityos.store.temporal_downsample import GREATEST, LEAST, SAMPLES, SQUARES
 
 if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
@@ -176,6 +179,20 @@ class PostgresTemporalReads(Transactions):
         query_timeout: float
         _sync_pool: ThreadPoolExecutor
         _fair: FairShare
+
+    # whether history was ever downsampled (temporal_marks, schema 17): then aggregations weight
+    # each instance by what it stands for. Once true it stays true; while false it is read again at
+    # most every MARKS_SECONDS (another worker's first fold is seen that late), so the readings of a
+    # database never downsampled pay neither a round trip nor a text search per instance
+    _downsampled = False
+    _marks_read = -math.inf
+
+    async def _weighted(self, connection: Connection) -> bool:
+        if not self._downsampled and time.monotonic() >= self._marks_read + MARKS_SECONDS:
+            self._marks_read = time.monotonic()
+            marked = await connection.fetchval("SELECT EXISTS (SELECT FROM temporal_marks WHERE mark = 'downsampled')")
+            self._downsampled = bool(marked)
+        return self._downsampled
 
     @read_again_once
     async def _temporal_read(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
@@ -404,6 +421,9 @@ class PostgresTemporalReads(Transactions):
         selected = selection.rows
         if not selected:
             return []
+        weighted = await self._weighted(connection)
+        sql_of = STAT_WEIGHTED if weighted else STAT_SQL
+        more = f", {WEIGHTED}" if weighted else ""
         p = Params()
         # attrs and datasetIds are those of the series already
         where = instance_filter(query, now, p, selection=False, scoped=selection.scoped)
@@ -422,7 +442,7 @@ class PostgresTemporalReads(Transactions):
         else:
             origin = f"{p(spec.origin)}::bigint"
         stats = ", ".join(
-            f'{STAT_SQL[stat] if spec.wants(stat) else NOT_ASKED.get(stat, "NULL")} AS "{stat}"' for stat in STATS
+            f'{sql_of[stat] if spec.wants(stat) else NOT_ASKED.get(stat, "NULL")} AS "{stat}"' for stat in STATS
         )
         # a period's first and last times bound only the one period of no duration (period_bounds):
         # when the statistics are named and periods have a length, they are skipped (two aggregates
@@ -431,7 +451,7 @@ class PostgresTemporalReads(Transactions):
         sql = (
             f"SELECT s.epk, s.attr, s.dataset, x.* FROM ({series_of(query, pks, p)}) s CROSS JOIN LATERAL"
             f" (SELECT max(kind) AS kind, {period} AS k, origin, {times}, {stats}"
-            f" FROM (SELECT i.kind, {column} AS t, i.num, i.vtext, o.origin FROM temporal_instances i,"
+            f" FROM (SELECT i.kind, {column} AS t, i.num, i.vtext{more}, o.origin FROM temporal_instances i,"
             f" (SELECT {origin} AS origin) o WHERE {same}) p GROUP BY k, origin) x"
             " ORDER BY s.epk, s.attr, s.dataset, x.k"
         )
@@ -448,6 +468,23 @@ class PostgresTemporalReads(Transactions):
         ]
 
 
+def _folded(member: str, otherwise: str, cast: str = "float8") -> str:
+    """SQL of a number a downsampled hourly instance (store/temporal_downsample.py) keeps in its
+    doc as sub-property `member`, else `otherwise`: a text search first, so that the readings'
+    documents are not parsed."""
+    found = f"(i.doc -> '{member}' ->> 'value')::{cast}"
+    marked = f"strpos(i.doc::text, '{_MARK}') > 0"
+    return f"CASE WHEN {marked} THEN COALESCE({found}, {otherwise}) ELSE {otherwise} END"
+
+
+_MARK = SAMPLES.rsplit("/", 1)[1]  # "history#sampleCount": only a downsampled instance has it
+MARKS_SECONDS = 60.0  # how stale a worker's "never downsampled" may be (PostgresTemporalReads)
+# what each row stands for (as sqlite_temporal.WEIGHTED): w readings, their least and greatest
+# value (lo, hi) and the sum of their squares (sq)
+WEIGHTED = (
+    f"{_folded(SAMPLES, '1')} AS w, {_folded(LEAST, 'i.num')} AS lo, {_folded(GREATEST, 'i.num')} AS hi,"
+    f" {_folded(SQUARES, 'i.num * i.num')} AS sq"
+)
 # statistic -> SQL over the period's rows (p: t, num, vtext), as sqlite_temporal.STAT_SQL
 STAT_SQL = {
     "count": "count(*)",
@@ -460,6 +497,17 @@ STAT_SQL = {
     "sumsq": "sum(num * num)",
     "min_text": "min(vtext)",
     "max_text": "max(vtext)",
+}
+# the same over rows with WEIGHTED's columns too (w, a float8: no numeric sums), once downsampled
+STAT_WEIGHTED = {
+    **STAT_SQL,
+    "count": "sum(w)",
+    "numbers": "coalesce(sum(CASE WHEN num IS NOT NULL THEN w END), 0)",
+    "sum": "sum(num * w)",
+    "avg": "sum(num * w) / sum(CASE WHEN num IS NOT NULL THEN w END)",
+    "min": "min(lo)",
+    "max": "max(hi)",
+    "sumsq": "sum(CASE WHEN num IS NOT NULL THEN sq END)",
 }
 NOT_ASKED = {"count": "0::bigint", "distinct": "0::bigint", "numbers": "0::bigint"}
 
