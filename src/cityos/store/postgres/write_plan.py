@@ -207,8 +207,19 @@ def _value(pk: int, row: tuple[str, float | None, str | None]) -> dict[str, Any]
     return {"pk": pk, "attr": row[0], "num": number(row[1]), "txt": row[2]}
 
 
+# a coordinate smaller than this (in degrees: 1e-300 of a degree is no distance) is indexed as 0:
+# PostgreSQL refuses an underflow in float8 arithmetic, and the map's cell key (migration 16) takes
+# radians() of a box's middle, so a subnormal coordinate (5e-324) made the write fail; the entity's
+# document keeps the value as given
+TINY_DEGREES = 1e-300
+
+
+def _corner(value: float) -> float | str | None:
+    return 0.0 if -TINY_DEGREES < value < TINY_DEGREES else number(value)
+
+
 def _box(pk: int, box: tuple[str, tuple[float, float, float, float], bool], first_type: str) -> dict[str, Any]:
-    corners = [number(c) for c in box[1]]
+    corners = [_corner(c) for c in box[1]]
     return {
         "type": first_type,
         "pk": pk,
