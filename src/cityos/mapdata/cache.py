@@ -10,7 +10,10 @@ several workers, of the others, to `touched` with the boxes of the entity's geom
 after; each zoom's tiles meeting a box get a new generation (past TILES_PER_CHANGE tiles at one
 zoom, the whole zoom of the tenant does). A cached tile is served only while the generations it
 was drawn under are unchanged and it is younger than --tile-cache-seconds, which also bounds what a
-missed change (a write that rolled back after its listener ran) can leave on the map.
+missed change (a write that rolled back after its listener ran) can leave on the map. Each change is
+invalidated again a second later (changes.RETOUCH: a tile drawn before its write committed); while
+no tile is cached, only then (nothing cached to drop at once; a tile being drawn meanwhile was
+stamped before the retouch).
 """
 
 from __future__ import annotations
@@ -38,20 +41,22 @@ class Cached:
     layout_only: bool = False  # clusters without q: only creates, deletes and moves change them
 
 
-def _tile_range(low: float, high: float, z: int, lat: bool) -> tuple[int, int]:
-    n = 1 << z
+def _fraction(v: float, lat: bool) -> float:
+    """Where a longitude (or latitude) falls across the Web Mercator square, 0 to 1."""
+    if not lat:
+        return (v + 180.0) / 360.0
+    v = max(-MAX_LAT, min(MAX_LAT, v))
+    s = math.sin(math.radians(v))
+    return 0.5 - math.log((1 + s) / (1 - s)) / (4 * math.pi)
 
-    def index(v: float) -> int:
-        if lat:
-            v = max(-MAX_LAT, min(MAX_LAT, v))
-            s = math.sin(math.radians(v))
-            f = 0.5 - math.log((1 + s) / (1 - s)) / (4 * math.pi)
-        else:
-            f = (v + 180.0) / 360.0
-        return min(n - 1, max(0, int(f * n)))
 
-    a, b = index(low), index(high)
-    return (min(a, b), max(a, b))
+def _deepest(v: float, lat: bool) -> int:
+    """The tile index of a coordinate at MAX_ZOOM; at zoom z it is this shifted right by MAX_ZOOM - z
+    (floor(f * 2**z) == floor(f * 2**MAX_ZOOM) >> (MAX_ZOOM - z): scaling by a power of two is exact)."""
+    return min(TOP, max(0, int(_fraction(v, lat) * (TOP + 1))))
+
+
+TOP = (1 << MAX_ZOOM) - 1  # the last tile index at MAX_ZOOM
 
 
 class TileCache:
@@ -70,6 +75,10 @@ class TileCache:
     @property
     def enabled(self) -> bool:
         return self.max_bytes > 0
+
+    @property
+    def holds_tiles(self) -> bool:
+        return bool(self._entries)
 
     def stamp(self, tenant: str, z: int, x: int, y: int, layout_only: bool = False) -> tuple[int, int, int]:
         """The generations a tile is drawn under: of every change, or (`layout_only`) of the changes
@@ -112,16 +121,35 @@ class TileCache:
         if len(self._tiles) > MAX_GENERATIONS:
             self._tiles.clear()
             self._everything += 1
-        for min_x, min_y, max_x, max_y in boxes:
+        tiles, zooms = self._tiles, self._zooms
+        layout_step = 1 if layout else 0
+        # the tile indexes of each distinct box at the deepest zoom, computed once (a change's
+        # boxes before and after are most often the same point); each zoom's are a shift of them
+        for min_x, min_y, max_x, max_y in dict.fromkeys(boxes):
+            deep_x0, deep_x1 = sorted((_deepest(min_x, False), _deepest(max_x, False)))
+            deep_y0, deep_y1 = sorted((_deepest(max_y, True), _deepest(min_y, True)))  # y grows southwards
             for z in range(MAX_ZOOM + 1):
-                x0, x1 = _tile_range(min_x, max_x, z, lat=False)
-                y0, y1 = _tile_range(max_y, min_y, z, lat=True)
+                shift = MAX_ZOOM - z
+                x0, x1, y0, y1 = deep_x0 >> shift, deep_x1 >> shift, deep_y0 >> shift, deep_y1 >> shift
+                if x0 == x1 and y0 == y1:  # a point's zoom (or a small box's): one tile
+                    generations = tiles.get(key := (tenant, z, x0, y0))
+                    if generations is None:
+                        tiles[key] = [1, layout_step]
+                    else:
+                        generations[0] += 1
+                        generations[1] += layout_step
+                    continue
                 if (x1 - x0 + 1) * (y1 - y0 + 1) > TILES_PER_CHANGE:
-                    _bump(self._zooms.setdefault((tenant, z), [0, 0]), layout)
+                    _bump(zooms.setdefault((tenant, z), [0, 0]), layout)
                     continue
                 for x in range(x0, x1 + 1):
                     for y in range(y0, y1 + 1):
-                        _bump(self._tiles.setdefault((tenant, z, x, y), [0, 0]), layout)
+                        generations = tiles.get(key := (tenant, z, x, y))
+                        if generations is None:
+                            tiles[key] = [1, layout_step]
+                        else:
+                            generations[0] += 1
+                            generations[1] += layout_step
 
     def everything_changed(self) -> None:
         """A change whose geometry is not known (another worker's, read again): drop every tile."""

@@ -23,6 +23,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -67,19 +70,23 @@ class TooManyClients(NgsiLdError):
         return {"Retry-After": str(retry_after_seconds(self.retry))}
 
 
-def boxes_of(entity: Entity | None) -> list[tuple[float, float, float, float]]:
+Box = tuple[float, float, float, float]
+
+
+def boxes_of(entity: Entity | None) -> list[Box]:
     """(min_x, min_y, max_x, max_y) of each geometry of an entity: the tiles a change touches."""
     if entity is None:
         return []
     return [(box[0], box[2], box[1], box[3]) for _, box, _ in instance_boxes(entity)]
 
 
-def _layout_changed(before: Entity | None, after: Entity | None) -> bool:
+def _layout_changed(before: Entity | None, after: Entity | None, boxes: tuple[list[Box], list[Box]]) -> bool:
     """Whether a change can change the clusters: a create, a delete, new types or a new geometry
-    (an expiry too, which the store sweeps as a change of its own)."""
+    (an expiry too, which the store sweeps as a change of its own); `boxes` are boxes_of(before)
+    and boxes_of(after)."""
     if before is None or after is None or before["type"] != after["type"]:
         return True
-    return bool(boxes_of(before) != boxes_of(after) or before.get("expiresAt") != after.get("expiresAt"))
+    return bool(boxes[0] != boxes[1] or before.get("expiresAt") != after.get("expiresAt"))
 
 
 def _plain(value: Any) -> bool:
@@ -149,6 +156,10 @@ class ChangeHub:
     clients: set[Client] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = None
     _reads: set[asyncio.Task[None]] = field(default_factory=set)
+    # the changes whose tiles are invalidated again RETOUCH seconds on (_retouch_later)
+    _retouches: deque[tuple[float, tuple[str, list[Box], bool]]] = field(default_factory=deque)
+    _retouch_lock: threading.Lock = field(default_factory=threading.Lock)
+    _retouch_armed: bool = False  # a timer (or the call that arms one) is pending on the loop
 
     async def start(self) -> None:
         if self.max_clients <= 0 and (self.cache is None or not self.cache.enabled):
@@ -175,18 +186,56 @@ class ChangeHub:
         if loop is not None and self.clients:
             loop.call_soon_threadsafe(self.publish, change.tenant, change.before, change.after)
         cache = self.cache
-        boxes = boxes_of(change.before) + boxes_of(change.after) if cache is not None and cache.enabled else []
-        layout = _layout_changed(change.before, change.after)
+        before, after = boxes_of(change.before), boxes_of(change.after)
+        boxes = before + after if cache is not None and cache.enabled else []
+        layout = _layout_changed(change.before, change.after, (before, after))
         if cache is not None and boxes:
-            cache.touched(change.tenant, boxes, layout)
+            # at once when tiles are cached; with none cached there is nothing to drop now, and a
+            # tile being drawn meanwhile is the retouch's case (its stamp predates the retouch)
+            if cache.holds_tiles:
+                cache.touched(change.tenant, boxes, layout)
             if loop is not None:  # again once the write has surely committed: a tile drawn in between is stale
-                loop.call_soon_threadsafe(loop.call_later, RETOUCH, cache.touched, change.tenant, boxes, layout)
+                self._retouch_later(loop, (change.tenant, boxes, layout))
         if not self.shared:
             return ()
         gone = change.after is None
         types = (change.before if gone else change.after or {}).get("type", [])  # type: ignore[union-attr]
         data = {"types": types, "deleted": gone, "boxes": boxes, "layout": layout}
         return (StoreEvent(EVENT_KIND, change.tenant, change.entity_id, data),)
+
+    def _retouch_later(self, loop: asyncio.AbstractEventLoop, touch: tuple[str, list[Box], bool]) -> None:
+        """(A store thread) invalidate the change's tiles again RETOUCH seconds from now. One timer
+        on the loop serves every change due meanwhile, and the loop is woken only to arm it: a
+        wake-up per change (a write to the loop's self-pipe, a timer each) cost a batch of sensor
+        measures more than its SQL."""
+        with self._retouch_lock:
+            self._retouches.append((time.monotonic() + RETOUCH, touch))
+            if self._retouch_armed:
+                return
+            self._retouch_armed = True
+        loop.call_soon_threadsafe(self._arm_retouch, loop)
+
+    def _arm_retouch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """(The loop) the timer for the earliest change waiting, or none when none waits."""
+        with self._retouch_lock:
+            if not self._retouches:
+                self._retouch_armed = False
+                return
+            due = self._retouches[0][0]
+        loop.call_later(max(0.0, due - time.monotonic()), self._retouch, loop)
+
+    def _retouch(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = time.monotonic()
+        touches = []
+        with self._retouch_lock:
+            waiting = self._retouches
+            while waiting and waiting[0][0] <= now:
+                touches.append(waiting.popleft()[1])
+        cache = self.cache
+        if cache is not None:
+            for tenant, boxes, layout in touches:
+                cache.touched(tenant, boxes, layout)
+        self._arm_retouch(loop)
 
     def publish(self, tenant: str, before: Entity | None, after: Entity | None) -> None:
         """On the loop: queue the change's event for each client that may see it."""

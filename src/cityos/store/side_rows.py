@@ -17,6 +17,16 @@ from cityos.entities.values import identical
 
 def geometry_bbox(geometry: Any) -> tuple[float, float, float, float] | None:
     """(min_x, max_x, min_y, max_y) of a GeoJSON geometry, for the box prefilter (R*Tree, GiST)."""
+    if isinstance(geometry, dict):  # a Point (most geometries of a city): its position, no walk
+        position = geometry.get("coordinates")
+        if (
+            isinstance(position, list)
+            and position
+            and isinstance(position[0], int | float)
+            and geometry.get("type") != "GeometryCollection"  # whose coordinates are not read
+        ):
+            x, y = float(position[0]), float(position[1])
+            return x, x, y, y
     xs: list[float] = []
     ys: list[float] = []
 

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from cityos.query.geo import GeoQuery
 
 T = TypeVar("T")
+R = TypeVar("R")  # what a read on the loop answers (_on_loop)
 
 QUERY_SCHEMA = """
 CREATE INDEX IF NOT EXISTS entities_listing ON entities (pk, tenant, expires_at);
@@ -490,7 +491,7 @@ class SQLiteQueries:
                 _slow_shapes[shape] = time.monotonic() + LOOP_BACKOFF
         return await self._read_with_deadline(run)
 
-    def _on_loop(self, run: Callable[[sqlite3.Connection, float], QueryResult]) -> QueryResult | None:
+    def _on_loop(self, run: Callable[[sqlite3.Connection, float], R]) -> R | None:
         """A page whose every filter is exact in SQL, read on the event loop's own connection: most
         take tens of microseconds, less than the hand-off to a reader thread and back. None (the
         caller then reads it on a reader thread, from the start) past LOOP_CHECKS * LOOP_STEPS

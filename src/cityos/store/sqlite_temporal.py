@@ -12,6 +12,7 @@ writes are drained (sqlite_writes.py).
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +39,7 @@ from cityos.store.sqlite_history import (
     prune_values,
 )
 from cityos.store.sqlite_layout import name_ids
+from cityos.store.sqlite_query import LOOP_BACKOFF, _NotOnLoop, _slow_shapes
 from cityos.store.temporal_base import (
     SCOPE_ATTR,
     STATS,
@@ -138,6 +140,8 @@ class SQLiteTemporal:
         def _ensure_tenant(self, connection: sqlite3.Connection, tenant: str) -> None: ...
 
         async def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+        def _on_loop(self, run: Callable[[sqlite3.Connection, float], T]) -> T | None: ...
 
         def _audit_note(self, row: Callable[[], AuditRow | None]) -> None: ...
 
@@ -364,11 +368,19 @@ class SQLiteTemporal:
     async def temporal_query(self, tenant: str, query: TemporalQuery) -> TemporalPage:
         now = _now()
 
-        def run(connection: sqlite3.Connection) -> TemporalPage:
+        def run(connection: sqlite3.Connection, loop_end: float | None = None) -> TemporalPage:
             selection = self._select(connection, tenant, query, now)
-            entities, cut = self._kept(connection, selection, query, now)
+            cap = None if loop_end is None else LOOP_ROWS
+            entities, cut = self._kept(connection, selection, query, now, cap)
             return TemporalPage(entities, selection.total, selection.has_more, cut)
 
+        if _on_loop_shape(query):  # lastN of one entity: a few index seeks, read on the loop
+            shape = ("temporal-last", tenant)
+            if _slow_shapes.get(shape, 0.0) < time.monotonic():
+                page = self._on_loop(run)
+                if page is not None:
+                    return page
+                _slow_shapes[shape] = time.monotonic() + LOOP_BACKOFF
         return await self._read_with_deadline(run)
 
     async def temporal_aggregate(self, tenant: str, query: TemporalQuery, spec: AggregationSpec) -> AggregatePage:
@@ -586,7 +598,12 @@ class SQLiteTemporal:
         return keys, rows[: query.max_instances + 1]
 
     def _kept(
-        self, connection: sqlite3.Connection, selection: Selection, query: TemporalQuery, now: int
+        self,
+        connection: sqlite3.Connection,
+        selection: Selection,
+        query: TemporalQuery,
+        now: int,
+        cap: int | None = None,
     ) -> tuple[list[Entity], tuple[int, int] | None]:
         """The selected instances of the page's entities, at most max_instances of them: the oldest
         (or, with lastN, the newest) are kept; attributes the cut emptied stay, empty. Under a scopeQ
@@ -599,6 +616,8 @@ class SQLiteTemporal:
         names = self._names
         if query.last_n is not None:
             keys, rows = self._newest(connection, pks, query, where, params)
+            if cap is not None and len(rows) > cap:  # read on the loop: too many to decode there
+                raise _NotOnLoop
         else:
             column = TIMES[query.window.column]
             base = (
@@ -812,3 +831,22 @@ def _period_range(index: int, origin: int, length: int) -> tuple[int, int]:
 
 def _now() -> int:
     return to_micros(datetime.now(UTC))
+
+
+LOOP_LAST_N = 100  # lastN up to this, of one entity, is read on the event loop's connection
+LOOP_ROWS = 200  # instances decoded there at most (more: read again on a reader thread)
+
+
+def _on_loop_shape(query: TemporalQuery) -> bool:
+    """A retrieval's lastN (one entity by id, no q, no scopeQ): a few index seeks per attribute and
+    at most LOOP_ROWS instances decoded, less work than the hand-off to a reader thread and back,
+    as for a retrieve or a query page (SQLiteQueries._on_loop bounds the SQL steps and wall time)."""
+    return (
+        query.last_n is not None
+        and query.last_n <= LOOP_LAST_N
+        and query.ids is not None
+        and len(query.ids) == 1
+        and query.id_pattern is None
+        and query.predicate is None
+        and query.scope_test is None
+    )
