@@ -208,7 +208,13 @@ def mqtt_row(bench: Bench, backend: str, url: str | None, stored: int) -> Row:
         bench.log(f"  {NAME} … ({devices} devices, mosquitto on port {broker.port}, set up in {setup:.1f} s)")
         for index in range(config.repeat):
             spec = MqttSpec(broker.port, server.base, apikey, devices, config.warmup, config.duration, seed=index)
-            bench.record(row, bench.pool.submit(run_publisher, spec).result())
+            with httpx.Client(base_url=server.base, timeout=60) as http:
+                stored, cpu = _stored(http), server.cpu_seconds()
+                result = bench.pool.submit(run_publisher, spec).result()
+                stored, cpu = _stored(http) - stored, server.cpu_seconds() - cpu
+            if stored and server.pid:  # the server's CPU per measure stored over the whole repeat
+                row.cpu_ms.append(cpu * 1000 / stored)
+            bench.record(row, result)
             bench.sample_load()
         row.rss_mb = server.peak_rss_mb()
     return row

@@ -10,7 +10,14 @@ BATCH messages at a time, as the MQTT transport drains its inbox), or `profile-o
 OffStreetParking entities, one provisioned device each (`f` -> availableSpotNumber), UltraLight
 `f|<n>` messages spread over the devices as scenario 9 sends them. Prints the process CPU time per
 measure (every thread of this process, and the event loop's thread alone: the rest is the store's
-writer or sync thread; PostgreSQL's own backends are not counted) and the wall rate."""
+writer or sync thread; PostgreSQL's own backends are not counted) and the wall rate.
+
+Under callgrind (CITYOS_INSTRUCTIONS_CALLGRIND=1, as benchmarks/instructions.py) the measured loop
+alone is instrumented, every thread of the process counted: the "Collected" total divided by COUNT
+is the instructions of one measure, which repeat whatever else the machine runs:
+
+    CITYOS_INSTRUCTIONS_CALLGRIND=1 valgrind --tool=callgrind --instr-atstart=no \
+        python -m benchmarks.iot_agent /tmp/iot.db many 2000 500"""
 
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import time
 import uuid
 
 from benchmarks.entities import ENTITY_TYPE, make_entity
+from benchmarks.instructions import callgrind, put_off_periodic
 from cityos.app import create_app
 from cityos.ingest.iot_provisioning import parse_device, parse_group
 from cityos.settings import Settings
@@ -39,6 +47,7 @@ def _id(index: int) -> str:
 
 
 async def measure(database: str, mode: str, count: int, batch: int) -> None:
+    put_off_periodic()
     app = create_app(Settings(database=database, log_level="warning"))
     async with app.router.lifespan_context(app):
         ingest = app.state.ingest
@@ -82,7 +91,9 @@ async def measure(database: str, mode: str, count: int, batch: int) -> None:
         cpu, main_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
         if profiler is not None:
             profiler.enable()
+        callgrind("on")
         await run(WARM_UP, count)
+        callgrind("off")
         if profiler is not None:
             profiler.disable()
         cpu, main_cpu = time.process_time() - cpu, time.thread_time() - main_cpu

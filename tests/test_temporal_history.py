@@ -196,3 +196,19 @@ def test_retention_drops_old_instances(db_url: str) -> None:
             await store.close()
 
     assert asyncio.run(scenario()) == (1, [2])
+
+
+def test_history_goes_on_after_the_temporal_entity_is_deleted(client: TestClient) -> None:
+    """The writer keeps the temporal entity's row of an entity it wrote history for; deleting the
+    temporal entity (or a retention purge) forgets it, so the next change's history is stored
+    under a new row, not the deleted one (and a rolled-back write leaves nothing kept)."""
+    create_car(client)
+    url = f"{ENTITIES}/{CAR}/attrs/speed"
+    assert client.patch(url, json={"value": 2, "observedAt": "2026-08-10T00:01:00Z"}).status_code == 204
+    assert [i["value"] for i in history(client)["speed"]] == [1, 2]
+    assert client.delete(f"{TEMPORAL}/{CAR}").status_code == 204
+    assert client.get(f"{TEMPORAL}/{CAR}").status_code == 404
+    for value, minute in ((3, 2), (4, 3)):
+        body = {"value": value, "observedAt": f"2026-08-10T00:0{minute}:00Z"}
+        assert client.patch(url, json=body).status_code == 204
+    assert [i["value"] for i in history(client)["speed"]] == [3, 4]

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from cityos.query.geo import GeoQuery
 
 T = TypeVar("T")
+R = TypeVar("R")  # what a read on the loop answers (_on_loop)
 
 QUERY_SCHEMA = """
 CREATE INDEX IF NOT EXISTS entities_listing ON entities (pk, tenant, expires_at);
@@ -189,6 +190,35 @@ HAVERSINE = (
 )
 
 
+def _few_in_box(connection: sqlite3.Connection, rtree: str, box: list[float]) -> bool:
+    """Whether at most GEO_SELECTIVE R*Tree entries meet the box (min_x, max_x, min_y, max_y): up
+    to 501 entries read to choose the plan, a tenth of a geo page's instructions. Like _few, an
+    answer picks the plan only (both plans are exact and give the same page), so it is reused for
+    DECISION_AGE seconds by the boxes of the same size in the same cell of a grid of that size
+    (neighbouring points of a near query: the density they meet is alike)."""
+    width, height = box[1] - box[0], box[3] - box[2]
+    if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
+        return _counted_in_box(connection, rtree, box)
+    # sizes to two digits: a near box's width varies with its latitude's cosine
+    width, height = float(f"{width:.2g}"), float(f"{height:.2g}")
+    key = (id(connection), "geo", width, height, box[0] // width, box[2] // height)
+    clock = time.monotonic()
+    found = _decisions.get(key)
+    if found is not None and found[2] is connection and clock - found[0] < DECISION_AGE:
+        return found[1]
+    few = _counted_in_box(connection, rtree, box)
+    if len(_decisions) >= DECISIONS:
+        _decisions.clear()
+    _decisions[key] = (clock, few, connection)
+    return few
+
+
+def _counted_in_box(connection: sqlite3.Connection, rtree: str, box: list[float]) -> bool:
+    limited = f"SELECT 1 FROM {rtree} LIMIT {GEO_SELECTIVE + 1}"
+    few: bool = connection.execute(f"SELECT COUNT(*) FROM ({limited})", box).fetchone()[0] <= GEO_SELECTIVE
+    return few
+
+
 def _geo_exact(query: EntityQuery, alias: str) -> tuple[str, list[Any]]:
     """The exact test of one entity_geo_walk row `alias`. A Point row near a Point is tested in SQL
     (`point_matches`' distance, HAVERSINE), without a call into Python per candidate."""
@@ -221,8 +251,7 @@ def _geo_side(
     rtree = "entity_geo r WHERE r.max_x >= ? AND r.min_x <= ? AND r.max_y >= ? AND r.min_y <= ?"
     few = not walk or query.geo is None
     if not few:
-        limited = f"SELECT 1 FROM {rtree} LIMIT {GEO_SELECTIVE + 1}"
-        few = connection.execute(f"SELECT COUNT(*) FROM ({limited})", box).fetchone()[0] <= GEO_SELECTIVE
+        few = _few_in_box(connection, rtree, box)
     if not few:
         exact, params = _geo_exact(query, "w")
         where = f"w.attr = {NAME_ID} AND w.max_x >= ? AND w.min_x <= ? AND w.max_y >= ? AND w.min_y <= ? AND " + exact
@@ -506,7 +535,7 @@ class SQLiteQueries:
                 _slow_shapes[shape] = time.monotonic() + LOOP_BACKOFF
         return await self._read_with_deadline(run)
 
-    def _on_loop(self, run: Callable[[sqlite3.Connection, float], QueryResult]) -> QueryResult | None:
+    def _on_loop(self, run: Callable[[sqlite3.Connection, float], R]) -> R | None:
         """A page whose every filter is exact in SQL, read on the event loop's own connection: most
         take tens of microseconds, less than the hand-off to a reader thread and back. None (the
         caller then reads it on a reader thread, from the start) past LOOP_CHECKS * LOOP_STEPS

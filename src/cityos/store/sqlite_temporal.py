@@ -12,6 +12,7 @@ writes are drained (sqlite_writes.py).
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,7 +24,7 @@ from cityos.audit.recorder import row as audit_row
 from cityos.entities.model import Entity, Instance
 from cityos.store.base import HistoryRow
 from cityos.store.paging import bounded
-from cityos.store.sqlite_downsample import WEIGHTED, WEIGHTED_STATS
+from cityos.store.sqlite_downsample import WEIGHTED
 from cityos.store.sqlite_history import (
     DECODED,
     INSERT_INSTANCE,
@@ -37,6 +38,14 @@ from cityos.store.sqlite_history import (
     kind_of,
     pk_of,
     prune_values,
+)
+from cityos.store.sqlite_query import LOOP_BACKOFF, _NotOnLoop, _slow_shapes
+from cityos.store.sqlite_temporal_periods import (
+    LOOP_PERIODS,
+    _period_range,
+    _period_stats,
+    _select,
+    _truncated,
 )
 from cityos.store.temporal_base import (
     SCOPE_ATTR,
@@ -138,6 +147,8 @@ class SQLiteTemporal:
         def _ensure_tenant(self, connection: sqlite3.Connection, tenant: str) -> None: ...
 
         async def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+        def _on_loop(self, run: Callable[[sqlite3.Connection, float], T]) -> T | None: ...
 
         def _audit_note(self, row: Callable[[], AuditRow | None]) -> None: ...
 
@@ -328,11 +339,19 @@ class SQLiteTemporal:
     async def temporal_query(self, tenant: str, query: TemporalQuery) -> TemporalPage:
         now = _now()
 
-        def run(connection: sqlite3.Connection) -> TemporalPage:
+        def run(connection: sqlite3.Connection, loop_end: float | None = None) -> TemporalPage:
             selection = self._select(connection, tenant, query, now)
-            entities, cut = self._kept(connection, selection, query, now)
+            cap = None if loop_end is None else LOOP_ROWS
+            entities, cut = self._kept(connection, selection, query, now, cap)
             return TemporalPage(entities, selection.total, selection.has_more, cut)
 
+        if _on_loop_shape(query):  # lastN of one entity: a few index seeks, read on the loop
+            shape = ("temporal-last", tenant)
+            if _slow_shapes.get(shape, 0.0) < time.monotonic():
+                page = self._on_loop(run)
+                if page is not None:
+                    return page
+                _slow_shapes[shape] = time.monotonic() + LOOP_BACKOFF
         return await self._read_with_deadline(run)
 
     async def temporal_aggregate(self, tenant: str, query: TemporalQuery, spec: AggregationSpec) -> AggregatePage:
@@ -550,7 +569,12 @@ class SQLiteTemporal:
         return keys, rows[: query.max_instances + 1]
 
     def _kept(
-        self, connection: sqlite3.Connection, selection: Selection, query: TemporalQuery, now: int
+        self,
+        connection: sqlite3.Connection,
+        selection: Selection,
+        query: TemporalQuery,
+        now: int,
+        cap: int | None = None,
     ) -> tuple[list[Entity], tuple[int, int] | None]:
         """The selected instances of the page's entities, at most max_instances of them: the oldest
         (or, with lastN, the newest) are kept; attributes the cut emptied stay, empty. Under a scopeQ
@@ -563,6 +587,8 @@ class SQLiteTemporal:
         names = self._names
         if query.last_n is not None:
             keys, rows = self._newest(connection, pks, query, where, params)
+            if cap is not None and len(rows) > cap:  # read on the loop: too many to decode there
+                raise _NotOnLoop
         else:
             column = TIMES[query.window.column]
             base = (
@@ -713,78 +739,24 @@ class SQLiteTemporal:
         return max(kind_of(names.name(connection, shape)) for shape in shapes)
 
 
-LOOP_PERIODS = 256  # periods of one series read one statement each; more are grouped by one sort
-
-
-# statistic -> SQL over the period's rows (p: t, num, vtext, v = vkind, shape)
-STAT_SQL = {
-    "count": "COUNT(*)",
-    "distinct": "COUNT(DISTINCT vtext) + COUNT(DISTINCT CASE WHEN v = 1 THEN num END)",  # ints have no vtext
-    "numbers": "COUNT(num)",
-    "sum": "SUM(num)",
-    "avg": "AVG(num)",
-    "min": "MIN(num)",
-    "max": "MAX(num)",
-    "sumsq": "SUM(num * num)",
-    "min_text": "MIN(COALESCE(vtext, CASE WHEN v = 1 THEN CAST(CAST(num AS INTEGER) AS TEXT) END))",
-    "max_text": "MAX(COALESCE(vtext, CASE WHEN v = 1 THEN CAST(CAST(num AS INTEGER) AS TEXT) END))",
-}
-
-
-STAT_WEIGHTED = {**STAT_SQL, **WEIGHTED_STATS}  # over rows with sqlite_downsample.WEIGHTED's columns
-
-
-def _select(stats: list[str], times: bool = False, shapes: bool = False, weighted: bool = False) -> str:
-    """The SELECT list of a period: its first and last time, its least and greatest shape, then
-    the statistics asked for (COUNT(*) when there are none, so that the list is never empty)."""
-    parts = ["MIN(t)", "MAX(t)"] if times else []
-    parts += ["MIN(shape)", "MAX(shape)"] if times or shapes else []
-    sql = STAT_WEIGHTED if weighted else STAT_SQL
-    return ", ".join([*parts, *(sql[stat] for stat in stats)] or ["COUNT(*)"])
-
-
-def _period_stats(
-    index: int, origin: int, row: Sequence[Any], stats: list[str], *, shapes: bool = True
-) -> tuple[PeriodStats, tuple[int, int]]:
-    """A period's statistics from (first, last, [least shape, greatest shape,] stats...); those not
-    asked for are 0 or None."""
-    first, last = row[:2]
-    low, high = row[2:4] if shapes else (0, 0)
-    values: dict[str, Any] = {"count": 0, "distinct": 0, "numbers": 0}
-    values.update(zip(stats, row[4 if shapes else 2 :], strict=False))
-    return PeriodStats(
-        index,
-        origin,
-        first,
-        last,
-        values["count"],
-        values["distinct"],
-        values["numbers"],
-        values.get("sum"),
-        values.get("avg"),
-        values.get("min"),
-        values.get("max"),
-        values.get("sumsq"),
-        values.get("min_text"),
-        values.get("max_text"),
-    ), (low, high)
-
-
-def _truncated(offset: int, length: int) -> int:
-    """offset / length rounded toward zero, as SQL's integer division does."""
-    quotient = abs(offset) // length
-    return quotient if offset >= 0 else -quotient
-
-
-def _period_range(index: int, origin: int, length: int) -> tuple[int, int]:
-    """[low, high) of the times whose period number is `index` (the offset from the origin divided
-    by the length toward zero: period 0 reaches one length before the origin too)."""
-    if index > 0:
-        return origin + index * length, origin + (index + 1) * length
-    if index == 0:
-        return origin - length + 1, origin + length
-    return origin + (index - 1) * length + 1, origin + index * length + 1
-
-
 def _now() -> int:
     return to_micros(datetime.now(UTC))
+
+
+LOOP_LAST_N = 100  # lastN up to this, of one entity, is read on the event loop's connection
+LOOP_ROWS = 200  # instances decoded there at most (more: read again on a reader thread)
+
+
+def _on_loop_shape(query: TemporalQuery) -> bool:
+    """A retrieval's lastN (one entity by id, no q, no scopeQ): a few index seeks per attribute and
+    at most LOOP_ROWS instances decoded, less work than the hand-off to a reader thread and back,
+    as for a retrieve or a query page (SQLiteQueries._on_loop bounds the SQL steps and wall time)."""
+    return (
+        query.last_n is not None
+        and query.last_n <= LOOP_LAST_N
+        and query.ids is not None
+        and len(query.ids) == 1
+        and query.id_pattern is None
+        and query.predicate is None
+        and query.scope_test is None
+    )
