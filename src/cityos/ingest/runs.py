@@ -20,6 +20,7 @@ import httpx
 import orjson
 
 from cityos.entities.values import now as utc_now
+from cityos.errors import DatabaseBusy
 from cityos.ingest.sink import HttpSink, StoreSink
 from cityos.redact import redact_uri
 from cityos.store.import_runs_base import ImportRun
@@ -127,7 +128,8 @@ def parse_run(data: Any, run_id: str) -> ImportRun:
 
 
 async def save(sink: object, run: ImportRun) -> None:
-    """Record the run where the sink writes (module docstring); never raises."""
+    """Record the run where the sink writes (module docstring); raises only DatabaseBusy: the
+    import that follows could not write either, and the command says so in one line."""
     try:
         if isinstance(sink, StoreSink):
             await sink.store.save_import_run(run)
@@ -139,6 +141,8 @@ async def save(sink: object, run: ImportRun) -> None:
             )
             if answer.status_code not in (200, 201, 204):
                 log.warning("the broker did not record the import run: HTTP %s", answer.status_code)
+    except DatabaseBusy:
+        raise
     except (httpx.HTTPError, OSError) as exc:
         log.warning("the import run could not be recorded: %s", exc)
     except Exception:  # the record is a convenience: the import itself goes on
