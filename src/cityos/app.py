@@ -9,7 +9,7 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine
-from time import perf_counter
+from time import perf_counter_ns
 from typing import Any
 from urllib.parse import unquote
 
@@ -283,7 +283,7 @@ class ProtocolGuard:
             await send(message)
 
         id_token = current_request_id.set(request_id)
-        began = perf_counter() if self.observed else 0.0
+        began = perf_counter_ns() if self.observed else 0
         try:
             if not self.last_resort:
                 await app(scope, receive, echo)
@@ -297,15 +297,15 @@ class ProtocolGuard:
         finally:
             current_request_id.reset(id_token)
             if self.observed:
-                seconds = perf_counter() - began
+                nanos = perf_counter_ns() - began  # an int: no float arithmetic for either consumer
                 route = scope.get("route")
                 if self.metrics is not None:
-                    self.metrics.request(route, method, status, seconds)
+                    self.metrics.request(route, method, status, nanos)
                 if self.access_log is not None:
                     # no AuthMiddleware (auth off, where last_resort is set): everyone is "open"
                     caller = scope.get(CALLER_SCOPE_KEY, "open" if self.last_resort else "-")
                     tenant_name = "" if tenant is None else tenant.decode("latin-1")
-                    self.access_log.record(request_id, caller, tenant_name, method, path, route, status, seconds)
+                    self.access_log.record(request_id, caller, tenant_name, method, path, route, status, nanos)
 
     async def _bare(self, send: Send, status: int) -> None:
         await self._send(send, status, b"", [(b"content-length", b"0")])

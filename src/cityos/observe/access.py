@@ -52,8 +52,8 @@ _JSON_PLAIN = _table(_CONTROLS + b'"\\')
 _TEXT_PLAIN = _table(_CONTROLS + b"@")
 
 # a request as kept until its batch is written: wall-clock time (ns), request id, principal, tenant,
-# method, path, the matched route (None: no route matched), status, duration in seconds
-Pending = tuple[int, str, str, str, str, str, Any, int, float]
+# method, path, the matched route (None: no route matched), status, duration in nanoseconds
+Pending = tuple[int, str, str, str, str, str, Any, int, int]
 
 
 def _clean(text: str) -> str:
@@ -83,10 +83,10 @@ class AccessLog:
         path: str,
         route: Any,
         status: int,
-        seconds: float,
+        nanos: int,
     ) -> None:
         pending = self._pending
-        pending.append((time.time_ns(), request_id, principal, tenant, method, path, route, status, seconds))
+        pending.append((time.time_ns(), request_id, principal, tenant, method, path, route, status, nanos))
         if len(pending) == 1:  # the first of a batch: written with the others FLUSH_SECONDS later
             try:
                 asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
@@ -123,31 +123,37 @@ class AccessLog:
         formatted: list[str] = []
         line = formatted.append
         stamp_of = self._stamp_of
-        last, stamp, logger = -1, "", LOGGER
+        # the time of a line as nanoseconds past `base`, the start of its second (the big ints of
+        # time_ns divided once per second of the batch, not per line)
+        base, stamp, logger = -(10**18), "", LOGGER
         if self.json:
-            for now, request_id, principal, tenant, method, path, route, status, seconds in pending:
-                second = now // 1_000_000_000
-                if second != last:
-                    last, stamp = second, stamp_of(second)
-                micros = int(seconds * 1_000_000 + 0.5)
+            for now, request_id, principal, tenant, method, path, route, status, nanos in pending:
+                offset = now - base  # nanoseconds into the second of `base`: a small int
+                if not 0 <= offset < 1_000_000_000:
+                    second = now // 1_000_000_000
+                    base, stamp = second * 1_000_000_000, stamp_of(second)
+                    offset = now - base
+                micros = (nanos + 500) // 1000
                 code = CODES[status]
                 template = "-" if route is None else route.path
                 line(
-                    f'{{"time":"{stamp}.{MILLIS[now // 1_000_000 % 1000]}Z","level":"INFO","logger":"{logger}",'
+                    f'{{"time":"{stamp}.{MILLIS[offset // 1_000_000]}Z","level":"INFO","logger":"{logger}",'
                     f'"message":"{method} {path} {code}","request_id":"{request_id}","principal":"{principal}",'
                     f'"tenant":"{tenant}","method":"{method}","path":"{path}","route":"{template}","status":{code},'
                     f'"duration_ms":{micros // 1000}.{MILLIS[micros % 1000]}}}'
                 )
             table = _JSON_PLAIN
         else:
-            for now, request_id, principal, tenant, method, path, route, status, seconds in pending:
-                second = now // 1_000_000_000
-                if second != last:
-                    last, stamp = second, stamp_of(second)
-                tenths = int(seconds * 10_000 + 0.5)
+            for now, request_id, principal, tenant, method, path, route, status, nanos in pending:
+                offset = now - base
+                if not 0 <= offset < 1_000_000_000:
+                    second = now // 1_000_000_000
+                    base, stamp = second * 1_000_000_000, stamp_of(second)
+                    offset = now - base
+                tenths = (nanos + 50_000) // 100_000
                 template = "-" if route is None else route.path
                 line(
-                    f"{stamp},{MILLIS[now // 1_000_000 % 1000]} INFO {logger}: {method} {path} {status} "
+                    f"{stamp},{MILLIS[offset // 1_000_000]} INFO {logger}: {method} {path} {status} "
                     f"{tenths // 10}.{tenths % 10}ms route={template} rid={request_id} principal={principal} "
                     f"tenant={tenant or '-'}"
                 )
@@ -165,7 +171,7 @@ class AccessLog:
 
     def _escaped(self, entry: Pending) -> str:
         """One line with its values escaped (JSON by orjson; text as logs.SafeFormatter does)."""
-        now, request_id, principal, tenant, method, path, route, status, seconds = entry
+        now, request_id, principal, tenant, method, path, route, status, nanos = entry
         second = now // 1_000_000_000
         millis = MILLIS[now // 1_000_000 % 1000]
         template = "-" if route is None else str(route.path)
@@ -183,10 +189,10 @@ class AccessLog:
                     "path": path,
                     "route": template,
                     "status": status,
-                    "duration_ms": int(seconds * 1_000_000 + 0.5) / 1000,
+                    "duration_ms": (nanos + 500) // 1000 / 1000,
                 }
             ).decode()
-        tenths = int(seconds * 10_000 + 0.5)
+        tenths = (nanos + 50_000) // 100_000
         return (
             f"{self._stamp_of(second)},{millis} INFO {LOGGER}: {_clean(method)} {_clean(path)} {status} "
             f"{tenths // 10}.{tenths % 10}ms route={_clean(template)} rid={_clean(request_id)} "

@@ -22,9 +22,9 @@ import contextlib
 import math
 import os
 import resource
-import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from time import perf_counter_ns
 from typing import Any
 
 from prometheus_client import (
@@ -62,7 +62,9 @@ Source = Callable[[], Any]
 
 class Tally:
     """Observations of one histogram child, kept as plain numbers by the event loop (no lock: one
-    thread adds, the same thread flushes) and added to the child by flush(). The child's buckets
+    thread adds, the same thread flushes) and added to the child by flush(). Durations come in
+    integer nanoseconds (perf_counter_ns: int comparisons and additions, no float) and the sum
+    goes to the child in seconds. The child's buckets
     and sum are reached through prometheus-client's internals (`_buckets`, `_sum`: its values,
     in memory or in the multiprocess files); tests/test_observe.py checks the counts that result."""
 
@@ -70,20 +72,20 @@ class Tally:
 
     def __init__(self, child: Any, buckets: tuple[float, ...]) -> None:
         self.child = child
-        self.bounds = (*buckets, math.inf)
+        self.bounds = (*(round(bound * 1e9) for bound in buckets), math.inf)
         self.counts = [0] * len(self.bounds)
-        self.total = 0.0
+        self.total = 0
 
-    def observe(self, amount: float) -> None:
-        self.counts[bisect_left(self.bounds, amount)] += 1  # the first bucket with amount <= bound
-        self.total += amount
+    def observe(self, nanos: int) -> None:
+        self.counts[bisect_left(self.bounds, nanos)] += 1  # the first bucket with nanos <= bound
+        self.total += nanos
 
     def flush(self) -> None:
         counts, self.counts = self.counts, [0] * len(self.bounds)
-        total, self.total = self.total, 0.0
+        total, self.total = self.total, 0
         if not any(counts):
             return
-        self.child._sum.inc(total)
+        self.child._sum.inc(total / 1e9)
         for index, count in enumerate(counts):
             if count:
                 self.child._buckets[index].inc(count)
@@ -216,8 +218,9 @@ class Metrics:
         self._lag = 0.0
 
     # -- the hot path -----------------------------------------------------------------------------
-    def request(self, route: Any, method: str, status: int, seconds: float) -> None:
-        """One answered request; `route` is the matched route (its template is the label)."""
+    def request(self, route: Any, method: str, status: int, nanos: int) -> None:
+        """One answered request, `nanos` long; `route` is the matched route (its template is the
+        label)."""
         if method not in METHODS:  # any token is a method to HTTP: bounded here
             method = OTHER
         key = (id(route), method, status)  # a Route is not hashable; it lives as long as the app
@@ -225,7 +228,7 @@ class Metrics:
         if tally is None:
             template = getattr(route, "path", None) or UNMATCHED
             tally = self._http_tallies[key] = self.tally(self.http.labels(template, method, str(status)), HTTP_BUCKETS)
-        tally.observe(seconds)
+        tally.observe(nanos)
 
     def tally(self, child: Any, buckets: tuple[float, ...]) -> Tally:
         made = Tally(child, buckets)
@@ -355,11 +358,11 @@ class StoreTimer:
 
             def timed(method: Any = method, tally: Tally = tally) -> Any:
                 async def call(*args: Any, **kwargs: Any) -> Any:
-                    started = time.perf_counter()
+                    started = perf_counter_ns()
                     try:
                         return await method(*args, **kwargs)
                     finally:
-                        tally.observe(time.perf_counter() - started)
+                        tally.observe(perf_counter_ns() - started)
 
                 return call
 
