@@ -57,6 +57,7 @@ TIMED_OPERATIONS = (
     "claim_outbox",
     "finish_outbox",
 )
+SAMPLE_EVERY = 16  # a store operation is timed once in so many calls (all are counted)
 Source = Callable[[], Any]
 
 
@@ -344,9 +345,40 @@ def resident_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class SampledTally(Tally):
+    """A Tally of calls that are all counted (`calls`) and one in SAMPLE_EVERY timed (the first
+    after each flush, then every SAMPLE_EVERY-th): flush() scales the timed ones' buckets and sum
+    to the calls, so the histogram's count is exact and its buckets and sum are estimates."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, child: Any, buckets: tuple[float, ...]) -> None:
+        super().__init__(child, buckets)
+        self.calls = 0
+
+    def flush(self) -> None:
+        calls, self.calls = self.calls, 0
+        counts, self.counts = self.counts, [0] * len(self.bounds)
+        total, self.total = self.total, 0
+        timed = sum(counts)
+        if not calls or not timed:
+            return
+        self.child._sum.inc(total * calls / timed / 1e9)
+        cumulative = given = 0
+        for index, count in enumerate(counts):  # each bucket's share of the calls, rounded so
+            cumulative += count  # that the shares add up to the calls exactly
+            share = (cumulative * calls + timed // 2) // timed
+            if share > given:
+                self.child._buckets[index].inc(share - given)
+                given = share
+
+
 class StoreTimer:
     """Times the store's main operations (TIMED_OPERATIONS) by replacing them on the instance with
-    a wrapper: one perf_counter pair and an observe per call."""
+    a plain function that counts the call and hands back the operation's own coroutine; one call
+    in SAMPLE_EVERY gets a timing coroutine around it (a perf_counter_ns pair and an observe): an
+    extra coroutine on every call cost a retrieve 1.5% of its instructions (docs/performance.md,
+    "Metrics and access log cost", third pass)."""
 
     @staticmethod
     def install(store: Any, metrics: Metrics) -> None:
@@ -354,15 +386,22 @@ class StoreTimer:
             method = getattr(store, name, None)
             if method is None:
                 continue
-            tally = metrics.tally(metrics.store_seconds.labels(name), STORE_BUCKETS)
+            tally = SampledTally(metrics.store_seconds.labels(name), STORE_BUCKETS)
+            metrics.tallies.append(tally)
 
-            def timed(method: Any = method, tally: Tally = tally) -> Any:
-                async def call(*args: Any, **kwargs: Any) -> Any:
+            def timed(method: Any = method, tally: SampledTally = tally) -> Any:
+                async def measured(*args: Any, **kwargs: Any) -> Any:
                     started = perf_counter_ns()
                     try:
                         return await method(*args, **kwargs)
                     finally:
                         tally.observe(perf_counter_ns() - started)
+
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    tally.calls += 1
+                    if tally.calls % SAMPLE_EVERY != 1:
+                        return method(*args, **kwargs)
+                    return measured(*args, **kwargs)
 
                 return call
 
