@@ -73,7 +73,7 @@ class Tally:
 
     def __init__(self, child: Any, buckets: tuple[float, ...]) -> None:
         self.child = child
-        self.bounds = (*(round(bound * 1e9) for bound in buckets), math.inf)
+        self.bounds = (*(round(bound * 1e9) for bound in buckets), 1 << 62)  # ints: int comparisons
         self.counts = [0] * len(self.bounds)
         self.total = 0
 
@@ -125,7 +125,7 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
-        self._http_tallies: dict[tuple[int, str, int], Tally] = {}
+        self._http_tallies: dict[int, Tally] = {}
         self.tallies: list[Tally] = []  # every Tally, flushed by sample()
         self.store_seconds = Histogram(
             "cityos_store_operation_duration_seconds",
@@ -221,15 +221,24 @@ class Metrics:
     # -- the hot path -----------------------------------------------------------------------------
     def request(self, route: Any, method: str, status: int, nanos: int) -> None:
         """One answered request, `nanos` long; `route` is the matched route (its template is the
-        label)."""
-        if method not in METHODS:  # any token is a method to HTTP: bounded here
-            method = OTHER
-        key = (id(route), method, status)  # a Route is not hashable; it lives as long as the app
-        tally = self._http_tallies.get(key)
+        label). On every request one dict look-up and the Tally's observe inlined; a method that is
+        not one of METHODS gets its own key but the `other` label (so at most one Tally per
+        route, status and method code)."""
+        tally = self._http_tallies.get((id(route), method, status))  # a Route is not hashable
         if tally is None:
+            tally = self._http_tally(route, method, status)
+        tally.counts[bisect_left(tally.bounds, nanos)] += 1  # as Tally.observe
+        tally.total += nanos
+
+    def _http_tally(self, route: Any, method: str, status: int) -> Tally:
+        if method not in METHODS:  # any token is a method to HTTP: bounded here
+            return self._http_tally(route, OTHER, status)
+        key = (id(route), method, status)  # the route lives as long as the app
+        made = self._http_tallies.get(key)
+        if made is None:
             template = getattr(route, "path", None) or UNMATCHED
-            tally = self._http_tallies[key] = self.tally(self.http.labels(template, method, str(status)), HTTP_BUCKETS)
-        tally.observe(nanos)
+            made = self._http_tallies[key] = self.tally(self.http.labels(template, method, str(status)), HTTP_BUCKETS)
+        return made
 
     def tally(self, child: Any, buckets: tuple[float, ...]) -> Tally:
         made = Tally(child, buckets)
