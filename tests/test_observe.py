@@ -133,12 +133,36 @@ def test_access_lines_in_json() -> None:
     route = Route("/e/{id}", print)
     logging.getLogger("cityos.access").setLevel(logging.INFO)
     try:
-        access.record("op-1", "key:abc", "t1", "GET", "/ngsi-ld/v1/entities/urn:x:\n1", route, 200, 1_200_000)
-        access.record("op-2", "open", "", "GET", "/ngsi-ld/v1/entities/urn:x:1", route, 404, 400)
+        access.record(
+            "op-1",
+            "key:abc",
+            "t1",
+            "GET",
+            "/ngsi-ld/v1/entities/urn:x:\n1",
+            route,
+            200,
+            time.perf_counter_ns(),
+            1_200_000,
+        )
+        access.record(
+            "op-2", "open", "", "GET", "/ngsi-ld/v1/entities/urn:x:1", route, 404, time.perf_counter_ns(), 400
+        )
         access.flush()  # a batch with a value to escape, then a plain one (written as it is)
-        access.record("op-3", 'a "b" \\ c', "t\u00e9", "GET", "/ngsi-ld/v1/entities/urn:x:1", None, 500, 12_345_678_900)
+        access.record(
+            "op-3",
+            'a "b" \\ c',
+            "t\u00e9",
+            "GET",
+            "/ngsi-ld/v1/entities/urn:x:1",
+            None,
+            500,
+            time.perf_counter_ns(),
+            12_345_678_900,
+        )
         access.flush()
-        access.record("op-4", "open", "", "GET", "/ngsi-ld/v1/entities/urn:x:1", route, 200, 250_000_000)
+        access.record(
+            "op-4", "open", "", "GET", "/ngsi-ld/v1/entities/urn:x:1", route, 200, time.perf_counter_ns(), 250_000_000
+        )
         access.flush()
     finally:
         logging.getLogger("cityos.access").setLevel(logging.NOTSET)
@@ -169,14 +193,24 @@ def test_access_lines_in_text() -> None:
     route = Route("/e/{id}", print)
     logging.getLogger("cityos.access").setLevel(logging.INFO)
     try:
-        access.record("op-1", "open", "", "GET", "/e/urn:x:1", route, 200, 1_250_000)
+        access.record("op-1", "open", "", "GET", "/e/urn:x:1", route, 200, time.perf_counter_ns(), 1_250_000)
         access.flush()
-        access.record("op-2", "key:k", "t1", "GET", "/e/http://u:secret@h/x\x1b[31m", route, 400, 500_000_000)
+        access.record(
+            "op-2",
+            "key:k",
+            "t1",
+            "GET",
+            "/e/http://u:secret@h/x\x1b[31m",
+            route,
+            400,
+            time.perf_counter_ns(),
+            500_000_000,
+        )
         access.flush()
-        access.record("op-3", "open", "", "GET", "/e/urn:x:1", route, 200, 1_250_000)
+        access.record("op-3", "open", "", "GET", "/e/urn:x:1", route, 200, time.perf_counter_ns(), 1_250_000)
         access.flush()
         logging.getLogger("cityos.access").setLevel(logging.WARNING)  # read at the write: op-4 is not written
-        access.record("op-4", "open", "", "GET", "/e/urn:x:1", route, 200, 1_250_000)
+        access.record("op-4", "open", "", "GET", "/e/urn:x:1", route, 200, time.perf_counter_ns(), 1_250_000)
         access.flush()
     finally:
         logging.getLogger("cityos.access").setLevel(logging.NOTSET)

@@ -297,7 +297,8 @@ class ProtocolGuard:
         finally:
             current_request_id.reset(id_token)
             if self.observed:
-                nanos = perf_counter_ns() - began  # an int: no float arithmetic for either consumer
+                ended = perf_counter_ns()
+                nanos = ended - began  # an int: no float arithmetic for either consumer
                 route = scope.get("route")
                 if self.metrics is not None:
                     self.metrics.request(route, method, status, nanos)
@@ -305,7 +306,7 @@ class ProtocolGuard:
                     # no AuthMiddleware (auth off, where last_resort is set): everyone is "open"
                     caller = scope.get(CALLER_SCOPE_KEY, "open" if self.last_resort else "-")
                     tenant_name = "" if tenant is None else tenant.decode("latin-1")
-                    self.access_log.record(request_id, caller, tenant_name, method, path, route, status, nanos)
+                    self.access_log.record(request_id, caller, tenant_name, method, path, route, status, ended, nanos)
 
     async def _bare(self, send: Send, status: int) -> None:
         await self._send(send, status, b"", [(b"content-length", b"0")])
