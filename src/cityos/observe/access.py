@@ -78,7 +78,10 @@ class AccessLog:
         self.json = log_format == "json"
         self.stream = stream
         self.logger = logging.getLogger(LOGGER)
-        self._pending: list[Pending] = []
+        # the requests of the batch: app.ProtocolGuard appends to this very list (a C call, no
+        # Python frame) and calls grew() when `armed` is off or the list is full; flush() empties it
+        self.pending: list[Pending] = []
+        self.armed = False  # a write of the batch is planned
         self._second = -1
         self._stamp = ""
 
@@ -94,19 +97,30 @@ class AccessLog:
         ended: int,
         nanos: int,
     ) -> None:
-        """One answered request; `ended` is perf_counter_ns() at its end, `nanos` its duration."""
-        pending = self._pending
+        """One answered request; `ended` is perf_counter_ns() at its end, `nanos` its duration
+        (what app.ProtocolGuard does inline)."""
+        pending = self.pending
         pending.append((ended, request_id, principal, tenant, method, path, route, status, nanos))
-        if len(pending) == 1:  # the first of a batch: written with the others FLUSH_SECONDS later
+        if not self.armed or len(pending) >= MAX_PENDING:
+            self.grew()
+
+    def grew(self) -> None:
+        """After an append: the first of a batch is written with the others FLUSH_SECONDS later;
+        a full batch at once."""
+        if len(self.pending) >= MAX_PENDING:
+            self.flush()
+        elif not self.armed:
             try:
                 asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
             except RuntimeError:  # no loop (a synchronous caller): at once
                 self.flush()
-        elif len(pending) >= MAX_PENDING:
-            self.flush()
+            else:
+                self.armed = True
 
     def flush(self) -> None:
-        pending, self._pending = self._pending, []
+        pending = self.pending[:]
+        self.pending.clear()
+        self.armed = False  # a timer still planned writes what comes until then: harmless
         if not pending or not self.logger.isEnabledFor(logging.INFO):
             return
         text = self.lines(pending, time.time_ns() - time.perf_counter_ns())

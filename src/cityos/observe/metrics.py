@@ -124,7 +124,7 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
-        self._http_tallies: dict[int, Tally] = {}
+        self.http_tallies: dict[int, Tally] = {}
         self.tallies: list[Tally] = []  # every Tally, flushed by sample()
         self.store_seconds = Histogram(
             "cityos_store_operation_duration_seconds",
@@ -220,23 +220,23 @@ class Metrics:
     # -- the hot path -----------------------------------------------------------------------------
     def request(self, route: Any, method: str, status: int, nanos: int) -> None:
         """One answered request, `nanos` long; `route` is the matched route (its template is the
-        label). On every request one dict look-up and the Tally's observe inlined; a method that is
-        not one of METHODS gets its own key but the `other` label (so at most one Tally per
-        route, status and method code)."""
-        tally = self._http_tallies.get((id(route), method, status))  # a Route is not hashable
+        label). app.ProtocolGuard does the same inline. One dict look-up and the Tally's observe;
+        a method that is not one of METHODS finds no key and gets the `other` label's Tally from
+        http_tally (so at most one Tally per route, status and known method, or other)."""
+        tally = self.http_tallies.get((id(route), method, status))  # a Route is not hashable
         if tally is None:
-            tally = self._http_tally(route, method, status)
+            tally = self.http_tally(route, method, status)
         tally.counts[bisect_left(tally.bounds, nanos)] += 1  # as Tally.observe
         tally.total += nanos
 
-    def _http_tally(self, route: Any, method: str, status: int) -> Tally:
+    def http_tally(self, route: Any, method: str, status: int) -> Tally:
         if method not in METHODS:  # any token is a method to HTTP: bounded here
-            return self._http_tally(route, OTHER, status)
+            return self.http_tally(route, OTHER, status)
         key = (id(route), method, status)  # the route lives as long as the app
-        made = self._http_tallies.get(key)
+        made = self.http_tallies.get(key)
         if made is None:
             template = getattr(route, "path", None) or UNMATCHED
-            made = self._http_tallies[key] = self.tally(self.http.labels(template, method, str(status)), HTTP_BUCKETS)
+            made = self.http_tallies[key] = self.tally(self.http.labels(template, method, str(status)), HTTP_BUCKETS)
         return made
 
     def tally(self, child: Any, buckets: tuple[float, ...]) -> Tally:
