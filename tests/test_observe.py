@@ -26,6 +26,7 @@ from starlette.testclient import TestClient
 from backends import cli_env, make_key
 from cityos.app import create_app
 from cityos.logs import JsonFormatter
+from cityos.auth.middleware import request_id_of
 from cityos.observe.access import AccessLog
 from cityos.settings import Settings
 from notify_helpers import free_port, stop_process, wait_serving
@@ -125,6 +126,13 @@ def test_access_line_and_audit_record_carry_the_request_id(
     assert any("urn:x:\\nforged 400" in line for line in lines)  # one line, the newline escaped
     records = observed.get("/cityos/v1/audit").json()
     assert any(r["request_id"] == "op-42.a" and r["operation"] == "entity.create" for r in records), records
+
+
+def test_a_request_id_with_a_final_newline_is_not_kept() -> None:
+    # the access log writes request ids unchecked: request_id_of must keep only [A-Za-z0-9._:-]
+    assert request_id_of(b"op-42.a") == "op-42.a"
+    assert request_id_of(b"op-42\n") != "op-42\n" and "\n" not in request_id_of(b"op-42\n")
+    assert request_id_of(b'op"1') != 'op"1'
 
 
 def test_access_lines_in_json() -> None:

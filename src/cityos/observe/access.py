@@ -186,10 +186,11 @@ class AccessLog:
                     f"tenant={tenant or '-'}"
                 )
             table = _TEXT_PLAIN
-        # the values from outside (request id to path; route templates are the code's own), as
-        # columns of the batch (zip, in C), joined and checked at once
+        # the values from outside (principal to path; route templates are the code's own, and
+        # request_id_of keeps only [A-Za-z0-9._:-] in a request id), as columns of the batch (zip,
+        # in C), joined and checked at once
         columns = list(zip(*pending, strict=True))
-        joined = "".join(["".join(column) for column in columns[1:6]])
+        joined = "".join(["".join(column) for column in columns[2:6]])
         if joined.isascii():
             data = joined.encode("ascii")
             if data.translate(table) is data:  # no byte changed: nothing to escape
