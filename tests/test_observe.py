@@ -25,8 +25,8 @@ from starlette.testclient import TestClient
 
 from backends import cli_env, make_key
 from cityos.app import create_app
-from cityos.logs import JsonFormatter
 from cityos.auth.middleware import request_id_of
+from cityos.logs import JsonFormatter
 from cityos.observe.access import AccessLog
 from cityos.settings import Settings
 from notify_helpers import free_port, stop_process, wait_serving

@@ -42,8 +42,10 @@ CODES = [str(n) for n in range(1000)]  # the status codes' text, likewise
 _JSON_CODE = [f' {n}","request_id":"' for n in range(1000)]
 _JSON_STATUS = [f'","status":{n},"duration_ms":' for n in range(1000)]
 _TEXT_STATUS = [f" {n} " for n in range(1000)]
-_FRACTIONS = [f".{n:03d}" for n in range(1000)]
-_TENTHS = [f".{n}" for n in range(10)]
+_JSON_MILLIS = [f'{n:03d}Z","level":"INFO","logger":"cityos.access","message":"' for n in range(1000)]
+_JSON_FRACTIONS = [f".{n:03d}}}" for n in range(1000)]
+_TEXT_MILLIS = [f"{n:03d} INFO cityos.access: " for n in range(1000)]
+_TEXT_TENTHS = [f".{n}ms route=" for n in range(10)]
 
 
 def _table(forbidden: bytes) -> bytes:
@@ -158,31 +160,30 @@ class AccessLog:
         if self.json:
             for ended, request_id, principal, tenant, method, path, route, status, nanos in pending:
                 offset = ended - base  # nanoseconds into the second of `base`: a small int
-                if not 0 <= offset < 1_000_000_000:
+                if offset >= 1_000_000_000:  # a later second (ended never decreases)
                     second = (ended + clock) // 1_000_000_000
                     base, head = second * 1_000_000_000 - clock, head_of(second)
                     offset = ended - base
                 micros = (nanos + 500) // 1000
                 template = "-" if route is None else route.path
-                line(  # the logger's name is LOGGER's, written in: one part fewer
-                    f'{head}{MILLIS[offset // 1_000_000]}Z","level":"INFO","logger":"cityos.access",'
-                    f'"message":"{method} {path}{_JSON_CODE[status]}{request_id}","principal":"{principal}",'
-                    f'"tenant":"{tenant}","method":"{method}","path":"{path}","route":"{template}'
-                    f"{_JSON_STATUS[status]}{micros // 1000}{_FRACTIONS[micros % 1000]}}}"
+                line(  # the logger name (LOGGER) is written in _JSON_MILLIS
+                    f"{head}{_JSON_MILLIS[offset // 1_000_000]}{method} {path}{_JSON_CODE[status]}{request_id}"
+                    f'","principal":"{principal}","tenant":"{tenant}","method":"{method}","path":"{path}",'
+                    f'"route":"{template}{_JSON_STATUS[status]}{micros // 1000}{_JSON_FRACTIONS[micros % 1000]}'
                 )
             table = _JSON_PLAIN
         else:
             for ended, request_id, principal, tenant, method, path, route, status, nanos in pending:
                 offset = ended - base
-                if not 0 <= offset < 1_000_000_000:
+                if offset >= 1_000_000_000:  # a later second (ended never decreases)
                     second = (ended + clock) // 1_000_000_000
                     base, head = second * 1_000_000_000 - clock, head_of(second)
                     offset = ended - base
                 tenths = (nanos + 50_000) // 100_000
                 template = "-" if route is None else route.path
                 line(
-                    f"{head}{MILLIS[offset // 1_000_000]} INFO cityos.access: {method} {path}{_TEXT_STATUS[status]}"
-                    f"{tenths // 10}{_TENTHS[tenths % 10]}ms route={template} rid={request_id} principal={principal} "
+                    f"{head}{_TEXT_MILLIS[offset // 1_000_000]}{method} {path}{_TEXT_STATUS[status]}"
+                    f"{tenths // 10}{_TEXT_TENTHS[tenths % 10]}{template} rid={request_id} principal={principal} "
                     f"tenant={tenant or '-'}"
                 )
             table = _TEXT_PLAIN
