@@ -124,7 +124,7 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
-        self.http_tallies: dict[int, Tally] = {}
+        self.http_tallies: dict[tuple[int, str, int], Tally] = {}
         self.tallies: list[Tally] = []  # every Tally, flushed by sample()
         self.store_seconds = Histogram(
             "cityos_store_operation_duration_seconds",
