@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 
 from backends import cli_env, make_key
 from cityos.app import create_app
+from cityos.auth.middleware import request_id_of
 from cityos.logs import JsonFormatter
 from cityos.observe.access import AccessLog
 from cityos.settings import Settings
@@ -127,18 +128,49 @@ def test_access_line_and_audit_record_carry_the_request_id(
     assert any(r["request_id"] == "op-42.a" and r["operation"] == "entity.create" for r in records), records
 
 
+def test_a_request_id_with_a_final_newline_is_not_kept() -> None:
+    # the access log writes request ids unchecked: request_id_of must keep only [A-Za-z0-9._:-]
+    assert request_id_of(b"op-42.a") == "op-42.a"
+    assert request_id_of(b"op-42\n") != "op-42\n" and "\n" not in request_id_of(b"op-42\n")
+    assert request_id_of(b'op"1') != 'op"1'
+
+
 def test_access_lines_in_json() -> None:
     written = io.StringIO()
     access = AccessLog("json", written)
     route = Route("/e/{id}", print)
     logging.getLogger("cityos.access").setLevel(logging.INFO)
     try:
-        access.record("op-1", "key:abc", "t1", "GET", "/ngsi-ld/v1/entities/urn:x:\n1", route, 200, 0.0012)
-        access.record("op-2", "open", "", "GET", "/ngsi-ld/v1/entities/urn:x:1", route, 404, 0.0000004)
+        access.record(
+            "op-1",
+            "key:abc",
+            "t1",
+            "GET",
+            "/ngsi-ld/v1/entities/urn:x:\n1",
+            route,
+            200,
+            time.perf_counter_ns(),
+            1_200_000,
+        )
+        access.record(
+            "op-2", "open", "", "GET", "/ngsi-ld/v1/entities/urn:x:1", route, 404, time.perf_counter_ns(), 400
+        )
         access.flush()  # a batch with a value to escape, then a plain one (written as it is)
-        access.record("op-3", 'a "b" \\ c', "t\u00e9", "GET", "/ngsi-ld/v1/entities/urn:x:1", None, 500, 12.3456789)
+        access.record(
+            "op-3",
+            'a "b" \\ c',
+            "t\u00e9",
+            "GET",
+            "/ngsi-ld/v1/entities/urn:x:1",
+            None,
+            500,
+            time.perf_counter_ns(),
+            12_345_678_900,
+        )
         access.flush()
-        access.record("op-4", "open", "", "GET", "/ngsi-ld/v1/entities/urn:x:1", route, 200, 0.25)
+        access.record(
+            "op-4", "open", "", "GET", "/ngsi-ld/v1/entities/urn:x:1", route, 200, time.perf_counter_ns(), 250_000_000
+        )
         access.flush()
     finally:
         logging.getLogger("cityos.access").setLevel(logging.NOTSET)
@@ -169,14 +201,24 @@ def test_access_lines_in_text() -> None:
     route = Route("/e/{id}", print)
     logging.getLogger("cityos.access").setLevel(logging.INFO)
     try:
-        access.record("op-1", "open", "", "GET", "/e/urn:x:1", route, 200, 0.00125)
+        access.record("op-1", "open", "", "GET", "/e/urn:x:1", route, 200, time.perf_counter_ns(), 1_250_000)
         access.flush()
-        access.record("op-2", "key:k", "t1", "GET", "/e/http://u:secret@h/x\x1b[31m", route, 400, 0.5)
+        access.record(
+            "op-2",
+            "key:k",
+            "t1",
+            "GET",
+            "/e/http://u:secret@h/x\x1b[31m",
+            route,
+            400,
+            time.perf_counter_ns(),
+            500_000_000,
+        )
         access.flush()
-        access.record("op-3", "open", "", "GET", "/e/urn:x:1", route, 200, 0.00125)
+        access.record("op-3", "open", "", "GET", "/e/urn:x:1", route, 200, time.perf_counter_ns(), 1_250_000)
         access.flush()
         logging.getLogger("cityos.access").setLevel(logging.WARNING)  # read at the write: op-4 is not written
-        access.record("op-4", "open", "", "GET", "/e/urn:x:1", route, 200, 0.00125)
+        access.record("op-4", "open", "", "GET", "/e/urn:x:1", route, 200, time.perf_counter_ns(), 1_250_000)
         access.flush()
     finally:
         logging.getLogger("cityos.access").setLevel(logging.NOTSET)

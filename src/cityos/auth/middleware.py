@@ -32,7 +32,7 @@ log = logging.getLogger("cityos.auth")
 REQUEST_ID_HEADER = "X-Request-Id"
 CALLER_SCOPE_KEY = "cityos.caller"  # the principal's id, left in the scope for the access log
 PURPOSE_HEADER = b"purpose"
-_SANE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}\Z")  # \Z: `$` would let a final newline in
 # made ids: a random prefix per process (so workers never collide) and a counter: cheaper than a
 # uuid4 per request, which is a system call
 _PREFIX = secrets.token_hex(8)

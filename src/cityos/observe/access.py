@@ -37,6 +37,15 @@ MAX_PENDING = 256  # lines kept before a write, even within FLUSH_SECONDS
 FLUSH_SECONDS = 0.05  # how late a line may be written: one write for the lines of 50 ms
 MILLIS = [f"{n:03d}" for n in range(1000)]  # "000" to "999": a list index instead of a format
 CODES = [str(n) for n in range(1000)]  # the status codes' text, likewise
+# the pieces of a line around a status or after a duration's whole milliseconds, by a list index:
+# each piece is one part fewer for the line's f-string to join (parts cost ~120 instructions each)
+_JSON_CODE = [f' {n}","request_id":"' for n in range(1000)]
+_JSON_STATUS = [f'","status":{n},"duration_ms":' for n in range(1000)]
+_TEXT_STATUS = [f" {n} " for n in range(1000)]
+_JSON_MILLIS = [f'{n:03d}Z","level":"INFO","logger":"cityos.access","message":"' for n in range(1000)]
+_JSON_FRACTIONS = [f".{n:03d}}}" for n in range(1000)]
+_TEXT_MILLIS = [f"{n:03d} INFO cityos.access: " for n in range(1000)]
+_TEXT_TENTHS = [f".{n}ms route=" for n in range(10)]
 
 
 def _table(forbidden: bytes) -> bytes:
@@ -51,9 +60,10 @@ _CONTROLS = bytes(range(32)) + b"\x7f"
 _JSON_PLAIN = _table(_CONTROLS + b'"\\')
 _TEXT_PLAIN = _table(_CONTROLS + b"@")
 
-# a request as kept until its batch is written: wall-clock time (ns), request id, principal, tenant,
-# method, path, the matched route (None: no route matched), status, duration in seconds
-Pending = tuple[int, str, str, str, str, str, Any, int, float]
+# a request as kept until its batch is written: its end (perf_counter_ns: the batch turns it into
+# wall-clock time, no time_ns call per request), request id, principal, tenant, method, path, the
+# matched route (None: no route matched), status, duration in nanoseconds
+Pending = tuple[int, str, str, str, str, str, Any, int, int]
 
 
 def _clean(text: str) -> str:
@@ -70,7 +80,10 @@ class AccessLog:
         self.json = log_format == "json"
         self.stream = stream
         self.logger = logging.getLogger(LOGGER)
-        self._pending: list[Pending] = []
+        # the requests of the batch: app.ProtocolGuard appends to this very list (a C call, no
+        # Python frame) and calls grew() when `armed` is off or the list is full; flush() empties it
+        self.pending: list[Pending] = []
+        self.armed = False  # a write of the batch is planned
         self._second = -1
         self._stamp = ""
 
@@ -83,23 +96,36 @@ class AccessLog:
         path: str,
         route: Any,
         status: int,
-        seconds: float,
+        ended: int,
+        nanos: int,
     ) -> None:
-        pending = self._pending
-        pending.append((time.time_ns(), request_id, principal, tenant, method, path, route, status, seconds))
-        if len(pending) == 1:  # the first of a batch: written with the others FLUSH_SECONDS later
+        """One answered request; `ended` is perf_counter_ns() at its end, `nanos` its duration
+        (what app.ProtocolGuard does inline)."""
+        pending = self.pending
+        pending.append((ended, request_id, principal, tenant, method, path, route, status, nanos))
+        if not self.armed or len(pending) >= MAX_PENDING:
+            self.grew()
+
+    def grew(self) -> None:
+        """After an append: the first of a batch is written with the others FLUSH_SECONDS later;
+        a full batch at once."""
+        if len(self.pending) >= MAX_PENDING:
+            self.flush()
+        elif not self.armed:
             try:
                 asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
             except RuntimeError:  # no loop (a synchronous caller): at once
                 self.flush()
-        elif len(pending) >= MAX_PENDING:
-            self.flush()
+            else:
+                self.armed = True
 
     def flush(self) -> None:
-        pending, self._pending = self._pending, []
+        pending = self.pending[:]
+        self.pending.clear()
+        self.armed = False  # a timer still planned writes what comes until then: harmless
         if not pending or not self.logger.isEnabledFor(logging.INFO):
             return
-        text = self.lines(pending)
+        text = self.lines(pending, time.time_ns() - time.perf_counter_ns())
         stream = self.stream or sys.stderr
         try:
             stream.write(text)
@@ -118,54 +144,65 @@ class AccessLog:
                 self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         return self._stamp
 
-    def lines(self, pending: list[Pending]) -> str:
-        """The lines of `pending`, each ended by a newline."""
+    def _head_of(self, second: int) -> str:
+        """What a line starts with, up to its milliseconds."""
+        stamp = self._stamp_of(second)
+        return f'{{"time":"{stamp}.' if self.json else f"{stamp},"
+
+    def lines(self, pending: list[Pending], clock: int) -> str:
+        """The lines of `pending`, each ended by a newline; `clock` is time_ns() - perf_counter_ns()."""
         formatted: list[str] = []
         line = formatted.append
-        stamp_of = self._stamp_of
-        last, stamp, logger = -1, "", LOGGER
+        head_of = self._head_of
+        # the time of a line as nanoseconds past `base`, the start of its second on the
+        # perf_counter_ns clock (the big ints divided once per second of the batch, not per line)
+        base, head = -(10**18), ""
         if self.json:
-            for now, request_id, principal, tenant, method, path, route, status, seconds in pending:
-                second = now // 1_000_000_000
-                if second != last:
-                    last, stamp = second, stamp_of(second)
-                micros = int(seconds * 1_000_000 + 0.5)
-                code = CODES[status]
+            for ended, request_id, principal, tenant, method, path, route, status, nanos in pending:
+                offset = ended - base  # nanoseconds into the second of `base`: a small int
+                if offset >= 1_000_000_000:  # a later second (ended never decreases)
+                    second = (ended + clock) // 1_000_000_000
+                    base, head = second * 1_000_000_000 - clock, head_of(second)
+                    offset = ended - base
+                micros = (nanos + 500) // 1000
                 template = "-" if route is None else route.path
-                line(
-                    f'{{"time":"{stamp}.{MILLIS[now // 1_000_000 % 1000]}Z","level":"INFO","logger":"{logger}",'
-                    f'"message":"{method} {path} {code}","request_id":"{request_id}","principal":"{principal}",'
-                    f'"tenant":"{tenant}","method":"{method}","path":"{path}","route":"{template}","status":{code},'
-                    f'"duration_ms":{micros // 1000}.{MILLIS[micros % 1000]}}}'
+                line(  # the logger name (LOGGER) is written in _JSON_MILLIS
+                    f"{head}{_JSON_MILLIS[offset // 1_000_000]}{method} {path}{_JSON_CODE[status]}{request_id}"
+                    f'","principal":"{principal}","tenant":"{tenant}","method":"{method}","path":"{path}",'
+                    f'"route":"{template}{_JSON_STATUS[status]}{micros // 1000}{_JSON_FRACTIONS[micros % 1000]}'
                 )
             table = _JSON_PLAIN
         else:
-            for now, request_id, principal, tenant, method, path, route, status, seconds in pending:
-                second = now // 1_000_000_000
-                if second != last:
-                    last, stamp = second, stamp_of(second)
-                tenths = int(seconds * 10_000 + 0.5)
+            for ended, request_id, principal, tenant, method, path, route, status, nanos in pending:
+                offset = ended - base
+                if offset >= 1_000_000_000:  # a later second (ended never decreases)
+                    second = (ended + clock) // 1_000_000_000
+                    base, head = second * 1_000_000_000 - clock, head_of(second)
+                    offset = ended - base
+                tenths = (nanos + 50_000) // 100_000
                 template = "-" if route is None else route.path
                 line(
-                    f"{stamp},{MILLIS[now // 1_000_000 % 1000]} INFO {logger}: {method} {path} {status} "
-                    f"{tenths // 10}.{tenths % 10}ms route={template} rid={request_id} principal={principal} "
+                    f"{head}{_TEXT_MILLIS[offset // 1_000_000]}{method} {path}{_TEXT_STATUS[status]}"
+                    f"{tenths // 10}{_TEXT_TENTHS[tenths % 10]}{template} rid={request_id} principal={principal} "
                     f"tenant={tenant or '-'}"
                 )
             table = _TEXT_PLAIN
-        # the values from outside (request id to path; route templates are the code's own), as
-        # columns of the batch (zip, in C), joined and checked at once
+        # the values from outside (principal to path; route templates are the code's own, and
+        # request_id_of keeps only [A-Za-z0-9._:-] in a request id), as columns of the batch (zip,
+        # in C), joined and checked at once
         columns = list(zip(*pending, strict=True))
-        joined = "".join(["".join(column) for column in columns[1:6]])
+        joined = "".join(["".join(column) for column in columns[2:6]])
         if joined.isascii():
             data = joined.encode("ascii")
             if data.translate(table) is data:  # no byte changed: nothing to escape
                 line("")
                 return "\n".join(formatted)
-        return "".join(self._escaped(entry) + "\n" for entry in pending)  # the rare batch
+        return "".join(self._escaped(entry, clock) + "\n" for entry in pending)  # the rare batch
 
-    def _escaped(self, entry: Pending) -> str:
+    def _escaped(self, entry: Pending, clock: int) -> str:
         """One line with its values escaped (JSON by orjson; text as logs.SafeFormatter does)."""
-        now, request_id, principal, tenant, method, path, route, status, seconds = entry
+        ended, request_id, principal, tenant, method, path, route, status, nanos = entry
+        now = ended + clock
         second = now // 1_000_000_000
         millis = MILLIS[now // 1_000_000 % 1000]
         template = "-" if route is None else str(route.path)
@@ -183,10 +220,10 @@ class AccessLog:
                     "path": path,
                     "route": template,
                     "status": status,
-                    "duration_ms": int(seconds * 1_000_000 + 0.5) / 1000,
+                    "duration_ms": (nanos + 500) // 1000 / 1000,
                 }
             ).decode()
-        tenths = int(seconds * 10_000 + 0.5)
+        tenths = (nanos + 50_000) // 100_000
         return (
             f"{self._stamp_of(second)},{millis} INFO {LOGGER}: {_clean(method)} {_clean(path)} {status} "
             f"{tenths // 10}.{tenths % 10}ms route={_clean(template)} rid={_clean(request_id)} "

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import resource
-import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from time import perf_counter_ns
 from typing import Any
 
 from prometheus_client import (
@@ -57,12 +56,15 @@ TIMED_OPERATIONS = (
     "claim_outbox",
     "finish_outbox",
 )
+SAMPLE_EVERY = 16  # a store operation is timed once in so many calls (all are counted)
 Source = Callable[[], Any]
 
 
 class Tally:
     """Observations of one histogram child, kept as plain numbers by the event loop (no lock: one
-    thread adds, the same thread flushes) and added to the child by flush(). The child's buckets
+    thread adds, the same thread flushes) and added to the child by flush(). Durations come in
+    integer nanoseconds (perf_counter_ns: int comparisons and additions, no float) and the sum
+    goes to the child in seconds. The child's buckets
     and sum are reached through prometheus-client's internals (`_buckets`, `_sum`: its values,
     in memory or in the multiprocess files); tests/test_observe.py checks the counts that result."""
 
@@ -70,20 +72,20 @@ class Tally:
 
     def __init__(self, child: Any, buckets: tuple[float, ...]) -> None:
         self.child = child
-        self.bounds = (*buckets, math.inf)
+        self.bounds = (*(round(bound * 1e9) for bound in buckets), 1 << 62)  # ints: int comparisons
         self.counts = [0] * len(self.bounds)
-        self.total = 0.0
+        self.total = 0
 
-    def observe(self, amount: float) -> None:
-        self.counts[bisect_left(self.bounds, amount)] += 1  # the first bucket with amount <= bound
-        self.total += amount
+    def observe(self, nanos: int) -> None:
+        self.counts[bisect_left(self.bounds, nanos)] += 1  # the first bucket with nanos <= bound
+        self.total += nanos
 
     def flush(self) -> None:
         counts, self.counts = self.counts, [0] * len(self.bounds)
-        total, self.total = self.total, 0.0
+        total, self.total = self.total, 0
         if not any(counts):
             return
-        self.child._sum.inc(total)
+        self.child._sum.inc(total / 1e9)
         for index, count in enumerate(counts):
             if count:
                 self.child._buckets[index].inc(count)
@@ -122,7 +124,7 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
-        self._http_tallies: dict[tuple[int, str, int], Tally] = {}
+        self.http_tallies: dict[tuple[int, str, int], Tally] = {}
         self.tallies: list[Tally] = []  # every Tally, flushed by sample()
         self.store_seconds = Histogram(
             "cityos_store_operation_duration_seconds",
@@ -216,16 +218,26 @@ class Metrics:
         self._lag = 0.0
 
     # -- the hot path -----------------------------------------------------------------------------
-    def request(self, route: Any, method: str, status: int, seconds: float) -> None:
-        """One answered request; `route` is the matched route (its template is the label)."""
-        if method not in METHODS:  # any token is a method to HTTP: bounded here
-            method = OTHER
-        key = (id(route), method, status)  # a Route is not hashable; it lives as long as the app
-        tally = self._http_tallies.get(key)
+    def request(self, route: Any, method: str, status: int, nanos: int) -> None:
+        """One answered request, `nanos` long; `route` is the matched route (its template is the
+        label). app.ProtocolGuard does the same inline. One dict look-up and the Tally's observe;
+        a method that is not one of METHODS finds no key and gets the `other` label's Tally from
+        http_tally (so at most one Tally per route, status and known method, or other)."""
+        tally = self.http_tallies.get((id(route), method, status))  # a Route is not hashable
         if tally is None:
+            tally = self.http_tally(route, method, status)
+        tally.counts[bisect_left(tally.bounds, nanos)] += 1  # as Tally.observe
+        tally.total += nanos
+
+    def http_tally(self, route: Any, method: str, status: int) -> Tally:
+        if method not in METHODS:  # any token is a method to HTTP: bounded here
+            return self.http_tally(route, OTHER, status)
+        key = (id(route), method, status)  # the route lives as long as the app
+        made = self.http_tallies.get(key)
+        if made is None:
             template = getattr(route, "path", None) or UNMATCHED
-            tally = self._http_tallies[key] = self.tally(self.http.labels(template, method, str(status)), HTTP_BUCKETS)
-        tally.observe(seconds)
+            made = self.http_tallies[key] = self.tally(self.http.labels(template, method, str(status)), HTTP_BUCKETS)
+        return made
 
     def tally(self, child: Any, buckets: tuple[float, ...]) -> Tally:
         made = Tally(child, buckets)
@@ -341,9 +353,40 @@ def resident_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class SampledTally(Tally):
+    """A Tally of calls that are all counted (`calls`) and one in SAMPLE_EVERY timed (the first
+    after each flush, then every SAMPLE_EVERY-th): flush() scales the timed ones' buckets and sum
+    to the calls, so the histogram's count is exact and its buckets and sum are estimates."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, child: Any, buckets: tuple[float, ...]) -> None:
+        super().__init__(child, buckets)
+        self.calls = 0
+
+    def flush(self) -> None:
+        calls, self.calls = self.calls, 0
+        counts, self.counts = self.counts, [0] * len(self.bounds)
+        total, self.total = self.total, 0
+        timed = sum(counts)
+        if not calls or not timed:
+            return
+        self.child._sum.inc(total * calls / timed / 1e9)
+        cumulative = given = 0
+        for index, count in enumerate(counts):  # each bucket's share of the calls, rounded so
+            cumulative += count  # that the shares add up to the calls exactly
+            share = (cumulative * calls + timed // 2) // timed
+            if share > given:
+                self.child._buckets[index].inc(share - given)
+                given = share
+
+
 class StoreTimer:
     """Times the store's main operations (TIMED_OPERATIONS) by replacing them on the instance with
-    a wrapper: one perf_counter pair and an observe per call."""
+    a plain function that counts the call and hands back the operation's own coroutine; one call
+    in SAMPLE_EVERY gets a timing coroutine around it (a perf_counter_ns pair and an observe): an
+    extra coroutine on every call cost a retrieve 1.5% of its instructions (docs/performance.md,
+    "Metrics and access log cost", third pass)."""
 
     @staticmethod
     def install(store: Any, metrics: Metrics) -> None:
@@ -351,15 +394,22 @@ class StoreTimer:
             method = getattr(store, name, None)
             if method is None:
                 continue
-            tally = metrics.tally(metrics.store_seconds.labels(name), STORE_BUCKETS)
+            tally = SampledTally(metrics.store_seconds.labels(name), STORE_BUCKETS)
+            metrics.tallies.append(tally)
 
-            def timed(method: Any = method, tally: Tally = tally) -> Any:
-                async def call(*args: Any, **kwargs: Any) -> Any:
-                    started = time.perf_counter()
+            def timed(method: Any = method, tally: SampledTally = tally) -> Any:
+                async def measured(*args: Any, **kwargs: Any) -> Any:
+                    started = perf_counter_ns()
                     try:
                         return await method(*args, **kwargs)
                     finally:
-                        tally.observe(time.perf_counter() - started)
+                        tally.observe(perf_counter_ns() - started)
+
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    tally.calls += 1
+                    if tally.calls % SAMPLE_EVERY != 1:
+                        return method(*args, **kwargs)
+                    return measured(*args, **kwargs)
 
                 return call
 
