@@ -33,9 +33,10 @@ CITYOS_INSTRUCTIONS_SETTLE=SECONDS waits that long before the measured loop, so 
 sealer has sealed the load's writes (under callgrind that takes seconds) and is not counted in a read's
 instructions. CITYOS_INSTRUCTIONS_RULES=N serves with N alert rules judging every change of the T
 entities (write_rules; issue 17's "at most 10% with 100 rules"). CITYOS_INSTRUCTIONS_OBSERVE=off serves
-with --no-metrics, =all with the metrics and --access-log --log-format json (issue 20's "at most 5%";
-the lines go to stderr: send it to /dev/null; the lines still kept at the end of the loop are written
-inside the count); unset: the default (metrics on, no access log).
+with --no-metrics, =all with the metrics and --access-log --log-format json, =all-text the same in
+the default text format (issue 20's "at most 5%"; the lines go to stderr: send it to /dev/null; the
+lines still kept at the end of the loop are written inside the count); unset: the default (metrics
+on, no access log).
 
 Work done once per period of wall-clock time (the expiry sweep every second, the authenticator's
 credentials poll every second, the signed audit checkpoint every minute, the WAL checkpoint every
@@ -270,8 +271,8 @@ async def _measure(kind: str, count: int, folder: Path) -> float:
     observe = os.environ.get("CITYOS_INSTRUCTIONS_OBSERVE", "")  # issue 20: metrics and the access log
     if observe == "off" and "metrics" in getattr(Settings, "__dataclass_fields__", {}):
         options["metrics"] = False
-    elif observe in ("all", "all-batched"):  # the access lines to stderr (send it to /dev/null), at info
-        options.update(access_log=True, log_format="json")
+    elif observe in ("all", "all-batched", "all-text"):  # the access lines to stderr (to /dev/null), at info
+        options.update(access_log=True, log_format="text" if observe == "all-text" else "json")
         logging.getLogger("cityos.access").setLevel(logging.INFO)  # (all-batched: as all, now)
     if int(os.environ.get(RULES_ENV, "0")):  # issue 17: alert rules judging every change of T
         watched = ("OffStreetParking", "availableSpotNumber") if kind in SPOTS else ("T", "temperature")
