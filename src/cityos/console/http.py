@@ -284,7 +284,7 @@ def _layer_cache(request: Request) -> LayerCache:
     state = request.app.state
     found: LayerCache | None = getattr(state, "console_layers", None)
     if found is None:
-        found = state.console_layers = LayerCache()
+        found = state.console_layers = LayerCache(float(state.services.settings.tile_cache_seconds))
     return found
 
 

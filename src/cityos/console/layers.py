@@ -7,7 +7,9 @@ caller (a restricted one's depend on its policy: asked each time), while the map
 they were read, and only if they were read RETOUCH seconds after the last such change (by then its
 write has committed, as the tile cache assumes: a read during the write's transaction would keep
 the count before it). An attribute's new value leaves every count as it was. So the page shows
-exactly what the API would answer.
+what the API would answer; the one lag is an entity whose `expiresAt` passes, counted until the
+store's sweep deletes it (a change) or --tile-cache-seconds pass (the tile cache's own bound on a
+missed change, which kept layers share).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class Kept:
 
 
 class LayerCache:
-    def __init__(self) -> None:
+    def __init__(self, max_age: float) -> None:
+        self.max_age = max_age
         self._kept: OrderedDict[str, Kept] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -55,6 +58,7 @@ class LayerCache:
             self._kept.popitem(last=False)
         return counts
 
-    @staticmethod
-    def _fresh(hub: ChangeHub, kept: Kept) -> bool:
+    def _fresh(self, hub: ChangeHub, kept: Kept) -> bool:
+        if time.monotonic() - kept.read_at > self.max_age:
+            return False
         return kept.version == hub.layers_version and kept.read_at >= hub.layers_changed + RETOUCH
