@@ -10,7 +10,8 @@ some entity of the file has several) or none, on a file where the tenant is the 
 entities and nothing has expired, reads that index alone, a range per type and cell (no probe of
 `entities` per row: a grid over 100,000 entities costs one pass over 100,000 index entries, about
 17 ms); with filters (q, an id pattern), the allowed types' rows of the tile are joined to their
-entities for them."""
+entities for them, except one q comparison over a tile of many rows, matched to the pk list its
+value index gives (_valued)."""
 
 from __future__ import annotations
 
