@@ -3,6 +3,7 @@
     python -m benchmarks.map_tiles build DATABASE 100000     # OffStreetParking bench-{i}, Porto
     python -m benchmarks.map_tiles tiles DATABASE 60 [cold] [type=X] [zooms=10,12]  # 60 tiles per zoom
     python -m benchmarks.map_tiles stream DATABASE 200 10    # 200 changes/s for 10 s, one SSE client
+    python -m benchmarks.map_tiles page DATABASE 5           # GET /console/map: 5 loads, after writes
 
 DATABASE is a SQLite file or a PostgreSQL URL (a migrated schema's, `...?search_path=SCHEMA,public`).
 `build` is benchmarks.scale_reads' (batch upserts in-process, history off). `tiles` starts a server
@@ -192,6 +193,44 @@ def stream(database: str, rate: int, seconds: float) -> dict[str, Any]:
     return result
 
 
+def page(database: str, loads: int) -> list[dict[str, Any]]:
+    """The map page's HTML time: `loads` loads in turn; after a new value (its layers kept); after a
+    create (read again, console/layers.py); each printed with the layers' cache hits so far."""
+    from cityos.mapdata.changes import RETOUCH
+
+    rows: list[dict[str, Any]] = []
+    with (
+        tempfile.TemporaryDirectory() as work,
+        _server(database, Path(work)) as server,
+        httpx.Client(base_url=server.base, timeout=60) as client,
+    ):
+
+        def load(label: str) -> None:
+            started = time.perf_counter()
+            response = client.get("/console/map")
+            assert response.status_code == 200, response.text
+            rows.append({"load": label, "ms": round((time.perf_counter() - started) * 1000, 1)})
+            print(rows[-1], flush=True)
+
+        client.get("/console/entities?type=OffStreetParking")  # warm-up: the templates, the first statements
+        time.sleep(RETOUCH + 0.2)
+        for i in range(loads):
+            load(f"load {i + 1}")
+        some = entity_id(0)
+        value = {"availableSpotNumber": {"type": "Property", "value": 7}}
+        assert client.patch(f"{API}/entities/{some}/attrs", json=value).status_code == 204
+        load("after a new value")
+        made = {"id": "urn:ngsi-ld:OffStreetParking:page-bench", "type": "OffStreetParking"}
+        made["location"] = {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [LON[0], LAT[0]]}}
+        assert client.post(f"{API}/entities", json=made).status_code == 201
+        load("after a create")
+        time.sleep(RETOUCH + 0.2)
+        load("after a create, 1 s later")
+        load("then")
+        assert client.delete(f"{API}/entities/{made['id']}").status_code == 204
+    return rows
+
+
 def main(argv: list[str]) -> Any:
     if len(argv) == 3 and argv[0] == "build":
         return asyncio.run(build(argv[1], int(argv[2])))
@@ -201,6 +240,8 @@ def main(argv: list[str]) -> Any:
         query = "&".join(o for o in options if o != "cold" and not o.startswith("zooms="))
         chosen = tuple(int(z) for z in zooms.split(",")) if zooms else ZOOMS
         return tiles(argv[1], int(argv[2]), cold="cold" in options, query=query, zooms=chosen)
+    if len(argv) == 3 and argv[0] == "page":
+        return page(argv[1], int(argv[2]))
     if len(argv) == 4 and argv[0] == "stream":
         return stream(argv[1], int(argv[2]), float(argv[3]))
     raise SystemExit(__doc__)

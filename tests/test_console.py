@@ -327,3 +327,57 @@ def test_the_map_reads_tiles_and_changes_with_the_session_cookie(secured_city: t
     status, _, body = got[0].partition("\n")
     events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
     assert status == "200" and [(e["id"], e["attrs"]["availableSpotNumber"]) for e in events] == [(PARKING["id"], 4)]
+
+
+def _map_layers(client: TestClient, headers: dict[str, str] | None = None) -> dict[str, int]:
+    page = client.get("/console/map", headers=headers)
+    assert page.status_code == 200, page.text
+    config = json.loads(re.search(r'id="map-config">(.*?)</script>', page.text).group(1))  # type: ignore[union-attr]
+    return {layer["type"]: layer["count"] for layer in config["layers"]}
+
+
+def test_the_map_pages_layers_are_kept_until_a_write_changes_them(console: TestClient) -> None:
+    """The types and located counts are kept between loads (two scans of every entity each,
+    console/layers.py) and follow each create, delete, move and new location, exactly."""
+    from cityos.mapdata.changes import RETOUCH
+
+    kept = console.app.state.console_layers if hasattr(console.app.state, "console_layers") else None  # type: ignore[attr-defined]
+    assert kept is None or kept.hits == 0
+    time.sleep(RETOUCH + 0.1)  # the fixture's writes have surely committed
+    assert _map_layers(console) == {"OffStreetParking": 1}
+    assert _map_layers(console) == {"OffStreetParking": 1}
+    cache = console.app.state.console_layers  # type: ignore[attr-defined]
+    assert cache.hits == 1 and cache.misses == 1
+    second = {**PARKING, "id": "urn:ngsi-ld:OffStreetParking:p2"}
+    assert console.post(f"{API}/entities", json=second).status_code == 201
+    assert _map_layers(console) == {"OffStreetParking": 2}  # read again: a create
+    located = {"location": TOWER["location"]}  # the Building without a location gets one
+    assert console.post(f"{API}/entities/{SECRET['id']}/attrs", json=located).status_code == 204
+    assert _map_layers(console) == {"OffStreetParking": 2, "Building": 1}
+    assert console.delete(f"{API}/entities/{second['id']}").status_code == 204
+    assert _map_layers(console) == {"OffStreetParking": 1, "Building": 1}
+    time.sleep(RETOUCH + 0.1)
+    assert _map_layers(console) == {"OffStreetParking": 1, "Building": 1}  # read after the writes
+    hits = cache.hits
+    value = {"availableSpotNumber": {"type": "Property", "value": 3}}  # a new value changes no count
+    assert console.patch(f"{API}/entities/{PARKING['id']}/attrs", json=value).status_code == 204
+    assert _map_layers(console) == {"OffStreetParking": 1, "Building": 1}
+    assert cache.hits == hits + 1
+    assert console.delete(f"{API}/entities/{SECRET['id']}/attrs/location").status_code == 204
+    assert _map_layers(console) == {"OffStreetParking": 1}
+
+
+def test_the_map_layers_kept_for_an_admin_are_not_a_restricted_users(secured_city: tuple[TestClient, str]) -> None:
+    from cityos.mapdata.changes import RETOUCH
+
+    secured, token = secured_city
+    time.sleep(RETOUCH + 0.1)
+    admin = {"Cookie": f"cityos_session={token}"}  # an API key as the session
+    assert _map_layers(secured, admin) == {"OffStreetParking": 1, "Building": 1}
+    assert _map_layers(secured, admin) == {"OffStreetParking": 1, "Building": 1}
+    assert secured.app.state.console_layers.hits == 1  # type: ignore[attr-defined]
+    signed = secured.post("/console/signin", data={"username": "vera", "password": PASSWORD}, follow_redirects=False)
+    session = signed.cookies["cityos_session"]
+    secured.cookies.clear()
+    assert _map_layers(secured, {"Cookie": f"cityos_session={session}"}) == {"OffStreetParking": 1}
+    assert secured.app.state.console_layers.hits == 1  # type: ignore[attr-defined]

@@ -459,3 +459,46 @@ def test_each_change_is_touched_again_once_it_has_surely_committed(
         assert [cache.stamp("", *t)[2] for t in tiles] == [b + 6 for b in before]  # once each
     finally:
         client.delete(f"/ngsi-ld/v1/entities/{entity['id']}")
+
+
+def test_a_crowded_tile_with_a_q_counts_the_matching_entities_per_cell(db_url: str) -> None:
+    """A tile of more than SMALL_TYPE rows with one q comparison: on SQLite its rows are matched to
+    the list of pks the value index gives (sqlite_grid._valued); each operator counts, per cell,
+    exactly the entities that meet it, as a probe of each row would (an existence or a regexp, which
+    the value index cannot answer, still probes)."""
+    from cityos.store.sqlite_grid import SMALL_TYPE
+
+    rng = random.Random(23)
+    parkings = [parking(i, rng) for i in range(SMALL_TYPE + 500)]
+    tile = whole()
+
+    def cells(entities: list[dict[str, Any]]) -> list[int]:
+        found: dict[Tile, int] = {}
+        for entity in entities:
+            lon, lat = entity["location"]["value"]["coordinates"]
+            cell = tile_of(lon, lat, tile.z + 4)
+            found[cell] = found.get(cell, 0) + 1
+        return sorted(found.values())
+
+    cases = {
+        "availableSpotNumber>1000": lambda p: p["availableSpotNumber"]["value"] > 1000,
+        "availableSpotNumber<=40": lambda p: p["availableSpotNumber"]["value"] <= 40,
+        "availableSpotNumber==7,2001": lambda p: p["availableSpotNumber"]["value"] in (7, 2001),
+        "availableSpotNumber==100..199": lambda p: 100 <= p["availableSpotNumber"]["value"] <= 199,
+        'status=="open"': lambda p: p["status"]["value"] == "open",
+        "status~=op.*": lambda p: p["status"]["value"].startswith("op"),
+        "status": lambda p: True,
+    }
+    with TestClient(create_app(Settings(database=db_url, tile_max_features=10, tile_cache_mb=0))) as client:
+        for start in range(0, len(parkings), 500):
+            assert client.post(BATCH, json=parkings[start : start + 500], headers=JSON).status_code == 201
+        for q, meets in cases.items():
+            response = client.get(url(tile), params={"type": "OffStreetParking", "q": q})
+            assert response.status_code == 200, response.text
+            met = [p for p in parkings if meets(p)]
+            layer = response.headers["x-tile-layer"]
+            features = decode(response.content)[layer]["features"] if met else []
+            if layer == "clusters":
+                assert sorted(f["properties"]["count"] for f in features) == cells(met), q
+            else:  # few enough to draw each
+                assert sorted(f["properties"]["id"] for f in features) == sorted(p["id"] for p in met), q

@@ -23,12 +23,16 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from cityos.auth.middleware import SESSION_COOKIE
+from cityos.auth.principal import Principal
 from cityos.console import i18n, views
 from cityos.console import oidc as console_oidc
 from cityos.console.client import API, Answer, ApiClient
+from cityos.console.layers import LayerCache
 from cityos.errors import NgsiLdError
+from cityos.mapdata.changes import hub_of
 from cityos.ops.declare import browser_page
 from cityos.policy.decision import Action
+from cityos.snapshots.scope import MARK
 
 PREFIX = "/console"
 PAGE_SIZE = 20
@@ -246,31 +250,64 @@ async def _may(request: Request, action: Action, entity: dict[str, Any]) -> bool
     return bool(allowed)
 
 
-async def _allowed(request: Request, action: Action, types: list[str], entity_id: str | None = None) -> list[str]:
-    """The types (of `types`) on which the signed-in user may do `action`."""
+async def _principal(request: Request, authorization: str | None) -> Principal | None:
+    """Who `authorization` (a bearer token) is (auth off: the open principal); None: no one valid."""
     from cityos.auth.principal import OPEN
-    from cityos.policy.decision import Target
 
     identity = request.app.state.identity
+    if not identity.required:
+        return OPEN
+    if not authorization:
+        return None
+    try:
+        found: Principal = await identity.authenticator.authenticate(authorization.encode())
+    except NgsiLdError:
+        return None
+    return found
+
+
+async def _allowed(request: Request, action: Action, types: list[str], entity_id: str | None = None) -> list[str]:
+    """The types (of `types`) on which the signed-in user may do `action`."""
+    from cityos.policy.decision import Target
+
+    token = request.cookies.get(SESSION_COOKIE)
+    principal = await _principal(request, f"Bearer {token}" if token else None)
+    if principal is None:
+        return []
     services = request.app.state.services
-    principal = OPEN
-    if identity.required:
-        token = request.cookies.get(SESSION_COOKIE)
-        if not token:
-            return []
-        try:
-            principal = await identity.authenticator.authenticate(f"Bearer {token}".encode())
-        except NgsiLdError:
-            return []
     terms = services.contexts.core_terms()
     allows = services.authorizer.allows
     return [t for t in types if allows(principal, action, Target("", entity_id, (terms.expand(t),)))]
 
 
+def _layer_cache(request: Request) -> LayerCache:
+    state = request.app.state
+    found: LayerCache | None = getattr(state, "console_layers", None)
+    if found is None:
+        found = state.console_layers = LayerCache(float(state.services.settings.tile_cache_seconds))
+    return found
+
+
+async def _map_counts(request: Request, api: ApiClient) -> dict[str, int]:
+    """The located count per type: kept between loads for an unrestricted user (layers.py)."""
+
+    async def read() -> dict[str, int]:
+        return await api.counts(await api.types(), attrs="location")
+
+    principal = await _principal(request, api.headers.get("Authorization"))
+    tenant = request.headers.get("ngsild-tenant") or ""
+    kept = False
+    if principal is not None and MARK not in tenant and (principal.unrestricted or principal.may_use_tenant(tenant)):
+        view = request.app.state.services.authorizer.read_view(principal, tenant)
+        # whoever reads every entity and attribute (as ngsild/access.catalog decides) sees the same counts
+        kept = view.unrestricted or (getattr(view, "everything", False) and not getattr(view, "projects", True))
+    hub = hub_of(request) if kept else None
+    return await _layer_cache(request).counts(hub, tenant, read)
+
+
 async def map_page(request: Request) -> Response:
     async with client(request) as api:
-        types = await api.types()
-        counts = await api.counts(types, attrs="location")
+        counts = await _map_counts(request, api)
     layers = [
         {"type": t, "colour": views.colour(t), "value": views.DISPLAY_VALUE.get(t, ""), "count": n}
         for t, n in counts.items()

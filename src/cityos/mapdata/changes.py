@@ -162,6 +162,9 @@ class ChangeHub:
     _retouch: list[Retouch] = field(default_factory=list)  # second touches to come, oldest first
     _retouch_armed: bool = False  # the loop has them in hand (a timer, or a call to come)
     _retouch_lock: threading.Lock = field(default_factory=threading.Lock)
+    # the console map's layers (types and counts located) are kept while these stay (console/layers.py)
+    layers_version: int = 0  # bumped by each change that creates, deletes, moves or retypes an entity
+    layers_changed: float = -math.inf  # time.monotonic() of the last such change
 
     async def start(self) -> None:
         if self.max_clients <= 0 and (self.cache is None or not self.cache.enabled):
@@ -193,6 +196,8 @@ class ChangeHub:
             boxes, layout = before + after, _layout_changed(change.before, change.after, (before, after))
         else:
             boxes, layout = [], _layout_changed(change.before, change.after)
+        if layout:
+            self.layers_touched()
         if cache is not None and boxes:
             found = cache.touched(change.tenant, boxes, layout)
             if loop is not None:  # again once the write has surely committed: a tile drawn in between is stale
@@ -203,6 +208,17 @@ class ChangeHub:
         types = (change.before if gone else change.after or {}).get("type", [])  # type: ignore[union-attr]
         data = {"types": types, "deleted": gone, "boxes": boxes, "layout": layout}
         return (StoreEvent(EVENT_KIND, change.tenant, change.entity_id, data),)
+
+    @property
+    def listening(self) -> bool:
+        """Whether the store's changes reach this hub (not when the stream and tile cache are off)."""
+        return self._loop is not None
+
+    def layers_touched(self) -> None:
+        """A change of what the map's layers count (from a store thread or the loop; a lost race of
+        two `+=` still leaves the version changed)."""
+        self.layers_version += 1
+        self.layers_changed = time.monotonic()
 
     def _retouch_later(self, loop: asyncio.AbstractEventLoop, touch: Retouch) -> None:
         """Queue a change's second touch. Only the first change while none is queued wakes the loop;
@@ -270,6 +286,8 @@ class ChangeHub:
                     self.cache.everything_changed()
             if event.kind == RESYNC and self.cache is not None:
                 self.cache.everything_changed()
+            if event.kind in (EVENT_KIND, RESYNC):
+                self.layers_touched()  # another worker's change, already committed
             if event.kind == EVENT_KIND:
                 if self.clients and self._loop is not None:
                     task = asyncio.create_task(self._read_again(event))

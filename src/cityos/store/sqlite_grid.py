@@ -10,12 +10,14 @@ some entity of the file has several) or none, on a file where the tenant is the 
 entities and nothing has expired, reads that index alone, a range per type and cell (no probe of
 `entities` per row: a grid over 100,000 entities costs one pass over 100,000 index entries, about
 17 ms); with filters (q, an id pattern), the allowed types' rows of the tile are joined to their
-entities for them."""
+entities for them, except one q comparison over a tile of many rows, matched to the pk list its
+value index gives (_valued)."""
 
 from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,9 +26,11 @@ from cityos.store.base import EntityQuery, GeoGrid, GridCell
 from cityos.store.cell_key import KEY_ZOOM, cell_of, tile_range
 from cityos.store.paging import allowed_types, exact_in_sql, unfiltered, untyped
 from cityos.store.sqlite_layout import NAME_ID
-from cityos.store.sqlite_query import _selection, _side_filters, _stale
+from cityos.store.sqlite_query import DECISION_AGE, DECISIONS, _selection, _side_filters, _stale, _value_condition
 
 T = TypeVar("T")
+MAX_LISTED = 1_000_000  # a q's matching values listed for a tile at most (_valued)
+_counted: dict[tuple[Any, ...], tuple[float, int, sqlite3.Connection]] = {}  # _matches' answers
 
 
 def cell_sql(grid: GeoGrid, alias: str) -> tuple[str, str, list[Any]]:
@@ -142,6 +146,73 @@ def _index_only(
     return [(k, n, sx / n, sy / n, ",".join(kinds)) for k, (n, sx, sy, kinds) in cells.items()]
 
 
+def _valued(
+    connection: sqlite3.Connection,
+    attr: str,
+    typed: list[int],
+    span: tuple[int, int, int],
+    query: EntityQuery,
+) -> list[tuple[int, int, float, float, str | None]] | None:
+    """A tile's cells for a query whose only filter besides its types is one q comparison (a number
+    or text compared, not an existence), when the tile holds many rows: the rows of the typed index
+    whose pk is in the list of pks meeting the comparison, read once from its value index (SQLite
+    builds the list once per statement), instead of probing `entities` and `attr_values` per row
+    (5.7 times less CPU over 100,000 rows of which 58 % match). None: not such a query, or a tile of
+    fewer rows than a third of the matches (a probe per row is then cheaper)."""
+    low, high, shift = span
+    if len(query.value_filters) != 1 or not unfiltered(dataclasses.replace(query, value_filters=())):
+        return None
+    condition = _value_condition(query.value_filters[0], "x")
+    if condition is None:
+        return None
+    where, params = condition
+    if "regexp" in where or ("x.num" in where) == ("x.txt" in where):  # the value index must answer it
+        return None
+    index = "attr_values_num" if "x.num" in where else "attr_values_txt"
+    walk = "entity_geo_walk w INDEXED BY entity_geo_walk_typed"
+    kinds = ",".join("?" * len(typed))
+    ranged = f"w.attr = {NAME_ID} AND w.type IN ({kinds}) AND w.cell >= ? AND w.cell < ?"
+    tile = [attr, *typed, low, high]
+
+    def more_rows_than(n: int) -> bool:
+        row = connection.execute(f"SELECT 1 FROM {walk} WHERE {ranged} LIMIT 1 OFFSET {n}", tile).fetchone()
+        return row is not None
+
+    if not more_rows_than(SMALL_TYPE):  # a small tile: probing its few rows costs less than any list
+        return None
+    matched = f"SELECT x.pk FROM attr_values x INDEXED BY {index} WHERE {where}"
+    found = _matches(connection, matched, params)
+    if found > MAX_LISTED or not more_rows_than(found // 3):
+        return None
+    rows: list[tuple[int, int, float, float, str | None]] = connection.execute(
+        f"SELECT w.cell >> {shift} AS k, count(*), avg((w.min_x + w.max_x) * 0.5), avg((w.min_y + w.max_y) * 0.5),"
+        f" group_concat(DISTINCT w.type) FROM {walk} WHERE {ranged} AND w.pk IN ({matched}) GROUP BY k",
+        [*tile, *params],
+    ).fetchall()
+    return rows
+
+
+def _matches(connection: sqlite3.Connection, matched: str, params: list[Any]) -> int:
+    """How many values meet a q comparison (at most MAX_LISTED + 1), from its value index. It only
+    picks a tile's plan (both are exact), so an answer is reused for DECISION_AGE seconds, as
+    sqlite_query._few's: counting 58,000 index entries would cost a tile of zoom 14 more than the
+    tile. Per connection; the entry holds it, so its id() is not reused while the entry lives."""
+    key = (id(connection), matched, *params)
+    clock = time.monotonic()
+    try:
+        found = _counted.get(key)
+    except TypeError:  # an unhashable parameter
+        key, found = (), None
+    if found is not None and found[2] is connection and clock - found[0] < DECISION_AGE:
+        return found[1]
+    count: int = connection.execute(f"SELECT count(*) FROM ({matched} LIMIT {MAX_LISTED + 1})", params).fetchone()[0]
+    if key:
+        if len(_counted) >= DECISIONS:
+            _counted.clear()
+        _counted[key] = (clock, count, connection)
+    return count
+
+
 def _cells(
     connection: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], z: int, x: int, y: int, level: int
 ) -> list[GridCell]:
@@ -197,6 +268,10 @@ class SQLiteGrid:
                     return []
             if unfiltered(rest) and _alone(connection, tenant, now):  # every row is a visible entity of the tenant
                 return _cells(connection, _index_only(connection, grid.attr, low, high, shift, typed), z, x, y, level)
+            if typed is not None and rest.value_filters and _alone(connection, tenant, now):
+                valued = _valued(connection, grid.attr, typed, (low, high, shift), rest)
+                if valued is not None:
+                    return _cells(connection, valued, z, x, y, level)
             source, where, params = "", "", list[Any]()
             # a selective filter (ids, a value filter of few rows) drives better than the tile's rows
             if typed is not None and rest.ids is None and not any(few for *_, few in _side_filters(connection, rest)):
