@@ -99,3 +99,17 @@ def open_tab(browser: Any, *, viewport: dict[str, int] = DESKTOP, language: str 
     page.on("pageerror", lambda e: tab.errors.append(f"page error: {e}"))
     page.on("response", lambda r: tab.errors.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
     return tab
+
+
+# the policy of the console's sign-in tests: the role parking-viewer reads the car parks only
+PARKING_VIEWERS = {
+    "policies": [
+        {
+            "id": "parking-viewers-read-parking",
+            "effect": "allow",
+            "principals": {"roles": ["parking-viewer"]},
+            "actions": ["read"],
+            "resources": {"types": ["OffStreetParking"]},
+        }
+    ]
+}

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from backends import make_key
-from console_browser import browser_fixture, open_tab  # noqa: F401 (the `browser` fixture)
+from console_browser import PARKING_VIEWERS, browser_fixture, open_tab  # noqa: F401 (the `browser` fixture)
 from server_process import LoggedServer
 from test_auth_keys import cli
 
@@ -22,17 +22,6 @@ pytestmark = pytest.mark.slow(seconds=60)
 API = "/ngsi-ld/v1"
 PARKING = "urn:ngsi-ld:OffStreetParking:beatty-main-street"
 PASSWORD = "a long console password"
-POLICIES = {
-    "policies": [
-        {
-            "id": "parking-viewers-read-parking",
-            "effect": "allow",
-            "principals": {"roles": ["parking-viewer"]},
-            "actions": ["read"],
-            "resources": {"types": ["OffStreetParking"]},
-        }
-    ]
-}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +32,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LoggedServe
     assert made.returncode == 0, made.stderr
     admin = {"Authorization": "Bearer " + make_key(database, "--name", "admin", "--role", "admin")}
     policies = folder / "policies.yaml"
-    policies.write_text(yaml.safe_dump(POLICIES))
+    policies.write_text(yaml.safe_dump(PARKING_VIEWERS))
     server = LoggedServer(
         folder / "serve.log",
         "--demo-on-empty",

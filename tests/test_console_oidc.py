@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from console_browser import browser_fixture, open_tab  # noqa: F401 (the `browser` fixture)
+from console_browser import PARKING_VIEWERS, browser_fixture, open_tab  # noqa: F401 (the `browser` fixture)
 from server_process import LoggedServer
 from test_auth_oidc import AUDIENCE, Provider, SigningKey, _require_node
 
@@ -25,17 +25,6 @@ pytestmark = pytest.mark.slow(seconds=60)
 
 PASSWORD = "ada's provider password"
 ACCOUNTS = [{"id": "ada", "password": PASSWORD, "name": "Ada", "roles": ["parking-viewer"]}]
-POLICIES = {
-    "policies": [
-        {
-            "id": "parking-viewers-read-parking",
-            "effect": "allow",
-            "principals": {"roles": ["parking-viewer"]},
-            "actions": ["read"],
-            "resources": {"types": ["OffStreetParking"]},
-        }
-    ]
-}
 SESSION = "cityos_session"
 PENDING = "cityos_oidc"
 
@@ -45,7 +34,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Provider, L
     _require_node()
     folder = tmp_path_factory.mktemp("console-oidc")
     policies = folder / "policies.yaml"
-    policies.write_text(yaml.safe_dump(POLICIES))
+    policies.write_text(yaml.safe_dump(PARKING_VIEWERS))
     provider = Provider(folder)
     server = LoggedServer(
         folder / "serve.log",
