@@ -333,12 +333,7 @@ def test_clusters_by_type_read_the_rows_types_and_follow_a_change_of_type(db_url
         return sum(f["properties"]["count"] for f in features), kinds
 
     def cells(entities: list[dict[str, Any]]) -> list[int]:
-        found: dict[Tile, int] = {}
-        for entity in entities:
-            lon, lat = entity["location"]["value"]["coordinates"]
-            cell = tile_of(lon, lat, tile.z + 4)
-            found[cell] = found.get(cell, 0) + 1
-        return sorted(found.values())
+        return cell_counts(entities, tile)
 
     parking_type, station_type = "OffStreetParking", "AirQualityObserved"
     with TestClient(create_app(Settings(database=db_url, tile_max_features=10, tile_cache_mb=0))) as client:
@@ -473,12 +468,7 @@ def test_a_crowded_tile_with_a_q_counts_the_matching_entities_per_cell(db_url: s
     tile = whole()
 
     def cells(entities: list[dict[str, Any]]) -> list[int]:
-        found: dict[Tile, int] = {}
-        for entity in entities:
-            lon, lat = entity["location"]["value"]["coordinates"]
-            cell = tile_of(lon, lat, tile.z + 4)
-            found[cell] = found.get(cell, 0) + 1
-        return sorted(found.values())
+        return cell_counts(entities, tile)
 
     cases = {
         "availableSpotNumber>1000": lambda p: p["availableSpotNumber"]["value"] > 1000,
@@ -502,3 +492,13 @@ def test_a_crowded_tile_with_a_q_counts_the_matching_entities_per_cell(db_url: s
                 assert sorted(f["properties"]["count"] for f in features) == cells(met), q
             else:  # few enough to draw each
                 assert sorted(f["properties"]["id"] for f in features) == sorted(p["id"] for p in met), q
+
+
+def cell_counts(entities: list[dict[str, Any]], tile: Tile) -> list[int]:
+    """How many of `entities` fall in each cluster cell of `tile` (its zoom + 4), sorted."""
+    found: dict[Tile, int] = {}
+    for entity in entities:
+        lon, lat = entity["location"]["value"]["coordinates"]
+        cell = tile_of(lon, lat, tile.z + 4)
+        found[cell] = found.get(cell, 0) + 1
+    return sorted(found.values())

@@ -97,7 +97,8 @@ from cityos.ngsild import (
 from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.observe import http as observe_http
 from cityos.observe.access import MAX_PENDING, AccessLog
-from cityos.observe.metrics import Metrics, StoreTimer
+from cityos.observe.metrics import Metrics
+from cityos.observe.wiring import metrics_for
 from cityos.open311 import http as open311_http
 from cityos.open311.services import CatalogueError
 from cityos.ops import http as ops_http
@@ -474,7 +475,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
         signer=dataspace.sign_forwarded,  # a registration that is a partner city: signed, under its agreement
     )
     startup_problem: list[str] = []  # said by QuietStartup instead of a traceback
-    metrics = _metrics(settings, services, pipeline, ingest, federation)  # None with --no-metrics
+    metrics = metrics_for(settings, services, pipeline, ingest, federation)  # None with --no-metrics
     wants_access = settings.access_log or settings.log_level.lower() == "debug"
     access = AccessLog(settings.log_format) if wants_access else None  # observe/access.py
     traces: Any = None  # OpenTelemetry is imported only with --otlp-endpoint (observe/tracing.py)
@@ -737,28 +738,6 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     return app
 
 
-def _metrics(
-    settings: Settings, services: Services, pipeline: WritePipeline, ingest: IngestService, federation: Forwarder
-) -> Metrics | None:
-    """The metrics (observe/metrics.py), and the counts and sizes each subsystem keeps for them."""
-    if not settings.metrics:
-        return None
-    metrics = Metrics(max_labels=settings.metrics_max_labels)
-    store: Any = services.store
-    StoreTimer.install(store, metrics)
-    if hasattr(store, "queue_depth"):  # the SQLite writer thread's queue and group commits
-        metrics.queue_depth = store.queue_depth
-        store.on_group = metrics.group_committed
-    metrics.agent_stats = lambda: ingest.agent.stats
-    metrics.context_counts = lambda: services.contexts.counts
-    metrics.federation_counts = lambda: federation.counts
-    metrics.history_count = lambda: pipeline.history.recorder.rows
-    subscriptions = pipeline.subscriptions
-    metrics.lanes = subscriptions.backlog
-    metrics.delivery_counts = subscriptions.delivery_counts
-    return metrics
-
-
 def _dataspace(
     settings: Settings, services: Services, policies: PolicyService | None, pipeline: WritePipeline
 ) -> DataspaceService:
@@ -770,7 +749,7 @@ def _dataspace(
         if policies is not None:
             await policies.reload()
 
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    host = _loopback_if_any(settings.host)
     service = DataspaceService(
         services.store,
         lambda: services.audit,
