@@ -425,10 +425,12 @@ class SQLiteStore(
         # reads still running (a cancelled task's query goes on in its thread) are interrupted and
         # end before their connections close: closing a connection another thread is reading from
         # crashes the process (tests/test_store_close_while_reading.py)
-        with self._lock:
-            for connection in self._connections:
-                connection.interrupt()
-        await loop.run_in_executor(None, partial(self._reader_pool.shutdown, wait=True, cancel_futures=True))
+        stopped = loop.run_in_executor(None, partial(self._reader_pool.shutdown, wait=True, cancel_futures=True))
+        while not stopped.done():  # an interrupt between two statements of a read is lost: again
+            with self._lock:
+                for connection in self._connections:
+                    connection.interrupt()
+            await asyncio.wait([stopped], timeout=0.05)
         await loop.run_in_executor(self._writer_pool, close_all)
         self._writer_pool.shutdown(wait=True)
 
