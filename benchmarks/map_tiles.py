@@ -4,6 +4,7 @@
     python -m benchmarks.map_tiles tiles DATABASE 60 [cold] [type=X] [zooms=10,12]  # 60 tiles per zoom
     python -m benchmarks.map_tiles stream DATABASE 200 10    # 200 changes/s for 10 s, one SSE client
     python -m benchmarks.map_tiles page DATABASE 5           # GET /console/map: 5 loads, after writes
+    python -m benchmarks.map_tiles follow 20000              # creates' CPU with the map's layers kept
 
 DATABASE is a SQLite file or a PostgreSQL URL (a migrated schema's, `...?search_path=SCHEMA,public`).
 `build` is benchmarks.scale_reads' (batch upserts in-process, history off). `tiles` starts a server
@@ -17,6 +18,9 @@ filters every tile, `zooms=` picks the zooms (default 10-16). `stream` connects
 one client to GET /cityos/v1/changes?type=OffStreetParking, then updates `availableSpotNumber` of
 random stored entities at RATE changes per second (batch upserts of RATE/10 entities every 100 ms)
 and prints how many changes arrived, and the delay from each batch's answer to its events' arrival.
+`follow` creates N located entities in batches of 1,000 in-process (a new SQLite file, a
+TestClient), without and with the console map's layers kept (each create then followed,
+console/layers.py), twice each, alternated, and prints the process's CPU seconds for the creates.
 """
 
 from __future__ import annotations
@@ -195,7 +199,7 @@ def stream(database: str, rate: int, seconds: float) -> dict[str, Any]:
 
 def page(database: str, loads: int) -> list[dict[str, Any]]:
     """The map page's HTML time: `loads` loads in turn; after a new value (its layers kept); after a
-    create (read again, console/layers.py); each printed with the layers' cache hits so far."""
+    create and after a delete (followed since i18console; read again before, console/layers.py)."""
     from cityos.mapdata.changes import RETOUCH
 
     rows: list[dict[str, Any]] = []
@@ -228,6 +232,41 @@ def page(database: str, loads: int) -> list[dict[str, Any]]:
         load("after a create, 1 s later")
         load("then")
         assert client.delete(f"{API}/entities/{made['id']}").status_code == 204
+        load("after a delete")
+    return rows
+
+
+def follow(count: int, batch: int = 1000) -> list[dict[str, Any]]:
+    """CPU of `count` located creates, with no layers kept and with them kept (each followed)."""
+    from starlette.testclient import TestClient
+
+    from cityos.app import create_app
+    from cityos.mapdata.changes import RETOUCH
+    from cityos.settings import Settings
+
+    def located(n: int) -> dict[str, Any]:
+        point = {"type": "Point", "coordinates": [LON[0] + n * 1e-6, LAT[0]]}
+        return {"id": entity_id(n), "type": "OffStreetParking", "location": {"type": "GeoProperty", "value": point}}
+
+    rows: list[dict[str, Any]] = []
+    for kept in (False, True, False, True):
+        with (
+            tempfile.TemporaryDirectory() as work,
+            TestClient(create_app(Settings(database=str(Path(work) / "city.db")))) as client,
+        ):
+            assert client.post(f"{API}/entities", json=located(count)).status_code == 201
+            time.sleep(RETOUCH + 0.2)
+            if kept:
+                assert client.get("/console/map").status_code == 200
+            started = time.process_time()
+            for first in range(0, count, batch):
+                made = [located(n) for n in range(first, min(first + batch, count))]
+                assert client.post(f"{API}/entityOperations/create", json=made).status_code == 201
+            cpu = time.process_time() - started
+            shown = f'"count": {count + 1}' in client.get("/console/map").text
+            layers = client.app.state.console_layers  # type: ignore[attr-defined]
+            rows.append({"kept": kept, "cpu_s": round(cpu, 2), "shown": shown, "reads": layers.misses})
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -242,6 +281,8 @@ def main(argv: list[str]) -> Any:
         return tiles(argv[1], int(argv[2]), cold="cold" in options, query=query, zooms=chosen)
     if len(argv) == 3 and argv[0] == "page":
         return page(argv[1], int(argv[2]))
+    if len(argv) == 2 and argv[0] == "follow":
+        return follow(int(argv[1]))
     if len(argv) == 4 and argv[0] == "stream":
         return stream(argv[1], int(argv[2]), float(argv[3]))
     raise SystemExit(__doc__)

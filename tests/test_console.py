@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -336,35 +337,55 @@ def _map_layers(client: TestClient, headers: dict[str, str] | None = None) -> di
     return {layer["type"]: layer["count"] for layer in config["layers"]}
 
 
-def test_the_map_pages_layers_are_kept_until_a_write_changes_them(console: TestClient) -> None:
-    """The types and located counts are kept between loads (two scans of every entity each,
-    console/layers.py) and follow each create, delete, move and new location, exactly."""
+def _scanned(client: TestClient, headers: dict[str, str] | None = None) -> dict[str, int]:
+    """The map's layers as a fresh read of the API gives them: each type with its located count."""
+    types = client.get(f"{API}/types", headers=headers).json()["typeList"]
+    found = {}
+    for entity_type in types:
+        query = {"type": entity_type, "limit": 0, "count": "true", "attrs": "location"}
+        found[entity_type] = int(
+            client.get(f"{API}/entities", params=query, headers=headers).headers["ngsild-results-count"]
+        )
+    return {t: n for t, n in found.items() if n}
+
+
+def test_the_map_pages_layers_follow_each_committed_change_exactly(console: TestClient) -> None:
+    """The types and located counts are read once (two scans of every entity, console/layers.py),
+    then follow each committed create, delete, move, new or removed location, type change and
+    batch: after each, the page shows what a fresh read of the API gives, without reading again."""
     from cityos.mapdata.changes import RETOUCH
 
     kept = console.app.state.console_layers if hasattr(console.app.state, "console_layers") else None  # type: ignore[attr-defined]
     assert kept is None or kept.hits == 0
     time.sleep(RETOUCH + 0.1)  # the fixture's writes have surely committed
     assert _map_layers(console) == {"OffStreetParking": 1}
-    assert _map_layers(console) == {"OffStreetParking": 1}
     cache = console.app.state.console_layers  # type: ignore[attr-defined]
-    assert cache.hits == 1 and cache.misses == 1
+    assert (cache.hits, cache.misses) == (0, 1)
     second = {**PARKING, "id": "urn:ngsi-ld:OffStreetParking:p2"}
-    assert console.post(f"{API}/entities", json=second).status_code == 201
-    assert _map_layers(console) == {"OffStreetParking": 2}  # read again: a create
-    located = {"location": TOWER["location"]}  # the Building without a location gets one
-    assert console.post(f"{API}/entities/{SECRET['id']}/attrs", json=located).status_code == 204
-    assert _map_layers(console) == {"OffStreetParking": 2, "Building": 1}
-    assert console.delete(f"{API}/entities/{second['id']}").status_code == 204
-    assert _map_layers(console) == {"OffStreetParking": 1, "Building": 1}
-    time.sleep(RETOUCH + 0.1)
-    assert _map_layers(console) == {"OffStreetParking": 1, "Building": 1}  # read after the writes
-    hits = cache.hits
-    value = {"availableSpotNumber": {"type": "Property", "value": 3}}  # a new value changes no count
-    assert console.patch(f"{API}/entities/{PARKING['id']}/attrs", json=value).status_code == 204
-    assert _map_layers(console) == {"OffStreetParking": 1, "Building": 1}
-    assert cache.hits == hits + 1
-    assert console.delete(f"{API}/entities/{SECRET['id']}/attrs/location").status_code == 204
-    assert _map_layers(console) == {"OffStreetParking": 1}
+    moved = {"location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [-116.7, 36.95]}}}
+    retyped = {**second, "type": "Building"}  # replaced whole: another type
+    both = {**PARKING, "id": "urn:ngsi-ld:OffStreetParking:p9", "type": ["OffStreetParking", "Building"]}
+    batch = [{**PARKING, "id": f"urn:ngsi-ld:OffStreetParking:b{n}"} for n in range(3)] + [{"id": "bad"}]
+    steps: list[tuple[str, str, Any]] = [
+        ("POST", f"{API}/entities", second),  # a create
+        ("POST", f"{API}/entities/{SECRET['id']}/attrs", {"location": TOWER["location"]}),  # a new location
+        ("PATCH", f"{API}/entities/{PARKING['id']}/attrs", moved),  # a move
+        ("PATCH", f"{API}/entities/{PARKING['id']}/attrs", {"availableSpotNumber": {"type": "Property", "value": 3}}),
+        ("POST", f"{API}/entityOperations/upsert?options=replace", [retyped]),  # a type change
+        ("POST", f"{API}/entities", both),  # two types
+        ("POST", f"{API}/entityOperations/create", batch),  # a batch, one refused
+        ("DELETE", f"{API}/entities/{second['id']}", None),  # a delete
+        ("DELETE", f"{API}/entities/{SECRET['id']}/attrs/location", None),  # a location removed
+        ("POST", f"{API}/entityOperations/delete", [e["id"] for e in batch[:2]]),
+        ("POST", f"{API}/entities", {**SPOT, "id": "urn:ngsi-ld:ParkingSpot:s2"}),  # no location: no layer
+    ]
+    for method, path, body in steps:
+        answer = console.request(method, path, json=body)
+        assert answer.status_code < 300 or path.endswith("/create"), (path, answer.status_code, answer.text)
+        assert _map_layers(console) == _scanned(console), (method, path)
+    assert _map_layers(console) == {"OffStreetParking": 3, "Building": 1}
+    assert cache.misses == 1 and cache.hits == len(steps) + 1  # never read again
+    assert cache.followed >= 10
 
 
 def test_the_map_layers_kept_for_an_admin_are_not_a_restricted_users(secured_city: tuple[TestClient, str]) -> None:
@@ -381,3 +402,184 @@ def test_the_map_layers_kept_for_an_admin_are_not_a_restricted_users(secured_cit
     secured.cookies.clear()
     assert _map_layers(secured, {"Cookie": f"cityos_session={session}"}) == {"OffStreetParking": 1}
     assert secured.app.state.console_layers.hits == 1  # type: ignore[attr-defined]
+
+
+def test_a_restricted_users_map_layers_are_kept_for_her_policy_view_only(
+    secured_city: tuple[TestClient, str], db_url: str
+) -> None:
+    """Under --auth required the layers are kept per policy view (console/layers.py): shared by the
+    users the same rules apply to, never by one who may see less, read again after a layout change
+    and after a policy change."""
+    from cityos.mapdata.changes import RETOUCH
+
+    secured, token = secured_city
+    for name, role in (("walt", "parking-viewer"), ("nora", "nobody")):
+        made = cli(db_url, "users", "create", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
+        assert made.returncode == 0, made.stderr
+    sessions = {}
+    for name in ("vera", "walt", "nora"):
+        signed = secured.post("/console/signin", data={"username": name, "password": PASSWORD}, follow_redirects=False)
+        sessions[name] = {"Cookie": f"cityos_session={signed.cookies['cityos_session']}"}
+    secured.cookies.clear()
+    admin = {"Authorization": f"Bearer {token}"}
+    time.sleep(RETOUCH + 0.1)
+    assert _map_layers(secured, sessions["vera"]) == {"OffStreetParking": 1}
+    cache = secured.app.state.console_layers  # type: ignore[attr-defined]
+    assert (cache.hits, cache.misses) == (0, 1)
+    assert _map_layers(secured, sessions["vera"]) == {"OffStreetParking": 1}
+    assert _map_layers(secured, sessions["walt"]) == {"OffStreetParking": 1}  # the same rules: shared
+    assert (cache.hits, cache.misses) == (2, 1)
+    assert _map_layers(secured, sessions["nora"]) == {}  # no rule lets her read anything: her own answer
+    assert _map_layers(secured, {"Cookie": f"cityos_session={token}"}) == {"OffStreetParking": 1, "Building": 1}
+    assert (cache.hits, cache.misses) == (2, 3)
+    assert _map_layers(secured, sessions["nora"]) == {}
+    assert (cache.hits, cache.misses) == (3, 3)
+    third = {**PARKING, "id": "urn:ngsi-ld:OffStreetParking:p3"}
+    assert secured.post(f"{API}/entities", json=third, headers=admin).status_code == 201
+    assert _map_layers(secured, sessions["walt"]) == {"OffStreetParking": 2}  # a create, followed
+    assert _map_layers(secured, sessions["nora"]) == {}
+    assert (cache.hits, cache.misses) == (5, 3)  # no read again
+    buildings = {
+        "id": "viewers-read-buildings",
+        "effect": "allow",
+        "principals": {"roles": ["parking-viewer"]},
+        "actions": ["read"],
+        "resources": {"types": ["Building"]},
+    }
+    added = secured.post("/cityos/v1/admin/policies", json=buildings, headers=admin)
+    assert added.status_code in (200, 201), added.text
+    time.sleep(RETOUCH + 0.1)
+    assert _map_layers(secured, sessions["vera"]) == {"OffStreetParking": 2, "Building": 1}  # a new view
+    hits = cache.hits
+    assert _map_layers(secured, sessions["walt"]) == {"OffStreetParking": 2, "Building": 1}
+    assert cache.hits == hits + 1
+    assert _map_layers(secured, sessions["nora"]) == {}  # every view is new after a policy change
+    assert cache.hits == hits + 1
+
+
+def test_the_layers_follow_a_scope_and_an_exact_location() -> None:
+    """What a policy view's rules test besides types and ids (a scope, an area on the exact
+    location) changes the layers of that view: such a change drops them, a new value does not."""
+    from cityos.mapdata.changes import GEO, _layers_changed
+
+    square = {"type": "Polygon", "coordinates": [[[0, 0], [2, 0], [2, 2], [0, 2], [0, 0]]]}
+    notched = {"type": "Polygon", "coordinates": [[[0, 0], [2, 0], [2, 2], [1, 1], [0, 2], [0, 0]]]}  # the same box
+    value = "https://example.org/value"
+
+    def entity(shape: dict[str, Any], scope: str | None = None, n: int = 1) -> Any:
+        attrs = {GEO: [{"type": "GeoProperty", "value": shape}], value: [{"type": "Property", "value": n}]}
+        return {"id": "urn:x:1", "type": ["T"], "attrs": attrs} | ({"scope": [scope]} if scope else {})
+
+    assert not _layers_changed(entity(square), entity(square, n=2), False)
+    assert _layers_changed(entity(square), entity(notched), False)
+    assert _layers_changed(entity(square), entity(square, "/north"), False)
+    assert _layers_changed(entity(square), None, False) and _layers_changed(None, entity(square), False)
+
+
+class _Text(HTMLParser):
+    """The text a page shows outside the elements whose content is localised in the browser
+    (data.num, time) or shown as written (code, raw JSON, scripts, options)."""
+
+    SKIPPED = {"data", "time", "code", "pre", "script", "style", "option", "textarea", "title"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.SKIPPED:
+            self.depth += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIPPED:
+            self.depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self.depth and data.strip():
+            self.found.append(data.strip())
+
+
+RAW_NUMBER = re.compile(r"(?<![\w-])\d{4,}(?!\w)")  # 112684, not 112,684 nor a key's ck_8727b1
+RAW_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def test_every_page_writes_its_numbers_and_dates_in_the_language(console: TestClient) -> None:
+    """No page shows a number of four digits or more, or an ISO date, as stored: numbers are
+    written in the language (112,684) inside <data class="num">, dates are <time> elements that
+    console.js writes in the language and the browser's time zone."""
+    run = {
+        "kind": "csv",
+        "source": "stops.csv",
+        "status": "finished",
+        "started_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:01:00Z",
+        "stored": 112684,
+        "rejected": 1234,
+        "rejects": [{"where": "line 7", "reason": "no id"}],
+    }
+    assert console.put("/cityos/v1/imports/run00000001", json=run).status_code == 204
+    dated = {"dateObserved": {"type": "Property", "value": "2026-01-02T03:04:05Z"}}
+    dated["dateOpened"] = {"type": "Property", "value": "2026-01-02"}
+    dated["totalSpotNumber"] = {"type": "Property", "value": 12345.678}
+    assert console.post(f"{API}/entities/{PARKING['id']}/attrs", json=dated).status_code == 204
+    many = [{**SPOT, "id": f"urn:ngsi-ld:ParkingSpot:n{n}"} for n in range(2, 1002)]
+    for start in range(0, len(many), 100):
+        assert console.post(f"{API}/entityOperations/create", json=many[start : start + 100]).status_code == 201
+    pages = ["/", "/console/entities?type=ParkingSpot", "/console/map", "/console/operations", "/console/admin"]
+    pages.append(f"/console/entity?id={PARKING['id']}")
+    for language in ("en", "zh"):
+        for path in pages:
+            page = console.get(path, params={"lang": language} if "?" not in path else None)
+            if "?" in path:
+                page = console.get(f"{path}&lang={language}")
+            assert page.status_code == 200, (path, page.text)
+            shown = _Text()
+            shown.feed(page.text)
+            raw = [text for text in shown.found if RAW_NUMBER.search(text) or RAW_DATE.search(text)]
+            assert raw == [], (language, path, raw)
+        operations = console.get("/console/operations", params={"lang": language}).text
+        assert '<data class="num" value="112684">112,684</data>' in operations
+        assert "1,234" in operations  # in "First 1 of 1,234 rejects"
+        assert '<time class="when" datetime="2026-01-01T00:01:00Z">' in operations
+        spots = console.get(f"/console/entities?type=ParkingSpot&lang={language}").text
+        assert "1,001" in spots and "51" in spots  # found, and the pages
+        entity = console.get(f"/console/entity?id={PARKING['id']}&lang={language}").text
+        assert '<time class="when" datetime="2026-01-02T03:04:05Z">' in entity
+        assert '<time class="day" datetime="2026-01-02">' in entity
+        assert '<data class="num" value="12345.678">12,345.68</data>' in entity
+    assert i18n.Translator("zh")("ops.rejects", shown=20, total=112684) == i18n.Translator("zh")(
+        "ops.rejects", shown="20", total="112,684"
+    )
+
+
+def test_a_change_rolled_back_or_committed_unseen_gives_the_kept_layers_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mapdata/layout.py: a followed change that never commits (rolled back) blocks keeping a new
+    read until IN_FLIGHT passes, then gives the kept layers up; its commit arriving later gives
+    them up again (a read meanwhile may have missed it); a committed one reaches the follower."""
+    import asyncio
+
+    from cityos.mapdata import layout
+
+    loop = asyncio.new_event_loop()
+    try:
+        watch = layout.LayoutWatch(1.0)
+        got: list[Any] = []
+        watch.loop, watch.follower, watch.tracks = loop, got.extend, lambda tenant: tenant == "t"
+        assert watch.change("other", None, PARKING) is None and watch.seen == 1  # nothing kept of it
+        rolled_back = watch.change("t", None, PARKING)
+        assert rolled_back is not None and not watch.settled()
+        committed = watch.change("t", PARKING, None)
+        assert committed is not None
+        committed.call()
+        loop.run_until_complete(asyncio.sleep(0))
+        assert got == [("t", PARKING, None)] and watch.epoch == 0 and not watch.settled()
+        monkeypatch.setattr(layout, "IN_FLIGHT", 0.0)
+        time.sleep(0.01)
+        assert watch.settled() and watch.epoch == 1  # taken as rolled back: the kept layers go
+        rolled_back.call()  # it committed after all
+        loop.run_until_complete(asyncio.sleep(0))
+        assert watch.epoch == 2 and len(got) == 1
+        assert not watch.keep_if_quiet(watch.seen - 1, watch.epoch, time.monotonic(), lambda: None)  # one came
+    finally:
+        loop.close()

@@ -98,18 +98,18 @@ def test_the_entity_browser_pages_through_100000_entities(city: LoggedServer, br
     pages = COUNT // PAGE
     tab = open_tab(browser)
     tab.goto(f"{city.base}/console/entities?type=ParkingSpot")
-    assert tab.page.locator("#page-of").inner_text() == f"Page 1 of {pages}"
+    assert tab.page.locator("#page-of").inner_text() == f"Page 1 of {pages:,}"  # localised: 5,000
     assert shown_ids(tab) == api_ids(city, 0)
     for page in (4_000, pages - 1):  # deep in the listing, then the last page by the pager's Next link
         tab.goto(f"{city.base}/console/entities?type=ParkingSpot&page={page}")
         assert shown_ids(tab) == api_ids(city, (page - 1) * PAGE)
-        assert tab.page.locator("#page-of").inner_text() == f"Page {page} of {pages}"
+        assert tab.page.locator("#page-of").inner_text() == f"Page {page:,} of {pages:,}"
     tab.page.get_by_role("link", name="Next").click()
     tab.page.wait_for_load_state("load")
     last = shown_ids(tab)
     assert last == api_ids(city, (pages - 1) * PAGE)
     assert last[-1] == f"urn:ngsi-ld:ParkingSpot:p{COUNT - 1:06d}"  # the end of the listing: the last entity written
-    assert tab.page.locator("#page-of").inner_text() == f"Page {pages} of {pages}"
+    assert tab.page.locator("#page-of").inner_text() == f"Page {pages:,} of {pages:,}"
     assert tab.page.get_by_role("link", name="Next").count() == 0
     tab.clean()
     tab.page.context.close()

@@ -37,6 +37,7 @@ class ApiClient:
 
     def __init__(self, app: ASGIApp, authorization: str | None = None, tenant: str | None = None) -> None:
         self.headers: dict[str, str] = {}
+        self.failures = 0  # answers other than a success so far (a kept answer must have none)
         if authorization:
             self.headers["Authorization"] = authorization
         if tenant:
@@ -68,6 +69,8 @@ class ApiClient:
             sent.setdefault("Content-Type", "application/json")
         clean = {k: v for k, v in (params or {}).items() if v not in (None, "")}
         reply = await self._client.request(method, path, params=clean, headers=sent, content=content)
+        if not 200 <= reply.status_code < 300:
+            self.failures += 1
         try:
             data = orjson.loads(reply.content) if reply.content else None
         except orjson.JSONDecodeError:

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from cityos.auth.middleware import SESSION_COOKIE
 from cityos.auth.principal import Principal
-from cityos.console import i18n, views
+from cityos.console import i18n, layers, views
 from cityos.console import oidc as console_oidc
 from cityos.console.client import API, Answer, ApiClient
 from cityos.console.layers import LayerCache
@@ -32,7 +32,6 @@ from cityos.errors import NgsiLdError
 from cityos.mapdata.changes import hub_of
 from cityos.ops.declare import browser_page
 from cityos.policy.decision import Action
-from cityos.snapshots.scope import MARK
 
 PREFIX = "/console"
 PAGE_SIZE = 20
@@ -63,6 +62,7 @@ def _environment() -> Environment:
     env.filters["short"] = views.short_id
     env.filters["colour"] = views.colour
     env.filters["unit"] = views.unit
+    env.filters["when"] = views.when
     env.filters["json"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode()
     env.filters["urlq"] = lambda v: quote(str(v), safe="")
     return env
@@ -289,20 +289,29 @@ def _layer_cache(request: Request) -> LayerCache:
 
 
 async def _map_counts(request: Request, api: ApiClient) -> dict[str, int]:
-    """The located count per type: kept between loads for an unrestricted user (layers.py)."""
+    """The located count per type: kept between loads for every caller of the same policy view, and
+    kept up to date from the changes committed since (layers.py)."""
 
-    async def read() -> dict[str, int]:
-        return await api.counts(await api.types(), attrs="location")
+    async def read() -> layers.Answer:
+        failures = api.failures
+        types = await api.types()
+        counts = await api.counts(types, attrs="location")
+        # each name as the API expands it (no Link header: the core context), so a change's types
+        # can be matched to the counts (`/types?details=true` says it too, at 10 times the cost)
+        expand = request.app.state.services.contexts.core_terms().expand
+        return layers.Answer(counts, {expand(t): t for t in types}, api.failures == failures)
 
-    principal = await _principal(request, api.headers.get("Authorization"))
+    authorizer = request.app.state.services.authorizer
     tenant = request.headers.get("ngsild-tenant") or ""
-    kept = False
-    if principal is not None and MARK not in tenant and (principal.unrestricted or principal.may_use_tenant(tenant)):
-        view = request.app.state.services.authorizer.read_view(principal, tenant)
-        # whoever reads every entity and attribute (as ngsild/access.catalog decides) sees the same counts
-        kept = view.unrestricted or (getattr(view, "everything", False) and not getattr(view, "projects", True))
-    hub = hub_of(request) if kept else None
-    return await _layer_cache(request).counts(hub, tenant, read)
+    principal = await _principal(request, api.headers.get("Authorization"))
+    found = layers.key(authorizer, principal, tenant)
+    hub = hub_of(request) if found is not None else None
+
+    def again() -> layers.Key | None:
+        now = layers.key(authorizer, principal, tenant)
+        return None if now is None else now[0]
+
+    return await _layer_cache(request).counts(hub, found, read, again)
 
 
 async def map_page(request: Request) -> Response:

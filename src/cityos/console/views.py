@@ -3,6 +3,7 @@ no web framework, so each rule is tested on its own."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,21 @@ UNITS = {
     "KWT": "kW",
     "LTR": "L",
 }
+
+
+# an ISO 8601 date-time (shown in the browser's time zone and language) or a date alone (shown as it is)
+DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?")
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def when(value: Any) -> str:
+    """ "time" for a date-time string, "day" for a date, "" for anything else: how a page marks a
+    value for static/console.js to write it in the page's language."""
+    if not isinstance(value, str) or len(value) > 40:
+        return ""
+    if DATE_TIME.fullmatch(value):
+        return "time"
+    return "day" if DATE.fullmatch(value) else ""
 
 
 def unit(code: str) -> str:

@@ -37,11 +37,12 @@ from cityos.entities.model import Entity
 from cityos.errors import BadRequestData, NgsiLdError, retry_after_seconds
 from cityos.jsonld.termmap import TermMap
 from cityos.mapdata.cache import Box, Targets, TileCache
+from cityos.mapdata.layout import LayoutWatch
 from cityos.ops.declare import api
 from cityos.ops.schemas import NGSI_LD_HEADERS
 from cityos.policy.decision import ReadView
 from cityos.snapshots.scope import MARK
-from cityos.store.base import EntityChange, EntityLookup, EntityStore, StoreEvent
+from cityos.store.base import AfterCommit, EntityChange, EntityLookup, EntityStore, StoreEvent
 from cityos.store.side_rows import instance_boxes
 
 log = logging.getLogger("cityos.mapdata")
@@ -90,6 +91,18 @@ def _layout_changed(
         return True
     boxes = boxes or (boxes_of(before), boxes_of(after))
     return bool(boxes[0] != boxes[1] or before.get("expiresAt") != after.get("expiresAt"))
+
+
+def _layers_changed(before: Entity | None, after: Entity | None, layout: bool) -> bool:
+    """Whether a change can change what the console map's layers count for a policy view (layers.py):
+    the layout, or what a view's rules test besides types and ids, a scope or the exact location
+    (an area rule; a polygon reshaped inside the same box is not a layout change)."""
+    if layout or before is None or after is None:
+        return True
+    if before.get("scope") != after.get("scope"):
+        return True
+    old, new = before["attrs"].get(GEO) or [], after["attrs"].get(GEO) or []
+    return [i.get("value") for i in old] != [i.get("value") for i in new]
 
 
 def _plain(value: Any) -> bool:
@@ -162,14 +175,13 @@ class ChangeHub:
     _retouch: list[Retouch] = field(default_factory=list)  # second touches to come, oldest first
     _retouch_armed: bool = False  # the loop has them in hand (a timer, or a call to come)
     _retouch_lock: threading.Lock = field(default_factory=threading.Lock)
-    # the console map's layers (types and counts located) are kept while these stay (console/layers.py)
-    layers_version: int = 0  # bumped by each change that creates, deletes, moves or retypes an entity
-    layers_changed: float = -math.inf  # time.monotonic() of the last such change
+    # the changes of what the console map's layers count, and their commits (console/layers.py)
+    layout: LayoutWatch = field(default_factory=lambda: LayoutWatch(RETOUCH))
 
     async def start(self) -> None:
         if self.max_clients <= 0 and (self.cache is None or not self.cache.enabled):
             return
-        self._loop = asyncio.get_running_loop()
+        self._loop = self.layout.loop = asyncio.get_running_loop()
         self.store.set_change_listener(self.listener, None, name=LISTENER)
 
     async def stop(self) -> None:
@@ -183,7 +195,7 @@ class ChangeHub:
             with contextlib.suppress(asyncio.QueueFull):
                 client.queue.put_nowait(None)
 
-    def listener(self, change: EntityChange, _lookup: EntityLookup) -> Sequence[StoreEvent]:
+    def listener(self, change: EntityChange, _lookup: EntityLookup) -> Sequence[StoreEvent | AfterCommit]:
         """In the write's transaction (a store thread): hand the change over, never wait."""
         if MARK in change.tenant:  # a snapshot being filled: not the live city
             return ()
@@ -196,29 +208,25 @@ class ChangeHub:
             boxes, layout = before + after, _layout_changed(change.before, change.after, (before, after))
         else:
             boxes, layout = [], _layout_changed(change.before, change.after)
-        if layout:
-            self.layers_touched()
+        followed = None
+        if _layers_changed(change.before, change.after, layout):
+            followed = self.layout.change(change.tenant, change.before, change.after)
         if cache is not None and boxes:
             found = cache.touched(change.tenant, boxes, layout)
             if loop is not None:  # again once the write has surely committed: a tile drawn in between is stale
                 self._retouch_later(loop, (time.monotonic(), change.tenant, boxes, found, layout))
         if not self.shared:
-            return ()
+            return () if followed is None else (followed,)
         gone = change.after is None
         types = (change.before if gone else change.after or {}).get("type", [])  # type: ignore[union-attr]
         data = {"types": types, "deleted": gone, "boxes": boxes, "layout": layout}
-        return (StoreEvent(EVENT_KIND, change.tenant, change.entity_id, data),)
+        event = StoreEvent(EVENT_KIND, change.tenant, change.entity_id, data)
+        return (event,) if followed is None else (event, followed)
 
     @property
     def listening(self) -> bool:
         """Whether the store's changes reach this hub (not when the stream and tile cache are off)."""
         return self._loop is not None
-
-    def layers_touched(self) -> None:
-        """A change of what the map's layers count (from a store thread or the loop; a lost race of
-        two `+=` still leaves the version changed)."""
-        self.layers_version += 1
-        self.layers_changed = time.monotonic()
 
     def _retouch_later(self, loop: asyncio.AbstractEventLoop, touch: Retouch) -> None:
         """Queue a change's second touch. Only the first change while none is queued wakes the loop;
@@ -287,7 +295,7 @@ class ChangeHub:
             if event.kind == RESYNC and self.cache is not None:
                 self.cache.everything_changed()
             if event.kind in (EVENT_KIND, RESYNC):
-                self.layers_touched()  # another worker's change, already committed
+                self.layout.lost()  # another worker's change, already committed: nothing to follow
             if event.kind == EVENT_KIND:
                 if self.clients and self._loop is not None:
                     task = asyncio.create_task(self._read_again(event))

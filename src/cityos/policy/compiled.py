@@ -12,7 +12,7 @@ admin role has an implicit allow of everything (deny rules still bind it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -102,7 +102,14 @@ class CompiledView:
     # change makes new views, whose cache entries are new
     cacheable = True
 
-    def __init__(self, allows: Sequence[Rule], denies: Sequence[Rule], personal: Personal) -> None:
+    def __init__(
+        self, allows: Sequence[Rule], denies: Sequence[Rule], personal: Personal, fingerprint: Hashable = None
+    ) -> None:
+        # the same fingerprint: the same rules, so the same entities and attributes seen (the
+        # console's kept map layers are shared by it, console/layers.py); None: share with no one
+        self.fingerprint = fingerprint
+        # whether an entity's modifiedAt alone (a rule's time window) can change what is seen of it
+        self.windowed = any(r.resources.window is not None for r in (*allows, *denies))
         self.allows = tuple(allows)
         self.entity_denies = tuple(d for d in denies if not d.attribute_limited)
         self.attr_denies = tuple(d for d in denies if d.attribute_limited)
@@ -375,7 +382,7 @@ class PolicyAuthorizer:
             if admin:
                 allows.append(_EVERYTHING_RULE)
             denies = [Rule(p) for p in policies if p.effect == "deny"]
-            view = self._views[key] = CompiledView(allows, denies, self._personal)
+            view = self._views[key] = CompiledView(allows, denies, self._personal, (self.version, key))
         if stable:
             if len(self._ready) >= CACHE_SIZE:
                 self._ready.clear()

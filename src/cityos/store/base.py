@@ -162,8 +162,20 @@ class HistoryRow:
 # Several consumers each install their own, under their own name.
 EntityLookup = Callable[[str], Entity | None]
 # A StoreEvent returned is sent to the other workers when the write commits (a back-end shared by
-# several workers; one that serves a single process ignores it).
-ChangeListener = Callable[[EntityChange, EntityLookup], Sequence["OutboxRow | HistoryRow | AuditRow | StoreEvent"]]
+# several workers; one that serves a single process ignores it); an AfterCommit is called once the
+# write has committed, never when it is rolled back (or its operation undone).
+ChangeListener = Callable[
+    [EntityChange, EntityLookup], Sequence["OutboxRow | HistoryRow | AuditRow | StoreEvent | AfterCommit"]
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AfterCommit:
+    """What a change listener wants done once the change is committed (a reader sees it), on the
+    thread that committed it: it must be fast and must not raise (the map's kept layer counts,
+    mapdata/changes.py, follow committed changes only)."""
+
+    call: Callable[[], None]
 
 
 @dataclass(slots=True)

@@ -241,6 +241,7 @@ class SQLiteStore(
         # change listeners by name (subscriptions, history), replaced whole so the writer sees a snapshot
         self._listeners: dict[str, tuple[ChangeListener, Callable[[], None] | None]] = {}
         self._to_wake: list[Callable[[], None]] = []  # set on the writer thread: wakes owed after commit
+        self._after_commit: list[Callable[[], None]] = []  # writer thread: the listeners' AfterCommit calls
         self._audit_rows: list[AuditRow] = []  # writer thread: this transaction's rows, sealed before COMMIT
         self._start_buffer()  # writer thread: side, outbox and history rows to drain (sqlite_writes.py)
         self._names = Names()  # interned history names, as readers see them (sqlite_history.py)
@@ -331,20 +332,21 @@ class SQLiteStore(
             outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             self._to_wake = []
             audit = self._audit_rows = []
+            after = self._after_commit = []
             alone = len(jobs) == 1  # no savepoint needed: a failure rolls back the transaction
             try:
                 connection.execute("BEGIN IMMEDIATE")
                 for number, (fn, future, context) in enumerate(jobs):
                     if not alone:
                         connection.execute(f"SAVEPOINT job{number}")
-                    mark = len(audit)
+                    mark, after_mark = len(audit), len(after)
                     try:
                         value = context.run(fn, connection)
                         self._drain(connection)  # the rows it buffered, in its savepoint
                         outcomes.append((future, value, None))
                     except Exception as refused:  # this write alone is undone
                         connection.execute("ROLLBACK" if alone else f"ROLLBACK TO job{number}")
-                        del audit[mark:]
+                        del audit[mark:], after[after_mark:]
                         self._forget()
                         outcomes.append((future, None, _translated(refused, self.path, self.busy_timeout)))
                     if not alone:
@@ -359,12 +361,15 @@ class SQLiteStore(
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 self._forget()
+                after.clear()
                 failure = _translated(failure, self.path, self.busy_timeout)
                 outcomes = [(future, None, failure) for _, future, _ in jobs]
                 if isinstance(failure, DatabaseBusy):
                     outcomes += [(future, None, failure) for future in self._expired_waits()]
             for wake in self._to_wake:
                 wake()
+            for call in after:  # committed (a failed group cleared them): before its writers resume
+                call()
             loop.call_soon_threadsafe(_settle_all, outcomes)  # one wake-up of the loop per group
 
     def _expired_waits(self) -> list[asyncio.Future[Any]]:

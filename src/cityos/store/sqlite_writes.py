@@ -23,7 +23,7 @@ from cityos.entities.expiry import next_expiry, visible, visible_at
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator
 from cityos.errors import NgsiLdError
-from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
+from cityos.store.base import AfterCommit, ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
 from cityos.store.cell_key import cell_key
 from cityos.store.side_rows import Boxed, changed_values, geo_keys, geo_values, instance_boxes, own_expiry
 from cityos.store.sqlite_history import INSERT_INSTANCE, Names
@@ -117,6 +117,7 @@ class SQLiteWrites:
     if TYPE_CHECKING:
         _listeners: dict[str, tuple[ChangeListener, Callable[[], None] | None]]
         _to_wake: list[Callable[[], None]]
+        _after_commit: list[Callable[[], None]]
         _audit_rows: list[AuditRow]
         _wnames: Names
 
@@ -165,13 +166,14 @@ class SQLiteWrites:
         self._new_tenants.clear()
 
     def _marks(self) -> tuple[int, ...]:
-        return (len(self._audit_rows), *(len(rows) for rows in self._buffer.values()))
+        return (len(self._audit_rows), *(len(rows) for rows in self._buffer.values()), len(self._after_commit))
 
     def _back_to(self, marks: tuple[int, ...]) -> None:
         """Drop what was buffered after `marks` (its savepoint was rolled back)."""
         del self._audit_rows[marks[0] :]
-        for rows, mark in zip(self._buffer.values(), marks[1:], strict=True):
+        for rows, mark in zip(self._buffer.values(), marks[1:-1], strict=True):
             del rows[mark:]
+        del self._after_commit[marks[-1] :]
         self._buffered_pks.clear()  # the buffer was drained before the savepoint: nothing of it is left
         self._epks.clear()
         self._wnames.rolled_back()
@@ -308,6 +310,8 @@ class SQLiteWrites:
                         self._to_wake.append(wake)
                 elif isinstance(r, AuditRow):
                     self._audit_rows.append(r)
+                elif isinstance(r, AfterCommit):
+                    self._after_commit.append(r.call)
             if history:
                 self._append_history(connection, history)
 

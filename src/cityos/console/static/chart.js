@@ -10,6 +10,22 @@
   const DAY = 86400000;
   const spans = { P1D: DAY, P7D: 7 * DAY, P30D: 30 * DAY };
 
+  // the time axis in the page's language (uPlot's own labels are English): finer ticks, finer
+  // labels; made at the first chart (console.js, deferred, has not run when this script starts)
+  let tickFormats = null;
+  function tick(t, step) {
+    if (!tickFormats) {
+      const locale = window.cityos.locale;
+      tickFormats = [
+        [86400, new Intl.DateTimeFormat(locale, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })],
+        [86400 * 28, new Intl.DateTimeFormat(locale, { month: "short", day: "numeric" })],
+        [Infinity, new Intl.DateTimeFormat(locale, { year: "numeric", month: "short" })],
+      ];
+    }
+    const found = tickFormats.find(function (f) { return step < f[0]; });
+    return found[1].format(new Date(t * 1000));
+  }
+
   async function series(attr, range, agg) {
     const q = new URLSearchParams({ attrs: attr });
     if (agg) { q.set("aggrMethods", agg); q.set("aggrPeriodDuration", "PT1H"); q.set("options", "aggregatedValues"); }
@@ -61,8 +77,18 @@
         width: width, height: 200,
         cursor: { drag: { x: true, y: false } },  // drag to zoom, double-click to reset
         scales: { x: { time: true } },
-        series: [{}, { label: attr, stroke: "#0b5cad", width: 1.5, value: function (u, v) { return v == null ? "" : window.cityos.numbers.format(v); } }],
-        axes: [{}, { values: function (u, vals) { return vals.map(function (v) { return window.cityos.numbers.format(v); }); } }],
+        series: [
+          { label: box.dataset.time, value: function (u, t) { return t == null ? "" : window.cityos.dates.format(new Date(t * 1000)); } },
+          { label: attr, stroke: "#0b5cad", width: 1.5, value: function (u, v) { return v == null ? "" : window.cityos.numbers.format(v); } },
+        ],
+        axes: [
+          { values: function (u, vals, axis, space, step) { return vals.map(function (t) { return tick(t, step); }); } },
+          {
+            values: function (u, vals) { return vals.map(function (v) { return window.cityos.numbers.format(v); }); },
+            // wide enough for the longest label (uPlot's fixed 50 px cut "10,000" to "0,000")
+            size: function (u, vals) { return vals ? 18 + 7 * Math.max(3, ...vals.map(function (v) { return String(v).length; })) : 50; },
+          },
+        ],
       }, data, holder);
       holder.dataset.points = String(data[0].length);
     }

@@ -111,7 +111,7 @@
       th.scope = "row";
       th.textContent = k;
       tr.appendChild(th);
-      tr.insertCell().textContent = typeof v === "number" ? window.cityos.numbers.format(v) : String(v);
+      tr.insertCell().textContent = window.cityos.shown(v);
     }
     details.replaceChildren(link, table);
   }

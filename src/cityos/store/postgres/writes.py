@@ -35,7 +35,15 @@ from cityos.entities.expiry import visible
 from cityos.entities.model import Entity
 from cityos.entities.update import Mutator, Outcome
 from cityos.errors import NgsiLdError
-from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow, StoreEvent
+from cityos.store.base import (
+    AfterCommit,
+    ChangeListener,
+    EntityChange,
+    HistoryRow,
+    MutationResult,
+    OutboxRow,
+    StoreEvent,
+)
 from cityos.store.postgres.audit import pending_cte
 from cityos.store.postgres.busy import Transactions
 from cityos.store.postgres.events import EventFollower, payload_of
@@ -93,15 +101,18 @@ class _Owed:
     audit: list[AuditRow] = field(default_factory=list)
     wakes: list[Wake] = field(default_factory=list)
     events: list[StoreEvent] = field(default_factory=list)  # told the other workers at commit (NOTIFY)
+    after: list[Wake] = field(default_factory=list)  # the listeners' AfterCommit calls
 
-    def mark(self) -> tuple[int, int, int, int, int]:
-        return len(self.outbox), len(self.history), len(self.audit), len(self.wakes), len(self.events)
+    def mark(self) -> tuple[int, int, int, int, int, int]:
+        return len(self.outbox), len(self.history), len(self.audit), len(self.wakes), len(self.events), len(self.after)
 
-    def undo(self, mark: tuple[int, int, int, int, int]) -> None:
+    def undo(self, mark: tuple[int, int, int, int, int, int]) -> None:
         del self.outbox[mark[0] :], self.history[mark[1] :], self.audit[mark[2] :], self.wakes[mark[3] :]
-        del self.events[mark[4] :]
+        del self.events[mark[4] :], self.after[mark[5] :]
 
-    def add(self, rows: Sequence[OutboxRow | HistoryRow | AuditRow | StoreEvent], wake: Wake | None) -> None:
+    def add(
+        self, rows: Sequence[OutboxRow | HistoryRow | AuditRow | StoreEvent | AfterCommit], wake: Wake | None
+    ) -> None:
         outbox = [r for r in rows if isinstance(r, OutboxRow)]
         if outbox:
             self.outbox.extend(outbox)
@@ -110,6 +121,7 @@ class _Owed:
         self.history.extend(r for r in rows if isinstance(r, HistoryRow))
         self.audit.extend(r for r in rows if isinstance(r, AuditRow))
         self.events.extend(r for r in rows if isinstance(r, StoreEvent))
+        self.after.extend(r.call for r in rows if isinstance(r, AfterCommit))
 
 
 class PostgresWrites(Transactions):
@@ -151,6 +163,7 @@ class PostgresWrites(Transactions):
         ids = sorted({entity_id for entity_id, _ in operations})
         steps = [((tenant, entity_id), mutator) for entity_id, mutator in operations]
         wakes: list[Wake] = []
+        after: list[Wake] = []  # the AfterCommit calls, made once the write has committed
 
         async def work(connection: Connection) -> list[MutationResult]:
             plan = WritePlan()
@@ -171,6 +184,7 @@ class PostgresWrites(Transactions):
             results, owed = await self._run(connection, plan, steps, atomic=atomic)
             await self._flush(connection, plan, pks or [], owed, tenant, locked)
             wakes[:] = owed.wakes
+            after[:] = owed.after  # the last attempt's (a retried transaction ran the listeners again)
             return results
 
         results = await self._write(work)
@@ -179,11 +193,14 @@ class PostgresWrites(Transactions):
         self._tenants_made.add(tenant)  # committed: its row exists (tenant rows are never deleted)
         for wake in wakes:  # after the commit: the rows are there to claim
             wake()
+        for call in after:
+            call()
         return results
 
     async def purge_expired(self, now: str) -> list[EntityChange]:
         """Sweep transient entities and attributes; SKIP LOCKED lets several workers sweep at once."""
         wakes: list[Wake] = []
+        after: list[Wake] = []
 
         async def work(connection: Connection) -> list[EntityChange]:
             await self._fresh_subscriptions(connection)
@@ -206,11 +223,14 @@ class PostgresWrites(Transactions):
             await self._flush(connection, plan, [], owed)
             await self._purge_expired_maps(connection, now)
             wakes[:] = owed.wakes
+            after[:] = owed.after
             return [result.change for result in results if result.change is not None]
 
         changes = await self._write(work)
         for wake in wakes:
             wake()
+        for call in after:
+            call()
         return changes
 
     async def _run(

@@ -1,0 +1,125 @@
+"""Which of this worker's changes can change what the console map's layers count (a create, a
+delete, a move, a new type or scope: changes.py `_layers_changed`), and when each has committed, so
+the layers kept between page loads (console/layers.py) follow them instead of being read again.
+
+A change is seen inside its write's transaction (the change listener), before it commits and
+maybe before it is rolled back. So a change of a tenant whose layers are kept is "in flight" from
+then until the store calls it back after its commit (store/base.py AfterCommit; never on a
+rollback); the follower gets it then, on the event loop, before the writer's caller resumes. A
+change nobody follows only notes its time (`changed`): a read of the layers began less than
+RETOUCH after it may not see it, as the tile cache assumes. A change in flight longer than
+IN_FLIGHT seconds was rolled back, or commits late: either way the kept layers are given up
+(`epoch`), and given up again if its commit arrives later. Another worker's change (NOTIFY) or a
+resync gives them up too: its event carries no entity to follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from cityos.entities.model import Entity
+from cityos.store.base import AfterCommit
+
+IN_FLIGHT = 30.0  # seconds after which a change not yet committed is taken as rolled back
+# (tenant, before, after) of committed changes, in commit order
+Committed = Sequence[tuple[str, Entity | None, Entity | None]]
+
+
+class LayoutWatch:
+    """Counts and follows the changes of the layers (one per change hub)."""
+
+    def __init__(self, retouch: float) -> None:
+        self.retouch = retouch
+        self.lock = threading.Lock()  # the store's writer thread and the event loop
+        self.seen = 0  # changes seen so far (a read of the layers during one is not kept)
+        self.changed = -math.inf  # time.monotonic() of the last change nobody followed
+        self.epoch = 0  # bumped when kept layers cannot follow: every one is dropped
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by the hub's start
+        self.follower: Callable[[Committed], None] | None = None  # on the loop
+        self.tracks: Callable[[str], bool] = lambda tenant: False  # whether a tenant's layers are kept
+        self._in_flight: dict[int, float] = {}  # token: time.monotonic() when seen
+        self._tokens = itertools.count()
+        self._queue: list[tuple[int, str, Entity | None, Entity | None]] = []
+        self._armed = False
+
+    def change(self, tenant: str, before: Entity | None, after: Entity | None) -> AfterCommit | None:
+        """In the write's transaction (a store thread): count it; followed, the call for its commit."""
+        with self.lock:
+            self.seen += 1
+            if self.follower is None or self.loop is None or not self.tracks(tenant):
+                self.changed = time.monotonic()
+                return None
+            token = next(self._tokens)
+            self._in_flight[token] = time.monotonic()
+        return AfterCommit(functools.partial(self._committed, token, tenant, before, after))
+
+    def _committed(self, token: int, tenant: str, before: Entity | None, after: Entity | None) -> None:
+        """The committing thread: queue it; the first of a batch wakes the loop."""
+        with self.lock:
+            self._queue.append((token, tenant, before, after))
+            if self._armed:
+                return
+            self._armed = True
+        loop = self.loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:  # committed on the loop (PostgreSQL): followed before the writer resumes
+            self._deliver()
+            return
+        # another thread (SQLite's writer): the loop runs it before the writer's futures settle; a
+        # closed loop: nobody reads the layers any more
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        """On the loop: hand the committed changes to the follower (or give up if one was lost)."""
+        with self.lock:
+            queue, self._queue, self._armed = self._queue, [], False
+            lost = False
+            known = []
+            for token, tenant, before, after in queue:
+                if self._in_flight.pop(token, None) is None:
+                    lost = True  # taken as rolled back already: kept layers may have been read without it
+                else:
+                    known.append((tenant, before, after))
+        if lost:
+            self.lost()
+        elif known and self.follower is not None:
+            self.follower(known)
+
+    def lost(self) -> None:
+        """On the loop: the kept layers cannot follow what changed (another worker's change, ...)."""
+        self.epoch += 1
+
+    def settled(self) -> bool:
+        """On the loop: no followed change is in flight (one in flight too long is given up)."""
+        now = time.monotonic()
+        with self.lock:
+            expired = [token for token, at in self._in_flight.items() if at + IN_FLIGHT < now]
+            for token in expired:
+                del self._in_flight[token]
+            busy = bool(self._in_flight)
+        if expired:
+            self.lost()
+        return not busy
+
+    def keep_if_quiet(self, seen: int, epoch: int, started: float, keep: Callable[[], None]) -> bool:
+        """On the loop, after a read that began at `started` when `seen` and `epoch` were current and
+        nothing was in flight: `keep` it, unless a change came meanwhile or shortly before (a read
+        that began less than `retouch` after an unfollowed change may have missed it)."""
+        with self.lock:
+            if self.seen != seen or self.epoch != epoch or started < self.changed + self.retouch:
+                return False
+            keep()  # under the lock: a change seen from now on finds the tenant tracked
+            return True
