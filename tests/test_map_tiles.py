@@ -456,19 +456,55 @@ def test_each_change_is_touched_again_once_it_has_surely_committed(
         client.delete(f"/ngsi-ld/v1/entities/{entity['id']}")
 
 
-def test_a_crowded_tile_with_a_q_counts_the_matching_entities_per_cell(db_url: str) -> None:
-    """A tile of more than SMALL_TYPE rows with one q comparison: on SQLite its rows are matched to
-    the list of pks the value index gives (sqlite_grid._valued); each operator counts, per cell,
-    exactly the entities that meet it, as a probe of each row would (an existence or a regexp, which
-    the value index cannot answer, still probes)."""
+def test_a_crowded_tile_with_a_q_counts_the_matching_entities_per_cell(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tile of more than SMALL_TYPE rows with one q comparison: its rows are matched to the pks
+    the value index gives (SQLite: the list, sqlite_grid._valued; PostgreSQL: a semi-join read from
+    the index alone, grid.PostgresGrid._valued), and the test checks that path was taken; each
+    operator counts, per cell, exactly the entities that meet it, as a probe of each row would (an
+    existence, and on SQLite a regexp, which the value index cannot answer, still probe)."""
+    from cityos.store import sqlite_grid
+    from cityos.store.postgres import grid as grid_module
+    from cityos.store.postgres.grid import CROWDED, PostgresGrid
     from cityos.store.sqlite_grid import SMALL_TYPE
 
-    rng = random.Random(23)
-    parkings = [parking(i, rng) for i in range(SMALL_TYPE + 500)]
-    tile = whole()
+    postgres = db_url.startswith("postgresql")
+    taken: list[bool] = []  # the value index's path answered the tile
+    probed: set[bool] = set()  # PostgreSQL: each value clause a probe per row (a tile of few rows)
+    if postgres:
+        answer, clause = PostgresGrid._valued, grid_module.value_clause
 
-    def cells(entities: list[dict[str, Any]]) -> list[int]:
-        return cell_counts(entities, tile)
+        async def valued(self: PostgresGrid, *args: Any) -> Any:
+            rows = await answer(self, *args)
+            taken.append(rows is not None)
+            return rows
+
+        def recorded(*args: Any, probe: bool = False, **kwargs: Any) -> str:
+            probed.add(probe)
+            return clause(*args, probe=probe, **kwargs)
+
+        monkeypatch.setattr(PostgresGrid, "_valued", valued)
+        monkeypatch.setattr(grid_module, "value_clause", recorded)
+    else:
+        listed = sqlite_grid._valued
+
+        def listing(*args: Any) -> Any:
+            rows = listed(*args)
+            taken.append(rows is not None)
+            return rows
+
+        monkeypatch.setattr(sqlite_grid, "_valued", listing)
+
+    rng = random.Random(23)
+    parkings = [parking(i, rng) for i in range(max(SMALL_TYPE, CROWDED) + 500)]
+    tile = whole()
+    # a quarter of it, of fewer rows than SMALL_TYPE and CROWDED: each row probed for the q
+    quarter = max(
+        (Tile(tile.z + 1, 2 * tile.x + dx, 2 * tile.y + dy) for dx in (0, 1) for dy in (0, 1)),
+        key=lambda t: sum(inside(p, t) for p in parkings),
+    )
+    assert 100 < sum(inside(p, quarter) for p in parkings) <= min(SMALL_TYPE, CROWDED)
 
     cases = {
         "availableSpotNumber>1000": lambda p: p["availableSpotNumber"]["value"] > 1000,
@@ -478,20 +514,28 @@ def test_a_crowded_tile_with_a_q_counts_the_matching_entities_per_cell(db_url: s
         'status=="open"': lambda p: p["status"]["value"] == "open",
         "status~=op.*": lambda p: p["status"]["value"].startswith("op"),
         "status": lambda p: True,
+        'availableSpotNumber>1000;status=="open"': lambda p: (
+            p["availableSpotNumber"]["value"] > 1000 and p["status"]["value"] == "open"
+        ),
     }
     with TestClient(create_app(Settings(database=db_url, tile_max_features=10, tile_cache_mb=0))) as client:
         for start in range(0, len(parkings), 500):
             assert client.post(BATCH, json=parkings[start : start + 500], headers=JSON).status_code == 201
-        for q, meets in cases.items():
-            response = client.get(url(tile), params={"type": "OffStreetParking", "q": q})
+        for (q, meets), asked in itertools.product(cases.items(), (tile, quarter)):
+            taken.clear()
+            probed.clear()
+            response = client.get(url(asked), params={"type": "OffStreetParking", "q": q})
             assert response.status_code == 200, response.text
-            met = [p for p in parkings if meets(p)]
+            by_index = q != "status" and (postgres or ("~=" not in q and ";" not in q and asked == tile))
+            assert any(taken) == by_index, (q, asked)  # SQLite: one comparison, a tile of many rows
+            assert probed == ({asked == quarter} if by_index and postgres else set()), (q, asked)
+            met = [p for p in parkings if meets(p) and inside(p, asked)]
             layer = response.headers["x-tile-layer"]
             features = decode(response.content)[layer]["features"] if met else []
             if layer == "clusters":
-                assert sorted(f["properties"]["count"] for f in features) == cells(met), q
+                assert sorted(f["properties"]["count"] for f in features) == cell_counts(met, asked), (q, asked)
             else:  # few enough to draw each
-                assert sorted(f["properties"]["id"] for f in features) == sorted(p["id"] for p in met), q
+                assert sorted(f["properties"]["id"] for f in features) == sorted(p["id"] for p in met), (q, asked)
 
 
 def cell_counts(entities: list[dict[str, Any]], tile: Tile) -> list[int]:
