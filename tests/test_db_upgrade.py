@@ -81,8 +81,9 @@ def test_status_on_both_back_ends(db_url: str) -> None:
 
 
 def test_postgres_migration_20_puts_the_pk_in_the_value_indexes(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Migration 20 on a schema at 19 that holds q values: the value indexes then include the pk,
-    and a q's pks read from each index alone are those of the table (a map tile's q, grid.py)."""
+    """Migration 20 on a schema at 19 that holds q values: the numeric value index then includes
+    the pk, and a q's pks read from it alone are those of the table (a map tile's q, grid.py); the
+    text index stays as it was (deduplicated: an INCLUDE column would turn that off)."""
     if not db_url.startswith("postgresql"):
         pytest.skip("a PostgreSQL migration")
     import asyncpg
@@ -111,7 +112,7 @@ def test_postgres_migration_20_puts_the_pk_in_the_value_indexes(db_url: str, mon
             definitions = (
                 "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = 'attr_values'"
             )
-            found["indexes"] = dict(await connection.fetch(definitions, name))
+            found["indexes"] = {r[0]: r[1] for r in await connection.fetch(definitions, name)}
             async with connection.transaction():  # each index alone
                 await connection.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
                 for key, sql in {
@@ -127,9 +128,8 @@ def test_postgres_migration_20_puts_the_pk_in_the_value_indexes(db_url: str, mon
 
     found = asyncio.run(run())
     assert found["applied"] == [20] and found["version"] == schema.LATEST == 20
-    for index, column in (("attr_values_num", "num"), ("attr_values_txt", "txt")):
-        assert f"(attr, {column}) INCLUDE (pk) WHERE ({column} IS NOT NULL)" in found["indexes"][index]
+    assert "(attr, num) INCLUDE (pk) WHERE (num IS NOT NULL)" in found["indexes"]["attr_values_num"]
+    assert "(attr, txt) WHERE (txt IS NOT NULL)" in found["indexes"]["attr_values_txt"]
     assert found["num"] == list(range(251, 301))
     assert found["txt"] == [i for i in range(1, 301) if i % 7 == 3]
     assert "Index Only Scan using attr_values_num" in found["num plan"]
-    assert "Index Only Scan using attr_values_txt" in found["txt plan"]

@@ -19,6 +19,7 @@ from cityos.app import create_app
 from cityos.mapdata import changes
 from cityos.mapdata.cache import TILES_PER_CHANGE, Cached, TileCache
 from cityos.mapdata.tiles import MAX_ZOOM, Tile
+from cityos.query.pushdown import ValueFilter
 from cityos.settings import Settings
 from mvt_decode import decode
 
@@ -467,22 +468,23 @@ def test_a_crowded_tile_with_a_q_counts_the_matching_entities_per_cell(
     from cityos.store import sqlite_grid
     from cityos.store.postgres import grid as grid_module
     from cityos.store.postgres.grid import CROWDED, PostgresGrid
+    from cityos.store.postgres.sql import Params, value_clause
     from cityos.store.sqlite_grid import SMALL_TYPE
 
     postgres = db_url.startswith("postgresql")
     taken: list[bool] = []  # the value index's path answered the tile
     probed: set[bool] = set()  # PostgreSQL: each value clause a probe per row (a tile of few rows)
     if postgres:
-        answer, clause = PostgresGrid._valued, grid_module.value_clause
+        answer = PostgresGrid._valued
 
         async def valued(self: PostgresGrid, *args: Any) -> Any:
             rows = await answer(self, *args)
             taken.append(rows is not None)
             return rows
 
-        def recorded(*args: Any, probe: bool = False, **kwargs: Any) -> str:
+        def recorded(value_filter: ValueFilter, p: Params, pk: str = "e.pk", probe: bool = False) -> str:
             probed.add(probe)
-            return clause(*args, probe=probe, **kwargs)
+            return value_clause(value_filter, p, pk=pk, probe=probe)
 
         monkeypatch.setattr(PostgresGrid, "_valued", valued)
         monkeypatch.setattr(grid_module, "value_clause", recorded)

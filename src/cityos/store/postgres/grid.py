@@ -8,8 +8,8 @@ first type (migration 17), so a tile filtered by type at most (its `type`, the c
 types) in a database of one tenant with nothing expired is read from entity_geo_typed alone: a
 range per type (allowed, or present) and cell; a type filter so only while no entity of the
 database has several types. Such a tile with q comparisons as well (no existence) keeps the rows
-of its range whose pk is among those meeting them, read from attr_values' value indexes alone
-(they include the pk, migration 20): no look at `entities` (_valued)."""
+of its range whose pk is among those meeting them, read from attr_values' value indexes (the
+numeric one alone: it includes the pk, migration 20): no look at `entities` (_valued)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ TYPED = (
     " AND g.cell < (s.k + 1) << {shift}) a WHERE a.n > 0"
 )
 # the tile's rows (of the allowed types) whose entity meets the q comparisons, per cell and type:
-# the comparisons' pks read once each from attr_values' value index (which includes them), hashed;
+# the comparisons' pks read once each from attr_values' value index (the numeric one includes them), hashed;
 # grouped by type too, not array_agg(DISTINCT type) per cell, which forbids a hashed aggregate (a
 # sort of the tile's rows instead, spilling to disk at zoom 10: 30 of 150 ms)
 VALUED = (
@@ -206,8 +206,8 @@ class PostgresGrid:
     ) -> list[tuple[Any, ...]]:
         """A tile's cells for a query of types and q comparisons (no existence): the tile's range of
         entity_geo_cells (which holds the pk and the first type), each row kept if its pk meets
-        every comparison, a hashed semi-join to the pks of attr_values' value index read alone
-        (migration 20; before it, the pks came from the heap: 255 of 470 ms at zoom 10), with no
+        every comparison, a hashed semi-join to the pks of attr_values' value index (the numeric one
+        read alone, migration 20; before it, from the heap: 255 of 470 ms at zoom 10), with no
         join to `entities` (the general statement reads its heap for each of the tile's rows).
         A tile of CROWDED rows or fewer probes attr_values by pk for each row instead: hashing
         every match of the city (58,000 for a broad q) would cost more, and the planner, which
