@@ -464,11 +464,14 @@ def test_a_crowded_tile_with_a_q_counts_the_matching_entities_per_cell(
     the value index gives (SQLite: the list, sqlite_grid._valued; PostgreSQL: a semi-join read from
     the index alone, grid.PostgresGrid._valued), and the test checks that path was taken; each
     operator counts, per cell, exactly the entities that meet it, as a probe of each row would (an
-    existence, and on SQLite a regexp, which the value index cannot answer, still probe)."""
+    existence, and on SQLite a regexp, which the value index cannot answer, still probe). A quarter
+    of the tile (few rows): PostgreSQL probes attr_values per row, also in the general statement
+    (an entity of another tenant stored: no index-only path)."""
     from cityos.store import sqlite_grid
+    from cityos.store.base import EntityQuery
     from cityos.store.postgres import grid as grid_module
     from cityos.store.postgres.grid import CROWDED, PostgresGrid
-    from cityos.store.postgres.sql import Params, value_clause
+    from cityos.store.postgres.sql import Params, value_clause, where
     from cityos.store.sqlite_grid import SMALL_TYPE
 
     postgres = db_url.startswith("postgresql")
@@ -486,8 +489,14 @@ def test_a_crowded_tile_with_a_q_counts_the_matching_entities_per_cell(
             probed.add(probe)
             return value_clause(value_filter, p, pk=pk, probe=probe)
 
+        def general(tenant: str, query: EntityQuery, now: str, p: Params, probe: bool = False) -> str:
+            if probe:  # the general statement's q, probed per row
+                probed.add(probe)
+            return where(tenant, query, now, p, probe=probe)
+
         monkeypatch.setattr(PostgresGrid, "_valued", valued)
         monkeypatch.setattr(grid_module, "value_clause", recorded)
+        monkeypatch.setattr(grid_module, "where", general)
     else:
         listed = sqlite_grid._valued
 
@@ -523,14 +532,21 @@ def test_a_crowded_tile_with_a_q_counts_the_matching_entities_per_cell(
     with TestClient(create_app(Settings(database=db_url, tile_max_features=10, tile_cache_mb=0))) as client:
         for start in range(0, len(parkings), 500):
             assert client.post(BATCH, json=parkings[start : start + 500], headers=JSON).status_code == 201
-        for (q, meets), asked in itertools.product(cases.items(), (tile, quarter)):
+        # then with an entity of another tenant: the general statement (PostgreSQL: its q probed per
+        # row in the quarter)
+        other = ({**parkings[0], "id": "urn:ngsi-ld:OffStreetParking:elsewhere"}, {**JSON, "NGSILD-Tenant": "other"})
+        for alone, (q, meets), asked in itertools.product((True, False), cases.items(), (tile, quarter)):
+            if not alone and (q, asked) == (next(iter(cases)), tile):
+                assert client.post(BATCH, json=[other[0]], headers=other[1]).status_code == 201
             taken.clear()
             probed.clear()
             response = client.get(url(asked), params={"type": "OffStreetParking", "q": q})
             assert response.status_code == 200, response.text
-            by_index = q != "status" and (postgres or ("~=" not in q and ";" not in q and asked == tile))
+            compared = q != "status"
+            by_index = alone and compared and (postgres or ("~=" not in q and ";" not in q and asked == tile))
             assert any(taken) == by_index, (q, asked)  # SQLite: one comparison, a tile of many rows
-            assert probed == ({asked == quarter} if by_index and postgres else set()), (q, asked)
+            small = asked == quarter and compared and postgres and (by_index or not alone)
+            assert probed == ({True} if small else {False} if by_index and postgres else set()), (q, asked)
             met = [p for p in parkings if meets(p) and inside(p, asked)]
             layer = response.headers["x-tile-layer"]
             features = decode(response.content)[layer]["features"] if met else []

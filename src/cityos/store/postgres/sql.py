@@ -66,8 +66,9 @@ def value_clause(value_filter: ValueFilter, p: Params, pk: str = "e.pk", probe: 
     return f"{pk} IN (SELECT v.pk FROM attr_values v WHERE {condition})"
 
 
-def where(tenant: str, query: EntityQuery, now: str, p: Params) -> str:
-    """The WHERE clause over `entities e`; idPattern uses PostgreSQL's regular expressions (`~`)."""
+def where(tenant: str, query: EntityQuery, now: str, p: Params, probe: bool = False) -> str:
+    """The WHERE clause over `entities e`; idPattern uses PostgreSQL's regular expressions (`~`);
+    `probe`: q's value clauses as probes per row (value_clause)."""
     clauses = [f"e.tenant = {p(tenant)}", f"(e.expires_at IS NULL OR e.expires_at > {p(now)})"]
     if query.ids is not None:
         clauses.append(f"e.id = ANY({p(list(query.ids))}::text[])")
@@ -77,7 +78,7 @@ def where(tenant: str, query: EntityQuery, now: str, p: Params) -> str:
         clauses.append(f"e.types && {p(list(query.types))}::text[]")
     if query.attrs is not None:
         clauses.append(f"e.attrs && {p(list(query.attrs))}::text[]")
-    clauses.extend(value_clause(value_filter, p) for value_filter in query.value_filters)
+    clauses.extend(value_clause(value_filter, p, probe=probe) for value_filter in query.value_filters)
     if query.access is not None:
         if query.access.types is not None:
             clauses.append(f"e.types && {p(list(query.access.types))}::text[]")
