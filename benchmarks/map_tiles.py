@@ -1,7 +1,7 @@
 """Map tiles and the change stream at city scale (issue 18), against a real `cityos serve`.
 
     python -m benchmarks.map_tiles build DATABASE 100000     # OffStreetParking bench-{i}, Porto
-    python -m benchmarks.map_tiles tiles DATABASE 60 [cold] [type=X] [zooms=10,12]  # 60 tiles per zoom
+    python -m benchmarks.map_tiles tiles DATABASE 60 [cold|warm] [type=X] [zooms=10,12]  # 60 tiles per zoom
     python -m benchmarks.map_tiles stream DATABASE 200 10    # 200 changes/s for 10 s, one SSE client
     python -m benchmarks.map_tiles page DATABASE 5           # GET /console/map: 5 loads, after writes
     python -m benchmarks.map_tiles follow 20000              # creates' CPU with the map's layers kept
@@ -10,7 +10,8 @@ DATABASE is a SQLite file or a PostgreSQL URL (a migrated schema's, `...?search_
 `build` is benchmarks.scale_reads' (batch upserts in-process, history off). `tiles` starts a server
 on the database and sends, one at a time over one keep-alive connection, GET /tiles/z/x/y.mvt for
 tiles of the city (each tile once where the zoom has enough, else its few tiles in turn; `cold`:
-the server's tile cache off, so every tile is drawn), and prints
+the server's tile cache off, so every tile is drawn; `warm`: each chosen tile asked once, untimed,
+before the timed requests, which the tile cache then answers), and prints
 per zoom the latency percentiles, the layer answered, the features per tile and the CPU time per
 tile of the server's processes and, on PostgreSQL, of the backends serving its connections
 (ServerProcess.cpu_seconds; read before and after each tile); `type=X` (or any query)
@@ -68,7 +69,12 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def tiles(
-    database: str, per_zoom: int, cold: bool = False, query: str = "", zooms: tuple[int, ...] = ZOOMS
+    database: str,
+    per_zoom: int,
+    cold: bool = False,
+    query: str = "",
+    zooms: tuple[int, ...] = ZOOMS,
+    warm: bool = False,
 ) -> list[dict[str, Any]]:
     from tests.mvt_decode import decode  # the tests' independent decoder: counts what a client sees
 
@@ -88,6 +94,8 @@ def tiles(
             # each tile of the city once when it has enough; else (low zooms) its few tiles in turn
             chosen = rng.sample(city, per_zoom) if len(city) >= per_zoom else (city * per_zoom)[:per_zoom]
             seen = set(chosen)
+            for x, y in seen if warm else ():  # each tile drawn once, untimed: the timed requests hit the cache
+                assert client.get(f"/tiles/{z}/{x}/{y}.mvt{suffix}").status_code == 200
             times, features, layers = [], [], set()
             cpu = 0.0
             for x, y in chosen:
@@ -276,9 +284,10 @@ def main(argv: list[str]) -> Any:
     if len(argv) >= 3 and argv[0] == "tiles":
         options = argv[3:]
         zooms = next((o.split("=", 1)[1] for o in options if o.startswith("zooms=")), None)
-        query = "&".join(o for o in options if o != "cold" and not o.startswith("zooms="))
+        query = "&".join(o for o in options if o not in ("cold", "warm") and not o.startswith("zooms="))
         chosen = tuple(int(z) for z in zooms.split(",")) if zooms else ZOOMS
-        return tiles(argv[1], int(argv[2]), cold="cold" in options, query=query, zooms=chosen)
+        cold, warm = "cold" in options, "warm" in options
+        return tiles(argv[1], int(argv[2]), cold=cold, query=query, zooms=chosen, warm=warm and not cold)
     if len(argv) == 3 and argv[0] == "page":
         return page(argv[1], int(argv[2]))
     if len(argv) == 2 and argv[0] == "follow":

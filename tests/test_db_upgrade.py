@@ -5,15 +5,18 @@ pending on both back-ends."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
-from backends import cli_env, db_rows
+from backends import POSTGRES, admin, cli_env, db_rows
 from cityos.app import create_app
 from cityos.settings import Settings
 from cityos.store.postgres import LATEST as POSTGRES_LATEST
@@ -75,3 +78,58 @@ def test_status_on_both_back_ends(db_url: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     current = LATEST if not db_url.startswith("postgresql") else POSTGRES_LATEST
     assert f"schema version {current}; this CityOS: {current}" in done.stdout
+
+
+def test_postgres_migration_20_puts_the_pk_in_the_value_indexes(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 20 on a schema at 19 that holds q values: the numeric value index then includes
+    the pk, and a q's pks read from it alone are those of the table (a map tile's q, grid.py); the
+    text index stays as it was (deduplicated: an INCLUDE column would turn that off)."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a PostgreSQL migration")
+    import asyncpg
+
+    from cityos.store.postgres import schema
+
+    name = f"mig20_{os.getpid()}"
+    at_19 = tuple(m for m in schema.MIGRATIONS if m.version <= 19)
+    rows = [(i, "n", float(i), None) for i in range(1, 301)] + [(i, "s", None, f"t{i % 7}") for i in range(1, 301)]
+
+    async def run() -> dict[str, Any]:
+        await admin(f'DROP SCHEMA IF EXISTS "{name}" CASCADE; CREATE SCHEMA "{name}"')
+        connection = await asyncpg.connect(POSTGRES, server_settings={"search_path": f'"{name}", public'}, timeout=5)
+        try:
+            monkeypatch.setattr(schema, "MIGRATIONS", at_19)
+            assert [m.version for m in await schema.upgrade(connection)][-1] == 19
+            await connection.execute(
+                "INSERT INTO entities (tenant, id, doc, types, attrs, modified_at)"
+                " SELECT '', 'urn:x:' || i, '{}', '{T}', '{n,s}', '2026' FROM generate_series(1, 300) i"
+            )
+            await connection.executemany("INSERT INTO attr_values (pk, attr, num, txt) VALUES ($1, $2, $3, $4)", rows)
+            monkeypatch.undo()
+            applied = [m.version for m in await schema.upgrade(connection)]
+            await connection.execute("VACUUM ANALYZE attr_values")
+            found: dict[str, Any] = {"applied": applied, "version": await schema.schema_version(connection)}
+            definitions = (
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = 'attr_values'"
+            )
+            found["indexes"] = {r[0]: r[1] for r in await connection.fetch(definitions, name)}
+            async with connection.transaction():  # each index alone
+                await connection.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
+                for key, sql in {
+                    "num": "SELECT pk FROM attr_values WHERE attr = 'n' AND num > 250",
+                    "txt": "SELECT pk FROM attr_values WHERE attr = 's' AND txt = 't3'",
+                }.items():
+                    found[key] = sorted(r[0] for r in await connection.fetch(sql))
+                    found[key + " plan"] = "\n".join(r[0] for r in await connection.fetch("EXPLAIN " + sql))
+            return found
+        finally:
+            await connection.close()
+            await admin(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+    found = asyncio.run(run())
+    assert found["applied"] == [20] and found["version"] == schema.LATEST == 20
+    assert "(attr, num) INCLUDE (pk) WHERE (num IS NOT NULL)" in found["indexes"]["attr_values_num"]
+    assert "(attr, txt) WHERE (txt IS NOT NULL)" in found["indexes"]["attr_values_txt"]
+    assert found["num"] == list(range(251, 301))
+    assert found["txt"] == [i for i in range(1, 301) if i % 7 == 3]
+    assert "Index Only Scan using attr_values_num" in found["num plan"]

@@ -19,6 +19,7 @@ from cityos.app import create_app
 from cityos.mapdata import changes
 from cityos.mapdata.cache import TILES_PER_CHANGE, Cached, TileCache
 from cityos.mapdata.tiles import MAX_ZOOM, Tile
+from cityos.query.pushdown import ValueFilter
 from cityos.settings import Settings
 from mvt_decode import decode
 
@@ -456,19 +457,65 @@ def test_each_change_is_touched_again_once_it_has_surely_committed(
         client.delete(f"/ngsi-ld/v1/entities/{entity['id']}")
 
 
-def test_a_crowded_tile_with_a_q_counts_the_matching_entities_per_cell(db_url: str) -> None:
-    """A tile of more than SMALL_TYPE rows with one q comparison: on SQLite its rows are matched to
-    the list of pks the value index gives (sqlite_grid._valued); each operator counts, per cell,
-    exactly the entities that meet it, as a probe of each row would (an existence or a regexp, which
-    the value index cannot answer, still probes)."""
+def test_a_crowded_tile_with_a_q_counts_the_matching_entities_per_cell(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tile of more than SMALL_TYPE rows with one q comparison: its rows are matched to the pks
+    the value index gives (SQLite: the list, sqlite_grid._valued; PostgreSQL: a semi-join read from
+    the index alone, grid.PostgresGrid._valued), and the test checks that path was taken; each
+    operator counts, per cell, exactly the entities that meet it, as a probe of each row would (an
+    existence, and on SQLite a regexp, which the value index cannot answer, still probe). A quarter
+    of the tile (few rows): PostgreSQL probes attr_values per row, also in the general statement
+    (an entity of another tenant stored: no index-only path)."""
+    from cityos.store import sqlite_grid
+    from cityos.store.base import EntityQuery
+    from cityos.store.postgres import grid as grid_module
+    from cityos.store.postgres.grid import CROWDED, PostgresGrid
+    from cityos.store.postgres.sql import Params, value_clause, where
     from cityos.store.sqlite_grid import SMALL_TYPE
 
-    rng = random.Random(23)
-    parkings = [parking(i, rng) for i in range(SMALL_TYPE + 500)]
-    tile = whole()
+    postgres = db_url.startswith("postgresql")
+    taken: list[bool] = []  # the value index's path answered the tile
+    probed: set[bool] = set()  # PostgreSQL: each value clause a probe per row (a tile of few rows)
+    if postgres:
+        answer = PostgresGrid._valued
 
-    def cells(entities: list[dict[str, Any]]) -> list[int]:
-        return cell_counts(entities, tile)
+        async def valued(self: PostgresGrid, *args: Any) -> Any:
+            rows = await answer(self, *args)
+            taken.append(rows is not None)
+            return rows
+
+        def recorded(value_filter: ValueFilter, p: Params, pk: str = "e.pk", probe: bool = False) -> str:
+            probed.add(probe)
+            return value_clause(value_filter, p, pk=pk, probe=probe)
+
+        def general(tenant: str, query: EntityQuery, now: str, p: Params, probe: bool = False) -> str:
+            if probe:  # the general statement's q, probed per row
+                probed.add(probe)
+            return where(tenant, query, now, p, probe=probe)
+
+        monkeypatch.setattr(PostgresGrid, "_valued", valued)
+        monkeypatch.setattr(grid_module, "value_clause", recorded)
+        monkeypatch.setattr(grid_module, "where", general)
+    else:
+        listed = sqlite_grid._valued
+
+        def listing(*args: Any) -> Any:
+            rows = listed(*args)
+            taken.append(rows is not None)
+            return rows
+
+        monkeypatch.setattr(sqlite_grid, "_valued", listing)
+
+    rng = random.Random(23)
+    parkings = [parking(i, rng) for i in range(max(SMALL_TYPE, CROWDED) + 500)]
+    tile = whole()
+    # a quarter of it, of fewer rows than SMALL_TYPE and CROWDED: each row probed for the q
+    quarter = max(
+        (Tile(tile.z + 1, 2 * tile.x + dx, 2 * tile.y + dy) for dx in (0, 1) for dy in (0, 1)),
+        key=lambda t: sum(inside(p, t) for p in parkings),
+    )
+    assert 100 < sum(inside(p, quarter) for p in parkings) <= min(SMALL_TYPE, CROWDED)
 
     cases = {
         "availableSpotNumber>1000": lambda p: p["availableSpotNumber"]["value"] > 1000,
@@ -478,20 +525,35 @@ def test_a_crowded_tile_with_a_q_counts_the_matching_entities_per_cell(db_url: s
         'status=="open"': lambda p: p["status"]["value"] == "open",
         "status~=op.*": lambda p: p["status"]["value"].startswith("op"),
         "status": lambda p: True,
+        'availableSpotNumber>1000;status=="open"': lambda p: (
+            p["availableSpotNumber"]["value"] > 1000 and p["status"]["value"] == "open"
+        ),
     }
     with TestClient(create_app(Settings(database=db_url, tile_max_features=10, tile_cache_mb=0))) as client:
         for start in range(0, len(parkings), 500):
             assert client.post(BATCH, json=parkings[start : start + 500], headers=JSON).status_code == 201
-        for q, meets in cases.items():
-            response = client.get(url(tile), params={"type": "OffStreetParking", "q": q})
+        # then with an entity of another tenant: the general statement (PostgreSQL: its q probed per
+        # row in the quarter)
+        other = ({**parkings[0], "id": "urn:ngsi-ld:OffStreetParking:elsewhere"}, {**JSON, "NGSILD-Tenant": "other"})
+        for alone, (q, meets), asked in itertools.product((True, False), cases.items(), (tile, quarter)):
+            if not alone and (q, asked) == (next(iter(cases)), tile):
+                assert client.post(BATCH, json=[other[0]], headers=other[1]).status_code == 201
+            taken.clear()
+            probed.clear()
+            response = client.get(url(asked), params={"type": "OffStreetParking", "q": q})
             assert response.status_code == 200, response.text
-            met = [p for p in parkings if meets(p)]
+            compared = q != "status"
+            by_index = alone and compared and (postgres or ("~=" not in q and ";" not in q and asked == tile))
+            assert any(taken) == by_index, (q, asked)  # SQLite: one comparison, a tile of many rows
+            small = asked == quarter and compared and postgres and (by_index or not alone)
+            assert probed == ({True} if small else {False} if by_index and postgres else set()), (q, asked)
+            met = [p for p in parkings if meets(p) and inside(p, asked)]
             layer = response.headers["x-tile-layer"]
             features = decode(response.content)[layer]["features"] if met else []
             if layer == "clusters":
-                assert sorted(f["properties"]["count"] for f in features) == cells(met), q
+                assert sorted(f["properties"]["count"] for f in features) == cell_counts(met, asked), (q, asked)
             else:  # few enough to draw each
-                assert sorted(f["properties"]["id"] for f in features) == sorted(p["id"] for p in met), q
+                assert sorted(f["properties"]["id"] for f in features) == sorted(p["id"] for p in met), (q, asked)
 
 
 def cell_counts(entities: list[dict[str, Any]], tile: Tile) -> list[int]:

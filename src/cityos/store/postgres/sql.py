@@ -37,30 +37,38 @@ class Params:
         return f"${len(self.values)}"
 
 
-def value_clause(value_filter: ValueFilter, p: Params) -> str:
-    """One q prefilter: some flattened value of the attribute satisfies it (an attr_values B-tree)."""
+def value_clause(value_filter: ValueFilter, p: Params, pk: str = "e.pk", probe: bool = False) -> str:
+    """One q prefilter: some flattened value of the attribute satisfies it (an attr_values B-tree;
+    `pk` the outer row's entity key: a map tile's geo rows use theirs, grid.py). `probe`: an EXISTS
+    that stays a probe of attr_values by pk per outer row (OFFSET 0 keeps it from becoming a join,
+    which the planner may answer by hashing every match of the city: a map tile of few rows)."""
     op, values = value_filter.op, value_filter.values
     if op == "exists":
         return f"e.attrs @> ARRAY[{p(value_filter.attr)}::text]"
-    base = f"e.pk IN (SELECT v.pk FROM attr_values v WHERE v.attr = {p(value_filter.attr)} AND "
+    condition = f"v.attr = {p(value_filter.attr)} AND "
     if op == "between" and isinstance(values[0], str):  # code point order, as Python compares strings
-        return base + f'v.txt COLLATE "C" BETWEEN {p(values[0])} AND {p(values[1])})'
-    if op == "between":
-        return base + f"v.num BETWEEN {p(float(values[0]))} AND {p(float(values[1]))})"
-    if op == "match":  # only patterns PostgreSQL reads as RE2 does get here (matches_in_python)
-        return base + f"v.txt ~ {p(values[0])})"
-    if op == "==":
+        condition += f'v.txt COLLATE "C" BETWEEN {p(values[0])} AND {p(values[1])}'
+    elif op == "between":
+        condition += f"v.num BETWEEN {p(float(values[0]))} AND {p(float(values[1]))}"
+    elif op == "match":  # only patterns PostgreSQL reads as RE2 does get here (matches_in_python)
+        condition += f"v.txt ~ {p(values[0])}"
+    elif op == "==":
         numbers, texts = value_filter.split()
         parts = [f"v.num = ANY({p(numbers)}::float8[])"] if numbers else []
         parts += [f"v.txt = ANY({p(texts)}::text[])"] if texts else []
-        return base + "(" + " OR ".join(parts or ["false"]) + "))"
-    if op not in ("<", "<=", ">", ">="):
+        condition += "(" + " OR ".join(parts or ["false"]) + ")"
+    elif op in ("<", "<=", ">", ">="):
+        condition += f"v.num {op} {p(float(values[0]))}"
+    else:
         raise ValueError(f"unknown value filter operator {op!r}")
-    return base + f"v.num {op} {p(float(values[0]))})"
+    if probe:
+        return f"EXISTS (SELECT FROM attr_values v WHERE v.pk = {pk} AND {condition} OFFSET 0)"
+    return f"{pk} IN (SELECT v.pk FROM attr_values v WHERE {condition})"
 
 
-def where(tenant: str, query: EntityQuery, now: str, p: Params) -> str:
-    """The WHERE clause over `entities e`; idPattern uses PostgreSQL's regular expressions (`~`)."""
+def where(tenant: str, query: EntityQuery, now: str, p: Params, probe: bool = False) -> str:
+    """The WHERE clause over `entities e`; idPattern uses PostgreSQL's regular expressions (`~`);
+    `probe`: q's value clauses as probes per row (value_clause)."""
     clauses = [f"e.tenant = {p(tenant)}", f"(e.expires_at IS NULL OR e.expires_at > {p(now)})"]
     if query.ids is not None:
         clauses.append(f"e.id = ANY({p(list(query.ids))}::text[])")
@@ -70,7 +78,7 @@ def where(tenant: str, query: EntityQuery, now: str, p: Params) -> str:
         clauses.append(f"e.types && {p(list(query.types))}::text[]")
     if query.attrs is not None:
         clauses.append(f"e.attrs && {p(list(query.attrs))}::text[]")
-    clauses.extend(value_clause(value_filter, p) for value_filter in query.value_filters)
+    clauses.extend(value_clause(value_filter, p, probe=probe) for value_filter in query.value_filters)
     if query.access is not None:
         if query.access.types is not None:
             clauses.append(f"e.types && {p(list(query.access.types))}::text[]")

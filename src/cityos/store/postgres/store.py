@@ -303,11 +303,11 @@ class PostgresStore(
     # -- tenants and entities --------------------------------------------------------------------
     async def refresh_statistics(self) -> None:
         """ANALYZE the tables queries filter on (a partitioned table's months included); VACUUM the
-        geo boxes too, whose visibility map lets a map tile's grid read its index alone (grid.py:
-        after a load of 100,000 entities, without it, every index entry visits the heap, 4-6 times
-        the time of a zoom-10 tile)."""
-        await self.pool.execute("ANALYZE entities, attr_values, temporal_entities, temporal_instances", timeout=600)
-        await self.pool.execute("VACUUM (ANALYZE) entity_geo", timeout=600)
+        geo boxes and the q values too, whose visibility maps let a map tile's grid read their
+        indexes alone (grid.py: after a load of 100,000 entities, without it, every index entry
+        visits the heap, 4-6 times the time of a zoom-10 tile)."""
+        await self.pool.execute("ANALYZE entities, temporal_entities, temporal_instances", timeout=600)
+        await self.pool.execute("VACUUM (ANALYZE) entity_geo, attr_values", timeout=600)
 
     @read_again_once
     async def tenant_exists(self, tenant: str) -> bool:
