@@ -66,6 +66,30 @@ def geo_values(entity: Entity) -> list[tuple[str, Any]]:
 Boxed = list[tuple[str, tuple[float, float, float, float], Any]]
 
 
+def geo_untouched(old: dict[str, list[Instance]], new: dict[str, list[Instance]]) -> bool:
+    """Whether an update surely left the GeoProperty instances alone: every instance it replaced,
+    added or removed is of another type (an instance the update left alone is the very object of the
+    stored document: entities/update.py `_require` shares them). A quick answer, cheaper than
+    geo_values of both; False sends the caller to compare the geo values."""
+    added = False
+    for attr, now in new.items():
+        was = old.get(attr)
+        if was is None or len(was) != len(now):
+            added = added or was is None
+            for instance in [*was, *now] if was else now:
+                if instance.get("type") == "GeoProperty":
+                    return False
+            continue
+        for before, instance in zip(was, now, strict=True):
+            if instance is not before and (
+                instance.get("type") == "GeoProperty" or before.get("type") == "GeoProperty"
+            ):
+                return False
+    if added or len(old) != len(new):  # else every attribute of `old` is in `new`: none removed
+        return all(instance.get("type") != "GeoProperty" for attr in old if attr not in new for instance in old[attr])
+    return True
+
+
 def instance_boxes(entity: Entity) -> Boxed:
     """(attr, box, geometry) per GeoProperty instance with a box, each box computed once for both
     of the side rows made from it (geo_keys, geo_boxes)."""

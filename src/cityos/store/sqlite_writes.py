@@ -25,7 +25,15 @@ from cityos.entities.update import Mutator
 from cityos.errors import NgsiLdError
 from cityos.store.base import ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
 from cityos.store.cell_key import cell_key
-from cityos.store.side_rows import Boxed, changed_values, geo_keys, geo_values, instance_boxes, own_expiry
+from cityos.store.side_rows import (
+    Boxed,
+    changed_values,
+    geo_keys,
+    geo_untouched,
+    geo_values,
+    instance_boxes,
+    own_expiry,
+)
 from cityos.store.sqlite_history import INSERT_INSTANCE, Names
 from cityos.store.sqlite_layout import deflate, entity_rows, inflate, value_rows
 from cityos.store.sqlite_query import WALK_INSERT, first_type_id, walk_row
@@ -68,6 +76,14 @@ DRAIN_ORDER = (
     HISTORY,
 ) = DRAIN_ORDER
 
+
+# an entity's row and its temporal entity's (pk, types), in one statement: a write reads the first and
+# its history listener the second (sqlite_temporal._temporal_pk); one row always, of NULLs for what is not there
+ENTITY_ROW = (
+    "SELECT e.pk, e.doc, e.next_expiry, t.pk, t.types FROM (SELECT 1)"
+    " LEFT JOIN entities AS e ON e.tenant = ?1 AND e.id = ?2"
+    " LEFT JOIN temporal_entities AS t ON t.tenant = ?1 AND t.id = ?2"
+)
 
 # a document without this key has no expiresAt anywhere: nothing of it expires, so the walks of
 # visible() and next_expiry() are skipped (a substring test in C, exact: the key is never escaped)
@@ -129,6 +145,7 @@ class SQLiteWrites:
         self._history = self._buffer[HISTORY]
         self._buffered_pks: set[int] = set()  # entities with side rows in the buffer
         self._epks: dict[tuple[str, str], int] = {}
+        self._temporal_read: tuple[tuple[str, str], tuple[tuple[int, bytes] | None]] | None = None
         # tenants a committed transaction holds (never deleted): a write of theirs needs no insert
         self._tenants: set[str] = set()
         self._new_tenants: set[str] = set()  # inserted by this transaction, known once it commits
@@ -240,9 +257,8 @@ class SQLiteWrites:
         *,
         refusable: bool = False,
     ) -> MutationResult:
-        row = connection.execute(
-            "SELECT pk, doc, next_expiry FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
-        ).fetchone()
+        found = connection.execute(ENTITY_ROW, (tenant, entity_id)).fetchone()
+        row = found if found[0] is not None else None
         stored = orjson.loads(inflate(row[1])) if row else None
         # the row's next_expiry (the earliest expiresAt inside) says whether anything may have
         # expired, as for readers: no scan of the document for the key
@@ -277,7 +293,12 @@ class SQLiteWrites:
                 )
             self._index(connection, pk, stored, after)
         change = EntityChange(tenant, entity_id, before, after, outcome.annotation)
-        self._emit(connection, change)
+        # nothing wrote the temporal entity since it was read: its history rows need not read it again
+        self._temporal_read = ((tenant, entity_id), (None if found[3] is None else (found[3], found[4]),))
+        try:
+            self._emit(connection, change)
+        finally:
+            self._temporal_read = None
         return MutationResult(entity_id, outcome=outcome, change=change)
 
     def _emit(self, connection: sqlite3.Connection, change: EntityChange) -> None:
@@ -355,9 +376,8 @@ class SQLiteWrites:
                 attr_id = ids(attr)
                 buffer[DEL_VALUE].append((pk, attr_id))
                 buffer[INS_VALUES].extend(value_rows(pk, attr_id, rows))
-        geo = geo_values(after)
         if before is not None:
-            if geo_values(before) == geo:
+            if geo_untouched(before["attrs"], after["attrs"]) or geo_values(before) == geo_values(after):
                 return
             boxed = instance_boxes(after)
             if _moved_geo(buffer, pk, instance_boxes(before), boxed, ids):
