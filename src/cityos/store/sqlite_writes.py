@@ -54,6 +54,8 @@ DRAIN_ORDER = (
     " WHERE attr = ? AND pk = ?",
     # an entity whose first type changed: its walk rows' type (a no-op without geo rows)
     "UPDATE entity_geo_walk SET type = ?1 WHERE attr IN (SELECT attr FROM entity_geo_attrs WHERE pk = ?2) AND pk = ?2",
+    # an attribute whose values changed, as many rows as before (a sensor's reading): rewritten in place
+    "UPDATE attr_values SET num = ?, txt = ? WHERE pk = ? AND attr = ? AND seq = ?",
     "INSERT OR IGNORE INTO entity_types (type, pk) VALUES (?, ?)",
     "INSERT OR IGNORE INTO entity_attrs (attr, pk) VALUES (?, ?)",
     "INSERT INTO attr_values (pk, attr, seq, num, txt) VALUES (?, ?, ?, ?, ?)",
@@ -69,6 +71,7 @@ DRAIN_ORDER = (
     SET_BOX,
     SET_WALK,
     SET_WALK_TYPE,
+    SET_VALUE,
     INS_TYPES,
     INS_ATTRS,
     INS_VALUES,
@@ -372,10 +375,13 @@ class SQLiteWrites:
             if old.keys() != new.keys():
                 buffer[DEL_ATTR].extend((ids(a), pk) for a in old if a not in new)
                 buffer[INS_ATTRS].extend((ids(a), pk) for a in new if a not in old)
-            for attr, rows in changed_values(old, new):
+            for attr, rows, count in changed_values(old, new):
                 attr_id = ids(attr)
-                buffer[DEL_VALUE].append((pk, attr_id))
-                buffer[INS_VALUES].extend(value_rows(pk, attr_id, rows))
+                if count == len(rows):
+                    buffer[SET_VALUE].extend((num, txt, pk, attr_id, seq) for seq, (_, num, txt) in enumerate(rows))
+                else:
+                    buffer[DEL_VALUE].append((pk, attr_id))
+                    buffer[INS_VALUES].extend(value_rows(pk, attr_id, rows))
         if before is not None:
             if geo_untouched(before["attrs"], after["attrs"]) or geo_values(before) == geo_values(after):
                 return
