@@ -152,6 +152,8 @@ CHANGES = {
         {"n": [prop(1)], "s": [prop("a")], "f": [prop(1)]},
         {"n": [prop(1.5)], "s": [prop("a")], "f": [prop(True)]},
     ),
+    # as many rows as before: rewritten in place (a number becoming a text, a list's items changing)
+    "in place": ({"n": [prop(1)], "m": [prop([1, 2])]}, {"n": [prop("one")], "m": [prop([3, "b"])]}),
     "more geo": ({"location": [point(1, 2)]}, {"location": [point(1, 3)], "area": [point(5, 6)]}),
     "datasets": (
         {"location": [point(1, 2, "urn:d:1"), point(2, 2, "urn:d:2")]},

@@ -260,12 +260,12 @@ class SQLiteWrites:
         *,
         refusable: bool = False,
     ) -> MutationResult:
-        found = connection.execute(ENTITY_ROW, (tenant, entity_id)).fetchone()
+        found: tuple[Any, ...] = connection.execute(ENTITY_ROW, (tenant, entity_id)).fetchone()  # always one row
         row = found if found[0] is not None else None
         stored = orjson.loads(inflate(row[1])) if row else None
         # the row's next_expiry (the earliest expiresAt inside) says whether anything may have
         # expired, as for readers: no scan of the document for the key
-        before = visible_at(stored, row[2]) if stored is not None else None
+        before = visible_at(stored, found[2]) if stored is not None else None
         try:
             outcome = mutator(before)
         except NgsiLdError as error:
