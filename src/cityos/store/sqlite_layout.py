@@ -107,8 +107,8 @@ DICTIONARY = (
 
 # A document this long or shorter (most entities) is deflated by a copy of a compressor primed with
 # the dictionary, with a 4 KiB window and small hash tables: the copy moves about 24 KB, where a new
-# compressor's set-up (32 KiB window and hash tables cleared, the dictionary hashed) cost half as
-# much as deflating a 2 KB document; the same size out for such a document, about 45 K instructions
+# compressor's set-up (32 KiB window and hash tables cleared, the dictionary hashed) cost a third as
+# much as deflating a 2 KB document; the same size out for such a document, about 30 K instructions
 # less per write (docs/performance.md, issue 15 eighth pass). A longer one would lose matches farther
 # back than 4 KiB: it gets the full window.
 SMALL_DOCUMENT = 4096
