@@ -12,7 +12,10 @@ server's instructions per request (all its threads):
     python -m benchmarks.served_instructions query_offset DATABASE 1000 --port 7403 [--floor]
 
 DATABASE is a file built by `python -m benchmarks.scale_reads build FILE N` (OffStreetParking
-bench-{i}); retrieve asks for random ids among the first N (--entities); query, query_offset, q and geo are
+bench-{i}); spot and parking are the writes of benchmarks/instructions.py (scenario 2's partial update
+of availableSpotNumber of a random one of the first N, scenario 1's create of a new OffStreetParking):
+served, concurrent writes share transactions (group commit), which the in-process count never does;
+retrieve asks for random ids among the first N (--entities); query, query_offset, q and geo are
 scenario 5's pages (benchmarks/scale_reads.py request_of: type `limit=20`, at a random offset,
 `q=availableSpotNumber>50`, near 500 m of a random point), and with --floor they are answered by
 the query floor (benchmarks/query_floor.py, on the same file, `prepare`d first). With --auth the server
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import re
@@ -39,7 +43,8 @@ import orjson
 
 from benchmarks.auth import POLICIES, create_key
 from benchmarks.entities import entity_id
-from benchmarks.instructions import API
+from benchmarks.instructions import API, ENTITIES
+from benchmarks.instructions import request_of as write_of
 from benchmarks.loadgen import RawClient
 from benchmarks.query_floor import prepare, wait_for
 from benchmarks.scale_reads import request_of
@@ -56,6 +61,7 @@ sys.exit(main(sys.argv[1:]))
 FLOOR = "import sys; from benchmarks.constant_app import main; sys.exit(main(sys.argv[1:]))"
 QUERY_FLOOR = "import sys; from benchmarks.query_floor import main; sys.exit(main(['serve', *sys.argv[1:]]))"
 PAGES = ("query", "query_offset", "q", "geo")
+WRITES = ("spot", "parking")  # benchmarks/instructions.py request_of: scenario 2's update, scenario 1's create
 
 
 async def _send(port: int, requests: list[Request], connections: int) -> None:
@@ -66,7 +72,7 @@ async def _send(port: int, requests: list[Request], connections: int) -> None:
         try:
             while queue:
                 status, body = await client.send(queue.pop())
-                if status != 200:
+                if status >= 300:
                     raise SystemExit(f"answered {status}: {body[:200]!r}")
         finally:
             client.close()
@@ -76,7 +82,7 @@ async def _send(port: int, requests: list[Request], connections: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.served_instructions", description=__doc__)
-    parser.add_argument("kind", choices=("retrieve", "floor", *PAGES))
+    parser.add_argument("kind", choices=("retrieve", "floor", *PAGES, *WRITES))
     parser.add_argument("database")
     parser.add_argument("count", type=int)
     parser.add_argument("--port", type=int, required=True)
@@ -113,6 +119,7 @@ def main() -> int:
     try:
         wait_for(check, server)
         rng = random.Random(0)
+        written = itertools.count(rng.randrange(10**9))
 
         def request() -> Request:
             if args.kind == "floor":
@@ -120,6 +127,10 @@ def main() -> int:
             if args.kind in PAGES:
                 _, target, _ = request_of(args.kind, args.entities, rng)
                 return Request("GET", target, b"", authorization)
+            if args.kind in WRITES:  # creates: a new id each (c{seq}); updates: one of the first N (at most ENTITIES)
+                seq = next(written) if args.kind == "parking" else rng.randrange(min(args.entities, ENTITIES))
+                method, target, body = write_of(args.kind, seq)
+                return Request(method, target, body, authorization)
             return Request("GET", f"{API}/entities/{entity_id(rng.randrange(args.entities))}", b"", authorization)
 
         asyncio.run(_send(args.port, [request() for _ in range(args.warm)], args.connections))

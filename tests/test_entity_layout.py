@@ -17,9 +17,11 @@ from starlette.testclient import TestClient
 
 from backends import sqlite_only
 from cityos.store.sqlite import SQLiteStore
-from cityos.store.sqlite_layout import DEFLATED, deflate, inflate
+from cityos.store.sqlite_layout import DEFLATED, SMALL_DOCUMENT, deflate, inflate
 from cityos.store.sqlite_schema import LATEST as LAYOUT
 from layout_files import app_over_copy, rows
+
+DEFAULT = "https://uri.etsi.org/ngsi-ld/default-context/"
 
 OLD = Path(__file__).parent / "data" / "entity-layout-1"
 API = "/ngsi-ld/v1"
@@ -71,6 +73,13 @@ def test_an_old_file_keeps_taking_writes(migrated: TestClient) -> None:
 
 def test_documents_come_back_byte_for_byte(db_url: str) -> None:
     documents = [b"{}", orjson.dumps({"id": "urn:x", "attrs": {"https://uri.etsi.org/ngsi-ld/x": [{"v": "é" * 900}]}})]
+    # either side of SMALL_DOCUMENT (a primed compressor's copy with a 4 KiB window, or a full one)
+    attrs = {
+        f"{DEFAULT}a{n}": [{"type": "Property", "value": n, "observedAt": "2026-01-01T00:00:00Z"}] for n in range(300)
+    }
+    whole = orjson.dumps({"id": "urn:ngsi-ld:X:1", "type": [f"{DEFAULT}X"], "attrs": attrs})
+    for size in (SMALL_DOCUMENT - 1, SMALL_DOCUMENT, SMALL_DOCUMENT + 1, 9000, len(whole)):
+        documents.append(whole[:size])
     for document in documents:
         stored = deflate(document)
         assert stored[:1] == DEFLATED and inflate(stored) == document

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from backends import sqlite_only
@@ -20,6 +21,7 @@ from cityos.entities.model import Entity
 from cityos.errors import BadRequestData, ResourceNotFound
 from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityChange, EntityLookup, EntityQuery, HistoryRow, OutboxRow
+from cityos.store.side_rows import geo_untouched
 from cityos.store.sqlite import SQLiteStore
 from cityos.temporal.history import HistoryRecorder
 
@@ -150,6 +152,8 @@ CHANGES = {
         {"n": [prop(1)], "s": [prop("a")], "f": [prop(1)]},
         {"n": [prop(1.5)], "s": [prop("a")], "f": [prop(True)]},
     ),
+    # as many rows as before: rewritten in place (a number becoming a text, a list's items changing)
+    "in place": ({"n": [prop(1)], "m": [prop([1, 2])]}, {"n": [prop("one")], "m": [prop([3, "b"])]}),
     "more geo": ({"location": [point(1, 2)]}, {"location": [point(1, 3)], "area": [point(5, 6)]}),
     "datasets": (
         {"location": [point(1, 2, "urn:d:1"), point(2, 2, "urn:d:2")]},
@@ -222,3 +226,48 @@ def test_history_rows_encoded_once_per_batch_keep_their_entity_and_attribute(tmp
         ("urn:x:s", "other", "1"),
         ("urn:x:r", "fresh", '"shared"'),
     ]
+
+
+def test_the_temporal_entity_read_with_the_document_gains_new_types_and_is_never_doubled(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The history's temporal entity is read in the statement that reads the document
+    (sqlite_writes.ENTITY_ROW): an entity's first write makes it, a write with a new type adds that
+    type, and a delete and a create again in one batch keep the one temporal entity."""
+    path = tmp_path / "city.db"
+    first = sensor("a", 1.0)
+    retyped = {**sensor("a", 2.0), "type": [V + "Other"]}
+    asyncio.run(written(path, [(first["id"], update.upsert(first, mode="replace"))], atomic=False))
+    asyncio.run(written(path, [(retyped["id"], update.replace(retyped))], atomic=True))
+    again = sensor("a", 3.0)
+    operations = [(first["id"], update.delete(first["id"])), (again["id"], update.create(again))]
+    asyncio.run(written(path, operations, atomic=False))
+    with sqlite3.connect(path) as db:
+        names = dict(db.execute("SELECT id, name FROM temporal_names"))
+        temporal = db.execute("SELECT id, types FROM temporal_entities").fetchall()
+    assert [(entity_id, [names[t] for t in orjson.loads(types)]) for entity_id, types in temporal] == [
+        ("urn:x:a", [V + "Sensor", V + "Other"])
+    ]
+    assert [vtext for _, _, _, vtext, _, _ in history(path)] == ["1.0", "2.0", '"urn:ngsi-ld:null"', "3.0"]
+
+
+def test_geo_untouched_is_true_only_when_no_geoproperty_instance_was_replaced_added_or_removed(db_url: str) -> None:
+    """side_rows.geo_untouched, the write path's and the map's shortcut past comparing geometries."""
+    point = {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [1.0, 2.0]}}
+    value = {"type": "Property", "value": 1}
+    stored = {"location": [point], "speed": [value]}
+
+    def updated(**attrs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        copied = {attr: list(instances) for attr, instances in stored.items()}  # as update._require does
+        copied.update(attrs)
+        return copied
+
+    assert geo_untouched(stored, updated())
+    assert geo_untouched(stored, updated(speed=[{**value, "value": 2}]))
+    assert geo_untouched(stored, updated(name=[{"type": "Property", "value": "x"}]))
+    assert geo_untouched(stored, {"location": [point]})  # a Property removed
+    assert not geo_untouched(stored, updated(location=[dict(point)]))  # an equal copy: unsure, compare
+    assert not geo_untouched(stored, updated(location=[point, dict(point)]))
+    assert not geo_untouched(stored, updated(area=[point]))
+    assert not geo_untouched(stored, {"speed": [value]})  # the GeoProperty removed
+    assert not geo_untouched(stored, updated(speed=[point]))  # a Property replaced by a GeoProperty

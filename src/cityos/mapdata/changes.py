@@ -43,7 +43,7 @@ from cityos.ops.schemas import NGSI_LD_HEADERS
 from cityos.policy.decision import ReadView
 from cityos.snapshots.scope import MARK
 from cityos.store.base import AfterCommit, EntityChange, EntityLookup, EntityStore, StoreEvent
-from cityos.store.side_rows import instance_boxes
+from cityos.store.side_rows import geo_untouched, instance_boxes
 
 log = logging.getLogger("cityos.mapdata")
 
@@ -204,7 +204,14 @@ class ChangeHub:
             loop.call_soon_threadsafe(self.publish, change.tenant, change.before, change.after)
         cache = self.cache
         if cache is not None and cache.enabled:
-            before, after = boxes_of(change.before), boxes_of(change.after)
+            before = boxes_of(change.before)
+            after = (  # an update that left every geometry alone (most): the same boxes
+                before
+                if change.before is not None
+                and change.after is not None
+                and geo_untouched(change.before["attrs"], change.after["attrs"])
+                else boxes_of(change.after)
+            )
             boxes, layout = before + after, _layout_changed(change.before, change.after, (before, after))
         else:
             boxes, layout = [], _layout_changed(change.before, change.after)

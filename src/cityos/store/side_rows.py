@@ -66,6 +66,33 @@ def geo_values(entity: Entity) -> list[tuple[str, Any]]:
 Boxed = list[tuple[str, tuple[float, float, float, float], Any]]
 
 
+def geo_untouched(old: dict[str, list[Instance]], new: dict[str, list[Instance]]) -> bool:
+    """Whether an update surely left the GeoProperty instances alone: every instance it replaced,
+    added or removed is of another type (an instance the update left alone is the very object of the
+    stored document: entities/update.py `_require` shares them). A quick answer, cheaper than
+    geo_values of both; False sends the caller to compare the geo values."""
+    added = False
+    for attr, now in new.items():
+        was = old.get(attr)
+        if was is None or len(was) != len(now):
+            added = added or was is None
+            for instance in [*was, *now] if was else now:
+                if instance.get("type") == "GeoProperty":
+                    return False
+            continue
+        index = 0  # not zip(strict=True) nor enumerate: an object and a keyword parse per attribute
+        for instance in now:
+            before = was[index]
+            index += 1  # noqa: SIM113
+            if instance is not before and (
+                instance.get("type") == "GeoProperty" or before.get("type") == "GeoProperty"
+            ):
+                return False
+    if added or len(old) != len(new):  # else every attribute of `old` is in `new`: none removed
+        return all(instance.get("type") != "GeoProperty" for attr in old if attr not in new for instance in old[attr])
+    return True
+
+
 def instance_boxes(entity: Entity) -> Boxed:
     """(attr, box, geometry) per GeoProperty instance with a box, each box computed once for both
     of the side rows made from it (geo_keys, geo_boxes)."""
@@ -107,7 +134,10 @@ def _same_rows(was: list[Instance], now: list[Instance]) -> bool:
     that only moved modifiedAt rewrites nothing."""
     if len(was) != len(now):
         return False
-    for before, after in zip(was, now, strict=True):
+    index = 0  # the lengths are equal; not zip(strict=True) nor enumerate: an object and a keyword parse each
+    for after in now:
+        before = was[index]
+        index += 1
         if before is after:  # left alone by the update (entities/update.py _require shares them)
             continue
         kind = after.get("type")
@@ -130,17 +160,18 @@ def _same_rows(was: list[Instance], now: list[Instance]) -> bool:
 
 def changed_values(
     old: dict[str, list[Instance]], new: dict[str, list[Instance]]
-) -> Iterator[tuple[str, list[tuple[str, float | None, str | None]]]]:
-    """(attr, its new attr_rows) for each attribute of an update whose attr_values rows changed (an
-    attribute removed: no rows), so that only those are rewritten; `old` and `new` are the `attrs`
-    of the document before and after."""
+) -> Iterator[tuple[str, list[tuple[str, float | None, str | None]], int]]:
+    """(attr, its new attr_rows, how many it had) for each attribute of an update whose attr_values
+    rows changed (an attribute removed: no rows), so that only those are rewritten (in place when
+    there are as many as before); `old` and `new` are the `attrs` of the document before and after."""
     for attr in (*old, *(a for a in new if a not in old)):
         was, now = old.get(attr), new.get(attr)
         if was is now or (was and now and _same_rows(was, now)):
             continue
         rows = attr_rows(attr, now) if now else []
-        if (attr_rows(attr, was) if was else []) != rows:
-            yield attr, rows
+        previous = attr_rows(attr, was) if was else []
+        if previous != rows:
+            yield attr, rows, len(previous)
 
 
 def geo_boxes(entity: Entity) -> list[tuple[str, tuple[float, float, float, float], bool]]:

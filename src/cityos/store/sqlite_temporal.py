@@ -141,6 +141,8 @@ class SQLiteTemporal:
         _instance_prefix: str
         _history: list[tuple[Any, ...]]  # writer thread: INSERT_INSTANCE rows to drain
         _epks: dict[tuple[str, str], int]  # writer thread: temporal entities of this transaction
+        # writer thread: the temporal entity row of the entity being written, read with its document
+        _temporal_read: tuple[tuple[str, str], tuple[tuple[int, bytes] | None]] | None
 
         async def _write(self, fn: Callable[[sqlite3.Connection], T], *, groupable: bool = True) -> T: ...
 
@@ -154,13 +156,24 @@ class SQLiteTemporal:
 
     # -- writing -------------------------------------------------------------------------------------
     def _temporal_pk(
-        self, connection: sqlite3.Connection, tenant: str, entity_id: str, types: Sequence[str]
+        self,
+        connection: sqlite3.Connection,
+        tenant: str,
+        entity_id: str,
+        types: Sequence[str],
+        read: tuple[tuple[int, bytes] | None] | None = None,
     ) -> tuple[int, bool]:
-        """The temporal entity's row (created if needed, types unioned) and whether it is new."""
+        """The temporal entity's row (created if needed, types unioned) and whether it is new;
+        `read`: that row (pk, types), or (None,) when there is none, read by the caller in this
+        transaction (sqlite_writes.ENTITY_ROW), so it is not read again."""
         names = self._wnames
-        row = connection.execute(
-            "SELECT pk, types FROM temporal_entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
-        ).fetchone()
+        row = (
+            read[0]
+            if read is not None
+            else connection.execute(
+                "SELECT pk, types FROM temporal_entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
+            ).fetchone()
+        )
         if row is None:
             self._ensure_tenant(connection, tenant)
             ids = [names.id(connection, t) for t in types]
@@ -204,7 +217,9 @@ class SQLiteTemporal:
             key = (row.tenant, row.entity_id)
             epk = epks.get(key)
             if epk is None:
-                epk = epks[key] = self._temporal_pk(connection, row.tenant, row.entity_id, row.types)[0]
+                read = self._temporal_read
+                known = read[1] if read is not None and read[0] == key else None
+                epk = epks[key] = self._temporal_pk(connection, row.tenant, row.entity_id, row.types, known)[0]
             pending.append(encode_row(connection, names, times, epk, row.attr, row.instance))
 
     async def temporal_write(

@@ -25,7 +25,15 @@ from cityos.entities.update import Mutator
 from cityos.errors import NgsiLdError
 from cityos.store.base import AfterCommit, ChangeListener, EntityChange, HistoryRow, MutationResult, OutboxRow
 from cityos.store.cell_key import cell_key
-from cityos.store.side_rows import Boxed, changed_values, geo_keys, geo_values, instance_boxes, own_expiry
+from cityos.store.side_rows import (
+    Boxed,
+    changed_values,
+    geo_keys,
+    geo_untouched,
+    geo_values,
+    instance_boxes,
+    own_expiry,
+)
 from cityos.store.sqlite_history import INSERT_INSTANCE, Names
 from cityos.store.sqlite_layout import deflate, entity_rows, inflate, value_rows
 from cityos.store.sqlite_query import WALK_INSERT, first_type_id, walk_row
@@ -46,6 +54,8 @@ DRAIN_ORDER = (
     " WHERE attr = ? AND pk = ?",
     # an entity whose first type changed: its walk rows' type (a no-op without geo rows)
     "UPDATE entity_geo_walk SET type = ?1 WHERE attr IN (SELECT attr FROM entity_geo_attrs WHERE pk = ?2) AND pk = ?2",
+    # an attribute whose values changed, as many rows as before (a sensor's reading): rewritten in place
+    "UPDATE attr_values SET num = ?, txt = ? WHERE pk = ? AND attr = ? AND seq = ?",
     "INSERT OR IGNORE INTO entity_types (type, pk) VALUES (?, ?)",
     "INSERT OR IGNORE INTO entity_attrs (attr, pk) VALUES (?, ?)",
     "INSERT INTO attr_values (pk, attr, seq, num, txt) VALUES (?, ?, ?, ?, ?)",
@@ -61,6 +71,7 @@ DRAIN_ORDER = (
     SET_BOX,
     SET_WALK,
     SET_WALK_TYPE,
+    SET_VALUE,
     INS_TYPES,
     INS_ATTRS,
     INS_VALUES,
@@ -68,6 +79,14 @@ DRAIN_ORDER = (
     HISTORY,
 ) = DRAIN_ORDER
 
+
+# an entity's row and its temporal entity's (pk, types), in one statement: a write reads the first and
+# its history listener the second (sqlite_temporal._temporal_pk); one row always, of NULLs for what is not there
+ENTITY_ROW = (
+    "SELECT e.pk, e.doc, e.next_expiry, t.pk, t.types FROM (SELECT 1)"
+    " LEFT JOIN entities AS e ON e.tenant = ?1 AND e.id = ?2"
+    " LEFT JOIN temporal_entities AS t ON t.tenant = ?1 AND t.id = ?2"
+)
 
 # a document without this key has no expiresAt anywhere: nothing of it expires, so the walks of
 # visible() and next_expiry() are skipped (a substring test in C, exact: the key is never escaped)
@@ -130,6 +149,7 @@ class SQLiteWrites:
         self._history = self._buffer[HISTORY]
         self._buffered_pks: set[int] = set()  # entities with side rows in the buffer
         self._epks: dict[tuple[str, str], int] = {}
+        self._temporal_read: tuple[tuple[str, str], tuple[tuple[int, bytes] | None]] | None = None
         # tenants a committed transaction holds (never deleted): a write of theirs needs no insert
         self._tenants: set[str] = set()
         self._new_tenants: set[str] = set()  # inserted by this transaction, known once it commits
@@ -242,13 +262,12 @@ class SQLiteWrites:
         *,
         refusable: bool = False,
     ) -> MutationResult:
-        row = connection.execute(
-            "SELECT pk, doc, next_expiry FROM entities WHERE tenant = ? AND id = ?", (tenant, entity_id)
-        ).fetchone()
+        found: tuple[Any, ...] = connection.execute(ENTITY_ROW, (tenant, entity_id)).fetchone()  # always one row
+        row = found if found[0] is not None else None
         stored = orjson.loads(inflate(row[1])) if row else None
         # the row's next_expiry (the earliest expiresAt inside) says whether anything may have
         # expired, as for readers: no scan of the document for the key
-        before = visible_at(stored, row[2]) if stored is not None else None
+        before = visible_at(stored, found[2]) if stored is not None else None
         try:
             outcome = mutator(before)
         except NgsiLdError as error:
@@ -279,7 +298,12 @@ class SQLiteWrites:
                 )
             self._index(connection, pk, stored, after)
         change = EntityChange(tenant, entity_id, before, after, outcome.annotation)
-        self._emit(connection, change)
+        # nothing wrote the temporal entity since it was read: its history rows need not read it again
+        self._temporal_read = ((tenant, entity_id), (None if found[3] is None else (found[3], found[4]),))
+        try:
+            self._emit(connection, change)
+        finally:
+            self._temporal_read = None
         return MutationResult(entity_id, outcome=outcome, change=change)
 
     def _emit(self, connection: sqlite3.Connection, change: EntityChange) -> None:
@@ -355,13 +379,15 @@ class SQLiteWrites:
             if old.keys() != new.keys():
                 buffer[DEL_ATTR].extend((ids(a), pk) for a in old if a not in new)
                 buffer[INS_ATTRS].extend((ids(a), pk) for a in new if a not in old)
-            for attr, rows in changed_values(old, new):
+            for attr, rows, count in changed_values(old, new):
                 attr_id = ids(attr)
-                buffer[DEL_VALUE].append((pk, attr_id))
-                buffer[INS_VALUES].extend(value_rows(pk, attr_id, rows))
-        geo = geo_values(after)
+                if count == len(rows):
+                    buffer[SET_VALUE].extend((num, txt, pk, attr_id, seq) for seq, (_, num, txt) in enumerate(rows))
+                else:
+                    buffer[DEL_VALUE].append((pk, attr_id))
+                    buffer[INS_VALUES].extend(value_rows(pk, attr_id, rows))
         if before is not None:
-            if geo_values(before) == geo:
+            if geo_untouched(before["attrs"], after["attrs"]) or geo_values(before) == geo_values(after):
                 return
             boxed = instance_boxes(after)
             if _moved_geo(buffer, pk, instance_boxes(before), boxed, ids):

@@ -133,7 +133,7 @@ class WritePlan:
         retyped: list[dict[str, Any]] = []  # entities whose first type changed, their boxes kept
         for pk, slot, entity in changed:
             assert slot.stored is not None
-            for attr, rows in changed_values(slot.stored["attrs"], entity["attrs"]):
+            for attr, rows, _ in changed_values(slot.stored["attrs"], entity["attrs"]):
                 stale_values.append({"pk": pk, "attr": attr})
                 values.extend(_value(pk, row) for row in rows)
             new_boxes = geo_boxes(entity)
