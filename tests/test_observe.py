@@ -4,6 +4,7 @@ workers' sums (prometheus-client multiprocess mode), the Grafana dashboard and O
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import io
 import json
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from cityos.app import create_app
 from cityos.auth.middleware import request_id_of
 from cityos.logs import JsonFormatter
 from cityos.observe.access import AccessLog
+from cityos.observe.metrics import HTTP_BUCKETS, HTTP_INDEX, HTTP_UNIT, Metrics, StoreTimer
 from cityos.settings import Settings
 from notify_helpers import free_port, stop_process, wait_serving
 
@@ -231,6 +234,76 @@ def test_access_lines_in_text() -> None:
     ), lines[0]
     assert "secret" not in lines[1] and "\\x1b[31m 400 500.0ms" in lines[1] and "tenant=t1" in lines[1]
     assert lines[2].endswith("rid=op-3 principal=open tenant=-")
+
+
+def test_access_batches_check_every_value_from_outside() -> None:
+    """A batch's principals and tenants are checked when they change from a line to the next, its
+    paths on every line, and a method that is not a known one sends its batch to the escaped path
+    (docs/performance.md, "Fourth pass")."""
+    route = Route("/e/{id}", print)
+    for log_format in ("json", "text"):
+        written = io.StringIO()
+        access = AccessLog(log_format, written)
+        logging.getLogger("cityos.access").setLevel(logging.INFO)
+        try:
+            now = time.perf_counter_ns()
+            access.record("op-1", "open", "", "GET", "/e/urn:x:1", route, 200, now, 1_000_000)
+            access.record("op-2", "open", "", "GET", "/e/urn:x:2", route, 200, now + 1, 1_000_000)
+            access.record("op-3", 'k"\\\x01', "t", "GET", "/e/urn:x:3", route, 200, now + 2, 1_000_000)
+            access.record("op-4", "open", "", "GET", "/e/urn:x:4", route, 200, now + 3, 1_000_000)
+            access.flush()
+            access.record("op-5", "open", "", "GET", "/e/urn:x:5", route, 200, now + 4, 1_000_000)
+            access.record("op-6", "open", "", 'BR"EW\n', "/e/urn:x:6", route, 200, now + 5, 1_000_000)
+            access.flush()
+            access.record("op-7", "open", "", "GET", "/e/urn:x:\x7f", route, 200, now + 6, 1_000_000)
+            access.flush()
+        finally:
+            logging.getLogger("cityos.access").setLevel(logging.NOTSET)
+        lines = written.getvalue().splitlines()
+        assert len(lines) == 7
+        if log_format == "json":
+            parsed = [json.loads(line) for line in lines]
+            assert [line["principal"] for line in parsed][1:4] == ["open", 'k"\\\x01', "open"]
+            assert parsed[5]["method"] == 'BR"EW\n' and parsed[5]["message"] == 'BR"EW\n /e/urn:x:6 200'
+            assert parsed[6]["path"] == "/e/urn:x:\x7f"
+        else:
+            assert all("\x01" not in line and "\n" not in line and "\x7f" not in line for line in lines)
+            assert "principal=k" in lines[2] and "tenant=t" in lines[2] and lines[3].endswith("tenant=-")
+            assert "\\x7f" in lines[6]
+
+
+def test_the_request_buckets_by_index_are_the_bisect_ones() -> None:
+    bounds = [round(bound * 1e9) for bound in HTTP_BUCKETS] + [1 << 62]
+    edges = [0, 1, HTTP_UNIT - 1, HTTP_UNIT, HTTP_UNIT + 1]
+    edges += [bound + delta for bound in bounds[:-1] for delta in (-1, 0, 1)]
+    for nanos in edges:
+        if (nanos + HTTP_UNIT - 1) // HTTP_UNIT < len(HTTP_INDEX):
+            assert HTTP_INDEX[(nanos + HTTP_UNIT - 1) // HTTP_UNIT] == bisect_left(bounds, nanos), nanos
+    assert len(HTTP_INDEX) - 1 == round(HTTP_BUCKETS[-1] * 1e9) // HTTP_UNIT  # past 10 s: bisect
+
+
+def test_store_operations_are_all_counted_and_some_timed() -> None:
+    """StoreTimer counts every call in C and times the first after each SAMPLE_SECONDS: the
+    histogram's count is exact."""
+
+    class Store:
+        async def get_stored(self, number: int) -> int:
+            return number
+
+    async def run() -> None:
+        store = Store()
+        metrics = Metrics(multiproc_dir="")
+        StoreTimer.install(store, metrics)
+        assert [await store.get_stored(n) for n in range(50)] == list(range(50))
+        metrics.sample()
+        await asyncio.sleep(0.05)  # the timing wrapper is back after SAMPLE_SECONDS
+        for n in range(7):
+            await store.get_stored(n)
+        metrics.sample()
+        found = samples(metrics.exposition()[0].decode())
+        assert value(found, "cityos_store_operation_duration_seconds_count", operation="get_stored") == 57
+
+    asyncio.run(run())
 
 
 def test_a_notification_logs_the_request_id_of_its_write(

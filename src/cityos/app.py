@@ -97,7 +97,7 @@ from cityos.ngsild import (
 from cityos.ngsild.common import TENANT_HEADER, Services
 from cityos.observe import http as observe_http
 from cityos.observe.access import MAX_PENDING, AccessLog
-from cityos.observe.metrics import Metrics
+from cityos.observe.metrics import HTTP_INDEX, HTTP_UNIT, Metrics
 from cityos.observe.wiring import metrics_for
 from cityos.open311 import http as open311_http
 from cityos.open311.services import CatalogueError
@@ -303,19 +303,27 @@ class ProtocolGuard:
                 nanos = ended - began  # an int: no float arithmetic for either consumer
                 route = scope.get("route")
                 metrics = self.metrics
+                tally = None
                 if metrics is not None:  # Metrics.request, inlined (no Python frame per request)
-                    tally = metrics.http_tallies.get((id(route), method, status))
+                    tally = metrics.http_tallies.get((id(route), method, status))  # a Route is not hashable
                     if tally is None:
                         tally = metrics.http_tally(route, method, status)
-                    tally.counts[bisect_left(tally.bounds, nanos)] += 1
+                    try:
+                        tally.counts[HTTP_INDEX[(nanos + HTTP_UNIT - 1) // HTTP_UNIT]] += 1
+                    except IndexError:  # past 10 s
+                        tally.counts[bisect_left(tally.bounds, nanos)] += 1
                     tally.total += nanos
                 access_log = self.access_log
                 if access_log is not None:
                     # no AuthMiddleware (auth off, where last_resort is set): everyone is "open"
                     caller = scope.get(CALLER_SCOPE_KEY, "open" if self.last_resort else "-")
                     tenant_name = "" if tenant is None else tenant.decode("latin-1")
+                    # the line's Shape, kept in the request's tally (one look-up for both)
+                    shape = access_log.shapes.get((id(route), method, status)) if tally is None else tally.shape
+                    if shape is None:
+                        shape = access_log.shape(route, method, status, tally)
                     pending = access_log.pending  # AccessLog.record, inlined
-                    pending.append((ended, request_id, caller, tenant_name, method, path, route, status, nanos))
+                    pending.append((ended, request_id, caller, tenant_name, method, path, shape, nanos))
                     if not access_log.armed or len(pending) >= MAX_PENDING:
                         access_log.grew()
 

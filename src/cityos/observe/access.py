@@ -8,11 +8,13 @@ principal=... tenant=...`, in JSON (--log-format json) one object with the same 
 It is on the path of every request, so it costs as little as Python allows (issue 20's "at most
 5%", docs/performance.md, "Metrics and access log cost"): no logging module (a LogRecord, a
 formatter and a locked, flushed write cost tens of microseconds), and the request's own part is
-one tuple appended to a list. The lines of 50 ms (at most 256) are formatted together and written
-to stderr in one write: each by one f-string of the values as they are (no dict, no orjson call, no
-float formatting), then the values of the whole batch are checked at once, in C, for anything
-that needs escaping (a control or non-ASCII character; in JSON a quote or a backslash; in text an
-`@` of URL credentials). Only a batch that has some is formatted again line by line, escaped
+one tuple appended to a list (with the Shape of its route, method and status: the pieces of its
+line that depend on nothing else, made once). The lines of 50 ms (at most 256) are formatted
+together and written to stderr in one write: the parts of every line, values as they are (no dict,
+no orjson call, no float formatting), are joined once, and the values from outside of the whole
+batch are checked at once, in C, for anything that needs escaping (a control or non-ASCII
+character; in JSON a quote or a backslash; in text an `@` of URL credentials; a method that is not
+a known one). Only a batch that has some is formatted again line by line, escaped
 (orjson in JSON; in text control characters escaped and URL credentials hidden, as
 logs.SafeFormatter does). So a line may come up to 50 ms after records logged later, a killed
 process loses at most its last 50 ms of lines, and the level of the `cityos.access` logger (INFO
@@ -30,22 +32,42 @@ from typing import Any, TextIO
 import orjson
 
 from cityos.logs import CONTROL, escape_control
+from cityos.observe.metrics import METHODS
 from cityos.redact import redact_text
 
 LOGGER = "cityos.access"  # its level decides (INFO), as for a logger of that name
 MAX_PENDING = 256  # lines kept before a write, even within FLUSH_SECONDS
 FLUSH_SECONDS = 0.05  # how late a line may be written: one write for the lines of 50 ms
 MILLIS = [f"{n:03d}" for n in range(1000)]  # "000" to "999": a list index instead of a format
-CODES = [str(n) for n in range(1000)]  # the status codes' text, likewise
-# the pieces of a line around a status or after a duration's whole milliseconds, by a list index:
-# each piece is one part fewer for the line's f-string to join (parts cost ~120 instructions each)
-_JSON_CODE = [f' {n}","request_id":"' for n in range(1000)]
-_JSON_STATUS = [f'","status":{n},"duration_ms":' for n in range(1000)]
-_TEXT_STATUS = [f" {n} " for n in range(1000)]
+MAX_SHAPES = 4096  # Shapes kept (routes x known methods x statuses: far fewer in practice)
+# the pieces of a line after its milliseconds or a duration's fraction, by a list index: each piece
+# is one part fewer for the line's f-string to join (parts cost ~120 instructions each)
 _JSON_MILLIS = [f'{n:03d}Z","level":"INFO","logger":"cityos.access","message":"' for n in range(1000)]
-_JSON_FRACTIONS = [f".{n:03d}}}" for n in range(1000)]
+_JSON_FRACTIONS = [f".{n:03d}}}\n" for n in range(1000)]  # a line's end
 _TEXT_MILLIS = [f"{n:03d} INFO cityos.access: " for n in range(1000)]
-_TEXT_TENTHS = [f".{n}ms route=" for n in range(10)]
+
+
+class Shape:
+    """What the lines of one route, method and status have in common, made once (AccessLog.shape):
+    the pieces between a line's values with the method, status and route template written in, so
+    that a line is 12 parts in JSON and 9 in text instead of 20 and 15 (docs/performance.md,
+    "Metrics and access log cost, fourth pass")."""
+
+    __slots__ = ("code", "middle", "start", "status", "tail", "template", "tenths")
+
+    def __init__(self, route: Any, method: str, status: int, json: bool) -> None:
+        self.template = template = "-" if route is None else str(route.path)
+        self.status = status
+        self.start = f"{method} "  # the message's method
+        if json:  # ...{start}{path}{code}{request id}...{middle}{path}{tail}{milliseconds}...
+            self.code = f' {status}","request_id":"'
+            self.middle = f'","method":"{method}","path":"'
+            self.tail = f'","route":"{template}","status":{status},"duration_ms":'
+            self.tenths: list[str] = []
+        else:  # ...{start}{path}{code}{milliseconds}{tenths[tenth]}{request id}...
+            self.code = f" {status} "
+            self.middle = self.tail = ""
+            self.tenths = [f".{n}ms route={template} rid=" for n in range(10)]
 
 
 def _table(forbidden: bytes) -> bytes:
@@ -62,8 +84,8 @@ _TEXT_PLAIN = _table(_CONTROLS + b"@")
 
 # a request as kept until its batch is written: its end (perf_counter_ns: the batch turns it into
 # wall-clock time, no time_ns call per request), request id, principal, tenant, method, path, the
-# matched route (None: no route matched), status, duration in nanoseconds
-Pending = tuple[int, str, str, str, str, str, Any, int, int]
+# Shape of its matched route (or none), method and status, duration in nanoseconds
+Pending = tuple[int, str, str, str, str, str, Shape, int]
 
 
 def _clean(text: str) -> str:
@@ -83,7 +105,10 @@ class AccessLog:
         # the requests of the batch: app.ProtocolGuard appends to this very list (a C call, no
         # Python frame) and calls grew() when `armed` is off or the list is full; flush() empties it
         self.pending: list[Pending] = []
+        # the Shapes by (id(route), method, status), as app.ProtocolGuard looks them up
+        self.shapes: dict[tuple[int, str, int], Shape] = {}
         self.armed = False  # a write of the batch is planned
+        self.odd = False  # the batch has a method that is not one of METHODS
         self._second = -1
         self._stamp = ""
 
@@ -101,10 +126,24 @@ class AccessLog:
     ) -> None:
         """One answered request; `ended` is perf_counter_ns() at its end, `nanos` its duration
         (what app.ProtocolGuard does inline)."""
+        shape = self.shapes.get((id(route), method, status)) or self.shape(route, method, status)
         pending = self.pending
-        pending.append((ended, request_id, principal, tenant, method, path, route, status, nanos))
+        pending.append((ended, request_id, principal, tenant, method, path, shape, nanos))
         if not self.armed or len(pending) >= MAX_PENDING:
             self.grew()
+
+    def shape(self, route: Any, method: str, status: int, tally: Any = None) -> Shape:
+        """The Shape of a route (None: no route matched), method and status, kept for the next
+        requests when the method is a known one (any token is a method to HTTP: not kept), here
+        and in the request's metrics Tally when there is one (app.ProtocolGuard reads it there)."""
+        made = Shape(route, method, status, self.json)
+        if method not in METHODS:
+            self.odd = True  # its batch is escaped (a method is any token, and not checked)
+        elif tally is not None:  # the tally of this route, method and status (an unknown
+            tally.shape = made  # method's is shared by every unknown one: not kept there)
+        elif len(self.shapes) < MAX_SHAPES:
+            self.shapes[(id(route), method, status)] = made  # the route lives as long as the app
+        return made
 
     def grew(self) -> None:
         """After an append: the first of a batch is written with the others FLUSH_SECONDS later;
@@ -124,6 +163,7 @@ class AccessLog:
         self.pending.clear()
         self.armed = False  # a timer still planned writes what comes until then: harmless
         if not pending or not self.logger.isEnabledFor(logging.INFO):
+            self.odd = False
             return
         text = self.lines(pending, time.time_ns() - time.perf_counter_ns())
         stream = self.stream or sys.stderr
@@ -151,61 +191,100 @@ class AccessLog:
 
     def lines(self, pending: list[Pending], clock: int) -> str:
         """The lines of `pending`, each ended by a newline; `clock` is time_ns() - perf_counter_ns()."""
-        formatted: list[str] = []
-        line = formatted.append
+        odd, self.odd = self.odd, False
+        if odd:  # a method that is not one of METHODS: the batch is escaped line by line
+            return self.escaped(pending, clock)
+        # the parts of every line, in order, joined once: a line is no string of its own (the
+        # newline is in its last part)
+        parts: list[str] = []
+        add = parts.extend
         head_of = self._head_of
         # the time of a line as nanoseconds past `base`, the start of its second on the
         # perf_counter_ns clock (the big ints divided once per second of the batch, not per line)
         base, head = -(10**18), ""
+        # principal and tenant change seldom from a line to the next: their part is made again
+        # only when they do
+        principal_was = tenant_was = None
+        known = ""
+        # the values from outside (paths, principals, tenants; the methods are METHODS, route
+        # templates the code's own, and request_id_of keeps only [A-Za-z0-9._:-] in a request id)
+        # are checked at once after the loop, in C
+        outside: list[str] = []
+        keep = outside.append
         if self.json:
-            for ended, request_id, principal, tenant, method, path, route, status, nanos in pending:
+            for ended, request_id, principal, tenant, _method, path, shape, nanos in pending:
                 offset = ended - base  # nanoseconds into the second of `base`: a small int
                 if offset >= 1_000_000_000:  # a later second (ended never decreases)
                     second = (ended + clock) // 1_000_000_000
                     base, head = second * 1_000_000_000 - clock, head_of(second)
                     offset = ended - base
+                if principal != principal_was or tenant != tenant_was:
+                    principal_was, tenant_was = principal, tenant
+                    known = f'","principal":"{principal}","tenant":"{tenant}'
+                    outside += (principal, tenant)
+                keep(path)
                 micros = (nanos + 500) // 1000
-                template = "-" if route is None else route.path
-                line(  # the logger name (LOGGER) is written in _JSON_MILLIS
-                    f"{head}{_JSON_MILLIS[offset // 1_000_000]}{method} {path}{_JSON_CODE[status]}{request_id}"
-                    f'","principal":"{principal}","tenant":"{tenant}","method":"{method}","path":"{path}",'
-                    f'"route":"{template}{_JSON_STATUS[status]}{micros // 1000}{_JSON_FRACTIONS[micros % 1000]}'
+                add(  # the logger name (LOGGER) is written in _JSON_MILLIS
+                    (
+                        head,
+                        _JSON_MILLIS[offset // 1_000_000],
+                        shape.start,
+                        path,
+                        shape.code,
+                        request_id,
+                        known,
+                        shape.middle,
+                        path,
+                        shape.tail,
+                        f"{micros // 1000}",
+                        _JSON_FRACTIONS[micros % 1000],
+                    )
                 )
-            table = _JSON_PLAIN
         else:
-            for ended, request_id, principal, tenant, method, path, route, status, nanos in pending:
+            for ended, request_id, principal, tenant, _method, path, shape, nanos in pending:
                 offset = ended - base
                 if offset >= 1_000_000_000:  # a later second (ended never decreases)
                     second = (ended + clock) // 1_000_000_000
                     base, head = second * 1_000_000_000 - clock, head_of(second)
                     offset = ended - base
+                if principal != principal_was or tenant != tenant_was:
+                    principal_was, tenant_was = principal, tenant
+                    known = f" principal={principal} tenant={tenant or '-'}\n"
+                    outside += (principal, tenant)
+                keep(path)
                 tenths = (nanos + 50_000) // 100_000
-                template = "-" if route is None else route.path
-                line(
-                    f"{head}{_TEXT_MILLIS[offset // 1_000_000]}{method} {path}{_TEXT_STATUS[status]}"
-                    f"{tenths // 10}{_TEXT_TENTHS[tenths % 10]}{template} rid={request_id} principal={principal} "
-                    f"tenant={tenant or '-'}"
+                add(
+                    (
+                        head,
+                        _TEXT_MILLIS[offset // 1_000_000],
+                        shape.start,
+                        path,
+                        shape.code,
+                        f"{tenths // 10}",
+                        shape.tenths[tenths % 10],
+                        request_id,
+                        known,
+                    )
                 )
-            table = _TEXT_PLAIN
-        # the values from outside (principal to path; route templates are the code's own, and
-        # request_id_of keeps only [A-Za-z0-9._:-] in a request id), as columns of the batch (zip,
-        # in C), joined and checked at once
-        columns = list(zip(*pending, strict=True))
-        joined = "".join(["".join(column) for column in columns[2:6]])
+        joined = "".join(outside)
         if joined.isascii():
             data = joined.encode("ascii")
-            if data.translate(table) is data:  # no byte changed: nothing to escape
-                line("")
-                return "\n".join(formatted)
-        return "".join(self._escaped(entry, clock) + "\n" for entry in pending)  # the rare batch
+            # bytes.translate returns its very input when no byte changed: nothing to escape
+            if data.translate(_JSON_PLAIN if self.json else _TEXT_PLAIN) is data:
+                return "".join(parts)
+        return self.escaped(pending, clock)  # the rare batch
+
+    def escaped(self, pending: list[Pending], clock: int) -> str:
+        """The lines of `pending`, each escaped (the rare batch with a value that needs it)."""
+        return "".join(self._escaped(entry, clock) + "\n" for entry in pending)
 
     def _escaped(self, entry: Pending, clock: int) -> str:
         """One line with its values escaped (JSON by orjson; text as logs.SafeFormatter does)."""
-        ended, request_id, principal, tenant, method, path, route, status, nanos = entry
+        ended, request_id, principal, tenant, method, path, shape, nanos = entry
         now = ended + clock
         second = now // 1_000_000_000
         millis = MILLIS[now // 1_000_000 % 1000]
-        template = "-" if route is None else str(route.path)
+        template, status = shape.template, shape.status
         if self.json:
             return orjson.dumps(
                 {

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import math
 import os
 import resource
 from bisect import bisect_left
@@ -56,8 +58,26 @@ TIMED_OPERATIONS = (
     "claim_outbox",
     "finish_outbox",
 )
-SAMPLE_EVERY = 16  # a store operation is timed once in so many calls (all are counted)
+SAMPLE_SECONDS = 0.005  # a store operation's first call after so long is timed (all are counted)
 Source = Callable[[], Any]
+
+
+def bucket_table(buckets: tuple[float, ...], up_to: float) -> tuple[int, list[int]]:
+    """A request's bucket by a list index instead of a bisect (a bisect over a dozen int bounds cost
+    ~800 instructions, docs/performance.md, "Metrics and access log cost, fourth pass"): `unit` is the largest number of
+    nanoseconds every bound is a multiple of, and table[ceil(nanos / unit)] is the index of the
+    first bound >= nanos, for nanos up to `up_to` seconds (past it: bisect). Exact: a bound b is a
+    multiple of unit, so nanos <= b exactly when ceil(nanos / unit) <= b / unit."""
+    bounds = [round(bound * 1e9) for bound in buckets]
+    unit = 0
+    for bound in bounds:
+        unit = math.gcd(unit, bound)
+    last = round(up_to * 1e9) // unit
+    return unit, [bisect_left(bounds, q * unit) for q in range(last + 1)]
+
+
+# the request histogram's: HTTP_UNIT is 0.5 ms, the table reaches 10 s (20,001 entries)
+HTTP_UNIT, HTTP_INDEX = bucket_table(HTTP_BUCKETS, HTTP_BUCKETS[-1])
 
 
 class Tally:
@@ -68,10 +88,11 @@ class Tally:
     and sum are reached through prometheus-client's internals (`_buckets`, `_sum`: its values,
     in memory or in the multiprocess files); tests/test_observe.py checks the counts that result."""
 
-    __slots__ = ("bounds", "child", "counts", "total")
+    __slots__ = ("bounds", "child", "counts", "shape", "total")
 
     def __init__(self, child: Any, buckets: tuple[float, ...]) -> None:
         self.child = child
+        self.shape: Any = None  # an HTTP tally's access-log Shape (observe/access.py), kept by app.ProtocolGuard
         self.bounds = (*(round(bound * 1e9) for bound in buckets), 1 << 62)  # ints: int comparisons
         self.counts = [0] * len(self.bounds)
         self.total = 0
@@ -226,7 +247,10 @@ class Metrics:
         tally = self.http_tallies.get((id(route), method, status))  # a Route is not hashable
         if tally is None:
             tally = self.http_tally(route, method, status)
-        tally.counts[bisect_left(tally.bounds, nanos)] += 1  # as Tally.observe
+        try:  # as Tally.observe
+            tally.counts[HTTP_INDEX[(nanos + HTTP_UNIT - 1) // HTTP_UNIT]] += 1
+        except IndexError:  # past the table's 10 s
+            tally.counts[bisect_left(tally.bounds, nanos)] += 1
         tally.total += nanos
 
     def http_tally(self, route: Any, method: str, status: int) -> Tally:
@@ -354,22 +378,26 @@ def resident_bytes() -> int:
 
 
 class SampledTally(Tally):
-    """A Tally of calls that are all counted (`calls`) and one in SAMPLE_EVERY timed (the first
-    after each flush, then every SAMPLE_EVERY-th): flush() scales the timed ones' buckets and sum
-    to the calls, so the histogram's count is exact and its buckets and sum are estimates."""
+    """A Tally of calls that are all counted (by `counter`, StoreTimer's functools.lru_cache
+    wrapper: its misses) and some timed: flush() scales the timed ones' buckets and sum to the
+    calls, so the histogram's count is exact and its buckets and sum are estimates."""
 
-    __slots__ = ("calls",)
+    __slots__ = ("counter", "seen")
 
-    def __init__(self, child: Any, buckets: tuple[float, ...]) -> None:
+    def __init__(self, child: Any, buckets: tuple[float, ...], counter: Any) -> None:
         super().__init__(child, buckets)
-        self.calls = 0
+        self.counter = counter
+        self.seen = 0  # the counter's misses at the last flush
 
     def flush(self) -> None:
-        calls, self.calls = self.calls, 0
+        misses = self.counter.cache_info().misses
+        timed = sum(self.counts)
+        if not timed:  # no call timed yet: its calls are carried to the next flush
+            return
+        calls, self.seen = misses - self.seen, misses
         counts, self.counts = self.counts, [0] * len(self.bounds)
         total, self.total = self.total, 0
-        timed = sum(counts)
-        if not calls or not timed:
+        if not calls:
             return
         self.child._sum.inc(total * calls / timed / 1e9)
         cumulative = given = 0
@@ -382,11 +410,13 @@ class SampledTally(Tally):
 
 
 class StoreTimer:
-    """Times the store's main operations (TIMED_OPERATIONS) by replacing them on the instance with
-    a plain function that counts the call and hands back the operation's own coroutine; one call
-    in SAMPLE_EVERY gets a timing coroutine around it (a perf_counter_ns pair and an observe): an
-    extra coroutine on every call cost a retrieve 1.5% of its instructions (docs/performance.md,
-    "Metrics and access log cost", third pass)."""
+    """Times the store's main operations (TIMED_OPERATIONS) by replacing them on the instance.
+    Every call is counted in C: functools.lru_cache(maxsize=0) caches nothing and counts its calls
+    as misses, with no Python frame (a Python wrapper on every call cost a retrieve ~1 K
+    instructions, 0.3%; docs/performance.md, "Metrics and access log cost, fourth pass"). The first call after each
+    SAMPLE_SECONDS is timed: a timing coroutine stands in for the counter until a call comes, puts
+    the counter back, and is put back itself SAMPLE_SECONDS after that call (at most 1/SAMPLE_SECONDS
+    timed calls a second per operation; an idle server has no timer)."""
 
     @staticmethod
     def install(store: Any, metrics: Metrics) -> None:
@@ -394,23 +424,20 @@ class StoreTimer:
             method = getattr(store, name, None)
             if method is None:
                 continue
-            tally = SampledTally(metrics.store_seconds.labels(name), STORE_BUCKETS)
+            counted = functools.lru_cache(maxsize=0)(method)
+            tally = SampledTally(metrics.store_seconds.labels(name), STORE_BUCKETS, counted)
             metrics.tallies.append(tally)
 
-            def timed(method: Any = method, tally: SampledTally = tally) -> Any:
+            def timer(name: str = name, counted: Any = counted, tally: SampledTally = tally) -> Any:
                 async def measured(*args: Any, **kwargs: Any) -> Any:
+                    setattr(store, name, counted)  # the next calls: counted only
                     started = perf_counter_ns()
                     try:
-                        return await method(*args, **kwargs)
+                        return await counted(*args, **kwargs)
                     finally:
                         tally.observe(perf_counter_ns() - started)
+                        asyncio.get_running_loop().call_later(SAMPLE_SECONDS, setattr, store, name, measured)
 
-                def call(*args: Any, **kwargs: Any) -> Any:
-                    tally.calls += 1
-                    if tally.calls % SAMPLE_EVERY != 1:
-                        return method(*args, **kwargs)
-                    return measured(*args, **kwargs)
+                return measured
 
-                return call
-
-            setattr(store, name, timed())
+            setattr(store, name, timer())
