@@ -306,6 +306,33 @@ def test_store_operations_are_all_counted_and_some_timed() -> None:
     asyncio.run(run())
 
 
+def test_a_wrapper_put_on_a_timed_store_operation_stays_in_place() -> None:
+    """The timer swaps itself for the plain counter and back: it must never undo a wrapper that
+    something else (a test's monkeypatch, another instrumentation) put on the operation since."""
+
+    class Store:
+        async def get_stored(self, number: int) -> int:
+            return number
+
+    async def run() -> None:
+        store = Store()
+        StoreTimer.install(store, Metrics(multiproc_dir=""))
+        timed = store.get_stored
+        seen: list[int] = []
+
+        async def wrapper(number: int) -> int:
+            seen.append(number)
+            return int(await timed(number))
+
+        store.get_stored = wrapper  # type: ignore[method-assign]
+        for n in range(3):
+            assert await store.get_stored(n) == n
+            await asyncio.sleep(0.02)  # past SAMPLE_SECONDS: a swap back would be due
+        assert store.get_stored is wrapper and seen == [0, 1, 2]
+
+    asyncio.run(run())
+
+
 def test_a_notification_logs_the_request_id_of_its_write(
     observed: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:

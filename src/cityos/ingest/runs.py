@@ -68,10 +68,11 @@ def add_round(run: ImportRun, *, stored: int, rejects: Iterable[tuple[str, str]]
 
 
 def demo_finished(run: ImportRun, report: Any) -> ImportRun:
-    """The run of a demo load (ingest/demo.py DemoReport): its entities and history instances."""
+    """The run of a demo load (ingest/demo.py DemoReport): its entities and history instances, counted
+    together as stored; no message (the console shows a run's message as written, in English)."""
     stored = sum(report.counts.values()) + sum(report.gtfs.values()) + report.history_instances
     failures = [split_failure(f) for f in report.failed]
-    return finish(run, stored=stored, rejects=failures, message=f"{stored} entities and history instances")
+    return finish(run, stored=stored, rejects=failures)
 
 
 def split_failure(text: str) -> tuple[str, str]:

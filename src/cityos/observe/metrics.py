@@ -409,6 +409,12 @@ class SampledTally(Tally):
                 given = share
 
 
+def _swap(store: Any, name: str, was: Any, now: Any) -> None:
+    """Put `now` in place of the store's operation `name` if it is still `was`."""
+    if vars(store).get(name) is was:
+        setattr(store, name, now)
+
+
 class StoreTimer:
     """Times the store's main operations (TIMED_OPERATIONS) by replacing them on the instance.
     Every call is counted in C: functools.lru_cache(maxsize=0) caches nothing and counts its calls
@@ -430,13 +436,18 @@ class StoreTimer:
 
             def timer(name: str = name, counted: Any = counted, tally: SampledTally = tally) -> Any:
                 async def measured(*args: Any, **kwargs: Any) -> Any:
-                    setattr(store, name, counted)  # the next calls: counted only
+                    # swapped only while the store holds this very timer: something that replaced
+                    # the operation since (a wrapper of its own) is never undone by a swap
+                    swapped = vars(store).get(name) is measured
+                    if swapped:
+                        setattr(store, name, counted)  # the next calls: counted only
                     started = perf_counter_ns()
                     try:
                         return await counted(*args, **kwargs)
                     finally:
                         tally.observe(perf_counter_ns() - started)
-                        asyncio.get_running_loop().call_later(SAMPLE_SECONDS, setattr, store, name, measured)
+                        if swapped:
+                            asyncio.get_running_loop().call_later(SAMPLE_SECONDS, _swap, store, name, counted, measured)
 
                 return measured
 
