@@ -98,6 +98,10 @@ async def build(database: str, count: int) -> None:
             assert status in (201, 204), status
             if first % 50_000 == 0:
                 print(f"{first + len(batch)} loaded, {time.monotonic() - started:.0f} s", flush=True)
+        # what `cityos import` does after a bulk load (and autovacuum would, which this machine's
+        # PostgreSQL has off): statistics and visibility maps, else PostgreSQL's tiles and q
+        # queries are measured on plans without them (docs/performance.md, "Statistics matter")
+        await app.state.services.store.refresh_statistics()
 
 
 async def measure(database: str, kind: str, count: int) -> float:
