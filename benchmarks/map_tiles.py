@@ -1,7 +1,7 @@
 """Map tiles and the change stream at city scale (issue 18), against a real `cityos serve`.
 
     python -m benchmarks.map_tiles build DATABASE 100000     # OffStreetParking bench-{i}, Porto
-    python -m benchmarks.map_tiles tiles DATABASE 60 [cold|warm] [type=X] [zooms=10,12]  # 60 tiles per zoom
+    python -m benchmarks.map_tiles tiles DATABASE 60 [cold|warm] [type=X] [zooms=10,12] [changes=200]
     python -m benchmarks.map_tiles stream DATABASE 200 10    # 200 changes/s for 10 s, one SSE client
     python -m benchmarks.map_tiles page DATABASE 5           # GET /console/map: 5 loads, after writes
     python -m benchmarks.map_tiles follow 20000              # creates' CPU with the map's layers kept
@@ -15,7 +15,9 @@ before the timed requests, which the tile cache then answers), and prints
 per zoom the latency percentiles, the layer answered, the features per tile and the CPU time per
 tile of the server's processes and, on PostgreSQL, of the backends serving its connections
 (ServerProcess.cpu_seconds; read before and after each tile); `type=X` (or any query)
-filters every tile, `zooms=` picks the zooms (default 10-16). `stream` connects
+filters every tile, `zooms=` picks the zooms (default 10-16), `changes=RATE` sends RATE changes a
+second to the same server while the tiles are timed (a new random availableSpotNumber 0-300 of
+random entities: the server's CPU per tile then includes the writes'). `stream` connects
 one client to GET /cityos/v1/changes?type=OffStreetParking, then updates `availableSpotNumber` of
 random stored entities at RATE changes per second (batch upserts of RATE/10 entities every 100 ms)
 and prints how many changes arrived, and the delay from each batch's answer to its events' arrival.
@@ -75,11 +77,13 @@ def tiles(
     query: str = "",
     zooms: tuple[int, ...] = ZOOMS,
     warm: bool = False,
+    changes: int = 0,
 ) -> list[dict[str, Any]]:
     from tests.mvt_decode import decode  # the tests' independent decoder: counts what a client sees
 
     rng = random.Random(18)
     rows = []
+    stop = threading.Event()
     with (
         tempfile.TemporaryDirectory() as work,
         _server(database, Path(work), cold) as server,
@@ -88,42 +92,99 @@ def tiles(
         suffix = f"?{query}" if query else ""
         for _ in range(10):  # warm-up: connections, first statements
             client.get(f"/tiles/14/7795/6130.mvt{suffix}")
-        for z in zooms:
-            (x0, y0), (x1, y1) = tile_of(LON[0], LAT[1], z), tile_of(LON[1], LAT[0], z)
-            city = [(x, y) for x in range(x0, x1 + 1) for y in range(y0, y1 + 1)]
-            # each tile of the city once when it has enough; else (low zooms) its few tiles in turn
-            chosen = rng.sample(city, per_zoom) if len(city) >= per_zoom else (city * per_zoom)[:per_zoom]
-            seen = set(chosen)
-            for x, y in seen if warm else ():  # each tile drawn once, untimed: the timed requests hit the cache
-                assert client.get(f"/tiles/{z}/{x}/{y}.mvt{suffix}").status_code == 200
-            times, features, layers = [], [], set()
-            cpu = 0.0
-            for x, y in chosen:
-                before = server.cpu_seconds()
-                started = time.perf_counter()
-                response = client.get(f"/tiles/{z}/{x}/{y}.mvt{suffix}")
-                times.append((time.perf_counter() - started) * 1000)
-                cpu += server.cpu_seconds() - before
-                assert response.status_code == 200, response.text
-                layer = response.headers["x-tile-layer"]
-                layers.add(layer)
-                decoded = decode(response.content)
-                features.append(len(decoded[layer]["features"]) if layer in decoded else 0)
-            rows.append(
-                {
-                    "zoom": z,
-                    "tiles": len(seen),
-                    "requests": len(times),
-                    "layer": "/".join(sorted(layers)),
-                    "features_median": statistics.median(features),
-                    "p50_ms": round(percentile(times, 0.50), 1),
-                    "p95_ms": round(percentile(times, 0.95), 1),
-                    "max_ms": round(max(times), 1),
-                    "cpu_ms_per_tile": round(cpu * 1000 / len(times), 1),
-                }
-            )
-            print(rows[-1], flush=True)
+        writer = threading.Thread(target=_change, args=(server.base, changes, stop), daemon=True)
+        if changes:
+            writer.start()
+        try:
+            _timed(client, server, rng, rows, per_zoom, suffix, zooms, warm, decode)
+        finally:
+            stop.set()
+            if changes:
+                writer.join(10)
     return rows
+
+
+def _change(base: str, rate: int, stop: threading.Event) -> None:
+    """While the tiles are timed: `rate` changes a second to the same server, each a new random
+    `availableSpotNumber` (0-300) of a random stored entity (batch upserts of rate/10 every 100 ms),
+    so entities enter and leave a q's matches."""
+    rng = random.Random(201)
+    batch = max(1, rate // 10)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        started = time.perf_counter()
+        rounds = 0
+        while not stop.is_set():
+            body = [
+                {
+                    "id": entity_id(i),
+                    "type": "OffStreetParking",
+                    "availableSpotNumber": {"type": "Property", "value": rng.randrange(300)},
+                }
+                for i in rng.sample(range(100_000), batch)
+            ]
+            response = client.post(
+                f"{API}/entityOperations/upsert",
+                params={"options": "update"},
+                content=orjson.dumps(body),
+                headers={"Content-Type": "application/json"},
+            )
+            assert response.status_code in (201, 204), response.text
+            rounds += 1
+            pause = started + rounds * 0.1 - time.perf_counter()
+            if pause > 0:
+                stop.wait(pause)
+        print(
+            {"changes_sent": rounds * batch, "rate_per_s": round(rounds * batch / (time.perf_counter() - started), 1)}
+        )
+
+
+def _timed(
+    client: httpx.Client,
+    server: Any,
+    rng: random.Random,
+    rows: list[dict[str, Any]],
+    per_zoom: int,
+    suffix: str,
+    zooms: tuple[int, ...],
+    warm: bool,
+    decode: Any,
+) -> None:
+    """The timed requests of `tiles`, a row per zoom."""
+    for z in zooms:
+        (x0, y0), (x1, y1) = tile_of(LON[0], LAT[1], z), tile_of(LON[1], LAT[0], z)
+        city = [(x, y) for x in range(x0, x1 + 1) for y in range(y0, y1 + 1)]
+        # each tile of the city once when it has enough; else (low zooms) its few tiles in turn
+        chosen = rng.sample(city, per_zoom) if len(city) >= per_zoom else (city * per_zoom)[:per_zoom]
+        seen = set(chosen)
+        for x, y in seen if warm else ():  # each tile drawn once, untimed: the timed requests hit the cache
+            assert client.get(f"/tiles/{z}/{x}/{y}.mvt{suffix}").status_code == 200
+        times, features, layers = [], [], set()
+        cpu = 0.0
+        for x, y in chosen:
+            before = server.cpu_seconds()
+            started = time.perf_counter()
+            response = client.get(f"/tiles/{z}/{x}/{y}.mvt{suffix}")
+            times.append((time.perf_counter() - started) * 1000)
+            cpu += server.cpu_seconds() - before
+            assert response.status_code == 200, response.text
+            layer = response.headers["x-tile-layer"]
+            layers.add(layer)
+            decoded = decode(response.content)
+            features.append(len(decoded[layer]["features"]) if layer in decoded else 0)
+        rows.append(
+            {
+                "zoom": z,
+                "tiles": len(seen),
+                "requests": len(times),
+                "layer": "/".join(sorted(layers)),
+                "features_median": statistics.median(features),
+                "p50_ms": round(percentile(times, 0.50), 1),
+                "p95_ms": round(percentile(times, 0.95), 1),
+                "max_ms": round(max(times), 1),
+                "cpu_ms_per_tile": round(cpu * 1000 / len(times), 1),
+            }
+        )
+        print(rows[-1], flush=True)
 
 
 def stream(database: str, rate: int, seconds: float) -> dict[str, Any]:
@@ -284,10 +345,12 @@ def main(argv: list[str]) -> Any:
     if len(argv) >= 3 and argv[0] == "tiles":
         options = argv[3:]
         zooms = next((o.split("=", 1)[1] for o in options if o.startswith("zooms=")), None)
-        query = "&".join(o for o in options if o not in ("cold", "warm") and not o.startswith("zooms="))
+        rate = next((int(o.split("=", 1)[1]) for o in options if o.startswith("changes=")), 0)
+        plain = [o for o in options if o not in ("cold", "warm") and not o.startswith(("zooms=", "changes="))]
+        query = "&".join(plain)
         chosen = tuple(int(z) for z in zooms.split(",")) if zooms else ZOOMS
         cold, warm = "cold" in options, "warm" in options
-        return tiles(argv[1], int(argv[2]), cold=cold, query=query, zooms=chosen, warm=warm and not cold)
+        return tiles(argv[1], int(argv[2]), cold, query, chosen, warm and not cold, rate)
     if len(argv) == 3 and argv[0] == "page":
         return page(argv[1], int(argv[2]))
     if len(argv) == 2 and argv[0] == "follow":

@@ -80,6 +80,7 @@ from cityos.logs import configure as configure_logging
 from cityos.mapdata import http as mapdata_http
 from cityos.mapdata.cache import TileCache
 from cityos.mapdata.changes import ChangeHub
+from cityos.mapdata.kept_cells import KeptCells
 from cityos.net import OutboundPolicy
 from cityos.ngsild import (
     batch,
@@ -522,6 +523,7 @@ def create_app(settings: Settings, *, rate_table: str | None = None) -> Starlett
     changes = ChangeHub(
         services.store, settings.changes_max_clients, settings.changes_queue, settings.workers > 1, tile_cache
     )
+    changes.kept = KeptCells(settings.tile_q_views)
     # the open-data catalogue: the anonymous caller's view, as the policies give it (docs/open-data.md)
     open_data = CatalogService(
         PublicData(

@@ -386,6 +386,11 @@ class Settings:
     tile_cache_seconds: float = _setting(
         30.0, "Map tiles: seconds a cached tile is served at most, changed or not (a bound on a missed change)."
     )
+    tile_q_views: int = _setting(
+        16,
+        "Map tiles: q-filtered cluster counts kept per worker (one per tenant, type and q, for tiles of zooms 0-12"
+        " and callers who may read everything), read once and followed from each change (docs/map-data.md). 0: off.",
+    )
     changes_max_clients: int = _setting(
         100,
         "Change stream (GET /cityos/v1/changes): most clients connected at once per worker; past it 503 with"
@@ -500,6 +505,8 @@ class Settings:
             raise ValueError("iot_mqtt_share_group must not contain /, + or #")
         if self.core_context not in ("v1.9", "v1.8"):
             raise ValueError("core_context must be v1.9 or v1.8")
+        if self.tile_q_views < 0:
+            raise ValueError("tile_q_views must not be negative")
         if self.tile_max_features < 1 or not 1 <= self.tile_cluster_cells <= 256:
             raise ValueError("tile_max_features must be positive and tile_cluster_cells 1-256")
         if self.changes_max_clients < 0 or self.changes_queue < 1 or self.changes_keepalive <= 0:

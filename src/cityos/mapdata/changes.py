@@ -37,6 +37,7 @@ from cityos.entities.model import Entity
 from cityos.errors import BadRequestData, NgsiLdError, retry_after_seconds
 from cityos.jsonld.termmap import TermMap
 from cityos.mapdata.cache import Box, Targets, TileCache
+from cityos.mapdata.kept_cells import KeptCells
 from cityos.mapdata.layout import LayoutWatch
 from cityos.ops.declare import api
 from cityos.ops.schemas import NGSI_LD_HEADERS
@@ -177,11 +178,14 @@ class ChangeHub:
     _retouch_lock: threading.Lock = field(default_factory=threading.Lock)
     # the changes of what the console map's layers count, and their commits (console/layers.py)
     layout: LayoutWatch = field(default_factory=lambda: LayoutWatch(RETOUCH))
+    # every change and its commit, for the q-filtered clusters kept per view (kept_cells.py)
+    values: LayoutWatch = field(default_factory=lambda: LayoutWatch(RETOUCH))
+    kept: KeptCells = field(default_factory=lambda: KeptCells(0))
 
     async def start(self) -> None:
         if self.max_clients <= 0 and (self.cache is None or not self.cache.enabled):
             return
-        self._loop = self.layout.loop = asyncio.get_running_loop()
+        self._loop = self.layout.loop = self.values.loop = asyncio.get_running_loop()
         self.store.set_change_listener(self.listener, None, name=LISTENER)
 
     async def stop(self) -> None:
@@ -218,17 +222,20 @@ class ChangeHub:
         followed = None
         if _layers_changed(change.before, change.after, layout):
             followed = self.layout.change(change.tenant, change.before, change.after)
+        valued = self.values.change(change.tenant, change.before, change.after) if self.kept.max_views else None
         if cache is not None and boxes:
             found = cache.touched(change.tenant, boxes, layout)
             if loop is not None:  # again once the write has surely committed: a tile drawn in between is stale
                 self._retouch_later(loop, (time.monotonic(), change.tenant, boxes, found, layout))
+        commits: tuple[AfterCommit, ...] = () if followed is None else (followed,)
+        if valued is not None:
+            commits = (*commits, valued)
         if not self.shared:
-            return () if followed is None else (followed,)
+            return commits
         gone = change.after is None
         types = (change.before if gone else change.after or {}).get("type", [])  # type: ignore[union-attr]
         data = {"types": types, "deleted": gone, "boxes": boxes, "layout": layout}
-        event = StoreEvent(EVENT_KIND, change.tenant, change.entity_id, data)
-        return (event,) if followed is None else (event, followed)
+        return (StoreEvent(EVENT_KIND, change.tenant, change.entity_id, data), *commits)
 
     @property
     def listening(self) -> bool:
@@ -303,6 +310,7 @@ class ChangeHub:
                 self.cache.everything_changed()
             if event.kind in (EVENT_KIND, RESYNC):
                 self.layout.lost()  # another worker's change, already committed: nothing to follow
+                self.values.lost()
             if event.kind == EVENT_KIND:
                 if self.clients and self._loop is not None:
                     task = asyncio.create_task(self._read_again(event))

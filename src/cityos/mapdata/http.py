@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -14,6 +15,7 @@ from cityos.jsonld.registry import ResolvedContext
 from cityos.mapdata import changes
 from cityos.mapdata.cache import Cached
 from cityos.mapdata.changes import hub_of
+from cityos.mapdata.kept_cells import KEPT_MAX_ZOOM, View
 from cityos.mapdata.tiles import Tile, TileLimits, render_tile
 from cityos.ngsild import access
 from cityos.ngsild.common import check_params, existing_tenant, query_context, services
@@ -22,7 +24,7 @@ from cityos.ops.schemas import NGSI_LD_HEADERS
 from cityos.policy.decision import ReadView
 from cityos.query import budget
 from cityos.query.entity_query import QuerySpec, build_entity_query
-from cityos.store.base import EntityQuery
+from cityos.store.base import EntityQuery, GeoGrid, GridCell
 
 MVT = "application/vnd.mapbox-vector-tile"
 TILE_PARAMS = ("type", "q")
@@ -109,8 +111,9 @@ async def _draw(
 ) -> tuple[bytes, str, str]:
     """The tile's body, layer and ETag, drawn from the store."""
     settings = services(request).settings
+    store = services(request).store
     body, layer = await render_tile(
-        services(request).store,
+        store,
         tenant,
         tile,
         plain,
@@ -120,8 +123,45 @@ async def _draw(
         context.terms.compact,
         TileLimits(settings.tile_max_features, settings.tile_cluster_cells),
         project=None if read.unrestricted else read.project,
+        counted=_kept_counts(request, tenant, tile, plain, context, read),
     )
     return body, layer, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def _kept_counts(
+    request: Request, tenant: str, tile: Tile, plain: EntityQuery, context: ResolvedContext, read: ReadView
+) -> Callable[[GeoGrid], Awaitable[list[GridCell] | None]] | None:
+    """The per-cell counts of a q-filtered tile of one type from the view's kept counts
+    (kept_cells.py), or None: the store counts the tile itself."""
+    hub = hub_of(request)
+    q = request.query_params.get("q")
+    types = plain.types
+    if (
+        not hub.kept.max_views
+        or not hub.listening
+        or not read.unrestricted
+        or q is None
+        or tile.z > KEPT_MAX_ZOOM
+        or types is None
+        or len(types) != 1
+        or plain.predicate is None
+    ):
+        return None
+    store = services(request).store
+    settings = services(request).settings
+    geo_attr = context.terms.expand(GEO_ATTR)
+    view = View(types[0], geo_attr, plain.predicate, 0, 0.0)
+    key = (tenant, types[0], q, request.headers.get("link"))
+
+    async def counted(grid: GeoGrid) -> list[GridCell] | None:
+        level = grid.key_level()
+        if level is None or grid.tile is None:
+            return await store.geo_grid(tenant, plain, grid)
+        read_world = functools.partial(store.geo_grid, tenant, plain)
+        found = await hub.kept.cells(hub.values, key, view, grid.tile, level, settings.tile_cache_seconds, read_world)
+        return found if found is not None else await store.geo_grid(tenant, plain, grid)
+
+    return counted
 
 
 def _answer(request: Request, body: bytes, layer: str, etag: str, max_age: int) -> Response:

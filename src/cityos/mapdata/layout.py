@@ -40,13 +40,17 @@ class LayoutWatch:
         self.lock = threading.Lock()  # the store's writer thread and the event loop
         self.seen = 0  # changes seen so far (a read of the layers during one is not kept)
         self.changed = -math.inf  # time.monotonic() of the last change nobody followed
+        self.changed_in: dict[str, float] = {}  # the same per tenant (fixed())
         self.epoch = 0  # bumped when kept layers cannot follow: every one is dropped
         self.loop: asyncio.AbstractEventLoop | None = None  # set by the hub's start
         self.follower: Callable[[Committed], None] | None = None  # on the loop
         self.tracks: Callable[[str], bool] = lambda tenant: False  # whether a tenant's layers are kept
         self._in_flight: dict[int, float] = {}  # token: time.monotonic() when seen
+        self._uncommitted: set[int] = set()  # tokens seen whose commit has not been called (fixed())
+        self.sequence = 0  # followed changes committed so far: each one's number, in commit order
+        self.first = 0  # during a follower's call: the number of its first change (the rest follow on)
         self._tokens = itertools.count()
-        self._queue: list[tuple[int, str, Entity | None, Entity | None]] = []
+        self._queue: list[tuple[int, str, Entity | None, Entity | None, int]] = []
         self._armed = False
 
     def change(self, tenant: str, before: Entity | None, after: Entity | None) -> AfterCommit | None:
@@ -54,16 +58,19 @@ class LayoutWatch:
         with self.lock:
             self.seen += 1
             if self.follower is None or self.loop is None or not self.tracks(tenant):
-                self.changed = time.monotonic()
+                self.changed = self.changed_in[tenant] = time.monotonic()
                 return None
             token = next(self._tokens)
             self._in_flight[token] = time.monotonic()
+            self._uncommitted.add(token)
         return AfterCommit(functools.partial(self._committed, token, tenant, before, after))
 
     def _committed(self, token: int, tenant: str, before: Entity | None, after: Entity | None) -> None:
         """The committing thread: queue it; the first of a batch wakes the loop."""
         with self.lock:
-            self._queue.append((token, tenant, before, after))
+            self._uncommitted.discard(token)
+            self.sequence += 1
+            self._queue.append((token, tenant, before, after, self.sequence))
             if self._armed:
                 return
             self._armed = True
@@ -88,7 +95,7 @@ class LayoutWatch:
             queue, self._queue, self._armed = self._queue, [], False
             lost = False
             known = []
-            for token, tenant, before, after in queue:
+            for token, tenant, before, after, _ in queue:
                 if self._in_flight.pop(token, None) is None:
                     lost = True  # taken as rolled back already: kept layers may have been read without it
                 else:
@@ -96,6 +103,7 @@ class LayoutWatch:
         if lost:
             self.lost()
         elif known and self.follower is not None:
+            self.first = queue[0][4]
             self.follower(known)
 
     def lost(self) -> None:
@@ -109,10 +117,23 @@ class LayoutWatch:
             expired = [token for token, at in self._in_flight.items() if at + IN_FLIGHT < now]
             for token in expired:
                 del self._in_flight[token]
+                self._uncommitted.discard(token)
             busy = bool(self._in_flight)
         if expired:
             self.lost()
         return not busy
+
+    def fixed(self, tenant: str, establish: Callable[[], None]) -> tuple[int, int] | None:
+        """A read's snapshot taken (`establish`, in the reading thread) where the followed changes
+        it holds are known: (the number of the last, the epoch) when no followed change was between
+        its listener and its commit then and no unfollowed one of `tenant` came in the last `retouch`
+        seconds (the snapshot holds exactly the changes numbered up to it of the tenant); None
+        when that cannot be told. Under the lock, so no change is seen or committed meanwhile."""
+        with self.lock:
+            establish()
+            if self._uncommitted or time.monotonic() < self.changed_in.get(tenant, -math.inf) + self.retouch:
+                return None
+            return self.sequence, self.epoch
 
     def keep_if_quiet(self, seen: int, epoch: int, started: float, keep: Callable[[], None]) -> bool:
         """On the loop, after a read that began at `started` when `seen` and `epoch` were current and

@@ -11,7 +11,7 @@ documents, within the query timeout."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,12 +225,14 @@ async def render_tile(
     short: Callable[[str], str],
     limits: TileLimits,
     project: Callable[[Entity], Entity] | None = None,
+    counted: Callable[[GeoGrid], Awaitable[list[GridCell] | None]] | None = None,
 ) -> tuple[bytes, str]:
     """(the tile's bytes, its layer). `plain` is the caller's query without the tile's box (what the
     store counts per cell), `boxed(limit)` the same query restricted to the tile (what is drawn);
-    `project` removes from each drawn entity what the caller may not read (its policy)."""
+    `project` removes from each drawn entity what the caller may not read (its policy); `counted`
+    counts `plain` per cell instead of the store (kept_cells.py)."""
     grid = grid_of(tile, geo_attr, limits.cluster_cells)
-    cells = await store.geo_grid(tenant, plain, grid)
+    cells = await (store.geo_grid(tenant, plain, grid) if counted is None else counted(grid))
     if cells is not None and sum(c.count for c in cells) > limits.max_features:
         return mvt.encode([clusters_layer(tile, cells, short)]), "clusters"
     result = await store.query_entities(tenant, boxed(limits.max_features))

@@ -169,6 +169,10 @@ ChangeListener = Callable[
 ]
 
 
+# geo_grid's `fixed`: called with the function that takes the read's snapshot
+SnapshotHook = Callable[[Callable[[], None]], object]
+
+
 @dataclass(frozen=True, slots=True)
 class AfterCommit:
     """What a change listener wants done once the change is committed (a reader sees it), on the
@@ -302,11 +306,16 @@ class EntityStore(
 
     async def query_entities(self, tenant: str, query: EntityQuery) -> QueryResult: ...
 
-    async def geo_grid(self, tenant: str, query: EntityQuery, grid: GeoGrid) -> list[GridCell] | None:
+    async def geo_grid(
+        self, tenant: str, query: EntityQuery, grid: GeoGrid, fixed: SnapshotHook | None = None
+    ) -> list[GridCell] | None:
         """The entities `query` selects counted per cell of `grid` (an entity whose box meets the
         grid's box counts in the cell of its centre, clamped to the grid), in SQL: never a document
         decoded. None when the query is not exact in SQL (paging.exact_in_sql; a part expired and
-        not swept yet counts too): the caller then counts from query_entities."""
+        not swept yet counts too): the caller then counts from query_entities. `fixed`: a back-end
+        whose read has one snapshot that a call can take (SQLite's read transaction) calls
+        fixed(establish) once, before counting, from the reading thread; `establish` takes the
+        snapshot the counts are read in (mapdata/kept_cells.py: which committed changes they hold)."""
 
     def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
         """A synchronous read for predicates that follow relationships (q `rel{attr}`); it is

@@ -64,3 +64,10 @@ def cell_of(key: int, z: int, x: int, y: int, level: int) -> tuple[int, int]:
     sub = key >> (2 * (KEY_ZOOM - z - level))
     side = 1 << level
     return _squeeze(sub) - x * side, side - 1 - (_squeeze(sub >> 1) - y * side)
+
+
+def key_of(col: int, row: int, z: int, x: int, y: int, level: int) -> int:
+    """cell_of's inverse: the key of cell (col, row) of tile (z, x, y)'s 2^level grid, shifted to
+    zoom z + level (a key of that zoom's tile: key >> 2 * (KEY_ZOOM - z - level))."""
+    side = 1 << level
+    return _spread(x * side + col) | (_spread(y * side + side - 1 - row) << 1)

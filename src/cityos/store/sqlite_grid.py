@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cityos.entities.expiry import now_key
-from cityos.store.base import EntityQuery, GeoGrid, GridCell
+from cityos.store.base import EntityQuery, GeoGrid, GridCell, SnapshotHook
 from cityos.store.cell_key import KEY_ZOOM, cell_of, tile_range
 from cityos.store.paging import allowed_types, exact_in_sql, unfiltered, untyped
 from cityos.store.sqlite_layout import NAME_ID
@@ -243,7 +243,9 @@ class SQLiteGrid:
 
         def _read_with_deadline(self, fn: Callable[[sqlite3.Connection], T]) -> Awaitable[T]: ...
 
-    async def geo_grid(self, tenant: str, query: EntityQuery, grid: GeoGrid) -> list[GridCell] | None:
+    async def geo_grid(
+        self, tenant: str, query: EntityQuery, grid: GeoGrid, fixed: SnapshotHook | None = None
+    ) -> list[GridCell] | None:
         if not exact_in_sql(query) or query.geo_box is not None:
             return None
         # the grid's box as the query's geo box (no exact test: a box that meets it counts), so the
@@ -303,6 +305,8 @@ class SQLiteGrid:
                 connection.execute("ROLLBACK")
             connection.execute("BEGIN")
             try:
+                if fixed is not None:  # the read transaction's snapshot is taken by its first read
+                    fixed(lambda: connection.execute("SELECT version FROM listing_version").fetchone())
                 if needs_fresh and _stale(connection, tenant, now):
                     return None
                 if level is not None and grid.tile is not None:

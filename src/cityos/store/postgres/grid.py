@@ -22,7 +22,7 @@ import asyncpg
 from cityos.entities.expiry import now_key
 from cityos.errors import QueryTimeout
 from cityos.query.patterns import id_pattern_in_python
-from cityos.store.base import EntityQuery, GeoGrid, GridCell
+from cityos.store.base import EntityQuery, GeoGrid, GridCell, SnapshotHook
 from cityos.store.cell_key import KEY_ZOOM, cell_of, tile_range
 from cityos.store.paging import allowed_types, exact_in_sql, unfiltered, untyped
 from cityos.store.postgres.sql import Params, access_in_python, matches_in_python, value_clause, where
@@ -87,7 +87,11 @@ class PostgresGrid:
     _fair: FairShare
     _lane: Lane
 
-    async def geo_grid(self, tenant: str, query: EntityQuery, grid: GeoGrid) -> list[GridCell] | None:
+    async def geo_grid(
+        self, tenant: str, query: EntityQuery, grid: GeoGrid, fixed: SnapshotHook | None = None
+    ) -> list[GridCell] | None:
+        # `fixed` is not called: a statement's snapshot is taken by the server, at a time no
+        # client-side lock can pin between the other connections' commits
         query = access_in_python(matches_in_python(id_pattern_in_python(query)))
         if not exact_in_sql(query) or query.geo_box is not None:
             return None
