@@ -139,6 +139,24 @@ def tile_cells(cells: Cells, type_iri: str, tile: tuple[int, int, int], level: i
     return [GridCell(*cell_of(k << shift, z, x, y, level), int(n), sx / n, sy / n, types) for k, (n, sx, sy) in found]
 
 
+class Fixed:
+    """The SnapshotHook of a view's read: which followed changes of its tenant its snapshot holds
+    (`snapshot`: the number of the last and the watch's epoch; None: not known)."""
+
+    def __init__(self, watch: LayoutWatch, tenant: str) -> None:
+        self.watch, self.tenant = watch, tenant
+        self.snapshot: tuple[int, int] | None = None
+
+    def hold(self, establish: Callable[[], object]) -> None:  # the store's reading thread
+        self.snapshot = self.watch.fixed(self.tenant, establish)
+
+    def before(self) -> object:  # on the loop, as every change's listener and commit (PostgreSQL)
+        return self.watch.mark(self.tenant)
+
+    def after(self, mark: object) -> None:
+        self.snapshot = self.watch.confirm(mark)
+
+
 class KeptCells:
     """The views kept by one worker (the change hub's), least recently used dropped."""
 
@@ -209,11 +227,7 @@ class KeptCells:
         buffered: list[tuple[int, Entity | None, Entity | None]] = []
         self._reading[key] = buffered
         self._retrack()
-        snapshot: list[tuple[int, int] | None] = [None]
-
-        def fixed(establish: Callable[[], None]) -> None:  # the store's reading thread
-            snapshot[0] = watch.fixed(key[0], establish)
-
+        fixed = Fixed(watch, key[0])
         seen, epoch = watch.seen, watch.epoch
         try:
             world = await read(world_grid(view.geo_attr, deepest), fixed)
@@ -225,7 +239,7 @@ class KeptCells:
             return None
         cells: Cells = {key_of(c.col, c.row, 0, 0, 0, deepest): [c.count, c.x * c.count, c.y * c.count] for c in world}
         answer = tile_cells(coarser(cells, deepest - zoom), view.type_iri, tile, level)
-        if len(cells) <= MAX_CELLS and self._caught_up(watch, view, deepest, cells, snapshot[0], buffered):
+        if len(cells) <= MAX_CELLS and self._caught_up(watch, view, deepest, cells, fixed.snapshot, buffered):
             self._keep(key, view, deepest, cells, watch.epoch, now)
         elif len(cells) > MAX_CELLS or not (
             settled and watch.keep_if_quiet(seen, epoch, now, lambda: self._keep(key, view, deepest, cells, epoch, now))

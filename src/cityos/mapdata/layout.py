@@ -123,7 +123,7 @@ class LayoutWatch:
             self.lost()
         return not busy
 
-    def fixed(self, tenant: str, establish: Callable[[], None]) -> tuple[int, int] | None:
+    def fixed(self, tenant: str, establish: Callable[[], object]) -> tuple[int, int] | None:
         """A read's snapshot taken (`establish`, in the reading thread) where the followed changes
         it holds are known: (the number of the last, the epoch) when no followed change was between
         its listener and its commit then and no unfollowed one of `tenant` came in the last `retouch`
@@ -132,6 +132,28 @@ class LayoutWatch:
         with self.lock:
             establish()
             if self._uncommitted or time.monotonic() < self.changed_in.get(tenant, -math.inf) + self.retouch:
+                return None
+            return self.sequence, self.epoch
+
+    def mark(self, tenant: str) -> tuple[int, int] | None:
+        """Just before a statement that takes a snapshot is sent (PostgreSQL; on the loop, where
+        each change's listener runs before its COMMIT is sent and its commit is called after the
+        answer): the number of the last followed change and the epoch, when no followed change
+        is between its listener and its commit and no unfollowed one of `tenant` came in the last
+        `retouch` seconds; None otherwise."""
+        with self.lock:
+            if self._uncommitted or time.monotonic() < self.changed_in.get(tenant, -math.inf) + self.retouch:
+                return None
+            return self.sequence, self.epoch
+
+    def confirm(self, mark: object) -> tuple[int, int] | None:
+        """Once that statement has answered: `mark` when still no followed change is between its
+        listener and its commit and none committed meanwhile. Then no change's commit can have been
+        taken by the server during the statement (none had been sent before it, and one sent
+        during it would still be uncommitted or numbered after the mark): the snapshot holds
+        exactly the followed changes numbered up to the mark."""
+        with self.lock:
+            if mark is None or self._uncommitted or (self.sequence, self.epoch) != mark:
                 return None
             return self.sequence, self.epoch
 

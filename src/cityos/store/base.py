@@ -169,8 +169,18 @@ ChangeListener = Callable[
 ]
 
 
-# geo_grid's `fixed`: called with the function that takes the read's snapshot
-SnapshotHook = Callable[[Callable[[], None]], object]
+class SnapshotHook(Protocol):
+    """geo_grid's `fixed`: lets its caller tell which committed changes the read's snapshot holds
+    (mapdata/kept_cells.py). A back-end whose read runs in a thread of its own takes the snapshot
+    inside `hold` (`establish`: the read transaction's first read); one whose snapshot a server
+    takes calls `before()` just before sending the statement that takes it and `after(mark)` once
+    that statement has answered, then counts in the same snapshot."""
+
+    def hold(self, establish: Callable[[], object]) -> None: ...
+
+    def before(self) -> object: ...
+
+    def after(self, mark: object) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,10 +322,8 @@ class EntityStore(
         """The entities `query` selects counted per cell of `grid` (an entity whose box meets the
         grid's box counts in the cell of its centre, clamped to the grid), in SQL: never a document
         decoded. None when the query is not exact in SQL (paging.exact_in_sql; a part expired and
-        not swept yet counts too): the caller then counts from query_entities. `fixed`: a back-end
-        whose read has one snapshot that a call can take (SQLite's read transaction) calls
-        fixed(establish) once, before counting, from the reading thread; `establish` takes the
-        snapshot the counts are read in (mapdata/kept_cells.py: which committed changes they hold)."""
+        not swept yet counts too): the caller then counts from query_entities. `fixed`: the read's
+        snapshot taken as SnapshotHook says, and the counts read in it."""
 
     def lookup_in_query(self, tenant: str, entity_id: str) -> Entity | None:
         """A synchronous read for predicates that follow relationships (q `rel{attr}`); it is

@@ -306,7 +306,7 @@ class SQLiteGrid:
             connection.execute("BEGIN")
             try:
                 if fixed is not None:  # the read transaction's snapshot is taken by its first read
-                    fixed(lambda: connection.execute("SELECT version FROM listing_version").fetchone())
+                    fixed.hold(lambda: connection.execute("SELECT version FROM listing_version").fetchone())
                 if needs_fresh and _stale(connection, tenant, now):
                     return None
                 if level is not None and grid.tile is not None:

@@ -14,6 +14,7 @@ numeric one alone: it includes the pk, migration 20): no look at `entities` (_va
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
@@ -90,8 +91,6 @@ class PostgresGrid:
     async def geo_grid(
         self, tenant: str, query: EntityQuery, grid: GeoGrid, fixed: SnapshotHook | None = None
     ) -> list[GridCell] | None:
-        # `fixed` is not called: a statement's snapshot is taken by the server, at a time no
-        # client-side lock can pin between the other connections' commits
         query = access_in_python(matches_in_python(id_pattern_in_python(query)))
         if not exact_in_sql(query) or query.geo_box is not None:
             return None
@@ -139,7 +138,13 @@ class PostgresGrid:
                 self._fair.slot(),
                 asyncio.timeout(self.query_timeout),
                 self._lane.lease(self.pool) as connection,
+                contextlib.AsyncExitStack() as stack,
             ):
+                if fixed is not None:  # one snapshot for both statements, taken by the first
+                    await stack.enter_async_context(connection.transaction(isolation="repeatable_read", readonly=True))
+                    mark = fixed.before()
+                    await connection.fetchval("SELECT 1")
+                    fixed.after(mark)
                 fast = None
                 if level is not None and grid.tile is not None:
                     fast = await self._index_only(connection, tenant, query, grid.attr, now, grid.tile, level)
