@@ -114,21 +114,7 @@ def _change(base: str, rate: int, stop: threading.Event) -> None:
         started = time.perf_counter()
         rounds = 0
         while not stop.is_set():
-            body = [
-                {
-                    "id": entity_id(i),
-                    "type": "OffStreetParking",
-                    "availableSpotNumber": {"type": "Property", "value": rng.randrange(300)},
-                }
-                for i in rng.sample(range(100_000), batch)
-            ]
-            response = client.post(
-                f"{API}/entityOperations/upsert",
-                params={"options": "update"},
-                content=orjson.dumps(body),
-                headers={"Content-Type": "application/json"},
-            )
-            assert response.status_code in (201, 204), response.text
+            _set_spots(client, {i: rng.randrange(300) for i in rng.sample(range(100_000), batch)})
             rounds += 1
             pause = started + rounds * 0.1 - time.perf_counter()
             if pause > 0:
@@ -136,6 +122,21 @@ def _change(base: str, rate: int, stop: threading.Event) -> None:
         print(
             {"changes_sent": rounds * batch, "rate_per_s": round(rounds * batch / (time.perf_counter() - started), 1)}
         )
+
+
+def _set_spots(client: httpx.Client, values: dict[int, int]) -> None:
+    """One batch upsert (update) of stored entities' availableSpotNumber: {entity number: value}."""
+    body = [
+        {"id": entity_id(i), "type": "OffStreetParking", "availableSpotNumber": {"type": "Property", "value": v}}
+        for i, v in values.items()
+    ]
+    response = client.post(
+        f"{API}/entityOperations/upsert",
+        params={"options": "update"},
+        content=orjson.dumps(body),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code in (201, 204), response.text
 
 
 def _timed(
@@ -225,21 +226,7 @@ def stream(database: str, rate: int, seconds: float) -> dict[str, Any]:
             for round_ in range(rounds):
                 value = 100_000 + round_
                 ids = rng.sample(range(stored), batch)
-                body = [
-                    {
-                        "id": entity_id(i),
-                        "type": "OffStreetParking",
-                        "availableSpotNumber": {"type": "Property", "value": value},
-                    }
-                    for i in ids
-                ]
-                response = client.post(
-                    f"{API}/entityOperations/upsert",
-                    params={"options": "update"},
-                    content=orjson.dumps(body),
-                    headers={"Content-Type": "application/json"},
-                )
-                assert response.status_code in (201, 204), response.text
+                _set_spots(client, dict.fromkeys(ids, value))
                 done = time.perf_counter()
                 for i in ids:
                     answered[(entity_id(i), value)] = done
