@@ -159,16 +159,18 @@ def test_kept_counts_stay_exact_while_changes_come_during_their_read(
             def __init__(self, inner: Any) -> None:
                 self.inner = inner
 
-            def hold(self, establish: Any) -> None:  # the store's reading thread
+            def hold(self, establish: Any) -> bool:  # the store's reading thread
                 time.sleep(0.15)
-                self.inner.hold(establish)
+                known: bool = self.inner.hold(establish)
                 time.sleep(0.3)
+                return known
 
             def before(self) -> object:
                 return self.inner.before()
 
-            def after(self, mark: object) -> None:
-                self.inner.after(mark)
+            def after(self, mark: object) -> bool:
+                known: bool = self.inner.after(mark)
+                return known
 
         async def held(tenant: str, query: Any, grid: Any, fixed: Any = None) -> Any:
             return await original(tenant, query, grid, None if fixed is None else Slow(fixed))

@@ -147,14 +147,16 @@ class Fixed:
         self.watch, self.tenant = watch, tenant
         self.snapshot: tuple[int, int] | None = None
 
-    def hold(self, establish: Callable[[], object]) -> None:  # the store's reading thread
+    def hold(self, establish: Callable[[], object]) -> bool:  # the store's reading thread
         self.snapshot = self.watch.fixed(self.tenant, establish)
+        return self.snapshot is not None
 
     def before(self) -> object:  # on the loop, as every change's listener and commit (PostgreSQL)
         return self.watch.mark(self.tenant)
 
-    def after(self, mark: object) -> None:
+    def after(self, mark: object) -> bool:
         self.snapshot = self.watch.confirm(mark)
+        return self.snapshot is not None
 
 
 class KeptCells:

@@ -174,13 +174,19 @@ class SnapshotHook(Protocol):
     (mapdata/kept_cells.py). A back-end whose read runs in a thread of its own takes the snapshot
     inside `hold` (`establish`: the read transaction's first read); one whose snapshot a server
     takes calls `before()` just before sending the statement that takes it and `after(mark)` once
-    that statement has answered, then counts in the same snapshot."""
+    that statement has answered, then counts in the same snapshot. `hold` and `after` say whether
+    the caller could tell: if not, the back-end may take a new snapshot (SNAPSHOT_TRIES in all,
+    SNAPSHOT_PAUSE x the try's number apart: a write was committing)."""
 
-    def hold(self, establish: Callable[[], object]) -> None: ...
+    def hold(self, establish: Callable[[], object]) -> bool: ...
 
     def before(self) -> object: ...
 
-    def after(self, mark: object) -> None: ...
+    def after(self, mark: object) -> bool: ...
+
+
+SNAPSHOT_TRIES = 4
+SNAPSHOT_PAUSE = 0.002  # seconds
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cityos.entities.expiry import now_key
-from cityos.store.base import EntityQuery, GeoGrid, GridCell, SnapshotHook
+from cityos.store.base import SNAPSHOT_PAUSE, SNAPSHOT_TRIES, EntityQuery, GeoGrid, GridCell, SnapshotHook
 from cityos.store.cell_key import KEY_ZOOM, cell_of, tile_range
 from cityos.store.paging import allowed_types, exact_in_sql, unfiltered, untyped
 from cityos.store.sqlite_layout import NAME_ID
@@ -306,7 +306,13 @@ class SQLiteGrid:
             connection.execute("BEGIN")
             try:
                 if fixed is not None:  # the read transaction's snapshot is taken by its first read
-                    fixed.hold(lambda: connection.execute("SELECT version FROM listing_version").fetchone())
+                    for attempt in range(1, SNAPSHOT_TRIES + 1):
+                        if fixed.hold(lambda: connection.execute("SELECT version FROM listing_version").fetchone()):
+                            break
+                        if attempt < SNAPSHOT_TRIES:  # a write was committing: a new snapshot in a moment
+                            connection.execute("ROLLBACK")
+                            time.sleep(SNAPSHOT_PAUSE * attempt)
+                            connection.execute("BEGIN")
                 if needs_fresh and _stale(connection, tenant, now):
                     return None
                 if level is not None and grid.tile is not None:

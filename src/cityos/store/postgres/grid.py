@@ -23,7 +23,7 @@ import asyncpg
 from cityos.entities.expiry import now_key
 from cityos.errors import QueryTimeout
 from cityos.query.patterns import id_pattern_in_python
-from cityos.store.base import EntityQuery, GeoGrid, GridCell, SnapshotHook
+from cityos.store.base import SNAPSHOT_PAUSE, SNAPSHOT_TRIES, EntityQuery, GeoGrid, GridCell, SnapshotHook
 from cityos.store.cell_key import KEY_ZOOM, cell_of, tile_range
 from cityos.store.paging import allowed_types, exact_in_sql, unfiltered, untyped
 from cityos.store.postgres.sql import Params, access_in_python, matches_in_python, value_clause, where
@@ -78,6 +78,21 @@ def _merged(rows: list[Any]) -> list[tuple[Any, ...]]:
         cell[2] += sum_y
         cell[3].append(kind)
     return [(False, k, 0, n, sx / n * 0.5, sy / n * 0.5, names) for k, (n, sx, sy, names) in cells.items()]
+
+
+async def _fixed_snapshot(connection: Any, stack: contextlib.AsyncExitStack, fixed: SnapshotHook) -> None:
+    """Open a REPEATABLE READ transaction on `connection` (closed by `stack`) whose snapshot
+    `fixed` can tell, trying a few times while writes are committing; the last try's stands."""
+    for attempt in range(1, SNAPSHOT_TRIES + 1):
+        mark = fixed.before()
+        transaction = connection.transaction(isolation="repeatable_read", readonly=True)
+        await transaction.start()
+        await connection.fetchval("SELECT 1")
+        if fixed.after(mark) or attempt == SNAPSHOT_TRIES:
+            stack.push_async_callback(transaction.rollback)  # read only: nothing to keep
+            return
+        await transaction.rollback()
+        await asyncio.sleep(SNAPSHOT_PAUSE * attempt)
 
 
 class PostgresGrid:
@@ -140,11 +155,8 @@ class PostgresGrid:
                 self._lane.lease(self.pool) as connection,
                 contextlib.AsyncExitStack() as stack,
             ):
-                if fixed is not None:  # one snapshot for both statements, taken by the first
-                    await stack.enter_async_context(connection.transaction(isolation="repeatable_read", readonly=True))
-                    mark = fixed.before()
-                    await connection.fetchval("SELECT 1")
-                    fixed.after(mark)
+                if fixed is not None:  # one snapshot for the counting statements, taken by a SELECT 1
+                    await _fixed_snapshot(connection, stack, fixed)
                 fast = None
                 if level is not None and grid.tile is not None:
                     fast = await self._index_only(connection, tenant, query, grid.attr, now, grid.tile, level)
