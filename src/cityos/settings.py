@@ -388,7 +388,7 @@ class Settings:
     )
     tile_q_views: int = _setting(
         16,
-        "Map tiles: q-filtered cluster counts kept per worker (one per tenant, type and q, for tiles of zooms 0-12"
+        "Map tiles: q-filtered cluster counts kept per worker (one per tenant, type and q, for tiles of zooms 0-14"
         " and callers who may read everything), read once and followed from each change (docs/map-data.md). 0: off.",
     )
     changes_max_clients: int = _setting(

@@ -1,6 +1,6 @@
 """A q-filtered map layer's cluster counts, kept per view and followed from committed changes.
 
-Why: a tile of zooms 0-12 filtered by a q (`type=OffStreetParking&q=availableSpotNumber>100`)
+Why: a tile of zooms 0-14 filtered by a q (`type=OffStreetParking&q=availableSpotNumber>100`)
 counts, per cell, the matches among every located entity of its area: at 100,000 entities a
 whole-city tile costs 60-100 ms of CPU in the store (the tile's 100,000 index entries tested
 against the 58,000 matches; docs/performance.md), over the 50 ms a map tile may take. A map
@@ -38,8 +38,9 @@ from cityos.store.base import GeoGrid, GridCell, SnapshotHook
 from cityos.store.cell_key import KEY_ZOOM, cell_key, cell_of, key_of, tile_range
 from cityos.store.side_rows import geo_keys, instance_boxes
 
-KEPT_MAX_ZOOM = 12  # deeper tiles hold few enough rows to count in the store (under 25 ms at 100,000)
+KEPT_MAX_ZOOM = 14  # deeper tiles hold few enough rows to count in the store (15-25 ms at 100,000)
 MAX_CELLS = 250_000  # cells kept per view and zoom at most (a grid of 256 cells a tile: deep levels)
+MAX_TOTAL_CELLS = 500_000  # by all views (about 100 MB): past it the least recently used go
 FIRST_WAIT = 2.0  # seconds before a view whose read could not be kept is read again, doubled each time
 MAX_WAIT = 60.0  # up to this; and this long after a read the store could not count or of several types
 Row = tuple[int, float, float]  # a geo row's cell key (KEY_ZOOM) and box centre
@@ -292,9 +293,13 @@ class KeptCells:
         view.levels[zoom] = cells
         self._views[key] = view
         self._views.move_to_end(key)
-        while len(self._views) > self.max_views:
+        while len(self._views) > self.max_views or (len(self._views) > 1 and self.cells_kept() > MAX_TOTAL_CELLS):
             self._views.popitem(last=False)
         self._retrack()
+
+    def cells_kept(self) -> int:
+        """Cells kept by every view, every zoom (about 200 bytes each)."""
+        return sum(len(cells) for view in self._views.values() for cells in view.levels.values())
 
     def _follow(self, changes: Committed) -> None:
         """On the loop: committed changes, counted into each kept view of their tenant (and kept
