@@ -32,6 +32,24 @@ def _patch(name: str, value: Any) -> update.Mutator:
     return run
 
 
+def _retype(first: str) -> update.Mutator:
+    def run(current: Entity | None) -> update.Outcome:
+        assert current is not None
+        return update.Outcome({**current, "type": [first, *current["type"]], "modifiedAt": "2026-02-03T00:00:00Z"})
+
+    return run
+
+
+def _move(coordinates: list[float]) -> update.Mutator:
+    def move(current: Entity | None) -> update.Outcome:
+        assert current is not None
+        where = {"type": "GeoProperty", "value": {"type": "Point", "coordinates": coordinates}}
+        attrs = {**current["attrs"], V + "where": [where]}
+        return update.Outcome({**current, "attrs": attrs, "modifiedAt": "2026-02-04T00:00:00Z"})
+
+    return move
+
+
 def test_postgres_a_write_stores_exactly_the_rows_its_documents_make(postgres_skip_reason: str | None) -> None:
     with postgres_schema(postgres_skip_reason) as (loop, url):
         run = loop.run_until_complete
@@ -51,7 +69,10 @@ def test_postgres_a_write_stores_exactly_the_rows_its_documents_make(postgres_sk
             second = make("urn:x:" + ODD.replace(" ", ""), "T", "U" + ODD, n=prop(-0.0))
             run(store.mutate("", [("urn:x:1", update.create(first))], atomic=True))
             run(store.mutate("", [(second["id"], update.create(second))], atomic=True))
+            # n and name: one row each, rewritten in place (a number, a text, a number becoming a text
+            # and back); words: a list, its rows deleted and inserted; big removed, extra added
             steps = [("n", 2), ("n", 2), ("name", "other"), ("words", ["x", 7]), ("big", None), ("extra", ODD)]
+            steps += [("n", "seven"), ("name", -7.25), ("n", 1e308), ("name", ODD)]
             for name, value in steps:
                 run(store.mutate("", [("urn:x:1", _patch(name, value))], atomic=True))
             for entity_id in ("urn:x:1", second["id"]):
@@ -67,6 +88,14 @@ def test_postgres_a_write_stores_exactly_the_rows_its_documents_make(postgres_sk
                     store.pool.fetch("SELECT attr, min_x, max_x, min_y, max_y, point FROM entity_geo WHERE pk = $1", pk)
                 )
                 assert [(r[0], tuple(r[1:5]), r[5]) for r in boxes] == geo_boxes(entity)
+            # the first type changes while the location is left alone (its boxes are kept): the
+            # boxes take the new type (map clusters count by it, grid.py); then the location moves
+            for mutator in (_retype(V + "Moved"), _patch("n", 3), _move([3.5, 49.5])):
+                run(store.mutate("", [("urn:x:1", mutator)], atomic=True))
+                pk, first = run(store.pool.fetchrow("SELECT pk, types[1] FROM entities WHERE id = 'urn:x:1'"))
+                boxes = run(store.pool.fetch("SELECT min_x, min_y, type FROM entity_geo WHERE pk = $1", pk))
+                x, y = (3.5, 49.5) if mutator.__name__ == "move" else (2.25, 48.5)
+                assert [tuple(r) for r in boxes] == [(x, y, first)] and first == V + "Moved"
             got = run(store.get_entity("", "urn:x:1"))
             assert got is not None and got["attrs"][V + "extra"][0]["value"] == ODD
             assert V + "big" not in got["attrs"]

@@ -30,7 +30,7 @@ deadlock writers.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -139,6 +139,14 @@ _HISTORY_CTES = (
     ORDER BY u.n
 ), th_lost AS (SELECT array_agg(n ORDER BY n) AS lost FROM th_pk WHERE pk IS NULL)"""
 )
+# The same without th_tenant, for a write whose tenants this process has seen committed (tenant rows
+# are never deleted): an INSERT ... ON CONFLICT that could insert nothing still opened `tenants` and
+# its index in every write's statement.
+_TENANT_CTE = """, th_tenant AS (
+    INSERT INTO tenants (name) SELECT DISTINCT tenant FROM th_ins ON CONFLICT DO NOTHING
+)"""
+assert _TENANT_CTE in _HISTORY_CTES
+_HISTORY_CTES_KNOWN_TENANTS = _HISTORY_CTES.replace(_TENANT_CTE, "")
 # an instance as history_ctes sends it (recordset), `e` numbering its temporal entity
 _RECORD_COLUMNS = (
     "e bigint, attr text, dataset text, instance_id text, retained_us bigint, kind text, observed_us bigint,"
@@ -346,10 +354,13 @@ class PostgresTemporal(PostgresTemporalReads):
         if names is not None and len(names) <= MAX_SPECULATED:
             self._recent_partitions = tuple(names)
 
-    def history_ctes(self, rows: Sequence[HistoryRow], p: Params, locked: Sequence[str]) -> HistoryCtes | None:
+    def history_ctes(
+        self, rows: Sequence[HistoryRow], p: Params, locked: Sequence[str], tenants_known: Container[str] = ()
+    ) -> HistoryCtes | None:
         """A write's history as CTEs of its one statement, when it is small (below COPY_FROM) and
         every partition it goes to is among `locked` (attached and locked by the write's first
-        statement); None: it goes by _append_history, after that statement."""
+        statement); None: it goes by _append_history, after that statement. `tenants_known`: tenants
+        whose row is committed, which the statement then does not insert."""
         if not rows or len(rows) >= COPY_FROM:
             return None
         puts = [_Put.of(row.attr, row.instance) for row in rows]
@@ -366,7 +377,8 @@ class PostgresTemporal(PostgresTemporalReads):
         instances = [
             {"e": keys[(row.tenant, row.entity_id)], **put.record()} for row, put in zip(rows, puts, strict=True)
         ]
-        cte = _HISTORY_CTES.format(
+        known = all(row.tenant in tenants_known for row in rows)
+        cte = (_HISTORY_CTES_KNOWN_TENANTS if known else _HISTORY_CTES).format(
             keys=recordset(p, entities, "k", "tenant text, id text, types json"),
             columns=", ".join(_COLUMNS),
             rows=recordset(p, instances, "u", _RECORD_COLUMNS),

@@ -14,8 +14,9 @@ The plan keeps the database's observable effects exactly: a new row's pk follows
 the operations that created it; an entity deleted and created again in one write gets a new row
 (and pk), as before; side rows are rewritten only when what they index changed (an update of an
 unindexed attribute touches `entities` alone; of an indexed one, that attribute's attr_values
-rows). The rows go to PostgreSQL as JSON (`recordset`). The side rows of a stored document always match it,
-expired parts included, so the comparison is with the stored document, not its visible form.
+rows, updated in place when it had one and keeps one). The rows go to PostgreSQL as JSON
+(`recordset`). The side rows of a stored document always match it, expired parts included, so the
+comparison is with the stored document, not its visible form.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import orjson
 from cityos.entities.expiry import next_expiry, visible
 from cityos.entities.model import Entity
 from cityos.store.postgres.sql import Params
-from cityos.store.side_rows import changed_values, geo_boxes, indexed_values, own_expiry
+from cityos.store.side_rows import changed_values, geo_boxes, geo_untouched, indexed_values, own_expiry
 
 Key = tuple[str, str]  # (tenant, entity id)
 
@@ -129,18 +130,27 @@ class WritePlan:
         values: list[dict[str, Any]] = []
         boxes: list[dict[str, Any]] = []
         stale_values: list[dict[str, Any]] = []
+        moved: list[dict[str, Any]] = []  # an attribute's one row, its values changed in place
         stale_boxes: list[int] = []
         retyped: list[dict[str, Any]] = []  # entities whose first type changed, their boxes kept
         for pk, slot, entity in changed:
             assert slot.stored is not None
-            for attr, rows, _ in changed_values(slot.stored["attrs"], entity["attrs"]):
+            for attr, rows, had in changed_values(slot.stored["attrs"], entity["attrs"]):
+                if had == 1 and len(rows) == 1:
+                    moved.append(_value(pk, rows[0]))
+                    continue
                 stale_values.append({"pk": pk, "attr": attr})
                 values.extend(_value(pk, row) for row in rows)
+            retype = entity["type"][0] != slot.stored["type"][0]
+            if geo_untouched(slot.stored["attrs"], entity["attrs"]):  # its boxes are those stored
+                if retype and geo_boxes(entity):
+                    retyped.append({"pk": pk, "type": entity["type"][0]})
+                continue
             new_boxes = geo_boxes(entity)
             if new_boxes != geo_boxes(slot.stored):
                 stale_boxes.append(pk)
                 boxes.extend(_box(pk, box, entity["type"][0]) for box in new_boxes)
-            elif new_boxes and entity["type"][0] != slot.stored["type"][0]:
+            elif new_boxes and retype:
                 retyped.append({"pk": pk, "type": entity["type"][0]})
         for pk, _, entity in added:
             values.extend(_value(pk, row) for row in indexed_values(entity))
@@ -153,6 +163,15 @@ class WritePlan:
             ctes.append(
                 f"values_gone AS (DELETE FROM attr_values v WHERE v.pk = ANY({p(stale_pks)}::bigint[])"
                 f" AND (v.pk, v.attr) IN (SELECT g.pk, g.attr FROM {pairs}))"
+            )
+        if moved:
+            # the attribute's one row (pk, attr) rewritten in place: no delete and insert, so no
+            # foreign-key check of the new row and one data-modifying CTE fewer (a sensor reading)
+            source = recordset(p, moved, "m", "pk bigint, attr text, num float8, txt text")
+            moved_pks = sorted({row["pk"] for row in moved})
+            ctes.append(
+                f"values_moved AS (UPDATE attr_values v SET num = m.num, txt = m.txt FROM {source}"
+                f" WHERE v.pk = ANY({p(moved_pks)}::bigint[]) AND v.pk = m.pk AND v.attr = m.attr)"
             )
         if stale_boxes:
             ctes.append(f"boxes_gone AS (DELETE FROM entity_geo WHERE pk = ANY({p(stale_boxes)}::bigint[]))")

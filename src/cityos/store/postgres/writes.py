@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -149,7 +149,9 @@ class PostgresWrites(Transactions):
             self, connection: Connection, rows: Sequence[HistoryRow], puts: Sequence[_Put] | None = None
         ) -> None: ...
 
-        def history_ctes(self, rows: Sequence[HistoryRow], p: Params, locked: Sequence[str]) -> HistoryCtes | None: ...
+        def history_ctes(
+            self, rows: Sequence[HistoryRow], p: Params, locked: Sequence[str], tenants_known: Container[str] = ()
+        ) -> HistoryCtes | None: ...
 
         async def history_lost(
             self, connection: Connection, rows: Sequence[HistoryRow], history: HistoryCtes, lost: Sequence[int] | None
@@ -301,7 +303,7 @@ class PostgresWrites(Transactions):
             ctes.append(pending_cte(owed.audit, p))
         if tenant is not None and tenant not in self._tenants_made:
             ctes.append(f"tenant_added AS (INSERT INTO tenants (name) VALUES ({p(tenant)}) ON CONFLICT DO NOTHING)")
-        history = self.history_ctes(owed.history, p, locked) if owed.history else None
+        history = self.history_ctes(owed.history, p, locked, self._tenants_made) if owed.history else None
         if history is not None and history.cte:
             ctes.append(history.cte)
             lost = await connection.fetchval("WITH " + ", ".join(ctes) + " SELECT lost FROM th_lost", *p.values)
