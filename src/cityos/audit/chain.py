@@ -39,7 +39,7 @@ def utc_now() -> str:
     """Record time: UTC, microseconds, a `Z` suffix (sorts as text). Every write makes one, so the
     date and time of day are formatted once per second, not once per record."""
     second, micro = divmod(time.time_ns() // 1000, 1_000_000)
-    return f"{second_text(second)}.{micro:06d}Z"
+    return f"{second_text(second)}.{str(1_000_000 + micro)[1:]}Z"  # micro zero-padded, no format spec parsed
 
 
 @dataclass(slots=True)

@@ -89,6 +89,9 @@ GEO_CORE = frozenset({NGSI + "location", NGSI + "observationSpace", NGSI + "oper
 NULL_URI = "urn:ngsi-ld:null"
 
 
+_VALID_TYPES: set[str] = set()  # type names that passed check_name: every measure of a device names its type
+
+
 def entity_types(raw: Any, terms: TermMap) -> list[str]:
     """Expanded entity types from a `type` member (a name or an array of names)."""
     names = raw if isinstance(raw, list) else [raw]
@@ -96,7 +99,12 @@ def entity_types(raw: Any, terms: TermMap) -> list[str]:
         raise BadRequestData("entity type must not be empty")
     types: list[str] = []
     for name in names:
-        check_name(name, "entity type")
+        if type(name) is not str or name not in _VALID_TYPES:
+            check_name(name, "entity type")
+            if type(name) is str:
+                if len(_VALID_TYPES) >= _VALID_NAMES_MAX:
+                    _VALID_TYPES.clear()
+                _VALID_TYPES.add(name)
         iri = terms.expand(name)
         if iri.startswith("@"):
             raise BadRequestData(f"entity type {name!r} is a JSON-LD keyword")

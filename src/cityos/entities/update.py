@@ -25,21 +25,27 @@ class Outcome:
     # the write annotates what is stored (a derived mark, e.g. the anomaly detector's flag on a
     # reading) and is no new observation: the store hands it on in EntityChange.annotation
     annotation: bool = False
+    # the attributes whose instance lists this mutation gave a new list; every other attribute of
+    # `entity` is the very list of the current entity's (`_require(lists=False)`). None: not known
+    relisted: tuple[str, ...] | None = None
 
 
 Mutator = Callable[[Entity | None], Outcome]
 
 
-def _require(current: Entity | None, entity_id: str) -> Entity:
+def _require(current: Entity | None, entity_id: str, *, lists: bool = True) -> Entity:
     """A copy of the stored entity for a mutator to change, sharing its attribute instances: the
     mutators replace an instance (a new dict) and change the lists and dicts copied here, never an
     instance in place, so `current` (the change's `before`) stays as it was. The instances an update
     leaves alone are then the very objects of `before`, which the history and side-row comparisons
-    see at once (a sensor update changes one attribute of ten)."""
+    see at once (a sensor update changes one attribute of ten). `lists=False`: the attributes' lists
+    are shared too, and the mutator gives each attribute it may change a list of its own (`append`),
+    so an attribute left alone is the very list of `before` and the comparisons skip it whole."""
     if current is None:
         raise ResourceNotFound(f"entity {entity_id} does not exist")
     copied: Entity = {**current, "type": list(current["type"])}
-    copied["attrs"] = {iri: list(instances) for iri, instances in current["attrs"].items()}
+    attrs = current["attrs"]
+    copied["attrs"] = {iri: list(instances) for iri, instances in attrs.items()} if lists else dict(attrs)
     if "scope" in current:
         copied["scope"] = list(current["scope"])
     return copied
@@ -74,7 +80,7 @@ def upsert(new: Entity, *, mode: str) -> Mutator:
             return Outcome(new, created=True)
         if mode == "replace":
             return replace(new)(current)
-        return append(new["id"], new, no_overwrite=False, add_types=True)(current)
+        return _append(current, new["id"], new, no_overwrite=False, add_types=True)
 
     return run
 
@@ -113,33 +119,43 @@ def append(entity_id: str, fragment: Entity, *, no_overwrite: bool, add_types: b
     """POST /entities/{id}/attrs: add attributes, replacing same-datasetId instances unless noOverwrite."""
 
     def run(current: Entity | None) -> Outcome:
-        entity = _require(current, entity_id)
-        outcome = Outcome(entity)
-        if add_types and fragment.get("type"):
-            _merge_types(entity, fragment["type"])
-        if "scope" in fragment:
-            if no_overwrite:
-                entity["scope"] = entity.get("scope", []) + [
-                    s for s in fragment["scope"] if s not in entity.get("scope", [])
-                ]
-            else:
-                entity["scope"] = fragment["scope"]
-        for iri, instances in fragment["attrs"].items():
-            target = entity["attrs"].setdefault(iri, [])
-            changed = False
-            for instance in instances:
-                if no_overwrite and _has_instance(target, instance.get("datasetId")):
-                    continue
-                _put_instance(target, instance)
-                changed = True
-            if changed:
-                outcome.updated.append(iri)
-            else:
-                outcome.not_updated.append((iri, "attribute exists and noOverwrite was requested"))
-        entity["modifiedAt"] = fragment["modifiedAt"]
-        return outcome
+        return _append(current, entity_id, fragment, no_overwrite=no_overwrite, add_types=add_types)
 
     return run
+
+
+def _append(
+    current: Entity | None, entity_id: str, fragment: Entity, *, no_overwrite: bool, add_types: bool
+) -> Outcome:
+    """append's mutation (upsert's too: called directly, no closure made for each entity)."""
+    entity = _require(current, entity_id, lists=False)
+    outcome = Outcome(entity)
+    if add_types and fragment.get("type"):
+        _merge_types(entity, fragment["type"])
+    if "scope" in fragment:
+        if no_overwrite:
+            entity["scope"] = entity.get("scope", []) + [
+                s for s in fragment["scope"] if s not in entity.get("scope", [])
+            ]
+        else:
+            entity["scope"] = fragment["scope"]
+    attrs = entity["attrs"]
+    for iri, instances in fragment["attrs"].items():
+        held = attrs.get(iri)
+        target = attrs[iri] = [] if held is None else list(held)  # its own list: `before`'s stays as it was
+        changed = False
+        for instance in instances:
+            if no_overwrite and _has_instance(target, instance.get("datasetId")):
+                continue
+            _put_instance(target, instance)
+            changed = True
+        if changed:
+            outcome.updated.append(iri)
+        else:
+            outcome.not_updated.append((iri, "attribute exists and noOverwrite was requested"))
+    entity["modifiedAt"] = fragment["modifiedAt"]
+    outcome.relisted = tuple(fragment["attrs"])
+    return outcome
 
 
 def _delete_instance(entity: Entity, iri: str, dataset: str | None) -> bool:

@@ -27,7 +27,9 @@ def now() -> str:
     `datetime.isoformat` does). Every write stamps one, so the date and time of day are formatted
     once per second, not per call (as audit/chain.py's utc_now)."""
     second, milli = divmod(time.time_ns() // 1_000_000, 1000)
-    return f"{second_text(second)}.{milli:03d}Z"
+    return (
+        f"{second_text(second)}.{str(1000 + milli)[1:]}Z"  # the digits of milli, zero-padded: no format spec to parse
+    )
 
 
 # invisible or confusable code points that have no place in an identifier
@@ -49,8 +51,21 @@ def has_invisible(value: str) -> bool:
     return False
 
 
+# URIs that passed is_uri: a device's entity id comes with each of its measures (as _VALID_NAMES in model.py)
+_VALID_URIS: set[str] = set()
+_VALID_URIS_MAX = 16_384
+
+
 def is_uri(value: Any) -> bool:
-    return isinstance(value, str) and URI_RE.match(value) is not None and not has_invisible(value)
+    if type(value) is str and value in _VALID_URIS:
+        return True
+    if not (isinstance(value, str) and URI_RE.match(value) is not None and not has_invisible(value)):
+        return False
+    if type(value) is str:
+        if len(_VALID_URIS) >= _VALID_URIS_MAX:
+            _VALID_URIS.clear()
+        _VALID_URIS.add(value)
+    return True
 
 
 def require_uri(value: Any, what: str) -> str:

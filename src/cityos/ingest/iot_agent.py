@@ -24,6 +24,7 @@ from cityos.ingest.sink import StoreSink
 
 log = logging.getLogger("cityos.iot")
 MAX_UNKNOWN_LOGGED = 10_000
+MAX_STORED_OUTCOMES = 10_000  # entities whose "stored" outcome is kept for their next measures (about 1.5 MB)
 BUSY_ATTEMPTS = 3  # writes of one batch while the database stays busy (each after its Retry-After)
 MAX_BUSY_WAIT = 5.0
 
@@ -64,6 +65,8 @@ class IotAgent:
         self.sink = sink
         self.stats = AgentStats()
         self._unknown: set[tuple[str, str]] = set()  # (apikey, device id) already logged
+        # the "stored" outcome of each entity, made once (frozen: one object serves all its measures)
+        self._stored: dict[str, MeasureOutcome] = {}
         # keyed by nothing a client chooses: every device and key together, per kind of failure
         self.failures = FailureLog(log)
 
@@ -84,8 +87,11 @@ class IotAgent:
         outcomes: list[MeasureOutcome | None] = [None] * len(messages)
         try:
             units: dict[str, list[tuple[int, DeviceMessage, Device, list[dict[str, Any]]]]] = {}
+            registry = self.registry
             for index, message in enumerate(messages):
-                device = await self.registry.resolve(message.apikey, message.device_id)
+                device = registry.provisioned(message.apikey, message.device_id) or await registry.resolve(
+                    message.apikey, message.device_id
+                )
                 if device is None:
                     outcomes[index] = self._unknown_device(message)
                     continue
@@ -111,7 +117,7 @@ class IotAgent:
                 for (index, message, device, _), error in zip(found, errors, strict=True):
                     if error is None:
                         self.stats.stored += 1
-                        outcomes[index] = MeasureOutcome("stored", entity_id=device.entity_id)
+                        outcomes[index] = self._stored_outcome(device.entity_id)
                     else:
                         outcomes[index] = self._malformed(message, device, error)
             return [outcome for outcome in outcomes if outcome is not None]
@@ -131,6 +137,14 @@ class IotAgent:
                     raise
                 await asyncio.sleep(min(busy.retry_after, MAX_BUSY_WAIT))
         raise AssertionError("unreachable")
+
+    def _stored_outcome(self, entity_id: str) -> MeasureOutcome:
+        found = self._stored.get(entity_id)
+        if found is None:
+            if len(self._stored) >= MAX_STORED_OUTCOMES:
+                self._stored.clear()
+            found = self._stored[entity_id] = MeasureOutcome("stored", entity_id=entity_id)
+        return found
 
     def _failed(self, device: Device, detail: str) -> MeasureOutcome:
         self.stats.failed += 1

@@ -412,6 +412,12 @@ class Registry:
         """The tenant that claimed an API key; None if none did."""
         return self._owners.get(apikey)
 
+    def provisioned(self, apikey: str, device_id: str) -> Device | None:
+        """resolve's answer for a provisioned device of the key's owner, without a coroutine (every
+        measure asks); None: ask resolve."""
+        device = self._devices.get((apikey, device_id))
+        return device if device is not None and device.tenant == self._owners.get(apikey) else None
+
     async def resolve(self, apikey: str, device_id: str) -> Device | None:
         """The device a measure comes from, always one of the key owner's; an unknown device of an
         autoprovisioning group is provisioned on its first measure (as the FIWARE agents do)."""

@@ -44,7 +44,7 @@ from cityos.ops.schemas import NGSI_LD_HEADERS
 from cityos.policy.decision import ReadView
 from cityos.snapshots.scope import MARK
 from cityos.store.base import AfterCommit, EntityChange, EntityLookup, EntityStore, StoreEvent
-from cityos.store.side_rows import geo_untouched, instance_boxes
+from cityos.store.side_rows import geo_untouched, geometry_bbox
 
 log = logging.getLogger("cityos.mapdata")
 
@@ -79,7 +79,13 @@ def boxes_of(entity: Entity | None) -> list[Box]:
     """(min_x, min_y, max_x, max_y) of each geometry of an entity: the tiles a change touches."""
     if entity is None:
         return []
-    return [(box[0], box[2], box[1], box[3]) for _, box, _ in instance_boxes(entity)]
+    geometries = [  # instance_boxes' walk, without its (attr, box, geometry) tuples
+        instance["value"]
+        for instances in entity["attrs"].values()
+        for instance in instances
+        if instance.get("type") == "GeoProperty"
+    ]
+    return [(box[0], box[2], box[1], box[3]) for geometry in geometries if (box := geometry_bbox(geometry))]
 
 
 def _layout_changed(
@@ -103,6 +109,8 @@ def _layers_changed(before: Entity | None, after: Entity | None, layout: bool) -
     if before.get("scope") != after.get("scope"):
         return True
     old, new = before["attrs"].get(GEO) or [], after["attrs"].get(GEO) or []
+    if old is new:  # the very list of `before` (entities/update.py `_require`): left alone
+        return False
     return [i.get("value") for i in old] != [i.get("value") for i in new]
 
 
@@ -213,7 +221,7 @@ class ChangeHub:
                 before
                 if change.before is not None
                 and change.after is not None
-                and geo_untouched(change.before["attrs"], change.after["attrs"])
+                and geo_untouched(change.before["attrs"], change.after["attrs"], change.relisted)
                 else boxes_of(change.after)
             )
             boxes, layout = before + after, _layout_changed(change.before, change.after, (before, after))

@@ -32,13 +32,17 @@ if TYPE_CHECKING:
 class EntityChange:
     """One committed change, emitted once for subscriptions, history and federation to consume.
     `annotation`: the mutator said the write only annotates what is stored (Outcome.annotation):
-    the history records nothing for it; every other listener sees it as any change."""
+    the history records nothing for it; every other listener sees it as any change. Its documents
+    are read-only: listeners share them."""
 
     tenant: str
     entity_id: str
     before: Entity | None
     after: Entity | None
     annotation: bool = False
+    # the attributes whose instance lists the write replaced (Outcome.relisted), when every other
+    # attribute of `after` is the very list of `before`: the comparisons look at these alone; None: any
+    relisted: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -13,6 +13,8 @@ import orjson
 from cityos.entities.expiry import normalize
 from cityos.entities.model import VALUE_MEMBER, Entity, Instance
 from cityos.entities.values import identical
+
+_NUMBERS = (int, float)  # not `int | float`: that makes a union object at each call (1 K instructions)
 
 
 def geometry_bbox(geometry: Any) -> tuple[float, float, float, float] | None:
@@ -23,7 +25,7 @@ def geometry_bbox(geometry: Any) -> tuple[float, float, float, float] | None:
     if (
         isinstance(coordinates, list)
         and coordinates
-        and isinstance(coordinates[0], int | float)
+        and isinstance(coordinates[0], _NUMBERS)
         and geometry.get("type") != "GeometryCollection"
     ):  # one position (a Point): what the walk below gives, without the walk
         x, y = float(coordinates[0]), float(coordinates[1])
@@ -32,7 +34,7 @@ def geometry_bbox(geometry: Any) -> tuple[float, float, float, float] | None:
     ys: list[float] = []
 
     def walk(node: Any) -> None:
-        if isinstance(node, list) and node and isinstance(node[0], int | float):
+        if isinstance(node, list) and node and isinstance(node[0], _NUMBERS):
             xs.append(float(node[0]))
             ys.append(float(node[1]))
         elif isinstance(node, list):
@@ -66,14 +68,65 @@ def geo_values(entity: Entity) -> list[tuple[str, Any]]:
 Boxed = list[tuple[str, tuple[float, float, float, float], Any]]
 
 
-def geo_untouched(old: dict[str, list[Instance]], new: dict[str, list[Instance]]) -> bool:
+# geo_untouched's last answer and the two `attrs` it was for: the store's side rows ask it of a change,
+# then the map tiles' listener (mapdata/changes.py) of the same two dicts, which nothing changes after
+# (a change's documents are read-only); one tuple, replaced whole, so a thread reads all of it or none
+_last_geo: tuple[object, object, bool] = (None, None, False)
+
+
+def ordered(relisted: tuple[str, ...], first: dict[str, Any], second: dict[str, Any]) -> Sequence[str]:
+    """The names of `relisted` (EntityChange.relisted) in the order of `first`'s keys, then of
+    `second`'s that `first` lacks: the order of a walk of every attribute, without the walk when
+    there is one name (a sensor's reading)."""
+    if len(relisted) < 2:
+        return relisted
+    order = {name: index for index, name in enumerate([*first, *(name for name in second if name not in first)])}
+    return sorted(relisted, key=lambda name: order.get(name, len(order)))
+
+
+def geo_untouched(
+    old: dict[str, list[Instance]], new: dict[str, list[Instance]], relisted: tuple[str, ...] | None = None
+) -> bool:
     """Whether an update surely left the GeoProperty instances alone: every instance it replaced,
     added or removed is of another type (an instance the update left alone is the very object of the
     stored document: entities/update.py `_require` shares them). A quick answer, cheaper than
-    geo_values of both; False sends the caller to compare the geo values."""
+    geo_values of both; False sends the caller to compare the geo values. `relisted`: the only
+    attributes whose lists may differ (EntityChange.relisted). Asked twice in a row of the same two
+    dicts, the second answer is the first's."""
+    global _last_geo
+    last = _last_geo
+    if last[0] is old and last[1] is new:
+        return last[2]
+    answer = _geo_untouched(old, new) if relisted is None else _geo_relisted(old, new, relisted)
+    _last_geo = (old, new, answer)
+    return answer
+
+
+def _geo_relisted(old: dict[str, list[Instance]], new: dict[str, list[Instance]], relisted: tuple[str, ...]) -> bool:
+    """_geo_untouched given the attributes whose lists may differ: every other one is the same list."""
+    for attr in relisted:
+        was, now = old.get(attr) or [], new.get(attr) or []
+        if was is now:
+            continue
+        if len(was) != len(now):
+            if any(instance.get("type") == "GeoProperty" for instance in [*was, *now]):
+                return False
+            continue
+        for index, instance in enumerate(now):
+            before = was[index]
+            if instance is not before and (
+                instance.get("type") == "GeoProperty" or before.get("type") == "GeoProperty"
+            ):
+                return False
+    return True
+
+
+def _geo_untouched(old: dict[str, list[Instance]], new: dict[str, list[Instance]]) -> bool:
     added = False
     for attr, now in new.items():
         was = old.get(attr)
+        if was is now:  # the very list of `before` (entities/update.py `_require`): left alone
+            continue
         if was is None or len(was) != len(now):
             added = added or was is None
             for instance in [*was, *now] if was else now:
@@ -159,19 +212,36 @@ def _same_rows(was: list[Instance], now: list[Instance]) -> bool:
 
 
 def changed_values(
-    old: dict[str, list[Instance]], new: dict[str, list[Instance]]
+    old: dict[str, list[Instance]], new: dict[str, list[Instance]], relisted: tuple[str, ...] | None = None
 ) -> Iterator[tuple[str, list[tuple[str, float | None, str | None]], int]]:
     """(attr, its new attr_rows, how many it had) for each attribute of an update whose attr_values
     rows changed (an attribute removed: no rows), so that only those are rewritten (in place when
-    there are as many as before); `old` and `new` are the `attrs` of the document before and after."""
-    for attr in (*old, *(a for a in new if a not in old)):
-        was, now = old.get(attr), new.get(attr)
+    there are as many as before); `old` and `new` are the `attrs` of the document before and after,
+    `relisted` the only attributes whose lists may differ (EntityChange.relisted)."""
+    if relisted is not None:
+        for attr in ordered(relisted, old, new):
+            was, now = old.get(attr), new.get(attr)
+            if was is now or (was and now and _same_rows(was, now)):
+                continue
+            rows = attr_rows(attr, now) if now else []
+            previous = attr_rows(attr, was) if was else []
+            if previous != rows:
+                yield attr, rows, len(previous)
+        return
+    for attr, was in old.items():  # one lookup an attribute, no tuple of every name: most are left alone
+        now = new.get(attr)
         if was is now or (was and now and _same_rows(was, now)):
             continue
         rows = attr_rows(attr, now) if now else []
         previous = attr_rows(attr, was) if was else []
         if previous != rows:
             yield attr, rows, len(previous)
+    if not new.keys() <= old.keys():  # some attribute is new (a set comparison in C)
+        for attr, now in new.items():
+            if attr not in old and now:  # new: no rows before
+                rows = attr_rows(attr, now)
+                if rows:
+                    yield attr, rows, 0
 
 
 def geo_boxes(entity: Entity) -> list[tuple[str, tuple[float, float, float, float], bool]]:
@@ -224,7 +294,7 @@ def attr_rows(attr: str, instances: list[Instance]) -> list[tuple[str, float | N
             for value in item if isinstance(item, list) else (item,):
                 if isinstance(value, bool):
                     continue
-                if isinstance(value, int | float):
+                if isinstance(value, _NUMBERS):
                     rows.append((attr, float(value), None))
                 elif isinstance(value, str):
                     rows.append((attr, None, value))

@@ -118,6 +118,9 @@ class Names:
         self.pending_values: dict[str, int] = {}
         self.seen: dict[int, int] = {}
         self.texts: dict[int, str] = {}
+        # a temporal entity's `types` column -> its type IRIs, when every id in it is committed (so
+        # never renamed): the writer reads the column for each history write of an entity
+        self.type_lists: dict[bytes, list[str]] = {}
 
     def _learn(self, name: str, number: int) -> None:
         if self.writer:

@@ -103,6 +103,22 @@ def types_of(connection: sqlite3.Connection, names: Names, stored: bytes) -> lis
     return [t if isinstance(t, str) else names.name(connection, t) for t in orjson.loads(stored)]
 
 
+TYPE_LISTS_LIMIT = 1024  # distinct `types` columns remembered by the writer (a city has a few dozen)
+
+
+def _known_types(connection: sqlite3.Connection, names: Names, stored: bytes) -> list[str]:
+    """types_of, remembered by the column's bytes once every id in it is committed (never renamed
+    after): most entities of a city share a handful of type lists. The list is not to be changed."""
+    found = names.type_lists.get(stored)
+    if found is None:
+        ids = orjson.loads(stored)
+        found = [t if isinstance(t, str) else names.name(connection, t) for t in ids]
+        committed = names.names
+        if len(names.type_lists) < TYPE_LISTS_LIMIT and all(isinstance(t, str) or t in committed for t in ids):
+            names.type_lists[stored] = found
+    return found
+
+
 _ASSIGN = (
     "dataset = ?, shape = ?, observed_us = ?, created_us = ?, modified_us = ?, deleted_us = ?, expires_us = ?,"
     " num = ?, vtext = ?, vref = ?, vkind = ?, rest = ?"
@@ -185,8 +201,8 @@ class SQLiteTemporal:
             connection.executemany("INSERT OR IGNORE INTO temporal_types VALUES (?, ?)", [(t, pk) for t in ids])
             return pk, True
         pk, stored = row
-        known = types_of(connection, names, stored)
-        added = [t for t in types if t not in known]
+        known = _known_types(connection, names, stored)
+        added = [t for t in types if t not in known] if types != known else None  # the same types: none added
         if added:
             ids = [names.id(connection, t) for t in [*known, *added]]
             connection.execute("UPDATE temporal_entities SET types = ? WHERE pk = ?", (orjson.dumps(ids), pk))

@@ -267,7 +267,8 @@ class SQLiteWrites:
         stored = orjson.loads(inflate(row[1])) if row else None
         # the row's next_expiry (the earliest expiresAt inside) says whether anything may have
         # expired, as for readers: no scan of the document for the key
-        before = visible_at(stored, found[2]) if stored is not None else None
+        # no next_expiry (nothing in it expires, most documents): the document itself, without a call
+        before = stored if found[2] is None else visible_at(stored, found[2]) if stored is not None else None
         try:
             outcome = mutator(before)
         except NgsiLdError as error:
@@ -296,8 +297,9 @@ class SQLiteWrites:
                     "UPDATE entities SET doc = ?, modified_at = ?, expires_at = ?, next_expiry = ? WHERE pk = ?",
                     (doc, after["modifiedAt"], own, earliest, pk),
                 )
-            self._index(connection, pk, stored, after)
-        change = EntityChange(tenant, entity_id, before, after, outcome.annotation)
+            # the mutator's relisted attributes hold against `before`: against `stored` if it is the same
+            self._index(connection, pk, stored, after, outcome.relisted if before is stored else None)
+        change = EntityChange(tenant, entity_id, before, after, outcome.annotation, outcome.relisted)
         # nothing wrote the temporal entity since it was read: its history rows need not read it again
         self._temporal_read = ((tenant, entity_id), (None if found[3] is None else (found[3], found[4]),))
         try:
@@ -354,10 +356,17 @@ class SQLiteWrites:
         if gids:
             _unindex_geo(connection, pk, gids)
 
-    def _index(self, connection: sqlite3.Connection, pk: int, before: Entity | None, after: Entity) -> None:
+    def _index(
+        self,
+        connection: sqlite3.Connection,
+        pk: int,
+        before: Entity | None,
+        after: Entity,
+        relisted: tuple[str, ...] | None = None,
+    ) -> None:
         """Bring the side tables from `before` (the stored document) to `after`, rewriting only the
         rows that change: a sensor update usually rewrites one attribute's attr_values rows. Names are
-        interned (sqlite_layout.py) by the writer's own cache."""
+        interned (sqlite_layout.py) by the writer's own cache. `relisted`: EntityChange.relisted."""
         buffer = self._touch(connection, pk)
         names = self._wnames
 
@@ -379,7 +388,7 @@ class SQLiteWrites:
             if old.keys() != new.keys():
                 buffer[DEL_ATTR].extend((ids(a), pk) for a in old if a not in new)
                 buffer[INS_ATTRS].extend((ids(a), pk) for a in new if a not in old)
-            for attr, rows, count in changed_values(old, new):
+            for attr, rows, count in changed_values(old, new, relisted):
                 attr_id = ids(attr)
                 if count == len(rows):
                     buffer[SET_VALUE].extend((num, txt, pk, attr_id, seq) for seq, (_, num, txt) in enumerate(rows))
@@ -387,7 +396,7 @@ class SQLiteWrites:
                     buffer[DEL_VALUE].append((pk, attr_id))
                     buffer[INS_VALUES].extend(value_rows(pk, attr_id, rows))
         if before is not None:
-            if geo_untouched(before["attrs"], after["attrs"]) or geo_values(before) == geo_values(after):
+            if geo_untouched(before["attrs"], after["attrs"], relisted) or geo_values(before) == geo_values(after):
                 return
             boxed = instance_boxes(after)
             if _moved_geo(buffer, pk, instance_boxes(before), boxed, ids):

@@ -249,6 +249,8 @@ class ChangeMatcher:
         return list(found.values())
 
     def __call__(self, change: EntityChange, lookup: EntityLookup) -> Sequence[OutboxRow]:
+        if change.tenant not in self._index:  # no subscription of the tenant: no set of types to build
+            return []
         before, after = change.before, change.after
         types = set(before["type"] if before else ()) | set(after["type"] if after else ())
         matchers = self.candidates(change.tenant, types)

@@ -15,12 +15,13 @@ The entity's own expiresAt is never copied: an expired entity leaves its history
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from cityos.entities.model import NULL_URI, VALUE_MEMBER, Entity, Instance
 from cityos.entities.values import identical, now
 from cityos.snapshots.scope import MARK
 from cityos.store.base import EntityChange, EntityLookup, HistoryRow, OutboxRow
+from cityos.store.side_rows import ordered
 from cityos.store.temporal_base import SCOPE_ATTR
 
 DEFAULT_TENANT = "@default"  # how the tenant without a name is written in temporal_disabled_tenants
@@ -83,15 +84,25 @@ def restated(old: Instance | None, new: Instance) -> bool:
     return observed == again and identical(observed, again)
 
 
-def changed_instances(before: Entity | None, after: Entity | None) -> list[tuple[str, Instance]]:
+def changed_instances(
+    before: Entity | None, after: Entity | None, relisted: tuple[str, ...] | None = None
+) -> list[tuple[str, Instance]]:
     """(attribute, instance) pairs to append for one change, in attribute order: the attributes of
-    `after` first, then those only `before` had."""
+    `after` first, then those only `before` had. `relisted`: the only attributes whose lists may
+    differ (EntityChange.relisted), so the others are not walked."""
     found: list[tuple[str, Instance]] = []
     old_attrs = before["attrs"] if before else {}
     new_attrs = after["attrs"] if after else {}
     stamp = after["modifiedAt"] if after and after.get("modifiedAt") else None
-    for attr, instances in new_attrs.items():
+    walked: Iterable[tuple[str, list[Instance]]] = (
+        new_attrs.items()
+        if relisted is None
+        else [(attr, new_attrs[attr]) for attr in ordered(relisted, new_attrs, old_attrs) if attr in new_attrs]
+    )
+    for attr, instances in walked:
         olds = old_attrs.get(attr)
+        if olds is instances:  # the very list of `before` (entities/update.py `_require`): left alone
+            continue
         if not olds:  # a new attribute (every entity of a batch create): all of its instances
             found.extend(
                 (attr, instance) for instance in (instances if len(instances) == 1 else _by_dataset(instances).values())
@@ -114,7 +125,12 @@ def changed_instances(before: Entity | None, after: Entity | None) -> list[tuple
             if dataset not in new:
                 stamp = stamp or now()
                 found.append((attr, deletion(instance.get("type", "Property"), dataset, stamp)))
-    for attr, instances in old_attrs.items():
+    gone: Iterable[tuple[str, list[Instance]]] = (
+        (() if old_attrs.keys() <= new_attrs.keys() else old_attrs.items())
+        if relisted is None  # else only a relisted attribute can be gone
+        else [(attr, old_attrs[attr]) for attr in ordered(relisted, old_attrs, new_attrs) if attr in old_attrs]
+    )
+    for attr, instances in gone:
         if attr in new_attrs:
             continue
         for dataset, instance in _by_dataset(instances).items():
@@ -141,7 +157,7 @@ def history_rows(change: EntityChange) -> list[HistoryRow]:
     types = list(entity.get("type", []))
     return [
         HistoryRow(change.tenant, change.entity_id, types, attr, instance)
-        for attr, instance in changed_instances(change.before, change.after)
+        for attr, instance in changed_instances(change.before, change.after, change.relisted)
     ]
 
 
