@@ -211,6 +211,17 @@ def _same_rows(was: list[Instance], now: list[Instance]) -> bool:
     return True
 
 
+def _rewritten(
+    attr: str, was: list[Instance] | None, now: list[Instance] | None
+) -> tuple[str, list[tuple[str, float | None, str | None]], int] | None:
+    """(attr, its new attr_rows, how many it had) when an attribute's attr_values rows changed."""
+    if was is now or (was and now and _same_rows(was, now)):
+        return None
+    rows = attr_rows(attr, now) if now else []
+    previous = attr_rows(attr, was) if was else []
+    return (attr, rows, len(previous)) if previous != rows else None
+
+
 def changed_values(
     old: dict[str, list[Instance]], new: dict[str, list[Instance]], relisted: tuple[str, ...] | None = None
 ) -> Iterator[tuple[str, list[tuple[str, float | None, str | None]], int]]:
@@ -220,22 +231,17 @@ def changed_values(
     `relisted` the only attributes whose lists may differ (EntityChange.relisted)."""
     if relisted is not None:
         for attr in ordered(relisted, old, new):
-            was, now = old.get(attr), new.get(attr)
-            if was is now or (was and now and _same_rows(was, now)):
-                continue
-            rows = attr_rows(attr, now) if now else []
-            previous = attr_rows(attr, was) if was else []
-            if previous != rows:
-                yield attr, rows, len(previous)
+            found = _rewritten(attr, old.get(attr), new.get(attr))
+            if found is not None:
+                yield found
         return
     for attr, was in old.items():  # one lookup an attribute, no tuple of every name: most are left alone
         now = new.get(attr)
-        if was is now or (was and now and _same_rows(was, now)):
+        if was is now:
             continue
-        rows = attr_rows(attr, now) if now else []
-        previous = attr_rows(attr, was) if was else []
-        if previous != rows:
-            yield attr, rows, len(previous)
+        found = _rewritten(attr, was, now)
+        if found is not None:
+            yield found
     if not new.keys() <= old.keys():  # some attribute is new (a set comparison in C)
         for attr, now in new.items():
             if attr not in old and now:  # new: no rows before
