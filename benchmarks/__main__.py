@@ -233,6 +233,7 @@ def _size_json(size: SizeResult) -> dict[str, Any]:
         "floor": size.floor.as_json(),
         "per_entity": size.per_entity,
         "per_instance": size.per_instance,
+        "per_audit_record": size.per_audit_record,
         "rows": [row.as_json() for row in size.rows],
     }
 

@@ -1,7 +1,7 @@
 """The scaling table (--scale 10000,100000,1000000): for each size, a fresh database and server, loaded
 with that many entities by batch upsert through the API (timed: the load rate), then every read and
 write scenario at that size, each repeat paired with a constant-JSON floor repeat; the server's RSS and
-the bytes on disk per entity and per history instance; and per scenario the flatness, the rate at the
+the bytes on disk per entity, per history instance and per audit record; and per scenario the flatness, the rate at the
 largest size over the rate at the smallest (issue 15: within 30%).
 
 The load is the store's time, not the harness's: each chunk of batches is built in the load-generating
@@ -10,10 +10,12 @@ summed send time of the chunks (its spread: the chunks' own rates, so a store th
 shows it).
 
 Bytes on disk: SQLite, the pages of each table and its indexes (dbstat, read through the WAL), split
-into the history tables (`temporal_*`) and the rest, and in all the database file plus its WAL;
-PostgreSQL, pg_total_relation_size of each table of the run's schema (indexes and TOAST included), split
-the same way. Per entity: the non-history bytes over the entities stored; per history instance: the
-history bytes over the rows of temporal_instances.
+into the history tables (`temporal_*`), the audit trail (`audit_*`: one record per write, so it grows
+with the writes as the history does, not with the entities) and the rest, and in all the database file
+plus its WAL; PostgreSQL, pg_total_relation_size of each table of the run's schema (indexes and TOAST
+included), split the same way. Per entity: the bytes of the rest over the entities stored; per history
+instance: the history bytes over the rows of temporal_instances; per audit record: the audit bytes over
+the rows of audit_log.
 
 --url runs the same scenarios at one size against a server started elsewhere (nothing measured there
 but rates: no RSS, no disk, no CPU), paired with the constant-JSON app given by --floor-url, if any."""
@@ -49,7 +51,8 @@ from benchmarks.workloads import Workload
 if TYPE_CHECKING:
     from benchmarks.runner import Bench
 
-HISTORY_PREFIXES = ("temporal_",)  # the history tables; everything else is the entities' share
+HISTORY_PREFIXES = ("temporal_",)  # the history tables
+AUDIT_PREFIXES = ("audit_",)  # the audit trail (records, queue, chain head, checkpoints); the rest: entities
 LOAD_CONNECTIONS = 4
 MAX_CHUNK = 50  # batches built before a chunk's clock starts: 50,000 entities, about 50 MB of bodies
 # (row name, workload kind) at each size; the batch upsert rewrites stored entities (history on)
@@ -81,9 +84,11 @@ class SizeResult:
     rss_after_load: float | None = None
     rss_peak: float | None = None
     bytes_total: int | None = None  # the database's files (SQLite: with the WAL), or the schema's tables
-    bytes_entities: int | None = None  # the tables that are not history, indexes included
+    bytes_entities: int | None = None  # the tables that are neither history nor audit, indexes included
     bytes_history: int | None = None
     instances: int | None = None
+    bytes_audit: int | None = None
+    audit_records: int | None = None
     note: str = ""
 
     @property
@@ -95,6 +100,12 @@ class SizeResult:
         if self.bytes_history is None or not self.instances:
             return None
         return self.bytes_history / self.instances
+
+    @property
+    def per_audit_record(self) -> float | None:
+        if self.bytes_audit is None or not self.audit_records:
+            return None
+        return self.bytes_audit / self.audit_records
 
 
 def scale_size(bench: Bench, backend: str, size: int) -> SizeResult:
@@ -153,8 +164,10 @@ def _measure_size(bench: Bench, server: ServerProcess, result: SizeResult, datab
     elif bench.schema is not None:
         footprint = postgres_footprint(bench.schema)
     else:
-        footprint = (None, None, None, None)
-    result.bytes_total, result.bytes_entities, result.bytes_history, result.instances = footprint
+        footprint = Footprint()
+    result.bytes_total, result.bytes_entities = footprint.total, footprint.entities
+    result.bytes_history, result.instances = footprint.history, footprint.instances
+    result.bytes_audit, result.audit_records = footprint.audit, footprint.audit_records
     bench.log(
         f"  {result.stored:,} stored in {result.load_seconds:.1f} s ({result.load.rate:,.0f}/s); RSS "
         f"{result.rss_after_load or 0:.0f} MB; disk measured in {time.perf_counter() - started:.1f} s"
@@ -223,14 +236,39 @@ def _load(bench: Bench, server: ServerProcess, result: SizeResult) -> None:
     result.load.rss_mb = server.peak_rss_mb()
 
 
-Footprint = tuple[int | None, int | None, int | None, int | None]  # all, entities, history bytes; instances
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes on disk, split: all (SQLite: file + WAL), the entities' share, the history's with its
+    instances, the audit trail's with its records; None where unknown."""
+
+    total: int | None = None
+    entities: int | None = None
+    history: int | None = None
+    instances: int | None = None
+    audit: int | None = None
+    audit_records: int | None = None
+
+
+def _split(total: int, sizes: list[tuple[str, int]], instances: int | None, records: int | None) -> Footprint:
+    history = sum(bytes_ for name, bytes_ in sizes if name.startswith(HISTORY_PREFIXES))
+    audit = sum(bytes_ for name, bytes_ in sizes if name.startswith(AUDIT_PREFIXES))
+    entities = sum(bytes_ for _, bytes_ in sizes) - history - audit
+    return Footprint(total, entities, history, instances, audit, records)
 
 
 def sqlite_footprint(database: Path) -> Footprint:
-    """(file + WAL bytes, entity bytes, history bytes, history instances) of a SQLite database; None
-    where unknown (a SQLite built without dbstat)."""
+    """The bytes of a SQLite database by share (dbstat, through the WAL); only the total where the
+    SQLite was built without dbstat."""
     total = sum(os.path.getsize(path) for path in (database, Path(f"{database}-wal")) if path.exists())
     connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+
+    def count(table: str) -> int | None:
+        try:
+            (rows,) = connection.execute(f"SELECT count(*) FROM {table}").fetchone()
+            return int(rows)
+        except sqlite3.OperationalError:
+            return None
+
     try:
         try:
             sizes = connection.execute(
@@ -238,25 +276,18 @@ def sqlite_footprint(database: Path) -> Footprint:
                 " GROUP BY m.tbl_name"
             ).fetchall()
         except sqlite3.OperationalError:
-            return total, None, None, None
-        history = sum(bytes_ for name, bytes_ in sizes if name.startswith(HISTORY_PREFIXES))
-        entities = sum(bytes_ for _, bytes_ in sizes) - history
-        try:
-            (instances,) = connection.execute("SELECT count(*) FROM temporal_instances").fetchone()
-        except sqlite3.OperationalError:
-            instances = None
-        return total, entities, history, instances
+            return Footprint(total)
+        return _split(total, sizes, count("temporal_instances"), count("audit_log"))
     finally:
         connection.close()
 
 
 def postgres_footprint(schema: BenchSchema) -> Footprint:
-    """(bytes of the schema's tables, entity bytes, history bytes, history instances) on PostgreSQL."""
+    """The bytes of the schema's tables by share (indexes and TOAST included)."""
 
     sizes = schema.table_sizes()
     total = sum(size for _, size in sizes)
-    history = sum(size for name, size in sizes if name.startswith(HISTORY_PREFIXES))
-    return total, total - history, history, schema.count("temporal_instances")
+    return _split(total, sizes, schema.count("temporal_instances"), schema.count("audit_log"))
 
 
 # -- the table -------------------------------------------------------------------------------------
@@ -321,7 +352,7 @@ def _backend_table(results: list[SizeResult]) -> list[str]:
         rss_goal += f" ({'met' if last.rss_peak <= RSS_MB else '**missed**'} at {last.size:,})"
     line("server peak RSS under queries, MB", [_mb(r.rss_peak) for r in results], "", rss_goal)
     line(
-        "disk bytes per entity (history excluded)",
+        "disk bytes per entity (history and audit trail excluded)",
         [_bytes(r.per_entity) for r in results],
         "",
         _limit(last.per_entity, BYTES_PER_ENTITY),
@@ -331,6 +362,10 @@ def _backend_table(results: list[SizeResult]) -> list[str]:
         [f"{_bytes(r.per_instance)} ({r.instances:,} instances)" if r.instances else "-" for r in results],
         "",
         _limit(last.per_instance, BYTES_PER_INSTANCE),
+    )
+    line(
+        "disk bytes per audit record (one per write)",
+        [f"{_bytes(r.per_audit_record)} ({r.audit_records:,} records)" if r.audit_records else "-" for r in results],
     )
     line(
         "disk bytes in all (SQLite: file + WAL), per entity",

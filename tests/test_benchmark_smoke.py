@@ -119,6 +119,7 @@ def test_benchmark_smoke_mode_runs_every_scenario_on_every_backend_without_error
             assert size["rss_after_load"] and size["rss_peak"], where
             assert size["per_entity"] and size["per_entity"] > 0, where
             assert size["instances"] and size["per_instance"] and size["per_instance"] > 0, where
+            assert size["audit_records"] and size["per_audit_record"] and size["per_audit_record"] > 0, where
             names = [row["name"] for row in size["rows"]]
             for expected in SCALE_ROWS:
                 assert any(name.startswith(expected) for name in names), f"{where}: no {expected}: {names}"
