@@ -116,9 +116,10 @@ DICTIONARY = (
 # documents of the Smart Data Models examples; how it was made: data/README.md. Its SHA-256 is
 # checked by tests/test_entity_layout.py: a changed file would misread every document written with it.
 ZSTD_1_DICTIONARY = zstandard.ZstdCompressionDict(files("cityos.store").joinpath("data/documents-1.zdict").read_bytes())
-# Level 1 (zstd's fastest but the negative ones): the writer packs a whole document for every
-# change, so its cost matters more than the last 6% of size (level 3). Magicless frames save the
-# 4-byte magic number; the tag says what follows.
+# Level 1: the writer packs a whole document for every change. Level 3 makes the benchmark's
+# documents 6% smaller for the same instructions, but took about 20% longer (larger tables, more cache
+# misses; docs/performance.md, issue 15 tenth pass). Magicless frames save the 4-byte magic number;
+# the tag says what follows.
 _PARAMETERS = zstandard.ZstdCompressionParameters.from_level(
     1, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=False, write_dict_id=False
 )
