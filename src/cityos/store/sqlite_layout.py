@@ -11,21 +11,27 @@ WITHOUT ROWID and clustered by the key their writes and probes use: `attr_values
 seq), so rewriting one attribute's rows or probing a candidate is a range of the primary key, and
 no separate pk index is needed.
 
-Documents are raw DEFLATE with a fixed dictionary of NGSI-LD's usual strings (expanded IRIs,
-member names, attribute types), behind a one-byte format tag: an OffStreetParking document of
-2.3 KB of JSON takes about 450 bytes, so several fit on a page instead of one; inflating it costs
-about 5 µs, less than parsing it. A document that starts with `{` is plain JSON (files of before).
+Documents are zstd frames compressed with a dictionary trained on stored Smart Data Models
+documents (data/documents-1.zdict, benchmarks/codec_dictionary.py), behind a one-byte format tag
+that names the codec and the dictionary: an OffStreetParking document of 2.3 KB of JSON takes about
+310 bytes, so several fit on a page instead of one. Documents written before (issue 15's tenth
+pass) are raw DEFLATE with DICTIONARY (tag DEFLATED): still read as they are, and written in the
+new format when their entity is; a document that starts with `{` is plain JSON (files of before
+layout 2).
 SQL reads a document's JSON through the function `doc_json` (registered on every connection).
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import zlib
 from collections.abc import Callable, Iterator
+from importlib.resources import files
 from typing import Any, cast
 
 import orjson
+import zstandard
 
 from cityos.entities.model import Entity
 from cityos.store.side_rows import attr_rows
@@ -75,8 +81,11 @@ def name_ids(count: int) -> str:
 
 
 # -- documents ---------------------------------------------------------------------------------------
-DEFLATED = b"\x01"  # the format tag of a document deflated with DICTIONARY (never change either)
-# the strings a stored document is made of; DEFLATE finds matches cheapest near the end
+# A stored document's first byte names its format, so files keep documents of every format written
+# before and a later dictionary gets a tag of its own beside these (never change a tag's meaning):
+DEFLATED = b"\x01"  # raw DEFLATE with DICTIONARY (written until issue 15's tenth pass; read, not written)
+ZSTD_1 = b"\x02"  # a magicless zstd frame (content size, no checksum, no dictionary id) with ZSTD_1_DICTIONARY
+# the strings a deflated document is made of; DEFLATE finds matches cheapest near the end
 DICTIONARY = (
     b'"type":"Polygon","coordinates":[[['
     b'"type":"LineString","coordinates":[['
@@ -103,33 +112,45 @@ DICTIONARY = (
     b'","createdAt":"","modifiedAt":"'
     b'"}],"https://uri.etsi.org/ngsi-ld/default-context/'
 )
+# zstd's dictionary of tag ZSTD_1: 16 KiB trained (COVER, fixed seed and parameters) on the stored
+# documents of the Smart Data Models examples; how it was made: data/README.md. Its SHA-256 is
+# checked by tests/test_entity_layout.py: a changed file would misread every document written with it.
+ZSTD_1_DICTIONARY = zstandard.ZstdCompressionDict(files("cityos.store").joinpath("data/documents-1.zdict").read_bytes())
+# Level 1: the writer packs a whole document for every change. Level 3 makes the benchmark's
+# documents 6% smaller for the same instructions, but took about 20% longer (larger tables, more cache
+# misses; docs/performance.md, issue 15 tenth pass). Magicless frames save the 4-byte magic number;
+# the tag says what follows.
+_PARAMETERS = zstandard.ZstdCompressionParameters.from_level(
+    1, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=False, write_dict_id=False
+)
 
 
-# A document this long or shorter (most entities) is deflated by a copy of a compressor primed with
-# the dictionary, with a 4 KiB window and small hash tables: the copy moves about 24 KB, where a new
-# compressor's set-up (32 KiB window and hash tables cleared, the dictionary hashed) cost a third as
-# much as deflating a 2 KB document; the same size out for such a document, about 30 K instructions
-# less per write (docs/performance.md, issue 15 eighth pass). A longer one would lose matches farther
-# back than 4 KiB: it gets the full window.
-SMALL_DOCUMENT = 4096
-_PRIMED = zlib.compressobj(1, zlib.DEFLATED, -12, 4, zlib.Z_DEFAULT_STRATEGY, DICTIONARY)
+class _Codecs(threading.local):
+    """A compressor and a decompressor per thread: zstandard's objects must not be used by two
+    threads at once, and making one per document costs tens of µs, more than packing it."""
+
+    def __init__(self) -> None:
+        self.packer = zstandard.ZstdCompressor(dict_data=ZSTD_1_DICTIONARY, compression_params=_PARAMETERS)
+        self.unpacker = zstandard.ZstdDecompressor(dict_data=ZSTD_1_DICTIONARY, format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+
+
+_codecs = _Codecs()
 
 
 def deflate(document: bytes) -> bytes:
-    """The stored form of a document's JSON (raw DEFLATE, level 1: the writer's cost matters more
-    than the last 5% of size). Whatever the compressor's window, `inflate` (32 KiB) reads it."""
-    if len(document) <= SMALL_DOCUMENT:
-        packer = _PRIMED.copy()
-    else:
-        packer = zlib.compressobj(1, zlib.DEFLATED, -15, 6, zlib.Z_DEFAULT_STRATEGY, DICTIONARY)
-    return DEFLATED + packer.compress(document) + packer.flush()
+    """The stored form of a document's JSON: tag ZSTD_1 and the zstd frame. The zstd frame
+    records the JSON's length, so `inflate` allocates its result once."""
+    return ZSTD_1 + _codecs.packer.compress(document)
 
 
 def inflate(stored: bytes) -> bytes:
-    """The JSON of a stored document (deflated, or plain JSON as files of before hold it)."""
-    if stored[:1] != DEFLATED:
-        return stored
-    return zlib.decompressobj(-15, DICTIONARY).decompress(memoryview(stored)[1:])
+    """The JSON of a stored document (zstd, deflated, or plain JSON as files of before hold it)."""
+    tag = stored[:1]
+    if tag == ZSTD_1:
+        return _codecs.unpacker.decompress(memoryview(stored)[1:])
+    if tag == DEFLATED:
+        return zlib.decompressobj(-15, DICTIONARY).decompress(memoryview(stored)[1:])
+    return stored
 
 
 def doc_json(stored: bytes | str | None) -> str | None:
