@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from cityos.entities.model import Entity
-from cityos.entities.render import RenderOptions, render_entity
+from cityos.entities.render import RenderOptions, render_entity, render_owned
 from cityos.policy.decision import ReadView
 
 BUDGET = 16 * 1024 * 1024  # bytes of stored documents and rendered JSON held (about 10,000 entities); the
@@ -177,14 +177,16 @@ def _maker(
     decode: Callable[[bytes], Entity] | None, options: RenderOptions, view: ReadView | None
 ) -> Callable[[bytes | Entity], bytes]:
     def make(item: bytes | Entity) -> bytes:
+        render = render_entity
         if isinstance(item, bytes):
             assert decode is not None  # a back-end that gives stored forms gives their decoder
-            item = decode(item)
+            item = decode(item)  # a new entity, ours alone: rendered in place
+            render = render_owned
         if view is not None:
             if not view.visible(item):
                 return HIDDEN
-            item = view.project(item)
-        rendered = render_entity(item, options)
+            item = view.project(item)  # a copy of ours, or ours
+        rendered = render(item, options)
         return orjson.dumps(rendered) if rendered else b""  # an emptied entity is left out
 
     return make

@@ -80,7 +80,8 @@ class QueryResult:
     has_more: bool = False  # more matches follow this page
     # With EntityQuery.stored_form, a back-end may leave `entities` empty and give the page here, in
     # order: each item the stored bytes of a document that reads as it is (nothing in it expired;
-    # `decode` makes the entity of them, and equal bytes always decode to the same entity), or an
+    # `decode` makes a new entity of them each call, which the renderer changes in place, and equal
+    # bytes always decode to the same entity), or an
     # entity already decoded (one whose expired parts were removed).
     stored: list[bytes | Entity] | None = None
     decode: Callable[[bytes], Entity] | None = None
@@ -316,7 +317,8 @@ class EntityStore(
         decode to the same entity), else the entity with its expired parts removed."""
 
     def decode_stored(self, stored: bytes) -> Entity:
-        """The entity of a document's stored bytes (get_stored, QueryResult.stored)."""
+        """The entity of a document's stored bytes (get_stored, QueryResult.stored): a new object
+        each call, which the caller may change (entities/render.py render_owned renders it in place)."""
 
     async def mutate(
         self, tenant: str, operations: Sequence[tuple[str, Mutator]], *, atomic: bool
