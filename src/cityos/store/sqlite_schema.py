@@ -84,6 +84,14 @@ def _cell_types(connection: sqlite3.Connection) -> None:
     )
 
 
+def _zstd_documents(connection: sqlite3.Connection) -> None:
+    """9: entity documents are written as zstd with a trained dictionary (sqlite_layout.ZSTD_1); the
+    deflated ones stay and are read as before, each rewritten as zstd by its entity's next write. Nothing
+    to convert: the step exists so that a CityOS from before it refuses the file (it would take a zstd
+    document for plain JSON) instead of failing on its first read."""
+    del connection
+
+
 MIGRATIONS: tuple[SQLiteMigration, ...] = (
     SQLiteMigration(1, "compact history rows with interned names (temporal_rows)", None),
     SQLiteMigration(2, "interned side tables and deflated entity documents", None),
@@ -93,6 +101,9 @@ MIGRATIONS: tuple[SQLiteMigration, ...] = (
     SQLiteMigration(6, "long history values pruned with their last row (index on temporal_rows.vref)", _value_index),
     SQLiteMigration(7, "map cell keys of the geo walk rows, indexed (entity_geo_walk.cell)", _cell_keys),
     SQLiteMigration(8, "map cells by type: the entity's first type in each geo walk row, indexed", _cell_types),
+    SQLiteMigration(
+        9, "entity documents written as zstd with a trained dictionary (deflated ones still read)", _zstd_documents
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 assert MIGRATIONS[LAYOUT - 1].apply is None and MIGRATIONS[LAYOUT].apply is not None
