@@ -51,6 +51,16 @@ def _require(current: Entity | None, entity_id: str, *, lists: bool = True) -> E
     return copied
 
 
+def _own(attrs: dict[str, list[Instance]], iri: str) -> list[Instance] | None:
+    """`attrs[iri]` made a list of this mutation's own (of `_require(lists=False)`'s shared
+    ones), to change in place; None if the entity has no such attribute."""
+    held = attrs.get(iri)
+    if held is None:
+        return None
+    own = attrs[iri] = list(held)
+    return own
+
+
 def create(new: Entity) -> Mutator:
     def run(current: Entity | None) -> Outcome:
         if current is not None:
@@ -87,7 +97,7 @@ def upsert(new: Entity, *, mode: str) -> Mutator:
 
 def delete(entity_id: str) -> Mutator:
     def run(current: Entity | None) -> Outcome:
-        _require(current, entity_id)
+        _require(current, entity_id, lists=False)
         return Outcome(None)
 
     return run
@@ -177,8 +187,8 @@ def update_attrs(entity_id: str, fragment: Entity, *, no_overwrite: bool = False
     NGSI-LD Null deletes an instance; types are added; scope only replaces an existing scope."""
 
     def run(current: Entity | None) -> Outcome:
-        entity = _require(current, entity_id)
-        outcome = Outcome(entity)
+        entity = _require(current, entity_id, lists=False)
+        outcome = Outcome(entity, relisted=tuple(fragment["attrs"]))
         if fragment.get("type"):
             _merge_types(entity, fragment["type"])
         if "scope" in fragment:
@@ -187,8 +197,9 @@ def update_attrs(entity_id: str, fragment: Entity, *, no_overwrite: bool = False
                 outcome.updated.append("scope")
             else:
                 outcome.not_updated.append(("scope", "the entity has no scope to update"))
+        attrs = entity["attrs"]
         for iri, instances in fragment["attrs"].items():
-            target = entity["attrs"].get(iri)
+            target = _own(attrs, iri)  # its own list: `before`'s stays as it was
             changed = False
             for instance in instances:
                 dataset = instance.get("datasetId")
@@ -263,8 +274,8 @@ def merge(entity_id: str, fragment: Entity) -> Mutator:
     """PATCH /entities/{id} (merge-patch): member-level merge; NGSI-LD Null deletes an instance."""
 
     def run(current: Entity | None) -> Outcome:
-        entity = _require(current, entity_id)
-        outcome = Outcome(entity)
+        entity = _require(current, entity_id, lists=False)
+        outcome = Outcome(entity, relisted=tuple(fragment["attrs"]))
         stamp = fragment["modifiedAt"]
         if fragment.get("type"):
             _merge_types(entity, fragment["type"])
@@ -274,7 +285,9 @@ def merge(entity_id: str, fragment: Entity) -> Mutator:
             entity["expiresAt"] = fragment["expiresAt"]
         elif "expiresAt" in fragment:
             entity.pop("expiresAt", None)
+        attrs = entity["attrs"]
         for iri, instances in fragment["attrs"].items():
+            _own(attrs, iri)  # its own list: `before`'s stays as it was
             for instance in instances:
                 dataset = instance.get("datasetId")
                 if instance.get("null"):
@@ -300,8 +313,8 @@ def partial_update(entity_id: str, attr_iri: str, patch: Instance, dataset: str 
     removes a sub-attribute. Only the merge-patch of a whole entity (5.6.17) merges inside values."""
 
     def run(current: Entity | None) -> Outcome:
-        entity = _require(current, entity_id)
-        instances = entity["attrs"].get(attr_iri)
+        entity = _require(current, entity_id, lists=False)
+        instances = _own(entity["attrs"], attr_iri)  # its own list: `before`'s stays as it was
         if not instances:
             raise ResourceNotFound(f"attribute {attr_iri} does not exist in entity {entity_id}")
         for index, existing in enumerate(instances):
@@ -316,7 +329,7 @@ def partial_update(entity_id: str, attr_iri: str, patch: Instance, dataset: str 
         else:
             raise ResourceNotFound(f"attribute {attr_iri} has no instance with datasetId {dataset}")
         entity["modifiedAt"] = patch["modifiedAt"]
-        return Outcome(entity, updated=[attr_iri])
+        return Outcome(entity, updated=[attr_iri], relisted=(attr_iri,))
 
     return run
 
@@ -325,8 +338,8 @@ def replace_attr(entity_id: str, attr_iri: str, instances: list[Instance]) -> Mu
     """PUT /entities/{id}/attrs/{attr}: the attribute must exist; its instance is replaced."""
 
     def run(current: Entity | None) -> Outcome:
-        entity = _require(current, entity_id)
-        target = entity["attrs"].get(attr_iri)
+        entity = _require(current, entity_id, lists=False)
+        target = _own(entity["attrs"], attr_iri)  # its own list: `before`'s stays as it was
         if not target:
             raise ResourceNotFound(f"attribute {attr_iri} does not exist in entity {entity_id}")
         for instance in instances:
@@ -334,14 +347,14 @@ def replace_attr(entity_id: str, attr_iri: str, instances: list[Instance]) -> Mu
                 raise ResourceNotFound(f"attribute {attr_iri} has no instance with that datasetId")
             _put_instance(target, instance)
         entity["modifiedAt"] = instances[0]["modifiedAt"]
-        return Outcome(entity, updated=[attr_iri])
+        return Outcome(entity, updated=[attr_iri], relisted=(attr_iri,))
 
     return run
 
 
 def delete_attr(entity_id: str, attr_iri: str, *, dataset: str | None, delete_all: bool, stamp: str) -> Mutator:
     def run(current: Entity | None) -> Outcome:
-        entity = _require(current, entity_id)
+        entity = _require(current, entity_id, lists=False)  # a new list or none: no list changed in place
         instances = entity["attrs"].get(attr_iri)
         if not instances:
             raise ResourceNotFound(f"attribute {attr_iri} does not exist in entity {entity_id}")
@@ -357,7 +370,7 @@ def delete_attr(entity_id: str, attr_iri: str, *, dataset: str | None, delete_al
         else:
             del entity["attrs"][attr_iri]
         entity["modifiedAt"] = stamp
-        return Outcome(entity, updated=[attr_iri])
+        return Outcome(entity, updated=[attr_iri], relisted=(attr_iri,))
 
     return run
 
@@ -371,13 +384,13 @@ def prune(entity_id: str, names: set[str], *, keep: bool, stamp: str) -> Mutator
     """Purge with keep/drop: remove the attributes not kept, or the ones dropped."""
 
     def run(current: Entity | None) -> Outcome:
-        entity = _require(current, entity_id)
+        entity = _require(current, entity_id, lists=False)  # attributes removed, no list changed
         doomed = [iri for iri in entity["attrs"] if (iri not in names) == keep]
         for iri in doomed:
             del entity["attrs"][iri]
         if doomed:
             entity["modifiedAt"] = stamp
-        return Outcome(entity, updated=doomed)
+        return Outcome(entity, updated=doomed, relisted=tuple(doomed))
 
     return run
 
@@ -395,11 +408,11 @@ def only_types(entity_id: str, types: list[str], mutator: Mutator) -> Mutator:
 
 def delete_scope(entity_id: str, *, stamp: str) -> Mutator:
     def run(current: Entity | None) -> Outcome:
-        entity = _require(current, entity_id)
+        entity = _require(current, entity_id, lists=False)
         if "scope" not in entity:
             raise ResourceNotFound(f"entity {entity_id} has no scope")
         del entity["scope"]
         entity["modifiedAt"] = stamp
-        return Outcome(entity, updated=["scope"])
+        return Outcome(entity, updated=["scope"], relisted=())
 
     return run
