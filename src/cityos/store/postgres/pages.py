@@ -8,6 +8,13 @@ not removed, a shape the geo-query's Python predicate must judge, the listings' 
 cached offset anchors belong to) and the count ride in the page's own statement, so they are read in
 the page's snapshot; when one of them says no, its answer is dropped and store.py runs the query in
 a read-only transaction statement by statement (`page_in_sql` or the Python-filtered cursor).
+
+A page of at most DIRECT_ROWS (offset and limit) is read by the statement that chooses its rows,
+the checks as columns of each row: no MATERIALIZED CTEs and no second probe of `entities` per key,
+which halved the backend's CPU of a type page (mostly planning: PostgreSQL plans every run of these
+statements anew, docs/performance.md, issue 15 tenth pass). An empty page has no row to carry the
+checks, so they are read again in the CTE form below (a second statement, only when some check
+can say no); longer pages take that form at once, so a sort in their plan holds keys, not documents.
 """
 
 from __future__ import annotations
