@@ -296,3 +296,42 @@ def test_postgres_pages_exact_in_sql_are_one_statement(
     result = run(city, "", built)
     assert statements.count == 1
     assert ([e["id"] for e in result.entities], result.total, result.has_more) == sql
+
+
+@pytest.mark.parametrize("direct_rows", [0, 40, None], ids=["by-keys", "short-pages-only", "default"])
+def test_postgres_pages_read_with_their_rows_or_by_their_keys_alike(
+    city: tuple[TestClient, Starlette], monkeypatch: pytest.MonkeyPatch, direct_rows: int | None
+) -> None:
+    """page_at_once reads a short page's documents in the statement that chooses its rows (the
+    checks as columns of each row), a long one by its keys (pages.DIRECT_ROWS), and asks an empty
+    page's checks again: every way answers what the Python evaluation answers, in one statement
+    when the page has rows, at most two when it is empty."""
+    from cityos.store.postgres import pages
+
+    store = city[1].state.services.store
+    if not isinstance(store, PostgresStore):
+        pytest.skip("PostgreSQL's statements")
+    if direct_rows is not None:
+        monkeypatch.setattr(pages, "DIRECT_ROWS", direct_rows)
+    assert city[0].portal is not None
+    city[0].portal.call(store.purge_expired, now_key())
+    cases: list[tuple[QuerySpec, dict[str, Any]]] = [
+        (QuerySpec(type_expr="Parking"), {"limit": 20}),
+        (QuerySpec(type_expr="Parking"), {"limit": 20, "offset": 30}),
+        (QuerySpec(type_expr="Parking"), {"limit": 20, "offset": 2 * ANCHOR_STEP + 5, "count": True}),
+        (QuerySpec(type_expr="Parking", q="n>50"), {"limit": 20, "offset": 30, "count": True}),
+        (QuerySpec(type_expr="Parking", q="n>100000"), {"limit": 20, "count": True}),  # empty, counted
+        (QuerySpec(type_expr="Parking", q="n>100000"), {"limit": 20}),  # empty
+        (QuerySpec(type_expr="Nothing"), {"limit": 20}),  # empty, no check to read
+    ]
+    for spec, paging in cases:
+        sql, python = both_ways(city, spec, **paging)  # anchors taken, statements prepared
+        assert sql == python, (spec, paging)
+        statements = Statements(monkeypatch, store)
+        built = build_entity_query(spec, expand)
+        for key, value in paging.items():
+            setattr(built, key, value)
+        result = run(city, "", built)
+        assert ([e["id"] for e in result.entities], result.total, result.has_more) == python, (spec, paging)
+        by_keys_only = direct_rows == 0  # short pages too: the checks in a row of their own
+        assert statements.count == (1 if python[0] or spec.type_expr == "Nothing" or by_keys_only else 2)

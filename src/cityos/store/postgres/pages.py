@@ -8,6 +8,13 @@ not removed, a shape the geo-query's Python predicate must judge, the listings' 
 cached offset anchors belong to) and the count ride in the page's own statement, so they are read in
 the page's snapshot; when one of them says no, its answer is dropped and store.py runs the query in
 a read-only transaction statement by statement (`page_in_sql` or the Python-filtered cursor).
+
+A page of at most DIRECT_ROWS (offset and limit) is read by the statement that chooses its rows,
+the checks as columns of each row: no MATERIALIZED CTEs and no second probe of `entities` per key,
+which halved the backend's CPU of a type page (mostly planning: PostgreSQL plans every run of these
+statements anew, docs/performance.md, issue 15 tenth pass). An empty page has no row to carry the
+checks, so they are read again in the CTE form below (a second statement, only when some check
+can say no); longer pages take that form at once, so a sort in their plan holds keys, not documents.
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ if TYPE_CHECKING:
     from cityos.store.postgres.schema import Connection
 
 ANCHOR_STEP = 64  # listing positions between two remembered primary keys
+# A page whose offset and limit stay under this is read in the statement that chooses its rows (a
+# sort of the plan then holds at most this many documents, not keys alone)
+DIRECT_ROWS = 1000
+_NO_CHECKS = ["NULL::bigint", "false", "false", "NULL::bigint"]  # page_at_once's checks when none is asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +81,12 @@ def _past_the_end(query: EntityQuery, anchors: Anchors) -> QueryResult:
     return QueryResult([], anchors.total if query.count else None, more)
 
 
-def _page_sql(condition: str, offset: int, query: EntityQuery, p: Params) -> str:
-    paging = "" if query.limit is None else f" LIMIT {p(query.limit + 1)} OFFSET {p(offset)}"
-    return f"SELECT e.pk FROM entities e WHERE {condition} ORDER BY e.pk{paging}"
+def _paging(offset: int, query: EntityQuery, p: Params) -> str:
+    return "" if query.limit is None else f" LIMIT {p(query.limit + 1)} OFFSET {p(offset)}"
+
+
+def _page_sql(condition: str, paging: str, columns: str = "e.pk") -> str:
+    return f"SELECT {columns} FROM entities e WHERE {condition} ORDER BY e.pk{paging}"
 
 
 async def page_in_sql(
@@ -88,7 +102,7 @@ async def page_in_sql(
         assert anchors is not None
         return _past_the_end(query, anchors)
     rows = await connection.fetch(
-        f"WITH page AS MATERIALIZED ({_page_sql(*seek, query, p)})"
+        f"WITH page AS MATERIALIZED ({_page_sql(seek[0], _paging(seek[1], query, p))})"
         " SELECT e.doc, e.next_expiry FROM page JOIN entities e ON e.pk = page.pk ORDER BY page.pk",
         *p.values,
     )
@@ -131,14 +145,17 @@ async def page_at_once(
         f"(SELECT count(*) FROM entities e WHERE {condition})" if query.count and anchors is None else "NULL::bigint",
     ]
     seek = _seek(condition, query, anchors, p)
-    # past the anchors' end: no page, but the condition's parameters still typed by their use
-    page = f"SELECT e.pk FROM entities e WHERE false AND {condition}" if seek is None else _page_sql(*seek, query, p)
-    rows = await connection.fetch(
-        f"WITH first AS MATERIALIZED (SELECT {', '.join(checks)}), page AS MATERIALIZED ({page})"
-        " SELECT f.*, e.doc, e.next_expiry FROM first f"
-        " LEFT JOIN (page JOIN entities e ON e.pk = page.pk) ON true ORDER BY page.pk",
-        *p.values,
-    )
+    paging = "" if seek is None else _paging(seek[1], query, p)
+    rows: list[Any] = []
+    if seek is not None and query.limit is not None and seek[1] + query.limit < DIRECT_ROWS:
+        # the checks as columns of each row of the page (uncorrelated: each computed once); the
+        # documents read by the walk that chose the rows, not by a second probe of each key
+        columns = f"{', '.join(checks)}, e.doc, e.next_expiry"
+        rows = await connection.fetch(_page_sql(seek[0], paging, columns), *p.values)
+        if not rows and checks == _NO_CHECKS:
+            return _result([], query, None)
+    if not rows:  # an empty page (its checks still to read), a page past the anchors' end, or a long one
+        rows = await connection.fetch(_at_once_sql(condition, seek, paging, checks), *p.values)
     version, stale, shapes, total = rows[0][0], rows[0][1], rows[0][2], rows[0][3]
     if stale or shapes or (anchors is not None and version != anchors.version):
         return None
@@ -148,6 +165,18 @@ async def page_at_once(
         total = anchors.total if query.count else None
     documents = [(row[4], row[5]) for row in rows if row[4] is not None]  # none: one row of NULLs
     return _result(documents, query, total)
+
+
+def _at_once_sql(condition: str, seek: tuple[str, int] | None, paging: str, checks: list[str]) -> str:
+    """The page's keys chosen over the keys alone (a sort of keys, not of documents, whatever the
+    offset), the checks in a row of their own that stays when the page is empty."""
+    # past the anchors' end: no page, but the condition's parameters still typed by their use
+    page = f"SELECT e.pk FROM entities e WHERE false AND {condition}" if seek is None else _page_sql(seek[0], paging)
+    return (
+        f"WITH first AS MATERIALIZED (SELECT {', '.join(checks)}), page AS MATERIALIZED ({page})"
+        " SELECT f.*, e.doc, e.next_expiry FROM first f"
+        " LEFT JOIN (page JOIN entities e ON e.pk = page.pk) ON true ORDER BY page.pk"
+    )
 
 
 def _result(rows: list[tuple[str, str | None]], query: EntityQuery, total: int | None) -> QueryResult:
