@@ -253,16 +253,20 @@ BEGIN
         WHERE e.tenant = wanted_tenant AND e.id = wanted FOR UPDATE OF e;
 END $$;
 CREATE FUNCTION temporal_partitions_missing(names text[]) RETURNS text[] LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    part text;
+    found oid;
+    missing text[] := '{}';
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(('temporal_instances'::regclass)::oid::bigint + 1099511627776);
-    RETURN ARRAY(
-        SELECT u.name FROM unnest(names) WITH ORDINALITY AS u(name, n)
-        WHERE NOT EXISTS (
-            SELECT 1 FROM pg_inherits h JOIN pg_class c ON c.oid = h.inhrelid
-            WHERE h.inhparent = 'temporal_instances'::regclass AND c.relname = u.name
-        )
-        ORDER BY u.n
-    );
+    FOREACH part IN ARRAY names LOOP
+        SELECT c.oid INTO found FROM pg_inherits h JOIN pg_class c ON c.oid = h.inhrelid
+        WHERE h.inhparent = 'temporal_instances'::regclass AND c.relname = part;
+        IF found IS NULL THEN
+            missing := missing || part;
+        END IF;
+    END LOOP;
+    RETURN missing;
 END $$;
 """
 

@@ -151,10 +151,10 @@ _HISTORY_CTES_KNOWN_TENANTS = _HISTORY_CTES.replace(_TENANT_CTE, "")
 # (writes.py _READ_ONE) and the rows bring no new type: no upsert (th_k, th_ins, th_upd, whose
 # executor start-up and speculative insert every write paid), only a probe that the pk is still there
 # (a writer without the entity lock may have deleted it meanwhile: its instances are then `lost` and
-# written after the statement, as when the upsert found no pk).
+# written after the statement, as when the upsert found no pk). VALUES, not unnest: the planner
+# counts its rows and probes the pk index instead of scanning the table.
 _HISTORY_CTES_KNOWN = """th_pk AS (
-    SELECT k.n, e.pk FROM unnest({pks}::bigint[]) WITH ORDINALITY AS k(pk, n)
-    LEFT JOIN temporal_entities e ON e.pk = k.pk
+    SELECT k.n, e.pk FROM (VALUES {pks}) AS k(n, pk) LEFT JOIN temporal_entities e ON e.pk = k.pk
 ), th_rows AS (
     INSERT INTO temporal_instances ({columns})
     SELECT t.pk, u.attr, u.dataset, u.instance_id, u.retained_us, u.kind, u.observed_us, u.created_us, u.modified_us,
@@ -406,7 +406,7 @@ class PostgresTemporal(PostgresTemporalReads):
             for row in rows
         ):
             cte = _HISTORY_CTES_KNOWN.format(
-                pks=p([temporal[key][0] for key in keys]),
+                pks=", ".join(f"({n}, {p(temporal[key][0])}::bigint)" for key, n in keys.items()),
                 columns=", ".join(_COLUMNS),
                 rows=recordset(p, instances, "u", _RECORD_COLUMNS),
             )
