@@ -233,8 +233,11 @@ CREATE INDEX attr_values_num ON attr_values (attr, num) INCLUDE (pk) WHERE num I
 # A one-entity write's first statement (writes.py _READ_ONE), cheaper than migration 11's and 3's
 # functions, which stay for batches and for the history's own statements:
 # - entity_for_update: one id (text, not text[]), so the function's cached generic plan is the
-#   unique index probe its custom plan is whatever the statistics say (PL/pgSQL re-planned
-#   entities_for_update's `id = ANY($2)` on every call: its generic estimate is 10 rows). With the
+#   unique index probe its custom plan is (PL/pgSQL re-planned entities_for_update's `id = ANY($2)`
+#   on every call: its generic estimate is 10 rows). enable_seqscan is off inside it: a plan made
+#   while `entities` was empty (a fresh database) would be a sequential scan, and PL/pgSQL keeps a
+#   generic plan until the table's statistics change, so the first writes of a bulk load would
+#   scan a growing table (the ninth pass saw it with plan_cache_mode = force_generic_plan). With the
 #   stored row it reads the entity's temporal pk and types, after the entity lock (which every
 #   writer of the temporal entity holds, and which temporal retention respects), so the write's
 #   history needs no upsert of its temporal entity (temporal.py history_ctes).
@@ -246,7 +249,7 @@ CREATE INDEX attr_values_num ON attr_values (attr, num) INCLUDE (pk) WHERE num I
 _V21 = """
 CREATE FUNCTION entity_for_update(wanted_tenant text, wanted text)
 RETURNS TABLE (pk bigint, id text, doc json, temporal_pk bigint, temporal_types text[])
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SET enable_seqscan = off AS $$
 BEGIN
     RETURN QUERY SELECT e.pk, e.id::text, e.doc, t.pk, t.types FROM entities e
         LEFT JOIN temporal_entities t ON t.tenant = wanted_tenant AND t.id = wanted
