@@ -127,7 +127,7 @@ def test_postgres_migration_20_puts_the_pk_in_the_value_indexes(db_url: str, mon
             await admin(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
     found = asyncio.run(run())
-    assert found["applied"] == [20] and found["version"] == schema.LATEST == 20
+    assert found["applied"] == list(range(20, schema.LATEST + 1)) and found["version"] == schema.LATEST
     assert "(attr, num) INCLUDE (pk) WHERE (num IS NOT NULL)" in found["indexes"]["attr_values_num"]
     assert "(attr, txt) WHERE (txt IS NOT NULL)" in found["indexes"]["attr_values_txt"]
     assert found["num"] == list(range(251, 301))

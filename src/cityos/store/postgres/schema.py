@@ -230,6 +230,49 @@ DROP INDEX attr_values_num;
 CREATE INDEX attr_values_num ON attr_values (attr, num) INCLUDE (pk) WHERE num IS NOT NULL;
 """
 
+# A one-entity write's first statement (writes.py _READ_ONE), cheaper than migration 11's and 3's
+# functions, which stay for batches and for the history's own statements:
+# - entity_for_update: one id (text, not text[]), so the function's cached generic plan is the
+#   unique index probe its custom plan is (PL/pgSQL re-planned entities_for_update's `id = ANY($2)`
+#   on every call: its generic estimate is 10 rows). enable_seqscan is off inside it: a plan made
+#   while `entities` was empty (a fresh database) would be a sequential scan, and PL/pgSQL keeps a
+#   generic plan until the table's statistics change, so the first writes of a bulk load would
+#   scan a growing table (the ninth pass saw it with plan_cache_mode = force_generic_plan). With the
+#   stored row it reads the entity's temporal pk and types, after the entity lock (which every
+#   writer of the temporal entity holds, and which temporal retention respects), so the write's
+#   history needs no upsert of its temporal entity (temporal.py history_ctes).
+# - temporal_partitions_missing: the retention lock (shared) and the missing partitions, in one
+#   catalogue query with a snapshot taken after the locks, without locking each partition by a
+#   dynamic LOCK TABLE (parsed on every call). That lock made the backend read the invalidations of
+#   a partition attached after the transaction first used temporal_instances; a write's first
+#   statement has not used it, and the write statement's first lock of temporal_instances reads them.
+_V21 = """
+CREATE FUNCTION entity_for_update(wanted_tenant text, wanted text)
+RETURNS TABLE (pk bigint, id text, doc json, temporal_pk bigint, temporal_types text[])
+LANGUAGE plpgsql VOLATILE SET enable_seqscan = off AS $$
+BEGIN
+    RETURN QUERY SELECT e.pk, e.id::text, e.doc, t.pk, t.types FROM entities e
+        LEFT JOIN temporal_entities t ON t.tenant = wanted_tenant AND t.id = wanted
+        WHERE e.tenant = wanted_tenant AND e.id = wanted FOR UPDATE OF e;
+END $$;
+CREATE FUNCTION temporal_partitions_missing(names text[]) RETURNS text[] LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    part text;
+    found oid;
+    missing text[] := '{}';
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(('temporal_instances'::regclass)::oid::bigint + 1099511627776);
+    FOREACH part IN ARRAY names LOOP
+        SELECT c.oid INTO found FROM pg_inherits h JOIN pg_class c ON c.oid = h.inhrelid
+        WHERE h.inhparent = 'temporal_instances'::regclass AND c.relname = part;
+        IF found IS NULL THEN
+            missing := missing || part;
+        END IF;
+    END LOOP;
+    RETURN missing;
+END $$;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "entities, their side tables and hosted @contexts", _V1),
     Migration(2, "subscriptions, outbox, workers, registrations, entity maps, ingestion records", CATALOG_SQL),
@@ -251,6 +294,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(18, "import runs with their counts and first rejects (ingest/runs.py)", IMPORT_RUNS_SQL),
     Migration(19, "marks of the history: 'downsampled' once hours are folded (aggregations weight them)", _V19),
     Migration(20, "the numeric q value index includes the entity key (a map tile's q read from it alone)", _V20),
+    Migration(21, "a one-entity write's lock and read without re-planning, its temporal pk with it", _V21),
 )
 LATEST = MIGRATIONS[-1].version
 _LOCK = 0x63697479  # pg_advisory_xact_lock key: one upgrader at a time ("city")

@@ -147,6 +147,23 @@ _TENANT_CTE = """, th_tenant AS (
 )"""
 assert _TENANT_CTE in _HISTORY_CTES
 _HISTORY_CTES_KNOWN_TENANTS = _HISTORY_CTES.replace(_TENANT_CTE, "")
+# The history's CTEs when the write read every temporal entity's pk and types under its lock
+# (writes.py _READ_ONE) and the rows bring no new type: no upsert (th_k, th_ins, th_upd, whose
+# executor start-up and speculative insert every write paid), only a probe that the pk is still there
+# (a writer without the entity lock may have deleted it meanwhile: its instances are then `lost` and
+# written after the statement, as when the upsert found no pk). VALUES, not unnest: the planner
+# counts its rows and probes the pk index instead of scanning the table.
+_HISTORY_CTES_KNOWN = """th_pk AS (
+    SELECT k.n, e.pk FROM (VALUES {pks}) AS k(n, pk) LEFT JOIN temporal_entities e ON e.pk = k.pk
+), th_rows AS (
+    INSERT INTO temporal_instances ({columns})
+    SELECT t.pk, u.attr, u.dataset, u.instance_id, u.retained_us, u.kind, u.observed_us, u.created_us, u.modified_us,
+        u.deleted_us, u.expires_us, u.num, u.vtext, u.doc
+    FROM {rows}
+    JOIN th_pk t ON t.n = u.e AND t.pk IS NOT NULL
+    ORDER BY u.n
+), th_lost AS (SELECT array_agg(n ORDER BY n) AS lost FROM th_pk WHERE pk IS NULL)"""
+assert _HISTORY_CTES_KNOWN[_HISTORY_CTES_KNOWN.index("th_rows AS") :] in _HISTORY_CTES
 # an instance as history_ctes sends it (recordset), `e` numbering its temporal entity
 _RECORD_COLUMNS = (
     "e bigint, attr text, dataset text, instance_id text, retained_us bigint, kind text, observed_us bigint,"
@@ -355,12 +372,19 @@ class PostgresTemporal(PostgresTemporalReads):
             self._recent_partitions = tuple(names)
 
     def history_ctes(
-        self, rows: Sequence[HistoryRow], p: Params, locked: Sequence[str], tenants_known: Container[str] = ()
+        self,
+        rows: Sequence[HistoryRow],
+        p: Params,
+        locked: Sequence[str],
+        tenants_known: Container[str] = (),
+        temporal: Mapping[tuple[str, str], tuple[int, Sequence[str]]] | None = None,
     ) -> HistoryCtes | None:
         """A write's history as CTEs of its one statement, when it is small (below COPY_FROM) and
-        every partition it goes to is among `locked` (attached and locked by the write's first
-        statement); None: it goes by _append_history, after that statement. `tenants_known`: tenants
-        whose row is committed, which the statement then does not insert."""
+        every partition it goes to is among `locked` (attached by the write's first statement,
+        which holds the retention lock); None: it goes by _append_history, after that statement.
+        `tenants_known`: tenants whose row is committed, which the statement then does not insert;
+        `temporal`: temporal entities' pk and types read under their locks, not upserted when the
+        rows bring no new type."""
         if not rows or len(rows) >= COPY_FROM:
             return None
         puts = [_Put.of(row.attr, row.instance) for row in rows]
@@ -377,6 +401,16 @@ class PostgresTemporal(PostgresTemporalReads):
         instances = [
             {"e": keys[(row.tenant, row.entity_id)], **put.record()} for row, put in zip(rows, puts, strict=True)
         ]
+        if temporal and all(
+            (stored := temporal.get((row.tenant, row.entity_id))) is not None and set(row.types) <= set(stored[1])
+            for row in rows
+        ):
+            cte = _HISTORY_CTES_KNOWN.format(
+                pks=", ".join(f"({n}, {p(temporal[key][0])}::bigint)" for key, n in keys.items()),
+                columns=", ".join(_COLUMNS),
+                rows=recordset(p, instances, "u", _RECORD_COLUMNS),
+            )
+            return HistoryCtes(puts=puts, cte=cte, keys=list(keys), names=names)
         known = all(row.tenant in tenants_known for row in rows)
         cte = (_HISTORY_CTES_KNOWN_TENANTS if known else _HISTORY_CTES).format(
             keys=recordset(p, entities, "k", "tenant text, id text, types json"),

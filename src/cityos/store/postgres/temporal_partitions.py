@@ -13,7 +13,12 @@ upserts the temporal entity) with the months it writes to: it locks each attache
 the missing ones, which are then created and locked. The lock is what makes partition routing see a
 month that another session attached during this transaction (tested in the contract test; there is
 no per-process "already created" cache, since it cannot tell what a given transaction has seen),
-and it keeps the month from being dropped until the writer commits.
+and it keeps the month from being dropped until the writer commits. A write's first statement
+(writes.py _READ) calls the lighter temporal_partitions_missing (migration 21) instead: the retention
+lock and the check, no lock of the partition, since that transaction has not used
+temporal_instances yet and its first lock of it reads the invalidations (tested); a partition
+dropped out of band (not by temporal_purge, which takes the retention lock) between its two
+statements then fails the write, where the partition's lock made the DROP wait.
 
 Two advisory locks, keyed on the parent table's oid (so schemas never collide):
 - the creation lock serialises creators, so workers that need one new month at once create it once;

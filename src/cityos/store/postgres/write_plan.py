@@ -268,25 +268,35 @@ def _columns(entity: Entity, text: str | None) -> dict[str, Any]:
 _ENTITY_COLUMNS = "doc json, types text[], attrs text[], modified_at text, expires_at text, next_expiry text"
 
 
+def _doc(records: list[dict[str, Any]], text: str | None, p: Params) -> str:
+    """The `doc` expression of the entity rows: one row's document (`text`) as a parameter of its
+    own (its 2-4 KB are then lexed once, by json_in, where inside the recordset json_to_recordset
+    lexed them and json_in again), taken out of its record; else the recordset's column."""
+    if len(records) != 1 or text is None:
+        return "r.doc"
+    del records[0]["doc"]
+    return f"{p(text)}::json"
+
+
 def _update(rows: list[tuple[int, str | None, Entity]], p: Params) -> str:
-    source = recordset(
-        p, [{"pk": pk, **_columns(entity, text)} for pk, text, entity in rows], "r", f"pk bigint, {_ENTITY_COLUMNS}"
-    )
+    records = [{"pk": pk, **_columns(entity, text)} for pk, text, entity in rows]
+    doc = _doc(records, rows[0][1], p)
+    columns = _ENTITY_COLUMNS if doc == "r.doc" else _ENTITY_COLUMNS.removeprefix("doc json, ")
+    source = recordset(p, records, "r", f"pk bigint, {columns}")
     return (
-        "changed AS (UPDATE entities e SET doc = r.doc, types = r.types, attrs = r.attrs, modified_at = r.modified_at,"
-        f" expires_at = r.expires_at, next_expiry = r.next_expiry FROM {source} WHERE e.pk = r.pk)"
+        f"changed AS (UPDATE entities e SET doc = {doc}, types = r.types, attrs = r.attrs,"
+        " modified_at = r.modified_at, expires_at = r.expires_at, next_expiry = r.next_expiry"
+        f" FROM {source} WHERE e.pk = r.pk)"
     )
 
 
 def _insert(rows: list[tuple[int, Key, str | None, Entity]], p: Params) -> str:
-    source = recordset(
-        p,
-        [{"pk": pk, "tenant": key[0], "id": key[1], **_columns(entity, text)} for pk, key, text, entity in rows],
-        "r",
-        f"pk bigint, tenant text, id text, {_ENTITY_COLUMNS}",
-    )
+    records = [{"pk": pk, "tenant": key[0], "id": key[1], **_columns(entity, text)} for pk, key, text, entity in rows]
+    doc = _doc(records, rows[0][2], p)
+    columns = _ENTITY_COLUMNS if doc == "r.doc" else _ENTITY_COLUMNS.removeprefix("doc json, ")
+    source = recordset(p, records, "r", f"pk bigint, tenant text, id text, {columns}")
     return (
         "added AS (INSERT INTO entities (pk, tenant, id, doc, types, attrs, modified_at, expires_at, next_expiry)"
-        " SELECT r.pk, r.tenant, r.id, r.doc, r.types, r.attrs, r.modified_at, r.expires_at, r.next_expiry"
+        f" SELECT r.pk, r.tenant, r.id, {doc}, r.types, r.attrs, r.modified_at, r.expires_at, r.next_expiry"
         f" FROM {source})"
     )

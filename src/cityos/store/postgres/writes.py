@@ -5,8 +5,9 @@ One transaction per call, a handful of round trips whatever its size:
    share entities queue behind each other instead of deadlocking; the lock also covers an entity
    that does not exist yet, so two creates of one id serialise instead of failing on the unique
    index), the stored rows (FOR UPDATE, in a snapshot taken after the locks), the subscriptions'
-   catalogue version, pks for the rows that may be created, and the temporal partitions the
-   history will likely go to, locked;
+   catalogue version, pks for the rows that may be created, the retention lock and which of the
+   temporal partitions the history will likely go to are attached (and, for a one-entity write,
+   the entity's temporal pk and types, so its history needs no upsert of the temporal entity);
 2. every mutator and change listener, in Python, against a WritePlan (write_plan.py): on the
    store's sync thread in one hand-off, since a listener's lookup of another entity must await
    this transaction's connection on the event loop;
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -64,9 +65,11 @@ if TYPE_CHECKING:
 # snapshot is taken before the locks are, and would miss a row created meanwhile by a write it
 # waited for: the rows are read by entities_for_update (migration 11), whose query takes a snapshot
 # of its own, after the locks.
-# $4: the temporal partitions the last history write went to (None: none known), locked here as the
-# history's own statement would lock them (temporal_lock_partitions, after the entity locks), so
-# that a history going only to those is written by the write's one statement (temporal.history_ctes).
+# $4: the temporal partitions the last history write went to (None: none known): the retention lock
+# is taken (shared) and those not attached named (temporal_partitions_missing, migration 21, after
+# the entity locks), so that a history going only to the others is written by the write's one
+# statement (temporal.history_ctes), whose first lock of temporal_instances in this transaction
+# reads the catalogue's invalidations (a partition attached since is routed to).
 _READ = f"""
 WITH locks AS MATERIALIZED (
     SELECT count(pg_advisory_xact_lock({entity_lock("$1", "id")})) AS held
@@ -79,8 +82,25 @@ SELECT NULL::bigint AS pk, NULL::text AS id, NULL::json AS doc,
     (SELECT version FROM catalog_versions WHERE name = 'subscriptions') AS version,
     ARRAY(SELECT nextval('entities_pk_seq') FROM generate_series(1, $3 - (SELECT count(*) FROM locked))) AS pks,
     CASE WHEN $4::text[] IS NOT NULL AND (SELECT held FROM locks) IS NOT NULL
-        THEN temporal_lock_partitions($4::text[]) END AS missing
+        THEN temporal_partitions_missing($4::text[]) END AS missing
 UNION ALL SELECT pk, id, doc, NULL, NULL, NULL FROM locked
+"""
+# The same for one entity (most writes): entity_for_update (migration 21) takes one id, so its plan
+# is cached, and reads the entity's temporal pk and types with its row ($3 unused, kept so both
+# statements take the same arguments).
+_READ_ONE = f"""
+WITH locks AS MATERIALIZED (SELECT count(pg_advisory_xact_lock({entity_lock("$1", "$2::text")})) AS held),
+locked AS (
+    SELECT pk, id, doc, temporal_pk, temporal_types FROM entity_for_update($1, $2::text)
+    WHERE (SELECT held FROM locks) IS NOT NULL
+)
+SELECT NULL::bigint AS pk, NULL::text AS id, NULL::json AS doc, NULL::bigint AS temporal_pk,
+    NULL::text[] AS temporal_types,
+    (SELECT version FROM catalog_versions WHERE name = 'subscriptions') AS version,
+    ARRAY(SELECT nextval('entities_pk_seq') FROM generate_series(1, $3 - (SELECT count(*) FROM locked))) AS pks,
+    CASE WHEN $4::text[] IS NOT NULL AND (SELECT held FROM locks) IS NOT NULL
+        THEN temporal_partitions_missing($4::text[]) END AS missing
+UNION ALL SELECT pk, id, doc, temporal_pk, temporal_types, NULL, NULL, NULL FROM locked
 """
 _MORE_PKS = "SELECT ARRAY(SELECT nextval('entities_pk_seq') FROM generate_series(1, $1))"
 _LOCK_SWEPT = f"""
@@ -150,7 +170,12 @@ class PostgresWrites(Transactions):
         ) -> None: ...
 
         def history_ctes(
-            self, rows: Sequence[HistoryRow], p: Params, locked: Sequence[str], tenants_known: Container[str] = ()
+            self,
+            rows: Sequence[HistoryRow],
+            p: Params,
+            locked: Sequence[str],
+            tenants_known: Container[str] = (),
+            temporal: Mapping[Key, tuple[int, Sequence[str]]] | None = None,
         ) -> HistoryCtes | None: ...
 
         async def history_lost(
@@ -172,19 +197,26 @@ class PostgresWrites(Transactions):
             version = pks = None
             speculated = list(self._recent_partitions) or None
             locked: list[str] = []
-            for row in await connection.fetch(_READ, tenant, ids, len(ids), speculated):
+            temporal: dict[Key, tuple[int, Sequence[str]]] = {}  # temporal pk and types, where read
+            if len(ids) == 1:
+                rows = await connection.fetch(_READ_ONE, tenant, ids[0], 1, speculated)
+            else:
+                rows = await connection.fetch(_READ, tenant, ids, len(ids), speculated)
+            for row in rows:
                 if row["id"] is None:
                     version, pks = row["version"], list(row["pks"])
                     if speculated is not None:
                         locked = [name for name in speculated if name not in (row["missing"] or ())]
                 else:
                     plan.load(tenant, row["id"], row["pk"], row["doc"])
+                    if len(ids) == 1 and row["temporal_pk"] is not None:
+                        temporal[(tenant, row["id"])] = (row["temporal_pk"], row["temporal_types"])
             for entity_id in ids:
                 if not plan.holds((tenant, entity_id)):
                     plan.load(tenant, entity_id, None, None)
             await self._fresh_subscriptions(connection, version)
             results, owed = await self._run(connection, plan, steps, atomic=atomic)
-            await self._flush(connection, plan, pks or [], owed, tenant, locked)
+            await self._flush(connection, plan, pks or [], owed, tenant, locked, temporal)
             wakes[:] = owed.wakes
             after[:] = owed.after  # the last attempt's (a retried transaction ran the listeners again)
             return results
@@ -280,6 +312,7 @@ class PostgresWrites(Transactions):
         owed: _Owed,
         tenant: str | None = None,
         locked: Sequence[str] = (),
+        temporal: Mapping[Key, tuple[int, Sequence[str]]] | None = None,
     ) -> None:
         """Write the plan and what the listeners owe, in this transaction, and the tenant's row
         (when this process has not seen it committed yet); the history too when it is small and
@@ -303,7 +336,9 @@ class PostgresWrites(Transactions):
             ctes.append(pending_cte(owed.audit, p))
         if tenant is not None and tenant not in self._tenants_made:
             ctes.append(f"tenant_added AS (INSERT INTO tenants (name) VALUES ({p(tenant)}) ON CONFLICT DO NOTHING)")
-        history = self.history_ctes(owed.history, p, locked, self._tenants_made) if owed.history else None
+        history = (
+            self.history_ctes(owed.history, p, locked, self._tenants_made, temporal or {}) if owed.history else None
+        )
         if history is not None and history.cte:
             ctes.append(history.cte)
             lost = await connection.fetchval("WITH " + ", ".join(ctes) + " SELECT lost FROM th_lost", *p.values)
