@@ -69,21 +69,15 @@ def codecs() -> dict[str, Codec]:
         import zstandard
 
         raw = zstandard.ZstdCompressionDict(DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-        for level in (1, 3):
-            params = zstandard.ZstdCompressionParameters.from_level(
-                level, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=False, write_dict_id=False
-            )
-            packer = zstandard.ZstdCompressor(dict_data=raw, compression_params=params)
-            unpacker = zstandard.ZstdDecompressor(dict_data=raw, format=zstandard.FORMAT_ZSTD1_MAGICLESS)
-            found[f"zstd-{level}"] = (packer.compress, unpacker.decompress)
         trained = zstandard.ZstdCompressionDict(TRAINED.read_bytes())
-        for level in (1, 3):
-            params = zstandard.ZstdCompressionParameters.from_level(
-                level, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=False, write_dict_id=False
-            )
-            packer = zstandard.ZstdCompressor(dict_data=trained, compression_params=params)
-            unpacker = zstandard.ZstdDecompressor(dict_data=trained, format=zstandard.FORMAT_ZSTD1_MAGICLESS)
-            found[f"zstd-trained-{level}"] = (packer.compress, unpacker.decompress)
+        for name, dictionary in (("zstd", raw), ("zstd-trained", trained)):
+            for level in (1, 3):
+                params = zstandard.ZstdCompressionParameters.from_level(
+                    level, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=False, write_dict_id=False
+                )
+                packer = zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params)
+                unpacker = zstandard.ZstdDecompressor(dict_data=dictionary, format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+                found[f"{name}-{level}"] = (packer.compress, unpacker.decompress)
     except ImportError:
         pass
     try:

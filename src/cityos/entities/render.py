@@ -39,18 +39,26 @@ def plain_options(terms: TermMap) -> RenderOptions:
     return found
 
 
-def render_entity(entity: Entity, options: RenderOptions) -> dict[str, Any]:
-    terms = options.terms
-    compacted = terms.compacted  # the context's IRI -> term map: one dict lookup per name once warm
+def _head(entity: Entity, options: RenderOptions) -> dict[str, Any]:
+    """The rendered entity's id, type and scope, as picked; its attributes follow."""
     out: dict[str, Any] = {}
     if options.pick_id:
         out["id"] = entity["id"]
     if options.pick_type:
+        terms = options.terms
+        compacted = terms.compacted
         types = [compacted.get(t) or terms.compact(t) for t in entity["type"]]
         out["type"] = types[0] if len(types) == 1 else types
     if "scope" in entity and options.pick_scope:
         scope = entity["scope"]
         out["scope"] = scope[0] if len(scope) == 1 else scope
+    return out
+
+
+def render_entity(entity: Entity, options: RenderOptions) -> dict[str, Any]:
+    terms = options.terms
+    compacted = terms.compacted  # the context's IRI -> term map: one dict lookup per name once warm
+    out = _head(entity, options)
     keep, omit, datasets = options.attrs, options.omit, options.datasets
     key_values = options.format == "keyValues"
     verbatim, skipped = _VERBATIM[options.sys_attrs, bool(options.lang)], _SKIPPED[options.sys_attrs]
@@ -97,15 +105,7 @@ def render_owned(entity: Entity, options: RenderOptions) -> dict[str, Any]:
         return render_entity(entity, options)
     terms = options.terms
     compacted = terms.compacted
-    out: dict[str, Any] = {}
-    if options.pick_id:
-        out["id"] = entity["id"]
-    if options.pick_type:
-        types = [compacted.get(t) or terms.compact(t) for t in entity["type"]]
-        out["type"] = types[0] if len(types) == 1 else types
-    if "scope" in entity and options.pick_scope:
-        scope = entity["scope"]
-        out["scope"] = scope[0] if len(scope) == 1 else scope
+    out = _head(entity, options)
     keep, omit, datasets = options.attrs, options.omit, options.datasets
     mode = options.sys_attrs, bool(options.lang)
     verbatim, skipped, plans = _VERBATIM[mode], _SKIPPED[options.sys_attrs], _PLANS[mode]

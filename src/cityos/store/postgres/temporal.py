@@ -119,6 +119,15 @@ INSERT INTO temporal_instances ({", ".join(_COLUMNS)})
 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[],
     $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::float8[], $13::text[], $14::json[])
 """
+# the instances inserted for the pks of th_pk, and those of an entity without one (th_lost)
+_HISTORY_ROWS = """th_rows AS (
+    INSERT INTO temporal_instances ({columns})
+    SELECT t.pk, u.attr, u.dataset, u.instance_id, u.retained_us, u.kind, u.observed_us, u.created_us, u.modified_us,
+        u.deleted_us, u.expires_us, u.num, u.vtext, u.doc
+    FROM {rows}
+    JOIN th_pk t ON t.n = u.e AND t.pk IS NOT NULL
+    ORDER BY u.n
+), th_lost AS (SELECT array_agg(n ORDER BY n) AS lost FROM th_pk WHERE pk IS NULL)"""
 COPY_FROM = 64  # instances; from this many on a write's history goes by COPY
 # A write's history as CTEs of its one statement (writes.py _flush), when every partition it goes to
 # was locked by the write's first statement: _ENTITIES and _INSERT joined, the instances of an
@@ -130,14 +139,8 @@ _HISTORY_CTES = (
     SELECT k.n, coalesce(i.pk, e.pk) AS pk FROM th_k k
     LEFT JOIN th_ins i ON i.tenant = k.tenant AND i.id = k.id
     LEFT JOIN temporal_entities e ON e.tenant = k.tenant AND e.id = k.id
-), th_rows AS (
-    INSERT INTO temporal_instances ({columns})
-    SELECT t.pk, u.attr, u.dataset, u.instance_id, u.retained_us, u.kind, u.observed_us, u.created_us, u.modified_us,
-        u.deleted_us, u.expires_us, u.num, u.vtext, u.doc
-    FROM {rows}
-    JOIN th_pk t ON t.n = u.e AND t.pk IS NOT NULL
-    ORDER BY u.n
-), th_lost AS (SELECT array_agg(n ORDER BY n) AS lost FROM th_pk WHERE pk IS NULL)"""
+), """
+    + _HISTORY_ROWS
 )
 # The same without th_tenant, for a write whose tenants this process has seen committed (tenant rows
 # are never deleted): an INSERT ... ON CONFLICT that could insert nothing still opened `tenants` and
@@ -153,17 +156,12 @@ _HISTORY_CTES_KNOWN_TENANTS = _HISTORY_CTES.replace(_TENANT_CTE, "")
 # (a writer without the entity lock may have deleted it meanwhile: its instances are then `lost` and
 # written after the statement, as when the upsert found no pk). VALUES, not unnest: the planner
 # counts its rows and probes the pk index instead of scanning the table.
-_HISTORY_CTES_KNOWN = """th_pk AS (
+_HISTORY_CTES_KNOWN = (
+    """th_pk AS (
     SELECT k.n, e.pk FROM (VALUES {pks}) AS k(n, pk) LEFT JOIN temporal_entities e ON e.pk = k.pk
-), th_rows AS (
-    INSERT INTO temporal_instances ({columns})
-    SELECT t.pk, u.attr, u.dataset, u.instance_id, u.retained_us, u.kind, u.observed_us, u.created_us, u.modified_us,
-        u.deleted_us, u.expires_us, u.num, u.vtext, u.doc
-    FROM {rows}
-    JOIN th_pk t ON t.n = u.e AND t.pk IS NOT NULL
-    ORDER BY u.n
-), th_lost AS (SELECT array_agg(n ORDER BY n) AS lost FROM th_pk WHERE pk IS NULL)"""
-assert _HISTORY_CTES_KNOWN[_HISTORY_CTES_KNOWN.index("th_rows AS") :] in _HISTORY_CTES
+), """
+    + _HISTORY_ROWS
+)
 # an instance as history_ctes sends it (recordset), `e` numbering its temporal entity
 _RECORD_COLUMNS = (
     "e bigint, attr text, dataset text, instance_id text, retained_us bigint, kind text, observed_us bigint,"
