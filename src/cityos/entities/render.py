@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,14 +56,11 @@ def _head(entity: Entity, options: RenderOptions) -> dict[str, Any]:
     return out
 
 
-def render_entity(entity: Entity, options: RenderOptions) -> dict[str, Any]:
+def _picked(entity: Entity, options: RenderOptions) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """The attributes to render, by compacted name, with the instances of the datasetIds asked for."""
     terms = options.terms
     compacted = terms.compacted  # the context's IRI -> term map: one dict lookup per name once warm
-    out = _head(entity, options)
     keep, omit, datasets = options.attrs, options.omit, options.datasets
-    key_values = options.format == "keyValues"
-    verbatim, skipped = _VERBATIM[options.sys_attrs, bool(options.lang)], _SKIPPED[options.sys_attrs]
-    concise = options.format == "concise"
     for iri, instances in entity["attrs"].items():
         if (keep is not None and iri not in keep) or (omit is not None and iri in omit) or not instances:
             continue
@@ -70,7 +68,15 @@ def render_entity(entity: Entity, options: RenderOptions) -> dict[str, Any]:
             instances = [i for i in instances if i.get("datasetId") in datasets]
             if not instances:
                 continue
-        name = compacted.get(iri) or terms.compact(iri)
+        yield compacted.get(iri) or terms.compact(iri), instances
+
+
+def render_entity(entity: Entity, options: RenderOptions) -> dict[str, Any]:
+    out = _head(entity, options)
+    key_values = options.format == "keyValues"
+    verbatim, skipped = _VERBATIM[options.sys_attrs, bool(options.lang)], _SKIPPED[options.sys_attrs]
+    concise = options.format == "concise"
+    for name, instances in _picked(entity, options):
         if len(instances) == 1:  # most attributes: no list of one made and taken apart
             only = instances[0]
             out[name] = key_value(only, options) if key_values else _render(only, options, verbatim, skipped, concise)
@@ -103,21 +109,11 @@ def render_owned(entity: Entity, options: RenderOptions) -> dict[str, Any]:
     pass "a cheaper cold render")."""
     if options.format == "keyValues":  # key_value builds no dict per instance already
         return render_entity(entity, options)
-    terms = options.terms
-    compacted = terms.compacted
     out = _head(entity, options)
-    keep, omit, datasets = options.attrs, options.omit, options.datasets
     mode = options.sys_attrs, bool(options.lang)
     verbatim, skipped, plans = _VERBATIM[mode], _SKIPPED[options.sys_attrs], _PLANS[mode]
     concise = options.format == "concise"
-    for iri, instances in entity["attrs"].items():
-        if (keep is not None and iri not in keep) or (omit is not None and iri in omit) or not instances:
-            continue
-        if datasets is not None:
-            instances = [i for i in instances if i.get("datasetId") in datasets]
-            if not instances:
-                continue
-        name = compacted.get(iri) or terms.compact(iri)
+    for name, instances in _picked(entity, options):
         if len(instances) > 1:
             out[name] = [_owned(instance, options, verbatim, skipped, plans, concise) for instance in instances]
             continue
