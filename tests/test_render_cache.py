@@ -363,3 +363,17 @@ def test_many_access_views_never_reset_the_unrestricted_entries() -> None:
     assert len(cache._tokens) <= render_cache.MAX_VIEW_TOKENS + 1
     assert cache.render(cache.token(options), document, lambda _: b"miss") == everything
     assert cache.size > kept
+
+
+def test_pages_of_none_one_and_several_entities_are_json_arrays() -> None:
+    """render_page joins the brackets with its first and last entities: the same bytes as
+    orjson.dumps of the list for a page of 0, 1 and several, and when a view hides some."""
+    cache = RenderCache(budget=0)
+    options = RenderOptions(terms())
+    entities = [stored(n) for n in range(4)]
+    documents = [deflate(orjson.dumps(e)) for e in entities]
+    for count in range(len(documents) + 1):
+        page = render_page(documents[:count], decode, options, cache=cache)
+        assert page == expected(entities[:count], options)
+        ld = render_page(documents[:count], decode, options, orjson.dumps({"@vocab": V}), cache=cache)
+        assert ld == expected(entities[:count], options, {"@vocab": V})

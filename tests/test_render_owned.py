@@ -100,3 +100,35 @@ def test_the_shape_plans_stay_bounded(monkeypatch: Any) -> None:
         want = orjson.dumps(render_entity(entity, options))
         assert orjson.dumps(render_owned(copy.deepcopy(entity), options)) == want
         assert len(render_module._PLANS[False, False]) <= 8
+
+
+def test_the_whole_entity_loop_is_taken_for_unfiltered_options_and_gives_the_same_bytes(monkeypatch: Any) -> None:
+    """render_owned's loop for a request without attrs/pick/omit/datasetId (_owned_whole) runs for
+    exactly those options, under every format, sysAttrs and lang, and renders as render_entity."""
+    taken: list[RenderOptions] = []
+    whole = render_module._owned_whole
+
+    def counting(entity: dict[str, Any], options: RenderOptions) -> dict[str, Any]:
+        taken.append(options)
+        return whole(entity, options)
+
+    monkeypatch.setattr(render_module, "_owned_whole", counting)
+    user = TermMap()
+    define_terms(user, {"velocity": V + "speed", "T": V + "T", "ex": V})
+    entities = corpus()
+    entities[0]["scope"] = ["/one"]  # a scope of one is rendered as a string
+    for mapping in (terms(), user, TermMap()):
+        for options in every_options(mapping):
+            unfiltered = (
+                options.attrs is None
+                and options.omit is None
+                and options.datasets is None
+                and options.pick_id
+                and options.pick_type
+                and options.pick_scope
+            )
+            for entity in entities:
+                taken.clear()
+                want = orjson.dumps(render_entity(entity, options))
+                assert orjson.dumps(render_owned(copy.deepcopy(entity), options)) == want, options
+                assert bool(taken) == (unfiltered and options.format != "keyValues"), options

@@ -227,11 +227,34 @@ def json_response(
 def encoded_response(
     data: bytes, media: str, context: ResolvedContext, headers: dict[str, str] | None = None
 ) -> Response:
-    """json_response for a body already in JSON (its @context inside with ld+json)."""
-    extra = dict(headers or {})
+    """json_response for a body already in JSON (its @context inside with ld+json). Without
+    `headers` (a retrieve by id, most pages) the response's raw headers are made here, the same
+    ones Starlette's Response makes (Link, content-length, content-type), without its header
+    mapping's encoding and scans per request, and the Link header's bytes kept per context URL."""
+    if headers:
+        extra = dict(headers)
+        if media != JSON_LD:
+            extra["Link"] = link_header(context.link_url)
+        return Response(data, status_code=200, media_type=media, headers=extra)
+    response = Response.__new__(Response)  # what Response(data, 200, {...}, media) sets, in its order
+    response.status_code = 200
+    response.media_type = media
+    response.background = None
+    response.body = data
+    raw = [(b"content-length", str(len(data)).encode()), (b"content-type", _MEDIA_BYTES.get(media) or media.encode())]
     if media != JSON_LD:
-        extra["Link"] = link_header(context.link_url)
-    return Response(data, status_code=200, media_type=media, headers=extra)
+        link = _LINKS.get(context.link_url)
+        if link is None:
+            if len(_LINKS) >= 1024:
+                _LINKS.clear()
+            link = _LINKS[context.link_url] = link_header(context.link_url).encode("latin-1")
+        raw.insert(0, (b"link", link))
+    response.raw_headers = raw
+    return response
+
+
+_LINKS: dict[str, bytes] = {}  # a context URL -> its Link header's value (link_header), latin-1 as Starlette's
+_MEDIA_BYTES = {media: media.encode() for media in (JSON, JSON_LD, "application/geo+json")}
 
 
 def no_content(headers: dict[str, str] | None = None) -> Response:
