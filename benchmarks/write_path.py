@@ -13,8 +13,9 @@ entities through the whole ASGI app (benchmarks.instructions.call), on a new fil
                                                         # and index by index (dbstat: pages, fill), as the
                                                         # scaling table counts them (every temporal_*)
     python -m benchmarks.write_path refresh ROUNDS      # load 1,000, then ROUNDS upserts of them with new
-                                                        # values (scenario 3); under callgrind, the
-                                                        # difference of two ROUNDS is the cost per entity
+                                                        # values (scenario 3); under callgrind with
+                                                        # CITYOS_INSTRUCTIONS_CALLGRIND=1 and
+                                                        # --instr-atstart=no only these upserts count
 
 Rates divide entities by `time.process_time()`; the writer thread's own share is `time.thread_time()`
 around `SQLiteStore._flush`. Run it with PYTHONPATH pointing at another checkout's src/ to measure
@@ -38,7 +39,7 @@ from typing import Any
 import orjson
 
 from benchmarks.entities import make_entity
-from benchmarks.instructions import API, call
+from benchmarks.instructions import API, call, callgrind
 from cityos.app import create_app
 from cityos.settings import Settings
 from cityos.store.sqlite import SQLiteStore
@@ -131,7 +132,9 @@ async def refresh(rounds: int) -> None:
         bodies = [batches(0, 1, seed=seed)[0] for seed in range(1, max(rounds, 3) + 1)][:rounds]
         spent[0] = 0.0
         started = time.process_time()
+        callgrind("on")
         await upsert_all(app, bodies)
+        callgrind("off")
         cpu = time.process_time() - started
     print(
         f"existing ids, new values: {rounds * BATCH / cpu:,.0f} entities/s CPU"

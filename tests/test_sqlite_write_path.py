@@ -23,6 +23,7 @@ from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityChange, EntityLookup, EntityQuery, HistoryRow, OutboxRow
 from cityos.store.side_rows import geo_untouched
 from cityos.store.sqlite import SQLiteStore
+from cityos.store.sqlite_writes import CHUNK
 from cityos.temporal.history import HistoryRecorder
 
 V = "https://example.org/"
@@ -271,3 +272,33 @@ def test_geo_untouched_is_true_only_when_no_geoproperty_instance_was_replaced_ad
     assert not geo_untouched(stored, updated(area=[point]))
     assert not geo_untouched(stored, {"speed": [value]})  # the GeoProperty removed
     assert not geo_untouched(stored, updated(speed=[point]))  # a Property replaced by a GeoProperty
+
+
+def test_rows_drained_many_to_a_statement_are_those_of_one_write_each(tmp_path: Path, db_url: str) -> None:
+    """A batch drains its inserts CHUNK rows to a statement (sqlite_writes.drain_rows), the rest one
+    by one: the same rows, in the same order (the history's pks, hence instanceIds, in write order),
+    as the same entities written one per transaction."""
+    count = 2 * CHUNK + 5
+    batched, alone = tmp_path / "batched.db", tmp_path / "alone.db"
+    sensors = [entity(f"s{index}", {"t": [prop(index)], "u": [prop(f"u{index}")]}) for index in range(count)]
+    asyncio.run(written(batched, [(e["id"], update.upsert(e, mode="replace")) for e in sensors], atomic=False))
+
+    async def one_by_one() -> None:
+        store = SQLiteStore(str(alone))
+        await store.open()
+        try:
+            store.set_change_listener(HistoryRecorder(), None, name="history")
+            for e in sensors:
+                await store.mutate("", [(e["id"], update.upsert(e, mode="replace"))], atomic=True)
+        finally:
+            await store.close()
+
+    asyncio.run(one_by_one())
+    assert side_rows(batched) == side_rows(alone)
+    assert history(batched) == history(alone)
+    assert [(entity_id, attr.removeprefix(V)) for entity_id, attr, *_ in history(batched)] == [
+        (f"urn:x:s{index}", name) for index in range(count) for name in ("t", "u")
+    ]
+    with sqlite3.connect(batched) as db:
+        types = db.execute("SELECT count(*) FROM entity_types").fetchone()[0]
+        assert types == count

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -78,6 +79,38 @@ DRAIN_ORDER = (
     OUTBOX,
     HISTORY,
 ) = DRAIN_ORDER
+
+
+# The plain INSERTs of the buffer also as one statement of many rows (`INSERT ... VALUES (...), (...)`),
+# drained CHUNK rows at a time: the same rows in the same order (the same pks), with one statement
+# run, not one per row (the history's 10 rows per entity: 4.2 -> 3.1 µs each; issue 15 eleventh pass).
+# At most 999 parameters a statement, the limit of SQLite builds before 3.32.
+MAX_PARAMETERS = 999
+CHUNK = 64
+
+
+def _many(sql: str) -> tuple[str, int]:
+    """`sql` (one row of `?`) as an INSERT of as many rows as fit, and that count."""
+    head, _, values = sql.rpartition(" VALUES ")
+    rows = min(CHUNK, MAX_PARAMETERS // values.count("?"))
+    return f"{head} VALUES {', '.join([values] * rows)}", rows
+
+
+MANY = {sql: _many(sql) for sql in (INS_TYPES, INS_ATTRS, INS_VALUES, OUTBOX, HISTORY)}
+
+
+def drain_rows(connection: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """Run `sql` for each of `rows`: those that fill a statement of many rows (MANY) as such, the
+    rest one by one."""
+    many = MANY.get(sql)
+    if many is None or len(rows) < many[1]:
+        connection.executemany(sql, rows)
+        return
+    statement, size = many
+    full = len(rows) - len(rows) % size
+    connection.executemany(statement, [tuple(chain.from_iterable(rows[i : i + size])) for i in range(0, full, size)])
+    if full < len(rows):
+        connection.executemany(sql, rows[full:])
 
 
 # an entity's row and its temporal entity's (pk, types), in one statement: a write reads the first and
@@ -166,7 +199,7 @@ class SQLiteWrites:
         """Write what the buffer holds, one executemany per statement (writer thread)."""
         for sql, rows in self._buffer.items():
             if rows:
-                connection.executemany(sql, rows)
+                drain_rows(connection, sql, rows)
                 rows.clear()
         self._buffered_pks.clear()
         self._epks.clear()
