@@ -186,7 +186,9 @@ def test_a_deleted_and_created_again_entity_is_not_the_kept_one(tmp_path: Path, 
         if n == 4:
             await store.mutate("", [(ID, update.delete(ID))], atomic=True)
             again = reading(7, stamp(20))
-            again["attrs"][V + "other"] = [{"type": "Property", "value": "x", "createdAt": stamp(20), "modifiedAt": stamp(20)}]
+            again["attrs"][V + "other"] = [
+                {"type": "Property", "value": "x", "createdAt": stamp(20), "modifiedAt": stamp(20)}
+            ]
             await store.mutate("", [(ID, update.create(again))], atomic=True)
 
     async def run() -> None:
@@ -206,8 +208,13 @@ def test_an_expired_attribute_swept_by_the_writer_is_not_handed_back(tmp_path: P
         if n == 3:  # an attribute that expires, written twice (kept), then swept by purge_expired
             fading = reading(5, stamp(10))
             fading["attrs"][V + "gone"] = [
-                {"type": "Property", "value": 1, "createdAt": stamp(10), "modifiedAt": stamp(10),
-                 "expiresAt": "2026-01-01T00:01:00.000Z"}
+                {
+                    "type": "Property",
+                    "value": 1,
+                    "createdAt": stamp(10),
+                    "modifiedAt": stamp(10),
+                    "expiresAt": "2026-01-01T00:01:00.000Z",
+                }
             ]
             for _ in range(2):
                 await store.mutate("", [(ID, update.upsert(fading, mode="update"))], atomic=True)
