@@ -35,6 +35,12 @@ def reading(value: Any, stamp: str, **more: Any) -> Entity:
     return {"id": ID, "type": [V + "Sensor"], "createdAt": stamp, "modifiedAt": stamp, "attrs": {V + "t": [instance]}}
 
 
+def named(entity: Entity) -> Entity:
+    """The entity with a second attribute, which the readings leave alone."""
+    name = {"type": "Property", "value": "north", "createdAt": stamp(0), "modifiedAt": stamp(0)}
+    return {**entity, "attrs": {**entity["attrs"], V + "name": [name]}}
+
+
 def stamp(n: int) -> str:
     return f"2026-01-01T00:00:{n:02d}.000Z"
 
@@ -109,7 +115,7 @@ async def _writes(path: Path, seen: Seen, between: Any = None, count: int = 4) -
     store = SQLiteStore(str(path))
     await store.open()
     store.set_change_listener(HistoryRecorder(), None, name="history")
-    await store.mutate("", [(ID, update.create(reading(0, stamp(0))))], atomic=True)
+    await store.mutate("", [(ID, update.create(named(reading(0, stamp(0)))))], atomic=True)
     for n in range(1, count + 1):
         if between is not None:
             await between(store, n)
@@ -127,11 +133,28 @@ def test_a_sensor_written_again_gets_the_document_written_last(tmp_path: Path, d
     asyncio.run(run())
     values = [c["attrs"][V + "t"][0]["value"] for c in seen.copies if c is not None]
     assert values == [0, 1, 2, 3]
-    # the create was the first write, the first upsert the second (kept from then on): each later
-    # write's `before` is the very object the write before it made
-    assert seen.objects[0] is not None and seen.objects[0] is not seen.afters[0]
-    assert all(seen.objects[n] is seen.afters[n - 1] for n in (1, 2, 3))
+    # the create writes a whole entity (not kept), the first reading is seen, the second kept: each
+    # later write's `before` is the very object the write before it made
+    assert seen.objects[1] is not None and seen.objects[1] is not seen.afters[0]
+    assert all(seen.objects[n] is seen.afters[n - 1] for n in (2, 3))
     assert stored_json(tmp_path / "city.db")["attrs"][V + "t"][0]["value"] == 4
+
+
+def test_whole_entities_written_again_are_not_kept(tmp_path: Path, db_url: str) -> None:
+    """A bulk refresh rewrites every attribute: not kept (and a kept document is let go)."""
+    seen = Seen()
+
+    async def run() -> None:
+        store = await _writes(tmp_path / "city.db", seen, count=3)
+        assert len(store._written) == 1  # the readings' entity
+        whole = named(reading(8, stamp(50)))
+        for _ in range(3):
+            await store.mutate("", [(ID, update.upsert(whole, mode="update"))], atomic=True)
+        assert len(store._written) == 0
+        await store.close()
+
+    asyncio.run(run())
+    assert stored_json(tmp_path / "city.db")["attrs"][V + "t"][0]["value"] == 8
 
 
 def test_a_row_changed_by_another_connection_is_read_again(tmp_path: Path, db_url: str) -> None:

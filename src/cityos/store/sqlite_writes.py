@@ -302,7 +302,7 @@ class SQLiteWrites:
                 )
             # the mutator's relisted attributes hold against `before`: against `stored` if it is the same
             self._index(connection, pk, stored, after, outcome.relisted if before is stored else None)
-            self._written.put(key, doc, after)
+            self._written.wrote(key, doc, after, outcome.relisted)
         change = EntityChange(tenant, entity_id, before, after, outcome.annotation, outcome.relisted)
         # nothing wrote the temporal entity since it was read: its history rows need not read it again
         self._temporal_read = ((tenant, entity_id), (None if found[3] is None else (found[3], found[4]),))
