@@ -21,7 +21,7 @@ Why this is exact:
 Bounded: at most CAPACITY documents (about 7 KB each for the benchmark's OffStreetParking; an entry
 is moved to the end on every write, the oldest is dropped), only documents of writes that changed
 some attributes and left the others (a reading, a partial update; `wrote`), and only from an
-entity's second write among the last SEEN written: writes spread over many entities (a partial
+entity's second write (of any kind) among the last SEEN written: writes spread over many entities (a partial
 update of random entities at 1,000,000) and bulk refreshes of whole entities leave the cache nearly
 empty, so the server's memory at that size does not grow by CAPACITY documents (its RSS target is
 300 MB, met at 291), while a sensor reporting again is served from its second write on. Writer
@@ -72,23 +72,28 @@ class WrittenDocuments:
         batch refresh, a replace) is not kept, so bulk refreshes of stored ids do not fill the cache."""
         if relisted is not None and len(relisted) < len(document["attrs"]):
             self.put(key, stored, document)
-        else:
-            self._documents.pop(key, None)
+        elif self._documents.pop(key, None) is None:
+            self._see(key)  # written (a create, say): its next partial write is kept
 
     def put(self, key: tuple[str, str], stored: bytes, document: Entity) -> None:
-        """Keep `document`, written as `stored`, from the key's second write on."""
+        """Keep `document`, written as `stored`, if the key was written lately (kept, or seen)."""
         documents = self._documents
         if documents.pop(key, None) is None:  # (kept: popped, put back at the end)
             seen = self._seen
             if key not in seen:  # not written lately: remember the key only
-                seen[key] = None
-                if len(seen) > self.seen_capacity:
-                    del seen[next(iter(seen))]
+                self._see(key)
                 return
             del seen[key]
             if len(documents) >= self.capacity:
                 del documents[next(iter(documents))]
         documents[key] = (stored, document)
+
+    def _see(self, key: tuple[str, str]) -> None:
+        seen = self._seen
+        seen.pop(key, None)
+        seen[key] = None
+        if len(seen) > self.seen_capacity:
+            del seen[next(iter(seen))]
 
     def clear(self) -> None:
         self._documents.clear()
