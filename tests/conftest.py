@@ -23,7 +23,12 @@ from starlette.testclient import TestClient
 from backends import BACKENDS, POSTGRES, PostgresSchemas, admin
 from cityos.app import create_app
 from cityos.settings import Settings
+from cityos.store.sqlite_written import WrittenDocuments
 from notify_helpers import cityos_serving
+
+# every document the SQLite writer hands on from its cache is compared with a fresh decode: a test
+# whose code changed a written entity in place fails there (store/sqlite_written.py)
+WrittenDocuments.check = True
 
 CORE = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.9.jsonld"
 

@@ -38,6 +38,7 @@ from cityos.store.side_rows import (
 from cityos.store.sqlite_history import INSERT_INSTANCE, Names
 from cityos.store.sqlite_layout import deflate, entity_rows, inflate, value_rows
 from cityos.store.sqlite_query import WALK_INSERT, first_type_id, walk_row
+from cityos.store.sqlite_written import WrittenDocuments
 
 SMALL_WRITE = 8  # mutations with at most this many entities may share a transaction
 # the buffered statements, in the order they are drained: every delete before every insert (a pk
@@ -186,6 +187,7 @@ class SQLiteWrites:
         # tenants a committed transaction holds (never deleted): a write of theirs needs no insert
         self._tenants: set[str] = set()
         self._new_tenants: set[str] = set()  # inserted by this transaction, known once it commits
+        self._written = WrittenDocuments()  # the documents of entities written again (sqlite_written.py)
 
     def _ensure_tenant(self, connection: sqlite3.Connection, tenant: str) -> None:
         """The tenant's row, inserted by the first write of a tenant (writer thread)."""
@@ -297,7 +299,8 @@ class SQLiteWrites:
     ) -> MutationResult:
         found: tuple[Any, ...] = connection.execute(ENTITY_ROW, (tenant, entity_id)).fetchone()  # always one row
         row = found if found[0] is not None else None
-        stored = orjson.loads(inflate(row[1])) if row else None
+        key = (tenant, entity_id)
+        stored = (self._written.get(key, row[1]) or orjson.loads(inflate(row[1]))) if row else None
         # the row's next_expiry (the earliest expiresAt inside) says whether anything may have
         # expired, as for readers: no scan of the document for the key
         # no next_expiry (nothing in it expires, most documents): the document itself, without a call
@@ -332,6 +335,7 @@ class SQLiteWrites:
                 )
             # the mutator's relisted attributes hold against `before`: against `stored` if it is the same
             self._index(connection, pk, stored, after, outcome.relisted if before is stored else None)
+            self._written.wrote(key, doc, after, outcome.relisted)
         change = EntityChange(tenant, entity_id, before, after, outcome.annotation, outcome.relisted)
         # nothing wrote the temporal entity since it was read: its history rows need not read it again
         self._temporal_read = ((tenant, entity_id), (None if found[3] is None else (found[3], found[4]),))
