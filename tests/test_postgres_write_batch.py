@@ -107,7 +107,7 @@ def test_postgres_a_batch_stores_each_document_and_its_boxes(
     with postgres_schema(postgres_skip_reason) as (loop, url):
         run = loop.run_until_complete
         run(_migrate(url))
-        store = open_store(url)
+        store: Any = open_store(url)  # a PostgresStore: its pool
         run(store.open())
         try:
             ids = [f"urn:x:{n}" for n in range(5)]
@@ -158,7 +158,7 @@ def test_postgres_relisted_narrows_the_side_rows_only_from_the_stored_document(
     with postgres_schema(postgres_skip_reason) as (loop, url):
         run = loop.run_until_complete
         run(_migrate(url))
-        store = open_store(url)
+        store: Any = open_store(url)  # a PostgresStore: its pool
         run(store.open())
         try:
             ids = ["urn:x:a", "urn:x:b", "urn:x:c"]
