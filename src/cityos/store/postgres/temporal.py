@@ -30,6 +30,7 @@ deadlock writers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,9 +41,10 @@ from cityos.audit.chain import AuditRow
 from cityos.audit.recorder import row as audit_row
 from cityos.entities.model import Instance
 from cityos.store.base import HistoryRow
-from cityos.store.postgres.instance_columns import columns, new_instance_id
+from cityos.store.postgres.instance_columns import columns, new_instance_id, new_instance_ids
 from cityos.store.postgres.sql import Params, entity_lock
 from cityos.store.postgres.temporal_partitions import (
+    DAY_US,
     create_partitions,
     drop_leftovers,
     drop_partition,
@@ -50,11 +52,10 @@ from cityos.store.postgres.temporal_partitions import (
     month_of,
     month_of_name,
     partition_name,
-    retained,
 )
 from cityos.store.postgres.temporal_read import PostgresTemporalReads
 from cityos.store.postgres.write_plan import number, recordset
-from cityos.store.sqlite_temporal import _now
+from cityos.store.sqlite_temporal import FOREVER, _now
 from cityos.store.temporal_base import (
     AggregatePage,
     AggregationSpec,
@@ -194,27 +195,29 @@ MAX_SPECULATED = 4  # partitions a write locks in its first statement, at most (
 
 @dataclass(slots=True)
 class _Put:
-    """One instance to store: sqlite_temporal._columns' answer, plus where it goes."""
+    """One instance to store: instance_columns.columns' answer, plus where it goes."""
 
     attr: str
     dataset: str
     instance_id: str
-    columns: tuple[Any, ...]  # kind, observed, created, modified, deleted, expires, num, vtext, doc (bytes)
+    columns: tuple[Any, ...]  # kind, observed, created, modified, deleted, expires, num, vtext, doc (str)
+    retained: int  # the partition key (temporal_partitions.retained of the columns' times)
 
     @classmethod
-    def of(cls, attr: str, instance: Instance) -> _Put:
-        dataset, values = columns(instance)
-        return cls(attr, dataset, instance.get("instanceId") or new_instance_id(), values)
+    def of(cls, attr: str, instance: Instance, instance_id: str | None = None) -> _Put:
+        dataset, values, key = columns(instance)
+        return cls(attr, dataset, instance.get("instanceId") or instance_id or new_instance_id(), values, key)
+
+    @classmethod
+    def many(cls, rows: Sequence[HistoryRow]) -> list[_Put]:
+        """The instances of a write's history rows, their new instanceIds drawn at once."""
+        ids = new_instance_ids(len(rows))
+        return [cls.of(row.attr, row.instance, instance_id) for row, instance_id in zip(rows, ids, strict=True)]
 
     @property
     def observed(self) -> int | None:
         observed: int | None = self.columns[1]
         return observed
-
-    @property
-    def retained(self) -> int:
-        _, observed, created, modified, deleted = self.columns[:5]
-        return retained(observed, created, modified, deleted)
 
     def record(self) -> dict[str, Any]:
         """The instance as a row of _RECORD_COLUMNS, for recordset (its document as stored)."""
@@ -237,7 +240,7 @@ class _Put:
 
     def values(self) -> tuple[Any, ...]:
         """The columns as statement parameters (the document as JSON text)."""
-        return (*self.columns[:8], self.columns[8].decode())
+        return self.columns
 
 
 @dataclass(slots=True)
@@ -249,6 +252,13 @@ class HistoryCtes:
     cte: str
     keys: list[tuple[str, str]] = field(default_factory=list)
     names: list[str] | None = None
+
+
+@functools.lru_cache(maxsize=4096)
+def _month_of_day(day: int) -> int | None:
+    """The month of the partition keys of one UTC day (day * DAY_US on): months begin at a day's
+    start, so a day lies in one month; a batch's some 10,000 keys fall on a few days."""
+    return month_of(day * DAY_US)
 
 
 def _affected(status: str) -> int:
@@ -280,7 +290,8 @@ class PostgresTemporal(PostgresTemporalReads):
     @staticmethod
     def _partitions(puts: Sequence[_Put]) -> list[str] | None:
         """The monthly partitions instances go to (None: only the timeless one, made by migration)."""
-        months = {m for put in puts if (m := month_of(put.retained)) is not None}
+        days = {key // DAY_US for key in {put.retained for put in puts} if key < FOREVER}
+        months = {m for day in days if (m := _month_of_day(day)) is not None}
         return [partition_name(m) for m in sorted(months)] or None
 
     async def _create_missing(self, connection: Connection, missing: Sequence[str]) -> None:
@@ -336,7 +347,7 @@ class PostgresTemporal(PostgresTemporalReads):
         arrays for a few rows (COPY takes two round trips)."""
         if not rows:
             return
-        records = [(epk, put.attr, put.dataset, put.instance_id, put.retained, *put.values()) for epk, put in rows]
+        records = [(epk, put.attr, put.dataset, put.instance_id, put.retained, *put.columns) for epk, put in rows]
         if len(records) >= COPY_FROM:
             await connection.copy_records_to_table("temporal_instances", records=records, columns=_COLUMNS)
             return
@@ -354,7 +365,7 @@ class PostgresTemporal(PostgresTemporalReads):
         for row in rows:  # as on SQLite, the first row of an entity brings its types
             types.setdefault((row.tenant, row.entity_id), row.types)
         if puts is None:
-            puts = [_Put.of(row.attr, row.instance) for row in rows]
+            puts = _Put.many(rows)
         names = self._partitions(puts)
         self._learn_partitions(names)
         pks, missing = await self._upsert_entities(connection, types, names)
@@ -385,7 +396,7 @@ class PostgresTemporal(PostgresTemporalReads):
         rows bring no new type."""
         if not rows or len(rows) >= COPY_FROM:
             return None
-        puts = [_Put.of(row.attr, row.instance) for row in rows]
+        puts = _Put.many(rows)
         names = self._partitions(puts)
         if names is not None and not set(names) <= set(locked):
             return HistoryCtes(puts=puts, cte="")
@@ -441,7 +452,8 @@ class PostgresTemporal(PostgresTemporalReads):
             put = _Put.of(attr, instance)
             observed = put.observed
             if observed is not None and (attr, put.dataset, observed) in timed:
-                timed[(attr, put.dataset, observed)].columns = put.columns
+                earlier = timed[(attr, put.dataset, observed)]
+                earlier.columns, earlier.retained = put.columns, put.retained
                 continue
             puts.append(put)
             if observed is not None:

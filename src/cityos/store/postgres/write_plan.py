@@ -46,6 +46,9 @@ class _Slot:
     entity: Entity | None = None  # the current document, when the write changed it
     dropped: bool = False  # the stored row was deleted
     created: int | None = None  # the order of the operation that made the current row, if new
+    # the attributes whose lists may differ between `stored` and `entity` (Outcome.relisted), when the
+    # write's one operation on it started from `stored` itself; None: any (side_rows compares all)
+    relisted: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -82,9 +85,15 @@ class WritePlan:
     def undo(self, key: Key, saved: _Slot) -> None:
         self.slots[key] = saved
 
-    def stage(self, key: Key, after: Entity | None) -> None:
-        """An operation's result: the entity's new document, or None to delete it."""
+    def stage(
+        self, key: Key, after: Entity | None, before: Entity | None = None, relisted: tuple[str, ...] | None = None
+    ) -> None:
+        """An operation's result: the entity's new document, or None to delete it. `relisted`
+        (Outcome.relisted) holds against `before`, what the mutator started from: kept for the side
+        rows' comparison when that is the stored document itself and nothing changed it before."""
         slot = self.slots[key]
+        first = slot.entity is None and not slot.dropped and slot.created is None
+        slot.relisted = relisted if first and before is not None and before is slot.stored else None
         self._order += 1
         if after is None:
             if slot.text is not None and slot.created is None:
@@ -132,22 +141,30 @@ class WritePlan:
         stale_values: list[dict[str, Any]] = []
         moved: list[dict[str, Any]] = []  # an attribute's one row, its values changed in place
         stale_boxes: list[int] = []
+        moved_boxes: list[dict[str, Any]] = []  # a box row per attribute before and after, changed in place
         retyped: list[dict[str, Any]] = []  # entities whose first type changed, their boxes kept
         for pk, slot, entity in changed:
             assert slot.stored is not None
-            for attr, rows, had in changed_values(slot.stored["attrs"], entity["attrs"]):
+            for attr, rows, had in changed_values(slot.stored["attrs"], entity["attrs"], slot.relisted):
                 if had == 1 and len(rows) == 1:
                     moved.append(_value(pk, rows[0]))
                     continue
                 stale_values.append({"pk": pk, "attr": attr})
                 values.extend(_value(pk, row) for row in rows)
             retype = entity["type"][0] != slot.stored["type"][0]
-            if geo_untouched(slot.stored["attrs"], entity["attrs"]):  # its boxes are those stored
+            if geo_untouched(slot.stored["attrs"], entity["attrs"], slot.relisted):  # its boxes are those stored
                 if retype and geo_boxes(entity):
                     retyped.append({"pk": pk, "type": entity["type"][0]})
                 continue
             new_boxes = geo_boxes(entity)
-            if new_boxes != geo_boxes(slot.stored):
+            old_boxes = geo_boxes(slot.stored)
+            if new_boxes != old_boxes and _one_each(old_boxes, new_boxes):
+                moved_boxes.extend(
+                    _box(pk, box, entity["type"][0])
+                    for box, old in zip(new_boxes, old_boxes, strict=True)
+                    if box != old or retype
+                )
+            elif new_boxes != old_boxes:
                 stale_boxes.append(pk)
                 boxes.extend(_box(pk, box, entity["type"][0]) for box in new_boxes)
             elif new_boxes and retype:
@@ -173,6 +190,16 @@ class WritePlan:
                 f"values_moved AS (UPDATE attr_values v SET num = m.num, txt = m.txt FROM {source}"
                 f" WHERE v.pk = ANY({p(moved_pks)}::bigint[]) AND v.pk = m.pk AND v.attr = m.attr)"
             )
+        if moved_boxes:
+            # as values_moved: the (pk, attr) rows rewritten in place, no delete and insert (whose
+            # inserted rows each fired the entity_geo_pk_fkey check); a moved sensor's location
+            source = recordset(p, moved_boxes, "r", _BOX_COLUMNS)
+            moved_pks = sorted({row["pk"] for row in moved_boxes})
+            ctes.append(
+                "boxes_moved AS (UPDATE entity_geo g SET min_x = r.x0, max_x = r.x1, min_y = r.y0, max_y = r.y1,"
+                " box = ST_MakeEnvelope(r.x0, r.y0, r.x1, r.y1, 4326), point = r.point, type = r.type"
+                f" FROM {source} WHERE g.pk = ANY({p(moved_pks)}::bigint[]) AND g.pk = r.pk AND g.attr = r.attr)"
+            )
         if stale_boxes:
             ctes.append(f"boxes_gone AS (DELETE FROM entity_geo WHERE pk = ANY({p(stale_boxes)}::bigint[]))")
         if values:
@@ -182,12 +209,7 @@ class WritePlan:
                 f" SELECT r.pk, r.attr, r.num, r.txt FROM {source})"
             )
         if boxes:
-            source = recordset(
-                p,
-                boxes,
-                "r",
-                "pk bigint, attr text, x0 float8, x1 float8, y0 float8, y1 float8, point boolean, type text",
-            )
+            source = recordset(p, boxes, "r", _BOX_COLUMNS)
             ctes.append(
                 "boxes_added AS (INSERT INTO entity_geo (pk, attr, min_x, max_x, min_y, max_y, box, point, type)"
                 " SELECT r.pk, r.attr, r.x0, r.x1, r.y0, r.y1, ST_MakeEnvelope(r.x0, r.y0, r.x1, r.y1, 4326),"
@@ -202,19 +224,24 @@ class WritePlan:
         return [(key, s) for key, s in self.slots.items() if s.created is not None and s.entity is not None]
 
 
-def recordset(p: Params, rows: list[dict[str, Any]], alias: str, columns: str) -> str:
+def recordset(p: Params, rows: list[dict[str, Any]], alias: str, columns: str, docs: list[str] | None = None) -> str:
     """A FROM item of `rows` sent as one JSON parameter (json_to_recordset), numbered by `n` in
     their order: asyncpg encodes array parameters element by element (an ABC isinstance test or two
     for each), which cost more than the rest of a single write's statement; one JSON text costs an
-    orjson call. A document goes in as an orjson.Fragment of its stored text, whose bytes PostgreSQL
-    keeps (json_to_recordset hands a json column its value's text as written). The LIMIT (the row
-    count) is for the planner, which reads a set-returning function as 100 rows and would join
-    them by scanning a whole table (temporal_entities, attr_values) instead of probing its index."""
+    orjson call. `docs`: one document per row (its stored JSON text), sent beside the recordset as
+    a text[] and zipped with it by ROWS FROM as a last column `doc` (text: cast it to json where it
+    is stored), so that PostgreSQL lexes each document once, by json_in; inside the recordset's JSON
+    json_to_recordset lexed it and json_in again (2-4 KB each, most of a batch's 4 MB parameter).
+    The LIMIT (the row count) is for the planner, which reads a set-returning function as 100 rows
+    and would join them by scanning a whole table (temporal_entities, attr_values) instead of
+    probing its index."""
     names = ", ".join(column.split()[0] for column in columns.split(", "))
-    return (
-        f"(SELECT * FROM ROWS FROM (json_to_recordset({p(orjson.dumps(rows).decode())}::json) AS ({columns}))"
-        f" WITH ORDINALITY AS {alias}({names}, n) LIMIT {p(len(rows))}) AS {alias}"
-    )
+    source = f"json_to_recordset({p(orjson.dumps(rows).decode())}::json) AS ({columns})"
+    if docs is not None:
+        source += f", unnest({p(docs)}::text[])"
+        names += ", doc"
+    limit = p(len(rows))
+    return f"(SELECT * FROM ROWS FROM ({source}) WITH ORDINALITY AS {alias}({names}, n) LIMIT {limit}) AS {alias}"
 
 
 def number(value: float | None) -> float | str | None:
@@ -231,6 +258,16 @@ def _value(pk: int, row: tuple[str, float | None, str | None]) -> dict[str, Any]
 # radians() of a box's middle, so a subnormal coordinate (5e-324) made the write fail; the entity's
 # document keeps the value as given
 TINY_DEGREES = 1e-300
+
+
+_BOX_COLUMNS = "pk bigint, attr text, x0 float8, x1 float8, y0 float8, y1 float8, point boolean, type text"
+
+
+def _one_each(old: list[Any], new: list[Any]) -> bool:
+    """Whether two geo_boxes answers box the same attributes, one box each, in the same order: each
+    (pk, attr) row of entity_geo can then be rewritten in place."""
+    attrs = [box[0] for box in new]
+    return [box[0] for box in old] == attrs and len(set(attrs)) == len(attrs)
 
 
 def _corner(value: float) -> float | str | None:
@@ -251,12 +288,9 @@ def _box(pk: int, box: tuple[str, tuple[float, float, float, float], bool], firs
     }
 
 
-def _columns(entity: Entity, text: str | None) -> dict[str, Any]:
-    """The row of `entities` beside its key: the document (its stored text), types and attrs,
-    modifiedAt, the expiries."""
-    assert text is not None  # a row written has its document
+def _columns(entity: Entity) -> dict[str, Any]:
+    """The row of `entities` beside its key and document: types and attrs, modifiedAt, the expiries."""
     return {
-        "doc": orjson.Fragment(text),
         "types": entity["type"],
         "attrs": list(entity["attrs"]),
         "modified_at": entity["modifiedAt"],
@@ -265,24 +299,26 @@ def _columns(entity: Entity, text: str | None) -> dict[str, Any]:
     }
 
 
-_ENTITY_COLUMNS = "doc json, types text[], attrs text[], modified_at text, expires_at text, next_expiry text"
+_ENTITY_COLUMNS = "types text[], attrs text[], modified_at text, expires_at text, next_expiry text"
 
 
-def _doc(records: list[dict[str, Any]], text: str | None, p: Params) -> str:
-    """The `doc` expression of the entity rows: one row's document (`text`) as a parameter of its
-    own (its 2-4 KB are then lexed once, by json_in, where inside the recordset json_to_recordset
-    lexed them and json_in again), taken out of its record; else the recordset's column."""
-    if len(records) != 1 or text is None:
-        return "r.doc"
-    del records[0]["doc"]
-    return f"{p(text)}::json"
+def _docs(texts: list[str | None], p: Params) -> tuple[str, list[str] | None]:
+    """The `doc` expression of the entity rows and the documents to zip with their recordset: one
+    row's document (most writes) as a parameter of its own; else every row's beside the recordset
+    (`recordset`'s `docs`). Either way PostgreSQL lexes each document once, by json_in."""
+    docs: list[str] = []
+    for text in texts:
+        assert text is not None  # a row written has its document
+        docs.append(text)
+    if len(docs) == 1:
+        return f"{p(docs[0])}::json", None
+    return "r.doc::json", docs
 
 
 def _update(rows: list[tuple[int, str | None, Entity]], p: Params) -> str:
-    records = [{"pk": pk, **_columns(entity, text)} for pk, text, entity in rows]
-    doc = _doc(records, rows[0][1], p)
-    columns = _ENTITY_COLUMNS if doc == "r.doc" else _ENTITY_COLUMNS.removeprefix("doc json, ")
-    source = recordset(p, records, "r", f"pk bigint, {columns}")
+    records = [{"pk": pk, **_columns(entity)} for pk, _, entity in rows]
+    doc, docs = _docs([text for _, text, _ in rows], p)
+    source = recordset(p, records, "r", f"pk bigint, {_ENTITY_COLUMNS}", docs)
     return (
         f"changed AS (UPDATE entities e SET doc = {doc}, types = r.types, attrs = r.attrs,"
         " modified_at = r.modified_at, expires_at = r.expires_at, next_expiry = r.next_expiry"
@@ -291,10 +327,9 @@ def _update(rows: list[tuple[int, str | None, Entity]], p: Params) -> str:
 
 
 def _insert(rows: list[tuple[int, Key, str | None, Entity]], p: Params) -> str:
-    records = [{"pk": pk, "tenant": key[0], "id": key[1], **_columns(entity, text)} for pk, key, text, entity in rows]
-    doc = _doc(records, rows[0][2], p)
-    columns = _ENTITY_COLUMNS if doc == "r.doc" else _ENTITY_COLUMNS.removeprefix("doc json, ")
-    source = recordset(p, records, "r", f"pk bigint, tenant text, id text, {columns}")
+    records = [{"pk": pk, "tenant": key[0], "id": key[1], **_columns(entity)} for pk, key, _, entity in rows]
+    doc, docs = _docs([text for _, _, text, _ in rows], p)
+    source = recordset(p, records, "r", f"pk bigint, tenant text, id text, {_ENTITY_COLUMNS}", docs)
     return (
         "added AS (INSERT INTO entities (pk, tenant, id, doc, types, attrs, modified_at, expires_at, next_expiry)"
         f" SELECT r.pk, r.tenant, r.id, {doc}, r.types, r.attrs, r.modified_at, r.expires_at, r.next_expiry"

@@ -383,10 +383,16 @@ def _apply(
         try:
             before = plan.before(key)
             outcome = mutator(before)
-            plan.stage(key, outcome.entity)
+            plan.stage(key, outcome.entity, before, outcome.relisted)
             # the sweep reports the stored document, expired parts included, as what changed
+            # relisted holds against what the mutator started from (`before`), as on SQLite
             change = EntityChange(
-                key[0], key[1], saved.stored if stored_before else before, outcome.entity, outcome.annotation
+                key[0],
+                key[1],
+                saved.stored if stored_before else before,
+                outcome.entity,
+                outcome.annotation,
+                None if stored_before else outcome.relisted,
             )
             lookup = lookup_in(key[0])
             for listener, wake in listeners:
