@@ -4,19 +4,20 @@ off (a 500 named by the request id, and a failure after the answer began is not 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.testclient import TestClient
 
 from cityos.app import create_app
-from cityos.serving.requests import QuickHeaders
+from cityos.serving.requests import CityRequest, QuickHeaders
 from cityos.serving.routing import RouteIndex
 from cityos.settings import Settings
 
@@ -84,6 +85,57 @@ def test_quick_headers_answer_as_headers_do(name: str) -> None:
     scope = {"type": "http", "headers": raw}
     assert QuickHeaders(scope=scope).get(name) == Headers(scope=scope).get(name)
     assert QuickHeaders(scope=scope).get(name, "default") == Headers(scope=scope).get(name, "default")
+
+
+BODIES = {
+    "one chunk": [{"type": "http.request", "body": b'{"value": 1}'}],
+    "chunks": [
+        {"type": "http.request", "body": b'{"va', "more_body": True},
+        {"type": "http.request", "body": b"", "more_body": True},
+        {"type": "http.request", "body": b'lue": 1}', "more_body": False},
+    ],
+    "empty": [{"type": "http.request", "body": b""}],
+    "no body member": [{"type": "http.request"}],
+    "client gone": [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}],
+}
+
+
+async def read_twice(kind: type[Request], messages: list[dict[str, Any]]) -> list[Any]:
+    """What `body` gives (or raises) twice, `stream` after it, the disconnected flag, and what a
+    consumed `stream` leaves to `body` (messages past the last: a RuntimeError, as any read past)."""
+    scope = {"type": "http", "headers": []}
+    request = kind(scope, receiver(messages))
+    seen: list[Any] = []
+    for _ in range(2):
+        try:
+            seen.append(await request.body())
+        except (ClientDisconnect, RuntimeError) as error:
+            seen.append(type(error).__name__)
+    seen.append([chunk async for chunk in request.stream()] if isinstance(seen[0], bytes) else None)
+    seen.append(request._is_disconnected)
+    streamed = kind(scope, receiver(messages))
+    try:
+        seen.append([chunk async for chunk in streamed.stream()])
+        await streamed.body()
+    except (ClientDisconnect, RuntimeError) as error:
+        seen.append(type(error).__name__)
+    return seen
+
+
+def receiver(messages: list[dict[str, Any]]) -> Any:
+    pending = iter(messages)
+
+    async def receive() -> dict[str, Any]:
+        return next(pending)
+
+    return receive
+
+
+@pytest.mark.parametrize("name", BODIES)
+def test_city_request_body_reads_as_starlettes_does(name: str) -> None:
+    """CityRequest.body (no async generator) gives the bytes, errors and state Starlette's gives."""
+    messages = BODIES[name]
+    assert asyncio.run(read_twice(CityRequest, messages)) == asyncio.run(read_twice(Request, messages))
 
 
 def failing_app(tmp_path: Path) -> Any:

@@ -23,7 +23,7 @@ from cityos.query.pushdown import ValueFilter
 from cityos.store.base import EntityChange, EntityLookup, EntityQuery, HistoryRow, OutboxRow
 from cityos.store.side_rows import geo_untouched
 from cityos.store.sqlite import SQLiteStore
-from cityos.store.sqlite_writes import CHUNK
+from cityos.store.sqlite_writes import MULTI_ROWS
 from cityos.temporal.history import HistoryRecorder
 
 V = "https://example.org/"
@@ -275,10 +275,10 @@ def test_geo_untouched_is_true_only_when_no_geoproperty_instance_was_replaced_ad
 
 
 def test_rows_drained_many_to_a_statement_are_those_of_one_write_each(tmp_path: Path, db_url: str) -> None:
-    """A batch drains its inserts CHUNK rows to a statement (sqlite_writes.drain_rows), the rest one
-    by one: the same rows, in the same order (the history's pks, hence instanceIds, in write order),
+    """A batch drains its inserts as multi-row statements of up to MULTI_ROWS rows (sqlite_writes._drain):
+    the same rows, in the same order (the history's pks, hence instanceIds, in write order),
     as the same entities written one per transaction."""
-    count = 2 * CHUNK + 5
+    count = 2 * MULTI_ROWS + 5
     batched, alone = tmp_path / "batched.db", tmp_path / "alone.db"
     sensors = [entity(f"s{index}", {"t": [prop(index)], "u": [prop(f"u{index}")]}) for index in range(count)]
     asyncio.run(written(batched, [(e["id"], update.upsert(e, mode="replace")) for e in sensors], atomic=False))
@@ -302,3 +302,62 @@ def test_rows_drained_many_to_a_statement_are_those_of_one_write_each(tmp_path: 
     with sqlite3.connect(batched) as db:
         types = db.execute("SELECT count(*) FROM entity_types").fetchone()[0]
         assert types == count
+
+def every_row(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table (and the AUTOINCREMENT counters), rowids included, in rowid order;
+    not the R*Tree's nodes, temporal_meta (a file's random instanceId prefix) nor tenants (made at
+    the wall clock's second)."""
+    with sqlite3.connect(path) as db:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        kept = [t for t in tables if not t.startswith("entity_geo_") and t not in ("temporal_meta", "tenants")]
+        return {t: db.execute(f'SELECT * FROM "{t}"').fetchall() for t in kept}
+
+
+def test_inserts_drained_as_multi_row_statements_leave_the_rows_of_executemany(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sqlite_writes._drain writes the buffered INSERTs as multi-row statements of MULTI_ROWS rows:
+    a wide entity (more history rows than MULTI_ROWS, so two statements), a batch whose entities
+    share rows, one whose entity is refused after its rows were buffered (the batch redone), and a
+    create of a single attribute (one row: executemany) leave on the file every row, rowid, counter
+    and trigger's effect that one execution a row leaves; so do history rows written without their
+    four columns that are nearly always NULL (PLAIN_INSTANCE), and with them when one is not (an
+    instance that expires)."""
+    from cityos.store import sqlite_writes
+
+    wide = entity("wide", {f"a{n}": [prop(n)] for n in range(sqlite_writes.MULTI_ROWS + 6)})
+    wide["type"] = [V + "Thing", V + "Wide"]
+    batch = [entity(name, {"a": [prop(1)], "b": [prop("x")], "c": [prop([1, 2, 3])]}) for name in "pqr"]
+    refused = [sensor("a", 1), sensor("bad", 2), sensor("c", 3)]
+    single = sensor("one", 5)
+    expiring = sensor("expiring", 6)
+    expiring["attrs"][V + "temperature"][0]["expiresAt"] = "2099-01-01T00:00:00Z"
+
+    def write_all(path: Path) -> None:
+        asyncio.run(written(path, [(wide["id"], update.create(wide))], atomic=True))
+        asyncio.run(written(path, [(e["id"], update.upsert(e, mode="replace")) for e in batch], atomic=False))
+        operations = [(e["id"], update.upsert(e, mode="replace")) for e in refused]
+        asyncio.run(written(path, operations, atomic=False, refuse=True))
+        asyncio.run(written(path, [(single["id"], update.create(single))], atomic=True))
+        asyncio.run(written(path, [(expiring["id"], update.create(expiring))], atomic=True))
+
+    def drained_one_by_one(self: Any, connection: sqlite3.Connection) -> None:
+        """The drain before multi-row statements: one execution a row, every column bound."""
+        for sql, rows in self._buffer.items():
+            if rows:
+                connection.executemany(sql, rows)
+                rows.clear()
+        self._buffered_pks.clear()
+        self._epks.clear()
+
+    multi, one_by_one = tmp_path / "multi.db", tmp_path / "one.db"
+    write_all(multi)
+    monkeypatch.setattr(sqlite_writes.SQLiteWrites, "_drain", drained_one_by_one)
+    write_all(one_by_one)
+    rows = every_row(multi)
+    assert rows == every_row(one_by_one)
+    assert len(rows["temporal_rows"]) == sqlite_writes.MULTI_ROWS + 6 + 9 + 3 + 1
+    assert [r for r in rows["temporal_rows"] if r[9] is not None] == [rows["temporal_rows"][-1]]  # expires_us
+    assert sqlite_writes.multi_row("INSERT INTO t (a, b) VALUES (?, ?)", 3) == (
+        "INSERT INTO t (a, b) VALUES (?, ?), (?, ?), (?, ?)"
+    )

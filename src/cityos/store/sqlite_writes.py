@@ -4,17 +4,17 @@ A mutation reads each entity, runs its mutator (pure: it raises before anything 
 the document at once (so the change listeners' lookups see it), and buffers everything else: the
 side-table rows that changed (per attribute), the outbox rows and the history rows the listeners
 return. The store's commit loop drains the buffer with one `executemany` per statement at the end
-of each write (`_drain`), inside that write's transaction or savepoint, and drops it on a rollback
-(`_forget`). A batch takes one savepoint, not one per entity: a mutator that refuses an entity has
-written nothing, and only if an entity fails after its writes began is the batch redone with a
-savepoint per entity.
+of each write (`_drain`; the INSERTs as multi-row statements), inside that write's transaction or
+savepoint, and drops it on a rollback (`_forget`). A batch takes one savepoint, not one per entity:
+a mutator that refuses an entity has written nothing, and only if an entity fails after its writes
+began is the batch redone with a savepoint per entity.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from itertools import chain
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -80,38 +80,20 @@ DRAIN_ORDER = (
     OUTBOX,
     HISTORY,
 ) = DRAIN_ORDER
-
-
-# The plain INSERTs of the buffer also as one statement of many rows (`INSERT ... VALUES (...), (...)`),
-# drained CHUNK rows at a time: the same rows in the same order (the same pks), with one statement
-# run, not one per row (the history's 10 rows per entity: 4.2 -> 3.1 µs each; issue 15 eleventh pass).
-# At most 999 parameters a statement, the limit of SQLite builds before 3.32.
-MAX_PARAMETERS = 999
-CHUNK = 64
-
-
-def _many(sql: str) -> tuple[str, int]:
-    """`sql` (one row of `?`) as an INSERT of as many rows as fit, and that count."""
-    head, _, values = sql.rpartition(" VALUES ")
-    rows = min(CHUNK, MAX_PARAMETERS // values.count("?"))
-    return f"{head} VALUES {', '.join([values] * rows)}", rows
-
-
-MANY = {sql: _many(sql) for sql in (INS_TYPES, INS_ATTRS, INS_VALUES, OUTBOX, HISTORY)}
-
-
-def drain_rows(connection: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
-    """Run `sql` for each of `rows`: those that fill a statement of many rows (MANY) as such, the
-    rest one by one."""
-    many = MANY.get(sql)
-    if many is None or len(rows) < many[1]:
-        connection.executemany(sql, rows)
-        return
-    statement, size = many
-    full = len(rows) - len(rows) % size
-    connection.executemany(statement, [tuple(chain.from_iterable(rows[i : i + size])) for i in range(0, full, size)])
-    if full < len(rows):
-        connection.executemany(sql, rows[full:])
+# the buffered INSERTs drained as multi-row statements, up to MULTI_ROWS rows each, not one execution
+# a row: a create drains some thirty rows (its attributes, their values, its history), and each
+# execution costs its own reset, and for temporal_rows (AUTOINCREMENT) its own read and write of
+# sqlite_sequence. The same rows in the same order: the same rowids, the same triggers fired.
+MULTI_ROWS = 64  # 64 rows of temporal_rows' 15 columns: under 999 parameters, the oldest SQLite's limit
+# A history row whose deleted_us, expires_us, rest and instance_id are NULL (nearly every row) is
+# inserted without those columns, which have no default: sqlite3 binds a None through its adapter
+# look-up (about 1,200 instructions a parameter: four a row). Their places in an INSERT_INSTANCE
+# row are 7, 8, 13 and 14 (sqlite_history.INSTANCE_COLUMNS).
+PLAIN_INSTANCE = (
+    "INSERT INTO temporal_rows (epk, attr, dataset, shape, observed_us, created_us, modified_us, num, vtext, vref,"
+    f" vkind) VALUES ({', '.join('?' * 11)})"
+)
+MULTI_INSERTS = frozenset({INS_TYPES, INS_ATTRS, INS_VALUES, OUTBOX, HISTORY, PLAIN_INSTANCE})
 
 
 # an entity's row and its temporal entity's (pk, types), in one statement: a write reads the first and
@@ -201,7 +183,15 @@ class SQLiteWrites:
         """Write what the buffer holds, one executemany per statement (writer thread)."""
         for sql, rows in self._buffer.items():
             if rows:
-                drain_rows(connection, sql, rows)
+                drained = rows
+                if sql == HISTORY and all(
+                    r[7] is None and r[8] is None and r[13] is None and r[14] is None for r in rows
+                ):
+                    sql, drained = PLAIN_INSTANCE, [r[:7] + r[9:13] for r in rows]  # PLAIN_INSTANCE's columns
+                if len(drained) > 1 and sql in MULTI_INSERTS:
+                    _insert_rows(connection, sql, drained)
+                else:
+                    connection.executemany(sql, drained)
                 rows.clear()
         self._buffered_pks.clear()
         self._epks.clear()
@@ -478,3 +468,18 @@ class SQLiteWrites:
 
         changes: list[EntityChange] = await self._write(run)
         return changes
+
+
+def _insert_rows(connection: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """`executemany(sql, rows)` for an INSERT of MULTI_INSERTS, in statements of MULTI_ROWS rows."""
+    for start in range(0, len(rows), MULTI_ROWS):
+        chunk = rows[start : start + MULTI_ROWS]
+        connection.execute(multi_row(sql, len(chunk)), [value for row in chunk for value in row])
+
+
+@cache
+def multi_row(sql: str, count: int) -> str:
+    """`INSERT ... VALUES (?, ...)` for `count` rows: its VALUES tuple written `count` times (at most
+    MULTI_ROWS forms of each of the few MULTI_INSERTS)."""
+    head, _, values = sql.rpartition(" VALUES ")
+    return f"{head} VALUES {', '.join([values] * count)}"
