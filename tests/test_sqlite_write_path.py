@@ -303,6 +303,7 @@ def test_rows_drained_many_to_a_statement_are_those_of_one_write_each(tmp_path: 
         types = db.execute("SELECT count(*) FROM entity_types").fetchone()[0]
         assert types == count
 
+
 def every_row(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table (and the AUTOINCREMENT counters), rowids included, in rowid order;
     not the R*Tree's nodes, temporal_meta (a file's random instanceId prefix) nor tenants (made at
