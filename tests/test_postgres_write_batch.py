@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -97,6 +99,20 @@ async def _rows_match(store: Any, entity_ids: list[str]) -> None:
         assert Counter((r[0], tuple(r[1:5]), r[5]) for r in boxes) == Counter(geo_boxes(entity))
 
 
+@contextmanager
+def _opened_store(postgres_skip_reason: str | None) -> Iterator[tuple[Callable[[Any], Any], Any]]:
+    """A PostgresStore (its pool) on a fresh migrated schema, and the loop's run_until_complete."""
+    with postgres_schema(postgres_skip_reason) as (loop, url):
+        run = loop.run_until_complete
+        run(_migrate(url))
+        store: Any = open_store(url)
+        run(store.open())
+        try:
+            yield run, store
+        finally:
+            run(store.close())
+
+
 def test_postgres_a_batch_stores_each_document_and_its_boxes(
     postgres_skip_reason: str | None, monkeypatch: Any
 ) -> None:
@@ -104,48 +120,39 @@ def test_postgres_a_batch_stores_each_document_and_its_boxes(
     moved and re-typed, a location of two instances moved (deleted and inserted), a location added,
     a location removed; every document and side row is the entity's own."""
     seen = _spy(monkeypatch)
-    with postgres_schema(postgres_skip_reason) as (loop, url):
-        run = loop.run_until_complete
-        run(_migrate(url))
-        store: Any = open_store(url)  # a PostgresStore: its pool
-        run(store.open())
-        try:
-            ids = [f"urn:x:{n}" for n in range(5)]
-            made = [
-                make(ids[0], "T", n=prop(0), where=_point(1.0, 2.0)),
-                make(ids[1], "T", n=prop(1), where=_point(3.0, 4.0), area=_square(5.0)),
-                make(ids[2], "T", where=[_point(6.0, 7.0, datasetId="urn:d:a"), _point(8.0, 9.0, datasetId="urn:d:b")]),
-                make(ids[3], "T", words=prop([ODD, 3, True])),
-                make(ids[4], "T", name=prop(ODD), where=_point(10.0, 11.0)),
-            ]
-            run(store.mutate("", [(e["id"], update.create(e)) for e in made], atomic=True))
-            assert "added AS" in seen[-1][0] and "r.doc::json" in seen[-1][0]  # the documents as a text[]
-            run(_rows_match(store, ids))
-            changed = [
-                {**made[0], "attrs": {**made[0]["attrs"], V + "where": [_point(1.5, 2.5)]}},
-                {
-                    **made[1],
-                    "type": [V + "U", V + "T"],
-                    "attrs": {**made[1]["attrs"], V + "where": [_point(3.5, 4.5)], V + "area": [_square(6.0)]},
-                },
-                {
-                    **made[2],
-                    "attrs": {
-                        V + "where": [_point(6.5, 7.5, datasetId="urn:d:a"), _point(8.0, 9.0, datasetId="urn:d:b")]
-                    },
-                },
-                {**made[3], "attrs": {**made[3]["attrs"], V + "where": [_point(12.0, 13.0)]}},
-                {**made[4], "attrs": {V + "name": [prop(ODD + "!")]}},
-            ]
-            run(store.mutate("", [(e["id"], _becomes(e)) for e in changed], atomic=True))
-            ctes = " ".join(seen[-1])
-            assert "boxes_moved AS" in ctes and "boxes_gone AS" in ctes and "r.doc::json" in ctes
-            run(_rows_match(store, ids))
-            # the moved rows are the only rows of their (pk, attr): none left behind
-            count = run(store.pool.fetchval("SELECT count(*) FROM entity_geo"))
-            assert count == sum(len(geo_boxes(e)) for e in changed) == 6
-        finally:
-            run(store.close())
+    with _opened_store(postgres_skip_reason) as (run, store):
+        ids = [f"urn:x:{n}" for n in range(5)]
+        made = [
+            make(ids[0], "T", n=prop(0), where=_point(1.0, 2.0)),
+            make(ids[1], "T", n=prop(1), where=_point(3.0, 4.0), area=_square(5.0)),
+            make(ids[2], "T", where=[_point(6.0, 7.0, datasetId="urn:d:a"), _point(8.0, 9.0, datasetId="urn:d:b")]),
+            make(ids[3], "T", words=prop([ODD, 3, True])),
+            make(ids[4], "T", name=prop(ODD), where=_point(10.0, 11.0)),
+        ]
+        run(store.mutate("", [(e["id"], update.create(e)) for e in made], atomic=True))
+        assert "added AS" in seen[-1][0] and "r.doc::json" in seen[-1][0]  # the documents as a text[]
+        run(_rows_match(store, ids))
+        changed = [
+            {**made[0], "attrs": {**made[0]["attrs"], V + "where": [_point(1.5, 2.5)]}},
+            {
+                **made[1],
+                "type": [V + "U", V + "T"],
+                "attrs": {**made[1]["attrs"], V + "where": [_point(3.5, 4.5)], V + "area": [_square(6.0)]},
+            },
+            {
+                **made[2],
+                "attrs": {V + "where": [_point(6.5, 7.5, datasetId="urn:d:a"), _point(8.0, 9.0, datasetId="urn:d:b")]},
+            },
+            {**made[3], "attrs": {**made[3]["attrs"], V + "where": [_point(12.0, 13.0)]}},
+            {**made[4], "attrs": {V + "name": [prop(ODD + "!")]}},
+        ]
+        run(store.mutate("", [(e["id"], _becomes(e)) for e in changed], atomic=True))
+        ctes = " ".join(seen[-1])
+        assert "boxes_moved AS" in ctes and "boxes_gone AS" in ctes and "r.doc::json" in ctes
+        run(_rows_match(store, ids))
+        # the moved rows are the only rows of their (pk, attr): none left behind
+        count = run(store.pool.fetchval("SELECT count(*) FROM entity_geo"))
+        assert count == sum(len(geo_boxes(e)) for e in changed) == 6
 
 
 def test_postgres_relisted_narrows_the_side_rows_only_from_the_stored_document(
@@ -155,31 +162,24 @@ def test_postgres_relisted_narrows_the_side_rows_only_from_the_stored_document(
     entity in one write, and an operation that started from the visible form of a document with an
     expired attribute, are compared whole (else the first patch's, or the expired attribute's,
     attr_values rows would be left stale)."""
-    with postgres_schema(postgres_skip_reason) as (loop, url):
-        run = loop.run_until_complete
-        run(_migrate(url))
-        store: Any = open_store(url)  # a PostgresStore: its pool
-        run(store.open())
-        try:
-            ids = ["urn:x:a", "urn:x:b", "urn:x:c"]
-            made = [
-                make(ids[0], "T", n=prop(0), m=prop("zero")),
-                make(ids[1], "T", n=prop(0), brief=prop(5, expiresAt=PAST)),
-                make(ids[2], "T", n=prop(0), m=prop("zero"), where=_point(1.0, 2.0)),
-            ]
-            run(store.mutate("", [(e["id"], update.create(e)) for e in made], atomic=True))
-            steps = [(ids[0], _patch("n", 1)), (ids[0], _patch("m", "one")), (ids[1], _patch("n", 2))]
-            steps.append((ids[2], _patch("m", "two")))  # one operation from the stored document: narrowed
-            run(store.mutate("", steps, atomic=True))
-            run(_rows_match(store, ids))
-            names = run(
-                store.pool.fetch("SELECT attr FROM attr_values v JOIN entities e USING (pk) WHERE e.id = $1", ids[1])
-            )
-            assert {r["attr"] for r in names} == {V + "n"}  # the expired attribute's row went with it
-            nums = run(store.pool.fetchval("SELECT num FROM attr_values WHERE attr = $1 AND num = 1", V + "n"))
-            assert nums == 1.0
-        finally:
-            run(store.close())
+    with _opened_store(postgres_skip_reason) as (run, store):
+        ids = ["urn:x:a", "urn:x:b", "urn:x:c"]
+        made = [
+            make(ids[0], "T", n=prop(0), m=prop("zero")),
+            make(ids[1], "T", n=prop(0), brief=prop(5, expiresAt=PAST)),
+            make(ids[2], "T", n=prop(0), m=prop("zero"), where=_point(1.0, 2.0)),
+        ]
+        run(store.mutate("", [(e["id"], update.create(e)) for e in made], atomic=True))
+        steps = [(ids[0], _patch("n", 1)), (ids[0], _patch("m", "one")), (ids[1], _patch("n", 2))]
+        steps.append((ids[2], _patch("m", "two")))  # one operation from the stored document: narrowed
+        run(store.mutate("", steps, atomic=True))
+        run(_rows_match(store, ids))
+        names = run(
+            store.pool.fetch("SELECT attr FROM attr_values v JOIN entities e USING (pk) WHERE e.id = $1", ids[1])
+        )
+        assert {r["attr"] for r in names} == {V + "n"}  # the expired attribute's row went with it
+        nums = run(store.pool.fetchval("SELECT num FROM attr_values WHERE attr = $1 AND num = 1", V + "n"))
+        assert nums == 1.0
 
 
 def test_new_instance_ids_are_version_4_uuids() -> None:
